@@ -1,0 +1,3 @@
+"""TT layers as ordinary PyTorch modules (placeholder)."""
+
+__all__: list[str] = []

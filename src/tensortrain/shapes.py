@@ -1,0 +1,130 @@
+"""Shapes and ranks: factorizing sizes into modes, maximal useful ranks, rank normalisation.
+
+Symbols: ``d`` number of cores (modes), ``n_k`` mode sizes, ``r_k`` TT-ranks (``r_0 = r_d = 1``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .errors import ShapeError
+
+__all__ = ["auto_shape", "max_tt_ranks", "normalize_tt_rank", "prime_factors"]
+
+
+def prime_factors(n: int) -> list[int]:
+    """Prime factors of ``n`` in ascending order, with multiplicity (``prime_factors(12) == [2, 2, 3]``).
+
+    Complexity: O(sqrt(n)).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"prime_factors: expected a positive int, got {n!r}")
+    factors, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            factors.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        factors.append(n)
+    return factors
+
+
+def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
+    """Factor ``n`` into ``d`` integer factors that are as balanced as its prime factors allow.
+
+    The factors multiply to exactly ``n``; they are sorted ascending. When ``n`` has fewer than ``d`` prime
+    factors, the missing factors are 1 (a mode of size 1 is legal but saves nothing: pad the size instead,
+    or choose a smaller ``d``).
+
+    Args:
+        n: the size to factor (>= 1).
+        d: the number of factors (>= 1).
+
+    Returns:
+        A tuple of ``d`` ints whose product is ``n``.
+
+    Complexity: O(sqrt(n) + f log f) for f prime factors.
+
+    Example:
+        >>> auto_shape(784, 4)
+        (4, 4, 7, 7)
+        >>> auto_shape(625, 4)
+        (5, 5, 5, 5)
+    """
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"auto_shape: d must be a positive int, got {d!r}")
+    primes = prime_factors(n)
+    bins = [1] * d
+    # Greedy largest-first into the currently smallest bin: the classic balanced-partition heuristic,
+    # exact for the common sizes (powers of two, squares, 784, 625, 3072, ...).
+    for p in sorted(primes, reverse=True):
+        i = min(range(d), key=lambda k: bins[k])
+        bins[i] *= p
+    return tuple(sorted(bins))
+
+
+def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
+    """The largest TT-ranks that can matter for a tensor with mode sizes ``raw_shape``.
+
+    ``r_k <= min(n_1 ... n_k, n_{k+1} ... n_d)``: the rank of the k-th unfolding. For a TT-matrix pass the
+    products ``m_k * n_k`` of row and column modes.
+
+    Returns:
+        A tuple of ``d + 1`` ints starting and ending with 1.
+
+    Example:
+        >>> max_tt_ranks((2, 3, 4))
+        (1, 2, 4, 1)
+    """
+    dims = [int(n) for n in raw_shape]
+    ranks = [1]
+    for k in range(1, len(dims)):
+        ranks.append(min(math.prod(dims[:k]), math.prod(dims[k:])))
+    ranks.append(1)
+    return tuple(ranks)
+
+
+def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_rank") -> tuple[int, ...]:
+    """Turn an int or a sequence of ranks into the full tuple ``(1, r_1, ..., r_{d-1}, 1)``.
+
+    Args:
+        tt_rank: one int for every inner bond, a sequence of ``d - 1`` inner ranks, or the full ``d + 1``
+            tuple (whose ends must be 1).
+        d: the number of cores.
+        name: the argument name used in error messages.
+
+    Raises:
+        ShapeError: a rank below 1, the wrong length, or full ranks whose ends are not 1.
+        TypeError: a rank that is not an int.
+
+    Example:
+        >>> normalize_tt_rank(4, 3)
+        (1, 4, 4, 1)
+    """
+    if isinstance(tt_rank, bool):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
+    if isinstance(tt_rank, int):
+        ranks = [1] + [tt_rank] * (d - 1) + [1]
+    else:
+        try:
+            given = [int(r) if not isinstance(r, bool) and float(r) == int(r) else r for r in tt_rank]
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}") from None
+        if any(not isinstance(r, int) for r in given):
+            raise TypeError(f"{name} must contain ints, got {tuple(tt_rank)!r}")
+        if len(given) == d + 1:
+            if given[0] != 1 or given[-1] != 1:
+                raise ShapeError(f"{name}: boundary ranks must be 1, got {tuple(given)}")
+            ranks = given
+        elif len(given) == d - 1:
+            ranks = [1, *given, 1]
+        else:
+            raise ShapeError(
+                f"{name} must be an int, {d - 1} inner ranks or {d + 1} full ranks for d={d} cores, "
+                f"got {len(given)} values {tuple(given)}"
+            )
+    if any(r < 1 for r in ranks):
+        raise ShapeError(f"{name} values must be >= 1, got {tuple(ranks)}")
+    return tuple(ranks)

@@ -1,0 +1,372 @@
+"""``TensorTrain`` and ``TensorTrainBatch``: immutable values over a tuple of cores.
+
+Core layouts (t3f's):
+
+* TT-tensor core ``k``: ``(r_{k-1}, n_k, r_k)``; the dense tensor has shape ``(n_1, ..., n_d)``.
+* TT-matrix core ``k``: ``(r_{k-1}, m_k, n_k, r_k)``; the dense matrix has ``M = m_1...m_d`` rows and
+  ``N = n_1...n_d`` columns, with row index the row-major ravel of ``(i_1, ..., i_d)`` (as ``torch.reshape``).
+* A batch prepends one axis of size ``B`` to every core.
+
+Shape, ranks, dtype, device and batch size are derived from the cores, never stored beside them. Operators
+(``+ - * @``, unary ``-``, division by a number) delegate to the functions in :mod:`tensortrain.ops`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .errors import ShapeError
+
+__all__ = ["TensorTrain", "TensorTrainBase", "TensorTrainBatch"]
+
+
+def _fmt(dims: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(n)) for n in dims) + ")"
+
+
+class TensorTrainBase:
+    """What ``TensorTrain`` and ``TensorTrainBatch`` share: validation, derived properties, operators."""
+
+    _batch_axes = 0  # number of leading batch axes on every core
+
+    def __init__(self, tt_cores: Sequence[torch.Tensor]):
+        if isinstance(tt_cores, torch.Tensor) or not isinstance(tt_cores, Sequence):
+            raise TypeError(
+                f"{type(self).__name__} expects a sequence of core tensors, got {type(tt_cores).__name__}"
+            )
+        cores = tuple(tt_cores)
+        self._validate(cores)
+        self._tt_cores = cores
+
+    # ----------------------------------------------------------------------------------------- validation
+    def _validate(self, cores: tuple[torch.Tensor, ...]) -> None:
+        name = type(self).__name__
+        if len(cores) == 0:
+            raise ShapeError(f"{name} needs at least one core, got none")
+        for k, c in enumerate(cores):
+            if not isinstance(c, torch.Tensor):
+                raise TypeError(f"{name}: core {k} is a {type(c).__name__}, expected a torch.Tensor")
+        b = self._batch_axes
+        ndim = cores[0].dim()
+        if ndim not in (3 + b, 4 + b):
+            raise ShapeError(
+                f"{name}: cores must have {3 + b} dims (TT-tensor) or {4 + b} dims (TT-matrix), "
+                f"core 0 has shape {tuple(cores[0].shape)}"
+            )
+        for k, c in enumerate(cores):
+            if c.dim() != ndim:
+                raise ShapeError(
+                    f"{name}: all cores must have the same number of dims, core 0 has {ndim} "
+                    f"but core {k} has shape {tuple(c.shape)}"
+                )
+            if not (c.is_floating_point() or c.is_complex()):
+                raise TypeError(
+                    f"{name}: cores must be floating point or complex, core {k} has dtype {c.dtype}; "
+                    "cast it first, e.g. core.to(torch.float32)"
+                )
+            if c.dtype != cores[0].dtype:
+                raise ShapeError(
+                    f"{name}: core 0 has dtype {cores[0].dtype} but core {k} has dtype {c.dtype}"
+                )
+            if c.device != cores[0].device:
+                raise ShapeError(f"{name}: core 0 is on {cores[0].device} but core {k} is on {c.device}")
+            if any(s == 0 for s in c.shape):
+                raise ShapeError(f"{name}: core {k} has an empty dimension, shape {tuple(c.shape)}")
+            if b and c.shape[0] != cores[0].shape[0]:
+                raise ShapeError(
+                    f"{name}: batch sizes differ, core 0 has {cores[0].shape[0]} elements, "
+                    f"core {k} has {c.shape[0]}"
+                )
+        if cores[0].shape[b] != 1 or cores[-1].shape[-1] != 1:
+            raise ShapeError(
+                f"{name}: boundary TT-ranks must be 1, got r_0={cores[0].shape[b]} and "
+                f"r_d={cores[-1].shape[-1]} (core shapes {[tuple(c.shape) for c in cores]})"
+            )
+        for k in range(len(cores) - 1):
+            if cores[k].shape[-1] != cores[k + 1].shape[b]:
+                raise ShapeError(
+                    f"{name}: TT-ranks do not chain: core {k} has shape {tuple(cores[k].shape)} "
+                    f"(right rank {cores[k].shape[-1]}) but core {k + 1} has shape "
+                    f"{tuple(cores[k + 1].shape)} (left rank {cores[k + 1].shape[b]})"
+                )
+
+    # ---------------------------------------------------------------------------------------- properties
+    @property
+    def tt_cores(self) -> tuple[torch.Tensor, ...]:
+        """The cores, a tuple of tensors (t3f's name)."""
+        return self._tt_cores
+
+    @property
+    def cores(self) -> tuple[torch.Tensor, ...]:
+        """Alias of :attr:`tt_cores`."""
+        return self._tt_cores
+
+    @property
+    def tt_ranks(self) -> tuple[int, ...]:
+        """The TT-ranks ``(1, r_1, ..., r_{d-1}, 1)`` as ints."""
+        b = self._batch_axes
+        return tuple(int(c.shape[b]) for c in self._tt_cores) + (1,)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """Alias of :attr:`tt_ranks`."""
+        return self.tt_ranks
+
+    def get_tt_ranks(self) -> tuple[int, ...]:
+        """t3f's getter: the same as :attr:`tt_ranks`."""
+        return self.tt_ranks
+
+    def is_tt_matrix(self) -> bool:
+        """True for a TT-matrix (4-dim cores, 5-dim in a batch)."""
+        return self._tt_cores[0].dim() == 4 + self._batch_axes
+
+    def ndims(self) -> int:
+        """The number of cores ``d`` (t3f's method)."""
+        return len(self._tt_cores)
+
+    @property
+    def raw_shape(self) -> tuple[int, ...] | tuple[tuple[int, ...], tuple[int, ...]]:
+        """Mode sizes: ``(n_1, ..., n_d)`` for a TT-tensor, ``((m_1..m_d), (n_1..n_d))`` for a TT-matrix."""
+        b = self._batch_axes
+        if self.is_tt_matrix():
+            rows = tuple(int(c.shape[b + 1]) for c in self._tt_cores)
+            cols = tuple(int(c.shape[b + 2]) for c in self._tt_cores)
+            return (rows, cols)
+        return tuple(int(c.shape[b + 1]) for c in self._tt_cores)
+
+    def get_raw_shape(self) -> tuple[tuple[int, ...], ...]:
+        """t3f's getter: a tuple of one mode tuple (tensor) or two (matrix: rows, columns)."""
+        raw = self.raw_shape
+        return raw if self.is_tt_matrix() else (raw,)  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> torch.Size:
+        """The dense shape (with the batch size first for a batch). Python ints: no overflow."""
+        if self.is_tt_matrix():
+            rows, cols = self.raw_shape  # type: ignore[misc]
+            dense: tuple[int, ...] = (math.prod(rows), math.prod(cols))
+        else:
+            dense = self.raw_shape  # type: ignore[assignment]
+        return torch.Size(self._batch_shape() + dense)
+
+    def get_shape(self) -> torch.Size:
+        """t3f's getter: the same as :attr:`shape`."""
+        return self.shape
+
+    def _batch_shape(self) -> tuple[int, ...]:
+        return ()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The cores' dtype."""
+        return self._tt_cores[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The cores' device."""
+        return self._tt_cores[0].device
+
+    @property
+    def requires_grad(self) -> bool:
+        """True when any core requires grad."""
+        return any(c.requires_grad for c in self._tt_cores)
+
+    def is_variable(self) -> bool:
+        """True when every core is an ``nn.Parameter`` (t3f's notion of a TT variable)."""
+        return all(isinstance(c, torch.nn.Parameter) for c in self._tt_cores)
+
+    def num_parameters(self) -> int:
+        """The number of scalars stored in the cores (all batch elements together)."""
+        return sum(c.numel() for c in self._tt_cores)
+
+    # ------------------------------------------------------------------------------ torch-like conversions
+    def _new(self, cores: Sequence[torch.Tensor]) -> Any:
+        return type(self)(cores)
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """Move or cast every core, as ``torch.Tensor.to``; returns a new object."""
+        return self._new([c.to(*args, **kwargs) for c in self._tt_cores])
+
+    def detach(self) -> Any:
+        """A new object whose cores are detached from the autograd graph."""
+        return self._new([c.detach() for c in self._tt_cores])
+
+    def clone(self) -> Any:
+        """A new object with copies of the cores (gradients flow back to the originals)."""
+        return self._new([c.clone() for c in self._tt_cores])
+
+    def requires_grad_(self, requires_grad: bool = True) -> Any:
+        """Set ``requires_grad`` on every core in place; returns ``self``."""
+        for c in self._tt_cores:
+            c.requires_grad_(requires_grad)
+        return self
+
+    def cpu(self) -> Any:
+        """The same object on the CPU."""
+        return self.to("cpu")
+
+    # ------------------------------------------------------------------------------------------- printing
+    def _describe(self, plural: bool) -> str:
+        variable = " variable" if self.is_variable() else ""
+        ranks = _fmt(self.tt_ranks)
+        if self.is_tt_matrix():
+            rows, cols = self.raw_shape  # type: ignore[misc]
+            kind = (
+                ("TT-matrix variables" if variable else "TT-matrices") if plural else ("TT-Matrix" + variable)
+            )
+            size = f"{math.prod(rows)} x {math.prod(cols)}"
+            return (
+                f"{kind} of size {size}, underlying tensor shape: {_fmt(rows)} x {_fmt(cols)}, "
+                f"TT-ranks: {ranks}"
+            )
+        kind = ("Tensor Train" + variable + "s") if plural else ("Tensor Train" + variable)
+        return f"{kind} of shape {_fmt(self.raw_shape)}, TT-ranks: {ranks}"  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    # ------------------------------------------------------------------------------------------ operators
+    # Sugar only: each algorithm lives in one function of tensortrain.ops (imported lazily, since ops sits
+    # below this module in the import order).
+    def __add__(self, other: Any) -> Any:
+        from . import ops
+
+        return ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Any:
+        from . import ops
+
+        return ops.add(other, self)
+
+    def __sub__(self, other: Any) -> Any:
+        from . import ops
+
+        return ops.subtract(self, other)
+
+    def __rsub__(self, other: Any) -> Any:
+        from . import ops
+
+        return ops.subtract(other, self)
+
+    def __neg__(self) -> Any:
+        from . import ops
+
+        return ops.multiply(self, -1.0)
+
+    def __mul__(self, other: Any) -> Any:
+        from . import ops
+
+        return ops.multiply(self, other)
+
+    def __rmul__(self, other: Any) -> Any:
+        from . import ops
+
+        return ops.multiply(other, self)
+
+    def __truediv__(self, other: Any) -> Any:
+        from . import ops
+
+        if isinstance(other, TensorTrainBase):
+            raise TypeError("dividing by a TT object is not supported (it has no TT form of fixed rank)")
+        return ops.multiply(self, 1.0 / other)
+
+    def __matmul__(self, other: Any) -> Any:
+        from . import ops
+
+        return ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        from . import ops
+
+        return ops.matmul(other, self)
+
+
+class TensorTrain(TensorTrainBase):
+    """A TT-tensor or TT-matrix: an immutable value over a tuple of cores.
+
+    Args:
+        tt_cores: a sequence of ``d`` tensors, all of one dtype and device: shapes ``(r_{k-1}, n_k, r_k)``
+            for a TT-tensor or ``(r_{k-1}, m_k, n_k, r_k)`` for a TT-matrix, with ``r_0 = r_d = 1``.
+
+    Raises:
+        ShapeError: ranks that do not chain, boundary ranks other than 1, mixed core dims, dtypes or
+            devices, empty dims.
+        TypeError: cores that are not tensors, or integer/bool cores.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> a = tt.TensorTrain([torch.ones(1, 3, 2), torch.ones(2, 4, 2), torch.ones(2, 5, 1)])
+        >>> print(a)
+        A Tensor Train of shape (3, 4, 5), TT-ranks: (1, 2, 2, 1)
+    """
+
+    def __str__(self) -> str:
+        return "A " + self._describe(plural=False)
+
+    def __getitem__(self, index: Any) -> Any:
+        from . import ops
+
+        return ops.getitem(self, index)
+
+
+class TensorTrainBatch(TensorTrainBase):
+    """A batch of ``B`` TT objects of equal shapes and ranks: every core has a leading batch axis.
+
+    Core shapes: ``(B, r_{k-1}, n_k, r_k)`` (tensors) or ``(B, r_{k-1}, m_k, n_k, r_k)`` (matrices).
+    ``batch[i]`` is a :class:`TensorTrain`, ``batch[i:j]`` and ``batch[index_tensor]`` are batches,
+    ``len(batch) == batch.batch_size``, and iterating yields the elements.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> b = tt.TensorTrainBatch([torch.ones(5, 1, 2, 2), torch.ones(5, 2, 3, 2), torch.ones(5, 2, 4, 1)])
+        >>> print(b)
+        A 5 element batch of Tensor Trains of shape (2, 3, 4), TT-ranks: (1, 2, 2, 1)
+    """
+
+    _batch_axes = 1
+
+    @property
+    def batch_size(self) -> int:
+        """The number of TT objects in the batch."""
+        return int(self._tt_cores[0].shape[0])
+
+    def _batch_shape(self) -> tuple[int, ...]:
+        return (self.batch_size,)
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def __iter__(self) -> Iterator[TensorTrain]:
+        for i in range(self.batch_size):
+            yield self[i]
+
+    def __str__(self) -> str:
+        return f"A {self.batch_size} element batch of " + self._describe(plural=True)
+
+    def __getitem__(self, index: Any) -> Any:
+        """``int`` -> TensorTrain; slice, list or index tensor -> TensorTrainBatch."""
+        if isinstance(index, bool):
+            raise TypeError("a batch index must be an int, slice, list or tensor of ints, got a bool")
+        if isinstance(index, int):
+            n = self.batch_size
+            if not -n <= index < n:
+                raise IndexError(f"batch index {index} out of range for a batch of {n} elements")
+            return TensorTrain([c[index] for c in self._tt_cores])
+        if isinstance(index, tuple):
+            from . import ops
+
+            return ops.getitem(self, index)
+        if isinstance(index, slice | list | torch.Tensor):
+            cores = [c[index] for c in self._tt_cores]
+            if cores[0].shape[0] == 0:
+                raise IndexError(
+                    f"batch index {index!r} selects no elements of a {self.batch_size} element batch"
+                )
+            return TensorTrainBatch(cores)
+        raise TypeError(
+            f"a batch index must be an int, slice, list or tensor of ints, got {type(index).__name__}"
+        )

@@ -1,0 +1,40 @@
+"""Shared test configuration: one tolerance table, seeded generators, hypothesis profile."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# One shared tolerance table (STYLE.md): float64 tight, float32 at single-precision round-off.
+TOL = {
+    torch.float64: {"rtol": 1e-10, "atol": 1e-10},
+    torch.float32: {"rtol": 1e-5, "atol": 1e-5},
+}
+
+settings.register_profile(
+    "ci",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "25")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+settings.load_profile("ci")
+
+# Tests run with a fixed small thread count so that the suite behaves the same on any machine.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A seeded generator: every random value in a test comes from one of these."""
+    return torch.Generator().manual_seed(1234)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, **kw) -> None:
+    """``torch.testing.assert_close`` with the table's tolerance for the actual dtype."""
+    tol = dict(TOL.get(actual.dtype, TOL[torch.float32]))
+    tol.update(kw)
+    torch.testing.assert_close(actual, expected, **tol)

@@ -1,0 +1,53 @@
+"""Hypothesis strategies and builders for random TT objects, independent of tensortrain's initializers."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+import tensortrain as tt
+
+
+def random_cores(
+    raw_shape, ranks, *, gen: torch.Generator, dtype=torch.float64, batch_size: int | None = None
+) -> list[torch.Tensor]:
+    """Standard normal cores for a TT-tensor (raw_shape a tuple of ints) or TT-matrix (a pair of tuples),
+    scaled so the full tensor has entries of order 1."""
+    matrix = isinstance(raw_shape[0], (tuple, list))
+    d = len(raw_shape[0]) if matrix else len(raw_shape)
+    cores = []
+    for k in range(d):
+        modes = (raw_shape[0][k], raw_shape[1][k]) if matrix else (raw_shape[k],)
+        shape = (ranks[k], *modes, ranks[k + 1])
+        if batch_size is not None:
+            shape = (batch_size, *shape)
+        cores.append(torch.randn(shape, generator=gen, dtype=dtype) / ranks[k] ** 0.5)
+    return cores
+
+
+def random_tt(raw_shape, ranks, *, gen, dtype=torch.float64, batch_size=None):
+    """A TensorTrain (or TensorTrainBatch when batch_size is given) with random cores."""
+    cores = random_cores(raw_shape, ranks, gen=gen, dtype=dtype, batch_size=batch_size)
+    return tt.TensorTrain(cores) if batch_size is None else tt.TensorTrainBatch(cores)
+
+
+@st.composite
+def tensor_specs(draw, min_d=1, max_d=4, max_mode=4, max_rank=3):
+    """(raw_shape, ranks) for a TT-tensor."""
+    d = draw(st.integers(min_d, max_d))
+    raw = tuple(draw(st.integers(1, max_mode)) for _ in range(d))
+    ranks = (1, *(draw(st.integers(1, max_rank)) for _ in range(d - 1)), 1)
+    return raw, ranks
+
+
+@st.composite
+def matrix_specs(draw, min_d=1, max_d=3, max_mode=3, max_rank=3):
+    """(((m_1..m_d), (n_1..n_d)), ranks) for a TT-matrix."""
+    d = draw(st.integers(min_d, max_d))
+    rows = tuple(draw(st.integers(1, max_mode)) for _ in range(d))
+    cols = tuple(draw(st.integers(1, max_mode)) for _ in range(d))
+    ranks = (1, *(draw(st.integers(1, max_rank)) for _ in range(d - 1)), 1)
+    return (rows, cols), ranks
+
+
+seeds = st.integers(0, 2**31 - 1)

@@ -1,0 +1,126 @@
+"""TensorTrain / TensorTrainBatch: validation, derived properties, printing, conversions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tensortrain as tt
+from strategies import random_cores, random_tt
+
+
+def test_str_matches_t3f_matrix(gen):
+    a = random_tt(((4, 7, 4, 7), (5, 5, 5, 5)), (1, 2, 2, 2, 1), gen=gen)
+    assert str(a) == (
+        "A TT-Matrix of size 784 x 625, underlying tensor shape: (4, 7, 4, 7) x (5, 5, 5, 5), "
+        "TT-ranks: (1, 2, 2, 2, 1)"
+    )
+    assert repr(a) == str(a)
+
+
+def test_str_matches_t3f_tensor_and_batches(gen):
+    assert (
+        str(random_tt((3, 4, 5), (1, 2, 2, 1), gen=gen))
+        == "A Tensor Train of shape (3, 4, 5), TT-ranks: (1, 2, 2, 1)"
+    )
+    b = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen, batch_size=5)
+    assert str(b) == "A 5 element batch of Tensor Trains of shape (2, 3, 4), TT-ranks: (1, 2, 2, 1)"
+    m = random_tt(((2, 2, 2), (3, 3, 3)), (1, 4, 4, 1), gen=gen, batch_size=5)
+    assert str(m) == (
+        "A 5 element batch of TT-matrices of size 8 x 27, underlying tensor shape: (2, 2, 2) x (3, 3, 3), "
+        "TT-ranks: (1, 4, 4, 1)"
+    )
+
+
+def test_variable_word_for_parameters(gen):
+    cores = [torch.nn.Parameter(c) for c in random_cores((3, 4), (1, 2, 1), gen=gen)]
+    assert str(tt.TensorTrain(cores)).startswith("A Tensor Train variable of shape (3, 4)")
+
+
+def test_properties_tensor(gen):
+    a = random_tt((3, 4, 5), (1, 2, 3, 1), gen=gen)
+    assert a.tt_ranks == a.ranks == a.get_tt_ranks() == (1, 2, 3, 1)
+    assert a.raw_shape == (3, 4, 5) and a.get_raw_shape() == ((3, 4, 5),)
+    assert a.shape == torch.Size([3, 4, 5]) == a.get_shape()
+    assert a.ndims() == 3 and not a.is_tt_matrix()
+    assert a.dtype == torch.float64 and a.device == torch.device("cpu")
+    assert a.num_parameters() == 1 * 3 * 2 + 2 * 4 * 3 + 3 * 5 * 1
+    assert a.tt_cores is a.cores and len(a.tt_cores) == 3
+
+
+def test_properties_matrix_and_batch(gen):
+    m = random_tt(((2, 3), (4, 5)), (1, 3, 1), gen=gen, batch_size=7)
+    assert m.is_tt_matrix() and m.batch_size == 7 == len(m)
+    assert m.raw_shape == ((2, 3), (4, 5)) and m.shape == torch.Size([7, 6, 20])
+    assert m.tt_ranks == (1, 3, 1)
+    assert isinstance(m[2], tt.TensorTrain) and m[2].shape == torch.Size([6, 20])
+    torch.testing.assert_close(m[-1].tt_cores[0], m.tt_cores[0][-1])
+    assert m[1:4].batch_size == 3 and m[[0, 6]].batch_size == 2
+    assert len(list(m)) == 7
+    with pytest.raises(IndexError, match="out of range"):
+        m[7]
+    with pytest.raises(IndexError, match="selects no elements"):
+        m[3:3]
+
+
+def test_conversions(gen):
+    a = random_tt((3, 4), (1, 2, 1), gen=gen)
+    b = a.to(torch.float32)
+    assert b.dtype == torch.float32 and a.dtype == torch.float64
+    c = a.clone().requires_grad_()
+    assert c.requires_grad and not a.requires_grad
+    assert not c.detach().requires_grad
+    assert c.cpu().device.type == "cpu"
+
+
+def test_validation_errors(gen):
+    with pytest.raises(tt.ShapeError, match="at least one core"):
+        tt.TensorTrain([])
+    with pytest.raises(TypeError, match="sequence of core tensors"):
+        tt.TensorTrain(torch.ones(1, 2, 1))
+    with pytest.raises(TypeError, match="core 1 is a list"):
+        tt.TensorTrain([torch.ones(1, 2, 1), [1.0]])
+    with pytest.raises(tt.ShapeError, match="do not chain.*core 0 has shape \\(1, 2, 3\\)"):
+        tt.TensorTrain([torch.ones(1, 2, 3), torch.ones(2, 2, 1)])
+    with pytest.raises(tt.ShapeError, match="boundary TT-ranks must be 1"):
+        tt.TensorTrain([torch.ones(2, 2, 1)])
+    with pytest.raises(tt.ShapeError, match="3 dims \\(TT-tensor\\) or 4 dims"):
+        tt.TensorTrain([torch.ones(2, 1)])
+    with pytest.raises(tt.ShapeError, match="same number of dims"):
+        tt.TensorTrain([torch.ones(1, 2, 1, 1), torch.ones(1, 2, 1)])
+    with pytest.raises(tt.ShapeError, match="dtype"):
+        tt.TensorTrain([torch.ones(1, 2, 1), torch.ones(1, 2, 1, dtype=torch.float64)])
+    with pytest.raises(TypeError, match="floating point"):
+        tt.TensorTrain([torch.ones(1, 2, 1, dtype=torch.int64)])
+    with pytest.raises(tt.ShapeError, match="empty dimension"):
+        tt.TensorTrain([torch.ones(1, 0, 1)])
+    with pytest.raises(tt.ShapeError, match="batch sizes differ"):
+        tt.TensorTrainBatch([torch.ones(2, 1, 2, 1), torch.ones(3, 1, 2, 1)])
+    with pytest.raises(tt.ShapeError, match="4 dims \\(TT-tensor\\) or 5 dims"):
+        tt.TensorTrainBatch([torch.ones(1, 2, 1)])
+
+
+def test_shapes_helpers():
+    assert tt.auto_shape(784, 4) == (4, 4, 7, 7)
+    assert tt.auto_shape(625, 4) == (5, 5, 5, 5)
+    assert tt.auto_shape(4096, 4) == (8, 8, 8, 8)
+    assert tt.auto_shape(7, 2) == (1, 7)
+    import math
+
+    for n in [1, 2, 12, 97, 768, 3072, 1000, 30000]:
+        for d in range(1, 5):
+            assert math.prod(tt.auto_shape(n, d)) == n
+    assert tt.max_tt_ranks((2, 3, 4)) == (1, 2, 4, 1)
+    assert tt.normalize_tt_rank(4, 3) == (1, 4, 4, 1)
+    assert tt.normalize_tt_rank([2, 3], 3) == (1, 2, 3, 1)
+    assert tt.normalize_tt_rank((1, 2, 3, 1), 3) == (1, 2, 3, 1)
+    with pytest.raises(tt.ShapeError, match=">= 1"):
+        tt.normalize_tt_rank(0, 3)
+    with pytest.raises(tt.ShapeError, match="boundary ranks must be 1"):
+        tt.normalize_tt_rank((2, 2, 2, 1), 3)
+    with pytest.raises(tt.ShapeError, match="got 3 values"):
+        tt.normalize_tt_rank((2, 2, 2), 3)
+    with pytest.raises(TypeError):
+        tt.normalize_tt_rank(True, 3)
+    with pytest.raises(ValueError, match="positive int"):
+        tt.auto_shape(0, 2)
