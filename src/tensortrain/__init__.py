@@ -5,7 +5,7 @@
 imported on demand (it needs the optional ``keras`` extra).
 """
 
-from . import (
+from . import (  # noqa: F401  (namespaces: tt.nn, tt.kronecker, ...)
     approximate,
     batch_ops,
     contraction,
