@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (namespaces: tt.nn, tt.kronecker, ...)
     kronecker,
     nn,
     ops,
+    optim,
     regularizers,
     riemannian,
     shapes,
