@@ -1,0 +1,323 @@
+"""tt.save / tt.load: round trips, atomic writes, and clear errors for every kind of bad file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+import tensortrain.io as tio
+from strategies import matrix_specs, random_tt, seeds, tensor_specs
+
+
+def _same(a, b) -> None:
+    assert type(a) is type(b)
+    assert a.raw_shape == b.raw_shape and a.tt_ranks == b.tt_ranks and a.dtype == b.dtype
+    for x, y in zip(a.tt_cores, b.tt_cores, strict=True):
+        assert torch.equal(x, y)  # bit-exact: a file round trip must not change a single value
+
+
+def _tt(gen, *, batch_size=None, dtype=torch.float64, matrix=False):
+    raw = ((2, 3), (4, 2)) if matrix else (3, 4, 2)
+    ranks = (1, 3, 1) if matrix else (1, 2, 3, 1)
+    return random_tt(raw, ranks, gen=gen, dtype=dtype, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------------------- round trips
+@given(
+    spec=st.one_of(tensor_specs(), matrix_specs()),
+    batch_size=st.sampled_from([None, 1, 3]),
+    dtype=st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16]),
+    seed=seeds,
+)
+def test_round_trip(tmp_path, spec, batch_size, dtype, seed):
+    raw, ranks = spec
+    a = random_tt(raw, ranks, gen=torch.Generator().manual_seed(seed), batch_size=batch_size).to(dtype)
+    path = tmp_path / "a.safetensors"
+    tt.save(a, path)
+    _same(a, tt.load(path))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_round_trip_complex(tmp_path, gen, dtype, batch_size):
+    # safetensors has no complex128: cores travel as view_as_real and come back complex.
+    a = _tt(gen, batch_size=batch_size, matrix=True)
+    a = a.to(dtype)
+    a = type(a)([c * (1 + 2j) for c in a.tt_cores])
+    tt.save(a, str(tmp_path / "c.safetensors"))
+    _same(a, tt.load(tmp_path / "c.safetensors"))
+
+
+def test_views_parameters_and_grad_cores_are_saved(tmp_path, gen):
+    batch = _tt(gen, batch_size=5)
+    # a slice of a batch: cores are views that share storage, which safetensors refuses unless copied
+    part = batch[1:4]
+    tt.save(part, tmp_path / "part.safetensors")
+    _same(part, tt.load(tmp_path / "part.safetensors"))
+    # non-contiguous cores (a transposed view) and Parameters that require grad
+    cores = [torch.nn.Parameter(c.transpose(0, 2).contiguous().transpose(0, 2)) for c in _tt(gen).tt_cores]
+    assert not cores[1].is_contiguous()
+    a = tt.TensorTrain(cores)
+    tt.save(a, tmp_path / "p.safetensors")
+    b = tt.load(tmp_path / "p.safetensors")
+    assert not b.requires_grad
+    _same(a.detach(), b)
+
+
+def test_load_to_device(tmp_path, gen):
+    a = _tt(gen, matrix=True)
+    tt.save(a, tmp_path / "a.safetensors")
+    b = tt.load(tmp_path / "a.safetensors", device="meta")
+    assert b.device.type == "meta" and b.raw_shape == a.raw_shape and b.tt_ranks == a.tt_ranks
+    assert tt.load(tmp_path / "a.safetensors", device=torch.device("cpu")).device.type == "cpu"
+
+
+def test_metadata_round_trip_and_interop(tmp_path, gen):
+    a = _tt(gen, matrix=True)
+    path = tmp_path / "a.safetensors"
+    tt.save(a, path, metadata={"description": "layer 3", "source": "model.pt"})
+    assert tt.read_metadata(path) == {"description": "layer 3", "source": "model.pt"}
+    tt.save(a, path)
+    assert tt.read_metadata(path) == {}
+    # any safetensors reader gets the cores
+    plain = safetensors.torch.load_file(path)
+    assert sorted(plain) == ["core_0", "core_1"]
+    assert torch.equal(plain["core_1"], a.tt_cores[1])
+
+
+def test_overwrite_keeps_permissions_like_open(tmp_path, gen):
+    path = tmp_path / "a.safetensors"
+    tt.save(_tt(gen), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    b = _tt(gen, batch_size=2)
+    tt.save(b, path)
+    _same(b, tt.load(path))
+    assert os.listdir(tmp_path) == ["a.safetensors"]
+
+
+# ----------------------------------------------------------------------------------- save validation
+def test_save_rejects_non_tt(tmp_path):
+    with pytest.raises(TypeError, match="TensorTrain or TensorTrainBatch, got Linear"):
+        tt.save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
+    with pytest.raises(TypeError, match="got Tensor"):
+        tt.save(torch.ones(3), tmp_path / "x.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_rejects_bad_metadata(tmp_path, gen):
+    a = _tt(gen)
+    with pytest.raises(ValueError, match="'tensortrain' is reserved"):
+        tt.save(a, tmp_path / "x.safetensors", metadata={"tensortrain": "{}"})
+    with pytest.raises(TypeError, match="must map str to str, got 'n': int"):
+        tt.save(a, tmp_path / "x.safetensors", metadata={"n": 3})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="mapping of str to str, got list"):
+        tt.save(a, tmp_path / "x.safetensors", metadata=["a"])  # type: ignore[arg-type]
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_rejects_unstorable_cores(tmp_path, gen):
+    a = _tt(gen)
+    f8 = tt.TensorTrain([c.to(torch.float8_e4m3fn) for c in a.tt_cores])
+    with pytest.raises(ValueError, match=r"dtype torch.float8_e4m3fn cannot be stored"):
+        tt.save(f8, tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="meta device"):
+        tt.save(a.to("meta"), tmp_path / "x.safetensors")
+    with pytest.raises(FileNotFoundError):
+        tt.save(a, tmp_path / "no" / "such" / "folder.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------- atomic writes
+def _good_file(tmp_path, gen):
+    old = _tt(gen, matrix=True)
+    path = tmp_path / "w.safetensors"
+    tt.save(old, path)
+    return old, path
+
+
+def test_failure_mid_write_keeps_old_file(tmp_path, gen, monkeypatch):
+    old, path = _good_file(tmp_path, gen)
+
+    def half_then_fail(fd, data):
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tio, "_write_all", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        tt.save(_tt(gen, batch_size=4), path)
+    _same(old, tt.load(path))
+    assert os.listdir(tmp_path) == [path.name]  # the temporary file is gone too
+
+
+@pytest.mark.parametrize("stage", ["fsync", "replace"])
+def test_failure_after_write_keeps_old_file(tmp_path, gen, monkeypatch, stage):
+    old, path = _good_file(tmp_path, gen)
+
+    def fail(*args, **kwargs):
+        raise OSError(5, f"simulated {stage} failure")
+
+    monkeypatch.setattr(tio.os, stage, fail)
+    with pytest.raises(OSError, match=f"simulated {stage}"):
+        tt.save(_tt(gen), path)
+    monkeypatch.undo()
+    _same(old, tt.load(path))
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_interrupt_mid_write_keeps_old_file(tmp_path, gen, monkeypatch):
+    old, path = _good_file(tmp_path, gen)
+
+    def interrupted(fd, data):
+        os.write(fd, data[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tio, "_write_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tt.save(_tt(gen), path)
+    _same(old, tt.load(path))
+    assert os.listdir(tmp_path) == [path.name]
+
+
+# ------------------------------------------------------------------------------------------ bad files
+def _names_file(path: Path) -> str:
+    return re.escape(str(path))
+
+
+def _raises_naming(path: Path, match: str):
+    return pytest.raises(tt.TTFileError, match=_names_file(path) + ".*" + match)
+
+
+@given(cut=st.floats(0.0, 0.999))
+def test_truncated_files(tmp_path_factory, cut):
+    tmp = tmp_path_factory.mktemp("trunc")
+    a = random_tt((3, 4, 2), (1, 2, 2, 1), gen=torch.Generator().manual_seed(0))
+    path = tmp / "a.safetensors"
+    tt.save(a, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(cut * len(data))])
+    with _raises_naming(path, "truncated|too short|not a safetensors"):
+        tt.load(path)
+    assert issubclass(tt.TTFileError, ValueError)
+
+
+def test_random_and_empty_files(tmp_path, gen):
+    path = tmp_path / "r.safetensors"
+    path.write_bytes(b"")
+    with _raises_naming(path, "too short"):
+        tt.load(path)
+    path.write_bytes(torch.randint(0, 256, (1000,), generator=gen, dtype=torch.uint8).numpy().tobytes())
+    with _raises_naming(path, "not a safetensors file"):
+        tt.load(path)
+    # a small length prefix followed by garbage: a header that is not JSON
+    path.write_bytes(struct.pack("<Q", 4) + b"\xff\xfe{x" + b"\0" * 20)
+    with _raises_naming(path, "header is not JSON"):
+        tt.load(path)
+    with _raises_naming(path, "header is not JSON"):
+        tt.read_metadata(path)
+    path.write_bytes(struct.pack("<Q", 2) + b"[]")
+    with _raises_naming(path, "not a JSON object"):
+        tt.load(path)
+
+
+def test_someone_elses_safetensors_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, path)
+    with _raises_naming(path, r"not one written by tt.save.*\['bias', 'weight'\]"):
+        tt.load(path)
+    with _raises_naming(path, "not one written by tt.save"):
+        tt.read_metadata(path)
+    safetensors.torch.save_file({"weight": torch.ones(2)}, path, metadata={"format": "pt"})
+    with _raises_naming(path, "not one written by tt.save"):
+        tt.load(path)
+
+
+def _rewrite(path: Path, tensors=None, info_update=None, info_raw=None) -> None:
+    """Rewrite a tt.save file with changed tensors and/or header structure."""
+    stored = safetensors.torch.load_file(path)
+    with safetensors.safe_open(path, framework="pt") as f:
+        meta = dict(f.metadata())
+    info = json.loads(meta["tensortrain"])
+    info.update(info_update or {})
+    meta["tensortrain"] = info_raw if info_raw is not None else json.dumps(info)
+    safetensors.torch.save_file(stored if tensors is None else tensors(stored), path, metadata=meta)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (dict(tensors=lambda s: {"core_0": s["core_0"]}), r"expected tensors \['core_0', 'core_1'\]"),
+        (dict(tensors=lambda s: {**s, "extra": torch.ones(1)}), r"found \['core_0', 'core_1', 'extra'\]"),
+        (dict(tensors=lambda s: {**s, "core_1": s["core_1"][:, :1].contiguous()}), "core_1 has shape"),
+        (dict(tensors=lambda s: {k: v.float() for k, v in s.items()}), "dtype torch.float32"),
+        (dict(info_raw="{not json"), "not valid JSON"),
+        (dict(info_raw="[1, 2]"), "not a JSON object"),
+        (dict(info_update={"format_version": 99}), "format version 99.*upgrade tensortrain"),
+        (dict(info_update={"format_version": "1"}), "invalid format_version"),
+        (dict(info_update={"kind": "cube"}), "'kind' is 'cube'"),
+        (dict(info_update={"kind": None}), "'kind' is missing"),
+        (dict(info_update={"dtype": "int64"}), "unknown dtype 'int64'"),
+        (dict(info_update={"dtype": "no_such_dtype"}), "unknown dtype"),
+        (dict(info_update={"tt_ranks": [1, 0, 1]}), "invalid TT-ranks"),
+        (dict(info_update={"tt_ranks": [1, 3]}), "invalid TT-ranks"),
+        (dict(info_update={"raw_shape": [[2, 3], [4]]}), "invalid raw_shape"),
+        (dict(info_update={"raw_shape": [2, 3]}), "invalid raw_shape"),
+        (dict(info_update={"batch": True, "batch_size": 0}), "batch without a valid batch_size"),
+        (dict(info_update={"batch": True, "batch_size": 2}), "core_0 has shape"),
+        (dict(info_update={"kind": "tensor", "raw_shape": [8, 6]}), "core_0 has shape"),
+    ],
+)
+def test_inconsistent_files(tmp_path, gen, change, match):
+    path = tmp_path / "m.safetensors"
+    tt.save(_tt(gen, matrix=True), path)
+    _rewrite(path, **change)
+    with _raises_naming(path, match):
+        tt.load(path)
+
+
+def test_cores_that_do_not_chain(tmp_path, gen):
+    # header and tensors agree with each other but not with the TT rules: the constructor's message,
+    # wrapped so that it names the file
+    path = tmp_path / "m.safetensors"
+    tt.save(_tt(gen), path)
+    bad = {
+        "core_0": torch.ones(2, 3, 2, dtype=torch.float64),
+        "core_1": torch.ones(2, 4, 1, dtype=torch.float64),
+    }
+    _rewrite(path, tensors=lambda s: bad, info_update={"d": 2, "raw_shape": [3, 4], "tt_ranks": [2, 2, 1]})
+    with _raises_naming(path, "do not form a TT object.*boundary TT-ranks must be 1"):
+        tt.load(path)
+
+
+def test_corrupted_tensor_table(tmp_path, gen):
+    # offsets that overlap or run past the data: safetensors' own check, wrapped with the file name
+    path = tmp_path / "m.safetensors"
+    tt.save(_tt(gen), path)
+    data = bytearray(path.read_bytes())
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    header["core_1"]["data_offsets"][0] += 8
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (size - len(text))
+    assert len(text) == size
+    path.write_bytes(bytes(data[:8]) + text + bytes(data[8 + size :]))
+    with _raises_naming(path, "not a valid safetensors file"):
+        tt.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        tt.load(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError):
+        tt.read_metadata(tmp_path / "nope.safetensors")
