@@ -1,0 +1,249 @@
+"""Initializers: the promised statistics of the FULL tensor are measured, constants are exact, bad input is
+refused with a message."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from tensortrain import initializers as init
+
+
+def dense(x) -> torch.Tensor:
+    """Full tensor from the cores (own oracle, independent of tt.full): batch axis kept first."""
+    b = isinstance(x, tt.TensorTrainBatch)
+    cores = [c if b else c.unsqueeze(0) for c in x.tt_cores]
+    res = cores[0].reshape(cores[0].shape[0], -1, cores[0].shape[-1])
+    for c in cores[1:]:
+        res = torch.einsum("bir,brj->bij", res, c.reshape(c.shape[0], c.shape[1], -1))
+        res = res.reshape(res.shape[0], -1, c.shape[-1])
+    if x.is_tt_matrix():
+        rows, cols = x.raw_shape
+        d = len(rows)
+        inter = [v for pair in zip(rows, cols, strict=True) for v in pair]
+        res = res.reshape(-1, *inter).permute(0, *range(1, 2 * d + 1, 2), *range(2, 2 * d + 2, 2))
+        res = res.reshape(-1, math.prod(rows), math.prod(cols))
+    else:
+        res = res.reshape(-1, *x.raw_shape)
+    return res if b else res[0]
+
+
+def assert_moment(samples: torch.Tensor, target: float, name: str) -> None:
+    """``samples`` are i.i.d. per-draw statistics with expectation ``target``: the sample mean must lie within
+    5 standard errors (a false alarm has probability < 1e-6 under a normal approximation), and the standard
+    error must be small enough (< 5% of the target) that a wrong scale would be caught."""
+    est = samples.mean().item()
+    se = samples.std().item() / math.sqrt(samples.numel())
+    assert se < 0.05 * abs(target), f"{name}: too few samples, standard error {se} vs target {target}"
+    assert abs(est - target) <= 5 * se, f"{name}: measured {est}, expected {target} (se {se})"
+
+
+def per_draw_variance(fulls: torch.Tensor) -> torch.Tensor:
+    """Mean of squared entries of each draw (the leading axis): an unbiased estimate of the entry variance
+    for zero-mean entries, and independent across draws."""
+    return fulls.reshape(fulls.shape[0], -1).pow(2).mean(dim=1)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+@pytest.mark.parametrize(
+    ("shape", "rank", "stddev"),
+    [((3, 4, 5), 2, 1.0), ((2, 3, 2, 3), (1, 2, 5, 3, 1), 0.3), ((6,), 4, 2.0), ((2, 2, 2), 50, 1.5)],
+)
+def test_random_tensor_batch_full_variance(gen, shape, rank, stddev):
+    b = tt.random_tensor_batch(shape, rank, batch_size=4000, stddev=stddev, generator=gen)
+    fulls = dense(b)
+    assert_moment(per_draw_variance(fulls), stddev**2, "variance")
+    # mean 0: the per-draw means are centred (tolerance from their own spread)
+    means = fulls.reshape(4000, -1).mean(dim=1)
+    assert abs(means.mean().item()) <= 5 * means.std().item() / math.sqrt(4000)
+
+
+def test_random_tensor_single_draws_match_batch_variance(gen):
+    # The non-batch function uses the same scaling: 1500 independent draws of a (4, 4, 4) rank-3 TT.
+    fulls = torch.stack(
+        [dense(tt.random_tensor((4, 4, 4), 3, stddev=0.7, generator=gen)) for _ in range(1500)]
+    )
+    assert_moment(per_draw_variance(fulls), 0.49, "variance")
+
+
+@pytest.mark.parametrize(
+    ("fn", "target"),
+    [
+        (tt.glorot_initializer, lambda m, n: 2.0 / (m + n)),
+        (tt.he_initializer, lambda m, n: 2.0 / m),
+        (tt.lecun_initializer, lambda m, n: 1.0 / m),
+        (lambda s, r, generator: tt.random_matrix(s, r, stddev=0.5, generator=generator), lambda m, n: 0.25),
+    ],
+    ids=["glorot", "he", "lecun", "random_matrix"],
+)
+def test_matrix_schemes_full_variance(gen, fn, target):
+    shape = [[2, 3, 2], [3, 2, 4]]  # M = 12 rows (fan_in, as t3f), N = 24 columns
+    fulls = torch.stack([dense(fn(shape, 3, generator=gen)) for _ in range(1500)])
+    assert fulls.shape == (1500, 12, 24)
+    assert_moment(per_draw_variance(fulls), target(12, 24), "variance")
+
+
+def test_random_matrix_batch_full_variance(gen):
+    b = tt.random_matrix_batch([[2, 3], [4, 2]], tt_rank=5, batch_size=3000, stddev=0.2, generator=gen)
+    assert_moment(per_draw_variance(dense(b)), 0.04, "variance")
+
+
+def test_glorot_is_random_matrix_with_glorot_stddev():
+    shape = [[4, 7], [5, 5]]
+    a = tt.glorot_initializer(shape, 3, generator=torch.Generator().manual_seed(7))
+    b = tt.random_matrix(
+        shape, 3, stddev=math.sqrt(2 / (28 + 25)), generator=torch.Generator().manual_seed(7)
+    )
+    for ca, cb in zip(a.tt_cores, b.tt_cores, strict=True):
+        torch.testing.assert_close(ca, cb, rtol=0, atol=0)
+
+
+def test_core_std_formula_is_exact():
+    # s = (stddev^2 / (r_1 ... r_{d-1}))^(1/(2d)): with a huge sample of core entries the measured core std
+    # matches it (checks the scaling, independently of the full-tensor statistics above).
+    b = tt.random_tensor_batch((3, 3, 3), (1, 2, 3, 1), batch_size=2000, stddev=2.0, dtype=torch.float64)
+    expected = (4.0 / 6) ** (1 / 6)
+    for c in b.tt_cores:
+        assert abs(c.std().item() - expected) < 5 * expected / math.sqrt(2 * c.numel())
+
+
+# ----------------------------------------------------------------------------------------- nonzero mean
+@pytest.mark.parametrize("batch", [False, True])
+def test_nonzero_mean_adds_mean_times_ones(batch):
+    def draw(mean):
+        g = torch.Generator().manual_seed(3)
+        if batch:
+            return tt.random_matrix_batch([[2, 3, 2], [2, 2, 3]], 2, 3, mean, 0.5, generator=g)
+        return tt.random_matrix([[2, 3, 2], [2, 2, 3]], 2, mean, 0.5, generator=g)
+
+    shifted, centred = draw(1.5), draw(0.0)
+    assert shifted.tt_ranks == (1, 3, 3, 1)  # t3f: tt + mean * ones raises the inner ranks by 1
+    assert_close(dense(shifted), dense(centred) + 1.5)
+
+
+def test_nonzero_mean_single_core():
+    a = tt.random_tensor((5,), 2, mean=-2.0, generator=torch.Generator().manual_seed(0))
+    b = tt.random_tensor((5,), 2, generator=torch.Generator().manual_seed(0))
+    assert_close(dense(a), dense(b) - 2.0)
+
+
+# ----------------------------------------------------------------------------------- shapes, ranks, seeds
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    rank=st.integers(1, 6),
+    batch=st.one_of(st.none(), st.integers(1, 3)),
+)
+def test_ranks_are_clipped_to_max_useful_ranks(shape, rank, batch):
+    x = tt.random_tensor(shape, rank) if batch is None else tt.random_tensor_batch(shape, rank, batch)
+    expected = tuple(min(rank, m) if 0 < k < len(shape) else 1 for k, m in enumerate(tt.max_tt_ranks(shape)))
+    assert x.tt_ranks == expected
+    assert x.raw_shape == tuple(shape)
+    assert x.dtype == torch.get_default_dtype()
+
+
+def test_ranks_clipped_for_matrices_use_mode_products():
+    x = tt.random_matrix([[2, 2, 2], [1, 3, 1]], tt_rank=100)
+    assert x.tt_ranks == tt.max_tt_ranks((2, 6, 2)) == (1, 2, 2, 1)
+
+
+def test_seeded_draws_repeat_and_differ():
+    a = tt.random_matrix([[2, 3], [3, 2]], 2, generator=torch.Generator().manual_seed(1))
+    b = tt.random_matrix([[2, 3], [3, 2]], 2, generator=torch.Generator().manual_seed(1))
+    c = tt.random_matrix([[2, 3], [3, 2]], 2, generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(x, y) for x, y in zip(a.tt_cores, b.tt_cores, strict=True))
+    assert not torch.equal(a.tt_cores[0], c.tt_cores[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_and_device(dtype):
+    for x in (
+        tt.random_tensor((2, 3), dtype=dtype, device="cpu"),
+        tt.random_matrix_batch([[2], [3]], batch_size=2, dtype=dtype),
+        tt.glorot_initializer([[2], [3]], dtype=dtype),
+        tt.tensor_ones((2, 3), dtype),
+        tt.eye((2,), dtype=dtype),
+    ):
+        assert x.dtype == dtype and x.device.type == "cpu"
+
+
+def test_vector_shapes_with_none_side():
+    col = tt.random_matrix([[2, 3], None], 2)
+    row = tt.matrix_ones([None, [2, 3]])
+    assert col.raw_shape == ((2, 3), (1, 1)) and col.shape == (6, 1)
+    assert row.raw_shape == ((1, 1), (2, 3)) and row.shape == (1, 6)
+
+
+def test_iid_core_initializers():
+    g = torch.Generator().manual_seed(0)
+    x = tt.tensor_batch_with_random_cores((4, 4), 3, 500, mean=1.0, stddev=0.5, generator=g)
+    core = x.tt_cores[1]
+    assert abs(core.mean().item() - 1.0) < 5 * 0.5 / math.sqrt(core.numel())
+    assert abs(core.std().item() - 0.5) < 5 * 0.5 / math.sqrt(2 * core.numel())
+    assert tt.tensor_with_random_cores((2, 3), 2).tt_ranks == (1, 2, 1)
+    assert tt.matrix_with_random_cores([[2, 2], [3, 3]], 2).shape == (4, 9)
+    assert tt.matrix_batch_with_random_cores([[2, 2], [3, 3]], 2, 4).shape == (4, 4, 9)
+
+
+# ------------------------------------------------------------------------------------------- constants
+def test_constants_are_exact():
+    assert_close(dense(tt.tensor_ones((2, 3, 4))), torch.ones(2, 3, 4, dtype=torch.get_default_dtype()))
+    assert_close(dense(tt.tensor_zeros((2, 3))), torch.zeros(2, 3, dtype=torch.get_default_dtype()))
+    assert_close(
+        dense(tt.matrix_ones([[2, 3], [4, 1]], torch.float64)), torch.ones(6, 4, dtype=torch.float64)
+    )
+    assert_close(dense(tt.matrix_zeros([[2, 3], [4, 1]])), torch.zeros(6, 4))
+    assert_close(dense(tt.eye((2, 3, 2), torch.float64)), torch.eye(12, dtype=torch.float64))
+
+
+def test_like_functions_follow_the_input():
+    x = tt.random_matrix_batch([[2, 3], [4, 1]], 2, batch_size=3, dtype=torch.float64)
+    ones = tt.ones_like(x)
+    assert isinstance(ones, tt.TensorTrain) and ones.dtype == torch.float64
+    assert_close(dense(ones), torch.ones(6, 4, dtype=torch.float64))
+    assert_close(dense(tt.zeros_like(tt.random_tensor((2, 5)))), torch.zeros(2, 5))
+
+
+def test_public_names_exported():
+    for name in init.__all__:
+        assert getattr(tt, name) is getattr(init, name)
+        assert getattr(init, name).__doc__
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: tt.random_tensor((2, 0, 3)), tt.ShapeError, r"mode sizes must be >= 1, got \(2, 0, 3\)"),
+        (lambda: tt.random_tensor((2, -1)), tt.ShapeError, r">= 1"),
+        (lambda: tt.random_tensor((2, 2.5)), TypeError, r"mode sizes must be ints, got \(2, 2.5\)"),
+        (lambda: tt.random_tensor((2, True)), TypeError, r"must be ints"),
+        (lambda: tt.random_tensor("abc"), TypeError, r"expected a sequence of ints, got str"),
+        (lambda: tt.random_tensor(5), TypeError, r"expected a sequence of ints, got int"),
+        (lambda: tt.random_tensor(()), tt.ShapeError, r"empty shape"),
+        (lambda: tt.random_tensor((2, 3), 0), tt.ShapeError, r"tt_rank values must be >= 1"),
+        (lambda: tt.random_tensor((2, 3, 4), (1, 2, 2)), tt.ShapeError, r"tt_rank must be an int, 2 inner"),
+        (lambda: tt.random_tensor((2, 3), 1.5), TypeError, r"tt_rank"),
+        (lambda: tt.random_tensor((2, 3), stddev=-1.0), ValueError, r"stddev must be a finite number >= 0"),
+        (lambda: tt.random_tensor((2, 3), dtype=torch.int64), TypeError, r"floating point"),
+        (lambda: tt.random_tensor_batch((2, 3), batch_size=0), ValueError, r"batch_size must be >= 1, got 0"),
+        (lambda: tt.random_tensor_batch((2, 3), batch_size=2.0), TypeError, r"batch_size must be an int"),
+        (lambda: tt.random_matrix([[2, 3], [4]]), tt.ShapeError, r"same length, got rows \(2, 3\)"),
+        (lambda: tt.random_matrix([2, 3, 4]), TypeError, r"\[\[row dims\], \[col dims\]\]"),
+        (lambda: tt.random_matrix([None, None]), tt.ShapeError, r"at most one side"),
+        (lambda: tt.glorot_initializer([[2, 0], [3, 3]]), tt.ShapeError, r"row dims.*>= 1"),
+        (lambda: tt.he_initializer([[2], [3, 3]]), tt.ShapeError, r"he_initializer"),
+        (lambda: tt.lecun_initializer([[2], [3.0]]), TypeError, r"lecun_initializer.*ints"),
+        (lambda: tt.eye((2, 0)), tt.ShapeError, r"eye: shape"),
+        (lambda: tt.matrix_zeros([[1], [2]], torch.int32), TypeError, r"floating point"),
+        (lambda: tt.ones_like(torch.ones(3)), TypeError, r"ones_like expects a TensorTrain"),
+    ],
+)
+def test_bad_input_is_refused(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
