@@ -1,5 +1,342 @@
-"""Placeholder: filled in by the work on this module."""
+"""MNIST-style datasets: a strict IDX reader, a cache folder and verified downloads.
+
+``tt.datasets.load_mnist()`` returns the four MNIST tensors. Files are looked up in one folder, chosen as:
+the ``root`` argument, else the environment variable ``TENSORTRAIN_DATA``, else
+``$XDG_CACHE_HOME/tensortrain/mnist`` (``~/.cache/tensortrain/mnist`` when ``XDG_CACHE_HOME`` is unset).
+That folder holds the standard file names, gzipped (``train-images-idx3-ubyte.gz``) or plain
+(``train-images-idx3-ubyte``). Missing files are downloaded into it (when ``download=True``) from a list of
+mirrors, checked against the sha256 of the standard files and written atomically (temporary file, then
+``os.replace``), so an interrupted download never leaves a half-written file under the final name.
+
+Files already on disk are not hashed (so Fashion-MNIST, which uses the same names, loads too); the IDX reader
+checks them strictly instead: magic, dtype code, dimensions and the exact data size.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import gzip
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "MNIST",
+    "MNIST_FILES",
+    "MNIST_MIRRORS",
+    "MNIST_SHA256",
+    "DownloadError",
+    "IDXError",
+    "default_data_dir",
+    "download_mnist",
+    "load_mnist",
+    "read_idx",
+]
+
+#: Standard MNIST file stems, in the order of the ``MNIST`` fields.
+MNIST_FILES: tuple[str, ...] = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+#: sha256 of the standard gzipped files (the ones LeCun's site and every mirror serve).
+MNIST_SHA256: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "db8f937d487057fb14a9f0fbe97f0bc8d311ab41b750d41e1ff37c43b9e55e19",
+    "train-labels-idx1-ubyte.gz": "51fc562b6747b666fbf6e84ce29d43c3cb5f9c388c664d43b33f02095313405a",
+    "t10k-images-idx3-ubyte.gz": "cfeddb84311ecf044fc6a5b0f6ee8a24d265d4e83e388400186eb114082f4209",
+    "t10k-labels-idx1-ubyte.gz": "e41c74e484045d39b462a7790a4af51301bd9b0b24f0154798d713ec68c45920",
+}
+
+#: Base URLs tried in order; override with ``mirrors=`` or ``TENSORTRAIN_MNIST_MIRRORS`` (comma-separated).
+MNIST_MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+_DATA_ENV = "TENSORTRAIN_DATA"
+_MIRRORS_ENV = "TENSORTRAIN_MNIST_MIRRORS"
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"); data is big-endian.
+_IDX_DTYPES: dict[int, torch.dtype] = {
+    0x08: torch.uint8,
+    0x09: torch.int8,
+    0x0B: torch.int16,
+    0x0C: torch.int32,
+    0x0D: torch.float32,
+    0x0E: torch.float64,
+}
+
+
+class IDXError(ValueError):
+    """A file is not a valid IDX file (bad magic, dtype code, dimensions or size); the message names it."""
+
+
+class DownloadError(OSError):
+    """No mirror delivered a file with the expected sha256; the message lists every mirror and its error."""
+
+
+class MNIST(NamedTuple):
+    """The MNIST tensors, as stored in the IDX files (no scaling, no copies beyond decoding).
+
+    Attributes:
+        train_images: uint8, shape (60000, 28, 28), values 0..255.
+        train_labels: int64, shape (60000,), values 0..9.
+        test_images: uint8, shape (10000, 28, 28).
+        test_labels: int64, shape (10000,).
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read one IDX file (gzipped or plain, detected from its first bytes) into a tensor.
+
+    Args:
+        path: the file.
+
+    Returns:
+        A CPU tensor with the file's dimensions and dtype (uint8, int8, int16, int32, float32, float64).
+
+    Raises:
+        IDXError: bad magic, unknown dtype code, zero dimensions, or data shorter/longer than the header says;
+            also a truncated or corrupt gzip stream. The message names the file.
+        FileNotFoundError: the file does not exist.
+
+    Example:
+        >>> labels = read_idx("mnist/t10k-labels-idx1-ubyte.gz")  # doctest: +SKIP
+        >>> labels.shape
+        torch.Size([10000])
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise IDXError(f"{path}: not an IDX file (bad magic {raw[:4].hex() or 'empty'}; expected 0000xxyy)")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        valid = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise IDXError(f"{path}: unknown IDX dtype code 0x{code:02X} (valid: {valid})")
+    if ndim == 0:
+        raise IDXError(f"{path}: IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IDXError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header} for {ndim} dims)")
+    dims = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+    dtype = _IDX_DTYPES[code]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    expected = itemsize
+    for n in dims:
+        expected *= n
+    got = len(raw) - header
+    if got != expected:
+        kind = "truncated" if got < expected else "trailing bytes"
+        raise IDXError(f"{path}: {kind}: dims {dims} of {dtype} need {expected} data bytes, found {got}")
+    return _decode(bytearray(raw[header:]), dtype, itemsize).reshape(dims)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it starts with the gzip magic."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, gzip.BadGzipFile) as err:  # EOFError: stream cut short
+        raise IDXError(f"{path}: corrupt or truncated gzip data ({err})") from err
+
+
+def _decode(buf: bytearray, dtype: torch.dtype, itemsize: int) -> torch.Tensor:
+    """Big-endian bytes -> a 1-D tensor of ``dtype`` in native byte order."""
+    if not buf:
+        return torch.empty(0, dtype=dtype)
+    flat = torch.frombuffer(buf, dtype=torch.uint8)
+    if itemsize > 1 and sys.byteorder == "little":
+        flat = flat.reshape(-1, itemsize).flip(-1).reshape(-1)
+    return flat.clone().view(dtype)
+
+
+def default_data_dir() -> Path:
+    """The folder ``load_mnist`` uses when no ``root`` is given.
+
+    Returns:
+        ``$TENSORTRAIN_DATA`` when set, else ``$XDG_CACHE_HOME/tensortrain/mnist``, else
+        ``~/.cache/tensortrain/mnist``.
+    """
+    env = os.environ.get(_DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "tensortrain" / "mnist"
+
+
+def _mirrors(mirrors: Sequence[str] | None) -> tuple[str, ...]:
+    if mirrors is None:
+        env = os.environ.get(_MIRRORS_ENV, "")
+        mirrors = [m for m in env.replace(" ", ",").split(",") if m] or MNIST_MIRRORS
+    if isinstance(mirrors, str):
+        raise TypeError("mirrors must be a sequence of base URLs, not one string")
+    if not mirrors:
+        raise ValueError("mirrors is empty: give at least one base URL")
+    return tuple(m if m.endswith("/") else m + "/" for m in mirrors)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def download_mnist(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    mirrors: Sequence[str] | None = None,
+    timeout: float = 30.0,
+) -> list[Path]:
+    """Download the MNIST files missing from ``root``, verifying each against its sha256.
+
+    Args:
+        root: target folder (created if needed); ``None`` uses ``default_data_dir()``.
+        mirrors: base URLs tried in order per file; ``None`` uses ``$TENSORTRAIN_MNIST_MIRRORS``
+            (comma-separated) or ``MNIST_MIRRORS``.
+        timeout: seconds per connection attempt.
+
+    Returns:
+        The paths of the files downloaded (empty when all were present).
+
+    Raises:
+        DownloadError: every mirror failed for some file (offline, HTTP error, or sha256 mismatch); the
+            message lists each mirror with its error.
+
+    Example:
+        >>> download_mnist("data/mnist")  # doctest: +SKIP
+    """
+    folder = Path(root).expanduser() if root is not None else default_data_dir()
+    bases = _mirrors(mirrors)
+    fetched = []
+    for stem in MNIST_FILES:
+        if _find(folder, stem) is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            fetched.append(_fetch(folder, stem + ".gz", bases, timeout))
+    return fetched
+
+
+def _fetch(folder: Path, name: str, bases: tuple[str, ...], timeout: float) -> Path:
+    """Try each mirror for one file; the first one with the right sha256 wins."""
+    failures = []
+    for base in bases:
+        url = base + name
+        try:
+            return _fetch_one(url, folder / name, MNIST_SHA256[name], timeout)
+        except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, timeouts: OSError
+            failures.append(f"  {url}: {err}")
+    raise DownloadError(
+        f"could not download {name} into {folder} from any mirror:\n"
+        + "\n".join(failures)
+        + f"\n(offline? copy the MNIST files into {folder}, or pass root= / set ${_DATA_ENV} to a folder holding them)"
+    )
+
+
+def _fetch_one(url: str, target: Path, sha256: str, timeout: float) -> Path:
+    """Stream ``url`` into a temporary file beside ``target``; rename it only if the hash matches."""
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            while chunk := resp.read(1 << 16):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"sha256 mismatch (got {digest.hexdigest()}, expected {sha256})")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data file is meant to be shared
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_mnist(
+    root: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    *,
+    mirrors: Sequence[str] | None = None,
+    timeout: float = 30.0,
+) -> MNIST:
+    """Load MNIST's train and test sets as tensors, downloading missing files if allowed.
+
+    Args:
+        root: folder holding the four IDX files (gzipped or plain); ``None`` uses ``$TENSORTRAIN_DATA``, else
+            the cache folder (see ``default_data_dir``).
+        download: fetch missing files from ``mirrors`` (sha256-checked, atomic writes).
+        mirrors: base URLs for the download; see ``download_mnist``.
+        timeout: seconds per connection attempt.
+
+    Returns:
+        ``MNIST(train_images, train_labels, test_images, test_labels)``: images uint8 (N, 28, 28), labels
+        int64 (N,) in 0..9.
+
+    Raises:
+        FileNotFoundError: files are missing and ``download=False``.
+        DownloadError: files are missing and no mirror delivered them.
+        IDXError: a file is corrupt, truncated, or not what MNIST needs (shape, dtype, label range).
+
+    Example:
+        >>> data = load_mnist("../shared/data/mnist")  # doctest: +SKIP
+        >>> data.train_images.shape, data.test_labels.dtype
+        (torch.Size([60000, 28, 28]), torch.int64)
+    """
+    folder = Path(root).expanduser() if root is not None else default_data_dir()
+    missing = [stem for stem in MNIST_FILES if _find(folder, stem) is None]
+    if missing and not download:
+        raise FileNotFoundError(
+            f"MNIST files missing in {folder}: {', '.join(missing)} (as .gz or plain); "
+            "pass download=True or point root / $TENSORTRAIN_DATA at a folder holding them"
+        )
+    if missing:
+        download_mnist(folder, mirrors=mirrors, timeout=timeout)
+    tr_x, tr_y, te_x, te_y = (_located(folder, stem) for stem in MNIST_FILES)
+    train_images, test_images = _check_images(tr_x), _check_images(te_x)
+    return MNIST(
+        train_images,
+        _check_labels(tr_y, len(train_images)),
+        test_images,
+        _check_labels(te_y, len(test_images)),
+    )
+
+
+def _located(folder: Path, stem: str) -> tuple[Path, torch.Tensor]:
+    path = _find(folder, stem)
+    if path is None:  # removed between the download and now
+        raise FileNotFoundError(f"{folder / stem}(.gz) disappeared while loading")
+    return path, read_idx(path)
+
+
+def _check_images(found: tuple[Path, torch.Tensor]) -> torch.Tensor:
+    path, x = found
+    if x.dtype != torch.uint8 or x.dim() != 3:
+        raise IDXError(f"{path}: expected uint8 images of shape (N, H, W), found {x.dtype} {tuple(x.shape)}")
+    return x
+
+
+def _check_labels(found: tuple[Path, torch.Tensor], n: int) -> torch.Tensor:
+    path, y = found
+    if y.dtype != torch.uint8 or y.shape != (n,):
+        raise IDXError(f"{path}: expected {n} uint8 labels (one per image), found {y.dtype} {tuple(y.shape)}")
+    if n and int(y.max()) > 9:
+        raise IDXError(f"{path}: labels must lie in 0..9, found {int(y.max())}")
+    return y.long()

@@ -1,0 +1,313 @@
+"""tt.datasets: the strict IDX reader, folder precedence, verified downloads from a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import shutil
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tensortrain import datasets
+from tensortrain.datasets import DownloadError, IDXError, load_mnist, read_idx
+
+# The real MNIST files: $TENSORTRAIN_DATA when it holds them, else ../shared/data/mnist beside the repository.
+_CANDIDATES = [os.environ.get("TENSORTRAIN_DATA", ""), str(Path(__file__).parents[2] / "shared/data/mnist")]
+REAL_MNIST = next(
+    (Path(c) for c in _CANDIDATES if c and (Path(c) / "train-images-idx3-ubyte.gz").is_file()), None
+)
+needs_real = pytest.mark.skipif(
+    REAL_MNIST is None, reason="real MNIST files not found (../shared/data/mnist)"
+)
+
+# struct format letters for each IDX type code: the test's own big-endian encoder (independent of the reader).
+_FMT = {0x08: "B", 0x09: "b", 0x0B: "h", 0x0C: "i", 0x0D: "f", 0x0E: "d"}
+_TORCH = {0x08: torch.uint8, 0x09: torch.int8, 0x0B: torch.int16, 0x0C: torch.int32, 0x0D: torch.float32}
+_TORCH[0x0E] = torch.float64
+
+
+def idx_bytes(code: int, dims: tuple[int, ...], values: list) -> bytes:
+    """Encode an IDX file by the format's definition."""
+    header = bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+    return header + struct.pack(f">{len(values)}{_FMT[code]}", *values)
+
+
+def write(path: Path, data: bytes, gz: bool) -> Path:
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def fake_mnist(folder: Path, n_train: int = 6, n_test: int = 4, gz: bool = True, labels_max: int = 9) -> None:
+    """Small files with MNIST's names and layout (N x 28 x 28 uint8 images, N uint8 labels)."""
+    g = torch.Generator().manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        pixels = torch.randint(0, 256, (n * 28 * 28,), generator=g).tolist()
+        labels = torch.randint(0, labels_max + 1, (n,), generator=g).tolist()
+        suffix = ".gz" if gz else ""
+        write(folder / f"{prefix}-images-idx3-ubyte{suffix}", idx_bytes(0x08, (n, 28, 28), pixels), gz)
+        write(folder / f"{prefix}-labels-idx1-ubyte{suffix}", idx_bytes(0x08, (n,), labels), gz)
+
+
+# --- the IDX reader -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", sorted(_FMT))
+@pytest.mark.parametrize("gz", [True, False])
+def test_read_idx_matches_encoder(tmp_path, code, gz):
+    g = torch.Generator().manual_seed(code)
+    dims = (3, 4, 5)
+    if code in (0x0D, 0x0E):
+        expected = torch.randn(dims, generator=g, dtype=_TORCH[code])
+    else:
+        info = torch.iinfo(_TORCH[code])
+        expected = torch.randint(info.min, info.max + 1, dims, generator=g, dtype=torch.int64).to(
+            _TORCH[code]
+        )
+    path = write(tmp_path / "x.idx", idx_bytes(code, dims, expected.flatten().tolist()), gz)
+    got = read_idx(path)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
+def test_read_idx_one_dim_and_empty(tmp_path):
+    assert torch.equal(read_idx(write(tmp_path / "a", idx_bytes(0x0C, (3,), [1, -2, 70000]), False)),
+                       torch.tensor([1, -2, 70000], dtype=torch.int32))  # fmt: skip
+    empty = read_idx(write(tmp_path / "b", idx_bytes(0x08, (0, 28), []), True))
+    assert empty.shape == (0, 28) and empty.dtype == torch.uint8
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"", "bad magic empty"),
+        (b"\x01\x00\x08\x01" + struct.pack(">I", 1) + b"\x00", "bad magic 01000801"),
+        (b"\x00\x00\x07\x01" + struct.pack(">I", 1) + b"\x00", "unknown IDX dtype code 0x07"),
+        (b"\x00\x00\x08\x00", "declares 0 dimensions"),
+        (b"\x00\x00\x08\x03" + struct.pack(">I", 2), "truncated IDX header"),
+        (
+            idx_bytes(0x08, (2, 3), list(range(6)))[:-1],
+            r"truncated: dims \(2, 3\) .* need 6 data bytes, found 5",
+        ),
+        (idx_bytes(0x0C, (2,), [1, 2]) + b"\x00", "trailing bytes: .* need 8 data bytes, found 9"),
+    ],
+)
+@pytest.mark.parametrize("gz", [True, False])
+def test_read_idx_rejects_bad_files_naming_them(tmp_path, data, match, gz):
+    path = write(tmp_path / "broken-idx1-ubyte", data, gz)
+    with pytest.raises(IDXError, match=f"broken-idx1-ubyte: .*{match}"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_truncated_and_corrupt_gzip(tmp_path):
+    packed = gzip.compress(idx_bytes(0x08, (100,), list(range(100))))
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(IDXError, match="cut.gz: corrupt or truncated gzip data"):
+        read_idx(cut)
+    flipped = bytearray(packed)
+    flipped[-6] ^= 0xFF  # inside the CRC32 / size trailer
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(IDXError, match="bad.gz: corrupt or truncated gzip data"):
+        read_idx(bad)
+
+
+def test_read_idx_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_idx(tmp_path / "nope")
+
+
+# --- load_mnist on files the test writes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_mnist_from_folder(tmp_path, gz):
+    fake_mnist(tmp_path, n_train=6, n_test=4, gz=gz)
+    data = load_mnist(tmp_path, download=False)
+    assert isinstance(data, datasets.MNIST)
+    assert data.train_images.shape == (6, 28, 28) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (4, 28, 28)
+    assert data.train_labels.shape == (6,) and data.train_labels.dtype == torch.int64
+    assert data.test_labels.shape == (4,) and data.test_labels.dtype == torch.int64
+    raw = read_idx(tmp_path / ("t10k-labels-idx1-ubyte" + (".gz" if gz else "")))
+    assert torch.equal(data.test_labels, raw.long())
+
+
+def test_load_mnist_rejects_bad_labels_and_counts(tmp_path):
+    fake_mnist(tmp_path / "a", labels_max=200)
+    with pytest.raises(IDXError, match=r"labels-idx1-ubyte.gz: labels must lie in 0..9"):
+        load_mnist(tmp_path / "a", download=False)
+    fake_mnist(tmp_path / "b")
+    write(tmp_path / "b/t10k-labels-idx1-ubyte.gz", idx_bytes(0x08, (3,), [1, 2, 3]), True)
+    with pytest.raises(IDXError, match=r"t10k-labels-idx1-ubyte.gz: expected 4 uint8 labels"):
+        load_mnist(tmp_path / "b", download=False)
+    fake_mnist(tmp_path / "c")
+    write(tmp_path / "c/train-images-idx3-ubyte.gz", idx_bytes(0x08, (6, 784), [0] * 6 * 784), True)
+    with pytest.raises(IDXError, match=r"train-images-idx3-ubyte.gz: expected uint8 images"):
+        load_mnist(tmp_path / "c", download=False)
+
+
+def test_load_mnist_missing_without_download(tmp_path):
+    fake_mnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing in .*: t10k-images-idx3-ubyte \(as .gz or plain\)"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_folder_precedence(tmp_path, monkeypatch):
+    for name, n in (
+        ("arg", 1),
+        ("env", 2),
+        ("xdg/tensortrain/mnist", 3),
+        ("home/.cache/tensortrain/mnist", 4),
+    ):
+        fake_mnist(tmp_path / name, n_train=n)
+    monkeypatch.setenv("TENSORTRAIN_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert len(load_mnist(tmp_path / "arg", download=False).train_images) == 1
+    assert len(load_mnist(download=False).train_images) == 2
+    monkeypatch.delenv("TENSORTRAIN_DATA")
+    assert datasets.default_data_dir() == tmp_path / "xdg/tensortrain/mnist"
+    assert len(load_mnist(download=False).train_images) == 3
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert datasets.default_data_dir() == tmp_path / "home/.cache/tensortrain/mnist"
+    assert len(load_mnist(download=False).train_images) == 4
+
+
+# --- downloads from a local HTTP server -------------------------------------------------------------------
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    """``serve(folder)`` -> base URL of an HTTP server on 127.0.0.1 (ephemeral port) serving ``folder``."""
+    servers = []
+
+    def start(folder: Path) -> str:
+        handler = functools.partial(_Quiet, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A base URL on a port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def _use_hashes_of(folder: Path, monkeypatch) -> None:
+    """Make the files in ``folder`` the expected ones (the real hashes are checked by the real-data test)."""
+    for name in datasets.MNIST_SHA256:
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        monkeypatch.setitem(datasets.MNIST_SHA256, name, digest)
+
+
+def test_download_then_load(tmp_path, serve, monkeypatch):
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    base = serve(tmp_path / "site")
+    data = load_mnist(tmp_path / "cache/mnist", mirrors=[base], timeout=5)
+    assert sorted(p.name for p in (tmp_path / "cache/mnist").iterdir()) == sorted(datasets.MNIST_SHA256)
+    assert data.train_images.shape == (6, 28, 28)
+    for name in datasets.MNIST_SHA256:  # byte-identical copies, nothing half-written left behind
+        assert (tmp_path / "cache/mnist" / name).read_bytes() == (tmp_path / "site" / name).read_bytes()
+    assert datasets.download_mnist(tmp_path / "cache/mnist", mirrors=[base]) == []  # all present: no fetch
+
+
+def test_download_only_missing_and_mirror_fallback(tmp_path, serve, dead_url, monkeypatch):
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    target = tmp_path / "target"
+    fake_mnist(target, gz=False)  # plain files already there
+    (target / "train-labels-idx1-ubyte").unlink()
+    monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", f"{dead_url}, {serve(tmp_path / 'site')}")
+    got = datasets.download_mnist(target, timeout=5)
+    assert got == [target / "train-labels-idx1-ubyte.gz"]
+    assert len(load_mnist(target, download=False).train_labels) == 6
+
+
+def test_download_offline_lists_every_mirror(tmp_path, dead_url):
+    other = dead_url.replace("http://127.0.0.1", "http://localhost")
+    with pytest.raises(DownloadError) as info:
+        load_mnist(tmp_path / "mnist", mirrors=[dead_url, other], timeout=5)
+    msg = str(info.value)
+    assert "could not download train-images-idx3-ubyte.gz" in msg
+    assert f"{dead_url}train-images-idx3-ubyte.gz: " in msg and f"{other}train-images-idx3-ubyte.gz: " in msg
+    assert "offline?" in msg and "TENSORTRAIN_DATA" in msg
+    assert list((tmp_path / "mnist").iterdir()) == []  # no partial files
+
+
+def test_download_corrupt_file_is_rejected(tmp_path, serve):
+    fake_mnist(tmp_path / "site")  # right names, wrong bytes: the real hashes do not match
+    with pytest.raises(
+        DownloadError, match=r"train-images-idx3-ubyte.gz: sha256 mismatch \(got [0-9a-f]{64}"
+    ):
+        load_mnist(tmp_path / "mnist", mirrors=[serve(tmp_path / "site")], timeout=5)
+    assert list((tmp_path / "mnist").iterdir()) == []
+
+
+def test_download_http_error_and_bad_mirrors_argument(tmp_path, serve):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DownloadError, match="HTTP Error 404"):
+        load_mnist(tmp_path / "mnist", mirrors=[serve(tmp_path / "empty")], timeout=5)
+    with pytest.raises(TypeError, match="sequence of base URLs"):
+        load_mnist(tmp_path / "mnist", mirrors="http://127.0.0.1:1/")
+    with pytest.raises(ValueError, match="mirrors is empty"):
+        load_mnist(tmp_path / "mnist", mirrors=[])
+
+
+@needs_real
+def test_download_real_files_match_published_hashes(tmp_path, serve):
+    site = tmp_path / "site"
+    site.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(REAL_MNIST / name, site / name)  # the two small ones: enough to test the real hashes
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        shutil.copy(REAL_MNIST / f"{stem}.gz", tmp_path / f"{stem}.gz")
+    got = datasets.download_mnist(tmp_path, mirrors=[serve(site)], timeout=5)
+    assert [p.name for p in got] == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    for name, digest in datasets.MNIST_SHA256.items():
+        assert hashlib.sha256((REAL_MNIST / name).read_bytes()).hexdigest() == digest
+
+
+# --- the real data ----------------------------------------------------------------------------------------
+
+
+@needs_real
+def test_real_mnist():
+    data = load_mnist(REAL_MNIST, download=False)
+    assert data.train_images.shape == (60000, 28, 28) and data.test_images.shape == (10000, 28, 28)
+    assert data.train_labels.shape == (60000,) and data.test_labels.shape == (10000,)
+    assert data.train_images.dtype == torch.uint8 and data.test_labels.dtype == torch.int64
+    for labels, n in ((data.train_labels, 60000), (data.test_labels, 10000)):
+        counts = torch.bincount(labels, minlength=10)
+        assert len(counts) == 10 and int(counts.sum()) == n
+        assert int(counts.min()) > n // 20  # every digit present in roughly balanced numbers
+    assert int(data.train_images.max()) == 255 and int(data.train_images.min()) == 0
+    # the digits are centred: the border rows are (almost) blank, the centre is not
+    assert data.train_images[:, 0, :].float().mean() < 1.0 < data.train_images[:, 14, :].float().mean()
