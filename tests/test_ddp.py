@@ -1,0 +1,124 @@
+"""DistributedDataParallel (gloo, CPU): 2 processes on 127.0.0.1 train a TT model like one process does.
+
+Each rank trains on its half of a global batch; DDP averages the gradients, so after every step the
+parameters on both ranks must be bit-identical and equal (up to float64 round-off from the all-reduce's
+summation order) to one process training on the whole batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import tensortrain as tt
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="this torch build has no torch.distributed gloo backend",
+)
+
+WORLD = 2
+STEPS = 4
+GLOBAL_BATCH = 8
+TIMEOUT_S = 120
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64),
+        torch.nn.Tanh(),
+        tt.nn.TTLinear(
+            8, 6, tt_rank=(1, 2, 2, 1), in_dims=(2, 2, 2), out_dims=(1, 2, 3), dtype=torch.float64
+        ),
+    )
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(STEPS, GLOBAL_BATCH, 12, generator=g, dtype=torch.float64)
+    y = torch.randn(STEPS, GLOBAL_BATCH, 6, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    # momentum makes a wrong step compound, so a single bad all-reduce cannot hide
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for step in range(x.shape[0]):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x[step]), y[step])
+        loss.backward()
+        opt.step()
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=TIMEOUT_S),
+    )
+    try:
+        model = _model()
+        if rank == 1:
+            # a different start on purpose: DDP must broadcast rank 0's parameters at construction
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        x, y = _data()
+        per_rank = GLOBAL_BATCH // WORLD
+        shard = slice(rank * per_rank, (rank + 1) * per_rank)
+        _train(ddp, x[:, shard], y[:, shard])
+        torch.save(model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(out_dir: Path) -> None:
+    ctx = mp.start_processes(
+        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+
+
+def test_ddp_matches_single_process(tmp_path):
+    _spawn(tmp_path)
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+    reference = _model()
+    start = {k: v.clone() for k, v in reference.state_dict().items()}
+    x, y = _data()
+    _train(reference, x, y)
+    expected = reference.state_dict()
+
+    assert sorted(states[0]) == sorted(expected)
+    assert any("cores" in k for k in expected)  # the TT cores are among the trained parameters
+    for key in expected:
+        assert torch.equal(states[0][key], states[1][key]), f"{key} differs between ranks"
+        torch.testing.assert_close(states[0][key], expected[key], rtol=1e-10, atol=1e-12)
+        assert not torch.equal(expected[key], start[key]), f"{key} did not train"
