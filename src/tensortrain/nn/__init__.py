@@ -1,3 +1,6 @@
-"""TT layers as ordinary PyTorch modules (placeholder)."""
+"""TT layers as ordinary PyTorch modules: ``tt.nn.TTLinear``, ``tt.nn.TTEmbedding``, ``tt.nn.functional``."""
 
-__all__: list[str] = []
+from . import functional, init
+from .linear import TTLinear
+
+__all__ = ["TTLinear", "functional", "init"]

@@ -1,0 +1,179 @@
+"""Functional forms of the TT layers: ``tt_linear`` and ``tt_embedding``; neither builds the dense weight.
+
+Symbols: ``d`` number of cores, ``m_k`` row modes (``M = prod m_k``), ``n_k`` column modes (``N = prod n_k``),
+``r`` the largest TT-rank, ``B`` the number of input rows (all leading dims together).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ShapeError
+from ..tensor_train import TensorTrain
+
+__all__ = ["tt_embedding", "tt_linear"]
+
+
+def _check_tt_matrix(fn: str, weight: object) -> TensorTrain:
+    if not isinstance(weight, TensorTrain) or not weight.is_tt_matrix():
+        kind = type(weight).__name__
+        if isinstance(weight, TensorTrain):
+            kind = "TT-tensor"
+        raise TypeError(f"{fn}: weight must be a TT-matrix TensorTrain, got a {kind}")
+    return weight
+
+
+def _check_operand(fn: str, name: str, t: torch.Tensor, weight: TensorTrain) -> None:
+    if t.dtype != weight.dtype or t.device != weight.device:
+        raise ShapeError(
+            f"{fn}: {name} has dtype {t.dtype} on {t.device} but the weight has dtype {weight.dtype} "
+            f"on {weight.device}; move one of them, e.g. {name}.to(weight.dtype)"
+        )
+
+
+def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``input @ W.T + bias`` for a TT-matrix ``W`` of shape ``out x in``, as ``F.linear``, without building W.
+
+    Contracts the input with one core at a time, left to right: the intermediate holds the output modes
+    produced so far, one rank index and the input modes not yet consumed.
+
+    Args:
+        input: a dense tensor of shape ``(..., in_features)``.
+        weight: a TT-matrix :class:`~tensortrain.TensorTrain` of shape ``out_features x in_features`` (row
+            dims = output dims, column dims = input dims), exactly like ``nn.Linear.weight``.
+        bias: an optional tensor of shape ``(out_features,)``.
+
+    Returns:
+        A tensor of shape ``(..., out_features)``.
+
+    Raises:
+        TypeError: a weight that is not a TT-matrix TensorTrain.
+        ShapeError: the input's last dim is not ``in_features``, a bias of the wrong shape, or dtypes/devices
+            that differ from the weight's.
+
+    Shape:
+        - input: ``(*, N)``; output: ``(*, M)``; bias: ``(M,)``.
+
+    Complexity: O(B d r^2 max_k(M_<=k N_>=k)) time, where M_<=k = m_1...m_k and N_>=k = n_k...n_d; O(B r
+    max_k(M_<=k N_>k)) memory for the intermediate.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> w = tt.TensorTrain([torch.randn(1, 2, 3, 2), torch.randn(2, 2, 3, 1)])  # 4 x 9
+        >>> tt.nn.functional.tt_linear(torch.randn(5, 9), w).shape
+        torch.Size([5, 4])
+    """
+    weight = _check_tt_matrix("tt_linear", weight)
+    out_dims, in_dims = weight.get_raw_shape()
+    m, n = math.prod(out_dims), math.prod(in_dims)
+    if input.dim() == 0 or input.shape[-1] != n:
+        got = "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
+        raise ShapeError(
+            f"tt_linear: input has {got} but the TT weight has {n} columns (in dims {tuple(in_dims)})"
+        )
+    _check_operand("tt_linear", "input", input, weight)
+    if bias is not None:
+        if tuple(bias.shape) != (m,):
+            raise ShapeError(f"tt_linear: bias must have shape ({m},), got {tuple(bias.shape)}")
+        _check_operand("tt_linear", "bias", bias, weight)
+    lead = input.shape[:-1]
+    b = math.prod(lead)
+    # t: (B, M_<k, r_{k-1}, n_k, N_>k); each step consumes n_k and r_{k-1}, produces m_k and r_k.
+    t = input.reshape(b, 1, 1, n)
+    done = 1
+    for core, nk in zip(weight.tt_cores, in_dims, strict=True):
+        rest = t.shape[-1] // nk
+        t = t.reshape(b, done, core.shape[0], nk, rest)
+        t = torch.einsum("bprnq,rmns->bpmsq", t, core)
+        done *= core.shape[1]
+        t = t.reshape(b, done, core.shape[3], rest)
+    out = t.reshape(*lead, m)
+    return out if bias is None else out + bias
+
+
+def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int) -> None:
+    if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex():
+        kind = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
+        raise TypeError(f"{fn}: indices must be an integer tensor (e.g. torch.long), got {kind}")
+    if input.numel() == 0:
+        return
+    lo, hi = int(input.min()), int(input.max())
+    if lo < 0 or hi >= num_embeddings:
+        bad = input[(input < 0) | (input >= num_embeddings)].unique()[:5].tolist()
+        raise IndexError(
+            f"{fn}: indices must be in [0, {num_embeddings}), got out-of-range values {bad} "
+            f"(min {lo}, max {hi})"
+        )
+
+
+def tt_embedding(
+    input: torch.Tensor,
+    weight: TensorTrain,
+    padding_idx: int | None = None,
+    num_embeddings: int | None = None,
+) -> torch.Tensor:
+    """Rows of a TT-matrix embedding table, as ``F.embedding``, without building the table.
+
+    Each distinct index is unravelled into row modes ``(i_1, ..., i_d)``; the cores' slices ``G_k[:, i_k]``
+    are gathered and multiplied (TT-Rec's lookup). Rows of ``padding_idx`` are zero in the output and pass
+    no gradient back to the cores.
+
+    Args:
+        input: an integer tensor of indices, any shape.
+        weight: a TT-matrix of shape ``V' x D``: row dims factor the (possibly padded) vocabulary ``V'``,
+            column dims factor ``embedding_dim`` ``D``.
+        padding_idx: an optional index whose output row is zero.
+        num_embeddings: the valid vocabulary size ``V <= V'`` (default ``V'``); larger indices are errors.
+
+    Returns:
+        A tensor of shape ``(*input.shape, D)`` with the weight's dtype and device.
+
+    Raises:
+        TypeError: a weight that is not a TT-matrix, or indices that are not integers.
+        IndexError: indices outside ``[0, num_embeddings)`` (the message lists some of them).
+        ShapeError: ``num_embeddings`` larger than the table.
+
+    Shape:
+        - input: ``(*)``; output: ``(*, D)``.
+
+    Complexity: O(U d r^2 D) for U distinct indices.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> w = tt.TensorTrain([torch.randn(1, 4, 2, 3), torch.randn(3, 5, 4, 1)])  # 20 x 8 table
+        >>> tt.nn.functional.tt_embedding(torch.tensor([[0, 7], [19, 3]]), w).shape
+        torch.Size([2, 2, 8])
+    """
+    weight = _check_tt_matrix("tt_embedding", weight)
+    voc_dims, emb_dims = weight.get_raw_shape()
+    v_pad, dim = math.prod(voc_dims), math.prod(emb_dims)
+    v = v_pad if num_embeddings is None else int(num_embeddings)
+    if v > v_pad:
+        raise ShapeError(
+            f"tt_embedding: num_embeddings={v} exceeds the table's {v_pad} rows (voc dims {tuple(voc_dims)})"
+        )
+    _check_indices("tt_embedding", input, v)
+    flat = input.reshape(-1).to(device=weight.device, dtype=torch.long)
+    # Repeated tokens are common (text, categorical features): contract each distinct row once.
+    uniq, inverse = torch.unique(flat, return_inverse=True)
+    rows = _tt_rows(weight, uniq, voc_dims)[inverse]
+    if padding_idx is not None:
+        keep = (flat != padding_idx).unsqueeze(-1)
+        rows = rows * keep.to(rows.dtype)  # zero output and zero gradient for padding positions
+    return rows.reshape(*input.shape, dim)
+
+
+def _tt_rows(weight: TensorTrain, idx: torch.Tensor, voc_dims: tuple[int, ...]) -> torch.Tensor:
+    """Dense rows ``W[idx, :]`` of a TT-matrix, shape ``(len(idx), D)``."""
+    u = idx.shape[0]
+    res = torch.ones(u, 1, 1, dtype=weight.dtype, device=weight.device)  # (U, D_<k, r_{k-1})
+    stride = math.prod(voc_dims)
+    for core, mk in zip(weight.tt_cores, voc_dims, strict=True):
+        stride //= mk
+        ik = torch.div(idx, stride, rounding_mode="floor") % mk
+        g = core[:, ik].permute(1, 0, 2, 3)  # (U, r_{k-1}, e_k, r_k)
+        r_left, e, r_right = g.shape[1], g.shape[2], g.shape[3]
+        res = torch.bmm(res, g.reshape(u, r_left, e * r_right)).reshape(u, -1, r_right)
+    return res.reshape(u, -1)

@@ -1,0 +1,86 @@
+"""Initialization of TT layer cores with the variance of a dense scheme.
+
+A TT-matrix entry is a sum of ``r_1 ... r_{d-1}`` products of ``d`` core entries. With independent zero-mean
+core entries of variance ``s_k^2`` the entry variance is ``prod_k s_k^2 * prod_k r_k`` (the products along
+different rank paths are uncorrelated), so cores drawn with ``s_k = (var / prod r_k)^(1 / 2d)`` give full
+entries of exactly the variance ``var`` of the dense scheme (Novikov et al. 2015, "Tensorizing Neural
+Networks", sec. 5; t3f's ``glorot_initializer``).
+
+Symbols: ``d`` number of cores, ``r_k`` TT-ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import torch
+
+__all__ = ["INIT_SCHEMES", "InitScheme", "dense_variance", "tt_normal_"]
+
+InitScheme = Literal["linear", "glorot", "he", "lecun"]
+INIT_SCHEMES: tuple[str, ...] = get_args(InitScheme)
+
+
+def dense_variance(init: str, fan_in: int, fan_out: int) -> float:
+    """The entry variance of a dense ``fan_out x fan_in`` weight under the scheme ``init``.
+
+    Args:
+        init: ``"linear"`` (``nn.Linear``'s default, ``kaiming_uniform_(a=sqrt(5))``: ``1 / (3 fan_in)``),
+            ``"glorot"`` (``2 / (fan_in + fan_out)``), ``"he"`` (``2 / fan_in``) or ``"lecun"``
+            (``1 / fan_in``).
+        fan_in: the number of input features.
+        fan_out: the number of output features.
+
+    Returns:
+        The variance as a float.
+
+    Raises:
+        ValueError: an unknown scheme (the message lists the valid ones).
+
+    Example:
+        >>> dense_variance("glorot", 784, 625)  # doctest: +ELLIPSIS
+        0.00141...
+    """
+    if init == "linear":
+        return 1.0 / (3.0 * fan_in)
+    if init == "glorot":
+        return 2.0 / (fan_in + fan_out)
+    if init == "he":
+        return 2.0 / fan_in
+    if init == "lecun":
+        return 1.0 / fan_in
+    raise ValueError(f"init must be one of {', '.join(map(repr, INIT_SCHEMES))}; got {init!r}")
+
+
+def tt_normal_(
+    cores: Sequence[torch.Tensor], variance: float, *, generator: torch.Generator | None = None
+) -> None:
+    """Fill TT cores in place with normal values so that the full tensor's entries have ``variance``.
+
+    Works for TT-tensor (3-dim) and TT-matrix (4-dim) cores; the ranks are read from the core shapes.
+
+    Args:
+        cores: the ``d`` cores (e.g. a layer's ``nn.ParameterList``), modified in place under ``no_grad``.
+        variance: the target variance of every entry of the full tensor (> 0).
+        generator: an optional ``torch.Generator`` for reproducible values.
+
+    Raises:
+        ValueError: a variance that is not positive.
+
+    Complexity: O(sum of core sizes).
+
+    Example:
+        >>> cores = [torch.empty(1, 5, 7, 4), torch.empty(4, 5, 4, 1)]
+        >>> tt_normal_(cores, 1e-3)
+    """
+    if not variance > 0:
+        raise ValueError(f"tt_normal_: variance must be > 0, got {variance!r}")
+    d = len(cores)
+    inner_ranks = math.prod(int(c.shape[0]) for c in cores[1:])
+    # Per-core std: the d-th root of the target std divided by the sqrt of the number of rank paths.
+    std = (variance / inner_ranks) ** (1.0 / (2 * d))
+    with torch.no_grad():
+        for c in cores:
+            c.normal_(0.0, std, generator=generator)

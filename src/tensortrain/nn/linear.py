@@ -1,0 +1,395 @@
+"""``TTLinear``: a drop-in ``nn.Linear`` whose weight is a TT-matrix.
+
+Symbols: ``d`` number of cores, ``m_k`` output modes, ``n_k`` input modes, ``r_k`` TT-ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ShapeError
+from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank
+from ..tensor_train import TensorTrain
+from . import functional as F
+from .init import InitScheme, dense_variance, tt_normal_
+
+__all__ = ["TTLinear"]
+
+
+def _choose_d(n: int) -> int:
+    """A number of modes giving factors of about 4 to 8 (784 -> 4, 128 -> 3, 10 -> 2)."""
+    return max(2, min(8, round(math.log2(max(n, 2)) / 2.5)))
+
+
+def _check_dims(name: str, dims: Sequence[int], size: int, size_name: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(k) for k in dims)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a sequence of ints, got {dims!r}") from None
+    if not out or any(k < 1 for k in out):
+        raise ShapeError(f"{name} must be a non-empty sequence of positive ints, got {out}")
+    if math.prod(out) != size:
+        raise ShapeError(f"{name}={out} multiply to {math.prod(out)}, but {size_name}={size}")
+    return out
+
+
+def resolve_dims(
+    in_features: int,
+    out_features: int,
+    in_dims: Sequence[int] | None,
+    out_dims: Sequence[int] | None,
+    *,
+    in_name: str = "in",
+    out_name: str = "out",
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate given mode sizes or factor the sizes into ``d`` balanced modes (shared ``d``).
+
+    Missing dims are factored with :func:`tensortrain.shapes.auto_shape`: input modes ascending, output
+    modes descending, so that the products ``m_k n_k`` (which set the core sizes) stay balanced.
+
+    Raises:
+        ShapeError: dims that do not multiply to the size, or in/out dims of different lengths.
+    """
+    names = (f"{in_name}_dims", f"{out_name}_dims")
+    sizes = (f"{in_name}_features", f"{out_name}_features")
+    ins = None if in_dims is None else _check_dims(names[0], in_dims, in_features, sizes[0])
+    outs = None if out_dims is None else _check_dims(names[1], out_dims, out_features, sizes[1])
+    if ins is not None and outs is not None and len(ins) != len(outs):
+        raise ShapeError(
+            f"{names[0]}={ins} and {names[1]}={outs} must have the same length (one pair of modes per core)"
+        )
+    d = len(ins) if ins is not None else len(outs) if outs is not None else None
+    if d is None:
+        d = _choose_d(max(in_features, out_features))
+    if ins is None:
+        ins = auto_shape(in_features, d)
+    if outs is None:
+        outs = tuple(reversed(auto_shape(out_features, d)))
+    return ins, outs
+
+
+def _check_features(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ShapeError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+class TTLinear(nn.Module):
+    r"""A linear layer ``y = x W^T + b`` whose ``out x in`` weight ``W`` is a TT-matrix (Novikov et al. 2015).
+
+    A drop-in for ``nn.Linear``: same call semantics on inputs of shape ``(..., in_features)``, same weight
+    orientation. The cores are ``nn.Parameter``\ s in the ``nn.ParameterList`` :attr:`cores`, core ``k`` of
+    shape ``(r_{k-1}, out_dims[k], in_dims[k], r_k)``; :attr:`weight` is a :class:`~tensortrain.TensorTrain`
+    view of them. The forward pass never builds ``W``.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        tt_rank: an int for every inner bond, or the full ``d + 1`` tuple ``(1, r_1, ..., r_{d-1}, 1)``.
+            Ranks above the largest useful ones (:func:`tensortrain.shapes.max_tt_ranks` of ``m_k n_k``)
+            are clipped to them: they would only add redundant parameters.
+        in_dims: the input modes ``n_k`` (multiply to ``in_features``); factored automatically if None.
+        out_dims: the output modes ``m_k`` (multiply to ``out_features``); factored automatically if None.
+        bias: whether to learn an additive bias.
+        init: the dense scheme whose entry variance the full weight gets: ``"linear"`` (``nn.Linear``'s
+            default, variance ``1 / (3 in)``), ``"glorot"`` (``2 / (in + out)``), ``"he"`` (``2 / in``) or
+            ``"lecun"`` (``1 / in``). Cores are normal with per-core std chosen for that variance.
+        bias_init: a constant for every bias entry (the t3f tutorial uses ``1e-3``); None: ``nn.Linear``'s
+            ``U(-1/sqrt(in), 1/sqrt(in))``.
+        device: the device of the parameters.
+        dtype: the dtype of the parameters.
+
+    Attributes:
+        cores: the TT cores (``nn.ParameterList``).
+        bias: the bias of shape ``(out_features,)``, or None.
+
+    Raises:
+        ShapeError: dims that do not multiply to the sizes, dims of different lengths, ranks below 1.
+        ValueError: an unknown ``init``.
+
+    Shape:
+        - Input: ``(*, in_features)``.
+        - Output: ``(*, out_features)``.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> layer = tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
+        >>> sum(p.numel() for p in layer.parameters())
+        1725
+        >>> layer(torch.randn(64, 784)).shape
+        torch.Size([64, 625])
+    """
+
+    in_features: int
+    out_features: int
+    in_dims: tuple[int, ...]
+    out_dims: tuple[int, ...]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        tt_rank: int | Sequence[int],
+        in_dims: Sequence[int] | None = None,
+        out_dims: Sequence[int] | None = None,
+        bias: bool = True,
+        init: InitScheme = "linear",
+        bias_init: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.in_features = _check_features("in_features", in_features)
+        self.out_features = _check_features("out_features", out_features)
+        self.in_dims, self.out_dims = resolve_dims(in_features, out_features, in_dims, out_dims)
+        dense_variance(init, in_features, out_features)  # validates init before any allocation
+        self.init = init
+        self.bias_init = bias_init
+        d = len(self.in_dims)
+        ranks = normalize_tt_rank(tt_rank, d)
+        cap = max_tt_ranks([m * n for m, n in zip(self.out_dims, self.in_dims, strict=True)])
+        ranks = tuple(min(r, c) for r, c in zip(ranks, cap, strict=True))
+        self.cores = nn.ParameterList(
+            nn.Parameter(
+                torch.empty(ranks[k], self.out_dims[k], self.in_dims[k], ranks[k + 1], **factory_kwargs)
+            )
+            for k in range(d)
+        )
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------- state
+    def reset_parameters(self) -> None:
+        """Re-draw the cores (variance of the ``init`` scheme) and the bias (``bias_init`` or nn.Linear's)."""
+        tt_normal_(list(self.cores), dense_variance(self.init, self.in_features, self.out_features))
+        if self.bias is not None:
+            with torch.no_grad():
+                if self.bias_init is None:
+                    bound = 1.0 / math.sqrt(self.in_features)
+                    nn.init.uniform_(self.bias, -bound, bound)
+                else:
+                    self.bias.fill_(self.bias_init)
+
+    @property
+    def weight(self) -> TensorTrain:
+        """The weight as a TT-matrix :class:`~tensortrain.TensorTrain` of shape ``out x in`` (a view of
+        :attr:`cores`; gradients flow back to them)."""
+        return TensorTrain(tuple(self.cores))
+
+    @property
+    def tt_ranks(self) -> tuple[int, ...]:
+        """The weight's TT-ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (*(int(c.shape[0]) for c in self.cores), 1)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Apply ``input @ W.T + bias`` through :func:`tensortrain.nn.functional.tt_linear`."""
+        return F.tt_linear(input, self.weight, self.bias)
+
+    # ------------------------------------------------------------------------------------- conversions
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        max_tt_rank: int | Sequence[int] | None = None,
+        epsilon: float | None = None,
+        in_dims: Sequence[int] | None = None,
+        out_dims: Sequence[int] | None = None,
+    ) -> TTLinear:
+        """A TTLinear whose weight is the TT-SVD of ``linear.weight``; the bias is copied.
+
+        Args:
+            linear: an ``nn.Linear`` (its device and dtype are kept).
+            max_tt_rank: cap on the TT-ranks (int or one per bond). With neither this nor ``epsilon`` the
+                decomposition is exact (maximal useful ranks).
+            epsilon: relative Frobenius error target of the weight (Oseledets 2011 splits it over d-1 SVDs).
+            in_dims: input modes (default: factored automatically).
+            out_dims: output modes (default: factored automatically).
+
+        Returns:
+            A new TTLinear on ``linear``'s device and dtype.
+
+        Raises:
+            TypeError: ``linear`` is not an ``nn.Linear``.
+            ShapeError: dims that do not multiply to the layer's sizes.
+
+        Complexity: the TT-SVD, O(d r^2 max_k(M N)) ~ one SVD-ish pass over the ``out x in`` weight.
+
+        Example:
+            >>> dense = torch.nn.Linear(784, 625)
+            >>> layer = TTLinear.from_linear(dense, max_tt_rank=16, in_dims=(7, 4, 7, 4), out_dims=(5,) * 4)
+            >>> layer.tt_ranks
+            (1, 16, 16, 16, 1)
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"TTLinear.from_linear expects nn.Linear, got {type(linear).__name__}")
+        from ..decompositions import to_tt_matrix
+
+        in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims)
+        w = linear.weight.detach()
+        if max_tt_rank is None and epsilon is None:
+            max_tt_rank = max(max_tt_ranks([m * n for m, n in zip(out_dims, in_dims, strict=True)]))
+        tt = to_tt_matrix(w, [list(out_dims), list(in_dims)], max_tt_rank=max_tt_rank, epsilon=epsilon)
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls.from_tt(tt, bias=bias, has_bias=linear.bias is not None)
+
+    @classmethod
+    def from_tt(
+        cls, tt_matrix: TensorTrain, bias: torch.Tensor | None = None, *, has_bias: bool | None = None
+    ) -> TTLinear:
+        """A TTLinear whose weight is ``tt_matrix`` (shape ``out x in``), e.g. the result of ``to_tt_matrix``.
+
+        Args:
+            tt_matrix: a TT-matrix of shape ``out_features x in_features`` (``nn.Linear.weight``'s
+                orientation); dtype and device are kept.
+            bias: optional bias values of shape ``(out_features,)``.
+            has_bias: whether the layer has a bias; default: ``bias is not None``. With a bias but no values
+                it starts at ``nn.Linear``'s default init.
+
+        Returns:
+            A new TTLinear with copies of the cores.
+
+        Raises:
+            TypeError: ``tt_matrix`` is not a TT-matrix TensorTrain.
+
+        Example:
+            >>> w = tt.to_tt_matrix(torch.randn(625, 784), [[5, 5, 5, 5], [7, 4, 7, 4]], max_tt_rank=4)
+            >>> TTLinear.from_tt(w).weight.shape
+            torch.Size([625, 784])
+        """
+        tt_matrix = F._check_tt_matrix("TTLinear.from_tt", tt_matrix)
+        out_dims, in_dims = tt_matrix.get_raw_shape()
+        layer = cls(
+            math.prod(in_dims),
+            math.prod(out_dims),
+            tt_rank=tt_matrix.tt_ranks,
+            in_dims=in_dims,
+            out_dims=out_dims,
+            bias=bias is not None if has_bias is None else has_bias,
+            device=tt_matrix.device,
+            dtype=tt_matrix.dtype,
+        )
+        return layer.load_tt_(tt_matrix, bias=bias)
+
+    def load_tt_(self, tt_matrix: TensorTrain, bias: torch.Tensor | None = None) -> TTLinear:
+        """Load a TT-matrix (e.g. from ``tt.to_tt_matrix``) and optionally a bias into this layer, in place.
+
+        t3f's ``layer.set_weights(cores + [bias])`` in one call. The ranks may differ from the layer's
+        current ones (to_tt_matrix clips ranks, t3f issue #218): the cores are then replaced by new
+        parameters of the new shapes, so create the optimizer after loading. Values are copied and cast to
+        the layer's dtype and device.
+
+        Args:
+            tt_matrix: a TT-matrix of shape ``out x in`` with row dims ``out_dims`` and column dims
+                ``in_dims``. A t3f kernel (shape ``in x out``, cores ``(r, in_k, out_k, r)``) is accepted and
+                transposed when its dims tell the two apart; for a square layer with equal in and out dims
+                pass ``tt.transpose(kernel)`` yourself.
+            bias: optional values for the bias, shape ``(out_features,)``.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            TypeError: not a TT-matrix.
+            ShapeError: its dims match neither ``(out_dims, in_dims)`` nor ``(in_dims, out_dims)``, or a bias
+                of the wrong shape or a bias given to a layer without one.
+
+        Example:
+            >>> layer = TTLinear(784, 625, tt_rank=16, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
+            >>> kernel = tt.to_tt_matrix(torch.randn(625, 784), [[5] * 4, [7, 4, 7, 4]], max_tt_rank=16)
+            >>> layer.load_tt_(kernel).tt_ranks
+            (1, 16, 16, 16, 1)
+        """
+        tt_matrix = F._check_tt_matrix("TTLinear.load_tt_", tt_matrix)
+        rows, cols = tt_matrix.get_raw_shape()
+        cores = list(tt_matrix.tt_cores)
+        if (rows, cols) != (self.out_dims, self.in_dims):
+            if (rows, cols) != (self.in_dims, self.out_dims):
+                raise ShapeError(
+                    f"TTLinear.load_tt_: the TT-matrix has dims {tuple(rows)} x {tuple(cols)}, expected "
+                    f"out x in = {self.out_dims} x {self.in_dims} (or a t3f kernel {self.in_dims} x "
+                    f"{self.out_dims})"
+                )
+            cores = [c.transpose(1, 2) for c in cores]  # t3f kernel (in x out) -> weight (out x in)
+        if bias is not None:
+            if self.bias is None:
+                raise ShapeError("TTLinear.load_tt_: got bias values but the layer has bias=False")
+            if tuple(bias.shape) != (self.out_features,):
+                raise ShapeError(
+                    f"TTLinear.load_tt_: bias must have shape ({self.out_features},), got {tuple(bias.shape)}"
+                )
+        like = self.cores[0]
+        with torch.no_grad():
+            for k, c in enumerate(cores):
+                c = c.detach().to(dtype=like.dtype, device=like.device)
+                if self.cores[k].shape == c.shape:
+                    self.cores[k].copy_(c)
+                else:
+                    self.cores[k] = nn.Parameter(c.clone())
+            if bias is not None and self.bias is not None:
+                self.bias.copy_(bias.detach())
+        return self
+
+    def to_linear(self) -> nn.Linear:
+        """The exact dense equivalent: an ``nn.Linear`` with ``W = full(weight)`` and the same bias.
+
+        Complexity: O(in * cost of one TT matvec); memory O(in * out).
+        """
+        like = self.cores[0]
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=like.device,
+            dtype=like.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.dense_weight())
+            if self.bias is not None and linear.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def dense_weight(self) -> torch.Tensor:
+        """The full ``out x in`` weight as a dense tensor (differentiable w.r.t. the cores)."""
+        like = self.cores[0]
+        eye = torch.eye(self.in_features, dtype=like.dtype, device=like.device)
+        # W^T = I @ W^T through the forward contraction: exact, and differentiable w.r.t. the cores.
+        return F.tt_linear(eye, self.weight).T
+
+    # ------------------------------------------------------------------------------------ bookkeeping
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A state_dict saved after a rank change (load_tt_, rounding) has cores of other shapes: resize the
+        # core parameters to them first, so the state_dict round trip survives rank changes.
+        for k in range(len(self.cores)):
+            saved = state_dict.get(f"{prefix}cores.{k}")
+            if isinstance(saved, torch.Tensor) and saved.shape != self.cores[k].shape and saved.dim() == 4:
+                like = self.cores[k]
+                self.cores[k] = nn.Parameter(torch.empty(saved.shape, dtype=like.dtype, device=like.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def num_tt_parameters(self) -> int:
+        """The number of scalars in the cores (bias excluded)."""
+        return sum(c.numel() for c in self.cores)
+
+    def compression_factor(self) -> float:
+        """Dense weight size over TT weight size: ``in * out / core parameters`` (bias excluded)."""
+        return self.in_features * self.out_features / self.num_tt_parameters()
+
+    def extra_repr(self) -> str:
+        params = sum(p.numel() for p in self.parameters())
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, in_dims={self.in_dims}, "
+            f"out_dims={self.out_dims}, tt_ranks={self.tt_ranks}, bias={self.bias is not None}, "
+            f"params={params:,}, compression={self.compression_factor():,.1f}x"
+        )

@@ -1,0 +1,237 @@
+"""TTLinear and tt_linear against the dense layer built from the same cores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_cores, seeds
+from tensortrain.nn.functional import tt_linear
+
+
+def dense_from_cores(cores) -> torch.Tensor:
+    """W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] ... G_d[:, i_d, j_d, :], built independently of the
+    library (the oracle); differentiable w.r.t. the cores."""
+    res = cores[0].reshape(cores[0].shape[1], cores[0].shape[2], cores[0].shape[3])  # (I, J, r)
+    for c in cores[1:]:
+        i, j = res.shape[0], res.shape[1]
+        res = torch.einsum("ijr,rmns->imjns", res, c).reshape(i * c.shape[1], j * c.shape[2], c.shape[3])
+    return res[..., 0]
+
+
+def tutorial_layer(rank: int, **kw) -> tt.nn.TTLinear:
+    return tt.nn.TTLinear(784, 625, tt_rank=rank, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5), **kw)
+
+
+# ----------------------------------------------------------------------------------------- forward
+@given(spec=matrix_specs(max_d=3, max_mode=4), seed=seeds, lead=st.sampled_from([(), (3,), (2, 3)]))
+def test_tt_linear_matches_dense(spec, seed, lead):
+    (rows, cols), ranks = spec
+    gen = torch.Generator().manual_seed(seed)
+    cores = random_cores((rows, cols), ranks, gen=gen)
+    w = dense_from_cores(cores)
+    x = torch.randn(*lead, math.prod(cols), generator=gen, dtype=torch.float64)
+    b = torch.randn(math.prod(rows), generator=gen, dtype=torch.float64)
+    assert_close(tt_linear(x, tt.TensorTrain(cores), b), nn.functional.linear(x, w, b))
+    assert_close(tt_linear(x, tt.TensorTrain(cores)), x @ w.T)
+
+
+def test_tt_linear_float32(gen):
+    cores = random_cores(((3, 4), (2, 5)), (1, 3, 1), gen=gen, dtype=torch.float32)
+    x = torch.randn(7, 10, generator=gen)
+    assert_close(tt_linear(x, tt.TensorTrain(cores)), x @ dense_from_cores(cores).T)
+
+
+def test_layer_forward_equals_to_linear_and_oracle(gen):
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), dtype=torch.float64)
+    x = torch.randn(2, 5, 24, generator=gen, dtype=torch.float64)
+    dense = layer.to_linear()
+    assert isinstance(dense, nn.Linear) and dense.weight.dtype == torch.float64
+    assert_close(layer(x), dense(x))
+    assert_close(dense.weight, dense_from_cores(list(layer.cores)))
+    assert_close(layer.dense_weight(), dense_from_cores(list(layer.cores)))
+
+
+def test_gradients_match_dense_chain_rule(gen):
+    layer = tt.nn.TTLinear(
+        12, 10, tt_rank=(1, 3, 2, 1), in_dims=(2, 3, 2), out_dims=(5, 1, 2), dtype=torch.float64
+    )
+    x = torch.randn(4, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(4, 10, generator=gen, dtype=torch.float64)
+    params = [*layer.cores, layer.bias, x]
+    loss_tt = ((layer(x) - target) ** 2).sum()
+    grads_tt = torch.autograd.grad(loss_tt, params)
+    w = dense_from_cores(list(layer.cores))  # autograd through the full weight
+    loss_dense = ((x @ w.T + layer.bias - target) ** 2).sum()
+    grads_dense = torch.autograd.grad(loss_dense, params)
+    assert_close(loss_tt, loss_dense)
+    for g_tt, g_dense in zip(grads_tt, grads_dense, strict=True):
+        assert_close(g_tt, g_dense)
+
+
+def test_gradcheck(gen):
+    cores = [c.requires_grad_() for c in random_cores(((2, 3), (3, 2)), (1, 2, 1), gen=gen)]
+    x = torch.randn(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, b, *c: tt_linear(x, tt.TensorTrain(c), b), (x, b, *cores))
+
+
+# ------------------------------------------------------------------------------------ construction
+def test_tutorial_parameter_counts():
+    layer = tutorial_layer(4)
+    assert [tuple(c.shape) for c in layer.cores] == [(1, 5, 7, 4), (4, 5, 4, 4), (4, 5, 7, 4), (4, 5, 4, 1)]
+    assert layer.num_tt_parameters() == 1100
+    assert sum(p.numel() for p in layer.parameters()) == 1725
+    big = tutorial_layer(16)
+    assert big.num_tt_parameters() == 14960 and big.bias is not None and big.bias.numel() == 625
+    assert isinstance(layer.weight, tt.TensorTrain) and layer.weight.shape == torch.Size([625, 784])
+    assert layer.weight.raw_shape == ((5, 5, 5, 5), (7, 4, 7, 4))
+
+
+def test_auto_dims_and_rank_clipping():
+    layer = tt.nn.TTLinear(784, 625, tt_rank=1000)
+    assert math.prod(layer.in_dims) == 784 and math.prod(layer.out_dims) == 625
+    assert len(layer.in_dims) == len(layer.out_dims) == 4
+    sizes = [m * n for m, n in zip(layer.out_dims, layer.in_dims, strict=True)]
+    assert layer.tt_ranks == tt.shapes.max_tt_ranks(sizes)
+    small = tt.nn.TTLinear(10, 3, tt_rank=2, in_dims=(2, 5))
+    assert math.prod(small.out_dims) == 3 and len(small.out_dims) == 2
+
+
+def test_no_bias_dtype_and_repr():
+    layer = tt.nn.TTLinear(6, 4, tt_rank=2, in_dims=(2, 3), out_dims=(2, 2), bias=False, dtype=torch.float64)
+    assert layer.bias is None and "bias" in dict(layer.named_parameters(recurse=False)).keys() | {"bias"}
+    assert all(c.dtype == torch.float64 for c in layer.cores)
+    text = repr(tutorial_layer(4))
+    for piece in (
+        "in_dims=(7, 4, 7, 4)",
+        "out_dims=(5, 5, 5, 5)",
+        "tt_ranks=(1, 4, 4, 4, 1)",
+        "params=1,725",
+    ):
+        assert piece in text
+    assert f"compression={784 * 625 / 1100:,.1f}x" in text
+
+
+@pytest.mark.parametrize(
+    ("init", "variance"),
+    [
+        ("linear", lambda i, o: 1 / (3 * i)),
+        ("glorot", lambda i, o: 2 / (i + o)),
+        ("he", lambda i, o: 2 / i),
+        ("lecun", lambda i, o: 1 / i),
+    ],
+)
+def test_init_variance_of_full_weight(init, variance):
+    torch.manual_seed(0)
+    in_f, out_f = 24, 20
+    layer = tt.nn.TTLinear(
+        in_f, out_f, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), init=init, bias=False
+    )
+    second_moments = []
+    for _ in range(400):
+        layer.reset_parameters()
+        second_moments.append(dense_from_cores(list(layer.cores)).detach().pow(2).mean())
+    ratio = torch.stack(second_moments).mean().item() / variance(in_f, out_f)
+    assert 0.85 < ratio < 1.15, ratio
+
+
+def test_bias_init():
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=2, bias_init=1e-3)
+    assert layer.bias is not None and torch.all(layer.bias == 1e-3)
+    default = tt.nn.TTLinear(100, 625, tt_rank=2)
+    assert default.bias is not None and default.bias.abs().max() <= 0.1
+    assert default.bias.std() > 0.05  # U(-0.1, 0.1) has std 0.058, not a constant
+
+
+# ------------------------------------------------------------------------------------- loading, state
+def test_load_tt_accepts_weight_and_t3f_kernel(gen):
+    layer = tt.nn.TTLinear(12, 6, tt_rank=5, in_dims=(3, 4), out_dims=(2, 3), dtype=torch.float64)
+    cores = random_cores(((2, 3), (3, 4)), (1, 2, 1), gen=gen)  # out x in, rank 2 != layer's rank
+    bias = torch.randn(6, generator=gen, dtype=torch.float64)
+    layer.load_tt_(tt.TensorTrain(cores), bias=bias)
+    assert layer.tt_ranks == (1, 2, 1)
+    x = torch.randn(5, 12, generator=gen, dtype=torch.float64)
+    assert_close(layer(x), x @ dense_from_cores(cores).T + bias)
+    kernel = random_cores(((3, 4), (2, 3)), (1, 3, 1), gen=gen)  # t3f: in x out
+    layer.load_tt_(tt.TensorTrain(kernel))
+    assert_close(layer(x), x @ dense_from_cores(kernel) + bias)
+    made = tt.nn.TTLinear.from_tt(tt.TensorTrain(cores), bias=bias)
+    assert (made.in_features, made.out_features, made.tt_ranks) == (12, 6, (1, 2, 1))
+    assert_close(made(x), x @ dense_from_cores(cores).T + bias)
+
+
+def test_state_dict_round_trip_survives_rank_change(gen):
+    src = tt.nn.TTLinear(12, 6, tt_rank=4, in_dims=(3, 4), out_dims=(2, 3), dtype=torch.float64)
+    src.load_tt_(tt.TensorTrain(random_cores(((2, 3), (3, 4)), (1, 2, 1), gen=gen)))
+    dst = tt.nn.TTLinear(12, 6, tt_rank=4, in_dims=(3, 4), out_dims=(2, 3), dtype=torch.float64)
+    dst.load_state_dict(src.state_dict())
+    assert dst.tt_ranks == (1, 2, 1)
+    x = torch.randn(3, 12, generator=gen, dtype=torch.float64)
+    assert_close(dst(x), src(x))
+    assert set(src.state_dict()) == {"cores.0", "cores.1", "bias"}
+
+
+# ------------------------------------------------------------------------------------------ errors
+def test_bad_arguments():
+    with pytest.raises(tt.ShapeError, match=r"in_dims=\(7, 4, 7\) multiply to 196, but in_features=784"):
+        tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(7, 4, 7))
+    with pytest.raises(tt.ShapeError, match=r"out_dims=\(5, 5\) multiply to 25, but out_features=625"):
+        tt.nn.TTLinear(784, 625, tt_rank=4, out_dims=(5, 5))
+    with pytest.raises(tt.ShapeError, match="same length"):
+        tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(28, 28), out_dims=(5, 5, 25))
+    with pytest.raises(tt.ShapeError, match=">= 1"):
+        tt.nn.TTLinear(784, 625, tt_rank=0)
+    with pytest.raises(tt.ShapeError, match=">= 1"):
+        tt.nn.TTLinear(784, 625, tt_rank=(1, 4, 0, 4, 1), in_dims=(7, 4, 7, 4))
+    with pytest.raises(ValueError, match="'linear', 'glorot', 'he', 'lecun'.*'xavier'"):
+        tt.nn.TTLinear(784, 625, tt_rank=4, init="xavier")  # type: ignore[arg-type]
+    with pytest.raises(tt.ShapeError, match="in_features must be >= 1"):
+        tt.nn.TTLinear(0, 625, tt_rank=4)
+    with pytest.raises(TypeError, match="expects nn.Linear, got Conv2d"):
+        tt.nn.TTLinear.from_linear(nn.Conv2d(1, 1, 3))  # type: ignore[arg-type]
+
+
+def test_bad_inputs(gen):
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+    with pytest.raises(tt.ShapeError, match=r"input has 10 features.*12 columns \(in dims \(3, 4\)\)"):
+        layer(torch.randn(2, 10))
+    with pytest.raises(tt.ShapeError, match="dtype torch.float64"):
+        layer(torch.randn(2, 12, dtype=torch.float64))
+    with pytest.raises(TypeError, match="TT-matrix"):
+        tt_linear(torch.randn(2, 12), tt.TensorTrain([torch.randn(1, 12, 1)]))
+    with pytest.raises(tt.ShapeError, match=r"bias must have shape \(6,\)"):
+        tt_linear(torch.randn(2, 12), layer.weight, torch.randn(5))
+    with pytest.raises(tt.ShapeError, match=r"expected out x in = \(2, 3\) x \(3, 4\)"):
+        layer.load_tt_(
+            tt.TensorTrain(random_cores(((2, 3), (4, 3)), (1, 2, 1), gen=gen, dtype=torch.float32))
+        )
+
+
+# ---------------------------------------------------------------------------------------- training
+def test_tiny_training_run_learns():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    teacher = tt.nn.TTLinear(16, 12, tt_rank=2, in_dims=(4, 4), out_dims=(3, 4), init="he")
+    x = torch.randn(256, 16, generator=gen)
+    with torch.no_grad():
+        y = teacher(x)
+    student = tt.nn.TTLinear(16, 12, tt_rank=3, in_dims=(4, 4), out_dims=(3, 4))
+    opt = torch.optim.Adam(student.parameters(), lr=3e-2)
+    first = None
+    for _ in range(150):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(student(x), y)
+        first = loss.item() if first is None else first
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.01 * first
