@@ -1,5 +1,627 @@
-"""Placeholder: filled in by the work on this module."""
+"""The tangent space of the manifold of fixed-TT-rank tensors (Lubich, Oseledets, Vandereycken 2015).
+
+A point ``X`` with TT-ranks ``r`` is written with left-orthogonal cores ``U_k`` and right-orthogonal cores
+``V_k``; every tangent vector at ``X`` is ``sum_k U_{<k} dU_k V_{>k}`` where the "delta" cores ``dU_k`` (shape
+``(r_{k-1}, n_k, r_k)``) satisfy the gauge condition ``U_k^T dU_k = 0`` for ``k < d`` (in the
+``(r_{k-1} n_k) x r_k`` unfolding). Under that gauge the terms are mutually orthogonal, so the orthogonal
+projection of ``Z`` is ``dU_k = (I - U_k U_k^T) (U_{<k}^T Z V_{>k}^T)`` (``dU_d = U_{<d}^T Z``) and inner
+products of tangent vectors are sums of inner products of their deltas.
+
+A tangent vector is stored as a TT of ranks ``2 r`` with cores ``[dU_1, U_1]``, ``[[V_k, 0], [dU_k, U_k]]``,
+``[[V_d], [dU_d]]`` (t3f's layout) and carries ``projection_on``, the point it is tangent at.
+
+Ranks above the mode sizes (``r_k > r_{k-1} n_k``, t3f issue #154) are reduced to the largest ranks the
+point actually has (reduced QR), so the projector stays exact and the tangent vectors have ranks
+``2 min(r_k, ...)``.
+
+Symbols: ``d`` cores, ``n`` mode size (``m_k n_k`` for a TT-matrix), ``r`` rank of ``where``, ``R`` rank of
+``what``, ``B`` batch size.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from collections.abc import Sequence
+from typing import Any, cast
+
+import torch
+
+from .errors import ShapeError
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+
+__all__ = [
+    "add_n_projected",
+    "pairwise_flat_inner_projected",
+    "project",
+    "project_matmul",
+    "project_sum",
+    "tangent_space_to_deltas",
+]
+
+Cores = list[torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------ layout helpers
+def _matrix_modes(x: TensorTrainBase) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return cast(tuple[tuple[int, ...], tuple[int, ...]], x.raw_shape)
+
+
+def _flat_cores(x: TensorTrainBase) -> Cores:
+    """Cores as 3-dim ``(r, n, r)`` (4-dim with a batch axis); a TT-matrix core's modes are merged."""
+    b = 1 if isinstance(x, TensorTrainBatch) else 0
+    if not x.is_tt_matrix():
+        return list(x.tt_cores)
+    return [c.reshape(*c.shape[: b + 1], -1, c.shape[-1]) for c in x.tt_cores]
+
+
+def _unflat(cores: Sequence[torch.Tensor], like: TensorTrainBase, batch: bool) -> TensorTrainBase:
+    """Inverse of :func:`_flat_cores` for the mode sizes of ``like``; a batch when ``batch``."""
+    if like.is_tt_matrix():
+        rows, cols = _matrix_modes(like)
+        cores = [
+            c.reshape(*c.shape[:-2], m, n, c.shape[-1]) for c, m, n in zip(cores, rows, cols, strict=True)
+        ]
+    return TensorTrainBatch(cores) if batch else TensorTrain(cores)
+
+
+def _check_where(where: Any, fname: str) -> None:
+    if not isinstance(where, TensorTrain):
+        raise TypeError(f"{fname}: `where` must be a TensorTrain (a single TT), got {type(where).__name__}")
+
+
+def _check_pair(what: TensorTrainBase | torch.Tensor, where: TensorTrain, fname: str) -> None:
+    if what.dtype != where.dtype or what.device != where.device:
+        raise ShapeError(
+            f"{fname}: `what` is {what.dtype} on {what.device} but `where` is {where.dtype} on "
+            f"{where.device}; cast one of them first"
+        )
+
+
+# ----------------------------------------------------------------------------------- orthogonalization
+def _left_sweep(cores: Cores) -> Cores:
+    """Left-orthogonalize cores 1..d-1 by reduced QR (ranks may shrink to the feasible ones)."""
+    out: Cores = []
+    carry: torch.Tensor | None = None
+    for c in cores[:-1]:
+        if carry is not None:
+            c = torch.einsum("ab,bnc->anc", carry, c)
+        r0, n, r1 = c.shape
+        q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
+        out.append(q.reshape(r0, n, q.shape[1]))
+    last = cores[-1] if carry is None else torch.einsum("ab,bnc->anc", carry, cores[-1])
+    return [*out, last]
+
+
+def _right_sweep(cores: Cores) -> Cores:
+    """Right-orthogonalize cores 2..d by reduced QR of the transposed unfoldings."""
+    out: Cores = []
+    carry: torch.Tensor | None = None
+    for c in reversed(cores[1:]):
+        if carry is not None:
+            c = torch.einsum("anb,bc->anc", c, carry)
+        r0, n, r1 = c.shape
+        q, rt = torch.linalg.qr(c.reshape(r0, n * r1).T)
+        carry = rt.T
+        out.append(q.T.reshape(q.shape[1], n, r1))
+    first = cores[0] if carry is None else torch.einsum("anb,bc->anc", cores[0], carry)
+    return [first, *reversed(out)]
+
+
+def _ranks(cores: Cores) -> list[int]:
+    return [int(c.shape[0]) for c in cores]
+
+
+def _tangent_frame(where: TensorTrain) -> tuple[Cores, Cores]:
+    """Left- and right-orthogonal cores ``(U, V)`` of ``where`` with equal (feasible) ranks.
+
+    ``U[:-1]`` are left-orthogonal, ``V[1:]`` right-orthogonal and ``V[0]`` is the first core of the
+    right-orthogonal form, so that ``where = V[0] V[1] ... V[d-1]``.
+    """
+    left = _left_sweep(_flat_cores(where))
+    right = _right_sweep(left)
+    if _ranks(right) != _ranks(left):
+        # A rank above the mode sizes shrank in the right sweep: one more pair of sweeps makes both
+        # forms share the (now feasible) ranks; it cannot shrink them again.
+        left = _left_sweep(right)
+        right = _right_sweep(left)
+    return left, right
+
+
+# --------------------------------------------------------------------------------------- the projector
+def _gauge(u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``(I - U U^T) delta`` in the left unfolding; ``delta`` has a leading batch axis."""
+    coef = torch.einsum("anb,oanc->obc", u, delta)
+    return delta - torch.einsum("anb,obc->oanc", u, coef)
+
+
+def _deltas_of_tt(z: Cores, u: Cores, v: Cores) -> Cores:
+    """Projection deltas of each element of the batch of TT cores ``z`` (leading batch axis)."""
+    d, bsz = len(z), z[0].shape[0]
+    ones = torch.ones(bsz, 1, 1, dtype=z[0].dtype, device=z[0].device)
+    rhs: list[torch.Tensor] = [ones] * (d + 1)
+    for k in range(d - 1, 0, -1):
+        rhs[k] = torch.einsum("oanb,cnd,obd->oac", z[k], v[k], rhs[k + 1])
+    lhs = ones
+    deltas: Cores = []
+    for k in range(d):
+        part = torch.einsum("oab,obnc->oanc", lhs, z[k])
+        if k < d - 1:
+            lhs = torch.einsum("oanc,anb->obc", part, u[k])
+            part = torch.einsum("oanc,ocd->oand", part, rhs[k + 1])
+            part = _gauge(u[k], part)
+        deltas.append(part)
+    return deltas
+
+
+def _deltas_of_dense(z: torch.Tensor, u: Cores, v: Cores) -> Cores:
+    """Projection deltas of a dense batch ``z`` of shape ``(B, n_1, ..., n_d)`` (merged modes)."""
+    d, bsz = len(u), z.shape[0]
+    dims = [int(c.shape[1]) for c in u]
+    left = z.reshape(bsz, 1, -1)  # U_{<k}^T Z, shape (B, r_{k-1}, n_k ... n_d)
+    deltas: Cores = []
+    for k in range(d):
+        # Contract the trailing modes with V_{>k}, from the last mode inwards.
+        t = left.reshape(bsz, -1, 1)
+        for j in range(d - 1, k, -1):
+            t = torch.einsum("oxnc,anc->oxa", t.reshape(bsz, -1, dims[j], t.shape[-1]), v[j])
+        part = t.reshape(bsz, u[k].shape[0], dims[k], -1)
+        if k < d - 1:
+            part = _gauge(u[k], part)
+            lv = left.reshape(bsz, u[k].shape[0] * dims[k], -1)
+            left = torch.einsum("ab,oax->obx", u[k].reshape(-1, u[k].shape[-1]), lv)
+        deltas.append(part)
+    return deltas
+
+
+def _assemble(deltas: Cores, u: Cores, v: Cores) -> Cores:
+    """Tangent cores (batched like ``deltas``) in t3f's block layout, ranks ``2 r``."""
+    d, bsz = len(deltas), deltas[0].shape[0]
+    if d == 1:
+        return list(deltas)
+
+    def rep(c: torch.Tensor) -> torch.Tensor:
+        return c.unsqueeze(0).expand(bsz, *c.shape)
+
+    cores = [torch.cat([deltas[0], rep(u[0])], dim=-1)]
+    for k in range(1, d - 1):
+        zeros = deltas[k].new_zeros(bsz, v[k].shape[0], v[k].shape[1], u[k].shape[2])
+        upper = torch.cat([rep(v[k]), zeros], dim=-1)
+        lower = torch.cat([deltas[k], rep(u[k])], dim=-1)
+        cores.append(torch.cat([upper, lower], dim=1))
+    cores.append(torch.cat([rep(v[-1]), deltas[-1]], dim=1))
+    return cores
+
+
+def _tangent(deltas: Cores, u: Cores, v: Cores, where: TensorTrain, batch: bool) -> TensorTrainBase:
+    cores = _assemble(deltas, u, v)
+    if not batch:
+        cores = [c[0] for c in cores]
+    res = _unflat(cores, where, batch)
+    res.projection_on = where  # type: ignore[attr-defined]
+    return res
+
+
+def _dense_to_flat(what: torch.Tensor, where: TensorTrain, fname: str) -> torch.Tensor:
+    """A dense tensor (or a batch of them, leading axis) as ``(B, n_1, ..., n_d)`` with merged modes."""
+    shape = tuple(where.shape)
+    if tuple(what.shape) == shape:
+        what = what.unsqueeze(0)
+    elif tuple(what.shape[1:]) != shape or what.dim() != len(shape) + 1:
+        raise ShapeError(
+            f"{fname}: dense `what` has shape {tuple(what.shape)} but `where` has shape {shape} "
+            f"(a leading batch axis is allowed)"
+        )
+    bsz = what.shape[0]
+    if where.is_tt_matrix():
+        rows, cols = _matrix_modes(where)
+        d = len(rows)
+        what = what.reshape(bsz, *rows, *cols)
+        perm = [0] + [p for k in range(d) for p in (1 + k, 1 + d + k)]
+        what = what.permute(perm).reshape(bsz, *(m * n for m, n in zip(rows, cols, strict=True)))
+    return what
+
+
+def _project_deltas(
+    what: TensorTrainBase | torch.Tensor, where: TensorTrain, fname: str
+) -> tuple[Cores, Cores, Cores, bool]:
+    """Deltas (batched) of the projection of each element of ``what``; also the frame and batchness."""
+    _check_where(where, fname)
+    u, v = _tangent_frame(where)
+    if isinstance(what, torch.Tensor):
+        _check_pair(what, where, fname)
+        flat = _dense_to_flat(what, where, fname)
+        return _deltas_of_dense(flat, u, v), u, v, what.dim() == len(where.shape) + 1
+    if not isinstance(what, TensorTrainBase):
+        raise TypeError(f"{fname}: `what` must be a TT object or a torch.Tensor, got {type(what).__name__}")
+    _check_pair(what, where, fname)
+    if what.raw_shape != where.raw_shape:
+        raise ShapeError(
+            f"{fname}: `what` has raw shape {what.raw_shape} but `where` has raw shape {where.raw_shape}"
+        )
+    batch = isinstance(what, TensorTrainBatch)
+    z = _flat_cores(what)
+    if not batch:
+        z = [c.unsqueeze(0) for c in z]
+    return _deltas_of_tt(z, u, v), u, v, batch
+
+
+def project_sum(
+    what: TensorTrainBase | torch.Tensor, where: TensorTrain, weights: torch.Tensor | None = None
+) -> TensorTrain:
+    """Project ``what`` (or the weighted sum of a batch) onto the tangent space at ``where``.
+
+    Args:
+        what: a TensorTrain, a TensorTrainBatch (its elements are summed), or a dense tensor of ``where``'s
+            dense shape, optionally with a leading batch axis (summed too).
+        where: the TensorTrain (TT-tensor or TT-matrix) whose tangent space to project on.
+        weights: optional ``(B,)`` weights of the batch elements: projects ``sum_i weights[i] what[i]``.
+
+    Returns:
+        A TensorTrain of ranks ``2 r`` (``where``'s ranks, reduced to the feasible ones) with attribute
+        ``projection_on = where``.
+
+    Raises:
+        TypeError: ``where`` is not a TensorTrain, or ``what`` is not a TT object or tensor.
+        ShapeError: shapes, dtypes or devices disagree, or ``weights`` has the wrong length.
+
+    Shape:
+        dense ``what``: ``where.shape`` or ``(B, *where.shape)``.
+
+    Complexity:
+        O(d r^3 n) to orthogonalize ``where`` plus O(B d n r R (r + R)) for a TT ``what``.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> x = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 4, 1)])
+        >>> tt.project_sum(x, x).tt_ranks
+        (1, 4, 1)
+    """
+    deltas, u, v, _ = _project_deltas(what, where, "project_sum")
+    bsz = deltas[0].shape[0]
+    if weights is None:
+        w = torch.ones(bsz, dtype=deltas[0].dtype, device=deltas[0].device)
+    else:
+        w = torch.as_tensor(weights, dtype=deltas[0].dtype, device=deltas[0].device)
+        if w.shape != (bsz,):
+            raise ShapeError(f"project_sum: weights must have shape ({bsz},), got {tuple(w.shape)}")
+    summed = [torch.einsum("o,o...->...", w, dl).unsqueeze(0) for dl in deltas]
+    return _tangent(summed, u, v, where, batch=False)  # type: ignore[return-value]
+
+
+def project(what: TensorTrainBase | torch.Tensor, where: TensorTrain) -> TensorTrainBase:
+    """Project ``what`` onto the tangent space at ``where``, element by element for a batch.
+
+    Args:
+        what: a TensorTrain, a TensorTrainBatch, or a dense tensor of ``where``'s dense shape (optionally
+            with a leading batch axis).
+        where: the TensorTrain whose tangent space to project on.
+
+    Returns:
+        A TensorTrain (a TensorTrainBatch for batched ``what``) of ranks ``2 r`` with ``projection_on``.
+
+    Raises:
+        TypeError, ShapeError: as :func:`project_sum`.
+
+    Shape:
+        dense ``what``: ``where.shape`` or ``(B, *where.shape)``.
+
+    Complexity:
+        as :func:`project_sum`.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> x = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 4, 1)])
+        >>> tt.project(torch.randn(3, 4), x).tt_ranks
+        (1, 4, 1)
+    """
+    deltas, u, v, batch = _project_deltas(what, where, "project")
+    return _tangent(deltas, u, v, where, batch=batch)
+
+
+def _matmul_flat(matrix: TensorTrain, what: TensorTrainBase, where: TensorTrain) -> Cores:
+    """Batched flat cores of ``matrix @ what`` (kept as cores: the dense product is never formed)."""
+    if not (isinstance(matrix, TensorTrain) and matrix.is_tt_matrix()):
+        raise TypeError(f"project_matmul: `matrix` must be a TT-matrix, got {matrix!r}")
+    rows, cols = matrix.raw_shape  # type: ignore[misc]
+    what_rows = what.raw_shape[0] if what.is_tt_matrix() else what.raw_shape
+    target = (rows, what.raw_shape[1]) if what.is_tt_matrix() else rows  # type: ignore[index]
+    if tuple(what_rows) != tuple(cols) or target != where.raw_shape:  # type: ignore[arg-type]
+        raise ShapeError(
+            f"project_matmul: matrix of raw shape {matrix.raw_shape} times `what` of raw shape "
+            f"{what.raw_shape} does not give `where`'s raw shape {where.raw_shape}"
+        )
+    _check_pair(matrix, where, "project_matmul")
+    batch = isinstance(what, TensorTrainBatch)
+    out: Cores = []
+    for a, w in zip(matrix.tt_cores, what.tt_cores, strict=True):
+        w = w if batch else w.unsqueeze(0)
+        if w.dim() == 4:  # TT-tensor (B, s, n, t): a product core (B, a s, m, b t)
+            c = torch.einsum("amnb,osnt->oasmbt", a, w)
+        else:  # TT-matrix (B, s, n, p, t)
+            c = torch.einsum("amnb,osnpt->oasmpbt", a, w)
+        sh = c.shape
+        out.append(c.reshape(sh[0], sh[1] * sh[2], -1, sh[-2] * sh[-1]))
+    return out
+
+
+def project_matmul(what: TensorTrainBase, where: TensorTrain, matrix: TensorTrain) -> TensorTrainBase:
+    """Project ``matrix @ what`` onto the tangent space at ``where``, element by element for a batch.
+
+    Args:
+        what: a TensorTrain or TensorTrainBatch: TT-tensors with the matrix's column modes, or TT-matrices
+            whose row modes are the matrix's column modes.
+        where: the TensorTrain whose tangent space to project on; its raw shape is that of the product.
+        matrix: a TT-matrix.
+
+    Returns:
+        ``project(matrix @ what, where)``, computed from the product's cores without rounding.
+
+    Raises:
+        TypeError: ``matrix`` is not a TT-matrix or ``where`` is not a TensorTrain.
+        ShapeError: the modes do not chain or dtypes/devices disagree.
+
+    Complexity:
+        O(d r^3 n) plus O(B d n r Q R (r + Q R)) for a matrix of rank Q: the product's cores have
+        ranks Q R.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> a = tt.TensorTrain([torch.randn(1, 2, 3, 1), torch.randn(1, 2, 2, 1)])
+        >>> v = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 2, 1)])
+        >>> x = tt.TensorTrain([torch.randn(1, 2, 2), torch.randn(2, 2, 1)])
+        >>> tt.riemannian.project_matmul(v, x, a).tt_ranks
+        (1, 4, 1)
+    """
+    _check_where(where, "project_matmul")
+    if not isinstance(what, TensorTrainBase):
+        raise TypeError(f"project_matmul: `what` must be a TT object, got {type(what).__name__}")
+    _check_pair(what, where, "project_matmul")
+    z = _matmul_flat(matrix, what, where)
+    u, v = _tangent_frame(where)
+    return _tangent(_deltas_of_tt(z, u, v), u, v, where, batch=isinstance(what, TensorTrainBatch))
+
+
+# ------------------------------------------------------------------------------------ tangent vectors
+def _half_ranks(x: TensorTrainBase, fname: str) -> list[int]:
+    ranks = list(x.tt_ranks)
+    inner = ranks[1:-1]
+    if any(r % 2 for r in inner):
+        raise ShapeError(f"{fname}: a tangent vector has even inner TT-ranks (2 r), got {tuple(ranks)}")
+    return [1] + [r // 2 for r in inner] + [1]
+
+
+def _delta_slices(x: TensorTrainBase, fname: str) -> Cores:
+    """The delta blocks of a tangent vector's cores (flat layout, batch axis kept as is)."""
+    h = _half_ranks(x, fname)
+    cores = _flat_cores(x)
+    d = len(cores)
+    if d == 1:
+        return list(cores)
+    out = []
+    for k, c in enumerate(cores):
+        lo = h[k] if 0 < k else 0
+        hi = h[k + 1] if k < d - 1 else 1
+        out.append(c[..., lo:, :, :hi])
+    return out
+
+
+def _unflat_core(c: torch.Tensor, x: TensorTrainBase, k: int) -> torch.Tensor:
+    if not x.is_tt_matrix():
+        return c
+    rows, cols = _matrix_modes(x)
+    return c.reshape(*c.shape[:-2], rows[k], cols[k], c.shape[-1])
+
+
+def tangent_space_to_deltas(tt: TensorTrainBase) -> list[torch.Tensor]:
+    """The ``d`` delta cores of a tangent vector (as returned by :func:`project` and friends).
+
+    Args:
+        tt: a TensorTrain or TensorTrainBatch in the tangent-space layout (ranks ``2 r``).
+
+    Returns:
+        A list of ``d`` tensors of shapes ``(r_{k-1}, n_k, r_k)`` (``(r_{k-1}, m_k, n_k, r_k)`` for a
+        TT-matrix; a leading batch axis for a batch).
+
+    Raises:
+        TypeError: ``tt`` is not a TT object.
+        ShapeError: odd inner ranks (not a tangent vector).
+
+    Complexity: O(d n r^2) (slicing).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> x = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 4, 1)])
+        >>> [tuple(c.shape) for c in tt.tangent_space_to_deltas(tt.project(x, x))]
+        [(1, 3, 2), (2, 4, 1)]
+    """
+    if not isinstance(tt, TensorTrainBase):
+        raise TypeError(f"tangent_space_to_deltas: expected a TT object, got {type(tt).__name__}")
+    return [_unflat_core(c, tt, k) for k, c in enumerate(_delta_slices(tt, "tangent_space_to_deltas"))]
+
+
+def deltas_to_tangent_space(
+    deltas: Sequence[torch.Tensor],
+    tt: TensorTrain,
+    left: TensorTrain | None = None,
+    right: TensorTrain | None = None,
+) -> TensorTrainBase:
+    """The tangent vector at ``tt`` with the given delta cores (inverse of :func:`tangent_space_to_deltas`).
+
+    The deltas must satisfy the gauge conditions (``U_k^T dU_k = 0`` for ``k < d``); otherwise the result
+    is still a valid TT but not the tangent vector those deltas would denote after projection.
+
+    Args:
+        deltas: ``d`` delta cores shaped like ``tt``'s cores at its feasible ranks (a leading batch axis
+            makes a batch of tangent vectors).
+        tt: the point of the manifold.
+        left: optionally ``tt`` left-orthogonalized (cores 1..d-1 orthogonal), to save a sweep.
+        right: optionally ``left`` right-orthogonalized, to save a sweep.
+
+    Returns:
+        A TensorTrain (or TensorTrainBatch) with ``projection_on = tt``. Differentiable in ``deltas``.
+
+    Raises:
+        TypeError: ``tt`` is not a TensorTrain.
+        ShapeError: the deltas' shapes do not match the frame's.
+
+    Complexity: O(d n r^2) (concatenation), plus O(d n r^3) for the sweeps when ``left``/``right`` are None.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> x = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 4, 1)])
+        >>> p = tt.project(x, x)
+        >>> q = tt.riemannian.deltas_to_tangent_space(tt.tangent_space_to_deltas(p), x)
+        >>> q.tt_ranks
+        (1, 4, 1)
+    """
+    _check_where(tt, "deltas_to_tangent_space")
+    if left is None or right is None:
+        u, v = _tangent_frame(tt)
+    else:
+        u, v = _flat_cores(left), _flat_cores(right)
+    if len(deltas) != len(u):
+        raise ShapeError(f"deltas_to_tangent_space: got {len(deltas)} deltas for a TT with {len(u)} cores")
+    core_dim = 4 if tt.is_tt_matrix() else 3
+    batch = deltas[0].dim() == core_dim + 1
+    flat = []
+    for k, (dl, uk) in enumerate(zip(deltas, u, strict=True)):
+        dl = dl if batch else dl.unsqueeze(0)
+        dl = dl.reshape(dl.shape[0], dl.shape[1], -1, dl.shape[-1])
+        want = (uk.shape[0], uk.shape[1], v[k + 1].shape[0] if k + 1 < len(u) else 1)
+        if tuple(dl.shape[1:]) != want:
+            raise ShapeError(
+                f"deltas_to_tangent_space: delta {k} has shape {tuple(deltas[k].shape)}, expected the "
+                f"flat shape {want} of the frame (ranks {tuple(_ranks(u)) + (1,)})"
+            )
+        flat.append(dl)
+    return _tangent(flat, u, v, tt, batch=batch)
+
+
+def _check_projected(objs: Sequence[Any], fname: str) -> TensorTrain:
+    for x in objs:
+        if not isinstance(x, TensorTrainBase):
+            raise TypeError(f"{fname}: expected TT objects, got {type(x).__name__}")
+        if getattr(x, "projection_on", None) is None:
+            raise ValueError(
+                f"{fname}: arguments must be tangent vectors, i.e. results of project/project_sum/"
+                "project_matmul/add_n_projected (which set `.projection_on`); got a plain TT object"
+            )
+    on = objs[0].projection_on
+    for x in objs[1:]:
+        if x.projection_on is not on:
+            raise ValueError(
+                f"{fname}: all arguments must be projections on the same TT object (the same Python "
+                "object `projection_on`); got projections on different objects"
+            )
+    return on  # type: ignore[no-any-return]
+
+
+def pairwise_flat_inner_projected(
+    projected_tt_vectors_1: TensorTrainBase, projected_tt_vectors_2: TensorTrainBase
+) -> torch.Tensor:
+    """Gram matrix ``res[i, j] = flat_inner(a[i], b[j])`` of tangent vectors from one tangent space.
+
+    Under the gauge conditions the inner product of two tangent vectors is the sum of the inner products
+    of their deltas, so no TT contraction is needed.
+
+    Args:
+        projected_tt_vectors_1: a TensorTrainBatch (or TensorTrain, a batch of one) of tangent vectors.
+        projected_tt_vectors_2: the same, projections on the same object.
+
+    Returns:
+        A ``(B1, B2)`` tensor.
+
+    Raises:
+        ValueError: an argument is not a projection, or they are projections on different objects.
+
+    Complexity: O(B1 B2 d n r^2).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> x = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 4, 1)])
+        >>> p = tt.project(torch.randn(5, 3, 4), x)
+        >>> tt.pairwise_flat_inner_projected(p, p).shape
+        torch.Size([5, 5])
+    """
+    fname = "pairwise_flat_inner_projected"
+    _check_projected([projected_tt_vectors_1, projected_tt_vectors_2], fname)
+    a = _delta_slices(projected_tt_vectors_1, fname)
+    b = _delta_slices(projected_tt_vectors_2, fname)
+    if not isinstance(projected_tt_vectors_1, TensorTrainBatch):
+        a = [c.unsqueeze(0) for c in a]
+    if not isinstance(projected_tt_vectors_2, TensorTrainBatch):
+        b = [c.unsqueeze(0) for c in b]
+    return sum(  # type: ignore[return-value]
+        (torch.einsum("pasb,qasb->pq", x, y) for x, y in zip(a, b, strict=True)),
+        torch.zeros((), dtype=a[0].dtype, device=a[0].device),
+    )
+
+
+def add_n_projected(
+    tt_objects: Sequence[TensorTrainBase], coef: torch.Tensor | Sequence[float] | None = None
+) -> TensorTrainBase:
+    """Sum (optionally weighted) of tangent vectors from one tangent space, without rank growth.
+
+    Args:
+        tt_objects: tangent vectors (TensorTrains, or TensorTrainBatches of one batch size) projected on
+            the same object.
+        coef: optional weights: shape ``(N,)``, or ``(N, B)`` for batches (one weight per element).
+
+    Returns:
+        A tangent vector of the same ranks (``2 r``) and kind, with ``projection_on`` kept.
+
+    Raises:
+        ValueError: empty input, non-projections or projections on different objects.
+        ShapeError: ``coef`` of the wrong shape, or inputs of different ranks or batch sizes.
+
+    Complexity: O(N B d n r^2).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> x = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 4, 1)])
+        >>> a, b = tt.project(torch.randn(3, 4), x), tt.project(torch.randn(3, 4), x)
+        >>> tt.add_n_projected([a, b], coef=[1.0, -2.0]).tt_ranks
+        (1, 4, 1)
+    """
+    fname = "add_n_projected"
+    if len(tt_objects) == 0:
+        raise ValueError(f"{fname}: needs at least one tangent vector")
+    on = _check_projected(tt_objects, fname)
+    first = tt_objects[0]
+    for x in tt_objects[1:]:
+        if x.tt_cores[0].shape != first.tt_cores[0].shape or x.tt_ranks != first.tt_ranks:
+            raise ShapeError(f"{fname}: all inputs must have the same ranks and batch size")
+    batch = isinstance(first, TensorTrainBatch)
+    n = len(tt_objects)
+    if coef is None:
+        c = torch.ones(n, dtype=first.dtype, device=first.device)
+    else:
+        c = torch.as_tensor(coef, dtype=first.dtype, device=first.device)
+    allowed: list[tuple[int, ...]] = [(n,)] + ([(n, first.shape[0])] if batch else [])
+    if tuple(c.shape) not in allowed:
+        raise ShapeError(
+            f"{fname}: coef must have shape {' or '.join(map(str, allowed))}, got {tuple(c.shape)}"
+        )
+    if c.dim() == 1 and batch:
+        c = c[:, None].expand(n, first.shape[0])
+    deltas = [_delta_slices(x, fname) for x in tt_objects]
+    summed = []
+    for k in range(first.ndims()):
+        stack = torch.stack([dl[k] for dl in deltas])
+        w = c.reshape(*c.shape, *([1] * (stack.dim() - c.dim())))
+        summed.append((w * stack).sum(0))
+    cores = list(_flat_cores(first))
+    h = _half_ranks(first, fname)
+    d = len(cores)
+    out = []
+    for k, core in enumerate(cores):
+        if d == 1:
+            out.append(summed[0])
+            continue
+        lo = h[k] if 0 < k else 0
+        hi = h[k + 1] if k < d - 1 else core.shape[-1]
+        core = core.clone()
+        core[..., lo:, :, :hi] = summed[k]
+        out.append(core)
+    res = _unflat(out, first, batch)
+    res.projection_on = on  # type: ignore[attr-defined]
+    return res

@@ -1,0 +1,230 @@
+"""Riemannian tools against a dense oracle: the orthogonal projector onto the span of the TT map's Jacobian."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_tt, seeds, tensor_specs
+
+
+# ----------------------------------------------------------------------------------- dense oracles
+def dense(x) -> torch.Tensor:
+    """The dense tensor (matrix for a TT-matrix; leading batch axis for a batch), by plain contraction."""
+    batch = isinstance(x, tt.TensorTrainBatch)
+    cores = [c if batch else c.unsqueeze(0) for c in x.tt_cores]
+    if x.is_tt_matrix():
+        cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
+    res = cores[0]
+    for c in cores[1:]:
+        res = torch.einsum("oxa,oanb->oxnb", res.reshape(res.shape[0], -1, res.shape[-1]), c)
+    res = res.reshape(res.shape[0], *[c.shape[2] for c in cores])
+    if x.is_tt_matrix():
+        rows, cols = x.raw_shape
+        d = len(rows)
+        res = res.reshape(res.shape[0], *[s for m, n in zip(rows, cols, strict=True) for s in (m, n)])
+        perm = [0] + [1 + 2 * k for k in range(d)] + [2 + 2 * k for k in range(d)]
+        res = res.permute(perm).reshape(res.shape[0], *x.shape[-2:])
+    return res if batch else res[0]
+
+
+def dense_projector(x: tt.TensorTrain) -> torch.Tensor:
+    """Orthogonal projector onto the tangent space at x: the column space of d full(x) / d cores."""
+    cores = [c.detach() for c in x.tt_cores]
+    sizes = [c.numel() for c in cores]
+
+    def f(flat):
+        parts = torch.split(flat, sizes)
+        return dense(tt.TensorTrain([p.reshape(c.shape) for p, c in zip(parts, cores, strict=True)])).reshape(
+            -1
+        )
+
+    jac = torch.autograd.functional.jacobian(f, torch.cat([c.reshape(-1) for c in cores]))
+    u, s, _ = torch.linalg.svd(jac, full_matrices=False)
+    rank = int((s > s[0] * 1e-10).sum())
+    return u[:, :rank] @ u[:, :rank].T
+
+
+def spec_strategy():
+    return st.one_of(
+        tensor_specs(min_d=1, max_d=4, max_mode=3, max_rank=3), matrix_specs(max_d=3, max_rank=3)
+    )
+
+
+# ----------------------------------------------------------------------------------- projections
+@given(spec=spec_strategy(), seed=seeds, batch=st.integers(1, 3))
+def test_project_sum_matches_dense_projector(spec, seed, batch):
+    raw, ranks = spec
+    g = torch.Generator().manual_seed(seed)
+    where = random_tt(raw, ranks, gen=g)
+    what = random_tt(raw, ranks, gen=g, batch_size=batch)
+    p = dense_projector(where)
+    expected = p @ dense(what).reshape(batch, -1).sum(0)
+    res = tt.project_sum(what, where)
+    assert res.projection_on is where
+    assert_close(dense(res).reshape(-1), expected)
+    # The same for a dense `what`, with a batch axis and weights.
+    w = torch.randn(batch, generator=g, dtype=torch.float64)
+    res_dense = tt.project_sum(dense(what), where, weights=w)
+    assert_close(dense(res_dense).reshape(-1), p @ (w @ dense(what).reshape(batch, -1)))
+
+
+@given(spec=spec_strategy(), seed=seeds)
+def test_project_is_elementwise_and_idempotent(spec, seed):
+    raw, ranks = spec
+    g = torch.Generator().manual_seed(seed)
+    where = random_tt(raw, ranks, gen=g)
+    what = random_tt(raw, (1,) + tuple(2 for _ in ranks[1:-1]) + (1,), gen=g, batch_size=2)
+    p = dense_projector(where)
+    res = tt.project(what, where)
+    assert isinstance(res, tt.TensorTrainBatch) and len(res) == 2
+    assert_close(dense(res).reshape(2, -1), dense(what).reshape(2, -1) @ p.T)
+    # P_x(x) = x and P(P(z)) = P(z).
+    assert_close(dense(tt.project(where, where)), dense(where))
+    again = tt.project(res, where)
+    assert_close(dense(again), dense(res))
+    single = tt.project(dense(what)[0], where)
+    assert isinstance(single, tt.TensorTrain)
+    assert_close(dense(single), dense(res)[0])
+
+
+def test_project_of_sum_is_sum_of_projections(gen):
+    where = random_tt((3, 4, 2, 3), (1, 2, 3, 2, 1), gen=gen)
+    a = random_tt((3, 4, 2, 3), (1, 2, 2, 2, 1), gen=gen)
+    b = random_tt((3, 4, 2, 3), (1, 3, 1, 2, 1), gen=gen)
+    total = tt.project(dense(a) + dense(b), where)
+    assert_close(dense(total), dense(tt.project(a, where)) + dense(tt.project(b, where)))
+
+
+def test_ranks_above_mode_sizes_t3f_issue_154(gen):
+    # r_1 = 5 > n_1 = 2: the feasible rank is 2; the projector must still be the exact one.
+    where = random_tt((2, 3, 2), (1, 5, 5, 1), gen=gen)
+    what = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
+    res = tt.project(what, where)
+    assert res.tt_ranks == (1, 4, 4, 1)
+    assert_close(dense(res).reshape(-1), dense_projector(where) @ dense(what).reshape(-1))
+    assert_close(dense(tt.project(where, where)), dense(where))
+
+
+def test_float32(gen):
+    where = random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen, dtype=torch.float32)
+    what = random_tt((3, 4, 3), (1, 3, 2, 1), gen=gen, dtype=torch.float32)
+    p = dense_projector(where.to(torch.float64)).to(torch.float32)
+    assert_close(dense(tt.project(what, where)).reshape(-1), p @ dense(what).reshape(-1))
+
+
+@given(spec=spec_strategy(), seed=seeds)
+def test_project_matmul_matches_dense(spec, seed):
+    raw, ranks = spec
+    g = torch.Generator().manual_seed(seed)
+    matrix_raw = (raw[0], raw[0]) if isinstance(raw[0], tuple) else (raw, raw)
+    mranks = (1,) + tuple(2 for _ in ranks[1:-1]) + (1,)
+    matrix = random_tt(matrix_raw, mranks, gen=g)
+    where = random_tt(raw, ranks, gen=g)
+    what = random_tt(raw, ranks, gen=g, batch_size=2)
+    prod = dense(matrix) @ dense(what).reshape(2, matrix.shape[1], -1)
+    expected = tt.project(prod.reshape(2, *where.shape), where)
+    res = tt.riemannian.project_matmul(what, where, matrix)
+    assert res.projection_on is where
+    assert_close(dense(res), dense(expected))
+
+
+# ----------------------------------------------------------------------------------- tangent vectors
+def test_deltas_round_trip(gen):
+    where = random_tt(((2, 3, 2), (3, 2, 2)), (1, 3, 2, 1), gen=gen)
+    p = tt.project(random_tt(((2, 3, 2), (3, 2, 2)), (1, 2, 2, 1), gen=gen, batch_size=3), where)
+    deltas = tt.tangent_space_to_deltas(p)
+    assert [tuple(c.shape) for c in deltas] == [(3, 1, 2, 3, 3), (3, 3, 3, 2, 2), (3, 2, 2, 2, 1)]
+    back = tt.riemannian.deltas_to_tangent_space(deltas, where)
+    assert_close(dense(back), dense(p))
+    # The deltas satisfy the gauge: the tangent inner product is the sum of the deltas' inner products.
+    gram = sum(torch.einsum("p...,q...->pq", a, a) for a in deltas)
+    assert_close(gram, dense(p).reshape(3, -1) @ dense(p).reshape(3, -1).T)
+
+
+def test_deltas_to_tangent_space_validates(gen):
+    where = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
+    with pytest.raises(tt.ShapeError, match="delta 1 has shape"):
+        tt.riemannian.deltas_to_tangent_space(
+            [torch.zeros(1, 2, 2), torch.zeros(3, 3, 2), torch.zeros(2, 2, 1)], where
+        )
+    with pytest.raises(tt.ShapeError, match="got 2 deltas"):
+        tt.riemannian.deltas_to_tangent_space([torch.zeros(1, 2, 2)] * 2, where)
+    with pytest.raises(tt.ShapeError, match="even inner TT-ranks"):
+        tt.tangent_space_to_deltas(random_tt((2, 3, 2), (1, 3, 2, 1), gen=gen))
+
+
+@given(spec=spec_strategy(), seed=seeds)
+def test_pairwise_flat_inner_projected(spec, seed):
+    raw, ranks = spec
+    g = torch.Generator().manual_seed(seed)
+    where = random_tt(raw, ranks, gen=g)
+    a = tt.project(random_tt(raw, ranks, gen=g, batch_size=3), where)
+    b = tt.project(random_tt(raw, ranks, gen=g, batch_size=2), where)
+    expected = dense(a).reshape(3, -1) @ dense(b).reshape(2, -1).T
+    assert_close(tt.pairwise_flat_inner_projected(a, b), expected)
+
+
+@given(spec=spec_strategy(), seed=seeds)
+def test_add_n_projected_equals_dense_sum(spec, seed):
+    raw, ranks = spec
+    g = torch.Generator().manual_seed(seed)
+    where = random_tt(raw, ranks, gen=g)
+    objs = [tt.project(random_tt(raw, ranks, gen=g), where) for _ in range(3)]
+    res = tt.add_n_projected(objs)
+    assert res.tt_ranks == objs[0].tt_ranks and res.projection_on is where
+    assert_close(dense(res), sum(dense(o) for o in objs))
+    coef = [0.5, -2.0, 3.0]
+    assert_close(
+        dense(tt.add_n_projected(objs, coef=coef)), sum(c * dense(o) for c, o in zip(coef, objs, strict=True))
+    )
+
+
+def test_add_n_projected_batches_with_matrix_coef(gen):
+    where = random_tt((3, 2, 4), (1, 2, 2, 1), gen=gen)
+    objs = [tt.project(random_tt((3, 2, 4), (1, 2, 2, 1), gen=gen, batch_size=4), where) for _ in range(2)]
+    coef = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    res = tt.add_n_projected(objs, coef=coef)
+    expected = coef[0][:, None, None, None] * dense(objs[0]) + coef[1][:, None, None, None] * dense(objs[1])
+    assert isinstance(res, tt.TensorTrainBatch)
+    assert_close(dense(res), expected)
+
+
+def test_projection_checks(gen):
+    where = random_tt((2, 3), (1, 2, 1), gen=gen)
+    other = random_tt((2, 3), (1, 2, 1), gen=gen)
+    p, q = tt.project(where, where), tt.project(where, other)
+    with pytest.raises(ValueError, match="same TT object"):
+        tt.add_n_projected([p, q])
+    with pytest.raises(ValueError, match="must be tangent vectors"):
+        tt.pairwise_flat_inner_projected(p, where)
+    with pytest.raises(ValueError, match="at least one"):
+        tt.add_n_projected([])
+    with pytest.raises(tt.ShapeError, match="coef must have shape"):
+        tt.add_n_projected([p, p], coef=[1.0])
+    with pytest.raises(tt.ShapeError, match="raw shape"):
+        tt.project(random_tt((3, 2), (1, 2, 1), gen=gen), where)
+    with pytest.raises(tt.ShapeError, match="dense `what` has shape"):
+        tt.project(torch.zeros(3, 2, dtype=torch.float64), where)
+    with pytest.raises(tt.ShapeError, match="float32"):
+        tt.project(where.to(torch.float32), where)
+    with pytest.raises(TypeError, match="must be a TensorTrain"):
+        tt.project(where, random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2))
+    with pytest.raises(tt.ShapeError, match="weights must have shape"):
+        tt.project_sum(where, where, weights=torch.ones(2))
+    with pytest.raises(TypeError, match="TT-matrix"):
+        tt.riemannian.project_matmul(where, where, where)
+
+
+def test_project_gradcheck(gen):
+    where = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
+    cores = [c.clone().requires_grad_() for c in random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen).tt_cores]
+
+    def f(*cs):
+        return dense(tt.project(tt.TensorTrain(list(cs)), where))
+
+    assert torch.autograd.gradcheck(f, tuple(cores))
