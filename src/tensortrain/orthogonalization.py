@@ -1,0 +1,128 @@
+"""QR sweeps over TT cores: ``orthogonalize`` (t3f's ``orthogonalize_tt_cores``) and the helpers TT-rounding
+shares with it.
+
+Symbols: ``d`` number of cores, ``n_k`` mode size (``m_k n_k`` for a TT-matrix), ``r_k`` TT-ranks, ``B`` batch.
+
+A core is *left-orthogonal* when its unfolding ``(r_{k-1} n_k, r_k)`` has orthonormal columns
+(``Q^T Q = I``), *right-orthogonal* when ``(r_{k-1}, n_k r_k)`` has orthonormal rows. A left-to-right sweep
+makes cores ``1..d-1`` left-orthogonal and moves the whole norm into core ``d``; right-to-left does the mirror.
+Ranks may shrink to ``min(r_{k-1} n_k, r_k)`` (the reduced QR), never grow; the full tensor is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+
+__all__ = ["orthogonalize", "orthogonalize_tt_cores"]
+
+RawMatrix = tuple[tuple[int, ...], tuple[int, ...]] | None
+
+
+def check_finite_cores(tt: Any, name: str) -> None:
+    """Raise ``TypeError`` for a non-TT object, ``ValueError`` for NaN/inf in its cores."""
+    if not isinstance(tt, TensorTrainBase):
+        raise TypeError(f"{name} expects a TensorTrain or TensorTrainBatch, got {type(tt).__name__}")
+    for k, c in enumerate(tt.tt_cores):
+        if not bool(torch.isfinite(c).all()):
+            raise ValueError(f"{name}: core {k} contains NaN or inf values")
+
+
+def merge_modes(tt: TensorTrainBase) -> tuple[list[torch.Tensor], bool, RawMatrix]:
+    """Cores as ``(B, r_{k-1}, n_k, r_k)`` (matrix modes merged, a batch axis added for a single TT)."""
+    batch = isinstance(tt, TensorTrainBatch)
+    cores = [c if batch else c.unsqueeze(0) for c in tt.tt_cores]
+    raw = tt.raw_shape if tt.is_tt_matrix() else None
+    cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
+    return cores, batch, raw  # type: ignore[return-value]
+
+
+def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix) -> Any:
+    """Inverse of :func:`merge_modes`: the TT object of the right class."""
+    if raw is not None:
+        rows, cols = raw
+        cores = [
+            c.reshape(c.shape[0], c.shape[1], rows[k], cols[k], c.shape[-1]) for k, c in enumerate(cores)
+        ]
+    return TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores])
+
+
+def left_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """QR sweep left to right on ``(B, r, n, r')`` cores; returns new cores (the input list is not changed)."""
+    cores = list(cores)
+    for k in range(len(cores) - 1):
+        b, r_prev, n_k, _ = cores[k].shape
+        q, r = torch.linalg.qr(cores[k].reshape(b, r_prev * n_k, -1))
+        cores[k] = q.reshape(b, r_prev, n_k, q.shape[-1])
+        cores[k + 1] = torch.einsum("bij,bjnk->bink", r, cores[k + 1])
+    return cores
+
+
+def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """QR sweep right to left on ``(B, r, n, r')`` cores: cores 2..d get orthonormal rows."""
+    cores = list(cores)
+    for k in range(len(cores) - 1, 0, -1):
+        b, _, n_k, r_next = cores[k].shape
+        # Unfolding (r_{k-1}, n_k r_k) = R^T Q^T from the QR of its transpose.
+        q, r = torch.linalg.qr(cores[k].reshape(b, cores[k].shape[1], -1).mT)
+        cores[k] = q.mT.reshape(b, q.shape[-1], n_k, r_next)
+        cores[k - 1] = torch.einsum("bink,bjk->binj", cores[k - 1], r)
+    return cores
+
+
+def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
+    """Orthogonalize the cores by a QR sweep, keeping the full tensor (t3f's ``orthogonalize_tt_cores``).
+
+    Args:
+        tt: a :class:`TensorTrain` or :class:`TensorTrainBatch` (tensors or matrices).
+        left_to_right: True: cores ``1..d-1`` become left-orthogonal (unfolding ``(r_{k-1} n_k, r_k)`` has
+            ``Q^T Q = I``) and the last core carries the norm. False: cores ``2..d`` become right-orthogonal
+            (``(r_{k-1}, n_k r_k)`` has ``Q Q^T = I``) and the first core carries the norm. Both work on
+            batches (t3f's right-to-left does not).
+
+    Returns:
+        An object of the same type, shape and full tensor; ranks may shrink to ``min(r_{k-1} n_k, r_k)``
+        (resp. ``min(r_{k-1}, n_k r_k)``).
+
+    Raises:
+        TypeError: ``tt`` is not a TT object.
+        ValueError: NaN or inf in the cores.
+
+    Complexity: O(B d n r^3).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.orthogonalize(tt.random_tensor((3, 4, 5), tt_rank=3))
+        >>> a.tt_ranks
+        (1, 3, 3, 1)
+    """
+    check_finite_cores(tt, "orthogonalize")
+    cores, batch, raw = merge_modes(tt)
+    cores = left_orthogonalize(cores) if left_to_right else right_orthogonalize(cores)
+    return split_modes(cores, batch, raw)
+
+
+def orthogonalize_tt_cores(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
+    """t3f's name for :func:`orthogonalize` (same arguments and result).
+
+    Args:
+        tt: a :class:`TensorTrain` or :class:`TensorTrainBatch`.
+        left_to_right: the sweep direction, see :func:`orthogonalize`.
+
+    Returns:
+        As :func:`orthogonalize`.
+
+    Raises:
+        As :func:`orthogonalize`.
+
+    Complexity: O(B d n r^3).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> tt.orthogonalize_tt_cores(tt.random_tensor((2, 3)), left_to_right=False).tt_ranks
+        (1, 2, 1)
+    """
+    return orthogonalize(tt, left_to_right)

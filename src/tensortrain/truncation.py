@@ -1,0 +1,187 @@
+"""Truncated factorizations of (batched) matrices: the one numerical step inside TT-SVD and TT-rounding.
+
+Symbols: ``B`` batch size, ``m x n`` the matrix (an unfolding), ``r`` the kept rank, ``k = r + p`` the sketch
+size of the randomized path (``p`` oversampling), ``q`` power iterations.
+
+:func:`truncated_factor` returns ``left @ right`` with ``left`` having orthonormal columns; the rank is the
+smallest that meets an absolute Frobenius error ``delta`` (per batch element, the maximum over the batch), capped
+by ``max_rank``. Two paths:
+
+* ``"exact"``: ``torch.linalg.svd``; the optimal rank-``r`` approximation (Eckart-Young).
+* ``"randomized"``: a randomized range finder with power iterations (Halko, Martinsson & Tropp 2011, Alg. 4.4):
+  ``Y = (A A^T)^q A Omega``, ``Q = orth(Y)``, then the exact SVD of the small ``Q^T A``. Cost
+  ``O(B m n k (2q + 2))`` against ``O(B m n min(m, n))`` for the exact SVD. With ``q = 3`` and ``p >= 10`` its
+  error is within a few tenths of a percent of the optimum on decaying and flat spectra (tests check 1.05x).
+  With ``delta`` given, its error is *measured* (``||A - Q Q^T A||_F`` is computed explicitly, not estimated)
+  so the bound is certified; when the sketch cannot meet it, the exact path is taken.
+
+``"auto"`` takes the randomized path only where it is both safe and faster: no ``delta`` (a pure rank cap),
+``min(m, n) >= 256``, and a sketch ``k`` of at most ``min(m, n) / 4``; the exact path otherwise. A cap at or
+above ``min(m, n)`` with no ``delta`` is no truncation at all: a QR (or nothing) is enough there.
+
+The random sketch is drawn from a generator with a fixed seed, so results are reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+
+__all__ = ["METHODS", "Method", "check_method", "truncated_factor"]
+
+Method = Literal["auto", "exact", "randomized"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+_OVERSAMPLE = 10  # p: Halko et al. recommend 5-10; we also use r/4 when larger
+_POWER_ITERS = 3  # q: enough for <= 1.05x error on the spectra we test (flat and decaying)
+_AUTO_MIN_DIM = 256  # below this an exact SVD is already fast
+_AUTO_MAX_FRACTION = 4  # randomized only if the sketch k <= min(m, n) / 4
+_SEED = 20111
+
+
+def check_method(method: object, name: str) -> Method:
+    """Return ``method`` if it is one of :data:`METHODS`, else raise ``ValueError`` listing them.
+
+    Args:
+        method: the value given by the user.
+        name: the calling function's name for the message.
+
+    Returns:
+        The validated method.
+
+    Raises:
+        ValueError: ``method`` is not ``"auto"``, ``"exact"`` or ``"randomized"``.
+
+    Complexity: O(1).
+
+    Example:
+        >>> check_method("exact", "round")
+        'exact'
+    """
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"{name}: method must be one of {METHODS}, got {method!r}")
+    return method  # type: ignore[return-value]
+
+
+def sketch_size(max_rank: int, m: int, n: int) -> int:
+    """``k = r + p`` columns of the randomized sketch (never more than ``min(m, n)``)."""
+    return min(max_rank + max(_OVERSAMPLE, max_rank // 4), m, n)
+
+
+def use_randomized(method: Method, max_rank: int, m: int, n: int, has_delta: bool) -> bool:
+    """Whether ``truncated_factor`` takes the randomized path for an ``m x n`` matrix."""
+    if method == "exact" or max_rank >= min(m, n):
+        return False
+    if method == "randomized":
+        return True
+    small = min(m, n)
+    return (
+        (not has_delta)
+        and small >= _AUTO_MIN_DIM
+        and sketch_size(max_rank, m, n) * _AUTO_MAX_FRACTION <= small
+    )
+
+
+def truncated_factor(
+    a: torch.Tensor, max_rank: int, delta: torch.Tensor | None = None, method: Method = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factor a batch of matrices as ``left @ right`` with the smallest rank that keeps ``||a - left @ right||_F``
+    within ``delta``, at most ``max_rank``.
+
+    Args:
+        a: a ``(B, m, n)`` tensor (finite; checked by the callers).
+        max_rank: cap on the rank (>= 1).
+        delta: ``(B,)`` absolute Frobenius error allowed per element, or None for a pure rank cap.
+        method: ``"auto"``, ``"exact"`` or ``"randomized"`` (see the module docstring).
+
+    Returns:
+        ``left`` ``(B, m, r)`` with orthonormal columns and ``right`` ``(B, r, n)``; ``r`` is the same for the
+        whole batch (the largest any element needs).
+
+    Shape:
+        a: ``(B, m, n)``.
+
+    Complexity: exact O(B m n min(m, n)); randomized O(B m n k (2q + 2)).
+
+    Example:
+        >>> a = torch.randn(1, 6, 5, dtype=torch.float64)
+        >>> left, right = truncated_factor(a, 2)
+        >>> left.shape, right.shape
+        (torch.Size([1, 6, 2]), torch.Size([1, 2, 5]))
+    """
+    m, n = a.shape[-2], a.shape[-1]
+    if delta is None and max_rank >= min(m, n):
+        return _lossless(a)
+    if use_randomized(method, max_rank, m, n, delta is not None):
+        out = _randomized(a, max_rank, delta)
+        if out is not None:
+            return out
+    return _exact(a, max_rank, delta)
+
+
+def _lossless(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """No truncation: the identity for a wide matrix, a reduced QR for a tall one."""
+    m, n = a.shape[-2], a.shape[-1]
+    if m <= n:
+        eye = torch.eye(m, dtype=a.dtype, device=a.device).expand(a.shape[0], m, m)
+        return eye, a
+    q, r = torch.linalg.qr(a)
+    return q, r
+
+
+def _rank_for(tail2: torch.Tensor, delta: torch.Tensor | None, max_rank: int) -> int:
+    """The smallest ``j`` with ``tail2[:, j] <= delta^2`` for every batch element, capped by ``max_rank``.
+
+    ``tail2[:, j]`` is the squared error of keeping ``j`` components (decreasing in ``j``, last entry 0 or the
+    residual outside the sketch).
+    """
+    if delta is None:
+        return min(max_rank, tail2.shape[-1] - 1)
+    ok = tail2 <= (delta * delta).unsqueeze(-1)
+    # first True per row; argmax of a bool finds it (every row has one: the caller guarantees the last)
+    needed = int(ok.to(torch.int8).argmax(dim=-1).max())
+    return max(1, min(max_rank, needed))
+
+
+def _tails(s: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """``tails[:, j] = base + sum_{i >= j} s_i^2`` for ``j = 0..len(s)``."""
+    s2 = s.detach().double() ** 2
+    rev = torch.flip(torch.cumsum(torch.flip(s2, [-1]), -1), [-1])
+    tails = torch.cat([rev, torch.zeros_like(rev[..., :1])], dim=-1)
+    return tails if base is None else tails + base.unsqueeze(-1)
+
+
+def _exact(a: torch.Tensor, max_rank: int, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    r = _rank_for(_tails(s), None if delta is None else delta.detach().double(), max_rank)
+    return u[..., :r], s[..., :r, None] * vh[..., :r, :]
+
+
+def _randomized(
+    a: torch.Tensor, max_rank: int, delta: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Randomized range finder + small SVD; None when ``delta`` cannot be met inside the sketch."""
+    m, n = a.shape[-2], a.shape[-1]
+    k = sketch_size(max_rank, m, n)
+    gen = torch.Generator(device=a.device).manual_seed(_SEED)
+    omega = torch.randn(a.shape[0], n, k, generator=gen, dtype=a.dtype, device=a.device)
+    q = torch.linalg.qr(a @ omega).Q
+    at = a.mT
+    for _ in range(_POWER_ITERS):
+        # Re-orthonormalize after each product: plain powers lose the small directions to round-off.
+        q = torch.linalg.qr(at @ q).Q
+        q = torch.linalg.qr(a @ q).Q
+    b = q.mT @ a  # (B, k, n)
+    ub, s, vh = torch.linalg.svd(b, full_matrices=False)
+    if delta is None:
+        r = min(max_rank, s.shape[-1])
+    else:
+        # Certify: the error of keeping j components is ||A - QB||^2 + sum_{i >= j} s_i(B)^2, and the first
+        # term is measured, not estimated from norms (that would cancel catastrophically).
+        outside = (a - q @ b).detach().double().pow(2).sum(dim=(-2, -1))
+        d2 = delta.detach().double() ** 2
+        if bool((outside > d2).any()):
+            return None
+        r = _rank_for(_tails(s, outside), delta.detach().double(), max_rank)
+    return q @ ub[..., :r], s[..., :r, None] * vh[..., :r, :]
