@@ -221,11 +221,14 @@ def _dense_to_flat(what: torch.Tensor, where: TensorTrain, fname: str) -> torch.
 
 
 def _project_deltas(
-    what: TensorTrainBase | torch.Tensor, where: TensorTrain, fname: str
+    what: TensorTrainBase | torch.Tensor,
+    where: TensorTrain,
+    fname: str,
+    frame: tuple[Cores, Cores] | None = None,
 ) -> tuple[Cores, Cores, Cores, bool]:
     """Deltas (batched) of the projection of each element of ``what``; also the frame and batchness."""
     _check_where(where, fname)
-    u, v = _tangent_frame(where)
+    u, v = _tangent_frame(where) if frame is None else frame
     if isinstance(what, torch.Tensor):
         _check_pair(what, where, fname)
         flat = _dense_to_flat(what, where, fname)

@@ -1,0 +1,97 @@
+"""Riemannian autodiff against the dense oracle: P_x(Euclidean gradient) and P_x H P_x v."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_tt, seeds, tensor_specs
+from test_riemannian import dense, dense_projector
+
+
+def make_func(weights: torch.Tensor):
+    """A non-quadratic function of the full tensor only: sum(w * X^2) + (sum X)^3 / 3."""
+
+    def dense_f(full: torch.Tensor) -> torch.Tensor:
+        return (weights * full**2).sum() + full.sum() ** 3 / 3
+
+    return dense_f, (lambda x: dense_f(dense(x)))
+
+
+def specs():
+    return st.one_of(
+        tensor_specs(min_d=1, max_d=4, max_mode=3, max_rank=3), matrix_specs(max_d=3, max_rank=3)
+    )
+
+
+@given(spec=specs(), seed=seeds)
+def test_gradients_equal_projected_euclidean_gradient(spec, seed):
+    raw, ranks = spec
+    g = torch.Generator().manual_seed(seed)
+    x = random_tt(raw, ranks, gen=g)
+    dense_f, f = make_func(torch.rand(x.shape, generator=g, dtype=torch.float64))
+    full = dense(x).requires_grad_()
+    (euclid,) = torch.autograd.grad(dense_f(full), full)
+    res = tt.gradients(f, x)
+    assert res.projection_on is x
+    assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1))
+
+
+@given(spec=specs(), seed=seeds)
+def test_hessian_vector_product_matches_dense(spec, seed):
+    raw, ranks = spec
+    g = torch.Generator().manual_seed(seed)
+    x = random_tt(raw, ranks, gen=g)
+    vec = random_tt(raw, ranks, gen=g)
+    dense_f, f = make_func(torch.rand(x.shape, generator=g, dtype=torch.float64))
+    hess = torch.autograd.functional.hessian(lambda t: dense_f(t.reshape(x.shape)), dense(x).reshape(-1))
+    p = dense_projector(x)
+    expected = p @ hess @ p @ dense(vec).reshape(-1)
+    assert_close(dense(tt.hessian_vector_product(f, x, vec)).reshape(-1), expected)
+    assert_close(dense(tt.hessian_vector_product(f, x, dense(vec))).reshape(-1), expected)
+
+
+def test_ranks_above_mode_sizes_t3f_issue_154(gen):
+    x = random_tt((2, 2, 3, 2), (1, 4, 6, 4, 1), gen=gen)
+    dense_f, f = make_func(torch.rand(x.shape, generator=gen, dtype=torch.float64))
+    full = dense(x).requires_grad_()
+    (euclid,) = torch.autograd.grad(dense_f(full), full)
+    res = tt.gradients(f, x)
+    assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1))
+
+
+def test_float32_and_parameters(gen):
+    x = random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen, dtype=torch.float32)
+    x = tt.TensorTrain([torch.nn.Parameter(c) for c in x.tt_cores])  # a trainable point is fine too
+    res = tt.gradients(lambda y: 0.5 * (dense(y) ** 2).sum(), x)
+    assert_close(dense(res), dense(x).detach())  # grad of ||X||^2 / 2 is X, already tangent
+    assert all(c.grad is None for c in x.tt_cores)
+
+
+def test_gauge_check_catches_core_dependent_functions(gen):
+    x = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
+    with pytest.raises(ValueError, match="not invariant to the TT gauge"):
+        tt.gradients(lambda y: (y.tt_cores[0] ** 2).sum(), x)
+    with pytest.raises(ValueError, match="not invariant to the TT gauge"):
+        tt.hessian_vector_product(lambda y: (y.tt_cores[0] ** 2).sum(), x, x)
+    # Without the check the (meaningless) result is returned.
+    tt.gradients(lambda y: (y.tt_cores[0] ** 2).sum(), x, runtime_check=False)
+
+
+def test_validation_and_constant_functions(gen):
+    x = random_tt((2, 3), (1, 2, 1), gen=gen)
+    with pytest.raises(ValueError, match="scalar tensor"):
+        tt.gradients(lambda y: dense(y), x)
+    with pytest.raises(TypeError, match="must be a TensorTrain"):
+        tt.gradients(lambda y: dense(y).sum(), dense(x))
+    with pytest.raises(tt.ShapeError, match="shape"):
+        tt.hessian_vector_product(lambda y: dense(y).sum(), x, torch.zeros(3, 2, dtype=torch.float64))
+    zero = tt.gradients(lambda y: torch.tensor(1.0, dtype=torch.float64), x)
+    assert_close(dense(zero), torch.zeros(2, 3, dtype=torch.float64))
+    # A linear function has a zero Hessian.
+    hv = tt.hessian_vector_product(lambda y: dense(y).sum(), x, x)
+    assert_close(dense(hv), torch.zeros(2, 3, dtype=torch.float64))
