@@ -1,5 +1,391 @@
-"""Placeholder: filled in by the work on this module."""
+"""The TT algebra (t3f's ``t3f.ops``): full, transpose, cast, add, subtract, multiply, kron, renormalization.
+
+Products (``matmul``, ``flat_inner``, norms, bilinear forms) live in :mod:`tensortrain.products` and
+indexing (``getitem``, ``gather_nd``) in :mod:`tensortrain.indexing`; both are re-exported here, so
+``tt.ops.<name>`` reaches every operation.
+
+Symbols: ``d`` cores, ``n`` largest mode size (``m * n`` for TT-matrices), ``r`` largest TT-rank,
+``B`` batch size. Every operation accepts a :class:`TensorTrain` or a :class:`TensorTrainBatch`; binary
+operations broadcast a batch of size 1 (or a single TT object) against a batch. Nothing here builds a
+full tensor except :func:`full`.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+import numbers
+from typing import Any
+
+import torch
+
+from .errors import ShapeError
+from .indexing import gather_nd, getitem
+from .operands import (
+    batched_cores,
+    check_same_raw_shape,
+    check_tt,
+    describe,
+    is_batch,
+    matrix_dims,
+    paired_cores,
+    tensor_dims,
+    wrap,
+)
+from .products import (
+    bilinear_form,
+    bilinear_form_two_mat,
+    flat_inner,
+    frobenius_norm,
+    frobenius_norm_squared,
+    matmul,
+    quadratic_form,
+)
+from .tensor_train import TensorTrainBase
+
+__all__ = [
+    "add",
+    "bilinear_form",
+    "bilinear_form_two_mat",
+    "cast",
+    "flat_inner",
+    "frobenius_norm",
+    "frobenius_norm_squared",
+    "full",
+    "gather_nd",
+    "getitem",
+    "kron",
+    "matmul",
+    "multiply",
+    "quadratic_form",
+    "renormalize_tt_cores",
+    "subtract",
+    "transpose",
+]
+
+
+def full(tt: TensorTrainBase) -> torch.Tensor:
+    """The dense tensor (or matrix) a TT object represents.
+
+    Args:
+        tt: a TT-tensor, TT-matrix, or a batch of either.
+
+    Returns:
+        A tensor of shape ``tt.shape``: ``(n_1, ..., n_d)`` for a TT-tensor, ``(M, N)`` for a TT-matrix,
+        with the batch size first for a batch.
+
+    Raises:
+        TypeError: ``tt`` is not a TT object.
+
+    Complexity: O(d r^2 N) time and O(N r) memory for N entries.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor((2, 3, 4), tt_rank=2)
+        >>> tt.full(a).shape
+        torch.Size([2, 3, 4])
+    """
+    check_tt(tt, "full", "tt")
+    cores = batched_cores(tt)
+    b = cores[0].shape[0]
+    # Sweep left to right: res is (B, prod of modes so far, r_k).
+    res = cores[0].reshape(b, -1, cores[0].shape[-1])
+    for core in cores[1:]:
+        r = core.shape[1]
+        res = torch.bmm(res, core.reshape(b, r, -1)).reshape(b, -1, core.shape[-1])
+    if tt.is_tt_matrix():
+        rows, cols = matrix_dims(tt)
+        d = len(rows)
+        # Interleaved (m_1, n_1, ..., m_d, n_d) -> (m_1..m_d, n_1..n_d).
+        res = res.reshape(b, *(s for pair in zip(rows, cols, strict=True) for s in pair))
+        perm = [0, *range(1, 2 * d + 1, 2), *range(2, 2 * d + 1, 2)]
+        # contiguous: a permuted view with size-1 modes has strides some torch ops reject (torch.kron).
+        res = res.permute(perm).reshape(b, math.prod(rows), math.prod(cols)).contiguous()
+    else:
+        res = res.reshape(b, *tensor_dims(tt))
+    return res if is_batch(tt) else res[0]
+
+
+def transpose(tt_matrix: TensorTrainBase) -> Any:
+    """The transposed TT-matrix (row and column modes of every core swapped); batches too.
+
+    Args:
+        tt_matrix: a TT-matrix or a batch of TT-matrices, ``M x N``.
+
+    Returns:
+        A TT-matrix (or batch) of size ``N x M`` with the same TT-ranks.
+
+    Raises:
+        TypeError: the input is not a TT-matrix.
+
+    Complexity: O(d r^2 n) (a copy of the cores' views).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> w = tt.random_matrix([[2, 3], [4, 5]])
+        >>> tt.transpose(w).shape
+        torch.Size([20, 6])
+    """
+    check_tt(tt_matrix, "transpose", "tt_matrix")
+    if not tt_matrix.is_tt_matrix():
+        raise TypeError(f"transpose: expects a TT-matrix, got a TT-tensor of shape {describe(tt_matrix)}")
+    return wrap([c.transpose(2, 3) for c in batched_cores(tt_matrix)], is_batch(tt_matrix))
+
+
+def cast(tt: TensorTrainBase, dtype: torch.dtype) -> Any:
+    """Cast every core to ``dtype`` (t3f's ``cast``); batches too.
+
+    Args:
+        tt: a TT object.
+        dtype: a floating point or complex ``torch.dtype``.
+
+    Returns:
+        A TT object of the same class and shape with cores of ``dtype``.
+
+    Raises:
+        TypeError: ``dtype`` is not a floating point or complex torch dtype.
+
+    Complexity: O(d r^2 n).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> tt.cast(tt.random_tensor((2, 3)), torch.float64).dtype
+        torch.float64
+    """
+    check_tt(tt, "cast", "tt")
+    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+        raise TypeError(f"cast: dtype must be a floating point or complex torch.dtype, got {dtype!r}")
+    return tt._new([c.to(dtype) for c in tt.tt_cores])
+
+
+def _check_pair(op: str, a: Any, b: Any) -> None:
+    for name, x in (("first operand", a), ("second operand", b)):
+        if isinstance(x, numbers.Number | torch.Tensor):
+            raise TypeError(
+                f"{op}: {name} is a {type(x).__name__}; {op} takes two TT objects. Adding a constant is "
+                "an explicit rank-1 addition: a + c * tt.tensor_ones(a.raw_shape); with a dense tensor "
+                "use tt.full(a) (densifies)"
+            )
+        check_tt(x, op, name)
+    check_same_raw_shape(op, a, b)
+
+
+def add(tt_a: TensorTrainBase, tt_b: TensorTrainBase) -> Any:
+    """The exact sum of two TT objects: block-diagonal cores, TT-ranks add.
+
+    Both must be TT-tensors or both TT-matrices with equal raw shapes. A batch of size 1 (or a single TT
+    object) broadcasts against a batch. Unlike adding numbers, adding a constant or a dense tensor is not
+    implicit (``TypeError``): write ``a + c * tt.tensor_ones(a.raw_shape)`` or ``tt.full(a) + x``.
+
+    Args:
+        tt_a: a TT object.
+        tt_b: a TT object of the same kind and raw shape.
+
+    Returns:
+        A TT object with TT-ranks ``r_a + r_b`` (boundary ranks stay 1); a batch if either input is one.
+
+    Raises:
+        TypeError: an operand is not a TT object.
+        ShapeError: kinds, raw shapes, batch sizes, dtypes or devices disagree.
+
+    Complexity: O(d (r_a + r_b)^2 n) memory for the new cores; no arithmetic on entries.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a, b = tt.random_tensor((2, 3, 4), tt_rank=2), tt.random_tensor((2, 3, 4), tt_rank=3)
+        >>> (a + b).tt_ranks
+        (1, 5, 5, 1)
+    """
+    _check_pair("add", tt_a, tt_b)
+    (ca, cb), _, batch = paired_cores("add", tt_a, tt_b)
+    d = len(ca)
+    if d == 1:
+        return wrap([ca[0] + cb[0]], batch)
+    cores = []
+    for k, (x, y) in enumerate(zip(ca, cb, strict=True)):
+        if k == 0:
+            cores.append(torch.cat([x, y], dim=-1))
+        elif k == d - 1:
+            cores.append(torch.cat([x, y], dim=1))
+        else:
+            cores.append(_block_diag(x, y))
+    return wrap(cores, batch)
+
+
+def _block_diag(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Batched cores (B, a, modes.., b) and (B, c, modes.., e) -> (B, a + c, modes.., b + e), block diagonal."""
+    top = torch.cat([x, x.new_zeros(*x.shape[:-1], y.shape[-1])], dim=-1)
+    bottom = torch.cat([y.new_zeros(*y.shape[:-1], x.shape[-1]), y], dim=-1)
+    return torch.cat([top, bottom], dim=1)
+
+
+def subtract(tt_a: TensorTrainBase, tt_b: TensorTrainBase) -> Any:
+    """``tt_a - tt_b`` exactly, as ``add(tt_a, multiply(tt_b, -1))``: TT-ranks add.
+
+    Args:
+        tt_a: a TT object.
+        tt_b: a TT object of the same kind and raw shape.
+
+    Returns:
+        A TT object with TT-ranks ``r_a + r_b``.
+
+    Raises:
+        TypeError: an operand is not a TT object.
+        ShapeError: kinds, raw shapes, batch sizes, dtypes or devices disagree.
+
+    Complexity: as :func:`add`.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor((2, 3), tt_rank=2)
+        >>> float(tt.frobenius_norm(a - a)) < 1e-6
+        True
+    """
+    _check_pair("subtract", tt_a, tt_b)
+    return add(tt_a, multiply(tt_b, -1.0))
+
+
+def multiply(tt_left: Any, right: Any) -> Any:
+    """Scale a TT object by a number, or the elementwise (Hadamard) product of two TT objects.
+
+    * Number (Python int/float/complex): like t3f, ``|c|^(1/d)`` scales every core and the sign (phase)
+      goes on the first core, so the cores stay balanced. A 0-dim tensor scales only the first core
+      (differentiable w.r.t. the scalar everywhere, zero included). Either side may be the number.
+    * Two TT objects of the same kind and raw shape: cores are Kronecker-multiplied slice by slice,
+      TT-ranks multiply; batches broadcast (size 1 against B).
+
+    Args:
+        tt_left: a TT object or a number.
+        right: a number or a TT object.
+
+    Returns:
+        A TT object (a batch if either input is one).
+
+    Raises:
+        TypeError: neither side is a TT object, or the other side is a dense tensor with dims.
+        ShapeError: kinds, raw shapes, batch sizes, dtypes or devices disagree.
+
+    Complexity: scaling O(d r^2 n); Hadamard O(d r_a^2 r_b^2 n).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor((2, 3, 4), tt_rank=2)
+        >>> tt.multiply(a, a).tt_ranks
+        (1, 4, 4, 1)
+    """
+    if not isinstance(tt_left, TensorTrainBase):
+        tt_left, right = right, tt_left
+    check_tt(tt_left, "multiply", "one operand")
+    if isinstance(right, TensorTrainBase):
+        return _hadamard(tt_left, right)
+    if isinstance(right, torch.Tensor):
+        if right.dim() != 0:
+            raise TypeError(
+                f"multiply: a dense tensor of shape {tuple(right.shape)} cannot multiply a TT object; "
+                "scale by a number or a 0-dim tensor, or use multiply_along_batch_dim for per-element weights"
+            )
+        cores = list(tt_left.tt_cores)
+        cores[0] = cores[0] * right.to(dtype=cores[0].dtype, device=cores[0].device)
+        return tt_left._new(cores)
+    if isinstance(right, bool) or not isinstance(right, numbers.Number):
+        raise TypeError(f"multiply: expects a number or a TT object, got {type(right).__name__}")
+    return tt_left._new(_scale_balanced(list(tt_left.tt_cores), complex(right)))  # type: ignore[call-overload]
+
+
+def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]:
+    d = len(cores)
+    value: complex | float = c if c.imag != 0 else c.real
+    if c == 0:
+        return [core * 0.0 for core in cores]
+    each = abs(c) ** (1.0 / d)
+    first = value / each ** (d - 1)  # carries the sign / phase
+    return [cores[0] * first] + [core * each for core in cores[1:]]
+
+
+def _hadamard(a: TensorTrainBase, b: TensorTrainBase) -> Any:
+    check_same_raw_shape("multiply", a, b)
+    (ca, cb), _, batch = paired_cores("multiply", a, b)
+    cores = []
+    for x, y in zip(ca, cb, strict=True):
+        bs, rx, sx, ry, sy = x.shape[0], x.shape[1], x.shape[-1], y.shape[1], y.shape[-1]
+        modes = x.shape[2:-1]
+        xf, yf = x.reshape(bs, rx, -1, sx), y.reshape(bs, ry, -1, sy)
+        z = torch.einsum("bamc,bxmy->baxmcy", xf, yf)
+        cores.append(z.reshape(bs, rx * ry, *modes, sx * sy))
+    return wrap(cores, batch)
+
+
+def kron(a: TensorTrainBase, b: TensorTrainBase) -> Any:
+    """Kronecker product by concatenating cores: ``full(kron(a, b)) == torch.kron(full(a), full(b))``.
+
+    For TT-matrices ``A (M1 x N1)`` and ``B (M2 x N2)`` the result is the ``M1 M2 x N1 N2`` TT-matrix with
+    the cores of ``a`` followed by those of ``b`` (how t3f builds Kronecker-structured matrices). For
+    TT-tensors it is the outer product reshaped to raw shape ``a.raw_shape + b.raw_shape``. Batches
+    broadcast.
+
+    Args:
+        a: a TT object (d_a cores).
+        b: a TT object of the same kind (d_b cores).
+
+    Returns:
+        A TT object with ``d_a + d_b`` cores and TT-ranks ``(*a.tt_ranks, *b.tt_ranks[1:])``.
+
+    Raises:
+        TypeError: an operand is not a TT object.
+        ShapeError: kinds, batch sizes, dtypes or devices disagree.
+
+    Complexity: O(1) arithmetic; a view of the cores.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> k = tt.kron(tt.random_matrix([[2], [3]]), tt.random_matrix([[4], [5]]))
+        >>> k.shape
+        torch.Size([8, 15])
+    """
+    check_tt(a, "kron", "a")
+    check_tt(b, "kron", "b")
+    if a.is_tt_matrix() != b.is_tt_matrix():
+        raise ShapeError(
+            f"kron: both operands must be TT-matrices or both TT-tensors, got {describe(a)} and {describe(b)}"
+        )
+    (ca, cb), _, batch = paired_cores("kron", a, b)
+    return wrap(ca + cb, batch)
+
+
+def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
+    """The same tensor with every core rescaled to the same Frobenius norm (per element for batches).
+
+    Core ``k`` is multiplied by ``g / max(||G_k||, epsilon)`` where ``g`` is the geometric mean of the
+    clamped core norms; the factors multiply to 1, so the tensor is unchanged unless a core's norm is
+    below ``epsilon``. Useful against overflow/underflow after many products.
+
+    Args:
+        tt: a TT object.
+        epsilon: floor for core norms, guards division by zero.
+
+    Returns:
+        A TT object of the same class, shape and ranks.
+
+    Raises:
+        TypeError: ``tt`` is not a TT object.
+        ValueError: ``epsilon`` is negative.
+
+    Complexity: O(d r^2 n).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor((3, 4, 5), tt_rank=2) * 1000.0
+        >>> b = tt.renormalize_tt_cores(a)
+        >>> [round(float(c.norm()), 3) for c in b.tt_cores][0] == round(float(b.tt_cores[1].norm()), 3)
+        True
+    """
+    check_tt(tt, "renormalize_tt_cores", "tt")
+    if not epsilon >= 0:
+        raise ValueError(f"renormalize_tt_cores: epsilon must be >= 0, got {epsilon!r}")
+    cores = batched_cores(tt)
+    norms = torch.stack([c.reshape(c.shape[0], -1).norm(dim=1) for c in cores])  # (d, B)
+    norms = norms.clamp_min(epsilon) if epsilon > 0 else norms
+    mean = norms.log().mean(dim=0).exp()
+    factors = mean / norms
+    shape = (-1,) + (1,) * (cores[0].dim() - 1)
+    new = [c * f.to(c.dtype).reshape(shape) for c, f in zip(cores, factors, strict=True)]
+    return wrap(new, is_batch(tt))

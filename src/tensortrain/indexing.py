@@ -1,0 +1,231 @@
+"""Indexing TT objects without making them full: numpy-style basic indexing and ``gather_nd``.
+
+Re-exported by :mod:`tensortrain.ops`. Symbols: ``d`` cores, ``n`` mode size, ``r`` TT-rank, ``B`` batch
+size, ``K`` number of gathered entries.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+
+from .errors import ShapeError
+from .operands import batch_size, batched_cores, check_tt, describe, is_batch, matrix_dims, tensor_dims, wrap
+from .tensor_train import TensorTrainBase
+
+__all__ = ["gather_nd", "getitem"]
+
+
+def getitem(tt: TensorTrainBase, index: Any) -> Any:
+    """Numpy-style basic indexing of a TT-tensor (``tt[1, :, 2:4]``), used by ``TensorTrain.__getitem__``.
+
+    An int selects one slice of a mode: the mode disappears and the ``(r x r')`` slice of its core is
+    absorbed into the next kept core (or the previous one at the end), so ranks never grow. A slice
+    (positive step) keeps the mode. Missing trailing indices and one ``...`` mean ``:``. Indexing every
+    mode with ints returns the entry as a 0-dim tensor. For a batch, the first index selects batch
+    elements (int: a :class:`TensorTrain` results; slice, list or index tensor: a batch) and the rest
+    index the modes. TT-matrices cannot be indexed (use :func:`gather_nd` for entries).
+
+    Args:
+        tt: a TT-tensor or a batch of TT-tensors.
+        index: an int, slice, ``...``, or a tuple of them (batch index first for a batch).
+
+    Returns:
+        A TT object with the int-indexed modes removed, or a 0-dim tensor (a vector for a batch) when
+        every mode is indexed by an int.
+
+    Raises:
+        TypeError: an index of an unsupported kind (None, float, bool, tensor for a mode), or a TT-matrix.
+        IndexError: too many indices, an int out of range, or a slice that selects nothing.
+        ValueError: a slice step that is not positive.
+
+    Complexity: O(d r^3 n') for n' kept mode entries.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor((3, 4, 5), tt_rank=2)
+        >>> print(a[1, :, 2:4])
+        A Tensor Train of shape (4, 2), TT-ranks: (1, 2, 1)
+    """
+    check_tt(tt, "getitem", "tt")
+    if tt.is_tt_matrix():
+        raise TypeError(
+            f"indexing a TT-matrix ({describe(tt)}) is not supported; use tt.gather_nd(m, indices) for "
+            "entries, or transform it first (tt.full densifies)"
+        )
+    items = list(index) if isinstance(index, tuple) else [index]
+    cores = batched_cores(tt)
+    batch = is_batch(tt)
+    if batch:
+        if not items:
+            return tt
+        cores, batch = _index_batch(cores, items.pop(0), batch_size(tt))
+    items = _expand_ellipsis(items, len(cores))
+    return _index_modes(cores, items, batch)
+
+
+def _index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[torch.Tensor], bool]:
+    if isinstance(idx, bool) or idx is None or isinstance(idx, float):
+        raise TypeError(f"a batch index must be an int, slice, list or tensor of ints, got {idx!r}")
+    if isinstance(idx, int):
+        if not -size <= idx < size:
+            raise IndexError(f"batch index {idx} out of range for a batch of {size} elements")
+        return [c[idx : idx + 1] if idx != -1 else c[idx:] for c in cores], False
+    picked = [c[idx] for c in cores]
+    if picked[0].shape[0] == 0:
+        raise IndexError(f"batch index {idx!r} selects no elements of a {size} element batch")
+    return picked, True
+
+
+def _expand_ellipsis(items: list[Any], d: int) -> list[Any]:
+    n_ellipsis = sum(1 for it in items if it is Ellipsis)
+    if n_ellipsis > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if n_ellipsis:
+        at = next(i for i, it in enumerate(items) if it is Ellipsis)
+        items = items[:at] + [slice(None)] * (d - len(items) + 1) + items[at + 1 :]
+    if len(items) > d:
+        raise IndexError(f"too many indices: the TT-tensor has {d} modes but {len(items)} were given")
+    return items + [slice(None)] * (d - len(items))
+
+
+def _index_modes(cores: list[torch.Tensor], items: list[Any], batch: bool) -> Any:
+    kept: list[torch.Tensor] = []
+    pending: torch.Tensor | None = None  # (B, r_left, r) product of collapsed slices
+    for k, (core, it) in enumerate(zip(cores, items, strict=True)):
+        n = core.shape[2]
+        if isinstance(it, slice):
+            if it.step is not None and it.step <= 0:
+                raise ValueError(f"mode {k}: slice step must be positive, got {it.step}")
+            part = core[:, :, it]
+            if part.shape[2] == 0:
+                raise IndexError(f"mode {k}: slice {it} selects nothing from a mode of size {n}")
+            if pending is not None:
+                part = torch.einsum("bar,brns->bans", pending, part)
+                pending = None
+            kept.append(part)
+            continue
+        i = _mode_int(it, k, n)
+        mat = core[:, :, i]
+        pending = mat if pending is None else torch.bmm(pending, mat)
+    if not kept:
+        assert pending is not None
+        res = pending[:, 0, 0]
+        return res if batch else res[0]
+    if pending is not None:
+        kept[-1] = torch.einsum("bans,bst->bant", kept[-1], pending)
+    return wrap(kept, batch)
+
+
+def _mode_int(it: Any, k: int, n: int) -> int:
+    if isinstance(it, bool) or it is None or isinstance(it, float):
+        raise TypeError(f"mode {k}: index must be an int or a slice, got {it!r}")
+    try:
+        i = operator.index(it)
+    except TypeError:
+        raise TypeError(f"mode {k}: index must be an int or a slice, got {type(it).__name__}") from None
+    if not -n <= i < n:
+        raise IndexError(f"mode {k}: index {i} out of range for a mode of size {n}")
+    return i % n
+
+
+def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
+    """Entries of a TT object at a list of multi-indices, without building the full tensor.
+
+    ``indices`` has shape ``(..., c)``; each row is one entry:
+
+    * TT-tensor: ``c = d`` mode indices.
+    * TT-matrix: ``c = 2d`` mode indices (row modes, then column modes), or ``c = 2`` dense
+      ``(row, column)`` indices, unravelled into modes (row-major). For ``d = 1`` both readings agree.
+    * Batch: one more column first, the batch index (t3f's convention).
+
+    Args:
+        tt: a TT object.
+        indices: an integer tensor (or nested list) of shape ``(..., c)``; indices must be in range
+            (negative indices are not wrapped).
+
+    Returns:
+        A tensor of shape ``indices.shape[:-1]``.
+
+    Raises:
+        TypeError: ``indices`` is not integer.
+        ShapeError: the last dim of ``indices`` does not match the object.
+        IndexError: an index out of range.
+
+    Complexity: O(K d r^2) after gathering ``K`` core slices per mode.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> a = tt.random_tensor((3, 4, 5), tt_rank=2)
+        >>> tt.gather_nd(a, torch.tensor([[0, 1, 2], [2, 3, 4]])).shape
+        torch.Size([2])
+    """
+    check_tt(tt, "gather_nd", "tt")
+    idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise TypeError(f"gather_nd: indices must be an integer tensor, got dtype {idx.dtype}")
+    idx = idx.to(device=tt.device, dtype=torch.long)
+    if idx.dim() == 0:
+        raise ShapeError("gather_nd: indices must have at least one dim (..., c), got a scalar")
+    out_shape = idx.shape[:-1]
+    idx = idx.reshape(-1, idx.shape[-1])
+    cores = batched_cores(tt)
+    if is_batch(tt):
+        bidx, idx = idx[:, 0], idx[:, 1:]
+        _check_range(bidx, batch_size(tt), "batch index")
+    else:
+        bidx = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device)
+    mode_idx = _mode_indices(tt, idx)
+    res: torch.Tensor | None = None
+    for k, core in enumerate(cores):
+        if tt.is_tt_matrix():
+            mat = core[bidx, :, mode_idx[:, k], mode_idx[:, len(cores) + k]]  # (K, r, s)
+        else:
+            mat = core[bidx, :, mode_idx[:, k]]
+        res = mat if res is None else torch.bmm(res, mat)
+    assert res is not None
+    return res.reshape(out_shape)
+
+
+def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:
+    extra = 1 if is_batch(tt) else 0
+    if not tt.is_tt_matrix():
+        dims = tensor_dims(tt)
+        if idx.shape[1] != len(dims):
+            raise ShapeError(
+                f"gather_nd: indices must have {len(dims) + extra} columns for a TT-tensor of raw shape "
+                f"{describe(tt)}, got {idx.shape[1] + extra}"
+            )
+        for k, n in enumerate(dims):
+            _check_range(idx[:, k], n, f"mode {k} index")
+        return idx
+    rows, cols = matrix_dims(tt)
+    d = len(rows)
+    if idx.shape[1] == 2 and d > 1:
+        _check_range(idx[:, 0], int(tt.shape[-2]), "row index")
+        _check_range(idx[:, 1], int(tt.shape[-1]), "column index")
+        return torch.cat([_unravel(idx[:, 0], rows), _unravel(idx[:, 1], cols)], dim=1)
+    if idx.shape[1] != 2 * d:
+        raise ShapeError(
+            f"gather_nd: indices for a TT-matrix of raw shape {describe(tt)} need {2 * d + extra} "
+            f"columns (row modes, column modes) or {2 + extra} (row, column), got {idx.shape[1] + extra}"
+        )
+    for k, n in enumerate((*rows, *cols)):
+        _check_range(idx[:, k], n, f"mode {k} index")
+    return idx
+
+
+def _unravel(flat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    out = []
+    for n in reversed(dims):
+        out.append(flat % n)
+        flat = flat // n
+    return torch.stack(out[::-1], dim=1)
+
+
+def _check_range(values: torch.Tensor, n: int, what: str) -> None:
+    if values.numel() and (values.min() < 0 or values.max() >= n):
+        bad = values[(values < 0) | (values >= n)][0].item()
+        raise IndexError(f"gather_nd: {what} {bad} out of range [0, {n})")

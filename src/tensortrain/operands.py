@@ -1,0 +1,126 @@
+"""Checking and pairing the operands of TT operations: kinds, raw shapes, dtypes, devices, batch broadcasting.
+
+Private helpers shared by :mod:`tensortrain.ops`, :mod:`tensortrain.products`, :mod:`tensortrain.indexing`
+and :mod:`tensortrain.batch_ops`. Every algorithm there works on *batched* cores (one leading batch axis,
+of size 1 for a plain :class:`~tensortrain.TensorTrain`), so one code path serves single objects and
+batches; :func:`wrap` turns the result back into the right class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import ShapeError
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+
+__all__: list[str] = []
+
+
+def check_tt(x: Any, op: str, name: str = "argument") -> TensorTrainBase:
+    """Raise ``TypeError`` unless ``x`` is a TT object."""
+    if not isinstance(x, TensorTrainBase):
+        raise TypeError(f"{op}: {name} must be a TensorTrain or TensorTrainBatch, got {type(x).__name__}")
+    return x
+
+
+def check_matrix(x: Any, op: str, name: str = "argument") -> TensorTrainBase:
+    """Raise ``TypeError`` unless ``x`` is a TT-matrix (or a batch of them)."""
+    check_tt(x, op, name)
+    if not x.is_tt_matrix():
+        raise TypeError(f"{op}: {name} must be a TT-matrix, got a TT-tensor of shape {describe(x)}")
+    return x
+
+
+def is_batch(x: TensorTrainBase) -> bool:
+    """True for a :class:`TensorTrainBatch`."""
+    return isinstance(x, TensorTrainBatch)
+
+
+def batch_size(x: TensorTrainBase) -> int:
+    """The batch size, 1 for a single TT object."""
+    return int(x.tt_cores[0].shape[0]) if is_batch(x) else 1
+
+
+def describe(x: TensorTrainBase) -> str:
+    """Raw shape for messages: ``(2, 3)`` or ``(2, 3) x (4, 5)``, with ``batch of B`` for batches."""
+    if x.is_tt_matrix():
+        rows, cols = matrix_dims(x)
+        text = f"{rows} x {cols}"
+    else:
+        text = str(tensor_dims(x))
+    return f"{text} (batch of {batch_size(x)})" if is_batch(x) else text
+
+
+def matrix_dims(x: TensorTrainBase) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Row and column mode sizes of a TT-matrix, typed."""
+    rows, cols = x.raw_shape  # type: ignore[misc]
+    return tuple(rows), tuple(cols)  # type: ignore[arg-type]
+
+
+def tensor_dims(x: TensorTrainBase) -> tuple[int, ...]:
+    """Mode sizes of a TT-tensor, typed."""
+    return tuple(x.raw_shape)  # type: ignore[arg-type]
+
+
+def batched_cores(x: TensorTrainBase) -> list[torch.Tensor]:
+    """The cores with one leading batch axis (size 1 for a single TT object); views, no copies."""
+    return list(x.tt_cores) if is_batch(x) else [c.unsqueeze(0) for c in x.tt_cores]
+
+
+def wrap(cores: Sequence[torch.Tensor], batch: bool) -> Any:
+    """Build a :class:`TensorTrainBatch` from batched cores, or a :class:`TensorTrain` from batch-1 cores."""
+    if batch:
+        return TensorTrainBatch(list(cores))
+    return TensorTrain([c[0] for c in cores])
+
+
+def check_dtype_device(op: str, *xs: TensorTrainBase | torch.Tensor) -> None:
+    """Raise ``ShapeError`` when operands disagree in dtype or device."""
+    first = xs[0]
+    for x in xs[1:]:
+        if x.dtype != first.dtype:
+            raise ShapeError(
+                f"{op}: operands have different dtypes {first.dtype} and {x.dtype}; cast one first "
+                "(tt.cast(a, dtype) or tensor.to(dtype))"
+            )
+        if x.device != first.device:
+            raise ShapeError(f"{op}: operands are on different devices {first.device} and {x.device}")
+
+
+def check_same_raw_shape(op: str, a: TensorTrainBase, b: TensorTrainBase) -> None:
+    """Raise ``ShapeError`` unless both are TT-tensors or both TT-matrices with equal raw shapes."""
+    if a.is_tt_matrix() != b.is_tt_matrix():
+        kinds = ["TT-matrix" if x.is_tt_matrix() else "TT-tensor" for x in (a, b)]
+        raise ShapeError(f"{op}: cannot combine a {kinds[0]} {describe(a)} with a {kinds[1]} {describe(b)}")
+    if a.raw_shape != b.raw_shape:
+        raise ShapeError(f"{op}: raw shapes differ: {describe(a)} vs {describe(b)}")
+
+
+def broadcast_batch_size(op: str, *xs: TensorTrainBase) -> tuple[int, bool]:
+    """The common batch size of the operands (batch size 1 broadcasts) and whether any is a batch."""
+    sizes = {batch_size(x) for x in xs if is_batch(x)} - {1}
+    if len(sizes) > 1:
+        raise ShapeError(f"{op}: batch sizes {sorted(sizes)} do not broadcast (they must be equal, or 1)")
+    return (sizes.pop() if sizes else 1), any(is_batch(x) for x in xs)
+
+
+def expand_cores(cores: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """Expand batched cores of batch size 1 to ``size`` (a view, no copy)."""
+    if cores[0].shape[0] == size:
+        return list(cores)
+    return [c.expand(size, *c.shape[1:]) for c in cores]
+
+
+def paired_cores(op: str, *xs: TensorTrainBase) -> tuple[list[list[torch.Tensor]], int, bool]:
+    """Batched cores of each operand, expanded to the common batch size; the size; whether any is a batch."""
+    check_dtype_device(op, *xs)
+    size, batch = broadcast_batch_size(op, *xs)
+    return [expand_cores(batched_cores(x), size) for x in xs], size, batch
+
+
+def flat_modes(core: torch.Tensor) -> torch.Tensor:
+    """A batched core ``(B, r, modes..., s)`` viewed as ``(B, r, prod(modes), s)``."""
+    return core.reshape(core.shape[0], core.shape[1], -1, core.shape[-1])

@@ -1,0 +1,291 @@
+"""tt.ops core algebra against the dense oracle: full, transpose, cast, add, subtract, multiply, kron,
+renormalize_tt_cores, and the operators that delegate to them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_cores, random_tt, seeds, tensor_specs
+from tensortrain import ops
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _dense_from_cores(cores: list[torch.Tensor], raw_shape) -> torch.Tensor:
+    """An independent oracle for full(): explicit sum over rank indices via einsum on all cores."""
+    matrix = isinstance(raw_shape[0], tuple)
+    d = len(cores)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    ranks = letters[: d + 1]
+    modes = letters[d + 1 :]
+    terms, out_rows, out_cols = [], "", ""
+    for k in range(d):
+        if matrix:
+            i, j = modes[2 * k], modes[2 * k + 1]
+            terms.append(ranks[k] + i + j + ranks[k + 1])
+            out_rows, out_cols = out_rows + i, out_cols + j
+        else:
+            terms.append(ranks[k] + modes[k] + ranks[k + 1])
+            out_rows += modes[k]
+    res = torch.einsum(",".join(terms) + "->" + ranks[0] + out_rows + out_cols + ranks[d], *cores)
+    res = res[0, ..., 0]
+    if matrix:
+        res = res.reshape(math.prod(raw_shape[0]), math.prod(raw_shape[1]))
+    return res
+
+
+any_specs = st.one_of(tensor_specs(), matrix_specs())
+
+
+# ----------------------------------------------------------------------------------------------------- full
+@given(spec=any_specs, seed=seeds)
+def test_full_matches_explicit_sum(spec, seed):
+    raw, ranks = spec
+    cores = random_cores(raw, ranks, gen=_gen(seed))
+    assert_close(ops.full(tt.TensorTrain(cores)), _dense_from_cores(cores, raw))
+
+
+@given(spec=any_specs, seed=seeds, b=st.integers(1, 3))
+def test_full_batch_is_stack_of_elements(spec, seed, b):
+    raw, ranks = spec
+    x = random_tt(raw, ranks, gen=_gen(seed), batch_size=b)
+    dense = ops.full(x)
+    assert dense.shape == x.shape
+    for i in range(b):
+        assert_close(dense[i], ops.full(x[i]))
+
+
+def test_full_float32(gen):
+    cores = random_cores(((2, 3), (4, 2)), (1, 3, 1), gen=gen, dtype=torch.float32)
+    res = ops.full(tt.TensorTrain(cores))
+    assert res.dtype == torch.float32
+    assert_close(res, _dense_from_cores([c.double() for c in cores], ((2, 3), (4, 2))).float())
+
+
+def test_full_gradcheck(gen):
+    cores = [c.requires_grad_() for c in random_cores(((2, 2), (3, 2)), (1, 2, 1), gen=gen)]
+    assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))), cores)
+
+
+def test_full_rejects_non_tt():
+    with pytest.raises(TypeError, match="full: tt must be a TensorTrain"):
+        ops.full(torch.zeros(3))
+
+
+# ------------------------------------------------------------------------------------------------ transpose
+@given(spec=matrix_specs(), seed=seeds, batch=st.sampled_from([None, 2]))
+def test_transpose(spec, seed, batch):
+    raw, ranks = spec
+    x = random_tt(raw, ranks, gen=_gen(seed), batch_size=batch)
+    t = ops.transpose(x)
+    assert t.raw_shape == (raw[1], raw[0])
+    assert_close(ops.full(t), ops.full(x).transpose(-1, -2))
+
+
+def test_transpose_rejects_tensor(gen):
+    with pytest.raises(TypeError, match=r"transpose: expects a TT-matrix, got a TT-tensor of shape \(2, 3\)"):
+        ops.transpose(random_tt((2, 3), (1, 2, 1), gen=gen))
+
+
+# ----------------------------------------------------------------------------------------------------- cast
+def test_cast(gen):
+    x = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    y = ops.cast(x, torch.float32)
+    assert isinstance(y, tt.TensorTrainBatch) and y.dtype == torch.float32
+    assert_close(ops.full(y), ops.full(x).float())
+    with pytest.raises(TypeError, match="cast: dtype must be a floating point or complex"):
+        ops.cast(x, torch.int64)
+
+
+# ------------------------------------------------------------------------------------------- add / subtract
+@given(spec=any_specs, seed=seeds, ranks_b=st.integers(1, 3))
+def test_add_subtract(spec, seed, ranks_b):
+    raw, ranks = spec
+    g = _gen(seed)
+    a = random_tt(raw, ranks, gen=g)
+    rb = (1, *([ranks_b] * (len(ranks) - 2)), 1)
+    b = random_tt(raw, rb, gen=g)
+    s = ops.add(a, b)
+    if len(ranks) > 2:
+        assert s.tt_ranks == (1, *(x + y for x, y in zip(ranks[1:-1], rb[1:-1], strict=True)), 1)
+    assert_close(ops.full(s), ops.full(a) + ops.full(b))
+    assert_close(ops.full(ops.subtract(a, b)), ops.full(a) - ops.full(b))
+    assert_close(ops.full(a + b), ops.full(a) + ops.full(b))
+    assert_close(ops.full(a - b), ops.full(a) - ops.full(b))
+
+
+@given(spec=any_specs, seed=seeds, sizes=st.sampled_from([(3, 3), (1, 3), (3, 1), (None, 3), (3, None)]))
+def test_add_batch_broadcasting(spec, seed, sizes):
+    raw, ranks = spec
+    g = _gen(seed)
+    a = random_tt(raw, ranks, gen=g, batch_size=sizes[0])
+    b = random_tt(raw, ranks, gen=g, batch_size=sizes[1])
+    s = a + b
+    assert isinstance(s, tt.TensorTrainBatch) and s.batch_size == 3
+    assert_close(ops.full(s), ops.full(a) + ops.full(b))
+
+
+def test_add_float32(gen):
+    a = random_tt((3, 4, 2), (1, 2, 2, 1), gen=gen, dtype=torch.float32)
+    b = random_tt((3, 4, 2), (1, 3, 1, 1), gen=gen, dtype=torch.float32)
+    assert_close(ops.full(a + b), ops.full(a) + ops.full(b))
+
+
+def test_add_gradcheck(gen):
+    ca = [c.requires_grad_() for c in random_cores((2, 3, 2), (1, 2, 2, 1), gen=gen)]
+    cb = [c.requires_grad_() for c in random_cores((2, 3, 2), (1, 1, 2, 1), gen=gen)]
+
+    def f(*cs):
+        return ops.full(ops.subtract(tt.TensorTrain(list(cs[:3])), tt.TensorTrain(list(cs[3:]))))
+
+    assert torch.autograd.gradcheck(f, ca + cb)
+
+
+def test_add_errors(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    with pytest.raises(ShapeErrorT, match=r"add: raw shapes differ: \(2, 3\) vs \(3, 2\)"):
+        ops.add(a, random_tt((3, 2), (1, 2, 1), gen=gen))
+    with pytest.raises(ShapeErrorT, match=r"add: cannot combine a TT-tensor \(2, 3\) with a TT-matrix"):
+        ops.add(a, random_tt(((2, 3), (1, 1)), (1, 2, 1), gen=gen))
+    with pytest.raises(TypeError, match="add: second operand is a float.*tensor_ones"):
+        ops.add(a, 1.0)
+    with pytest.raises(TypeError, match="add: first operand is a int"):
+        _ = 0 + a
+    with pytest.raises(TypeError, match="subtract: second operand is a Tensor"):
+        _ = a - torch.ones(2, 3)
+    with pytest.raises(TypeError, match="add: second operand must be a TensorTrain"):
+        ops.add(a, "x")
+    with pytest.raises(
+        ShapeErrorT, match="add: operands have different dtypes torch.float64 and torch.float32"
+    ):
+        ops.add(a, ops.cast(a, torch.float32))
+    with pytest.raises(ShapeErrorT, match=r"add: batch sizes \[2, 3\] do not broadcast"):
+        ops.add(
+            random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2),
+            random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=3),
+        )
+
+
+ShapeErrorT = tt.ShapeError
+
+
+# ------------------------------------------------------------------------------------------------- multiply
+@given(spec=any_specs, seed=seeds, c=st.sampled_from([2.5, -3.0, 0.0, 1, -1e-3]))
+def test_multiply_by_number(spec, seed, c):
+    raw, ranks = spec
+    a = random_tt(raw, ranks, gen=_gen(seed))
+    for res in (ops.multiply(a, c), ops.multiply(c, a), a * c, c * a):
+        assert res.tt_ranks == a.tt_ranks
+        assert_close(ops.full(res), ops.full(a) * c)
+    assert_close(ops.full(-a), -ops.full(a))
+    if c != 0:
+        assert_close(ops.full(a / c), ops.full(a) / c)
+
+
+def test_multiply_number_keeps_cores_balanced(gen):
+    a = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen)
+    scaled = a * -8.0
+    for before, after, factor in zip(a.tt_cores, scaled.tt_cores, (-2.0, 2.0, 2.0), strict=True):
+        assert_close(after, before * factor)
+
+
+def test_multiply_by_0dim_tensor_is_differentiable(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    c = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: ops.full(ops.multiply(a, s)), (c,))
+    assert_close(ops.full(a * torch.tensor(3.0, dtype=torch.float64)), 3.0 * ops.full(a))
+
+
+@given(spec=any_specs, seed=seeds, sizes=st.sampled_from([(None, None), (2, 2), (1, 2), (None, 2)]))
+def test_hadamard(spec, seed, sizes):
+    raw, ranks = spec
+    g = _gen(seed)
+    a = random_tt(raw, ranks, gen=g, batch_size=sizes[0])
+    b = random_tt(raw, ranks, gen=g, batch_size=sizes[1])
+    p = ops.multiply(a, b)
+    assert p.tt_ranks == tuple(r * r for r in ranks)
+    assert_close(ops.full(p), ops.full(a) * ops.full(b))
+    assert_close(ops.full(b * a), ops.full(a) * ops.full(b))
+
+
+def test_hadamard_float32_and_gradcheck(gen):
+    a = random_tt(((2, 2), (3, 1)), (1, 2, 1), gen=gen, dtype=torch.float32)
+    assert_close(ops.full(a * a), ops.full(a) ** 2)
+    cores = [c.requires_grad_() for c in random_cores((2, 3), (1, 2, 1), gen=gen)]
+    assert torch.autograd.gradcheck(
+        lambda *cs: ops.full(ops.multiply(tt.TensorTrain(list(cs)), tt.TensorTrain(list(cs)))), cores
+    )
+
+
+def test_multiply_errors(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    with pytest.raises(TypeError, match=r"multiply: a dense tensor of shape \(2, 3\) cannot multiply"):
+        ops.multiply(a, torch.ones(2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="multiply: expects a number or a TT object, got str"):
+        ops.multiply(a, "2")
+    with pytest.raises(TypeError, match="multiply: one operand must be a TensorTrain"):
+        ops.multiply(2.0, 3.0)
+    with pytest.raises(ShapeErrorT, match=r"multiply: raw shapes differ: \(2, 3\) vs \(2, 4\)"):
+        ops.multiply(a, random_tt((2, 4), (1, 2, 1), gen=gen))
+    with pytest.raises(TypeError, match="dividing by a TT object is not supported"):
+        _ = a / a
+
+
+def test_multiply_complex_number(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    ac = ops.cast(a, torch.complex128)
+    assert_close(ops.full(ac * (1 - 2j)), ops.full(ac) * (1 - 2j))
+
+
+# ----------------------------------------------------------------------------------------------------- kron
+@given(
+    spec_a=matrix_specs(max_d=2),
+    spec_b=matrix_specs(max_d=2),
+    seed=seeds,
+    sizes=st.sampled_from([(None, None), (2, 1), (None, 2)]),
+)
+def test_kron_matches_torch_kron(spec_a, spec_b, seed, sizes):
+    g = _gen(seed)
+    a = random_tt(*spec_a, gen=g, batch_size=sizes[0])
+    b = random_tt(*spec_b, gen=g, batch_size=sizes[1])
+    k = ops.kron(a, b)
+    assert k.ndims() == a.ndims() + b.ndims()
+    fa, fb, fk = ops.full(a), ops.full(b), ops.full(k)
+    if fk.dim() == 2:
+        assert_close(fk, torch.kron(fa, fb))
+    else:
+        fa, fb = fa.expand(fk.shape[0], *fa.shape[-2:]), fb.expand(fk.shape[0], *fb.shape[-2:])
+        for i in range(fk.shape[0]):
+            assert_close(fk[i], torch.kron(fa[i], fb[i]))
+
+
+def test_kron_tensors_is_outer_product(gen):
+    a, b = random_tt((2, 3), (1, 2, 1), gen=gen), random_tt((4,), (1, 1), gen=gen)
+    assert_close(ops.full(ops.kron(a, b)), torch.einsum("ij,k->ijk", ops.full(a), ops.full(b)))
+    with pytest.raises(ShapeErrorT, match="kron: both operands must be TT-matrices or both TT-tensors"):
+        ops.kron(a, random_tt(((2,), (2,)), (1, 1), gen=gen))
+
+
+# ------------------------------------------------------------------------------------- renormalize_tt_cores
+@given(spec=any_specs, seed=seeds, batch=st.sampled_from([None, 2]))
+def test_renormalize_tt_cores(spec, seed, batch):
+    raw, ranks = spec
+    a = random_tt(raw, ranks, gen=_gen(seed), batch_size=batch) * 1e3
+    r = ops.renormalize_tt_cores(a)
+    assert_close(ops.full(r), ops.full(a))
+    norms = torch.stack([c.reshape(c.shape[0], -1).norm(dim=1) if batch else c.norm() for c in r.tt_cores])
+    assert_close(norms, norms[:1].expand_as(norms))
+
+
+def test_renormalize_rejects_negative_epsilon(gen):
+    with pytest.raises(ValueError, match="epsilon must be >= 0, got -1"):
+        ops.renormalize_tt_cores(random_tt((2,), (1, 1), gen=gen), epsilon=-1)
