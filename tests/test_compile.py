@@ -1,0 +1,88 @@
+"""torch.compile(fullgraph=True): TT layers and the ops in their forward trace without graph breaks.
+
+``fullgraph=True`` turns any graph break into an error, so a passing test proves a single graph. The
+``aot_eager`` backend runs dynamo and AOTAutograd (forward and backward graphs) without a C++ compiler:
+inductor's generated-code compile takes ~40 s for one small layer on 2 CPU cores, too slow for the suite, and
+adds nothing about graph breaks. Outputs and gradients are compared with eager mode in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import random_tt
+
+BACKEND = "aot_eager"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _compiled(fn, **kw):
+    return torch.compile(fn, fullgraph=True, backend=BACKEND, **kw)
+
+
+def _grads(params) -> list[torch.Tensor]:
+    out = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    return out
+
+
+@pytest.mark.parametrize("lead", [(5,), (2, 3), ()])
+def test_tt_linear_layer(lead):
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(24, 10, tt_rank=3, in_dims=(2, 3, 4), out_dims=(1, 5, 2), dtype=torch.float64)
+    x = torch.randn(*lead, 24, dtype=torch.float64, requires_grad=True)
+    params = [x, *layer.parameters()]
+
+    expected = layer(x)
+    (expected**2).sum().backward()
+    expected_grads = _grads(params)
+
+    got = _compiled(layer)(x)
+    (got**2).sum().backward()
+    assert got.shape == (*lead, 10)
+    assert_close(got, expected)
+    for g, e in zip(_grads(params), expected_grads, strict=True):
+        assert_close(g, e)
+
+
+def test_tt_linear_dynamic_batch():
+    # one graph for any batch size: mark_dynamic makes dynamo fail instead of specializing the batch dim
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), bias=False, dtype=torch.float64)
+    f = _compiled(layer, dynamic=True)
+    for b in (3, 7, 16):
+        x = torch.randn(b, 12, dtype=torch.float64)
+        torch._dynamo.mark_dynamic(x, 0)
+        assert_close(f(x), layer(x))
+
+
+def test_full_and_matmul_with_dense(gen):
+    w = random_tt(((2, 3), (4, 2)), (1, 3, 1), gen=gen)
+    cores = [c.clone().requires_grad_() for c in w.tt_cores]
+    x = torch.randn(8, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = torch.randn(4, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+
+    def ops(x, y, *cores):
+        m = tt.TensorTrain(list(cores))
+        return tt.full(m), tt.matmul(m, x), tt.matmul(y, m)
+
+    expected = ops(x, y, *cores)
+    sum((e**2).sum() for e in expected).backward()
+    expected_grads = _grads([x, y, *cores])
+
+    got = _compiled(ops)(x, y, *cores)
+    sum((g**2).sum() for g in got).backward()
+    for g, e in zip(got, expected, strict=True):
+        assert_close(g, e)
+    for g, e in zip(_grads([x, y, *cores]), expected_grads, strict=True):
+        assert_close(g, e)
