@@ -1,5 +1,163 @@
-"""Placeholder: filled in by the work on this module."""
+"""Kronecker-factored matrices: TT-matrices of TT-rank 1 with square cores (t3f's ``kronecker``).
+
+A TT-matrix of TT-rank 1 is ``A = A_1 (x) A_2 (x) ... (x) A_d`` with ``A_k`` the ``m_k x n_k`` slice of core
+``k`` (row-major mode order, as ``torch.kron``). With square factors (``m_k = n_k``):
+
+* ``det(A) = prod_k det(A_k)^(N / n_k)`` with ``N = prod_k n_k``;
+* ``inv(A) = inv(A_1) (x) ... (x) inv(A_d)``; ``cholesky(A) = cholesky(A_1) (x) ... (x) cholesky(A_d)``.
+
+Batches (``TensorTrainBatch``) are supported: every function works element by element.
+
+Symbols: ``d`` cores, ``n`` the largest factor size, ``B`` batch size.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from typing import cast
+
+import torch
+
+from .errors import ShapeError
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+
+__all__ = ["cholesky", "determinant", "inv", "slog_determinant"]
+
+
+def _factors(kron_a: TensorTrainBase, fname: str) -> list[torch.Tensor]:
+    """The Kronecker factors ``A_k`` as ``(n_k, n_k)`` tensors (``(B, n_k, n_k)`` for a batch)."""
+    if not isinstance(kron_a, TensorTrainBase):
+        raise TypeError(f"{fname}: expected a TT-matrix, got {type(kron_a).__name__}")
+    if not kron_a.is_tt_matrix():
+        raise ShapeError(f"{fname}: expected a TT-matrix, got a TT-tensor of shape {tuple(kron_a.shape)}")
+    if any(r != 1 for r in kron_a.tt_ranks):
+        raise ShapeError(
+            f"{fname}: expected a Kronecker product (a TT-matrix of TT-rank 1), got TT-ranks "
+            f"{kron_a.tt_ranks}; round it to rank 1 first if that approximation is acceptable"
+        )
+    rows, cols = cast(tuple[tuple[int, ...], tuple[int, ...]], kron_a.raw_shape)
+    if tuple(rows) != tuple(cols):
+        raise ShapeError(
+            f"{fname}: the Kronecker factors must be square, got row modes {tuple(rows)} and column "
+            f"modes {tuple(cols)}"
+        )
+    return [c[..., 0, :, :, 0] for c in kron_a.tt_cores]
+
+
+def _rebuild(factors: list[torch.Tensor], like: TensorTrainBase) -> TensorTrainBase:
+    cores = [f[..., None, :, :, None] for f in factors]
+    return TensorTrainBatch(cores) if isinstance(like, TensorTrainBatch) else TensorTrain(cores)
+
+
+def determinant(kron_a: TensorTrainBase) -> torch.Tensor:
+    """The determinant of a Kronecker-product matrix (may overflow: see :func:`slog_determinant`).
+
+    Args:
+        kron_a: a TT-matrix (or batch) of TT-rank 1 with square factors.
+
+    Returns:
+        A scalar tensor (``(B,)`` for a batch). Differentiable.
+
+    Raises:
+        TypeError: not a TT object.
+        ShapeError: a TT-tensor, TT-rank above 1, or non-square factors.
+
+    Complexity: O(d n^3).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> a = tt.TensorTrain([2 * torch.eye(2)[None, :, :, None], 3 * torch.eye(3)[None, :, :, None]])
+        >>> float(tt.kronecker.determinant(a))  # 2^6 * 3^6
+        46656.0
+    """
+    sign, logdet = slog_determinant(kron_a)
+    return sign * torch.exp(logdet)
+
+
+def slog_determinant(kron_a: TensorTrainBase) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sign and log of the absolute value of the determinant of a Kronecker-product matrix.
+
+    Args:
+        kron_a: a TT-matrix (or batch) of TT-rank 1 with square factors.
+
+    Returns:
+        ``(sign, logabsdet)``, scalars (``(B,)`` each for a batch), as ``torch.linalg.slogdet``.
+
+    Raises:
+        TypeError, ShapeError: as :func:`determinant`.
+
+    Complexity: O(d n^3).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> a1 = torch.diag(torch.tensor([-2.0, 1.0]))  # det -2, appears 3 times in A = a1 (x) I_3
+        >>> a = tt.TensorTrain([a1[None, :, :, None], torch.eye(3)[None, :, :, None]])
+        >>> sign, logdet = tt.kronecker.slog_determinant(a)  # det(A) = (-2)^3
+        >>> float(sign), round(float(logdet), 4)
+        (-1.0, 2.0794)
+    """
+    factors = _factors(kron_a, "slog_determinant")
+    total = math.prod(int(f.shape[-1]) for f in factors)
+    sign, logdet = None, None
+    for f in factors:
+        s, ld = torch.linalg.slogdet(f)
+        power = total // int(f.shape[-1])
+        s = s**power
+        sign = s if sign is None else sign * s
+        logdet = power * ld if logdet is None else logdet + power * ld
+    return sign, logdet  # type: ignore[return-value]
+
+
+def inv(kron_a: TensorTrainBase) -> TensorTrainBase:
+    """The inverse of a Kronecker-product matrix, as a TT-matrix of TT-rank 1 (factor-wise inverses).
+
+    Args:
+        kron_a: a TT-matrix (or batch) of TT-rank 1 with square, invertible factors.
+
+    Returns:
+        A TT-matrix (or batch) of the same shape, TT-rank 1.
+
+    Raises:
+        TypeError, ShapeError: as :func:`determinant`.
+        torch.linalg.LinAlgError: a singular factor.
+
+    Complexity: O(d n^3).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> a = tt.TensorTrain([2 * torch.eye(2)[None, :, :, None], 4 * torch.eye(3)[None, :, :, None]])
+        >>> tt.kronecker.inv(a).tt_cores[1][0, :, :, 0]
+        tensor([[0.2500, 0.0000, 0.0000],
+                [0.0000, 0.2500, 0.0000],
+                [0.0000, 0.0000, 0.2500]])
+    """
+    return _rebuild([torch.linalg.inv(f) for f in _factors(kron_a, "inv")], kron_a)
+
+
+def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
+    """The lower Cholesky factor of a symmetric positive-definite Kronecker-product matrix.
+
+    Because the Kronecker product of lower-triangular matrices is lower triangular (row-major mode order),
+    the factor is the Kronecker product of the factors' Cholesky factors.
+
+    Args:
+        kron_a: a TT-matrix (or batch) of TT-rank 1 whose square factors are all symmetric positive definite.
+
+    Returns:
+        ``L``, a TT-matrix (or batch) of TT-rank 1 with ``full(L) @ full(L).T == full(kron_a)``.
+
+    Raises:
+        TypeError, ShapeError: as :func:`determinant`.
+        torch.linalg.LinAlgError: a factor that is not positive definite (note: ``A`` may be SPD while
+            its factors are both negative definite; negate them first).
+
+    Complexity: O(d n^3).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> a = tt.TensorTrain([4 * torch.eye(2)[None, :, :, None], 9 * torch.eye(2)[None, :, :, None]])
+        >>> tt.kronecker.cholesky(a).tt_cores[0][0, :, :, 0]
+        tensor([[2., 0.],
+                [0., 2.]])
+    """
+    return _rebuild([torch.linalg.cholesky(f) for f in _factors(kron_a, "cholesky")], kron_a)

@@ -1,0 +1,73 @@
+"""Kronecker-product TT-matrices against torch.linalg on the full matrices (batches included)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import random_tt, seeds
+from test_riemannian import dense
+
+
+def kron_tt(modes, gen, batch_size=None, spd=False, dtype=torch.float64):
+    """A random TT-rank-1 TT-matrix with square factors (SPD factors when asked)."""
+    cores = []
+    for n in modes:
+        shape = (n, n) if batch_size is None else (batch_size, n, n)
+        f = torch.randn(shape, generator=gen, dtype=dtype)
+        if spd:
+            f = f @ f.transpose(-1, -2) + n * torch.eye(n, dtype=dtype)
+        cores.append(f[..., None, :, :, None])
+    return tt.TensorTrain(cores) if batch_size is None else tt.TensorTrainBatch(cores)
+
+
+modes_st = st.lists(st.integers(1, 3), min_size=1, max_size=3)
+batch_st = st.one_of(st.none(), st.integers(1, 3))
+
+
+@given(modes=modes_st, seed=seeds, batch=batch_st)
+def test_determinants_match_torch(modes, seed, batch):
+    a = kron_tt(modes, torch.Generator().manual_seed(seed), batch)
+    full = dense(a)
+    assert_close(tt.kronecker.determinant(a), torch.linalg.det(full), rtol=1e-9, atol=1e-9)
+    sign, logdet = tt.kronecker.slog_determinant(a)
+    ref_sign, ref_logdet = torch.linalg.slogdet(full)
+    assert_close(sign, ref_sign)
+    assert_close(logdet, ref_logdet)
+
+
+@given(modes=modes_st, seed=seeds, batch=batch_st)
+def test_inv_and_cholesky_match_torch(modes, seed, batch):
+    g = torch.Generator().manual_seed(seed)
+    a = kron_tt(modes, g, batch)
+    inv = tt.kronecker.inv(a)
+    assert type(inv) is type(a) and inv.tt_ranks == a.tt_ranks
+    assert_close(dense(inv), torch.linalg.inv(dense(a)), rtol=1e-8, atol=1e-8)
+    s = kron_tt(modes, g, batch, spd=True)
+    chol = tt.kronecker.cholesky(s)
+    assert_close(dense(chol), torch.linalg.cholesky(dense(s)))
+
+
+def test_float32_and_gradcheck(gen):
+    a = kron_tt((2, 3), gen, spd=True, dtype=torch.float32)
+    assert_close(tt.kronecker.determinant(a), torch.linalg.det(dense(a)), rtol=1e-4, atol=1e-4)
+    cores = [c.clone().requires_grad_() for c in kron_tt((2, 2), gen, spd=True).tt_cores]
+    assert torch.autograd.gradcheck(lambda *c: tt.kronecker.slog_determinant(tt.TensorTrain(c))[1], cores)
+    assert torch.autograd.gradcheck(lambda *c: dense(tt.kronecker.inv(tt.TensorTrain(c))), cores)
+
+
+def test_non_kronecker_input_is_refused(gen):
+    with pytest.raises(tt.ShapeError, match="TT-rank 1"):
+        tt.kronecker.determinant(random_tt(((2, 2), (2, 2)), (1, 2, 1), gen=gen))
+    with pytest.raises(tt.ShapeError, match="must be square"):
+        tt.kronecker.inv(random_tt(((2, 3), (3, 2)), (1, 1, 1), gen=gen))
+    with pytest.raises(tt.ShapeError, match="got a TT-tensor"):
+        tt.kronecker.cholesky(random_tt((2, 3), (1, 1, 1), gen=gen))
+    with pytest.raises(ValueError, match="TT-rank 1"):  # a ShapeError is a ValueError, as in t3f
+        tt.kronecker.slog_determinant(random_tt(((2, 2), (2, 2)), (1, 3, 1), gen=gen, batch_size=2))
+    with pytest.raises(TypeError, match="expected a TT-matrix"):
+        tt.kronecker.inv(torch.eye(4))
