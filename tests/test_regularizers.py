@@ -1,0 +1,58 @@
+"""Regularizers: values against the dense tensor / cores, gradients, modules with TT layers, validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import random_tt
+from test_riemannian import dense
+
+
+def test_l2_regularizer_matches_dense_and_is_differentiable(gen):
+    x = random_tt(((2, 3), (3, 2)), (1, 3, 1), gen=gen)
+    assert_close(tt.l2_regularizer(0.3)(x), 0.3 * (dense(x) ** 2).sum())
+    b = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen, batch_size=3)
+    assert_close(tt.l2_regularizer(2.0)(b), 2.0 * (dense(b) ** 2).sum())
+    cores = [c.clone().requires_grad_() for c in random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen).tt_cores]
+    assert torch.autograd.gradcheck(lambda *c: tt.l2_regularizer(0.7)(tt.TensorTrain(c)), cores)
+
+
+def test_cores_regularizer_sums_over_cores(gen):
+    x = random_tt((2, 3, 4), (1, 2, 3, 1), gen=gen)
+    reg = tt.cores_regularizer(lambda c: c.abs().sum(), 0.5)
+    assert_close(reg(x), 0.5 * sum(c.abs().sum() for c in x.tt_cores))
+    with pytest.raises(ValueError, match="must return a scalar"):
+        tt.cores_regularizer(lambda c: c, 1.0)(x)
+
+
+def test_regularizers_work_in_a_torch_training_step():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        tt.nn.TTLinear(12, 8, tt_rank=2, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64),
+        torch.nn.ReLU(),
+        tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), dtype=torch.float64),
+    )
+    reg = tt.l2_regularizer(0.1)
+    expected = 0.1 * sum((tt.full(m.weight) ** 2).sum() for m in (model[0], model[2]))
+    value = reg(model)
+    assert_close(value, expected)
+    loss = model(torch.randn(5, 12, dtype=torch.float64)).pow(2).mean() + value
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_validation(gen):
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+        tt.l2_regularizer(-1.0)
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        tt.cores_regularizer(lambda c: c.sum(), "1")
+    with pytest.raises(TypeError, match="must be callable"):
+        tt.cores_regularizer(3, 1.0)
+    with pytest.raises(ValueError, match="has no TT weights"):
+        tt.l2_regularizer(1.0)(torch.nn.Linear(2, 3))
+    with pytest.raises(TypeError, match="expected a TT object"):
+        tt.l2_regularizer(1.0)(torch.ones(3))
+    assert float(tt.l2_regularizer(0)(random_tt((2, 2), (1, 2, 1), gen=gen))) == 0.0
