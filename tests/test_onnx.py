@@ -1,0 +1,66 @@
+"""ONNX export of TT layers (torch.onnx.export, dynamo exporter, opset 18) served by onnxruntime on CPU.
+
+The exported graph must give PyTorch's outputs for any batch size (the batch axis is exported dynamic).
+torch 2.9+ defaults to the dynamo (torch.export-based) exporter; the legacy TorchScript exporter is
+deprecated, so it is not what we document or test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tensortrain as tt
+
+onnx = pytest.importorskip("onnx", reason="the optional 'onnx' extra is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the optional 'onnx' extra (onnxruntime) is not installed")
+pytest.importorskip("onnxscript", reason="the optional 'onnx' extra (onnxscript) is not installed")
+
+OPSET = 18
+
+# The exporter itself (not our code) emits this deprecation from torch.utils._pytree in torch 2.13.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
+)
+
+
+class Model(torch.nn.Module):
+    """A TT classifier head: TTLinear -> ReLU -> TTLinear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = tt.nn.TTLinear(24, 12, tt_rank=3, in_dims=(2, 3, 4), out_dims=(3, 2, 2))
+        self.fc2 = tt.nn.TTLinear(12, 5, tt_rank=2, in_dims=(3, 4), out_dims=(5, 1), bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_export_and_run_with_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = Model().eval()
+    path = tmp_path / "model.onnx"
+    x = torch.randn(4, 24)
+    torch.onnx.export(
+        model,
+        (x,),
+        path,
+        dynamo=True,
+        opset_version=OPSET,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        verbose=False,
+    )
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    assert {o.domain: o.version for o in proto.opset_import}[""] == OPSET
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    for batch in (1, 4, 9):
+        xb = torch.randn(batch, 24)
+        (got,) = session.run(None, {"x": xb.numpy()})
+        with torch.no_grad():
+            expected = model(xb)
+        torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
