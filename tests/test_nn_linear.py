@@ -235,3 +235,30 @@ def test_tiny_training_run_learns():
         loss.backward()
         opt.step()
     assert loss.item() < 0.01 * first
+
+
+# ------------------------------------------------------------------------------------- from_linear
+def test_from_linear_full_rank_is_exact(gen):
+    torch.manual_seed(0)
+    dense = nn.Linear(24, 20, dtype=torch.float64)
+    layer = tt.nn.TTLinear.from_linear(dense, in_dims=(2, 3, 4), out_dims=(5, 2, 2))
+    assert layer.cores[0].dtype == torch.float64 and layer.in_dims == (2, 3, 4)
+    x = torch.randn(3, 24, generator=gen, dtype=torch.float64)
+    assert_close(layer(x), dense(x))
+    assert_close(layer.to_linear().weight, dense.weight)
+    no_bias = tt.nn.TTLinear.from_linear(nn.Linear(24, 20, bias=False, dtype=torch.float64))
+    assert no_bias.bias is None
+    assert_close(no_bias.to_linear().weight, dense_from_cores(list(no_bias.cores)))
+
+
+def test_from_linear_truncated():
+    torch.manual_seed(0)
+    dense = nn.Linear(784, 625)
+    layer = tt.nn.TTLinear.from_linear(dense, max_tt_rank=16, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
+    assert sum(p.numel() for p in layer.parameters()) == 14960 + 625  # the t3f tutorial's 15,585
+    assert torch.equal(layer.bias, dense.bias)
+    small = nn.Linear(24, 20, dtype=torch.float64)
+    approx = tt.nn.TTLinear.from_linear(small, epsilon=0.3)
+    err = torch.linalg.norm(approx.dense_weight() - small.weight) / torch.linalg.norm(small.weight)
+    full_ranks = tt.shapes.max_tt_ranks([m * n for m, n in zip(approx.out_dims, approx.in_dims, strict=True)])
+    assert err <= 0.3 + 1e-12 and approx.tt_ranks < full_ranks

@@ -169,11 +169,12 @@ def _tt_rows(weight: TensorTrain, idx: torch.Tensor, voc_dims: tuple[int, ...]) 
     """Dense rows ``W[idx, :]`` of a TT-matrix, shape ``(len(idx), D)``."""
     u = idx.shape[0]
     res = torch.ones(u, 1, 1, dtype=weight.dtype, device=weight.device)  # (U, D_<k, r_{k-1})
-    stride = math.prod(voc_dims)
+    stride, done = math.prod(voc_dims), 1
     for core, mk in zip(weight.tt_cores, voc_dims, strict=True):
         stride //= mk
         ik = torch.div(idx, stride, rounding_mode="floor") % mk
         g = core[:, ik].permute(1, 0, 2, 3)  # (U, r_{k-1}, e_k, r_k)
         r_left, e, r_right = g.shape[1], g.shape[2], g.shape[3]
-        res = torch.bmm(res, g.reshape(u, r_left, e * r_right)).reshape(u, -1, r_right)
-    return res.reshape(u, -1)
+        done *= e
+        res = torch.bmm(res, g.reshape(u, r_left, e * r_right)).reshape(u, done, r_right)
+    return res.reshape(u, done)

@@ -81,6 +81,32 @@ def _check_features(name: str, value: Any) -> int:
     return value
 
 
+def _assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor]) -> None:
+    """Copy ``cores`` into ``params`` (cast to their dtype/device); cores of new shapes replace the Parameter."""
+    like = params[0]
+    with torch.no_grad():
+        for k, c in enumerate(cores):
+            c = c.detach().to(dtype=like.dtype, device=like.device)
+            if params[k].shape == c.shape:
+                params[k].copy_(c)
+            else:
+                params[k] = nn.Parameter(c.clone())
+
+
+def _resize_cores_to_state(params: nn.ParameterList, state_dict: Any, prefix: str) -> None:
+    """Before loading: give core Parameters the shapes saved in ``state_dict`` (a state saved after a rank
+    change), so a state_dict round trip survives rank changes."""
+    for k in range(len(params)):
+        saved = state_dict.get(f"{prefix}cores.{k}")
+        if (
+            isinstance(saved, torch.Tensor)
+            and saved.dim() == params[k].dim()
+            and saved.shape != params[k].shape
+        ):
+            like = params[k]
+            params[k] = nn.Parameter(torch.empty(saved.shape, dtype=like.dtype, device=like.device))
+
+
 class TTLinear(nn.Module):
     r"""A linear layer ``y = x W^T + b`` whose ``out x in`` weight ``W`` is a TT-matrix (Novikov et al. 2015).
 
@@ -240,7 +266,10 @@ class TTLinear(nn.Module):
         w = linear.weight.detach()
         if max_tt_rank is None and epsilon is None:
             max_tt_rank = max(max_tt_ranks([m * n for m, n in zip(out_dims, in_dims, strict=True)]))
-        tt = to_tt_matrix(w, [list(out_dims), list(in_dims)], max_tt_rank=max_tt_rank, epsilon=epsilon)
+        tt = F._check_tt_matrix(
+            "TTLinear.from_linear",
+            to_tt_matrix(w, [list(out_dims), list(in_dims)], max_tt_rank=max_tt_rank, epsilon=epsilon),
+        )
         bias = None if linear.bias is None else linear.bias.detach()
         return cls.from_tt(tt, bias=bias, has_bias=linear.bias is not None)
 
@@ -329,22 +358,16 @@ class TTLinear(nn.Module):
                 raise ShapeError(
                     f"TTLinear.load_tt_: bias must have shape ({self.out_features},), got {tuple(bias.shape)}"
                 )
-        like = self.cores[0]
-        with torch.no_grad():
-            for k, c in enumerate(cores):
-                c = c.detach().to(dtype=like.dtype, device=like.device)
-                if self.cores[k].shape == c.shape:
-                    self.cores[k].copy_(c)
-                else:
-                    self.cores[k] = nn.Parameter(c.clone())
-            if bias is not None and self.bias is not None:
+        _assign_cores_(self.cores, cores)
+        if bias is not None and self.bias is not None:
+            with torch.no_grad():
                 self.bias.copy_(bias.detach())
         return self
 
     def to_linear(self) -> nn.Linear:
         """The exact dense equivalent: an ``nn.Linear`` with ``W = full(weight)`` and the same bias.
 
-        Complexity: O(in * cost of one TT matvec); memory O(in * out).
+        Complexity: O(d r^2 in out) time, O(in out) memory (``tt.full`` of the weight).
         """
         like = self.cores[0]
         linear = nn.Linear(
@@ -362,20 +385,13 @@ class TTLinear(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """The full ``out x in`` weight as a dense tensor (differentiable w.r.t. the cores)."""
-        like = self.cores[0]
-        eye = torch.eye(self.in_features, dtype=like.dtype, device=like.device)
-        # W^T = I @ W^T through the forward contraction: exact, and differentiable w.r.t. the cores.
-        return F.tt_linear(eye, self.weight).T
+        from ..ops import full
+
+        return full(self.weight)
 
     # ------------------------------------------------------------------------------------ bookkeeping
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        # A state_dict saved after a rank change (load_tt_, rounding) has cores of other shapes: resize the
-        # core parameters to them first, so the state_dict round trip survives rank changes.
-        for k in range(len(self.cores)):
-            saved = state_dict.get(f"{prefix}cores.{k}")
-            if isinstance(saved, torch.Tensor) and saved.shape != self.cores[k].shape and saved.dim() == 4:
-                like = self.cores[k]
-                self.cores[k] = nn.Parameter(torch.empty(saved.shape, dtype=like.dtype, device=like.device))
+        _resize_cores_to_state(self.cores, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def num_tt_parameters(self) -> int:

@@ -1,0 +1,297 @@
+"""``TTEmbedding``: an embedding table stored as a TT-matrix (TT-Rec, Yin et al. 2021).
+
+Symbols: ``V`` vocabulary size, ``V'`` padded vocabulary (product of the row modes), ``D`` embedding dim,
+``d`` number of cores, ``r_k`` TT-ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import torch
+from torch import nn
+
+from ..errors import ShapeError
+from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank
+from ..tensor_train import TensorTrain
+from . import functional as F
+from .init import tt_normal_
+from .linear import _assign_cores_, _check_dims, _check_features, _choose_d, _resize_cores_to_state
+
+__all__ = ["TTEmbedding"]
+
+EmbeddingInit = Literal["normal", "glorot"]
+_EMBEDDING_INITS: tuple[str, ...] = get_args(EmbeddingInit)
+
+
+def _padded_shape(v: int, d: int) -> tuple[int, ...]:
+    """``d`` balanced factors whose product is ``v`` when ``v`` factors well, else slightly above ``v``.
+
+    A size with a large prime factor (e.g. 1009) gives lopsided exact factors, which save nothing; then the
+    vocabulary is padded: start from ``ceil(v^(1/d))`` per mode and shrink modes while the product stays
+    ``>= v`` (TT-Rec's ``suggested_tt_shapes`` with rounding up).
+    """
+    exact = auto_shape(v, d)
+    target = math.ceil(v ** (1.0 / d) - 1e-9)
+    if max(exact) <= 2 * target:
+        return exact
+    dims = [target] * d
+    for k in range(d):
+        while dims[k] > 1 and math.prod(dims) // dims[k] * (dims[k] - 1) >= v:
+            dims[k] -= 1
+    return tuple(sorted(dims))
+
+
+def resolve_embedding_dims(
+    num_embeddings: int,
+    embedding_dim: int,
+    voc_dims: Sequence[int] | None,
+    emb_dims: Sequence[int] | None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate or choose the row modes (product ``>= num_embeddings``) and column modes (product ``== D``).
+
+    Raises:
+        ShapeError: ``voc_dims`` multiplying to less than ``num_embeddings``, ``emb_dims`` not multiplying to
+            ``embedding_dim``, or dims of different lengths.
+    """
+    emb = None if emb_dims is None else _check_dims("emb_dims", emb_dims, embedding_dim, "embedding_dim")
+    voc = None
+    if voc_dims is not None:
+        voc = _check_dims("voc_dims", voc_dims, math.prod(int(k) for k in voc_dims), "their product")
+        if math.prod(voc) < num_embeddings:
+            raise ShapeError(
+                f"voc_dims={voc} multiply to {math.prod(voc)}, fewer than num_embeddings={num_embeddings}"
+            )
+    if voc is not None and emb is not None and len(voc) != len(emb):
+        raise ShapeError(f"voc_dims={voc} and emb_dims={emb} must have the same length (one pair per core)")
+    d = len(voc) if voc is not None else len(emb) if emb is not None else min(4, _choose_d(num_embeddings))
+    voc = voc if voc is not None else _padded_shape(num_embeddings, d)
+    emb = emb if emb is not None else tuple(reversed(auto_shape(embedding_dim, d)))
+    return voc, emb
+
+
+class TTEmbedding(nn.Module):
+    r"""An embedding table ``V x D`` stored as a TT-matrix; a lookup never builds the table (TT-Rec).
+
+    Row ``i`` is unravelled into modes ``(i_1, ..., i_d)`` of ``voc_dims`` and computed as the product of
+    the core slices ``G_k[:, i_k]``. When ``V`` does not factor into balanced modes the table is padded to
+    ``V' = prod(voc_dims) >= V`` rows; the padding rows are never looked up (indices ``>= V`` are errors).
+
+    ``padding_idx`` follows ``nn.Embedding`` where it can: its output rows are zero and padding positions
+    pass no gradient to the cores. What differs: the TT table itself has no zero row (rows share the cores),
+    so :meth:`to_embedding` zeroes that row explicitly and ``from_embedding`` ignores its values.
+    ``max_norm`` and ``scale_grad_by_freq`` are not supported; gradients of the cores are dense.
+
+    Args:
+        num_embeddings: the vocabulary size ``V``.
+        embedding_dim: the size ``D`` of each embedding vector.
+        tt_rank: an int for every inner bond or the full ``d + 1`` tuple; clipped to the largest useful ranks.
+        voc_dims: row modes, multiplying to at least ``V`` (default: balanced, padded when needed).
+        emb_dims: column modes, multiplying to ``D`` (default: factored automatically).
+        padding_idx: an index whose output is always zero (negative values count from the end).
+        init: ``"normal"`` (entries of variance 1, ``nn.Embedding``'s ``N(0, 1)``) or ``"glorot"``
+            (variance ``2 / (V + D)``).
+        device: the device of the parameters.
+        dtype: the dtype of the parameters.
+
+    Raises:
+        ShapeError: bad dims or ranks below 1.
+        ValueError: an unknown ``init`` or a ``padding_idx`` outside the vocabulary.
+
+    Shape:
+        - Input: ``(*)``, integer indices.
+        - Output: ``(*, embedding_dim)``.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> emb = tt.nn.TTEmbedding(1000, 64, tt_rank=8)
+        >>> emb(torch.tensor([[1, 2, 3], [4, 5, 6]])).shape
+        torch.Size([2, 3, 64])
+    """
+
+    num_embeddings: int
+    embedding_dim: int
+    voc_dims: tuple[int, ...]
+    emb_dims: tuple[int, ...]
+    padding_idx: int | None
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        tt_rank: int | Sequence[int],
+        voc_dims: Sequence[int] | None = None,
+        emb_dims: Sequence[int] | None = None,
+        padding_idx: int | None = None,
+        init: EmbeddingInit = "normal",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.num_embeddings = _check_features("num_embeddings", num_embeddings)
+        self.embedding_dim = _check_features("embedding_dim", embedding_dim)
+        self.voc_dims, self.emb_dims = resolve_embedding_dims(
+            num_embeddings, embedding_dim, voc_dims, emb_dims
+        )
+        if init not in _EMBEDDING_INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, _EMBEDDING_INITS))}; got {init!r}")
+        self.init = init
+        self.padding_idx = self._normalize_padding_idx(padding_idx)
+        d = len(self.voc_dims)
+        ranks = normalize_tt_rank(tt_rank, d)
+        cap = max_tt_ranks([m * n for m, n in zip(self.voc_dims, self.emb_dims, strict=True)])
+        ranks = tuple(min(r, c) for r, c in zip(ranks, cap, strict=True))
+        self.cores = nn.ParameterList(
+            nn.Parameter(
+                torch.empty(ranks[k], self.voc_dims[k], self.emb_dims[k], ranks[k + 1], **factory_kwargs)
+            )
+            for k in range(d)
+        )
+        self.reset_parameters()
+
+    def _normalize_padding_idx(self, padding_idx: int | None) -> int | None:
+        if padding_idx is None:
+            return None
+        v = self.num_embeddings
+        if not -v <= padding_idx < v:
+            raise ValueError(f"padding_idx must be within [-{v}, {v}) (num_embeddings), got {padding_idx}")
+        return padding_idx + v if padding_idx < 0 else padding_idx
+
+    def reset_parameters(self) -> None:
+        """Re-draw the cores so the table's entries have the ``init`` scheme's variance."""
+        v, dim = self.num_embeddings, self.embedding_dim
+        tt_normal_(list(self.cores), 1.0 if self.init == "normal" else 2.0 / (v + dim))
+
+    @property
+    def weight(self) -> TensorTrain:
+        """The table as a TT-matrix of shape ``V' x D`` (``V' >= V`` rows; a view of :attr:`cores`)."""
+        return TensorTrain(tuple(self.cores))
+
+    @property
+    def tt_ranks(self) -> tuple[int, ...]:
+        """The table's TT-ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (*(int(c.shape[0]) for c in self.cores), 1)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Look up rows through :func:`tensortrain.nn.functional.tt_embedding`."""
+        return F.tt_embedding(input, self.weight, self.padding_idx, self.num_embeddings)
+
+    # ------------------------------------------------------------------------------------- conversions
+    @classmethod
+    def from_embedding(
+        cls,
+        embedding: nn.Embedding,
+        max_tt_rank: int | Sequence[int] | None = None,
+        epsilon: float | None = None,
+        voc_dims: Sequence[int] | None = None,
+        emb_dims: Sequence[int] | None = None,
+    ) -> TTEmbedding:
+        """A TTEmbedding whose table is the TT-SVD of ``embedding.weight`` (zero-padded to ``V'`` rows).
+
+        Args:
+            embedding: an ``nn.Embedding`` (its device, dtype and ``padding_idx`` are kept).
+            max_tt_rank: cap on the TT-ranks. With neither this nor ``epsilon`` the decomposition is exact.
+            epsilon: relative Frobenius error target of the (padded) table.
+            voc_dims: row modes (product ``>= V``); default: chosen automatically.
+            emb_dims: column modes (product ``== D``); default: chosen automatically.
+
+        Returns:
+            A new TTEmbedding.
+
+        Raises:
+            TypeError: ``embedding`` is not an ``nn.Embedding``.
+            ValueError: the embedding uses ``max_norm`` or ``scale_grad_by_freq``.
+
+        Complexity: the TT-SVD of the ``V' x D`` table.
+
+        Example:
+            >>> emb = TTEmbedding.from_embedding(torch.nn.Embedding(1000, 64), max_tt_rank=16)
+        """
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError(
+                f"TTEmbedding.from_embedding expects nn.Embedding, got {type(embedding).__name__}"
+            )
+        if embedding.max_norm is not None or embedding.scale_grad_by_freq:
+            raise ValueError(
+                "TTEmbedding.from_embedding: max_norm and scale_grad_by_freq are not supported "
+                f"(got max_norm={embedding.max_norm}, scale_grad_by_freq={embedding.scale_grad_by_freq})"
+            )
+        from ..decompositions import to_tt_matrix
+
+        v, dim = embedding.num_embeddings, embedding.embedding_dim
+        voc, emb = resolve_embedding_dims(v, dim, voc_dims, emb_dims)
+        table = embedding.weight.detach()
+        if embedding.padding_idx is not None:
+            table = table.clone()
+            table[embedding.padding_idx] = 0  # its output is masked anyway: spend no rank on it
+        table = torch.cat([table, table.new_zeros(math.prod(voc) - v, dim)])
+        if max_tt_rank is None and epsilon is None:
+            max_tt_rank = max(max_tt_ranks([m * n for m, n in zip(voc, emb, strict=True)]))
+        tt = F._check_tt_matrix(
+            "TTEmbedding.from_embedding",
+            to_tt_matrix(table, [list(voc), list(emb)], max_tt_rank=max_tt_rank, epsilon=epsilon),
+        )
+        layer = cls(
+            v, dim, tt_rank=tt.tt_ranks, voc_dims=voc, emb_dims=emb, padding_idx=embedding.padding_idx,
+            device=table.device, dtype=table.dtype,
+        )  # fmt: skip
+        return layer.load_tt_(tt)
+
+    def load_tt_(self, tt_matrix: TensorTrain) -> TTEmbedding:
+        """Load a TT-matrix of shape ``V' x D`` (dims ``voc_dims x emb_dims``) into this layer, in place.
+
+        Ranks may differ from the current ones: the cores are then replaced by new parameters (create the
+        optimizer afterwards). Values are cast to the layer's dtype and device.
+
+        Raises:
+            TypeError: not a TT-matrix.
+            ShapeError: dims other than ``voc_dims x emb_dims``.
+        """
+        tt_matrix = F._check_tt_matrix("TTEmbedding.load_tt_", tt_matrix)
+        rows, cols = tt_matrix.get_raw_shape()
+        if (tuple(rows), tuple(cols)) != (self.voc_dims, self.emb_dims):
+            raise ShapeError(
+                f"TTEmbedding.load_tt_: the TT-matrix has dims {tuple(rows)} x {tuple(cols)}, expected "
+                f"{self.voc_dims} x {self.emb_dims}"
+            )
+        _assign_cores_(self.cores, tt_matrix.tt_cores)
+        return self
+
+    def to_embedding(self) -> nn.Embedding:
+        """The exact dense equivalent: an ``nn.Embedding`` with the first ``V`` rows (padding row zero).
+
+        Complexity: O(V d r^2 D); memory O(V D).
+        """
+        like = self.cores[0]
+        with torch.no_grad():
+            table = self(torch.arange(self.num_embeddings, device=like.device))
+        return nn.Embedding(
+            self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx, _weight=table.clone(),
+            device=like.device, dtype=like.dtype,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------ bookkeeping
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        _resize_cores_to_state(self.cores, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def num_tt_parameters(self) -> int:
+        """The number of scalars in the cores."""
+        return sum(c.numel() for c in self.cores)
+
+    def compression_factor(self) -> float:
+        """Dense table size over TT size: ``V * D / core parameters``."""
+        return self.num_embeddings * self.embedding_dim / self.num_tt_parameters()
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.num_embeddings}, {self.embedding_dim}, voc_dims={self.voc_dims}, emb_dims={self.emb_dims}, "
+            f"tt_ranks={self.tt_ranks}"
+        )
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        return s + f", params={self.num_tt_parameters():,}, compression={self.compression_factor():,.1f}x"

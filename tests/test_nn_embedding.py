@@ -1,0 +1,137 @@
+"""TTEmbedding and tt_embedding against the dense table built from the same cores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from torch import nn
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_cores, seeds
+from tensortrain.nn.embedding import _padded_shape
+from tensortrain.nn.functional import tt_embedding
+from test_nn_linear import dense_from_cores
+
+
+@given(spec=matrix_specs(max_d=3, max_mode=4), seed=seeds)
+def test_tt_embedding_matches_dense_table(spec, seed):
+    (rows, cols), ranks = spec
+    gen = torch.Generator().manual_seed(seed)
+    cores = random_cores((rows, cols), ranks, gen=gen)
+    table = dense_from_cores(cores)
+    v = math.prod(rows)
+    idx = torch.randint(0, v, (2, 5), generator=gen)
+    assert_close(tt_embedding(idx, tt.TensorTrain(cores)), table[idx])
+    pad = int(idx[0, 0])
+    assert_close(
+        tt_embedding(idx, tt.TensorTrain(cores), padding_idx=pad),
+        nn.functional.embedding(idx, table * (torch.arange(v) != pad).unsqueeze(-1)),
+    )
+
+
+def test_gradients_match_dense_lookup(gen):
+    cores = [c.requires_grad_() for c in random_cores(((2, 3, 2), (2, 1, 3)), (1, 2, 3, 1), gen=gen)]
+    idx = torch.tensor([[0, 5, 5, 11], [3, 3, 7, 0]])
+    weights = torch.randn(2, 4, 6, generator=gen, dtype=torch.float64)
+    out_tt = (tt_embedding(idx, tt.TensorTrain(cores), padding_idx=3) * weights).sum()
+    out_dense = nn.functional.embedding(idx, dense_from_cores(cores), padding_idx=3) * weights
+    out_dense = (out_dense * (idx != 3).unsqueeze(-1)).sum()  # nn.Embedding's rows stay; our output is zero
+    for a, b in zip(torch.autograd.grad(out_tt, cores), torch.autograd.grad(out_dense, cores), strict=True):
+        assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda *c: tt_embedding(idx, tt.TensorTrain(c), padding_idx=3), cores)
+
+
+def test_module_shapes_padding_and_dtypes():
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(1000, 64, tt_rank=8, padding_idx=-1, dtype=torch.float64)
+    assert emb.padding_idx == 999 and math.prod(emb.voc_dims) == 1000 and math.prod(emb.emb_dims) == 64
+    out = emb(torch.tensor([[1, 999, 3], [999, 5, 6]], dtype=torch.int32))
+    assert out.shape == (2, 3, 64) and out.dtype == torch.float64
+    assert torch.all(out[0, 1] == 0) and torch.all(out[1, 0] == 0) and out[0, 0].abs().sum() > 0
+    assert emb(torch.tensor(7)).shape == (64,)
+    assert emb(torch.empty(0, 3, dtype=torch.long)).shape == (0, 3, 64)
+    assert f"voc_dims={emb.voc_dims}" in repr(emb) and "padding_idx=999" in repr(emb)
+
+
+def test_padded_vocabulary():
+    assert _padded_shape(1000, 3) == (10, 10, 10)
+    dims = _padded_shape(1009, 3)  # 1009 is prime: pad to a balanced product
+    assert 1009 <= math.prod(dims) <= 1.2 * 1009 and max(dims) <= 2 * min(dims)
+    emb = tt.nn.TTEmbedding(1009, 16, tt_rank=4)
+    assert math.prod(emb.voc_dims) >= 1009 and emb.weight.shape[0] == math.prod(emb.voc_dims)
+    assert emb(torch.tensor([1008])).shape == (1, 16)
+    with pytest.raises(IndexError, match=r"\[0, 1009\).*\[1009\]"):
+        emb(torch.tensor([1009]))
+
+
+def test_huge_vocabulary_is_never_materialized():
+    emb = tt.nn.TTEmbedding(10**8, 256, tt_rank=4)  # the dense table would be 100 GB in float32
+    assert emb.num_tt_parameters() < 10**5
+    assert emb(torch.tensor([0, 12345678, 10**8 - 1])).shape == (3, 256)
+
+
+def test_init_variance():
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(60, 12, tt_rank=3, voc_dims=(3, 4, 5), emb_dims=(2, 3, 2))
+    second = []
+    for _ in range(300):
+        emb.reset_parameters()
+        second.append(dense_from_cores(list(emb.cores)).detach().pow(2).mean())
+    assert 0.85 < torch.stack(second).mean().item() < 1.15
+    glorot = tt.nn.TTEmbedding(60, 12, tt_rank=3, voc_dims=(3, 4, 5), emb_dims=(2, 3, 2), init="glorot")
+    assert dense_from_cores(list(glorot.cores)).detach().pow(2).mean() < 0.2
+
+
+def test_from_embedding_exact_and_to_embedding(gen):
+    dense = nn.Embedding(60, 12, padding_idx=4, dtype=torch.float64)
+    layer = tt.nn.TTEmbedding.from_embedding(dense, voc_dims=(3, 4, 5), emb_dims=(2, 3, 2))
+    idx = torch.randint(0, 60, (4, 7), generator=gen)
+    idx[0, 0] = 4
+    assert_close(layer(idx), dense(idx))
+    back = layer.to_embedding()
+    assert isinstance(back, nn.Embedding) and back.padding_idx == 4 and back.weight.dtype == torch.float64
+    assert_close(back(idx), layer(idx))
+    assert_close(back.weight, dense.weight)
+    low = tt.nn.TTEmbedding.from_embedding(nn.Embedding(1009, 16), max_tt_rank=4)
+    assert max(low.tt_ranks) == 4 and low.num_embeddings == 1009
+
+
+def test_state_dict_round_trip(gen):
+    src = tt.nn.TTEmbedding.from_embedding(nn.Embedding(60, 12), max_tt_rank=2, voc_dims=(3, 4, 5))
+    dst = tt.nn.TTEmbedding(60, 12, tt_rank=5, voc_dims=(3, 4, 5), emb_dims=src.emb_dims)
+    dst.load_state_dict(src.state_dict())
+    idx = torch.randint(0, 60, (9,), generator=gen)
+    assert dst.tt_ranks == src.tt_ranks
+    assert_close(dst(idx), src(idx))
+
+
+def test_bad_arguments():
+    with pytest.raises(
+        tt.ShapeError, match=r"voc_dims=\(10, 10\) multiply to 100, fewer than num_embeddings=1000"
+    ):
+        tt.nn.TTEmbedding(1000, 64, tt_rank=4, voc_dims=(10, 10))
+    with pytest.raises(tt.ShapeError, match=r"emb_dims=\(4, 4\) multiply to 16, but embedding_dim=64"):
+        tt.nn.TTEmbedding(1000, 64, tt_rank=4, emb_dims=(4, 4))
+    with pytest.raises(tt.ShapeError, match="same length"):
+        tt.nn.TTEmbedding(1000, 64, tt_rank=4, voc_dims=(10, 100), emb_dims=(4, 4, 4))
+    with pytest.raises(tt.ShapeError, match=">= 1"):
+        tt.nn.TTEmbedding(1000, 64, tt_rank=0)
+    with pytest.raises(ValueError, match="'normal', 'glorot'.*'uniform'"):
+        tt.nn.TTEmbedding(1000, 64, tt_rank=4, init="uniform")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"padding_idx must be within \[-1000, 1000\)"):
+        tt.nn.TTEmbedding(1000, 64, tt_rank=4, padding_idx=1000)
+    with pytest.raises(TypeError, match="expects nn.Embedding, got Linear"):
+        tt.nn.TTEmbedding.from_embedding(nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_norm"):
+        tt.nn.TTEmbedding.from_embedding(nn.Embedding(10, 4, max_norm=1.0))
+    emb = tt.nn.TTEmbedding(100, 8, tt_rank=2)
+    with pytest.raises(IndexError, match=r"\[0, 100\).*\[-1, 100\]"):
+        emb(torch.tensor([3, -1, 100]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        emb(torch.tensor([1.0]))
+    with pytest.raises(tt.ShapeError, match="expected"):
+        emb.load_tt_(tt.TensorTrain([torch.randn(1, 100, 8, 1)]))
