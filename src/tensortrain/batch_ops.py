@@ -1,5 +1,193 @@
-"""Placeholder: filled in by the work on this module."""
+"""Operations on batches of TT objects (t3f's ``t3f.batch_ops``): concatenation, weighting, Gram matrices.
+
+Indexing a batch (``batch[i]``, ``batch[i:j]``, ``batch[index_tensor]``) lives on
+:class:`~tensortrain.TensorTrainBatch` itself. Symbols: ``d`` cores, ``n`` mode size, ``r`` TT-rank,
+``B`` (``B1``, ``B2``) batch sizes.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import ShapeError
+from .operands import (
+    batched_cores,
+    check_dtype_device,
+    check_matrix,
+    check_same_raw_shape,
+    check_tt,
+    describe,
+    flat_modes,
+    matrix_dims,
+    vector_cores,
+)
+from .tensor_train import TensorTrainBase, TensorTrainBatch
+
+__all__ = [
+    "concat_along_batch_dim",
+    "gram_matrix",
+    "multiply_along_batch_dim",
+    "pairwise_flat_inner",
+]
+
+
+def concat_along_batch_dim(tt_list: Sequence[TensorTrainBase]) -> TensorTrainBatch:
+    """Concatenate TT batches (and single TT objects, as batches of one) into one batch.
+
+    Args:
+        tt_list: a non-empty sequence of TT objects with equal raw shapes and TT-ranks.
+
+    Returns:
+        A :class:`TensorTrainBatch` whose batch size is the sum of the inputs'.
+
+    Raises:
+        TypeError: ``tt_list`` is not a sequence of TT objects.
+        ShapeError: raw shapes, ranks, dtypes or devices differ, or the list is empty.
+
+    Complexity: O(B d r^2 n) (a copy of the cores).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor_batch((2, 3), batch_size=2)
+        >>> tt.concat_along_batch_dim([a, a[0]]).batch_size
+        3
+    """
+    if isinstance(tt_list, TensorTrainBase) or not isinstance(tt_list, Sequence):
+        raise TypeError(f"concat_along_batch_dim: expects a list of TT objects, got {type(tt_list).__name__}")
+    if not tt_list:
+        raise ShapeError("concat_along_batch_dim: got an empty list")
+    first = check_tt(tt_list[0], "concat_along_batch_dim", "element 0")
+    for i, x in enumerate(tt_list[1:], start=1):
+        check_tt(x, "concat_along_batch_dim", f"element {i}")
+        check_same_raw_shape("concat_along_batch_dim", first, x)
+        if x.tt_ranks != first.tt_ranks:
+            raise ShapeError(
+                f"concat_along_batch_dim: element 0 has TT-ranks {first.tt_ranks} but element {i} has "
+                f"{x.tt_ranks}; round them to common ranks first"
+            )
+    check_dtype_device("concat_along_batch_dim", *tt_list)
+    per_core = zip(*(batched_cores(x) for x in tt_list), strict=True)
+    return TensorTrainBatch([torch.cat(list(cores), dim=0) for cores in per_core])
+
+
+def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor | Sequence[float]) -> Any:
+    """Scale element ``i`` of a batch by ``weights[i]`` (applied to the first core, as t3f).
+
+    Args:
+        batch_tt: a :class:`TensorTrainBatch` of size B.
+        weights: B numbers (a tensor or a sequence); differentiable when a tensor.
+
+    Returns:
+        A :class:`TensorTrainBatch` with the same shape and ranks.
+
+    Raises:
+        TypeError: ``batch_tt`` is not a batch.
+        ShapeError: ``weights`` does not hold exactly B values.
+
+    Complexity: O(B r n).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> a = tt.random_tensor_batch((2, 3), batch_size=2)
+        >>> tt.multiply_along_batch_dim(a, torch.tensor([1.0, -2.0])).batch_size
+        2
+    """
+    if not isinstance(batch_tt, TensorTrainBatch):
+        raise TypeError(
+            f"multiply_along_batch_dim: expects a TensorTrainBatch, got {type(batch_tt).__name__}"
+        )
+    cores = list(batch_tt.tt_cores)
+    w = torch.as_tensor(weights, dtype=cores[0].dtype, device=cores[0].device)
+    if w.shape != (batch_tt.batch_size,):
+        raise ShapeError(
+            f"multiply_along_batch_dim: weights must have shape ({batch_tt.batch_size},) for a batch of "
+            f"{batch_tt.batch_size}, got {tuple(w.shape)}"
+        )
+    cores[0] = cores[0] * w.reshape(-1, *([1] * (cores[0].dim() - 1)))
+    return TensorTrainBatch(cores)
+
+
+def gram_matrix(tt_vectors: TensorTrainBase, matrix: TensorTrainBase | None = None) -> torch.Tensor:
+    """The Gram matrix ``G[i, j] = <v_i, v_j>`` (or ``v_i^T A v_j`` with a TT-matrix ``A``) of a batch.
+
+    Args:
+        tt_vectors: a batch of TT objects (without ``matrix``), or of TT vectors (with ``matrix``).
+        matrix: optional square-mode TT-matrix ``A`` (a single TT object).
+
+    Returns:
+        A ``(B, B)`` tensor.
+
+    Raises:
+        TypeError, ShapeError: as :func:`pairwise_flat_inner`.
+
+    Complexity: O(B^2 d r^3 n) without a matrix; O(B^2 d r^3 r_A n^2) with one.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> v = tt.random_tensor_batch((2, 3), batch_size=4)
+        >>> tt.gram_matrix(v).shape
+        torch.Size([4, 4])
+    """
+    return pairwise_flat_inner(tt_vectors, tt_vectors, matrix)
+
+
+def pairwise_flat_inner(
+    tt_1: TensorTrainBase, tt_2: TensorTrainBase, matrix: TensorTrainBase | None = None
+) -> torch.Tensor:
+    """All pairwise inner products ``res[i, j] = <a_i, b_j>``, or ``a_i^T A b_j`` with a TT-matrix ``A``.
+
+    Without ``matrix`` the two batches hold TT objects of the same kind and raw shape. With ``matrix``
+    (a single TT-matrix ``N x M``) they hold vectors over ``A``'s row modes (``tt_1``) and column modes
+    (``tt_2``), given as TT-tensors or as ``N x 1`` / ``1 x N`` TT-matrices (t3f's form). A single TT
+    object counts as a batch of one.
+
+    Args:
+        tt_1: a batch of size B1.
+        tt_2: a batch of size B2.
+        matrix: optional TT-matrix.
+
+    Returns:
+        A ``(B1, B2)`` tensor.
+
+    Raises:
+        TypeError: an operand is not a TT object, or ``matrix`` is not a single TT-matrix.
+        ShapeError: kinds, raw shapes, dtypes or devices disagree.
+
+    Complexity: O(B1 B2 d r^3 n) without a matrix.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor_batch((2, 3), batch_size=4)
+        >>> b = tt.random_tensor_batch((2, 3), batch_size=5)
+        >>> tt.pairwise_flat_inner(a, b).shape
+        torch.Size([4, 5])
+    """
+    op = "pairwise_flat_inner"
+    check_tt(tt_1, op, "tt_1")
+    check_tt(tt_2, op, "tt_2")
+    if matrix is None:
+        check_same_raw_shape(op, tt_1, tt_2)
+        check_dtype_device(op, tt_1, tt_2)
+        ca = [flat_modes(c) for c in batched_cores(tt_1)]
+        cb = [flat_modes(c) for c in batched_cores(tt_2)]
+        v = torch.ones(ca[0].shape[0], cb[0].shape[0], 1, 1, dtype=ca[0].dtype, device=ca[0].device)
+        for x, y in zip(ca, cb, strict=True):
+            t = torch.einsum("ijxy,ixmu->ijymu", v, x)
+            v = torch.einsum("ijymu,jymv->ijuv", t, y)
+        return v[:, :, 0, 0]
+    check_matrix(matrix, op, "matrix")
+    if isinstance(matrix, TensorTrainBatch):
+        raise TypeError(f"{op}: matrix must be a single TT-matrix, got a batch {describe(matrix)}")
+    rows, cols = matrix_dims(matrix)
+    ca = vector_cores(tt_1, rows, op, "tt_1")
+    cb = vector_cores(tt_2, cols, op, "tt_2")
+    check_dtype_device(op, tt_1, matrix, tt_2)
+    v = torch.ones(ca[0].shape[0], cb[0].shape[0], 1, 1, 1, dtype=ca[0].dtype, device=ca[0].device)
+    for x, a, y in zip(ca, matrix.tt_cores, cb, strict=True):
+        t = torch.einsum("ijxzy,ixnu->ijzynu", v, x)
+        t = torch.einsum("ijzynu,znmw->ijyuwm", t, a)
+        v = torch.einsum("ijyuwm,jymv->ijuwv", t, y)
+    return v[:, :, 0, 0, 0]

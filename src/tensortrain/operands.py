@@ -124,3 +124,21 @@ def paired_cores(op: str, *xs: TensorTrainBase) -> tuple[list[list[torch.Tensor]
 def flat_modes(core: torch.Tensor) -> torch.Tensor:
     """A batched core ``(B, r, modes..., s)`` viewed as ``(B, r, prod(modes), s)``."""
     return core.reshape(core.shape[0], core.shape[1], -1, core.shape[-1])
+
+
+def vector_cores(v: Any, dims: tuple[int, ...], op: str, name: str) -> list[torch.Tensor]:
+    """Batched ``(B, r, n, s)`` cores of a TT vector over modes ``dims``: a TT-tensor of that raw shape,
+    or a TT-matrix ``dims x (1, ..., 1)`` (t3f's N x 1 form) or ``(1, ..., 1) x dims``."""
+    check_tt(v, op, name)
+    if v.is_tt_matrix():
+        rows, cols = matrix_dims(v)
+        if rows == dims and all(c == 1 for c in cols):
+            return [c[:, :, :, 0] for c in batched_cores(v)]
+        if cols == dims and all(r == 1 for r in rows):
+            return [c[:, :, 0] for c in batched_cores(v)]
+    elif tensor_dims(v) == dims:
+        return batched_cores(v)
+    raise ShapeError(
+        f"{op}: {name} must be a vector with modes {dims} (a TT-tensor, or a TT-matrix {dims} x (1, ...)), "
+        f"got raw shape {describe(v)}"
+    )

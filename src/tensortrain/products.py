@@ -28,7 +28,7 @@ from .operands import (
     is_batch,
     matrix_dims,
     paired_cores,
-    tensor_dims,
+    vector_cores,
     wrap,
 )
 from .tensor_train import TensorTrainBase
@@ -366,24 +366,6 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
 
 
 # ------------------------------------------------------------------------------------------ bilinear forms
-def _vector_cores(v: Any, dims: tuple[int, ...], op: str, name: str) -> list[torch.Tensor]:
-    """Batched (B, r, n, s) cores of a vector given as a TT-tensor of raw shape ``dims`` or a TT-matrix
-    ``dims x (1, ..., 1)`` (t3f's N x 1 form) or ``(1, ..., 1) x dims``."""
-    check_tt(v, op, name)
-    if v.is_tt_matrix():
-        rows, cols = matrix_dims(v)
-        if tuple(rows) == dims and all(c == 1 for c in cols):
-            return [c[:, :, :, 0] for c in batched_cores(v)]
-        if tuple(cols) == dims and all(r == 1 for r in rows):
-            return [c[:, :, 0] for c in batched_cores(v)]
-    elif tensor_dims(v) == dims:
-        return batched_cores(v)
-    raise ShapeError(
-        f"{op}: {name} must be a vector with modes {dims} (a TT-tensor, or a TT-matrix {dims} x (1, ...)), "
-        f"got raw shape {describe(v)}"
-    )
-
-
 def bilinear_form(A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase) -> torch.Tensor:
     """``b^T A c`` for a TT-matrix ``A`` (N x M) and TT vectors ``b`` (N) and ``c`` (M), without full().
 
@@ -414,8 +396,8 @@ def bilinear_form(A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase) ->
     """
     check_matrix(A, "bilinear_form", "A")
     rows, cols = matrix_dims(A)
-    cb = _vector_cores(b, tuple(rows), "bilinear_form", "b")
-    cc = _vector_cores(c, tuple(cols), "bilinear_form", "c")
+    cb = vector_cores(b, tuple(rows), "bilinear_form", "b")
+    cc = vector_cores(c, tuple(cols), "bilinear_form", "c")
     check_dtype_device("bilinear_form", A, b, c)
     size, batch = broadcast_batch_size("bilinear_form", A, b, c)
     ca, cb, cc = (expand_cores(x, size) for x in (batched_cores(A), cb, cc))
@@ -487,8 +469,8 @@ def bilinear_form_two_mat(
     rows_b, cols_b = matrix_dims(B)
     if tuple(cols_a) != tuple(rows_b):
         raise ShapeError(f"{op}: A has column dims {tuple(cols_a)} but B has row dims {tuple(rows_b)}")
-    cx = _vector_cores(x, tuple(rows_a), op, "x")
-    cy = _vector_cores(y, tuple(cols_b), op, "y")
+    cx = vector_cores(x, tuple(rows_a), op, "x")
+    cy = vector_cores(y, tuple(cols_b), op, "y")
     check_dtype_device(op, x, A, B, y)
     size, batch = broadcast_batch_size(op, x, A, B, y)
     cx, ca, cbm, cy = (expand_cores(c, size) for c in (cx, batched_cores(A), batched_cores(B), cy))

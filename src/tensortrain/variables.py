@@ -1,5 +1,143 @@
-"""Placeholder: filled in by the work on this module."""
+"""TT objects whose cores are ``nn.Parameter``s: t3f's ``get_variable`` / ``assign`` in PyTorch terms.
+
+A TT object is an immutable value (DESIGN.md); a module owns parameters. :func:`tt_parameters` turns a
+TT's cores into an ``nn.ParameterList`` to store on a module, :func:`tt_from_parameters` reads them back
+as a TT view (gradients flow into the parameters), and :func:`assign` overwrites them in place (the
+retraction step of Riemannian optimization).
+
+Example:
+    >>> import torch, tensortrain as tt
+    >>> class Model(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.cores = tt.tt_parameters(tt.random_matrix([[2, 3], [4, 5]], tt_rank=2))
+    ...     def forward(self, x):
+    ...         return x @ tt.tt_from_parameters(self.cores)
+    >>> Model()(torch.randn(7, 6)).shape
+    torch.Size([7, 20])
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ShapeError
+from .operands import check_tt
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+
+__all__ = ["assign", "tt_from_parameters", "tt_parameters"]
+
+
+def tt_parameters(tt: TensorTrainBase, requires_grad: bool = True) -> nn.ParameterList:
+    """The cores of ``tt`` as a new ``nn.ParameterList`` (copies: the TT and the parameters do not alias).
+
+    Assign the result to a module attribute to register the cores (t3f's ``get_variable`` with an
+    initializer).
+
+    Args:
+        tt: a TT object (a batch too).
+        requires_grad: whether the parameters require gradients.
+
+    Returns:
+        An ``nn.ParameterList`` with one parameter per core, same dtype and device.
+
+    Raises:
+        TypeError: ``tt`` is not a TT object.
+
+    Complexity: O(d r^2 n) copy.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> params = tt.tt_parameters(tt.random_tensor((2, 3, 4), tt_rank=2))
+        >>> [tuple(p.shape) for p in params]
+        [(1, 2, 2), (2, 3, 2), (2, 4, 1)]
+    """
+    check_tt(tt, "tt_parameters", "tt")
+    return nn.ParameterList(
+        [nn.Parameter(c.detach().clone(), requires_grad=requires_grad) for c in tt.tt_cores]
+    )
+
+
+def tt_from_parameters(params: Iterable[torch.Tensor], batch: bool = False) -> Any:
+    """A TT view over parameters (or any tensors): gradients of computations on it reach them.
+
+    Args:
+        params: an ``nn.ParameterList`` or a sequence of core tensors.
+        batch: build a :class:`TensorTrainBatch` (cores with a leading batch axis).
+
+    Returns:
+        A :class:`TensorTrain` (or :class:`TensorTrainBatch`) whose cores are the given tensors.
+
+    Raises:
+        TypeError: ``params`` is not an iterable of tensors.
+        ShapeError: the cores do not form a valid TT object.
+
+    Complexity: O(d) (no copy).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> params = tt.tt_parameters(tt.random_tensor((2, 3), tt_rank=2))
+        >>> print(tt.tt_from_parameters(params))
+        A Tensor Train variable of shape (2, 3), TT-ranks: (1, 2, 1)
+    """
+    if isinstance(params, torch.Tensor | TensorTrainBase) or not isinstance(params, Iterable):
+        raise TypeError(
+            f"tt_from_parameters: expects an nn.ParameterList or a sequence of tensors, got "
+            f"{type(params).__name__}"
+        )
+    cores = list(params)
+    return TensorTrainBatch(cores) if batch else TensorTrain(cores)
+
+
+def assign(params: Iterable[torch.Tensor] | TensorTrainBase, tt: TensorTrainBase) -> Any:
+    """Copy the cores of ``tt`` into ``params`` in place, without recording gradients (t3f's ``assign``).
+
+    Core shapes must match exactly (so TT-ranks too: round ``tt`` to the parameters' ranks first). The
+    values are cast to the parameters' dtype and device, like ``Tensor.copy_``.
+
+    Args:
+        params: an ``nn.ParameterList``, a sequence of core tensors, or a TT object built on them.
+        tt: the new value, a TT object with the same core shapes.
+
+    Returns:
+        The TT view over ``params`` (a :class:`TensorTrainBatch` when ``tt`` is one).
+
+    Raises:
+        TypeError: ``tt`` is not a TT object or ``params`` is not a sequence of tensors.
+        ShapeError: the number of cores or a core shape differs.
+
+    Complexity: O(d r^2 n) copy.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> params = tt.tt_parameters(tt.random_tensor((2, 3), tt_rank=2))
+        >>> new = tt.assign(params, tt.random_tensor((2, 3), tt_rank=2))
+        >>> new.tt_cores[0] is params[0]
+        True
+    """
+    check_tt(tt, "assign", "tt")
+    targets = list(params.tt_cores) if isinstance(params, TensorTrainBase) else params
+    if isinstance(targets, torch.Tensor) or not isinstance(targets, Iterable):
+        raise TypeError(
+            f"assign: params must be an nn.ParameterList, a sequence of tensors or a TT object, got "
+            f"{type(params).__name__}"
+        )
+    targets = list(targets)
+    if len(targets) != len(tt.tt_cores):
+        raise ShapeError(f"assign: params hold {len(targets)} cores but the value has {len(tt.tt_cores)}")
+    for k, (p, c) in enumerate(zip(targets, tt.tt_cores, strict=True)):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"assign: params[{k}] is a {type(p).__name__}, expected a tensor")
+        if p.shape != c.shape:
+            raise ShapeError(
+                f"assign: core {k} has shape {tuple(p.shape)} but the value's core has shape "
+                f"{tuple(c.shape)}; target TT-ranks differ? round the value to the parameters' ranks"
+            )
+    with torch.no_grad():
+        for p, c in zip(targets, tt.tt_cores, strict=True):
+            p.copy_(c)
+    return tt_from_parameters(targets, batch=isinstance(tt, TensorTrainBatch))

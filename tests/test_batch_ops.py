@@ -1,0 +1,134 @@
+"""tt.batch_ops against the dense oracle: concat, per-element weights, Gram and pairwise inner products."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_cores, random_tt, seeds, tensor_specs
+from tensortrain import batch_ops, ops
+
+any_specs = st.one_of(tensor_specs(), matrix_specs())
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@given(spec=any_specs, seed=seeds, sizes=st.lists(st.sampled_from([None, 1, 2]), min_size=1, max_size=3))
+def test_concat_along_batch_dim(spec, seed, sizes):
+    raw, ranks = spec
+    g = _gen(seed)
+    parts = [random_tt(raw, ranks, gen=g, batch_size=s) for s in sizes]
+    res = batch_ops.concat_along_batch_dim(parts)
+    assert isinstance(res, tt.TensorTrainBatch)
+    expected = torch.cat([ops.full(p) if s else ops.full(p)[None] for p, s in zip(parts, sizes, strict=True)])
+    assert_close(ops.full(res), expected)
+
+
+def test_concat_errors(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(
+        tt.ShapeError, match=r"element 0 has TT-ranks \(1, 2, 1\) but element 1 has \(1, 3, 1\)"
+    ):
+        batch_ops.concat_along_batch_dim([a, random_tt((2, 3), (1, 3, 1), gen=gen, batch_size=2)])
+    with pytest.raises(tt.ShapeError, match=r"raw shapes differ: \(2, 3\) \(batch of 2\) vs \(3, 3\)"):
+        batch_ops.concat_along_batch_dim([a, random_tt((3, 3), (1, 2, 1), gen=gen)])
+    with pytest.raises(tt.ShapeError, match="got an empty list"):
+        batch_ops.concat_along_batch_dim([])
+    with pytest.raises(TypeError, match="expects a list of TT objects, got TensorTrainBatch"):
+        batch_ops.concat_along_batch_dim(a)
+    with pytest.raises(TypeError, match="element 1 must be a TensorTrain"):
+        batch_ops.concat_along_batch_dim([a, 1])
+
+
+@given(spec=any_specs, seed=seeds, b=st.integers(1, 3))
+def test_multiply_along_batch_dim(spec, seed, b):
+    raw, ranks = spec
+    g = _gen(seed)
+    a = random_tt(raw, ranks, gen=g, batch_size=b)
+    w = torch.randn(b, generator=g, dtype=torch.float64)
+    res = batch_ops.multiply_along_batch_dim(a, w)
+    expected = ops.full(a) * w.reshape(-1, *([1] * (len(a.shape) - 1)))
+    assert_close(ops.full(res), expected)
+    assert_close(ops.full(batch_ops.multiply_along_batch_dim(a, w.tolist())), expected)
+
+
+def test_multiply_along_batch_dim_errors_and_grad(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(tt.ShapeError, match=r"weights must have shape \(2,\) for a batch of 2, got \(3,\)"):
+        batch_ops.multiply_along_batch_dim(a, [1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match="expects a TensorTrainBatch, got TensorTrain"):
+        batch_ops.multiply_along_batch_dim(a[0], [1.0])
+    w = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w: ops.full(batch_ops.multiply_along_batch_dim(a, w)), (w,))
+
+
+@given(spec=any_specs, seed=seeds, sizes=st.sampled_from([(3, 2), (1, 4), (None, 2), (2, None)]))
+def test_pairwise_flat_inner_and_gram(spec, seed, sizes):
+    raw, ranks = spec
+    g = _gen(seed)
+    a = random_tt(raw, ranks, gen=g, batch_size=sizes[0])
+    b = random_tt(raw, (1, *([2] * (len(ranks) - 2)), 1), gen=g, batch_size=sizes[1])
+    fa = ops.full(a).reshape(sizes[0] or 1, -1)
+    fb = ops.full(b).reshape(sizes[1] or 1, -1)
+    assert_close(batch_ops.pairwise_flat_inner(a, b), fa @ fb.T)
+    assert_close(batch_ops.gram_matrix(a), fa @ fa.T)
+
+
+def _as_vector(x, form):
+    if form == "tensor":
+        return x
+    return type(x)([c.unsqueeze(-2) if form == "col" else c.unsqueeze(-3) for c in x.tt_cores])
+
+
+@given(
+    spec=matrix_specs(),
+    seed=seeds,
+    forms=st.sampled_from([("tensor", "tensor"), ("col", "row"), ("row", "col")]),
+)
+def test_pairwise_flat_inner_with_matrix(spec, seed, forms):
+    (rows, cols), ranks = spec
+    g = _gen(seed)
+    m = random_tt((rows, cols), ranks, gen=g)
+    a = random_tt(rows, ranks, gen=g, batch_size=3)
+    b = random_tt(cols, (1, *([2] * (len(rows) - 1)), 1), gen=g, batch_size=2)
+    fa, fb, fm = ops.full(a).reshape(3, -1), ops.full(b).reshape(2, -1), ops.full(m)
+    res = batch_ops.pairwise_flat_inner(_as_vector(a, forms[0]), _as_vector(b, forms[1]), m)
+    assert_close(res, fa @ fm @ fb.T)
+    if rows == cols:
+        assert_close(batch_ops.gram_matrix(a, m), fa @ fm @ fa.T)
+
+
+def test_pairwise_float32_and_gradcheck(gen):
+    a = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen, batch_size=3, dtype=torch.float32)
+    fa = ops.full(a).reshape(3, -1)
+    assert_close(batch_ops.gram_matrix(a), fa @ fa.T)
+    cores = [c.requires_grad_() for c in random_cores((2, 3), (1, 2, 1), gen=gen, batch_size=2)]
+    m = random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen)
+    assert torch.autograd.gradcheck(
+        lambda *cs: batch_ops.gram_matrix(tt.TensorTrainBatch(list(cs)), m), cores
+    )
+
+
+def test_pairwise_errors(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(tt.ShapeError, match=r"pairwise_flat_inner: raw shapes differ"):
+        batch_ops.pairwise_flat_inner(a, random_tt((3, 2), (1, 2, 1), gen=gen, batch_size=2))
+    m = random_tt(((2, 3), (4, 1)), (1, 2, 1), gen=gen)
+    with pytest.raises(
+        tt.ShapeError, match=r"pairwise_flat_inner: tt_2 must be a vector with modes \(4, 1\)"
+    ):
+        batch_ops.pairwise_flat_inner(a, a, m)
+    with pytest.raises(
+        TypeError, match="pairwise_flat_inner: matrix must be a single TT-matrix, got a batch"
+    ):
+        batch_ops.pairwise_flat_inner(a, a, random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen, batch_size=2))
+    with pytest.raises(TypeError, match="pairwise_flat_inner: matrix must be a TT-matrix, got a TT-tensor"):
+        batch_ops.gram_matrix(a, a)
+    with pytest.raises(TypeError, match="pairwise_flat_inner: tt_1 must be a TensorTrain"):
+        batch_ops.gram_matrix(torch.ones(2))

@@ -1,0 +1,171 @@
+"""TT indexing against the dense oracle: numpy-style getitem on TT-tensors and batches, gather_nd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_cores, random_tt, seeds, tensor_specs
+from tensortrain import ops
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@st.composite
+def mode_index(draw, n):
+    """An int (possibly negative) or a non-empty slice with a positive step for a mode of size n."""
+    if draw(st.booleans()):
+        return draw(st.integers(-n, n - 1))
+    start = draw(st.integers(0, n - 1))
+    stop = draw(st.integers(start + 1, n))
+    return slice(start, stop, draw(st.sampled_from([None, 1, 2])))
+
+
+@given(spec=tensor_specs(), data=st.data(), seed=seeds)
+def test_getitem_matches_dense(spec, data, seed):
+    raw, ranks = spec
+    a = random_tt(raw, ranks, gen=_gen(seed))
+    index = tuple(data.draw(mode_index(n)) for n in raw)
+    index = index[: data.draw(st.integers(1, len(index)))]  # trailing modes default to ':'
+    res = a[index]
+    expected = ops.full(a)[index]
+    if isinstance(res, torch.Tensor):
+        assert res.dim() == 0
+        assert_close(res, expected)
+    else:
+        assert max(res.tt_ranks) <= max(ranks)
+        assert_close(ops.full(res), expected)
+
+
+@given(spec=tensor_specs(), data=st.data(), seed=seeds, b=st.integers(1, 3))
+def test_getitem_batch_matches_dense(spec, data, seed, b):
+    raw, ranks = spec
+    a = random_tt(raw, ranks, gen=_gen(seed), batch_size=b)
+    bidx = data.draw(st.one_of(st.integers(-b, b - 1), st.just(slice(None)), st.just([b - 1, 0])))
+    index = (bidx, *(data.draw(mode_index(n)) for n in raw))
+    res = a[index]
+    expected = ops.full(a)[index]
+    if isinstance(res, torch.Tensor):
+        assert_close(res, expected)
+    else:
+        assert isinstance(res, tt.TensorTrainBatch) != isinstance(bidx, int)
+        assert_close(ops.full(res), expected)
+
+
+def test_getitem_ellipsis_and_float32(gen):
+    a = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen, dtype=torch.float32)
+    assert_close(ops.full(a[..., 1]), ops.full(a)[..., 1])
+    assert_close(ops.full(a[1, ...]), ops.full(a)[1, ...])
+    assert_close(ops.full(a[0, ..., 1:3]), ops.full(a)[0, ..., 1:3])
+
+
+def test_getitem_gradcheck(gen):
+    cores = [c.requires_grad_() for c in random_cores((2, 3, 2), (1, 2, 2, 1), gen=gen)]
+    assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))[1, :, 0]), cores)
+
+
+def test_getitem_errors(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    with pytest.raises(IndexError, match="mode 1: index 3 out of range for a mode of size 3"):
+        a[0, 3]
+    with pytest.raises(IndexError, match="too many indices: the TT-tensor has 2 modes but 3 were given"):
+        a[0, 0, 0]
+    with pytest.raises(IndexError, match="mode 0: slice slice\\(2, None, None\\) selects nothing"):
+        a[2:]
+    with pytest.raises(ValueError, match="mode 0: slice step must be positive, got -1"):
+        a[::-1]
+    with pytest.raises(TypeError, match="mode 0: index must be an int or a slice, got None"):
+        a[None]
+    with pytest.raises(TypeError, match="mode 1: index must be an int or a slice, got 1.5"):
+        a[0, 1.5]
+    with pytest.raises(IndexError, match="a single ellipsis"):
+        a[..., ...]
+    m = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    with pytest.raises(
+        TypeError, match=r"indexing a TT-matrix \(\(2, 3\) x \(2, 2\)\) is not supported; use tt.gather_nd"
+    ):
+        m[0]
+    b = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(IndexError, match="batch index 2 out of range for a batch of 2 elements"):
+        b[2, 0]
+    with pytest.raises(
+        TypeError, match="a batch index must be an int, slice, list or tensor of ints, got None"
+    ):
+        b[None, 0]
+
+
+# ----------------------------------------------------------------------------------------------- gather_nd
+@given(spec=tensor_specs(), seed=seeds, k=st.integers(1, 5), batch=st.sampled_from([None, 2]))
+def test_gather_nd_tensor(spec, seed, k, batch):
+    raw, ranks = spec
+    g = _gen(seed)
+    a = random_tt(raw, ranks, gen=g, batch_size=batch)
+    dims = ((batch,) if batch else ()) + raw
+    idx = torch.stack([torch.randint(0, n, (k,), generator=g) for n in dims], dim=1)
+    dense = ops.full(a)
+    assert_close(ops.gather_nd(a, idx), dense[tuple(idx.T)])
+    assert_close(ops.gather_nd(a, idx.reshape(1, k, -1)), dense[tuple(idx.T)].reshape(1, k))
+
+
+@given(spec=matrix_specs(), seed=seeds, k=st.integers(1, 5), batch=st.sampled_from([None, 2]))
+def test_gather_nd_matrix(spec, seed, k, batch):
+    (rows, cols), ranks = spec
+    g = _gen(seed)
+    a = random_tt((rows, cols), ranks, gen=g, batch_size=batch)
+    lead = (batch,) if batch else ()
+    m, n = a.shape[-2:]
+    dense = ops.full(a)
+    flat = torch.stack([torch.randint(0, s, (k,), generator=g) for s in (*lead, m, n)], dim=1)
+    assert_close(ops.gather_nd(a, flat), dense[tuple(flat.T)])
+    # Mode indices: unravel rows and columns by hand.
+    modes = torch.stack([torch.randint(0, s, (k,), generator=g) for s in (*lead, *rows, *cols)], dim=1)
+    off = len(lead)
+    r_idx = torch.zeros(k, dtype=torch.long)
+    c_idx = torch.zeros(k, dtype=torch.long)
+    for j, s in enumerate(rows):
+        r_idx = r_idx * s + modes[:, off + j]
+    for j, s in enumerate(cols):
+        c_idx = c_idx * s + modes[:, off + len(rows) + j]
+    assert_close(ops.gather_nd(a, modes), dense[(*modes[:, :off].T, r_idx, c_idx)])
+
+
+def test_gather_nd_gradcheck_and_list_input(gen):
+    cores = [c.requires_grad_() for c in random_cores((2, 3, 2), (1, 2, 2, 1), gen=gen)]
+    idx = torch.tensor([[0, 1, 1], [1, 2, 0]])
+    assert torch.autograd.gradcheck(lambda *cs: ops.gather_nd(tt.TensorTrain(list(cs)), idx), cores)
+    a = tt.TensorTrain(cores).detach()
+    assert_close(ops.gather_nd(a, [[0, 1, 1], [1, 2, 0]]), ops.full(a)[tuple(idx.T)])
+
+
+def test_gather_nd_errors(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    with pytest.raises(
+        TypeError, match="gather_nd: indices must be an integer tensor, got dtype torch.float32"
+    ):
+        ops.gather_nd(a, torch.zeros(1, 2))
+    with pytest.raises(
+        tt.ShapeError,
+        match=r"gather_nd: indices must have 2 columns for a TT-tensor of raw shape \(2, 3\), got 3",
+    ):
+        ops.gather_nd(a, torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(IndexError, match=r"gather_nd: mode 1 index 3 out of range \[0, 3\)"):
+        ops.gather_nd(a, torch.tensor([[0, 3]]))
+    with pytest.raises(IndexError, match=r"gather_nd: mode 0 index -1 out of range"):
+        ops.gather_nd(a, torch.tensor([[-1, 0]]))
+    with pytest.raises(tt.ShapeError, match="at least one dim"):
+        ops.gather_nd(a, torch.tensor(1))
+    m = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(
+        tt.ShapeError, match=r"need 5 columns \(row modes, column modes\) or 3 \(row, column\), got 4"
+    ):
+        ops.gather_nd(m, torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(IndexError, match=r"gather_nd: batch index 2 out of range \[0, 2\)"):
+        ops.gather_nd(m, torch.tensor([[2, 0, 0]]))
+    with pytest.raises(IndexError, match=r"gather_nd: column index 4 out of range \[0, 4\)"):
+        ops.gather_nd(m, torch.tensor([[1, 0, 4]]))

@@ -1,0 +1,92 @@
+"""tt.variables: TT cores as nn.Parameters on a module, reading them back, assigning in place."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import random_tt
+from tensortrain import ops, variables
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.cores = variables.tt_parameters(value)
+
+    def forward(self, x):
+        return x @ variables.tt_from_parameters(self.cores)
+
+
+def test_parameters_register_and_train(gen):
+    w = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    m = _Holder(w)
+    assert [tuple(p.shape) for p in m.parameters()] == [tuple(c.shape) for c in w.tt_cores]
+    assert all(isinstance(p, torch.nn.Parameter) for p in m.cores)
+    view = variables.tt_from_parameters(m.cores)
+    assert view.is_variable() and str(view).startswith("A TT-Matrix variable")
+    assert_close(ops.full(view), ops.full(w))
+    # The parameters are copies, not aliases of the value's cores.
+    assert all(p.data_ptr() != c.data_ptr() for p, c in zip(m.cores, w.tt_cores, strict=True))
+    x = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    m(x).pow(2).sum().backward()
+    grads = [p.grad for p in m.cores]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    # Gradients match the same computation on a differentiable copy of the cores.
+    cores = [c.clone().requires_grad_() for c in w.tt_cores]
+    (x @ tt.TensorTrain(cores)).pow(2).sum().backward()
+    for g, c in zip(grads, cores, strict=True):
+        assert_close(g, c.grad)
+
+
+def test_parameters_batch_and_requires_grad(gen):
+    b = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=3)
+    params = variables.tt_parameters(b, requires_grad=False)
+    assert not any(p.requires_grad for p in params)
+    view = variables.tt_from_parameters(params, batch=True)
+    assert isinstance(view, tt.TensorTrainBatch)
+    assert_close(ops.full(view), ops.full(b))
+
+
+def test_assign_in_place(gen):
+    params = variables.tt_parameters(random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen))
+    ptrs = [p.data_ptr() for p in params]
+    new = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen)
+    res = variables.assign(params, new)
+    assert [p.data_ptr() for p in params] == ptrs
+    assert all(r is p for r, p in zip(res.tt_cores, params, strict=True))
+    assert_close(ops.full(res), ops.full(new))
+    assert all(p.grad_fn is None for p in params)
+    # A TT view over the parameters is a valid target too; values are cast like copy_.
+    res2 = variables.assign(res, ops.cast(new * 2.0, torch.float32))
+    assert res2.dtype == torch.float64
+    assert_close(ops.full(res2), 2.0 * ops.full(new), rtol=1e-6, atol=1e-6)
+
+
+def test_assign_errors(gen):
+    params = variables.tt_parameters(random_tt((2, 3), (1, 2, 1), gen=gen))
+    with pytest.raises(
+        tt.ShapeError,
+        match=r"assign: core 0 has shape \(1, 2, 2\) but the value's core has shape \(1, 2, 3\)",
+    ):
+        variables.assign(params, random_tt((2, 3), (1, 3, 1), gen=gen))
+    with pytest.raises(tt.ShapeError, match="assign: params hold 2 cores but the value has 3"):
+        variables.assign(params, random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen))
+    with pytest.raises(TypeError, match="assign: tt must be a TensorTrain"):
+        variables.assign(params, torch.ones(2))
+    with pytest.raises(
+        TypeError,
+        match="assign: params must be an nn.ParameterList, a sequence of tensors or a TT object, got Tensor",
+    ):
+        variables.assign(torch.ones(2), random_tt((2, 3), (1, 2, 1), gen=gen))
+    with pytest.raises(TypeError, match=r"assign: params\[1\] is a float"):
+        variables.assign([params[0], 1.0], random_tt((2, 3), (1, 2, 1), gen=gen))
+    with pytest.raises(TypeError, match="tt_parameters: tt must be a TensorTrain"):
+        variables.tt_parameters([torch.ones(1, 2, 1)])
+    with pytest.raises(
+        TypeError,
+        match="tt_from_parameters: expects an nn.ParameterList or a sequence of tensors, got Tensor",
+    ):
+        variables.tt_from_parameters(torch.ones(1, 2, 1))
