@@ -1,0 +1,92 @@
+"""approximate.add_n / reduce_sum_batch against the dense sum (exact when the rank cap allows it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import random_tt, seeds
+from test_riemannian import dense
+
+
+def low_rank_family(n, gen, raw=(3, 4, 3, 2)):
+    """n TTs of rank 4 that all lie in span{A, B} (A, B rank 1): every partial sum has rank <= 2."""
+    a, b = random_tt(raw, (1, 1, 1, 1, 1), gen=gen), random_tt(raw, (1, 1, 1, 1, 1), gen=gen)
+    coef = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    objs = []
+    for c1, c2 in coef.tolist():
+        x = tt.add(tt.multiply(a, c1), tt.multiply(b, c2))
+        objs.append(tt.add(x, tt.multiply(x, 0.5)))  # rank 4, redundant on purpose
+    return objs
+
+
+@given(n=st.integers(1, 7), seed=seeds)
+def test_add_n_exact_when_partial_sums_fit(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    objs = low_rank_family(n, g)
+    res = tt.approximate.add_n(objs, max_tt_rank=2)
+    if n > 1:
+        assert max(res.tt_ranks) <= 2
+    assert_close(dense(res), sum(dense(o) for o in objs))
+
+
+def test_add_n_with_a_large_cap_is_the_exact_sum(gen):
+    objs = [random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen) for _ in range(5)]
+    res = tt.approximate.add_n(objs, max_tt_rank=100)
+    assert_close(dense(res), sum(dense(o) for o in objs))
+
+
+def test_add_n_truncation_error_is_bounded(gen):
+    # Rounding to rank r costs at most sqrt(d - 1) = sqrt(3) times the best rank-r error of its input.
+    # Sums of 4 noisy copies of one rank-2 tensor: each leaf pair errs by e_i <= sqrt(3) * noise, the root
+    # rounding by <= sqrt(3) * (noise + e_1 + e_2); in total <= (2 sqrt(3) + 3) * noise.
+    base = random_tt((4, 4, 4, 4), (1, 2, 2, 2, 1), gen=gen)
+    noise = [random_tt((4, 4, 4, 4), (1, 2, 2, 2, 1), gen=gen) for _ in range(4)]
+    objs = [tt.add(base, tt.multiply(e, 1e-4)) for e in noise]
+    res = tt.approximate.add_n(objs, max_tt_rank=2)
+    exact = sum(dense(o) for o in objs)
+    noise_norm = sum(dense(e).norm() for e in noise) * 1e-4
+    assert max(res.tt_ranks) <= 2
+    assert (dense(res) - exact).norm() <= (2 * 3**0.5 + 3) * noise_norm
+
+
+@given(bsz=st.integers(1, 6), n_sums=st.integers(1, 3), seed=seeds)
+def test_reduce_sum_batch_weighted(bsz, n_sums, seed):
+    g = torch.Generator().manual_seed(seed)
+    batch = random_tt((2, 3, 2), (1, 2, 2, 1), gen=g, batch_size=bsz)
+    full = dense(batch)
+    plain = tt.approximate.reduce_sum_batch(batch, max_tt_rank=100)
+    assert isinstance(plain, tt.TensorTrain)
+    assert_close(dense(plain), full.sum(0))
+    vec = torch.randn(bsz, generator=g, dtype=torch.float64)
+    assert_close(
+        dense(tt.approximate.reduce_sum_batch(batch, 100, coef=vec)), torch.einsum("b,bijk->ijk", vec, full)
+    )
+    mat = torch.randn(bsz, n_sums, generator=g, dtype=torch.float64)
+    res = tt.approximate.reduce_sum_batch(batch, 100, coef=mat)
+    assert isinstance(res, tt.TensorTrainBatch) and res.batch_size == n_sums
+    assert_close(dense(res), torch.einsum("bn,bijk->nijk", mat, full))
+
+
+def test_reduce_sum_batch_rounds(gen):
+    objs = low_rank_family(5, gen)
+    batch = tt.TensorTrainBatch([torch.stack(cs) for cs in zip(*(o.tt_cores for o in objs), strict=True)])
+    res = tt.approximate.reduce_sum_batch(batch, max_tt_rank=2)
+    assert max(res.tt_ranks) <= 2
+    assert_close(dense(res), dense(batch).sum(0))
+
+
+def test_validation(gen):
+    with pytest.raises(ValueError, match="at least one"):
+        tt.approximate.add_n([], max_tt_rank=2)
+    with pytest.raises(TypeError, match="expected TT objects"):
+        tt.approximate.add_n([torch.ones(2)], max_tt_rank=2)
+    batch = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=3)
+    with pytest.raises(tt.ShapeError, match=r"coef must have shape \(3,\) or \(3, N\)"):
+        tt.approximate.reduce_sum_batch(batch, 2, coef=torch.ones(4))
+    with pytest.raises(TypeError, match="expected a TensorTrainBatch"):
+        tt.approximate.reduce_sum_batch(batch[0], 2)
