@@ -1,0 +1,238 @@
+"""A Keras 3 layer for t3f users: ``KerasDense``, a dense layer whose kernel is a TT-matrix.
+
+t3f's ``t3f.nn.KerasDense`` cannot train under Keras 3 (its cores are raw TensorFlow variables that Keras 3
+does not track). This module gives t3f code the same layer, with the same arguments, on Keras 3's PyTorch
+backend: the cores are Keras weights (``add_weight``), so ``fit``, ``summary``, ``get_weights``/``set_weights``
+and ``model.save``/``keras.models.load_model`` all see them, and the forward pass is
+:func:`tensortrain.ops.matmul` on the cores.
+
+Keras must run on PyTorch. Set the backend before Keras is first imported::
+
+    import os
+    os.environ["KERAS_BACKEND"] = "torch"   # or: export KERAS_BACKEND=torch
+    from tensortrain.keras import KerasDense
+
+Importing this module with Keras on another backend raises ``ImportError`` saying so. Install the extra with
+``pip install "tensortrain[keras]"``.
+
+Symbols: ``d`` number of cores, ``m_k`` input (row) modes, ``n_k`` output (column) modes, ``r`` TT-rank,
+``B`` batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+# The module is tensortrain.keras, but imports are absolute: this is the real Keras package.
+try:
+    import keras
+except ModuleNotFoundError as exc:
+    if exc.name == "keras":
+        raise ImportError('tensortrain.keras needs Keras 3: pip install "tensortrain[keras]"') from exc
+    # Keras itself is installed but its configured backend (by default tensorflow) is not.
+    raise ImportError(
+        f"Keras could not import its backend ({exc.name!r} is missing; KERAS_BACKEND="
+        f"{os.environ.get('KERAS_BACKEND')!r}). tensortrain.keras runs on Keras' PyTorch backend: set "
+        'KERAS_BACKEND=torch before Keras is first imported (os.environ["KERAS_BACKEND"] = "torch").'
+    ) from exc
+
+if keras.backend.backend() != "torch":
+    raise ImportError(
+        f"tensortrain.keras needs Keras' PyTorch backend, but Keras runs on {keras.backend.backend()!r}. "
+        'Set KERAS_BACKEND=torch before Keras is first imported (os.environ["KERAS_BACKEND"] = "torch", '
+        "or export KERAS_BACKEND=torch in the shell), in a fresh Python process."
+    )
+
+import torch
+
+from . import initializers, ops
+from .errors import ShapeError
+from .shapes import max_tt_ranks, normalize_tt_rank
+from .tensor_train import TensorTrain
+
+__all__ = ["KerasDense"]
+
+KernelInitializer = Literal["glorot", "he", "lecun"]
+
+# t3f's names for the kernel schemes; each gives the full matrix the dense scheme's entry variance
+# (glorot 2/(M+N), he 2/M, lecun 1/M with M = fan-in = prod(input_dims)).
+_KERNEL_INITIALIZERS = {
+    "glorot": initializers.glorot_initializer,
+    "he": initializers.he_initializer,
+    "lecun": initializers.lecun_initializer,
+}
+
+
+def _check_dims(dims: Sequence[int], name: str) -> tuple[int, ...]:
+    if isinstance(dims, str | int) or not isinstance(dims, Sequence):
+        raise TypeError(f"KerasDense: {name} must be a sequence of ints, got {dims!r}")
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in dims):
+        raise TypeError(f"KerasDense: {name} must contain ints, got {tuple(dims)!r}")
+    if len(dims) == 0 or any(n < 1 for n in dims):
+        raise ShapeError(f"KerasDense: {name} must be non-empty positive ints, got {tuple(dims)}")
+    return tuple(int(n) for n in dims)
+
+
+def _bias_initializer(value: float | str | dict[str, Any] | Any) -> Any:
+    # t3f takes a number (bias = value * ones); any Keras initializer identifier works too.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return keras.initializers.Constant(float(value))
+    return keras.initializers.get(value)
+
+
+class _CoreInitializer:
+    """Hands one precomputed core to ``add_weight`` (the cores are drawn jointly, see ``build``)."""
+
+    def __init__(self, core: torch.Tensor):
+        self.core = core
+
+    def __call__(self, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
+        return self.core
+
+
+@keras.saving.register_keras_serializable(package="tensortrain")
+class KerasDense(keras.layers.Layer):
+    """A dense layer ``activation(x @ W + b)`` whose kernel ``W`` is a TT-matrix (t3f's ``KerasDense``).
+
+    ``W`` has t3f's layout: ``prod(input_dims)`` rows and ``prod(output_dims)`` columns, core ``k`` of shape
+    ``(r_{k-1}, input_dims[k], output_dims[k], r_k)``. The cores are Keras weights named ``core_0`` ...
+    ``core_{d-1}``, created before the bias, so ``get_weights()`` returns ``[core_0, ..., core_{d-1}, bias]``
+    and ``set_weights(list(tt.to_tt_matrix(W, shape=[input_dims, output_dims], max_tt_rank=r).tt_cores)
+    + [bias])`` loads a compressed dense kernel (t3f's tutorial). Ranks above the largest useful rank of a
+    bond are clipped to it (as ``to_tt_matrix`` clips), so both sides agree on the core shapes.
+
+    Args:
+        input_dims: the row modes ``(m_1, ..., m_d)``; the input's last axis has ``prod(input_dims)``
+            features.
+        output_dims: the column modes ``(n_1, ..., n_d)``; the output has ``prod(output_dims)`` features.
+        tt_rank: the TT-rank: an int, ``d - 1`` inner ranks, or the full ``d + 1`` tuple.
+        activation: a Keras activation (name or callable) applied last; None for linear.
+        use_bias: add a bias of ``prod(output_dims)`` values.
+        kernel_initializer: ``"glorot"``, ``"he"`` or ``"lecun"`` (t3f's names): random TT cores whose full
+            matrix has the dense scheme's entry variance (2/(M+N), 2/M, 1/M).
+        bias_initializer: a number (every bias entry starts at it, t3f's meaning) or any Keras initializer.
+        **kwargs: Keras layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Raises:
+        ShapeError: input_dims and output_dims of different lengths, non-positive dims, bad ranks, or an
+            input whose last axis is not ``prod(input_dims)``.
+        TypeError: dims that are not sequences of ints.
+        ValueError: an unknown ``kernel_initializer``.
+
+    Shape:
+        - Input: ``(..., prod(input_dims))`` (any number of leading axes).
+        - Output: ``(..., prod(output_dims))``.
+
+    Complexity:
+        Forward ``O(B d r^2 m n max(M, N))``-ish through :func:`tensortrain.ops.matmul` (never builds
+        ``W``); parameters ``sum_k r_{k-1} m_k n_k r_k`` plus the bias.
+
+    Example:
+        >>> import os; os.environ.setdefault("KERAS_BACKEND", "torch")  # doctest: +SKIP
+        >>> import keras
+        >>> from tensortrain.keras import KerasDense
+        >>> model = keras.Sequential([keras.Input((784,)),
+        ...     KerasDense([7, 4, 7, 4], [5, 5, 5, 5], tt_rank=4, activation="relu", bias_initializer=1e-3),
+        ...     keras.layers.Dense(10, activation="softmax")])
+        >>> model.layers[0].count_params()
+        1725
+    """
+
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        output_dims: Sequence[int],
+        tt_rank: int | Sequence[int] = 2,
+        activation: str | Any | None = None,
+        use_bias: bool = True,
+        kernel_initializer: KernelInitializer = "glorot",
+        bias_initializer: float | str | dict[str, Any] | Any = 0.1,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.input_dims = _check_dims(input_dims, "input_dims")
+        self.output_dims = _check_dims(output_dims, "output_dims")
+        d = len(self.input_dims)
+        if len(self.output_dims) != d:
+            raise ShapeError(
+                f"KerasDense: input_dims {self.input_dims} and output_dims {self.output_dims} must have the "
+                "same number of modes"
+            )
+        if kernel_initializer not in _KERNEL_INITIALIZERS:
+            raise ValueError(
+                f"KerasDense: unknown kernel_initializer {kernel_initializer!r}; "
+                f"expected one of {sorted(_KERNEL_INITIALIZERS)}"
+            )
+        self.tt_rank = normalize_tt_rank(tt_rank, d)
+        useful = max_tt_ranks([m * n for m, n in zip(self.input_dims, self.output_dims, strict=True)])
+        self.tt_ranks = tuple(min(r, u) for r, u in zip(self.tt_rank, useful, strict=True))
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self._bias_initializer_arg = bias_initializer
+        self.bias_initializer = _bias_initializer(bias_initializer)
+        self.in_features = math.prod(self.input_dims)
+        self.out_features = math.prod(self.output_dims)
+        self.kernel_cores: list[Any] = []
+        self.bias: Any = None
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        """Create the cores (then the bias) as Keras weights for inputs of shape ``input_shape``."""
+        if input_shape[-1] is not None and input_shape[-1] != self.in_features:
+            raise ShapeError(
+                f"KerasDense: the input has {input_shape[-1]} features (shape {tuple(input_shape)}) but "
+                f"input_dims {self.input_dims} multiply to {self.in_features}"
+            )
+        # The cores are drawn jointly so that the full matrix has the scheme's variance; each weight
+        # then starts from its own slice of that draw.
+        init = _KERNEL_INITIALIZERS[self.kernel_initializer](
+            [list(self.input_dims), list(self.output_dims)],
+            tt_rank=self.tt_ranks,
+            dtype=getattr(torch, self.variable_dtype),
+        )
+        self.kernel_cores = [
+            self.add_weight(shape=tuple(core.shape), initializer=_CoreInitializer(core), name=f"core_{k}")
+            for k, core in enumerate(init.tt_cores)
+        ]
+        if self.use_bias:
+            self.bias = self.add_weight(
+                shape=(self.out_features,), initializer=self.bias_initializer, name="bias"
+            )
+
+    @property
+    def matrix(self) -> TensorTrain:
+        """The kernel as a :class:`TensorTrain` over the live cores (t3f's ``layer.matrix``)."""
+        return TensorTrain([v.value for v in self.kernel_cores])
+
+    def call(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``activation(inputs @ W + b)`` on torch tensors, without building ``W``."""
+        y = ops.matmul(inputs, self.matrix)
+        if self.bias is not None:
+            y = y + self.bias.value
+        return self.activation(y) if self.activation is not None else y
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        """``input_shape`` with the last axis replaced by ``prod(output_dims)``."""
+        return (*tuple(input_shape)[:-1], self.out_features)
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments (plus Keras' own), for ``from_config`` and ``model.save``."""
+        config = super().get_config()
+        bias_init = self._bias_initializer_arg
+        if not (isinstance(bias_init, int | float) and not isinstance(bias_init, bool)):
+            bias_init = keras.initializers.serialize(self.bias_initializer)
+        config.update(
+            {
+                "input_dims": list(self.input_dims),
+                "output_dims": list(self.output_dims),
+                "tt_rank": list(self.tt_rank),
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer,
+                "bias_initializer": bias_init,
+            }
+        )
+        return config
