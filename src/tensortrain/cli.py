@@ -1,0 +1,178 @@
+"""The ``tensortrain`` command: ``tensortrain demo mnist``, ``tensortrain --version``.
+
+Thin over the library: it parses options, sets up ``torch.distributed`` when started by ``torchrun``,
+shows progress bars (tqdm, from the ``demo`` extra, when installed) and prints what the library returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+import torch
+
+__all__ = ["build_parser", "main"]
+
+T = TypeVar("T")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={low}"  # shown by argparse in "invalid int>=1 value" messages
+    return parse
+
+
+def _add_mnist(demo: argparse._SubParsersAction) -> None:
+    p = demo.add_parser(
+        "mnist",
+        help="t3f's MNIST tutorial: a TT net, a dense net, its TT-SVD compression and fine-tuning",
+        description=(
+            "Reproduce t3f's tensor_nets tutorial on MNIST: (a) a TT net trained from scratch, (b) a dense "
+            "784-625-10 net, (c) b's first layer compressed by TT-SVD, (d) c fine-tuned. Prints a summary "
+            "table and writes results.json and accuracy_vs_params.png to --out. Runs under torchrun "
+            "(DistributedDataParallel, gloo backend) when WORLD_SIZE > 1."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pos, nonneg = _int_at_least(1), _int_at_least(0)
+    p.add_argument(
+        "--data", help="folder with the MNIST IDX files (default: $TENSORTRAIN_DATA, else the cache)"
+    )
+    p.add_argument("--out", default="out/demo", help="output folder for results.json and the plot")
+    p.add_argument("--epochs-tt", type=nonneg, default=3, help="epochs of stage a (TT net, Adam 1e-2)")
+    p.add_argument("--epochs-dense", type=nonneg, default=5, help="epochs of stage b (dense net, Adam 1e-3)")
+    p.add_argument(
+        "--epochs-finetune", type=nonneg, default=2, help="epochs of stage d (fine-tuning, Adam 1e-3)"
+    )
+    p.add_argument("--rank", type=pos, default=4, help="TT-rank of the TT net (stage a)")
+    p.add_argument("--compress-rank", type=pos, default=16, help="max TT-rank of the TT-SVD (stage c)")
+    p.add_argument("--seed", type=nonneg, default=0, help="seed of the initializations and shuffles")
+    p.add_argument(
+        "--batch-size", type=pos, default=64, help="global batch size (split over torchrun processes)"
+    )
+    p.add_argument("--train-subset", type=pos, metavar="N", help="use the first N training images only")
+    p.add_argument("--test-subset", type=pos, metavar="N", help="use the first N test images only")
+    p.add_argument(
+        "--threads", type=pos, metavar="N", help="torch.set_num_threads(N) (default: torch's choice)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_mnist)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tensortrain`` argument parser: one subcommand per task (``demo mnist`` so far)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tensortrain", description="Tensor-train decompositions and TT-compressed networks for PyTorch."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tensortrain {__version__} (torch {torch.__version__})"
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    demo = commands.add_parser("demo", help="run a demo", description="Run a demo.")
+    demo_commands = demo.add_subparsers(title="demos", metavar="DEMO")
+    _add_mnist(demo_commands)
+    demo.set_defaults(run=lambda args: _usage(demo))
+    parser.set_defaults(run=lambda args: _usage(parser))
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _progress_bar(enabled: bool) -> Callable[[Iterable[T], str, int], Iterable[T]] | None:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the demo extra is optional: run without bars
+        return None
+
+    def bar(items: Iterable[T], desc: str, total: int) -> Iterable[T]:
+        return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True, mininterval=0.5)
+
+    return bar
+
+
+def _run_mnist(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .datasets import DownloadError, IDXError
+    from .demo import TARGETS, DemoConfig, format_table, run_mnist_demo
+
+    started_here = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")  # torchrun sets MASTER_ADDR/PORT, RANK, WORLD_SIZE
+        started_here = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+
+    def log(line: str) -> None:
+        if rank == 0:
+            print(line, flush=True)
+
+    cfg = DemoConfig(
+        data=args.data,
+        out=args.out,
+        epochs_tt=args.epochs_tt,
+        epochs_dense=args.epochs_dense,
+        epochs_finetune=args.epochs_finetune,
+        rank=args.rank,
+        compress_rank=args.compress_rank,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        threads=args.threads,
+    )
+    t0 = time.perf_counter()
+    try:
+        results = run_mnist_demo(cfg, log=log, progress=_progress_bar(rank == 0 and not args.no_progress))
+    except (FileNotFoundError, DownloadError, IDXError, ValueError) as err:
+        print(f"tensortrain: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+    log("")
+    log(format_table(results))
+    for r in results:
+        if r.stage in TARGETS:
+            met = "met" if r.test_accuracy >= TARGETS[r.stage] else "MISSED"
+            log(f"target {r.stage}: {100 * r.test_accuracy:.2f}% vs >= {100 * TARGETS[r.stage]:.1f}%: {met}")
+    log(f"wall time {time.perf_counter() - t0:.1f} s; wrote {os.path.join(cfg.out, 'results.json')}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tensortrain`` console script; returns the exit status.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 1 when the command failed (message on stderr), 2 for usage errors.
+
+    Example:
+        >>> main(["demo", "mnist", "--data", "../shared/data/mnist", "--out", "out/demo"])  # doctest: +SKIP
+    """
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":  # ``python -m tensortrain.cli``, e.g. under torchrun
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The MNIST demo: t3f's ``tensor_nets`` tutorial in PyTorch, behind ``tensortrain demo mnist``.
+
+Four stages, with the tutorial's hyperparameters (inputs ``x / 127.5 - 1``, batch 64, cross-entropy):
+
+a. ``Flatten -> TTLinear 784 -> 625, in (7, 4, 7, 4), out (5, 5, 5, 5), rank 4, bias 1e-3 -> ReLU ->
+   Linear(625, 10)``, Adam lr 1e-2, 3 epochs (1,725 parameters in the TT layer).
+b. ``Flatten -> Linear(784, 625) -> ReLU -> Linear(625, 10)``, Adam lr 1e-3, 5 epochs (496,885 parameters).
+c. b's first layer replaced by its TT-SVD at rank 16 (``TTLinear.from_linear``): 21,845 parameters.
+d. c fine-tuned for 2 epochs, Adam lr 1e-3.
+
+Keras defaults are kept where the tutorial relied on them: glorot init for every weight, zero bias in the dense
+layers, Adam epsilon 1e-7. Under ``torchrun`` (``WORLD_SIZE > 1``) training runs with
+DistributedDataParallel on the gloo backend: each process gets ``batch_size / world_size`` samples of every
+global batch through a ``DistributedSampler``, so the global batch and the learning rates stay the
+tutorial's; only rank 0 reports and writes. This module computes and returns; ``tensortrain.cli`` prints.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from .datasets import load_mnist
+from .nn import TTLinear
+
+__all__ = ["DemoConfig", "StageResult", "format_table", "run_mnist_demo"]
+
+IN_DIMS = (7, 4, 7, 4)
+OUT_DIMS = (5, 5, 5, 5)
+#: What the t3f tutorial's stored outputs show (test accuracy), and the issue's targets.
+T3F_TUTORIAL = {"a": 0.9638, "b": 0.971, "c": 0.6443, "d": 0.9765}
+TARGETS = {"a": 0.960, "b": 0.970, "d": 0.975}
+
+T = TypeVar("T")
+#: ``progress(iterable, desc, total)`` -> an iterable (a tqdm bar, or the iterable itself).
+Progress = Callable[[Iterable[T], str, int], Iterable[T]]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Options of ``tensortrain demo mnist`` (the defaults are the tutorial's)."""
+
+    data: str | None = None
+    out: str = "out/demo"
+    epochs_tt: int = 3
+    epochs_dense: int = 5
+    epochs_finetune: int = 2
+    rank: int = 4
+    compress_rank: int = 16
+    seed: int = 0
+    batch_size: int = 64
+    train_subset: int | None = None
+    test_subset: int | None = None
+    threads: int | None = None
+
+
+@dataclass
+class StageResult:
+    """One row of the summary: a model, its size and its MNIST test accuracy."""
+
+    stage: str
+    name: str
+    params: int
+    tt_layer_params: int | None
+    test_accuracy: float
+    seconds: float
+    epochs: int
+    lr: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Context:
+    cfg: DemoConfig
+    rank: int
+    world: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    log: Callable[[str], None]
+    progress: Progress
+
+
+def _no_progress(items: Iterable[T], desc: str, total: int) -> Iterable[T]:
+    return items
+
+
+def _glorot_linear(in_features: int, out_features: int) -> nn.Linear:
+    """``nn.Linear`` with Keras' Dense defaults (glorot-uniform weight, zero bias), as in the tutorial."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def tt_net(rank: int) -> nn.Sequential:
+    """Stage a's model: Flatten -> TTLinear (7,4,7,4) -> (5,5,5,5) -> ReLU -> Linear(625, 10)."""
+    tt_layer = TTLinear(
+        784, 625, tt_rank=rank, in_dims=IN_DIMS, out_dims=OUT_DIMS, init="glorot", bias_init=1e-3
+    )
+    return nn.Sequential(nn.Flatten(), tt_layer, nn.ReLU(), _glorot_linear(625, 10))
+
+
+def dense_net() -> nn.Sequential:
+    """Stage b's model: Flatten -> Linear(784, 625) -> ReLU -> Linear(625, 10)."""
+    return nn.Sequential(nn.Flatten(), _glorot_linear(784, 625), nn.ReLU(), _glorot_linear(625, 10))
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _preprocess(images: torch.Tensor, subset: int | None) -> torch.Tensor:
+    images = images if subset is None else images[:subset]
+    return images.to(torch.float32) / 127.5 - 1.0  # the tutorial's scaling to [-1, 1]
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    """Fraction of ``x`` classified as ``y`` (eval mode, no gradients)."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
+            correct += int((model(xb).argmax(dim=1) == yb).sum())
+    model.train()
+    return correct / max(len(y), 1)
+
+
+def _batches(ctx: _Context, seed: int, epoch: int) -> list[torch.Tensor]:
+    """This rank's index batches for one epoch: a seeded shuffle split over ranks by DistributedSampler."""
+    sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
+        TensorDataset(ctx.y_train), num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed
+    )
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler), dtype=torch.long)
+    return list(order.split(ctx.cfg.batch_size // ctx.world))
+
+
+def _train(ctx: _Context, stage: str, model: nn.Module, epochs: int, lr: float) -> list[dict[str, float]]:
+    """Adam + cross-entropy for ``epochs``; returns per-epoch mean loss and test accuracy."""
+    net: nn.Module = model
+    if ctx.world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+    # Keras' Adam epsilon (1e-7), which the tutorial ran with.
+    opt = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-7)
+    history = []
+    seed = ctx.cfg.seed * 1000 + ord(stage)  # an independent shuffle stream per stage
+    for epoch in range(epochs):
+        batches = _batches(ctx, seed, epoch)
+        total, t0 = torch.zeros(()), time.perf_counter()
+        desc = f"{stage}: epoch {epoch + 1}/{epochs}"
+        for idx in ctx.progress(batches, desc, len(batches)):
+            loss = F.cross_entropy(net(ctx.x_train[idx]), ctx.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        if ctx.world > 1:  # report the loss over the global batches, not rank 0's share
+            dist.all_reduce(total)
+            total /= ctx.world
+        acc = accuracy(model, ctx.x_test, ctx.y_test)
+        mean_loss = float(total) / max(len(batches), 1)
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "test_accuracy": acc})
+        ctx.log(f"{desc}  loss {mean_loss:.4f}  test accuracy {acc:.4f}  ({time.perf_counter() - t0:.1f} s)")
+    return history
+
+
+def _stage(
+    ctx: _Context, stage: str, name: str, model: nn.Module, epochs: int, lr: float | None
+) -> StageResult:
+    t0 = time.perf_counter()
+    history = _train(ctx, stage, model, epochs, lr) if epochs and lr is not None else []
+    acc = history[-1]["test_accuracy"] if history else accuracy(model, ctx.x_test, ctx.y_test)
+    tt_params = sum(_count(m) for m in model.modules() if isinstance(m, TTLinear))
+    return StageResult(
+        stage, name, _count(model), tt_params or None, acc, time.perf_counter() - t0, epochs, lr, history
+    )
+
+
+def _compress(dense: nn.Sequential, rank: int) -> tuple[nn.Sequential, float]:
+    """Stage c: b's first layer as a rank-``rank`` TT-SVD; also the weight's relative error."""
+    model = dense_net()
+    model.load_state_dict(dense.state_dict())
+    first = model[1]
+    assert isinstance(first, nn.Linear)
+    tt_layer = TTLinear.from_linear(first, max_tt_rank=rank, in_dims=IN_DIMS, out_dims=OUT_DIMS)
+    with torch.no_grad():
+        err = float(
+            torch.linalg.norm(tt_layer.dense_weight() - first.weight) / torch.linalg.norm(first.weight)
+        )
+    model[1] = tt_layer
+    return model, err
+
+
+def run_mnist_demo(
+    cfg: DemoConfig,
+    *,
+    log: Callable[[str], None] = lambda _: None,
+    progress: Progress | None = None,
+) -> list[StageResult]:
+    """Run the four stages and (on rank 0) write ``results.json`` and ``accuracy_vs_params.png`` to ``cfg.out``.
+
+    Args:
+        cfg: the options.
+        log: receives one line per epoch and stage (the CLI passes ``print``; silent by default).
+        progress: wraps each epoch's batches (the CLI passes a tqdm bar); None: no progress display.
+
+    Returns:
+        One :class:`StageResult` per stage (a, b, c, d).
+
+    Raises:
+        ValueError: ``batch_size`` not divisible by the number of processes.
+        FileNotFoundError, tensortrain.datasets.DownloadError, tensortrain.datasets.IDXError: no usable
+            MNIST (see :func:`tensortrain.datasets.load_mnist`).
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    data = load_mnist(cfg.data)
+    n_train, n_test = cfg.train_subset, cfg.test_subset
+    ctx = _Context(
+        cfg,
+        rank,
+        world,
+        _preprocess(data.train_images, n_train),
+        data.train_labels[:n_train],
+        _preprocess(data.test_images, n_test),
+        data.test_labels[:n_test],
+        log,
+        progress or _no_progress,
+    )
+    log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es)")
+    # The first optimizer imports torch's compiler stack (seconds): do it here, outside the stage timings.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    results = []
+    torch.manual_seed(cfg.seed)
+    tt_model = tt_net(cfg.rank)
+    results.append(_stage(ctx, "a", f"TT net (rank {cfg.rank})", tt_model, cfg.epochs_tt, 1e-2))
+    torch.manual_seed(cfg.seed + 1)
+    dense = dense_net()
+    results.append(_stage(ctx, "b", "dense net", dense, cfg.epochs_dense, 1e-3))
+    compressed, err = _compress(dense, cfg.compress_rank)
+    results.append(_stage(ctx, "c", f"b compressed (TT-SVD, rank {cfg.compress_rank})", compressed, 0, None))
+    log(f"c: relative Frobenius error of the compressed first-layer weight: {err:.4f}")
+    results.append(_stage(ctx, "d", "c fine-tuned", compressed, cfg.epochs_finetune, 1e-3))
+    if rank == 0:
+        _write_outputs(cfg, results, world, time.perf_counter() - t_start, err)
+    return results
+
+
+def format_table(results: list[StageResult]) -> str:
+    """The summary table (markdown), with the t3f tutorial's accuracy beside ours."""
+    lines = [
+        "| stage | model | parameters | in TT layer | test accuracy | t3f tutorial | seconds |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        ref = T3F_TUTORIAL.get(r.stage)
+        ref_s = f"{100 * ref:.2f}%" if ref is not None else ""
+        tt_s = f"{r.tt_layer_params:,}" if r.tt_layer_params else ""
+        lines.append(
+            f"| {r.stage} | {r.name} | {r.params:,} | {tt_s} | {100 * r.test_accuracy:.2f}% | {ref_s} "
+            f"| {r.seconds:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_outputs(
+    cfg: DemoConfig, results: list[StageResult], world: int, seconds: float, err: float
+) -> None:
+    from . import __version__
+
+    out = Path(cfg.out)
+    report: dict[str, Any] = {
+        "config": asdict(cfg),
+        "world_size": world,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "tensortrain": __version__,
+        "total_seconds": seconds,
+        "compressed_weight_relative_error": err,
+        "targets": TARGETS,
+        "t3f_tutorial": T3F_TUTORIAL,
+        "stages": [asdict(r) for r in results],
+    }
+    _atomic_write(out / "results.json", (json.dumps(report, indent=2) + "\n").encode())
+    png = _plot(results)
+    if png is not None:
+        _atomic_write(out / "accuracy_vs_params.png", png)
+
+
+def _plot(results: list[StageResult]) -> bytes | None:
+    """Accuracy against parameter count (log x) as PNG bytes; None without matplotlib (the demo extra)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(fig)  # Agg, without pyplot's global state
+    ax = fig.add_subplot()
+    for r in results:
+        ax.scatter(r.params, 100 * r.test_accuracy, s=40)
+        ax.annotate(f"{r.stage}: {r.name}", (r.params, 100 * r.test_accuracy), textcoords="offset points",
+                    xytext=(6, -10), fontsize=8)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("MNIST test accuracy (%)")
+    ax.set_title("TT layers on MNIST (t3f tutorial in PyTorch)")
+    ax.grid(True, which="both", alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()

@@ -1,0 +1,130 @@
+"""The ``tensortrain`` command: a short MNIST demo that must learn, its outputs, torchrun, argument errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tensortrain as tt
+from tensortrain.cli import main
+
+_CANDIDATES = [os.environ.get("TENSORTRAIN_DATA", ""), str(Path(__file__).parents[2] / "shared/data/mnist")]
+REAL_MNIST = next(
+    (Path(c) for c in _CANDIDATES if c and (Path(c) / "train-images-idx3-ubyte.gz").is_file()), None
+)
+needs_real = pytest.mark.skipif(
+    REAL_MNIST is None, reason="real MNIST files not found (../shared/data/mnist)"
+)
+
+SHORT = ["--train-subset", "3000", "--test-subset", "1000", "--epochs-dense", "1", "--epochs-finetune", "1"]
+
+
+@needs_real
+def test_short_demo_learns_and_writes_outputs(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["demo", "mnist", "--data", str(REAL_MNIST), "--out", str(out), "--epochs-tt", "2", *SHORT]
+    assert main([*argv, "--no-progress", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "results.json").read_text())
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert list(stages) == ["a", "b", "c", "d"]
+    # the tutorial's parameter counts: 1,725 in the TT layer; 496,885 dense; 21,845 after compression
+    assert stages["a"]["tt_layer_params"] == 1725
+    assert stages["b"]["params"] == 496_885 and stages["b"]["tt_layer_params"] is None
+    assert stages["c"]["params"] == stages["d"]["params"] == 21_845
+    # learning: 10 classes, chance is 0.1
+    assert stages["a"]["test_accuracy"] > 0.8
+    assert stages["b"]["test_accuracy"] > 0.7
+    assert stages["d"]["test_accuracy"] > 0.5
+    assert [h["epoch"] for h in stages["a"]["history"]] == [1, 2]
+    assert stages["a"]["history"][1]["loss"] < stages["a"]["history"][0]["loss"]
+    assert report["config"]["train_subset"] == 3000 and report["world_size"] == 1
+    png = (out / "accuracy_vs_params.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    # the summary table, one row per stage, with the accuracies of results.json
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == 4
+    for row, s in zip(rows, report["stages"], strict=True):
+        assert f"| {s['stage']} |" in row and f"{100 * s['test_accuracy']:.2f}%" in row
+    assert "21,845" in printed and "target a:" in printed
+
+
+@needs_real
+@pytest.mark.slow
+def test_demo_under_torchrun_matches_one_process(tmp_path):
+    """Two gloo processes with half of each global batch learn what one process learns; rank 0 alone reports."""
+    tiny = ["--data", str(REAL_MNIST), "--train-subset", "640", "--test-subset", "500", "--no-progress"]
+    tiny += ["--epochs-tt", "1", "--epochs-dense", "1", "--epochs-finetune", "0", "--compress-rank", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    runs = {}
+    for world in (1, 2):
+        out = tmp_path / f"w{world}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
+        cmd += ["-m", "tensortrain.cli", "demo", "mnist", *tiny, "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("| stage |") == 1  # one summary table: only rank 0 prints
+        runs[world] = json.loads((out / "results.json").read_text())
+    assert runs[2]["world_size"] == 2 and runs[1]["world_size"] == 1
+    for one, two in zip(runs[1]["stages"], runs[2]["stages"], strict=True):
+        # same global batches and averaged gradients: equal up to float round-off in the all-reduce
+        assert abs(one["test_accuracy"] - two["test_accuracy"]) <= 0.01, (one, two)
+        for h1, h2 in zip(one["history"], two["history"], strict=True):
+            assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-3)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tensortrain {tt.__version__} (torch {torch.__version__})"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "mnist", "--epochs-tt", "-1"], "argument --epochs-tt: must be >= 0, got -1"),
+        (["demo", "mnist", "--rank", "0"], "argument --rank: must be >= 1, got 0"),
+        (["demo", "mnist", "--batch-size", "many"], "argument --batch-size: expected an integer, got 'many'"),
+        (["demo", "mnist", "--bogus"], "unrecognized arguments: --bogus"),
+        (["demo", "cifar"], "invalid choice: 'cifar'"),
+    ],
+)
+def test_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_usage_without_a_command(capsys):
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().err
+    assert main(["demo"]) == 2
+    assert "mnist" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://127.0.0.1:9/")  # the discard port: refused
+    assert main(["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tensortrain: error: could not download train-images-idx3-ubyte.gz")
+    assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(shutil.which("tensortrain") is None and not Path(sys.executable).with_name("tensortrain").exists(),
+                    reason="console script not installed")  # fmt: skip
+def test_console_script_entry_point():
+    script = Path(sys.executable).with_name("tensortrain")
+    exe = str(script) if script.exists() else "tensortrain"
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"tensortrain {tt.__version__}")
