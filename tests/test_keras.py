@@ -185,6 +185,21 @@ def test_output_equals_tt_matmul_and_dense(spec, seed):
     assert_close(tt.full(layer.matrix), tt.full(W))
 
 
+def test_gradients_reach_the_cores_as_through_the_dense_kernel(gen):
+    layer = KerasDense([2, 3, 2], [3, 2, 2], tt_rank=3, dtype="float64")
+    layer.build((None, 12))
+    x = torch.randn(4, 12, generator=gen, dtype=torch.float64)
+    target = torch.randn(4, 12, generator=gen, dtype=torch.float64)
+    ((layer(x) - target) ** 2).sum().backward()
+    # The oracle: the same loss through the dense kernel built from copies of the cores.
+    cores = [v.value.detach().clone().requires_grad_() for v in layer.kernel_cores]
+    bias = layer.bias.value.detach().clone().requires_grad_()
+    ((x @ tt.full(tt.TensorTrain(cores)) + bias - target) ** 2).sum().backward()
+    for v, c in zip(layer.kernel_cores, cores, strict=True):
+        assert_close(v.value.grad, c.grad)
+    assert_close(layer.bias.value.grad, bias.grad)
+
+
 def test_float32_layer_and_activation(gen):
     layer = KerasDense([2, 3], [4, 2], tt_rank=2, activation="tanh", use_bias=False)
     x = torch.randn(5, 6, generator=gen)
