@@ -1,0 +1,219 @@
+"""compress / decompress on small models: outputs, ratios, report bookkeeping, selection, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import tensortrain as tt
+from conftest import assert_close
+from tensortrain.compression import _CONVERTERS
+
+DT = torch.float64
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, dtype=DT) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2) / x.shape[-1] ** 0.5, dim=-1)
+        return self.o(a @ self.v(x))
+
+
+class TinyTransformer(nn.Module):
+    """Embedding -> attention block -> MLP block -> vocabulary head, with residuals and LayerNorm."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 64, hidden: int = 256) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim, dtype=DT)
+        self.attn = Attention(dim)
+        self.norm = nn.LayerNorm(dim, dtype=DT)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden, dtype=DT), nn.GELU(), nn.Linear(hidden, dim, dtype=DT)
+        )
+        self.head = nn.Linear(dim, vocab, dtype=DT)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.embed(idx)
+        h = h + self.attn(self.norm(h))
+        return self.head(h + self.mlp(h))
+
+
+def mlp() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(64, 48, dtype=DT),
+        nn.ReLU(),
+        nn.Linear(48, 36, dtype=DT),
+        nn.ReLU(),
+        nn.Linear(36, 10, dtype=DT),
+    )
+
+
+def make_low_tt_rank(model: nn.Module, rank: int, seed: int = 0) -> nn.Module:
+    """Give every convertible layer a weight of exact TT-rank ``rank`` in the dims compress will use, so that
+    compression at rank >= ``rank`` must reproduce the model (up to round-off)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if type(m) in _CONVERTERS:
+            dims = _CONVERTERS[type(m)].dims(m)
+            w = tt.full(
+                tt.random_matrix(
+                    [list(dims[0]), list(dims[1])], tt_rank=rank, stddev=0.3, generator=gen, dtype=DT
+                )
+            )
+            with torch.no_grad():
+                m.weight.copy_(w[: m.weight.shape[0]])
+    return model
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------- outputs
+def test_mlp_high_rank_keeps_outputs(gen):
+    model = make_low_tt_rank(mlp(), rank=3)
+    x = torch.randn(8, 64, generator=gen, dtype=DT)
+    small, report = tt.compress(model, max_tt_rank=3)
+    assert (
+        all(isinstance(small[i], tt.nn.TTLinear) for i in (0, 2))
+        and report.params_after < report.params_before
+    )
+    assert_close(small(x), model(x), rtol=1e-8, atol=1e-8)
+    assert all(lay.rel_error is not None and lay.rel_error < 1e-10 for lay in report.layers if lay.replaced)
+    dense = tt.decompress(small)
+    assert all(type(m) is nn.Linear for m in (dense[0], dense[2], dense[4]))
+    assert_close(dense(x), small(x))
+
+
+def test_transformer_high_rank_keeps_outputs(gen):
+    model = make_low_tt_rank(TinyTransformer(), rank=2)
+    idx = torch.randint(0, 1000, (2, 7), generator=gen)
+    small, report = tt.compress(model, max_tt_rank=4)
+    kinds = {type(m) for m in small.modules()}
+    assert tt.nn.TTEmbedding in kinds and tt.nn.TTLinear in kinds and nn.Linear not in kinds
+    assert_close(small(idx), model(idx), rtol=1e-8, atol=1e-8)
+    assert report.ratio > 5
+    back = tt.decompress(small)
+    assert type(back.embed) is nn.Embedding and type(back.head) is nn.Linear
+    assert_close(back(idx), small(idx))
+
+
+def test_random_weights_error_falls_with_rank():
+    torch.manual_seed(0)
+    model = TinyTransformer(vocab=100, dim=32, hidden=64)
+    errors = []
+    for rank in (2, 8, 32):
+        _, report = tt.compress(model, max_tt_rank=rank, include="mlp.*")
+        errors.append(max(lay.rel_error or 0.0 for lay in report.layers))
+    assert errors[0] > errors[1] > errors[2]
+
+
+# ------------------------------------------------------------------------------------------ ratio
+@pytest.mark.parametrize("target", [3.0, 20.0])
+def test_ratio_is_met_with_the_largest_rank(target):
+    torch.manual_seed(0)
+    model = TinyTransformer()
+    small, report = tt.compress(model, ratio=target)
+    assert report.ratio >= target
+    rank = max(max(lay.tt_ranks) for lay in report.layers if lay.tt_ranks)
+    _, looser = tt.compress(model, max_tt_rank=rank + 1)
+    assert looser.ratio < target  # one more rank would miss the target: the largest rank was chosen
+    assert report.model_params_after == count(small)
+
+
+def test_unreachable_ratio():
+    with pytest.raises(ValueError, match=r"ratio=1000000.0 is out of reach; even TT-rank 1 gives [0-9.]+x"):
+        tt.compress(mlp(), ratio=1e6)
+
+
+# ------------------------------------------------------------------------------------ bookkeeping
+def test_report_counts_equal_parameter_counts():
+    torch.manual_seed(0)
+    model = TinyTransformer()
+    model.tiny = nn.Linear(4, 3, dtype=DT)  # TT cannot save anything here: stays dense
+    small, report = tt.compress(model, max_tt_rank=8)
+    assert report.model_params_before == count(model)
+    assert report.model_params_after == count(small)
+    for lay in report.layers:
+        assert lay.params_before == count(model.get_submodule(lay.name))
+        assert lay.params_after == count(small.get_submodule(lay.name))
+    tiny = next(lay for lay in report.layers if lay.name == "tiny")
+    assert not tiny.replaced and "would not save parameters" in tiny.reason and type(small.tiny) is nn.Linear
+    assert (
+        report.params_before - report.params_after == report.model_params_before - report.model_params_after
+    )
+    text = str(report)
+    assert (
+        "attn.q" in text
+        and "embed" in text
+        and f"{report.model_params_after:,}" in text
+        and "kept dense tiny" in text
+    )
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["totals"]["model_params_after"] == count(small) and len(data["layers"]) == len(report.layers)
+
+
+def test_original_untouched_unless_inplace(gen):
+    model = mlp()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    small, _ = tt.compress(model, max_tt_rank=2)
+    assert small is not model and type(model[0]) is nn.Linear
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    same, _ = tt.compress(model, max_tt_rank=2, inplace=True)
+    assert same is model and isinstance(model[0], tt.nn.TTLinear)
+
+
+def test_selection_globs_shared_modules_and_subclasses():
+    torch.manual_seed(0)
+    model = TinyTransformer()
+    _, report = tt.compress(model, max_tt_rank=4, include="attn.*", exclude=["attn.o"])
+    assert [lay.name for lay in report.layers] == ["attn.q", "attn.k", "attn.v"]
+    shared = nn.Linear(64, 64, dtype=DT)
+    seq = nn.Sequential(shared, nn.ReLU(), shared)
+    out, _ = tt.compress(seq, max_tt_rank=2)
+    assert out[0] is out[2] and isinstance(out[0], tt.nn.TTLinear)
+    mha = nn.Sequential(nn.Linear(64, 64), nn.MultiheadAttention(64, 4, batch_first=True))
+    out, report = tt.compress(mha, max_tt_rank=2)  # out_proj is a Linear subclass read as a tensor: skipped
+    assert [lay.name for lay in report.layers] == ["0"] and type(out[1].out_proj) is not tt.nn.TTLinear
+    root, _ = tt.compress(nn.Linear(64, 64), max_tt_rank=2)
+    assert isinstance(root, tt.nn.TTLinear)
+
+
+def test_epsilon_budget_and_unsupported_embedding():
+    torch.manual_seed(0)
+    model = make_low_tt_rank(mlp(), rank=2)
+    model.append(nn.Embedding(100, 16, max_norm=1.0, dtype=DT))
+    small, report = tt.compress(model, epsilon=1e-6)
+    for lay in report.layers[:3]:
+        assert lay.replaced and lay.rel_error is not None and lay.rel_error <= 1e-6 and max(lay.tt_ranks) == 2
+    assert not report.layers[3].replaced and "max_norm" in report.layers[3].reason
+
+
+# ----------------------------------------------------------------------------------------- errors
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="exactly one of max_tt_rank, epsilon, ratio; got none"):
+        tt.compress(mlp())
+    with pytest.raises(ValueError, match=r"exactly one.*\['max_tt_rank', 'ratio'\]"):
+        tt.compress(mlp(), max_tt_rank=4, ratio=10)
+    with pytest.raises(ValueError, match="max_tt_rank must be >= 1"):
+        tt.compress(mlp(), max_tt_rank=0)
+    with pytest.raises(ValueError, match="ratio .* must be > 1"):
+        tt.compress(mlp(), ratio=0.5)
+    with pytest.raises(ValueError, match=r"epsilon .* must be in \(0, 1\)"):
+        tt.compress(mlp(), epsilon=2.0)
+    with pytest.raises(
+        ValueError, match=r"no nn.Linear or nn.Embedding layer matched include='enc\*'.*\['0', '2', '4'\]"
+    ):
+        tt.compress(mlp(), max_tt_rank=4, include="enc*")
+    with pytest.raises(ValueError, match="candidate layers: none"):
+        tt.compress(nn.Sequential(nn.Conv2d(1, 1, 3)), max_tt_rank=4)
+    with pytest.raises(TypeError, match="expects an nn.Module, got dict"):
+        tt.compress({}, max_tt_rank=4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no TTLinear or TTEmbedding"):
+        tt.decompress(mlp())
