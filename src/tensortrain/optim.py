@@ -1,5 +1,214 @@
-"""Placeholder: filled in by the work on this module."""
+"""Riemannian optimization of TT parameters as a ``torch.optim.Optimizer`` (``tt.optim``).
+
+Each parameter group holds the cores of one TT (e.g. ``TTLinear.cores``). A step
+
+1. turns the Euclidean core gradients into the Riemannian gradient (the projection of the gradient with
+   respect to the full tensor onto the tangent space at the current point);
+2. moves along it (with optional momentum, transported to the new tangent space by projection);
+3. retracts to the manifold by TT-rounding back to the parameters' ranks, and writes the new cores in place
+   (zero-padded when the rounded ranks are smaller).
+
+Step 1 needs no extra forward pass: with left/right-orthonormal frames ``U``, ``V`` of the point ``X`` and
+``X_{<k} = U_{<k} P_k``, ``X_{>k} = Q_k V_{>k}``, the core gradient ``G_k = X_{<k}^T grad X_{>k}^T`` gives
+the tangent deltas ``P_k^{-T} G_k Q_k^{-T}`` (pseudo-inverses), gauge-projected as in
+:mod:`tensortrain.riemannian`. Ranks above the mode sizes and zero-padded cores are fine: the tangent space
+is the one at the tensor's actual (numerical) ranks.
+
+Symbols: ``d`` cores, ``n`` mode size, ``r`` rank.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from . import decompositions
+from . import riemannian as _rm
+from .tensor_train import TensorTrain, TensorTrainBase
+
+__all__ = ["RiemannianSGD", "riemannian_gradient_from_cores"]
+
+
+def _flat(c: torch.Tensor) -> torch.Tensor:
+    return c.reshape(c.shape[0], -1, c.shape[-1])
+
+
+def _sweep_left(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[A_{<k}^T B_{<k}]_k`` for k = 0..d-1: Gram matrices of the left interfaces of two TTs."""
+    out = [a[0].new_ones(1, 1)]
+    for k in range(len(a) - 1):
+        out.append(torch.einsum("ab,anc,bnd->cd", out[k], a[k], b[k]))
+    return out
+
+
+def _sweep_right(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[A_{>=k} B_{>=k}^T]_k`` for k = 0..d (entry d is 1): Gram matrices of the right interfaces."""
+    out = [a[0].new_ones(1, 1)] * (len(a) + 1)
+    for k in range(len(a) - 1, 0, -1):
+        out[k] = torch.einsum("anb,cnd,bd->ac", a[k], b[k], out[k + 1])
+    return out
+
+
+def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any, Any]:
+    """Gauged tangent deltas (batch axis of 1) of the Riemannian gradient, and their frame ``(U, V)``.
+
+    ``UL``/``VR`` (QR sweeps of ``x`` itself) span exactly the interfaces of ``x``, so the core gradient
+    ``G_k`` gives ``UL_{<k}^T grad VR_{>k}^T`` by pseudo-inverses; the frame ``(U, V)`` is taken from a
+    minimal (numerically full-rank) representation, whose interfaces lie in those spans.
+    """
+    ul, vr = _rm._left_sweep(x), _rm._right_sweep(x)
+    tol = 100 * torch.finfo(x[0].dtype).eps
+    minimal = decompositions.round(TensorTrain(x), epsilon=tol) if len(x) > 1 else TensorTrain(x)
+    u, v = _rm._tangent_frame(minimal)
+    p, m = _sweep_left(ul, x), _sweep_left(ul, u)
+    q, n = _sweep_right(x, vr), _sweep_right(v, vr)
+    deltas = []
+    for k in range(len(x)):
+        left = m[k].T @ torch.linalg.pinv(p[k].T)
+        right = torch.linalg.pinv(q[k + 1].T) @ n[k + 1].T
+        deltas.append(torch.einsum("ab,bnc,cd->and", left, g[k], right).unsqueeze(0))
+    return [_rm._gauge(u[k], dk) for k, dk in enumerate(deltas[:-1])] + [deltas[-1]], u, v
+
+
+def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Tensor]) -> TensorTrain:
+    """The Riemannian gradient at ``x`` from the Euclidean gradients with respect to its cores.
+
+    Args:
+        x: the point, a TensorTrain (ranks above the mode sizes or zero-padded cores are fine).
+        core_grads: ``dL/dcore_k`` for every core of ``x`` (e.g. the ``.grad`` of its Parameters).
+
+    Returns:
+        The tangent vector ``project(dL/dfull(x), x)`` (ranks ``2 r``, ``projection_on = x``).
+
+    Raises:
+        TypeError: ``x`` is not a TensorTrain.
+        ValueError: the gradients' count or shapes differ from the cores'.
+
+    Complexity: O(d n r^3).
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> x = tt.TensorTrain([torch.randn(1, 3, 2).requires_grad_(), torch.randn(2, 4, 1).requires_grad_()])
+        >>> (tt.full(x) ** 2).sum().backward()
+        >>> g = tt.optim.riemannian_gradient_from_cores(x, [c.grad for c in x.tt_cores])
+        >>> torch.allclose(tt.full(g), 2 * tt.full(x).detach(), atol=1e-4)
+        True
+    """
+    if not isinstance(x, TensorTrain):
+        raise TypeError(f"riemannian_gradient_from_cores: x must be a TensorTrain, got {type(x).__name__}")
+    grads = list(core_grads)
+    if len(grads) != x.ndims() or any(a.shape != c.shape for a, c in zip(grads, x.tt_cores, strict=True)):
+        raise ValueError(
+            "riemannian_gradient_from_cores: expected one gradient per core with the core's shape, got "
+            f"{[tuple(a.shape) for a in grads]} for cores {[tuple(c.shape) for c in x.tt_cores]}"
+        )
+    point = x.detach()
+    deltas, u, v = _core_deltas([_flat(c) for c in point.tt_cores], [_flat(a.detach()) for a in grads])
+    return _rm._tangent(deltas, u, v, x, batch=False)  # type: ignore[return-value]
+
+
+def _pad_to(core: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    out = core.new_zeros(shape)
+    out[: core.shape[0], ..., : core.shape[-1]] = core
+    return out
+
+
+class RiemannianSGD(torch.optim.Optimizer):
+    """Riemannian gradient descent on the manifold of TTs of fixed rank, one TT per parameter group.
+
+    ``params`` is an iterable of TT parameter sets: each an ``nn.ParameterList`` / sequence of the cores of
+    one TT (in order), or a dict ``{"params": cores, "lr": ..., "momentum": ...}``, or an ``nn.Module``
+    whose TT layers (submodules with a TT ``weight`` and a ``cores`` ParameterList) are all used. Other
+    parameters (biases) need an ordinary optimizer beside this one.
+
+    Args:
+        params: the TT parameter sets (see above).
+        lr: the step size (> 0).
+        momentum: heavy-ball momentum in [0, 1): the previous direction is transported to the new tangent
+            space by projection.
+
+    Raises:
+        ValueError: a bad ``lr``/``momentum`` or an empty parameter set.
+        TypeError: a parameter set that is not a sequence of cores.
+
+    Example:
+        >>> import torch, tensortrain as tt
+        >>> layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3))
+        >>> opt = tt.optim.RiemannianSGD([layer.cores], lr=0.1)
+        >>> layer(torch.randn(5, 8)).pow(2).sum().backward()
+        >>> opt.step()
+        >>> layer.weight.tt_ranks
+        (1, 2, 1)
+    """
+
+    def __init__(self, params: Any, lr: float, momentum: float = 0.0) -> None:
+        if not lr > 0:
+            raise ValueError(f"RiemannianSGD: lr must be > 0, got {lr!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"RiemannianSGD: momentum must be in [0, 1), got {momentum!r}")
+        super().__init__(_groups(params), {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One Riemannian step for every TT; ``closure`` (optional) re-evaluates and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        cores: list[torch.Tensor] = group["params"]
+        if all(c.grad is None for c in cores):
+            return
+        grads = [_flat(torch.zeros_like(c) if c.grad is None else c.grad) for c in cores]
+        point = TensorTrain([c.detach() for c in cores])
+        deltas, u, v = _core_deltas([_flat(c.detach()) for c in cores], grads)
+        state = self.state[cores[0]]
+        if group["momentum"] and "direction" in state:
+            # Transport the previous direction to the new tangent space by projecting it.
+            old, _, _, _ = _rm._project_deltas(state["direction"], point, "RiemannianSGD", frame=(u, v))
+            deltas = [dl + group["momentum"] * o for dl, o in zip(deltas, old, strict=True)]
+        if group["momentum"]:
+            state["direction"] = _rm._tangent(deltas, u, v, point, batch=False)
+        flat = [-group["lr"] * dl for dl in deltas]
+        flat[0] = flat[0] + v[0].unsqueeze(0)  # the point itself: first delta V_1, the others zero
+        moved = _rm._tangent(flat, u, v, point, batch=False)
+        ranks = [int(c.shape[0]) for c in cores[1:]]
+        new = decompositions.round(moved, max_tt_rank=ranks) if ranks else moved
+        for c, nc in zip(cores, new.tt_cores, strict=True):
+            c.copy_(_pad_to(nc, c.shape))
+
+
+def _groups(params: Any) -> list[dict[str, Any]]:
+    if isinstance(params, torch.nn.Module):
+        sets = [
+            m.cores
+            for m in params.modules()
+            if isinstance(getattr(m, "cores", None), torch.nn.ParameterList)
+            and isinstance(getattr(m, "weight", None), TensorTrainBase)
+        ]
+        if not sets:
+            raise ValueError(f"RiemannianSGD: the module {type(params).__name__} has no TT layers")
+        params = sets
+    groups = []
+    for item in params:
+        group = dict(item) if isinstance(item, dict) else {"params": item}
+        if isinstance(group["params"], torch.Tensor):
+            raise TypeError(
+                "RiemannianSGD: each parameter set must be the sequence of one TT's cores (e.g. layer.cores), "
+                "got a single tensor; wrap the cores of each TT in a list"
+            )
+        cores = list(group["params"])
+        if not cores:
+            raise ValueError("RiemannianSGD: got an empty parameter set")
+        TensorTrain(cores)  # validates that the cores chain into one TT
+        group["params"] = cores
+        groups.append(group)
+    if not groups:
+        raise ValueError("RiemannianSGD: got no parameter sets")
+    return groups

@@ -1,0 +1,106 @@
+"""Riemannian optimizer: gradient from core gradients vs the dense oracle, one step vs its definition, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_tt, seeds, tensor_specs
+from test_riemannian import dense, dense_projector
+
+
+def core_grads(x, weights):
+    """Euclidean core gradients of f(X) = sum(w * X^3) / 3, and the dense gradient w * X^2."""
+    cores = [c.clone().requires_grad_() for c in x.tt_cores]
+    full = dense(tt.TensorTrain(cores))
+    (weights * full**3).sum().div(3).backward()
+    return [c.grad for c in cores], weights * dense(x) ** 2
+
+
+@given(
+    spec=st.one_of(tensor_specs(min_d=1, max_d=4, max_mode=3, max_rank=3), matrix_specs(max_d=3, max_rank=2)),
+    seed=seeds,
+)
+def test_riemannian_gradient_from_cores_matches_dense(spec, seed):
+    raw, ranks = spec
+    g = torch.Generator().manual_seed(seed)
+    x = random_tt(raw, ranks, gen=g)
+    grads, euclid = core_grads(x, torch.rand(x.shape, generator=g, dtype=torch.float64))
+    res = tt.optim.riemannian_gradient_from_cores(x, grads)
+    assert res.projection_on is x
+    assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1), rtol=1e-8, atol=1e-8)
+
+
+def test_zero_padded_cores_give_the_gradient_at_the_actual_rank(gen):
+    x = random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen)
+    padded = tt.TensorTrain(
+        [
+            torch.nn.functional.pad(c, (0, 1 if k < 2 else 0, 0, 0, 0, 1 if k > 0 else 0))
+            for k, c in enumerate(x.tt_cores)
+        ]
+    )
+    assert padded.tt_ranks == (1, 3, 3, 1)
+    grads, euclid = core_grads(padded, torch.rand(x.shape, generator=gen, dtype=torch.float64))
+    res = tt.optim.riemannian_gradient_from_cores(padded, grads)
+    assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1), rtol=1e-8, atol=1e-8)
+
+
+def test_step_is_projected_gradient_then_rounding(gen):
+    x = random_tt((3, 4, 3, 2), (1, 2, 3, 2, 1), gen=gen)
+    params = torch.nn.ParameterList([torch.nn.Parameter(c.clone()) for c in x.tt_cores])
+    w = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+    grads, euclid = core_grads(x, w)
+    for p, gr in zip(params, grads, strict=True):
+        p.grad = gr
+    tt.optim.RiemannianSGD([params], lr=0.05).step()
+    moved = dense(x) - 0.05 * (dense_projector(x) @ euclid.reshape(-1)).reshape(x.shape)
+    expected = tt.to_tt_tensor(moved, max_tt_rank=(1, 2, 3, 2, 1))
+    new = tt.TensorTrain(list(params))
+    assert [tuple(p.shape) for p in params] == [tuple(c.shape) for c in x.tt_cores]
+    assert_close(dense(new), dense(expected), rtol=1e-8, atol=1e-8)
+
+
+def fit(model_ranks, momentum, steps, seed=0):
+    """Regress a TTLinear onto a random TT-matrix target; returns (initial, final) loss."""
+    torch.manual_seed(seed)
+    kw = dict(in_dims=(2, 3, 2), out_dims=(3, 2, 2), dtype=torch.float64)
+    target = tt.nn.TTLinear(12, 12, tt_rank=2, bias=False, **kw)
+    layer = tt.nn.TTLinear(12, 12, tt_rank=model_ranks, bias=False, **kw)
+    opt = tt.optim.RiemannianSGD(layer, lr=0.5, momentum=momentum)
+    xs = torch.randn(64, 12, dtype=torch.float64)
+    ys = target(xs).detach()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = (layer(xs) - ys).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses[0], losses[-1]
+
+
+@pytest.mark.parametrize(("momentum", "steps"), [(0.0, 120), (0.5, 60)])
+def test_training_a_tt_layer_converges(momentum, steps):
+    first, last = fit(2, momentum, steps)
+    assert last < 1e-4 * first
+
+
+def test_validation():
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3))
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        tt.optim.RiemannianSGD([layer.cores], lr=0.0)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        tt.optim.RiemannianSGD([layer.cores], lr=0.1, momentum=1.0)
+    with pytest.raises(TypeError, match="sequence of one TT's cores"):
+        tt.optim.RiemannianSGD(list(layer.cores), lr=0.1)
+    with pytest.raises(ValueError, match="has no TT layers"):
+        tt.optim.RiemannianSGD(torch.nn.Linear(2, 2), lr=0.1)
+    with pytest.raises(tt.ShapeError):
+        tt.optim.RiemannianSGD([[layer.cores[0], layer.cores[0]]], lr=0.1)
+    x = tt.TensorTrain(list(layer.cores))
+    with pytest.raises(ValueError, match="one gradient per core"):
+        tt.optim.riemannian_gradient_from_cores(x, [torch.zeros(1)])
