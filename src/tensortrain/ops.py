@@ -191,7 +191,7 @@ def add(tt_a: TensorTrainBase, tt_b: TensorTrainBase) -> Any:
 
     Example:
         >>> import tensortrain as tt
-        >>> a, b = tt.random_tensor((2, 3, 4), tt_rank=2), tt.random_tensor((2, 3, 4), tt_rank=3)
+        >>> a, b = tt.random_tensor((4, 4, 4), tt_rank=2), tt.random_tensor((4, 4, 4), tt_rank=3)
         >>> (a + b).tt_ranks
         (1, 5, 5, 1)
     """

@@ -161,21 +161,15 @@ def _tt_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:
     x = _check_dense(x, w, "right")
     if vector:
         x = x.unsqueeze(-1)
-    rows, cols = matrix_dims(w)
-    p = x.shape[-1]
     lead = _dense_lead(x, tuple(x.shape[:-2]), w)
-    bs = batch_size(w)
-    x = x.expand(*lead, *x.shape[-2:]) if lead != tuple(x.shape[:-2]) else x
-    ell = math.prod(lead[:-1]) if is_batch(w) else math.prod(lead)
-    # t: (L, B, rows done, r, n_k, cols left, P); contract cores left to right.
-    t = x.reshape(ell, bs, 1, 1, cols[0], -1, p)
-    cores = batched_cores(w)
-    for k, core in enumerate(cores):
-        t = torch.einsum("lbarnxp,brmns->lbamsxp", t, core)
-        if k + 1 < len(cores):
-            t = t.reshape(ell, bs, t.shape[2] * t.shape[3], t.shape[4], cols[k + 1], -1, p)
-    out = t.reshape(ell, bs, math.prod(rows), p)
-    out = out.reshape(*lead, math.prod(rows), p)
+    bs, n, p = batch_size(w), x.shape[-2], x.shape[-1]
+    ell = math.prod(lead) // bs
+    # (L, B, N, P) -> (B, N, L * P): free when there are no extra leading dims.
+    xt = x.expand(*lead, n, p).reshape(ell, bs, n, p).permute(1, 2, 0, 3).reshape(bs, n, ell * p)
+    # W @ x: sweep with the transposed cores (a free view), which map the N columns to the M rows.
+    out = _sweep([c.transpose(2, 3) for c in batched_cores(w)], xt)
+    m = out.shape[1]
+    out = out.reshape(bs, m, ell, p).permute(2, 0, 1, 3).reshape(*lead, m, p)
     return out.squeeze(-1) if vector else out
 
 
@@ -184,22 +178,39 @@ def _dense_tt(x: torch.Tensor, w: TensorTrainBase) -> torch.Tensor:
     x = _check_dense(x, w, "left")
     if vector:
         x = x.unsqueeze(0)
-    rows, cols = matrix_dims(w)
-    p = x.shape[-2]
     lead = _dense_lead(x, tuple(x.shape[:-2]), w)
-    bs = batch_size(w)
-    x = x.expand(*lead, *x.shape[-2:]) if lead != tuple(x.shape[:-2]) else x
-    ell = math.prod(lead[:-1]) if is_batch(w) else math.prod(lead)
-    d = len(rows)
-    # t: (L, B, P, rows left, m_k, r_k, cols done); contract cores right to left.
-    t = x.reshape(ell, bs, p, -1, rows[-1], 1, 1)
-    cores = batched_cores(w)
-    for k in range(d - 1, -1, -1):
-        t = torch.einsum("lbpamrx,bqmnr->lbpaqnx", t, cores[k])
-        if k > 0:
-            t = t.reshape(ell, bs, p, -1, rows[k - 1], t.shape[4], t.shape[5] * t.shape[6])
-    out = t.reshape(*lead, p, math.prod(cols))
+    bs, p, m = batch_size(w), x.shape[-2], x.shape[-1]
+    ell = math.prod(lead) // bs
+    xt = x.expand(*lead, p, m).reshape(ell, bs, p, m).permute(1, 3, 0, 2).reshape(bs, m, ell * p)
+    out = _sweep(batched_cores(w), xt)
+    n = out.shape[1]
+    out = out.reshape(bs, n, ell, p).permute(2, 0, 3, 1).reshape(*lead, p, n)
     return out.squeeze(-2) if vector else out
+
+
+def _sweep(cores: list[torch.Tensor], xt: torch.Tensor) -> torch.Tensor:
+    """``out[b, j, a] = sum_i W_b[i, j] xt[b, i, a]`` for a TT-matrix W (M x N) with batched cores
+    (B, r, m, n, s) and xt (B, M, A): returns (B, N, A), one batched matmul per core, no copies between.
+
+    State (B, cols done, r_{k-1} m_k, rows left * A): contracting (r_{k-1}, m_k) with the core
+    (reshaped to (n_k s_k, r_{k-1} m_k), on the left) yields (cols done, n_k, s_k, rows left * A), which
+    already is the next state once n_k is merged into cols done. Cost of step k:
+    B A (m_{k+1}..m_d) (n_1..n_k) m_k r_{k-1} r_k multiply-adds, like the planar contraction order.
+    """
+    bs, a = xt.shape[0], xt.shape[-1]
+    t = xt.reshape(bs, 1, -1)
+    for core in cores:
+        _, r, m, n, s = core.shape
+        done = t.shape[1]
+        t = t.reshape(bs, done, r * m, -1)
+        c = core.permute(0, 3, 4, 1, 2).reshape(bs, n * s, r * m)
+        if bs == 1:
+            # One TT-matrix: share its core across the cols-done batch without copying it.
+            t = torch.bmm(c.expand(done, n * s, r * m), t[0]).unsqueeze(0)
+        else:
+            t = torch.matmul(c.unsqueeze(1), t)
+        t = t.reshape(bs, done * n, -1)
+    return t.reshape(bs, -1, a)
 
 
 # ---------------------------------------------------------------------------------------------- flat_inner
