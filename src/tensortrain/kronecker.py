@@ -70,8 +70,13 @@ def determinant(kron_a: TensorTrainBase) -> torch.Tensor:
         >>> float(tt.kronecker.determinant(a))  # 2^6 * 3^6
         46656.0
     """
-    sign, logdet = slog_determinant(kron_a)
-    return sign * torch.exp(logdet)
+    factors = _factors(kron_a, "determinant")
+    total = math.prod(int(f.shape[-1]) for f in factors)
+    det = None
+    for f in factors:
+        part = torch.linalg.det(f) ** (total // int(f.shape[-1]))
+        det = part if det is None else det * part
+    return det  # type: ignore[return-value]
 
 
 def slog_determinant(kron_a: TensorTrainBase) -> tuple[torch.Tensor, torch.Tensor]:
