@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..errors import ShapeError
+from ..ops import matmul, transpose
 from ..tensor_train import TensorTrain
 
 __all__ = ["tt_embedding", "tt_linear"]
@@ -36,8 +37,8 @@ def _check_operand(fn: str, name: str, t: torch.Tensor, weight: TensorTrain) -> 
 def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``input @ W.T + bias`` for a TT-matrix ``W`` of shape ``out x in``, as ``F.linear``, without building W.
 
-    Contracts the input with one core at a time, left to right: the intermediate holds the output modes
-    produced so far, one rank index and the input modes not yet consumed.
+    Computes ``input @ transpose(W)`` with :func:`tensortrain.matmul`'s dense x TT-matrix sweep (one batched
+    matmul per core, all leading dims of ``input`` as rows).
 
     Args:
         input: a dense tensor of shape ``(..., in_features)``.
@@ -56,7 +57,7 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
     Shape:
         - input: ``(*, N)``; output: ``(*, M)``; bias: ``(M,)``.
 
-    Complexity: O(B d r^2 max_k(M_<=k N_>=k)) time, where M_<=k = m_1...m_k and N_>=k = n_k...n_d; O(B r
+    Complexity: O(B d r^2 max_k(M_<k N_>=k)) time (M_<k = m_1...m_{k-1}, N_>=k = n_k...n_d); O(B r
     max_k(M_<=k N_>k)) memory for the intermediate.
 
     Example:
@@ -79,17 +80,8 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
             raise ShapeError(f"tt_linear: bias must have shape ({m},), got {tuple(bias.shape)}")
         _check_operand("tt_linear", "bias", bias, weight)
     lead = input.shape[:-1]
-    b = math.prod(lead)
-    # t: (B, M_<k, r_{k-1}, n_k, N_>k); each step consumes n_k and r_{k-1}, produces m_k and r_k.
-    t = input.reshape(b, 1, 1, n)
-    done = 1
-    for core, nk in zip(weight.tt_cores, in_dims, strict=True):
-        rest = t.shape[-1] // nk
-        t = t.reshape(b, done, core.shape[0], nk, rest)
-        t = torch.einsum("bprnq,rmns->bpmsq", t, core)
-        done *= core.shape[1]
-        t = t.reshape(b, done, core.shape[3], rest)
-    out = t.reshape(*lead, m)
+    # x @ W^T with all leading dims as rows: tt.matmul's dense @ TT sweep (one batched matmul per core).
+    out = matmul(input.reshape(math.prod(lead), n), transpose(weight)).reshape(*lead, m)
     return out if bias is None else out + bias
 
 
