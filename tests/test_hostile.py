@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tensortrain as tt
-from conftest import assert_close
-from strategies import random_tt
+from conftest import TOL, assert_close
+from strategies import matrix_specs, random_tt, seeds, tensor_specs
 
 CLEAR = (ValueError, TypeError)  # the only exceptions a caller should ever see from bad input
 
@@ -187,3 +187,332 @@ def test_many_and_one_core(gen):
     many = random_tt((2,) * 12, (1, *([2] * 11), 1), gen=gen)
     assert many.shape == (2,) * 12 and many.ndims() == 12
     assert dense(list(many.tt_cores)).shape == (2,) * 12
+
+
+# ------------------------------------------------------------------------------------ decompositions
+def _max_ranks_ok(obj, modes) -> None:
+    bound = tt.max_tt_ranks(modes)
+    assert all(r <= b for r, b in zip(obj.tt_ranks, bound, strict=True)), (obj.tt_ranks, bound)
+
+
+@st.composite
+def hostile_dense(draw):
+    """A dense tensor (and the to_tt_tensor arguments) that is fine or broken in one chosen way."""
+    big = draw(st.integers(0, 5)) == 0
+    shape = (
+        [2] * draw(st.integers(10, 11))
+        if big
+        else [draw(st.integers(1, 4)) for _ in range(draw(st.integers(1, 4)))]
+    )
+    seed = draw(seeds)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    trouble = draw(
+        st.sampled_from(["none", "nan", "inf", "int", "empty", "transposed", "expanded", "rank", "epsilon"])
+    )
+    max_tt_rank: object = draw(st.sampled_from([10**9, None, 3]))
+    epsilon: object = None
+    expect: type[Exception] | None = None
+    if trouble in ("nan", "inf"):
+        flat = x.view(-1)
+        flat[draw(st.integers(0, flat.numel() - 1))] = float("nan") if trouble == "nan" else -float("inf")
+        expect = ValueError
+    elif trouble == "int":
+        x = (x * 10).to(draw(st.sampled_from([torch.int64, torch.int32, torch.bool])))
+        expect = TypeError
+    elif trouble == "empty":
+        x = x.new_empty([*shape[:-1], 0])
+        expect = ValueError
+    elif trouble == "transposed" and x.dim() >= 2:
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)
+    elif trouble == "expanded":
+        # a broadcast view (stride 0) of a rank-deficient tensor
+        x = x[..., :1].expand(*shape)
+    elif trouble == "rank":
+        max_tt_rank = draw(st.sampled_from([0, -3, [1] * (len(shape) + 2), [0] * max(len(shape) - 1, 1)]))
+        # too small, or the wrong number of values; for d = 1 an int rank has no inner bond to apply to
+        expect = ValueError if len(shape) > 1 or isinstance(max_tt_rank, list) else Exception
+    elif trouble == "epsilon":
+        epsilon = draw(st.sampled_from([-1e-3, float("nan"), float("inf"), 1e-2]))
+        expect = None if epsilon == 1e-2 else ValueError
+    return x, max_tt_rank, epsilon, expect
+
+
+@given(case=hostile_dense())
+def test_to_tt_tensor_hostile(case):
+    x, max_tt_rank, epsilon, expect = case
+    if expect is Exception:  # either outcome is acceptable, an error only of a clear type
+        try:
+            tt.to_tt_tensor(x, max_tt_rank=max_tt_rank, epsilon=epsilon)
+        except CLEAR:
+            pass
+        return
+    if expect is not None:
+        with pytest.raises(expect):
+            tt.to_tt_tensor(x, max_tt_rank=max_tt_rank, epsilon=epsilon)
+        return
+    a = tt.to_tt_tensor(x, max_tt_rank=max_tt_rank, epsilon=epsilon)
+    _max_ranks_ok(a, x.shape)
+    if max_tt_rank is not None and not isinstance(max_tt_rank, list):
+        assert max(a.tt_ranks) <= max_tt_rank
+    got = tt.full(a)
+    if epsilon is not None:
+        assert float((got - x).norm()) <= epsilon * float(x.norm()) * (1 + 1e-8) + 1e-12
+    elif max_tt_rank != 3:  # no binding cap: TT-SVD is exact, also for views and broadcast inputs
+        assert_close(got, x)
+
+
+@given(spec=matrix_specs(max_d=3), seed=seeds, huge=st.sampled_from([10**6, None]))
+def test_to_tt_matrix_huge_rank_is_exact(spec, seed, huge):
+    (rows, cols), _ = spec
+    m, n = math.prod(rows), math.prod(cols)
+    w = torch.randn(m, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    a = tt.to_tt_matrix(w.t().contiguous().t(), [rows, cols], max_tt_rank=huge)
+    _max_ranks_ok(a, [p * q for p, q in zip(rows, cols, strict=True)])
+    assert_close(tt.full(a), w)
+    # rounding with a huge cap keeps the value and the clipped ranks
+    b = tt.round(a + a, max_tt_rank=huge)
+    _max_ranks_ok(b, [p * q for p, q in zip(rows, cols, strict=True)])
+    assert_close(tt.full(b), 2 * w)
+
+
+def test_to_tt_matrix_hostile_matrices(gen):
+    w = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    shape = [[2, 3], [2, 2]]
+    bad_w = w.clone()
+    bad_w[1, 2] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        tt.to_tt_matrix(bad_w, shape)
+    with pytest.raises(TypeError, match="int64"):
+        tt.to_tt_matrix(w.long(), shape)
+    with pytest.raises(ValueError, match=r"does not match shape \(2, 3\) x \(2, 2\)"):
+        tt.to_tt_matrix(w[:5], shape)
+    with pytest.raises(ValueError):
+        tt.to_tt_matrix(w, [[2, 3], [2, 0]])
+    with pytest.raises(ValueError):
+        tt.to_tt_matrix(w, shape, max_tt_rank=0)
+    with pytest.raises(ValueError):
+        tt.to_tt_matrix(w.new_empty(0, 4), shape)
+    # a broadcast (expand) matrix is a valid input, decomposed exactly
+    row = w[:1].expand(6, 4)
+    assert_close(tt.full(tt.to_tt_matrix(row, shape)), row)
+
+
+def test_round_rejects_nan_cores(gen):
+    a = random_tt((3, 4), (1, 2, 1), gen=gen)
+    cores = [c.clone() for c in a.tt_cores]
+    cores[1][0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        tt.round(tt.TensorTrain(cores), max_tt_rank=1)
+
+
+# --------------------------------------------------------------------------------------- binary ops
+class Undefined(Exception):
+    """The operands are incompatible as TT objects: a correct implementation must refuse them."""
+
+
+@st.composite
+def operand(draw, like=None):
+    """A TT operand: often like ``like`` (so that ops are defined), sometimes different in one way."""
+    matrix = draw(st.booleans()) if like is None else like["matrix"]
+    if like is not None and draw(st.integers(0, 3)) > 0:
+        raw, ranks = like["raw"], (1, *(draw(st.integers(1, 3)) for _ in range(len(like["ranks"]) - 2)), 1)
+    elif matrix:
+        raw, ranks = draw(matrix_specs(max_d=3))
+    else:
+        raw, ranks = draw(tensor_specs(max_d=3))
+    if like is not None and draw(st.integers(0, 5)) == 0:
+        matrix = not matrix  # the other kind
+        raw, ranks = draw(matrix_specs(max_d=2) if matrix else tensor_specs(max_d=3))
+    batch = draw(st.sampled_from([None, None, 1, 2, 3]))
+    dtype = draw(st.sampled_from([torch.float64, torch.float64, torch.float32]))
+    meta = like is not None and draw(st.integers(0, 7)) == 0
+    return {"matrix": matrix, "raw": raw, "ranks": ranks, "batch": batch, "dtype": dtype, "meta": meta}
+
+
+def _build(spec, seed):
+    """The operand on the CPU, and the operand as passed (moved to 'meta' when the spec says so)."""
+    x = random_tt(
+        spec["raw"], spec["ranks"], gen=torch.Generator().manual_seed(seed), batch_size=spec["batch"]
+    )
+    x = x.to(spec["dtype"])
+    return x, (x.to("meta") if spec["meta"] else x)
+
+
+def _dense_of(x) -> torch.Tensor:
+    return dense([c.double() for c in x.tt_cores], batch=isinstance(x, tt.TensorTrainBatch))
+
+
+def _batch_pair(a, b) -> None:
+    sizes = {x.batch_size for x in (a, b) if isinstance(x, tt.TensorTrainBatch)} - {1}
+    if len(sizes) > 1:
+        raise Undefined
+
+
+def _same_kind_and_shape(a, b) -> None:
+    if a.is_tt_matrix() != b.is_tt_matrix() or a.raw_shape != b.raw_shape:
+        raise Undefined
+
+
+def _oracle(op: str, a, b) -> torch.Tensor:
+    """The dense value of op(a, b), computed on the full tensors (float64); Undefined when not defined."""
+    _batch_pair(a, b)
+    da, db = _dense_of(a), _dense_of(b)
+    if op in ("add", "subtract", "multiply", "flat_inner"):
+        _same_kind_and_shape(a, b)
+        if op == "add":
+            return da + db
+        if op == "subtract":
+            return da - db
+        if op == "multiply":
+            return da * db
+        prod = da * db
+        batched = any(isinstance(x, tt.TensorTrainBatch) for x in (a, b))
+        return prod.flatten(start_dim=1).sum(1) if batched else prod.sum()
+    if op == "matmul":
+        if not (a.is_tt_matrix() and b.is_tt_matrix()) or a.raw_shape[1] != b.raw_shape[0]:
+            raise Undefined
+        return da @ db
+    raise AssertionError(op)
+
+
+OPS = {
+    "add": tt.add,
+    "subtract": tt.subtract,
+    "multiply": tt.multiply,
+    "flat_inner": tt.flat_inner,
+    "matmul": tt.matmul,
+}
+
+
+@st.composite
+def op_cases(draw):
+    op = draw(st.sampled_from(sorted(OPS)))
+    sa = draw(operand())
+    sb = draw(operand(like=sa))
+    if op == "matmul" and sa["matrix"] and sb["matrix"] and draw(st.integers(0, 3)) > 0:
+        # mostly chainable: b's row modes are a's column modes
+        d = len(sa["raw"][0])
+        sb["raw"] = (sa["raw"][1], tuple(draw(st.integers(1, 3)) for _ in range(d)))
+        sb["ranks"] = (1, *(draw(st.integers(1, 3)) for _ in range(d - 1)), 1)
+    return op, sa, sb, draw(seeds)
+
+
+@given(case=op_cases())
+def test_binary_ops_fuzz(case):
+    op, sa, sb, seed = case
+    cpu_a, a = _build(sa, seed)
+    cpu_b, b = _build(sb, seed + 1)
+    try:
+        expected = _oracle(op, cpu_a, cpu_b)
+        defined = True
+    except Undefined:
+        defined = False
+    # what a correct implementation must accept: defined, one dtype, one device, no batch broadcasting
+    must_work = (
+        defined
+        and sa["dtype"] == sb["dtype"]
+        and sa["meta"] == sb["meta"]
+        and (sa["batch"] is None) == (sb["batch"] is None)
+        and sa["batch"] in (None, sb["batch"])
+    )
+    try:
+        got = OPS[op](a, b)
+    except CLEAR:
+        assert not must_work, f"{op} refused valid operands {a} and {b}"
+        return
+    assert defined, f"{op} returned a result for incompatible operands {a} and {b}"
+    assert sa["meta"] == sb["meta"], f"{op} mixed devices without an error"
+    value = got if isinstance(got, torch.Tensor) else _dense_of(got)
+    value = value.double()
+    tol = TOL[torch.float32] if torch.float32 in (sa["dtype"], sb["dtype"]) else TOL[torch.float64]
+    expected = expected.reshape(value.shape) if expected.numel() == value.numel() else expected
+    torch.testing.assert_close(value, expected, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+
+
+# ------------------------------------------------------------------------ TT-matrix x dense, TT layers
+@st.composite
+def dense_operands(draw):
+    """A TT-matrix W (M x N) and a dense x meant for W @ x, x @ W or tt_linear(x, W), maybe broken."""
+    (rows, cols), ranks = draw(matrix_specs(max_d=3))
+    m, n = math.prod(rows), math.prod(cols)
+    side = draw(st.sampled_from(["left", "right", "linear"]))  # W @ x, x @ W, x @ W.T via tt_linear
+    k = n if side == "left" else m if side == "right" else n  # the dim x must match
+    lead = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    p = draw(st.integers(1, 3))
+    trouble = draw(st.sampled_from(["none", "transposed", "expanded", "int", "wrong", "meta", "float32"]))
+    return rows, cols, ranks, side, k, lead, p, trouble, draw(seeds)
+
+
+def _x_for(side, k, lead, p, gen) -> torch.Tensor:
+    if side == "left":
+        return torch.randn(*lead, k, p, generator=gen, dtype=torch.float64)
+    if side == "right":
+        return torch.randn(*lead, p, k, generator=gen, dtype=torch.float64)
+    return torch.randn(*lead, p, k, generator=gen, dtype=torch.float64)
+
+
+@given(case=dense_operands())
+def test_tt_matrix_times_dense_fuzz(case):
+    rows, cols, ranks, side, k, lead, p, trouble, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    w = random_tt((rows, cols), ranks, gen=gen)
+    x = _x_for(side, k, lead, p, gen)
+    if trouble == "transposed":
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    elif trouble == "expanded":
+        x = x[..., :1, :].expand(x.shape)  # stride 0 along the second-to-last dim
+    elif trouble == "int":
+        x = x.round().long()
+    elif trouble == "wrong":
+        x = torch.cat([x, x], dim=-1 if side != "left" else -2)
+    elif trouble == "meta":
+        x = x.to("meta")
+    elif trouble == "float32":
+        x = x.float()
+    call = {
+        "left": lambda: tt.matmul(w, x),
+        "right": lambda: tt.matmul(x, w),
+        "linear": lambda: tt.nn.functional.tt_linear(x, w),
+    }[side]
+    if trouble in ("int", "wrong", "meta"):
+        with pytest.raises(CLEAR):
+            call()
+        return
+    try:
+        got = call()
+    except CLEAR:
+        assert trouble == "float32", f"refused a valid {side} operand of shape {tuple(x.shape)}"
+        return
+    W = dense(list(w.tt_cores))
+    xd = x.double()
+    expected = {"left": lambda: W @ xd, "right": lambda: xd @ W, "linear": lambda: xd @ W.T}[side]()
+    assert got.shape == expected.shape
+    tol = TOL[torch.float32] if trouble == "float32" else TOL[torch.float64]
+    torch.testing.assert_close(got.double(), expected, **tol)
+
+
+def test_layer_on_empty_noncontiguous_and_many_modes(gen):
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(
+        1024, 3, tt_rank=4, in_dims=(2,) * 10, out_dims=(3,) + (1,) * 9, dtype=torch.float64
+    )
+    W = dense([c.detach() for c in layer.cores])
+    x = torch.randn(1024, 5, generator=gen, dtype=torch.float64).t()  # non-contiguous (5, 1024)
+    assert_close(layer(x), x @ W.T + layer.bias)
+    empty = layer(torch.randn(0, 1024, dtype=torch.float64))
+    assert empty.shape == (0, 3)
+    with pytest.raises(CLEAR, match="1024"):
+        layer(torch.randn(5, 1000, dtype=torch.float64))
+    with pytest.raises(CLEAR):
+        layer(torch.ones(5, 1024, dtype=torch.long))
+
+
+def test_layer_huge_rank_is_clipped():
+    layer = tt.nn.TTLinear(12, 6, tt_rank=10**6, in_dims=(3, 4), out_dims=(2, 3))
+    assert layer.tt_ranks == tt.max_tt_ranks((2 * 3, 3 * 4))
+    with pytest.raises(ValueError):
+        tt.nn.TTLinear(12, 6, tt_rank=0, in_dims=(3, 4), out_dims=(2, 3))
+    with pytest.raises(ValueError):
+        tt.nn.TTLinear(12, 6, tt_rank=-2, in_dims=(3, 4), out_dims=(2, 3))
+    with pytest.raises(ValueError):
+        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 5), out_dims=(2, 3))
