@@ -329,3 +329,14 @@ def test_no_full_in_products(gen, monkeypatch):
     x = torch.ones(8, 2, dtype=torch.float64)
     _ = a @ x, x.T @ ops.transpose(a), ops.flat_inner(a, torch.ones(6, 8, dtype=torch.float64))
     assert math.isfinite(float(ops.frobenius_norm(a)))
+
+
+def test_matmul_empty_dense_operands(gen):
+    w = random_tt(((2, 3), (4, 2)), (1, 2, 1), gen=gen)
+    wb = random_tt(((2, 3), (4, 2)), (1, 2, 1), gen=gen, batch_size=3)
+    z = torch.zeros
+    f64 = torch.float64
+    assert (z(0, 6, dtype=f64) @ w).shape == (0, 8)
+    assert (w @ z(8, 0, dtype=f64)).shape == (6, 0)
+    assert (w @ z(2, 0, 8, 3, dtype=f64)).shape == (2, 0, 6, 3)
+    assert (z(0, 3, 5, 6, dtype=f64) @ wb).shape == (0, 3, 5, 8)

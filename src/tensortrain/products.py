@@ -197,20 +197,23 @@ def _sweep(cores: list[torch.Tensor], xt: torch.Tensor) -> torch.Tensor:
     already is the next state once n_k is merged into cols done. Cost of step k:
     B A (m_{k+1}..m_d) (n_1..n_k) m_k r_{k-1} r_k multiply-adds, like the planar contraction order.
     """
-    bs, a = xt.shape[0], xt.shape[-1]
-    t = xt.reshape(bs, 1, -1)
+    bs, left, a = xt.shape  # left: rows not yet contracted
+    t = xt.reshape(bs, 1, left * a)
+    done = 1
     for core in cores:
         _, r, m, n, s = core.shape
-        done = t.shape[1]
-        t = t.reshape(bs, done, r * m, -1)
+        left //= m
+        # Explicit sizes (no -1): an empty dense operand (A = 0) must flow through too.
+        t = t.reshape(bs, done, r * m, left * a)
         c = core.permute(0, 3, 4, 1, 2).reshape(bs, n * s, r * m)
         if bs == 1:
             # One TT-matrix: share its core across the cols-done batch without copying it.
             t = torch.bmm(c.expand(done, n * s, r * m), t[0]).unsqueeze(0)
         else:
             t = torch.matmul(c.unsqueeze(1), t)
-        t = t.reshape(bs, done * n, -1)
-    return t.reshape(bs, -1, a)
+        done *= n
+        t = t.reshape(bs, done, s * left * a)
+    return t.reshape(bs, done, a)
 
 
 # ---------------------------------------------------------------------------------------------- flat_inner
