@@ -135,3 +135,7 @@ def test_bad_arguments():
         emb(torch.tensor([1.0]))
     with pytest.raises(tt.ShapeError, match="expected"):
         emb.load_tt_(tt.TensorTrain([torch.randn(1, 100, 8, 1)]))
+    with pytest.raises(ValueError, match=r"padding_idx must be within \[-100, 100\), got 100"):
+        tt_embedding(torch.tensor([1]), emb.weight, padding_idx=100, num_embeddings=100)
+    with pytest.raises(tt.ShapeError, match="num_embeddings=1000 exceeds"):
+        tt_embedding(torch.tensor([1]), emb.weight, num_embeddings=1000)

@@ -228,7 +228,7 @@ def test_tiny_training_run_learns():
     student = tt.nn.TTLinear(16, 12, tt_rank=3, in_dims=(4, 4), out_dims=(3, 4))
     opt = torch.optim.Adam(student.parameters(), lr=3e-2)
     first = None
-    for _ in range(150):
+    for _ in range(100):
         opt.zero_grad()
         loss = nn.functional.mse_loss(student(x), y)
         first = loss.item() if first is None else first
@@ -262,3 +262,17 @@ def test_from_linear_truncated():
     err = torch.linalg.norm(approx.dense_weight() - small.weight) / torch.linalg.norm(small.weight)
     full_ranks = tt.shapes.max_tt_ranks([m * n for m, n in zip(approx.out_dims, approx.in_dims, strict=True)])
     assert err <= 0.3 + 1e-12 and approx.tt_ranks < full_ranks
+
+
+@given(spec=matrix_specs(max_d=3, max_mode=4), seed=seeds)
+def test_from_linear_exact_over_shapes(spec, seed):
+    (rows, cols), _ = spec
+    gen = torch.Generator().manual_seed(seed)
+    dense = nn.Linear(math.prod(cols), math.prod(rows), dtype=torch.float64)
+    with torch.no_grad():
+        dense.weight.copy_(torch.randn(dense.weight.shape, generator=gen, dtype=torch.float64))
+    layer = tt.nn.TTLinear.from_linear(dense, in_dims=cols, out_dims=rows)
+    assert layer.weight.raw_shape == (rows, cols)
+    assert_close(layer.to_linear().weight, dense.weight)
+    x = torch.randn(2, math.prod(cols), generator=gen, dtype=torch.float64)
+    assert_close(layer(x), dense(x))

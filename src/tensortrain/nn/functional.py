@@ -116,7 +116,7 @@ def tt_embedding(
         input: an integer tensor of indices, any shape.
         weight: a TT-matrix of shape ``V' x D``: row dims factor the (possibly padded) vocabulary ``V'``,
             column dims factor ``embedding_dim`` ``D``.
-        padding_idx: an optional index whose output row is zero.
+        padding_idx: an optional index whose output row is zero (negative values count from the end).
         num_embeddings: the valid vocabulary size ``V <= V'`` (default ``V'``); larger indices are errors.
 
     Returns:
@@ -125,7 +125,8 @@ def tt_embedding(
     Raises:
         TypeError: a weight that is not a TT-matrix, or indices that are not integers.
         IndexError: indices outside ``[0, num_embeddings)`` (the message lists some of them).
-        ShapeError: ``num_embeddings`` larger than the table.
+        ShapeError: ``num_embeddings`` larger than the table, or indices on another device.
+        ValueError: ``padding_idx`` outside ``[-num_embeddings, num_embeddings)``.
 
     Shape:
         - input: ``(*)``; output: ``(*, D)``.
@@ -147,7 +148,13 @@ def tt_embedding(
             f"tt_embedding: num_embeddings={v} exceeds the table's {v_pad} rows (voc dims {tuple(voc_dims)})"
         )
     _check_indices("tt_embedding", input, v)
-    flat = input.reshape(-1).to(device=weight.device, dtype=torch.long)
+    if input.device != weight.device:
+        raise ShapeError(f"tt_embedding: indices are on {input.device} but the weight is on {weight.device}")
+    if padding_idx is not None:
+        if not -v <= padding_idx < v:
+            raise ValueError(f"tt_embedding: padding_idx must be within [-{v}, {v}), got {padding_idx}")
+        padding_idx = padding_idx % v
+    flat = input.reshape(-1).long()
     # Repeated tokens are common (text, categorical features): contract each distinct row once.
     uniq, inverse = torch.unique(flat, return_inverse=True)
     rows = _tt_rows(weight, uniq, voc_dims)[inverse]
