@@ -185,6 +185,18 @@ def test_selection_globs_shared_modules_and_subclasses():
     assert isinstance(root, tt.nn.TTLinear)
 
 
+def test_tied_weights_stay_dense():
+    torch.manual_seed(0)
+    model = TinyTransformer(vocab=100, dim=32, hidden=64)
+    model.head.weight = model.embed.weight  # weight tying, as in language models
+    small, report = tt.compress(model, ratio=2)
+    by_name = {lay.name: lay for lay in report.layers}
+    for name in ("embed", "head"):
+        assert not by_name[name].replaced and "tied to" in by_name[name].reason
+    assert small.head.weight is small.embed.weight and isinstance(small.mlp[0], tt.nn.TTLinear)
+    assert report.ratio >= 2 and report.model_params_after == count(small)
+
+
 def test_epsilon_budget_and_unsupported_embedding():
     torch.manual_seed(0)
     model = make_low_tt_rank(mlp(), rank=2)

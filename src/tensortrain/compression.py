@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -243,17 +243,35 @@ def _select(
     return list(found.values())
 
 
-def _rank_for_ratio(layers: list[tuple[list[str], nn.Module]], ratio: float) -> int:
-    """The largest shared rank cap whose planned compression of the selected layers is at least ``ratio``."""
+def _tied(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
+    """Why some selected layers must stay dense: a parameter also owned by another module (tied weights,
+    e.g. an embedding and an output head), which converting one of them would silently untie."""
+    owners: dict[int, list[tuple[int, str]]] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for pname, p in m.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append((id(m), f"{mname}.{pname}" if mname else pname))
+    reasons = {}
+    for _, m in layers:
+        others = sorted({n for p in m.parameters(recurse=False) for mid, n in owners[id(p)] if mid != id(m)})
+        if others:
+            reasons[id(m)] = (
+                f"its parameters are tied to {', '.join(others[:3])}: converting would untie them"
+            )
+    return reasons
+
+
+def _rank_for_ratio(layers: list[tuple[list[str], nn.Module]], ratio: float, fixed: int) -> int:
+    """The largest shared rank cap whose planned compression of the selected layers is at least ``ratio``
+    (``fixed``: parameters of selected layers that stay dense whatever the rank)."""
     plans = []
     for _, m in layers:
         conv = _CONVERTERS[type(m)]
         plans.append((conv.dims(m), conv.extra_params(m), sum(p.numel() for p in m.parameters())))
-    before = sum(p[2] for p in plans)
+    before = fixed + sum(p[2] for p in plans)
 
     def after(r: int) -> int:
         # A layer whose TT form would not be smaller stays dense (as compress does).
-        return sum(min(_planned_tt_params(dims, r)[0] + extra, dense) for dims, extra, dense in plans)
+        return fixed + sum(min(_planned_tt_params(dims, r)[0] + extra, dense) for dims, extra, dense in plans)
 
     if before / after(1) < ratio:
         raise ValueError(
@@ -267,42 +285,49 @@ def _rank_for_ratio(layers: list[tuple[list[str], nn.Module]], ratio: float) -> 
     return lo
 
 
+def _dense_report(name: str, module: nn.Module, reason: str) -> LayerReport:
+    conv = _CONVERTERS[type(module)]
+    w = conv.weight(module)
+    before = sum(p.numel() for p in module.parameters())
+    return LayerReport(
+        name,
+        conv.kind,
+        (int(w.shape[0]), int(w.shape[1])),
+        conv.dims(module),
+        None,
+        before,
+        before,
+        None,
+        reason,
+    )
+
+
 def _convert_one(
     name: str, module: nn.Module, max_tt_rank: int | None, epsilon: float | None
 ) -> tuple[nn.Module | None, LayerReport]:
+    """The TT version of one layer and its report, or None and the reason it stays dense."""
     conv = _CONVERTERS[type(module)]
     dims = conv.dims(module)
-    w = conv.weight(module)
     before = sum(p.numel() for p in module.parameters())
-    report: dict[str, Any] = {
-        "kind": conv.kind,
-        "shape": (int(w.shape[0]), int(w.shape[1])),
-        "dims": dims,
-        "params_before": before,
-    }
     if max_tt_rank is not None:
         planned, ranks = _planned_tt_params(dims, max_tt_rank)
-        if planned + conv.extra_params(module) >= before:
-            reason = f"TT would not save parameters ({planned + conv.extra_params(module):,} >= {before:,} at tt_ranks {ranks})"
-            return None, LayerReport(
-                name, tt_ranks=None, params_after=before, rel_error=None, reason=reason, **report
-            )
+        planned += conv.extra_params(module)
+        if planned >= before:
+            why = f"TT would not save parameters ({planned:,} >= {before:,} at tt_ranks {ranks})"
+            return None, _dense_report(name, module, why)
     try:
         new = conv.convert(module, max_tt_rank, epsilon, dims)
     except ValueError as e:  # an unsupported option of the dense layer (e.g. Embedding.max_norm)
-        return None, LayerReport(
-            name, tt_ranks=None, params_after=before, rel_error=None, reason=str(e), **report
-        )
+        return None, _dense_report(name, module, str(e))
     after = sum(p.numel() for p in new.parameters())
     if after >= before:
-        reason = f"TT would not save parameters ({after:,} >= {before:,} at epsilon={epsilon})"
-        return None, LayerReport(
-            name, tt_ranks=None, params_after=before, rel_error=None, reason=reason, **report
-        )
+        why = f"TT would not save parameters ({after:,} >= {before:,} at epsilon={epsilon})"
+        return None, _dense_report(name, module, why)
+    w = conv.weight(module)
     with torch.no_grad():
         err = float(torch.linalg.norm(conv.tt_weight(new) - w) / torch.linalg.norm(w).clamp_min(1e-300))
-    ranks = new.tt_ranks
-    return new, LayerReport(name, tt_ranks=ranks, params_after=after, rel_error=err, reason="", **report)
+    rep = _dense_report(name, module, "")
+    return new, replace(rep, tt_ranks=new.tt_ranks, params_after=after, rel_error=err)
 
 
 def compress(
@@ -369,10 +394,16 @@ def compress(
             f"compress: no nn.Linear or nn.Embedding layer matched include={include!r}, exclude={exclude!r}; "
             f"candidate layers: {seen or 'none'}"
         )
+    tied = _tied(target, layers)
     if ratio is not None:
-        max_tt_rank = _rank_for_ratio(layers, ratio)
+        free = [(n, m) for n, m in layers if id(m) not in tied]
+        fixed = sum(p.numel() for _, m in layers if id(m) in tied for p in m.parameters())
+        max_tt_rank = _rank_for_ratio(free, ratio, fixed) if free else 1
     reports = []
     for names, module in layers:
+        if id(module) in tied:
+            reports.append(_dense_report(names[0], module, tied[id(module)]))
+            continue
         new, rep = _convert_one(names[0], module, max_tt_rank, epsilon)
         reports.append(rep)
         if new is None:
