@@ -99,7 +99,7 @@ def _progress_bar(enabled: bool) -> Callable[[Iterable[T], str, int], Iterable[T
     if not enabled:
         return None
     try:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
     except ImportError:  # the demo extra is optional: run without bars
         return None
 
