@@ -89,9 +89,12 @@ def _caps(max_tt_rank: MaxRank, modes: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(c, b) for c, b in zip(caps, bound, strict=True))
 
 
-def _deltas(norms: torch.Tensor, epsilon: float | None, d: int) -> torch.Tensor | None:
+def _deltas(x: torch.Tensor, epsilon: float | None, d: int) -> torch.Tensor | None:
+    """Per-SVD absolute error budgets ``(B,)`` for a batch ``x`` whose per-element norm is the tensor's."""
+    if epsilon is None or d < 2:
+        return None
     # Oseledets 2011: eps / sqrt(d - 1) per SVD makes the total relative error at most eps.
-    return None if epsilon is None or d < 2 else norms * (epsilon / math.sqrt(d - 1))
+    return x.reshape(x.shape[0], -1).norm(dim=1) * (epsilon / math.sqrt(d - 1))
 
 
 # -------------------------------------------------------------------------------------------- TT-SVD
@@ -100,7 +103,7 @@ def _tt_svd(
 ) -> list[torch.Tensor]:
     """Cores ``(B, r_{k-1}, n_k, r_k)`` of the TT-SVD of ``a`` of shape ``(B, n_1 ... n_d)``."""
     b, d = a.shape[0], len(modes)
-    delta = _deltas(a.reshape(b, -1).norm(dim=1), epsilon, d)
+    delta = _deltas(a, epsilon, d)
     cores, rest, r_prev = [], a, 1
     for k in range(d - 1):
         left, rest = truncated_factor(rest.reshape(b, r_prev * modes[k], -1), caps[k + 1], delta, method)
@@ -280,7 +283,7 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     cores = right_orthogonalize(cores)
     d, b = len(cores), cores[0].shape[0]
     # After right-orthogonalization the norm of the whole tensor is the norm of the first core.
-    delta = _deltas(cores[0].reshape(b, -1).norm(dim=1), eps, d)
+    delta = _deltas(cores[0], eps, d)
     for k in range(d - 1):
         r_prev, n_k = cores[k].shape[1], cores[k].shape[2]
         left, right = truncated_factor(cores[k].reshape(b, r_prev * n_k, -1), caps[k + 1], delta, method)

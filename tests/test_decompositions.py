@@ -1,0 +1,407 @@
+"""TT-SVD, TT-rounding and orthogonalization against the dense oracle: exactness, error bounds, minimal ranks,
+orthonormality, batches, float32, gradients, the randomized path and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_tt, seeds, tensor_specs
+from tensortrain import decompositions as dec
+from tensortrain import truncation
+from test_initializers import dense
+
+
+def rel_err(x, a: torch.Tensor) -> float:
+    return ((dense(x) - a).norm() / a.norm()).item()
+
+
+def unfolding_tail(a: torch.Tensor, k: int, r: int) -> float:
+    """Best rank-r error of the k-th unfolding (first k modes as rows) of the dense tensor ``a``."""
+    s = torch.linalg.svdvals(a.reshape(math.prod(a.shape[:k]), -1))
+    return s[r:].pow(2).sum().sqrt().item()
+
+
+def interleave(w: torch.Tensor, rows, cols) -> torch.Tensor:
+    """The (m_1 n_1, ..., m_d n_d) tensor a TT-matrix's TT-SVD works on."""
+    d = len(rows)
+    perm = [p for k in range(d) for p in (k, d + k)]
+    return w.reshape(*rows, *cols).permute(perm).reshape([m * n for m, n in zip(rows, cols, strict=True)])
+
+
+def tt_sum(a, b):
+    """Exact sum by block-diagonal cores (own oracle, independent of tt.add): ranks add."""
+    ca, cb, d = a.tt_cores, b.tt_cores, a.ndims()
+    out = [torch.cat([ca[0], cb[0]], dim=-1)]
+    for k in range(1, d - 1):
+        top = torch.cat([ca[k], ca[k].new_zeros(*ca[k].shape[:-1], cb[k].shape[-1])], dim=-1)
+        bot = torch.cat([cb[k].new_zeros(*cb[k].shape[:-1], ca[k].shape[-1]), cb[k]], dim=-1)
+        out.append(torch.cat([top, bot], dim=0))
+    out.append(torch.cat([ca[-1], cb[-1]], dim=0))
+    return tt.TensorTrain(out)
+
+
+def assert_orthonormal(x, left_to_right: bool) -> None:
+    cores = [c if isinstance(x, tt.TensorTrainBatch) else c.unsqueeze(0) for c in x.tt_cores]
+    cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
+    picked = cores[:-1] if left_to_right else cores[1:]
+    for c in picked:
+        b, r0, n, r1 = c.shape
+        q = c.reshape(b, r0 * n, r1) if left_to_right else c.reshape(b, r0, n * r1).mT
+        eye = torch.eye(q.shape[-1], dtype=q.dtype).expand(b, -1, -1)
+        assert_close(q.mT @ q, eye)
+
+
+# --------------------------------------------------------------------------------------------- exactness
+@given(spec=tensor_specs(max_d=4, max_mode=4, max_rank=3), seed=seeds)
+def test_to_tt_tensor_reconstructs_low_rank_tensors(spec, seed):
+    raw, ranks = spec
+    a = dense(random_tt(raw, ranks, gen=torch.Generator().manual_seed(seed)))
+    x = dec.to_tt_tensor(a, max_tt_rank=max(ranks))
+    assert_close(dense(x), a)
+    assert all(r <= m for r, m in zip(x.tt_ranks, tt.max_tt_ranks(raw), strict=True))
+    assert_orthonormal(x, left_to_right=True)  # TT-SVD cores are left-orthogonal
+
+
+@given(spec=matrix_specs(max_d=3, max_mode=3, max_rank=3), seed=seeds)
+def test_to_tt_matrix_reconstructs_low_rank_matrices(spec, seed):
+    raw, ranks = spec
+    w = dense(random_tt(raw, ranks, gen=torch.Generator().manual_seed(seed)))
+    x = tt.to_tt_matrix(w, [list(raw[0]), list(raw[1])], max_tt_rank=max(ranks))
+    assert x.is_tt_matrix() and x.raw_shape == raw
+    assert_close(dense(x), w)
+
+
+def test_to_tt_matrix_full_rank_is_exact(gen):
+    w = torch.randn(24, 30, generator=gen, dtype=torch.float64)
+    x = tt.to_tt_matrix(w, [[2, 3, 4], [5, 3, 2]], max_tt_rank=None)
+    assert x.tt_ranks == tt.max_tt_ranks((10, 9, 8))
+    assert_close(dense(x), w)
+
+
+def test_to_tt_matrix_accepts_raw_shaped_input_and_vectors(gen):
+    w = torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64)  # (m1, m2, n1, n2), as t3f allows
+    assert_close(dense(tt.to_tt_matrix(w, [[2, 3], [4, 5]], 100)), w.reshape(6, 20))
+    v = torch.randn(12, 1, generator=gen, dtype=torch.float64)
+    x = tt.to_tt_matrix(v, [[3, 4], None], 100)
+    assert x.raw_shape == ((3, 4), (1, 1))
+    assert_close(dense(x), v)
+
+
+def test_float32_and_numpy_input(gen):
+    a = dense(random_tt((3, 4, 5), (1, 2, 3, 1), gen=gen)).float()
+    x = tt.to_tt_tensor(a, 3)
+    assert x.dtype == torch.float32
+    assert_close(dense(x), a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+    y = tt.to_tt_tensor(a.double().numpy(), 3)
+    assert y.dtype == torch.float64
+    assert_close(dense(y), a.double(), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- epsilon bound
+@given(
+    raw=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    eps=st.floats(0.0, 0.95),
+    seed=seeds,
+)
+def test_epsilon_bound_holds_and_first_rank_is_minimal(raw, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    # Decaying structure: a low-rank TT plus smaller noise, so epsilon actually chooses between ranks.
+    a = dense(random_tt(tuple(raw), (1, *[2] * (len(raw) - 1), 1), gen=g))
+    a = a + 0.1 * torch.randn(a.shape, generator=g, dtype=a.dtype)
+    x = tt.to_tt_tensor(a, max_tt_rank=None, epsilon=eps)
+    assert rel_err(x, a) <= eps * (1 + 1e-9) + 1e-13
+    d = len(raw)
+    if d >= 2:
+        budget = eps * a.norm().item() / math.sqrt(d - 1)
+        r1 = x.tt_ranks[1]
+        assert unfolding_tail(a, 1, r1) <= budget * (1 + 1e-9) + 1e-13
+        if r1 > 1:  # one rank less would break the per-SVD budget: the rank is the smallest
+            assert unfolding_tail(a, 1, r1 - 1) > budget * (1 - 1e-9)
+
+
+@given(spec=matrix_specs(min_d=2, max_d=3, max_mode=3), eps=st.floats(0.01, 0.9), seed=seeds)
+def test_epsilon_bound_for_matrices(spec, eps, seed):
+    (rows, cols), _ = spec
+    w = torch.randn(
+        math.prod(rows), math.prod(cols), generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+    x = tt.to_tt_matrix(w, [rows, cols], max_tt_rank=None, epsilon=eps)
+    assert rel_err(x, w) <= eps * (1 + 1e-9)
+
+
+def test_epsilon_for_d2_is_eckart_young(gen):
+    a = torch.randn(12, 15, generator=gen, dtype=torch.float64)
+    s = torch.linalg.svdvals(a)
+    tails = (
+        torch.flip(torch.cumsum(torch.flip(s**2, [0]), 0), [0]).sqrt() / a.norm()
+    )  # tails[r] = err of rank r
+    for eps in (0.05, 0.3, 0.6):
+        x = tt.to_tt_tensor(a, None, eps)
+        expected = int((tails > eps).sum())  # smallest r with tail(r) <= eps
+        assert x.tt_ranks == (1, expected, 1)
+        assert_close(
+            torch.tensor(rel_err(x, a), dtype=torch.float64),
+            tails[expected] if expected < 12 else torch.tensor(0.0, dtype=torch.float64),
+        )
+
+
+# ------------------------------------------------------------------------------------------- rank caps
+@pytest.mark.parametrize("cap", [2, (2, 3), (1, 3, 2, 1), [4, 1]])
+def test_rank_caps_and_quasi_optimal_error(gen, cap):
+    a = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    x = tt.to_tt_tensor(a, cap)
+    full_cap = tt.normalize_tt_rank(cap, 3)
+    expected = tuple(min(c, m) for c, m in zip(full_cap, tt.max_tt_ranks((3, 4, 5)), strict=True))
+    assert x.tt_ranks == expected
+    # Oseledets 2011 Thm 2.2: err^2 <= sum_k (best rank-r_k error of unfolding k)^2
+    bound = math.sqrt(sum(unfolding_tail(a, k, expected[k]) ** 2 for k in (1, 2)))
+    assert (dense(x) - a).norm().item() <= bound * (1 + 1e-9)
+    assert (dense(x) - a).norm().item() >= unfolding_tail(a, 1, expected[1]) * (1 - 1e-9)
+
+
+def test_cap_and_epsilon_together_use_the_smaller_rank(gen):
+    a = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    assert tt.to_tt_tensor(a, 2, epsilon=1e-6).tt_ranks == (1, 2, 1)
+    assert tt.to_tt_tensor(a, 6, epsilon=0.99).tt_ranks == (1, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------ TT-rounding
+@given(spec=tensor_specs(min_d=2, max_d=4, max_mode=4, max_rank=3), seed=seeds)
+def test_round_removes_redundant_ranks_exactly(spec, seed):
+    raw, ranks = spec
+    x = random_tt(raw, ranks, gen=torch.Generator().manual_seed(seed))
+    doubled = tt_sum(x, x)  # ranks 2r, true ranks <= r
+    y = tt.round(doubled, max_tt_rank=max(ranks))
+    assert_close(dense(y), 2 * dense(x))
+    assert all(r <= min(max(ranks), m) for r, m in zip(y.tt_ranks, tt.max_tt_ranks(raw), strict=True))
+    z = tt.round(doubled)  # no cap, no epsilon: exact, ranks at most the maximal useful ones
+    assert_close(dense(z), 2 * dense(x))
+    assert all(r <= m for r, m in zip(z.tt_ranks, tt.max_tt_ranks(raw), strict=True))
+
+
+@given(spec=tensor_specs(min_d=2, max_d=4, max_mode=4, max_rank=4), eps=st.floats(0.0, 0.9), seed=seeds)
+def test_round_epsilon_bound(spec, eps, seed):
+    raw, ranks = spec
+    x = random_tt(raw, ranks, gen=torch.Generator().manual_seed(seed))
+    a = dense(x)
+    y = tt.round(x, epsilon=eps)
+    assert rel_err(y, a) <= eps * (1 + 1e-9) + 1e-12
+    assert all(ry <= rx for ry, rx in zip(y.tt_ranks, x.tt_ranks, strict=True))
+
+
+@given(spec=tensor_specs(min_d=2, max_d=4, max_mode=4, max_rank=4), cap=st.integers(1, 3), seed=seeds)
+def test_round_with_cap_is_quasi_optimal(spec, cap, seed):
+    raw, ranks = spec
+    x = random_tt(raw, ranks, gen=torch.Generator().manual_seed(seed))
+    a = dense(x)
+    y = tt.round(x, max_tt_rank=cap)
+    d = len(raw)
+    bound = math.sqrt(sum(unfolding_tail(a, k, y.tt_ranks[k]) ** 2 for k in range(1, d)))
+    assert (dense(y) - a).norm().item() <= bound * (1 + 1e-8) + 1e-12
+    assert max(y.tt_ranks) <= cap
+
+
+def test_round_matrix_and_batch(gen):
+    b = random_tt(((2, 3, 2), (3, 2, 2)), (1, 3, 3, 1), gen=gen, batch_size=3)
+    y = tt.round(b, 2)
+    assert isinstance(y, tt.TensorTrainBatch) and y.is_tt_matrix() and y.tt_ranks == (1, 2, 2, 1)
+    for i in range(3):  # each element's error obeys the per-element quasi-optimality bound
+        a = interleave(dense(b[i]), (2, 3, 2), (3, 2, 2))
+        ai = interleave(dense(y[i]), (2, 3, 2), (3, 2, 2))
+        bound = math.sqrt(sum(unfolding_tail(a, k, 2) ** 2 for k in (1, 2)))
+        assert (ai - a).norm().item() <= bound * (1 + 1e-9)
+    e = tt.round(b, epsilon=0.3)
+    errs = (dense(e) - dense(b)).flatten(1).norm(dim=1) / dense(b).flatten(1).norm(dim=1)
+    assert bool((errs <= 0.3 * (1 + 1e-9)).all())
+
+
+# ------------------------------------------------------------------------------------- orthogonalization
+@pytest.mark.parametrize("left_to_right", [True, False])
+@pytest.mark.parametrize(
+    ("raw", "ranks", "batch"),
+    [
+        ((3, 4, 5), (1, 3, 4, 1), None),
+        (((2, 3), (3, 2)), (1, 4, 1), None),
+        ((2, 5, 3, 2), (1, 2, 6, 2, 1), 3),
+    ],
+)
+def test_orthogonalize(gen, left_to_right, raw, ranks, batch):
+    x = random_tt(raw, ranks, gen=gen, batch_size=batch)
+    y = tt.orthogonalize(x, left_to_right=left_to_right)
+    assert type(y) is type(x) and y.raw_shape == x.raw_shape
+    assert_close(dense(y), dense(x))
+    assert_orthonormal(y, left_to_right)
+    assert all(ry <= rx for ry, rx in zip(y.tt_ranks, x.tt_ranks, strict=True))
+    z = tt.orthogonalize_tt_cores(x, left_to_right)
+    assert all(torch.equal(a, b) for a, b in zip(y.tt_cores, z.tt_cores, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def test_dense_batches_share_ranks_and_keep_each_bound(gen):
+    a = torch.randn(4, 3, 4, 5, generator=gen, dtype=torch.float64)
+    a[0] = dense(random_tt((3, 4, 5), (1, 1, 1, 1), gen=gen))  # element 0 needs rank 1 only
+    x = tt.to_tt_tensor(a, None, epsilon=0.4, batch=True)
+    assert isinstance(x, tt.TensorTrainBatch) and x.batch_size == 4
+    singles = [tt.to_tt_tensor(a[i], None, epsilon=0.4) for i in range(4)]
+    # common ranks: the largest any element needs
+    assert x.tt_ranks == tuple(max(s.tt_ranks[k] for s in singles) for k in range(4))
+    for i in range(4):
+        assert rel_err(x[i], a[i]) <= 0.4 * (1 + 1e-9)
+    w = torch.randn(2, 6, 20, generator=gen, dtype=torch.float64)
+    m = tt.to_tt_matrix(w, [[2, 3], [4, 5]], max_tt_rank=None, batch=True)
+    assert_close(dense(m), w)
+
+
+# -------------------------------------------------------------------------------------------- gradients
+def test_gradcheck_to_tt_tensor_truncated(gen):
+    a = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: dense(tt.to_tt_tensor(t, 2)), (a,))
+
+
+def test_gradcheck_to_tt_matrix_and_randomized(gen):
+    w = torch.randn(6, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: dense(tt.to_tt_matrix(t, [[2, 3], [2, 4]], 3)), (w,))
+    m = torch.randn(12, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: dense(tt.to_tt_tensor(t, 3, method="randomized")), (m,))
+
+
+def test_gradcheck_round_and_orthogonalize(gen):
+    cores = [c.requires_grad_() for c in random_tt((3, 4, 3), (1, 3, 3, 1), gen=gen).tt_cores]
+
+    def rounded(*cs):
+        return dense(tt.round(tt.TensorTrain(cs), 2))
+
+    def orth(*cs):
+        return dense(tt.orthogonalize(tt.TensorTrain(cs), left_to_right=False))
+
+    assert torch.autograd.gradcheck(rounded, tuple(cores))
+    assert torch.autograd.gradcheck(orth, tuple(cores))
+
+
+# -------------------------------------------------------------------------------------- randomized path
+def spectrum_matrix(s: torch.Tensor, gen) -> torch.Tensor:
+    n = s.numel()
+    u = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64)).Q
+    return (u * s) @ v.T
+
+
+@pytest.mark.parametrize("kind", ["decaying", "knee", "random"])
+def test_randomized_error_within_5_percent_of_exact(gen, kind):
+    n = 512
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    if kind == "decaying":
+        w = spectrum_matrix(i**-1.0, gen)
+    elif kind == "knee":  # flat top, a drop right at the cut, a slowly decaying tail
+        w = spectrum_matrix(torch.where(i <= 16, 1.0, 0.05 * i**-0.5), gen)
+    else:
+        w = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    shape = [[16, 32], [32, 16]]  # one unfolding of 512 x 512, cut at rank 16: "auto" picks randomized
+    assert truncation.use_randomized("auto", 16, n, n, has_delta=False)
+    fast = tt.to_tt_matrix(w, shape, max_tt_rank=16)
+    exact = tt.to_tt_matrix(w, shape, max_tt_rank=16, method="exact")
+    assert fast.tt_ranks == exact.tt_ranks == (1, 16, 1)
+    e_fast, e_exact = rel_err(fast, w), rel_err(exact, w)
+    assert e_exact <= e_fast * (1 + 1e-12)  # sanity: exact is optimal here (d = 2)
+    assert e_fast <= 1.05 * e_exact
+
+
+def test_randomized_with_epsilon_is_certified(gen):
+    i = torch.arange(1, 301, dtype=torch.float64)
+    w = spectrum_matrix(0.9**i, gen)
+    for eps in (1e-3, 1e-1):
+        x = tt.to_tt_tensor(w, max_tt_rank=100, epsilon=eps, method="randomized")
+        assert rel_err(x, w) <= eps * (1 + 1e-9)
+        assert x.tt_ranks[1] <= tt.to_tt_tensor(w, None, eps).tt_ranks[1] + 10
+    # a sketch that cannot reach the error falls back to the exact SVD (here the cap then binds)
+    flat = torch.randn(300, 300, generator=gen, dtype=torch.float64)
+    x = tt.to_tt_tensor(flat, max_tt_rank=20, epsilon=0.1, method="randomized")
+    y = tt.to_tt_tensor(flat, max_tt_rank=20, epsilon=0.1, method="exact")
+    assert x.tt_ranks == y.tt_ranks == (1, 20, 1)
+    assert_close(dense(x), dense(y))
+
+
+def test_auto_rule():
+    assert truncation.use_randomized("auto", 64, 4096, 4096, has_delta=False)
+    assert not truncation.use_randomized("auto", 64, 4096, 4096, has_delta=True)  # epsilon: exact SVD
+    assert not truncation.use_randomized("auto", 64, 200, 4096, has_delta=False)  # small side: exact
+    assert not truncation.use_randomized("auto", 200, 512, 512, has_delta=False)  # sketch too big
+    assert not truncation.use_randomized("randomized", 64, 64, 4096, has_delta=False)  # no truncation
+    assert truncation.use_randomized("randomized", 3, 10, 10, has_delta=True)
+    assert not truncation.use_randomized("exact", 3, 4096, 4096, has_delta=False)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: tt.to_tt_tensor(torch.tensor([1.0, float("nan")])), ValueError, "NaN or inf"),
+        (lambda: tt.to_tt_matrix(torch.full((2, 2), float("inf")), [[2], [2]]), ValueError, "NaN or inf"),
+        (
+            lambda: tt.to_tt_tensor(torch.ones(2, 2), method="svd"),
+            ValueError,
+            r"method must be one of \('auto', 'exact', 'randomized'\), got 'svd'",
+        ),
+        (lambda: tt.round(tt.tensor_ones((2, 2)), method=None), ValueError, r"round: method must be one of"),
+        (
+            lambda: tt.to_tt_tensor(torch.ones(2, 2), epsilon=-0.1),
+            ValueError,
+            r"epsilon must be a finite number >= 0, got -0.1",
+        ),
+        (lambda: tt.to_tt_tensor(torch.ones(2, 2), epsilon="0.1"), TypeError, r"epsilon must be a float"),
+        (
+            lambda: tt.to_tt_tensor(torch.ones(2, 3), max_tt_rank=0),
+            tt.ShapeError,
+            r"max_tt_rank values must be >= 1",
+        ),
+        (
+            lambda: tt.to_tt_tensor(torch.ones(2, 3, 4), max_tt_rank=(2, 2, 2)),
+            tt.ShapeError,
+            r"max_tt_rank must be an int, 2 inner",
+        ),
+        (lambda: tt.to_tt_tensor([[1.0, 2.0]]), TypeError, r"expects a torch.Tensor, got list"),
+        (lambda: tt.to_tt_tensor(torch.ones(2, 3, dtype=torch.int64)), TypeError, r"floating point.*int64"),
+        (lambda: tt.to_tt_tensor(torch.tensor(1.0)), tt.ShapeError, r"non-empty tensor.*shape \(\)"),
+        (lambda: tt.to_tt_tensor(torch.ones(2, 0)), tt.ShapeError, r"shape \(2, 0\)"),
+        (
+            lambda: tt.to_tt_matrix(torch.ones(6, 5), [[2, 3], [2, 3]]),
+            tt.ShapeError,
+            r"shape \(6, 5\) does not match shape \(2, 3\) x \(2, 3\) \(6 x 6 = 36",
+        ),
+        (lambda: tt.to_tt_matrix(torch.ones(6, 6), [[2, 3], [6]]), tt.ShapeError, r"same length"),
+        (
+            lambda: tt.to_tt_matrix(torch.ones(3, 6, 6), [[2, 3], [2, 3]], batch=False),
+            tt.ShapeError,
+            r"does not match",
+        ),
+        (lambda: tt.round(torch.ones(2, 2), 2), TypeError, r"round expects a TensorTrain"),
+        (lambda: tt.orthogonalize("x"), TypeError, r"orthogonalize expects a TensorTrain"),
+        (
+            lambda: tt.round(tt.TensorTrain([torch.full((1, 2, 1), float("nan"))])),
+            ValueError,
+            r"core 0 contains NaN",
+        ),
+        (
+            lambda: tt.orthogonalize(
+                tt.TensorTrain([torch.ones(1, 2, 1), torch.full((1, 2, 1), float("inf"))])
+            ),
+            ValueError,
+            r"core 1 contains NaN or inf",
+        ),
+    ],
+)
+def test_bad_input_is_refused(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_public_names():
+    for name in dec.__all__:
+        assert getattr(tt, name) is getattr(dec, name) and getattr(dec, name).__doc__
