@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import struct
 from pathlib import Path
@@ -321,3 +322,65 @@ def test_missing_file(tmp_path):
         tt.load(tmp_path / "nope.safetensors")
     with pytest.raises(FileNotFoundError):
         tt.read_metadata(tmp_path / "nope.safetensors")
+
+
+# ------------------------------------------------------------------------- models with TT layers
+class TTNet(torch.nn.Module):
+    """TTEmbedding -> mean over the sequence -> TTLinear -> tanh -> TTLinear."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4), dtype=torch.float64)
+        self.fc1 = tt.nn.TTLinear(8, 12, tt_rank=3, in_dims=(2, 4), out_dims=(3, 4), dtype=torch.float64)
+        self.fc2 = tt.nn.TTLinear(12, 5, tt_rank=2, in_dims=(3, 4), out_dims=(5, 1), dtype=torch.float64)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(self.emb(idx).mean(dim=-2))))
+
+
+IDX = torch.tensor([[0, 7, 19], [3, 3, 12]])
+
+
+def _round_fc1(model: TTNet) -> None:
+    # change ranks after construction (as compression does), so loading must resize the cores
+    model.fc1.load_tt_(tt.round(model.fc1.weight.detach(), max_tt_rank=1))
+
+
+@pytest.mark.parametrize("rank_change", [False, True])
+def test_state_dict_round_trip_through_torch_save(tmp_path, rank_change):
+    model = TTNet(seed=0)
+    if rank_change:
+        _round_fc1(model)
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    fresh = TTNet(seed=1)
+    assert not torch.equal(fresh(IDX), model(IDX))
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    assert fresh.fc1.tt_ranks == model.fc1.tt_ranks == ((1, 1, 1) if rank_change else (1, 3, 1))
+    assert torch.equal(fresh(IDX), model(IDX))
+    for (k1, v1), (k2, v2) in zip(fresh.state_dict().items(), model.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_state_dict_round_trip_through_safetensors(tmp_path):
+    model = TTNet(seed=0)
+    _round_fc1(model)
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file(model.state_dict(), path)
+    fresh = TTNet(seed=1)
+    fresh.load_state_dict(safetensors.torch.load_file(path))
+    assert torch.equal(fresh(IDX), model(IDX))
+
+
+def test_tt_objects_through_torch_save_weights_only(tmp_path, gen):
+    # weights_only=True refuses unknown classes; allow-listing TensorTrain loads it (tt.save needs no such step)
+    a = _tt(gen, matrix=True)
+    path = tmp_path / "a.pt"
+    torch.save({"w": a, "b": _tt(gen, batch_size=2)}, path)
+    with pytest.raises(pickle.UnpicklingError, match="TensorTrain"):
+        torch.load(path, weights_only=True)
+    with torch.serialization.safe_globals([tt.TensorTrain, tt.TensorTrainBatch]):
+        loaded = torch.load(path, weights_only=True)
+    _same(a, loaded["w"])
+    assert isinstance(loaded["b"], tt.TensorTrainBatch) and loaded["b"].batch_size == 2
