@@ -302,14 +302,15 @@ def _inner_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:
 def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) -> torch.Tensor:
     """The squared Frobenius norm ``sum |x|^2`` of a TT object (a vector for a batch).
 
-    ``differentiable=False`` (t3f's default) orthogonalizes the cores left to right with QR and returns
-    the squared norm of the last core: numerically safest (no over/underflow of Gram products).
-    ``differentiable=True`` uses the Gram sweep ``<x, conj(x)>``, whose gradient is defined everywhere.
-    Both are autograd-differentiable in PyTorch; QR's backward needs full-rank factors.
+    ``differentiable=False`` (t3f's default) computes the value by orthogonalizing the cores left to
+    right with QR and taking the squared norm of the last core: numerically safest (no over/underflow
+    of Gram products). ``differentiable=True`` computes it with the Gram sweep ``<x, conj(x)>``.
+    Unlike t3f, the gradient is the Gram sweep's in both cases: QR's backward is undefined (NaN) for
+    rank-deficient cores, e.g. at a zero tensor, while the Gram sweep's is defined everywhere.
 
     Args:
         tt: a TT object.
-        differentiable: use the Gram sweep instead of QR.
+        differentiable: compute the value with the Gram sweep instead of QR.
 
     Returns:
         A real 0-dim tensor, or a vector of length B for a batch.
@@ -327,10 +328,17 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
     """
     check_tt(tt, "frobenius_norm_squared", "tt")
     cores = [flat_modes(c) for c in batched_cores(tt)]
+    needs_grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
+    gram = _inner_sweep(cores, [c.conj() for c in cores], True).real if differentiable or needs_grad else None
     if differentiable:
-        res = _inner_sweep(cores, [c.conj() for c in cores], True).real
+        res = gram
     else:
-        res = _qr_last_core(cores).abs().pow(2).flatten(1).sum(dim=1)
+        with torch.no_grad():
+            res = _qr_last_core(cores).abs().pow(2).flatten(1).sum(dim=1)
+        if gram is not None:
+            # QR's value with the Gram sweep's gradient (and higher derivatives).
+            res = res + (gram - gram.detach())
+    assert res is not None
     return res if is_batch(tt) else res[0]
 
 
