@@ -169,6 +169,17 @@ def test_original_untouched_unless_inplace(gen):
     assert same is model and isinstance(model[0], tt.nn.TTLinear)
 
 
+def test_dry_run_plans_without_touching(gen):
+    torch.manual_seed(0)
+    model = TinyTransformer(vocab=100, dim=32, hidden=64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    same, plan = tt.compress(model, ratio=4, dry_run=True)
+    assert same is model and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, tt.nn.TTLinear | tt.nn.TTEmbedding) for m in model.modules())
+    small, report = tt.compress(model, ratio=4)
+    assert plan.to_dict() == report.to_dict() and plan.model_params_after == count(small)
+
+
 def test_selection_globs_shared_modules_and_subclasses():
     torch.manual_seed(0)
     model = TinyTransformer()
@@ -195,6 +206,8 @@ def test_tied_weights_stay_dense():
         assert not by_name[name].replaced and "tied to" in by_name[name].reason
     assert small.head.weight is small.embed.weight and isinstance(small.mlp[0], tt.nn.TTLinear)
     assert report.ratio >= 2 and report.model_params_after == count(small)
+    with pytest.raises(ValueError, match="out of reach"):
+        tt.compress(model, ratio=2, include=["embed", "head"])
 
 
 def test_epsilon_budget_and_unsupported_embedding():

@@ -339,6 +339,7 @@ def compress(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     inplace: bool = False,
+    dry_run: bool = False,
 ) -> tuple[nn.Module, CompressionReport]:
     """Replace a model's ``nn.Linear`` and ``nn.Embedding`` layers by ``TTLinear`` / ``TTEmbedding`` (TT-SVD).
 
@@ -364,6 +365,8 @@ def compress(
         include: glob(s) a layer name must match (default: all matching types).
         exclude: glob(s) that remove layers from the selection.
         inplace: modify ``model`` itself; by default a deep copy is compressed and ``model`` is untouched.
+        dry_run: only plan: run the TT-SVDs and return ``(model, report)`` with ``model`` neither changed nor
+            copied, so budgets can be compared by their report (ranks, parameters, errors) first.
 
     Returns:
         ``(compressed_model, report)``; ``print(report)`` shows a table.
@@ -385,7 +388,7 @@ def compress(
         raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
     _check_budget(max_tt_rank, epsilon, ratio)
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace or dry_run else copy.deepcopy(model)
     before_model = sum(p.numel() for p in target.parameters())
     layers = _select(target, inc, exc)
     if not layers:
@@ -398,7 +401,7 @@ def compress(
     if ratio is not None:
         free = [(n, m) for n, m in layers if id(m) not in tied]
         fixed = sum(p.numel() for _, m in layers if id(m) in tied for p in m.parameters())
-        max_tt_rank = _rank_for_ratio(free, ratio, fixed) if free else 1
+        max_tt_rank = _rank_for_ratio(free, ratio, fixed)
     reports = []
     for names, module in layers:
         if id(module) in tied:
@@ -406,14 +409,15 @@ def compress(
             continue
         new, rep = _convert_one(names[0], module, max_tt_rank, epsilon)
         reports.append(rep)
-        if new is None:
+        if new is None or dry_run:
             continue
         for name in names:  # a module shared under several names is replaced everywhere
             if name == "":
                 target = new
             else:
                 target.set_submodule(name, new)
-    after_model = sum(p.numel() for p in target.parameters())
+    saved = sum(r.params_before - r.params_after for r in reports)
+    after_model = before_model - saved if dry_run else sum(p.numel() for p in target.parameters())
     return target, CompressionReport(tuple(reports), before_model, after_model)
 
 
