@@ -30,20 +30,29 @@ GLOBAL_BATCH = 8
 TIMEOUT_S = 120
 
 
+class _Net(torch.nn.Module):
+    """TTEmbedding -> mean over the sequence -> TTLinear -> tanh -> TTLinear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = tt.nn.TTEmbedding(20, 12, tt_rank=2, voc_dims=(4, 5), emb_dims=(3, 4), dtype=torch.float64)
+        self.fc1 = tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+        self.fc2 = tt.nn.TTLinear(
+            8, 6, tt_rank=(1, 2, 2, 1), in_dims=(2, 2, 2), out_dims=(1, 2, 3), dtype=torch.float64
+        )
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(self.emb(idx).mean(dim=-2))))
+
+
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(
-        tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64),
-        torch.nn.Tanh(),
-        tt.nn.TTLinear(
-            8, 6, tt_rank=(1, 2, 2, 1), in_dims=(2, 2, 2), out_dims=(1, 2, 3), dtype=torch.float64
-        ),
-    )
+    return _Net()
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(STEPS, GLOBAL_BATCH, 12, generator=g, dtype=torch.float64)
+    x = torch.randint(0, 20, (STEPS, GLOBAL_BATCH, 3), generator=g)
     y = torch.randn(STEPS, GLOBAL_BATCH, 6, generator=g, dtype=torch.float64)
     return x, y
 
