@@ -330,10 +330,16 @@ def _plot(results: list[StageResult]) -> bytes | None:
     fig = Figure(figsize=(6, 4), dpi=120)
     FigureCanvasAgg(fig)  # Agg, without pyplot's global state
     ax = fig.add_subplot()
-    for r in results:
-        ax.scatter(r.params, 100 * r.test_accuracy, s=40)
-        ax.annotate(f"{r.stage}: {r.name}", (r.params, 100 * r.test_accuracy), textcoords="offset points",
-                    xytext=(6, -10), fontsize=8)  # fmt: skip
+    for i, r in enumerate(results):
+        acc = 100 * r.test_accuracy
+        ax.scatter(r.params, acc, s=40, label=f"{r.stage}: {r.name} ({r.params:,} params, {acc:.2f}%)")
+        # alternate sides so that c and d (same size) keep readable letters
+        ax.annotate(
+            r.stage, (r.params, acc), textcoords="offset points", xytext=(7 if i % 2 == 0 else -13, 3)
+        )
+    path = [r for r in results if r.stage in "bcd"]  # the compression path: dense -> TT-SVD -> fine-tuned
+    ax.plot([r.params for r in path], [100 * r.test_accuracy for r in path], ":", color="gray", lw=1)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # below the axes
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("MNIST test accuracy (%)")
