@@ -168,6 +168,9 @@ def test_load_tt_accepts_weight_and_t3f_kernel(gen):
     made = tt.nn.TTLinear.from_tt(tt.TensorTrain(cores), bias=bias)
     assert (made.in_features, made.out_features, made.tt_ranks) == (12, 6, (1, 2, 1))
     assert_close(made(x), x @ dense_from_cores(cores).T + bias)
+    from_kernel = tt.nn.TTLinear.from_tt(tt.TensorTrain(kernel), bias=bias)  # bias length tells in from out
+    assert (from_kernel.in_features, from_kernel.out_features) == (12, 6)
+    assert_close(from_kernel(x), x @ dense_from_cores(kernel) + bias)
 
 
 def test_state_dict_round_trip_survives_rank_change(gen):

@@ -17,7 +17,7 @@ from typing import Literal, get_args
 
 import torch
 
-__all__ = ["INIT_SCHEMES", "InitScheme", "dense_variance", "tt_normal_"]
+__all__ = ["dense_variance", "tt_normal_"]
 
 InitScheme = Literal["linear", "glorot", "he", "lecun"]
 INIT_SCHEMES: tuple[str, ...] = get_args(InitScheme)

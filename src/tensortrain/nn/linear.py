@@ -281,7 +281,9 @@ class TTLinear(nn.Module):
 
         Args:
             tt_matrix: a TT-matrix of shape ``out_features x in_features`` (``nn.Linear.weight``'s
-                orientation); dtype and device are kept.
+                orientation); dtype and device are kept. A t3f kernel (``in x out``) is recognized and
+                transposed when ``bias`` is given and its length matches only the kernel's column count;
+                otherwise pass ``tt.transpose(kernel)``.
             bias: optional bias values of shape ``(out_features,)``.
             has_bias: whether the layer has a bias; default: ``bias is not None``. With a bias but no values
                 it starts at ``nn.Linear``'s default init.
@@ -299,6 +301,12 @@ class TTLinear(nn.Module):
         """
         tt_matrix = F._check_tt_matrix("TTLinear.from_tt", tt_matrix)
         out_dims, in_dims = tt_matrix.get_raw_shape()
+        if (
+            bias is not None
+            and bias.dim() == 1
+            and bias.shape[0] == math.prod(in_dims) != math.prod(out_dims)
+        ):
+            out_dims, in_dims = in_dims, out_dims  # a t3f kernel (in x out): load_tt_ transposes it
         layer = cls(
             math.prod(in_dims),
             math.prod(out_dims),
