@@ -289,3 +289,12 @@ def test_renormalize_tt_cores(spec, seed, batch):
 def test_renormalize_rejects_negative_epsilon(gen):
     with pytest.raises(ValueError, match="epsilon must be >= 0, got -1"):
         ops.renormalize_tt_cores(random_tt((2,), (1, 1), gen=gen), epsilon=-1)
+
+
+def test_device_mismatch_is_a_shape_error(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    with pytest.raises(tt.ShapeError, match="add: operands are on different devices cpu and meta"):
+        ops.add(a, a.to("meta"))
+    m = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    with pytest.raises(tt.ShapeError, match="matmul: operands are on different devices cpu and meta"):
+        m @ torch.ones(4, 2, dtype=torch.float64, device="meta")

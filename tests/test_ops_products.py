@@ -329,11 +329,11 @@ def test_bilinear_form_errors(gen):
 
 def test_no_full_in_products(gen, monkeypatch):
     """Products never materialize the TT: poison full() and run every path."""
-    from tensortrain import products
+    from tensortrain import forms, indexing, products
 
     a = random_tt(((2, 3), (4, 2)), (1, 2, 1), gen=gen)
     monkeypatch.setattr(ops, "full", lambda *_: pytest.fail("full() called"))
-    assert not hasattr(products, "full")
+    assert not any(hasattr(mod, "full") for mod in (products, forms, indexing))
     x = torch.ones(8, 2, dtype=torch.float64)
     _ = a @ x, x.T @ ops.transpose(a), ops.flat_inner(a, torch.ones(6, 8, dtype=torch.float64))
     assert math.isfinite(float(ops.frobenius_norm(a)))

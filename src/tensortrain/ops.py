@@ -1,8 +1,8 @@
 """The TT algebra (t3f's ``t3f.ops``): full, transpose, cast, add, subtract, multiply, kron, renormalization.
 
-Products (``matmul``, ``flat_inner``, norms, bilinear forms) live in :mod:`tensortrain.products` and
-indexing (``getitem``, ``gather_nd``) in :mod:`tensortrain.indexing`; both are re-exported here, so
-``tt.ops.<name>`` reaches every operation.
+Products (``matmul``, ``flat_inner``) live in :mod:`tensortrain.products`, norms and bilinear forms in
+:mod:`tensortrain.forms`, indexing (``getitem``, ``gather_nd``) in :mod:`tensortrain.indexing`; all are
+re-exported here, so ``tt.ops.<name>`` reaches every operation.
 
 Symbols: ``d`` cores, ``n`` largest mode size (``m * n`` for TT-matrices), ``r`` largest TT-rank,
 ``B`` batch size. Every operation accepts a :class:`TensorTrain` or a :class:`TensorTrainBatch`; binary
@@ -19,6 +19,13 @@ from typing import Any
 import torch
 
 from .errors import ShapeError
+from .forms import (
+    bilinear_form,
+    bilinear_form_two_mat,
+    frobenius_norm,
+    frobenius_norm_squared,
+    quadratic_form,
+)
 from .indexing import gather_nd, getitem
 from .operands import (
     batched_cores,
@@ -31,15 +38,7 @@ from .operands import (
     tensor_dims,
     wrap,
 )
-from .products import (
-    bilinear_form,
-    bilinear_form_two_mat,
-    flat_inner,
-    frobenius_norm,
-    frobenius_norm_squared,
-    matmul,
-    quadratic_form,
-)
+from .products import flat_inner, matmul
 from .tensor_train import TensorTrainBase
 
 __all__ = [

@@ -1,0 +1,241 @@
+"""Norms and bilinear forms of TT objects: frobenius_norm(_squared), bilinear_form, quadratic_form.
+
+Re-exported by :mod:`tensortrain.ops`. Symbols: ``d`` cores, ``n``/``m`` mode sizes, ``r`` TT-rank, ``B``
+batch size. Nothing here builds a full tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ShapeError
+from .operands import (
+    batched_cores,
+    broadcast_batch_size,
+    check_dtype_device,
+    check_matrix,
+    check_tt,
+    expand_cores,
+    flat_modes,
+    is_batch,
+    matrix_dims,
+    vector_cores,
+)
+from .products import inner_sweep
+from .tensor_train import TensorTrainBase
+
+__all__ = [
+    "bilinear_form",
+    "bilinear_form_two_mat",
+    "frobenius_norm",
+    "frobenius_norm_squared",
+    "quadratic_form",
+]
+
+
+# ------------------------------------------------------------------------------------------------- norms
+def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) -> torch.Tensor:
+    """The squared Frobenius norm ``sum |x|^2`` of a TT object (a vector for a batch).
+
+    ``differentiable=False`` (t3f's default) computes the value by orthogonalizing the cores left to
+    right with QR and taking the squared norm of the last core: numerically safest (no over/underflow
+    of Gram products). ``differentiable=True`` computes it with the Gram sweep ``<x, conj(x)>``.
+    Unlike t3f, the gradient is the Gram sweep's in both cases: QR's backward is undefined (NaN) for
+    rank-deficient cores, e.g. at a zero tensor, while the Gram sweep's is defined everywhere.
+
+    Args:
+        tt: a TT object.
+        differentiable: compute the value with the Gram sweep instead of QR.
+
+    Returns:
+        A real 0-dim tensor, or a vector of length B for a batch.
+
+    Raises:
+        TypeError: ``tt`` is not a TT object.
+
+    Complexity: O(d B r^3 n).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor((2, 3, 4), tt_rank=2)
+        >>> bool(abs(tt.frobenius_norm_squared(a) - (tt.full(a) ** 2).sum()) < 1e-4)
+        True
+    """
+    check_tt(tt, "frobenius_norm_squared", "tt")
+    cores = [flat_modes(c) for c in batched_cores(tt)]
+    needs_grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
+    gram = inner_sweep(cores, [c.conj() for c in cores], True).real if differentiable or needs_grad else None
+    if differentiable:
+        res = gram
+    else:
+        with torch.no_grad():
+            res = _qr_last_core(cores).abs().pow(2).flatten(1).sum(dim=1)
+        if gram is not None:
+            # QR's value with the Gram sweep's gradient (and higher derivatives).
+            res = res + (gram - gram.detach())
+    assert res is not None
+    return res if is_batch(tt) else res[0]
+
+
+def _qr_last_core(cores: list[torch.Tensor]) -> torch.Tensor:
+    """Push the norm into the last core by a left-to-right QR sweep; returns the last (B, r, n, 1) core."""
+    carry = cores[0]
+    for nxt in cores[1:]:
+        bs, r, n, s = carry.shape
+        _, rmat = torch.linalg.qr(carry.reshape(bs, r * n, s))
+        carry = torch.einsum("bij,bjms->bims", rmat, nxt)
+    return carry
+
+
+def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bool = False) -> torch.Tensor:
+    """The Frobenius norm of a TT object (a vector for a batch).
+
+    Differs from t3f on purpose: t3f returns ``sqrt(norm^2 + 1e-5)`` by default (biased, for a finite
+    gradient at zero). Here the default ``epsilon=0`` gives the true norm, and the gradient at a zero
+    tensor is 0 instead of NaN; pass ``epsilon=1e-5`` for t3f's exact values.
+
+    Args:
+        tt: a TT object.
+        epsilon: added to the squared norm under the square root (t3f compatibility).
+        differentiable: as in :func:`frobenius_norm_squared`.
+
+    Returns:
+        A real 0-dim tensor, or a vector of length B.
+
+    Raises:
+        TypeError: ``tt`` is not a TT object.
+        ValueError: ``epsilon`` is negative.
+
+    Complexity: O(d B r^3 n).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> a = tt.random_tensor((2, 3, 4), tt_rank=2)
+        >>> bool(abs(tt.frobenius_norm(a) - tt.full(a).norm()) < 1e-4)
+        True
+    """
+    if not epsilon >= 0:
+        raise ValueError(f"frobenius_norm: epsilon must be >= 0, got {epsilon!r}")
+    sq = frobenius_norm_squared(tt, differentiable=differentiable) + epsilon
+    positive = sq > 0
+    # sqrt has an infinite derivative at 0; feed it 1 there and mask, so the gradient is 0, not NaN.
+    return torch.where(positive, torch.sqrt(torch.where(positive, sq, torch.ones_like(sq))), 0.0)
+
+
+# ------------------------------------------------------------------------------------------ bilinear forms
+def bilinear_form(A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase) -> torch.Tensor:
+    """``b^T A c`` for a TT-matrix ``A`` (N x M) and TT vectors ``b`` (N) and ``c`` (M), without full().
+
+    Vectors may be TT-matrices ``N x 1`` (t3f's form), ``1 x N``, or TT-tensors with raw shape equal to
+    ``A``'s row (for ``b``) / column (for ``c``) modes. Any of the three may be a batch; batches
+    broadcast (each operand's own batch flag is used: t3f reads ``c``'s flag from ``b``, a bug not copied).
+
+    Args:
+        A: a TT-matrix (batch), rows ``n_1..n_d``, columns ``m_1..m_d``.
+        b: a TT vector over ``A``'s row modes.
+        c: a TT vector over ``A``'s column modes.
+
+    Returns:
+        A 0-dim tensor, or a vector of length B if any operand is a batch.
+
+    Raises:
+        TypeError: an operand is not a TT object, or ``A`` is not a TT-matrix.
+        ShapeError: modes, batch sizes, dtypes or devices disagree.
+
+    Complexity: O(d B r^3 n m) with r the largest rank of the three.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> A = tt.random_matrix([[2, 3], [4, 5]])
+        >>> b, c = tt.random_tensor((2, 3)), tt.random_tensor((4, 5))
+        >>> tt.bilinear_form(A, b, c).shape
+        torch.Size([])
+    """
+    check_matrix(A, "bilinear_form", "A")
+    rows, cols = matrix_dims(A)
+    cb = vector_cores(b, tuple(rows), "bilinear_form", "b")
+    cc = vector_cores(c, tuple(cols), "bilinear_form", "c")
+    check_dtype_device("bilinear_form", A, b, c)
+    size, batch = broadcast_batch_size("bilinear_form", A, b, c)
+    ca, cb, cc = (expand_cores(x, size) for x in (batched_cores(A), cb, cc))
+    v = torch.ones(size, 1, 1, 1, dtype=A.dtype, device=A.device)
+    for x, a, y in zip(cb, ca, cc, strict=True):
+        t = torch.einsum("bpqs,bpnu->bqsnu", v, x)
+        t = torch.einsum("bqsnu,bqnmw->bsuwm", t, a)
+        v = torch.einsum("bsuwm,bsmz->buwz", t, y)
+    res = v.reshape(size)
+    return res if batch else res[0]
+
+
+def quadratic_form(A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase | None = None) -> torch.Tensor:
+    """``b^T A b`` (or ``b^T A c`` when ``c`` is given: t3f's 3-argument alias of :func:`bilinear_form`).
+
+    Args:
+        A: a square-mode TT-matrix (batch).
+        b: a TT vector over ``A``'s row modes.
+        c: optional TT vector over ``A``'s column modes; defaults to ``b``.
+
+    Returns:
+        A 0-dim tensor, or a vector of length B for batches.
+
+    Raises:
+        TypeError, ShapeError: as :func:`bilinear_form`.
+
+    Complexity: as :func:`bilinear_form`.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> A, b = tt.random_matrix([[2, 3], [2, 3]]), tt.random_tensor((2, 3))
+        >>> tt.quadratic_form(A, b).shape
+        torch.Size([])
+    """
+    return bilinear_form(A, b, b if c is None else c)
+
+
+def bilinear_form_two_mat(
+    x: TensorTrainBase, A: TensorTrainBase, B: TensorTrainBase, y: TensorTrainBase
+) -> torch.Tensor:
+    """``x^T A B y`` without forming ``A B`` (t3f's ``ops.bilinear_form_two_mat``); batches broadcast.
+
+    Args:
+        x: a TT vector over ``A``'s row modes.
+        A: a TT-matrix ``(N x K)``.
+        B: a TT-matrix ``(K x M)`` with row modes equal to ``A``'s column modes.
+        y: a TT vector over ``B``'s column modes.
+
+    Returns:
+        A 0-dim tensor, or a vector of length B for batches.
+
+    Raises:
+        TypeError: an operand has the wrong kind.
+        ShapeError: modes, batch sizes, dtypes or devices disagree.
+
+    Complexity: O(d B r^4 n k m) with r the largest rank.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> A, B = tt.random_matrix([[2, 3], [2, 2]]), tt.random_matrix([[2, 2], [3, 2]])
+        >>> x, y = tt.random_tensor((2, 3)), tt.random_tensor((3, 2))
+        >>> tt.bilinear_form_two_mat(x, A, B, y).shape
+        torch.Size([])
+    """
+    op = "bilinear_form_two_mat"
+    check_matrix(A, op, "A")
+    check_matrix(B, op, "B")
+    rows_a, cols_a = matrix_dims(A)
+    rows_b, cols_b = matrix_dims(B)
+    if tuple(cols_a) != tuple(rows_b):
+        raise ShapeError(f"{op}: A has column dims {tuple(cols_a)} but B has row dims {tuple(rows_b)}")
+    cx = vector_cores(x, tuple(rows_a), op, "x")
+    cy = vector_cores(y, tuple(cols_b), op, "y")
+    check_dtype_device(op, x, A, B, y)
+    size, batch = broadcast_batch_size(op, x, A, B, y)
+    cx, ca, cbm, cy = (expand_cores(c, size) for c in (cx, batched_cores(A), batched_cores(B), cy))
+    v = torch.ones(size, 1, 1, 1, 1, dtype=A.dtype, device=A.device)
+    for gx, ga, gb, gy in zip(cx, ca, cbm, cy, strict=True):
+        t = torch.einsum("bpqst,bpnu->bqstnu", v, gx)
+        t = torch.einsum("bqstnu,bqnkw->bstukw", t, ga)
+        t = torch.einsum("bstukw,bskmz->btuwzm", t, gb)
+        v = torch.einsum("btuwzm,btme->buwze", t, gy)
+    res = v.reshape(size)
+    return res if batch else res[0]
