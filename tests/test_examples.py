@@ -1,0 +1,38 @@
+"""The tensor-completion example recovers a low-rank TT from a fraction of its entries (seeded, small)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tensor_completion.py"
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("tensor_completion", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tensor_completion_reaches_small_error(capsys):
+    example = load_example()
+    args = ["--shape", "5", "5", "5", "5", "--rank", "2", "--fraction", "0.4", "--iterations", "100"]
+    error = example.main([*args, "--tol", "1e-4", "--seed", "5"])
+    out = capsys.readouterr().out
+    assert error < 1e-3
+    lines = [ln for ln in out.splitlines() if ln.startswith("iteration")]
+    assert lines and re.match(r"iteration +1 +loss [0-9.e+-]+ +relative error [0-9.e+-]+", lines[0])
+    assert out.strip().splitlines()[-1] == f"final relative error: {error:.3e}"
+    first = float(lines[0].split()[-1])
+    assert error < 1e-2 * first  # it really converged, not started there
+
+
+def test_tensor_completion_rejects_bad_options(capsys):
+    example = load_example()
+    with pytest.raises(SystemExit):
+        example.main(["--fraction", "1.5"])
+    assert "--fraction must be in (0, 1]" in capsys.readouterr().err
