@@ -242,3 +242,21 @@ def test_bad_arguments():
         tt.compress({}, max_tt_rank=4)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no TTLinear or TTEmbedding"):
         tt.decompress(mlp())
+
+
+def test_compressed_model_fine_tunes(gen):
+    torch.manual_seed(0)
+    teacher = mlp()
+    x = torch.randn(256, 64, generator=gen, dtype=DT)
+    with torch.no_grad():
+        y = teacher(x)
+    small, _ = tt.compress(teacher, max_tt_rank=2)
+    opt = torch.optim.Adam(small.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(small(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
