@@ -244,6 +244,10 @@ def test_multiply_complex_number(gen):
     a = random_tt((2, 3), (1, 2, 1), gen=gen)
     ac = ops.cast(a, torch.complex128)
     assert_close(ops.full(ac * (1 - 2j)), ops.full(ac) * (1 - 2j))
+    with pytest.raises(
+        TypeError, match=r"multiply: a complex number \(1-2j\) cannot scale torch.float64 cores"
+    ):
+        a * (1 - 2j)
 
 
 # ----------------------------------------------------------------------------------------------------- kron

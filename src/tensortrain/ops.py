@@ -287,7 +287,13 @@ def multiply(tt_left: Any, right: Any) -> Any:
         return tt_left._new(cores)
     if isinstance(right, bool) or not isinstance(right, numbers.Number):
         raise TypeError(f"multiply: expects a number or a TT object, got {type(right).__name__}")
-    return tt_left._new(_scale_balanced(list(tt_left.tt_cores), complex(right)))  # type: ignore[call-overload]
+    c = complex(right)  # type: ignore[call-overload]
+    if c.imag != 0 and not tt_left.dtype.is_complex:
+        raise TypeError(
+            f"multiply: a complex number {right!r} cannot scale {tt_left.dtype} cores; cast first, "
+            "e.g. tt.cast(a, torch.complex64)"
+        )
+    return tt_left._new(_scale_balanced(list(tt_left.tt_cores), c))
 
 
 def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]:
