@@ -86,3 +86,31 @@ def test_full_and_matmul_with_dense(gen):
         assert_close(g, e)
     for g, e in zip(_grads([x, y, *cores]), expected_grads, strict=True):
         assert_close(g, e)
+
+
+EMBEDDING_GRAPH_BREAK = (
+    "graph breaks in tensortrain/nn/functional.py: _check_indices calls int(input.min()) (data-dependent "
+    "Tensor.item()) and tt_embedding calls torch.unique (data-dependent output shape)"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=EMBEDDING_GRAPH_BREAK)
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_tt_embedding_layer(padding_idx):
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(
+        20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4), padding_idx=padding_idx, dtype=torch.float64
+    )
+    idx = torch.tensor([[0, 7, 7, 3], [19, 3, 12, 0]])  # repeated indices and the padding index
+    params = list(emb.parameters())
+    weights = torch.randn(2, 4, 8, dtype=torch.float64)
+
+    expected = emb(idx)
+    (expected * weights).sum().backward()
+    expected_grads = _grads(params)
+
+    got = _compiled(emb)(idx)
+    (got * weights).sum().backward()
+    assert_close(got, expected)
+    for g, e in zip(_grads(params), expected_grads, strict=True):
+        assert_close(g, e)

@@ -64,3 +64,44 @@ def test_export_and_run_with_onnxruntime(tmp_path):
         with torch.no_grad():
             expected = model(xb)
         torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
+
+
+class EmbeddingModel(torch.nn.Module):
+    """TTEmbedding -> mean over the sequence -> TTLinear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4))
+        self.fc = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(3, 2))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(idx).mean(dim=-2))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="torch.export fails on data-dependent int(input.min()) in tensortrain/nn/functional.py _check_indices",
+)
+def test_export_embedding_model(tmp_path):
+    torch.manual_seed(0)
+    model = EmbeddingModel().eval()
+    path = tmp_path / "emb.onnx"
+    idx = torch.tensor([[0, 7, 7], [19, 3, 12]])
+    torch.onnx.export(
+        model,
+        (idx,),
+        path,
+        dynamo=True,
+        opset_version=OPSET,
+        input_names=["idx"],
+        dynamic_shapes={"idx": {0: torch.export.Dim("batch")}},
+        verbose=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(1)
+    for batch in (1, 2, 5):
+        ib = torch.randint(0, 20, (batch, 3), generator=g)
+        (got,) = session.run(None, {"idx": ib.numpy()})
+        with torch.no_grad():
+            expected = model(ib)
+        torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
