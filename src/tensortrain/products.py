@@ -266,25 +266,28 @@ def _inner_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:
     check_dtype_device("flat_inner", w, x)
     elem = tuple(w.shape[1:]) if is_batch(w) else tuple(w.shape)
     bs = batch_size(w)
-    if tuple(x.shape) == elem:
-        x = x.unsqueeze(0).expand(bs, *elem)
-    elif tuple(x.shape) != tuple(w.shape):
+    shared = tuple(x.shape) == elem  # one dense tensor for every batch element: never copied B times
+    if not shared and tuple(x.shape) != tuple(w.shape):
         raise ShapeError(
             f"flat_inner: the dense tensor has shape {tuple(x.shape)} but the TT object has shape "
             f"{tuple(w.shape)} (raw shape {describe(w)})"
         )
-    cores = [flat_modes(c) for c in batched_cores(w)]
     if w.is_tt_matrix():
+        # Interleave (m_1..m_d, n_1..n_d) -> (m_1, n_1, ..., m_d, n_d), the order of the cores' modes.
         rows, cols = matrix_dims(w)
-        d = len(rows)
-        x = x.reshape(bs, *rows, *cols)
-        perm = [0] + [i for k in range(d) for i in (1 + k, 1 + d + k)]
-        x = x.permute(perm)
-    # t: (B, r_k, mode_k, rest); contract cores left to right.
-    t = x.reshape(bs, 1, cores[0].shape[2], -1)
-    for k, core in enumerate(cores):
-        t = torch.einsum("brmx,brms->bsx", t, core)
-        if k + 1 < len(cores):
-            t = t.reshape(bs, t.shape[1], cores[k + 1].shape[2], -1)
+        d, lead = len(rows), 0 if shared else 1
+        x = x.reshape(*x.shape[:lead], *rows, *cols)
+        x = x.permute(*range(lead), *(lead + i for k in range(d) for i in (k, d + k)))
+    cores = [flat_modes(c) for c in batched_cores(w)]
+    # Each core (B, r, m, s) acts from the left as (B, s, r m) on the state (B, r m, rest): no copies.
+    left = [c.reshape(bs, -1, c.shape[-1]).transpose(1, 2) for c in cores]
+    m0 = cores[0].shape[2]
+    if shared:
+        s0 = cores[0].shape[-1]
+        t = (left[0].reshape(bs * s0, m0) @ x.reshape(m0, -1)).reshape(bs, s0, -1)
+    else:
+        t = torch.bmm(left[0], x.reshape(bs, m0, -1))
+    for c, core in zip(left[1:], cores[1:], strict=True):
+        t = torch.bmm(c, t.reshape(bs, core.shape[1] * core.shape[2], -1))
     res = t.reshape(bs)
     return res if is_batch(w) else res[0]
