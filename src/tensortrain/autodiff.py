@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import riemannian as _rm
+from . import tangent as ts
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["gradients", "hessian_vector_product"]
@@ -34,7 +34,7 @@ def _delta_point(
     """The frame ``(U, V)`` of ``x`` and deltas (requiring grad) that represent ``x`` itself."""
     if not isinstance(x, TensorTrain):
         raise TypeError(f"{fname}: `x` must be a TensorTrain, got {type(x).__name__}")
-    u, v = _rm._tangent_frame(x.detach())
+    u, v = ts.tangent_frame(x.detach())
     deltas = [v[0].detach().clone().unsqueeze(0).requires_grad_()]
     deltas += [torch.zeros_like(c).unsqueeze(0).requires_grad_() for c in u[1:]]
     return u, v, deltas
@@ -74,7 +74,7 @@ def _grads(outputs: torch.Tensor, deltas: list[torch.Tensor], create_graph: bool
 
 
 def _gauge_all(grads: list[torch.Tensor], u: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [_rm._gauge(u[k], g) for k, g in enumerate(grads[:-1])] + [grads[-1]]
+    return [ts.gauge(u[k], g) for k, g in enumerate(grads[:-1])] + [grads[-1]]
 
 
 def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorTrain:
@@ -108,12 +108,12 @@ def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorT
     fname = "gradients"
     u, v, deltas = _delta_point(x, fname)
     with torch.enable_grad():
-        point = _rm._tangent(deltas, u, v, x, batch=False)
+        point = ts.tangent(deltas, u, v, x, batch=False)
         value = _value(func, point, fname)
         if runtime_check:
             _check_invariance(func, x, value, fname)
         grads = _grads(value, deltas, create_graph=False)
-    return _rm._tangent(_gauge_all(grads, u), u, v, x, batch=False)  # type: ignore[return-value]
+    return ts.tangent(_gauge_all(grads, u), u, v, x, batch=False)  # type: ignore[return-value]
 
 
 def hessian_vector_product(
@@ -155,9 +155,9 @@ def hessian_vector_product(
     u, v, deltas = _delta_point(x, fname)
     if isinstance(vector, TensorTrainBase) and not isinstance(vector, TensorTrain):
         raise TypeError(f"{fname}: `vector` must be a TensorTrain or a dense tensor, got a batch")
-    vec_deltas, _, _, _ = _rm._project_deltas(vector, x, fname, frame=(u, v))
+    vec_deltas, _, _, _ = ts.project_deltas(vector, x, fname, frame=(u, v))
     with torch.enable_grad():
-        point = _rm._tangent(deltas, u, v, x, batch=False)
+        point = ts.tangent(deltas, u, v, x, batch=False)
         value = _value(func, point, fname)
         if runtime_check:
             _check_invariance(func, x, value, fname)
@@ -165,4 +165,4 @@ def hessian_vector_product(
         # vec_deltas obey the gauge, so pairing with the raw gradient equals pairing with its projection.
         inner = sum((g * w).sum() for g, w in zip(first, vec_deltas, strict=True))
         second = _grads(inner, deltas, create_graph=False)  # type: ignore[arg-type]
-    return _rm._tangent(_gauge_all(second, u), u, v, x, batch=False)  # type: ignore[return-value]
+    return ts.tangent(_gauge_all(second, u), u, v, x, batch=False)  # type: ignore[return-value]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import decompositions
-from . import riemannian as _rm
+from . import tangent as ts
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["RiemannianSGD", "riemannian_gradient_from_cores"]
@@ -58,10 +58,10 @@ def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[tor
     ``G_k`` gives ``UL_{<k}^T grad VR_{>k}^T`` by pseudo-inverses; the frame ``(U, V)`` is taken from a
     minimal (numerically full-rank) representation, whose interfaces lie in those spans.
     """
-    ul, vr = _rm._left_sweep(x), _rm._right_sweep(x)
+    ul, vr = ts.left_sweep(x), ts.right_sweep(x)
     tol = 100 * torch.finfo(x[0].dtype).eps
     minimal = decompositions.round(TensorTrain(x), epsilon=tol) if len(x) > 1 else TensorTrain(x)
-    u, v = _rm._tangent_frame(minimal)
+    u, v = ts.tangent_frame(minimal)
     p, m = _sweep_left(ul, x), _sweep_left(ul, u)
     q, n = _sweep_right(x, vr), _sweep_right(v, vr)
     deltas = []
@@ -69,7 +69,7 @@ def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[tor
         left = m[k].T @ torch.linalg.pinv(p[k].T)
         right = torch.linalg.pinv(q[k + 1].T) @ n[k + 1].T
         deltas.append(torch.einsum("ab,bnc,cd->and", left, g[k], right).unsqueeze(0))
-    return [_rm._gauge(u[k], dk) for k, dk in enumerate(deltas[:-1])] + [deltas[-1]], u, v
+    return [ts.gauge(u[k], dk) for k, dk in enumerate(deltas[:-1])] + [deltas[-1]], u, v
 
 
 def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Tensor]) -> TensorTrain:
@@ -106,7 +106,7 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
         )
     point = x.detach()
     deltas, u, v = _core_deltas([_flat(c) for c in point.tt_cores], [_flat(a.detach()) for a in grads])
-    return _rm._tangent(deltas, u, v, x, batch=False)  # type: ignore[return-value]
+    return ts.tangent(deltas, u, v, x, batch=False)  # type: ignore[return-value]
 
 
 def _pad_to(core: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -171,13 +171,13 @@ class RiemannianSGD(torch.optim.Optimizer):
         state = self.state[cores[0]]
         if group["momentum"] and "direction" in state:
             # Transport the previous direction to the new tangent space by projecting it.
-            old, _, _, _ = _rm._project_deltas(state["direction"], point, "RiemannianSGD", frame=(u, v))
+            old, _, _, _ = ts.project_deltas(state["direction"], point, "RiemannianSGD", frame=(u, v))
             deltas = [dl + group["momentum"] * o for dl, o in zip(deltas, old, strict=True)]
         if group["momentum"]:
-            state["direction"] = _rm._tangent(deltas, u, v, point, batch=False)
+            state["direction"] = ts.tangent(deltas, u, v, point, batch=False)
         flat = [-group["lr"] * dl for dl in deltas]
         flat[0] = flat[0] + v[0].unsqueeze(0)  # the point itself: first delta V_1, the others zero
-        moved = _rm._tangent(flat, u, v, point, batch=False)
+        moved = ts.tangent(flat, u, v, point, batch=False)
         ranks = [int(c.shape[0]) for c in cores[1:]]
         new = decompositions.round(moved, max_tt_rank=ranks) if ranks else moved
         for c, nc in zip(cores, new.tt_cores, strict=True):

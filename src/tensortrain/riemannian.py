@@ -21,10 +21,11 @@ Symbols: ``d`` cores, ``n`` mode size (``m_k n_k`` for a TT-matrix), ``r`` rank 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 
+from . import tangent as ts
 from .errors import ShapeError
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
@@ -38,213 +39,6 @@ __all__ = [
 ]
 
 Cores = list[torch.Tensor]
-
-
-# ------------------------------------------------------------------------------------ layout helpers
-def _matrix_modes(x: TensorTrainBase) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return cast(tuple[tuple[int, ...], tuple[int, ...]], x.raw_shape)
-
-
-def _flat_cores(x: TensorTrainBase) -> Cores:
-    """Cores as 3-dim ``(r, n, r)`` (4-dim with a batch axis); a TT-matrix core's modes are merged."""
-    b = 1 if isinstance(x, TensorTrainBatch) else 0
-    if not x.is_tt_matrix():
-        return list(x.tt_cores)
-    return [c.reshape(*c.shape[: b + 1], -1, c.shape[-1]) for c in x.tt_cores]
-
-
-def _unflat(cores: Sequence[torch.Tensor], like: TensorTrainBase, batch: bool) -> TensorTrainBase:
-    """Inverse of :func:`_flat_cores` for the mode sizes of ``like``; a batch when ``batch``."""
-    if like.is_tt_matrix():
-        rows, cols = _matrix_modes(like)
-        cores = [
-            c.reshape(*c.shape[:-2], m, n, c.shape[-1]) for c, m, n in zip(cores, rows, cols, strict=True)
-        ]
-    return TensorTrainBatch(cores) if batch else TensorTrain(cores)
-
-
-def _check_where(where: Any, fname: str) -> None:
-    if not isinstance(where, TensorTrain):
-        raise TypeError(f"{fname}: `where` must be a TensorTrain (a single TT), got {type(where).__name__}")
-
-
-def _check_pair(what: TensorTrainBase | torch.Tensor, where: TensorTrain, fname: str) -> None:
-    if what.dtype != where.dtype or what.device != where.device:
-        raise ShapeError(
-            f"{fname}: `what` is {what.dtype} on {what.device} but `where` is {where.dtype} on "
-            f"{where.device}; cast one of them first"
-        )
-
-
-# ----------------------------------------------------------------------------------- orthogonalization
-def _left_sweep(cores: Cores) -> Cores:
-    """Left-orthogonalize cores 1..d-1 by reduced QR (ranks may shrink to the feasible ones)."""
-    out: Cores = []
-    carry: torch.Tensor | None = None
-    for c in cores[:-1]:
-        if carry is not None:
-            c = torch.einsum("ab,bnc->anc", carry, c)
-        r0, n, r1 = c.shape
-        q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
-        out.append(q.reshape(r0, n, q.shape[1]))
-    last = cores[-1] if carry is None else torch.einsum("ab,bnc->anc", carry, cores[-1])
-    return [*out, last]
-
-
-def _right_sweep(cores: Cores) -> Cores:
-    """Right-orthogonalize cores 2..d by reduced QR of the transposed unfoldings."""
-    out: Cores = []
-    carry: torch.Tensor | None = None
-    for c in reversed(cores[1:]):
-        if carry is not None:
-            c = torch.einsum("anb,bc->anc", c, carry)
-        r0, n, r1 = c.shape
-        q, rt = torch.linalg.qr(c.reshape(r0, n * r1).T)
-        carry = rt.T
-        out.append(q.T.reshape(q.shape[1], n, r1))
-    first = cores[0] if carry is None else torch.einsum("anb,bc->anc", cores[0], carry)
-    return [first, *reversed(out)]
-
-
-def _ranks(cores: Cores) -> list[int]:
-    return [int(c.shape[0]) for c in cores]
-
-
-def _tangent_frame(where: TensorTrain) -> tuple[Cores, Cores]:
-    """Left- and right-orthogonal cores ``(U, V)`` of ``where`` with equal (feasible) ranks.
-
-    ``U[:-1]`` are left-orthogonal, ``V[1:]`` right-orthogonal and ``V[0]`` is the first core of the
-    right-orthogonal form, so that ``where = V[0] V[1] ... V[d-1]``.
-    """
-    left = _left_sweep(_flat_cores(where))
-    right = _right_sweep(left)
-    if _ranks(right) != _ranks(left):
-        # A rank above the mode sizes shrank in the right sweep: one more pair of sweeps makes both
-        # forms share the (now feasible) ranks; it cannot shrink them again.
-        left = _left_sweep(right)
-        right = _right_sweep(left)
-    return left, right
-
-
-# --------------------------------------------------------------------------------------- the projector
-def _gauge(u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``(I - U U^T) delta`` in the left unfolding; ``delta`` has a leading batch axis."""
-    coef = torch.einsum("anb,oanc->obc", u, delta)
-    return delta - torch.einsum("anb,obc->oanc", u, coef)
-
-
-def _deltas_of_tt(z: Cores, u: Cores, v: Cores) -> Cores:
-    """Projection deltas of each element of the batch of TT cores ``z`` (leading batch axis)."""
-    d, bsz = len(z), z[0].shape[0]
-    ones = torch.ones(bsz, 1, 1, dtype=z[0].dtype, device=z[0].device)
-    rhs: list[torch.Tensor] = [ones] * (d + 1)
-    for k in range(d - 1, 0, -1):
-        rhs[k] = torch.einsum("oanb,cnd,obd->oac", z[k], v[k], rhs[k + 1])
-    lhs = ones
-    deltas: Cores = []
-    for k in range(d):
-        part = torch.einsum("oab,obnc->oanc", lhs, z[k])
-        if k < d - 1:
-            lhs = torch.einsum("oanc,anb->obc", part, u[k])
-            part = torch.einsum("oanc,ocd->oand", part, rhs[k + 1])
-            part = _gauge(u[k], part)
-        deltas.append(part)
-    return deltas
-
-
-def _deltas_of_dense(z: torch.Tensor, u: Cores, v: Cores) -> Cores:
-    """Projection deltas of a dense batch ``z`` of shape ``(B, n_1, ..., n_d)`` (merged modes)."""
-    d, bsz = len(u), z.shape[0]
-    dims = [int(c.shape[1]) for c in u]
-    left = z.reshape(bsz, 1, -1)  # U_{<k}^T Z, shape (B, r_{k-1}, n_k ... n_d)
-    deltas: Cores = []
-    for k in range(d):
-        # Contract the trailing modes with V_{>k}, from the last mode inwards.
-        t = left.reshape(bsz, -1, 1)
-        for j in range(d - 1, k, -1):
-            t = torch.einsum("oxnc,anc->oxa", t.reshape(bsz, -1, dims[j], t.shape[-1]), v[j])
-        part = t.reshape(bsz, u[k].shape[0], dims[k], -1)
-        if k < d - 1:
-            part = _gauge(u[k], part)
-            lv = left.reshape(bsz, u[k].shape[0] * dims[k], -1)
-            left = torch.einsum("ab,oax->obx", u[k].reshape(-1, u[k].shape[-1]), lv)
-        deltas.append(part)
-    return deltas
-
-
-def _assemble(deltas: Cores, u: Cores, v: Cores) -> Cores:
-    """Tangent cores (batched like ``deltas``) in t3f's block layout, ranks ``2 r``."""
-    d, bsz = len(deltas), deltas[0].shape[0]
-    if d == 1:
-        return list(deltas)
-
-    def rep(c: torch.Tensor) -> torch.Tensor:
-        return c.unsqueeze(0).expand(bsz, *c.shape)
-
-    cores = [torch.cat([deltas[0], rep(u[0])], dim=-1)]
-    for k in range(1, d - 1):
-        zeros = deltas[k].new_zeros(bsz, v[k].shape[0], v[k].shape[1], u[k].shape[2])
-        upper = torch.cat([rep(v[k]), zeros], dim=-1)
-        lower = torch.cat([deltas[k], rep(u[k])], dim=-1)
-        cores.append(torch.cat([upper, lower], dim=1))
-    cores.append(torch.cat([rep(v[-1]), deltas[-1]], dim=1))
-    return cores
-
-
-def _tangent(deltas: Cores, u: Cores, v: Cores, where: TensorTrain, batch: bool) -> TensorTrainBase:
-    cores = _assemble(deltas, u, v)
-    if not batch:
-        cores = [c[0] for c in cores]
-    res = _unflat(cores, where, batch)
-    res.projection_on = where  # type: ignore[attr-defined]
-    return res
-
-
-def _dense_to_flat(what: torch.Tensor, where: TensorTrain, fname: str) -> torch.Tensor:
-    """A dense tensor (or a batch of them, leading axis) as ``(B, n_1, ..., n_d)`` with merged modes."""
-    shape = tuple(where.shape)
-    if tuple(what.shape) == shape:
-        what = what.unsqueeze(0)
-    elif tuple(what.shape[1:]) != shape or what.dim() != len(shape) + 1:
-        raise ShapeError(
-            f"{fname}: dense `what` has shape {tuple(what.shape)} but `where` has shape {shape} "
-            f"(a leading batch axis is allowed)"
-        )
-    bsz = what.shape[0]
-    if where.is_tt_matrix():
-        rows, cols = _matrix_modes(where)
-        d = len(rows)
-        what = what.reshape(bsz, *rows, *cols)
-        perm = [0] + [p for k in range(d) for p in (1 + k, 1 + d + k)]
-        what = what.permute(perm).reshape(bsz, *(m * n for m, n in zip(rows, cols, strict=True)))
-    return what
-
-
-def _project_deltas(
-    what: TensorTrainBase | torch.Tensor,
-    where: TensorTrain,
-    fname: str,
-    frame: tuple[Cores, Cores] | None = None,
-) -> tuple[Cores, Cores, Cores, bool]:
-    """Deltas (batched) of the projection of each element of ``what``; also the frame and batchness."""
-    _check_where(where, fname)
-    u, v = _tangent_frame(where) if frame is None else frame
-    if isinstance(what, torch.Tensor):
-        _check_pair(what, where, fname)
-        flat = _dense_to_flat(what, where, fname)
-        return _deltas_of_dense(flat, u, v), u, v, what.dim() == len(where.shape) + 1
-    if not isinstance(what, TensorTrainBase):
-        raise TypeError(f"{fname}: `what` must be a TT object or a torch.Tensor, got {type(what).__name__}")
-    _check_pair(what, where, fname)
-    if what.raw_shape != where.raw_shape:
-        raise ShapeError(
-            f"{fname}: `what` has raw shape {what.raw_shape} but `where` has raw shape {where.raw_shape}"
-        )
-    batch = isinstance(what, TensorTrainBatch)
-    z = _flat_cores(what)
-    if not batch:
-        z = [c.unsqueeze(0) for c in z]
-    return _deltas_of_tt(z, u, v), u, v, batch
 
 
 def project_sum(
@@ -278,7 +72,7 @@ def project_sum(
         >>> tt.project_sum(x, x).tt_ranks
         (1, 4, 1)
     """
-    deltas, u, v, _ = _project_deltas(what, where, "project_sum")
+    deltas, u, v, _ = ts.project_deltas(what, where, "project_sum")
     bsz = deltas[0].shape[0]
     if weights is None:
         w = torch.ones(bsz, dtype=deltas[0].dtype, device=deltas[0].device)
@@ -287,7 +81,7 @@ def project_sum(
         if w.shape != (bsz,):
             raise ShapeError(f"project_sum: weights must have shape ({bsz},), got {tuple(w.shape)}")
     summed = [torch.einsum("o,o...->...", w, dl).unsqueeze(0) for dl in deltas]
-    return _tangent(summed, u, v, where, batch=False)  # type: ignore[return-value]
+    return ts.tangent(summed, u, v, where, batch=False)  # type: ignore[return-value]
 
 
 def project(what: TensorTrainBase | torch.Tensor, where: TensorTrain) -> TensorTrainBase:
@@ -316,8 +110,8 @@ def project(what: TensorTrainBase | torch.Tensor, where: TensorTrain) -> TensorT
         >>> tt.project(torch.randn(3, 4), x).tt_ranks
         (1, 4, 1)
     """
-    deltas, u, v, batch = _project_deltas(what, where, "project")
-    return _tangent(deltas, u, v, where, batch=batch)
+    deltas, u, v, batch = ts.project_deltas(what, where, "project")
+    return ts.tangent(deltas, u, v, where, batch=batch)
 
 
 def _matmul_flat(matrix: TensorTrain, what: TensorTrainBase, where: TensorTrain) -> Cores:
@@ -332,7 +126,7 @@ def _matmul_flat(matrix: TensorTrain, what: TensorTrainBase, where: TensorTrain)
             f"project_matmul: matrix of raw shape {matrix.raw_shape} times `what` of raw shape "
             f"{what.raw_shape} does not give `where`'s raw shape {where.raw_shape}"
         )
-    _check_pair(matrix, where, "project_matmul")
+    ts.check_pair(matrix, where, "project_matmul")
     batch = isinstance(what, TensorTrainBatch)
     out: Cores = []
     for a, w in zip(matrix.tt_cores, what.tt_cores, strict=True):
@@ -374,13 +168,13 @@ def project_matmul(what: TensorTrainBase, where: TensorTrain, matrix: TensorTrai
         >>> tt.riemannian.project_matmul(v, x, a).tt_ranks
         (1, 4, 1)
     """
-    _check_where(where, "project_matmul")
+    ts.check_where(where, "project_matmul")
     if not isinstance(what, TensorTrainBase):
         raise TypeError(f"project_matmul: `what` must be a TT object, got {type(what).__name__}")
-    _check_pair(what, where, "project_matmul")
+    ts.check_pair(what, where, "project_matmul")
     z = _matmul_flat(matrix, what, where)
-    u, v = _tangent_frame(where)
-    return _tangent(_deltas_of_tt(z, u, v), u, v, where, batch=isinstance(what, TensorTrainBatch))
+    u, v = ts.tangent_frame(where)
+    return ts.tangent(ts.deltas_of_tt(z, u, v), u, v, where, batch=isinstance(what, TensorTrainBatch))
 
 
 # ------------------------------------------------------------------------------------ tangent vectors
@@ -395,7 +189,7 @@ def _half_ranks(x: TensorTrainBase, fname: str) -> list[int]:
 def _delta_slices(x: TensorTrainBase, fname: str) -> Cores:
     """The delta blocks of a tangent vector's cores (flat layout, batch axis kept as is)."""
     h = _half_ranks(x, fname)
-    cores = _flat_cores(x)
+    cores = ts.flat_cores(x)
     d = len(cores)
     if d == 1:
         return list(cores)
@@ -410,7 +204,7 @@ def _delta_slices(x: TensorTrainBase, fname: str) -> Cores:
 def _unflat_core(c: torch.Tensor, x: TensorTrainBase, k: int) -> torch.Tensor:
     if not x.is_tt_matrix():
         return c
-    rows, cols = _matrix_modes(x)
+    rows, cols = ts.matrix_modes(x)
     return c.reshape(*c.shape[:-2], rows[k], cols[k], c.shape[-1])
 
 
@@ -476,11 +270,11 @@ def deltas_to_tangent_space(
         >>> q.tt_ranks
         (1, 4, 1)
     """
-    _check_where(tt, "deltas_to_tangent_space")
+    ts.check_where(tt, "deltas_to_tangent_space")
     if left is None or right is None:
-        u, v = _tangent_frame(tt)
+        u, v = ts.tangent_frame(tt)
     else:
-        u, v = _flat_cores(left), _flat_cores(right)
+        u, v = ts.flat_cores(left), ts.flat_cores(right)
     if len(deltas) != len(u):
         raise ShapeError(f"deltas_to_tangent_space: got {len(deltas)} deltas for a TT with {len(u)} cores")
     core_dim = 4 if tt.is_tt_matrix() else 3
@@ -493,10 +287,10 @@ def deltas_to_tangent_space(
         if tuple(dl.shape[1:]) != want:
             raise ShapeError(
                 f"deltas_to_tangent_space: delta {k} has shape {tuple(deltas[k].shape)}, expected the "
-                f"flat shape {want} of the frame (ranks {tuple(_ranks(u)) + (1,)})"
+                f"flat shape {want} of the frame (ranks {tuple(ts.ranks(u)) + (1,)})"
             )
         flat.append(dl)
-    return _tangent(flat, u, v, tt, batch=batch)
+    return ts.tangent(flat, u, v, tt, batch=batch)
 
 
 def _check_projected(objs: Sequence[Any], fname: str) -> TensorTrain:
@@ -612,7 +406,7 @@ def add_n_projected(
         stack = torch.stack([dl[k] for dl in deltas])
         w = c.reshape(*c.shape, *([1] * (stack.dim() - c.dim())))
         summed.append((w * stack).sum(0))
-    cores = list(_flat_cores(first))
+    cores = list(ts.flat_cores(first))
     h = _half_ranks(first, fname)
     d = len(cores)
     out = []
@@ -625,6 +419,6 @@ def add_n_projected(
         core = core.clone()
         core[..., lo:, :, :hi] = summed[k]
         out.append(core)
-    res = _unflat(out, first, batch)
+    res = ts.unflat(out, first, batch)
     res.projection_on = on  # type: ignore[attr-defined]
     return res

@@ -1,0 +1,231 @@
+"""Internal: frames and tangent vectors of the fixed-TT-rank manifold (used by riemannian, autodiff, optim).
+
+Conventions (see :mod:`tensortrain.riemannian` for the mathematics): "flat" cores are 3-dim ``(r, n, r)``
+with a TT-matrix core's two modes merged; delta cores carry a leading batch axis; the frame of a point is
+``(U, V)``: left-orthogonal cores ``U[:-1]``, right-orthogonal cores ``V[1:]``, equal (feasible) ranks.
+
+Symbols: ``d`` cores, ``n`` mode size, ``r`` rank, ``B`` batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import torch
+
+from .errors import ShapeError
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+
+__all__: list[str] = []  # nothing public: the public API is in riemannian, autodiff and optim
+
+
+Cores = list[torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------ layout helpers
+def matrix_modes(x: TensorTrainBase) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return cast(tuple[tuple[int, ...], tuple[int, ...]], x.raw_shape)
+
+
+def flat_cores(x: TensorTrainBase) -> Cores:
+    """Cores as 3-dim ``(r, n, r)`` (4-dim with a batch axis); a TT-matrix core's modes are merged."""
+    b = 1 if isinstance(x, TensorTrainBatch) else 0
+    if not x.is_tt_matrix():
+        return list(x.tt_cores)
+    return [c.reshape(*c.shape[: b + 1], -1, c.shape[-1]) for c in x.tt_cores]
+
+
+def unflat(cores: Sequence[torch.Tensor], like: TensorTrainBase, batch: bool) -> TensorTrainBase:
+    """Inverse of :func:`flat_cores` for the mode sizes of ``like``; a batch when ``batch``."""
+    if like.is_tt_matrix():
+        rows, cols = matrix_modes(like)
+        cores = [
+            c.reshape(*c.shape[:-2], m, n, c.shape[-1]) for c, m, n in zip(cores, rows, cols, strict=True)
+        ]
+    return TensorTrainBatch(cores) if batch else TensorTrain(cores)
+
+
+# ----------------------------------------------------------------------------------- orthogonalization
+def left_sweep(cores: Cores) -> Cores:
+    """Left-orthogonalize cores 1..d-1 by reduced QR (ranks may shrink to the feasible ones)."""
+    out: Cores = []
+    carry: torch.Tensor | None = None
+    for c in cores[:-1]:
+        if carry is not None:
+            c = torch.einsum("ab,bnc->anc", carry, c)
+        r0, n, r1 = c.shape
+        q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
+        out.append(q.reshape(r0, n, q.shape[1]))
+    last = cores[-1] if carry is None else torch.einsum("ab,bnc->anc", carry, cores[-1])
+    return [*out, last]
+
+
+def right_sweep(cores: Cores) -> Cores:
+    """Right-orthogonalize cores 2..d by reduced QR of the transposed unfoldings."""
+    out: Cores = []
+    carry: torch.Tensor | None = None
+    for c in reversed(cores[1:]):
+        if carry is not None:
+            c = torch.einsum("anb,bc->anc", c, carry)
+        r0, n, r1 = c.shape
+        q, rt = torch.linalg.qr(c.reshape(r0, n * r1).T)
+        carry = rt.T
+        out.append(q.T.reshape(q.shape[1], n, r1))
+    first = cores[0] if carry is None else torch.einsum("anb,bc->anc", cores[0], carry)
+    return [first, *reversed(out)]
+
+
+def ranks(cores: Cores) -> list[int]:
+    return [int(c.shape[0]) for c in cores]
+
+
+def tangent_frame(where: TensorTrain) -> tuple[Cores, Cores]:
+    """Left- and right-orthogonal cores ``(U, V)`` of ``where`` with equal (feasible) ranks.
+
+    ``U[:-1]`` are left-orthogonal, ``V[1:]`` right-orthogonal and ``V[0]`` is the first core of the
+    right-orthogonal form, so that ``where = V[0] V[1] ... V[d-1]``.
+    """
+    left = left_sweep(flat_cores(where))
+    right = right_sweep(left)
+    if ranks(right) != ranks(left):
+        # A rank above the mode sizes shrank in the right sweep: one more pair of sweeps makes both
+        # forms share the (now feasible) ranks; it cannot shrink them again.
+        left = left_sweep(right)
+        right = right_sweep(left)
+    return left, right
+
+
+# --------------------------------------------------------------------------------------- the projector
+def gauge(u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``(I - U U^T) delta`` in the left unfolding; ``delta`` has a leading batch axis."""
+    coef = torch.einsum("anb,oanc->obc", u, delta)
+    return delta - torch.einsum("anb,obc->oanc", u, coef)
+
+
+def deltas_of_tt(z: Cores, u: Cores, v: Cores) -> Cores:
+    """Projection deltas of each element of the batch of TT cores ``z`` (leading batch axis)."""
+    d, bsz = len(z), z[0].shape[0]
+    ones = torch.ones(bsz, 1, 1, dtype=z[0].dtype, device=z[0].device)
+    rhs: list[torch.Tensor] = [ones] * (d + 1)
+    for k in range(d - 1, 0, -1):
+        rhs[k] = torch.einsum("oanb,cnd,obd->oac", z[k], v[k], rhs[k + 1])
+    lhs = ones
+    deltas: Cores = []
+    for k in range(d):
+        part = torch.einsum("oab,obnc->oanc", lhs, z[k])
+        if k < d - 1:
+            lhs = torch.einsum("oanc,anb->obc", part, u[k])
+            part = torch.einsum("oanc,ocd->oand", part, rhs[k + 1])
+            part = gauge(u[k], part)
+        deltas.append(part)
+    return deltas
+
+
+def deltas_of_dense(z: torch.Tensor, u: Cores, v: Cores) -> Cores:
+    """Projection deltas of a dense batch ``z`` of shape ``(B, n_1, ..., n_d)`` (merged modes)."""
+    d, bsz = len(u), z.shape[0]
+    dims = [int(c.shape[1]) for c in u]
+    left = z.reshape(bsz, 1, -1)  # U_{<k}^T Z, shape (B, r_{k-1}, n_k ... n_d)
+    deltas: Cores = []
+    for k in range(d):
+        # Contract the trailing modes with V_{>k}, from the last mode inwards.
+        t = left.reshape(bsz, -1, 1)
+        for j in range(d - 1, k, -1):
+            t = torch.einsum("oxnc,anc->oxa", t.reshape(bsz, -1, dims[j], t.shape[-1]), v[j])
+        part = t.reshape(bsz, u[k].shape[0], dims[k], -1)
+        if k < d - 1:
+            part = gauge(u[k], part)
+            lv = left.reshape(bsz, u[k].shape[0] * dims[k], -1)
+            left = torch.einsum("ab,oax->obx", u[k].reshape(-1, u[k].shape[-1]), lv)
+        deltas.append(part)
+    return deltas
+
+
+def assemble(deltas: Cores, u: Cores, v: Cores) -> Cores:
+    """Tangent cores (batched like ``deltas``) in t3f's block layout, ranks ``2 r``."""
+    d, bsz = len(deltas), deltas[0].shape[0]
+    if d == 1:
+        return list(deltas)
+
+    def rep(c: torch.Tensor) -> torch.Tensor:
+        return c.unsqueeze(0).expand(bsz, *c.shape)
+
+    cores = [torch.cat([deltas[0], rep(u[0])], dim=-1)]
+    for k in range(1, d - 1):
+        zeros = deltas[k].new_zeros(bsz, v[k].shape[0], v[k].shape[1], u[k].shape[2])
+        upper = torch.cat([rep(v[k]), zeros], dim=-1)
+        lower = torch.cat([deltas[k], rep(u[k])], dim=-1)
+        cores.append(torch.cat([upper, lower], dim=1))
+    cores.append(torch.cat([rep(v[-1]), deltas[-1]], dim=1))
+    return cores
+
+
+def tangent(deltas: Cores, u: Cores, v: Cores, where: TensorTrain, batch: bool) -> TensorTrainBase:
+    cores = assemble(deltas, u, v)
+    if not batch:
+        cores = [c[0] for c in cores]
+    res = unflat(cores, where, batch)
+    res.projection_on = where  # type: ignore[attr-defined]
+    return res
+
+
+def dense_to_flat(what: torch.Tensor, where: TensorTrain, fname: str) -> torch.Tensor:
+    """A dense tensor (or a batch of them, leading axis) as ``(B, n_1, ..., n_d)`` with merged modes."""
+    shape = tuple(where.shape)
+    if tuple(what.shape) == shape:
+        what = what.unsqueeze(0)
+    elif tuple(what.shape[1:]) != shape or what.dim() != len(shape) + 1:
+        raise ShapeError(
+            f"{fname}: dense `what` has shape {tuple(what.shape)} but `where` has shape {shape} "
+            f"(a leading batch axis is allowed)"
+        )
+    bsz = what.shape[0]
+    if where.is_tt_matrix():
+        rows, cols = matrix_modes(where)
+        d = len(rows)
+        what = what.reshape(bsz, *rows, *cols)
+        perm = [0] + [p for k in range(d) for p in (1 + k, 1 + d + k)]
+        what = what.permute(perm).reshape(bsz, *(m * n for m, n in zip(rows, cols, strict=True)))
+    return what
+
+
+# ---------------------------------------------------------------------------------------- validation
+def check_where(where: Any, fname: str) -> None:
+    if not isinstance(where, TensorTrain):
+        raise TypeError(f"{fname}: `where` must be a TensorTrain (a single TT), got {type(where).__name__}")
+
+
+def check_pair(what: TensorTrainBase | torch.Tensor, where: TensorTrain, fname: str) -> None:
+    if what.dtype != where.dtype or what.device != where.device:
+        raise ShapeError(
+            f"{fname}: `what` is {what.dtype} on {what.device} but `where` is {where.dtype} on "
+            f"{where.device}; cast one of them first"
+        )
+
+
+def project_deltas(
+    what: TensorTrainBase | torch.Tensor,
+    where: TensorTrain,
+    fname: str,
+    frame: tuple[Cores, Cores] | None = None,
+) -> tuple[Cores, Cores, Cores, bool]:
+    """Deltas (batched) of the projection of each element of ``what``; also the frame and batchness."""
+    check_where(where, fname)
+    u, v = tangent_frame(where) if frame is None else frame
+    if isinstance(what, torch.Tensor):
+        check_pair(what, where, fname)
+        flat = dense_to_flat(what, where, fname)
+        return deltas_of_dense(flat, u, v), u, v, what.dim() == len(where.shape) + 1
+    if not isinstance(what, TensorTrainBase):
+        raise TypeError(f"{fname}: `what` must be a TT object or a torch.Tensor, got {type(what).__name__}")
+    check_pair(what, where, fname)
+    if what.raw_shape != where.raw_shape:
+        raise ShapeError(
+            f"{fname}: `what` has raw shape {what.raw_shape} but `where` has raw shape {where.raw_shape}"
+        )
+    batch = isinstance(what, TensorTrainBatch)
+    z = flat_cores(what)
+    if not batch:
+        z = [c.unsqueeze(0) for c in z]
+    return deltas_of_tt(z, u, v), u, v, batch
