@@ -279,3 +279,13 @@ def test_from_linear_exact_over_shapes(spec, seed):
     assert_close(layer.to_linear().weight, dense.weight)
     x = torch.randn(2, math.prod(cols), generator=gen, dtype=torch.float64)
     assert_close(layer(x), dense(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_from_linear_half_precision(dtype):
+    torch.manual_seed(0)
+    dense = nn.Linear(16, 12, dtype=dtype)
+    layer = tt.nn.TTLinear.from_linear(dense, in_dims=(4, 4), out_dims=(3, 4))  # exact ranks
+    assert all(c.dtype == dtype for c in layer.cores) and layer.bias is not None and layer.bias.dtype == dtype
+    err = (layer.dense_weight().float() - dense.weight.float()).abs().max()
+    assert err < 1e-2 * dense.weight.float().abs().max()

@@ -18,7 +18,14 @@ from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank
 from ..tensor_train import TensorTrain
 from . import functional as F
 from .init import tt_normal_
-from .linear import _assign_cores_, _check_dims, _check_features, _choose_d, _resize_cores_to_state
+from .linear import (
+    _assign_cores_,
+    _check_dims,
+    _check_features,
+    _choose_d,
+    _resize_cores_to_state,
+    _svd_ready,
+)
 
 __all__ = ["TTEmbedding"]
 
@@ -233,8 +240,8 @@ class TTEmbedding(nn.Module):
             max_tt_rank = max(max_tt_ranks([m * n for m, n in zip(voc, emb, strict=True)]))
         tt = F._check_tt_matrix(
             "TTEmbedding.from_embedding",
-            to_tt_matrix(table, [list(voc), list(emb)], max_tt_rank=max_tt_rank, epsilon=epsilon),
-        )
+            to_tt_matrix(_svd_ready(table), [list(voc), list(emb)], max_tt_rank=max_tt_rank, epsilon=epsilon),
+        ).to(table.dtype)
         layer = cls(
             v, dim, tt_rank=tt.tt_ranks, voc_dims=voc, emb_dims=emb, padding_idx=embedding.padding_idx,
             device=table.device, dtype=table.dtype,

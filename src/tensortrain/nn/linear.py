@@ -43,9 +43,6 @@ def resolve_dims(
     out_features: int,
     in_dims: Sequence[int] | None,
     out_dims: Sequence[int] | None,
-    *,
-    in_name: str = "in",
-    out_name: str = "out",
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Validate given mode sizes or factor the sizes into ``d`` balanced modes (shared ``d``).
 
@@ -55,13 +52,11 @@ def resolve_dims(
     Raises:
         ShapeError: dims that do not multiply to the size, or in/out dims of different lengths.
     """
-    names = (f"{in_name}_dims", f"{out_name}_dims")
-    sizes = (f"{in_name}_features", f"{out_name}_features")
-    ins = None if in_dims is None else _check_dims(names[0], in_dims, in_features, sizes[0])
-    outs = None if out_dims is None else _check_dims(names[1], out_dims, out_features, sizes[1])
+    ins = None if in_dims is None else _check_dims("in_dims", in_dims, in_features, "in_features")
+    outs = None if out_dims is None else _check_dims("out_dims", out_dims, out_features, "out_features")
     if ins is not None and outs is not None and len(ins) != len(outs):
         raise ShapeError(
-            f"{names[0]}={ins} and {names[1]}={outs} must have the same length (one pair of modes per core)"
+            f"in_dims={ins} and out_dims={outs} must have the same length (one pair of modes per core)"
         )
     d = len(ins) if ins is not None else len(outs) if outs is not None else None
     if d is None:
@@ -71,6 +66,12 @@ def resolve_dims(
     if outs is None:
         outs = tuple(reversed(auto_shape(out_features, d)))
     return ins, outs
+
+
+def _svd_ready(w: torch.Tensor) -> torch.Tensor:
+    """The weight in a dtype torch's SVD supports: half precision is decomposed in float32 (the cores are
+    cast back by the caller)."""
+    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
 
 
 def _check_features(name: str, value: Any) -> int:
@@ -236,7 +237,8 @@ class TTLinear(nn.Module):
         """A TTLinear whose weight is the TT-SVD of ``linear.weight``; the bias is copied.
 
         Args:
-            linear: an ``nn.Linear`` (its device and dtype are kept).
+            linear: an ``nn.Linear`` (its device and dtype are kept; half precision weights are decomposed
+                in float32).
             max_tt_rank: cap on the TT-ranks (int or one per bond). With neither this nor ``epsilon`` the
                 decomposition is exact (maximal useful ranks).
             epsilon: relative Frobenius error target of the weight (Oseledets 2011 splits it over d-1 SVDs).
@@ -268,8 +270,10 @@ class TTLinear(nn.Module):
             max_tt_rank = max(max_tt_ranks([m * n for m, n in zip(out_dims, in_dims, strict=True)]))
         tt = F._check_tt_matrix(
             "TTLinear.from_linear",
-            to_tt_matrix(w, [list(out_dims), list(in_dims)], max_tt_rank=max_tt_rank, epsilon=epsilon),
-        )
+            to_tt_matrix(
+                _svd_ready(w), [list(out_dims), list(in_dims)], max_tt_rank=max_tt_rank, epsilon=epsilon
+            ),
+        ).to(w.dtype)
         bias = None if linear.bias is None else linear.bias.detach()
         return cls.from_tt(tt, bias=bias, has_bias=linear.bias is not None)
 
