@@ -102,6 +102,12 @@ def test_auto_dims_and_rank_clipping():
     assert len(layer.in_dims) == len(layer.out_dims) == 4
     sizes = [m * n for m, n in zip(layer.out_dims, layer.in_dims, strict=True)]
     assert layer.tt_ranks == tt.shapes.max_tt_ranks(sizes)
+    primes = tt.nn.TTLinear(1009, 1013, tt_rank=2)  # two primes: a low-rank factorization, d = 2
+    assert primes.in_dims == (1, 1009) and primes.out_dims == (1013, 1)
+    for n_in, n_out in [(784, 10), (12, 7), (2, 3), (1, 1), (4096, 4096)]:
+        auto = tt.nn.TTLinear(n_in, n_out, tt_rank=2)
+        assert math.prod(auto.in_dims) == n_in and math.prod(auto.out_dims) == n_out
+        assert all(m * n > 1 for m, n in zip(auto.out_dims, auto.in_dims, strict=True)) or n_in * n_out == 1
     small = tt.nn.TTLinear(10, 3, tt_rank=2, in_dims=(2, 5))
     assert math.prod(small.out_dims) == 3 and len(small.out_dims) == 2
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
-from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank
+from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank, prime_factors
 from ..tensor_train import TensorTrain
 from . import functional as F
 from .init import InitScheme, dense_variance, tt_normal_
@@ -47,7 +47,9 @@ def resolve_dims(
     """Validate given mode sizes or factor the sizes into ``d`` balanced modes (shared ``d``).
 
     Missing dims are factored with :func:`tensortrain.shapes.auto_shape`: input modes ascending, output
-    modes descending, so that the products ``m_k n_k`` (which set the core sizes) stay balanced.
+    modes descending, so that the products ``m_k n_k`` (which set the core sizes) stay balanced. ``d`` (when
+    no dims are given) aims at modes of about 4 to 8 and never exceeds the larger count of prime factors,
+    so no core has both modes equal to 1.
 
     Raises:
         ShapeError: dims that do not multiply to the size, or in/out dims of different lengths.
@@ -60,7 +62,10 @@ def resolve_dims(
         )
     d = len(ins) if ins is not None else len(outs) if outs is not None else None
     if d is None:
-        d = _choose_d(max(in_features, out_features))
+        # No more modes than the richer size has prime factors: otherwise some core would have m_k = n_k = 1
+        # and only add an r x r factor (two primes give d = 2: a plain low-rank factorization).
+        richest = max(len(prime_factors(in_features)), len(prime_factors(out_features)))
+        d = max(2, min(_choose_d(max(in_features, out_features)), richest))
     if ins is None:
         ins = auto_shape(in_features, d)
     if outs is None:
