@@ -3,7 +3,8 @@
 ``compress`` selects layers (by exact type, then by name globs), plans the TT ranks (a shared rank cap, an
 error target, or a rank cap found by bisection to reach a compression ratio), converts each layer with
 TT-SVD (``TTLinear.from_linear``, ``TTEmbedding.from_embedding``), swaps it in with
-``model.set_submodule`` and returns a :class:`CompressionReport`. ``decompress`` undoes it exactly.
+``model.set_submodule`` and returns a :class:`CompressionReport`. ``decompress`` turns TT layers back into
+exactly equivalent dense ones.
 """
 
 from __future__ import annotations
