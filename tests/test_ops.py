@@ -290,6 +290,13 @@ def test_renormalize_tt_cores(spec, seed, batch):
     assert_close(norms, norms[:1].expand_as(norms))
 
 
+def test_renormalize_gradcheck(gen):
+    cores = [c.requires_grad_() for c in random_cores((2, 3, 2), (1, 2, 2, 1), gen=gen)]
+    assert torch.autograd.gradcheck(
+        lambda *cs: ops.full(ops.renormalize_tt_cores(tt.TensorTrain(list(cs)))), cores
+    )
+
+
 def test_renormalize_rejects_negative_epsilon(gen):
     with pytest.raises(ValueError, match="epsilon must be >= 0, got -1"):
         ops.renormalize_tt_cores(random_tt((2,), (1, 1), gen=gen), epsilon=-1)
