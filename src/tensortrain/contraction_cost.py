@@ -1,0 +1,207 @@
+"""The cost model behind :mod:`tensortrain.contraction`: FLOPs, memory traffic and kernel launches per plan.
+
+Internal module (no public names). Pure Python on shapes, so planning traces under ``torch.compile``.
+
+A plan's estimated time is ``flops / F + streamed bytes / BW + permuted bytes / BW_perm + launches * t_launch +
+batched-GEMM slices * t_slice``; for training, backward (about twice forward) is added and the activations kept
+for backward are charged once more as traffic, so a plan that keeps less memory wins ties. ``F``, ``BW``, ...
+are rough per-device constants (:data:`MACHINES`); only their ratios matter for choosing.
+
+Symbols: core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the batch; a group ``[i, j)`` of cores merged
+into a super-core ``(ra, mg, ng, rb)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+__all__: list[str] = []
+
+Groups = tuple[tuple[int, int], ...]
+Program = tuple[str, str | None, Groups]
+Dims = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # row dims, col dims, TT-ranks (d + 1)
+
+
+class Machine(NamedTuple):
+    flops: float  # GEMM FLOP/s in float32
+    stream: float  # bytes/s for contiguous reads and writes
+    permute: float  # bytes/s for strided copies (permutes, transposes)
+    launch: float  # seconds per kernel launch / op dispatch
+    slice: float  # seconds per slice of a batched GEMM
+
+
+# Fitted by eye to a 2-core AVX-512 EPYC running MKL (see benchmarks/run.py); a GPU guess for cuda.
+MACHINES: dict[str, Machine] = {
+    "cpu": Machine(1.0e11, 1.0e10, 2.5e9, 5.0e-6, 5.0e-8),
+    "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9),
+}
+DEFAULT_MACHINE = Machine(1.0e12, 2.0e11, 5.0e10, 8.0e-6, 1.0e-9)
+
+
+class Cost(NamedTuple):
+    flops_forward: int
+    flops_backward: int
+    bytes_forward: int
+    saved_bytes: int
+    seconds: float
+
+
+class _Acc(NamedTuple):
+    flops: int = 0
+    stream: int = 0
+    permute: int = 0
+    launches: int = 0
+    slices: int = 0
+
+    def __add__(self, o: object) -> _Acc:  # type: ignore[override]
+        assert isinstance(o, _Acc)
+        return _Acc(*(a + b for a, b in zip(self, o, strict=True)))
+
+    def time(self, m: Machine) -> float:
+        return (
+            self.flops / m.flops
+            + self.stream / m.stream
+            + self.permute / m.permute
+            + self.launches * m.launch
+            + self.slices * m.slice
+        )
+
+
+def prod(xs: Sequence[int]) -> int:
+    p = 1
+    for x in xs:
+        p *= int(x)
+    return p
+
+
+def machine(device_type: str, itemsize: int) -> Machine:
+    m = MACHINES.get(device_type, DEFAULT_MACHINE)
+    return m._replace(flops=m.flops * 4.0 / max(itemsize, 4))  # float64 GEMMs run at about half speed
+
+
+def merge_cost(dims: Dims, i: int, j: int, item: int) -> _Acc:
+    """Merging cores ``i..j-1``: sequential rank products, then one permute gathering rows before columns."""
+    rows, cols, ranks = dims
+    if j - i == 1:
+        return _Acc()
+    flops = stream = 0
+    p = ranks[i] * rows[i] * cols[i]
+    for k in range(i + 1, j):
+        flops += 2 * p * ranks[k] * rows[k] * cols[k] * ranks[k + 1]
+        p *= rows[k] * cols[k]
+        stream += item * p * ranks[k + 1]
+    return _Acc(flops, stream, 2 * item * p * ranks[j], 2 * (j - i), 0)
+
+
+def step_cost(
+    dims: Dims, i: int, j: int, direction: str, batch: int, item: int, grad: bool
+) -> tuple[_Acc, int]:
+    """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps.
+
+    Each step maps ``outer`` slices ``(K, P)`` of the state to ``(Q, P)`` with the super-core ``(Q, K)``.
+    """
+    rows, cols, ranks = dims
+    mg, ng = prod(rows[i:j]), prod(cols[i:j])
+    if direction == "rtl":
+        outer, p = batch * prod(cols[:i]), prod(rows[j:])
+        k, q = ng * ranks[j], mg * ranks[i]
+        first = j == len(rows)
+    else:
+        outer, p = batch * prod(rows[:i]), prod(cols[j:])
+        k, q = ranks[i] * ng, mg * ranks[j]
+        first = i == 0
+    acc = merge_cost(dims, i, j, item)
+    state_in, state_out = outer * k * p, outer * q * p
+    acc += _Acc(2 * outer * q * k * p, item * (state_in + state_out + q * k), 0, 3, outer if p > 1 else 0)
+    saved = 0
+    if grad:
+        if p > 1:  # torch.matmul folds the batch (a transposed copy of the state in, one of the product out)
+            acc += _Acc(0, 0, 2 * item * (state_in + state_out), 2, -acc.slices)
+        saved = 0 if (first and p == 1) else state_in  # the (folded) input is kept; x itself is the caller's
+    return acc, saved
+
+
+def sweep_cost(
+    dims: Dims, groups: Groups, direction: str, batch: int, item: int, grad: bool, m: Machine
+) -> Cost:
+    acc, saved = _Acc(), 0
+    for i, j in groups:
+        a, s = step_cost(dims, i, j, direction, batch, item, grad)
+        acc, saved = acc + a, saved + s
+    if not grad:
+        return Cost(acc.flops, 0, acc.stream + acc.permute, 0, acc.time(m))
+    bwd = acc + acc  # dA and dS per step: twice the forward's FLOPs and traffic
+    seconds = acc.time(m) + bwd.time(m) + item * saved / m.stream
+    return Cost(acc.flops, bwd.flops, acc.stream + acc.permute, item * saved, seconds)
+
+
+def full_cost(dims: Dims, split: int, batch: int, item: int, grad: bool, m: Machine) -> Cost:
+    """Build W from its halves split before core ``split`` (one GEMM, one permute), then one dense GEMM."""
+    rows, cols, ranks = dims
+    d = len(rows)
+    mm, nn, r = prod(rows), prod(cols), ranks[split]
+    merges = merge_cost(dims, 0, split, item) + (merge_cost(dims, split, d, item) if split < d else _Acc())
+    build = _Acc(2 * mm * nn * r, item * mm * nn, 2 * item * mm * nn, 3, 0)
+    gemm = _Acc(2 * batch * mm * nn, item * (batch * nn + mm * nn + batch * mm), 0, 1, 0)
+    fwd = merges + build + gemm
+    if not grad:
+        return Cost(fwd.flops, 0, fwd.stream + fwd.permute, 0, fwd.time(m))
+    # backward (custom Function): rebuild W, dx and dW GEMMs, permute dW, grads of both halves, merge backward
+    halves = r * (prod(rows[:split]) * prod(cols[:split]) + prod(rows[split:]) * prod(cols[split:]))
+    grad_halves = _Acc(4 * mm * nn * r, item * 2 * halves, 2 * item * mm * nn, 3, 0)
+    bwd = build + gemm + gemm + grad_halves + merges + merges
+    seconds = fwd.time(m) + bwd.time(m) + item * halves / m.stream
+    return Cost(fwd.flops, bwd.flops, fwd.stream + fwd.permute, item * halves, seconds)
+
+
+def estimate(dims: Dims, prog: Program, batch: int, item: int, grad: bool, m: Machine) -> Cost:
+    kind, direction, groups = prog
+    if kind == "full":
+        return full_cost(dims, groups[0][1], batch, item, grad, m)
+    assert direction is not None
+    return sweep_cost(dims, groups, direction, batch, item, grad, m)
+
+
+def best_grouping(dims: Dims, direction: str, batch: int, item: int, grad: bool, m: Machine) -> Groups:
+    """Dynamic programme over split points: the cheapest partition of the cores into consecutive groups.
+
+    A group's step cost depends only on its own boundaries (they fix the state sizes before and after it), so
+    the optimum over all ``2^(d-1)`` groupings takes ``O(d^2)`` step evaluations.
+    """
+    d = len(dims[0])
+    best: list[tuple[float, Groups]] = [(0.0, ())]
+    for j in range(1, d + 1):
+        cands = []
+        for i in range(j):
+            t = sweep_cost(dims, ((i, j),), direction, batch, item, grad, m).seconds
+            cands.append((best[i][0] + t, best[i][1] + ((i, j),)))
+        best.append(min(cands, key=lambda c: c[0]))
+    return best[d][1]
+
+
+def full_programs(d: int) -> list[Program]:
+    return [("full", None, ((0, s), (s, d))) for s in (range(1, d) if d > 1 else (1,))]
+
+
+def candidates(dims: Dims, strategy: str, batch: int, item: int, grad: bool, m: Machine) -> list[Program]:
+    """The programs a strategy chooses from (``auto``: every full split and the best grouping each way)."""
+    d = len(dims[0])
+    if strategy == "full":
+        return full_programs(d)
+    if strategy in ("cores_rtl", "cores_ltr"):
+        return [("sweep", strategy[-3:], tuple((k, k + 1) for k in range(d)))]
+    directions = (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else ("rtl", "ltr")
+    sweeps: list[Program] = [
+        ("sweep", dr, best_grouping(dims, dr, batch, item, grad, m)) for dr in directions
+    ]
+    return sweeps if strategy != "auto" else full_programs(d) + sweeps
+
+
+def choose(dims: Dims, strategy: str, batch: int, item: int, device_type: str, grad: bool) -> Program:
+    """The cheapest program of ``strategy`` for this TT-matrix, batch size, dtype size, device and grad mode."""
+    m = machine(device_type, item)
+    return min(
+        candidates(dims, strategy, batch, item, grad, m),
+        key=lambda p: estimate(dims, p, batch, item, grad, m).seconds,
+    )

@@ -1,0 +1,166 @@
+"""Executors for the plans of :mod:`tensortrain.contraction`: ``y = x @ W^T`` on raw TT-matrix cores.
+
+Internal module (no public names): the planner in :mod:`tensortrain.contraction` decides *which* program to
+run; this module runs it. Every executor is plain reshape/permute/``mm`` on tensors whose shapes are Python
+ints, so it traces under ``torch.compile(fullgraph=True)`` and runs on any device and dtype.
+
+Symbols: ``d`` cores, core ``k`` of shape ``(r_k, m_k, n_k, r_{k+1})``; ``M = prod m_k`` rows (outputs),
+``N = prod n_k`` columns (inputs), ``B`` the flattened batch. A *group* ``[i, j)`` of consecutive cores is
+merged into one super-core ``(ra, mg, ng, rb)`` before it is contracted with the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__: list[str] = []
+
+Groups = tuple[tuple[int, int], ...]
+
+
+def merge_cores(cores: Sequence[torch.Tensor], i: int, j: int) -> torch.Tensor:
+    """Merge cores ``i..j-1`` into one super-core ``(ra, m_i...m_{j-1}, n_i...n_{j-1}, rb)``.
+
+    Sequential products along the ranks, then one permute that gathers row modes before column modes.
+    """
+    c = cores[i]
+    ra = int(c.shape[0])
+    if j - i == 1:
+        return c
+    t = c.reshape(-1, c.shape[-1])
+    modes: list[int] = [int(c.shape[1]), int(c.shape[2])]
+    for k in range(i + 1, j):
+        ck = cores[k]
+        t = (t @ ck.reshape(ck.shape[0], -1)).reshape(-1, ck.shape[-1])
+        modes += [int(ck.shape[1]), int(ck.shape[2])]
+    rb = int(cores[j - 1].shape[-1])
+    g = j - i
+    perm = (0, *range(1, 2 * g + 1, 2), *range(2, 2 * g + 2, 2), 2 * g + 1)
+    mg = _prod(modes[0::2])
+    ng = _prod(modes[1::2])
+    return t.reshape(ra, *modes, rb).permute(perm).reshape(ra, mg, ng, rb)
+
+
+def _prod(xs: Sequence[int]) -> int:
+    p = 1
+    for x in xs:
+        p *= int(x)
+    return p
+
+
+def _step(s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int) -> torch.Tensor:
+    """``a (Q, K)`` applied to every ``(K, P)`` slice of the state ``s``: ``(outer, K, P) -> (outer, Q, P)``.
+
+    With ``P == 1`` it is one GEMM. Otherwise ``torch.matmul`` runs a batched GEMM with ``a`` broadcast (no
+    copies); when ``a`` requires grad it folds the batch into one GEMM instead, so that backward never
+    materialises a per-slice gradient of ``a``.
+    """
+    if p == 1:
+        return s.reshape(outer, k) @ a.t()
+    return torch.matmul(a, s.reshape(outer, k, p))
+
+
+def sweep_rtl(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) -> torch.Tensor:
+    """Right-to-left sweep: contract the last group first.
+
+    The state ``(B, N_left, n_g, r_b, M_right)`` is row-major, so every step reads its ``(n_g r_b, M_right)``
+    slices in place and writes ``(r_a m_g, M_right)`` ones, which are the next step's slices: no permutes.
+    """
+    b = int(x2d.shape[0])
+    s = x2d
+    m_right = 1
+    n_left = int(x2d.shape[1])
+    for i, j in reversed(groups):
+        c = merge_cores(cores, i, j)
+        ra, mg, ng, rb = (int(v) for v in c.shape)
+        n_left //= ng
+        s = _step(s, c.reshape(ra * mg, ng * rb), b * n_left, ng * rb, m_right)
+        m_right *= mg
+    return s.reshape(b, m_right)
+
+
+def sweep_ltr(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) -> torch.Tensor:
+    """Left-to-right sweep: contract the first group first.
+
+    The state ``(B, M_left, r_a, n_g, N_right)`` is row-major; each step maps its ``(r_a n_g, N_right)`` slices to
+    ``(m_g r_b, N_right)`` ones in place, as in :func:`sweep_rtl`.
+    """
+    b = int(x2d.shape[0])
+    s = x2d
+    m_left = 1
+    n_right = int(x2d.shape[1])
+    for i, j in groups:
+        c = merge_cores(cores, i, j)
+        ra, mg, ng, rb = (int(v) for v in c.shape)
+        n_right //= ng
+        a = c.permute(1, 3, 0, 2).reshape(mg * rb, ra * ng)
+        s = _step(s, a, b * m_left, ra * ng, n_right)
+        m_left *= mg
+    return s.reshape(b, m_left)
+
+
+def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """The two merged halves of W as matrices ``L (M_L*N_L, r)`` and ``R (r, M_R*N_R)``, and their dims."""
+    d = len(cores)
+    left = merge_cores(cores, 0, split)
+    _, ml, nl, r = (int(v) for v in left.shape)
+    if split < d:
+        right = merge_cores(cores, split, d)
+        _, mr, nr, _ = (int(v) for v in right.shape)
+        rmat = right.reshape(r, mr * nr)
+    else:  # d == 1: the right half is the scalar 1
+        mr = nr = 1
+        rmat = torch.ones((1, 1), dtype=left.dtype, device=left.device)
+    return left.reshape(ml * nl, r), rmat, (ml, nl, mr, nr)
+
+
+def build_full(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """W (M, N) from its halves: one GEMM and one permute."""
+    ml, nl, mr, nr = dims
+    return (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
+
+
+class FullLinear(torch.autograd.Function):
+    """``y = x @ W^T`` with ``W`` rebuilt from its two halves in backward instead of being kept.
+
+    Saves ``x`` and the halves (``O((M_L N_L + M_R N_R) r)`` numbers) rather than the dense ``W`` (``M N``), at
+    the price of one extra ``2 M N r``-FLOP GEMM in backward.
+    """
+
+    @staticmethod
+    def forward(x2d: torch.Tensor, lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Any:
+        return x2d @ build_full(lmat, rmat, dims).t()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x2d, lmat, rmat, dims = inputs
+        ctx.save_for_backward(x2d, lmat, rmat)
+        ctx.dims = dims
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> Any:
+        x2d, lmat, rmat = ctx.saved_tensors
+        ml, nl, mr, nr = ctx.dims
+        w = build_full(lmat, rmat, ctx.dims)
+        gx = gy @ w if ctx.needs_input_grad[0] else None
+        gl = gr = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gw = (gy.t() @ x2d).reshape(ml, mr, nl, nr).permute(0, 2, 1, 3).reshape(ml * nl, mr * nr)
+            if ctx.needs_input_grad[1]:
+                gl = gw @ rmat.t()
+            if ctx.needs_input_grad[2]:
+                gr = lmat.t() @ gw
+        return gx, gl, gr, None
+
+
+def full_linear(x2d: torch.Tensor, cores: Sequence[torch.Tensor], split: int) -> torch.Tensor:
+    """``x @ W^T`` by building ``W`` from two halves split before core ``split``, then one GEMM."""
+    lmat, rmat, dims = halves(cores, split)
+    if torch.compiler.is_compiling():
+        # Dynamo instantiates custom Functions (a DeprecationWarning in torch 2.13); compiled graphs get plain
+        # autograd here and leave memory planning to the compiler.
+        return x2d @ build_full(lmat, rmat, dims).t()
+    return FullLinear.apply(x2d, lmat, rmat, dims)

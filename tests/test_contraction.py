@@ -1,0 +1,225 @@
+"""tensortrain.contraction: every plan against the dense oracle, the cost model, the planner's choices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import TOL, assert_close
+from strategies import matrix_specs, random_cores, seeds
+from tensortrain import contraction as C
+from tensortrain.contraction_exec import FullLinear, halves
+
+
+def dense_of(cores: list[torch.Tensor]) -> torch.Tensor:
+    return tt.full(tt.TensorTrain(cores))
+
+
+leads = st.sampled_from([(), (1,), (3,), (2, 3)])
+
+
+@given(spec=matrix_specs(max_d=4), lead=leads, seed=seeds)
+def test_every_plan_matches_dense(spec, lead, seed):
+    raw, ranks = spec
+    gen = torch.Generator().manual_seed(seed)
+    cores = random_cores(raw, ranks, gen=gen)
+    w = dense_of(cores)
+    x = torch.randn(*lead, w.shape[1], generator=gen, dtype=torch.float64)
+    want = x @ w.T
+    batch = x.numel() // w.shape[1]
+    plans = C.enumerate_plans(cores, batch)
+    d = len(cores)
+    assert len(plans) == max(d - 1, 1) + 2 * 2 ** (d - 1)
+    for p in plans:
+        assert_close(C.linear(x, cores, strategy=p), want)
+    for s in C.STRATEGIES:
+        assert_close(C.linear(x, cores, strategy=s), want)
+
+
+@given(spec=matrix_specs(max_d=3), batch=st.sampled_from([1, 4]), seed=seeds)
+def test_gradients_equal_across_plans(spec, batch, seed):
+    raw, ranks = spec
+    gen = torch.Generator().manual_seed(seed)
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    bias = torch.randn(dense_of(cores).shape[0], generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(batch, dense_of(cores).shape[1], generator=gen, dtype=torch.float64, requires_grad=True)
+    g_out = torch.randn(batch, bias.shape[0], generator=gen, dtype=torch.float64)
+    want = torch.autograd.grad(x @ dense_of(cores).T + bias, [x, bias, *cores], g_out)
+    for p in C.enumerate_plans(cores, batch, requires_grad=True):
+        got = torch.autograd.grad(C.linear(x, cores, bias, strategy=p), [x, bias, *cores], g_out)
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b)
+
+
+def test_gradcheck_full_function_and_sweeps(gen):
+    raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 2, 3, 1)
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    x = torch.randn(3, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    lmat, rmat, dims = halves(cores, 1)
+    lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b, c: FullLinear.apply(a, b, c, dims), (x, lmat, rmat))
+    for s in C.STRATEGIES:
+        assert torch.autograd.gradcheck(lambda a, *cs, s=s: C.linear(a, cs, strategy=s), (x, *cores))
+
+
+def test_full_function_keeps_only_the_halves(gen):
+    """The custom Function saves x and the two halves, not the dense W (that is its point)."""
+    raw, ranks = ((4, 4), (4, 4)), (1, 2, 1)
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    x = torch.randn(5, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    sizes: list[int] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        C.linear(x, cores, strategy="full")
+    assert 16 * 16 not in sizes
+    assert 5 * 16 in sizes
+
+
+def test_float32_and_batch_dims(gen):
+    raw, ranks = ((2, 3, 2), (2, 2, 3)), (1, 3, 2, 1)
+    cores = random_cores(raw, ranks, gen=gen, dtype=torch.float32)
+    w = dense_of(cores)
+    x = torch.randn(2, 1, 4, 12, generator=gen)
+    for s in C.STRATEGIES:
+        y = C.linear(x, cores, strategy=s)
+        assert y.shape == (2, 1, 4, 12) and y.dtype == torch.float32
+        assert_close(y, x @ w.T, **TOL[torch.float32])
+
+
+def test_empty_batch(gen):
+    cores = random_cores(((2, 2), (3, 2)), (1, 2, 1), gen=gen)
+    for s in C.STRATEGIES:
+        assert C.linear(torch.zeros(0, 6, dtype=torch.float64), cores, strategy=s).shape == (0, 4)
+
+
+@given(spec=matrix_specs(max_d=3), p=st.integers(1, 3), seed=seeds)
+def test_tt_dense_and_dense_tt_matmul(spec, p, seed):
+    raw, ranks = spec
+    gen = torch.Generator().manual_seed(seed)
+    w_tt = tt.TensorTrain(random_cores(raw, ranks, gen=gen))
+    w = tt.full(w_tt)
+    b = torch.randn(2, w.shape[1], p, generator=gen, dtype=torch.float64)
+    assert_close(C.tt_dense_matmul(w_tt, b), w @ b)
+    a = torch.randn(2, p, w.shape[0], generator=gen, dtype=torch.float64)
+    assert_close(C.dense_tt_matmul(a, w_tt), a @ w)
+
+
+# ------------------------------------------------------------------------------------------ cost model
+def _by_name(plans: list[C.ContractionPlan]) -> dict[str, C.ContractionPlan]:
+    return {(p.kind, p.direction, p.groups): p for p in plans}  # type: ignore[misc]
+
+
+def test_flop_counts_by_hand():
+    # W: rows (2, 3), cols (4, 5), ranks (1, 3, 1); batch 7. Cores: G0 (1, 2, 4, 3), G1 (3, 3, 5, 1).
+    cores = [torch.zeros(1, 2, 4, 3), torch.zeros(3, 3, 5, 1)]
+    plans = _by_name(C.enumerate_plans(cores, 7))
+    # right to left, core by core: G1 maps 7*4 slices (5,) -> (3*3,): 2*28*5*9; then G0 maps 7 slices of
+    # (4*3, 3) to (2, 3): 2*7*2*12*3.
+    assert plans["sweep", "rtl", ((0, 1), (1, 2))].flops_forward == 2 * 28 * 5 * 9 + 2 * 7 * 2 * 12 * 3
+    # left to right: G0 maps 7 slices (4, 5) -> (2*3, 5): 2*7*6*4*5; then G1 maps 7*2 slices (3*5,) -> (3,).
+    assert plans["sweep", "ltr", ((0, 1), (1, 2))].flops_forward == 2 * 7 * 6 * 4 * 5 + 2 * 14 * 3 * 15
+    # one group: merge (2*4, 3) @ (3, 15): 2*8*3*15, then 2*7*6*20 for the product.
+    assert plans["sweep", "rtl", ((0, 2),)].flops_forward == 2 * 8 * 3 * 15 + 2 * 7 * 6 * 20
+    # full: build W = (8, 3) @ (3, 15) (2*6*20*3), then the dense GEMM 2*7*6*20.
+    full = plans["full", None, ((0, 1), (1, 2))]
+    assert full.flops_forward == 2 * 6 * 20 * 3 + 2 * 7 * 6 * 20
+    assert full.dense_flops == 2 * 7 * 6 * 20
+    grad = _by_name(C.enumerate_plans(cores, 7, requires_grad=True))
+    sweep = grad["sweep", "rtl", ((0, 1), (1, 2))]
+    assert sweep.flops_backward == 2 * sweep.flops_forward
+    # training keeps the 7*4*3*3 intermediate of the first step; inference keeps nothing
+    assert sweep.saved_bytes == 4 * 7 * 4 * 9
+    assert plans["sweep", "rtl", ((0, 1), (1, 2))].saved_bytes == 0
+
+
+def _cores(rows, cols, r, dtype=torch.float32):
+    d = len(rows)
+    ranks = (1, *(r,) * (d - 1), 1)
+    return [torch.zeros(ranks[k], rows[k], cols[k], ranks[k + 1], dtype=dtype) for k in range(d)]
+
+
+def test_planner_picks_full_for_big_batches_and_ranks():
+    cores = _cores((8, 8, 8, 8), (8, 8, 8, 8), 64)
+    for grad in (False, True):
+        assert C.plan(cores, 1024, requires_grad=grad).kind == "full"
+
+
+def test_planner_picks_a_sweep_for_small_batches_and_ranks():
+    cores = _cores((5, 5, 5, 5), (4, 7, 4, 7), 4)
+    for batch in (1, 64, 1024):
+        p = C.plan(cores, batch, requires_grad=False)
+        assert p.kind == "sweep"
+        assert p.flops_forward < p.dense_flops
+    assert "sweep" in str(C.plan(cores, 1)) and "GFLOP" in str(C.plan(cores, 1))
+
+
+def test_auto_is_the_cheapest_candidate():
+    cores = _cores((4, 8, 8, 12), (4, 4, 6, 8), 16)
+    for batch in (1, 64, 1024):
+        best = min(p.est_seconds for p in C.enumerate_plans(cores, batch))
+        assert C.plan(cores, batch, requires_grad=False).est_seconds == pytest.approx(best)
+
+
+def test_forced_strategies_are_respected():
+    cores = _cores((5, 5, 5, 5), (4, 7, 4, 7), 4)
+    assert C.plan(cores, 8, strategy="full").kind == "full"
+    p = C.plan(cores, 8, strategy="cores_ltr")
+    assert (p.kind, p.direction, p.groups) == ("sweep", "ltr", ((0, 1), (1, 2), (2, 3), (3, 4)))
+    assert C.plan(cores, 8, strategy="grouped_rtl").direction == "rtl"
+
+
+def test_plan_cache(gen):
+    cores = random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    C.clear_plan_cache()
+    assert C.plan_cache_size() == 0
+    C.linear(torch.randn(5, 4, dtype=torch.float64), cores)
+    C.linear(torch.randn(7, 4, dtype=torch.float64), cores)  # same power-of-two bucket (8)
+    assert C.plan_cache_size() == 1
+    C.linear(torch.randn(9, 4, dtype=torch.float64), cores)  # bucket 16
+    assert C.plan_cache_size() == 2
+    C.linear(torch.randn(9, 4, dtype=torch.float64, requires_grad=True), cores)  # grad mode
+    assert C.plan_cache_size() == 3
+    C.linear(torch.randn(9, 4, dtype=torch.float64), cores, strategy="full")
+    assert C.plan_cache_size() == 4
+    C.clear_plan_cache()
+    assert C.plan_cache_size() == 0
+
+
+# ------------------------------------------------------------------------------------------ validation
+def test_bad_strategy_lists_valid_ones(gen):
+    cores = random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown strategy 'fastest'.*auto, full, grouped_rtl"):
+        C.linear(x, cores, strategy="fastest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="valid strategies are"):
+        C.plan(cores, 2, strategy="rtl")  # type: ignore[arg-type]
+    other = C.plan(random_cores(((3, 2), (2, 2)), (1, 2, 1), gen=gen), 2)
+    with pytest.raises(tt.ShapeError, match=r"forced plan is for row dims \(3, 2\)"):
+        C.linear(x, cores, strategy=other)
+
+
+def test_bad_operands(gen):
+    cores = random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    with pytest.raises(tt.ShapeError, match=r"x has shape \(2, 5\) but the TT-matrix has 4 columns"):
+        C.linear(torch.randn(2, 5, dtype=torch.float64), cores)
+    with pytest.raises(tt.ShapeError, match="x is torch.float32 on cpu but the TT-matrix is torch.float64"):
+        C.linear(torch.randn(2, 4), cores)
+    with pytest.raises(TypeError, match="expects a TensorTrain or a sequence"):
+        C.linear(torch.randn(2, 4), torch.randn(3, 3))  # type: ignore[arg-type]
+    with pytest.raises(tt.ShapeError, match="expects a TT-matrix, got a TT-tensor"):
+        C.plan(tt.TensorTrain([torch.randn(1, 3, 1)]), 2)
+    with pytest.raises(tt.ShapeError, match="TT-ranks do not chain"):
+        C.plan([torch.randn(1, 2, 2, 3), torch.randn(2, 2, 2, 1)], 2)
+    with pytest.raises(tt.ShapeError, match=r"b must be a dense \(\.\.\., N, P\) tensor"):
+        C.tt_dense_matmul(cores, torch.randn(4, dtype=torch.float64))
+
+
+def test_compiles_fullgraph(gen):
+    cores = random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    want = x @ dense_of(cores).T
+    for s in ("auto", "full", "grouped_ltr"):
+        f = torch.compile(lambda a, *cs, s=s: C.linear(a, cs, strategy=s), backend="eager", fullgraph=True)
+        assert_close(f(x, *cores), want)
