@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given
@@ -87,6 +89,46 @@ def fit(model_ranks, momentum, steps, seed=0):
 def test_training_a_tt_layer_converges(momentum, steps):
     first, last = fit(2, momentum, steps)
     assert last < 1e-4 * first
+
+
+def test_state_dict_round_trip_with_momentum():
+    torch.manual_seed(1)
+    xs = torch.randn(8, 6, dtype=torch.float64)
+
+    def new_layer():
+        return tt.nn.TTLinear(
+            6, 6, tt_rank=2, in_dims=(2, 3), out_dims=(3, 2), bias=False, dtype=torch.float64
+        )
+
+    def step(model, opt):
+        opt.zero_grad()
+        model(xs).pow(2).sum().backward()
+        opt.step()
+        return [c.detach().clone() for c in model.cores]
+
+    layer = new_layer()
+    opt = tt.optim.RiemannianSGD(layer, lr=0.01, momentum=0.9)
+    step(layer, opt)
+    weights, state = copy.deepcopy(layer.state_dict()), copy.deepcopy(opt.state_dict())
+    expected = step(layer, opt)
+    resumed, fresh = new_layer(), new_layer()
+    resumed.load_state_dict(weights)
+    fresh.load_state_dict(weights)
+    opt_resumed = tt.optim.RiemannianSGD(resumed, lr=0.01, momentum=0.9)
+    opt_resumed.load_state_dict(state)
+    for a, b in zip(step(resumed, opt_resumed), expected, strict=True):
+        assert_close(a, b)
+    # Without the momentum state the step differs: the state really is used.
+    without = step(fresh, tt.optim.RiemannianSGD(fresh, lr=0.01, momentum=0.9))
+    assert (tt.full(tt.TensorTrain(without)) - tt.full(tt.TensorTrain(expected))).norm() > 1e-6
+
+
+def test_complex_is_refused():
+    x = tt.TensorTrain(
+        [torch.ones(1, 2, 1, dtype=torch.complex128), torch.ones(1, 2, 1, dtype=torch.complex128)]
+    )
+    with pytest.raises(TypeError, match="complex"):
+        tt.project(x, x)
 
 
 def test_validation():

@@ -171,10 +171,12 @@ class RiemannianSGD(torch.optim.Optimizer):
         state = self.state[cores[0]]
         if group["momentum"] and "direction" in state:
             # Transport the previous direction to the new tangent space by projecting it.
-            old, _, _, _ = ts.project_deltas(state["direction"], point, "RiemannianSGD", frame=(u, v))
+            previous = TensorTrain(state["direction"])
+            old, _, _, _ = ts.project_deltas(previous, point, "RiemannianSGD", frame=(u, v))
             deltas = [dl + group["momentum"] * o for dl, o in zip(deltas, old, strict=True)]
         if group["momentum"]:
-            state["direction"] = ts.tangent(deltas, u, v, point, batch=False)
+            # Stored as plain tensors (the cores of the tangent TT) so that state_dict() round-trips.
+            state["direction"] = list(ts.tangent(deltas, u, v, point, batch=False).tt_cores)
         flat = [-group["lr"] * dl for dl in deltas]
         flat[0] = flat[0] + v[0].unsqueeze(0)  # the point itself: first delta V_1, the others zero
         moved = ts.tangent(flat, u, v, point, batch=False)

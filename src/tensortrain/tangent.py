@@ -194,6 +194,9 @@ def dense_to_flat(what: torch.Tensor, where: TensorTrain, fname: str) -> torch.T
 def check_where(where: Any, fname: str) -> None:
     if not isinstance(where, TensorTrain):
         raise TypeError(f"{fname}: `where` must be a TensorTrain (a single TT), got {type(where).__name__}")
+    if where.dtype.is_complex:
+        # The projector would need conjugate transposes throughout; refuse rather than answer wrongly.
+        raise TypeError(f"{fname}: complex TT objects are not supported, got {where.dtype}")
 
 
 def check_pair(what: TensorTrainBase | torch.Tensor, where: TensorTrain, fname: str) -> None:
