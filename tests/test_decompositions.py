@@ -55,7 +55,7 @@ def assert_orthonormal(x, left_to_right: bool) -> None:
         b, r0, n, r1 = c.shape
         q = c.reshape(b, r0 * n, r1) if left_to_right else c.reshape(b, r0, n * r1).mT
         eye = torch.eye(q.shape[-1], dtype=q.dtype).expand(b, -1, -1)
-        assert_close(q.mT @ q, eye)
+        assert_close(q.mH @ q, eye)
 
 
 # --------------------------------------------------------------------------------------------- exactness
@@ -241,6 +241,21 @@ def test_orthogonalize(gen, left_to_right, raw, ranks, batch):
     assert all(ry <= rx for ry, rx in zip(y.tt_ranks, x.tt_ranks, strict=True))
     z = tt.orthogonalize_tt_cores(x, left_to_right)
     assert all(torch.equal(a, b) for a, b in zip(y.tt_cores, z.tt_cores, strict=True))
+
+
+def test_complex_tensors(gen):
+    x = random_tt((3, 4, 5), (1, 2, 3, 1), gen=gen, dtype=torch.complex128)
+    a = dense(x)
+    y = tt.to_tt_tensor(a, 3)
+    assert y.dtype == torch.complex128
+    assert_close(dense(y), a, rtol=1e-10, atol=1e-10)
+    assert_orthonormal(y, left_to_right=True)
+    z = tt.orthogonalize(x, left_to_right=False)
+    assert_orthonormal(z, left_to_right=False)
+    assert_close(dense(z), a, rtol=1e-10, atol=1e-10)
+    assert_close(dense(tt.round(tt_sum(x, x), 3)), 2 * a, rtol=1e-10, atol=1e-10)
+    r = tt.to_tt_tensor(a.reshape(12, 5), 2, epsilon=0.5, method="randomized")
+    assert rel_err(r, a.reshape(12, 5)) <= 0.5
 
 
 # ---------------------------------------------------------------------------------------------- batches

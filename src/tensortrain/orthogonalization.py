@@ -66,10 +66,10 @@ def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     cores = list(cores)
     for k in range(len(cores) - 1, 0, -1):
         b, _, n_k, r_next = cores[k].shape
-        # Unfolding (r_{k-1}, n_k r_k) = R^T Q^T from the QR of its transpose.
-        q, r = torch.linalg.qr(cores[k].reshape(b, cores[k].shape[1], -1).mT)
-        cores[k] = q.mT.reshape(b, q.shape[-1], n_k, r_next)
-        cores[k - 1] = torch.einsum("bink,bjk->binj", cores[k - 1], r)
+        # Unfolding (r_{k-1}, n_k r_k) = R^H Q^H from the QR of its conjugate transpose.
+        q, r = torch.linalg.qr(cores[k].reshape(b, cores[k].shape[1], -1).mH)
+        cores[k] = q.mH.reshape(b, q.shape[-1], n_k, r_next)
+        cores[k - 1] = torch.einsum("bink,bjk->binj", cores[k - 1], r.conj())
     return cores
 
 

@@ -10,8 +10,8 @@ by ``max_rank``. Two paths:
 * ``"exact"``: ``torch.linalg.svd``; the optimal rank-``r`` approximation (Eckart-Young).
 * ``"randomized"``: a randomized range finder with power iterations (Halko, Martinsson & Tropp 2011, Alg. 4.4):
   ``Y = (A A^T)^q A Omega``, ``Q = orth(Y)``, then the exact SVD of the small ``Q^T A``. Cost
-  ``O(B m n k (2q + 2))`` against ``O(B m n min(m, n))`` for the exact SVD. With ``q = 3`` and ``p >= 10`` its
-  error is within a few tenths of a percent of the optimum on decaying and flat spectra (tests check 1.05x).
+  ``O(B m n k (2q + 2))`` against ``O(B m n min(m, n))`` for the exact SVD. With ``q = 2`` and ``p >= 10`` its
+  error is within about 0.5% of the optimum on decaying and flat spectra (the tests check 1.05x).
   With ``delta`` given, its error is *measured* (``||A - Q Q^T A||_F`` is computed explicitly, not estimated)
   so the bound is certified; when the sketch cannot meet it, the exact path is taken.
 
@@ -34,7 +34,7 @@ Method = Literal["auto", "exact", "randomized"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 _OVERSAMPLE = 10  # p: Halko et al. recommend 5-10; we also use r/4 when larger
-_POWER_ITERS = 3  # q: enough for <= 1.05x error on the spectra we test (flat and decaying)
+_POWER_ITERS = 2  # q: 4096^2 -> rank 64: error 1.004-1.005x the exact one (q=1: 1.008x, q=3: 1.003x)
 _AUTO_MIN_DIM = 256  # below this an exact SVD is already fast
 _AUTO_MAX_FRACTION = 4  # randomized only if the sketch k <= min(m, n) / 4
 _SEED = 20111
@@ -155,8 +155,8 @@ def _tails(s: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
 def _exact(a: torch.Tensor, max_rank: int, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     if a.shape[-2] < a.shape[-1]:
         # LAPACK's SVD of a wide matrix is several times slower than of its (tall) transpose: factor that.
-        v, s, uh = torch.linalg.svd(a.mT, full_matrices=False)
-        u, vh = uh.mT, v.mT
+        v, s, uh = torch.linalg.svd(a.mH, full_matrices=False)
+        u, vh = uh.mH, v.mH
     else:
         u, s, vh = torch.linalg.svd(a, full_matrices=False)
     r = _rank_for(_tails(s), None if delta is None else delta.detach().double(), max_rank)
@@ -172,19 +172,19 @@ def _randomized(
     gen = torch.Generator(device=a.device).manual_seed(_SEED)
     omega = torch.randn(a.shape[0], n, k, generator=gen, dtype=a.dtype, device=a.device)
     q = torch.linalg.qr(a @ omega).Q
-    at = a.mT
+    at = a.mH
     for _ in range(_POWER_ITERS):
         # Re-orthonormalize after each product: plain powers lose the small directions to round-off.
         q = torch.linalg.qr(at @ q).Q
         q = torch.linalg.qr(a @ q).Q
-    b = q.mT @ a  # (B, k, n)
+    b = q.mH @ a  # (B, k, n)
     ub, s, vh = torch.linalg.svd(b, full_matrices=False)
     if delta is None:
         r = min(max_rank, s.shape[-1])
     else:
         # Certify: the error of keeping j components is ||A - QB||^2 + sum_{i >= j} s_i(B)^2, and the first
         # term is measured, not estimated from norms (that would cancel catastrophically).
-        outside = (a - q @ b).detach().double().pow(2).sum(dim=(-2, -1))
+        outside = (a - q @ b).detach().abs().double().pow(2).sum(dim=(-2, -1))
         d2 = delta.detach().double() ** 2
         if bool((outside > d2).any()):
             return None
