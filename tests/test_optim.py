@@ -123,12 +123,35 @@ def test_state_dict_round_trip_with_momentum():
     assert (tt.full(tt.TensorTrain(without)) - tt.full(tt.TensorTrain(expected))).norm() > 1e-6
 
 
+def test_a_model_with_embedding_and_linear_tt_layers():
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(
+        tt.nn.TTEmbedding(12, 6, tt_rank=2, voc_dims=(3, 4), emb_dims=(2, 3), dtype=torch.float64),
+        tt.nn.TTLinear(6, 4, tt_rank=2, in_dims=(2, 3), out_dims=(2, 2), bias=False, dtype=torch.float64),
+    )
+    opt = tt.optim.RiemannianSGD(model, lr=0.05)
+    assert len(opt.param_groups) == 2
+    tokens, target = torch.randint(0, 12, (20,)), torch.randn(20, 4, dtype=torch.float64)
+    ranks = [m.weight.tt_ranks for m in model]
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = (model(tokens) - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert [m.weight.tt_ranks for m in model] == ranks
+    assert losses[-1] < losses[0]
+
+
 def test_complex_is_refused():
     x = tt.TensorTrain(
         [torch.ones(1, 2, 1, dtype=torch.complex128), torch.ones(1, 2, 1, dtype=torch.complex128)]
     )
     with pytest.raises(TypeError, match="complex"):
         tt.project(x, x)
+    with pytest.raises(TypeError, match="complex"):
+        tt.gradients(lambda y: tt.full(y).abs().sum(), x)
 
 
 def test_validation():

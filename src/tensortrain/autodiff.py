@@ -34,6 +34,7 @@ def _delta_point(
     """The frame ``(U, V)`` of ``x`` and deltas (requiring grad) that represent ``x`` itself."""
     if not isinstance(x, TensorTrain):
         raise TypeError(f"{fname}: `x` must be a TensorTrain, got {type(x).__name__}")
+    ts.check_where(x, fname)
     u, v = ts.tangent_frame(x.detach())
     deltas = [v[0].detach().clone().unsqueeze(0).requires_grad_()]
     deltas += [torch.zeros_like(c).unsqueeze(0).requires_grad_() for c in u[1:]]
