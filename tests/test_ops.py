@@ -309,3 +309,27 @@ def test_device_mismatch_is_a_shape_error(gen):
     m = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
     with pytest.raises(tt.ShapeError, match="matmul: operands are on different devices cpu and meta"):
         m @ torch.ones(4, 2, dtype=torch.float64, device="meta")
+
+
+def test_nothing_densifies_a_huge_tensor(gen):
+    """2^80 entries: any hidden full() would fail; every non-dense op must still be instant."""
+    raw = (1024,) * 8
+    a = random_tt(raw, (1, *([2] * 7), 1), gen=gen)
+    b = random_tt(raw, (1, *([3] * 7), 1), gen=gen)
+    ab = a + b
+    assert ab.tt_ranks[1:-1] == (5,) * 7
+    assert (a * b).tt_ranks[1:-1] == (6,) * 7
+    # <a + b, a> = <a, a> + <b, a> and ||2a||^2 = 4 ||a||^2 hold without densifying.
+    lhs = ops.flat_inner(ab, a)
+    assert_close(lhs, ops.flat_inner(a, a) + ops.flat_inner(b, a), rtol=1e-8, atol=0)
+    assert_close(ops.frobenius_norm_squared(a * 2.0), 4 * ops.frobenius_norm_squared(a), rtol=1e-8, atol=0)
+    idx = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    assert_close(ops.gather_nd(ab, idx), ops.gather_nd(a, idx) + ops.gather_nd(b, idx))
+    assert_close(ab[1, 2, 3, 4, 5, 6, 7, 8], ops.gather_nd(ab, idx)[0])
+    assert ab[3, :, 0].raw_shape == (1024,) * 6
+    # A (2^40 x 2^40) TT-matrix: Kronecker product of two (2^20 x 2^20) ones.
+    half = ((32,) * 4, (32,) * 4)
+    m = ops.kron(random_tt(half, (1, 2, 2, 2, 1), gen=gen), random_tt(half, (1, 2, 2, 2, 1), gen=gen))
+    assert (m @ ops.transpose(m)).tt_ranks == (1, 4, 4, 4, 1, 4, 4, 4, 1)
+    v = random_tt((32,) * 8, (1, *([2] * 7), 1), gen=gen)
+    assert ops.bilinear_form(m, v, v).dim() == 0
