@@ -109,7 +109,9 @@ def deltas_of_tt(z: Cores, u: Cores, v: Cores) -> Cores:
     ones = torch.ones(bsz, 1, 1, dtype=z[0].dtype, device=z[0].device)
     rhs: list[torch.Tensor] = [ones] * (d + 1)
     for k in range(d - 1, 0, -1):
-        rhs[k] = torch.einsum("oanb,cnd,obd->oac", z[k], v[k], rhs[k + 1])
+        # Pairwise, the large rank of z first (torch.einsum would contract three operands left to right).
+        t = torch.einsum("oanb,obd->oand", z[k], rhs[k + 1])
+        rhs[k] = torch.einsum("oand,cnd->oac", t, v[k])
     lhs = ones
     deltas: Cores = []
     for k in range(d):
