@@ -37,6 +37,14 @@ def test_riemannian_gradient_from_cores_matches_dense(spec, seed):
     assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1), rtol=1e-8, atol=1e-8)
 
 
+def test_float32(gen):
+    x = random_tt(((2, 3, 2), (3, 2, 2)), (1, 3, 2, 1), gen=gen, dtype=torch.float32)
+    grads, euclid = core_grads(x, torch.rand(x.shape, generator=gen, dtype=torch.float32))
+    res = tt.optim.riemannian_gradient_from_cores(x, grads)
+    p = dense_projector(x.to(torch.float64)).to(torch.float32)
+    assert_close(dense(res).reshape(-1), p @ euclid.reshape(-1))
+
+
 def test_zero_padded_cores_give_the_gradient_at_the_actual_rank(gen):
     x = random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen)
     padded = tt.TensorTrain(
