@@ -144,9 +144,14 @@ def _rank_for(tail2: torch.Tensor, delta: torch.Tensor | None, max_rank: int) ->
     return max(1, min(max_rank, needed))
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached, in float64 for the rank decisions (float32 on MPS, which has no float64)."""
+    return x.detach().to(torch.float32 if x.device.type == "mps" else torch.float64)
+
+
 def _tails(s: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
     """``tails[:, j] = base + sum_{i >= j} s_i^2`` for ``j = 0..len(s)``."""
-    s2 = s.detach().double() ** 2
+    s2 = _acc(s) ** 2
     rev = torch.flip(torch.cumsum(torch.flip(s2, [-1]), -1), [-1])
     tails = torch.cat([rev, torch.zeros_like(rev[..., :1])], dim=-1)
     return tails if base is None else tails + base.unsqueeze(-1)
@@ -159,7 +164,7 @@ def _exact(a: torch.Tensor, max_rank: int, delta: torch.Tensor | None) -> tuple[
         u, vh = uh.mH, v.mH
     else:
         u, s, vh = torch.linalg.svd(a, full_matrices=False)
-    r = _rank_for(_tails(s), None if delta is None else delta.detach().double(), max_rank)
+    r = _rank_for(_tails(s), None if delta is None else _acc(delta), max_rank)
     return u[..., :r], s[..., :r, None] * vh[..., :r, :]
 
 
@@ -184,9 +189,9 @@ def _randomized(
     else:
         # Certify: the error of keeping j components is ||A - QB||^2 + sum_{i >= j} s_i(B)^2, and the first
         # term is measured, not estimated from norms (that would cancel catastrophically).
-        outside = (a - q @ b).detach().abs().double().pow(2).sum(dim=(-2, -1))
-        d2 = delta.detach().double() ** 2
+        outside = _acc((a - q @ b).abs()).pow(2).sum(dim=(-2, -1))
+        d2 = _acc(delta) ** 2
         if bool((outside > d2).any()):
             return None
-        r = _rank_for(_tails(s, outside), delta.detach().double(), max_rank)
+        r = _rank_for(_tails(s, outside), _acc(delta), max_rank)
     return q @ ub[..., :r], s[..., :r, None] * vh[..., :r, :]
