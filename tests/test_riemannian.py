@@ -71,6 +71,10 @@ def test_project_sum_matches_dense_projector(spec, seed, batch):
     w = torch.randn(batch, generator=g, dtype=torch.float64)
     res_dense = tt.project_sum(dense(what), where, weights=w)
     assert_close(dense(res_dense).reshape(-1), p @ (w @ dense(what).reshape(batch, -1)))
+    w2 = torch.randn(batch, 2, generator=g, dtype=torch.float64)
+    res_batch = tt.project_sum(what, where, weights=w2)
+    assert isinstance(res_batch, tt.TensorTrainBatch) and res_batch.projection_on is where
+    assert_close(dense(res_batch).reshape(2, -1), (w2.T @ dense(what).reshape(batch, -1)) @ p.T)
 
 
 @given(spec=spec_strategy(), seed=seeds)
@@ -214,7 +218,7 @@ def test_projection_checks(gen):
         tt.project(where.to(torch.float32), where)
     with pytest.raises(TypeError, match="must be a TensorTrain"):
         tt.project(where, random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2))
-    with pytest.raises(tt.ShapeError, match="weights must have shape"):
+    with pytest.raises(tt.ShapeError, match=r"weights must have shape \(1,\) or \(1, N\)"):
         tt.project_sum(where, where, weights=torch.ones(2))
     with pytest.raises(TypeError, match="TT-matrix"):
         tt.riemannian.project_matmul(where, where, where)

@@ -43,18 +43,20 @@ Cores = list[torch.Tensor]
 
 def project_sum(
     what: TensorTrainBase | torch.Tensor, where: TensorTrain, weights: torch.Tensor | None = None
-) -> TensorTrain:
+) -> TensorTrainBase:
     """Project ``what`` (or the weighted sum of a batch) onto the tangent space at ``where``.
 
     Args:
         what: a TensorTrain, a TensorTrainBatch (its elements are summed), or a dense tensor of ``where``'s
             dense shape, optionally with a leading batch axis (summed too).
         where: the TensorTrain (TT-tensor or TT-matrix) whose tangent space to project on.
-        weights: optional ``(B,)`` weights of the batch elements: projects ``sum_i weights[i] what[i]``.
+        weights: optional ``(B,)`` weights of the batch elements: projects ``sum_i weights[i] what[i]``;
+            a ``(B, N)`` matrix gives a batch of ``N`` projections of weighted sums (column ``j`` weights
+            sum ``j``).
 
     Returns:
-        A TensorTrain of ranks ``2 r`` (``where``'s ranks, reduced to the feasible ones) with attribute
-        ``projection_on = where``.
+        A TensorTrain (a TensorTrainBatch of ``N`` for matrix ``weights``) of ranks ``2 r`` (``where``'s
+        ranks, reduced to the feasible ones) with attribute ``projection_on = where``.
 
     Raises:
         TypeError: ``where`` is not a TensorTrain, or ``what`` is not a TT object or tensor.
@@ -75,13 +77,17 @@ def project_sum(
     deltas, u, v, _ = ts.project_deltas(what, where, "project_sum")
     bsz = deltas[0].shape[0]
     if weights is None:
-        w = torch.ones(bsz, dtype=deltas[0].dtype, device=deltas[0].device)
+        w = torch.ones(bsz, 1, dtype=deltas[0].dtype, device=deltas[0].device)
     else:
         w = torch.as_tensor(weights, dtype=deltas[0].dtype, device=deltas[0].device)
-        if w.shape != (bsz,):
-            raise ShapeError(f"project_sum: weights must have shape ({bsz},), got {tuple(w.shape)}")
-    summed = [torch.einsum("o,o...->...", w, dl).unsqueeze(0) for dl in deltas]
-    return ts.tangent(summed, u, v, where, batch=False)  # type: ignore[return-value]
+        if w.dim() not in (1, 2) or w.shape[0] != bsz:
+            raise ShapeError(
+                f"project_sum: weights must have shape ({bsz},) or ({bsz}, N), got {tuple(w.shape)}"
+            )
+    batch = w.dim() == 2 and weights is not None
+    w = w.reshape(bsz, -1)
+    summed = [torch.einsum("on,o...->n...", w, dl) for dl in deltas]
+    return ts.tangent(summed, u, v, where, batch=batch)  # type: ignore[return-value]
 
 
 def project(what: TensorTrainBase | torch.Tensor, where: TensorTrain) -> TensorTrainBase:
