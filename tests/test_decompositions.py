@@ -396,6 +396,16 @@ def test_auto_rule():
             tt.ShapeError,
             r"does not match",
         ),
+        (
+            lambda: tt.to_tt_tensor(torch.ones(3), batch=True),
+            tt.ShapeError,
+            r"batch=True needs a \(B, n_1, ..., n_d\) tensor, got shape \(3,\)",
+        ),
+        (
+            lambda: tt.to_tt_matrix(torch.ones(2, 6, 5), [[2, 3], [2, 3]], batch=True),
+            tt.ShapeError,
+            r"\(B, M, N\) matrix of shape \(2, 6, 5\) does not match",
+        ),
         (lambda: tt.round(torch.ones(2, 2), 2), TypeError, r"round expects a TensorTrain"),
         (lambda: tt.orthogonalize("x"), TypeError, r"orthogonalize expects a TensorTrain"),
         (
