@@ -133,6 +133,9 @@ class RiemannianSGD(torch.optim.Optimizer):
         ValueError: a bad ``lr``/``momentum`` or an empty parameter set.
         TypeError: a parameter set that is not a sequence of cores.
 
+    Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
+    rank-2r TT); no extra forward or backward pass.
+
     Example:
         >>> import torch, tensortrain as tt
         >>> layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3))
