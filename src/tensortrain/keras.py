@@ -116,6 +116,12 @@ class KerasDense(keras.layers.Layer):
         bias_initializer: a number (every bias entry starts at it, t3f's meaning) or any Keras initializer.
         **kwargs: Keras layer arguments (``name``, ``dtype``, ``trainable``).
 
+    Attributes:
+        tt_ranks: the ranks of the cores, ``(1, r_1, ..., r_{d-1}, 1)``, after clipping.
+        kernel_cores: the cores as Keras variables (created by ``build``).
+        bias: the bias variable, or None.
+        matrix: the kernel as a :class:`~tensortrain.TensorTrain` over the cores' torch tensors.
+
     Raises:
         ShapeError: input_dims and output_dims of different lengths, non-positive dims, bad ranks, or an
             input whose last axis is not ``prod(input_dims)``.
@@ -186,8 +192,8 @@ class KerasDense(keras.layers.Layer):
                 f"KerasDense: the input has {input_shape[-1]} features (shape {tuple(input_shape)}) but "
                 f"input_dims {self.input_dims} multiply to {self.in_features}"
             )
-        # The cores are drawn jointly so that the full matrix has the scheme's variance; each weight
-        # then starts from its own slice of that draw.
+        # The cores are drawn jointly (the scheme fixes the variance of the full matrix, i.e. of the
+        # product of the cores); each Keras weight then starts from its core of that draw.
         init = _KERNEL_INITIALIZERS[self.kernel_initializer](
             [list(self.input_dims), list(self.output_dims)],
             tt_rank=self.tt_ranks,
@@ -212,7 +218,7 @@ class KerasDense(keras.layers.Layer):
         y = ops.matmul(inputs, self.matrix)
         if self.bias is not None:
             y = y + self.bias.value
-        return self.activation(y) if self.activation is not None else y
+        return self.activation(y)  # keras.activations.get(None) is the identity
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
         """``input_shape`` with the last axis replaced by ``prod(output_dims)``."""
