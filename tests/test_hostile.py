@@ -665,3 +665,105 @@ def test_frobenius_norm_propagates_nan(gen):
     cores[1][0, 0, 0] = float("nan")
     assert torch.isnan(tt.full(tt.TensorTrain(cores))).any()
     assert torch.isnan(tt.frobenius_norm(tt.TensorTrain(cores)))
+
+
+# ----------------------------------------------------------------------- initializers and TT layers
+BAD_SHAPES = [(), (0, 3), (2, -1), (2.5, 3), ("a",), None, 7, (True, 2)]
+BAD_RANKS = [0, -1, 2.5, True, (1, 2), (2, 2, 2), (1, 0, 1), "2", None]
+BAD_DTYPES = [torch.int64, torch.bool, "float32"]
+
+
+@given(
+    shape=st.sampled_from([(2, 3, 4), (5,), (2,) * 10, *BAD_SHAPES]),
+    tt_rank=st.sampled_from([1, 3, 10**6, (1, 2, 2, 1), *BAD_RANKS]),
+    dtype=st.sampled_from([None, torch.float64, *BAD_DTYPES]),
+    stddev=st.sampled_from([1.0, 0.0, -1.0, float("nan")]),
+    which=st.sampled_from(["random_tensor", "tensor_ones", "tensor_zeros", "random_tensor_batch"]),
+)
+def test_tensor_initializers_fuzz(shape, tt_rank, dtype, stddev, which):
+    random = which.startswith("random")
+    kwargs: dict[str, object] = {"dtype": dtype}
+    if random:
+        kwargs.update(tt_rank=tt_rank, stddev=stddev)
+    if which == "random_tensor_batch":
+        kwargs["batch_size"] = 2
+    shape_ok = isinstance(shape, tuple) and bool(shape) and all(type(n) is int and n >= 1 for n in shape)
+    valid = shape_ok and dtype in (None, torch.float64)
+    if random:
+        valid = valid and stddev >= 0 and _rank_ok(tt_rank, len(shape))  # type: ignore[arg-type]
+    if not valid:
+        with pytest.raises(CLEAR):
+            getattr(tt, which)(shape, **kwargs)
+        return
+    a = getattr(tt, which)(shape, **kwargs)
+    assert a.raw_shape == shape
+    _max_ranks_ok(a, shape)  # huge requested ranks are clipped
+    full = tt.full(a)
+    if which == "tensor_ones":
+        assert torch.equal(full, torch.ones_like(full))
+    elif which == "tensor_zeros":
+        assert torch.equal(full, torch.zeros_like(full))
+    else:
+        assert torch.isfinite(full).all()
+
+
+def _rank_ok(tt_rank, d: int) -> bool:
+    if type(tt_rank) is int:
+        return tt_rank >= 1
+    if not isinstance(tt_rank, tuple) or not all(type(r) is int and r >= 1 for r in tt_rank):
+        return False
+    return len(tt_rank) == d - 1 or (len(tt_rank) == d + 1 and tt_rank[0] == tt_rank[-1] == 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"in_features": 12, "out_features": 6, "tt_rank": 0}, ValueError),
+        ({"in_features": 12, "out_features": 6, "tt_rank": (1, 2)}, ValueError),
+        ({"in_features": 0, "out_features": 6, "tt_rank": 2}, ValueError),
+        ({"in_features": 12.0, "out_features": 6, "tt_rank": 2}, TypeError),
+        ({"in_features": True, "out_features": 6, "tt_rank": 2}, TypeError),
+        (
+            {"in_features": 12, "out_features": 6, "tt_rank": 2, "in_dims": (3, 4), "out_dims": (6,)},
+            ValueError,
+        ),
+        ({"in_features": 12, "out_features": 6, "tt_rank": 2, "in_dims": (3, 5)}, ValueError),
+        ({"in_features": 12, "out_features": 6, "tt_rank": 2, "in_dims": (12, 0)}, ValueError),
+        ({"in_features": 12, "out_features": 6, "tt_rank": 2, "init": "xavier"}, ValueError),
+    ],
+)
+def test_tt_linear_bad_arguments(kwargs, error):
+    with pytest.raises(error):
+        tt.nn.TTLinear(**kwargs)
+
+
+def test_tt_embedding_hostile_indices():
+    emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4), dtype=torch.float64)
+    table = dense([c.detach() for c in emb.cores])
+    idx = torch.tensor([[0, 19], [7, 7]])
+    assert_close(emb(idx), table[idx])
+    assert_close(emb(idx.t()), table[idx.t()])  # non-contiguous indices
+    assert_close(emb(torch.tensor([5]).expand(3)), table[[5, 5, 5]])  # broadcast indices
+    assert_close(emb(idx.int()), table[idx])  # int32 indices
+    assert emb(torch.zeros(0, 3, dtype=torch.long)).shape == (0, 3, 8)
+    with pytest.raises(TypeError, match="integer"):
+        emb(idx.double())
+    with pytest.raises(INDEXING, match="20"):
+        emb(torch.tensor([20]))
+    with pytest.raises(INDEXING):
+        emb(torch.tensor([-1]))
+    with pytest.raises(ValueError):
+        tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(2, 5))  # 10 rows < 20
+    big = tt.nn.TTEmbedding(20, 8, tt_rank=10**6, voc_dims=(4, 5), emb_dims=(2, 4))
+    assert big.tt_ranks == tt.max_tt_ranks((4 * 2, 5 * 4))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="nn/functional.py tt_embedding range-checks indices (int(input.min())) before checking their device: "
+    "RuntimeError on 'meta' instead of the ShapeError",
+)
+def test_tt_embedding_indices_on_another_device():
+    emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4))
+    with pytest.raises(ValueError, match="meta"):
+        emb(torch.tensor([1, 2]).to("meta"))
