@@ -114,6 +114,21 @@ def test_summary_counts_tt_parameters(tt_rank):
     assert f"{expected:,}" in "\n".join(lines)
 
 
+def test_t3f_model_code_runs_unchanged():
+    # t3f's tutorial builds the model with Flatten(input_shape=...): Keras 3 warns but builds it.
+    model = keras.models.Sequential()
+    with pytest.warns(UserWarning, match="input_shape"):
+        model.add(keras.layers.Flatten(input_shape=(28, 28)))
+    tt_layer = KerasDense(
+        input_dims=[7, 4, 7, 4], output_dims=[5, 5, 5, 5], tt_rank=4, activation="relu", bias_initializer=1e-3
+    )
+    model.add(tt_layer)
+    model.add(keras.layers.Dense(10))
+    model.add(keras.layers.Activation("softmax"))
+    assert tt_layer.count_params() == _expected_params(IN_DIMS, OUT_DIMS, (1, 4, 4, 4, 1))
+    assert model.output_shape == (None, 10)
+
+
 def test_compress_set_weights_evaluate_finetune(mnist):
     (x, y), (x_test, y_test) = mnist
     keras.utils.set_random_seed(1)
