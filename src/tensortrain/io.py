@@ -26,7 +26,7 @@ import secrets
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import safetensors.torch
 import torch
@@ -321,35 +321,42 @@ def _check_data_size(path: Path, header: dict[str, Any], available: int) -> None
         )
 
 
+def _count(x: Any) -> TypeGuard[int]:
+    """A positive JSON integer (``true`` is not one, though Python's bool is an int)."""
+    return type(x) is int and x >= 1
+
+
 def _check_info(path: Path, info: Any) -> None:
     if not isinstance(info, dict):
         raise TTFileError(f"{path}: the {_KEY!r} header entry is not a JSON object")
     version = info.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not _count(version):
         raise TTFileError(f"{path}: missing or invalid format_version {version!r}")
     if version > FORMAT_VERSION:
         raise TTFileError(
             f"{path}: written in format version {version}, this tensortrain reads up to {FORMAT_VERSION}; "
             "upgrade tensortrain"
         )
-    expected = {"kind": str, "batch": bool, "d": int, "raw_shape": list, "tt_ranks": list, "dtype": str}
+    expected = {"kind": str, "batch": bool, "raw_shape": list, "tt_ranks": list, "dtype": str}
     for key, kind in expected.items():
         if not isinstance(info.get(key), kind):
             raise TTFileError(f"{path}: header field {key!r} is missing or not a {kind.__name__}")
     if info["kind"] not in ("tensor", "matrix"):
         raise TTFileError(f"{path}: header field 'kind' is {info['kind']!r}, expected 'tensor' or 'matrix'")
-    if info["batch"] and (not isinstance(info.get("batch_size"), int) or info["batch_size"] < 1):
+    if info["batch"] and not _count(info.get("batch_size")):
         raise TTFileError(f"{path}: a batch without a valid batch_size ({info.get('batch_size')!r})")
     if _dtype(info["dtype"]) is None:
         raise TTFileError(f"{path}: unknown dtype {info['dtype']!r} in the header")
-    d = info["d"]
+    d = info.get("d")
+    if not _count(d):
+        raise TTFileError(f"{path}: header field 'd' is missing or not a positive int ({d!r})")
     ranks = info["tt_ranks"]
-    if d < 1 or len(ranks) != d + 1 or not all(isinstance(r, int) and r >= 1 for r in ranks):
+    if len(ranks) != d + 1 or not all(_count(r) for r in ranks):
         raise TTFileError(f"{path}: invalid TT-ranks {ranks!r} for d={d}")
     raw = info["raw_shape"]
     groups = raw if info["kind"] == "matrix" else [raw]
     if len(groups) != (2 if info["kind"] == "matrix" else 1) or not all(
-        isinstance(g, list) and len(g) == d and all(isinstance(n, int) and n >= 1 for n in g) for g in groups
+        isinstance(g, list) and len(g) == d and all(_count(n) for n in g) for g in groups
     ):
         raise TTFileError(f"{path}: invalid raw_shape {raw!r} for a TT-{info['kind']} with d={d}")
 
