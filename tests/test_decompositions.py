@@ -152,6 +152,14 @@ def test_epsilon_for_d2_is_eckart_young(gen):
         )
 
 
+def test_zero_tensor_gets_rank_one():
+    z = torch.zeros(3, 4, 5, dtype=torch.float64)
+    for method in ("exact", "randomized"):
+        x = tt.to_tt_tensor(z, max_tt_rank=2, epsilon=0.1, method=method)
+        assert x.tt_ranks == (1, 1, 1, 1)
+        assert_close(dense(x), z)
+
+
 # ------------------------------------------------------------------------------------------- rank caps
 @pytest.mark.parametrize("cap", [2, (2, 3), (1, 3, 2, 1), [4, 1]])
 def test_rank_caps_and_quasi_optimal_error(gen, cap):
