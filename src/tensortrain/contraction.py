@@ -118,6 +118,10 @@ class ContractionPlan:
 
 # ------------------------------------------------------------------------------------------ validation, cache
 _PLAN_CACHE: dict[tuple, Program] = {}
+# Under torch.compile the batch size may be a symbol (dynamic shapes) and dynamo cannot tell us which: reading
+# its value would specialise the graph, so compiled code is planned for this batch size (every plan is exact,
+# only speed differs).
+_SYMBOLIC_BATCH = 256
 
 
 def clear_plan_cache() -> None:
@@ -176,14 +180,17 @@ def _bucket(batch: int) -> int:
 
 
 def _program(
-    cores: Sequence[torch.Tensor], batch: int, grad: bool, strategy: Strategy | ContractionPlan
+    cores: Sequence[torch.Tensor], batch: int | torch.SymInt, grad: bool, strategy: Strategy | ContractionPlan
 ) -> Program:
     if isinstance(strategy, ContractionPlan):
         return strategy.program
+    compiling = torch.compiler.is_compiling()
+    if compiling:  # the batch may be a symbol (dynamic shapes): reading it would specialise the graph
+        batch = _SYMBOLIC_BATCH
     c0 = cores[0]
     dims = _dims(cores)
     args = (dims, strategy, _bucket(batch), c0.element_size(), c0.device.type, grad)
-    if torch.compiler.is_compiling():  # plain Python on shapes: traced and constant-folded, no cache writes
+    if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
         return _cost.choose(*args)
     prog = _PLAN_CACHE.get(args)
     if prog is None:
@@ -356,7 +363,7 @@ def _linear(
     lead = tuple(x.shape[:-1])
     x2d = x.reshape(-1, n)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
-    y = _run(_program(cores, int(x2d.shape[0]), grad, strategy), x2d, cores)
+    y = _run(_program(cores, x2d.shape[0], grad, strategy), x2d, cores)
     y = y.reshape(*lead, y.shape[-1])
     return y if bias is None else y + bias
 

@@ -172,11 +172,14 @@ def best_grouping(dims: Dims, direction: str, batch: int, item: int, grad: bool,
     d = len(dims[0])
     best: list[tuple[float, Groups]] = [(0.0, ())]
     for j in range(1, d + 1):
-        cands = []
+        # explicit loops rather than min(key=...): simpler for torch.compile to trace
+        top: tuple[float, Groups] | None = None
         for i in range(j):
-            t = sweep_cost(dims, ((i, j),), direction, batch, item, grad, m).seconds
-            cands.append((best[i][0] + t, best[i][1] + ((i, j),)))
-        best.append(min(cands, key=lambda c: c[0]))
+            t = best[i][0] + sweep_cost(dims, ((i, j),), direction, batch, item, grad, m).seconds
+            if top is None or t < top[0]:
+                top = (t, best[i][1] + ((i, j),))
+        assert top is not None
+        best.append(top)
     return best[d][1]
 
 
@@ -201,7 +204,10 @@ def candidates(dims: Dims, strategy: str, batch: int, item: int, grad: bool, m: 
 def choose(dims: Dims, strategy: str, batch: int, item: int, device_type: str, grad: bool) -> Program:
     """The cheapest program of ``strategy`` for this TT-matrix, batch size, dtype size, device and grad mode."""
     m = machine(device_type, item)
-    return min(
-        candidates(dims, strategy, batch, item, grad, m),
-        key=lambda p: estimate(dims, p, batch, item, grad, m).seconds,
-    )
+    top: tuple[float, Program] | None = None
+    for prog in candidates(dims, strategy, batch, item, grad, m):
+        t = estimate(dims, prog, batch, item, grad, m).seconds
+        if top is None or t < top[0]:
+            top = (t, prog)
+    assert top is not None
+    return top[1]

@@ -69,7 +69,7 @@ def sweep_rtl(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) 
     The state ``(B, N_left, n_g, r_b, M_right)`` is row-major, so every step reads its ``(n_g r_b, M_right)``
     slices in place and writes ``(r_a m_g, M_right)`` ones, which are the next step's slices: no permutes.
     """
-    b = int(x2d.shape[0])
+    b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
     s = x2d
     m_right = 1
     n_left = int(x2d.shape[1])
@@ -88,7 +88,7 @@ def sweep_ltr(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) 
     The state ``(B, M_left, r_a, n_g, N_right)`` is row-major; each step maps its ``(r_a n_g, N_right)`` slices to
     ``(m_g r_b, N_right)`` ones in place, as in :func:`sweep_rtl`.
     """
-    b = int(x2d.shape[0])
+    b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
     s = x2d
     m_left = 1
     n_right = int(x2d.shape[1])
