@@ -174,7 +174,7 @@ def _check_strategy(strategy: object, dims: Dims, fn: str) -> None:
         raise ValueError(f"{fn}: unknown strategy {strategy!r}; valid strategies are {', '.join(STRATEGIES)}")
 
 
-def _bucket(batch: int) -> int:
+def _bucket(batch: int | torch.SymInt) -> int:
     """Batch sizes are planned by power-of-two bucket, so a varying last batch does not replan."""
     return 1 << max(int(batch) - 1, 0).bit_length()
 
