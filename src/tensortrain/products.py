@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from . import contraction as _contraction
 from .errors import ShapeError
 from .operands import (
     batch_size,
@@ -149,6 +150,9 @@ def _tt_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:
     x = _check_dense(x, w, "right")
     if vector:
         x = x.unsqueeze(-1)
+    if not is_batch(w):  # one TT-matrix: the cost-planned contraction (tensortrain.contraction)
+        out = _contraction.tt_dense_matmul(w.tt_cores, x)
+        return out.squeeze(-1) if vector else out
     lead = _dense_lead(x, tuple(x.shape[:-2]), w)
     bs, n, p = batch_size(w), x.shape[-2], x.shape[-1]
     ell = math.prod(lead) // bs
@@ -166,6 +170,9 @@ def _dense_tt(x: torch.Tensor, w: TensorTrainBase) -> torch.Tensor:
     x = _check_dense(x, w, "left")
     if vector:
         x = x.unsqueeze(0)
+    if not is_batch(w):  # one TT-matrix: the cost-planned contraction (tensortrain.contraction)
+        out = _contraction.dense_tt_matmul(x, w.tt_cores)
+        return out.squeeze(-2) if vector else out
     lead = _dense_lead(x, tuple(x.shape[:-2]), w)
     bs, p, m = batch_size(w), x.shape[-2], x.shape[-1]
     ell = math.prod(lead) // bs

@@ -10,8 +10,8 @@ import math
 
 import torch
 
+from .. import contraction
 from ..errors import ShapeError
-from ..ops import matmul, transpose
 from ..tensor_train import TensorTrain
 
 __all__ = ["tt_embedding", "tt_linear"]
@@ -37,8 +37,9 @@ def _check_operand(fn: str, name: str, t: torch.Tensor, weight: TensorTrain) -> 
 def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``input @ W.T + bias`` for a TT-matrix ``W`` of shape ``out x in``, as ``F.linear``, without building W.
 
-    Computes ``input @ transpose(W)`` with :func:`tensortrain.matmul`'s dense x TT-matrix sweep (one batched
-    matmul per core, all leading dims of ``input`` as rows).
+    Computes ``input @ transpose(W)`` with :func:`tensortrain.contraction.linear` (all leading dims of ``input``
+    as rows): a sweep over merged core groups or building W and one GEMM, whichever its cost model prices
+    lower for this batch size; ``tensortrain.contraction.plan(weight, batch)`` shows the choice.
 
     Args:
         input: a dense tensor of shape ``(..., in_features)``.
@@ -80,8 +81,8 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
             raise ShapeError(f"tt_linear: bias must have shape ({m},), got {tuple(bias.shape)}")
         _check_operand("tt_linear", "bias", bias, weight)
     lead = input.shape[:-1]
-    # x @ W^T with all leading dims as rows: tt.matmul's dense @ TT sweep (one batched matmul per core).
-    out = matmul(input.reshape(math.prod(lead), n), transpose(weight)).reshape(*lead, m)
+    # x @ W^T with all leading dims as rows, in the order tensortrain.contraction's cost model picks.
+    out = contraction.linear(input.reshape(math.prod(lead), n), weight).reshape(*lead, m)
     return out if bias is None else out + bias
 
 
