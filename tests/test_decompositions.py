@@ -306,6 +306,10 @@ def test_gradcheck_round_and_orthogonalize(gen):
 
     assert torch.autograd.gradcheck(rounded, tuple(cores))
     assert torch.autograd.gradcheck(orth, tuple(cores))
+    # ranks above the mode sizes: wide unfoldings, whose QR shrinks the rank
+    wide = [c.requires_grad_() for c in random_tt((2, 3, 2), (1, 4, 2, 1), gen=gen).tt_cores]
+    assert torch.autograd.gradcheck(lambda *cs: dense(tt.orthogonalize(tt.TensorTrain(cs))), tuple(wide))
+    assert torch.autograd.gradcheck(rounded, tuple(wide))
 
 
 # -------------------------------------------------------------------------------------- randomized path
