@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..contraction import ContractionPlan
+from ..contraction import plan as contraction_plan
 from ..errors import ShapeError
 from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank, prime_factors
 from ..tensor_train import TensorTrain
@@ -228,6 +230,24 @@ class TTLinear(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Apply ``input @ W.T + bias`` through :func:`tensortrain.nn.functional.tt_linear`."""
         return F.tt_linear(input, self.weight, self.bias)
+
+    def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
+        """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
+
+        Args:
+            batch_size: rows of the input (all leading dims flattened).
+            requires_grad: price backward too; default: whether the cores require grad and grad mode is on.
+
+        Returns:
+            A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. To
+            force another plan call ``tt.contraction.linear(x, layer.weight, layer.bias, strategy=...)``.
+
+        Example:
+            >>> layer = tt.nn.TTLinear(784, 625, tt_rank=4)
+            >>> layer.plan(1024).kind  # doctest: +SKIP
+            'sweep'
+        """
+        return contraction_plan(self.weight, batch_size, requires_grad=requires_grad)
 
     # ------------------------------------------------------------------------------------- conversions
     @classmethod
