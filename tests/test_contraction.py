@@ -223,3 +223,13 @@ def test_compiles_fullgraph(gen):
     for s in ("auto", "full", "grouped_ltr"):
         f = torch.compile(lambda a, *cs, s=s: C.linear(a, cs, strategy=s), backend="eager", fullgraph=True)
         assert_close(f(x, *cores), want)
+
+
+def test_ttlinear_plan_matches_its_forward():
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), dtype=torch.float64)
+    p = layer.plan(64)
+    assert p == C.plan(layer.weight, 64)
+    assert p.requires_grad and p.row_dims == (2, 3) and p.col_dims == (3, 4)
+    x = torch.randn(64, 12, dtype=torch.float64)
+    assert_close(layer(x), C.linear(x, layer.weight, layer.bias, strategy=p))
+    assert "fewer than dense" in str(C.plan(_cores((5, 5, 5, 5), (4, 7, 4, 7), 4), 64))

@@ -103,10 +103,11 @@ class ContractionPlan:
     def __str__(self) -> str:
         m, n = _prod(self.row_dims), _prod(self.col_dims)
         ratio = self.dense_flops / max(self.flops_forward, 1)
+        vs = f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / max(ratio, 1e-12):.2f}x more"
         s = (
             f"ContractionPlan: {self.describe()} for a {m}x{n} TT-matrix {self.row_dims}x{self.col_dims}, "
             f"ranks {self.tt_ranks}, batch {self.batch_size}: forward {self.flops_forward / 1e9:.3g} GFLOP "
-            f"(dense {self.dense_flops / 1e9:.3g} GFLOP, {ratio:.2f}x)"
+            f"({vs} than dense's {self.dense_flops / 1e9:.3g})"
         )
         if self.requires_grad:
             s += (
