@@ -25,12 +25,16 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 class Model(torch.nn.Module):
-    """A TT classifier head: TTLinear -> ReLU -> TTLinear."""
+    """A TT classifier head: TTLinear -> ReLU -> TTLinear.
+
+    The cost planner contracts fc1 by sweeping the input through the cores and fc2 by building its small
+    weight (``tt.contraction.plan``), so the export covers both kinds of contraction.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1 = tt.nn.TTLinear(24, 12, tt_rank=3, in_dims=(2, 3, 4), out_dims=(3, 2, 2))
-        self.fc2 = tt.nn.TTLinear(12, 5, tt_rank=2, in_dims=(3, 4), out_dims=(5, 1), bias=False)
+        self.fc1 = tt.nn.TTLinear(1024, 64, tt_rank=2, in_dims=(4, 4, 8, 8), out_dims=(2, 2, 4, 4))
+        self.fc2 = tt.nn.TTLinear(64, 5, tt_rank=2, in_dims=(8, 8), out_dims=(5, 1), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.relu(self.fc1(x)))
@@ -40,7 +44,7 @@ def test_export_and_run_with_onnxruntime(tmp_path):
     torch.manual_seed(0)
     model = Model().eval()
     path = tmp_path / "model.onnx"
-    x = torch.randn(4, 24)
+    x = torch.randn(4, 1024)
     torch.onnx.export(
         model,
         (x,),
@@ -59,7 +63,7 @@ def test_export_and_run_with_onnxruntime(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["x"]
     for batch in (1, 4, 9):
-        xb = torch.randn(batch, 24)
+        xb = torch.randn(batch, 1024)
         (got,) = session.run(None, {"x": xb.numpy()})
         with torch.no_grad():
             expected = model(xb)
