@@ -137,7 +137,10 @@ def test_save_rejects_unstorable_cores(tmp_path, gen):
         tt.save(a.to("meta"), tmp_path / "x.safetensors")
     with pytest.raises(FileNotFoundError):
         tt.save(a, tmp_path / "no" / "such" / "folder.safetensors")
-    assert not list(tmp_path.iterdir())
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder; give a file name"):
+        tt.save(a, tmp_path / "sub")
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"] and not list((tmp_path / "sub").iterdir())
 
 
 # ------------------------------------------------------------------------------------- atomic writes

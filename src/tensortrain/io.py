@@ -83,7 +83,8 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
     Raises:
         TypeError: ``obj`` is not a TT object, or ``metadata`` has non-string keys or values.
         ValueError: ``metadata`` uses the reserved key, or the cores' dtype cannot be stored.
-        OSError: the file cannot be written (the previous file, if any, is left as it was).
+        OSError: the file cannot be written, e.g. ``path`` is a folder (the previous file, if any, is left
+            as it was).
 
     Complexity: O(d n^2 r^2) time and memory (one copy of the cores; ``B`` times that for a batch).
 
@@ -103,7 +104,12 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
     header = _header_entries(obj, metadata)
     tensors = {f"core_{k}": _storable(c, k) for k, c in enumerate(obj.tt_cores)}
     data = safetensors.torch.save(tensors, metadata=header)
-    _atomic_write(Path(path), data)
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"tt.save: {target} is a folder; give a file name such as {target / 'tt.safetensors'}"
+        )
+    _atomic_write(target, data)
 
 
 def _header_entries(obj: TensorTrainBase, metadata: Mapping[str, str] | None) -> dict[str, str]:
