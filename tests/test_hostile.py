@@ -790,3 +790,37 @@ def test_half_precision_qr_ops(gen, dtype):
     except CLEAR:
         return
     torch.testing.assert_close(norm.double(), expected.norm(), rtol=2e-2, atol=2e-2)
+
+
+# ---------------------------------------------------------------------------------------- batch ops
+@given(sa=operand(), data=st.data(), seed=seeds)
+def test_batch_ops_fuzz(sa, data, seed):
+    sb = data.draw(operand(like=sa))
+    cpu_a, a = _build(sa, seed)
+    cpu_b, b = _build(sb, seed + 1)
+    da, db = _dense_of(cpu_a), _dense_of(cpu_b)
+    # the dense oracle treats a single TT object as a batch of one
+    da = da if sa["batch"] is not None else da.unsqueeze(0)
+    db = db if sb["batch"] is not None else db.unsqueeze(0)
+    same = sa["matrix"] == sb["matrix"] and sa["raw"] == sb["raw"]
+    valid = same and sa["dtype"] == sb["dtype"] and sa["meta"] == sb["meta"]
+    op = data.draw(st.sampled_from(["pairwise", "concat", "gram"]))
+    try:
+        if op == "pairwise":
+            got = tt.pairwise_flat_inner(a, b)
+            expected = da.flatten(1) @ db.flatten(1).T
+        elif op == "gram":
+            got = tt.gram_matrix(a)
+            expected = da.flatten(1) @ da.flatten(1).T
+            valid = True
+        else:
+            valid = valid and sa["ranks"] == sb["ranks"]  # concatenation needs common ranks (as t3f)
+            got = _dense_of(tt.concat_along_batch_dim([a, b]))
+            expected = torch.cat([da, db])
+    except CLEAR:
+        assert not valid, f"{op} refused valid operands {a} and {b}"
+        return
+    if op != "gram":
+        assert same and sa["meta"] == sb["meta"], f"{op} accepted incompatible operands {a} and {b}"
+    tol = TOL[torch.float32] if torch.float32 in (sa["dtype"], sb["dtype"]) else TOL[torch.float64]
+    torch.testing.assert_close(got.double(), expected, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
