@@ -177,7 +177,7 @@ def _check_strategy(strategy: object, dims: Dims, fn: str) -> None:
 
 def _bucket(batch: int | torch.SymInt) -> int:
     """Batch sizes are planned by power-of-two bucket, so a varying last batch does not replan."""
-    return 1 << max(int(batch) - 1, 0).bit_length()
+    return 1 << (int(batch) - 1).bit_length() if batch > 1 else 1
 
 
 def _program(
@@ -189,13 +189,17 @@ def _program(
     if compiling:  # the batch may be a symbol (dynamic shapes): reading it would specialise the graph
         batch = _SYMBOLIC_BATCH
     c0 = cores[0]
-    dims = _dims(cores)
-    args = (dims, strategy, _bucket(batch), c0.element_size(), c0.device.type, grad)
+    bucket = _bucket(batch)
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
-        return _cost.choose(*args)
-    prog = _PLAN_CACHE.get(args)
+        return _cost.choose(_dims(cores), strategy, bucket, c0.element_size(), c0.device.type, grad)
+    # the key uses the torch.Size objects as they are: this lookup is on every layer call
+    key = (tuple(c.shape for c in cores), strategy, bucket, c0.dtype, c0.device.type, grad)
+    prog = _PLAN_CACHE.get(key)
     if prog is None:
-        prog = _PLAN_CACHE[args] = _cost.choose(*args)
+        dims = _dims(cores)
+        prog = _PLAN_CACHE[key] = _cost.choose(
+            dims, strategy, bucket, c0.element_size(), c0.device.type, grad
+        )
     return prog
 
 

@@ -1,0 +1,393 @@
+"""tensortrain speed and memory benchmarks: TTLinear vs nn.Linear (and peers when installed), TT-SVD, rounding,
+flat_inner / frobenius_norm, the MNIST demo's seconds per epoch.
+
+Everything runs side by side in one process with a fixed thread count; times are medians over interleaved
+repeats after warm-up (the implementations of one case take turns, so load spikes hit all of them alike), and
+the table reports ratios measured that way. Never part of the test suite.
+
+    .venv/bin/python benchmarks/run.py --threads 2 --json benchmarks/results.json
+    .venv/bin/python benchmarks/run.py --quick          # a smaller, faster selection
+
+Memory of a training step is measured as the bytes autograd keeps for backward (every tensor packed by
+``torch.autograd.graph.saved_tensors_hooks`` during the forward pass, deduplicated by storage, the input and
+the parameters excluded): the part of a step's peak that depends on the layer's contraction. ``tracemalloc``
+does not see torch's CPU allocator, and ``ru_maxrss`` only moves when a process-wide high-water mark moves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+import tensortrain as tt
+from tensortrain import contraction
+
+# (name, in_features, out_features, in_dims, out_dims, rank): the cases of the issue (t3f tutorial's layer, a
+# 4096 square layer, a transformer MLP's up-projection).
+LAYER_CASES = [
+    ("784x625-r4", 784, 625, (4, 7, 4, 7), (5, 5, 5, 5), 4),
+    ("784x625-r16", 784, 625, (4, 7, 4, 7), (5, 5, 5, 5), 16),
+    ("4096x4096-r16", 4096, 4096, (8, 8, 8, 8), (8, 8, 8, 8), 16),
+    ("4096x4096-r64", 4096, 4096, (8, 8, 8, 8), (8, 8, 8, 8), 64),
+    ("768x3072-r16", 768, 3072, (4, 4, 6, 8), (4, 8, 8, 12), 16),
+    ("768x3072-r64", 768, 3072, (4, 4, 6, 8), (4, 8, 8, 12), 64),
+]
+BATCHES = (1, 64, 1024)
+
+
+# --------------------------------------------------------------------------------------------- timing
+def interleaved(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 2,
+    budget_s: float = 20.0,
+    droppable: tuple[str, ...] = (),
+    slow_s: float = 2.0,
+) -> dict:
+    """Median seconds per call of each fn, the fns taking turns in every repeat.
+
+    A ``droppable`` fn (a peer) whose warm-up call takes over ``slow_s`` is timed once and reported as such
+    instead of holding up every repeat.
+    """
+    once: dict[str, float] = {}
+    for k, f in list(fns.items()):
+        for _ in range(warmup):
+            t0 = time.perf_counter()
+            f()
+            if k in droppable and time.perf_counter() - t0 > slow_s:
+                once[k] = time.perf_counter() - t0
+                break
+    fns = {k: f for k, f in fns.items() if k not in once}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    for rep in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+        if rep >= 2 and time.perf_counter() - start > budget_s:  # huge cases: fewer repeats, still a median
+            break
+    return (
+        {k: statistics.median(v) for k, v in times.items()} | once | {"_n": len(next(iter(times.values())))}
+    )
+
+
+def saved_bytes(step: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -> int:
+    """Bytes autograd keeps for backward during ``step()`` (deduplicated storages, ``exclude`` left out)."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = step()
+    y.sum().backward()
+    return sum(seen.values())
+
+
+# ---------------------------------------------------------------------------------------------- peers
+def peer_layers(in_dims: tuple, out_dims: tuple, rank: int) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Peers' TT layers for one case, or a note saying why not."""
+    layers: dict[str, nn.Module] = {}
+    notes: dict[str, str] = {}
+    d = len(in_dims)
+    try:
+        import tltorch
+
+        layers["tltorch"] = tltorch.FactorizedLinear(
+            in_dims, out_dims, factorization="blocktt", rank=rank, implementation="factorized"
+        )
+    except ImportError:
+        notes["tltorch"] = "skipped: not installed"
+    except Exception as e:  # a peer's own failure is a result, not a crash
+        notes["tltorch"] = f"error: {type(e).__name__}: {e}"[:120]
+    try:
+        import torchtt
+
+        layer = torchtt.nn.LinearLayerTT(list(in_dims), list(out_dims), [1] + [rank] * (d - 1) + [1])
+
+        class _Flat(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return layer(x.reshape(x.shape[0], *in_dims)).reshape(x.shape[0], -1)
+
+        flat = _Flat()
+        flat.inner = layer  # register parameters
+        layers["torchtt"] = flat
+    except ImportError:
+        notes["torchtt"] = "skipped: not installed"
+    except Exception as e:
+        notes["torchtt"] = f"error: {type(e).__name__}: {e}"[:120]
+    try:
+        import t3f  # noqa: F401  (TensorFlow; never in this venv by default)
+
+        notes["t3f"] = "skipped: t3f needs TensorFlow, not compared in-process with torch"
+    except ImportError:
+        notes["t3f"] = "skipped: not installed"
+    return layers, notes
+
+
+# --------------------------------------------------------------------------------------------- layers
+def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool) -> list[dict]:
+    rows = []
+    for name, fin, fout, in_dims, out_dims, rank in cases:
+        torch.manual_seed(0)
+        dense = nn.Linear(fin, fout)
+        ttl = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
+        others, notes = peer_layers(in_dims, out_dims, rank) if peers else ({}, {})
+        mods: dict[str, nn.Module] = {"dense": dense, "tt": ttl, **others}
+        for b in batches:
+            x = torch.randn(b, fin)
+            xg = x.clone().requires_grad_(True)
+            row: dict[str, Any] = {"case": name, "batch": b, "in": fin, "out": fout, "rank": rank}
+            with torch.no_grad():
+                fwd = interleaved(
+                    {k: (lambda m=m, x=x: m(x)) for k, m in mods.items()}, repeats, droppable=tuple(others)
+                )
+            fb = interleaved(
+                {k: (lambda m=m, x=xg: m(x).sum().backward()) for k, m in mods.items()},
+                repeats,
+                droppable=tuple(others),
+            )
+            p_inf = ttl.plan(b, requires_grad=False)
+            p_tr = ttl.plan(b, requires_grad=True)
+            dense_f = 2 * b * fin * fout
+            row.update(
+                {
+                    "plan_forward": p_inf.describe(),
+                    "plan_training": p_tr.describe(),
+                    "plan_flops_forward": p_inf.flops_forward,
+                    "plan_flops_training": p_tr.flops_forward + p_tr.flops_backward,
+                    "dense_flops_forward": dense_f,
+                    "repeats": fwd["_n"],
+                    "fwd_s": {k: fwd[k] for k in mods},
+                    "fwdbwd_s": {k: fb[k] for k in mods},
+                    "gflops_fwd": {
+                        "tt": p_inf.flops_forward / fwd["tt"] / 1e9,
+                        "dense": dense_f / fwd["dense"] / 1e9,
+                    },
+                    "gflops_fwdbwd": {
+                        "tt": (p_tr.flops_forward + p_tr.flops_backward) / fb["tt"] / 1e9,
+                        "dense": 3 * dense_f / fb["dense"] / 1e9,
+                    },
+                    "saved_bytes": {
+                        k: saved_bytes(lambda m=m, x=xg: m(x), [xg, *m.parameters()]) for k, m in mods.items()
+                    },
+                    "params": {k: sum(p.numel() for p in m.parameters()) for k, m in mods.items()},
+                    "peer_notes": notes,
+                }
+            )
+            rows.append(row)
+            print(_layer_line(row), flush=True)
+    return rows
+
+
+def _layer_line(r: dict) -> str:
+    f, fb = r["fwd_s"], r["fwdbwd_s"]
+    return (
+        f"  {r['case']} B={r['batch']}: fwd tt {f['tt'] * 1e3:.3g} ms / dense {f['dense'] * 1e3:.3g} ms "
+        f"= {f['tt'] / f['dense']:.2f}x; fwd+bwd {fb['tt'] / fb['dense']:.2f}x; plan {r['plan_forward']}"
+    )
+
+
+# ------------------------------------------------------------------------------------ decompositions, algebra
+def _rel_err(dense: torch.Tensor, t: Any) -> float:
+    return float(torch.linalg.norm(dense - tt.full(t)) / torch.linalg.norm(dense))
+
+
+def bench_decompositions(quick: bool, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    if quick:
+        shape, rank = [[4, 8, 8, 4], [4, 8, 8, 4]], 32
+    else:
+        shape, rank = [[8, 8, 8, 8], [8, 8, 8, 8]], 64
+    m, n = math.prod(shape[0]), math.prod(shape[1])
+    w = torch.randn(m, n, generator=g)
+    out: dict[str, Any] = {"to_tt_matrix": {"shape": shape, "max_tt_rank": rank, "size": f"{m}x{n}"}}
+    for method in ("exact", "auto", "randomized"):
+        reps = 1 if method == "exact" and not quick else min(repeats, 3)
+        ts, res = [], None
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            res = tt.to_tt_matrix(w, shape, max_tt_rank=rank, method=method)
+            ts.append(time.perf_counter() - t0)
+        out["to_tt_matrix"][method] = {"s": statistics.median(ts), "rel_error": _rel_err(w, res), "n": reps}
+    ex = out["to_tt_matrix"]["exact"]["rel_error"]
+    for method in ("auto", "randomized"):
+        out["to_tt_matrix"][method]["error_ratio_vs_exact"] = out["to_tt_matrix"][method]["rel_error"] / ex
+    x = tt.random_matrix([[8, 8, 8, 8], [8, 8, 8, 8]], tt_rank=64, generator=g)
+    xd = tt.full(x)
+    for method in ("exact", "auto"):
+        res = None
+
+        def call(method: str = method) -> None:
+            nonlocal res
+            res = tt.round(x, max_tt_rank=16, method=method)
+
+        t = interleaved({"r": call}, repeats)["r"]
+        out[f"round_{method}"] = {"case": "ttm 8^4x8^4 r64 -> r16", "s": t, "rel_error": _rel_err(xd, res)}
+    return out
+
+
+def bench_algebra(repeats: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    a = tt.random_tensor([16] * 8, tt_rank=32, generator=g)
+    b = tt.random_tensor([16] * 8, tt_rank=32, generator=g)
+    t = interleaved(
+        {"flat_inner": lambda: tt.flat_inner(a, b), "frobenius_norm": lambda: tt.frobenius_norm(a)},
+        max(repeats, 20),
+    )
+    return {"case": "16^8 r32", "flat_inner_s": t["flat_inner"], "frobenius_norm_s": t["frobenius_norm"]}
+
+
+def bench_demo(steps: int) -> dict:
+    """Seconds per epoch of the MNIST demo's TT net (and the dense net) from timed Adam steps on synthetic data."""
+    from tensortrain import demo
+
+    torch.manual_seed(0)
+    x = torch.rand(60000, 28, 28)
+    y = torch.randint(0, 10, (60000,))
+    per_epoch = math.ceil(60000 / 64)
+    out: dict[str, Any] = {"steps_timed": steps, "steps_per_epoch": per_epoch, "batch_size": 64}
+    for name, model in (("tt_net_r4", demo.tt_net(4)), ("dense_net", demo.dense_net())):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+        perm = torch.randperm(60000)
+
+        def step(i: int, model: nn.Module = model, opt: Any = opt, perm: torch.Tensor = perm) -> None:
+            idx = perm[(i * 64) % 59968 : (i * 64) % 59968 + 64]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for i in range(10):
+            step(i)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        s = (time.perf_counter() - t0) / steps
+        out[name] = {"s_per_step": s, "s_per_epoch": s * per_epoch}
+    res = os.path.join("out", "demo", "results.json")
+    if os.path.exists(res):
+        out["demo_results_json"] = res
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- report
+def markdown(results: dict) -> str:
+    lines = [
+        f"threads {results['meta']['threads']}, torch {results['meta']['torch']}, "
+        f"load average before/after {results['meta']['load_before']} / {results['meta'].get('load_after')}",
+    ]
+    if results.get("layers"):
+        lines += [
+            "",
+            "| case | batch | plan (fwd; training) | fwd ms TT / dense (ratio) | fwd+bwd ms TT / dense (ratio) | GFLOP/s fwd TT / dense "
+            "| plan GFLOP fwd / dense | kept for bwd MiB TT / dense | peers fwd, fwd+bwd (ratio to dense) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for r in results.get("layers", []):
+        f, fb, gf = r["fwd_s"], r["fwdbwd_s"], r["gflops_fwd"]
+        peers = []
+        for k in f:
+            if k not in ("tt", "dense"):
+                peers.append(f"{k} {f[k] / f['dense']:.2f}x, {fb[k] / fb['dense']:.2f}x")
+        peers += [f"{k}: {v}" for k, v in r["peer_notes"].items() if k not in f]
+        sb = r["saved_bytes"]
+        lines.append(
+            f"| {r['case']} | {r['batch']} | {r['plan_forward']}; {r['plan_training']} | {f['tt'] * 1e3:.3g} / {f['dense'] * 1e3:.3g} "
+            f"(**{f['tt'] / f['dense']:.2f}x**) | {fb['tt'] * 1e3:.3g} / {fb['dense'] * 1e3:.3g} "
+            f"(**{fb['tt'] / fb['dense']:.2f}x**) | {gf['tt']:.3g} / {gf['dense']:.3g} | "
+            f"{r['plan_flops_forward'] / 1e9:.3g} / {r['dense_flops_forward'] / 1e9:.3g} | "
+            f"{sb['tt'] / 2**20:.3g} / {sb['dense'] / 2**20:.3g} | {'; '.join(peers) or '-'} |"
+        )
+    if "decompositions" in results:
+        d = results["decompositions"]
+        tm = d["to_tt_matrix"]
+        lines += ["", "| decomposition | seconds | rel. error | error / exact's |", "|---|---|---|---|"]
+        for k in ("exact", "auto", "randomized"):
+            lines.append(
+                f"| to_tt_matrix {tm['size']} r{tm['max_tt_rank']} method={k} | {tm[k]['s']:.3g} | "
+                f"{tm[k]['rel_error']:.6f} | {tm[k].get('error_ratio_vs_exact', 1.0):.4f} |"
+            )
+        for k in ("round_exact", "round_auto"):
+            lines.append(f"| round {d[k]['case']} ({k}) | {d[k]['s']:.3g} | {d[k]['rel_error']:.6f} | |")
+    if "algebra" in results:
+        a = results["algebra"]
+        lines += [
+            "",
+            f"flat_inner {a['case']}: {a['flat_inner_s'] * 1e3:.3g} ms; "
+            f"frobenius_norm {a['case']}: {a['frobenius_norm_s'] * 1e3:.3g} ms",
+        ]
+    if "demo" in results:
+        dm = results["demo"]
+        lines += [
+            "",
+            f"MNIST demo training (batch 64, Adam, {dm['steps_timed']} timed steps, synthetic data of MNIST's size): "
+            f"TT net {dm['tt_net_r4']['s_per_epoch']:.3g} s/epoch, dense net {dm['dense_net']['s_per_epoch']:.3g} s/epoch",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--quick", action="store_true", help="fewer cases and repeats (a few minutes less)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--sections", default="layers,decompositions,algebra,demo")
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sections = set(args.sections.split(","))
+    repeats = 5 if args.quick else args.repeats
+    cases = [
+        c for c in LAYER_CASES if not args.quick or c[0] in ("784x625-r4", "784x625-r16", "768x3072-r16")
+    ]
+    results: dict[str, Any] = {
+        "meta": {
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "repeats": repeats,
+        }
+    }
+    contraction.clear_plan_cache()
+    if "layers" in sections:
+        print("layers (medians of interleaved repeats):", flush=True)
+        results["layers"] = bench_layers(cases, BATCHES, repeats, not args.no_peers)
+    if "decompositions" in sections:
+        results["decompositions"] = bench_decompositions(args.quick, repeats)
+    if "algebra" in sections:
+        results["algebra"] = bench_algebra(repeats)
+    if "demo" in sections:
+        results["demo"] = bench_demo(50 if args.quick else 200)
+    results["meta"]["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(markdown(results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
