@@ -110,13 +110,6 @@ def test_every_contraction_plan(gen, strategy):
         assert_close(g, e)
 
 
-EMBEDDING_GRAPH_BREAK = (
-    "graph breaks in tensortrain/nn/functional.py: _check_indices calls int(input.min()) (data-dependent "
-    "Tensor.item()) and tt_embedding calls torch.unique (data-dependent output shape)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=EMBEDDING_GRAPH_BREAK)
 @pytest.mark.parametrize("padding_idx", [None, 3])
 def test_tt_embedding_layer(padding_idx):
     torch.manual_seed(0)

@@ -758,11 +758,6 @@ def test_tt_embedding_hostile_indices():
     assert big.tt_ranks == tt.max_tt_ranks((4 * 2, 5 * 4))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nn/functional.py tt_embedding range-checks indices (int(input.min())) before checking their device: "
-    "RuntimeError on 'meta' instead of the ShapeError",
-)
 def test_tt_embedding_indices_on_another_device():
     emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4))
     with pytest.raises(ValueError, match="meta"):

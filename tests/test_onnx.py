@@ -82,10 +82,6 @@ class EmbeddingModel(torch.nn.Module):
         return self.fc(self.emb(idx).mean(dim=-2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch.export fails on data-dependent int(input.min()) in tensortrain/nn/functional.py _check_indices",
-)
 def test_export_embedding_model(tmp_path):
     torch.manual_seed(0)
     model = EmbeddingModel().eval()

@@ -86,11 +86,15 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
     return out if bias is None else out + bias
 
 
-def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int) -> None:
+def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: torch.device) -> None:
     if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex():
         kind = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
         raise TypeError(f"{fn}: indices must be an integer tensor (e.g. torch.long), got {kind}")
-    if input.numel() == 0:
+    if input.device != device:
+        raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
+    if input.numel() == 0 or _tracing():
+        # Under torch.compile / torch.export a value check would be a data-dependent graph break; there the
+        # lookup itself refuses indices past the table (the first mode is not wrapped, see _tt_rows).
         return
     lo, hi = int(input.min()), int(input.max())
     if lo < 0 or hi >= num_embeddings:
@@ -99,6 +103,10 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int) -> None:
             f"{fn}: indices must be in [0, {num_embeddings}), got out-of-range values {bad} "
             f"(min {lo}, max {hi})"
         )
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def tt_embedding(
@@ -148,17 +156,19 @@ def tt_embedding(
         raise ShapeError(
             f"tt_embedding: num_embeddings={v} exceeds the table's {v_pad} rows (voc dims {tuple(voc_dims)})"
         )
-    _check_indices("tt_embedding", input, v)
-    if input.device != weight.device:
-        raise ShapeError(f"tt_embedding: indices are on {input.device} but the weight is on {weight.device}")
+    _check_indices("tt_embedding", input, v, weight.device)
     if padding_idx is not None:
         if not -v <= padding_idx < v:
             raise ValueError(f"tt_embedding: padding_idx must be within [-{v}, {v}), got {padding_idx}")
         padding_idx = padding_idx % v
     flat = input.reshape(-1).long()
-    # Repeated tokens are common (text, categorical features): contract each distinct row once.
-    uniq, inverse = torch.unique(flat, return_inverse=True)
-    rows = _tt_rows(weight, uniq, voc_dims)[inverse]
+    if _tracing():
+        # torch.unique has a data-dependent output shape: compiled and exported graphs contract every index.
+        rows = _tt_rows(weight, flat, voc_dims)
+    else:
+        # Repeated tokens are common (text, categorical features): contract each distinct row once.
+        uniq, inverse = torch.unique(flat, return_inverse=True)
+        rows = _tt_rows(weight, uniq, voc_dims)[inverse]
     if padding_idx is not None:
         keep = (flat != padding_idx).unsqueeze(-1)
         rows = rows * keep.to(rows.dtype)  # zero output and zero gradient for padding positions
@@ -170,9 +180,11 @@ def _tt_rows(weight: TensorTrain, idx: torch.Tensor, voc_dims: tuple[int, ...]) 
     u = idx.shape[0]
     res = torch.ones(u, 1, 1, dtype=weight.dtype, device=weight.device)  # (U, D_<k, r_{k-1})
     stride, done = math.prod(voc_dims), 1
-    for core, mk in zip(weight.tt_cores, voc_dims, strict=True):
+    for k, (core, mk) in enumerate(zip(weight.tt_cores, voc_dims, strict=True)):
         stride //= mk
-        ik = torch.div(idx, stride, rounding_mode="floor") % mk
+        ik = torch.div(idx, stride, rounding_mode="floor")
+        # The first mode is left unwrapped, so an index past the table fails the gather instead of aliasing.
+        ik = ik if k == 0 else ik % mk
         g = core[:, ik].permute(1, 0, 2, 3)  # (U, r_{k-1}, e_k, r_k)
         r_left, e, r_right = g.shape[1], g.shape[2], g.shape[3]
         done *= e
