@@ -355,6 +355,31 @@ def test_randomized_with_epsilon_is_certified(gen):
     assert_close(dense(x), dense(y))
 
 
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e12])
+def test_orthonormal_basis_of_tall_sketches(gen, cond):
+    # CholeskyQR2 for well-conditioned sketches, Householder QR past the conditioning limit: both give an
+    # orthonormal basis of the same column space.
+    u = torch.linalg.qr(torch.randn(2, 400, 20, generator=gen, dtype=torch.float64)).Q
+    y = (
+        u
+        * torch.logspace(0, -math.log10(cond), 20, dtype=torch.float64)
+        @ torch.randn(20, 20, generator=gen, dtype=torch.float64)
+    )
+    q = truncation._orth(y)
+    assert_close(q.mT @ q, torch.eye(20, dtype=torch.float64).expand(2, -1, -1))
+    assert_close(q @ (q.mT @ y), y)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-9])
+def test_tall_lossless_unfoldings_are_exact(gen, scale):
+    a = torch.randn(60, 3, 2, generator=gen, dtype=torch.float64)
+    a[:, 0] *= scale  # an ill-conditioned first unfolding (60 x 6)
+    x = tt.to_tt_tensor(a, max_tt_rank=None)
+    assert x.tt_ranks == (1, 6, 2, 1)
+    assert_close(dense(x), a)
+    assert_orthonormal(x, left_to_right=True)
+
+
 def test_auto_rule():
     assert truncation.use_randomized("auto", 64, 4096, 4096, has_delta=False)
     assert not truncation.use_randomized("auto", 64, 4096, 4096, has_delta=True)  # epsilon: exact SVD

@@ -126,8 +126,8 @@ def _lossless(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if m <= n:
         eye = torch.eye(m, dtype=a.dtype, device=a.device).expand(a.shape[0], m, m)
         return eye, a
-    q, r = torch.linalg.qr(a)
-    return q, r
+    q = _orth(a)
+    return q, q.mH @ a
 
 
 def _rank_for(tail2: torch.Tensor, delta: torch.Tensor | None, max_rank: int) -> int:
@@ -157,13 +157,47 @@ def _tails(s: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
     return tails if base is None else tails + base.unsqueeze(-1)
 
 
-def _exact(a: torch.Tensor, max_rank: int, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reduced SVD; a wide matrix is factored through its (tall) conjugate transpose, for which LAPACK is
+    several times faster (measured 5x on 64 x 262144)."""
     if a.shape[-2] < a.shape[-1]:
-        # LAPACK's SVD of a wide matrix is several times slower than of its (tall) transpose: factor that.
         v, s, uh = torch.linalg.svd(a.mH, full_matrices=False)
-        u, vh = uh.mH, v.mH
-    else:
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        return uh.mH, s, v.mH
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    return u, s, vh
+
+
+def _svd_wide(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD of a short, wide ``b`` (B, k, n): orthonormalize ``b^H = Q R`` first, then the k x k SVD of
+    ``R^H`` (``b = U S (Q W)^H``); LAPACK then only sees a k x k matrix."""
+    q = _orth(b.mH)
+    u, s, wh = torch.linalg.svd(b @ q, full_matrices=False)  # b Q = R^H, k x k
+    return u, s, wh @ q.mH
+
+
+def _orth(y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the columns of a tall ``y`` (B, m, k).
+
+    CholeskyQR2 (Fukaya et al. 2014) with the k x k Gram matrices in float64: GEMMs and tiny
+    factorizations, much faster than Householder QR on a busy multi-threaded CPU (LAPACK's QR of
+    4096 x 74 took 1 s on 2 loaded threads, this 0.15 s), and orthonormal to round-off for cond(y) up to
+    ~1e8. Where the Cholesky fails or its factor's diagonal signals cond(y) > 1e4 (a generous margin),
+    Householder QR.
+    """
+    if y.device.type == "mps" or y.shape[-2] < 4 * y.shape[-1]:
+        return torch.linalg.qr(y).Q
+    q = y.to(torch.complex128 if y.is_complex() else torch.float64)
+    for step in range(2):  # the second pass restores orthogonality lost in the first
+        low, info = torch.linalg.cholesky_ex(q.mH @ q)
+        diag = low.diagonal(dim1=-2, dim2=-1).abs()
+        if bool((info != 0).any()) or (step == 0 and bool((diag.amax(-1) > 1e4 * diag.amin(-1)).any())):
+            return torch.linalg.qr(y).Q
+        q = torch.linalg.solve_triangular(low, q.mH, upper=False).mH  # y L^{-H}
+    return q.to(y.dtype)
+
+
+def _exact(a: torch.Tensor, max_rank: int, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    u, s, vh = _svd(a)
     r = _rank_for(_tails(s), None if delta is None else _acc(delta), max_rank)
     return u[..., :r], s[..., :r, None] * vh[..., :r, :]
 
@@ -176,14 +210,14 @@ def _randomized(
     k = sketch_size(max_rank, m, n)
     gen = torch.Generator(device=a.device).manual_seed(_SEED)
     omega = torch.randn(a.shape[0], n, k, generator=gen, dtype=a.dtype, device=a.device)
-    q = torch.linalg.qr(a @ omega).Q
+    q = _orth(a @ omega)
     at = a.mH
     for _ in range(_POWER_ITERS):
         # Re-orthonormalize after each product: plain powers lose the small directions to round-off.
-        q = torch.linalg.qr(at @ q).Q
-        q = torch.linalg.qr(a @ q).Q
+        q = _orth(at @ q)
+        q = _orth(a @ q)
     b = q.mH @ a  # (B, k, n)
-    ub, s, vh = torch.linalg.svd(b, full_matrices=False)
+    ub, s, vh = _svd_wide(b)
     if delta is None:
         r = min(max_rank, s.shape[-1])
     else:
