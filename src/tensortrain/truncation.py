@@ -9,10 +9,13 @@ by ``max_rank``. Two paths:
 
 * ``"exact"``: ``torch.linalg.svd``; the optimal rank-``r`` approximation (Eckart-Young).
 * ``"randomized"``: a randomized range finder with power iterations (Halko, Martinsson & Tropp 2011, Alg. 4.4):
-  ``Y = (A A^T)^q A Omega``, ``Q = orth(Y)``, then the exact SVD of the small ``Q^T A``. Cost
+  ``Y = (A A^H)^q A Omega`` (re-orthonormalized after every product), ``Q = orth(Y)``, then the exact SVD of
+  the small ``Q^H A``. The orthonormalizations are CholeskyQR2 with float64 Gram matrices (GEMM-bound; LAPACK's
+  Householder QR is slow on loaded multi-threaded CPUs), falling back to Householder QR for ill-conditioned
+  sketches. Cost
   ``O(B m n k (2q + 2))`` against ``O(B m n min(m, n))`` for the exact SVD. With ``q = 2`` and ``p >= 10`` its
   error is within about 0.5% of the optimum on decaying and flat spectra (the tests check 1.05x).
-  With ``delta`` given, its error is *measured* (``||A - Q Q^T A||_F`` is computed explicitly, not estimated)
+  With ``delta`` given, its error is *measured* (``||A - Q Q^H A||_F`` is computed explicitly, not estimated)
   so the bound is certified; when the sketch cannot meet it, the exact path is taken.
 
 ``"auto"`` takes the randomized path only where it is both safe and faster: no ``delta`` (a pure rank cap),
