@@ -655,10 +655,6 @@ def test_unary_ops_fuzz(case):
         check(tt.gather_nd(a, idx), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forms.frobenius_norm maps a NaN squared norm to 0.0 (torch.where(sq > 0, ..., 0.0)): a silent wrong answer",
-)
 def test_frobenius_norm_propagates_nan(gen):
     a = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
     cores = [c.clone() for c in a.tt_cores]

@@ -117,9 +117,11 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
     if not epsilon >= 0:
         raise ValueError(f"frobenius_norm: epsilon must be >= 0, got {epsilon!r}")
     sq = frobenius_norm_squared(tt, differentiable=differentiable) + epsilon
-    positive = sq > 0
-    # sqrt has an infinite derivative at 0; feed it 1 there and mask, so the gradient is 0, not NaN.
-    return torch.where(positive, torch.sqrt(torch.where(positive, sq, torch.ones_like(sq))), 0.0)
+    sq = sq.clamp_min(0.0)  # a Gram sweep can round a zero norm to -1e-30; clamp keeps NaN as NaN
+    zero = sq == 0
+    # sqrt has an infinite derivative at 0; feed it 1 there and mask, so the gradient is 0, not NaN. Only an
+    # exact zero is masked: a NaN squared norm must stay NaN.
+    return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, torch.ones_like(sq), sq)))
 
 
 # ------------------------------------------------------------------------------------------ bilinear forms
