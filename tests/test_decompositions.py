@@ -266,6 +266,20 @@ def test_complex_tensors(gen):
     assert rel_err(r, a.reshape(12, 5)) <= 0.5
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_factored_in_float32(gen, dtype):
+    x = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen).to(dtype)
+    a = dense(x.to(torch.float64))
+    for y in (
+        tt.round(x, 10),
+        tt.orthogonalize(x),
+        tt.orthogonalize(x, False),
+        tt.to_tt_tensor(a.to(dtype), 2),
+    ):
+        assert y.dtype == dtype
+        torch.testing.assert_close(dense(y.to(torch.float64)), a, rtol=2e-2, atol=2e-2)
+
+
 # ---------------------------------------------------------------------------------------------- batches
 def test_dense_batches_share_ranks_and_keep_each_bound(gen):
     a = torch.randn(4, 3, 4, 5, generator=gen, dtype=torch.float64)

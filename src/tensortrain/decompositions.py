@@ -22,6 +22,8 @@ quarter of it), where it is several times faster with an error within 1.05x of t
 its error is measured, so the bound still holds, but ranks may exceed the minimal ones by a little);
 ``"exact"`` forces ``torch.linalg.svd``.
 
+float16/bfloat16 inputs are factored in float32 (LAPACK has no half precision) and the cores are cast back.
+
 Everything is differentiable through ``torch.linalg.svd``/``qr`` (gradients are finite where the kept singular
 values are distinct and separated from the dropped ones).
 """
@@ -37,6 +39,7 @@ import torch
 from .errors import ShapeError
 from .orthogonalization import (
     check_finite_cores,
+    compute_dtype,
     merge_modes,
     orthogonalize,
     orthogonalize_tt_cores,
@@ -104,7 +107,8 @@ def _tt_svd(
     a: torch.Tensor, modes: Sequence[int], caps: Sequence[int], epsilon: float | None, method: Method
 ) -> list[torch.Tensor]:
     """Cores ``(B, r_{k-1}, n_k, r_k)`` of the TT-SVD of ``a`` of shape ``(B, n_1 ... n_d)``."""
-    b, d = a.shape[0], len(modes)
+    b, d, dtype = a.shape[0], len(modes), a.dtype
+    a = a.to(compute_dtype(dtype))
     delta = _deltas(a, epsilon, d)
     cores, rest, r_prev = [], a, 1
     for k in range(d - 1):
@@ -113,7 +117,7 @@ def _tt_svd(
         cores.append(left.reshape(b, r_prev, modes[k], r))
         r_prev = r
     cores.append(rest.reshape(b, r_prev, modes[-1], 1))
-    return cores
+    return [c.to(dtype) for c in cores]
 
 
 def _wrap(cores: list[torch.Tensor], batch: bool) -> Any:
@@ -291,4 +295,4 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
         left, right = truncated_factor(cores[k].reshape(b, r_prev * n_k, -1), caps[k + 1], delta, method)
         cores[k] = left.reshape(b, r_prev, n_k, left.shape[-1])
         cores[k + 1] = torch.einsum("bij,bjnk->bink", right, cores[k + 1])
-    return split_modes(cores, batch, raw)
+    return split_modes(cores, batch, raw, tt.dtype)

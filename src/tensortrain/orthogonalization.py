@@ -31,17 +31,25 @@ def check_finite_cores(tt: Any, name: str) -> None:
             raise ValueError(f"{name}: core {k} contains NaN or inf values")
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype factorizations run in: float32 for half precision (LAPACK has no float16/bfloat16)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def merge_modes(tt: TensorTrainBase) -> tuple[list[torch.Tensor], bool, RawMatrix]:
-    """Cores as ``(B, r_{k-1}, n_k, r_k)`` (matrix modes merged, a batch axis added for a single TT)."""
+    """Cores as ``(B, r_{k-1}, n_k, r_k)`` (matrix modes merged, a batch axis added for a single TT), in
+    :func:`compute_dtype`."""
     batch = isinstance(tt, TensorTrainBatch)
-    cores = [c if batch else c.unsqueeze(0) for c in tt.tt_cores]
+    work = compute_dtype(tt.dtype)
+    cores = [(c if batch else c.unsqueeze(0)).to(work) for c in tt.tt_cores]
     raw = tt.raw_shape if tt.is_tt_matrix() else None
     cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
     return cores, batch, raw  # type: ignore[return-value]
 
 
-def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix) -> Any:
-    """Inverse of :func:`merge_modes`: the TT object of the right class."""
+def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: torch.dtype) -> Any:
+    """Inverse of :func:`merge_modes`: the TT object of the right class, cast back to ``dtype``."""
+    cores = [c.to(dtype) for c in cores]
     if raw is not None:
         rows, cols = raw
         cores = [
@@ -102,7 +110,7 @@ def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
     check_finite_cores(tt, "orthogonalize")
     cores, batch, raw = merge_modes(tt)
     cores = left_orthogonalize(cores) if left_to_right else right_orthogonalize(cores)
-    return split_modes(cores, batch, raw)
+    return split_modes(cores, batch, raw, tt.dtype)
 
 
 def orthogonalize_tt_cores(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
