@@ -8,8 +8,8 @@ entry of the full tensor is a sum of ``R = r_1 ... r_{d-1}`` products of ``d`` i
 terms are uncorrelated, so the entry has mean 0 and variance ``R s^(2d)``. Asking for ``stddev`` of the full
 entries therefore gives the per-core std ``s = (stddev^2 / R)^(1 / (2d))`` exactly.
 
-The constant objects (ones, zeros, eye) live in :mod:`tensortrain.constant_initializers` and are re-exported
-here.
+The constant objects (ones, zeros, eye) live in :mod:`tensortrain.constant_initializers`, t3f's i.i.d.-core
+family (``tensor_with_random_cores``, ...) in :mod:`tensortrain.random_cores`; both are re-exported here.
 
 Ranks are clipped to the maximal useful ranks (:func:`tensortrain.shapes.max_tt_ranks`): a rank above the rank
 of an unfolding only wastes parameters (t3f does not clip; that is its issue #218). The clipped ranks are the
@@ -42,6 +42,14 @@ from .constant_initializers import (
     tensor_zeros,
     zeros_like,
 )
+from .random_cores import (
+    _normal_cores,
+    _wrap,
+    matrix_batch_with_random_cores,
+    matrix_with_random_cores,
+    tensor_batch_with_random_cores,
+    tensor_with_random_cores,
+)
 from .tensor_train import TensorTrain, TensorTrainBatch
 
 __all__ = [
@@ -67,14 +75,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------- builders
-def _wrap(cores: list[torch.Tensor], batch_size: int | None) -> Any:
-    return TensorTrain(cores) if batch_size is None else TensorTrainBatch(cores)
-
-
-def _normal_cores(
-    shapes: list[tuple[int, ...]], mean: float, std: float, generator: torch.Generator | None, **kw: Any
-) -> list[torch.Tensor]:
-    return [torch.randn(s, generator=generator, **kw) * std + mean for s in shapes]
 
 
 def _add_cores(a: list[torch.Tensor], b: list[torch.Tensor], batch: bool) -> list[torch.Tensor]:
@@ -380,157 +380,3 @@ def lecun_initializer(
     m, _ = _fans(shape, "lecun_initializer: shape")
     std = math.sqrt(1.0 / m)
     return random_matrix(shape, tt_rank, 0.0, std, generator=generator, dtype=dtype, device=device)
-
-
-# -------------------------------------------------------------------------------- i.i.d. random cores
-def tensor_with_random_cores(
-    shape: TensorShape,
-    tt_rank: Rank = 2,
-    mean: float = 0.0,
-    stddev: float = 1.0,
-    *,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> TensorTrain:
-    """A TT-tensor whose CORE entries are i.i.d. N(mean, stddev^2) (t3f's; not the full tensor's).
-
-    Args:
-        shape, tt_rank, generator, dtype, device: as in :func:`random_tensor`.
-        mean, stddev: of every core entry.
-
-    Returns:
-        A :class:`TensorTrain`.
-
-    Raises:
-        As :func:`random_tensor`.
-
-    Complexity: O(d n r^2).
-
-    Example:
-        >>> import tensortrain as tt
-        >>> tt.tensor_with_random_cores((2, 3), tt_rank=2).tt_ranks
-        (1, 2, 1)
-    """
-    dims = _dims(shape, "tensor_with_random_cores: shape")
-    return _iid(dims, None, tt_rank, None, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
-
-
-def tensor_batch_with_random_cores(
-    shape: TensorShape,
-    tt_rank: Rank = 2,
-    batch_size: int = 1,
-    mean: float = 0.0,
-    stddev: float = 1.0,
-    *,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> TensorTrainBatch:
-    """A batch version of :func:`tensor_with_random_cores` (t3f's).
-
-    Args:
-        shape, tt_rank, batch_size, mean, stddev, generator, dtype, device: as in
-            :func:`random_tensor_batch`, with ``mean``/``stddev`` per core entry.
-
-    Returns:
-        A :class:`TensorTrainBatch`.
-
-    Raises:
-        As :func:`random_tensor_batch`.
-
-    Complexity: O(B d n r^2).
-
-    Example:
-        >>> import tensortrain as tt
-        >>> tt.tensor_batch_with_random_cores((2, 3), batch_size=3).batch_size
-        3
-    """
-    dims = _dims(shape, "tensor_batch_with_random_cores: shape")
-    b = _batch_size(batch_size)
-    return _iid(dims, None, tt_rank, b, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
-
-
-def matrix_with_random_cores(
-    shape: MatrixShape,
-    tt_rank: Rank = 2,
-    mean: float = 0.0,
-    stddev: float = 1.0,
-    *,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> TensorTrain:
-    """A TT-matrix whose CORE entries are i.i.d. N(mean, stddev^2) (t3f's).
-
-    Args:
-        shape, tt_rank, generator, dtype, device: as in :func:`random_matrix`.
-        mean, stddev: of every core entry.
-
-    Returns:
-        A TT-matrix :class:`TensorTrain`.
-
-    Raises:
-        As :func:`random_matrix`.
-
-    Complexity: O(d m n r^2).
-
-    Example:
-        >>> import tensortrain as tt
-        >>> tt.matrix_with_random_cores([[2, 2], [3, 3]]).shape
-        torch.Size([4, 9])
-    """
-    rows, cols = _matrix_dims(shape, "matrix_with_random_cores: shape")
-    return _iid(rows, cols, tt_rank, None, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
-
-
-def matrix_batch_with_random_cores(
-    shape: MatrixShape,
-    tt_rank: Rank = 2,
-    batch_size: int = 1,
-    mean: float = 0.0,
-    stddev: float = 1.0,
-    *,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> TensorTrainBatch:
-    """A batch version of :func:`matrix_with_random_cores` (t3f's).
-
-    Args:
-        shape, tt_rank, batch_size, mean, stddev, generator, dtype, device: as in
-            :func:`random_matrix_batch`, with ``mean``/``stddev`` per core entry.
-
-    Returns:
-        A :class:`TensorTrainBatch` of TT-matrices.
-
-    Raises:
-        As :func:`random_matrix_batch`.
-
-    Complexity: O(B d m n r^2).
-
-    Example:
-        >>> import tensortrain as tt
-        >>> tt.matrix_batch_with_random_cores([[2, 2], [3, 3]], batch_size=2).shape
-        torch.Size([2, 4, 9])
-    """
-    rows, cols = _matrix_dims(shape, "matrix_batch_with_random_cores: shape")
-    b = _batch_size(batch_size)
-    return _iid(rows, cols, tt_rank, b, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
-
-
-def _iid(
-    rows: tuple[int, ...],
-    cols: tuple[int, ...] | None,
-    tt_rank: Rank,
-    batch_size: int | None,
-    mean: float,
-    stddev: float,
-    generator: torch.Generator | None,
-    dtype: torch.dtype | None,
-    device: torch.device | str | None,
-) -> Any:
-    kw: dict[str, Any] = {"dtype": _dtype(dtype), "device": device}
-    modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
-    shapes = _core_shapes(rows, cols, _ranks(tt_rank, modes), batch_size)
-    return _wrap(_normal_cores(shapes, float(mean), _stddev(stddev), generator, **kw), batch_size)
