@@ -216,6 +216,14 @@ def test_round_with_cap_is_quasi_optimal(spec, cap, seed):
     assert max(y.tt_ranks) <= cap
 
 
+def test_round_caps_ranks_by_mode_sizes_as_t3f(gen):
+    # t3f's decompositions_test: a rank-15 TT of shape (2, 1, 4, 3, 3) rounded to 9 is unchanged, ranks capped
+    x = random_tt((2, 1, 4, 3, 3), (1, 15, 15, 15, 15, 1), gen=gen)
+    y = tt.round(x, max_tt_rank=9)
+    assert y.tt_ranks == (1, 2, 2, 8, 3, 1)
+    assert_close(dense(y), dense(x))
+
+
 def test_round_matrix_and_batch(gen):
     b = random_tt(((2, 3, 2), (3, 2, 2)), (1, 3, 3, 1), gen=gen, batch_size=3)
     y = tt.round(b, 2)
