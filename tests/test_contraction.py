@@ -54,27 +54,41 @@ def test_gradients_equal_across_plans(spec, batch, seed):
             assert_close(a, b)
 
 
-def test_gradcheck_full_function_and_sweeps(gen):
-    raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 2, 3, 1)
+@pytest.mark.parametrize(
+    ("raw", "ranks"),
+    [
+        (((2, 3, 2), (3, 2, 2)), (1, 2, 3, 1)),  # rank large against the column modes: build with one permute
+        (((2, 3), (8, 8)), (1, 2, 1)),  # small rank: W built by GEMMs batched over row-mode pairs
+    ],
+)
+def test_gradcheck_full_function_and_sweeps(gen, raw, ranks):
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
-    x = torch.randn(3, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    n = dense_of(cores).shape[1]
+    x = torch.randn(3, n, generator=gen, dtype=torch.float64, requires_grad=True)
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b, c: FullLinear.apply(a, b, c, dims), (x, lmat, rmat))
-    for s in C.STRATEGIES:
-        assert torch.autograd.gradcheck(lambda a, *cs, s=s: C.linear(a, cs, strategy=s), (x, *cores))
+    for keep in (False, True):
+        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, dims, keep)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, lmat, rmat))
+    for p in C.enumerate_plans(cores, 3, requires_grad=True):
+        assert torch.autograd.gradcheck(lambda a, *cs, p=p: C.linear(a, cs, strategy=p), (x, *cores))
 
 
 def test_full_function_keeps_only_the_halves(gen):
-    """The custom Function saves x and the two halves, not the dense W (that is its point)."""
+    """The rebuilding variant saves x and the two halves, not the dense W; the keeping one saves W."""
     raw, ranks = ((4, 4), (4, 4)), (1, 2, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     x = torch.randn(5, 16, generator=gen, dtype=torch.float64, requires_grad=True)
-    sizes: list[int] = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-        C.linear(x, cores, strategy="full")
-    assert 16 * 16 not in sizes
-    assert 5 * 16 in sizes
+    for variant, has_w in (("recompute", False), ("keep", True)):
+        (plan,) = [p for p in C.enumerate_plans(cores, 5, requires_grad=True) if p.direction == variant]
+        sizes: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t, s=sizes: s.append(t.numel()) or t, lambda t: t
+        ):
+            C.linear(x, cores, strategy=plan)
+        assert (16 * 16 in sizes) == has_w
+        assert 5 * 16 in sizes
+        assert plan.saved_bytes == 8 * (2 * 16 + 2 * 16 + (256 if has_w else 0))
 
 
 def test_float32_and_batch_dims(gen):
@@ -123,7 +137,7 @@ def test_flop_counts_by_hand():
     # one group: merge (2*4, 3) @ (3, 15): 2*8*3*15, then 2*7*6*20 for the product.
     assert plans["sweep", "rtl", ((0, 2),)].flops_forward == 2 * 8 * 3 * 15 + 2 * 7 * 6 * 20
     # full: build W = (8, 3) @ (3, 15) (2*6*20*3), then the dense GEMM 2*7*6*20.
-    full = plans["full", None, ((0, 1), (1, 2))]
+    full = plans["full", "recompute", ((0, 1), (1, 2))]
     assert full.flops_forward == 2 * 6 * 20 * 3 + 2 * 7 * 6 * 20
     assert full.dense_flops == 2 * 7 * 6 * 20
     grad = _by_name(C.enumerate_plans(cores, 7, requires_grad=True))

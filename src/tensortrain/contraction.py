@@ -58,7 +58,8 @@ class ContractionPlan:
 
     Attributes:
         kind: ``"full"`` (build W, one GEMM) or ``"sweep"`` (contract merged core groups one at a time).
-        direction: ``"rtl"`` or ``"ltr"`` for a sweep, ``None`` for ``full``.
+        direction: ``"rtl"`` or ``"ltr"`` for a sweep; for ``full``, ``"keep"`` (backward keeps the dense W) or
+            ``"recompute"`` (backward rebuilds W from the halves: less memory, one more build).
         groups: core ranges ``(start, stop)`` in core order; for ``full`` the two halves.
         row_dims, col_dims, tt_ranks: the TT-matrix's modes and ranks.
         batch_size: the batch size the costs are computed for.
@@ -70,7 +71,7 @@ class ContractionPlan:
     """
 
     kind: Literal["full", "sweep"]
-    direction: Literal["rtl", "ltr"] | None
+    direction: Literal["rtl", "ltr", "keep", "recompute"] | None
     groups: Groups
     row_dims: tuple[int, ...]
     col_dims: tuple[int, ...]
@@ -96,7 +97,10 @@ class ContractionPlan:
     def describe(self) -> str:
         """Short name, e.g. ``"sweep rtl [0:2][2:4]"`` or ``"full (split 2)"``."""
         if self.kind == "full":
-            return f"full (build W from halves split at core {self.groups[0][1]}, one GEMM)"
+            how = ", W kept for backward" if self.direction == "keep" else ""
+            if self.requires_grad and self.direction == "recompute":
+                how = ", W rebuilt in backward"
+            return f"full (W from halves split at core {self.groups[0][1]}, one GEMM{how})"
         grp = "".join(f"[{i}:{j}]" for i, j in self.groups)
         return f"sweep {self.direction} {grp}"
 
@@ -277,7 +281,8 @@ def enumerate_plans(
         requires_grad: price backward too.
 
     Returns:
-        ``d - 1`` full plans (one for ``d = 1``) and ``2 * 2^(d-1)`` sweeps, each with its estimated cost.
+        ``d - 1`` full plans (one for ``d = 1``; twice as many with ``requires_grad``: W kept or rebuilt in
+        backward) and ``2 * 2^(d-1)`` sweeps, each with its estimated cost.
 
     Complexity:
         ``O(2^d d)``: meant for tests and inspection, not the hot path.
@@ -285,7 +290,7 @@ def enumerate_plans(
     cores = _cores_of(weight, "enumerate_plans")
     dims = _dims(cores)
     d = len(cores)
-    progs = _cost.full_programs(d)
+    progs = _cost.full_programs(d, requires_grad)
     for mask in range(2 ** (d - 1)):
         cuts = [0] + [k + 1 for k in range(d - 1) if mask >> k & 1] + [d]
         groups = tuple(zip(cuts[:-1], cuts[1:], strict=True))
@@ -297,7 +302,7 @@ def enumerate_plans(
 def _run(prog: Program, x2d: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
     kind, direction, groups = prog
     if kind == "full":
-        return _exec.full_linear(x2d, cores, groups[0][1])
+        return _exec.full_linear(x2d, cores, groups[0][1], direction == "keep")
     if direction == "rtl":
         return _exec.sweep_rtl(x2d, cores, groups)
     return _exec.sweep_ltr(x2d, cores, groups)

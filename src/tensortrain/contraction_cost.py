@@ -136,29 +136,36 @@ def sweep_cost(
     return Cost(acc.flops, bwd.flops, acc.stream + acc.permute, item * saved, seconds)
 
 
-def full_cost(dims: Dims, split: int, batch: int, item: int, grad: bool, m: Machine) -> Cost:
-    """Build W from its halves split before core ``split`` (one GEMM, one permute), then one dense GEMM."""
+def full_cost(dims: Dims, split: int, batch: int, item: int, grad: bool, keep: bool, m: Machine) -> Cost:
+    """Build W from its halves split before core ``split``, then one dense GEMM; in training keep or rebuild W."""
     rows, cols, ranks = dims
     d = len(rows)
     mm, nn, r = prod(rows), prod(cols), ranks[split]
+    nl, nr = prod(cols[:split]), prod(cols[split:])
     merges = merge_cost(dims, 0, split, item) + (merge_cost(dims, split, d, item) if split < d else _Acc())
-    build = _Acc(2 * mm * nn * r, item * mm * nn, 2 * item * mm * nn, 3, 0)
+    if 4 * r <= min(nl, nr):  # batched build: broadcast copies of the halves instead of a permute of W
+        build = _Acc(2 * mm * nn * r, item * (mm * nn + 2 * mm * (nl + nr) * r), 0, 3, prod(rows))
+        grad_halves = _Acc(
+            4 * mm * nn * r, item * (2 * mm * nn + 4 * mm * (nl + nr) * r), 0, 6, 2 * prod(rows)
+        )
+    else:
+        build = _Acc(2 * mm * nn * r, item * mm * nn, 2 * item * mm * nn, 3, 0)
+        grad_halves = _Acc(4 * mm * nn * r, item * 2 * mm * nn, 2 * item * mm * nn, 3, 0)
     gemm = _Acc(2 * batch * mm * nn, item * (batch * nn + mm * nn + batch * mm), 0, 1, 0)
     fwd = merges + build + gemm
     if not grad:
         return Cost(fwd.flops, 0, fwd.stream + fwd.permute, 0, fwd.time(m))
-    # backward (custom Function): rebuild W, dx and dW GEMMs, permute dW, grads of both halves, merge backward
-    halves = r * (prod(rows[:split]) * prod(cols[:split]) + prod(rows[split:]) * prod(cols[split:]))
-    grad_halves = _Acc(4 * mm * nn * r, item * 2 * halves, 2 * item * mm * nn, 3, 0)
-    bwd = build + gemm + gemm + grad_halves + merges + merges
-    seconds = fwd.time(m) + bwd.time(m) + item * halves / m.stream
-    return Cost(fwd.flops, bwd.flops, fwd.stream + fwd.permute, item * halves, seconds)
+    # backward (custom Function): [rebuild W], dx and dW GEMMs, grads of both halves, merge backward
+    saved = r * (prod(rows[:split]) * nl + prod(rows[split:]) * nr) + (mm * nn if keep else 0)
+    bwd = gemm + gemm + grad_halves + merges + merges + (_Acc() if keep else build)
+    seconds = fwd.time(m) + bwd.time(m) + item * saved / m.stream
+    return Cost(fwd.flops, bwd.flops, fwd.stream + fwd.permute, item * saved, seconds)
 
 
 def estimate(dims: Dims, prog: Program, batch: int, item: int, grad: bool, m: Machine) -> Cost:
     kind, direction, groups = prog
     if kind == "full":
-        return full_cost(dims, groups[0][1], batch, item, grad, m)
+        return full_cost(dims, groups[0][1], batch, item, grad, direction == "keep", m)
     assert direction is not None
     return sweep_cost(dims, groups, direction, batch, item, grad, m)
 
@@ -183,22 +190,25 @@ def best_grouping(dims: Dims, direction: str, batch: int, item: int, grad: bool,
     return best[d][1]
 
 
-def full_programs(d: int) -> list[Program]:
-    return [("full", None, ((0, s), (s, d))) for s in (range(1, d) if d > 1 else (1,))]
+def full_programs(d: int, grad: bool = False) -> list[Program]:
+    """Full reconstruction for each split; in training each also in a keep-W and a rebuild-W variant."""
+    splits = range(1, d) if d > 1 else (1,)
+    variants = ("recompute", "keep") if grad else ("recompute",)
+    return [("full", v, ((0, s), (s, d))) for s in splits for v in variants]
 
 
 def candidates(dims: Dims, strategy: str, batch: int, item: int, grad: bool, m: Machine) -> list[Program]:
     """The programs a strategy chooses from (``auto``: every full split and the best grouping each way)."""
     d = len(dims[0])
     if strategy == "full":
-        return full_programs(d)
+        return full_programs(d, grad)
     if strategy in ("cores_rtl", "cores_ltr"):
         return [("sweep", strategy[-3:], tuple((k, k + 1) for k in range(d)))]
     directions = (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else ("rtl", "ltr")
     sweeps: list[Program] = [
         ("sweep", dr, best_grouping(dims, dr, batch, item, grad, m)) for dr in directions
     ]
-    return sweeps if strategy != "auto" else full_programs(d) + sweeps
+    return sweeps if strategy != "auto" else full_programs(d, grad) + sweeps
 
 
 def choose(dims: Dims, strategy: str, batch: int, item: int, device_type: str, grad: bool) -> Program:

@@ -117,50 +117,83 @@ def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, tor
     return left.reshape(ml * nl, r), rmat, (ml, nl, mr, nr)
 
 
+def _batched(r: int, nl: int, nr: int) -> bool:
+    """Build W (and the halves' gradients) as GEMMs batched over row-mode pairs when the rank is small."""
+    return 4 * r <= min(nl, nr)
+
+
 def build_full(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """W (M, N) from its halves: one GEMM and one permute."""
+    """W (M, N) from its halves.
+
+    Small ranks: one GEMM per pair of (left, right) row indices, written straight into W's layout (the operands
+    broadcast, ``O(M (N_L + N_R) r)`` copies). Otherwise one GEMM and one permute of W.
+    """
     ml, nl, mr, nr = dims
+    r = int(lmat.shape[1])
+    if _batched(r, nl, nr):
+        right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
+        return torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
     return (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
 
 
-class FullLinear(torch.autograd.Function):
-    """``y = x @ W^T`` with ``W`` rebuilt from its two halves in backward instead of being kept.
+def _grad_halves(
+    gw: torch.Tensor, lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...], need: tuple[bool, bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of L and R from the gradient of W (M, N), the transposes of :func:`build_full`'s products."""
+    ml, nl, mr, nr = dims
+    r = int(lmat.shape[1])
+    gl = gr = None
+    if _batched(r, nl, nr):
+        gw4 = gw.reshape(ml, mr, nl, nr)
+        if need[0]:
+            gl = torch.matmul(gw4, rmat.reshape(r, mr, nr).permute(1, 2, 0)).sum(1).reshape(ml * nl, r)
+        if need[1]:
+            gr4 = torch.matmul(lmat.reshape(ml, 1, nl, r).transpose(-1, -2), gw4).sum(0)  # (M_R, r, N_R)
+            gr = gr4.transpose(0, 1).reshape(r, mr * nr)
+        return gl, gr
+    g = gw.reshape(ml, mr, nl, nr).permute(0, 2, 1, 3).reshape(ml * nl, mr * nr)
+    if need[0]:
+        gl = g @ rmat.t()
+    if need[1]:
+        gr = lmat.t() @ g
+    return gl, gr
 
-    Saves ``x`` and the halves (``O((M_L N_L + M_R N_R) r)`` numbers) rather than the dense ``W`` (``M N``), at
-    the price of one extra ``2 M N r``-FLOP GEMM in backward.
+
+class FullLinear(torch.autograd.Function):
+    """``y = x @ W^T`` with ``W`` built from its two halves; backward either keeps ``W`` or rebuilds it.
+
+    With ``keep=False`` it saves ``x`` and the halves (``O((M_L N_L + M_R N_R) r)`` numbers) rather than the
+    dense ``W`` (``M N``), at the price of rebuilding ``W`` in backward. Either way the halves' gradients come
+    from the gradient of ``W`` without autograd's bookkeeping of the build.
     """
 
     @staticmethod
-    def forward(x2d: torch.Tensor, lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Any:
-        return x2d @ build_full(lmat, rmat, dims).t()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        x2d, lmat, rmat, dims = inputs
-        ctx.save_for_backward(x2d, lmat, rmat)
+    def forward(  # type: ignore[override]
+        ctx: Any, x2d: torch.Tensor, lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...], keep: bool
+    ) -> torch.Tensor:
+        w = build_full(lmat, rmat, dims)
         ctx.dims = dims
+        ctx.keep = keep
+        ctx.save_for_backward(x2d, lmat, rmat, *((w,) if keep else ()))
+        return x2d @ w.t()
 
     @staticmethod
-    def backward(ctx: Any, gy: torch.Tensor) -> Any:
-        x2d, lmat, rmat = ctx.saved_tensors
-        ml, nl, mr, nr = ctx.dims
-        w = build_full(lmat, rmat, ctx.dims)
+    def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
+        x2d, lmat, rmat, *kept = ctx.saved_tensors
+        w = kept[0] if ctx.keep else build_full(lmat, rmat, ctx.dims)
         gx = gy @ w if ctx.needs_input_grad[0] else None
         gl = gr = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            gw = (gy.t() @ x2d).reshape(ml, mr, nl, nr).permute(0, 2, 1, 3).reshape(ml * nl, mr * nr)
-            if ctx.needs_input_grad[1]:
-                gl = gw @ rmat.t()
-            if ctx.needs_input_grad[2]:
-                gr = lmat.t() @ gw
-        return gx, gl, gr, None
+            need = (ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+            gl, gr = _grad_halves(gy.t() @ x2d, lmat, rmat, ctx.dims, need)
+        return gx, gl, gr, None, None
 
 
-def full_linear(x2d: torch.Tensor, cores: Sequence[torch.Tensor], split: int) -> torch.Tensor:
+def full_linear(x2d: torch.Tensor, cores: Sequence[torch.Tensor], split: int, keep: bool) -> torch.Tensor:
     """``x @ W^T`` by building ``W`` from two halves split before core ``split``, then one GEMM."""
     lmat, rmat, dims = halves(cores, split)
     if torch.compiler.is_compiling():
         # Dynamo instantiates custom Functions (a DeprecationWarning in torch 2.13); compiled graphs get plain
         # autograd here and leave memory planning to the compiler.
         return x2d @ build_full(lmat, rmat, dims).t()
-    return FullLinear.apply(x2d, lmat, rmat, dims)
+    return FullLinear.apply(x2d, lmat, rmat, dims, keep)
