@@ -3,8 +3,10 @@
 For ``y = x @ W^T`` with ``W`` an ``M x N`` TT-matrix (``nn.Linear``'s layout: ``M`` outputs, ``N`` inputs) there
 are many ways to contract, and the best one depends on the batch size and the ranks. The planner enumerates
 
-* ``full``: build ``W`` cheaply (merge the two halves of the train, one GEMM, one permute), then one dense GEMM;
-  in training a custom autograd function rebuilds ``W`` in backward instead of keeping it;
+* ``full``: build ``W`` cheaply (merge the two halves of the train, then one GEMM, batched over pairs of row
+  indices for small ranks so that it lands in ``W``'s layout, else followed by one permute), then one dense
+  GEMM; in training a custom autograd function either keeps ``W`` or rebuilds it in backward (less memory), as
+  the cost model prefers, and derives the halves' gradients without permuting ``dW``;
 * sweeps right-to-left (``rtl``) or left-to-right (``ltr``) over *groups* of consecutive cores, each group merged
   into one super-core first; the best grouping for each direction is a dynamic programme over split points
   (core-by-core sweeps, the order t3f and most peers use, are one of its candidates),
