@@ -128,3 +128,14 @@ def test_console_script_entry_point():
     exe = str(script) if script.exists() else "tensortrain"
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith(f"tensortrain {tt.__version__}")
+
+
+@needs_real
+def test_unwritable_out_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    argv = ["demo", "mnist", "--data", str(REAL_MNIST), "--out", str(blocker / "out"), "--no-progress"]
+    assert main([*argv, "--train-subset", "64", "--test-subset", "64"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("tensortrain: error: ") and "file/out" in captured.err
+    assert "epoch" not in captured.out

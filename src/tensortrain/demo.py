@@ -253,6 +253,7 @@ def run_mnist_demo(
         ValueError: ``batch_size`` not divisible by the number of processes.
         FileNotFoundError, tensortrain.datasets.DownloadError, tensortrain.datasets.IDXError: no usable
             MNIST (see :func:`tensortrain.datasets.load_mnist`).
+        OSError: ``cfg.out`` cannot be created or written.
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if cfg.batch_size % world:
@@ -273,6 +274,8 @@ def run_mnist_demo(
         log,
         progress or _no_progress,
     )
+    if rank == 0:  # fail now, not after minutes of training, when --out cannot be created
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
     log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es)")
     # The first optimizer imports torch's compiler stack (seconds): do it here, outside the stage timings.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
