@@ -139,3 +139,13 @@ def test_unwritable_out_fails_before_training(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err.startswith("tensortrain: error: ") and "file/out" in captured.err
     assert "epoch" not in captured.out
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "mnist", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--data DIR", "--epochs-tt N", "--compress-rank R", "--threads N", "--no-progress"):
+        assert option in out
+    assert "(default: 16)" in out and "torchrun" in out

@@ -44,23 +44,43 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
             "table and writes results.json and accuracy_vs_params.png to --out. Runs under torchrun "
             "(DistributedDataParallel, gloo backend) when WORLD_SIZE > 1."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pos, nonneg = _int_at_least(1), _int_at_least(0)
+    d = " (default: %(default)s)"
     p.add_argument(
-        "--data", help="folder with the MNIST IDX files (default: $TENSORTRAIN_DATA, else the cache)"
+        "--data",
+        metavar="DIR",
+        help="folder with the MNIST IDX files (default: $TENSORTRAIN_DATA, else the cache)",
     )
-    p.add_argument("--out", default="out/demo", help="output folder for results.json and the plot")
-    p.add_argument("--epochs-tt", type=nonneg, default=3, help="epochs of stage a (TT net, Adam 1e-2)")
-    p.add_argument("--epochs-dense", type=nonneg, default=5, help="epochs of stage b (dense net, Adam 1e-3)")
     p.add_argument(
-        "--epochs-finetune", type=nonneg, default=2, help="epochs of stage d (fine-tuning, Adam 1e-3)"
+        "--out", metavar="DIR", default="out/demo", help="output folder for results.json and the plot" + d
     )
-    p.add_argument("--rank", type=pos, default=4, help="TT-rank of the TT net (stage a)")
-    p.add_argument("--compress-rank", type=pos, default=16, help="max TT-rank of the TT-SVD (stage c)")
-    p.add_argument("--seed", type=nonneg, default=0, help="seed of the initializations and shuffles")
     p.add_argument(
-        "--batch-size", type=pos, default=64, help="global batch size (split over torchrun processes)"
+        "--epochs-tt", type=nonneg, metavar="N", default=3, help="epochs of stage a (TT net, Adam 1e-2)" + d
+    )
+    p.add_argument(
+        "--epochs-dense",
+        type=nonneg,
+        metavar="N",
+        default=5,
+        help="epochs of stage b (dense net, Adam 1e-3)" + d,
+    )
+    p.add_argument(
+        "--epochs-finetune", type=nonneg, metavar="N", default=2, help="epochs of stage d (Adam 1e-3)" + d
+    )
+    p.add_argument("--rank", type=pos, metavar="R", default=4, help="TT-rank of the TT net (stage a)" + d)
+    p.add_argument(
+        "--compress-rank", type=pos, metavar="R", default=16, help="max TT-rank of the TT-SVD (stage c)" + d
+    )
+    p.add_argument(
+        "--seed", type=nonneg, metavar="S", default=0, help="seed of the initializations and shuffles" + d
+    )
+    p.add_argument(
+        "--batch-size",
+        type=pos,
+        metavar="B",
+        default=64,
+        help="global batch, split over torchrun processes" + d,
     )
     p.add_argument("--train-subset", type=pos, metavar="N", help="use the first N training images only")
     p.add_argument("--test-subset", type=pos, metavar="N", help="use the first N test images only")
