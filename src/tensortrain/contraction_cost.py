@@ -39,6 +39,9 @@ MACHINES: dict[str, Machine] = {
 DEFAULT_MACHINE = Machine(1.0e12, 2.0e11, 5.0e10, 8.0e-6, 1.0e-9)
 
 
+CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the slower (DRAM, permute) bandwidth
+
+
 class Cost(NamedTuple):
     flops_forward: int
     flops_backward: int
@@ -113,7 +116,10 @@ def step_cost(
         first = i == 0
     acc = merge_cost(dims, i, j, item)
     state_in, state_out = outer * k * p, outer * q * p
-    acc += _Acc(2 * outer * q * k * p, item * (state_in + state_out + q * k), 0, 3, outer if p > 1 else 0)
+    traffic = item * (state_in + state_out + q * k)
+    # intermediates beyond the last-level cache stream from DRAM: price them like strided copies
+    big = item * max(state_in, state_out) > CACHE_BYTES
+    acc += _Acc(2 * outer * q * k * p, 0 if big else traffic, traffic if big else 0, 3, outer if p > 1 else 0)
     saved = 0
     if grad:
         if p > 1:  # torch.matmul folds the batch (a transposed copy of the state in, one of the product out)
