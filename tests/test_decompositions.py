@@ -362,6 +362,19 @@ def test_randomized_error_within_5_percent_of_exact(gen, kind):
     assert e_fast <= 1.05 * e_exact
 
 
+@pytest.mark.parametrize("noise", [1e-4, 1.0])
+def test_randomized_tt_svd_of_a_3d_tensor(gen, noise):
+    # several randomized SVDs in one sweep: a smooth function plus noise (decaying TT spectrum) and noise alone
+    x = torch.linspace(0, 1, 24, dtype=torch.float64)
+    a = 1.0 / (1.0 + x[:, None, None] + 2 * x[None, :, None] + 3 * x[None, None, :])
+    a = a + noise * torch.randn(a.shape, generator=gen, dtype=torch.float64)
+    fast = tt.to_tt_tensor(a, 4, method="randomized")
+    exact = tt.to_tt_tensor(a, 4, method="exact")
+    assert fast.tt_ranks == exact.tt_ranks == (1, 4, 4, 1)
+    assert rel_err(fast, a) <= 1.05 * rel_err(exact, a)
+    assert_orthonormal(fast, left_to_right=True)
+
+
 def test_randomized_with_epsilon_is_certified(gen):
     i = torch.arange(1, 301, dtype=torch.float64)
     w = spectrum_matrix(0.9**i, gen)
