@@ -69,7 +69,10 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
         res = gram
     else:
         with torch.no_grad():
-            res = _qr_last_core(cores).abs().pow(2).flatten(1).sum(dim=1)
+            # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32, return their dtype.
+            half = cores[0].dtype in (torch.float16, torch.bfloat16)
+            qr_cores = [c.float() for c in cores] if half else cores
+            res = _qr_last_core(qr_cores).abs().pow(2).flatten(1).sum(dim=1).to(cores[0].real.dtype)
         if gram is not None:
             # QR's value with the Gram sweep's gradient (and higher derivatives).
             res = res + (gram - gram.detach())
