@@ -60,6 +60,8 @@ def _step(s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int) -> torch
     """
     if p == 1:
         return s.reshape(outer, k) @ a.t()
+    if type(outer) is int and outer == 1 and not torch.compiler.is_compiling():
+        return a @ s.reshape(k, p)  # one slice (batch 1): a plain GEMM dispatches faster than a broadcast one
     return torch.matmul(a, s.reshape(outer, k, p))
 
 
