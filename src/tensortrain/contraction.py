@@ -113,7 +113,7 @@ class ContractionPlan:
         s = (
             f"ContractionPlan: {self.describe()} for a {m}x{n} TT-matrix {self.row_dims}x{self.col_dims}, "
             f"ranks {self.tt_ranks}, batch {self.batch_size}: forward {self.flops_forward / 1e9:.3g} GFLOP "
-            f"({vs} than dense's {self.dense_flops / 1e9:.3g})"
+            f"({vs} than the dense product's {self.dense_flops / 1e9:.3g} GFLOP)"
         )
         if self.requires_grad:
             s += (
