@@ -255,7 +255,7 @@ def test_to_tt_tensor_hostile(case):
     if max_tt_rank is not None and not isinstance(max_tt_rank, list):
         assert max(a.tt_ranks) <= max_tt_rank
     got = tt.full(a)
-    if epsilon is not None:
+    if epsilon is not None and max_tt_rank != 3:  # (a binding rank cap overrides epsilon)
         assert float((got - x).norm()) <= epsilon * float(x.norm()) * (1 + 1e-8) + 1e-12
     elif max_tt_rank != 3:  # no binding cap: TT-SVD is exact, also for views and broadcast inputs
         assert_close(got, x)
@@ -653,6 +653,23 @@ def test_unary_ops_fuzz(case):
         check(tt.gather_nd(a, idx), expected)
 
 
+@pytest.mark.xfail(
+    strict=False,  # LAPACK builds differ in how they treat the NaN
+    reason="forms.py frobenius_norm(_squared) takes its value from LAPACK's QR, whose R can be finite for a "
+    "column holding a NaN (here R = 1.13 for the column (nan, 0.8)): a silent finite norm of a NaN tensor",
+)
+def test_frobenius_norm_nan_in_first_entry():
+    cores = [
+        torch.tensor([[[[0.5], [0.8]]]], dtype=torch.float64),
+        torch.tensor([[[[1.3]]]], dtype=torch.float64),
+    ]
+    cores[0][0, 0, 0, 0] = float("nan")
+    a = tt.TensorTrain(cores)
+    assert torch.isnan(tt.full(a)).any()
+    assert torch.isnan(tt.frobenius_norm_squared(a))
+    assert torch.isnan(tt.frobenius_norm(a))
+
+
 def test_frobenius_norm_propagates_nan(gen):
     a = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
     cores = [c.clone() for c in a.tt_cores]
@@ -685,6 +702,15 @@ def test_tensor_initializers_fuzz(shape, tt_rank, dtype, stddev, which):
     valid = shape_ok and dtype in (None, torch.float64)
     if random:
         valid = valid and stddev >= 0 and _rank_ok(tt_rank, len(shape))  # type: ignore[arg-type]
+        if shape_ok and len(shape) == 1 and type(tt_rank) is int:  # type: ignore[arg-type]
+            valid = valid or None  # d = 1: an int rank has no inner bond to apply to; either outcome is fine
+    if valid is None:
+        try:
+            a = getattr(tt, which)(shape, **kwargs)
+        except CLEAR:
+            return
+        assert a.tt_ranks == (1, 1)
+        return
     if not valid:
         with pytest.raises(CLEAR):
             getattr(tt, which)(shape, **kwargs)
