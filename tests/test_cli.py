@@ -149,3 +149,29 @@ def test_help_lists_the_options(capsys):
     for option in ("--data DIR", "--epochs-tt N", "--compress-rank R", "--threads N", "--no-progress"):
         assert option in out
     assert "(default: 16)" in out and "torchrun" in out
+
+
+def test_demo_pipeline_on_synthetic_files(tmp_path, capsys):
+    """Runs everywhere (no real MNIST needed): IDX files the test writes, every stage, both outputs."""
+    from test_datasets import fake_mnist
+
+    fake_mnist(tmp_path / "data", n_train=96, n_test=40)
+    argv = [
+        "demo",
+        "mnist",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
+    argv += ["--epochs-tt", "1", "--epochs-dense", "1", "--epochs-finetune", "1", "--batch-size", "32"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out/results.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["a", "b", "c", "d"]
+    assert [s["params"] for s in report["stages"]] == [7985, 496_885, 21_845, 21_845]
+    assert [len(s["history"]) for s in report["stages"]] == [1, 1, 0, 1]
+    assert all(0.0 <= s["test_accuracy"] <= 1.0 for s in report["stages"])
+    assert report["config"]["batch_size"] == 32 and report["world_size"] == 1
+    assert (tmp_path / "out/accuracy_vs_params.png").read_bytes().startswith(b"\x89PNG")
+    assert "MNIST: 96 training and 40 test images" in capsys.readouterr().out
