@@ -653,11 +653,6 @@ def test_unary_ops_fuzz(case):
         check(tt.gather_nd(a, idx), expected)
 
 
-@pytest.mark.xfail(
-    strict=False,  # LAPACK builds differ in how they treat the NaN
-    reason="forms.py frobenius_norm(_squared) takes its value from LAPACK's QR, whose R can be finite for a "
-    "column holding a NaN (here R = 1.13 for the column (nan, 0.8)): a silent finite norm of a NaN tensor",
-)
 def test_frobenius_norm_nan_in_first_entry():
     cores = [
         torch.tensor([[[[0.5], [0.8]]]], dtype=torch.float64),

@@ -73,6 +73,9 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
             half = cores[0].dtype in (torch.float16, torch.bfloat16)
             qr_cores = [c.float() for c in cores] if half else cores
             res = _qr_last_core(qr_cores).abs().pow(2).flatten(1).sum(dim=1).to(cores[0].real.dtype)
+            # LAPACK's QR can return a finite R for a column that holds a NaN: add 0 * (every core entry), which
+            # is 0 for finite cores and NaN otherwise, so a non-finite TT never gets a finite norm.
+            res = res + sum((c.flatten(1) * 0).sum(dim=1).real for c in cores)
         if gram is not None:
             # QR's value with the Gram sweep's gradient (and higher derivatives).
             res = res + (gram - gram.detach())
