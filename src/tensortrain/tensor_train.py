@@ -147,7 +147,7 @@ class TensorTrainBase:
     def shape(self) -> torch.Size:
         """The dense shape (with the batch size first for a batch). Python ints: no overflow."""
         if self.is_tt_matrix():
-            rows, cols = self.raw_shape  # type: ignore[misc]
+            rows, cols = self.get_raw_shape()
             dense: tuple[int, ...] = (math.prod(rows), math.prod(cols))
         else:
             dense = self.raw_shape  # type: ignore[assignment]
@@ -214,7 +214,7 @@ class TensorTrainBase:
         variable = " variable" if self.is_variable() else ""
         ranks = _fmt(self.tt_ranks)
         if self.is_tt_matrix():
-            rows, cols = self.raw_shape  # type: ignore[misc]
+            rows, cols = self.get_raw_shape()
             kind = (
                 ("TT-matrix variables" if variable else "TT-matrices") if plural else ("TT-Matrix" + variable)
             )
