@@ -238,6 +238,8 @@ def test_bad_arguments():
         tt.compress(mlp(), max_tt_rank=4, include="enc*")
     with pytest.raises(ValueError, match="candidate layers: none"):
         tt.compress(nn.Sequential(nn.Conv2d(1, 1, 3)), max_tt_rank=4)
+    with pytest.raises(TypeError, match="include must be a glob string or a sequence of them, got 3"):
+        tt.compress(mlp(), max_tt_rank=4, include=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="expects an nn.Module, got dict"):
         tt.compress({}, max_tt_rank=4)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no TTLinear or TTEmbedding"):

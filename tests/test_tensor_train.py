@@ -116,6 +116,8 @@ def test_shapes_helpers():
     assert tt.normalize_tt_rank((1, 2, 3, 1), 3) == (1, 2, 3, 1)
     with pytest.raises(tt.ShapeError, match=">= 1"):
         tt.normalize_tt_rank(0, 3)
+    with pytest.raises(tt.ShapeError, match=">= 1, got -2"):
+        tt.normalize_tt_rank(-2, 1)
     with pytest.raises(tt.ShapeError, match="boundary ranks must be 1"):
         tt.normalize_tt_rank((2, 2, 2, 1), 3)
     with pytest.raises(tt.ShapeError, match="got 3 values"):

@@ -207,7 +207,7 @@ def _patterns(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] |
         return None
     if isinstance(value, str):
         return (value,)
-    if not all(isinstance(p, str) for p in value):
+    if not isinstance(value, Sequence) or not all(isinstance(p, str) for p in value):
         raise TypeError(f"compress: {name} must be a glob string or a sequence of them, got {value!r}")
     return tuple(value)
 

@@ -106,6 +106,8 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
     if isinstance(tt_rank, bool):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
     if isinstance(tt_rank, int):
+        if tt_rank < 1:  # checked on its own: with d = 1 there is no inner bond to carry it
+            raise ShapeError(f"{name} values must be >= 1, got {tt_rank}")
         ranks = [1] + [tt_rank] * (d - 1) + [1]
     else:
         try:
