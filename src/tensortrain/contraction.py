@@ -132,12 +132,22 @@ _SYMBOLIC_BATCH = 256
 
 
 def clear_plan_cache() -> None:
-    """Forget every cached plan (e.g. after changing threads or hardware)."""
+    """Forget every cached plan (e.g. after changing threads or hardware).
+
+    Example:
+        >>> tt.contraction.clear_plan_cache(); tt.contraction.plan_cache_size()
+        0
+    """
     _PLAN_CACHE.clear()
 
 
 def plan_cache_size() -> int:
-    """The number of cached plans."""
+    """The number of cached plans: one per (core shapes, strategy, batch bucket, dtype, device type, grad mode).
+
+    Example:
+        >>> tt.contraction.plan_cache_size() >= 0
+        True
+    """
     return len(_PLAN_CACHE)
 
 
@@ -259,8 +269,8 @@ def plan(
 
     Example:
         >>> w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4)
-        >>> print(tt.contraction.plan(w, 1024).describe())  # doctest: +SKIP
-        sweep rtl [0:1][1:2]
+        >>> print(tt.contraction.plan(w, 8).describe())  # doctest: +SKIP
+        full (W from halves split at core 1, one GEMM)
     """
     cores = _cores_of(weight, "plan")
     dims = _dims(cores)
@@ -286,8 +296,16 @@ def enumerate_plans(
         ``d - 1`` full plans (one for ``d = 1``; twice as many with ``requires_grad``: W kept or rebuilt in
         backward) and ``2 * 2^(d-1)`` sweeps, each with its estimated cost.
 
+    Raises:
+        ShapeError: malformed cores. TypeError: not a TT-matrix.
+
     Complexity:
         ``O(2^d d)``: meant for tests and inspection, not the hot path.
+
+    Example:
+        >>> w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4)
+        >>> best = min(tt.contraction.enumerate_plans(w, 64), key=lambda p: p.est_seconds)
+        >>> y = tt.contraction.linear(torch.randn(64, 28), w, strategy=best)
     """
     cores = _cores_of(weight, "enumerate_plans")
     dims = _dims(cores)
