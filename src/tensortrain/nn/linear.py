@@ -244,7 +244,7 @@ class TTLinear(nn.Module):
 
         Example:
             >>> layer = tt.nn.TTLinear(784, 625, tt_rank=4)
-            >>> layer.plan(1024).kind  # doctest: +SKIP
+            >>> layer.plan(1024, requires_grad=False).kind  # doctest: +SKIP
             'sweep'
         """
         return contraction_plan(self.weight, batch_size, requires_grad=requires_grad)
