@@ -51,18 +51,24 @@ def _prod(xs: Sequence[int]) -> int:
     return p
 
 
-def _step(s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int) -> torch.Tensor:
+def _step(s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int, eager_one: bool) -> torch.Tensor:
     """``a (Q, K)`` applied to every ``(K, P)`` slice of the state ``s``: ``(outer, K, P) -> (outer, Q, P)``.
 
     With ``P == 1`` it is one GEMM. Otherwise ``torch.matmul`` runs a batched GEMM with ``a`` broadcast (no
     copies); when ``a`` requires grad it folds the batch into one GEMM instead, so that backward never
-    materialises a per-slice gradient of ``a``.
+    materialises a per-slice gradient of ``a``. ``eager_one``: batch 1 outside torch.compile, where a single
+    slice is a plain GEMM (faster to dispatch than a broadcast one).
     """
     if p == 1:
         return s.reshape(outer, k) @ a.t()
-    if type(outer) is int and outer == 1 and not torch.compiler.is_compiling():
-        return a @ s.reshape(k, p)  # one slice (batch 1): a plain GEMM dispatches faster than a broadcast one
+    if eager_one and outer == 1:
+        return a @ s.reshape(k, p)
     return torch.matmul(a, s.reshape(outer, k, p))
+
+
+def _eager_one(b: int) -> bool:
+    # never compare a (possibly symbolic) batch size under torch.compile: it would specialise the graph
+    return not torch.compiler.is_compiling() and type(b) is int and b == 1
 
 
 def sweep_rtl(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) -> torch.Tensor:
@@ -72,14 +78,15 @@ def sweep_rtl(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) 
     slices in place and writes ``(r_a m_g, M_right)`` ones, which are the next step's slices: no permutes.
     """
     b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
+    one = _eager_one(b)
     s = x2d
     m_right = 1
     n_left = int(x2d.shape[1])
     for i, j in reversed(groups):
-        c = merge_cores(cores, i, j)
-        ra, mg, ng, rb = (int(v) for v in c.shape)
+        c = cores[i] if j - i == 1 else merge_cores(cores, i, j)
+        ra, mg, ng, rb = c.shape  # core shapes are static ints (parameters), even under torch.compile
         n_left //= ng
-        s = _step(s, c.reshape(ra * mg, ng * rb), b * n_left, ng * rb, m_right)
+        s = _step(s, c.reshape(ra * mg, ng * rb), b * n_left, ng * rb, m_right, one)
         m_right *= mg
     return s.reshape(b, m_right)
 
@@ -91,15 +98,16 @@ def sweep_ltr(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) 
     ``(m_g r_b, N_right)`` ones in place, as in :func:`sweep_rtl`.
     """
     b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
+    one = _eager_one(b)
     s = x2d
     m_left = 1
     n_right = int(x2d.shape[1])
     for i, j in groups:
-        c = merge_cores(cores, i, j)
-        ra, mg, ng, rb = (int(v) for v in c.shape)
+        c = cores[i] if j - i == 1 else merge_cores(cores, i, j)
+        ra, mg, ng, rb = c.shape
         n_right //= ng
         a = c.permute(1, 3, 0, 2).reshape(mg * rb, ra * ng)
-        s = _step(s, a, b * m_left, ra * ng, n_right)
+        s = _step(s, a, b * m_left, ra * ng, n_right, one)
         m_left *= mg
     return s.reshape(b, m_left)
 
