@@ -26,7 +26,7 @@ def _check_tt_matrix(fn: str, weight: object) -> TensorTrain:
     return weight
 
 
-def _check_operand(fn: str, name: str, t: torch.Tensor, weight: TensorTrain) -> None:
+def _check_operand(fn: str, name: str, t: torch.Tensor, weight: TensorTrain | torch.Tensor) -> None:
     if t.dtype != weight.dtype or t.device != weight.device:
         raise ShapeError(
             f"{fn}: {name} has dtype {t.dtype} on {t.device} but the weight has dtype {weight.dtype} "
@@ -68,21 +68,31 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
         torch.Size([5, 4])
     """
     weight = _check_tt_matrix("tt_linear", weight)
-    out_dims, in_dims = weight.get_raw_shape()
-    m, n = math.prod(out_dims), math.prod(in_dims)
+    return linear_cores(input, weight.tt_cores, bias)
+
+
+def linear_cores(
+    input: torch.Tensor, cores: tuple[torch.Tensor, ...], bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`tt_linear` on cores that already form a valid TT-matrix (``TTLinear.forward``'s path).
+
+    Skips building and validating a :class:`TensorTrain` view, which at batch 1 costs about as much as the
+    contraction itself; the operands are checked as in :func:`tt_linear`.
+    """
+    c0 = cores[0]
+    in_dims = tuple([int(c.shape[2]) for c in cores])
+    m, n = math.prod([int(c.shape[1]) for c in cores]), math.prod(in_dims)
     if input.dim() == 0 or input.shape[-1] != n:
         got = "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
-        raise ShapeError(
-            f"tt_linear: input has {got} but the TT weight has {n} columns (in dims {tuple(in_dims)})"
-        )
-    _check_operand("tt_linear", "input", input, weight)
+        raise ShapeError(f"tt_linear: input has {got} but the TT weight has {n} columns (in dims {in_dims})")
+    _check_operand("tt_linear", "input", input, c0)
     if bias is not None:
         if tuple(bias.shape) != (m,):
             raise ShapeError(f"tt_linear: bias must have shape ({m},), got {tuple(bias.shape)}")
-        _check_operand("tt_linear", "bias", bias, weight)
+        _check_operand("tt_linear", "bias", bias, c0)
     lead = input.shape[:-1]
     # x @ W^T with all leading dims as rows, in the order tensortrain.contraction's cost model picks.
-    out = contraction.linear(input.reshape(math.prod(lead), n), weight).reshape(*lead, m)
+    out = contraction.linear(input.reshape(math.prod(lead), n), cores).reshape(*lead, m)
     return out if bias is None else out + bias
 
 

@@ -229,7 +229,7 @@ class TTLinear(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Apply ``input @ W.T + bias`` through :func:`tensortrain.nn.functional.tt_linear`."""
-        return F.tt_linear(input, self.weight, self.bias)
+        return F.linear_cores(input, tuple(self.cores), self.bias)
 
     def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
         """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
