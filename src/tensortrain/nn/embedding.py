@@ -17,15 +17,9 @@ from ..errors import ShapeError
 from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank
 from ..tensor_train import TensorTrain
 from . import functional as F
+from .base import TTModule, assign_cores_
 from .init import tt_normal_
-from .linear import (
-    _assign_cores_,
-    _check_dims,
-    _check_features,
-    _choose_d,
-    _resize_cores_to_state,
-    _svd_ready,
-)
+from .linear import _check_dims, _check_features, _choose_d, _svd_ready
 
 __all__ = ["TTEmbedding"]
 
@@ -79,7 +73,7 @@ def resolve_embedding_dims(
     return voc, emb
 
 
-class TTEmbedding(nn.Module):
+class TTEmbedding(TTModule):
     r"""An embedding table ``V x D`` stored as a TT-matrix; a lookup never builds the table (TT-Rec).
 
     Row ``i`` is unravelled into modes ``(i_1, ..., i_d)`` of ``voc_dims`` and computed as the product of
@@ -178,11 +172,6 @@ class TTEmbedding(nn.Module):
         """The table as a TT-matrix of shape ``V' x D`` (``V' >= V`` rows; a view of :attr:`cores`)."""
         return TensorTrain(tuple(self.cores))
 
-    @property
-    def tt_ranks(self) -> tuple[int, ...]:
-        """The table's TT-ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (*(int(c.shape[0]) for c in self.cores), 1)
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Look up rows through :func:`tensortrain.nn.functional.tt_embedding`."""
         return F.tt_embedding(input, self.weight, self.padding_idx, self.num_embeddings)
@@ -265,7 +254,7 @@ class TTEmbedding(nn.Module):
                 f"TTEmbedding.load_tt_: the TT-matrix has dims {tuple(rows)} x {tuple(cols)}, expected "
                 f"{self.voc_dims} x {self.emb_dims}"
             )
-        _assign_cores_(self.cores, tt_matrix.tt_cores)
+        assign_cores_(self.cores, tt_matrix.tt_cores)
         return self
 
     def to_embedding(self) -> nn.Embedding:
@@ -282,14 +271,6 @@ class TTEmbedding(nn.Module):
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------ bookkeeping
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        _resize_cores_to_state(self.cores, state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def num_tt_parameters(self) -> int:
-        """The number of scalars in the cores."""
-        return sum(c.numel() for c in self.cores)
-
     def compression_factor(self) -> float:
         """Dense table size over TT size: ``V * D / core parameters``."""
         return self.num_embeddings * self.embedding_dim / self.num_tt_parameters()

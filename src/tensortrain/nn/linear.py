@@ -18,6 +18,7 @@ from ..errors import ShapeError
 from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank, prime_factors
 from ..tensor_train import TensorTrain
 from . import functional as F
+from .base import TTModule, assign_cores_
 from .init import InitScheme, dense_variance, tt_normal_
 
 __all__ = ["TTLinear"]
@@ -89,33 +90,7 @@ def _check_features(name: str, value: Any) -> int:
     return value
 
 
-def _assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor]) -> None:
-    """Copy ``cores`` into ``params`` (cast to their dtype/device); cores of new shapes replace the Parameter."""
-    like = params[0]
-    with torch.no_grad():
-        for k, c in enumerate(cores):
-            c = c.detach().to(dtype=like.dtype, device=like.device)
-            if params[k].shape == c.shape:
-                params[k].copy_(c)
-            else:
-                params[k] = nn.Parameter(c.clone())
-
-
-def _resize_cores_to_state(params: nn.ParameterList, state_dict: Any, prefix: str) -> None:
-    """Before loading: give core Parameters the shapes saved in ``state_dict`` (a state saved after a rank
-    change), so a state_dict round trip survives rank changes."""
-    for k in range(len(params)):
-        saved = state_dict.get(f"{prefix}cores.{k}")
-        if (
-            isinstance(saved, torch.Tensor)
-            and saved.dim() == params[k].dim()
-            and saved.shape != params[k].shape
-        ):
-            like = params[k]
-            params[k] = nn.Parameter(torch.empty(saved.shape, dtype=like.dtype, device=like.device))
-
-
-class TTLinear(nn.Module):
+class TTLinear(TTModule):
     r"""A linear layer ``y = x W^T + b`` whose ``out x in`` weight ``W`` is a TT-matrix (Novikov et al. 2015).
 
     A drop-in for ``nn.Linear``: same call semantics on inputs of shape ``(..., in_features)``, same weight
@@ -221,11 +196,6 @@ class TTLinear(nn.Module):
         """The weight as a TT-matrix :class:`~tensortrain.TensorTrain` of shape ``out x in`` (a view of
         :attr:`cores`; gradients flow back to them)."""
         return TensorTrain(tuple(self.cores))
-
-    @property
-    def tt_ranks(self) -> tuple[int, ...]:
-        """The weight's TT-ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (*(int(c.shape[0]) for c in self.cores), 1)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Apply ``input @ W.T + bias`` through :func:`tensortrain.nn.functional.tt_linear`."""
@@ -395,7 +365,7 @@ class TTLinear(nn.Module):
                 raise ShapeError(
                     f"TTLinear.load_tt_: bias must have shape ({self.out_features},), got {tuple(bias.shape)}"
                 )
-        _assign_cores_(self.cores, cores)
+        assign_cores_(self.cores, cores)
         if bias is not None and self.bias is not None:
             with torch.no_grad():
                 self.bias.copy_(bias.detach())
@@ -427,14 +397,6 @@ class TTLinear(nn.Module):
         return full(self.weight)
 
     # ------------------------------------------------------------------------------------ bookkeeping
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        _resize_cores_to_state(self.cores, state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def num_tt_parameters(self) -> int:
-        """The number of scalars in the cores (bias excluded)."""
-        return sum(c.numel() for c in self.cores)
-
     def compression_factor(self) -> float:
         """Dense weight size over TT weight size: ``in * out / core parameters`` (bias excluded)."""
         return self.in_features * self.out_features / self.num_tt_parameters()
