@@ -1,0 +1,243 @@
+"""Fit the contraction planner's machine constants to measured plan timings, and report the planner's regret.
+
+The cost model (``tensortrain.contraction_cost``) prices a plan as a linear function of five machine constants:
+``seconds = flops / F + streamed bytes / BW + permuted bytes / BW_perm + launches * t_launch + slices * t_slice``.
+This script times several candidate plans of every benchmark layer (``benchmarks/run.py``'s cases) at batch
+1, 64 and 1024, forward (no grad) and forward+backward, fits the five constants by non-negative least squares
+on relative error, and prints
+
+* the fitted constants next to the ones in ``MACHINES`` (paste them there to adopt them);
+* per case, the measured time of the plan the planner picks with the current and with the fitted constants,
+  against the fastest plan measured ("regret" = chosen / fastest).
+
+    .venv/bin/python benchmarks/calibrate.py --threads 2 --json benchmarks/calibration.json
+
+Timings are medians of interleaved repeats in one process; the machine should be otherwise idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import BATCHES, LAYER_CASES, interleaved  # noqa: E402
+
+import tensortrain as tt  # noqa: E402
+from tensortrain import contraction as C  # noqa: E402
+from tensortrain import contraction_cost as cost  # noqa: E402
+
+NAMES = ("flops", "stream", "permute", "launch", "slice")
+
+
+def features(dims: cost.Dims, prog: cost.Program, batch: int, item: int, grad: bool) -> list[float]:
+    """The five coefficients of the cost model's time for ``prog``: one basis machine per constant."""
+    inf = math.inf
+    basis = [
+        cost.Machine(1.0, inf, inf, 0.0, 0.0),
+        cost.Machine(inf, 1.0, inf, 0.0, 0.0),
+        cost.Machine(inf, inf, 1.0, 0.0, 0.0),
+        cost.Machine(inf, inf, inf, 1.0, 0.0),
+        cost.Machine(inf, inf, inf, 0.0, 1.0),
+    ]
+    return [cost.estimate(dims, prog, batch, item, grad, m).seconds for m in basis]
+
+
+def programs(dims: cost.Dims, batch: int, item: int, grad: bool) -> list[cost.Program]:
+    """The planner's own candidates plus core-by-core and paired sweeps both ways (deduplicated)."""
+    d = len(dims[0])
+    m = cost.machine("cpu", item)
+    progs = cost.candidates(dims, "auto", batch, item, grad, m)
+    for direction in ("rtl", "ltr"):
+        progs.append(("sweep", direction, tuple((k, k + 1) for k in range(d))))
+        if d >= 4:
+            progs.append(("sweep", direction, ((0, d // 2), (d // 2, d))))
+    seen: list[cost.Program] = []
+    for p in progs:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
+    rows = []
+    for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
+        torch.manual_seed(0)
+        layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
+        cores = tuple(layer.cores)
+        dims = C._dims(cores)
+        item = cores[0].element_size()
+        for batch in BATCHES:
+            x = torch.randn(batch, fin)
+            xg = x.clone().requires_grad_(True)
+            for grad in (False, True):
+                progs = programs(dims, batch, item, grad)
+                fns = {}
+                for i, p in enumerate(progs):
+                    plan = C._make_plan(dims, p, batch, item, "cpu", grad)
+                    if grad:
+                        fns[str(i)] = lambda p=plan, x=xg, cs=cores: (
+                            C.linear(x, cs, strategy=p).sum().backward()
+                        )
+                    else:
+                        fns[str(i)] = lambda p=plan, x=x, cs=cores: C.linear(x, cs, strategy=p)
+                if grad:
+                    times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s)
+                else:
+                    with torch.no_grad():
+                        times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s)
+                for i, p in enumerate(progs):
+                    rows.append(
+                        {
+                            "case": name,
+                            "batch": batch,
+                            "grad": grad,
+                            "program": [p[0], p[1], [list(g) for g in p[2]]],
+                            "describe": C._make_plan(dims, p, batch, item, "cpu", grad).describe(),
+                            "seconds": times[str(i)],
+                            "features": features(dims, p, batch, item, grad),
+                        }
+                    )
+                best = min(times[str(i)] for i in range(len(progs)))
+                print(
+                    f"  {name} B={batch} grad={grad}: {len(progs)} plans, fastest {best * 1e3:.3g} ms",
+                    flush=True,
+                )
+    return rows
+
+
+def nnls_relative(rows: list[dict[str, Any]]) -> list[float]:
+    """Non-negative least squares of ``features . theta = seconds`` on relative error (active set)."""
+    a = torch.tensor([[f / r["seconds"] for f in r["features"]] for r in rows], dtype=torch.float64)
+    b = torch.ones(len(rows), dtype=torch.float64)
+    active = list(range(a.shape[1]))
+    while True:
+        sol = torch.linalg.lstsq(a[:, active], b[:, None]).solution[:, 0]
+        if (sol >= 0).all():
+            theta = [0.0] * a.shape[1]
+            for k, v in zip(active, sol.tolist(), strict=True):
+                theta[k] = v
+            return theta
+        active.pop(int(torch.argmin(sol)))
+
+
+def regret_score(rows: list[dict[str, Any]], m: cost.Machine) -> float:
+    """Mean log regret plus half the worst one: a bad choice in one case is not averaged away."""
+    logs = [math.log(r["regret"]) for r in regret(rows, m)]
+    return sum(logs) / len(logs) + 0.5 * max(logs)
+
+
+def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int, seed: int) -> cost.Machine:
+    """Random search in log space around ``start`` for the constants whose choices lose least time.
+
+    The least-squares fit predicts times well on average but the planner only needs the right *order* between
+    the candidates of one case; this minimizes the regret over the measured cases directly (:func:`regret_score`;
+    ties broken by distance from the fit, so unconstrained constants stay at their fitted values).
+    """
+    g = torch.Generator().manual_seed(seed)
+    best, best_key = start, (regret_score(rows, start), 0.0)
+    for _ in range(samples):
+        step = torch.randn(5, generator=g, dtype=torch.float64) * 1.0
+        cand = cost.Machine(*(v * math.exp(float(e)) for v, e in zip(start, step, strict=True)))
+        key = (regret_score(rows, cand), float(step.abs().sum()))
+        if key < best_key:
+            best, best_key = cand, key
+    return best
+
+
+def to_machine(theta: list[float]) -> cost.Machine:
+    inv = [1.0 / t if t > 0 else math.inf for t in theta[:3]]
+    return cost.Machine(inv[0], inv[1], inv[2], theta[3], theta[4])
+
+
+def regret(rows: list[dict[str, Any]], m: cost.Machine) -> list[dict[str, Any]]:
+    """Per (case, batch, grad): measured time of the plan ``m`` prices lowest, over the fastest measured."""
+    out = []
+    keys = sorted({(r["case"], r["batch"], r["grad"]) for r in rows}, key=str)
+    for key in keys:
+        group = [r for r in rows if (r["case"], r["batch"], r["grad"]) == key]
+        theta = [1 / m.flops, 1 / m.stream, 1 / m.permute, m.launch, m.slice]
+        chosen = min(group, key=lambda r: sum(f * t for f, t in zip(r["features"], theta, strict=True)))
+        fastest = min(group, key=lambda r: r["seconds"])
+        out.append(
+            {
+                "case": key[0],
+                "batch": key[1],
+                "grad": key[2],
+                "chosen": chosen["describe"],
+                "fastest": fastest["describe"],
+                "regret": chosen["seconds"] / fastest["seconds"],
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--slow", type=float, default=3.0, help="time a plan only once if its first call is slower"
+    )
+    ap.add_argument("--json", default=None, help="write measurements, fit and regrets here")
+    ap.add_argument("--load", default=None, help="refit from a JSON written earlier instead of measuring")
+    ap.add_argument(
+        "--search",
+        type=int,
+        default=3000,
+        help="random-search samples minimizing regret after the fit (0: none)",
+    )
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.load:
+        with open(args.load) as f:
+            rows = json.load(f)["rows"]
+    else:
+        print(f"timing plans at {args.threads} threads (torch {torch.__version__}) ...", flush=True)
+        rows = measure(args.repeats, args.slow)
+    fitted = to_machine(nnls_relative(rows))
+    if args.search:
+        fitted = search_regret(rows, fitted, args.search, seed=0)
+    current = cost.MACHINES["cpu"]
+    print("\nconstant   current      fitted")
+    for n, a, b in zip(NAMES, current, fitted, strict=True):
+        print(f"{n:8s}  {a:10.3g}  {b:10.3g}")
+    reg_cur, reg_fit = regret(rows, current), regret(rows, fitted)
+    print("\n| case | batch | grad | chosen (current) | regret | chosen (fitted) | regret | fastest |")
+    print("|---|---|---|---|---|---|---|---|")
+    for a, b in zip(reg_cur, reg_fit, strict=True):
+        print(
+            f"| {a['case']} | {a['batch']} | {a['grad']} | {a['chosen']} | {a['regret']:.2f}x | {b['chosen']} | "
+            f"{b['regret']:.2f}x | {a['fastest']} |"
+        )
+    for label, reg in (("current", reg_cur), ("fitted", reg_fit)):
+        worst = max(r["regret"] for r in reg)
+        geo = math.exp(sum(math.log(r["regret"]) for r in reg) / len(reg))
+        print(f"{label}: geometric-mean regret {geo:.3f}x, worst {worst:.2f}x")
+    if args.json:
+        out = {
+            "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "current": dict(zip(NAMES, current, strict=True)),
+            "fitted": dict(zip(NAMES, fitted, strict=True)),
+            "regret_current": reg_cur,
+            "regret_fitted": reg_fit,
+            "rows": rows,
+        }
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
