@@ -74,6 +74,25 @@ def test_gradcheck_full_function_and_sweeps(gen, raw, ranks):
         assert torch.autograd.gradcheck(lambda a, *cs, p=p: C.linear(a, cs, strategy=p), (x, *cores))
 
 
+def test_blocked_build_of_a_large_w(gen, monkeypatch):
+    """Past _BLOCKED_ABOVE, W and the halves' gradients are built in blocks of left rows: same values."""
+    from tensortrain import contraction_exec
+
+    raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)  # split 1: left (3 x 2), right (4 x 4), rank 3
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    lmat, rmat, dims = halves(cores, 1)
+    lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
+    want = contraction_exec.build_full(lmat, rmat, dims)
+    monkeypatch.setattr(contraction_exec, "_BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(contraction_exec, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
+    assert contraction_exec._blocks(dims, 8) == 2
+    assert_close(contraction_exec.build_full(lmat, rmat, dims), want)
+    for keep in (False, True):
+        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, dims, keep)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, lmat, rmat))
+
+
 def test_full_function_keeps_only_the_halves(gen):
     """The rebuilding variant saves x and the two halves, not the dense W; the keeping one saves W."""
     raw, ranks = ((4, 4), (4, 4)), (1, 2, 1)
@@ -182,6 +201,39 @@ def test_forced_strategies_are_respected():
     p = C.plan(cores, 8, strategy="cores_ltr")
     assert (p.kind, p.direction, p.groups) == ("sweep", "ltr", ((0, 1), (1, 2), (2, 3), (3, 4)))
     assert C.plan(cores, 8, strategy="grouped_rtl").direction == "rtl"
+
+
+@pytest.mark.parametrize("strategy", ["grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"])
+def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy):
+    """A sweep whose states outgrow CHUNK_BYTES runs in chunks of rows: same values, chunked calls."""
+    from tensortrain import contraction_cost, contraction_exec
+
+    cores = random_cores(((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1), gen=gen)
+    x = torch.randn(37, 30, generator=gen, dtype=torch.float64)
+    want = x @ dense_of(cores).T
+    monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", 8 * 40 * 8)  # 8 rows of the largest state (40)
+    C.clear_plan_cache()
+    calls = []
+    for name in ("_rtl", "_ltr"):
+        fn = getattr(contraction_exec, name)
+        monkeypatch.setattr(
+            contraction_exec, name, lambda x2d, supers, fn=fn: calls.append(x2d.shape[0]) or fn(x2d, supers)
+        )
+    with torch.no_grad():
+        got = C.linear(x, cores, strategy=strategy)
+    assert_close(got, want)
+    per_row = max(
+        max(contraction_cost._state_per_row(C._dims(cores), i, j, p.direction))
+        for p in [C.plan(cores, 37, strategy=strategy, requires_grad=False)]
+        for i, j in p.groups
+    )
+    rows = 8 * 40 * 8 // (8 * per_row)
+    assert rows < 37 and calls == [rows] * (37 // rows) + ([37 % rows] if 37 % rows else [])
+    calls.clear()
+    xg = x.clone().requires_grad_(True)
+    assert_close(C.linear(xg, cores, strategy=strategy), want)  # training: one pass, states kept for backward
+    assert calls == [37]
+    C.clear_plan_cache()
 
 
 def test_plan_cache(gen):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -295,3 +297,43 @@ def test_from_linear_half_precision(dtype):
     assert all(c.dtype == dtype for c in layer.cores) and layer.bias is not None and layer.bias.dtype == dtype
     err = (layer.dense_weight().float() - dense.weight.float()).abs().max()
     assert err < 1e-2 * dense.weight.float().abs().max()
+
+
+def test_inference_reuses_merged_cores_until_they_change(monkeypatch):
+    """No-grad forwards keep the sweep's merged super-cores while the cores are unchanged, never stale."""
+    from tensortrain import contraction_exec
+
+    torch.manual_seed(0)
+    layer = tutorial_layer(4, dtype=torch.float64)
+    x = torch.randn(1, 784, dtype=torch.float64)
+    builds = []
+    real = contraction_exec.supers_of
+    monkeypatch.setattr(contraction_exec, "supers_of", lambda *a: builds.append(1) or real(*a))
+
+    def dense_out() -> torch.Tensor:
+        return layer.to_linear()(x)
+
+    with torch.no_grad():
+        assert layer.plan(1, requires_grad=False).kind == "sweep"
+        y1, y2 = layer(x), layer(x)
+        assert len(builds) == 1 and torch.equal(y1, y2)
+        assert_close(y1, dense_out())
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).sum().backward()  # training: never cached
+    opt.step()  # in-place update: version bump
+    with torch.no_grad():
+        n = len(builds)
+        assert_close(layer(x), dense_out())
+        assert len(builds) == n + 1
+        layer.load_state_dict({k: v * 2 for k, v in layer.state_dict().items()})
+        assert_close(layer(x), dense_out())
+        layer.cores[1].data = layer.cores[1].data * 3  # a new storage
+        assert_close(layer(x), dense_out())
+        layer.cores[0].data.mul_(2)  # bypasses the version counter: documented, cleared by hand
+        layer.clear_cache()
+        assert_close(layer(x), dense_out())
+    clone = copy.deepcopy(layer)
+    assert clone._cache == {} and layer._cache
+    with torch.no_grad():
+        assert_close(clone(x), layer(x))
+    assert_close(pickle.loads(pickle.dumps(layer))(x), layer(x))

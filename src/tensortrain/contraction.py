@@ -125,6 +125,7 @@ class ContractionPlan:
 
 # ------------------------------------------------------------------------------------------ validation, cache
 _PLAN_CACHE: dict[tuple, Program] = {}
+_CHUNK_CACHE: dict[tuple, int] = {}  # rows per chunk of an inference sweep, per (core shapes, groups, ...)
 # Under torch.compile the batch size may be a symbol (dynamic shapes) and dynamo cannot tell us which: reading
 # its value would specialise the graph, so compiled code is planned for this batch size (every plan is exact,
 # only speed differs).
@@ -139,6 +140,7 @@ def clear_plan_cache() -> None:
         0
     """
     _PLAN_CACHE.clear()
+    _CHUNK_CACHE.clear()
 
 
 def plan_cache_size() -> int:
@@ -197,7 +199,11 @@ def _bucket(batch: int | torch.SymInt) -> int:
 
 
 def _program(
-    cores: Sequence[torch.Tensor], batch: int | torch.SymInt, grad: bool, strategy: Strategy | ContractionPlan
+    cores: Sequence[torch.Tensor],
+    batch: int | torch.SymInt,
+    grad: bool,
+    strategy: Strategy | ContractionPlan,
+    cached: bool = False,
 ) -> Program:
     if isinstance(strategy, ContractionPlan):
         return strategy.program
@@ -209,20 +215,21 @@ def _program(
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
         return _cost.choose(_dims(cores), strategy, bucket, c0.element_size(), c0.device.type, grad)
     # the key uses the torch.Size objects as they are: this lookup is on every layer call
-    key = (tuple(c.shape for c in cores), strategy, bucket, c0.dtype, c0.device.type, grad)
+    key = (tuple(c.shape for c in cores), strategy, bucket, c0.dtype, c0.device.type, grad, cached)
     prog = _PLAN_CACHE.get(key)
     if prog is None:
         dims = _dims(cores)
         prog = _PLAN_CACHE[key] = _cost.choose(
-            dims, strategy, bucket, c0.element_size(), c0.device.type, grad
+            dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached
         )
     return prog
 
 
 def _make_plan(
-    dims: Dims, prog: Program, batch: int, item: int, device_type: str, grad: bool
+    dims: Dims, prog: Program, batch: int, item: int, device_type: str, grad: bool, cached: bool = False
 ) -> ContractionPlan:
-    f, bf, t, saved, est = _cost.estimate(dims, prog, batch, item, grad, _cost.machine(device_type, item))
+    m = _cost.machine(device_type, item)
+    f, bf, t, saved, est = _cost.estimate(dims, prog, batch, item, grad, m, cached)
     kind, direction, groups = prog
     return ContractionPlan(
         kind=kind,  # type: ignore[arg-type]
@@ -248,6 +255,7 @@ def plan(
     *,
     requires_grad: bool | None = None,
     strategy: Strategy = "auto",
+    cached_merges: bool = False,
 ) -> ContractionPlan:
     """The plan :func:`linear` uses for ``x @ W^T`` with ``batch_size`` rows, and its estimated cost.
 
@@ -256,6 +264,8 @@ def plan(
         batch_size: number of rows of ``x`` (all leading dims flattened).
         requires_grad: price backward too; default: whether any core requires grad and grad mode is on.
         strategy: ``"auto"`` (cheapest) or one of :data:`STRATEGIES` to see what a forced strategy would do.
+        cached_merges: price sweeps without merging their core groups, as for a layer that keeps the merged
+            groups between inference calls (``TTLinear`` without gradients); ignored when training.
 
     Returns:
         A frozen :class:`ContractionPlan`; ``str(plan)`` reads like
@@ -277,9 +287,10 @@ def plan(
     _check_strategy(strategy, dims, "plan")
     if requires_grad is None:
         requires_grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
-    prog = _program(cores, batch_size, requires_grad, strategy)
+    cached = cached_merges and not requires_grad
+    prog = _program(cores, batch_size, requires_grad, strategy, cached)
     c0 = cores[0]
-    return _make_plan(dims, prog, batch_size, c0.element_size(), c0.device.type, requires_grad)
+    return _make_plan(dims, prog, batch_size, c0.element_size(), c0.device.type, requires_grad, cached)
 
 
 def enumerate_plans(
@@ -319,13 +330,46 @@ def enumerate_plans(
     return [_make_plan(dims, p, batch_size, c0.element_size(), c0.device.type, requires_grad) for p in progs]
 
 
-def _run(prog: Program, x2d: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
+def _run(
+    prog: Program, x2d: torch.Tensor, cores: Sequence[torch.Tensor], grad: bool, cache: dict | None = None
+) -> torch.Tensor:
     kind, direction, groups = prog
     if kind == "full":
         return _exec.full_linear(x2d, cores, groups[0][1], direction == "keep")
-    if direction == "rtl":
-        return _exec.sweep_rtl(x2d, cores, groups)
-    return _exec.sweep_ltr(x2d, cores, groups)
+    direction = str(direction)
+    chunk = None
+    b = x2d.shape[0]
+    eager = not torch.compiler.is_compiling()
+    if not grad and type(b) is int and b > 1 and eager:
+        # inference: large batches run in chunks of rows so that the sweep's states stay in cache (training
+        # keeps every state for backward anyway, and compiled graphs keep their batch symbolic)
+        key = (tuple(c.shape for c in cores), groups, direction, cores[0].element_size())
+        chunk = _CHUNK_CACHE.get(key)
+        if chunk is None:
+            chunk = _CHUNK_CACHE[key] = _cost.chunk_rows(_dims(cores), groups, direction, 2**62, key[-1])
+    if cache is None:
+        return _exec.sweep(x2d, _exec.supers_of(cores, groups, direction), direction, chunk)
+    return _exec.sweep(x2d, _cached_supers(cache, cores, groups, direction), direction, chunk)
+
+
+def _cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, direction: str) -> list:
+    """The sweep's super-cores from a layer's cache, rebuilt when any core changed (inference only).
+
+    A core counts as unchanged while it is the same tensor object with the same storage address, shape and
+    version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``).
+    The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
+    through ``.data`` bypass the version counter, as they bypass autograd's own checks: after those, call the
+    layer's ``clear_cache()``.
+    """
+    stamp = tuple((c.data_ptr(), c._version, c.shape) for c in cores)
+    hit = cache.get((groups, direction))
+    if hit is not None and hit[0] == stamp and all(a is b for a, b in zip(hit[1], cores, strict=True)):
+        return hit[2]
+    with torch.no_grad():
+        supers = _exec.supers_of(cores, groups, direction)
+    # detach() shares the storage (keeping it alive) without autograd history
+    cache[(groups, direction)] = (stamp, tuple(cores), supers, tuple(c.detach() for c in cores))
+    return supers
 
 
 def linear(
@@ -390,11 +434,32 @@ def _linear(
             f"{fn}: x is {x.dtype} on {x.device} but the TT-matrix is {c0.dtype} on {c0.device}; "
             "convert one of them first"
         )
-    lead = tuple(x.shape[:-1])
+    return apply_unchecked(x, cores, bias, n, strategy)
+
+
+def apply_unchecked(
+    x: torch.Tensor,
+    cores: Sequence[torch.Tensor],
+    bias: torch.Tensor | None,
+    n: int,
+    strategy: Strategy | ContractionPlan = "auto",
+    cache: dict | None = None,
+) -> torch.Tensor:
+    """:func:`linear` for operands already validated (``x (..., n)``, matching dtype and device, valid cores).
+
+    For layers that check their operands once (``TTLinear.forward``): at batch 1 the checks cost about as much
+    as the contraction. Not exported: a wrong operand here fails deep inside a reshape. ``cache``: a layer's
+    dict in which inference sweeps keep their merged super-cores between calls (see :func:`_cached_supers`).
+    """
+    lead = x.shape[:-1]
     x2d = x.reshape(-1, n)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
-    y = _run(_program(cores, x2d.shape[0], grad, strategy), x2d, cores)
-    y = y.reshape(*lead, y.shape[-1])
+    cached = cache is not None and not grad and not torch.compiler.is_compiling()
+    y = _run(
+        _program(cores, x2d.shape[0], grad, strategy, cached), x2d, cores, grad, cache if cached else None
+    )
+    if len(lead) != 1:
+        y = y.reshape(*lead, y.shape[-1])
     return y if bias is None else y + bias
 
 

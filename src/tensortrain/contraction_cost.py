@@ -31,15 +31,24 @@ class Machine(NamedTuple):
     slice: float  # seconds per slice of a batched GEMM
 
 
-# Fitted by eye to a 2-core AVX-512 EPYC running MKL (see benchmarks/run.py); a GPU guess for cuda.
+# cpu: a 2-core AVX-512 EPYC running MKL. Set by eye, then the permute bandwidth raised from 2.5e9 after
+# benchmarks/calibrate.py timed 7-12 candidate plans of every benchmark case: the planner's geometric-mean regret
+# (measured time of its choice over the fastest plan's) went from 1.106x to 1.085x with no case worse. Least
+# squares over all five constants predicts times better but chooses worse in some cases. cuda: a guess.
 MACHINES: dict[str, Machine] = {
-    "cpu": Machine(1.0e11, 1.0e10, 2.5e9, 5.0e-6, 5.0e-8),
+    "cpu": Machine(1.0e11, 1.0e10, 5.0e9, 5.0e-6, 5.0e-8),
     "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9),
 }
 DEFAULT_MACHINE = Machine(1.0e12, 2.0e11, 5.0e10, 8.0e-6, 1.0e-9)
 
 
 CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the slower (DRAM, permute) bandwidth
+# Inference sweeps whose states would outgrow the cache run the batch in chunks of rows whose largest state fits
+# in this many bytes (measured best on the 2-core EPYC: 32 rows for 4096x4096 rank 16, 128 for 768x3072).
+CHUNK_BYTES = 8 * 2**20
+# A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES (see contraction_exec.build_full).
+BLOCKED_ABOVE = 32 * 2**20
+BLOCK_BYTES = 4 * 2**20
 
 
 class Cost(NamedTuple):
@@ -97,8 +106,25 @@ def merge_cost(dims: Dims, i: int, j: int, item: int) -> _Acc:
     return _Acc(flops, stream, 2 * item * p * ranks[j], 2 * (j - i), 0)
 
 
+def _state_per_row(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int]:
+    """Elements per batch row of the sweep state before and after contracting group ``[i, j)``."""
+    rows, cols, ranks = dims
+    mg, ng = prod(rows[i:j]), prod(cols[i:j])
+    if direction == "rtl":
+        outer, p, k, q = prod(cols[:i]), prod(rows[j:]), ng * ranks[j], mg * ranks[i]
+    else:
+        outer, p, k, q = prod(rows[:i]), prod(cols[j:]), ranks[i] * ng, mg * ranks[j]
+    return outer * k * p, outer * q * p
+
+
+def chunk_rows(dims: Dims, groups: Groups, direction: str, batch: int, item: int) -> int:
+    """Rows per chunk for an inference sweep: the whole batch unless a state would exceed CHUNK_BYTES."""
+    per_row = max(max(_state_per_row(dims, i, j, direction)) for i, j in groups)
+    return max(1, min(int(batch), CHUNK_BYTES // (item * per_row)))
+
+
 def step_cost(
-    dims: Dims, i: int, j: int, direction: str, batch: int, item: int, grad: bool
+    dims: Dims, i: int, j: int, direction: str, batch: int, item: int, grad: bool, cached: bool = False
 ) -> tuple[_Acc, int]:
     """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps.
 
@@ -114,12 +140,19 @@ def step_cost(
         outer, p = batch * prod(rows[:i]), prod(cols[j:])
         k, q = ranks[i] * ng, mg * ranks[j]
         first = i == 0
-    acc = merge_cost(dims, i, j, item)
+    acc = _Acc() if cached else merge_cost(dims, i, j, item)  # cached: a layer kept the merged group
     state_in, state_out = outer * k * p, outer * q * p
     traffic = item * (state_in + state_out + q * k)
-    # intermediates beyond the last-level cache stream from DRAM: price them like strided copies
-    big = item * max(state_in, state_out) > CACHE_BYTES
-    acc += _Acc(2 * outer * q * k * p, 0 if big else traffic, traffic if big else 0, 3, outer if p > 1 else 0)
+    # intermediates beyond the last-level cache stream from DRAM: price them like strided copies; inference
+    # runs such sweeps in chunks of rows instead (more launches, cache-resident states)
+    big = grad and item * max(state_in, state_out) > CACHE_BYTES
+    chunks = 1
+    if not grad and item * max(state_in, state_out) > CHUNK_BYTES:
+        per_chunk = max(1, CHUNK_BYTES // (item * max(state_in, state_out) // batch))
+        chunks = -(-batch // per_chunk)
+    acc += _Acc(
+        2 * outer * q * k * p, 0 if big else traffic, traffic if big else 0, 3 * chunks, outer if p > 1 else 0
+    )
     saved = 0
     if grad:
         if p > 1:  # torch.matmul folds the batch (a transposed copy of the state in, one of the product out)
@@ -129,11 +162,18 @@ def step_cost(
 
 
 def sweep_cost(
-    dims: Dims, groups: Groups, direction: str, batch: int, item: int, grad: bool, m: Machine
+    dims: Dims,
+    groups: Groups,
+    direction: str,
+    batch: int,
+    item: int,
+    grad: bool,
+    m: Machine,
+    cached: bool = False,
 ) -> Cost:
     acc, saved = _Acc(), 0
     for i, j in groups:
-        a, s = step_cost(dims, i, j, direction, batch, item, grad)
+        a, s = step_cost(dims, i, j, direction, batch, item, grad, cached)
         acc, saved = acc + a, saved + s
     if not grad:
         return Cost(acc.flops, 0, acc.stream + acc.permute, 0, acc.time(m))
@@ -154,6 +194,10 @@ def full_cost(dims: Dims, split: int, batch: int, item: int, grad: bool, keep: b
         grad_halves = _Acc(
             4 * mm * nn * r, item * (2 * mm * nn + 4 * mm * (nl + nr) * r), 0, 6, 2 * prod(rows)
         )
+    elif item * mm * nn > BLOCKED_ABOVE:  # built and permuted in cache-sized blocks: streamed, more launches
+        blocks = -(-prod(rows[:split]) // max(1, BLOCK_BYTES // (item * nl * prod(rows[split:]) * nr)))
+        build = _Acc(2 * mm * nn * r, 3 * item * mm * nn, 0, 3 * blocks, 0)
+        grad_halves = _Acc(4 * mm * nn * r, item * 4 * mm * nn, 0, 3 * blocks, 0)
     else:
         build = _Acc(2 * mm * nn * r, item * mm * nn, 2 * item * mm * nn, 3, 0)
         grad_halves = _Acc(4 * mm * nn * r, item * 2 * mm * nn, 2 * item * mm * nn, 3, 0)
@@ -168,15 +212,19 @@ def full_cost(dims: Dims, split: int, batch: int, item: int, grad: bool, keep: b
     return Cost(fwd.flops, bwd.flops, fwd.stream + fwd.permute, item * saved, seconds)
 
 
-def estimate(dims: Dims, prog: Program, batch: int, item: int, grad: bool, m: Machine) -> Cost:
+def estimate(
+    dims: Dims, prog: Program, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
+) -> Cost:
     kind, direction, groups = prog
     if kind == "full":
         return full_cost(dims, groups[0][1], batch, item, grad, direction == "keep", m)
     assert direction is not None
-    return sweep_cost(dims, groups, direction, batch, item, grad, m)
+    return sweep_cost(dims, groups, direction, batch, item, grad, m, cached)
 
 
-def best_grouping(dims: Dims, direction: str, batch: int, item: int, grad: bool, m: Machine) -> Groups:
+def best_grouping(
+    dims: Dims, direction: str, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
+) -> Groups:
     """Dynamic programme over split points: the cheapest partition of the cores into consecutive groups.
 
     A group's step cost depends only on its own boundaries (they fix the state sizes before and after it), so
@@ -188,7 +236,7 @@ def best_grouping(dims: Dims, direction: str, batch: int, item: int, grad: bool,
         # explicit loops rather than min(key=...): simpler for torch.compile to trace
         top: tuple[float, Groups] | None = None
         for i in range(j):
-            t = best[i][0] + sweep_cost(dims, ((i, j),), direction, batch, item, grad, m).seconds
+            t = best[i][0] + sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached).seconds
             if top is None or t < top[0]:
                 top = (t, best[i][1] + ((i, j),))
         assert top is not None
@@ -203,7 +251,9 @@ def full_programs(d: int, grad: bool = False) -> list[Program]:
     return [("full", v, ((0, s), (s, d))) for s in splits for v in variants]
 
 
-def candidates(dims: Dims, strategy: str, batch: int, item: int, grad: bool, m: Machine) -> list[Program]:
+def candidates(
+    dims: Dims, strategy: str, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
+) -> list[Program]:
     """The programs a strategy chooses from (``auto``: every full split and the best grouping each way)."""
     d = len(dims[0])
     if strategy == "full":
@@ -212,17 +262,22 @@ def candidates(dims: Dims, strategy: str, batch: int, item: int, grad: bool, m: 
         return [("sweep", strategy[-3:], tuple((k, k + 1) for k in range(d)))]
     directions = (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else ("rtl", "ltr")
     sweeps: list[Program] = [
-        ("sweep", dr, best_grouping(dims, dr, batch, item, grad, m)) for dr in directions
+        ("sweep", dr, best_grouping(dims, dr, batch, item, grad, m, cached)) for dr in directions
     ]
     return sweeps if strategy != "auto" else full_programs(d, grad) + sweeps
 
 
-def choose(dims: Dims, strategy: str, batch: int, item: int, device_type: str, grad: bool) -> Program:
-    """The cheapest program of ``strategy`` for this TT-matrix, batch size, dtype size, device and grad mode."""
+def choose(
+    dims: Dims, strategy: str, batch: int, item: int, device_type: str, grad: bool, cached: bool = False
+) -> Program:
+    """The cheapest program of ``strategy`` for this TT-matrix, batch size, dtype size, device and grad mode.
+
+    ``cached``: sweeps' merged groups are kept between calls (a layer's inference), so merging is free.
+    """
     m = machine(device_type, item)
     top: tuple[float, Program] | None = None
-    for prog in candidates(dims, strategy, batch, item, grad, m):
-        t = estimate(dims, prog, batch, item, grad, m).seconds
+    for prog in candidates(dims, strategy, batch, item, grad, m, cached):
+        t = estimate(dims, prog, batch, item, grad, m, cached).seconds
         if top is None or t < top[0]:
             top = (t, prog)
     assert top is not None

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from . import contraction_cost as _cost
+
 __all__: list[str] = []
 
 Groups = tuple[tuple[int, int], ...]
@@ -57,12 +59,16 @@ def _step(s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int, eager_on
     With ``P == 1`` it is one GEMM. Otherwise ``torch.matmul`` runs a batched GEMM with ``a`` broadcast (no
     copies); when ``a`` requires grad it folds the batch into one GEMM instead, so that backward never
     materialises a per-slice gradient of ``a``. ``eager_one``: batch 1 outside torch.compile, where a single
-    slice is a plain GEMM (faster to dispatch than a broadcast one).
+    slice is a plain GEMM and, without gradients for ``a``, ``bmm`` over an expanded ``a`` dispatches faster.
     """
     if p == 1:
         return s.reshape(outer, k) @ a.t()
-    if eager_one and outer == 1:
-        return a @ s.reshape(k, p)
+    if eager_one:
+        if outer == 1:
+            return a @ s.reshape(k, p)
+        if not (a.requires_grad and torch.is_grad_enabled()):
+            # a few us less dispatch than torch.matmul's broadcast for these small batch-1 states
+            return torch.bmm(a.expand(outer, *a.shape), s.reshape(outer, k, p))
     return torch.matmul(a, s.reshape(outer, k, p))
 
 
@@ -71,43 +77,78 @@ def _eager_one(b: int) -> bool:
     return not torch.compiler.is_compiling() and type(b) is int and b == 1
 
 
-def sweep_rtl(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) -> torch.Tensor:
+Super = tuple[torch.Tensor, int, int]  # a group's super-core as the matrix a sweep step applies, its m_g, n_g
+
+
+def supers_of(cores: Sequence[torch.Tensor], groups: Groups, direction: str) -> list[Super]:
+    """Each group's super-core as the ``(Q, K)`` matrix its sweep step applies, with its ``m_g`` and ``n_g``."""
+    supers = []
+    for i, j in groups:
+        c = cores[i] if j - i == 1 else merge_cores(cores, i, j)
+        ra, mg, ng, rb = c.shape  # core shapes are static ints (parameters), even under torch.compile
+        if direction == "rtl":
+            supers.append((c.reshape(ra * mg, ng * rb), mg, ng))
+        else:
+            supers.append((c.permute(1, 3, 0, 2).reshape(mg * rb, ra * ng), mg, ng))
+    return supers
+
+
+def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | None = None) -> torch.Tensor:
+    """Run a sweep over prepared super-cores (:func:`supers_of`), in chunks of ``chunk`` rows if given.
+
+    Chunks keep large states in cache (inference); the super-cores are shared by all chunks.
+    """
+    fn = _rtl if direction == "rtl" else _ltr
+    if chunk is None or x2d.shape[0] <= chunk:
+        return fn(x2d, supers)
+    return torch.cat([fn(xc, supers) for xc in x2d.split(chunk)])
+
+
+def sweep_rtl(
+    x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups, chunk: int | None = None
+) -> torch.Tensor:
     """Right-to-left sweep: contract the last group first.
 
     The state ``(B, N_left, n_g, r_b, M_right)`` is row-major, so every step reads its ``(n_g r_b, M_right)``
     slices in place and writes ``(r_a m_g, M_right)`` ones, which are the next step's slices: no permutes.
+    ``chunk``: run the batch in chunks of that many rows, so that large states stay in cache (inference).
     """
+    return sweep(x2d, supers_of(cores, groups, "rtl"), "rtl", chunk)
+
+
+def _rtl(x2d: torch.Tensor, supers: list[Super]) -> torch.Tensor:
     b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
     one = _eager_one(b)
     s = x2d
     m_right = 1
     n_left = int(x2d.shape[1])
-    for i, j in reversed(groups):
-        c = cores[i] if j - i == 1 else merge_cores(cores, i, j)
-        ra, mg, ng, rb = c.shape  # core shapes are static ints (parameters), even under torch.compile
+    for a, mg, ng in reversed(supers):
         n_left //= ng
-        s = _step(s, c.reshape(ra * mg, ng * rb), b * n_left, ng * rb, m_right, one)
+        s = _step(s, a, b * n_left, a.shape[1], m_right, one)
         m_right *= mg
     return s.reshape(b, m_right)
 
 
-def sweep_ltr(x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) -> torch.Tensor:
+def sweep_ltr(
+    x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups, chunk: int | None = None
+) -> torch.Tensor:
     """Left-to-right sweep: contract the first group first.
 
     The state ``(B, M_left, r_a, n_g, N_right)`` is row-major; each step maps its ``(r_a n_g, N_right)`` slices to
-    ``(m_g r_b, N_right)`` ones in place, as in :func:`sweep_rtl`.
+    ``(m_g r_b, N_right)`` ones in place, as in :func:`sweep_rtl`. ``chunk`` as there.
     """
+    return sweep(x2d, supers_of(cores, groups, "ltr"), "ltr", chunk)
+
+
+def _ltr(x2d: torch.Tensor, supers: list[Super]) -> torch.Tensor:
     b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
     one = _eager_one(b)
     s = x2d
     m_left = 1
     n_right = int(x2d.shape[1])
-    for i, j in groups:
-        c = cores[i] if j - i == 1 else merge_cores(cores, i, j)
-        ra, mg, ng, rb = c.shape
+    for a, mg, ng in supers:
         n_right //= ng
-        a = c.permute(1, 3, 0, 2).reshape(mg * rb, ra * ng)
-        s = _step(s, a, b * m_left, ra * ng, n_right, one)
+        s = _step(s, a, b * m_left, a.shape[1], n_right, one)
         m_left *= mg
     return s.reshape(b, m_left)
 
@@ -132,18 +173,41 @@ def _batched(r: int, nl: int, nr: int) -> bool:
     return 4 * r <= min(nl, nr)
 
 
+# W (or dW) larger than _BLOCKED_ABOVE bytes is built (or permuted) in blocks of left row indices whose GEMM output
+# (BLOCK_BYTES) stays in cache, instead of one GEMM whose M*N output makes a round trip through DRAM first.
+BLOCK_BYTES = _cost.BLOCK_BYTES
+_BLOCKED_ABOVE = _cost.BLOCKED_ABOVE
+
+
+def _blocks(dims: tuple[int, ...], item: int) -> int:
+    """Left row indices per block of the blocked build (all of them when W is small or while compiling)."""
+    ml, nl, mr, nr = dims
+    if torch.compiler.is_compiling() or item * ml * nl * mr * nr <= _BLOCKED_ABOVE:
+        return ml
+    return max(1, BLOCK_BYTES // (item * nl * mr * nr))
+
+
 def build_full(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """W (M, N) from its halves.
 
     Small ranks: one GEMM per pair of (left, right) row indices, written straight into W's layout (the operands
-    broadcast, ``O(M (N_L + N_R) r)`` copies). Otherwise one GEMM and one permute of W.
+    broadcast, ``O(M (N_L + N_R) r)`` copies). Otherwise one GEMM and one permute of W; for a large W both in
+    blocks of left row indices, so that the GEMM's output is permuted while it is still in cache.
     """
     ml, nl, mr, nr = dims
     r = int(lmat.shape[1])
     if _batched(r, nl, nr):
         right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
         return torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
-    return (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
+    bs = _blocks(dims, lmat.element_size())
+    if bs >= ml:
+        return (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
+    w = torch.empty((ml, mr, nl, nr), dtype=lmat.dtype, device=lmat.device)
+    lm3 = lmat.reshape(ml, nl, r)
+    for a in range(0, ml, bs):
+        b = min(ml, a + bs)
+        w[a:b].copy_((lm3[a:b].reshape(-1, r) @ rmat).reshape(b - a, nl, mr, nr).permute(0, 2, 1, 3))
+    return w.reshape(ml * mr, nl * nr)
 
 
 def _grad_halves(
@@ -161,12 +225,26 @@ def _grad_halves(
             gr4 = torch.matmul(lmat.reshape(ml, 1, nl, r).transpose(-1, -2), gw4).sum(0)  # (M_R, r, N_R)
             gr = gr4.transpose(0, 1).reshape(r, mr * nr)
         return gl, gr
-    g = gw.reshape(ml, mr, nl, nr).permute(0, 2, 1, 3).reshape(ml * nl, mr * nr)
-    if need[0]:
-        gl = g @ rmat.t()
-    if need[1]:
-        gr = lmat.t() @ g
-    return gl, gr
+    bs = _blocks(dims, gw.element_size())
+    if bs >= ml:
+        g = gw.reshape(ml, mr, nl, nr).permute(0, 2, 1, 3).reshape(ml * nl, mr * nr)
+        if need[0]:
+            gl = g @ rmat.t()
+        if need[1]:
+            gr = lmat.t() @ g
+        return gl, gr
+    # large dW: permute a block of left row indices at a time and use it while it is in cache
+    gw4 = gw.reshape(ml, mr, nl, nr)
+    gls = []
+    for a in range(0, ml, bs):
+        b = min(ml, a + bs)
+        g = gw4[a:b].permute(0, 2, 1, 3).reshape((b - a) * nl, mr * nr)
+        if need[0]:
+            gls.append(g @ rmat.t())
+        if need[1]:
+            part = lmat[a * nl : b * nl].t() @ g
+            gr = part if gr is None else gr.add_(part)
+    return (torch.cat(gls) if need[0] else None), gr
 
 
 class FullLinear(torch.autograd.Function):

@@ -72,17 +72,24 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
 
 
 def linear_cores(
-    input: torch.Tensor, cores: tuple[torch.Tensor, ...], bias: torch.Tensor | None = None
+    input: torch.Tensor,
+    cores: tuple[torch.Tensor, ...],
+    bias: torch.Tensor | None = None,
+    cache: dict | None = None,
 ) -> torch.Tensor:
     """:func:`tt_linear` on cores that already form a valid TT-matrix (``TTLinear.forward``'s path).
 
     Skips building and validating a :class:`TensorTrain` view, which at batch 1 costs about as much as the
-    contraction itself; the operands are checked as in :func:`tt_linear`.
+    contraction itself; the operands are checked as in :func:`tt_linear`. ``cache``: the layer's dict for
+    merged super-cores kept between inference calls.
     """
     c0 = cores[0]
-    in_dims = tuple([int(c.shape[2]) for c in cores])
-    m, n = math.prod([int(c.shape[1]) for c in cores]), math.prod(in_dims)
+    m = n = 1
+    for c in cores:  # a plain loop: this runs on every layer call
+        m *= c.shape[1]
+        n *= c.shape[2]
     if input.dim() == 0 or input.shape[-1] != n:
+        in_dims = tuple(int(c.shape[2]) for c in cores)
         got = "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
         raise ShapeError(f"tt_linear: input has {got} but the TT weight has {n} columns (in dims {in_dims})")
     _check_operand("tt_linear", "input", input, c0)
@@ -90,10 +97,8 @@ def linear_cores(
         if tuple(bias.shape) != (m,):
             raise ShapeError(f"tt_linear: bias must have shape ({m},), got {tuple(bias.shape)}")
         _check_operand("tt_linear", "bias", bias, c0)
-    lead = input.shape[:-1]
     # x @ W^T with all leading dims as rows, in the order tensortrain.contraction's cost model picks.
-    out = contraction.linear(input.reshape(math.prod(lead), n), cores).reshape(*lead, m)
-    return out if bias is None else out + bias
+    return contraction.apply_unchecked(input, cores, bias, n, cache=cache)
 
 
 def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: torch.device) -> None:
