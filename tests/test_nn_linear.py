@@ -307,16 +307,19 @@ def test_inference_reuses_merged_cores_until_they_change(monkeypatch):
     layer = tutorial_layer(4, dtype=torch.float64)
     x = torch.randn(1, 784, dtype=torch.float64)
     builds = []
-    real = contraction_exec.supers_of
-    monkeypatch.setattr(contraction_exec, "supers_of", lambda *a: builds.append(1) or real(*a))
+    real = contraction_exec.super_of
+    monkeypatch.setattr(contraction_exec, "super_of", lambda *a: builds.append(1) or real(*a))
 
     def dense_out() -> torch.Tensor:
         return layer.to_linear()(x)
 
     with torch.no_grad():
-        assert layer.plan(1, requires_grad=False).kind == "sweep"
-        y1, y2 = layer(x), layer(x)
-        assert len(builds) == 1 and torch.equal(y1, y2)
+        plan = layer.plan(1, requires_grad=False)
+        assert plan.kind == "sweep" and len(plan.groups) == 2  # merged pairs, kept between calls
+        y1 = layer(x)
+        assert len(builds) == 2
+        y2 = layer(x)
+        assert len(builds) == 2 and torch.equal(y1, y2)
         assert_close(y1, dense_out())
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     layer(x).sum().backward()  # training: never cached
@@ -324,7 +327,7 @@ def test_inference_reuses_merged_cores_until_they_change(monkeypatch):
     with torch.no_grad():
         n = len(builds)
         assert_close(layer(x), dense_out())
-        assert len(builds) == n + 1
+        assert len(builds) == n + 2
         layer.load_state_dict({k: v * 2 for k, v in layer.state_dict().items()})
         assert_close(layer(x), dense_out())
         layer.cores[1].data = layer.cores[1].data * 3  # a new storage
@@ -337,3 +340,16 @@ def test_inference_reuses_merged_cores_until_they_change(monkeypatch):
     with torch.no_grad():
         assert_close(clone(x), layer(x))
     assert_close(pickle.loads(pickle.dumps(layer))(x), layer(x))
+
+
+@pytest.mark.parametrize("rank", [4, 16])
+def test_inference_cache_stays_tt_sized(rank):
+    """Whatever the plan, the kept merged groups are at most CACHE_FACTOR times the cores, never W."""
+    from tensortrain.contraction_cost import CACHE_FACTOR
+
+    layer = tutorial_layer(rank)
+    with torch.no_grad():
+        for batch in (1, 8, 64, 1024):
+            layer(torch.randn(batch, 784))
+    kept = [t for _, _, supers, _ in layer._cache.values() for t in supers if t is not None]
+    assert sum(a.numel() for a, _, _ in kept) <= CACHE_FACTOR * layer.num_tt_parameters()

@@ -353,23 +353,34 @@ def _run(
 
 
 def _cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, direction: str) -> list:
-    """The sweep's super-cores from a layer's cache, rebuilt when any core changed (inference only).
+    """The sweep's super-cores, the small ones kept in a layer's cache and rebuilt when a core changed.
 
-    A core counts as unchanged while it is the same tensor object with the same storage address, shape and
-    version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``).
-    The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
-    through ``.data`` bypass the version counter, as they bypass autograd's own checks: after those, call the
-    layer's ``clear_cache()``.
+    Only groups that pass :func:`~tensortrain.contraction_cost.cacheable` are kept (at most a few times the
+    size of their cores, never the dense weight); the others are merged on every call. A core counts as
+    unchanged while it is the same tensor object with the same storage address, shape and version counter (every
+    in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``). The entry holds the
+    cores' old storages, so a freed address cannot come back as a false match. Writes through ``.data``
+    bypass the version counter, as they bypass autograd's own checks: after those, call the layer's
+    ``clear_cache()``.
     """
     stamp = tuple((c.data_ptr(), c._version, c.shape) for c in cores)
     hit = cache.get((groups, direction))
-    if hit is not None and hit[0] == stamp and all(a is b for a, b in zip(hit[1], cores, strict=True)):
-        return hit[2]
-    with torch.no_grad():
-        supers = _exec.supers_of(cores, groups, direction)
-    # detach() shares the storage (keeping it alive) without autograd history
-    cache[(groups, direction)] = (stamp, tuple(cores), supers, tuple(c.detach() for c in cores))
-    return supers
+    if hit is None or hit[0] != stamp or not all(a is b for a, b in zip(hit[1], cores, strict=True)):
+        dims = _dims(cores)
+        with torch.no_grad():
+            kept = [
+                _exec.super_of(cores, i, j, direction) if _cost.cacheable(dims, i, j) else None
+                for i, j in groups
+            ]
+        # detach() shares the storage (keeping it alive) without autograd history
+        hit = cache[(groups, direction)] = (stamp, tuple(cores), kept, tuple(c.detach() for c in cores))
+    kept = hit[2]
+    if all(k is not None for k in kept):
+        return kept
+    return [
+        k if k is not None else _exec.super_of(cores, i, j, direction)
+        for k, (i, j) in zip(kept, groups, strict=True)
+    ]
 
 
 def linear(

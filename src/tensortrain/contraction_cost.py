@@ -106,6 +106,18 @@ def merge_cost(dims: Dims, i: int, j: int, item: int) -> _Acc:
     return _Acc(flops, stream, 2 * item * p * ranks[j], 2 * (j - i), 0)
 
 
+# A layer may keep a merged group between inference calls only while it is at most this many times the size of
+# the cores it merges: the cache stays TT-sized (pairs of cores are 1-5x) and never becomes the dense weight.
+CACHE_FACTOR = 8
+
+
+def cacheable(dims: Dims, i: int, j: int) -> bool:
+    """Whether the merged group ``[i, j)`` is small enough for a layer to keep between inference calls."""
+    rows, cols, ranks = dims
+    merged = ranks[i] * prod(rows[i:j]) * prod(cols[i:j]) * ranks[j]
+    return merged <= CACHE_FACTOR * sum(ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(i, j))
+
+
 def _state_per_row(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int]:
     """Elements per batch row of the sweep state before and after contracting group ``[i, j)``."""
     rows, cols, ranks = dims
@@ -140,7 +152,8 @@ def step_cost(
         outer, p = batch * prod(rows[:i]), prod(cols[j:])
         k, q = ranks[i] * ng, mg * ranks[j]
         first = i == 0
-    acc = _Acc() if cached else merge_cost(dims, i, j, item)  # cached: a layer kept the merged group
+    # cached: a layer keeps the merged group between inference calls (if it is small enough to keep)
+    acc = _Acc() if cached and cacheable(dims, i, j) else merge_cost(dims, i, j, item)
     state_in, state_out = outer * k * p, outer * q * p
     traffic = item * (state_in + state_out + q * k)
     # intermediates beyond the last-level cache stream from DRAM: price them like strided copies; inference

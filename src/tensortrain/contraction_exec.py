@@ -82,15 +82,16 @@ Super = tuple[torch.Tensor, int, int]  # a group's super-core as the matrix a sw
 
 def supers_of(cores: Sequence[torch.Tensor], groups: Groups, direction: str) -> list[Super]:
     """Each group's super-core as the ``(Q, K)`` matrix its sweep step applies, with its ``m_g`` and ``n_g``."""
-    supers = []
-    for i, j in groups:
-        c = cores[i] if j - i == 1 else merge_cores(cores, i, j)
-        ra, mg, ng, rb = c.shape  # core shapes are static ints (parameters), even under torch.compile
-        if direction == "rtl":
-            supers.append((c.reshape(ra * mg, ng * rb), mg, ng))
-        else:
-            supers.append((c.permute(1, 3, 0, 2).reshape(mg * rb, ra * ng), mg, ng))
-    return supers
+    return [super_of(cores, i, j, direction) for i, j in groups]
+
+
+def super_of(cores: Sequence[torch.Tensor], i: int, j: int, direction: str) -> Super:
+    """Group ``[i, j)``'s super-core as the ``(Q, K)`` matrix a sweep step applies, with ``m_g`` and ``n_g``."""
+    c = cores[i] if j - i == 1 else merge_cores(cores, i, j)
+    ra, mg, ng, rb = c.shape  # core shapes are static ints (parameters), even under torch.compile
+    if direction == "rtl":
+        return (c.reshape(ra * mg, ng * rb), mg, ng)
+    return (c.permute(1, 3, 0, 2).reshape(mg * rb, ra * ng), mg, ng)
 
 
 def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | None = None) -> torch.Tensor:
