@@ -67,10 +67,16 @@ def test_gradcheck_full_function_and_sweeps(gen, raw, ranks):
     x = torch.randn(3, n, generator=gen, dtype=torch.float64, requires_grad=True)
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
+    bias = torch.randn(dense_of(cores).shape[0], generator=gen, dtype=torch.float64, requires_grad=True)
     for keep in (False, True):
-        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, dims, keep)  # noqa: E731
+        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
+        fb = lambda a, b, c, bb, keep=keep: FullLinear.apply(a, b, c, bb, dims, keep)  # noqa: E731
+        assert torch.autograd.gradcheck(fb, (x, lmat, rmat, bias))  # bias fused into the GEMM
     for p in C.enumerate_plans(cores, 3, requires_grad=True):
+        assert torch.autograd.gradcheck(
+            lambda a, bb, *cs, p=p: C.linear(a, cs, bb, strategy=p), (x, bias, *cores)
+        )
         assert torch.autograd.gradcheck(lambda a, *cs, p=p: C.linear(a, cs, strategy=p), (x, *cores))
 
 
@@ -89,7 +95,7 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
     assert contraction_exec._blocks(dims, 8) == 2
     assert_close(contraction_exec.build_full(lmat, rmat, dims), want)
     for keep in (False, True):
-        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, dims, keep)  # noqa: E731
+        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
 
 

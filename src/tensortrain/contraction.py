@@ -331,12 +331,29 @@ def enumerate_plans(
 
 
 def _run(
-    prog: Program, x2d: torch.Tensor, cores: Sequence[torch.Tensor], grad: bool, cache: dict | None = None
+    prog: Program,
+    x2d: torch.Tensor,
+    cores: Sequence[torch.Tensor],
+    bias: torch.Tensor | None,
+    grad: bool,
+    cache: dict | None = None,
 ) -> torch.Tensor:
+    """``x2d @ W^T + bias`` by ``prog``: the full plan fuses the bias into its GEMM, sweeps add it after."""
     kind, direction, groups = prog
     if kind == "full":
-        return _exec.full_linear(x2d, cores, groups[0][1], direction == "keep")
-    direction = str(direction)
+        return _exec.full_linear(x2d, cores, groups[0][1], direction == "keep", bias)
+    y = _sweep(x2d, cores, groups, str(direction), grad, cache)
+    return y if bias is None else y + bias
+
+
+def _sweep(
+    x2d: torch.Tensor,
+    cores: Sequence[torch.Tensor],
+    groups: Groups,
+    direction: str,
+    grad: bool,
+    cache: dict | None,
+) -> torch.Tensor:
     chunk = None
     b = x2d.shape[0]
     eager = not torch.compiler.is_compiling()
@@ -466,12 +483,9 @@ def apply_unchecked(
     x2d = x.reshape(-1, n)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
     cached = cache is not None and not grad and not torch.compiler.is_compiling()
-    y = _run(
-        _program(cores, x2d.shape[0], grad, strategy, cached), x2d, cores, grad, cache if cached else None
-    )
-    if len(lead) != 1:
-        y = y.reshape(*lead, y.shape[-1])
-    return y if bias is None else y + bias
+    prog = _program(cores, x2d.shape[0], grad, strategy, cached)
+    y = _run(prog, x2d, cores, bias, grad, cache if cached else None)
+    return y if len(lead) == 1 else y.reshape(*lead, y.shape[-1])
 
 
 def tt_dense_matmul(

@@ -249,22 +249,29 @@ def _grad_halves(
 
 
 class FullLinear(torch.autograd.Function):
-    """``y = x @ W^T`` with ``W`` built from its two halves; backward either keeps ``W`` or rebuilds it.
+    """``y = x @ W^T (+ bias)`` with ``W`` built from its two halves; backward either keeps ``W`` or rebuilds it.
 
     With ``keep=False`` it saves ``x`` and the halves (``O((M_L N_L + M_R N_R) r)`` numbers) rather than the
     dense ``W`` (``M N``), at the price of rebuilding ``W`` in backward. Either way the halves' gradients come
-    from the gradient of ``W`` without autograd's bookkeeping of the build.
+    from the gradient of ``W`` without autograd's bookkeeping of the build. The bias is fused into the GEMM
+    (``addmm``, as ``nn.Linear``), saving a pass over the output.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x2d: torch.Tensor, lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...], keep: bool
+        ctx: Any,
+        x2d: torch.Tensor,
+        lmat: torch.Tensor,
+        rmat: torch.Tensor,
+        bias: torch.Tensor | None,
+        dims: tuple[int, ...],
+        keep: bool,
     ) -> torch.Tensor:
         w = build_full(lmat, rmat, dims)
         ctx.dims = dims
         ctx.keep = keep
         ctx.save_for_backward(x2d, lmat, rmat, *((w,) if keep else ()))
-        return x2d @ w.t()
+        return x2d @ w.t() if bias is None else torch.addmm(bias, x2d, w.t())
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
@@ -275,14 +282,21 @@ class FullLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             need = (ctx.needs_input_grad[1], ctx.needs_input_grad[2])
             gl, gr = _grad_halves(gy.t() @ x2d, lmat, rmat, ctx.dims, need)
-        return gx, gl, gr, None, None
+        gb = gy.sum(0) if ctx.needs_input_grad[3] else None
+        return gx, gl, gr, gb, None, None
 
 
-def full_linear(x2d: torch.Tensor, cores: Sequence[torch.Tensor], split: int, keep: bool) -> torch.Tensor:
-    """``x @ W^T`` by building ``W`` from two halves split before core ``split``, then one GEMM."""
+def full_linear(
+    x2d: torch.Tensor, cores: Sequence[torch.Tensor], split: int, keep: bool, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ W^T (+ bias)`` by building ``W`` from two halves split before core ``split``, then one GEMM."""
     lmat, rmat, dims = halves(cores, split)
     if torch.compiler.is_compiling():
         # Dynamo instantiates custom Functions (a DeprecationWarning in torch 2.13); compiled graphs get plain
         # autograd here and leave memory planning to the compiler.
-        return x2d @ build_full(lmat, rmat, dims).t()
-    return FullLinear.apply(x2d, lmat, rmat, dims, keep)
+        y = x2d @ build_full(lmat, rmat, dims).t()
+        return y if bias is None else y + bias
+    if not torch.is_grad_enabled():  # inference: no autograd Function to dispatch
+        w = build_full(lmat, rmat, dims)
+        return x2d @ w.t() if bias is None else torch.addmm(bias, x2d, w.t())
+    return FullLinear.apply(x2d, lmat, rmat, bias, dims, keep)
