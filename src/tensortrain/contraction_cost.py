@@ -168,7 +168,9 @@ def step_cost(
     )
     saved = 0
     if grad:
-        if p > 1:  # torch.matmul folds the batch (a transposed copy of the state in, one of the product out)
+        # rtl: torch.matmul folds the batch (a transposed copy of the state in, one of the product out); ltr
+        # runs contraction_exec.SweepFunction, batched GEMMs on the slices in place
+        if p > 1 and direction == "rtl":
             acc += _Acc(0, 0, 2 * item * (state_in + state_out), 2, -acc.slices)
         saved = 0 if (first and p == 1) else state_in  # the (folded) input is kept; x itself is the caller's
     return acc, saved
