@@ -31,12 +31,13 @@ class Machine(NamedTuple):
     slice: float  # seconds per slice of a batched GEMM
 
 
-# cpu: a 2-core AVX-512 EPYC running MKL. Set by eye, then the permute bandwidth raised from 2.5e9 after
-# benchmarks/calibrate.py timed 7-12 candidate plans of every benchmark case: the planner's geometric-mean regret
-# (measured time of its choice over the fastest plan's) went from 1.106x to 1.085x with no case worse. Least
-# squares over all five constants predicts times better but chooses worse in some cases. cuda: a guess.
+# cpu: a 2-core AVX-512 EPYC running MKL. Set by eye, then the permute bandwidth raised from 2.5e9 to 1e10 after
+# benchmarks/calibrate.py timed 7-12 candidate plans of every benchmark case: with the doubled price of training
+# GEMMs on DRAM-sized states (step_cost) the planner's geometric-mean regret (measured time of its choice over the
+# fastest plan's) went from 1.124x to 1.073x. Least squares over all five constants predicts times about as well
+# but chooses no better. cuda: a guess.
 MACHINES: dict[str, Machine] = {
-    "cpu": Machine(1.0e11, 1.0e10, 5.0e9, 5.0e-6, 5.0e-8),
+    "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8),
     "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9),
 }
 DEFAULT_MACHINE = Machine(1.0e12, 2.0e11, 5.0e10, 8.0e-6, 1.0e-9)
@@ -163,9 +164,10 @@ def step_cost(
     if not grad and item * max(state_in, state_out) > CHUNK_BYTES:
         per_chunk = max(1, CHUNK_BYTES // (item * max(state_in, state_out) // batch))
         chunks = -(-batch // per_chunk)
-    acc += _Acc(
-        2 * outer * q * k * p, 0 if big else traffic, traffic if big else 0, 3 * chunks, outer if p > 1 else 0
-    )
+    # training GEMMs on DRAM-sized states ran at a third of the dense GEMM's rate (benchmarks/calibrate.py,
+    # 4096x4096 rank 16 at batch 1024): price their FLOPs double
+    flops = 2 * outer * q * k * p * (2 if big else 1)
+    acc += _Acc(flops, 0 if big else traffic, traffic if big else 0, 3 * chunks, outer if p > 1 else 0)
     saved = 0
     if grad:
         # rtl: torch.matmul folds the batch (a transposed copy of the state in, one of the product out); ltr
