@@ -116,8 +116,10 @@ def test_training_ltr_sweeps_use_the_sweep_function(gen, monkeypatch):
         E.SweepFunction, "apply", lambda *a, real=E.SweepFunction.apply: calls.append(1) or real(*a)
     )
     cores = [c.requires_grad_(True) for c in random_cores(((2, 3), (3, 2)), (1, 2, 1), gen=gen)]
-    x = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    x = torch.randn(8, 6, generator=gen, dtype=torch.float64)
     C.linear(x, cores, strategy="grouped_ltr").sum().backward()
+    assert calls == [1]
+    C.linear(x[:2], cores, strategy="grouped_ltr").sum().backward()  # tiny batch: autograd's matmul
     assert calls == [1]
     with torch.no_grad():
         C.linear(x, cores, strategy="grouped_ltr")  # inference: plain batched products

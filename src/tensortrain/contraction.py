@@ -364,9 +364,10 @@ def _sweep(
         chunk = _CHUNK_CACHE.get(key)
         if chunk is None:
             chunk = _CHUNK_CACHE[key] = _cost.chunk_rows(_dims(cores), groups, direction, 2**62, key[-1])
-    if grad and direction == "ltr":
+    if grad and direction == "ltr" and type(b) is int and b >= _cost.SWEEP_FUNCTION_MIN_BATCH:
         # training: a hand-written backward without matmul's folding copies (measured faster for ltr sweeps
-        # only: rtl's first batched step has few output rows per slice and runs better folded)
+        # only, rtl's first batched step has few output rows per slice and runs better folded; and not at
+        # tiny batches, where the Function's own overhead is the larger cost)
         return _exec.sweep_trained(x2d, _exec.supers_of(cores, groups, direction), direction)
     if cache is None:
         return _exec.sweep(x2d, _exec.supers_of(cores, groups, direction), direction, chunk)

@@ -47,6 +47,8 @@ CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the sl
 # Inference sweeps whose states would outgrow the cache run the batch in chunks of rows whose largest state fits
 # in this many bytes (measured best on the 2-core EPYC: 32 rows for 4096x4096 rank 16, 128 for 768x3072).
 CHUNK_BYTES = 8 * 2**20
+# Training ltr sweeps of at least this many rows run contraction_exec.SweepFunction (below, autograd's matmul).
+SWEEP_FUNCTION_MIN_BATCH = 8
 # A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES (see contraction_exec.build_full).
 BLOCKED_ABOVE = 32 * 2**20
 BLOCK_BYTES = 4 * 2**20
@@ -172,7 +174,7 @@ def step_cost(
     if grad:
         # rtl: torch.matmul folds the batch (a transposed copy of the state in, one of the product out); ltr
         # runs contraction_exec.SweepFunction, batched GEMMs on the slices in place
-        if p > 1 and direction == "rtl":
+        if p > 1 and (direction == "rtl" or batch < SWEEP_FUNCTION_MIN_BATCH):
             acc += _Acc(0, 0, 2 * item * (state_in + state_out), 2, -acc.slices)
         saved = 0 if (first and p == 1) else state_in  # the (folded) input is kept; x itself is the caller's
     return acc, saved
