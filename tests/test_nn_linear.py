@@ -353,3 +353,18 @@ def test_inference_cache_stays_tt_sized(rank):
             layer(torch.randn(batch, 784))
     kept = [t for _, _, supers, _ in layer._cache.values() for t in supers if t is not None]
     assert sum(a.numel() for a, _, _ in kept) <= CACHE_FACTOR * layer.num_tt_parameters()
+
+
+def test_inference_mode_layers_and_inputs():
+    """A layer made under torch.inference_mode (no version counters) runs uncached; others cache as usual."""
+    x = torch.randn(2, 784)
+    with torch.inference_mode():
+        made_inside = tutorial_layer(4)
+        assert_close(made_inside(x), made_inside.to_linear()(x))
+        assert made_inside._cache == {}
+    layer = tutorial_layer(4)
+    with torch.inference_mode():
+        y = layer(x)
+    with torch.no_grad():
+        assert_close(y, layer(x))
+        assert_close(layer(x), layer.to_linear()(x))

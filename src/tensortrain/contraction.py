@@ -385,6 +385,8 @@ def _cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, d
     bypass the version counter, as they bypass autograd's own checks: after those, call the layer's
     ``clear_cache()``.
     """
+    if any(c.is_inference() for c in cores):  # made under torch.inference_mode: no version counter to watch
+        return _exec.supers_of(cores, groups, direction)
     stamp = tuple((c.data_ptr(), c._version, c.shape) for c in cores)
     hit = cache.get((groups, direction))
     if hit is None or hit[0] != stamp or not all(a is b for a, b in zip(hit[1], cores, strict=True)):
