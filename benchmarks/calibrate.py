@@ -101,6 +101,7 @@ def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
                             "batch": batch,
                             "grad": grad,
                             "program": [p[0], p[1], [list(g) for g in p[2]]],
+                            "dims": [list(v) for v in dims],
                             "describe": C._make_plan(dims, p, batch, item, "cpu", grad).describe(),
                             "seconds": times[str(i)],
                             "features": features(dims, p, batch, item, grad),
@@ -112,6 +113,19 @@ def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
                     flush=True,
                 )
     return rows
+
+
+def refeature(rows: list[dict[str, Any]]) -> None:
+    """Recompute saved rows' features with the cost model as it is now (timings stay as measured)."""
+    dims_of = {}
+    for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
+        layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
+        dims_of[name] = C._dims(tuple(layer.cores))
+    for r in rows:
+        dims = tuple(tuple(v) for v in r["dims"]) if "dims" in r else dims_of[r["case"]]
+        kind, direction, groups = r["program"]
+        prog = (kind, direction, tuple(tuple(g) for g in groups))
+        r["features"] = features(dims, prog, r["batch"], 4, r["grad"])  # type: ignore[arg-type]
 
 
 def nnls_relative(rows: list[dict[str, Any]]) -> list[float]:
@@ -188,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         "--slow", type=float, default=3.0, help="time a plan only once if its first call is slower"
     )
     ap.add_argument("--json", default=None, help="write measurements, fit and regrets here")
-    ap.add_argument("--load", default=None, help="refit from a JSON written earlier instead of measuring")
+    ap.add_argument(
+        "--load", default=None, help="refit from the timings of a JSON written earlier (features recomputed)"
+    )
     ap.add_argument(
         "--search",
         type=int,
@@ -200,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.load:
         with open(args.load) as f:
             rows = json.load(f)["rows"]
+        refeature(rows)
     else:
         print(f"timing plans at {args.threads} threads (torch {torch.__version__}) ...", flush=True)
         rows = measure(args.repeats, args.slow)
