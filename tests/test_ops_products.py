@@ -89,6 +89,21 @@ def test_matmul_dense_broadcasts_against_batch(gen):
     assert_close(y @ w, y @ wd)
 
 
+def test_dense_matmul_tt_goes_straight_to_matmul(gen, monkeypatch):
+    """``x @ tt`` and ``torch.matmul(x, tt)`` reach tt.matmul through __torch_function__, without torch's failed
+    attempt first; other torch functions given a TT object still decline with a TypeError."""
+    w = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    y = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    seen = []
+    real = ops.matmul
+    monkeypatch.setattr(ops, "matmul", lambda a, b: seen.append(type(a).__name__) or real(a, b))
+    assert_close(y @ w, y @ ops.full(w))
+    assert_close(torch.matmul(y, w), y @ ops.full(w))
+    assert seen == ["Tensor", "Tensor"]
+    with pytest.raises(TypeError):
+        torch.add(y[:, :4], w)
+
+
 def test_matmul_vectors(gen):
     w = random_tt(((2, 3), (4, 2)), (1, 3, 1), gen=gen)
     wd = ops.full(w)
