@@ -140,6 +140,17 @@ def test_add_float32(gen):
     assert_close(ops.full(a + b), ops.full(a) + ops.full(b))
 
 
+def test_sum_of_a_list(gen):
+    """Python's sum() starts from the int 0, which TT addition takes as the identity; other numbers are refused."""
+    tts = [random_tt((3, 4, 2), (1, 2, 2, 1), gen=gen) for _ in range(3)]
+    assert_close(ops.full(sum(tts)), sum(ops.full(t) for t in tts))
+    assert sum(tts[:1]) is tts[0]
+    with pytest.raises(TypeError):
+        1 + tts[0]
+    with pytest.raises(TypeError):
+        0.0 + tts[0]
+
+
 def test_add_gradcheck(gen):
     ca = [c.requires_grad_() for c in random_cores((2, 3, 2), (1, 2, 2, 1), gen=gen)]
     cb = [c.requires_grad_() for c in random_cores((2, 3, 2), (1, 1, 2, 1), gen=gen)]
@@ -159,7 +170,7 @@ def test_add_errors(gen):
     with pytest.raises(TypeError, match="add: second operand is a float.*tensor_ones"):
         ops.add(a, 1.0)
     with pytest.raises(TypeError, match="add: first operand is a int"):
-        _ = 0 + a
+        _ = 1 + a
     with pytest.raises(TypeError, match="subtract: second operand is a Tensor"):
         _ = a - torch.ones(2, 3)
     with pytest.raises(TypeError, match="add: second operand must be a TensorTrain"):

@@ -243,6 +243,8 @@ class TensorTrainBase:
     def __radd__(self, other: Any) -> Any:
         from . import ops
 
+        if type(other) is int and other == 0:  # sum(list_of_tts) starts from 0
+            return self
         return ops.add(other, self)
 
     def __sub__(self, other: Any) -> Any:
