@@ -258,14 +258,20 @@ def test_forced_strategies_are_respected():
 
 @pytest.mark.parametrize("strategy", ["grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"])
 def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy):
-    """A sweep whose states outgrow CHUNK_BYTES runs in chunks of rows: same values, chunked calls."""
+    """A sweep whose states outgrow CACHE_BYTES runs in chunks of CHUNK_BYTES: same values, chunked calls."""
     from tensortrain import contraction_cost, contraction_exec
 
     cores = random_cores(((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1), gen=gen)
     x = torch.randn(37, 30, generator=gen, dtype=torch.float64)
     want = x @ dense_of(cores).T
-    monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", 8 * 40 * 8)  # 8 rows of the largest state (40)
+    plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
+    per_row = max(
+        max(contraction_cost._state_per_row(C._dims(cores), i, j, plan.direction)) for i, j in plan.groups
+    )
+    monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
+    monkeypatch.setattr(contraction_cost, "CACHE_BYTES", 8 * per_row * 30)  # up to 30 rows run whole
     C.clear_plan_cache()
+    assert C.plan(cores, 37, strategy=strategy, requires_grad=False).groups == plan.groups
     calls = []
     for name in ("_rtl", "_ltr"):
         fn = getattr(contraction_exec, name)
@@ -273,15 +279,11 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
             contraction_exec, name, lambda x2d, supers, fn=fn: calls.append(x2d.shape[0]) or fn(x2d, supers)
         )
     with torch.no_grad():
-        got = C.linear(x, cores, strategy=strategy)
-    assert_close(got, want)
-    per_row = max(
-        max(contraction_cost._state_per_row(C._dims(cores), i, j, p.direction))
-        for p in [C.plan(cores, 37, strategy=strategy, requires_grad=False)]
-        for i, j in p.groups
-    )
-    rows = 8 * 40 * 8 // (8 * per_row)
-    assert rows < 37 and calls == [rows] * (37 // rows) + ([37 % rows] if 37 % rows else [])
+        assert_close(C.linear(x, cores, strategy=strategy), want)
+        assert calls == [8, 8, 8, 8, 5]
+        calls.clear()
+        assert_close(C.linear(x[:30], cores, strategy=strategy), want[:30])  # fits the "cache": one pass
+        assert calls == [30]
     calls.clear()
     xg = x.clone().requires_grad_(True)
     assert_close(C.linear(xg, cores, strategy=strategy), want)  # training: one pass, states kept for backward

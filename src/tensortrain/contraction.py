@@ -125,7 +125,7 @@ class ContractionPlan:
 
 # ------------------------------------------------------------------------------------------ validation, cache
 _PLAN_CACHE: dict[tuple, Program] = {}
-_CHUNK_CACHE: dict[tuple, int] = {}  # rows per chunk of an inference sweep, per (core shapes, groups, ...)
+_CHUNK_CACHE: dict[tuple, tuple[int, int]] = {}  # inference sweeps' chunking, per (core shapes, groups, ...)
 # Under torch.compile the batch size may be a symbol (dynamic shapes) and dynamo cannot tell us which: reading
 # its value would specialise the graph, so compiled code is planned for this batch size (every plan is exact,
 # only speed differs).
@@ -361,9 +361,10 @@ def _sweep(
         # inference: large batches run in chunks of rows so that the sweep's states stay in cache (training
         # keeps every state for backward anyway, and compiled graphs keep their batch symbolic)
         key = (tuple(c.shape for c in cores), groups, direction, cores[0].element_size())
-        chunk = _CHUNK_CACHE.get(key)
-        if chunk is None:
-            chunk = _CHUNK_CACHE[key] = _cost.chunk_rows(_dims(cores), groups, direction, 2**62, key[-1])
+        rows = _CHUNK_CACHE.get(key)
+        if rows is None:
+            rows = _CHUNK_CACHE[key] = _cost.chunking(_dims(cores), groups, direction, key[-1])
+        chunk = rows[0] if b > rows[1] else None  # (rows per chunk, the largest batch that runs whole)
     if grad and direction == "ltr" and type(b) is int and b >= _cost.SWEEP_FUNCTION_MIN_BATCH:
         # training: a hand-written backward without matmul's folding copies (measured faster for ltr sweeps
         # only, rtl's first batched step has few output rows per slice and runs better folded; and not at

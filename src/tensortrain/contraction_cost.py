@@ -44,8 +44,9 @@ DEFAULT_MACHINE = Machine(1.0e12, 2.0e11, 5.0e10, 8.0e-6, 1.0e-9)
 
 
 CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the slower (DRAM, permute) bandwidth
-# Inference sweeps whose states would outgrow the cache run the batch in chunks of rows whose largest state fits
-# in this many bytes (measured best on the 2-core EPYC: 32 rows for 4096x4096 rank 16, 128 for 768x3072).
+# Inference sweeps whose states would outgrow the cache (CACHE_BYTES) run the batch in chunks of rows whose largest
+# state fits in this many bytes (measured best on the 2-core EPYC: 32 rows for 4096x4096 rank 16, 128 for
+# 768x3072); states that fit the cache run whole (784x625 rank 4 at batch 1024 ran slower in chunks).
 CHUNK_BYTES = 8 * 2**20
 # Training ltr sweeps of at least this many rows run contraction_exec.SweepFunction (below, autograd's matmul).
 SWEEP_FUNCTION_MIN_BATCH = 8
@@ -132,10 +133,14 @@ def _state_per_row(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int
     return outer * k * p, outer * q * p
 
 
-def chunk_rows(dims: Dims, groups: Groups, direction: str, batch: int, item: int) -> int:
-    """Rows per chunk for an inference sweep: the whole batch unless a state would exceed CHUNK_BYTES."""
-    per_row = max(max(_state_per_row(dims, i, j, direction)) for i, j in groups)
-    return max(1, min(int(batch), CHUNK_BYTES // (item * per_row)))
+def chunking(dims: Dims, groups: Groups, direction: str, item: int) -> tuple[int, int]:
+    """How an inference sweep splits its batch: ``(rows per chunk, largest batch that runs whole)``.
+
+    A batch whose largest state fits the last-level cache (CACHE_BYTES) runs whole; a larger one runs in
+    chunks whose largest state is CHUNK_BYTES.
+    """
+    per_row = item * max(max(_state_per_row(dims, i, j, direction)) for i, j in groups)
+    return max(1, CHUNK_BYTES // per_row), max(1, CACHE_BYTES // per_row)
 
 
 def step_cost(
@@ -163,7 +168,7 @@ def step_cost(
     # runs such sweeps in chunks of rows instead (more launches, cache-resident states)
     big = grad and item * max(state_in, state_out) > CACHE_BYTES
     chunks = 1
-    if not grad and item * max(state_in, state_out) > CHUNK_BYTES:
+    if not grad and item * max(state_in, state_out) > CACHE_BYTES:
         per_chunk = max(1, CHUNK_BYTES // (item * max(state_in, state_out) // batch))
         chunks = -(-batch // per_chunk)
     # training GEMMs on DRAM-sized states ran at a third of the dense GEMM's rate (benchmarks/calibrate.py,
