@@ -122,14 +122,21 @@ def cacheable(dims: Dims, i: int, j: int) -> bool:
     return merged <= CACHE_FACTOR * sum(ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(i, j))
 
 
-def _state_per_row(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int]:
-    """Elements per batch row of the sweep state before and after contracting group ``[i, j)``."""
+def step_shape(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int, int, int]:
+    """``(outer per batch row, K, P, Q)`` of the sweep step contracting group ``[i, j)``.
+
+    The step maps ``outer`` slices ``(K, P)`` of the state to ``(Q, P)`` with the super-core ``(Q, K)``.
+    """
     rows, cols, ranks = dims
     mg, ng = prod(rows[i:j]), prod(cols[i:j])
     if direction == "rtl":
-        outer, p, k, q = prod(cols[:i]), prod(rows[j:]), ng * ranks[j], mg * ranks[i]
-    else:
-        outer, p, k, q = prod(rows[:i]), prod(cols[j:]), ranks[i] * ng, mg * ranks[j]
+        return prod(cols[:i]), ng * ranks[j], prod(rows[j:]), mg * ranks[i]
+    return prod(rows[:i]), ranks[i] * ng, prod(cols[j:]), mg * ranks[j]
+
+
+def _state_per_row(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int]:
+    """Elements per batch row of the sweep state before and after contracting group ``[i, j)``."""
+    outer, k, p, q = step_shape(dims, i, j, direction)
     return outer * k * p, outer * q * p
 
 
@@ -146,20 +153,10 @@ def chunking(dims: Dims, groups: Groups, direction: str, item: int) -> tuple[int
 def step_cost(
     dims: Dims, i: int, j: int, direction: str, batch: int, item: int, grad: bool, cached: bool = False
 ) -> tuple[_Acc, int]:
-    """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps.
-
-    Each step maps ``outer`` slices ``(K, P)`` of the state to ``(Q, P)`` with the super-core ``(Q, K)``.
-    """
-    rows, cols, ranks = dims
-    mg, ng = prod(rows[i:j]), prod(cols[i:j])
-    if direction == "rtl":
-        outer, p = batch * prod(cols[:i]), prod(rows[j:])
-        k, q = ng * ranks[j], mg * ranks[i]
-        first = j == len(rows)
-    else:
-        outer, p = batch * prod(rows[:i]), prod(cols[j:])
-        k, q = ranks[i] * ng, mg * ranks[j]
-        first = i == 0
+    """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps."""
+    outer, k, p, q = step_shape(dims, i, j, direction)
+    outer *= batch
+    first = j == len(dims[0]) if direction == "rtl" else i == 0
     # cached: a layer keeps the merged group between inference calls (if it is small enough to keep)
     acc = _Acc() if cached and cacheable(dims, i, j) else merge_cost(dims, i, j, item)
     state_in, state_out = outer * k * p, outer * q * p

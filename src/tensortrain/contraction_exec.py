@@ -118,16 +118,25 @@ def sweep_rtl(
 
 
 def _rtl(x2d: torch.Tensor, supers: list[Super]) -> torch.Tensor:
+    return _steps(x2d, supers, "rtl")
+
+
+def _steps(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:
+    """Apply the super-cores to the state in sweep order: ``done`` output modes so far, ``rest`` input modes.
+
+    rtl slices the state by the input modes still ahead (outer) and carries the finished output modes (P);
+    ltr the other way round.
+    """
     b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
     one = _eager_one(b)
     s = x2d
-    m_right = 1
-    n_left = int(x2d.shape[1])
-    for a, mg, ng in reversed(supers):
-        n_left //= ng
-        s = _step(s, a, b * n_left, a.shape[1], m_right, one)
-        m_right *= mg
-    return s.reshape(b, m_right)
+    done, rest = 1, int(x2d.shape[1])
+    for a, mg, ng in reversed(supers) if direction == "rtl" else supers:
+        rest //= ng
+        outer, p = (rest, done) if direction == "rtl" else (done, rest)
+        s = _step(s, a, b * outer, a.shape[1], p, one)
+        done *= mg
+    return s.reshape(b, done)
 
 
 def sweep_ltr(
@@ -142,16 +151,7 @@ def sweep_ltr(
 
 
 def _ltr(x2d: torch.Tensor, supers: list[Super]) -> torch.Tensor:
-    b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
-    one = _eager_one(b)
-    s = x2d
-    m_left = 1
-    n_right = int(x2d.shape[1])
-    for a, mg, ng in supers:
-        n_right //= ng
-        s = _step(s, a, b * m_left, a.shape[1], n_right, one)
-        m_left *= mg
-    return s.reshape(b, m_left)
+    return _steps(x2d, supers, "ltr")
 
 
 def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
@@ -303,21 +303,15 @@ def full_linear(
 
 
 def _layout(x2d: torch.Tensor, supers: list[Super], direction: str) -> list[tuple[int, int, int, int]]:
-    """``(outer, K, P, Q)`` of every step of a sweep, in execution order."""
+    """``(outer, K, P, Q)`` of every step of a sweep, in execution order (as :func:`_steps` walks it)."""
     b = int(x2d.shape[0])
     steps = []
-    if direction == "rtl":
-        m_right, n_left = 1, int(x2d.shape[1])
-        for a, mg, ng in reversed(supers):
-            n_left //= ng
-            steps.append((b * n_left, int(a.shape[1]), m_right, int(a.shape[0])))
-            m_right *= mg
-    else:
-        m_left, n_right = 1, int(x2d.shape[1])
-        for a, mg, ng in supers:
-            n_right //= ng
-            steps.append((b * m_left, int(a.shape[1]), n_right, int(a.shape[0])))
-            m_left *= mg
+    done, rest = 1, int(x2d.shape[1])
+    for a, mg, ng in reversed(supers) if direction == "rtl" else supers:
+        rest //= ng
+        outer, p = (rest, done) if direction == "rtl" else (done, rest)
+        steps.append((b * outer, int(a.shape[1]), p, int(a.shape[0])))
+        done *= mg
     return steps
 
 

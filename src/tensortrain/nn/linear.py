@@ -248,8 +248,6 @@ class TTLinear(TTModule):
             >>> layer.plan(1024, requires_grad=False).kind  # doctest: +SKIP
             'sweep'
         """
-        if requires_grad is None:
-            requires_grad = torch.is_grad_enabled() and any(c.requires_grad for c in self.cores)
         # without gradients the layer keeps its merged core groups between calls (see clear_cache)
         return contraction_plan(self.weight, batch_size, requires_grad=requires_grad, cached_merges=True)
 
