@@ -35,18 +35,19 @@ import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
 from tensortrain import contraction_cost as cost  # noqa: E402
 
-NAMES = ("flops", "stream", "permute", "launch", "slice")
+NAMES = ("flops", "stream", "permute", "launch", "slice", "touch")
 
 
 def features(dims: cost.Dims, prog: cost.Program, batch: int, item: int, grad: bool) -> list[float]:
-    """The five coefficients of the cost model's time for ``prog``: one basis machine per constant."""
+    """The six coefficients of the cost model's time for ``prog``: one basis machine per constant."""
     inf = math.inf
     basis = [
-        cost.Machine(1.0, inf, inf, 0.0, 0.0),
-        cost.Machine(inf, 1.0, inf, 0.0, 0.0),
-        cost.Machine(inf, inf, 1.0, 0.0, 0.0),
-        cost.Machine(inf, inf, inf, 1.0, 0.0),
-        cost.Machine(inf, inf, inf, 0.0, 1.0),
+        cost.Machine(1.0, inf, inf, 0.0, 0.0, inf),
+        cost.Machine(inf, 1.0, inf, 0.0, 0.0, inf),
+        cost.Machine(inf, inf, 1.0, 0.0, 0.0, inf),
+        cost.Machine(inf, inf, inf, 1.0, 0.0, inf),
+        cost.Machine(inf, inf, inf, 0.0, 1.0, inf),
+        cost.Machine(inf, inf, inf, 0.0, 0.0, 1.0),
     ]
     return [cost.estimate(dims, prog, batch, item, grad, m).seconds for m in basis]
 
@@ -159,7 +160,7 @@ def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int,
     g = torch.Generator().manual_seed(seed)
     best, best_key = start, (regret_score(rows, start), 0.0)
     for _ in range(samples):
-        step = torch.randn(5, generator=g, dtype=torch.float64) * 1.0
+        step = torch.randn(len(NAMES), generator=g, dtype=torch.float64) * 1.0
         cand = cost.Machine(*(v * math.exp(float(e)) for v, e in zip(start, step, strict=True)))
         key = (regret_score(rows, cand), float(step.abs().sum()))
         if key < best_key:
@@ -168,8 +169,8 @@ def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int,
 
 
 def to_machine(theta: list[float]) -> cost.Machine:
-    inv = [1.0 / t if t > 0 else math.inf for t in theta[:3]]
-    return cost.Machine(inv[0], inv[1], inv[2], theta[3], theta[4])
+    inv = [1.0 / t if t > 0 else math.inf for t in theta[:3] + theta[5:]]
+    return cost.Machine(inv[0], inv[1], inv[2], theta[3], theta[4], inv[3])
 
 
 def regret(rows: list[dict[str, Any]], m: cost.Machine) -> list[dict[str, Any]]:
@@ -178,7 +179,7 @@ def regret(rows: list[dict[str, Any]], m: cost.Machine) -> list[dict[str, Any]]:
     keys = sorted({(r["case"], r["batch"], r["grad"]) for r in rows}, key=str)
     for key in keys:
         group = [r for r in rows if (r["case"], r["batch"], r["grad"]) == key]
-        theta = [1 / m.flops, 1 / m.stream, 1 / m.permute, m.launch, m.slice]
+        theta = [1 / m.flops, 1 / m.stream, 1 / m.permute, m.launch, m.slice, 1 / m.touch]
         chosen = min(group, key=lambda r: sum(f * t for f, t in zip(r["features"], theta, strict=True)))
         fastest = min(group, key=lambda r: r["seconds"])
         out.append(

@@ -146,6 +146,45 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
 
 
+@pytest.mark.parametrize("batch", [3, 9])  # 9: training ltr sweeps run SweepFunction
+def test_double_backward_of_every_plan(gen, batch):
+    """Gradient penalties differentiate the gradient: every plan's backward is itself differentiable."""
+    raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 2, 3, 1)
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    x = torch.randn(batch, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    for p in C.enumerate_plans(cores, batch, requires_grad=True):
+        assert torch.autograd.gradgradcheck(lambda a, *cs, p=p: C.linear(a, cs, strategy=p), (x, *cores)), p
+
+
+def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
+    """A blocked W (and dW in backward) live in tensortrain.workspace's buffers: same values, buffers reused."""
+    from tensortrain import contraction_exec, workspace
+
+    raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    lmat, rmat, dims = halves(cores, 1)
+    lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
+    want = x.detach() @ contraction_exec.build_full(lmat, rmat, dims).detach().t()
+    monkeypatch.setattr(contraction_exec, "_BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(contraction_exec, "BLOCK_BYTES", 8 * 2 * 32)
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)
+    workspace.empty_cache()
+    with torch.no_grad():
+        assert_close(contraction_exec.full_linear(x, cores, 1, keep=False), want)
+    held = workspace.held_bytes()
+    assert held == 8 * 12 * 8  # W (12 x 8 float64), returned after the call
+    with torch.inference_mode():  # a buffer made outside inference mode is written inside it
+        assert_close(contraction_exec.full_linear(x, cores, 1, keep=False), want)
+    assert workspace.held_bytes() == held  # reused, not reallocated
+    for keep in (False, True):
+        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, lmat, rmat))
+        assert torch.autograd.gradgradcheck(f, (x, lmat, rmat))  # double backward records, no scratch
+    assert workspace.held_bytes() == held  # backward borrows W, then dW, from the same buffer
+    workspace.empty_cache()
+
+
 def test_full_function_keeps_only_the_halves(gen):
     """The rebuilding variant saves x and the two halves, not the dense W; the keeping one saves W."""
     raw, ranks = ((4, 4), (4, 4)), (1, 2, 1)

@@ -1,7 +1,7 @@
 """tensortrain: tensor-train (TT) decompositions and TT-compressed neural networks for PyTorch.
 
 ``import tensortrain as tt``. The top level re-exports the TT algebra (t3f's names); ``tt.nn``,
-``tt.approximate``, ``tt.kronecker``, ``tt.riemannian``, ``tt.datasets`` are namespaces. ``tt.keras`` is
+``tt.approximate``, ``tt.kronecker``, ``tt.riemannian``, ``tt.datasets``, ``tt.workspace`` are namespaces. ``tt.keras`` is
 imported on demand (it needs the optional ``keras`` extra).
 """
 
@@ -22,6 +22,7 @@ from . import (  # noqa: F401  (namespaces: tt.nn, tt.kronecker, ...)
     shapes,
     tensor_train,
     variables,
+    workspace,
 )
 from .autodiff import *  # noqa: F403
 from .batch_ops import *  # noqa: F403

@@ -29,15 +29,19 @@ class Machine(NamedTuple):
     permute: float  # bytes/s for strided copies (permutes, transposes)
     launch: float  # seconds per kernel launch / op dispatch
     slice: float  # seconds per slice of a batched GEMM
+    # bytes/s of first writes to freshly mapped memory: the page faults of a large allocation that outlives its
+    # call (a W kept for backward; temporaries borrow reused scratch from tensortrain.workspace instead)
+    touch: float = float("inf")
 
 
 # cpu: a 2-core AVX-512 EPYC running MKL. Set by eye, then the permute bandwidth raised from 2.5e9 to 1e10 after
 # benchmarks/calibrate.py timed 7-12 candidate plans of every benchmark case: with the doubled price of training
 # GEMMs on DRAM-sized states (step_cost) the planner's geometric-mean regret (measured time of its choice over the
 # fastest plan's) went from 1.124x to 1.073x. Least squares over all five constants predicts times about as well
-# but chooses no better. cuda: a guess.
+# but chooses no better. touch: a fresh 64 MiB buffer took ~23 ms more to fill than a reused one. cuda: a guess
+# (its caching allocator reuses memory: no page faults).
 MACHINES: dict[str, Machine] = {
-    "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8),
+    "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8, 2.9e9),
     "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9),
 }
 DEFAULT_MACHINE = Machine(1.0e12, 2.0e11, 5.0e10, 8.0e-6, 1.0e-9)
@@ -50,9 +54,11 @@ CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the sl
 CHUNK_BYTES = 8 * 2**20
 # Training ltr sweeps of at least this many rows run contraction_exec.SweepFunction (below, autograd's matmul).
 SWEEP_FUNCTION_MIN_BATCH = 8
-# A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES (see contraction_exec.build_full).
+# A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES (see contraction_exec.build_full; 16 MiB
+# blocks built 4096x4096 at rank 64 in 16 ms, 4 MiB ones in 18 ms, 1 MiB ones in 20 ms). Such a W is also what
+# tensortrain.workspace lends reused memory for (its MIN_BYTES).
 BLOCKED_ABOVE = 32 * 2**20
-BLOCK_BYTES = 4 * 2**20
+BLOCK_BYTES = 16 * 2**20
 
 
 class Cost(NamedTuple):
@@ -210,15 +216,15 @@ def full_cost(dims: Dims, split: int, batch: int, item: int, grad: bool, keep: b
     mm, nn, r = prod(rows), prod(cols), ranks[split]
     nl, nr = prod(cols[:split]), prod(cols[split:])
     merges = merge_cost(dims, 0, split, item) + (merge_cost(dims, split, d, item) if split < d else _Acc())
-    if 4 * r <= min(nl, nr):  # batched build: broadcast copies of the halves instead of a permute of W
+    if item * mm * nn > BLOCKED_ABOVE:  # built and permuted in cache-sized blocks: streamed, more launches
+        blocks = -(-prod(rows[:split]) // max(1, BLOCK_BYTES // (item * nl * prod(rows[split:]) * nr)))
+        build = _Acc(2 * mm * nn * r, 3 * item * mm * nn, 0, 3 * blocks, 0)
+        grad_halves = _Acc(4 * mm * nn * r, item * 4 * mm * nn, 0, 3 * blocks, 0)
+    elif 4 * r <= min(nl, nr):  # batched build: broadcast copies of the halves instead of a permute of W
         build = _Acc(2 * mm * nn * r, item * (mm * nn + 2 * mm * (nl + nr) * r), 0, 3, prod(rows))
         grad_halves = _Acc(
             4 * mm * nn * r, item * (2 * mm * nn + 4 * mm * (nl + nr) * r), 0, 6, 2 * prod(rows)
         )
-    elif item * mm * nn > BLOCKED_ABOVE:  # built and permuted in cache-sized blocks: streamed, more launches
-        blocks = -(-prod(rows[:split]) // max(1, BLOCK_BYTES // (item * nl * prod(rows[split:]) * nr)))
-        build = _Acc(2 * mm * nn * r, 3 * item * mm * nn, 0, 3 * blocks, 0)
-        grad_halves = _Acc(4 * mm * nn * r, item * 4 * mm * nn, 0, 3 * blocks, 0)
     else:
         build = _Acc(2 * mm * nn * r, item * mm * nn, 2 * item * mm * nn, 3, 0)
         grad_halves = _Acc(4 * mm * nn * r, item * 2 * mm * nn, 2 * item * mm * nn, 3, 0)
@@ -230,6 +236,9 @@ def full_cost(dims: Dims, split: int, batch: int, item: int, grad: bool, keep: b
     saved = r * (prod(rows[:split]) * nl + prod(rows[split:]) * nr) + (mm * nn if keep else 0)
     bwd = gemm + gemm + grad_halves + merges + merges + (_Acc() if keep else build)
     seconds = fwd.time(m) + bwd.time(m) + item * saved / m.stream
+    # a kept W is fresh memory (page faults); a rebuilt one borrows reused scratch (tensortrain.workspace)
+    if keep and item * mm * nn > BLOCKED_ABOVE:
+        seconds += item * mm * nn / m.touch
     return Cost(fwd.flops, bwd.flops, fwd.stream + fwd.permute, item * saved, seconds)
 
 
@@ -249,7 +258,8 @@ def best_grouping(
     """Dynamic programme over split points: the cheapest partition of the cores into consecutive groups.
 
     A group's step cost depends only on its own boundaries (they fix the state sizes before and after it), so
-    the optimum over all ``2^(d-1)`` groupings takes ``O(d^2)`` step evaluations.
+    the optimum over all ``2^(d-1)`` groupings takes ``O(d^2)`` step evaluations. The single group of all cores
+    (W itself) is left to the full plans, unless a layer's inference cache may keep it (a tiny W).
     """
     d = len(dims[0])
     best: list[tuple[float, Groups]] = [(0.0, ())]
@@ -257,6 +267,8 @@ def best_grouping(
         # explicit loops rather than min(key=...): simpler for torch.compile to trace
         top: tuple[float, Groups] | None = None
         for i in range(j):
+            if i == 0 and j == d > 1 and (grad or not (cached and cacheable(dims, 0, d))):
+                continue  # one group is W, which the full plans build better (split in the middle, no autograd)
             t = best[i][0] + sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached).seconds
             if top is None or t < top[0]:
                 top = (t, best[i][1] + ((i, j),))

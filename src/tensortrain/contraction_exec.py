@@ -11,12 +11,14 @@ merged into one super-core ``(ra, mg, ng, rb)`` before it is contracted with the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
 from . import contraction_cost as _cost
+from . import workspace
 
 __all__: list[str] = []
 
@@ -188,27 +190,33 @@ def _blocks(dims: tuple[int, ...], item: int) -> int:
     return max(1, BLOCK_BYTES // (item * nl * mr * nr))
 
 
-def build_full(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """W (M, N) from its halves.
+def build_full(
+    lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """W (M, N) from its halves, written into ``out`` (contiguous, M x N) when given.
 
-    Small ranks: one GEMM per pair of (left, right) row indices, written straight into W's layout (the operands
-    broadcast, ``O(M (N_L + N_R) r)`` copies). Otherwise one GEMM and one permute of W; for a large W both in
-    blocks of left row indices, so that the GEMM's output is permuted while it is still in cache.
+    A large W (over ``_BLOCKED_ABOVE`` bytes): one GEMM per block of left row indices, each block's output
+    permuted into W while it is still in cache. Otherwise, small ranks: one GEMM per pair of (left, right) row
+    indices, written straight into W's layout (the operands broadcast, ``O(M (N_L + N_R) r)`` copies); larger
+    ranks: one GEMM and one permute of W.
     """
     ml, nl, mr, nr = dims
     r = int(lmat.shape[1])
+    bs = _blocks(dims, lmat.element_size())
+    if bs < ml:
+        w = torch.empty((ml, mr, nl, nr), dtype=lmat.dtype, device=lmat.device) if out is None else out
+        w4 = w.view(ml, mr, nl, nr)
+        lm3 = lmat.reshape(ml, nl, r)
+        for a in range(0, ml, bs):
+            b = min(ml, a + bs)
+            w4[a:b].copy_((lm3[a:b].reshape(-1, r) @ rmat).reshape(b - a, nl, mr, nr).permute(0, 2, 1, 3))
+        return w.view(ml * mr, nl * nr)
     if _batched(r, nl, nr):
         right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
-        return torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
-    bs = _blocks(dims, lmat.element_size())
-    if bs >= ml:
-        return (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
-    w = torch.empty((ml, mr, nl, nr), dtype=lmat.dtype, device=lmat.device)
-    lm3 = lmat.reshape(ml, nl, r)
-    for a in range(0, ml, bs):
-        b = min(ml, a + bs)
-        w[a:b].copy_((lm3[a:b].reshape(-1, r) @ rmat).reshape(b - a, nl, mr, nr).permute(0, 2, 1, 3))
-    return w.reshape(ml * mr, nl * nr)
+        w = torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
+    else:
+        w = (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
+    return w if out is None else out.copy_(w)
 
 
 def _grad_halves(
@@ -248,11 +256,38 @@ def _grad_halves(
     return (torch.cat(gls) if need[0] else None), gr
 
 
+@contextlib.contextmanager
+def _built(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Iterator[torch.Tensor]:
+    """W for use inside the block only: a large W is built into reused scratch memory (no page faults)."""
+    ml, nl, mr, nr = dims
+    # (a double backward records the build: no out= writes then)
+    if _blocks(dims, lmat.element_size()) >= ml or torch.is_grad_enabled():
+        yield build_full(lmat, rmat, dims)
+        return
+    with workspace.scratch((ml * mr, nl * nr), lmat.dtype, lmat.device) as w:
+        yield build_full(lmat, rmat, dims, out=w)
+
+
+@contextlib.contextmanager
+def _weight_grad(gy: torch.Tensor, x2d: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``gy^T x``, the gradient of W, for use inside the block only (in reused scratch when large)."""
+    if torch.is_grad_enabled():  # a double backward records this product
+        yield gy.t() @ x2d
+        return
+    with workspace.scratch((gy.shape[1], x2d.shape[1]), gy.dtype, gy.device) as gw:
+        yield torch.mm(gy.t(), x2d, out=gw)
+
+
+def _linear(x2d: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x2d @ w.t() if bias is None else torch.addmm(bias, x2d, w.t())
+
+
 class FullLinear(torch.autograd.Function):
     """``y = x @ W^T (+ bias)`` with ``W`` built from its two halves; backward either keeps ``W`` or rebuilds it.
 
     With ``keep=False`` it saves ``x`` and the halves (``O((M_L N_L + M_R N_R) r)`` numbers) rather than the
-    dense ``W`` (``M N``), at the price of rebuilding ``W`` in backward. Either way the halves' gradients come
+    dense ``W`` (``M N``), at the price of rebuilding ``W`` in backward; a large rebuilt ``W`` and the gradient
+    of ``W`` live in reused scratch memory (:mod:`tensortrain.workspace`). Either way the halves' gradients come
     from the gradient of ``W`` without autograd's bookkeeping of the build. The bias is fused into the GEMM
     (``addmm``, as ``nn.Linear``), saving a pass over the output.
     """
@@ -267,21 +302,31 @@ class FullLinear(torch.autograd.Function):
         dims: tuple[int, ...],
         keep: bool,
     ) -> torch.Tensor:
-        w = build_full(lmat, rmat, dims)
         ctx.dims = dims
         ctx.keep = keep
-        ctx.save_for_backward(x2d, lmat, rmat, *((w,) if keep else ()))
-        return x2d @ w.t() if bias is None else torch.addmm(bias, x2d, w.t())
+        if keep:  # W outlives this call: its own memory
+            w = build_full(lmat, rmat, dims)
+            ctx.save_for_backward(x2d, lmat, rmat, w)
+            return _linear(x2d, w, bias)
+        ctx.save_for_backward(x2d, lmat, rmat)
+        with _built(lmat, rmat, dims) as w:
+            return _linear(x2d, w, bias)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
         x2d, lmat, rmat, *kept = ctx.saved_tensors
-        w = kept[0] if ctx.keep else build_full(lmat, rmat, ctx.dims)
-        gx = gy @ w if ctx.needs_input_grad[0] else None
-        gl = gr = None
+        gx = gl = gr = None
+        if ctx.needs_input_grad[0]:
+            # a double backward (grad mode on) must record W's dependence on the halves: rebuild it then
+            if ctx.keep and not torch.is_grad_enabled():
+                gx = gy @ kept[0]
+            else:
+                with _built(lmat, rmat, ctx.dims) as w:
+                    gx = gy @ w
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             need = (ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-            gl, gr = _grad_halves(gy.t() @ x2d, lmat, rmat, ctx.dims, need)
+            with _weight_grad(gy, x2d) as gw:
+                gl, gr = _grad_halves(gw, lmat, rmat, ctx.dims, need)
         gb = gy.sum(0) if ctx.needs_input_grad[3] else None
         return gx, gl, gr, gb, None, None
 
@@ -297,8 +342,8 @@ def full_linear(
         y = x2d @ build_full(lmat, rmat, dims).t()
         return y if bias is None else y + bias
     if not torch.is_grad_enabled():  # inference: no autograd Function to dispatch
-        w = build_full(lmat, rmat, dims)
-        return x2d @ w.t() if bias is None else torch.addmm(bias, x2d, w.t())
+        with _built(lmat, rmat, dims) as w:
+            return _linear(x2d, w, bias)
     return FullLinear.apply(x2d, lmat, rmat, bias, dims, keep)
 
 
@@ -315,6 +360,54 @@ def _layout(x2d: torch.Tensor, supers: list[Super], direction: str) -> list[tupl
     return steps
 
 
+def _sweep_states(
+    x2d: torch.Tensor, order: Sequence[torch.Tensor], steps: list[tuple[int, int, int, int]]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The inputs of every step of a sweep and its output: ``bmm`` over the state's ``(K, P)`` slices in place."""
+    s = x2d
+    states = []
+    for a, (outer, k, p, q) in zip(order, steps, strict=True):
+        states.append(s)
+        if p == 1:
+            s = s.reshape(outer, k) @ a.t()
+        else:
+            s = torch.bmm(a.expand(outer, q, k), s.reshape(outer, k, p))
+    return states, s
+
+
+def _sweep_grads(
+    steps: list[tuple[int, int, int, int]],
+    states: Sequence[torch.Tensor],
+    order: Sequence[torch.Tensor],
+    gy: torch.Tensor,
+    need_x: bool,
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Gradients of a sweep's input and of its super-cores (in step order) from the output's gradient."""
+    n = len(steps)
+    grads: list[torch.Tensor] = []
+    g = gy
+    for t in range(n - 1, -1, -1):
+        outer, k, p, q = steps[t]
+        a, s = order[t], states[t]
+        need_state = t > 0 or need_x  # the state gradient of step 0 is x's
+        if p == 1:
+            g2, s2 = g.reshape(outer, q), s.reshape(outer, k)
+            grads.append(g2.t() @ s2)
+            if need_state:
+                g = g2 @ a
+        else:
+            g3, s3 = g.reshape(outer, q, p), s.reshape(outer, k, p)
+            if q * k <= p * (q + k):  # per-slice products are smaller than the permuted copies
+                grads.append(torch.bmm(g3, s3.transpose(1, 2)).sum(0))
+            else:
+                grads.append(
+                    g3.transpose(0, 1).reshape(q, outer * p) @ s3.transpose(1, 2).reshape(outer * p, k)
+                )
+            if need_state:
+                g = torch.bmm(a.t().expand(outer, k, q), g3)
+    return (g if need_x else None), grads[::-1]
+
+
 class SweepFunction(torch.autograd.Function):
     """A training sweep with hand-written backward: batched GEMMs over the state's slices, no folding copies.
 
@@ -323,7 +416,8 @@ class SweepFunction(torch.autograd.Function):
     (on a 2-core CPU those copies took ~40% of a 768x3072 rank-16 training step). Here the forward runs
     ``bmm`` over the ``(K, P)`` slices in place and keeps the step inputs; backward gets the state gradients the
     same way and each super-core's gradient either as one GEMM over permuted copies or as a sum of per-slice
-    products, whichever moves fewer numbers.
+    products, whichever moves fewer numbers. Under a double backward (``create_graph=True``) the step inputs
+    are recomputed from ``x`` with grad mode on, so the same formulas are recorded and differentiable.
     """
 
     @staticmethod
@@ -333,14 +427,7 @@ class SweepFunction(torch.autograd.Function):
         supers = [(a, mg, ng) for a, (mg, ng) in zip(mats, meta, strict=True)]
         order = list(reversed(mats)) if direction == "rtl" else list(mats)
         steps = _layout(x2d, supers, direction)
-        s = x2d
-        states = []
-        for a, (outer, k, p, q) in zip(order, steps, strict=True):
-            states.append(s)
-            if p == 1:
-                s = s.reshape(outer, k) @ a.t()
-            else:
-                s = torch.bmm(a.expand(outer, q, k), s.reshape(outer, k, p))
+        states, s = _sweep_states(x2d, order, steps)
         ctx.steps = steps
         ctx.direction = direction
         ctx.x_shape = tuple(x2d.shape)
@@ -348,34 +435,14 @@ class SweepFunction(torch.autograd.Function):
         return s.reshape(x2d.shape[0], -1)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
         n = len(ctx.steps)
         states, order = ctx.saved_tensors[:n], ctx.saved_tensors[n:]
-        grads: list[torch.Tensor | None] = [None] * n
-        g = gy
-        for t in range(n - 1, -1, -1):
-            outer, k, p, q = ctx.steps[t]
-            a, s = order[t], states[t]
-            need_state = t > 0 or ctx.needs_input_grad[0]  # the state gradient of step 0 is x's
-            if p == 1:
-                g2, s2 = g.reshape(outer, q), s.reshape(outer, k)
-                grads[t] = g2.t() @ s2
-                if need_state:
-                    g = g2 @ a
-            else:
-                g3, s3 = g.reshape(outer, q, p), s.reshape(outer, k, p)
-                if q * k <= p * (q + k):  # per-slice products are smaller than the permuted copies
-                    grads[t] = torch.bmm(g3, s3.transpose(1, 2)).sum(0)
-                else:
-                    grads[t] = g3.transpose(0, 1).reshape(q, outer * p) @ s3.transpose(1, 2).reshape(
-                        outer * p, k
-                    )
-                if need_state:
-                    g = torch.bmm(a.t().expand(outer, k, q), g3)
-        gx = g.reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None
-        mat_grads = list(reversed(grads)) if ctx.direction == "rtl" else grads
-        return (gx, None, None, *mat_grads)
+        if torch.is_grad_enabled():  # double backward: the saved states carry no graph; recompute them
+            states, _ = _sweep_states(states[0], order, ctx.steps)
+        gx, grads = _sweep_grads(ctx.steps, states, order, gy, ctx.needs_input_grad[0])
+        mat_grads = grads[::-1] if ctx.direction == "rtl" else grads
+        return (None if gx is None else gx.reshape(ctx.x_shape), None, None, *mat_grads)
 
 
 def sweep_trained(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:

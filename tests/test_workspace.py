@@ -1,0 +1,93 @@
+"""tensortrain.workspace: scratch buffers lent for one block, reused between calls, per thread, within a limit."""
+
+import threading
+
+import pytest
+import torch
+
+from tensortrain import workspace
+
+
+@pytest.fixture(autouse=True)
+def _small(monkeypatch):
+    monkeypatch.setattr(workspace, "MIN_BYTES", 64)
+    workspace.empty_cache()
+    yield
+    workspace.empty_cache()
+
+
+def test_lent_buffer_is_reused_and_shaped():
+    with workspace.scratch((4, 8), torch.float32, torch.device("cpu")) as a:
+        assert a.shape == (4, 8) and a.dtype == torch.float32 and a.is_contiguous()
+        ptr = a.data_ptr()
+        a.fill_(1.0)
+    assert workspace.held_bytes() == 128
+    with workspace.scratch((2, 8), torch.float64, "cpu") as b:  # same bytes, other dtype: same buffer
+        assert b.data_ptr() == ptr and b.dtype == torch.float64
+    with (
+        workspace.scratch((4, 8), torch.float32, "cpu") as a,
+        workspace.scratch((4, 8), torch.float32, "cpu") as c,
+    ):
+        assert a.data_ptr() != c.data_ptr()  # nested blocks never share a buffer
+    assert workspace.held_bytes() == 256
+
+
+def test_smallest_fitting_buffer_is_lent():
+    with workspace.scratch((64,), torch.uint8, "cpu"), workspace.scratch((256,), torch.uint8, "cpu"):
+        pass
+    with workspace.scratch((100,), torch.uint8, "cpu") as a:
+        assert workspace.held_bytes() == 64  # the 256-byte one was lent, the 64-byte one stays
+        assert a.numel() == 100
+
+
+def test_small_and_non_cpu_requests_are_plain_allocations():
+    with workspace.scratch((4,), torch.float32, "cpu") as a:  # 16 bytes < MIN_BYTES
+        assert a.shape == (4,)
+    with workspace.scratch((64,), torch.float32, "meta") as m:
+        assert m.device.type == "meta"
+    assert workspace.held_bytes() == 0
+
+
+def test_limit_bounds_what_is_held():
+    workspace.set_limit(200)
+    try:
+        with workspace.scratch((128,), torch.uint8, "cpu"), workspace.scratch((128,), torch.uint8, "cpu"):
+            pass
+        assert workspace.held_bytes() == 128  # the second 128 bytes would pass the limit
+        workspace.set_limit(0)
+        assert workspace.held_bytes() == 0
+        with workspace.scratch((128,), torch.uint8, "cpu"):
+            pass
+        assert workspace.held_bytes() == 0  # limit 0: no reuse
+    finally:
+        workspace.set_limit(256 * 2**20)
+    assert workspace.limit() == 256 * 2**20
+
+
+def test_buffer_returns_even_when_the_block_raises():
+    with pytest.raises(RuntimeError), workspace.scratch((128,), torch.uint8, "cpu"):
+        raise RuntimeError("boom")
+    assert workspace.held_bytes() == 128
+
+
+def test_threads_have_their_own_buffers():
+    with workspace.scratch((128,), torch.uint8, "cpu"):
+        pass
+    seen: list[int] = []
+
+    def other() -> None:
+        seen.append(workspace.held_bytes())
+        with workspace.scratch((128,), torch.uint8, "cpu"):
+            pass
+        seen.append(workspace.held_bytes())
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == [0, 128] and workspace.held_bytes() == 128
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+def test_set_limit_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="nbytes"):
+        workspace.set_limit(bad)
