@@ -351,8 +351,11 @@ def test_inference_cache_stays_tt_sized(rank):
     with torch.no_grad():
         for batch in (1, 8, 64, 1024):
             layer(torch.randn(batch, 784))
-    kept = [t for _, _, supers, _ in layer._cache.values() for t in supers if t is not None]
-    assert sum(a.numel() for a, _, _ in kept) <= CACHE_FACTOR * layer.num_tt_parameters()
+    assert any(key[0] == "halves" for key in layer._cache) == (rank == 16)  # the full plan keeps its halves
+    for key, (_, _, value, _) in layer._cache.items():
+        kept = value[:2] if key[0] == "halves" else [a for a, _, _ in (t for t in value if t is not None)]
+        assert sum(t.numel() for t in kept) <= CACHE_FACTOR * layer.num_tt_parameters()
+        assert all(t.numel() < 784 * 625 for t in kept)
 
 
 def test_inference_mode_layers_and_inputs():

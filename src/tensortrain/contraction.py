@@ -22,8 +22,8 @@ Symbols: ``d`` cores; core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Literal, get_args
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -341,7 +341,9 @@ def _run(
     """``x2d @ W^T + bias`` by ``prog``: the full plan fuses the bias into its GEMM, sweeps add it after."""
     kind, direction, groups = prog
     if kind == "full":
-        return _exec.full_linear(x2d, cores, groups[0][1], direction == "keep", bias)
+        split = groups[0][1]
+        parts = None if cache is None else _cached_halves(cache, cores, split)
+        return _exec.full_linear(x2d, cores, split, direction == "keep", bias, parts)
     y = _sweep(x2d, cores, groups, str(direction), grad, cache)
     return y if bias is None else y + bias
 
@@ -375,37 +377,56 @@ def _sweep(
     return _exec.sweep(x2d, _cached_supers(cache, cores, groups, direction), direction, chunk)
 
 
+def _cached(cache: dict, key: tuple, cores: Sequence[torch.Tensor], make: Callable[[], Any]) -> Any:
+    """``make()`` (run without grad), kept in a layer's ``cache`` under ``key`` until a core changes.
+
+    A core counts as unchanged while it is the same tensor object with the same storage address, shape and
+    version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``).
+    The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
+    through ``.data`` bypass the version counter, as they bypass autograd's own checks: after those, call the
+    layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to watch: for
+    them ``make()`` runs on every call.
+    """
+    if any(c.is_inference() for c in cores):
+        return make()
+    stamp = tuple((c.data_ptr(), c._version, c.shape) for c in cores)
+    hit = cache.get(key)
+    if hit is None or hit[0] != stamp or not all(a is b for a, b in zip(hit[1], cores, strict=True)):
+        with torch.no_grad():
+            value = make()
+        # detach() shares the storage (keeping it alive) without autograd history
+        hit = cache[key] = (stamp, tuple(cores), value, tuple(c.detach() for c in cores))
+    return hit[2]
+
+
 def _cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, direction: str) -> list:
-    """The sweep's super-cores, the small ones kept in a layer's cache and rebuilt when a core changed.
+    """The sweep's super-cores, the small ones kept in a layer's cache (:func:`_cached`).
 
     Only groups that pass :func:`~tensortrain.contraction_cost.cacheable` are kept (at most a few times the
-    size of their cores, never the dense weight); the others are merged on every call. A core counts as
-    unchanged while it is the same tensor object with the same storage address, shape and version counter (every
-    in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``). The entry holds the
-    cores' old storages, so a freed address cannot come back as a false match. Writes through ``.data``
-    bypass the version counter, as they bypass autograd's own checks: after those, call the layer's
-    ``clear_cache()``.
+    size of their cores, never the dense weight); the others are merged on every call.
     """
-    if any(c.is_inference() for c in cores):  # made under torch.inference_mode: no version counter to watch
-        return _exec.supers_of(cores, groups, direction)
-    stamp = tuple((c.data_ptr(), c._version, c.shape) for c in cores)
-    hit = cache.get((groups, direction))
-    if hit is None or hit[0] != stamp or not all(a is b for a, b in zip(hit[1], cores, strict=True)):
-        dims = _dims(cores)
-        with torch.no_grad():
-            kept = [
-                _exec.super_of(cores, i, j, direction) if _cost.cacheable(dims, i, j) else None
-                for i, j in groups
-            ]
-        # detach() shares the storage (keeping it alive) without autograd history
-        hit = cache[(groups, direction)] = (stamp, tuple(cores), kept, tuple(c.detach() for c in cores))
-    kept = hit[2]
+    dims = _dims(cores)
+
+    def make() -> list:
+        return [
+            _exec.super_of(cores, i, j, direction) if _cost.cacheable(dims, i, j) else None for i, j in groups
+        ]
+
+    kept = _cached(cache, (groups, direction), cores, make)
     if all(k is not None for k in kept):
         return kept
     return [
         k if k is not None else _exec.super_of(cores, i, j, direction)
         for k, (i, j) in zip(kept, groups, strict=True)
     ]
+
+
+def _cached_halves(cache: dict, cores: Sequence[torch.Tensor], split: int) -> tuple | None:
+    """The full plan's two halves of W, kept in a layer's cache when both pass ``cacheable`` (else None)."""
+    dims, d = _dims(cores), len(cores)
+    if not (_cost.cacheable(dims, 0, split) and (split == d or _cost.cacheable(dims, split, d))):
+        return None
+    return _cached(cache, ("halves", split), cores, lambda: _exec.halves(cores, split))
 
 
 def linear(

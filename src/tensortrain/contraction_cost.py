@@ -209,13 +209,20 @@ def sweep_cost(
     return Cost(acc.flops, bwd.flops, acc.stream + acc.permute, item * saved, seconds)
 
 
-def full_cost(dims: Dims, split: int, batch: int, item: int, grad: bool, keep: bool, m: Machine) -> Cost:
-    """Build W from its halves split before core ``split``, then one dense GEMM; in training keep or rebuild W."""
+def full_cost(
+    dims: Dims, split: int, batch: int, item: int, grad: bool, keep: bool, m: Machine, cached: bool = False
+) -> Cost:
+    """Build W from its halves split before core ``split``, then one dense GEMM; in training keep or rebuild W.
+
+    ``cached``: a layer keeps both halves between inference calls (if both are small enough to keep).
+    """
     rows, cols, ranks = dims
     d = len(rows)
     mm, nn, r = prod(rows), prod(cols), ranks[split]
     nl, nr = prod(cols[:split]), prod(cols[split:])
     merges = merge_cost(dims, 0, split, item) + (merge_cost(dims, split, d, item) if split < d else _Acc())
+    if cached and not grad and cacheable(dims, 0, split) and (split == d or cacheable(dims, split, d)):
+        merges = _Acc()
     if item * mm * nn > BLOCKED_ABOVE:  # built and permuted in cache-sized blocks: streamed, more launches
         blocks = -(-prod(rows[:split]) // max(1, BLOCK_BYTES // (item * nl * prod(rows[split:]) * nr)))
         build = _Acc(2 * mm * nn * r, 3 * item * mm * nn, 0, 3 * blocks, 0)
@@ -247,7 +254,7 @@ def estimate(
 ) -> Cost:
     kind, direction, groups = prog
     if kind == "full":
-        return full_cost(dims, groups[0][1], batch, item, grad, direction == "keep", m)
+        return full_cost(dims, groups[0][1], batch, item, grad, direction == "keep", m, cached)
     assert direction is not None
     return sweep_cost(dims, groups, direction, batch, item, grad, m, cached)
 

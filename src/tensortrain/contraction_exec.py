@@ -332,10 +332,18 @@ class FullLinear(torch.autograd.Function):
 
 
 def full_linear(
-    x2d: torch.Tensor, cores: Sequence[torch.Tensor], split: int, keep: bool, bias: torch.Tensor | None = None
+    x2d: torch.Tensor,
+    cores: Sequence[torch.Tensor],
+    split: int,
+    keep: bool,
+    bias: torch.Tensor | None = None,
+    parts: tuple | None = None,
 ) -> torch.Tensor:
-    """``x @ W^T (+ bias)`` by building ``W`` from two halves split before core ``split``, then one GEMM."""
-    lmat, rmat, dims = halves(cores, split)
+    """``x @ W^T (+ bias)`` by building ``W`` from two halves split before core ``split``, then one GEMM.
+
+    ``parts``: the halves (:func:`halves`' result) when a layer keeps them between inference calls.
+    """
+    lmat, rmat, dims = halves(cores, split) if parts is None else parts
     if torch.compiler.is_compiling():
         # Dynamo instantiates custom Functions (a DeprecationWarning in torch 2.13); compiled graphs get plain
         # autograd here and leave memory planning to the compiler.
