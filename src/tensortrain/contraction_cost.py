@@ -54,11 +54,13 @@ CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the sl
 CHUNK_BYTES = 8 * 2**20
 # Training ltr sweeps of at least this many rows run contraction_exec.SweepFunction (below, autograd's matmul).
 SWEEP_FUNCTION_MIN_BATCH = 8
-# A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES (see contraction_exec.build_full; 16 MiB
-# blocks built 4096x4096 at rank 64 in 16 ms, 4 MiB ones in 18 ms, 1 MiB ones in 20 ms). Such a W is also what
-# tensortrain.workspace lends reused memory for (its MIN_BYTES).
-BLOCKED_ABOVE = 32 * 2**20
-BLOCK_BYTES = 16 * 2**20
+# A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES whose GEMM outputs, and a temporary W itself,
+# live in reused scratch (see contraction_exec.build_full and tensortrain.workspace). A fresh 9.4 MiB W (768x3072)
+# took 8 ms to build where reused memory took 3 ms: page faults, once the allocator returns freed memory to the
+# system. 4096x4096 at rank 64 built in 16 ms with 16 MiB blocks, 16.5 ms with 8 MiB, 18 ms with 4 MiB; the
+# 768x3072 W in 3.0 ms with 4 MiB blocks, 3.4 ms whole.
+BLOCKED_ABOVE = 2**20
+BLOCK_BYTES = 8 * 2**20
 
 
 class Cost(NamedTuple):

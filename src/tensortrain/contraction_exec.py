@@ -177,46 +177,57 @@ def _batched(r: int, nl: int, nr: int) -> bool:
 
 
 # W (or dW) larger than _BLOCKED_ABOVE bytes is built (or permuted) in blocks of left row indices whose GEMM output
-# (BLOCK_BYTES) stays in cache, instead of one GEMM whose M*N output makes a round trip through DRAM first.
+# (BLOCK_BYTES, in reused scratch) is permuted into W while it is still in cache, instead of one GEMM whose M*N
+# output makes a round trip through memory first; a temporary W also lives in reused scratch (tensortrain.workspace).
 BLOCK_BYTES = _cost.BLOCK_BYTES
 _BLOCKED_ABOVE = _cost.BLOCKED_ABOVE
 
 
 def _blocks(dims: tuple[int, ...], item: int) -> int:
-    """Left row indices per block of the blocked build (all of them when W is small or while compiling)."""
+    """Left row indices per block of the blocked build; 0 when W is built whole (small W, or compiling)."""
     ml, nl, mr, nr = dims
     if torch.compiler.is_compiling() or item * ml * nl * mr * nr <= _BLOCKED_ABOVE:
-        return ml
-    return max(1, BLOCK_BYTES // (item * nl * mr * nr))
+        return 0
+    return max(1, min(ml, BLOCK_BYTES // (item * nl * mr * nr)))
+
+
+def _recording(*ts: torch.Tensor) -> bool:
+    """Whether autograd records ops on these tensors now (then no out= writes into scratch)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
 def build_full(
     lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...], out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """W (M, N) from its halves, written into ``out`` (contiguous, M x N) when given.
+    """W (M, N) from its halves (into ``out``, a contiguous M x N tensor, when given).
 
-    A large W (over ``_BLOCKED_ABOVE`` bytes): one GEMM per block of left row indices, each block's output
-    permuted into W while it is still in cache. Otherwise, small ranks: one GEMM per pair of (left, right) row
-    indices, written straight into W's layout (the operands broadcast, ``O(M (N_L + N_R) r)`` copies); larger
-    ranks: one GEMM and one permute of W.
+    A W over ``_BLOCKED_ABOVE`` bytes: one GEMM per block of left row indices into reused scratch, each block's
+    output permuted into W while it is still in cache. A smaller one: for small ranks one GEMM per pair of (left,
+    right) row indices, written straight into W's layout (the operands broadcast, ``O(M (N_L + N_R) r)``
+    copies); for larger ranks one GEMM and one permute of W.
     """
     ml, nl, mr, nr = dims
     r = int(lmat.shape[1])
     bs = _blocks(dims, lmat.element_size())
-    if bs < ml:
-        w = torch.empty((ml, mr, nl, nr), dtype=lmat.dtype, device=lmat.device) if out is None else out
-        w4 = w.view(ml, mr, nl, nr)
-        lm3 = lmat.reshape(ml, nl, r)
+    if not bs:
+        if _batched(r, nl, nr):
+            right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
+            w = torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
+        else:
+            w = (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
+        return w if out is None else out.copy_(w)
+    w4 = (torch.empty((ml, mr, nl, nr), dtype=lmat.dtype, device=lmat.device) if out is None else out).view(
+        ml, mr, nl, nr
+    )
+    lm3 = lmat.reshape(ml, nl, r)
+    record = _recording(lmat, rmat)
+    with workspace.scratch((bs * nl, mr * nr), lmat.dtype, lmat.device) as blk:
         for a in range(0, ml, bs):
             b = min(ml, a + bs)
-            w4[a:b].copy_((lm3[a:b].reshape(-1, r) @ rmat).reshape(b - a, nl, mr, nr).permute(0, 2, 1, 3))
-        return w.view(ml * mr, nl * nr)
-    if _batched(r, nl, nr):
-        right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
-        w = torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
-    else:
-        w = (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
-    return w if out is None else out.copy_(w)
+            lhs = lm3[a:b].reshape(-1, r)
+            part = lhs @ rmat if record else torch.mm(lhs, rmat, out=blk[: (b - a) * nl])
+            w4[a:b].copy_(part.view(b - a, nl, mr, nr).permute(0, 2, 1, 3))
+    return w4.view(ml * mr, nl * nr)
 
 
 def _grad_halves(
@@ -226,7 +237,8 @@ def _grad_halves(
     ml, nl, mr, nr = dims
     r = int(lmat.shape[1])
     gl = gr = None
-    if _batched(r, nl, nr):
+    bs = _blocks(dims, gw.element_size())
+    if not bs and _batched(r, nl, nr):
         gw4 = gw.reshape(ml, mr, nl, nr)
         if need[0]:
             gl = torch.matmul(gw4, rmat.reshape(r, mr, nr).permute(1, 2, 0)).sum(1).reshape(ml * nl, r)
@@ -234,34 +246,38 @@ def _grad_halves(
             gr4 = torch.matmul(lmat.reshape(ml, 1, nl, r).transpose(-1, -2), gw4).sum(0)  # (M_R, r, N_R)
             gr = gr4.transpose(0, 1).reshape(r, mr * nr)
         return gl, gr
-    bs = _blocks(dims, gw.element_size())
-    if bs >= ml:
+    if not bs:
         g = gw.reshape(ml, mr, nl, nr).permute(0, 2, 1, 3).reshape(ml * nl, mr * nr)
         if need[0]:
             gl = g @ rmat.t()
         if need[1]:
             gr = lmat.t() @ g
         return gl, gr
-    # large dW: permute a block of left row indices at a time and use it while it is in cache
+    # large dW: permute a block of left row indices at a time (into reused scratch) and use it while in cache
     gw4 = gw.reshape(ml, mr, nl, nr)
+    record = _recording(gw, lmat, rmat)
     gls = []
-    for a in range(0, ml, bs):
-        b = min(ml, a + bs)
-        g = gw4[a:b].permute(0, 2, 1, 3).reshape((b - a) * nl, mr * nr)
-        if need[0]:
-            gls.append(g @ rmat.t())
-        if need[1]:
-            part = lmat[a * nl : b * nl].t() @ g
-            gr = part if gr is None else gr.add_(part)
+    with workspace.scratch((bs, nl, mr, nr), gw.dtype, gw.device) as blk:
+        for a in range(0, ml, bs):
+            b = min(ml, a + bs)
+            src = gw4[a:b].permute(0, 2, 1, 3)
+            g = (src.reshape(-1, mr * nr) if record else blk[: b - a].copy_(src)).reshape(
+                (b - a) * nl, mr * nr
+            )
+            if need[0]:
+                gls.append(g @ rmat.t())
+            if need[1]:
+                part = lmat[a * nl : b * nl].t() @ g
+                gr = part if gr is None else (gr + part if record else gr.add_(part))
     return (torch.cat(gls) if need[0] else None), gr
 
 
 @contextlib.contextmanager
 def _built(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Iterator[torch.Tensor]:
-    """W for use inside the block only: a large W is built into reused scratch memory (no page faults)."""
+    """W for use inside the block only: a blocked W is built into reused scratch memory (no page faults)."""
     ml, nl, mr, nr = dims
     # (a double backward records the build: no out= writes then)
-    if _blocks(dims, lmat.element_size()) >= ml or torch.is_grad_enabled():
+    if not _blocks(dims, lmat.element_size()) or torch.is_grad_enabled():
         yield build_full(lmat, rmat, dims)
         return
     with workspace.scratch((ml * mr, nl * nr), lmat.dtype, lmat.device) as w:
