@@ -55,11 +55,12 @@ CHUNK_BYTES = 8 * 2**20
 # Training ltr sweeps of at least this many rows run contraction_exec.SweepFunction (below, autograd's matmul).
 SWEEP_FUNCTION_MIN_BATCH = 8
 # A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES whose GEMM outputs, and a temporary W itself,
-# live in reused scratch (see contraction_exec.build_full and tensortrain.workspace). A fresh 9.4 MiB W (768x3072)
-# took 8 ms to build where reused memory took 3 ms: page faults, once the allocator returns freed memory to the
-# system. 4096x4096 at rank 64 built in 16 ms with 16 MiB blocks, 16.5 ms with 8 MiB, 18 ms with 4 MiB; the
-# 768x3072 W in 3.0 ms with 4 MiB blocks, 3.4 ms whole.
-BLOCKED_ABOVE = 2**20
+# live in reused scratch (see contraction_exec.build_full and tensortrain.workspace): above glibc's largest mmap
+# threshold (32 MiB) every fresh W costs page faults (~23 ms for 4096x4096). Smaller ones may or may not (a 9.4 MiB
+# W built in 8 ms into fresh memory in one process, 3 ms in another; 784x625 and 768x3072 ran 5-10% slower blocked
+# in scratch than whole, measured in one process), so they are built whole. 4096x4096 at rank 64 built in 16 ms
+# with 16 MiB blocks, 16.5 ms with 8 MiB, 18 ms with 4 MiB.
+BLOCKED_ABOVE = 32 * 2**20
 BLOCK_BYTES = 8 * 2**20
 
 

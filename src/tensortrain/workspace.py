@@ -1,11 +1,11 @@
 """Reusable scratch memory for the large dense temporaries of TT contractions (the built ``W`` and its gradient).
 
-Why: on Linux, glibc serves allocations above its mmap threshold (at most 32 MiB, often less) with fresh pages
-from the kernel, and the first write to each 4 KiB page faults and zeroes it. For the 64 MiB ``W`` of a 4096x4096
-layer that costs ~23 ms on the 2-core EPYC, more than the 2.1 GFLOP GEMM that builds ``W`` at rank 64 (~13 ms into
-reused memory); a 9.4 MiB ``W`` took 8 ms to build into fresh memory, 3 ms into reused memory. The full plan
-(:mod:`tensortrain.contraction`) builds ``W`` on every call, so it borrows it (and the blocks it is built from)
-from here instead; CUDA's caching allocator already reuses memory, and is left to do so.
+Why: on Linux, glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages from the
+kernel, and the first write to each 4 KiB page faults and zeroes it. For the 64 MiB ``W`` of a 4096x4096 layer
+that costs ~23 ms on the 2-core EPYC, more than the 2.1 GFLOP GEMM that builds ``W`` at rank 64 (~13 ms into
+reused memory). The full plan (:mod:`tensortrain.contraction`) builds such a ``W`` on every call, so it borrows it
+(and the blocks it is built from) from here instead; CUDA's caching allocator already reuses memory, and is left
+to do so.
 
 A buffer is lent only for the duration of a ``with scratch(...)`` block, and only to code that does not let the
 tensor escape the block (nothing saved for backward, nothing returned). Buffers are per thread, so concurrent
@@ -30,9 +30,8 @@ import torch
 
 __all__ = ["scratch", "empty_cache", "limit", "set_limit", "held_bytes", "MIN_BYTES"]
 
-# Smaller requests are plain allocations: small blocks come back from the allocator's own free lists. Larger ones
-# can come back as fresh pages: a 9.4 MiB W took 8 ms to build into fresh memory and 3 ms into reused memory.
-MIN_BYTES = 2**20
+# Smaller requests are plain allocations: small blocks come back from the allocator's own free lists.
+MIN_BYTES = 4 * 2**20
 
 _limit = 256 * 2**20
 
