@@ -102,13 +102,17 @@ def test_sweep_function_backward_is_autograds(gen, direction, groups):
     want = torch.autograd.grad(old(x, *cores), (x, *cores), g)
     for a, b in zip(torch.autograd.grad(new(x, *cores), (x, *cores), g), want, strict=True):
         assert_close(a, b)
+    g = torch.randn(1, 24, generator=gen, dtype=torch.float64).expand(5, 24)  # broadcast, as y.sum()'s
+    want = torch.autograd.grad(old(x, *cores), (x, *cores), g)
+    for a, b in zip(torch.autograd.grad(new(x, *cores), (x, *cores), g), want, strict=True):
+        assert_close(a, b)
     xc = x.detach()  # no gradient for x: the first step's state gradient is skipped
     got = torch.autograd.grad(new(xc, *cores), cores, g)
     for a, b in zip(got, torch.autograd.grad(old(xc, *cores), cores, g), strict=True):
         assert_close(a, b)
 
 
-def test_training_ltr_sweeps_use_the_sweep_function(gen, monkeypatch):
+def test_training_sweeps_use_the_sweep_function(gen, monkeypatch):
     from tensortrain import contraction_exec as E
 
     calls = []
@@ -123,8 +127,8 @@ def test_training_ltr_sweeps_use_the_sweep_function(gen, monkeypatch):
     assert calls == [1]
     with torch.no_grad():
         C.linear(x, cores, strategy="grouped_ltr")  # inference: plain batched products
-    C.linear(x, cores, strategy="grouped_rtl").sum().backward()  # rtl: autograd's matmul
-    assert calls == [1]
+    C.linear(x, cores, strategy="grouped_rtl").sum().backward()  # rtl too
+    assert calls == [1, 1]
 
 
 def test_blocked_build_of_a_large_w(gen, monkeypatch):
@@ -146,7 +150,7 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
 
 
-@pytest.mark.parametrize("batch", [3, 9])  # 9: training ltr sweeps run SweepFunction
+@pytest.mark.parametrize("batch", [3, 9])  # 9: training sweeps run SweepFunction
 def test_double_backward_of_every_plan(gen, batch):
     """Gradient penalties differentiate the gradient: every plan's backward is itself differentiable."""
     raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 2, 3, 1)
@@ -326,7 +330,7 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
     calls.clear()
     xg = x.clone().requires_grad_(True)
     assert_close(C.linear(xg, cores, strategy=strategy), want)  # training: one pass, states kept for backward
-    assert calls == ([37] if "rtl" in strategy else [])  # training ltr sweeps run SweepFunction
+    assert calls == []  # training sweeps run SweepFunction
     C.clear_plan_cache()
 
 

@@ -367,10 +367,9 @@ def _sweep(
         if rows is None:
             rows = _CHUNK_CACHE[key] = _cost.chunking(_dims(cores), groups, direction, key[-1])
         chunk = rows[0] if b > rows[1] else None  # (rows per chunk, the largest batch that runs whole)
-    if grad and direction == "ltr" and type(b) is int and b >= _cost.SWEEP_FUNCTION_MIN_BATCH:
-        # training: a hand-written backward without matmul's folding copies (measured faster for ltr sweeps
-        # only, rtl's first batched step has few output rows per slice and runs better folded; and not at
-        # tiny batches, where the Function's own overhead is the larger cost)
+    if grad and type(b) is int and b >= _cost.SWEEP_FUNCTION_MIN_BATCH:
+        # training: a hand-written backward without matmul's folding copies (not at tiny batches, where the
+        # Function's own overhead is the larger cost)
         return _exec.sweep_trained(x2d, _exec.supers_of(cores, groups, direction), direction)
     if cache is None:
         return _exec.sweep(x2d, _exec.supers_of(cores, groups, direction), direction, chunk)

@@ -464,7 +464,8 @@ class SweepFunction(torch.autograd.Function):
         states, order = ctx.saved_tensors[:n], ctx.saved_tensors[n:]
         if torch.is_grad_enabled():  # double backward: the saved states carry no graph; recompute them
             states, _ = _sweep_states(states[0], order, ctx.steps)
-        gx, grads = _sweep_grads(ctx.steps, states, order, gy, ctx.needs_input_grad[0])
+        # a broadcast gradient (that of y.sum(): stride 0) would make bmm copy it one slice at a time
+        gx, grads = _sweep_grads(ctx.steps, states, order, gy.contiguous(), ctx.needs_input_grad[0])
         mat_grads = grads[::-1] if ctx.direction == "rtl" else grads
         return (None if gx is None else gx.reshape(ctx.x_shape), None, None, *mat_grads)
 
