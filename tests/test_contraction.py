@@ -160,6 +160,23 @@ def test_double_backward_of_every_plan(gen, batch):
         assert torch.autograd.gradgradcheck(lambda a, *cs, p=p: C.linear(a, cs, strategy=p), (x, *cores)), p
 
 
+@pytest.mark.parametrize("batch", [3, 9])
+def test_autocast_training_of_every_plan(gen, batch):
+    """Under CPU autocast every plan returns bfloat16 like nn.Linear, and its backward runs (float32 grads)."""
+    raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 2, 3, 1)
+    cores = [c.float().requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    bias = torch.randn(12, generator=gen).requires_grad_(True)
+    x = torch.randn(batch, 12, generator=gen, requires_grad=True)
+    want = x.detach() @ dense_of([c.detach() for c in cores]).T + bias.detach()
+    for p in C.enumerate_plans(cores, batch, requires_grad=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = C.linear(x, cores, bias, strategy=p)
+        assert y.dtype == torch.bfloat16, p
+        assert_close(y.float(), want, rtol=0.05, atol=0.05)
+        y.float().sum().backward()
+        assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in (x, bias, *cores))
+
+
 def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
     """A blocked W (and dW in backward) live in tensortrain.workspace's buffers: same values, buffers reused."""
     from tensortrain import contraction_exec, workspace

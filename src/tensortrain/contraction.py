@@ -345,7 +345,8 @@ def _run(
         parts = None if cache is None else _cached_halves(cache, cores, split)
         return _exec.full_linear(x2d, cores, split, direction == "keep", bias, parts)
     y = _sweep(x2d, cores, groups, str(direction), grad, cache)
-    return y if bias is None else y + bias
+    # (bias.to: under autocast y is in the lower precision, as nn.Linear's output is; otherwise a no-op)
+    return y if bias is None else y + bias.to(y.dtype)
 
 
 def _sweep(

@@ -272,6 +272,21 @@ def _grad_halves(
     return (torch.cat(gls) if need[0] else None), gr
 
 
+def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The operands of a custom Function cast as autocast casts a matmul's (to its lower precision), if enabled.
+
+    Autocast does not reach into a Function's backward: without this cast, a half-precision output gradient
+    would meet full-precision saved operands there. The casts are recorded by autograd outside the Function, so
+    the gradients come back in the operands' own dtypes.
+    """
+    first = next(t for t in ts if t is not None)
+    kind = first.device.type
+    if not torch.is_autocast_enabled(kind):
+        return ts
+    low = torch.get_autocast_dtype(kind)
+    return tuple(t.to(low) if t is not None and t.is_floating_point() else t for t in ts)
+
+
 @contextlib.contextmanager
 def _built(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Iterator[torch.Tensor]:
     """W for use inside the block only: a blocked W is built into reused scratch memory (no page faults)."""
@@ -368,6 +383,7 @@ def full_linear(
     if not torch.is_grad_enabled():  # inference: no autograd Function to dispatch
         with _built(lmat, rmat, dims) as w:
             return _linear(x2d, w, bias)
+    x2d, lmat, rmat, bias = _autocast_inputs(x2d, lmat, rmat, bias)
     return FullLinear.apply(x2d, lmat, rmat, bias, dims, keep)
 
 
@@ -475,4 +491,6 @@ def sweep_trained(x2d: torch.Tensor, supers: list[Super], direction: str) -> tor
     if torch.compiler.is_compiling():
         return sweep(x2d, supers, direction)
     meta = tuple((mg, ng) for _, mg, ng in supers)
-    return SweepFunction.apply(x2d, direction, meta, *(a for a, _, _ in supers))
+    x2d, *mats = _autocast_inputs(x2d, *(a for a, _, _ in supers))
+    assert x2d is not None
+    return SweepFunction.apply(x2d, direction, meta, *mats)
