@@ -272,7 +272,7 @@ def _grad_halves(
     return (torch.cat(gls) if need[0] else None), gr
 
 
-def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
     """The operands of a custom Function cast as autocast casts a matmul's (to its lower precision), if enabled.
 
     Autocast does not reach into a Function's backward: without this cast, a half-precision output gradient
@@ -492,5 +492,4 @@ def sweep_trained(x2d: torch.Tensor, supers: list[Super], direction: str) -> tor
         return sweep(x2d, supers, direction)
     meta = tuple((mg, ng) for _, mg, ng in supers)
     x2d, *mats = _autocast_inputs(x2d, *(a for a, _, _ in supers))
-    assert x2d is not None
     return SweepFunction.apply(x2d, direction, meta, *mats)
