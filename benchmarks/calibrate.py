@@ -91,10 +91,10 @@ def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
                     else:
                         fns[str(i)] = lambda p=plan, x=x, cs=cores: C.linear(x, cs, strategy=p)
                 if grad:
-                    times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s)
+                    times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s, warm_each=True)
                 else:
                     with torch.no_grad():
-                        times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s)
+                        times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s, warm_each=True)
                 for i, p in enumerate(progs):
                     rows.append(
                         {

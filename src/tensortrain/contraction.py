@@ -345,8 +345,10 @@ def _run(
         parts = None if cache is None else _cached_halves(cache, cores, split)
         return _exec.full_linear(x2d, cores, split, direction == "keep", bias, parts)
     y = _sweep(x2d, cores, groups, str(direction), grad, cache)
-    # (bias.to: under autocast y is in the lower precision, as nn.Linear's output is; otherwise a no-op)
-    return y if bias is None else y + bias.to(y.dtype)
+    # under autocast y is in the lower precision, as nn.Linear's output is: add the bias in that dtype
+    if bias is None:
+        return y
+    return y + (bias if bias.dtype == y.dtype else bias.to(y.dtype))
 
 
 def _sweep(
@@ -405,9 +407,9 @@ def _cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, d
     Only groups that pass :func:`~tensortrain.contraction_cost.cacheable` are kept (at most a few times the
     size of their cores, never the dense weight); the others are merged on every call.
     """
-    dims = _dims(cores)
 
-    def make() -> list:
+    def make() -> list:  # (only on a miss: the hit path is every batch-1 call's overhead)
+        dims = _dims(cores)
         return [
             _exec.super_of(cores, i, j, direction) if _cost.cacheable(dims, i, j) else None for i, j in groups
         ]
