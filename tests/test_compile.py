@@ -2,8 +2,9 @@
 
 ``fullgraph=True`` turns any graph break into an error, so a passing test proves a single graph. The
 ``aot_eager`` backend runs dynamo and AOTAutograd (forward and backward graphs) without a C++ compiler:
-inductor's generated-code compile takes ~40 s for one small layer on 2 CPU cores, too slow for the suite, and
-adds nothing about graph breaks. Outputs and gradients are compared with eager mode in float64.
+inductor's generated-code compile takes ~40 s for one small layer on 2 CPU cores (cold cache), too slow for every
+case, and adds nothing about graph breaks. Outputs and gradients are compared with eager mode in float64. One
+test runs the default backend, inductor, end to end on the tutorial's layer.
 """
 
 from __future__ import annotations
@@ -129,3 +130,25 @@ def test_tt_embedding_layer(padding_idx):
     assert_close(got, expected)
     for g, e in zip(_grads(params), expected_grads, strict=True):
         assert_close(g, e)
+
+
+# inductor's own imports use torch.jit.script_method, deprecated in torch 2.13
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_inductor_compiles_the_tutorial_layer():
+    """The default backend (inductor, generated C++) too: forward, backward and a no-grad recompile, one layer.
+
+    Kept to one case: each inductor compile takes seconds on 2 cores (~20 s for this test).
+    """
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5))
+    x = torch.randn(64, 784)
+    compiled = torch.compile(layer, fullgraph=True)
+    y = compiled(x)
+    assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    got = _grads(list(layer.cores))
+    layer(x).square().sum().backward()
+    for a, b in zip(got, _grads(list(layer.cores)), strict=True):
+        assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
