@@ -8,10 +8,13 @@ the table reports ratios measured that way. Never part of the test suite.
     .venv/bin/python benchmarks/run.py --threads 2 --json benchmarks/results.json
     .venv/bin/python benchmarks/run.py --quick          # a smaller, faster selection
 
-Memory of a training step is measured as the bytes autograd keeps for backward (every tensor packed by
-``torch.autograd.graph.saved_tensors_hooks`` during the forward pass, deduplicated by storage, the input and
-the parameters excluded): the part of a step's peak that depends on the layer's contraction. ``tracemalloc``
-does not see torch's CPU allocator, and ``ru_maxrss`` only moves when a process-wide high-water mark moves.
+Memory of a training step is measured two ways. "Kept for bwd": the bytes autograd keeps for backward (every
+tensor packed by ``torch.autograd.graph.saved_tensors_hooks`` during the forward pass, deduplicated by storage,
+the input and the parameters excluded). "Peak": the most memory allocated at once during a whole step (forward
+and backward) above what was in use when it started, from ``torch.profiler``'s memory events (op granularity),
+plus for TT the scratch that ``tt.workspace`` holds between steps (a step reuses it rather than allocating it).
+``tracemalloc`` does not see torch's CPU allocator, and ``ru_maxrss`` only moves when a process-wide high-water
+mark moves.
 """
 
 from __future__ import annotations
@@ -105,6 +108,26 @@ def saved_bytes(step: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -
     return sum(seen.values())
 
 
+def peak_bytes(step: Callable[[], Any]) -> int:
+    """Most bytes allocated at once during ``step()`` above the start, at op granularity (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()  # warm: plan caches, the inference cache, lazily created gradients
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    cur = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak
+
+
+def tt_peak_bytes(layer: nn.Module, x: torch.Tensor) -> int:
+    """:func:`peak_bytes` of a TT layer's training step plus the scratch that step keeps in ``tt.workspace``."""
+    tt.workspace.empty_cache()  # what is held afterwards is this layer's own scratch
+    return peak_bytes(lambda: layer(x).sum().backward()) + tt.workspace.held_bytes()
+
+
 # ---------------------------------------------------------------------------------------------- peers
 def peer_layers(in_dims: tuple, out_dims: tuple, rank: int) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Peers' TT layers for one case, or a note saying why not."""
@@ -191,6 +214,10 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool) -> list
                     },
                     "saved_bytes": {
                         k: saved_bytes(lambda m=m, x=xg: m(x), [xg, *m.parameters()]) for k, m in mods.items()
+                    },
+                    "peak_bytes": {
+                        "tt": tt_peak_bytes(ttl, xg),
+                        "dense": peak_bytes(lambda m=dense, x=xg: m(x).sum().backward()),
                     },
                     "params": {k: sum(p.numel() for p in m.parameters()) for k, m in mods.items()},
                     "peer_notes": notes,
@@ -293,6 +320,11 @@ def bench_demo(steps: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- report
+def _peak(r: dict) -> str:
+    pk = r.get("peak_bytes")  # absent in results written before this column existed
+    return f"{pk['tt'] / 2**20:.3g} / {pk['dense'] / 2**20:.3g}" if pk else "-"
+
+
 def markdown(results: dict) -> str:
     lines = [
         f"threads {results['meta']['threads']}, torch {results['meta']['torch']}, "
@@ -302,8 +334,9 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             "| case | batch | plan (fwd; training) | fwd ms TT / dense (ratio) | fwd+bwd ms TT / dense (ratio) | GFLOP/s fwd TT / dense "
-            "| plan GFLOP fwd / dense | kept for bwd MiB TT / dense | peers fwd, fwd+bwd (ratio to dense) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| plan GFLOP fwd / dense | kept for bwd MiB TT / dense | peak MiB of a training step TT / dense "
+            "| peers fwd, fwd+bwd (ratio to dense) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
     for r in results.get("layers", []):
         f, fb, gf = r["fwd_s"], r["fwdbwd_s"], r["gflops_fwd"]
@@ -318,7 +351,7 @@ def markdown(results: dict) -> str:
             f"(**{f['tt'] / f['dense']:.2f}x**) | {fb['tt'] * 1e3:.3g} / {fb['dense'] * 1e3:.3g} "
             f"(**{fb['tt'] / fb['dense']:.2f}x**) | {gf['tt']:.3g} / {gf['dense']:.3g} | "
             f"{r['plan_flops_forward'] / 1e9:.3g} / {r['dense_flops_forward'] / 1e9:.3g} | "
-            f"{sb['tt'] / 2**20:.3g} / {sb['dense'] / 2**20:.3g} | {'; '.join(peers) or '-'} |"
+            f"{sb['tt'] / 2**20:.3g} / {sb['dense'] / 2**20:.3g} | {_peak(r)} | {'; '.join(peers) or '-'} |"
         )
     if "decompositions" in results:
         d = results["decompositions"]
