@@ -101,33 +101,18 @@ def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | N
 
     Chunks keep large states in cache (inference); the super-cores are shared by all chunks.
     """
-    fn = _rtl if direction == "rtl" else _ltr
     if chunk is None or x2d.shape[0] <= chunk:
-        return fn(x2d, supers)
-    return torch.cat([fn(xc, supers) for xc in x2d.split(chunk)])
-
-
-def sweep_rtl(
-    x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups, chunk: int | None = None
-) -> torch.Tensor:
-    """Right-to-left sweep: contract the last group first.
-
-    The state ``(B, N_left, n_g, r_b, M_right)`` is row-major, so every step reads its ``(n_g r_b, M_right)``
-    slices in place and writes ``(r_a m_g, M_right)`` ones, which are the next step's slices: no permutes.
-    ``chunk``: run the batch in chunks of that many rows, so that large states stay in cache (inference).
-    """
-    return sweep(x2d, supers_of(cores, groups, "rtl"), "rtl", chunk)
-
-
-def _rtl(x2d: torch.Tensor, supers: list[Super]) -> torch.Tensor:
-    return _steps(x2d, supers, "rtl")
+        return _steps(x2d, supers, direction)
+    return torch.cat([_steps(xc, supers, direction) for xc in x2d.split(chunk)])
 
 
 def _steps(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:
     """Apply the super-cores to the state in sweep order: ``done`` output modes so far, ``rest`` input modes.
 
-    rtl slices the state by the input modes still ahead (outer) and carries the finished output modes (P);
-    ltr the other way round.
+    Right to left (last group first) the state ``(B, N_left, n_g, r_b, M_right)`` is row-major, so every step reads
+    its ``(n_g r_b, M_right)`` slices in place and writes ``(r_a m_g, M_right)`` ones, which are the next step's
+    slices: no permutes. Left to right the state ``(B, M_left, r_a, n_g, N_right)`` maps its ``(r_a n_g,
+    N_right)`` slices to ``(m_g r_b, N_right)`` ones the same way.
     """
     b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
     one = _eager_one(b)
@@ -139,21 +124,6 @@ def _steps(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tens
         s = _step(s, a, b * outer, a.shape[1], p, one)
         done *= mg
     return s.reshape(b, done)
-
-
-def sweep_ltr(
-    x2d: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups, chunk: int | None = None
-) -> torch.Tensor:
-    """Left-to-right sweep: contract the first group first.
-
-    The state ``(B, M_left, r_a, n_g, N_right)`` is row-major; each step maps its ``(r_a n_g, N_right)`` slices to
-    ``(m_g r_b, N_right)`` ones in place, as in :func:`sweep_rtl`. ``chunk`` as there.
-    """
-    return sweep(x2d, supers_of(cores, groups, "ltr"), "ltr", chunk)
-
-
-def _ltr(x2d: torch.Tensor, supers: list[Super]) -> torch.Tensor:
-    return _steps(x2d, supers, "ltr")
 
 
 def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
