@@ -132,8 +132,8 @@ def test_training_sweeps_use_the_sweep_function(gen, monkeypatch):
 
 
 def test_blocked_build_of_a_large_w(gen, monkeypatch):
-    """Past _BLOCKED_ABOVE, W and the halves' gradients are built in blocks of left rows: same values."""
-    from tensortrain import contraction_exec
+    """Past BLOCKED_ABOVE, W and the halves' gradients are built in blocks of left rows: same values."""
+    from tensortrain import contraction_cost, contraction_exec
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)  # split 1: left (3 x 2), right (4 x 4), rank 3
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
@@ -141,8 +141,8 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
     want = contraction_exec.build_full(lmat, rmat, dims)
-    monkeypatch.setattr(contraction_exec, "_BLOCKED_ABOVE", 0)
-    monkeypatch.setattr(contraction_exec, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
+    monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(contraction_cost, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
     assert contraction_exec._blocks(dims, 8) == 2
     assert_close(contraction_exec.build_full(lmat, rmat, dims), want)
     for keep in (False, True):
@@ -179,7 +179,7 @@ def test_autocast_training_of_every_plan(gen, batch):
 
 def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
     """A blocked W (and dW in backward) live in tensortrain.workspace's buffers: same values, buffers reused."""
-    from tensortrain import contraction_exec, workspace
+    from tensortrain import contraction_cost, contraction_exec, workspace
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
@@ -187,8 +187,8 @@ def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
     want = x.detach() @ contraction_exec.build_full(lmat, rmat, dims).detach().t()
-    monkeypatch.setattr(contraction_exec, "_BLOCKED_ABOVE", 0)
-    monkeypatch.setattr(contraction_exec, "BLOCK_BYTES", 8 * 2 * 32)
+    monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(contraction_cost, "BLOCK_BYTES", 8 * 2 * 32)
     monkeypatch.setattr(workspace, "MIN_BYTES", 0)
     workspace.empty_cache()
     with torch.no_grad():

@@ -428,8 +428,7 @@ def _cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, d
 
 def _cached_halves(cache: dict, cores: Sequence[torch.Tensor], split: int) -> tuple | None:
     """The full plan's two halves of W, kept in a layer's cache when both pass ``cacheable`` (else None)."""
-    dims, d = _dims(cores), len(cores)
-    if not (_cost.cacheable(dims, 0, split) and (split == d or _cost.cacheable(dims, split, d))):
+    if not _cost.halves_cacheable(_dims(cores), split):
         return None
     return _cached(cache, ("halves", split), cores, lambda: _exec.halves(cores, split))
 

@@ -131,6 +131,25 @@ def cacheable(dims: Dims, i: int, j: int) -> bool:
     return merged <= CACHE_FACTOR * sum(ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(i, j))
 
 
+def halves_cacheable(dims: Dims, split: int) -> bool:
+    """Whether both halves of the full plan split before core ``split`` may be kept by a layer's cache."""
+    d = len(dims[0])
+    return cacheable(dims, 0, split) and (split == d or cacheable(dims, split, d))
+
+
+def batched_build(r: int, nl: int, nr: int) -> bool:
+    """Whether a whole-built W (and its halves' gradients) uses GEMMs batched over row-mode pairs (small rank)."""
+    return 4 * r <= min(nl, nr)
+
+
+def block_rows(dims4: tuple[int, ...], item: int) -> int:
+    """Left row indices per block of the blocked build of W ``(M_L, N_L, M_R, N_R)``; 0: W is built whole."""
+    ml, nl, mr, nr = dims4
+    if item * ml * nl * mr * nr <= BLOCKED_ABOVE:
+        return 0
+    return max(1, min(ml, BLOCK_BYTES // (item * nl * mr * nr)))
+
+
 def step_shape(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int, int, int]:
     """``(outer per batch row, K, P, Q)`` of the sweep step contracting group ``[i, j)``.
 
@@ -226,13 +245,15 @@ def full_cost(
     mm, nn, r = prod(rows), prod(cols), ranks[split]
     nl, nr = prod(cols[:split]), prod(cols[split:])
     merges = merge_cost(dims, 0, split, item) + (merge_cost(dims, split, d, item) if split < d else _Acc())
-    if cached and not grad and cacheable(dims, 0, split) and (split == d or cacheable(dims, split, d)):
+    if cached and not grad and halves_cacheable(dims, split):
         merges = _Acc()
-    if item * mm * nn > BLOCKED_ABOVE:  # built and permuted in cache-sized blocks: streamed, more launches
-        blocks = -(-prod(rows[:split]) // max(1, BLOCK_BYTES // (item * nl * prod(rows[split:]) * nr)))
+    ml = prod(rows[:split])
+    bs = block_rows((ml, nl, prod(rows[split:]), nr), item)
+    if bs:  # built and permuted in cache-sized blocks: streamed, more launches
+        blocks = -(-ml // bs)
         build = _Acc(2 * mm * nn * r, 3 * item * mm * nn, 0, 3 * blocks, 0)
         grad_halves = _Acc(4 * mm * nn * r, item * 4 * mm * nn, 0, 3 * blocks, 0)
-    elif 4 * r <= min(nl, nr):  # batched build: broadcast copies of the halves instead of a permute of W
+    elif batched_build(r, nl, nr):  # broadcast copies of the halves instead of a permute of W
         build = _Acc(2 * mm * nn * r, item * (mm * nn + 2 * mm * (nl + nr) * r), 0, 3, prod(rows))
         grad_halves = _Acc(
             4 * mm * nn * r, item * (2 * mm * nn + 4 * mm * (nl + nr) * r), 0, 6, 2 * prod(rows)
@@ -249,7 +270,7 @@ def full_cost(
     bwd = gemm + gemm + grad_halves + merges + merges + (_Acc() if keep else build)
     seconds = fwd.time(m) + bwd.time(m) + item * saved / m.stream
     # a kept W is fresh memory (page faults); a rebuilt one borrows reused scratch (tensortrain.workspace)
-    if keep and item * mm * nn > BLOCKED_ABOVE:
+    if keep and bs:
         seconds += item * mm * nn / m.touch
     return Cost(fwd.flops, bwd.flops, fwd.stream + fwd.permute, item * saved, seconds)
 

@@ -141,24 +141,13 @@ def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, tor
     return left.reshape(ml * nl, r), rmat, (ml, nl, mr, nr)
 
 
-def _batched(r: int, nl: int, nr: int) -> bool:
-    """Build W (and the halves' gradients) as GEMMs batched over row-mode pairs when the rank is small."""
-    return 4 * r <= min(nl, nr)
-
-
-# W (or dW) larger than _BLOCKED_ABOVE bytes is built (or permuted) in blocks of left row indices whose GEMM output
-# (BLOCK_BYTES, in reused scratch) is permuted into W while it is still in cache, instead of one GEMM whose M*N
-# output makes a round trip through memory first; a temporary W also lives in reused scratch (tensortrain.workspace).
-BLOCK_BYTES = _cost.BLOCK_BYTES
-_BLOCKED_ABOVE = _cost.BLOCKED_ABOVE
-
-
+# A W over contraction_cost.BLOCKED_ABOVE bytes (or its gradient) is built (or permuted) in blocks of left row
+# indices whose GEMM output (BLOCK_BYTES, in reused scratch) is permuted into W while it is still in cache, instead
+# of one GEMM whose M*N output makes a round trip through memory first; a temporary W also lives in reused scratch
+# (tensortrain.workspace).
 def _blocks(dims: tuple[int, ...], item: int) -> int:
     """Left row indices per block of the blocked build; 0 when W is built whole (small W, or compiling)."""
-    ml, nl, mr, nr = dims
-    if torch.compiler.is_compiling() or item * ml * nl * mr * nr <= _BLOCKED_ABOVE:
-        return 0
-    return max(1, min(ml, BLOCK_BYTES // (item * nl * mr * nr)))
+    return 0 if torch.compiler.is_compiling() else _cost.block_rows(dims, item)
 
 
 def _recording(*ts: torch.Tensor) -> bool:
@@ -171,7 +160,7 @@ def build_full(
 ) -> torch.Tensor:
     """W (M, N) from its halves (into ``out``, a contiguous M x N tensor, when given).
 
-    A W over ``_BLOCKED_ABOVE`` bytes: one GEMM per block of left row indices into reused scratch, each block's
+    A W over ``BLOCKED_ABOVE`` bytes: one GEMM per block of left row indices into reused scratch, each block's
     output permuted into W while it is still in cache. A smaller one: for small ranks one GEMM per pair of (left,
     right) row indices, written straight into W's layout (the operands broadcast, ``O(M (N_L + N_R) r)``
     copies); for larger ranks one GEMM and one permute of W.
@@ -180,7 +169,7 @@ def build_full(
     r = int(lmat.shape[1])
     bs = _blocks(dims, lmat.element_size())
     if not bs:
-        if _batched(r, nl, nr):
+        if _cost.batched_build(r, nl, nr):
             right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
             w = torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
         else:
@@ -208,7 +197,7 @@ def _grad_halves(
     r = int(lmat.shape[1])
     gl = gr = None
     bs = _blocks(dims, gw.element_size())
-    if not bs and _batched(r, nl, nr):
+    if not bs and _cost.batched_build(r, nl, nr):
         gw4 = gw.reshape(ml, mr, nl, nr)
         if need[0]:
             gl = torch.matmul(gw4, rmat.reshape(r, mr, nr).permute(1, 2, 0)).sum(1).reshape(ml * nl, r)
