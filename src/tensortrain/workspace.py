@@ -87,7 +87,7 @@ def scratch(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> I
     numel = 1
     for s in shape:
         numel *= int(s)
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = numel * dtype.itemsize
     device = torch.device(device)
     if device.type != "cpu" or nbytes < MIN_BYTES or _limit == 0 or torch.compiler.is_compiling():
         yield torch.empty(tuple(shape), dtype=dtype, device=device)
