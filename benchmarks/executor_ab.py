@@ -48,7 +48,7 @@ def load_old(rev: str):  # noqa: ANN201
     return mod
 
 
-def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int) -> dict:  # noqa: ANN001
+def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int, warm: bool) -> dict:  # noqa: ANN001
     """Median seconds of ``nn.Linear`` and both executors' full plan (split in the middle), interleaved."""
     cores, bias = list(layer.cores), layer.bias
     split = len(cores) // 2
@@ -71,6 +71,7 @@ def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int)
             "new": step(lambda x: contraction_exec.full_linear(x, cores, split, keep, bias)),
         },
         repeats,
+        warm_each=warm,
     )
 
 
@@ -80,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--cold", action="store_true", help="no untimed call right before each timed one")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     old = load_old(args.against)
-    print(f"old executor: {args.against}; threads {args.threads}; batch {args.batch}; ratios to nn.Linear")
+    mode = "cold" if args.cold else "warm"
+    print(
+        f"old executor: {args.against}; threads {args.threads}; batch {args.batch}; {mode}; ratios to nn.Linear"
+    )
     for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
         if name == "784x625-r4":
             continue  # its plans are sweeps: no full-plan executor to compare
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
         lin = torch.nn.Linear(fin, fout)
         for grad, keep in ((False, False), (True, True), (True, False)):
-            t = time_case(old, layer, lin, args.batch, grad, keep, args.repeats)
+            t = time_case(old, layer, lin, args.batch, grad, keep, args.repeats, not args.cold)
             what = "forward" if not grad else f"fwd+bwd, W {'kept' if keep else 'rebuilt'}"
             print(f"{name:14s} {what:22s} old {t['old'] / t['dense']:.3f}x  new {t['new'] / t['dense']:.3f}x")
     return 0

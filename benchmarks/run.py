@@ -5,6 +5,13 @@ Everything runs side by side in one process with a fixed thread count; times are
 repeats after warm-up (the implementations of one case take turns, so load spikes hit all of them alike), and
 the table reports ratios measured that way. Never part of the test suite.
 
+Layers are timed warm: each timed call comes right after an untimed call of the same layer, so every layer is
+measured in the steady state of back-to-back calls, whatever ran before it. Timed cold instead (``--cold``: each
+call right after the previous layer's), a layer's time depends on its place in the turn: a small layer called
+right after the dense 4096x4096 one finds its data evicted from cache, and the peers, which follow other small
+layers, do not (torchTT's batch-1 training step measured 1.86 ms after our layer and 2.07 ms after the dense one,
+ours 2.16 ms after the dense one and 1.29 ms after torchTT's).
+
     .venv/bin/python benchmarks/run.py --threads 2 --json benchmarks/results.json
     .venv/bin/python benchmarks/run.py --quick          # a smaller, faster selection
 
@@ -170,7 +177,7 @@ def peer_layers(in_dims: tuple, out_dims: tuple, rank: int) -> tuple[dict[str, n
 
 
 # --------------------------------------------------------------------------------------------- layers
-def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool) -> list[dict]:
+def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: bool = False) -> list[dict]:
     rows = []
     for name, fin, fout, in_dims, out_dims, rank in cases:
         torch.manual_seed(0)
@@ -184,12 +191,16 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool) -> list
             row: dict[str, Any] = {"case": name, "batch": b, "in": fin, "out": fout, "rank": rank}
             with torch.no_grad():
                 fwd = interleaved(
-                    {k: (lambda m=m, x=x: m(x)) for k, m in mods.items()}, repeats, droppable=tuple(others)
+                    {k: (lambda m=m, x=x: m(x)) for k, m in mods.items()},
+                    repeats,
+                    droppable=tuple(others),
+                    warm_each=not cold,
                 )
             fb = interleaved(
                 {k: (lambda m=m, x=xg: m(x).sum().backward()) for k, m in mods.items()},
                 repeats,
                 droppable=tuple(others),
+                warm_each=not cold,
             )
             p_inf = ttl.plan(b, requires_grad=False)
             p_tr = ttl.plan(b, requires_grad=True)
@@ -328,6 +339,7 @@ def _peak(r: dict) -> str:
 def markdown(results: dict) -> str:
     lines = [
         f"threads {results['meta']['threads']}, torch {results['meta']['torch']}, "
+        f"layers timed {results['meta'].get('layer_timing', 'cold')}, "
         f"load average before/after {results['meta']['load_before']} / {results['meta'].get('load_after')}",
     ]
     if results.get("layers"):
@@ -389,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--sections", default="layers,decompositions,algebra,demo")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--cold", action="store_true", help="time layers cold (see the module docstring)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
@@ -407,12 +420,13 @@ def main(argv: list[str] | None = None) -> int:
             "machine": platform.machine(),
             "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "repeats": repeats,
+            "layer_timing": "cold" if args.cold else "warm",
         }
     }
     contraction.clear_plan_cache()
     if "layers" in sections:
         print("layers (medians of interleaved repeats):", flush=True)
-        results["layers"] = bench_layers(cases, BATCHES, repeats, not args.no_peers)
+        results["layers"] = bench_layers(cases, BATCHES, repeats, not args.no_peers, args.cold)
     if "decompositions" in sections:
         results["decompositions"] = bench_decompositions(args.quick, repeats)
     if "algebra" in sections:
