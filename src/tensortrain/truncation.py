@@ -183,8 +183,8 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
     Shifted CholeskyQR3 (Fukaya, Kannan, Nakatsukasa, Yamamoto & Yanagisawa 2020) with the k x k Gram
     matrices in float64: a shifted pass makes the basis well conditioned, two plain passes make it
     orthonormal. GEMMs and tiny factorizations only, so much faster than LAPACK's Householder QR on a busy
-    multi-threaded CPU (4096 x 74: 1 s on 2 loaded threads against 0.1 s). Plain passes repeat until
-    ``||Q^H Q - I||_max <= 1e-12`` (at most three); when a Cholesky fails or the passes do not converge (a
+    multi-threaded CPU (4096 x 74: 1 s on 2 loaded threads against 0.1 s). Plain passes (at least one) repeat
+    until ``||Q^H Q - I||_max <= 1e-14`` (at most three); when a Cholesky fails or the passes do not converge (a
     numerically rank-deficient ``y``), Householder QR.
     """
     m, k = y.shape[-2], y.shape[-1]
@@ -198,8 +198,11 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
             # shift = 11 (m k + k (k + 1)) u ||y||_F^2, the paper's choice with u = 2^-53
             norm2 = gram.diagonal(dim1=-2, dim2=-1).real.sum(-1)
             gram = gram + (11 * (m * k + k * (k + 1)) * 2.0**-53 * norm2)[..., None, None] * eye
-        elif bool((gram - eye).abs().amax() <= 1e-12):
-            return q.to(y.dtype)  # certified orthonormal (usually after the shifted pass and one plain one)
+        elif step >= 2 and bool((gram - eye).abs().amax() <= 1e-14):
+            # certified orthonormal, usually after the shifted pass and one plain one. Never right after the
+            # shifted pass: its basis can be orthonormal to only ~1e-13 (12 x 3) .. 1e-8 (4096 x 74), and callers
+            # represent a matrix as q (q^H a), which is off by that much
+            return q.to(y.dtype)
         elif step == 4:
             break
         low, info = torch.linalg.cholesky_ex(gram)
