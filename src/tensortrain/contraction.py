@@ -29,6 +29,7 @@ import torch
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
+from ._transforms import transforms_active
 from .errors import ShapeError
 from .tensor_train import TensorTrain
 
@@ -515,7 +516,7 @@ def apply_unchecked(
     lead = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
-    cached = cache is not None and not grad and not torch.compiler.is_compiling()
+    cached = cache is not None and not grad and not transforms_active()
     prog = _program(cores, x2d.shape[0], grad, strategy, cached)
     y = _run(prog, x2d, cores, bias, grad, cache if cached else None)
     return y if len(lead) == 1 else y.reshape(*lead, y.shape[-1])

@@ -19,6 +19,7 @@ import torch
 
 from . import contraction_cost as _cost
 from . import workspace
+from ._transforms import transforms_active
 
 __all__: list[str] = []
 
@@ -147,7 +148,7 @@ def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, tor
 # (tensortrain.workspace).
 def _blocks(dims: tuple[int, ...], item: int) -> int:
     """Left row indices per block of the blocked build; 0 when W is built whole (small W, or compiling)."""
-    return 0 if torch.compiler.is_compiling() else _cost.block_rows(dims, item)
+    return 0 if transforms_active() else _cost.block_rows(dims, item)
 
 
 def _recording(*ts: torch.Tensor) -> bool:
@@ -334,9 +335,9 @@ def full_linear(
     ``parts``: the halves (:func:`halves`' result) when a layer keeps them between inference calls.
     """
     lmat, rmat, dims = halves(cores, split) if parts is None else parts
-    if torch.compiler.is_compiling():
-        # Dynamo instantiates custom Functions (a DeprecationWarning in torch 2.13); compiled graphs get plain
-        # autograd here and leave memory planning to the compiler.
+    if transforms_active():
+        # under a transform (compile, torch.func, forward AD; see tensortrain._transforms) plain autograd; compiled
+        # graphs leave memory planning to the compiler
         y = x2d @ build_full(lmat, rmat, dims).t()
         return y if bias is None else y + bias
     if not torch.is_grad_enabled():  # inference: no autograd Function to dispatch
@@ -446,8 +447,8 @@ class SweepFunction(torch.autograd.Function):
 
 
 def sweep_trained(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:
-    """A sweep whose backward is :class:`SweepFunction`'s (eager training; compiled graphs keep autograd's)."""
-    if torch.compiler.is_compiling():
+    """A sweep whose backward is :class:`SweepFunction`'s (eager training; traced calls keep autograd's)."""
+    if transforms_active():
         return sweep(x2d, supers, direction)
     meta = tuple((mg, ng) for _, mg, ng in supers)
     x2d, *mats = _autocast_inputs(x2d, *(a for a, _, _ in supers))

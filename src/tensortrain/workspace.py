@@ -28,6 +28,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ._transforms import transforms_active
+
 __all__ = ["scratch", "empty_cache", "limit", "set_limit", "held_bytes", "MIN_BYTES"]
 
 # Smaller requests are plain allocations: small blocks come back from the allocator's own free lists.
@@ -79,7 +81,8 @@ def _trim() -> None:
 def scratch(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Iterator[torch.Tensor]:
     """An uninitialized contiguous tensor for use inside the block only; its memory is reused afterwards.
 
-    Falls back to a plain ``torch.empty`` on non-CPU devices, below :data:`MIN_BYTES`, while compiling, and with
+    Falls back to a plain ``torch.empty`` on non-CPU devices, below :data:`MIN_BYTES`, under a transform (compile,
+    export, ``torch.func``, forward AD), and with
     a limit of 0. The tensor must not escape the block.
 
     Complexity: ``O(#held buffers)`` bookkeeping; no page faults when a held buffer is large enough.
@@ -89,7 +92,7 @@ def scratch(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> I
         numel *= int(s)
     nbytes = numel * dtype.itemsize
     device = torch.device(device)
-    if device.type != "cpu" or nbytes < MIN_BYTES or _limit == 0 or torch.compiler.is_compiling():
+    if device.type != "cpu" or nbytes < MIN_BYTES or _limit == 0 or transforms_active():
         yield torch.empty(tuple(shape), dtype=dtype, device=device)
         return
     fits = [b for b in _free.buffers if b.numel() >= nbytes]

@@ -11,6 +11,7 @@ import math
 import torch
 
 from .. import contraction
+from .._transforms import transforms_active
 from ..errors import ShapeError
 from ..tensor_train import TensorTrain
 
@@ -107,7 +108,7 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
         raise TypeError(f"{fn}: indices must be an integer tensor (e.g. torch.long), got {kind}")
     if input.device != device:
         raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
-    if input.numel() == 0 or _tracing():
+    if input.numel() == 0 or transforms_active():
         # Under torch.compile / torch.export a value check would be a data-dependent graph break; there the
         # lookup itself refuses indices past the table (the first mode is not wrapped, see _tt_rows).
         return
@@ -118,10 +119,6 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
             f"{fn}: indices must be in [0, {num_embeddings}), got out-of-range values {bad} "
             f"(min {lo}, max {hi})"
         )
-
-
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def tt_embedding(
@@ -177,7 +174,7 @@ def tt_embedding(
             raise ValueError(f"tt_embedding: padding_idx must be within [-{v}, {v}), got {padding_idx}")
         padding_idx = padding_idx % v
     flat = input.reshape(-1).long()
-    if _tracing():
+    if transforms_active():
         # torch.unique has a data-dependent output shape: compiled and exported graphs contract every index.
         rows = _tt_rows(weight, flat, voc_dims)
     else:

@@ -1,0 +1,31 @@
+"""Whether a call runs under a transform rather than plain eager autograd: ``torch.compile`` or ``torch.export``
+tracing, a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``jacrev``, ...), or forward-mode AD
+(``torch.autograd.forward_ad`` with a dual level open).
+
+Private. Under a transform the contraction runs plain autograd ops only: no custom ``autograd.Function`` (they
+have no forward-mode rule, ``torch.func`` needs ones with ``setup_context`` and a vmap rule, and Dynamo
+instantiates them with a warning), no ``out=`` writes into reused scratch (a transform's wrapped tensors cannot be
+written into a plain buffer), no caches keyed on storage addresses (wrapped tensors have none), and no
+data-dependent Python checks (``.item()``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as _fwad
+
+__all__: list[str] = []
+
+# private in torch (torch.autograd.Function consults it the same way); absent: no transforms to detect
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def transforms_active() -> bool:
+    """True while tracing for compile/export, inside a ``torch.func`` transform, or with a forward-AD dual level
+    open (``_current_level`` is -1 outside ``forward_ad.dual_level()``)."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or bool(_functorch_active())
+        or getattr(_fwad, "_current_level", -1) >= 0
+    )

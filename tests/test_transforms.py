@@ -1,0 +1,154 @@
+"""The contraction and the TT layers under torch.func transforms and forward-mode AD.
+
+Eager training runs custom autograd Functions (SweepFunction, FullLinear) and writes into reused scratch; neither
+works under ``torch.func`` (no ``setup_context``/vmap rule, wrapped tensors) nor forward AD (no ``jvp``). Under a
+transform the contraction takes plain autograd ops: every plan must then give autograd's own answers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwad
+from torch.func import functional_call, grad, jacrev, jvp, stack_module_state, vmap
+
+import tensortrain as tt
+from conftest import assert_close
+from tensortrain import contraction as C
+from tensortrain import contraction_cost, workspace
+from tensortrain._transforms import transforms_active
+
+# torch's own forward-AD decompositions are loaded with torch.jit.script the first time, which warns in torch 2.13
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+RAW = [[3, 4, 2], [2, 5, 3]]  # 24 x 30
+BATCH = 64  # past SWEEP_FUNCTION_MIN_BATCH: eager training would run the custom Functions
+
+
+def _cores(gen: torch.Generator) -> list[torch.Tensor]:
+    return list(tt.random_matrix(RAW, tt_rank=3, generator=gen, dtype=torch.float64).tt_cores)
+
+
+def _plans(cores: list[torch.Tensor], requires_grad: bool) -> list[C.ContractionPlan]:
+    return C.enumerate_plans(cores, BATCH, requires_grad=requires_grad)
+
+
+@pytest.fixture
+def blocked(monkeypatch):
+    """Every W counts as large: eager calls would build it in blocks into scratch (out= writes)."""
+    monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(contraction_cost, "BLOCK_BYTES", 8 * 5 * 30)
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)
+
+
+def test_transforms_active_sees_each_transform():
+    seen = []
+
+    def probe(x):
+        seen.append(transforms_active())
+        return x.sum()
+
+    x = torch.randn(3)
+    assert not transforms_active()
+    grad(probe)(x)
+    vmap(probe)(x[None])
+    jvp(probe, (x,), (x,))
+    with fwad.dual_level():
+        seen.append(transforms_active())
+    assert seen == [True, True, True, True]
+    assert not transforms_active()
+
+
+def test_func_grad_matches_autograd_for_every_plan(gen, blocked):
+    cores = _cores(gen)
+    bias = torch.randn(24, generator=gen, dtype=torch.float64)
+    x = torch.randn(BATCH, 30, generator=gen, dtype=torch.float64)
+
+    for p in _plans(cores, requires_grad=True):
+
+        def loss(cs, b, x, p=p):
+            return C.linear(x, cs, b, strategy=p).square().sum()
+
+        got = grad(loss, argnums=(0, 1, 2))(cores, bias, x)
+        leaves = [c.clone().requires_grad_() for c in cores] + [bias.clone().requires_grad_()]
+        xr = x.clone().requires_grad_()
+        want = torch.autograd.grad(loss(leaves[:-1], leaves[-1], xr), [*leaves, xr])
+        for g, w in zip([*got[0], got[1], got[2]], want, strict=True):
+            assert_close(g, w)
+
+
+def test_forward_ad_and_func_jvp_match_the_dense_product(gen, blocked):
+    cores = _cores(gen)
+    w = tt.full(tt.TensorTrain(cores))
+    x = torch.randn(BATCH, 30, generator=gen, dtype=torch.float64)
+    t = torch.randn(BATCH, 30, generator=gen, dtype=torch.float64)
+    tcores = [torch.randn(c.shape, generator=gen, dtype=torch.float64) for c in cores]
+    # d/ds of x(s) W(s)^T: the tangent of W is the sum over cores of W with one core replaced by its tangent
+    dw = sum(
+        tt.full(tt.TensorTrain([tc if j == k else c for j, c in enumerate(cores)]))
+        for k, tc in enumerate(tcores)
+    )
+    want = t @ w.T + x @ dw.T
+    for grad_mode in (False, True):
+        for p in _plans(cores, requires_grad=grad_mode):
+            with torch.set_grad_enabled(grad_mode), fwad.dual_level():
+                duals = [fwad.make_dual(c, tc) for c, tc in zip(cores, tcores, strict=True)]
+                y = C.linear(fwad.make_dual(x, t), duals, strategy=p)
+                assert_close(fwad.unpack_dual(y).tangent, want)
+            _, tangent = jvp(lambda x, *cs, p=p: C.linear(x, list(cs), strategy=p), (x, *cores), (t, *tcores))
+            assert_close(tangent, want)
+
+
+def test_vmap_over_inputs_matches_a_loop(gen, blocked):
+    cores = _cores(gen)
+    xs = torch.randn(3, BATCH, 30, generator=gen, dtype=torch.float64)
+    for p in _plans(cores, requires_grad=False):
+        with torch.no_grad():
+            got = vmap(lambda x, p=p: C.linear(x, cores, strategy=p))(xs)
+            want = torch.stack([C.linear(x, cores, strategy=p) for x in xs])
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("batch", [1, BATCH, 1024])
+def test_layer_under_vmap_grad_and_jacrev(gen, batch):
+    layer = tt.nn.TTLinear(30, 24, tt_rank=3, in_dims=(2, 5, 3), out_dims=(3, 4, 2), dtype=torch.float64)
+    dense = layer.to_linear()
+    x = torch.randn(batch, 30, generator=gen, dtype=torch.float64)
+    params = dict(layer.named_parameters())
+
+    def loss(p, x):
+        return functional_call(layer, p, (x,)).square().sum()
+
+    got = grad(loss)(params, x)
+    want = dict(zip(params, torch.autograd.grad(loss(params, x), list(params.values())), strict=True))
+    for k in params:
+        assert_close(got[k], want[k])
+    with torch.no_grad():  # the layer's inference cache is bypassed under vmap, then used again
+        assert_close(vmap(layer)(x[None].expand(2, -1, -1)), dense(x).expand(2, -1, -1))
+        assert_close(layer(x), dense(x))
+    xs = x[:2]
+    assert_close(jacrev(layer)(xs), jacrev(dense)(xs))
+    per_sample = vmap(grad(lambda p, xi: loss(p, xi[None])), in_dims=(None, 0))(params, xs)
+    for k in params:
+        assert_close(per_sample[k].sum(0), grad(loss)(params, xs)[k])
+
+
+def test_ensemble_of_layers_by_vmap_over_stacked_parameters(gen):
+    models = [tt.nn.TTLinear(30, 24, tt_rank=3, dtype=torch.float64) for _ in range(3)]
+    params, buffers = stack_module_state(models)
+    base = tt.nn.TTLinear(30, 24, tt_rank=3, dtype=torch.float64, device="meta")
+    x = torch.randn(BATCH, 30, generator=gen, dtype=torch.float64)
+    ys = vmap(lambda p, b: functional_call(base, (p, b), (x,)))(params, buffers)
+    for m, y in zip(models, ys, strict=True):
+        assert_close(y, m(x))
+
+
+def test_embedding_under_vmap_and_grad(gen):
+    emb = tt.nn.TTEmbedding(60, 8, tt_rank=3, dtype=torch.float64)
+    idx = torch.randint(0, 60, (4, 16), generator=gen)
+    assert_close(vmap(emb)(idx), emb(idx))
+    params = dict(emb.named_parameters())
+    got = grad(lambda p: functional_call(emb, p, (idx,)).square().sum())(params)
+    want = torch.autograd.grad(emb(idx).square().sum(), list(params.values()))
+    for k, w in zip(params, want, strict=True):
+        assert_close(got[k], w)
