@@ -1,4 +1,4 @@
-"""The contraction and the TT layers under torch.func transforms and forward-mode AD.
+"""The contraction and the TT layers under torch.func transforms, forward-mode AD and activation checkpointing.
 
 Eager training runs custom autograd Functions (SweepFunction, FullLinear) and writes into reused scratch; neither
 works under ``torch.func`` (no ``setup_context``/vmap rule, wrapped tensors) nor forward AD (no ``jvp``). Under a
@@ -152,3 +152,35 @@ def test_embedding_under_vmap_and_grad(gen):
     want = torch.autograd.grad(emb(idx).square().sum(), list(params.values()))
     for k, w in zip(params, want, strict=True):
         assert_close(got[k], w)
+
+
+@pytest.mark.parametrize("how", ["checkpoint", "checkpoint_reentrant", "save_on_cpu"])
+def test_activation_checkpointing_and_saved_tensor_hooks_for_every_plan(gen, how):
+    """Each custom Function unpacks its saved tensors once (checkpoint refuses a second unpack)."""
+    from torch.utils.checkpoint import checkpoint
+
+    cores = _cores(gen)
+    x = torch.randn(BATCH, 30, generator=gen, dtype=torch.float64)
+    for p in _plans(cores, requires_grad=True):
+
+        def f(x, *cs, p=p):
+            return C.linear(x, list(cs), strategy=p).square().sum()
+
+        def grads(run):  # .backward(): reentrant checkpointing refuses torch.autograd.grad
+            leaves = [t.clone().requires_grad_() for t in (x, *cores)]
+            run(*leaves).backward()
+            return [t.grad for t in leaves]
+
+        want = grads(f)
+        if how == "save_on_cpu":
+
+            def run(*leaves):
+                with torch.autograd.graph.save_on_cpu():
+                    return f(*leaves)
+        else:
+
+            def run(*leaves):
+                return checkpoint(f, *leaves, use_reentrant=how == "checkpoint_reentrant")
+
+        for g, w in zip(grads(run), want, strict=True):
+            assert_close(g, w)

@@ -437,7 +437,8 @@ class SweepFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
         n = len(ctx.steps)
-        states, order = ctx.saved_tensors[:n], ctx.saved_tensors[n:]
+        saved = ctx.saved_tensors  # once: under activation checkpointing each unpack may run only once
+        states, order = saved[:n], saved[n:]
         if torch.is_grad_enabled():  # double backward: the saved states carry no graph; recompute them
             states, _ = _sweep_states(states[0], order, ctx.steps)
         # a broadcast gradient (that of y.sum(): stride 0) would make bmm copy it one slice at a time
