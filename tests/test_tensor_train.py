@@ -126,3 +126,25 @@ def test_shapes_helpers():
         tt.normalize_tt_rank(True, 3)
     with pytest.raises(ValueError, match="positive int"):
         tt.auto_shape(0, 2)
+
+
+def test_numpy_and_torch_integers_are_ints_bools_strings_and_floats_are_not():
+    np = pytest.importorskip("numpy")
+    for r in (np.int64(3), np.int32(3), np.array(3), torch.tensor(3)):
+        assert tt.normalize_tt_rank(r, 3) == (1, 3, 3, 1)
+    for rs in (np.array([2, 3]), torch.tensor([2, 3]), [np.int64(2), 3]):
+        assert tt.normalize_tt_rank(rs, 3) == (1, 2, 3, 1)
+    for bad in (True, 2.0, "3", "23", b"3", None, [2.0, 3], ["2", 3], [True, 3]):
+        with pytest.raises(TypeError):
+            tt.normalize_tt_rank(bad, 3)
+    assert tt.auto_shape(np.int64(784), np.int32(4)) == (4, 4, 7, 7)
+    layer = tt.nn.TTLinear(np.int64(64), np.int32(32), tt_rank=np.int64(3))
+    assert (layer.in_features, layer.out_features, layer.tt_ranks) == (64, 32, (1, 3, 1))
+    assert type(layer.in_features) is int
+    w = torch.randn(64, 64, dtype=torch.float64)
+    assert tt.to_tt_matrix(w, [[8, 8], [8, 8]], max_tt_rank=np.int64(4)).tt_ranks == (1, 4, 1)
+    loose = tt.to_tt_matrix(w, [[8, 8], [8, 8]], max_tt_rank=None, epsilon=np.float32(0.5))
+    assert loose.tt_ranks == tt.to_tt_matrix(w, [[8, 8], [8, 8]], max_tt_rank=None, epsilon=0.5).tt_ranks
+    assert tt.random_matrix_batch([[4, 4], [4, 4]], tt_rank=2, batch_size=np.int64(3)).batch_size == 3
+    _, report = tt.compress(torch.nn.Sequential(torch.nn.Linear(64, 64)), max_tt_rank=np.int64(4))
+    assert report.layers[0].tt_ranks == (1, 4, 1)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .nn.embedding import TTEmbedding, resolve_embedding_dims
 from .nn.linear import TTLinear, resolve_dims
-from .shapes import max_tt_ranks
+from .shapes import as_int, max_tt_ranks
 
 __all__ = ["CompressionReport", "LayerReport", "compress", "decompress"]
 
@@ -218,7 +218,7 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> None:
     ]
     if len(given) != 1:
         raise ValueError(f"compress: pass exactly one of max_tt_rank, epsilon, ratio; got {given or 'none'}")
-    if max_tt_rank is not None and (isinstance(max_tt_rank, bool) or not isinstance(max_tt_rank, int)):
+    if max_tt_rank is not None and as_int(max_tt_rank) is None:
         raise TypeError(f"compress: max_tt_rank must be an int (shared by all layers), got {max_tt_rank!r}")
     if max_tt_rank is not None and max_tt_rank < 1:
         raise ValueError(f"compress: max_tt_rank must be >= 1, got {max_tt_rank}")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .errors import ShapeError
-from .shapes import max_tt_ranks, normalize_tt_rank
+from .shapes import as_int, max_tt_ranks, normalize_tt_rank
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["eye", "matrix_ones", "matrix_zeros", "ones_like", "tensor_ones", "tensor_zeros", "zeros_like"]
@@ -77,11 +77,12 @@ def _dtype(dtype: torch.dtype | None) -> torch.dtype:
 
 
 def _batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+    n = as_int(batch_size)
+    if n is None:
         raise TypeError(f"batch_size must be an int, got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return batch_size
+    if n < 1:
+        raise ValueError(f"batch_size must be >= 1, got {n}")
+    return n
 
 
 def _stddev(stddev: float, name: str = "stddev") -> float:

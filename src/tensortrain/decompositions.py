@@ -31,6 +31,7 @@ values are distinct and separated from the dropped ones).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,7 +79,7 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
 def _epsilon(epsilon: float | None, name: str) -> float | None:
     if epsilon is None:
         return None
-    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
         raise TypeError(f"{name}: epsilon must be a float or None, got {epsilon!r}")
     if not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"{name}: epsilon must be a finite number >= 0, got {epsilon}")

@@ -6,11 +6,30 @@ Symbols: ``d`` number of cores (modes), ``n_k`` mode sizes, ``r_k`` TT-ranks (``
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import ShapeError
 
 __all__ = ["auto_shape", "max_tt_ranks", "normalize_tt_rank", "prime_factors"]
+
+
+def as_int(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer (Python, NumPy, or anything with ``__index__``), else None.
+
+    Bools are not integers here (``True`` as a rank or a size is a mistake), nor are floats, even integral ones.
+
+    Example:
+        >>> as_int(np.int64(3)), as_int(True), as_int(2.0)  # doctest: +SKIP
+        (3, None, None)
+    """
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def prime_factors(n: int) -> list[int]:
@@ -18,8 +37,10 @@ def prime_factors(n: int) -> list[int]:
 
     Complexity: O(sqrt(n)).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"prime_factors: expected a positive int, got {n!r}")
+    given = n
+    n = as_int(n)  # type: ignore[assignment]
+    if n is None or n < 1:
+        raise ValueError(f"prime_factors: expected a positive int, got {given!r}")
     factors, p = [], 2
     while p * p <= n:
         while n % p == 0:
@@ -53,8 +74,10 @@ def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
         >>> auto_shape(625, 4)
         (5, 5, 5, 5)
     """
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"auto_shape: d must be a positive int, got {d!r}")
+    given = d
+    d = as_int(d)  # type: ignore[assignment]
+    if d is None or d < 1:
+        raise ValueError(f"auto_shape: d must be a positive int, got {given!r}")
     primes = prime_factors(n)
     bins = [1] * d
     # Greedy largest-first into the currently smallest bin: the classic balanced-partition heuristic,
@@ -105,17 +128,23 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
     """
     if isinstance(tt_rank, bool):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
-    if isinstance(tt_rank, int):
-        if tt_rank < 1:  # checked on its own: with d = 1 there is no inner bond to carry it
-            raise ShapeError(f"{name} values must be >= 1, got {tt_rank}")
-        ranks = [1] + [tt_rank] * (d - 1) + [1]
+    if isinstance(tt_rank, str | bytes):  # a sequence, but of characters
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
+    one = as_int(tt_rank) if not isinstance(tt_rank, Sequence) else None
+    if one is not None:
+        if one < 1:  # checked on its own: with d = 1 there is no inner bond to carry it
+            raise ShapeError(f"{name} values must be >= 1, got {one}")
+        ranks = [1] + [one] * (d - 1) + [1]
     else:
+        seq: Any = tt_rank  # a sequence, an array or a tensor of ranks
         try:
-            given = [int(r) if not isinstance(r, bool) and float(r) == int(r) else r for r in tt_rank]
-        except (TypeError, ValueError):
+            items = list(seq)
+        except TypeError:
             raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}") from None
-        if any(not isinstance(r, int) for r in given):
-            raise TypeError(f"{name} must contain ints, got {tuple(tt_rank)!r}")
+        maybe = [as_int(r) for r in items]
+        given = [r for r in maybe if r is not None]
+        if len(given) != len(items):
+            raise TypeError(f"{name} must contain ints, got {tuple(items)!r}")
         if len(given) == d + 1:
             if given[0] != 1 or given[-1] != 1:
                 raise ShapeError(f"{name}: boundary ranks must be 1, got {tuple(given)}")

@@ -15,7 +15,7 @@ from torch import nn
 from ..contraction import ContractionPlan
 from ..contraction import plan as contraction_plan
 from ..errors import ShapeError
-from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank, prime_factors
+from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, prime_factors
 from ..tensor_train import TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_
@@ -83,11 +83,12 @@ def _svd_ready(w: torch.Tensor) -> torch.Tensor:
 
 
 def _check_features(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    n = as_int(value)
+    if n is None:
         raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ShapeError(f"{name} must be >= 1, got {value}")
-    return value
+    if n < 1:
+        raise ShapeError(f"{name} must be >= 1, got {n}")
+    return n
 
 
 class TTLinear(TTModule):
