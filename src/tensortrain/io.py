@@ -83,8 +83,8 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
     Raises:
         TypeError: ``obj`` is not a TT object, or ``metadata`` has non-string keys or values.
         ValueError: ``metadata`` uses the reserved key, or the cores' dtype cannot be stored.
-        OSError: the file cannot be written, e.g. ``path`` is a folder (the previous file, if any, is left
-            as it was).
+        OSError: the file cannot be written, e.g. ``path`` is a folder or its folder does not exist (the
+            previous file, if any, is left as it was).
 
     Complexity: O(d n^2 r^2) time and memory (one copy of the cores; ``B`` times that for a batch).
 
@@ -109,6 +109,8 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
         raise IsADirectoryError(
             f"tt.save: {target} is a folder; give a file name such as {target / 'tt.safetensors'}"
         )
+    if not target.parent.is_dir():  # (else the error would name the temporary file, not the missing folder)
+        raise FileNotFoundError(f"tt.save: the folder {target.parent} does not exist; create it first")
     _atomic_write(target, data)
 
 
