@@ -262,3 +262,30 @@ def test_compressed_model_fine_tunes(gen):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_lazy_model_is_refused_with_a_clear_error():
+    with pytest.raises(
+        ValueError, match=r"uninitialized lazy parameters \(0.weight, 0.bias\); run one forward"
+    ):
+        tt.compress(nn.Sequential(nn.LazyLinear(10)), max_tt_rank=4)
+
+
+def test_meta_model_gets_the_structure_of_a_compressed_checkpoint(gen):
+    """Compress a meta-device model by rank alone (no values needed), then load a real compressed state_dict."""
+
+    def mlp(device=None):
+        return nn.Sequential(nn.Embedding(100, 64, device=device), nn.Linear(64, 48, device=device))
+
+    real = mlp()
+    small, _ = tt.compress(real, max_tt_rank=4)
+    skeleton, report = tt.compress(mlp(device="meta"), max_tt_rank=4)
+    assert [lay.rel_error for lay in report.layers] == [None, None]
+    assert [lay.tt_ranks for lay in report.layers] == [m.tt_ranks for m in small]
+    skeleton.to_empty(device="cpu")
+    skeleton.load_state_dict(small.state_dict())
+    idx = torch.randint(0, 100, (5,), generator=gen)
+    torch.testing.assert_close(skeleton(idx), small(idx), rtol=0, atol=0)
+    # epsilon needs singular values: the layer stays dense and the report says why
+    _, eps_report = tt.compress(mlp(device="meta"), epsilon=0.5)
+    assert all("meta tensor has no values" in lay.reason for lay in eps_report.layers)

@@ -523,3 +523,14 @@ def test_round_at_own_ranks_is_exact_to_roundoff(spec, seed):
     a = dense(x)
     y = tt.round(x, max_tt_rank=max(ranks))
     assert (dense(y) - a).norm().item() <= 1e-13 * a.norm().item()
+
+
+def test_meta_tensors_decompose_by_rank_and_refuse_epsilon():
+    w = torch.empty(64, 48, device="meta")
+    m = tt.to_tt_matrix(w, [[8, 8], [6, 8]], max_tt_rank=4)
+    assert m.tt_ranks == (1, 4, 1) and m.device.type == "meta"
+    assert tt.round(tt.random_tensor((4, 4, 4), tt_rank=3).to("meta"), max_tt_rank=2).tt_ranks == (1, 2, 2, 1)
+    with pytest.raises(ValueError, match="meta tensor has no values; pass max_tt_rank alone"):
+        tt.to_tt_matrix(w, [[8, 8], [6, 8]], max_tt_rank=None, epsilon=0.1)
+    with pytest.raises(ValueError, match="round: epsilon picks the ranks"):
+        tt.round(tt.random_tensor((4, 4, 4), tt_rank=3).to("meta"), epsilon=0.1)

@@ -325,8 +325,10 @@ def _convert_one(
         why = f"TT would not save parameters ({after:,} >= {before:,} at epsilon={epsilon})"
         return None, _dense_report(name, module, why)
     w = conv.weight(module)
-    with torch.no_grad():
-        err = float(torch.linalg.norm(conv.tt_weight(new) - w) / torch.linalg.norm(w).clamp_min(1e-300))
+    err = None  # a meta layer (structure only, e.g. before loading a compressed checkpoint) has no error
+    if not w.is_meta:
+        with torch.no_grad():
+            err = float(torch.linalg.norm(conv.tt_weight(new) - w) / torch.linalg.norm(w).clamp_min(1e-300))
     rep = _dense_report(name, module, "")
     return new, replace(rep, tt_ranks=new.tt_ranks, params_after=after, rel_error=err)
 
@@ -389,6 +391,12 @@ def compress(
         raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
     _check_budget(max_tt_rank, epsilon, ratio)
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
+    lazy = [n for n, p in model.named_parameters() if nn.parameter.is_lazy(p)]
+    if lazy:
+        raise ValueError(
+            f"compress: the model has uninitialized lazy parameters ({', '.join(lazy[:3])}); run one forward "
+            "pass first so that their shapes are known"
+        )
     target = model if inplace or dry_run else copy.deepcopy(model)
     before_model = sum(p.numel() for p in target.parameters())
     layers = _select(target, inc, exc)

@@ -76,13 +76,18 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def _epsilon(epsilon: float | None, name: str) -> float | None:
+def _epsilon(epsilon: float | None, name: str, device: torch.device) -> float | None:
     if epsilon is None:
         return None
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
         raise TypeError(f"{name}: epsilon must be a float or None, got {epsilon!r}")
     if not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"{name}: epsilon must be a finite number >= 0, got {epsilon}")
+    if device.type == "meta":  # (max_tt_rank alone needs shapes only: meta works there)
+        raise ValueError(
+            f"{name}: epsilon picks the ranks from singular values, and a meta tensor has no values; "
+            "pass max_tt_rank alone"
+        )
     return float(epsilon)
 
 
@@ -174,7 +179,7 @@ def to_tt_tensor(
         )
     modes = tuple(x.shape[1:])
     caps = _caps(max_tt_rank, modes)
-    cores = _tt_svd(x, modes, caps, _epsilon(epsilon, "to_tt_tensor"), method)
+    cores = _tt_svd(x, modes, caps, _epsilon(epsilon, "to_tt_tensor", x.device), method)
     return _wrap(cores, batch)  # type: ignore[no-any-return]
 
 
@@ -240,7 +245,9 @@ def to_tt_matrix(
     inter = x.reshape(x.shape[0], *rows, *cols).permute(perm)
     modes = tuple(a * b for a, b in zip(rows, cols, strict=True))
     caps = _caps(max_tt_rank, modes)
-    cores = _tt_svd(inter.reshape(x.shape[0], *modes), modes, caps, _epsilon(epsilon, "to_tt_matrix"), method)
+    cores = _tt_svd(
+        inter.reshape(x.shape[0], *modes), modes, caps, _epsilon(epsilon, "to_tt_matrix", x.device), method
+    )
     cores = [c.reshape(c.shape[0], c.shape[1], rows[k], cols[k], c.shape[-1]) for k, c in enumerate(cores)]
     return _wrap(cores, batch)  # type: ignore[no-any-return]
 
@@ -283,7 +290,7 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
         (1, 2, 2, 1)
     """
     method = check_method(method, "round")
-    eps = _epsilon(epsilon, "round")
+    eps = _epsilon(epsilon, "round", tt.device)
     check_finite_cores(tt, "round")
     cores, batch, raw = merge_modes(tt)
     caps = _caps(max_tt_rank, [c.shape[2] for c in cores])
