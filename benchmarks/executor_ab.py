@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,8 @@ def load_old(rev: str):  # noqa: ANN201
     (tmp / "old_contraction_cost.py").write_text(_show(rev, "src/tensortrain/contraction_cost.py"))
     src = _show(rev, "src/tensortrain/contraction_exec.py")
     src = src.replace("from . import contraction_cost as _cost", "import old_contraction_cost as _cost")
-    src = src.replace("from . import", "from tensortrain import")  # anything else: today's package
+    # anything else: today's package
+    src = re.sub(r"from \.(\w*) import", lambda m: f"from tensortrain{'.' * bool(m[1])}{m[1]} import", src)
     (tmp / "old_contraction_exec.py").write_text(src)
     sys.path.insert(0, str(tmp))
     spec = importlib.util.spec_from_file_location("old_contraction_exec", tmp / "old_contraction_exec.py")

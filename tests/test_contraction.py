@@ -333,9 +333,12 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
     C.clear_plan_cache()
     assert C.plan(cores, 37, strategy=strategy, requires_grad=False).groups == plan.groups
     calls = []
-    steps = contraction_exec._steps
+    steps, steps_into = contraction_exec._steps, contraction_exec._steps_into
     monkeypatch.setattr(
         contraction_exec, "_steps", lambda x2d, supers, d: calls.append(x2d.shape[0]) or steps(x2d, supers, d)
+    )
+    monkeypatch.setattr(  # chunks: into the output's rows, states in reused scratch
+        contraction_exec, "_steps_into", lambda xc, *a: calls.append(xc.shape[0]) or steps_into(xc, *a)
     )
     with torch.no_grad():
         assert_close(C.linear(x, cores, strategy=strategy), want)
@@ -343,6 +346,14 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
         calls.clear()
         assert_close(C.linear(x[:30], cores, strategy=strategy), want[:30])  # fits the "cache": one pass
         assert calls == [30]
+        calls.clear()
+        assert_close(C.linear(x.t().contiguous().t(), cores, strategy=strategy), want)  # a strided input
+        assert calls == [8, 8, 8, 8, 5]
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: chunks through autocast's own matmuls
+            c32 = [c.float() for c in cores]
+            assert_close(
+                C.linear(x.float(), c32, strategy=strategy).float(), want.float(), rtol=0.05, atol=0.05
+            )
     calls.clear()
     xg = x.clone().requires_grad_(True)
     assert_close(C.linear(xg, cores, strategy=strategy), want)  # training: one pass, states kept for backward

@@ -100,11 +100,51 @@ def super_of(cores: Sequence[torch.Tensor], i: int, j: int, direction: str) -> S
 def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | None = None) -> torch.Tensor:
     """Run a sweep over prepared super-cores (:func:`supers_of`), in chunks of ``chunk`` rows if given.
 
-    Chunks keep large states in cache (inference); the super-cores are shared by all chunks.
+    Chunks keep large states in cache (inference); the super-cores are shared by all chunks. Chunked, every
+    chunk's states go to the same two scratch buffers and its last step writes straight into its rows of the
+    output: fresh multi-MiB states cost page faults on every chunk (a 32 MiB state measured 14 ms fresh against
+    6 ms reused on the 2-core CPU), and how many depends on the allocator's history, not on the code.
     """
     if chunk is None or x2d.shape[0] <= chunk:
         return _steps(x2d, supers, direction)
-    return torch.cat([_steps(xc, supers, direction) for xc in x2d.split(chunk)])
+    recording = torch.is_grad_enabled() and (x2d.requires_grad or any(a.requires_grad for a, _, _ in supers))
+    if recording or transforms_active() or torch.is_autocast_enabled(x2d.device.type):
+        # (out= writes would bypass autograd, a transform's wrapped tensors and autocast's casts)
+        return torch.cat([_steps(xc, supers, direction) for xc in x2d.split(chunk)])
+    b = int(x2d.shape[0])
+    order = list(reversed(supers)) if direction == "rtl" else supers
+    y = torch.empty((b, _prod([mg for _, mg, _ in supers])), dtype=x2d.dtype, device=x2d.device)
+    # the largest intermediate state (every step's output but the last, which goes to y); the first chunk is
+    # the largest
+    inner = max((o * p * q for o, _, p, q in _layout(x2d[:chunk], supers, direction)[:-1]), default=0)
+    with (
+        workspace.scratch((inner,), x2d.dtype, x2d.device) as ping,
+        workspace.scratch((inner,), x2d.dtype, x2d.device) as pong,
+    ):
+        for r0 in range(0, b, chunk):
+            _steps_into(x2d[r0 : r0 + chunk], supers, order, direction, y[r0 : r0 + chunk], (ping, pong))
+    return y
+
+
+def _steps_into(
+    xc: torch.Tensor,
+    supers: list[Super],
+    order: list[Super],
+    direction: str,
+    out: torch.Tensor,
+    bufs: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """:func:`_steps` of one chunk without allocations: states alternate between ``bufs``, the last step writes
+    ``out`` (the chunk's rows of the output)."""
+    steps = _layout(xc, supers, direction)
+    s = xc
+    for t, ((a, _, _), (outer, k, p, q)) in enumerate(zip(order, steps, strict=True)):
+        dst = out if t == len(steps) - 1 else bufs[t % 2][: outer * q * p]
+        if p == 1:
+            torch.mm(s.reshape(outer, k), a.t(), out=dst.view(outer, q))
+        else:
+            torch.bmm(a.expand(outer, q, k), s.reshape(outer, k, p), out=dst.view(outer, q, p))
+        s = dst
 
 
 def _steps(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:
@@ -172,10 +212,16 @@ def build_full(
     if not bs:
         if _cost.batched_build(r, nl, nr):
             right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
-            w = torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
-        else:
-            w = (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
-        return w if out is None else out.copy_(w)
+            if out is None:
+                return torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
+            torch.matmul(lmat.reshape(ml, 1, nl, r), right, out=out.view(ml, mr, nl, nr))
+            return out.view(ml * mr, nl * nr)
+        if out is None:
+            return (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
+        with workspace.scratch((ml * nl, mr * nr), lmat.dtype, lmat.device) as tmp:
+            torch.mm(lmat, rmat, out=tmp)
+            out.view(ml, mr, nl, nr).copy_(tmp.view(ml, nl, mr, nr).permute(0, 2, 1, 3))
+        return out.view(ml * mr, nl * nr)
     w4 = (torch.empty((ml, mr, nl, nr), dtype=lmat.dtype, device=lmat.device) if out is None else out).view(
         ml, mr, nl, nr
     )
@@ -249,10 +295,11 @@ def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
 
 @contextlib.contextmanager
 def _built(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Iterator[torch.Tensor]:
-    """W for use inside the block only: a blocked W is built into reused scratch memory (no page faults)."""
+    """W for use inside the block only, built into reused scratch memory (no page faults) when it is large."""
     ml, nl, mr, nr = dims
-    # (a double backward records the build: no out= writes then)
-    if not _blocks(dims, lmat.element_size()) or torch.is_grad_enabled():
+    # (a double backward records the build: no out= writes then; nor under a transform). Not only a blocked W:
+    # any W of MiBs is faulted in afresh on every call when the allocator hands back new pages
+    if torch.is_grad_enabled() or transforms_active() or torch.is_autocast_enabled(lmat.device.type):
         yield build_full(lmat, rmat, dims)
         return
     with workspace.scratch((ml * mr, nl * nr), lmat.dtype, lmat.device) as w:
