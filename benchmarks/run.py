@@ -56,6 +56,18 @@ LAYER_CASES = [
 BATCHES = (1, 64, 1024)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; else what ``platform`` knows): hosts differ between runs."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # --------------------------------------------------------------------------------------------- timing
 def interleaved(
     fns: dict[str, Callable[[], Any]],
@@ -338,6 +350,7 @@ def _peak(r: dict) -> str:
 
 def markdown(results: dict) -> str:
     lines = [
+        f"{results['meta'].get('cpu_model', 'cpu ?')}, "
         f"threads {results['meta']['threads']}, torch {results['meta']['torch']}, "
         f"layers timed {results['meta'].get('layer_timing', 'cold')}, "
         f"load average before/after {results['meta']['load_before']} / {results['meta'].get('load_after')}",
@@ -418,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
+            "cpu_model": cpu_model(),
             "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "repeats": repeats,
             "layer_timing": "cold" if args.cold else "warm",
