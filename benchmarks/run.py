@@ -309,6 +309,25 @@ def bench_algebra(repeats: int) -> dict:
     return {"case": "16^8 r32", "flat_inner_s": t["flat_inner"], "frobenius_norm_s": t["frobenius_norm"]}
 
 
+def bench_embedding(repeats: int) -> dict:
+    """TTEmbedding against nn.Embedding: a 1M x 128 table at rank 16, 4096 random tokens, lookup and training."""
+    torch.manual_seed(0)
+    v, d, rank = 1_000_000, 128, 16
+    mods = {"dense": nn.Embedding(v, d), "tt": tt.nn.TTEmbedding(v, d, tt_rank=rank)}
+    idx = torch.randint(0, v, (32, 128))
+    with torch.no_grad():
+        fwd = interleaved({k: (lambda m=m: m(idx)) for k, m in mods.items()}, repeats, warm_each=True)
+    fb = interleaved(
+        {k: (lambda m=m: m(idx).sum().backward()) for k, m in mods.items()}, repeats, warm_each=True
+    )
+    return {
+        "case": f"{v}x{d} r{rank}, {idx.numel()} tokens",
+        "fwd_s": {k: fwd[k] for k in mods},
+        "fwdbwd_s": {k: fb[k] for k in mods},
+        "params": {k: sum(p.numel() for p in m.parameters()) for k, m in mods.items()},
+    }
+
+
 def bench_demo(steps: int) -> dict:
     """Seconds per epoch of the MNIST demo's TT net (and the dense net) from timed Adam steps on synthetic data."""
     from tensortrain import demo
@@ -396,6 +415,15 @@ def markdown(results: dict) -> str:
             f"flat_inner {a['case']}: {a['flat_inner_s'] * 1e3:.3g} ms; "
             f"frobenius_norm {a['case']}: {a['frobenius_norm_s'] * 1e3:.3g} ms",
         ]
+    if "embedding" in results:
+        e = results["embedding"]
+        f, b = e["fwd_s"], e["fwdbwd_s"]
+        lines += [
+            "",
+            f"TTEmbedding {e['case']}: lookup {f['tt'] * 1e3:.3g} ms / nn.Embedding {f['dense'] * 1e3:.3g} ms "
+            f"({f['tt'] / f['dense']:.1f}x); lookup+backward {b['tt'] * 1e3:.3g} ms / {b['dense'] * 1e3:.3g} ms "
+            f"({b['tt'] / b['dense']:.2f}x); parameters {e['params']['tt']:,} / {e['params']['dense']:,}",
+        ]
     if "demo" in results:
         dm = results["demo"]
         lines += [
@@ -412,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--quick", action="store_true", help="fewer cases and repeats (a few minutes less)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--sections", default="layers,decompositions,algebra,demo")
+    ap.add_argument("--sections", default="layers,decompositions,algebra,embedding,demo")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--cold", action="store_true", help="time layers cold (see the module docstring)")
     args = ap.parse_args(argv)
@@ -445,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         results["decompositions"] = bench_decompositions(args.quick, repeats)
     if "algebra" in sections:
         results["algebra"] = bench_algebra(repeats)
+    if "embedding" in sections:
+        results["embedding"] = bench_embedding(repeats)
     if "demo" in sections:
         results["demo"] = bench_demo(50 if args.quick else 200)
     results["meta"]["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -139,3 +139,45 @@ def test_bad_arguments():
         tt_embedding(torch.tensor([1]), emb.weight, padding_idx=100, num_embeddings=100)
     with pytest.raises(tt.ShapeError, match="num_embeddings=1000 exceeds"):
         tt_embedding(torch.tensor([1]), emb.weight, num_embeddings=1000)
+
+
+@given(spec=matrix_specs(max_d=4, max_mode=4), seed=seeds)
+def test_both_lookup_paths_match_the_dense_table(spec, seed):
+    """Row lookups core by core and through every split into two merged halves give the table's rows."""
+    from tensortrain.nn.functional import _halves_rows, _tt_rows
+
+    (rows, cols), ranks = spec
+    gen = torch.Generator().manual_seed(seed)
+    cores = random_cores((rows, cols), ranks, gen=gen)
+    w, table = tt.TensorTrain(cores), dense_from_cores(cores)
+    idx = torch.randint(0, math.prod(rows), (7,), generator=gen)
+    assert_close(_tt_rows(w, idx, tuple(rows)), table[idx])
+    for split in range(1, len(cores)):
+        assert_close(_halves_rows(w, idx, split), table[idx])
+
+
+@pytest.mark.parametrize("path", ["chain", "halves"])
+def test_gradients_of_each_lookup_path(gen, monkeypatch, path):
+    from tensortrain.nn import functional
+
+    monkeypatch.setattr(functional, "_halves_split", lambda w, u: None if path == "chain" else 2)
+    cores = [c.requires_grad_() for c in random_cores(((2, 3, 2), (2, 1, 3)), (1, 2, 3, 1), gen=gen)]
+    idx = torch.tensor([[0, 5, 5, 11], [3, 3, 7, 0]])
+    dense = nn.functional.embedding(idx, dense_from_cores(cores))
+    weights = torch.randn(dense.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((tt_embedding(idx, tt.TensorTrain(cores)) * weights).sum(), cores)
+    for a, b in zip(got, torch.autograd.grad((dense * weights).sum(), cores), strict=True):
+        assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda *c: tt_embedding(idx, tt.TensorTrain(c), padding_idx=3), cores)
+
+
+def test_lookup_path_choice():
+    """Many distinct rows of a large table go through halves; a handful go core by core."""
+    from tensortrain.nn.functional import _halves_split
+
+    big = tt.nn.TTEmbedding(1_000_000, 128, tt_rank=16).weight
+    assert _halves_split(big, 4096) == 2
+    assert _halves_split(big, 4) is None
+    assert (
+        _halves_split(tt.TensorTrain([torch.ones(1, 10, 4, 1)]), 1000) is None
+    )  # one core: nothing to split
