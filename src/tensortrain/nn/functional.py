@@ -153,7 +153,8 @@ def tt_embedding(
     Shape:
         - input: ``(*)``; output: ``(*, D)``.
 
-    Complexity: O(U d r^2 D) for U distinct indices.
+    Complexity: O(U d r^2 D) for U distinct indices core by core; through two merged halves (chosen when
+    cheaper, see ``_halves_split``) O((V_L D_L + V_R D_R) r^2 + U D r).
 
     Example:
         >>> import torch, tensortrain as tt
