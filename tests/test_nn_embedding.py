@@ -144,7 +144,7 @@ def test_bad_arguments():
 @given(spec=matrix_specs(max_d=4, max_mode=4), seed=seeds)
 def test_both_lookup_paths_match_the_dense_table(spec, seed):
     """Row lookups core by core and through every split into two merged halves give the table's rows."""
-    from tensortrain.nn.functional import _halves_rows, _tt_rows
+    from tensortrain.nn.functional import _halves, _halves_rows, _tt_rows
 
     (rows, cols), ranks = spec
     gen = torch.Generator().manual_seed(seed)
@@ -153,7 +153,7 @@ def test_both_lookup_paths_match_the_dense_table(spec, seed):
     idx = torch.randint(0, math.prod(rows), (7,), generator=gen)
     assert_close(_tt_rows(w, idx, tuple(rows)), table[idx])
     for split in range(1, len(cores)):
-        assert_close(_halves_rows(w, idx, split), table[idx])
+        assert_close(_halves_rows(_halves(w, split), idx), table[idx])
 
 
 @pytest.mark.parametrize("path", ["chain", "halves"])
@@ -181,3 +181,24 @@ def test_lookup_path_choice():
     assert (
         _halves_split(tt.TensorTrain([torch.ones(1, 10, 4, 1)]), 1000) is None
     )  # one core: nothing to split
+
+
+def test_layer_keeps_its_halves_for_inference_and_sees_core_updates(gen):
+    emb = tt.nn.TTEmbedding(1000, 64, tt_rank=4, dtype=torch.float64)
+    idx = torch.randint(0, 1000, (300,), generator=gen)
+    from tensortrain.nn.functional import _halves_split
+
+    assert _halves_split(emb.weight, int(idx.unique().numel())) is not None  # the halves path runs here
+    with torch.no_grad():
+        first = emb(idx)
+        assert len(emb._cache) == 1
+        assert_close(emb(idx), first)
+        emb.cores[0].mul_(2.0)  # an in-place update bumps the version: the halves are rebuilt
+        assert_close(emb(idx), 2 * first)
+        emb.cores[1].data.mul_(3.0)  # .data bypasses the version counter: clear_cache() is the documented way
+        emb.clear_cache()
+        assert_close(emb(idx), 6 * first)
+    assert_close(emb(idx), emb.to_embedding()(idx))  # training mode: built with autograd, not cached
+    import copy
+
+    assert copy.deepcopy(emb)._cache == {}

@@ -39,9 +39,42 @@ def resize_cores_to_state(params: nn.ParameterList, state_dict: Any, prefix: str
 
 
 class TTModule(nn.Module):
-    """Base of :class:`TTLinear` and :class:`TTEmbedding`: a module whose TT-matrix lives in ``self.cores``."""
+    """Base of :class:`TTLinear` and :class:`TTEmbedding`: a module whose TT-matrix lives in ``self.cores``.
+
+    Both keep small tensors derived from the cores between inference calls in ``self._cache`` (merged core
+    groups, never the dense weight), rebuilt whenever a core changes; see :meth:`clear_cache`.
+    """
 
     cores: nn.ParameterList
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_cache"] = {}  # derived tensors: not pickled, not deep-copied
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_cache", {})  # modules pickled before the cache existed
+
+    def clear_cache(self) -> None:
+        """Forget the merged cores kept for inference (they are rebuilt on the next call).
+
+        Inference (no gradients) reuses merged groups of cores while the cores are unchanged: same tensors,
+        storage and version counter, which every in-place update bumps (optimizer steps, ``load_state_dict``,
+        ``nn.init``). Only writes through ``.data`` go unseen: call this after them. The cache is a few times the
+        cores' size and never holds the dense weight.
+
+        Example:
+            >>> layer = tt.nn.TTLinear(784, 625, tt_rank=4)
+            >>> with torch.no_grad():
+            ...     layer.cores[0].data.mul_(2.0)  # bypasses the version counter
+            >>> layer.clear_cache()
+        """
+        self._cache.clear()
 
     @property
     def tt_ranks(self) -> tuple[int, ...]:

@@ -174,7 +174,7 @@ class TTEmbedding(TTModule):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Look up rows through :func:`tensortrain.nn.functional.tt_embedding`."""
-        return F.tt_embedding(input, self.weight, self.padding_idx, self.num_embeddings)
+        return F._embedding(input, self.weight, self.padding_idx, self.num_embeddings, self._cache)
 
     # ------------------------------------------------------------------------------------- conversions
     @classmethod

@@ -11,6 +11,7 @@ import math
 import torch
 
 from .. import contraction
+from .. import contraction_cost as _cost
 from .._transforms import transforms_active
 from ..contraction_exec import merge_cores
 from ..errors import ShapeError
@@ -162,7 +163,18 @@ def tt_embedding(
         >>> tt.nn.functional.tt_embedding(torch.tensor([[0, 7], [19, 3]]), w).shape
         torch.Size([2, 2, 8])
     """
-    weight = _check_tt_matrix("tt_embedding", weight)
+    return _embedding(input, _check_tt_matrix("tt_embedding", weight), padding_idx, num_embeddings, None)
+
+
+def _embedding(
+    input: torch.Tensor,
+    weight: TensorTrain,
+    padding_idx: int | None,
+    num_embeddings: int | None,
+    cache: dict | None,
+) -> torch.Tensor:
+    """:func:`tt_embedding` for a checked TT-matrix; ``cache``: a layer's dict in which inference keeps the
+    merged halves of the cores between calls (``TTEmbedding.forward``)."""
     voc_dims, emb_dims = weight.get_raw_shape()
     v_pad, dim = math.prod(voc_dims), math.prod(emb_dims)
     v = v_pad if num_embeddings is None else int(num_embeddings)
@@ -183,7 +195,10 @@ def tt_embedding(
         # Repeated tokens are common (text, categorical features): contract each distinct row once.
         uniq, inverse = torch.unique(flat, return_inverse=True)
         split = _halves_split(weight, int(uniq.shape[0]))
-        rows = _tt_rows(weight, uniq, voc_dims) if split is None else _halves_rows(weight, uniq, split)
+        if split is None:
+            rows = _tt_rows(weight, uniq, voc_dims)
+        else:
+            rows = _halves_rows(_halves(weight, split, cache), uniq)
         rows = rows.index_select(0, inverse)
     if padding_idx is not None:
         keep = (flat != padding_idx).unsqueeze(-1)
@@ -239,18 +254,36 @@ def _halves_split(weight: TensorTrain, u: int) -> int | None:
     return best
 
 
-def _halves_rows(weight: TensorTrain, idx: torch.Tensor, split: int) -> torch.Tensor:
-    """Dense rows ``W[idx, :]`` through the two merged halves of the cores, shape ``(len(idx), D)``.
-
-    The halves ``L (V_L, D_L, r)`` and ``R (V_R, r, D_R)`` are built from the cores (differentiably), never the
-    table; row ``i`` is ``L[i // V_R] @ R[i % V_R]`` flattened, as the TT-matrix orders its columns.
-    """
+def _halves(weight: TensorTrain, split: int, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two merged halves of the cores, ``L (V_L, D_L, r)`` and ``R (V_R, r, D_R)``, built differentiably;
+    without gradients, kept in a layer's ``cache`` while the cores are unchanged (if each is at most
+    :func:`~tensortrain.contraction_cost.cacheable` times its cores' size)."""
     cores = weight.tt_cores
-    left = merge_cores(cores, 0, split)[0]  # (V_L, D_L, r)
-    right = merge_cores(cores, split, len(cores))[..., 0]  # (r, V_R, D_R)
-    v_right = int(right.shape[1])
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        left = merge_cores(cores, 0, split)[0]
+        right = merge_cores(cores, split, len(cores))[..., 0].transpose(0, 1).contiguous()
+        return left, right
+
+    grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
+    if cache is None or grad or transforms_active():
+        return make()
+    dims = contraction._dims(cores)
+    if not (_cost.cacheable(dims, 0, split) and _cost.cacheable(dims, split, len(cores))):
+        return make()
+    return contraction._cached(cache, ("embedding_halves", split), cores, make)
+
+
+def _halves_rows(halves: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """Dense rows ``W[idx, :]`` from the two merged halves (:func:`_halves`), shape ``(len(idx), D)``.
+
+    Row ``i`` is ``L[i // V_R] @ R[i % V_R]`` flattened, as the TT-matrix orders its columns; the table itself is
+    never built.
+    """
+    left, right = halves
+    v_right = int(right.shape[0])
     # The left index is not wrapped, so an index past the table fails the gather instead of aliasing.
     # (index_select: a few times faster than advanced indexing for these row gathers)
     lg = left.index_select(0, torch.div(idx, v_right, rounding_mode="floor"))  # (U, D_L, r)
-    rg = right.transpose(0, 1).contiguous().index_select(0, idx % v_right)  # (U, r, D_R)
+    rg = right.index_select(0, idx % v_right)  # (U, r, D_R)
     return torch.bmm(lg, rg).reshape(idx.shape[0], -1)

@@ -158,7 +158,6 @@ class TTLinear(TTModule):
     ) -> None:
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        self._cache: dict = {}  # inference's merged super-cores, see clear_cache()
         self.in_features = _check_features("in_features", in_features)
         self.out_features = _check_features("out_features", out_features)
         self.in_dims, self.out_dims = resolve_dims(in_features, out_features, in_dims, out_dims)
@@ -209,31 +208,6 @@ class TTLinear(TTModule):
             bias = self._parameters["bias"]
             return F.linear_cores(input, tuple(registry.values()), bias, self._cache)  # type: ignore[arg-type]
         return F.linear_cores(input, tuple(self.cores), self.bias)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(super().__getstate__())
-        state["_cache"] = {}  # derived tensors: not pickled, not deep-copied
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("_cache", {})  # modules pickled before the cache existed
-
-    def clear_cache(self) -> None:
-        """Forget the merged super-cores kept for inference (they are rebuilt on the next call).
-
-        Inference (no gradients) reuses the merged core groups of its contraction plan while the cores are
-        unchanged: same tensors, storage and version counter, which every in-place update bumps (optimizer
-        steps, ``load_state_dict``, ``nn.init``). Only writes through ``.data`` go unseen: call this after them.
-        The cache is a few times the cores' size and never holds the dense weight.
-
-        Example:
-            >>> layer = tt.nn.TTLinear(784, 625, tt_rank=4)
-            >>> with torch.no_grad():
-            ...     layer.cores[0].data.mul_(2.0)  # bypasses the version counter
-            >>> layer.clear_cache()
-        """
-        self._cache.clear()
 
     def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
         """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
