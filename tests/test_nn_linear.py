@@ -371,3 +371,17 @@ def test_inference_mode_layers_and_inputs():
     with torch.no_grad():
         assert_close(y, layer(x))
         assert_close(layer(x), layer.to_linear()(x))
+
+
+@pytest.mark.parametrize("batch", [1, 64, 4096])
+def test_layers_run_on_the_meta_device(batch):
+    """Shape inference on meta tensors (as for deferred initialization) through every path, forward and backward."""
+    layer = tt.nn.TTLinear(4096, 4096, tt_rank=16, device="meta")
+    x = torch.empty(batch, 4096, device="meta")
+    with torch.no_grad():
+        assert layer(x).shape == (batch, 4096)
+    y = layer(x.requires_grad_())
+    y.sum().backward()
+    assert y.shape == (batch, 4096) and layer.cores[1].grad.shape == layer.cores[1].shape
+    emb = tt.nn.TTEmbedding(10_000, 64, tt_rank=8, device="meta")
+    assert emb(torch.zeros(batch, 3, dtype=torch.long, device="meta")).shape == (batch, 3, 64)

@@ -108,7 +108,7 @@ def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | N
     if chunk is None or x2d.shape[0] <= chunk:
         return _steps(x2d, supers, direction)
     recording = torch.is_grad_enabled() and (x2d.requires_grad or any(a.requires_grad for a, _, _ in supers))
-    if recording or transforms_active() or torch.is_autocast_enabled(x2d.device.type):
+    if recording or transforms_active() or _autocasting(x2d.device.type):
         # (out= writes would bypass autograd, a transform's wrapped tensors and autocast's casts)
         return torch.cat([_steps(xc, supers, direction) for xc in x2d.split(chunk)])
     b = int(x2d.shape[0])
@@ -278,6 +278,14 @@ def _grad_halves(
     return (torch.cat(gls) if need[0] else None), gr
 
 
+def _autocasting(device_type: str) -> bool:
+    """Whether autocast is on for this device type (False for types autocast does not know, such as meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
 def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
     """The operands of a custom Function cast as autocast casts a matmul's (to its lower precision), if enabled.
 
@@ -287,7 +295,7 @@ def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
     """
     first = next(t for t in ts if t is not None)
     kind = first.device.type
-    if not torch.is_autocast_enabled(kind):
+    if not _autocasting(kind):
         return ts
     low = torch.get_autocast_dtype(kind)
     return tuple(t.to(low) if t is not None and t.is_floating_point() else t for t in ts)
@@ -299,7 +307,7 @@ def _built(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Ite
     ml, nl, mr, nr = dims
     # (a double backward records the build: no out= writes then; nor under a transform). Not only a blocked W:
     # any W of MiBs is faulted in afresh on every call when the allocator hands back new pages
-    if torch.is_grad_enabled() or transforms_active() or torch.is_autocast_enabled(lmat.device.type):
+    if torch.is_grad_enabled() or transforms_active() or _autocasting(lmat.device.type):
         yield build_full(lmat, rmat, dims)
         return
     with workspace.scratch((ml * mr, nl * nr), lmat.dtype, lmat.device) as w:

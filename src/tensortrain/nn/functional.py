@@ -110,9 +110,10 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
         raise TypeError(f"{fn}: indices must be an integer tensor (e.g. torch.long), got {kind}")
     if input.device != device:
         raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
-    if input.numel() == 0 or transforms_active():
-        # Under torch.compile / torch.export a value check would be a data-dependent graph break; there the
-        # lookup itself refuses indices past the table (the first mode is not wrapped, see _tt_rows).
+    if input.numel() == 0 or transforms_active() or input.device.type == "meta":
+        # Under torch.compile / torch.export a value check would be a data-dependent graph break (and meta
+        # tensors have no values); there the lookup itself refuses indices past the table (the first mode is
+        # not wrapped, see _tt_rows).
         return
     lo, hi = int(input.min()), int(input.max())
     if lo < 0 or hi >= num_embeddings:
@@ -188,8 +189,9 @@ def _embedding(
             raise ValueError(f"tt_embedding: padding_idx must be within [-{v}, {v}), got {padding_idx}")
         padding_idx = padding_idx % v
     flat = input.reshape(-1).long()
-    if transforms_active():
-        # torch.unique has a data-dependent output shape: compiled and exported graphs contract every index.
+    if transforms_active() or flat.device.type == "meta":
+        # torch.unique has a data-dependent output shape: compiled and exported graphs (and meta tensors, which
+        # have no values) contract every index.
         rows = _tt_rows(weight, flat, voc_dims)
     else:
         # Repeated tokens are common (text, categorical features): contract each distinct row once.
