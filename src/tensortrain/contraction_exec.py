@@ -107,8 +107,7 @@ def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | N
     """
     if chunk is None or x2d.shape[0] <= chunk:
         return _steps(x2d, supers, direction)
-    recording = torch.is_grad_enabled() and (x2d.requires_grad or any(a.requires_grad for a, _, _ in supers))
-    if recording or transforms_active() or _autocasting(x2d.device.type):
+    if _recording(x2d, *(a for a, _, _ in supers)) or transforms_active() or _autocasting(x2d.device.type):
         # (out= writes would bypass autograd, a transform's wrapped tensors and autocast's casts)
         return torch.cat([_steps(xc, supers, direction) for xc in x2d.split(chunk)])
     b = int(x2d.shape[0])
@@ -138,13 +137,9 @@ def _steps_into(
     ``out`` (the chunk's rows of the output)."""
     steps = _layout(xc, supers, direction)
     s = xc
-    for t, ((a, _, _), (outer, k, p, q)) in enumerate(zip(order, steps, strict=True)):
-        dst = out if t == len(steps) - 1 else bufs[t % 2][: outer * q * p]
-        if p == 1:
-            torch.mm(s.reshape(outer, k), a.t(), out=dst.view(outer, q))
-        else:
-            torch.bmm(a.expand(outer, q, k), s.reshape(outer, k, p), out=dst.view(outer, q, p))
-        s = dst
+    for t, ((a, _, _), step) in enumerate(zip(order, steps, strict=True)):
+        outer, _, p, q = step
+        s = _slice_product(a, s, step, out if t == len(steps) - 1 else bufs[t % 2][: outer * q * p])
 
 
 def _steps(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:
@@ -212,16 +207,13 @@ def build_full(
     if not bs:
         if _cost.batched_build(r, nl, nr):
             right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
-            if out is None:
-                return torch.matmul(lmat.reshape(ml, 1, nl, r), right).reshape(ml * mr, nl * nr)
-            torch.matmul(lmat.reshape(ml, 1, nl, r), right, out=out.view(ml, mr, nl, nr))
-            return out.view(ml * mr, nl * nr)
+            w = torch.matmul(
+                lmat.reshape(ml, 1, nl, r), right, out=None if out is None else out.view(ml, mr, nl, nr)
+            )
+            return w.view(ml * mr, nl * nr)
         if out is None:
             return (lmat @ rmat).reshape(ml, nl, mr, nr).permute(0, 2, 1, 3).reshape(ml * mr, nl * nr)
-        with workspace.scratch((ml * nl, mr * nr), lmat.dtype, lmat.device) as tmp:
-            torch.mm(lmat, rmat, out=tmp)
-            out.view(ml, mr, nl, nr).copy_(tmp.view(ml, nl, mr, nr).permute(0, 2, 1, 3))
-        return out.view(ml * mr, nl * nr)
+        bs = ml  # into out: one block, its GEMM output in scratch
     w4 = (torch.empty((ml, mr, nl, nr), dtype=lmat.dtype, device=lmat.device) if out is None else out).view(
         ml, mr, nl, nr
     )
@@ -421,13 +413,23 @@ def _sweep_states(
     """The inputs of every step of a sweep and its output: ``bmm`` over the state's ``(K, P)`` slices in place."""
     s = x2d
     states = []
-    for a, (outer, k, p, q) in zip(order, steps, strict=True):
+    for a, step in zip(order, steps, strict=True):
         states.append(s)
-        if p == 1:
-            s = s.reshape(outer, k) @ a.t()
-        else:
-            s = torch.bmm(a.expand(outer, q, k), s.reshape(outer, k, p))
+        s = _slice_product(a, s, step)
     return states, s
+
+
+def _slice_product(
+    a: torch.Tensor, s: torch.Tensor, step: tuple[int, int, int, int], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One sweep step ``(outer, K, P, Q)``: ``a (Q, K)`` times every ``(K, P)`` slice of the state ``s``, in place
+    (``bmm`` over ``a`` broadcast; one GEMM when ``P == 1``), into ``out`` (contiguous, any shape) if given."""
+    outer, k, p, q = step
+    if p == 1:
+        return torch.mm(s.reshape(outer, k), a.t(), out=None if out is None else out.view(outer, q))
+    return torch.bmm(
+        a.expand(outer, q, k), s.reshape(outer, k, p), out=None if out is None else out.view(outer, q, p)
+    )
 
 
 def _sweep_grads(
