@@ -13,7 +13,7 @@ import torch
 from .. import contraction
 from .. import contraction_cost as _cost
 from .._transforms import transforms_active
-from ..contraction_exec import merge_cores
+from ..contraction_exec import halves
 from ..errors import ShapeError
 from ..tensor_train import TensorTrain
 
@@ -257,21 +257,23 @@ def _halves_split(weight: TensorTrain, u: int) -> int | None:
 
 
 def _halves(weight: TensorTrain, split: int, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two merged halves of the cores, ``L (V_L, D_L, r)`` and ``R (V_R, r, D_R)``, built differentiably;
-    without gradients, kept in a layer's ``cache`` while the cores are unchanged (if each is at most
-    :func:`~tensortrain.contraction_cost.cacheable` times its cores' size)."""
+    """The full plan's two halves of the cores laid out for row gathers, ``L (V_L, D_L, r)`` and ``R (V_R, r,
+    D_R)`` (contiguous: a gather from a strided R ran 10x slower), built differentiably; without gradients, kept
+    in a layer's ``cache`` under the rule ``TTLinear``'s cache uses for its halves."""
     cores = weight.tt_cores
 
     def make() -> tuple[torch.Tensor, torch.Tensor]:
-        left = merge_cores(cores, 0, split)[0]
-        right = merge_cores(cores, split, len(cores))[..., 0].transpose(0, 1).contiguous()
-        return left, right
+        lmat, rmat, (vl, dl, vr, dr) = halves(cores, split)
+        r = int(lmat.shape[1])
+        return lmat.view(vl, dl, r), rmat.view(r, vr, dr).transpose(0, 1).contiguous()
 
     grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
-    if cache is None or grad or transforms_active():
-        return make()
-    dims = contraction._dims(cores)
-    if not (_cost.cacheable(dims, 0, split) and _cost.cacheable(dims, split, len(cores))):
+    if (
+        cache is None
+        or grad
+        or transforms_active()
+        or not _cost.halves_cacheable(contraction._dims(cores), split)
+    ):
         return make()
     return contraction._cached(cache, ("embedding_halves", split), cores, make)
 
