@@ -37,10 +37,10 @@ def prime_factors(n: int) -> list[int]:
 
     Complexity: O(sqrt(n)).
     """
-    given = n
-    n = as_int(n)  # type: ignore[assignment]
-    if n is None or n < 1:
-        raise ValueError(f"prime_factors: expected a positive int, got {given!r}")
+    k = as_int(n)
+    if k is None or k < 1:
+        raise ValueError(f"prime_factors: expected a positive int, got {n!r}")
+    n = k
     factors, p = [], 2
     while p * p <= n:
         while n % p == 0:
@@ -74,10 +74,10 @@ def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
         >>> auto_shape(625, 4)
         (5, 5, 5, 5)
     """
-    given = d
-    d = as_int(d)  # type: ignore[assignment]
-    if d is None or d < 1:
-        raise ValueError(f"auto_shape: d must be a positive int, got {given!r}")
+    k = as_int(d)
+    if k is None or k < 1:
+        raise ValueError(f"auto_shape: d must be a positive int, got {d!r}")
+    d = k
     primes = prime_factors(n)
     bins = [1] * d
     # Greedy largest-first into the currently smallest bin: the classic balanced-partition heuristic,
