@@ -1,8 +1,9 @@
 """Batch-1 latency of the t3f tutorial's layer (784x625, rank 4) against ``nn.Linear``, cold and warm.
 
-"Cold": the two take turns, each call right after the other's (as in ``run.py``). "Warm": each timed call comes
-right after an untimed call of the same layer. Also times the pieces of the layer's inference path, so the
-Python overhead around the sweep is visible. Ratios move between processes: run it a few times.
+"Cold": the two take turns, each call right after the other's (as ``run.py --cold``). "Warm" (``run.py``'s
+default): each timed call comes right after an untimed call of the same layer. Also times the pieces of the
+layer's inference path, so the Python overhead around the sweep is visible. Ratios move between processes: run it
+a few times.
 
     .venv/bin/python benchmarks/latency.py --threads 2
 """
