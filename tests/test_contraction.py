@@ -150,6 +150,48 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
 
 
+@pytest.mark.parametrize(
+    ("raw", "ranks", "split"),
+    [
+        (((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1), 1),
+        (((2, 3, 2), (3, 2, 4)), (1, 2, 5, 1), 2),
+        (((6,), (4,)), (1, 1), 1),  # one core: the right half is the scalar 1
+        (((4, 1, 3), (1, 5, 2)), (1, 4, 3, 1), 1),
+    ],
+)
+def test_sliced_build_of_w(gen, monkeypatch, raw, ranks, split):
+    """Where slices are large (SLICE_MIN), W is written one left row index at a time: same W, same gradients."""
+    from tensortrain import contraction_cost, contraction_exec
+
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    want_w = dense_of([c.detach() for c in cores])
+    x = torch.randn(5, want_w.shape[1], generator=gen, dtype=torch.float64, requires_grad=True)
+    lmat, rmat, dims = halves([c.detach() for c in cores], split)
+    calls = []
+    monkeypatch.setattr(contraction_cost, "SLICE_MIN", 0)
+    monkeypatch.setattr(
+        contraction_exec,
+        "_build_sliced",
+        lambda *a, real=contraction_exec._build_sliced: calls.append(1) or real(*a),
+    )
+    assert_close(contraction_exec.build_full(lmat, rmat, dims), want_w)
+    out = torch.full_like(want_w, float("nan"))
+    assert contraction_exec.build_full(lmat, rmat, dims, out=out).data_ptr() == out.data_ptr()
+    assert_close(out, want_w)
+    assert len(calls) == 2
+    with torch.no_grad():
+        assert_close(contraction_exec.full_linear(x, cores, split, keep=False), x @ want_w.t())
+    assert len(calls) == 3
+    monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)  # sliced takes precedence over blocks
+    assert_close(contraction_exec.build_full(lmat, rmat, dims), want_w)
+    assert len(calls) == 4
+    lmat, rmat = lmat.requires_grad_(True), rmat.requires_grad_(True)
+    for keep in (False, True):
+        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, lmat, rmat))
+        assert torch.autograd.gradgradcheck(f, (x, lmat, rmat))  # a recorded rebuild takes the plain path
+
+
 @pytest.mark.parametrize("batch", [3, 9])  # 9: training sweeps run SweepFunction
 def test_double_backward_of_every_plan(gen, batch):
     """Gradient penalties differentiate the gradient: every plan's backward is itself differentiable."""

@@ -196,13 +196,17 @@ def build_full(
 ) -> torch.Tensor:
     """W (M, N) from its halves (into ``out``, a contiguous M x N tensor, when given).
 
-    A W over ``BLOCKED_ABOVE`` bytes: one GEMM per block of left row indices into reused scratch, each block's
-    output permuted into W while it is still in cache. A smaller one: for small ranks one GEMM per pair of (left,
+    Where one left row index's slice of W is a large product (``contraction_cost.sliced_build``) and nothing
+    records the build: one batched GEMM per left row index straight into W (:func:`_build_sliced`). Otherwise, a W
+    over ``BLOCKED_ABOVE`` bytes: one GEMM per block of left row indices into reused scratch, each block's output
+    permuted into W while it is still in cache. A smaller one: for small ranks one GEMM per pair of (left,
     right) row indices, written straight into W's layout (the operands broadcast, ``O(M (N_L + N_R) r)``
     copies); for larger ranks one GEMM and one permute of W.
     """
     ml, nl, mr, nr = dims
     r = int(lmat.shape[1])
+    if _cost.sliced_build(dims, r) and _writable(lmat, rmat):
+        return _build_sliced(lmat, rmat, dims, out)
     bs = _blocks(dims, lmat.element_size())
     if not bs:
         if _cost.batched_build(r, nl, nr):
@@ -225,6 +229,31 @@ def build_full(
             lhs = lm3[a:b].reshape(-1, r)
             part = lhs @ rmat if record else torch.mm(lhs, rmat, out=blk[: (b - a) * nl])
             w4[a:b].copy_(part.view(b - a, nl, mr, nr).permute(0, 2, 1, 3))
+    return w4.view(ml * mr, nl * nr)
+
+
+def _writable(*ts: torch.Tensor) -> bool:
+    """Whether results may be written into given memory (``out=``): not while autograd records these tensors, nor
+    under a transform's wrapped tensors or autocast's casts."""
+    return not (_recording(*ts) or transforms_active() or _autocasting(ts[0].device.type))
+
+
+def _build_sliced(
+    lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...], out: torch.Tensor | None
+) -> torch.Tensor:
+    """W written in its own layout one left row index ``a`` at a time: ``W[a, b] = L[a] @ R[b]`` for every right
+    row index ``b``, one batched GEMM per ``a`` with ``L[a]`` broadcast (no copies) into W's rows, so W is streamed
+    to memory once and never permuted."""
+    ml, nl, mr, nr = dims
+    r = int(lmat.shape[1])
+    w4 = (torch.empty((ml, mr, nl, nr), dtype=lmat.dtype, device=lmat.device) if out is None else out).view(
+        ml, mr, nl, nr
+    )
+    lm3 = lmat.reshape(ml, nl, r)
+    # (M_R, r, N_R); the small right half is copied once so that every slice reads it contiguously
+    right = rmat.reshape(r, mr, nr).transpose(0, 1).contiguous()
+    for a in range(ml):
+        torch.bmm(lm3[a].expand(mr, nl, r), right, out=w4[a])
     return w4.view(ml * mr, nl * nr)
 
 
