@@ -1,10 +1,14 @@
-"""The full plan's executor of an earlier git revision against the working tree's, in one process.
+"""The contraction executors of an earlier git revision against the working tree's, in one process.
 
 Loads ``src/tensortrain/contraction_exec.py`` and its cost module as they were at ``--against`` (``git show``) and
-times both ``full_linear`` executors and ``nn.Linear`` interleaved on the large benchmark cases at batch 1024,
-forward (no grad) and forward+backward, W kept or rebuilt. Prints ratios to ``nn.Linear``.
+times both executors and ``nn.Linear`` interleaved, printing ratios to ``nn.Linear``. By default the full plan
+(``full_linear``) on the large benchmark cases at batch 1024, forward (no grad) and forward+backward, W kept or
+rebuilt. With ``--sweeps``: every benchmark case and batch whose planned forward or training plan is a sweep, run
+as the layer runs it (inference in chunks of rows, training through ``sweep_trained`` from batch 8), each
+executor with its own revision's chunk sizes.
 
     .venv/bin/python benchmarks/executor_ab.py --against 214e95b --threads 2
+    .venv/bin/python benchmarks/executor_ab.py --against 214e95b --sweeps --batch 64 --batch 1024
 """
 
 from __future__ import annotations
@@ -77,20 +81,89 @@ def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int,
     )
 
 
+def run_sweep(mod, x2d: torch.Tensor, cores: list, groups: tuple, direction: str, grad: bool) -> torch.Tensor:  # noqa: ANN001
+    """A sweep plan run by executor module ``mod`` as ``tensortrain.contraction._sweep`` runs it (uncached)."""
+    b = int(x2d.shape[0])
+    supers = mod.supers_of(cores, groups, direction)
+    if grad and b >= getattr(mod._cost, "SWEEP_FUNCTION_MIN_BATCH", b + 1):
+        return mod.sweep_trained(x2d, supers, direction)
+    if not hasattr(mod._cost, "chunking"):  # a revision from before chunked inference sweeps
+        return mod.sweep(x2d, supers, direction)
+    chunk = None
+    if not grad and b > 1:
+        dims = (
+            tuple(int(c.shape[1]) for c in cores),
+            tuple(int(c.shape[2]) for c in cores),
+            (*(int(c.shape[0]) for c in cores), 1),
+        )
+        rows, whole = mod._cost.chunking(dims, groups, direction, x2d.element_size())
+        chunk = rows if b > whole else None
+    return mod.sweep(x2d, supers, direction, chunk)
+
+
+def time_sweep(old, layer, lin, batch: int, grad: bool, repeats: int, warm: bool) -> dict | None:  # noqa: ANN001
+    """Median seconds of ``nn.Linear`` and both executors running the layer's planned sweep; None if not a sweep."""
+    plan = layer.plan(batch, requires_grad=grad)
+    if plan.kind != "sweep":
+        return None
+    cores = list(layer.cores)
+    x = torch.randn(batch, lin.in_features, requires_grad=grad)
+
+    def step(fn):  # noqa: ANN001, ANN202
+        if grad:
+            return lambda: fn(x).sum().backward()
+
+        def no_grad() -> None:
+            with torch.no_grad():
+                fn(x)
+
+        return no_grad
+
+    def via(mod):  # noqa: ANN001, ANN202
+        return lambda x: run_sweep(mod, x, cores, plan.groups, plan.direction, grad) + layer.bias
+
+    fns = {"dense": step(lin), "old": step(via(old)), "new": step(via(contraction_exec))}
+    return {"plan": plan, **interleaved(fns, repeats, warm_each=warm)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--against", required=True, help="git revision of the old executor")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=11)
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 1024)")
+    ap.add_argument("--sweeps", action="store_true", help="time the planned sweeps instead of the full plan")
     ap.add_argument("--cold", action="store_true", help="no untimed call right before each timed one")
     args = ap.parse_args(argv)
+    batches = args.batch or [1024]
     torch.set_num_threads(args.threads)
     old = load_old(args.against)
     mode = "cold" if args.cold else "warm"
     print(
-        f"old executor: {args.against}; threads {args.threads}; batch {args.batch}; {mode}; ratios to nn.Linear"
+        f"old executor: {args.against}; threads {args.threads}; batch {batches}; {mode}; ratios to nn.Linear"
     )
+    if args.sweeps:
+        for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
+            torch.manual_seed(0)
+            layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
+            lin = torch.nn.Linear(fin, fout)
+            for batch in batches:
+                for grad in (False, True):
+                    t = time_sweep(old, layer, lin, batch, grad, args.repeats, not args.cold)
+                    if t is None:
+                        continue
+                    what = f"B={batch} {'fwd+bwd' if grad else 'forward'} {t['plan'].direction} {t['plan'].groups}"
+                    print(
+                        f"{name:14s} {what:40s} old {t['old'] / t['dense']:.3f}x  new {t['new'] / t['dense']:.3f}x"
+                    )
+        return 0
+    for batch in batches:
+        full_cases(old, batch, args)
+    return 0
+
+
+def full_cases(old, batch: int, args: argparse.Namespace) -> None:  # noqa: ANN001
+    """The full plan's old and new executors on the large cases at one batch size."""
     for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
         if name == "784x625-r4":
             continue  # its plans are sweeps: no full-plan executor to compare
@@ -98,10 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
         lin = torch.nn.Linear(fin, fout)
         for grad, keep in ((False, False), (True, True), (True, False)):
-            t = time_case(old, layer, lin, args.batch, grad, keep, args.repeats, not args.cold)
-            what = "forward" if not grad else f"fwd+bwd, W {'kept' if keep else 'rebuilt'}"
-            print(f"{name:14s} {what:22s} old {t['old'] / t['dense']:.3f}x  new {t['new'] / t['dense']:.3f}x")
-    return 0
+            t = time_case(old, layer, lin, batch, grad, keep, args.repeats, not args.cold)
+            what = f"B={batch} " + ("forward" if not grad else f"fwd+bwd, W {'kept' if keep else 'rebuilt'}")
+            print(f"{name:14s} {what:29s} old {t['old'] / t['dense']:.3f}x  new {t['new'] / t['dense']:.3f}x")
 
 
 if __name__ == "__main__":
