@@ -11,6 +11,7 @@ import shutil
 import socket
 import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +121,16 @@ def test_read_idx_rejects_truncated_and_corrupt_gzip(tmp_path):
     bad.write_bytes(bytes(flipped))
     with pytest.raises(IDXError, match="bad.gz: corrupt or truncated gzip data"):
         read_idx(bad)
+    # a bit flipped inside the deflate stream: zlib.error, which is not an OSError
+    packed = gzip.compress(bytes(i * i % 10 for i in range(10000)), mtime=0)
+    flipped = bytearray(packed)
+    flipped[30] ^= 0xFF
+    with pytest.raises(zlib.error):
+        gzip.decompress(bytes(flipped))
+    deflate = tmp_path / "deflate.gz"
+    deflate.write_bytes(bytes(flipped))
+    with pytest.raises(IDXError, match="deflate.gz: corrupt or truncated gzip data"):
+        read_idx(deflate)
 
 
 def test_read_idx_missing_file(tmp_path):
@@ -155,6 +166,12 @@ def test_load_mnist_rejects_bad_labels_and_counts(tmp_path):
     write(tmp_path / "c/train-images-idx3-ubyte.gz", idx_bytes(0x08, (6, 784), [0] * 6 * 784), True)
     with pytest.raises(IDXError, match=r"train-images-idx3-ubyte.gz: expected uint8 images"):
         load_mnist(tmp_path / "c", download=False)
+    fake_mnist(tmp_path / "d")
+    write(tmp_path / "d/t10k-images-idx3-ubyte.gz", idx_bytes(0x08, (4, 10, 10), [0] * 400), True)
+    with pytest.raises(
+        IDXError, match=r"t10k-images-idx3-ubyte.gz: expected uint8 images of shape \(N, 28, 28\)"
+    ):
+        load_mnist(tmp_path / "d", download=False)
 
 
 def test_load_mnist_missing_without_download(tmp_path):

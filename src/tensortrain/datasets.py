@@ -22,6 +22,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -155,7 +156,8 @@ def _read_bytes(path: Path) -> bytes:
         return raw
     try:
         return gzip.decompress(raw)
-    except (EOFError, OSError, gzip.BadGzipFile) as err:  # EOFError: stream cut short
+    # EOFError: stream cut short; zlib.error (not an OSError): a corrupt deflate stream
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error) as err:
         raise IDXError(f"{path}: corrupt or truncated gzip data ({err})") from err
 
 
@@ -328,8 +330,10 @@ def _located(folder: Path, stem: str) -> tuple[Path, torch.Tensor]:
 
 def _check_images(found: tuple[Path, torch.Tensor]) -> torch.Tensor:
     path, x = found
-    if x.dtype != torch.uint8 or x.dim() != 3:
-        raise IDXError(f"{path}: expected uint8 images of shape (N, H, W), found {x.dtype} {tuple(x.shape)}")
+    if x.dtype != torch.uint8 or x.dim() != 3 or tuple(x.shape[1:]) != (28, 28):
+        raise IDXError(
+            f"{path}: expected uint8 images of shape (N, 28, 28), found {x.dtype} {tuple(x.shape)}"
+        )
     return x
 
 
