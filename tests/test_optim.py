@@ -45,6 +45,24 @@ def test_float32(gen):
     assert_close(dense(res).reshape(-1), p @ euclid.reshape(-1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_step(dtype):
+    """A half-precision TT layer takes Riemannian steps (pinv and QR run in float32) and stays in its dtype."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), dtype=dtype)
+    x = torch.randn(16, 8, dtype=dtype)
+    opt = tt.optim.RiemannianSGD([layer.cores], lr=0.05)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = layer(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(c.dtype == dtype for c in layer.cores)
+    assert losses[-1] < losses[0]
+
+
 def test_zero_padded_cores_give_the_gradient_at_the_actual_rank(gen):
     x = random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen)
     padded = tt.TensorTrain(

@@ -121,6 +121,26 @@ def test_float32(gen):
     assert_close(dense(tt.project(what, where)).reshape(-1), p @ dense(what).reshape(-1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(gen, dtype):
+    """Half-precision TTs are projected with their QR sweeps in float32 (LAPACK has no half) and stay in dtype."""
+    where = random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen).to(dtype)
+    what = random_tt((3, 4, 3), (1, 3, 2, 1), gen=gen).to(dtype)
+    p = dense_projector(where.to(torch.float64))
+    got = tt.project(what, where)
+    assert got.dtype == dtype
+    want = p @ dense(what.to(torch.float64)).reshape(-1)
+    assert_close(dense(got).double().reshape(-1), want, rtol=0.05, atol=0.05 * float(want.abs().max()))
+    g = tt.gradients(lambda z: (tt.full(z).float() ** 2).sum(), where)
+    assert g.dtype == dtype
+    assert_close(
+        dense(g).double().reshape(-1),
+        p @ (2 * dense(where.to(torch.float64))).reshape(-1),
+        rtol=0.05,
+        atol=0.05 * float(dense(where).abs().max()) * 2,
+    )
+
+
 @given(spec=spec_strategy(), seed=seeds)
 def test_project_matmul_matches_dense(spec, seed):
     raw, ranks = spec

@@ -26,6 +26,7 @@ import torch
 
 from . import decompositions
 from . import tangent as ts
+from .orthogonalization import compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["RiemannianSGD", "riemannian_gradient_from_cores"]
@@ -58,6 +59,14 @@ def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[tor
     ``G_k`` gives ``UL_{<k}^T grad VR_{>k}^T`` by pseudo-inverses; the frame ``(U, V)`` is taken from a
     minimal (numerically full-rank) representation, whose interfaces lie in those spans.
     """
+    dtype = x[0].dtype
+    if (
+        compute_dtype(dtype) != dtype
+    ):  # half precision: pinv and QR need float32; the results go back to dtype
+        deltas, u, v = _core_deltas(
+            [c.to(compute_dtype(dtype)) for c in x], [a.to(compute_dtype(dtype)) for a in g]
+        )
+        return [dk.to(dtype) for dk in deltas], [c.to(dtype) for c in u], [c.to(dtype) for c in v]
     ul, vr = ts.left_sweep(x), ts.right_sweep(x)
     tol = 100 * torch.finfo(x[0].dtype).eps
     minimal = decompositions.round(TensorTrain(x), epsilon=tol) if len(x) > 1 else TensorTrain(x)

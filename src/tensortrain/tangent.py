@@ -15,6 +15,7 @@ from typing import Any, cast
 import torch
 
 from .errors import ShapeError
+from .orthogonalization import compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__: list[str] = []  # nothing public: the public API is in riemannian, autodiff and optim
@@ -47,8 +48,18 @@ def unflat(cores: Sequence[torch.Tensor], like: TensorTrainBase, batch: bool) ->
 
 
 # ----------------------------------------------------------------------------------- orthogonalization
+def _compute(cores: Cores) -> tuple[Cores, torch.dtype]:
+    """The cores in the dtype QR runs in (float32 for half precision: LAPACK has none), and their own dtype."""
+    dtype = cores[0].dtype
+    return [c.to(compute_dtype(dtype)) for c in cores], dtype
+
+
 def left_sweep(cores: Cores) -> Cores:
-    """Left-orthogonalize cores 1..d-1 by reduced QR (ranks may shrink to the feasible ones)."""
+    """Left-orthogonalize cores 1..d-1 by reduced QR (ranks may shrink to the feasible ones).
+
+    Half-precision cores are orthogonalized in float32 and returned in their own dtype.
+    """
+    cores, dtype = _compute(cores)
     out: Cores = []
     carry: torch.Tensor | None = None
     for c in cores[:-1]:
@@ -58,11 +69,13 @@ def left_sweep(cores: Cores) -> Cores:
         q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
         out.append(q.reshape(r0, n, q.shape[1]))
     last = cores[-1] if carry is None else torch.einsum("ab,bnc->anc", carry, cores[-1])
-    return [*out, last]
+    return [c.to(dtype) for c in (*out, last)]
 
 
 def right_sweep(cores: Cores) -> Cores:
-    """Right-orthogonalize cores 2..d by reduced QR of the transposed unfoldings."""
+    """Right-orthogonalize cores 2..d by reduced QR of the transposed unfoldings (half precision: as
+    :func:`left_sweep`)."""
+    cores, dtype = _compute(cores)
     out: Cores = []
     carry: torch.Tensor | None = None
     for c in reversed(cores[1:]):
@@ -73,7 +86,7 @@ def right_sweep(cores: Cores) -> Cores:
         carry = rt.T
         out.append(q.T.reshape(q.shape[1], n, r1))
     first = cores[0] if carry is None else torch.einsum("anb,bc->anc", cores[0], carry)
-    return [first, *reversed(out)]
+    return [c.to(dtype) for c in (first, *reversed(out))]
 
 
 def ranks(cores: Cores) -> list[int]:
