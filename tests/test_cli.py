@@ -121,6 +121,39 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE must be an integer, got 'abc'"),
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but the process group cannot start (run under torchrun)"),
+    ],
+)
+def test_bad_torchrun_environment_is_a_clear_error(tmp_path, capsys, monkeypatch, env, message):
+    for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tensortrain: error: ") and message in err
+
+
+def test_seed_out_of_range_is_a_clear_error(tmp_path, capsys):
+    """Rejected before any data is read (the folder does not exist)."""
+    argv = [
+        "demo",
+        "mnist",
+        "--data",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "out"),
+        "--seed",
+        str(2**53),
+    ]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.startswith(f"tensortrain: error: seed must lie in [0, 2**32), got {2**53}")
+
+
 @pytest.mark.skipif(shutil.which("tensortrain") is None and not Path(sys.executable).with_name("tensortrain").exists(),
                     reason="console script not installed")  # fmt: skip
 def test_console_script_entry_point():

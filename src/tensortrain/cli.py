@@ -136,8 +136,24 @@ def _run_mnist(args: argparse.Namespace) -> int:
     from .demo import TARGETS, DemoConfig, format_table, run_mnist_demo
 
     started_here = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")  # torchrun sets MASTER_ADDR/PORT, RANK, WORLD_SIZE
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        print(
+            f"tensortrain: error: WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}",
+            file=sys.stderr,
+        )
+        return 1
+    if world > 1 and not dist.is_initialized():
+        try:
+            dist.init_process_group("gloo")  # torchrun sets MASTER_ADDR/PORT, RANK, WORLD_SIZE
+        except (ValueError, RuntimeError) as err:  # e.g. WORLD_SIZE set by hand without RANK / MASTER_ADDR
+            print(
+                f"tensortrain: error: WORLD_SIZE={world} but the process group cannot start (run under torchrun): "
+                f"{err}",
+                file=sys.stderr,
+            )
+            return 1
         started_here = True
     rank = dist.get_rank() if dist.is_initialized() else 0
 

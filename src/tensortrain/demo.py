@@ -250,12 +250,14 @@ def run_mnist_demo(
         One :class:`StageResult` per stage (a, b, c, d).
 
     Raises:
-        ValueError: ``batch_size`` not divisible by the number of processes.
+        ValueError: ``seed`` outside ``[0, 2**32)``, or ``batch_size`` not divisible by the number of processes.
         FileNotFoundError, tensortrain.datasets.DownloadError, tensortrain.datasets.IDXError: no usable
             MNIST (see :func:`tensortrain.datasets.load_mnist`).
         OSError: ``cfg.out`` cannot be created or written.
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if not 0 <= cfg.seed < 2**32:  # each stage's shuffle seed is seed * 1000 + a letter: keep it in 64 bits
+        raise ValueError(f"seed must lie in [0, 2**32), got {cfg.seed}")
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
     if cfg.threads is not None:
