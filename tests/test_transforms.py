@@ -154,6 +154,19 @@ def test_embedding_under_vmap_and_grad(gen):
         assert_close(got[k], w)
 
 
+@pytest.mark.parametrize("bad", [-1, -60, 60])
+def test_embedding_refuses_out_of_range_indices_under_transforms(bad):
+    """Under vmap and torch.compile no value check runs (data-dependent); the gather itself must then refuse an
+    index outside the table, negative ones included (advanced indexing would wrap -1 to the last row)."""
+    emb = tt.nn.TTEmbedding(60, 8, tt_rank=3, dtype=torch.float64)
+    idx = torch.tensor([3, bad])
+    with pytest.raises((IndexError, RuntimeError), match="out of (DATA )?bounds|out of range"):
+        vmap(emb)(idx)
+    compiled = torch.compile(emb, backend="eager", fullgraph=True)
+    with pytest.raises((IndexError, RuntimeError), match="out of (DATA )?bounds|out of range"):
+        compiled(idx)
+
+
 @pytest.mark.parametrize("how", ["checkpoint", "checkpoint_reentrant", "save_on_cpu"])
 def test_activation_checkpointing_and_saved_tensor_hooks_for_every_plan(gen, how):
     """Each custom Function unpacks its saved tensors once (checkpoint refuses a second unpack)."""

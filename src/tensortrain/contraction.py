@@ -398,7 +398,9 @@ def _cached(cache: dict, key: tuple, cores: Sequence[torch.Tensor], make: Callab
         return make()
     hit = cache.get(key)
     if hit is None or hit[0] != stamp:
-        with torch.no_grad():
+        # kept in the cores' own precision: merged under autocast, a cached value would stay in the lower
+        # precision after autocast ends (the ops that use it cast it again while autocast is on)
+        with torch.no_grad(), _exec.full_precision(cores[0].device.type):
             value = make()
         # detach() shares the storage (keeping it alive) without autograd history
         hit = cache[key] = (stamp, tuple(cores), value, tuple(c.detach() for c in cores))
@@ -491,7 +493,9 @@ def _linear(
             f"{fn}: x has shape {tuple(x.shape)} but the TT-matrix has {n} columns "
             f"(col dims {tuple(int(c.shape[2]) for c in cores)}); x must be (..., {n})"
         )
-    if x.dtype != c0.dtype or x.device != c0.device:
+    # under autocast floating dtypes may differ, as for F.linear: the products cast both operands
+    autocast_ok = x.is_floating_point() and c0.is_floating_point() and _exec._autocasting(x.device.type)
+    if (x.dtype != c0.dtype and not autocast_ok) or x.device != c0.device:
         raise ShapeError(
             f"{fn}: x is {x.dtype} on {x.device} but the TT-matrix is {c0.dtype} on {c0.device}; "
             "convert one of them first"

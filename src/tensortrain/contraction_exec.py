@@ -307,6 +307,13 @@ def _autocasting(device_type: str) -> bool:
         return False
 
 
+def full_precision(device_type: str) -> contextlib.AbstractContextManager:
+    """A context in which autocast is off for ``device_type`` (a no-op where it is off already)."""
+    if not _autocasting(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
 def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
     """The operands of a custom Function cast as autocast casts a matmul's (to its lower precision), if enabled.
 

@@ -13,7 +13,7 @@ import torch
 from .. import contraction
 from .. import contraction_cost as _cost
 from .._transforms import transforms_active
-from ..contraction_exec import halves
+from ..contraction_exec import _autocasting, full_precision, halves
 from ..errors import ShapeError
 from ..tensor_train import TensorTrain
 
@@ -30,7 +30,11 @@ def _check_tt_matrix(fn: str, weight: object) -> TensorTrain:
 
 
 def _check_operand(fn: str, name: str, t: torch.Tensor, weight: TensorTrain | torch.Tensor) -> None:
-    if t.dtype != weight.dtype or t.device != weight.device:
+    # under autocast floating dtypes may differ, as for nn.Linear: the products cast both operands
+    dtype_ok = t.dtype == weight.dtype or (
+        t.is_floating_point() and weight.dtype.is_floating_point and _autocasting(t.device.type)
+    )
+    if not dtype_ok or t.device != weight.device:
         raise ShapeError(
             f"{fn}: {name} has dtype {t.dtype} on {t.device} but the weight has dtype {weight.dtype} "
             f"on {weight.device}; move one of them, e.g. {name}.to(weight.dtype)"
@@ -175,7 +179,22 @@ def _embedding(
     cache: dict | None,
 ) -> torch.Tensor:
     """:func:`tt_embedding` for a checked TT-matrix; ``cache``: a layer's dict in which inference keeps the
-    merged halves of the cores between calls (``TTEmbedding.forward``)."""
+    merged halves of the cores between calls (``TTEmbedding.forward``).
+
+    A lookup is not an autocast op (``F.embedding`` returns the table's dtype under autocast): the products that
+    form the rows run in the cores' precision.
+    """
+    with full_precision(weight.device.type):
+        return _lookup(input, weight, padding_idx, num_embeddings, cache)
+
+
+def _lookup(
+    input: torch.Tensor,
+    weight: TensorTrain,
+    padding_idx: int | None,
+    num_embeddings: int | None,
+    cache: dict | None,
+) -> torch.Tensor:
     voc_dims, emb_dims = weight.get_raw_shape()
     v_pad, dim = math.prod(voc_dims), math.prod(emb_dims)
     v = v_pad if num_embeddings is None else int(num_embeddings)
@@ -216,9 +235,10 @@ def _tt_rows(weight: TensorTrain, idx: torch.Tensor, voc_dims: tuple[int, ...]) 
     for k, (core, mk) in enumerate(zip(weight.tt_cores, voc_dims, strict=True)):
         stride //= mk
         ik = torch.div(idx, stride, rounding_mode="floor")
-        # The first mode is left unwrapped, so an index past the table fails the gather instead of aliasing.
+        # The first mode is left unwrapped and gathered by index_select, which refuses negative indices as well
+        # as those past the table (advanced indexing would wrap negative ones), instead of aliasing rows.
         ik = ik if k == 0 else ik % mk
-        g = core[:, ik].permute(1, 0, 2, 3)  # (U, r_{k-1}, e_k, r_k)
+        g = core.index_select(1, ik).permute(1, 0, 2, 3)  # (U, r_{k-1}, e_k, r_k)
         r_left, e, r_right = g.shape[1], g.shape[2], g.shape[3]
         done *= e
         res = torch.bmm(res, g.reshape(u, r_left, e * r_right)).reshape(u, done, r_right)

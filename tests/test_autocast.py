@@ -1,0 +1,98 @@
+"""The TT layers under autocast: they behave as nn.Linear / nn.Embedding do, and caches never keep autocast's
+lower precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import random_cores
+from tensortrain import contraction as C
+
+BF16 = torch.bfloat16
+
+
+def _dense(cores: list[torch.Tensor]) -> torch.Tensor:
+    return tt.full(tt.TensorTrain([c.detach() for c in cores]))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 9, 64])  # 9, 64: training sweeps run SweepFunction
+def test_low_precision_input_through_every_plan(gen, batch):
+    """A bfloat16 input meets float32 cores under autocast (the output of an earlier autocast layer): every plan
+    runs forward and backward as F.linear does, bfloat16 out, gradients in each operand's own dtype."""
+    raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 3, 3, 1)
+    cores = [c.float().requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    x = torch.randn(batch, 12, generator=gen).to(BF16)
+    want = x.float() @ _dense(cores).T
+    for p in C.enumerate_plans(cores, batch, requires_grad=True):
+        xb = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=BF16):
+            y = C.linear(xb, cores, strategy=p)
+        assert y.dtype == BF16, p
+        assert_close(y.float(), want, rtol=0.03, atol=0.03 * float(want.abs().max()))
+        y.float().sum().backward()
+        assert xb.grad is not None and xb.grad.dtype == BF16
+        assert all(c.grad is not None and c.grad.dtype == torch.float32 for c in cores)
+        for c in cores:
+            c.grad = None
+    with pytest.raises(tt.ShapeError, match="bfloat16"):  # outside autocast a mismatch is still an error
+        C.linear(x, cores)
+
+
+def test_compressed_model_runs_under_autocast():
+    """The second TT layer gets the first one's bfloat16 output, as the second nn.Linear would."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256))
+    small, _ = tt.compress(model, max_tt_rank=8)
+    assert sum(isinstance(m, tt.nn.TTLinear) for m in small.modules()) == 2
+    x = torch.randn(8, 256)
+    with torch.no_grad():
+        want = small(x)
+        with torch.autocast("cpu", dtype=BF16):
+            got = small(x)
+    assert got.dtype == BF16
+    assert_close(got.float(), want, rtol=0.05, atol=0.05 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("batch", [1, 4, 64, 1024])
+def test_inference_cache_does_not_keep_autocast_precision(batch):
+    """Merged groups first built under autocast are kept in the cores' precision: float32 calls after autocast
+    give float32 results equal to those of a layer that never saw autocast."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2))
+    x = torch.randn(batch, 24)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(x, layer.to_linear().weight, layer.bias)
+        with torch.autocast("cpu", dtype=BF16):
+            assert layer(x).dtype == BF16
+        got = layer(x)
+    assert got.dtype == torch.float32
+    assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [3, 4096])  # core by core, and through the kept halves
+def test_embedding_under_autocast_returns_the_table_dtype(tokens):
+    """A lookup is not an autocast op: nn.Embedding returns float32 under autocast, and so does TTEmbedding; its
+    kept halves stay float32 for the calls after autocast."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(100000, 64, tt_rank=8)
+    idx = torch.randint(0, 100000, (tokens,))
+    with torch.no_grad():
+        want = emb(idx)
+        with torch.autocast("cpu", dtype=BF16):
+            got = emb(idx)
+            dense = emb.to_embedding()(idx) if tokens == 3 else None
+        after = emb(idx)
+    assert got.dtype == after.dtype == torch.float32
+    if dense is not None:
+        assert dense.dtype == torch.float32
+    assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert_close(after, want, rtol=1e-6, atol=1e-6)
+    emb.train()
+    with torch.autocast("cpu", dtype=BF16):
+        out = emb(idx[:3])
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert all(c.grad is not None and c.grad.dtype == torch.float32 for c in emb.cores)
