@@ -109,6 +109,22 @@ def test_state_dict_round_trip(gen):
     assert_close(dst(idx), src(idx))
 
 
+def test_state_dict_of_other_dims_is_refused_and_rank_loads_keep_requires_grad(gen):
+    src = tt.nn.TTEmbedding(60, 12, tt_rank=3, voc_dims=(3, 4, 5), emb_dims=(2, 3, 2))
+    other = tt.nn.TTEmbedding(60, 12, tt_rank=3, voc_dims=(5, 4, 3), emb_dims=(2, 3, 2))
+    shapes = [c.shape for c in other.cores]
+    with pytest.raises(RuntimeError, match=r"size mismatch for cores\.0: .*\[1, 3, 2, 3\].*\[1, 5, 2, 3\]"):
+        other.load_state_dict(src.state_dict())
+    assert [c.shape for c in other.cores] == shapes
+    frozen = tt.nn.TTEmbedding(60, 12, tt_rank=2, voc_dims=(3, 4, 5), emb_dims=(2, 3, 2))
+    frozen.requires_grad_(False).load_state_dict(src.state_dict())
+    assert frozen.tt_ranks == src.tt_ranks and not any(c.requires_grad for c in frozen.cores)
+    idx = torch.randint(0, 60, (9,), generator=gen)
+    assert_close(frozen(idx), src(idx))
+    frozen.load_tt_(tt.TensorTrain(random_cores(((3, 4, 5), (2, 3, 2)), (1, 2, 2, 1), gen=gen)))
+    assert frozen.tt_ranks == (1, 2, 2, 1) and not any(c.requires_grad for c in frozen.cores)
+
+
 def test_bad_arguments():
     with pytest.raises(
         tt.ShapeError, match=r"voc_dims=\(10, 10\) multiply to 100, fewer than num_embeddings=1000"

@@ -192,6 +192,72 @@ def test_state_dict_round_trip_survives_rank_change(gen):
     assert set(src.state_dict()) == {"cores.0", "cores.1", "bias"}
 
 
+def _core_shapes(layer: nn.Module) -> list[tuple[int, ...]]:
+    return [tuple(c.shape) for c in layer.cores]
+
+
+def test_load_state_dict_refuses_other_mode_sizes():
+    src = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), bias=False)
+    wider = tt.nn.TTLinear(24, 30, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 3, 2), bias=False)
+    before = _core_shapes(wider)
+    with pytest.raises(RuntimeError, match=r"size mismatch for cores\.1: .*\[3, 2, 3, 3\].*\[3, 3, 3, 3\]"):
+        wider.load_state_dict(src.state_dict())
+    assert _core_shapes(wider) == before and wider(torch.randn(2, 24)).shape == (2, 30)
+    # other in_dims with the same product, and a rank change on top: the message names the mode sizes
+    swapped = tt.nn.TTLinear(24, 20, tt_rank=2, in_dims=(4, 3, 2), out_dims=(5, 2, 2), bias=False)
+    before = _core_shapes(swapped)
+    with pytest.raises(RuntimeError, match=r"cores: .*mode sizes \(5, 2\), \(2, 3\), \(2, 4\).*"):
+        swapped.load_state_dict(src.state_dict())
+    assert _core_shapes(swapped) == before
+    # strict=False with a core missing: still refused, and no core is resized
+    partial = {k: v for k, v in src.state_dict().items() if k != "cores.2"}
+    with pytest.raises(RuntimeError, match=r"size mismatch for cores\.1"):
+        wider.load_state_dict(partial, strict=False)
+    assert _core_shapes(wider) == _core_shapes(
+        tt.nn.TTLinear(24, 30, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 3, 2), bias=False)
+    )
+    with pytest.raises(RuntimeError, match=r"size mismatch for cores\.0: .*\[1, 5, 2\].*\[1, 5, 2, 3\]"):
+        src.load_state_dict({**src.state_dict(), "cores.0": torch.zeros(1, 5, 2)})
+
+
+def test_load_state_dict_refuses_ranks_that_do_not_chain(gen):
+    src = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), bias=False)
+    dst = tt.nn.TTLinear(24, 20, tt_rank=2, in_dims=(2, 3, 4), out_dims=(5, 2, 2), bias=False)
+    before = _core_shapes(dst)
+    broken = {**src.state_dict(), "cores.1": torch.randn(3, 2, 3, 2, generator=gen)}
+    with pytest.raises(RuntimeError, match=r"TT-ranks .*cores\.1 ends with rank 2 but cores\.2 starts"):
+        dst.load_state_dict(broken)
+    assert _core_shapes(dst) == before
+    # strict=False, cores.2 missing: the loaded cores.1 (rank 3) would not chain with dst's cores.2 (rank 2)
+    partial = {k: v for k, v in src.state_dict().items() if k != "cores.2"}
+    with pytest.raises(
+        RuntimeError, match=r"cores\.1 ends with rank 3 but cores\.2 \(the layer's own.*\) starts with rank 2"
+    ):
+        dst.load_state_dict(partial, strict=False)
+    assert _core_shapes(dst) == before
+    edge = {**src.state_dict(), "cores.0": torch.randn(2, 5, 2, 3, generator=gen)}
+    with pytest.raises(RuntimeError, match=r"cores\.0 starts with rank 2.*boundary ranks must be 1"):
+        dst.load_state_dict(edge)
+    # a partial load whose ranks chain with the layer's other cores is fine
+    mixed = tt.nn.TTLinear(24, 20, tt_rank=(1, 2, 3, 1), in_dims=(2, 3, 4), out_dims=(5, 2, 2), bias=False)
+    dst.load_state_dict({"cores.1": mixed.cores[1], "cores.2": mixed.cores[2]}, strict=False)
+    assert dst.tt_ranks == (1, 2, 3, 1) and dst(torch.randn(2, 24)).shape == (2, 20)
+
+
+def test_rank_changing_loads_keep_requires_grad(gen):
+    src = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2))
+    frozen = tt.nn.TTLinear(24, 20, tt_rank=2, in_dims=(2, 3, 4), out_dims=(5, 2, 2)).requires_grad_(False)
+    frozen.load_state_dict(src.state_dict())
+    assert frozen.tt_ranks == (1, 3, 3, 1)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    frozen.load_tt_(tt.TensorTrain(random_cores(((5, 2, 2), (2, 3, 4)), (1, 2, 2, 1), gen=gen)))
+    assert frozen.tt_ranks == (1, 2, 2, 1) and not any(p.requires_grad for p in frozen.parameters())
+    partly = tt.nn.TTLinear(24, 20, tt_rank=2, in_dims=(2, 3, 4), out_dims=(5, 2, 2))
+    partly.cores[1].requires_grad_(False)
+    partly.load_state_dict(src.state_dict())
+    assert [c.requires_grad for c in partly.cores] == [True, False, True]
+
+
 # ------------------------------------------------------------------------------------------ errors
 def test_bad_arguments():
     with pytest.raises(tt.ShapeError, match=r"in_dims=\(7, 4, 7\) multiply to 196, but in_features=784"):

@@ -13,7 +13,8 @@ __all__: list[str] = []
 
 
 def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor]) -> None:
-    """Copy ``cores`` into ``params`` (cast to their dtype/device); cores of new shapes replace the Parameter."""
+    """Copy ``cores`` into ``params`` (cast to their dtype/device); cores of new shapes replace the Parameter,
+    keeping its ``requires_grad`` (a frozen layer stays frozen)."""
     like = params[0]
     with torch.no_grad():
         for k, c in enumerate(cores):
@@ -21,21 +22,72 @@ def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor]) -> No
             if params[k].shape == c.shape:
                 params[k].copy_(c)
             else:
-                params[k] = nn.Parameter(c.clone())
+                params[k] = nn.Parameter(c.clone(), requires_grad=params[k].requires_grad)
 
 
-def resize_cores_to_state(params: nn.ParameterList, state_dict: Any, prefix: str) -> None:
+def _fmt_modes(modes: Sequence[tuple[int, ...] | None]) -> str:
+    return ", ".join("?" if m is None else str(m) for m in modes)
+
+
+def _rank_breaks(shapes: Sequence[torch.Size], saved: Sequence[bool], prefix: str) -> list[str]:
+    """Where the ranks of the cores after loading (``shapes``; ``saved[k]``: core k comes from the checkpoint)
+    fail to chain: core k's last rank must be core k+1's first, and the boundary ranks 1."""
+
+    def core(k: int) -> str:
+        return f"{prefix}cores.{k}" + ("" if saved[k] else " (the layer's own, not in the checkpoint)")
+
+    d = len(shapes)
+    breaks = [
+        f"{core(k)} {end} with rank {shapes[k][i]}, expected 1 (boundary ranks must be 1)"
+        for k, i, end in ((0, 0, "starts"), (d - 1, -1, "ends"))
+        if shapes[k][i] != 1
+    ]
+    breaks += [
+        f"{core(k)} ends with rank {shapes[k][-1]} but {core(k + 1)} starts with rank {shapes[k + 1][0]}"
+        for k in range(d - 1)
+        if shapes[k][-1] != shapes[k + 1][0]
+    ]
+    return breaks
+
+
+def resize_cores_to_state(
+    params: nn.ParameterList, state_dict: Any, prefix: str, error_msgs: list[str]
+) -> None:
     """Before loading: give core Parameters the shapes saved in ``state_dict`` (a state saved after a rank
-    change), so a state_dict round trip survives rank changes."""
-    for k in range(len(params)):
-        saved = state_dict.get(f"{prefix}cores.{k}")
-        if (
-            isinstance(saved, torch.Tensor)
-            and saved.dim() == params[k].dim()
-            and saved.shape != params[k].shape
-        ):
-            like = params[k]
-            params[k] = nn.Parameter(torch.empty(saved.shape, dtype=like.dtype, device=like.device))
+    change), so a state_dict round trip survives rank changes.
+
+    Only the rank axes (each core's first and last) may change, and the ranks after loading must chain. A
+    checkpoint of other mode sizes (another layer shape), or whose ranks do not chain with each other or with
+    the cores it leaves in place (``strict=False``), resizes nothing: the reason goes to ``error_msgs``, and
+    ``nn.Module._load_from_state_dict`` adds its usual "size mismatch" line per core, which
+    ``load_state_dict`` raises as one RuntimeError (as for ``nn.Linear``). Resizing some cores and not others
+    would leave a layer that fails deep inside its next forward.
+    """
+    found = [state_dict.get(f"{prefix}cores.{k}") for k in range(len(params))]
+    saved = [isinstance(t, torch.Tensor) for t in found]
+    shapes = [t.shape if isinstance(t, torch.Tensor) else p.shape for t, p in zip(found, params, strict=True)]
+    if all(s == p.shape for s, p in zip(shapes, params, strict=True)):
+        return
+    modes = [tuple(p.shape[1:-1]) for p in params]
+    got = [tuple(s[1:-1]) if ok else None for s, ok in zip(shapes, saved, strict=True)]
+    if any(g is not None and g != m for g, m in zip(got, modes, strict=True)):
+        error_msgs.append(
+            f"size mismatch for {prefix}cores: the checkpoint's TT-cores have mode sizes "
+            f"{_fmt_modes(got)} but the layer's are {_fmt_modes(modes)}; only the TT-ranks (each core's "
+            "first and last axes) may differ"
+        )
+        return
+    breaks = _rank_breaks(shapes, saved, prefix)
+    if breaks:
+        error_msgs.append(
+            f"size mismatch for {prefix}cores: the checkpoint's TT-ranks do not chain: {'; '.join(breaks)}"
+        )
+        return
+    for k, shape in enumerate(shapes):
+        like = params[k]
+        if shape != like.shape:
+            empty = torch.empty(shape, dtype=like.dtype, device=like.device)
+            params[k] = nn.Parameter(empty, requires_grad=like.requires_grad)
 
 
 class TTModule(nn.Module):
@@ -85,6 +137,17 @@ class TTModule(nn.Module):
         """The number of scalars in the cores (bias excluded)."""
         return sum(c.numel() for c in self.cores)
 
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        resize_cores_to_state(self.cores, state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        resize_cores_to_state(self.cores, state_dict, prefix, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
