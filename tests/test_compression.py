@@ -289,3 +289,53 @@ def test_meta_model_gets_the_structure_of_a_compressed_checkpoint(gen):
     # epsilon needs singular values: the layer stays dense and the report says why
     _, eps_report = tt.compress(mlp(device="meta"), epsilon=0.5)
     assert all("meta tensor has no values" in lay.reason for lay in eps_report.layers)
+
+
+# ------------------------------------------------------------------------------ sharing, zero weights
+def test_tied_parameters_are_counted_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Embedding(512, 64), nn.Linear(64, 256), nn.Linear(256, 64), nn.Linear(64, 512, bias=False)
+    )
+    model[3].weight = model[0].weight
+    small, report = tt.compress(model, ratio=1.3)
+    assert (report.model_params_before, report.model_params_after) == (count(model), count(small))
+    assert report.params_before == count(model)  # every layer is selected: the whole model, counted once
+    assert report.params_after == count(small) and report.ratio == count(model) / count(small)
+    assert report.ratio >= 1.3 and small[3].weight is small[0].weight
+    head = report.layers[3]
+    assert head.params_before == 512 * 64 and head.tied_params == 512 * 64 and not head.replaced
+    assert report.to_dict()["layers"][3]["tied_params"] == 512 * 64
+    # the rank search sees the true counts: one more rank would miss the target on the real model
+    rank = max(max(lay.tt_ranks) for lay in report.layers if lay.tt_ranks)
+    looser, _ = tt.compress(model, max_tt_rank=rank + 1)
+    assert count(model) / count(looser) < 1.3
+
+
+def test_a_module_shared_under_several_names_is_selected_by_any_of_them():
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(64, 64)
+            self.b = self.a
+            self.c = nn.Linear(64, 64)
+
+    for include in ("a", "b"):
+        small, report = tt.compress(Shared(), max_tt_rank=2, include=include)
+        assert isinstance(small.a, tt.nn.TTLinear) and small.b is small.a and type(small.c) is nn.Linear
+        assert [(lay.name, lay.aliases) for lay in report.layers] == [("a", ("b",))]
+        assert report.model_params_after == count(small) < count(Shared())
+        assert "a = b" in str(report)
+    # exclusion under any name keeps it dense under all of them
+    small, report = tt.compress(Shared(), max_tt_rank=2, exclude="b")
+    assert type(small.a) is nn.Linear and small.b is small.a and [lay.name for lay in report.layers] == ["c"]
+
+
+def test_rel_error_of_a_zero_weight_is_zero():
+    model = nn.Sequential(nn.Linear(64, 64))
+    nn.init.zeros_(model[0].weight)
+    _, report = tt.compress(model, max_tt_rank=4)
+    assert report.layers[0].replaced and report.layers[0].rel_error == 0.0
+    half = nn.Sequential(nn.Linear(64, 64, dtype=torch.float16))
+    nn.init.zeros_(half[0].weight)
+    assert tt.compress(half, max_tt_rank=4)[1].layers[0].rel_error == 0.0

@@ -10,6 +10,7 @@ exactly equivalent dense ones.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatchcase
@@ -94,8 +95,13 @@ class LayerReport:
         tt_ranks: the TT-ranks when replaced, else None.
         params_before: parameters of the dense layer (weight and bias).
         params_after: parameters of the layer in the returned model.
-        rel_error: ``||W - W_tt||_F / ||W||_F`` when replaced, else None.
+        rel_error: ``||W - W_tt||_F / ||W||_F`` when replaced, else None (0.0 for an all-zero ``W``
+            reproduced exactly, ``inf`` if ``W`` is zero and ``W_tt`` is not).
         reason: why the layer stayed dense (``""`` when replaced).
+        aliases: the module's other names (a module shared under several names is one row, replaced or kept
+            under all of them).
+        tied_params: parameters of this layer that an earlier row already counts (tied weights, e.g. an
+            output head sharing the embedding's weight); the report's totals count them once.
     """
 
     name: str
@@ -107,6 +113,8 @@ class LayerReport:
     params_after: int
     rel_error: float | None
     reason: str
+    aliases: tuple[str, ...] = ()
+    tied_params: int = 0
 
     @property
     def replaced(self) -> bool:
@@ -119,7 +127,8 @@ class CompressionReport:
     """What :func:`compress` did: one :class:`LayerReport` per selected layer, and totals.
 
     ``ratio`` is the compression of the *selected* layers (dense parameters before over parameters after,
-    biases included, layers left dense counted at their size); ``model_ratio`` is that of the whole model.
+    biases included, layers left dense counted at their size, each parameter counted once even when tied
+    to several layers, as ``model.parameters()`` does); ``model_ratio`` is that of the whole model.
     ``str(report)`` is a readable table; :meth:`to_dict` a JSON-friendly dict.
 
     Example:
@@ -133,13 +142,13 @@ class CompressionReport:
 
     @property
     def params_before(self) -> int:
-        """Parameters of the selected layers before compression."""
-        return sum(layer.params_before for layer in self.layers)
+        """Parameters of the selected layers before compression (tied ones counted once)."""
+        return sum(layer.params_before - layer.tied_params for layer in self.layers)
 
     @property
     def params_after(self) -> int:
-        """Parameters of the selected layers after compression."""
-        return sum(layer.params_after for layer in self.layers)
+        """Parameters of the selected layers after compression (tied ones counted once)."""
+        return sum(layer.params_after - layer.tied_params for layer in self.layers)
 
     @property
     def ratio(self) -> float:
@@ -171,7 +180,7 @@ class CompressionReport:
             dims = f"{_fmt(lay.dims[0])}x{_fmt(lay.dims[1])}"
             rows.append(
                 (
-                    lay.name or "(model)",
+                    " = ".join((lay.name or "(model)", *lay.aliases)),
                     lay.kind,
                     f"{lay.shape[0]}x{lay.shape[1]}",
                     dims,
@@ -186,10 +195,11 @@ class CompressionReport:
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         n_rep = sum(lay.replaced for lay in self.layers)
+        tied = " (tied parameters counted once)" if any(lay.tied_params for lay in self.layers) else ""
         lines.append(
             f"replaced {n_rep} of {len(self.layers)} selected layers: {self.params_before:,} -> "
-            f"{self.params_after:,} parameters ({self.ratio:.1f}x); whole model {self.model_params_before:,} -> "
-            f"{self.model_params_after:,} ({self.model_ratio:.1f}x)"
+            f"{self.params_after:,} parameters{tied} ({self.ratio:.1f}x); whole model "
+            f"{self.model_params_before:,} -> {self.model_params_after:,} ({self.model_ratio:.1f}x)"
         )
         lines += [
             f"kept dense {lay.name or '(model)'}: {lay.reason}" for lay in self.layers if not lay.replaced
@@ -231,17 +241,24 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> None:
 def _select(
     model: nn.Module, include: tuple[str, ...] | None, exclude: tuple[str, ...] | None
 ) -> list[tuple[list[str], nn.Module]]:
-    """Matching layers in model order, each with all the names it is reachable under (shared modules)."""
+    """Matching layers in model order, each with all the names it is reachable under (shared modules).
+
+    A module shared under several names is replaced under all of them (replacing it under one name only would
+    untie it), so the globs judge it as a whole: selected when any of its names is included and none is
+    excluded."""
     found: dict[int, tuple[list[str], nn.Module]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) not in _CONVERTERS:
-            continue
-        if include is not None and not any(fnmatchcase(name, p) for p in include):
-            continue
-        if exclude is not None and any(fnmatchcase(name, p) for p in exclude):
-            continue
-        found.setdefault(id(module), ([], module))[0].append(name)
-    return list(found.values())
+        if type(module) in _CONVERTERS:
+            found.setdefault(id(module), ([], module))[0].append(name)
+
+    def matches(names: list[str], patterns: tuple[str, ...]) -> bool:
+        return any(fnmatchcase(n, p) for n in names for p in patterns)
+
+    return [
+        (names, module)
+        for names, module in found.values()
+        if (include is None or matches(names, include)) and not (exclude and matches(names, exclude))
+    ]
 
 
 def _tied(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
@@ -259,6 +276,18 @@ def _tied(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[i
                 f"its parameters are tied to {', '.join(others[:3])}: converting would untie them"
             )
     return reasons
+
+
+def _counted_before(layers: list[tuple[list[str], nn.Module]]) -> dict[int, int]:
+    """Per selected layer (by module id), how many of its parameters an earlier one already holds (tied
+    weights): the report and the ratio search count each parameter once, as ``model.parameters()`` does."""
+    seen: set[int] = set()
+    counted = {}
+    for _, m in layers:
+        params = list(m.parameters())
+        counted[id(m)] = sum(p.numel() for p in params if id(p) in seen)
+        seen.update(id(p) for p in params)
+    return counted
 
 
 def _rank_for_ratio(layers: list[tuple[list[str], nn.Module]], ratio: float, fixed: int) -> int:
@@ -284,6 +313,17 @@ def _rank_for_ratio(layers: list[tuple[list[str], nn.Module]], ratio: float, fix
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if before / after(mid) >= ratio else (lo, mid - 1)
     return lo
+
+
+def _rel_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """``||approx - exact||_F / ||exact||_F``; for an all-zero ``exact``: 0.0 when ``approx`` is zero too,
+    else inf (never NaN). Norms in at least float32: a half-precision norm overflows past 65504."""
+    acc = torch.promote_types(exact.dtype, torch.float32)
+    num = float(torch.linalg.vector_norm(approx - exact, dtype=acc))
+    den = float(torch.linalg.vector_norm(exact, dtype=acc))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
 
 
 def _dense_report(name: str, module: nn.Module, reason: str) -> LayerReport:
@@ -328,7 +368,7 @@ def _convert_one(
     err = None  # a meta layer (structure only, e.g. before loading a compressed checkpoint) has no error
     if not w.is_meta:
         with torch.no_grad():
-            err = float(torch.linalg.norm(conv.tt_weight(new) - w) / torch.linalg.norm(w).clamp_min(1e-300))
+            err = _rel_error(conv.tt_weight(new), w)
     rep = _dense_report(name, module, "")
     return new, replace(rep, tt_ranks=new.tt_ranks, params_after=after, rel_error=err)
 
@@ -348,8 +388,12 @@ def compress(
 
     Layers are selected by exact type (``nn.Linear``, ``nn.Embedding``; subclasses are left alone), then by
     ``include`` / ``exclude`` globs (``fnmatch``, case-sensitive) over qualified module names such as
-    ``"encoder.0.fc1"``. TT dims are factored automatically (vocabularies padded, see ``TTEmbedding``).
-    A layer whose TT form would not have fewer parameters stays dense, with the reason in the report.
+    ``"encoder.0.fc1"``. A module shared under several names is replaced under all of them, so it is
+    selected when *any* of its names is included and *none* is excluded (its report row lists the other
+    names as ``aliases``). TT dims are factored automatically (vocabularies padded, see ``TTEmbedding``).
+    A layer whose TT form would not have fewer parameters stays dense, with the reason in the report, and so
+    does a layer whose parameters are tied to another module's (converting it would untie them); each
+    parameter is counted once in the report and in the ``ratio`` search.
 
     Exactly one budget:
 
@@ -406,18 +450,21 @@ def compress(
             f"compress: no nn.Linear or nn.Embedding layer matched include={include!r}, exclude={exclude!r}; "
             f"candidate layers: {seen or 'none'}"
         )
-    tied = _tied(target, layers)
+    tied, counted = _tied(target, layers), _counted_before(layers)
     if ratio is not None:
         free = [(n, m) for n, m in layers if id(m) not in tied]
-        fixed = sum(p.numel() for _, m in layers if id(m) in tied for p in m.parameters())
+        fixed = sum(
+            sum(p.numel() for p in m.parameters()) - counted[id(m)] for _, m in layers if id(m) in tied
+        )
         max_tt_rank = _rank_for_ratio(free, ratio, fixed)
     reports = []
     for names, module in layers:
-        if id(module) in tied:
-            reports.append(_dense_report(names[0], module, tied[id(module)]))
-            continue
-        new, rep = _convert_one(names[0], module, max_tt_rank, epsilon)
-        reports.append(rep)
+        new: nn.Module | None = None
+        if id(module) in tied:  # only tied layers share parameters with others, and they stay dense
+            rep = _dense_report(names[0], module, tied[id(module)])
+        else:
+            new, rep = _convert_one(names[0], module, max_tt_rank, epsilon)
+        reports.append(replace(rep, aliases=tuple(names[1:]), tied_params=counted[id(module)]))
         if new is None or dry_run:
             continue
         for name in names:  # a module shared under several names is replaced everywhere
