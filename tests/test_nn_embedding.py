@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -149,6 +150,16 @@ def test_bad_arguments():
         emb(torch.tensor([3, -1, 100]))
     with pytest.raises(TypeError, match="integer tensor"):
         emb(torch.tensor([1.0]))
+    with pytest.raises(
+        TypeError, match="integer tensor.*bool"
+    ):  # a mask, not indices (nn.Embedding refuses it)
+        emb(torch.tensor([True, False]))
+    for bad in (2.5, "3", True):
+        with pytest.raises(TypeError, match="padding_idx must be an int or None"):
+            tt.nn.TTEmbedding(100, 8, tt_rank=2, padding_idx=bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="tt_embedding: padding_idx must be an int or None"):
+            tt_embedding(torch.tensor([1]), emb.weight, padding_idx=bad)  # type: ignore[arg-type]
+    assert tt.nn.TTEmbedding(100, 8, tt_rank=2, padding_idx=np.int64(-1)).padding_idx == 99
     with pytest.raises(tt.ShapeError, match="expected"):
         emb.load_tt_(tt.TensorTrain([torch.randn(1, 100, 8, 1)]))
     with pytest.raises(ValueError, match=r"padding_idx must be within \[-100, 100\), got 100"):

@@ -328,6 +328,22 @@ def test_from_linear_full_rank_is_exact(gen):
     assert_close(no_bias.to_linear().weight, dense_from_cores(list(no_bias.cores)))
 
 
+def test_frozen_dense_layers_convert_to_frozen_tt_layers():
+    """from_linear / from_embedding / compress keep requires_grad: a frozen backbone stays frozen."""
+    lin, emb = nn.Linear(12, 8), nn.Embedding(30, 8)
+    lin.weight.requires_grad_(False)
+    emb.requires_grad_(False)
+    layer = tt.nn.TTLinear.from_linear(lin, max_tt_rank=2)
+    assert not any(c.requires_grad for c in layer.cores) and layer.bias.requires_grad
+    assert not any(c.requires_grad for c in tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=2).cores)
+    model, _ = tt.compress(
+        nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64).requires_grad_(False)), max_tt_rank=2
+    )
+    assert all(isinstance(m, tt.nn.TTLinear) for m in model)
+    assert all(p.requires_grad for p in model[0].parameters())
+    assert not any(p.requires_grad for p in model[1].parameters())
+
+
 def test_from_linear_truncated():
     torch.manual_seed(0)
     dense = nn.Linear(784, 625)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
-from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank
+from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank
 from ..tensor_train import TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_
@@ -157,6 +157,10 @@ class TTEmbedding(TTModule):
     def _normalize_padding_idx(self, padding_idx: int | None) -> int | None:
         if padding_idx is None:
             return None
+        k = as_int(padding_idx)
+        if k is None:  # 2.5 or "3" would never match an index: the padding would silently do nothing
+            raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
+        padding_idx = k
         v = self.num_embeddings
         if not -v <= padding_idx < v:
             raise ValueError(f"padding_idx must be within [-{v}, {v}) (num_embeddings), got {padding_idx}")
@@ -235,7 +239,9 @@ class TTEmbedding(TTModule):
             v, dim, tt_rank=tt.tt_ranks, voc_dims=voc, emb_dims=emb, padding_idx=embedding.padding_idx,
             device=table.device, dtype=table.dtype,
         )  # fmt: skip
-        return layer.load_tt_(tt)
+        layer.load_tt_(tt)
+        layer.requires_grad_(embedding.weight.requires_grad)  # a frozen table stays frozen
+        return layer
 
     def load_tt_(self, tt_matrix: TensorTrain) -> TTEmbedding:
         """Load a TT-matrix of shape ``V' x D`` (dims ``voc_dims x emb_dims``) into this layer, in place.

@@ -15,6 +15,7 @@ from .. import contraction_cost as _cost
 from .._transforms import transforms_active
 from ..contraction_exec import _autocasting, full_precision, halves
 from ..errors import ShapeError
+from ..shapes import as_int
 from ..tensor_train import TensorTrain
 
 __all__ = ["tt_embedding", "tt_linear"]
@@ -109,7 +110,12 @@ def linear_cores(
 
 
 def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: torch.device) -> None:
-    if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex():
+    if (
+        not isinstance(input, torch.Tensor)
+        or input.is_floating_point()
+        or input.is_complex()
+        or input.dtype == torch.bool  # a mask, not indices (nn.Embedding refuses it too)
+    ):
         kind = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
         raise TypeError(f"{fn}: indices must be an integer tensor (e.g. torch.long), got {kind}")
     if input.device != device:
@@ -204,6 +210,10 @@ def _lookup(
         )
     _check_indices("tt_embedding", input, v, weight.device)
     if padding_idx is not None:
+        k = as_int(padding_idx)
+        if k is None:
+            raise TypeError(f"tt_embedding: padding_idx must be an int or None, got {padding_idx!r}")
+        padding_idx = k
         if not -v <= padding_idx < v:
             raise ValueError(f"tt_embedding: padding_idx must be within [-{v}, {v}), got {padding_idx}")
         padding_idx = padding_idx % v

@@ -279,7 +279,12 @@ class TTLinear(TTModule):
             ),
         ).to(w.dtype)
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls.from_tt(tt, bias=bias, has_bias=linear.bias is not None)
+        layer = cls.from_tt(tt, bias=bias, has_bias=linear.bias is not None)
+        # a frozen layer stays frozen (e.g. a compressed backbone whose head alone is fine-tuned)
+        layer.cores.requires_grad_(linear.weight.requires_grad)
+        if layer.bias is not None and linear.bias is not None:
+            layer.bias.requires_grad_(linear.bias.requires_grad)
+        return layer
 
     @classmethod
     def from_tt(
