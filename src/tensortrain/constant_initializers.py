@@ -85,9 +85,22 @@ def _batch_size(batch_size: Any) -> int:
     return n
 
 
+def _real(value: Any, name: str) -> float:
+    """``value`` as a finite float; strings and bools are refused (``"0.5"`` or ``True`` is a mistake here)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
 def _stddev(stddev: float, name: str = "stddev") -> float:
-    stddev = float(stddev)
-    if not math.isfinite(stddev) or stddev < 0:
+    stddev = _real(stddev, name)
+    if stddev < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {stddev}")
     return stddev
 

@@ -33,6 +33,7 @@ from .constant_initializers import (
     _dtype,
     _matrix_dims,
     _ranks,
+    _real,
     _stddev,
     eye,
     matrix_ones,
@@ -104,7 +105,7 @@ def _random(
     device: torch.device | str | None,
 ) -> Any:
     """Random TT with full-tensor entry std ``stddev``, plus ``mean`` times the all-ones TT."""
-    stddev, mean = _stddev(stddev), float(mean)
+    stddev, mean = _stddev(stddev), _real(mean, "mean")
     kw: dict[str, Any] = {"dtype": _dtype(dtype), "device": device}
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
     ranks = _ranks(tt_rank, modes)

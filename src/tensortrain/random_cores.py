@@ -21,6 +21,7 @@ from .constant_initializers import (
     _dtype,
     _matrix_dims,
     _ranks,
+    _real,
     _stddev,
 )
 from .tensor_train import TensorTrain, TensorTrainBatch
@@ -194,4 +195,4 @@ def _iid(
     kw: dict[str, Any] = {"dtype": _dtype(dtype), "device": device}
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
     shapes = _core_shapes(rows, cols, _ranks(tt_rank, modes), batch_size)
-    return _wrap(_normal_cores(shapes, float(mean), _stddev(stddev), generator, **kw), batch_size)
+    return _wrap(_normal_cores(shapes, _real(mean, "mean"), _stddev(stddev), generator, **kw), batch_size)
