@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -98,6 +99,91 @@ def test_getitem_errors(gen):
         TypeError, match="a batch index must be an int, slice, list or tensor of ints, got None"
     ):
         b[None, 0]
+
+
+@given(spec=tensor_specs(), data=st.data(), seed=seeds, b=st.integers(1, 3))
+def test_getitem_batch_ellipsis_matches_dense(spec, data, seed, b):
+    raw, ranks = spec
+    a = random_tt(raw, ranks, gen=_gen(seed), batch_size=b)
+    bidx = data.draw(
+        st.one_of(
+            st.integers(-b, b - 1),
+            st.integers(0, b - 1).map(np.int64),
+            st.integers(-b, b - 1).map(torch.tensor),
+            st.just(slice(None)),
+            st.just([b - 1, 0]),
+        )
+    )
+    full_index = [bidx, *(data.draw(mode_index(n)) for n in raw)]
+    # Replace a run of axes (possibly empty, possibly holding the batch axis) by '...': as in numpy it must
+    # expand over the batch axis and the modes alike.
+    start = data.draw(st.integers(0, len(full_index)))
+    stop = data.draw(st.integers(start, len(full_index)))
+    index = (*full_index[:start], ..., *full_index[stop:])
+    res = a[index]
+    expected = ops.full(a)[index]
+    if isinstance(res, torch.Tensor):
+        assert_close(res, expected)
+    else:
+        assert_close(ops.full(res), expected)
+
+
+def test_getitem_batch_ellipsis_examples(gen):
+    b = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen, batch_size=5)
+    dense = ops.full(b)
+    for index in [(..., 1), (..., 0, 0), (..., 1, 2, 3), (1, ..., 2), (slice(1, 4), ..., 0), (...,), ...]:
+        res = b[index]
+        expected = dense[index]
+        assert_close(res if isinstance(res, torch.Tensor) else ops.full(res), expected)
+    with pytest.raises(IndexError, match="1 batch axis and 3 modes but 5 indices were given"):
+        b[0, 0, 0, 0, 0]
+    with pytest.raises(IndexError, match="1 batch axis and 3 modes but 5 indices were given"):
+        b[..., 0, 0, 0, 0, 0]
+
+
+def test_getitem_batch_scalar_index_kinds(gen):
+    b = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen, batch_size=5)
+    dense = ops.full(b)
+    # numpy ints and 0-dim integer tensors are ints (operator.index), as in numpy and torch.
+    for i in (1, np.int64(1), np.array(1), torch.tensor(1), torch.tensor(-4, dtype=torch.int32)):
+        one = b[i]
+        assert isinstance(one, tt.TensorTrain)
+        assert_close(ops.full(one), dense[1])
+        assert_close(ops.full(b[i, 0]), dense[1, 0])
+        assert_close(b[i, 0, 2, 3], dense[1, 0, 2, 3])
+    m = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen, batch_size=3)
+    assert_close(ops.full(m[torch.tensor(2)]), ops.full(m)[2])
+    assert_close(ops.full(m[np.int64(-1)]), ops.full(m)[2])
+    # A 1-D index tensor keeps the batch axis, even with one element.
+    assert_close(ops.full(b[torch.tensor([1])]), dense[[1]])
+    assert_close(ops.full(b[torch.tensor([1]), 0]), dense[[1], 0])
+    with pytest.raises(IndexError, match="batch index 5 out of range for a batch of 5 elements"):
+        b[torch.tensor(5)]
+    with pytest.raises(IndexError, match="batch index -6 out of range for a batch of 5 elements"):
+        b[np.int64(-6), 0]
+    for bad in (torch.tensor(True), torch.tensor(1.0), np.float64(1.0), True):
+        with pytest.raises(TypeError, match="a batch index must be an int, slice, list or tensor of ints"):
+            b[bad]
+        with pytest.raises(TypeError, match="a batch index must be an int, slice, list or tensor of ints"):
+            b[bad, 0]
+
+
+def test_getitem_mode_index_with_dims_is_rejected(gen):
+    a = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen)
+    dense = ops.full(a)
+    assert_close(ops.full(a[torch.tensor(1)]), dense[1])  # a 0-dim integer tensor is an int
+    assert_close(ops.full(a[np.int64(1), :, torch.tensor(-1)]), dense[1, :, -1])
+    # Dense indexing keeps the axis of a one-element index array; getitem has no such mode, so it refuses.
+    for idx in (torch.tensor([1]), np.array([1]), torch.tensor([[1]])):
+        with pytest.raises(TypeError, match="mode 0: index must be an int or a slice, got"):
+            a[idx]
+    with pytest.raises(TypeError, match="mode 1: index must be an int or a slice, got"):
+        a[0, torch.tensor([1])]
+    with pytest.raises(TypeError, match="mode 0: index must be an int or a slice, got"):
+        a[torch.tensor(True)]
+    b = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(TypeError, match="mode 0: index must be an int or a slice, got"):
+        b[0, torch.tensor([1])]
 
 
 # ----------------------------------------------------------------------------------------------- gather_nd

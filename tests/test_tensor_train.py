@@ -148,3 +148,17 @@ def test_numpy_and_torch_integers_are_ints_bools_strings_and_floats_are_not():
     assert tt.random_matrix_batch([[4, 4], [4, 4]], tt_rank=2, batch_size=np.int64(3)).batch_size == 3
     _, report = tt.compress(torch.nn.Sequential(torch.nn.Linear(64, 64)), max_tt_rank=np.int64(4))
     assert report.layers[0].tt_ranks == (1, 4, 1)
+
+
+def test_one_element_rank_tensor_is_a_sequence_like_a_list():
+    np = pytest.importorskip("numpy")
+    # [5], np.array([5]) and torch.tensor([5]) are one rank value, not the int 5: all three are refused for
+    # d = 3 (2 inner or 4 full ranks needed) and accepted for d = 2.
+    for rs in ([5], np.array([5]), torch.tensor([5])):
+        with pytest.raises(tt.ShapeError, match=r"got 1 values \(5,\)"):
+            tt.normalize_tt_rank(rs, 3)
+        assert tt.normalize_tt_rank(rs, 2) == (1, 5, 1)
+    with pytest.raises(TypeError):
+        tt.normalize_tt_rank(torch.tensor(True), 3)
+    with pytest.raises(TypeError):
+        tt.normalize_tt_rank(torch.tensor([True, True]), 3)

@@ -6,13 +6,13 @@ size, ``K`` number of gathered entries.
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
 
 from .errors import ShapeError
 from .operands import batch_size, batched_cores, check_tt, describe, is_batch, matrix_dims, tensor_dims, wrap
+from .shapes import as_int
 from .tensor_train import TensorTrainBase
 
 __all__ = ["gather_nd", "getitem"]
@@ -26,7 +26,10 @@ def getitem(tt: TensorTrainBase, index: Any) -> Any:
     (positive step) keeps the mode. Missing trailing indices and one ``...`` mean ``:``. Indexing every
     mode with ints returns the entry as a 0-dim tensor. For a batch, the first index selects batch
     elements (int: a :class:`TensorTrain` results; slice, list or index tensor: a batch) and the rest
-    index the modes. TT-matrices cannot be indexed (use :func:`gather_nd` for entries).
+    index the modes; as in numpy, ``...`` spans the batch axis too (``b[..., 1]`` indexes the last mode).
+    An int may be a numpy integer or a 0-dim integer tensor; a tensor or array with dims (even one
+    element) is an index tensor, allowed for the batch axis only. TT-matrices cannot be indexed (use
+    :func:`gather_nd` for entries).
 
     Args:
         tt: a TT-tensor or a batch of TT-tensors.
@@ -37,7 +40,8 @@ def getitem(tt: TensorTrainBase, index: Any) -> Any:
         every mode is indexed by an int.
 
     Raises:
-        TypeError: an index of an unsupported kind (None, float, bool, tensor for a mode), or a TT-matrix.
+        TypeError: an index of an unsupported kind (None, float, bool, a tensor or array with dims for a
+            mode), or a TT-matrix.
         IndexError: too many indices, an int out of range, or a slice that selects nothing.
         ValueError: a slice step that is not positive.
 
@@ -58,37 +62,53 @@ def getitem(tt: TensorTrainBase, index: Any) -> Any:
     items = list(index) if isinstance(index, tuple) else [index]
     cores = batched_cores(tt)
     batch = is_batch(tt)
+    if batch and not items:
+        return tt
+    # numpy semantics: '...' stands for the axes not indexed, the batch axis included (b[..., 1] indexes
+    # the last mode), so it is expanded before the batch index is taken off the front.
+    items = _expand_ellipsis(items, len(cores), batch)
     if batch:
-        if not items:
-            return tt
-        cores, batch = _index_batch(cores, items.pop(0), batch_size(tt))
-    items = _expand_ellipsis(items, len(cores))
+        cores, batch = index_batch(cores, items.pop(0), batch_size(tt))
     return _index_modes(cores, items, batch)
 
 
-def _index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[torch.Tensor], bool]:
-    if isinstance(idx, bool) or idx is None or isinstance(idx, float):
+def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[torch.Tensor], bool]:
+    """Select batch elements of batched cores ``(B, ...)``; also ``TensorTrainBatch.__getitem__``'s path.
+
+    An integer scalar (int, numpy integer, 0-dim integer tensor) keeps a batch axis of 1 and returns False
+    (a single TT object results); a slice, list or index tensor returns True (a batch results).
+    """
+    i = as_int(idx)
+    if i is not None:
+        if not -size <= i < size:
+            raise IndexError(f"batch index {i} out of range for a batch of {size} elements")
+        i %= size
+        return [c[i : i + 1] for c in cores], False
+    # Scalars that are not integers: bools (torch would read a 0-dim bool as a mask adding an axis), floats,
+    # 0-dim float or bool tensors and arrays.
+    if isinstance(idx, bool | float) or idx is None or getattr(idx, "ndim", None) == 0:
         raise TypeError(f"a batch index must be an int, slice, list or tensor of ints, got {idx!r}")
-    if isinstance(idx, int):
-        if not -size <= idx < size:
-            raise IndexError(f"batch index {idx} out of range for a batch of {size} elements")
-        return [c[idx : idx + 1] if idx != -1 else c[idx:] for c in cores], False
     picked = [c[idx] for c in cores]
     if picked[0].shape[0] == 0:
         raise IndexError(f"batch index {idx!r} selects no elements of a {size} element batch")
     return picked, True
 
 
-def _expand_ellipsis(items: list[Any], d: int) -> list[Any]:
+def _expand_ellipsis(items: list[Any], d: int, batch: bool) -> list[Any]:
+    axes = d + 1 if batch else d
     n_ellipsis = sum(1 for it in items if it is Ellipsis)
     if n_ellipsis > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
     if n_ellipsis:
         at = next(i for i, it in enumerate(items) if it is Ellipsis)
-        items = items[:at] + [slice(None)] * (d - len(items) + 1) + items[at + 1 :]
-    if len(items) > d:
+        items = items[:at] + [slice(None)] * max(axes - len(items) + 1, 0) + items[at + 1 :]
+    if len(items) > axes:
+        if batch:
+            raise IndexError(
+                f"too many indices: the batch has 1 batch axis and {d} modes but {len(items)} indices were given"
+            )
         raise IndexError(f"too many indices: the TT-tensor has {d} modes but {len(items)} were given")
-    return items + [slice(None)] * (d - len(items))
+    return items + [slice(None)] * (axes - len(items))
 
 
 def _index_modes(cores: list[torch.Tensor], items: list[Any], batch: bool) -> Any:
@@ -120,12 +140,20 @@ def _index_modes(cores: list[torch.Tensor], items: list[Any], batch: bool) -> An
 
 
 def _mode_int(it: Any, k: int, n: int) -> int:
-    if isinstance(it, bool) or it is None or isinstance(it, float):
-        raise TypeError(f"mode {k}: index must be an int or a slice, got {it!r}")
-    try:
-        i = operator.index(it)
-    except TypeError:
-        raise TypeError(f"mode {k}: index must be an int or a slice, got {type(it).__name__}") from None
+    i = as_int(it)
+    if i is None:
+        # An index array (even of one element) would keep the mode in dense indexing; getitem has no such
+        # selection, so only integer scalars (0-dim integer tensors included) and slices are accepted.
+        shape = getattr(it, "shape", None)
+        if isinstance(it, bool | float) or it is None:
+            got = repr(it)
+        elif shape is not None:
+            got = f"{type(it).__name__} of shape {tuple(shape)} and dtype {getattr(it, 'dtype', '?')}"
+        else:
+            got = type(it).__name__
+        raise TypeError(
+            f"mode {k}: index must be an int or a slice, got {got}; use tt.gather_nd for index arrays"
+        )
     if not -n <= i < n:
         raise IndexError(f"mode {k}: index {i} out of range for a mode of size {n}")
     return i % n

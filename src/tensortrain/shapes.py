@@ -10,6 +10,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from .errors import ShapeError
 
 __all__ = ["auto_shape", "max_tt_ranks", "normalize_tt_rank", "prime_factors"]
@@ -19,12 +21,17 @@ def as_int(value: Any) -> int | None:
     """``value`` as a Python int if it is an integer (Python, NumPy, or anything with ``__index__``), else None.
 
     Bools are not integers here (``True`` as a rank or a size is a mistake), nor are floats, even integral ones.
+    Only a 0-dim tensor is a scalar: ``operator.index`` also accepts one-element tensors of any shape (and
+    bool tensors), which would read ``torch.tensor([5])`` as ``5`` where ``[5]`` and ``np.array([5])`` are
+    sequences.
 
     Example:
-        >>> as_int(np.int64(3)), as_int(True), as_int(2.0)  # doctest: +SKIP
+        >>> as_int(np.int64(3)), as_int(torch.tensor([3])), as_int(True)  # doctest: +SKIP
         (3, None, None)
     """
     if isinstance(value, bool):
+        return None
+    if isinstance(value, torch.Tensor) and (value.dim() != 0 or value.dtype == torch.bool):
         return None
     try:
         return operator.index(value)

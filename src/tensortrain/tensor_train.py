@@ -367,25 +367,13 @@ class TensorTrainBatch(TensorTrainBase):
         return f"A {self.batch_size} element batch of " + self._describe(plural=True)
 
     def __getitem__(self, index: Any) -> Any:
-        """``int`` -> TensorTrain; slice, list or index tensor -> TensorTrainBatch."""
-        if isinstance(index, bool):
-            raise TypeError("a batch index must be an int, slice, list or tensor of ints, got a bool")
-        if isinstance(index, int):
-            n = self.batch_size
-            if not -n <= index < n:
-                raise IndexError(f"batch index {index} out of range for a batch of {n} elements")
-            return TensorTrain([c[index] for c in self._tt_cores])
-        if isinstance(index, tuple):
-            from . import ops
+        """``int`` -> TensorTrain; slice, list or index tensor -> TensorTrainBatch; a tuple indexes modes too.
 
-            return ops.getitem(self, index)
-        if isinstance(index, slice | list | torch.Tensor):
-            cores = [c[index] for c in self._tt_cores]
-            if cores[0].shape[0] == 0:
-                raise IndexError(
-                    f"batch index {index!r} selects no elements of a {self.batch_size} element batch"
-                )
-            return TensorTrainBatch(cores)
-        raise TypeError(
-            f"a batch index must be an int, slice, list or tensor of ints, got {type(index).__name__}"
-        )
+        An int may be a numpy integer or a 0-dim integer tensor; TT-matrix batches take batch indices only.
+        """
+        from . import indexing
+
+        if isinstance(index, tuple) or index is Ellipsis:
+            return indexing.getitem(self, index)
+        cores, batch = indexing.index_batch(list(self._tt_cores), index, self.batch_size)
+        return TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores])
