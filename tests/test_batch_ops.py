@@ -68,6 +68,26 @@ def test_multiply_along_batch_dim_errors_and_grad(gen):
     assert torch.autograd.gradcheck(lambda w: ops.full(batch_ops.multiply_along_batch_dim(a, w)), (w,))
 
 
+def test_multiply_along_batch_dim_complex_weights(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    # Casting complex weights to the real cores would drop their imaginary parts: refuse (as multiply does).
+    for w in (torch.tensor([1j, 2.0], dtype=torch.complex128), [1j, 2.0], (1 + 0j, 2.0)):
+        with pytest.raises(
+            TypeError,
+            match=r"multiply_along_batch_dim: complex weights cannot scale torch.float64 cores",
+        ):
+            batch_ops.multiply_along_batch_dim(a, w)
+    ac = ops.cast(a, torch.complex128)
+    w = torch.tensor([1j, -2.0 + 1j], dtype=torch.complex128)
+    expected = ops.full(ac) * w.reshape(-1, 1, 1)
+    assert_close(ops.full(batch_ops.multiply_along_batch_dim(ac, w)), expected)
+    assert_close(ops.full(batch_ops.multiply_along_batch_dim(ac, w.tolist())), expected)
+    real = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    assert_close(
+        ops.full(batch_ops.multiply_along_batch_dim(ac, real)), ops.full(ac) * real.reshape(-1, 1, 1)
+    )
+
+
 @given(spec=any_specs, seed=seeds, sizes=st.sampled_from([(3, 2), (1, 4), (None, 2), (2, None)]))
 def test_pairwise_flat_inner_and_gram(spec, seed, sizes):
     raw, ranks = spec
@@ -129,6 +149,25 @@ def test_pairwise_errors(gen):
     ):
         batch_ops.pairwise_flat_inner(a, a, random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen, batch_size=2))
     with pytest.raises(TypeError, match="pairwise_flat_inner: matrix must be a TT-matrix, got a TT-tensor"):
-        batch_ops.gram_matrix(a, a)
+        batch_ops.pairwise_flat_inner(a, a, a)
     with pytest.raises(TypeError, match="pairwise_flat_inner: tt_1 must be a TensorTrain"):
+        batch_ops.pairwise_flat_inner(torch.ones(2), a)
+
+
+def test_gram_matrix_errors_name_gram_matrix(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    # v_i^T A v_j needs A's row and column modes equal: say so, naming gram_matrix and its matrix.
+    m = random_tt(((2, 3), (4, 5)), (1, 2, 1), gen=gen)
+    with pytest.raises(
+        tt.ShapeError,
+        match=r"gram_matrix: matrix must have square modes \(row dims == column dims\), got \(2, 3\) x \(4, 5\)",
+    ):
+        batch_ops.gram_matrix(a, m)
+    with pytest.raises(tt.ShapeError, match=r"gram_matrix: tt_vectors must be a vector with modes \(3, 3\)"):
+        batch_ops.gram_matrix(a, random_tt(((3, 3), (3, 3)), (1, 2, 1), gen=gen))
+    with pytest.raises(TypeError, match="gram_matrix: matrix must be a TT-matrix, got a TT-tensor"):
+        batch_ops.gram_matrix(a, a)
+    with pytest.raises(TypeError, match="gram_matrix: matrix must be a single TT-matrix, got a batch"):
+        batch_ops.gram_matrix(a, random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen, batch_size=2))
+    with pytest.raises(TypeError, match="gram_matrix: tt_vectors must be a TensorTrain"):
         batch_ops.gram_matrix(torch.ones(2))

@@ -261,6 +261,22 @@ def test_multiply_complex_number(gen):
         a * (1 - 2j)
 
 
+def test_multiply_by_complex_0dim_tensor(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    c = torch.tensor(2j, dtype=torch.complex128)
+    # Casting c to the real cores would drop its imaginary part; refuse as for the Python number 2j.
+    for scale in (lambda: a * c, lambda: c * a, lambda: ops.multiply(a, c)):
+        with pytest.raises(
+            TypeError,
+            match=r"multiply: a complex tensor \(torch.complex128\) cannot scale torch.float64 cores",
+        ):
+            scale()
+    ac = ops.cast(a, torch.complex128)
+    assert_close(ops.full(ac * c), ops.full(ac) * c)
+    # A real tensor scales complex cores.
+    assert_close(ops.full(ac * torch.tensor(3.0, dtype=torch.float64)), ops.full(ac) * 3.0)
+
+
 # ----------------------------------------------------------------------------------------------------- kron
 @given(
     spec_a=matrix_specs(max_d=2),

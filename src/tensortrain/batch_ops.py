@@ -84,7 +84,7 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
         A :class:`TensorTrainBatch` with the same shape and ranks.
 
     Raises:
-        TypeError: ``batch_tt`` is not a batch.
+        TypeError: ``batch_tt`` is not a batch, or complex weights for real cores.
         ShapeError: ``weights`` does not hold exactly B values.
 
     Complexity: O(B r n).
@@ -100,6 +100,15 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
             f"multiply_along_batch_dim: expects a TensorTrainBatch, got {type(batch_tt).__name__}"
         )
     cores = list(batch_tt.tt_cores)
+    # Converting complex weights to real cores' dtype would silently drop the imaginary parts (multiply
+    # refuses a complex scale the same way). A sequence is inspected in its own dtype first, then converted
+    # straight to the cores' dtype (no float32 round trip).
+    given = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
+    if given.is_complex() and not cores[0].dtype.is_complex:
+        raise TypeError(
+            f"multiply_along_batch_dim: complex weights cannot scale {cores[0].dtype} cores (the imaginary "
+            "parts would be dropped); cast first, e.g. tt.cast(batch, torch.complex128)"
+        )
     w = torch.as_tensor(weights, dtype=cores[0].dtype, device=cores[0].device)
     if w.shape != (batch_tt.batch_size,):
         raise ShapeError(
@@ -121,7 +130,8 @@ def gram_matrix(tt_vectors: TensorTrainBase, matrix: TensorTrainBase | None = No
         A ``(B, B)`` tensor.
 
     Raises:
-        TypeError, ShapeError: as :func:`pairwise_flat_inner`.
+        TypeError, ShapeError: as :func:`pairwise_flat_inner`; ShapeError also for a ``matrix`` whose row
+            and column modes differ.
 
     Complexity: O(B^2 d r^3 n) without a matrix; O(B^2 d r^3 r_A n^2) with one.
 
@@ -131,7 +141,17 @@ def gram_matrix(tt_vectors: TensorTrainBase, matrix: TensorTrainBase | None = No
         >>> tt.gram_matrix(v).shape
         torch.Size([4, 4])
     """
-    return pairwise_flat_inner(tt_vectors, tt_vectors, matrix)
+    op = "gram_matrix"
+    check_tt(tt_vectors, op, "tt_vectors")
+    if matrix is not None:
+        check_matrix(matrix, op, "matrix")
+        rows, cols = matrix_dims(matrix)
+        # Checked here: otherwise the vectors are reported against the column modes as a wrong "tt_2".
+        if rows != cols:
+            raise ShapeError(
+                f"{op}: matrix must have square modes (row dims == column dims), got {describe(matrix)}"
+            )
+    return _pairwise(op, ("tt_vectors", "tt_vectors"), tt_vectors, tt_vectors, matrix)
 
 
 def pairwise_flat_inner(
@@ -165,9 +185,15 @@ def pairwise_flat_inner(
         >>> tt.pairwise_flat_inner(a, b).shape
         torch.Size([4, 5])
     """
-    op = "pairwise_flat_inner"
-    check_tt(tt_1, op, "tt_1")
-    check_tt(tt_2, op, "tt_2")
+    return _pairwise("pairwise_flat_inner", ("tt_1", "tt_2"), tt_1, tt_2, matrix)
+
+
+def _pairwise(
+    op: str, names: tuple[str, str], tt_1: Any, tt_2: Any, matrix: TensorTrainBase | None
+) -> torch.Tensor:
+    """:func:`pairwise_flat_inner` with ``op`` and the operands' ``names`` used in error messages."""
+    check_tt(tt_1, op, names[0])
+    check_tt(tt_2, op, names[1])
     if matrix is None:
         check_same_raw_shape(op, tt_1, tt_2)
         check_dtype_device(op, tt_1, tt_2)
@@ -182,8 +208,8 @@ def pairwise_flat_inner(
     if isinstance(matrix, TensorTrainBatch):
         raise TypeError(f"{op}: matrix must be a single TT-matrix, got a batch {describe(matrix)}")
     rows, cols = matrix_dims(matrix)
-    ca = vector_cores(tt_1, rows, op, "tt_1")
-    cb = vector_cores(tt_2, cols, op, "tt_2")
+    ca = vector_cores(tt_1, rows, op, names[0])
+    cb = vector_cores(tt_2, cols, op, names[1])
     check_dtype_device(op, tt_1, matrix, tt_2)
     v = torch.ones(ca[0].shape[0], cb[0].shape[0], 1, 1, 1, dtype=ca[0].dtype, device=ca[0].device)
     for x, a, y in zip(ca, matrix.tt_cores, cb, strict=True):

@@ -15,6 +15,7 @@ from .operands import (
     check_dtype_device,
     check_matrix,
     check_tt,
+    describe,
     expand_cores,
     flat_modes,
     is_batch,
@@ -159,12 +160,17 @@ def bilinear_form(A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase) ->
         >>> tt.bilinear_form(A, b, c).shape
         torch.Size([])
     """
-    check_matrix(A, "bilinear_form", "A")
+    return _bilinear_form("bilinear_form", A, b, c)
+
+
+def _bilinear_form(op: str, A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase) -> torch.Tensor:
+    """:func:`bilinear_form` with ``op`` naming the public function in error messages."""
+    check_matrix(A, op, "A")
     rows, cols = matrix_dims(A)
-    cb = vector_cores(b, tuple(rows), "bilinear_form", "b")
-    cc = vector_cores(c, tuple(cols), "bilinear_form", "c")
-    check_dtype_device("bilinear_form", A, b, c)
-    size, batch = broadcast_batch_size("bilinear_form", A, b, c)
+    cb = vector_cores(b, tuple(rows), op, "b")
+    cc = vector_cores(c, tuple(cols), op, "c")
+    check_dtype_device(op, A, b, c)
+    size, batch = broadcast_batch_size(op, A, b, c)
     ca, cb, cc = (expand_cores(x, size) for x in (batched_cores(A), cb, cc))
     v = torch.ones(size, 1, 1, 1, dtype=A.dtype, device=A.device)
     for x, a, y in zip(cb, ca, cc, strict=True):
@@ -187,7 +193,8 @@ def quadratic_form(A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase | 
         A 0-dim tensor, or a vector of length B for batches.
 
     Raises:
-        TypeError, ShapeError: as :func:`bilinear_form`.
+        TypeError, ShapeError: as :func:`bilinear_form`; ShapeError also when ``c`` is omitted and ``A``'s
+            row and column modes differ.
 
     Complexity: as :func:`bilinear_form`.
 
@@ -197,7 +204,18 @@ def quadratic_form(A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase | 
         >>> tt.quadratic_form(A, b).shape
         torch.Size([])
     """
-    return bilinear_form(A, b, b if c is None else c)
+    op = "quadratic_form"
+    if c is None:
+        check_matrix(A, op, "A")
+        rows, cols = matrix_dims(A)
+        # Checked here: otherwise b, reused as c, is reported against A's column modes as a wrong "c".
+        if rows != cols:
+            raise ShapeError(
+                f"{op}: A must have square modes (row dims == column dims) for b^T A b, got {describe(A)}; "
+                "pass c for b^T A c with a non-square A"
+            )
+        c = b
+    return _bilinear_form(op, A, b, c)
 
 
 def bilinear_form_two_mat(

@@ -260,7 +260,8 @@ def multiply(tt_left: Any, right: Any) -> Any:
         A TT object (a batch if either input is one).
 
     Raises:
-        TypeError: neither side is a TT object, or the other side is a dense tensor with dims.
+        TypeError: neither side is a TT object, the other side is a dense tensor with dims, or a complex
+            scale for real cores.
         ShapeError: kinds, raw shapes, batch sizes, dtypes or devices disagree.
 
     Complexity: scaling O(d r^2 n); Hadamard O(d r_a^2 r_b^2 n).
@@ -283,6 +284,13 @@ def multiply(tt_left: Any, right: Any) -> Any:
                 "scale by a number or a 0-dim tensor, or use multiply_along_batch_dim for per-element weights"
             )
         cores = list(tt_left.tt_cores)
+        # Casting a complex scale to real cores would drop its imaginary part (torch only warns). Decided on
+        # the dtype, not the value: reading the value would sync the device and break tracing.
+        if right.is_complex() and not cores[0].dtype.is_complex:
+            raise TypeError(
+                f"multiply: a complex tensor ({right.dtype}) cannot scale {cores[0].dtype} cores; cast first, "
+                "e.g. tt.cast(a, torch.complex64)"
+            )
         cores[0] = cores[0] * right.to(dtype=cores[0].dtype, device=cores[0].device)
         return tt_left._new(cores)
     if isinstance(right, bool) or not isinstance(right, numbers.Number):
