@@ -89,6 +89,39 @@ def test_matmul_dense_broadcasts_against_batch(gen):
     assert_close(y @ w, y @ wd)
 
 
+@given(
+    spec=matrix_specs(),
+    seed=seeds,
+    lead=st.sampled_from([(), (1,), (5,), (2, 3), (3, 1), (0,)]),
+    p=st.integers(1, 3),
+)
+def test_matmul_batch_of_one_broadcasts_over_any_leading_dims(spec, seed, lead, p):
+    g = _gen(seed)
+    w = random_tt(*spec, gen=g, batch_size=1)
+    m, n = w.shape[-2:]
+    wd = ops.full(w)  # (1, M, N): broadcasts against every leading shape, as in torch.matmul
+    x = torch.randn(*lead, n, p, generator=g, dtype=torch.float64)
+    y = torch.randn(*lead, p, m, generator=g, dtype=torch.float64)
+    assert_close(w @ x, wd @ x)
+    assert_close(y @ w, y @ wd)
+    xv, yv = (
+        torch.randn(n, generator=g, dtype=torch.float64),
+        torch.randn(m, generator=g, dtype=torch.float64),
+    )
+    assert_close(w @ xv, wd @ xv)  # vectors: (1, M) and (1, N)
+    assert_close(yv @ w, yv @ wd)
+
+
+def test_matmul_batch_of_one_example(gen):
+    mb = random_tt(((2, 3), (4, 5)), (1, 2, 1), gen=gen, batch_size=1)
+    x = torch.randn(5, 20, 7, generator=gen, dtype=torch.float64)
+    y = torch.randn(5, 7, 6, generator=gen, dtype=torch.float64)
+    assert (mb @ x).shape == (5, 6, 7)
+    assert_close(mb @ x, ops.full(mb) @ x)
+    assert (y @ mb).shape == (5, 7, 20)
+    assert_close(y @ mb, y @ ops.full(mb))
+
+
 def test_dense_matmul_tt_goes_straight_to_matmul(gen, monkeypatch):
     """``x @ tt`` and ``torch.matmul(x, tt)`` reach tt.matmul through __torch_function__, without torch's failed
     attempt first; other torch functions given a TT object still decline with a TypeError."""
@@ -340,6 +373,27 @@ def test_bilinear_form_errors(gen):
         ShapeError, match=r"bilinear_form_two_mat: A has column dims \(4, 1\) but B has row dims \(2, 3\)"
     ):
         tt.bilinear_form_two_mat(b, a, a, b)
+
+
+def test_quadratic_form_errors_name_quadratic_form(gen):
+    a = random_tt(((2, 3), (4, 5)), (1, 2, 1), gen=gen)
+    b = random_tt((2, 3), (1, 2, 1), gen=gen)
+    # b^T A b needs A's row and column modes equal: say so, naming quadratic_form and A.
+    with pytest.raises(
+        ShapeError,
+        match=r"quadratic_form: A must have square modes \(row dims == column dims\) for b\^T A b, got "
+        r"\(2, 3\) x \(4, 5\)",
+    ):
+        ops.quadratic_form(a, b)
+    square = random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen)
+    with pytest.raises(
+        ShapeError, match=r"quadratic_form: b must be a vector with modes \(2, 3\).*got raw shape \(4, 5\)"
+    ):
+        ops.quadratic_form(square, random_tt((4, 5), (1, 2, 1), gen=gen))
+    with pytest.raises(ShapeError, match=r"quadratic_form: c must be a vector with modes \(4, 5\)"):
+        ops.quadratic_form(a, b, b)
+    with pytest.raises(TypeError, match="quadratic_form: A must be a TT-matrix, got a TT-tensor"):
+        ops.quadratic_form(b, b)
 
 
 def test_no_full_in_products(gen, monkeypatch):

@@ -44,7 +44,8 @@ def matmul(a: Any, b: Any) -> Any:
 
     The dense paths never build the TT-matrix: the dense operand is reshaped into modes and contracted
     with one core at a time. A batch of B TT-matrices broadcasts against the last leading dim of the
-    dense operand (``(..., B, N, P)``, or no leading dims).
+    dense operand (``(..., B, N, P)``, ``(..., 1, N, P)``, or no leading dims); a batch of one broadcasts
+    against any leading dims, as in ``torch.matmul``.
 
     Args:
         a: a TT-matrix, a batch of them, or a dense tensor.
@@ -137,6 +138,8 @@ def _dense_lead(x: torch.Tensor, lead: tuple[int, ...], w: TensorTrainBase) -> t
     bs = batch_size(w)
     if not lead:
         return (bs,)
+    if bs == 1:  # torch.matmul broadcasting: a batch of one meets any last leading dim, which is kept
+        return lead
     if lead[-1] not in (1, bs):
         raise ShapeError(
             f"matmul: a batch of {bs} TT-matrices needs the dense operand's last leading dim to be {bs} "
