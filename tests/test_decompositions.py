@@ -4,6 +4,7 @@ orthonormality, batches, float32, gradients, the randomized path and bad input."
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -92,6 +93,41 @@ def test_to_tt_matrix_accepts_raw_shaped_input_and_vectors(gen):
     x = tt.to_tt_matrix(v, [[3, 4], None], 100)
     assert x.raw_shape == ((3, 4), (1, 1))
     assert_close(dense(x), v)
+
+
+def test_to_tt_matrix_rejects_wrongly_shaped_matrices(gen):
+    shape = [[2, 3], [4, 5]]
+    # Same number of entries as a 6 x 20 matrix, but not its shape: a reshape would silently scramble them.
+    for bad in ((20, 6), (120,), (2, 60), (6, 4, 5), (2, 3, 20), (5, 4, 3, 2)):
+        w = torch.randn(*bad, generator=gen, dtype=torch.float64)
+        with pytest.raises(
+            tt.ShapeError,
+            match=rf"to_tt_matrix: a matrix of shape {re.escape(str(bad))} does not match shape \(2, 3\) x "
+            r"\(4, 5\).*expected \(M, N\) = \(6, 20\) or the raw shape \(2, 3, 4, 5\)",
+        ):
+            tt.to_tt_matrix(w, shape, max_tt_rank=100)
+    with pytest.raises(tt.ShapeError, match=r"looks transposed"):
+        tt.to_tt_matrix(torch.randn(20, 6, generator=gen, dtype=torch.float64), shape)
+    wb = torch.randn(3, 20, 6, generator=gen, dtype=torch.float64)
+    with pytest.raises(
+        tt.ShapeError,
+        match=r"a \(B, M, N\) matrix of shape \(3, 20, 6\) does not match.*expected \(B, M, N\) = "
+        r"\(B, 6, 20\) or \(B, 2, 3, 4, 5\)",
+    ):
+        tt.to_tt_matrix(wb, shape, batch=True)
+    with pytest.raises(tt.ShapeError, match=r"\(B, M, N\) matrix of shape \(3, 120\) does not match"):
+        tt.to_tt_matrix(wb.reshape(3, 120), shape, batch=True)
+    # A column or row TT-matrix (one side None): (M, 1), its raw shape, or the flat vector (t3f reshapes it).
+    v = torch.randn(12, generator=gen, dtype=torch.float64)
+    assert_close(dense(tt.to_tt_matrix(v, [[3, 4], None], 100)), v.reshape(12, 1))
+    assert_close(dense(tt.to_tt_matrix(v, [None, [3, 4]], 100)), v.reshape(1, 12))
+    with pytest.raises(tt.ShapeError, match=r"expected \(M, N\) = \(12, 1\) or the raw shape \(3, 4, 1, 1\)"):
+        tt.to_tt_matrix(v.reshape(2, 6), [[3, 4], None])
+    assert_close(dense(tt.to_tt_matrix(v.reshape(3, 4, 1, 1), [[3, 4], None], 100)), v.reshape(12, 1))
+    # Batches: (B, M, N) and (B, m_1, .., n_d) both work.
+    w = torch.randn(3, 6, 20, generator=gen, dtype=torch.float64)
+    assert_close(dense(tt.to_tt_matrix(w, shape, None, batch=True)), w)
+    assert_close(dense(tt.to_tt_matrix(w.reshape(3, 2, 3, 4, 5), shape, None, batch=True)), w)
 
 
 def test_float32_and_numpy_input(gen):

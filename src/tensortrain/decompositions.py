@@ -189,6 +189,33 @@ def _matrix_modes(shape: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return _matrix_dims(shape, "to_tt_matrix: shape")
 
 
+def _check_matrix_shape(
+    given: tuple[int, ...],
+    elem: tuple[int, ...],
+    rows: tuple[int, ...],
+    cols: tuple[int, ...],
+    batch: bool,
+) -> None:
+    """Accept an element shape ``(M, N)`` or ``(m_1..m_d, n_1..n_d)`` only: any other shape with ``M N``
+    entries (the transpose, a flat vector, ``(2, 60)`` for 6 x 20) would be reshaped into scrambled modes."""
+    m, n = math.prod(rows), math.prod(cols)
+    raw = (*rows, *cols)
+    # a flat vector is unambiguous for a column or row TT-matrix (t3f's [[3, 4], None] on a length-12 vector)
+    if elem in ((m, n), raw) or (elem == (m * n,) and 1 in (m, n)):
+        return
+    if batch:
+        lead, expected = "(B, M, N) ", f"(B, M, N) = (B, {m}, {n}) or (B, {', '.join(map(str, raw))})"
+    else:
+        lead, expected = "", f"(M, N) = {(m, n)} or the raw shape {raw}"
+    hint = ""
+    if elem == (n, m):
+        hint = "; it looks transposed: pass matrix.T (or .mT), or swap the row and column dims in shape"
+    raise ShapeError(
+        f"to_tt_matrix: a {lead}matrix of shape {given} does not match shape {rows} x {cols} "
+        f"({m} x {n} = {m * n} entries per matrix); expected {expected}{hint}"
+    )
+
+
 def to_tt_matrix(
     matrix: torch.Tensor,
     shape: Sequence[Sequence[int] | None],
@@ -214,11 +241,12 @@ def to_tt_matrix(
 
     Raises:
         TypeError: not a tensor, an integer dtype, a malformed ``shape``.
-        ShapeError: the matrix does not have ``prod(row dims) x prod(col dims)`` entries, bad ranks.
+        ShapeError: the matrix is neither ``(M, N)`` nor ``(m_1, ..., m_d, n_1, ..., n_d)`` (nor a flat vector
+            when ``M`` or ``N`` is 1; a transpose or any other reshape is refused, not reshaped), bad ranks.
         ValueError: NaN or inf entries, a negative ``epsilon``, an unknown ``method``.
 
     Shape:
-        matrix: ``(M, N)`` or ``(B, M, N)`` with ``batch=True``.
+        matrix: ``(M, N)`` or ``(m_1, ..., m_d, n_1, ..., n_d)``; with ``batch=True`` a leading ``B``.
 
     Complexity: exact O(B (M N)^(1 + 1/d)...) dominated by the middle unfolding's SVD,
         O(B M N min(M, N)) for d = 2 (square splits); randomized O(B M N k q).
@@ -234,13 +262,8 @@ def to_tt_matrix(
     rows, cols = _matrix_modes(shape)
     x = _as_dense(matrix, "to_tt_matrix")
     x = x if batch else x.unsqueeze(0)
-    m, n, d = math.prod(rows), math.prod(cols), len(rows)
-    if x.dim() < 2 or x[0].numel() != m * n:
-        lead = "(B, M, N) " if batch else ""
-        raise ShapeError(
-            f"to_tt_matrix: a {lead}matrix of shape {tuple(matrix.shape)} does not match shape {rows} x {cols} "
-            f"({m} x {n} = {m * n} entries per matrix)"
-        )
+    _check_matrix_shape(tuple(matrix.shape), tuple(x.shape[1:]), rows, cols, batch)
+    d = len(rows)
     perm = [0] + [p for k in range(d) for p in (1 + k, 1 + d + k)]
     inter = x.reshape(x.shape[0], *rows, *cols).permute(perm)
     modes = tuple(a * b for a, b in zip(rows, cols, strict=True))
