@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -100,13 +102,32 @@ def test_validation_errors(gen):
         tt.TensorTrainBatch([torch.ones(1, 2, 1)])
 
 
+def _factorizations(n: int, d: int, low: int = 1) -> list[tuple[int, ...]]:
+    """Every ascending factorization of n into d factors (brute force, small n)."""
+    if d == 1:
+        return [(n,)] if n >= low else []
+    return [(f, *rest) for f in range(low, n + 1) if n % f == 0 for rest in _factorizations(n // f, d - 1, f)]
+
+
+def test_auto_shape_is_the_most_balanced_factorization():
+    """Smallest largest factor, then smallest sum, over all factorizations (the greedy heuristic it replaced
+    gave (6, 12) for 72 and (6, 8, 12) for 576)."""
+    assert tt.auto_shape(72, 2) == (8, 9)
+    assert tt.auto_shape(576, 3) == (8, 8, 9)
+    assert tt.auto_shape(360, 3) == (5, 8, 9)
+    for n in [*range(1, 200), 240, 288, 336, 420, 504, 600, 720, 1000, 1024, 3072, 5040]:
+        for d in range(1, 5):
+            best = min(_factorizations(n, d), key=lambda f: (max(f), sum(f)))
+            got = tt.auto_shape(n, d)
+            assert (max(got), sum(got)) == (max(best), sum(best)) and math.prod(got) == n, (n, d, got, best)
+            assert list(got) == sorted(got)
+
+
 def test_shapes_helpers():
     assert tt.auto_shape(784, 4) == (4, 4, 7, 7)
     assert tt.auto_shape(625, 4) == (5, 5, 5, 5)
     assert tt.auto_shape(4096, 4) == (8, 8, 8, 8)
     assert tt.auto_shape(7, 2) == (1, 7)
-    import math
-
     for n in [1, 2, 12, 97, 768, 3072, 1000, 30000]:
         for d in range(1, 5):
             assert math.prod(tt.auto_shape(n, d)) == n

@@ -60,11 +60,12 @@ def prime_factors(n: int) -> list[int]:
 
 
 def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
-    """Factor ``n`` into ``d`` integer factors that are as balanced as its prime factors allow.
+    """Factor ``n`` into ``d`` integer factors, as balanced as possible.
 
-    The factors multiply to exactly ``n``; they are sorted ascending. When ``n`` has fewer than ``d`` prime
-    factors, the missing factors are 1 (a mode of size 1 is legal but saves nothing: pad the size instead,
-    or choose a smaller ``d``).
+    Among all ways to write ``n`` as a product of ``d`` factors, the one whose largest factor is smallest, then
+    whose factors sum least (balanced modes give the fewest TT parameters at a given rank); sorted ascending.
+    When ``n`` has fewer than ``d`` prime factors, the missing factors are 1 (a mode of size 1 is legal but saves
+    nothing: pad the size instead, or choose a smaller ``d``).
 
     Args:
         n: the size to factor (>= 1).
@@ -73,26 +74,44 @@ def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
     Returns:
         A tuple of ``d`` ints whose product is ``n``.
 
-    Complexity: O(sqrt(n) + f log f) for f prime factors.
+    Complexity: O(sqrt(n)) for the divisors, plus one step per ascending factorization of ``n`` into ``d``
+    divisors (a few thousand at most for sizes of layers and vocabularies).
 
     Example:
         >>> auto_shape(784, 4)
         (4, 4, 7, 7)
-        >>> auto_shape(625, 4)
-        (5, 5, 5, 5)
+        >>> auto_shape(72, 2)
+        (8, 9)
     """
     k = as_int(d)
     if k is None or k < 1:
         raise ValueError(f"auto_shape: d must be a positive int, got {d!r}")
     d = k
-    primes = prime_factors(n)
-    bins = [1] * d
-    # Greedy largest-first into the currently smallest bin: the classic balanced-partition heuristic,
-    # exact for the common sizes (powers of two, squares, 784, 625, 3072, ...).
-    for p in sorted(primes, reverse=True):
-        i = min(range(d), key=lambda k: bins[k])
-        bins[i] *= p
-    return tuple(sorted(bins))
+    prime_factors(n)  # validates n
+    n = int(n)
+    small = [f for f in range(1, math.isqrt(n) + 1) if n % f == 0]
+    divisors = sorted({*small, *(n // f for f in small)})
+    best: tuple[tuple[int, int], tuple[int, ...]] | None = None
+
+    def search(rest: int, left: int, low: int, chosen: tuple[int, ...]) -> None:
+        # factors in ascending order: the next one is at least ``low`` and at most rest ** (1 / left)
+        nonlocal best
+        if left == 1:
+            if rest >= low:
+                cand = (*chosen, rest)
+                key = (rest, sum(cand))
+                if best is None or key < best[0]:
+                    best = (key, cand)
+            return
+        for f in divisors:
+            if f**left > rest:
+                break
+            if f >= low and rest % f == 0:
+                search(rest // f, left - 1, f, (*chosen, f))
+
+    search(n, d, 1, ())
+    assert best is not None  # (1, ..., 1, n) is always a candidate
+    return best[1]
 
 
 def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
