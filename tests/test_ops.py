@@ -324,6 +324,22 @@ def test_renormalize_gradcheck(gen):
     )
 
 
+def test_renormalize_a_zero_core_without_epsilon(gen):
+    """epsilon=0 turns the floor off: a zero core (a zero tensor) must give the zero tensor, not NaN."""
+    cores = random_cores((2, 3, 2), (1, 2, 2, 1), gen=gen)
+    cores[1] = torch.zeros_like(cores[1])
+    b = tt.TensorTrainBatch(
+        [
+            torch.stack([c, c2])
+            for c, c2 in zip(cores, random_cores((2, 3, 2), (1, 2, 2, 1), gen=gen), strict=True)
+        ]
+    )
+    for x in (tt.TensorTrain(cores), b):
+        y = ops.renormalize_tt_cores(x, epsilon=0)
+        assert all(torch.isfinite(c).all() for c in y.tt_cores)
+        assert_close(ops.full(y), ops.full(x))
+
+
 def test_renormalize_rejects_negative_epsilon(gen):
     with pytest.raises(ValueError, match="epsilon must be >= 0, got -1"):
         ops.renormalize_tt_cores(random_tt((2,), (1, 1), gen=gen), epsilon=-1)

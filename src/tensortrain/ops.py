@@ -398,7 +398,8 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
     norms = torch.stack([c.reshape(c.shape[0], -1).norm(dim=1) for c in cores])  # (d, B)
     norms = norms.clamp_min(epsilon) if epsilon > 0 else norms
     mean = norms.log().mean(dim=0).exp()
-    factors = mean / norms
+    # with epsilon=0 a zero core (a zero tensor) gives 0/0: leave such a tensor as it is
+    factors = torch.where(norms == 0, torch.ones_like(norms), mean / norms)
     shape = (-1,) + (1,) * (cores[0].dim() - 1)
     new = [c * f.to(c.dtype).reshape(shape) for c, f in zip(cores, factors, strict=True)]
     return wrap(new, is_batch(tt))
