@@ -466,3 +466,23 @@ def test_ttlinear_plan_matches_its_forward():
     x = torch.randn(64, 12, dtype=torch.float64)
     assert_close(layer(x), C.linear(x, layer.weight, layer.bias, strategy=p))
     assert "fewer than the dense product" in str(C.plan(_cores((5, 5, 5, 5), (4, 7, 4, 7), 4), 64))
+
+
+@pytest.mark.parametrize("batch", [3, 9])  # 9: training sweeps would run SweepFunction
+def test_complex_gradients_of_every_plan(gen, batch):
+    """Complex TT-matrices: every plan's gradients are autograd's (conjugate transposes), by gradcheck and against
+    the dense product's."""
+    raw, ranks = ((2, 3), (3, 2)), (1, 2, 1)
+    cores = [
+        torch.complex(c, c2).requires_grad_(True)
+        for c, c2 in zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
+    ]
+    x = torch.complex(*(torch.randn(batch, 6, generator=gen, dtype=torch.float64) for _ in range(2)))
+    x.requires_grad_(True)
+    for p in C.enumerate_plans(cores, batch, requires_grad=True):
+        assert torch.autograd.gradcheck(lambda a, *cs, p=p: C.linear(a, cs, strategy=p), (x, *cores)), p
+        got = torch.autograd.grad(C.linear(x, cores, strategy=p).abs().sum(), (x, *cores))
+        w = tt.full(tt.TensorTrain(cores))
+        want = torch.autograd.grad((x @ w.T).abs().sum(), (x, *cores))
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b)

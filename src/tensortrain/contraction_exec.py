@@ -418,9 +418,9 @@ def full_linear(
     ``parts``: the halves (:func:`halves`' result) when a layer keeps them between inference calls.
     """
     lmat, rmat, dims = halves(cores, split) if parts is None else parts
-    if transforms_active():
+    if transforms_active() or x2d.is_complex() or lmat.is_complex():
         # under a transform (compile, torch.func, forward AD; see tensortrain._transforms) plain autograd; compiled
-        # graphs leave memory planning to the compiler
+        # graphs leave memory planning to the compiler. Complex too: FullLinear's backward has no conjugates
         y = x2d @ build_full(lmat, rmat, dims).t()
         return y if bias is None else y + bias
     if not torch.is_grad_enabled():  # inference: no autograd Function to dispatch
@@ -541,8 +541,12 @@ class SweepFunction(torch.autograd.Function):
 
 
 def sweep_trained(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:
-    """A sweep whose backward is :class:`SweepFunction`'s (eager training; traced calls keep autograd's)."""
-    if transforms_active():
+    """A sweep whose backward is :class:`SweepFunction`'s (eager training; traced calls keep autograd's).
+
+    Complex operands take autograd's ops too: the hand-written backwards (here and in :class:`FullLinear`) use
+    plain transposes, which are the adjoints of real products only.
+    """
+    if transforms_active() or x2d.is_complex() or supers[0][0].is_complex():
         return sweep(x2d, supers, direction)
     meta = tuple((mg, ng) for _, mg, ng in supers)
     x2d, *mats = _autocast_inputs(x2d, *(a for a, _, _ in supers))
