@@ -467,3 +467,24 @@ def test_layers_run_on_the_meta_device(batch):
     assert y.shape == (batch, 4096) and layer.cores[1].grad.shape == layer.cores[1].shape
     emb = tt.nn.TTEmbedding(10_000, 64, tt_rank=8, device="meta")
     assert emb(torch.zeros(batch, 3, dtype=torch.long, device="meta")).shape == (batch, 3, 64)
+
+
+@pytest.mark.parametrize("opt", ["Adam", "AdamW", "SGD"])
+def test_inference_cache_sees_fused_optimizer_steps(opt):
+    """Fused optimizers write the cores in place without bumping their version counters: the cache must still
+    rebuild after a step (it counts optimizer steps)."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(64, 48, tt_rank=4)
+    emb = tt.nn.TTEmbedding(5000, 16, tt_rank=4)
+    optimizer = getattr(torch.optim, opt)([*layer.parameters(), *emb.parameters()], lr=0.05, fused=True)
+    x, idx = torch.randn(16, 64), torch.randint(0, 5000, (900,))  # 900 distinct-ish rows: the kept halves
+    with torch.no_grad():
+        layer(x), emb(idx)  # fill the caches
+    (layer(x).square().sum() + emb(idx).square().sum()).backward()
+    optimizer.step()  # (torch 2.13's fused kernels leave the cores' version counters as they were)
+    with torch.no_grad():
+        got, got_e = layer(x), emb(idx)
+        want = torch.nn.functional.linear(x, layer.to_linear().weight, layer.bias)
+        want_e = emb.to_embedding()(idx)
+    assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_close(got_e, want_e, rtol=1e-5, atol=1e-5)

@@ -380,11 +380,30 @@ def _sweep(
     return _exec.sweep(x2d, _cached_supers(cache, cores, groups, direction), direction, chunk)
 
 
+# Optimizer steps seen so far (any optimizer, by a global post-step hook registered on the first cached call): the
+# fused optimizers (``fused=True``) write parameters in place without bumping their version counters.
+_optimizer_steps = [0]
+_step_hook: list[Any] = []
+
+
+def _count_step(*_: Any) -> None:
+    _optimizer_steps[0] += 1
+
+
+def _steps_seen() -> int:
+    if not _step_hook:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _step_hook.append(register_optimizer_step_post_hook(_count_step))
+    return _optimizer_steps[0]
+
+
 def _cached(cache: dict, key: tuple, cores: Sequence[torch.Tensor], make: Callable[[], Any]) -> Any:
     """``make()`` (run without grad), kept in a layer's ``cache`` under ``key`` until a core changes.
 
     A core counts as unchanged while it is the same tensor object with the same storage address, shape and
-    version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``).
+    version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``)
+    and no optimizer has stepped since (fused optimizers write in place without bumping version counters).
     The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
     through ``.data`` bypass the version counter, as they bypass autograd's own checks: after those, call the
     layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to watch: for
@@ -393,7 +412,7 @@ def _cached(cache: dict, key: tuple, cores: Sequence[torch.Tensor], make: Callab
     try:
         # id(): the entry holds the cores, so their ids cannot be reused while it lives (this check runs on every
         # inference call: one list of tuples, ~3 us for 4 cores)
-        stamp = [(id(c), c.data_ptr(), c._version, c.shape) for c in cores]
+        stamp = [_steps_seen(), *((id(c), c.data_ptr(), c._version, c.shape) for c in cores)]
     except RuntimeError:  # inference tensors track no version counter
         return make()
     hit = cache.get(key)
