@@ -154,7 +154,7 @@ def _storable(core: torch.Tensor, k: int) -> torch.Tensor:
     if c.device.type == "meta":
         raise ValueError(f"tt.save: core {k} is on the meta device and has no data to save")
     if c.is_complex():
-        c = torch.view_as_real(c)
+        c = torch.view_as_real(c.resolve_conj())  # a lazily conjugated view (x.conj()) has no real view
     return c.to("cpu", copy=True).contiguous()
 
 
