@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -486,3 +487,21 @@ def test_complex_gradients_of_every_plan(gen, batch):
         want = torch.autograd.grad((x @ w.T).abs().sum(), (x, *cores))
         for a, b in zip(got, want, strict=True):
             assert_close(a, b)
+
+
+def test_bad_batch_sizes_and_biases_are_refused(gen):
+    w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4, generator=gen)
+    assert C.plan(w, np.int64(8)).batch_size == 8 and C.plan(w, 0).batch_size == 0
+    for bad in (-3, 2.5, "8", True):
+        with pytest.raises(ValueError, match=r"plan: batch_size must be an int >= 0, got"):
+            C.plan(w, bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"enumerate_plans: batch_size must be an int >= 0"):
+            C.enumerate_plans(w, bad)  # type: ignore[arg-type]
+    x = torch.randn(3, 28, generator=gen)
+    for strategy in ("auto", "full", "grouped_rtl"):  # the same answer whichever plan runs
+        with pytest.raises(tt.ShapeError, match=r"linear: bias is torch.float64 on cpu but the TT-matrix is"):
+            C.linear(x, w, torch.zeros(32, dtype=torch.float64), strategy=strategy)
+        with pytest.raises(
+            tt.ShapeError, match=r"linear: bias must be a tensor of shape \(32,\), got \(31,\)"
+        ):
+            C.linear(x, w, torch.zeros(31), strategy=strategy)

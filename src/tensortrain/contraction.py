@@ -31,6 +31,7 @@ from . import contraction_cost as _cost
 from . import contraction_exec as _exec
 from ._transforms import transforms_active
 from .errors import ShapeError
+from .shapes import as_int
 from .tensor_train import TensorTrain
 
 __all__ = [
@@ -250,6 +251,13 @@ def _make_plan(
 
 
 # ---------------------------------------------------------------------------------------------- public API
+def _batch_size(batch_size: Any, fn: str) -> int:
+    k = as_int(batch_size)
+    if k is None or k < 0:  # (2.5 rows or -3 rows would be priced as if they were meant)
+        raise ValueError(f"{fn}: batch_size must be an int >= 0, got {batch_size!r}")
+    return k
+
+
 def plan(
     weight: TensorTrain | Sequence[torch.Tensor],
     batch_size: int,
@@ -273,7 +281,8 @@ def plan(
         ``ContractionPlan: sweep rtl [0:2][2:4] for a 625x784 TT-matrix ...: forward 0.3 GFLOP (dense 1 GFLOP ...)``.
 
     Raises:
-        ValueError: unknown strategy. ShapeError: malformed cores. TypeError: not a TT-matrix.
+        ValueError: unknown strategy, a batch size that is not an int >= 0. ShapeError: malformed cores.
+        TypeError: not a TT-matrix.
 
     Complexity:
         ``O(d^2)`` cost evaluations for the grouping programme, once per cache key.
@@ -284,6 +293,7 @@ def plan(
         full (W from halves split at core 1, one GEMM)
     """
     cores = _cores_of(weight, "plan")
+    batch_size = _batch_size(batch_size, "plan")
     dims = _dims(cores)
     _check_strategy(strategy, dims, "plan")
     if requires_grad is None:
@@ -320,6 +330,7 @@ def enumerate_plans(
         >>> y = tt.contraction.linear(torch.randn(64, 28), w, strategy=best)
     """
     cores = _cores_of(weight, "enumerate_plans")
+    batch_size = _batch_size(batch_size, "enumerate_plans")
     dims = _dims(cores)
     d = len(cores)
     progs = _cost.full_programs(d, requires_grad)
@@ -519,6 +530,17 @@ def _linear(
             f"{fn}: x is {x.dtype} on {x.device} but the TT-matrix is {c0.dtype} on {c0.device}; "
             "convert one of them first"
         )
+    if bias is not None:
+        m = _prod([int(c.shape[1]) for c in cores])
+        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (m,):
+            got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise ShapeError(f"{fn}: bias must be a tensor of shape ({m},), got {got}")
+        # (every plan must see the same bias: sweeps would cast another dtype silently, the full plan's addmm fail)
+        if (bias.dtype != c0.dtype and not autocast_ok) or bias.device != c0.device:
+            raise ShapeError(
+                f"{fn}: bias is {bias.dtype} on {bias.device} but the TT-matrix is {c0.dtype} on {c0.device}; "
+                "convert one of them first"
+            )
     return apply_unchecked(x, cores, bias, n, strategy)
 
 
