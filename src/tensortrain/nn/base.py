@@ -116,8 +116,9 @@ class TTModule(nn.Module):
         """Forget the merged cores kept for inference (they are rebuilt on the next call).
 
         Inference (no gradients) reuses merged groups of cores while the cores are unchanged: same tensors,
-        storage and version counter, which every in-place update bumps (optimizer steps, ``load_state_dict``,
-        ``nn.init``). Only writes through ``.data`` go unseen: call this after them. The cache is a few times the
+        storage and version counter, which every in-place update bumps (``load_state_dict``, ``nn.init``,
+        ordinary optimizer steps), and no optimizer has stepped since (fused optimizers leave version counters as
+        they were). Only writes through ``.data`` go unseen: call this after them. The cache is a few times the
         cores' size and never holds the dense weight.
 
         Example:
