@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -214,6 +215,65 @@ def test_cap_and_epsilon_together_use_the_smaller_rank(gen):
     a = torch.randn(6, 6, generator=gen, dtype=torch.float64)
     assert tt.to_tt_tensor(a, 2, epsilon=1e-6).tt_ranks == (1, 2, 1)
     assert tt.to_tt_tensor(a, 6, epsilon=0.99).tt_ranks == (1, 1, 1)
+
+
+def test_full_length_caps_ignore_their_boundary_values_as_t3f(gen):
+    # t3f reads only the inner entries of d + 1 caps: its testTTCompositeRankMatrix passes [10, 20, 30, 40, 30]
+    # for d = 4
+    w = torch.rand(4, 36, generator=gen, dtype=torch.float64)
+    x = tt.to_tt_matrix(w, ((1, 2, 2, 1), (2, 3, 3, 2)), max_tt_rank=[10, 20, 30, 40, 30])
+    assert x.tt_ranks == tt.max_tt_ranks((2, 6, 6, 2))
+    assert_close(dense(x), w)
+    a = torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64)
+    assert tt.to_tt_tensor(a, max_tt_rank=[7, 2, 3, 2, 7]).tt_ranks == (1, 2, 3, 2, 1)
+    y = tt.random_tensor((3, 3, 3, 3), tt_rank=3, generator=gen, dtype=torch.float64)
+    assert tt.round(y, max_tt_rank=[4] * 5).tt_ranks == y.tt_ranks
+    assert tt.round(y, max_tt_rank=[9, 2, 1, 2, 9]).tt_ranks == (1, 2, 1, 2, 1)
+    assert tt.to_tt_tensor(a[0, 0, 0], max_tt_rank=[5, 5]).tt_ranks == (1, 1)  # d = 1: no inner bond
+
+
+@pytest.mark.parametrize(
+    "cap",
+    [3.0, np.float64(3), 3 * np.ones(5), 3 * np.ones(3), [3.0, 3, 3.0], torch.full((5,), 3.0), np.int32(3)],
+)
+def test_integral_float_caps_are_accepted_as_t3f_users_write_them(gen, cap):
+    # t3f casts max_tt_rank with astype(int), so max_tt_rank=3 * np.ones(d + 1) is common in t3f code
+    a = torch.randn(4, 4, 4, 4, generator=gen, dtype=torch.float64)
+    assert tt.to_tt_tensor(a, max_tt_rank=cap).tt_ranks == (1, 3, 3, 3, 1)
+    assert tt.round(tt.to_tt_tensor(a, None), max_tt_rank=cap).tt_ranks == (1, 3, 3, 3, 1)
+
+
+@pytest.mark.parametrize(
+    ("cap", "exc", "match"),
+    [
+        (2.5, TypeError, r"max_tt_rank values must be whole numbers.*got 2.5"),
+        ([3, 2.5, 3], TypeError, r"max_tt_rank values must be whole numbers.*got \(3, 2.5, 3\)"),
+        (2.5 * np.ones(4), TypeError, r"max_tt_rank values must be whole numbers"),
+        (float("inf"), TypeError, r"max_tt_rank values must be whole numbers.*got inf"),
+        ([0, 3, 3, 1], tt.ShapeError, r"max_tt_rank values must be >= 1, got \(0, 3, 3, 1\)"),
+        ([1, 3, 3, 3, 1], tt.ShapeError, r"max_tt_rank must be an int, 2 inner ranks or 4 full ranks"),
+        ("3", TypeError, r"max_tt_rank must be an int or a sequence of ints"),
+        (True, TypeError, r"max_tt_rank must be an int or a sequence of ints"),
+    ],
+)
+def test_bad_caps_are_refused(cap, exc, match):
+    with pytest.raises(exc, match=match):
+        tt.to_tt_tensor(torch.ones(2, 3, 4), max_tt_rank=cap)
+
+
+def test_t3f_argument_names_and_numpy_shapes(gen):
+    a = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64)
+    assert_close(dense(tt.to_tt_tensor(tens=a, max_tt_rank=12)), a)  # t3f: to_tt_tensor(tens, ...)
+    w = torch.randn(28, 25, generator=gen, dtype=torch.float64)
+    for shape in (np.array([[7, 4], [5, 5]]), [np.array([7, 4]), np.array([5, 5])]):
+        x = tt.to_tt_matrix(mat=w, shape=shape, max_tt_rank=100)  # t3f: to_tt_matrix(mat, shape, ...)
+        assert x.raw_shape == ((7, 4), (5, 5))
+        assert_close(dense(x), w)
+    v = torch.randn(12, 1, generator=gen, dtype=torch.float64)
+    x = tt.to_tt_matrix(v, np.array([[3, 4], None], dtype=object), 100)
+    assert x.raw_shape == ((3, 4), (1, 1))
+    with pytest.raises(TypeError, match=r"to_tt_matrix: shape \(row dims\): mode sizes must be ints"):
+        tt.to_tt_matrix(w, np.array([[7.0, 4.0], [5.0, 5.0]]))
 
 
 # ------------------------------------------------------------------------------------------ TT-rounding

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -172,6 +173,70 @@ def test_dtype_and_device(dtype):
         assert x.dtype == dtype and x.device.type == "cpu"
 
 
+# t3f's positional orders (t3f/initializers.py): dtype follows t3f's other parameters, so t3f calls port as
+# they are.
+_T3F_MATRIX = ((2, 3), (4, 5))
+T3F_POSITIONAL_DTYPE_CALLS = [
+    (tt.random_tensor, ((3, 4), 2, 0.0, 1.0)),
+    (tt.random_tensor_batch, ((3, 4), 2, 3, 0.0, 1.0)),
+    (tt.random_matrix, (_T3F_MATRIX, 2, 0.0, 1.0)),
+    (tt.random_matrix_batch, (_T3F_MATRIX, 2, 3, 0.0, 1.0)),
+    (tt.tensor_with_random_cores, ((3, 4), 2, 0.0, 1.0)),
+    (tt.tensor_batch_with_random_cores, ((3, 4), 2, 3, 0.0, 1.0)),
+    (tt.matrix_with_random_cores, (_T3F_MATRIX, 2, 0.0, 1.0)),
+    (tt.matrix_batch_with_random_cores, (_T3F_MATRIX, 2, 3, 0.0, 1.0)),
+    (tt.glorot_initializer, (_T3F_MATRIX, 2)),
+    (tt.he_initializer, (_T3F_MATRIX, 2)),
+    (tt.lecun_initializer, (_T3F_MATRIX, 2)),
+    (tt.tensor_ones, ((3, 4),)),
+    (tt.tensor_zeros, ((3, 4),)),
+    (tt.matrix_ones, (_T3F_MATRIX,)),
+    (tt.matrix_zeros, (_T3F_MATRIX,)),
+    (tt.eye, ((3, 4),)),
+]
+
+
+@pytest.mark.parametrize(("fn", "args"), T3F_POSITIONAL_DTYPE_CALLS, ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_t3f_positional_dtype(fn, args, dtype):
+    x = fn(*args, dtype)
+    assert x.dtype == dtype
+    if len(args) >= 2:  # tt_rank, and batch_size where t3f has it, were read positionally too
+        assert max(x.tt_ranks) == 2
+    if fn.__name__.endswith("_batch") or "_batch_" in fn.__name__:
+        assert x.batch_size == 3
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: tt.random_tensor(np.array([3, 4, 5]), 2),
+        lambda: tt.random_tensor_batch(np.array([3, 4, 5]), np.int64(2), np.int64(3)),
+        lambda: tt.tensor_ones(np.array([3, 4, 5])),
+        lambda: tt.eye(np.array([3, 4, 5])),
+        lambda: tt.tensor_with_random_cores(np.array([3, 4, 5], dtype=np.int32)),
+    ],
+)
+def test_numpy_tensor_shapes_as_t3f_documents(call):
+    assert call().raw_shape in ((3, 4, 5), ((3, 4, 5), (3, 4, 5)))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        np.array([[2, 3], [4, 5]]),
+        [np.array([2, 3]), np.array([4, 5])],
+        (np.array([2, 3]), [4, np.int64(5)]),
+        np.array([np.array([2, 3]), None], dtype=object),
+    ],
+)
+def test_numpy_matrix_shapes_as_t3f_documents(shape):
+    side = None if shape[1] is None else (4, 5)
+    for fn in (tt.random_matrix, tt.random_matrix_batch, tt.glorot_initializer, tt.matrix_ones):
+        x = fn(shape)
+        assert x.raw_shape[0] == (2, 3) and x.raw_shape[1] == (side or (1, 1))
+
+
 def test_vector_shapes_with_none_side():
     col = tt.random_matrix([[2, 3], None], 2)
     row = tt.matrix_ones([None, [2, 3]])
@@ -260,6 +325,40 @@ def test_public_names_exported():
         (lambda: tt.eye((2, 0)), tt.ShapeError, r"eye: shape"),
         (lambda: tt.matrix_zeros([[1], [2]], torch.int32), TypeError, r"floating point"),
         (lambda: tt.ones_like(torch.ones(3)), TypeError, r"ones_like expects a TensorTrain"),
+        (
+            lambda: tt.random_tensor(np.array([3.0, 4.0])),
+            TypeError,
+            r"random_tensor: shape: mode sizes must be ints, got \(3.0, 4.0\)",
+        ),
+        (lambda: tt.random_tensor(np.array(["3", "4"])), TypeError, r"mode sizes must be ints"),
+        (
+            lambda: tt.random_tensor(np.array(5)),
+            TypeError,
+            r"expected a 1-D sequence of ints, got a 0-D ndarray",
+        ),
+        (
+            lambda: tt.eye(np.array([[2, 3], [4, 5]])),
+            TypeError,
+            r"eye: shape: expected a 1-D sequence of ints, got a 2-D ndarray",
+        ),
+        (
+            lambda: tt.random_matrix(np.array([[2.0, 3.0], [4.0, 5.0]])),
+            TypeError,
+            r"random_matrix: shape \(row dims\): mode sizes must be ints",
+        ),
+        (
+            lambda: tt.random_matrix(np.array([[[2]], [[3]]])),
+            TypeError,
+            r"\[\[row dims\], \[col dims\]\]",
+        ),
+        # tt_rank: full ranks must start and end with 1 (t3f makes cores of those ranks, which cannot chain);
+        # only the rank CAPS of to_tt_tensor / to_tt_matrix / round ignore their boundary values
+        (
+            lambda: tt.random_tensor((2, 3, 4), (2, 2, 2, 2)),
+            tt.ShapeError,
+            r"tt_rank: boundary ranks must be 1, got \(2, 2, 2, 2\)",
+        ),
+        (lambda: tt.random_tensor((2, 3), 2.0), TypeError, r"tt_rank must be an int or a sequence"),
     ],
 )
 def test_bad_input_is_refused(call, exc, match):

@@ -39,3 +39,37 @@ def test_import_prints_nothing_and_does_not_import_keras():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "" and res.stderr == ""
+
+
+# t3f's positional parameters, in order (t3f/decompositions.py, t3f/initializers.py; its trailing `name`, a
+# TF name scope, has no counterpart): t3f code that passes them positionally or by name ports unchanged.
+T3F_POSITIONAL = {
+    "to_tt_tensor": ("tens", "max_tt_rank", "epsilon"),
+    "to_tt_matrix": ("mat", "shape", "max_tt_rank", "epsilon"),
+    "round": ("tt", "max_tt_rank", "epsilon"),
+    "tensor_ones": ("shape", "dtype"),
+    "tensor_zeros": ("shape", "dtype"),
+    "matrix_ones": ("shape", "dtype"),
+    "matrix_zeros": ("shape", "dtype"),
+    "eye": ("shape", "dtype"),
+    "ones_like": ("tt",),
+    "zeros_like": ("tt",),
+    "random_tensor": ("shape", "tt_rank", "mean", "stddev", "dtype"),
+    "random_tensor_batch": ("shape", "tt_rank", "batch_size", "mean", "stddev", "dtype"),
+    "random_matrix": ("shape", "tt_rank", "mean", "stddev", "dtype"),
+    "random_matrix_batch": ("shape", "tt_rank", "batch_size", "mean", "stddev", "dtype"),
+    "tensor_with_random_cores": ("shape", "tt_rank", "mean", "stddev", "dtype"),
+    "tensor_batch_with_random_cores": ("shape", "tt_rank", "batch_size", "mean", "stddev", "dtype"),
+    "matrix_with_random_cores": ("shape", "tt_rank", "mean", "stddev", "dtype"),
+    "matrix_batch_with_random_cores": ("shape", "tt_rank", "batch_size", "mean", "stddev", "dtype"),
+    "glorot_initializer": ("shape", "tt_rank", "dtype"),
+    "he_initializer": ("shape", "tt_rank", "dtype"),
+    "lecun_initializer": ("shape", "tt_rank", "dtype"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(T3F_POSITIONAL))
+def test_t3f_positional_parameters_come_first_in_t3f_order(name):
+    params = inspect.signature(getattr(tt, name)).parameters.values()
+    positional = tuple(p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    assert positional[: len(T3F_POSITIONAL[name])] == T3F_POSITIONAL[name]

@@ -8,7 +8,6 @@ The public names are re-exported by :mod:`tensortrain.initializers`.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,27 +25,51 @@ Rank = int | Sequence[int]
 
 
 # --------------------------------------------------------------------------------------- validation
+def _is_array(x: Any) -> bool:
+    """A NumPy array or a torch tensor (duck-typed: NumPy is not a dependency); never a Python sequence."""
+    return not isinstance(x, Sequence) and hasattr(x, "__array__") and hasattr(x, "ndim")
+
+
 def _dims(shape: Any, name: str) -> tuple[int, ...]:
-    """A sequence of positive ints (numpy/torch ints accepted, bools and floats refused)."""
+    """A sequence of positive ints (numpy/torch ints accepted, bools and floats refused).
+
+    A 1-D integer array (NumPy or torch) is a sequence here: t3f documents its shapes as arrays
+    (``t3f.random_tensor(np.array([3, 4, 5]))``). Float arrays are refused as float lists are, as in t3f.
+    """
+    if _is_array(shape):
+        if shape.ndim != 1:
+            kind = f"{shape.ndim}-D {type(shape).__name__}"
+            raise TypeError(f"{name}: expected a 1-D sequence of ints, got a {kind} {shape!r}")
+        shape = list(shape)
     if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
         raise TypeError(f"{name}: expected a sequence of ints, got {type(shape).__name__} {shape!r}")
     if len(shape) == 0:
         raise ShapeError(f"{name}: expected at least one mode size, got an empty shape")
     dims = []
     for n in shape:
-        if isinstance(n, bool):
-            raise TypeError(f"{name}: mode sizes must be ints, got {tuple(shape)!r}")
-        try:
-            dims.append(operator.index(n))
-        except TypeError:
-            raise TypeError(f"{name}: mode sizes must be ints, got {tuple(shape)!r}") from None
+        k = as_int(n)  # refuses bools, floats and strings
+        if k is None:
+            raise TypeError(f"{name}: mode sizes must be ints, got {tuple(_plain(n) for n in shape)!r}")
+        dims.append(k)
     if any(n < 1 for n in dims):
         raise ShapeError(f"{name}: mode sizes must be >= 1, got {tuple(dims)}")
     return tuple(dims)
 
 
+def _plain(value: Any) -> Any:
+    """A NumPy/torch scalar as the Python value it holds, so messages read ``(3.0, 4.0)`` for an array too."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
+
+
 def _matrix_dims(shape: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``[[rows], [cols]]``; one side may be None (t3f: a vector, that side's modes are all 1)."""
+    """``[[rows], [cols]]``; one side may be None (t3f: a vector, that side's modes are all 1).
+
+    As in t3f, the pair may be a 2-D integer array (``np.array([[7, 4], [5, 5]])``), and either side a 1-D
+    array; an object array ``np.array([[3, 4], None], dtype=object)`` carries a None side.
+    """
+    if _is_array(shape) and shape.ndim in (1, 2):
+        shape = list(shape)  # its rows: two 1-D arrays, or the objects of an object array
     if isinstance(shape, str | bytes) or not isinstance(shape, Sequence) or len(shape) != 2:
         raise TypeError(f"{name}: a TT-matrix shape is [[row dims], [col dims]], got {shape!r}")
     if shape[0] is None and shape[1] is None:

@@ -47,13 +47,13 @@ from .orthogonalization import (
     right_orthogonalize,
     split_modes,
 )
-from .shapes import max_tt_ranks, normalize_tt_rank
+from .shapes import as_int, max_tt_ranks, normalize_tt_rank
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 from .truncation import Method, check_method, truncated_factor
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores", "round", "to_tt_matrix", "to_tt_tensor"]
 
-MaxRank = int | Sequence[int] | None
+MaxRank = int | float | Sequence[int] | Sequence[float] | None
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -96,8 +96,48 @@ def _caps(max_tt_rank: MaxRank, modes: Sequence[int]) -> tuple[int, ...]:
     bound = max_tt_ranks(modes)
     if max_tt_rank is None:
         return bound
-    caps = normalize_tt_rank(max_tt_rank, len(modes), name="max_tt_rank")
+    caps = normalize_tt_rank(_t3f_caps(max_tt_rank, len(modes)), len(modes), name="max_tt_rank")
     return tuple(min(c, b) for c, b in zip(caps, bound, strict=True))
+
+
+def _item(value: Any) -> Any:
+    """A 0-dim NumPy/torch value as the Python number it holds; anything else unchanged."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
+
+
+def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
+    """t3f's cap forms as :func:`normalize_tt_rank` reads them; anything else is passed on for it to refuse.
+
+    t3f casts the caps with ``astype(int)`` and reads only the inner entries of ``d + 1`` of them, so t3f
+    code writes ``max_tt_rank=3 * np.ones(d + 1)`` or ``[10, 20, 30, 40, 30]`` (testTTCompositeRankMatrix).
+    Whole floats become ints here; a fractional cap is refused rather than truncated (``2.5`` is a mistake,
+    not a 2). Of ``d + 1`` caps the first and last are dropped (boundary ranks are 1 whatever they say), but
+    they must still be ints >= 1, as t3f checks every entry.
+    """
+    ndim = getattr(max_tt_rank, "ndim", None)  # NumPy arrays and tensors
+    if isinstance(max_tt_rank, numbers.Number) or ndim == 0:
+        values, scalar = [_item(max_tt_rank)], True
+    elif ndim == 1 or (isinstance(max_tt_rank, Sequence) and not isinstance(max_tt_rank, str | bytes)):
+        values, scalar = [_item(v) for v in max_tt_rank], False
+    else:
+        return max_tt_rank
+    shown = values[0] if scalar else tuple(values)
+    if any(isinstance(v, float) and not v.is_integer() for v in values):  # (also inf and nan)
+        raise TypeError(
+            f"max_tt_rank values must be whole numbers (ints, or floats such as 3.0), got {shown}"
+        )
+    values = [int(v) if isinstance(v, float) else v for v in values]
+    if scalar or len(values) != d + 1:
+        return values[0] if scalar else values
+    ranks = []
+    for v in values:
+        r = as_int(v)
+        if r is None:
+            raise TypeError(f"max_tt_rank must contain ints, got {shown!r}")
+        ranks.append(r)
+    if any(r < 1 for r in ranks):
+        raise ShapeError(f"max_tt_rank values must be >= 1, got {shown}")
+    return ranks[1:-1]
 
 
 def _deltas(x: torch.Tensor, epsilon: float | None, d: int) -> torch.Tensor | None:
@@ -131,7 +171,7 @@ def _wrap(cores: list[torch.Tensor], batch: bool) -> Any:
 
 
 def to_tt_tensor(
-    tensor: torch.Tensor,
+    tens: torch.Tensor,
     max_tt_rank: MaxRank = 10,
     epsilon: float | None = None,
     *,
@@ -141,10 +181,12 @@ def to_tt_tensor(
     """TT-SVD of a dense tensor (t3f's ``to_tt_tensor``, with ``epsilon`` implemented).
 
     Args:
-        tensor: a dense floating point tensor ``(n_1, ..., n_d)``; with ``batch=True``, ``(B, n_1, ..., n_d)``.
-            NumPy arrays are accepted.
-        max_tt_rank: cap on the TT-ranks: an int, ``d - 1`` inner values or ``d + 1`` values; None for no cap.
-            Clipped to the maximal useful ranks (the ranks of the unfoldings).
+        tens: a dense floating point tensor ``(n_1, ..., n_d)``; with ``batch=True``, ``(B, n_1, ..., n_d)``.
+            NumPy arrays are accepted. (t3f's name for it, so ``to_tt_tensor(tens=...)`` ports.)
+        max_tt_rank: cap on the TT-ranks: an int, ``d - 1`` inner values, or ``d + 1`` values whose first and
+            last are ignored (as t3f does; they must still be ints >= 1); None for no cap. A list, tuple,
+            NumPy array or tensor; whole floats count as ints (t3f's ``3 * np.ones(d + 1)``), fractional ones
+            are refused. Clipped to the maximal useful ranks (the ranks of the unfoldings).
         epsilon: relative Frobenius error: the result satisfies ``||A - TT(A)||_F <= epsilon ||A||_F`` with the
             smallest rank per SVD, unless ``max_tt_rank`` binds first (see the module docstring).
         method: ``"auto"``, ``"exact"`` or ``"randomized"``: how each unfolding is factored.
@@ -154,12 +196,13 @@ def to_tt_tensor(
         A :class:`TensorTrain` (or batch) whose cores 1..d-1 are left-orthogonal.
 
     Raises:
-        TypeError: not a tensor, an integer dtype, a non-number ``epsilon``.
+        TypeError: not a tensor, an integer dtype, a non-number ``epsilon``, a fractional or non-number
+            ``max_tt_rank``.
         ShapeError: an empty tensor, bad ``max_tt_rank`` (length, values < 1).
         ValueError: NaN or inf entries, a negative ``epsilon``, an unknown ``method``.
 
     Shape:
-        tensor: ``(n_1, ..., n_d)`` or ``(B, n_1, ..., n_d)`` with ``batch=True``.
+        tens: ``(n_1, ..., n_d)`` or ``(B, n_1, ..., n_d)`` with ``batch=True``.
 
     Complexity: exact O(B d n^(d+1)) for the first SVD (it dominates); randomized O(B n^d k q) per SVD.
 
@@ -171,11 +214,11 @@ def to_tt_tensor(
         True
     """
     method = check_method(method, "to_tt_tensor")
-    x = _as_dense(tensor, "to_tt_tensor")
+    x = _as_dense(tens, "to_tt_tensor")
     x = x if batch else x.unsqueeze(0)
     if x.dim() < 2:
         raise ShapeError(
-            f"to_tt_tensor: batch=True needs a (B, n_1, ..., n_d) tensor, got shape {tuple(tensor.shape)}"
+            f"to_tt_tensor: batch=True needs a (B, n_1, ..., n_d) tensor, got shape {tuple(tens.shape)}"
         )
     modes = tuple(x.shape[1:])
     caps = _caps(max_tt_rank, modes)
@@ -209,7 +252,7 @@ def _check_matrix_shape(
         lead, expected = "", f"(M, N) = {(m, n)} or the raw shape {raw}"
     hint = ""
     if elem == (n, m):
-        hint = "; it looks transposed: pass matrix.T (or .mT), or swap the row and column dims in shape"
+        hint = "; it looks transposed: pass mat.T (or .mT), or swap the row and column dims in shape"
     raise ShapeError(
         f"to_tt_matrix: a {lead}matrix of shape {given} does not match shape {rows} x {cols} "
         f"({m} x {n} = {m * n} entries per matrix); expected {expected}{hint}"
@@ -217,7 +260,7 @@ def _check_matrix_shape(
 
 
 def to_tt_matrix(
-    matrix: torch.Tensor,
+    mat: torch.Tensor,
     shape: Sequence[Sequence[int] | None],
     max_tt_rank: MaxRank = 10,
     epsilon: float | None = None,
@@ -231,22 +274,23 @@ def to_tt_matrix(
     ``(m_1 n_1, ..., m_d n_d)`` and the result is TT-SVD'd; cores are ``(r_{k-1}, m_k, n_k, r_k)``.
 
     Args:
-        matrix: ``(M, N)`` with ``M = m_1...m_d`` and ``N = n_1...n_d`` (or already ``(m_1..m_d, n_1..n_d)``);
-            with ``batch=True`` a leading batch axis.
+        mat: ``(M, N)`` with ``M = m_1...m_d`` and ``N = n_1...n_d`` (or already ``(m_1..m_d, n_1..n_d)``);
+            with ``batch=True`` a leading batch axis. (t3f's name for it, so ``to_tt_matrix(mat=...)`` ports.)
         shape: ``[[m_1, ..., m_d], [n_1, ..., n_d]]``; one side may be None (a vector: all its modes are 1).
+            As in t3f, a 2-D integer NumPy array (``np.array([[7, 4], [5, 5]])``) or a pair of 1-D ones works.
         max_tt_rank, epsilon, method, batch: as in :func:`to_tt_tensor` (maximal ranks use ``m_k n_k``).
 
     Returns:
         A TT-matrix :class:`TensorTrain` (or :class:`TensorTrainBatch`).
 
     Raises:
-        TypeError: not a tensor, an integer dtype, a malformed ``shape``.
+        TypeError: not a tensor, an integer dtype, a malformed ``shape``, a fractional ``max_tt_rank``.
         ShapeError: the matrix is neither ``(M, N)`` nor ``(m_1, ..., m_d, n_1, ..., n_d)`` (nor a flat vector
             when ``M`` or ``N`` is 1; a transpose or any other reshape is refused, not reshaped), bad ranks.
         ValueError: NaN or inf entries, a negative ``epsilon``, an unknown ``method``.
 
     Shape:
-        matrix: ``(M, N)`` or ``(m_1, ..., m_d, n_1, ..., n_d)``; with ``batch=True`` a leading ``B``.
+        mat: ``(M, N)`` or ``(m_1, ..., m_d, n_1, ..., n_d)``; with ``batch=True`` a leading ``B``.
 
     Complexity: exact O(B (M N)^(1 + 1/d)...) dominated by the middle unfolding's SVD,
         O(B M N min(M, N)) for d = 2 (square splits); randomized O(B M N k q).
@@ -260,9 +304,9 @@ def to_tt_matrix(
     """
     method = check_method(method, "to_tt_matrix")
     rows, cols = _matrix_modes(shape)
-    x = _as_dense(matrix, "to_tt_matrix")
+    x = _as_dense(mat, "to_tt_matrix")
     x = x if batch else x.unsqueeze(0)
-    _check_matrix_shape(tuple(matrix.shape), tuple(x.shape[1:]), rows, cols, batch)
+    _check_matrix_shape(tuple(mat.shape), tuple(x.shape[1:]), rows, cols, batch)
     d = len(rows)
     perm = [0] + [p for k in range(d) for p in (1 + k, 1 + d + k)]
     inter = x.reshape(x.shape[0], *rows, *cols).permute(perm)
@@ -292,7 +336,8 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
 
     Args:
         tt: a :class:`TensorTrain` or :class:`TensorTrainBatch` (tensors or matrices).
-        max_tt_rank: cap on the ranks: an int, ``d - 1`` or ``d + 1`` values, or None.
+        max_tt_rank: cap on the ranks: an int, ``d - 1`` or ``d + 1`` values (the first and last of ``d + 1``
+            are ignored, as in t3f), or None; whole floats count as ints (see :func:`to_tt_tensor`).
         epsilon: relative Frobenius error, or None.
         method: ``"auto"``, ``"exact"`` or ``"randomized"``: how each core unfolding is factored.
 
@@ -300,7 +345,7 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
         An object of the same type and raw shape, with left-orthogonal cores 1..d-1; a batch gets common ranks.
 
     Raises:
-        TypeError: ``tt`` is not a TT object; a non-number ``epsilon``.
+        TypeError: ``tt`` is not a TT object; a non-number ``epsilon``; a fractional ``max_tt_rank``.
         ShapeError: bad ``max_tt_rank``.
         ValueError: NaN or inf in the cores, a negative ``epsilon``, an unknown ``method``.
 

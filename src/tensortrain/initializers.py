@@ -8,6 +8,10 @@ entry of the full tensor is a sum of ``R = r_1 ... r_{d-1}`` products of ``d`` i
 terms are uncorrelated, so the entry has mean 0 and variance ``R s^(2d)``. Asking for ``stddev`` of the full
 entries therefore gives the per-core std ``s = (stddev^2 / R)^(1 / (2d))`` exactly.
 
+Positional parameters follow t3f's order, ``dtype`` last (``random_matrix(shape, tt_rank, mean, stddev,
+dtype)``, ``glorot_initializer(shape, tt_rank, dtype)``), so t3f calls port unchanged; ``generator`` and
+``device`` (no t3f counterpart) are keyword-only.
+
 The constant objects (ones, zeros, eye) live in :mod:`tensortrain.constant_initializers`, t3f's i.i.d.-core
 family (``tensor_with_random_cores``, ...) in :mod:`tensortrain.random_cores`; both are re-exported here.
 
@@ -127,9 +131,9 @@ def random_tensor(
     tt_rank: Rank = 2,
     mean: float = 0.0,
     stddev: float = 1.0,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrain:
     """A random TT-tensor whose full tensor has entries of mean ``mean`` and std ``stddev`` (t3f's).
@@ -144,9 +148,10 @@ def random_tensor(
             ranks (:func:`tensortrain.shapes.max_tt_ranks`).
         mean: mean of the full tensor's entries.
         stddev: standard deviation of the full tensor's entries (>= 0).
-        generator: a ``torch.Generator`` (on ``device``) for reproducible values.
-        dtype: floating point dtype, default ``torch.get_default_dtype()``.
-        device: where to create the cores.
+        dtype: floating point dtype, default ``torch.get_default_dtype()``. The last positional parameter,
+            as in t3f: ``random_tensor(shape, 2, 0.0, 1.0, torch.float64)``.
+        generator: a ``torch.Generator`` (on ``device``) for reproducible values; keyword-only.
+        device: where to create the cores; keyword-only.
 
     Returns:
         A :class:`TensorTrain` with cores ``(r_{k-1}, n_k, r_k)``.
@@ -174,15 +179,15 @@ def random_tensor_batch(
     batch_size: int = 1,
     mean: float = 0.0,
     stddev: float = 1.0,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrainBatch:
     """A batch of ``batch_size`` independent :func:`random_tensor` draws (same shape and ranks).
 
     Args:
-        shape, tt_rank, mean, stddev, generator, dtype, device: as in :func:`random_tensor`.
+        shape, tt_rank, mean, stddev, dtype, generator, device: as in :func:`random_tensor`.
         batch_size: number of TT-tensors (>= 1).
 
     Returns:
@@ -208,9 +213,9 @@ def random_matrix(
     tt_rank: Rank = 2,
     mean: float = 0.0,
     stddev: float = 1.0,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrain:
     """A random TT-matrix whose full matrix has entries of mean ``mean`` and std ``stddev`` (t3f's).
@@ -218,7 +223,7 @@ def random_matrix(
     Args:
         shape: ``[[m_1, ..., m_d], [n_1, ..., n_d]]`` (rows, columns); one side may be ``None`` for a
             vector (t3f), meaning all its modes are 1.
-        tt_rank, mean, stddev, generator, dtype, device: as in :func:`random_tensor` (the maximal useful
+        tt_rank, mean, stddev, dtype, generator, device: as in :func:`random_tensor` (the maximal useful
             ranks are those of the modes ``m_k n_k``).
 
     Returns:
@@ -246,15 +251,15 @@ def random_matrix_batch(
     batch_size: int = 1,
     mean: float = 0.0,
     stddev: float = 1.0,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrainBatch:
     """A batch of ``batch_size`` independent :func:`random_matrix` draws.
 
     Args:
-        shape, tt_rank, mean, stddev, generator, dtype, device: as in :func:`random_matrix`.
+        shape, tt_rank, mean, stddev, dtype, generator, device: as in :func:`random_matrix`.
         batch_size: number of TT-matrices (>= 1).
 
     Returns:
@@ -284,9 +289,9 @@ def _fans(shape: MatrixShape, name: str) -> tuple[int, int]:
 def glorot_initializer(
     shape: MatrixShape,
     tt_rank: Rank = 2,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrain:
     """A random TT-matrix whose full entries have Glorot's variance ``2 / (M + N)`` (t3f's).
@@ -296,7 +301,7 @@ def glorot_initializer(
 
     Args:
         shape: ``[[row dims], [col dims]]``.
-        tt_rank, generator, dtype, device: as in :func:`random_matrix`.
+        tt_rank, dtype, generator, device: as in :func:`random_matrix`.
 
     Returns:
         A TT-matrix :class:`TensorTrain`.
@@ -318,9 +323,9 @@ def glorot_initializer(
 def he_initializer(
     shape: MatrixShape,
     tt_rank: Rank = 2,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrain:
     """A random TT-matrix whose full entries have He's variance ``2 / fan_in``, ``fan_in = M`` (t3f's).
@@ -331,7 +336,7 @@ def he_initializer(
 
     Args:
         shape: ``[[row dims (input side)], [col dims]]``.
-        tt_rank, generator, dtype, device: as in :func:`random_matrix`.
+        tt_rank, dtype, generator, device: as in :func:`random_matrix`.
 
     Returns:
         A TT-matrix :class:`TensorTrain`.
@@ -353,9 +358,9 @@ def he_initializer(
 def lecun_initializer(
     shape: MatrixShape,
     tt_rank: Rank = 2,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrain:
     """A random TT-matrix whose full entries have LeCun's variance ``1 / fan_in``, ``fan_in = M`` (t3f's).
@@ -364,7 +369,7 @@ def lecun_initializer(
 
     Args:
         shape: ``[[row dims (input side)], [col dims]]``.
-        tt_rank, generator, dtype, device: as in :func:`random_matrix`.
+        tt_rank, dtype, generator, device: as in :func:`random_matrix`.
 
     Returns:
         A TT-matrix :class:`TensorTrain`.

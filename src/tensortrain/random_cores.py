@@ -1,8 +1,9 @@
 """TT objects with i.i.d. normal CORE entries (t3f's ``tensor_with_random_cores`` family).
 
 Unlike :func:`tensortrain.random_tensor`, ``mean``/``stddev`` describe each core entry, not the full tensor's
-entries. Symbols: ``d`` number of cores, ``n_k`` mode sizes, ``r_k`` TT-ranks, ``B`` batch size. The public
-names are re-exported by :mod:`tensortrain.initializers`.
+entries. Positional parameters follow t3f's order (``shape, tt_rank, [batch_size,] mean, stddev, dtype``);
+``generator`` and ``device`` are keyword-only. Symbols: ``d`` number of cores, ``n_k`` mode sizes, ``r_k``
+TT-ranks, ``B`` batch size. The public names are re-exported by :mod:`tensortrain.initializers`.
 """
 
 from __future__ import annotations
@@ -50,15 +51,15 @@ def tensor_with_random_cores(
     tt_rank: Rank = 2,
     mean: float = 0.0,
     stddev: float = 1.0,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrain:
     """A TT-tensor whose CORE entries are i.i.d. N(mean, stddev^2) (t3f's; not the full tensor's).
 
     Args:
-        shape, tt_rank, generator, dtype, device: as in :func:`random_tensor`.
+        shape, tt_rank, dtype, generator, device: as in :func:`random_tensor`.
         mean, stddev: of every core entry.
 
     Returns:
@@ -84,15 +85,15 @@ def tensor_batch_with_random_cores(
     batch_size: int = 1,
     mean: float = 0.0,
     stddev: float = 1.0,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrainBatch:
     """A batch version of :func:`tensor_with_random_cores` (t3f's).
 
     Args:
-        shape, tt_rank, batch_size, mean, stddev, generator, dtype, device: as in
+        shape, tt_rank, batch_size, mean, stddev, dtype, generator, device: as in
             :func:`random_tensor_batch`, with ``mean``/``stddev`` per core entry.
 
     Returns:
@@ -118,15 +119,15 @@ def matrix_with_random_cores(
     tt_rank: Rank = 2,
     mean: float = 0.0,
     stddev: float = 1.0,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrain:
     """A TT-matrix whose CORE entries are i.i.d. N(mean, stddev^2) (t3f's).
 
     Args:
-        shape, tt_rank, generator, dtype, device: as in :func:`random_matrix`.
+        shape, tt_rank, dtype, generator, device: as in :func:`random_matrix`.
         mean, stddev: of every core entry.
 
     Returns:
@@ -152,15 +153,15 @@ def matrix_batch_with_random_cores(
     batch_size: int = 1,
     mean: float = 0.0,
     stddev: float = 1.0,
+    dtype: torch.dtype | None = None,
     *,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> TensorTrainBatch:
     """A batch version of :func:`matrix_with_random_cores` (t3f's).
 
     Args:
-        shape, tt_rank, batch_size, mean, stddev, generator, dtype, device: as in
+        shape, tt_rank, batch_size, mean, stddev, dtype, generator, device: as in
             :func:`random_matrix_batch`, with ``mean``/``stddev`` per core entry.
 
     Returns:
