@@ -296,6 +296,32 @@ def test_bad_arguments_raise_clear_errors():
         KerasDense([2, 3], [4, 2], tt_rank=0)
 
 
+def test_numpy_dims_as_t3f_code_passes_them():
+    layer = KerasDense(np.array([7, 4]), np.array([5, 5]), tt_rank=np.int64(3))
+    assert layer.input_dims == (7, 4) and layer.output_dims == (5, 5)
+    assert all(type(n) is int for n in (*layer.input_dims, *layer.output_dims))  # JSON-able config
+    assert KerasDense([np.int64(7), 4], [5, np.int32(5)]).input_dims == (7, 4)
+    assert KerasDense.from_config(layer.get_config()).input_dims == (7, 4)
+    with pytest.raises(TypeError, match=r"input_dims must contain ints, got \(np.float64\(7.0\)"):
+        KerasDense(np.array([7.0, 4.0]), [5, 5])
+    with pytest.raises(TypeError, match=r"output_dims must be a 1-D sequence of ints, got a 2-D ndarray"):
+        KerasDense([7, 4], np.array([[5, 5]]))
+
+
+def test_t3f_attribute_names_b_and_matrix():
+    layer = KerasDense([2, 3], [4, 2], tt_rank=2)
+    with pytest.raises(ValueError, match=r"KerasDense 'keras_dense.*' is not built yet.*call build"):
+        _ = layer.matrix
+    layer.build((None, 6))
+    assert layer.b is layer.bias and tuple(layer.b.shape) == (8,)  # t3f's KerasDense names its bias b
+    assert layer.matrix.raw_shape == ((2, 3), (4, 2))
+    with pytest.raises(AttributeError):
+        layer.b = None
+    unbiased = KerasDense([2, 3], [4, 2], use_bias=False)
+    unbiased.build((None, 6))
+    assert unbiased.b is None
+
+
 def test_wrong_input_size_raises_shape_error():
     with pytest.raises(
         tt.ShapeError, match=r"input has 100 features.*input_dims \(7, 4, 7, 4\) multiply to 784"

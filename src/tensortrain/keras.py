@@ -50,7 +50,7 @@ import torch
 
 from . import initializers, ops
 from .errors import ShapeError
-from .shapes import max_tt_ranks, normalize_tt_rank
+from .shapes import as_int, max_tt_ranks, normalize_tt_rank
 from .tensor_train import TensorTrain
 
 __all__ = ["KerasDense"]
@@ -67,13 +67,27 @@ _KERNEL_INITIALIZERS = {
 
 
 def _check_dims(dims: Sequence[int], name: str) -> tuple[int, ...]:
-    if isinstance(dims, str | int) or not isinstance(dims, Sequence):
+    """Python ints (for a JSON-able ``get_config``) from a sequence of ints or a 1-D integer array.
+
+    t3f code passes NumPy values (``KerasDense(np.array([7, 4]), ...)``, sizes from ``np.prod``), which t3f
+    accepts; floats and bools are refused, even whole ones.
+    """
+    ndim = getattr(dims, "ndim", None)  # NumPy arrays and tensors (NumPy is not a dependency)
+    if ndim is not None and ndim != 1:
+        raise TypeError(
+            f"KerasDense: {name} must be a 1-D sequence of ints, got a {ndim}-D {type(dims).__name__}"
+        )
+    if ndim is None and (isinstance(dims, str | bytes) or not isinstance(dims, Sequence)):
         raise TypeError(f"KerasDense: {name} must be a sequence of ints, got {dims!r}")
-    if any(isinstance(n, bool) or not isinstance(n, int) for n in dims):
-        raise TypeError(f"KerasDense: {name} must contain ints, got {tuple(dims)!r}")
-    if len(dims) == 0 or any(n < 1 for n in dims):
-        raise ShapeError(f"KerasDense: {name} must be non-empty positive ints, got {tuple(dims)}")
-    return tuple(int(n) for n in dims)
+    ints = []
+    for n in dims:
+        k = as_int(n)  # None for bools, floats, strings
+        if k is None:
+            raise TypeError(f"KerasDense: {name} must contain ints, got {tuple(dims)!r}")
+        ints.append(k)
+    if len(ints) == 0 or any(n < 1 for n in ints):
+        raise ShapeError(f"KerasDense: {name} must be non-empty positive ints, got {tuple(ints)}")
+    return tuple(ints)
 
 
 def _bias_initializer(value: float | str | dict[str, Any] | Any) -> Any:
@@ -106,7 +120,7 @@ class KerasDense(keras.layers.Layer):
 
     Args:
         input_dims: the row modes ``(m_1, ..., m_d)``; the input's last axis has ``prod(input_dims)``
-            features.
+            features. Ints or a 1-D integer NumPy array, as in t3f.
         output_dims: the column modes ``(n_1, ..., n_d)``; the output has ``prod(output_dims)`` features.
         tt_rank: the TT-rank: an int, ``d - 1`` inner ranks, or the full ``d + 1`` tuple.
         activation: a Keras activation (name or callable) applied last; None for linear.
@@ -119,13 +133,14 @@ class KerasDense(keras.layers.Layer):
     Attributes:
         tt_ranks: the ranks of the cores, ``(1, r_1, ..., r_{d-1}, 1)``, after clipping.
         kernel_cores: the cores as Keras variables (created by ``build``).
-        bias: the bias variable, or None.
-        matrix: the kernel as a :class:`~tensortrain.TensorTrain` over the cores' torch tensors.
+        bias: the bias variable, or None; also readable as ``b``, t3f's name.
+        matrix: the kernel as a :class:`~tensortrain.TensorTrain` over the cores' torch tensors (after
+            ``build``; before it, a ``ValueError`` says the layer is not built).
 
     Raises:
         ShapeError: input_dims and output_dims of different lengths, non-positive dims, bad ranks, or an
             input whose last axis is not ``prod(input_dims)``.
-        TypeError: dims that are not sequences of ints.
+        TypeError: dims that are not sequences (or 1-D arrays) of ints.
         ValueError: an unknown ``kernel_initializer``.
 
     Shape:
@@ -210,8 +225,23 @@ class KerasDense(keras.layers.Layer):
 
     @property
     def matrix(self) -> TensorTrain:
-        """The kernel as a :class:`TensorTrain` over the live cores (t3f's ``layer.matrix``)."""
+        """The kernel as a :class:`TensorTrain` over the live cores (t3f's ``layer.matrix``).
+
+        Raises:
+            ValueError: the layer is not built yet (t3f builds its cores in ``__init__``; Keras 3 layers
+                create their weights in ``build``, on first call or when a model is built).
+        """
+        if not self.kernel_cores:
+            raise ValueError(
+                f"KerasDense {self.name!r} is not built yet, so it has no cores: call it on an input, build "
+                f"the model, or call build((None, {self.in_features})) first"
+            )
         return TensorTrain([v.value for v in self.kernel_cores])
+
+    @property
+    def b(self) -> Any:
+        """The bias variable, or None without a bias: t3f's name for :attr:`bias` (read-only)."""
+        return self.bias
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
         """``activation(inputs @ W + b)`` on torch tensors, without building ``W``."""
