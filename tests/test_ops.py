@@ -376,3 +376,13 @@ def test_nothing_densifies_a_huge_tensor(gen):
     assert (m @ ops.transpose(m)).tt_ranks == (1, 4, 4, 4, 1, 4, 4, 4, 1)
     v = random_tt((32,) * 8, (1, *([2] * 7), 1), gen=gen)
     assert ops.bilinear_form(m, v, v).dim() == 0
+
+
+def test_scaling_by_an_infinite_number(gen):
+    """inf / inf**(d-1) is NaN: a non-finite factor goes on the first core. A rank-1 TT has no sums that could
+    meet inf - inf, so it must match the dense product exactly."""
+    a = random_tt((2, 3, 4), (1, 1, 1, 1), gen=gen)
+    for c in (math.inf, -math.inf):
+        assert torch.equal(ops.full(a * c), ops.full(a) * c)
+    assert torch.equal(ops.full(a / 1e-320), ops.full(a) * (1 / 1e-320))  # 1 / 1e-320 is inf in Python
+    assert ops.full(a * math.nan).isnan().all()

@@ -183,3 +183,14 @@ def test_one_element_rank_tensor_is_a_sequence_like_a_list():
         tt.normalize_tt_rank(torch.tensor(True), 3)
     with pytest.raises(TypeError):
         tt.normalize_tt_rank(torch.tensor([True, True]), 3)
+
+
+def test_base_class_and_subclasses_print():
+    """repr() of the public base class (and of a subclass without __str__) must not recurse."""
+    x = tt.TensorTrainBase([torch.ones(1, 2, 1)])
+    assert repr(x) == str(x) == "A Tensor Train of shape (2), TT-ranks: (1, 1)"
+
+    class MyTT(tt.TensorTrainBase):
+        pass
+
+    assert str(MyTT([torch.ones(1, 2, 1)])) == "A Tensor Train of shape (2), TT-ranks: (1, 1)"

@@ -12,6 +12,7 @@ full tensor except :func:`full`.
 
 from __future__ import annotations
 
+import cmath
 import math
 import numbers
 from typing import Any
@@ -309,6 +310,8 @@ def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]
     value: complex | float = c if c.imag != 0 else c.real
     if c == 0:
         return [core * 0.0 for core in cores]
+    if not cmath.isfinite(c):  # inf / inf**(d - 1) would be NaN: the whole factor goes on the first core
+        return [cores[0] * value, *cores[1:]]
     each = abs(c) ** (1.0 / d)
     first = value / each ** (d - 1)  # carries the sign / phase
     return [cores[0] * first] + [core * each for core in cores[1:]]

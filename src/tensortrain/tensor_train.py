@@ -229,6 +229,9 @@ class TensorTrainBase:
         kind = ("Tensor Train" + variable + "s") if plural else ("Tensor Train" + variable)
         return f"{kind} of shape {_fmt(self.raw_shape)}, TT-ranks: {ranks}"  # type: ignore[arg-type]
 
+    def __str__(self) -> str:
+        return "A " + self._describe(plural=False)
+
     def __repr__(self) -> str:
         return str(self)
 
