@@ -67,6 +67,29 @@ def test_tt_linear_dynamic_batch():
         assert_close(f(x), layer(x))
 
 
+def test_training_sweep_keeps_one_graph_and_exports_strictly():
+    """The tutorial layer trains through a sweep: under dynamo its batch must stay symbolic (no guard on the
+    eager-only SweepFunction threshold), so one graph serves every batch and strict export with a dynamic batch
+    works in grad mode."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5))
+    assert layer.plan(16, requires_grad=True).kind == "sweep"
+    f = _compiled(layer, dynamic=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for b in (3, 7, 16, 100):
+            x = torch.randn(b, 784)
+            torch._dynamo.mark_dynamic(x, 0)
+            y = f(x)
+            assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
+            y.sum().backward()
+    batch = torch.export.Dim("batch")
+    prog = torch.export.export(
+        layer, (torch.randn(64, 784),), dynamic_shapes={"input": {0: batch}}, strict=True
+    )
+    x = torch.randn(9, 784)
+    assert_close(prog.module()(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
 def test_full_and_matmul_with_dense(gen):
     w = random_tt(((2, 3), (4, 2)), (1, 3, 1), gen=gen)
     cores = [c.clone().requires_grad_() for c in w.tt_cores]

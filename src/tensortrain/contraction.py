@@ -382,9 +382,10 @@ def _sweep(
         if rows is None:
             rows = _CHUNK_CACHE[key] = _cost.chunking(_dims(cores), groups, direction, key[-1])
         chunk = rows[0] if b > rows[1] else None  # (rows per chunk, the largest batch that runs whole)
-    if grad and type(b) is int and b >= _cost.SWEEP_FUNCTION_MIN_BATCH:
+    if grad and eager and type(b) is int and b >= _cost.SWEEP_FUNCTION_MIN_BATCH:
         # training: a hand-written backward without matmul's folding copies (not at tiny batches, where the
-        # Function's own overhead is the larger cost)
+        # Function's own overhead is the larger cost). Eager only: under dynamo a SymInt passes ``type(b) is int``
+        # and the comparison would guard the batch (a second graph, a failed strict export)
         return _exec.sweep_trained(x2d, _exec.supers_of(cores, groups, direction), direction)
     if cache is None:
         return _exec.sweep(x2d, _exec.supers_of(cores, groups, direction), direction, chunk)
