@@ -48,6 +48,10 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
 def l2_regularizer(scale: float) -> Regularizer:
     """A regularizer ``x -> scale * ||x||_F^2`` (squared Frobenius norm of the full tensor, never built).
 
+    For a module, each TT layer's ``weight``: for a ``TTEmbedding`` whose vocabulary is padded to ``V'`` rows
+    (``voc_dims`` multiply to more than ``num_embeddings``), that is the ``V' x D`` table, padding rows included
+    (they are never looked up, but share the cores with the rows that are).
+
     Args:
         scale: a non-negative number (0 gives a zero loss term).
 
