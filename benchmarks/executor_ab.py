@@ -54,11 +54,8 @@ def load_old(rev: str):  # noqa: ANN201
     return mod
 
 
-def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int, warm: bool) -> dict:  # noqa: ANN001
-    """Median seconds of ``nn.Linear`` and both executors' full plan (split in the middle), interleaved."""
-    cores, bias = list(layer.cores), layer.bias
-    split = len(cores) // 2
-    x = torch.randn(batch, lin.in_features, requires_grad=grad)
+def stepper(x: torch.Tensor, grad: bool):  # noqa: ANN201
+    """A function turning ``fn`` into one timed step on ``x``: forward+backward, or forward without grad."""
 
     def step(fn):  # noqa: ANN001, ANN202
         if grad:
@@ -69,6 +66,17 @@ def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int,
                 fn(x)
 
         return no_grad
+
+    return step
+
+
+def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int, warm: bool) -> dict:  # noqa: ANN001
+    """Median seconds of ``nn.Linear`` and both executors' full plan (split in the middle), interleaved."""
+    cores, bias = list(layer.cores), layer.bias
+    split = len(cores) // 2
+    x = torch.randn(batch, lin.in_features, requires_grad=grad)
+
+    step = stepper(x, grad)
 
     return interleaved(
         {
@@ -109,15 +117,7 @@ def time_sweep(old, layer, lin, batch: int, grad: bool, repeats: int, warm: bool
     cores = list(layer.cores)
     x = torch.randn(batch, lin.in_features, requires_grad=grad)
 
-    def step(fn):  # noqa: ANN001, ANN202
-        if grad:
-            return lambda: fn(x).sum().backward()
-
-        def no_grad() -> None:
-            with torch.no_grad():
-                fn(x)
-
-        return no_grad
+    step = stepper(x, grad)
 
     def via(mod):  # noqa: ANN001, ANN202
         return lambda x: run_sweep(mod, x, cores, plan.groups, plan.direction, grad) + layer.bias

@@ -190,17 +190,6 @@ def _embedding(
     A lookup is not an autocast op (``F.embedding`` returns the table's dtype under autocast): the products that
     form the rows run in the cores' precision.
     """
-    with full_precision(weight.device.type):
-        return _lookup(input, weight, padding_idx, num_embeddings, cache)
-
-
-def _lookup(
-    input: torch.Tensor,
-    weight: TensorTrain,
-    padding_idx: int | None,
-    num_embeddings: int | None,
-    cache: dict | None,
-) -> torch.Tensor:
     voc_dims, emb_dims = weight.get_raw_shape()
     v_pad, dim = math.prod(voc_dims), math.prod(emb_dims)
     v = v_pad if num_embeddings is None else int(num_embeddings)
@@ -218,23 +207,30 @@ def _lookup(
             raise ValueError(f"tt_embedding: padding_idx must be within [-{v}, {v}), got {padding_idx}")
         padding_idx = padding_idx % v
     flat = input.reshape(-1).long()
-    if transforms_active() or flat.device.type == "meta":
-        # torch.unique has a data-dependent output shape: compiled and exported graphs (and meta tensors, which
-        # have no values) contract every index.
-        rows = _tt_rows(weight, flat, voc_dims)
-    else:
-        # Repeated tokens are common (text, categorical features): contract each distinct row once.
-        uniq, inverse = torch.unique(flat, return_inverse=True)
-        split = _halves_split(weight, int(uniq.shape[0]))
-        if split is None:
-            rows = _tt_rows(weight, uniq, voc_dims)
-        else:
-            rows = _halves_rows(_halves(weight, split, cache), uniq)
-        rows = rows.index_select(0, inverse)
+    with full_precision(weight.device.type):
+        rows = _rows(weight, flat, voc_dims, cache)
     if padding_idx is not None:
         keep = (flat != padding_idx).unsqueeze(-1)
         rows = rows * keep.to(rows.dtype)  # zero output and zero gradient for padding positions
     return rows.reshape(*input.shape, dim)
+
+
+def _rows(
+    weight: TensorTrain, flat: torch.Tensor, voc_dims: tuple[int, ...], cache: dict | None
+) -> torch.Tensor:
+    """Dense rows ``W[flat, :]``: each distinct index contracted once, core by core or through merged halves."""
+    if transforms_active() or flat.device.type == "meta":
+        # torch.unique has a data-dependent output shape: compiled and exported graphs (and meta tensors, which
+        # have no values) contract every index.
+        return _tt_rows(weight, flat, voc_dims)
+    # Repeated tokens are common (text, categorical features): contract each distinct row once.
+    uniq, inverse = torch.unique(flat, return_inverse=True)
+    split = _halves_split(weight, int(uniq.shape[0]))
+    if split is None:
+        rows = _tt_rows(weight, uniq, voc_dims)
+    else:
+        rows = _halves_rows(_halves(weight, split, cache), uniq)
+    return rows.index_select(0, inverse)
 
 
 def _tt_rows(weight: TensorTrain, idx: torch.Tensor, voc_dims: tuple[int, ...]) -> torch.Tensor:
