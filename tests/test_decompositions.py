@@ -630,3 +630,23 @@ def test_meta_tensors_decompose_by_rank_and_refuse_epsilon():
         tt.to_tt_matrix(w, [[8, 8], [6, 8]], max_tt_rank=None, epsilon=0.1)
     with pytest.raises(ValueError, match="round: epsilon picks the ranks"):
         tt.round(tt.random_tensor((4, 4, 4), tt_rank=3).to("meta"), epsilon=0.1)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-24])
+def test_epsilon_budget_of_float32_tensors_at_extreme_magnitudes(gen, scale):
+    """A float32 tensor whose norm is representable but whose squared norm is not (2e19 overflows, 1e-20
+    underflows): the epsilon bound and the smallest ranks must be those of the same data in float64."""
+    low = tt.full(tt.random_tensor((8, 8, 8), tt_rank=2, generator=gen, dtype=torch.float64))
+    noise = torch.randn(8, 8, 8, generator=gen, dtype=torch.float64)
+    x64 = (low / low.norm() + 1e-3 * noise / noise.norm()) * scale
+    x = x64.float()
+    want = tt.to_tt_tensor(x64 / scale, max_tt_rank=None, epsilon=0.1).tt_ranks
+    for got in (
+        tt.to_tt_tensor(x, max_tt_rank=None, epsilon=0.1),
+        tt.round(tt.to_tt_tensor(x, max_tt_rank=None), epsilon=0.1),
+        tt.to_tt_matrix(x.reshape(64, 8), [[8, 8], [8, 1]], max_tt_rank=None, epsilon=0.1),
+    ):
+        err = (tt.full(got).double().reshape(-1) - x.double().reshape(-1)).norm() / x.double().norm()
+        assert err <= 0.1
+        if got.ndims() == 3:
+            assert got.tt_ranks == want == (1, 2, 2, 1)

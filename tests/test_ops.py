@@ -386,3 +386,26 @@ def test_scaling_by_an_infinite_number(gen):
         assert torch.equal(ops.full(a * c), ops.full(a) * c)
     assert torch.equal(ops.full(a / 1e-320), ops.full(a) * (1 / 1e-320))  # 1 / 1e-320 is inf in Python
     assert ops.full(a * math.nan).isnan().all()
+
+
+def test_norms_whose_squares_leave_the_dtype_range(gen):
+    """frobenius_norm returns representable norms exactly even when their squares over- or underflow the
+    dtype (float16 past 256 or below 1e-2, float32 past 1.8e19 or below 1e-19); renormalize_tt_cores balances
+    cores whose norms' squares do."""
+    h = random_tt((4, 4, 4), (1, 2, 2, 1), gen=gen)
+    h = h * (1.0 / float(ops.frobenius_norm(h)))
+    for dtype, scales in ((torch.float16, (1e-4, 300.0)), (torch.float32, (1e-25, 1e-21, 1e21))):
+        for s in scales:
+            got = ops.frobenius_norm(ops.cast(h * s, dtype))
+            assert got.dtype == dtype and math.isclose(float(got), s, rel_tol=3e-3), (dtype, s, float(got))
+    a = random_tt((4, 4, 4), (1, 3, 3, 1), gen=gen).to(torch.float32)
+    cores = [c.clone() for c in a.tt_cores]
+    cores[0] *= 1e20
+    cores[1] *= 1e-25
+    cores[2] *= 1e5
+    y = ops.renormalize_tt_cores(tt.TensorTrain(cores), epsilon=0)
+    norms = [float(c.double().norm()) for c in y.tt_cores]
+    assert all(math.isfinite(n) for n in norms) and max(norms) / min(norms) < 1.001
+    assert_close(
+        ops.full(y).double(), ops.full(a).double(), rtol=1e-4, atol=1e-4 * float(ops.full(a).abs().max())
+    )

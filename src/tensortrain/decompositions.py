@@ -145,7 +145,21 @@ def _deltas(x: torch.Tensor, epsilon: float | None, d: int) -> torch.Tensor | No
     if epsilon is None or d < 2:
         return None
     # Oseledets 2011: eps / sqrt(d - 1) per SVD makes the total relative error at most eps.
-    return x.reshape(x.shape[0], -1).norm(dim=1) * (epsilon / math.sqrt(d - 1))
+    return _norms(x.reshape(x.shape[0], -1)) * (epsilon / math.sqrt(d - 1))
+
+
+def _norms(x2d: torch.Tensor) -> torch.Tensor:
+    """Row norms in float64 (float32 on MPS; the budgets are compared in that type). Taken in ``x``'s dtype
+    first (fast); rows whose sum of squares may have overflowed or underflowed it (a float32 row of norm 2e19 reads
+    as inf, one of 1e-20 as 0: an infinite or zero error budget) are taken again in the wide type."""
+    wide = torch.float32 if x2d.device.type == "mps" else torch.float64
+    norms = x2d.norm(dim=1).to(wide)
+    small = math.sqrt(torch.finfo(x2d.dtype).tiny) * 1e9  # above it, underflowed squares are negligible
+    redo = ~torch.isfinite(norms) | (norms < small)
+    if bool(redo.any()):
+        again = torch.linalg.vector_norm(x2d[redo].to(wide.to_complex() if x2d.is_complex() else wide), dim=1)
+        norms = norms.masked_scatter(redo, again)
+    return norms
 
 
 # -------------------------------------------------------------------------------------------- TT-SVD

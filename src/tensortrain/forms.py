@@ -70,18 +70,26 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
         res = gram
     else:
         with torch.no_grad():
-            # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32, return their dtype.
-            half = cores[0].dtype in (torch.float16, torch.bfloat16)
-            qr_cores = [c.float() for c in cores] if half else cores
-            res = _qr_last_core(qr_cores).abs().pow(2).flatten(1).sum(dim=1).to(cores[0].real.dtype)
-            # LAPACK's QR can return a finite R for a column that holds a NaN: add 0 * (every core entry), which
-            # is 0 for finite cores and NaN otherwise, so a non-finite TT never gets a finite norm.
-            res = res + sum((c.flatten(1) * 0).sum(dim=1).real for c in cores)
+            res = (_norm_by_qr(cores) ** 2).to(cores[0].real.dtype)
         if gram is not None:
             # QR's value with the Gram sweep's gradient (and higher derivatives).
             res = res + (gram - gram.detach())
     assert res is not None
     return res if is_batch(tt) else res[0]
+
+
+def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
+    """The norms ``(B,)`` of a batch of flat-mode cores by a QR sweep, in float64 (float32 on MPS): the squared
+    norm of a representable norm may overflow or underflow the cores' dtype (float32 past 1.8e19 or below 1e-19,
+    float16 past 256), so the last step is taken in the wider type."""
+    # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32.
+    half = cores[0].dtype in (torch.float16, torch.bfloat16)
+    last = _qr_last_core([c.float() for c in cores] if half else cores).flatten(1)
+    wide = torch.float32 if last.device.type == "mps" else torch.float64
+    norm = torch.linalg.vector_norm(last.to(torch.complex128 if last.is_complex() else wide), dim=1)
+    # LAPACK's QR can return a finite R for a column that holds a NaN: add 0 * (every core entry), which is 0 for
+    # finite cores and NaN otherwise, so a non-finite TT never gets a finite norm.
+    return norm + sum((c.flatten(1) * 0).sum(dim=1).real.to(norm.dtype) for c in cores)
 
 
 def _qr_last_core(cores: list[torch.Tensor]) -> torch.Tensor:
@@ -123,6 +131,19 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
     """
     if not epsilon >= 0:
         raise ValueError(f"frobenius_norm: epsilon must be >= 0, got {epsilon!r}")
+    if not differentiable:
+        # the value from the QR sweep's norm, in a wide type: a norm whose square leaves the cores' dtype range
+        # (float32 past 1.8e19, float16 past 256) is still returned exactly; the gradient is the Gram sweep's
+        check_tt(tt, "frobenius_norm", "tt")
+        cores = [flat_modes(c) for c in batched_cores(tt)]
+        with torch.no_grad():
+            norm = _norm_by_qr(cores)
+            value = torch.sqrt(norm * norm + epsilon).to(cores[0].real.dtype)
+        value = value if is_batch(tt) else value[0]
+        if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
+            graded = frobenius_norm(tt, epsilon, differentiable=True)
+            value = value + (graded - graded.detach())
+        return value
     sq = frobenius_norm_squared(tt, differentiable=differentiable) + epsilon
     sq = sq.clamp_min(0.0)  # a Gram sweep can round a zero norm to -1e-30; clamp keeps NaN as NaN
     zero = sq == 0
