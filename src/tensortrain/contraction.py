@@ -138,6 +138,7 @@ def clear_plan_cache() -> None:
     """Forget every cached plan (e.g. after changing threads or hardware).
 
     Example:
+        >>> import torch, tensortrain as tt
         >>> tt.contraction.clear_plan_cache(); tt.contraction.plan_cache_size()
         0
     """
@@ -149,6 +150,7 @@ def plan_cache_size() -> int:
     """The number of cached plans: one per (core shapes, strategy, batch bucket, dtype, device type, grad mode).
 
     Example:
+        >>> import torch, tensortrain as tt
         >>> tt.contraction.plan_cache_size() >= 0
         True
     """
@@ -288,6 +290,7 @@ def plan(
         ``O(d^2)`` cost evaluations for the grouping programme, once per cache key.
 
     Example:
+        >>> import torch, tensortrain as tt
         >>> w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4)
         >>> print(tt.contraction.plan(w, 8).describe())  # doctest: +SKIP
         full (W from halves split at core 1, one GEMM)
@@ -325,6 +328,7 @@ def enumerate_plans(
         ``O(2^d d)``: meant for tests and inspection, not the hot path.
 
     Example:
+        >>> import torch, tensortrain as tt
         >>> w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4)
         >>> best = min(tt.contraction.enumerate_plans(w, 64), key=lambda p: p.est_seconds)
         >>> y = tt.contraction.linear(torch.randn(64, 28), w, strategy=best)
@@ -498,6 +502,7 @@ def linear(
         building ``W`` and one ``2 B M N`` GEMM.
 
     Example:
+        >>> import torch, tensortrain as tt
         >>> w = tt.random_matrix([[5, 5], [4, 7]], tt_rank=4)  # 25 x 28
         >>> tt.contraction.linear(torch.randn(64, 28), w).shape
         torch.Size([64, 25])
@@ -594,6 +599,7 @@ def tt_dense_matmul(
         As :func:`linear` with batch ``prod(...) * P``.
 
     Example:
+        >>> import torch, tensortrain as tt
         >>> w = tt.random_matrix([[2, 3], [2, 2]], tt_rank=2)  # 6 x 4
         >>> tt.contraction.tt_dense_matmul(w, torch.randn(4, 5)).shape
         torch.Size([6, 5])
@@ -635,6 +641,7 @@ def dense_tt_matmul(
         As :func:`linear` with the roles of ``M`` and ``N`` swapped.
 
     Example:
+        >>> import torch, tensortrain as tt
         >>> w = tt.random_matrix([[2, 3], [2, 2]], tt_rank=2)  # 6 x 4
         >>> tt.contraction.dense_tt_matmul(torch.randn(5, 6), w).shape
         torch.Size([5, 4])

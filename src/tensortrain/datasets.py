@@ -119,7 +119,7 @@ def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
 
     Example:
         >>> labels = read_idx("mnist/t10k-labels-idx1-ubyte.gz")  # doctest: +SKIP
-        >>> labels.shape
+        >>> labels.shape  # doctest: +SKIP
         torch.Size([10000])
     """
     path = Path(path)
@@ -299,7 +299,7 @@ def load_mnist(
 
     Example:
         >>> data = load_mnist("../shared/data/mnist")  # doctest: +SKIP
-        >>> data.train_images.shape, data.test_labels.dtype
+        >>> data.train_images.shape, data.test_labels.dtype  # doctest: +SKIP
         (torch.Size([60000, 28, 28]), torch.int64)
     """
     folder = Path(root).expanduser() if root is not None else default_data_dir()

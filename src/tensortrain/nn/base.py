@@ -122,9 +122,10 @@ class TTModule(nn.Module):
         cores' size and never holds the dense weight.
 
         Example:
+            >>> import torch, tensortrain as tt
             >>> layer = tt.nn.TTLinear(784, 625, tt_rank=4)
             >>> with torch.no_grad():
-            ...     layer.cores[0].data.mul_(2.0)  # bypasses the version counter
+            ...     _ = layer.cores[0].data.mul_(2.0)  # bypasses the version counter
             >>> layer.clear_cache()
         """
         self._cache.clear()

@@ -221,6 +221,7 @@ class TTLinear(TTModule):
             force another plan call ``tt.contraction.linear(x, layer.weight, layer.bias, strategy=...)``.
 
         Example:
+            >>> import torch, tensortrain as tt
             >>> layer = tt.nn.TTLinear(784, 625, tt_rank=4)
             >>> layer.plan(1024, requires_grad=False).kind  # doctest: +SKIP
             'sweep'
@@ -308,6 +309,7 @@ class TTLinear(TTModule):
             TypeError: ``tt_matrix`` is not a TT-matrix TensorTrain.
 
         Example:
+            >>> import torch, tensortrain as tt
             >>> w = tt.to_tt_matrix(torch.randn(625, 784), [[5, 5, 5, 5], [7, 4, 7, 4]], max_tt_rank=4)
             >>> TTLinear.from_tt(w).weight.shape
             torch.Size([625, 784])
@@ -356,6 +358,7 @@ class TTLinear(TTModule):
                 of the wrong shape or a bias given to a layer without one.
 
         Example:
+            >>> import torch, tensortrain as tt
             >>> layer = TTLinear(784, 625, tt_rank=16, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
             >>> kernel = tt.to_tt_matrix(torch.randn(625, 784), [[5] * 4, [7, 4, 7, 4]], max_tt_rank=16)
             >>> layer.load_tt_(kernel).tt_ranks
