@@ -229,3 +229,15 @@ def test_layer_keeps_its_halves_for_inference_and_sees_core_updates(gen):
     import copy
 
     assert copy.deepcopy(emb)._cache == {}
+
+
+@pytest.mark.parametrize("v", [185189072897, 2**40 + 1, 1009, 30522, 10**6 + 3])
+def test_automatic_vocabulary_dims_cover_the_vocabulary(v):
+    """Just above k**d (656**4 + 1) the float root rounded down one mode: the table had a row too few."""
+    from tensortrain.nn.embedding import _padded_shape
+
+    for d in (2, 3, 4):
+        dims = _padded_shape(v, d)
+        assert math.prod(dims) >= v and len(dims) == d
+    emb = tt.nn.TTEmbedding(v, 16, tt_rank=2, device="meta")
+    assert math.prod(emb.voc_dims) >= v

@@ -6,6 +6,7 @@ import copy
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -488,3 +489,11 @@ def test_inference_cache_sees_fused_optimizer_steps(opt):
         want_e = emb.to_embedding()(idx)
     assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert_close(got_e, want_e, rtol=1e-5, atol=1e-5)
+
+
+def test_fractional_dims_are_refused():
+    """in_dims=(8.7, 8) was read as (8, 8)."""
+    for bad in ((8.7, 8), "88", (8, None)):
+        with pytest.raises(TypeError, match="in_dims must be a sequence of ints"):
+            tt.nn.TTLinear(64, 64, tt_rank=2, in_dims=bad, out_dims=(8, 8))  # type: ignore[arg-type]
+    assert tt.nn.TTLinear(64, 64, tt_rank=2, in_dims=(np.int64(8), 8), out_dims=(8, 8)).in_dims == (8, 8)

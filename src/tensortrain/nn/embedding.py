@@ -35,7 +35,12 @@ def _padded_shape(v: int, d: int) -> tuple[int, ...]:
     ``>= v`` (TT-Rec's ``suggested_tt_shapes`` with rounding up).
     """
     exact = auto_shape(v, d)
-    target = math.ceil(v ** (1.0 / d) - 1e-9)
+    # the smallest integer with target**d >= v; a float root alone can land one below it for v just above k**d
+    target = max(1, math.ceil(v ** (1.0 / d) - 1e-9))
+    while target**d < v:
+        target += 1
+    while target > 1 and (target - 1) ** d >= v:
+        target -= 1
     if max(exact) <= 2 * target:
         return exact
     dims = [target] * d

@@ -31,9 +31,12 @@ def _choose_d(n: int) -> int:
 
 def _check_dims(name: str, dims: Sequence[int], size: int, size_name: str) -> tuple[int, ...]:
     try:
-        out = tuple(int(k) for k in dims)
-    except (TypeError, ValueError):
+        ints = [as_int(k) for k in dims]
+    except TypeError:  # not iterable
         raise TypeError(f"{name} must be a sequence of ints, got {dims!r}") from None
+    if isinstance(dims, (str, bytes)) or any(k is None for k in ints):  # 8.7 would silently read as 8
+        raise TypeError(f"{name} must be a sequence of ints, got {dims!r}")
+    out = tuple(k for k in ints if k is not None)
     if not out or any(k < 1 for k in out):
         raise ShapeError(f"{name} must be a non-empty sequence of positive ints, got {out}")
     if math.prod(out) != size:
