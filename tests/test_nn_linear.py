@@ -497,3 +497,15 @@ def test_fractional_dims_are_refused():
         with pytest.raises(TypeError, match="in_dims must be a sequence of ints"):
             tt.nn.TTLinear(64, 64, tt_rank=2, in_dims=bad, out_dims=(8, 8))  # type: ignore[arg-type]
     assert tt.nn.TTLinear(64, 64, tt_rank=2, in_dims=(np.int64(8), 8), out_dims=(8, 8)).in_dims == (8, 8)
+
+
+def test_init_helpers_refuse_degenerate_arguments():
+    from tensortrain.nn.init import dense_variance, tt_normal_
+
+    with pytest.raises(ValueError, match="fan_in and fan_out must be ints >= 1"):
+        dense_variance("glorot", 0, 5)
+    with pytest.raises(ValueError, match="expected at least one core"):
+        tt_normal_([], 1.0)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="variance must be finite and > 0"):
+            tt_normal_([torch.empty(1, 3, 1)], bad)

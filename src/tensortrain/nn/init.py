@@ -17,6 +17,8 @@ from typing import Literal, get_args
 
 import torch
 
+from ..shapes import as_int
+
 __all__ = ["dense_variance", "tt_normal_"]
 
 InitScheme = Literal["linear", "glorot", "he", "lecun"]
@@ -37,12 +39,14 @@ def dense_variance(init: str, fan_in: int, fan_out: int) -> float:
         The variance as a float.
 
     Raises:
-        ValueError: an unknown scheme (the message lists the valid ones).
+        ValueError: an unknown scheme (the message lists the valid ones), fans that are not ints >= 1.
 
     Example:
         >>> dense_variance("glorot", 784, 625)  # doctest: +ELLIPSIS
         0.00141...
     """
+    if as_int(fan_in) is None or as_int(fan_out) is None or fan_in < 1 or fan_out < 1:
+        raise ValueError(f"dense_variance: fan_in and fan_out must be ints >= 1, got {fan_in!r}, {fan_out!r}")
     if init == "linear":
         return 1.0 / (3.0 * fan_in)
     if init == "glorot":
@@ -67,7 +71,7 @@ def tt_normal_(
         generator: an optional ``torch.Generator`` for reproducible values.
 
     Raises:
-        ValueError: a variance that is not positive.
+        ValueError: a variance that is not positive and finite, or no cores.
 
     Complexity: O(sum of core sizes).
 
@@ -75,9 +79,11 @@ def tt_normal_(
         >>> cores = [torch.empty(1, 5, 7, 4), torch.empty(4, 5, 4, 1)]
         >>> tt_normal_(cores, 1e-3)
     """
-    if not variance > 0:
-        raise ValueError(f"tt_normal_: variance must be > 0, got {variance!r}")
+    if not (variance > 0 and math.isfinite(variance)):
+        raise ValueError(f"tt_normal_: variance must be finite and > 0, got {variance!r}")
     d = len(cores)
+    if d == 0:
+        raise ValueError("tt_normal_: expected at least one core, got none")
     inner_ranks = math.prod(int(c.shape[0]) for c in cores[1:])
     # Per-core std: the d-th root of the target std divided by the sqrt of the number of rank paths.
     std = (variance / inner_ranks) ** (1.0 / (2 * d))
