@@ -505,3 +505,16 @@ def test_bad_batch_sizes_and_biases_are_refused(gen):
             tt.ShapeError, match=r"linear: bias must be a tensor of shape \(32,\), got \(31,\)"
         ):
             C.linear(x, w, torch.zeros(31), strategy=strategy)
+
+
+def test_reported_flops_do_not_depend_on_pricing(gen):
+    """Slow training GEMMs on DRAM-sized states are priced double in the time estimate only: a plan reports the
+    FLOPs it does (the forward's the same with and without gradients), and batch 0 prints no ratio."""
+    w = tt.random_matrix([[16, 16, 16], [16, 16, 16]], tt_rank=16, generator=gen)
+    for strategy in ("cores_rtl", "cores_ltr"):
+        p0 = C.plan(w, 1024, requires_grad=False, strategy=strategy)
+        p1 = C.plan(w, 1024, requires_grad=True, strategy=strategy)
+        assert p0.flops_forward == p1.flops_forward
+        assert p1.flops_backward == 2 * p1.flops_forward
+    text = str(C.plan(tt.random_matrix([[4, 8], [7, 4]], tt_rank=4, generator=gen), 0))
+    assert "(against the dense product's 0 GFLOP)" in text and "x more" not in text

@@ -110,12 +110,15 @@ class ContractionPlan:
 
     def __str__(self) -> str:
         m, n = _prod(self.row_dims), _prod(self.col_dims)
-        ratio = self.dense_flops / max(self.flops_forward, 1)
-        vs = f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / max(ratio, 1e-12):.2f}x more"
+        dense = f"the dense product's {self.dense_flops / 1e9:.3g} GFLOP"
+        if self.dense_flops == 0:  # batch 0: no ratio to speak of
+            vs = f"against {dense}"
+        else:
+            ratio = self.dense_flops / max(self.flops_forward, 1)
+            vs = (f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / ratio:.2f}x more") + f" than {dense}"
         s = (
             f"ContractionPlan: {self.describe()} for a {m}x{n} TT-matrix {self.row_dims}x{self.col_dims}, "
-            f"ranks {self.tt_ranks}, batch {self.batch_size}: forward {self.flops_forward / 1e9:.3g} GFLOP "
-            f"({vs} than the dense product's {self.dense_flops / 1e9:.3g} GFLOP)"
+            f"ranks {self.tt_ranks}, batch {self.batch_size}: forward {self.flops_forward / 1e9:.3g} GFLOP ({vs})"
         )
         if self.requires_grad:
             s += (
