@@ -509,3 +509,16 @@ def test_init_helpers_refuse_degenerate_arguments():
     for bad in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="variance must be finite and > 0"):
             tt_normal_([torch.empty(1, 3, 1)], bad)
+
+
+def test_moving_a_layer_drops_its_cache():
+    """After .double() / .to() the cache held the old cores' storages until each key was used again."""
+    layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2))
+    with torch.no_grad():
+        layer(torch.randn(4, 24))
+    assert layer._cache
+    layer.double()
+    assert not layer._cache
+    with torch.no_grad():
+        x = torch.randn(4, 24, dtype=torch.float64)
+        assert_close(layer(x), torch.nn.functional.linear(x, layer.to_linear().weight, layer.bias))

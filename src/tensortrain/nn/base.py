@@ -130,6 +130,12 @@ class TTModule(nn.Module):
         """
         self._cache.clear()
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # .to() / .double() / .cuda() give the cores new storages: the cache would only hold the old ones alive
+        # until each of its keys is used again
+        self._cache.clear()
+        return super()._apply(fn, recurse)
+
     @property
     def tt_ranks(self) -> tuple[int, ...]:
         """The TT-ranks ``(1, r_1, ..., r_{d-1}, 1)`` of the layer's TT-matrix."""
