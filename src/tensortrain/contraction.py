@@ -532,25 +532,32 @@ def _linear(
             f"{fn}: x has shape {tuple(x.shape)} but the TT-matrix has {n} columns "
             f"(col dims {tuple(int(c.shape[2]) for c in cores)}); x must be (..., {n})"
         )
-    # under autocast floating dtypes may differ, as for F.linear: the products cast both operands
-    autocast_ok = x.is_floating_point() and c0.is_floating_point() and _exec._autocasting(x.device.type)
-    if (x.dtype != c0.dtype and not autocast_ok) or x.device != c0.device:
-        raise ShapeError(
-            f"{fn}: x is {x.dtype} on {x.device} but the TT-matrix is {c0.dtype} on {c0.device}; "
-            "convert one of them first"
-        )
+    check_operand(fn, "x", x, c0)
     if bias is not None:
-        m = _prod([int(c.shape[1]) for c in cores])
-        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (m,):
-            got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
-            raise ShapeError(f"{fn}: bias must be a tensor of shape ({m},), got {got}")
-        # (every plan must see the same bias: sweeps would cast another dtype silently, the full plan's addmm fail)
-        if (bias.dtype != c0.dtype and not autocast_ok) or bias.device != c0.device:
-            raise ShapeError(
-                f"{fn}: bias is {bias.dtype} on {bias.device} but the TT-matrix is {c0.dtype} on {c0.device}; "
-                "convert one of them first"
-            )
+        check_bias(fn, bias, _prod([int(c.shape[1]) for c in cores]), c0)
     return apply_unchecked(x, cores, bias, n, strategy)
+
+
+def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None:
+    """``t`` has the cores' dtype and device (under autocast floating dtypes may differ, as for ``F.linear``: the
+    products cast both operands)."""
+    same = t.dtype == c0.dtype or (
+        t.is_floating_point() and c0.is_floating_point() and _exec.autocasting(t.device.type)
+    )
+    if not same or t.device != c0.device:
+        raise ShapeError(
+            f"{fn}: {name} has dtype {t.dtype} on {t.device} but the TT-matrix has dtype {c0.dtype} on "
+            f"{c0.device}; convert one of them, e.g. {name}.to({c0.dtype})"
+        )
+
+
+def check_bias(fn: str, bias: Any, m: int, c0: torch.Tensor) -> None:
+    """A bias of shape ``(M,)`` with the cores' dtype and device: every plan must see the same bias (sweeps would
+    cast another dtype silently, the full plan's ``addmm`` fail)."""
+    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (m,):
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ShapeError(f"{fn}: bias must have shape ({m},), got {got}")
+    check_operand(fn, "bias", bias, c0)
 
 
 def apply_unchecked(

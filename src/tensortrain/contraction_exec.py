@@ -107,8 +107,7 @@ def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | N
     """
     if chunk is None or x2d.shape[0] <= chunk:
         return _steps(x2d, supers, direction)
-    if _recording(x2d, *(a for a, _, _ in supers)) or transforms_active() or _autocasting(x2d.device.type):
-        # (out= writes would bypass autograd, a transform's wrapped tensors and autocast's casts)
+    if not _writable(x2d, *(a for a, _, _ in supers)):
         return torch.cat([_steps(xc, supers, direction) for xc in x2d.split(chunk)])
     b = int(x2d.shape[0])
     order = list(reversed(supers)) if direction == "rtl" else supers
@@ -235,7 +234,7 @@ def build_full(
 def _writable(*ts: torch.Tensor) -> bool:
     """Whether results may be written into given memory (``out=``): not while autograd records these tensors, nor
     under a transform's wrapped tensors or autocast's casts."""
-    return not (_recording(*ts) or transforms_active() or _autocasting(ts[0].device.type))
+    return not (_recording(*ts) or transforms_active() or autocasting(ts[0].device.type))
 
 
 def _build_sliced(
@@ -299,7 +298,7 @@ def _grad_halves(
     return (torch.cat(gls) if need[0] else None), gr
 
 
-def _autocasting(device_type: str) -> bool:
+def autocasting(device_type: str) -> bool:
     """Whether autocast is on for this device type (False for types autocast does not know, such as meta)."""
     try:
         return torch.is_autocast_enabled(device_type)
@@ -309,7 +308,7 @@ def _autocasting(device_type: str) -> bool:
 
 def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     """A context in which autocast is off for ``device_type`` (a no-op where it is off already)."""
-    if not _autocasting(device_type):
+    if not autocasting(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
 
@@ -323,7 +322,7 @@ def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
     """
     first = next(t for t in ts if t is not None)
     kind = first.device.type
-    if not _autocasting(kind):
+    if not autocasting(kind):
         return ts
     low = torch.get_autocast_dtype(kind)
     return tuple(t.to(low) if t is not None and t.is_floating_point() else t for t in ts)
@@ -335,7 +334,7 @@ def _built(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Ite
     ml, nl, mr, nr = dims
     # (a double backward records the build: no out= writes then; nor under a transform). Not only a blocked W:
     # any W of MiBs is faulted in afresh on every call when the allocator hands back new pages
-    if torch.is_grad_enabled() or transforms_active() or _autocasting(lmat.device.type):
+    if torch.is_grad_enabled() or transforms_active() or autocasting(lmat.device.type):
         yield build_full(lmat, rmat, dims)
         return
     with workspace.scratch((ml * mr, nl * nr), lmat.dtype, lmat.device) as w:

@@ -13,7 +13,7 @@ import torch
 from .. import contraction
 from .. import contraction_cost as _cost
 from .._transforms import transforms_active
-from ..contraction_exec import _autocasting, full_precision, halves
+from ..contraction_exec import full_precision, halves
 from ..errors import ShapeError
 from ..shapes import as_int
 from ..tensor_train import TensorTrain
@@ -28,18 +28,6 @@ def _check_tt_matrix(fn: str, weight: object) -> TensorTrain:
             kind = "TT-tensor"
         raise TypeError(f"{fn}: weight must be a TT-matrix TensorTrain, got a {kind}")
     return weight
-
-
-def _check_operand(fn: str, name: str, t: torch.Tensor, weight: TensorTrain | torch.Tensor) -> None:
-    # under autocast floating dtypes may differ, as for nn.Linear: the products cast both operands
-    dtype_ok = t.dtype == weight.dtype or (
-        t.is_floating_point() and weight.dtype.is_floating_point and _autocasting(t.device.type)
-    )
-    if not dtype_ok or t.device != weight.device:
-        raise ShapeError(
-            f"{fn}: {name} has dtype {t.dtype} on {t.device} but the weight has dtype {weight.dtype} "
-            f"on {weight.device}; move one of them, e.g. {name}.to(weight.dtype)"
-        )
 
 
 def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,11 +88,9 @@ def linear_cores(
         in_dims = tuple(int(c.shape[2]) for c in cores)
         got = "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
         raise ShapeError(f"tt_linear: input has {got} but the TT weight has {n} columns (in dims {in_dims})")
-    _check_operand("tt_linear", "input", input, c0)
+    contraction.check_operand("tt_linear", "input", input, c0)
     if bias is not None:
-        if tuple(bias.shape) != (m,):
-            raise ShapeError(f"tt_linear: bias must have shape ({m},), got {tuple(bias.shape)}")
-        _check_operand("tt_linear", "bias", bias, c0)
+        contraction.check_bias("tt_linear", bias, m, c0)
     # x @ W^T with all leading dims as rows, in the order tensortrain.contraction's cost model picks.
     return contraction.apply_unchecked(input, cores, bias, n, cache=cache)
 
