@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import ShapeError
-from .shapes import as_int, max_tt_ranks, normalize_tt_rank
+from .shapes import as_int, max_tt_ranks, normalize_tt_rank, plain_scalar
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["eye", "matrix_ones", "matrix_zeros", "ones_like", "tensor_ones", "tensor_zeros", "zeros_like"]
@@ -49,17 +49,11 @@ def _dims(shape: Any, name: str) -> tuple[int, ...]:
     for n in shape:
         k = as_int(n)  # refuses bools, floats and strings
         if k is None:
-            raise TypeError(f"{name}: mode sizes must be ints, got {tuple(_plain(n) for n in shape)!r}")
+            raise TypeError(f"{name}: mode sizes must be ints, got {tuple(plain_scalar(n) for n in shape)!r}")
         dims.append(k)
     if any(n < 1 for n in dims):
         raise ShapeError(f"{name}: mode sizes must be >= 1, got {tuple(dims)}")
     return tuple(dims)
-
-
-def _plain(value: Any) -> Any:
-    """A NumPy/torch scalar as the Python value it holds, so messages read ``(3.0, 4.0)`` for an array too."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
 
 
 def _matrix_dims(shape: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

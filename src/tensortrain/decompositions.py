@@ -47,7 +47,7 @@ from .orthogonalization import (
     right_orthogonalize,
     split_modes,
 )
-from .shapes import as_int, max_tt_ranks, normalize_tt_rank
+from .shapes import as_int, max_tt_ranks, normalize_tt_rank, plain_scalar
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 from .truncation import Method, check_method, truncated_factor
 
@@ -100,11 +100,6 @@ def _caps(max_tt_rank: MaxRank, modes: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(c, b) for c, b in zip(caps, bound, strict=True))
 
 
-def _item(value: Any) -> Any:
-    """A 0-dim NumPy/torch value as the Python number it holds; anything else unchanged."""
-    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
-
-
 def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
     """t3f's cap forms as :func:`normalize_tt_rank` reads them; anything else is passed on for it to refuse.
 
@@ -116,9 +111,9 @@ def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
     """
     ndim = getattr(max_tt_rank, "ndim", None)  # NumPy arrays and tensors
     if isinstance(max_tt_rank, numbers.Number) or ndim == 0:
-        values, scalar = [_item(max_tt_rank)], True
+        values, scalar = [plain_scalar(max_tt_rank)], True
     elif ndim == 1 or (isinstance(max_tt_rank, Sequence) and not isinstance(max_tt_rank, str | bytes)):
-        values, scalar = [_item(v) for v in max_tt_rank], False
+        values, scalar = [plain_scalar(v) for v in max_tt_rank], False
     else:
         return max_tt_rank
     shown = values[0] if scalar else tuple(values)

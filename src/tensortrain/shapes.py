@@ -39,6 +39,13 @@ def as_int(value: Any) -> int | None:
         return None
 
 
+def plain_scalar(value: Any) -> Any:
+    """A 0-dim NumPy/torch value as the Python number it holds (anything else unchanged): for messages and for
+    argument forms such as t3f's ``3 * np.ones(d + 1)``."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
+
+
 def prime_factors(n: int) -> list[int]:
     """Prime factors of ``n`` in ascending order, with multiplicity (``prime_factors(12) == [2, 2, 3]``).
 
