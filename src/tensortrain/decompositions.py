@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from .errors import ShapeError
+from .operands import wide_dtype
 from .orthogonalization import (
     check_finite_cores,
     compute_dtype,
@@ -147,12 +148,11 @@ def _norms(x2d: torch.Tensor) -> torch.Tensor:
     """Row norms in float64 (float32 on MPS; the budgets are compared in that type). Taken in ``x``'s dtype
     first (fast); rows whose sum of squares may have overflowed or underflowed it (a float32 row of norm 2e19 reads
     as inf, one of 1e-20 as 0: an infinite or zero error budget) are taken again in the wide type."""
-    wide = torch.float32 if x2d.device.type == "mps" else torch.float64
-    norms = x2d.norm(dim=1).to(wide)
+    norms = x2d.norm(dim=1).to(wide_dtype(x2d.real))
     small = math.sqrt(torch.finfo(x2d.dtype).tiny) * 1e9  # above it, underflowed squares are negligible
     redo = ~torch.isfinite(norms) | (norms < small)
     if bool(redo.any()):
-        again = torch.linalg.vector_norm(x2d[redo].to(wide.to_complex() if x2d.is_complex() else wide), dim=1)
+        again = torch.linalg.vector_norm(x2d[redo].to(wide_dtype(x2d)), dim=1)
         norms = norms.masked_scatter(redo, again)
     return norms
 

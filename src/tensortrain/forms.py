@@ -21,6 +21,7 @@ from .operands import (
     is_batch,
     matrix_dims,
     vector_cores,
+    wide_dtype,
 )
 from .products import inner_sweep
 from .tensor_train import TensorTrainBase
@@ -85,8 +86,7 @@ def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
     # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32.
     half = cores[0].dtype in (torch.float16, torch.bfloat16)
     last = _qr_last_core([c.float() for c in cores] if half else cores).flatten(1)
-    wide = torch.float32 if last.device.type == "mps" else torch.float64
-    norm = torch.linalg.vector_norm(last.to(torch.complex128 if last.is_complex() else wide), dim=1)
+    norm = torch.linalg.vector_norm(last.to(wide_dtype(last)), dim=1)
     # LAPACK's QR can return a finite R for a column that holds a NaN: add 0 * (every core entry), which is 0 for
     # finite cores and NaN otherwise, so a non-finite TT never gets a finite norm.
     return norm + sum((c.flatten(1) * 0).sum(dim=1).real.to(norm.dtype) for c in cores)

@@ -19,6 +19,13 @@ from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 __all__: list[str] = []
 
 
+def wide_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 (complex128 for a complex ``t``), float32 on MPS, which has no float64: the type for norms and
+    rank decisions that must not over- or underflow ``t``'s own dtype."""
+    real = torch.float32 if t.device.type == "mps" else torch.float64
+    return real.to_complex() if t.is_complex() else real
+
+
 def check_tt(x: Any, op: str, name: str = "argument") -> TensorTrainBase:
     """Raise ``TypeError`` unless ``x`` is a TT object."""
     if not isinstance(x, TensorTrainBase):

@@ -37,6 +37,7 @@ from .operands import (
     matrix_dims,
     paired_cores,
     tensor_dims,
+    wide_dtype,
     wrap,
 )
 from .products import flat_inner, matmul
@@ -305,11 +306,6 @@ def multiply(tt_left: Any, right: Any) -> Any:
     return tt_left._new(_scale_balanced(list(tt_left.tt_cores), c))
 
 
-def _widen(dtype: torch.dtype, wide: torch.dtype) -> torch.dtype:
-    """``wide`` (a real dtype), or its complex counterpart for a complex ``dtype``."""
-    return wide.to_complex() if dtype.is_complex else wide
-
-
 def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]:
     d = len(cores)
     value: complex | float = c if c.imag != 0 else c.real
@@ -405,9 +401,8 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
     cores = batched_cores(tt)
     # (d, B) norms in float64 (float32 on MPS): the cores this is meant for may have norms whose squares leave
     # their own dtype's range (a float32 core of norm 1e20 would read as inf, one of 1e-20 as 0)
-    wide = torch.float32 if cores[0].device.type == "mps" else torch.float64
     norms = torch.stack(
-        [torch.linalg.vector_norm(c.reshape(c.shape[0], -1).to(_widen(c.dtype, wide)), dim=1) for c in cores]
+        [torch.linalg.vector_norm(c.reshape(c.shape[0], -1).to(wide_dtype(c)), dim=1) for c in cores]
     )
     norms = norms.clamp_min(epsilon) if epsilon > 0 else norms
     mean = norms.log().mean(dim=0).exp()

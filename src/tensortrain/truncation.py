@@ -30,6 +30,8 @@ from typing import Literal, get_args
 
 import torch
 
+from .operands import wide_dtype
+
 __all__ = ["METHODS", "Method", "check_method", "truncated_factor"]
 
 Method = Literal["auto", "exact", "randomized"]
@@ -148,7 +150,7 @@ def _rank_for(tail2: torch.Tensor, delta: torch.Tensor | None, max_rank: int) ->
 
 def _acc(x: torch.Tensor) -> torch.Tensor:
     """``x`` detached, in float64 for the rank decisions (float32 on MPS, which has no float64)."""
-    return x.detach().to(torch.float32 if x.device.type == "mps" else torch.float64)
+    return x.detach().to(wide_dtype(x.real))
 
 
 def _tails(s: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
