@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
-from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank
+from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank
 from ..tensor_train import TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_
@@ -146,7 +146,7 @@ class TTEmbedding(TTModule):
         if init not in _EMBEDDING_INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, _EMBEDDING_INITS))}; got {init!r}")
         self.init = init
-        self.padding_idx = self._normalize_padding_idx(padding_idx)
+        self.padding_idx = F.padding_index("TTEmbedding", padding_idx, self.num_embeddings)
         d = len(self.voc_dims)
         ranks = normalize_tt_rank(tt_rank, d)
         cap = max_tt_ranks([m * n for m, n in zip(self.voc_dims, self.emb_dims, strict=True)])
@@ -158,18 +158,6 @@ class TTEmbedding(TTModule):
             for k in range(d)
         )
         self.reset_parameters()
-
-    def _normalize_padding_idx(self, padding_idx: int | None) -> int | None:
-        if padding_idx is None:
-            return None
-        k = as_int(padding_idx)
-        if k is None:  # 2.5 or "3" would never match an index: the padding would silently do nothing
-            raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
-        padding_idx = k
-        v = self.num_embeddings
-        if not -v <= padding_idx < v:
-            raise ValueError(f"padding_idx must be within [-{v}, {v}) (num_embeddings), got {padding_idx}")
-        return padding_idx + v if padding_idx < 0 else padding_idx
 
     def reset_parameters(self) -> None:
         """Re-draw the cores so the table's entries have the ``init`` scheme's variance."""

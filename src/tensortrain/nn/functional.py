@@ -7,6 +7,7 @@ Symbols: ``d`` number of cores, ``m_k`` row modes (``M = prod m_k``), ``n_k`` co
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -163,6 +164,18 @@ def tt_embedding(
     return _embedding(input, _check_tt_matrix("tt_embedding", weight), padding_idx, num_embeddings, None)
 
 
+def padding_index(fn: str, padding_idx: Any, v: int) -> int | None:
+    """``padding_idx`` as an index in ``[0, v)`` (negative ones count from the end), or None."""
+    if padding_idx is None:
+        return None
+    k = as_int(padding_idx)
+    if k is None:  # 2.5 or "3" would never match an index: the padding would silently do nothing
+        raise TypeError(f"{fn}: padding_idx must be an int or None, got {padding_idx!r}")
+    if not -v <= k < v:
+        raise ValueError(f"{fn}: padding_idx must be within [-{v}, {v}), got {k}")
+    return k % v
+
+
 def _embedding(
     input: torch.Tensor,
     weight: TensorTrain,
@@ -184,14 +197,7 @@ def _embedding(
             f"tt_embedding: num_embeddings={v} exceeds the table's {v_pad} rows (voc dims {tuple(voc_dims)})"
         )
     _check_indices("tt_embedding", input, v, weight.device)
-    if padding_idx is not None:
-        k = as_int(padding_idx)
-        if k is None:
-            raise TypeError(f"tt_embedding: padding_idx must be an int or None, got {padding_idx!r}")
-        padding_idx = k
-        if not -v <= padding_idx < v:
-            raise ValueError(f"tt_embedding: padding_idx must be within [-{v}, {v}), got {padding_idx}")
-        padding_idx = padding_idx % v
+    padding_idx = padding_index("tt_embedding", padding_idx, v)
     flat = input.reshape(-1).long()
     with full_precision(weight.device.type):
         rows = _rows(weight, flat, voc_dims, cache)
