@@ -90,3 +90,30 @@ def test_validation(gen):
         tt.approximate.reduce_sum_batch(batch, 2, coef=torch.ones(4))
     with pytest.raises(TypeError, match="expected a TensorTrainBatch"):
         tt.approximate.reduce_sum_batch(batch[0], 2)
+    # complex weights on a real batch would lose their imaginary part
+    with pytest.raises(TypeError, match="complex coef"):
+        tt.approximate.reduce_sum_batch(batch, 2, coef=torch.tensor([1j, 1j, 1j]))
+    # a bad cap is refused even where nothing is rounded (one summand)
+    with pytest.raises(tt.ShapeError, match="max_tt_rank"):
+        tt.approximate.reduce_sum_batch(batch[:1], max_tt_rank=-5)
+    with pytest.raises(tt.ShapeError, match="add_n: max_tt_rank"):
+        tt.approximate.add_n([batch[0]], max_tt_rank=0)
+
+
+def test_reduce_sum_batch_of_one_honours_the_cap(gen):
+    batch = random_tt((4, 4, 4), (1, 3, 3, 1), gen=gen, batch_size=1)
+    res = tt.approximate.reduce_sum_batch(batch, max_tt_rank=1)
+    assert res.tt_ranks == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("bsz", [3, 5, 7])
+def test_reduce_sum_batch_odd_sizes_have_the_dense_gradient(bsz, gen):
+    # odd groups used to be padded with a zero element, whose exact sums have rank-deficient unfoldings: the
+    # QR/SVD backward of that rounding returned NaN
+    batch = random_tt((4, 4, 4), (1, 2, 2, 1), gen=gen, batch_size=bsz)
+    coef = torch.randn(bsz, generator=gen, dtype=torch.float64, requires_grad=True)
+    res = tt.approximate.reduce_sum_batch(batch, max_tt_rank=100, coef=coef)
+    (grad,) = torch.autograd.grad(tt.frobenius_norm_squared(res), coef)
+    ref = torch.einsum("b,bijk->ijk", coef, dense(batch))
+    (want,) = torch.autograd.grad((ref**2).sum(), coef)
+    assert_close(grad, want)

@@ -182,6 +182,18 @@ def test_load_tt_accepts_weight_and_t3f_kernel(gen):
     assert_close(from_kernel(x), x @ dense_from_cores(kernel) + bias)
 
 
+def test_load_tt_of_rounded_weight_gives_contiguous_cores():
+    # tt.round's cores are transposed views; Parameters made from them must be contiguous (safetensors refuses
+    # non-contiguous tensors, DDP buckets and .view() want them)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=8, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
+    layer.load_tt_(tt.round(layer.weight, max_tt_rank=3))
+    assert layer.tt_ranks == (1, 3, 3, 3, 1)
+    assert all(c.is_contiguous() for c in layer.cores)
+    emb = tt.nn.TTEmbedding(1000, 64, tt_rank=8)
+    emb.load_tt_(tt.round(emb.weight, max_tt_rank=3))
+    assert all(c.is_contiguous() for c in emb.cores)
+
+
 def test_state_dict_round_trip_survives_rank_change(gen):
     src = tt.nn.TTLinear(12, 6, tt_rank=4, in_dims=(3, 4), out_dims=(2, 3), dtype=torch.float64)
     src.load_tt_(tt.TensorTrain(random_cores(((2, 3), (3, 4)), (1, 2, 1), gen=gen)))

@@ -209,6 +209,15 @@ def test_multiply_number_keeps_cores_balanced(gen):
         assert_close(after, before * factor)
 
 
+def test_multiply_by_0dim_numpy_array(gen):
+    np = pytest.importorskip("numpy")
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    assert_close(ops.full(a * np.array(2.5)), 2.5 * ops.full(a))
+    assert_close(ops.full(np.array(-3) * a), -3 * ops.full(a))
+    with pytest.raises(TypeError, match="got ndarray"):
+        a * np.array([2.0])
+
+
 def test_multiply_by_0dim_tensor_is_differentiable(gen):
     a = random_tt((2, 3), (1, 2, 1), gen=gen)
     c = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)

@@ -246,6 +246,9 @@ def test_gather_nd_errors(gen):
         ops.gather_nd(a, torch.tensor([[-1, 0]]))
     with pytest.raises(tt.ShapeError, match="at least one dim"):
         ops.gather_nd(a, torch.tensor(1))
+    # an empty 1-D index tensor has 0 columns (it used to fail inside a reshape)
+    with pytest.raises(tt.ShapeError, match="must have 2 columns .* got 0"):
+        ops.gather_nd(a, torch.zeros(0, dtype=torch.long))
     m = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen, batch_size=2)
     with pytest.raises(
         tt.ShapeError, match=r"need 5 columns \(row modes, column modes\) or 3 \(row, column\), got 4"

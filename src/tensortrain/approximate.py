@@ -53,6 +53,8 @@ def add_n(tt_objects: Sequence[TensorTrainBase], max_tt_rank: MaxRank) -> Any:
     for x in objs:
         if not isinstance(x, TensorTrainBase):
             raise TypeError(f"add_n: expected TT objects, got {type(x).__name__}")
+    if len(objs) == 1:  # returned as is, but a bad cap is still an error
+        decompositions.check_caps(objs[0], max_tt_rank, "add_n")
     while len(objs) > 1:
         pairs = [
             decompositions.round(ops.add(a, b), max_tt_rank=max_tt_rank)
@@ -66,13 +68,19 @@ def _weights(coef: Any, bsz: int, like: TensorTrainBase) -> torch.Tensor | None:
     """``coef`` as a ``(B, N)`` tensor (None when no weighting)."""
     if coef is None:
         return None
-    c = torch.as_tensor(coef, dtype=like.dtype, device=like.device)
+    raw = torch.as_tensor(coef)
+    if raw.is_complex() and not like.dtype.is_complex:
+        raise TypeError(
+            f"reduce_sum_batch: complex coef ({raw.dtype}) for a real batch ({like.dtype}) would lose its "
+            "imaginary part; convert the batch to a complex dtype first"
+        )
+    c = raw.to(dtype=like.dtype, device=like.device)
     if c.dim() == 1:
         c = c[:, None]
     if c.dim() != 2 or c.shape[0] != bsz:
         raise ShapeError(
             f"reduce_sum_batch: coef must have shape ({bsz},) or ({bsz}, N) for a batch of {bsz}, "
-            f"got {tuple(torch.as_tensor(coef).shape)}"
+            f"got {tuple(raw.shape)}"
         )
     return c
 
@@ -113,22 +121,26 @@ def reduce_sum_batch(tt_batch: TensorTrainBatch, max_tt_rank: MaxRank, coef: Any
         scale = c.T.reshape(-1, *([1] * (cores[0].dim() - 1)))
         cores[0] = cores[0] * scale
     group = bsz
+    # An odd group's last element waits unrounded and joins the total at the end: padding the group with a zero
+    # element instead would round exact sums whose unfoldings are rank deficient (NaN gradients through QR/SVD).
+    leftovers: list[TensorTrainBatch] = []
     while group > 1:
-        if group % 2:  # pad each group with a zero element: adding it and rounding is exact
-            cores = [_pad_group(core, n_sums, group) for core in cores]
-            group += 1
-        half = group // 2
         grouped = [core.reshape(n_sums, group, *core.shape[1:]) for core in cores]
+        if group % 2:
+            leftovers.append(TensorTrainBatch([g[:, -1] for g in grouped]))
+            grouped = [g[:, :-1] for g in grouped]
+            group -= 1
+        half = group // 2
         first = TensorTrainBatch([g[:, :half].reshape(-1, *g.shape[2:]) for g in grouped])
         second = TensorTrainBatch([g[:, half:].reshape(-1, *g.shape[2:]) for g in grouped])
         cores = list(decompositions.round(ops.add(first, second), max_tt_rank=max_tt_rank).tt_cores)
         group = half
+    total = TensorTrainBatch(cores)
+    if bsz == 1:  # nothing was added: still honour the cap
+        total = decompositions.round(total, max_tt_rank=max_tt_rank)
+    for extra in leftovers:
+        total = decompositions.round(ops.add(total, extra), max_tt_rank=max_tt_rank)
+    cores = list(total.tt_cores)
     if c is None or (coef is not None and torch.as_tensor(coef).dim() == 1):
         return TensorTrain([core[0] for core in cores])
     return TensorTrainBatch(cores)
-
-
-def _pad_group(core: torch.Tensor, n_sums: int, group: int) -> torch.Tensor:
-    grouped = core.reshape(n_sums, group, *core.shape[1:])
-    zero = grouped.new_zeros(n_sums, 1, *core.shape[1:])
-    return torch.cat([grouped, zero], dim=1).reshape(-1, *core.shape[1:])

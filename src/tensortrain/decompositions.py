@@ -101,6 +101,14 @@ def _caps(max_tt_rank: MaxRank, modes: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(c, b) for c, b in zip(caps, bound, strict=True))
 
 
+def check_caps(tt: TensorTrainBase, max_tt_rank: MaxRank, name: str) -> tuple[int, ...]:
+    """``max_tt_rank`` validated for ``tt`` as :func:`round` reads it (its full ``d + 1`` caps)."""
+    try:
+        return _caps(max_tt_rank, [c.shape[2] for c in merge_modes(tt)[0]])
+    except (ShapeError, TypeError) as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
 def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
     """t3f's cap forms as :func:`normalize_tt_rank` reads them; anything else is passed on for it to refuse.
 

@@ -198,7 +198,8 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     if idx.dim() == 0:
         raise ShapeError("gather_nd: indices must have at least one dim (..., c), got a scalar")
     out_shape = idx.shape[:-1]
-    idx = idx.reshape(-1, idx.shape[-1])
+    # (an explicit row count: a reshape to (-1, 0) of an empty index tensor is ambiguous)
+    idx = idx.reshape(out_shape.numel(), idx.shape[-1])
     cores = batched_cores(tt)
     if is_batch(tt):
         bidx, idx = idx[:, 0], idx[:, 1:]

@@ -41,6 +41,7 @@ from .operands import (
     wrap,
 )
 from .products import flat_inner, matmul
+from .shapes import plain_scalar
 from .tensor_train import TensorTrainBase
 
 __all__ = [
@@ -295,6 +296,7 @@ def multiply(tt_left: Any, right: Any) -> Any:
             )
         cores[0] = cores[0] * right.to(dtype=cores[0].dtype, device=cores[0].device)
         return tt_left._new(cores)
+    right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds
     if isinstance(right, bool) or not isinstance(right, numbers.Number):
         raise TypeError(f"multiply: expects a number or a TT object, got {type(right).__name__}")
     c = complex(right)  # type: ignore[call-overload]

@@ -22,7 +22,10 @@ def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor]) -> No
             if params[k].shape == c.shape:
                 params[k].copy_(c)
             else:
-                params[k] = nn.Parameter(c.clone(), requires_grad=params[k].requires_grad)
+                # contiguous: cores from tt.round are transposed views, and non-contiguous Parameters break
+                # safetensors, DDP's gradient buckets and .view()
+                fresh = c.clone(memory_format=torch.contiguous_format)
+                params[k] = nn.Parameter(fresh, requires_grad=params[k].requires_grad)
 
 
 def _fmt_modes(modes: Sequence[tuple[int, ...] | None]) -> str:
