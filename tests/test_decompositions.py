@@ -632,6 +632,41 @@ def test_meta_tensors_decompose_by_rank_and_refuse_epsilon():
         tt.round(tt.random_tensor((4, 4, 4), tt_rank=3).to("meta"), epsilon=0.1)
 
 
+def test_meta_tensors_with_large_unfoldings_decompose_by_rank():
+    # shapes only: neither the randomized sketch (a generator on meta) nor CholeskyQR's checks (.item()) may run
+    assert tt.to_tt_tensor(torch.empty(1024, 1024, device="meta"), 16).tt_ranks == (1, 16, 1)
+    assert tt.to_tt_tensor(torch.empty(64, 4, device="meta"), 10).tt_ranks == (1, 4, 1)
+    big = tt.random_tensor((16, 16, 16, 16), tt_rank=300).to("meta")
+    assert tt.round(big, 40).tt_ranks == (1, 16, 40, 16, 1)
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(1024, 1024))
+    small, _ = tt.compress(model, max_tt_rank=16)
+    assert small[0].tt_ranks[len(small[0].tt_ranks) // 2] == 16 and small[0].cores[0].device.type == "meta"
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-170])
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_epsilon_budget_of_float64_tensors_at_extreme_magnitudes(gen, scale, method):
+    """Squared float64 singular values and norms leave float64's range here: the rank decision must not."""
+    a = torch.randn(6, 6, 6, generator=gen, dtype=torch.float64)
+    want = tt.to_tt_tensor(a, max_tt_rank=None, epsilon=0.01).tt_ranks
+    x = tt.to_tt_tensor(a * scale, max_tt_rank=None, epsilon=0.01, method=method)
+    assert x.tt_ranks == want
+    assert ((tt.full(x) / scale - a).norm() / a.norm()).item() <= 0.01
+    r = tt.round(tt.to_tt_tensor(a * scale) * 2.0, epsilon=0.01, method=method)
+    assert r.tt_ranks == want
+
+
+def test_batch_cores_do_not_share_memory_across_the_batch():
+    # an uncapped wide first unfolding is kept as the identity: one copy per element, not an expanded view
+    xb = tt.to_tt_tensor(torch.randn(3, 4, 5, 6), max_tt_rank=100, batch=True)
+    assert all(0 not in c.stride() for c in xb.tt_cores)
+    params = [torch.nn.Parameter(c) for c in xb.tt_cores]
+    opt = torch.optim.SGD(params, lr=0.1)
+    tt.full(tt.TensorTrainBatch(list(params))).pow(2).sum().backward()
+    opt.step()  # in-place writes into an aliased core raised
+
+
 @pytest.mark.parametrize("scale", [1e20, 1e-24])
 def test_epsilon_budget_of_float32_tensors_at_extreme_magnitudes(gen, scale):
     """A float32 tensor whose norm is representable but whose squared norm is not (2e19 overflows, 1e-20

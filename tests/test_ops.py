@@ -349,9 +349,14 @@ def test_renormalize_a_zero_core_without_epsilon(gen):
         assert_close(ops.full(y), ops.full(x))
 
 
-def test_renormalize_rejects_negative_epsilon(gen):
-    with pytest.raises(ValueError, match="epsilon must be >= 0, got -1"):
-        ops.renormalize_tt_cores(random_tt((2,), (1, 1), gen=gen), epsilon=-1)
+def test_renormalize_rejects_bad_epsilon(gen):
+    a = random_tt((2,), (1, 1), gen=gen)
+    with pytest.raises(ValueError, match="epsilon must be a finite number >= 0, got -1"):
+        ops.renormalize_tt_cores(a, epsilon=-1)
+    with pytest.raises(ValueError, match="got inf"):  # an infinite floor made every core NaN
+        ops.renormalize_tt_cores(a, epsilon=float("inf"))
+    with pytest.raises(TypeError, match="epsilon must be a real number, got None"):
+        ops.renormalize_tt_cores(a, epsilon=None)
 
 
 def test_device_mismatch_is_a_shape_error(gen):

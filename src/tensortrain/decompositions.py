@@ -24,8 +24,10 @@ its error is measured, so the bound still holds, but ranks may exceed the minima
 
 float16/bfloat16 inputs are factored in float32 (LAPACK has no half precision) and the cores are cast back.
 
-Everything is differentiable through ``torch.linalg.svd``/``qr`` (gradients are finite where the kept singular
-values are distinct and separated from the dropped ones).
+Everything is differentiable through ``torch.linalg.svd``/``qr``. Gradients are finite where the kept singular
+values are distinct and separated from the dropped ones and the unfoldings have full rank; an exactly
+rank-deficient representation, such as ``round(x + zeros)`` whose added cores are zero blocks, can give NaN
+gradients (the QR's and SVD's backward formulas divide by zero there, as t3f's do).
 """
 
 from __future__ import annotations
@@ -160,7 +162,11 @@ def _norms(x2d: torch.Tensor) -> torch.Tensor:
     small = math.sqrt(torch.finfo(x2d.dtype).tiny) * 1e9  # above it, underflowed squares are negligible
     redo = ~torch.isfinite(norms) | (norms < small)
     if bool(redo.any()):
-        again = torch.linalg.vector_norm(x2d[redo].to(wide_dtype(x2d)), dim=1)
+        # scaled by each row's largest magnitude: float64 squares overflow too (a row of norm 1e160)
+        rows = x2d[redo].to(wide_dtype(x2d))
+        top = rows.abs().amax(dim=1, keepdim=True)
+        top = torch.where(top > 0, top, torch.ones_like(top))
+        again = torch.linalg.vector_norm(rows / top, dim=1) * top.squeeze(1)
         norms = norms.masked_scatter(redo, again)
     return norms
 

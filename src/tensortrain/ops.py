@@ -385,8 +385,8 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
         A TT object of the same class, shape and ranks.
 
     Raises:
-        TypeError: ``tt`` is not a TT object.
-        ValueError: ``epsilon`` is negative.
+        TypeError: ``tt`` is not a TT object, or ``epsilon`` is not a real number.
+        ValueError: ``epsilon`` is negative or not finite.
 
     Complexity: O(d r^2 n).
 
@@ -398,8 +398,10 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
         True
     """
     check_tt(tt, "renormalize_tt_cores", "tt")
-    if not epsilon >= 0:
-        raise ValueError(f"renormalize_tt_cores: epsilon must be >= 0, got {epsilon!r}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(f"renormalize_tt_cores: epsilon must be a real number, got {epsilon!r}")
+    if not math.isfinite(epsilon) or epsilon < 0:  # (an infinite floor made every core NaN)
+        raise ValueError(f"renormalize_tt_cores: epsilon must be a finite number >= 0, got {epsilon!r}")
     cores = batched_cores(tt)
     # (d, B) norms in float64 (float32 on MPS): the cores this is meant for may have norms whose squares leave
     # their own dtype's range (a float32 core of norm 1e20 would read as inf, one of 1e-20 as 0)

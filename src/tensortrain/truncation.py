@@ -117,7 +117,8 @@ def truncated_factor(
     m, n = a.shape[-2], a.shape[-1]
     if delta is None and max_rank >= min(m, n):
         return _lossless(a)
-    if use_randomized(method, max_rank, m, n, delta is not None):
+    # (a meta tensor has shapes only: no random sketch, no orthogonality checks; the exact path's ranks are the same)
+    if a.device.type != "meta" and use_randomized(method, max_rank, m, n, delta is not None):
         out = _randomized(a, max_rank, delta)
         if out is not None:
             return out
@@ -128,7 +129,8 @@ def _lossless(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """No truncation: the identity for a wide matrix, a reduced QR for a tall one."""
     m, n = a.shape[-2], a.shape[-1]
     if m <= n:
-        eye = torch.eye(m, dtype=a.dtype, device=a.device).expand(a.shape[0], m, m)
+        # its own copy per batch element: an expanded view would alias one buffer across a batch's cores
+        eye = torch.eye(m, dtype=a.dtype, device=a.device).repeat(a.shape[0], 1, 1)
         return eye, a
     q = _orth(a)
     return q, q.mH @ a
@@ -153,9 +155,23 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(wide_dtype(x.real))
 
 
-def _tails(s: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-    """``tails[:, j] = base + sum_{i >= j} s_i^2`` for ``j = 0..len(s)``."""
-    s2 = _acc(s) ** 2
+def _unit(s: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` scales for the rank decisions: each element's largest singular value (1 for a zero matrix).
+
+    Squares of singular values and of the error budget are compared after dividing by it: squared as they are,
+    a float64 input of norm 1e160 or 1e-170 overflows to inf or underflows to 0 (rank 1 for any epsilon).
+    """
+    top = (
+        _acc(s[..., 0])
+        if s.shape[-1]
+        else torch.zeros(s.shape[:-1], dtype=wide_dtype(s.real), device=s.device)
+    )
+    return torch.where(top > 0, top, torch.ones_like(top))
+
+
+def _tails(s: torch.Tensor, unit: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """``tails[:, j] = base + sum_{i >= j} (s_i / unit)^2`` for ``j = 0..len(s)``."""
+    s2 = (_acc(s) / unit.unsqueeze(-1)) ** 2
     rev = torch.flip(torch.cumsum(torch.flip(s2, [-1]), -1), [-1])
     tails = torch.cat([rev, torch.zeros_like(rev[..., :1])], dim=-1)
     return tails if base is None else tails + base.unsqueeze(-1)
@@ -190,7 +206,7 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
     numerically rank-deficient ``y``), Householder QR.
     """
     m, k = y.shape[-2], y.shape[-1]
-    if y.device.type == "mps" or m < 4 * k:
+    if y.device.type in ("mps", "meta") or m < 4 * k:
         return torch.linalg.qr(y).Q
     q = y.to(torch.complex128 if y.is_complex() else torch.float64)
     eye = torch.eye(k, dtype=q.dtype, device=q.device)
@@ -217,7 +233,8 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
 
 def _exact(a: torch.Tensor, max_rank: int, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     u, s, vh = _svd(a)
-    r = _rank_for(_tails(s), None if delta is None else _acc(delta), max_rank)
+    unit = _unit(s)
+    r = _rank_for(_tails(s, unit), None if delta is None else _acc(delta) / unit, max_rank)
     return u[..., :r], s[..., :r, None] * vh[..., :r, :]
 
 
@@ -242,9 +259,10 @@ def _randomized(
     else:
         # Certify: the error of keeping j components is ||A - QB||^2 + sum_{i >= j} s_i(B)^2, and the first
         # term is measured, not estimated from norms (that would cancel catastrophically).
-        outside = _acc((a - q @ b).abs()).pow(2).sum(dim=(-2, -1))
-        d2 = _acc(delta) ** 2
-        if bool((outside > d2).any()):
+        unit = _unit(s)
+        outside = (_acc((a - q @ b).abs()) / unit[:, None, None]).pow(2).sum(dim=(-2, -1))
+        rel = _acc(delta) / unit
+        if bool((outside > rel * rel).any()):
             return None
-        r = _rank_for(_tails(s, outside), _acc(delta), max_rank)
+        r = _rank_for(_tails(s, unit, outside), rel, max_rank)
     return q @ ub[..., :r], s[..., :r, None] * vh[..., :r, :]
