@@ -241,3 +241,21 @@ def test_automatic_vocabulary_dims_cover_the_vocabulary(v):
         assert math.prod(dims) >= v and len(dims) == d
     emb = tt.nn.TTEmbedding(v, 16, tt_rank=2, device="meta")
     assert math.prod(emb.voc_dims) >= v
+
+
+def test_tt_embedding_checks_num_embeddings():
+    w = tt.random_matrix([[4, 5], [2, 4]], tt_rank=3)  # 20 x 8 table
+    for bad in ("10", 2.5, True):
+        with pytest.raises(TypeError, match="num_embeddings must be an int"):
+            tt_embedding(torch.tensor([0, 1]), w, num_embeddings=bad)
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match="num_embeddings must be >= 1"):
+            tt_embedding(torch.tensor([0]), w, num_embeddings=bad)
+    assert tt_embedding(torch.tensor([0, 1]), w, num_embeddings=np.int64(10)).shape == (2, 8)
+
+
+def test_to_embedding_keeps_a_frozen_layer_frozen():
+    emb = tt.nn.TTEmbedding.from_embedding(nn.Embedding(20, 8).requires_grad_(False), voc_dims=(4, 5),
+                                           emb_dims=(2, 4))  # fmt: skip
+    assert not emb.to_embedding().weight.requires_grad
+    assert tt.nn.TTEmbedding(20, 8, tt_rank=2).to_embedding().weight.requires_grad

@@ -534,3 +534,58 @@ def test_moving_a_layer_drops_its_cache():
     with torch.no_grad():
         x = torch.randn(4, 24, dtype=torch.float64)
         assert_close(layer(x), torch.nn.functional.linear(x, layer.to_linear().weight, layer.bias))
+
+
+@pytest.mark.parametrize("core", ["0", "1"])
+def test_pruned_cores_are_used_by_forward(core):
+    """torch.nn.utils.prune renames the core to "<k>_orig" and keeps the masked core as a plain attribute: the
+    fast path read the unmasked registry (and, pruning core 0, the cores in the wrong order)."""
+    import torch.nn.utils.prune as prune
+
+    layer = tt.nn.TTLinear(12, 10, tt_rank=3, in_dims=(3, 4), out_dims=(5, 2), dtype=torch.float64)
+    prune.l1_unstructured(layer.cores, core, amount=0.9)
+    x = torch.randn(7, 12, dtype=torch.float64)
+    want = x @ tt.full(tt.TensorTrain(list(layer.cores))).T + layer.bias
+    assert_close(layer(x), want)
+    with torch.no_grad():
+        assert_close(layer(x), want)
+
+
+def test_parametrized_or_pruned_bias():
+    import torch.nn.utils.parametrize as parametrize
+    import torch.nn.utils.prune as prune
+
+    class Double(nn.Module):
+        def forward(self, b):
+            return 2 * b
+
+    layer = tt.nn.TTLinear(12, 10, tt_rank=3, in_dims=(3, 4), out_dims=(5, 2), dtype=torch.float64)
+    bias = layer.bias.detach().clone()
+    parametrize.register_parametrization(layer, "bias", Double())
+    x = torch.randn(3, 12, dtype=torch.float64)
+    assert_close(layer(x), x @ tt.full(layer.weight).T + 2 * bias)  # was KeyError: 'bias'
+    pruned = tt.nn.TTLinear(12, 10, tt_rank=3, in_dims=(3, 4), out_dims=(5, 2), dtype=torch.float64)
+    prune.l1_unstructured(pruned, "bias", amount=0.5)
+    assert_close(pruned(x), x @ tt.full(pruned.weight).T + pruned.bias)
+
+
+def test_non_tensor_input_is_a_type_error():
+    layer = tt.nn.TTLinear(12, 10, tt_rank=3)
+    with pytest.raises(TypeError, match="input must be a Tensor, got list"):
+        layer([[0.0] * 12])
+    with pytest.raises(TypeError, match="input must be a Tensor, got ndarray"):
+        tt_linear(np.zeros((3, 12), dtype=np.float32), layer.weight)
+
+
+def test_to_linear_keeps_a_frozen_layer_frozen():
+    lin = nn.Linear(12, 10).requires_grad_(False)
+    layer = tt.nn.TTLinear.from_linear(lin, in_dims=(3, 4), out_dims=(5, 2))
+    assert [p.requires_grad for p in layer.to_linear().parameters()] == [False, False]
+    assert all(p.requires_grad for p in tt.nn.TTLinear(12, 10, tt_rank=2).to_linear().parameters())
+
+
+def test_from_lazy_linear_and_bias_init_checks():
+    with pytest.raises(ValueError, match="LazyLinear has not been initialized"):
+        tt.nn.TTLinear.from_linear(nn.LazyLinear(10))
+    with pytest.raises(TypeError, match="bias_init must be a number or None, got 'zeros'"):
+        tt.nn.TTLinear(12, 10, tt_rank=2, bias_init="zeros")  # type: ignore[arg-type]

@@ -264,10 +264,12 @@ class TTEmbedding(TTModule):
         like = self.cores[0]
         with torch.no_grad():
             table = self(torch.arange(self.num_embeddings, device=like.device))
-        return nn.Embedding(
+        dense = nn.Embedding(
             self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx, _weight=table.clone(),
             device=like.device, dtype=like.dtype,
         )  # fmt: skip
+        # a frozen layer stays frozen, as from_embedding keeps it
+        return dense.requires_grad_(any(c.requires_grad for c in self.cores))
 
     # ------------------------------------------------------------------------------------ bookkeeping
     def compression_factor(self) -> float:

@@ -80,6 +80,8 @@ def linear_cores(
     contraction itself; the operands are checked as in :func:`tt_linear`. ``cache``: the layer's dict for
     merged super-cores kept between inference calls.
     """
+    if not isinstance(input, torch.Tensor):  # as nn.Linear: a TypeError, not an AttributeError from .dim()
+        raise TypeError(f"tt_linear: input must be a Tensor, got {type(input).__name__}")
     c0 = cores[0]
     m = n = 1
     for c in cores:  # a plain loop: this runs on every layer call
@@ -191,7 +193,15 @@ def _embedding(
     """
     voc_dims, emb_dims = weight.get_raw_shape()
     v_pad, dim = math.prod(voc_dims), math.prod(emb_dims)
-    v = v_pad if num_embeddings is None else int(num_embeddings)
+    if num_embeddings is None:
+        v = v_pad
+    else:
+        got = as_int(num_embeddings)
+        if got is None:  # ("10", 2.5 or True are mistakes, not row counts)
+            raise TypeError(f"tt_embedding: num_embeddings must be an int, got {num_embeddings!r}")
+        if got < 1:
+            raise ValueError(f"tt_embedding: num_embeddings must be >= 1, got {got}")
+        v = got
     if v > v_pad:
         raise ShapeError(
             f"tt_embedding: num_embeddings={v} exceeds the table's {v_pad} rows (voc dims {tuple(voc_dims)})"

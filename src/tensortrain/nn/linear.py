@@ -6,6 +6,7 @@ Symbols: ``d`` number of cores, ``m_k`` output modes, ``n_k`` input modes, ``r_k
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ from .base import TTModule, assign_cores_
 from .init import InitScheme, dense_variance, tt_normal_
 
 __all__ = ["TTLinear"]
+
+# ParameterList keys of the cores, in order (forward compares the registry with them)
+_CORE_KEYS = tuple(str(k) for k in range(128))
 
 
 def _choose_d(n: int) -> int:
@@ -166,6 +170,8 @@ class TTLinear(TTModule):
         self.in_dims, self.out_dims = resolve_dims(in_features, out_features, in_dims, out_dims)
         dense_variance(init, in_features, out_features)  # validates init before any allocation
         self.init = init
+        if bias_init is not None and (isinstance(bias_init, bool) or not isinstance(bias_init, numbers.Real)):
+            raise TypeError(f"TTLinear: bias_init must be a number or None, got {bias_init!r}")
         self.bias_init = bias_init
         d = len(self.in_dims)
         ranks = normalize_tt_rank(tt_rank, d)
@@ -205,9 +211,17 @@ class TTLinear(TTModule):
         """Apply ``input @ W.T + bias`` through :func:`tensortrain.nn.functional.tt_linear`."""
         # nn.Module's attribute lookup (~1 us each) and ParameterList's iterator (~1.5 us per core) are a tenth
         # of a batch-1 forward: read the registries directly
+        # The registries are the cores only while nothing reroutes them: torch.nn.utils.prune renames core "1"
+        # to "1_orig" (the masked core is a plain attribute) and parametrize moves a tensor out of the registry.
         cores = self._modules["cores"]
         registry = cores._parameters  # type: ignore[union-attr]
-        if len(registry) == len(cores) and not torch.compiler.is_compiling():  # type: ignore[arg-type]
+        keys = tuple(registry)
+        if (
+            keys == _CORE_KEYS[: len(keys)]
+            and len(keys) == len(cores)  # type: ignore[arg-type]
+            and "bias" in self._parameters
+            and not torch.compiler.is_compiling()
+        ):
             bias = self._parameters["bias"]
             return F.linear_cores(input, tuple(registry.values()), bias, self._cache)  # type: ignore[arg-type]
         return F.linear_cores(input, tuple(self.cores), self.bias)
@@ -272,6 +286,10 @@ class TTLinear(TTModule):
             raise TypeError(f"TTLinear.from_linear expects nn.Linear, got {type(linear).__name__}")
         from ..decompositions import to_tt_matrix
 
+        if isinstance(linear.weight, nn.parameter.UninitializedParameter):
+            raise ValueError(
+                "TTLinear.from_linear: the LazyLinear has not been initialized yet; run a forward pass first"
+            )
         in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims)
         w = linear.weight.detach()
         if max_tt_rank is None and epsilon is None:
@@ -408,6 +426,10 @@ class TTLinear(TTModule):
             linear.weight.copy_(self.dense_weight())
             if self.bias is not None and linear.bias is not None:
                 linear.bias.copy_(self.bias)
+        # a frozen layer stays frozen, as from_linear keeps it
+        linear.weight.requires_grad_(any(c.requires_grad for c in self.cores))
+        if self.bias is not None and linear.bias is not None:
+            linear.bias.requires_grad_(self.bias.requires_grad)
         return linear
 
     def dense_weight(self) -> torch.Tensor:
