@@ -77,6 +77,25 @@ def test_zero_padded_cores_give_the_gradient_at_the_actual_rank(gen):
     assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1), rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_gradient_combines_with_projections_at_x(gen, padded):
+    """Its deltas are in project()'s frame: Gram entries and sums with project(., x) equal the dense ones (they
+    used to be gauged in a minimal representation's frame: wrong inner products, a crash for padded cores)."""
+    x = random_tt((3, 4, 2), (1, 2, 2, 1), gen=gen)
+    if padded:
+        x = tt.TensorTrain(
+            [
+                torch.nn.functional.pad(c, (0, 1 if k < 2 else 0, 0, 0, 0, 1 if k > 0 else 0))
+                for k, c in enumerate(x.tt_cores)
+            ]
+        )
+    grads, _ = core_grads(x, torch.rand(x.shape, generator=gen, dtype=torch.float64))
+    g = tt.optim.riemannian_gradient_from_cores(x, grads)
+    p = tt.project(torch.randn(x.shape, generator=gen, dtype=torch.float64), x)
+    assert_close(tt.pairwise_flat_inner_projected(g, p)[0, 0], (dense(g) * dense(p)).sum())
+    assert_close(dense(tt.add_n_projected([g, p])), dense(g) + dense(p))
+
+
 def test_step_is_projected_gradient_then_rounding(gen):
     x = random_tt((3, 4, 3, 2), (1, 2, 3, 2, 1), gen=gen)
     params = torch.nn.ParameterList([torch.nn.Parameter(c.clone()) for c in x.tt_cores])

@@ -89,7 +89,11 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
         core_grads: ``dL/dcore_k`` for every core of ``x`` (e.g. the ``.grad`` of its Parameters).
 
     Returns:
-        The tangent vector ``project(dL/dfull(x), x)`` (ranks ``2 r``, ``projection_on = x``).
+        The tangent vector ``project(dL/dfull(x), x)`` (ranks ``2 r``, ``projection_on = x``), expressed in the
+        frame ``project`` uses, so it combines with other tangent vectors at ``x``
+        (``pairwise_flat_inner_projected``, ``add_n_projected``). For an ``x`` whose cores are zero-padded
+        beyond its actual ranks it is the projection onto the tangent space at those actual ranks: the core
+        gradients carry nothing about the directions that would raise them.
 
     Raises:
         TypeError: ``x`` is not a TensorTrain.
@@ -115,7 +119,12 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
         )
     point = x.detach()
     deltas, u, v = _core_deltas([_flat(c) for c in point.tt_cores], [_flat(a.detach()) for a in grads])
-    return ts.tangent(deltas, u, v, x, batch=False)  # type: ignore[return-value]
+    # Re-expressed in x's own tangent frame, the one project(., x) and gradients(., x) use: the deltas above are
+    # gauged in the frame of a minimal representation, and tt.pairwise_flat_inner_projected / add_n_projected
+    # combine deltas of tangent vectors on x as if they shared a frame. Exact: the vector lies in that space.
+    u0, v0 = ts.tangent_frame(point)
+    deltas = ts.deltas_of_tt(ts.assemble(deltas, u, v), u0, v0)
+    return ts.tangent(deltas, u0, v0, x, batch=False)  # type: ignore[return-value]
 
 
 def _pad_to(core: torch.Tensor, shape: torch.Size) -> torch.Tensor:
