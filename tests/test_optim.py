@@ -96,6 +96,39 @@ def test_gradient_combines_with_projections_at_x(gen, padded):
     assert_close(dense(tt.add_n_projected([g, p])), dense(g) + dense(p))
 
 
+def test_frozen_cores_partly_or_wholly():
+    """A wholly frozen TT is left alone (as torch optimizers leave frozen parameters); a partly frozen one cannot
+    take a Riemannian step (it rewrites every core) and says so instead of overwriting the frozen core."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False)
+    opt = tt.optim.RiemannianSGD([layer.weight], lr=0.1)  # a TT of Parameters is its cores' group
+    assert opt.param_groups[0]["params"][0] is layer.cores[0]
+    layer(torch.randn(4, 8)).pow(2).sum().backward()
+    layer.cores[0].requires_grad_(False)
+    before = [c.detach().clone() for c in layer.cores]
+    with pytest.raises(ValueError, match=r"cores \[0\] of a TT are frozen"):
+        opt.step()
+    layer.requires_grad_(False)
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.cores, strict=True))
+
+
+def test_add_param_group_is_checked_and_nan_gradients_are_named():
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False)
+    other = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False)
+    opt = tt.optim.RiemannianSGD([layer.cores], lr=0.1)
+    with pytest.raises(TypeError, match="got a single tensor"):
+        opt.add_param_group({"params": torch.randn(3)})
+    opt.add_param_group({"params": other.cores, "lr": 0.5})
+    assert opt.param_groups[1]["lr"] == 0.5 and opt.param_groups[1]["momentum"] == 0.0
+    for c in other.cores:
+        c.grad = torch.full_like(c, float("nan"))
+    before = [c.detach().clone() for c in other.cores]
+    with pytest.raises(ValueError, match="gradient contains NaN or inf"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, other.cores, strict=True))
+
+
 def test_step_is_projected_gradient_then_rounding(gen):
     x = random_tt((3, 4, 3, 2), (1, 2, 3, 2, 1), gen=gen)
     params = torch.nn.ParameterList([torch.nn.Parameter(c.clone()) for c in x.tt_cores])

@@ -170,14 +170,49 @@ def test_deltas_round_trip(gen):
     assert_close(gram, dense(p).reshape(3, -1) @ dense(p).reshape(3, -1).T)
 
 
+def test_deltas_to_tangent_space_with_given_frames_and_ranks_above_mode_sizes(gen):
+    """t3f's usage: left = orthogonalize(tt), right = orthogonalize(left, left_to_right=False). A rank above the
+    mode sizes shrinks in the right sweep; the given frames used to disagree with the deltas' ranks."""
+    x = random_tt((2, 3, 2), (1, 3, 3, 1), gen=gen)
+    p = tt.project(torch.randn(2, 3, 2, generator=gen, dtype=torch.float64), x)
+    deltas = tt.tangent_space_to_deltas(p)
+    left = tt.orthogonalize_tt_cores(x)
+    right = tt.orthogonalize_tt_cores(left, left_to_right=False)
+    assert_close(dense(tt.riemannian.deltas_to_tangent_space(deltas, x, left=left, right=right)), dense(p))
+    # as in t3f, a missing right form is computed from the given left one
+    assert_close(dense(tt.riemannian.deltas_to_tangent_space(deltas, x, left=left)), dense(p))
+
+
+def test_deltas_to_tangent_space_refuses_mixed_deltas(gen):
+    where = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
+    deltas = tt.tangent_space_to_deltas(tt.project(where, where))
+    with pytest.raises(tt.ShapeError, match="delta 0 is torch.float32 on cpu but `tt` is torch.float64"):
+        tt.riemannian.deltas_to_tangent_space([d.float() for d in deltas], where)
+    with pytest.raises(tt.ShapeError, match="batched and unbatched deltas are mixed"):
+        tt.riemannian.deltas_to_tangent_space([deltas[0], deltas[1].unsqueeze(0), deltas[2]], where)
+
+
+def test_messages_name_the_callers_arguments(gen):
+    x = random_tt((3, 4), (1, 2, 1), gen=gen)
+    with pytest.raises(tt.ShapeError, match="`matrix` is torch.float32 on cpu but `where` is torch.float64"):
+        tt.project_matmul(x, x, tt.random_matrix([[3, 4], [3, 4]], tt_rank=2))
+    with pytest.raises(tt.ShapeError, match=r"dense `vector` has shape \(4, 3\) but `x` has shape \(3, 4\)"):
+        tt.hessian_vector_product(tt.frobenius_norm_squared, x, torch.randn(4, 3, dtype=torch.float64))
+
+
 def test_deltas_to_tangent_space_validates(gen):
     where = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
     with pytest.raises(tt.ShapeError, match="delta 1 has shape"):
         tt.riemannian.deltas_to_tangent_space(
-            [torch.zeros(1, 2, 2), torch.zeros(3, 3, 2), torch.zeros(2, 2, 1)], where
+            [
+                torch.zeros(1, 2, 2, dtype=torch.float64),
+                torch.zeros(3, 3, 2, dtype=torch.float64),
+                torch.zeros(2, 2, 1, dtype=torch.float64),
+            ],
+            where,  # fmt: skip
         )
     with pytest.raises(tt.ShapeError, match="got 2 deltas"):
-        tt.riemannian.deltas_to_tangent_space([torch.zeros(1, 2, 2)] * 2, where)
+        tt.riemannian.deltas_to_tangent_space([torch.zeros(1, 2, 2, dtype=torch.float64)] * 2, where)
     with pytest.raises(tt.ShapeError, match="even inner TT-ranks"):
         tt.tangent_space_to_deltas(random_tt((2, 3, 2), (1, 3, 2, 1), gen=gen))
 

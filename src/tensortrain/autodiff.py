@@ -156,7 +156,7 @@ def hessian_vector_product(
     u, v, deltas = _delta_point(x, fname)
     if isinstance(vector, TensorTrainBase) and not isinstance(vector, TensorTrain):
         raise TypeError(f"{fname}: `vector` must be a TensorTrain or a dense tensor, got a batch")
-    vec_deltas, _, _, _ = ts.project_deltas(vector, x, fname, frame=(u, v))
+    vec_deltas, _, _, _ = ts.project_deltas(vector, x, fname, frame=(u, v), names=("vector", "x"))
     with torch.enable_grad():
         point = ts.tangent(deltas, u, v, x, batch=False)
         value = _value(func, point, fname)

@@ -137,7 +137,7 @@ class RiemannianSGD(torch.optim.Optimizer):
     """Riemannian gradient descent on the manifold of TTs of fixed rank, one TT per parameter group.
 
     ``params`` is an iterable of TT parameter sets: each an ``nn.ParameterList`` / sequence of the cores of
-    one TT (in order), or a dict ``{"params": cores, "lr": ..., "momentum": ...}``, or an ``nn.Module``
+    one TT (in order), a TensorTrain whose cores are the parameters (such as a TT layer's ``weight``), or a dict ``{"params": cores, "lr": ..., "momentum": ...}``, or an ``nn.Module``
     whose TT layers (submodules with a TT ``weight`` and a ``cores`` ParameterList) are all used. Other
     parameters (biases) need an ordinary optimizer beside this one.
 
@@ -148,7 +148,8 @@ class RiemannianSGD(torch.optim.Optimizer):
             space by projection.
 
     Raises:
-        ValueError: a bad ``lr``/``momentum`` or an empty parameter set.
+        ValueError: a bad ``lr``/``momentum`` or an empty parameter set; in :meth:`step`, a TT whose cores are
+            partly frozen (``requires_grad=False``; a wholly frozen TT is skipped) or a non-finite gradient.
         TypeError: a parameter set that is not a sequence of cores.
 
     Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
@@ -182,10 +183,28 @@ class RiemannianSGD(torch.optim.Optimizer):
             self._step_group(group)
         return loss
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add one TT's cores (``{"params": cores, ...}``), checked as the constructor checks them."""
+        # (the constructor's groups come through here too, already checked: checking twice is harmless)
+        super().add_param_group(_groups([param_group])[0])
+
     def _step_group(self, group: dict[str, Any]) -> None:
         cores: list[torch.Tensor] = group["params"]
         if all(c.grad is None for c in cores):
             return
+        frozen = [k for k, c in enumerate(cores) if not c.requires_grad]
+        if len(frozen) == len(cores):
+            return  # a frozen TT stays as it is, as torch's optimizers leave frozen parameters
+        if frozen:
+            # a Riemannian step moves the whole TT (rounding rewrites every core): it cannot keep some cores
+            raise ValueError(
+                f"RiemannianSGD: cores {frozen} of a TT are frozen (requires_grad=False) and the others are not; "
+                "a Riemannian step rewrites every core of its TT: freeze all of them or none"
+            )
+        if not all(bool(torch.isfinite(c.grad).all()) for c in cores if c.grad is not None):
+            raise ValueError(
+                "RiemannianSGD: a core's gradient contains NaN or inf; this TT's cores were not changed"
+            )
         grads = [_flat(torch.zeros_like(c) if c.grad is None else c.grad) for c in cores]
         point = TensorTrain([c.detach() for c in cores])
         deltas, u, v = _core_deltas([_flat(c.detach()) for c in cores], grads)
@@ -221,6 +240,8 @@ def _groups(params: Any) -> list[dict[str, Any]]:
     groups = []
     for item in params:
         group = dict(item) if isinstance(item, dict) else {"params": item}
+        if isinstance(group["params"], TensorTrainBase):  # a layer's weight: its cores are the parameters
+            group["params"] = list(group["params"].tt_cores)
         if isinstance(group["params"], torch.Tensor):
             raise TypeError(
                 "RiemannianSGD: each parameter set must be the sequence of one TT's cores (e.g. layer.cores), "

@@ -132,7 +132,7 @@ def _matmul_flat(matrix: TensorTrain, what: TensorTrainBase, where: TensorTrain)
             f"project_matmul: matrix of raw shape {matrix.raw_shape} times `what` of raw shape "
             f"{what.raw_shape} does not give `where`'s raw shape {where.raw_shape}"
         )
-    ts.check_pair(matrix, where, "project_matmul")
+    ts.check_pair(matrix, where, "project_matmul", ("matrix", "where"))
     batch = isinstance(what, TensorTrainBatch)
     out: Cores = []
     for a, w in zip(matrix.tt_cores, what.tt_cores, strict=True):
@@ -257,7 +257,8 @@ def deltas_to_tangent_space(
             makes a batch of tangent vectors).
         tt: the point of the manifold.
         left: optionally ``tt`` left-orthogonalized (cores 1..d-1 orthogonal), to save a sweep.
-        right: optionally ``left`` right-orthogonalized, to save a sweep.
+        right: optionally ``left`` right-orthogonalized, to save a sweep (computed from ``left`` when only
+            ``left`` is given, as in t3f).
 
     Returns:
         A TensorTrain (or TensorTrainBatch) with ``projection_on = tt``. Differentiable in ``deltas``.
@@ -277,16 +278,32 @@ def deltas_to_tangent_space(
         (1, 4, 1)
     """
     ts.check_where(tt, "deltas_to_tangent_space")
-    if left is None or right is None:
+    if left is None and right is None:
         u, v = ts.tangent_frame(tt)
-    else:
-        u, v = ts.flat_cores(left), ts.flat_cores(right)
+    else:  # as t3f: a missing one is computed (left from tt, right from left)
+        u = ts.flat_cores(left) if left is not None else ts.left_sweep(ts.flat_cores(tt))
+        v = ts.flat_cores(right) if right is not None else ts.right_sweep(u)
+        if ts.ranks(u) != ts.ranks(v):
+            # ranks above the mode sizes shrink in the right sweep: one more pair of sweeps gives both forms
+            # the feasible ranks, as tangent_frame does (and as tangent_space_to_deltas' deltas assume)
+            u = ts.left_sweep(v)
+            v = ts.right_sweep(u)
     if len(deltas) != len(u):
         raise ShapeError(f"deltas_to_tangent_space: got {len(deltas)} deltas for a TT with {len(u)} cores")
     core_dim = 4 if tt.is_tt_matrix() else 3
     batch = deltas[0].dim() == core_dim + 1
     flat = []
     for k, (dl, uk) in enumerate(zip(deltas, u, strict=True)):
+        if dl.dim() != deltas[0].dim():
+            raise ShapeError(
+                f"deltas_to_tangent_space: delta 0 has {deltas[0].dim()} dims and delta {k} has {dl.dim()}: "
+                "batched and unbatched deltas are mixed"
+            )
+        if dl.dtype != uk.dtype or dl.device != uk.device:  # (torch.cat would promote silently)
+            raise ShapeError(
+                f"deltas_to_tangent_space: delta {k} is {dl.dtype} on {dl.device} but `tt` is {uk.dtype} on "
+                f"{uk.device}; cast one of them first"
+            )
         dl = dl if batch else dl.unsqueeze(0)
         dl = dl.reshape(dl.shape[0], dl.shape[1], -1, dl.shape[-1])
         want = (uk.shape[0], uk.shape[1], v[k + 1].shape[0] if k + 1 < len(u) else 1)

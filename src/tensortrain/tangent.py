@@ -185,14 +185,19 @@ def tangent(deltas: Cores, u: Cores, v: Cores, where: TensorTrain, batch: bool) 
     return res
 
 
-def dense_to_flat(what: torch.Tensor, where: TensorTrain, fname: str) -> torch.Tensor:
+Names = tuple[str, str]  # the caller's argument names for ``what`` and ``where``, for messages
+
+
+def dense_to_flat(
+    what: torch.Tensor, where: TensorTrain, fname: str, names: Names = ("what", "where")
+) -> torch.Tensor:
     """A dense tensor (or a batch of them, leading axis) as ``(B, n_1, ..., n_d)`` with merged modes."""
     shape = tuple(where.shape)
     if tuple(what.shape) == shape:
         what = what.unsqueeze(0)
     elif tuple(what.shape[1:]) != shape or what.dim() != len(shape) + 1:
         raise ShapeError(
-            f"{fname}: dense `what` has shape {tuple(what.shape)} but `where` has shape {shape} "
+            f"{fname}: dense `{names[0]}` has shape {tuple(what.shape)} but `{names[1]}` has shape {shape} "
             f"(a leading batch axis is allowed)"
         )
     bsz = what.shape[0]
@@ -214,10 +219,12 @@ def check_where(where: Any, fname: str) -> None:
         raise TypeError(f"{fname}: complex TT objects are not supported, got {where.dtype}")
 
 
-def check_pair(what: TensorTrainBase | torch.Tensor, where: TensorTrain, fname: str) -> None:
+def check_pair(
+    what: TensorTrainBase | torch.Tensor, where: TensorTrain, fname: str, names: Names = ("what", "where")
+) -> None:
     if what.dtype != where.dtype or what.device != where.device:
         raise ShapeError(
-            f"{fname}: `what` is {what.dtype} on {what.device} but `where` is {where.dtype} on "
+            f"{fname}: `{names[0]}` is {what.dtype} on {what.device} but `{names[1]}` is {where.dtype} on "
             f"{where.device}; cast one of them first"
         )
 
@@ -227,20 +234,24 @@ def project_deltas(
     where: TensorTrain,
     fname: str,
     frame: tuple[Cores, Cores] | None = None,
+    names: Names = ("what", "where"),
 ) -> tuple[Cores, Cores, Cores, bool]:
     """Deltas (batched) of the projection of each element of ``what``; also the frame and batchness."""
     check_where(where, fname)
     u, v = tangent_frame(where) if frame is None else frame
     if isinstance(what, torch.Tensor):
-        check_pair(what, where, fname)
-        flat = dense_to_flat(what, where, fname)
+        check_pair(what, where, fname, names)
+        flat = dense_to_flat(what, where, fname, names)
         return deltas_of_dense(flat, u, v), u, v, what.dim() == len(where.shape) + 1
     if not isinstance(what, TensorTrainBase):
-        raise TypeError(f"{fname}: `what` must be a TT object or a torch.Tensor, got {type(what).__name__}")
-    check_pair(what, where, fname)
+        raise TypeError(
+            f"{fname}: `{names[0]}` must be a TT object or a torch.Tensor, got {type(what).__name__}"
+        )
+    check_pair(what, where, fname, names)
     if what.raw_shape != where.raw_shape:
         raise ShapeError(
-            f"{fname}: `what` has raw shape {what.raw_shape} but `where` has raw shape {where.raw_shape}"
+            f"{fname}: `{names[0]}` has raw shape {what.raw_shape} but `{names[1]}` has raw shape "
+            f"{where.raw_shape}"
         )
     batch = isinstance(what, TensorTrainBatch)
     z = flat_cores(what)
