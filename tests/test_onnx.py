@@ -105,3 +105,24 @@ def test_export_embedding_model(tmp_path):
         with torch.no_grad():
             expected = model(ib)
         torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_readme_recipe_exports_a_sequential(tmp_path):
+    """The README's call, on an nn.Sequential (whose forward argument is named ``input``, not ``x``): the
+    dynamic shapes are given positionally."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5)),
+        torch.nn.ReLU(),
+        torch.nn.Linear(625, 10),
+    )
+    x = torch.randn(5, 784)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model.eval(), (x,), path, dynamo=True, opset_version=18,
+                      input_names=["x"], dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 17):
+        xb = torch.randn(batch, 784)
+        (got,) = session.run(None, {"x": xb.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), model(xb), rtol=1e-5, atol=1e-5)

@@ -167,7 +167,7 @@ def test_add_errors(gen):
         ops.add(a, random_tt((3, 2), (1, 2, 1), gen=gen))
     with pytest.raises(ShapeErrorT, match=r"add: cannot combine a TT-tensor \(2, 3\) with a TT-matrix"):
         ops.add(a, random_tt(((2, 3), (1, 1)), (1, 2, 1), gen=gen))
-    with pytest.raises(TypeError, match="add: second operand is a float.*tensor_ones"):
+    with pytest.raises(TypeError, match="add: second operand is a float.*ones_like"):
         ops.add(a, 1.0)
     with pytest.raises(TypeError, match="add: first operand is a int"):
         _ = 1 + a
@@ -423,3 +423,23 @@ def test_norms_whose_squares_leave_the_dtype_range(gen):
     assert_close(
         ops.full(y).double(), ops.full(a).double(), rtol=1e-4, atol=1e-4 * float(ops.full(a).abs().max())
     )
+
+
+def test_constant_hint_in_add_and_subtract_errors_works(gen):
+    """The message's recipe must run for TT-matrices too (tensor_ones(a.raw_shape) did not)."""
+    m = random_tt(((2, 3), (4, 5)), (1, 2, 1), gen=gen)
+    with pytest.raises(TypeError, match=r"a \+ c \* tt.ones_like\(a\)"):
+        m + 2.0
+    with pytest.raises(TypeError, match=r"a - c \* tt.ones_like\(a\)"):
+        ops.subtract(m, 2.0)
+    assert_close(ops.full(m + 2.0 * tt.ones_like(m)), ops.full(m) + 2.0)
+
+
+def test_max_tt_ranks_checks_mode_sizes():
+    assert tt.max_tt_ranks((2, 3, 4)) == (1, 2, 4, 1)
+    with pytest.raises(TypeError, match="mode sizes must be ints, got 2.5"):
+        tt.max_tt_ranks([2.5, 3])
+    with pytest.raises(ValueError, match="mode sizes must be >= 1, got 0"):
+        tt.max_tt_ranks([0, 3])
+    with pytest.raises(TypeError, match="for a TT-matrix pass the products"):
+        tt.max_tt_ranks(((2, 3), (4, 5)))

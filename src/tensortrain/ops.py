@@ -163,9 +163,9 @@ def _check_pair(op: str, a: Any, b: Any) -> None:
     for name, x in (("first operand", a), ("second operand", b)):
         if isinstance(x, numbers.Number | torch.Tensor):
             raise TypeError(
-                f"{op}: {name} is a {type(x).__name__}; {op} takes two TT objects. Adding a constant is "
-                "an explicit rank-1 addition: a + c * tt.tensor_ones(a.raw_shape); with a dense tensor "
-                "use tt.full(a) (densifies)"
+                f"{op}: {name} is a {type(x).__name__}; {op} takes two TT objects. A constant is an "
+                f"explicit rank-1 term: a {'+' if op == 'add' else '-'} c * tt.ones_like(a); with a dense "
+                "tensor use tt.full(a) (densifies)"
             )
         check_tt(x, op, name)
     check_same_raw_shape(op, a, b)
@@ -176,7 +176,7 @@ def add(tt_a: TensorTrainBase, tt_b: TensorTrainBase) -> Any:
 
     Both must be TT-tensors or both TT-matrices with equal raw shapes. A batch of size 1 (or a single TT
     object) broadcasts against a batch. Unlike adding numbers, adding a constant or a dense tensor is not
-    implicit (``TypeError``): write ``a + c * tt.tensor_ones(a.raw_shape)`` or ``tt.full(a) + x``.
+    implicit (``TypeError``): write ``a + c * tt.ones_like(a)`` or ``tt.full(a) + x``.
 
     Args:
         tt_a: a TT object.

@@ -85,9 +85,10 @@ def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
     divisors (a few thousand at most for sizes of layers and vocabularies).
 
     Example:
-        >>> auto_shape(784, 4)
+        >>> import tensortrain as tt
+        >>> tt.auto_shape(784, 4)
         (4, 4, 7, 7)
-        >>> auto_shape(72, 2)
+        >>> tt.auto_shape(72, 2)
         (8, 9)
     """
     k = as_int(d)
@@ -130,11 +131,24 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
     Returns:
         A tuple of ``d + 1`` ints starting and ending with 1.
 
+    Raises:
+        TypeError: a mode size that is not an int (a TT-matrix's ``(rows, cols)`` raw shape included).
+        ValueError: a mode size below 1.
+
     Example:
-        >>> max_tt_ranks((2, 3, 4))
+        >>> import tensortrain as tt
+        >>> tt.max_tt_ranks((2, 3, 4))
         (1, 2, 4, 1)
     """
-    dims = [int(n) for n in raw_shape]
+    dims = []
+    for n in raw_shape:
+        k = as_int(n)
+        if k is None:
+            hint = "; for a TT-matrix pass the products m_k * n_k" if isinstance(n, Sequence) else ""
+            raise TypeError(f"max_tt_ranks: mode sizes must be ints, got {n!r} in {tuple(raw_shape)!r}{hint}")
+        if k < 1:
+            raise ValueError(f"max_tt_ranks: mode sizes must be >= 1, got {k} in {tuple(raw_shape)!r}")
+        dims.append(k)
     ranks = [1]
     for k in range(1, len(dims)):
         ranks.append(min(math.prod(dims[:k]), math.prod(dims[k:])))
@@ -156,7 +170,8 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
         TypeError: a rank that is not an int.
 
     Example:
-        >>> normalize_tt_rank(4, 3)
+        >>> import tensortrain as tt
+        >>> tt.normalize_tt_rank(4, 3)
         (1, 4, 4, 1)
     """
     if isinstance(tt_rank, bool):

@@ -202,7 +202,8 @@ class TTEmbedding(TTModule):
         Complexity: the TT-SVD of the ``V' x D`` table.
 
         Example:
-            >>> emb = TTEmbedding.from_embedding(torch.nn.Embedding(1000, 64), max_tt_rank=16)
+            >>> import torch, tensortrain as tt
+            >>> emb = tt.nn.TTEmbedding.from_embedding(torch.nn.Embedding(1000, 64), max_tt_rank=16)
         """
         if not isinstance(embedding, nn.Embedding):
             raise TypeError(

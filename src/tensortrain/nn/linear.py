@@ -277,8 +277,9 @@ class TTLinear(TTModule):
         Complexity: the TT-SVD, O(d r^2 max_k(M N)) ~ one SVD-ish pass over the ``out x in`` weight.
 
         Example:
+            >>> import torch, tensortrain as tt
             >>> dense = torch.nn.Linear(784, 625)
-            >>> layer = TTLinear.from_linear(dense, max_tt_rank=16, in_dims=(7, 4, 7, 4), out_dims=(5,) * 4)
+            >>> layer = tt.nn.TTLinear.from_linear(dense, max_tt_rank=16, in_dims=(7, 4, 7, 4), out_dims=(5,) * 4)
             >>> layer.tt_ranks
             (1, 16, 16, 16, 1)
         """
@@ -332,7 +333,7 @@ class TTLinear(TTModule):
         Example:
             >>> import torch, tensortrain as tt
             >>> w = tt.to_tt_matrix(torch.randn(625, 784), [[5, 5, 5, 5], [7, 4, 7, 4]], max_tt_rank=4)
-            >>> TTLinear.from_tt(w).weight.shape
+            >>> tt.nn.TTLinear.from_tt(w).weight.shape
             torch.Size([625, 784])
         """
         tt_matrix = F._check_tt_matrix("TTLinear.from_tt", tt_matrix)
@@ -380,7 +381,7 @@ class TTLinear(TTModule):
 
         Example:
             >>> import torch, tensortrain as tt
-            >>> layer = TTLinear(784, 625, tt_rank=16, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
+            >>> layer = tt.nn.TTLinear(784, 625, tt_rank=16, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
             >>> kernel = tt.to_tt_matrix(torch.randn(625, 784), [[5] * 4, [7, 4, 7, 4]], max_tt_rank=16)
             >>> layer.load_tt_(kernel).tt_ranks
             (1, 16, 16, 16, 1)
