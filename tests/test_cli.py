@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tensortrain as tt
-from tensortrain.cli import main
+from tensortrain.cli import build_parser, main
 
 _CANDIDATES = [os.environ.get("TENSORTRAIN_DATA", ""), str(Path(__file__).parents[2] / "shared/data/mnist")]
 REAL_MNIST = next(
@@ -138,20 +138,95 @@ def test_bad_torchrun_environment_is_a_clear_error(tmp_path, capsys, monkeypatch
     assert err.startswith("tensortrain: error: ") and message in err
 
 
-def test_seed_out_of_range_is_a_clear_error(tmp_path, capsys):
-    """Rejected before any data is read (the folder does not exist)."""
+@pytest.mark.parametrize("seed", ["5000000000", str(2**32), "-1"])
+def test_seed_out_of_range_is_a_usage_error(tmp_path, capsys, seed):
+    """Rejected by the parser (exit 2, like every other bad option), before any data is read."""
+    argv = ["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--seed", seed]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"argument --seed: must lie in [0, 4294967295], got {seed}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_seed_range_ends_are_accepted():
+    parser = build_parser()
+    for seed in (0, 2**32 - 1):
+        assert parser.parse_args(["demo", "mnist", "--seed", str(seed)]).seed == seed
+
+
+@pytest.mark.parametrize("option", ["--data", "--out"])
+def test_data_or_out_that_is_a_file_is_a_clear_error(tmp_path, capsys, option):
+    from test_datasets import fake_mnist
+
+    fake_mnist(tmp_path / "data", n_train=8, n_test=4)
+    (tmp_path / "file").write_text("not a folder")
+    paths = {"--data": str(tmp_path / "data"), "--out": str(tmp_path / "out"), option: str(tmp_path / "file")}
     argv = [
         "demo",
         "mnist",
-        "--data",
-        str(tmp_path / "none"),
-        "--out",
-        str(tmp_path / "out"),
-        "--seed",
-        str(2**53),
+        "--no-progress",
+        "--epochs-tt",
+        "0",
+        "--epochs-dense",
+        "0",
+        "--epochs-finetune",
+        "0",
     ]
-    assert main(argv) == 1
-    assert capsys.readouterr().err.startswith(f"tensortrain: error: seed must lie in [0, 2**32), got {2**53}")
+    assert main([*argv, "--data", paths["--data"], "--out", paths["--out"]]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"tensortrain: error: {tmp_path / 'file'} is not a folder" + (
+        "; the MNIST folder must be a directory\n"
+        if option == "--data"
+        else "; the output folder (out) must be a directory\n"
+    )
+    assert "epoch" not in captured.out and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"train_subset": -100}, "train_subset must be None or >= 1, got -100"),
+        ({"test_subset": 0}, "test_subset must be None or >= 1, got 0"),
+        ({"epochs_tt": -1}, "epochs_tt must be >= 0, got -1"),
+        ({"epochs_dense": -2}, "epochs_dense must be >= 0, got -2"),
+        ({"epochs_finetune": -1}, "epochs_finetune must be >= 0, got -1"),
+        ({"rank": 0}, "rank must be >= 1, got 0"),
+        ({"compress_rank": -3}, "compress_rank must be >= 1, got -3"),
+        ({"threads": 0}, "threads must be None or >= 1, got 0"),
+        ({"seed": 2**32}, r"seed must lie in \[0, 2\*\*32\), got 4294967296"),
+        ({"seed": -1}, r"seed must lie in \[0, 2\*\*32\), got -1"),
+    ],
+)
+def test_demo_config_rejects_bad_options(options, message):
+    from tensortrain.demo import DemoConfig
+
+    with pytest.raises(ValueError, match=message):
+        DemoConfig(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 64.0}, "batch_size must be an int, got 64.0"),
+        ({"train_subset": "100"}, "train_subset must be an int or None, got '100'"),
+        ({"rank": True}, "rank must be an int, got True"),
+    ],
+)
+def test_demo_config_rejects_non_integers(options, message):
+    from tensortrain.demo import DemoConfig
+
+    with pytest.raises(TypeError, match=message):
+        DemoConfig(**options)
+
+
+def test_demo_config_accepts_the_boundaries():
+    from tensortrain.demo import DemoConfig
+
+    cfg = DemoConfig(epochs_tt=0, epochs_dense=0, epochs_finetune=0, rank=1, compress_rank=1, seed=2**32 - 1)
+    assert DemoConfig(batch_size=1, train_subset=1, test_subset=1, threads=1).train_subset == 1
+    assert cfg.seed == 2**32 - 1
 
 
 @pytest.mark.skipif(shutil.which("tensortrain") is None and not Path(sys.executable).with_name("tensortrain").exists(),

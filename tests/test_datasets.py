@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
 import http.server
+import io
 import os
 import shutil
 import socket
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +331,145 @@ def test_real_mnist():
     assert int(data.train_images.max()) == 255 and int(data.train_images.min()) == 0
     # the digits are centred: the border rows are (almost) blank, the centre is not
     assert data.train_images[:, 0, :].float().mean() < 1.0 < data.train_images[:, 14, :].float().mean()
+
+
+# --- download limits: an overall deadline, the expected size, local errors apart from mirror errors -------
+
+
+class _Misbehaving(http.server.BaseHTTPRequestHandler):
+    """``/trickle/NAME``: one byte every 50 ms for up to 3 s; ``/endless/NAME``: 64 KiB blocks, no length."""
+
+    protocol_version = "HTTP/1.0"  # the body ends when the connection closes: no Content-Length needed
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        kind = self.path.strip("/").split("/")[0]
+        self.send_response(200)
+        self.end_headers()
+        try:
+            if kind == "trickle":
+                for _ in range(60):
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                    threading.Event().wait(0.05)
+            else:
+                for _ in range(64):  # 4 MiB, far more than the expected size below
+                    self.wfile.write(bytes(1 << 16))
+        except OSError:  # the client gave up, as it should
+            pass
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_timeout_bounds_the_whole_attempt(tmp_path, misbehaving):
+    """A mirror that trickles a byte every 50 ms never trips a per-read timeout; the deadline stops it."""
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"trickle/train-images-idx3-ubyte.gz: not complete after 0.3 s"):
+        datasets.download_mnist(tmp_path, mirrors=[misbehaving + "trickle/"], timeout=0.3)
+    assert time.monotonic() - t0 < 1.5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_stops_past_the_expected_size(tmp_path, misbehaving, monkeypatch):
+    monkeypatch.setitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz", 100_000)
+    with pytest.raises(
+        DownloadError, match=r"endless/train-images-idx3-ubyte.gz: more than the expected 100000"
+    ):
+        datasets.download_mnist(tmp_path, mirrors=[misbehaving + "endless/"], timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_limit_from_content_length_when_size_unknown(tmp_path, monkeypatch):
+    """Without a known size, a body longer than the Content-Length it announced is cut off."""
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": "10"}
+
+    monkeypatch.delitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(bytes(1000)))
+    with pytest.raises(DownloadError, match=r"more than the expected 10 bytes"):
+        datasets.download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout=5)
+
+
+def test_known_sizes_match_the_real_files():
+    assert sorted(datasets.MNIST_SIZES) == sorted(datasets.MNIST_SHA256)
+    if REAL_MNIST is not None:
+        for name, size in datasets.MNIST_SIZES.items():
+            assert (REAL_MNIST / name).stat().st_size == size
+
+
+def _refuse_new_files_in(folder: Path, monkeypatch) -> None:
+    """Make ``folder`` unwritable (chmod would not stop root): creating a file in it raises EACCES."""
+    real_open = os.open
+
+    def guarded(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and Path(os.fsdecode(path)).parent == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded)
+
+
+def test_unwritable_folder_is_not_a_mirror_failure(tmp_path, serve, monkeypatch):
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    (tmp_path / "ro").mkdir()
+    _refuse_new_files_in(tmp_path / "ro", monkeypatch)
+    with pytest.raises(PermissionError) as info:
+        load_mnist(tmp_path / "ro", mirrors=[serve(tmp_path / "site")], timeout=5)
+    msg = str(info.value)
+    assert msg == f"[Errno 13] cannot write into the MNIST folder (Permission denied): '{tmp_path / 'ro'}'"
+    assert info.value.filename == str(tmp_path / "ro")
+    assert not isinstance(info.value, DownloadError) and "offline?" not in msg
+
+
+def test_disk_full_while_writing_is_not_a_mirror_failure(tmp_path, serve, monkeypatch):
+    """A local write error passes through at once: trying the next mirror would not help."""
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+
+    class Full(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets, "open", lambda path, mode: Full(path, mode), raising=False)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        datasets.download_mnist(tmp_path / "mnist", mirrors=[serve(tmp_path / "site")] * 2, timeout=5)
+    assert not isinstance(info.value, DownloadError)
+    assert list((tmp_path / "mnist").iterdir()) == []
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_root_that_is_a_file_is_a_clear_error(tmp_path, download):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=rf"{tmp_path / 'file'} is not a folder"):
+        load_mnist(tmp_path / "file", download=download, mirrors=["http://127.0.0.1:9/"])
+    with pytest.raises(NotADirectoryError, match=rf"{tmp_path / 'file'} is not a folder"):
+        datasets.download_mnist(tmp_path / "file", mirrors=["http://127.0.0.1:9/"])
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 0.0, float("nan"), float("inf"), -float("inf")])
+def test_bad_timeout_is_a_value_error(tmp_path, timeout):
+    with pytest.raises(ValueError, match=rf"timeout must be a finite number of seconds > 0, got {timeout}"):
+        load_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout=timeout)
+    with pytest.raises(ValueError, match="timeout must be"):
+        datasets.download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout=timeout)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_string_mirror_is_a_type_error(tmp_path):
+    with pytest.raises(
+        TypeError, match=r"each mirror must be a str \(a base URL\), got PosixPath\('/srv/mnist'\)"
+    ):
+        load_mnist(tmp_path, mirrors=["http://127.0.0.1:9/", Path("/srv/mnist")])
+    with pytest.raises(TypeError, match="timeout must be a number of seconds, got '5'"):
+        load_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout="5")  # type: ignore[arg-type]

@@ -200,6 +200,51 @@ def test_interrupt_mid_write_keeps_old_file(tmp_path, gen, monkeypatch):
     assert os.listdir(tmp_path) == [path.name]
 
 
+@pytest.mark.parametrize("length", [200, 238, 255])
+def test_long_file_names_save(tmp_path, gen, length):
+    """Any name the file system allows: the temporary name must not be the target's name plus a suffix."""
+    a = _tt(gen)
+    path = tmp_path / ("a" * (length - len(".safetensors")) + ".safetensors")
+    tt.save(a, path)
+    tt.save(_tt(gen, batch_size=2), path)  # and over an existing file
+    assert os.listdir(tmp_path) == [path.name]
+    assert tt.load(path).batch_size == 2
+
+
+def test_temporary_name_is_short_and_hidden(tmp_path, gen, monkeypatch):
+    created = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        created.append(Path(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tio.os, "replace", spy)
+    tt.save(_tt(gen), tmp_path / ("b" * 250))
+    assert len(created) == 1 and created[0].parent == tmp_path
+    assert re.fullmatch(r"\.tt-[0-9a-f]{12}\.tmp", created[0].name)
+
+
+def test_unwritable_folder_names_the_target(tmp_path, gen, monkeypatch):
+    """The error names the file the caller asked for, not the hidden temporary file."""
+    old, path = _good_file(tmp_path, gen)
+    real_open = os.open
+
+    def refuse(name, flags, *args, **kwargs):  # a read-only folder (chmod does not stop root)
+        if flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", os.fsdecode(name))
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(tio.os, "open", refuse)
+    with pytest.raises(PermissionError) as info:
+        tt.save(_tt(gen), path)
+    monkeypatch.undo()
+    assert info.value.filename == str(path) and info.value.errno == 13
+    assert str(path) in str(info.value) and ".tmp" not in str(info.value)
+    _same(old, tt.load(path))
+    assert os.listdir(tmp_path) == [path.name]
+
+
 # ------------------------------------------------------------------------------------------ bad files
 def _names_file(path: Path) -> str:
     return re.escape(str(path))

@@ -20,17 +20,22 @@ __all__ = ["build_parser", "main"]
 T = TypeVar("T")
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (no upper bound when ``high`` is None)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
+        if high is None and value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}], got {value}")
         return value
 
-    parse.__name__ = f"int>={low}"  # shown by argparse in "invalid int>=1 value" messages
+    # shown by argparse in "invalid int>=1 value" messages
+    parse.__name__ = f"int>={low}" if high is None else f"int in [{low}, {high}]"
     return parse
 
 
@@ -45,7 +50,7 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
             "(DistributedDataParallel, gloo backend) when WORLD_SIZE > 1."
         ),
     )
-    pos, nonneg = _int_at_least(1), _int_at_least(0)
+    pos, nonneg = _int_in(1), _int_in(0)
     d = " (default: %(default)s)"
     p.add_argument(
         "--data",
@@ -73,7 +78,11 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
         "--compress-rank", type=pos, metavar="R", default=16, help="max TT-rank of the TT-SVD (stage c)" + d
     )
     p.add_argument(
-        "--seed", type=nonneg, metavar="S", default=0, help="seed of the initializations and shuffles" + d
+        "--seed",
+        type=_int_in(0, 2**32 - 1),  # the demo's own limit (DemoConfig): a usage error, not a runtime one
+        metavar="S",
+        default=0,
+        help="seed of the initializations and shuffles, 0 to 2**32 - 1" + d,
     )
     p.add_argument(
         "--batch-size",

@@ -5,8 +5,8 @@ the ``root`` argument, else the environment variable ``TENSORTRAIN_DATA``, else
 ``$XDG_CACHE_HOME/tensortrain/mnist`` (``~/.cache/tensortrain/mnist`` when ``XDG_CACHE_HOME`` is unset).
 That folder holds the standard file names, gzipped (``train-images-idx3-ubyte.gz``) or plain
 (``train-images-idx3-ubyte``). Missing files are downloaded into it (when ``download=True``) from a list of
-mirrors, checked against the sha256 of the standard files and written atomically (temporary file, then
-``os.replace``), so an interrupted download never leaves a half-written file under the final name.
+mirrors, checked against the sha256 and size of the standard files and written atomically (temporary file,
+then ``os.replace``), so an interrupted download never leaves a half-written file under the final name.
 
 Files already on disk are not hashed (so Fashion-MNIST, which uses the same names, loads too); the IDX reader
 checks them strictly instead: magic, dtype code, dimensions and the exact data size.
@@ -17,13 +17,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
+import numbers
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,6 +38,7 @@ __all__ = [
     "MNIST_FILES",
     "MNIST_MIRRORS",
     "MNIST_SHA256",
+    "MNIST_SIZES",
     "DownloadError",
     "IDXError",
     "default_data_dir",
@@ -56,6 +61,14 @@ MNIST_SHA256: dict[str, str] = {
     "train-labels-idx1-ubyte.gz": "51fc562b6747b666fbf6e84ce29d43c3cb5f9c388c664d43b33f02095313405a",
     "t10k-images-idx3-ubyte.gz": "cfeddb84311ecf044fc6a5b0f6ee8a24d265d4e83e388400186eb114082f4209",
     "t10k-labels-idx1-ubyte.gz": "e41c74e484045d39b462a7790a4af51301bd9b0b24f0154798d713ec68c45920",
+}
+
+#: Sizes in bytes of the same files: a mirror sending more is cut off at once, not written to the end.
+MNIST_SIZES: dict[str, int] = {
+    "train-images-idx3-ubyte.gz": 9_630_634,
+    "train-labels-idx1-ubyte.gz": 28_902,
+    "t10k-images-idx3-ubyte.gz": 1_602_073,
+    "t10k-labels-idx1-ubyte.gz": 4_540,
 }
 
 #: Base URLs tried in order; override with ``mirrors=`` or ``TENSORTRAIN_MNIST_MIRRORS`` (comma-separated).
@@ -193,7 +206,26 @@ def _mirrors(mirrors: Sequence[str] | None) -> tuple[str, ...]:
         raise TypeError("mirrors must be a sequence of base URLs, not one string")
     if not mirrors:
         raise ValueError("mirrors is empty: give at least one base URL")
+    for m in mirrors:
+        if not isinstance(m, str):  # a Path would be joined as a URL and fail obscurely later
+            raise TypeError(f"each mirror must be a str (a base URL), got {m!r}")
     return tuple(m if m.endswith("/") else m + "/" for m in mirrors)
+
+
+def _check_timeout(timeout: float) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
+    # urllib takes 0 as non-blocking and rejects negative or NaN values only once it connects
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
+
+
+def _folder(root: str | os.PathLike[str] | None) -> Path:
+    """``root`` (or the default folder) as a Path; it may be missing but must not be something else."""
+    folder = Path(root).expanduser() if root is not None else default_data_dir()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder; the MNIST folder must be a directory")
+    return folder
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -215,19 +247,26 @@ def download_mnist(
         root: target folder (created if needed); ``None`` uses ``default_data_dir()``.
         mirrors: base URLs tried in order per file; ``None`` uses ``$TENSORTRAIN_MNIST_MIRRORS``
             (comma-separated) or ``MNIST_MIRRORS``.
-        timeout: seconds per connection attempt.
+        timeout: seconds allowed for one attempt (one file from one mirror: connecting, the reply and the
+            whole body); each single network wait is also bounded by it, so a stalled attempt ends at
+            most about ``2 * timeout`` after it started. The next mirror is then tried.
 
     Returns:
         The paths of the files downloaded (empty when all were present).
 
     Raises:
-        DownloadError: every mirror failed for some file (offline, HTTP error, or sha256 mismatch); the
-            message lists each mirror with its error.
+        DownloadError: every mirror failed for some file (offline, HTTP error, timeout, more bytes than the
+            file has, or sha256 mismatch); the message lists each mirror with its error.
+        NotADirectoryError: ``root`` exists and is not a folder.
+        OSError: ``root`` cannot be created or written (e.g. ``PermissionError``); the message names it.
+        TypeError: ``mirrors`` is one string or holds a non-string; ``timeout`` is not a number.
+        ValueError: ``mirrors`` is empty; ``timeout`` is not a finite number > 0.
 
     Example:
         >>> download_mnist("data/mnist")  # doctest: +SKIP
     """
-    folder = Path(root).expanduser() if root is not None else default_data_dir()
+    _check_timeout(timeout)
+    folder = _folder(root)
     bases = _mirrors(mirrors)
     fetched = []
     for stem in MNIST_FILES:
@@ -237,15 +276,37 @@ def download_mnist(
     return fetched
 
 
+class _MirrorError(Exception):
+    """One mirror failed for one file (network, HTTP, timeout, size or hash): the next one is tried."""
+
+
 def _fetch(folder: Path, name: str, bases: tuple[str, ...], timeout: float) -> Path:
-    """Try each mirror for one file; the first one with the right sha256 wins."""
+    """Try each mirror for one file; the first one with the right sha256 wins.
+
+    The temporary file is created once, before any mirror is tried, so that a folder that cannot be
+    written is reported as such and not as one failure per mirror.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    except OSError as err:
+        msg = f"cannot write into the MNIST folder ({err.strerror or err})"
+        raise type(err)(err.errno, msg, str(folder)) from err
+    os.close(fd)
+    part = Path(tmp)
     failures = []
-    for base in bases:
-        url = base + name
-        try:
-            return _fetch_one(url, folder / name, MNIST_SHA256[name], timeout)
-        except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, timeouts: OSError
-            failures.append(f"  {url}: {err}")
+    try:
+        for base in bases:
+            url = base + name
+            try:
+                _fetch_one(url, part, MNIST_SHA256[name], MNIST_SIZES.get(name), timeout)
+            except _MirrorError as err:
+                failures.append(f"  {url}: {err}")
+                continue
+            os.chmod(part, 0o644)  # mkstemp creates 0600; a data file is meant to be shared
+            os.replace(part, folder / name)
+            return folder / name
+    finally:
+        part.unlink(missing_ok=True)  # nothing left after a success (renamed) or a failure
     raise DownloadError(
         f"could not download {name} into {folder} from any mirror:\n"
         + "\n".join(failures)
@@ -253,23 +314,51 @@ def _fetch(folder: Path, name: str, bases: tuple[str, ...], timeout: float) -> P
     )
 
 
-def _fetch_one(url: str, target: Path, sha256: str, timeout: float) -> Path:
-    """Stream ``url`` into a temporary file beside ``target``; rename it only if the hash matches."""
+def _fetch_one(url: str, part: Path, sha256: str, size: int | None, timeout: float) -> None:
+    """Stream ``url`` into ``part`` (truncated first); raise ``_MirrorError`` unless the hash matches.
+
+    Errors writing ``part`` are local and pass through as they are: another mirror would not help.
+    """
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    with open(part, "wb") as out, closing(_body(url, size, timeout)) as chunks:
+        for chunk in chunks:
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != sha256:
+        raise _MirrorError(f"sha256 mismatch (got {digest.hexdigest()}, expected {sha256})")
+
+
+def _body(url: str, size: int | None, timeout: float) -> Generator[bytes, None, None]:
+    """The body of ``url`` in pieces; a network error, the deadline or an oversized body is a ``_MirrorError``.
+
+    ``timeout`` alone bounds each socket operation, not the total: a server that trickles one byte at a
+    time or streams without end would never be stopped, hence the overall deadline and the size limit.
+    """
+    deadline = time.monotonic() + timeout
+    received = 0
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            while chunk := resp.read(1 << 16):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise ValueError(f"sha256 mismatch (got {digest.hexdigest()}, expected {sha256})")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data file is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            limit = size if size is not None else _content_length(resp)
+            # read1: whatever has arrived (one socket read), so the deadline is checked between trickles
+            while chunk := resp.read1(1 << 16):
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    raise _MirrorError(f"more than the expected {limit} bytes; not the MNIST file")
+                if time.monotonic() > deadline:
+                    raise _MirrorError(f"not complete after {timeout:g} s ({received} bytes received)")
+                yield chunk
+    except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, socket timeouts: OSError
+        raise _MirrorError(str(err)) from err
+
+
+def _content_length(resp: object) -> int | None:
+    """The announced body size, or None when absent or malformed (then the body is read to its end)."""
+    headers = getattr(resp, "headers", None)
+    value = headers.get("Content-Length") if headers is not None else None
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def load_mnist(
@@ -286,7 +375,8 @@ def load_mnist(
             the cache folder (see ``default_data_dir``).
         download: fetch missing files from ``mirrors`` (sha256-checked, atomic writes).
         mirrors: base URLs for the download; see ``download_mnist``.
-        timeout: seconds per connection attempt.
+        timeout: seconds allowed for one download attempt (one file from one mirror, connecting and the
+            whole body); see ``download_mnist``.
 
     Returns:
         ``MNIST(train_images, train_labels, test_images, test_labels)``: images uint8 (N, 28, 28), labels
@@ -296,13 +386,17 @@ def load_mnist(
         FileNotFoundError: files are missing and ``download=False``.
         DownloadError: files are missing and no mirror delivered them.
         IDXError: a file is corrupt, truncated, or not what MNIST needs (shape, dtype, label range).
+        NotADirectoryError: ``root`` exists and is not a folder.
+        OSError: ``root`` cannot be created or written while downloading; the message names it.
+        TypeError, ValueError: bad ``mirrors`` or ``timeout`` (see ``download_mnist``).
 
     Example:
         >>> data = load_mnist("../shared/data/mnist")  # doctest: +SKIP
         >>> data.train_images.shape, data.test_labels.dtype  # doctest: +SKIP
         (torch.Size([60000, 28, 28]), torch.int64)
     """
-    folder = Path(root).expanduser() if root is not None else default_data_dir()
+    _check_timeout(timeout)
+    folder = _folder(root)
     missing = [stem for stem in MNIST_FILES if _find(folder, stem) is None]
     if missing and not download:
         raise FileNotFoundError(

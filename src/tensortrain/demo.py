@@ -51,7 +51,15 @@ Progress = Callable[[Iterable[T], str, int], Iterable[T]]
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Options of ``tensortrain demo mnist`` (the defaults are the tutorial's)."""
+    """Options of ``tensortrain demo mnist`` (the defaults are the tutorial's).
+
+    Raises:
+        TypeError: a count, rank or seed is not an int (``train_subset``, ``test_subset``, ``threads``: an
+            int or None).
+        ValueError: ``batch_size``, ``rank`` or ``compress_rank`` below 1, an epoch count below 0,
+            ``train_subset``, ``test_subset`` or ``threads`` below 1, or ``seed`` outside ``[0, 2**32)``.
+            The message names the option.
+    """
 
     data: str | None = None
     out: str = "out/demo"
@@ -65,6 +73,29 @@ class DemoConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "rank", "compress_rank"):
+            if _int_option(name, getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs_tt", "epochs_dense", "epochs_finetune"):
+            if _int_option(name, getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset", "threads"):
+            # 0 or a negative N would silently mean "no images" or "all but the last N" (images[:N])
+            value = _int_option(name, getattr(self, name), optional=True)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {value}")
+        # each stage's shuffle seed is seed * 1000 + a letter: keep it in 64 bits
+        if not 0 <= _int_option("seed", self.seed) < 2**32:
+            raise ValueError(f"seed must lie in [0, 2**32), got {self.seed}")
+
+
+def _int_option(name: str, value: object, optional: bool = False) -> Any:
+    """``value`` itself once it is an int (not a bool), or None where allowed; else a TypeError naming it."""
+    if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"{name} must be {'an int or None' if optional else 'an int'}, got {value!r}")
 
 
 @dataclass
@@ -250,16 +281,19 @@ def run_mnist_demo(
         One :class:`StageResult` per stage (a, b, c, d).
 
     Raises:
-        ValueError: ``seed`` outside ``[0, 2**32)``, or ``batch_size`` not divisible by the number of processes.
+        ValueError: ``batch_size`` not divisible by the number of processes (the options themselves are
+            checked when the :class:`DemoConfig` is built).
         FileNotFoundError, tensortrain.datasets.DownloadError, tensortrain.datasets.IDXError: no usable
             MNIST (see :func:`tensortrain.datasets.load_mnist`).
+        NotADirectoryError: ``cfg.out`` (or ``cfg.data``) exists and is not a folder.
         OSError: ``cfg.out`` cannot be created or written.
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if not 0 <= cfg.seed < 2**32:  # each stage's shuffle seed is seed * 1000 + a letter: keep it in 64 bits
-        raise ValueError(f"seed must lie in [0, 2**32), got {cfg.seed}")
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():  # checked before a possibly long download, created after it
+        raise NotADirectoryError(f"{out} is not a folder; the output folder (out) must be a directory")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
@@ -277,7 +311,7 @@ def run_mnist_demo(
         progress or _no_progress,
     )
     if rank == 0:  # fail now, not after minutes of training, when --out cannot be created
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es)")
     # The first optimizer imports torch's compiler stack (seconds): do it here, outside the stage timings.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])

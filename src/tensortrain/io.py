@@ -170,10 +170,19 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``.
 
     The temporary name is unique and created exclusively (mode 0o666 minus the umask, as a plain open
-    would), so concurrent writers never collide; it is removed if anything fails.
+    would), so concurrent writers never collide; it is removed if anything fails. It has a fixed length
+    (``.tt-<12 hex>.tmp``), not the target's name plus a suffix, which would exceed the file system's
+    name limit (often 255 bytes) for long but legal target names.
+
+    Raises:
+        OSError: the temporary file cannot be created (e.g. ``PermissionError`` in a read-only folder),
+            re-raised as the same type naming ``path``; or writing, syncing or renaming failed.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    tmp = path.with_name(f".tt-{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as err:  # the caller asked for path: name it, not our hidden temporary file
+        raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
     try:
         try:
             _write_all(fd, data)
