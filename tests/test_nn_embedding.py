@@ -259,3 +259,33 @@ def test_to_embedding_keeps_a_frozen_layer_frozen():
                                            emb_dims=(2, 4))  # fmt: skip
     assert not emb.to_embedding().weight.requires_grad
     assert tt.nn.TTEmbedding(20, 8, tt_rank=2).to_embedding().weight.requires_grad
+
+
+def test_padded_rows_are_refused_under_transforms():
+    """Without the eager value check (compile, vmap, func.grad, forward AD) the rows [V, V') of the padded table
+    were returned; they must be refused there too."""
+    import torch.autograd.forward_ad as fwAD
+
+    emb = tt.nn.TTEmbedding(97, 12, tt_rank=3, voc_dims=(4, 5, 5))  # 100 rows, 97..99 are padding
+    bad = torch.tensor([98])
+    with pytest.raises((IndexError, RuntimeError)):
+        torch.func.vmap(emb)(bad[None])
+    with pytest.raises((IndexError, RuntimeError)):
+        torch.compile(emb, backend="eager", fullgraph=True)(bad)
+    with fwAD.dual_level(), pytest.raises((IndexError, RuntimeError)):
+        emb(bad)
+    params = dict(emb.named_parameters())
+    with pytest.raises((IndexError, RuntimeError)):
+        torch.func.grad(lambda p: torch.func.functional_call(emb, p, (bad,)).sum())(params)
+    ok = torch.tensor([[96, 0]])
+    assert_close(torch.func.vmap(emb)(ok)[0], emb(ok[0]))
+
+
+def test_padding_row_stays_zero_when_other_rows_overflow():
+    emb = tt.nn.TTEmbedding(10, 4, tt_rank=2, padding_idx=0, dtype=torch.float16)
+    with torch.no_grad():
+        for c in emb.cores:
+            c.fill_(300.0)  # every product overflows float16
+    out = emb(torch.tensor([0, 1]))
+    assert torch.equal(out[0], torch.zeros(4, dtype=torch.float16))  # was NaN (inf * 0)
+    assert torch.isinf(out[1]).all()

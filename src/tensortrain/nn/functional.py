@@ -209,11 +209,17 @@ def _embedding(
     _check_indices("tt_embedding", input, v, weight.device)
     padding_idx = padding_index("tt_embedding", padding_idx, v)
     flat = input.reshape(-1).long()
+    if transforms_active():
+        # No value check ran (_check_indices): send every index outside [0, V) to V', whose first-mode digit the
+        # lookup's index_select refuses. Without this the padded rows [V, V') of the table would be returned.
+        flat = torch.where((flat >= 0) & (flat < v), flat, v_pad)
     with full_precision(weight.device.type):
         rows = _rows(weight, flat, voc_dims, cache)
     if padding_idx is not None:
         keep = (flat != padding_idx).unsqueeze(-1)
-        rows = rows * keep.to(rows.dtype)  # zero output and zero gradient for padding positions
+        # zero output and zero gradient for padding positions; a mask, not a product (an overflowed inf row
+        # times 0 would be NaN)
+        rows = rows.masked_fill(~keep, 0)
     return rows.reshape(*input.shape, dim)
 
 
