@@ -258,3 +258,16 @@ def test_gather_nd_errors(gen):
         ops.gather_nd(m, torch.tensor([[2, 0, 0]]))
     with pytest.raises(IndexError, match=r"gather_nd: column index 4 out of range \[0, 4\)"):
         ops.gather_nd(m, torch.tensor([[1, 0, 4]]))
+
+
+def test_batch_index_must_be_one_axis_of_elements(gen):
+    b = random_tt((3, 4), (1, 2, 1), gen=gen, batch_size=4)
+    for bad in (torch.tensor([[0, 1], [2, 3]]), [[0, 1], [1, 2]], [0.5]):
+        with pytest.raises(TypeError, match="1-D list or tensor of ints"):
+            b[bad]
+    with pytest.raises(TypeError, match="a batch index must be"):
+        b[[0, slice(None)]]
+    # negative steps, as Python sequences (and t3f) take them
+    assert_close(ops.full(b[::-1]), ops.full(b).flip(0))
+    assert_close(ops.full(b[3:0:-2]), ops.full(b)[[3, 1]])
+    assert_close(ops.full(b[[True, False, True, False]]), ops.full(b)[[0, 2]])

@@ -90,3 +90,17 @@ def test_assign_errors(gen):
         match="tt_from_parameters: expects an nn.ParameterList or a sequence of tensors, got Tensor",
     ):
         variables.tt_from_parameters(torch.ones(1, 2, 1))
+
+
+def test_assign_a_value_that_shares_memory_with_the_targets():
+    """Swapping or transposing the parameters' own cores: each value core must be read before it is written."""
+    x = tt.TensorTrain([torch.randn(1, 3, 1, dtype=torch.float64), torch.randn(1, 3, 1, dtype=torch.float64)])
+    p = tt.tt_parameters(x)
+    v = tt.tt_from_parameters(p)
+    swapped = tt.TensorTrain([v.tt_cores[1], v.tt_cores[0]])
+    want = tt.full(swapped).detach().clone()
+    assert torch.allclose(tt.full(tt.assign(p, swapped)), want)
+    w = tt.random_matrix([[3, 3], [3, 3]], tt_rank=2, dtype=torch.float64)
+    q = tt.tt_parameters(w)
+    want = tt.full(tt.transpose(w))
+    assert torch.allclose(tt.full(tt.assign(q, tt.transpose(tt.tt_from_parameters(q)))), want)

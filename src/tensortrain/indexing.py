@@ -88,7 +88,24 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
     # 0-dim float or bool tensors and arrays.
     if isinstance(idx, bool | float) or idx is None or getattr(idx, "ndim", None) == 0:
         raise TypeError(f"a batch index must be an int, slice, list or tensor of ints, got {idx!r}")
-    picked = [c[idx] for c in cores]
+    if isinstance(idx, slice):
+        if idx.step is not None and as_int(idx.step) is not None and as_int(idx.step) < 0:  # type: ignore[operator]
+            # torch slices take no negative steps; Python's range does (and t3f's did)
+            idx = torch.tensor(range(size)[idx], dtype=torch.long)
+    else:
+        # one axis of batch elements: ints or a bool mask (a nested list or a 2-D tensor would index core axes)
+        try:
+            idx = torch.as_tensor(idx)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"a batch index must be an int, slice, list or tensor of ints, got {type(idx).__name__}"
+            ) from None
+        if idx.dim() != 1 or idx.is_floating_point() or idx.is_complex():
+            raise TypeError(
+                f"a batch index must be a 1-D list or tensor of ints (or a bool mask), got "
+                f"{tuple(idx.shape)} {idx.dtype} values"
+            )
+    picked = [c[idx.to(c.device) if isinstance(idx, torch.Tensor) else idx] for c in cores]
     if picked[0].shape[0] == 0:
         raise IndexError(f"batch index {idx!r} selects no elements of a {size} element batch")
     return picked, True

@@ -138,6 +138,16 @@ def assign(params: Iterable[torch.Tensor] | TensorTrainBase, tt: TensorTrainBase
                 f"{tuple(c.shape)}; target TT-ranks differ? round the value to the parameters' ranks"
             )
     with torch.no_grad():
-        for p, c in zip(targets, tt.tt_cores, strict=True):
+        # Values that share memory with a target (the params' own cores swapped or transposed) are copied
+        # first: writing core k would otherwise change a value still to be read.
+        values = [c.clone() if any(_overlaps(c, p) for p in targets) else c for c in tt.tt_cores]
+        for p, c in zip(targets, values, strict=True):
             p.copy_(c)
     return tt_from_parameters(targets, batch=isinstance(tt, TensorTrainBatch))
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share memory (same storage; conservative: any overlap of the storages)."""
+    if a.device != b.device or a.device.type == "meta":
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
