@@ -96,3 +96,28 @@ def test_embedding_under_autocast_returns_the_table_dtype(tokens):
     assert out.dtype == torch.float32
     out.sum().backward()
     assert all(c.grad is not None and c.grad.dtype == torch.float32 for c in emb.cores)
+
+
+def test_blocked_full_plan_in_inference_under_autocast():
+    """A W over BLOCKED_ABOVE is built in blocks with out= writes, which mm.out does not autocast: the halves
+    (one merged by an autocast matmul, one a plain core) differ in dtype there."""
+    w = tt.random_matrix([[16, 16, 16], [16, 16, 16]], tt_rank=16, stddev=0.1)  # 4096 x 4096: 64 MiB
+    x = torch.randn(64, 4096)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = C.linear(x, w, strategy="full")
+    assert y.dtype == torch.bfloat16
+    ref = x @ tt.full(w).T
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 2e-2
+
+
+def test_float64_operands_fail_alike_in_every_plan_under_autocast():
+    """Autocast leaves float64 alone: a float64 x or bias with float32 cores is the usual dtype error whatever
+    the plan (it was cast down by some plans and failed deep inside others)."""
+    w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4)
+    x, b64 = torch.randn(5, 28), torch.randn(32, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for strategy in ("grouped_rtl", "grouped_ltr", "full"):
+            with pytest.raises(tt.ShapeError, match="bias has dtype torch.float64"):
+                C.linear(x, w, b64, strategy=strategy)
+            with pytest.raises(tt.ShapeError, match="x has dtype torch.float64"):
+                C.linear(x.double(), w, strategy=strategy)

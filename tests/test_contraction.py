@@ -520,3 +520,37 @@ def test_reported_flops_do_not_depend_on_pricing(gen):
         assert p1.flops_backward == 2 * p1.flops_forward
     text = str(C.plan(tt.random_matrix([[4, 8], [7, 4]], tt_rank=4, generator=gen), 0))
     assert "(against the dense product's 0 GFLOP)" in text and "x more" not in text
+
+
+def test_core_lists_are_checked_as_tensor_trains():
+    a, b = torch.randn(1, 4, 7, 3), torch.randn(3, 8, 4, 1)
+    with pytest.raises(tt.ShapeError, match="linear: TensorTrain: core 0 has dtype torch.float32 but core 1"):
+        C.linear(torch.randn(5, 28), [a, b.double()])
+    with pytest.raises(tt.ShapeError, match="empty dimension"):
+        C.linear(torch.randn(5, 3), [torch.randn(1, 0, 3, 2), torch.randn(2, 2, 1, 1)], strategy="full")
+    with pytest.raises(tt.ShapeError, match="plan: TensorTrain: core 0 has dtype"):
+        C.plan([a, b.double()], 8)
+
+
+def test_dense_matmul_messages_name_their_arguments():
+    w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=2)  # 32 x 28
+    with pytest.raises(
+        tt.ShapeError, match=r"b has shape \(27, 3\), 27 rows, but the TT-matrix has 28 columns"
+    ):
+        C.tt_dense_matmul(w, torch.randn(27, 3))
+    with pytest.raises(
+        tt.ShapeError, match=r"a has shape \(3, 31\) but the TT-matrix has 32 rows \(row dims"
+    ):
+        C.dense_tt_matmul(torch.randn(3, 31), w)
+    with pytest.raises(TypeError, match="b must be a torch.Tensor, got list"):
+        C.tt_dense_matmul(w, [[1.0]])
+    with pytest.raises(tt.ShapeError, match="b has dtype torch.float64"):
+        C.tt_dense_matmul(w, torch.randn(28, 3, dtype=torch.float64))
+
+
+def test_requires_grad_must_be_a_bool():
+    w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=2)
+    with pytest.raises(TypeError, match="plan: requires_grad must be a bool, got 'no'"):
+        C.plan(w, 8, requires_grad="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="enumerate_plans: requires_grad must be a bool"):
+        C.enumerate_plans(w, 3, requires_grad="no")  # type: ignore[arg-type]

@@ -221,7 +221,9 @@ def build_full(
         ml, mr, nl, nr
     )
     lm3 = lmat.reshape(ml, nl, r)
-    record = _recording(lmat, rmat)
+    # no out= writes while autograd records, nor under autocast (mm.out does not cast: the halves may differ in
+    # dtype there) or a transform
+    record = not _writable(lmat, rmat)
     with workspace.scratch((bs * nl, mr * nr), lmat.dtype, lmat.device) as blk:
         for a in range(0, ml, bs):
             b = min(ml, a + bs)
