@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import tensortrain as tt
+import tensortrain.compression as compression
 from conftest import assert_close
 from tensortrain.compression import _CONVERTERS
 
@@ -232,6 +235,9 @@ def test_bad_arguments():
         tt.compress(mlp(), ratio=0.5)
     with pytest.raises(ValueError, match=r"epsilon .* must be in \(0, 1\)"):
         tt.compress(mlp(), epsilon=2.0)
+    for name, bad in (("ratio", "2"), ("ratio", True), ("epsilon", "0.1")):
+        with pytest.raises(TypeError, match=f"compress: {name} must be a real number, got {bad!r}"):
+            tt.compress(mlp(), **{name: bad})
     with pytest.raises(
         ValueError, match=r"no nn.Linear or nn.Embedding layer matched include='enc\*'.*\['0', '2', '4'\]"
     ):
@@ -286,9 +292,10 @@ def test_meta_model_gets_the_structure_of_a_compressed_checkpoint(gen):
     skeleton.load_state_dict(small.state_dict())
     idx = torch.randint(0, 100, (5,), generator=gen)
     torch.testing.assert_close(skeleton(idx), small(idx), rtol=0, atol=0)
-    # epsilon needs singular values: the layer stays dense and the report says why
-    _, eps_report = tt.compress(mlp(device="meta"), epsilon=0.5)
-    assert all("meta tensor has no values" in lay.reason for lay in eps_report.layers)
+    # epsilon needs singular values, which a meta weight has not: a clear error, not a dense "compressed" model
+    for dry_run in (False, True):
+        with pytest.raises(ValueError, match=r"epsilon .* singular values.*meta device \(0, 1\)"):
+            tt.compress(mlp(device="meta"), epsilon=0.5, dry_run=dry_run)
 
 
 # ------------------------------------------------------------------------------ sharing, zero weights
@@ -339,3 +346,168 @@ def test_rel_error_of_a_zero_weight_is_zero():
     half = nn.Sequential(nn.Linear(64, 64, dtype=torch.float16))
     nn.init.zeros_(half[0].weight)
     assert tt.compress(half, max_tt_rank=4)[1].layers[0].rel_error == 0.0
+
+
+# ------------------------------------------------------------------- layers that cannot be converted
+def test_ratio_counts_layers_that_cannot_be_converted_as_dense():
+    """A selected layer the converter refuses (an Embedding option, a non-finite weight) stays dense whatever
+    the rank: the ratio search counts it as fixed, so the target is met or refused, never silently missed."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"emb": nn.Embedding(1000, 64, max_norm=1.0), "head": nn.Linear(64, 1000)})
+    with pytest.raises(ValueError, match=r"ratio=4.0 is out of reach.*emb: .*max_norm"):
+        tt.compress(model, ratio=4)
+    small, report = tt.compress(model, ratio=1.5)
+    emb, head = report.layers
+    assert not emb.replaced and "max_norm=1.0" in emb.reason and head.replaced
+    assert report.ratio >= 1.5 and report.model_params_after == count(small)
+    inf = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
+    with torch.no_grad():
+        inf[0].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"ratio=8.0 is out of reach.*0: .*NaN or inf"):
+        tt.compress(inf, ratio=8)
+    small, report = tt.compress(inf, ratio=1.8)
+    assert report.ratio >= 1.8 and not report.layers[0].replaced and report.layers[1].replaced
+    assert "NaN or inf" in report.layers[0].reason and type(small[0]) is nn.Linear
+
+
+def test_ratio_below_target_after_converting_is_an_error(monkeypatch):
+    """The safety net: a conversion that misses the planned ratio raises, and leaves an inplace model whole."""
+    model = mlp()
+    monkeypatch.setattr(compression, "_rank_for_ratio", lambda *args: 64)  # a plan that misses the target
+    with pytest.raises(ValueError, match=r"ratio=3.0 was not reached: the converted layers give 1.0x"):
+        tt.compress(model, ratio=3, inplace=True)
+    assert all(type(model[i]) is nn.Linear for i in (0, 2, 4))
+
+
+def test_sparse_embedding_stays_dense():
+    model = nn.Sequential(nn.Embedding(1000, 64, sparse=True), nn.Linear(64, 64))
+    small, report = tt.compress(model, max_tt_rank=4)
+    assert not report.layers[0].replaced and "sparse=True" in report.layers[0].reason
+    assert type(small[0]) is nn.Embedding and report.layers[1].replaced
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_empty_layers_stay_dense_and_the_rest_is_compressed():
+    model = nn.ModuleDict({"body": nn.Linear(64, 256), "aux_head": nn.Linear(256, 0)})  # 0 aux classes
+    small, report = tt.compress(model, max_tt_rank=4)
+    body, aux = report.layers
+    assert body.replaced and not aux.replaced and aux.reason == "empty layer"
+    assert aux.shape == (0, 256) and aux.params_before == aux.params_after == 0
+    assert isinstance(small["body"], tt.nn.TTLinear) and type(small["aux_head"]) is nn.Linear
+    assert "kept dense aux_head: empty layer" in str(report)
+    assert tt.compress(model, ratio=2)[1].ratio >= 2
+    alone, report = tt.compress(nn.Embedding(0, 8), max_tt_rank=4)
+    assert type(alone) is nn.Embedding and report.ratio == 1.0 and "empty layer" in str(report)
+
+
+def test_layer_with_extra_parameters_or_buffer_clashing_stays_dense():
+    model = mlp()
+    model[0].register_parameter("scale", nn.Parameter(torch.ones(48, dtype=DT)))
+    model[2].register_buffer("cores", torch.zeros(1, dtype=DT))  # a TTLinear attribute: cannot be carried
+    small, report = tt.compress(model, max_tt_rank=2)
+    assert "parameters or submodules the TT layer would drop (scale)" in report.layers[0].reason
+    assert "buffer 'cores'" in report.layers[1].reason and report.layers[2].replaced
+    assert type(small[0]) is nn.Linear and type(small[2]) is nn.Linear
+
+
+# --------------------------------------------------------------------- weights recomputed by hooks
+def hooked_models() -> list[tuple[nn.Sequential, str]]:
+    """Linear layers whose .weight is recomputed by a forward pre-hook, with the remedy compress names."""
+    pruned = mlp()
+    torch.nn.utils.prune.l1_unstructured(pruned[0], "weight", amount=0.5)
+    with warnings.catch_warnings():  # the old-style API is deprecated (parametrizations replace it)
+        warnings.simplefilter("ignore", FutureWarning)
+        normed = mlp()
+        torch.nn.utils.weight_norm(normed[0])
+    spectral = mlp()
+    torch.nn.utils.spectral_norm(spectral[0])
+    return [
+        (pruned, r"prune.remove\(module, 'weight'\)"),
+        (normed, r"remove_weight_norm\(module, 'weight'\)"),
+        (spectral, r"remove_spectral_norm\(module, 'weight'\)"),
+    ]
+
+
+def test_layers_whose_weight_a_hook_recomputes_stay_dense(gen):
+    """Pruning and the old-style weight_norm / spectral_norm refresh .weight in a forward pre-hook: between
+    forwards it is a stale copy, so compressing it would be wrong (and report a wrong error)."""
+    x = torch.randn(4, 64, generator=gen, dtype=DT)
+    for model, remedy in hooked_models():
+        model.eval()  # spectral_norm's power iteration would change the weight at each training forward
+        first = model[0](x)
+        small, report = tt.compress(model, max_tt_rank=2, inplace=True)
+        hooked = report.layers[0]
+        assert small is model and not hooked.replaced and type(small[0]) is nn.Linear
+        assert re.search(f"recomputed before each forward.*{remedy}", hooked.reason)
+        assert report.layers[1].replaced and report.layers[2].replaced
+        assert_close(small[0](x), first)
+
+
+def test_model_that_cannot_be_copied_gets_a_clear_error():
+    pruned, _ = hooked_models()[0]
+    with pytest.raises(ValueError, match=r"cannot be copied.*prune.*weight_norm.*inplace=True"):
+        tt.compress(pruned, max_tt_rank=2)
+    _, report = tt.compress(pruned, max_tt_rank=2, dry_run=True)  # nothing is copied in a dry run
+    assert not report.layers[0].replaced
+
+
+# ------------------------------------------------------------------ what the replaced layer keeps
+def test_hooks_and_extra_buffers_move_to_the_tt_layer(gen):
+    model = mlp()
+    calls: list[str] = []
+    handles = [
+        model[0].register_forward_hook(lambda m, i, o: calls.append(f"post {type(m).__name__}")),
+        model[0].register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append("pre kwargs") or None, with_kwargs=True
+        ),
+        model[0].register_forward_hook(lambda m, i, o: calls.append("always"), always_call=True),
+    ]
+    model[0].register_buffer("calib_scale", torch.full((48,), 2.0, dtype=DT))
+    model[0].register_buffer("scratch", torch.zeros(3, dtype=DT), persistent=False)
+    small, _ = tt.compress(model, max_tt_rank=2, inplace=True)
+    assert isinstance(small[0], tt.nn.TTLinear)
+    small(torch.randn(2, 64, generator=gen, dtype=DT))
+    assert calls == ["pre kwargs", "post TTLinear", "always"]
+    assert_close(small[0].calib_scale, torch.full((48,), 2.0, dtype=DT))
+    assert "0.calib_scale" in small.state_dict() and "0.scratch" not in small.state_dict()
+    assert small[0].scratch.shape == (3,)
+    for handle in handles:  # the user's handles still remove the hooks from the TT layer
+        handle.remove()
+    calls.clear()
+    dense = tt.decompress(small)
+    dense(torch.randn(2, 64, generator=gen, dtype=DT))
+    assert calls == [] and "0.calib_scale" in dense.state_dict()
+    # decompress carries them back too
+    small[0].register_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
+    dense = tt.decompress(small)
+    dense(torch.randn(2, 64, generator=gen, dtype=DT))
+    assert calls == ["Linear"] and type(dense[0]) is nn.Linear and dense[0].scratch.shape == (3,)
+
+
+def test_replaced_layers_keep_train_or_eval_mode():
+    for training in (True, False):
+        model = nn.Sequential(nn.Linear(64, 256), nn.Dropout(0.1), nn.Embedding(100, 16))
+        model.train(training)
+        small, _ = tt.compress(model, max_tt_rank=4)
+        assert isinstance(small[0], tt.nn.TTLinear) and isinstance(small[2], tt.nn.TTEmbedding)
+        assert all(m.training is training for m in small.modules())
+        assert all(m.training is training for m in tt.decompress(small.train(training)).modules())
+    small[0].train()  # a layer whose mode differs from its parent's keeps its own
+    assert tt.decompress(small)[0].training and not tt.decompress(small)[2].training
+
+
+def test_reading_a_replaced_layers_weight_directly_fails_clearly(gen):
+    """Code that uses a layer's .weight outside its forward cannot be detected; its first call says why."""
+
+    class ReadsWeight(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(64, 256)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(x, self.lin.weight, self.lin.bias)
+
+    small, report = tt.compress(ReadsWeight(), max_tt_rank=4)
+    assert report.layers[0].replaced
+    with pytest.raises(TypeError, match=r"'linear' got a TensorTrain.*called as modules.*tt.full\(w\)"):
+        small(torch.randn(2, 64, generator=gen))

@@ -289,3 +289,10 @@ def test_padding_row_stays_zero_when_other_rows_overflow():
     out = emb(torch.tensor([0, 1]))
     assert torch.equal(out[0], torch.zeros(4, dtype=torch.float16))  # was NaN (inf * 0)
     assert torch.isinf(out[1]).all()
+
+
+def test_from_embedding_refuses_sparse_gradients():
+    """The cores' gradients are dense, so a sparse embedding (trained with SparseAdam, say) is refused
+    rather than converted into a layer its optimizer fails on."""
+    with pytest.raises(ValueError, match="sparse=True is not supported.*dense.*SparseAdam"):
+        tt.nn.TTEmbedding.from_embedding(nn.Embedding(100, 8, sparse=True), max_tt_rank=2)

@@ -194,3 +194,29 @@ def test_base_class_and_subclasses_print():
         pass
 
     assert str(MyTT([torch.ones(1, 2, 1)])) == "A Tensor Train of shape (2), TT-ranks: (1, 1)"
+
+
+def test_torch_functions_given_a_tt_object_say_what_to_do(gen):
+    """Torch functions other than matmul raise a TypeError naming the function and the fix (a TT layer's
+    .weight read outside the layer's forward is the usual cause), instead of torch's bare "Multiple dispatch
+    failed"; matmul goes to tt.matmul and operators still fall back to the TT object's reflected methods."""
+    w = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    y = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    x = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    fix = (
+        r"TT object \(e.g. the .weight of a TTLinear or TTEmbedding layer\).*called as modules.*tt.full\(w\)"
+    )
+    with pytest.raises(TypeError, match=f"torch function 'linear' got a TensorTrain, a {fix}"):
+        torch.nn.functional.linear(x, w)
+    with pytest.raises(TypeError, match=f"'embedding' got a TensorTrain, a {fix}"):
+        torch.nn.functional.embedding(torch.tensor([1]), w)
+    batch = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(TypeError, match="got a TensorTrainBatch, a TT object"):
+        torch.cat([y, batch])  # type: ignore[list-item]
+    full = tt.full(w)
+    for product in (y @ w, torch.matmul(y, w), y.matmul(w)):
+        torch.testing.assert_close(product, y @ full)
+    with pytest.raises(TypeError, match="add: first operand is a Tensor"):  # tt.add's own message
+        y + w  # noqa: B018
+    assert isinstance(torch.tensor(2.0, dtype=torch.float64) * w, tt.TensorTrain)
+    assert (y == w) is False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatchcase
@@ -18,6 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from .nn.embedding import TTEmbedding, resolve_embedding_dims
 from .nn.linear import TTLinear, resolve_dims
@@ -34,8 +38,11 @@ class _Converter:
     """How one dense layer type becomes a TT layer: its weight, its TT dims, and the conversion."""
 
     kind: str
+    tt_type: type[TTLinear] | type[TTEmbedding]
+    own_params: tuple[str, ...]  # the dense layer's parameters that the conversion carries over
     dims: Callable[[Any], Dims]  # (row dims, col dims) of the TT weight
     weight: Callable[[Any], torch.Tensor]  # the dense weight the TT-SVD approximates
+    refuse: Callable[[Any], str | None]  # why the converter would refuse this layer (its options), or None
     convert: Callable[[Any, int | None, float | None, Dims], TTLinear | TTEmbedding]
     tt_weight: Callable[[Any], torch.Tensor]  # the converted layer's dense weight, same shape as weight
     extra_params: Callable[[Any], int]  # parameters kept beside the cores (a bias)
@@ -50,19 +57,59 @@ def _embedding_dims(m: nn.Embedding) -> Dims:
     return resolve_embedding_dims(m.num_embeddings, m.embedding_dim, None, None)
 
 
+def _non_finite(w: torch.Tensor, skip_row: int | None = None) -> bool:
+    """Whether ``w`` holds NaN or inf (outside row ``skip_row``), which TT-SVD refuses. A finite sum proves
+    every entry finite at a fraction of an elementwise check's cost; meta tensors have no values."""
+    w = w.detach()
+    if w.is_meta or bool(torch.isfinite(w.sum())):
+        return False
+    ok = torch.isfinite(w)
+    if skip_row is not None:
+        ok[skip_row] = True
+    return not bool(ok.all())
+
+
+def _linear_refusal(m: nn.Linear) -> str | None:
+    if _non_finite(m.weight):
+        return "the weight contains NaN or inf values; TT-SVD needs finite entries"
+    return None
+
+
+def _embedding_refusal(m: nn.Embedding) -> str | None:
+    """The options ``TTEmbedding.from_embedding`` refuses (the same checks, made before any TT-SVD so that
+    the ratio search knows the layer stays dense), and a non-finite table (its padding row is ignored, as
+    ``from_embedding`` zeroes it)."""
+    opts = {"max_norm": m.max_norm, "scale_grad_by_freq": m.scale_grad_by_freq, "sparse": m.sparse}
+    bad = [f"{k}={v}" for k, v in opts.items() if v not in (None, False)]
+    if bad:
+        dense_grads = " (the TT cores' gradients are dense: SparseAdam and the like would fail)"
+        return f"TTEmbedding.from_embedding does not support {', '.join(bad)}" + (
+            dense_grads if m.sparse else ""
+        )
+    if _non_finite(m.weight, m.padding_idx):
+        return "the table contains NaN or inf values; TT-SVD needs finite entries"
+    return None
+
+
 _CONVERTERS: dict[type[nn.Module], _Converter] = {
     nn.Linear: _Converter(
         kind="Linear",
+        tt_type=TTLinear,
+        own_params=("weight", "bias"),
         dims=_linear_dims,
         weight=lambda m: m.weight,
+        refuse=_linear_refusal,
         convert=lambda m, r, eps, dims: TTLinear.from_linear(m, r, eps, in_dims=dims[1], out_dims=dims[0]),
         tt_weight=lambda t: t.dense_weight(),
         extra_params=lambda m: 0 if m.bias is None else m.bias.numel(),
     ),
     nn.Embedding: _Converter(
         kind="Embedding",
+        tt_type=TTEmbedding,
+        own_params=("weight",),
         dims=_embedding_dims,
         weight=lambda m: m.weight,
+        refuse=_embedding_refusal,
         convert=lambda m, r, eps, dims: TTEmbedding.from_embedding(
             m, r, eps, voc_dims=dims[0], emb_dims=dims[1]
         ),
@@ -72,6 +119,86 @@ _CONVERTERS: dict[type[nn.Module], _Converter] = {
 }
 """Exact types that ``compress`` converts (subclasses such as MultiheadAttention's ``out_proj``, whose
 weight its parent reads as a tensor, are deliberately not matched)."""
+
+
+_WEIGHT_HOOKS: tuple[tuple[type, str, str], ...] = (
+    (
+        BasePruningMethod,
+        "torch.nn.utils.prune",
+        "make the pruning permanent first: torch.nn.utils.prune.remove",
+    ),
+    (WeightNorm, "weight_norm", "remove it first: torch.nn.utils.remove_weight_norm"),
+    (SpectralNorm, "spectral_norm", "remove it first: torch.nn.utils.remove_spectral_norm"),
+)
+"""Forward pre-hooks that recompute a parameter before each forward (as a plain, non-leaf tensor attribute),
+with the way to remove them. Between forwards the attribute is a stale copy."""
+
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+"""The dicts in which ``nn.Module`` keeps forward (pre-)hooks and their ``with_kwargs`` / ``always_call``
+flags, by hook id."""
+
+
+def _dims(module: nn.Module) -> Dims:
+    """The TT dims compress uses; an empty layer (which stays dense) gets its trivial one-core dims."""
+    w = _CONVERTERS[type(module)].weight(module)
+    if w.numel() == 0:
+        return (int(w.shape[0]),), (int(w.shape[1]),)
+    return _CONVERTERS[type(module)].dims(module)
+
+
+_TT_ATTRIBUTES: dict[type[nn.Module], frozenset[str]] = {}
+
+
+def _tt_attributes(tt_type: type[nn.Module]) -> frozenset[str]:
+    """Names a TT layer already uses: an extra buffer of the dense layer cannot be carried over under them.
+    Read once from a tiny layer on the meta device (no memory, no values)."""
+    if tt_type not in _TT_ATTRIBUTES:
+        _TT_ATTRIBUTES[tt_type] = frozenset(dir(tt_type(4, 4, tt_rank=1, device="meta")))  # type: ignore[call-arg]
+    return _TT_ATTRIBUTES[tt_type]
+
+
+def _refusal(module: nn.Module) -> str | None:
+    """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
+    ratio search counts such layers as fixed, as it does tied ones."""
+    conv = _CONVERTERS[type(module)]
+    if conv.weight(module).numel() == 0:  # e.g. a head with 0 classes: nothing to factor
+        return "empty layer"
+    for hook in module._forward_pre_hooks.values():
+        for hook_type, what, remedy in _WEIGHT_HOOKS:
+            if isinstance(hook, hook_type):
+                name = getattr(hook, "_tensor_name", getattr(hook, "name", "weight"))
+                return (
+                    f"its {name!r} is recomputed before each forward by a {what} hook (the tensor there now "
+                    f"is a stale copy); {remedy}(module, {name!r})"
+                )
+    extra = [n for n in module._parameters if n not in conv.own_params] + list(module._modules)
+    if extra:
+        return f"it holds parameters or submodules the TT layer would drop ({', '.join(extra)})"
+    taken = [n for n in module._buffers if n in _tt_attributes(conv.tt_type)]
+    if taken:
+        return (
+            f"its buffer {taken[0]!r} cannot be carried over: {conv.tt_type.__name__} already has an "
+            "attribute of that name"
+        )
+    return conv.refuse(module)
+
+
+def _carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Give ``new`` what ``old`` held beside its weights: its buffers, forward hooks and pre-hooks (the
+    same dicts, so the handles returned by ``register_forward_hook`` still remove them) and its train/eval
+    mode."""
+    for name, buf in old._buffers.items():
+        new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
+    for attr in _HOOK_DICTS:
+        if hasattr(old, attr):
+            setattr(new, attr, getattr(old, attr))
+    return new.train(old.training)
 
 
 def _planned_tt_params(dims: Dims, max_tt_rank: int) -> tuple[int, tuple[int, ...]]:
@@ -152,13 +279,13 @@ class CompressionReport:
 
     @property
     def ratio(self) -> float:
-        """Compression factor of the selected layers (``params_before / params_after``)."""
-        return self.params_before / self.params_after
+        """Compression factor of the selected layers (``params_before / params_after``; 1.0 if both are 0)."""
+        return _ratio(self.params_before, self.params_after)
 
     @property
     def model_ratio(self) -> float:
-        """Compression factor of the whole model."""
-        return self.model_params_before / self.model_params_after
+        """Compression factor of the whole model (1.0 for a model without parameters)."""
+        return _ratio(self.model_params_before, self.model_params_after)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain dicts, lists and numbers (ready for ``json.dump``)."""
@@ -187,7 +314,7 @@ class CompressionReport:
                     _fmt(lay.tt_ranks) if lay.tt_ranks else "dense",
                     f"{lay.params_before:,}",
                     f"{lay.params_after:,}",
-                    f"{lay.params_before / lay.params_after:.1f}x",
+                    f"{_ratio(lay.params_before, lay.params_after):.1f}x",
                     "-" if lay.rel_error is None else f"{lay.rel_error:.2e}",
                 )
             )
@@ -211,6 +338,11 @@ def _fmt(dims: Sequence[int]) -> str:
     return "(" + ",".join(str(k) for k in dims) + ")"
 
 
+def _ratio(before: int, after: int) -> float:
+    # after is 0 only when before is too (empty layers stay dense): nothing was compressed
+    return before / after if after else 1.0
+
+
 # --------------------------------------------------------------------------------------------- compress
 def _patterns(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
     if value is None:
@@ -232,6 +364,10 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> None:
         raise TypeError(f"compress: max_tt_rank must be an int (shared by all layers), got {max_tt_rank!r}")
     if max_tt_rank is not None and max_tt_rank < 1:
         raise ValueError(f"compress: max_tt_rank must be >= 1, got {max_tt_rank}")
+    for name, value in (("epsilon", epsilon), ("ratio", ratio)):
+        # bool is an int, but True as a budget is a mistake; a string would fail deep in a comparison
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"compress: {name} must be a real number, got {value!r}")
     if epsilon is not None and not 0 < epsilon < 1:
         raise ValueError(f"compress: epsilon (relative error per layer) must be in (0, 1), got {epsilon}")
     if ratio is not None and not ratio > 1:
@@ -290,9 +426,12 @@ def _counted_before(layers: list[tuple[list[str], nn.Module]]) -> dict[int, int]
     return counted
 
 
-def _rank_for_ratio(layers: list[tuple[list[str], nn.Module]], ratio: float, fixed: int) -> int:
+def _rank_for_ratio(
+    layers: list[tuple[list[str], nn.Module]], ratio: float, fixed: int, kept: Sequence[str] = ()
+) -> int:
     """The largest shared rank cap whose planned compression of the selected layers is at least ``ratio``
-    (``fixed``: parameters of selected layers that stay dense whatever the rank)."""
+    (``fixed``: parameters of selected layers that stay dense whatever the rank; ``kept``: those layers as
+    ``"name: reason"``, for the message when the target is out of reach)."""
     plans = []
     for _, m in layers:
         conv = _CONVERTERS[type(m)]
@@ -304,9 +443,14 @@ def _rank_for_ratio(layers: list[tuple[list[str], nn.Module]], ratio: float, fix
         return fixed + sum(min(_planned_tt_params(dims, r)[0] + extra, dense) for dims, extra, dense in plans)
 
     if before / after(1) < ratio:
+        why = ""
+        if kept:
+            more = "; ..." if len(kept) > 3 else ""
+            verb = "stays" if len(kept) == 1 else "stay"
+            why = f"; {len(kept)} of them {verb} dense whatever the rank: {'; '.join(kept[:3])}{more}"
         raise ValueError(
             f"compress: ratio={ratio} is out of reach; even TT-rank 1 gives {before / after(1):.1f}x "
-            f"({before:,} -> {after(1):,} parameters in the selected layers)"
+            f"({before:,} -> {after(1):,} parameters in the selected layers){why}"
         )
     lo, hi = 1, max(max(max_tt_ranks([a * b for a, b in zip(*p[0], strict=True)])) for p in plans)
     while lo < hi:  # after(r) is non-increasing in r: bisect for the last r meeting the ratio
@@ -334,7 +478,7 @@ def _dense_report(name: str, module: nn.Module, reason: str) -> LayerReport:
         name,
         conv.kind,
         (int(w.shape[0]), int(w.shape[1])),
-        conv.dims(module),
+        _dims(module),
         None,
         before,
         before,
@@ -346,7 +490,10 @@ def _dense_report(name: str, module: nn.Module, reason: str) -> LayerReport:
 def _convert_one(
     name: str, module: nn.Module, max_tt_rank: int | None, epsilon: float | None
 ) -> tuple[nn.Module | None, LayerReport]:
-    """The TT version of one layer and its report, or None and the reason it stays dense."""
+    """The TT version of one layer and its report, or None and the reason it stays dense.
+
+    The layers a converter refuses (unsupported options, non-finite weights) were found by :func:`_refusal`
+    beforehand and never get here, so any error of the conversion is a real one and propagates."""
     conv = _CONVERTERS[type(module)]
     dims = conv.dims(module)
     before = sum(p.numel() for p in module.parameters())
@@ -356,10 +503,7 @@ def _convert_one(
         if planned >= before:
             why = f"TT would not save parameters ({planned:,} >= {before:,} at tt_ranks {ranks})"
             return None, _dense_report(name, module, why)
-    try:
-        new = conv.convert(module, max_tt_rank, epsilon, dims)
-    except ValueError as e:  # an unsupported option of the dense layer (e.g. Embedding.max_norm)
-        return None, _dense_report(name, module, str(e))
+    new = conv.convert(module, max_tt_rank, epsilon, dims)
     after = sum(p.numel() for p in new.parameters())
     if after >= before:
         why = f"TT would not save parameters ({after:,} >= {before:,} at epsilon={epsilon})"
@@ -371,6 +515,65 @@ def _convert_one(
             err = _rel_error(conv.tt_weight(new), w)
     rep = _dense_report(name, module, "")
     return new, replace(rep, tt_ranks=new.tt_ranks, params_after=after, rel_error=err)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, or a ValueError that says why that typically fails and what works instead."""
+    try:
+        return copy.deepcopy(model)
+    except (RuntimeError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"compress: the model cannot be copied (copy.deepcopy failed: {first}). This typically happens "
+            "when a layer's weight is recomputed by a forward pre-hook, as torch.nn.utils.prune and the "
+            "old-style weight_norm / spectral_norm do (the weight is then a non-leaf tensor). Pass "
+            "inplace=True to compress the model itself (such layers are kept dense), or remove the hooks "
+            "first (torch.nn.utils.prune.remove, remove_weight_norm, remove_spectral_norm) so that those "
+            "layers can be compressed too"
+        ) from e
+
+
+def _kept_dense(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
+    """Selected layers (by module id) that stay dense whatever the budget, with the reason: tied ones and
+    those a converter would refuse, all known before any TT-SVD so that the ratio search counts them."""
+    kept = _tied(model, layers)
+    for _, m in layers:
+        reason = _refusal(m)
+        if reason is not None:
+            kept[id(m)] = reason
+    return kept
+
+
+def _check_values(layers: list[tuple[list[str], nn.Module]]) -> None:
+    """``epsilon`` picks ranks from singular values: the layers to convert must not be on the meta device."""
+    meta = [names[0] or "(model)" for names, m in layers if _CONVERTERS[type(m)].weight(m).is_meta]
+    if meta:
+        raise ValueError(
+            "compress: epsilon picks each layer's TT-ranks from the singular values of its weight, and the "
+            f"layers on the meta device ({', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''}) have no "
+            "values; pass max_tt_rank or ratio (they need shapes only), or load the weights first"
+        )
+
+
+def _plan(
+    layers: list[tuple[list[str], nn.Module]],
+    kept: dict[int, str],
+    max_tt_rank: int | None,
+    epsilon: float | None,
+) -> tuple[list[LayerReport], list[tuple[list[str], nn.Module, nn.Module]]]:
+    """Every selected layer's report, and the (names, dense layer, TT layer) replacements to make."""
+    counted = _counted_before(layers)
+    reports, swaps = [], []
+    for names, module in layers:
+        new: nn.Module | None = None
+        if id(module) in kept:
+            rep = _dense_report(names[0], module, kept[id(module)])
+        else:
+            new, rep = _convert_one(names[0], module, max_tt_rank, epsilon)
+        reports.append(replace(rep, aliases=tuple(names[1:]), tied_params=counted[id(module)]))
+        if new is not None:
+            swaps.append((names, module, new))
+    return reports, swaps
 
 
 def compress(
@@ -391,9 +594,24 @@ def compress(
     ``"encoder.0.fc1"``. A module shared under several names is replaced under all of them, so it is
     selected when *any* of its names is included and *none* is excluded (its report row lists the other
     names as ``aliases``). TT dims are factored automatically (vocabularies padded, see ``TTEmbedding``).
-    A layer whose TT form would not have fewer parameters stays dense, with the reason in the report, and so
-    does a layer whose parameters are tied to another module's (converting it would untie them); each
-    parameter is counted once in the report and in the ``ratio`` search.
+
+    A selected layer stays dense, with the reason in the report, when its TT form would not have fewer
+    parameters, when its parameters are tied to another module's (converting it would untie them), or when
+    it cannot be converted: an empty layer; a weight recomputed before each forward by a
+    ``torch.nn.utils.prune`` or old-style ``weight_norm`` / ``spectral_norm`` hook (the tensor there
+    between forwards is a stale copy); parameters or submodules beside ``weight`` and ``bias``; an
+    ``nn.Embedding`` with ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True``; NaN or inf weights.
+    Each parameter is counted once in the report and in the ``ratio`` search.
+
+    A TT layer takes over what the dense one held beside its weights: its forward hooks and pre-hooks (with
+    their ``with_kwargs`` / ``always_call`` flags; the handles ``register_forward_hook`` returned still
+    remove them), its other buffers (persistent or not, under the same state_dict keys) and its train/eval
+    mode. Backward and state_dict hooks are not carried over.
+
+    Not detectable: code that reads a layer's ``.weight`` outside the layer's own forward
+    (``F.linear(x, self.lin.weight)``, an output head tied through ``self.embed.weight`` in ``forward``
+    rather than by sharing the Parameter). After compression that ``.weight`` is a TT object, and the first
+    forward raises a ``TypeError`` naming the torch function; leave such layers out with ``exclude``.
 
     Exactly one budget:
 
@@ -419,9 +637,12 @@ def compress(
         ``(compressed_model, report)``; ``print(report)`` shows a table.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``, or bad pattern/rank types.
-        ValueError: not exactly one budget, a budget out of range, no layer matched, or an unreachable
-            ``ratio`` (the message says the best one reachable).
+        TypeError: ``model`` is not an ``nn.Module``, bad pattern/rank types, or an ``epsilon`` / ``ratio``
+            that is not a real number.
+        ValueError: not exactly one budget, a budget out of range, no layer matched, an unreachable
+            ``ratio`` (the message says the best one reachable and which layers stay dense), a ratio the
+            conversion missed (the model is then left unchanged), ``epsilon`` with layers on the meta
+            device, or a model ``copy.deepcopy`` cannot copy (pass ``inplace=True``).
 
     Complexity: one TT-SVD per selected layer (roughly one SVD pass over each weight).
 
@@ -441,7 +662,7 @@ def compress(
             f"compress: the model has uninitialized lazy parameters ({', '.join(lazy[:3])}); run one forward "
             "pass first so that their shapes are known"
         )
-    target = model if inplace or dry_run else copy.deepcopy(model)
+    target = model if inplace or dry_run else _copy(model)
     before_model = sum(p.numel() for p in target.parameters())
     layers = _select(target, inc, exc)
     if not layers:
@@ -450,36 +671,42 @@ def compress(
             f"compress: no nn.Linear or nn.Embedding layer matched include={include!r}, exclude={exclude!r}; "
             f"candidate layers: {seen or 'none'}"
         )
-    tied, counted = _tied(target, layers), _counted_before(layers)
+    kept = _kept_dense(target, layers)
+    free = [(n, m) for n, m in layers if id(m) not in kept]
+    if epsilon is not None:
+        _check_values(free)
     if ratio is not None:
-        free = [(n, m) for n, m in layers if id(m) not in tied]
+        ratio, counted = float(ratio), _counted_before(layers)
         fixed = sum(
-            sum(p.numel() for p in m.parameters()) - counted[id(m)] for _, m in layers if id(m) in tied
+            sum(p.numel() for p in m.parameters()) - counted[id(m)] for _, m in layers if id(m) in kept
         )
-        max_tt_rank = _rank_for_ratio(free, ratio, fixed)
-    reports = []
-    for names, module in layers:
-        new: nn.Module | None = None
-        if id(module) in tied:  # only tied layers share parameters with others, and they stay dense
-            rep = _dense_report(names[0], module, tied[id(module)])
-        else:
-            new, rep = _convert_one(names[0], module, max_tt_rank, epsilon)
-        reports.append(replace(rep, aliases=tuple(names[1:]), tied_params=counted[id(module)]))
-        if new is None or dry_run:
-            continue
+        why = [f"{n[0] or '(model)'}: {kept[id(m)]}" for n, m in layers if id(m) in kept]
+        max_tt_rank = _rank_for_ratio(free, ratio, fixed, why)
+    reports, swaps = _plan(layers, kept, max_tt_rank, epsilon)
+    saved = sum(r.params_before - r.params_after for r in reports)
+    report = CompressionReport(tuple(reports), before_model, before_model - saved)
+    if ratio is not None and report.ratio < ratio:  # a safety net: the plan above should have met it
+        raise ValueError(
+            f"compress: ratio={ratio} was not reached: the converted layers give {report.ratio:.1f}x "
+            f"({report.params_before:,} -> {report.params_after:,} parameters); the model is left unchanged"
+        )
+    if dry_run:
+        return target, report
+    for names, module, new in swaps:
+        _carry_over(module, new)
         for name in names:  # a module shared under several names is replaced everywhere
             if name == "":
                 target = new
             else:
                 target.set_submodule(name, new)
-    saved = sum(r.params_before - r.params_after for r in reports)
-    after_model = before_model - saved if dry_run else sum(p.numel() for p in target.parameters())
-    return target, CompressionReport(tuple(reports), before_model, after_model)
+    return target, replace(report, model_params_after=sum(p.numel() for p in target.parameters()))
 
 
 def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Replace every ``TTLinear`` / ``TTEmbedding`` by its exact dense equivalent (``to_linear`` /
-    ``to_embedding``): the inverse of :func:`compress` up to the TT approximation already made.
+    ``to_embedding``): the inverse of :func:`compress` up to the TT approximation already made. Each dense
+    layer takes over the TT layer's forward hooks and pre-hooks, buffers and train/eval mode, as
+    :func:`compress` carried them the other way.
 
     Args:
         model: a module containing TT layers (or a TT layer itself).
@@ -507,8 +734,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         raise ValueError("decompress: the model contains no TTLinear or TTEmbedding layer")
     dense: dict[int, nn.Module] = {}
     for name, m in found:
-        if id(m) not in dense:
-            dense[id(m)] = m.to_linear() if isinstance(m, TTLinear) else m.to_embedding()
+        if id(m) not in dense:  # hooks, extra buffers and train/eval mode come back, as compress took them
+            dense[id(m)] = _carry_over(m, m.to_linear() if isinstance(m, TTLinear) else m.to_embedding())
         if name == "":
             return dense[id(m)]
         target.set_submodule(name, dense[id(m)])

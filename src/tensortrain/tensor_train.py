@@ -294,17 +294,31 @@ class TensorTrainBase:
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        """``dense @ tt`` and ``torch.matmul(dense, tt)`` go straight to :func:`tensortrain.matmul`.
+        """``dense @ tt``, ``torch.matmul(dense, tt)`` and ``dense.matmul(tt)`` go to :func:`tensortrain.matmul`.
 
         Without this, ``Tensor.__matmul__`` first fails inside torch and only then falls back to
-        :meth:`__rmatmul__` (~70 us per call). Every other torch function given a TT object declines, which
-        leaves Python's operator fallbacks (``__radd__``, ...) as they were.
+        :meth:`__rmatmul__` (~70 us per call). Any other torch function given a TT object raises a
+        ``TypeError`` that names the function: the usual cause is code that reads a TT layer's ``.weight``
+        outside the layer's own forward (``F.linear(x, layer.weight)``, a head tied through an embedding's
+        weight), where torch's own message ("Multiple dispatch failed ... returned NotImplemented") does not
+        say what to do. Operators are unaffected: torch turns a ``TypeError`` raised under ``dense + tt``,
+        ``dense * tt``, ... into ``NotImplemented``, so Python still tries ``tt.__radd__`` and the like.
+
+        Raises:
+            TypeError: any torch function other than ``matmul`` given a TT object.
         """
-        if func in _MATMULS and not kwargs and len(args) == 2:
+        # Tensor.__matmul__ dispatches as TensorBase.matmul (what `dense @ tt` and `dense.matmul(tt)` pass)
+        if (func in _MATMULS or func is torch.Tensor.matmul) and not kwargs and len(args) == 2:
             from . import ops
 
             return ops.matmul(*args)
-        return NotImplemented
+        name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+        raise TypeError(
+            f"torch function {name!r} got a {cls.__name__}, a TT object (e.g. the .weight of a TTLinear or "
+            "TTEmbedding layer), which is not a torch.Tensor: TT layers must be called as modules "
+            "(layer(x)), not through their .weight; tt.full(w) or TTLinear.dense_weight() gives a dense "
+            "tensor"
+        )
 
 
 class TensorTrain(TensorTrainBase):

@@ -197,7 +197,9 @@ class TTEmbedding(TTModule):
 
         Raises:
             TypeError: ``embedding`` is not an ``nn.Embedding``.
-            ValueError: the embedding uses ``max_norm`` or ``scale_grad_by_freq``.
+            ValueError: the embedding uses ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True`` (the
+                cores' gradients are dense, so an optimizer for sparse gradients such as ``SparseAdam``
+                would fail on them).
 
         Complexity: the TT-SVD of the ``V' x D`` table.
 
@@ -213,6 +215,11 @@ class TTEmbedding(TTModule):
             raise ValueError(
                 "TTEmbedding.from_embedding: max_norm and scale_grad_by_freq are not supported "
                 f"(got max_norm={embedding.max_norm}, scale_grad_by_freq={embedding.scale_grad_by_freq})"
+            )
+        if embedding.sparse:  # refused rather than converted: a training loop built on sparse grads breaks
+            raise ValueError(
+                "TTEmbedding.from_embedding: sparse=True is not supported: the TT cores' gradients are "
+                "dense (an optimizer for sparse gradients, e.g. SparseAdam, would fail); got sparse=True"
             )
         from ..decompositions import to_tt_matrix
 
