@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tensortrain as tt
+from conftest import assert_close
 from strategies import random_cores, random_tt
 
 
@@ -17,7 +18,11 @@ def test_str_matches_t3f_matrix(gen):
         "A TT-Matrix of size 784 x 625, underlying tensor shape: (4, 7, 4, 7) x (5, 5, 5, 5), "
         "TT-ranks: (1, 2, 2, 2, 1)"
     )
-    assert repr(a) == str(a)
+    # repr adds what str (t3f's text) does not show when it is not the default, as torch.Tensor's repr does
+    assert repr(a) == str(a) + " (dtype=torch.float64)"
+    assert repr(a.to(torch.float32)) == str(a)
+    grad = tt.TensorTrain([c.float().requires_grad_() for c in a.tt_cores]).to("meta")
+    assert repr(grad).endswith("(device='meta', requires_grad=True)")
 
 
 def test_str_matches_t3f_tensor_and_batches(gen):
@@ -188,12 +193,12 @@ def test_one_element_rank_tensor_is_a_sequence_like_a_list():
 def test_base_class_and_subclasses_print():
     """repr() of the public base class (and of a subclass without __str__) must not recurse."""
     x = tt.TensorTrainBase([torch.ones(1, 2, 1)])
-    assert repr(x) == str(x) == "A Tensor Train of shape (2), TT-ranks: (1, 1)"
+    assert repr(x) == str(x) == "A Tensor Train of shape (2,), TT-ranks: (1, 1)"  # t3f's (2,) for one mode
 
     class MyTT(tt.TensorTrainBase):
         pass
 
-    assert str(MyTT([torch.ones(1, 2, 1)])) == "A Tensor Train of shape (2), TT-ranks: (1, 1)"
+    assert str(MyTT([torch.ones(1, 2, 1)])) == "A Tensor Train of shape (2,), TT-ranks: (1, 1)"
 
 
 def test_torch_functions_given_a_tt_object_say_what_to_do(gen):
@@ -220,3 +225,49 @@ def test_torch_functions_given_a_tt_object_say_what_to_do(gen):
         y + w  # noqa: B018
     assert isinstance(torch.tensor(2.0, dtype=torch.float64) * w, tt.TensorTrain)
     assert (y == w) is False
+
+
+def test_numpy_operands_and_sequences(gen):
+    """NumPy scalars on the left scale a batch (they treated it as a sequence: an object array of TTs); arrays
+    and iteration of a TensorTrain get clear errors; any iterable of cores (a ParameterList) builds a TT."""
+    np = pytest.importorskip("numpy")
+    b = random_tt((3, 4), (1, 2, 1), gen=gen, batch_size=4)
+    for scale in (np.float64(2.0), np.int64(2), np.array(2.0)):
+        scaled = scale * b
+        assert isinstance(scaled, tt.TensorTrainBatch)
+        assert_close(tt.full(scaled), 2 * tt.full(b))
+    a = b[0]
+    with pytest.raises(TypeError, match="got ndarray"):
+        np.array([1.0, 2.0]) * a
+    with pytest.raises(TypeError, match="is not an array: tt.full"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="a TensorTrain is not a sequence"):
+        list(a)
+    assert len(list(b)) == 4  # a batch iterates over its elements
+    params = tt.tt_parameters(a)
+    assert tt.TensorTrain(params).is_variable()
+    assert tt.TensorTrain(c for c in a.tt_cores).tt_ranks == a.tt_ranks
+
+
+def test_cores_must_be_dense_and_wide_enough():
+    with pytest.raises(
+        TypeError, match="must be dense \\(strided\\) tensors, core 0 has layout torch.sparse_coo"
+    ):
+        tt.TensorTrain([torch.randn(1, 3, 2).to_sparse(), torch.randn(2, 3, 1).to_sparse()])
+    with pytest.raises(TypeError, match="16 bits or more"):
+        tt.TensorTrain(
+            [torch.randn(1, 3, 2).to(torch.float8_e4m3fn), torch.randn(2, 3, 1).to(torch.float8_e4m3fn)]
+        )
+
+
+def test_detached_and_indexed_tangent_vectors_keep_their_point(gen):
+    x = random_tt((3, 4), (1, 2, 1), gen=gen)
+    p = tt.project(torch.randn(5, 3, 4, generator=gen, dtype=torch.float64), x)
+    for q in (p.detach(), p.clone(), p[0], p[1:3], p.to(torch.float64)):
+        assert q.projection_on is x
+    assert getattr(p.to(torch.float32), "projection_on", None) is None  # another dtype: not the same point
+    assert getattr(p * 2.0, "projection_on", None) is None  # scaling changes the delta layout
+    assert_close(
+        tt.pairwise_flat_inner_projected(p.detach(), p),
+        tt.full(p).reshape(5, -1) @ tt.full(p).reshape(5, -1).T,
+    )

@@ -14,7 +14,7 @@ Shape, ranks, dtype, device and batch size are derived from the cores, never sto
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,8 @@ __all__ = ["TensorTrain", "TensorTrainBase", "TensorTrainBatch"]
 
 
 def _fmt(dims: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(n)) for n in dims) + ")"
+    # a Python tuple's form, as t3f prints TensorShapes: (3,) for one mode
+    return str(tuple(int(n) for n in dims))
 
 
 _MATMULS = (torch.Tensor.__matmul__, torch.matmul)  # what TensorTrainBase.__torch_function__ takes
@@ -35,9 +36,15 @@ class TensorTrainBase:
     """What ``TensorTrain`` and ``TensorTrainBatch`` share: validation, derived properties, operators."""
 
     _batch_axes = 0  # number of leading batch axes on every core
+    # NumPy operands defer to the TT object's own operators (np.float64(2) * tt would otherwise treat a batch as
+    # a sequence and return an object array of TTs)
+    __array_ufunc__ = None
 
     def __init__(self, tt_cores: Sequence[torch.Tensor]):
-        if isinstance(tt_cores, torch.Tensor) or not isinstance(tt_cores, Sequence):
+        # any iterable of cores (an nn.ParameterList is not a Sequence); not a tensor, TT object, string or dict
+        if isinstance(tt_cores, torch.Tensor | TensorTrainBase | str | bytes | Mapping) or not isinstance(
+            tt_cores, Iterable
+        ):
             raise TypeError(
                 f"{type(self).__name__} expects a sequence of core tensors, got {type(tt_cores).__name__}"
             )
@@ -66,10 +73,18 @@ class TensorTrainBase:
                     f"{name}: all cores must have the same number of dims, core 0 has {ndim} "
                     f"but core {k} has shape {tuple(c.shape)}"
                 )
-            if not (c.is_floating_point() or c.is_complex()):
+            if not (c.is_floating_point() or c.is_complex()) or (
+                c.is_floating_point() and c.element_size() == 1
+            ):
+                # (1-byte floats are float8 storage formats: no products run in them)
                 raise TypeError(
-                    f"{name}: cores must be floating point or complex, core {k} has dtype {c.dtype}; "
-                    "cast it first, e.g. core.to(torch.float32)"
+                    f"{name}: cores must be floating point (16 bits or more) or complex, core {k} has dtype "
+                    f"{c.dtype}; cast it first, e.g. core.to(torch.float32)"
+                )
+            if c.layout != torch.strided or c.is_nested:
+                raise TypeError(
+                    f"{name}: cores must be dense (strided) tensors, core {k} has layout {c.layout}"
+                    f"{' (nested)' if c.is_nested else ''}; e.g. core.to_dense()"
                 )
             if c.dtype != cores[0].dtype:
                 raise ShapeError(
@@ -190,17 +205,25 @@ class TensorTrainBase:
     def _new(self, cores: Sequence[torch.Tensor]) -> Any:
         return type(self)(cores)
 
+    def _same_values(self, new: Any) -> Any:
+        """``new`` (the same tensor as ``self``) keeps ``self``'s ``projection_on`` while dtype and device are
+        unchanged: a detached or cloned tangent vector is still tangent at that point."""
+        where = getattr(self, "projection_on", None)
+        if where is not None and new.dtype == self.dtype and new.device == self.device:
+            new.projection_on = where
+        return new
+
     def to(self, *args: Any, **kwargs: Any) -> Any:
         """Move or cast every core, as ``torch.Tensor.to``; returns a new object."""
-        return self._new([c.to(*args, **kwargs) for c in self._tt_cores])
+        return self._same_values(self._new([c.to(*args, **kwargs) for c in self._tt_cores]))
 
     def detach(self) -> Any:
         """A new object whose cores are detached from the autograd graph."""
-        return self._new([c.detach() for c in self._tt_cores])
+        return self._same_values(self._new([c.detach() for c in self._tt_cores]))
 
     def clone(self) -> Any:
         """A new object with copies of the cores (gradients flow back to the originals)."""
-        return self._new([c.clone() for c in self._tt_cores])
+        return self._same_values(self._new([c.clone() for c in self._tt_cores]))
 
     def requires_grad_(self, requires_grad: bool = True) -> Any:
         """Set ``requires_grad`` on every core in place; returns ``self``."""
@@ -233,7 +256,20 @@ class TensorTrainBase:
         return "A " + self._describe(plural=False)
 
     def __repr__(self) -> str:
-        return str(self)
+        # t3f's text, plus what it does not show when it is not the default (as torch.Tensor's repr does)
+        extra = []
+        if self.dtype != torch.get_default_dtype():
+            extra.append(f"dtype={self.dtype}")
+        if self.device.type != "cpu":
+            extra.append(f"device='{self.device}'")
+        if any(c.requires_grad for c in self._tt_cores):
+            extra.append("requires_grad=True")
+        return str(self) + (f" ({', '.join(extra)})" if extra else "")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"a {type(self).__name__} is not an array: tt.full(x) gives the dense tensor (tt.full(x).numpy())"
+        )
 
     # ------------------------------------------------------------------------------------------ operators
     # Sugar only: each algorithm lives in one function of tensortrain.ops (imported lazily, since ops sits
@@ -348,6 +384,14 @@ class TensorTrain(TensorTrainBase):
 
         return ops.getitem(self, index)
 
+    def __iter__(self) -> Iterator[Any]:
+        # without this, Python's legacy protocol would iterate x[0], x[1], ... over the first mode until an
+        # IndexError, while len(x) fails
+        raise TypeError(
+            "a TensorTrain is not a sequence: index its modes (x[i]) or use tt.full(x); a TensorTrainBatch "
+            "iterates over its elements"
+        )
+
 
 class TensorTrainBatch(TensorTrainBase):
     """A batch of ``B`` TT objects of equal shapes and ranks: every core has a leading batch axis.
@@ -393,4 +437,5 @@ class TensorTrainBatch(TensorTrainBase):
         if isinstance(index, tuple) or index is Ellipsis:
             return indexing.getitem(self, index)
         cores, batch = indexing.index_batch(list(self._tt_cores), index, self.batch_size)
-        return TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores])
+        # elements of a batch of tangent vectors are tangent vectors at the same point
+        return self._same_values(TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores]))
