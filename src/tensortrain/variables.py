@@ -1,6 +1,6 @@
 """TT objects whose cores are ``nn.Parameter``s: t3f's ``get_variable`` / ``assign`` in PyTorch terms.
 
-A TT object is an immutable value (DESIGN.md); a module owns parameters. :func:`tt_parameters` turns a
+A TT object is an immutable value over its cores; a module owns parameters. :func:`tt_parameters` turns a
 TT's cores into an ``nn.ParameterList`` to store on a module, :func:`tt_from_parameters` reads them back
 as a TT view (gradients flow into the parameters), and :func:`assign` overwrites them in place (the
 retraction step of Riemannian optimization).
