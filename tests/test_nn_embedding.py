@@ -296,3 +296,13 @@ def test_from_embedding_refuses_sparse_gradients():
     rather than converted into a layer its optimizer fails on."""
     with pytest.raises(ValueError, match="sparse=True is not supported.*dense.*SparseAdam"):
         tt.nn.TTEmbedding.from_embedding(nn.Embedding(100, 8, sparse=True), max_tt_rank=2)
+
+
+def test_bad_voc_dims_get_clear_errors():
+    for bad in (100, (None, 10), [[10], [10]]):
+        with pytest.raises(TypeError, match="voc_dims must be a sequence of ints"):
+            tt.nn.TTEmbedding(100, 16, tt_rank=2, voc_dims=bad)
+    # a generator is read once (the product used to consume it before the check)
+    assert tt.nn.TTEmbedding(100, 16, tt_rank=2, voc_dims=(k for k in [10, 10])).voc_dims == (10, 10)
+    with pytest.raises(TypeError, match="voc_dims must be a sequence of ints"):
+        tt.nn.TTEmbedding.from_embedding(nn.Embedding(100, 16), voc_dims=100)

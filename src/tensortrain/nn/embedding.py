@@ -65,7 +65,7 @@ def resolve_embedding_dims(
     emb = None if emb_dims is None else _check_dims("emb_dims", emb_dims, embedding_dim, "embedding_dim")
     voc = None
     if voc_dims is not None:
-        voc = _check_dims("voc_dims", voc_dims, math.prod(int(k) for k in voc_dims), "their product")
+        voc = _check_dims("voc_dims", voc_dims, None, "")  # any product of at least V (checked next)
         if math.prod(voc) < num_embeddings:
             raise ShapeError(
                 f"voc_dims={voc} multiply to {math.prod(voc)}, fewer than num_embeddings={num_embeddings}"

@@ -33,7 +33,8 @@ def _choose_d(n: int) -> int:
     return max(2, min(8, round(math.log2(max(n, 2)) / 2.5)))
 
 
-def _check_dims(name: str, dims: Sequence[int], size: int, size_name: str) -> tuple[int, ...]:
+def _check_dims(name: str, dims: Sequence[int], size: int | None, size_name: str) -> tuple[int, ...]:
+    """``dims`` as a tuple of positive ints multiplying to ``size`` (any product when ``size`` is None)."""
     try:
         ints = [as_int(k) for k in dims]
     except TypeError:  # not iterable
@@ -43,7 +44,7 @@ def _check_dims(name: str, dims: Sequence[int], size: int, size_name: str) -> tu
     out = tuple(k for k in ints if k is not None)
     if not out or any(k < 1 for k in out):
         raise ShapeError(f"{name} must be a non-empty sequence of positive ints, got {out}")
-    if math.prod(out) != size:
+    if size is not None and math.prod(out) != size:
         raise ShapeError(f"{name}={out} multiply to {math.prod(out)}, but {size_name}={size}")
     return out
 
