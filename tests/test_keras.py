@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -268,6 +269,27 @@ def test_bias_initializer_number_and_keras_initializer():
     layer = KerasDense([2, 2], [2, 2], bias_initializer="zeros")
     layer.build((None, 4))
     np.testing.assert_array_equal(layer.get_weights()[-1], np.zeros(4, "float32"))
+
+
+def test_bias_initializer_numpy_and_torch_scalars_are_numbers():
+    """t3f-era code passes NumPy scalars (x.mean() of a float32 array): Keras would read a 0-dim array as a
+    direct tensor of shape () and fail at build."""
+    for value in (np.float32(0.25), np.int64(2), np.array(0.25), torch.tensor(0.25)):
+        layer = KerasDense([2, 2], [2, 2], bias_initializer=value)
+        layer.build((None, 4))
+        np.testing.assert_allclose(layer.get_weights()[-1], np.full(4, float(value), "float32"))
+        assert json.loads(json.dumps(layer.get_config()))["bias_initializer"] == float(value)
+
+
+def test_integer_inputs_are_cast_as_keras_dense_casts_them(gen):
+    x = np.random.default_rng(0).integers(0, 255, (4, 4)).astype("uint8")
+    layer = KerasDense([2, 2], [2, 2])
+    y = layer(x)
+    assert y.dtype == torch.float32
+    np.testing.assert_allclose(
+        y.detach().numpy(), (torch.as_tensor(x).float() @ tt.full(layer.matrix) + layer.bias.value).detach().numpy(),
+        rtol=1e-5, atol=1e-4,
+    )  # fmt: skip
 
 
 def test_get_config_from_config_round_trip():

@@ -22,6 +22,7 @@ Symbols: ``d`` number of cores, ``m_k`` input (row) modes, ``n_k`` output (colum
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -50,7 +51,7 @@ import torch
 
 from . import initializers, ops
 from .errors import ShapeError
-from .shapes import as_int, max_tt_ranks, normalize_tt_rank
+from .shapes import as_int, max_tt_ranks, normalize_tt_rank, plain_scalar
 from .tensor_train import TensorTrain
 
 __all__ = ["KerasDense"]
@@ -90,10 +91,20 @@ def _check_dims(dims: Sequence[int], name: str) -> tuple[int, ...]:
     return tuple(ints)
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (NumPy and 0-dim torch/NumPy scalars included), else None."""
+    value = plain_scalar(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def _bias_initializer(value: float | str | dict[str, Any] | Any) -> Any:
-    # t3f takes a number (bias = value * ones); any Keras initializer identifier works too.
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return keras.initializers.Constant(float(value))
+    # t3f takes a number (bias = value * ones); any Keras initializer identifier works too. A NumPy scalar must
+    # be read as that number: Keras would take a 0-dim array as a "direct tensor" of shape ()
+    number = _number(value)
+    if number is not None:
+        return keras.initializers.Constant(number)
     return keras.initializers.get(value)
 
 
@@ -245,6 +256,10 @@ class KerasDense(keras.layers.Layer):
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
         """``activation(inputs @ W + b)`` on torch tensors, without building ``W``."""
+        if not (
+            inputs.is_floating_point() or inputs.is_complex()
+        ):  # integer images, as keras' Dense takes them
+            inputs = keras.ops.cast(inputs, self.compute_dtype)
         y = ops.matmul(inputs, self.matrix)
         if self.bias is not None:
             y = y + self.bias.value
@@ -257,8 +272,8 @@ class KerasDense(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments (plus Keras' own), for ``from_config`` and ``model.save``."""
         config = super().get_config()
-        bias_init = self._bias_initializer_arg
-        if not (isinstance(bias_init, int | float) and not isinstance(bias_init, bool)):
+        bias_init: Any = _number(self._bias_initializer_arg)  # a plain float stays JSON
+        if bias_init is None:
             bias_init = keras.initializers.serialize(self.bias_initializer)
         config.update(
             {
