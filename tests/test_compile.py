@@ -175,3 +175,34 @@ def test_inductor_compiles_the_tutorial_layer():
         assert_close(a, b, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_jit_trace_follows_the_weights_and_script_is_refused():
+    """A trace recorded after an inference call used to capture the cached merged cores as constants (stale
+    after any weight change); a fresh layer failed the trace's own check (the first call filled the cache)."""
+    import warnings
+
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=4).eval()
+    x = torch.randn(8, 784)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer(x)
+        traced = torch.jit.trace(layer, (x,))
+        for c in layer.cores:
+            c.mul_(0.5)
+        torch.testing.assert_close(traced(x), layer(x))
+        emb = tt.nn.TTEmbedding(10000, 64, tt_rank=8)
+        idx = torch.randint(0, 10000, (50,))
+        emb(idx)
+        traced_emb = torch.jit.trace(emb, (idx,))
+        for c in emb.cores:
+            c.mul_(0.5)
+        torch.testing.assert_close(traced_emb(idx), emb(idx))
+        fresh = tt.nn.TTLinear(24, 10, tt_rank=3)
+        torch.testing.assert_close(
+            torch.jit.trace(fresh, (torch.randn(4, 24),))(x[:2, :24]), fresh(x[:2, :24])
+        )
+    with warnings.catch_warnings(), pytest.raises(TypeError, match="does not support torch.jit.script"):
+        warnings.simplefilter("ignore")  # (torch 2.13 deprecates TorchScript)
+        torch.jit.script(torch.nn.Sequential(tt.nn.TTLinear(24, 10, tt_rank=3)))

@@ -441,3 +441,15 @@ def test_tt_objects_through_torch_save_weights_only(tmp_path, gen):
         loaded = torch.load(path, weights_only=True)
     _same(a, loaded["w"])
     assert isinstance(loaded["b"], tt.TensorTrainBatch) and loaded["b"].batch_size == 2
+
+
+def test_read_metadata_refuses_a_truncated_file(tmp_path, gen):
+    """It reads only the header, but a file shorter than the header declares is truncated all the same."""
+    path = tmp_path / "w.safetensors"
+    tt.save(_tt(gen, matrix=True), path, metadata={"note": "fc1"})
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(raw[: len(raw) - 8])
+    with pytest.raises(tt.TTFileError, match="truncated"):
+        tt.read_metadata(cut)
+    assert tt.read_metadata(path) == {"note": "fc1"}

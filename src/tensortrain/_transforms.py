@@ -21,11 +21,13 @@ _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda
 
 
 def transforms_active() -> bool:
-    """True while tracing for compile/export, inside a ``torch.func`` transform, or with a forward-AD dual level
-    open (``_current_level`` is -1 outside ``forward_ad.dual_level()``)."""
+    """True while tracing for compile/export (or ``torch.jit.trace``, which would record a cached tensor as a
+    constant), inside a ``torch.func`` transform, or with a forward-AD dual level open (``_current_level`` is
+    -1 outside ``forward_ad.dual_level()``)."""
     return (
         torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
+        or torch.jit.is_tracing()
         or bool(_functorch_active())
         or getattr(_fwad, "_current_level", -1) >= 0
     )

@@ -279,13 +279,22 @@ def read_metadata(path: PathLike) -> dict[str, str]:
         prefix = f.read(8)
         size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
         data = prefix + f.read(min(size, _HEADER_LIMIT))
-    _, user = _parse(path, data, header_only=True)
+        # the data are not read, but a file shorter than its header says is truncated all the same
+        total = os.fstat(f.fileno()).st_size
+    _, user = _parse(path, data, header_only=True, data_bytes=total - len(data))
     return user
 
 
-def _parse(path: Path, data: bytes, header_only: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
-    """Validate the safetensors header and the TT structure; return (structure, user metadata)."""
+def _parse(
+    path: Path, data: bytes, header_only: bool = False, data_bytes: int | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Validate the safetensors header and the TT structure; return (structure, user metadata).
+
+    ``header_only``: ``data`` holds the header alone; ``data_bytes`` then says how many bytes follow it in
+    the file (checked against the sizes the header declares)."""
     header = _read_header(path, data, header_only)
+    if header_only and data_bytes is not None:
+        _check_data_size(path, header, data_bytes)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or _KEY not in meta:
         keys = sorted(k for k in header if k != "__metadata__")

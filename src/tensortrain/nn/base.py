@@ -115,6 +115,13 @@ class TTModule(nn.Module):
         super().__setstate__(state)
         self.__dict__.setdefault("_cache", {})  # modules pickled before the cache existed
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this first: say what works instead of failing on an annotation deep inside
+        raise TypeError(
+            f"{type(self).__name__} does not support torch.jit.script (TorchScript); use torch.compile, "
+            "torch.export.export or torch.onnx.export(..., dynamo=True), or torch.jit.trace"
+        )
+
     def clear_cache(self) -> None:
         """Forget the merged cores kept for inference (they are rebuilt on the next call).
 
