@@ -364,3 +364,22 @@ def test_public_names_exported():
 def test_bad_input_is_refused(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_many_cores_of_high_rank_are_not_zero_or_overflowing():
+    """The product of all ranks overflows a float (OverflowError) or stddev^2 / product underflows to 0
+    (all-zero "random" cores): the per-core std is taken in logs."""
+    x = tt.glorot_initializer([[2] * 150, [2] * 150], tt_rank=100)
+    inner = torch.cat([c.flatten() for c in x.tt_cores[1:-1]])
+    assert abs(float(inner.std()) - 0.0745) < 0.005  # (2 / (M + N) / 100^149)^(1/300)
+    y = tt.random_tensor([4] * 150, tt_rank=100, stddev=1e-20, dtype=torch.float64)
+    assert all(float(c.abs().max()) > 0 for c in y.tt_cores)
+    assert tt.random_tensor([2] * 200, tt_rank=40).tt_ranks[1:4] == (2, 4, 8)
+    from tensortrain.nn.init import tt_normal_
+
+    cores = [torch.empty(1 if k == 0 else 40, 2, 1 if k == 199 else 40) for k in range(200)]
+    tt_normal_(cores, 1.0)
+    assert all(bool(c.isfinite().all()) and float(c.abs().max()) > 0 for c in cores)
+    for bad in (True, "1"):
+        with pytest.raises(TypeError, match="variance must be a real number"):
+            tt_normal_([torch.empty(1, 2, 1)], bad)

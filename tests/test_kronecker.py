@@ -71,3 +71,14 @@ def test_non_kronecker_input_is_refused(gen):
         tt.kronecker.slog_determinant(random_tt(((2, 2), (2, 2)), (1, 3, 1), gen=gen, batch_size=2))
     with pytest.raises(TypeError, match="expected a TT-matrix"):
         tt.kronecker.inv(torch.eye(4))
+
+
+def test_determinant_where_factor_powers_overflow_and_underflow():
+    """(10 I_8) (x) (0.1 I_8) is the identity, but 10^64 overflows float32 and 0.1^64 underflows: inf * 0."""
+    for dtype in (torch.float32, torch.float64):
+        n = 8 if dtype == torch.float32 else 20
+        eye = torch.eye(n, dtype=dtype)
+        a = tt.TensorTrain([10 * eye[None, :, :, None], 0.1 * eye[None, :, :, None]])
+        assert abs(float(tt.kronecker.determinant(a)) - 1.0) < 1e-4
+    exact = tt.TensorTrain([2 * torch.eye(2)[None, :, :, None], 3 * torch.eye(3)[None, :, :, None]])
+    assert float(tt.kronecker.determinant(exact)) == 46656.0  # no digits lost to exp(log) in float32

@@ -56,3 +56,26 @@ def test_validation(gen):
     with pytest.raises(TypeError, match="expected a TT object"):
         tt.l2_regularizer(1.0)(torch.ones(3))
     assert float(tt.l2_regularizer(0)(random_tt((2, 2), (1, 2, 1), gen=gen))) == 0.0
+
+
+def test_keras_dense_layers_are_regularized():
+    """tensortrain.keras.KerasDense (t3f's layer) holds its TT as .matrix, not .weight."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.environ['KERAS_BACKEND'] = 'torch'\n"
+        "import keras, torch, tensortrain as tt\n"
+        "from tensortrain.keras import KerasDense\n"
+        "layer = KerasDense([2, 3], [3, 2], tt_rank=2)\n"
+        "model = keras.Sequential([keras.Input((6,)), layer])\n"
+        "want = 0.1 * float(tt.frobenius_norm_squared(layer.matrix))\n"
+        "for m in (model, layer):\n"
+        "    assert abs(float(tt.l2_regularizer(0.1)(m)) - want) < 1e-5 * want\n"
+    )
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("keras is not installed")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

@@ -114,7 +114,10 @@ def _random(
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
     ranks = _ranks(tt_rank, modes)
     d = len(rows)
-    core_std = (stddev**2 / math.prod(ranks)) ** (1.0 / (2 * d))
+    # (stddev^2 / prod(ranks))^(1 / 2d), in logs: the product of many ranks overflows a float (OverflowError)
+    # and stddev^2 / product can underflow to 0 (all-zero "random" cores)
+    log_ranks = sum(math.log(r) for r in ranks)
+    core_std = 0.0 if stddev == 0 else math.exp((2 * math.log(stddev) - log_ranks) / (2 * d))
     shapes = _core_shapes(rows, cols, ranks, batch_size)
     cores = _normal_cores(shapes, 0.0, core_std, generator, **kw)
     if mean != 0.0:

@@ -19,6 +19,7 @@ from typing import cast
 import torch
 
 from .errors import ShapeError
+from .operands import wide_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["cholesky", "determinant", "inv", "slog_determinant"]
@@ -70,13 +71,12 @@ def determinant(kron_a: TensorTrainBase) -> torch.Tensor:
         >>> float(tt.kronecker.determinant(a))  # 2^6 * 3^6
         46656.0
     """
+    # sign * exp(log|det|) from the factors' slogdets: multiplying the powered factor determinants would
+    # overflow one to inf and underflow another to 0 (NaN) where the product itself is an ordinary number. In
+    # the wide dtype, so that exp(log) loses no digits (float32: 46656 came back as 46656.008)
     factors = _factors(kron_a, "determinant")
-    total = math.prod(int(f.shape[-1]) for f in factors)
-    det = None
-    for f in factors:
-        part = torch.linalg.det(f) ** (total // int(f.shape[-1]))
-        det = part if det is None else det * part
-    return det  # type: ignore[return-value]
+    sign, logabsdet = _slogdet([f.to(wide_dtype(f)) for f in factors])
+    return (sign * torch.exp(logabsdet)).to(factors[0].dtype)
 
 
 def slog_determinant(kron_a: TensorTrainBase) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +101,11 @@ def slog_determinant(kron_a: TensorTrainBase) -> tuple[torch.Tensor, torch.Tenso
         >>> float(sign), round(float(logdet), 4)
         (-1.0, 2.0794)
     """
-    factors = _factors(kron_a, "slog_determinant")
+    return _slogdet(_factors(kron_a, "slog_determinant"))
+
+
+def _slogdet(factors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``slogdet`` of the Kronecker product of ``factors``: factor ``k`` appears ``prod(n) / n_k`` times."""
     total = math.prod(int(f.shape[-1]) for f in factors)
     sign, logdet = None, None
     for f in factors:

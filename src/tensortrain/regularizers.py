@@ -36,7 +36,16 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
     if isinstance(x, TensorTrainBase):
         return [x]
     if isinstance(x, torch.nn.Module):
-        found = [w for m in x.modules() if isinstance(w := getattr(m, "weight", None), TensorTrainBase)]
+        # TTLinear/TTEmbedding hold theirs as .weight; tensortrain.keras.KerasDense as .matrix (t3f's name)
+        # a Keras model on the torch backend keeps its layers in its own tree, not as torch submodules
+        flatten = getattr(x, "_flatten_layers", None)
+        modules = list(flatten()) if callable(flatten) else list(x.modules())
+        found = [
+            w
+            for m in modules
+            for w in (getattr(m, "weight", None), getattr(m, "matrix", None))
+            if isinstance(w, TensorTrainBase)
+        ]
         if not found:
             raise ValueError(
                 f"{fname}: the module {type(x).__name__} has no TT weights (no TT layers inside)"
@@ -78,9 +87,15 @@ def l2_regularizer(scale: float) -> Regularizer:
         terms = [
             ops.frobenius_norm_squared(t, differentiable=True).sum() for t in _tt_objects(x, "l2_regularizer")
         ]
-        return s * torch.stack(terms).sum()
+        return s * _total(terms)
 
     return regularizer
+
+
+def _total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of scalar terms on the first one's device (a model may keep its layers on several devices)."""
+    first = terms[0]
+    return torch.stack([t.to(first.device) for t in terms]).sum()
 
 
 def cores_regularizer(core_regularizer: Callable[[torch.Tensor], torch.Tensor], scale: float) -> Regularizer:
@@ -123,6 +138,6 @@ def cores_regularizer(core_regularizer: Callable[[torch.Tensor], torch.Tensor], 
                         f"{type(value).__name__} for a core of shape {tuple(core.shape)}"
                     )
                 terms.append(value.reshape(()))
-        return s * torch.stack(terms).sum()
+        return s * _total(terms)
 
     return regularizer

@@ -12,6 +12,7 @@ Symbols: ``d`` number of cores, ``r_k`` TT-ranks.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -79,14 +80,17 @@ def tt_normal_(
         >>> cores = [torch.empty(1, 5, 7, 4), torch.empty(4, 5, 4, 1)]
         >>> tt_normal_(cores, 1e-3)
     """
+    if isinstance(variance, bool) or not isinstance(variance, numbers.Real):
+        raise TypeError(f"tt_normal_: variance must be a real number, got {variance!r}")
     if not (variance > 0 and math.isfinite(variance)):
         raise ValueError(f"tt_normal_: variance must be finite and > 0, got {variance!r}")
     d = len(cores)
     if d == 0:
         raise ValueError("tt_normal_: expected at least one core, got none")
-    inner_ranks = math.prod(int(c.shape[0]) for c in cores[1:])
-    # Per-core std: the d-th root of the target std divided by the sqrt of the number of rank paths.
-    std = (variance / inner_ranks) ** (1.0 / (2 * d))
+    # Per-core std: the d-th root of the target std divided by the sqrt of the number of rank paths, in logs (a
+    # product of many ranks overflows a float, and variance / product can underflow to 0)
+    log_paths = sum(math.log(int(c.shape[0])) for c in cores[1:])
+    std = math.exp((math.log(variance) - log_paths) / (2 * d))
     with torch.no_grad():
         for c in cores:
             c.normal_(0.0, std, generator=generator)
