@@ -306,3 +306,22 @@ def test_bad_voc_dims_get_clear_errors():
     assert tt.nn.TTEmbedding(100, 16, tt_rank=2, voc_dims=(k for k in [10, 10])).voc_dims == (10, 10)
     with pytest.raises(TypeError, match="voc_dims must be a sequence of ints"):
         tt.nn.TTEmbedding.from_embedding(nn.Embedding(100, 16), voc_dims=100)
+
+
+def test_pruned_core_follows_optimizer_steps():
+    import torch.nn.utils.prune as prune
+
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4), dtype=torch.float64)
+    prune.l1_unstructured(emb.cores, "0", amount=0.5)
+    opt = torch.optim.SGD(emb.parameters(), lr=0.05)
+    idx = torch.tensor([0, 5, 19, 7])
+    for _ in range(3):
+        emb(idx).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    masked = emb.cores._parameters["0_orig"] * emb.cores._buffers["0_mask"]
+    table = tt.full(tt.TensorTrain([masked, emb.cores._parameters["1"]]))
+    assert_close(emb(idx), table[idx])
+    with torch.no_grad():
+        assert_close(emb(idx), table[idx])

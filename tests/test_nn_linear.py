@@ -589,3 +589,24 @@ def test_from_lazy_linear_and_bias_init_checks():
         tt.nn.TTLinear.from_linear(nn.LazyLinear(10))
     with pytest.raises(TypeError, match="bias_init must be a number or None, got 'zeros'"):
         tt.nn.TTLinear(12, 10, tt_rank=2, bias_init="zeros")  # type: ignore[arg-type]
+
+
+def test_pruned_core_follows_optimizer_steps():
+    """prune's hook sits on the ParameterList, which is never called: the forward must run it, or the masked
+    core stays the tensor computed at pruning time (stale after a step; the second backward crashed)."""
+    import torch.nn.utils.prune as prune
+
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(12, 10, tt_rank=3, in_dims=(3, 4), out_dims=(5, 2), dtype=torch.float64)
+    prune.l1_unstructured(layer.cores, "1", amount=0.5)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+    x = torch.randn(7, 12, dtype=torch.float64)
+    for _ in range(3):
+        layer(x).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    c0, orig = layer.cores._parameters["0"], layer.cores._parameters["1_orig"]
+    want = x @ tt.full(tt.TensorTrain([c0, orig * layer.cores._buffers["1_mask"]])).T + layer.bias
+    assert_close(layer(x), want)
+    with torch.no_grad():
+        assert_close(layer(x), want)

@@ -115,6 +115,21 @@ class TTModule(nn.Module):
         super().__setstate__(state)
         self.__dict__.setdefault("_cache", {})  # modules pickled before the cache existed
 
+    def _current_cores(self) -> tuple[torch.Tensor, ...]:
+        """The cores as the forward must use them: the ParameterList's forward pre-hooks run first, as calling
+        it would run them. ``torch.nn.utils.prune`` (and the old ``weight_norm``) on a core registers such a
+        hook, which recomputes the core from ``<k>_orig`` and its mask; the list itself is never called."""
+        cores = self.cores
+        hooks = cores._forward_pre_hooks
+        if hooks:
+            with_kwargs = cores._forward_pre_hooks_with_kwargs
+            for hook_id, hook in list(hooks.items()):
+                if hook_id in with_kwargs:
+                    hook(cores, (), {})
+                else:
+                    hook(cores, ())
+        return tuple(cores)
+
     def __prepare_scriptable__(self) -> nn.Module:
         # torch.jit.script calls this first: say what works instead of failing on an annotation deep inside
         raise TypeError(

@@ -171,7 +171,8 @@ class TTEmbedding(TTModule):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Look up rows through :func:`tensortrain.nn.functional.tt_embedding`."""
-        return F._embedding(input, self.weight, self.padding_idx, self.num_embeddings, self._cache)
+        weight = TensorTrain(self._current_cores())
+        return F._embedding(input, weight, self.padding_idx, self.num_embeddings, self._cache)
 
     # ------------------------------------------------------------------------------------- conversions
     @classmethod

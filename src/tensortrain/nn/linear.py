@@ -225,7 +225,7 @@ class TTLinear(TTModule):
         ):
             bias = self._parameters["bias"]
             return F.linear_cores(input, tuple(registry.values()), bias, self._cache)  # type: ignore[arg-type]
-        return F.linear_cores(input, tuple(self.cores), self.bias)
+        return F.linear_cores(input, self._current_cores(), self.bias)
 
     def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
         """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
