@@ -104,6 +104,8 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
     # refuses a complex scale the same way). A sequence is inspected in its own dtype first, then converted
     # straight to the cores' dtype (no float32 round trip).
     given = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
+    if given.dtype == torch.bool:  # a mask, not weights
+        raise TypeError("multiply_along_batch_dim: weights must be numbers, got a bool tensor (a mask?)")
     if given.is_complex() and not cores[0].dtype.is_complex:
         raise TypeError(
             f"multiply_along_batch_dim: complex weights cannot scale {cores[0].dtype} cores (the imaginary "
@@ -121,6 +123,10 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
 
 def gram_matrix(tt_vectors: TensorTrainBase, matrix: TensorTrainBase | None = None) -> torch.Tensor:
     """The Gram matrix ``G[i, j] = <v_i, v_j>`` (or ``v_i^T A v_j`` with a TT-matrix ``A``) of a batch.
+
+    ``<a, b>`` is :func:`flat_inner`'s sum of elementwise products, without complex conjugation (as t3f):
+    for complex vectors ``G`` is symmetric, not Hermitian; for ``torch.vdot``'s convention use
+    ``pairwise_flat_inner`` with the first batch's cores conjugated (``[c.conj() for c in v.tt_cores]``).
 
     Args:
         tt_vectors: a batch of TT objects (without ``matrix``), or of TT vectors (with ``matrix``).
@@ -158,6 +164,8 @@ def pairwise_flat_inner(
     tt_1: TensorTrainBase, tt_2: TensorTrainBase, matrix: TensorTrainBase | None = None
 ) -> torch.Tensor:
     """All pairwise inner products ``res[i, j] = <a_i, b_j>``, or ``a_i^T A b_j`` with a TT-matrix ``A``.
+
+    No complex conjugation, as :func:`flat_inner` and t3f (conjugate ``tt_1``'s cores for ``torch.vdot``'s).
 
     Without ``matrix`` the two batches hold TT objects of the same kind and raw shape. With ``matrix``
     (a single TT-matrix ``N x M``) they hold vectors over ``A``'s row modes (``tt_1``) and column modes

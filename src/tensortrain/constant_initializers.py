@@ -143,7 +143,9 @@ def _constant(
     device: torch.device | str | None,
 ) -> TensorTrain:
     shapes = _core_shapes(rows, cols, [1] * (len(rows) + 1), None)
-    cores = [torch.full(s, value, dtype=_dtype(dtype), device=device) for s in shapes]
+    # (a complex dtype comes only from *_like of a complex TT: the public constructors take real ones)
+    kind = dtype if isinstance(dtype, torch.dtype) and dtype.is_complex else _dtype(dtype)
+    cores = [torch.full(s, value, dtype=kind, device=device) for s in shapes]
     return TensorTrain(cores)
 
 

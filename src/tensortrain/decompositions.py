@@ -42,6 +42,7 @@ import torch
 from .errors import ShapeError
 from .operands import wide_dtype
 from .orthogonalization import (
+    cast_back,
     check_finite_cores,
     compute_dtype,
     merge_modes,
@@ -186,7 +187,7 @@ def _tt_svd(
         cores.append(left.reshape(b, r_prev, modes[k], r))
         r_prev = r
     cores.append(rest.reshape(b, r_prev, modes[-1], 1))
-    return [c.to(dtype) for c in cores]
+    return cast_back(cores, dtype, "TT-SVD")
 
 
 def _wrap(cores: list[torch.Tensor], batch: bool) -> Any:
@@ -394,4 +395,4 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
         left, right = truncated_factor(cores[k].reshape(b, r_prev * n_k, -1), caps[k + 1], delta, method)
         cores[k] = left.reshape(b, r_prev, n_k, left.shape[-1])
         cores[k + 1] = torch.einsum("bij,bjnk->bink", right, cores[k + 1])
-    return split_modes(cores, batch, raw, tt.dtype)
+    return split_modes(cores, batch, raw, tt.dtype, "round")

@@ -66,17 +66,40 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
     check_tt(tt, "frobenius_norm_squared", "tt")
     cores = [flat_modes(c) for c in batched_cores(tt)]
     needs_grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
-    gram = inner_sweep(cores, [c.conj() for c in cores], True).real if differentiable or needs_grad else None
     if differentiable:
-        res = gram
+        res = inner_sweep(cores, [c.conj() for c in cores], True).real
     else:
         with torch.no_grad():
             res = (_norm_by_qr(cores) ** 2).to(cores[0].real.dtype)
-        if gram is not None:
-            # QR's value with the Gram sweep's gradient (and higher derivatives).
-            res = res + (gram - gram.detach())
-    assert res is not None
+        if needs_grad:
+            # QR's value with the (scaled) Gram sweep's gradient and higher derivatives, attached as an exact
+            # zero in the wide dtype: graded - graded.detach() of an overflowed square would be inf - inf
+            norms = _scaled_norms(cores)
+            res = res + (norms * norms - (norms * norms).detach()).to(res.dtype)
     return res if is_batch(tt) else res[0]
+
+
+def _scaled_norms(cores: list[torch.Tensor]) -> torch.Tensor:
+    """Differentiable norms ``(B,)`` in the wide dtype (float64; float32 on MPS), for gradients.
+
+    The Gram sweep runs on the cores scaled to a largest magnitude of 1 (detached scales, in float32 for
+    half precision) and the scales come back as a sum of logs: the sweep on the cores themselves overflows
+    (float32 past a norm of 1.8e19, float16 past 256) or underflows, and its gradient with it.
+    """
+    wide = wide_dtype(cores[0].real)
+    work = torch.float32 if cores[0].dtype in (torch.float16, torch.bfloat16) else cores[0].dtype
+    scaled, log_scale = [], None
+    for c in cores:
+        top = c.detach().abs().flatten(1).amax(dim=1)
+        top = torch.where(top > 0, top, torch.ones_like(top))
+        scaled.append((c / top.reshape(-1, *([1] * (c.dim() - 1)))).to(work))
+        lg = torch.log(top.to(wide))
+        log_scale = lg if log_scale is None else log_scale + lg
+    gram = inner_sweep(scaled, [c.conj() for c in scaled], True).real.to(wide).clamp_min(0.0)
+    zero = gram == 0  # sqrt's infinite derivative at 0: feed it 1 there and mask (gradient 0, not NaN)
+    root = torch.where(zero, 0.0, torch.sqrt(torch.where(zero, torch.ones_like(gram), gram)))
+    assert log_scale is not None
+    return root * torch.exp(log_scale)
 
 
 def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
@@ -139,11 +162,12 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         with torch.no_grad():
             norm = _norm_by_qr(cores)
             value = torch.sqrt(norm * norm + epsilon).to(cores[0].real.dtype)
-        value = value if is_batch(tt) else value[0]
         if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
-            graded = frobenius_norm(tt, epsilon, differentiable=True)
-            value = value + (graded - graded.detach())
-        return value
+            graded = _scaled_norms(cores)  # the gradient, from scaled cores (an exact zero is added)
+            if epsilon:
+                graded = torch.sqrt(graded * graded + epsilon)
+            value = value + (graded - graded.detach()).to(value.dtype)
+        return value if is_batch(tt) else value[0]
     sq = frobenius_norm_squared(tt, differentiable=differentiable) + epsilon
     sq = sq.clamp_min(0.0)  # a Gram sweep can round a zero norm to -1e-30; clamp keeps NaN as NaN
     zero = sq == 0

@@ -20,6 +20,7 @@ import torch
 
 from .errors import ShapeError
 from .operands import wide_dtype
+from .orthogonalization import compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["cholesky", "determinant", "inv", "slog_determinant"]
@@ -43,6 +44,11 @@ def _factors(kron_a: TensorTrainBase, fname: str) -> list[torch.Tensor]:
             f"modes {tuple(cols)}"
         )
     return [c[..., 0, :, :, 0] for c in kron_a.tt_cores]
+
+
+def _in_compute_dtype(fn: object, f: torch.Tensor) -> torch.Tensor:
+    """``fn(f)`` computed in float32 for a half-precision ``f`` (LAPACK has no half), cast back."""
+    return fn(f.to(compute_dtype(f.dtype))).to(f.dtype)  # type: ignore[operator]
 
 
 def _rebuild(factors: list[torch.Tensor], like: TensorTrainBase) -> TensorTrainBase:
@@ -101,7 +107,9 @@ def slog_determinant(kron_a: TensorTrainBase) -> tuple[torch.Tensor, torch.Tenso
         >>> float(sign), round(float(logdet), 4)
         (-1.0, 2.0794)
     """
-    return _slogdet(_factors(kron_a, "slog_determinant"))
+    factors = _factors(kron_a, "slog_determinant")
+    sign, logabsdet = _slogdet([f.to(compute_dtype(f.dtype)) for f in factors])  # (LAPACK has no half)
+    return sign.to(factors[0].dtype), logabsdet.to(factors[0].real.dtype)
 
 
 def _slogdet(factors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,11 +148,11 @@ def inv(kron_a: TensorTrainBase) -> TensorTrainBase:
                 [0.0000, 0.2500, 0.0000],
                 [0.0000, 0.0000, 0.2500]])
     """
-    return _rebuild([torch.linalg.inv(f) for f in _factors(kron_a, "inv")], kron_a)
+    return _rebuild([_in_compute_dtype(torch.linalg.inv, f) for f in _factors(kron_a, "inv")], kron_a)
 
 
 def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
-    """The lower Cholesky factor of a symmetric positive-definite Kronecker-product matrix.
+    """The lower Cholesky factor of a symmetric (Hermitian) positive-definite Kronecker-product matrix.
 
     Because the Kronecker product of lower-triangular matrices is lower triangular (row-major mode order),
     the factor is the Kronecker product of the factors' Cholesky factors.
@@ -153,7 +161,8 @@ def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
         kron_a: a TT-matrix (or batch) of TT-rank 1 whose square factors are all symmetric positive definite.
 
     Returns:
-        ``L``, a TT-matrix (or batch) of TT-rank 1 with ``full(L) @ full(L).T == full(kron_a)``.
+        ``L``, a TT-matrix (or batch) of TT-rank 1 with ``full(L) @ full(L).mH == full(kron_a)`` (``.T`` for
+        real matrices).
 
     Raises:
         TypeError, ShapeError: as :func:`determinant`.
@@ -169,4 +178,6 @@ def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
         tensor([[2., 0.],
                 [0., 2.]])
     """
-    return _rebuild([torch.linalg.cholesky(f) for f in _factors(kron_a, "cholesky")], kron_a)
+    return _rebuild(
+        [_in_compute_dtype(torch.linalg.cholesky, f) for f in _factors(kron_a, "cholesky")], kron_a
+    )

@@ -108,7 +108,8 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
 
 
 def transpose(tt_matrix: TensorTrainBase) -> Any:
-    """The transposed TT-matrix (row and column modes of every core swapped); batches too.
+    """The transposed TT-matrix (row and column modes of every core swapped, no conjugation: ``.T``, not ``.mH``);
+    batches too.
 
     Args:
         tt_matrix: a TT-matrix or a batch of TT-matrices, ``M x N``.
@@ -243,6 +244,7 @@ def subtract(tt_a: TensorTrainBase, tt_b: TensorTrainBase) -> Any:
         True
     """
     _check_pair("subtract", tt_a, tt_b)
+    paired_cores("subtract", tt_a, tt_b)  # dtype, device and batch checks under this name, not add's
     return add(tt_a, multiply(tt_b, -1.0))
 
 
@@ -286,6 +288,8 @@ def multiply(tt_left: Any, right: Any) -> Any:
                 f"multiply: a dense tensor of shape {tuple(right.shape)} cannot multiply a TT object; "
                 "scale by a number or a 0-dim tensor, or use multiply_along_batch_dim for per-element weights"
             )
+        if right.dtype == torch.bool:  # (a Python bool is refused below too: True is not a scale)
+            raise TypeError("multiply: expects a number or a TT object, got a bool tensor")
         cores = list(tt_left.tt_cores)
         # Casting a complex scale to real cores would drop its imaginary part (torch only warns). Decided on
         # the dtype, not the value: reading the value would sync the device and break tracing.
@@ -413,5 +417,6 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
     # with epsilon=0 a zero core (a zero tensor) gives 0/0: leave such a tensor as it is
     factors = torch.where(norms == 0, torch.ones_like(norms), mean / norms)
     shape = (-1,) + (1,) * (cores[0].dim() - 1)
-    new = [c * f.to(c.dtype).reshape(shape) for c, f in zip(cores, factors, strict=True)]
+    # the product in the wide dtype, then cast: the factor alone may leave the cores' range (float16: 2e5)
+    new = [(c.to(f.dtype) * f.reshape(shape)).to(c.dtype) for c, f in zip(cores, factors, strict=True)]
     return wrap(new, is_batch(tt))

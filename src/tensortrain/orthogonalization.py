@@ -4,7 +4,7 @@ shares with it.
 Symbols: ``d`` number of cores, ``n_k`` mode size (``m_k n_k`` for a TT-matrix), ``r_k`` TT-ranks, ``B`` batch.
 
 A core is *left-orthogonal* when its unfolding ``(r_{k-1} n_k, r_k)`` has orthonormal columns
-(``Q^T Q = I``), *right-orthogonal* when ``(r_{k-1}, n_k r_k)`` has orthonormal rows. A left-to-right sweep
+(``Q^H Q = I``; ``Q^T Q`` for real cores), *right-orthogonal* when ``(r_{k-1}, n_k r_k)`` has orthonormal rows. A left-to-right sweep
 makes cores ``1..d-1`` left-orthogonal and moves the whole norm into core ``d``; right-to-left does the mirror.
 Ranks may shrink to ``min(r_{k-1} n_k, r_k)`` (the reduced QR), never grow; the full tensor is unchanged.
 """
@@ -47,9 +47,28 @@ def merge_modes(tt: TensorTrainBase) -> tuple[list[torch.Tensor], bool, RawMatri
     return cores, batch, raw  # type: ignore[return-value]
 
 
-def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: torch.dtype) -> Any:
+def cast_back(cores: list[torch.Tensor], dtype: torch.dtype, name: str) -> list[torch.Tensor]:
+    """Cores computed in :func:`compute_dtype`, cast back to ``dtype``; a ValueError where that overflows.
+
+    Orthogonal forms put the whole norm in one core: a float16 TT whose entries all fit but whose norm exceeds
+    65504 would come back with inf cores. bfloat16 has float32's range."""
+    out = [c.to(dtype) for c in cores]
+    if dtype == torch.float16 and out[0].device.type != "meta":
+        for c, o in zip(cores, out, strict=True):
+            if not bool(torch.isfinite(o).all()) and bool(torch.isfinite(c).all()):
+                big = float(c.abs().max())
+                raise ValueError(
+                    f"{name}: the result does not fit float16 (a core entry of {big:.3g} > 65504: an "
+                    "orthogonal form keeps the tensor's whole norm in one core); use bfloat16 or float32"
+                )
+    return out
+
+
+def split_modes(
+    cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: torch.dtype, name: str = "tensortrain"
+) -> Any:
     """Inverse of :func:`merge_modes`: the TT object of the right class, cast back to ``dtype``."""
-    cores = [c.to(dtype) for c in cores]
+    cores = cast_back(cores, dtype, name)
     if raw is not None:
         rows, cols = raw
         cores = [
@@ -87,8 +106,9 @@ def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
     Args:
         tt: a :class:`TensorTrain` or :class:`TensorTrainBatch` (tensors or matrices).
         left_to_right: True: cores ``1..d-1`` become left-orthogonal (unfolding ``(r_{k-1} n_k, r_k)`` has
-            ``Q^T Q = I``) and the last core carries the norm. False: cores ``2..d`` become right-orthogonal
-            (``(r_{k-1}, n_k r_k)`` has ``Q Q^T = I``) and the first core carries the norm. Both work on
+            ``Q^H Q = I``, ``Q^T Q`` for real cores) and the last core carries the norm. False: cores ``2..d``
+            become right-orthogonal (``(r_{k-1}, n_k r_k)`` has ``Q Q^H = I``) and the first core carries the
+            norm. Both work on
             batches (t3f's right-to-left does not).
 
     Returns:
@@ -110,7 +130,7 @@ def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
     check_finite_cores(tt, "orthogonalize")
     cores, batch, raw = merge_modes(tt)
     cores = left_orthogonalize(cores) if left_to_right else right_orthogonalize(cores)
-    return split_modes(cores, batch, raw, tt.dtype)
+    return split_modes(cores, batch, raw, tt.dtype, "orthogonalize")
 
 
 def orthogonalize_tt_cores(tt: TensorTrainBase, left_to_right: bool = True) -> Any:

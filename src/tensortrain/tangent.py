@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 
 from .errors import ShapeError
-from .orthogonalization import compute_dtype
+from .orthogonalization import cast_back, compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__: list[str] = []  # nothing public: the public API is in riemannian, autodiff and optim
@@ -69,7 +69,7 @@ def left_sweep(cores: Cores) -> Cores:
         q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
         out.append(q.reshape(r0, n, q.shape[1]))
     last = cores[-1] if carry is None else torch.einsum("ab,bnc->anc", carry, cores[-1])
-    return [c.to(dtype) for c in (*out, last)]
+    return cast_back([*out, last], dtype, "the tangent space's frame")
 
 
 def right_sweep(cores: Cores) -> Cores:
@@ -86,7 +86,7 @@ def right_sweep(cores: Cores) -> Cores:
         carry = rt.T
         out.append(q.T.reshape(q.shape[1], n, r1))
     first = cores[0] if carry is None else torch.einsum("anb,bc->anc", cores[0], carry)
-    return [c.to(dtype) for c in (first, *reversed(out))]
+    return cast_back([first, *reversed(out)], dtype, "the tangent space's frame")
 
 
 def ranks(cores: Cores) -> list[int]:
