@@ -76,3 +76,42 @@ def test_kronecker_in_half_precision():
     assert float(sign) == 1.0 and abs(float(logdet) - 4 * 1.3863) < 1e-2
     assert tt.kronecker.inv(k).dtype == tt.kronecker.cholesky(k).dtype == torch.float16
     assert torch.allclose(tt.full(tt.kronecker.inv(k)).float(), 0.25 * torch.eye(4))
+
+
+# ------------------------------------------------------------------------------- sizes past int64
+def test_embedding_with_more_rows_than_int64():
+    """A stride past int64 read as a negative int64 (-1 digits, a failed gather) or raised OverflowError."""
+    w = tt.random_matrix(((2,) * 64, (2, 2, 2) + (1,) * 61), tt_rank=2, dtype=torch.float64)  # 2^64 x 8
+    rows = tt.nn.functional.tt_embedding(torch.tensor([0, 1, 5]), w, num_embeddings=100)
+    assert torch.allclose(rows[2], tt.gather_nd(w, torch.tensor([[5, j] for j in range(8)])))
+    emb = tt.nn.TTEmbedding(10**30, 16, tt_rank=2, voc_dims=(10,) * 30)
+    assert emb(torch.tensor([3, 10**18])).shape == (2, 16)
+    with pytest.raises(IndexError, match=r"out-of-range values \[-1\]"):
+        emb(torch.tensor([-1, 5]))
+    with pytest.raises((IndexError, RuntimeError)):
+        torch.func.vmap(emb)(torch.tensor([[-3]]))
+
+
+def test_huge_shapes_index_and_print():
+    a = tt.random_matrix(((4,) * 32, (2,) * 32), tt_rank=2)  # 2^64 x 2^32
+    assert tt.gather_nd(a, torch.tensor([[12345, 7]])).shape == (1,)
+    with pytest.raises(IndexError, match="row index -1 out of range"):
+        tt.gather_nd(a, torch.tensor([[-1, 7]]))
+    m = tt.random_matrix(((4,) * 40, (4,) * 40), tt_rank=2)
+    assert m.shape == (4**40, 4**40) and str(4**40) in str(m)  # a torch.Size past int64 could not print
+
+
+def test_kronecker_slogdet_of_more_factor_copies_than_int64():
+    import math
+
+    f = torch.tensor([[-2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    sign, logdet = tt.kronecker.slog_determinant(tt.TensorTrain([f[None, :, :, None]] * 65))
+    assert float(sign) == 1.0 and abs(float(logdet) / (65 * 2**64 * math.log(2)) - 1) < 1e-12
+
+
+def test_auto_shape_of_huge_vocabularies():
+    """Divisors come from a factorization (trial division to 10^6), not an O(sqrt n) loop (seconds at 10^16,
+    minutes at 2^62): these run in milliseconds."""
+    assert tt.nn.TTEmbedding(10**16, 16, tt_rank=2).voc_dims == (10**4,) * 4
+    assert tt.auto_shape(999983 * 999979, 2) == (999979, 999983)  # two primes near 10^6: still exact
+    assert tt.auto_shape(2**62, 2) == (2**31, 2**31)

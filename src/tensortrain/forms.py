@@ -196,7 +196,7 @@ def bilinear_form(A: TensorTrainBase, b: TensorTrainBase, c: TensorTrainBase) ->
         TypeError: an operand is not a TT object, or ``A`` is not a TT-matrix.
         ShapeError: modes, batch sizes, dtypes or devices disagree.
 
-    Complexity: O(d B r^3 n m) with r the largest rank of the three.
+    Complexity: O(d B r^4 n m) with r the largest rank of the three (each step contracts three cores).
 
     Example:
         >>> import tensortrain as tt
@@ -281,7 +281,7 @@ def bilinear_form_two_mat(
         TypeError: an operand has the wrong kind.
         ShapeError: modes, batch sizes, dtypes or devices disagree.
 
-    Complexity: O(d B r^4 n k m) with r the largest rank.
+    Complexity: O(d B r^5 n k m) with r the largest rank (each step contracts four cores).
 
     Example:
         >>> import tensortrain as tt

@@ -272,6 +272,8 @@ def _unravel(flat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def _check_range(values: torch.Tensor, n: int, what: str) -> None:
-    if values.numel() and (values.min() < 0 or values.max() >= n):
-        bad = values[(values < 0) | (values >= n)][0].item()
+    # a size past int64 cannot be compared with a tensor, and no int64 index reaches it
+    big = n > torch.iinfo(torch.long).max
+    if values.numel() and (values.min() < 0 or (not big and values.max() >= n)):
+        bad = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
         raise IndexError(f"gather_nd: {what} {bad} out of range [0, {n})")

@@ -118,10 +118,16 @@ def _slogdet(factors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     sign, logdet = None, None
     for f in factors:
         s, ld = torch.linalg.slogdet(f)
-        power = total // int(f.shape[-1])
-        s = s**power
+        power = total // int(f.shape[-1])  # a Python int that may exceed int64 (65 factors of 2 x 2)
+        if not s.is_complex():  # +1, -1 or 0: only the parity (and zero) matter
+            s = s if power % 2 else s.abs()
+        elif power <= 2**62:
+            s = s**power
+        else:  # a phase turned more than 2^62 times: only as exact as float(power) (s of 0 stays 0)
+            turned = torch.polar(torch.ones_like(s.real), s.angle() * float(power))
+            s = torch.where(s == 0, torch.zeros_like(s), turned)
         sign = s if sign is None else sign * s
-        logdet = power * ld if logdet is None else logdet + power * ld
+        logdet = float(power) * ld if logdet is None else logdet + float(power) * ld
     return sign, logdet  # type: ignore[return-value]
 
 

@@ -163,13 +163,17 @@ class TensorTrainBase:
 
     @property
     def shape(self) -> torch.Size:
-        """The dense shape (with the batch size first for a batch). Python ints: no overflow."""
+        """The dense shape (with the batch size first for a batch), as a ``torch.Size``; a plain tuple of Python
+        ints where a size exceeds int64 (a TT-matrix of ``4**40`` rows), which ``torch.Size`` cannot print."""
         if self.is_tt_matrix():
             rows, cols = self.get_raw_shape()
             dense: tuple[int, ...] = (math.prod(rows), math.prod(cols))
         else:
             dense = self.raw_shape  # type: ignore[assignment]
-        return torch.Size(self._batch_shape() + dense)
+        full = self._batch_shape() + dense
+        if max(full) > torch.iinfo(torch.long).max:
+            return full  # type: ignore[return-value]
+        return torch.Size(full)
 
     def get_shape(self) -> torch.Size:
         """t3f's getter: the same as :attr:`shape`."""

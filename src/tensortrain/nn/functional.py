@@ -98,6 +98,9 @@ def linear_cores(
     return contraction.apply_unchecked(input, cores, bias, n, cache=cache)
 
 
+_INT64_MAX = torch.iinfo(torch.long).max
+
+
 def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: torch.device) -> None:
     if (
         not isinstance(input, torch.Tensor)
@@ -116,7 +119,8 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
         return
     lo, hi = int(input.min()), int(input.max())
     if lo < 0 or hi >= num_embeddings:
-        bad = input[(input < 0) | (input >= num_embeddings)].unique()[:5].tolist()
+        out = input < 0 if num_embeddings > _INT64_MAX else (input < 0) | (input >= num_embeddings)
+        bad = input[out].unique()[:5].tolist()
         raise IndexError(
             f"{fn}: indices must be in [0, {num_embeddings}), got out-of-range values {bad} "
             f"(min {lo}, max {hi})"
@@ -210,9 +214,11 @@ def _embedding(
     padding_idx = padding_index("tt_embedding", padding_idx, v)
     flat = input.reshape(-1).long()
     if transforms_active():
-        # No value check ran (_check_indices): send every index outside [0, V) to V', whose first-mode digit the
+        # No value check ran (_check_indices): send every index outside [0, V) to -1, whose first-mode digit the
         # lookup's index_select refuses. Without this the padded rows [V, V') of the table would be returned.
-        flat = torch.where((flat >= 0) & (flat < v), flat, v_pad)
+        # (-1 rather than V': a table past int64 rows has no V' to write; -1's first digit is refused alike)
+        valid = flat >= 0 if v > _INT64_MAX else (flat >= 0) & (flat < v)
+        flat = torch.where(valid, flat, -1)
     with full_precision(weight.device.type):
         rows = _rows(weight, flat, voc_dims, cache)
     if padding_idx is not None:
@@ -248,7 +254,10 @@ def _tt_rows(weight: TensorTrain, idx: torch.Tensor, voc_dims: tuple[int, ...]) 
     stride, done = math.prod(voc_dims), 1
     for k, (core, mk) in enumerate(zip(weight.tt_cores, voc_dims, strict=True)):
         stride //= mk
-        ik = torch.div(idx, stride, rounding_mode="floor")
+        if stride > _INT64_MAX:  # (a table past int64 rows: every int64 index has digit 0 here)
+            ik = torch.where(idx < 0, -1, torch.zeros_like(idx)) if k == 0 else torch.zeros_like(idx)
+        else:
+            ik = torch.div(idx, stride, rounding_mode="floor")
         # The first mode is left unwrapped and gathered by index_select, which refuses negative indices as well
         # as those past the table (advanced indexing would wrap negative ones), instead of aliasing rows.
         ik = ik if k == 0 else ik % mk
