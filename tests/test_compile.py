@@ -183,22 +183,19 @@ def test_jit_trace_follows_the_weights_and_script_is_refused():
     import warnings
 
     torch.manual_seed(0)
-    layer = tt.nn.TTLinear(784, 625, tt_rank=4).eval()
     x = torch.randn(8, 784)
+    cases = [
+        (tt.nn.TTLinear(784, 625, tt_rank=4).eval(), x),
+        (tt.nn.TTEmbedding(10000, 64, tt_rank=8), torch.randint(0, 10000, (50,))),
+    ]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        layer(x)
-        traced = torch.jit.trace(layer, (x,))
-        for c in layer.cores:
-            c.mul_(0.5)
-        torch.testing.assert_close(traced(x), layer(x))
-        emb = tt.nn.TTEmbedding(10000, 64, tt_rank=8)
-        idx = torch.randint(0, 10000, (50,))
-        emb(idx)
-        traced_emb = torch.jit.trace(emb, (idx,))
-        for c in emb.cores:
-            c.mul_(0.5)
-        torch.testing.assert_close(traced_emb(idx), emb(idx))
+        for module, arg in cases:
+            module(arg)  # fills the inference cache
+            traced = torch.jit.trace(module, (arg,))
+            for c in module.cores:
+                c.mul_(0.5)
+            torch.testing.assert_close(traced(arg), module(arg))
         fresh = tt.nn.TTLinear(24, 10, tt_rank=3)
         torch.testing.assert_close(
             torch.jit.trace(fresh, (torch.randn(4, 24),))(x[:2, :24]), fresh(x[:2, :24])
