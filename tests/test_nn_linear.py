@@ -606,7 +606,10 @@ def test_pruned_core_follows_optimizer_steps():
         opt.step()
         opt.zero_grad()
     c0, orig = layer.cores._parameters["0"], layer.cores._parameters["1_orig"]
-    want = x @ tt.full(tt.TensorTrain([c0, orig * layer.cores._buffers["1_mask"]])).T + layer.bias
+    dense = tt.full(tt.TensorTrain([c0, orig * layer.cores._buffers["1_mask"]]))
+    want = x @ dense.T + layer.bias
+    # .weight (and so dense_weight / to_linear) sees the stepped core without a forward in between
+    assert_close(layer.dense_weight(), dense)
     assert_close(layer(x), want)
     with torch.no_grad():
         assert_close(layer(x), want)

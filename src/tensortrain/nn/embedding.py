@@ -166,13 +166,13 @@ class TTEmbedding(TTModule):
 
     @property
     def weight(self) -> TensorTrain:
-        """The table as a TT-matrix of shape ``V' x D`` (``V' >= V`` rows; a view of :attr:`cores`)."""
-        return TensorTrain(tuple(self.cores))
+        """The table as a TT-matrix of shape ``V' x D`` (``V' >= V`` rows; a view of :attr:`cores`, as the
+        forward uses them: pruned cores masked)."""
+        return TensorTrain(self._current_cores())
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Look up rows through :func:`tensortrain.nn.functional.tt_embedding`."""
-        weight = TensorTrain(self._current_cores())
-        return F._embedding(input, weight, self.padding_idx, self.num_embeddings, self._cache)
+        return F._embedding(input, self.weight, self.padding_idx, self.num_embeddings, self._cache)
 
     # ------------------------------------------------------------------------------------- conversions
     @classmethod

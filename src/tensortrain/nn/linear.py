@@ -205,8 +205,8 @@ class TTLinear(TTModule):
     @property
     def weight(self) -> TensorTrain:
         """The weight as a TT-matrix :class:`~tensortrain.TensorTrain` of shape ``out x in`` (a view of
-        :attr:`cores`; gradients flow back to them)."""
-        return TensorTrain(tuple(self.cores))
+        :attr:`cores`, as the forward uses them: pruned cores masked; gradients flow back to them)."""
+        return TensorTrain(self._current_cores())
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Apply ``input @ W.T + bias`` through :func:`tensortrain.nn.functional.tt_linear`."""
@@ -216,16 +216,14 @@ class TTLinear(TTModule):
         # to "1_orig" (the masked core is a plain attribute) and parametrize moves a tensor out of the registry.
         cores = self._modules["cores"]
         registry = cores._parameters  # type: ignore[union-attr]
-        keys = tuple(registry)
         if (
-            keys == _CORE_KEYS[: len(keys)]
-            and len(keys) == len(cores)  # type: ignore[arg-type]
+            tuple(registry) == _CORE_KEYS[: len(cores)]  # type: ignore[arg-type]
             and "bias" in self._parameters
             and not torch.compiler.is_compiling()
         ):
             bias = self._parameters["bias"]
             return F.linear_cores(input, tuple(registry.values()), bias, self._cache)  # type: ignore[arg-type]
-        return F.linear_cores(input, self._current_cores(), self.bias)
+        return F.linear_cores(input, self.weight.tt_cores, self.bias)
 
     def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
         """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
