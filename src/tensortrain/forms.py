@@ -74,8 +74,8 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
         if needs_grad:
             # QR's value with the (scaled) Gram sweep's gradient and higher derivatives, attached as an exact
             # zero in the wide dtype: graded - graded.detach() of an overflowed square would be inf - inf
-            norms = _scaled_norms(cores)
-            res = res + (norms * norms - (norms * norms).detach()).to(res.dtype)
+            sq = _scaled_norms(cores) ** 2
+            res = res + (sq - sq.detach()).to(res.dtype)
     return res if is_batch(tt) else res[0]
 
 

@@ -64,9 +64,7 @@ def cast_back(cores: list[torch.Tensor], dtype: torch.dtype, name: str) -> list[
     return out
 
 
-def split_modes(
-    cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: torch.dtype, name: str = "tensortrain"
-) -> Any:
+def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: torch.dtype, name: str) -> Any:
     """Inverse of :func:`merge_modes`: the TT object of the right class, cast back to ``dtype``."""
     cores = cast_back(cores, dtype, name)
     if raw is not None:

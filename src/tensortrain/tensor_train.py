@@ -29,7 +29,9 @@ def _fmt(dims: Sequence[int]) -> str:
     return str(tuple(int(n) for n in dims))
 
 
-_MATMULS = (torch.Tensor.__matmul__, torch.matmul)  # what TensorTrainBase.__torch_function__ takes
+# what TensorTrainBase.__torch_function__ takes (Tensor.__matmul__ dispatches as TensorBase.matmul, which
+# `dense @ tt` and `dense.matmul(tt)` pass)
+_MATMULS = (torch.Tensor.__matmul__, torch.Tensor.matmul, torch.matmul)
 
 
 class TensorTrainBase:
@@ -347,8 +349,7 @@ class TensorTrainBase:
         Raises:
             TypeError: any torch function other than ``matmul`` given a TT object.
         """
-        # Tensor.__matmul__ dispatches as TensorBase.matmul (what `dense @ tt` and `dense.matmul(tt)` pass)
-        if (func in _MATMULS or func is torch.Tensor.matmul) and not kwargs and len(args) == 2:
+        if func in _MATMULS and not kwargs and len(args) == 2:
             from . import ops
 
             return ops.matmul(*args)

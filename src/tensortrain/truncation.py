@@ -161,11 +161,7 @@ def _unit(s: torch.Tensor) -> torch.Tensor:
     Squares of singular values and of the error budget are compared after dividing by it: squared as they are,
     a float64 input of norm 1e160 or 1e-170 overflows to inf or underflows to 0 (rank 1 for any epsilon).
     """
-    top = (
-        _acc(s[..., 0])
-        if s.shape[-1]
-        else torch.zeros(s.shape[:-1], dtype=wide_dtype(s.real), device=s.device)
-    )
+    top = _acc(s[..., 0])  # (an unfolding has at least one singular value: TT modes are never empty)
     return torch.where(top > 0, top, torch.ones_like(top))
 
 
