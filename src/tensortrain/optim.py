@@ -59,13 +59,9 @@ def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[tor
     ``G_k`` gives ``UL_{<k}^T grad VR_{>k}^T`` by pseudo-inverses; the frame ``(U, V)`` is taken from a
     minimal (numerically full-rank) representation, whose interfaces lie in those spans.
     """
-    dtype = x[0].dtype
-    if (
-        compute_dtype(dtype) != dtype
-    ):  # half precision: pinv and QR need float32; the results go back to dtype
-        deltas, u, v = _core_deltas(
-            [c.to(compute_dtype(dtype)) for c in x], [a.to(compute_dtype(dtype)) for a in g]
-        )
+    dtype, work = x[0].dtype, compute_dtype(x[0].dtype)
+    if work != dtype:  # half precision: pinv and QR need float32; the results go back to dtype
+        deltas, u, v = _core_deltas([c.to(work) for c in x], [a.to(work) for a in g])
         return [dk.to(dtype) for dk in deltas], [c.to(dtype) for c in u], [c.to(dtype) for c in v]
     ul, vr = ts.left_sweep(x), ts.right_sweep(x)
     tol = 100 * torch.finfo(x[0].dtype).eps

@@ -283,11 +283,7 @@ def deltas_to_tangent_space(
     else:  # as t3f: a missing one is computed (left from tt, right from left)
         u = ts.flat_cores(left) if left is not None else ts.left_sweep(ts.flat_cores(tt))
         v = ts.flat_cores(right) if right is not None else ts.right_sweep(u)
-        if ts.ranks(u) != ts.ranks(v):
-            # ranks above the mode sizes shrink in the right sweep: one more pair of sweeps gives both forms
-            # the feasible ranks, as tangent_frame does (and as tangent_space_to_deltas' deltas assume)
-            u = ts.left_sweep(v)
-            v = ts.right_sweep(u)
+        u, v = ts.settle_frame(u, v)  # the feasible ranks tangent_space_to_deltas' deltas have
     if len(deltas) != len(u):
         raise ShapeError(f"deltas_to_tangent_space: got {len(deltas)} deltas for a TT with {len(u)} cores")
     core_dim = 4 if tt.is_tt_matrix() else 3

@@ -100,10 +100,16 @@ def tangent_frame(where: TensorTrain) -> tuple[Cores, Cores]:
     right-orthogonal form, so that ``where = V[0] V[1] ... V[d-1]``.
     """
     left = left_sweep(flat_cores(where))
-    right = right_sweep(left)
+    return settle_frame(left, right_sweep(left))
+
+
+def settle_frame(left: Cores, right: Cores) -> tuple[Cores, Cores]:
+    """A left-orthogonal form and the right-orthogonal form swept from it, with equal ranks.
+
+    A rank above the mode sizes shrinks in the right sweep: one more pair of sweeps makes both forms share the
+    (now feasible) ranks; it cannot shrink them again.
+    """
     if ranks(right) != ranks(left):
-        # A rank above the mode sizes shrank in the right sweep: one more pair of sweeps makes both
-        # forms share the (now feasible) ranks; it cannot shrink them again.
         left = left_sweep(right)
         right = right_sweep(left)
     return left, right
