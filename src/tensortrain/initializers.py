@@ -23,6 +23,7 @@ ones used in the variance formula, so the variance promise holds either way.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -97,6 +98,13 @@ def _add_cores(a: list[torch.Tensor], b: list[torch.Tensor], batch: bool) -> lis
     return out
 
 
+def per_core_std(variance: float, ranks: Sequence[int], d: int) -> float:
+    """The std ``s`` of i.i.d. core entries that gives full-tensor entries of ``variance`` (> 0) over ``d`` cores
+    with TT-ranks ``ranks``: ``(variance / prod(ranks))^(1 / 2d)``, taken in logs (the product of many ranks
+    overflows a float, and variance / product can underflow to 0: all-zero "random" cores)."""
+    return math.exp((math.log(variance) - sum(math.log(r) for r in ranks)) / (2 * d))
+
+
 def _random(
     rows: tuple[int, ...],
     cols: tuple[int, ...] | None,
@@ -114,10 +122,7 @@ def _random(
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
     ranks = _ranks(tt_rank, modes)
     d = len(rows)
-    # (stddev^2 / prod(ranks))^(1 / 2d), in logs: the product of many ranks overflows a float (OverflowError)
-    # and stddev^2 / product can underflow to 0 (all-zero "random" cores)
-    log_ranks = sum(math.log(r) for r in ranks)
-    core_std = 0.0 if stddev == 0 else math.exp((2 * math.log(stddev) - log_ranks) / (2 * d))
+    core_std = 0.0 if stddev == 0 else per_core_std(stddev**2, ranks, d)
     shapes = _core_shapes(rows, cols, ranks, batch_size)
     cores = _normal_cores(shapes, 0.0, core_std, generator, **kw)
     if mean != 0.0:

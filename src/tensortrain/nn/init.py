@@ -18,6 +18,7 @@ from typing import Literal, get_args
 
 import torch
 
+from ..initializers import per_core_std
 from ..shapes import as_int
 
 __all__ = ["dense_variance", "tt_normal_"]
@@ -87,10 +88,8 @@ def tt_normal_(
     d = len(cores)
     if d == 0:
         raise ValueError("tt_normal_: expected at least one core, got none")
-    # Per-core std: the d-th root of the target std divided by the sqrt of the number of rank paths, in logs (a
-    # product of many ranks overflows a float, and variance / product can underflow to 0)
-    log_paths = sum(math.log(int(c.shape[0])) for c in cores[1:])
-    std = math.exp((math.log(variance) - log_paths) / (2 * d))
+    # the d-th root of the target std divided by the sqrt of the number of rank paths
+    std = per_core_std(variance, [int(c.shape[0]) for c in cores[1:]], d)
     with torch.no_grad():
         for c in cores:
             c.normal_(0.0, std, generator=generator)
