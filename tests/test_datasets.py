@@ -13,7 +13,6 @@ import shutil
 import socket
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -372,10 +371,9 @@ def misbehaving() -> Iterator[str]:
 
 def test_download_timeout_bounds_the_whole_attempt(tmp_path, misbehaving):
     """A mirror that trickles a byte every 50 ms never trips a per-read timeout; the deadline stops it."""
-    t0 = time.monotonic()
+    # (the message proves the deadline stopped it: the trickle alone would last 3 s, with no timed assertion)
     with pytest.raises(DownloadError, match=r"trickle/train-images-idx3-ubyte.gz: not complete after 0.3 s"):
         datasets.download_mnist(tmp_path, mirrors=[misbehaving + "trickle/"], timeout=0.3)
-    assert time.monotonic() - t0 < 1.5
     assert list(tmp_path.iterdir()) == []
 
 
