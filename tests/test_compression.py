@@ -13,7 +13,7 @@ from torch import nn
 import tensortrain as tt
 import tensortrain.compression as compression
 from conftest import assert_close
-from tensortrain.compression import _CONVERTERS
+from tensortrain.compression_layers import CONVERTERS
 
 DT = torch.float64
 
@@ -62,8 +62,8 @@ def make_low_tt_rank(model: nn.Module, rank: int, seed: int = 0) -> nn.Module:
     compression at rank >= ``rank`` must reproduce the model (up to round-off)."""
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if type(m) in _CONVERTERS:
-            dims = _CONVERTERS[type(m)].dims(m)
+        if type(m) in CONVERTERS:
+            dims = CONVERTERS[type(m)].dims(m)
             w = tt.full(
                 tt.random_matrix(
                     [list(dims[0]), list(dims[1])], tt_rank=rank, stddev=0.3, generator=gen, dtype=DT

@@ -4,7 +4,8 @@
 error target, or a rank cap found by bisection to reach a compression ratio), converts each layer with
 TT-SVD (``TTLinear.from_linear``, ``TTEmbedding.from_embedding``), swaps it in with
 ``model.set_submodule`` and returns a :class:`CompressionReport`. ``decompress`` turns TT layers back into
-exactly equivalent dense ones.
+exactly equivalent dense ones. What each layer type needs is in ``compression_layers``; the report classes
+are in ``compression_report``.
 """
 
 from __future__ import annotations
@@ -12,338 +13,23 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.prune import BasePruningMethod
-from torch.nn.utils.spectral_norm import SpectralNorm
-from torch.nn.utils.weight_norm import WeightNorm
 
-from .nn.embedding import TTEmbedding, resolve_embedding_dims
-from .nn.linear import TTLinear, resolve_dims
+from .compression_layers import CONVERTERS, carry_over, layer_dims, planned_tt_params, refusal
+from .compression_report import CompressionReport, LayerReport
+from .nn.embedding import TTEmbedding
+from .nn.linear import TTLinear
 from .shapes import as_int, max_tt_ranks
 
 __all__ = ["CompressionReport", "LayerReport", "compress", "decompress"]
 
-Dims = tuple[tuple[int, ...], tuple[int, ...]]
 
-
-# ----------------------------------------------------------------------------------------- converters
-@dataclass(frozen=True)
-class _Converter:
-    """How one dense layer type becomes a TT layer: its weight, its TT dims, and the conversion."""
-
-    kind: str
-    tt_type: type[TTLinear] | type[TTEmbedding]
-    own_params: tuple[str, ...]  # the dense layer's parameters that the conversion carries over
-    dims: Callable[[Any], Dims]  # (row dims, col dims) of the TT weight
-    weight: Callable[[Any], torch.Tensor]  # the dense weight the TT-SVD approximates
-    refuse: Callable[[Any], str | None]  # why the converter would refuse this layer (its options), or None
-    convert: Callable[[Any, int | None, float | None, Dims], TTLinear | TTEmbedding]
-    tt_weight: Callable[[Any], torch.Tensor]  # the converted layer's dense weight, same shape as weight
-    extra_params: Callable[[Any], int]  # parameters kept beside the cores (a bias)
-
-
-def _linear_dims(m: nn.Linear) -> Dims:
-    in_dims, out_dims = resolve_dims(m.in_features, m.out_features, None, None)
-    return out_dims, in_dims
-
-
-def _embedding_dims(m: nn.Embedding) -> Dims:
-    return resolve_embedding_dims(m.num_embeddings, m.embedding_dim, None, None)
-
-
-def _non_finite(w: torch.Tensor, skip_row: int | None = None) -> bool:
-    """Whether ``w`` holds NaN or inf (outside row ``skip_row``), which TT-SVD refuses. A finite sum proves
-    every entry finite at a fraction of an elementwise check's cost; meta tensors have no values."""
-    w = w.detach()
-    if w.is_meta or bool(torch.isfinite(w.sum())):
-        return False
-    ok = torch.isfinite(w)
-    if skip_row is not None:
-        ok[skip_row] = True
-    return not bool(ok.all())
-
-
-def _linear_refusal(m: nn.Linear) -> str | None:
-    if _non_finite(m.weight):
-        return "the weight contains NaN or inf values; TT-SVD needs finite entries"
-    return None
-
-
-def _embedding_refusal(m: nn.Embedding) -> str | None:
-    """The options ``TTEmbedding.from_embedding`` refuses (the same checks, made before any TT-SVD so that
-    the ratio search knows the layer stays dense), and a non-finite table (its padding row is ignored, as
-    ``from_embedding`` zeroes it)."""
-    opts = {"max_norm": m.max_norm, "scale_grad_by_freq": m.scale_grad_by_freq, "sparse": m.sparse}
-    bad = [f"{k}={v}" for k, v in opts.items() if v not in (None, False)]
-    if bad:
-        dense_grads = " (the TT cores' gradients are dense: SparseAdam and the like would fail)"
-        return f"TTEmbedding.from_embedding does not support {', '.join(bad)}" + (
-            dense_grads if m.sparse else ""
-        )
-    if _non_finite(m.weight, m.padding_idx):
-        return "the table contains NaN or inf values; TT-SVD needs finite entries"
-    return None
-
-
-_CONVERTERS: dict[type[nn.Module], _Converter] = {
-    nn.Linear: _Converter(
-        kind="Linear",
-        tt_type=TTLinear,
-        own_params=("weight", "bias"),
-        dims=_linear_dims,
-        weight=lambda m: m.weight,
-        refuse=_linear_refusal,
-        convert=lambda m, r, eps, dims: TTLinear.from_linear(m, r, eps, in_dims=dims[1], out_dims=dims[0]),
-        tt_weight=lambda t: t.dense_weight(),
-        extra_params=lambda m: 0 if m.bias is None else m.bias.numel(),
-    ),
-    nn.Embedding: _Converter(
-        kind="Embedding",
-        tt_type=TTEmbedding,
-        own_params=("weight",),
-        dims=_embedding_dims,
-        weight=lambda m: m.weight,
-        refuse=_embedding_refusal,
-        convert=lambda m, r, eps, dims: TTEmbedding.from_embedding(
-            m, r, eps, voc_dims=dims[0], emb_dims=dims[1]
-        ),
-        tt_weight=lambda t: t.to_embedding().weight,
-        extra_params=lambda m: 0,
-    ),
-}
-"""Exact types that ``compress`` converts (subclasses such as MultiheadAttention's ``out_proj``, whose
-weight its parent reads as a tensor, are deliberately not matched)."""
-
-
-_WEIGHT_HOOKS: tuple[tuple[type, str, str], ...] = (
-    (
-        BasePruningMethod,
-        "torch.nn.utils.prune",
-        "make the pruning permanent first: torch.nn.utils.prune.remove",
-    ),
-    (WeightNorm, "weight_norm", "remove it first: torch.nn.utils.remove_weight_norm"),
-    (SpectralNorm, "spectral_norm", "remove it first: torch.nn.utils.remove_spectral_norm"),
-)
-"""Forward pre-hooks that recompute a parameter before each forward (as a plain, non-leaf tensor attribute),
-with the way to remove them. Between forwards the attribute is a stale copy."""
-
-_HOOK_DICTS = (
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
-"""The dicts in which ``nn.Module`` keeps forward (pre-)hooks and their ``with_kwargs`` / ``always_call``
-flags, by hook id."""
-
-
-def _dims(module: nn.Module) -> Dims:
-    """The TT dims compress uses; an empty layer (which stays dense) gets its trivial one-core dims."""
-    w = _CONVERTERS[type(module)].weight(module)
-    if w.numel() == 0:
-        return (int(w.shape[0]),), (int(w.shape[1]),)
-    return _CONVERTERS[type(module)].dims(module)
-
-
-_TT_ATTRIBUTES: dict[type[nn.Module], frozenset[str]] = {}
-
-
-def _tt_attributes(tt_type: type[nn.Module]) -> frozenset[str]:
-    """Names a TT layer already uses: an extra buffer of the dense layer cannot be carried over under them.
-    Read once from a tiny layer on the meta device (no memory, no values)."""
-    if tt_type not in _TT_ATTRIBUTES:
-        _TT_ATTRIBUTES[tt_type] = frozenset(dir(tt_type(4, 4, tt_rank=1, device="meta")))  # type: ignore[call-arg]
-    return _TT_ATTRIBUTES[tt_type]
-
-
-def _refusal(module: nn.Module) -> str | None:
-    """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
-    ratio search counts such layers as fixed, as it does tied ones."""
-    conv = _CONVERTERS[type(module)]
-    if conv.weight(module).numel() == 0:  # e.g. a head with 0 classes: nothing to factor
-        return "empty layer"
-    for hook in module._forward_pre_hooks.values():
-        for hook_type, what, remedy in _WEIGHT_HOOKS:
-            if isinstance(hook, hook_type):
-                name = getattr(hook, "_tensor_name", getattr(hook, "name", "weight"))
-                return (
-                    f"its {name!r} is recomputed before each forward by a {what} hook (the tensor there now "
-                    f"is a stale copy); {remedy}(module, {name!r})"
-                )
-    extra = [n for n in module._parameters if n not in conv.own_params] + list(module._modules)
-    if extra:
-        return f"it holds parameters or submodules the TT layer would drop ({', '.join(extra)})"
-    taken = [n for n in module._buffers if n in _tt_attributes(conv.tt_type)]
-    if taken:
-        return (
-            f"its buffer {taken[0]!r} cannot be carried over: {conv.tt_type.__name__} already has an "
-            "attribute of that name"
-        )
-    return conv.refuse(module)
-
-
-def _carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
-    """Give ``new`` what ``old`` held beside its weights: its buffers, forward hooks and pre-hooks (the
-    same dicts, so the handles returned by ``register_forward_hook`` still remove them) and its train/eval
-    mode."""
-    for name, buf in old._buffers.items():
-        new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
-    for attr in _HOOK_DICTS:
-        if hasattr(old, attr):
-            setattr(new, attr, getattr(old, attr))
-    return new.train(old.training)
-
-
-def _planned_tt_params(dims: Dims, max_tt_rank: int) -> tuple[int, tuple[int, ...]]:
-    """Core parameters and ranks TT-SVD gives with a rank cap (ranks clipped to the maximal useful ones)."""
-    rows, cols = dims
-    bound = max_tt_ranks([m * n for m, n in zip(rows, cols, strict=True)])
-    ranks = tuple(min(max_tt_rank, b) for b in bound)
-    return sum(ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(len(rows))), ranks
-
-
-# --------------------------------------------------------------------------------------------- report
-@dataclass(frozen=True)
-class LayerReport:
-    """One selected layer: what it was, what it became (or why it stayed dense).
-
-    Attributes:
-        name: qualified module name (``""`` is the model itself).
-        kind: ``"Linear"`` or ``"Embedding"``.
-        shape: the dense weight's shape, ``(out, in)`` or ``(num_embeddings, embedding_dim)``.
-        dims: the TT weight's ``(row dims, col dims)``.
-        tt_ranks: the TT-ranks when replaced, else None.
-        params_before: parameters of the dense layer (weight and bias).
-        params_after: parameters of the layer in the returned model.
-        rel_error: ``||W - W_tt||_F / ||W||_F`` when replaced, else None (0.0 for an all-zero ``W``
-            reproduced exactly, ``inf`` if ``W`` is zero and ``W_tt`` is not).
-        reason: why the layer stayed dense (``""`` when replaced).
-        aliases: the module's other names (a module shared under several names is one row, replaced or kept
-            under all of them).
-        tied_params: parameters of this layer that an earlier row already counts (tied weights, e.g. an
-            output head sharing the embedding's weight); the report's totals count them once.
-    """
-
-    name: str
-    kind: str
-    shape: tuple[int, int]
-    dims: Dims
-    tt_ranks: tuple[int, ...] | None
-    params_before: int
-    params_after: int
-    rel_error: float | None
-    reason: str
-    aliases: tuple[str, ...] = ()
-    tied_params: int = 0
-
-    @property
-    def replaced(self) -> bool:
-        """True when the layer was replaced by its TT version."""
-        return self.tt_ranks is not None
-
-
-@dataclass(frozen=True)
-class CompressionReport:
-    """What :func:`compress` did: one :class:`LayerReport` per selected layer, and totals.
-
-    ``ratio`` is the compression of the *selected* layers (dense parameters before over parameters after,
-    biases included, layers left dense counted at their size, each parameter counted once even when tied
-    to several layers, as ``model.parameters()`` does); ``model_ratio`` is that of the whole model.
-    ``str(report)`` is a readable table; :meth:`to_dict` a JSON-friendly dict.
-
-    Example:
-        >>> model, report = tt.compress(model, max_tt_rank=8)  # doctest: +SKIP
-        >>> print(report)  # doctest: +SKIP
-    """
-
-    layers: tuple[LayerReport, ...]
-    model_params_before: int
-    model_params_after: int
-
-    @property
-    def params_before(self) -> int:
-        """Parameters of the selected layers before compression (tied ones counted once)."""
-        return sum(layer.params_before - layer.tied_params for layer in self.layers)
-
-    @property
-    def params_after(self) -> int:
-        """Parameters of the selected layers after compression (tied ones counted once)."""
-        return sum(layer.params_after - layer.tied_params for layer in self.layers)
-
-    @property
-    def ratio(self) -> float:
-        """Compression factor of the selected layers (``params_before / params_after``; 1.0 if both are 0)."""
-        return _ratio(self.params_before, self.params_after)
-
-    @property
-    def model_ratio(self) -> float:
-        """Compression factor of the whole model (1.0 for a model without parameters)."""
-        return _ratio(self.model_params_before, self.model_params_after)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain dicts, lists and numbers (ready for ``json.dump``)."""
-        layers = [{**asdict(layer), "replaced": layer.replaced} for layer in self.layers]
-        totals = {
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "ratio": self.ratio,
-            "model_params_before": self.model_params_before,
-            "model_params_after": self.model_params_after,
-            "model_ratio": self.model_ratio,
-        }
-        return {"layers": layers, "totals": totals}
-
-    def __str__(self) -> str:
-        head = ("layer", "type", "shape", "dims", "tt_ranks", "before", "after", "ratio", "rel_error")
-        rows = [head]
-        for lay in self.layers:
-            dims = f"{_fmt(lay.dims[0])}x{_fmt(lay.dims[1])}"
-            rows.append(
-                (
-                    " = ".join((lay.name or "(model)", *lay.aliases)),
-                    lay.kind,
-                    f"{lay.shape[0]}x{lay.shape[1]}",
-                    dims,
-                    _fmt(lay.tt_ranks) if lay.tt_ranks else "dense",
-                    f"{lay.params_before:,}",
-                    f"{lay.params_after:,}",
-                    f"{_ratio(lay.params_before, lay.params_after):.1f}x",
-                    "-" if lay.rel_error is None else f"{lay.rel_error:.2e}",
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        n_rep = sum(lay.replaced for lay in self.layers)
-        tied = " (tied parameters counted once)" if any(lay.tied_params for lay in self.layers) else ""
-        lines.append(
-            f"replaced {n_rep} of {len(self.layers)} selected layers: {self.params_before:,} -> "
-            f"{self.params_after:,} parameters{tied} ({self.ratio:.1f}x); whole model "
-            f"{self.model_params_before:,} -> {self.model_params_after:,} ({self.model_ratio:.1f}x)"
-        )
-        lines += [
-            f"kept dense {lay.name or '(model)'}: {lay.reason}" for lay in self.layers if not lay.replaced
-        ]
-        return "\n".join(lines)
-
-
-def _fmt(dims: Sequence[int]) -> str:
-    return "(" + ",".join(str(k) for k in dims) + ")"
-
-
-def _ratio(before: int, after: int) -> float:
-    # after is 0 only when before is too (empty layers stay dense): nothing was compressed
-    return before / after if after else 1.0
-
-
-# --------------------------------------------------------------------------------------------- compress
 def _patterns(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -384,7 +70,7 @@ def _select(
     excluded."""
     found: dict[int, tuple[list[str], nn.Module]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) in _CONVERTERS:
+        if type(module) in CONVERTERS:
             found.setdefault(id(module), ([], module))[0].append(name)
 
     def matches(names: list[str], patterns: tuple[str, ...]) -> bool:
@@ -434,13 +120,13 @@ def _rank_for_ratio(
     ``"name: reason"``, for the message when the target is out of reach)."""
     plans = []
     for _, m in layers:
-        conv = _CONVERTERS[type(m)]
+        conv = CONVERTERS[type(m)]
         plans.append((conv.dims(m), conv.extra_params(m), sum(p.numel() for p in m.parameters())))
     before = fixed + sum(p[2] for p in plans)
 
     def after(r: int) -> int:
         # A layer whose TT form would not be smaller stays dense (as compress does).
-        return fixed + sum(min(_planned_tt_params(dims, r)[0] + extra, dense) for dims, extra, dense in plans)
+        return fixed + sum(min(planned_tt_params(dims, r)[0] + extra, dense) for dims, extra, dense in plans)
 
     if before / after(1) < ratio:
         why = ""
@@ -471,14 +157,14 @@ def _rel_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 def _dense_report(name: str, module: nn.Module, reason: str) -> LayerReport:
-    conv = _CONVERTERS[type(module)]
+    conv = CONVERTERS[type(module)]
     w = conv.weight(module)
     before = sum(p.numel() for p in module.parameters())
     return LayerReport(
         name,
         conv.kind,
         (int(w.shape[0]), int(w.shape[1])),
-        _dims(module),
+        layer_dims(module),
         None,
         before,
         before,
@@ -494,11 +180,11 @@ def _convert_one(
 
     The layers a converter refuses (unsupported options, non-finite weights) were found by :func:`_refusal`
     beforehand and never get here, so any error of the conversion is a real one and propagates."""
-    conv = _CONVERTERS[type(module)]
+    conv = CONVERTERS[type(module)]
     dims = conv.dims(module)
     before = sum(p.numel() for p in module.parameters())
     if max_tt_rank is not None:
-        planned, ranks = _planned_tt_params(dims, max_tt_rank)
+        planned, ranks = planned_tt_params(dims, max_tt_rank)
         planned += conv.extra_params(module)
         if planned >= before:
             why = f"TT would not save parameters ({planned:,} >= {before:,} at tt_ranks {ranks})"
@@ -538,7 +224,7 @@ def _kept_dense(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> 
     those a converter would refuse, all known before any TT-SVD so that the ratio search counts them."""
     kept = _tied(model, layers)
     for _, m in layers:
-        reason = _refusal(m)
+        reason = refusal(m)
         if reason is not None:
             kept[id(m)] = reason
     return kept
@@ -546,7 +232,7 @@ def _kept_dense(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> 
 
 def _check_values(layers: list[tuple[list[str], nn.Module]]) -> None:
     """``epsilon`` picks ranks from singular values: the layers to convert must not be on the meta device."""
-    meta = [names[0] or "(model)" for names, m in layers if _CONVERTERS[type(m)].weight(m).is_meta]
+    meta = [names[0] or "(model)" for names, m in layers if CONVERTERS[type(m)].weight(m).is_meta]
     if meta:
         raise ValueError(
             "compress: epsilon picks each layer's TT-ranks from the singular values of its weight, and the "
@@ -666,7 +352,7 @@ def compress(
     before_model = sum(p.numel() for p in target.parameters())
     layers = _select(target, inc, exc)
     if not layers:
-        seen = [n for n, m in target.named_modules() if type(m) in _CONVERTERS][:8]
+        seen = [n for n, m in target.named_modules() if type(m) in CONVERTERS][:8]
         raise ValueError(
             f"compress: no nn.Linear or nn.Embedding layer matched include={include!r}, exclude={exclude!r}; "
             f"candidate layers: {seen or 'none'}"
@@ -693,7 +379,7 @@ def compress(
     if dry_run:
         return target, report
     for names, module, new in swaps:
-        _carry_over(module, new)
+        carry_over(module, new)
         for name in names:  # a module shared under several names is replaced everywhere
             if name == "":
                 target = new
@@ -735,7 +421,7 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     dense: dict[int, nn.Module] = {}
     for name, m in found:
         if id(m) not in dense:  # hooks, extra buffers and train/eval mode come back, as compress took them
-            dense[id(m)] = _carry_over(m, m.to_linear() if isinstance(m, TTLinear) else m.to_embedding())
+            dense[id(m)] = carry_over(m, m.to_linear() if isinstance(m, TTLinear) else m.to_embedding())
         if name == "":
             return dense[id(m)]
         target.set_submodule(name, dense[id(m)])

@@ -1,0 +1,201 @@
+"""What ``compress`` and ``decompress`` need to know per dense layer type: its weight, its TT dims, the
+conversion, why a layer cannot be converted, and what a TT layer takes over from the layer it replaces.
+
+The types converted are exact: ``nn.Linear`` -> :class:`~tensortrain.nn.TTLinear` and ``nn.Embedding`` ->
+:class:`~tensortrain.nn.TTEmbedding` (see :data:`CONVERTERS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
+
+from .compression_report import Dims
+from .nn.embedding import TTEmbedding, resolve_embedding_dims
+from .nn.linear import TTLinear, resolve_dims
+from .shapes import max_tt_ranks
+
+__all__ = ["CONVERTERS", "Converter", "carry_over", "layer_dims", "planned_tt_params", "refusal"]
+
+
+@dataclass(frozen=True)
+class Converter:
+    """How one dense layer type becomes a TT layer: its weight, its TT dims, and the conversion."""
+
+    kind: str
+    tt_type: type[TTLinear] | type[TTEmbedding]
+    own_params: tuple[str, ...]  # the dense layer's parameters that the conversion carries over
+    dims: Callable[[Any], Dims]  # (row dims, col dims) of the TT weight
+    weight: Callable[[Any], torch.Tensor]  # the dense weight the TT-SVD approximates
+    refuse: Callable[[Any], str | None]  # why the converter would refuse this layer (its options), or None
+    convert: Callable[[Any, int | None, float | None, Dims], TTLinear | TTEmbedding]
+    tt_weight: Callable[[Any], torch.Tensor]  # the converted layer's dense weight, same shape as weight
+    extra_params: Callable[[Any], int]  # parameters kept beside the cores (a bias)
+
+
+def _linear_dims(m: nn.Linear) -> Dims:
+    in_dims, out_dims = resolve_dims(m.in_features, m.out_features, None, None)
+    return out_dims, in_dims
+
+
+def _embedding_dims(m: nn.Embedding) -> Dims:
+    return resolve_embedding_dims(m.num_embeddings, m.embedding_dim, None, None)
+
+
+def _non_finite(w: torch.Tensor, skip_row: int | None = None) -> bool:
+    """Whether ``w`` holds NaN or inf (outside row ``skip_row``), which TT-SVD refuses. A finite sum proves
+    every entry finite at a fraction of an elementwise check's cost; meta tensors have no values."""
+    w = w.detach()
+    if w.is_meta or bool(torch.isfinite(w.sum())):
+        return False
+    ok = torch.isfinite(w)
+    if skip_row is not None:
+        ok[skip_row] = True
+    return not bool(ok.all())
+
+
+def _linear_refusal(m: nn.Linear) -> str | None:
+    if _non_finite(m.weight):
+        return "the weight contains NaN or inf values; TT-SVD needs finite entries"
+    return None
+
+
+def _embedding_refusal(m: nn.Embedding) -> str | None:
+    """The options ``TTEmbedding.from_embedding`` refuses (the same checks, made before any TT-SVD so that
+    the ratio search knows the layer stays dense), and a non-finite table (its padding row is ignored, as
+    ``from_embedding`` zeroes it)."""
+    opts = {"max_norm": m.max_norm, "scale_grad_by_freq": m.scale_grad_by_freq, "sparse": m.sparse}
+    bad = [f"{k}={v}" for k, v in opts.items() if v not in (None, False)]
+    if bad:
+        dense_grads = " (the TT cores' gradients are dense: SparseAdam and the like would fail)"
+        return f"TTEmbedding.from_embedding does not support {', '.join(bad)}" + (
+            dense_grads if m.sparse else ""
+        )
+    if _non_finite(m.weight, m.padding_idx):
+        return "the table contains NaN or inf values; TT-SVD needs finite entries"
+    return None
+
+
+CONVERTERS: dict[type[nn.Module], Converter] = {
+    nn.Linear: Converter(
+        kind="Linear",
+        tt_type=TTLinear,
+        own_params=("weight", "bias"),
+        dims=_linear_dims,
+        weight=lambda m: m.weight,
+        refuse=_linear_refusal,
+        convert=lambda m, r, eps, dims: TTLinear.from_linear(m, r, eps, in_dims=dims[1], out_dims=dims[0]),
+        tt_weight=lambda t: t.dense_weight(),
+        extra_params=lambda m: 0 if m.bias is None else m.bias.numel(),
+    ),
+    nn.Embedding: Converter(
+        kind="Embedding",
+        tt_type=TTEmbedding,
+        own_params=("weight",),
+        dims=_embedding_dims,
+        weight=lambda m: m.weight,
+        refuse=_embedding_refusal,
+        convert=lambda m, r, eps, dims: TTEmbedding.from_embedding(
+            m, r, eps, voc_dims=dims[0], emb_dims=dims[1]
+        ),
+        tt_weight=lambda t: t.to_embedding().weight,
+        extra_params=lambda m: 0,
+    ),
+}
+"""Exact types that ``compress`` converts (subclasses such as MultiheadAttention's ``out_proj``, whose
+weight its parent reads as a tensor, are deliberately not matched)."""
+
+
+_WEIGHT_HOOKS: tuple[tuple[type, str, str], ...] = (
+    (
+        BasePruningMethod,
+        "torch.nn.utils.prune",
+        "make the pruning permanent first: torch.nn.utils.prune.remove",
+    ),
+    (WeightNorm, "weight_norm", "remove it first: torch.nn.utils.remove_weight_norm"),
+    (SpectralNorm, "spectral_norm", "remove it first: torch.nn.utils.remove_spectral_norm"),
+)
+"""Forward pre-hooks that recompute a parameter before each forward (as a plain, non-leaf tensor attribute),
+with the way to remove them. Between forwards the attribute is a stale copy."""
+
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+"""The dicts in which ``nn.Module`` keeps forward (pre-)hooks and their ``with_kwargs`` / ``always_call``
+flags, by hook id."""
+
+
+def layer_dims(module: nn.Module) -> Dims:
+    """The TT dims compress uses; an empty layer (which stays dense) gets its trivial one-core dims."""
+    w = CONVERTERS[type(module)].weight(module)
+    if w.numel() == 0:
+        return (int(w.shape[0]),), (int(w.shape[1]),)
+    return CONVERTERS[type(module)].dims(module)
+
+
+_TT_ATTRIBUTES: dict[type[nn.Module], frozenset[str]] = {}
+
+
+def _tt_attributes(tt_type: type[nn.Module]) -> frozenset[str]:
+    """Names a TT layer already uses: an extra buffer of the dense layer cannot be carried over under them.
+    Read once from a tiny layer on the meta device (no memory, no values)."""
+    if tt_type not in _TT_ATTRIBUTES:
+        _TT_ATTRIBUTES[tt_type] = frozenset(dir(tt_type(4, 4, tt_rank=1, device="meta")))  # type: ignore[call-arg]
+    return _TT_ATTRIBUTES[tt_type]
+
+
+def refusal(module: nn.Module) -> str | None:
+    """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
+    ratio search counts such layers as fixed, as it does tied ones."""
+    conv = CONVERTERS[type(module)]
+    if conv.weight(module).numel() == 0:  # e.g. a head with 0 classes: nothing to factor
+        return "empty layer"
+    for hook in module._forward_pre_hooks.values():
+        for hook_type, what, remedy in _WEIGHT_HOOKS:
+            if isinstance(hook, hook_type):
+                name = getattr(hook, "_tensor_name", getattr(hook, "name", "weight"))
+                return (
+                    f"its {name!r} is recomputed before each forward by a {what} hook (the tensor there now "
+                    f"is a stale copy); {remedy}(module, {name!r})"
+                )
+    extra = [n for n in module._parameters if n not in conv.own_params] + list(module._modules)
+    if extra:
+        return f"it holds parameters or submodules the TT layer would drop ({', '.join(extra)})"
+    taken = [n for n in module._buffers if n in _tt_attributes(conv.tt_type)]
+    if taken:
+        return (
+            f"its buffer {taken[0]!r} cannot be carried over: {conv.tt_type.__name__} already has an "
+            "attribute of that name"
+        )
+    return conv.refuse(module)
+
+
+def carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Give ``new`` what ``old`` held beside its weights: its buffers, forward hooks and pre-hooks (the
+    same dicts, so the handles returned by ``register_forward_hook`` still remove them) and its train/eval
+    mode."""
+    for name, buf in old._buffers.items():
+        new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
+    for attr in _HOOK_DICTS:
+        if hasattr(old, attr):
+            setattr(new, attr, getattr(old, attr))
+    return new.train(old.training)
+
+
+def planned_tt_params(dims: Dims, max_tt_rank: int) -> tuple[int, tuple[int, ...]]:
+    """Core parameters and ranks TT-SVD gives with a rank cap (ranks clipped to the maximal useful ones)."""
+    rows, cols = dims
+    bound = max_tt_ranks([m * n for m, n in zip(rows, cols, strict=True)])
+    ranks = tuple(min(max_tt_rank, b) for b in bound)
+    return sum(ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(len(rows))), ranks

@@ -1,0 +1,145 @@
+"""The report of :func:`tensortrain.compress`: one :class:`LayerReport` per selected layer, and a
+:class:`CompressionReport` with totals that prints as a table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["CompressionReport", "LayerReport"]
+
+Dims = tuple[tuple[int, ...], tuple[int, ...]]  # (row dims, col dims) of a TT weight
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One selected layer: what it was, what it became (or why it stayed dense).
+
+    Attributes:
+        name: qualified module name (``""`` is the model itself).
+        kind: ``"Linear"`` or ``"Embedding"``.
+        shape: the dense weight's shape, ``(out, in)`` or ``(num_embeddings, embedding_dim)``.
+        dims: the TT weight's ``(row dims, col dims)``.
+        tt_ranks: the TT-ranks when replaced, else None.
+        params_before: parameters of the dense layer (weight and bias).
+        params_after: parameters of the layer in the returned model.
+        rel_error: ``||W - W_tt||_F / ||W||_F`` when replaced, else None (0.0 for an all-zero ``W``
+            reproduced exactly, ``inf`` if ``W`` is zero and ``W_tt`` is not).
+        reason: why the layer stayed dense (``""`` when replaced).
+        aliases: the module's other names (a module shared under several names is one row, replaced or kept
+            under all of them).
+        tied_params: parameters of this layer that an earlier row already counts (tied weights, e.g. an
+            output head sharing the embedding's weight); the report's totals count them once.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, int]
+    dims: Dims
+    tt_ranks: tuple[int, ...] | None
+    params_before: int
+    params_after: int
+    rel_error: float | None
+    reason: str
+    aliases: tuple[str, ...] = ()
+    tied_params: int = 0
+
+    @property
+    def replaced(self) -> bool:
+        """True when the layer was replaced by its TT version."""
+        return self.tt_ranks is not None
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    """What :func:`compress` did: one :class:`LayerReport` per selected layer, and totals.
+
+    ``ratio`` is the compression of the *selected* layers (dense parameters before over parameters after,
+    biases included, layers left dense counted at their size, each parameter counted once even when tied
+    to several layers, as ``model.parameters()`` does); ``model_ratio`` is that of the whole model.
+    ``str(report)`` is a readable table; :meth:`to_dict` a JSON-friendly dict.
+
+    Example:
+        >>> model, report = tt.compress(model, max_tt_rank=8)  # doctest: +SKIP
+        >>> print(report)  # doctest: +SKIP
+    """
+
+    layers: tuple[LayerReport, ...]
+    model_params_before: int
+    model_params_after: int
+
+    @property
+    def params_before(self) -> int:
+        """Parameters of the selected layers before compression (tied ones counted once)."""
+        return sum(layer.params_before - layer.tied_params for layer in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        """Parameters of the selected layers after compression (tied ones counted once)."""
+        return sum(layer.params_after - layer.tied_params for layer in self.layers)
+
+    @property
+    def ratio(self) -> float:
+        """Compression factor of the selected layers (``params_before / params_after``; 1.0 if both are 0)."""
+        return _ratio(self.params_before, self.params_after)
+
+    @property
+    def model_ratio(self) -> float:
+        """Compression factor of the whole model (1.0 for a model without parameters)."""
+        return _ratio(self.model_params_before, self.model_params_after)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain dicts, lists and numbers (ready for ``json.dump``)."""
+        layers = [{**asdict(layer), "replaced": layer.replaced} for layer in self.layers]
+        totals = {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "ratio": self.ratio,
+            "model_params_before": self.model_params_before,
+            "model_params_after": self.model_params_after,
+            "model_ratio": self.model_ratio,
+        }
+        return {"layers": layers, "totals": totals}
+
+    def __str__(self) -> str:
+        head = ("layer", "type", "shape", "dims", "tt_ranks", "before", "after", "ratio", "rel_error")
+        rows = [head]
+        for lay in self.layers:
+            dims = f"{_fmt(lay.dims[0])}x{_fmt(lay.dims[1])}"
+            rows.append(
+                (
+                    " = ".join((lay.name or "(model)", *lay.aliases)),
+                    lay.kind,
+                    f"{lay.shape[0]}x{lay.shape[1]}",
+                    dims,
+                    _fmt(lay.tt_ranks) if lay.tt_ranks else "dense",
+                    f"{lay.params_before:,}",
+                    f"{lay.params_after:,}",
+                    f"{_ratio(lay.params_before, lay.params_after):.1f}x",
+                    "-" if lay.rel_error is None else f"{lay.rel_error:.2e}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        n_rep = sum(lay.replaced for lay in self.layers)
+        tied = " (tied parameters counted once)" if any(lay.tied_params for lay in self.layers) else ""
+        lines.append(
+            f"replaced {n_rep} of {len(self.layers)} selected layers: {self.params_before:,} -> "
+            f"{self.params_after:,} parameters{tied} ({self.ratio:.1f}x); whole model "
+            f"{self.model_params_before:,} -> {self.model_params_after:,} ({self.model_ratio:.1f}x)"
+        )
+        lines += [
+            f"kept dense {lay.name or '(model)'}: {lay.reason}" for lay in self.layers if not lay.replaced
+        ]
+        return "\n".join(lines)
+
+
+def _fmt(dims: Sequence[int]) -> str:
+    return "(" + ",".join(str(k) for k in dims) + ")"
+
+
+def _ratio(before: int, after: int) -> float:
+    # after is 0 only when before is too (empty layers stay dense): nothing was compressed
+    return before / after if after else 1.0
