@@ -34,6 +34,7 @@ from run import BATCHES, LAYER_CASES, interleaved  # noqa: E402
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
 from tensortrain import contraction_cost as cost  # noqa: E402
+from tensortrain import contraction_plan as P  # noqa: E402
 
 NAMES = ("flops", "stream", "permute", "launch", "slice", "touch")
 
@@ -74,7 +75,7 @@ def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
         torch.manual_seed(0)
         layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
         cores = tuple(layer.cores)
-        dims = C._dims(cores)
+        dims = P.dims_of(cores)
         item = cores[0].element_size()
         for batch in BATCHES:
             x = torch.randn(batch, fin)
@@ -83,7 +84,7 @@ def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
                 progs = programs(dims, batch, item, grad)
                 fns = {}
                 for i, p in enumerate(progs):
-                    plan = C._make_plan(dims, p, batch, item, "cpu", grad)
+                    plan = P.make_plan(dims, p, batch, item, "cpu", grad)
                     if grad:
                         fns[str(i)] = lambda p=plan, x=xg, cs=cores: (
                             C.linear(x, cs, strategy=p).sum().backward()
@@ -103,7 +104,7 @@ def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
                             "grad": grad,
                             "program": [p[0], p[1], [list(g) for g in p[2]]],
                             "dims": [list(v) for v in dims],
-                            "describe": C._make_plan(dims, p, batch, item, "cpu", grad).describe(),
+                            "describe": P.make_plan(dims, p, batch, item, "cpu", grad).describe(),
                             "seconds": times[str(i)],
                             "features": features(dims, p, batch, item, grad),
                         }
@@ -121,7 +122,7 @@ def refeature(rows: list[dict[str, Any]]) -> None:
     dims_of = {}
     for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
         layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
-        dims_of[name] = C._dims(tuple(layer.cores))
+        dims_of[name] = P.dims_of(tuple(layer.cores))
     for r in rows:
         dims = tuple(tuple(v) for v in r["dims"]) if "dims" in r else dims_of[r["case"]]
         kind, direction, groups = r["program"]

@@ -22,6 +22,8 @@ from run import interleaved  # noqa: E402
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
 from tensortrain import contraction_exec as E  # noqa: E402
+from tensortrain import contraction_plan as P  # noqa: E402
+from tensortrain.contraction_cache import cached_supers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         pair = {"dense": lambda: lin(x), "tt": lambda: layer(x)}
         cold = interleaved(pair, args.repeats)
         warm = interleaved(pair, args.repeats, warm_each=True)
-        prog = C._program(cores, 1, False, "auto", True)
-        supers = C._cached_supers(layer._cache, cores, prog[2], str(prog[1]))
+        prog = P.choose_program(cores, 1, False, "auto", True)
+        supers = cached_supers(layer._cache, cores, prog[2], str(prog[1]))
         parts = interleaved(
             {
                 "layer(x)": lambda: layer(x),

@@ -369,7 +369,7 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
     want = x @ dense_of(cores).T
     plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
     per_row = max(
-        max(contraction_cost._state_per_row(C._dims(cores), i, j, plan.direction)) for i, j in plan.groups
+        max(contraction_cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups
     )
     monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
     monkeypatch.setattr(contraction_cost, "CACHE_BYTES", 8 * per_row * 30)  # up to 30 rows run whole

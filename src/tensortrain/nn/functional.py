@@ -14,7 +14,9 @@ import torch
 from .. import contraction
 from .. import contraction_cost as _cost
 from .._transforms import transforms_active
+from ..contraction_cache import cached
 from ..contraction_exec import full_precision, halves
+from ..contraction_plan import dims_of
 from ..errors import ShapeError
 from ..shapes import as_int
 from ..tensor_train import TensorTrain
@@ -311,14 +313,9 @@ def _halves(weight: TensorTrain, split: int, cache: dict | None = None) -> tuple
         return lmat.view(vl, dl, r), rmat.view(r, vr, dr).transpose(0, 1).contiguous()
 
     grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
-    if (
-        cache is None
-        or grad
-        or transforms_active()
-        or not _cost.halves_cacheable(contraction._dims(cores), split)
-    ):
+    if cache is None or grad or transforms_active() or not _cost.halves_cacheable(dims_of(cores), split):
         return make()
-    return contraction._cached(cache, ("embedding_halves", split), cores, make)
+    return cached(cache, ("embedding_halves", split), cores, make)
 
 
 def _halves_rows(halves: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:

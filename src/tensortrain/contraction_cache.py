@@ -1,0 +1,93 @@
+"""What TT layers keep between inference calls: merged core groups and the halves of W, per layer.
+
+A layer passes its own dict; an entry lives until one of the cores changes (see :func:`cached`). Only small
+merges are kept (``contraction_cost.cacheable``), never the dense W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from . import contraction_cost as _cost
+from . import contraction_exec as _exec
+from .contraction_plan import Groups, dims_of
+
+__all__ = ["cached", "cached_halves", "cached_supers"]
+
+
+# Optimizer steps seen so far (any optimizer, by a global post-step hook registered on the first cached call): the
+# fused optimizers (``fused=True``) write parameters in place without bumping their version counters.
+_optimizer_steps = [0]
+_step_hook: list[Any] = []
+
+
+def _count_step(*_: Any) -> None:
+    _optimizer_steps[0] += 1
+
+
+def _steps_seen() -> int:
+    if not _step_hook:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _step_hook.append(register_optimizer_step_post_hook(_count_step))
+    return _optimizer_steps[0]
+
+
+def cached(cache: dict, key: tuple, cores: Sequence[torch.Tensor], make: Callable[[], Any]) -> Any:
+    """``make()`` (run without grad), kept in a layer's ``cache`` under ``key`` until a core changes.
+
+    A core counts as unchanged while it is the same tensor object with the same storage address, shape and
+    version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``)
+    and no optimizer has stepped since (fused optimizers write in place without bumping version counters).
+    The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
+    through ``.data`` bypass the version counter, as they bypass autograd's own checks: after those, call the
+    layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to watch: for
+    them ``make()`` runs on every call.
+    """
+    try:
+        # id(): the entry holds the cores, so their ids cannot be reused while it lives (this check runs on every
+        # inference call: one list of tuples, ~3 us for 4 cores)
+        stamp = [_steps_seen(), *((id(c), c.data_ptr(), c._version, c.shape) for c in cores)]
+    except RuntimeError:  # inference tensors track no version counter
+        return make()
+    hit = cache.get(key)
+    if hit is None or hit[0] != stamp:
+        # kept in the cores' own precision: merged under autocast, a cached value would stay in the lower
+        # precision after autocast ends (the ops that use it cast it again while autocast is on)
+        with torch.no_grad(), _exec.full_precision(cores[0].device.type):
+            value = make()
+        # detach() shares the storage (keeping it alive) without autograd history
+        hit = cache[key] = (stamp, tuple(cores), value, tuple(c.detach() for c in cores))
+    return hit[2]
+
+
+def cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, direction: str) -> list:
+    """The sweep's super-cores, the small ones kept in a layer's cache (:func:`cached`).
+
+    Only groups that pass :func:`~tensortrain.contraction_cost.cacheable` are kept (at most a few times the
+    size of their cores, never the dense weight); the others are merged on every call.
+    """
+
+    def make() -> list:  # (only on a miss: the hit path is every batch-1 call's overhead)
+        dims = dims_of(cores)
+        return [
+            _exec.super_of(cores, i, j, direction) if _cost.cacheable(dims, i, j) else None for i, j in groups
+        ]
+
+    kept = cached(cache, (groups, direction), cores, make)
+    if all(k is not None for k in kept):
+        return kept
+    return [
+        k if k is not None else _exec.super_of(cores, i, j, direction)
+        for k, (i, j) in zip(kept, groups, strict=True)
+    ]
+
+
+def cached_halves(cache: dict, cores: Sequence[torch.Tensor], split: int) -> tuple | None:
+    """The full plan's two halves of W, kept in a layer's cache when both pass ``cacheable`` (else None)."""
+    if not _cost.halves_cacheable(dims_of(cores), split):
+        return None
+    return cached(cache, ("halves", split), cores, lambda: _exec.halves(cores, split))
