@@ -178,8 +178,9 @@ def _convert_one(
 ) -> tuple[nn.Module | None, LayerReport]:
     """The TT version of one layer and its report, or None and the reason it stays dense.
 
-    The layers a converter refuses (unsupported options, non-finite weights) were found by :func:`_refusal`
-    beforehand and never get here, so any error of the conversion is a real one and propagates."""
+    The layers a converter refuses (unsupported options, non-finite weights) were found by
+    :func:`~tensortrain.compression_layers.refusal` beforehand and never get here, so any error of the
+    conversion is a real one and propagates."""
     conv = CONVERTERS[type(module)]
     dims = conv.dims(module)
     before = sum(p.numel() for p in module.parameters())
