@@ -1,7 +1,8 @@
-"""The ``tensortrain`` command: ``tensortrain demo mnist``, ``tensortrain --version``.
+"""The ``tensortrain`` command: ``demo mnist``, ``inspect``, ``compress``, ``--version``.
 
 Thin over the library: it parses options, sets up ``torch.distributed`` when started by ``torchrun``,
 shows progress bars (tqdm, from the ``demo`` extra, when installed) and prints what the library returns.
+What ``inspect`` and ``compress`` do is in :mod:`tensortrain.cli_commands`.
 """
 
 from __future__ import annotations
@@ -100,8 +101,62 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_mnist)
 
 
+def _add_inspect(commands: argparse._SubParsersAction) -> None:
+    from .cli_commands import run_inspect
+
+    p = commands.add_parser(
+        "inspect",
+        help="describe a tt.save file or the TT layers of a model checkpoint",
+        description=(
+            "Describe each file: a tt.save file (its TT object, dtype, parameters, dense size, compression, "
+            "metadata) or a model checkpoint (a safetensors or torch.save state dict, read with "
+            "weights_only=True): its TT layers, found by their <prefix>cores.<k> keys, and parameter totals. "
+            "Exits 1 if any file could not be read (the others are still described)."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a .safetensors or torch file")
+    p.add_argument("--json", action="store_true", help="print one JSON list (one object per PATH) instead")
+    p.set_defaults(run=run_inspect)
+
+
+def _add_compress(commands: argparse._SubParsersAction) -> None:
+    from .cli_commands import run_compress
+
+    p = commands.add_parser(
+        "compress",
+        help="replace a model's Linear/Embedding layers by TT layers (tt.compress) and save it",
+        description=(
+            "Build the model MODULE:ATTR (an nn.Module, or a function with no arguments returning one; the "
+            "current folder is searched first), optionally load --weights, run tt.compress with one budget "
+            "and print its report. --out saves the compressed model's state dict (.safetensors, else "
+            "torch.save) and prints how to load it back."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="MODULE:ATTR", help="e.g. mymodels:build_mlp")
+    p.add_argument(
+        "--weights", metavar="CKPT", help="a state dict (safetensors or torch file) to load first (strict)"
+    )
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-tt-rank", type=int, metavar="R", help="one TT-rank cap for all layers")
+    budget.add_argument("--epsilon", type=float, metavar="E", help="relative error per layer, in (0, 1)")
+    budget.add_argument(
+        "--ratio", type=float, metavar="F", help="compression factor of the selected layers, > 1"
+    )
+    p.add_argument(
+        "--include", action="append", metavar="GLOB", help="layer names to select (repeatable; default all)"
+    )
+    p.add_argument("--exclude", action="append", metavar="GLOB", help="layer names to leave (repeatable)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--dry-run", action="store_true", help="only plan and print the report")
+    output.add_argument(
+        "--out", metavar="FILE", help="write the state dict (.safetensors, else a torch.save file)"
+    )
+    p.add_argument("--report-json", metavar="FILE", help="write the report as JSON")
+    p.set_defaults(run=run_compress)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``tensortrain`` argument parser: one subcommand per task (``demo mnist`` so far)."""
+    """The ``tensortrain`` argument parser: one subcommand per task (``demo mnist``, ``inspect``, ``compress``)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -115,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_commands = demo.add_subparsers(title="demos", metavar="DEMO")
     _add_mnist(demo_commands)
     demo.set_defaults(run=lambda args: _usage(demo))
+    _add_inspect(commands)
+    _add_compress(commands)
     parser.set_defaults(run=lambda args: _usage(parser))
     return parser
 

@@ -1,0 +1,500 @@
+"""What ``tensortrain inspect`` and ``tensortrain compress`` do (their options are in :mod:`tensortrain.cli`).
+
+Thin over the library: ``inspect`` reads a ``tt.save`` file (``tt.load``, ``tt.read_metadata``) or a model
+checkpoint (a safetensors or ``torch.save`` state dict, read with ``weights_only=True``) and describes its TT
+layers from the shapes of their cores (``<prefix>cores.<k>``, core ``k`` of shape ``(r_{k-1}, m_k, n_k, r_k)``);
+``compress`` builds a model from ``MODULE:ATTR``, runs ``tt.compress`` and saves the result atomically.
+
+Every failure the user can fix raises :class:`CommandError`, whose one-line message the command prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from . import __version__
+from .compression import CompressionReport, compress
+from .io import TTFileError, _atomic_write, load, read_metadata
+from .tensor_train import TensorTrainBatch
+
+__all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
+
+_CORE_KEY = re.compile(r"^((?:.*\.)?)cores\.(\d+)$")  # "<prefix>cores.<k>", prefix "" or ending in "."
+_WRAPPERS = ("state_dict", "model")  # {"state_dict": {...}} / {"model": {...}}: common checkpoint layouts
+_META_KEY = "tensortrain_compress"  # the header entry compress writes into a safetensors checkpoint
+
+
+class CommandError(Exception):
+    """A failure the user can fix (missing file, bad option value, wrong object): the message is one line.
+
+    Example:
+        >>> str(CommandError("x.pt: not a state dict"))
+        'x.pt: not a state dict'
+    """
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as ``"Type: message"`` on one line (torch and safetensors messages span several)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch.load's messages carry terminal colours
+    text = "; ".join(part.strip() for part in text.splitlines() if part.strip())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _probe(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | None:
+    """The tensor shapes and header metadata of a safetensors file (its data is not read), or None when the
+    file is not one (then it may be a torch file).
+
+    Raises:
+        CommandError: the file is missing, or is named ``*.safetensors`` and safetensors cannot read it."""
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return shapes, dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own SafetensorError
+        if path.suffix == ".safetensors":  # say what safetensors finds wrong, not torch.load's view of it
+            raise CommandError(f"{path}: unreadable safetensors file ({_one_line(err)})") from err
+        return None
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", str(err))
+        if found:
+            raise CommandError(
+                f"{path}: torch.load(weights_only=True) refuses it ({found.group(1).strip()}): a pickled "
+                "object, not a state dict; save model.state_dict() instead"
+            ) from err
+        raise CommandError(
+            f"{path}: neither a safetensors file nor a torch file torch.load can read ({_one_line(err)})"
+        ) from err
+
+
+def _unwrap(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    """A flat ``str -> Tensor`` mapping, possibly under ``"state_dict"`` or ``"model"`` one level down."""
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = [obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)]
+        if inner:
+            obj = inner[0]
+    if not isinstance(obj, Mapping):
+        raise CommandError(
+            f"{path}: not a state dict: the file holds a {type(obj).__name__}, expected a mapping of names to "
+            f"tensors (or one under {' / '.join(map(repr, _WRAPPERS))})"
+        )
+    bad = [(k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        k, v = bad[0]
+        more = f" (and {len(bad) - 1} more such entries)" if len(bad) > 1 else ""
+        raise CommandError(
+            f"{path}: not a state dict: entry {k!r} is a {type(v).__name__}, expected a tensor{more}"
+        )
+    return dict(obj)
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state dict: a safetensors file, or a torch file read with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint; a torch file may hold the state dict itself or under ``"state_dict"`` /
+            ``"model"``.
+
+    Returns:
+        The tensors by name, on the CPU.
+
+    Raises:
+        CommandError: the file is missing, unreadable, a pickled object ``weights_only`` refuses, or not a
+            mapping of names to tensors; the message names the file.
+
+    Example:
+        >>> state = read_state_dict("model.safetensors")  # doctest: +SKIP
+    """
+    p = Path(path)
+    if _probe(p) is not None:
+        try:
+            return safetensors.torch.load_file(str(p), device="cpu")
+        except Exception as err:
+            raise CommandError(f"{p}: unreadable safetensors file ({_one_line(err)})") from err
+    return _unwrap(p, _torch_load(p))
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+def _describe_tt_file(path: Path) -> dict[str, Any]:
+    try:
+        obj, metadata = load(path), read_metadata(path)
+    except TTFileError as err:
+        raise CommandError(str(err)) from err
+    raw: Any = obj.raw_shape  # (n_1, ..., n_d), or ((m_1, ...), (n_1, ...)) for a TT-matrix
+    batch = obj.batch_size if isinstance(obj, TensorTrainBatch) else None
+    entries = math.prod(math.prod(g) for g in (raw if obj.is_tt_matrix() else [raw])) * (batch or 1)
+    params = obj.num_parameters()
+    return {
+        "path": str(path),
+        "kind": "tt",
+        "description": str(obj),
+        "tt_kind": "matrix" if obj.is_tt_matrix() else "tensor",
+        "batch_size": batch,
+        "raw_shape": obj.raw_shape,
+        "tt_ranks": obj.tt_ranks,
+        "dtype": str(obj.dtype).removeprefix("torch."),
+        "parameters": params,
+        "dense_entries": entries,
+        "compression": entries / params if params else None,
+        "metadata": metadata,
+    }
+
+
+def _core_problem(name: str, shapes: list[tuple[int, ...] | None]) -> str | None:
+    """Why cores of these shapes (None: missing) do not form a TT-matrix, or None."""
+    prefix = f"{name}." if name else ""
+    missing = [k for k, s in enumerate(shapes) if s is None]
+    if missing:
+        found = [k for k, s in enumerate(shapes) if s is not None]
+        return f"{prefix}cores.{missing[0]} is missing (found cores {found})"
+    bad = [(k, s) for k, s in enumerate(shapes) if s is not None and len(s) != 4]
+    if bad:
+        k, s = bad[0]
+        return f"{prefix}cores.{k} has shape {s}, expected 4-D (r_{{k-1}}, m_k, n_k, r_k)"
+    dims = [s for s in shapes if s is not None]
+    if dims[0][0] != 1 or dims[-1][3] != 1:
+        return f"the boundary TT-ranks are {dims[0][0]} and {dims[-1][3]}, expected 1 and 1"
+    for k in range(len(dims) - 1):
+        if dims[k][3] != dims[k + 1][0]:
+            return (
+                f"{prefix}cores.{k} ends with rank {dims[k][3]} but {prefix}cores.{k + 1} starts with "
+                f"rank {dims[k + 1][0]}: the TT-ranks do not chain"
+            )
+    return None
+
+
+def _tt_layer(name: str, shapes: list[tuple[int, ...] | None], has_bias: bool) -> dict[str, Any]:
+    problem = _core_problem(name, shapes)
+    params = sum(math.prod(s) for s in shapes if s is not None)
+    layer: dict[str, Any] = {"name": name, "parameters": params, "bias": has_bias, "problem": problem}
+    if problem is not None:
+        return layer
+    cores = [s for s in shapes if s is not None]
+    rows, cols = [s[1] for s in cores], [s[2] for s in cores]
+    dense = math.prod(rows) * math.prod(cols)
+    return {
+        **layer,
+        "rows": math.prod(rows),
+        "cols": math.prod(cols),
+        "row_dims": rows,
+        "col_dims": cols,
+        "tt_ranks": [s[0] for s in cores] + [1],
+        "dense_entries": dense,
+        "compression": dense / params if params else None,
+    }
+
+
+def _describe_state_dict(
+    path: Path, fmt: str, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None
+) -> dict[str, Any]:
+    groups: dict[str, dict[int, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        found = _CORE_KEY.match(key)
+        if found:
+            groups.setdefault(found.group(1), {})[int(found.group(2))] = shape
+    layers = []
+    for prefix, cores in groups.items():
+        listed = [cores.get(k) for k in range(max(cores) + 1)]
+        layers.append(_tt_layer(prefix.removesuffix("."), listed, f"{prefix}bias" in shapes))
+    tt_params = sum(layer["parameters"] for layer in layers)
+    total = sum(math.prod(s) for s in shapes.values())
+    return {
+        "path": str(path),
+        "kind": "state_dict",
+        "format": fmt,
+        "tensors": len(shapes),
+        "tt_layers": layers,
+        "tt_parameters": tt_params,
+        "other_parameters": total - tt_params,
+        "total_parameters": total,
+        "metadata": metadata,
+    }
+
+
+def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Describe a ``tt.save`` file or a model checkpoint as a JSON-friendly dict (what ``inspect`` prints).
+
+    Raises:
+        CommandError: the file is missing, unreadable or not a state dict.
+    """
+    p = Path(path)
+    header = _probe(p)
+    if header is not None and "tensortrain" in header[1]:
+        return _describe_tt_file(p)
+    if header is not None:
+        return _describe_state_dict(p, "safetensors", header[0], header[1])
+    state = _unwrap(p, _torch_load(p))
+    return _describe_state_dict(p, "torch", {k: tuple(v.shape) for k, v in state.items()}, None)
+
+
+def _fmt_dims(dims: list[int]) -> str:
+    return "(" + ",".join(map(str, dims)) + ")"
+
+
+def _tt_file_text(info: dict[str, Any]) -> list[str]:
+    ratio = "-" if info["compression"] is None else f"{info['compression']:,.1f}x"
+    return [
+        f"{info['path']}: a tt.save file",
+        f"  {info['description']}",
+        f"  dtype: {info['dtype']}",
+        f"  parameters (cores): {info['parameters']:,}",
+        f"  dense entries: {info['dense_entries']:,}",
+        f"  compression: {ratio}",
+        f"  metadata: {info['metadata'] or 'none'}",
+    ]
+
+
+def _state_dict_text(info: dict[str, Any]) -> list[str]:
+    layers = info["tt_layers"]
+    lines = [
+        f"{info['path']}: a state dict ({info['format']}), {info['tensors']} tensors, {len(layers)} TT layers"
+    ]
+    ok = [layer for layer in layers if layer["problem"] is None]
+    if ok:
+        head = ("layer", "rows x cols", "dims", "tt_ranks", "params", "dense", "ratio", "bias")
+        rows = [head] + [
+            (
+                layer["name"] or "(model)",
+                f"{layer['rows']} x {layer['cols']}",
+                f"{_fmt_dims(layer['row_dims'])}x{_fmt_dims(layer['col_dims'])}",
+                _fmt_dims(layer["tt_ranks"]),
+                f"{layer['parameters']:,}",
+                f"{layer['dense_entries']:,}",
+                f"{layer['compression']:,.1f}x" if layer["compression"] else "-",
+                "yes" if layer["bias"] else "no",
+            )
+            for layer in ok
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(2, "  " + "  ".join("-" * w for w in widths))
+        lines.append("  (rows x cols: out x in for TTLinear, padded vocabulary x dim for TTEmbedding)")
+    for layer in layers:
+        if layer["problem"] is not None:
+            lines.append(f"  {layer['name'] or '(model)'}: not a valid TT layer: {layer['problem']}")
+    lines.append(
+        f"  parameters: {info['tt_parameters']:,} in TT cores, {info['other_parameters']:,} in other "
+        f"tensors, {info['total_parameters']:,} in total"
+    )
+    if info["metadata"]:
+        lines += [f"  metadata {k}: {v}" for k, v in sorted(info["metadata"].items())]
+    return lines
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """``tensortrain inspect PATH [PATH ...] [--json]``: describe each file; exit 1 if any could not be read.
+
+    Example:
+        >>> from tensortrain.cli import main
+        >>> main(["inspect", "w.safetensors", "model.pt"])  # doctest: +SKIP
+    """
+    results: list[dict[str, Any]] = []
+    status = 0
+    for path in args.paths:
+        try:
+            info = inspect_path(path)
+        except (CommandError, OSError) as err:  # OSError: e.g. a file we may not read
+            text = str(err) if isinstance(err, CommandError) else _one_line(err)
+            print(f"tensortrain: error: {text}", file=sys.stderr)
+            results.append({"path": str(path), "error": text})
+            status = 1
+            continue
+        results.append(info)
+        if not args.json:
+            lines = _tt_file_text(info) if info["kind"] == "tt" else _state_dict_text(info)
+            print("\n".join(lines), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return status
+
+
+# --------------------------------------------------------------------------------------------- compress
+@contextlib.contextmanager
+def _cwd_on_path() -> Iterator[None]:
+    """The current folder first on ``sys.path`` (as ``python -m`` puts it), for as long as the model is built."""
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(cwd)  # the first occurrence: ours
+
+
+def _build_model(spec: str) -> tuple[nn.Module, bool]:
+    """The module ``MODULE:ATTR`` names (an instance, or what calling it with no arguments returns), and
+    whether ATTR was called."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CommandError(f"--model must be MODULE:ATTR (e.g. mymodels:build_mlp), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise CommandError(
+            f"--model {spec}: cannot import {module_name!r} (the current folder {os.getcwd()} is searched "
+            f"first): {_one_line(err)}"
+        ) from err
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            where = getattr(module, "__file__", None) or module_name
+            raise CommandError(f"--model {spec}: {where} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, nn.Module):
+        return obj, False
+    if not callable(obj):
+        raise CommandError(
+            f"--model {spec} is a {type(obj).__name__}, expected an nn.Module or a function that returns one"
+        )
+    try:
+        built = obj()
+    except Exception as err:
+        raise CommandError(f"--model {spec}: calling {attr}() failed: {_one_line(err)}") from err
+    if not isinstance(built, nn.Module):
+        raise CommandError(
+            f"--model {spec}: {attr}() returned a {type(built).__name__}, expected an nn.Module"
+        )
+    return built, True
+
+
+def _check_target(path: str | None, option: str) -> None:
+    """Fail before any work when ``path`` cannot be written (a folder, or in a missing folder)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise CommandError(f"{option} {p} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise CommandError(f"{option} {p}: the folder {p.parent} does not exist")
+
+
+def _glob_escape(name: str) -> str:
+    """A module name as an fnmatch pattern matching only itself."""
+    return re.sub(r"([*?[])", r"[\1]", name)
+
+
+def _budget(args: argparse.Namespace) -> dict[str, float | int]:
+    names = ("max_tt_rank", "epsilon", "ratio")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
+    state = model.state_dict()
+    if path.suffix == ".safetensors":
+        # one contiguous CPU copy per key: safetensors refuses tensors sharing storage (tied weights)
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+        data = safetensors.torch.save(tensors, metadata={_META_KEY: json.dumps(header)})
+    else:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+    _atomic_write(path, data)
+
+
+def _recipe(spec: str, called: bool, out: str, replaced: list[str]) -> list[str]:
+    """Python lines that rebuild the compressed model and load ``out`` into it (tested in test_cli_tools)."""
+    module_name, _, attr = spec.partition(":")
+    if out.endswith(".safetensors"):
+        lines, load = ["import safetensors.torch"], f"safetensors.torch.load_file({out!r})"
+    else:
+        lines, load = ["import torch"], f"torch.load({out!r}, weights_only=True)"
+    lines += [
+        "import tensortrain as tt",
+        f"import {module_name}",
+        f"model = {module_name}.{attr}{'()' if called else ''}",
+    ]
+    if replaced:  # rank 1 gives the same TT layers at the smallest ranks; loading resizes them to the saved
+        lines.append(f"model, _ = tt.compress(model, max_tt_rank=1, include={replaced!r})")
+    lines.append(f"model.load_state_dict({load})")
+    return lines
+
+
+def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool]:
+    """The model ``--model`` names, with ``--weights`` loaded (strict), and whether ATTR was called."""
+    with _cwd_on_path():
+        model, called = _build_model(args.model)
+        if args.weights is not None:
+            state = read_state_dict(args.weights)
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise CommandError(f"--weights {args.weights}: {_one_line(err)}") from err
+    return model, called
+
+
+def _write_model(args: argparse.Namespace, model: nn.Module, report: CompressionReport, called: bool) -> None:
+    """Save the compressed model to ``--out`` and print how to load it back."""
+    replaced = [layer.name for layer in report.layers if layer.replaced]
+    header = {
+        "model": args.model,
+        "budget": _budget(args),
+        "include": args.include,
+        "exclude": args.exclude,
+        "replaced": replaced,
+        "tensortrain_version": __version__,
+    }
+    _save(Path(args.out), model, header)
+    recipe = _recipe(args.model, called, args.out, [_glob_escape(name) for name in replaced])
+    print(f"\nwrote {args.out}; to load it back:")
+    print("\n".join("    " + line for line in recipe))
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    """``tensortrain compress --model MODULE:ATTR ...``: ``tt.compress`` a model, print the report, save it.
+
+    Example:
+        >>> from tensortrain.cli import main
+        >>> main(["compress", "--model", "mymodels:mlp", "--max-tt-rank", "8", "--out", "m.pt"])  # doctest: +SKIP
+    """
+    try:
+        _check_target(args.out, "--out")
+        _check_target(args.report_json, "--report-json")
+        model, called = _load_model(args)
+        try:
+            model, report = compress(
+                model,
+                max_tt_rank=args.max_tt_rank,
+                epsilon=args.epsilon,
+                ratio=args.ratio,
+                include=args.include,
+                exclude=args.exclude,
+                inplace=True,
+                dry_run=args.dry_run,
+            )
+        except (TypeError, ValueError) as err:
+            raise CommandError(str(err)) from err
+        print(report, flush=True)
+        if args.out is not None:
+            _write_model(args, model, report, called)
+        if args.report_json is not None:
+            text = json.dumps(report.to_dict(), indent=2) + "\n"
+            _atomic_write(Path(args.report_json), text.encode())
+            print(f"wrote {args.report_json}")
+    except (CommandError, OSError) as err:  # OSError: an unwritable --out or --report-json
+        text = str(err) if isinstance(err, CommandError) else _one_line(err)
+        print(f"tensortrain: error: {text}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,452 @@
+"""``tensortrain inspect`` and ``tensortrain compress``: what they print and write, the reload recipe, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+import tensortrain as tt
+from tensortrain.cli import main
+
+MODELS = '''
+import torch
+from torch import nn
+
+import tensortrain as tt
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+class Tiny(nn.Module):
+    """An embedding, a hidden layer and a vocabulary head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed = nn.Embedding(120, 32, padding_idx=0)
+        self.fc = nn.Linear(32, 64)
+        self.head = nn.Linear(64, 120)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(self.embed(x))))
+
+
+class Tied(nn.Module):
+    """An output head sharing the embedding's weight (compress keeps both dense)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.embed = nn.Embedding(64, 32)
+        self.fc = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 64, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(self.embed(x))))
+
+
+instance = mlp()
+number = 3
+
+
+def returns_dict():
+    return {"not": "a module"}
+
+
+def needs_an_argument(n):
+    return nn.Linear(n, n)
+'''
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    """A model module ``clitoolmodels`` in tmp_path, the current folder (as a user's project would be)."""
+    (tmp_path / "clitoolmodels.py").write_text(MODELS)
+    (tmp_path / "clitoolbroken.py").write_text("raise RuntimeError('broken at import')\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("clitoolmodels", "clitoolbroken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import clitoolmodels  # type: ignore[import-not-found]
+
+    return clitoolmodels
+
+
+def _inputs(model: nn.Module) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(7)
+    if isinstance(model, nn.Sequential):
+        return torch.randn(5, 256, generator=gen)
+    return torch.randint(0, 120, (4, 6), generator=gen)
+
+
+# ------------------------------------------------------------------------------------------------ inspect
+def test_inspect_tt_file_text_and_json(tmp_path, capsys):
+    w = tt.random_matrix(((4, 7, 4, 7), (5, 5, 5, 5)), tt_rank=3, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "w.safetensors"
+    tt.save(w, path, metadata={"note": "fc1"})
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"{path}: a tt.save file",
+        f"  {w}",
+        "  dtype: float32",
+        f"  parameters (cores): {w.num_parameters():,}",
+        "  dense entries: 490,000",
+        f"  compression: {490_000 / w.num_parameters():,.1f}x",
+        "  metadata: {'note': 'fc1'}",
+    ]
+    assert main(["inspect", "--json", str(path)]) == 0
+    (info,) = json.loads(capsys.readouterr().out)
+    assert info["description"] == str(w)
+    assert info["description"].startswith("A TT-Matrix of size 784 x 625")
+    assert info["tt_ranks"] == [1, 3, 3, 3, 1] and info["raw_shape"] == [[4, 7, 4, 7], [5, 5, 5, 5]]
+    assert info["parameters"] == w.num_parameters() == 3 * (20 + 3 * 20 + 3 * 35 + 35)
+    assert info["dense_entries"] == 490_000 and info["compression"] == 490_000 / w.num_parameters()
+    assert info["metadata"] == {"note": "fc1"} and info["dtype"] == "float32" and info["batch_size"] is None
+
+
+def test_inspect_tt_batch_file_counts_every_element(tmp_path, capsys):
+    b = tt.random_tensor_batch((3, 4, 5), tt_rank=2, batch_size=6, dtype=torch.float64)
+    tt.save(b, tmp_path / "b.safetensors")
+    assert main(["inspect", "--json", str(tmp_path / "b.safetensors")]) == 0
+    (info,) = json.loads(capsys.readouterr().out)
+    assert info["batch_size"] == 6 and info["dense_entries"] == 6 * 60 and info["dtype"] == "float64"
+    assert info["parameters"] == b.num_parameters() and info["metadata"] == {}
+
+
+def _tt_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.ModuleDict(
+        {
+            "emb": tt.nn.TTEmbedding(100, 16, tt_rank=2),
+            "fc": tt.nn.TTLinear(16, 48, tt_rank=3),
+            "norm": nn.LayerNorm(48),
+        }
+    )
+
+
+@pytest.mark.parametrize("fmt", ["pt", "wrapped.pt", "safetensors"])
+def test_inspect_state_dict_with_tt_layers(tmp_path, capsys, fmt):
+    model = _tt_model()
+    state = model.state_dict()
+    path = tmp_path / f"model.{fmt}"
+    if fmt == "safetensors":
+        safetensors.torch.save_file(state, path)
+    else:
+        torch.save({"state_dict": state, "epoch": 3} if fmt.startswith("wrapped") else state, path)
+    assert main(["inspect", "--json", str(path)]) == 0
+    (info,) = json.loads(capsys.readouterr().out)
+    assert info["format"] == ("safetensors" if fmt == "safetensors" else "torch")
+    layers = {layer["name"]: layer for layer in info["tt_layers"]}
+    emb, fc = model["emb"], model["fc"]
+    assert set(layers) == {"emb", "fc"}
+    assert layers["fc"]["rows"] == 48 and layers["fc"]["cols"] == 16
+    assert layers["fc"]["row_dims"] == list(fc.out_dims) and layers["fc"]["col_dims"] == list(fc.in_dims)
+    assert layers["fc"]["tt_ranks"] == list(fc.tt_ranks) and layers["fc"]["bias"] is True
+    assert layers["fc"]["parameters"] == fc.num_tt_parameters()
+    assert layers["fc"]["compression"] == pytest.approx(fc.compression_factor())
+    assert layers["emb"]["row_dims"] == list(emb.voc_dims) and layers["emb"]["cols"] == 16
+    assert layers["emb"]["tt_ranks"] == list(emb.tt_ranks) and layers["emb"]["bias"] is False
+    assert layers["emb"]["dense_entries"] == layers["emb"]["rows"] * 16
+    tt_params = emb.num_tt_parameters() + fc.num_tt_parameters()
+    total = sum(t.numel() for t in state.values())
+    assert info["tt_parameters"] == tt_params and info["total_parameters"] == total
+    assert info["other_parameters"] == total - tt_params == 48 + 2 * 48  # bias, LayerNorm weight and bias
+
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: a state dict" in out and "2 TT layers" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("fc "))
+    assert "48 x 16" in row and str(fc.tt_ranks).replace(" ", "") in row and row.rstrip().endswith("yes")
+    assert (
+        f"parameters: {tt_params:,} in TT cores, {total - tt_params:,} in other tensors, {total:,} in total"
+        in out
+    )
+
+
+def test_inspect_reports_cores_that_do_not_form_a_tt_layer(tmp_path, capsys):
+    state = {
+        "a.cores.0": torch.zeros(1, 2, 3, 4),
+        "a.cores.1": torch.zeros(5, 2, 3, 1),  # rank 4 then 5
+        "b.cores.0": torch.zeros(1, 2, 3),  # 3-D
+        "c.cores.1": torch.zeros(1, 2, 2, 1),  # cores.0 missing
+        "d.weight": torch.zeros(3, 3),
+    }
+    torch.save(state, tmp_path / "odd.pt")
+    assert main(["inspect", str(tmp_path / "odd.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "a: not a valid TT layer: a.cores.0 ends with rank 4 but a.cores.1 starts with rank 5" in out
+    assert "b: not a valid TT layer: b.cores.0 has shape (1, 2, 3), expected 4-D" in out
+    assert "c: not a valid TT layer: c.cores.0 is missing (found cores [1])" in out
+    assert "parameters: 64 in TT cores, 9 in other tensors, 73 in total" in out
+
+
+def test_inspect_errors_name_the_file_and_the_rest_is_still_done(tmp_path, capsys):
+    good = tmp_path / "good.pt"
+    torch.save(_tt_model().state_dict(), good)
+    pickled = tmp_path / "module.pt"
+    torch.save(nn.Linear(2, 2), pickled)
+    listed = tmp_path / "list.pt"
+    torch.save([torch.ones(2)], listed)
+    mixed = tmp_path / "mixed.pt"
+    torch.save({"w": torch.ones(2), "step": 3}, mixed)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors at all")
+    missing = tmp_path / "missing.pt"
+    paths = [missing, pickled, good, listed, mixed, junk]
+    assert main(["inspect", *map(str, paths)]) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert errors == [
+        f"tensortrain: error: {missing}: no such file",
+        errors[1],
+        f"tensortrain: error: {listed}: not a state dict: the file holds a list, expected a mapping of names "
+        "to tensors (or one under 'state_dict' / 'model')",
+        f"tensortrain: error: {mixed}: not a state dict: entry 'step' is a int, expected a tensor",
+        errors[-1],
+    ]
+    assert errors[1].startswith(f"tensortrain: error: {pickled}: torch.load(weights_only=True) refuses it (")
+    assert "torch.nn.modules.linear.Linear" in errors[1]  # the global it refused, as torch names it
+    assert errors[1].endswith("): a pickled object, not a state dict; save model.state_dict() instead")
+    assert errors[-1].startswith(f"tensortrain: error: {junk}: unreadable safetensors file (SafetensorError")
+    assert f"{good}: a state dict (torch)" in captured.out
+
+    assert main(["inspect", "--json", str(missing), str(good)]) == 1
+    infos = json.loads(capsys.readouterr().out)
+    assert infos[0] == {"path": str(missing), "error": f"{missing}: no such file"}
+    assert infos[1]["path"] == str(good) and len(infos[1]["tt_layers"]) == 2
+
+
+def test_inspect_through_the_console_module(tmp_path):
+    path = tmp_path / "w.safetensors"
+    tt.save(tt.TensorTrain([torch.ones(1, 2, 3, 2), torch.ones(2, 4, 5, 1)]), path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tensortrain.cli", "inspect", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (info,) = json.loads(proc.stdout)
+    assert info["tt_ranks"] == [1, 2, 1] and info["dense_entries"] == 120 and info["parameters"] == 52
+
+
+# ----------------------------------------------------------------------------------------------- compress
+BUDGETS = {
+    "max_tt_rank": (["--max-tt-rank", "4"], {"max_tt_rank": 4}),
+    "epsilon": (["--epsilon", "0.6"], {"epsilon": 0.6}),
+    "ratio": (["--ratio", "8"], {"ratio": 8.0}),
+}
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS))
+def test_compress_prints_the_report_of_each_budget(models, capsys, budget):
+    argv, kwargs = BUDGETS[budget]
+    assert main(["compress", "--model", "clitoolmodels:mlp", *argv]) == 0
+    out = capsys.readouterr().out
+    _, report = tt.compress(models.mlp(), **kwargs)
+    assert out == f"{report}\n"
+    assert all(layer.replaced for layer in report.layers)
+
+
+def test_include_exclude_and_dry_run_write_no_model(models, tmp_path, capsys):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["compress", "--model", "clitoolmodels:Tiny", "--max-tt-rank", "3", "--include", "fc"]
+    argv += ["--include", "he*", "--exclude", "head", "--dry-run", "--report-json", "r.json"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    _, report = tt.compress(models.Tiny(), max_tt_rank=3, include=["fc", "he*"], exclude=["head"])
+    assert out == f"{report}\nwrote r.json\n"
+    assert [layer.name for layer in report.layers] == ["fc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "r.json"])
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(report.to_dict()))
+
+
+def test_report_json_holds_the_reports_numbers(models, tmp_path, capsys):
+    argv = ["compress", "--model", "clitoolmodels:mlp", "--epsilon", "0.5", "--report-json", "rep.json"]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "rep.json").read_text())
+    _, report = tt.compress(models.mlp(), epsilon=0.5)
+    assert data["totals"]["params_after"] == report.params_after
+    assert data["totals"]["ratio"] == report.ratio and data["totals"]["model_ratio"] == report.model_ratio
+    for row, layer in zip(data["layers"], report.layers, strict=True):
+        assert row["tt_ranks"] == list(layer.tt_ranks) and row["rel_error"] == layer.rel_error
+        assert row["params_before"] == layer.params_before and row["replaced"] is True
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tt-")]  # no temporary file left
+
+
+def _recipe(out: str) -> str:
+    """The indented lines after 'to load it back:'."""
+    block = out.split("to load it back:\n", 1)[1]
+    lines = [line for line in block.splitlines() if line.startswith("    ")]
+    return textwrap.dedent("\n".join(lines))
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pt"])
+@pytest.mark.parametrize("budget", ["max_tt_rank", "epsilon"])
+@pytest.mark.parametrize("attr", ["mlp", "Tiny"])
+def test_out_and_the_printed_reload_recipe(models, tmp_path, capsys, suffix, budget, attr):
+    argv, kwargs = BUDGETS[budget]
+    out_file = f"small.{suffix}"
+    assert main(["compress", "--model", f"clitoolmodels:{attr}", *argv, "--out", out_file]) == 0
+    out = capsys.readouterr().out
+    compressed, report = tt.compress(getattr(models, attr)(), **kwargs)  # the same, in this process
+    replaced = [layer.name for layer in report.layers if layer.replaced]
+    assert len(replaced) == (2 if attr == "mlp" else 3)
+    saved = (
+        safetensors.torch.load_file(out_file)
+        if suffix == "safetensors"
+        else torch.load(out_file, weights_only=True)
+    )
+    expected = compressed.state_dict()
+    assert saved.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(saved[key], value), key
+    recipe = _recipe(out)
+    assert f"model, _ = tt.compress(model, max_tt_rank=1, include={replaced!r})" in recipe
+    scope: dict = {}
+    exec(compile(recipe, "recipe", "exec"), scope)
+    reloaded = scope["model"]
+    for name in replaced:
+        assert reloaded.get_submodule(name).tt_ranks == compressed.get_submodule(name).tt_ranks
+    x = _inputs(compressed)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), compressed(x))
+    if suffix == "safetensors":
+        with safetensors.safe_open(out_file, "pt") as f:
+            header = json.loads(f.metadata()["tensortrain_compress"])
+        assert header == {
+            "model": f"clitoolmodels:{attr}",
+            "budget": kwargs,
+            "include": None,
+            "exclude": None,
+            "replaced": replaced,
+            "tensortrain_version": tt.__version__,
+        }
+
+
+def test_tied_weights_save_to_safetensors(models, tmp_path, capsys):
+    argv = ["compress", "--model", "clitoolmodels:Tied", "--max-tt-rank", "2", "--out", "tied.safetensors"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "kept dense embed: its parameters are tied to head.weight" in out
+    exec(compile(_recipe(out), "recipe", "exec"), scope := {})
+    reloaded, (compressed, _) = scope["model"], tt.compress(models.Tied(), max_tt_rank=2)
+    assert reloaded.head.weight is reloaded.embed.weight  # still tied after the load
+    x = torch.randint(0, 64, (3, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), compressed(x))
+
+
+def test_recipe_when_no_layer_was_replaced(models, tmp_path, capsys):
+    argv = ["compress", "--model", "clitoolmodels:mlp", "--max-tt-rank", "500", "--include", "2"]
+    assert main([*argv, "--out", "same.pt"]) == 0
+    out = capsys.readouterr().out
+    assert "replaced 0 of 1 selected layers" in out and "kept dense 2: TT would not save parameters" in out
+    recipe = _recipe(out)
+    assert "tt.compress" not in recipe
+    exec(compile(recipe, "recipe", "exec"), scope := {})
+    x = _inputs(scope["model"])
+    with torch.no_grad():
+        torch.testing.assert_close(scope["model"](x), models.mlp()(x))
+
+
+def test_weights_are_loaded_before_compressing(models, tmp_path, capsys):
+    trained = models.mlp()
+    with torch.no_grad():
+        trained[0].weight.mul_(3.0)
+    safetensors.torch.save_file(trained.state_dict(), tmp_path / "trained.safetensors")
+    argv = ["compress", "--model", "clitoolmodels:instance", "--weights", "trained.safetensors"]
+    assert main([*argv, "--max-tt-rank", "4"]) == 0
+    _, report = tt.compress(trained, max_tt_rank=4)
+    assert capsys.readouterr().out == f"{report}\n"
+
+    torch.save({"0.weight": trained[0].weight}, tmp_path / "partial.pt")
+    argv = ["compress", "--model", "clitoolmodels:mlp", "--weights", "partial.pt", "--max-tt-rank", "4"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tensortrain: error: --weights partial.pt: RuntimeError: Error(s) in loading ")
+    assert 'Missing key(s) in state_dict: "0.bias", "2.weight", "2.bias".' in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "clitoolmodels", "--max-tt-rank", "4"], "--model must be MODULE:ATTR (e.g. "),
+        (
+            ["--model", "nosuchmodule_xyz:m", "--max-tt-rank", "4"],
+            "cannot import 'nosuchmodule_xyz' (the current",
+        ),
+        (["--model", "clitoolbroken:m", "--max-tt-rank", "4"], "RuntimeError: broken at import"),
+        (["--model", "clitoolmodels:nope", "--max-tt-rank", "4"], "clitoolmodels.py has no attribute 'nope'"),
+        (["--model", "clitoolmodels:number", "--max-tt-rank", "4"], "is a int, expected an nn.Module or a "),
+        (["--model", "clitoolmodels:returns_dict", "--max-tt-rank", "4"], "returns_dict() returned a dict"),
+        (
+            ["--model", "clitoolmodels:needs_an_argument", "--max-tt-rank", "4"],
+            "calling needs_an_argument() fa",
+        ),
+        (
+            ["--model", "clitoolmodels:mlp", "--weights", "none.pt", "--max-tt-rank", "4"],
+            "none.pt: no such file",
+        ),
+        (
+            ["--model", "clitoolmodels:mlp", "--max-tt-rank", "4", "--include", "x*"],
+            "no nn.Linear or nn.Embed",
+        ),
+        (["--model", "clitoolmodels:mlp", "--max-tt-rank", "0"], "max_tt_rank must be >= 1, got 0"),
+        (
+            ["--model", "clitoolmodels:mlp", "--epsilon", "1.5"],
+            "epsilon (relative error per layer) must be in",
+        ),
+        (["--model", "clitoolmodels:mlp", "--ratio", "0.5"], "ratio (target compression factor) must be > 1"),
+        (["--model", "clitoolmodels:mlp", "--ratio", "1e9"], "ratio=1000000000.0 is out of reach"),
+        (
+            ["--model", "clitoolmodels:mlp", "--max-tt-rank", "4", "--out", "no/dir/m.pt"],
+            "the folder no/dir does",
+        ),
+    ],
+)
+def test_compress_errors(models, tmp_path, capsys, argv, message):
+    before = sorted(tmp_path.iterdir())
+    assert main(["compress", *argv]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("tensortrain: error: ") and message in captured.err
+    assert captured.err.count("\n") == 1 and captured.out == ""
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "m:a"], "one of the arguments --max-tt-rank --epsilon --ratio is required"),
+        (["--model", "m:a", "--max-tt-rank", "2", "--epsilon", "0.1"], "not allowed with argument"),
+        (["--model", "m:a", "--max-tt-rank", "two"], "argument --max-tt-rank: invalid int value: 'two'"),
+        (["--model", "m:a", "--ratio", "2", "--dry-run", "--out", "x.pt"], "not allowed with argument"),
+        (["--max-tt-rank", "2"], "the following arguments are required: --model"),
+    ],
+)
+def test_compress_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compress", *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_command_lists_the_new_subcommands(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "inspect" in err and "compress" in err and "demo" in err
+    assert re.search(r"inspect\s+describe a tt.save file", err)
