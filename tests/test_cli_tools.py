@@ -450,3 +450,22 @@ def test_the_command_lists_the_new_subcommands(capsys):
     err = capsys.readouterr().err
     assert "inspect" in err and "compress" in err and "demo" in err
     assert re.search(r"inspect\s+describe a tt.save file", err)
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """``tensortrain inspect --json ... | head`` must not end with a BrokenPipeError traceback."""
+    path = tmp_path / "w.safetensors"
+    tt.save(tt.random_matrix([[4, 7, 4, 7], [5, 5, 5, 5]], tt_rank=2), path)
+    code = (
+        "import sys; from tensortrain.cli import main; "
+        f"sys.exit(main(['inspect', '--json'] + [{str(path)!r}] * 2000))"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.read(10)
+        proc.stdout.close()  # the reader goes away after a few bytes
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

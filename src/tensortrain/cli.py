@@ -273,7 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["demo", "mnist", "--data", "../shared/data/mnist", "--out", "out/demo"])  # doctest: +SKIP
     """
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:
+        # the reader went away (``tensortrain inspect --json ... | head``): stop quietly, as the docs of Python's
+        # signal module advise, and keep the interpreter's final flush from raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # ``python -m tensortrain.cli``, e.g. under torchrun
