@@ -355,8 +355,9 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
 
     Right-to-left QR orthogonalization, then left-to-right truncated SVDs of the cores (Oseledets 2011,
     Alg. 2). With ``epsilon`` the result satisfies ``||X - round(X)||_F <= epsilon ||X||_F`` with the smallest
-    rank per SVD (unless ``max_tt_rank`` binds first); with neither, it only removes redundant ranks (exact up
-    to round-off, ranks at most the maximal useful ones).
+    rank per SVD (unless ``max_tt_rank`` binds first); with neither, it truncates nothing: it only clips the
+    ranks to the maximal useful ones (exact up to round-off; ``round(a + a)`` keeps ranks up to those bounds,
+    pass ``epsilon`` to find the smaller ranks such a sum really has).
 
     Args:
         tt: a :class:`TensorTrain` or :class:`TensorTrainBatch` (tensors or matrices).

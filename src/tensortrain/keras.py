@@ -159,8 +159,8 @@ class KerasDense(keras.layers.Layer):
         - Output: ``(..., prod(output_dims))``.
 
     Complexity:
-        Forward ``O(B d r^2 m n max(M, N))``-ish through :func:`tensortrain.ops.matmul` (never builds
-        ``W``); parameters ``sum_k r_{k-1} m_k n_k r_k`` plus the bias.
+        Forward ``O(B d r^2 m n max(M, N))``-ish through :func:`tensortrain.ops.matmul` (cost-planned: ``W``
+        is built only where that is cheaper); parameters ``sum_k r_{k-1} m_k n_k r_k`` plus the bias.
 
     Example:
         >>> import os; os.environ.setdefault("KERAS_BACKEND", "torch")  # doctest: +SKIP

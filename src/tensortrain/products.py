@@ -42,8 +42,9 @@ def matmul(a: Any, b: Any) -> Any:
     * TT-matrix ``(M x N)`` @ dense ``(..., N, P)`` (or a vector ``(N,)``): dense ``(..., M, P)``.
     * dense ``(..., P, M)`` (or a vector ``(M,)``) @ TT-matrix ``(M x N)``: dense ``(..., P, N)``.
 
-    The dense paths never build the TT-matrix: the dense operand is reshaped into modes and contracted
-    with one core at a time. A batch of B TT-matrices broadcasts against the last leading dim of the
+    One TT-matrix goes through the cost-planned contraction (:mod:`tensortrain.contraction`: sweeps over
+    merged core groups, or W built from its halves where that is cheaper); a batch of TT-matrices is never
+    built: the dense operand is reshaped into modes and contracted with one core at a time. A batch of B TT-matrices broadcasts against the last leading dim of the
     dense operand (``(..., B, N, P)``, ``(..., 1, N, P)``, or no leading dims); a batch of one broadcasts
     against any leading dims, as in ``torch.matmul``.
 

@@ -1,4 +1,5 @@
-"""Functional forms of the TT layers: ``tt_linear`` and ``tt_embedding``; neither builds the dense weight.
+"""Functional forms of the TT layers: ``tt_linear`` and ``tt_embedding``, cost-planned (neither builds the
+dense weight unless its cost model finds that cheaper, and never the embedding table).
 
 Symbols: ``d`` number of cores, ``m_k`` row modes (``M = prod m_k``), ``n_k`` column modes (``N = prod n_k``),
 ``r`` the largest TT-rank, ``B`` the number of input rows (all leading dims together).
@@ -34,7 +35,7 @@ def _check_tt_matrix(fn: str, weight: object) -> TensorTrain:
 
 
 def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``input @ W.T + bias`` for a TT-matrix ``W`` of shape ``out x in``, as ``F.linear``, without building W.
+    """``input @ W.T + bias`` for a TT-matrix ``W`` of shape ``out x in``, as ``F.linear``, cost-planned.
 
     Computes ``input @ transpose(W)`` with :func:`tensortrain.contraction.linear` (all leading dims of ``input``
     as rows): a sweep over merged core groups or building W and one GEMM, whichever its cost model prices

@@ -105,7 +105,9 @@ class TTLinear(TTModule):
     A drop-in for ``nn.Linear``: same call semantics on inputs of shape ``(..., in_features)``, same weight
     orientation. The cores are ``nn.Parameter``\ s in the ``nn.ParameterList`` :attr:`cores`, core ``k`` of
     shape ``(r_{k-1}, out_dims[k], in_dims[k], r_k)``; :attr:`weight` is a :class:`~tensortrain.TensorTrain`
-    view of them. The forward pass never builds ``W``.
+    view of them. The forward pass runs the contraction plan its cost model prices lowest for the batch
+    (:mod:`tensortrain.contraction`): sweeps over merged core groups, which never build ``W``, or, for large
+    batches and ranks, ``W`` built from its two halves and one GEMM; :meth:`plan` shows the choice.
 
     Args:
         in_features: size of each input sample.
