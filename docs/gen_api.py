@@ -98,15 +98,22 @@ def summary(obj: object) -> str:
         if not line.strip():
             break
         lines.append(line.strip())
-    text = " ".join(lines)
-    text = re.sub(r":(?:attr|func|class|meth|mod|data):`~?([^`]+)`", r"`\1`", text)  # Sphinx roles
+    return summary_text(" ".join(lines))
+
+
+def summary_text(text: str) -> str:
+    """Docstring text as markdown: Sphinx roles and double backticks become single backticks."""
+    text = re.sub(r":(?:attr|func|class|meth|mod|data):`~?([^`]+)`", r"`\1`", text)
     return text.replace("``", "`")
 
 
 def describe_value(obj: object) -> str:
     if typing.get_origin(obj) is typing.Literal:
         return "`Literal[" + ", ".join(repr(a) for a in typing.get_args(obj)) + "]`"
-    r = repr(obj)
+    if isinstance(obj, dict):  # sorted: tests may reorder a module dict (monkeypatch), the reference must not
+        r = "{" + ", ".join(f"{k!r}: {v!r}" for k, v in sorted(obj.items())) + "}"
+    else:
+        r = repr(obj)
     if len(r) > 100:
         r = r[:97] + "..."
     return f"`{r}`"
@@ -116,11 +123,22 @@ CONSTANT_DOCS = {
     "tensortrain.contraction.Strategy": "The strategies `linear`/`plan` accept (a type alias).",
     "tensortrain.contraction.STRATEGIES": "The values of `Strategy`, as a tuple.",
     "tensortrain.workspace.MIN_BYTES": "Requests below this size are plain allocations, never lent.",
-    "tensortrain.datasets.MNIST_FILES": "The four IDX file names of MNIST.",
-    "tensortrain.datasets.MNIST_MIRRORS": "The download mirrors tried in order (`TENSORTRAIN_MNIST_MIRRORS` overrides).",
-    "tensortrain.datasets.MNIST_SHA256": "The sha256 of each (gzipped) MNIST file.",
-    "tensortrain.datasets.MNIST_SIZES": "The expected number of images/labels per file.",
 }
+"""Summaries of constants that have no ``#:`` comment in their module (those with one use it)."""
+
+
+def attribute_doc(module_path: str, name: str) -> str:
+    """The ``#:`` comment lines right above ``name``'s assignment in the module's source (Sphinx's form)."""
+    lines = inspect.getsource(importlib.import_module(module_path)).splitlines()
+    for i, line in enumerate(lines):
+        if re.match(rf"{re.escape(name)}\s*[:=]", line):
+            doc = []
+            for above in reversed(lines[:i]):
+                if not above.startswith("#:"):
+                    break
+                doc.insert(0, above[2:].strip())
+            return summary_text(" ".join(doc))
+    return ""
 
 
 def entry(shown: str, obj: object, module_path: str, name: str) -> list[str]:
@@ -129,7 +147,7 @@ def entry(shown: str, obj: object, module_path: str, name: str) -> list[str]:
     if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj):
         kind = "class " if inspect.isclass(obj) else ""
         return [f"- {kind}`{shown}{signature(obj)}`", f"  {summary(obj)}", ""]
-    doc = CONSTANT_DOCS.get(f"{module_path}.{name}", "")
+    doc = attribute_doc(module_path, name) or CONSTANT_DOCS.get(f"{module_path}.{name}", "")
     return [f"- `{shown}` = {describe_value(obj)}", f"  {doc}", ""]
 
 
