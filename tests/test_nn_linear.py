@@ -613,3 +613,71 @@ def test_pruned_core_follows_optimizer_steps():
     assert_close(layer(x), want)
     with torch.no_grad():
         assert_close(layer(x), want)
+
+
+def _hogwild_step(layer: tt.nn.TTLinear) -> None:
+    """One SGD step in another process on cores in shared memory (what Hogwild workers do)."""
+    torch.set_num_threads(1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(torch.randn(8, 24, dtype=torch.float64)).square().sum().backward()
+    opt.step()
+
+
+def _check_current(layer: tt.nn.TTLinear, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+
+
+def test_cores_in_shared_memory_are_never_served_from_the_cache():
+    """Other processes write shared cores without bumping this process's version counters: the parent kept
+    serving merges from before a Hogwild worker's step (a mix of old and new weights)."""
+    layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), dtype=torch.float64)
+    layer.share_memory()
+    x = torch.randn(300, 24, dtype=torch.float64)
+    for batch in (1, 300):  # sweeps with merged groups, and the full plan's halves
+        _check_current(layer, x[:batch])
+        # a write this process's version counters do not see, as another process's would be
+        alias = torch.empty(0, dtype=torch.float64).set_(layer.cores[1].untyped_storage())
+        alias.mul_(1.5)
+        _check_current(layer, x[:batch])
+    ctx = torch.multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_hogwild_step, args=(layer,))
+    before = layer.dense_weight().detach().clone()
+    proc.start()
+    proc.join(timeout=120)
+    assert proc.exitcode == 0
+    assert not torch.allclose(layer.dense_weight(), before)  # the worker's step reached the shared cores
+    _check_current(layer, x[:1])
+    _check_current(layer, x)
+
+
+def test_load_state_dict_swaps_parameters_after_cached_inference():
+    """Cached merges were views of the core Parameters, so swapping them (load_state_dict under
+    set_swap_module_params_on_conversion) failed after the first inference call."""
+    layer = tt.nn.TTLinear(64, 48, tt_rank=4, in_dims=(4, 4, 4), out_dims=(4, 4, 3))
+    state = {k: v.clone() + 1 for k, v in layer.state_dict().items()}
+    x = torch.randn(2, 64)
+    for batch in (2, 512):  # a sweep (one-core groups are views), the full plan (a half that is core 0)
+        with torch.no_grad():
+            layer(torch.randn(batch, 64))
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            layer.load_state_dict(state)
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(False)
+        _check_current(layer, x)
+        assert_close(layer.cores[0].detach(), state["cores.0"])
+
+
+def test_bias_only_training_after_an_inference_mode_call():
+    """A cache filled under torch.inference_mode held inference tensors, which the full plan then tried to save
+    for backward when only the bias trains (BitFit)."""
+    layer = tt.nn.TTLinear(64, 48, tt_rank=4, in_dims=(4, 4, 4), out_dims=(4, 4, 3), dtype=torch.float64)
+    layer.cores.requires_grad_(False)
+    for batch in (8, 512):
+        x = torch.randn(batch, 64, dtype=torch.float64)
+        with torch.inference_mode():
+            layer(x)
+        layer(x).sum().backward()
+        assert_close(layer.bias.grad, torch.full((48,), float(batch), dtype=torch.float64))
+        layer.bias.grad = None

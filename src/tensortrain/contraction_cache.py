@@ -36,31 +36,45 @@ def _steps_seen() -> int:
     return _optimizer_steps[0]
 
 
-def cached(cache: dict, key: tuple, cores: Sequence[torch.Tensor], make: Callable[[], Any]) -> Any:
-    """``make()`` (run without grad), kept in a layer's ``cache`` under ``key`` until a core changes.
+def cached(
+    cache: dict, key: tuple, cores: Sequence[torch.Tensor], make: Callable[[Sequence[torch.Tensor]], Any]
+) -> Any:
+    """``make(cores)`` (run without grad), kept in a layer's ``cache`` under ``key`` until a core changes.
 
     A core counts as unchanged while it is the same tensor object with the same storage address, shape and
     version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``)
     and no optimizer has stepped since (fused optimizers write in place without bumping version counters).
     The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
     through ``.data`` bypass the version counter, as they bypass autograd's own checks: after those, call the
-    layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to watch: for
-    them ``make()`` runs on every call.
+    layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to watch, and
+    cores in shared memory (``share_memory()``, Hogwild workers) are written by other processes, whose writes
+    no version counter here sees: for both, ``make`` runs on every call.
+
+    ``make`` receives detached aliases of the cores and runs outside inference mode: a value that is a view of a
+    core (a one-core group, a half that is core 0) then does not hold the Parameter itself, which
+    ``torch.utils.swap_tensors`` (``load_state_dict`` under ``set_swap_module_params_on_conversion``) needs
+    unreferenced, and a value first made under ``torch.inference_mode`` can still be saved for backward by a
+    later call that trains only the bias.
     """
     try:
         # id(): the entry holds the cores, so their ids cannot be reused while it lives (this check runs on every
         # inference call: one list of tuples, ~3 us for 4 cores)
         stamp = [_steps_seen(), *((id(c), c.data_ptr(), c._version, c.shape) for c in cores)]
     except RuntimeError:  # inference tensors track no version counter
-        return make()
+        return make(cores)
     hit = cache.get(key)
     if hit is None or hit[0] != stamp:
         # kept in the cores' own precision: merged under autocast, a cached value would stay in the lower
         # precision after autocast ends (the ops that use it cast it again while autocast is on)
-        with torch.no_grad(), _exec.full_precision(cores[0].device.type):
-            value = make()
-        # detach() shares the storage (keeping it alive) without autograd history
-        hit = cache[key] = (stamp, tuple(cores), value, tuple(c.detach() for c in cores))
+        with torch.no_grad(), torch.inference_mode(False), _exec.full_precision(cores[0].device.type):
+            # detach() shares the storage (keeping it alive) without autograd history or the Parameter
+            aliases = tuple(c.detach() for c in cores)
+            value = make(aliases)
+        if any(
+            c.device.type == "cpu" and c.is_shared() for c in cores
+        ):  # (on CUDA is_shared() is always True)
+            return value
+        hit = cache[key] = (stamp, tuple(cores), value, aliases)
     return hit[2]
 
 
@@ -71,10 +85,12 @@ def cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, di
     size of their cores, never the dense weight); the others are merged on every call.
     """
 
-    def make() -> list:  # (only on a miss: the hit path is every batch-1 call's overhead)
-        dims = dims_of(cores)
+    def make(
+        parts: Sequence[torch.Tensor],
+    ) -> list:  # (only on a miss: the hit path is every batch-1 call's overhead)
+        dims = dims_of(parts)
         return [
-            _exec.super_of(cores, i, j, direction) if _cost.cacheable(dims, i, j) else None for i, j in groups
+            _exec.super_of(parts, i, j, direction) if _cost.cacheable(dims, i, j) else None for i, j in groups
         ]
 
     kept = cached(cache, (groups, direction), cores, make)
@@ -90,4 +106,4 @@ def cached_halves(cache: dict, cores: Sequence[torch.Tensor], split: int) -> tup
     """The full plan's two halves of W, kept in a layer's cache when both pass ``cacheable`` (else None)."""
     if not _cost.halves_cacheable(dims_of(cores), split):
         return None
-    return cached(cache, ("halves", split), cores, lambda: _exec.halves(cores, split))
+    return cached(cache, ("halves", split), cores, lambda parts: _exec.halves(parts, split))

@@ -180,6 +180,9 @@ class TTModule(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        # drop cached merges first: some are views of the cores, and swapping Parameters (load_state_dict under
+        # torch.__future__.set_swap_module_params_on_conversion) needs them unreferenced
+        self._cache.clear()
         resize_cores_to_state(self.cores, state_dict, prefix, error_msgs)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

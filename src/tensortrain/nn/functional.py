@@ -8,6 +8,7 @@ Symbols: ``d`` number of cores, ``m_k`` row modes (``M = prod m_k``), ``n_k`` co
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -308,14 +309,14 @@ def _halves(weight: TensorTrain, split: int, cache: dict | None = None) -> tuple
     in a layer's ``cache`` under the rule ``TTLinear``'s cache uses for its halves."""
     cores = weight.tt_cores
 
-    def make() -> tuple[torch.Tensor, torch.Tensor]:
-        lmat, rmat, (vl, dl, vr, dr) = halves(cores, split)
+    def make(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        lmat, rmat, (vl, dl, vr, dr) = halves(parts, split)
         r = int(lmat.shape[1])
         return lmat.view(vl, dl, r), rmat.view(r, vr, dr).transpose(0, 1).contiguous()
 
     grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
     if cache is None or grad or transforms_active() or not _cost.halves_cacheable(dims_of(cores), split):
-        return make()
+        return make(cores)
     return cached(cache, ("embedding_halves", split), cores, make)
 
 
