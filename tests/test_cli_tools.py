@@ -68,6 +68,34 @@ def returns_dict():
 
 def needs_an_argument(n):
     return nn.Linear(n, n)
+
+
+def meta_mlp():
+    """mlp()'s architecture on the meta device: the weights come from a checkpoint."""
+    with torch.device("meta"):
+        return nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+class Scaler(nn.Module):
+    """A module with extra state: its state_dict holds a non-tensor value."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = 2.0
+
+    def get_extra_state(self):
+        return {"scale": self.scale}
+
+    def set_extra_state(self, state):
+        self.scale = state["scale"]
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def with_extra_state():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(256, 128), Scaler(), nn.Linear(128, 10))
 '''
 
 
@@ -316,7 +344,7 @@ def test_out_and_the_printed_reload_recipe(models, tmp_path, capsys, suffix, bud
     for key, value in expected.items():
         assert torch.equal(saved[key], value), key
     recipe = _recipe(out)
-    assert f"model, _ = tt.compress(model, max_tt_rank=1, include={replaced!r})" in recipe
+    assert f"model, _ = tensortrain.compress(model, max_tt_rank=1, include={replaced!r})" in recipe
     scope: dict = {}
     exec(compile(recipe, "recipe", "exec"), scope)
     reloaded = scope["model"]
@@ -357,7 +385,7 @@ def test_recipe_when_no_layer_was_replaced(models, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "replaced 0 of 1 selected layers" in out and "kept dense 2: TT would not save parameters" in out
     recipe = _recipe(out)
-    assert "tt.compress" not in recipe
+    assert "compress" not in recipe
     exec(compile(recipe, "recipe", "exec"), scope := {})
     x = _inputs(scope["model"])
     with torch.no_grad():
@@ -469,3 +497,80 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=120) == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_a_model_built_on_the_meta_device_takes_its_weights(models, tmp_path, capsys):
+    """Loading into meta parameters copies nothing: --weights did nothing and --out saved a file of meta tensors
+    (or crashed, as safetensors)."""
+    safetensors.torch.save_file(models.mlp().state_dict(), tmp_path / "w.safetensors")
+    argv = ["compress", "--model", "clitoolmodels:meta_mlp", "--max-tt-rank", "4"]
+    assert main([*argv, "--weights", "w.safetensors", "--out", "small.pt"]) == 0
+    compressed, report = tt.compress(models.mlp(), max_tt_rank=4)
+    out = capsys.readouterr().out
+    assert out.startswith(f"{report}\n")
+    saved = torch.load(tmp_path / "small.pt", weights_only=True)
+    for key, want in compressed.state_dict().items():
+        torch.testing.assert_close(saved[key], want)
+    for suffix in ("pt", "safetensors"):  # no weights: nothing to save, and the message says so
+        assert main([*argv, "--out", f"empty.{suffix}"]) == 1
+        assert "meta device and hold no values; pass --weights" in capsys.readouterr().err
+        assert not (tmp_path / f"empty.{suffix}").exists()
+    assert main([*argv, "--dry-run"]) == 0  # planning needs shapes only
+
+
+def test_inspect_a_huge_core_index_is_reported_not_listed(tmp_path, capsys):
+    """The listing went up to the largest core index found: a key 'a.cores.999999999999' hung the command."""
+    torch.save({"a.cores.999999999999": torch.zeros(1), "a.cores.1": torch.zeros(2)}, tmp_path / "evil.pt")
+    assert main(["inspect", str(tmp_path / "evil.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "a: not a valid TT layer: a.cores.0 is missing (found cores [1, 999999999999])" in out
+
+
+def test_state_dicts_with_extra_state(models, tmp_path, capsys):
+    """A module's get_extra_state puts a non-tensor value in the state dict: --out .safetensors crashed, and
+    inspect / --weights refused the .pt file compress itself wrote."""
+    argv = ["compress", "--model", "clitoolmodels:with_extra_state", "--max-tt-rank", "4"]
+    assert main([*argv, "--out", "x.safetensors"]) == 1
+    err = capsys.readouterr().err
+    assert "'1._extra_state' is a dict (a module's extra state); save to a .pt file instead" in err
+    assert main([*argv, "--out", "x.pt"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", "x.pt"]) == 0
+    out = capsys.readouterr().out
+    assert "2 TT layers" in out and "in total" in out
+    torch.save(models.with_extra_state().state_dict(), tmp_path / "w.pt")
+    assert main([*argv, "--weights", "w.pt", "--dry-run"]) == 0
+
+
+def test_a_closed_pipe_does_not_cost_the_saved_model(models, tmp_path):
+    """The report was printed before the model was saved, so a reader that went away lost the file."""
+    code = (
+        "import sys; from tensortrain.cli import main; "
+        "sys.exit(main(['compress', '--model', 'clitoolmodels:mlp', '--max-tt-rank', '4', '--out', 'm.pt']))"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before anything is printed
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 1
+    assert err == ""
+    compressed, _ = tt.compress(models.mlp(), max_tt_rank=4)
+    assert set(torch.load(tmp_path / "m.pt", weights_only=True)) == set(compressed.state_dict())
+
+
+def test_the_recipe_works_for_a_module_named_tt(tmp_path, capsys, monkeypatch):
+    """The recipe imported tensortrain as tt and then the user's module tt, which shadowed it."""
+    (tmp_path / "tt.py").write_text(MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tt", raising=False)
+    assert main(["compress", "--model", "tt:mlp", "--max-tt-rank", "4", "--out", "m.pt"]) == 0
+    recipe = _recipe(capsys.readouterr().out)
+    exec(compile(recipe, "recipe", "exec"), scope := {})
+    expected, _ = tt.compress(scope["tt"].mlp(), max_tt_rank=4)
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(scope["model"](x), expected(x))
+    monkeypatch.delitem(sys.modules, "tt", raising=False)

@@ -38,6 +38,7 @@ __all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
 _CORE_KEY = re.compile(r"^((?:.*\.)?)cores\.(\d+)$")  # "<prefix>cores.<k>", prefix "" or ending in "."
 _WRAPPERS = ("state_dict", "model")  # {"state_dict": {...}} / {"model": {...}}: common checkpoint layouts
 _META_KEY = "tensortrain_compress"  # the header entry compress writes into a safetensors checkpoint
+_EXTRA_STATE = "_extra_state"  # torch's key for what a module's get_extra_state returns (any picklable value)
 
 
 class CommandError(Exception):
@@ -90,9 +91,16 @@ def _torch_load(path: Path) -> Any:
         ) from err
 
 
-def _unwrap(path: Path, obj: Any) -> dict[str, torch.Tensor]:
-    """A flat ``str -> Tensor`` mapping, possibly under ``"state_dict"`` or ``"model"`` one level down."""
-    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+def _is_extra_state(key: object) -> bool:
+    return isinstance(key, str) and (key == _EXTRA_STATE or key.endswith("." + _EXTRA_STATE))
+
+
+def _unwrap(path: Path, obj: Any) -> dict[str, Any]:
+    """A flat ``str -> Tensor`` mapping, possibly under ``"state_dict"`` or ``"model"`` one level down; the
+    values under ``<prefix>_extra_state`` keys (a module's ``get_extra_state``) may be anything."""
+    if isinstance(obj, Mapping) and not all(
+        isinstance(v, torch.Tensor) or _is_extra_state(k) for k, v in obj.items()
+    ):
         inner = [obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)]
         if inner:
             obj = inner[0]
@@ -101,7 +109,11 @@ def _unwrap(path: Path, obj: Any) -> dict[str, torch.Tensor]:
             f"{path}: not a state dict: the file holds a {type(obj).__name__}, expected a mapping of names to "
             f"tensors (or one under {' / '.join(map(repr, _WRAPPERS))})"
         )
-    bad = [(k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    bad = [
+        (k, v)
+        for k, v in obj.items()
+        if not isinstance(k, str) or not (isinstance(v, torch.Tensor) or _is_extra_state(k))
+    ]
     if bad:
         k, v = bad[0]
         more = f" (and {len(bad) - 1} more such entries)" if len(bad) > 1 else ""
@@ -111,7 +123,7 @@ def _unwrap(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a state dict: a safetensors file, or a torch file read with ``weights_only=True``.
 
     Args:
@@ -119,7 +131,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             ``"model"``.
 
     Returns:
-        The tensors by name, on the CPU.
+        The tensors by name, on the CPU (and the modules' extra states, under their ``_extra_state`` keys).
 
     Raises:
         CommandError: the file is missing, unreadable, a pickled object ``weights_only`` refuses, or not a
@@ -163,18 +175,21 @@ def _describe_tt_file(path: Path) -> dict[str, Any]:
     }
 
 
-def _core_problem(name: str, shapes: list[tuple[int, ...] | None]) -> str | None:
-    """Why cores of these shapes (None: missing) do not form a TT-matrix, or None."""
+def _core_problem(name: str, found: dict[int, tuple[int, ...]]) -> str | None:
+    """Why the cores found (by index) do not form a TT-matrix, or None."""
     prefix = f"{name}." if name else ""
-    missing = [k for k, s in enumerate(shapes) if s is None]
-    if missing:
-        found = [k for k, s in enumerate(shapes) if s is not None]
-        return f"{prefix}cores.{missing[0]} is missing (found cores {found})"
-    bad = [(k, s) for k, s in enumerate(shapes) if s is not None and len(s) != 4]
+    # a gap is below len(found); never list up to the largest index, which a file may set to anything
+    missing = next((k for k in range(len(found)) if k not in found), None)
+    if missing is not None:
+        indices = sorted(found)
+        shown = f"{indices[:8]}"[:-1] + (", ...]" if len(indices) > 8 else "]")
+        return f"{prefix}cores.{missing} is missing (found cores {shown})"
+    shapes = [found[k] for k in range(len(found))]
+    bad = [(k, s) for k, s in enumerate(shapes) if len(s) != 4]
     if bad:
         k, s = bad[0]
         return f"{prefix}cores.{k} has shape {s}, expected 4-D (r_{{k-1}}, m_k, n_k, r_k)"
-    dims = [s for s in shapes if s is not None]
+    dims = shapes
     if dims[0][0] != 1 or dims[-1][3] != 1:
         return f"the boundary TT-ranks are {dims[0][0]} and {dims[-1][3]}, expected 1 and 1"
     for k in range(len(dims) - 1):
@@ -186,13 +201,13 @@ def _core_problem(name: str, shapes: list[tuple[int, ...] | None]) -> str | None
     return None
 
 
-def _tt_layer(name: str, shapes: list[tuple[int, ...] | None], has_bias: bool) -> dict[str, Any]:
-    problem = _core_problem(name, shapes)
-    params = sum(math.prod(s) for s in shapes if s is not None)
+def _tt_layer(name: str, found: dict[int, tuple[int, ...]], has_bias: bool) -> dict[str, Any]:
+    problem = _core_problem(name, found)
+    params = sum(math.prod(s) for s in found.values())
     layer: dict[str, Any] = {"name": name, "parameters": params, "bias": has_bias, "problem": problem}
     if problem is not None:
         return layer
-    cores = [s for s in shapes if s is not None]
+    cores = [found[k] for k in range(len(found))]
     rows, cols = [s[1] for s in cores], [s[2] for s in cores]
     dense = math.prod(rows) * math.prod(cols)
     return {
@@ -217,8 +232,7 @@ def _describe_state_dict(
             groups.setdefault(found.group(1), {})[int(found.group(2))] = shape
     layers = []
     for prefix, cores in groups.items():
-        listed = [cores.get(k) for k in range(max(cores) + 1)]
-        layers.append(_tt_layer(prefix.removesuffix("."), listed, f"{prefix}bias" in shapes))
+        layers.append(_tt_layer(prefix.removesuffix("."), cores, f"{prefix}bias" in shapes))
     tt_params = sum(layer["parameters"] for layer in layers)
     total = sum(math.prod(s) for s in shapes.values())
     return {
@@ -247,7 +261,8 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
     if header is not None:
         return _describe_state_dict(p, "safetensors", header[0], header[1])
     state = _unwrap(p, _torch_load(p))
-    return _describe_state_dict(p, "torch", {k: tuple(v.shape) for k, v in state.items()}, None)
+    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return _describe_state_dict(p, "torch", shapes, None)
 
 
 def _fmt_dims(dims: list[int]) -> str:
@@ -403,7 +418,19 @@ def _budget(args: argparse.Namespace) -> dict[str, float | int]:
 
 def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
     state = model.state_dict()
+    meta = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_meta]
+    if meta:
+        raise CommandError(
+            f"--out {path}: the model's tensors {', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''} are on "
+            "the meta device and hold no values; pass --weights to load them"
+        )
     if path.suffix == ".safetensors":
+        others = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+        if others:
+            raise CommandError(
+                f"--out {path}: safetensors stores tensors only, and {others[0]!r} is a "
+                f"{type(state[others[0]]).__name__} (a module's extra state); save to a .pt file instead"
+            )
         # one contiguous CPU copy per key: safetensors refuses tensors sharing storage (tied weights)
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
         data = safetensors.torch.save(tensors, metadata={_META_KEY: json.dumps(header)})
@@ -422,12 +449,12 @@ def _recipe(spec: str, called: bool, out: str, replaced: list[str]) -> list[str]
     else:
         lines, load = ["import torch"], f"torch.load({out!r}, weights_only=True)"
     lines += [
-        "import tensortrain as tt",
+        "import tensortrain",
         f"import {module_name}",
         f"model = {module_name}.{attr}{'()' if called else ''}",
     ]
     if replaced:  # rank 1 gives the same TT layers at the smallest ranks; loading resizes them to the saved
-        lines.append(f"model, _ = tt.compress(model, max_tt_rank=1, include={replaced!r})")
+        lines.append(f"model, _ = tensortrain.compress(model, max_tt_rank=1, include={replaced!r})")
     lines.append(f"model.load_state_dict({load})")
     return lines
 
@@ -438,15 +465,20 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool]:
         model, called = _build_model(args.model)
         if args.weights is not None:
             state = read_state_dict(args.weights)
+            # a model built on the meta device takes the loaded tensors themselves (copying into meta
+            # parameters does nothing)
+            meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
             try:
-                model.load_state_dict(state, strict=True)
+                model.load_state_dict(state, strict=True, assign=meta)
             except RuntimeError as err:
                 raise CommandError(f"--weights {args.weights}: {_one_line(err)}") from err
     return model, called
 
 
-def _write_model(args: argparse.Namespace, model: nn.Module, report: CompressionReport, called: bool) -> None:
-    """Save the compressed model to ``--out`` and print how to load it back."""
+def _write_model(
+    args: argparse.Namespace, model: nn.Module, report: CompressionReport, called: bool
+) -> list[str]:
+    """Save the compressed model to ``--out``; returns the lines that say how to load it back."""
     replaced = [layer.name for layer in report.layers if layer.replaced]
     header = {
         "model": args.model,
@@ -458,8 +490,7 @@ def _write_model(args: argparse.Namespace, model: nn.Module, report: Compression
     }
     _save(Path(args.out), model, header)
     recipe = _recipe(args.model, called, args.out, [_glob_escape(name) for name in replaced])
-    print(f"\nwrote {args.out}; to load it back:")
-    print("\n".join("    " + line for line in recipe))
+    return ["", f"wrote {args.out}; to load it back:", *("    " + line for line in recipe)]
 
 
 def run_compress(args: argparse.Namespace) -> int:
@@ -486,13 +517,17 @@ def run_compress(args: argparse.Namespace) -> int:
             )
         except (TypeError, ValueError) as err:
             raise CommandError(str(err)) from err
-        print(report, flush=True)
+        # files first, then the printing: a reader that closes the pipe early must not cost the saved model
+        lines = [str(report)]
         if args.out is not None:
-            _write_model(args, model, report, called)
+            lines += _write_model(args, model, report, called)
         if args.report_json is not None:
             text = json.dumps(report.to_dict(), indent=2) + "\n"
             _atomic_write(Path(args.report_json), text.encode())
-            print(f"wrote {args.report_json}")
+            lines.append(f"wrote {args.report_json}")
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:
+        raise  # (an OSError: main() ends quietly)
     except (CommandError, OSError) as err:  # OSError: an unwritable --out or --report-json
         text = str(err) if isinstance(err, CommandError) else _one_line(err)
         print(f"tensortrain: error: {text}", file=sys.stderr)
