@@ -30,6 +30,14 @@ def test_concat_along_batch_dim(spec, seed, sizes):
     assert_close(ops.full(res), expected)
 
 
+def test_concat_of_one_object_returns_it(gen):
+    """t3f returns a single TT object (not in a list) as it is; this raised a TypeError."""
+    a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    assert batch_ops.concat_along_batch_dim(a) is a
+    b = random_tt((2, 3), (1, 2, 1), gen=gen)
+    assert batch_ops.concat_along_batch_dim(b) is b
+
+
 def test_concat_errors(gen):
     a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
     with pytest.raises(
@@ -40,8 +48,8 @@ def test_concat_errors(gen):
         batch_ops.concat_along_batch_dim([a, random_tt((3, 3), (1, 2, 1), gen=gen)])
     with pytest.raises(tt.ShapeError, match="got an empty list"):
         batch_ops.concat_along_batch_dim([])
-    with pytest.raises(TypeError, match="expects a list of TT objects, got TensorTrainBatch"):
-        batch_ops.concat_along_batch_dim(a)
+    with pytest.raises(TypeError, match="expects a list of TT objects, got int"):
+        batch_ops.concat_along_batch_dim(3)
     with pytest.raises(TypeError, match="element 1 must be a TensorTrain"):
         batch_ops.concat_along_batch_dim([a, 1])
 

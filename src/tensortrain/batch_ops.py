@@ -34,14 +34,16 @@ __all__ = [
 ]
 
 
-def concat_along_batch_dim(tt_list: Sequence[TensorTrainBase]) -> TensorTrainBatch:
+def concat_along_batch_dim(tt_list: Sequence[TensorTrainBase] | TensorTrainBase) -> Any:
     """Concatenate TT batches (and single TT objects, as batches of one) into one batch.
 
     Args:
-        tt_list: a non-empty sequence of TT objects with equal raw shapes and TT-ranks.
+        tt_list: a non-empty sequence of TT objects with equal raw shapes and TT-ranks; a single TT object
+            (not in a sequence) is returned as it is, as t3f does.
 
     Returns:
-        A :class:`TensorTrainBatch` whose batch size is the sum of the inputs'.
+        A :class:`TensorTrainBatch` whose batch size is the sum of the inputs' (``tt_list`` itself when it
+        is one TT object).
 
     Raises:
         TypeError: ``tt_list`` is not a sequence of TT objects.
@@ -55,7 +57,9 @@ def concat_along_batch_dim(tt_list: Sequence[TensorTrainBase]) -> TensorTrainBat
         >>> tt.concat_along_batch_dim([a, a[0]]).batch_size
         3
     """
-    if isinstance(tt_list, TensorTrainBase) or not isinstance(tt_list, Sequence):
+    if isinstance(tt_list, TensorTrainBase):  # one object: nothing to concatenate (as in t3f)
+        return tt_list
+    if not isinstance(tt_list, Sequence):
         raise TypeError(f"concat_along_batch_dim: expects a list of TT objects, got {type(tt_list).__name__}")
     if not tt_list:
         raise ShapeError("concat_along_batch_dim: got an empty list")
