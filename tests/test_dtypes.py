@@ -115,3 +115,45 @@ def test_auto_shape_of_huge_vocabularies():
     assert tt.nn.TTEmbedding(10**16, 16, tt_rank=2).voc_dims == (10**4,) * 4
     assert tt.auto_shape(999983 * 999979, 2) == (999979, 999983)  # two primes near 10^6: still exact
     assert tt.auto_shape(2**62, 2) == (2**31, 2**31)
+
+
+def _unbalanced(dtype: torch.dtype, d: int = 16, big: float = 1e5) -> tt.TensorTrain:
+    """Every entry 1 (norm 2^(d/2)), but half the cores scaled by ``big`` and the rest by ``1 / big``."""
+    return tt.TensorTrain(
+        [torch.full((1, 2, 1), big if k < d // 2 else 1 / big, dtype=dtype) for k in range(d)]
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+def test_qr_sweeps_carry_unbalanced_core_scales(dtype):
+    """The QR sweeps carried the product of core scales unscaled: 1e40 on the way to a norm of 256 gave NaN
+    norms and NaN orthogonal cores in float32."""
+    x = _unbalanced(dtype)
+    torch.testing.assert_close(tt.frobenius_norm(x), torch.tensor(256.0, dtype=x.dtype).real)
+    torch.testing.assert_close(tt.frobenius_norm_squared(x), torch.tensor(65536.0, dtype=x.dtype).real)
+    ones = torch.ones((2,) * 16, dtype=dtype)
+    for left_to_right in (True, False):
+        o = tt.orthogonalize(x, left_to_right=left_to_right)
+        assert all(torch.isfinite(c).all() for c in o.tt_cores)
+        torch.testing.assert_close(tt.full(o), ones, rtol=1e-5, atol=1e-5)
+    r = tt.round(x, max_tt_rank=1)
+    torch.testing.assert_close(tt.full(r), ones, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_norm_past_the_range_is_inf_not_nan_and_tiny_norms_are_not_zero():
+    big = tt.TensorTrain([torch.full((1, 2, 1), 10.0) for _ in range(40)])  # norm 1e40 * 2^20
+    assert tt.frobenius_norm(big).item() == float("inf")
+    tiny = tt.TensorTrain([torch.full((1, 2, 1), 10.0 ** ((k % 20) - 10)) for k in range(60)])
+    want = 2.0**30 * 10.0 ** sum((k % 20) - 10 for k in range(60))  # 6.09e-31, a float32 number
+    torch.testing.assert_close(tt.frobenius_norm(tiny), torch.tensor(want, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-170])
+def test_float64_norms_whose_squares_leave_the_range(scale):
+    """The value was sqrt(norm * norm): inf for a norm of 2e160, 0 for 2e-170."""
+    x = tt.TensorTrain(
+        [torch.full((1, 2, 1), scale, dtype=torch.float64), torch.ones(1, 2, 1, dtype=torch.float64)]
+    )
+    torch.testing.assert_close(tt.frobenius_norm(x), torch.tensor(2 * scale, dtype=torch.float64))
+    want = torch.tensor(2 * scale, dtype=torch.float64).hypot(torch.tensor(1e-5, dtype=torch.float64).sqrt())
+    torch.testing.assert_close(tt.frobenius_norm(x, epsilon=1e-5), want)  # t3f's sqrt(norm^2 + 1e-5)

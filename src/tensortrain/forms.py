@@ -20,6 +20,8 @@ from .operands import (
     flat_modes,
     is_batch,
     matrix_dims,
+    pow2_exponents,
+    scale_pow2,
     vector_cores,
     wide_dtype,
 )
@@ -108,21 +110,30 @@ def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
     float16 past 256), so the last step is taken in the wider type."""
     # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32.
     half = cores[0].dtype in (torch.float16, torch.bfloat16)
-    last = _qr_last_core([c.float() for c in cores] if half else cores).flatten(1)
-    norm = torch.linalg.vector_norm(last.to(wide_dtype(last)), dim=1)
+    last, exps = _qr_last_core([c.float() for c in cores] if half else cores)
+    last = last.flatten(1)
+    top = pow2_exponents(last)  # (a norm computed on the raw core overflows past 1e154 in float64)
+    norm = torch.linalg.vector_norm(scale_pow2(last, -top).to(wide_dtype(last)), dim=1)
+    norm = scale_pow2(norm, exps + top)
     # LAPACK's QR can return a finite R for a column that holds a NaN: add 0 * (every core entry), which is 0 for
     # finite cores and NaN otherwise, so a non-finite TT never gets a finite norm.
     return norm + sum((c.flatten(1) * 0).sum(dim=1).real.to(norm.dtype) for c in cores)
 
 
-def _qr_last_core(cores: list[torch.Tensor]) -> torch.Tensor:
-    """Push the norm into the last core by a left-to-right QR sweep; returns the last (B, r, n, 1) core."""
+def _qr_last_core(cores: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Push the norm into the last core by a left-to-right QR sweep: the last ``(B, r, n, 1)`` core divided by
+    ``2^e`` and the exponents ``e`` ``(B,)``. Each step's R is scaled to a largest magnitude below 1 (exactly, by
+    a power of two): carried unscaled, the product of unbalanced core scales (1e5 on half the cores, 1e-5 on
+    the rest) overflowed float32 on the way to a norm of 256."""
     carry = cores[0]
+    exps = torch.zeros(carry.shape[0], dtype=torch.int64, device=carry.device)
     for nxt in cores[1:]:
         bs, r, n, s = carry.shape
         _, rmat = torch.linalg.qr(carry.reshape(bs, r * n, s))
-        carry = torch.einsum("bij,bjms->bims", rmat, nxt)
-    return carry
+        e = pow2_exponents(rmat)
+        exps = exps + e
+        carry = torch.einsum("bij,bjms->bims", scale_pow2(rmat, -e), nxt)
+    return carry, exps
 
 
 def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bool = False) -> torch.Tensor:
@@ -161,7 +172,8 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         cores = [flat_modes(c) for c in batched_cores(tt)]
         with torch.no_grad():
             norm = _norm_by_qr(cores)
-            value = torch.sqrt(norm * norm + epsilon).to(cores[0].real.dtype)
+            # hypot, not sqrt(norm^2 + eps): the square of a float64 norm of 1e160 (or 1e-170) leaves the range
+            value = torch.hypot(norm, torch.full_like(norm, epsilon).sqrt()).to(cores[0].real.dtype)
         if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
             graded = _scaled_norms(cores)  # the gradient, from scaled cores (an exact zero is added)
             if epsilon:

@@ -26,6 +26,29 @@ def wide_dtype(t: torch.Tensor) -> torch.dtype:
     return real.to_complex() if t.is_complex() else real
 
 
+def pow2_exponents(t: torch.Tensor) -> torch.Tensor:
+    """Per batch element of ``t`` ``(B, ...)``, the exponent ``e`` ``(B,)`` (int64) with ``max |t| = m 2^e``,
+    ``m`` in ``[0.5, 1)`` (``e = 1`` for an all-zero or non-finite element).
+
+    Sweeps that carry a product of core scales (QR sweeps push every core's scale into the next one) divide it
+    out by :func:`scale_pow2` at each step and put the sum of exponents back once: powers of two scale exactly,
+    so the result is the same, and the carried product cannot overflow or underflow on the way when the final
+    value fits the dtype.
+    """
+    top = t.detach().abs().flatten(1).amax(dim=1)
+    top = torch.where(torch.isfinite(top) & (top > 0), top, torch.ones_like(top))
+    return torch.frexp(top)[1].to(torch.int64)
+
+
+def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``t * 2^e`` per batch element (``e`` ``(B,)``), exact; computed in the wide dtype so that ``2^e`` itself
+    cannot overflow ``t``'s dtype (2^130 does not fit float32, ``t * 2^130`` may)."""
+    wide = wide_dtype(t.real)
+    real = wide if not wide.is_complex else torch.float64
+    factor = torch.exp2(e.to(device=t.device, dtype=real)).reshape(-1, *([1] * (t.dim() - 1)))
+    return (t.to(wide_dtype(t)) * factor).to(t.dtype)
+
+
 def check_tt(x: Any, op: str, name: str = "argument") -> TensorTrainBase:
     """Raise ``TypeError`` unless ``x`` is a TT object."""
     if not isinstance(x, TensorTrainBase):

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .operands import pow2_exponents, scale_pow2
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores"]
@@ -76,25 +77,40 @@ def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: t
 
 
 def left_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
-    """QR sweep left to right on ``(B, r, n, r')`` cores; returns new cores (the input list is not changed)."""
+    """QR sweep left to right on ``(B, r, n, r')`` cores; returns new cores (the input list is not changed).
+
+    Each R is carried scaled by a power of two (exact) and the scales are put back on the last core once, so
+    that unbalanced core scales cannot overflow or underflow on the way (see ``operands.pow2_exponents``).
+    """
     cores = list(cores)
+    exps = None
     for k in range(len(cores) - 1):
         b, r_prev, n_k, _ = cores[k].shape
         q, r = torch.linalg.qr(cores[k].reshape(b, r_prev * n_k, -1))
+        e = pow2_exponents(r)
+        exps = e if exps is None else exps + e
         cores[k] = q.reshape(b, r_prev, n_k, q.shape[-1])
-        cores[k + 1] = torch.einsum("bij,bjnk->bink", r, cores[k + 1])
+        cores[k + 1] = torch.einsum("bij,bjnk->bink", scale_pow2(r, -e), cores[k + 1])
+    if exps is not None:
+        cores[-1] = scale_pow2(cores[-1], exps)
     return cores
 
 
 def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
-    """QR sweep right to left on ``(B, r, n, r')`` cores: cores 2..d get orthonormal rows."""
+    """QR sweep right to left on ``(B, r, n, r')`` cores: cores 2..d get orthonormal rows (scales carried as in
+    :func:`left_orthogonalize`, put back on the first core)."""
     cores = list(cores)
+    exps = None
     for k in range(len(cores) - 1, 0, -1):
         b, _, n_k, r_next = cores[k].shape
         # Unfolding (r_{k-1}, n_k r_k) = R^H Q^H from the QR of its conjugate transpose.
         q, r = torch.linalg.qr(cores[k].reshape(b, cores[k].shape[1], -1).mH)
+        e = pow2_exponents(r)
+        exps = e if exps is None else exps + e
         cores[k] = q.mH.reshape(b, q.shape[-1], n_k, r_next)
-        cores[k - 1] = torch.einsum("bink,bjk->binj", cores[k - 1], r.conj())
+        cores[k - 1] = torch.einsum("bink,bjk->binj", cores[k - 1], scale_pow2(r, -e).conj())
+    if exps is not None:
+        cores[0] = scale_pow2(cores[0], exps)
     return cores
 
 
