@@ -554,3 +554,30 @@ def test_requires_grad_must_be_a_bool():
         C.plan(w, 8, requires_grad="no")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="enumerate_plans: requires_grad must be a bool"):
         C.enumerate_plans(w, 3, requires_grad="no")  # type: ignore[arg-type]
+
+
+def test_inference_sweeps_add_the_bias_in_place():
+    """Sweeps added the bias out of place: a second output-sized tensor on every inference call."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    layer = tt.nn.TTLinear(64, 48, tt_rank=2, in_dims=(4, 4, 4), out_dims=(4, 4, 3), dtype=torch.float64)
+    x = torch.randn(300, 64, dtype=torch.float64)
+    for strategy in ("grouped_rtl", "cores_ltr"):
+        with torch.no_grad(), Ops() as ops:
+            y = C.linear(x, layer.weight, layer.bias, strategy=strategy)
+        assert_close(y, x @ tt.full(layer.weight).T + layer.bias)
+        assert "aten.add_.Tensor" in ops.seen and "aten.add.Tensor" not in ops.seen, ops.seen
+    y = C.linear(
+        x, layer.weight, layer.bias, strategy="grouped_rtl"
+    )  # with grad: out of place, differentiable
+    y.sum().backward()
+    assert_close(layer.bias.grad, torch.full((48,), 300.0, dtype=torch.float64))

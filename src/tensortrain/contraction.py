@@ -89,7 +89,12 @@ def _run(
     # under autocast y is in the lower precision, as nn.Linear's output is: add the bias in that dtype
     if bias is None:
         return y
-    return y + (bias if bias.dtype == y.dtype else bias.to(y.dtype))
+    b = bias if bias.dtype == y.dtype else bias.to(y.dtype)
+    if not torch.is_grad_enabled() and not transforms_active():
+        # y is the sweep's own fresh output: adding in place spares a second output-sized tensor (2x the
+        # inference peak, and up to 1.6x the time on wide outputs such as a 768 -> 30522 head)
+        return y.add_(b)
+    return y + b
 
 
 def _sweep(
