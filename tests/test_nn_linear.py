@@ -681,3 +681,33 @@ def test_bias_only_training_after_an_inference_mode_call():
         layer(x).sum().backward()
         assert_close(layer.bias.grad, torch.full((48,), float(batch), dtype=torch.float64))
         layer.bias.grad = None
+
+
+def test_a_layer_can_be_told_its_contraction_strategy(monkeypatch):
+    """layer.strategy forces the kind of plan every forward runs (e.g. "full" to train with little activation
+    memory); plan() reports it; invalid names are refused; it is configuration, not state."""
+    from tensortrain import contraction_exec
+
+    layer = tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(7, 4, 7, 4), out_dims=(5,) * 4, dtype=torch.float64)
+    x = torch.randn(64, 784, dtype=torch.float64)
+    assert layer.strategy == "auto" and layer.plan(64).kind == "sweep"
+    calls = []
+    real = contraction_exec.full_linear
+    monkeypatch.setattr(contraction_exec, "full_linear", lambda *a: calls.append(1) or real(*a))
+    layer(x).sum().backward()
+    with torch.no_grad():
+        layer(x)
+    assert not calls
+    layer.strategy = "full"
+    assert layer.plan(64).kind == "full" and layer.plan(64, requires_grad=False).kind == "full"
+    y = layer(x)
+    y.sum().backward()
+    with torch.no_grad():
+        assert_close(layer(x), y)
+    assert len(calls) == 2
+    assert_close(y, x @ layer.dense_weight().T + layer.bias)
+    assert "strategy='full'" in repr(layer)
+    assert copy.deepcopy(layer).strategy == "full" and "strategy" not in str(list(layer.state_dict()))
+    with pytest.raises(ValueError, match="unknown strategy 'fast'; valid strategies are auto, full"):
+        layer.strategy = "fast"
+    assert layer.strategy == "full"

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..contraction import ContractionPlan
+from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..errors import ShapeError
 from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, prime_factors
@@ -129,6 +129,10 @@ class TTLinear(TTModule):
     Attributes:
         cores: the TT cores (``nn.ParameterList``).
         bias: the bias of shape ``(out_features,)``, or None.
+        strategy: the contraction strategy of every forward: ``"auto"`` (the cost model's cheapest plan for
+            each batch size, the default) or one of :data:`tensortrain.contraction.STRATEGIES`, e.g. ``"full"``
+            to train with little activation memory (the cost model prices time; a sweep can keep several
+            times the dense weight for backward, see :meth:`plan`). Settable; not part of the state dict.
 
     Raises:
         ShapeError: dims that do not multiply to the sizes, dims of different lengths, ranks below 1.
@@ -151,6 +155,9 @@ class TTLinear(TTModule):
     out_features: int
     in_dims: tuple[int, ...]
     out_dims: tuple[int, ...]
+    _strategy: Strategy = (
+        "auto"  # (a class default: layers pickled before the attribute existed load as "auto")
+    )
 
     def __init__(
         self,
@@ -205,6 +212,19 @@ class TTLinear(TTModule):
                     self.bias.fill_(self.bias_init)
 
     @property
+    def strategy(self) -> Strategy:
+        """The contraction strategy every forward uses (``"auto"``: the cost model's choice per batch size)."""
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, value: Strategy) -> None:
+        if not isinstance(value, str) or value not in STRATEGIES:
+            raise ValueError(
+                f"TTLinear: unknown strategy {value!r}; valid strategies are {', '.join(STRATEGIES)}"
+            )
+        self._strategy = value
+
+    @property
     def weight(self) -> TensorTrain:
         """The weight as a TT-matrix :class:`~tensortrain.TensorTrain` of shape ``out x in`` (a view of
         :attr:`cores`, as the forward uses them: pruned cores masked; gradients flow back to them)."""
@@ -224,8 +244,8 @@ class TTLinear(TTModule):
             and not torch.compiler.is_compiling()
         ):
             bias = self._parameters["bias"]
-            return F.linear_cores(input, tuple(registry.values()), bias, self._cache)  # type: ignore[arg-type]
-        return F.linear_cores(input, self.weight.tt_cores, self.bias)
+            return F.linear_cores(input, tuple(registry.values()), bias, self._cache, self._strategy)  # type: ignore[arg-type]
+        return F.linear_cores(input, self.weight.tt_cores, self.bias, strategy=self._strategy)
 
     def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
         """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
@@ -236,7 +256,8 @@ class TTLinear(TTModule):
 
         Returns:
             A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. To
-            force another plan call ``tt.contraction.linear(x, layer.weight, layer.bias, strategy=...)``.
+            force another kind of plan set :attr:`strategy` (or call ``tt.contraction.linear(x, layer.weight,
+            layer.bias, strategy=...)``).
 
         Example:
             >>> import torch, tensortrain as tt
@@ -245,7 +266,9 @@ class TTLinear(TTModule):
             'sweep'
         """
         # without gradients the layer keeps its merged core groups between calls (see clear_cache)
-        return contraction_plan(self.weight, batch_size, requires_grad=requires_grad, cached_merges=True)
+        return contraction_plan(
+            self.weight, batch_size, requires_grad=requires_grad, strategy=self._strategy, cached_merges=True
+        )
 
     # ------------------------------------------------------------------------------------- conversions
     @classmethod
@@ -451,4 +474,5 @@ class TTLinear(TTModule):
             f"in_features={self.in_features}, out_features={self.out_features}, in_dims={self.in_dims}, "
             f"out_dims={self.out_dims}, tt_ranks={self.tt_ranks}, bias={self.bias is not None}, "
             f"params={params:,}, compression={self.compression_factor():,.1f}x"
+            + ("" if self._strategy == "auto" else f", strategy={self._strategy!r}")
         )
