@@ -22,6 +22,7 @@ from .operands import (
     matrix_dims,
     pow2_exponents,
     scale_pow2,
+    unscale_pow2,
     vector_cores,
     wide_dtype,
 )
@@ -107,32 +108,44 @@ def _scaled_norms(cores: list[torch.Tensor]) -> torch.Tensor:
 def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
     """The norms ``(B,)`` of a batch of flat-mode cores by a QR sweep, in float64 (float32 on MPS): the squared
     norm of a representable norm may overflow or underflow the cores' dtype (float32 past 1.8e19 or below 1e-19,
-    float16 past 256), so the last step is taken in the wider type."""
+    float16 past 256), so the last step is taken in the wider type.
+
+    The sweep runs plainly first; only where that gives inf, NaN or 0 is it run again with every step scaled by
+    a power of two (:func:`_qr_last_core`), which costs about half a plain sweep more on small cores."""
     # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32.
-    half = cores[0].dtype in (torch.float16, torch.bfloat16)
-    last, exps = _qr_last_core([c.float() for c in cores] if half else cores)
-    last = last.flatten(1)
-    top = pow2_exponents(last)  # (a norm computed on the raw core overflows past 1e154 in float64)
-    norm = torch.linalg.vector_norm(scale_pow2(last, -top).to(wide_dtype(last)), dim=1)
-    norm = scale_pow2(norm, exps + top)
+    work = [c.float() for c in cores] if cores[0].dtype in (torch.float16, torch.bfloat16) else cores
+    norm = None
+    if not torch.compiler.is_compiling():  # (the check syncs: compiled code always scales)
+        last, _ = _qr_last_core(work, scaled=False)
+        norm = torch.linalg.vector_norm(last.flatten(1).to(wide_dtype(last)), dim=1)
+        if not bool((torch.isfinite(norm) & (norm > 0)).all()):
+            norm = None
+    if norm is None:
+        last, exps = _qr_last_core(work, scaled=True)
+        last = last.flatten(1)
+        top = pow2_exponents(last)  # (a norm computed on the raw core overflows past 1e154 in float64)
+        norm = torch.linalg.vector_norm(unscale_pow2(last, top).to(wide_dtype(last)), dim=1)
+        norm = scale_pow2(norm, exps + top)
     # LAPACK's QR can return a finite R for a column that holds a NaN: add 0 * (every core entry), which is 0 for
     # finite cores and NaN otherwise, so a non-finite TT never gets a finite norm.
     return norm + sum((c.flatten(1) * 0).sum(dim=1).real.to(norm.dtype) for c in cores)
 
 
-def _qr_last_core(cores: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _qr_last_core(cores: list[torch.Tensor], scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Push the norm into the last core by a left-to-right QR sweep: the last ``(B, r, n, 1)`` core divided by
-    ``2^e`` and the exponents ``e`` ``(B,)``. Each step's R is scaled to a largest magnitude below 1 (exactly, by
-    a power of two): carried unscaled, the product of unbalanced core scales (1e5 on half the cores, 1e-5 on
-    the rest) overflowed float32 on the way to a norm of 256."""
+    ``2^e`` and the exponents ``e`` ``(B,)`` (0 unless ``scaled``). Scaled, each step's R is brought to a
+    largest magnitude below 1 (exactly, by a power of two): carried unscaled, the product of unbalanced core
+    scales (1e5 on half of 16 cores, 1e-5 on the rest) overflows float32 on the way to a norm of 256."""
     carry = cores[0]
     exps = torch.zeros(carry.shape[0], dtype=torch.int64, device=carry.device)
     for nxt in cores[1:]:
         bs, r, n, s = carry.shape
         _, rmat = torch.linalg.qr(carry.reshape(bs, r * n, s))
-        e = pow2_exponents(rmat)
-        exps = exps + e
-        carry = torch.einsum("bij,bjms->bims", scale_pow2(rmat, -e), nxt)
+        if scaled:
+            e = pow2_exponents(rmat)
+            exps = exps + e
+            rmat = unscale_pow2(rmat, e)
+        carry = torch.einsum("bij,bjms->bims", rmat, nxt)
     return carry, exps
 
 

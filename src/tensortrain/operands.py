@@ -8,6 +8,7 @@ batches; :func:`wrap` turns the result back into the right class.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,25 +28,33 @@ def wide_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def pow2_exponents(t: torch.Tensor) -> torch.Tensor:
-    """Per batch element of ``t`` ``(B, ...)``, the exponent ``e`` ``(B,)`` (int64) with ``max |t| = m 2^e``,
-    ``m`` in ``[0.5, 1)`` (``e = 1`` for an all-zero or non-finite element).
+    """Per batch element of ``t`` ``(B, ...)``, an exponent ``e`` ``(B,)`` (int64) with ``max |t| = m 2^e``,
+    ``m`` in ``[0.5, 1)`` (``e = 0`` for an all-zero or non-finite element), clamped so that ``2^-e`` is a
+    number of ``t``'s dtype.
 
     Sweeps that carry a product of core scales (QR sweeps push every core's scale into the next one) divide it
-    out by :func:`scale_pow2` at each step and put the sum of exponents back once: powers of two scale exactly,
-    so the result is the same, and the carried product cannot overflow or underflow on the way when the final
-    value fits the dtype.
+    out by :func:`unscale_pow2` at each step and put the sum of exponents back once (:func:`scale_pow2`):
+    powers of two scale exactly, so the result is the same, and the carried product cannot overflow or
+    underflow on the way when the final value fits the dtype.
     """
-    top = t.detach().abs().flatten(1).amax(dim=1)
-    top = torch.where(torch.isfinite(top) & (top > 0), top, torch.ones_like(top))
-    return torch.frexp(top)[1].to(torch.int64)
+    top = torch.linalg.vector_norm(t.detach().flatten(1), ord=float("inf"), dim=1)
+    info = torch.finfo(top.dtype)
+    # frexp exponents of the smallest normal and the largest number: 2^-e stays a (normal or exact subnormal)
+    # number of the dtype for e in [lo, hi - 1]
+    lo, hi = math.frexp(info.tiny)[1], math.frexp(info.max)[1]
+    return torch.frexp(top)[1].to(torch.int64).clamp(lo, hi - 1)
+
+
+def unscale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``t / 2^e`` per batch element, in ``t``'s dtype (exact; ``e`` from :func:`pow2_exponents`)."""
+    return t * torch.exp2((-e).to(t.real.dtype)).reshape(-1, *([1] * (t.dim() - 1)))
 
 
 def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """``t * 2^e`` per batch element (``e`` ``(B,)``), exact; computed in the wide dtype so that ``2^e`` itself
     cannot overflow ``t``'s dtype (2^130 does not fit float32, ``t * 2^130`` may)."""
     wide = wide_dtype(t.real)
-    real = wide if not wide.is_complex else torch.float64
-    factor = torch.exp2(e.to(device=t.device, dtype=real)).reshape(-1, *([1] * (t.dim() - 1)))
+    factor = torch.exp2(e.to(device=t.device, dtype=wide)).reshape(-1, *([1] * (t.dim() - 1)))
     return (t.to(wide_dtype(t)) * factor).to(t.dtype)
 
 
