@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .operands import pow2_exponents, scale_pow2
+from .operands import pow2_exponents, scale_pow2, unscale_pow2
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores"]
@@ -90,7 +90,7 @@ def left_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
         e = pow2_exponents(r)
         exps = e if exps is None else exps + e
         cores[k] = q.reshape(b, r_prev, n_k, q.shape[-1])
-        cores[k + 1] = torch.einsum("bij,bjnk->bink", scale_pow2(r, -e), cores[k + 1])
+        cores[k + 1] = torch.einsum("bij,bjnk->bink", unscale_pow2(r, e), cores[k + 1])
     if exps is not None:
         cores[-1] = scale_pow2(cores[-1], exps)
     return cores
@@ -108,7 +108,7 @@ def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
         e = pow2_exponents(r)
         exps = e if exps is None else exps + e
         cores[k] = q.mH.reshape(b, q.shape[-1], n_k, r_next)
-        cores[k - 1] = torch.einsum("bink,bjk->binj", cores[k - 1], scale_pow2(r, -e).conj())
+        cores[k - 1] = torch.einsum("bink,bjk->binj", cores[k - 1], unscale_pow2(r, e).conj())
     if exps is not None:
         cores[0] = scale_pow2(cores[0], exps)
     return cores
