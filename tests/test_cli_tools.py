@@ -511,6 +511,12 @@ def test_a_model_built_on_the_meta_device_takes_its_weights(models, tmp_path, ca
     saved = torch.load(tmp_path / "small.pt", weights_only=True)
     for key, want in compressed.state_dict().items():
         torch.testing.assert_close(saved[key], want)
+    recipe = _recipe(out)  # the model is built on meta again: loading must assign
+    assert "assign=True" in recipe
+    exec(compile(recipe, "recipe", "exec"), scope := {})
+    x = _inputs(compressed)
+    with torch.no_grad():
+        torch.testing.assert_close(scope["model"](x), compressed(x))
     for suffix in ("pt", "safetensors"):  # no weights: nothing to save, and the message says so
         assert main([*argv, "--out", f"empty.{suffix}"]) == 1
         assert "meta device and hold no values; pass --weights" in capsys.readouterr().err

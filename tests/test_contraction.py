@@ -581,3 +581,14 @@ def test_inference_sweeps_add_the_bias_in_place():
     )  # with grad: out of place, differentiable
     y.sum().backward()
     assert_close(layer.bias.grad, torch.full((48,), 300.0, dtype=torch.float64))
+
+
+def test_a_device_mismatch_message_suggests_the_device():
+    """The message suggested x.to(<dtype>) also when only the device differed, which changes nothing."""
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2)
+    with pytest.raises(tt.ShapeError, match=r"e\.g\. input\.to\('cpu'\)$"):
+        layer(torch.randn(2, 8, device="meta"))
+    with pytest.raises(tt.ShapeError, match=r"e\.g\. input\.to\('cpu', torch\.float32\)$"):
+        layer(torch.randn(2, 8, device="meta", dtype=torch.float64))
+    with pytest.raises(tt.ShapeError, match=r"e\.g\. input\.to\(torch\.float32\)$"):
+        layer(torch.randn(2, 8, dtype=torch.float64))

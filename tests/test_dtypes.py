@@ -157,3 +157,62 @@ def test_float64_norms_whose_squares_leave_the_range(scale):
     torch.testing.assert_close(tt.frobenius_norm(x), torch.tensor(2 * scale, dtype=torch.float64))
     want = torch.tensor(2 * scale, dtype=torch.float64).hypot(torch.tensor(1e-5, dtype=torch.float64).sqrt())
     torch.testing.assert_close(tt.frobenius_norm(x, epsilon=1e-5), want)  # t3f's sqrt(norm^2 + 1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "s"), [(torch.float32, 1.7782794100389228e-23), (torch.float64, 1e-162)])
+def test_norm_when_a_plain_sweep_passes_below_the_normal_range(dtype, s):
+    """The plain sweep first: its intermediate R fell into subnormals (precision lost) without giving 0, inf or
+    NaN, so the scaled sweep was not run and the norm came out 45% too large."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(1, 4, 4), (4, 4, 4), (4, 4, 4), (4, 4, 1)]
+    cores = [torch.randn(*sh, dtype=torch.float64, generator=gen) for sh in shapes]
+    scales = [s, s, 1 / s, 1 / s]
+    want = tt.frobenius_norm(tt.TensorTrain(cores))  # the scales cancel in the full tensor
+    x = tt.TensorTrain([(c * k).to(dtype) for c, k in zip(cores, scales, strict=True)])
+    torch.testing.assert_close(tt.frobenius_norm(x).double(), want, rtol=1e-4, atol=0)
+
+
+def test_norm_under_vmap_and_on_meta_and_fake_tensors():
+    """The plain-first norm tests its result (a sync): under vmap, on meta and on fake tensors it must not."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    cores = [torch.randn(2, 1, 3, 2), torch.randn(2, 2, 4, 2), torch.randn(2, 2, 5, 1)]
+    got = torch.func.vmap(lambda a, b, c: tt.frobenius_norm(tt.TensorTrain([a, b, c])))(*cores)
+    torch.testing.assert_close(got, tt.frobenius_norm(tt.TensorTrainBatch(cores)))
+    meta = tt.TensorTrain([torch.empty(1, 3, 2, device="meta"), torch.empty(2, 4, 1, device="meta")])
+    assert tt.frobenius_norm(meta).is_meta
+    with FakeTensorMode():
+        fake = tt.TensorTrain([torch.empty(1, 3, 2), torch.empty(2, 4, 1)])
+        assert tt.frobenius_norm(fake).shape == ()
+
+
+def test_float64_orthogonal_forms_whose_scale_factor_exceeds_float64():
+    """Putting the carried exponent back built 2^e alone, which overflows float64 past e = 1023 although the
+    core it multiplies fits: inf and NaN cores for a tensor of norm 1.25e101."""
+    gen = torch.Generator().manual_seed(0)
+    b = [torch.randn(*sh, dtype=torch.float64, generator=gen) for sh in ((1, 3, 2), (2, 4, 2), (2, 5, 1))]
+    want = 1e100 * tt.full(tt.TensorTrain(b))
+    for scales in ((1e200, 1e200, 1e-300), (1e-300, 1e200, 1e200)):
+        x = tt.TensorTrain([c * k for c, k in zip(b, scales, strict=True)])
+        for got in (
+            tt.orthogonalize(x),
+            tt.orthogonalize(x, left_to_right=False),
+            tt.round(x, max_tt_rank=4),
+        ):
+            torch.testing.assert_close(tt.full(got), want)
+
+
+def test_norm_with_gradients_where_the_square_leaves_the_range():
+    """With gradients on, the zero-valued gradient term was inf - inf: NaN where the value is finite (epsilon
+    > 0) or inf (the squared norm)."""
+    gen = torch.Generator().manual_seed(0)
+    cores = [torch.randn(*sh, dtype=torch.float64, generator=gen) for sh in ((1, 3, 2), (2, 4, 2), (2, 5, 1))]
+    cores[0] = cores[0] * 1e160
+    x = tt.TensorTrain([c.requires_grad_() for c in cores])
+    with torch.no_grad():
+        want = tt.frobenius_norm(x, epsilon=1e-5)
+    got = tt.frobenius_norm(x, epsilon=1e-5)
+    torch.testing.assert_close(got.detach(), want)
+    got.backward()
+    assert all(torch.isfinite(c.grad).all() for c in cores)
+    assert tt.frobenius_norm_squared(x).item() == float("inf")

@@ -441,8 +441,9 @@ def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
     _atomic_write(path, data)
 
 
-def _recipe(spec: str, called: bool, out: str, replaced: list[str]) -> list[str]:
-    """Python lines that rebuild the compressed model and load ``out`` into it (tested in test_cli_tools)."""
+def _recipe(spec: str, called: bool, out: str, replaced: list[str], assign: bool = False) -> list[str]:
+    """Python lines that rebuild the compressed model and load ``out`` into it (tested in test_cli_tools);
+    ``assign``: the model is built on the meta device, so loading must assign the tensors."""
     module_name, _, attr = spec.partition(":")
     if out.endswith(".safetensors"):
         lines, load = ["import safetensors.torch"], f"safetensors.torch.load_file({out!r})"
@@ -455,28 +456,29 @@ def _recipe(spec: str, called: bool, out: str, replaced: list[str]) -> list[str]
     ]
     if replaced:  # rank 1 gives the same TT layers at the smallest ranks; loading resizes them to the saved
         lines.append(f"model, _ = tensortrain.compress(model, max_tt_rank=1, include={replaced!r})")
-    lines.append(f"model.load_state_dict({load})")
+    lines.append(f"model.load_state_dict({load}{', assign=True' if assign else ''})")
     return lines
 
 
-def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool]:
-    """The model ``--model`` names, with ``--weights`` loaded (strict), and whether ATTR was called."""
+def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool]:
+    """The model ``--model`` names, with ``--weights`` loaded (strict), whether ATTR was called, and whether the
+    model was built on the meta device."""
     with _cwd_on_path():
         model, called = _build_model(args.model)
+        # a model built on the meta device takes the loaded tensors themselves (copying into meta parameters
+        # does nothing)
+        meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
         if args.weights is not None:
             state = read_state_dict(args.weights)
-            # a model built on the meta device takes the loaded tensors themselves (copying into meta
-            # parameters does nothing)
-            meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
             try:
                 model.load_state_dict(state, strict=True, assign=meta)
             except RuntimeError as err:
                 raise CommandError(f"--weights {args.weights}: {_one_line(err)}") from err
-    return model, called
+    return model, called, meta
 
 
 def _write_model(
-    args: argparse.Namespace, model: nn.Module, report: CompressionReport, called: bool
+    args: argparse.Namespace, model: nn.Module, report: CompressionReport, called: bool, meta: bool
 ) -> list[str]:
     """Save the compressed model to ``--out``; returns the lines that say how to load it back."""
     replaced = [layer.name for layer in report.layers if layer.replaced]
@@ -489,7 +491,7 @@ def _write_model(
         "tensortrain_version": __version__,
     }
     _save(Path(args.out), model, header)
-    recipe = _recipe(args.model, called, args.out, [_glob_escape(name) for name in replaced])
+    recipe = _recipe(args.model, called, args.out, [_glob_escape(name) for name in replaced], meta)
     return ["", f"wrote {args.out}; to load it back:", *("    " + line for line in recipe)]
 
 
@@ -503,7 +505,7 @@ def run_compress(args: argparse.Namespace) -> int:
     try:
         _check_target(args.out, "--out")
         _check_target(args.report_json, "--report-json")
-        model, called = _load_model(args)
+        model, called, meta = _load_model(args)
         try:
             model, report = compress(
                 model,
@@ -520,7 +522,7 @@ def run_compress(args: argparse.Namespace) -> int:
         # files first, then the printing: a reader that closes the pipe early must not cost the saved model
         lines = [str(report)]
         if args.out is not None:
-            lines += _write_model(args, model, report, called)
+            lines += _write_model(args, model, report, called, meta)
         if args.report_json is not None:
             text = json.dumps(report.to_dict(), indent=2) + "\n"
             _atomic_write(Path(args.report_json), text.encode())

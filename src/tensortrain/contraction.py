@@ -199,9 +199,12 @@ def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None
         t.dtype in _AUTOCAST_DTYPES and c0.dtype in _AUTOCAST_DTYPES and _exec.autocasting(t.device.type)
     )
     if not same or t.device != c0.device:
+        to = ", ".join(
+            ([f"'{c0.device}'"] if t.device != c0.device else []) + ([str(c0.dtype)] if not same else [])
+        )
         raise ShapeError(
             f"{fn}: {name} has dtype {t.dtype} on {t.device} but the TT-matrix has dtype {c0.dtype} on "
-            f"{c0.device}; convert one of them, e.g. {name}.to({c0.dtype})"
+            f"{c0.device}; convert one of them, e.g. {name}.to({to})"
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ._transforms import transforms_active
 from .errors import ShapeError
 from .operands import (
     batched_cores,
@@ -78,7 +79,8 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
             # QR's value with the (scaled) Gram sweep's gradient and higher derivatives, attached as an exact
             # zero in the wide dtype: graded - graded.detach() of an overflowed square would be inf - inf
             sq = _scaled_norms(cores) ** 2
-            res = res + (sq - sq.detach()).to(res.dtype)
+            zero = torch.where(torch.isfinite(sq), sq - sq.detach(), torch.zeros_like(sq))  # (inf - inf: NaN)
+            res = res + zero.to(res.dtype)
     return res if is_batch(tt) else res[0]
 
 
@@ -110,15 +112,21 @@ def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
     norm of a representable norm may overflow or underflow the cores' dtype (float32 past 1.8e19 or below 1e-19,
     float16 past 256), so the last step is taken in the wider type.
 
-    The sweep runs plainly first; only where that gives inf, NaN or 0 is it run again with every step scaled by
-    a power of two (:func:`_qr_last_core`), which costs about half a plain sweep more on small cores."""
+    The sweep runs plainly first; only where that gives inf, NaN or 0, or a step's R fell below the normal range
+    (where precision is lost), is it run again with every step scaled by a power of two (:func:`_qr_last_core`),
+    which costs about half a plain sweep more on small cores. The check syncs, so under compile, ``torch.func``
+    transforms and on meta or fake tensors the scaled sweep runs directly."""
     # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32.
     work = [c.float() for c in cores] if cores[0].dtype in (torch.float16, torch.bfloat16) else cores
     norm = None
-    if not torch.compiler.is_compiling():  # (the check syncs: compiled code always scales)
-        last, _ = _qr_last_core(work, scaled=False)
+    if not transforms_active() and work[0].device.type != "meta":
+        last, low = _qr_last_core(work, scaled=False)
         norm = torch.linalg.vector_norm(last.flatten(1).to(wide_dtype(last)), dim=1)
-        if not bool((torch.isfinite(norm) & (norm > 0)).all()):
+        try:  # (one sync)
+            ok = bool((torch.isfinite(norm) & (norm > 0) & (low >= torch.finfo(low.dtype).tiny)).all())
+        except RuntimeError:  # a fake tensor has no value to test
+            ok = False
+        if not ok:
             norm = None
     if norm is None:
         last, exps = _qr_last_core(work, scaled=True)
@@ -132,12 +140,16 @@ def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _qr_last_core(cores: list[torch.Tensor], scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Push the norm into the last core by a left-to-right QR sweep: the last ``(B, r, n, 1)`` core divided by
-    ``2^e`` and the exponents ``e`` ``(B,)`` (0 unless ``scaled``). Scaled, each step's R is brought to a
-    largest magnitude below 1 (exactly, by a power of two): carried unscaled, the product of unbalanced core
-    scales (1e5 on half of 16 cores, 1e-5 on the rest) overflows float32 on the way to a norm of 256."""
+    """Push the norm into the last core by a left-to-right QR sweep.
+
+    Scaled: returns the last ``(B, r, n, 1)`` core divided by ``2^e`` and the exponents ``e`` ``(B,)``; each
+    step's R is brought to a largest magnitude below 1 (exactly, by a power of two): carried unscaled, the
+    product of unbalanced core scales (1e5 on half of 16 cores, 1e-5 on the rest) overflows float32 on the way
+    to a norm of 256. Plain: returns the last core and the smallest largest magnitude ``(B,)`` of any step's R
+    and of the last core (below the dtype's normal range, precision was lost on the way)."""
     carry = cores[0]
     exps = torch.zeros(carry.shape[0], dtype=torch.int64, device=carry.device)
+    low = None
     for nxt in cores[1:]:
         bs, r, n, s = carry.shape
         _, rmat = torch.linalg.qr(carry.reshape(bs, r * n, s))
@@ -145,8 +157,14 @@ def _qr_last_core(cores: list[torch.Tensor], scaled: bool) -> tuple[torch.Tensor
             e = pow2_exponents(rmat)
             exps = exps + e
             rmat = unscale_pow2(rmat, e)
+        else:
+            top = torch.linalg.vector_norm(rmat.flatten(1), ord=float("inf"), dim=1)
+            low = top if low is None else torch.minimum(low, top)
         carry = torch.einsum("bij,bjms->bims", rmat, nxt)
-    return carry, exps
+    if scaled:
+        return carry, exps
+    top = torch.linalg.vector_norm(carry.flatten(1), ord=float("inf"), dim=1)
+    return carry, top if low is None else torch.minimum(low, top)
 
 
 def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bool = False) -> torch.Tensor:
@@ -190,8 +208,9 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
             graded = _scaled_norms(cores)  # the gradient, from scaled cores (an exact zero is added)
             if epsilon:
-                graded = torch.sqrt(graded * graded + epsilon)
-            value = value + (graded - graded.detach()).to(value.dtype)
+                graded = torch.hypot(graded, torch.full_like(graded, epsilon).sqrt())
+            zero = torch.where(torch.isfinite(graded), graded - graded.detach(), torch.zeros_like(graded))
+            value = value + zero.to(value.dtype)
         return value if is_batch(tt) else value[0]
     sq = frobenius_norm_squared(tt, differentiable=differentiable) + epsilon
     sq = sq.clamp_min(0.0)  # a Gram sweep can round a zero norm to -1e-30; clamp keeps NaN as NaN
