@@ -580,3 +580,14 @@ def test_the_recipe_works_for_a_module_named_tt(tmp_path, capsys, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(scope["model"](x), expected(x))
     monkeypatch.delitem(sys.modules, "tt", raising=False)
+
+
+def test_inspect_names_what_a_non_state_dict_file_is(tmp_path, capsys):
+    """A text file got 'refuses it (): a pickled object', and a pickled TT object was told to save a state dict."""
+    (tmp_path / "notes.py").write_text("print('hello')\n")
+    torch.save(tt.random_tensor((2, 3), tt_rank=2), tmp_path / "obj.pt")
+    assert main(["inspect", str(tmp_path / "notes.py"), str(tmp_path / "obj.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "notes.py: neither a safetensors file nor a torch file torch.load can read (" in err
+    assert "refuses it ()" not in err
+    assert "obj.pt: a pickled tensortrain object (" in err and "saved with tt.save and read with tt.load" in err

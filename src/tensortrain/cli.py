@@ -199,7 +199,7 @@ def _run_mnist(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from .datasets import IDXError
-    from .demo import TARGETS, DemoConfig, format_table, run_mnist_demo
+    from .demo import TARGETS, DemoConfig, format_table, is_tutorial, run_mnist_demo
 
     started_here = False
     try:
@@ -252,10 +252,16 @@ def _run_mnist(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     log("")
     log(format_table(results))
-    for r in results:
-        if r.stage in TARGETS:
-            met = "met" if r.test_accuracy >= TARGETS[r.stage] else "MISSED"
-            log(f"target {r.stage}: {100 * r.test_accuracy:.2f}% vs >= {100 * TARGETS[r.stage]:.1f}%: {met}")
+    if is_tutorial(cfg):
+        for r in results:
+            if r.stage in TARGETS:
+                met = "met" if r.test_accuracy >= TARGETS[r.stage] else "MISSED"
+                log(
+                    f"target {r.stage}: {100 * r.test_accuracy:.2f}% vs >= {100 * TARGETS[r.stage]:.1f}%: {met}"
+                )
+    else:  # a shortened run says nothing about targets set for the full recipe
+        wanted = ", ".join(f"{k} >= {100 * v:.1f}%" for k, v in TARGETS.items())
+        log(f"targets ({wanted}) apply to the tutorial's full run (the default options): not compared")
     log(f"wall time {time.perf_counter() - t0:.1f} s; wrote {os.path.join(cfg.out, 'results.json')}")
     return 0
 

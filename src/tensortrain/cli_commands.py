@@ -80,14 +80,22 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        found = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", str(err))
-        if found:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s+Please use|\n\n|$)", text, re.S)
+        reason = " ".join(found.group(1).split()) if found else ""
+        if reason.startswith("Unsupported global") and "tensortrain." in reason:
             raise CommandError(
-                f"{path}: torch.load(weights_only=True) refuses it ({found.group(1).strip()}): a pickled "
-                "object, not a state dict; save model.state_dict() instead"
+                f"{path}: a pickled tensortrain object ({reason}); TT objects are saved with tt.save and "
+                "read with tt.load, models as their state_dict()"
+            ) from err
+        if reason.startswith("Unsupported global"):
+            raise CommandError(
+                f"{path}: torch.load(weights_only=True) refuses it ({reason}): a pickled object, not a state "
+                "dict; save model.state_dict() instead"
             ) from err
         raise CommandError(
-            f"{path}: neither a safetensors file nor a torch file torch.load can read ({_one_line(err)})"
+            f"{path}: neither a safetensors file nor a torch file torch.load can read "
+            f"({reason or _one_line(err)})"
         ) from err
 
 

@@ -36,7 +36,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 from .datasets import load_mnist
 from .nn import TTLinear
 
-__all__ = ["DemoConfig", "StageResult", "format_table", "run_mnist_demo"]
+__all__ = ["DemoConfig", "StageResult", "format_table", "is_tutorial", "run_mnist_demo"]
 
 IN_DIMS = (7, 4, 7, 4)
 OUT_DIMS = (5, 5, 5, 5)
@@ -89,6 +89,19 @@ class DemoConfig:
         # each stage's shuffle seed is seed * 1000 + a letter: keep it in 64 bits
         if not 0 <= _int_option("seed", self.seed) < 2**32:
             raise ValueError(f"seed must lie in [0, 2**32), got {self.seed}")
+
+
+def is_tutorial(cfg: DemoConfig) -> bool:
+    """Whether ``cfg`` runs the tutorial's recipe (all data, its epochs, ranks and batch size; any seed, data
+    folder, output folder or thread count): the only runs the accuracy targets (:data:`TARGETS`) are for.
+
+    Example:
+        >>> is_tutorial(DemoConfig(seed=3)), is_tutorial(DemoConfig(train_subset=3000))
+        (True, False)
+    """
+    same = ("epochs_tt", "epochs_dense", "epochs_finetune", "rank", "compress_rank", "batch_size")
+    full = cfg.train_subset is None and cfg.test_subset is None
+    return full and all(getattr(cfg, k) == getattr(DemoConfig, k) for k in same)
 
 
 def _int_option(name: str, value: object, optional: bool = False) -> Any:
