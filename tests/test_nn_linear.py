@@ -634,12 +634,14 @@ def test_cores_in_shared_memory_are_never_served_from_the_cache():
     layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), dtype=torch.float64)
     layer.share_memory()
     x = torch.randn(300, 24, dtype=torch.float64)
-    for batch in (1, 300):  # sweeps with merged groups, and the full plan's halves
-        _check_current(layer, x[:batch])
+    for strategy in ("auto", "full"):  # a sweep with a merged group, and the full plan's halves
+        layer.strategy = strategy
+        _check_current(layer, x)
         # a write this process's version counters do not see, as another process's would be
         alias = torch.empty(0, dtype=torch.float64).set_(layer.cores[1].untyped_storage())
         alias.mul_(1.5)
-        _check_current(layer, x[:batch])
+        _check_current(layer, x)
+    layer.strategy = "auto"
     ctx = torch.multiprocessing.get_context("spawn")
     proc = ctx.Process(target=_hogwild_step, args=(layer,))
     before = layer.dense_weight().detach().clone()

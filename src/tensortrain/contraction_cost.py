@@ -32,6 +32,10 @@ class Machine(NamedTuple):
     # bytes/s of first writes to freshly mapped memory: the page faults of a large allocation that outlives its
     # call (a W kept for backward; temporaries borrow reused scratch from tensortrain.workspace instead)
     touch: float = float("inf")
+    # seconds of Python and dispatch an inference full plan costs per call beyond its priced kernels (the halves,
+    # the build, the GEMM's wrapper): unpriced, the planner built W for tiny layers where a sweep was 1.4-2x faster.
+    # (Training plans are left as they were: adding it there picked sweeps that measured up to 1.33x slower.)
+    full_call: float = 0.0
 
 
 # cpu: a 2-core AVX-512 EPYC running MKL. Set by eye, then the permute bandwidth raised from 2.5e9 to 1e10 after
@@ -39,10 +43,13 @@ class Machine(NamedTuple):
 # GEMMs on DRAM-sized states (step_cost) the planner's geometric-mean regret (measured time of its choice over the
 # fastest plan's) went from 1.124x to 1.073x. Least squares over all five constants predicts times about as well
 # but chooses no better. touch: a fresh 64 MiB buffer took ~23 ms more to fill than a reused one. cuda: a guess
-# (its caching allocator reuses memory: no page faults).
+# (its caching allocator reuses memory: no page faults). full_call: measured on the 2-core Xeon (2026-11-29), the
+# full plan ran 60-90 us above its estimate on tiny layers (512 -> 1, 64 -> 48, 784 -> 10 at batch 1-64) where
+# sweeps ran 20-30 us above theirs (tt.contraction.linear of each plan, medians of 201 calls); priced, the
+# choice changed only for such layers (none of the benchmark cases), e.g. 512 -> 1 at batch 1 176 -> 91 us.
 MACHINES: dict[str, Machine] = {
-    "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8, 2.9e9),
-    "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9),
+    "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8, 2.9e9, 5.0e-5),
+    "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9, full_call=5.0e-5),
 }
 DEFAULT_MACHINE = Machine(1.0e12, 2.0e11, 5.0e10, 8.0e-6, 1.0e-9)
 
@@ -283,7 +290,7 @@ def full_cost(
     gemm = _Acc(2 * batch * mm * nn, item * (batch * nn + mm * nn + batch * mm), 0, 1, 0)
     fwd = merges + build + gemm
     if not grad:
-        return Cost(fwd.flops, 0, fwd.stream + fwd.permute, 0, fwd.time(m))
+        return Cost(fwd.flops, 0, fwd.stream + fwd.permute, 0, fwd.time(m) + m.full_call)
     # backward (custom Function): [rebuild W], dx and dW GEMMs, grads of both halves, merge backward
     saved = r * (prod(rows[:split]) * nl + prod(rows[split:]) * nr) + (mm * nn if keep else 0)
     bwd = gemm + gemm + grad_halves + merges + merges + (_Acc() if keep else build)
