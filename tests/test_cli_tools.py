@@ -590,4 +590,6 @@ def test_inspect_names_what_a_non_state_dict_file_is(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "notes.py: neither a safetensors file nor a torch file torch.load can read (" in err
     assert "refuses it ()" not in err
-    assert "obj.pt: a pickled tensortrain object (" in err and "saved with tt.save and read with tt.load" in err
+    assert (
+        "obj.pt: a pickled tensortrain object (" in err and "saved with tt.save and read with tt.load" in err
+    )
