@@ -162,7 +162,10 @@ def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int,
     best, best_key = start, (regret_score(rows, start), 0.0)
     for _ in range(samples):
         step = torch.randn(len(NAMES), generator=g, dtype=torch.float64) * 1.0
-        cand = cost.Machine(*(v * math.exp(float(e)) for v, e in zip(start, step, strict=True)))
+        # (only the fitted constants move; full_call, priced apart from the kernels, keeps its value)
+        cand = start._replace(
+            **{n: getattr(start, n) * math.exp(float(e)) for n, e in zip(NAMES, step, strict=True)}
+        )
         key = (regret_score(rows, cand), float(step.abs().sum()))
         if key < best_key:
             best, best_key = cand, key
@@ -171,7 +174,9 @@ def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int,
 
 def to_machine(theta: list[float]) -> cost.Machine:
     inv = [1.0 / t if t > 0 else math.inf for t in theta[:3] + theta[5:]]
-    return cost.Machine(inv[0], inv[1], inv[2], theta[3], theta[4], inv[3])
+    return cost.MACHINES["cpu"]._replace(
+        flops=inv[0], stream=inv[1], permute=inv[2], launch=theta[3], slice=theta[4], touch=inv[3]
+    )
 
 
 def regret(rows: list[dict[str, Any]], m: cost.Machine) -> list[dict[str, Any]]:
