@@ -70,9 +70,8 @@ def cached(
             # detach() shares the storage (keeping it alive) without autograd history or the Parameter
             aliases = tuple(c.detach() for c in cores)
             value = make(aliases)
-        if any(
-            c.device.type == "cpu" and c.is_shared() for c in cores
-        ):  # (on CUDA is_shared() is always True)
+        # (a CPU check only: is_shared() is True for every CUDA tensor)
+        if any(c.device.type == "cpu" and c.is_shared() for c in cores):
             return value
         hit = cache[key] = (stamp, tuple(cores), value, aliases)
     return hit[2]
@@ -85,9 +84,8 @@ def cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, di
     size of their cores, never the dense weight); the others are merged on every call.
     """
 
-    def make(
-        parts: Sequence[torch.Tensor],
-    ) -> list:  # (only on a miss: the hit path is every batch-1 call's overhead)
+    def make(parts: Sequence[torch.Tensor]) -> list:
+        # (only on a miss: the hit path is every batch-1 call's overhead)
         dims = dims_of(parts)
         return [
             _exec.super_of(parts, i, j, direction) if _cost.cacheable(dims, i, j) else None for i, j in groups

@@ -87,24 +87,24 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
 def _scaled_norms(cores: list[torch.Tensor]) -> torch.Tensor:
     """Differentiable norms ``(B,)`` in the wide dtype (float64; float32 on MPS), for gradients.
 
-    The Gram sweep runs on the cores scaled to a largest magnitude of 1 (detached scales, in float32 for
-    half precision) and the scales come back as a sum of logs: the sweep on the cores themselves overflows
-    (float32 past a norm of 1.8e19, float16 past 256) or underflows, and its gradient with it.
+    The Gram sweep runs on the cores scaled by powers of two to a largest magnitude below 1 (detached exponents,
+    as the QR sweeps carry them; in float32 for half precision) and the exponents come back once at the end: the
+    sweep on the cores themselves overflows (float32 past a norm of 1.8e19, float16 past 256) or underflows, and
+    its gradient with it.
     """
-    wide = wide_dtype(cores[0].real)
     work = torch.float32 if cores[0].dtype in (torch.float16, torch.bfloat16) else cores[0].dtype
-    scaled, log_scale = [], None
+    scaled, exps = [], torch.zeros(cores[0].shape[0], dtype=torch.int64, device=cores[0].device)
     for c in cores:
-        top = c.detach().abs().flatten(1).amax(dim=1)
-        top = torch.where(top > 0, top, torch.ones_like(top))
-        scaled.append((c / top.reshape(-1, *([1] * (c.dim() - 1)))).to(work))
-        lg = torch.log(top.to(wide))
-        log_scale = lg if log_scale is None else log_scale + lg
+        c = c.to(work)
+        e = pow2_exponents(c)
+        scaled.append(unscale_pow2(c, e))
+        exps = exps + e
+    wide = wide_dtype(cores[0].real)
     gram = inner_sweep(scaled, [c.conj() for c in scaled], True).real.to(wide).clamp_min(0.0)
     zero = gram == 0  # sqrt's infinite derivative at 0: feed it 1 there and mask (gradient 0, not NaN)
     root = torch.where(zero, 0.0, torch.sqrt(torch.where(zero, torch.ones_like(gram), gram)))
-    assert log_scale is not None
-    return root * torch.exp(log_scale)
+    # the norm of the scaled cores times 2^(sum of exponents)
+    return scale_pow2(root, exps)
 
 
 def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:

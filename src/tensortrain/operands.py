@@ -53,11 +53,10 @@ def unscale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """``t * 2^e`` per batch element (``e`` ``(B,)``), exact; computed in the wide dtype so that ``2^e`` itself
     cannot overflow ``t``'s dtype (2^130 does not fit float32, ``t * 2^130`` may)."""
-    wide = wide_dtype(t.real)
-    e = e.to(device=t.device)
+    wide, shape = wide_dtype(t.real), (-1, *([1] * (t.dim() - 1)))
+    half = torch.div(e.to(device=t.device), 2, rounding_mode="floor")
     # in two halves: 2^e alone overflows float64 past e = 1023 where t * 2^e may still fit
-    first = torch.exp2(torch.div(e, 2, rounding_mode="floor").to(wide)).reshape(-1, *([1] * (t.dim() - 1)))
-    second = torch.exp2((e - torch.div(e, 2, rounding_mode="floor")).to(wide)).reshape(first.shape)
+    first, second = (torch.exp2(h.to(wide)).reshape(shape) for h in (half, e.to(device=t.device) - half))
     return (t.to(wide_dtype(t)) * first * second).to(t.dtype)
 
 

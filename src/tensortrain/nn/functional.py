@@ -18,7 +18,7 @@ from .. import contraction_cost as _cost
 from .._transforms import transforms_active
 from ..contraction_cache import cached
 from ..contraction_exec import full_precision, halves
-from ..contraction_plan import dims_of
+from ..contraction_plan import Strategy, dims_of
 from ..errors import ShapeError
 from ..shapes import as_int
 from ..tensor_train import TensorTrain
@@ -77,7 +77,7 @@ def linear_cores(
     cores: tuple[torch.Tensor, ...],
     bias: torch.Tensor | None = None,
     cache: dict | None = None,
-    strategy: Any = "auto",
+    strategy: Strategy = "auto",
 ) -> torch.Tensor:
     """:func:`tt_linear` on cores that already form a valid TT-matrix (``TTLinear.forward``'s path).
 

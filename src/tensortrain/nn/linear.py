@@ -155,9 +155,8 @@ class TTLinear(TTModule):
     out_features: int
     in_dims: tuple[int, ...]
     out_dims: tuple[int, ...]
-    _strategy: Strategy = (
-        "auto"  # (a class default: layers pickled before the attribute existed load as "auto")
-    )
+    # a class default: layers pickled before the attribute existed load as "auto"
+    _strategy: Strategy = "auto"
 
     def __init__(
         self,
