@@ -74,13 +74,9 @@ def _weights(coef: Any, bsz: int, like: TensorTrainBase) -> torch.Tensor | None:
             f"reduce_sum_batch: complex coef ({raw.dtype}) for a real batch ({like.dtype}) would lose its "
             "imaginary part; convert the batch to a complex dtype first"
         )
-    # a list or NumPy array goes straight to the batch's dtype: through torch's default float32 a float64 batch
-    # would get weights rounded to 7 digits (t3f converts coef to the batch dtype directly too)
-    c = (
-        raw.to(like.device, like.dtype)
-        if isinstance(coef, torch.Tensor)
-        else torch.as_tensor(coef, dtype=like.dtype, device=like.device)
-    )
+    # straight to the batch's dtype (a tensor is converted, a list or array read in it): through torch's default
+    # float32 a float64 batch would get weights rounded to 7 digits (t3f converts coef to the batch dtype too)
+    c = torch.as_tensor(coef, dtype=like.dtype, device=like.device)
     if c.dim() == 1:
         c = c[:, None]
     if c.dim() != 2 or c.shape[0] != bsz:
