@@ -30,7 +30,7 @@ from torch import nn
 
 from . import __version__
 from .compression import CompressionReport, compress
-from .io import TTFileError, _atomic_write, load, read_metadata
+from .io import TTFileError, atomic_write, load, read_metadata
 from .tensor_train import TensorTrainBatch
 
 __all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
@@ -446,7 +446,7 @@ def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
-    _atomic_write(path, data)
+    atomic_write(path, data)
 
 
 def _recipe(spec: str, called: bool, out: str, replaced: list[str], assign: bool = False) -> list[str]:
@@ -533,7 +533,7 @@ def run_compress(args: argparse.Namespace) -> int:
             lines += _write_model(args, model, report, called, meta)
         if args.report_json is not None:
             text = json.dumps(report.to_dict(), indent=2) + "\n"
-            _atomic_write(Path(args.report_json), text.encode())
+            atomic_write(Path(args.report_json), text.encode())
             lines.append(f"wrote {args.report_json}")
         print("\n".join(lines), flush=True)
     except BrokenPipeError:

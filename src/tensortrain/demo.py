@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from .datasets import load_mnist
+from .io import atomic_write
 from .nn import TTLinear
 
 __all__ = ["DemoConfig", "StageResult", "format_table", "is_tutorial", "run_mnist_demo"]
@@ -369,20 +368,6 @@ def format_table(results: list[StageResult]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_outputs(
     cfg: DemoConfig, results: list[StageResult], world: int, seconds: float, err: float
 ) -> None:
@@ -401,10 +386,10 @@ def _write_outputs(
         "t3f_tutorial": T3F_TUTORIAL,
         "stages": [asdict(r) for r in results],
     }
-    _atomic_write(out / "results.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write(out / "results.json", (json.dumps(report, indent=2) + "\n").encode())
     png = _plot(results)
     if png is not None:
-        _atomic_write(out / "accuracy_vs_params.png", png)
+        atomic_write(out / "accuracy_vs_params.png", png)
 
 
 def _plot(results: list[StageResult]) -> bytes | None:

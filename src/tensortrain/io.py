@@ -111,7 +111,7 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
         )
     if not target.parent.is_dir():  # (else the error would name the temporary file, not the missing folder)
         raise FileNotFoundError(f"tt.save: the folder {target.parent} does not exist; create it first")
-    _atomic_write(target, data)
+    atomic_write(target, data)
 
 
 def _header_entries(obj: TensorTrainBase, metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -166,7 +166,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``.
 
     The temporary name is unique and created exclusively (mode 0o666 minus the umask, as a plain open
