@@ -30,6 +30,7 @@ from torch import nn
 
 from . import __version__
 from .compression import CompressionReport, compress
+from .compression_report import fmt_dims, text_table
 from .io import TTFileError, atomic_write, load, read_metadata
 from .tensor_train import TensorTrainBatch
 
@@ -273,10 +274,6 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _describe_state_dict(p, "torch", shapes, None)
 
 
-def _fmt_dims(dims: list[int]) -> str:
-    return "(" + ",".join(map(str, dims)) + ")"
-
-
 def _tt_file_text(info: dict[str, Any]) -> list[str]:
     ratio = "-" if info["compression"] is None else f"{info['compression']:,.1f}x"
     return [
@@ -302,8 +299,8 @@ def _state_dict_text(info: dict[str, Any]) -> list[str]:
             (
                 layer["name"] or "(model)",
                 f"{layer['rows']} x {layer['cols']}",
-                f"{_fmt_dims(layer['row_dims'])}x{_fmt_dims(layer['col_dims'])}",
-                _fmt_dims(layer["tt_ranks"]),
+                f"{fmt_dims(layer['row_dims'])}x{fmt_dims(layer['col_dims'])}",
+                fmt_dims(layer["tt_ranks"]),
                 f"{layer['parameters']:,}",
                 f"{layer['dense_entries']:,}",
                 f"{layer['compression']:,.1f}x" if layer["compression"] else "-",
@@ -311,9 +308,7 @@ def _state_dict_text(info: dict[str, Any]) -> list[str]:
             )
             for layer in ok
         ]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        lines.insert(2, "  " + "  ".join("-" * w for w in widths))
+        lines += ["  " + line for line in text_table(rows)]
         lines.append("  (rows x cols: out x in for TTLinear, padded vocabulary x dim for TTEmbedding)")
     for layer in layers:
         if layer["problem"] is not None:

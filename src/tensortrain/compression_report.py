@@ -106,23 +106,21 @@ class CompressionReport:
         head = ("layer", "type", "shape", "dims", "tt_ranks", "before", "after", "ratio", "rel_error")
         rows = [head]
         for lay in self.layers:
-            dims = f"{_fmt(lay.dims[0])}x{_fmt(lay.dims[1])}"
+            dims = f"{fmt_dims(lay.dims[0])}x{fmt_dims(lay.dims[1])}"
             rows.append(
                 (
                     " = ".join((lay.name or "(model)", *lay.aliases)),
                     lay.kind,
                     f"{lay.shape[0]}x{lay.shape[1]}",
                     dims,
-                    _fmt(lay.tt_ranks) if lay.tt_ranks else "dense",
+                    fmt_dims(lay.tt_ranks) if lay.tt_ranks else "dense",
                     f"{lay.params_before:,}",
                     f"{lay.params_after:,}",
                     f"{_ratio(lay.params_before, lay.params_after):.1f}x",
                     "-" if lay.rel_error is None else f"{lay.rel_error:.2e}",
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(rows)
         n_rep = sum(lay.replaced for lay in self.layers)
         tied = " (tied parameters counted once)" if any(lay.tied_params for lay in self.layers) else ""
         lines.append(
@@ -136,7 +134,16 @@ class CompressionReport:
         return "\n".join(lines)
 
 
-def _fmt(dims: Sequence[int]) -> str:
+def text_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as aligned text lines, the first row a header underlined by dashes (the report's table
+    and ``tensortrain inspect``'s)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def fmt_dims(dims: Sequence[int]) -> str:
     return "(" + ",".join(str(k) for k in dims) + ")"
 
 
