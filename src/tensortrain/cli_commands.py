@@ -164,9 +164,8 @@ def _describe_tt_file(path: Path) -> dict[str, Any]:
         obj, metadata = load(path), read_metadata(path)
     except TTFileError as err:
         raise CommandError(str(err)) from err
-    raw: Any = obj.raw_shape  # (n_1, ..., n_d), or ((m_1, ...), (n_1, ...)) for a TT-matrix
     batch = obj.batch_size if isinstance(obj, TensorTrainBatch) else None
-    entries = math.prod(math.prod(g) for g in (raw if obj.is_tt_matrix() else [raw])) * (batch or 1)
+    entries = math.prod(obj.shape)  # the dense shape, a batch's leading size included
     params = obj.num_parameters()
     return {
         "path": str(path),
