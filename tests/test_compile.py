@@ -203,3 +203,22 @@ def test_jit_trace_follows_the_weights_and_script_is_refused():
     with warnings.catch_warnings(), pytest.raises(TypeError, match="does not support torch.jit.script"):
         warnings.simplefilter("ignore")  # (torch 2.13 deprecates TorchScript)
         torch.jit.script(torch.nn.Sequential(tt.nn.TTLinear(24, 10, tt_rank=3)))
+
+
+def test_a_memory_bounded_layer_compiles_in_one_graph():
+    """``max_saved_bytes`` picks a recomputing sweep; traced, it runs as autograd's sweep (the compiler's
+    partitioner decides what is kept) with the same values and gradients."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(24, 10, tt_rank=3, in_dims=(2, 3, 4), out_dims=(1, 5, 2), dtype=torch.float64)
+    layer.max_saved_bytes = 0
+    assert layer.plan(64, requires_grad=True).recompute
+    x = torch.randn(64, 24, dtype=torch.float64, requires_grad=True)
+    params = [x, *layer.parameters()]
+    expected = layer(x)
+    (expected**2).sum().backward()
+    expected_grads = _grads(params)
+    got = _compiled(layer)(x)
+    (got**2).sum().backward()
+    assert_close(got, expected)
+    for g, e in zip(_grads(params), expected_grads, strict=True):
+        assert_close(g, e)

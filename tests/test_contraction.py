@@ -297,7 +297,7 @@ def test_tt_dense_and_dense_tt_matmul(spec, p, seed):
 
 # ------------------------------------------------------------------------------------------ cost model
 def _by_name(plans: list[C.ContractionPlan]) -> dict[str, C.ContractionPlan]:
-    return {(p.kind, p.direction, p.groups): p for p in plans}  # type: ignore[misc]
+    return {p.program: p for p in plans}  # (kind "resweep": a sweep recomputing its step inputs)
 
 
 def test_flop_counts_by_hand():

@@ -41,6 +41,7 @@ from .contraction_plan import (
     Groups,
     Program,
     Strategy,
+    check_max_saved,
     check_strategy,
     choose_program,
     chunk_rows,
@@ -87,7 +88,7 @@ def _run(
         split = groups[0][1]
         parts = None if cache is None else cached_halves(cache, cores, split)
         return _exec.full_linear(x2d, cores, split, direction == "keep", bias, parts)
-    y = _sweep(x2d, cores, groups, str(direction), grad, cache)
+    y = _sweep(x2d, cores, groups, str(direction), grad, cache, kind == "resweep")
     # under autocast y is in the lower precision, as nn.Linear's output is: add the bias in that dtype
     if bias is None:
         return y
@@ -104,6 +105,7 @@ def _sweep(
     direction: str,
     grad: bool,
     cache: dict | None,
+    recompute: bool = False,
 ) -> torch.Tensor:
     chunk = None
     b = x2d.shape[0]
@@ -113,11 +115,12 @@ def _sweep(
         # keeps every state for backward anyway, and compiled graphs keep their batch symbolic)
         rows = chunk_rows(cores, groups, direction)
         chunk = rows[0] if b > rows[1] else None  # (rows per chunk, the largest batch that runs whole)
-    if grad and eager and type(b) is int and b >= _cost.SWEEP_FUNCTION_MIN_BATCH:
+    if grad and eager and type(b) is int and (recompute or b >= _cost.SWEEP_FUNCTION_MIN_BATCH):
         # training: a hand-written backward without matmul's folding copies (not at tiny batches, where the
-        # Function's own overhead is the larger cost). Eager only: under dynamo a SymInt passes ``type(b) is int``
-        # and the comparison would guard the batch (a second graph, a failed strict export)
-        return _exec.sweep_trained(x2d, _exec.supers_of(cores, groups, direction), direction)
+        # Function's own overhead is the larger cost), which can also recompute the step inputs. Eager only: under
+        # dynamo a SymInt passes ``type(b) is int`` and the comparison would guard the batch (a second graph, a
+        # failed strict export)
+        return _exec.sweep_trained(x2d, _exec.supers_of(cores, groups, direction), direction, recompute)
     if cache is None:
         return _exec.sweep(x2d, _exec.supers_of(cores, groups, direction), direction, chunk)
     return _exec.sweep(x2d, cached_supers(cache, cores, groups, direction), direction, chunk)
@@ -130,6 +133,7 @@ def linear(
     bias: torch.Tensor | None = None,
     *,
     strategy: Strategy | ContractionPlan = "auto",
+    max_saved_bytes: int | None = None,
 ) -> torch.Tensor:
     """``x @ W^T + bias`` for a TT-matrix ``W`` (``M x N``, ``nn.Linear.weight``'s layout), cost-planned.
 
@@ -139,13 +143,15 @@ def linear(
         bias: optional ``(M,)``.
         strategy: ``"auto"`` (the cost model's cheapest), a forced strategy from :data:`STRATEGIES`, or a
             :class:`ContractionPlan` (e.g. one from :func:`enumerate_plans`).
+        max_saved_bytes: when training, take the fastest plan that keeps at most this many bytes of
+            activations for backward (see :func:`plan`); None: the fastest.
 
     Returns:
         ``(..., M)``, differentiable in ``x``, the cores and ``bias``.
 
     Raises:
         ShapeError: ``x.shape[-1] != N``, dtype or device mismatch, or a plan for other shapes.
-        ValueError: unknown strategy. TypeError: ``weight`` is not a TT-matrix.
+        ValueError: unknown strategy, negative ``max_saved_bytes``. TypeError: ``weight`` is not a TT-matrix.
 
     Shape:
         x ``(..., N)`` -> ``(..., M)``.
@@ -163,7 +169,8 @@ def linear(
     cores = cores_of(weight, "linear")
     if isinstance(strategy, ContractionPlan) or strategy not in STRATEGIES:
         check_strategy(strategy, dims_of(cores), "linear")
-    return _linear(x, cores, bias, strategy, "linear")
+    max_saved = check_max_saved(max_saved_bytes, "linear")
+    return _linear(x, cores, bias, strategy, "linear", max_saved)
 
 
 def _linear(
@@ -172,6 +179,7 @@ def _linear(
     bias: torch.Tensor | None,
     strategy: Strategy | ContractionPlan,
     fn: str,
+    max_saved: int | None = None,
 ) -> torch.Tensor:
     c0 = cores[0]
     n = _prod([int(c.shape[2]) for c in cores])
@@ -185,7 +193,7 @@ def _linear(
     check_operand(fn, "x", x, c0)
     if bias is not None:
         check_bias(fn, bias, _prod([int(c.shape[1]) for c in cores]), c0)
-    return apply_unchecked(x, cores, bias, n, strategy)
+    return apply_unchecked(x, cores, bias, n, strategy, max_saved=max_saved)
 
 
 # The dtypes autocast casts to its lower precision (float64 it leaves alone, so F.linear fails on it as here)
@@ -224,19 +232,21 @@ def apply_unchecked(
     n: int,
     strategy: Strategy | ContractionPlan = "auto",
     cache: dict | None = None,
+    max_saved: int | None = None,
 ) -> torch.Tensor:
     """:func:`linear` for operands already validated (``x (..., n)``, matching dtype and device, valid cores).
 
     For layers that check their operands once (``TTLinear.forward``): at batch 1 the checks cost about as much
     as the contraction. Not exported: a wrong operand here fails deep inside a reshape. ``cache``: a layer's
-    dict in which inference sweeps keep their merged super-cores between calls (see :func:`cached_supers`).
+    dict in which inference sweeps keep their merged super-cores between calls (see :func:`cached_supers`);
+    ``max_saved``: a validated ``max_saved_bytes``.
     """
     lead = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
     plain = not grad and not transforms_active()  # inference outside tracing and torch.func: caches, in place
     cached = cache is not None and plain
-    prog = choose_program(cores, x2d.shape[0], grad, strategy, cached)
+    prog = choose_program(cores, x2d.shape[0], grad, strategy, cached, max_saved)
     y = _run(prog, x2d, cores, bias, grad, cache if cached else None, plain and not torch.is_grad_enabled())
     return y if len(lead) == 1 else y.reshape(*lead, y.shape[-1])
 
@@ -246,6 +256,7 @@ def tt_dense_matmul(
     b: torch.Tensor,
     *,
     strategy: Strategy | ContractionPlan = "auto",
+    max_saved_bytes: int | None = None,
 ) -> torch.Tensor:
     """``W @ b`` for a TT-matrix ``W`` (``M x N``) and a dense ``b`` of shape ``(..., N, P)``, cost-planned.
 
@@ -253,6 +264,7 @@ def tt_dense_matmul(
         weight: TT-matrix or its cores.
         b: dense ``(N, P)`` or ``(..., N, P)``.
         strategy: as in :func:`linear` (the plan is for batch ``... * P``).
+        max_saved_bytes: as in :func:`linear`.
 
     Returns:
         ``(..., M, P)``.
@@ -274,6 +286,7 @@ def tt_dense_matmul(
     """
     cores = cores_of(weight, "tt_dense_matmul")
     check_strategy(strategy, dims_of(cores), "tt_dense_matmul")
+    max_saved = check_max_saved(max_saved_bytes, "tt_dense_matmul")
     if not isinstance(b, torch.Tensor):
         raise TypeError(f"tt_dense_matmul: b must be a torch.Tensor, got {type(b).__name__}")
     if b.dim() < 2:
@@ -285,7 +298,8 @@ def tt_dense_matmul(
             f"columns (col dims {tuple(int(c.shape[2]) for c in cores)})"
         )
     check_operand("tt_dense_matmul", "b", b, cores[0])
-    return _linear(b.transpose(-1, -2), cores, None, strategy, "tt_dense_matmul").transpose(-1, -2)
+    y = _linear(b.transpose(-1, -2), cores, None, strategy, "tt_dense_matmul", max_saved)
+    return y.transpose(-1, -2)
 
 
 def dense_tt_matmul(
@@ -293,6 +307,7 @@ def dense_tt_matmul(
     weight: TensorTrain | Sequence[torch.Tensor],
     *,
     strategy: Strategy | ContractionPlan = "auto",
+    max_saved_bytes: int | None = None,
 ) -> torch.Tensor:
     """``a @ W`` for a dense ``a`` of shape ``(..., P, M)`` and a TT-matrix ``W`` (``M x N``), cost-planned.
 
@@ -301,6 +316,7 @@ def dense_tt_matmul(
         weight: TT-matrix or its cores.
         strategy: as in :func:`linear`, for the transposed TT-matrix ``W^T`` (plans list its cores' modes
             swapped).
+        max_saved_bytes: as in :func:`linear`.
 
     Returns:
         ``(..., N)``.
@@ -322,6 +338,7 @@ def dense_tt_matmul(
     """
     cores = tuple(c.permute(0, 2, 1, 3) for c in cores_of(weight, "dense_tt_matmul"))
     check_strategy(strategy, dims_of(cores), "dense_tt_matmul")
+    max_saved = check_max_saved(max_saved_bytes, "dense_tt_matmul")
     if not isinstance(a, torch.Tensor):
         raise TypeError(f"dense_tt_matmul: a must be a torch.Tensor, got {type(a).__name__}")
     m = _prod([int(c.shape[2]) for c in cores])  # (W's rows: the permuted cores' columns)
@@ -331,4 +348,4 @@ def dense_tt_matmul(
             f"{tuple(int(c.shape[2]) for c in cores)}); a must be (..., {m})"
         )
     check_operand("dense_tt_matmul", "a", a, cores[0])
-    return _linear(a, cores, None, strategy, "dense_tt_matmul")
+    return _linear(a, cores, None, strategy, "dense_tt_matmul", max_saved)

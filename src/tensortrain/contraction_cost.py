@@ -91,6 +91,10 @@ class _Acc(NamedTuple):
         assert isinstance(o, _Acc)
         return _Acc(*(a + b for a, b in zip(self, o, strict=True)))
 
+    def __sub__(self, o: object) -> _Acc:  # type: ignore[override]
+        assert isinstance(o, _Acc)
+        return _Acc(*(a - b for a, b in zip(self, o, strict=True)))
+
     def time(self, m: Machine) -> float:
         return (
             (self.flops + self.slow_flops) / m.flops
@@ -200,9 +204,20 @@ def chunking(dims: Dims, groups: Groups, direction: str, item: int) -> tuple[int
 
 
 def step_cost(
-    dims: Dims, i: int, j: int, direction: str, batch: int, item: int, grad: bool, cached: bool = False
+    dims: Dims,
+    i: int,
+    j: int,
+    direction: str,
+    batch: int,
+    item: int,
+    grad: bool,
+    cached: bool = False,
+    recompute: bool = False,
 ) -> tuple[_Acc, int]:
-    """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps."""
+    """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps.
+
+    ``recompute``: the sweep keeps no step input (contraction_exec.SweepFunction recomputes them), at any batch.
+    """
     outer, k, p, q = step_shape(dims, i, j, direction)
     outer *= batch
     first = j == len(dims[0]) if direction == "rtl" else i == 0
@@ -227,11 +242,11 @@ def step_cost(
     if grad:
         # tiny batches: torch.matmul folds the batch (a transposed copy of the state in, one of the product out);
         # others run contraction_exec.SweepFunction, batched GEMMs on the slices in place
-        folded = p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH
+        folded = p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute
         if folded:
             acc += _Acc(0, 0, 2 * item * (state_in + state_out), 2, -acc.slices)
         # each step keeps its input: for the first step that is x itself (the caller's), unless folded into a copy
-        saved = 0 if (first and not folded) else state_in
+        saved = 0 if (first and not folded) or recompute else state_in
     return acc, saved
 
 
@@ -244,16 +259,26 @@ def sweep_cost(
     grad: bool,
     m: Machine,
     cached: bool = False,
+    recompute: bool = False,
 ) -> Cost:
-    acc, saved = _Acc(), 0
+    """A sweep's cost; ``recompute``: backward first runs the forward again short of its last step, no merges."""
+    acc, saved, again = _Acc(), 0, _Acc()
+    last = groups[0] if direction == "rtl" else groups[-1]  # the step executed last
+    rows, cols, ranks = dims
+    supers = 0  # merged groups are kept for backward too (single cores are the parameters themselves)
     for i, j in groups:
-        a, s = step_cost(dims, i, j, direction, batch, item, grad, cached)
+        a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute)
         acc, saved = acc + a, saved + s
+        if recompute and (i, j) != last:
+            again += a - merge_cost(dims, i, j, item)
+        if j - i > 1:
+            supers += ranks[i] * prod(rows[i:j]) * prod(cols[i:j]) * ranks[j]
     if not grad:
         return Cost(acc.flops, 0, acc.stream + acc.permute, 0, acc.time(m))
-    bwd = acc + acc  # dA and dS per step: twice the forward's FLOPs and traffic
+    bwd = acc + acc + again  # dA and dS per step (twice the forward), and any recomputed steps
+    # (the merged groups are reported as kept but not priced as traffic: they are the size of the cores)
     seconds = acc.time(m) + bwd.time(m) + item * saved / m.stream
-    return Cost(acc.flops, bwd.flops, acc.stream + acc.permute, item * saved, seconds)
+    return Cost(acc.flops, bwd.flops, acc.stream + acc.permute, item * (saved + supers), seconds)
 
 
 def full_cost(
@@ -308,7 +333,7 @@ def estimate(
     if kind == "full":
         return full_cost(dims, groups[0][1], batch, item, grad, direction == "keep", m, cached)
     assert direction is not None
-    return sweep_cost(dims, groups, direction, batch, item, grad, m, cached)
+    return sweep_cost(dims, groups, direction, batch, item, grad, m, cached, kind == "resweep")
 
 
 def best_grouping(
@@ -334,6 +359,32 @@ def best_grouping(
         assert top is not None
         best.append(top)
     return best[d][1]
+
+
+def grouping_front(
+    dims: Dims, direction: str, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
+) -> list[tuple[float, int, Groups]]:
+    """The groupings no other grouping beats in both time and kept memory: ``(seconds, saved bytes, groups)``.
+
+    The same programme as :func:`best_grouping`, keeping at each split point the Pareto front of (time,
+    activations kept for backward) instead of the fastest partition alone: both add up over the groups.
+    Fastest first; each later entry keeps strictly less. The first entry's time is :func:`best_grouping`'s.
+    """
+    d = len(dims[0])
+    fronts: list[list[tuple[float, int, Groups]]] = [[(0.0, 0, ())]]
+    for j in range(1, d + 1):
+        found: list[tuple[float, int, Groups]] = []
+        for i in range(j):
+            if i == 0 and j == d > 1 and (grad or not (cached and cacheable(dims, 0, d))):
+                continue  # (as in best_grouping: the full plans build W better)
+            c = sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached)
+            found += [(t + c.seconds, s + c.saved_bytes, g + ((i, j),)) for t, s, g in fronts[i]]
+        front: list[tuple[float, int, Groups]] = []
+        for entry in sorted(found, key=lambda e: (e[0], e[1])):
+            if not front or entry[1] < front[-1][1]:
+                front.append(entry)
+        fronts.append(front)
+    return fronts[d]
 
 
 def full_programs(d: int, grad: bool = False) -> list[Program]:
@@ -363,13 +414,24 @@ def candidates(
 
 
 def choose(
-    dims: Dims, strategy: str, batch: int, item: int, device_type: str, grad: bool, cached: bool = False
+    dims: Dims,
+    strategy: str,
+    batch: int,
+    item: int,
+    device_type: str,
+    grad: bool,
+    cached: bool = False,
+    max_saved: int | None = None,
 ) -> Program:
     """The cheapest program of ``strategy`` for this TT-matrix, batch size, dtype size, device and grad mode.
 
     ``cached``: sweeps' merged groups are kept between calls (a layer's inference), so merging is free.
+    ``max_saved``: in training, the fastest program keeping at most this many bytes for backward; when none
+    does, the one keeping least (the sweeps are then chosen from :func:`grouping_front`, not by time alone).
     """
     m = machine(device_type, item)
+    if max_saved is not None and grad:
+        return _choose_within(dims, strategy, batch, item, m, cached, max_saved)
     top: tuple[float, Program] | None = None
     for prog in candidates(dims, strategy, batch, item, grad, m, cached):
         t = estimate(dims, prog, batch, item, grad, m, cached).seconds
@@ -377,3 +439,36 @@ def choose(
             top = (t, prog)
     assert top is not None
     return top[1]
+
+
+def _choose_within(
+    dims: Dims, strategy: str, batch: int, item: int, m: Machine, cached: bool, max_saved: int
+) -> Program:
+    progs: list[Program] = []
+    if strategy in ("auto", "full"):
+        progs += full_programs(len(dims[0]), True)
+    if strategy in ("cores_rtl", "cores_ltr"):
+        ((_, dr, groups),) = candidates(dims, strategy, batch, item, True, m, cached)
+        progs += [("sweep", dr, groups), ("resweep", dr, groups)]
+    elif strategy != "full":
+        both = ("ltr", "rtl")  # (training's tie order, as in candidates)
+        for dr in (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both:
+            front = grouping_front(dims, dr, batch, item, True, m, cached)
+            fits = [g for _, s, g in front if s <= max_saved]
+            progs.append(("sweep", dr, fits[0] if fits else front[-1][2]))
+            # the fastest grouping again, keeping nothing: its step inputs recomputed in backward
+            progs.append(("resweep", dr, front[0][2]))
+    top: tuple[bool, int, float, Program] | None = None
+    for prog in progs:
+        c = estimate(dims, prog, batch, item, True, m, cached)
+        over = c.saved_bytes > max_saved
+        key = (
+            over,
+            c.saved_bytes if over else 0,
+            c.seconds,
+            prog,
+        )  # within the limit: fastest; else least kept
+        if top is None or key[:3] < top[:3]:
+            top = key
+    assert top is not None
+    return top[3]

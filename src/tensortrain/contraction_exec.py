@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from . import contraction_cost as _cost
 from . import workspace
@@ -512,11 +513,19 @@ class SweepFunction(torch.autograd.Function):
     same way and each super-core's gradient either as one GEMM over permuted copies or as a sum of per-slice
     products, whichever moves fewer numbers. Under a double backward (``create_graph=True``) the step inputs
     are recomputed from ``x`` with grad mode on, so the same formulas are recorded and differentiable.
+
+    With ``recompute``, forward keeps only ``x`` and the super-cores, and backward recomputes the step inputs
+    first (one more forward sweep short of its last step): the plan's activation memory for a step's time.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x2d: torch.Tensor, direction: str, meta: tuple[tuple[int, int], ...], *mats: torch.Tensor
+        ctx: Any,
+        x2d: torch.Tensor,
+        direction: str,
+        meta: tuple[tuple[int, int], ...],
+        recompute: bool,
+        *mats: torch.Tensor,
     ) -> torch.Tensor:
         supers = [(a, mg, ng) for a, (mg, ng) in zip(mats, meta, strict=True)]
         order = list(reversed(mats)) if direction == "rtl" else list(mats)
@@ -525,30 +534,54 @@ class SweepFunction(torch.autograd.Function):
         ctx.steps = steps
         ctx.direction = direction
         ctx.x_shape = tuple(x2d.shape)
-        ctx.save_for_backward(*states, *order)
+        ctx.recompute = recompute
+        ctx.save_for_backward(*(states[:1] if recompute else states), *order)
         return s.reshape(x2d.shape[0], -1)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
-        n = len(ctx.steps)
+        n = 1 if ctx.recompute else len(ctx.steps)
         saved = ctx.saved_tensors  # once: under activation checkpointing each unpack may run only once
         states, order = saved[:n], saved[n:]
-        if torch.is_grad_enabled():  # double backward: the saved states carry no graph; recompute them
-            states, _ = _sweep_states(states[0], order, ctx.steps)
-        # a broadcast gradient (that of y.sum(): stride 0) would make bmm copy it one slice at a time
-        gx, grads = _sweep_grads(ctx.steps, states, order, gy.contiguous(), ctx.needs_input_grad[0])
+        with contextlib.ExitStack() as borrowed:
+            if torch.is_grad_enabled():  # double backward: the saved states carry no graph; recompute them
+                states, _ = _sweep_states(states[0], order, ctx.steps)
+            elif ctx.recompute:  # the step inputs again (every step but the last), in reused scratch
+                states = [states[0]]
+                for a, step in zip(order[:-1], ctx.steps[:-1], strict=True):
+                    outer, _, p, q = step
+                    x0 = states[0]
+                    buf = borrowed.enter_context(workspace.scratch((outer * q * p,), x0.dtype, x0.device))
+                    states.append(_slice_product(a, states[-1], step, out=buf))
+            # a broadcast gradient (that of y.sum(): stride 0) would make bmm copy it one slice at a time
+            gx, grads = _sweep_grads(ctx.steps, states, order, gy.contiguous(), ctx.needs_input_grad[0])
         mat_grads = grads[::-1] if ctx.direction == "rtl" else grads
-        return (None if gx is None else gx.reshape(ctx.x_shape), None, None, *mat_grads)
+        return (None if gx is None else gx.reshape(ctx.x_shape), None, None, None, *mat_grads)
 
 
-def sweep_trained(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:
+def sweep_trained(
+    x2d: torch.Tensor, supers: list[Super], direction: str, recompute: bool = False
+) -> torch.Tensor:
     """A sweep whose backward is :class:`SweepFunction`'s (eager training; traced calls keep autograd's).
 
     Complex operands take autograd's ops too: the hand-written backwards (here and in :class:`FullLinear`) use
-    plain transposes, which are the adjoints of real products only.
+    plain transposes, which are the adjoints of real products only. There ``recompute`` runs the sweep under
+    ``torch.utils.checkpoint``; under torch.compile and torch.func the step inputs are kept (the compiler's
+    partitioner decides what a compiled backward keeps).
     """
-    if transforms_active() or x2d.is_complex() or supers[0][0].is_complex():
+    if transforms_active():
         return sweep(x2d, supers, direction)
+    if x2d.is_complex() or supers[0][0].is_complex():
+        if not recompute:
+            return sweep(x2d, supers, direction)
+        meta = tuple((mg, ng) for _, mg, ng in supers)
+        return checkpoint(_sweep_mats, x2d, direction, meta, *(a for a, _, _ in supers), use_reentrant=False)
     meta = tuple((mg, ng) for _, mg, ng in supers)
     x2d, *mats = _autocast_inputs(x2d, *(a for a, _, _ in supers))
-    return SweepFunction.apply(x2d, direction, meta, *mats)
+    return SweepFunction.apply(x2d, direction, meta, recompute, *mats)
+
+
+def _sweep_mats(
+    x2d: torch.Tensor, direction: str, meta: tuple[tuple[int, int], ...], *mats: torch.Tensor
+) -> torch.Tensor:
+    return sweep(x2d, [(a, mg, ng) for a, (mg, ng) in zip(mats, meta, strict=True)], direction)

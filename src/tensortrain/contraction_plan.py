@@ -56,6 +56,8 @@ class ContractionPlan:
         bytes_forward: estimated memory traffic of the forward pass.
         saved_bytes: activations the plan keeps for backward (0 when not training).
         est_seconds: the cost model's time for forward (+ backward when training).
+        recompute: whether backward recomputes what it needs instead of keeping it (W for a full plan, the
+            step inputs for a sweep); always False without gradients.
     """
 
     kind: Literal["full", "sweep"]
@@ -71,6 +73,7 @@ class ContractionPlan:
     bytes_forward: int
     saved_bytes: int
     est_seconds: float
+    recompute: bool = False
 
     @property
     def dense_flops(self) -> int:
@@ -80,7 +83,8 @@ class ContractionPlan:
     @property
     def program(self) -> Program:
         """The part of the plan the executors need (batch-size independent)."""
-        return (self.kind, self.direction, self.groups)
+        kind = "resweep" if self.kind == "sweep" and self.recompute else self.kind
+        return (kind, self.direction, self.groups)
 
     def describe(self) -> str:
         """Short name, e.g. ``"sweep rtl [0:2][2:4]"`` or ``"full (W from halves split at core 2, one GEMM)"``."""
@@ -90,7 +94,9 @@ class ContractionPlan:
                 how = ", W rebuilt in backward"
             return f"full (W from halves split at core {self.groups[0][1]}, one GEMM{how})"
         grp = "".join(f"[{i}:{j}]" for i, j in self.groups)
-        return f"sweep {self.direction} {grp}"
+        return f"sweep {self.direction} {grp}" + (
+            ", step inputs recomputed in backward" if self.recompute else ""
+        )
 
     def __str__(self) -> str:
         m, n = _prod(self.row_dims), _prod(self.col_dims)
@@ -199,23 +205,37 @@ def choose_program(
     grad: bool,
     strategy: Strategy | ContractionPlan,
     cached: bool = False,
+    max_saved: int | None = None,
 ) -> Program:
     if isinstance(strategy, ContractionPlan):
         return strategy.program
+    if not grad:
+        max_saved = None  # inference keeps nothing: one cache entry whatever the limit
     compiling = torch.compiler.is_compiling()
     if compiling:  # the batch may be a symbol (dynamic shapes): reading it would specialise the graph
         batch = _SYMBOLIC_BATCH
     c0 = cores[0]
     bucket = _bucket(batch)
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
-        return _cost.choose(dims_of(cores), strategy, bucket, c0.element_size(), c0.device.type, grad)
+        return _cost.choose(
+            dims_of(cores), strategy, bucket, c0.element_size(), c0.device.type, grad, max_saved=max_saved
+        )
     # the key uses the torch.Size objects as they are: this lookup is on every layer call
-    key = (tuple([c.shape for c in cores]), strategy, bucket, c0.dtype, c0.device.type, grad, cached)
+    key = (
+        tuple([c.shape for c in cores]),
+        strategy,
+        bucket,
+        c0.dtype,
+        c0.device.type,
+        grad,
+        cached,
+        max_saved,
+    )
     prog = _PLAN_CACHE.get(key)
     if prog is None:
         dims = dims_of(cores)
         prog = _PLAN_CACHE[key] = _cost.choose(
-            dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached
+            dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved
         )
     return prog
 
@@ -227,7 +247,7 @@ def make_plan(
     f, bf, t, saved, est = _cost.estimate(dims, prog, batch, item, grad, m, cached)
     kind, direction, groups = prog
     return ContractionPlan(
-        kind=kind,  # type: ignore[arg-type]
+        kind="sweep" if kind == "resweep" else kind,  # type: ignore[arg-type]
         direction=direction,  # type: ignore[arg-type]
         groups=groups,
         row_dims=dims[0],
@@ -240,6 +260,7 @@ def make_plan(
         bytes_forward=t,
         saved_bytes=saved,
         est_seconds=est,
+        recompute=grad and (kind == "resweep" or direction == "recompute"),
     )
 
 
@@ -257,6 +278,18 @@ def _check_flag(value: Any, fn: str, name: str) -> None:
         raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
 
 
+def check_max_saved(value: Any, fn: str) -> int | None:
+    """``max_saved_bytes``: None or an int >= 0 (a byte count, e.g. ``64 * 2**20``)."""
+    if value is None:
+        return None
+    k = as_int(value)
+    if isinstance(value, bool) or k is None:
+        raise TypeError(f"{fn}: max_saved_bytes must be an int (bytes) or None, got {value!r}")
+    if k < 0:
+        raise ValueError(f"{fn}: max_saved_bytes must be >= 0, got {value!r}")
+    return k
+
+
 def _batch_size(batch_size: Any, fn: str) -> int:
     k = as_int(batch_size)
     if k is None or k < 0:  # (2.5 rows or -3 rows would be priced as if they were meant)
@@ -271,6 +304,7 @@ def plan(
     requires_grad: bool | None = None,
     strategy: Strategy = "auto",
     cached_merges: bool = False,
+    max_saved_bytes: int | None = None,
 ) -> ContractionPlan:
     """The plan :func:`linear` uses for ``x @ W^T`` with ``batch_size`` rows, and its estimated cost.
 
@@ -281,6 +315,9 @@ def plan(
         strategy: ``"auto"`` (cheapest) or one of :data:`STRATEGIES` to see what a forced strategy would do.
         cached_merges: price sweeps without merging their core groups, as for a layer that keeps the merged
             groups between inference calls (``TTLinear`` without gradients); ignored when training.
+        max_saved_bytes: when training, the fastest plan whose activations kept for backward
+            (``saved_bytes``) are at most this many bytes; if no plan of the strategy fits, the one keeping
+            least. None (default): the fastest. Ignored without gradients (nothing is kept).
 
     Returns:
         A frozen :class:`ContractionPlan`; ``str(plan)`` reads like
@@ -288,11 +325,12 @@ def plan(
         than the dense product's 1 GFLOP), est. ...``.
 
     Raises:
-        ValueError: unknown strategy, a batch size that is not an int >= 0. ShapeError: malformed cores.
-        TypeError: not a TT-matrix.
+        ValueError: unknown strategy, a batch size that is not an int >= 0, a negative ``max_saved_bytes``.
+        ShapeError: malformed cores. TypeError: not a TT-matrix, a ``max_saved_bytes`` that is not an int.
 
     Complexity:
-        ``O(d^2)`` cost evaluations for the grouping programme, once per cache key.
+        ``O(d^2)`` cost evaluations for the grouping programme, once per cache key (with ``max_saved_bytes``,
+        times the size of the (time, memory) Pareto fronts it keeps).
 
     Example:
         >>> import torch, tensortrain as tt
@@ -307,8 +345,9 @@ def plan(
     if requires_grad is None:
         requires_grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
     _check_flag(requires_grad, "plan", "requires_grad")
+    max_saved = check_max_saved(max_saved_bytes, "plan")
     cached = cached_merges and not requires_grad
-    prog = choose_program(cores, batch_size, requires_grad, strategy, cached)
+    prog = choose_program(cores, batch_size, requires_grad, strategy, cached, max_saved)
     c0 = cores[0]
     return make_plan(dims, prog, batch_size, c0.element_size(), c0.device.type, requires_grad, cached)
 
@@ -324,8 +363,9 @@ def enumerate_plans(
         requires_grad: price backward too.
 
     Returns:
-        ``d - 1`` full plans (one for ``d = 1``; twice as many with ``requires_grad``: W kept or rebuilt in
-        backward) and ``2 * 2^(d-1)`` sweeps, each with its estimated cost.
+        ``d - 1`` full plans (one for ``d = 1``) and ``2 * 2^(d-1)`` sweeps, each with its estimated cost;
+        with ``requires_grad`` each twice, keeping for backward what it needs (W, the step inputs) or
+        recomputing it.
 
     Raises:
         ShapeError: malformed cores. TypeError: not a TT-matrix.
@@ -349,5 +389,7 @@ def enumerate_plans(
         cuts = [0] + [k + 1 for k in range(d - 1) if mask >> k & 1] + [d]
         groups = tuple(zip(cuts[:-1], cuts[1:], strict=True))
         progs += [("sweep", "rtl", groups), ("sweep", "ltr", groups)]
+        if requires_grad:
+            progs += [("resweep", "rtl", groups), ("resweep", "ltr", groups)]
     c0 = cores[0]
     return [make_plan(dims, p, batch_size, c0.element_size(), c0.device.type, requires_grad) for p in progs]

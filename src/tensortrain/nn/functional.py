@@ -78,13 +78,14 @@ def linear_cores(
     bias: torch.Tensor | None = None,
     cache: dict | None = None,
     strategy: Strategy = "auto",
+    max_saved: int | None = None,
 ) -> torch.Tensor:
     """:func:`tt_linear` on cores that already form a valid TT-matrix (``TTLinear.forward``'s path).
 
     Skips building and validating a :class:`TensorTrain` view, which at batch 1 costs about as much as the
     contraction itself; the operands are checked as in :func:`tt_linear`. ``cache``: the layer's dict for
-    merged super-cores kept between inference calls; ``strategy``: a (valid) strategy name, as in
-    :func:`tensortrain.contraction.linear`.
+    merged super-cores kept between inference calls; ``strategy``: a (valid) strategy name and ``max_saved``: a
+    (valid) ``max_saved_bytes``, as in :func:`tensortrain.contraction.linear`.
     """
     if not isinstance(input, torch.Tensor):  # as nn.Linear: a TypeError, not an AttributeError from .dim()
         raise TypeError(f"tt_linear: input must be a Tensor, got {type(input).__name__}")
@@ -101,7 +102,7 @@ def linear_cores(
     if bias is not None:
         contraction.check_bias("tt_linear", bias, m, c0)
     # x @ W^T with all leading dims as rows, in the order tensortrain.contraction's cost model picks.
-    return contraction.apply_unchecked(input, cores, bias, n, strategy, cache=cache)
+    return contraction.apply_unchecked(input, cores, bias, n, strategy, cache=cache, max_saved=max_saved)
 
 
 _INT64_MAX = torch.iinfo(torch.long).max

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
+from ..contraction_plan import check_max_saved
 from ..errors import ShapeError
 from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, prime_factors
 from ..tensor_train import TensorTrain
@@ -133,6 +134,9 @@ class TTLinear(TTModule):
             each batch size, the default) or one of :data:`tensortrain.contraction.STRATEGIES`, e.g. ``"full"``
             to train with little activation memory (the cost model prices time; a sweep can keep several
             times the dense weight for backward, see :meth:`plan`). Settable; not part of the state dict.
+        max_saved_bytes: None (the default: the fastest plan) or a byte count: training forwards take the
+            fastest plan that keeps at most this many bytes of activations for backward, or the one keeping
+            least if none fits (:meth:`plan` shows ``activations kept``). Settable; not part of the state dict.
 
     Raises:
         ShapeError: dims that do not multiply to the sizes, dims of different lengths, ranks below 1.
@@ -157,6 +161,7 @@ class TTLinear(TTModule):
     out_dims: tuple[int, ...]
     # a class default: layers pickled before the attribute existed load as "auto"
     _strategy: Strategy = "auto"
+    _max_saved: int | None = None
 
     def __init__(
         self,
@@ -224,6 +229,15 @@ class TTLinear(TTModule):
         self._strategy = value
 
     @property
+    def max_saved_bytes(self) -> int | None:
+        """Bytes of activations a training forward may keep for backward (None: no limit, the fastest plan)."""
+        return self._max_saved
+
+    @max_saved_bytes.setter
+    def max_saved_bytes(self, value: int | None) -> None:
+        self._max_saved = check_max_saved(value, "TTLinear")
+
+    @property
     def weight(self) -> TensorTrain:
         """The weight as a TT-matrix :class:`~tensortrain.TensorTrain` of shape ``out x in`` (a view of
         :attr:`cores`, as the forward uses them: pruned cores masked; gradients flow back to them)."""
@@ -243,8 +257,9 @@ class TTLinear(TTModule):
             and not torch.compiler.is_compiling()
         ):
             bias = self._parameters["bias"]
-            return F.linear_cores(input, tuple(registry.values()), bias, self._cache, self._strategy)  # type: ignore[arg-type]
-        return F.linear_cores(input, self.weight.tt_cores, self.bias, strategy=self._strategy)
+            cores_now = tuple(registry.values())
+            return F.linear_cores(input, cores_now, bias, self._cache, self._strategy, self._max_saved)  # type: ignore[arg-type]
+        return F.linear_cores(input, self.weight.tt_cores, self.bias, None, self._strategy, self._max_saved)
 
     def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
         """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
@@ -266,7 +281,12 @@ class TTLinear(TTModule):
         """
         # without gradients the layer keeps its merged core groups between calls (see clear_cache)
         return contraction_plan(
-            self.weight, batch_size, requires_grad=requires_grad, strategy=self._strategy, cached_merges=True
+            self.weight,
+            batch_size,
+            requires_grad=requires_grad,
+            strategy=self._strategy,
+            cached_merges=True,
+            max_saved_bytes=self._max_saved,
         )
 
     # ------------------------------------------------------------------------------------- conversions
@@ -474,4 +494,5 @@ class TTLinear(TTModule):
             f"out_dims={self.out_dims}, tt_ranks={self.tt_ranks}, bias={self.bias is not None}, "
             f"params={params:,}, compression={self.compression_factor():,.1f}x"
             + ("" if self._strategy == "auto" else f", strategy={self._strategy!r}")
+            + ("" if self._max_saved is None else f", max_saved_bytes={self._max_saved}")
         )

@@ -1,0 +1,193 @@
+"""Memory-bounded training plans: ``max_saved_bytes`` and sweeps that recompute their step inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import matrix_specs, random_cores, seeds
+from tensortrain import contraction as C
+
+
+def _saved(fn) -> list[torch.Tensor]:
+    """The tensors autograd keeps for backward while ``fn()`` runs."""
+    kept: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        fn()
+    return kept
+
+
+def _cores(rows, cols, r, gen):
+    ranks = (1, *(r,) * (len(rows) - 1), 1)
+    return [c.requires_grad_(True) for c in random_cores((rows, cols), ranks, gen=gen)]
+
+
+@pytest.mark.parametrize("batch", [3, 9])  # 3: below the batch where plain training sweeps use SweepFunction
+def test_a_recomputing_sweep_keeps_only_x_and_equals_the_plain_sweep(gen, batch):
+    cores = _cores((2, 3, 2), (3, 2, 4), 3, gen)
+    x = torch.randn(batch, 24, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(batch, 12, generator=gen, dtype=torch.float64)
+    plans = C.enumerate_plans(cores, batch, requires_grad=True)
+    for plain in [p for p in plans if p.kind == "sweep" and not p.recompute and len(p.groups) > 1]:
+        (again,) = [
+            p for p in plans if p.recompute and p.kind == "sweep" and p.program[1:] == plain.program[1:]
+        ]
+        assert plain.saved_bytes > again.saved_bytes >= 0  # (both keep their merged groups)
+        assert again.flops_forward == plain.flops_forward and again.flops_backward > plain.flops_backward
+        if batch >= 8:  # (below, the plain sweep is priced with autograd's folding copies)
+            assert again.est_seconds > plain.est_seconds
+        assert "recomputed in backward" in again.describe()
+        # autograd keeps the same merged cores and x for both; the plain sweep also keeps its step inputs
+        kept_again = sum(t.numel() for t in _saved(lambda p=again: C.linear(x, cores, strategy=p)))
+        kept_plain = sum(t.numel() for t in _saved(lambda p=plain: C.linear(x, cores, strategy=p)))
+        if batch >= 8:  # SweepFunction for both: exactly the states the plan reports
+            assert 8 * (kept_plain - kept_again) == plain.saved_bytes - again.saved_bytes, plain
+        else:  # autograd's folded matmul for the plain sweep (its copies of the states)
+            assert kept_plain > kept_again
+        got = torch.autograd.grad(C.linear(x, cores, strategy=again), [x, *cores], g)
+        want = torch.autograd.grad(C.linear(x, cores, strategy=plain), [x, *cores], g)
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b)
+
+
+def test_recomputing_sweeps_pass_gradcheck_and_gradgradcheck(gen):
+    cores = _cores((2, 3, 2), (3, 2, 2), 2, gen)
+    x = torch.randn(9, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    for p in [
+        p for p in C.enumerate_plans(cores, 9, requires_grad=True) if p.kind == "sweep" and p.recompute
+    ]:
+        f = lambda a, *cs, p=p: C.linear(a, cs, strategy=p)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, *cores)), p
+        assert torch.autograd.gradgradcheck(f, (x, *cores)), p
+
+
+@given(
+    spec=matrix_specs(min_d=2, max_d=4, max_mode=5, max_rank=4),
+    batch=st.sampled_from([8, 64, 512]),
+    seed=seeds,
+)
+def test_the_limited_plan_is_the_fastest_that_fits(spec, batch, seed):
+    """Against brute force over every plan that keeps its states or W (the sweeps' Pareto programme is exact)."""
+    raw, ranks = spec
+    cores = random_cores(raw, ranks, gen=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    d = len(cores)
+    plans = C.enumerate_plans(cores, batch, requires_grad=True)
+    # (the planner leaves the one-group sweep, W itself, to the full plans; it prices recomputation only for the
+    # fastest grouping)
+    keeping = [p for p in plans if not (p.kind == "sweep" and (p.recompute or p.groups == ((0, d),)))]
+    for limit in sorted({0, *(p.saved_bytes for p in plans), 10**12}):
+        got = C.plan(cores, batch, requires_grad=True, max_saved_bytes=limit)
+        fits = [p.est_seconds for p in keeping if p.saved_bytes <= limit]
+        if fits:
+            assert got.saved_bytes <= limit
+            assert got.est_seconds <= min(fits) * (1 + 1e-9)
+        # nothing fits: the plan keeping least, at most what the full plan rebuilding W keeps (its two halves)
+        assert got.saved_bytes <= max(limit, min(p.saved_bytes for p in plans if p.kind == "full"))
+    free = C.plan(cores, batch, requires_grad=True)
+    assert C.plan(cores, batch, requires_grad=True, max_saved_bytes=10**12).program == free.program
+    assert C.plan(cores, batch, requires_grad=True, max_saved_bytes=None).program == free.program
+
+
+def test_forced_strategies_keep_their_kind_within_the_limit(gen):
+    cores = _cores((4, 4), (4, 4), 2, gen)
+    full = C.plan(cores, 64, requires_grad=True, strategy="full")
+    assert full.direction == "keep" and full.saved_bytes > 16 * 16 * 8
+    bounded = C.plan(cores, 64, requires_grad=True, strategy="full", max_saved_bytes=16 * 16 * 8)
+    assert (bounded.kind, bounded.direction, bounded.recompute) == ("full", "recompute", True)
+    for name in ("cores_ltr", "grouped_rtl"):
+        p = C.plan(cores, 64, requires_grad=True, strategy=name, max_saved_bytes=0)
+        assert p.kind == "sweep" and p.direction == name[-3:] and p.recompute and p.saved_bytes == 0
+    # no gradients: nothing is kept, the limit changes nothing
+    assert C.plan(cores, 64, requires_grad=False, max_saved_bytes=0) == C.plan(cores, 64, requires_grad=False)
+
+
+def test_linear_and_the_matmuls_honour_the_limit(gen):
+    cores = _cores((4, 5), (7, 4), 4, gen)
+    x = torch.randn(256, 28, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = tt.TensorTrain(cores)
+    want = x @ tt.full(w).T
+    free = sum(t.numel() for t in _saved(lambda: C.linear(x, w)))
+    bounded = _saved(lambda: C.linear(x, w, max_saved_bytes=0))
+    assert sum(t.numel() for t in bounded) < free
+    assert_close(C.linear(x, w, max_saved_bytes=0), want)
+    assert_close(C.tt_dense_matmul(w, x.T, max_saved_bytes=0), want.T)
+    assert_close(C.dense_tt_matmul(x.detach()[:, :20], w, max_saved_bytes=0), x.detach()[:, :20] @ tt.full(w))
+
+
+def test_bad_limits_are_refused(gen):
+    cores = _cores((2, 2), (2, 2), 2, gen)
+    x = torch.randn(4, 4, dtype=torch.float64)
+    for bad, err in (("64MB", TypeError), (True, TypeError), (1.5e6, TypeError), (-1, ValueError)):
+        with pytest.raises(err, match=r"plan: max_saved_bytes must be"):
+            C.plan(cores, 4, max_saved_bytes=bad)
+        with pytest.raises(err, match=r"linear: max_saved_bytes must be"):
+            C.linear(x, cores, max_saved_bytes=bad)
+        with pytest.raises(err, match=r"tt_dense_matmul: max_saved_bytes must be"):
+            C.tt_dense_matmul(cores, x, max_saved_bytes=bad)
+        with pytest.raises(err, match=r"dense_tt_matmul: max_saved_bytes must be"):
+            C.dense_tt_matmul(x, cores, max_saved_bytes=bad)
+        layer = tt.nn.TTLinear(4, 4, tt_rank=2)
+        with pytest.raises(err, match=r"TTLinear: max_saved_bytes must be"):
+            layer.max_saved_bytes = bad
+        assert layer.max_saved_bytes is None
+    assert C.plan(cores, 4, max_saved_bytes=torch.tensor(7)).batch_size == 4  # any integer type
+
+
+def test_a_layer_trains_within_its_limit():
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
+    x = torch.randn(512, 784)
+    assert layer.max_saved_bytes is None and "max_saved_bytes" not in repr(layer)
+    free_plan = layer.plan(512)
+    assert free_plan.kind == "sweep" and free_plan.saved_bytes > 2**20
+    y0 = layer(x)
+    g0 = torch.autograd.grad(y0.square().sum(), list(layer.parameters()))
+    free = sum(t.numel() * t.element_size() for t in _saved(lambda: layer(x)))
+
+    layer.max_saved_bytes = 2**20
+    assert "max_saved_bytes=1048576" in repr(layer)
+    assert layer.plan(512).saved_bytes <= 2**20 and layer.plan(512).recompute
+    kept = sum(t.numel() * t.element_size() for t in _saved(lambda: layer(x)))
+    assert kept <= free - free_plan.saved_bytes + 2**20  # the state is no longer kept
+    y1 = layer(x)
+    g1 = torch.autograd.grad(y1.square().sum(), list(layer.parameters()))
+    assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, g0, strict=True):
+        assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # inference keeps nothing anyway: the same plan as without a limit
+        assert layer.plan(512) == tt.nn.TTLinear(
+            784, 625, tt_rank=4, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5)
+        ).plan(512)
+    layer.max_saved_bytes = None
+    assert layer.plan(512) == free_plan
+
+
+def test_recomputed_states_borrow_reused_scratch(gen, monkeypatch):
+    """Backward recomputes the step inputs into tensortrain.workspace's buffers (fresh pages cost a CPU sweep
+    as much as the recomputation): same gradients, the state written into a buffer that is reused next step."""
+    from tensortrain import workspace
+
+    cores = _cores((2, 3, 2), (3, 2, 4), 3, gen)
+    x = torch.randn(16, 24, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(16, 12, generator=gen, dtype=torch.float64)
+    plans = {p.program: p for p in C.enumerate_plans(cores, 16, requires_grad=True)}
+    groups = ((0, 1), (1, 3))
+    plain, again = plans["sweep", "rtl", groups], plans["resweep", "rtl", groups]
+    kept = _saved(lambda: C.linear(x, cores, strategy=plain))
+    (state,) = [t for t in kept if t.numel() * 8 == plain.saved_bytes - again.saved_bytes]  # the intermediate
+    want = torch.autograd.grad(C.linear(x, cores, strategy=plain), [x, *cores], g)
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)
+    workspace.empty_cache()
+    for _ in range(2):
+        got = torch.autograd.grad(C.linear(x, cores, strategy=again), [x, *cores], g)
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b)
+        (buf,) = workspace._free.buffers  # returned after backward; it held the recomputed state
+        assert_close(buf[: state.numel() * 8].view(torch.float64), state.detach().reshape(-1))
+        held = workspace.held_bytes()
+    assert workspace.held_bytes() == held
+    workspace.empty_cache()
