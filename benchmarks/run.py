@@ -1,5 +1,5 @@
-"""tensortrain speed and memory benchmarks: TTLinear vs nn.Linear (and peers when installed), TT-SVD, rounding,
-flat_inner / frobenius_norm, the MNIST demo's seconds per epoch.
+"""tensortrain speed and memory benchmarks: TTLinear vs nn.Linear (and peers when installed), stacks of layers trained
+with and without a memory bound, TT-SVD, rounding, flat_inner / frobenius_norm, the MNIST demo's seconds per epoch.
 
 Everything runs side by side in one process with a fixed thread count; times are medians over interleaved
 repeats after warm-up (the implementations of one case take turns, so load spikes hit all of them alike), and
@@ -22,11 +22,15 @@ and backward) above what was in use when it started, from ``torch.profiler``'s m
 plus for TT the scratch that ``tt.workspace`` holds between steps (a step reuses it rather than allocating it).
 ``tracemalloc`` does not see torch's CPU allocator, and ``ru_maxrss`` only moves when a process-wide high-water
 mark moves.
+
+Where a layer's training plan keeps more for backward than the dense weight's bytes, the same layer with
+``max_saved_bytes`` set to those bytes is timed in the same turns ("bounded"): the price of that memory bound.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -198,6 +202,8 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
         ttl = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
         others, notes = peer_layers(in_dims, out_dims, rank) if peers else ({}, {})
         mods: dict[str, nn.Module] = {"dense": dense, "tt": ttl, **others}
+        bounded = copy.deepcopy(ttl)
+        bounded.max_saved_bytes = fin * fout * 4  # what the dense weight takes (float32)
         for b in batches:
             x = torch.randn(b, fin)
             xg = x.clone().requires_grad_(True)
@@ -209,14 +215,16 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
                     droppable=tuple(others),
                     warm_each=not cold,
                 )
+            p_inf = ttl.plan(b, requires_grad=False)
+            p_tr = ttl.plan(b, requires_grad=True)
+            p_bd = bounded.plan(b, requires_grad=True)
+            trained = dict(mods) | ({"bounded": bounded} if p_bd.program != p_tr.program else {})
             fb = interleaved(
-                {k: (lambda m=m, x=xg: m(x).sum().backward()) for k, m in mods.items()},
+                {k: (lambda m=m, x=xg: m(x).sum().backward()) for k, m in trained.items()},
                 repeats,
                 droppable=tuple(others),
                 warm_each=not cold,
             )
-            p_inf = ttl.plan(b, requires_grad=False)
-            p_tr = ttl.plan(b, requires_grad=True)
             dense_f = 2 * b * fin * fout
             row.update(
                 {
@@ -247,8 +255,70 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
                     "peer_notes": notes,
                 }
             )
+            if "bounded" in trained:
+                row["bounded"] = {
+                    "max_saved_bytes": bounded.max_saved_bytes,
+                    "plan_training": p_bd.describe(),
+                    "fwdbwd_s": fb["bounded"],
+                    "saved_bytes": saved_bytes(lambda m=bounded, x=xg: m(x), [xg, *bounded.parameters()]),
+                    "peak_bytes": tt_peak_bytes(bounded, xg),
+                }
             rows.append(row)
             print(_layer_line(row), flush=True)
+    return rows
+
+
+# (in = out features, dims, rank): stacks of STACK_DEPTH such layers with ReLUs, trained at STACK_BATCHES
+STACK_CASES = [(784, (4, 7, 4, 7), 4), (1024, (4, 4, 8, 8), 8)]
+STACK_DEPTH = 6
+STACK_BATCHES = (1024, 4096)
+
+
+def bench_stack(repeats: int) -> list[dict]:
+    """Training steps of a stack of TT layers, free and with ``max_saved_bytes`` = each dense weight's bytes,
+    against the same stack of ``nn.Linear``: what a memory bound saves where kept activations add up."""
+    rows = []
+    for n, dims, rank in STACK_CASES:
+        torch.manual_seed(0)
+        free = nn.Sequential(
+            *[
+                m
+                for _ in range(STACK_DEPTH)
+                for m in (tt.nn.TTLinear(n, n, tt_rank=rank, in_dims=dims, out_dims=dims), nn.ReLU())
+            ]
+        )
+        bounded = copy.deepcopy(free)
+        for m in bounded.modules():
+            if isinstance(m, tt.nn.TTLinear):
+                m.max_saved_bytes = n * n * 4
+        dense = nn.Sequential(*[m for _ in range(STACK_DEPTH) for m in (nn.Linear(n, n), nn.ReLU())])
+        mods: dict[str, nn.Module] = {"free": free, "bounded": bounded, "dense": dense}
+        for b in STACK_BATCHES:
+            x = torch.randn(b, n)
+            t = interleaved(
+                {k: (lambda m=m, x=x: m(x).sum().backward()) for k, m in mods.items()},
+                repeats,
+                warm_each=True,
+            )
+            peak = {}
+            for k, m in mods.items():
+                tt.workspace.empty_cache()  # what is held afterwards is this model's own scratch
+                peak[k] = peak_bytes(lambda m=m, x=x: m(x).sum().backward()) + tt.workspace.held_bytes()
+            row = {
+                "case": f"{STACK_DEPTH} x TTLinear({n}, {n}) r{rank} + ReLU",
+                "batch": b,
+                "plan_training": {
+                    k: mods[k][0].plan(b, requires_grad=True).describe() for k in ("free", "bounded")
+                },
+                "fwdbwd_s": {k: t[k] for k in mods},
+                "peak_bytes": peak,
+            }
+            rows.append(row)
+            print(
+                f"  {row['case']} B={b}: step free {t['free'] * 1e3:.3g} ms / bounded {t['bounded'] * 1e3:.3g} ms / "
+                f"dense {t['dense'] * 1e3:.3g} ms",
+                flush=True,
+            )
     return rows
 
 
@@ -401,6 +471,36 @@ def markdown(results: dict) -> str:
             f"{r['plan_flops_forward'] / 1e9:.3g} / {r['dense_flops_forward'] / 1e9:.3g} | "
             f"{sb['tt'] / 2**20:.3g} / {sb['dense'] / 2**20:.3g} | {_peak(r)} | {'; '.join(peers) or '-'} |"
         )
+    bounded = [r for r in results.get("layers", []) if "bounded" in r]
+    if bounded:
+        lines += [
+            "",
+            "| case | batch | training plan with max_saved_bytes = the dense weight's bytes | fwd+bwd ms bounded / "
+            "free / dense | kept for bwd MiB bounded / free | peak MiB bounded / free / dense |",
+            "|---|---|---|---|---|---|",
+        ]
+    for r in bounded:
+        bd, fb, sb, pk = r["bounded"], r["fwdbwd_s"], r["saved_bytes"], r["peak_bytes"]
+        lines.append(
+            f"| {r['case']} | {r['batch']} | {bd['plan_training']} | {bd['fwdbwd_s'] * 1e3:.3g} / "
+            f"{fb['tt'] * 1e3:.3g} / {fb['dense'] * 1e3:.3g} ({bd['fwdbwd_s'] / fb['tt']:.2f}x free) | "
+            f"{bd['saved_bytes'] / 2**20:.3g} / {sb['tt'] / 2**20:.3g} | "
+            f"{bd['peak_bytes'] / 2**20:.3g} / {pk['tt'] / 2**20:.3g} / {pk['dense'] / 2**20:.3g} |"
+        )
+    if results.get("stack"):
+        lines += [
+            "",
+            "| model | batch | training plan (free; bounded) | training step ms free / bounded / dense | "
+            "peak MiB free / bounded / dense |",
+            "|---|---|---|---|---|",
+        ]
+    for r in results.get("stack", []):
+        t, pk, pl = r["fwdbwd_s"], r["peak_bytes"], r["plan_training"]
+        lines.append(
+            f"| {r['case']} | {r['batch']} | {pl['free']}; {pl['bounded']} | {t['free'] * 1e3:.3g} / "
+            f"{t['bounded'] * 1e3:.3g} / {t['dense'] * 1e3:.3g} | {pk['free'] / 2**20:.3g} / "
+            f"{pk['bounded'] / 2**20:.3g} / {pk['dense'] / 2**20:.3g} |"
+        )
     if "decompositions" in results:
         d = results["decompositions"]
         tm = d["to_tt_matrix"]
@@ -444,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--quick", action="store_true", help="fewer cases and repeats (a few minutes less)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--sections", default="layers,decompositions,algebra,embedding,demo")
+    ap.add_argument("--sections", default="layers,stack,decompositions,algebra,embedding,demo")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--cold", action="store_true", help="time layers cold (see the module docstring)")
     args = ap.parse_args(argv)
@@ -473,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     if "layers" in sections:
         print("layers (medians of interleaved repeats):", flush=True)
         results["layers"] = bench_layers(cases, BATCHES, repeats, not args.no_peers, args.cold)
+    if "stack" in sections:
+        print("stacks of layers, memory-bounded training:", flush=True)
+        results["stack"] = bench_stack(5 if args.quick else 7)
     if "decompositions" in sections:
         results["decompositions"] = bench_decompositions(args.quick, repeats)
     if "algebra" in sections:

@@ -447,20 +447,30 @@ def _choose_within(
     progs: list[Program] = []
     if strategy in ("auto", "full"):
         progs += full_programs(len(dims[0]), True)
+    # A sweep that recomputes its states is a candidate only where the same grouping keeping them does not fit
+    # (keeping is faster), and below SWEEP_FUNCTION_MIN_BATCH only where nothing else fits: there the cost model
+    # prices autograd's folding copies for keeping sweeps but not the Function's overhead, and recomputing ones
+    # measured 1.1-1.4x slower at batch 1, not faster.
     if strategy in ("cores_rtl", "cores_ltr"):
         ((_, dr, groups),) = candidates(dims, strategy, batch, item, True, m, cached)
-        progs += [("sweep", dr, groups), ("resweep", dr, groups)]
+        progs.append(("sweep", dr, groups))
+        if estimate(dims, ("sweep", dr, groups), batch, item, True, m, cached).saved_bytes > max_saved:
+            progs.append(("resweep", dr, groups))
     elif strategy != "full":
         both = ("ltr", "rtl")  # (training's tie order, as in candidates)
         for dr in (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both:
             front = grouping_front(dims, dr, batch, item, True, m, cached)
             fits = [g for _, s, g in front if s <= max_saved]
             progs.append(("sweep", dr, fits[0] if fits else front[-1][2]))
-            # the fastest grouping again, keeping nothing: its step inputs recomputed in backward
-            progs.append(("resweep", dr, front[0][2]))
+            if front[0][1] > max_saved:  # the fastest grouping again, its step inputs recomputed in backward
+                progs.append(("resweep", dr, front[0][2]))
+    costs = [(prog, estimate(dims, prog, batch, item, True, m, cached)) for prog in progs]
+    if batch < SWEEP_FUNCTION_MIN_BATCH and any(
+        p[0] != "resweep" and c.saved_bytes <= max_saved for p, c in costs
+    ):
+        costs = [(p, c) for p, c in costs if p[0] != "resweep"]
     top: tuple[bool, int, float, Program] | None = None
-    for prog in progs:
-        c = estimate(dims, prog, batch, item, True, m, cached)
+    for prog, c in costs:
         over = c.saved_bytes > max_saved
         key = (
             over,
