@@ -270,7 +270,8 @@ def tt_dense_matmul(
         ``(..., M, P)``.
 
     Raises:
-        ShapeError: ``b`` is not ``(..., N, P)`` or dtype/device mismatch. ValueError: unknown strategy.
+        ShapeError: ``b`` is not ``(..., N, P)`` or dtype/device mismatch. ValueError: unknown strategy,
+            negative ``max_saved_bytes``.
 
     Shape:
         b ``(..., N, P)`` -> ``(..., M, P)``.
@@ -322,7 +323,8 @@ def dense_tt_matmul(
         ``(..., N)``.
 
     Raises:
-        ShapeError: ``a.shape[-1] != M`` or dtype/device mismatch. ValueError: unknown strategy.
+        ShapeError: ``a.shape[-1] != M`` or dtype/device mismatch. ValueError: unknown strategy, negative
+            ``max_saved_bytes``.
 
     Shape:
         a ``(..., M)`` -> ``(..., N)``.

@@ -263,21 +263,28 @@ def sweep_cost(
 ) -> Cost:
     """A sweep's cost; ``recompute``: backward first runs the forward again short of its last step, no merges."""
     acc, saved, again = _Acc(), 0, _Acc()
-    last = groups[0] if direction == "rtl" else groups[-1]  # the step executed last
     rows, cols, ranks = dims
+    d = len(rows)
     supers = 0  # merged groups are kept for backward too (single cores are the parameters themselves)
+    fresh = 0
     for i, j in groups:
         a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute)
         acc, saved = acc + a, saved + s
-        if recompute and (i, j) != last:
+        final = i == 0 if direction == "rtl" else j == d  # the step executed last: its output is y
+        if recompute and not final:
             again += a - merge_cost(dims, i, j, item)
         if j - i > 1:
             supers += ranks[i] * prod(rows[i:j]) * prod(cols[i:j]) * ranks[j]
+        if grad and not final:
+            out = item * batch * _state_per_row(dims, i, j, direction)[1]
+            # a state kept for backward, and its gradient there, above glibc's largest mmap threshold are fresh
+            # pages every step (a recomputed state borrows reused scratch: only its gradient)
+            fresh += (1 if recompute else 2) * out if out >= BLOCKED_ABOVE else 0
     if not grad:
         return Cost(acc.flops, 0, acc.stream + acc.permute, 0, acc.time(m))
     bwd = acc + acc + again  # dA and dS per step (twice the forward), and any recomputed steps
     # (the merged groups are reported as kept but not priced as traffic: they are the size of the cores)
-    seconds = acc.time(m) + bwd.time(m) + item * saved / m.stream
+    seconds = acc.time(m) + bwd.time(m) + item * saved / m.stream + fresh / m.touch
     return Cost(acc.flops, bwd.flops, acc.stream + acc.permute, item * (saved + supers), seconds)
 
 

@@ -2,8 +2,8 @@
 
 :func:`plan` picks the cheapest way to compute ``x @ W^T`` for a batch size (the cost model is in
 ``contraction_cost``), :func:`enumerate_plans` lists every candidate, and :class:`ContractionPlan` describes
-one. Plans are cached per (core shapes, strategy, batch-size bucket, dtype, device type, grad mode). The public
-names are exported by :mod:`tensortrain.contraction`, which also runs the plans.
+one. Plans are cached per (core shapes, strategy, batch-size bucket, dtype, device type, grad mode, memory
+bound). The public names are exported by :mod:`tensortrain.contraction`, which also runs the plans.
 
 Symbols: ``d`` cores; core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the flattened batch size.
 """
@@ -140,7 +140,8 @@ def clear_plan_cache() -> None:
 
 
 def plan_cache_size() -> int:
-    """The number of cached plans: one per (core shapes, strategy, batch bucket, dtype, device type, grad mode).
+    """The number of cached plans: one per (core shapes, strategy, batch bucket, dtype, device type, grad mode,
+    ``max_saved_bytes`` when training).
 
     Example:
         >>> import torch, tensortrain as tt

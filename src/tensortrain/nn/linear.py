@@ -131,12 +131,13 @@ class TTLinear(TTModule):
         cores: the TT cores (``nn.ParameterList``).
         bias: the bias of shape ``(out_features,)``, or None.
         strategy: the contraction strategy of every forward: ``"auto"`` (the cost model's cheapest plan for
-            each batch size, the default) or one of :data:`tensortrain.contraction.STRATEGIES`, e.g. ``"full"``
-            to train with little activation memory (the cost model prices time; a sweep can keep several
-            times the dense weight for backward, see :meth:`plan`). Settable; not part of the state dict.
+            each batch size, the default) or one of :data:`tensortrain.contraction.STRATEGIES`. Settable; not
+            part of the state dict.
         max_saved_bytes: None (the default: the fastest plan) or a byte count: training forwards take the
             fastest plan that keeps at most this many bytes of activations for backward, or the one keeping
-            least if none fits (:meth:`plan` shows ``activations kept``). Settable; not part of the state dict.
+            least if none fits (:meth:`plan` shows ``activations kept``). The cost model prices time, and a fast
+            sweep can keep several times the dense weight at large batches; ``in_features * out_features * 4``
+            keeps no more than a float32 dense weight. Settable; not part of the state dict.
 
     Raises:
         ShapeError: dims that do not multiply to the sizes, dims of different lengths, ranks below 1.
