@@ -263,7 +263,8 @@ def test_full_function_keeps_only_the_halves(gen):
             C.linear(x, cores, strategy=plan)
         assert (16 * 16 in sizes) == has_w
         assert 5 * 16 in sizes
-        assert plan.saved_bytes == 8 * (2 * 16 + 2 * 16 + (256 if has_w else 0))
+        # (the halves are the two cores themselves: parameters, which saved_bytes leaves out)
+        assert plan.saved_bytes == 8 * (256 if has_w else 0)
 
 
 def test_float32_and_batch_dims(gen):

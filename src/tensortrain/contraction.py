@@ -151,7 +151,8 @@ def linear(
 
     Raises:
         ShapeError: ``x.shape[-1] != N``, dtype or device mismatch, or a plan for other shapes.
-        ValueError: unknown strategy, negative ``max_saved_bytes``. TypeError: ``weight`` is not a TT-matrix.
+        ValueError: unknown strategy, negative ``max_saved_bytes``. TypeError: ``weight`` is not a TT-matrix,
+            ``max_saved_bytes`` is not an int.
 
     Shape:
         x ``(..., N)`` -> ``(..., M)``.

@@ -250,6 +250,32 @@ def step_cost(
     return acc, saved
 
 
+def merged_kept(dims: Dims, i: int, j: int) -> int:
+    """Elements autograd keeps for backward when cores ``i..j-1`` are merged (contraction_exec.merge_cores): the
+    partial products of a group of three or more cores (each product's left operand; the first is a core)."""
+    rows, cols, ranks = dims
+    kept, p = 0, ranks[i] * rows[i] * cols[i]
+    for k in range(i + 1, j - 1):
+        p *= rows[k] * cols[k]
+        kept += p * ranks[k + 1]
+    return kept
+
+
+def super_kept(dims: Dims, i: int, j: int, direction: str) -> int:
+    """Elements of group ``[i, j)``'s super-core that a training sweep keeps beyond the parameters: the merged
+    group (and its partial products), or for a single core in a left-to-right sweep its permuted copy
+    (contraction_exec.super_of), unless that permute is a view."""
+    rows, cols, ranks = dims
+    size = ranks[i] * prod(rows[i:j]) * prod(cols[i:j]) * ranks[j]
+    if j - i > 1:
+        return size + merged_kept(dims, i, j)
+    ra, mg, ng, rb = ranks[i], rows[i], cols[i], ranks[j]
+    # (mg, rb) and (ra, ng) of the permuted (mg, rb, ra, ng) merge into views only when a dim is 1 or ng == 1
+    # (mg's stride is ng * rb) and mg == 1 (ra's stride is mg * ng * rb)
+    view = (mg == 1 or rb == 1 or ng == 1) and (ra == 1 or ng == 1 or mg == 1)
+    return 0 if direction == "rtl" or view else size
+
+
 def sweep_cost(
     dims: Dims,
     groups: Groups,
@@ -265,7 +291,7 @@ def sweep_cost(
     acc, saved, again = _Acc(), 0, _Acc()
     rows, cols, ranks = dims
     d = len(rows)
-    supers = 0  # merged groups are kept for backward too (single cores are the parameters themselves)
+    supers = 0  # super-cores that are not the parameters themselves are kept for backward too
     fresh = 0
     for i, j in groups:
         a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute)
@@ -273,8 +299,7 @@ def sweep_cost(
         final = i == 0 if direction == "rtl" else j == d  # the step executed last: its output is y
         if recompute and not final:
             again += a - merge_cost(dims, i, j, item)
-        if j - i > 1:
-            supers += ranks[i] * prod(rows[i:j]) * prod(cols[i:j]) * ranks[j]
+        supers += super_kept(dims, i, j, direction)
         if grad and not final:
             out = item * batch * _state_per_row(dims, i, j, direction)[1]
             # a state kept for backward, and its gradient there, above glibc's largest mmap threshold are fresh
@@ -327,10 +352,18 @@ def full_cost(
     saved = r * (prod(rows[:split]) * nl + prod(rows[split:]) * nr) + (mm * nn if keep else 0)
     bwd = gemm + gemm + grad_halves + merges + merges + (_Acc() if keep else build)
     seconds = fwd.time(m) + bwd.time(m) + item * saved / m.stream
+    # reported: a half that is one core is that parameter (a view); merged halves keep their partial products;
+    # d = 1 has a ones matrix for its right half
+    kept = (mm * nn if keep else 0) + merged_kept(dims, 0, split)
+    kept += ml * nl * r if split > 1 else 0
+    if split < d:
+        kept += (prod(rows[split:]) * nr * r if d - split > 1 else 0) + merged_kept(dims, split, d)
+    else:
+        kept += 1
     # a kept W is fresh memory (page faults); a rebuilt one borrows reused scratch (tensortrain.workspace)
     if keep and bs:
         seconds += item * mm * nn / m.touch
-    return Cost(fwd.flops, bwd.flops, fwd.stream + fwd.permute, item * saved, seconds)
+    return Cost(fwd.flops, bwd.flops, fwd.stream + fwd.permute, item * kept, seconds)
 
 
 def estimate(
@@ -369,13 +402,21 @@ def best_grouping(
 
 
 def grouping_front(
-    dims: Dims, direction: str, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
+    dims: Dims,
+    direction: str,
+    batch: int,
+    item: int,
+    grad: bool,
+    m: Machine,
+    cached: bool = False,
+    recompute: bool = False,
 ) -> list[tuple[float, int, Groups]]:
     """The groupings no other grouping beats in both time and kept memory: ``(seconds, saved bytes, groups)``.
 
     The same programme as :func:`best_grouping`, keeping at each split point the Pareto front of (time,
     activations kept for backward) instead of the fastest partition alone: both add up over the groups.
     Fastest first; each later entry keeps strictly less. The first entry's time is :func:`best_grouping`'s.
+    ``recompute``: of sweeps that recompute their states in backward (their cost adds up over groups too).
     """
     d = len(dims[0])
     fronts: list[list[tuple[float, int, Groups]]] = [[(0.0, 0, ())]]
@@ -384,7 +425,7 @@ def grouping_front(
         for i in range(j):
             if i == 0 and j == d > 1 and (grad or not (cached and cacheable(dims, 0, d))):
                 continue  # (as in best_grouping: the full plans build W better)
-            c = sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached)
+            c = sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached, recompute)
             found += [(t + c.seconds, s + c.saved_bytes, g + ((i, j),)) for t, s, g in fronts[i]]
         front: list[tuple[float, int, Groups]] = []
         for entry in sorted(found, key=lambda e: (e[0], e[1])):
@@ -454,26 +495,22 @@ def _choose_within(
     progs: list[Program] = []
     if strategy in ("auto", "full"):
         progs += full_programs(len(dims[0]), True)
-    # A sweep that recomputes its states is a candidate only where the same grouping keeping them does not fit
-    # (keeping is faster), and below SWEEP_FUNCTION_MIN_BATCH only where nothing else fits: there the cost model
-    # prices autograd's folding copies for keeping sweeps but not the Function's overhead, and recomputing ones
-    # measured 1.1-1.4x slower at batch 1, not faster.
     if strategy in ("cores_rtl", "cores_ltr"):
         ((_, dr, groups),) = candidates(dims, strategy, batch, item, True, m, cached)
-        progs.append(("sweep", dr, groups))
-        if estimate(dims, ("sweep", dr, groups), batch, item, True, m, cached).saved_bytes > max_saved:
-            progs.append(("resweep", dr, groups))
+        progs += [("sweep", dr, groups), ("resweep", dr, groups)]
     elif strategy != "full":
         both = ("ltr", "rtl")  # (training's tie order, as in candidates)
         for dr in (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both:
-            front = grouping_front(dims, dr, batch, item, True, m, cached)
-            fits = [g for _, s, g in front if s <= max_saved]
-            progs.append(("sweep", dr, fits[0] if fits else front[-1][2]))
-            if front[0][1] > max_saved:  # the fastest grouping again, its step inputs recomputed in backward
-                progs.append(("resweep", dr, front[0][2]))
+            for kind in ("sweep", "resweep"):
+                front = grouping_front(dims, dr, batch, item, True, m, cached, kind == "resweep")
+                fits = [g for _, s, g in front if s <= max_saved]
+                progs.append((kind, dr, fits[0] if fits else front[-1][2]))
     costs = [(prog, estimate(dims, prog, batch, item, True, m, cached)) for prog in progs]
+    # Below SWEEP_FUNCTION_MIN_BATCH the cost model prices autograd's folding copies for keeping sweeps but not
+    # the Function's overhead of recomputing ones, which measured 1.1-1.4x slower at batch 1, not faster: there
+    # they are candidates only where no keeping sweep fits.
     if batch < SWEEP_FUNCTION_MIN_BATCH and any(
-        p[0] != "resweep" and c.saved_bytes <= max_saved for p, c in costs
+        p[0] == "sweep" and c.saved_bytes <= max_saved for p, c in costs
     ):
         costs = [(p, c) for p, c in costs if p[0] != "resweep"]
     top: tuple[bool, int, float, Program] | None = None

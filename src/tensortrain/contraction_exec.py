@@ -536,7 +536,7 @@ class SweepFunction(torch.autograd.Function):
         ctx.x_shape = tuple(x2d.shape)
         ctx.recompute = recompute
         ctx.save_for_backward(*(states[:1] if recompute else states), *order)
-        return s.reshape(x2d.shape[0], -1)
+        return s.reshape(x2d.shape[0], _prod([mg for mg, _ in meta]))  # (-1 is ambiguous for an empty batch)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]

@@ -216,7 +216,8 @@ def choose_program(
     if compiling:  # the batch may be a symbol (dynamic shapes): reading it would specialise the graph
         batch = _SYMBOLIC_BATCH
     c0 = cores[0]
-    bucket = _bucket(batch)
+    # a memory bound is checked at the batch itself: a bucket's larger states could rule out a plan that fits
+    bucket = int(batch) if max_saved is not None and not compiling else _bucket(batch)
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
         return _cost.choose(
             dims_of(cores), strategy, bucket, c0.element_size(), c0.device.type, grad, max_saved=max_saved

@@ -137,7 +137,9 @@ class TTLinear(TTModule):
             fastest plan that keeps at most this many bytes of activations for backward, or the one keeping
             least if none fits (:meth:`plan` shows ``activations kept``). The cost model prices time, and a fast
             sweep can keep several times the dense weight at large batches; ``in_features * out_features * 4``
-            keeps no more than a float32 dense weight. Settable; not part of the state dict.
+            keeps no more than a float32 dense weight. Under ``torch.compile`` and ``torch.func`` a sweep planned
+            to recompute its states runs as a plain one (the compiler decides what a compiled graph keeps).
+            Settable; not part of the state dict.
 
     Raises:
         ShapeError: dims that do not multiply to the sizes, dims of different lengths, ranks below 1.
