@@ -37,23 +37,26 @@ def _grads(params) -> list[torch.Tensor]:
     return out
 
 
+def _matches_eager(fn, args, params) -> torch.Tensor:
+    """``fn(*args)`` compiled against eager: the same values and the same gradients of a squared-sum loss."""
+    expected = fn(*args)
+    (expected**2).sum().backward()
+    expected_grads = _grads(params)
+    got = _compiled(fn)(*args)
+    (got**2).sum().backward()
+    assert_close(got, expected)
+    for g, e in zip(_grads(params), expected_grads, strict=True):
+        assert_close(g, e)
+    return got
+
+
 @pytest.mark.parametrize("lead", [(2, 3), ()])
 def test_tt_linear_layer(lead):
     torch.manual_seed(0)
     layer = tt.nn.TTLinear(24, 10, tt_rank=3, in_dims=(2, 3, 4), out_dims=(1, 5, 2), dtype=torch.float64)
     x = torch.randn(*lead, 24, dtype=torch.float64, requires_grad=True)
-    params = [x, *layer.parameters()]
-
-    expected = layer(x)
-    (expected**2).sum().backward()
-    expected_grads = _grads(params)
-
-    got = _compiled(layer)(x)
-    (got**2).sum().backward()
+    got = _matches_eager(layer, (x,), [x, *layer.parameters()])
     assert got.shape == (*lead, 10)
-    assert_close(got, expected)
-    for g, e in zip(_grads(params), expected_grads, strict=True):
-        assert_close(g, e)
 
 
 def test_tt_linear_dynamic_batch():
@@ -124,14 +127,7 @@ def test_every_contraction_plan(gen, strategy):
     def f(x, bias, *cores):
         return tt.contraction.linear(x, list(cores), bias, strategy=strategy)
 
-    expected = f(*params)
-    (expected**2).sum().backward()
-    expected_grads = _grads(params)
-    got = _compiled(f)(*params)
-    (got**2).sum().backward()
-    assert_close(got, expected)
-    for g, e in zip(_grads(params), expected_grads, strict=True):
-        assert_close(g, e)
+    _matches_eager(f, params, params)
 
 
 @pytest.mark.parametrize("padding_idx", [None, 3])
@@ -213,12 +209,4 @@ def test_a_memory_bounded_layer_compiles_in_one_graph():
     layer.max_saved_bytes = 0
     assert layer.plan(64, requires_grad=True).recompute
     x = torch.randn(64, 24, dtype=torch.float64, requires_grad=True)
-    params = [x, *layer.parameters()]
-    expected = layer(x)
-    (expected**2).sum().backward()
-    expected_grads = _grads(params)
-    got = _compiled(layer)(x)
-    (got**2).sum().backward()
-    assert_close(got, expected)
-    for g, e in zip(_grads(params), expected_grads, strict=True):
-        assert_close(g, e)
+    _matches_eager(layer, (x,), [x, *layer.parameters()])
