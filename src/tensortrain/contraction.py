@@ -144,7 +144,8 @@ def linear(
         strategy: ``"auto"`` (the cost model's cheapest), a forced strategy from :data:`STRATEGIES`, or a
             :class:`ContractionPlan` (e.g. one from :func:`enumerate_plans`).
         max_saved_bytes: when training, take the fastest plan that keeps at most this many bytes of
-            activations for backward (see :func:`plan`); None: the fastest.
+            activations for backward (see :func:`plan`); None: the fastest. A forced
+            :class:`ContractionPlan` runs as it is.
 
     Returns:
         ``(..., M)``, differentiable in ``x``, the cores and ``bias``.

@@ -289,8 +289,7 @@ def sweep_cost(
 ) -> Cost:
     """A sweep's cost; ``recompute``: backward first runs the forward again short of its last step, no merges."""
     acc, saved, again = _Acc(), 0, _Acc()
-    rows, cols, ranks = dims
-    d = len(rows)
+    d = len(dims[0])
     supers = 0  # super-cores that are not the parameters themselves are kept for backward too
     fresh = 0
     for i, j in groups:
@@ -302,9 +301,9 @@ def sweep_cost(
         supers += super_kept(dims, i, j, direction)
         if grad and not final:
             out = item * batch * _state_per_row(dims, i, j, direction)[1]
-            # a state kept for backward, and its gradient there, above glibc's largest mmap threshold are fresh
-            # pages every step (a recomputed state borrows reused scratch: only its gradient)
-            fresh += (1 if recompute else 2) * out if out >= BLOCKED_ABOVE else 0
+            # a state and its gradient in backward above glibc's largest mmap threshold are fresh pages every step
+            # (a recomputing sweep's forward states too: only the copy recomputed in backward borrows scratch)
+            fresh += 2 * out if out >= BLOCKED_ABOVE else 0
     if not grad:
         return Cost(acc.flops, 0, acc.stream + acc.permute, 0, acc.time(m))
     bwd = acc + acc + again  # dA and dS per step (twice the forward), and any recomputed steps

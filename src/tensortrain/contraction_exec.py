@@ -569,14 +569,12 @@ def sweep_trained(
     ``torch.utils.checkpoint``; under torch.compile and torch.func the step inputs are kept (the compiler's
     partitioner decides what a compiled backward keeps).
     """
-    if transforms_active():
+    complex_ = x2d.is_complex() or supers[0][0].is_complex()
+    if transforms_active() or (complex_ and not recompute):
         return sweep(x2d, supers, direction)
-    if x2d.is_complex() or supers[0][0].is_complex():
-        if not recompute:
-            return sweep(x2d, supers, direction)
-        meta = tuple((mg, ng) for _, mg, ng in supers)
-        return checkpoint(_sweep_mats, x2d, direction, meta, *(a for a, _, _ in supers), use_reentrant=False)
     meta = tuple((mg, ng) for _, mg, ng in supers)
+    if complex_:
+        return checkpoint(_sweep_mats, x2d, direction, meta, *(a for a, _, _ in supers), use_reentrant=False)
     x2d, *mats = _autocast_inputs(x2d, *(a for a, _, _ in supers))
     return SweepFunction.apply(x2d, direction, meta, recompute, *mats)
 

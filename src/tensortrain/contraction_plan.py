@@ -319,7 +319,9 @@ def plan(
             groups between inference calls (``TTLinear`` without gradients); ignored when training.
         max_saved_bytes: when training, the fastest plan whose activations kept for backward
             (``saved_bytes``) are at most this many bytes; if no plan of the strategy fits, the one keeping
-            least. None (default): the fastest. Ignored without gradients (nothing is kept).
+            least. None (default): the fastest. Ignored without gradients (nothing is kept). Such plans are
+            made (and cached) for the batch size itself, not its power-of-two bucket; sizes are the cores' dtype
+            (autocast is not seen).
 
     Returns:
         A frozen :class:`ContractionPlan`; ``str(plan)`` reads like

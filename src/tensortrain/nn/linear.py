@@ -137,9 +137,11 @@ class TTLinear(TTModule):
             fastest plan that keeps at most this many bytes of activations for backward, or the one keeping
             least if none fits (:meth:`plan` shows ``activations kept``). The cost model prices time, and a fast
             sweep can keep several times the dense weight at large batches; ``in_features * out_features * 4``
-            keeps no more than a float32 dense weight. Under ``torch.compile`` and ``torch.func`` a sweep planned
-            to recompute its states runs as a plain one (the compiler decides what a compiled graph keeps).
-            Settable; not part of the state dict.
+            keeps no more than a float32 dense weight. Bounded plans are made per batch size (not per
+            power-of-two bucket) and counted in the cores' dtype (under autocast the kept copies are in the lower
+            precision, plus autocast's copy of the input). Under ``torch.compile`` and ``torch.func`` a sweep
+            planned to recompute its states runs as a plain one (the compiler decides what a compiled graph
+            keeps). Settable; not part of the state dict.
 
     Raises:
         ShapeError: dims that do not multiply to the sizes, dims of different lengths, ranks below 1.
