@@ -210,6 +210,24 @@ def test_long_file_names_save(tmp_path, gen, length):
     assert tt.load(path).batch_size == 2
 
 
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links and modes as on POSIX")
+def test_save_writes_through_links_and_keeps_the_mode(tmp_path, gen):
+    """As a write into the file would: a link to a checkpoint updates the checkpoint (and stays a link), and a
+    file restricted to its owner is not widened by the replace."""
+    (tmp_path / "run3").mkdir()
+    real = tmp_path / "run3" / "w.safetensors"
+    tt.save(_tt(gen), real)
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to(Path("run3") / "w.safetensors")
+    b = _tt(gen, batch_size=2)
+    tt.save(b, link)
+    assert link.is_symlink() and tt.load(real).batch_size == 2
+    assert sorted(os.listdir(tmp_path / "run3")) == ["w.safetensors"]  # no temporary file left beside it
+    os.chmod(real, 0o600)
+    tt.save(_tt(gen), real)
+    assert os.stat(real).st_mode & 0o777 == 0o600
+
+
 def test_temporary_name_is_short_and_hidden(tmp_path, gen, monkeypatch):
     created = []
     real_replace = os.replace

@@ -20,9 +20,11 @@ Symbols: ``d`` number of cores, ``n`` largest mode size, ``r`` largest TT-rank, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -172,12 +174,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     The temporary name is unique and created exclusively (mode 0o666 minus the umask, as a plain open
     would), so concurrent writers never collide; it is removed if anything fails. It has a fixed length
     (``.tt-<12 hex>.tmp``), not the target's name plus a suffix, which would exceed the file system's
-    name limit (often 255 bytes) for long but legal target names.
+    name limit (often 255 bytes) for long but legal target names. As a write into the file would, it
+    follows a symbolic link (the link stays, its target gets the data) and keeps an existing file's mode
+    (a file restricted to its owner stays so).
 
     Raises:
         OSError: the temporary file cannot be created (e.g. ``PermissionError`` in a read-only folder),
             re-raised as the same type naming ``path``; or writing, syncing or renaming failed.
     """
+    path = Path(os.path.realpath(path))  # replacing a link would leave the file it points to stale
     tmp = path.with_name(f".tt-{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -185,6 +190,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
     try:
         try:
+            with contextlib.suppress(FileNotFoundError):  # (a new file keeps the umask's mode)
+                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
             _write_all(fd, data)
             os.fsync(fd)
         finally:
