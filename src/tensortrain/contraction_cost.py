@@ -301,9 +301,10 @@ def sweep_cost(
         supers += super_kept(dims, i, j, direction)
         if grad and not final:
             out = item * batch * _state_per_row(dims, i, j, direction)[1]
-            # a state and its gradient in backward above glibc's largest mmap threshold are fresh pages every step
-            # (a recomputing sweep's forward states too: only the copy recomputed in backward borrows scratch)
-            fresh += 2 * out if out >= BLOCKED_ABOVE else 0
+            # a state kept for backward, and its gradient there, above glibc's largest mmap threshold are fresh
+            # pages every step (a recomputing sweep's states, in forward and in backward, borrow reused scratch:
+            # only the gradient is fresh)
+            fresh += (1 if recompute else 2) * out if out >= BLOCKED_ABOVE else 0
     if not grad:
         return Cost(acc.flops, 0, acc.stream + acc.permute, 0, acc.time(m))
     bwd = acc + acc + again  # dA and dS per step (twice the forward), and any recomputed steps

@@ -514,8 +514,9 @@ class SweepFunction(torch.autograd.Function):
     products, whichever moves fewer numbers. Under a double backward (``create_graph=True``) the step inputs
     are recomputed from ``x`` with grad mode on, so the same formulas are recorded and differentiable.
 
-    With ``recompute``, forward keeps only ``x`` and the super-cores, and backward recomputes the step inputs
-    first (one more forward sweep short of its last step): the plan's activation memory for a step's time.
+    With ``recompute``, forward keeps only ``x`` and the super-cores (its states alternate between two reused
+    scratch buffers), and backward recomputes the step inputs first, into scratch too (one more forward sweep
+    short of its last step): the plan's activation memory for a step's time.
     """
 
     @staticmethod
@@ -530,13 +531,25 @@ class SweepFunction(torch.autograd.Function):
         supers = [(a, mg, ng) for a, (mg, ng) in zip(mats, meta, strict=True)]
         order = list(reversed(mats)) if direction == "rtl" else list(mats)
         steps = _layout(x2d, supers, direction)
-        states, s = _sweep_states(x2d, order, steps)
         ctx.steps = steps
         ctx.direction = direction
         ctx.x_shape = tuple(x2d.shape)
         ctx.recompute = recompute
-        ctx.save_for_backward(*(states[:1] if recompute else states), *order)
-        return s.reshape(x2d.shape[0], _prod([mg for mg, _ in meta]))  # (-1 is ambiguous for an empty batch)
+        m = _prod([mg for mg, _ in meta])
+        if recompute:  # the states are not kept: they alternate between two reused scratch buffers
+            ctx.save_for_backward(x2d, *order)
+            y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
+            inner = max((o * p * q for o, _, p, q in steps[:-1]), default=0)
+            with (
+                workspace.scratch((inner,), x2d.dtype, x2d.device) as ping,
+                workspace.scratch((inner,), x2d.dtype, x2d.device) as pong,
+            ):
+                run = list(reversed(supers)) if direction == "rtl" else supers
+                _steps_into(x2d, supers, run, direction, y, (ping, pong))
+            return y
+        states, s = _sweep_states(x2d, order, steps)
+        ctx.save_for_backward(*states, *order)
+        return s.reshape(x2d.shape[0], m)  # (-1 is ambiguous for an empty batch)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
