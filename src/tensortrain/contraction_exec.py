@@ -540,10 +540,11 @@ class SweepFunction(torch.autograd.Function):
             ctx.save_for_backward(x2d, *order)
             y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
             inner = max((o * p * q for o, _, p, q in steps[:-1]), default=0)
-            with (
-                workspace.scratch((inner,), x2d.dtype, x2d.device) as ping,
-                workspace.scratch((inner,), x2d.dtype, x2d.device) as pong,
-            ):
+            with contextlib.ExitStack() as borrowed:  # (one buffer held, not two, for a single intermediate)
+                ping = borrowed.enter_context(workspace.scratch((inner,), x2d.dtype, x2d.device))
+                pong = ping
+                if len(steps) > 2:
+                    pong = borrowed.enter_context(workspace.scratch((inner,), x2d.dtype, x2d.device))
                 run = list(reversed(supers)) if direction == "rtl" else supers
                 _steps_into(x2d, supers, run, direction, y, (ping, pong))
             return y
