@@ -379,26 +379,13 @@ def estimate(
 def best_grouping(
     dims: Dims, direction: str, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
 ) -> Groups:
-    """Dynamic programme over split points: the cheapest partition of the cores into consecutive groups.
+    """The cheapest partition of the cores into consecutive groups: the fastest entry of :func:`grouping_front`.
 
     A group's step cost depends only on its own boundaries (they fix the state sizes before and after it), so
     the optimum over all ``2^(d-1)`` groupings takes ``O(d^2)`` step evaluations. The single group of all cores
     (W itself) is left to the full plans, unless a layer's inference cache may keep it (a tiny W).
     """
-    d = len(dims[0])
-    best: list[tuple[float, Groups]] = [(0.0, ())]
-    for j in range(1, d + 1):
-        # explicit loops rather than min(key=...): simpler for torch.compile to trace
-        top: tuple[float, Groups] | None = None
-        for i in range(j):
-            if i == 0 and j == d > 1 and (grad or not (cached and cacheable(dims, 0, d))):
-                continue  # one group is W, which the full plans build better (split in the middle, no autograd)
-            t = best[i][0] + sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached).seconds
-            if top is None or t < top[0]:
-                top = (t, best[i][1] + ((i, j),))
-        assert top is not None
-        best.append(top)
-    return best[d][1]
+    return grouping_front(dims, direction, batch, item, grad, m, cached)[0][2]
 
 
 def grouping_front(
@@ -413,9 +400,8 @@ def grouping_front(
 ) -> list[tuple[float, int, Groups]]:
     """The groupings no other grouping beats in both time and kept memory: ``(seconds, saved bytes, groups)``.
 
-    The same programme as :func:`best_grouping`, keeping at each split point the Pareto front of (time,
-    activations kept for backward) instead of the fastest partition alone: both add up over the groups.
-    Fastest first; each later entry keeps strictly less. The first entry's time is :func:`best_grouping`'s.
+    A dynamic programme over split points that keeps at each one the Pareto front of (time, activations kept
+    for backward): both add up over the groups. Fastest first; each later entry keeps strictly less.
     ``recompute``: of sweeps that recompute their states in backward (their cost adds up over groups too).
     """
     d = len(dims[0])
@@ -424,13 +410,23 @@ def grouping_front(
         found: list[tuple[float, int, Groups]] = []
         for i in range(j):
             if i == 0 and j == d > 1 and (grad or not (cached and cacheable(dims, 0, d))):
-                continue  # (as in best_grouping: the full plans build W better)
+                continue  # one group is W, which the full plans build better (split in the middle, no autograd)
             c = sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached, recompute)
             found += [(t + c.seconds, s + c.saved_bytes, g + ((i, j),)) for t, s, g in fronts[i]]
+        # by time, then kept bytes: an insertion sort in explicit loops (dynamo cannot trace a sort keyed by
+        # tuples, and planning is traced under torch.compile)
+        ordered: list[tuple[float, int, Groups]] = []
+        for e in found:
+            k = len(ordered)
+            while k > 0 and (
+                ordered[k - 1][0] > e[0] or (ordered[k - 1][0] == e[0] and ordered[k - 1][1] > e[1])
+            ):
+                k -= 1
+            ordered.insert(k, e)
         front: list[tuple[float, int, Groups]] = []
-        for entry in sorted(found, key=lambda e: (e[0], e[1])):
-            if not front or entry[1] < front[-1][1]:
-                front.append(entry)
+        for e in ordered:
+            if not front or e[1] < front[-1][1]:
+                front.append(e)
         fronts.append(front)
     return fronts[d]
 
@@ -513,16 +509,12 @@ def _choose_within(
         p[0] == "sweep" and c.saved_bytes <= max_saved for p, c in costs
     ):
         costs = [(p, c) for p, c in costs if p[0] != "resweep"]
-    top: tuple[bool, int, float, Program] | None = None
-    for prog, c in costs:
+
+    best: tuple[tuple[bool, int, float], Program] | None = None
+    for prog, c in costs:  # (explicit loops, as in grouping_front: traced under torch.compile)
         over = c.saved_bytes > max_saved
-        key = (
-            over,
-            c.saved_bytes if over else 0,
-            c.seconds,
-            prog,
-        )  # within the limit: fastest; else least kept
-        if top is None or key[:3] < top[:3]:
-            top = key
-    assert top is not None
-    return top[3]
+        rank = (over, c.saved_bytes if over else 0, c.seconds)  # within the limit: fastest; else least kept
+        if best is None or rank < best[0]:
+            best = (rank, prog)
+    assert best is not None
+    return best[1]
