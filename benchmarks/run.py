@@ -154,8 +154,8 @@ def peak_bytes(step: Callable[[], Any]) -> int:
 
 
 def tt_peak_bytes(layer: nn.Module, x: torch.Tensor) -> int:
-    """:func:`peak_bytes` of a TT layer's training step plus the scratch that step keeps in ``tt.workspace``."""
-    tt.workspace.empty_cache()  # what is held afterwards is this layer's own scratch
+    """:func:`peak_bytes` of a module's training step plus the scratch it keeps in ``tt.workspace`` (TT layers)."""
+    tt.workspace.empty_cache()  # what is held afterwards is this module's own scratch
     return peak_bytes(lambda: layer(x).sum().backward()) + tt.workspace.held_bytes()
 
 
@@ -307,10 +307,7 @@ def bench_stack(repeats: int) -> list[dict]:
                 repeats,
                 warm_each=True,
             )
-            peak = {}
-            for k, m in mods.items():
-                tt.workspace.empty_cache()  # what is held afterwards is this model's own scratch
-                peak[k] = peak_bytes(lambda m=m, x=x: m(x).sum().backward()) + tt.workspace.held_bytes()
+            peak = {k: tt_peak_bytes(m, x) for k, m in mods.items()}
             row = {
                 "case": f"{STACK_DEPTH} x TTLinear({n}, {n}) r{rank} + ReLU",
                 "batch": b,

@@ -529,14 +529,15 @@ class SweepFunction(torch.autograd.Function):
         *mats: torch.Tensor,
     ) -> torch.Tensor:
         supers = [(a, mg, ng) for a, (mg, ng) in zip(mats, meta, strict=True)]
-        order = list(reversed(mats)) if direction == "rtl" else list(mats)
+        run = list(reversed(supers)) if direction == "rtl" else supers  # in execution order
+        order = [a for a, _, _ in run]
         steps = _layout(x2d, supers, direction)
         ctx.steps = steps
         ctx.direction = direction
         ctx.x_shape = tuple(x2d.shape)
         ctx.recompute = recompute
         m = _prod([mg for mg, _ in meta])
-        if recompute:  # the states are not kept: they alternate between two reused scratch buffers
+        if recompute:  # the states are not kept: they alternate between (up to) two reused scratch buffers
             ctx.save_for_backward(x2d, *order)
             y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
             inner = max((o * p * q for o, _, p, q in steps[:-1]), default=0)
@@ -545,7 +546,6 @@ class SweepFunction(torch.autograd.Function):
                 pong = ping
                 if len(steps) > 2:
                     pong = borrowed.enter_context(workspace.scratch((inner,), x2d.dtype, x2d.device))
-                run = list(reversed(supers)) if direction == "rtl" else supers
                 _steps_into(x2d, supers, run, direction, y, (ping, pong))
             return y
         states, s = _sweep_states(x2d, order, steps)
@@ -561,10 +561,10 @@ class SweepFunction(torch.autograd.Function):
             if torch.is_grad_enabled():  # double backward: the saved states carry no graph; recompute them
                 states, _ = _sweep_states(states[0], order, ctx.steps)
             elif ctx.recompute:  # the step inputs again (every step but the last), in reused scratch
-                states = [states[0]]
+                x0 = states[0]
+                states = [x0]
                 for a, step in zip(order[:-1], ctx.steps[:-1], strict=True):
                     outer, _, p, q = step
-                    x0 = states[0]
                     buf = borrowed.enter_context(workspace.scratch((outer * q * p,), x0.dtype, x0.device))
                     states.append(_slice_product(a, states[-1], step, out=buf))
             # a broadcast gradient (that of y.sum(): stride 0) would make bmm copy it one slice at a time
