@@ -59,6 +59,13 @@ def test_tt_linear_layer(lead):
     assert got.shape == (*lead, 10)
 
 
+def test_padded_tt_linear_layer():
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(11, 13, tt_rank=3, in_dims=(3, 4), out_dims=(4, 4), pad=True, dtype=torch.float64)
+    x = torch.randn(5, 11, dtype=torch.float64, requires_grad=True)
+    assert _matches_eager(layer, (x,), [x, *layer.parameters()]).shape == (5, 13)
+
+
 def test_tt_linear_dynamic_batch():
     # one graph for any batch size: mark_dynamic makes dynamo fail instead of specializing the batch dim
     torch.manual_seed(0)

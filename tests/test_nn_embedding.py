@@ -13,7 +13,6 @@ from torch import nn
 import tensortrain as tt
 from conftest import assert_close
 from strategies import matrix_specs, random_cores, seeds
-from tensortrain.nn.embedding import _padded_shape
 from tensortrain.nn.functional import tt_embedding
 from test_nn_linear import dense_from_cores
 
@@ -59,8 +58,8 @@ def test_module_shapes_padding_and_dtypes():
 
 
 def test_padded_vocabulary():
-    assert _padded_shape(1000, 3) == (10, 10, 10)
-    dims = _padded_shape(1009, 3)  # 1009 is prime: pad to a balanced product
+    assert tt.padded_shape(1000, 3) == (10, 10, 10)
+    dims = tt.padded_shape(1009, 3)  # 1009 is prime: pad to a balanced product
     assert 1009 <= math.prod(dims) <= 1.2 * 1009 and max(dims) <= 2 * min(dims)
     emb = tt.nn.TTEmbedding(1009, 16, tt_rank=4)
     assert math.prod(emb.voc_dims) >= 1009 and emb.weight.shape[0] == math.prod(emb.voc_dims)
@@ -234,10 +233,9 @@ def test_layer_keeps_its_halves_for_inference_and_sees_core_updates(gen):
 @pytest.mark.parametrize("v", [185189072897, 2**40 + 1, 1009, 30522, 10**6 + 3])
 def test_automatic_vocabulary_dims_cover_the_vocabulary(v):
     """Just above k**d (656**4 + 1) the float root rounded down one mode: the table had a row too few."""
-    from tensortrain.nn.embedding import _padded_shape
 
     for d in (2, 3, 4):
-        dims = _padded_shape(v, d)
+        dims = tt.padded_shape(v, d)
         assert math.prod(dims) >= v and len(dims) == d
     emb = tt.nn.TTEmbedding(v, 16, tt_rank=2, device="meta")
     assert math.prod(emb.voc_dims) >= v

@@ -105,7 +105,8 @@ def test_auto_dims_and_rank_clipping():
     assert len(layer.in_dims) == len(layer.out_dims) == 4
     sizes = [m * n for m, n in zip(layer.out_dims, layer.in_dims, strict=True)]
     assert layer.tt_ranks == tt.shapes.max_tt_ranks(sizes)
-    primes = tt.nn.TTLinear(1009, 1013, tt_rank=2)  # two primes: a low-rank factorization, d = 2
+    # two primes, exact factors: a low-rank factorization, d = 2 (padded dims: test_nn_linear_padding.py)
+    primes = tt.nn.TTLinear(1009, 1013, tt_rank=2, pad=False)
     assert primes.in_dims == (1, 1009) and primes.out_dims == (1013, 1)
     for n_in, n_out in [(784, 10), (12, 7), (2, 3), (1, 1), (4096, 4096)]:
         auto = tt.nn.TTLinear(n_in, n_out, tt_rank=2)

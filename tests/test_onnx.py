@@ -71,12 +71,12 @@ def test_export_and_run_with_onnxruntime(tmp_path):
 
 
 class EmbeddingModel(torch.nn.Module):
-    """TTEmbedding -> mean over the sequence -> TTLinear."""
+    """TTEmbedding -> mean over the sequence -> TTLinear, padded (8 -> 9 inputs, 5 -> 6 outputs)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4))
-        self.fc = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(3, 2))
+        self.fc = tt.nn.TTLinear(8, 5, tt_rank=2, in_dims=(3, 3), out_dims=(3, 2), pad=True)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.fc(self.emb(idx).mean(dim=-2))
@@ -105,6 +105,7 @@ def test_export_embedding_model(tmp_path):
         with torch.no_grad():
             expected = model(ib)
         torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
+    assert expected.shape == (5, 5) and model.fc.padded
 
 
 def test_readme_recipe_exports_a_sequential(tmp_path):

@@ -308,7 +308,10 @@ def _state_dict_text(info: dict[str, Any]) -> list[str]:
             for layer in ok
         ]
         lines += ["  " + line for line in text_table(rows)]
-        lines.append("  (rows x cols: out x in for TTLinear, padded vocabulary x dim for TTEmbedding)")
+        lines.append(
+            "  (rows x cols: the TT weight's, out x in for TTLinear and vocabulary x dim for TTEmbedding, either "
+            "padded where the layer's sizes do not factor into balanced modes)"
+        )
     for layer in layers:
         if layer["problem"] is not None:
             lines.append(f"  {layer['name'] or '(model)'}: not a valid TT layer: {layer['problem']}")

@@ -41,7 +41,7 @@ class Converter:
 
 
 def _linear_dims(m: nn.Linear) -> Dims:
-    in_dims, out_dims = resolve_dims(m.in_features, m.out_features, None, None)
+    in_dims, out_dims = resolve_dims(m.in_features, m.out_features, None, None)  # padded where needed
     return out_dims, in_dims
 
 
@@ -91,7 +91,9 @@ CONVERTERS: dict[type[nn.Module], Converter] = {
         dims=_linear_dims,
         weight=lambda m: m.weight,
         refuse=_linear_refusal,
-        convert=lambda m, r, eps, dims: TTLinear.from_linear(m, r, eps, in_dims=dims[1], out_dims=dims[0]),
+        convert=lambda m, r, eps, dims: TTLinear.from_linear(
+            m, r, eps, in_dims=dims[1], out_dims=dims[0], pad=True
+        ),
         tt_weight=lambda t: t.dense_weight(),
         extra_params=lambda m: 0 if m.bias is None else m.bias.numel(),
     ),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -131,6 +132,13 @@ class CompressionReport:
         lines += [
             f"kept dense {lay.name or '(model)'}: {lay.reason}" for lay in self.layers if not lay.replaced
         ]
+        for lay in self.layers:
+            padded = (math.prod(lay.dims[0]), math.prod(lay.dims[1]))
+            if lay.replaced and padded != tuple(lay.shape):
+                lines.append(
+                    f"padded {lay.name or '(model)'}: its dims multiply to {padded[0]}x{padded[1]}; the TT "
+                    f"weight's top-left {lay.shape[0]}x{lay.shape[1]} block is the layer's"
+                )
         return "\n".join(lines)
 
 

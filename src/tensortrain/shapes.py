@@ -14,7 +14,7 @@ import torch
 
 from .errors import ShapeError
 
-__all__ = ["auto_shape", "max_tt_ranks", "normalize_tt_rank", "prime_factors"]
+__all__ = ["auto_shape", "max_tt_ranks", "normalize_tt_rank", "padded_shape", "prime_factors"]
 
 
 def as_int(value: Any) -> int | None:
@@ -147,6 +147,56 @@ def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
     search(n, d, 1, ())
     assert best is not None  # (1, ..., 1, n) is always a candidate
     return best[1]
+
+
+def padded_shape(n: int, d: int = 3, *, max_padding: float | None = None) -> tuple[int, ...]:
+    """``d`` balanced factors whose product is ``n`` when ``n`` factors well, else slightly above ``n``.
+
+    A size with a large prime factor (1021, or BERT's vocabulary 30522 = 2 * 3 * 5087) has only lopsided
+    exact factors (:func:`auto_shape` gives ``(2, 3, 5087)``), whose TT saves little. Then the size is
+    padded: start from ``ceil(n^(1/d))`` per mode and shrink modes while the product stays ``>= n`` (TT-Rec's
+    ``suggested_tt_shapes``, rounding up). Exact factors are kept while their largest is at most twice
+    that balanced mode.
+
+    Args:
+        n: the size (>= 1).
+        d: the number of factors (>= 1).
+        max_padding: the largest fraction of padding accepted (``0.25``: a product up to ``1.25 n``); when
+            the balanced product would exceed it the exact factors are returned. None: no limit.
+
+    Returns:
+        A tuple of ``d`` ints, ascending, whose product is ``n`` or the smallest balanced one above it.
+
+    Complexity: :func:`auto_shape`'s, plus O(d^2) for the shrinking.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> tt.padded_shape(30522, 4)
+        (12, 13, 14, 14)
+        >>> tt.padded_shape(784, 4)
+        (4, 4, 7, 7)
+    """
+    if max_padding is not None and (
+        isinstance(max_padding, bool) or not isinstance(max_padding, (int, float)) or not max_padding >= 0
+    ):
+        raise ValueError(f"padded_shape: max_padding must be None or a number >= 0, got {max_padding!r}")
+    exact = auto_shape(n, d)
+    # the smallest integer with target**d >= n; a float root alone can land one below it for n just above k**d
+    target = max(1, math.ceil(n ** (1.0 / d) - 1e-9))
+    while target**d < n:
+        target += 1
+    while target > 1 and (target - 1) ** d >= n:
+        target -= 1
+    if max(exact) <= 2 * target:
+        return exact
+    dims = [target] * d
+    for k in range(d):
+        while dims[k] > 1 and math.prod(dims) // dims[k] * (dims[k] - 1) >= n:
+            dims[k] -= 1
+    padded = tuple(sorted(dims))
+    if max_padding is not None and math.prod(padded) > n * (1.0 + max_padding):
+        return exact
+    return padded
 
 
 def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:

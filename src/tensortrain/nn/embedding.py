@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
-from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank
+from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape
 from ..tensor_train import TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_
@@ -25,29 +25,6 @@ __all__ = ["TTEmbedding"]
 
 EmbeddingInit = Literal["normal", "glorot"]
 _EMBEDDING_INITS: tuple[str, ...] = get_args(EmbeddingInit)
-
-
-def _padded_shape(v: int, d: int) -> tuple[int, ...]:
-    """``d`` balanced factors whose product is ``v`` when ``v`` factors well, else slightly above ``v``.
-
-    A size with a large prime factor (e.g. 1009) gives lopsided exact factors, which save nothing; then the
-    vocabulary is padded: start from ``ceil(v^(1/d))`` per mode and shrink modes while the product stays
-    ``>= v`` (TT-Rec's ``suggested_tt_shapes`` with rounding up).
-    """
-    exact = auto_shape(v, d)
-    # the smallest integer with target**d >= v; a float root alone can land one below it for v just above k**d
-    target = max(1, math.ceil(v ** (1.0 / d) - 1e-9))
-    while target**d < v:
-        target += 1
-    while target > 1 and (target - 1) ** d >= v:
-        target -= 1
-    if max(exact) <= 2 * target:
-        return exact
-    dims = [target] * d
-    for k in range(d):
-        while dims[k] > 1 and math.prod(dims) // dims[k] * (dims[k] - 1) >= v:
-            dims[k] -= 1
-    return tuple(sorted(dims))
 
 
 def resolve_embedding_dims(
@@ -73,7 +50,7 @@ def resolve_embedding_dims(
     if voc is not None and emb is not None and len(voc) != len(emb):
         raise ShapeError(f"voc_dims={voc} and emb_dims={emb} must have the same length (one pair per core)")
     d = len(voc) if voc is not None else len(emb) if emb is not None else min(4, _choose_d(num_embeddings))
-    voc = voc if voc is not None else _padded_shape(num_embeddings, d)
+    voc = voc if voc is not None else padded_shape(num_embeddings, d)
     emb = emb if emb is not None else tuple(reversed(auto_shape(embedding_dim, d)))
     return voc, emb
 

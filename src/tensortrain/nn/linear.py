@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import contraction
 from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
 from ..errors import ShapeError
-from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, prime_factors
+from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape, prime_factors
 from ..tensor_train import TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_
@@ -34,8 +35,11 @@ def _choose_d(n: int) -> int:
     return max(2, min(8, round(math.log2(max(n, 2)) / 2.5)))
 
 
-def _check_dims(name: str, dims: Sequence[int], size: int | None, size_name: str) -> tuple[int, ...]:
-    """``dims`` as a tuple of positive ints multiplying to ``size`` (any product when ``size`` is None)."""
+def _check_dims(
+    name: str, dims: Sequence[int], size: int | None, size_name: str, *, pad: bool = False
+) -> tuple[int, ...]:
+    """``dims`` as a tuple of positive ints multiplying to ``size`` (at least ``size`` with ``pad``; any product
+    when ``size`` is None)."""
     try:
         ints = [as_int(k) for k in dims]
     except TypeError:  # not iterable
@@ -45,9 +49,26 @@ def _check_dims(name: str, dims: Sequence[int], size: int | None, size_name: str
     out = tuple(k for k in ints if k is not None)
     if not out or any(k < 1 for k in out):
         raise ShapeError(f"{name} must be a non-empty sequence of positive ints, got {out}")
-    if size is not None and math.prod(out) != size:
-        raise ShapeError(f"{name}={out} multiply to {math.prod(out)}, but {size_name}={size}")
+    if size is not None and (math.prod(out) < size if pad else math.prod(out) != size):
+        hint = "" if pad else " (dims multiplying to more, which pads the size, need pad=True)"
+        raise ShapeError(f"{name}={out} multiply to {math.prod(out)}, but {size_name}={size}{hint}")
     return out
+
+
+_MAX_PADDING = 0.25
+"""Automatic dims pad a size by at most this fraction (a classifier's 10 outputs stay (1, 1, 2, 5), not 16)."""
+
+
+def _modes(n: int, d: int, pad: bool) -> tuple[int, ...]:
+    """``d`` balanced modes of ``n``, ascending; with ``pad``, padded (by at most 25%) when the exact ones are
+    lopsided."""
+    return padded_shape(n, d, max_padding=_MAX_PADDING) if pad else auto_shape(n, d)
+
+
+def _richness(n: int, pad: bool) -> int:
+    """How many modes ``n`` fills without modes of 1: its prime factors, or :func:`_choose_d` when padded."""
+    d = _choose_d(n)
+    return d if pad and math.prod(_modes(n, d, pad)) != n else len(prime_factors(n))
 
 
 def resolve_dims(
@@ -55,33 +76,47 @@ def resolve_dims(
     out_features: int,
     in_dims: Sequence[int] | None,
     out_dims: Sequence[int] | None,
+    pad: bool | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Validate given mode sizes or factor the sizes into ``d`` balanced modes (shared ``d``).
 
-    Missing dims are factored with :func:`tensortrain.shapes.auto_shape`: input modes ascending, output
-    modes descending, so that the products ``m_k n_k`` (which set the core sizes) stay balanced. ``d`` (when
-    no dims are given) aims at modes of about 4 to 8 and never exceeds the larger count of prime factors,
-    so no core has both modes equal to 1.
+    Missing dims are factored with :func:`tensortrain.shapes.padded_shape`: input modes ascending, output
+    modes descending, so that the products ``m_k n_k`` (which set the core sizes) stay balanced. Unless ``pad``
+    is False, a size whose exact factors are lopsided (a large prime factor: 1021, 30522 = 2 * 3 * 5087) is
+    padded to a balanced product at most 25% larger. ``d`` (when no dims are given) aims at modes of about 4
+    to 8 and never exceeds what the richer size can fill (its count of prime factors, unless it is padded), so
+    no core has both modes equal to 1. Given dims must multiply to the size; with ``pad=True`` they may
+    multiply to more.
 
     Raises:
-        ShapeError: dims that do not multiply to the size, or in/out dims of different lengths.
+        ShapeError: given dims that multiply to another size (with ``pad=True``: to less), or in/out dims of
+            different lengths.
+        TypeError: ``pad`` not None or a bool.
     """
-    ins = None if in_dims is None else _check_dims("in_dims", in_dims, in_features, "in_features")
-    outs = None if out_dims is None else _check_dims("out_dims", out_dims, out_features, "out_features")
+    if pad is not None and not isinstance(pad, bool):
+        raise TypeError(f"pad must be None, True or False, got {pad!r}")
+    given = bool(pad)
+    ins = None if in_dims is None else _check_dims("in_dims", in_dims, in_features, "in_features", pad=given)
+    outs = (
+        None
+        if out_dims is None
+        else _check_dims("out_dims", out_dims, out_features, "out_features", pad=given)
+    )
     if ins is not None and outs is not None and len(ins) != len(outs):
         raise ShapeError(
             f"in_dims={ins} and out_dims={outs} must have the same length (one pair of modes per core)"
         )
     d = len(ins) if ins is not None else len(outs) if outs is not None else None
     if d is None:
-        # No more modes than the richer size has prime factors: otherwise some core would have m_k = n_k = 1
-        # and only add an r x r factor (two primes give d = 2: a plain low-rank factorization).
-        richest = max(len(prime_factors(in_features)), len(prime_factors(out_features)))
+        # No more modes than the richer size fills: otherwise some core would have m_k = n_k = 1 and only add
+        # an r x r factor (two primes give d = 2: a plain low-rank factorization).
+        auto = pad is not False
+        richest = max(_richness(in_features, auto), _richness(out_features, auto))
         d = max(2, min(_choose_d(max(in_features, out_features)), richest))
     if ins is None:
-        ins = auto_shape(in_features, d)
+        ins = _modes(in_features, d, pad is not False)
     if outs is None:
-        outs = tuple(reversed(auto_shape(out_features, d)))
+        outs = tuple(reversed(_modes(out_features, d, pad is not False)))
     return ins, outs
 
 
@@ -124,6 +159,10 @@ class TTLinear(TTModule):
             ``"lecun"`` (``1 / in``). Cores are normal with per-core std chosen for that variance.
         bias_init: a constant for every bias entry (the t3f tutorial uses ``1e-3``); None: ``nn.Linear``'s
             ``U(-1/sqrt(in), 1/sqrt(in))``.
+        pad: whether the TT-matrix may be larger than ``out x in`` (see Padding below). None (the default):
+            automatic dims are padded where a size has only lopsided exact factors, given dims must multiply
+            to the sizes; True: given dims may also multiply to more; False: never (automatic dims exact, as
+            :func:`tensortrain.auto_shape` gives them).
         device: the device of the parameters.
         dtype: the dtype of the parameters.
 
@@ -143,8 +182,16 @@ class TTLinear(TTModule):
             planned to recompute its states runs as a plain one (the compiler decides what a compiled graph
             keeps). Settable; not part of the state dict.
 
+    Padding: when the dims multiply to more than the sizes (``N' = prod(in_dims) > in_features`` or
+    ``M' = prod(out_dims) > out_features``), the TT-matrix is ``M' x N'``: the input is zero-padded to ``N'``
+    columns and the output keeps the first ``out_features``, so the layer's weight is the top-left
+    ``out x in`` block of the TT-matrix (:meth:`dense_weight`). Automatic dims of a 768 -> 30522 head
+    (``30522 = 2 * 3 * 5087``) are out ``(6, 6, 6, 6, 6, 4)`` (31,104 rows), not ``(5087, 3, 2, 1, 1, 1)``.
+
     Raises:
-        ShapeError: dims that do not multiply to the sizes, dims of different lengths, ranks below 1.
+        ShapeError: dims that do not multiply to the sizes (with ``pad=True``: to less), dims of different
+            lengths, ranks below 1.
+        TypeError: ``pad`` not None or a bool.
         ValueError: an unknown ``init``.
 
     Shape:
@@ -167,6 +214,9 @@ class TTLinear(TTModule):
     # a class default: layers pickled before the attribute existed load as "auto"
     _strategy: Strategy = "auto"
     _max_saved: int | None = None
+    # padding of the input columns and output rows (see the class docstring); class defaults for old pickles
+    _in_pad: int = 0
+    _out_pad: int = 0
 
     def __init__(
         self,
@@ -179,6 +229,7 @@ class TTLinear(TTModule):
         bias: bool = True,
         init: InitScheme = "linear",
         bias_init: float | None = None,
+        pad: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -186,7 +237,9 @@ class TTLinear(TTModule):
         super().__init__()
         self.in_features = _check_features("in_features", in_features)
         self.out_features = _check_features("out_features", out_features)
-        self.in_dims, self.out_dims = resolve_dims(in_features, out_features, in_dims, out_dims)
+        self.in_dims, self.out_dims = resolve_dims(in_features, out_features, in_dims, out_dims, pad)
+        self._in_pad = math.prod(self.in_dims) - self.in_features
+        self._out_pad = math.prod(self.out_dims) - self.out_features
         dense_variance(init, in_features, out_features)  # validates init before any allocation
         self.init = init
         if bias_init is not None and (isinstance(bias_init, bool) or not isinstance(bias_init, numbers.Real)):
@@ -245,8 +298,14 @@ class TTLinear(TTModule):
     @property
     def weight(self) -> TensorTrain:
         """The weight as a TT-matrix :class:`~tensortrain.TensorTrain` of shape ``out x in`` (a view of
-        :attr:`cores`, as the forward uses them: pruned cores masked; gradients flow back to them)."""
+        :attr:`cores`, as the forward uses them: pruned cores masked; gradients flow back to them). A padded
+        layer's is ``prod(out_dims) x prod(in_dims)``, whose top-left ``out x in`` block is the weight."""
         return TensorTrain(self._current_cores())
+
+    @property
+    def padded(self) -> bool:
+        """Whether the dims multiply to more than the sizes (the input is zero-padded, the output cut)."""
+        return bool(self._in_pad or self._out_pad)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Apply ``input @ W.T + bias`` through :func:`tensortrain.nn.functional.tt_linear`."""
@@ -263,8 +322,38 @@ class TTLinear(TTModule):
         ):
             bias = self._parameters["bias"]
             cores_now = tuple(registry.values())
+            if self._in_pad or self._out_pad:
+                return self._padded_forward(input, cores_now, bias, self._cache)  # type: ignore[arg-type]
             return F.linear_cores(input, cores_now, bias, self._cache, self._strategy, self._max_saved)  # type: ignore[arg-type]
+        if self._in_pad or self._out_pad:
+            return self._padded_forward(input, self.weight.tt_cores, self.bias, None)
         return F.linear_cores(input, self.weight.tt_cores, self.bias, None, self._strategy, self._max_saved)
+
+    def _padded_forward(
+        self,
+        input: torch.Tensor,
+        cores: tuple[torch.Tensor, ...],
+        bias: torch.Tensor | None,
+        cache: dict | None,
+    ) -> torch.Tensor:
+        """The forward of a padded layer: input zero-padded to ``prod(in_dims)`` columns, the first
+        ``out_features`` outputs kept, then the bias (one copy of the input and one of the output more than an
+        unpadded layer)."""
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"TTLinear: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() == 0 or input.shape[-1] != self.in_features:
+            got = (
+                "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
+            )
+            raise ShapeError(f"TTLinear: input has {got} but in_features={self.in_features}")
+        x = torch.nn.functional.pad(input, (0, self._in_pad)) if self._in_pad else input
+        y = F.linear_cores(x, cores, None, cache, self._strategy, self._max_saved)
+        if self._out_pad:
+            y = y[..., : self.out_features]
+        if bias is not None:
+            contraction.check_bias("tt_linear", bias, self.out_features, cores[0])
+            return y + bias
+        return y.contiguous()
 
     def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
         """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
@@ -303,6 +392,7 @@ class TTLinear(TTModule):
         epsilon: float | None = None,
         in_dims: Sequence[int] | None = None,
         out_dims: Sequence[int] | None = None,
+        pad: bool | None = None,
     ) -> TTLinear:
         """A TTLinear whose weight is the TT-SVD of ``linear.weight``; the bias is copied.
 
@@ -314,13 +404,16 @@ class TTLinear(TTModule):
             epsilon: relative Frobenius error target of the weight (Oseledets 2011 splits it over d-1 SVDs).
             in_dims: input modes (default: factored automatically).
             out_dims: output modes (default: factored automatically).
+            pad: as in :class:`TTLinear`. A padded layer's TT-SVD decomposes the weight with zero rows and
+                columns appended; ``epsilon`` then bounds the error on the whole padded matrix, which has the
+                weight's norm, so the weight's own relative error is at most ``epsilon`` too.
 
         Returns:
             A new TTLinear on ``linear``'s device and dtype.
 
         Raises:
             TypeError: ``linear`` is not an ``nn.Linear``.
-            ShapeError: dims that do not multiply to the layer's sizes.
+            ShapeError: dims that do not multiply to the layer's sizes (with ``pad=True``: to less).
 
         Complexity: the TT-SVD, O(d r^2 max_k(M N)) ~ one SVD-ish pass over the ``out x in`` weight.
 
@@ -339,8 +432,12 @@ class TTLinear(TTModule):
             raise ValueError(
                 "TTLinear.from_linear: the LazyLinear has not been initialized yet; run a forward pass first"
             )
-        in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims)
+        in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
         w = linear.weight.detach()
+        pad_rows, pad_cols = math.prod(out_dims) - w.shape[0], math.prod(in_dims) - w.shape[1]
+        if pad_rows or pad_cols:
+            # rows and columns the layer never reads; zeros keep the matrix's norm (so epsilon's meaning)
+            w = torch.nn.functional.pad(w, (0, pad_cols, 0, pad_rows))
         if max_tt_rank is None and epsilon is None:
             max_tt_rank = max(max_tt_ranks([m * n for m, n in zip(out_dims, in_dims, strict=True)]))
         tt = F._check_tt_matrix(
@@ -350,7 +447,13 @@ class TTLinear(TTModule):
             ),
         ).to(w.dtype)
         bias = None if linear.bias is None else linear.bias.detach()
-        layer = cls.from_tt(tt, bias=bias, has_bias=linear.bias is not None)
+        layer = cls.from_tt(
+            tt,
+            bias=bias,
+            has_bias=linear.bias is not None,
+            in_features=linear.in_features,
+            out_features=linear.out_features,
+        )
         # a frozen layer stays frozen (e.g. a compressed backbone whose head alone is fine-tuned)
         layer.cores.requires_grad_(linear.weight.requires_grad)
         if layer.bias is not None and linear.bias is not None:
@@ -359,7 +462,13 @@ class TTLinear(TTModule):
 
     @classmethod
     def from_tt(
-        cls, tt_matrix: TensorTrain, bias: torch.Tensor | None = None, *, has_bias: bool | None = None
+        cls,
+        tt_matrix: TensorTrain,
+        bias: torch.Tensor | None = None,
+        *,
+        has_bias: bool | None = None,
+        in_features: int | None = None,
+        out_features: int | None = None,
     ) -> TTLinear:
         """A TTLinear whose weight is ``tt_matrix`` (shape ``out x in``), e.g. the result of ``to_tt_matrix``.
 
@@ -371,6 +480,10 @@ class TTLinear(TTModule):
             bias: optional bias values of shape ``(out_features,)``.
             has_bias: whether the layer has a bias; default: ``bias is not None``. With a bias but no values
                 it starts at ``nn.Linear``'s default init.
+            in_features: the layer's input size when the TT-matrix is padded (at most its column count);
+                default: the column count.
+            out_features: the layer's output size when the TT-matrix is padded (at most its row count);
+                default: the row count.
 
         Returns:
             A new TTLinear with copies of the cores.
@@ -387,18 +500,21 @@ class TTLinear(TTModule):
         tt_matrix = F._check_tt_matrix("TTLinear.from_tt", tt_matrix)
         out_dims, in_dims = tt_matrix.get_raw_shape()
         if (
-            bias is not None
+            in_features is None
+            and out_features is None
+            and bias is not None
             and bias.dim() == 1
             and bias.shape[0] == math.prod(in_dims) != math.prod(out_dims)
         ):
             out_dims, in_dims = in_dims, out_dims  # a t3f kernel (in x out): load_tt_ transposes it
         layer = cls(
-            math.prod(in_dims),
-            math.prod(out_dims),
+            math.prod(in_dims) if in_features is None else in_features,
+            math.prod(out_dims) if out_features is None else out_features,
             tt_rank=tt_matrix.tt_ranks,
             in_dims=in_dims,
             out_dims=out_dims,
             bias=bias is not None if has_bias is None else has_bias,
+            pad=in_features is not None or out_features is not None or None,
             device=tt_matrix.device,
             dtype=tt_matrix.dtype,
         )
@@ -482,10 +598,14 @@ class TTLinear(TTModule):
         return linear
 
     def dense_weight(self) -> torch.Tensor:
-        """The full ``out x in`` weight as a dense tensor (differentiable w.r.t. the cores)."""
+        """The full ``out x in`` weight as a dense tensor (differentiable w.r.t. the cores; a padded layer's
+        is the top-left block of its TT-matrix)."""
         from ..ops import full
 
-        return full(self.weight)
+        w = full(self.weight)
+        if self._in_pad or self._out_pad:
+            w = w[: self.out_features, : self.in_features]
+        return w
 
     # ------------------------------------------------------------------------------------ bookkeeping
     def compression_factor(self) -> float:

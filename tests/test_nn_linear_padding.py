@@ -1,0 +1,175 @@
+"""TTLinear on sizes without balanced factors: the TT-matrix is padded, the layer is still exactly in -> out."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import tensortrain as tt
+from conftest import assert_close
+from strategies import seeds
+from tensortrain.contraction import STRATEGIES
+
+# (in_features, out_features, in_dims, out_dims): input padded, output padded, both, neither
+PADDED = [
+    (7, 6, (2, 2, 2), (3, 2, 1)),
+    (6, 7, (1, 2, 3), (2, 2, 2)),
+    (11, 13, (3, 4), (4, 4)),
+    (12, 6, (3, 4), (2, 3)),
+]
+
+
+def layer_of(case, **kw) -> tt.nn.TTLinear:
+    n_in, n_out, ins, outs = case
+    return tt.nn.TTLinear(
+        n_in, n_out, tt_rank=3, in_dims=ins, out_dims=outs, pad=True, dtype=torch.float64, **kw
+    )
+
+
+def test_automatic_dims_pad_sizes_with_lopsided_factors():
+    head = tt.nn.TTLinear(768, 30522, tt_rank=8, device="meta")  # BERT's vocabulary: 2 * 3 * 5087
+    assert head.out_dims == (6, 6, 6, 6, 6, 4) and head.in_dims == (2, 2, 3, 4, 4, 4) and head.padded
+    assert head.weight.shape == (31104, 768)
+    primes = tt.nn.TTLinear(1009, 1013, tt_rank=2, device="meta")
+    assert math.prod(primes.in_dims) in range(1009, 1262) and math.prod(primes.out_dims) in range(1013, 1267)
+    assert min(primes.in_dims + primes.out_dims) >= 4  # no mode of 1: a real TT, not a low-rank product
+    # sizes that factor well are never padded, and a small head is not padded by more than 25%
+    for n_in, n_out in [(784, 625), (768, 3072), (4096, 4096), (784, 10), (1000, 10), (12, 7)]:
+        auto = tt.nn.TTLinear(n_in, n_out, tt_rank=2, device="meta")
+        assert (math.prod(auto.in_dims), math.prod(auto.out_dims)) == (n_in, n_out) and not auto.padded
+    exact = tt.nn.TTLinear(1009, 1013, tt_rank=2, pad=False, device="meta")  # the exact factors, as before
+    assert exact.in_dims == (1, 1009) and exact.out_dims == (1013, 1) and not exact.padded
+
+
+@given(n_in=st.integers(1, 3000), n_out=st.integers(1, 3000))
+def test_automatic_dims_cover_the_sizes_and_pad_little(n_in, n_out):
+    ins, outs = tt.nn.linear.resolve_dims(n_in, n_out, None, None)
+    assert len(ins) == len(outs)
+    assert n_in <= math.prod(ins) <= 1.25 * n_in and n_out <= math.prod(outs) <= 1.25 * n_out
+    assert all(m * n > 1 for m, n in zip(outs, ins, strict=True)) or n_in * n_out <= 3
+
+
+@pytest.mark.parametrize("case", PADDED)
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_gradients_match_the_dense_block(case, bias, gen):
+    layer = layer_of(case, bias=bias)
+    n_in, n_out = case[0], case[1]
+    assert layer.padded == (math.prod(case[2]) != n_in or math.prod(case[3]) != n_out)
+    w_big = tt.full(layer.weight)
+    assert w_big.shape == (math.prod(case[3]), math.prod(case[2]))
+    w = layer.dense_weight()
+    assert w.shape == (n_out, n_in)
+    assert_close(w, w_big[:n_out, :n_in])
+    x = torch.randn(2, 3, n_in, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = layer(x)
+    expected = x @ w.T + (layer.bias if bias else 0)
+    assert y.shape == (2, 3, n_out) and y.is_contiguous()
+    assert_close(y, expected)
+    g = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    params = [x, *layer.parameters()]
+    got = torch.autograd.grad(y, params, g)
+    want = torch.autograd.grad(expected, params, g)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b)
+    with torch.no_grad():  # the inference path, with the layer's cache
+        assert_close(layer(x), expected)
+        assert_close(layer(x), expected)
+    assert layer(x[:0, :0]).shape == (0, 0, n_out)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_and_a_memory_bound_give_the_same_layer(strategy, gen):
+    layer = layer_of(PADDED[2])
+    x = torch.randn(5, 11, dtype=torch.float64, generator=gen)
+    expected = x @ layer.dense_weight().T + layer.bias
+    layer.strategy = strategy
+    assert_close(layer(x), expected)
+    layer.strategy = "auto"
+    layer.max_saved_bytes = 0
+    assert_close(layer(x.requires_grad_()), expected)
+
+
+def test_gradcheck():
+    torch.manual_seed(0)
+    layer = layer_of(PADDED[2])
+    x = torch.randn(3, 11, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *c: layer(x), (x, *layer.cores))
+
+
+@given(seed=seeds, case=st.sampled_from(PADDED))
+def test_from_linear_at_full_rank_is_exact_and_epsilon_bounds_the_block(seed, case):
+    n_in, n_out, ins, outs = case
+    torch.manual_seed(seed)
+    dense = nn.Linear(n_in, n_out, dtype=torch.float64)
+    layer = tt.nn.TTLinear.from_linear(dense, in_dims=ins, out_dims=outs, pad=True)
+    assert (layer.in_features, layer.out_features) == (n_in, n_out) and layer.in_dims == ins
+    x = torch.randn(4, n_in, dtype=torch.float64)
+    assert_close(layer(x), dense(x))
+    assert_close(layer.to_linear().weight, dense.weight)
+    truncated = tt.nn.TTLinear.from_linear(dense, epsilon=0.3, in_dims=ins, out_dims=outs, pad=True)
+    err = torch.linalg.norm(truncated.dense_weight() - dense.weight) / torch.linalg.norm(dense.weight)
+    assert err <= 0.3 + 1e-12
+
+
+def test_given_dims_pad_only_when_asked():
+    with pytest.raises(tt.ShapeError, match=r"in_dims=\(3, 5\) multiply to 15, but in_features=12.*pad=True"):
+        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 5))
+    with pytest.raises(tt.ShapeError, match=r"out_dims=\(2, 2\) multiply to 4, but out_features=6$"):
+        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 2), pad=True)
+    with pytest.raises(TypeError, match="pad must be None, True or False"):
+        tt.nn.TTLinear(12, 6, tt_rank=2, pad=1)
+    dense = nn.Linear(12, 6)
+    with pytest.raises(tt.ShapeError, match="pad=True"):
+        tt.nn.TTLinear.from_linear(dense, in_dims=(4, 4))
+    assert tt.nn.TTLinear.from_linear(dense, in_dims=(4, 4), pad=True).padded
+
+
+def test_wrong_input_size_names_in_features(gen):
+    layer = layer_of(PADDED[0])
+    with pytest.raises(tt.ShapeError, match=r"input has 8 features .* but in_features=7"):
+        layer(torch.randn(2, 8, dtype=torch.float64))  # the padded width is not accepted either
+    with pytest.raises(tt.ShapeError, match="a scalar"):
+        layer(torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(TypeError, match="input must be a Tensor"):
+        layer([1.0] * 7)
+
+
+def test_from_tt_with_sizes_and_state_round_trips(gen):
+    layer = layer_of(PADDED[2])
+    again = tt.nn.TTLinear.from_tt(layer.weight, layer.bias, in_features=11, out_features=13)
+    assert (again.in_features, again.out_features, again.in_dims, again.out_dims) == (11, 13, (3, 4), (4, 4))
+    x = torch.randn(3, 11, dtype=torch.float64, generator=gen)
+    assert_close(again(x), layer(x))
+    with pytest.raises(tt.ShapeError, match="multiply to 12, but in_features=13"):
+        tt.nn.TTLinear.from_tt(layer.weight, layer.bias, in_features=13, out_features=13)
+    fresh = layer_of(PADDED[2])
+    fresh.load_state_dict(layer.state_dict())
+    assert_close(fresh(x), layer(x))
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.padded and clone.out_features == 13
+        assert_close(clone(x), layer(x))
+    assert "in_features=11, out_features=13, in_dims=(3, 4), out_dims=(4, 4)" in repr(layer)
+
+
+def test_compress_pads_a_vocabulary_sized_head_and_reports_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 1021), nn.ReLU(), nn.Linear(1021, 40))
+    small, report = tt.compress(model, max_tt_rank=4)
+    heads = [small[0], small[2]]
+    assert all(isinstance(h, tt.nn.TTLinear) and h.padded for h in heads)
+    assert all(min(h.in_dims + h.out_dims) > 1 for h in heads)
+    for lay, h, dense in zip(report.layers, heads, [model[0], model[2]], strict=True):
+        err = torch.linalg.norm(h.dense_weight() - dense.weight) / torch.linalg.norm(dense.weight)
+        assert lay.rel_error == pytest.approx(err.item(), rel=1e-4)
+        assert lay.params_after == sum(p.numel() for p in h.parameters())
+    x = torch.randn(5, 40)
+    assert_close(small(x), tt.decompress(small)(x), rtol=1e-5, atol=1e-5)
+    text = str(report)
+    assert "padded 0: its dims multiply to" in text and "top-left 1021x40 block" in text
