@@ -203,6 +203,15 @@ def test_jit_trace_follows_the_weights_and_script_is_refused():
         torch.testing.assert_close(
             torch.jit.trace(fresh, (torch.randn(4, 24),))(x[:2, :24]), fresh(x[:2, :24])
         )
+    # with gradients on, torch.jit.trace checks its graph by tracing again under no_grad: the plan must not depend
+    # on the grad mode while tracing (it did, and the check failed: "Graphs differed across invocations")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for layer, arg in [(tt.nn.TTLinear(24, 10, tt_rank=3), torch.randn(4, 24)), (fresh, x[:2, :24])]:
+            traced = torch.jit.trace(layer, (arg,))
+            torch.testing.assert_close(traced(arg), layer(arg))
+            traced(arg).sum().backward()  # the traced graph is differentiable
+            assert all(c.grad is not None for c in layer.cores)
     with warnings.catch_warnings(), pytest.raises(TypeError, match="does not support torch.jit.script"):
         warnings.simplefilter("ignore")  # (torch 2.13 deprecates TorchScript)
         torch.jit.script(torch.nn.Sequential(tt.nn.TTLinear(24, 10, tt_rank=3)))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -54,6 +56,41 @@ def test_automatic_dims_cover_the_sizes_and_pad_little(n_in, n_out):
     assert len(ins) == len(outs)
     assert n_in <= math.prod(ins) <= 1.25 * n_in and n_out <= math.prod(outs) <= 1.25 * n_out
     assert all(m * n > 1 for m, n in zip(outs, ins, strict=True)) or n_in * n_out <= 3
+
+
+def test_padded_shape_is_the_smallest_balanced_cover():
+    """Against brute force over every ascending tuple of modes at most t = ceil(n^(1/d)), for every n <= 400: the
+    smallest product >= n (a greedy shrink once returned 128 = (2, 4, 4, 4) for 97, where (3, 3, 3, 4) = 108)."""
+    assert tt.padded_shape(97, 4) == (3, 3, 3, 4) and tt.padded_shape(1021, 8) == (2, 2, 2, 2, 3, 3, 3, 3)
+    for n in range(1, 401):
+        for d in range(1, 7):
+            dims = tt.padded_shape(n, d)
+            assert len(dims) == d and list(dims) == sorted(dims) and math.prod(dims) >= n
+            if math.prod(dims) == n:
+                continue  # balanced exact factors are kept
+            t = 1
+            while t**d < n:
+                t += 1
+            tuples = itertools.combinations_with_replacement(range(1, t + 1), d)
+            best = min(math.prod(c) for c in tuples if math.prod(c) >= n)
+            assert max(dims) <= t and math.prod(dims) == best, (n, d, dims)
+            # within a padding limit, or else the exact factors
+            capped = tt.padded_shape(n, d, max_padding=0.1)
+            assert capped == (dims if best <= 1.1 * n else tt.auto_shape(n, d))
+
+
+def test_padded_shape_arguments():
+    assert tt.padded_shape(97, 4, max_padding=np.float32(0.2)) == (3, 3, 3, 4)
+    assert len(tt.padded_shape(10**400 + 1, 4)) == 4  # beyond float range: integer roots
+    with pytest.raises(TypeError, match="padded_shape: n must be an int"):
+        tt.padded_shape(9.5, 2)
+    with pytest.raises(ValueError, match="padded_shape: d must be >= 1"):
+        tt.padded_shape(9, 0)
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_padding must be finite and >= 0"):
+            tt.padded_shape(97, 4, max_padding=bad)
+    with pytest.raises(TypeError, match="max_padding must be None or a real number"):
+        tt.padded_shape(97, 4, max_padding="0.25")
 
 
 @pytest.mark.parametrize("case", PADDED)
@@ -173,3 +210,23 @@ def test_compress_pads_a_vocabulary_sized_head_and_reports_it():
     assert_close(small(x), tt.decompress(small)(x), rtol=1e-5, atol=1e-5)
     text = str(report)
     assert "padded 0: its dims multiply to" in text and "top-left 1021x40 block" in text
+
+
+def test_autocast_output_dtype_follows_the_unpadded_layer():
+    torch.manual_seed(0)
+    x = torch.randn(4, 11)
+    for bias in (True, False):
+        layer = tt.nn.TTLinear(11, 13, tt_rank=3, bias=bias)
+        assert layer.padded
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        assert y.dtype == torch.bfloat16  # as nn.Linear's; the float32 bias once promoted it to float32
+        assert_close(y.float(), layer(x), rtol=2e-2, atol=2e-2)
+
+
+def test_from_tt_of_a_padded_weight_asks_for_the_sizes():
+    layer = layer_of(PADDED[2])
+    with pytest.raises(tt.ShapeError, match=r"from_tt: the bias has 13 entries .* 16 rows.*out_features=13"):
+        tt.nn.TTLinear.from_tt(layer.weight, layer.bias)
+    with pytest.raises(tt.ShapeError, match=r"in_dims=\(2, 2\) multiply to 4, but in_features=12$"):
+        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(2, 2))  # fewer: no hint about padding

@@ -280,7 +280,8 @@ def compress(
     ``include`` / ``exclude`` globs (``fnmatch``, case-sensitive) over qualified module names such as
     ``"encoder.0.fc1"``. A module shared under several names is replaced under all of them, so it is
     selected when *any* of its names is included and *none* is excluded (its report row lists the other
-    names as ``aliases``). TT dims are factored automatically (vocabularies padded, see ``TTEmbedding``).
+    names as ``aliases``). TT dims are factored automatically; sizes with only lopsided factors are padded
+    (see ``TTLinear`` and ``TTEmbedding``) and the report lists them.
 
     A selected layer stays dense, with the reason in the report, when its TT form would not have fewer
     parameters, when its parameters are tied to another module's (converting it would untie them), or when

@@ -59,7 +59,8 @@ def l2_regularizer(scale: float) -> Regularizer:
 
     For a module, each TT layer's ``weight``: for a ``TTEmbedding`` whose vocabulary is padded to ``V'`` rows
     (``voc_dims`` multiply to more than ``num_embeddings``), that is the ``V' x D`` table, padding rows included
-    (they are never looked up, but share the cores with the rows that are).
+    (they are never looked up, but share the cores with the rows that are); for a padded ``TTLinear``
+    (``layer.padded``) the whole padded TT-matrix likewise, not only its ``out x in`` block.
 
     Args:
         scale: a non-negative number (0 gives a zero loss term).

@@ -6,6 +6,7 @@ Symbols: ``d`` number of cores (modes), ``n_k`` mode sizes, ``r_k`` TT-ranks (``
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -154,9 +155,9 @@ def padded_shape(n: int, d: int = 3, *, max_padding: float | None = None) -> tup
 
     A size with a large prime factor (1021, or BERT's vocabulary 30522 = 2 * 3 * 5087) has only lopsided
     exact factors (:func:`auto_shape` gives ``(2, 3, 5087)``), whose TT saves little. Then the size is
-    padded: start from ``ceil(n^(1/d))`` per mode and shrink modes while the product stays ``>= n`` (TT-Rec's
-    ``suggested_tt_shapes``, rounding up). Exact factors are kept while their largest is at most twice
-    that balanced mode.
+    padded to the smallest product ``>= n`` of ``d`` modes that are each at most ``t = ceil(n^(1/d))``, the
+    most balanced such modes on ties (TT-Rec pads its vocabularies the same way). Exact factors are kept while
+    their largest is at most ``2 t``.
 
     Args:
         n: the size (>= 1).
@@ -167,36 +168,76 @@ def padded_shape(n: int, d: int = 3, *, max_padding: float | None = None) -> tup
     Returns:
         A tuple of ``d`` ints, ascending, whose product is ``n`` or the smallest balanced one above it.
 
-    Complexity: :func:`auto_shape`'s, plus O(d^2) for the shrinking.
+    Raises:
+        TypeError: ``n`` or ``d`` not an int, ``max_padding`` not a real number.
+        ValueError: ``n`` or ``d`` below 1, ``max_padding`` negative or not finite.
+
+    Complexity: :func:`auto_shape`'s, plus a branch-and-bound search over ascending modes near ``t`` (a few
+    hundred steps for the sizes of layers and vocabularies).
 
     Example:
         >>> import tensortrain as tt
         >>> tt.padded_shape(30522, 4)
         (12, 13, 14, 14)
+        >>> tt.padded_shape(97, 4)
+        (3, 3, 3, 4)
         >>> tt.padded_shape(784, 4)
         (4, 4, 7, 7)
     """
-    if max_padding is not None and (
-        isinstance(max_padding, bool) or not isinstance(max_padding, (int, float)) or not max_padding >= 0
-    ):
-        raise ValueError(f"padded_shape: max_padding must be None or a number >= 0, got {max_padding!r}")
+    for name, value in (("n", n), ("d", d)):
+        k = as_int(value)
+        if k is None:
+            raise TypeError(f"padded_shape: {name} must be an int, got {value!r}")
+        if k < 1:
+            raise ValueError(f"padded_shape: {name} must be >= 1, got {k}")
+    n, d = operator.index(n), operator.index(d)
+    if max_padding is not None:
+        if isinstance(max_padding, bool) or not isinstance(max_padding, numbers.Real):
+            raise TypeError(f"padded_shape: max_padding must be None or a real number, got {max_padding!r}")
+        if not (math.isfinite(float(max_padding)) and float(max_padding) >= 0):
+            raise ValueError(f"padded_shape: max_padding must be finite and >= 0, got {max_padding!r}")
     exact = auto_shape(n, d)
-    # the smallest integer with target**d >= n; a float root alone can land one below it for n just above k**d
-    target = max(1, math.ceil(n ** (1.0 / d) - 1e-9))
-    while target**d < n:
-        target += 1
-    while target > 1 and (target - 1) ** d >= n:
-        target -= 1
+    target = _ceil_root(n, d)
     if max(exact) <= 2 * target:
         return exact
-    dims = [target] * d
-    for k in range(d):
-        while dims[k] > 1 and math.prod(dims) // dims[k] * (dims[k] - 1) >= n:
-            dims[k] -= 1
-    padded = tuple(sorted(dims))
-    if max_padding is not None and math.prod(padded) > n * (1.0 + max_padding):
+    padded = _smallest_cover(n, d, target)
+    if max_padding is not None and math.prod(padded) > n * (1.0 + float(max_padding)):
         return exact
     return padded
+
+
+def _ceil_root(n: int, d: int) -> int:
+    """The smallest integer ``t`` with ``t**d >= n``, in integers (a float root is off by one just above
+    ``k**d`` and far off beyond 2**53)."""
+    x = 1 << -(-n.bit_length() // d)  # x**d >= 2**bit_length > n
+    while True:  # Newton's iteration from above decreases to floor(n ** (1/d))
+        y = ((d - 1) * x + n // x ** (d - 1)) // d
+        if y >= x:
+            break
+        x = y
+    return x if x**d >= n else x + 1
+
+
+def _smallest_cover(n: int, d: int, top: int) -> tuple[int, ...]:
+    """The ascending ``d`` modes, each at most ``top`` (``top**d >= n``), with the smallest product ``>= n``;
+    on ties the smallest sum (the most balanced)."""
+    best: tuple[int, int, tuple[int, ...]] = (top**d, d * top, (top,) * d)
+
+    def search(left: int, low: int, prod: int, chosen: tuple[int, ...]) -> None:
+        nonlocal best
+        if left == 0:
+            key = (prod, sum(chosen), chosen)
+            if key < best:
+                best = key
+            return
+        # below -(n // -(...)) even the largest modes after this one would fall short of n
+        for m in range(max(low, -(n // -(prod * top ** (left - 1)))), top + 1):
+            if prod * m**left > best[0]:  # ascending modes: every completion is larger from here on
+                break
+            search(left - 1, m, prod * m, (*chosen, m))
+
+    search(d, 1, 1, ())
+    return best[2]
 
 
 def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:

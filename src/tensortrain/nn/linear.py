@@ -50,7 +50,8 @@ def _check_dims(
     if not out or any(k < 1 for k in out):
         raise ShapeError(f"{name} must be a non-empty sequence of positive ints, got {out}")
     if size is not None and (math.prod(out) < size if pad else math.prod(out) != size):
-        hint = "" if pad else " (dims multiplying to more, which pads the size, need pad=True)"
+        more = math.prod(out) > size
+        hint = " (dims multiplying to more, which pads the size, need pad=True)" if more and not pad else ""
         raise ShapeError(f"{name}={out} multiply to {math.prod(out)}, but {size_name}={size}{hint}")
     return out
 
@@ -352,7 +353,8 @@ class TTLinear(TTModule):
             y = y[..., : self.out_features]
         if bias is not None:
             contraction.check_bias("tt_linear", bias, self.out_features, cores[0])
-            return y + bias
+            # under autocast y is in the lower precision, as nn.Linear's output is: add the bias in that dtype
+            return y + (bias if bias.dtype == y.dtype else bias.to(y.dtype))
         return y.contiguous()
 
     def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
@@ -365,7 +367,7 @@ class TTLinear(TTModule):
         Returns:
             A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. To
             force another kind of plan set :attr:`strategy` (or call ``tt.contraction.linear(x, layer.weight,
-            layer.bias, strategy=...)``).
+            layer.bias, strategy=...)``, for a layer that is not :attr:`padded`).
 
         Example:
             >>> import torch, tensortrain as tt
@@ -490,6 +492,8 @@ class TTLinear(TTModule):
 
         Raises:
             TypeError: ``tt_matrix`` is not a TT-matrix TensorTrain.
+            ShapeError: sizes larger than the TT-matrix's, or a bias of another length than the rows (or
+                ``out_features``) without sizes that say how the matrix is padded.
 
         Example:
             >>> import torch, tensortrain as tt
@@ -499,6 +503,18 @@ class TTLinear(TTModule):
         """
         tt_matrix = F._check_tt_matrix("TTLinear.from_tt", tt_matrix)
         out_dims, in_dims = tt_matrix.get_raw_shape()
+        rows, cols = math.prod(out_dims), math.prod(in_dims)
+        if (
+            out_features is None
+            and bias is not None
+            and bias.dim() == 1
+            and bias.shape[0] < rows
+            and bias.shape[0] != cols
+        ):
+            raise ShapeError(
+                f"TTLinear.from_tt: the bias has {bias.shape[0]} entries but the TT-matrix has {rows} rows; for a "
+                f"padded layer's weight pass out_features={bias.shape[0]} (and in_features)"
+            )
         if (
             in_features is None
             and out_features is None
