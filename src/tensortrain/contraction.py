@@ -306,7 +306,8 @@ def tt_dense_matmul(
         )
     check_operand("tt_dense_matmul", "b", b, cores[0])
     y = _linear(b.transpose(-1, -2), cores, None, strategy, "tt_dense_matmul", max_saved)
-    return y.transpose(-1, -2)
+    # row-major like torch.matmul's result (the transposed view made .view() fail): one copy of the output
+    return y.transpose(-1, -2).contiguous()
 
 
 def dense_tt_matmul(

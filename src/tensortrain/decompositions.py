@@ -62,6 +62,11 @@ MaxRank = int | float | Sequence[int] | Sequence[float] | None
 
 # ---------------------------------------------------------------------------------------- validation
 def _as_dense(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, TensorTrainBase):  # (it has __array__, whose conversion fails deep inside torch)
+        raise TypeError(
+            f"{name} expects a dense tensor, got a {type(x).__name__}: it is a TT already; use tt.round to "
+            "re-compress it, or tt.full for its dense tensor"
+        )
     if not isinstance(x, torch.Tensor):
         if hasattr(x, "__array__"):  # numpy arrays, as t3f accepts them
             x = torch.as_tensor(x)

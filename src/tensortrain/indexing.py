@@ -100,6 +100,8 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
             raise TypeError(
                 f"a batch index must be an int, slice, list or tensor of ints, got {type(idx).__name__}"
             ) from None
+        if idx.dim() == 1 and idx.numel() == 0:  # [] reads as float32: say what it selects instead
+            raise IndexError(f"batch index {idx.tolist()!r} selects no elements of a {size} element batch")
         if idx.dim() != 1 or idx.is_floating_point() or idx.is_complex():
             raise TypeError(
                 f"a batch index must be a 1-D list or tensor of ints (or a bool mask), got "

@@ -418,5 +418,7 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
     factors = torch.where(norms == 0, torch.ones_like(norms), mean / norms)
     shape = (-1,) + (1,) * (cores[0].dim() - 1)
     # the product in the wide dtype, then cast: the factor alone may leave the cores' range (float16: 2e5)
-    new = [(c.to(f.dtype) * f.reshape(shape)).to(c.dtype) for c, f in zip(cores, factors, strict=True)]
+    # (complex cores: the real factors scale them in complex128; casting a core to the factors' real dtype would
+    # drop its imaginary part)
+    new = [(c.to(wide_dtype(c)) * f.reshape(shape)).to(c.dtype) for c, f in zip(cores, factors, strict=True)]
     return wrap(new, is_batch(tt))

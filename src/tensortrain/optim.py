@@ -107,6 +107,7 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
     """
     if not isinstance(x, TensorTrain):
         raise TypeError(f"riemannian_gradient_from_cores: x must be a TensorTrain, got {type(x).__name__}")
+    ts.check_where(x, "riemannian_gradient_from_cores")  # complex: refused, as project refuses it
     grads = list(core_grads)
     if len(grads) != x.ndims() or any(a.shape != c.shape for a, c in zip(grads, x.tt_cores, strict=True)):
         raise ValueError(
@@ -246,7 +247,7 @@ def _groups(params: Any) -> list[dict[str, Any]]:
         cores = list(group["params"])
         if not cores:
             raise ValueError("RiemannianSGD: got an empty parameter set")
-        TensorTrain(cores)  # validates that the cores chain into one TT
+        ts.check_where(TensorTrain(cores), "RiemannianSGD")  # the cores chain into one real TT
         group["params"] = cores
         groups.append(group)
     if not groups:

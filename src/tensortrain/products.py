@@ -22,6 +22,7 @@ from .operands import (
     check_matrix,
     check_same_raw_shape,
     describe,
+    expand_cores,
     flat_modes,
     is_batch,
     matrix_dims,
@@ -221,7 +222,8 @@ def flat_inner(a: Any, b: Any) -> torch.Tensor:
 
     * TT · TT (same kind and raw shape): a left-to-right sweep of ``(r_a x r_b)`` matrices.
     * TT · dense (either order): the dense tensor (shape ``tt.shape``; for a batch either ``(B, ...)`` or
-      the element shape, broadcast) is contracted core by core; the TT is never made full.
+      the element shape, broadcast; a batch of one also against ``(B', ...)``) is contracted core by core; the
+      TT is never made full.
 
     Args:
         a: a TT object or a dense tensor.
@@ -277,6 +279,12 @@ def _inner_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:
     check_dtype_device("flat_inner", w, x)
     elem = tuple(w.shape[1:]) if is_batch(w) else tuple(w.shape)
     bs = batch_size(w)
+    if is_batch(w) and bs == 1 and x.dim() == len(elem) + 1 and tuple(x.shape[1:]) == elem:
+        # a batch of one broadcasts against B dense tensors, as against a batch of B TTs (expanded views)
+        bs = int(x.shape[0])
+        if bs == 0:  # (a TT batch cannot be empty)
+            return x.new_zeros(0)
+        w = wrap(expand_cores(batched_cores(w), bs), True)
     shared = tuple(x.shape) == elem  # one dense tensor for every batch element: never copied B times
     if not shared and tuple(x.shape) != tuple(w.shape):
         raise ShapeError(

@@ -41,6 +41,17 @@ __all__ = [
 Cores = list[torch.Tensor]
 
 
+def _check_real_scale(values: Any, dtype: torch.dtype, fname: str, name: str) -> None:
+    """Complex scales of real tangent vectors would lose their imaginary parts in the conversion: refuse them,
+    as ``multiply`` and ``multiply_along_batch_dim`` do."""
+    given = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    if given.is_complex() and not dtype.is_complex:
+        raise TypeError(
+            f"{fname}: complex {name} cannot scale {dtype} tangent vectors (the imaginary parts would be "
+            "dropped)"
+        )
+
+
 def project_sum(
     what: TensorTrainBase | torch.Tensor, where: TensorTrain, weights: torch.Tensor | None = None
 ) -> TensorTrainBase:
@@ -79,6 +90,7 @@ def project_sum(
     if weights is None:
         w = torch.ones(bsz, 1, dtype=deltas[0].dtype, device=deltas[0].device)
     else:
+        _check_real_scale(weights, deltas[0].dtype, "project_sum", "weights")
         w = torch.as_tensor(weights, dtype=deltas[0].dtype, device=deltas[0].device)
         if w.dim() not in (1, 2) or w.shape[0] != bsz:
             raise ShapeError(
@@ -411,6 +423,7 @@ def add_n_projected(
     if coef is None:
         c = torch.ones(n, dtype=first.dtype, device=first.device)
     else:
+        _check_real_scale(coef, first.dtype, fname, "coef")
         c = torch.as_tensor(coef, dtype=first.dtype, device=first.device)
     allowed: list[tuple[int, ...]] = [(n,)] + ([(n, first.shape[0])] if batch else [])
     if tuple(c.shape) not in allowed:

@@ -1,0 +1,96 @@
+"""Complex TTs where real factors or weights meet them, TT @ dense layout, and batch-of-one broadcasting against
+dense tensors: each a case that once gave a silently wrong or unusable answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tensortrain as tt
+from conftest import assert_close
+
+C = torch.complex128
+
+
+def _complex_tt(*shapes) -> tt.TensorTrain:
+    return tt.TensorTrain([torch.randn(*s, dtype=C) for s in shapes])
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_renormalize_keeps_a_complex_tensor(dtype):
+    torch.manual_seed(0)
+    a = tt.cast(_complex_tt((1, 2, 3), (3, 4, 2), (2, 3, 1)), dtype)
+    b = tt.renormalize_tt_cores(a)
+    assert b.dtype == dtype and all(c.imag.abs().max() > 0 for c in b.tt_cores)
+    tol = 1e-5 if dtype == torch.complex64 else 1e-12
+    assert_close(tt.full(b), tt.full(a), rtol=tol, atol=tol)
+    batch = tt.TensorTrainBatch([torch.stack([c, 2 * c]) for c in a.tt_cores])
+    assert_close(tt.full(tt.renormalize_tt_cores(batch)), tt.full(batch), rtol=tol, atol=tol)
+
+
+def test_riemannian_gradients_of_complex_cores_are_refused():
+    x = _complex_tt((1, 3, 2), (2, 4, 1))
+    with pytest.raises(
+        TypeError, match="riemannian_gradient_from_cores: complex TT objects are not supported"
+    ):
+        tt.optim.riemannian_gradient_from_cores(x, [torch.ones_like(c) for c in x.tt_cores])
+    cores = [torch.nn.Parameter(c) for c in x.tt_cores]
+    with pytest.raises(TypeError, match="RiemannianSGD: complex TT objects are not supported"):
+        tt.optim.RiemannianSGD([cores], lr=0.1)
+
+
+def test_complex_weights_of_real_tangent_vectors_are_refused():
+    b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=2, dtype=torch.float64)
+    x = tt.random_tensor((2, 3), tt_rank=2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="project_sum: complex weights cannot scale torch.float64"):
+        tt.project_sum(b, x, torch.tensor([1j, 1.0]))
+    with pytest.raises(TypeError, match="add_n_projected: complex coef cannot scale torch.float64"):
+        tt.add_n_projected([tt.project(b[0], x)], torch.tensor([2j]))
+    with pytest.raises(TypeError, match="complex coef"):
+        tt.add_n_projected([tt.project(b[0], x)], [2j])
+    real = tt.project_sum(b, x, torch.tensor([2.0, 1.0]))  # real weights as before
+    assert_close(tt.full(real), tt.full(tt.project(2 * b[0], x)) + tt.full(tt.project(b[1], x)))
+
+
+def test_tt_matrix_times_dense_is_row_major(gen):
+    w = tt.random_matrix([[4, 4], [4, 8]], tt_rank=2, dtype=torch.float64)
+    x = torch.randn(32, 64, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = w @ x
+    assert y.is_contiguous() and y.view(-1).shape == (16 * 64,)
+    assert_close(y, tt.full(w) @ x)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.is_contiguous()
+    assert tt.matmul(w, x.detach()[None].expand(3, 32, 64)).is_contiguous()
+
+
+def test_decomposing_a_tt_names_the_mistake():
+    a = tt.random_tensor((2, 3))
+    with pytest.raises(
+        TypeError, match="to_tt_tensor expects a dense tensor, got a TensorTrain: .* tt.round"
+    ):
+        tt.to_tt_tensor(a)
+    with pytest.raises(TypeError, match="to_tt_matrix expects a dense tensor, got a TensorTrain"):
+        tt.to_tt_matrix(tt.random_matrix([[2, 2], [2, 2]]), [[2, 2], [2, 2]])
+
+
+@pytest.mark.parametrize("matrix", [False, True])
+def test_flat_inner_broadcasts_a_batch_of_one_against_dense_tensors(matrix, gen):
+    if matrix:
+        a1 = tt.random_matrix_batch([[2, 3], [2, 2]], tt_rank=2, batch_size=1, dtype=torch.float64)
+    else:
+        a1 = tt.random_tensor_batch((2, 3, 2), tt_rank=2, batch_size=1, dtype=torch.float64)
+    x = torch.randn(5, *a1.shape[1:], dtype=torch.float64, generator=gen)
+    expected = (tt.full(a1) * x).flatten(1).sum(1)
+    assert_close(tt.flat_inner(a1, x), expected)
+    assert_close(tt.flat_inner(x, a1), expected)
+    assert tt.flat_inner(a1, x[:0]).shape == (0,)
+    assert tt.flat_inner(a1, x[0]).shape == (1,)
+    with pytest.raises(tt.ShapeError):
+        tt.flat_inner(tt.random_tensor_batch((2, 3, 2), tt_rank=2, batch_size=2, dtype=torch.float64), x)
+
+
+def test_an_empty_batch_index_says_it_selects_nothing():
+    b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=3)
+    for empty in ([], torch.tensor([], dtype=torch.long)):
+        with pytest.raises(IndexError, match=r"batch index \[\] selects no elements of a 3 element batch"):
+            b[empty]
