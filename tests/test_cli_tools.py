@@ -593,3 +593,33 @@ def test_inspect_names_what_a_non_state_dict_file_is(tmp_path, capsys):
     assert (
         "obj.pt: a pickled tensortrain object (" in err and "saved with tt.save and read with tt.load" in err
     )
+
+
+def test_out_refuses_sparse_buffers_in_safetensors(models, tmp_path, capsys):
+    (tmp_path / "sparsemodels.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def sparsebuf():\n"
+        "    m = nn.Sequential(nn.Linear(256, 128))\n"
+        "    m.register_buffer('sp', torch.eye(3).to_sparse())\n"
+        "    return m\n"
+    )
+    args = ["compress", "--model", "sparsemodels:sparsebuf", "--max-tt-rank", "4", "--out"]
+    assert main([*args, "s.safetensors"]) != 0
+    err = capsys.readouterr().err
+    assert "safetensors stores dense tensors only, and 'sp' is a torch.sparse_coo tensor" in err
+    assert "Traceback" not in err and not (tmp_path / "s.safetensors").exists()
+    assert main([*args, "s.pt"]) == 0
+
+
+def test_the_recipe_imports_a_module_whose_name_is_not_an_identifier(models, tmp_path, capsys, monkeypatch):
+    (tmp_path / "my-models.py").write_text(MODELS)
+    monkeypatch.delitem(sys.modules, "my-models", raising=False)
+    assert main(["compress", "--model", "my-models:mlp", "--max-tt-rank", "4", "--out", "m.pt"]) == 0
+    recipe = _recipe(capsys.readouterr().out)
+    assert "importlib.import_module('my-models')" in recipe
+    exec(compile(recipe, "recipe", "exec"), scope := {})
+    expected, _ = tt.compress(models.mlp(), max_tt_rank=4)
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(scope["model"](x), expected(x))
+    monkeypatch.delitem(sys.modules, "my-models", raising=False)

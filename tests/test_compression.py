@@ -511,3 +511,48 @@ def test_reading_a_replaced_layers_weight_directly_fails_clearly(gen):
     assert report.layers[0].replaced
     with pytest.raises(TypeError, match=r"'linear' got a TensorTrain.*called as modules.*tt.full\(w\)"):
         small(torch.randn(2, 64, generator=gen))
+
+
+def test_float16_layers_with_large_norms_get_finite_cores():
+    """TT-SVD leaves the whole norm in one core: cast back to float16 that core was inf (rel_error inf, the layer
+    replaced anyway)."""
+    lin = nn.Linear(256, 256).half()
+    emb = nn.Embedding(256, 64).half()
+    with torch.no_grad():
+        lin.weight.fill_(6e4)  # every entry fits float16; the norm, 1.5e7, does not
+        emb.weight.fill_(6e4)
+    small, report = tt.compress(nn.Sequential(lin), max_tt_rank=2)
+    assert report.layers[0].replaced and report.layers[0].rel_error < 1e-2
+    assert torch.isfinite(small[0].dense_weight()).all()
+    table = tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=2).to_embedding().weight
+    assert torch.isfinite(table).all() and torch.allclose(table.float(), emb.weight.float(), rtol=1e-2)
+
+
+def test_report_error_of_huge_weights_is_not_nan():
+    lin = nn.Linear(64, 64)
+    with torch.no_grad():
+        lin.weight.mul_(1e30)  # its squared norm leaves float32's range
+    _, report = tt.compress(nn.Sequential(lin), max_tt_rank=2)
+    assert 0 < report.layers[0].rel_error < 1
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_ratio_of_only_empty_layers_is_a_clear_error():
+    with pytest.raises(
+        ValueError, match=r"ratio=2.0 is out of reach: the selected layers hold no parameters"
+    ):
+        tt.compress(nn.Sequential(nn.Linear(64, 0)), ratio=2)
+
+
+def test_patterns_that_match_no_layer_warn():
+    model = nn.ModuleDict(
+        {"a": nn.Sequential(nn.Linear(256, 256)), "b": nn.ModuleList([nn.Linear(256, 128)])}
+    )
+    with pytest.warns(UserWarning, match=r"exclude pattern\(s\) \['lm_haed'\] match no .* candidate layers"):
+        tt.compress(model, max_tt_rank=4, exclude="lm_haed")
+    with pytest.warns(UserWarning, match=r"include pattern\(s\) \['zzz'\]"):
+        _, report = tt.compress(model, max_tt_rank=4, include=["a.0", "zzz"])
+    assert [lay.name for lay in report.layers] == ["a.0"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tt.compress(model, max_tt_rank=4, include="a.*", exclude="b.*")  # every pattern matches: silent

@@ -471,3 +471,14 @@ def test_read_metadata_refuses_a_truncated_file(tmp_path, gen):
     with pytest.raises(tt.TTFileError, match="truncated"):
         tt.read_metadata(cut)
     assert tt.read_metadata(path) == {"note": "fc1"}
+
+
+def test_read_metadata_and_load_refuse_bytes_after_the_data(tmp_path, gen):
+    """read_metadata returned the metadata of a file that load refused (3 bytes appended)."""
+    path = tmp_path / "w.safetensors"
+    tt.save(_tt(gen, matrix=True), path, metadata={"note": "fc1"})
+    longer = tmp_path / "longer.safetensors"
+    longer.write_bytes(path.read_bytes() + b"abc")
+    for read in (tt.read_metadata, tt.load):
+        with pytest.raises(tt.TTFileError, match="3 bytes follow the .* data bytes the header describes"):
+            read(longer)

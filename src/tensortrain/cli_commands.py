@@ -436,6 +436,12 @@ def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
                 f"--out {path}: safetensors stores tensors only, and {others[0]!r} is a "
                 f"{type(state[others[0]]).__name__} (a module's extra state); save to a .pt file instead"
             )
+        sparse = [k for k, v in state.items() if v.layout != torch.strided]
+        if sparse:
+            raise CommandError(
+                f"--out {path}: safetensors stores dense tensors only, and {sparse[0]!r} is a {state[sparse[0]].layout} "
+                "tensor; save to a .pt file instead"
+            )
         # one contiguous CPU copy per key: safetensors refuses tensors sharing storage (tied weights)
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
         data = safetensors.torch.save(tensors, metadata={_META_KEY: json.dumps(header)})
@@ -454,11 +460,13 @@ def _recipe(spec: str, called: bool, out: str, replaced: list[str], assign: bool
         lines, load = ["import safetensors.torch"], f"safetensors.torch.load_file({out!r})"
     else:
         lines, load = ["import torch"], f"torch.load({out!r}, weights_only=True)"
-    lines += [
-        "import tensortrain",
-        f"import {module_name}",
-        f"model = {module_name}.{attr}{'()' if called else ''}",
-    ]
+    if all(part.isidentifier() for part in module_name.split(".")):
+        lines += ["import tensortrain", f"import {module_name}"]
+        mod = module_name
+    else:  # importlib takes any module name, the import statement only identifiers (e.g. "my-models")
+        lines += ["import importlib", "import tensortrain", f"mod = importlib.import_module({module_name!r})"]
+        mod = "mod"
+    lines.append(f"model = {mod}.{attr}{'()' if called else ''}")
     if replaced:  # rank 1 gives the same TT layers at the smallest ranks; loading resizes them to the saved
         lines.append(f"model, _ = tensortrain.compress(model, max_tt_rank=1, include={replaced!r})")
     lines.append(f"model.load_state_dict({load}{', assign=True' if assign else ''})")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from fnmatch import fnmatchcase
@@ -76,11 +77,24 @@ def _select(
     def matches(names: list[str], patterns: tuple[str, ...]) -> bool:
         return any(fnmatchcase(n, p) for n in names for p in patterns)
 
-    return [
+    chosen = [
         (names, module)
         for names, module in found.values()
         if (include is None or matches(names, include)) and not (exclude and matches(names, exclude))
     ]
+    # a mistyped exclude would silently compress the layer it was meant to keep: say which patterns hit nothing
+    # (when nothing is chosen at all, compress raises with the candidates instead)
+    every = [n for names, _ in found.values() for n in names]
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        unmatched = [p for p in patterns or () if not any(fnmatchcase(n, p) for n in every)]
+        if unmatched and chosen:
+            warnings.warn(
+                f"compress: {kind} pattern(s) {unmatched} match no nn.Linear or nn.Embedding layer; candidate "
+                f"layers: {every[:8]}{' ...' if len(every) > 8 else ''}",
+                UserWarning,
+                stacklevel=3,
+            )
+    return chosen
 
 
 def _tied(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
@@ -128,6 +142,8 @@ def _rank_for_ratio(
         # A layer whose TT form would not be smaller stays dense (as compress does).
         return fixed + sum(min(planned_tt_params(dims, r)[0] + extra, dense) for dims, extra, dense in plans)
 
+    if after(1) == 0:  # only empty layers: no parameters to count, none to save
+        raise ValueError(f"compress: ratio={ratio} is out of reach: the selected layers hold no parameters")
     if before / after(1) < ratio:
         why = ""
         if kept:
@@ -147,8 +163,9 @@ def _rank_for_ratio(
 
 def _rel_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     """``||approx - exact||_F / ||exact||_F``; for an all-zero ``exact``: 0.0 when ``approx`` is zero too,
-    else inf (never NaN). Norms in at least float32: a half-precision norm overflows past 65504."""
-    acc = torch.promote_types(exact.dtype, torch.float32)
+    else inf (never NaN). Norms in float64 (or complex128): a half-precision norm overflows past 65504, a float32
+    one past 1.8e19."""
+    acc = torch.promote_types(exact.dtype, torch.float64)
     num = float(torch.linalg.vector_norm(approx - exact, dtype=acc))
     den = float(torch.linalg.vector_norm(exact, dtype=acc))
     if den == 0.0:
@@ -331,6 +348,10 @@ def compress(
             ``ratio`` (the message says the best one reachable and which layers stay dense), a ratio the
             conversion missed (the model is then left unchanged), ``epsilon`` with layers on the meta
             device, or a model ``copy.deepcopy`` cannot copy (pass ``inplace=True``).
+
+    Warns:
+        UserWarning: an ``include`` or ``exclude`` pattern that matches no layer (a mistyped ``exclude`` would
+            otherwise compress the layer it was meant to keep).
 
     Complexity: one TT-SVD per selected layer (roughly one SVD pass over each weight).
 

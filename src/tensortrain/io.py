@@ -352,6 +352,11 @@ def _check_data_size(path: Path, header: dict[str, Any], available: int) -> None
         raise TTFileError(
             f"{path}: truncated: the header describes {needed} data bytes, the file has {available}"
         )
+    if available > needed:  # as load refuses it (safetensors: "not fully covered")
+        raise TTFileError(
+            f"{path}: {available - needed} bytes follow the {needed} data bytes the header describes (appended to "
+            "or not written by tt.save)"
+        )
 
 
 def _count(x: Any) -> TypeGuard[int]:

@@ -19,7 +19,7 @@ from ..tensor_train import TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_
 from .init import tt_normal_
-from .linear import _check_dims, _check_features, _choose_d, _svd_ready
+from .linear import _cast_back, _check_dims, _check_features, _choose_d, _svd_ready
 
 __all__ = ["TTEmbedding"]
 
@@ -213,7 +213,8 @@ class TTEmbedding(TTModule):
         tt = F._check_tt_matrix(
             "TTEmbedding.from_embedding",
             to_tt_matrix(_svd_ready(table), [list(voc), list(emb)], max_tt_rank=max_tt_rank, epsilon=epsilon),
-        ).to(table.dtype)
+        )
+        tt = _cast_back(tt, table.dtype, "TTEmbedding.from_embedding")
         layer = cls(
             v, dim, tt_rank=tt.tt_ranks, voc_dims=voc, emb_dims=emb, padding_idx=embedding.padding_idx,
             device=table.device, dtype=table.dtype,

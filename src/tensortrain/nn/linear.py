@@ -123,8 +123,28 @@ def resolve_dims(
 
 def _svd_ready(w: torch.Tensor) -> torch.Tensor:
     """The weight in a dtype torch's SVD supports: half precision is decomposed in float32 (the cores are
-    cast back by the caller)."""
+    cast back by :func:`_cast_back`)."""
     return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+
+
+def _cast_back(tt: TensorTrain, dtype: torch.dtype, fn: str) -> TensorTrain:
+    """The TT-SVD's TT in the layer's ``dtype``. TT-SVD leaves the whole norm in one core, which can leave float16's
+    range (a 256 x 256 weight of entries 6e4 has norm 1.5e7): the cores' norms are balanced first (the same
+    tensor), and a TT that still does not fit is an error, not inf weights."""
+    if tt.dtype == dtype:
+        return tt
+    if any(c.is_meta for c in tt.tt_cores):
+        return tt.to(dtype)
+    from ..ops import renormalize_tt_cores
+
+    out = renormalize_tt_cores(tt).to(dtype)
+    if not all(bool(torch.isfinite(c).all()) for c in out.tt_cores):
+        raise ValueError(
+            f"{fn}: the TT cores of the weight do not fit {dtype} even with balanced norms (largest core norm "
+            f"{max(float(torch.linalg.vector_norm(c.float())) for c in tt.tt_cores):.3g}); convert the layer in "
+            "float32"
+        )
+    return out
 
 
 def _check_features(name: str, value: Any) -> int:
@@ -447,7 +467,8 @@ class TTLinear(TTModule):
             to_tt_matrix(
                 _svd_ready(w), [list(out_dims), list(in_dims)], max_tt_rank=max_tt_rank, epsilon=epsilon
             ),
-        ).to(w.dtype)
+        )
+        tt = _cast_back(tt, w.dtype, "TTLinear.from_linear")
         bias = None if linear.bias is None else linear.bias.detach()
         layer = cls.from_tt(
             tt,
