@@ -285,3 +285,31 @@ def test_demo_pipeline_on_synthetic_files(tmp_path, capsys):
     assert report["config"]["batch_size"] == 32 and report["world_size"] == 1
     assert (tmp_path / "out/accuracy_vs_params.png").read_bytes().startswith(b"\x89PNG")
     assert "MNIST: 96 training and 40 test images" in capsys.readouterr().out
+
+
+def test_demo_names_the_ranks_it_used_and_refuses_oversized_subsets(tmp_path, capsys, monkeypatch):
+    """A rank above the useful ones was clipped while the table said the requested one; a subset larger than the
+    data was used whole while results.json recorded the request; a missing --data folder was hinted as root=."""
+    from test_datasets import fake_mnist
+
+    fake_mnist(tmp_path / "data", n_train=64, n_test=32)
+    base = [
+        "demo",
+        "mnist",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
+    fast = ["--epochs-tt", "1", "--epochs-dense", "1", "--epochs-finetune", "1", "--batch-size", "32"]
+    assert main([*base, *fast, "--rank", "100000", "--compress-rank", "100000"]) == 0
+    names = [s["name"] for s in json.loads((tmp_path / "out/results.json").read_text())["stages"]]
+    assert names[0] == "TT net (rank 700)" and names[2] == "b compressed (TT-SVD, rank 700)"
+    capsys.readouterr()
+    assert main([*base, *fast, "--train-subset", "65"]) == 1
+    assert "train_subset=65 is more than the 64 images MNIST has" in capsys.readouterr().err
+    monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://127.0.0.1:9/")  # nothing listens: fails at once
+    assert main(["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert "pass --data / set $TENSORTRAIN_DATA" in err and "root=" not in err

@@ -471,3 +471,28 @@ def test_non_string_mirror_is_a_type_error(tmp_path):
         load_mnist(tmp_path, mirrors=["http://127.0.0.1:9/", Path("/srv/mnist")])
     with pytest.raises(TypeError, match="timeout must be a number of seconds, got '5'"):
         load_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout="5")  # type: ignore[arg-type]
+
+
+def test_a_generator_of_mirrors_is_used_whole(tmp_path, serve, monkeypatch):
+    """The checks used a generator up: the download then tried no mirror at all."""
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    base = serve(tmp_path / "site")
+    data = load_mnist(tmp_path / "mnist", mirrors=(u for u in [base]), timeout=5)
+    assert len(data.train_labels) == 6
+
+
+def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.delenv("TENSORTRAIN_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # the XDG spec: ignore relative values
+    assert datasets.default_data_dir() == tmp_path / ".cache/tensortrain/mnist"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert datasets.default_data_dir() == tmp_path / "xdg/tensortrain/mnist"
+
+
+def test_a_folder_in_place_of_a_file_is_reported_before_downloading(tmp_path, dead_url):
+    target = tmp_path / "mnist"
+    (target / "train-images-idx3-ubyte.gz").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=r"train-images-idx3-ubyte.gz exists and is not a file"):
+        load_mnist(target, mirrors=[dead_url], timeout=5)  # no mirror is contacted first

@@ -323,3 +323,24 @@ def test_pruned_core_follows_optimizer_steps():
     assert_close(emb(idx), table[idx])
     with torch.no_grad():
         assert_close(emb(idx), table[idx])
+
+
+def test_cores_made_in_inference_mode_train_on_both_lookup_paths():
+    """With many distinct indices the merged-halves path reshaped inference tensors, whose views leave
+    autograd: the output had no gradient (the row path's index_select did)."""
+    with torch.inference_mode():
+        emb = tt.nn.TTEmbedding(1000, 8, tt_rank=3)
+    for idx in (torch.arange(3), torch.arange(1000)):
+        emb.zero_grad()
+        out = emb(idx)
+        assert out.requires_grad
+        out.sum().backward()
+        assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in emb.cores)
+
+
+def test_wide_unsigned_indices_are_a_type_error():
+    emb = tt.nn.TTEmbedding(100, 8, tt_rank=2)
+    for dtype in (torch.uint16, torch.uint32, torch.uint64):
+        with pytest.raises(TypeError, match=f"signed type or uint8 .*got {dtype}"):
+            emb(torch.tensor([1, 2], dtype=dtype))
+    assert emb(torch.tensor([1, 2], dtype=torch.uint8)).shape == (2, 8)

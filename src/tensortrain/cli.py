@@ -245,7 +245,10 @@ def _run_mnist(args: argparse.Namespace) -> int:
     try:
         results = run_mnist_demo(cfg, log=log, progress=_progress_bar(rank == 0 and not args.no_progress))
     except (OSError, IDXError, ValueError) as err:  # OSError: missing/undownloadable data, unwritable --out
-        print(f"tensortrain: error: {err}", file=sys.stderr)
+        text = str(err).replace(
+            "pass root= / set", "pass --data / set"
+        )  # the CLI's name for load_mnist's root
+        print(f"tensortrain: error: {text}", file=sys.stderr)
         return 1
     finally:
         if started_here:

@@ -188,13 +188,15 @@ def default_data_dir() -> Path:
     """The folder ``load_mnist`` uses when no ``root`` is given.
 
     Returns:
-        ``$TENSORTRAIN_DATA`` when set, else ``$XDG_CACHE_HOME/tensortrain/mnist``, else
-        ``~/.cache/tensortrain/mnist``.
+        ``$TENSORTRAIN_DATA`` when set, else ``$XDG_CACHE_HOME/tensortrain/mnist`` (an absolute
+        ``XDG_CACHE_HOME`` only, as the XDG spec says), else ``~/.cache/tensortrain/mnist``.
     """
     env = os.environ.get(_DATA_ENV)
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(cache):  # the XDG spec: a relative (or empty) value is ignored
+        cache = os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "tensortrain" / "mnist"
 
 
@@ -204,6 +206,7 @@ def _mirrors(mirrors: Sequence[str] | None) -> tuple[str, ...]:
         mirrors = [m for m in env.replace(" ", ",").split(",") if m] or MNIST_MIRRORS
     if isinstance(mirrors, str):
         raise TypeError("mirrors must be a sequence of base URLs, not one string")
+    mirrors = tuple(mirrors)  # (a generator would be used up by the checks below)
     if not mirrors:
         raise ValueError("mirrors is empty: give at least one base URL")
     for m in mirrors:
@@ -232,6 +235,10 @@ def _find(root: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
         if (root / name).is_file():
             return root / name
+    if (root / (stem + ".gz")).exists():  # found before a download, not after it by the final rename
+        raise IsADirectoryError(
+            f"{root / (stem + '.gz')} exists and is not a file; move it out of the MNIST folder"
+        )
     return None
 
 
@@ -258,6 +265,8 @@ def download_mnist(
         DownloadError: every mirror failed for some file (offline, HTTP error, timeout, more bytes than the
             file has, or sha256 mismatch); the message lists each mirror with its error.
         NotADirectoryError: ``root`` exists and is not a folder.
+        IsADirectoryError: a file's name in ``root`` is taken by something that is not a file (before any
+            download).
         OSError: ``root`` cannot be created or written (e.g. ``PermissionError``); the message names it.
         TypeError: ``mirrors`` is one string or holds a non-string; ``timeout`` is not a number.
         ValueError: ``mirrors`` is empty; ``timeout`` is not a finite number > 0.

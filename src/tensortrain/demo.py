@@ -261,6 +261,13 @@ def _stage(
     )
 
 
+def _rank_used(model: nn.Sequential) -> int:
+    """The largest TT-rank of the model's TT layer (a requested rank above the useful ones is clipped)."""
+    layer = model[1]
+    assert isinstance(layer, TTLinear)
+    return max(layer.tt_ranks)
+
+
 def _compress(dense: nn.Sequential, rank: int) -> tuple[nn.Sequential, float]:
     """Stage c: b's first layer as a rank-``rank`` TT-SVD; also the weight's relative error."""
     model = dense_net()
@@ -311,6 +318,12 @@ def run_mnist_demo(
     t_start = time.perf_counter()
     data = load_mnist(cfg.data)
     n_train, n_test = cfg.train_subset, cfg.test_subset
+    for what, n, have in (
+        ("train_subset", n_train, len(data.train_labels)),
+        ("test_subset", n_test, len(data.test_labels)),
+    ):
+        if n is not None and n > have:  # (slicing would use all of them while results.json records n)
+            raise ValueError(f"{what}={n} is more than the {have:,} images MNIST has")
     ctx = _Context(
         cfg,
         rank,
@@ -330,12 +343,15 @@ def run_mnist_demo(
     results = []
     torch.manual_seed(cfg.seed)
     tt_model = tt_net(cfg.rank)
-    results.append(_stage(ctx, "a", f"TT net (rank {cfg.rank})", tt_model, cfg.epochs_tt, 1e-2))
+    # ranks above the useful ones are clipped (784x625 with these dims: at most 700): name the rank used
+    used = _rank_used(tt_model)
+    results.append(_stage(ctx, "a", f"TT net (rank {used})", tt_model, cfg.epochs_tt, 1e-2))
     torch.manual_seed(cfg.seed + 1)
     dense = dense_net()
     results.append(_stage(ctx, "b", "dense net", dense, cfg.epochs_dense, 1e-3))
     compressed, err = _compress(dense, cfg.compress_rank)
-    results.append(_stage(ctx, "c", f"b compressed (TT-SVD, rank {cfg.compress_rank})", compressed, 0, None))
+    used = _rank_used(compressed)
+    results.append(_stage(ctx, "c", f"b compressed (TT-SVD, rank {used})", compressed, 0, None))
     log(f"c: relative Frobenius error of the compressed first-layer weight: {err:.4f}")
     results.append(_stage(ctx, "d", "c fine-tuned", compressed, cfg.epochs_finetune, 1e-3))
     if rank == 0:

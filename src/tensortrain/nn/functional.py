@@ -106,6 +106,7 @@ def linear_cores(
 
 
 _INT64_MAX = torch.iinfo(torch.long).max
+_WIDE_UNSIGNED = tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
 
 
 def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: torch.device) -> None:
@@ -114,9 +115,12 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
         or input.is_floating_point()
         or input.is_complex()
         or input.dtype == torch.bool  # a mask, not indices (nn.Embedding refuses it too)
+        or input.dtype in _WIDE_UNSIGNED  # (min/max are not implemented for them; nn.Embedding refuses them)
     ):
         kind = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
-        raise TypeError(f"{fn}: indices must be an integer tensor (e.g. torch.long), got {kind}")
+        raise TypeError(
+            f"{fn}: indices must be an integer tensor of a signed type or uint8 (e.g. torch.long), got {kind}"
+        )
     if input.device != device:
         raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
     if input.numel() == 0 or transforms_active() or input.device.type == "meta":
@@ -313,6 +317,11 @@ def _halves(weight: TensorTrain, split: int, cache: dict | None = None) -> tuple
     cores = weight.tt_cores
 
     def make(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            # cores created under inference_mode: views of them drop out of autograd (the merge starts with
+            # reshapes) and products may not save them; a clone is an ordinary tensor, as the row path's
+            # index_select gives one, so both lookup paths train
+            parts = [c.clone() if c.is_inference() and c.requires_grad else c for c in parts]
         lmat, rmat, (vl, dl, vr, dr) = halves(parts, split)
         r = int(lmat.shape[1])
         return lmat.view(vl, dl, r), rmat.view(r, vr, dr).transpose(0, 1).contiguous()
