@@ -94,3 +94,13 @@ def test_an_empty_batch_index_says_it_selects_nothing():
     for empty in ([], torch.tensor([], dtype=torch.long)):
         with pytest.raises(IndexError, match=r"batch index \[\] selects no elements of a 3 element batch"):
             b[empty]
+
+
+def test_tensor_methods_on_a_layer_weight_explain_what_it_is():
+    """nn.init.xavier_uniform_(layer.weight) and the like call Tensor methods, which never reach
+    __torch_function__: they failed with a bare AttributeError."""
+    layer = tt.nn.TTLinear(64, 48, tt_rank=4)
+    for init in (torch.nn.init.xavier_uniform_, torch.nn.init.zeros_, torch.nn.init.trunc_normal_):
+        with pytest.raises(AttributeError, match=r"not a torch.Tensor; initialize a TT layer with its init="):
+            init(layer.weight)
+    assert not hasattr(layer.weight, "no_such_attribute")

@@ -230,3 +230,45 @@ def test_from_tt_of_a_padded_weight_asks_for_the_sizes():
         tt.nn.TTLinear.from_tt(layer.weight, layer.bias)
     with pytest.raises(tt.ShapeError, match=r"in_dims=\(2, 2\) multiply to 4, but in_features=12$"):
         tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(2, 2))  # fewer: no hint about padding
+
+
+@pytest.mark.parametrize("limit", [0, 10**4, 10**5, 4 * 97 * 61])
+def test_the_memory_bound_counts_the_padded_copy_of_the_input(limit):
+    """A padded layer keeps its zero-padded copy of the input for backward, in place of the input: plan()'s
+    saved_bytes and the bound count it (it read 0 with 819,200 bytes kept)."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(97, 61, tt_rank=4)  # in dims multiply to 100
+    assert layer.padded and math.prod(layer.in_dims) == 100
+    layer.max_saved_bytes = limit
+    x = torch.randn(2048, 97)
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()} | {x.untyped_storage().data_ptr()}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            kept[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    plan = layer.plan(2048)
+    assert plan.saved_bytes >= 2048 * 100 * 4
+    assert sum(kept.values()) <= plan.saved_bytes
+
+
+def test_plan_is_the_forward_plan_of_a_pruned_layer(monkeypatch):
+    """Pruned cores take the forward path without the layer's cache of merged cores; plan() assumed the cache."""
+    import torch.nn.utils.prune as prune
+
+    from tensortrain import contraction as C
+
+    ran = []
+    run = C._run
+    monkeypatch.setattr(C, "_run", lambda prog, *a, **k: ran.append(prog) or run(prog, *a, **k))
+    layer = tt.nn.TTLinear(784, 625, tt_rank=4)
+    prune.identity(layer.cores, "0")
+    with torch.no_grad():
+        for batch in (1, 3, 64, 1000):
+            layer(torch.randn(batch, 784))
+            assert layer.plan(batch).program == ran[-1]

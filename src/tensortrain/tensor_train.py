@@ -34,6 +34,14 @@ def _fmt(dims: Sequence[int]) -> str:
 _MATMULS = (torch.Tensor.__matmul__, torch.Tensor.matmul, torch.matmul)
 
 
+_TENSOR_ONLY = frozenset(
+    "dim ndimension size numel nelement data grad is_leaf is_meta T mT t view reshape item tolist contiguous "
+    "zero_ fill_ copy_ uniform_ normal_ mul_ add_ div_ clamp_ fill_diagonal_ bernoulli_ exponential_ new_empty "
+    "new_zeros new_ones new_tensor data_ptr storage untyped_storage sum mean std var norm abs".split()
+)
+"""Tensor attributes a TT object lacks that code written for dense weights reaches for (see ``__getattr__``)."""
+
+
 class TensorTrainBase:
     """What ``TensorTrain`` and ``TensorTrainBatch`` share: validation, derived properties, operators."""
 
@@ -333,6 +341,17 @@ class TensorTrainBase:
         from . import ops
 
         return ops.matmul(other, self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names not found otherwise: Tensor methods that nn.init and copied nn.Linear code call on a
+        # layer's .weight (xavier_uniform_ calls .dim(), zeros_ .zero_()) get the hint __torch_function__ gives
+        if name in _TENSOR_ONLY:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}: a TT object (e.g. the .weight of a "
+                "TTLinear or TTEmbedding layer) is not a torch.Tensor; initialize a TT layer with its init= "
+                "argument or reset_parameters(), and use tt.full(w) or TTLinear.dense_weight() for a dense tensor"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:

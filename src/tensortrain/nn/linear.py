@@ -5,6 +5,7 @@ Symbols: ``d`` number of cores, ``m_k`` output modes, ``n_k`` input modes, ``r_k
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
@@ -336,11 +337,7 @@ class TTLinear(TTModule):
         # to "1_orig" (the masked core is a plain attribute) and parametrize moves a tensor out of the registry.
         cores = self._modules["cores"]
         registry = cores._parameters  # type: ignore[union-attr]
-        if (
-            tuple(registry) == _CORE_KEYS[: len(cores)]  # type: ignore[arg-type]
-            and "bias" in self._parameters
-            and not torch.compiler.is_compiling()
-        ):
+        if self._plain_registries(cores, registry) and not torch.compiler.is_compiling():
             bias = self._parameters["bias"]
             cores_now = tuple(registry.values())
             if self._in_pad or self._out_pad:
@@ -349,6 +346,15 @@ class TTLinear(TTModule):
         if self._in_pad or self._out_pad:
             return self._padded_forward(input, self.weight.tt_cores, self.bias, None)
         return F.linear_cores(input, self.weight.tt_cores, self.bias, None, self._strategy, self._max_saved)
+
+    def _plain_registries(self, cores: Any, registry: dict) -> bool:
+        """Whether the registries hold the cores and the bias as they are (no prune or parametrize rerouting):
+        then forward reads them directly and keeps merged cores between inference calls."""
+        return tuple(registry) == _CORE_KEYS[: len(cores)] and "bias" in self._parameters
+
+    def _padded_saved(self, rows: int, itemsize: int) -> int:
+        """Bytes of the zero-padded copy of the input that training keeps for backward in place of the input."""
+        return rows * math.prod(self.in_dims) * itemsize if self._in_pad else 0
 
     def _padded_forward(
         self,
@@ -368,7 +374,12 @@ class TTLinear(TTModule):
             )
             raise ShapeError(f"TTLinear: input has {got} but in_features={self.in_features}")
         x = torch.nn.functional.pad(input, (0, self._in_pad)) if self._in_pad else input
-        y = F.linear_cores(x, cores, None, cache, self._strategy, self._max_saved)
+        limit = self._max_saved
+        if limit is not None and self._in_pad:
+            # the padded copy is kept for backward in place of the input: the bound counts it
+            rows = x.numel() // max(int(x.shape[-1]), 1)
+            limit = max(0, limit - self._padded_saved(rows, cores[0].element_size()))
+        y = F.linear_cores(x, cores, None, cache, self._strategy, limit)
         if self._out_pad:
             y = y[..., : self.out_features]
         if bias is not None:
@@ -385,7 +396,9 @@ class TTLinear(TTModule):
             requires_grad: price backward too; default: whether the cores require grad and grad mode is on.
 
         Returns:
-            A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. To
+            A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. A
+            padded layer's ``saved_bytes`` include the zero-padded copy of the input that training keeps in
+            place of the input (``max_saved_bytes`` counts it too). To
             force another kind of plan set :attr:`strategy` (or call ``tt.contraction.linear(x, layer.weight,
             layer.bias, strategy=...)``, for a layer that is not :attr:`padded`).
 
@@ -395,15 +408,26 @@ class TTLinear(TTModule):
             >>> layer.plan(1024, requires_grad=False).kind  # doctest: +SKIP
             'sweep'
         """
-        # without gradients the layer keeps its merged core groups between calls (see clear_cache)
-        return contraction_plan(
-            self.weight,
+        weight = self.weight
+        limit, padded = self._max_saved, 0
+        grad = requires_grad
+        if grad is None:
+            grad = torch.is_grad_enabled() and any(c.requires_grad for c in weight.tt_cores)
+        if grad and isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 0:
+            padded = self._padded_saved(batch_size, weight.tt_cores[0].element_size())
+            limit = None if limit is None else max(0, limit - padded)
+        # without gradients the layer keeps its merged core groups between calls (see clear_cache), unless
+        # prune or parametrize reroute its registries (forward then plans without them)
+        cores = self._modules["cores"]
+        p = contraction_plan(
+            weight,
             batch_size,
             requires_grad=requires_grad,
             strategy=self._strategy,
-            cached_merges=True,
-            max_saved_bytes=self._max_saved,
+            cached_merges=self._plain_registries(cores, cores._parameters),  # type: ignore[union-attr]
+            max_saved_bytes=limit,
         )
+        return dataclasses.replace(p, saved_bytes=p.saved_bytes + padded) if padded and p.requires_grad else p
 
     # ------------------------------------------------------------------------------------- conversions
     @classmethod
