@@ -246,7 +246,7 @@ def apply_unchecked(
     lead = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
-    if torch.jit.is_tracing():
+    if torch.jit.is_tracing():  # (dynamo traces this wrapper, not torch._C._is_tracing)
         # one graph whatever the grad mode (a differentiable one): torch.jit.trace checks its trace by tracing
         # again under no_grad, and the grad mode picks the plan
         grad = True
