@@ -104,3 +104,33 @@ def test_tensor_methods_on_a_layer_weight_explain_what_it_is():
         with pytest.raises(AttributeError, match=r"not a torch.Tensor; initialize a TT layer with its init="):
             init(layer.weight)
     assert not hasattr(layer.weight, "no_such_attribute")
+
+
+def test_kronecker_determinant_gradient_at_a_singular_factor():
+    """sign * exp(log|det|) had a NaN gradient there; dense det's is finite (0 for a squared determinant)."""
+    a = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
+    for other in (torch.eye(2, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)):
+        c0 = a[None, :, :, None].clone().requires_grad_()
+        c1 = other[None, :, :, None].clone().requires_grad_()
+        got = torch.autograd.grad(tt.kronecker.determinant(tt.TensorTrain([c0, c1])), [c0, c1])
+        d0 = a[None, :, :, None].clone().requires_grad_()
+        d1 = other[None, :, :, None].clone().requires_grad_()
+        want = torch.autograd.grad(torch.linalg.det(tt.full(tt.TensorTrain([d0, d1]))), [d0, d1])
+        for g, w in zip(got, want, strict=True):
+            assert torch.isfinite(g).all()
+            assert_close(g, w)
+    batch = tt.TensorTrainBatch(
+        [torch.stack([a, torch.eye(2, dtype=torch.float64) * 3])[:, None, :, :, None]]
+    )
+    assert_close(tt.kronecker.determinant(batch), torch.tensor([0.0, 9.0], dtype=torch.float64))
+
+
+def test_random_tensors_with_tiny_and_huge_stddev():
+    for std in (1e-170, 1e200):
+        x = tt.random_tensor((3, 4), tt_rank=2, stddev=std, dtype=torch.float64)
+        assert torch.isfinite(tt.full(x)).all() and tt.full(x).abs().max() > 0
+
+
+def test_add_n_of_one_object_honours_the_cap():
+    x = tt.random_tensor((3, 4, 5), tt_rank=3)
+    assert tt.approximate.add_n([x], max_tt_rank=1).tt_ranks == (1, 1, 1, 1)

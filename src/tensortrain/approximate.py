@@ -33,7 +33,8 @@ def add_n(tt_objects: Sequence[TensorTrainBase], max_tt_rank: MaxRank) -> Any:
         max_tt_rank: the rank cap of every rounding (an int or one value per bond, as ``tt.round``).
 
     Returns:
-        A TT object with ranks at most ``max_tt_rank``. A single object is returned unchanged.
+        A TT object with ranks at most ``max_tt_rank`` (a single object is rounded to the cap, as
+        ``reduce_sum_batch`` rounds a batch of one; t3f returns it unchanged).
 
     Raises:
         ValueError: an empty sequence.
@@ -53,8 +54,9 @@ def add_n(tt_objects: Sequence[TensorTrainBase], max_tt_rank: MaxRank) -> Any:
     for x in objs:
         if not isinstance(x, TensorTrainBase):
             raise TypeError(f"add_n: expected TT objects, got {type(x).__name__}")
-    if len(objs) == 1:  # returned as is, but a bad cap is still an error
-        decompositions.check_caps(objs[0], max_tt_rank, "add_n")
+    if len(objs) == 1:
+        decompositions.check_caps(objs[0], max_tt_rank, "add_n")  # (errors named after add_n)
+        return decompositions.round(objs[0], max_tt_rank=max_tt_rank)
     while len(objs) > 1:
         pairs = [
             decompositions.round(ops.add(a, b), max_tt_rank=max_tt_rank)

@@ -24,10 +24,11 @@ its error is measured, so the bound still holds, but ranks may exceed the minima
 
 float16/bfloat16 inputs are factored in float32 (LAPACK has no half precision) and the cores are cast back.
 
-Everything is differentiable through ``torch.linalg.svd``/``qr``. Gradients are finite where the kept singular
+Everything is differentiable through ``torch.linalg.svd``/``qr``. Gradients are right where the kept singular
 values are distinct and separated from the dropped ones and the unfoldings have full rank; an exactly
-rank-deficient representation, such as ``round(x + zeros)`` whose added cores are zero blocks, can give NaN
-gradients (the QR's and SVD's backward formulas divide by zero there, as t3f's do).
+rank-deficient representation kept whole by the cap, such as ``round(x + zeros)`` whose added cores are zero blocks
+or ``round(x + x + x)``, can give NaN or silently wrong finite gradients (the QR's and SVD's backward formulas
+divide by zero there, as t3f's do); a small ``epsilon`` drops those directions.
 """
 
 from __future__ import annotations

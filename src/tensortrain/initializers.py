@@ -17,7 +17,8 @@ family (``tensor_with_random_cores``, ...) in :mod:`tensortrain.random_cores`; b
 
 Ranks are clipped to the maximal useful ranks (:func:`tensortrain.shapes.max_tt_ranks`): a rank above the rank
 of an unfolding only wastes parameters (t3f does not clip; that is its issue #218). The clipped ranks are the
-ones used in the variance formula, so the variance promise holds either way.
+ones used in the variance formula, so the variance promise holds either way. A nonzero ``mean`` then adds the
+all-ones TT (t3f's ``tt + mean * ones``): every inner rank grows by 1, past the clipped ones.
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def _random(
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
     ranks = _ranks(tt_rank, modes)
     d = len(rows)
-    core_std = 0.0 if stddev == 0 else per_core_std(stddev**2, ranks, d)
+    # (from log(stddev): stddev**2 under- or overflows for stddev beyond about 1e-154 and 1e154)
+    core_std = (
+        0.0 if stddev == 0 else math.exp((2 * math.log(stddev) - sum(math.log(r) for r in ranks)) / (2 * d))
+    )
     shapes = _core_shapes(rows, cols, ranks, batch_size)
     cores = _normal_cores(shapes, 0.0, core_std, generator, **kw)
     if mean != 0.0:

@@ -18,6 +18,7 @@ from typing import cast
 
 import torch
 
+from ._transforms import transforms_active
 from .errors import ShapeError
 from .operands import wide_dtype
 from .orthogonalization import compute_dtype
@@ -81,8 +82,23 @@ def determinant(kron_a: TensorTrainBase) -> torch.Tensor:
     # overflow one to inf and underflow another to 0 (NaN) where the product itself is an ordinary number. In
     # the wide dtype, so that exp(log) loses no digits (float32: 46656 came back as 46656.008)
     factors = _factors(kron_a, "determinant")
-    sign, logabsdet = _slogdet([f.to(wide_dtype(f)) for f in factors])
-    return (sign * torch.exp(logabsdet)).to(factors[0].dtype)
+    wide = [f.to(wide_dtype(f)) for f in factors]
+    sign, logabsdet = _slogdet(wide)
+    singular = sign == 0
+    if transforms_active() or not bool(singular.any()):
+        return (sign * torch.exp(logabsdet)).to(factors[0].dtype)
+    # At a singular factor the gradient of exp(log|det|) is 0 * inf = NaN. Singular elements take the product of
+    # the factors' determinants to their powers (det's own backward is finite there); the others the slogdet
+    # path. Each branch sees identities where the other is taken, so neither backward meets a singular matrix
+    # or an overflowing power.
+    total = math.prod(int(f.shape[-1]) for f in factors)
+    pick = singular[..., None, None]
+    eyes = [torch.eye(int(f.shape[-1]), dtype=f.dtype, device=f.device) for f in wide]
+    s2, l2 = _slogdet([torch.where(pick, e, f) for f, e in zip(wide, eyes, strict=True)])
+    direct = torch.ones_like(sign)
+    for f, e in zip(wide, eyes, strict=True):
+        direct = direct * torch.linalg.det(torch.where(pick, f, e)) ** float(total // int(f.shape[-1]))
+    return torch.where(singular, direct, s2 * torch.exp(l2)).to(factors[0].dtype)
 
 
 def slog_determinant(kron_a: TensorTrainBase) -> tuple[torch.Tensor, torch.Tensor]:
