@@ -445,8 +445,12 @@ def test_bad_operands(gen):
         C.linear(torch.randn(2, 4), cores)
     with pytest.raises(TypeError, match="expects a TensorTrain or a sequence"):
         C.linear(torch.randn(2, 4), torch.randn(3, 3))  # type: ignore[arg-type]
-    with pytest.raises(tt.ShapeError, match="expects a TT-matrix, got a TT-tensor"):
+    with pytest.raises(TypeError, match="expects a TT-matrix, got a TT-tensor"):
         C.plan(tt.TensorTrain([torch.randn(1, 3, 1)]), 2)
+    with pytest.raises(TypeError, match=r"cores must be torch.Tensors, got \['str', 'str'\]"):
+        C.linear(torch.randn(2, 4), "ab")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="plan: cached_merges must be a bool"):
+        C.plan(cores, 3, cached_merges="no")  # type: ignore[arg-type]
     with pytest.raises(tt.ShapeError, match="TT-ranks do not chain"):
         C.plan([torch.randn(1, 2, 2, 3), torch.randn(2, 2, 2, 1)], 2)
     with pytest.raises(tt.ShapeError, match=r"b must be a dense \(\.\.\., N, P\) tensor"):
@@ -628,3 +632,42 @@ def test_training_states_past_the_mmap_threshold_are_priced_with_page_faults(mon
         cheap["sweep", "rtl", ((0, 2), (2, 4))].est_seconds
         < plans["full", "keep", ((0, 2), (2, 4))].est_seconds
     )
+
+
+def test_a_hand_edited_plan_is_refused_clearly(gen):
+    import dataclasses
+
+    w = tt.random_matrix([[2, 3, 2], [2, 2, 3]], tt_rank=2, dtype=torch.float64)
+    x = torch.randn(5, 12, dtype=torch.float64, generator=gen)
+    sweep = next(p for p in C.enumerate_plans(w, 5) if p.kind == "sweep")
+    full = next(p for p in C.enumerate_plans(w, 5) if p.kind == "full")
+    bad = [
+        dataclasses.replace(sweep, groups=()),
+        dataclasses.replace(sweep, groups=((0, 1),)),
+        dataclasses.replace(sweep, groups=((0, 4),)),
+        dataclasses.replace(sweep, groups=((0, 2), (1, 3))),
+        dataclasses.replace(sweep, kind="bogus"),
+        dataclasses.replace(sweep, direction="keep"),
+        dataclasses.replace(full, groups=((0, 0), (0, 3))),
+        dataclasses.replace(full, direction="rtl"),
+    ]
+    for plan in bad:
+        with pytest.raises(ValueError, match="the forced plan is not one the planner makes"):
+            C.linear(x, w, strategy=plan)
+    for plan in C.enumerate_plans(w, 5, requires_grad=True):  # every real plan still runs
+        assert_close(C.linear(x, w, strategy=plan), x @ tt.full(w).T)
+
+
+def test_backward_flops_of_a_one_core_full_plan(gen):
+    """With one core the right half is a constant: only the left half has a gradient (priced twice)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    w = tt.random_matrix([[4], [5]], tt_rank=1, dtype=torch.float64)
+    for plan in [p for p in C.enumerate_plans(w, 3, requires_grad=True) if p.kind == "full"]:
+        cores = [c.clone().requires_grad_() for c in w.tt_cores]
+        y = C.linear(
+            torch.randn(3, 5, dtype=torch.float64, generator=gen, requires_grad=True), cores, strategy=plan
+        )
+        with FlopCounterMode(display=False) as counter:
+            y.backward(torch.ones_like(y))
+        assert plan.flops_backward == counter.get_total_flops()

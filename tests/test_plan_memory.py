@@ -261,3 +261,20 @@ def test_the_bound_holds_at_the_batch_itself_not_its_bucket():
     bounded = C.plan(w, 3, requires_grad=True, max_saved_bytes=free.saved_bytes)
     assert bounded.saved_bytes <= free.saved_bytes
     assert bounded.est_seconds <= free.est_seconds * 1.05 and not bounded.recompute
+
+
+def test_the_bound_counts_a_copy_of_a_batched_operand(gen):
+    """tt_dense_matmul of a (B, N, P) operand flattens a transposed view, which copies it; the copy is kept for
+    backward: with max_saved_bytes=0 the 512 KiB copy was kept while nothing was counted."""
+    w = tt.random_matrix([[8, 8, 8], [8, 8, 8]], tt_rank=8)
+    cores = [c.clone().requires_grad_() for c in w.tt_cores]
+    b = torch.randn(4, 512, 64, generator=gen, requires_grad=True)
+    mine = {b.untyped_storage().data_ptr(), *(c.untyped_storage().data_ptr() for c in cores)}
+    for limit in (0, 600_000, 2_000_000):
+        kept = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in _saved(lambda: C.tt_dense_matmul(cores, b, max_saved_bytes=limit))  # noqa: B023
+            if t.untyped_storage().data_ptr() not in mine
+        }
+        least = min(p.saved_bytes for p in C.enumerate_plans(cores, 256, requires_grad=True))
+        assert sum(kept.values()) <= max(limit, b.numel() * 4 + least)

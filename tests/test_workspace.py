@@ -87,7 +87,22 @@ def test_threads_have_their_own_buffers():
     assert seen == [0, 128] and workspace.held_bytes() == 128
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
-def test_set_limit_rejects_bad_values(bad):
-    with pytest.raises(ValueError, match="nbytes"):
+@pytest.mark.parametrize(
+    ("bad", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("1", TypeError)]
+)
+def test_set_limit_rejects_bad_values(bad, error):
+    with pytest.raises(error, match="nbytes"):
         workspace.set_limit(bad)
+
+
+def test_set_limit_takes_numpy_and_tensor_ints():
+    import numpy as np
+
+    before = workspace.limit()
+    try:
+        workspace.set_limit(np.int64(2**20))
+        assert workspace.limit() == 2**20
+        workspace.set_limit(torch.tensor(2**21))
+        assert workspace.limit() == 2**21
+    finally:
+        workspace.set_limit(before)

@@ -246,6 +246,10 @@ def apply_unchecked(
     lead = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
+    if grad and max_saved is not None and x2d is not x and x2d.data_ptr() != x.data_ptr():
+        # leading dims that do not flatten into a view (tt_dense_matmul's transposed (..., N, P) operand): the
+        # copy is what training keeps in place of x, so the bound counts it
+        max_saved = max(0, max_saved - x2d.numel() * x2d.element_size())
     if torch.jit.is_tracing():  # (dynamo traces this wrapper, not torch._C._is_tracing)
         # one graph whatever the grad mode (a differentiable one): torch.jit.trace checks its trace by tracing
         # again under no_grad, and the grad mode picks the plan

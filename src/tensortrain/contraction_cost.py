@@ -329,19 +329,19 @@ def full_cost(
         merges = _Acc()
     ml = prod(rows[:split])
     dims4 = (ml, nl, prod(rows[split:]), nr)
+    # the halves' gradients: dW R^T and L^T dW; with one half only (split == d) the other is a constant
+    gh = (4 if split < d else 2) * mm * nn * r
     bs = block_rows(dims4, item)
     if bs:  # built and permuted in cache-sized blocks: streamed, more launches
         blocks = -(-ml // bs)
         build = _Acc(2 * mm * nn * r, 3 * item * mm * nn, 0, 3 * blocks, 0)
-        grad_halves = _Acc(4 * mm * nn * r, item * 4 * mm * nn, 0, 3 * blocks, 0)
+        grad_halves = _Acc(gh, item * 4 * mm * nn, 0, 3 * blocks, 0)
     elif batched_build(r, nl, nr):  # broadcast copies of the halves instead of a permute of W
         build = _Acc(2 * mm * nn * r, item * (mm * nn + 2 * mm * (nl + nr) * r), 0, 3, prod(rows))
-        grad_halves = _Acc(
-            4 * mm * nn * r, item * (2 * mm * nn + 4 * mm * (nl + nr) * r), 0, 6, 2 * prod(rows)
-        )
+        grad_halves = _Acc(gh, item * (2 * mm * nn + 4 * mm * (nl + nr) * r), 0, 6, 2 * prod(rows))
     else:
         build = _Acc(2 * mm * nn * r, item * mm * nn, 2 * item * mm * nn, 3, 0)
-        grad_halves = _Acc(4 * mm * nn * r, item * 2 * mm * nn, 2 * item * mm * nn, 3, 0)
+        grad_halves = _Acc(gh, item * 2 * mm * nn, 2 * item * mm * nn, 3, 0)
     if sliced_build(dims4, r):  # written in place, a slice at a time: W streamed once, a launch per slice
         build = _Acc(2 * mm * nn * r, item * mm * nn, 0, ml, 0)
     gemm = _Acc(2 * batch * mm * nn, item * (batch * nn + mm * nn + batch * mm), 0, 1, 0)

@@ -153,15 +153,19 @@ def plan_cache_size() -> int:
 
 def cores_of(weight: TensorTrain | Sequence[torch.Tensor], fn: str) -> tuple[torch.Tensor, ...]:
     if isinstance(weight, TensorTrain):
-        if not weight.is_tt_matrix():
-            raise ShapeError(f"{fn}: expects a TT-matrix, got a TT-tensor of shape {tuple(weight.shape)}")
+        if not weight.is_tt_matrix():  # the wrong kind of object, as tt.transpose says of one
+            raise TypeError(f"{fn}: expects a TT-matrix, got a TT-tensor of shape {tuple(weight.shape)}")
         return weight.tt_cores
     if isinstance(weight, torch.Tensor) or not isinstance(weight, Sequence):
         raise TypeError(
             f"{fn}: expects a TensorTrain or a sequence of TT-matrix cores, got {type(weight).__name__}"
         )
     cores = tuple(weight)
-    if not cores or any(not isinstance(c, torch.Tensor) or c.dim() != 4 for c in cores):
+    if any(not isinstance(c, torch.Tensor) for c in cores):
+        raise TypeError(
+            f"{fn}: TT-matrix cores must be torch.Tensors, got {[type(c).__name__ for c in cores]}"
+        )
+    if not cores or any(c.dim() != 4 for c in cores):
         raise ShapeError(
             f"{fn}: TT-matrix cores must be 4-dim tensors (r, m, n, r'), got shapes "
             f"{[tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__ for c in cores]}"
@@ -191,8 +195,44 @@ def check_strategy(strategy: object, dims: Dims, fn: str) -> None:
                 f"{fn}: the forced plan is for row dims {have[0]}, col dims {have[1]}, ranks {have[2]}, "
                 f"but the TT-matrix has row dims {dims[0]}, col dims {dims[1]}, ranks {dims[2]}"
             )
+        _check_program(strategy, len(dims[0]), fn)
     elif strategy not in STRATEGIES:
         raise ValueError(f"{fn}: unknown strategy {strategy!r}; valid strategies are {', '.join(STRATEGIES)}")
+
+
+def _check_program(p: ContractionPlan, d: int, fn: str) -> None:
+    """A forced plan's kind, direction and groups describe a program the executors can run (a hand-edited one
+    failed deep inside a reshape, or ran as another plan)."""
+    groups = p.groups
+    pairs = isinstance(groups, tuple) and all(
+        isinstance(g, tuple) and len(g) == 2 and all(type(i) is int for i in g) for g in groups
+    )
+    if p.kind == "full":
+        ok = (
+            p.direction in ("keep", "recompute")
+            and pairs
+            and len(groups) == 2
+            and groups[0][0] == 0
+            and 1 <= groups[0][1] == groups[1][0] <= d
+            and groups[1][1] == d
+        )
+    elif p.kind == "sweep":
+        ok = (
+            p.direction in ("rtl", "ltr")
+            and pairs
+            and len(groups) >= 1
+            and groups[0][0] == 0
+            and groups[-1][1] == d
+            and all(a < b for a, b in groups)
+            and all(x[1] == y[0] for x, y in zip(groups, groups[1:], strict=False))
+        )
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{fn}: the forced plan is not one the planner makes (kind {p.kind!r}, direction {p.direction!r}, groups "
+            f"{groups!r} for {d} cores): take one from tt.contraction.enumerate_plans or plan"
+        )
 
 
 def _bucket(batch: int | torch.SymInt) -> int:
@@ -350,6 +390,7 @@ def plan(
         requires_grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
     _check_flag(requires_grad, "plan", "requires_grad")
     max_saved = check_max_saved(max_saved_bytes, "plan")
+    _check_flag(cached_merges, "plan", "cached_merges")
     cached = cached_merges and not requires_grad
     prog = choose_program(cores, batch_size, requires_grad, strategy, cached, max_saved)
     c0 = cores[0]

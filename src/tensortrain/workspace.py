@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ._transforms import transforms_active
+from .shapes import as_int
 
 __all__ = ["scratch", "empty_cache", "limit", "set_limit", "held_bytes", "MIN_BYTES"]
 
@@ -54,9 +55,12 @@ def limit() -> int:
 def set_limit(nbytes: int) -> None:
     """Keep at most ``nbytes`` of returned scratch per thread (0: no reuse); frees any excess of this thread's."""
     global _limit
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-        raise ValueError(f"set_limit: nbytes must be an int >= 0, got {nbytes!r}")
-    _limit = nbytes
+    n = as_int(nbytes)
+    if n is None:
+        raise TypeError(f"set_limit: nbytes must be an int, got {nbytes!r}")
+    if n < 0:
+        raise ValueError(f"set_limit: nbytes must be >= 0, got {n}")
+    _limit = n
     _trim()
 
 
