@@ -261,22 +261,19 @@ def test_help_lists_the_options(capsys):
     assert "(default: 16)" in out and "torchrun" in out
 
 
-def test_demo_pipeline_on_synthetic_files(tmp_path, capsys):
-    """Runs everywhere (no real MNIST needed): IDX files the test writes, every stage, both outputs."""
+def _short_demo(tmp_path, n_train: int, n_test: int) -> list[str]:
+    """Synthetic IDX files in tmp_path/data and the argv of a one-epoch demo on them writing to tmp_path/out."""
     from test_datasets import fake_mnist
 
-    fake_mnist(tmp_path / "data", n_train=96, n_test=40)
-    argv = [
-        "demo",
-        "mnist",
-        "--data",
-        str(tmp_path / "data"),
-        "--out",
-        str(tmp_path / "out"),
-        "--no-progress",
-    ]
-    argv += ["--epochs-tt", "1", "--epochs-dense", "1", "--epochs-finetune", "1", "--batch-size", "32"]
-    assert main(argv) == 0
+    fake_mnist(tmp_path / "data", n_train=n_train, n_test=n_test)
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    fast = ["--epochs-tt", "1", "--epochs-dense", "1", "--epochs-finetune", "1", "--batch-size", "32"]
+    return ["demo", "mnist", "--data", data, "--out", out, "--no-progress", *fast]
+
+
+def test_demo_pipeline_on_synthetic_files(tmp_path, capsys):
+    """Runs everywhere (no real MNIST needed): IDX files the test writes, every stage, both outputs."""
+    assert main(_short_demo(tmp_path, 96, 40)) == 0
     report = json.loads((tmp_path / "out/results.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["a", "b", "c", "d"]
     assert [s["params"] for s in report["stages"]] == [7985, 496_885, 21_845, 21_845]
@@ -290,24 +287,12 @@ def test_demo_pipeline_on_synthetic_files(tmp_path, capsys):
 def test_demo_names_the_ranks_it_used_and_refuses_oversized_subsets(tmp_path, capsys, monkeypatch):
     """A rank above the useful ones was clipped while the table said the requested one; a subset larger than the
     data was used whole while results.json recorded the request; a missing --data folder was hinted as root=."""
-    from test_datasets import fake_mnist
-
-    fake_mnist(tmp_path / "data", n_train=64, n_test=32)
-    base = [
-        "demo",
-        "mnist",
-        "--data",
-        str(tmp_path / "data"),
-        "--out",
-        str(tmp_path / "out"),
-        "--no-progress",
-    ]
-    fast = ["--epochs-tt", "1", "--epochs-dense", "1", "--epochs-finetune", "1", "--batch-size", "32"]
-    assert main([*base, *fast, "--rank", "100000", "--compress-rank", "100000"]) == 0
+    argv = _short_demo(tmp_path, 64, 32)
+    assert main([*argv, "--rank", "100000", "--compress-rank", "100000"]) == 0
     names = [s["name"] for s in json.loads((tmp_path / "out/results.json").read_text())["stages"]]
     assert names[0] == "TT net (rank 700)" and names[2] == "b compressed (TT-SVD, rank 700)"
     capsys.readouterr()
-    assert main([*base, *fast, "--train-subset", "65"]) == 1
+    assert main([*argv, "--train-subset", "65"]) == 1
     assert "train_subset=65 is more than the 64 images MNIST has" in capsys.readouterr().err
     monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://127.0.0.1:9/")  # nothing listens: fails at once
     assert main(["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o2")]) == 1
