@@ -134,3 +134,25 @@ def test_random_tensors_with_tiny_and_huge_stddev():
 def test_add_n_of_one_object_honours_the_cap():
     x = tt.random_tensor((3, 4, 5), tt_rank=3)
     assert tt.approximate.add_n([x], max_tt_rank=1).tt_ranks == (1, 1, 1, 1)
+
+
+def test_division_by_scalars_keeps_the_cores_precision_and_the_rules_of_multiply():
+    """1 / s was taken in the scalar's dtype: a float32 0-dim tensor divided float64 cores with 1e-8 relative
+    error, np.float16 with 2e-4; bools were accepted as divisors where multiply refuses them."""
+    import numpy as np
+
+    a = tt.TensorTrain([torch.ones(1, 2, 1, dtype=torch.float64)])
+    for s in (torch.tensor(3.0), torch.tensor(3), np.float16(3), np.float32(3), 3):
+        assert tt.full(a / s)[0].item() == 1 / 3
+    for bad in (True, torch.tensor(True), "a"):
+        with pytest.raises(TypeError):
+            a / bad
+    with pytest.raises(TypeError, match="cannot multiply a TT object"):
+        a / torch.ones(2)
+    assert torch.isinf(tt.full(a / torch.tensor(0.0))).all()
+
+
+def test_a_set_of_cores_is_refused():
+    cores = [torch.randn(1, 2, 2), torch.randn(2, 3, 1)]
+    with pytest.raises(TypeError, match="expects a sequence of core tensors, got set"):
+        tt.TensorTrain(set(cores))

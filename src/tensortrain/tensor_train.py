@@ -14,12 +14,14 @@ Shape, ranks, dtype, device and batch size are derived from the cores, never sto
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .errors import ShapeError
+from .shapes import plain_scalar
 
 __all__ = ["TensorTrain", "TensorTrainBase", "TensorTrainBatch"]
 
@@ -51,10 +53,11 @@ class TensorTrainBase:
     __array_ufunc__ = None
 
     def __init__(self, tt_cores: Sequence[torch.Tensor]):
-        # any iterable of cores (an nn.ParameterList is not a Sequence); not a tensor, TT object, string or dict
-        if isinstance(tt_cores, torch.Tensor | TensorTrainBase | str | bytes | Mapping) or not isinstance(
-            tt_cores, Iterable
-        ):
+        # any iterable of cores (an nn.ParameterList is not a Sequence); not a tensor, TT object, string, dict or
+        # set (a set's order is arbitrary: the cores would be chained in any order)
+        if isinstance(
+            tt_cores, torch.Tensor | TensorTrainBase | str | bytes | Mapping | set | frozenset
+        ) or not isinstance(tt_cores, Iterable):
             raise TypeError(
                 f"{type(self).__name__} expects a sequence of core tensors, got {type(tt_cores).__name__}"
             )
@@ -330,7 +333,18 @@ class TensorTrainBase:
 
         if isinstance(other, TensorTrainBase):
             raise TypeError("dividing by a TT object is not supported (it has no TT form of fixed rank)")
-        return ops.multiply(self, 1.0 / other)
+        if isinstance(other, torch.Tensor):
+            if other.dim() != 0 or other.dtype == torch.bool:
+                return ops.multiply(self, other)  # refused there, with multiply's message
+            # the reciprocal at the cores' precision at least (a float32 0-dim tensor divided float64 cores
+            # with 1e-8 relative error, a float16 one with 2e-4)
+            return ops.multiply(
+                self, torch.reciprocal(other.to(torch.promote_types(other.dtype, self.dtype)))
+            )
+        other = plain_scalar(other)  # NumPy scalars as Python numbers (float64), as multiply reads them
+        if isinstance(other, bool) or not isinstance(other, numbers.Number):
+            return NotImplemented  # Python's TypeError then names both operand types
+        return ops.multiply(self, 1 / other)  # type: ignore[operator]
 
     def __matmul__(self, other: Any) -> Any:
         from . import ops
@@ -349,7 +363,8 @@ class TensorTrainBase:
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {name!r}: a TT object (e.g. the .weight of a "
                 "TTLinear or TTEmbedding layer) is not a torch.Tensor; initialize a TT layer with its init= "
-                "argument or reset_parameters(), and use tt.full(w) or TTLinear.dense_weight() for a dense tensor"
+                "argument or reset_parameters(), use tt.full(w) or TTLinear.dense_weight() for a dense tensor and "
+                "tt.transpose(w) for the transpose"
             )
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
