@@ -358,7 +358,7 @@ def test_public_names_exported():
             tt.ShapeError,
             r"tt_rank: boundary ranks must be 1, got \(2, 2, 2, 2\)",
         ),
-        (lambda: tt.random_tensor((2, 3), 2.0), TypeError, r"tt_rank must be an int or a sequence"),
+        (lambda: tt.random_tensor((2, 3), 2.5), TypeError, r"tt_rank must be an int or a sequence"),
     ],
 )
 def test_bad_input_is_refused(call, exc, match):
@@ -383,3 +383,15 @@ def test_many_cores_of_high_rank_are_not_zero_or_overflowing():
     for bad in (True, "1"):
         with pytest.raises(TypeError, match="variance must be a real number"):
             tt_normal_([torch.empty(1, 2, 1)], bad)
+
+
+def test_whole_float_ranks_port_from_t3f():
+    """t3f casts tt_rank with astype(int): r * np.ones(d - 1) is valid t3f code; only fractions are mistakes."""
+    import numpy as np
+
+    assert tt.random_tensor((2, 3, 4), 2.0).tt_ranks == (1, 2, 2, 1)
+    assert tt.random_matrix(((2, 3, 2), (2, 3, 2)), 2 * np.ones(2)).tt_ranks == (1, 2, 2, 1)
+    assert tt.nn.TTLinear(12, 20, tt_rank=torch.tensor(2.0)).tt_ranks == (1, 2, 1)
+    for bad in (2.5, True, float("nan"), [2, 2.5]):
+        with pytest.raises(TypeError, match="tt_rank must"):
+            tt.random_tensor((2, 3, 4), bad)

@@ -274,6 +274,17 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(ranks)
 
 
+def _whole(value: Any) -> int | None:
+    """An int, or a whole float (NumPy and 0-dim tensors included) as one; None for anything else."""
+    n = as_int(value)
+    if n is not None:
+        return n
+    v = plain_scalar(value)
+    if isinstance(v, float) and not isinstance(value, bool) and v.is_integer():
+        return int(v)
+    return None
+
+
 def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_rank") -> tuple[int, ...]:
     """Turn an int or a sequence of ranks into the full tuple ``(1, r_1, ..., r_{d-1}, 1)``.
 
@@ -283,9 +294,12 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
         d: the number of cores.
         name: the argument name used in error messages.
 
+    Ranks may be whole floats (t3f casts ``tt_rank = r * np.ones(d + 1)`` with ``astype(int)``); a fractional
+    one is refused rather than truncated.
+
     Raises:
         ShapeError: a rank below 1, the wrong length, or full ranks whose ends are not 1.
-        TypeError: a rank that is not an int.
+        TypeError: a rank that is not a whole number (a bool, a fractional float, a string).
 
     Example:
         >>> import tensortrain as tt
@@ -296,7 +310,7 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
     if isinstance(tt_rank, str | bytes):  # a sequence, but of characters
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
-    one = as_int(tt_rank) if not isinstance(tt_rank, Sequence) else None
+    one = _whole(tt_rank) if not isinstance(tt_rank, Sequence) else None
     if one is not None:
         if one < 1:  # checked on its own: with d = 1 there is no inner bond to carry it
             raise ShapeError(f"{name} values must be >= 1, got {one}")
@@ -307,7 +321,7 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
             items = list(seq)
         except TypeError:
             raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}") from None
-        maybe = [as_int(r) for r in items]
+        maybe = [_whole(r) for r in items]
         given = [r for r in maybe if r is not None]
         if len(given) != len(items):
             raise TypeError(f"{name} must contain ints, got {tuple(items)!r}")
