@@ -156,3 +156,15 @@ def test_a_set_of_cores_is_refused():
     cores = [torch.randn(1, 2, 2), torch.randn(2, 3, 1)]
     with pytest.raises(TypeError, match="expects a sequence of core tensors, got set"):
         tt.TensorTrain(set(cores))
+
+
+def test_a_tt_matrix_batch_takes_batch_indices_in_tuple_form():
+    mb = tt.random_matrix_batch([[2, 3], [4, 5]], tt_rank=2, batch_size=3, dtype=torch.float64)
+    for index in ((0,), (0, ...), (1,)):
+        assert_close(tt.full(mb[index]), tt.full(mb)[index[0]])
+    assert mb[...] is mb and mb[()] is mb and mb[(...,)] is mb
+    assert mb[1:, ...].batch_size == 2
+    with pytest.raises(TypeError, match="indexing a TT-matrix"):
+        mb[..., 0]
+    with pytest.raises(TypeError, match="indexing a TT-matrix"):
+        mb[0, 1]

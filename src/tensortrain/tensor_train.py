@@ -474,6 +474,14 @@ class TensorTrainBatch(TensorTrainBase):
         from . import indexing
 
         if isinstance(index, tuple) or index is Ellipsis:
+            if self.is_tt_matrix():
+                # batch indices only: (i,), (i, ...), ... and () index the batch (or nothing), as numpy reads
+                # them; anything reaching a mode is refused by getitem with its message
+                items = list(index) if isinstance(index, tuple) else [index]
+                while items and items[-1] is Ellipsis:
+                    items.pop()
+                if len(items) <= 1 and not any(it is Ellipsis for it in items):
+                    return self if not items else self[items[0]]
             return indexing.getitem(self, index)
         cores, batch = indexing.index_batch(list(self._tt_cores), index, self.batch_size)
         # elements of a batch of tangent vectors are tangent vectors at the same point
