@@ -79,8 +79,15 @@ def test_getitem_errors(gen):
         a[0, 0, 0]
     with pytest.raises(IndexError, match="mode 0: slice slice\\(2, None, None\\) selects nothing"):
         a[2:]
-    with pytest.raises(ValueError, match="mode 0: slice step must be positive, got -1"):
-        a[::-1]
+    with pytest.raises(ValueError, match="mode 0: slice step cannot be zero"):
+        a[::0]
+    full = tt.full(a)  # negative steps reverse a mode, as numpy and t3f's strided slices do
+    for index in (
+        (slice(None, None, -1),),
+        (0, slice(None, None, -2)),
+        (slice(2, 0, -1), slice(None, None, -1)),
+    ):
+        assert torch.allclose(tt.full(a[index]), torch.from_numpy(full.numpy()[index].copy()))
     with pytest.raises(TypeError, match="mode 0: index must be an int or a slice, got None"):
         a[None]
     with pytest.raises(TypeError, match="mode 1: index must be an int or a slice, got 1.5"):

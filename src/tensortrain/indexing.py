@@ -22,8 +22,8 @@ def getitem(tt: TensorTrainBase, index: Any) -> Any:
     """Numpy-style basic indexing of a TT-tensor (``tt[1, :, 2:4]``), used by ``TensorTrain.__getitem__``.
 
     An int selects one slice of a mode: the mode disappears and the ``(r x r')`` slice of its core is
-    absorbed into the next kept core (or the previous one at the end), so ranks never grow. A slice
-    (positive step) keeps the mode. Missing trailing indices and one ``...`` mean ``:``. Indexing every
+    absorbed into the next kept core (or the previous one at the end), so ranks never grow. A slice keeps the
+    mode (a negative step reverses it, as in numpy and t3f; torch tensors refuse negative steps). Missing trailing indices and one ``...`` mean ``:``. Indexing every
     mode with ints returns the entry as a 0-dim tensor. For a batch, the first index selects batch
     elements (int: a :class:`TensorTrain` results; slice, list or index tensor: a batch) and the rest
     index the modes; as in numpy, ``...`` spans the batch axis too (``b[..., 1]`` indexes the last mode).
@@ -43,7 +43,7 @@ def getitem(tt: TensorTrainBase, index: Any) -> Any:
         TypeError: an index of an unsupported kind (None, float, bool, a tensor or array with dims for a
             mode), or a TT-matrix.
         IndexError: too many indices, an int out of range, or a slice that selects nothing.
-        ValueError: a slice step that is not positive.
+        ValueError: a slice step of zero.
 
     Complexity: O(d r^3 n') for n' kept mode entries.
 
@@ -136,9 +136,14 @@ def _index_modes(cores: list[torch.Tensor], items: list[Any], batch: bool) -> An
     for k, (core, it) in enumerate(zip(cores, items, strict=True)):
         n = core.shape[2]
         if isinstance(it, slice):
-            if it.step is not None and it.step <= 0:
-                raise ValueError(f"mode {k}: slice step must be positive, got {it.step}")
-            part = core[:, :, it]
+            if it.step is not None and it.step == 0:
+                raise ValueError(f"mode {k}: slice step cannot be zero")
+            if it.step is not None and it.step < 0:
+                # torch slices take no negative steps; Python's range does (as t3f's strided slices did)
+                picked = torch.tensor(range(n)[it], dtype=torch.long, device=core.device)
+                part = core.index_select(2, picked)
+            else:
+                part = core[:, :, it]
             if part.shape[2] == 0:
                 raise IndexError(f"mode {k}: slice {it} selects nothing from a mode of size {n}")
             if pending is not None:
