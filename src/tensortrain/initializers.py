@@ -99,11 +99,12 @@ def _add_cores(a: list[torch.Tensor], b: list[torch.Tensor], batch: bool) -> lis
     return out
 
 
-def per_core_std(variance: float, ranks: Sequence[int], d: int) -> float:
-    """The std ``s`` of i.i.d. core entries that gives full-tensor entries of ``variance`` (> 0) over ``d`` cores
-    with TT-ranks ``ranks``: ``(variance / prod(ranks))^(1 / 2d)``, taken in logs (the product of many ranks
-    overflows a float, and variance / product can underflow to 0: all-zero "random" cores)."""
-    return math.exp((math.log(variance) - sum(math.log(r) for r in ranks)) / (2 * d))
+def per_core_std(std: float, ranks: Sequence[int], d: int) -> float:
+    """The std ``s`` of i.i.d. core entries that gives full-tensor entries of std ``std`` (> 0) over ``d`` cores
+    with TT-ranks ``ranks``: ``(std^2 / prod(ranks))^(1 / 2d)``, taken in logs (the product of many ranks
+    overflows a float, and std^2 / product can underflow to 0: all-zero "random" cores; std^2 itself leaves the
+    float range beyond about 1e-154 and 1e154)."""
+    return math.exp((2 * math.log(std) - sum(math.log(r) for r in ranks)) / (2 * d))
 
 
 def _random(
@@ -123,10 +124,7 @@ def _random(
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
     ranks = _ranks(tt_rank, modes)
     d = len(rows)
-    # (from log(stddev): stddev**2 under- or overflows for stddev beyond about 1e-154 and 1e154)
-    core_std = (
-        0.0 if stddev == 0 else math.exp((2 * math.log(stddev) - sum(math.log(r) for r in ranks)) / (2 * d))
-    )
+    core_std = 0.0 if stddev == 0 else per_core_std(stddev, ranks, d)
     shapes = _core_shapes(rows, cols, ranks, batch_size)
     cores = _normal_cores(shapes, 0.0, core_std, generator, **kw)
     if mean != 0.0:

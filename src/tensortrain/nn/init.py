@@ -89,7 +89,7 @@ def tt_normal_(
     if d == 0:
         raise ValueError("tt_normal_: expected at least one core, got none")
     # the d-th root of the target std divided by the sqrt of the number of rank paths
-    std = per_core_std(variance, [int(c.shape[0]) for c in cores[1:]], d)
+    std = per_core_std(math.sqrt(variance), [int(c.shape[0]) for c in cores[1:]], d)
     with torch.no_grad():
         for c in cores:
             c.normal_(0.0, std, generator=generator)

@@ -97,7 +97,8 @@ def resolve_dims(
     """
     if pad is not None and not isinstance(pad, bool):
         raise TypeError(f"pad must be None, True or False, got {pad!r}")
-    given = bool(pad)
+    # given dims may multiply to more only when asked; automatic dims pad unless refused
+    given, auto = bool(pad), pad is not False
     ins = None if in_dims is None else _check_dims("in_dims", in_dims, in_features, "in_features", pad=given)
     outs = (
         None
@@ -112,13 +113,12 @@ def resolve_dims(
     if d is None:
         # No more modes than the richer size fills: otherwise some core would have m_k = n_k = 1 and only add
         # an r x r factor (two primes give d = 2: a plain low-rank factorization).
-        auto = pad is not False
         richest = max(_richness(in_features, auto), _richness(out_features, auto))
         d = max(2, min(_choose_d(max(in_features, out_features)), richest))
     if ins is None:
-        ins = _modes(in_features, d, pad is not False)
+        ins = _modes(in_features, d, auto)
     if outs is None:
-        outs = tuple(reversed(_modes(out_features, d, pad is not False)))
+        outs = tuple(reversed(_modes(out_features, d, auto)))
     return ins, outs
 
 
@@ -356,10 +356,6 @@ class TTLinear(TTModule):
         then forward reads them directly and keeps merged cores between inference calls."""
         return tuple(registry) == _CORE_KEYS[: len(cores)] and "bias" in self._parameters
 
-    def _padded_saved(self, rows: int, itemsize: int) -> int:
-        """Bytes of the zero-padded copy of the input that training keeps for backward in place of the input."""
-        return rows * math.prod(self.in_dims) * itemsize if self._in_pad else 0
-
     def _padded_forward(
         self,
         input: torch.Tensor,
@@ -381,13 +377,12 @@ class TTLinear(TTModule):
         limit = self._max_saved
         if limit is not None and self._in_pad:
             # the padded copy is kept for backward in place of the input: the bound counts it
-            rows = x.numel() // max(int(x.shape[-1]), 1)
-            limit = max(0, limit - self._padded_saved(rows, cores[0].element_size()))
+            limit = max(0, limit - x.numel() * x.element_size())
         y = F.linear_cores(x, cores, None, cache, self._strategy, limit)
         if self._out_pad:
             y = y[..., : self.out_features]
         if bias is not None:
-            contraction.check_bias("tt_linear", bias, self.out_features, cores[0])
+            contraction.check_bias("TTLinear", bias, self.out_features, cores[0])
             # under autocast y is in the lower precision, as nn.Linear's output is: add the bias in that dtype
             return y + (bias if bias.dtype == y.dtype else bias.to(y.dtype))
         return y.contiguous()
@@ -414,11 +409,10 @@ class TTLinear(TTModule):
         """
         weight = self.weight
         limit, padded = self._max_saved, 0
-        grad = requires_grad
-        if grad is None:
-            grad = torch.is_grad_enabled() and any(c.requires_grad for c in weight.tt_cores)
-        if grad and isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 0:
-            padded = self._padded_saved(batch_size, weight.tt_cores[0].element_size())
+        rows = as_int(batch_size)  # (checked by contraction_plan)
+        if self._in_pad and rows is not None and rows >= 0:
+            # training keeps the zero-padded copy of the input in place of the input: counted, and bounded
+            padded = rows * math.prod(self.in_dims) * weight.tt_cores[0].element_size()
             limit = None if limit is None else max(0, limit - padded)
         # without gradients the layer keeps its merged core groups between calls (see clear_cache), unless
         # prune or parametrize reroute its registries (forward then plans without them)
