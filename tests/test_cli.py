@@ -298,3 +298,87 @@ def test_demo_names_the_ranks_it_used_and_refuses_oversized_subsets(tmp_path, ca
     assert main(["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o2")]) == 1
     err = capsys.readouterr().err
     assert "pass --data / set $TENSORTRAIN_DATA" in err and "root=" not in err
+
+
+def test_seeds_runs_every_seed_and_summarizes_them(tmp_path, capsys):
+    """--seeds runs the demo once per seed into OUT/seed-S, each run equal to a --seed run, then the table."""
+    argv = _short_demo(tmp_path, 96, 40)
+    assert main([*argv, "--seeds", "3,5", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "out"
+    per_seed = {s: json.loads((out / f"seed-{s}/results.json").read_text()) for s in (3, 5)}
+    assert [r["config"]["seed"] for r in per_seed.values()] == [3, 5]
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [3, 5] and "seed" not in summary["config"]
+    assert [s["stage"] for s in summary["stages"]] == ["a", "b", "c", "d"]
+    for k, stage in enumerate(summary["stages"]):
+        accs = [per_seed[s]["stages"][k]["test_accuracy"] for s in (3, 5)]
+        assert stage["test_accuracy"] == {"3": accs[0], "5": accs[1]}
+        assert stage["mean"] == pytest.approx(sum(accs) / 2)
+        assert stage["sd"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+        assert stage["target"] is None and stage["runs_meeting_target"] is None  # a shortened run
+    rows = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| seed | 3 | 5 | mean ± sd |"
+    a = summary["stages"][0]
+    assert rows[2] == (
+        f"| a | {100 * a['test_accuracy']['3']:.2f} | {100 * a['test_accuracy']['5']:.2f} "
+        f"| {100 * a['mean']:.2f} ± {100 * a['sd']:.2f} |"
+    )
+    assert "not compared" in printed and "seeds.json" in printed
+    # a seed's run inside --seeds is the run of --seed alone: nothing carries over from the seed before it
+    alone = tmp_path / "alone"
+    assert main([*argv, "--seed", "5", "--threads", "1", "--out", str(alone)]) == 0
+    solo = json.loads((alone / "results.json").read_text())["stages"]
+    assert [s["test_accuracy"] for s in solo] == [s["test_accuracy"] for s in per_seed[5]["stages"]]
+    assert [s["history"] for s in solo] == [s["history"] for s in per_seed[5]["stages"]]
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"), [("7", [7]), ("0-3", [0, 1, 2, 3]), ("0-1, 5,9-10", [0, 1, 5, 9, 10])]
+)
+def test_seeds_lists_and_ranges_parse(text, seeds):
+    args = build_parser().parse_args(["demo", "mnist", "--seeds", text])
+    assert args.seeds == seeds
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seeds", "3-1"], "range '3-1' ends below its start"),
+        (["--seeds", "0-2,1"], "seed 1 is listed twice in '0-2,1'"),
+        (["--seeds", "a-b"], "expected an integer, got 'a'"),
+        (["--seeds", "0-1000"], "at most 1000 seeds"),
+        (["--seeds", "0-4294967296"], "must lie in [0, 4294967295], got 4294967296"),
+        (["--seeds", "0-2", "--seed", "1"], "not allowed with argument --seeds"),
+    ],
+)
+def test_seeds_errors_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "mnist", *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_seed_summary_counts_runs_meeting_the_targets():
+    from tensortrain.demo import TARGETS, StageResult, format_seeds_table, summarize_seeds
+
+    def run(b: float, c: float) -> list[StageResult]:
+        return [
+            StageResult("b", "dense", 1, None, b, 1.0, 5, 1e-3),
+            StageResult("c", "tt", 1, 1, c, 0.1, 0, None),
+        ]
+
+    summary = summarize_seeds({0: run(0.9698, 0.6), 1: run(0.9700, 0.7), 2: run(0.9750, 0.5)}, TARGETS)
+    b, c = summary
+    assert b["runs_meeting_target"] == 2 and b["target"] == 0.97  # >= counts: 97.00 meets 97.0
+    assert (b["min"], b["max"]) == (0.9698, 0.975)
+    assert c["target"] is None and c["runs_meeting_target"] is None
+    table = format_seeds_table(summary).splitlines()
+    assert table[0] == "| seed | 0 | 1 | 2 | mean ± sd | runs meeting the target |"
+    assert table[2].endswith("| 2 of 3 (>= 97.0) |") and table[3].endswith("| (reported) |")
+    one = summarize_seeds({4: run(0.9, 0.5)})
+    assert one[0]["sd"] is None and format_seeds_table(one).splitlines()[2] == "| b | 90.00 | 90.00 |"
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        from tensortrain.demo import DemoConfig, run_mnist_seeds
+
+        run_mnist_seeds(DemoConfig(), [1, 2, 1])

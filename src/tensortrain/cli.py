@@ -12,9 +12,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from .demo import DemoConfig, StageResult
 
 __all__ = ["build_parser", "main"]
 
@@ -38,6 +41,28 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
     # shown by argparse in "invalid int>=1 value" messages
     parse.__name__ = f"int>={low}" if high is None else f"int in [{low}, {high}]"
     return parse
+
+
+_MAX_SEEDS = 1000
+
+
+def _seed_list(text: str) -> list[int]:
+    """An argparse ``type``: distinct seeds as comma-separated integers and inclusive ranges (``0-4,7``)."""
+    seed = _int_in(0, 2**32 - 1)
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        lo = seed(first)
+        hi = seed(last) if sep else lo
+        if hi < lo:
+            raise argparse.ArgumentTypeError(f"range {part.strip()!r} ends below its start")
+        if len(seeds) + hi - lo + 1 > _MAX_SEEDS:
+            raise argparse.ArgumentTypeError(f"at most {_MAX_SEEDS} seeds, got more in {text!r}")
+        seeds.extend(range(lo, hi + 1))
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"seed {twice[0]} is listed twice in {text!r}")
+    return seeds
 
 
 def _add_mnist(demo: argparse._SubParsersAction) -> None:
@@ -78,12 +103,22 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compress-rank", type=pos, metavar="R", default=16, help="max TT-rank of the TT-SVD (stage c)" + d
     )
-    p.add_argument(
+    seeding = p.add_mutually_exclusive_group()
+    seeding.add_argument(
         "--seed",
         type=_int_in(0, 2**32 - 1),  # the demo's own limit (DemoConfig): a usage error, not a runtime one
         metavar="S",
         default=0,
         help="seed of the initializations and shuffles, 0 to 2**32 - 1" + d,
+    )
+    seeding.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="LIST",
+        help=(
+            "run once per seed (e.g. 0-9, or 0,3,7) into OUT/seed-S, then print the accuracies of all runs "
+            "with their mean and standard deviation and write OUT/seeds.json"
+        ),
     )
     p.add_argument(
         "--batch-size",
@@ -199,7 +234,7 @@ def _run_mnist(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from .datasets import IDXError
-    from .demo import TARGETS, DemoConfig, format_table, is_tutorial, run_mnist_demo
+    from .demo import TARGETS, DemoConfig, format_table, is_tutorial, run_mnist_demo, run_mnist_seeds
 
     started_here = False
     try:
@@ -242,8 +277,12 @@ def _run_mnist(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     t0 = time.perf_counter()
+    bar = _progress_bar(rank == 0 and not args.no_progress)
     try:
-        results = run_mnist_demo(cfg, log=log, progress=_progress_bar(rank == 0 and not args.no_progress))
+        if args.seeds is not None:
+            runs = run_mnist_seeds(cfg, args.seeds, log=log, progress=bar)
+        else:
+            results = run_mnist_demo(cfg, log=log, progress=bar)
     except (OSError, IDXError, ValueError) as err:  # OSError: missing/undownloadable data, unwritable --out
         text = str(err).replace(
             "pass root= / set", "pass --data / set"
@@ -254,6 +293,10 @@ def _run_mnist(args: argparse.Namespace) -> int:
         if started_here:
             dist.destroy_process_group()
     log("")
+    if args.seeds is not None:
+        _report_seeds(runs, cfg, log)
+        log(f"wall time {time.perf_counter() - t0:.1f} s; wrote {os.path.join(cfg.out, 'seeds.json')}")
+        return 0
     log(format_table(results))
     if is_tutorial(cfg):
         for r in results:
@@ -267,6 +310,24 @@ def _run_mnist(args: argparse.Namespace) -> int:
         log(f"targets ({wanted}) apply to the tutorial's full run (the default options): not compared")
     log(f"wall time {time.perf_counter() - t0:.1f} s; wrote {os.path.join(cfg.out, 'results.json')}")
     return 0
+
+
+def _report_seeds(runs: dict[int, list[StageResult]], cfg: DemoConfig, log: Callable[[str], None]) -> None:
+    from .demo import TARGETS, format_seeds_table, is_tutorial, summarize_seeds
+
+    tutorial = is_tutorial(cfg)
+    summary = summarize_seeds(runs, TARGETS if tutorial else None)
+    log(format_seeds_table(summary))
+    if not tutorial:
+        wanted = ", ".join(f"{k} >= {100 * v:.1f}%" for k, v in TARGETS.items())
+        log(f"targets ({wanted}) apply to the tutorial's full run (the default options): not compared")
+        return
+    for s in summary:
+        if s["target"] is not None:
+            log(
+                f"target {s['stage']}: met by {s['runs_meeting_target']} of {len(runs)} runs "
+                f"(>= {100 * s['target']:.1f}%; mean {100 * s['mean']:.2f}%)"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
