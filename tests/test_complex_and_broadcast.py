@@ -125,6 +125,27 @@ def test_kronecker_determinant_gradient_at_a_singular_factor():
     assert_close(tt.kronecker.determinant(batch), torch.tensor([0.0, 9.0], dtype=torch.float64))
 
 
+def test_kronecker_determinant_of_a_singular_matrix_whose_other_factor_powers_overflow():
+    """The singular branch multiplied powered factor determinants: (3^32)^64 overflowed, and 0 * inf gave NaN
+    (value and gradients) where det(A) = 0 and its gradient is 0 (every factor appears more than once)."""
+    for dtype, factors in (
+        (torch.float32, (torch.ones(2, 2), 3 * torch.eye(32), torch.eye(32))),
+        (torch.float64, (torch.zeros(2, 2), 100 * torch.eye(10), torch.eye(10))),
+    ):
+        cores = [f.to(dtype)[None, :, :, None].clone().requires_grad_() for f in factors]
+        det = tt.kronecker.determinant(tt.TensorTrain(cores))
+        assert det.item() == 0.0 and det.dtype == dtype
+        for g in torch.autograd.grad(det, cores):
+            assert torch.equal(g, torch.zeros_like(g))
+    batch = tt.TensorTrainBatch(
+        [
+            torch.stack([torch.ones(2, 2), torch.eye(2)])[:, None, :, :, None],
+            torch.stack([3 * torch.eye(32), 2 * torch.eye(32)])[:, None, :, :, None],
+        ]
+    )
+    assert_close(tt.kronecker.determinant(batch), torch.tensor([0.0, 2.0**64]))
+
+
 def test_random_tensors_with_tiny_and_huge_stddev():
     for std in (1e-170, 1e200):
         x = tt.random_tensor((3, 4), tt_rank=2, stddev=std, dtype=torch.float64)

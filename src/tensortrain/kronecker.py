@@ -87,17 +87,24 @@ def determinant(kron_a: TensorTrainBase) -> torch.Tensor:
     singular = sign == 0
     if transforms_active() or not bool(singular.any()):
         return (sign * torch.exp(logabsdet)).to(factors[0].dtype)
-    # At a singular factor the gradient of exp(log|det|) is 0 * inf = NaN. Singular elements take the product of
-    # the factors' determinants to their powers (det's own backward is finite there); the others the slogdet
-    # path. Each branch sees identities where the other is taken, so neither backward meets a singular matrix
-    # or an overflowing power.
-    total = math.prod(int(f.shape[-1]) for f in factors)
+    # At a singular factor the gradient of exp(log|det|) is 0 * inf = NaN. Singular elements take another
+    # branch, the non-singular ones the slogdet path; each branch sees identities where the other is taken, so
+    # neither backward meets a singular matrix or an overflowing power.
+    sizes = [int(f.shape[-1]) for f in factors]
+    total = math.prod(sizes)
     pick = singular[..., None, None]
-    eyes = [torch.eye(int(f.shape[-1]), dtype=f.dtype, device=f.device) for f in wide]
+    eyes = [torch.eye(n, dtype=f.dtype, device=f.device) for f, n in zip(wide, sizes, strict=True)]
     s2, l2 = _slogdet([torch.where(pick, e, f) for f, e in zip(wide, eyes, strict=True)])
-    direct = torch.ones_like(sign)
-    for f, e in zip(wide, eyes, strict=True):
-        direct = direct * torch.linalg.det(torch.where(pick, f, e)) ** float(total // int(f.shape[-1]))
+    if sum(n > 1 for n in sizes) > 1:
+        # Every factor then appears at least twice (its power is the product of the other sizes), so det(A) and
+        # its gradient are exactly 0 at a singular element. The product of powered determinants could meet
+        # 0 * inf = NaN there (a non-singular factor's power overflowing): a zero tied to the graph instead.
+        direct = torch.zeros_like(sign) + sum((f * 0).sum((-2, -1)) for f in wide)
+    else:
+        # One matrix factor, appearing once: the product is exact, and det's own backward is finite there.
+        direct = torch.ones_like(sign)
+        for f, e, n in zip(wide, eyes, sizes, strict=True):
+            direct = direct * torch.linalg.det(torch.where(pick, f, e)) ** float(total // n)
     return torch.where(singular, direct, s2 * torch.exp(l2)).to(factors[0].dtype)
 
 
