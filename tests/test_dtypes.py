@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.testing import assert_close
 
 import tensortrain as tt
 
@@ -44,6 +45,32 @@ def test_float16_results_that_do_not_fit_raise():
             fn(x)
     small = tt.tensor_ones((4,) * 3, dtype=torch.float16)
     assert torch.equal(tt.full(tt.round(small)), tt.full(small))
+
+
+def test_results_whose_norm_overflows_float32_or_float64_raise():
+    """Finite entries, norm above the dtype's range: TT-SVD and round returned inf cores silently, and TT-SVD with
+    an epsilon failed inside the SVD (an opaque LinAlgError)."""
+    b = (torch.rand(5, 5, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 3e38
+    for eps in (None, 0.01):
+        for method in ("exact", "randomized", "auto"):
+            with pytest.raises(ValueError, match=r"TT-SVD: .*float32.* use float64, or scale the input down"):
+                tt.to_tt_tensor(b, max_tt_rank=100, epsilon=eps, method=method)
+    w = tt.TensorTrain([torch.full((1, 4, 1), 1e19), torch.full((1, 4, 1), 1e19)])
+    for eps in (None, 0.1):
+        with pytest.raises(ValueError, match=r"round: .*float32"):
+            tt.round(w, max_tt_rank=1, epsilon=eps)
+    with pytest.raises(ValueError, match=r"norm overflows even float64; .*scale the input down"):
+        tt.to_tt_tensor(torch.full((4, 4), 1e308, dtype=torch.float64), max_tt_rank=4, epsilon=0.1)
+    # what fits still works: the same data in float64; a float32 norm of 4e38 whose rank-1 result fits (with an
+    # epsilon it was inf: the SVD ran in float32; now in float64 and cast back); a norm of inf in float64
+    # without an epsilon (a full-rank cap needs no SVD)
+    assert torch.isfinite(tt.full(tt.to_tt_tensor(b.double(), max_tt_rank=100, epsilon=0.01))).all()
+    big = torch.full((4, 4), 1e38)
+    x = tt.to_tt_tensor(big, max_tt_rank=4, epsilon=0.1)
+    assert x.dtype == torch.float32 and x.tt_ranks == (1, 1, 1)
+    assert_close(tt.full(x), big)
+    huge = torch.full((4, 4), 1e308, dtype=torch.float64)
+    assert_close(tt.full(tt.to_tt_tensor(huge, max_tt_rank=4)), huge)
 
 
 def test_renormalize_float16_multiplies_in_the_wide_dtype():

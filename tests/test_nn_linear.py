@@ -469,6 +469,40 @@ def test_inference_mode_layers_and_inputs():
         assert_close(layer(x), layer.to_linear()(x))
 
 
+@pytest.mark.parametrize("strategy", ["auto", "full", "cores_rtl", "cores_ltr", "grouped_rtl"])
+def test_a_layer_made_in_inference_mode_trains(strategy):
+    """Its cores are inference tensors: sweeps reshaped them, and views of inference tensors leave autograd (no
+    core gradients, silently); the full plan could not save them for backward (a RuntimeError)."""
+    with torch.inference_mode():
+        layer = tt.nn.TTLinear(24, 30, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 3, 2), dtype=torch.float64)
+    layer.strategy = strategy
+    x = torch.randn(4, 24, dtype=torch.float64)
+    layer(x).square().sum().backward()
+    plain = [c.detach().clone().requires_grad_() for c in layer.cores]
+    w = tt.full(tt.TensorTrain(plain))
+    (x @ w.t() + layer.bias.detach()).square().sum().backward()
+    for c, ref in zip(layer.cores, plain, strict=True):
+        assert c.grad is not None
+        assert_close(c.grad, ref.grad)
+    with torch.no_grad():  # and inference still runs from the inference tensors themselves
+        assert_close(layer(x), x @ w.detach().t() + layer.bias)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "full", "cores_rtl", "grouped_ltr"])
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_a_core_replaced_by_one_whose_rank_does_not_chain_is_a_clear_error(strategy, batch):
+    """The forward checked its cores nowhere: it failed inside a reshape or a GEMM, each plan its own way."""
+    layer = tt.nn.TTLinear(24, 30, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 3, 2))
+    layer.strategy = strategy
+    layer.cores[0] = nn.Parameter(torch.randn(1, 5, 2, 4))
+    for grad in (False, True):
+        with (
+            torch.set_grad_enabled(grad),
+            pytest.raises(tt.ShapeError, match=r"TT-ranks do not chain: core 0"),
+        ):
+            layer(torch.randn(batch, 24))
+
+
 @pytest.mark.parametrize("batch", [1, 64, 4096])
 def test_layers_run_on_the_meta_device(batch):
     """Shape inference on meta tensors (as for deferred initialization) through every path, forward and backward."""

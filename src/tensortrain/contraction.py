@@ -246,6 +246,11 @@ def apply_unchecked(
     lead = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
+    if grad and not torch.is_inference_mode_enabled() and any(c.is_inference() for c in cores):
+        # cores created under inference_mode (a layer built there): views of them drop out of autograd (sweeps
+        # start with reshapes: no gradients, silently) and products may not save them (the full plan raised); a
+        # clone is an ordinary tensor, as TTEmbedding's lookups use
+        cores = [c.clone() if c.is_inference() and c.requires_grad else c for c in cores]
     if grad and max_saved is not None and x2d is not x and x2d.data_ptr() != x.data_ptr():
         # leading dims that do not flatten into a view (tt_dense_matmul's transposed (..., N, P) operand): the
         # copy is what training keeps in place of x, so the bound counts it

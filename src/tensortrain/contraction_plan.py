@@ -275,6 +275,19 @@ def choose_program(
     )
     prog = _PLAN_CACHE.get(key)
     if prog is None:
+        # the layers' fast path checks its cores nowhere else: a core replaced by one of another rank
+        # (layer.cores[0] = nn.Parameter(...)) failed inside a reshape, with a message that varied by plan
+        if any(c.dim() != 4 for c in cores) or cores[0].shape[0] != 1 or cores[-1].shape[-1] != 1:
+            raise ShapeError(
+                "the TT-matrix cores must be 4-dim (r, m, n, r') with boundary TT-ranks 1, got shapes "
+                f"{[tuple(c.shape) for c in cores]}"
+            )
+        for k in range(len(cores) - 1):
+            if cores[k].shape[-1] != cores[k + 1].shape[0]:
+                raise ShapeError(
+                    f"TT-ranks do not chain: core {k} has shape {tuple(cores[k].shape)} but core {k + 1} "
+                    f"has shape {tuple(cores[k + 1].shape)} (core shapes {[tuple(c.shape) for c in cores]})"
+                )
         dims = dims_of(cores)
         prog = _PLAN_CACHE[key] = _cost.choose(
             dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved

@@ -45,6 +45,7 @@ from .operands import wide_dtype
 from .orthogonalization import (
     cast_back,
     check_finite_cores,
+    check_norms_fit,
     compute_dtype,
     merge_modes,
     orthogonalize,
@@ -153,12 +154,12 @@ def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
     return ranks[1:-1]
 
 
-def _deltas(x: torch.Tensor, epsilon: float | None, d: int) -> torch.Tensor | None:
-    """Per-SVD absolute error budgets ``(B,)`` for a batch ``x`` whose per-element norm is the tensor's."""
-    if epsilon is None or d < 2:
+def _deltas(norms: torch.Tensor | None, epsilon: float | None, d: int) -> torch.Tensor | None:
+    """Per-SVD absolute error budgets ``(B,)`` from the norms ``(B,)`` of a batch's elements."""
+    if norms is None or epsilon is None or d < 2:
         return None
     # Oseledets 2011: eps / sqrt(d - 1) per SVD makes the total relative error at most eps.
-    return _norms(x.reshape(x.shape[0], -1)) * (epsilon / math.sqrt(d - 1))
+    return norms * (epsilon / math.sqrt(d - 1))
 
 
 def _norms(x2d: torch.Tensor) -> torch.Tensor:
@@ -185,7 +186,13 @@ def _tt_svd(
     """Cores ``(B, r_{k-1}, n_k, r_k)`` of the TT-SVD of ``a`` of shape ``(B, n_1 ... n_d)``."""
     b, d, dtype = a.shape[0], len(modes), a.dtype
     a = a.to(compute_dtype(dtype))
-    delta = _deltas(a, epsilon, d)
+    norms = None if epsilon is None or d < 2 else _norms(a.reshape(b, -1))
+    if norms is not None and bool((norms > torch.finfo(a.dtype).max).any()):
+        # SVDs of a tensor whose norm exceeds its dtype's range fail to converge (an opaque LinAlgError) or return
+        # inf: such an input is decomposed in the wide type and cast back (an error only if the result does not fit)
+        check_norms_fit(norms, wide_dtype(a), "TT-SVD")
+        a = a.to(wide_dtype(a))
+    delta = _deltas(norms, epsilon, d)
     cores, rest, r_prev = [], a, 1
     for k in range(d - 1):
         left, rest = truncated_factor(rest.reshape(b, r_prev * modes[k], -1), caps[k + 1], delta, method)
@@ -396,7 +403,10 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     cores = right_orthogonalize(cores)
     d, b = len(cores), cores[0].shape[0]
     # After right-orthogonalization the norm of the whole tensor is the norm of the first core.
-    delta = _deltas(cores[0], eps, d)
+    norms = None if eps is None or d < 2 else _norms(cores[0].reshape(b, -1))
+    if norms is not None:  # (an SVD of a core whose norm overflows failed to converge: an opaque LinAlgError)
+        check_norms_fit(norms, cores[0].dtype, "round")
+    delta = _deltas(norms, eps, d)
     for k in range(d - 1):
         r_prev, n_k = cores[k].shape[1], cores[k].shape[2]
         left, right = truncated_factor(cores[k].reshape(b, r_prev * n_k, -1), caps[k + 1], delta, method)

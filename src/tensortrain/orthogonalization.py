@@ -11,6 +11,7 @@ Ranks may shrink to ``min(r_{k-1} n_k, r_k)`` (the reduced QR), never grow; the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -49,20 +50,45 @@ def merge_modes(tt: TensorTrainBase) -> tuple[list[torch.Tensor], bool, RawMatri
 
 
 def cast_back(cores: list[torch.Tensor], dtype: torch.dtype, name: str) -> list[torch.Tensor]:
-    """Cores computed in :func:`compute_dtype`, cast back to ``dtype``; a ValueError where that overflows.
+    """Cores computed in :func:`compute_dtype`, cast back to ``dtype``; a ValueError where they overflowed.
 
     Orthogonal forms put the whole norm in one core: a float16 TT whose entries all fit but whose norm exceeds
-    65504 would come back with inf cores. bfloat16 has float32's range."""
+    65504 would come back with inf cores, and so would a float32 one of norm above 3.4e38 (computed in float32
+    itself: inf or NaN cores). The callers' inputs are finite (checked), so a non-finite core is an overflow."""
     out = [c.to(dtype) for c in cores]
-    if dtype == torch.float16 and out[0].device.type != "meta":
-        for c, o in zip(cores, out, strict=True):
-            if not bool(torch.isfinite(o).all()) and bool(torch.isfinite(c).all()):
-                big = float(c.abs().max())
-                raise ValueError(
-                    f"{name}: the result does not fit float16 (a core entry of {big:.3g} > 65504: an "
-                    "orthogonal form keeps the tensor's whole norm in one core); use bfloat16 or float32"
-                )
-    return out
+    if out[0].device.type == "meta" or bool(torch.stack([torch.isfinite(o).all() for o in out]).all()):
+        return out
+    top = max(float(c.abs().max()) for c in cores)
+    big = f"a core entry of {top:.3g} exceeds" if math.isfinite(top) else "the norm overflowed, exceeding"
+    raise ValueError(
+        f"{name}: the result does not fit {_name(dtype)} ({big} {torch.finfo(dtype).max:.3g}, its largest value: "
+        f"an orthogonal form keeps the tensor's whole norm in one core); {_wider(dtype)}"
+    )
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _wider(dtype: torch.dtype) -> str:
+    if dtype == torch.float16:
+        return "use bfloat16 or float32"
+    return "scale the input down" if torch.finfo(dtype).bits == 64 else "use float64, or scale the input down"
+
+
+def check_norms_fit(norms: torch.Tensor, dtype: torch.dtype, name: str) -> None:
+    """A ValueError where a norm (computed in a wider type) exceeds ``dtype``'s range: an orthogonal form of that
+    tensor cannot be stored, and SVDs of it computed in ``dtype`` fail to converge or return inf."""
+    top = torch.finfo(dtype).max
+    if bool((norms > top).any()):
+        big = float(norms.max())
+        what = (
+            f"{big:.3g} exceeds {top:.3g}," if math.isfinite(big) else f"overflows even float64; {top:.3g} is"
+        )
+        raise ValueError(
+            f"{name}: the tensor's norm {what} the largest value of {_name(dtype)} (an orthogonal form keeps "
+            f"the whole norm in one core); {_wider(dtype)}"
+        )
 
 
 def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: torch.dtype, name: str) -> Any:
