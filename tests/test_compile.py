@@ -180,6 +180,21 @@ def test_inductor_compiles_the_tutorial_layer():
         assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_inductor_embedding_refuses_indices_outside_the_table():
+    """Traced lookups sent out-of-range indices to -1, which inductor's gather wraps: -1, a padded row's index and
+    one past the table all returned the last (padded) row, silently; eager and nn.Embedding raise."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(18, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4)).eval()  # 20 rows, 2 padded
+    compiled = torch.compile(emb, dynamic=False)
+    good = torch.tensor([[0, 17], [5, 9]])
+    with torch.no_grad():
+        assert_close(compiled(good), emb(good))
+        for bad in (18, 500, -1):
+            with pytest.raises(RuntimeError, match="index out of bounds"):
+                compiled(torch.tensor([[1, bad], [2, 3]]))
+
+
 def test_jit_trace_follows_the_weights_and_script_is_refused():
     """A trace recorded after an inference call used to capture the cached merged cores as constants (stale
     after any weight change); a fresh layer failed the trace's own check (the first call filled the cache)."""
@@ -226,3 +241,24 @@ def test_a_memory_bounded_layer_compiles_in_one_graph():
     assert layer.plan(64, requires_grad=True).recompute
     x = torch.randn(64, 24, dtype=torch.float64, requires_grad=True)
     _matches_eager(layer, (x,), [x, *layer.parameters()])
+
+
+def test_fx_symbolic_trace_says_to_make_the_layers_leaves():
+    """fx proxies failed with 'input must be a Tensor, got Proxy' (TTEmbedding: 'core 0 is a Proxy'), naming no
+    way out; as leaf modules the layers trace and run."""
+    model = torch.nn.Sequential(tt.nn.TTLinear(30, 24, tt_rank=3), torch.nn.ReLU())
+    emb = tt.nn.TTEmbedding(100, 8, tt_rank=2)
+    for module in (model, emb):
+        with pytest.raises(
+            TypeError, match=r"Proxy.*is_leaf_module returns True for tensortrain.nn.TTLinear"
+        ):
+            torch.fx.symbolic_trace(module)
+
+    class Leaves(torch.fx.Tracer):
+        def is_leaf_module(self, m: torch.nn.Module, name: str) -> bool:
+            return isinstance(m, (tt.nn.TTLinear, tt.nn.TTEmbedding)) or super().is_leaf_module(m, name)
+
+    x, idx = torch.randn(5, 30), torch.tensor([[1, 2], [3, 99]])
+    for module, arg in ((model, x), (torch.nn.Sequential(emb), idx)):  # (the root itself is never a leaf)
+        traced = torch.fx.GraphModule(module, Leaves().trace(module))
+        assert_close(traced(arg), module(arg))

@@ -151,6 +151,37 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
 
 
+@pytest.mark.parametrize("blocked", [False, True])
+def test_batched_gradients_through_the_full_plan(gen, monkeypatch, blocked):
+    """jacobian/hessian(vectorize=True) and gradcheck(check_batched_grad=True) batch the output's gradient with
+    autograd's own vmap, which refuses out= writes: FullLinear's backward wrote dW (and its blocks) into scratch."""
+    from tensortrain import contraction_cost
+
+    if blocked:
+        monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)
+        monkeypatch.setattr(contraction_cost, "BLOCK_BYTES", 8 * 2 * 32)
+    raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    lmat, rmat, dims = halves([c.detach() for c in cores], 1)
+    lmat, rmat = lmat.requires_grad_(True), rmat.requires_grad_(True)
+    for keep in (False, True):
+        f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, lmat, rmat), check_batched_grad=True)
+    layer = tt.nn.TTLinear.from_tt(tt.TensorTrain([c.detach() for c in cores]))
+    layer.strategy = "full"
+    dense = layer.to_linear()
+    xs = x.detach()
+    jac = torch.autograd.functional.jacobian(layer, xs, vectorize=True)
+    assert_close(jac, torch.autograd.functional.jacobian(dense, xs, vectorize=True))
+    v = torch.randn(3, 4, 12, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(layer(xs), list(layer.cores), v, is_grads_batched=True)
+    for k in range(3):
+        want = torch.autograd.grad(layer(xs), list(layer.cores), v[k])
+        for g, w in zip(got, want, strict=True):
+            assert_close(g[k], w)
+
+
 @pytest.mark.parametrize(
     ("raw", "ranks", "split"),
     [

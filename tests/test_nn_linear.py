@@ -586,6 +586,25 @@ def test_pruned_cores_are_used_by_forward(core):
         assert_close(layer(x), want)
 
 
+def test_a_layer_caches_again_after_prune_remove():
+    """prune.remove (and remove_parametrizations) registers the core again at the end of the registry ('0', '2',
+    '3', '1'): the fast path, which wants the cores in order, was never taken again (no cache, silently)."""
+    import torch.nn.utils.parametrize as parametrize
+    import torch.nn.utils.prune as prune
+
+    layer = tt.nn.TTLinear(784, 625, tt_rank=8, dtype=torch.float64)
+    x = torch.randn(4, 784, dtype=torch.float64)
+    prune.l1_unstructured(layer.cores, "1", amount=0.3)
+    prune.remove(layer.cores, "1")
+    parametrize.register_parametrization(layer.cores, "2", torch.nn.Identity())
+    parametrize.remove_parametrizations(layer.cores, "2")
+    with torch.no_grad():
+        y = layer(x)
+        assert list(layer.cores._parameters) == ["0", "1", "2", "3"] and len(layer._cache) == 1
+        assert_close(y, layer.to_linear()(x))
+    assert list(layer.state_dict()) == ["bias", "cores.0", "cores.1", "cores.2", "cores.3"]
+
+
 def test_parametrized_or_pruned_bias():
     import torch.nn.utils.parametrize as parametrize
     import torch.nn.utils.prune as prune
@@ -718,6 +737,24 @@ def test_bias_only_training_after_an_inference_mode_call():
         layer(x).sum().backward()
         assert_close(layer.bias.grad, torch.full((48,), float(batch), dtype=torch.float64))
         layer.bias.grad = None
+
+
+@pytest.mark.parametrize("strategy", ["auto", "full", "cores_rtl", "grouped_ltr"])
+def test_bias_only_training_saves_nothing_of_the_input(strategy):
+    """With frozen cores the full plan still kept x for backward: an input made under inference_mode, or one
+    changed in place before backward, failed where nn.Linear's bias trains."""
+    layer = tt.nn.TTLinear(64, 48, tt_rank=4, in_dims=(4, 4, 4), out_dims=(4, 4, 3), dtype=torch.float64)
+    layer.cores.requires_grad_(False)
+    layer.strategy = strategy
+    with torch.inference_mode():
+        feats = torch.randn(512, 64, dtype=torch.float64)
+    layer(feats).sum().backward()
+    assert_close(layer.bias.grad, torch.full((48,), 512.0, dtype=torch.float64))
+    buf = torch.randn(512, 64, dtype=torch.float64)
+    y = layer(buf)
+    buf.add_(1)
+    y.square().sum().backward()
+    assert_close(layer.bias.grad, 512.0 + 2 * y.detach().sum(0))
 
 
 def test_a_layer_can_be_told_its_contraction_strategy(monkeypatch):

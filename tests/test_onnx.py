@@ -108,6 +108,32 @@ def test_export_embedding_model(tmp_path):
     assert expected.shape == (5, 5) and model.fc.padded
 
 
+def test_exported_embedding_refuses_indices_outside_the_table(tmp_path):
+    """Traced lookups sent out-of-range indices to -1, and onnxruntime's Gather wraps negative indices: -1, 18 (a
+    padded row) and 500 all silently returned the table's last (padded) row."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(18, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4)).eval()  # 20 rows, 2 padded
+    path = tmp_path / "emb.onnx"
+    torch.onnx.export(
+        emb,
+        (torch.tensor([[1, 2], [3, 4]]),),
+        path,
+        dynamo=True,
+        opset_version=OPSET,
+        input_names=["idx"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        verbose=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    good = torch.tensor([[0, 17], [5, 9]])
+    (got,) = session.run(None, {"idx": good.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), emb(good), rtol=1e-5, atol=1e-5)
+    for bad in (18, 19, 500, -1):
+        with pytest.raises(Exception, match="out of data bounds"):
+            session.run(None, {"idx": torch.tensor([[1, bad], [2, 3]]).numpy()})
+
+
 def test_readme_recipe_exports_a_sequential(tmp_path):
     """The README's call, on an nn.Sequential (whose forward argument is named ``input``, not ``x``): the
     dynamic shapes are given positionally."""

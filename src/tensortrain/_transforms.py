@@ -31,3 +31,16 @@ def transforms_active() -> bool:
         or bool(_functorch_active())
         or getattr(_fwad, "_current_level", -1) >= 0
     )
+
+
+_is_legacy_batched = getattr(
+    getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", lambda t: False
+)
+
+
+def legacy_batched(*ts: torch.Tensor) -> bool:
+    """Whether any of ``ts`` is a tensor of autograd's own (legacy) vmap: gradients batched by
+    ``torch.autograd.grad(..., is_grads_batched=True)`` (``jacobian``/``hessian(vectorize=True)``,
+    ``gradcheck(check_batched_grad=True)``), which reach a custom Function's backward. That vmap refuses ``out=``
+    writes, and :func:`transforms_active` does not see it."""
+    return any(_is_legacy_batched(t) for t in ts)

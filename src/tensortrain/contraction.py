@@ -246,7 +246,12 @@ def apply_unchecked(
     lead = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
-    if grad and not torch.is_inference_mode_enabled() and any(c.is_inference() for c in cores):
+    if (
+        grad
+        and not torch.compiler.is_compiling()  # (dynamo refuses both inference-mode queries)
+        and not torch.is_inference_mode_enabled()
+        and any(c.is_inference() for c in cores)
+    ):
         # cores created under inference_mode (a layer built there): views of them drop out of autograd (sweeps
         # start with reshapes: no gradients, silently) and products may not save them (the full plan raised); a
         # clone is an ordinary tensor, as TTEmbedding's lookups use

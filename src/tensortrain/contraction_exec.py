@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import contraction_cost as _cost
 from . import workspace
-from ._transforms import transforms_active
+from ._transforms import legacy_batched, transforms_active
 
 __all__: list[str] = []
 
@@ -187,8 +187,9 @@ def _blocks(dims: tuple[int, ...], item: int) -> int:
 
 
 def _recording(*ts: torch.Tensor) -> bool:
-    """Whether autograd records ops on these tensors now (then no out= writes into scratch)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+    """Whether autograd records ops on these tensors now, or they are batched gradients (then no out= writes into
+    scratch)."""
+    return (torch.is_grad_enabled() and any(t.requires_grad for t in ts)) or legacy_batched(*ts)
 
 
 def build_full(
@@ -347,8 +348,8 @@ def _built(lmat: torch.Tensor, rmat: torch.Tensor, dims: tuple[int, ...]) -> Ite
 @contextlib.contextmanager
 def _weight_grad(gy: torch.Tensor, x2d: torch.Tensor) -> Iterator[torch.Tensor]:
     """``gy^T x``, the gradient of W, for use inside the block only (in reused scratch when large)."""
-    if torch.is_grad_enabled():  # a double backward records this product
-        yield gy.t() @ x2d
+    if torch.is_grad_enabled() or legacy_batched(gy):  # a double backward records this product; a batched gy
+        yield gy.t() @ x2d  # cannot be written into a plain buffer
         return
     with workspace.scratch((gy.shape[1], x2d.shape[1]), gy.dtype, gy.device) as gw:
         yield torch.mm(gy.t(), x2d, out=gw)
@@ -425,7 +426,9 @@ def full_linear(
         # graphs leave memory planning to the compiler. Complex too: FullLinear's backward has no conjugates
         y = x2d @ build_full(lmat, rmat, dims).t()
         return y if bias is None else y + bias
-    if not torch.is_grad_enabled():  # inference: no autograd Function to dispatch
+    if not (torch.is_grad_enabled() and (x2d.requires_grad or lmat.requires_grad or rmat.requires_grad)):
+        # inference: no autograd Function to dispatch. Only the bias training (frozen cores, BitFit): plain addmm,
+        # which saves nothing for it (FullLinear kept x, so an inference-mode x or one changed in place failed)
         with _built(lmat, rmat, dims) as w:
             return _linear(x2d, w, bias)
     x2d, lmat, rmat, bias = _autocast_inputs(x2d, lmat, rmat, bias)

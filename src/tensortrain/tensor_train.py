@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import ShapeError
+from .errors import ShapeError, fx_hint
 from .shapes import plain_scalar
 
 __all__ = ["TensorTrain", "TensorTrainBase", "TensorTrainBatch"]
@@ -72,7 +72,9 @@ class TensorTrainBase:
             raise ShapeError(f"{name} needs at least one core, got none")
         for k, c in enumerate(cores):
             if not isinstance(c, torch.Tensor):
-                raise TypeError(f"{name}: core {k} is a {type(c).__name__}, expected a torch.Tensor")
+                raise TypeError(
+                    f"{name}: core {k} is a {type(c).__name__}, expected a torch.Tensor{fx_hint(c)}"
+                )
         b = self._batch_axes
         ndim = cores[0].dim()
         if ndim not in (3 + b, 4 + b):

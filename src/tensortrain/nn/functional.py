@@ -19,7 +19,7 @@ from .._transforms import transforms_active
 from ..contraction_cache import cached
 from ..contraction_exec import full_precision, halves
 from ..contraction_plan import Strategy, dims_of
-from ..errors import ShapeError
+from ..errors import ShapeError, fx_hint
 from ..shapes import as_int
 from ..tensor_train import TensorTrain
 
@@ -88,7 +88,7 @@ def linear_cores(
     (valid) ``max_saved_bytes``, as in :func:`tensortrain.contraction.linear`.
     """
     if not isinstance(input, torch.Tensor):  # as nn.Linear: a TypeError, not an AttributeError from .dim()
-        raise TypeError(f"tt_linear: input must be a Tensor, got {type(input).__name__}")
+        raise TypeError(f"tt_linear: input must be a Tensor, got {type(input).__name__}{fx_hint(input)}")
     c0 = cores[0]
     m = n = 1
     for c in cores:  # a plain loop: this runs on every layer call
@@ -120,6 +120,7 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
         kind = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
         raise TypeError(
             f"{fn}: indices must be an integer tensor of a signed type or uint8 (e.g. torch.long), got {kind}"
+            f"{fx_hint(input)}"
         )
     if input.device != device:
         raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
@@ -225,11 +226,12 @@ def _embedding(
     padding_idx = padding_index("tt_embedding", padding_idx, v)
     flat = input.reshape(-1).long()
     if transforms_active():
-        # No value check ran (_check_indices): send every index outside [0, V) to -1, whose first-mode digit the
-        # lookup's index_select refuses. Without this the padded rows [V, V') of the table would be returned.
-        # (-1 rather than V': a table past int64 rows has no V' to write; -1's first digit is refused alike)
+        # No value check ran (_check_indices): send every index outside [0, V) to V', whose first-mode digit
+        # (m_1) the lookup's index_select refuses. Without this the padded rows [V, V') of the table would be
+        # returned. Not -1: inductor's and onnxruntime's gathers wrap negative indices (-1 read row V' - 1,
+        # silently), and refuse only those past the end. (A table past int64 rows has no V' to write: -1 there)
         valid = flat >= 0 if v > _INT64_MAX else (flat >= 0) & (flat < v)
-        flat = torch.where(valid, flat, -1)
+        flat = torch.where(valid, flat, v_pad if v_pad <= _INT64_MAX else -1)
     with full_precision(weight.device.type):
         rows = _rows(weight, flat, voc_dims, cache)
     if padding_idx is not None:

@@ -347,6 +347,8 @@ class TTLinear(TTModule):
             if self._in_pad or self._out_pad:
                 return self._padded_forward(input, cores_now, bias, self._cache)  # type: ignore[arg-type]
             return F.linear_cores(input, cores_now, bias, self._cache, self._strategy, self._max_saved)  # type: ignore[arg-type]
+        if not torch.compiler.is_compiling() and self._plain_registries(cores, registry):
+            return self.forward(input)  # (the registry's order was restored: the fast path now)
         if self._in_pad or self._out_pad:
             return self._padded_forward(input, self.weight.tt_cores, self.bias, None)
         return F.linear_cores(input, self.weight.tt_cores, self.bias, None, self._strategy, self._max_saved)
@@ -354,7 +356,13 @@ class TTLinear(TTModule):
     def _plain_registries(self, cores: Any, registry: dict) -> bool:
         """Whether the registries hold the cores and the bias as they are (no prune or parametrize rerouting):
         then forward reads them directly and keeps merged cores between inference calls."""
-        return tuple(registry) == _CORE_KEYS[: len(cores)] and "bias" in self._parameters
+        keys = _CORE_KEYS[: len(cores)]
+        if tuple(registry) != keys and len(registry) == len(keys) and set(registry) == set(keys):
+            # prune.remove and parametrize.remove_parametrizations register the core again, at the end of the
+            # registry ('0', '2', '3', '1'): restore the order (state_dict's too) rather than never cache again
+            for k in keys:
+                registry[k] = registry.pop(k)
+        return tuple(registry) == keys and "bias" in self._parameters
 
     def _padded_forward(
         self,
