@@ -179,3 +179,29 @@ def test_gram_matrix_errors_name_gram_matrix(gen):
         batch_ops.gram_matrix(a, random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen, batch_size=2))
     with pytest.raises(TypeError, match="gram_matrix: tt_vectors must be a TensorTrain"):
         batch_ops.gram_matrix(torch.ones(2))
+
+
+def test_lists_of_learned_scalars_keep_their_gradients():
+    """A list of 0-dim tensors that require grad (t3f code passes lists of variables) was read value by value by
+    torch.as_tensor: the result had no graph to them, and torch only warned."""
+    b = tt.random_tensor_batch((3, 4), tt_rank=2, batch_size=3, dtype=torch.float64)
+    x = tt.random_tensor((3, 4), tt_rank=2, dtype=torch.float64)
+    sums = tt.full(b).sum(dim=(1, 2))
+    projected = [tt.project(b[i], x) for i in range(3)]
+    cases = {
+        "multiply_along_batch_dim": (lambda w: tt.multiply_along_batch_dim(b, w), sums),
+        "reduce_sum_batch": (lambda w: tt.approximate.reduce_sum_batch(b, max_tt_rank=6, coef=w), sums),
+        "project_sum": (lambda w: tt.project_sum(b, x, weights=w), None),
+        "add_n_projected": (lambda w: tt.add_n_projected(projected, coef=w), None),
+    }
+    for name, (fn, want) in cases.items():
+        ws = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (1.0, 2.0, -0.5)]
+        got = torch.autograd.grad(tt.full(fn(ws)).sum(), ws)
+        if want is None:  # linear in the weights: the gradient is each element's projection, summed
+            want = torch.stack([tt.full(tt.project(b[i], x)).sum() for i in range(3)])
+        assert_close(torch.stack(got), want, msg=name)
+    mixed = tt.multiply_along_batch_dim(b, [1, torch.tensor(2.0), 0.5])  # numbers and tensors, promoted
+    assert mixed.dtype == torch.float64
+    assert_close(
+        tt.full(mixed), tt.full(b) * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)[:, None, None]
+    )

@@ -316,6 +316,13 @@ def test_bad_arguments_raise_clear_errors():
         KerasDense([2, 3], [0, 3])
     with pytest.raises(tt.ShapeError, match="tt_rank"):
         KerasDense([2, 3], [4, 2], tt_rank=0)
+    # Keras' other initializer forms: a dict failed with "unhashable type: 'dict'"
+    for other in ({"class_name": "GlorotUniform", "config": {}}, keras.initializers.GlorotUniform(), None):
+        with pytest.raises(ValueError, match=r"unknown kernel_initializer .*'glorot', 'he', 'lecun'"):
+            KerasDense([2, 3], [4, 2], kernel_initializer=other)
+    # an unbuilt layer called on a scalar failed with a bare IndexError in build
+    with pytest.raises(tt.ShapeError, match=r"must have shape \(\.\.\., 6\) .* got a scalar"):
+        KerasDense([2, 3], [4, 2])(np.float32(1.0))
 
 
 def test_numpy_dims_as_t3f_code_passes_them():

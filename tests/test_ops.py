@@ -347,6 +347,16 @@ def test_renormalize_a_zero_core_without_epsilon(gen):
         y = ops.renormalize_tt_cores(x, epsilon=0)
         assert all(torch.isfinite(c).all() for c in y.tt_cores)
         assert_close(ops.full(y), ops.full(x))
+        # the zero element is left as it is, every core (core 0 came back zeroed), with finite gradients that
+        # are full()'s own (every one was NaN: the dropped branch of torch.where divided 0 by 0)
+        zeroed = x.tt_cores[0] if isinstance(x, tt.TensorTrain) else x.tt_cores[0][0]
+        assert torch.equal(y.tt_cores[0] if isinstance(x, tt.TensorTrain) else y.tt_cores[0][0], zeroed)
+        leaves = [c.clone().requires_grad_() for c in x.tt_cores]
+        again = type(x)(leaves)
+        got = torch.autograd.grad(ops.full(ops.renormalize_tt_cores(again, epsilon=0)).sum(), leaves)
+        want = torch.autograd.grad(ops.full(again).sum(), leaves)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w)
 
 
 def test_renormalize_rejects_bad_epsilon(gen):

@@ -90,7 +90,8 @@ def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorT
 
     Returns:
         A tangent vector at ``x`` (ranks ``2 r``, ``projection_on = x``), equal to
-        ``project(dfunc/dfull(x), x)``.
+        ``project(dfunc/dfull(x), x)``. Detached: it carries no autograd graph to ``x``'s cores or to tensors
+        ``func`` closes over (differentiate ``tt.project`` of a dense gradient for that).
 
     Raises:
         TypeError: ``x`` is not a TensorTrain.
@@ -130,7 +131,8 @@ def hessian_vector_product(
         runtime_check: as in :func:`gradients`.
 
     Returns:
-        A tangent vector at ``x`` (ranks ``2 r``, ``projection_on = x``).
+        A tangent vector at ``x`` (ranks ``2 r``, ``projection_on = x``). Detached, as :func:`gradients`'
+        result: no autograd graph to ``x``, ``vector`` or tensors ``func`` closes over.
 
     Raises:
         TypeError: ``x`` is not a TensorTrain.

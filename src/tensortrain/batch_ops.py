@@ -14,6 +14,7 @@ import torch
 
 from .errors import ShapeError
 from .operands import (
+    as_scales,
     batched_cores,
     check_dtype_device,
     check_matrix,
@@ -107,7 +108,7 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
     # Converting complex weights to real cores' dtype would silently drop the imaginary parts (multiply
     # refuses a complex scale the same way). A sequence is inspected in its own dtype first, then converted
     # straight to the cores' dtype (no float32 round trip).
-    given = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(weights)
+    given = weights if isinstance(weights, torch.Tensor) else as_scales(weights)
     if given.dtype == torch.bool:  # a mask, not weights
         raise TypeError("multiply_along_batch_dim: weights must be numbers, got a bool tensor (a mask?)")
     if given.is_complex() and not cores[0].dtype.is_complex:
@@ -115,7 +116,7 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
             f"multiply_along_batch_dim: complex weights cannot scale {cores[0].dtype} cores (the imaginary "
             "parts would be dropped); cast first, e.g. tt.cast(batch, torch.complex128)"
         )
-    w = torch.as_tensor(weights, dtype=cores[0].dtype, device=cores[0].device)
+    w = as_scales(weights, dtype=cores[0].dtype, device=cores[0].device)
     if w.shape != (batch_tt.batch_size,):
         raise ShapeError(
             f"multiply_along_batch_dim: weights must have shape ({batch_tt.batch_size},) for a batch of "

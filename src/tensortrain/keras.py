@@ -193,7 +193,9 @@ class KerasDense(keras.layers.Layer):
                 f"KerasDense: input_dims {self.input_dims} and output_dims {self.output_dims} must have the "
                 "same number of modes"
             )
-        if kernel_initializer not in _KERNEL_INITIALIZERS:
+        # (a str test first: Keras users also pass dicts and initializer objects, which are unhashable or never
+        # equal to the names)
+        if not isinstance(kernel_initializer, str) or kernel_initializer not in _KERNEL_INITIALIZERS:
             raise ValueError(
                 f"KerasDense: unknown kernel_initializer {kernel_initializer!r}; "
                 f"expected one of {sorted(_KERNEL_INITIALIZERS)}"
@@ -213,6 +215,11 @@ class KerasDense(keras.layers.Layer):
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         """Create the cores (then the bias) as Keras weights for inputs of shape ``input_shape``."""
+        if len(input_shape) == 0:
+            raise ShapeError(
+                f"KerasDense: the input must have shape (..., {self.in_features}) (input_dims {self.input_dims}), "
+                "got a scalar"
+            )
         if input_shape[-1] is not None and input_shape[-1] != self.in_features:
             raise ShapeError(
                 f"KerasDense: the input has {input_shape[-1]} features (shape {tuple(input_shape)}) but "

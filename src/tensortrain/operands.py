@@ -60,6 +60,26 @@ def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return (t.to(wide_dtype(t)) * first * second).to(t.dtype)
 
 
+def _holds_tensor(values: Any) -> bool:
+    return isinstance(values, (list, tuple)) and any(
+        isinstance(v, torch.Tensor) or _holds_tensor(v) for v in values
+    )
+
+
+def as_scales(values: Any, dtype: torch.dtype | None = None, device: Any = None) -> torch.Tensor:
+    """``torch.as_tensor`` for weights and coefficients that keeps autograd: a (nested) list or tuple holding
+    tensors (learned scalars, t3f's list of variables) is stacked, where ``as_tensor`` reads each value out and
+    drops the graph with only a warning."""
+    if not _holds_tensor(values):
+        return torch.as_tensor(values, dtype=dtype, device=device)
+    parts = [as_scales(v) for v in values]
+    kind = parts[0].dtype
+    for p in parts[1:]:
+        kind = torch.promote_types(kind, p.dtype)
+    where = next(v.device for v in values if isinstance(v, torch.Tensor)) if device is None else device
+    return torch.stack([p.to(dtype=kind, device=where) for p in parts]).to(dtype=dtype or kind)
+
+
 def check_tt(x: Any, op: str, name: str = "argument") -> TensorTrainBase:
     """Raise ``TypeError`` unless ``x`` is a TT object."""
     if not isinstance(x, TensorTrainBase):

@@ -413,9 +413,12 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
         [torch.linalg.vector_norm(c.reshape(c.shape[0], -1).to(wide_dtype(c)), dim=1) for c in cores]
     )
     norms = norms.clamp_min(epsilon) if epsilon > 0 else norms
-    mean = norms.log().mean(dim=0).exp()
-    # with epsilon=0 a zero core (a zero tensor) gives 0/0: leave such a tensor as it is
-    factors = torch.where(norms == 0, torch.ones_like(norms), mean / norms)
+    # With epsilon=0 a zero core (a zero tensor) gives 0/0: leave such an element as it is, every core. The log
+    # and the division run on safe norms, so that the branch torch.where drops has no NaN to send to backward.
+    zero = (norms == 0).any(dim=0)  # (B,)
+    safe = torch.where(norms == 0, torch.ones_like(norms), norms)
+    mean = safe.log().mean(dim=0).exp()
+    factors = torch.where(zero, torch.ones_like(norms), mean / safe)
     shape = (-1,) + (1,) * (cores[0].dim() - 1)
     # the product in the wide dtype, then cast: the factor alone may leave the cores' range (float16: 2e5)
     # (complex cores: the real factors scale them in complex128; casting a core to the factors' real dtype would

@@ -27,6 +27,7 @@ import torch
 
 from . import tangent as ts
 from .errors import ShapeError
+from .operands import as_scales
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = [
@@ -44,7 +45,7 @@ Cores = list[torch.Tensor]
 def _check_real_scale(values: Any, dtype: torch.dtype, fname: str, name: str) -> None:
     """Complex scales of real tangent vectors would lose their imaginary parts in the conversion: refuse them,
     as ``multiply`` and ``multiply_along_batch_dim`` do."""
-    given = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    given = values if isinstance(values, torch.Tensor) else as_scales(values)
     if given.is_complex() and not dtype.is_complex:
         raise TypeError(
             f"{fname}: complex {name} cannot scale {dtype} tangent vectors (the imaginary parts would be "
@@ -91,7 +92,7 @@ def project_sum(
         w = torch.ones(bsz, 1, dtype=deltas[0].dtype, device=deltas[0].device)
     else:
         _check_real_scale(weights, deltas[0].dtype, "project_sum", "weights")
-        w = torch.as_tensor(weights, dtype=deltas[0].dtype, device=deltas[0].device)
+        w = as_scales(weights, dtype=deltas[0].dtype, device=deltas[0].device)
         if w.dim() not in (1, 2) or w.shape[0] != bsz:
             raise ShapeError(
                 f"project_sum: weights must have shape ({bsz},) or ({bsz}, N), got {tuple(w.shape)}"
@@ -424,7 +425,7 @@ def add_n_projected(
         c = torch.ones(n, dtype=first.dtype, device=first.device)
     else:
         _check_real_scale(coef, first.dtype, fname, "coef")
-        c = torch.as_tensor(coef, dtype=first.dtype, device=first.device)
+        c = as_scales(coef, dtype=first.dtype, device=first.device)
     allowed: list[tuple[int, ...]] = [(n,)] + ([(n, first.shape[0])] if batch else [])
     if tuple(c.shape) not in allowed:
         raise ShapeError(
