@@ -129,6 +129,50 @@ def test_add_param_group_is_checked_and_nan_gradients_are_named():
     assert all(torch.equal(a, b) for a, b in zip(before, other.cores, strict=True))
 
 
+def test_a_step_that_raises_changes_no_tt():
+    """Groups were stepped one by one, so a NaN gradient (or a partly frozen TT) in a later group raised after
+    earlier TTs had moved: a caller skipping the batch was left with half a step."""
+    torch.manual_seed(0)
+    a, b = (tt.nn.TTLinear(8, 8, tt_rank=2, in_dims=(2, 4), out_dims=(2, 4), bias=False) for _ in range(2))
+    model = torch.nn.Sequential(a, b)
+    opt = tt.optim.RiemannianSGD(model, lr=0.1)
+    for spoil in ("nan", "frozen"):
+        opt.zero_grad()
+        model(torch.randn(4, 8)).pow(2).sum().backward()
+        if spoil == "nan":
+            b.cores[1].grad[0, 0, 0, 0] = float("nan")
+        else:
+            b.cores[0].requires_grad_(False)
+        before = [c.detach().clone() for c in (*a.cores, *b.cores)]
+        with pytest.raises(ValueError, match="no TT was changed"):
+            opt.step()
+        assert all(torch.equal(x, y) for x, y in zip(before, (*a.cores, *b.cores), strict=True))
+
+
+def test_group_hyperparameters_and_parameter_forms_are_checked():
+    """add_param_group and group dicts skipped the constructor's lr/momentum checks; a bare ParameterList was
+    read as a module without TT layers, and a batch as a TT-matrix with bad boundary ranks."""
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False)
+    other = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False)
+    opt = tt.optim.RiemannianSGD([layer.cores], lr=0.1)
+    for bad, message in (
+        ({"lr": -0.5}, "lr must be > 0, got -0.5"),
+        ({"momentum": 1.5}, "momentum must be in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            opt.add_param_group({"params": other.cores, **bad})
+        with pytest.raises(ValueError, match=message):
+            tt.optim.RiemannianSGD([{"params": other.cores, **bad}], lr=0.1)
+    assert len(opt.param_groups) == 1
+    for one in (layer.cores, layer.weight):  # one TT without a list
+        assert tt.optim.RiemannianSGD(one, lr=0.1).param_groups[0]["params"][0] is layer.cores[0]
+    batch = tt.random_tensor_batch((3, 4, 5), tt_rank=2, batch_size=2)
+    batch = tt.TensorTrainBatch([torch.nn.Parameter(c) for c in batch.tt_cores])
+    for params in ([batch], batch):
+        with pytest.raises(TypeError, match="steps single TTs, got a TensorTrainBatch"):
+            tt.optim.RiemannianSGD(params, lr=0.1)
+
+
 def test_step_is_projected_gradient_then_rounding(gen):
     x = random_tt((3, 4, 3, 2), (1, 2, 3, 2, 1), gen=gen)
     params = torch.nn.ParameterList([torch.nn.Parameter(c.clone()) for c in x.tt_cores])

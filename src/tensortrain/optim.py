@@ -27,7 +27,7 @@ import torch
 from . import decompositions
 from . import tangent as ts
 from .orthogonalization import compute_dtype
-from .tensor_train import TensorTrain, TensorTrainBase
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["RiemannianSGD", "riemannian_gradient_from_cores"]
 
@@ -135,8 +135,9 @@ class RiemannianSGD(torch.optim.Optimizer):
 
     ``params`` is an iterable of TT parameter sets: each an ``nn.ParameterList`` / sequence of the cores of
     one TT (in order), a TensorTrain whose cores are the parameters (such as a TT layer's ``weight``), or a dict ``{"params": cores, "lr": ..., "momentum": ...}``, or an ``nn.Module``
-    whose TT layers (submodules with a TT ``weight`` and a ``cores`` ParameterList) are all used. Other
-    parameters (biases) need an ordinary optimizer beside this one.
+    whose TT layers (submodules with a TT ``weight`` and a ``cores`` ParameterList) are all used; one TT's
+    ``ParameterList`` or TensorTrain alone is one set. Other parameters (biases) need an ordinary optimizer
+    beside this one.
 
     Args:
         params: the TT parameter sets (see above).
@@ -145,9 +146,10 @@ class RiemannianSGD(torch.optim.Optimizer):
             space by projection.
 
     Raises:
-        ValueError: a bad ``lr``/``momentum`` or an empty parameter set; in :meth:`step`, a TT whose cores are
-            partly frozen (``requires_grad=False``; a wholly frozen TT is skipped) or a non-finite gradient.
-        TypeError: a parameter set that is not a sequence of cores.
+        ValueError: a bad ``lr``/``momentum`` (a group's own too) or an empty parameter set; in :meth:`step`, a
+            TT whose cores are partly frozen (``requires_grad=False``; a wholly frozen TT is skipped) or a
+            non-finite gradient (every TT is checked first: then no TT has moved).
+        TypeError: a parameter set that is not a sequence of cores, or a TensorTrainBatch.
 
     Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
     rank-2r TT); no extra forward or backward pass.
@@ -163,10 +165,7 @@ class RiemannianSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Any, lr: float, momentum: float = 0.0) -> None:
-        if not lr > 0:
-            raise ValueError(f"RiemannianSGD: lr must be > 0, got {lr!r}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"RiemannianSGD: momentum must be in [0, 1), got {momentum!r}")
+        _check_hyper({"lr": lr, "momentum": momentum})
         super().__init__(_groups(params), {"lr": lr, "momentum": momentum})
 
     @torch.no_grad()
@@ -176,7 +175,9 @@ class RiemannianSGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        # every TT is checked before any moves: a step that raises leaves all of them as they were
+        stepping = [group for group in self.param_groups if self._ready(group)]
+        for group in stepping:
             self._step_group(group)
         return loss
 
@@ -185,23 +186,27 @@ class RiemannianSGD(torch.optim.Optimizer):
         # (the constructor's groups come through here too, already checked: checking twice is harmless)
         super().add_param_group(_groups([param_group])[0])
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _ready(self, group: dict[str, Any]) -> bool:
+        """Whether the group's TT takes a step (it has gradients and is not frozen); a ValueError for one that
+        cannot take a correct step."""
         cores: list[torch.Tensor] = group["params"]
         if all(c.grad is None for c in cores):
-            return
+            return False
         frozen = [k for k, c in enumerate(cores) if not c.requires_grad]
         if len(frozen) == len(cores):
-            return  # a frozen TT stays as it is, as torch's optimizers leave frozen parameters
+            return False  # a frozen TT stays as it is, as torch's optimizers leave frozen parameters
         if frozen:
             # a Riemannian step moves the whole TT (rounding rewrites every core): it cannot keep some cores
             raise ValueError(
                 f"RiemannianSGD: cores {frozen} of a TT are frozen (requires_grad=False) and the others are not; "
-                "a Riemannian step rewrites every core of its TT: freeze all of them or none"
+                "a Riemannian step rewrites every core of its TT: freeze all of them or none (no TT was changed)"
             )
         if not all(bool(torch.isfinite(c.grad).all()) for c in cores if c.grad is not None):
-            raise ValueError(
-                "RiemannianSGD: a core's gradient contains NaN or inf; this TT's cores were not changed"
-            )
+            raise ValueError("RiemannianSGD: a core's gradient contains NaN or inf; no TT was changed")
+        return True
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        cores: list[torch.Tensor] = group["params"]
         grads = [_flat(torch.zeros_like(c) if c.grad is None else c.grad) for c in cores]
         point = TensorTrain([c.detach() for c in cores])
         deltas, u, v = _core_deltas([_flat(c.detach()) for c in cores], grads)
@@ -223,7 +228,16 @@ class RiemannianSGD(torch.optim.Optimizer):
             c.copy_(_pad_to(nc, c.shape))
 
 
+def _check_hyper(group: dict[str, Any]) -> None:
+    if "lr" in group and not group["lr"] > 0:
+        raise ValueError(f"RiemannianSGD: lr must be > 0, got {group['lr']!r}")
+    if "momentum" in group and not 0 <= group["momentum"] < 1:
+        raise ValueError(f"RiemannianSGD: momentum must be in [0, 1), got {group['momentum']!r}")
+
+
 def _groups(params: Any) -> list[dict[str, Any]]:
+    if isinstance(params, (torch.nn.ParameterList, TensorTrainBase)):
+        params = [params]  # one TT's cores (layer.cores) or one TT (layer.weight), given without a list
     if isinstance(params, torch.nn.Module):
         sets = [
             m.cores
@@ -237,6 +251,12 @@ def _groups(params: Any) -> list[dict[str, Any]]:
     groups = []
     for item in params:
         group = dict(item) if isinstance(item, dict) else {"params": item}
+        _check_hyper(group)
+        if isinstance(group["params"], TensorTrainBatch):
+            raise TypeError(
+                "RiemannianSGD: steps single TTs, got a TensorTrainBatch; give each TT's cores as a parameter "
+                "set of its own"
+            )
         if isinstance(group["params"], TensorTrainBase):  # a layer's weight: its cores are the parameters
             group["params"] = list(group["params"].tt_cores)
         if isinstance(group["params"], torch.Tensor):
