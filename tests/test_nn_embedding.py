@@ -259,6 +259,27 @@ def test_to_embedding_keeps_a_frozen_layer_frozen():
     assert tt.nn.TTEmbedding(20, 8, tt_rank=2).to_embedding().weight.requires_grad
 
 
+def test_to_embedding_leaves_forward_hooks_out_of_the_table():
+    """to_embedding looked every row up through self(...): forward hooks were baked into the table (decompress
+    then ran them twice) and a pre-hook saw a made-up input of all V indices."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, dtype=torch.float64, padding_idx=2)
+    idx = torch.tensor([1, 2, 5, 7])
+    plain = emb(idx)
+    emb.register_forward_hook(lambda m, i, o: o * 2)
+
+    def wants_2d(module, args):
+        if args[0].dim() != 2:
+            raise ValueError("want 2-D indices")
+
+    emb.register_forward_pre_hook(wants_2d)
+    assert_close(emb.to_embedding()(idx), plain)
+    model = nn.Sequential(nn.Embedding(1000, 64))
+    model[0].register_forward_hook(lambda m, i, o: o * 2)
+    small, _ = tt.compress(model, max_tt_rank=8)
+    assert_close(tt.decompress(small)(idx), small(idx))  # the hook once, on the dense layer
+
+
 def test_padded_rows_are_refused_under_transforms():
     """Without the eager value check (compile, vmap, func.grad, forward AD) the rows [V, V') of the padded table
     were returned; they must be refused there too."""

@@ -249,8 +249,9 @@ class TTEmbedding(TTModule):
         Complexity: O(V d r^2 D); memory O(V D).
         """
         like = self.cores[0]
-        with torch.no_grad():
-            table = self(torch.arange(self.num_embeddings, device=like.device))
+        with torch.no_grad():  # the lookup itself, not self(...): forward hooks and overrides stay out of the table
+            every = torch.arange(self.num_embeddings, device=like.device)
+            table = F._embedding(every, self.weight, self.padding_idx, self.num_embeddings, None)
         dense = nn.Embedding(
             self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx, _weight=table.clone(),
             device=like.device, dtype=like.dtype,
