@@ -16,6 +16,7 @@ from torch import nn
 
 import tensortrain as tt
 from tensortrain.cli import main
+from tensortrain.cli_commands import inspect_path
 
 MODELS = '''
 import torch
@@ -200,8 +201,8 @@ def test_inspect_state_dict_with_tt_layers(tmp_path, capsys, fmt):
     row = next(line for line in out.splitlines() if line.strip().startswith("fc "))
     assert "48 x 16" in row and str(fc.tt_ranks).replace(" ", "") in row and row.rstrip().endswith("yes")
     assert (
-        f"parameters: {tt_params:,} in TT cores, {total - tt_params:,} in other tensors, {total:,} in total"
-        in out
+        f"parameters: {tt_params:,} in TT cores, {total - tt_params:,} in other tensors (buffers included), "
+        f"{total:,} in total" in out
     )
 
 
@@ -219,7 +220,28 @@ def test_inspect_reports_cores_that_do_not_form_a_tt_layer(tmp_path, capsys):
     assert "a: not a valid TT layer: a.cores.0 ends with rank 4 but a.cores.1 starts with rank 5" in out
     assert "b: not a valid TT layer: b.cores.0 has shape (1, 2, 3), expected 4-D" in out
     assert "c: not a valid TT layer: c.cores.0 is missing (found cores [1])" in out
-    assert "parameters: 64 in TT cores, 9 in other tensors, 73 in total" in out
+    assert "parameters: 64 in TT cores, 9 in other tensors (buffers included), 73 in total" in out
+
+
+def test_inspect_counts_shared_tensors_once_and_reads_the_tutorial_checkpoint_layout(tmp_path, capsys):
+    """A tied weight and a layer used under two names were counted once per key (the totals disagreed with
+    compress's report); PyTorch's checkpoint recipe ({"model_state_dict": ..., "epoch": ...}) was refused."""
+    layer = tt.nn.TTLinear(64, 64, tt_rank=4)
+    model = nn.Sequential(nn.Embedding(100, 16), layer, nn.ReLU(), layer, nn.Linear(16, 100, bias=False))
+    model[4].weight = model[0].weight  # tied
+    small_params = sum(p.numel() for p in model.parameters())  # each shared tensor once
+    path = tmp_path / "tied.pt"
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 3, "optimizer_state_dict": {}}, path)
+    info = inspect_path(path)
+    assert info["total_parameters"] == small_params and info["shared_tensors"] == 1 + len(layer.cores) + 1
+    assert info["tt_parameters"] == sum(c.numel() for c in layer.cores)
+    assert [(x["name"], x["shared_with"]) for x in info["tt_layers"]] == [("1", None), ("3", "1")]
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  3: the same tensors as 1 (one layer under two names, counted once)" in out
+    assert f"{small_params:,} in total ({1 + len(layer.cores) + 1} tensors stored under a second name" in out
+    rows = [line for line in out.splitlines() if line.startswith("  1 ") or line.startswith("  3 ")]
+    assert len(rows) == 1  # the shared layer is listed once in the table
 
 
 def test_inspect_errors_name_the_file_and_the_rest_is_still_done(tmp_path, capsys):
@@ -242,8 +264,9 @@ def test_inspect_errors_name_the_file_and_the_rest_is_still_done(tmp_path, capsy
         f"tensortrain: error: {missing}: no such file",
         errors[1],
         f"tensortrain: error: {listed}: not a state dict: the file holds a list, expected a mapping of names "
-        "to tensors (or one under 'state_dict' / 'model')",
-        f"tensortrain: error: {mixed}: not a state dict: entry 'step' is a int, expected a tensor",
+        "to tensors (or one under 'state_dict' / 'model' / 'model_state_dict')",
+        f"tensortrain: error: {mixed}: not a state dict: entry 'step' is a int, expected a tensor (a mapping of "
+        "names to tensors, or one under 'state_dict' / 'model' / 'model_state_dict')",
         errors[-1],
     ]
     assert errors[1].startswith(f"tensortrain: error: {pickled}: torch.load(weights_only=True) refuses it (")
@@ -377,6 +400,20 @@ def test_tied_weights_save_to_safetensors(models, tmp_path, capsys):
     x = torch.randint(0, 64, (3, 4))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), compressed(x))
+
+
+def test_weights_saved_by_safetensors_save_model_keep_their_ties(models, tmp_path, capsys):
+    """safetensors' save_model stores a tied tensor under one name: --weights refused the file as missing the
+    other key; a partial file is still refused."""
+    trained = models.Tied()
+    with torch.no_grad():
+        trained.embed.weight.mul_(3.0)
+    safetensors.torch.save_model(trained, str(tmp_path / "tied_dense.safetensors"))
+    assert len(safetensors.torch.load_file(tmp_path / "tied_dense.safetensors")) < len(trained.state_dict())
+    argv = ["compress", "--model", "clitoolmodels:Tied", "--weights", "tied_dense.safetensors"]
+    assert main([*argv, "--max-tt-rank", "2"]) == 0
+    _, report = tt.compress(trained, max_tt_rank=2)
+    assert capsys.readouterr().out == f"{report}\n"  # the weights given, tie kept
 
 
 def test_recipe_when_no_layer_was_replaced(models, tmp_path, capsys):

@@ -556,3 +556,28 @@ def test_patterns_that_match_no_layer_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tt.compress(model, max_tt_rank=4, include="a.*", exclude="b.*")  # every pattern matches: silent
+
+
+def test_a_lazy_linear_given_its_shape_by_load_state_dict_is_compressed():
+    """Still of class LazyLinear (in_features 0) until a first forward: compress skipped it without a report
+    row, leaving the model's largest layer dense."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
+    lazy = nn.Sequential(nn.LazyLinear(256), nn.ReLU(), nn.Linear(256, 10))
+    lazy.load_state_dict(dense.state_dict())
+    small, report = tt.compress(lazy, max_tt_rank=4)
+    want_small, want = tt.compress(dense, max_tt_rank=4)
+    assert [layer.name for layer in report.layers] == [
+        "0",
+        "2",
+    ] and report.model_params_after == want.model_params_after
+    assert isinstance(small[0], tt.nn.TTLinear) and type(lazy[0]) is nn.LazyLinear  # the original untouched
+    x = torch.randn(3, 512)
+    assert_close(small(x), want_small(x))
+    with pytest.raises(ValueError, match="uninitialized lazy parameters"):  # no shapes yet: still refused
+        tt.compress(nn.Sequential(nn.LazyLinear(8)), max_tt_rank=2)
+
+
+def test_an_out_of_reach_ratio_is_not_rounded_up_to_itself():
+    with pytest.raises(ValueError, match=r"ratio=2.0 is out of reach; even TT-rank 1 gives 1.95x"):
+        tt.compress(nn.Linear(1, 1000), ratio=2)  # 1.955x printed as "2.0x"

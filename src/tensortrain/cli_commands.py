@@ -37,7 +37,8 @@ from .tensor_train import TensorTrainBatch
 __all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
 
 _CORE_KEY = re.compile(r"^((?:.*\.)?)cores\.(\d+)$")  # "<prefix>cores.<k>", prefix "" or ending in "."
-_WRAPPERS = ("state_dict", "model")  # {"state_dict": {...}} / {"model": {...}}: common checkpoint layouts
+# {"state_dict": {...}} / {"model": {...}} / PyTorch's checkpoint recipe's {"model_state_dict": {...}, "epoch": ...}
+_WRAPPERS = ("state_dict", "model", "model_state_dict")
 _META_KEY = "tensortrain_compress"  # the header entry compress writes into a safetensors checkpoint
 _EXTRA_STATE = "_extra_state"  # torch's key for what a module's get_extra_state returns (any picklable value)
 
@@ -127,7 +128,8 @@ def _unwrap(path: Path, obj: Any) -> dict[str, Any]:
         k, v = bad[0]
         more = f" (and {len(bad) - 1} more such entries)" if len(bad) > 1 else ""
         raise CommandError(
-            f"{path}: not a state dict: entry {k!r} is a {type(v).__name__}, expected a tensor{more}"
+            f"{path}: not a state dict: entry {k!r} is a {type(v).__name__}, expected a tensor{more} (a "
+            f"mapping of names to tensors, or one under {' / '.join(map(repr, _WRAPPERS))})"
         )
     return dict(obj)
 
@@ -231,8 +233,15 @@ def _tt_layer(name: str, found: dict[int, tuple[int, ...]], has_bias: bool) -> d
 
 
 def _describe_state_dict(
-    path: Path, fmt: str, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None
+    path: Path,
+    fmt: str,
+    shapes: dict[str, tuple[int, ...]],
+    metadata: dict[str, str] | None,
+    aliases: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """``aliases``: key -> the first key holding the same tensor (tied weights, a module under two names), which
+    the totals count once."""
+    aliases = aliases or {}
     groups: dict[str, dict[int, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
         found = _CORE_KEY.match(key)
@@ -240,20 +249,46 @@ def _describe_state_dict(
             groups.setdefault(found.group(1), {})[int(found.group(2))] = shape
     layers = []
     for prefix, cores in groups.items():
-        layers.append(_tt_layer(prefix.removesuffix("."), cores, f"{prefix}bias" in shapes))
-    tt_params = sum(layer["parameters"] for layer in layers)
-    total = sum(math.prod(s) for s in shapes.values())
+        layer = _tt_layer(prefix.removesuffix("."), cores, f"{prefix}bias" in shapes)
+        targets = [aliases.get(f"{prefix}cores.{k}") for k in cores]
+        matches = [_CORE_KEY.match(t) if t else None for t in targets]
+        owners = {m.group(1) if m else None for m in matches}
+        # every core is another layer's: one layer under two names
+        only = owners.pop() if len(owners) == 1 else None
+        layer["shared_with"] = None if only is None else only.removesuffix(".")
+        layers.append(layer)
+    tt_params = sum(
+        math.prod(shape) for key, shape in shapes.items() if _CORE_KEY.match(key) and key not in aliases
+    )
+    total = sum(math.prod(s) for k, s in shapes.items() if k not in aliases)
     return {
         "path": str(path),
         "kind": "state_dict",
         "format": fmt,
         "tensors": len(shapes),
+        "shared_tensors": len(aliases),
         "tt_layers": layers,
         "tt_parameters": tt_params,
         "other_parameters": total - tt_params,
         "total_parameters": total,
         "metadata": metadata,
     }
+
+
+def _aliases(state: dict[str, Any]) -> dict[str, str]:
+    """key -> the first key of the same tensor (same storage, offset, shape, strides and dtype), for tensors a
+    ``torch.save`` file stores once under several names (tied weights, shared modules)."""
+    first: dict[tuple[Any, ...], str] = {}
+    out = {}
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if ident in first:
+            out[key] = first[ident]
+        else:
+            first[ident] = key
+    return out
 
 
 def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -270,7 +305,7 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
         return _describe_state_dict(p, "safetensors", header[0], header[1])
     state = _unwrap(p, _torch_load(p))
     shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    return _describe_state_dict(p, "torch", shapes, None)
+    return _describe_state_dict(p, "torch", shapes, None, _aliases(state))
 
 
 def _tt_file_text(info: dict[str, Any]) -> list[str]:
@@ -291,7 +326,7 @@ def _state_dict_text(info: dict[str, Any]) -> list[str]:
     lines = [
         f"{info['path']}: a state dict ({info['format']}), {info['tensors']} tensors, {len(layers)} TT layers"
     ]
-    ok = [layer for layer in layers if layer["problem"] is None]
+    ok = [layer for layer in layers if layer["problem"] is None and not layer.get("shared_with")]
     if ok:
         head = ("layer", "rows x cols", "dims", "tt_ranks", "params", "dense", "ratio", "bias")
         rows = [head] + [
@@ -315,9 +350,16 @@ def _state_dict_text(info: dict[str, Any]) -> list[str]:
     for layer in layers:
         if layer["problem"] is not None:
             lines.append(f"  {layer['name'] or '(model)'}: not a valid TT layer: {layer['problem']}")
+        elif layer.get("shared_with") is not None:
+            lines.append(
+                f"  {layer['name'] or '(model)'}: the same tensors as {layer['shared_with'] or '(model)'} (one layer "
+                "under two names, counted once)"
+            )
+    shared = info.get("shared_tensors", 0)
     lines.append(
         f"  parameters: {info['tt_parameters']:,} in TT cores, {info['other_parameters']:,} in other "
-        f"tensors, {info['total_parameters']:,} in total"
+        f"tensors (buffers included), {info['total_parameters']:,} in total"
+        + (f" ({shared} tensors stored under a second name counted once)" if shared else "")
     )
     if info["metadata"]:
         lines += [f"  metadata {k}: {v}" for k, v in sorted(info["metadata"].items())]
@@ -484,10 +526,25 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool]:
         if args.weights is not None:
             state = read_state_dict(args.weights)
             try:
-                model.load_state_dict(state, strict=True, assign=meta)
+                model.load_state_dict(_with_tied(model, state), strict=True, assign=meta)
             except RuntimeError as err:
                 raise CommandError(f"--weights {args.weights}: {_one_line(err)}") from err
     return model, called, meta
+
+
+def _with_tied(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` plus the keys it leaves out because their tensor is another key's in ``model`` (tied weights:
+    ``safetensors.torch.save_model`` stores a shared tensor once), so that a strict load accepts it."""
+    groups: dict[int, list[str]] = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        if isinstance(t, torch.Tensor):
+            groups.setdefault(id(t), []).append(key)
+    filled = dict(state)
+    for keys in groups.values():
+        given = next((k for k in keys if k in state), None)
+        if given is not None:
+            filled.update({k: state[given] for k in keys if k not in state})
+    return filled
 
 
 def _write_model(

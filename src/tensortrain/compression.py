@@ -22,7 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compression_layers import CONVERTERS, carry_over, layer_dims, planned_tt_params, refusal
+from .compression_layers import (
+    carry_over,
+    converter_for,
+    converter_of,
+    layer_dims,
+    planned_tt_params,
+    refusal,
+)
 from .compression_report import CompressionReport, LayerReport
 from .nn.embedding import TTEmbedding
 from .nn.linear import TTLinear
@@ -71,7 +78,7 @@ def _select(
     excluded."""
     found: dict[int, tuple[list[str], nn.Module]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) in CONVERTERS:
+        if converter_of(module) is not None:
             found.setdefault(id(module), ([], module))[0].append(name)
 
     def matches(names: list[str], patterns: tuple[str, ...]) -> bool:
@@ -134,7 +141,7 @@ def _rank_for_ratio(
     ``"name: reason"``, for the message when the target is out of reach)."""
     plans = []
     for _, m in layers:
-        conv = CONVERTERS[type(m)]
+        conv = converter_for(m)
         plans.append((conv.dims(m), conv.extra_params(m), sum(p.numel() for p in m.parameters())))
     before = fixed + sum(p[2] for p in plans)
 
@@ -151,7 +158,9 @@ def _rank_for_ratio(
             verb = "stays" if len(kept) == 1 else "stay"
             why = f"; {len(kept)} of them {verb} dense whatever the rank: {'; '.join(kept[:3])}{more}"
         raise ValueError(
-            f"compress: ratio={ratio} is out of reach; even TT-rank 1 gives {before / after(1):.1f}x "
+            # (rounded down: 1.955x printed as 2.0x contradicted the refusal of ratio=2)
+            f"compress: ratio={ratio} is out of reach; even TT-rank 1 gives "
+            f"{math.floor(before / after(1) * 100) / 100:.2f}x "
             f"({before:,} -> {after(1):,} parameters in the selected layers){why}"
         )
     lo, hi = 1, max(max(max_tt_ranks([a * b for a, b in zip(*p[0], strict=True)])) for p in plans)
@@ -174,7 +183,7 @@ def _rel_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 def _dense_report(name: str, module: nn.Module, reason: str) -> LayerReport:
-    conv = CONVERTERS[type(module)]
+    conv = converter_for(module)
     w = conv.weight(module)
     before = sum(p.numel() for p in module.parameters())
     return LayerReport(
@@ -198,7 +207,7 @@ def _convert_one(
     The layers a converter refuses (unsupported options, non-finite weights) were found by
     :func:`~tensortrain.compression_layers.refusal` beforehand and never get here, so any error of the
     conversion is a real one and propagates."""
-    conv = CONVERTERS[type(module)]
+    conv = converter_for(module)
     dims = conv.dims(module)
     before = sum(p.numel() for p in module.parameters())
     if max_tt_rank is not None:
@@ -250,7 +259,7 @@ def _kept_dense(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> 
 
 def _check_values(layers: list[tuple[list[str], nn.Module]]) -> None:
     """``epsilon`` picks ranks from singular values: the layers to convert must not be on the meta device."""
-    meta = [names[0] or "(model)" for names, m in layers if CONVERTERS[type(m)].weight(m).is_meta]
+    meta = [names[0] or "(model)" for names, m in layers if converter_for(m).weight(m).is_meta]
     if meta:
         raise ValueError(
             "compress: epsilon picks each layer's TT-ranks from the singular values of its weight, and the "
@@ -375,7 +384,7 @@ def compress(
     before_model = sum(p.numel() for p in target.parameters())
     layers = _select(target, inc, exc)
     if not layers:
-        seen = [n for n, m in target.named_modules() if type(m) in CONVERTERS][:8]
+        seen = [n for n, m in target.named_modules() if converter_of(m) is not None][:8]
         raise ValueError(
             f"compress: no nn.Linear or nn.Embedding layer matched include={include!r}, exclude={exclude!r}; "
             f"candidate layers: {seen or 'none'}"

@@ -7,6 +7,7 @@ The types converted are exact: ``nn.Linear`` -> :class:`~tensortrain.nn.TTLinear
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,16 @@ from .nn.embedding import TTEmbedding, resolve_embedding_dims
 from .nn.linear import TTLinear, resolve_dims
 from .shapes import max_tt_ranks
 
-__all__ = ["CONVERTERS", "Converter", "carry_over", "layer_dims", "planned_tt_params", "refusal"]
+__all__ = [
+    "CONVERTERS",
+    "Converter",
+    "carry_over",
+    "converter_for",
+    "converter_of",
+    "layer_dims",
+    "planned_tt_params",
+    "refusal",
+]
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,38 @@ CONVERTERS: dict[type[nn.Module], Converter] = {
         extra_params=lambda m: 0,
     ),
 }
+
+
+def converter_of(module: nn.Module) -> Converter | None:
+    """How ``module`` converts to a TT layer (its exact type's :data:`CONVERTERS` entry), or None.
+
+    A subclass is not its base (an attention block's ``out_proj`` is read through ``.weight`` by its parent),
+    except ``nn.LazyLinear`` once its parameters have shapes: ``load_state_dict`` gives them without the first
+    forward that turns the module into an ``nn.Linear``."""
+    conv = CONVERTERS.get(type(module))
+    if conv is None and isinstance(module, nn.LazyLinear) and not module.has_uninitialized_params():
+        return _LAZY_LINEAR
+    return conv
+
+
+def _as_linear(m: nn.LazyLinear) -> nn.Linear:
+    """An ``nn.Linear`` over a materialized ``LazyLinear``'s own parameters (no copy): its ``in_features`` is
+    still 0 until a first forward sets it from the input."""
+    lin = nn.Linear(1, 1, bias=False, device="meta")
+    lin.in_features, lin.out_features = int(m.weight.shape[1]), int(m.weight.shape[0])
+    # (materialized: plain Parameters, whatever the annotations say)
+    lin.weight, lin.bias = m.weight, m.bias  # type: ignore[assignment]
+    return lin
+
+
+_LAZY_LINEAR = dataclasses.replace(
+    CONVERTERS[nn.Linear],
+    dims=lambda m: CONVERTERS[nn.Linear].dims(_as_linear(m)),
+    refuse=lambda m: CONVERTERS[nn.Linear].refuse(_as_linear(m)),
+    convert=lambda m, r, eps, dims: CONVERTERS[nn.Linear].convert(_as_linear(m), r, eps, dims),
+)
+
+
 """Exact types that ``compress`` converts (subclasses such as MultiheadAttention's ``out_proj``, whose
 weight its parent reads as a tensor, are deliberately not matched)."""
 
@@ -140,10 +182,10 @@ flags, by hook id."""
 
 def layer_dims(module: nn.Module) -> Dims:
     """The TT dims compress uses; an empty layer (which stays dense) gets its trivial one-core dims."""
-    w = CONVERTERS[type(module)].weight(module)
+    w = converter_for(module).weight(module)
     if w.numel() == 0:
         return (int(w.shape[0]),), (int(w.shape[1]),)
-    return CONVERTERS[type(module)].dims(module)
+    return converter_for(module).dims(module)
 
 
 _TT_ATTRIBUTES: dict[type[nn.Module], frozenset[str]] = {}
@@ -160,7 +202,7 @@ def _tt_attributes(tt_type: type[nn.Module]) -> frozenset[str]:
 def refusal(module: nn.Module) -> str | None:
     """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
     ratio search counts such layers as fixed, as it does tied ones."""
-    conv = CONVERTERS[type(module)]
+    conv = converter_for(module)
     if conv.weight(module).numel() == 0:  # e.g. a head with 0 classes: nothing to factor
         return "empty layer"
     for hook in module._forward_pre_hooks.values():
@@ -189,6 +231,12 @@ def carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
     mode."""
     for name, buf in old._buffers.items():
         new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
+    if isinstance(old, nn.modules.lazy.LazyModuleMixin):
+        # a materialized lazy layer's own hooks (shape inference at the first forward, lazy loading) are not the
+        # user's, and a TT layer has nothing lazy: they stay behind, as that first forward would remove them
+        for handle in ("_initialize_hook", "_load_hook"):
+            if hasattr(old, handle):
+                getattr(old, handle).remove()
     for attr in _HOOK_DICTS:
         if hasattr(old, attr):
             setattr(new, attr, getattr(old, attr))
@@ -201,3 +249,10 @@ def planned_tt_params(dims: Dims, max_tt_rank: int) -> tuple[int, tuple[int, ...
     bound = max_tt_ranks([m * n for m, n in zip(rows, cols, strict=True)])
     ranks = tuple(min(max_tt_rank, b) for b in bound)
     return sum(ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(len(rows))), ranks
+
+
+def converter_for(module: nn.Module) -> Converter:
+    """:func:`converter_of` for a module known to convert (a selected layer)."""
+    conv = converter_of(module)
+    assert conv is not None, type(module)  # callers pass selected layers only
+    return conv

@@ -249,7 +249,8 @@ class TTEmbedding(TTModule):
         Complexity: O(V d r^2 D); memory O(V D).
         """
         like = self.cores[0]
-        with torch.no_grad():  # the lookup itself, not self(...): forward hooks and overrides stay out of the table
+        # the lookup itself, not self(...): forward hooks and overrides stay out of the table
+        with torch.no_grad():
             every = torch.arange(self.num_embeddings, device=like.device)
             table = F._embedding(every, self.weight, self.padding_idx, self.num_embeddings, None)
         dense = nn.Embedding(
