@@ -297,7 +297,7 @@ def test_norm_gradients(gen):
     assert torch.autograd.gradgradcheck(
         lambda *cs: ops.frobenius_norm_squared(tt.TensorTrain(list(cs))), cores
     )
-    with pytest.raises(ValueError, match="frobenius_norm: epsilon must be >= 0, got -0.1"):
+    with pytest.raises(ValueError, match="frobenius_norm: epsilon must be a finite number >= 0, got -0.1"):
         ops.frobenius_norm(tt.TensorTrain(zero), epsilon=-0.1)
 
 

@@ -71,7 +71,7 @@ def _weights(coef: Any, bsz: int, like: TensorTrainBase) -> torch.Tensor | None:
     """``coef`` as a ``(B, N)`` tensor (None when no weighting)."""
     if coef is None:
         return None
-    raw = as_scales(coef)
+    raw = as_scales(coef, fn="reduce_sum_batch", name="coef")
     if raw.is_complex() and not like.dtype.is_complex:
         raise TypeError(
             f"reduce_sum_batch: complex coef ({raw.dtype}) for a real batch ({like.dtype}) would lose its "
@@ -79,7 +79,7 @@ def _weights(coef: Any, bsz: int, like: TensorTrainBase) -> torch.Tensor | None:
         )
     # straight to the batch's dtype (a tensor is converted, a list or array read in it): through torch's default
     # float32 a float64 batch would get weights rounded to 7 digits (t3f converts coef to the batch dtype too)
-    c = as_scales(coef, dtype=like.dtype, device=like.device)
+    c = as_scales(coef, dtype=like.dtype, device=like.device, fn="reduce_sum_batch", name="coef")
     if c.dim() == 1:
         c = c[:, None]
     if c.dim() != 2 or c.shape[0] != bsz:
@@ -146,6 +146,6 @@ def reduce_sum_batch(tt_batch: TensorTrainBatch, max_tt_rank: MaxRank, coef: Any
     for extra in leftovers:
         total = decompositions.round(ops.add(total, extra), max_tt_rank=max_tt_rank)
     cores = list(total.tt_cores)
-    if c is None or (coef is not None and as_scales(coef).dim() == 1):
+    if c is None or (coef is not None and as_scales(coef, fn="reduce_sum_batch", name="coef").dim() == 1):
         return TensorTrain([core[0] for core in cores])
     return TensorTrainBatch(cores)

@@ -75,7 +75,12 @@ def concat_along_batch_dim(tt_list: Sequence[TensorTrainBase] | TensorTrainBase)
             )
     check_dtype_device("concat_along_batch_dim", *tt_list)
     per_core = zip(*(batched_cores(x) for x in tt_list), strict=True)
-    return TensorTrainBatch([torch.cat(list(cores), dim=0) for cores in per_core])
+    out = TensorTrainBatch([torch.cat(list(cores), dim=0) for cores in per_core])
+    where = getattr(first, "projection_on", None)
+    if where is not None and all(getattr(x, "projection_on", None) is where for x in tt_list):
+        # tangent vectors at one point, concatenated: a batch of tangent vectors there
+        out.projection_on = where  # type: ignore[attr-defined]
+    return out
 
 
 def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor | Sequence[float]) -> Any:
@@ -108,7 +113,9 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
     # Converting complex weights to real cores' dtype would silently drop the imaginary parts (multiply
     # refuses a complex scale the same way). A sequence is inspected in its own dtype first, then converted
     # straight to the cores' dtype (no float32 round trip).
-    given = weights if isinstance(weights, torch.Tensor) else as_scales(weights)
+    given = (
+        weights if isinstance(weights, torch.Tensor) else as_scales(weights, fn="multiply_along_batch_dim")
+    )
     if given.dtype == torch.bool:  # a mask, not weights
         raise TypeError("multiply_along_batch_dim: weights must be numbers, got a bool tensor (a mask?)")
     if given.is_complex() and not cores[0].dtype.is_complex:
@@ -116,7 +123,7 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
             f"multiply_along_batch_dim: complex weights cannot scale {cores[0].dtype} cores (the imaginary "
             "parts would be dropped); cast first, e.g. tt.cast(batch, torch.complex128)"
         )
-    w = as_scales(weights, dtype=cores[0].dtype, device=cores[0].device)
+    w = as_scales(weights, dtype=cores[0].dtype, device=cores[0].device, fn="multiply_along_batch_dim")
     if w.shape != (batch_tt.batch_size,):
         raise ShapeError(
             f"multiply_along_batch_dim: weights must have shape ({batch_tt.batch_size},) for a batch of "

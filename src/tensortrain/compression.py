@@ -31,9 +31,10 @@ from .compression_layers import (
     refusal,
 )
 from .compression_report import CompressionReport, LayerReport
+from .errors import ShapeError
 from .nn.embedding import TTEmbedding
 from .nn.linear import TTLinear
-from .shapes import as_int, max_tt_ranks
+from .shapes import _whole, max_tt_ranks
 
 __all__ = ["CompressionReport", "LayerReport", "compress", "decompress"]
 
@@ -48,16 +49,18 @@ def _patterns(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] |
     return tuple(value)
 
 
-def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> None:
+def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> int | None:
+    """Checks the budget; returns ``max_tt_rank`` as an int (whole floats accepted, as the TT-SVDs do)."""
     given = [
         n for n, v in (("max_tt_rank", max_tt_rank), ("epsilon", epsilon), ("ratio", ratio)) if v is not None
     ]
     if len(given) != 1:
         raise ValueError(f"compress: pass exactly one of max_tt_rank, epsilon, ratio; got {given or 'none'}")
-    if max_tt_rank is not None and as_int(max_tt_rank) is None:
+    cap = None if max_tt_rank is None else _whole(max_tt_rank)
+    if max_tt_rank is not None and cap is None:
         raise TypeError(f"compress: max_tt_rank must be an int (shared by all layers), got {max_tt_rank!r}")
-    if max_tt_rank is not None and max_tt_rank < 1:
-        raise ValueError(f"compress: max_tt_rank must be >= 1, got {max_tt_rank}")
+    if cap is not None and cap < 1:
+        raise ShapeError(f"compress: max_tt_rank must be >= 1, got {max_tt_rank}")
     for name, value in (("epsilon", epsilon), ("ratio", ratio)):
         # bool is an int, but True as a budget is a mistake; a string would fail deep in a comparison
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
@@ -66,6 +69,7 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> None:
         raise ValueError(f"compress: epsilon (relative error per layer) must be in (0, 1), got {epsilon}")
     if ratio is not None and not ratio > 1:
         raise ValueError(f"compress: ratio (target compression factor) must be > 1, got {ratio}")
+    return cap
 
 
 def _select(
@@ -372,7 +376,7 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
-    _check_budget(max_tt_rank, epsilon, ratio)
+    max_tt_rank = _check_budget(max_tt_rank, epsilon, ratio)
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
     lazy = [n for n, p in model.named_parameters() if nn.parameter.is_lazy(p)]
     if lazy:

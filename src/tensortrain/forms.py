@@ -6,6 +6,9 @@ batch size. Nothing here builds a full tensor.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from ._transforms import transforms_active
@@ -194,8 +197,11 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         >>> bool(abs(tt.frobenius_norm(a) - tt.full(a).norm()) < 1e-4)
         True
     """
-    if not epsilon >= 0:
-        raise ValueError(f"frobenius_norm: epsilon must be >= 0, got {epsilon!r}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):  # (as renormalize_tt_cores)
+        raise TypeError(f"frobenius_norm: epsilon must be a real number, got {epsilon!r}")
+    if not math.isfinite(epsilon) or epsilon < 0:
+        raise ValueError(f"frobenius_norm: epsilon must be a finite number >= 0, got {epsilon!r}")
+    epsilon = float(epsilon)
     if not differentiable:
         # the value from the QR sweep's norm, in a wide type: a norm whose square leaves the cores' dtype range
         # (float32 past 1.8e19, float16 past 256) is still returned exactly; the gradient is the Gram sweep's

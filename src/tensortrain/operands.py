@@ -66,13 +66,19 @@ def _holds_tensor(values: Any) -> bool:
     )
 
 
-def as_scales(values: Any, dtype: torch.dtype | None = None, device: Any = None) -> torch.Tensor:
+def as_scales(
+    values: Any, dtype: torch.dtype | None = None, device: Any = None, *, fn: str = "", name: str = "weights"
+) -> torch.Tensor:
     """``torch.as_tensor`` for weights and coefficients that keeps autograd: a (nested) list or tuple holding
     tensors (learned scalars, t3f's list of variables) is stacked, where ``as_tensor`` reads each value out and
-    drops the graph with only a warning."""
+    drops the graph with only a warning. Bools are refused (a mask is not weights: it would read as 0 and 1)."""
     if not _holds_tensor(values):
+        raw = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+        if raw.dtype == torch.bool:
+            raise TypeError(f"{fn}: {name} must be numbers, got bools (a mask?)")
+        # a list or array is read straight in ``dtype``: through float32 a float64 weight keeps 7 digits
         return torch.as_tensor(values, dtype=dtype, device=device)
-    parts = [as_scales(v) for v in values]
+    parts = [as_scales(v, fn=fn, name=name) for v in values]
     kind = parts[0].dtype
     for p in parts[1:]:
         kind = torch.promote_types(kind, p.dtype)

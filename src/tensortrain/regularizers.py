@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from . import ops
-from .tensor_train import TensorTrainBase
+from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["cores_regularizer", "l2_regularizer"]
 
-TTLike = TensorTrainBase | torch.nn.Module
+TTLike = TensorTrainBase | torch.nn.Module | Sequence[torch.Tensor]
 Regularizer = Callable[[TTLike], torch.Tensor]
 
 
@@ -35,6 +35,14 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
     """The TT objects a regularizer applies to."""
     if isinstance(x, TensorTrainBase):
         return [x]
+    if isinstance(x, torch.nn.ParameterList) or (
+        isinstance(x, (list, tuple)) and x and all(isinstance(c, torch.Tensor) for c in x)
+    ):
+        # one TT's cores (tt.tt_parameters' ParameterList, as RiemannianSGD takes them)
+        try:
+            return [TensorTrain(list(x))]
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{fname}: the tensors given are not one TT's cores: {err}") from None
     if isinstance(x, torch.nn.Module):
         # TTLinear/TTEmbedding hold theirs as .weight; tensortrain.keras.KerasDense as .matrix (t3f's name)
         # a Keras model on the torch backend keeps its layers in its own tree, not as torch submodules
@@ -48,10 +56,14 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
         ]
         if not found:
             raise ValueError(
-                f"{fname}: the module {type(x).__name__} has no TT weights (no TT layers inside)"
+                f"{fname}: the module {type(x).__name__} has no TT weights (no TT layers inside); for cores kept "
+                "in a ParameterList (tt.tt_parameters), pass that list"
             )
         return found
-    raise TypeError(f"{fname}: expected a TT object or an nn.Module with TT layers, got {type(x).__name__}")
+    raise TypeError(
+        f"{fname}: expected a TT object, one TT's cores (a ParameterList) or an nn.Module with TT layers, got "
+        f"{type(x).__name__}"
+    )
 
 
 def l2_regularizer(scale: float) -> Regularizer:

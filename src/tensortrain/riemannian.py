@@ -45,7 +45,7 @@ Cores = list[torch.Tensor]
 def _check_real_scale(values: Any, dtype: torch.dtype, fname: str, name: str) -> None:
     """Complex scales of real tangent vectors would lose their imaginary parts in the conversion: refuse them,
     as ``multiply`` and ``multiply_along_batch_dim`` do."""
-    given = values if isinstance(values, torch.Tensor) else as_scales(values)
+    given = values if isinstance(values, torch.Tensor) else as_scales(values, fn=fname, name=name)
     if given.is_complex() and not dtype.is_complex:
         raise TypeError(
             f"{fname}: complex {name} cannot scale {dtype} tangent vectors (the imaginary parts would be "
@@ -92,7 +92,7 @@ def project_sum(
         w = torch.ones(bsz, 1, dtype=deltas[0].dtype, device=deltas[0].device)
     else:
         _check_real_scale(weights, deltas[0].dtype, "project_sum", "weights")
-        w = as_scales(weights, dtype=deltas[0].dtype, device=deltas[0].device)
+        w = as_scales(weights, dtype=deltas[0].dtype, device=deltas[0].device, fn="project_sum")
         if w.dim() not in (1, 2) or w.shape[0] != bsz:
             raise ShapeError(
                 f"project_sum: weights must have shape ({bsz},) or ({bsz}, N), got {tuple(w.shape)}"
@@ -412,6 +412,7 @@ def add_n_projected(
         (1, 4, 1)
     """
     fname = "add_n_projected"
+    tt_objects = list(tt_objects)  # any iterable, as approximate.add_n takes (a generator had no len())
     if len(tt_objects) == 0:
         raise ValueError(f"{fname}: needs at least one tangent vector")
     on = _check_projected(tt_objects, fname)
@@ -425,7 +426,7 @@ def add_n_projected(
         c = torch.ones(n, dtype=first.dtype, device=first.device)
     else:
         _check_real_scale(coef, first.dtype, fname, "coef")
-        c = as_scales(coef, dtype=first.dtype, device=first.device)
+        c = as_scales(coef, dtype=first.dtype, device=first.device, fn=fname, name="coef")
     allowed: list[tuple[int, ...]] = [(n,)] + ([(n, first.shape[0])] if batch else [])
     if tuple(c.shape) not in allowed:
         raise ShapeError(

@@ -251,7 +251,7 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
 
     Raises:
         TypeError: a mode size that is not an int (a TT-matrix's ``(rows, cols)`` raw shape included).
-        ValueError: a mode size below 1.
+        ValueError: a mode size below 1, or no mode sizes (a ``ShapeError``).
 
     Example:
         >>> import tensortrain as tt
@@ -267,6 +267,8 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
         if k < 1:
             raise ValueError(f"max_tt_ranks: mode sizes must be >= 1, got {k} in {tuple(raw_shape)!r}")
         dims.append(k)
+    if not dims:  # (as tensor_ones([]) refuses it: a TT has at least one core)
+        raise ShapeError("max_tt_ranks: expected at least one mode size, got an empty shape")
     ranks = [1]
     for k in range(1, len(dims)):
         ranks.append(min(math.prod(dims[:k]), math.prod(dims[k:])))
@@ -298,14 +300,21 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
     one is refused rather than truncated.
 
     Raises:
-        ShapeError: a rank below 1, the wrong length, or full ranks whose ends are not 1.
-        TypeError: a rank that is not a whole number (a bool, a fractional float, a string).
+        ShapeError: a rank below 1, the wrong length, full ranks whose ends are not 1, or ``d`` below 1.
+        TypeError: a rank that is not a whole number (a bool, a fractional float, a string), or a ``d`` that is
+            not an int.
 
     Example:
         >>> import tensortrain as tt
         >>> tt.normalize_tt_rank(4, 3)
         (1, 4, 4, 1)
     """
+    n_cores = as_int(d)
+    if n_cores is None:
+        raise TypeError(f"normalize_tt_rank: d (the number of cores) must be an int, got {d!r}")
+    if n_cores < 1:
+        raise ShapeError(f"normalize_tt_rank: d (the number of cores) must be >= 1, got {n_cores}")
+    d = n_cores
     if isinstance(tt_rank, bool):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
     if isinstance(tt_rank, str | bytes):  # a sequence, but of characters

@@ -73,6 +73,20 @@ def _richness(n: int, pad: bool) -> int:
     return d if pad and math.prod(_modes(n, d, pad)) != n else len(prime_factors(n))
 
 
+def _bias_values(bias: Any, fn: str) -> torch.Tensor | None:
+    """A bias given as a tensor, or as an array or list of numbers (t3f's ``set_weights`` takes NumPy arrays):
+    the layer casts it to its own dtype."""
+    if bias is None or isinstance(bias, torch.Tensor):
+        return bias
+    try:
+        values = torch.as_tensor(bias)
+    except (TypeError, ValueError, RuntimeError):
+        values = None
+    if values is None or values.dtype == torch.bool:
+        raise TypeError(f"{fn}: bias must be a tensor or an array of numbers, got {type(bias).__name__}")
+    return values
+
+
 def resolve_dims(
     in_features: int,
     out_features: int,
@@ -266,6 +280,8 @@ class TTLinear(TTModule):
         self.init = init
         if bias_init is not None and (isinstance(bias_init, bool) or not isinstance(bias_init, numbers.Real)):
             raise TypeError(f"TTLinear: bias_init must be a number or None, got {bias_init!r}")
+        if bias_init is not None and not math.isfinite(bias_init):  # (every output would be NaN or inf)
+            raise ValueError(f"TTLinear: bias_init must be finite, got {bias_init!r}")
         self.bias_init = bias_init
         d = len(self.in_dims)
         ranks = normalize_tt_rank(tt_rank, d)
@@ -553,6 +569,7 @@ class TTLinear(TTModule):
             torch.Size([625, 784])
         """
         tt_matrix = F._check_tt_matrix("TTLinear.from_tt", tt_matrix)
+        bias = _bias_values(bias, "TTLinear.from_tt")
         out_dims, in_dims = tt_matrix.get_raw_shape()
         rows, cols = math.prod(out_dims), math.prod(in_dims)
         if (
@@ -628,6 +645,7 @@ class TTLinear(TTModule):
                     f"{self.out_dims})"
                 )
             cores = [c.transpose(1, 2) for c in cores]  # t3f kernel (in x out) -> weight (out x in)
+        bias = _bias_values(bias, "TTLinear.load_tt_")
         if bias is not None:
             if self.bias is None:
                 raise ShapeError("TTLinear.load_tt_: got bias values but the layer has bias=False")
