@@ -242,6 +242,13 @@ def test_inspect_counts_shared_tensors_once_and_reads_the_tutorial_checkpoint_la
     assert f"{small_params:,} in total ({1 + len(layer.cores) + 1} tensors stored under a second name" in out
     rows = [line for line in out.splitlines() if line.startswith("  1 ") or line.startswith("  3 ")]
     assert len(rows) == 1  # the shared layer is listed once in the table
+    # safetensors' save_model stores each shared tensor once, the other names as metadata: the same report
+    saved = tmp_path / "tied.safetensors"
+    safetensors.torch.save_model(model, str(saved))
+    again = inspect_path(saved)
+    for key in ("total_parameters", "tt_parameters", "shared_tensors", "tt_layers"):
+        assert again[key] == info[key], key
+    assert not again["metadata"]  # the alias entries are read as aliases, not shown as metadata
 
 
 def test_inspect_errors_name_the_file_and_the_rest_is_still_done(tmp_path, capsys):

@@ -47,30 +47,47 @@ def test_float16_results_that_do_not_fit_raise():
     assert torch.equal(tt.full(tt.round(small)), tt.full(small))
 
 
-def test_results_whose_norm_overflows_float32_or_float64_raise():
-    """Finite entries, norm above the dtype's range: TT-SVD and round returned inf cores silently, and TT-SVD with
-    an epsilon failed inside the SVD (an opaque LinAlgError)."""
+def test_results_whose_norm_overflows_float32_are_computed_wide_or_refused():
+    """Finite entries, norm above the dtype's range: TT-SVD and round returned inf cores silently, failed inside
+    the SVD (an opaque LinAlgError), or called a result that fits float32 too large. They run in float64 then
+    and cast back: a ValueError only where the result itself does not fit."""
     b = (torch.rand(5, 5, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 3e38
     for eps in (None, 0.01):
         for method in ("exact", "randomized", "auto"):
-            with pytest.raises(ValueError, match=r"TT-SVD: .*float32.* use float64, or scale the input down"):
+            with pytest.raises(ValueError, match=r"TT-SVD: the result does not fit float32 .* use float64"):
                 tt.to_tt_tensor(b, max_tt_rank=100, epsilon=eps, method=method)
-    w = tt.TensorTrain([torch.full((1, 4, 1), 1e19), torch.full((1, 4, 1), 1e19)])
-    for eps in (None, 0.1):
-        with pytest.raises(ValueError, match=r"round: .*float32"):
-            tt.round(w, max_tt_rank=1, epsilon=eps)
-    with pytest.raises(ValueError, match=r"norm overflows even float64; .*scale the input down"):
-        tt.to_tt_tensor(torch.full((4, 4), 1e308, dtype=torch.float64), max_tt_rank=4, epsilon=0.1)
-    # what fits still works: the same data in float64; a float32 norm of 4e38 whose rank-1 result fits (with an
-    # epsilon it was inf: the SVD ran in float32; now in float64 and cast back); a norm of inf in float64
-    # without an epsilon (a full-rank cap needs no SVD)
     assert torch.isfinite(tt.full(tt.to_tt_tensor(b.double(), max_tt_rank=100, epsilon=0.01))).all()
-    big = torch.full((4, 4), 1e38)
-    x = tt.to_tt_tensor(big, max_tt_rank=4, epsilon=0.1)
-    assert x.dtype == torch.float32 and x.tt_ranks == (1, 1, 1)
-    assert_close(tt.full(x), big)
+    # a low-rank tensor of norm ~1e39 whose TT-SVD (largest core entry ~1e38) fits float32
+    gen = torch.Generator().manual_seed(0)
+    x64 = tt.random_tensor((2, 2, 2, 1024), tt_rank=2, dtype=torch.float64, generator=gen) * 1e37
+    assert float(tt.frobenius_norm(x64)) > 3.5e38
+    a32 = tt.full(x64).float()
+    for budget in (
+        {"epsilon": 1e-3},
+        {"max_tt_rank": 4},
+        {"max_tt_rank": 2},
+        {"max_tt_rank": 2, "method": "randomized"},
+    ):
+        got = tt.to_tt_tensor(a32, **budget)
+        assert got.dtype == torch.float32
+        assert float((tt.full(got).double() - tt.full(x64)).norm() / tt.full(x64).norm()) < 1e-6
+    x32 = tt.cast(x64, torch.float32)
+    for budget in ({"max_tt_rank": 2}, {"epsilon": 1e-3}):
+        got = tt.round(x32 + 0.01 * x32, **budget)
+        assert got.tt_ranks == (1, 2, 2, 2, 1)
+        assert float((tt.full(got).double() - 1.01 * tt.full(x64)).norm() / tt.full(x64).norm()) < 1e-5
+    big = torch.full((4, 4), 1e38)  # norm 4e38, rank 1: the result's entries fit
+    for eps in (None, 0.1):
+        x = tt.to_tt_tensor(big, max_tt_rank=4, epsilon=eps)
+        assert x.dtype == torch.float32 and x.tt_ranks == ((1, 1, 1) if eps else (1, 4, 1))
+        assert_close(tt.full(x), big)
+    # float64 has no wider type: its overflow is a ValueError naming the function
     huge = torch.full((4, 4), 1e308, dtype=torch.float64)
-    assert_close(tt.full(tt.to_tt_tensor(huge, max_tt_rank=4)), huge)
+    with pytest.raises(
+        ValueError, match=r"TT-SVD: the tensor's norm overflows float64 .*scale the input down"
+    ):
+        tt.to_tt_tensor(huge, max_tt_rank=4, epsilon=0.1)
+    assert_close(tt.full(tt.to_tt_tensor(huge, max_tt_rank=4)), huge)  # a full-rank cap needs no SVD
 
 
 def test_renormalize_float16_multiplies_in_the_wide_dtype():

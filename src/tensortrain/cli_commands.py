@@ -302,7 +302,13 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
     if header is not None and "tensortrain" in header[1]:
         return _describe_tt_file(p)
     if header is not None:
-        return _describe_state_dict(p, "safetensors", header[0], header[1])
+        shapes, metadata = dict(header[0]), header[1]
+        # safetensors.torch.save_model stores a shared tensor once and each other name as metadata
+        # {"other.name": "kept.name"}: those names are aliases, as torch.save files' shared storages are
+        aliases = {k: v for k, v in (metadata or {}).items() if k not in shapes and v in shapes}
+        shapes.update({k: shapes[v] for k, v in aliases.items()})
+        rest = {k: v for k, v in (metadata or {}).items() if k not in aliases}
+        return _describe_state_dict(p, "safetensors", shapes, rest if metadata is not None else None, aliases)
     state = _unwrap(p, _torch_load(p))
     shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     return _describe_state_dict(p, "torch", shapes, None, _aliases(state))

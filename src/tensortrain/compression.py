@@ -306,7 +306,8 @@ def compress(
 ) -> tuple[nn.Module, CompressionReport]:
     """Replace a model's ``nn.Linear`` and ``nn.Embedding`` layers by ``TTLinear`` / ``TTEmbedding`` (TT-SVD).
 
-    Layers are selected by exact type (``nn.Linear``, ``nn.Embedding``; subclasses are left alone), then by
+    Layers are selected by exact type (``nn.Linear``, ``nn.Embedding``; subclasses are left alone, except an
+    ``nn.LazyLinear`` whose parameters have shapes), then by
     ``include`` / ``exclude`` globs (``fnmatch``, case-sensitive) over qualified module names such as
     ``"encoder.0.fc1"``. A module shared under several names is replaced under all of them, so it is
     selected when *any* of its names is included and *none* is excluded (its report row lists the other

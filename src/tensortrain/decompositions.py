@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +45,6 @@ from .operands import wide_dtype
 from .orthogonalization import (
     cast_back,
     check_finite_cores,
-    check_norms_fit,
     compute_dtype,
     merge_modes,
     orthogonalize,
@@ -184,14 +183,23 @@ def _tt_svd(
     a: torch.Tensor, modes: Sequence[int], caps: Sequence[int], epsilon: float | None, method: Method
 ) -> list[torch.Tensor]:
     """Cores ``(B, r_{k-1}, n_k, r_k)`` of the TT-SVD of ``a`` of shape ``(B, n_1 ... n_d)``."""
-    b, d, dtype = a.shape[0], len(modes), a.dtype
-    a = a.to(compute_dtype(dtype))
+    dtype = a.dtype
+    try:
+        cores = _overflow_safe(
+            lambda t: _tt_svd_in(t[0], modes, caps, epsilon, method), [a.to(compute_dtype(dtype))]
+        )
+    except _NoWiderType as err:
+        raise ValueError(f"TT-SVD: {err}") from None
+    return cast_back(cores, dtype, "TT-SVD")
+
+
+def _tt_svd_in(
+    a: torch.Tensor, modes: Sequence[int], caps: Sequence[int], epsilon: float | None, method: Method
+) -> list[torch.Tensor]:
+    b, d = a.shape[0], len(modes)
     norms = None if epsilon is None or d < 2 else _norms(a.reshape(b, -1))
     if norms is not None and bool((norms > torch.finfo(a.dtype).max).any()):
-        # SVDs of a tensor whose norm exceeds its dtype's range fail to converge (an opaque LinAlgError) or return
-        # inf: such an input is decomposed in the wide type and cast back (an error only if the result does not fit)
-        check_norms_fit(norms, wide_dtype(a), "TT-SVD")
-        a = a.to(wide_dtype(a))
+        raise _Overflow
     delta = _deltas(norms, epsilon, d)
     cores, rest, r_prev = [], a, 1
     for k in range(d - 1):
@@ -200,7 +208,62 @@ def _tt_svd(
         cores.append(left.reshape(b, r_prev, modes[k], r))
         r_prev = r
     cores.append(rest.reshape(b, r_prev, modes[-1], 1))
-    return cast_back(cores, dtype, "TT-SVD")
+    return cores
+
+
+class _Overflow(Exception):
+    """A tensor's norm exceeds its dtype's range (the SVDs would fail to converge or return inf)."""
+
+
+class _NoWiderType(ValueError):
+    """An overflow in the widest type: the caller names itself and raises it as a ValueError."""
+
+
+def _overflow_safe(
+    run: Callable[[list[torch.Tensor]], list[torch.Tensor]], inputs: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``run(inputs)``, again in the wide dtype where it overflowed: finite data whose norm exceeds the dtype's
+    range (a float32 tensor of norm 4e38) made the SVDs fail to converge (an opaque ``LinAlgError``) or return
+    inf. A result that still does not fit is the caller's ``cast_back`` error; float64 has no wider type, so an
+    overflow there is a ``ValueError`` here."""
+    try:
+        out = run(inputs)
+        if out[0].device.type == "meta" or bool(torch.stack([torch.isfinite(c).all() for c in out]).all()):
+            return out
+    except (_Overflow, torch.linalg.LinAlgError):
+        pass
+    wide = wide_dtype(inputs[0])
+    if wide == inputs[0].dtype:
+        raise _NoWiderType(
+            f"the tensor's norm overflows {str(inputs[0].dtype).removeprefix('torch.')} (largest value "
+            f"{torch.finfo(inputs[0].dtype).max:.3g}): its SVDs cannot be computed; scale the input down"
+        )
+    try:
+        return run([t.to(wide) for t in inputs])
+    except (_Overflow, torch.linalg.LinAlgError):
+        raise _NoWiderType(
+            f"the tensor's norm overflows even {str(wide).removeprefix('torch.')}: its SVDs cannot be computed; "
+            "scale the input down"
+        ) from None
+
+
+def _round_in(
+    cores: list[torch.Tensor], caps: Sequence[int], eps: float | None, method: Method
+) -> list[torch.Tensor]:
+    """:func:`round` on merged ``(B, r, n, r')`` cores in the compute dtype."""
+    cores = right_orthogonalize(cores)
+    d, b = len(cores), cores[0].shape[0]
+    # After right-orthogonalization the norm of the whole tensor is the norm of the first core.
+    norms = None if eps is None or d < 2 else _norms(cores[0].reshape(b, -1))
+    if norms is not None and not bool((norms <= torch.finfo(cores[0].dtype).max).all()):  # (NaN: inf cores)
+        raise _Overflow
+    delta = _deltas(norms, eps, d)
+    for k in range(d - 1):
+        r_prev, n_k = cores[k].shape[1], cores[k].shape[2]
+        left, right = truncated_factor(cores[k].reshape(b, r_prev * n_k, -1), caps[k + 1], delta, method)
+        cores[k] = left.reshape(b, r_prev, n_k, left.shape[-1])
+        cores[k + 1] = torch.einsum("bij,bjnk->bink", right, cores[k + 1])
+    return cores
 
 
 def _wrap(cores: list[torch.Tensor], batch: bool) -> Any:
@@ -400,16 +463,8 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     check_finite_cores(tt, "round")
     cores, batch, raw = merge_modes(tt)
     caps = _caps(max_tt_rank, [c.shape[2] for c in cores])
-    cores = right_orthogonalize(cores)
-    d, b = len(cores), cores[0].shape[0]
-    # After right-orthogonalization the norm of the whole tensor is the norm of the first core.
-    norms = None if eps is None or d < 2 else _norms(cores[0].reshape(b, -1))
-    if norms is not None:  # (an SVD of a core whose norm overflows failed to converge: an opaque LinAlgError)
-        check_norms_fit(norms, cores[0].dtype, "round")
-    delta = _deltas(norms, eps, d)
-    for k in range(d - 1):
-        r_prev, n_k = cores[k].shape[1], cores[k].shape[2]
-        left, right = truncated_factor(cores[k].reshape(b, r_prev * n_k, -1), caps[k + 1], delta, method)
-        cores[k] = left.reshape(b, r_prev, n_k, left.shape[-1])
-        cores[k + 1] = torch.einsum("bij,bjnk->bink", right, cores[k + 1])
+    try:
+        cores = _overflow_safe(lambda cs: _round_in(cs, caps, eps, method), cores)
+    except _NoWiderType as err:
+        raise ValueError(f"round: {err}") from None
     return split_modes(cores, batch, raw, tt.dtype, "round")
