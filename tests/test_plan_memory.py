@@ -278,3 +278,43 @@ def test_the_bound_counts_a_copy_of_a_batched_operand(gen):
         }
         least = min(p.saved_bytes for p in C.enumerate_plans(cores, 256, requires_grad=True))
         assert sum(kept.values()) <= max(limit, b.numel() * 4 + least)
+
+
+def _kept_bytes(fn, own) -> int:
+    seen: dict[int, int] = {}
+    for t in _saved(fn):
+        if t.untyped_storage().data_ptr() not in own:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def test_bounds_count_the_copies_of_permuted_cores_and_strided_inputs(gen):
+    """dense_tt_matmul passes permuted views of the cores: a plan that reshapes one copies it, and autograd kept
+    the copy beyond the bound; a strided x at a tiny batch is copied by the first reshape the same way."""
+    cores = [torch.randn(1, 4, 4, 16, requires_grad=True), torch.randn(16, 4, 4, 1, requires_grad=True)]
+    a = torch.randn(64, 16, requires_grad=True)
+    own = {t.untyped_storage().data_ptr() for t in (a, *cores)}
+    for bound in (2048, 3000, 5000):  # (the two cores' copies, 2048 bytes, are the least any plan keeps)
+        kept = _kept_bytes(
+            lambda b=bound: C.dense_tt_matmul(a, tt.TensorTrain(cores), max_saved_bytes=b), own
+        )
+        assert kept <= bound, (bound, kept)
+    w = _cores((5, 7, 1), (8, 16, 3), 2, gen)
+    for batch in (2, 5):
+        base = torch.randn(8 * 16 * 3, batch, generator=gen, dtype=torch.float64, requires_grad=True)
+        x = base.t()  # strided (batch, N)
+        own = {t.untyped_storage().data_ptr() for t in (base, *w)}
+        for bound in (0, 8000, 12000, 20000):
+            kept = _kept_bytes(lambda b=bound, x=x: C.linear(x, w, max_saved_bytes=b), own)
+            assert kept <= bound, (batch, bound, kept)
+
+
+def test_tiny_training_batches_are_planned_at_their_own_size(gen):
+    """Training batches 5-7 were priced at their bucket, 8, where sweeps run the hand-written SweepFunction;
+    below 8 they run autograd's folded products, which the model prices at the batch itself."""
+    cores = [torch.zeros(1, 4, 4, 1) for _ in range(3)]
+    for batch in (5, 6, 7):
+        chosen = C.plan(cores, batch, requires_grad=True)
+        best = min(C.enumerate_plans(cores, batch, requires_grad=True), key=lambda p: p.est_seconds)
+        assert chosen.batch_size == batch
+        assert chosen.est_seconds <= best.est_seconds * (1 + 1e-9) or best.groups == ((0, 3),), (chosen, best)

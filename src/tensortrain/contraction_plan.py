@@ -256,8 +256,11 @@ def choose_program(
     if compiling:  # the batch may be a symbol (dynamic shapes): reading it would specialise the graph
         batch = _SYMBOLIC_BATCH
     c0 = cores[0]
-    # a memory bound is checked at the batch itself: a bucket's larger states could rule out a plan that fits
-    bucket = int(batch) if max_saved is not None and not compiling else _bucket(batch)
+    # a memory bound is checked at the batch itself: a bucket's larger states could rule out a plan that fits.
+    # So are training batches below SWEEP_FUNCTION_MIN_BATCH: their sweeps run autograd's folded products, and
+    # the bucket (8) would price them as the hand-written SweepFunction that runs from 8 rows on.
+    exact = max_saved is not None or (grad and batch < _cost.SWEEP_FUNCTION_MIN_BATCH)
+    bucket = int(batch) if exact and not compiling else _bucket(batch)
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
         return _cost.choose(
             dims_of(cores), strategy, bucket, c0.element_size(), c0.device.type, grad, max_saved=max_saved
@@ -368,11 +371,16 @@ def plan(
         batch_size: number of rows of ``x`` (all leading dims flattened).
         requires_grad: price backward too; default: whether any core requires grad and grad mode is on.
         strategy: ``"auto"`` (cheapest) or one of :data:`STRATEGIES` to see what a forced strategy would do.
+            ``"auto"`` weighs the full plans and the sweeps over two or more groups: the one-group sweep (merging
+            every core into W) is left to the full plans, which build W from two halves, unless a layer's
+            inference cache may keep it; :func:`enumerate_plans` lists it for forcing and inspection.
         cached_merges: price sweeps without merging their core groups, as for a layer that keeps the merged
             groups between inference calls (``TTLinear`` without gradients); ignored when training.
         max_saved_bytes: when training, the fastest plan whose activations kept for backward
             (``saved_bytes``) are at most this many bytes; if no plan of the strategy fits, the one keeping
-            least. None (default): the fastest. Ignored without gradients (nothing is kept). Such plans are
+            least. None (default): the fastest of the plans that keep their step inputs (sweeps that recompute
+            them are weighed only under a bound: the model prices them within a few percent of the keeping
+            ones at best). Ignored without gradients (nothing is kept). Such plans are
             made (and cached) for the batch size itself, not its power-of-two bucket; sizes are the cores' dtype
             (autocast is not seen).
 
