@@ -1,0 +1,68 @@
+"""One cell of the layer table, timed with more repeats than run.py gives it: TTLinear, nn.Linear and the peers.
+
+run.py spends at most about 20 s of repeats per row, so its largest cells (4096x4096 at rank 64, batch 1024,
+training: ~5 s per turn of warm calls) get 4 repeats and move by more than the gaps between implementations.
+This times one case, forward or forward+backward, with every repeat counted (warm, interleaved, medians):
+
+    .venv/bin/python benchmarks/cell.py 4096x4096-r64 --batch 1024 --repeats 15
+    .venv/bin/python benchmarks/cell.py 784x625-r16 --batch 64 --forward
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import LAYER_CASES, interleaved, peer_layers  # noqa: E402
+
+import tensortrain as tt  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = [c[0] for c in LAYER_CASES]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", choices=names)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--forward", action="store_true", help="time the forward only (default: forward+backward)"
+    )
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    _, fin, fout, in_dims, out_dims, rank = LAYER_CASES[names.index(args.case)]
+    torch.manual_seed(0)
+    mods: dict[str, nn.Module] = {
+        "dense": nn.Linear(fin, fout),
+        "tt": tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims),
+    }
+    peers, notes = peer_layers(in_dims, out_dims, rank)
+    mods |= peers
+    x = torch.randn(args.batch, fin, requires_grad=not args.forward)
+    if args.forward:
+        with torch.no_grad():
+            times = interleaved({k: (lambda m=m: m(x)) for k, m in mods.items()}, args.repeats,
+                                budget_s=float("inf"), warm_each=True)  # fmt: skip
+    else:
+        times = interleaved({k: (lambda m=m: m(x).sum().backward()) for k, m in mods.items()}, args.repeats,
+                            budget_s=float("inf"), warm_each=True)  # fmt: skip
+    plan = mods["tt"].plan(args.batch, requires_grad=not args.forward).describe()  # type: ignore[operator]
+    what = "forward" if args.forward else "forward+backward"
+    print(
+        f"{args.case} batch {args.batch}, {what}, {times['_n']} repeats, threads {args.threads}; plan: {plan}"
+    )
+    for k in mods:
+        print(f"  {k:8s} {1000 * times[k]:9.2f} ms  {times[k] / times['dense']:.3f}x nn.Linear")
+    for k, note in notes.items():
+        print(f"  {k}: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
