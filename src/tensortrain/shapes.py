@@ -40,6 +40,16 @@ def as_int(value: Any) -> int | None:
         return None
 
 
+def int_at_least(value: Any, low: int, what: str, error: type[ValueError] = ValueError) -> int:
+    """``value`` as an int (see :func:`as_int`) of at least ``low``; else a TypeError or ``error`` naming ``what``."""
+    n = as_int(value)
+    if n is None:
+        raise TypeError(f"{what} must be an int, got {value!r}")
+    if n < low:
+        raise error(f"{what} must be >= {low}, got {n}")
+    return n
+
+
 def plain_scalar(value: Any) -> Any:
     """A 0-dim NumPy/torch value as the Python number it holds (anything else unchanged): for messages and for
     argument forms such as t3f's ``3 * np.ones(d + 1)``."""
@@ -309,12 +319,7 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
         >>> tt.normalize_tt_rank(4, 3)
         (1, 4, 4, 1)
     """
-    n_cores = as_int(d)
-    if n_cores is None:
-        raise TypeError(f"normalize_tt_rank: d (the number of cores) must be an int, got {d!r}")
-    if n_cores < 1:
-        raise ShapeError(f"normalize_tt_rank: d (the number of cores) must be >= 1, got {n_cores}")
-    d = n_cores
+    d = int_at_least(d, 1, "normalize_tt_rank: d (the number of cores)", ShapeError)
     if isinstance(tt_rank, bool):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
     if isinstance(tt_rank, str | bytes):  # a sequence, but of characters

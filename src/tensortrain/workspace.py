@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ._transforms import transforms_active
-from .shapes import as_int
+from .shapes import int_at_least
 
 __all__ = ["scratch", "empty_cache", "limit", "set_limit", "held_bytes", "MIN_BYTES"]
 
@@ -55,12 +55,7 @@ def limit() -> int:
 def set_limit(nbytes: int) -> None:
     """Keep at most ``nbytes`` of returned scratch per thread (0: no reuse); frees any excess of this thread's."""
     global _limit
-    n = as_int(nbytes)
-    if n is None:
-        raise TypeError(f"set_limit: nbytes must be an int, got {nbytes!r}")
-    if n < 0:
-        raise ValueError(f"set_limit: nbytes must be >= 0, got {n}")
-    _limit = n
+    _limit = int_at_least(nbytes, 0, "set_limit: nbytes")
     _trim()
 
 
