@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import tensortrain as tt
+from conftest import assert_close
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -131,3 +132,34 @@ def test_ddp_matches_single_process(tmp_path):
         assert torch.equal(states[0][key], states[1][key]), f"{key} differs between ranks"
         torch.testing.assert_close(states[0][key], expected[key], rtol=1e-10, atol=1e-12)
         assert not torch.equal(expected[key], start[key]), f"{key} did not train"
+
+
+def test_compress_refuses_a_model_under_ddp():
+    """Compressing under DDP replaced the parameters its reducer watches: gradients were no longer averaged and
+    each process trained on its own data, with no error (a one-process group shows the refusal)."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        for wrapped in (ddp, torch.nn.Sequential(ddp)):
+            with pytest.raises(
+                TypeError, match=r"is a DistributedDataParallel; compress the module it wraps"
+            ):
+                tt.compress(wrapped, max_tt_rank=2)
+        small, _ = tt.compress(ddp.module, max_tt_rank=2)  # the documented order works
+        assert isinstance(small[0], tt.nn.TTLinear)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_mode_switch_clears_the_inference_cache():
+    """Collectives (dist.broadcast of rank 0's weights) write into cores without bumping their version counter,
+    like .data writes: the cache kept serving the old merged cores. train()/eval() now start from no cache."""
+    layer = tt.nn.TTLinear(16, 4, tt_rank=3, in_dims=(4, 4), out_dims=(2, 2), dtype=torch.float64).eval()
+    x = torch.randn(5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x)
+        assert layer._cache
+        layer.cores[0].data.mul_(2.0)  # unseen by the version counter, as a collective's write
+        layer.eval()
+        assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)

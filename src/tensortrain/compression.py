@@ -72,6 +72,14 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> int | None:
     return cap
 
 
+def _distributed_wrapper(module: nn.Module) -> bool:
+    """DDP or FSDP: wrappers that register hooks on the parameters they were built with."""
+    return isinstance(module, nn.parallel.DistributedDataParallel) or type(module).__name__ in (
+        "FullyShardedDataParallel",
+        "FSDPModule",
+    )
+
+
 def _select(
     model: nn.Module, include: tuple[str, ...] | None, exclude: tuple[str, ...] | None
 ) -> list[tuple[list[str], nn.Module]]:
@@ -377,6 +385,15 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
+    wrappers = [(n, m) for n, m in model.named_modules() if _distributed_wrapper(m)]
+    if wrappers:
+        # replacing layers under DDP leaves its reducer watching the old parameters: gradients are no longer
+        # averaged and each process trains on its own data, silently
+        name, wrapper = wrappers[0]
+        raise TypeError(
+            f"compress: {name or 'the model'} is a {type(wrapper).__name__}; compress the module it wraps "
+            "(ddp.module), then wrap the result again"
+        )
     max_tt_rank = _check_budget(max_tt_rank, epsilon, ratio)
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
     lazy = [n for n, p in model.named_parameters() if nn.parameter.is_lazy(p)]

@@ -143,8 +143,10 @@ class TTModule(nn.Module):
         Inference (no gradients) reuses merged groups of cores while the cores are unchanged: same tensors,
         storage and version counter, which every in-place update bumps (``load_state_dict``, ``nn.init``,
         ordinary optimizer steps), and no optimizer has stepped since (fused optimizers leave version counters as
-        they were). Only writes through ``.data`` go unseen: call this after them. The cache is a few times the
-        cores' size and never holds the dense weight.
+        they were). Writes that bypass autograd's version counter go unseen: through ``.data``, and by
+        ``torch.distributed`` collectives (``dist.broadcast(p, 0)``, ``dist.all_reduce(p)`` on a core): call this
+        after them. ``model.train()`` / ``model.eval()`` clear it too, so a mode switch after such a sync is
+        enough. The cache is a few times the cores' size and never holds the dense weight.
 
         Example:
             >>> import torch, tensortrain as tt
@@ -154,6 +156,12 @@ class TTModule(nn.Module):
             >>> layer.clear_cache()
         """
         self._cache.clear()
+
+    def train(self, mode: bool = True) -> TTModule:
+        # a mode switch is where parameters are synced or loaded by code autograd does not see (collectives,
+        # .data writes): start the new mode with no cached merges
+        self.clear_cache()
+        return super().train(mode)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # .to() / .double() / .cuda() give the cores new storages: the cache would only hold the old ones alive
