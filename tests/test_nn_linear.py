@@ -598,8 +598,13 @@ def test_a_layer_caches_again_after_prune_remove():
     prune.remove(layer.cores, "1")
     parametrize.register_parametrization(layer.cores, "2", torch.nn.Identity())
     parametrize.remove_parametrizations(layer.cores, "2")
+    before = layer.cores._parameters
+    shuffled = list(before)
     with torch.no_grad():
         y = layer(x)
+    # the order is restored in a new dict swapped in whole: a forward in another thread never sees a key popped
+    assert list(before) == shuffled and layer.cores._parameters is not before
+    with torch.no_grad():
         assert list(layer.cores._parameters) == ["0", "1", "2", "3"] and len(layer._cache) == 1
         assert_close(y, layer.to_linear()(x))
     assert list(layer.state_dict()) == ["bias", "cores.0", "cores.1", "cores.2", "cores.3"]
@@ -785,3 +790,13 @@ def test_a_layer_can_be_told_its_contraction_strategy(monkeypatch):
     with pytest.raises(ValueError, match="unknown strategy 'fast'; valid strategies are auto, full"):
         layer.strategy = "fast"
     assert layer.strategy == "full"
+
+
+def test_the_optimizer_step_hook_is_registered_at_import():
+    """It was registered at the first cached call: while another thread's optimizer iterated the global hooks,
+    that step raised "OrderedDict mutated during iteration"."""
+    from torch.optim.optimizer import _global_optimizer_post_hooks
+
+    from tensortrain import contraction_cache
+
+    assert any(h is contraction_cache._count_step for h in _global_optimizer_post_hooks.values())

@@ -106,3 +106,27 @@ def test_set_limit_takes_numpy_and_tensor_ints():
         assert workspace.limit() == 2**21
     finally:
         workspace.set_limit(before)
+
+
+def test_a_lower_limit_set_in_another_thread_is_applied_at_the_next_request():
+    """set_limit(0) from the main thread never freed what a pool thread held: with the limit at 0 scratch returned
+    before trimming, so the worker kept its buffers for its lifetime."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mib = 2**20
+    pool = ThreadPoolExecutor(1)
+
+    def borrow(nbytes: int) -> int:
+        with workspace.scratch((nbytes,), torch.uint8, "cpu"):
+            pass
+        return workspace.held_bytes()
+
+    try:
+        assert pool.submit(borrow, 8 * mib).result() == 8 * mib
+        workspace.set_limit(0)
+        assert pool.submit(borrow, 16).result() == 0  # a small request trims the worker's own buffers
+        workspace.set_limit(4 * mib)
+        assert pool.submit(borrow, 8 * mib).result() == 0  # over the limit: not kept
+    finally:
+        pool.shutdown()
+        workspace.set_limit(256 * mib)

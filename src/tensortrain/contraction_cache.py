@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
@@ -18,21 +19,21 @@ from .contraction_plan import Groups, dims_of
 __all__ = ["cached", "cached_halves", "cached_supers"]
 
 
-# Optimizer steps seen so far (any optimizer, by a global post-step hook registered on the first cached call): the
-# fused optimizers (``fused=True``) write parameters in place without bumping their version counters.
+# Optimizer steps seen so far (any optimizer, by a global post-step hook): the fused optimizers (``fused=True``)
+# write parameters in place without bumping their version counters. Registered at import, not at the first cached
+# call: registering while another thread's optimizer iterates the global hooks made that step raise
+# ("OrderedDict mutated during iteration").
 _optimizer_steps = [0]
-_step_hook: list[Any] = []
 
 
 def _count_step(*_: Any) -> None:
     _optimizer_steps[0] += 1
 
 
-def _steps_seen() -> int:
-    if not _step_hook:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+_step_hook = register_optimizer_step_post_hook(_count_step)
 
-        _step_hook.append(register_optimizer_step_post_hook(_count_step))
+
+def _steps_seen() -> int:
     return _optimizer_steps[0]
 
 

@@ -375,9 +375,11 @@ class TTLinear(TTModule):
         keys = _CORE_KEYS[: len(cores)]
         if tuple(registry) != keys and len(registry) == len(keys) and set(registry) == set(keys):
             # prune.remove and parametrize.remove_parametrizations register the core again, at the end of the
-            # registry ('0', '2', '3', '1'): restore the order (state_dict's too) rather than never cache again
-            for k in keys:
-                registry[k] = registry.pop(k)
+            # registry ('0', '2', '3', '1'): restore the order (state_dict's too) rather than never cache again.
+            # A new dict swapped in whole: a forward in another thread sees the old order or the new, never a
+            # dict with a key popped out
+            registry = type(registry)((k, registry[k]) for k in keys)
+            object.__setattr__(cores, "_parameters", registry)
         return tuple(registry) == keys and "bias" in self._parameters
 
     def _padded_forward(
