@@ -1,8 +1,8 @@
 """One cell of the layer table, timed with more repeats than run.py gives it: TTLinear, nn.Linear and the peers.
 
 run.py spends at most about 20 s of repeats per row, so its largest cells (4096x4096 at rank 64, batch 1024,
-training: ~5 s per turn of warm calls) get 4 repeats and move by more than the gaps between implementations.
-This times one case, forward or forward+backward, with every repeat counted (warm, interleaved, medians):
+training: several seconds per turn of warm calls) get a handful of repeats and move by more than the gaps between
+implementations. This times one case, forward or forward+backward, with every repeat counted (warm, interleaved, medians):
 
     .venv/bin/python benchmarks/cell.py 4096x4096-r64 --batch 1024 --repeats 15
     .venv/bin/python benchmarks/cell.py 784x625-r16 --batch 64 --forward
