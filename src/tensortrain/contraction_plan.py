@@ -165,19 +165,27 @@ def cores_of(weight: TensorTrain | Sequence[torch.Tensor], fn: str) -> tuple[tor
         raise TypeError(
             f"{fn}: TT-matrix cores must be torch.Tensors, got {[type(c).__name__ for c in cores]}"
         )
-    if not cores or any(c.dim() != 4 for c in cores):
-        raise ShapeError(
-            f"{fn}: TT-matrix cores must be 4-dim tensors (r, m, n, r'), got shapes "
-            f"{[tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__ for c in cores]}"
-        )
-    ranks_ok = cores[0].shape[0] == 1 and cores[-1].shape[-1] == 1
-    if not ranks_ok or any(a.shape[-1] != b.shape[0] for a, b in zip(cores, cores[1:], strict=False)):
-        raise ShapeError(f"{fn}: TT-ranks do not chain: core shapes {[tuple(c.shape) for c in cores]}")
+    _check_chain(cores, f"{fn}: ")
     try:  # TensorTrain's checks too: one dtype and device, floating or complex, no empty modes
         TensorTrain(cores)
     except (ShapeError, TypeError) as err:
         raise type(err)(f"{fn}: {err}") from None
     return cores
+
+
+def _check_chain(cores: Sequence[torch.Tensor], prefix: str = "") -> None:
+    """A ShapeError unless ``cores`` are 4-dim TT-matrix cores whose ranks chain, with boundary ranks 1."""
+    shapes = [tuple(c.shape) for c in cores]
+    if not cores or any(len(s) != 4 for s in shapes):
+        raise ShapeError(f"{prefix}TT-matrix cores must be 4-dim tensors (r, m, n, r'), got shapes {shapes}")
+    if shapes[0][0] != 1 or shapes[-1][-1] != 1:
+        raise ShapeError(f"{prefix}boundary TT-ranks must be 1, got core shapes {shapes}")
+    for k in range(len(shapes) - 1):
+        if shapes[k][-1] != shapes[k + 1][0]:
+            raise ShapeError(
+                f"{prefix}TT-ranks do not chain: core {k} has shape {shapes[k]} but core {k + 1} has shape "
+                f"{shapes[k + 1]} (core shapes {shapes})"
+            )
 
 
 def dims_of(cores: Sequence[torch.Tensor]) -> Dims:
@@ -280,17 +288,7 @@ def choose_program(
     if prog is None:
         # the layers' fast path checks its cores nowhere else: a core replaced by one of another rank
         # (layer.cores[0] = nn.Parameter(...)) failed inside a reshape, with a message that varied by plan
-        if any(c.dim() != 4 for c in cores) or cores[0].shape[0] != 1 or cores[-1].shape[-1] != 1:
-            raise ShapeError(
-                "the TT-matrix cores must be 4-dim (r, m, n, r') with boundary TT-ranks 1, got shapes "
-                f"{[tuple(c.shape) for c in cores]}"
-            )
-        for k in range(len(cores) - 1):
-            if cores[k].shape[-1] != cores[k + 1].shape[0]:
-                raise ShapeError(
-                    f"TT-ranks do not chain: core {k} has shape {tuple(cores[k].shape)} but core {k + 1} "
-                    f"has shape {tuple(cores[k + 1].shape)} (core shapes {[tuple(c.shape) for c in cores]})"
-                )
+        _check_chain(cores)
         dims = dims_of(cores)
         prog = _PLAN_CACHE[key] = _cost.choose(
             dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved

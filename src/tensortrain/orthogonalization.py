@@ -76,21 +76,6 @@ def _wider(dtype: torch.dtype) -> str:
     return "scale the input down" if torch.finfo(dtype).bits == 64 else "use float64, or scale the input down"
 
 
-def check_norms_fit(norms: torch.Tensor, dtype: torch.dtype, name: str) -> None:
-    """A ValueError where a norm (computed in a wider type) exceeds ``dtype``'s range: an orthogonal form of that
-    tensor cannot be stored, and SVDs of it computed in ``dtype`` fail to converge or return inf."""
-    top = torch.finfo(dtype).max
-    if bool((norms > top).any()):
-        big = float(norms.max())
-        what = (
-            f"{big:.3g} exceeds {top:.3g}," if math.isfinite(big) else f"overflows even float64; {top:.3g} is"
-        )
-        raise ValueError(
-            f"{name}: the tensor's norm {what} the largest value of {_name(dtype)} (an orthogonal form keeps "
-            f"the whole norm in one core); {_wider(dtype)}"
-        )
-
-
 def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: torch.dtype, name: str) -> Any:
     """Inverse of :func:`merge_modes`: the TT object of the right class, cast back to ``dtype``."""
     cores = cast_back(cores, dtype, name)

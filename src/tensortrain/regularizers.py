@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import ops
-from .tensor_train import TensorTrain, TensorTrainBase
+from .tensor_train import TensorTrainBase
+from .variables import tt_from_parameters
 
 __all__ = ["cores_regularizer", "l2_regularizer"]
 
@@ -40,7 +41,7 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
     ):
         # one TT's cores (tt.tt_parameters' ParameterList, as RiemannianSGD takes them)
         try:
-            return [TensorTrain(list(x))]
+            return [tt_from_parameters(x)]
         except (TypeError, ValueError) as err:
             raise type(err)(f"{fname}: the tensors given are not one TT's cores: {err}") from None
     if isinstance(x, torch.nn.Module):

@@ -61,10 +61,6 @@ def set_limit(nbytes: int) -> None:
 
 def held_bytes() -> int:
     """Bytes of scratch this thread holds between calls (buffers not lent out)."""
-    return _held()
-
-
-def _held() -> int:
     return sum(b.numel() for b in _free.buffers)
 
 
@@ -96,7 +92,7 @@ def scratch(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> I
     nbytes = numel * dtype.itemsize
     device = torch.device(device)
     if device.type != "cpu" or nbytes < MIN_BYTES or _limit == 0 or transforms_active():
-        if _free.buffers and _limit < _held():
+        if _free.buffers and _limit < held_bytes():
             # a lower limit set from another thread: this thread's excess goes now, not only at its next large
             # request (set_limit and empty_cache reach the calling thread's buffers only)
             _trim()
