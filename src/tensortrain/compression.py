@@ -34,7 +34,7 @@ from .compression_report import CompressionReport, LayerReport
 from .errors import ShapeError
 from .nn.embedding import TTEmbedding
 from .nn.linear import TTLinear
-from .shapes import _whole, max_tt_ranks
+from .shapes import as_whole_int, max_tt_ranks
 
 __all__ = ["CompressionReport", "LayerReport", "compress", "decompress"]
 
@@ -56,7 +56,7 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> int | None:
     ]
     if len(given) != 1:
         raise ValueError(f"compress: pass exactly one of max_tt_rank, epsilon, ratio; got {given or 'none'}")
-    cap = None if max_tt_rank is None else _whole(max_tt_rank)
+    cap = None if max_tt_rank is None else as_whole_int(max_tt_rank)
     if max_tt_rank is not None and cap is None:
         raise TypeError(f"compress: max_tt_rank must be an int (shared by all layers), got {max_tt_rank!r}")
     if cap is not None and cap < 1:

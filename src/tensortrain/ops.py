@@ -157,9 +157,8 @@ def cast(tt: TensorTrainBase, dtype: torch.dtype) -> Any:
     check_tt(tt, "cast", "tt")
     if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
         raise TypeError(f"cast: dtype must be a floating point or complex torch.dtype, got {dtype!r}")
-    return tt._same_values(
-        tt._new([c.to(dtype) for c in tt.tt_cores])
-    )  # (as tt.to(dtype): a tangent stays one)
+    # (as tt.to(dtype): a tangent vector cast to its own dtype stays one)
+    return tt._same_values(tt._new([c.to(dtype) for c in tt.tt_cores]))
 
 
 def _check_pair(op: str, a: Any, b: Any) -> None:

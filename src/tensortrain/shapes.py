@@ -194,13 +194,7 @@ def padded_shape(n: int, d: int = 3, *, max_padding: float | None = None) -> tup
         >>> tt.padded_shape(784, 4)
         (4, 4, 7, 7)
     """
-    for name, value in (("n", n), ("d", d)):
-        k = as_int(value)
-        if k is None:
-            raise TypeError(f"padded_shape: {name} must be an int, got {value!r}")
-        if k < 1:
-            raise ValueError(f"padded_shape: {name} must be >= 1, got {k}")
-    n, d = operator.index(n), operator.index(d)
+    n, d = int_at_least(n, 1, "padded_shape: n"), int_at_least(d, 1, "padded_shape: d")
     if max_padding is not None:
         if isinstance(max_padding, bool) or not isinstance(max_padding, numbers.Real):
             raise TypeError(f"padded_shape: max_padding must be None or a real number, got {max_padding!r}")
@@ -286,7 +280,7 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(ranks)
 
 
-def _whole(value: Any) -> int | None:
+def as_whole_int(value: Any) -> int | None:
     """An int, or a whole float (NumPy and 0-dim tensors included) as one; None for anything else."""
     n = as_int(value)
     if n is not None:
@@ -324,7 +318,7 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
     if isinstance(tt_rank, str | bytes):  # a sequence, but of characters
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
-    one = _whole(tt_rank) if not isinstance(tt_rank, Sequence) else None
+    one = as_whole_int(tt_rank) if not isinstance(tt_rank, Sequence) else None
     if one is not None:
         if one < 1:  # checked on its own: with d = 1 there is no inner bond to carry it
             raise ShapeError(f"{name} values must be >= 1, got {one}")
@@ -335,7 +329,7 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
             items = list(seq)
         except TypeError:
             raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}") from None
-        maybe = [_whole(r) for r in items]
+        maybe = [as_whole_int(r) for r in items]
         given = [r for r in maybe if r is not None]
         if len(given) != len(items):
             raise TypeError(f"{name} must contain ints, got {tuple(items)!r}")
