@@ -378,7 +378,11 @@ def test_seed_summary_counts_runs_meeting_the_targets():
     assert table[2].endswith("| 2 of 3 (>= 97.0) |") and table[3].endswith("| (reported) |")
     one = summarize_seeds({4: run(0.9, 0.5)})
     assert one[0]["sd"] is None and format_seeds_table(one).splitlines()[2] == "| b | 90.00 | 90.00 |"
+    with pytest.raises(ValueError, match="runs is empty"):
+        summarize_seeds({})
     with pytest.raises(ValueError, match="seeds must be distinct"):
         from tensortrain.demo import DemoConfig, run_mnist_seeds
 
         run_mnist_seeds(DemoConfig(), [1, 2, 1])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        run_mnist_seeds(DemoConfig(), [])
