@@ -89,6 +89,13 @@ def test_load_to_device(tmp_path, gen):
     assert tt.load(tmp_path / "a.safetensors", device=torch.device("cpu")).device.type == "cpu"
 
 
+def test_load_refuses_a_dtype_for_the_device(tmp_path, gen):
+    """tt.load(path, torch.float16) cast the cores silently: the second argument is the device."""
+    tt.save(_tt(gen), tmp_path / "a.safetensors")
+    with pytest.raises(TypeError, match=r"device must be a torch.device .*torch.float16.*tt.cast"):
+        tt.load(tmp_path / "a.safetensors", torch.float16)  # type: ignore[arg-type]
+
+
 def test_metadata_round_trip_and_interop(tmp_path, gen):
     a = _tt(gen, matrix=True)
     path = tmp_path / "a.safetensors"
@@ -242,6 +249,39 @@ def test_temporary_name_is_short_and_hidden(tmp_path, gen, monkeypatch):
     assert re.fullmatch(r"\.tt-[0-9a-f]{12}\.tmp", created[0].name)
 
 
+@pytest.mark.parametrize("sep", [os.sep, "/"])
+def test_a_path_ending_with_a_separator_is_a_folder(tmp_path, gen, sep):
+    """Path() drops a trailing separator: "ckpt/" wrote a file named ckpt (and overwrote x.safetensors for
+    "x.safetensors/"), where open() raises IsADirectoryError."""
+    with pytest.raises(IsADirectoryError, match="is a folder; give a file name"):
+        tt.save(_tt(gen), str(tmp_path / "ckpt") + sep)
+    old, path = _good_file(tmp_path, gen)
+    with pytest.raises(IsADirectoryError):
+        tt.save(_tt(gen, matrix=True), str(path) + sep)
+    _same(old, tt.load(path))
+    assert sorted(os.listdir(tmp_path)) == [path.name]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_written_into_not_replaced(tmp_path, gen):
+    """The rename of the atomic write replaced a FIFO (or a device such as /dev/null) with a regular file."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    a = _tt(gen, matrix=True)
+    tt.save(a, fifo)
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(received[0])
+    _same(a, tt.load(copy))
+
+
 def test_unwritable_folder_names_the_target(tmp_path, gen, monkeypatch):
     """The error names the file the caller asked for, not the hidden temporary file."""
     old, path = _good_file(tmp_path, gen)
@@ -360,6 +400,8 @@ def test_inconsistent_files(tmp_path, gen, change, match):
     _rewrite(path, **change)
     with _raises_naming(path, match):
         tt.load(path)
+    with _raises_naming(path, match):  # read_metadata checks the tensor table too, without reading the data
+        tt.read_metadata(path)
 
 
 def test_cores_that_do_not_chain(tmp_path, gen):
@@ -388,8 +430,25 @@ def test_corrupted_tensor_table(tmp_path, gen):
     text += b" " * (size - len(text))
     assert len(text) == size
     path.write_bytes(bytes(data[:8]) + text + bytes(data[8 + size :]))
-    with _raises_naming(path, "not a valid safetensors file"):
-        tt.load(path)
+    for read in (tt.load, tt.read_metadata):
+        with _raises_naming(path, "not a valid safetensors file"):
+            read(path)
+
+
+def test_read_metadata_refuses_what_load_refuses(tmp_path, gen):
+    """A metadata value that is not a string (safetensors refuses the file) made read_metadata return it."""
+    path = tmp_path / "m.safetensors"
+    tt.save(_tt(gen), path, metadata={"note": "x"})
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"]["note"] = 5
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size :])
+    for read in (tt.load, tt.read_metadata):
+        with _raises_naming(path, "not a valid safetensors file"):
+            read(path)
 
 
 def test_missing_file(tmp_path):

@@ -12,7 +12,8 @@ Any other header entries are the caller's own ``metadata`` (``str -> str``), ret
 
 Writes are atomic: the bytes go to a temporary file in the target's folder, are flushed and fsync'ed, and
 the temporary file is renamed over the target (``os.replace``), so a failed or interrupted save leaves the
-previous file untouched. Reads validate everything before building the object, and every problem with a
+previous file untouched. (A device or FIFO, such as ``/dev/null``, is written into as a plain open would: there
+is nothing to rename over it.) Reads validate everything before building the object, and every problem with a
 file's content raises :class:`TTFileError` (a ``ValueError``) naming the file.
 
 Symbols: ``d`` number of cores, ``n`` largest mode size, ``r`` largest TT-rank, ``B`` batch size.
@@ -75,6 +76,8 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
     The cores are detached and copied to the CPU; the file records the kind (TT-tensor or TT-matrix),
     whether it is a batch, the raw shape, the TT-ranks and the dtype, so that :func:`load` rebuilds the
     same object. An existing file at ``path`` is replaced only once the new one is completely on disk.
+    Only the cores and the structure are stored: a tangent vector (:mod:`tensortrain.riemannian`) loads as a
+    plain TT without its ``projection_on``; project it again after loading (or pickle it whole).
 
     Args:
         obj: the TT object to save.
@@ -107,13 +110,20 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
     tensors = {f"core_{k}": _storable(c, k) for k, c in enumerate(obj.tt_cores)}
     data = safetensors.torch.save(tensors, metadata=header)
     target = Path(path)
-    if target.is_dir():
+    if target.is_dir() or _names_folder(path):
         raise IsADirectoryError(
-            f"tt.save: {target} is a folder; give a file name such as {target / 'tt.safetensors'}"
+            f"tt.save: {os.fspath(path)} is a folder; give a file name such as {target / 'tt.safetensors'}"
         )
     if not target.parent.is_dir():  # (else the error would name the temporary file, not the missing folder)
         raise FileNotFoundError(f"tt.save: the folder {target.parent} does not exist; create it first")
     atomic_write(target, data)
+
+
+def _names_folder(path: PathLike) -> bool:
+    """Whether ``path`` ends with a separator (``"ckpt/"``): it names a folder, which ``Path`` would silently
+    turn into a file name (``open`` refuses such a path with ``IsADirectoryError``)."""
+    text = os.fspath(path)
+    return text.endswith(tuple(s for s in (os.sep, os.altsep) if s))
 
 
 def _header_entries(obj: TensorTrainBase, metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -176,12 +186,17 @@ def atomic_write(path: Path, data: bytes) -> None:
     (``.tt-<12 hex>.tmp``), not the target's name plus a suffix, which would exceed the file system's
     name limit (often 255 bytes) for long but legal target names. As a write into the file would, it
     follows a symbolic link (the link stays, its target gets the data) and keeps an existing file's mode
-    (a file restricted to its owner stays so).
+    (a file restricted to its owner stays so). An existing target that is not a regular file (a device such
+    as ``/dev/null``, a FIFO) is written into directly: renaming a file over it would replace the device.
 
     Raises:
         OSError: the temporary file cannot be created (e.g. ``PermissionError`` in a read-only folder),
             re-raised as the same type naming ``path``; or writing, syncing or renaming failed.
     """
+    if _special(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     path = Path(os.path.realpath(path))  # replacing a link would leave the file it points to stale
     tmp = path.with_name(f".tt-{secrets.token_hex(6)}.tmp")
     try:
@@ -200,11 +215,20 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; folders cannot be opened this way on Windows.
+def _special(path: Path) -> bool:
+    """Whether ``path`` exists (through links) and is neither a regular file nor a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename into ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -243,6 +267,14 @@ def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrai
         >>> tt.load(path).is_tt_matrix()
         True
     """
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (TypeError, RuntimeError) as e:
+            raise TypeError(
+                f"tt.load: device must be a torch.device or a string such as 'cpu', got {device!r} "
+                "(tt.load does not cast: use tt.cast on the result)"
+            ) from e
     path = Path(path)
     data = path.read_bytes()
     info, _ = _parse(path, data)
@@ -288,7 +320,18 @@ def read_metadata(path: PathLike) -> dict[str, str]:
         data = prefix + f.read(min(size, _HEADER_LIMIT))
         # the data are not read, but a file shorter than its header says is truncated all the same
         total = os.fstat(f.fileno()).st_size
-    _, user = _parse(path, data, header_only=True, data_bytes=total - len(data))
+    info, user = _parse(path, data, header_only=True, data_bytes=total - len(data))
+    # the tensor table too (offsets, dtypes, shapes against the structure), without reading the data: a file
+    # load refuses is refused here as well
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            stored = {}
+            for name in f.keys():
+                part = f.get_slice(name)
+                stored[name] = (tuple(part.get_shape()), part.get_dtype())
+    except Exception as e:  # SafetensorError is not a ValueError
+        raise TTFileError(f"{path}: not a valid safetensors file ({e})") from e
+    _check_tensors(path, info, stored)
     return user
 
 
@@ -404,30 +447,49 @@ def _dtype(name: str) -> torch.dtype | None:
     return dtype if isinstance(dtype, torch.dtype) and dtype in _STORABLE else None
 
 
-def _cores_from(path: Path, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The cores in order, each checked against the shape and dtype the header promises."""
+# safetensors' names of the dtypes the cores are stored in (complex ones as their real view)
+_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def _check_tensors(
+    path: Path, info: dict[str, Any], stored: Mapping[str, tuple[tuple[int, ...], str]]
+) -> None:
+    """The stored tensors (name -> (shape, safetensors dtype code)) are exactly the cores the header promises."""
     d, ranks = info["d"], info["tt_ranks"]
     names = [f"core_{k}" for k in range(d)]
-    if set(tensors) != set(names):
+    if set(stored) != set(names):
         raise TTFileError(
-            f"{path}: expected tensors {names}, found {sorted(tensors)} (the file does not match its header)"
+            f"{path}: expected tensors {names}, found {sorted(stored)} (the file does not match its header)"
         )
     dtype = _dtype(info["dtype"])
     assert dtype is not None  # checked in _check_info
+    real = dtype.to_real()
     raw = info["raw_shape"]
-    cores = []
     for k, name in enumerate(names):
         modes = [raw[0][k], raw[1][k]] if info["kind"] == "matrix" else [raw[k]]
-        shape = [ranks[k], *modes, ranks[k + 1]]
+        shape = (ranks[k], *modes, ranks[k + 1])
         if info["batch"]:
-            shape = [info["batch_size"], *shape]
-        c = tensors[name]
+            shape = (info["batch_size"], *shape)
         if dtype.is_complex:
-            shape = [*shape, 2]
-        if list(c.shape) != shape or c.dtype != dtype.to_real():
+            shape = (*shape, 2)
+        got_shape, got_code = stored[name]
+        if tuple(got_shape) != shape or got_code != _CODES[real]:
+            named = {v: str(k) for k, v in _CODES.items()}
             raise TTFileError(
-                f"{path}: {name} has shape {tuple(c.shape)} and dtype {c.dtype}, the header promises "
-                f"{tuple(shape)} and {dtype.to_real() if dtype.is_complex else dtype}"
+                f"{path}: {name} has shape {tuple(got_shape)} and dtype {named.get(got_code, got_code)}, the "
+                f"header promises {shape} and {real}"
             )
-        cores.append(torch.view_as_complex(c) if dtype.is_complex else c)
-    return cores
+
+
+def _cores_from(path: Path, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The cores in order, each checked against the shape and dtype the header promises."""
+    stored = {
+        name: (tuple(t.shape), _CODES.get(t.dtype, str(t.dtype).removeprefix("torch.")))
+        for name, t in tensors.items()
+    }
+    _check_tensors(path, info, stored)
+    complex_ = _dtype(info["dtype"]) in (torch.complex64, torch.complex128)
+    return [
+        torch.view_as_complex(tensors[f"core_{k}"]) if complex_ else tensors[f"core_{k}"]
+        for k in range(info["d"])
+    ]
