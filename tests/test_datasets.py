@@ -258,6 +258,36 @@ def test_download_then_load(tmp_path, serve, monkeypatch):
     assert datasets.download_mnist(tmp_path / "cache/mnist", mirrors=[base]) == []  # all present: no fetch
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc (Linux)")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_download_is_synced_before_the_rename_and_keeps_the_umask(tmp_path, serve, monkeypatch, umask):
+    """A downloaded file was renamed into place unsynced (a crash could leave a cut file under the final name,
+    never hashed again) and always got mode 0644 whatever the umask."""
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os,
+        "fsync",
+        lambda fd: (events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}"), real_fsync(fd))[1],
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {a}"), real_replace(a, b))[1])
+    old = os.umask(umask)
+    try:
+        datasets.download_mnist(tmp_path / "mnist", mirrors=[serve(tmp_path / "site")], timeout=5)
+    finally:
+        os.umask(old)
+    for name in datasets.MNIST_SHA256:
+        assert (tmp_path / "mnist" / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    renames = [i for i, e in enumerate(events) if e.startswith("replace")]
+    assert len(renames) == len(datasets.MNIST_SHA256)
+    for i in renames:  # the file itself was synced just before its rename, and the folder after it
+        part = events[i].removeprefix("replace ")
+        assert events[i - 1] == f"fsync {part}"
+        assert events[i + 1] == f"fsync {tmp_path / 'mnist'}"
+
+
 def test_download_only_missing_and_mirror_fallback(tmp_path, serve, dead_url, monkeypatch):
     fake_mnist(tmp_path / "site")
     _use_hashes_of(tmp_path / "site", monkeypatch)

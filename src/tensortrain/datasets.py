@@ -20,8 +20,8 @@ import http.client
 import math
 import numbers
 import os
+import secrets
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from .io import fsync_dir
 
 __all__ = [
     "MNIST",
@@ -296,7 +298,10 @@ def _fetch(folder: Path, name: str, bases: tuple[str, ...], timeout: float) -> P
     written is reported as such and not as one failure per mirror.
     """
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        # created exclusively under a unique name, with mode 0o666 minus the umask as a plain open would (a
+        # data file is meant to be shared, unless the umask says otherwise)
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as err:
         msg = f"cannot write into the MNIST folder ({err.strerror or err})"
         raise type(err)(err.errno, msg, str(folder)) from err
@@ -311,8 +316,8 @@ def _fetch(folder: Path, name: str, bases: tuple[str, ...], timeout: float) -> P
             except _MirrorError as err:
                 failures.append(f"  {url}: {err}")
                 continue
-            os.chmod(part, 0o644)  # mkstemp creates 0600; a data file is meant to be shared
             os.replace(part, folder / name)
+            fsync_dir(folder)  # the rename too survives a crash
             return folder / name
     finally:
         part.unlink(missing_ok=True)  # nothing left after a success (renamed) or a failure
@@ -333,6 +338,10 @@ def _fetch_one(url: str, part: Path, sha256: str, size: int | None, timeout: flo
         for chunk in chunks:
             digest.update(chunk)
             out.write(chunk)
+        # on disk before the rename: cached files are not hashed again, so a file cut by a crash after the rename
+        # would fail every later load
+        out.flush()
+        os.fsync(out.fileno())
     if digest.hexdigest() != sha256:
         raise _MirrorError(f"sha256 mismatch (got {digest.hexdigest()}, expected {sha256})")
 
