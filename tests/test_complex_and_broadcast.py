@@ -189,3 +189,45 @@ def test_a_tt_matrix_batch_takes_batch_indices_in_tuple_form():
         mb[..., 0]
     with pytest.raises(TypeError, match="indexing a TT-matrix"):
         mb[0, 1]
+
+
+def test_a_tt_matrix_batch_refuses_two_ellipses():
+    """mb[..., ...] returned the whole batch; numpy, torch and TT-tensor batches refuse a second ellipsis."""
+    mb = tt.random_matrix_batch([[2, 3], [2, 2]], batch_size=3)
+    for index in ((..., ...), (0, ..., ...)):
+        with pytest.raises(IndexError, match="single ellipsis"):
+            mb[index]
+
+
+def test_cast_refuses_complex_to_real_and_one_byte_dtypes():
+    """cast(complex TT, float64) dropped the cores' imaginary parts, whose product is not the tensor's real
+    part; float8 was refused with "cast it first" from inside the constructor."""
+    gen = torch.Generator().manual_seed(0)
+    a = _complex_tt((1, 2, 3), (3, 4, 2), (2, 3, 1))
+    dense = tt.full(a)
+    naive = tt.full(tt.TensorTrain([c.real for c in a.tt_cores]))
+    assert not torch.allclose(naive, dense.real)  # why it is refused
+    for real in (torch.float64, torch.float32):
+        with pytest.raises(TypeError, match=r"cannot cast a complex TT \(torch.complex128\) to the real"):
+            tt.cast(a, real)
+    assert_close(tt.full(tt.cast(a, torch.complex64)), dense.to(torch.complex64), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match=r"cast: TT cores are 16 bits or more .*float8_e4m3fn"):
+        tt.cast(tt.random_tensor((2, 3), generator=gen), torch.float8_e4m3fn)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_every_constant_takes_a_complex_dtype(dtype):
+    """ones and zeros took a complex dtype, eye refused it (no complex identity for quadratic_form)."""
+    assert_close(tt.full(tt.eye((2, 3), dtype=dtype)), torch.eye(6, dtype=dtype))
+    assert_close(tt.full(tt.tensor_ones((2, 3), dtype=dtype)), torch.ones(2, 3, dtype=dtype))
+    assert_close(tt.full(tt.matrix_zeros([[2], [3]], dtype=dtype)), torch.zeros(2, 3, dtype=dtype))
+    with pytest.raises(
+        TypeError, match="dtype must be a floating point or complex torch.dtype, got torch.int64"
+    ):
+        tt.eye((2, 3), dtype=torch.int64)
+
+
+def test_gather_nd_of_an_empty_list_is_a_shape_error():
+    """An empty list read as float32 indices, and the error blamed their dtype."""
+    with pytest.raises(tt.ShapeError, match="indices"):
+        tt.gather_nd(tt.random_matrix([[2, 3], [2, 2]]), [])

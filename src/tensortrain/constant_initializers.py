@@ -93,6 +93,16 @@ def _dtype(dtype: torch.dtype | None) -> torch.dtype:
     return dtype
 
 
+def _constant_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The constants' dtype: floating point or complex (ones, zeros and the identity are exact in either)."""
+    if isinstance(dtype, torch.dtype) and dtype.is_complex:
+        return dtype
+    try:
+        return _dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a floating point or complex torch.dtype, got {dtype!r}") from None
+
+
 def _batch_size(batch_size: Any) -> int:
     n = as_int(batch_size)
     if n is None:
@@ -143,9 +153,7 @@ def _constant(
     device: torch.device | str | None,
 ) -> TensorTrain:
     shapes = _core_shapes(rows, cols, [1] * (len(rows) + 1), None)
-    # (a complex dtype comes only from *_like of a complex TT: the public constructors take real ones)
-    kind = dtype if isinstance(dtype, torch.dtype) and dtype.is_complex else _dtype(dtype)
-    cores = [torch.full(s, value, dtype=kind, device=device) for s in shapes]
+    cores = [torch.full(s, value, dtype=_constant_dtype(dtype), device=device) for s in shapes]
     return TensorTrain(cores)
 
 
@@ -156,7 +164,7 @@ def tensor_ones(
 
     Args:
         shape: mode sizes ``(n_1, ..., n_d)``.
-        dtype: floating point dtype, default ``torch.get_default_dtype()``.
+        dtype: floating point or complex dtype, default ``torch.get_default_dtype()``.
         device: where to create the cores.
 
     Returns:
@@ -273,7 +281,7 @@ def eye(
         A TT-Matrix of size 6 x 6, underlying tensor shape: (2, 3) x (2, 3), TT-ranks: (1, 1, 1)
     """
     dims = _dims(shape, "eye: shape")
-    kw: dict[str, Any] = {"dtype": _dtype(dtype), "device": device}
+    kw: dict[str, Any] = {"dtype": _constant_dtype(dtype), "device": device}
     return TensorTrain([torch.eye(n, **kw).reshape(1, n, n, 1) for n in dims])
 
 

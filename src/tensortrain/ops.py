@@ -145,7 +145,8 @@ def cast(tt: TensorTrainBase, dtype: torch.dtype) -> Any:
         A TT object of the same class and shape with cores of ``dtype``.
 
     Raises:
-        TypeError: ``dtype`` is not a floating point or complex torch dtype.
+        TypeError: ``dtype`` is not a floating point or complex torch dtype, has fewer than 16 bits, or is
+            real while ``tt`` is complex (the real parts of the cores are not the real part of the tensor).
 
     Complexity: O(d r^2 n).
 
@@ -157,6 +158,14 @@ def cast(tt: TensorTrainBase, dtype: torch.dtype) -> Any:
     check_tt(tt, "cast", "tt")
     if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
         raise TypeError(f"cast: dtype must be a floating point or complex torch.dtype, got {dtype!r}")
+    if dtype.itemsize < 2:
+        raise TypeError(f"cast: TT cores are 16 bits or more (float16 and up), got {dtype}")
+    if tt.dtype.is_complex and not dtype.is_complex:
+        # unlike a dense tensor's, the cores' real parts do not multiply out to the tensor's real part
+        raise TypeError(
+            f"cast: cannot cast a complex TT ({tt.dtype}) to the real {dtype}: dropping the cores' imaginary "
+            "parts does not give the tensor's real part (that is 0.5 * (a + conj(a)), a TT of twice the ranks)"
+        )
     # (as tt.to(dtype): a tangent vector cast to its own dtype stays one)
     return tt._same_values(tt._new([c.to(dtype) for c in tt.tt_cores]))
 

@@ -480,6 +480,8 @@ class TensorTrainBatch(TensorTrainBase):
                 # batch indices only: (i,), (i, ...), ... and () index the batch (or nothing), as numpy reads
                 # them; anything reaching a mode is refused by getitem with its message
                 items = list(index) if isinstance(index, tuple) else [index]
+                if sum(it is Ellipsis for it in items) > 1:
+                    raise IndexError("an index can only have a single ellipsis ('...')")
                 while items and items[-1] is Ellipsis:
                     items.pop()
                 if len(items) <= 1 and not any(it is Ellipsis for it in items):
