@@ -469,6 +469,27 @@ def test_inference_mode_layers_and_inputs():
         assert_close(layer(x), layer.to_linear()(x))
 
 
+@pytest.mark.parametrize("strategy", tt.contraction.STRATEGIES)
+@pytest.mark.parametrize("batch", [3, 1024])
+def test_enable_grad_inside_inference_mode_records_nothing(strategy, batch):
+    """Under inference_mode + enable_grad the full plan with a one-core half took the training path and tried to
+    save an inference-tensor half for backward (RuntimeError); nn.Linear returns a plain output there."""
+    layer = tt.nn.TTLinear(
+        100, 30, tt_rank=4, dtype=torch.float64
+    )  # 3 cores: the full plan has a one-core half
+    layer.strategy = strategy
+    x = torch.randn(batch, 100, dtype=torch.float64)
+    w = layer.weight
+    with torch.inference_mode(), torch.enable_grad():
+        y = layer(x)
+        z = tt.matmul(x, tt.transpose(w))  # the functional path too, with cores that require grad
+    assert not y.requires_grad and not z.requires_grad
+    dense = layer.to_linear()
+    with torch.no_grad():
+        assert_close(y, dense(x))
+        assert_close(z, dense(x) - layer.bias)
+
+
 @pytest.mark.parametrize("strategy", ["auto", "full", "cores_rtl", "cores_ltr", "grouped_rtl"])
 def test_a_layer_made_in_inference_mode_trains(strategy):
     """Its cores are inference tensors: sweeps reshaped them, and views of inference tensors leave autograd (no
@@ -800,3 +821,43 @@ def test_the_optimizer_step_hook_is_registered_at_import():
     from tensortrain import contraction_cache
 
     assert any(h is contraction_cache._count_step for h in _global_optimizer_post_hooks.values())
+
+
+def _sparse_and_nested(x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Sparse CSR tensor support is in beta state"
+        csr = x.to_sparse_csr()
+    jagged = torch.nested.nested_tensor([x[:1], x[1:]], layout=torch.jagged)
+    return [("sparse_coo", x.to_sparse()), ("sparse_csr", csr), ("nested", jagged)]
+
+
+@pytest.mark.parametrize("strategy", ["auto", "full", "cores_rtl", "grouped_ltr"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_sparse_and_nested_inputs_are_refused_in_every_plan(strategy, padded):
+    """Sparse and nested inputs failed inside a reshape or a pad, in some plans only (a model could run at one
+    batch size and fail at another); now a TypeError naming the layout and the conversion."""
+    layer = tt.nn.TTLinear(
+        23 if padded else 24,
+        30,
+        tt_rank=3,
+        in_dims=(2, 3, 4),
+        out_dims=(5, 3, 2),
+        pad=padded,
+        dtype=torch.float64,
+    )
+    layer.strategy = strategy
+    x = torch.randn(4, layer.in_features, dtype=torch.float64)
+    for kind, bad in _sparse_and_nested(x):
+        with pytest.raises(TypeError, match=f"input is a {kind} tensor; .*dense"):
+            layer(bad)
+    w = tt.random_matrix([[5, 3, 2], [2, 3, 4]], tt_rank=3, dtype=torch.float64)
+    for kind, bad in _sparse_and_nested(torch.randn(4, 24, dtype=torch.float64)):
+        if kind != "nested":  # (a nested x fails the row count first, with a ShapeError)
+            with pytest.raises(TypeError, match=f"is a {kind} tensor"):
+                tt.matmul(bad, tt.transpose(w))
+    emb = tt.nn.TTEmbedding(20, 6, tt_rank=2, voc_dims=(4, 5), emb_dims=(2, 3))
+    idx = torch.nested.nested_tensor([torch.tensor([1, 2, 3]), torch.tensor([4, 5])], layout=torch.jagged)
+    with pytest.raises(TypeError, match=r"indices is a nested tensor; .*indices.values\(\)"):
+        emb(idx)

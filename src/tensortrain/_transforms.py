@@ -33,6 +33,15 @@ def transforms_active() -> bool:
     )
 
 
+def grad_recorded() -> bool:
+    """Whether autograd records ops now: grad mode on and not in inference mode, where nothing is recorded
+    whatever grad mode says (``enable_grad`` inside ``inference_mode``: ``nn.Linear``'s output does not require
+    grad there). While compiling, grad mode alone decides (dynamo refuses the inference-mode query)."""
+    if not torch.is_grad_enabled():
+        return False
+    return torch.compiler.is_compiling() or not torch.is_inference_mode_enabled()
+
+
 _is_legacy_batched = getattr(
     getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", lambda t: False
 )

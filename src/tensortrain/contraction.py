@@ -33,7 +33,7 @@ import torch
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
-from ._transforms import transforms_active
+from ._transforms import grad_recorded, transforms_active
 from .contraction_cache import cached_halves, cached_supers
 from .contraction_plan import (
     STRATEGIES,
@@ -202,9 +202,22 @@ def _linear(
 _AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def check_strided(fn: str, name: str, t: torch.Tensor) -> None:
+    """``t`` is an ordinary dense tensor: sparse and nested ones failed inside a reshape, in some plans only."""
+    if t.layout != torch.strided or t.is_nested:
+        if t.is_nested:
+            kind, hint = "a nested", f"{name}.values() (jagged layout) or {name}.to_padded_tensor(0.0)"
+        else:
+            kind, hint = f"a {str(t.layout).removeprefix('torch.')}", f"{name}.to_dense()"
+        raise TypeError(
+            f"{fn}: {name} is {kind} tensor; TT layers and products take dense (strided) tensors: pass {hint}"
+        )
+
+
 def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None:
-    """``t`` has the cores' dtype and device (under autocast the dtypes autocast casts may differ, as for
-    ``F.linear``: the products cast both operands)."""
+    """``t`` is dense (:func:`check_strided`) and has the cores' dtype and device (under autocast the dtypes
+    autocast casts may differ, as for ``F.linear``: the products cast both operands)."""
+    check_strided(fn, name, t)
     same = t.dtype == c0.dtype or (
         t.dtype in _AUTOCAST_DTYPES and c0.dtype in _AUTOCAST_DTYPES and _exec.autocasting(t.device.type)
     )
@@ -245,11 +258,10 @@ def apply_unchecked(
     """
     lead = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(c.requires_grad for c in cores))
+    grad = grad_recorded() and (x.requires_grad or any(c.requires_grad for c in cores))
     if (
         grad
-        and not torch.compiler.is_compiling()  # (dynamo refuses both inference-mode queries)
-        and not torch.is_inference_mode_enabled()
+        and not torch.compiler.is_compiling()  # (dynamo refuses the inference-tensor query)
         and any(c.is_inference() for c in cores)
     ):
         # cores created under inference_mode (a layer built there): views of them drop out of autograd (sweeps
@@ -379,7 +391,7 @@ def dense_tt_matmul(
             f"{tuple(int(c.shape[2]) for c in cores)}); a must be (..., {m})"
         )
     check_operand("dense_tt_matmul", "a", a, cores[0])
-    if max_saved is not None and torch.is_grad_enabled() and any(c.requires_grad for c in cores):
+    if max_saved is not None and grad_recorded() and any(c.requires_grad for c in cores):
         # the cores are permuted views: where a plan reshapes one (a one-core half, a one-core group) it copies
         # it, and training keeps the copy, which the cost model takes for the parameter itself: count them all
         max_saved = max(0, max_saved - sum(c.numel() * c.element_size() for c in cores))

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import contraction_cost as _cost
 from . import workspace
-from ._transforms import legacy_batched, transforms_active
+from ._transforms import grad_recorded, legacy_batched, transforms_active
 
 __all__: list[str] = []
 
@@ -426,7 +426,7 @@ def full_linear(
         # graphs leave memory planning to the compiler. Complex too: FullLinear's backward has no conjugates
         y = x2d @ build_full(lmat, rmat, dims).t()
         return y if bias is None else y + bias
-    if not (torch.is_grad_enabled() and (x2d.requires_grad or lmat.requires_grad or rmat.requires_grad)):
+    if not (grad_recorded() and (x2d.requires_grad or lmat.requires_grad or rmat.requires_grad)):
         # inference: no autograd Function to dispatch. Only the bias training (frozen cores, BitFit): plain addmm,
         # which saves nothing for it (FullLinear kept x, so an inference-mode x or one changed in place failed)
         with _built(lmat, rmat, dims) as w:

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from . import contraction_cost as _cost
+from ._transforms import grad_recorded
 from .errors import ShapeError
 from .shapes import as_int
 from .tensor_train import TensorTrain
@@ -406,7 +407,7 @@ def plan(
     dims = dims_of(cores)
     check_strategy(strategy, dims, "plan")
     if requires_grad is None:
-        requires_grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
+        requires_grad = grad_recorded() and any(c.requires_grad for c in cores)
     _check_flag(requires_grad, "plan", "requires_grad")
     max_saved = check_max_saved(max_saved_bytes, "plan")
     _check_flag(cached_merges, "plan", "cached_merges")

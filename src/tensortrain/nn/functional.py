@@ -15,7 +15,7 @@ import torch
 
 from .. import contraction
 from .. import contraction_cost as _cost
-from .._transforms import transforms_active
+from .._transforms import grad_recorded, transforms_active
 from ..contraction_cache import cached
 from ..contraction_exec import full_precision, halves
 from ..contraction_plan import Strategy, dims_of
@@ -122,6 +122,7 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
             f"{fn}: indices must be an integer tensor of a signed type or uint8 (e.g. torch.long), got {kind}"
             f"{fx_hint(input)}"
         )
+    contraction.check_strided(fn, "indices", input)
     if input.device != device:
         raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
     if input.numel() == 0 or transforms_active() or input.device.type == "meta":
@@ -328,7 +329,7 @@ def _halves(weight: TensorTrain, split: int, cache: dict | None = None) -> tuple
         r = int(lmat.shape[1])
         return lmat.view(vl, dl, r), rmat.view(r, vr, dr).transpose(0, 1).contiguous()
 
-    grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
+    grad = grad_recorded() and any(c.requires_grad for c in cores)
     if cache is None or grad or transforms_active() or not _cost.halves_cacheable(dims_of(cores), split):
         return make(cores)
     return cached(cache, ("embedding_halves", split), cores, make)

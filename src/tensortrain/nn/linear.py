@@ -394,6 +394,7 @@ class TTLinear(TTModule):
         unpadded layer)."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"TTLinear: input must be a Tensor, got {type(input).__name__}")
+        contraction.check_strided("TTLinear", "input", input)  # (before the pad, which fails on sparse ones)
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             got = (
                 "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
