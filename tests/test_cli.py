@@ -386,3 +386,30 @@ def test_seed_summary_counts_runs_meeting_the_targets():
         run_mnist_seeds(DemoConfig(), [1, 2, 1])
     with pytest.raises(ValueError, match="seeds is empty"):
         run_mnist_seeds(DemoConfig(), [])
+
+
+def test_demo_into_a_closed_pipe_still_writes_its_results(tmp_path):
+    """``demo mnist ... | head -1`` ended the training with "error: [Errno 32] Broken pipe" and wrote nothing."""
+    argv = _short_demo(tmp_path, 64, 32)
+    tests = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {tests!r}); from tensortrain.cli import main; sys.exit(main({argv!r}))"
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.read(10)
+        proc.stdout.close()  # the reader goes away after the first bytes
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+    report = json.loads((tmp_path / "out/results.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["a", "b", "c", "d"]
+
+
+def test_a_huge_batch_size_is_a_usage_error(tmp_path, capsys):
+    """It failed after loading the data with "Overflow when unpacking long long"."""
+    argv = ["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--batch-size", str(10**20)])
+    assert info.value.code == 2
+    assert "argument --batch-size: must lie in [1, 2147483647]" in capsys.readouterr().err

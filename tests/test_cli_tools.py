@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import safetensors
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 import tensortrain as tt
+from tensortrain import cli_commands
 from tensortrain.cli import main
 from tensortrain.cli_commands import inspect_path
 
@@ -97,6 +99,19 @@ class Scaler(nn.Module):
 def with_extra_state():
     torch.manual_seed(3)
     return nn.Sequential(nn.Linear(256, 128), Scaler(), nn.Linear(128, 10))
+
+
+def meta_tied():
+    """Tied's architecture on the meta device (a large language model's usual pattern)."""
+    with torch.device("meta"):
+        return Tied()
+
+
+def shared():
+    """One Linear under two names."""
+    torch.manual_seed(4)
+    layer = nn.Linear(256, 256)
+    return nn.Sequential(layer, nn.ReLU(), layer)
 '''
 
 
@@ -667,3 +682,146 @@ def test_the_recipe_imports_a_module_whose_name_is_not_an_identifier(models, tmp
     with torch.no_grad():
         torch.testing.assert_close(scope["model"](x), expected(x))
     monkeypatch.delitem(sys.modules, "my-models", raising=False)
+
+
+def test_a_tied_model_built_on_meta_keeps_its_ties(models, tmp_path, capsys):
+    """Assigning the --weights gave each name its own tensor: the meta model's tied layers were compressed as
+    independent ones (parameters counted twice), and the printed recipe failed (its fresh model, still tied,
+    kept them dense)."""
+    torch.save(models.Tied().state_dict(), tmp_path / "tied.pt")
+    _, want = tt.compress(models.Tied(), max_tt_rank=2)
+    for suffix in ("pt", "safetensors"):
+        argv = [
+            "compress",
+            "--model",
+            "clitoolmodels:meta_tied",
+            "--weights",
+            "tied.pt",
+            "--max-tt-rank",
+            "2",
+        ]
+        assert main([*argv, "--out", f"small.{suffix}"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"{want}\n")  # the same report as the model built with its weights
+        exec(compile(_recipe(out), "recipe", "exec"), scope := {})
+        reloaded, (compressed, _) = scope["model"], tt.compress(models.Tied(), max_tt_rank=2)
+        assert reloaded.head.weight is reloaded.embed.weight
+        x = torch.randint(0, 64, (3, 4))
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(x), compressed(x))
+
+
+@pytest.mark.parametrize("attr", ["Tied", "shared"])
+def test_safetensors_out_stores_a_shared_tensor_once(models, tmp_path, capsys, attr):
+    """--out X.safetensors wrote a tied or shared tensor once per name (twice the file) and inspect then counted
+    it twice, disagreeing with the report compress printed."""
+    argv = ["compress", "--model", f"clitoolmodels:{attr}", "--max-tt-rank", "2"]
+    assert main([*argv, "--out", "m.safetensors"]) == 0
+    out = capsys.readouterr().out
+    compressed, report = tt.compress(getattr(models, attr)(), max_tt_rank=2)
+    state = compressed.state_dict()
+    stored = safetensors.torch.load_file(tmp_path / "m.safetensors")
+    assert len(stored) < len(state)
+    unique = {id(p): p.numel() for p in compressed.parameters()}
+    assert main(["inspect", "--json", "m.safetensors"]) == 0
+    info = json.loads(capsys.readouterr().out)[0]
+    assert info["total_parameters"] == sum(unique.values()) == report.model_params_after
+    exec(compile(_recipe(out), "recipe", "exec"), scope := {})
+    for key, want in state.items():
+        torch.testing.assert_close(scope["model"].state_dict()[key], want)
+
+
+def test_the_same_file_for_two_options_is_refused(models, tmp_path, capsys):
+    """--out m.pt --report-json m.pt replaced the saved model by the report (exit 0); --weights was overwritten
+    the same way."""
+    torch.save(models.mlp().state_dict(), tmp_path / "w.pt")
+    before = (tmp_path / "w.pt").read_bytes()
+    argv = ["compress", "--model", "clitoolmodels:mlp", "--max-tt-rank", "2"]
+    for extra, message in [
+        (["--out", "m.pt", "--report-json", "m.pt"], "--out m.pt and --report-json m.pt are the same file"),
+        (
+            ["--weights", "w.pt", "--report-json", "./w.pt"],
+            "--weights w.pt and --report-json ./w.pt are the same",
+        ),
+        (["--weights", "w.pt", "--out", str(tmp_path / "w.pt")], "--weights w.pt and --out"),
+    ]:
+        assert main([*argv, *extra]) == 1
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "w.pt").read_bytes() == before and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--report-json"])
+def test_a_target_ending_with_a_separator_is_refused(models, tmp_path, capsys, option):
+    """--out ckpts/ wrote a file named ckpts and printed a recipe loading 'ckpts/'."""
+    argv = ["compress", "--model", "clitoolmodels:mlp", "--max-tt-rank", "2", option, "ckpts/"]
+    assert main(argv) == 1
+    assert "ckpts/ names a folder; give a file name" in capsys.readouterr().err
+    assert not (tmp_path / "ckpts").exists()
+
+
+def test_inspect_sparse_nested_and_meta_tensors(tmp_path, capsys):
+    """A sparse tensor (as a compressed model's sparse buffer saves) and a nested one gave tracebacks; distinct
+    meta tensors (all at data_ptr 0) were counted as one."""
+    torch.save({"w": torch.ones(3), "sp": torch.eye(3).to_sparse()}, tmp_path / "sparse.pt")
+    assert main(["inspect", "--json", str(tmp_path / "sparse.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["total_parameters"] == 12
+    torch.save(
+        {"a": torch.empty(3, 4, device="meta"), "b": torch.empty(3, 4, device="meta")}, tmp_path / "m.pt"
+    )
+    assert main(["inspect", "--json", str(tmp_path / "m.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["total_parameters"] == 24
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "nested tensors are in prototype stage"
+        nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    torch.save({"nt": nested}, tmp_path / "nested.pt")
+    assert main(["inspect", str(tmp_path / "nested.pt")]) == 1
+    assert "entry 'nt' is a nested tensor" in capsys.readouterr().err
+    torch.save({0: torch.ones(2)}, tmp_path / "intkey.pt")
+    assert main(["inspect", str(tmp_path / "intkey.pt")]) == 1
+    assert "not a state dict: key 0 is a int, expected a str name" in capsys.readouterr().err
+
+
+def test_a_model_module_that_exits_is_a_clear_error(models, tmp_path, capsys):
+    """A script that parses its command line at import printed another program's usage and exited 2, and a factory
+    calling sys.exit(0) ended the command silently with status 0."""
+    (tmp_path / "clitoolscript.py").write_text(
+        # (as argparse's parse_args does on arguments it does not know: pytest's own argv may parse here)
+        "import sys\nfrom torch import nn\nsys.exit(2)\ndef mlp():\n    return nn.Linear(4, 4)\n"
+    )
+    (tmp_path / "clitoolquits.py").write_text("import sys\ndef build():\n    sys.exit(0)\n")
+    for name in ("clitoolscript", "clitoolquits"):
+        sys.modules.pop(name, None)
+    assert main(["compress", "--model", "clitoolscript:mlp", "--max-tt-rank", "2", "--out", "a.pt"]) == 1
+    err = capsys.readouterr().err
+    assert "importing 'clitoolscript' called sys.exit(2)" in err and "__main__" in err
+    assert main(["compress", "--model", "clitoolquits:build", "--max-tt-rank", "2", "--out", "b.pt"]) == 1
+    assert "calling build() called sys.exit(0)" in capsys.readouterr().err
+    assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
+
+
+def test_warnings_and_ctrl_c_are_one_line(models, tmp_path, capsys, monkeypatch):
+    """A library warning printed a source path and a code line; Ctrl-C a traceback."""
+    argv = [
+        "compress",
+        "--model",
+        "clitoolmodels:mlp",
+        "--max-tt-rank",
+        "2",
+        "--include",
+        "0",
+        "--include",
+        "zzz",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # (the suite turns warnings into errors)
+        assert main([*argv, "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("tensortrain: warning: compress: include pattern(s) ['zzz'] match no"), err
+    assert "cli_commands.py" not in err and len(err.strip().splitlines()) == 1
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_commands, "_load_model", interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "tensortrain: interrupted\n"

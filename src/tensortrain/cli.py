@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -122,7 +123,7 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--batch-size",
-        type=pos,
+        type=_int_in(1, 2**31 - 1),  # (a larger one failed after loading the data, "Overflow when unpacking")
         metavar="B",
         default=64,
         help="global batch, split over torchrun processes" + d,
@@ -258,9 +259,15 @@ def _run_mnist(args: argparse.Namespace) -> int:
         started_here = True
     rank = dist.get_rank() if dist.is_initialized() else 0
 
+    piped = [True]  # stdout still has a reader
+
     def log(line: str) -> None:
-        if rank == 0:
-            print(line, flush=True)
+        if rank == 0 and piped[0]:
+            try:
+                print(line, flush=True)
+            except BrokenPipeError:  # (demo ... | head): the training goes on and its files are still written
+                piped[0] = False
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     cfg = DemoConfig(
         data=args.data,
@@ -336,6 +343,11 @@ def _report_seeds(runs: dict[int, list[StageResult]], cfg: DemoConfig, log: Call
             )
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """A library warning as one line for a command-line user (no source path, no code line)."""
+    print(f"tensortrain: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tensortrain`` console script; returns the exit status.
 
@@ -350,7 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.run(args))
+    except KeyboardInterrupt:  # files are safe (every write is atomic): no traceback for a Ctrl-C
+        print("tensortrain: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # the reader went away (``tensortrain inspect --json ... | head``): stop quietly, as the docs of Python's
         # signal module advise, and keep the interpreter's final flush from raising again

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torch import nn
 from . import __version__
 from .compression import CompressionReport, compress
 from .compression_report import fmt_dims, text_table
-from .io import TTFileError, atomic_write, load, read_metadata
+from .io import TTFileError, atomic_write, load, names_folder, read_metadata
 from .tensor_train import TensorTrainBatch
 
 __all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
@@ -127,10 +127,18 @@ def _unwrap(path: Path, obj: Any) -> dict[str, Any]:
     if bad:
         k, v = bad[0]
         more = f" (and {len(bad) - 1} more such entries)" if len(bad) > 1 else ""
-        raise CommandError(
-            f"{path}: not a state dict: entry {k!r} is a {type(v).__name__}, expected a tensor{more} (a "
-            f"mapping of names to tensors, or one under {' / '.join(map(repr, _WRAPPERS))})"
+        what = (
+            f"key {k!r} is a {type(k).__name__}, expected a str name"
+            if not isinstance(k, str)
+            else f"entry {k!r} is a {type(v).__name__}, expected a tensor"
         )
+        raise CommandError(
+            f"{path}: not a state dict: {what}{more} (a mapping of names to tensors, or one under "
+            f"{' / '.join(map(repr, _WRAPPERS))})"
+        )
+    odd = next((k for k, v in obj.items() if isinstance(v, torch.Tensor) and v.is_nested), None)
+    if odd is not None:
+        raise CommandError(f"{path}: entry {odd!r} is a nested tensor: a model's state dict holds none")
     return dict(obj)
 
 
@@ -281,7 +289,8 @@ def _aliases(state: dict[str, Any]) -> dict[str, str]:
     first: dict[tuple[Any, ...], str] = {}
     out = {}
     for key, t in state.items():
-        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+        # (sparse tensors have no storage of their own, and meta ones all have data_ptr 0)
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.is_meta or t.numel() == 0:
             continue
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
         if ident in first:
@@ -420,6 +429,11 @@ def _build_model(spec: str) -> tuple[nn.Module, bool]:
         raise CommandError(f"--model must be MODULE:ATTR (e.g. mymodels:build_mlp), got {spec!r}")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as err:  # a script that parses its command line (or exits) when imported
+        raise CommandError(
+            f"--model {spec}: importing {module_name!r} called sys.exit({err.code!r}); a script that runs when "
+            "imported needs an if __name__ == '__main__': guard"
+        ) from err
     except Exception as err:
         raise CommandError(
             f"--model {spec}: cannot import {module_name!r} (the current folder {os.getcwd()} is searched "
@@ -439,6 +453,8 @@ def _build_model(spec: str) -> tuple[nn.Module, bool]:
         )
     try:
         built = obj()
+    except SystemExit as err:
+        raise CommandError(f"--model {spec}: calling {attr}() called sys.exit({err.code!r})") from err
     except Exception as err:
         raise CommandError(f"--model {spec}: calling {attr}() failed: {_one_line(err)}") from err
     if not isinstance(built, nn.Module):
@@ -453,10 +469,26 @@ def _check_target(path: str | None, option: str) -> None:
     if path is None:
         return
     p = Path(path)
-    if p.is_dir():
-        raise CommandError(f"{option} {p} is a folder; give a file name")
+    if p.is_dir() or names_folder(path):
+        raise CommandError(f"{option} {path} names a folder; give a file name")
     if not p.parent.is_dir():
         raise CommandError(f"{option} {p}: the folder {p.parent} does not exist")
+
+
+def _check_distinct(args: argparse.Namespace) -> None:
+    """Fail before any work when two of --weights, --out and --report-json name the same file (the report
+    would replace the saved model, or the saved model the weights)."""
+    named = [
+        (o, p)
+        for o, p in (("--weights", args.weights), ("--out", args.out), ("--report-json", args.report_json))
+        if p
+    ]
+    for i, (opt_a, a) in enumerate(named):
+        for opt_b, b in named[i + 1 :]:
+            if os.path.realpath(a) == os.path.realpath(b):
+                raise CommandError(
+                    f"{opt_a} {a} and {opt_b} {b} are the same file; give {opt_b} another name"
+                )
 
 
 def _glob_escape(name: str) -> str:
@@ -490,9 +522,14 @@ def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
                 f"--out {path}: safetensors stores dense tensors only, and {sparse[0]!r} is a {state[sparse[0]].layout} "
                 "tensor; save to a .pt file instead"
             )
-        # one contiguous CPU copy per key: safetensors refuses tensors sharing storage (tied weights)
-        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-        data = safetensors.torch.save(tensors, metadata={_META_KEY: json.dumps(header)})
+        # a tensor under several names (tied weights, a shared module) stored once, the other names as
+        # metadata {name: stored name}, the layout of safetensors.torch.save_model (which inspect reads);
+        # one contiguous CPU copy per stored key (safetensors refuses tensors that share storage)
+        aliases = _aliases(state)
+        tensors = {
+            k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items() if k not in aliases
+        }
+        data = safetensors.torch.save(tensors, metadata={**aliases, _META_KEY: json.dumps(header)})
     else:
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -500,9 +537,19 @@ def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
     atomic_write(path, data)
 
 
-def _recipe(spec: str, called: bool, out: str, replaced: list[str], assign: bool = False) -> list[str]:
+def _recipe(
+    spec: str,
+    called: bool,
+    out: str,
+    replaced: list[str],
+    assign: bool = False,
+    ties: Sequence[tuple[str, str, bool]] = (),
+    aliased: bool = False,
+) -> list[str]:
     """Python lines that rebuild the compressed model and load ``out`` into it (tested in test_cli_tools);
-    ``assign``: the model is built on the meta device, so loading must assign the tensors."""
+    ``assign``: the model is built on the meta device, so loading must assign the tensors; ``ties``: (name,
+    name of the same tensor, whether a parameter) for every tensor the model holds under a second name;
+    ``aliased``: the file stores some tensor once for several names."""
     module_name, _, attr = spec.partition(":")
     if out.endswith(".safetensors"):
         lines, load = ["import safetensors.torch"], f"safetensors.torch.load_file({out!r})"
@@ -517,7 +564,21 @@ def _recipe(spec: str, called: bool, out: str, replaced: list[str], assign: bool
     lines.append(f"model = {mod}.{attr}{'()' if called else ''}")
     if replaced:  # rank 1 gives the same TT layers at the smallest ranks; loading resizes them to the saved
         lines.append(f"model, _ = tensortrain.compress(model, max_tt_rank=1, include={replaced!r})")
+    if aliased and out.endswith(".safetensors"):  # names stored once: give every name its tensor
+        lines += [
+            f"state = {load}",
+            f"with safetensors.safe_open({out!r}, framework='pt') as f:  # tied tensors are stored once",
+            "    state.update({k: state[v] for k, v in f.metadata().items() if v in state})",
+        ]
+        load = "state"
     lines.append(f"model.load_state_dict({load}{', assign=True' if assign else ''})")
+    if assign:  # assigning gives every name its own new tensor: tie them again
+        for name, first, param in ties:
+            owner, _, attr = name.rpartition(".")
+            register, get = (
+                ("register_parameter", "get_parameter") if param else ("register_buffer", "get_buffer")
+            )
+            lines.append(f"model.get_submodule({owner!r}).{register}({attr!r}, model.{get}({first!r}))")
     return lines
 
 
@@ -531,22 +592,44 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool]:
         meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
         if args.weights is not None:
             state = read_state_dict(args.weights)
+            groups = _tied_groups(model)
             try:
                 model.load_state_dict(_with_tied(model, state), strict=True, assign=meta)
             except RuntimeError as err:
                 raise CommandError(f"--weights {args.weights}: {_one_line(err)}") from err
+            if meta:  # assigning gave every name its own new tensor: tie them again, as the model built them
+                for name, first, param in _ties(model, groups):
+                    owner, _, attr = name.rpartition(".")
+                    if param:
+                        model.get_submodule(owner).register_parameter(attr, model.get_parameter(first))
+                    else:
+                        model.get_submodule(owner).register_buffer(attr, model.get_buffer(first))
     return model, called, meta
+
+
+def _tied_groups(model: nn.Module) -> list[list[str]]:
+    """The state dict keys of ``model`` that name one tensor (tied weights, a module under two names), by
+    tensor, first key first; tensors under one name only are left out."""
+    groups: dict[int, list[str]] = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        if isinstance(t, torch.Tensor):
+            groups.setdefault(id(t), []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
+def _ties(model: nn.Module, groups: list[list[str]] | None = None) -> list[tuple[str, str, bool]]:
+    """(key, the first key of its tensor, whether a parameter) for every key but the first of each group of
+    :func:`_tied_groups` (``groups``: ones found before the tensors were replaced)."""
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    found = _tied_groups(model) if groups is None else groups
+    return [(k, keys[0], k in params) for keys in found for k in keys[1:]]
 
 
 def _with_tied(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
     """``state`` plus the keys it leaves out because their tensor is another key's in ``model`` (tied weights:
     ``safetensors.torch.save_model`` stores a shared tensor once), so that a strict load accepts it."""
-    groups: dict[int, list[str]] = {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if isinstance(t, torch.Tensor):
-            groups.setdefault(id(t), []).append(key)
     filled = dict(state)
-    for keys in groups.values():
+    for keys in _tied_groups(model):
         given = next((k for k in keys if k in state), None)
         if given is not None:
             filled.update({k: state[given] for k in keys if k not in state})
@@ -567,7 +650,9 @@ def _write_model(
         "tensortrain_version": __version__,
     }
     _save(Path(args.out), model, header)
-    recipe = _recipe(args.model, called, args.out, [_glob_escape(name) for name in replaced], meta)
+    escaped = [_glob_escape(name) for name in replaced]
+    aliased = bool(_aliases(model.state_dict()))
+    recipe = _recipe(args.model, called, args.out, escaped, meta, _ties(model), aliased)
     return ["", f"wrote {args.out}; to load it back:", *("    " + line for line in recipe)]
 
 
@@ -581,6 +666,7 @@ def run_compress(args: argparse.Namespace) -> int:
     try:
         _check_target(args.out, "--out")
         _check_target(args.report_json, "--report-json")
+        _check_distinct(args)
         model, called, meta = _load_model(args)
         try:
             model, report = compress(

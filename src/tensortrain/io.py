@@ -110,7 +110,7 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
     tensors = {f"core_{k}": _storable(c, k) for k, c in enumerate(obj.tt_cores)}
     data = safetensors.torch.save(tensors, metadata=header)
     target = Path(path)
-    if target.is_dir() or _names_folder(path):
+    if target.is_dir() or names_folder(path):
         raise IsADirectoryError(
             f"tt.save: {os.fspath(path)} is a folder; give a file name such as {target / 'tt.safetensors'}"
         )
@@ -119,7 +119,7 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
     atomic_write(target, data)
 
 
-def _names_folder(path: PathLike) -> bool:
+def names_folder(path: PathLike) -> bool:
     """Whether ``path`` ends with a separator (``"ckpt/"``): it names a folder, which ``Path`` would silently
     turn into a file name (``open`` refuses such a path with ``IsADirectoryError``)."""
     text = os.fspath(path)
