@@ -581,3 +581,77 @@ def test_a_lazy_linear_given_its_shape_by_load_state_dict_is_compressed():
 def test_an_out_of_reach_ratio_is_not_rounded_up_to_itself():
     with pytest.raises(ValueError, match=r"ratio=2.0 is out of reach; even TT-rank 1 gives 1.95x"):
         tt.compress(nn.Linear(1, 1000), ratio=2)  # 1.955x printed as "2.0x"
+
+
+def test_a_non_zero_padding_row_keeps_the_embedding_dense():
+    """nn.Embedding returns its padding row as it is (only its gradient is zero); TTEmbedding returns zeros there,
+    so compress changed the padding token's output silently."""
+    model = nn.Sequential(nn.Embedding(100, 16, padding_idx=0, dtype=torch.float64))
+    with torch.no_grad():
+        model[0].weight[0] = 1.0
+    small, report = tt.compress(model, max_tt_rank=64)
+    assert isinstance(small[0], nn.Embedding) and not report.layers[0].replaced
+    assert "padding row (padding_idx=0) is not zero" in report.layers[0].reason
+    idx = torch.tensor([0, 5])
+    assert_close(small(idx), model(idx))
+    with torch.no_grad():
+        model[0].weight[0] = 0.0  # the usual zero row converts
+    assert tt.compress(model, max_tt_rank=4)[1].layers[0].replaced
+
+
+def test_a_weight_replaced_by_hand_keeps_its_layer_dense():
+    """A weight of another shape than in_features/out_features (pruned by hand; nn.Linear's forward ignores the
+    sizes): from_linear zero-padded or cropped it into a wrong layer, compress failed in a broadcast."""
+    lin = nn.Linear(32, 24, dtype=torch.float64)
+    lin.weight = nn.Parameter(lin.weight[:, :16].clone())
+    with pytest.raises(ValueError, match=r"weight has shape \(24, 16\) but out_features=24, in_features=32"):
+        tt.nn.TTLinear.from_linear(lin, max_tt_rank=4)
+    emb = nn.Embedding(40, 8, dtype=torch.float64)
+    emb.weight = nn.Parameter(emb.weight[:30].clone())
+    with pytest.raises(ValueError, match=r"weight has shape \(30, 8\) but num_embeddings=40"):
+        tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=4)
+    model = nn.Sequential(lin, nn.Tanh(), nn.Linear(24, 24, dtype=torch.float64))
+    small, report = tt.compress(model, max_tt_rank=64)
+    row = report.layers[0]
+    assert (
+        not row.replaced and "its weight has shape (24, 16) but out_features=24, in_features=32" in row.reason
+    )
+    x = torch.randn(3, 16, dtype=torch.float64)
+    assert_close(small(x), model(x), rtol=1e-9, atol=1e-9)
+
+
+def test_a_parametrized_layer_gets_a_kept_dense_row():
+    """torch.nn.utils.parametrizations (weight_norm, spectral_norm, orthogonal) make a ParametrizedLinear, which
+    compress skipped without a report row, or refused as "candidate layers: none"."""
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    parametrizations.weight_norm(model[0])
+    small, report = tt.compress(model, max_tt_rank=4)
+    rows = {row.name: row for row in report.layers}
+    assert not rows["0"].replaced and "remove_parametrizations(module, 'weight')" in rows["0"].reason
+    assert rows["2"].replaced
+    only = nn.Sequential(nn.Linear(64, 64))
+    parametrizations.spectral_norm(only[0])
+    _, report = tt.compress(only, max_tt_rank=4)
+    assert [row.replaced for row in report.layers] == [False]
+
+
+def test_decompress_carries_over_what_was_added_to_a_tt_layer():
+    """Parameters and submodules added to a TT layer (a learned scale, an adapter) were dropped, and a hook that
+    read them failed at the next forward."""
+    small, _ = tt.compress(nn.Sequential(nn.Linear(64, 32, dtype=torch.float64)), max_tt_rank=4)
+    layer = small[0]
+    layer.register_parameter("scale", nn.Parameter(torch.full((32,), 2.0, dtype=torch.float64)))
+    layer.adapter = nn.Linear(64, 32, dtype=torch.float64)
+    layer.register_forward_hook(lambda m, i, o: o * m.scale + m.adapter(i[0]))
+    x = torch.randn(3, 64, dtype=torch.float64)
+    dense = tt.decompress(small)
+    assert dense[0].scale is layer.scale or torch.equal(dense[0].scale, layer.scale)
+    assert_close(dense(x), small(x))
+    emb, _ = tt.compress(nn.Sequential(nn.Embedding(64, 8)), max_tt_rank=2)
+    emb[0].register_parameter("sparse", nn.Parameter(torch.zeros(1)))  # a name nn.Embedding uses
+    with pytest.raises(
+        ValueError, match="the TT layer holds 'sparse', which the dense Embedding has already"
+    ):
+        tt.decompress(emb)

@@ -74,9 +74,10 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> int | None:
 
 def _distributed_wrapper(module: nn.Module) -> bool:
     """DDP or FSDP: wrappers that register hooks on the parameters they were built with."""
-    return isinstance(module, nn.parallel.DistributedDataParallel) or type(module).__name__ in (
-        "FullyShardedDataParallel",
-        "FSDPModule",
+    # (fully_shard, FSDP2, changes a module's class to a generated FSDP<Class> subclass of FSDPModule)
+    names = {cls.__name__ for cls in type(module).__mro__}
+    return isinstance(module, nn.parallel.DistributedDataParallel) or bool(
+        names & {"FullyShardedDataParallel", "FSDPModule"}
     )
 
 
@@ -315,7 +316,7 @@ def compress(
     """Replace a model's ``nn.Linear`` and ``nn.Embedding`` layers by ``TTLinear`` / ``TTEmbedding`` (TT-SVD).
 
     Layers are selected by exact type (``nn.Linear``, ``nn.Embedding``; subclasses are left alone, except an
-    ``nn.LazyLinear`` whose parameters have shapes), then by
+    ``nn.LazyLinear`` whose parameters have shapes, and a parametrized one, which gets a kept-dense row), then by
     ``include`` / ``exclude`` globs (``fnmatch``, case-sensitive) over qualified module names such as
     ``"encoder.0.fc1"``. A module shared under several names is replaced under all of them, so it is
     selected when *any* of its names is included and *none* is excluded (its report row lists the other
@@ -326,8 +327,10 @@ def compress(
     parameters, when its parameters are tied to another module's (converting it would untie them), or when
     it cannot be converted: an empty layer; a weight recomputed before each forward by a
     ``torch.nn.utils.prune`` or old-style ``weight_norm`` / ``spectral_norm`` hook (the tensor there
-    between forwards is a stale copy); parameters or submodules beside ``weight`` and ``bias``; an
-    ``nn.Embedding`` with ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True``; NaN or inf weights.
+    between forwards is a stale copy), or by a ``torch.nn.utils.parametrize`` parametrization; parameters or
+    submodules beside ``weight`` and ``bias``; a weight whose shape disagrees with the layer's sizes; an
+    ``nn.Embedding`` with ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True``, or with a non-zero
+    padding row (``TTEmbedding`` outputs zeros for ``padding_idx``); NaN or inf weights.
     Each parameter is counted once in the report and in the ``ratio`` search.
 
     A TT layer takes over what the dense one held beside its weights: its forward hooks and pre-hooks (with
@@ -442,11 +445,29 @@ def compress(
     return target, replace(report, model_params_after=sum(p.numel() for p in target.parameters()))
 
 
+def _with_extras(tt_layer: nn.Module, new: nn.Module) -> nn.Module:
+    """``new`` with the parameters and submodules a user added to the TT layer (an adapter, a learned scale), which
+    its hooks may read: carried over under their names, or a ValueError where the dense layer has that name."""
+    extras: list[tuple[str, Any]] = [(n, p) for n, p in tt_layer._parameters.items() if n != "bias"]
+    extras += [(n, s) for n, s in tt_layer._modules.items() if n != "cores"]
+    for name, value in extras:
+        if hasattr(new, name):
+            raise ValueError(
+                f"decompress: the TT layer holds {name!r}, which the dense {type(new).__name__} has already"
+            )
+        if name in tt_layer._modules:
+            new.add_module(name, value)
+        else:
+            new.register_parameter(name, value)
+    return new
+
+
 def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Replace every ``TTLinear`` / ``TTEmbedding`` by its exact dense equivalent (``to_linear`` /
     ``to_embedding``): the inverse of :func:`compress` up to the TT approximation already made. Each dense
     layer takes over the TT layer's forward hooks and pre-hooks, buffers and train/eval mode, as
-    :func:`compress` carried them the other way.
+    :func:`compress` carried them the other way, and any parameters and submodules added to the TT layer (an
+    adapter, a learned scale) under their names.
 
     Args:
         model: a module containing TT layers (or a TT layer itself).
@@ -457,7 +478,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: the model contains no TT layer.
+        ValueError: the model contains no TT layer, or a TT layer holds an added parameter or submodule under
+            a name the dense layer uses.
 
     Example:
         >>> dense = tt.decompress(small)  # doctest: +SKIP
@@ -475,7 +497,9 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     dense: dict[int, nn.Module] = {}
     for name, m in found:
         if id(m) not in dense:  # hooks, extra buffers and train/eval mode come back, as compress took them
-            dense[id(m)] = carry_over(m, m.to_linear() if isinstance(m, TTLinear) else m.to_embedding())
+            dense[id(m)] = _with_extras(
+                m, carry_over(m, m.to_linear() if isinstance(m, TTLinear) else m.to_embedding())
+            )
         if name == "":
             return dense[id(m)]
         target.set_submodule(name, dense[id(m)])

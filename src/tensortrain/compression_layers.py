@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
@@ -72,6 +73,8 @@ def _non_finite(w: torch.Tensor, skip_row: int | None = None) -> bool:
 
 
 def _linear_refusal(m: nn.Linear) -> str | None:
+    if tuple(m.weight.shape) != (m.out_features, m.in_features):
+        return _size_mismatch(m.weight, ("out_features", m.out_features), ("in_features", m.in_features))
     if _non_finite(m.weight):
         return "the weight contains NaN or inf values; TT-SVD needs finite entries"
     return None
@@ -88,9 +91,28 @@ def _embedding_refusal(m: nn.Embedding) -> str | None:
         return f"TTEmbedding.from_embedding does not support {', '.join(bad)}" + (
             dense_grads if m.sparse else ""
         )
+    if tuple(m.weight.shape) != (m.num_embeddings, m.embedding_dim):
+        return _size_mismatch(
+            m.weight, ("num_embeddings", m.num_embeddings), ("embedding_dim", m.embedding_dim)
+        )
     if _non_finite(m.weight, m.padding_idx):
         return "the table contains NaN or inf values; TT-SVD needs finite entries"
+    pad = m.padding_idx
+    if pad is not None and not m.weight.is_meta and bool(m.weight[pad].detach().ne(0).any()):
+        # nn.Embedding returns that row as it is (it only gets no gradient); TTEmbedding returns zeros there
+        return (
+            f"its padding row (padding_idx={pad}) is not zero, and TTEmbedding outputs zeros for padding_idx"
+        )
     return None
+
+
+def _size_mismatch(w: torch.Tensor, rows: tuple[str, int], cols: tuple[str, int]) -> str:
+    """A layer whose weight was replaced by one of another shape (pruned or grown by hand): its forward uses the
+    weight, the conversion the sizes."""
+    return (
+        f"its weight has shape {tuple(w.shape)} but {rows[0]}={rows[1]}, {cols[0]}={cols[1]}; set the sizes to "
+        "the weight's"
+    )
 
 
 CONVERTERS: dict[type[nn.Module], Converter] = {
@@ -130,6 +152,9 @@ def converter_of(module: nn.Module) -> Converter | None:
     except ``nn.LazyLinear`` once its parameters have shapes: ``load_state_dict`` gives them without the first
     forward that turns the module into an ``nn.Linear``."""
     conv = CONVERTERS.get(type(module))
+    if conv is None and parametrize.is_parametrized(module):
+        # parametrize makes the class Parametrized<Base>(Base): selected, so that refusal says why it stays dense
+        conv = CONVERTERS.get(type(module).__bases__[0])
     if conv is None and isinstance(module, nn.LazyLinear) and not module.has_uninitialized_params():
         return _LAZY_LINEAR
     return conv
@@ -202,6 +227,13 @@ def _tt_attributes(tt_type: type[nn.Module]) -> frozenset[str]:
 def refusal(module: nn.Module) -> str | None:
     """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
     ratio search counts such layers as fixed, as it does tied ones."""
+    if parametrize.is_parametrized(module):
+        name = next(iter(module._modules["parametrizations"]._modules))  # type: ignore[union-attr]
+        return (
+            f"its {name!r} is parametrized (torch.nn.utils.parametrize: weight_norm, spectral_norm, orthogonal, ...) "
+            f"and recomputed at every access; remove it first: "
+            f"torch.nn.utils.parametrize.remove_parametrizations(module, {name!r})"
+        )
     conv = converter_for(module)
     if conv.weight(module).numel() == 0:  # e.g. a head with 0 classes: nothing to factor
         return "empty layer"

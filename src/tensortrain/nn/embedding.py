@@ -202,6 +202,11 @@ class TTEmbedding(TTModule):
         from ..decompositions import to_tt_matrix
 
         v, dim = embedding.num_embeddings, embedding.embedding_dim
+        if tuple(embedding.weight.shape) != (v, dim):
+            raise ValueError(
+                f"TTEmbedding.from_embedding: the weight has shape {tuple(embedding.weight.shape)} but "
+                f"num_embeddings={v}, embedding_dim={dim} (a weight replaced by hand?); set the sizes to the weight's"
+            )
         voc, emb = resolve_embedding_dims(v, dim, voc_dims, emb_dims)
         table = embedding.weight.detach()
         if embedding.padding_idx is not None:

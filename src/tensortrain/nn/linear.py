@@ -503,6 +503,12 @@ class TTLinear(TTModule):
             raise ValueError(
                 "TTLinear.from_linear: the LazyLinear has not been initialized yet; run a forward pass first"
             )
+        if tuple(linear.weight.shape) != (linear.out_features, linear.in_features):
+            raise ValueError(
+                f"TTLinear.from_linear: the weight has shape {tuple(linear.weight.shape)} but out_features="
+                f"{linear.out_features}, in_features={linear.in_features} (a weight replaced by hand?); set the "
+                "sizes to the weight's"
+            )
         in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
         w = linear.weight.detach()
         pad_rows, pad_cols = math.prod(out_dims) - w.shape[0], math.prod(in_dims) - w.shape[1]
