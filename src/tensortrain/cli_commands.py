@@ -572,7 +572,7 @@ def _recipe(
         ]
         load = "state"
     lines.append(f"model.load_state_dict({load}{', assign=True' if assign else ''})")
-    if assign:  # assigning gives every name its own new tensor: tie them again
+    if assign:  # assigning gives every name its own new tensor: tie them again (as _retie does)
         for name, first, param in ties:
             owner, _, attr = name.rpartition(".")
             register, get = (
@@ -598,13 +598,18 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool]:
             except RuntimeError as err:
                 raise CommandError(f"--weights {args.weights}: {_one_line(err)}") from err
             if meta:  # assigning gave every name its own new tensor: tie them again, as the model built them
-                for name, first, param in _ties(model, groups):
-                    owner, _, attr = name.rpartition(".")
-                    if param:
-                        model.get_submodule(owner).register_parameter(attr, model.get_parameter(first))
-                    else:
-                        model.get_submodule(owner).register_buffer(attr, model.get_buffer(first))
+                _retie(model, _ties(model, groups))
     return model, called, meta
+
+
+def _retie(model: nn.Module, ties: Sequence[tuple[str, str, bool]]) -> None:
+    """Make every name of :func:`_ties` hold its first name's tensor again (what the recipe's lines do)."""
+    for name, first, param in ties:
+        owner, _, attr = name.rpartition(".")
+        if param:
+            model.get_submodule(owner).register_parameter(attr, model.get_parameter(first))
+        else:
+            model.get_submodule(owner).register_buffer(attr, model.get_buffer(first))
 
 
 def _tied_groups(model: nn.Module) -> list[list[str]]:
