@@ -231,3 +231,36 @@ def test_gather_nd_of_an_empty_list_is_a_shape_error():
     """An empty list read as float32 indices, and the error blamed their dtype."""
     with pytest.raises(tt.ShapeError, match="indices"):
         tt.gather_nd(tt.random_matrix([[2, 3], [2, 2]]), [])
+
+
+def test_to_takes_what_cast_takes():
+    """a.to(torch.float64) of a complex TT dropped the cores' imaginary parts (not the tensor's real part; only
+    torch's warning said anything), and float8/int dtypes failed with the constructor's "cast it first"."""
+    a = _complex_tt((1, 2, 2), (2, 3, 1))
+    for call in (
+        lambda: a.to(torch.float64),
+        lambda: a.to("cpu", torch.float32),
+        lambda: a.to(dtype=torch.float32),
+        lambda: a.to(tt.random_tensor((2, 3))),
+        lambda: tt.TensorTrainBatch([c[None] for c in a.tt_cores]).to(torch.float64),
+    ):
+        with pytest.raises(TypeError, match=r"\.to: cannot cast a complex TT"):
+            call()
+    real = tt.random_tensor((2, 3), dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"TensorTrain.to: TT cores are 16 bits or more"):
+        real.to(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match=r"TensorTrain.to: dtype must be a floating point or complex"):
+        real.to(torch.int32)
+    assert_close(tt.full(a.to(torch.complex64)), tt.full(a).to(torch.complex64), rtol=1e-5, atol=1e-5)
+    assert a.double().dtype == torch.complex128 and a.float().dtype == torch.complex64
+    assert real.float().dtype == torch.float32 and real.half().dtype == torch.float16
+    assert real.to(a).dtype == torch.complex128 and real.double().to("cpu").dtype == torch.float64
+
+
+def test_a_tt_is_not_a_sequence_for_torch_either():
+    """torch.as_tensor(x) and len(x) said "object of type 'TensorTrain' has no len()"."""
+    a = tt.random_tensor((2, 3, 4), tt_rank=2)
+    for call in (lambda: len(a), lambda: torch.as_tensor(a), lambda: torch.tensor(a)):
+        with pytest.raises(TypeError, match="has no length: it is not a sequence; tt.full"):
+            call()
+    assert bool(a) and (+a) is a

@@ -278,3 +278,23 @@ def test_batch_index_must_be_one_axis_of_elements(gen):
     assert_close(ops.full(b[::-1]), ops.full(b).flip(0))
     assert_close(ops.full(b[3:0:-2]), ops.full(b)[[3, 1]])
     assert_close(ops.full(b[[True, False, True, False]]), ops.full(b)[[0, 2]])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "uint16", "uint32", "uint64", "int32"])
+def test_batch_indices_of_any_integer_width_are_positions(dtype):
+    """A uint8 index array was read as a bool mask (other elements, silently); int16 and the wide unsigned types
+    failed inside torch. numpy reads them all as positions."""
+    b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=4, dtype=torch.float64)
+    idx = np.array([1, 1, 0, 3], dtype=dtype)
+    assert_close(tt.full(b[idx]), tt.full(b)[torch.as_tensor(idx.astype(np.int64))])
+    mask = torch.tensor([True, False, True, False])
+    assert b[mask].batch_size == 2
+
+
+def test_slice_steps_past_int64():
+    """A step of 2**70 overflowed inside torch ("negative strides"); it selects the first position only."""
+    a = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64)
+    assert_close(tt.full(a[:: 2**70]), tt.full(a)[0:1])
+    assert_close(tt.full(a[:, 1 :: 2**70, ::7]), tt.full(a)[:, 1:2, ::7])
+    b = tt.random_tensor_batch((2, 3), batch_size=4, dtype=torch.float64)
+    assert_close(tt.full(b[1 :: 2**70]), tt.full(b)[1:2])

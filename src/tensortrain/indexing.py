@@ -89,8 +89,10 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
     if isinstance(idx, bool | float) or idx is None or getattr(idx, "ndim", None) == 0:
         raise TypeError(f"a batch index must be an int, slice, list or tensor of ints, got {idx!r}")
     if isinstance(idx, slice):
-        if idx.step is not None and as_int(idx.step) is not None and as_int(idx.step) < 0:  # type: ignore[operator]
-            # torch slices take no negative steps; Python's range does (and t3f's did)
+        step = None if idx.step is None else as_int(idx.step)
+        if step is not None and not 0 <= step <= size:
+            # torch slices take no negative steps (Python's range does, and t3f's did), and steps past int64
+            # overflow inside torch: the positions from range
             idx = torch.tensor(range(size)[idx], dtype=torch.long)
     else:
         # one axis of batch elements: ints or a bool mask (a nested list or a 2-D tensor would index core axes)
@@ -107,6 +109,10 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
                 f"a batch index must be a 1-D list or tensor of ints (or a bool mask), got "
                 f"{tuple(idx.shape)} {idx.dtype} values"
             )
+        if idx.dtype != torch.bool:
+            # integers of any width are positions, as numpy reads them (torch would take uint8 for a mask and
+            # refuse int16 and the wide unsigned types)
+            idx = idx.long()
     picked = [c[idx.to(c.device) if isinstance(idx, torch.Tensor) else idx] for c in cores]
     if picked[0].shape[0] == 0:
         raise IndexError(f"batch index {idx!r} selects no elements of a {size} element batch")
@@ -138,8 +144,9 @@ def _index_modes(cores: list[torch.Tensor], items: list[Any], batch: bool) -> An
         if isinstance(it, slice):
             if it.step is not None and it.step == 0:
                 raise ValueError(f"mode {k}: slice step cannot be zero")
-            if it.step is not None and it.step < 0:
-                # torch slices take no negative steps; Python's range does (as t3f's strided slices did)
+            if it.step is not None and not 0 < it.step <= n:
+                # torch slices take no negative steps (Python's range does, as t3f's strided slices did), and steps
+                # past int64 overflow inside torch: the positions from range
                 picked = torch.tensor(range(n)[it], dtype=torch.long, device=core.device)
                 part = core.index_select(2, picked)
             else:

@@ -42,7 +42,7 @@ from .operands import (
 )
 from .products import flat_inner, matmul
 from .shapes import plain_scalar
-from .tensor_train import TensorTrainBase
+from .tensor_train import TensorTrainBase, check_cast
 
 __all__ = [
     "add",
@@ -156,16 +156,7 @@ def cast(tt: TensorTrainBase, dtype: torch.dtype) -> Any:
         torch.float64
     """
     check_tt(tt, "cast", "tt")
-    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
-        raise TypeError(f"cast: dtype must be a floating point or complex torch.dtype, got {dtype!r}")
-    if dtype.itemsize < 2:
-        raise TypeError(f"cast: TT cores are 16 bits or more (float16 and up), got {dtype}")
-    if tt.dtype.is_complex and not dtype.is_complex:
-        # unlike a dense tensor's, the cores' real parts do not multiply out to the tensor's real part
-        raise TypeError(
-            f"cast: cannot cast a complex TT ({tt.dtype}) to the real {dtype}: dropping the cores' imaginary "
-            "parts does not give the tensor's real part (that is 0.5 * (a + conj(a)), a TT of twice the ranks)"
-        )
+    check_cast(tt.dtype, dtype, "cast")
     # (as tt.to(dtype): a tangent vector cast to its own dtype stays one)
     return tt._same_values(tt._new([c.to(dtype) for c in tt.tt_cores]))
 

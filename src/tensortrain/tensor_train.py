@@ -44,6 +44,20 @@ _TENSOR_ONLY = frozenset(
 """Tensor attributes a TT object lacks that code written for dense weights reaches for (see ``__getattr__``)."""
 
 
+def check_cast(have: torch.dtype, dtype: Any, fn: str) -> None:
+    """A cast of cores of dtype ``have`` to ``dtype`` gives a TT: a floating point or complex dtype of 16 bits
+    or more, and not complex to real (the cores' real parts do not multiply out to the tensor's real part)."""
+    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+        raise TypeError(f"{fn}: dtype must be a floating point or complex torch.dtype, got {dtype!r}")
+    if dtype.itemsize < 2:
+        raise TypeError(f"{fn}: TT cores are 16 bits or more (float16 and up), got {dtype}")
+    if have.is_complex and not dtype.is_complex:
+        raise TypeError(
+            f"{fn}: cannot cast a complex TT ({have}) to the real {dtype}: dropping the cores' imaginary parts "
+            "does not give the tensor's real part (that is 0.5 * (a + conj(a)), a TT of twice the ranks)"
+        )
+
+
 class TensorTrainBase:
     """What ``TensorTrain`` and ``TensorTrainBatch`` share: validation, derived properties, operators."""
 
@@ -233,7 +247,19 @@ class TensorTrainBase:
         return new
 
     def to(self, *args: Any, **kwargs: Any) -> Any:
-        """Move or cast every core, as ``torch.Tensor.to``; returns a new object."""
+        """Move or cast every core, as ``torch.Tensor.to``; returns a new object.
+
+        A cast takes what :func:`tensortrain.cast` takes: a floating point or complex dtype of 16 bits or more,
+        and a complex TT only to a complex dtype (the cores' real parts do not multiply out to the tensor's).
+        """
+        if args and isinstance(args[0], TensorTrainBase):  # (x.to(other): as torch's x.to(other_tensor))
+            args = (args[0].device, args[0].dtype, *args[1:])
+        try:  # (torch's own parser of .to's arguments: the target dtype, whichever form names it)
+            dtype = torch._C._nn._parse_to(*args, **kwargs)[1]
+        except TypeError as e:
+            raise TypeError(f"{type(self).__name__}.to: {e}") from None
+        if dtype is not None:
+            check_cast(self.dtype, dtype, f"{type(self).__name__}.to")
         return self._same_values(self._new([c.to(*args, **kwargs) for c in self._tt_cores]))
 
     def detach(self) -> Any:
@@ -253,6 +279,24 @@ class TensorTrainBase:
     def cpu(self) -> Any:
         """The same object on the CPU."""
         return self.to("cpu")
+
+    def cuda(self, device: torch.device | str | int | None = None) -> Any:
+        """The same object on a CUDA device (the current one by default), as ``torch.Tensor.cuda``."""
+        if device is None:
+            return self.to("cuda")
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else device)
+
+    def double(self) -> Any:
+        """``self.to(torch.float64)`` (``complex128`` for a complex TT)."""
+        return self.to(torch.complex128 if self.dtype.is_complex else torch.float64)
+
+    def float(self) -> Any:
+        """``self.to(torch.float32)`` (``complex64`` for a complex TT)."""
+        return self.to(torch.complex64 if self.dtype.is_complex else torch.float32)
+
+    def half(self) -> Any:
+        """``self.to(torch.float16)``."""
+        return self.to(torch.float16)
 
     # ------------------------------------------------------------------------------------------- printing
     def _describe(self, plural: bool) -> str:
@@ -314,6 +358,9 @@ class TensorTrainBase:
         from . import ops
 
         return ops.subtract(other, self)
+
+    def __pos__(self) -> Any:
+        return self
 
     def __neg__(self) -> Any:
         from . import ops
@@ -424,6 +471,16 @@ class TensorTrain(TensorTrainBase):
         from . import ops
 
         return ops.getitem(self, index)
+
+    def __len__(self) -> int:
+        # (torch.as_tensor / torch.tensor probe len() first: say what to do instead of "has no len()")
+        raise TypeError(
+            "a TensorTrain has no length: it is not a sequence; tt.full(x) gives the dense tensor (x.shape its "
+            "shape)"
+        )
+
+    def __bool__(self) -> bool:  # (with __len__ defined, truth testing would call it)
+        return True
 
     def __iter__(self) -> Iterator[Any]:
         # without this, Python's legacy protocol would iterate x[0], x[1], ... over the first mode until an
