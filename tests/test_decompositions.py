@@ -685,3 +685,44 @@ def test_epsilon_budget_of_float32_tensors_at_extreme_magnitudes(gen, scale):
         assert err <= 0.1
         if got.ndims() == 3:
             assert got.tt_ranks == want == (1, 2, 2, 1)
+
+
+def test_decompositions_keep_their_accuracy_under_autocast():
+    """Under bf16 autocast the SVDs and QRs ran in float32 but their glue products in bf16: round(x, epsilon=1e-3)
+    missed its bound (9e-3), orthogonalize changed the tensor, and the randomized TT-SVD was 290x worse than the
+    exact one, all with float32 cores that did not show it."""
+    gen = torch.Generator().manual_seed(0)
+    x = tt.random_tensor((4, 5, 6, 3), tt_rank=6, dtype=torch.float32, generator=gen)
+    ref = tt.full(x).double()
+
+    def rel(y: tt.TensorTrain) -> float:
+        return float((tt.full(y).double() - ref).norm() / ref.norm())
+
+    w = torch.randn(1024, 32, generator=gen) @ torch.randn(32, 1024, generator=gen)
+    w += 1e-4 * torch.randn(1024, 1024, generator=gen)
+    exact = tt.to_tt_tensor(w, 32, method="exact")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded, plain, orth = tt.round(x, epsilon=1e-3), tt.round(x), tt.orthogonalize(x)
+        auto = tt.to_tt_tensor(w, 32)
+        mat = tt.to_tt_matrix(w, [[32, 32], [32, 32]], 32)
+    assert rounded.dtype == torch.float32
+    assert rel(rounded) <= 1e-3 and rel(plain) < 1e-5 and rel(orth) < 1e-5
+    err = [float((tt.full(y).double() - w.double()).norm()) for y in (exact, auto)]
+    assert err[1] <= 1.05 * err[0]
+    plain_mat = tt.to_tt_matrix(w, [[32, 32], [32, 32]], 32)  # the same as without autocast
+    assert_close(tt.full(mat), tt.full(plain_mat), rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+
+
+@pytest.mark.parametrize("caps", [{5, 2}, {3: "a", 2: "b"}])
+def test_unordered_rank_collections_are_refused(caps):
+    """A set was read in its own iteration order, a dict as its keys: scrambled caps, silently."""
+    a = torch.randn(4, 5, 6, dtype=torch.float64)
+    with pytest.raises(TypeError, match="an ordered sequence of ints"):
+        tt.to_tt_tensor(a, max_tt_rank=caps)
+    with pytest.raises(TypeError, match="an ordered sequence of ints"):
+        tt.random_tensor((4, 5, 6), tt_rank=caps)
+
+
+def test_sparse_input_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"to_tt_tensor: the input is a sparse_coo tensor; .* x.to_dense\(\)"):
+        tt.to_tt_tensor(torch.randn(4, 5, 6).to_sparse(), 3)

@@ -11,6 +11,11 @@ data-dependent Python checks (``.item()``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
 import torch
 import torch.autograd.forward_ad as _fwad
 
@@ -31,6 +36,48 @@ def transforms_active() -> bool:
         or bool(_functorch_active())
         or getattr(_fwad, "_current_level", -1) >= 0
     )
+
+
+def autocasting(device_type: str) -> bool:
+    """Whether autocast is on for this device type (False for types autocast does not know, such as meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
+def full_precision(device_type: str) -> contextlib.AbstractContextManager:
+    """A context in which autocast is off for ``device_type`` (a no-op where it is off already)."""
+    if not autocasting(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
+_AUTOCAST_TYPES = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia")
+
+
+@contextlib.contextmanager
+def _no_autocast() -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for kind in _AUTOCAST_TYPES:
+            stack.enter_context(full_precision(kind))
+        yield
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def without_autocast(fn: _F) -> _F:
+    """Run ``fn`` with autocast off on every device: decompositions whose SVDs and QRs autocast leaves in full
+    precision but whose glue products it would lower (a float32 round under bf16 autocast lost three digits,
+    breaking its error bound, with float32 cores that did not show it)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _no_autocast():
+            return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def grad_recorded() -> bool:

@@ -53,6 +53,7 @@ from .contraction_plan import (
     plan_cache_size,
 )
 from .errors import ShapeError
+from .operands import check_strided
 from .tensor_train import TensorTrain
 
 __all__ = [
@@ -200,18 +201,6 @@ def _linear(
 
 # The dtypes autocast casts to its lower precision (float64 it leaves alone, so F.linear fails on it as here)
 _AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def check_strided(fn: str, name: str, t: torch.Tensor) -> None:
-    """``t`` is an ordinary dense tensor: sparse and nested ones failed inside a reshape, in some plans only."""
-    if t.layout != torch.strided or t.is_nested:
-        if t.is_nested:
-            kind, hint = "a nested", f"{name}.values() (jagged layout) or {name}.to_padded_tensor(0.0)"
-        else:
-            kind, hint = f"a {str(t.layout).removeprefix('torch.')}", f"{name}.to_dense()"
-        raise TypeError(
-            f"{fn}: {name} is {kind} tensor; TT layers and products take dense (strided) tensors: pass {hint}"
-        )
 
 
 def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
+from ._transforms import full_precision
 from .contraction_plan import Groups, dims_of
 
 __all__ = ["cached", "cached_halves", "cached_supers"]
@@ -67,7 +68,7 @@ def cached(
     if hit is None or hit[0] != stamp:
         # kept in the cores' own precision: merged under autocast, a cached value would stay in the lower
         # precision after autocast ends (the ops that use it cast it again while autocast is on)
-        with torch.no_grad(), torch.inference_mode(False), _exec.full_precision(cores[0].device.type):
+        with torch.no_grad(), torch.inference_mode(False), full_precision(cores[0].device.type):
             # detach() shares the storage (keeping it alive) without autograd history or the Parameter
             aliases = tuple(c.detach() for c in cores)
             value = make(aliases)

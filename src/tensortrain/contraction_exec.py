@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import contraction_cost as _cost
 from . import workspace
-from ._transforms import grad_recorded, legacy_batched, transforms_active
+from ._transforms import autocasting, grad_recorded, legacy_batched, transforms_active
 
 __all__: list[str] = []
 
@@ -300,21 +300,6 @@ def _grad_halves(
                 part = lmat[a * nl : b * nl].t() @ g
                 gr = part if gr is None else (gr + part if record else gr.add_(part))
     return (torch.cat(gls) if need[0] else None), gr
-
-
-def autocasting(device_type: str) -> bool:
-    """Whether autocast is on for this device type (False for types autocast does not know, such as meta)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # "unknown device type for autocast"
-        return False
-
-
-def full_precision(device_type: str) -> contextlib.AbstractContextManager:
-    """A context in which autocast is off for ``device_type`` (a no-op where it is off already)."""
-    if not autocasting(device_type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, enabled=False)
 
 
 def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:

@@ -40,8 +40,9 @@ from typing import Any
 
 import torch
 
+from ._transforms import without_autocast
 from .errors import ShapeError
-from .operands import wide_dtype
+from .operands import check_strided, wide_dtype
 from .orthogonalization import (
     cast_back,
     check_finite_cores,
@@ -73,6 +74,7 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
             x = torch.as_tensor(x)
         else:
             raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    check_strided(name, "the input", x)
     if not (x.is_floating_point() or x.is_complex()):
         raise TypeError(f"{name}: expected a floating point tensor, got dtype {x.dtype}; cast it first")
     if x.dim() == 0 or x.numel() == 0:
@@ -270,6 +272,7 @@ def _wrap(cores: list[torch.Tensor], batch: bool) -> Any:
     return TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores])
 
 
+@without_autocast
 def to_tt_tensor(
     tens: torch.Tensor,
     max_tt_rank: MaxRank = 10,
@@ -359,6 +362,7 @@ def _check_matrix_shape(
     )
 
 
+@without_autocast
 def to_tt_matrix(
     mat: torch.Tensor,
     shape: Sequence[Sequence[int] | None],
@@ -420,6 +424,7 @@ def to_tt_matrix(
 
 
 # ---------------------------------------------------------------------------------------- TT-rounding
+@without_autocast
 def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this module)
     tt: TensorTrainBase,
     max_tt_rank: MaxRank = None,

@@ -20,6 +20,20 @@ from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 __all__: list[str] = []
 
 
+def check_strided(fn: str, name: str, t: torch.Tensor) -> None:
+    """``t`` is an ordinary dense tensor: sparse and nested ones failed inside a reshape (in the layers, in some
+    plans only). ``name``: how the message calls ``t`` (``"input"``, ``"indices"``)."""
+    if t.layout != torch.strided or t.is_nested:
+        x = name if name.isidentifier() else "x"
+        if t.is_nested:
+            kind, hint = "a nested", f"{x}.values() (jagged layout) or {x}.to_padded_tensor(0.0)"
+        else:
+            kind, hint = f"a {str(t.layout).removeprefix('torch.')}", f"{x}.to_dense()"
+        raise TypeError(
+            f"{fn}: {name} is {kind} tensor; tensortrain takes dense (strided) tensors: pass {hint}"
+        )
+
+
 def wide_dtype(t: torch.Tensor) -> torch.dtype:
     """float64 (complex128 for a complex ``t``), float32 on MPS, which has no float64: the type for norms and
     rank decisions that must not over- or underflow ``t``'s own dtype."""

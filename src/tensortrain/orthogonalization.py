@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ._transforms import without_autocast
 from .operands import pow2_exponents, scale_pow2, unscale_pow2
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
@@ -125,6 +126,7 @@ def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     return cores
 
 
+@without_autocast
 def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
     """Orthogonalize the cores by a QR sweep, keeping the full tensor (t3f's ``orthogonalize_tt_cores``).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import torch
@@ -325,6 +325,12 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
         ranks = [1] + [one] * (d - 1) + [1]
     else:
         seq: Any = tt_rank  # a sequence, an array or a tensor of ranks
+        if isinstance(seq, Set | Mapping):
+            # a set or a dict iterates in an order of its own (its keys, for a dict): not a list of ranks
+            raise TypeError(
+                f"{name} must be an int or an ordered sequence of ints (list, tuple, 1-D array or tensor), got "
+                f"a {type(tt_rank).__name__}"
+            )
         try:
             items = list(seq)
         except TypeError:

@@ -15,11 +15,12 @@ import torch
 
 from .. import contraction
 from .. import contraction_cost as _cost
-from .._transforms import grad_recorded, transforms_active
+from .._transforms import full_precision, grad_recorded, transforms_active
 from ..contraction_cache import cached
-from ..contraction_exec import full_precision, halves
+from ..contraction_exec import halves
 from ..contraction_plan import Strategy, dims_of
 from ..errors import ShapeError, fx_hint
+from ..operands import check_strided
 from ..shapes import as_int
 from ..tensor_train import TensorTrain
 
@@ -122,7 +123,7 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
             f"{fn}: indices must be an integer tensor of a signed type or uint8 (e.g. torch.long), got {kind}"
             f"{fx_hint(input)}"
         )
-    contraction.check_strided(fn, "indices", input)
+    check_strided(fn, "indices", input)
     if input.device != device:
         raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
     if input.numel() == 0 or transforms_active() or input.device.type == "meta":

@@ -19,6 +19,7 @@ from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
 from ..errors import ShapeError
+from ..operands import check_strided
 from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape, prime_factors
 from ..tensor_train import TensorTrain
 from . import functional as F
@@ -394,7 +395,7 @@ class TTLinear(TTModule):
         unpadded layer)."""
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"TTLinear: input must be a Tensor, got {type(input).__name__}")
-        contraction.check_strided("TTLinear", "input", input)  # (before the pad, which fails on sparse ones)
+        check_strided("TTLinear", "input", input)  # (before the pad, which fails on sparse ones)
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             got = (
                 "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
