@@ -262,3 +262,53 @@ def test_fx_symbolic_trace_says_to_make_the_layers_leaves():
     for module, arg in ((model, x), (torch.nn.Sequential(emb), idx)):  # (the root itself is never a leaf)
         traced = torch.fx.GraphModule(module, Leaves().trace(module))
         assert_close(traced(arg), module(arg))
+
+
+@pytest.mark.parametrize("case", ["padded", "3-D", "transposed"])
+def test_a_memory_bound_with_a_dynamic_batch(case):
+    """max_saved_bytes less what a padded or non-view input copy keeps became a symbolic bound (a dynamo crash,
+    "BooleanAtom not allowed", at the second batch size), and a 3-D input's data_ptr check broke the graph."""
+    torch.manual_seed(0)
+    if case == "padded":
+        layer = tt.nn.TTLinear(
+            11, 13, tt_rank=3, in_dims=(3, 4), out_dims=(4, 4), pad=True, dtype=torch.float64
+        )
+    else:
+        layer = tt.nn.TTLinear(24, 10, tt_rank=3, in_dims=(2, 3, 4), out_dims=(1, 5, 2), dtype=torch.float64)
+    layer.max_saved_bytes = 10**6
+    f = _compiled(layer, dynamic=True)
+    for b in (4, 6):
+        if case == "padded":
+            x = torch.randn(b, 11, dtype=torch.float64)
+        elif case == "3-D":
+            x = torch.randn(b, 3, 24, dtype=torch.float64)
+        else:
+            x = torch.randn(24, b, dtype=torch.float64).T
+        torch._dynamo.mark_dynamic(x, 0)
+        assert_close(f(x), layer(x))
+    if case != "transposed":
+        batch = torch.export.Dim("batch")
+        x = torch.randn(5, *x.shape[1:], dtype=torch.float64)
+        prog = torch.export.export(layer, (x,), dynamic_shapes={"input": {0: batch}})
+        x = torch.randn(9, *x.shape[1:], dtype=torch.float64)
+        assert_close(prog.module()(x), layer(x))
+
+
+def test_the_full_plan_keeps_autocast_dtype_when_traced():
+    """Traced (compile, torch.func), the full plan added the float32 bias to its bf16 product: a float32 output
+    where eager and nn.Linear give bf16."""
+    layer = tt.nn.TTLinear(24, 10, tt_rank=3, in_dims=(2, 3, 4), out_dims=(1, 5, 2))
+    layer.strategy = "full"
+    x = torch.randn(5, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = layer(x)
+        assert want.dtype == torch.bfloat16
+        assert _compiled(layer)(x).dtype == torch.bfloat16
+        assert torch.func.vmap(layer)(x[:, None]).dtype == torch.bfloat16
+
+
+def test_a_replaced_core_that_does_not_chain_is_named_when_compiling():
+    layer = tt.nn.TTLinear(24, 10, tt_rank=3, in_dims=(2, 3, 4), out_dims=(1, 5, 2))
+    layer.cores[1] = torch.nn.Parameter(torch.randn(3, 5, 3, 3))
+    with pytest.raises(Exception, match="do not chain"):
+        torch.compile(layer, backend="eager")(torch.randn(4, 24))

@@ -260,6 +260,7 @@ def apply_unchecked(
     if (
         grad
         and max_saved is not None
+        and not transforms_active()  # (a traced batch is a symbol; the compiler's partitioner decides what is kept)
         and (
             (x2d is not x and x2d.data_ptr() != x.data_ptr())
             or (not x2d.is_contiguous() and x2d.shape[0] < _cost.SWEEP_FUNCTION_MIN_BATCH)

@@ -410,7 +410,8 @@ def full_linear(
         # under a transform (compile, torch.func, forward AD; see tensortrain._transforms) plain autograd; compiled
         # graphs leave memory planning to the compiler. Complex too: FullLinear's backward has no conjugates
         y = x2d @ build_full(lmat, rmat, dims).t()
-        return y if bias is None else y + bias
+        # (under autocast y is in the lower precision, as F.linear's output: add the bias in that dtype)
+        return y if bias is None else y + (bias if bias.dtype == y.dtype else bias.to(y.dtype))
     if not (grad_recorded() and (x2d.requires_grad or lmat.requires_grad or rmat.requires_grad)):
         # inference: no autograd Function to dispatch. Only the bias training (frozen cores, BitFit): plain addmm,
         # which saves nothing for it (FullLinear kept x, so an inference-mode x or one changed in place failed)

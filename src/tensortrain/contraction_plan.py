@@ -271,6 +271,7 @@ def choose_program(
     exact = max_saved is not None or (grad and batch < _cost.SWEEP_FUNCTION_MIN_BATCH)
     bucket = int(batch) if exact and not compiling else _bucket(batch)
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
+        _check_chain(cores)  # (static shapes: free at run time)
         return _cost.choose(
             dims_of(cores), strategy, bucket, c0.element_size(), c0.device.type, grad, max_saved=max_saved
         )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import contraction
+from .._transforms import transforms_active
 from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
@@ -403,8 +404,9 @@ class TTLinear(TTModule):
             raise ShapeError(f"TTLinear: input has {got} but in_features={self.in_features}")
         x = torch.nn.functional.pad(input, (0, self._in_pad)) if self._in_pad else input
         limit = self._max_saved
-        if limit is not None and self._in_pad:
-            # the padded copy is kept for backward in place of the input: the bound counts it
+        if limit is not None and self._in_pad and not transforms_active():
+            # the padded copy is kept for backward in place of the input: the bound counts it (not while tracing,
+            # where the batch is a symbol and the compiler decides what is kept)
             limit = max(0, limit - x.numel() * x.element_size())
         y = F.linear_cores(x, cores, None, cache, self._strategy, limit)
         if self._out_pad:
