@@ -318,3 +318,70 @@ def test_tiny_training_batches_are_planned_at_their_own_size(gen):
         best = min(C.enumerate_plans(cores, batch, requires_grad=True), key=lambda p: p.est_seconds)
         assert chosen.batch_size == batch
         assert chosen.est_seconds <= best.est_seconds * (1 + 1e-9) or best.groups == ((0, 3),), (chosen, best)
+
+
+def _own(*ts: torch.Tensor) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in ts}
+
+
+@pytest.mark.parametrize("strategy", ["full", "grouped_rtl", "grouped_ltr", "cores_rtl"])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_frozen_cores_keep_no_states_for_the_input_gradient(gen, strategy, bounded):
+    """With frozen cores and an input that needs a gradient, sweeps kept every step input (11 MiB for the 784x625
+    rank-4 layer at batch 1024, 6x its dense weight), none of which backward reads. The full plan keeps its
+    halves (and W, when the plan keeps it for the input's gradient), and a padded layer's input copy no more."""
+    layer = tt.nn.TTLinear(
+        783, 625, tt_rank=4, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5), pad=True, dtype=torch.float64
+    )
+    layer.strategy = strategy
+    layer.max_saved_bytes = 10**4 if bounded else None
+    layer.cores.requires_grad_(False)
+    x = torch.randn(64, 783, generator=gen, dtype=torch.float64, requires_grad=True)
+    allowed = sum(c.numel() * c.element_size() for c in layer.cores) * 40  # (merged groups and halves: small)
+    if strategy == "full" and not bounded:
+        allowed += 784 * 625 * 8  # W kept for the input's gradient
+    assert _kept_bytes(lambda: layer(x), _own(x, *layer.parameters())) < allowed
+    g = torch.randn(64, 625, generator=gen, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(layer(x), x, g)
+    assert_close(gx, g @ layer.dense_weight())
+    layer.cores.requires_grad_(True)  # partly frozen: the trained core's gradient is the dense chain rule's
+    layer.cores[0].requires_grad_(False)
+    got = torch.autograd.grad(layer(x), [x, layer.cores[2]], g)
+    plain = [c.detach().clone().requires_grad_() for c in layer.cores]
+    w = tt.full(tt.TensorTrain(plain))[:625, :783]
+    want = torch.autograd.grad(x @ w.T + layer.bias, [x, plain[2]], g)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b)
+
+
+def test_a_kept_w_is_not_kept_when_the_input_needs_no_gradient(gen):
+    """The full plan's "W kept for backward" kept the dense W for a first layer, whose input needs no gradient
+    (backward reads W for the input's gradient only)."""
+    layer = tt.nn.TTLinear(784, 625, tt_rank=16, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5))
+    assert "W kept for backward" in layer.plan(1024, requires_grad=True).describe()
+    x = torch.randn(1024, 784, generator=gen)
+    assert _kept_bytes(lambda: layer(x), _own(x, *layer.parameters())) < 784 * 625 * 4 // 4
+    cores = [c.detach().double().requires_grad_() for c in layer.cores]
+    xd, g = x.double(), torch.randn(1024, 625, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(C.linear(xd, cores, strategy="full"), cores, g)
+    want = torch.autograd.grad(xd @ tt.full(tt.TensorTrain(cores)).T, cores, g)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b)
+
+
+def test_the_bound_counts_copies_of_cores_in_another_layout(gen):
+    """Cores that are views in another layout (tt.transpose's, a channels_last module's) are copied where a plan
+    reshapes them, and training kept the copies beyond the bound (linear and TTLinear; dense_tt_matmul counted
+    them already)."""
+    layer = tt.nn.TTLinear(784, 625, tt_rank=8, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5))
+    layer = layer.to(memory_format=torch.channels_last)
+    assert not all(c.is_contiguous() for c in layer.cores)
+    x = torch.randn(512, 784, generator=gen, requires_grad=True)
+    for bound in (50_000, 200_000):
+        layer.max_saved_bytes = bound
+        assert _kept_bytes(lambda: layer(x), _own(x, *layer.parameters())) <= bound
+    v = tt.random_matrix([[4, 7, 4, 7], [5, 5, 5, 5]], tt_rank=8, generator=gen)
+    cores = [c.clone().requires_grad_() for c in v.tt_cores]
+    w = tt.transpose(tt.TensorTrain(cores))
+    for bound in (50_000, 200_000):
+        assert _kept_bytes(lambda b=bound: C.linear(x, w, max_saved_bytes=b), _own(x, *cores)) <= bound

@@ -257,19 +257,20 @@ def apply_unchecked(
         # start with reshapes: no gradients, silently) and products may not save them (the full plan raised); a
         # clone is an ordinary tensor, as TTEmbedding's lookups use
         cores = [c.clone() if c.is_inference() and c.requires_grad else c for c in cores]
-    if (
-        grad
-        and max_saved is not None
-        and not transforms_active()  # (a traced batch is a symbol; the compiler's partitioner decides what is kept)
-        and (
-            (x2d is not x and x2d.data_ptr() != x.data_ptr())
-            or (not x2d.is_contiguous() and x2d.shape[0] < _cost.SWEEP_FUNCTION_MIN_BATCH)
-        )
-    ):
-        # leading dims that do not flatten into a view (tt_dense_matmul's transposed (..., N, P) operand), or a
-        # strided x at a batch whose sweep reshapes it in autograd's own products: the copy is what training
-        # keeps in place of x, so the bound counts it
-        max_saved = max(0, max_saved - x2d.numel() * x2d.element_size())
+    if grad and max_saved is not None and not transforms_active():
+        # (not while tracing: a traced batch is a symbol, and the compiler's partitioner decides what is kept)
+        # Cores that are views in another layout (tt.transpose's, a channels_last module's, dense_tt_matmul's
+        # permuted ones): where a plan reshapes one (a one-core half, a one-core group) it copies it, and
+        # training keeps the copy, which the cost model takes for the parameter itself: the bound counts them
+        copies = sum(c.numel() * c.element_size() for c in cores if c.requires_grad and not c.is_contiguous())
+        if (x2d is not x and x2d.data_ptr() != x.data_ptr()) or (
+            not x2d.is_contiguous() and x2d.shape[0] < _cost.SWEEP_FUNCTION_MIN_BATCH
+        ):
+            # leading dims that do not flatten into a view (tt_dense_matmul's transposed (..., N, P) operand), or
+            # a strided x at a batch whose sweep reshapes it in autograd's own products: the copy is what
+            # training keeps in place of x
+            copies += x2d.numel() * x2d.element_size()
+        max_saved = max(0, max_saved - copies)
     if torch.jit.is_tracing():  # (dynamo traces this wrapper, not torch._C._is_tracing)
         # one graph whatever the grad mode (a differentiable one): torch.jit.trace checks its trace by tracing
         # again under no_grad, and the grad mode picks the plan
@@ -381,8 +382,5 @@ def dense_tt_matmul(
             f"{tuple(int(c.shape[2]) for c in cores)}); a must be (..., {m})"
         )
     check_operand("dense_tt_matmul", "a", a, cores[0])
-    if max_saved is not None and grad_recorded() and any(c.requires_grad for c in cores):
-        # the cores are permuted views: where a plan reshapes one (a one-core half, a one-core group) it copies
-        # it, and training keeps the copy, which the cost model takes for the parameter itself: count them all
-        max_saved = max(0, max_saved - sum(c.numel() * c.element_size() for c in cores))
+    # (the bound counts the copies of the permuted cores: see apply_unchecked)
     return _linear(a, cores, None, strategy, "dense_tt_matmul", max_saved)

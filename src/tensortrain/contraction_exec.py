@@ -365,12 +365,16 @@ class FullLinear(torch.autograd.Function):
         keep: bool,
     ) -> torch.Tensor:
         ctx.dims = dims
-        ctx.keep = keep
-        if keep:  # W outlives this call: its own memory
+        # what backward reads: x for the halves' gradients only, W (when kept) for the input's only; a frozen
+        # layer (or a first layer, whose input needs no gradient) keeps no copy it would not use
+        need_x, need_halves = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        ctx.keep = keep and need_x
+        x_kept = x2d if need_halves else None
+        if ctx.keep:  # W outlives this call: its own memory
             w = build_full(lmat, rmat, dims)
-            ctx.save_for_backward(x2d, lmat, rmat, w)
+            ctx.save_for_backward(x_kept, lmat, rmat, w)
             return _linear(x2d, w, bias)
-        ctx.save_for_backward(x2d, lmat, rmat)
+        ctx.save_for_backward(x_kept, lmat, rmat)
         with _built(lmat, rmat, dims) as w:
             return _linear(x2d, w, bias)
 
@@ -465,25 +469,31 @@ def _sweep_grads(
     order: Sequence[torch.Tensor],
     gy: torch.Tensor,
     need_x: bool,
-) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """Gradients of a sweep's input and of its super-cores (in step order) from the output's gradient."""
+    need: Sequence[bool] | None = None,
+) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """Gradients of a sweep's input and of its super-cores (in step order) from the output's gradient;
+    ``need``: which super-cores need one, in step order (all by default; ``states`` is read only for those)."""
     n = len(steps)
-    grads: list[torch.Tensor] = []
+    grads: list[torch.Tensor | None] = []
     g = gy
     for t in range(n - 1, -1, -1):
         outer, k, p, q = steps[t]
-        a, s = order[t], states[t]
+        a = order[t]
+        want = need is None or need[t]
         need_state = t > 0 or need_x  # the state gradient of step 0 is x's
         if p == 1:
-            g2, s2 = g.reshape(outer, q), s.reshape(outer, k)
-            grads.append(g2.t() @ s2)
+            g2 = g.reshape(outer, q)
+            grads.append(g2.t() @ states[t].reshape(outer, k) if want else None)
             if need_state:
                 g = g2 @ a
         else:
-            g3, s3 = g.reshape(outer, q, p), s.reshape(outer, k, p)
-            if q * k <= p * (q + k):  # per-slice products are smaller than the permuted copies
-                grads.append(torch.bmm(g3, s3.transpose(1, 2)).sum(0))
+            g3 = g.reshape(outer, q, p)
+            if not want:
+                grads.append(None)
+            elif q * k <= p * (q + k):  # per-slice products are smaller than the permuted copies
+                grads.append(torch.bmm(g3, states[t].reshape(outer, k, p).transpose(1, 2)).sum(0))
             else:
+                s3 = states[t].reshape(outer, k, p)
                 grads.append(
                     g3.transpose(0, 1).reshape(q, outer * p) @ s3.transpose(1, 2).reshape(outer * p, k)
                 )
@@ -525,7 +535,18 @@ class SweepFunction(torch.autograd.Function):
         ctx.direction = direction
         ctx.x_shape = tuple(x2d.shape)
         ctx.recompute = recompute
+        # the step inputs serve the super-cores' gradients only: frozen cores (an input that needs a gradient
+        # through them) keep none
+        need = ctx.needs_input_grad[4:]
+        ctx.need = list(reversed(need)) if direction == "rtl" else list(need)  # in execution order
+        ctx.states = any(need)
         m = _prod([mg for mg, _ in meta])
+        if not ctx.states:
+            ctx.save_for_backward(*order)
+            y = x2d
+            for a, step in zip(order, steps, strict=True):  # (no list of states: each is freed once used)
+                y = _slice_product(a, y, step)
+            return y.reshape(x2d.shape[0], m)
         if recompute:  # the states are not kept: they alternate between (up to) two reused scratch buffers
             ctx.save_for_backward(x2d, *order)
             y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
@@ -543,11 +564,13 @@ class SweepFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
-        n = 1 if ctx.recompute else len(ctx.steps)
+        n = 0 if not ctx.states else 1 if ctx.recompute else len(ctx.steps)
         saved = ctx.saved_tensors  # once: under activation checkpointing each unpack may run only once
         states, order = saved[:n], saved[n:]
         with contextlib.ExitStack() as borrowed:
-            if torch.is_grad_enabled():  # double backward: the saved states carry no graph; recompute them
+            if not ctx.states:
+                pass  # only the input's gradient: the super-cores alone give it
+            elif torch.is_grad_enabled():  # double backward: the saved states carry no graph; recompute them
                 states, _ = _sweep_states(states[0], order, ctx.steps)
             elif ctx.recompute:  # the step inputs again (every step but the last), in reused scratch
                 x0 = states[0]
@@ -557,7 +580,9 @@ class SweepFunction(torch.autograd.Function):
                     buf = borrowed.enter_context(workspace.scratch((outer * q * p,), x0.dtype, x0.device))
                     states.append(_slice_product(a, states[-1], step, out=buf))
             # a broadcast gradient (that of y.sum(): stride 0) would make bmm copy it one slice at a time
-            gx, grads = _sweep_grads(ctx.steps, states, order, gy.contiguous(), ctx.needs_input_grad[0])
+            gx, grads = _sweep_grads(
+                ctx.steps, states, order, gy.contiguous(), ctx.needs_input_grad[0], ctx.need
+            )
         mat_grads = grads[::-1] if ctx.direction == "rtl" else grads
         return (None if gx is None else gx.reshape(ctx.x_shape), None, None, None, *mat_grads)
 
