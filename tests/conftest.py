@@ -39,3 +39,19 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, **kw) -> None:
     tol = dict(TOL.get(actual.dtype, TOL[torch.float32]))
     tol.update(kw)
     torch.testing.assert_close(actual, expected, **tol)
+
+
+def run_closing_stdout(code: str, timeout: float) -> tuple[int, str]:
+    """Run ``python -c code`` and close its stdout after the first bytes, as a reader such as ``head`` does:
+    the exit status and the standard error."""
+    import subprocess
+    import sys
+
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.read(10)
+        proc.stdout.close()  # the reader goes away
+        err = proc.stderr.read().decode()
+        return proc.wait(timeout=timeout), err

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import tensortrain as tt
+from conftest import run_closing_stdout
 from tensortrain.cli import build_parser, main
 
 _CANDIDATES = [os.environ.get("TENSORTRAIN_DATA", ""), str(Path(__file__).parents[2] / "shared/data/mnist")]
@@ -393,14 +394,8 @@ def test_demo_into_a_closed_pipe_still_writes_its_results(tmp_path):
     argv = _short_demo(tmp_path, 64, 32)
     tests = str(Path(__file__).parent)
     code = f"import sys; sys.path.insert(0, {tests!r}); from tensortrain.cli import main; sys.exit(main({argv!r}))"
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.read(10)
-        proc.stdout.close()  # the reader goes away after the first bytes
-        err = proc.stderr.read().decode()
-        assert proc.wait(timeout=300) == 0, err
+    status, err = run_closing_stdout(code, timeout=300)
+    assert status == 0, err
     assert "Broken pipe" not in err and "Traceback" not in err, err
     report = json.loads((tmp_path / "out/results.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["a", "b", "c", "d"]

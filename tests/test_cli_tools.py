@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import tensortrain as tt
+from conftest import run_closing_stdout
 from tensortrain import cli_commands
 from tensortrain.cli import main
 from tensortrain.cli_commands import inspect_path
@@ -547,14 +548,8 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
         "import sys; from tensortrain.cli import main; "
         f"sys.exit(main(['inspect', '--json'] + [{str(path)!r}] * 2000))"
     )
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.read(10)
-        proc.stdout.close()  # the reader goes away after a few bytes
-        err = proc.stderr.read().decode()
-        assert proc.wait(timeout=120) == 1
+    status, err = run_closing_stdout(code, timeout=120)
+    assert status == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
