@@ -395,3 +395,41 @@ def test_whole_float_ranks_port_from_t3f():
     for bad in (2.5, True, float("nan"), [2, 2.5]):
         with pytest.raises(TypeError, match="tt_rank must"):
             tt.random_tensor((2, 3, 4), bad)
+
+
+def test_tt_normal_refuses_cores_that_are_not_one_tt():
+    """A batch's 5-D cores (the batch size read as a rank: variance 0.02 instead of 1), ranks that do not chain
+    and 1-D tensors were filled silently."""
+    from tensortrain.nn.init import tt_normal_
+
+    for cores in (
+        [torch.empty(100, 1, 3, 2, 2), torch.empty(100, 2, 3, 2, 1)],
+        [torch.empty(1, 3, 2), torch.empty(5, 3, 1)],
+        [torch.empty(2, 3, 1)],
+        [torch.empty(4)],
+        [torch.empty(1, 3, 2), torch.empty(2, 3, 4, 1)],
+    ):
+        with pytest.raises(tt.ShapeError, match="tt_normal_: "):
+            tt_normal_(cores, 1.0)
+
+
+def test_fans_past_the_float_range():
+    """glorot/he/lecun and dense_variance computed 2 / (M + N) with ints past the float range (1030 modes of 2):
+    an OverflowError, though the std they give is a plain float."""
+    w = tt.glorot_initializer([[2] * 1030, [2] * 1030], tt_rank=2, dtype=torch.float64)
+    assert all(torch.isfinite(c).all() and c.abs().sum() > 0 for c in w.tt_cores)
+    assert tt.he_initializer([[2] * 1030, [2] * 1030], tt_rank=2).tt_ranks[1] == 2
+    assert tt.nn.init.dense_variance("glorot", 2**1030, 2**1030) == pytest.approx(2.0**-1030)
+    v = tt.nn.init.dense_variance("he", torch.tensor(4), 3)  # a tensor fan: a float all the same
+    assert type(v) is float and v == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "value", [np.complex128(2j), np.bool_(True), torch.tensor(1 + 1j), torch.tensor(True)]
+)
+def test_numpy_and_torch_scalars_that_are_not_real_are_refused(value):
+    """True and 1j were refused, but numpy's and torch's: a complex stddev lost its imaginary part (a zero TT,
+    with only a ComplexWarning), a numpy bool passed as 1.0, a complex tensor failed inside torch."""
+    for kw in ({"stddev": value}, {"mean": value}):
+        with pytest.raises(TypeError, match="must be a real number"):
+            tt.random_tensor((3, 4), **kw)

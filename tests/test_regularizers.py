@@ -79,3 +79,16 @@ def test_keras_dense_layers_are_regularized():
         pytest.skip("keras is not installed")
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_tied_tt_weights_count_once():
+    """A head sharing an embedding's cores (the TT form of tied input and output embeddings) was penalized twice,
+    where the same layer used twice and model.parameters() count it once."""
+    emb = tt.nn.TTEmbedding(100, 16, tt_rank=4, voc_dims=(4, 5, 5), emb_dims=(4, 2, 2), dtype=torch.float64)
+    head = tt.nn.TTLinear(
+        16, 100, tt_rank=4, in_dims=(4, 2, 2), out_dims=(4, 5, 5), bias=False, dtype=torch.float64
+    )
+    head.cores = emb.cores
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    for reg in (tt.l2_regularizer(1.0), tt.cores_regularizer(lambda c: (c**2).sum(), 1.0)):
+        assert_close(reg(model), reg(emb))

@@ -99,6 +99,12 @@ def _add_cores(a: list[torch.Tensor], b: list[torch.Tensor], batch: bool) -> lis
     return out
 
 
+def fan_std(numerator: float, fan: int) -> float:
+    """``sqrt(numerator / fan)`` in logs: a fan of many modes (``2 ** 1030`` for 1030 modes of 2) is an int past
+    the float range, while the std it gives is not."""
+    return math.exp(0.5 * (math.log(numerator) - math.log(fan)))
+
+
 def per_core_std(std: float, ranks: Sequence[int], d: int) -> float:
     """The std ``s`` of i.i.d. core entries that gives full-tensor entries of std ``std`` (> 0) over ``d`` cores
     with TT-ranks ``ranks``: ``(std^2 / prod(ranks))^(1 / 2d)``, taken in logs (the product of many ranks
@@ -326,7 +332,7 @@ def glorot_initializer(
         >>> w = tt.glorot_initializer([[4, 7, 4, 7], [5, 5, 5, 5]], tt_rank=4)
     """
     m, n = _fans(shape, "glorot_initializer: shape")
-    std = math.sqrt(2.0 / (m + n))
+    std = fan_std(2, m + n)
     return random_matrix(shape, tt_rank, 0.0, std, generator=generator, dtype=dtype, device=device)
 
 
@@ -361,7 +367,7 @@ def he_initializer(
         >>> w = tt.he_initializer([[4, 7, 4, 7], [5, 5, 5, 5]], tt_rank=4)  # fan_in = 784
     """
     m, _ = _fans(shape, "he_initializer: shape")
-    std = math.sqrt(2.0 / m)
+    std = fan_std(2, m)
     return random_matrix(shape, tt_rank, 0.0, std, generator=generator, dtype=dtype, device=device)
 
 
@@ -394,5 +400,5 @@ def lecun_initializer(
         >>> w = tt.lecun_initializer([[4, 7, 4, 7], [5, 5, 5, 5]], tt_rank=4)  # fan_in = 784
     """
     m, _ = _fans(shape, "lecun_initializer: shape")
-    std = math.sqrt(1.0 / m)
+    std = fan_std(1, m)
     return random_matrix(shape, tt_rank, 0.0, std, generator=generator, dtype=dtype, device=device)

@@ -60,7 +60,9 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
                 f"{fname}: the module {type(x).__name__} has no TT weights (no TT layers inside); for cores kept "
                 "in a ParameterList (tt.tt_parameters), pass that list"
             )
-        return found
+        # tied weights (a head sharing an embedding's cores) count once, as model.parameters() lists them
+        unique = {tuple(id(c) for c in w.tt_cores): w for w in found}
+        return list(unique.values())
     raise TypeError(
         f"{fname}: expected a TT object, one TT's cores (a ParameterList) or an nn.Module with TT layers, got "
         f"{type(x).__name__}"

@@ -18,6 +18,7 @@ from typing import Literal, get_args
 
 import torch
 
+from ..errors import ShapeError
 from ..initializers import per_core_std
 from ..shapes import as_int
 
@@ -47,17 +48,40 @@ def dense_variance(init: str, fan_in: int, fan_out: int) -> float:
         >>> dense_variance("glorot", 784, 625)  # doctest: +ELLIPSIS
         0.00141...
     """
-    if as_int(fan_in) is None or as_int(fan_out) is None or fan_in < 1 or fan_out < 1:
+    fi, fo = as_int(fan_in), as_int(fan_out)
+    if fi is None or fo is None or fi < 1 or fo < 1:
         raise ValueError(f"dense_variance: fan_in and fan_out must be ints >= 1, got {fan_in!r}, {fan_out!r}")
+
+    def ratio(numerator: float, fan: int) -> float:  # (in logs: fans of many modes pass the float range)
+        return math.exp(math.log(numerator) - math.log(fan))
+
     if init == "linear":
-        return 1.0 / (3.0 * fan_in)
+        return ratio(1 / 3, fi)
     if init == "glorot":
-        return 2.0 / (fan_in + fan_out)
+        return ratio(2, fi + fo)
     if init == "he":
-        return 2.0 / fan_in
+        return ratio(2, fi)
     if init == "lecun":
-        return 1.0 / fan_in
+        return ratio(1, fi)
     raise ValueError(f"init must be one of {', '.join(map(repr, INIT_SCHEMES))}; got {init!r}")
+
+
+def _check_cores(cores: Sequence[torch.Tensor]) -> None:
+    """One TT's cores: all 3-D (TT-tensor) or all 4-D (TT-matrix), boundary ranks 1, ranks that chain (the
+    variance is split over the ranks read from the shapes: a batch or a broken chain gave another variance)."""
+    shapes = [tuple(c.shape) for c in cores]
+    if len({len(s) for s in shapes}) != 1 or len(shapes[0]) not in (3, 4):
+        raise ShapeError(
+            f"tt_normal_: cores must be all 3-D or all 4-D (one TT's, no batch), got shapes {shapes}"
+        )
+    if (
+        shapes[0][0] != 1
+        or shapes[-1][-1] != 1
+        or any(a[-1] != b[0] for a, b in zip(shapes[:-1], shapes[1:], strict=True))
+    ):
+        raise ShapeError(
+            f"tt_normal_: the cores' ranks must start and end at 1 and chain, got shapes {shapes}"
+        )
 
 
 def tt_normal_(
@@ -74,6 +98,7 @@ def tt_normal_(
 
     Raises:
         ValueError: a variance that is not positive and finite, or no cores.
+        ShapeError: cores that are not one TT's (3-D or 4-D alike, ranks from 1 to 1 that chain).
 
     Complexity: O(sum of core sizes).
 
@@ -88,6 +113,7 @@ def tt_normal_(
     d = len(cores)
     if d == 0:
         raise ValueError("tt_normal_: expected at least one core, got none")
+    _check_cores(cores)
     # the d-th root of the target std divided by the sqrt of the number of rank paths
     std = per_core_std(math.sqrt(variance), [int(c.shape[0]) for c in cores[1:]], d)
     with torch.no_grad():
