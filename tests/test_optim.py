@@ -291,3 +291,52 @@ def test_validation():
     x = tt.TensorTrain(list(layer.cores))
     with pytest.raises(ValueError, match="one gradient per core"):
         tt.optim.riemannian_gradient_from_cores(x, [torch.zeros(1)])
+
+
+def test_a_zero_core_is_refused_before_any_step():
+    """A TT with an all-zero core (a no-op adapter's usual init) is the zero tensor: the gradient built on
+    round's arbitrary frame there pointed uphill for some seeds, and a step raised the loss."""
+    g = torch.Generator().manual_seed(0)
+    other = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False, dtype=torch.float64)
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        layer.cores[0].zero_()
+    x = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    opt = tt.optim.RiemannianSGD(torch.nn.ModuleList([other, layer]), lr=1e-3)
+    (other(x).pow(2).sum() + layer(x).pow(2).sum()).backward()
+    before = [c.detach().clone() for c in other.cores]
+    with pytest.raises(ValueError, match="core 0 is all zeros, so the TT is the zero tensor"):
+        opt.step()
+    for c, b in zip(other.cores, before, strict=True):  # no TT moved
+        assert torch.equal(c, b)
+    with pytest.raises(ValueError, match="core 0 is all zeros"):
+        tt.optim.riemannian_gradient_from_cores(layer.weight, [c.grad for c in layer.cores])
+
+
+def test_bad_core_gradients_are_named():
+    x = tt.random_tensor((3, 4), tt_rank=2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"gradients of cores \[0, 1\] are not tensors"):
+        tt.optim.riemannian_gradient_from_cores(x, [None, None])
+    with pytest.raises(TypeError, match="have dtype torch.float32 on cpu, the cores torch.float64"):
+        tt.optim.riemannian_gradient_from_cores(x, [c.float() for c in x.tt_cores])
+
+
+def test_momentum_follows_a_layer_cast_to_another_dtype():
+    """The momentum direction stayed float32 after layer.double(): the next step failed with a ShapeError about
+    arguments the user never passed (torch's SGD carries on)."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False)
+    opt = tt.optim.RiemannianSGD(layer, lr=0.1, momentum=0.9)
+    layer(torch.randn(3, 8)).pow(2).sum().backward()
+    opt.step()
+    layer.double()
+    opt.zero_grad()
+    layer(torch.randn(3, 8, dtype=torch.float64)).pow(2).sum().backward()
+    opt.step()
+    assert layer.cores[0].dtype == torch.float64
+
+
+def test_project_of_an_empty_dense_batch_is_a_shape_error():
+    x = tt.random_tensor((3, 4, 2), tt_rank=2, dtype=torch.float64)
+    with pytest.raises(tt.ShapeError, match="empty batch"):
+        tt.project(torch.zeros(0, 3, 4, 2, dtype=torch.float64), x)

@@ -52,6 +52,18 @@ def _sweep_right(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Ten
     return out
 
 
+def _check_nonzero(cores: list[torch.Tensor], fname: str) -> None:
+    """A zero core makes the tensor zero, which lies on no manifold of fixed TT-rank: its "frame" from rounding is
+    arbitrary, and the gradient built on it pointed uphill as often as not (a zero-initialised adapter core)."""
+    zero = next((k for k, c in enumerate(cores) if not bool(c.detach().any())), None)
+    if zero is not None:
+        raise ValueError(
+            f"{fname}: core {zero} is all zeros, so the TT is the zero tensor, which has no tangent space at a "
+            "fixed TT-rank (the Riemannian gradient is undefined there); start from nonzero cores (e.g. a small "
+            "random core in place of the zero one)"
+        )
+
+
 def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any, Any]:
     """Gauged tangent deltas (batch axis of 1) of the Riemannian gradient, and their frame ``(U, V)``.
 
@@ -92,8 +104,9 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
         gradients carry nothing about the directions that would raise them.
 
     Raises:
-        TypeError: ``x`` is not a TensorTrain.
-        ValueError: the gradients' count or shapes differ from the cores'.
+        TypeError: ``x`` is not a TensorTrain, or a gradient's dtype or device differs from the cores'.
+        ValueError: the gradients' count or shapes differ from the cores', a gradient is None, or a core is all
+            zeros (the zero tensor has no tangent space at a fixed rank).
 
     Complexity: O(d n r^3).
 
@@ -109,11 +122,24 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
         raise TypeError(f"riemannian_gradient_from_cores: x must be a TensorTrain, got {type(x).__name__}")
     ts.check_where(x, "riemannian_gradient_from_cores")  # complex: refused, as project refuses it
     grads = list(core_grads)
+    missing = [k for k, a in enumerate(grads) if not isinstance(a, torch.Tensor)]
+    if missing:
+        raise ValueError(
+            f"riemannian_gradient_from_cores: the gradients of cores {missing} are not tensors (None before "
+            "backward, or for a core that took no part in the loss)"
+        )
     if len(grads) != x.ndims() or any(a.shape != c.shape for a, c in zip(grads, x.tt_cores, strict=True)):
         raise ValueError(
             "riemannian_gradient_from_cores: expected one gradient per core with the core's shape, got "
             f"{[tuple(a.shape) for a in grads]} for cores {[tuple(c.shape) for c in x.tt_cores]}"
         )
+    odd = [k for k, a in enumerate(grads) if a.dtype != x.dtype or a.device != x.device]
+    if odd:
+        raise TypeError(
+            f"riemannian_gradient_from_cores: the gradients of cores {odd} have dtype {grads[odd[0]].dtype} on "
+            f"{grads[odd[0]].device}, the cores {x.dtype} on {x.device}"
+        )
+    _check_nonzero(list(x.tt_cores), "riemannian_gradient_from_cores")
     point = x.detach()
     deltas, u, v = _core_deltas([_flat(c) for c in point.tt_cores], [_flat(a.detach()) for a in grads])
     # Re-expressed in x's own tangent frame, the one project(., x) and gradients(., x) use: the deltas above are
@@ -147,8 +173,9 @@ class RiemannianSGD(torch.optim.Optimizer):
 
     Raises:
         ValueError: a bad ``lr``/``momentum`` (a group's own too) or an empty parameter set; in :meth:`step`, a
-            TT whose cores are partly frozen (``requires_grad=False``; a wholly frozen TT is skipped) or a
-            non-finite gradient (every TT is checked first: then no TT has moved).
+            TT whose cores are partly frozen (``requires_grad=False``; a wholly frozen TT is skipped), a
+            non-finite gradient, or an all-zero core (the zero tensor has no tangent space at a fixed rank; every
+            TT is checked first: then no TT has moved).
         TypeError: a parameter set that is not a sequence of cores, or a TensorTrainBatch.
 
     Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
@@ -203,6 +230,7 @@ class RiemannianSGD(torch.optim.Optimizer):
             )
         if not all(bool(torch.isfinite(c.grad).all()) for c in cores if c.grad is not None):
             raise ValueError("RiemannianSGD: a core's gradient contains NaN or inf; no TT was changed")
+        _check_nonzero(cores, "RiemannianSGD (no TT was changed)")
         return True
 
     def _step_group(self, group: dict[str, Any]) -> None:
@@ -213,7 +241,8 @@ class RiemannianSGD(torch.optim.Optimizer):
         state = self.state[cores[0]]
         if group["momentum"] and "direction" in state:
             # Transport the previous direction to the new tangent space by projecting it.
-            previous = TensorTrain(state["direction"])
+            # (in the cores' dtype and device: the layer may have been moved or cast since, as SGD's buffers follow)
+            previous = TensorTrain([t.to(point.device, point.dtype) for t in state["direction"]])
             old, _, _, _ = ts.project_deltas(previous, point, "RiemannianSGD", frame=(u, v))
             deltas = [dl + group["momentum"] * o for dl, o in zip(deltas, old, strict=True)]
         if group["momentum"]:

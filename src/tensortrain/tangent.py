@@ -207,6 +207,8 @@ def dense_to_flat(
             f"(a leading batch axis is allowed)"
         )
     bsz = what.shape[0]
+    if bsz == 0:  # (as a TT batch of none is refused)
+        raise ShapeError(f"{fname}: dense `{names[0]}` is an empty batch (shape {tuple(what.shape)})")
     if where.is_tt_matrix():
         rows, cols = matrix_modes(where)
         d = len(rows)
