@@ -19,7 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import LAYER_CASES, interleaved, peer_layers  # noqa: E402
+from run import LAYER_CASES, interleaved, peer_layers, positive_int  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 
@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [c[0] for c in LAYER_CASES]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case", choices=names)
-    ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=positive_int, default=1024)
+    ap.add_argument("--repeats", type=positive_int, default=15)
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument(
         "--forward", action="store_true", help="time the forward only (default: forward+backward)"
     )
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "dense": nn.Linear(fin, fout),
         "tt": tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims),
     }
-    peers, notes = peer_layers(in_dims, out_dims, rank)
+    peers, notes = peer_layers(in_dims, out_dims, mods["tt"].weight.tt_ranks)  # type: ignore[union-attr]
     mods |= peers
     x = torch.randn(args.batch, fin, requires_grad=not args.forward)
     if args.forward:
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.case} batch {args.batch}, {what}, {times['_n']} repeats, threads {args.threads}; plan: {plan}"
     )
     for k in mods:
-        print(f"  {k:8s} {1000 * times[k]:9.2f} ms  {times[k] / times['dense']:.3f}x nn.Linear")
+        once = " (timed once)" if k in times["_once"] else ""
+        print(f"  {k:8s} {1000 * times[k]:9.2f} ms  {times[k] / times['dense']:.3f}x nn.Linear{once}")
     for k, note in notes.items():
         print(f"  {k}: {note}")
     return 0

@@ -14,8 +14,10 @@ executor with its own revision's chunk sizes.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import LAYER_CASES, interleaved  # noqa: E402
+from run import LAYER_CASES, interleaved, positive_int  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction_exec  # noqa: E402
@@ -33,13 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _show(rev: str, path: str) -> str:
-    out = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True)
+    out = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True)
+    if out.returncode != 0:
+        raise SystemExit(f"executor_ab: git show {rev}:{path} failed: {out.stderr.decode().strip()}")
     return out.stdout.decode()
 
 
 def load_old(rev: str):  # noqa: ANN201
     """``contraction_exec`` at ``rev``, with the cost module of ``rev`` (its block sizes and thresholds)."""
     tmp = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # (the modules are loaded from it until the end)
     (tmp / "old_contraction_cost.py").write_text(_show(rev, "src/tensortrain/contraction_cost.py"))
     src = _show(rev, "src/tensortrain/contraction_exec.py")
     src = src.replace("from . import contraction_cost as _cost", "import old_contraction_cost as _cost")
@@ -129,9 +134,11 @@ def time_sweep(old, layer, lin, batch: int, grad: bool, repeats: int, warm: bool
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--against", required=True, help="git revision of the old executor")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=11)
-    ap.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 1024)")
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--repeats", type=positive_int, default=11)
+    ap.add_argument(
+        "--batch", type=positive_int, action="append", help="batch size (repeatable; default 1024)"
+    )
     ap.add_argument("--sweeps", action="store_true", help="time the planned sweeps instead of the full plan")
     ap.add_argument("--cold", action="store_true", help="no untimed call right before each timed one")
     args = ap.parse_args(argv)

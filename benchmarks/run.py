@@ -85,8 +85,9 @@ def interleaved(
 ) -> dict:
     """Median seconds per call of each fn, the fns taking turns in every repeat.
 
-    A ``droppable`` fn (a peer) whose warm-up call takes over ``slow_s`` is timed once and reported as such
-    instead of holding up every repeat. ``warm_each``: call each fn once, untimed, right before its timed call,
+    A ``droppable`` fn (a peer) whose warm-up call takes over ``slow_s`` is timed once (a second call, after
+    the first's one-time setup) instead of holding up every repeat; ``"_once"`` lists those, ``"_n"`` is the
+    repeats the others got. ``warm_each``: call each fn once, untimed, right before its timed call,
     so that no timing starts with caches a bigger fn just filled (plans of one layer differ in footprint by
     100x: interleaved cold, a 1.4 ms batch-1 sweep timed at 8 ms after a full plan's 64 MiB W).
     """
@@ -96,6 +97,8 @@ def interleaved(
             t0 = time.perf_counter()
             f()
             if k in droppable and time.perf_counter() - t0 > slow_s:
+                t0 = time.perf_counter()  # (the first call paid the one-time setup)
+                f()
                 once[k] = time.perf_counter() - t0
                 break
     fns = {k: f for k, f in fns.items() if k not in once}
@@ -110,9 +113,8 @@ def interleaved(
             times[k].append(time.perf_counter() - t0)
         if rep >= 2 and time.perf_counter() - start > budget_s:  # huge cases: fewer repeats, still a median
             break
-    return (
-        {k: statistics.median(v) for k, v in times.items()} | once | {"_n": len(next(iter(times.values())))}
-    )
+    n = len(next(iter(times.values()))) if times else 0
+    return {k: statistics.median(v) for k, v in times.items()} | once | {"_n": n, "_once": sorted(once)}
 
 
 def saved_bytes(step: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -> int:
@@ -160,16 +162,18 @@ def tt_peak_bytes(layer: nn.Module, x: torch.Tensor) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- peers
-def peer_layers(in_dims: tuple, out_dims: tuple, rank: int) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """Peers' TT layers for one case, or a note saying why not."""
+def peer_layers(
+    in_dims: tuple, out_dims: tuple, ranks: tuple[int, ...]
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Peers' TT layers for one case at the TT layer's own ranks (``ranks``: all ``d + 1``, the nominal rank clipped
+    where the modes cannot use it, as ``TTLinear`` clips it), or a note saying why not."""
     layers: dict[str, nn.Module] = {}
     notes: dict[str, str] = {}
-    d = len(in_dims)
     try:
         import tltorch
 
         layers["tltorch"] = tltorch.FactorizedLinear(
-            in_dims, out_dims, factorization="blocktt", rank=rank, implementation="factorized"
+            in_dims, out_dims, factorization="blocktt", rank=list(ranks), implementation="factorized"
         )
     except ImportError:
         notes["tltorch"] = "skipped: not installed"
@@ -178,7 +182,7 @@ def peer_layers(in_dims: tuple, out_dims: tuple, rank: int) -> tuple[dict[str, n
     try:
         import torchtt
 
-        layer = torchtt.nn.LinearLayerTT(list(in_dims), list(out_dims), [1] + [rank] * (d - 1) + [1])
+        layer = torchtt.nn.LinearLayerTT(list(in_dims), list(out_dims), list(ranks))
 
         class _Flat(nn.Module):
             def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +211,7 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
         torch.manual_seed(0)
         dense = nn.Linear(fin, fout)
         ttl = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
-        others, notes = peer_layers(in_dims, out_dims, rank) if peers else ({}, {})
+        others, notes = peer_layers(in_dims, out_dims, ttl.weight.tt_ranks) if peers else ({}, {})
         mods: dict[str, nn.Module] = {"dense": dense, "tt": ttl, **others}
         bounded = copy.deepcopy(ttl)
         bounded.max_saved_bytes = fin * fout * 4  # what the dense weight takes (float32)
@@ -241,6 +245,8 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
                     "plan_flops_training": p_tr.flops_forward + p_tr.flops_backward,
                     "dense_flops_forward": dense_f,
                     "repeats": fwd["_n"],
+                    "repeats_fwdbwd": fb["_n"],
+                    "timed_once": {"fwd": fwd["_once"], "fwdbwd": fb["_once"]},
                     "fwd_s": {k: fwd[k] for k in mods},
                     "fwdbwd_s": {k: fb[k] for k in mods},
                     "gflops_fwd": {
@@ -445,6 +451,11 @@ def _peak(r: dict) -> str:
     return f"{pk['tt'] / 2**20:.3g} / {pk['dense'] / 2**20:.3g}" if pk else "-"
 
 
+def _rebuilt(f: dict) -> str:
+    # (files written before the rebuilt-halves timing existed have none)
+    return "" if "tt_rebuilt" not in f else f"; {f['tt_rebuilt'] * 1e3:.3g} ms rebuilding the kept halves"
+
+
 def markdown(results: dict) -> str:
     lines = [
         f"{results['meta'].get('cpu_model', 'cpu ?')}, "
@@ -463,9 +474,11 @@ def markdown(results: dict) -> str:
     for r in results.get("layers", []):
         f, fb, gf = r["fwd_s"], r["fwdbwd_s"], r["gflops_fwd"]
         peers = []
+        once = r.get("timed_once", {})
         for k in f:
             if k not in ("tt", "dense"):
-                peers.append(f"{k} {f[k] / f['dense']:.2f}x, {fb[k] / fb['dense']:.2f}x")
+                marks = ["" if k not in once.get(part, ()) else " (timed once)" for part in ("fwd", "fwdbwd")]
+                peers.append(f"{k} {f[k] / f['dense']:.2f}x{marks[0]}, {fb[k] / fb['dense']:.2f}x{marks[1]}")
         peers += [f"{k}: {v}" for k, v in r["peer_notes"].items() if k not in f]
         sb = r["saved_bytes"]
         lines.append(
@@ -529,7 +542,7 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             f"TTEmbedding {e['case']}: lookup {f['tt'] * 1e3:.3g} ms / nn.Embedding {f['dense'] * 1e3:.3g} ms "
-            f"({f['tt'] / f['dense']:.1f}x; {f['tt_rebuilt'] * 1e3:.3g} ms rebuilding the kept halves); lookup+backward {b['tt'] * 1e3:.3g} ms / {b['dense'] * 1e3:.3g} ms "
+            f"({f['tt'] / f['dense']:.1f}x{_rebuilt(f)}); lookup+backward {b['tt'] * 1e3:.3g} ms / {b['dense'] * 1e3:.3g} ms "
             f"({b['tt'] / b['dense']:.2f}x); parameters {e['params']['tt']:,} / {e['params']['dense']:,}",
         ]
     if "demo" in results:
@@ -542,25 +555,58 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+SECTIONS = ("layers", "stack", "decompositions", "algebra", "embedding", "demo")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (a usage error otherwise, not a traceback from torch or statistics)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=11)
+    ap = argparse.ArgumentParser(
+        description="The benchmark suite: TTLinear against nn.Linear and peers, memory-bounded stacks, TT-SVD and "
+        "rounding, the algebra, TTEmbedding and the MNIST demo's training speed (see the module docstring)."
+    )
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    ap.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=None,
+        help="timed repeats per cell (default 11; 5 with --quick)",
+    )
     ap.add_argument("--quick", action="store_true", help="fewer cases and repeats (a few minutes less)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--sections", default="layers,stack,decompositions,algebra,embedding,demo")
-    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, of: {', '.join(SECTIONS)} (default: all)",
+    )
+    ap.add_argument("--no-peers", action="store_true", help="do not time tensorly-torch and torchTT")
     ap.add_argument("--cold", action="store_true", help="time layers cold (see the module docstring)")
     args = ap.parse_args(argv)
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    unknown = sorted(sections - set(SECTIONS))
+    if unknown or not sections:
+        ap.error(f"--sections: unknown {unknown or 'none given'}; valid: {', '.join(SECTIONS)}")
+    if args.json is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        ap.error(f"--json {args.json}: its folder does not exist (checked before the run, not after)")
     torch.set_num_threads(args.threads)
-    sections = set(args.sections.split(","))
-    repeats = 5 if args.quick else args.repeats
+    repeats = args.repeats if args.repeats is not None else 5 if args.quick else 11
     cases = [
         c for c in LAYER_CASES if not args.quick or c[0] in ("784x625-r4", "784x625-r16", "768x3072-r16")
     ]
     results: dict[str, Any] = {
         "meta": {
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "command": " ".join(
+                [os.path.basename(sys.executable), sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+            ),
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "threads": args.threads,
             "torch": torch.__version__,
@@ -590,9 +636,11 @@ def main(argv: list[str] | None = None) -> int:
         results["demo"] = bench_demo(50 if args.quick else 200)
     results["meta"]["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(markdown(results))
-    if args.json:
-        with open(args.json, "w") as fh:
+    if args.json:  # written whole or not at all: a failed write leaves a previous file as it was
+        tmp = f"{args.json}.tmp-{os.getpid()}"
+        with open(tmp, "w") as fh:
             json.dump(results, fh, indent=1)
+        os.replace(tmp, args.json)
     return 0
 
 

@@ -27,7 +27,9 @@ import tensortrain as tt
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        description="Tensor completion by Riemannian conjugate gradients (--no-cg: plain gradient descent)."
+    )
     p.add_argument("--shape", type=int, nargs="+", default=[10, 10, 10, 10], help="mode sizes of the tensor")
     p.add_argument("--rank", type=int, default=3, help="TT-rank of the ground truth and of the model")
     p.add_argument("--fraction", type=float, default=0.2, help="fraction of entries observed, in (0, 1]")
@@ -47,7 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def observed_indices(shape: list[int], fraction: float, gen: torch.Generator) -> torch.Tensor:
     """A random set of ``fraction * numel`` distinct multi-indices, shape ``(K, d)``."""
     numel = math.prod(shape)
-    flat = torch.randperm(numel, generator=gen)[: max(1, round(fraction * numel))]
+    k = max(1, round(fraction * numel))
+    if numel <= 10**7:  # (the README's seeded run draws this way)
+        flat = torch.randperm(numel, generator=gen)[:k]
+    else:  # a permutation of every position would take as much memory as the dense tensor: distinct draws
+        picked = torch.empty(0, dtype=torch.long)
+        while picked.numel() < k:
+            more = torch.randint(numel, (2 * (k - picked.numel()),), generator=gen)
+            picked = torch.unique(torch.cat([picked, more]))
+        flat = picked[torch.randperm(picked.numel(), generator=gen)[:k]]
     return torch.stack(torch.unravel_index(flat, tuple(shape)), dim=1)
 
 

@@ -36,3 +36,15 @@ def test_tensor_completion_rejects_bad_options(capsys):
     with pytest.raises(SystemExit):
         example.main(["--fraction", "1.5"])
     assert "--fraction must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_observed_indices_of_a_large_tensor_are_distinct_without_a_full_permutation():
+    """A permutation of every position took as much memory as the dense tensor (1 GB for 10^8 entries, 10^4
+    observed); large tensors draw distinct positions instead."""
+    import torch
+
+    example = load_example()
+    gen = torch.Generator().manual_seed(0)
+    idx = example.observed_indices([100, 100, 100, 100], 1e-4, gen)
+    assert idx.shape == (10_000, 4) and int(idx.min()) >= 0 and int(idx.max()) < 100
+    assert torch.unique(idx, dim=0).shape[0] == 10_000

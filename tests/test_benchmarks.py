@@ -1,0 +1,89 @@
+"""The benchmark scripts' own logic (no timing judged): repeats, peers timed once, argument errors, reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import calibrate  # noqa: E402
+import run  # noqa: E402
+
+
+def test_interleaved_marks_peers_timed_once():
+    """A slow peer was timed on its first (setup) call, unmarked; with every fn dropped, StopIteration."""
+    calls = {"n": 0}
+
+    def peer() -> None:
+        calls["n"] += 1
+        time.sleep(0.05 if calls["n"] == 1 else 0.02)
+
+    out = run.interleaved({"fast": lambda: None, "peer": peer}, 3, droppable=("peer",), slow_s=0.01)
+    assert out["_once"] == ["peer"] and out["_n"] == 3
+    assert calls["n"] == 2  # a second call was timed, after the first one's setup
+    alone = run.interleaved({"peer": peer}, 3, droppable=("peer",), slow_s=0.001)
+    assert alone["_once"] == ["peer"] and alone["_n"] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--repeats", "0"], "argument --repeats: expected an int >= 1, got 0"),
+        (["--threads", "-1"], "argument --threads: expected an int >= 1, got -1"),
+        (["--sections", "layers,bogus"], "--sections: unknown ['bogus']"),
+        (["--json", "no/such/folder/x.json"], "its folder does not exist"),
+    ],
+)
+def test_run_refuses_bad_arguments_before_running(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        run.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_committed_results_render():
+    """results-1thread.json predates the embedding's rebuilt-halves timing: markdown raised KeyError."""
+    for name in ("results.json", "results-1thread.json"):
+        text = run.markdown(json.loads((BENCH / name).read_text()))
+        assert "| case | batch |" in text
+
+
+def test_peers_get_the_tt_layers_ranks():
+    """tltorch and torchTT were built at rank 64 where TTLinear clips the first rank to 16 (768x3072)."""
+    pytest.importorskip("tltorch")
+    import tensortrain as tt
+
+    ttl = tt.nn.TTLinear(768, 3072, tt_rank=64, in_dims=(4, 4, 6, 8), out_dims=(4, 8, 8, 12))
+    peers, _ = run.peer_layers((4, 4, 6, 8), (4, 8, 8, 12), ttl.weight.tt_ranks)
+    ours = sum(p.numel() for p in ttl.cores.parameters())
+    for layer in peers.values():
+        cores = [p for p in layer.parameters() if p.dim() == 4]
+        assert sum(p.numel() for p in cores) == ours
+
+
+def test_calibrate_reports_from_saved_timings(tmp_path, capsys):
+    """The report zipped six names with the cost model's seven constants (full_call): it crashed at the end of
+    every run, before writing its JSON."""
+    rows = [
+        {"case": "784x625-r4", "batch": 1, "grad": False, "program": ["sweep", "rtl", [[0, 2], [2, 4]]],
+         "describe": "sweep rtl [0:2][2:4]", "seconds": 1e-4},
+        {"case": "784x625-r4", "batch": 1, "grad": False, "program": ["full", "recompute", [[0, 2], [2, 4]]],
+         "describe": "full", "seconds": 2e-4},
+    ]  # fmt: skip
+    (tmp_path / "rows.json").write_text(json.dumps({"rows": rows}))
+    import torch
+
+    threads = torch.get_num_threads()
+    argv = ["--threads", "1", "--load", str(tmp_path / "rows.json"), "--search", "0"]
+    try:
+        assert calibrate.main([*argv, "--json", str(tmp_path / "cal.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)  # (main sets the process's threads)
+    out = json.loads((tmp_path / "cal.json").read_text())
+    assert set(out["current"]) == {*calibrate.NAMES, "full_call"}
+    assert "full_call" in capsys.readouterr().out
