@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -743,6 +744,17 @@ def test_the_same_file_for_two_options_is_refused(models, tmp_path, capsys):
         assert main([*argv, *extra]) == 1
         assert message in capsys.readouterr().err
     assert (tmp_path / "w.pt").read_bytes() == before and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_two_outputs_into_one_device_are_fine(tmp_path):
+    """--out /dev/null --report-json /dev/null was refused as "the same file", though devices and FIFOs are
+    written into, not replaced."""
+    import argparse
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    cli_commands._check_distinct(argparse.Namespace(weights=None, out=str(fifo), report_json=str(fifo)))
 
 
 @pytest.mark.parametrize("option", ["--out", "--report-json"])

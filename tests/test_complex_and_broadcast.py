@@ -264,3 +264,11 @@ def test_a_tt_is_not_a_sequence_for_torch_either():
         with pytest.raises(TypeError, match="has no length: it is not a sequence; tt.full"):
             call()
     assert bool(a) and (+a) is a
+
+
+def test_to_keeps_torchs_other_arguments():
+    """.to(copy=True) (and a dtype with copy=True) raised once .to parsed its dtype with torch's parser."""
+    x = tt.random_matrix([[2, 3], [3, 2]], tt_rank=2)
+    for y in (x.to(copy=True), x.to(torch.float32, copy=True), x.to("cpu", torch.float64, non_blocking=True)):
+        assert y.tt_cores[0].data_ptr() != x.tt_cores[0].data_ptr()
+        assert_close(tt.full(y).to(x.dtype), tt.full(x))

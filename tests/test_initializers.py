@@ -433,3 +433,12 @@ def test_numpy_and_torch_scalars_that_are_not_real_are_refused(value):
     for kw in ({"stddev": value}, {"mean": value}):
         with pytest.raises(TypeError, match="must be a real number"):
             tt.random_tensor((3, 4), **kw)
+
+
+def test_decimal_and_overflowing_moments():
+    """A Decimal stddev was refused once scalars had to be numbers.Real; 10**400 failed with OverflowError."""
+    import decimal
+
+    assert tt.random_tensor((3, 4), stddev=decimal.Decimal("0.5")).tt_ranks == (1, 2, 1)
+    with pytest.raises(ValueError, match="stddev must be finite"):
+        tt.random_tensor((3, 4), stddev=10**400)

@@ -94,6 +94,8 @@ def test_load_refuses_a_dtype_for_the_device(tmp_path, gen):
     tt.save(_tt(gen), tmp_path / "a.safetensors")
     with pytest.raises(TypeError, match=r"device must be a torch.device .*torch.float16.*tt.cast"):
         tt.load(tmp_path / "a.safetensors", torch.float16)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="gpu"):  # a misspelled device: torch's own message, no cast hint
+        tt.load(tmp_path / "a.safetensors", "gpu")
 
 
 def test_metadata_round_trip_and_interop(tmp_path, gen):

@@ -298,3 +298,11 @@ def test_slice_steps_past_int64():
     assert_close(tt.full(a[:, 1 :: 2**70, ::7]), tt.full(a)[:, 1:2, ::7])
     b = tt.random_tensor_batch((2, 3), batch_size=4, dtype=torch.float64)
     assert_close(tt.full(b[1 :: 2**70]), tt.full(b)[1:2])
+
+
+def test_a_uint64_index_past_int64_is_out_of_range():
+    """Read as int64, 2**64 - 1 wrapped to -1: the last element, silently."""
+    b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=4)
+    for value in (2**64 - 1, 2**63 + 1):
+        with pytest.raises(IndexError, match="out of range"):
+            b[torch.tensor([value], dtype=torch.uint64)]

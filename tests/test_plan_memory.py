@@ -385,3 +385,29 @@ def test_the_bound_counts_copies_of_cores_in_another_layout(gen):
     w = tt.transpose(tt.TensorTrain(cores))
     for bound in (50_000, 200_000):
         assert _kept_bytes(lambda b=bound: C.linear(x, w, max_saved_bytes=b), _own(x, *cores)) <= bound
+
+
+def test_plan_reports_what_linear_runs_for_cores_in_another_layout(gen, monkeypatch):
+    """linear counts the copies of non-contiguous cores against the bound; plan() did not, and named another
+    plan than the one linear ran (a transposed 3-core weight, bound 37,000 bytes)."""
+    import tensortrain.contraction as contraction_module
+    import tensortrain.contraction_plan as plan_module
+
+    ran: list = []
+    real = plan_module.choose_program
+
+    def spy(*args, **kwargs):
+        prog = real(*args, **kwargs)
+        ran.append(prog)
+        return prog
+
+    monkeypatch.setattr(contraction_module, "choose_program", spy)
+    monkeypatch.setattr(plan_module, "choose_program", spy)
+    v = tt.random_matrix([[4, 6, 8], [8, 6, 4]], tt_rank=8, generator=gen)
+    w = tt.transpose(tt.TensorTrain([c.clone().requires_grad_() for c in v.tt_cores]))
+    x = torch.randn(256, 192, generator=gen)
+    for bound in range(0, 300_000, 3_000):
+        ran.clear()
+        C.linear(x, w, max_saved_bytes=bound)
+        C.plan(w, 256, max_saved_bytes=bound, requires_grad=True)
+        assert ran[0] == ran[-1], bound

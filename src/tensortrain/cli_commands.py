@@ -31,7 +31,7 @@ from torch import nn
 from . import __version__
 from .compression import CompressionReport, compress
 from .compression_report import fmt_dims, text_table
-from .io import TTFileError, atomic_write, load, names_folder, read_metadata
+from .io import TTFileError, atomic_write, load, names_folder, read_metadata, special_file
 from .tensor_train import TensorTrainBatch
 
 __all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
@@ -485,7 +485,8 @@ def _check_distinct(args: argparse.Namespace) -> None:
     ]
     for i, (opt_a, a) in enumerate(named):
         for opt_b, b in named[i + 1 :]:
-            if os.path.realpath(a) == os.path.realpath(b):
+            # (devices and FIFOs are written into, not replaced: --out /dev/null --report-json /dev/null is fine)
+            if os.path.realpath(a) == os.path.realpath(b) and not special_file(a):
                 raise CommandError(
                     f"{opt_a} {a} and {opt_b} {b} are the same file; give {opt_b} another name"
                 )

@@ -8,7 +8,6 @@ The public names are re-exported by :mod:`tensortrain.initializers`.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,11 +115,13 @@ def _batch_size(batch_size: Any) -> int:
 def _real(value: Any, name: str) -> float:
     """``value`` as a finite float; strings and bools are refused (``"0.5"`` or ``True`` is a mistake here)."""
     plain = plain_scalar(value)  # (numpy and 0-dim tensor scalars as Python numbers)
-    if isinstance(plain, (str, bytes, bool)) or not isinstance(plain, numbers.Real):
+    if isinstance(plain, (str, bytes, bool, complex)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
-        x = float(plain)
-    except (TypeError, ValueError, OverflowError):
+        x = float(plain)  # (Decimal and Fraction too)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got {value!r}") from None
+    except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")

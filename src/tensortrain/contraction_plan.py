@@ -411,6 +411,10 @@ def plan(
         requires_grad = grad_recorded() and any(c.requires_grad for c in cores)
     _check_flag(requires_grad, "plan", "requires_grad")
     max_saved = check_max_saved(max_saved_bytes, "plan")
+    if requires_grad and max_saved is not None:
+        # as linear counts them (contraction.apply_unchecked): the copies of cores in another layout
+        copies = sum(c.numel() * c.element_size() for c in cores if c.requires_grad and not c.is_contiguous())
+        max_saved = max(0, max_saved - copies)
     _check_flag(cached_merges, "plan", "cached_merges")
     cached = cached_merges and not requires_grad
     prog = choose_program(cores, batch_size, requires_grad, strategy, cached, max_saved)

@@ -193,7 +193,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         OSError: the temporary file cannot be created (e.g. ``PermissionError`` in a read-only folder),
             re-raised as the same type naming ``path``; or writing, syncing or renaming failed.
     """
-    if _special(path):
+    if special_file(path):
         with open(path, "wb") as f:
             f.write(data)
         return
@@ -218,7 +218,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def _special(path: Path) -> bool:
+def special_file(path: PathLike) -> bool:
     """Whether ``path`` exists (through links) and is neither a regular file nor a folder."""
     try:
         mode = os.stat(path).st_mode
@@ -256,6 +256,7 @@ def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrai
         TTFileError: the file is truncated or corrupt, is not a safetensors file, is a safetensors file
             that :func:`save` did not write, was written by a newer format version, or its cores disagree
             with its recorded structure. The message names the file.
+        TypeError: ``device`` is a dtype (``tt.load`` does not cast).
         OSError: the file cannot be read (e.g. ``FileNotFoundError``).
 
     Complexity: O(d n^2 r^2) time and memory (``B`` times that for a batch).
@@ -267,14 +268,11 @@ def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrai
         >>> tt.load(path).is_tt_matrix()
         True
     """
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (TypeError, RuntimeError) as e:
-            raise TypeError(
-                f"tt.load: device must be a torch.device or a string such as 'cpu', got {device!r} "
-                "(tt.load does not cast: use tt.cast on the result)"
-            ) from e
+    if isinstance(device, torch.dtype):
+        raise TypeError(
+            f"tt.load: device must be a torch.device or a string such as 'cpu', got the dtype {device} (tt.load "
+            "does not cast: use tt.cast on the result)"
+        )
     path = Path(path)
     data = path.read_bytes()
     info, _ = _parse(path, data)

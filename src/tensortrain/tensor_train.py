@@ -254,10 +254,12 @@ class TensorTrainBase:
         """
         if args and isinstance(args[0], TensorTrainBase):  # (x.to(other): as torch's x.to(other_tensor))
             args = (args[0].device, args[0].dtype, *args[1:])
-        try:  # (torch's own parser of .to's arguments: the target dtype, whichever form names it)
-            dtype = torch._C._nn._parse_to(*args, **kwargs)[1]
-        except TypeError as e:
-            raise TypeError(f"{type(self).__name__}.to: {e}") from None
+        # the target dtype, whichever form names it: dtype=, a dtype among the arguments, or a tensor's
+        dtype = kwargs.get("dtype")
+        for a in args if dtype is None else ():
+            if isinstance(a, torch.dtype | torch.Tensor):
+                dtype = a if isinstance(a, torch.dtype) else a.dtype
+                break
         if dtype is not None:
             check_cast(self.dtype, dtype, f"{type(self).__name__}.to")
         return self._same_values(self._new([c.to(*args, **kwargs) for c in self._tt_cores]))
