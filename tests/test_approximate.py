@@ -128,3 +128,9 @@ def test_reduce_sum_batch_list_weights_keep_the_batch_precision(dtype, gen):
     for weights in (coef, [[c] for c in coef], torch.tensor(coef, dtype=dtype)):
         got = tt.full(tt.approximate.reduce_sum_batch(b, 10, weights))
         torch.testing.assert_close(got.reshape(want.shape), want, rtol=1e-13, atol=1e-13)
+
+
+def test_reduce_sum_batch_refuses_a_coef_without_columns():
+    b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=5, dtype=torch.float64)
+    with pytest.raises(tt.ShapeError, match=r"reduce_sum_batch: coef must have shape .*N >= 1.*\(5, 0\)"):
+        tt.approximate.reduce_sum_batch(b, 3, coef=torch.zeros(5, 0, dtype=torch.float64))

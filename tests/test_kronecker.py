@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given
@@ -82,3 +84,20 @@ def test_determinant_where_factor_powers_overflow_and_underflow():
         assert abs(float(tt.kronecker.determinant(a)) - 1.0) < 1e-4
     exact = tt.TensorTrain([2 * torch.eye(2)[None, :, :, None], 3 * torch.eye(3)[None, :, :, None]])
     assert float(tt.kronecker.determinant(exact)) == 46656.0  # no digits lost to exp(log) in float32
+
+
+def test_determinant_at_a_singular_factor_under_torch_func():
+    """Under torch.func (and forward AD) every call took the slogdet path, whose backward solves with the
+    singular factor: grad raised LinAlgError and jacfwd gave NaN; the dense det(kron) gives zeros."""
+    s = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
+    f2 = 2 * torch.eye(3, dtype=torch.float64)
+
+    def kron_det(a: torch.Tensor) -> torch.Tensor:
+        return tt.kronecker.determinant(tt.TensorTrain([a[None, :, :, None], f2[None, :, :, None]]))
+
+    want = torch.func.grad(lambda a: torch.linalg.det(torch.kron(a, f2)))(s)
+    assert_close(torch.func.grad(kron_det)(s), want)
+    with warnings.catch_warnings():  # (torch's forward AD of a linalg op scripts a decomposition: deprecated)
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+        assert_close(torch.func.jacfwd(kron_det)(s), want)
+    assert_close(torch.func.vmap(torch.func.grad(kron_det))(torch.stack([s, s + torch.eye(2)]))[0], want)

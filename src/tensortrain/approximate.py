@@ -82,9 +82,9 @@ def _weights(coef: Any, bsz: int, like: TensorTrainBase) -> torch.Tensor | None:
     c = as_scales(coef, dtype=like.dtype, device=like.device, fn="reduce_sum_batch", name="coef")
     if c.dim() == 1:
         c = c[:, None]
-    if c.dim() != 2 or c.shape[0] != bsz:
+    if c.dim() != 2 or c.shape[0] != bsz or c.shape[1] == 0:
         raise ShapeError(
-            f"reduce_sum_batch: coef must have shape ({bsz},) or ({bsz}, N) for a batch of {bsz}, "
+            f"reduce_sum_batch: coef must have shape ({bsz},) or ({bsz}, N) with N >= 1 for a batch of {bsz}, "
             f"got {tuple(raw.shape)}"
         )
     return c

@@ -85,7 +85,8 @@ def determinant(kron_a: TensorTrainBase) -> torch.Tensor:
     wide = [f.to(wide_dtype(f)) for f in factors]
     sign, logabsdet = _slogdet(wide)
     singular = sign == 0
-    if transforms_active() or not bool(singular.any()):
+    if not transforms_active() and not bool(singular.any()):
+        # (under a transform no data-dependent branch: both paths below, picked per element by torch.where)
         return (sign * torch.exp(logabsdet)).to(factors[0].dtype)
     # At a singular factor the gradient of exp(log|det|) is 0 * inf = NaN. Singular elements take another
     # branch, the non-singular ones the slogdet path; each branch sees identities where the other is taken, so
@@ -101,7 +102,9 @@ def determinant(kron_a: TensorTrainBase) -> torch.Tensor:
         # 0 * inf = NaN there (a non-singular factor's power overflowing): a zero tied to the graph instead.
         direct = torch.zeros_like(sign) + sum((f * 0).sum((-2, -1)) for f in wide)
     else:
-        # One matrix factor, appearing once: the product is exact, and det's own backward is finite there.
+        # One matrix factor, appearing once: the product is exact, and det's own backward is finite there (at an
+        # exactly singular factor it is torch.linalg.det's own gradient, which torch 2.13 gives as 0 where the
+        # adjugate is the true one; a dense det has the same gradient)
         direct = torch.ones_like(sign)
         for f, e, n in zip(wide, eyes, sizes, strict=True):
             direct = direct * torch.linalg.det(torch.where(pick, f, e)) ** float(total // n)
