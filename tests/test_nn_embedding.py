@@ -365,3 +365,35 @@ def test_wide_unsigned_indices_are_a_type_error():
         with pytest.raises(TypeError, match=f"signed type or uint8 .*got {dtype}"):
             emb(torch.tensor([1, 2], dtype=dtype))
     assert emb(torch.tensor([1, 2], dtype=torch.uint8)).shape == (2, 8)
+
+
+def test_a_padding_row_that_overflows_passes_no_gradient():
+    """The padding row was still contracted and only masked after: in float16 its overflowed (inf) product times
+    the zero gradient gave NaN core gradients."""
+    from tensortrain.nn.functional import tt_embedding
+
+    g = torch.Generator().manual_seed(0)
+    cores = [
+        torch.randn(1, 4, 2, 2, generator=g),
+        torch.randn(2, 4, 2, 2, generator=g),
+        torch.randn(2, 4, 2, 1, generator=g),
+    ]
+    cores = [c.half() for c in cores]
+    cores[0][:, 0] = 300.0
+    cores[1][:, 1] = 300.0  # rows 4..7 overflow float16
+    cores = [c.requires_grad_() for c in cores]
+    out = tt_embedding(torch.tensor([5, 20, 33]), tt.TensorTrain(cores), padding_idx=5)
+    assert bool(out.isfinite().all()) and not bool(out[0].any())
+    for grad in torch.autograd.grad(out.float().sum(), cores):
+        assert bool(grad.isfinite().all())
+
+
+def test_a_padding_idx_past_int64_on_a_huge_table():
+    """On a table past 2**64 rows, padding_idx=-1 (or >= 2**64) failed comparing int64 indices with it."""
+    from tensortrain.nn.functional import tt_embedding
+
+    m = 2**22  # 2**66 rows
+    w = tt.TensorTrain([torch.randn(1, m, 2, 2), torch.randn(2, m, 1, 2), torch.randn(2, m, 2, 1)])
+    want = tt_embedding(torch.tensor([5]), w)
+    for pad in (-1, 2**64):
+        assert_close(tt_embedding(torch.tensor([5]), w, padding_idx=pad), want)

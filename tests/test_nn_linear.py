@@ -861,3 +861,10 @@ def test_sparse_and_nested_inputs_are_refused_in_every_plan(strategy, padded):
     idx = torch.nested.nested_tensor([torch.tensor([1, 2, 3]), torch.tensor([4, 5])], layout=torch.jagged)
     with pytest.raises(TypeError, match=r"indices is a nested tensor; .*indices.values\(\)"):
         emb(idx)
+
+
+def test_a_bias_that_is_not_a_tensor_is_a_type_error():
+    """A list bias was a ShapeError ("got list"); F.linear and tt_linear's own input check give TypeErrors."""
+    w = tt.random_matrix(((2, 3), (3, 2)), tt_rank=2, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"tt_linear: bias must be a Tensor of shape \(6,\), got list"):
+        tt_linear(torch.randn(4, 6, dtype=torch.float64), w, [0.0] * 6)

@@ -223,9 +223,10 @@ def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None
 def check_bias(fn: str, bias: Any, m: int, c0: torch.Tensor) -> None:
     """A bias of shape ``(M,)`` with the cores' dtype and device: every plan must see the same bias (sweeps would
     cast another dtype silently, the full plan's ``addmm`` fail)."""
-    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (m,):
-        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
-        raise ShapeError(f"{fn}: bias must have shape ({m},), got {got}")
+    if not isinstance(bias, torch.Tensor):  # (as F.linear: a TypeError, not a shape problem)
+        raise TypeError(f"{fn}: bias must be a Tensor of shape ({m},), got {type(bias).__name__}")
+    if tuple(bias.shape) != (m,):
+        raise ShapeError(f"{fn}: bias must have shape ({m},), got {tuple(bias.shape)}")
     check_operand(fn, "bias", bias, c0)
 
 

@@ -115,7 +115,9 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
             unsigned = not idx.dtype.is_signed
             idx = idx.long()
             if unsigned and bool((idx < 0).any()):  # a uint64 past int64 wrapped around: out of range, not -k
-                raise IndexError(f"batch index out of range for a {size} element batch (an unsigned value >= 2**63)")
+                raise IndexError(
+                    f"batch index out of range for a {size} element batch (an unsigned value >= 2**63)"
+                )
     picked = [c[idx.to(c.device) if isinstance(idx, torch.Tensor) else idx] for c in cores]
     if picked[0].shape[0] == 0:
         raise IndexError(f"batch index {idx!r} selects no elements of a {size} element batch")

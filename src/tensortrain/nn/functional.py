@@ -165,7 +165,9 @@ def tt_embedding(
 
     Raises:
         TypeError: a weight that is not a TT-matrix, or indices that are not integers.
-        IndexError: indices outside ``[0, num_embeddings)`` (the message lists some of them).
+        IndexError: indices outside ``[0, num_embeddings)`` (the message lists some of them). Under
+            ``torch.compile``, ``torch.export`` and ``torch.func`` no value check runs: the gather refuses such
+            indices itself, with its own error (a ``RuntimeError`` naming a core's mode size).
         ShapeError: ``num_embeddings`` larger than the table, or indices on another device.
         ValueError: ``padding_idx`` outside ``[-num_embeddings, num_embeddings)``.
 
@@ -234,13 +236,18 @@ def _embedding(
         # silently), and refuse only those past the end. (A table past int64 rows has no V' to write: -1 there)
         valid = flat >= 0 if v > _INT64_MAX else (flat >= 0) & (flat < v)
         flat = torch.where(valid, flat, v_pad if v_pad <= _INT64_MAX else -1)
+    if padding_idx is not None and padding_idx > _INT64_MAX:
+        padding_idx = None  # (no int64 index can be it: a table past int64 rows)
+    pad = None if padding_idx is None else flat == padding_idx
+    if pad is not None:
+        # padding positions look up another row (masked below), so that no gradient path runs through the padding
+        # row's own product: an overflowed (inf) row times the zero gradient gave NaN core gradients
+        flat = torch.where(pad, 0 if padding_idx != 0 or v == 1 else 1, flat)
     with full_precision(weight.device.type):
         rows = _rows(weight, flat, voc_dims, cache)
-    if padding_idx is not None:
-        keep = (flat != padding_idx).unsqueeze(-1)
-        # zero output and zero gradient for padding positions; a mask, not a product (an overflowed inf row
-        # times 0 would be NaN)
-        rows = rows.masked_fill(~keep, 0)
+    if pad is not None:
+        # zero output for padding positions; a mask, not a product (an inf row times 0 would be NaN)
+        rows = rows.masked_fill(pad.unsqueeze(-1), 0)
     return rows.reshape(*input.shape, dim)
 
 
