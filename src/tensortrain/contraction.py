@@ -33,7 +33,7 @@ import torch
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
-from ._transforms import grad_recorded, transforms_active
+from ._transforms import autocasting, grad_recorded, transforms_active
 from .contraction_cache import cached_halves, cached_supers
 from .contraction_plan import (
     STRATEGIES,
@@ -46,6 +46,7 @@ from .contraction_plan import (
     choose_program,
     chunk_rows,
     clear_plan_cache,
+    core_copy_bytes,
     cores_of,
     dims_of,
     enumerate_plans,
@@ -208,7 +209,7 @@ def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None
     autocast casts may differ, as for ``F.linear``: the products cast both operands)."""
     check_strided(fn, name, t)
     same = t.dtype == c0.dtype or (
-        t.dtype in _AUTOCAST_DTYPES and c0.dtype in _AUTOCAST_DTYPES and _exec.autocasting(t.device.type)
+        t.dtype in _AUTOCAST_DTYPES and c0.dtype in _AUTOCAST_DTYPES and autocasting(t.device.type)
     )
     if not same or t.device != c0.device:
         to = ", ".join(
@@ -260,10 +261,7 @@ def apply_unchecked(
         cores = [c.clone() if c.is_inference() and c.requires_grad else c for c in cores]
     if grad and max_saved is not None and not transforms_active():
         # (not while tracing: a traced batch is a symbol, and the compiler's partitioner decides what is kept)
-        # Cores that are views in another layout (tt.transpose's, a channels_last module's, dense_tt_matmul's
-        # permuted ones): where a plan reshapes one (a one-core half, a one-core group) it copies it, and
-        # training keeps the copy, which the cost model takes for the parameter itself: the bound counts them
-        copies = sum(c.numel() * c.element_size() for c in cores if c.requires_grad and not c.is_contiguous())
+        copies = core_copy_bytes(cores)
         if (x2d is not x and x2d.data_ptr() != x.data_ptr()) or (
             not x2d.is_contiguous() and x2d.shape[0] < _cost.SWEEP_FUNCTION_MIN_BATCH
         ):

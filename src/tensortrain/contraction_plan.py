@@ -174,6 +174,14 @@ def cores_of(weight: TensorTrain | Sequence[torch.Tensor], fn: str) -> tuple[tor
     return cores
 
 
+def core_copy_bytes(cores: Sequence[torch.Tensor]) -> int:
+    """Bytes of the trained cores that are views in another layout (``tt.transpose``'s, a channels_last module's,
+    ``dense_tt_matmul``'s permuted ones): where a plan reshapes one (a one-core half, a one-core group) it copies
+    it, and training keeps the copy, which the cost model takes for the parameter itself; a memory bound counts
+    them."""
+    return sum(c.numel() * c.element_size() for c in cores if c.requires_grad and not c.is_contiguous())
+
+
 def _check_chain(cores: Sequence[torch.Tensor], prefix: str = "") -> None:
     """A ShapeError unless ``cores`` are 4-dim TT-matrix cores whose ranks chain, with boundary ranks 1."""
     shapes = [tuple(c.shape) for c in cores]
@@ -411,10 +419,8 @@ def plan(
         requires_grad = grad_recorded() and any(c.requires_grad for c in cores)
     _check_flag(requires_grad, "plan", "requires_grad")
     max_saved = check_max_saved(max_saved_bytes, "plan")
-    if requires_grad and max_saved is not None:
-        # as linear counts them (contraction.apply_unchecked): the copies of cores in another layout
-        copies = sum(c.numel() * c.element_size() for c in cores if c.requires_grad and not c.is_contiguous())
-        max_saved = max(0, max_saved - copies)
+    if requires_grad and max_saved is not None:  # (as linear counts them)
+        max_saved = max(0, max_saved - core_copy_bytes(cores))
     _check_flag(cached_merges, "plan", "cached_merges")
     cached = cached_merges and not requires_grad
     prog = choose_program(cores, batch_size, requires_grad, strategy, cached, max_saved)

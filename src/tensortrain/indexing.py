@@ -229,9 +229,8 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     check_tt(tt, "gather_nd", "tt")
     idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
     if idx.numel() == 0 and not isinstance(indices, torch.Tensor):
-        idx = (
-            idx.long()
-        )  # an empty list has no dtype of its own (as_tensor makes it float32): its shape is wrong
+        # an empty list has no dtype of its own (as_tensor makes it float32): its shape is what is wrong
+        idx = idx.long()
     if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
         raise TypeError(f"gather_nd: indices must be an integer tensor, got dtype {idx.dtype}")
     idx = idx.to(device=tt.device, dtype=torch.long)

@@ -21,6 +21,7 @@ import torch
 from ..errors import ShapeError
 from ..initializers import per_core_std
 from ..shapes import as_int
+from ..tensor_train import TensorTrain
 
 __all__ = ["dense_variance", "tt_normal_"]
 
@@ -67,21 +68,12 @@ def dense_variance(init: str, fan_in: int, fan_out: int) -> float:
 
 
 def _check_cores(cores: Sequence[torch.Tensor]) -> None:
-    """One TT's cores: all 3-D (TT-tensor) or all 4-D (TT-matrix), boundary ranks 1, ranks that chain (the
-    variance is split over the ranks read from the shapes: a batch or a broken chain gave another variance)."""
-    shapes = [tuple(c.shape) for c in cores]
-    if len({len(s) for s in shapes}) != 1 or len(shapes[0]) not in (3, 4):
-        raise ShapeError(
-            f"tt_normal_: cores must be all 3-D or all 4-D (one TT's, no batch), got shapes {shapes}"
-        )
-    if (
-        shapes[0][0] != 1
-        or shapes[-1][-1] != 1
-        or any(a[-1] != b[0] for a, b in zip(shapes[:-1], shapes[1:], strict=True))
-    ):
-        raise ShapeError(
-            f"tt_normal_: the cores' ranks must start and end at 1 and chain, got shapes {shapes}"
-        )
+    """One TT's cores, as :class:`~tensortrain.TensorTrain` validates them (the variance is split over the ranks
+    read from the shapes: a batch's cores or a broken chain gave another variance, silently)."""
+    try:
+        TensorTrain(list(cores))
+    except ShapeError as err:
+        raise ShapeError(f"tt_normal_: the cores are not one TT's: {err}") from None
 
 
 def tt_normal_(
