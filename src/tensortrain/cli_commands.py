@@ -502,7 +502,9 @@ def _budget(args: argparse.Namespace) -> dict[str, float | int]:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
+def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> bool:
+    """Write the model's state dict to ``path`` (safetensors or torch, by suffix); returns whether a safetensors
+    file stores some tensor once for several names (the recipe must then fill them in)."""
     state = model.state_dict()
     meta = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_meta]
     if meta:
@@ -532,10 +534,12 @@ def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> None:
         }
         data = safetensors.torch.save(tensors, metadata={**aliases, _META_KEY: json.dumps(header)})
     else:
+        aliases = {}  # (torch.save stores a shared tensor once and gives it back under every name)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
     atomic_write(path, data)
+    return bool(aliases)
 
 
 def _recipe(
@@ -655,9 +659,8 @@ def _write_model(
         "replaced": replaced,
         "tensortrain_version": __version__,
     }
-    _save(Path(args.out), model, header)
+    aliased = _save(Path(args.out), model, header)
     escaped = [_glob_escape(name) for name in replaced]
-    aliased = bool(_aliases(model.state_dict()))
     recipe = _recipe(args.model, called, args.out, escaped, meta, _ties(model), aliased)
     return ["", f"wrote {args.out}; to load it back:", *("    " + line for line in recipe)]
 
