@@ -834,3 +834,61 @@ def test_batch_ops_fuzz(sa, data, seed):
         assert same and sa["meta"] == sb["meta"], f"{op} accepted incompatible operands {a} and {b}"
     tol = TOL[torch.float32] if torch.float32 in (sa["dtype"], sb["dtype"]) else TOL[torch.float64]
     torch.testing.assert_close(got.double(), expected, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+
+
+# ------------------------------------------------------------- arguments torch or Python used to reject
+def _cores_of_a_layer():
+    return list(tt.nn.TTLinear(6, 6, tt_rank=2).cores)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda x: tt.round("abc"), TypeError, "round expects a TensorTrain"),  # was AttributeError
+        (lambda x: tt.gather_nd(x, None), TypeError, "gather_nd: indices must be"),  # torch RuntimeError
+        (lambda x: tt.gather_nd(x, [[0, 1, 2], [1]]), TypeError, "gather_nd: indices must be"),
+        (
+            lambda x: tt.multiply_along_batch_dim(tt.random_tensor_batch((2, 3, 4), 2, 2), None),
+            TypeError,
+            "weights must be numbers, got NoneType",
+        ),
+        (lambda x: tt.nn.TTLinear(6, 6, tt_rank=2, dtype=torch.long), TypeError, "TTLinear: dtype must be"),
+        (lambda x: tt.nn.TTEmbedding(6, 6, tt_rank=2, dtype="float32"), TypeError, "TTEmbedding: dtype must"),
+        (lambda x: tt.tt_parameters(x, requires_grad="no"), TypeError, "requires_grad must be True or False"),
+        (
+            lambda x: tt.compress(torch.nn.Linear(64, 64), max_tt_rank=2, inplace="False"),
+            TypeError,
+            "compress: inplace must be True or False",
+        ),
+        (lambda x: tt.decompress(torch.nn.Linear(4, 4), inplace=1), TypeError, "decompress: inplace must be"),
+        (lambda x: tt.optim.RiemannianSGD([_cores_of_a_layer()], lr="0.1"), TypeError, "lr must be a real"),
+        (
+            lambda x: tt.optim.RiemannianSGD([_cores_of_a_layer()], lr=float("inf")),
+            ValueError,
+            "lr must be finite",
+        ),
+        (
+            lambda x: tt.gradients(lambda y: tt.frobenius_norm_squared(y).to(torch.complex128), x),
+            TypeError,
+            "func must return a real scalar",
+        ),
+    ],
+)
+def test_bad_arguments_get_the_librarys_own_errors(gen, call, error, message):
+    x = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen)
+    with pytest.raises(error, match=message):
+        call(x)
+
+
+def test_compress_with_a_string_inplace_leaves_the_model_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    with pytest.raises(TypeError):
+        tt.compress(model, max_tt_rank=2, inplace="False")
+    assert type(model[0]) is torch.nn.Linear
+
+
+def test_factorizations_into_many_modes_fill_ones_without_deep_recursion():
+    """auto_shape/padded_shape recursed once per mode: d = 1000 raised RecursionError."""
+    assert tt.auto_shape(24, 1000) == (1,) * 996 + (2, 2, 2, 3)
+    assert tt.padded_shape(23, 1000) == (1,) * 995 + (2, 2, 2, 2, 2)
+    assert tt.auto_shape(1, 3) == (1, 1, 1)

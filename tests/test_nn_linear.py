@@ -183,6 +183,28 @@ def test_load_tt_accepts_weight_and_t3f_kernel(gen):
     assert_close(from_kernel(x), x @ dense_from_cores(kernel) + bias)
 
 
+def test_complex_values_into_a_real_layer_are_refused_and_nothing_is_written(gen):
+    """Complex cores or bias were cast to the real layer with their imaginary parts dropped (torch warns once
+    per process): a weight that is not even the real part of the given one."""
+    layer = tt.nn.TTLinear(6, 6, tt_rank=2, in_dims=(2, 3), out_dims=(3, 2))
+    before = [c.detach().clone() for c in layer.parameters()]
+    real = tt.TensorTrain(random_cores(((3, 2), (2, 3)), (1, 2, 1), gen=gen, dtype=torch.float32))
+    cplx = tt.TensorTrain([c.to(torch.complex64) for c in real.tt_cores])
+    with pytest.raises(TypeError, match="TTLinear.load_tt_: cannot cast a complex TT"):
+        layer.load_tt_(cplx)
+    with pytest.raises(TypeError, match="complex bias values"):
+        layer.load_tt_(real, bias=torch.ones(6, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="complex bias values"):
+        tt.nn.TTLinear.from_tt(real, bias=torch.ones(6, dtype=torch.complex64))
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
+    emb = tt.nn.TTEmbedding(6, 6, tt_rank=2, voc_dims=(2, 3), emb_dims=(3, 2))
+    with pytest.raises(TypeError, match="TTEmbedding.load_tt_: cannot cast a complex TT"):
+        emb.load_tt_(tt.TensorTrain([c.to(torch.complex64) for c in emb.weight.tt_cores]))
+    complex_layer = tt.nn.TTLinear(6, 6, tt_rank=2, in_dims=(2, 3), out_dims=(3, 2), dtype=torch.complex64)
+    complex_layer.load_tt_(real)  # real into complex is exact
+    assert torch.equal(tt.full(complex_layer.weight).real, tt.full(real))
+
+
 def test_load_tt_of_rounded_weight_gives_contiguous_cores():
     # tt.round's cores are transposed views; Parameters made from them must be contiguous (safetensors refuses
     # non-contiguous tensors, DDP buckets and .view() want them)
@@ -868,3 +890,19 @@ def test_a_bias_that_is_not_a_tensor_is_a_type_error():
     w = tt.random_matrix(((2, 3), (3, 2)), tt_rank=2, dtype=torch.float64)
     with pytest.raises(TypeError, match=r"tt_linear: bias must be a Tensor of shape \(6,\), got list"):
         tt_linear(torch.randn(4, 6, dtype=torch.float64), w, [0.0] * 6)
+
+
+def test_load_tt_at_new_ranks_frees_the_old_cores_and_their_cached_merges():
+    import gc
+    import weakref
+
+    for layer, x in (
+        (tt.nn.TTLinear(64, 64, tt_rank=8, in_dims=(4, 4, 4), out_dims=(4, 4, 4)), torch.randn(3, 64)),
+        (tt.nn.TTEmbedding(64, 64, tt_rank=8, voc_dims=(4, 4, 4), emb_dims=(4, 4, 4)), torch.arange(10)),
+    ):
+        with torch.no_grad():
+            layer(x)  # warms the inference cache with merges of the current cores
+        old = weakref.ref(layer.cores[1])
+        layer.load_tt_(tt.round(layer.weight, max_tt_rank=2))
+        gc.collect()
+        assert old() is None, type(layer).__name__

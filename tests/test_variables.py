@@ -92,6 +92,15 @@ def test_assign_errors(gen):
         variables.tt_from_parameters(torch.ones(1, 2, 1))
 
 
+def test_assign_refuses_complex_values_for_real_parameters(gen):
+    x = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen)
+    params = tt.tt_parameters(x)
+    z = tt.TensorTrain([c.to(torch.complex128) * (1 + 1j) for c in x.tt_cores])
+    with pytest.raises(TypeError, match="assign: cannot cast a complex TT"):
+        tt.assign(params, z)
+    assert all(torch.equal(p, c) for p, c in zip(params, x.tt_cores, strict=True))
+
+
 def test_assign_a_value_that_shares_memory_with_the_targets():
     """Swapping or transposing the parameters' own cores: each value core must be read before it is written."""
     x = tt.TensorTrain([torch.randn(1, 3, 1, dtype=torch.float64), torch.randn(1, 3, 1, dtype=torch.float64)])

@@ -48,6 +48,8 @@ def _value(func: Func, point: TensorTrainBase, fname: str) -> torch.Tensor:
             f"{fname}: func must return a scalar tensor, got "
             f"{type(value).__name__}{'' if not isinstance(value, torch.Tensor) else tuple(value.shape)}"
         )
+    if value.is_complex():
+        raise TypeError(f"{fname}: func must return a real scalar (a loss), got dtype {value.dtype}")
     return value.reshape(())
 
 

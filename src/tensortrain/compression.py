@@ -34,6 +34,7 @@ from .compression_report import CompressionReport, LayerReport
 from .errors import ShapeError
 from .nn.embedding import TTEmbedding
 from .nn.linear import TTLinear
+from .operands import as_flag
 from .shapes import as_whole_int, max_tt_ranks
 
 __all__ = ["CompressionReport", "LayerReport", "compress", "decompress"]
@@ -405,6 +406,7 @@ def compress(
             f"compress: the model has uninitialized lazy parameters ({', '.join(lazy[:3])}); run one forward "
             "pass first so that their shapes are known"
         )
+    inplace, dry_run = as_flag(inplace, "compress", "inplace"), as_flag(dry_run, "compress", "dry_run")
     target = model if inplace or dry_run else _copy(model)
     before_model = sum(p.numel() for p in target.parameters())
     layers = _select(target, inc, exc)
@@ -486,7 +488,7 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"decompress expects an nn.Module, got {type(model).__name__}")
-    target = model if inplace else copy.deepcopy(model)
+    target = model if as_flag(inplace, "decompress", "inplace") else copy.deepcopy(model)
     found = [
         (n, m)
         for n, m in target.named_modules(remove_duplicate=False)

@@ -463,9 +463,9 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
         >>> tt.round(a + a, max_tt_rank=2).tt_ranks
         (1, 2, 2, 1)
     """
+    check_finite_cores(tt, "round")  # (first: a non-TT has no .device for the epsilon check)
     method = check_method(method, "round")
     eps = _epsilon(epsilon, "round", tt.device)
-    check_finite_cores(tt, "round")
     cores, batch, raw = merge_modes(tt)
     caps = _caps(max_tt_rank, [c.shape[2] for c in cores])
     try:

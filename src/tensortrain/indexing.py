@@ -227,7 +227,12 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
         torch.Size([2])
     """
     check_tt(tt, "gather_nd", "tt")
-    idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
+    try:
+        idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
+    except (TypeError, ValueError, RuntimeError):  # (None, strings, ragged lists: torch's own messages)
+        raise TypeError(
+            f"gather_nd: indices must be an integer tensor, array or nested list, got {type(indices).__name__}"
+        ) from None
     if idx.numel() == 0 and not isinstance(indices, torch.Tensor):
         # an empty list has no dtype of its own (as_tensor makes it float32): its shape is what is wrong
         idx = idx.long()

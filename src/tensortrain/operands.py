@@ -74,6 +74,16 @@ def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return (t.to(wide_dtype(t)) * first * second).to(t.dtype)
 
 
+def as_flag(value: Any, fn: str, name: str) -> bool:
+    """A yes/no argument: a bool (NumPy's too). Anything else is a ``TypeError``: ``inplace="False"`` is truthy
+    and would, read as a flag, do what it says not to."""
+    if isinstance(value, bool) or (
+        type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+    ):
+        return bool(value)
+    raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
+
+
 def _holds_tensor(values: Any) -> bool:
     return isinstance(values, (list, tuple)) and any(
         isinstance(v, torch.Tensor) or _holds_tensor(v) for v in values
@@ -87,7 +97,10 @@ def as_scales(
     tensors (learned scalars, t3f's list of variables) is stacked, where ``as_tensor`` reads each value out and
     drops the graph with only a warning. Bools are refused (a mask is not weights: it would read as 0 and 1)."""
     if not _holds_tensor(values):
-        raw = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+        try:
+            raw = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError):  # (None, strings, ragged lists: torch's own messages)
+            raise TypeError(f"{fn}: {name} must be numbers, got {type(values).__name__}") from None
         if raw.dtype == torch.bool:
             raise TypeError(f"{fn}: {name} must be numbers, got bools (a mask?)")
         # a list or array is read straight in ``dtype``: through float32 a float64 weight keeps 7 digits

@@ -19,6 +19,8 @@ Symbols: ``d`` cores, ``n`` mode size, ``r`` rank.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -258,8 +260,15 @@ class RiemannianSGD(torch.optim.Optimizer):
 
 
 def _check_hyper(group: dict[str, Any]) -> None:
+    for name in ("lr", "momentum"):
+        value = group.get(name, 0.0)
+        scalar = isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype.is_floating_point
+        if not scalar and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"RiemannianSGD: {name} must be a real number, got {type(value).__name__}")
     if "lr" in group and not group["lr"] > 0:
         raise ValueError(f"RiemannianSGD: lr must be > 0, got {group['lr']!r}")
+    if "lr" in group and not group["lr"] < math.inf:  # (the first step would fail inside round)
+        raise ValueError(f"RiemannianSGD: lr must be finite, got {group['lr']!r}")
     if "momentum" in group and not 0 <= group["momentum"] < 1:
         raise ValueError(f"RiemannianSGD: momentum must be in [0, 1), got {group['momentum']!r}")
 

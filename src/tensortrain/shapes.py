@@ -136,6 +136,9 @@ def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
     if m is None or m < 1:
         raise ValueError(f"auto_shape: expected a positive int, got {n!r}")
     n = m
+    primes = len(prime_factors(n))
+    if d > primes:  # at most one factor per prime is above 1: the rest are 1 (and the search stays shallow)
+        return (1,) * (d - primes) + (auto_shape(n, primes) if primes else ())
     divisors = _divisors(n)
     best: tuple[tuple[int, int], tuple[int, ...]] | None = None
 
@@ -225,6 +228,9 @@ def _ceil_root(n: int, d: int) -> int:
 def _smallest_cover(n: int, d: int, top: int) -> tuple[int, ...]:
     """The ascending ``d`` modes, each at most ``top`` (``top**d >= n``), with the smallest product ``>= n``;
     on ties the smallest sum (the most balanced)."""
+    most = n.bit_length()  # the best cover is below 2n, so at most this many modes are above 1
+    if d > most:
+        return (1,) * (d - most) + _smallest_cover(n, most, top)
     best: tuple[int, int, tuple[int, ...]] = (top**d, d * top, (top,) * d)
 
     def search(left: int, low: int, prod: int, chosen: tuple[int, ...]) -> None:

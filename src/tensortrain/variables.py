@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from .errors import ShapeError
-from .operands import check_tt
-from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+from .operands import as_flag, check_tt
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, check_cast
 
 __all__ = ["assign", "tt_from_parameters", "tt_parameters"]
 
@@ -57,6 +57,7 @@ def tt_parameters(tt: TensorTrainBase, requires_grad: bool = True) -> nn.Paramet
         [(1, 2, 2), (2, 3, 2), (2, 4, 1)]
     """
     check_tt(tt, "tt_parameters", "tt")
+    requires_grad = as_flag(requires_grad, "tt_parameters", "requires_grad")
     return nn.ParameterList(
         [nn.Parameter(c.detach().clone(), requires_grad=requires_grad) for c in tt.tt_cores]
     )
@@ -132,6 +133,8 @@ def assign(params: Iterable[torch.Tensor] | TensorTrainBase, tt: TensorTrainBase
     for k, (p, c) in enumerate(zip(targets, tt.tt_cores, strict=True)):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"assign: params[{k}] is a {type(p).__name__}, expected a tensor")
+        if c.is_complex() and not p.is_complex():
+            check_cast(c.dtype, p.dtype, "assign")  # (raises: the cores' real parts are not the tensor's)
         if p.shape != c.shape:
             raise ShapeError(
                 f"assign: core {k} has shape {tuple(p.shape)} but the value's core has shape "

@@ -9,13 +9,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..tensor_train import check_cast
+
 __all__: list[str] = []
 
 
-def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor]) -> None:
+def check_factory_dtype(dtype: Any, fn: str) -> None:
+    """A layer's ``dtype=``: None or a floating point or complex dtype of 16 bits or more (TT cores' dtypes),
+    refused by name before torch's factories raise their own messages."""
+    if dtype is not None:
+        check_cast(torch.float32, dtype, fn)
+
+
+def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor], fn: str) -> None:
     """Copy ``cores`` into ``params`` (cast to their dtype/device); cores of new shapes replace the Parameter,
-    keeping its ``requires_grad`` (a frozen layer stays frozen)."""
+    keeping its ``requires_grad`` (a frozen layer stays frozen). Complex cores into real parameters are a
+    ``TypeError`` naming ``fn``: their real parts do not multiply out to the tensor's real part."""
     like = params[0]
+    if like.dtype.is_floating_point:
+        check_cast(cores[0].dtype, like.dtype, fn)
     with torch.no_grad():
         for k, c in enumerate(cores):
             c = c.detach().to(dtype=like.dtype, device=like.device)

@@ -17,7 +17,7 @@ from ..errors import ShapeError
 from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape
 from ..tensor_train import TensorTrain
 from . import functional as F
-from .base import TTModule, assign_cores_
+from .base import TTModule, assign_cores_, check_factory_dtype
 from .init import tt_normal_
 from .linear import _cast_back, _check_dims, _check_features, _choose_d, _svd_ready
 
@@ -113,6 +113,7 @@ class TTEmbedding(TTModule):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        check_factory_dtype(dtype, "TTEmbedding")
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         self.num_embeddings = _check_features("num_embeddings", num_embeddings)
@@ -245,7 +246,9 @@ class TTEmbedding(TTModule):
                 f"TTEmbedding.load_tt_: the TT-matrix has dims {tuple(rows)} x {tuple(cols)}, expected "
                 f"{self.voc_dims} x {self.emb_dims}"
             )
-        assign_cores_(self.cores, tt_matrix.tt_cores)
+        assign_cores_(self.cores, tt_matrix.tt_cores, "TTEmbedding.load_tt_")
+        # cores of new ranks are new Parameters: merges cached from the old ones would keep them alive
+        self._cache.clear()
         return self
 
     def to_embedding(self) -> nn.Embedding:

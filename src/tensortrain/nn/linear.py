@@ -24,7 +24,7 @@ from ..operands import check_strided
 from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape, prime_factors
 from ..tensor_train import TensorTrain
 from . import functional as F
-from .base import TTModule, assign_cores_
+from .base import TTModule, assign_cores_, check_factory_dtype
 from .init import InitScheme, dense_variance, tt_normal_
 
 __all__ = ["TTLinear"]
@@ -271,6 +271,7 @@ class TTLinear(TTModule):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        check_factory_dtype(dtype, "TTLinear")
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         self.in_features = _check_features("in_features", in_features)
@@ -665,7 +666,11 @@ class TTLinear(TTModule):
                 raise ShapeError(
                     f"TTLinear.load_tt_: bias must have shape ({self.out_features},), got {tuple(bias.shape)}"
                 )
-        assign_cores_(self.cores, cores)
+            if bias.is_complex() and not self.bias.is_complex():
+                raise TypeError(f"TTLinear.load_tt_: complex bias values ({bias.dtype}) for a real layer")
+        assign_cores_(self.cores, cores, "TTLinear.load_tt_")
+        # cores of new ranks are new Parameters: merges cached from the old ones would keep them alive
+        self._cache.clear()
         if bias is not None and self.bias is not None:
             with torch.no_grad():
                 self.bias.copy_(bias.detach())
