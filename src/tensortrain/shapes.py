@@ -80,11 +80,19 @@ def prime_factors(n: int) -> list[int]:
 _TRIAL_LIMIT = 10**6  # trial division stops here: a cofactor left above it is taken as one (prime) factor
 
 
-def _divisors(n: int) -> list[int]:
-    """The divisors of ``n``, ascending, from its factorization by trial division up to 10^6.
+def _divisors(factors: dict[int, int]) -> list[int]:
+    """The divisors, ascending, of the number factored as ``factors`` (from :func:`_factorize`)."""
+    divisors = [1]
+    for q, e in factors.items():
+        divisors = [dv * q**k for dv in divisors for k in range(e + 1)]
+    return sorted(divisors)
+
+
+def _factorize(n: int) -> dict[int, int]:
+    """``{prime: multiplicity}`` of ``n`` by trial division up to 10^6.
 
     Exact for every ``n`` below 10^12 (and every ``n`` with at most one prime factor above 10^6); beyond that, a
-    cofactor with two large prime factors counts as one factor (its divisors are then a subset), which keeps
+    cofactor with two large prime factors counts as one factor (the divisors are then a subset), which keeps
     vocabularies of 10^16 rows at milliseconds instead of an O(sqrt n) loop of minutes.
     """
     factors: dict[int, int] = {}
@@ -96,10 +104,7 @@ def _divisors(n: int) -> list[int]:
         p += 1 if p == 2 else 2
     if rest > 1:
         factors[rest] = factors.get(rest, 0) + 1
-    divisors = [1]
-    for q, e in factors.items():
-        divisors = [dv * q**k for dv in divisors for k in range(e + 1)]
-    return sorted(divisors)
+    return factors
 
 
 def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
@@ -136,10 +141,11 @@ def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
     if m is None or m < 1:
         raise ValueError(f"auto_shape: expected a positive int, got {n!r}")
     n = m
-    primes = len(prime_factors(n))
+    factors = _factorize(n)
+    primes = sum(factors.values())
     if d > primes:  # at most one factor per prime is above 1: the rest are 1 (and the search stays shallow)
         return (1,) * (d - primes) + (auto_shape(n, primes) if primes else ())
-    divisors = _divisors(n)
+    divisors = _divisors(factors)
     best: tuple[tuple[int, int], tuple[int, ...]] | None = None
 
     def search(rest: int, left: int, low: int, chosen: tuple[int, ...]) -> None:
