@@ -23,6 +23,7 @@ from .operands import (
     describe,
     flat_modes,
     matrix_dims,
+    scaled_sweep,
     vector_cores,
 )
 from .tensor_train import TensorTrainBase, TensorTrainBatch
@@ -220,10 +221,12 @@ def _pairwise(
         ca = [flat_modes(c) for c in batched_cores(tt_1)]
         cb = [flat_modes(c) for c in batched_cores(tt_2)]
         v = torch.ones(ca[0].shape[0], cb[0].shape[0], 1, 1, dtype=ca[0].dtype, device=ca[0].device)
-        for x, y in zip(ca, cb, strict=True):
-            t = torch.einsum("ijxy,ixmu->ijymu", v, x)
-            v = torch.einsum("ijymu,jymv->ijuv", t, y)
-        return v[:, :, 0, 0]
+
+        def step(v: torch.Tensor, k: int) -> torch.Tensor:
+            t = torch.einsum("ijxy,ixmu->ijymu", v, ca[k])
+            return torch.einsum("ijymu,jymv->ijuv", t, cb[k])
+
+        return scaled_sweep(v, step, len(ca))
     check_matrix(matrix, op, "matrix")
     if isinstance(matrix, TensorTrainBatch):
         raise TypeError(f"{op}: matrix must be a single TT-matrix, got a batch {describe(matrix)}")
@@ -232,8 +235,11 @@ def _pairwise(
     cb = vector_cores(tt_2, cols, op, names[1])
     check_dtype_device(op, tt_1, matrix, tt_2)
     v = torch.ones(ca[0].shape[0], cb[0].shape[0], 1, 1, 1, dtype=ca[0].dtype, device=ca[0].device)
-    for x, a, y in zip(ca, matrix.tt_cores, cb, strict=True):
-        t = torch.einsum("ijxzy,ixnu->ijzynu", v, x)
-        t = torch.einsum("ijzynu,znmw->ijyuwm", t, a)
-        v = torch.einsum("ijyuwm,jymv->ijuwv", t, y)
-    return v[:, :, 0, 0, 0]
+    mats = matrix.tt_cores
+
+    def step_with_matrix(v: torch.Tensor, k: int) -> torch.Tensor:
+        t = torch.einsum("ijxzy,ixnu->ijzynu", v, ca[k])
+        t = torch.einsum("ijzynu,znmw->ijyuwm", t, mats[k])
+        return torch.einsum("ijyuwm,jymv->ijuwv", t, cb[k])
+
+    return scaled_sweep(v, step_with_matrix, len(ca))

@@ -26,6 +26,7 @@ from .operands import (
     matrix_dims,
     pow2_exponents,
     scale_pow2,
+    scaled_sweep,
     unscale_pow2,
     vector_cores,
     wide_dtype,
@@ -132,7 +133,9 @@ def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
         if not ok:
             norm = None
     if norm is None:
-        last, exps = _qr_last_core(work, scaled=True)
+        # in the wide type: one power of two per step cannot hold parts of very different scales in float32
+        # (the two terms of x - y, one with cores of 10 and 0.1, the other balanced: the second underflows)
+        last, exps = _qr_last_core([c.to(wide_dtype(c)) for c in work], scaled=True)
         last = last.flatten(1)
         top = pow2_exponents(last)  # (a norm computed on the raw core overflows past 1e154 in float64)
         norm = torch.linalg.vector_norm(unscale_pow2(last, top).to(wide_dtype(last)), dim=1)
@@ -268,11 +271,13 @@ def _bilinear_form(op: str, A: TensorTrainBase, b: TensorTrainBase, c: TensorTra
     size, batch = broadcast_batch_size(op, A, b, c)
     ca, cb, cc = (expand_cores(x, size) for x in (batched_cores(A), cb, cc))
     v = torch.ones(size, 1, 1, 1, dtype=A.dtype, device=A.device)
-    for x, a, y in zip(cb, ca, cc, strict=True):
-        t = torch.einsum("bpqs,bpnu->bqsnu", v, x)
-        t = torch.einsum("bqsnu,bqnmw->bsuwm", t, a)
-        v = torch.einsum("bsuwm,bsmz->buwz", t, y)
-    res = v.reshape(size)
+
+    def step(v: torch.Tensor, k: int) -> torch.Tensor:
+        t = torch.einsum("bpqs,bpnu->bqsnu", v, cb[k])
+        t = torch.einsum("bqsnu,bqnmw->bsuwm", t, ca[k])
+        return torch.einsum("bsuwm,bsmz->buwz", t, cc[k])
+
+    res = scaled_sweep(v, step, len(ca), lead=1)
     return res if batch else res[0]
 
 

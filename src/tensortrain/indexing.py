@@ -11,7 +11,20 @@ from typing import Any
 import torch
 
 from .errors import ShapeError
-from .operands import batch_size, batched_cores, check_tt, describe, is_batch, matrix_dims, tensor_dims, wrap
+from .operands import (
+    batch_size,
+    batched_cores,
+    check_tt,
+    describe,
+    is_batch,
+    matrix_dims,
+    out_of_range,
+    pow2_exponents,
+    scale_pow2,
+    tensor_dims,
+    unscale_pow2,
+    wrap,
+)
 from .shapes import as_int
 from .tensor_train import TensorTrainBase
 
@@ -251,15 +264,29 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     else:
         bidx = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device)
     mode_idx = _mode_indices(tt, idx)
-    res: torch.Tensor | None = None
-    for k, core in enumerate(cores):
-        if tt.is_tt_matrix():
-            mat = core[bidx, :, mode_idx[:, k], mode_idx[:, len(cores) + k]]  # (K, r, s)
-        else:
-            mat = core[bidx, :, mode_idx[:, k]]
-        res = mat if res is None else torch.bmm(res, mat)
-    assert res is not None
+    mats = [
+        core[bidx, :, mode_idx[:, k], mode_idx[:, len(cores) + k]]  # (K, r, s)
+        if tt.is_tt_matrix()
+        else core[bidx, :, mode_idx[:, k]]
+        for k, core in enumerate(cores)
+    ]
+    res = _products(mats, scaled=False)
+    if out_of_range(res.reshape(1, -1), per_entry=False):  # (unbalanced core scales: again, scaled steps)
+        res = _products(mats, scaled=True)
     return res.reshape(out_shape)
+
+
+def _products(mats: list[torch.Tensor], scaled: bool) -> torch.Tensor:
+    """``mats[0] @ ... @ mats[-1]`` per entry ``(K, 1, 1)``; scaled: each partial product brought below 1 by
+    a power of two per entry, the exponents put back at the end."""
+    res = mats[0]
+    exps = torch.zeros(res.shape[0], dtype=torch.int64, device=res.device)
+    for mat in mats[1:]:
+        res = torch.bmm(res, mat)
+        if scaled:
+            e = pow2_exponents(res)
+            res, exps = unscale_pow2(res, e), exps + e
+    return scale_pow2(res, exps) if scaled else res
 
 
 def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:

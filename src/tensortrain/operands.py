@@ -9,11 +9,12 @@ batches; :func:`wrap` turns the result back into the right class.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ._transforms import transforms_active
 from .errors import ShapeError
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
@@ -72,6 +73,46 @@ def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     # in two halves: 2^e alone overflows float64 past e = 1023 where t * 2^e may still fit
     first, second = (torch.exp2(h.to(wide)).reshape(shape) for h in (half, e.to(device=t.device) - half))
     return (t.to(wide_dtype(t)) * first * second).to(t.dtype)
+
+
+def out_of_range(res: torch.Tensor, per_entry: bool) -> bool:
+    """Whether a product sweep's plain result ``res`` ``(B, ...)`` lost its values on the way: a NaN or inf, or
+    (per batch element, or per entry with ``per_entry``) a largest magnitude below the normal range. Partial
+    products of cores with unbalanced scales (10 on half of 100 cores, 0.1 on the rest, a tensor of norm 1)
+    overflow or underflow where the result itself fits; the caller then runs the sweep again with every step
+    scaled by a power of two. One sync; False under compile and ``torch.func`` transforms and on meta or fake
+    tensors (the plain result stands)."""
+    if res.numel() == 0 or res.device.type == "meta" or transforms_active():
+        return False
+    a = res.detach().abs()
+    top = a if per_entry else a.reshape(a.shape[0], -1).amax(dim=1)  # (amax keeps NaN)
+    try:
+        return not bool(((top >= torch.finfo(top.dtype).tiny) & torch.isfinite(top)).all())
+    except RuntimeError:  # a fake tensor has no value to test
+        return False
+
+
+def scaled_sweep(
+    start: torch.Tensor, step: Callable[[torch.Tensor, int], torch.Tensor], d: int, lead: int = 2
+) -> torch.Tensor:
+    """``v = step(v, k)`` for ``k < d`` from ``start`` ``(*lead dims, 1, ..., 1)``; the value ``v[..., 0, .., 0]``
+    (the ``lead`` leading dims). Where the plain sweep leaves the range (:func:`out_of_range`), it runs again
+    with ``v`` scaled by a power of two per leading index at every step."""
+
+    def run(scaled: bool) -> torch.Tensor:
+        v, exps = start, None
+        for k in range(d):
+            v = step(v, k)
+            if scaled:
+                flat = v.reshape(-1, *v.shape[lead:])
+                e = pow2_exponents(flat)
+                v = unscale_pow2(flat, e).reshape(v.shape)
+                exps = e if exps is None else exps + e
+        out = v.reshape(*v.shape[:lead], -1)[..., 0]
+        return out if exps is None else scale_pow2(out.reshape(-1), exps).reshape(out.shape)
+
+    res = run(scaled=False)
+    return run(scaled=True) if out_of_range(res.reshape(-1), per_entry=True) else res
 
 
 def as_flag(value: Any, fn: str, name: str) -> bool:

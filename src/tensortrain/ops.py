@@ -35,8 +35,12 @@ from .operands import (
     describe,
     is_batch,
     matrix_dims,
+    out_of_range,
     paired_cores,
+    pow2_exponents,
+    scale_pow2,
     tensor_dims,
+    unscale_pow2,
     wide_dtype,
     wrap,
 )
@@ -65,6 +69,21 @@ __all__ = [
 ]
 
 
+def _full_steps(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
+    """:func:`full`'s left-to-right sweep: ``(B, prod of modes, 1)``; scaled: every step's partial product
+    brought to a largest magnitude below 1 by a power of two per batch element, put back at the end."""
+    b = cores[0].shape[0]
+    res = cores[0].reshape(b, -1, cores[0].shape[-1])  # (B, prod of modes so far, r_k)
+    exps = torch.zeros(b, dtype=torch.int64, device=res.device)
+    for core in cores[1:]:
+        r = core.shape[1]
+        res = torch.bmm(res, core.reshape(b, r, -1)).reshape(b, -1, core.shape[-1])
+        if scaled:
+            e = pow2_exponents(res)
+            res, exps = unscale_pow2(res, e), exps + e
+    return scale_pow2(res, exps) if scaled else res
+
+
 def full(tt: TensorTrainBase) -> torch.Tensor:
     """The dense tensor (or matrix) a TT object represents.
 
@@ -89,11 +108,9 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
     check_tt(tt, "full", "tt")
     cores = batched_cores(tt)
     b = cores[0].shape[0]
-    # Sweep left to right: res is (B, prod of modes so far, r_k).
-    res = cores[0].reshape(b, -1, cores[0].shape[-1])
-    for core in cores[1:]:
-        r = core.shape[1]
-        res = torch.bmm(res, core.reshape(b, r, -1)).reshape(b, -1, core.shape[-1])
+    res = _full_steps(cores, scaled=False)
+    if out_of_range(res, per_entry=False):  # (unbalanced core scales: again with scaled steps)
+        res = _full_steps(cores, scaled=True)
     if tt.is_tt_matrix():
         rows, cols = matrix_dims(tt)
         d = len(rows)

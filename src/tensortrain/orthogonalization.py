@@ -59,7 +59,8 @@ def cast_back(cores: list[torch.Tensor], dtype: torch.dtype, name: str) -> list[
     out = [c.to(dtype) for c in cores]
     if out[0].device.type == "meta" or bool(torch.stack([torch.isfinite(o).all() for o in out]).all()):
         return out
-    top = max(float(c.abs().max()) for c in cores)
+    # (max() over floats with a NaN depends on their order: a NaN core read as "an entry of 0.98 exceeds")
+    top = max(float(torch.nan_to_num(c.abs(), nan=math.inf).max()) for c in cores)
     big = f"a core entry of {top:.3g} exceeds" if math.isfinite(top) else "the norm overflowed, exceeding"
     raise ValueError(
         f"{name}: the result does not fit {_name(dtype)} ({big} {torch.finfo(dtype).max:.3g}, its largest value: "

@@ -26,7 +26,11 @@ from .operands import (
     flat_modes,
     is_batch,
     matrix_dims,
+    out_of_range,
     paired_cores,
+    pow2_exponents,
+    scale_pow2,
+    unscale_pow2,
     wrap,
 )
 from .tensor_train import TensorTrainBase
@@ -260,9 +264,19 @@ def flat_inner(a: Any, b: Any) -> torch.Tensor:
 def inner_sweep(ca: list[torch.Tensor], cb: list[torch.Tensor], batch: bool) -> torch.Tensor:
     """``<a, b>`` from batched cores of equal batch size (shared with :mod:`tensortrain.forms`, not public).
 
-    Carries the (B, r_a, r_b) matrix of partial inner products left to right: O(d B r^3 n).
+    Carries the (B, r_a, r_b) matrix of partial inner products left to right: O(d B r^3 n). Where that
+    overflows or underflows (``operands.out_of_range``: cores of unbalanced scales), again with the carried
+    matrix scaled by a power of two at each step.
     """
+    res = _inner_steps(ca, cb, scaled=False)
+    if out_of_range(res, per_entry=True):
+        res = _inner_steps(ca, cb, scaled=True)
+    return res if batch else res[0]
+
+
+def _inner_steps(ca: list[torch.Tensor], cb: list[torch.Tensor], scaled: bool) -> torch.Tensor:
     v: torch.Tensor | None = None
+    exps = torch.zeros(ca[0].shape[0], dtype=torch.int64, device=ca[0].device)
     for x, y in zip(ca, cb, strict=True):
         x, y = flat_modes(x), flat_modes(y)
         if v is None:
@@ -270,9 +284,11 @@ def inner_sweep(ca: list[torch.Tensor], cb: list[torch.Tensor], batch: bool) -> 
         else:
             t = torch.einsum("bxy,bxmu->bymu", v, x)
             v = torch.einsum("bymu,bymv->buv", t, y)
+        if scaled:
+            e = pow2_exponents(v)
+            v, exps = unscale_pow2(v, e), exps + e
     assert v is not None
-    res = v[:, 0, 0]
-    return res if batch else res[0]
+    return scale_pow2(v[:, 0, 0], exps) if scaled else v[:, 0, 0]
 
 
 def _inner_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,9 @@ from typing import Any, cast
 
 import torch
 
+from ._transforms import transforms_active
 from .errors import ShapeError
+from .operands import pow2_exponents, scale_pow2, unscale_pow2
 from .orthogonalization import cast_back, compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
@@ -57,36 +59,70 @@ def _compute(cores: Cores) -> tuple[Cores, torch.dtype]:
 def left_sweep(cores: Cores) -> Cores:
     """Left-orthogonalize cores 1..d-1 by reduced QR (ranks may shrink to the feasible ones).
 
-    Half-precision cores are orthogonalized in float32 and returned in their own dtype.
+    Half-precision cores are orthogonalized in float32 and returned in their own dtype. See :func:`_sweep` for
+    cores of unbalanced scales.
     """
-    cores, dtype = _compute(cores)
-    out: Cores = []
-    carry: torch.Tensor | None = None
-    for c in cores[:-1]:
-        if carry is not None:
-            c = torch.einsum("ab,bnc->anc", carry, c)
-        r0, n, r1 = c.shape
-        q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
-        out.append(q.reshape(r0, n, q.shape[1]))
-    last = cores[-1] if carry is None else torch.einsum("ab,bnc->anc", carry, cores[-1])
-    return cast_back([*out, last], dtype, "the tangent space's frame")
+    return _sweep(cores, left=True)
 
 
 def right_sweep(cores: Cores) -> Cores:
     """Right-orthogonalize cores 2..d by reduced QR of the transposed unfoldings (half precision: as
     :func:`left_sweep`)."""
-    cores, dtype = _compute(cores)
+    return _sweep(cores, left=False)
+
+
+def _sweep(cores: Cores, left: bool) -> Cores:
+    """A QR sweep, run plainly first; again with the carried R scaled by powers of two where the plain one
+    overflowed or its R fell below the dtype's normal range: unbalanced core scales (10 on half of 100 cores,
+    0.1 on the rest, a tensor of norm 1) overflow or underflow a carry taken as it is. The Q factors do not
+    depend on the scale; the exponents go back on the core that keeps the norm. The check syncs, so under
+    compile and ``torch.func`` transforms the scaled sweep runs directly."""
+    work, dtype = _compute(cores)
+    if not transforms_active() and work[0].device.type != "meta":
+        out, low = _qr_sweep(work, left, scaled=False)
+        try:  # (one sync)
+            kept = bool((low >= torch.finfo(low.dtype).tiny).all())
+        except RuntimeError:  # a fake tensor has no value to test
+            kept = False
+        if kept:
+            try:
+                return cast_back(out, dtype, "the tangent space's frame")
+            except ValueError:
+                pass
+    out, _ = _qr_sweep(work, left, scaled=True)
+    return cast_back(out, dtype, "the tangent space's frame")
+
+
+def _qr_sweep(cores: Cores, left: bool, scaled: bool) -> tuple[Cores, torch.Tensor]:
+    """:func:`_sweep`'s steps; with the smallest largest magnitude of any carried R (plain sweeps)."""
+    order = cores[:-1] if left else list(reversed(cores[1:]))
     out: Cores = []
     carry: torch.Tensor | None = None
-    for c in reversed(cores[1:]):
+    exps = torch.zeros(1, dtype=torch.int64, device=cores[0].device)
+    tops = []
+    for c in order:
         if carry is not None:
-            c = torch.einsum("anb,bc->anc", c, carry)
+            c = torch.einsum("ab,bnc->anc", carry, c) if left else torch.einsum("anb,bc->anc", c, carry)
         r0, n, r1 = c.shape
-        q, rt = torch.linalg.qr(c.reshape(r0, n * r1).T)
-        carry = rt.T
-        out.append(q.T.reshape(q.shape[1], n, r1))
-    first = cores[0] if carry is None else torch.einsum("anb,bc->anc", cores[0], carry)
-    return cast_back([first, *reversed(out)], dtype, "the tangent space's frame")
+        if left:
+            q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
+            out.append(q.reshape(r0, n, q.shape[1]))
+        else:
+            q, rt = torch.linalg.qr(c.reshape(r0, n * r1).T)
+            carry = rt.T
+            out.append(q.T.reshape(q.shape[1], n, r1))
+        if scaled:
+            e = pow2_exponents(carry.unsqueeze(0))
+            carry, exps = unscale_pow2(carry.unsqueeze(0), e)[0], exps + e
+        else:
+            tops.append(torch.linalg.vector_norm(carry, ord=float("inf")))
+    end = cores[-1] if left else cores[0]
+    if carry is not None:
+        end = torch.einsum("ab,bnc->anc", carry, end) if left else torch.einsum("anb,bc->anc", end, carry)
+    if scaled:
+        end = scale_pow2(end.unsqueeze(0), exps)[0]
+    low = torch.stack(tops).min() if tops else torch.ones((), dtype=end.real.dtype, device=end.device)
+    return ([*out, end] if left else [end, *reversed(out)]), low
 
 
 def ranks(cores: Cores) -> list[int]:
@@ -123,7 +159,24 @@ def gauge(u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def deltas_of_tt(z: Cores, u: Cores, v: Cores) -> Cores:
-    """Projection deltas of each element of the batch of TT cores ``z`` (leading batch axis)."""
+    """Projection deltas of each element of the batch of TT cores ``z`` (leading batch axis).
+
+    Where the plain contraction overflows (cores of ``z`` with unbalanced scales: 10 on half of 100 cores, 0.1
+    on the rest, a tensor of norm 1), it runs again with the environments scaled by powers of two at every step
+    (:func:`_deltas_scaled`), which costs about twice as much on small cores. The check syncs; under compile
+    and ``torch.func`` transforms the plain contraction is returned as it is.
+    """
+    deltas = _deltas_plain(z, u, v)
+    if transforms_active() or deltas[0].device.type == "meta":
+        return deltas
+    try:  # (one sync; a sum overflowing from finite entries only costs the scaled rerun)
+        finite = bool(torch.isfinite(torch.stack([d.detach().sum() for d in deltas])).all())
+    except RuntimeError:  # a fake tensor has no value to test
+        return deltas
+    return deltas if finite else _deltas_scaled(z, u, v)
+
+
+def _deltas_plain(z: Cores, u: Cores, v: Cores) -> Cores:
     d, bsz = len(z), z[0].shape[0]
     ones = torch.ones(bsz, 1, 1, dtype=z[0].dtype, device=z[0].device)
     rhs: list[torch.Tensor] = [ones] * (d + 1)
@@ -140,6 +193,37 @@ def deltas_of_tt(z: Cores, u: Cores, v: Cores) -> Cores:
             part = torch.einsum("oanc,ocd->oand", part, rhs[k + 1])
             part = gauge(u[k], part)
         deltas.append(part)
+    return deltas
+
+
+def _deltas_scaled(z: Cores, u: Cores, v: Cores) -> Cores:
+    """:func:`deltas_of_tt` with the environments scaled at every step."""
+    d, bsz = len(z), z[0].shape[0]
+    ones = torch.ones(bsz, 1, 1, dtype=z[0].dtype, device=z[0].device)
+    # The environments are carried scaled by powers of two per batch element (exponents in exp_*), each delta
+    # scaled back once: unbalanced cores of z (10 on half of 100 cores, 0.1 on the rest) would overflow or
+    # sink into subnormals on the way.
+    rhs: list[torch.Tensor] = [ones] * (d + 1)
+    exp_rhs = [torch.zeros(bsz, dtype=torch.int64, device=ones.device)] * (d + 1)
+    for k in range(d - 1, 0, -1):
+        # Pairwise, the large rank of z first (torch.einsum would contract three operands left to right).
+        t = torch.einsum("oanb,obd->oand", z[k], rhs[k + 1])
+        env = torch.einsum("oand,cnd->oac", t, v[k])
+        e = pow2_exponents(env)
+        rhs[k], exp_rhs[k] = unscale_pow2(env, e), exp_rhs[k + 1] + e
+    lhs, exp_lhs = ones, torch.zeros(bsz, dtype=torch.int64, device=ones.device)
+    deltas: Cores = []
+    for k in range(d):
+        part = torch.einsum("oab,obnc->oanc", lhs, z[k])
+        exps = exp_lhs
+        if k < d - 1:
+            env = torch.einsum("oanc,anb->obc", part, u[k])
+            e = pow2_exponents(env)
+            lhs, exp_lhs = unscale_pow2(env, e), exp_lhs + e
+            part = torch.einsum("oanc,ocd->oand", part, rhs[k + 1])
+            part = gauge(u[k], part)
+            exps = exps + exp_rhs[k + 1]
+        deltas.append(scale_pow2(part, exps))
     return deltas
 
 

@@ -1,0 +1,86 @@
+"""Long tensor trains whose cores have unbalanced scales: a tensor that fits float32 stored with cores of 10
+on half of its 100 modes and 0.1 on the rest (or the mirror). Every partial product of a plain sweep leaves
+float32's range (1e50 or 1e-50) on the way; results must still match float64 on the same cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tensortrain as tt
+
+D = 100
+
+
+def unbalanced(gen: torch.Generator, big: float, rank: int = 3, d: int = D) -> tt.TensorTrain:
+    """A float64 TT of norm 1 over 2^d whose first half of cores is scaled by ``big`` and the rest by 1/big."""
+    x = tt.random_tensor((2,) * d, tt_rank=rank, dtype=torch.float64, generator=gen)
+    x = tt.multiply(x, 1 / float(tt.frobenius_norm(x)))
+    return tt.TensorTrain([c * (big if k < d // 2 else 1 / big) for k, c in enumerate(x.tt_cores)])
+
+
+@pytest.fixture(params=[10.0, 0.1], ids=["big-first", "small-first"])
+def x64(request, gen):
+    return unbalanced(gen, request.param)
+
+
+def close(got: torch.Tensor, want: torch.Tensor, rtol: float = 1e-4) -> None:
+    got, want = got.double(), want.double()
+    assert torch.isfinite(got).all(), got
+    assert torch.allclose(got, want, rtol=rtol, atol=rtol * float(want.abs().max())), (got, want)
+
+
+def test_inner_products_and_forms(x64):
+    """flat_inner, the Gram-sweep norm, gram_matrix and the bilinear forms carried their partial products
+    unscaled: NaN (inf * small) or 0 in float32."""
+    x = x64.float()
+    close(tt.flat_inner(x, x), tt.flat_inner(x64, x64))
+    close(tt.frobenius_norm(x, differentiable=True), torch.tensor(1.0))
+    batch = tt.TensorTrainBatch([c[None] for c in x.tt_cores])
+    close(tt.gram_matrix(batch), torch.ones(1, 1))
+    close(tt.pairwise_flat_inner(batch, batch), torch.ones(1, 1))
+    eye = tt.eye((2,) * D, dtype=torch.float32)
+    vec = tt.TensorTrain([c.unsqueeze(2) for c in x.tt_cores])  # a 2^D x 1 TT-matrix
+    close(tt.bilinear_form(eye, vec, vec), torch.tensor(1.0))
+    close(tt.pairwise_flat_inner(batch, batch, eye), torch.ones(1, 1))
+
+
+def test_inner_product_gradients_stay_finite(x64):
+    cores = [c.float().requires_grad_() for c in x64.tt_cores]
+    tt.flat_inner(tt.TensorTrain(cores), tt.TensorTrain(cores)).backward()
+    ref = [c.clone().requires_grad_() for c in x64.tt_cores]
+    tt.flat_inner(tt.TensorTrain(ref), tt.TensorTrain(ref)).backward()
+    for c, r in zip(cores, ref, strict=True):
+        close(c.grad, r.grad, rtol=1e-3)
+
+
+def test_entries(x64, gen):
+    """gather_nd and full multiplied the cores' slices plainly: NaN for entries that fit."""
+    idx = torch.randint(0, 2, (16, D), generator=gen)
+    close(tt.gather_nd(x64.float(), idx), tt.gather_nd(x64, idx))
+    y = tt.random_tensor((2,) * 16, tt_rank=3, dtype=torch.float64, generator=gen)
+    y = tt.TensorTrain([c * (1e4 if k < 8 else 1e-4) for k, c in enumerate(y.tt_cores)])
+    close(tt.full(y.float()), tt.full(y))
+
+
+def test_riemannian_tools_at_an_unbalanced_point(x64, gen):
+    """The tangent frame's QR sweeps carried R unscaled: project/gradients refused a point of norm 1 ("does
+    not fit float32"); an unbalanced `what` overflowed its environments."""
+    x = x64.float()
+    z = tt.random_tensor((2,) * D, tt_rank=2, dtype=torch.float64, generator=gen)
+    want = tt.project(z, x64)
+    got = tt.project(z.float(), x)
+    assert float(tt.frobenius_norm(got.double() - want)) <= 1e-4 * float(tt.frobenius_norm(want))
+    g = tt.gradients(lambda y: tt.flat_inner(y, z.float()), x, runtime_check=False)
+    assert float(tt.frobenius_norm(g.double() - want)) <= 1e-4 * float(tt.frobenius_norm(want))
+    point = tt.orthogonalize(tt.random_tensor((2,) * D, tt_rank=2, dtype=torch.float64, generator=gen))
+    want = tt.project(x64, point)
+    got = tt.project(x, point.float())
+    assert float(tt.frobenius_norm(got.double() - want)) <= 1e-4 * float(tt.frobenius_norm(want))
+
+
+def test_values_beyond_the_range_are_still_inf():
+    """The scaled reruns put the exponents back: a result that does not fit is inf, not a wrapped number."""
+    x = tt.TensorTrain([torch.full((1, 2, 1), 4.0) for _ in range(80)])  # entries 4^80 = 1.5e48
+    assert torch.isinf(tt.flat_inner(x, x))
+    assert torch.isinf(tt.gather_nd(x, torch.zeros(1, 80, dtype=torch.long))).all()
