@@ -285,6 +285,21 @@ def test_demo_pipeline_on_synthetic_files(tmp_path, capsys):
     assert "MNIST: 96 training and 40 test images" in capsys.readouterr().out
 
 
+def test_demo_without_matplotlib_says_so_and_leaves_no_stale_plot(tmp_path, capsys, monkeypatch):
+    """Without the demo extra the plot was skipped silently, and an earlier run's plot stayed next to the new
+    results.json."""
+    import tensortrain.demo
+
+    argv = _short_demo(tmp_path, 64, 32)
+    stale = tmp_path / "out/accuracy_vs_params.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an earlier run's plot")
+    monkeypatch.setattr(tensortrain.demo, "_plot", lambda results: None)  # as without matplotlib
+    assert main(argv) == 0
+    assert not stale.exists() and (tmp_path / "out/results.json").exists()
+    assert 'no plot: matplotlib is not installed (pip install "tensortrain[demo]")' in capsys.readouterr().out
+
+
 def test_demo_names_the_ranks_it_used_and_refuses_oversized_subsets(tmp_path, capsys, monkeypatch):
     """A rank above the useful ones was clipped while the table said the requested one; a subset larger than the
     data was used whole while results.json recorded the request; a missing --data folder was hinted as root=."""

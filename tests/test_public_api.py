@@ -73,3 +73,20 @@ def test_t3f_positional_parameters_come_first_in_t3f_order(name):
     params = inspect.signature(getattr(tt, name)).parameters.values()
     positional = tuple(p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
     assert positional[: len(T3F_POSITIONAL[name])] == T3F_POSITIONAL[name]
+
+
+def test_installed_metadata_matches_the_package():
+    """The version is written in two places (pyproject.toml, __init__); the wheel must carry py.typed (type
+    checkers ignore the annotations without it) and require numpy, which safetensors' save needs and only asks
+    for through its own extras."""
+    from importlib import metadata
+    from pathlib import Path
+
+    assert metadata.version("tensortrain") == tt.__version__
+    assert (Path(tt.__file__).parent / "py.typed").is_file()
+    required = {
+        r.split(";")[0].split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip()
+        for r in metadata.requires("tensortrain") or []
+        if "extra ==" not in r
+    }
+    assert {"torch", "safetensors", "numpy"} <= required

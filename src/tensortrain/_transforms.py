@@ -23,6 +23,7 @@ __all__: list[str] = []
 
 # private in torch (torch.autograd.Function consults it the same way); absent: no transforms to detect
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # (torch 2.7 and later)
 
 
 def transforms_active() -> bool:
@@ -31,7 +32,7 @@ def transforms_active() -> bool:
     -1 outside ``forward_ad.dual_level()``)."""
     return (
         torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
+        or _is_exporting()
         or torch.jit.is_tracing()
         or bool(_functorch_active())
         or getattr(_fwad, "_current_level", -1) >= 0

@@ -368,7 +368,7 @@ def run_mnist_demo(
     log(f"c: relative Frobenius error of the compressed first-layer weight: {err:.4f}")
     results.append(_stage(ctx, "d", "c fine-tuned", compressed, cfg.epochs_finetune, 1e-3))
     if rank == 0:
-        _write_outputs(cfg, results, world, time.perf_counter() - t_start, err)
+        _write_outputs(cfg, results, world, time.perf_counter() - t_start, err, log)
     return results
 
 
@@ -531,7 +531,12 @@ def format_seeds_table(summary: list[dict[str, Any]]) -> str:
 
 
 def _write_outputs(
-    cfg: DemoConfig, results: list[StageResult], world: int, seconds: float, err: float
+    cfg: DemoConfig,
+    results: list[StageResult],
+    world: int,
+    seconds: float,
+    err: float,
+    log: Callable[[str], None],
 ) -> None:
     from . import __version__
 
@@ -552,6 +557,9 @@ def _write_outputs(
     png = _plot(results)
     if png is not None:
         atomic_write(out / "accuracy_vs_params.png", png)
+    else:  # an earlier run's plot would otherwise sit next to this run's results
+        (out / "accuracy_vs_params.png").unlink(missing_ok=True)
+        log('no plot: matplotlib is not installed (pip install "tensortrain[demo]")')
 
 
 def _plot(results: list[StageResult]) -> bytes | None:
