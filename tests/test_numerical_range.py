@@ -84,3 +84,33 @@ def test_values_beyond_the_range_are_still_inf():
     x = tt.TensorTrain([torch.full((1, 2, 1), 4.0) for _ in range(80)])  # entries 4^80 = 1.5e48
     assert torch.isinf(tt.flat_inner(x, x))
     assert torch.isinf(tt.gather_nd(x, torch.zeros(1, 80, dtype=torch.long))).all()
+
+
+def test_riemannian_gradient_from_cores_and_a_step_at_an_unbalanced_point(x64, gen):
+    """optim's interface Gram matrices were carried unscaled: 10^50 overflowed float32 and pinv raised a bare
+    LinAlgError (after the core gradients had become finite)."""
+    z = tt.random_tensor((2,) * D, tt_rank=2, dtype=torch.float64, generator=gen)
+    params = torch.nn.ParameterList([torch.nn.Parameter(c.float()) for c in x64.tt_cores])
+    tt.flat_inner(tt.TensorTrain(list(params)), z.float()).backward()
+    got = tt.optim.riemannian_gradient_from_cores(
+        tt.TensorTrain([p.detach() for p in params]), [p.grad for p in params]
+    )
+    want = tt.project(z, x64)  # the Riemannian gradient of <x, z> is P_x(z)
+    assert float(tt.frobenius_norm(got.double() - want)) <= 1e-4 * float(tt.frobenius_norm(want))
+    tt.optim.RiemannianSGD([params], lr=0.1).step()
+    moved = tt.TensorTrain([p.detach().double() for p in params])
+    expected = tt.round(x64 - 0.1 * want, max_tt_rank=3)
+    assert float(tt.frobenius_norm(moved - expected)) <= 1e-4 * float(tt.frobenius_norm(expected))
+
+
+def test_an_entry_does_not_depend_on_the_entries_gathered_with_it():
+    """gather_nd checked the plain sweep's largest entry only: an entry that underflowed on the way read 0 when
+    gathered next to a normal one."""
+    cores = []
+    for k in range(D):
+        c = torch.zeros(1, 2, 1)
+        c[0, 0, 0], c[0, 1, 0] = (0.1 if k < D // 2 else 10.0), 1.0
+        cores.append(c)
+    x = tt.TensorTrain(cores)
+    close(tt.gather_nd(x, [[0] * D, [1] * D]), torch.ones(2))
+    close(tt.gather_nd(x, [[0] * D]), torch.ones(1))

@@ -18,7 +18,7 @@ from .operands import (
     describe,
     is_batch,
     matrix_dims,
-    out_of_range,
+    needs_scaling,
     pow2_exponents,
     scale_pow2,
     tensor_dims,
@@ -264,29 +264,54 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     else:
         bidx = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device)
     mode_idx = _mode_indices(tt, idx)
-    mats = [
-        core[bidx, :, mode_idx[:, k], mode_idx[:, len(cores) + k]]  # (K, r, s)
-        if tt.is_tt_matrix()
-        else core[bidx, :, mode_idx[:, k]]
-        for k, core in enumerate(cores)
-    ]
-    res = _products(mats, scaled=False)
-    if out_of_range(res.reshape(1, -1), per_entry=False):  # (unbalanced core scales: again, scaled steps)
-        res = _products(mats, scaled=True)
+    d = len(cores)
+    if tt.is_tt_matrix():  # one merged index per core: (row mode, column mode) -> i * n_k + j
+        mode_idx = torch.stack(
+            [mode_idx[:, k] * c.shape[3] + mode_idx[:, d + k] for k, c in enumerate(cores)], dim=1
+        )
+        cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
+    scaled = needs_scaling(cores)  # (cores of unbalanced scales: every step scaled by a power of two)
+    if not is_batch(tt):
+        return _sweep_entries([c[0] for c in cores], mode_idx, scaled).reshape(out_shape)
+    res = mode_idx.new_empty(mode_idx.shape[0], dtype=cores[0].dtype)
+    for b in torch.unique(bidx).tolist():  # (the entries of each batch element in one sweep)
+        rows = (bidx == b).nonzero().flatten()
+        res = res.index_put((rows,), _sweep_entries([c[b] for c in cores], mode_idx[rows], scaled))
     return res.reshape(out_shape)
 
 
-def _products(mats: list[torch.Tensor], scaled: bool) -> torch.Tensor:
-    """``mats[0] @ ... @ mats[-1]`` per entry ``(K, 1, 1)``; scaled: each partial product brought below 1 by
-    a power of two per entry, the exponents put back at the end."""
-    res = mats[0]
-    exps = torch.zeros(res.shape[0], dtype=torch.int64, device=res.device)
-    for mat in mats[1:]:
-        res = torch.bmm(res, mat)
-        if scaled:
-            e = pow2_exponents(res)
-            res, exps = unscale_pow2(res, e), exps + e
-    return scale_pow2(res, exps) if scaled else res
+_CHUNK = 1 << 22  # elements of a step's intermediate (16 MiB in float32): entries are swept in chunks of rows
+
+
+def _sweep_entries(cores: list[torch.Tensor], idx: torch.Tensor, scaled: bool) -> torch.Tensor:
+    """Entries ``idx`` ``(K, d)`` of the TT with cores ``(r, n, r')``: a ``(K, r)`` state swept core by core,
+    in chunks of rows, so that memory stays near ``K r`` (all the ``(K, r, r')`` core slices at once took
+    ``d K r^2``: 100 GB for 10^6 entries at rank 64). A step either gathers each row's slice ``(r, r')`` and
+    multiplies (when ``r <= n``), or multiplies the state by the whole core ``(r, n r')`` and picks each row's
+    mode (fewer bytes moved when the slices are larger than the products). Scaled: the state is brought below 1
+    by a power of two per row at every step, the exponents put back at the end."""
+    k_all = idx.shape[0]
+    widest = max(max(c.shape[0], c.shape[1]) * c.shape[2] for c in cores)
+    step = max(1, _CHUNK // widest)
+    parts = []
+    for start in range(0, k_all, step):
+        rows = idx[start : start + step]
+        k = rows.shape[0]
+        v = cores[0].new_ones(k, 1)
+        exps = torch.zeros(k, dtype=torch.int64, device=v.device)
+        for j, c in enumerate(cores):
+            r0, n, r1 = c.shape
+            if r0 <= n:
+                v = torch.bmm(v.unsqueeze(1), c[:, rows[:, j]].permute(1, 0, 2)).squeeze(1)
+            else:
+                w = (v @ c.reshape(r0, n * r1)).reshape(k, n, r1)
+                v = w.gather(1, rows[:, j].view(k, 1, 1).expand(k, 1, r1)).squeeze(1)
+            if scaled:
+                e = pow2_exponents(v)
+                v, exps = unscale_pow2(v, e), exps + e
+        v = v.squeeze(1)
+        parts.append(scale_pow2(v, exps) if scaled else v)
+    return torch.cat(parts) if parts else cores[0].new_zeros(0)
 
 
 def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from .operands import (
     describe,
     is_batch,
     matrix_dims,
-    out_of_range,
+    needs_scaling,
     paired_cores,
     pow2_exponents,
     scale_pow2,
@@ -108,9 +108,7 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
     check_tt(tt, "full", "tt")
     cores = batched_cores(tt)
     b = cores[0].shape[0]
-    res = _full_steps(cores, scaled=False)
-    if out_of_range(res, per_entry=False):  # (unbalanced core scales: again with scaled steps)
-        res = _full_steps(cores, scaled=True)
+    res = _full_steps(cores, scaled=needs_scaling(cores))  # (scaled for cores of unbalanced scales)
     if tt.is_tt_matrix():
         rows, cols = matrix_dims(tt)
         d = len(rows)
@@ -356,7 +354,8 @@ def _hadamard(a: TensorTrainBase, b: TensorTrainBase) -> Any:
 
 
 def kron(a: TensorTrainBase, b: TensorTrainBase) -> Any:
-    """Kronecker product by concatenating cores: ``full(kron(a, b)) == torch.kron(full(a), full(b))``.
+    """Kronecker product by concatenating cores (for TT-matrices ``full(kron(a, b)) == torch.kron(full(a),
+    full(b))``; for TT-tensors the outer product, of shape ``a.shape + b.shape``).
 
     For TT-matrices ``A (M1 x N1)`` and ``B (M2 x N2)`` the result is the ``M1 M2 x N1 N2`` TT-matrix with
     the cores of ``a`` followed by those of ``b`` (how t3f builds Kronecker-structured matrices). For

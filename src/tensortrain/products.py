@@ -26,7 +26,7 @@ from .operands import (
     flat_modes,
     is_batch,
     matrix_dims,
-    out_of_range,
+    needs_scaling,
     paired_cores,
     pow2_exponents,
     scale_pow2,
@@ -264,13 +264,11 @@ def flat_inner(a: Any, b: Any) -> torch.Tensor:
 def inner_sweep(ca: list[torch.Tensor], cb: list[torch.Tensor], batch: bool) -> torch.Tensor:
     """``<a, b>`` from batched cores of equal batch size (shared with :mod:`tensortrain.forms`, not public).
 
-    Carries the (B, r_a, r_b) matrix of partial inner products left to right: O(d B r^3 n). Where that
-    overflows or underflows (``operands.out_of_range``: cores of unbalanced scales), again with the carried
-    matrix scaled by a power of two at each step.
+    Carries the (B, r_a, r_b) matrix of partial inner products left to right: O(d B r^3 n). Where that could
+    overflow or underflow (``operands.needs_scaling``: cores of unbalanced scales), the carried matrix is scaled
+    by a power of two at each step.
     """
-    res = _inner_steps(ca, cb, scaled=False)
-    if out_of_range(res, per_entry=True):
-        res = _inner_steps(ca, cb, scaled=True)
+    res = _inner_steps(ca, cb, scaled=needs_scaling(ca, cb))
     return res if batch else res[0]
 
 
