@@ -101,3 +101,29 @@ def test_determinant_at_a_singular_factor_under_torch_func():
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
         assert_close(torch.func.jacfwd(kron_det)(s), want)
     assert_close(torch.func.vmap(torch.func.grad(kron_det))(torch.stack([s, s + torch.eye(2)]))[0], want)
+
+
+def test_cholesky_takes_scalars_spread_over_the_factors_and_refuses_non_hermitian_ones():
+    """(e^{it} H1) (x) (e^{-it} H2) is Hermitian positive definite but no factor is Hermitian: torch's cholesky
+    read each factor's lower triangle and returned L with L L^H != A (17% off); a non-symmetric real factor
+    was accepted the same way."""
+    gen = torch.Generator().manual_seed(0)
+
+    def hpd(n):
+        m = torch.randn(n, n, dtype=torch.complex128, generator=gen)
+        return m @ m.mH + n * torch.eye(n, dtype=torch.complex128)
+
+    phase = torch.exp(torch.tensor(0.3j, dtype=torch.complex128))
+    for first, second in ((phase * hpd(2), hpd(3) / phase), (-hpd(2).real, -hpd(3).real)):
+        a = tt.TensorTrain([first[None, :, :, None], second[None, :, :, None]])
+        low = dense(tt.kronecker.cholesky(a))
+        assert torch.allclose(low, torch.tril(low))
+        assert_close(low @ low.mH, dense(a))
+    upper = torch.tensor([[2.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
+    with pytest.raises(torch.linalg.LinAlgError, match="not Hermitian"):
+        tt.kronecker.cholesky(
+            tt.TensorTrain([upper[None, :, :, None], torch.eye(2, dtype=torch.float64)[None, :, :, None]])
+        )
+    with pytest.raises(torch.linalg.LinAlgError, match="not positive definite"):
+        neg = -torch.eye(2, dtype=torch.float64)[None, :, :, None]
+        tt.kronecker.cholesky(tt.TensorTrain([neg, 3 * torch.eye(2, dtype=torch.float64)[None, :, :, None]]))

@@ -906,3 +906,35 @@ def test_load_tt_at_new_ranks_frees_the_old_cores_and_their_cached_merges():
         layer.load_tt_(tt.round(layer.weight, max_tt_rank=2))
         gc.collect()
         assert old() is None, type(layer).__name__
+
+
+@pytest.mark.parametrize("make", ["linear", "embedding"])
+def test_load_state_dict_refuses_a_complex_checkpoint_for_a_real_layer(make):
+    """torch copied the real parts of complex cores in (warning at most once per process): for TT cores that
+    is not even the real part of the weight. Nothing of the layer may change."""
+    if make == "linear":
+        src = tt.nn.TTLinear(12, 20, tt_rank=3, dtype=torch.complex64)
+        dst = tt.nn.TTLinear(12, 20, tt_rank=3)
+    else:
+        src = tt.nn.TTEmbedding(12, 20, tt_rank=3, dtype=torch.complex64)
+        dst = tt.nn.TTEmbedding(12, 20, tt_rank=3)
+    before = [p.detach().clone() for p in dst.parameters()]
+    with pytest.raises(
+        RuntimeError, match=r"cores.0: the checkpoint holds complex values .* dtype=torch.complex64"
+    ):
+        dst.load_state_dict(src.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(before, dst.parameters(), strict=True))
+    back = type(src)(12, 20, tt_rank=3, dtype=torch.complex64)
+    back.load_state_dict(dst.state_dict())  # real into complex is exact
+    assert torch.allclose(tt.full(back.weight).real, tt.full(dst.weight), atol=1e-6)
+
+
+def test_complex32_is_refused_by_name_and_complex_inputs_get_a_real_hint():
+    x = tt.random_tensor((2, 3), 2)
+    with pytest.raises(TypeError, match="complex32 has almost no kernels"):
+        tt.cast(x, torch.complex32)
+    with pytest.raises(TypeError, match="complex32 has almost no kernels"):
+        tt.nn.TTLinear(6, 6, tt_rank=2, dtype=torch.complex32)
+    layer = tt.nn.TTLinear(6, 6, tt_rank=2)
+    with pytest.raises(ValueError, match="a real TT-matrix cannot take complex values"):
+        layer(torch.randn(2, 6, dtype=torch.complex64))

@@ -215,9 +215,14 @@ def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None
         to = ", ".join(
             ([f"'{c0.device}'"] if t.device != c0.device else []) + ([str(c0.dtype)] if not same else [])
         )
+        hint = (
+            f"a real TT-matrix cannot take complex values: make its cores {t.dtype} (a layer: dtype={t.dtype})"
+            if t.is_complex() and not c0.is_complex()
+            else f"convert one of them, e.g. {name}.to({to})"
+        )
         raise ShapeError(
             f"{fn}: {name} has dtype {t.dtype} on {t.device} but the TT-matrix has dtype {c0.dtype} on "
-            f"{c0.device}; convert one of them, e.g. {name}.to({to})"
+            f"{c0.device}; {hint}"
         )
 
 

@@ -189,8 +189,13 @@ def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
     Because the Kronecker product of lower-triangular matrices is lower triangular (row-major mode order),
     the factor is the Kronecker product of the factors' Cholesky factors.
 
+    A Hermitian positive-definite Kronecker product can be stored with scalars spread over its factors
+    (``(-F) ⊗ (-G)``, ``(e^{it} F) ⊗ (e^{-it} G)``): each factor is first divided by its trace's phase (its
+    sign when real), then must be Hermitian (symmetric), and the phases must multiply to 1.
+
     Args:
-        kron_a: a TT-matrix (or batch) of TT-rank 1 whose square factors are all symmetric positive definite.
+        kron_a: a TT-matrix (or batch) of TT-rank 1 whose square factors are Hermitian positive definite up to
+            scalars that multiply to a positive number.
 
     Returns:
         ``L``, a TT-matrix (or batch) of TT-rank 1 with ``full(L) @ full(L).mH == full(kron_a)`` (``.T`` for
@@ -198,8 +203,8 @@ def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
 
     Raises:
         TypeError, ShapeError: as :func:`determinant`.
-        torch.linalg.LinAlgError: a factor that is not positive definite (note: ``A`` may be SPD while
-            its factors are both negative definite; negate them first).
+        torch.linalg.LinAlgError: a factor that is not Hermitian (symmetric) up to a scalar, not positive
+            definite, or scalars whose product is not positive (``A`` is then not positive definite).
 
     Complexity: O(d n^3).
 
@@ -210,6 +215,25 @@ def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
         tensor([[2., 0.],
                 [0., 2.]])
     """
-    return _rebuild(
-        [_in_compute_dtype(torch.linalg.cholesky, f) for f in _factors(kron_a, "cholesky")], kron_a
-    )
+    factors = []
+    phases = None
+    for k, f in enumerate(_factors(kron_a, "cholesky")):
+        trace = torch.diagonal(f, dim1=-2, dim2=-1).sum(-1)
+        phase = trace / trace.abs()  # (the sign of a real trace; NaN for a zero trace, refused below)
+        f = f / phase[..., None, None]
+        phases = phase if phases is None else phases * phase
+        if not transforms_active():  # (the checks sync: under torch.func the plain factorization runs)
+            tol = torch.finfo(f.real.dtype).eps ** 0.5 * f.detach().abs().amax(dim=(-2, -1))
+            if not bool(((f.detach() - f.detach().mH).abs().amax(dim=(-2, -1)) <= tol).all()):
+                raise torch.linalg.LinAlgError(
+                    f"cholesky: Kronecker factor {k} is not Hermitian (symmetric) up to a scalar, so the "
+                    "product is not either (or its trace is 0)"
+                )
+        factors.append(f)
+    assert phases is not None
+    if not transforms_active() and not bool(((phases - 1).abs() <= 1e-3).all()):
+        raise torch.linalg.LinAlgError(
+            "cholesky: the Kronecker product is not positive definite: its factors are definite, but their "
+            "scalars multiply to a negative (or complex) number"
+        )
+    return _rebuild([_in_compute_dtype(torch.linalg.cholesky, f) for f in factors], kron_a)

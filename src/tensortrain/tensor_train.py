@@ -44,6 +44,9 @@ _TENSOR_ONLY = frozenset(
 """Tensor attributes a TT object lacks that code written for dense weights reaches for (see ``__getattr__``)."""
 
 
+_CHALF = torch.complex32  # (ComplexHalf)
+
+
 def check_cast(have: torch.dtype, dtype: Any, fn: str) -> None:
     """A cast of cores of dtype ``have`` to ``dtype`` gives a TT: a floating point or complex dtype of 16 bits
     or more, and not complex to real (the cores' real parts do not multiply out to the tensor's real part)."""
@@ -51,6 +54,8 @@ def check_cast(have: torch.dtype, dtype: Any, fn: str) -> None:
         raise TypeError(f"{fn}: dtype must be a floating point or complex torch.dtype, got {dtype!r}")
     if dtype.itemsize < 2:
         raise TypeError(f"{fn}: TT cores are 16 bits or more (float16 and up), got {dtype}")
+    if dtype == _CHALF:
+        raise TypeError(f"{fn}: complex32 has almost no kernels (no products, QR or SVD): use complex64")
     if have.is_complex and not dtype.is_complex:
         raise TypeError(
             f"{fn}: cannot cast a complex TT ({have}) to the real {dtype}: dropping the cores' imaginary parts "
@@ -102,13 +107,12 @@ class TensorTrainBase:
                     f"{name}: all cores must have the same number of dims, core 0 has {ndim} "
                     f"but core {k} has shape {tuple(c.shape)}"
                 )
-            if not (c.is_floating_point() or c.is_complex()) or (
-                c.is_floating_point() and c.element_size() == 1
-            ):
-                # (1-byte floats are float8 storage formats: no products run in them)
+            if not (c.is_floating_point() or c.is_complex()) or c.element_size() == 1 or c.dtype == _CHALF:
+                # (1-byte floats are float8 storage formats, and complex32 has almost no kernels: no products
+                # run in them)
                 raise TypeError(
                     f"{name}: cores must be floating point (16 bits or more) or complex, core {k} has dtype "
-                    f"{c.dtype}; cast it first, e.g. core.to(torch.float32)"
+                    f"{c.dtype}; cast it first, e.g. core.to(torch.{'complex64' if c.is_complex() else 'float32'})"
                 )
             if c.layout != torch.strided or c.is_nested:
                 raise TypeError(

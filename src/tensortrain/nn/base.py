@@ -203,6 +203,27 @@ class TTModule(nn.Module):
         # drop cached merges first: some are views of the cores, and swapping Parameters (load_state_dict under
         # torch.__future__.set_swap_module_params_on_conversion) needs them unreferenced
         self._cache.clear()
+        if not self.cores[0].is_complex():
+            # torch would copy a complex value's real part in (with a warning at most once per process): for
+            # TT cores that is not even the real part of the weight
+            ours = [k for k in state_dict if k == prefix + "bias" or k.startswith(prefix + "cores.")]
+            bad = [k for k in ours if isinstance(state_dict[k], torch.Tensor) and state_dict[k].is_complex()]
+            for key in bad:
+                error_msgs.append(
+                    f"{key}: the checkpoint holds complex values ({state_dict[key].dtype}) but the layer is real "
+                    f"({self.cores[0].dtype}): build the layer with dtype={state_dict[key].dtype}"
+                )
+            if bad:
+                # load nothing of this layer: the cores' ParameterList loads its entries after this returns
+                # (from this dict, which torch copies for its loaders to edit), so give it the current values
+                current = dict(self.named_parameters())
+                for key in ours:
+                    now = current.get(key[len(prefix) :])
+                    if now is not None and now.shape == state_dict[key].shape:
+                        state_dict[key] = now.detach()
+                    else:
+                        del state_dict[key]
+                return
         resize_cores_to_state(self.cores, state_dict, prefix, error_msgs)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
