@@ -127,3 +127,11 @@ def test_cholesky_takes_scalars_spread_over_the_factors_and_refuses_non_hermitia
     with pytest.raises(torch.linalg.LinAlgError, match="not positive definite"):
         neg = -torch.eye(2, dtype=torch.float64)[None, :, :, None]
         tt.kronecker.cholesky(tt.TensorTrain([neg, 3 * torch.eye(2, dtype=torch.float64)[None, :, :, None]]))
+
+
+def test_cholesky_of_factors_whose_trace_overflows_the_dtype():
+    a = tt.TensorTrain(
+        [(torch.eye(4) * 30000).half()[None, :, :, None], torch.eye(3).half()[None, :, :, None]]
+    )
+    low = tt.full(tt.kronecker.cholesky(a)).float()
+    assert torch.allclose(low, torch.eye(12) * 30000**0.5, rtol=1e-3)

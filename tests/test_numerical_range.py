@@ -25,7 +25,7 @@ def x64(request, gen):
 
 
 def close(got: torch.Tensor, want: torch.Tensor, rtol: float = 1e-4) -> None:
-    got, want = got.double(), want.double()
+    got, want = got.detach().double(), want.detach().double()
     assert torch.isfinite(got).all(), got
     assert torch.allclose(got, want, rtol=rtol, atol=rtol * float(want.abs().max())), (got, want)
 
@@ -114,3 +114,38 @@ def test_an_entry_does_not_depend_on_the_entries_gathered_with_it():
     x = tt.TensorTrain(cores)
     close(tt.gather_nd(x, [[0] * D, [1] * D]), torch.ones(2))
     close(tt.gather_nd(x, [[0] * D]), torch.ones(1))
+
+
+def test_inner_products_count_the_sum_over_modes():
+    """The scaling decision scored cores by their typical entry, which a contraction over 128 modes per step
+    outgrows: 8^10 * 128^10 overflowed float32 unnoticed (inf) where the value, 1.3e36, fits."""
+    x = tt.TensorTrain([torch.full((1, 128, 1), 2.0**3)] * 10 + [torch.full((1, 128, 1), 2.0**-4)] * 10)
+    close(tt.flat_inner(x, x), tt.flat_inner(x.double(), x.double()))
+
+
+def test_power_of_two_scales_follow_the_tensor_to_its_device():
+    from tensortrain.operands import unscale_pow2
+
+    assert unscale_pow2(torch.ones(1, 2, 2, device="meta"), torch.tensor([3])).device.type == "meta"
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_gather_nd_in_chunks_and_batches_matches_the_dense_entries(gen, monkeypatch, batch):
+    """gather_nd sweeps its entries in chunks of rows (forced small here), batches by each row's own element."""
+    import tensortrain.indexing
+
+    monkeypatch.setattr(tensortrain.indexing, "_CHUNK", 7)
+    shape = (3, 4, 2, 5)
+    if batch:
+        x = tt.random_tensor_batch(shape, tt_rank=3, batch_size=4, dtype=torch.float64, generator=gen)
+    else:
+        x = tt.random_tensor(shape, tt_rank=(1, 3, 6, 4, 1), dtype=torch.float64, generator=gen)
+    x = type(x)([c.clone().requires_grad_() for c in x.tt_cores])
+    full = tt.full(x)
+    idx = torch.stack([torch.randint(0, n, (50,), generator=gen) for n in full.shape], dim=1)
+    got, want = tt.gather_nd(x, idx), full[tuple(idx.T)]
+    close(got, want, rtol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad(got.sum(), x.tt_cores), torch.autograd.grad(want.sum(), x.tt_cores), strict=True
+    ):
+        close(a, b, rtol=1e-12)

@@ -227,7 +227,7 @@ def _pairwise(
             t = torch.einsum("ijxy,ixmu->ijymu", v, ca[k])
             return torch.einsum("ijymu,jymv->ijuv", t, cb[k])
 
-        return scaled_sweep(v, step, len(ca), needs_scaling(ca, cb))
+        return scaled_sweep(v, step, len(ca), needs_scaling(ca, cb, contracted=True))
     check_matrix(matrix, op, "matrix")
     if isinstance(matrix, TensorTrainBatch):
         raise TypeError(f"{op}: matrix must be a single TT-matrix, got a batch {describe(matrix)}")
@@ -243,4 +243,5 @@ def _pairwise(
         t = torch.einsum("ijzynu,znmw->ijyuwm", t, mats[k])
         return torch.einsum("ijyuwm,jymv->ijuwv", t, cb[k])
 
-    return scaled_sweep(v, step_with_matrix, len(ca), needs_scaling(ca, mats, cb))
+    batched = [m.unsqueeze(0) for m in mats]
+    return scaled_sweep(v, step_with_matrix, len(ca), needs_scaling(ca, batched, cb, contracted=True))

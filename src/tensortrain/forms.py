@@ -278,7 +278,7 @@ def _bilinear_form(op: str, A: TensorTrainBase, b: TensorTrainBase, c: TensorTra
         t = torch.einsum("bqsnu,bqnmw->bsuwm", t, ca[k])
         return torch.einsum("bsuwm,bsmz->buwz", t, cc[k])
 
-    res = scaled_sweep(v, step, len(ca), needs_scaling(cb, ca, cc), lead=1)
+    res = scaled_sweep(v, step, len(ca), needs_scaling(cb, ca, cc, contracted=True), lead=1)
     return res if batch else res[0]
 
 

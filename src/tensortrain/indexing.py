@@ -271,27 +271,24 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
         )
         cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
     scaled = needs_scaling(cores)  # (cores of unbalanced scales: every step scaled by a power of two)
-    if not is_batch(tt):
-        return _sweep_entries([c[0] for c in cores], mode_idx, scaled).reshape(out_shape)
-    res = mode_idx.new_empty(mode_idx.shape[0], dtype=cores[0].dtype)
-    for b in torch.unique(bidx).tolist():  # (the entries of each batch element in one sweep)
-        rows = (bidx == b).nonzero().flatten()
-        res = res.index_put((rows,), _sweep_entries([c[b] for c in cores], mode_idx[rows], scaled))
-    return res.reshape(out_shape)
+    return _sweep_entries(cores, mode_idx, bidx if is_batch(tt) else None, scaled).reshape(out_shape)
 
 
 _CHUNK = 1 << 22  # elements of a step's intermediate (16 MiB in float32): entries are swept in chunks of rows
 
 
-def _sweep_entries(cores: list[torch.Tensor], idx: torch.Tensor, scaled: bool) -> torch.Tensor:
-    """Entries ``idx`` ``(K, d)`` of the TT with cores ``(r, n, r')``: a ``(K, r)`` state swept core by core,
-    in chunks of rows, so that memory stays near ``K r`` (all the ``(K, r, r')`` core slices at once took
-    ``d K r^2``: 100 GB for 10^6 entries at rank 64). A step either gathers each row's slice ``(r, r')`` and
-    multiplies (when ``r <= n``), or multiplies the state by the whole core ``(r, n r')`` and picks each row's
-    mode (fewer bytes moved when the slices are larger than the products). Scaled: the state is brought below 1
-    by a power of two per row at every step, the exponents put back at the end."""
+def _sweep_entries(
+    cores: list[torch.Tensor], idx: torch.Tensor, bidx: torch.Tensor | None, scaled: bool
+) -> torch.Tensor:
+    """Entries ``idx`` ``(K, d)`` of the TT (batch elements ``bidx``, or ``None`` for a single TT) with cores
+    ``(B, r, n, r')``: a ``(K, r)`` state swept core by core, in chunks of rows, so that memory stays near
+    ``K r`` (all the ``(K, r, r')`` core slices at once took ``d K r^2``: 100 GB for 10^6 entries at rank 64).
+    A step either gathers each row's slice ``(r, r')`` and multiplies (batches; or when ``r <= n``), or
+    multiplies the state by the whole core ``(r, n r')`` and picks each row's mode (fewer bytes moved when the
+    slices are larger than the products). Scaled: the state is brought below 1 by a power of two per row at
+    every step, the exponents put back at the end."""
     k_all = idx.shape[0]
-    widest = max(max(c.shape[0], c.shape[1]) * c.shape[2] for c in cores)
+    widest = max(max(c.shape[1], c.shape[2]) * c.shape[3] for c in cores)
     step = max(1, _CHUNK // widest)
     parts = []
     for start in range(0, k_all, step):
@@ -299,11 +296,16 @@ def _sweep_entries(cores: list[torch.Tensor], idx: torch.Tensor, scaled: bool) -
         k = rows.shape[0]
         v = cores[0].new_ones(k, 1)
         exps = torch.zeros(k, dtype=torch.int64, device=v.device)
-        for j, c in enumerate(cores):
-            r0, n, r1 = c.shape
-            if r0 <= n:
+        for j, core in enumerate(cores):
+            _, r0, n, r1 = core.shape
+            if bidx is not None:  # each row's slice of its own batch element: (k, r0, r1)
+                slices = core[bidx[start : start + step], :, rows[:, j]]
+                v = torch.bmm(v.unsqueeze(1), slices).squeeze(1)
+            elif r0 <= n:
+                c = core[0]
                 v = torch.bmm(v.unsqueeze(1), c[:, rows[:, j]].permute(1, 0, 2)).squeeze(1)
             else:
+                c = core[0]
                 w = (v @ c.reshape(r0, n * r1)).reshape(k, n, r1)
                 v = w.gather(1, rows[:, j].view(k, 1, 1).expand(k, 1, r1)).squeeze(1)
             if scaled:

@@ -218,8 +218,9 @@ def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
     factors = []
     phases = None
     for k, f in enumerate(_factors(kron_a, "cholesky")):
-        trace = torch.diagonal(f, dim1=-2, dim2=-1).sum(-1)
-        phase = trace / trace.abs()  # (the sign of a real trace; NaN for a zero trace, refused below)
+        trace = torch.diagonal(f, dim1=-2, dim2=-1).to(wide_dtype(f)).sum(-1)  # (in float32 1e38 I overflows)
+        # (the sign of a real trace; NaN for a zero trace, refused below)
+        phase = (trace / trace.abs()).to(f.dtype)
         f = f / phase[..., None, None]
         phases = phase if phases is None else phases * phase
         if not transforms_active():  # (the checks sync: under torch.func the plain factorization runs)

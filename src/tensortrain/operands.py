@@ -63,7 +63,7 @@ def pow2_exponents(t: torch.Tensor) -> torch.Tensor:
 
 def unscale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """``t / 2^e`` per batch element, in ``t``'s dtype (exact; ``e`` from :func:`pow2_exponents`)."""
-    return t * torch.exp2((-e).to(t.real.dtype)).reshape(-1, *([1] * (t.dim() - 1)))
+    return t * torch.exp2((-e).to(device=t.device, dtype=t.real.dtype)).reshape(-1, *([1] * (t.dim() - 1)))
 
 
 def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -76,14 +76,16 @@ def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return (t.to(wide_dtype(t)) * first * second).to(t.dtype)
 
 
-def needs_scaling(*operands: Sequence[torch.Tensor]) -> bool:
+def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -> bool:
     """Whether a left-to-right product sweep over these cores (one list of ``d`` cores per operand, contracted
     together: ``<a, b>`` passes two) may leave the dtype's range on the way, so that its steps must be scaled.
 
     Decided before the sweep from the cores' scales, each core's Frobenius norm over ``sqrt(numel / r_k)``
-    (``r_k`` its last rank: the typical entry times ``sqrt(r_k)``, what a step multiplies a partial product by):
-    scaling when their running product (the partial products' scale) passes half the dtype's exponent range
-    either way (2^64 for float32, 2^512 for float64). A tensor of norm 1 over 2^100 stored with cores of 10 on
+    (``r_k`` its last rank: the typical entry times ``sqrt(r_k)``, what a step multiplies a partial product by;
+    ``contracted``: over ``sqrt(B r_k)``, for sweeps that also sum over the modes, as inner products do; cores
+    batched, ``(B, r, ..., r')``):
+    scaling when their running product (the partial products' scale) passes three quarters of the dtype's
+    exponent range either way (2^96 for float32, 2^768 for float64; the rest is margin for the estimate). A tensor of norm 1 over 2^100 stored with cores of 10 on
     half of its modes and 0.1 on the rest reaches 2^166; a balanced one stays near its entries' scale. One
     sync; False with an all-zero core (the result is exactly 0), under compile and ``torch.func`` transforms and
     on meta or fake tensors (the plain sweep runs).
@@ -99,9 +101,10 @@ def needs_scaling(*operands: Sequence[torch.Tensor]) -> bool:
         return False
     if min(norms) == 0:
         return False
-    d, limit = len(operands[0]), math.frexp(torch.finfo(first.real.dtype).max)[1] / 2
+    d, limit = len(operands[0]), 0.75 * math.frexp(torch.finfo(first.real.dtype).max)[1]
     scale = [
-        math.log2(n) - 0.5 * math.log2(c.numel() / c.shape[-1]) for n, c in zip(norms, cores, strict=True)
+        math.log2(n) - 0.5 * math.log2(c.shape[0] * c.shape[-1] if contracted else c.numel() / c.shape[-1])
+        for n, c in zip(norms, cores, strict=True)
     ]
     run = 0.0
     for k in range(d):

@@ -47,7 +47,7 @@ def _sweep_left(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[list[torc
     for k in range(len(a) - 1):
         m = torch.einsum("ab,anc,bnd->cd", out[k], a[k], b[k])
         e = int(pow2_exponents(m.unsqueeze(0))[0])
-        out.append(unscale_pow2(m.unsqueeze(0), torch.tensor([e]))[0])
+        out.append(unscale_pow2(m.unsqueeze(0), torch.tensor([e], device=m.device))[0])
         exps.append(exps[-1] + e)
     return out, exps
 
@@ -59,7 +59,7 @@ def _sweep_right(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[list[tor
     for k in range(len(a) - 1, 0, -1):
         m = torch.einsum("anb,cnd,bd->ac", a[k], b[k], out[k + 1])
         e = int(pow2_exponents(m.unsqueeze(0))[0])
-        out[k] = unscale_pow2(m.unsqueeze(0), torch.tensor([e]))[0]
+        out[k] = unscale_pow2(m.unsqueeze(0), torch.tensor([e], device=m.device))[0]
         exps[k] = exps[k + 1] + e
     return out, exps
 

@@ -268,7 +268,7 @@ def inner_sweep(ca: list[torch.Tensor], cb: list[torch.Tensor], batch: bool) -> 
     overflow or underflow (``operands.needs_scaling``: cores of unbalanced scales), the carried matrix is scaled
     by a power of two at each step.
     """
-    res = _inner_steps(ca, cb, scaled=needs_scaling(ca, cb))
+    res = _inner_steps(ca, cb, scaled=needs_scaling(ca, cb, contracted=True))
     return res if batch else res[0]
 
 
