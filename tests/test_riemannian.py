@@ -287,3 +287,11 @@ def test_project_gradcheck(gen):
         return dense(tt.project(tt.TensorTrain(list(cs)), where))
 
     assert torch.autograd.gradcheck(f, tuple(cores))
+
+
+def test_tangent_space_to_deltas_refuses_complex_like_the_other_tools():
+    x = tt.TensorTrain(
+        [torch.randn(1, 3, 2, dtype=torch.complex128), torch.randn(2, 4, 1, dtype=torch.complex128)]
+    )
+    with pytest.raises(TypeError, match="tangent_space_to_deltas: complex TT objects are not supported"):
+        tt.tangent_space_to_deltas(x)

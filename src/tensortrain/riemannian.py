@@ -251,6 +251,8 @@ def tangent_space_to_deltas(tt: TensorTrainBase) -> list[torch.Tensor]:
     """
     if not isinstance(tt, TensorTrainBase):
         raise TypeError(f"tangent_space_to_deltas: expected a TT object, got {type(tt).__name__}")
+    if tt.dtype.is_complex:  # (as every Riemannian tool: projections of complex TTs are not built)
+        raise TypeError(f"tangent_space_to_deltas: complex TT objects are not supported, got {tt.dtype}")
     return [_unflat_core(c, tt, k) for k, c in enumerate(_delta_slices(tt, "tangent_space_to_deltas"))]
 
 

@@ -111,7 +111,7 @@ class TensorTrainBase:
                 # (1-byte floats are float8 storage formats, and complex32 has almost no kernels: no products
                 # run in them)
                 raise TypeError(
-                    f"{name}: cores must be floating point (16 bits or more) or complex, core {k} has dtype "
+                    f"{name}: cores must be floating point (16 bits or more) or complex64/128, core {k} has dtype "
                     f"{c.dtype}; cast it first, e.g. core.to(torch.{'complex64' if c.is_complex() else 'float32'})"
                 )
             if c.layout != torch.strided or c.is_nested:
