@@ -655,3 +655,19 @@ def test_decompress_carries_over_what_was_added_to_a_tt_layer():
         ValueError, match="the TT layer holds 'sparse', which the dense Embedding has already"
     ):
         tt.decompress(emb)
+
+
+def test_conversions_leave_the_global_random_stream_alone():
+    """Each conversion built a layer that drew its init from the global generator and then overwrote it: a
+    seeded script got other dropout masks and heads depending on how many dry runs it made."""
+    model = nn.Sequential(nn.Linear(784, 625), nn.ReLU(), nn.Linear(625, 10), nn.Embedding(1000, 64))
+    calls = [
+        lambda: tt.compress(model, max_tt_rank=16, dry_run=True),
+        lambda: tt.decompress(tt.compress(model, max_tt_rank=16)[0]),
+        lambda: tt.nn.TTLinear.from_linear(model[0], max_tt_rank=4).to_linear(),
+        lambda: tt.nn.TTEmbedding.from_embedding(model[3], max_tt_rank=4),
+    ]
+    for call in calls:
+        state = torch.get_rng_state()
+        call()
+        assert torch.equal(torch.get_rng_state(), state)

@@ -221,8 +221,8 @@ class TTEmbedding(TTModule):
             to_tt_matrix(_svd_ready(table), [list(voc), list(emb)], max_tt_rank=max_tt_rank, epsilon=epsilon),
         )
         tt = _cast_back(tt, table.dtype, "TTEmbedding.from_embedding")
-        layer = cls(
-            v, dim, tt_rank=tt.tt_ranks, voc_dims=voc, emb_dims=emb, padding_idx=embedding.padding_idx,
+        layer = torch.nn.utils.skip_init(  # (every value is loaded: nothing drawn from the global generator)
+            cls, v, dim, tt_rank=tt.tt_ranks, voc_dims=voc, emb_dims=emb, padding_idx=embedding.padding_idx,
             device=table.device, dtype=table.dtype,
         )  # fmt: skip
         layer.load_tt_(tt)

@@ -306,6 +306,9 @@ class TTLinear(TTModule):
     def reset_parameters(self) -> None:
         """Re-draw the cores (variance of the ``init`` scheme) and the bias (``bias_init`` or nn.Linear's)."""
         tt_normal_(list(self.cores), dense_variance(self.init, self.in_features, self.out_features))
+        self._reset_bias()
+
+    def _reset_bias(self) -> None:
         if self.bias is not None:
             with torch.no_grad():
                 if self.bias_init is None:
@@ -604,7 +607,10 @@ class TTLinear(TTModule):
             and bias.shape[0] == math.prod(in_dims) != math.prod(out_dims)
         ):
             out_dims, in_dims = in_dims, out_dims  # a t3f kernel (in x out): load_tt_ transposes it
-        layer = cls(
+        # skip_init: built on meta, then allocated; every value is loaded below, so none is drawn from the global
+        # generator (a dry-run compress must leave a seeded script's random stream alone)
+        layer = torch.nn.utils.skip_init(
+            cls,
             math.prod(in_dims) if in_features is None else in_features,
             math.prod(out_dims) if out_features is None else out_features,
             tt_rank=tt_matrix.tt_ranks,
@@ -615,6 +621,8 @@ class TTLinear(TTModule):
             device=tt_matrix.device,
             dtype=tt_matrix.dtype,
         )
+        if bias is None and layer.bias is not None:
+            layer._reset_bias()  # (a bias without values: nn.Linear's default draw, as documented)
         return layer.load_tt_(tt_matrix, bias=bias)
 
     def load_tt_(self, tt_matrix: TensorTrain, bias: torch.Tensor | None = None) -> TTLinear:
@@ -682,12 +690,15 @@ class TTLinear(TTModule):
         Complexity: O(d r^2 in out) time, O(in out) memory (``tt.full`` of the weight).
         """
         like = self.cores[0]
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=like.device,
-            dtype=like.dtype,
+        linear = (
+            torch.nn.utils.skip_init(  # (every value is copied in: nothing drawn from the global generator)
+                nn.Linear,
+                self.in_features,
+                self.out_features,
+                bias=self.bias is not None,
+                device=like.device,
+                dtype=like.dtype,
+            )
         )
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
