@@ -19,10 +19,9 @@ from .operands import (
     is_batch,
     matrix_dims,
     needs_scaling,
-    pow2_exponents,
+    rescale_pow2,
     scale_pow2,
     tensor_dims,
-    unscale_pow2,
     wrap,
 )
 from .shapes import as_int
@@ -294,8 +293,7 @@ def _sweep_entries(
     for start in range(0, k_all, step):
         rows = idx[start : start + step]
         k = rows.shape[0]
-        v = cores[0].new_ones(k, 1)
-        exps = torch.zeros(k, dtype=torch.int64, device=v.device)
+        v, exps = cores[0].new_ones(k, 1), None
         for j, core in enumerate(cores):
             _, r0, n, r1 = core.shape
             if bidx is not None:  # each row's slice of its own batch element: (k, r0, r1)
@@ -309,10 +307,9 @@ def _sweep_entries(
                 w = (v @ c.reshape(r0, n * r1)).reshape(k, n, r1)
                 v = w.gather(1, rows[:, j].view(k, 1, 1).expand(k, 1, r1)).squeeze(1)
             if scaled:
-                e = pow2_exponents(v)
-                v, exps = unscale_pow2(v, e), exps + e
+                v, exps = rescale_pow2(v, exps)
         v = v.squeeze(1)
-        parts.append(scale_pow2(v, exps) if scaled else v)
+        parts.append(v if exps is None else scale_pow2(v, exps))
     return torch.cat(parts) if parts else cores[0].new_zeros(0)
 
 

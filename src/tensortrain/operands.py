@@ -76,6 +76,14 @@ def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return (t.to(wide_dtype(t)) * first * second).to(t.dtype)
 
 
+def rescale_pow2(t: torch.Tensor, exps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a scaled sweep: ``t`` ``(B, ...)`` brought to a largest magnitude below 1 per batch element
+    by a power of two, and its exponents added to the running ``exps`` (``None``: none yet). Put them back once
+    at the end with :func:`scale_pow2`."""
+    e = pow2_exponents(t)
+    return unscale_pow2(t, e), e if exps is None else exps + e
+
+
 def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -> bool:
     """Whether a left-to-right product sweep over these cores (one list of ``d`` cores per operand, contracted
     together: ``<a, b>`` passes two) may leave the dtype's range on the way, so that its steps must be scaled.
@@ -85,10 +93,10 @@ def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -
     ``contracted``: over ``sqrt(B r_k)``, for sweeps that also sum over the modes, as inner products do; cores
     batched, ``(B, r, ..., r')``):
     scaling when their running product (the partial products' scale) passes three quarters of the dtype's
-    exponent range either way (2^96 for float32, 2^768 for float64; the rest is margin for the estimate). A tensor of norm 1 over 2^100 stored with cores of 10 on
-    half of its modes and 0.1 on the rest reaches 2^166; a balanced one stays near its entries' scale. One
-    sync; False with an all-zero core (the result is exactly 0), under compile and ``torch.func`` transforms and
-    on meta or fake tensors (the plain sweep runs).
+    exponent range either way (2^96 for float32, 2^768 for float64; the rest is margin for the estimate). A
+    tensor of norm 1 over 2^100 stored with cores of 10 on half of its modes and 0.1 on the rest reaches 2^166;
+    a balanced one stays near its entries' scale. One sync; False with an all-zero core (the result is exactly
+    0), under compile and ``torch.func`` transforms and on meta or fake tensors (the plain sweep runs).
     """
     first = operands[0][0]
     if first.device.type == "meta" or transforms_active():
@@ -128,10 +136,8 @@ def scaled_sweep(
     for k in range(d):
         v = step(v, k)
         if scaled:
-            flat = v.reshape(-1, *v.shape[lead:])
-            e = pow2_exponents(flat)
-            v = unscale_pow2(flat, e).reshape(v.shape)
-            exps = e if exps is None else exps + e
+            flat, exps = rescale_pow2(v.reshape(-1, *v.shape[lead:]), exps)
+            v = flat.reshape(v.shape)
     out = v.reshape(*v.shape[:lead], -1)[..., 0]
     return out if exps is None else scale_pow2(out.reshape(-1), exps).reshape(out.shape)
 

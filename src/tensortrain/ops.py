@@ -37,10 +37,9 @@ from .operands import (
     matrix_dims,
     needs_scaling,
     paired_cores,
-    pow2_exponents,
+    rescale_pow2,
     scale_pow2,
     tensor_dims,
-    unscale_pow2,
     wide_dtype,
     wrap,
 )
@@ -73,15 +72,13 @@ def _full_steps(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
     """:func:`full`'s left-to-right sweep: ``(B, prod of modes, 1)``; scaled: every step's partial product
     brought to a largest magnitude below 1 by a power of two per batch element, put back at the end."""
     b = cores[0].shape[0]
-    res = cores[0].reshape(b, -1, cores[0].shape[-1])  # (B, prod of modes so far, r_k)
-    exps = torch.zeros(b, dtype=torch.int64, device=res.device)
+    res, exps = cores[0].reshape(b, -1, cores[0].shape[-1]), None  # (B, prod of modes so far, r_k)
     for core in cores[1:]:
         r = core.shape[1]
         res = torch.bmm(res, core.reshape(b, r, -1)).reshape(b, -1, core.shape[-1])
         if scaled:
-            e = pow2_exponents(res)
-            res, exps = unscale_pow2(res, e), exps + e
-    return scale_pow2(res, exps) if scaled else res
+            res, exps = rescale_pow2(res, exps)
+    return res if exps is None else scale_pow2(res, exps)
 
 
 def full(tt: TensorTrainBase) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 
 from . import decompositions
 from . import tangent as ts
-from .operands import pow2_exponents, scale_pow2, unscale_pow2
+from .operands import rescale_pow2, scale_pow2
 from .orthogonalization import compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
@@ -39,28 +39,33 @@ def _flat(c: torch.Tensor) -> torch.Tensor:
     return c.reshape(c.shape[0], -1, c.shape[-1])
 
 
-def _sweep_left(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+def _sweep_left(
+    a: list[torch.Tensor], b: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``[A_{<k}^T B_{<k}]_k`` for k = 0..d-1: Gram matrices of the left interfaces of two TTs, each as
     ``(M_k, e_k)`` with the matrix ``M_k 2^{e_k}``: scaled by powers of two at every step, so that a point stored
     with cores of unbalanced scales (10 on half of 100 cores, 0.1 on the rest) does not overflow on the way."""
-    out, exps = [a[0].new_ones(1, 1)], [0]
+    out = [a[0].new_ones(1, 1)]
+    exps = [torch.zeros(1, dtype=torch.int64, device=a[0].device)]
     for k in range(len(a) - 1):
-        m = torch.einsum("ab,anc,bnd->cd", out[k], a[k], b[k])
-        e = int(pow2_exponents(m.unsqueeze(0))[0])
-        out.append(unscale_pow2(m.unsqueeze(0), torch.tensor([e], device=m.device))[0])
-        exps.append(exps[-1] + e)
+        m, e = rescale_pow2(torch.einsum("ab,anc,bnd->cd", out[k], a[k], b[k]).unsqueeze(0), exps[k])
+        out.append(m[0])
+        exps.append(e)
     return out, exps
 
 
-def _sweep_right(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+def _sweep_right(
+    a: list[torch.Tensor], b: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``[A_{>=k} B_{>=k}^T]_k`` for k = 0..d (entry d is 1): Gram matrices of the right interfaces, scaled as
     in :func:`_sweep_left`."""
-    out, exps = [a[0].new_ones(1, 1)] * (len(a) + 1), [0] * (len(a) + 1)
+    out = [a[0].new_ones(1, 1)] * (len(a) + 1)
+    exps = [torch.zeros(1, dtype=torch.int64, device=a[0].device)] * (len(a) + 1)
     for k in range(len(a) - 1, 0, -1):
-        m = torch.einsum("anb,cnd,bd->ac", a[k], b[k], out[k + 1])
-        e = int(pow2_exponents(m.unsqueeze(0))[0])
-        out[k] = unscale_pow2(m.unsqueeze(0), torch.tensor([e], device=m.device))[0]
-        exps[k] = exps[k + 1] + e
+        m, exps[k] = rescale_pow2(
+            torch.einsum("anb,cnd,bd->ac", a[k], b[k], out[k + 1]).unsqueeze(0), exps[k + 1]
+        )
+        out[k] = m[0]
     return out, exps
 
 
@@ -99,8 +104,7 @@ def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[tor
         right = torch.linalg.pinv(q[k + 1].T) @ n[k + 1].T
         delta = torch.einsum("ab,bnc,cd->and", left, g[k], right).unsqueeze(0)
         # the scales: m and n between orthonormal frames stay near 1; p and q carry the point's interfaces
-        shift = m_exp[k] + n_exp[k + 1] - p_exp[k] - q_exp[k + 1]
-        deltas.append(scale_pow2(delta, torch.tensor([shift], device=delta.device)) if shift else delta)
+        deltas.append(scale_pow2(delta, m_exp[k] + n_exp[k + 1] - p_exp[k] - q_exp[k + 1]))
     return [ts.gauge(u[k], dk) for k, dk in enumerate(deltas[:-1])] + [deltas[-1]], u, v
 
 

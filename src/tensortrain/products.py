@@ -28,9 +28,8 @@ from .operands import (
     matrix_dims,
     needs_scaling,
     paired_cores,
-    pow2_exponents,
+    rescale_pow2,
     scale_pow2,
-    unscale_pow2,
     wrap,
 )
 from .tensor_train import TensorTrainBase
@@ -274,7 +273,7 @@ def inner_sweep(ca: list[torch.Tensor], cb: list[torch.Tensor], batch: bool) -> 
 
 def _inner_steps(ca: list[torch.Tensor], cb: list[torch.Tensor], scaled: bool) -> torch.Tensor:
     v: torch.Tensor | None = None
-    exps = torch.zeros(ca[0].shape[0], dtype=torch.int64, device=ca[0].device)
+    exps = None
     for x, y in zip(ca, cb, strict=True):
         x, y = flat_modes(x), flat_modes(y)
         if v is None:
@@ -283,10 +282,9 @@ def _inner_steps(ca: list[torch.Tensor], cb: list[torch.Tensor], scaled: bool) -
             t = torch.einsum("bxy,bxmu->bymu", v, x)
             v = torch.einsum("bymu,bymv->buv", t, y)
         if scaled:
-            e = pow2_exponents(v)
-            v, exps = unscale_pow2(v, e), exps + e
+            v, exps = rescale_pow2(v, exps)
     assert v is not None
-    return scale_pow2(v[:, 0, 0], exps) if scaled else v[:, 0, 0]
+    return v[:, 0, 0] if exps is None else scale_pow2(v[:, 0, 0], exps)
 
 
 def _inner_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:

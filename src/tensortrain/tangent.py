@@ -16,7 +16,7 @@ import torch
 
 from ._transforms import transforms_active
 from .errors import ShapeError
-from .operands import pow2_exponents, scale_pow2, unscale_pow2
+from .operands import rescale_pow2, scale_pow2
 from .orthogonalization import cast_back, compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
@@ -98,7 +98,7 @@ def _qr_sweep(cores: Cores, left: bool, scaled: bool) -> tuple[Cores, torch.Tens
     order = cores[:-1] if left else list(reversed(cores[1:]))
     out: Cores = []
     carry: torch.Tensor | None = None
-    exps = torch.zeros(1, dtype=torch.int64, device=cores[0].device)
+    exps = None
     tops = []
     for c in order:
         if carry is not None:
@@ -112,14 +112,14 @@ def _qr_sweep(cores: Cores, left: bool, scaled: bool) -> tuple[Cores, torch.Tens
             carry = rt.T
             out.append(q.T.reshape(q.shape[1], n, r1))
         if scaled:
-            e = pow2_exponents(carry.unsqueeze(0))
-            carry, exps = unscale_pow2(carry.unsqueeze(0), e)[0], exps + e
+            batched, exps = rescale_pow2(carry.unsqueeze(0), exps)
+            carry = batched[0]
         else:
             tops.append(torch.linalg.vector_norm(carry, ord=float("inf")))
     end = cores[-1] if left else cores[0]
     if carry is not None:
         end = torch.einsum("ab,bnc->anc", carry, end) if left else torch.einsum("anb,bc->anc", end, carry)
-    if scaled:
+    if exps is not None:
         end = scale_pow2(end.unsqueeze(0), exps)[0]
     low = torch.stack(tops).min() if tops else torch.ones((), dtype=end.real.dtype, device=end.device)
     return ([*out, end] if left else [end, *reversed(out)]), low
@@ -163,67 +163,48 @@ def deltas_of_tt(z: Cores, u: Cores, v: Cores) -> Cores:
 
     Where the plain contraction overflows (cores of ``z`` with unbalanced scales: 10 on half of 100 cores, 0.1
     on the rest, a tensor of norm 1), it runs again with the environments scaled by powers of two at every step
-    (:func:`_deltas_scaled`), which costs about twice as much on small cores. The check syncs; under compile
+    (:func:`_deltas`), which costs about twice as much on small cores. The check syncs; under compile
     and ``torch.func`` transforms the plain contraction is returned as it is.
     """
-    deltas = _deltas_plain(z, u, v)
+    deltas = _deltas(z, u, v, scaled=False)
     if transforms_active() or deltas[0].device.type == "meta":
         return deltas
     try:  # (one sync; a sum overflowing from finite entries only costs the scaled rerun)
         finite = bool(torch.isfinite(torch.stack([d.detach().sum() for d in deltas])).all())
     except RuntimeError:  # a fake tensor has no value to test
         return deltas
-    return deltas if finite else _deltas_scaled(z, u, v)
+    return deltas if finite else _deltas(z, u, v, scaled=True)
 
 
-def _deltas_plain(z: Cores, u: Cores, v: Cores) -> Cores:
+def _deltas(z: Cores, u: Cores, v: Cores, scaled: bool) -> Cores:
+    """:func:`deltas_of_tt`'s contraction; ``scaled``: the environments carried scaled by powers of two per
+    batch element, each delta scaled back once (unbalanced cores of z, 10 on half of 100 cores and 0.1 on the
+    rest, overflow or sink into subnormals on the way otherwise)."""
     d, bsz = len(z), z[0].shape[0]
     ones = torch.ones(bsz, 1, 1, dtype=z[0].dtype, device=z[0].device)
     rhs: list[torch.Tensor] = [ones] * (d + 1)
+    exp_rhs: list[torch.Tensor | None] = [None] * (d + 1)
     for k in range(d - 1, 0, -1):
         # Pairwise, the large rank of z first (torch.einsum would contract three operands left to right).
         t = torch.einsum("oanb,obd->oand", z[k], rhs[k + 1])
         rhs[k] = torch.einsum("oand,cnd->oac", t, v[k])
-    lhs = ones
-    deltas: Cores = []
-    for k in range(d):
-        part = torch.einsum("oab,obnc->oanc", lhs, z[k])
-        if k < d - 1:
-            lhs = torch.einsum("oanc,anb->obc", part, u[k])
-            part = torch.einsum("oanc,ocd->oand", part, rhs[k + 1])
-            part = gauge(u[k], part)
-        deltas.append(part)
-    return deltas
-
-
-def _deltas_scaled(z: Cores, u: Cores, v: Cores) -> Cores:
-    """:func:`deltas_of_tt` with the environments scaled at every step."""
-    d, bsz = len(z), z[0].shape[0]
-    ones = torch.ones(bsz, 1, 1, dtype=z[0].dtype, device=z[0].device)
-    # The environments are carried scaled by powers of two per batch element (exponents in exp_*), each delta
-    # scaled back once: unbalanced cores of z (10 on half of 100 cores, 0.1 on the rest) would overflow or
-    # sink into subnormals on the way.
-    rhs: list[torch.Tensor] = [ones] * (d + 1)
-    exp_rhs = [torch.zeros(bsz, dtype=torch.int64, device=ones.device)] * (d + 1)
-    for k in range(d - 1, 0, -1):
-        # Pairwise, the large rank of z first (torch.einsum would contract three operands left to right).
-        t = torch.einsum("oanb,obd->oand", z[k], rhs[k + 1])
-        env = torch.einsum("oand,cnd->oac", t, v[k])
-        e = pow2_exponents(env)
-        rhs[k], exp_rhs[k] = unscale_pow2(env, e), exp_rhs[k + 1] + e
-    lhs, exp_lhs = ones, torch.zeros(bsz, dtype=torch.int64, device=ones.device)
+        if scaled:
+            rhs[k], exp_rhs[k] = rescale_pow2(rhs[k], exp_rhs[k + 1])
+    lhs, exp_lhs = ones, None
     deltas: Cores = []
     for k in range(d):
         part = torch.einsum("oab,obnc->oanc", lhs, z[k])
         exps = exp_lhs
         if k < d - 1:
-            env = torch.einsum("oanc,anb->obc", part, u[k])
-            e = pow2_exponents(env)
-            lhs, exp_lhs = unscale_pow2(env, e), exp_lhs + e
+            lhs = torch.einsum("oanc,anb->obc", part, u[k])
+            if scaled:
+                lhs, exp_lhs = rescale_pow2(lhs, exp_lhs)
             part = torch.einsum("oanc,ocd->oand", part, rhs[k + 1])
             part = gauge(u[k], part)
-            exps = exps + exp_rhs[k + 1]
-        deltas.append(scale_pow2(part, exps))
+            right = exp_rhs[k + 1]
+            if right is not None:
+                exps = right if exps is None else exps + right
+        deltas.append(part if exps is None else scale_pow2(part, exps))
     return deltas
 
 

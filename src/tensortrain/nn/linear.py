@@ -690,16 +690,11 @@ class TTLinear(TTModule):
         Complexity: O(d r^2 in out) time, O(in out) memory (``tt.full`` of the weight).
         """
         like = self.cores[0]
-        linear = (
-            torch.nn.utils.skip_init(  # (every value is copied in: nothing drawn from the global generator)
-                nn.Linear,
-                self.in_features,
-                self.out_features,
-                bias=self.bias is not None,
-                device=like.device,
-                dtype=like.dtype,
-            )
-        )
+        # skip_init: every value is copied in below, so nothing is drawn from the global generator
+        linear = torch.nn.utils.skip_init(
+            nn.Linear, self.in_features, self.out_features, bias=self.bias is not None, device=like.device,
+            dtype=like.dtype,
+        )  # fmt: skip
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
             if self.bias is not None and linear.bias is not None:
