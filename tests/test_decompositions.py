@@ -486,6 +486,20 @@ def test_randomized_with_epsilon_is_certified(gen):
     assert_close(dense(x), dense(y))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_certified_residual_in_column_blocks(gen, monkeypatch, dtype):
+    # the certificate ||A - QB||_F^2 is summed over blocks of columns (no full-size temporaries): any block
+    # size, a ragged last block included, gives the whole matrix's value
+    a = torch.randn(3, 40, 37, generator=gen, dtype=dtype)
+    q = torch.linalg.qr(torch.randn(3, 40, 6, generator=gen, dtype=dtype)).Q
+    b = q.mH @ a
+    unit = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    whole = torch.linalg.matrix_norm(a - q @ b).pow(2) / unit**2
+    for block in (1, 3 * 40 * 5, 10**9):
+        monkeypatch.setattr(truncation, "_RESIDUAL_BLOCK", block)
+        assert_close(truncation._residual2(a, q, b, unit), whole, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("cond", [1.0, 1e3, 1e12])
 def test_orthonormal_basis_of_tall_sketches(gen, cond):
     # CholeskyQR2 for well-conditioned sketches, Householder QR past the conditioning limit: both give an

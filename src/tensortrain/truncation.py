@@ -44,6 +44,7 @@ _POWER_ITERS = 2  # q: 4096^2 -> rank 64: error 1.004-1.005x the exact one (q=1:
 _AUTO_MIN_DIM = 256  # below this an exact SVD is already fast
 _AUTO_MAX_FRACTION = 4  # randomized only if the sketch k <= min(m, n) / 4
 _SEED = 20111
+_RESIDUAL_BLOCK = 1 << 22  # elements of A per block of the certified residual (16 MiB of float32)
 
 
 def check_method(method: object, name: str) -> Method:
@@ -258,9 +259,25 @@ def _randomized(
         # Certify: the error of keeping j components is ||A - QB||^2 + sum_{i >= j} s_i(B)^2, and the first
         # term is measured, not estimated from norms (that would cancel catastrophically).
         unit = _unit(s)
-        outside = (_acc((a - q @ b).abs()) / unit[:, None, None]).pow(2).sum(dim=(-2, -1))
+        outside = _residual2(a, q, b, unit)
         rel = _acc(delta) / unit
         if bool((outside > rel * rel).any()):
             return None
         r = _rank_for(_tails(s, unit, outside), rel, max_rank)
     return q @ ub[..., :r], s[..., :r, None] * vh[..., :r, :]
+
+
+def _residual2(a: torch.Tensor, q: torch.Tensor, b: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """``||A - Q B||_F^2 / unit^2`` per batch element, in float64, over blocks of columns.
+
+    Blocks keep the temporaries (the residual, its modulus and its float64 copy) to about
+    ``_RESIDUAL_BLOCK`` elements each instead of four copies of ``A``.
+    """
+    batch, m, n = a.shape
+    step = max(1, _RESIDUAL_BLOCK // max(1, batch * m))
+    scale = unit[:, None, None]
+    total = torch.zeros_like(unit)
+    for j in range(0, n, step):
+        part = a[..., j : j + step] - q @ b[..., j : j + step]
+        total += (_acc(part.abs()) / scale).pow(2).sum(dim=(-2, -1))
+    return total
