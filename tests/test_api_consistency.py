@@ -72,6 +72,36 @@ def test_compress_takes_whole_float_caps_and_says_shape_error_below_one():
         tt.compress(model, max_tt_rank=2.5)
 
 
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda **kw: tt.nn.TTLinear.from_linear(torch.nn.Linear(16, 16), **kw), "TTLinear.from_linear"),
+        (
+            lambda **kw: tt.nn.TTEmbedding.from_embedding(torch.nn.Embedding(16, 16), **kw),
+            "TTEmbedding.from_embedding",
+        ),
+        (
+            lambda **kw: tt.approximate.reduce_sum_batch(
+                tt.random_tensor_batch((3, 3), tt_rank=2, batch_size=3), kw.get("max_tt_rank", 2)
+            ),
+            "reduce_sum_batch",
+        ),
+    ],
+)
+def test_budget_errors_name_the_function_called(call, name):
+    """A bad max_tt_rank or epsilon is reported under the function the user called, not an inner
+    to_tt_matrix or round."""
+    with pytest.raises(tt.ShapeError, match=rf"^{name}: max_tt_rank values must be >= 1, got 0"):
+        call(max_tt_rank=0)
+    with pytest.raises(TypeError, match=rf"^{name}: max_tt_rank values must be whole numbers"):
+        call(max_tt_rank=2.5)
+    if name != "reduce_sum_batch":  # (it takes no epsilon)
+        with pytest.raises(ValueError, match=rf"^{name}: epsilon must be a finite number >= 0, got -1"):
+            call(epsilon=-1)
+        with pytest.raises(TypeError, match=rf"^{name}: epsilon must be a float or None"):
+            call(epsilon="0.1")
+
+
 def test_bool_masks_are_not_weights_anywhere():
     """multiply_along_batch_dim refused a bool mask; reduce_sum_batch, project_sum and add_n_projected read it as
     0/1 weights."""

@@ -117,6 +117,7 @@ def reduce_sum_batch(tt_batch: TensorTrainBatch, max_tt_rank: MaxRank, coef: Any
     """
     if not isinstance(tt_batch, TensorTrainBatch):
         raise TypeError(f"reduce_sum_batch: expected a TensorTrainBatch, got {type(tt_batch).__name__}")
+    decompositions.check_caps(tt_batch, max_tt_rank, "reduce_sum_batch")  # (errors named after it)
     bsz = tt_batch.batch_size
     c = _weights(coef, bsz, tt_batch)
     n_sums = 1 if c is None else c.shape[1]

@@ -103,21 +103,31 @@ def _epsilon(epsilon: float | None, name: str, device: torch.device) -> float | 
     return float(epsilon)
 
 
-def _caps(max_tt_rank: MaxRank, modes: Sequence[int]) -> tuple[int, ...]:
-    """Full ``d + 1`` rank caps, clipped to the maximal useful ranks; None means no cap."""
+def _caps(max_tt_rank: MaxRank, modes: Sequence[int], name: str) -> tuple[int, ...]:
+    """Full ``d + 1`` rank caps, clipped to the maximal useful ranks; None means no cap. Errors start with
+    ``name``, the public function the caller was given ``max_tt_rank`` by."""
     bound = max_tt_ranks(modes)
     if max_tt_rank is None:
         return bound
-    caps = normalize_tt_rank(_t3f_caps(max_tt_rank, len(modes)), len(modes), name="max_tt_rank")
+    try:
+        caps = normalize_tt_rank(_t3f_caps(max_tt_rank, len(modes)), len(modes), name="max_tt_rank")
+    except (ShapeError, TypeError) as e:
+        raise type(e)(f"{name}: {e}") from None
     return tuple(min(c, b) for c, b in zip(caps, bound, strict=True))
 
 
 def check_caps(tt: TensorTrainBase, max_tt_rank: MaxRank, name: str) -> tuple[int, ...]:
     """``max_tt_rank`` validated for ``tt`` as :func:`round` reads it (its full ``d + 1`` caps)."""
-    try:
-        return _caps(max_tt_rank, [c.shape[2] for c in merge_modes(tt)[0]])
-    except (ShapeError, TypeError) as e:
-        raise type(e)(f"{name}: {e}") from None
+    return _caps(max_tt_rank, [c.shape[2] for c in merge_modes(tt)[0]], name)
+
+
+def check_budget(
+    max_tt_rank: MaxRank, epsilon: float | None, modes: Sequence[int], name: str, device: torch.device
+) -> None:
+    """``max_tt_rank`` and ``epsilon`` checked as the TT-SVD of a tensor with ``modes`` reads them, with
+    errors named after ``name`` (a layer's ``from_linear`` that TT-SVDs its weight, say)."""
+    _caps(max_tt_rank, modes, name)
+    _epsilon(epsilon, name, device)
 
 
 def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
@@ -324,7 +334,7 @@ def to_tt_tensor(
             f"to_tt_tensor: batch=True needs a (B, n_1, ..., n_d) tensor, got shape {tuple(tens.shape)}"
         )
     modes = tuple(x.shape[1:])
-    caps = _caps(max_tt_rank, modes)
+    caps = _caps(max_tt_rank, modes, "to_tt_tensor")
     cores = _tt_svd(x, modes, caps, _epsilon(epsilon, "to_tt_tensor", x.device), method)
     return _wrap(cores, batch)  # type: ignore[no-any-return]
 
@@ -415,7 +425,7 @@ def to_tt_matrix(
     perm = [0] + [p for k in range(d) for p in (1 + k, 1 + d + k)]
     inter = x.reshape(x.shape[0], *rows, *cols).permute(perm)
     modes = tuple(a * b for a, b in zip(rows, cols, strict=True))
-    caps = _caps(max_tt_rank, modes)
+    caps = _caps(max_tt_rank, modes, "to_tt_matrix")
     cores = _tt_svd(
         inter.reshape(x.shape[0], *modes), modes, caps, _epsilon(epsilon, "to_tt_matrix", x.device), method
     )
@@ -467,7 +477,7 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     method = check_method(method, "round")
     eps = _epsilon(epsilon, "round", tt.device)
     cores, batch, raw = merge_modes(tt)
-    caps = _caps(max_tt_rank, [c.shape[2] for c in cores])
+    caps = _caps(max_tt_rank, [c.shape[2] for c in cores], "round")
     try:
         cores = _overflow_safe(lambda cs: _round_in(cs, caps, eps, method), cores)
     except _NoWiderType as err:

@@ -200,7 +200,7 @@ class TTEmbedding(TTModule):
                 "TTEmbedding.from_embedding: sparse=True is not supported: the TT cores' gradients are "
                 "dense (an optimizer for sparse gradients, e.g. SparseAdam, would fail); got sparse=True"
             )
-        from ..decompositions import to_tt_matrix
+        from ..decompositions import check_budget, to_tt_matrix
 
         v, dim = embedding.num_embeddings, embedding.embedding_dim
         if tuple(embedding.weight.shape) != (v, dim):
@@ -210,12 +210,14 @@ class TTEmbedding(TTModule):
             )
         voc, emb = resolve_embedding_dims(v, dim, voc_dims, emb_dims)
         table = embedding.weight.detach()
+        modes = [m * n for m, n in zip(voc, emb, strict=True)]
+        check_budget(max_tt_rank, epsilon, modes, "TTEmbedding.from_embedding", table.device)
         if embedding.padding_idx is not None:
             table = table.clone()
             table[embedding.padding_idx] = 0  # its output is masked anyway: spend no rank on it
         table = torch.cat([table, table.new_zeros(math.prod(voc) - v, dim)])
         if max_tt_rank is None and epsilon is None:
-            max_tt_rank = max(max_tt_ranks([m * n for m, n in zip(voc, emb, strict=True)]))
+            max_tt_rank = max(max_tt_ranks(modes))
         tt = F._check_tt_matrix(
             "TTEmbedding.from_embedding",
             to_tt_matrix(_svd_ready(table), [list(voc), list(emb)], max_tt_rank=max_tt_rank, epsilon=epsilon),

@@ -504,7 +504,7 @@ class TTLinear(TTModule):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"TTLinear.from_linear expects nn.Linear, got {type(linear).__name__}")
-        from ..decompositions import to_tt_matrix
+        from ..decompositions import check_budget, to_tt_matrix
 
         if isinstance(linear.weight, nn.parameter.UninitializedParameter):
             raise ValueError(
@@ -518,12 +518,14 @@ class TTLinear(TTModule):
             )
         in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
         w = linear.weight.detach()
+        modes = [m * n for m, n in zip(out_dims, in_dims, strict=True)]
+        check_budget(max_tt_rank, epsilon, modes, "TTLinear.from_linear", w.device)
         pad_rows, pad_cols = math.prod(out_dims) - w.shape[0], math.prod(in_dims) - w.shape[1]
         if pad_rows or pad_cols:
             # rows and columns the layer never reads; zeros keep the matrix's norm (so epsilon's meaning)
             w = torch.nn.functional.pad(w, (0, pad_cols, 0, pad_rows))
         if max_tt_rank is None and epsilon is None:
-            max_tt_rank = max(max_tt_ranks([m * n for m, n in zip(out_dims, in_dims, strict=True)]))
+            max_tt_rank = max(max_tt_ranks(modes))
         tt = F._check_tt_matrix(
             "TTLinear.from_linear",
             to_tt_matrix(
