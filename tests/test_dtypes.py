@@ -3,6 +3,8 @@ a dtype's range, float16 results that cannot be represented, constants of comple
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -244,6 +246,35 @@ def test_float64_orthogonal_forms_whose_scale_factor_exceeds_float64():
             tt.round(x, max_tt_rank=4),
         ):
             torch.testing.assert_close(tt.full(got), want)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scales"),
+    [
+        (torch.float64, (1e200, 1e200, 1e-300)),
+        (torch.float64, (1e-300, 1e200, 1e200)),
+        (torch.float32, (1e25, 1e25, 1e-30)),
+    ],
+)
+def test_products_of_cores_whose_norms_underflow(dtype, scales):
+    """A core of entries ~1e-300 (float64) or ~1e-30 (float32) has a squared norm of 0, which the scaling
+    decision took for an all-zero core: full, gather_nd and flat_inner multiplied unscaled and gave NaN."""
+    gen = torch.Generator().manual_seed(0)
+    b = [torch.randn(*sh, dtype=torch.float64, generator=gen) for sh in ((1, 3, 2), (2, 4, 2), (2, 5, 1))]
+    total = 10.0 ** sum(math.log10(k) for k in scales)  # (1e200 * 1e200 overflows on the way)
+    x = tt.TensorTrain([(c * k).to(dtype) for c, k in zip(b, scales, strict=True)])
+    want = total * tt.full(tt.TensorTrain(b))  # float64 oracle
+    torch.testing.assert_close(
+        tt.full(x).double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0
+    )
+    idx = torch.tensor([[0, 1, 2], [2, 3, 4]])
+    torch.testing.assert_close(
+        tt.gather_nd(x, idx).double(), want[idx[:, 0], idx[:, 1], idx[:, 2]], rtol=1e-5, atol=0
+    )
+    y = tt.TensorTrain([c.to(dtype) for c in b])  # <x, y> = total * ||b||^2 fits either dtype
+    torch.testing.assert_close(
+        tt.flat_inner(x, y).double(), total * tt.full(tt.TensorTrain(b)).square().sum(), rtol=1e-5, atol=0
+    )
 
 
 def test_norm_with_gradients_where_the_square_leaves_the_range():

@@ -44,6 +44,7 @@ from ._transforms import without_autocast
 from .errors import ShapeError
 from .operands import check_strided, wide_dtype
 from .orthogonalization import (
+    all_finite,
     cast_back,
     check_finite_cores,
     compute_dtype,
@@ -240,7 +241,7 @@ def _overflow_safe(
     overflow there is a ``ValueError`` here."""
     try:
         out = run(inputs)
-        if out[0].device.type == "meta" or bool(torch.stack([torch.isfinite(c).all() for c in out]).all()):
+        if out[0].device.type == "meta" or all_finite(out):
             return out
     except (_Overflow, torch.linalg.LinAlgError):
         pass

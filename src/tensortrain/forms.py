@@ -123,14 +123,22 @@ def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
     transforms and on meta or fake tensors the scaled sweep runs directly."""
     # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32.
     work = [c.float() for c in cores] if cores[0].dtype in (torch.float16, torch.bfloat16) else cores
-    norm = None
+    norm, finite = None, False
     if not transforms_active() and work[0].device.type != "meta":
         last, low = _qr_last_core(work, scaled=False)
         norm = torch.linalg.vector_norm(last.flatten(1).to(wide_dtype(last)), dim=1)
+        # a finite sum of every core's entries: no NaN or inf among them (a sum that overflows is only a
+        # false alarm: the NaN term below is then added as before)
+        sums = torch.stack([c.detach().sum() for c in cores])
         try:  # (one sync)
-            ok = bool((torch.isfinite(norm) & (norm > 0) & (low >= torch.finfo(low.dtype).tiny)).all())
+            ok, finite = torch.stack(
+                [
+                    (torch.isfinite(norm) & (norm > 0) & (low >= torch.finfo(low.dtype).tiny)).all(),
+                    torch.isfinite(sums).all(),
+                ]
+            ).tolist()
         except RuntimeError:  # a fake tensor has no value to test
-            ok = False
+            ok, finite = False, False
         if not ok:
             norm = None
     if norm is None:
@@ -143,6 +151,8 @@ def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
         norm = scale_pow2(norm, exps + top)
     # LAPACK's QR can return a finite R for a column that holds a NaN: add 0 * (every core entry), which is 0 for
     # finite cores and NaN otherwise, so a non-finite TT never gets a finite norm.
+    if finite:
+        return norm
     return norm + sum((c.flatten(1) * 0).sum(dim=1).real.to(norm.dtype) for c in cores)
 
 
@@ -167,7 +177,7 @@ def _qr_last_core(cores: list[torch.Tensor], scaled: bool) -> tuple[torch.Tensor
         else:
             top = torch.linalg.vector_norm(rmat.flatten(1), ord=float("inf"), dim=1)
             low = top if low is None else torch.minimum(low, top)
-        carry = torch.einsum("bij,bjms->bims", rmat, nxt)
+        carry = torch.bmm(rmat, nxt.reshape(bs, nxt.shape[1], -1)).reshape(bs, rmat.shape[1], *nxt.shape[2:])
     if scaled:
         return carry, exps
     top = torch.linalg.vector_norm(carry.flatten(1), ord=float("inf"), dim=1)
@@ -274,9 +284,13 @@ def _bilinear_form(op: str, A: TensorTrainBase, b: TensorTrainBase, c: TensorTra
     v = torch.ones(size, 1, 1, 1, dtype=A.dtype, device=A.device)
 
     def step(v: torch.Tensor, k: int) -> torch.Tensor:
-        t = torch.einsum("bpqs,bpnu->bqsnu", v, cb[k])
-        t = torch.einsum("bqsnu,bqnmw->bsuwm", t, ca[k])
-        return torch.einsum("bsuwm,bsmz->buwz", t, cc[k])
+        # the three contractions as batched matmuls (einsum's per-call overhead was most of a small form's time)
+        (_, p, q, s), (n, u), (m, w), z = v.shape, cb[k].shape[2:], ca[k].shape[3:], cc[k].shape[-1]
+        t = torch.bmm(v.reshape(size, p, q * s).transpose(1, 2), cb[k].reshape(size, p, n * u))  # (b, q s, n u)
+        t = t.reshape(size, q, s, n, u).permute(0, 2, 4, 1, 3).reshape(size, s * u, q * n)
+        t = torch.bmm(t, ca[k].reshape(size, q * n, m * w))  # (b, s u, m w)
+        t = t.reshape(size, s, u, m, w).permute(0, 2, 4, 1, 3).reshape(size, u * w, s * m)
+        return torch.bmm(t, cc[k].reshape(size, s * m, z)).reshape(size, u, w, z)
 
     res = scaled_sweep(v, step, len(ca), needs_scaling(cb, ca, cc, contracted=True), lead=1)
     return res if batch else res[0]

@@ -322,8 +322,7 @@ def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:
                 f"gather_nd: indices must have {len(dims) + extra} columns for a TT-tensor of raw shape "
                 f"{describe(tt)}, got {idx.shape[1] + extra}"
             )
-        for k, n in enumerate(dims):
-            _check_range(idx[:, k], n, f"mode {k} index")
+        _check_ranges(idx, dims, [f"mode {k} index" for k in range(len(dims))])
         return idx
     rows, cols = matrix_dims(tt)
     d = len(rows)
@@ -336,8 +335,7 @@ def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:
             f"gather_nd: indices for a TT-matrix of raw shape {describe(tt)} need {2 * d + extra} "
             f"columns (row modes, column modes) or {2 + extra} (row, column), got {idx.shape[1] + extra}"
         )
-    for k, n in enumerate((*rows, *cols)):
-        _check_range(idx[:, k], n, f"mode {k} index")
+    _check_ranges(idx, (*rows, *cols), [f"mode {k} index" for k in range(2 * d)])
     return idx
 
 
@@ -355,3 +353,13 @@ def _check_range(values: torch.Tensor, n: int, what: str) -> None:
     if values.numel() and (values.min() < 0 or (not big and values.max() >= n)):
         bad = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
         raise IndexError(f"gather_nd: {what} {bad} out of range [0, {n})")
+
+
+def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...], what: list[str]) -> None:
+    """:func:`_check_range` for every column of ``idx`` ``(K, len(dims))`` at once: one sync, not two per mode."""
+    if not idx.numel():
+        return
+    high = torch.tensor(dims, dtype=idx.dtype, device=idx.device)
+    if bool(((idx < 0) | (idx >= high)).any()):
+        for k, n in enumerate(dims):  # (the first column at fault, with _check_range's message)
+            _check_range(idx[:, k], n, what[k])

@@ -84,7 +84,7 @@ def rescale_pow2(t: torch.Tensor, exps: torch.Tensor | None = None) -> tuple[tor
     return unscale_pow2(t, e), e if exps is None else exps + e
 
 
-def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -> bool:
+def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False, from_right: bool = False) -> bool:
     """Whether a left-to-right product sweep over these cores (one list of ``d`` cores per operand, contracted
     together: ``<a, b>`` passes two) may leave the dtype's range on the way, so that its steps must be scaled.
 
@@ -108,14 +108,18 @@ def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -
     except RuntimeError:  # a fake tensor has no value to test
         return False
     if min(norms) == 0:
-        return False
+        # a norm of 0 is an all-zero core (the result is exactly 0) or one whose squares underflowed (entries
+        # below 1e-23 in float32, 1e-162 in float64): the latter is scaled like any other small core
+        if not any(bool(c.any()) for n, c in zip(norms, cores, strict=True) if n == 0):
+            return False
+        return True
     d, limit = len(operands[0]), 0.75 * math.frexp(torch.finfo(first.real.dtype).max)[1]
     scale = [
         math.log2(n) - 0.5 * math.log2(c.shape[0] * c.shape[-1] if contracted else c.numel() / c.shape[-1])
         for n, c in zip(norms, cores, strict=True)
     ]
     run = 0.0
-    for k in range(d):
+    for k in reversed(range(d)) if from_right else range(d):  # (from_right: a right-to-left sweep's products)
         run += sum(scale[i * d + k] for i in range(len(operands)))
         if not abs(run) <= limit:  # (an inf or NaN norm asks for scaling too)
             return True

@@ -73,6 +73,8 @@ def _full_steps(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
     brought to a largest magnitude below 1 by a power of two per batch element, put back at the end."""
     b = cores[0].shape[0]
     res, exps = cores[0].reshape(b, -1, cores[0].shape[-1]), None  # (B, prod of modes so far, r_k)
+    if scaled:  # (the first core too: its product with the second may overflow before any step is scaled)
+        res, exps = rescale_pow2(res)
     for core in cores[1:]:
         r = core.shape[1]
         res = torch.bmm(res, core.reshape(b, r, -1)).reshape(b, -1, core.shape[-1])

@@ -12,12 +12,13 @@ Ranks may shrink to ``min(r_{k-1} n_k, r_k)`` (the reduced QR), never grow; the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ._transforms import without_autocast
-from .operands import pow2_exponents, scale_pow2, unscale_pow2
+from ._transforms import transforms_active, without_autocast
+from .operands import needs_scaling, pow2_exponents, scale_pow2, unscale_pow2
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores"]
@@ -25,12 +26,27 @@ __all__ = ["orthogonalize", "orthogonalize_tt_cores"]
 RawMatrix = tuple[tuple[int, ...], tuple[int, ...]] | None
 
 
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every entry of every tensor is finite, with one sync. A finite sum has no NaN or inf behind it;
+    only where a sum is not finite (a NaN or inf entry, or finite entries whose sum overflows) are the entries
+    tested one by one (``isfinite`` on every entry is about 10x the cost of a sum: 0.4 ms against 0.04 ms for
+    eight 64 x 8 x 64 float64 cores)."""
+    if bool(torch.isfinite(torch.stack([t.detach().sum() for t in tensors])).all()):
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def check_finite_cores(tt: Any, name: str) -> None:
     """Raise ``TypeError`` for a non-TT object, ``ValueError`` for NaN/inf in its cores."""
     if not isinstance(tt, TensorTrainBase):
         raise TypeError(f"{name} expects a TensorTrain or TensorTrainBatch, got {type(tt).__name__}")
-    for k, c in enumerate(tt.tt_cores):
-        if c.device.type != "meta" and not bool(torch.isfinite(c).all()):  # (meta cores have no values)
+    cores = tt.tt_cores
+    if cores[0].device.type == "meta":  # (meta cores have no values)
+        return
+    if all_finite(cores):  # (one sync; the core at fault is looked for only on failure)
+        return
+    for k, c in enumerate(cores):
+        if not bool(torch.isfinite(c).all()):
             raise ValueError(f"{name}: core {k} contains NaN or inf values")
 
 
@@ -57,7 +73,7 @@ def cast_back(cores: list[torch.Tensor], dtype: torch.dtype, name: str) -> list[
     65504 would come back with inf cores, and so would a float32 one of norm above 3.4e38 (computed in float32
     itself: inf or NaN cores). The callers' inputs are finite (checked), so a non-finite core is an overflow."""
     out = [c.to(dtype) for c in cores]
-    if out[0].device.type == "meta" or bool(torch.stack([torch.isfinite(o).all() for o in out]).all()):
+    if out[0].device.type == "meta" or all_finite(out):
         return out
     # (max() over floats with a NaN depends on their order: a NaN core read as "an entry of 0.98 exceeds")
     top = max(float(torch.nan_to_num(c.abs(), nan=math.inf).max()) for c in cores)
@@ -89,21 +105,37 @@ def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: t
     return TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores])
 
 
+def _scaled_sweep(cores: list[torch.Tensor], from_right: bool) -> bool:
+    """Whether a QR sweep must carry its R scaled: decided from the cores' norms (``operands.needs_scaling``, one
+    sync) in eager mode; always under compile and ``torch.func`` transforms and on meta tensors, where nothing
+    may sync (the scaling has no data-dependent control flow)."""
+    if cores[0].device.type == "meta" or transforms_active():
+        return True
+    return needs_scaling(cores, from_right=from_right)
+
+
 def left_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     """QR sweep left to right on ``(B, r, n, r')`` cores; returns new cores (the input list is not changed).
 
-    Each R is carried scaled by a power of two (exact) and the scales are put back on the last core once, so
-    that unbalanced core scales cannot overflow or underflow on the way (see ``operands.pow2_exponents``).
+    Where the cores' scales are unbalanced (:func:`_scaled_sweep`), each R is carried scaled by a power of two
+    (exact) and the scales are put back on the last core once, so that the carried product cannot overflow or
+    underflow on the way (see ``operands.pow2_exponents``).
     """
     cores = list(cores)
     exps = None
+    scaled = len(cores) > 1 and _scaled_sweep(cores, from_right=False)
     for k in range(len(cores) - 1):
         b, r_prev, n_k, _ = cores[k].shape
         q, r = torch.linalg.qr(cores[k].reshape(b, r_prev * n_k, -1))
-        e = pow2_exponents(r)
-        exps = e if exps is None else exps + e
+        if scaled:
+            e = pow2_exponents(r)
+            exps = e if exps is None else exps + e
+            r = unscale_pow2(r, e)
         cores[k] = q.reshape(b, r_prev, n_k, q.shape[-1])
-        cores[k + 1] = torch.einsum("bij,bjnk->bink", unscale_pow2(r, e), cores[k + 1])
+        nxt = cores[k + 1]
+        cores[k + 1] = torch.bmm(r, nxt.reshape(b, nxt.shape[1], -1)).reshape(
+            b, r.shape[1], *nxt.shape[2:]
+        )
     if exps is not None:
         cores[-1] = scale_pow2(cores[-1], exps)
     return cores
@@ -114,14 +146,20 @@ def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     :func:`left_orthogonalize`, put back on the first core)."""
     cores = list(cores)
     exps = None
+    scaled = len(cores) > 1 and _scaled_sweep(cores, from_right=True)
     for k in range(len(cores) - 1, 0, -1):
         b, _, n_k, r_next = cores[k].shape
         # Unfolding (r_{k-1}, n_k r_k) = R^H Q^H from the QR of its conjugate transpose.
         q, r = torch.linalg.qr(cores[k].reshape(b, cores[k].shape[1], -1).mH)
-        e = pow2_exponents(r)
-        exps = e if exps is None else exps + e
+        if scaled:
+            e = pow2_exponents(r)
+            exps = e if exps is None else exps + e
+            r = unscale_pow2(r, e)
         cores[k] = q.mH.reshape(b, q.shape[-1], n_k, r_next)
-        cores[k - 1] = torch.einsum("bink,bjk->binj", cores[k - 1], unscale_pow2(r, e).conj())
+        prv = cores[k - 1]
+        cores[k - 1] = torch.bmm(prv.reshape(b, -1, prv.shape[-1]), r.mH).reshape(
+            *prv.shape[:-1], r.shape[1]
+        )
     if exps is not None:
         cores[0] = scale_pow2(cores[0], exps)
     return cores

@@ -275,12 +275,13 @@ def _inner_steps(ca: list[torch.Tensor], cb: list[torch.Tensor], scaled: bool) -
     v: torch.Tensor | None = None
     exps = None
     for x, y in zip(ca, cb, strict=True):
-        x, y = flat_modes(x), flat_modes(y)
-        if v is None:
-            v = torch.einsum("bmu,bmv->buv", x[:, 0], y[:, 0])
+        bs, rx, u, vv = x.shape[0], x.shape[1], x.shape[-1], y.shape[-1]
+        if v is None:  # (B, m, u)^T (B, m, v): r_0 = 1
+            v = torch.bmm(x.reshape(bs, -1, u).transpose(1, 2), y.reshape(bs, -1, vv))
         else:
-            t = torch.einsum("bxy,bxmu->bymu", v, x)
-            v = torch.einsum("bymu,bymv->buv", t, y)
+            # (B, ry, rx) @ (B, rx, m u) -> (B, ry m, u); then (B, u, ry m) @ (B, ry m, v) -> (B, u, v)
+            t = torch.bmm(v.transpose(1, 2), x.reshape(bs, rx, -1)).reshape(bs, -1, u)
+            v = torch.bmm(t.transpose(1, 2), y.reshape(bs, -1, vv))
         if scaled:
             v, exps = rescale_pow2(v, exps)
     assert v is not None
