@@ -275,6 +275,14 @@ def test_products_of_cores_whose_norms_underflow(dtype, scales):
     torch.testing.assert_close(
         tt.flat_inner(x, y).double(), total * tt.full(tt.TensorTrain(b)).square().sum(), rtol=1e-5, atol=0
     )
+    # <x, x> = total^2 ||b||^2: 1.6e202 in float64; past float32's range it is inf (it was NaN: two cores of
+    # 1e25 multiplied inside one step before any rescaling)
+    sq = total**2 * tt.full(tt.TensorTrain(b)).square().sum()
+    got = tt.flat_inner(x, x).double()
+    if sq > torch.finfo(dtype).max:
+        assert got == math.inf
+    else:
+        torch.testing.assert_close(got, sq, rtol=1e-5, atol=0)
 
 
 def test_norm_with_gradients_where_the_square_leaves_the_range():
