@@ -671,3 +671,9 @@ def test_conversions_leave_the_global_random_stream_alone():
         state = torch.get_rng_state()
         call()
         assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_compress_refuses_epsilon_zero():
+    model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(ValueError, match=r"epsilon"):
+        tt.compress(model, epsilon=0.0)

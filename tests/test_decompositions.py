@@ -740,3 +740,27 @@ def test_unordered_rank_collections_are_refused(caps):
 def test_sparse_input_is_a_clear_error():
     with pytest.raises(TypeError, match=r"to_tt_tensor: the input is a sparse_coo tensor; .* x.to_dense\(\)"):
         tt.to_tt_tensor(torch.randn(4, 5, 6).to_sparse(), 3)
+
+
+def test_epsilon_zero_is_lossless():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, 6, dtype=torch.float64, generator=g)
+    a = tt.to_tt_tensor(x, max_tt_rank=None, epsilon=0.0)
+    assert a.tt_ranks == (1, 4, 6, 1)
+    torch.testing.assert_close(tt.full(a), x)
+    r = tt.round(a, epsilon=0.0)
+    torch.testing.assert_close(tt.full(r), x)
+
+
+def test_randomized_epsilon_with_a_binding_cap_gives_the_caps_error():
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64, generator=g))
+    s = torch.cat([torch.ones(20), torch.full((44,), 0.05)]).double()
+    x = u @ torch.diag(s) @ v.T
+    eps = 0.1 / float(x.norm())  # budget (relative to s_1) 0.1: between the sketch's error^2 and its error
+    a = tt.to_tt_tensor(x, max_tt_rank=20, epsilon=eps, method="randomized")
+    err = float((tt.full(a) - x).norm())
+    best = float(s[20:].norm())
+    assert a.tt_ranks == (1, 20, 1)
+    assert err <= 1.01 * best, (err, best)

@@ -397,3 +397,22 @@ def test_a_padding_idx_past_int64_on_a_huge_table():
     want = tt_embedding(torch.tensor([5]), w)
     for pad in (-1, 2**64):
         assert_close(tt_embedding(torch.tensor([5]), w, padding_idx=pad), want)
+
+
+def test_embedding_glorot_variance():
+    torch.manual_seed(0)
+    v, dim = 4096, 256
+    vals = []
+    for _ in range(4):
+        emb = tt.nn.TTEmbedding(v, dim, tt_rank=16, init="glorot")
+        with torch.no_grad():
+            vals.append(emb(torch.arange(v)).flatten())
+    var = float(torch.cat(vals).var())
+    want = 2.0 / (v + dim)
+    assert 0.8 * want < var < 1.25 * want, (var, want)
+
+
+def test_embedding_ranks_are_clipped():
+    emb = tt.nn.TTEmbedding(16, 16, tt_rank=100, voc_dims=(4, 4), emb_dims=(4, 4))
+    assert emb.tt_ranks == (1, 16, 1)
+    assert emb.num_tt_parameters() == 2 * 16 * 16

@@ -898,10 +898,12 @@ def test_load_tt_at_new_ranks_frees_the_old_cores_and_their_cached_merges():
 
     for layer, x in (
         (tt.nn.TTLinear(64, 64, tt_rank=8, in_dims=(4, 4, 4), out_dims=(4, 4, 4)), torch.randn(3, 64)),
-        (tt.nn.TTEmbedding(64, 64, tt_rank=8, voc_dims=(4, 4, 4), emb_dims=(4, 4, 4)), torch.arange(10)),
+        # (64 distinct rows: the lookup takes the merged halves, which it caches; 10 rows merged nothing)
+        (tt.nn.TTEmbedding(64, 64, tt_rank=8, voc_dims=(4, 4, 4), emb_dims=(4, 4, 4)), torch.arange(64)),
     ):
         with torch.no_grad():
             layer(x)  # warms the inference cache with merges of the current cores
+        assert layer._cache, type(layer).__name__  # (else the test checks nothing)
         old = weakref.ref(layer.cores[1])
         layer.load_tt_(tt.round(layer.weight, max_tt_rank=2))
         gc.collect()
@@ -938,3 +940,17 @@ def test_complex32_is_refused_by_name_and_complex_inputs_get_a_real_hint():
     layer = tt.nn.TTLinear(6, 6, tt_rank=2)
     with pytest.raises(ValueError, match="a real TT-matrix cannot take complex values"):
         layer(torch.randn(2, 6, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("switch", ["eval", "train"])
+def test_mode_switch_clears_the_inference_cache(switch):
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(64, 64, tt_rank=4, in_dims=(4, 4, 4), out_dims=(4, 4, 4)).eval()
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        layer(x)
+        layer.cores[1].data.mul_(2.0)  # bypasses the version counter: the docs say to switch mode after it
+    getattr(layer, switch)()
+    with torch.no_grad():
+        y = layer(x)
+    torch.testing.assert_close(y, x @ layer.dense_weight().T + layer.bias)

@@ -453,3 +453,19 @@ def test_max_tt_ranks_checks_mode_sizes():
         tt.max_tt_ranks([0, 3])
     with pytest.raises(TypeError, match="for a TT-matrix pass the products"):
         tt.max_tt_ranks(((2, 3), (4, 5)))
+
+
+def test_transpose_of_a_complex_tt_matrix_does_not_conjugate():
+    g = torch.Generator().manual_seed(0)
+    cores = [
+        torch.randn(1, 2, 3, 2, dtype=torch.complex128, generator=g),
+        torch.randn(2, 3, 2, 1, dtype=torch.complex128, generator=g),
+    ]
+    w = tt.TensorTrain(cores)
+    torch.testing.assert_close(tt.full(tt.transpose(w)), tt.full(w).T)
+
+
+def test_multiply_by_minus_infinity_keeps_the_sign():
+    a = tt.TensorTrain([torch.ones(1, 2, 1), torch.ones(1, 3, 1)])
+    out = tt.full(tt.multiply(a, float("-inf")))
+    assert bool((out == float("-inf")).all()), out

@@ -295,3 +295,42 @@ def test_tangent_space_to_deltas_refuses_complex_like_the_other_tools():
     )
     with pytest.raises(TypeError, match="tangent_space_to_deltas: complex TT objects are not supported"):
         tt.tangent_space_to_deltas(x)
+
+
+def _where_and_batch(g):
+    """A rank-2 point of shape (3, 4, 5) and a batch of two dense tensors of that shape (float64)."""
+    where = tt.TensorTrain(
+        [torch.randn(*sh, dtype=torch.float64, generator=g) for sh in ((1, 3, 2), (2, 4, 2), (2, 5, 1))]
+    )
+    return where, torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g)
+
+
+def test_project_sum_without_weights_is_a_single_tt():
+    """As documented, a TensorTrain (a batch only for a matrix of weights)."""
+    where, dense = _where_and_batch(torch.Generator().manual_seed(0))
+    what = tt.to_tt_tensor(dense, max_tt_rank=3, batch=True)
+    p = tt.project_sum(what, where)
+    assert type(p) is tt.TensorTrain and tuple(p.shape) == (3, 4, 5)
+    assert_close(tt.full(p), tt.full(tt.project(tt.full(what).sum(0), where)))  # (projection is linear)
+
+
+def test_add_n_projected_of_batches_with_vector_coef():
+    """One coefficient per object, applied to every element of its batch."""
+    where, dense = _where_and_batch(torch.Generator().manual_seed(0))
+    x = tt.project(dense, where)  # a batch of 2 tangent vectors
+    y = tt.project(2 * dense + 1, where)
+    got = tt.full(tt.add_n_projected([x, y], coef=torch.tensor([0.5, -3.0], dtype=torch.float64)))
+    assert_close(got, 0.5 * tt.full(x) - 3.0 * tt.full(y))
+
+
+def test_concat_of_tangent_vectors_at_different_points_is_not_a_tangent_batch():
+    g = torch.Generator().manual_seed(0)
+    w1, dense = _where_and_batch(g)
+    w2, _ = _where_and_batch(g)
+    a, b = tt.project(dense[0], w1), tt.project(dense[1], w2)
+    out = tt.concat_along_batch_dim([a, b])
+    assert getattr(out, "projection_on", None) is None
+    with pytest.raises(ValueError, match="projection"):
+        tt.pairwise_flat_inner_projected(out, out)
+    # at one point it stays one
+    assert tt.concat_along_batch_dim([a, tt.project(dense[1], w1)]).projection_on is w1
