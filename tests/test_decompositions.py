@@ -486,6 +486,25 @@ def test_randomized_with_epsilon_is_certified(gen):
     assert_close(dense(x), dense(y))
 
 
+def test_rank_picked_on_the_host_equals_the_tensor_rule(gen):
+    """_exact picks small unfoldings' ranks in Python floats: the same rank as the tensor rule, ties included
+    (singular values repeated, budgets exactly at a tail)."""
+    for trial in range(300):
+        b, n = 1 + trial % 3, 1 + trial % 17
+        s = torch.rand(b, n, generator=gen, dtype=torch.float64).sort(dim=-1, descending=True).values
+        if trial % 4 == 0:
+            s = torch.round(s * 4) / 4  # repeated values
+        if trial % 7 == 0:
+            s[0] = 0.0  # a zero matrix (unit 1)
+        unit = truncation._unit(s)
+        tails = truncation._tails(s, unit)
+        j = trial % (n + 1)
+        for delta in (tails[:, j].sqrt() * unit, torch.rand(b, generator=gen, dtype=torch.float64)):
+            for cap in (1, max(1, n // 2), n):
+                want = truncation._rank_for(tails, delta / unit, cap)
+                assert truncation._rank_on_host(s, delta, cap) == want, (s, delta, cap)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 def test_certified_residual_in_column_blocks(gen, monkeypatch, dtype):
     # the certificate ||A - QB||_F^2 is summed over blocks of columns (no full-size temporaries): any block

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -274,3 +275,52 @@ def test_detached_and_indexed_tangent_vectors_keep_their_point(gen):
         tt.pairwise_flat_inner_projected(p.detach(), p),
         tt.full(p).reshape(5, -1) @ tt.full(p).reshape(5, -1).T,
     )
+
+
+def _core_lists():
+    """Valid and invalid core lists of every kind the constructors see (batch axis added by the caller)."""
+    f = torch.float32
+    ok3 = [torch.ones(1, 2, 3), torch.ones(3, 4, 1)]
+    ok4 = [torch.ones(1, 2, 2, 3), torch.ones(3, 2, 2, 1)]
+    yield ok3
+    yield ok4
+    yield [torch.ones(1, 5, 1, dtype=torch.complex128)]
+    yield [torch.ones(1, 5, 1, dtype=torch.bfloat16), torch.ones(1, 2, 1, dtype=torch.bfloat16)]
+    yield []
+    yield [torch.ones(2, 2, 3), torch.ones(3, 4, 1)]  # r_0 != 1
+    yield [torch.ones(1, 2, 3), torch.ones(3, 4, 2)]  # r_d != 1
+    yield [torch.ones(1, 2, 3), torch.ones(2, 4, 1)]  # ranks do not chain
+    yield [torch.ones(1, 2, 3), torch.ones(3, 4, 2, 1)]  # mixed dims
+    yield [torch.ones(1, 0, 1)]  # empty mode
+    yield [torch.ones(1, 2, 1, dtype=torch.int64)]
+    with warnings.catch_warnings():  # ("ComplexHalf support is experimental")
+        warnings.simplefilter("ignore", UserWarning)
+        yield [torch.ones(1, 2, 1, dtype=torch.complex32)]
+    yield [torch.ones(1, 2, 1, dtype=torch.float8_e4m3fn)]
+    yield [torch.ones(1, 2, 3, dtype=f), torch.ones(3, 4, 1, dtype=torch.float64)]
+    yield [torch.ones(1, 2, 3, device="meta"), torch.ones(3, 4, 1)]
+    yield [torch.ones(1, 2, 3).to_sparse(), torch.ones(3, 4, 1)]
+    yield [torch.ones(1, 2, 3), [[1.0]]]
+    yield [torch.ones(1, 2)]
+
+
+@pytest.mark.parametrize("cls", [tt.TensorTrain, tt.TensorTrainBatch])
+def test_the_constructors_fast_check_accepts_only_what_the_full_checks_accept(cls):
+    """TensorTrain(cores) decides the common case in one pass (_plainly_valid) and leaves everything else to
+    _validate: the fast test may never accept what _validate refuses."""
+    for cores in _core_lists():
+        if cls is tt.TensorTrainBatch:
+            cores = [torch.stack([c, c]) if isinstance(c, torch.Tensor) else c for c in cores]
+        obj = cls.__new__(cls)
+        try:
+            obj._validate(tuple(cores))
+            valid = True
+        except (TypeError, ValueError):
+            valid = False
+        if obj._plainly_valid(tuple(cores)):
+            assert valid, [getattr(c, "shape", c) for c in cores]
+        if valid:
+            cls(cores)
+        else:
+            with pytest.raises((TypeError, ValueError)):
+                cls(cores)

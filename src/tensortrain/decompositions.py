@@ -203,7 +203,7 @@ def _tt_svd(
         )
     except _NoWiderType as err:
         raise ValueError(f"TT-SVD: {err}") from None
-    return cast_back(cores, dtype, "TT-SVD")
+    return cast_back(cores, dtype, "TT-SVD", finite=True)  # (finite: see _overflow_safe)
 
 
 def _tt_svd_in(
@@ -275,7 +275,8 @@ def _round_in(
         r_prev, n_k = cores[k].shape[1], cores[k].shape[2]
         left, right = truncated_factor(cores[k].reshape(b, r_prev * n_k, -1), caps[k + 1], delta, method)
         cores[k] = left.reshape(b, r_prev, n_k, left.shape[-1])
-        cores[k + 1] = torch.einsum("bij,bjnk->bink", right, cores[k + 1])
+        nxt = cores[k + 1]
+        cores[k + 1] = torch.bmm(right, nxt.reshape(b, nxt.shape[1], -1)).reshape(b, -1, *nxt.shape[2:])
     return cores
 
 
@@ -483,4 +484,5 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
         cores = _overflow_safe(lambda cs: _round_in(cs, caps, eps, method), cores)
     except _NoWiderType as err:
         raise ValueError(f"round: {err}") from None
-    return split_modes(cores, batch, raw, tt.dtype, "round")
+    # (_overflow_safe returns finite cores: only a cast back to a narrower dtype is checked again)
+    return split_modes(cores, batch, raw, tt.dtype, "round", finite=True)

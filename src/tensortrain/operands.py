@@ -84,7 +84,9 @@ def rescale_pow2(t: torch.Tensor, exps: torch.Tensor | None = None) -> tuple[tor
     return unscale_pow2(t, e), e if exps is None else exps + e
 
 
-def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False, from_right: bool = False) -> bool:
+def needs_scaling(
+    *operands: Sequence[torch.Tensor], contracted: bool = False, from_right: bool = False
+) -> bool:
     """Whether a left-to-right product sweep over these cores (one list of ``d`` cores per operand, contracted
     together: ``<a, b>`` passes two) may leave the dtype's range on the way, so that its steps must be scaled.
 
@@ -101,10 +103,10 @@ def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False, f
     first = operands[0][0]
     if first.device.type == "meta" or transforms_active():
         return False
-    cores = [c for cores in operands for c in cores]
+    # (detached where needed: cheaper than a no_grad context)
+    cores = [c.detach() if c.requires_grad else c for cores in operands for c in cores]
     try:  # (one fused kernel for all the norms; the inf-norm reduction takes 10x as long on CPU)
-        with torch.no_grad():
-            norms = torch.stack(torch._foreach_norm(cores)).tolist()  # (one sync)
+        norms = torch.stack(torch._foreach_norm(cores)).tolist()  # (one sync)
     except RuntimeError:  # a fake tensor has no value to test
         return False
     if min(norms) == 0:
@@ -113,17 +115,32 @@ def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False, f
         if not any(bool(c.any()) for n, c in zip(norms, cores, strict=True) if n == 0):
             return False
         return True
-    d, limit = len(operands[0]), 0.75 * math.frexp(torch.finfo(first.real.dtype).max)[1]
-    scale = [
-        math.log2(n) - 0.5 * math.log2(c.shape[0] * c.shape[-1] if contracted else c.numel() / c.shape[-1])
-        for n, c in zip(norms, cores, strict=True)
-    ]
+    d, limit = len(operands[0]), _scale_limit(first.dtype)
+    log2 = math.log2
+    if contracted:
+        scale = [log2(n) - 0.5 * log2(c.shape[0] * c.shape[-1]) for n, c in zip(norms, cores, strict=True)]
+    else:
+        scale = [log2(n) - 0.5 * log2(c.numel() / c.shape[-1]) for n, c in zip(norms, cores, strict=True)]
+    if len(operands) > 1:  # the operands' scales at each k summed
+        scale = [sum(at_k) for at_k in zip(*(scale[i : i + d] for i in range(0, len(scale), d)), strict=True)]
     run = 0.0
-    for k in reversed(range(d)) if from_right else range(d):  # (from_right: a right-to-left sweep's products)
-        run += sum(scale[i * d + k] for i in range(len(operands)))
+    for s in reversed(scale) if from_right else scale:  # (from_right: a right-to-left sweep's products)
+        run += s
         if not abs(run) <= limit:  # (an inf or NaN norm asks for scaling too)
             return True
     return False
+
+
+_LIMITS: dict[torch.dtype, float] = {}
+
+
+def _scale_limit(dtype: torch.dtype) -> float:
+    """Three quarters of ``dtype``'s exponent range (its real part's): :func:`needs_scaling`'s bound."""
+    limit = _LIMITS.get(dtype)
+    if limit is None:
+        real = dtype.to_real() if dtype.is_complex else dtype
+        limit = _LIMITS[dtype] = 0.75 * math.frexp(torch.finfo(real).max)[1]
+    return limit
 
 
 def scaled_sweep(
@@ -241,6 +258,22 @@ def wrap(cores: Sequence[torch.Tensor], batch: bool) -> Any:
     if batch:
         return TensorTrainBatch(list(cores))
     return TensorTrain([c[0] for c in cores])
+
+
+def wrap_valid(cores: Sequence[torch.Tensor], batch: bool) -> Any:
+    """A :class:`TensorTrainBatch` (``batch``) or :class:`TensorTrain` over ``cores`` as they are (a batch axis
+    only for a batch), not checked again: for results valid by construction (see ``_from_valid``)."""
+    return (TensorTrainBatch if batch else TensorTrain)._from_valid(cores)
+
+
+def pair_cores(op: str, *xs: TensorTrainBase) -> tuple[list[list[torch.Tensor]], bool]:
+    """The operands' cores and whether any is a batch: as stored (no batch axis) when none is a batch, else as
+    :func:`paired_cores` gives them (batched, expanded to the common size). Checks as :func:`paired_cores`."""
+    if not any(isinstance(x, TensorTrainBatch) for x in xs):
+        check_dtype_device(op, *xs)
+        return [list(x.tt_cores) for x in xs], False
+    cores, _, batch = paired_cores(op, *xs)
+    return cores, batch
 
 
 def check_dtype_device(op: str, *xs: TensorTrainBase | torch.Tensor) -> None:

@@ -18,6 +18,7 @@ import numbers
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .errors import ShapeError
 from .forms import (
@@ -36,12 +37,14 @@ from .operands import (
     is_batch,
     matrix_dims,
     needs_scaling,
+    pair_cores,
     paired_cores,
     rescale_pow2,
     scale_pow2,
     tensor_dims,
     wide_dtype,
     wrap,
+    wrap_valid,
 )
 from .products import flat_inner, matmul
 from .shapes import plain_scalar
@@ -214,26 +217,22 @@ def add(tt_a: TensorTrainBase, tt_b: TensorTrainBase) -> Any:
         (1, 5, 5, 1)
     """
     _check_pair("add", tt_a, tt_b)
-    (ca, cb), _, batch = paired_cores("add", tt_a, tt_b)
-    d = len(ca)
-    if d == 1:
-        return wrap([ca[0] + cb[0]], batch)
-    cores = []
-    for k, (x, y) in enumerate(zip(ca, cb, strict=True)):
-        if k == 0:
-            cores.append(torch.cat([x, y], dim=-1))
-        elif k == d - 1:
-            cores.append(torch.cat([x, y], dim=1))
-        else:
-            cores.append(_block_diag(x, y))
-    return wrap(cores, batch)
+    (ca, cb), batch = pair_cores("add", tt_a, tt_b)
+    return wrap_valid(_sum_cores(ca, cb, int(batch)), batch)
 
 
-def _block_diag(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Batched cores (B, a, modes.., b) and (B, c, modes.., e) -> (B, a + c, modes.., b + e), block diagonal."""
-    top = torch.cat([x, x.new_zeros(*x.shape[:-1], y.shape[-1])], dim=-1)
-    bottom = torch.cat([y.new_zeros(*y.shape[:-1], x.shape[-1]), y], dim=-1)
-    return torch.cat([top, bottom], dim=1)
+def _sum_cores(ca: list[torch.Tensor], cb: list[torch.Tensor], lead: int) -> list[torch.Tensor]:
+    """:func:`add`'s cores from cores with ``lead`` (0 or 1) batch axes (of equal sizes)."""
+    if len(ca) == 1:
+        return [ca[0] + cb[0]]
+    middle = [_block_diag(x, y, lead) for x, y in zip(ca[1:-1], cb[1:-1], strict=True)]
+    return [torch.cat([ca[0], cb[0]], dim=-1), *middle, torch.cat([ca[-1], cb[-1]], dim=lead)]
+
+
+def _block_diag(x: torch.Tensor, y: torch.Tensor, lead: int) -> torch.Tensor:
+    """Cores ``(*lead, a, modes.., b)`` and ``(*lead, c, modes.., e)`` -> ``(*lead, a + c, modes.., b + e)``,
+    block diagonal (``lead``: the number of batch axes, 0 or 1)."""
+    return torch.cat([F.pad(x, (0, y.shape[-1])), F.pad(y, (x.shape[-1], 0))], dim=lead)
 
 
 def subtract(tt_a: TensorTrainBase, tt_b: TensorTrainBase) -> Any:
@@ -259,8 +258,9 @@ def subtract(tt_a: TensorTrainBase, tt_b: TensorTrainBase) -> Any:
         True
     """
     _check_pair("subtract", tt_a, tt_b)
-    paired_cores("subtract", tt_a, tt_b)  # dtype, device and batch checks under this name, not add's
-    return add(tt_a, multiply(tt_b, -1.0))
+    (ca, cb), batch = pair_cores("subtract", tt_a, tt_b)
+    # (multiply(tt_b, -1.0)'s cores: -1 on the first; the others times |-1|^(1/d) = 1, an exact no-op)
+    return wrap_valid(_sum_cores(ca, [cb[0] * -1.0, *cb[1:]], int(batch)), batch)
 
 
 def multiply(tt_left: Any, right: Any) -> Any:
@@ -314,7 +314,7 @@ def multiply(tt_left: Any, right: Any) -> Any:
                 "e.g. tt.cast(a, torch.complex64)"
             )
         cores[0] = cores[0] * right.to(dtype=cores[0].dtype, device=cores[0].device)
-        return tt_left._new(cores)
+        return type(tt_left)._from_valid(cores)
     right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds
     if isinstance(right, bool) or not isinstance(right, numbers.Number):
         raise TypeError(f"multiply: expects a number or a TT object, got {type(right).__name__}")
@@ -324,7 +324,7 @@ def multiply(tt_left: Any, right: Any) -> Any:
             f"multiply: a complex number {right!r} cannot scale {tt_left.dtype} cores; cast first, "
             "e.g. tt.cast(a, torch.complex64)"
         )
-    return tt_left._new(_scale_balanced(list(tt_left.tt_cores), c))
+    return type(tt_left)._from_valid(_scale_balanced(list(tt_left.tt_cores), c))
 
 
 def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]:
@@ -341,15 +341,16 @@ def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]
 
 def _hadamard(a: TensorTrainBase, b: TensorTrainBase) -> Any:
     check_same_raw_shape("multiply", a, b)
-    (ca, cb), _, batch = paired_cores("multiply", a, b)
+    (ca, cb), batch = pair_cores("multiply", a, b)
+    lead = int(batch)
     cores = []
     for x, y in zip(ca, cb, strict=True):
-        bs, rx, sx, ry, sy = x.shape[0], x.shape[1], x.shape[-1], y.shape[1], y.shape[-1]
-        modes = x.shape[2:-1]
-        xf, yf = x.reshape(bs, rx, -1, sx), y.reshape(bs, ry, -1, sy)
-        z = torch.einsum("bamc,bxmy->baxmcy", xf, yf)
-        cores.append(z.reshape(bs, rx * ry, *modes, sx * sy))
-    return wrap(cores, batch)
+        bs, rx, sx, ry, sy = x.shape[:lead], x.shape[lead], x.shape[-1], y.shape[lead], y.shape[-1]
+        # slice by slice Kronecker products as one broadcast product (one multiplication per entry, as the
+        # einsum it replaces; written in the result's order, no copy after it)
+        z = x.reshape(*bs, rx, 1, -1, sx, 1) * y.reshape(*bs, 1, ry, -1, 1, sy)
+        cores.append(z.reshape(*bs, rx * ry, *x.shape[lead + 1 : -1], sx * sy))
+    return wrap_valid(cores, batch)
 
 
 def kron(a: TensorTrainBase, b: TensorTrainBase) -> Any:

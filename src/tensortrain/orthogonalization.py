@@ -11,6 +11,7 @@ Ranks may shrink to ``min(r_{k-1} n_k, r_k)`` (the reduced QR), never grow; the 
 
 from __future__ import annotations
 
+import cmath
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +32,11 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     only where a sum is not finite (a NaN or inf entry, or finite entries whose sum overflows) are the entries
     tested one by one (``isfinite`` on every entry is about 10x the cost of a sum: 0.4 ms against 0.04 ms for
     eight 64 x 8 x 64 float64 cores)."""
-    if bool(torch.isfinite(torch.stack([t.detach().sum() for t in tensors])).all()):
+    sums = torch.stack([(t.detach() if t.requires_grad else t).sum() for t in tensors])
+    if transforms_active():  # (no .tolist() on a transform's wrapped tensors: bool() says why it fails)
+        if bool(torch.isfinite(sums).all()):
+            return True
+    elif all(map(cmath.isfinite, sums.tolist())):  # (a list of Python numbers: cheaper than isfinite + all)
         return True
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
@@ -60,18 +65,26 @@ def merge_modes(tt: TensorTrainBase) -> tuple[list[torch.Tensor], bool, RawMatri
     :func:`compute_dtype`."""
     batch = isinstance(tt, TensorTrainBatch)
     work = compute_dtype(tt.dtype)
-    cores = [(c if batch else c.unsqueeze(0)).to(work) for c in tt.tt_cores]
-    raw = tt.raw_shape if tt.is_tt_matrix() else None
-    cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
-    return cores, batch, raw  # type: ignore[return-value]
+    cores = list(tt.tt_cores) if batch else [c.unsqueeze(0) for c in tt.tt_cores]
+    if work != tt.dtype:
+        cores = [c.to(work) for c in cores]
+    if not tt.is_tt_matrix():
+        return cores, batch, None
+    raw = tt.raw_shape
+    return [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores], batch, raw  # type: ignore[return-value]
 
 
-def cast_back(cores: list[torch.Tensor], dtype: torch.dtype, name: str) -> list[torch.Tensor]:
+def cast_back(
+    cores: list[torch.Tensor], dtype: torch.dtype, name: str, finite: bool = False
+) -> list[torch.Tensor]:
     """Cores computed in :func:`compute_dtype`, cast back to ``dtype``; a ValueError where they overflowed.
 
     Orthogonal forms put the whole norm in one core: a float16 TT whose entries all fit but whose norm exceeds
     65504 would come back with inf cores, and so would a float32 one of norm above 3.4e38 (computed in float32
-    itself: inf or NaN cores). The callers' inputs are finite (checked), so a non-finite core is an overflow."""
+    itself: inf or NaN cores). The callers' inputs are finite (checked), so a non-finite core is an overflow.
+    ``finite``: the cores are known to be finite (checked by the caller), so that only a cast is checked."""
+    if finite and cores[0].dtype == dtype:
+        return cores
     out = [c.to(dtype) for c in cores]
     if out[0].device.type == "meta" or all_finite(out):
         return out
@@ -94,15 +107,24 @@ def _wider(dtype: torch.dtype) -> str:
     return "scale the input down" if torch.finfo(dtype).bits == 64 else "use float64, or scale the input down"
 
 
-def split_modes(cores: list[torch.Tensor], batch: bool, raw: RawMatrix, dtype: torch.dtype, name: str) -> Any:
-    """Inverse of :func:`merge_modes`: the TT object of the right class, cast back to ``dtype``."""
-    cores = cast_back(cores, dtype, name)
+def split_modes(
+    cores: list[torch.Tensor],
+    batch: bool,
+    raw: RawMatrix,
+    dtype: torch.dtype,
+    name: str,
+    finite: bool = False,
+) -> Any:
+    """Inverse of :func:`merge_modes`: the TT object of the right class, cast back to ``dtype`` (``finite``: as
+    :func:`cast_back` reads it). The cores come from a QR or SVD sweep: valid by construction, not checked
+    again."""
+    cores = cast_back(cores, dtype, name, finite)
     if raw is not None:
         rows, cols = raw
         cores = [
             c.reshape(c.shape[0], c.shape[1], rows[k], cols[k], c.shape[-1]) for k, c in enumerate(cores)
         ]
-    return TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores])
+    return TensorTrainBatch._from_valid(cores) if batch else TensorTrain._from_valid([c[0] for c in cores])
 
 
 def _scaled_sweep(cores: list[torch.Tensor], from_right: bool) -> bool:
@@ -133,9 +155,7 @@ def left_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
             r = unscale_pow2(r, e)
         cores[k] = q.reshape(b, r_prev, n_k, q.shape[-1])
         nxt = cores[k + 1]
-        cores[k + 1] = torch.bmm(r, nxt.reshape(b, nxt.shape[1], -1)).reshape(
-            b, r.shape[1], *nxt.shape[2:]
-        )
+        cores[k + 1] = torch.bmm(r, nxt.reshape(b, nxt.shape[1], -1)).reshape(b, r.shape[1], *nxt.shape[2:])
     if exps is not None:
         cores[-1] = scale_pow2(cores[-1], exps)
     return cores
@@ -157,9 +177,7 @@ def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
             r = unscale_pow2(r, e)
         cores[k] = q.mH.reshape(b, q.shape[-1], n_k, r_next)
         prv = cores[k - 1]
-        cores[k - 1] = torch.bmm(prv.reshape(b, -1, prv.shape[-1]), r.mH).reshape(
-            *prv.shape[:-1], r.shape[1]
-        )
+        cores[k - 1] = torch.bmm(prv.reshape(b, -1, prv.shape[-1]), r.mH).reshape(*prv.shape[:-1], r.shape[1])
     if exps is not None:
         cores[0] = scale_pow2(cores[0], exps)
     return cores

@@ -27,10 +27,12 @@ from .operands import (
     is_batch,
     matrix_dims,
     needs_scaling,
+    pair_cores,
     paired_cores,
     rescale_pow2,
     scale_pow2,
     wrap,
+    wrap_valid,
 )
 from .tensor_train import TensorTrainBase
 
@@ -102,14 +104,21 @@ def _tt_tt(a: TensorTrainBase, b: TensorTrainBase) -> Any:
             f"but the second has row dims {tuple(rows_b)} ({math.prod(rows_b)} rows); they must agree "
             "mode by mode"
         )
-    (ca, cb), _, batch = paired_cores("matmul", a, b)
-    cores = []
-    for x, y in zip(ca, cb, strict=True):
-        bs, rx, m, _, sx = x.shape
-        ry, _, n, sy = y.shape[1:]
-        z = torch.einsum("bamkc,bxkny->baxmncy", x, y)
-        cores.append(z.reshape(bs, rx * ry, m, n, sx * sy))
-    return wrap(cores, batch)
+    (ca, cb), batch = pair_cores("matmul", a, b)
+    lead = int(batch)
+    return wrap_valid([_core_product(x, y, lead) for x, y in zip(ca, cb, strict=True)], batch)
+
+
+def _core_product(x: torch.Tensor, y: torch.Tensor, lead: int) -> torch.Tensor:
+    """Cores ``(*lead, a, m, k, c)`` and ``(*lead, x, k, n, y)`` -> ``(*lead, a x, m, n, c y)``: the sum over
+    ``k`` as one (batched) GEMM, as ``einsum("amkc,xkny->axmncy")`` computes it, without its planning cost."""
+    bs, (rx, m, k, sx), (ry, _, n, sy) = x.shape[:lead], x.shape[lead:], y.shape[lead:]
+    o = list(range(lead))
+    xm = x.permute(*o, lead, lead + 1, lead + 3, lead + 2).reshape(*bs, rx * m * sx, k)
+    ym = y.permute(*o, lead + 1, lead, lead + 2, lead + 3).reshape(*bs, k, ry * n * sy)
+    z = torch.matmul(xm, ym).reshape(*bs, rx, m, sx, ry, n, sy)
+    z = z.permute(*o, lead, lead + 3, lead + 1, lead + 4, lead + 2, lead + 5)
+    return z.reshape(*bs, rx * ry, m, n, sx * sy)
 
 
 def _check_dense(x: Any, w: TensorTrainBase, side: str) -> torch.Tensor:

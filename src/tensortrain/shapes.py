@@ -5,6 +5,7 @@ Symbols: ``d`` number of cores (modes), ``n_k`` mode sizes, ``r_k`` TT-ranks (``
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import operator
@@ -285,11 +286,9 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
         dims.append(k)
     if not dims:  # (as tensor_ones([]) refuses it: a TT has at least one core)
         raise ShapeError("max_tt_ranks: expected at least one mode size, got an empty shape")
-    ranks = [1]
-    for k in range(1, len(dims)):
-        ranks.append(min(math.prod(dims[:k]), math.prod(dims[k:])))
-    ranks.append(1)
-    return tuple(ranks)
+    left, total = list(itertools.accumulate(dims, operator.mul)), math.prod(dims)
+    # (prefix products: the suffix product is total // prefix, exact for ints)
+    return (1, *(min(p, total // p) for p in left[:-1]), 1)
 
 
 def as_whole_int(value: Any) -> int | None:

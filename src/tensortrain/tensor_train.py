@@ -45,6 +45,10 @@ _TENSOR_ONLY = frozenset(
 
 
 _CHALF = torch.complex32  # (ComplexHalf)
+# core dtypes TensorTrainBase._plainly_valid accepts at once (others go through the full checks)
+_CORE_DTYPES = frozenset(
+    (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
+)
 
 
 def check_cast(have: torch.dtype, dtype: Any, fn: str) -> None:
@@ -81,10 +85,50 @@ class TensorTrainBase:
                 f"{type(self).__name__} expects a sequence of core tensors, got {type(tt_cores).__name__}"
             )
         cores = tuple(tt_cores)
-        self._validate(cores)
+        if not self._plainly_valid(cores):  # (the common case in one pass; errors come from _validate)
+            self._validate(cores)
         self._tt_cores = cores
 
+    @classmethod
+    def _from_valid(cls, cores: Sequence[torch.Tensor]) -> Any:
+        """Internal: an object over cores valid by construction (the result of an operation on valid TT
+        objects: block-diagonal or Kronecker-product cores, a QR or SVD sweep), without checking them again."""
+        new = cls.__new__(cls)
+        new._tt_cores = tuple(cores)
+        return new
+
     # ----------------------------------------------------------------------------------------- validation
+    def _plainly_valid(self, cores: tuple[torch.Tensor, ...]) -> bool:
+        """Whether the cores pass every check of :meth:`_validate`, decided in one pass over them: strided
+        tensors of one dtype (16 bits or more, complex32 excepted) and device, the same number of dims and
+        batch size, no empty dim, ranks chaining from 1 to 1. False sends the cores to :meth:`_validate`,
+        which names what is wrong (and accepts what this conservative test does not know: a new dtype)."""
+        if not cores:
+            return False
+        first, b = cores[0], self._batch_axes
+        if not isinstance(first, torch.Tensor) or first.is_nested or first.dtype not in _CORE_DTYPES:
+            return False
+        dtype, device, ndim, shape0 = first.dtype, first.device, first.dim(), first.shape
+        if ndim != 3 + b and ndim != 4 + b:
+            return False
+        rank = 1
+        for c in cores:
+            # (layout and nesting first: a nested tensor has no shape to read)
+            if not isinstance(c, torch.Tensor) or c.is_nested or c.layout != torch.strided:
+                return False
+            shape = c.shape
+            if (
+                len(shape) != ndim
+                or shape[b] != rank
+                or 0 in shape
+                or c.dtype != dtype
+                or c.device != device
+                or (b and shape[0] != shape0[0])
+            ):
+                return False
+            rank = shape[-1]
+        return bool(rank == 1)
+
     def _validate(self, cores: tuple[torch.Tensor, ...]) -> None:
         name = type(self).__name__
         if len(cores) == 0:

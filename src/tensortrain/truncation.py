@@ -12,7 +12,8 @@ by ``max_rank``. Two paths:
   ``Y = (A A^H)^q A Omega`` (re-orthonormalized after every product), ``Q = orth(Y)``, then the exact SVD of
   the small ``Q^H A``. The orthonormalizations are shifted CholeskyQR3 with float64 Gram matrices
   (GEMM-bound; LAPACK's Householder QR is slow on loaded multi-threaded CPUs), certified by an orthogonality
-  check, with Householder QR as the fallback for rank-deficient sketches. Cost ``O(B m n k (2q + 2))``
+  check, with Householder QR as the fallback for rank-deficient sketches (and for small matrices, where
+  CholeskyQR3's fixed cost dominates). Cost ``O(B m n k (2q + 2))``
   against ``O(B m n min(m, n))`` for the exact SVD. With ``q = 2`` and ``p >= 10`` its error measured 0.5-1.5%
   above the optimum where ``"auto"`` takes it (Gaussian and ``1/sqrt(k)`` spectra, 256-4096 rows, caps 32-64)
   and up to 3% for a forced sketch on a flat spectrum; the tests check 1.05x.
@@ -45,6 +46,10 @@ _AUTO_MIN_DIM = 256  # below this an exact SVD is already fast
 _AUTO_MAX_FRACTION = 4  # randomized only if the sketch k <= min(m, n) / 4
 _SEED = 20111
 _RESIDUAL_BLOCK = 1 << 22  # elements of A per block of the certified residual (16 MiB of float32)
+# m k^2 up to which _orth takes Householder QR: there a CholeskyQR3's dozen kernels and syncs cost more than the
+# QR itself (32 x 4: 50 us against 4 us; 256 x 16: 81 against 22 us, one thread), as in the QR sweeps
+_SMALL_ORTH = 1 << 16
+_HOST_RANKS = 1024  # singular values (all batch elements) up to which _exact picks its rank in Python
 
 
 def check_method(method: object, name: str) -> Method:
@@ -153,6 +158,25 @@ def _rank_for(tail2: torch.Tensor, delta: torch.Tensor | None, max_rank: int) ->
     return max(1, min(max_rank, needed))
 
 
+def _rank_on_host(s: torch.Tensor, delta: torch.Tensor, max_rank: int) -> int:
+    """``_rank_for(_tails(s, unit), _acc(delta) / unit, max_rank)`` with ``unit = _unit(s)``, in Python floats:
+    the same float64 operations in the same order (CPU's cumsum adds one by one from the first element), so
+    the same rank, without a dozen tiny kernels (about 20 us a call on small unfoldings). CPU only."""
+    needed = 0
+    for row, budget in zip(_acc(s).tolist(), _acc(delta).tolist(), strict=True):
+        unit = row[0] if row[0] > 0 else 1.0
+        rel = budget / unit
+        bound, tail, j = rel * rel, 0.0, len(row)  # tails[len(row)] = 0 <= bound
+        for i in range(len(row) - 1, -1, -1):  # tails[i] = tails[i + 1] + (s_i / unit)^2, decreasing in i
+            x = row[i] / unit
+            tail += x * x
+            if not tail <= bound:
+                break
+            j = i
+        needed = max(needed, j)
+    return max(1, min(max_rank, needed))
+
+
 def _acc(x: torch.Tensor) -> torch.Tensor:
     """``x`` detached, in float64 for the rank decisions (float32 on MPS, which has no float64)."""
     return x.detach().to(wide_dtype(x.real))
@@ -202,10 +226,11 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
     orthonormal. GEMMs and tiny factorizations only, so much faster than LAPACK's Householder QR on a busy
     multi-threaded CPU (4096 x 74: 1 s on 2 loaded threads against 0.1 s). Plain passes (at least one) repeat
     until ``||Q^H Q - I||_max <= 1e-14`` (at most three); when a Cholesky fails or the passes do not converge (a
-    numerically rank-deficient ``y``), Householder QR.
+    numerically rank-deficient ``y``), Householder QR. Small ones (``m k^2 <= 2^16``, the unfoldings of small
+    TTs) take Householder QR directly: there the fixed cost of CholeskyQR3's kernels and syncs dominates.
     """
     m, k = y.shape[-2], y.shape[-1]
-    if y.device.type in ("mps", "meta") or m < 4 * k:
+    if y.device.type in ("mps", "meta") or m < 4 * k or m * k * k <= _SMALL_ORTH:
         return torch.linalg.qr(y).Q
     q = y.to(torch.complex128 if y.is_complex() else torch.float64)
     eye = torch.eye(k, dtype=q.dtype, device=q.device)
@@ -232,8 +257,13 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
 
 def _exact(a: torch.Tensor, max_rank: int, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     u, s, vh = _svd(a)
-    unit = _unit(s)
-    r = _rank_for(_tails(s, unit), None if delta is None else _acc(delta) / unit, max_rank)
+    if delta is None:  # (a pure rank cap: no tails to compare)
+        r = min(max_rank, s.shape[-1])
+    elif s.device.type == "cpu" and s.numel() <= _HOST_RANKS:
+        r = _rank_on_host(s, delta, max_rank)
+    else:
+        unit = _unit(s)
+        r = _rank_for(_tails(s, unit), _acc(delta) / unit, max_rank)
     return u[..., :r], s[..., :r, None] * vh[..., :r, :]
 
 
