@@ -4,6 +4,8 @@ float32's range (1e50 or 1e-50) on the way; results must still match float64 on 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -149,3 +151,43 @@ def test_gather_nd_in_chunks_and_batches_matches_the_dense_entries(gen, monkeypa
         torch.autograd.grad(got.sum(), x.tt_cores), torch.autograd.grad(want.sum(), x.tt_cores), strict=True
     ):
         close(a, b, rtol=1e-12)
+
+
+def _bumped(d: int, split: int, up: float, down: float, dtype: torch.dtype) -> tt.TensorTrain:
+    """A TT of norm 1 over (2,)^d, rank 4, stored with cores 2^up times their share on the first ``split`` modes
+    and 2^down on the rest: its left partial products reach 2^(split * up) although every core is tame."""
+    g = torch.Generator().manual_seed(0)
+    x = tt.random_tensor((2,) * d, tt_rank=4, dtype=torch.float64, generator=g)
+    lg = math.log2(float(tt.frobenius_norm(x)))
+    return tt.TensorTrain(
+        [(c * 2 ** (-lg / d) * 2 ** (up if k < split else down)).to(dtype) for k, c in enumerate(x.tt_cores)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "split", "up", "down"),
+    [(torch.float32, 100, 1.3, -2.6), (torch.float32, 50, -2.6, 1.3), (torch.float16, 100, 0.3, -0.6)],
+)
+def test_qr_sweeps_of_a_norm_one_train_whose_partial_products_leave_the_range(dtype, split, up, down):
+    """The QR sweeps carried R unscaled where an estimate from the cores' entry scales said they fit, but R
+    carries the partial product's norm (up to sqrt(n_k) per step more): orthogonalize said a norm-1 TT
+    'does not fit float32'. They now run plainly, check every carried R, and rerun scaled where one left the
+    range."""
+    x = _bumped(150, split, up, down, dtype)
+    for ltr in (True, False):
+        y = tt.orthogonalize(x, left_to_right=ltr)
+        assert abs(float(tt.frobenius_norm(tt.cast(y, torch.float64))) - 1) < 1e-2
+    assert abs(float(tt.frobenius_norm(tt.cast(tt.round(x, max_tt_rank=4), torch.float64))) - 1) < 1e-2
+
+
+def test_round_of_a_long_float64_train_whose_partial_products_leave_the_range():
+    x = _bumped(1000, 300, -3.5, 1.5, torch.float64)
+    assert abs(float(tt.frobenius_norm(tt.round(x, max_tt_rank=4))) - 1) < 1e-9
+
+
+def test_orthogonalizing_an_exactly_zero_train_of_large_cores():
+    """Cores of 8 on 49 modes (partial products past 3.4e38) and a zero core: the tensor is 0, not an overflow."""
+    x = tt.TensorTrain([torch.full((1, 2, 1), 8.0) for _ in range(49)] + [torch.zeros(1, 2, 1)])
+    for ltr in (True, False):
+        assert float(tt.frobenius_norm(tt.orthogonalize(x, left_to_right=ltr))) == 0
+    assert float(tt.frobenius_norm(tt.round(x, max_tt_rank=1))) == 0

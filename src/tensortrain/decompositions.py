@@ -42,7 +42,7 @@ import torch
 
 from ._transforms import without_autocast
 from .errors import ShapeError
-from .operands import check_strided, wide_dtype
+from .operands import check_strided, matrix_dims, tensor_dims, wide_dtype
 from .orthogonalization import (
     all_finite,
     cast_back,
@@ -119,7 +119,11 @@ def _caps(max_tt_rank: MaxRank, modes: Sequence[int], name: str) -> tuple[int, .
 
 def check_caps(tt: TensorTrainBase, max_tt_rank: MaxRank, name: str) -> tuple[int, ...]:
     """``max_tt_rank`` validated for ``tt`` as :func:`round` reads it (its full ``d + 1`` caps)."""
-    return _caps(max_tt_rank, [c.shape[2] for c in merge_modes(tt)[0]], name)
+    if tt.is_tt_matrix():
+        modes = [m * n for m, n in zip(*matrix_dims(tt), strict=True)]
+    else:
+        modes = list(tensor_dims(tt))
+    return _caps(max_tt_rank, modes, name)  # (from the shapes: merge_modes would copy half-precision cores)
 
 
 def check_budget(

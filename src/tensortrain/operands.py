@@ -84,9 +84,7 @@ def rescale_pow2(t: torch.Tensor, exps: torch.Tensor | None = None) -> tuple[tor
     return unscale_pow2(t, e), e if exps is None else exps + e
 
 
-def needs_scaling(
-    *operands: Sequence[torch.Tensor], contracted: bool = False, from_right: bool = False
-) -> bool:
+def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -> bool:
     """Whether a left-to-right product sweep over these cores (one list of ``d`` cores per operand, contracted
     together: ``<a, b>`` passes two) may leave the dtype's range on the way, so that its steps must be scaled.
 
@@ -124,7 +122,7 @@ def needs_scaling(
     if len(operands) > 1:  # the operands' scales at each k summed
         scale = [sum(at_k) for at_k in zip(*(scale[i : i + d] for i in range(0, len(scale), d)), strict=True)]
     run = 0.0
-    for s in reversed(scale) if from_right else scale:  # (from_right: a right-to-left sweep's products)
+    for s in scale:
         run += s
         if not abs(run) <= limit:  # (an inf or NaN norm asks for scaling too)
             return True

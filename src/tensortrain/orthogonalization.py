@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ._transforms import transforms_active, without_autocast
-from .operands import needs_scaling, pow2_exponents, scale_pow2, unscale_pow2
+from .operands import pow2_exponents, scale_pow2, unscale_pow2
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores"]
@@ -127,25 +127,40 @@ def split_modes(
     return TensorTrainBatch._from_valid(cores) if batch else TensorTrain._from_valid([c[0] for c in cores])
 
 
-def _scaled_sweep(cores: list[torch.Tensor], from_right: bool) -> bool:
-    """Whether a QR sweep must carry its R scaled: decided from the cores' norms (``operands.needs_scaling``, one
-    sync) in eager mode; always under compile and ``torch.func`` transforms and on meta tensors, where nothing
-    may sync (the scaling has no data-dependent control flow)."""
-    if cores[0].device.type == "meta" or transforms_active():
-        return True
-    return needs_scaling(cores, from_right=from_right)
+def _plain_first(sweep: Any, cores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``sweep(cores, scaled)``: plainly first, checked by one sync (every carried R's largest magnitude in the
+    dtype's normal range, the result finite), again scaled where that check fails: unbalanced core scales
+    overflow or underflow a carry taken as it is, and no estimate from the cores' norms bounds the carried
+    products (they grow by up to ``sqrt(n_k)`` per step more than the entries' scale). Scaled directly under
+    compile and ``torch.func`` transforms and on meta tensors, where nothing may sync."""
+    if len(cores) < 2:
+        return list(cores)
+    if cores[0].device.type != "meta" and not transforms_active():
+        out, tops = sweep(cores, False)
+        try:  # (one sync: every carried R's and the norm core's largest magnitude in the normal range)
+            kept = bool(
+                ((tops >= torch.finfo(tops.dtype).tiny) & (tops <= torch.finfo(tops.dtype).max)).all()
+            )
+        except RuntimeError:  # a fake tensor has no value to test
+            kept = False
+        if kept:
+            return out
+    return sweep(cores, True)[0]
 
 
 def left_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     """QR sweep left to right on ``(B, r, n, r')`` cores; returns new cores (the input list is not changed).
 
-    Where the cores' scales are unbalanced (:func:`_scaled_sweep`), each R is carried scaled by a power of two
-    (exact) and the scales are put back on the last core once, so that the carried product cannot overflow or
-    underflow on the way (see ``operands.pow2_exponents``).
+    Run plainly first; where a carried R left the dtype's normal range (unbalanced core scales), again with each
+    R carried scaled by a power of two (exact), the scales put back on the last core once (see
+    ``operands.pow2_exponents`` and :func:`_plain_first`).
     """
+    return _plain_first(_left_sweep, cores)
+
+
+def _left_sweep(cores: list[torch.Tensor], scaled: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     cores = list(cores)
-    exps = None
-    scaled = len(cores) > 1 and _scaled_sweep(cores, from_right=False)
+    exps, tops = None, []
     for k in range(len(cores) - 1):
         b, r_prev, n_k, _ = cores[k].shape
         q, r = torch.linalg.qr(cores[k].reshape(b, r_prev * n_k, -1))
@@ -153,20 +168,27 @@ def left_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
             e = pow2_exponents(r)
             exps = e if exps is None else exps + e
             r = unscale_pow2(r, e)
+        else:
+            tops.append(r.detach().flatten(1).abs().amax(dim=1))
         cores[k] = q.reshape(b, r_prev, n_k, q.shape[-1])
         nxt = cores[k + 1]
         cores[k + 1] = torch.bmm(r, nxt.reshape(b, nxt.shape[1], -1)).reshape(b, r.shape[1], *nxt.shape[2:])
     if exps is not None:
         cores[-1] = scale_pow2(cores[-1], exps)
-    return cores
+    else:
+        tops.append(cores[-1].detach().flatten(1).abs().amax(dim=1))
+    return cores, (torch.stack(tops) if tops else None)
 
 
 def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
-    """QR sweep right to left on ``(B, r, n, r')`` cores: cores 2..d get orthonormal rows (scales carried as in
+    """QR sweep right to left (cores 2..d right-orthogonal); R carried as in
     :func:`left_orthogonalize`, put back on the first core)."""
+    return _plain_first(_right_sweep, cores)
+
+
+def _right_sweep(cores: list[torch.Tensor], scaled: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     cores = list(cores)
-    exps = None
-    scaled = len(cores) > 1 and _scaled_sweep(cores, from_right=True)
+    exps, tops = None, []
     for k in range(len(cores) - 1, 0, -1):
         b, _, n_k, r_next = cores[k].shape
         # Unfolding (r_{k-1}, n_k r_k) = R^H Q^H from the QR of its conjugate transpose.
@@ -175,12 +197,16 @@ def right_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
             e = pow2_exponents(r)
             exps = e if exps is None else exps + e
             r = unscale_pow2(r, e)
+        else:
+            tops.append(r.detach().flatten(1).abs().amax(dim=1))
         cores[k] = q.mH.reshape(b, q.shape[-1], n_k, r_next)
         prv = cores[k - 1]
         cores[k - 1] = torch.bmm(prv.reshape(b, -1, prv.shape[-1]), r.mH).reshape(*prv.shape[:-1], r.shape[1])
     if exps is not None:
         cores[0] = scale_pow2(cores[0], exps)
-    return cores
+    else:
+        tops.append(cores[0].detach().flatten(1).abs().amax(dim=1))
+    return cores, (torch.stack(tops) if tops else None)
 
 
 @without_autocast
