@@ -46,12 +46,28 @@ def run_closing_stdout(code: str, timeout: float) -> tuple[int, str]:
     the exit status and the standard error."""
     import subprocess
     import sys
+    import threading
 
     with subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.read(10)
-        proc.stdout.close()  # the reader goes away
-        err = proc.stderr.read().decode()
-        return proc.wait(timeout=timeout), err
+        # a watchdog for the whole exchange: a child that writes no stdout while it fills the stderr pipe would
+        # block both reads below forever (wait's timeout alone comes too late)
+        expired = threading.Event()
+
+        def kill() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            proc.stdout.read(10)
+            proc.stdout.close()  # the reader goes away
+            err = proc.stderr.read().decode()
+            status = proc.wait()
+        finally:
+            timer.cancel()
+        assert not expired.is_set(), f"no exit within {timeout} s; stderr: {err[-2000:]}"
+        return status, err

@@ -95,3 +95,15 @@ def test_validation_and_constant_functions(gen):
     # A linear function has a zero Hessian.
     hv = tt.hessian_vector_product(lambda y: dense(y).sum(), x, x)
     assert_close(dense(hv), torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("runtime_check", [True, False])
+def test_autodiff_complex_valued_func_is_a_clear_type_error(gen, runtime_check):
+    # (test_autodiff.py, test_validation_and_constant_functions) a loss must be real: named, not torch's message
+    x = random_tt((3, 4), (1, 2, 1), gen=gen)
+    with pytest.raises(TypeError, match="func must return a real scalar"):
+        tt.autodiff.gradients(lambda t: tt.full(t).sum() * (1 + 1j), x, runtime_check=runtime_check)
+    with pytest.raises(TypeError, match="func must return a real scalar"):
+        tt.autodiff.hessian_vector_product(
+            lambda t: tt.full(t).sum() * (1 + 1j), x, x, runtime_check=runtime_check
+        )

@@ -423,3 +423,28 @@ def test_a_huge_batch_size_is_a_usage_error(tmp_path, capsys):
         main([*argv, "--batch-size", str(10**20)])
     assert info.value.code == 2
     assert "argument --batch-size: must lie in [1, 2147483647]" in capsys.readouterr().err
+
+
+def test_demo_scales_images_as_the_tutorial():
+    # (test_cli.py) the module docstring's "inputs x / 127.5 - 1": pixel 0 -> -1, 255 -> 1
+    from tensortrain import demo
+
+    images = torch.tensor([[[0, 51, 255]], [[255, 0, 0]]], dtype=torch.uint8)
+    x = demo._preprocess(images, 1)
+    assert x.dtype == torch.float32 and x.shape == (1, 1, 3)
+    assert torch.equal(x, torch.tensor([[[-1.0, 51 / 127.5 - 1.0, 1.0]]]))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 1000])
+def test_demo_accuracy_is_the_fraction_classified_right(batch):
+    # (test_cli.py) accuracy(model, x, y) = correct / len(y), for any batch size; the model is left in train mode
+    from torch import nn
+
+    from tensortrain import demo
+
+    model = nn.Sequential(nn.Identity())  # the logits are the inputs
+    x = torch.eye(3)[[0, 1, 2, 1, 0]]
+    y = torch.tensor([0, 1, 2, 2, 2])
+    assert demo.accuracy(model, x, y, batch=batch) == 3 / 5
+    assert model.training
+    assert demo.accuracy(model, x[:0], y[:0], batch=batch) == 0.0

@@ -832,3 +832,34 @@ def test_warnings_and_ctrl_c_are_one_line(models, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(cli_commands, "_load_model", interrupted)
     assert main(argv) == 130
     assert capsys.readouterr().err == "tensortrain: interrupted\n"
+
+
+def test_cli_inspect_reports_a_last_core_that_does_not_end_with_rank_one(tmp_path, capsys):
+    # (test_cli_tools.py, beside test_inspect_reports_cores_that_do_not_form_a_tt_layer) the closing rank is
+    # checked as the opening one is
+    from tensortrain.cli import main
+
+    state = {"a.cores.0": torch.zeros(1, 2, 3, 2), "a.cores.1": torch.zeros(2, 2, 3, 2)}
+    torch.save(state, tmp_path / "odd.pt")
+    assert main(["inspect", str(tmp_path / "odd.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "a: not a valid TT layer: the boundary TT-ranks are 1 and 2, expected 1 and 1" in out
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pt"])
+def test_cli_compress_out_is_written_atomically(models, tmp_path, monkeypatch, capsys, suffix):
+    # (test_cli_tools.py) "compress ... saves the result atomically": an interrupted write (here: a failing
+    # os.replace) leaves the previous --out file as it was, and no stray temporary file
+    from tensortrain.cli import main
+
+    out = tmp_path / f"small.{suffix}"
+    out.write_bytes(b"previous")
+
+    def fail(a, b):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    code = main(["compress", "--model", "clitoolmodels:mlp", "--max-tt-rank", "2", "--out", str(out)])
+    assert code != 0 and "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tt-")) == []

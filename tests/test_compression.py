@@ -677,3 +677,34 @@ def test_compress_refuses_epsilon_zero():
     model = nn.Sequential(nn.Linear(64, 64))
     with pytest.raises(ValueError, match=r"epsilon"):
         tt.compress(model, epsilon=0.0)
+
+
+def test_report_model_ratio_counts_the_whole_model():
+    # (test_compression.py) model_ratio is the whole model's compression, layers left out of the selection included
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.LayerNorm(64))
+    before = sum(p.numel() for p in model.parameters())
+    compressed, report = tt.compress(model, max_tt_rank=2, include=["0"])
+    after = sum(p.numel() for p in compressed.parameters())
+    assert (report.model_params_before, report.model_params_after) == (before, after)
+    assert report.model_ratio == pytest.approx(before / after)
+    assert report.ratio != pytest.approx(report.model_ratio)
+    assert report.to_dict()["totals"]["model_ratio"] == report.model_ratio
+    assert f"whole model {before:,} -> {after:,} ({before / after:.1f}x)" in str(report)
+
+
+def test_report_table_cells():
+    # (test_compression.py) the table's shape cell is out x in, rel_error in scientific notation, and only replaced
+    # layers get a "padded" line
+    from tensortrain.compression_report import CompressionReport, LayerReport
+
+    replaced = LayerReport("fc", "Linear", (30, 20), ((5, 6), (4, 5)), (1, 3, 1), 630, 150, 1.234e-3, "")
+    dense = LayerReport("head", "Linear", (7, 9), ((2, 4), (3, 3)), None, 70, 70, None, "too small")
+    text = str(CompressionReport((replaced, dense), 700, 220))
+    row = next(line for line in text.splitlines() if line.startswith("fc "))
+    assert "30x20" in row and "1.23e-03" in row
+    assert "padded fc" not in text and "padded head" not in text
+    padded = LayerReport("fc", "Linear", (30, 20), ((6, 6), (4, 5)), (1, 3, 1), 630, 150, 0.5, "")
+    assert "padded fc: its dims multiply to 36x20" in str(CompressionReport((padded, dense), 700, 220))

@@ -526,3 +526,28 @@ def test_a_folder_in_place_of_a_file_is_reported_before_downloading(tmp_path, de
     (target / "train-images-idx3-ubyte.gz").mkdir(parents=True)
     with pytest.raises(IsADirectoryError, match=r"train-images-idx3-ubyte.gz exists and is not a file"):
         load_mnist(target, mirrors=[dead_url], timeout=5)  # no mirror is contacted first
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_datasets_second_magic_byte_must_be_zero(tmp_path, gz):
+    # (test_datasets.py, a row of test_read_idx_rejects_bad_files_naming_them) IDX magic is 00 00 tt nd
+    path = write(tmp_path / "broken-idx1-ubyte", b"\x00\x01\x08\x01" + (1).to_bytes(4, "big") + b"\x00", gz)
+    with pytest.raises(IDXError, match="bad magic 00010801"):
+        read_idx(path)
+
+
+def test_datasets_label_ten_is_out_of_range(tmp_path):
+    # (test_datasets.py, beside test_load_mnist_rejects_bad_labels_and_counts) the boundary label 10
+    fake_mnist(tmp_path)
+    write(tmp_path / "t10k-labels-idx1-ubyte.gz", idx_bytes(0x08, (4,), [0, 9, 10, 3]), True)
+    with pytest.raises(IDXError, match=r"t10k-labels-idx1-ubyte.gz: labels must lie in 0..9, found 10"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_datasets_mirror_without_trailing_slash(tmp_path, serve, monkeypatch):
+    # (test_datasets.py) a base URL given without its final "/" names the same folder
+    fake_mnist(tmp_path / "site" / "mnist")
+    _use_hashes_of(tmp_path / "site" / "mnist", monkeypatch)
+    base = serve(tmp_path / "site") + "mnist"  # no trailing slash
+    data = load_mnist(tmp_path / "cache", mirrors=[base], timeout=5)
+    assert data.train_images.shape == (6, 28, 28)

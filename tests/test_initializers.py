@@ -442,3 +442,13 @@ def test_decimal_and_overflowing_moments():
     assert tt.random_tensor((3, 4), stddev=decimal.Decimal("0.5")).tt_ranks == (1, 2, 1)
     with pytest.raises(ValueError, match="stddev must be finite"):
         tt.random_tensor((3, 4), stddev=10**400)
+
+
+@pytest.mark.parametrize("mean", [0.0, 2.5])
+def test_initializers_zero_stddev_is_exactly_the_mean(mean):
+    # (test_initializers.py) stddev=0: no random part at all, every entry is exactly `mean`
+    g = torch.Generator().manual_seed(0)
+    x = tt.random_tensor((3, 4, 2), tt_rank=2, mean=mean, stddev=0.0, dtype=torch.float64, generator=g)
+    assert torch.equal(tt.full(x), torch.full((3, 4, 2), mean, dtype=torch.float64))
+    m = tt.random_matrix([[2, 3], [3, 2]], tt_rank=2, mean=mean, stddev=0.0, dtype=torch.float64, generator=g)
+    assert torch.equal(tt.full(m), torch.full((6, 6), mean, dtype=torch.float64))

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import struct
 from pathlib import Path
 
@@ -543,3 +544,54 @@ def test_read_metadata_and_load_refuse_bytes_after_the_data(tmp_path, gen):
     for read in (tt.read_metadata, tt.load):
         with pytest.raises(tt.TTFileError, match="3 bytes follow the .* data bytes the header describes"):
             read(longer)
+
+
+def _rewrite_info(path: Path, **update) -> None:
+    stored = safetensors.torch.load_file(path)
+    with safetensors.safe_open(path, framework="pt") as f:
+        meta = dict(f.metadata())
+    info = json.loads(meta["tensortrain"])
+    info.update(update)
+    meta["tensortrain"] = json.dumps(info)
+    safetensors.torch.save_file(stored, path, metadata=meta)
+
+
+def test_io_next_format_version_is_refused(tmp_path, gen):
+    # (test_io.py) the boundary: version FORMAT_VERSION + 1 is already newer than this reader
+    path = tmp_path / "a.safetensors"
+    tt.save(random_tt((3, 4), (1, 2, 1), gen=gen), path)
+    _rewrite_info(path, format_version=tio.FORMAT_VERSION + 1)
+    with pytest.raises(tt.TTFileError, match=f"format version {tio.FORMAT_VERSION + 1}.*upgrade"):
+        tt.load(path)
+    with pytest.raises(tt.TTFileError, match="upgrade"):
+        tt.read_metadata(path)
+
+
+def test_io_too_many_tt_ranks_are_refused(tmp_path, gen):
+    # (test_io.py, beside test_inconsistent_files) d + 2 ranks for d cores: the header is corrupt
+    path = tmp_path / "a.safetensors"
+    tt.save(random_tt((3, 4), (1, 2, 1), gen=gen), path)
+    _rewrite_info(path, tt_ranks=[1, 2, 1, 1])
+    with pytest.raises(tt.TTFileError, match="invalid TT-ranks"):
+        tt.load(path)
+    with pytest.raises(tt.TTFileError, match="invalid TT-ranks"):
+        tt.read_metadata(path)
+
+
+def test_io_save_syncs_the_folder_after_the_rename(tmp_path, gen, monkeypatch):
+    # (test_io.py) the rename is made durable: the folder itself is fsync'ed after os.replace
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append("replace")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    tt.save(random_tt((3, 4), (1, 2, 1), gen=gen), tmp_path / "a.safetensors")
+    assert events == ["fsync-file", "replace", "fsync-dir"]

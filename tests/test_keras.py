@@ -408,3 +408,22 @@ def test_import_on_numpy_backend_fails_in_a_fresh_interpreter():
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("ImportError") and "KERAS_BACKEND=torch" in message, message
     assert "'numpy'" in message, message
+
+
+def test_keras_config_round_trip_keeps_use_bias_false():
+    # (test_keras.py, beside test_get_config_from_config_round_trip) a layer without a bias is rebuilt without one
+    import sys
+
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "torch"
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("Keras was already imported with another backend")
+    from tensortrain.keras import KerasDense
+
+    layer = KerasDense([3, 4], [2, 5], tt_rank=2, use_bias=False)
+    assert layer.get_config()["use_bias"] is False
+    clone = KerasDense.from_config(layer.get_config())
+    clone.build((None, 12))
+    assert clone.use_bias is False and clone.bias is None
+    assert len(clone.weights) == 2  # the two cores, no bias

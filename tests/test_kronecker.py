@@ -135,3 +135,16 @@ def test_cholesky_of_factors_whose_trace_overflows_the_dtype():
     )
     low = tt.full(tt.kronecker.cholesky(a)).float()
     assert torch.allclose(low, torch.eye(12) * 30000**0.5, rtol=1e-3)
+
+
+def test_kronecker_singular_factor_beside_a_huge_one_has_determinant_zero(gen):
+    # (test_kronecker.py) det(A (x) B) = det(A)^2 det(B)^8 for A 8x8 singular and B = 1e20 I_2: exactly 0, and
+    # its gradient too, although det(B)^8 = 1e320 overflows float64 (0 * inf must not turn into NaN)
+    a = torch.randn(8, 8, generator=gen, dtype=torch.float64)
+    a[-1] = 0.0  # exactly singular
+    b = 1e20 * torch.eye(2, dtype=torch.float64)
+    cores = [a.reshape(1, 8, 8, 1).requires_grad_(), b.reshape(1, 2, 2, 1).requires_grad_()]
+    det = tt.kronecker.determinant(tt.TensorTrain(cores))
+    assert det.item() == 0.0
+    for g in torch.autograd.grad(det, cores):
+        assert torch.isfinite(g).all()

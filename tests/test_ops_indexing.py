@@ -306,3 +306,20 @@ def test_a_uint64_index_past_int64_is_out_of_range():
     for value in (2**64 - 1, 2**63 + 1):
         with pytest.raises(IndexError, match="out of range"):
             b[torch.tensor([value], dtype=torch.uint64)]
+
+
+@pytest.mark.parametrize("batch", [None, 2])
+def test_gather_nd_across_several_row_chunks(gen, batch):
+    # (test_ops_indexing.py) entries are swept in chunks of rows (_CHUNK // widest slice: 1024 rows here): many
+    # more entries than one chunk, the last chunk partial
+    x = random_tt((64, 64, 64), (1, 64, 64, 1), gen=gen, batch_size=batch)
+    k = 2500
+    idx = torch.randint(0, 64, (k, 3), generator=gen)
+    full = tt.full(x)
+    if batch is None:
+        expected = full[idx[:, 0], idx[:, 1], idx[:, 2]]
+    else:
+        b = torch.randint(0, batch, (k, 1), generator=gen)
+        idx = torch.cat([b, idx], dim=1)
+        expected = full[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]]
+    assert_close(tt.gather_nd(x, idx), expected)

@@ -417,3 +417,39 @@ def test_matmul_empty_dense_operands(gen):
     assert (w @ z(8, 0, dtype=f64)).shape == (6, 0)
     assert (w @ z(2, 0, 8, 3, dtype=f64)).shape == (2, 0, 6, 3)
     assert (z(0, 3, 5, 6, dtype=f64) @ wb).shape == (0, 3, 5, 8)
+
+
+def test_forms_frobenius_norm_epsilon_gradient_matches_dense(gen):
+    # (test_ops_products.py, beside test_norms) the default (QR) path: value AND gradient of sqrt(|x|^2 + eps)
+    eps = 0.7
+    for differentiable in (False, True):
+        cores = [c.requires_grad_() for c in random_tt((3, 4, 2), (1, 2, 3, 1), gen=gen).tt_cores]
+        got = tt.frobenius_norm(tt.TensorTrain(cores), epsilon=eps, differentiable=differentiable)
+        grads = torch.autograd.grad(got, cores)
+        dense_cores = [c.detach().clone().requires_grad_() for c in cores]
+        full = tt.full(tt.TensorTrain(dense_cores))
+        expected = torch.sqrt((full**2).sum() + eps)
+        expected_grads = torch.autograd.grad(expected, dense_cores)
+        assert_close(got, expected)
+        for g, e in zip(grads, expected_grads, strict=True):
+            assert_close(g, e)
+
+
+@pytest.mark.parametrize("batch", [None, 2])
+def test_forms_complex_bilinear_forms_do_not_conjugate(gen, batch):
+    # (test_ops_products.py) b^T A c, as t3f and the docstring: no conjugate on b or c for complex TTs
+    dt = torch.complex128
+    a = random_tt(((2, 3), (3, 2)), (1, 2, 1), gen=gen, dtype=dt, batch_size=batch)
+    b = random_tt((2, 3), (1, 2, 1), gen=gen, dtype=dt)
+    c = random_tt((3, 2), (1, 3, 1), gen=gen, dtype=dt)
+    fa = tt.full(a)
+    fb, fc = tt.full(b).reshape(-1), tt.full(c).reshape(-1)
+    assert_close(tt.bilinear_form(a, b, c), torch.einsum("i,...ij,j->...", fb, fa, fc))
+    sq = random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen, dtype=dt)
+    assert_close(tt.quadratic_form(sq, b), fb @ tt.full(sq) @ fb)
+    m = random_tt(((3, 2), (2, 2)), (1, 2, 1), gen=gen, dtype=dt)
+    y = random_tt((2, 2), (1, 2, 1), gen=gen, dtype=dt)
+    fy = tt.full(y).reshape(-1)
+    assert_close(
+        tt.bilinear_form_two_mat(b, a, m, y), torch.einsum("i,...ij,jk,k->...", fb, fa, tt.full(m), fy)
+    )

@@ -340,3 +340,36 @@ def test_project_of_an_empty_dense_batch_is_a_shape_error():
     x = tt.random_tensor((3, 4, 2), tt_rank=2, dtype=torch.float64)
     with pytest.raises(tt.ShapeError, match="empty batch"):
         tt.project(torch.zeros(0, 3, 4, 2, dtype=torch.float64), x)
+
+
+def test_optim_step_zero_pads_cores_rounded_to_smaller_ranks(gen):
+    # (test_optim.py) TT-ranks (1, 3, 3, 1) on modes (2, 3, 2), whose useful ranks are (1, 2, 2, 1): the rounded
+    # cores are smaller than the parameters and are written zero-padded (the module docstring's promise)
+    x = random_tt((2, 3, 2), (1, 2, 2, 1), gen=gen)
+    padded = [
+        torch.nn.functional.pad(c, (0, 1 if k < 2 else 0, 0, 0, 0, 1 if k > 0 else 0))
+        for k, c in enumerate(x.tt_cores)
+    ]
+    params = torch.nn.ParameterList([torch.nn.Parameter(c.clone()) for c in padded])
+    w = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+    grads, euclid = core_grads(tt.TensorTrain(padded), w)
+    for p, gr in zip(params, grads, strict=True):
+        p.grad = gr
+    tt.optim.RiemannianSGD([params], lr=0.05).step()
+    expected = dense(x) - 0.05 * (dense_projector(x) @ euclid.reshape(-1)).reshape(x.shape)
+    assert [tuple(p.shape) for p in params] == [tuple(c.shape) for c in padded]
+    assert_close(dense(tt.TensorTrain(list(params))), expected, rtol=1e-8, atol=1e-8)
+
+
+def test_optim_gradient_at_a_point_with_a_small_singular_value(gen):
+    # (test_optim.py) a rank-2 point whose second singular direction is 1e-4 of the first still has the rank-2
+    # tangent space: the frame must not be taken from a representation rounded past that direction
+    cores = [c.clone() for c in random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen).tt_cores]
+    cores[0][..., 1] *= 1e-4
+    cores[1][1:, :, :] *= 1e-4
+    cores[1][:, :, 1] *= 1e-4
+    cores[2][1:] *= 1e-4
+    x = tt.TensorTrain(cores)
+    grads, euclid = core_grads(x, torch.rand(x.shape, generator=gen, dtype=torch.float64))
+    res = tt.optim.riemannian_gradient_from_cores(x, grads)
+    assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1), rtol=1e-8, atol=1e-8)

@@ -411,3 +411,69 @@ def test_plan_reports_what_linear_runs_for_cores_in_another_layout(gen, monkeypa
         C.linear(x, w, max_saved_bytes=bound)
         C.plan(w, 256, max_saved_bytes=bound, requires_grad=True)
         assert ran[0] == ran[-1], bound
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "ranks", "batch"),
+    [((6, 5, 2), (3, 7, 8), (1, 3, 6, 1), 247), ((8, 6, 1, 4), (4, 4, 8, 2), (1, 4, 6, 3, 1), 251)],
+)
+@pytest.mark.parametrize("direction", ["ltr", "rtl"])
+def test_plan_forced_grouped_sweep_keeps_least_when_nothing_fits(gen, rows, cols, ranks, batch, direction):
+    # (test_plan_memory.py) a forced grouped sweep under a bound no grouping meets: the grouping keeping least
+    # ("when none does, the one keeping least"), not the fastest one
+    cores = random_cores((rows, cols), ranks, gen=gen, dtype=torch.float32)
+    d = len(cores)
+    pool = [
+        p
+        for p in C.enumerate_plans(cores, batch, requires_grad=True)
+        if p.kind == "sweep" and p.direction == direction and p.groups != ((0, d),)
+    ]
+    got = C.plan(cores, batch, requires_grad=True, strategy="grouped_" + direction, max_saved_bytes=0)
+    assert got.saved_bytes == min(p.saved_bytes for p in pool)
+
+
+@pytest.mark.parametrize("batch", [100, 600])
+def test_plan_bound_is_met_at_a_large_batch_itself_not_its_bucket(batch):
+    # (test_plan_memory.py, beside test_the_bound_holds_at_the_batch_itself_not_its_bucket, which uses batch 3,
+    # where tiny training batches are planned exactly anyway) a bound is checked at the batch (600), not at its
+    # bucket (1024), whose larger states rule out plans that fit
+    w = tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5)).weight
+    d = w.ndims()
+    plans = [
+        p
+        for p in C.enumerate_plans(w, batch, requires_grad=True)
+        if not (p.kind == "sweep" and p.groups == ((0, d),))
+    ]
+    for limit in sorted({p.saved_bytes for p in plans}):
+        got = C.plan(w, batch, requires_grad=True, max_saved_bytes=limit)
+        fits = [p.est_seconds for p in plans if p.saved_bytes <= limit]
+        assert got.saved_bytes <= limit, (limit, got)
+        assert got.est_seconds <= min(fits) * (1 + 1e-9), (limit, got)
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "ranks", "batch"),
+    [((4, 3, 4), (8, 3, 4), (1, 8, 8, 1), 64), ((2, 8, 1), (7, 2, 7), (1, 4, 8, 1), 64)],
+)
+def test_plan_inference_at_a_power_of_two_batch_is_the_fastest(gen, rows, cols, ranks, batch):
+    # (test_plan_memory.py or test_contraction.py) a power-of-two batch is its own bucket: the inference plan is
+    # the fastest the cost model knows at that batch (performance only: a plan made for twice the batch)
+    cores = random_cores((rows, cols), ranks, gen=gen, dtype=torch.float32)
+    d = len(cores)
+    plans = [p for p in C.enumerate_plans(cores, batch) if not (p.kind == "sweep" and p.groups == ((0, d),))]
+    got = C.plan(cores, batch, requires_grad=False)
+    assert got.est_seconds <= min(p.est_seconds for p in plans) * (1 + 1e-9)
+
+
+def test_plan_bound_does_not_charge_frozen_cores_in_another_layout(gen):
+    # (test_plan_memory.py, beside test_the_bound_counts_copies_of_cores_in_another_layout) only trained cores'
+    # copies are kept for backward: frozen cores that are views in another layout leave the bound as it is
+    v = tt.random_matrix([[4, 7, 4, 7], [5, 5, 5, 5]], tt_rank=8, generator=gen)
+    frozen = tt.transpose(tt.TensorTrain([c.clone() for c in v.tt_cores]))
+    assert not all(c.is_contiguous() for c in frozen.tt_cores)
+    same = tt.TensorTrain([c.contiguous() for c in frozen.tt_cores])
+    limits = sorted({p.saved_bytes for p in C.enumerate_plans(same, 512, requires_grad=True)})
+    for limit in limits:
+        a = C.plan(frozen, 512, requires_grad=True, max_saved_bytes=limit)
+        b = C.plan(same, 512, requires_grad=True, max_saved_bytes=limit)
+        assert a.program == b.program, limit

@@ -92,3 +92,11 @@ def test_tied_tt_weights_count_once():
     model = torch.nn.ModuleDict({"emb": emb, "head": head})
     for reg in (tt.l2_regularizer(1.0), tt.cores_regularizer(lambda c: (c**2).sum(), 1.0)):
         assert_close(reg(model), reg(emb))
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan")])
+@pytest.mark.parametrize("make", [tt.l2_regularizer, lambda s: tt.cores_regularizer(lambda c: c.sum(), s)])
+def test_regularizers_refuse_a_scale_that_is_not_finite(make, scale):
+    # (test_regularizers.py, test_validation) "ValueError: scale is negative or not finite"
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+        make(scale)
