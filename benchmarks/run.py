@@ -379,7 +379,7 @@ def bench_decompositions(quick: bool, repeats: int) -> dict:
     return out
 
 
-def bench_algebra(repeats: int) -> dict:
+def bench_algebra(repeats: int, peers: bool = True) -> dict:
     g = torch.Generator().manual_seed(1)
     a = tt.random_tensor([16] * 8, tt_rank=32, generator=g)
     b = tt.random_tensor([16] * 8, tt_rank=32, generator=g)
@@ -387,7 +387,55 @@ def bench_algebra(repeats: int) -> dict:
         {"flat_inner": lambda: tt.flat_inner(a, b), "frobenius_norm": lambda: tt.frobenius_norm(a)},
         max(repeats, 20),
     )
-    return {"case": "16^8 r32", "flat_inner_s": t["flat_inner"], "frobenius_norm_s": t["frobenius_norm"]}
+    return {
+        "case": "16^8 r32",
+        "flat_inner_s": t["flat_inner"],
+        "frobenius_norm_s": t["frobenius_norm"],
+        "small": _bench_small_algebra(max(repeats, 20), peers),
+    }
+
+
+def _bench_small_algebra(repeats: int, with_peers: bool) -> dict:
+    """Per-call time of the algebra on small TTs (float64, modes (4,)^6, ranks 4; rounding from rank 8), where
+    fixed costs (checks, wrapping, kernel launches) dominate, against torchTT's same operation when installed."""
+    g = torch.Generator().manual_seed(2)
+    kw = {"generator": g, "dtype": torch.float64}
+    a, b = tt.random_tensor([4] * 6, tt_rank=4, **kw), tt.random_tensor([4] * 6, tt_rank=4, **kw)
+    a8 = tt.random_tensor([4] * 6, tt_rank=8, **kw)
+    m = tt.random_matrix([[4] * 6, [4] * 6], tt_rank=4, **kw)
+    ours: dict[str, Callable[[], Any]] = {
+        "round r8 -> r4": lambda: tt.round(a8, max_tt_rank=4),
+        "round r8, epsilon 1e-2": lambda: tt.round(a8, epsilon=1e-2),
+        "add": lambda: tt.add(a, b),
+        "multiply (Hadamard)": lambda: tt.multiply(a, b),
+        "matmul TT-matrix x TT-matrix": lambda: tt.matmul(m, m),
+        "flat_inner": lambda: tt.flat_inner(a, b),
+        "frobenius_norm": lambda: tt.frobenius_norm(a),
+    }
+    peers: dict[str, Callable[[], Any]] = {}
+    try:
+        if not with_peers:
+            raise ImportError  # (--no-peers)
+        import torchtt
+
+        pa, pb, pa8, pm = (torchtt.TT(list(x.tt_cores)) for x in (a, b, a8, m))
+        peers = {
+            "round r8 -> r4": lambda: pa8.round(1e-14, 4),
+            "round r8, epsilon 1e-2": lambda: pa8.round(1e-2),
+            "add": lambda: pa + pb,
+            "multiply (Hadamard)": lambda: pa * pb,
+            "matmul TT-matrix x TT-matrix": lambda: pm @ pm,
+            "flat_inner": lambda: torchtt.dot(pa, pb),
+            "frobenius_norm": lambda: pa.norm(),
+        }
+    except ImportError:
+        pass
+    fns = {f"tt|{k}": f for k, f in ours.items()} | {f"torchtt|{k}": f for k, f in peers.items()}
+    t = interleaved(fns, repeats)
+    return {
+        "case": "float64, modes (4,)^6, rank 4 (rounding from rank 8)",
+        "ops": {k: {"tt": t[f"tt|{k}"], "torchtt": t.get(f"torchtt|{k}")} for k in ours},
+    }
 
 
 def bench_embedding(repeats: int) -> dict:
@@ -536,6 +584,16 @@ def markdown(results: dict) -> str:
             f"flat_inner {a['case']}: {a['flat_inner_s'] * 1e3:.3g} ms; "
             f"frobenius_norm {a['case']}: {a['frobenius_norm_s'] * 1e3:.3g} ms",
         ]
+        if "small" in a:
+            lines += [
+                "",
+                f"| small TTs: {a['small']['case']} | tensortrain us | torchTT us | ratio |",
+                "|---|---|---|---|",
+            ]
+            for k, v in a["small"]["ops"].items():
+                peer = v["torchtt"]
+                cells = f"{peer * 1e6:.0f} | {v['tt'] / peer:.2f}x" if peer else "- | -"
+                lines.append(f"| {k} | {v['tt'] * 1e6:.0f} | {cells} |")
     if "embedding" in results:
         e = results["embedding"]
         f, b = e["fwd_s"], e["fwdbwd_s"]
@@ -629,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     if "decompositions" in sections:
         results["decompositions"] = bench_decompositions(args.quick, repeats)
     if "algebra" in sections:
-        results["algebra"] = bench_algebra(repeats)
+        results["algebra"] = bench_algebra(repeats, not args.no_peers)
     if "embedding" in sections:
         results["embedding"] = bench_embedding(repeats)
     if "demo" in sections:
