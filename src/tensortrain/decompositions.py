@@ -4,7 +4,9 @@ Symbols: ``d`` number of cores, ``n_k`` mode sizes (``m_k n_k`` for a TT-matrix,
 interleaved), ``r_k`` TT-ranks, ``B`` batch size, ``eps`` relative Frobenius error.
 
 Internally every object is handled as a batch of TT-tensors with 3-index cores ``(B, r_{k-1}, n_k, r_k)``; a
-single TT is a batch of one and a TT-matrix core ``(r, m, n, r')`` is viewed as ``(r, m n, r')``. The ranks of a
+single TT is a batch of one (rounding keeps its cores ``(r_{k-1}, n_k, r_k)`` without the batch axis and views
+each unfolding as a batch of one where a factorization needs it) and a TT-matrix core ``(r, m, n, r')`` is viewed
+as ``(r, m n, r')``. The ranks of a
 batch are common to all elements: each truncation keeps the largest rank any element needs, so every element
 meets its own error bound.
 
@@ -40,7 +42,7 @@ from typing import Any
 
 import torch
 
-from ._transforms import without_autocast
+from ._transforms import transforms_active, without_autocast
 from .errors import ShapeError
 from .operands import check_strided, matrix_dims, tensor_dims, wide_dtype
 from .orthogonalization import (
@@ -110,6 +112,8 @@ def _caps(max_tt_rank: MaxRank, modes: Sequence[int], name: str) -> tuple[int, .
     bound = max_tt_ranks(modes)
     if max_tt_rank is None:
         return bound
+    if type(max_tt_rank) is int and max_tt_rank >= 1:  # (the common case, as the general path reads it)
+        return tuple(min(max_tt_rank, b) for b in bound)
     try:
         caps = normalize_tt_rank(_t3f_caps(max_tt_rank, len(modes)), len(modes), name="max_tt_rank")
     except (ShapeError, TypeError) as e:
@@ -178,12 +182,18 @@ def _deltas(norms: torch.Tensor | None, epsilon: float | None, d: int) -> torch.
     return norms * (epsilon / math.sqrt(d - 1))
 
 
+_HOST_NORMS = 1024  # batch elements up to which _norms tests its norms in Python
+
+
 def _norms(x2d: torch.Tensor) -> torch.Tensor:
     """Row norms in float64 (float32 on MPS; the budgets are compared in that type). Taken in ``x``'s dtype
     first (fast); rows whose sum of squares may have overflowed or underflowed it (a float32 row of norm 2e19 reads
     as inf, one of 1e-20 as 0: an infinite or zero error budget) are taken again in the wide type."""
     norms = x2d.norm(dim=1).to(wide_dtype(x2d.real))
     small = math.sqrt(torch.finfo(x2d.dtype).tiny) * 1e9  # above it, underflowed squares are negligible
+    if norms.shape[0] <= _HOST_NORMS and not transforms_active():  # (one sync, no mask kernels)
+        if all(math.isfinite(v) and v >= small for v in norms.tolist()):
+            return norms
     redo = ~torch.isfinite(norms) | (norms < small)
     if bool(redo.any()):
         # scaled by each row's largest magnitude: float64 squares overflow too (a row of norm 1e160)
@@ -269,18 +279,19 @@ def _round_in(
 ) -> list[torch.Tensor]:
     """:func:`round` on merged ``(B, r, n, r')`` cores in the compute dtype."""
     cores = right_orthogonalize(cores)
-    d, b = len(cores), cores[0].shape[0]
+    d, lead = len(cores), tuple(cores[0].shape[:-3])  # (a single TT's cores have no batch axis)
+    b = lead[0] if lead else 1
     # After right-orthogonalization the norm of the whole tensor is the norm of the first core.
     norms = None if eps is None or d < 2 else _norms(cores[0].reshape(b, -1))
     if norms is not None and not bool((norms <= torch.finfo(cores[0].dtype).max).all()):  # (NaN: inf cores)
         raise _Overflow
     delta = _deltas(norms, eps, d)
     for k in range(d - 1):
-        r_prev, n_k = cores[k].shape[1], cores[k].shape[2]
+        r_prev, n_k = cores[k].shape[-3], cores[k].shape[-2]
         left, right = truncated_factor(cores[k].reshape(b, r_prev * n_k, -1), caps[k + 1], delta, method)
-        cores[k] = left.reshape(b, r_prev, n_k, left.shape[-1])
+        cores[k] = left.reshape(*lead, r_prev, n_k, left.shape[-1])
         nxt = cores[k + 1]
-        cores[k + 1] = torch.bmm(right, nxt.reshape(b, nxt.shape[1], -1)).reshape(b, -1, *nxt.shape[2:])
+        cores[k + 1] = torch.bmm(right, nxt.reshape(b, nxt.shape[-3], -1)).reshape(*lead, -1, *nxt.shape[-2:])
     return cores
 
 
@@ -483,7 +494,7 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     method = check_method(method, "round")
     eps = _epsilon(epsilon, "round", tt.device)
     cores, batch, raw = merge_modes(tt)
-    caps = _caps(max_tt_rank, [c.shape[2] for c in cores], "round")
+    caps = _caps(max_tt_rank, [c.shape[-2] for c in cores], "round")
     try:
         cores = _overflow_safe(lambda cs: _round_in(cs, caps, eps, method), cores)
     except _NoWiderType as err:

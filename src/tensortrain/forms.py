@@ -6,8 +6,10 @@ batch size. Nothing here builds a full tensor.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Sequence
 
 import torch
 
@@ -73,20 +75,21 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
         True
     """
     check_tt(tt, "frobenius_norm_squared", "tt")
-    cores = [flat_modes(c) for c in batched_cores(tt)]
-    needs_grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
+    needs_grad = torch.is_grad_enabled() and any(c.requires_grad for c in tt.tt_cores)
     if differentiable:
+        cores = [flat_modes(c) for c in batched_cores(tt)]
         res = inner_sweep(cores, [c.conj() for c in cores], True).real
-    else:
-        with torch.no_grad():
-            res = (_norm_by_qr(cores) ** 2).to(cores[0].real.dtype)
-        if needs_grad:
-            # QR's value with the (scaled) Gram sweep's gradient and higher derivatives, attached as an exact
-            # zero in the wide dtype: graded - graded.detach() of an overflowed square would be inf - inf
-            sq = _scaled_norms(cores) ** 2
-            zero = torch.where(torch.isfinite(sq), sq - sq.detach(), torch.zeros_like(sq))  # (inf - inf: NaN)
-            res = res + zero.to(res.dtype)
-    return res if is_batch(tt) else res[0]
+        return res if is_batch(tt) else res[0]
+    with torch.no_grad():
+        res = (_norm_by_qr(tt.tt_cores, is_batch(tt)) ** 2).to(tt.dtype.to_real())  # (0-dim for a single TT)
+    if needs_grad:
+        cores = [flat_modes(c) for c in batched_cores(tt)]
+        # QR's value with the (scaled) Gram sweep's gradient and higher derivatives, attached as an exact
+        # zero in the wide dtype: graded - graded.detach() of an overflowed square would be inf - inf
+        sq = _scaled_norms(cores) ** 2
+        zero = torch.where(torch.isfinite(sq), sq - sq.detach(), torch.zeros_like(sq))  # (inf - inf: NaN)
+        res = res + (zero if is_batch(tt) else zero[0]).to(res.dtype)
+    return res
 
 
 def _scaled_norms(cores: list[torch.Tensor]) -> torch.Tensor:
@@ -112,48 +115,78 @@ def _scaled_norms(cores: list[torch.Tensor]) -> torch.Tensor:
     return scale_pow2(root, exps)
 
 
-def _norm_by_qr(cores: list[torch.Tensor]) -> torch.Tensor:
-    """The norms ``(B,)`` of a batch of flat-mode cores by a QR sweep, in float64 (float32 on MPS): the squared
-    norm of a representable norm may overflow or underflow the cores' dtype (float32 past 1.8e19 or below 1e-19,
-    float16 past 256), so the last step is taken in the wider type.
+def _norm_by_qr(tt_cores: Sequence[torch.Tensor], batch: bool) -> torch.Tensor:
+    """The norms ``(B,)`` (a 0-dim one for a single TT object, whose ``tt_cores`` have no batch axis) by a QR sweep,
+    in float64 (float32 on MPS): the squared norm of a representable norm may overflow or underflow the cores'
+    dtype (float32 past 1.8e19 or below 1e-19, float16 past 256), so the last step is taken in the wider type.
 
-    The sweep runs plainly first; only where that gives inf, NaN or 0, or a step's R fell below the normal range
-    (where precision is lost), is it run again with every step scaled by a power of two (:func:`_qr_last_core`),
-    which costs about half a plain sweep more on small cores. The check syncs, so under compile, ``torch.func``
-    transforms and on meta or fake tensors the scaled sweep runs directly."""
+    The sweep runs plainly first (:func:`_plain_norm`); only where that gives inf, NaN or 0, or a step's R fell
+    below the normal range (where precision is lost), is it run again with every step scaled by a power of two
+    (:func:`_qr_last_core`), which costs about half a plain sweep more on small cores. The check syncs, so under
+    compile, ``torch.func`` transforms and on meta or fake tensors the scaled sweep runs directly."""
     # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32.
-    work = [c.float() for c in cores] if cores[0].dtype in (torch.float16, torch.bfloat16) else cores
+    half = tt_cores[0].dtype in (torch.float16, torch.bfloat16)
+    work = [c.float() for c in tt_cores] if half else list(tt_cores)
     norm, finite = None, False
     if not transforms_active() and work[0].device.type != "meta":
-        last, low = _qr_last_core(work, scaled=False)
-        norm = torch.linalg.vector_norm(last.flatten(1).to(wide_dtype(last)), dim=1)
-        # a finite sum of every core's entries: no NaN or inf among them (a sum that overflows is only a
-        # false alarm: the NaN term below is then added as before)
-        sums = torch.stack([c.detach().sum() for c in cores])
-        try:  # (one sync)
-            ok, finite = torch.stack(
-                [
-                    (torch.isfinite(norm) & (norm > 0) & (low >= torch.finfo(low.dtype).tiny)).all(),
-                    torch.isfinite(sums).all(),
-                ]
-            ).tolist()
-        except RuntimeError:  # a fake tensor has no value to test
-            ok, finite = False, False
-        if not ok:
-            norm = None
+        norm, finite = _plain_norm(work, batch)
+    if finite and norm is not None:
+        return norm
+    if norm is not None and not batch:
+        norm = norm.unsqueeze(0)
+    cores = [flat_modes(c) for c in (work if batch else (c.unsqueeze(0) for c in work))]
     if norm is None:
         # in the wide type: one power of two per step cannot hold parts of very different scales in float32
         # (the two terms of x - y, one with cores of 10 and 0.1, the other balanced: the second underflows)
-        last, exps = _qr_last_core([c.to(wide_dtype(c)) for c in work], scaled=True)
+        last, exps = _qr_last_core([c.to(wide_dtype(c)) for c in cores], scaled=True)
         last = last.flatten(1)
         top = pow2_exponents(last)  # (a norm computed on the raw core overflows past 1e154 in float64)
         norm = torch.linalg.vector_norm(unscale_pow2(last, top).to(wide_dtype(last)), dim=1)
         norm = scale_pow2(norm, exps + top)
     # LAPACK's QR can return a finite R for a column that holds a NaN: add 0 * (every core entry), which is 0 for
     # finite cores and NaN otherwise, so a non-finite TT never gets a finite norm.
-    if finite:
-        return norm
-    return norm + sum((c.flatten(1) * 0).sum(dim=1).real.to(norm.dtype) for c in cores)
+    if not finite:
+        norm = norm + sum((c.flatten(1) * 0).sum(dim=1).real.to(norm.dtype) for c in cores)
+    return norm if batch else norm[0]
+
+
+def _plain_norm(cores: list[torch.Tensor], batch: bool) -> tuple[torch.Tensor | None, bool]:
+    """The plain QR sweep of :func:`_norm_by_qr` on the cores as stored (2-D QRs and products for a single TT)
+    and, from one sync, whether its norm is to be trusted (finite, nonzero, no step's R nor the last core below
+    the normal range: None otherwise) and whether every core entry is finite (a finite norm per core: one that
+    overflows is only a false alarm, the NaN term is then added as before)."""
+    tiny = torch.finfo(cores[0].real.dtype).tiny
+    if batch:
+        b = cores[0].shape[0]
+        carry, tops = cores[0].reshape(b, -1, cores[0].shape[-1]), []
+        for nxt in cores[1:]:
+            rmat = torch.linalg.qr(carry).R
+            tops.append(torch.linalg.vector_norm(rmat, ord=math.inf, dim=(1, 2)))
+            carry = torch.bmm(rmat, nxt.reshape(b, nxt.shape[1], -1)).reshape(b, -1, nxt.shape[-1])
+        last = carry.reshape(b, -1)
+        tops.append(torch.linalg.vector_norm(last, ord=math.inf, dim=1))
+        norm = torch.linalg.vector_norm(last.to(wide_dtype(last)), dim=1)
+        # (one kernel for the cores' norms: _foreach_norm takes a complex core's modulus)
+        checks = torch.cat([*tops, norm, torch.stack(torch._foreach_norm(cores))])
+        n_top = b * len(tops)
+    else:
+        carry, mats = cores[0].reshape(-1, cores[0].shape[-1]), []
+        for nxt in cores[1:]:
+            rmat = torch.linalg.qr(carry).R
+            mats.append(rmat)
+            carry = (rmat @ nxt.reshape(nxt.shape[0], -1)).reshape(-1, nxt.shape[-1])
+        mats.append(carry)
+        norm = torch.linalg.vector_norm(carry.to(wide_dtype(carry)))
+        # (one kernel for the matrices' largest magnitudes, one for the cores' norms; one stack, one sync)
+        checks = torch.stack([*torch._foreach_norm(mats, ord=math.inf), norm, *torch._foreach_norm(cores)])
+        n_top = len(mats)
+    try:
+        vals = checks.tolist()  # (one sync)
+    except RuntimeError:  # a fake tensor has no value to test
+        return None, False
+    n_norm = norm.numel()
+    ok = all(t >= tiny for t in vals[:n_top]) and all(0 < v < math.inf for v in vals[n_top : n_top + n_norm])
+    return (norm if ok else None), all(map(math.isfinite, vals[n_top + n_norm :]))
 
 
 def _qr_last_core(cores: list[torch.Tensor], scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,18 +253,23 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         # the value from the QR sweep's norm, in a wide type: a norm whose square leaves the cores' dtype range
         # (float32 past 1.8e19, float16 past 256) is still returned exactly; the gradient is the Gram sweep's
         check_tt(tt, "frobenius_norm", "tt")
-        cores = [flat_modes(c) for c in batched_cores(tt)]
-        with torch.no_grad():
-            norm = _norm_by_qr(cores)
-            # hypot, not sqrt(norm^2 + eps): the square of a float64 norm of 1e160 (or 1e-170) leaves the range
-            value = torch.hypot(norm, torch.full_like(norm, epsilon).sqrt()).to(cores[0].real.dtype)
-        if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
+        graded_too = torch.is_grad_enabled() and any(c.requires_grad for c in tt.tt_cores)
+        # (no_grad only where something would be recorded: entering it costs as much as a small kernel)
+        with torch.no_grad() if graded_too else contextlib.nullcontext():
+            value = _norm_by_qr(tt.tt_cores, is_batch(tt))
+            if epsilon:  # (hypot(norm, 0) is the norm itself)
+                # hypot, not sqrt(norm^2 + eps): the square of a float64 norm of 1e160 (or 1e-170) leaves the range
+                value = torch.hypot(value, torch.full_like(value, epsilon).sqrt())
+            value = value.to(tt.dtype.to_real())
+        if graded_too:
+            cores = [flat_modes(c) for c in batched_cores(tt)]
             graded = _scaled_norms(cores)  # the gradient, from scaled cores (an exact zero is added)
             if epsilon:
                 graded = torch.hypot(graded, torch.full_like(graded, epsilon).sqrt())
             zero = torch.where(torch.isfinite(graded), graded - graded.detach(), torch.zeros_like(graded))
-            value = value + zero.to(value.dtype)
-        return value if is_batch(tt) else value[0]
+            # (value is 0-dim for a single TT)
+            value = value + (zero if is_batch(tt) else zero[0]).to(value.dtype)
+        return value
     sq = frobenius_norm_squared(tt, differentiable=differentiable) + epsilon
     sq = sq.clamp_min(0.0)  # a Gram sweep can round a zero norm to -1e-30; clamp keeps NaN as NaN
     zero = sq == 0

@@ -138,7 +138,8 @@ def _lossless(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m, n = a.shape[-2], a.shape[-1]
     if m <= n:
         # its own copy per batch element: an expanded view would alias one buffer across a batch's cores
-        eye = torch.eye(m, dtype=a.dtype, device=a.device).repeat(a.shape[0], 1, 1)
+        eye = torch.eye(m, dtype=a.dtype, device=a.device)
+        eye = eye.unsqueeze(0) if a.shape[0] == 1 else eye.repeat(a.shape[0], 1, 1)
         return eye, a
     q = _orth(a)
     return q, q.mH @ a
@@ -163,7 +164,8 @@ def _rank_on_host(s: torch.Tensor, delta: torch.Tensor, max_rank: int) -> int:
     the same float64 operations in the same order (CPU's cumsum adds one by one from the first element), so
     the same rank, without a dozen tiny kernels (about 20 us a call on small unfoldings). CPU only."""
     needed = 0
-    for row, budget in zip(_acc(s).tolist(), _acc(delta).tolist(), strict=True):
+    # (tolist() gives a float32 value as the Python float (float64) it equals: what _acc's cast gives)
+    for row, budget in zip(s.tolist(), delta.tolist(), strict=True):
         unit = row[0] if row[0] > 0 else 1.0
         rel = budget / unit
         bound, tail, j = rel * rel, 0.0, len(row)  # tails[len(row)] = 0 <= bound
