@@ -122,6 +122,34 @@ def test_full_and_matmul_with_dense(gen):
         assert_close(g, e)
 
 
+@pytest.mark.parametrize("batch", [None, 2])
+def test_norms_and_inner_products(gen, batch):
+    """Regularizers and losses built from norms compile in one graph (the norm's real dtype read through
+    dtype.to_real() was a graph break), with the eager values and gradients."""
+    x = random_tt((3, 4, 5), (1, 3, 2, 1), gen=gen, batch_size=batch)
+    cores = [c.clone().requires_grad_() for c in x.tt_cores]
+    cls = tt.TensorTrainBatch if batch else tt.TensorTrain
+
+    def norms(*cores):
+        t = cls(list(cores))
+        return (
+            tt.frobenius_norm(t),
+            tt.frobenius_norm(t, epsilon=1e-5),
+            tt.frobenius_norm_squared(t),
+            tt.flat_inner(t, t),
+        )
+
+    expected = norms(*cores)
+    sum(e.sum() for e in expected).backward()
+    expected_grads = _grads(cores)
+    got = _compiled(norms)(*cores)
+    sum(g.sum() for g in got).backward()
+    for g, e in zip(got, expected, strict=True):
+        assert_close(g, e)
+    for g, e in zip(_grads(cores), expected_grads, strict=True):
+        assert_close(g, e)
+
+
 @pytest.mark.parametrize("strategy", [s for s in tt.contraction.STRATEGIES if s != "auto"])
 def test_every_contraction_plan(gen, strategy):
     # TTLinear's forward runs whichever plan the cost model picks: each must trace in one graph

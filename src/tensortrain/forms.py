@@ -81,7 +81,8 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
         res = inner_sweep(cores, [c.conj() for c in cores], True).real
         return res if is_batch(tt) else res[0]
     with torch.no_grad():
-        res = (_norm_by_qr(tt.tt_cores, is_batch(tt)) ** 2).to(tt.dtype.to_real())  # (0-dim for a single TT)
+        # (0-dim for a single TT; the real dtype read from a core: Dynamo cannot trace dtype.to_real)
+        res = (_norm_by_qr(tt.tt_cores, is_batch(tt)) ** 2).to(tt.tt_cores[0].real.dtype)
     if needs_grad:
         cores = [flat_modes(c) for c in batched_cores(tt)]
         # QR's value with the (scaled) Gram sweep's gradient and higher derivatives, attached as an exact
@@ -260,7 +261,7 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
             if epsilon:  # (hypot(norm, 0) is the norm itself)
                 # hypot, not sqrt(norm^2 + eps): the square of a float64 norm of 1e160 (or 1e-170) leaves the range
                 value = torch.hypot(value, torch.full_like(value, epsilon).sqrt())
-            value = value.to(tt.dtype.to_real())
+            value = value.to(tt.tt_cores[0].real.dtype)  # (not tt.dtype.to_real(): a graph break)
         if graded_too:
             cores = [flat_modes(c) for c in batched_cores(tt)]
             graded = _scaled_norms(cores)  # the gradient, from scaled cores (an exact zero is added)
