@@ -230,3 +230,14 @@ def test_gram_matrices_in_blocks_of_rows_equal_the_whole(gen, monkeypatch):
     ]
     for w, k in zip(whole, blocks, strict=True):
         assert torch.allclose(w, k, rtol=1e-12, atol=0)
+
+
+# a list of float64 learned scalars scales float32 cores: converted to the cores' dtype
+def test_multiply_along_batch_dim_casts_a_list_of_tensors_to_the_cores_dtype(gen):
+    b = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2, dtype=torch.float32)
+    w = [torch.tensor(0.5, dtype=torch.float64, requires_grad=True), torch.tensor(2.0, dtype=torch.float64)]
+    r = tt.multiply_along_batch_dim(b, w)
+    assert r.dtype == torch.float32
+    assert_close(tt.full(r), tt.full(b) * torch.tensor([0.5, 2.0]).reshape(2, 1, 1))
+    tt.full(r).sum().backward()
+    assert w[0].grad is not None

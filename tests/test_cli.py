@@ -448,3 +448,31 @@ def test_demo_accuracy_is_the_fraction_classified_right(batch):
     assert demo.accuracy(model, x, y, batch=batch) == 3 / 5
     assert model.training
     assert demo.accuracy(model, x[:0], y[:0], batch=batch) == 0.0
+
+
+# --seeds takes up to 1000 seeds: exactly 1000 is accepted, 1001 is a usage error
+def test_seeds_takes_exactly_the_maximum(capsys):
+    from tensortrain.cli import build_parser
+
+    assert build_parser().parse_args(["demo", "mnist", "--seeds", "0-999"]).seeds == list(range(1000))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "mnist", "--seeds", "0-1000"])
+    assert "at most 1000 seeds" in capsys.readouterr().err
+
+
+# a tutorial run whose accuracy equals a target meets it (the targets are ">= x%")
+def test_an_accuracy_equal_to_the_target_is_met(monkeypatch, tmp_path, capsys):
+    import tensortrain.demo as demo
+    from tensortrain.cli import main
+
+    def fake_run(cfg, log=None, progress=None):
+        return [
+            demo.StageResult(s, f"net {s}", 10, None, acc, 0.0, 1, None) for s, acc in demo.TARGETS.items()
+        ]
+
+    monkeypatch.setattr(demo, "run_mnist_demo", fake_run)
+    assert main(["demo", "mnist", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for stage in demo.TARGETS:
+        assert f"target {stage}: " in out
+    assert "MISSED" not in out and out.count(": met") == len(demo.TARGETS)

@@ -783,3 +783,15 @@ def test_randomized_epsilon_with_a_binding_cap_gives_the_caps_error():
     best = float(s[20:].norm())
     assert a.tt_ranks == (1, 20, 1)
     assert err <= 1.01 * best, (err, best)
+
+
+# the default sweep is left to right (t3f's): cores 1..d-1 left-orthogonal, the
+# norm in the last
+def test_orthogonalize_defaults_to_left_to_right(gen):
+    a = random_tt((3, 4, 5), (1, 3, 3, 1), gen=gen)
+    o = tt.orthogonalize(a)
+    for c in o.tt_cores[:-1]:
+        q = c.reshape(-1, c.shape[-1])
+        assert_close(q.T @ q, torch.eye(q.shape[-1], dtype=q.dtype))
+    assert_close(torch.linalg.norm(o.tt_cores[-1]), torch.linalg.norm(tt.full(a)))
+    assert_close(tt.full(o), tt.full(a))

@@ -299,3 +299,13 @@ def test_norm_with_gradients_where_the_square_leaves_the_range():
     got.backward()
     assert all(torch.isfinite(c.grad).all() for c in cores)
     assert tt.frobenius_norm_squared(x).item() == float("inf")
+
+
+# an orthogonal form whose norm core overflows float32 is refused, not returned with inf
+# cores
+@pytest.mark.parametrize("left_to_right", [True, False])
+def test_orthogonalize_refuses_a_norm_that_overflows_float32(left_to_right):
+    cores = [torch.full((1, 4, 2), 1e15), torch.full((2, 4, 2), 1e15), torch.full((2, 4, 1), 1e15)]
+    a = tt.TensorTrain(cores)  # entries 1e45 * 4: finite in the cores, not as one norm core
+    with pytest.raises(ValueError, match="does not fit float32"):
+        tt.orthogonalize(a, left_to_right=left_to_right)

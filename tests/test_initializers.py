@@ -452,3 +452,28 @@ def test_initializers_zero_stddev_is_exactly_the_mean(mean):
     assert torch.equal(tt.full(x), torch.full((3, 4, 2), mean, dtype=torch.float64))
     m = tt.random_matrix([[2, 3], [3, 2]], tt_rank=2, mean=mean, stddev=0.0, dtype=torch.float64, generator=g)
     assert torch.equal(tt.full(m), torch.full((6, 6), mean, dtype=torch.float64))
+
+
+# tt_normal_ draws from the generator it is given: equal seeds give equal cores
+def test_tt_normal_uses_its_generator():
+    def draw(seed):
+        cores = [torch.empty(1, 2, 3, 2), torch.empty(2, 2, 3, 2), torch.empty(2, 2, 3, 1)]
+        tt.nn.init.tt_normal_(cores, 0.5, generator=torch.Generator().manual_seed(seed))
+        return cores
+
+    torch.manual_seed(0)
+    a = draw(7)
+    torch.manual_seed(1)  # the global generator is not what decides
+    b = draw(7)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert not torch.equal(draw(8)[0], a[0])
+
+
+# a TT-matrix's useful ranks bound the products m_k n_k, not the row modes alone
+def test_matrix_with_random_cores_clips_ranks_by_row_times_column_modes(gen):
+    m = tt.matrix_with_random_cores(((2, 2), (3, 3)), tt_rank=5, generator=gen)
+    assert m.tt_ranks == (1, 5, 1)
+    assert tt.matrix_with_random_cores(((2, 2), (3, 3)), tt_rank=9, generator=gen).tt_ranks == (1, 6, 1)
+    b = tt.matrix_batch_with_random_cores(((2, 2), (3, 3)), tt_rank=5, batch_size=2, generator=gen)
+    assert b.tt_ranks == (1, 5, 1)

@@ -12,7 +12,7 @@ from torch import nn
 
 import tensortrain as tt
 from conftest import assert_close
-from strategies import matrix_specs, random_cores, seeds
+from strategies import matrix_specs, random_cores, random_tt, seeds
 from tensortrain.nn.functional import tt_embedding
 from test_nn_linear import dense_from_cores
 
@@ -416,3 +416,41 @@ def test_embedding_ranks_are_clipped():
     emb = tt.nn.TTEmbedding(16, 16, tt_rank=100, voc_dims=(4, 4), emb_dims=(4, 4))
     assert emb.tt_ranks == (1, 16, 1)
     assert emb.num_tt_parameters() == 2 * 16 * 16
+
+
+# a training lookup through the merged halves (many distinct rows) passes gradients to
+# the cores: the layer's inference cache is not used while grad is recorded
+def test_training_lookup_through_the_halves_reaches_the_cores(gen):
+    layer = tt.nn.TTEmbedding(
+        1000, 16, tt_rank=4, voc_dims=(10, 10, 10), emb_dims=(2, 2, 4), dtype=torch.float64
+    )
+    with torch.no_grad():
+        layer(torch.arange(1000))  # an inference call first fills the cache
+    idx = torch.randint(0, 1000, (600,), generator=gen)
+    layer(idx).pow(2).sum().backward()
+    cores = [c.detach().clone().requires_grad_(True) for c in layer.cores]
+    table = tt.full(tt.TensorTrain(cores))
+    table[idx].pow(2).sum().backward()
+    for c, ref in zip(layer.cores, cores, strict=True):
+        assert c.grad is not None
+        assert_close(c.grad, ref.grad)
+
+
+# padding_idx takes [-V, V) as nn.Embedding does: -V is row 0
+def test_padding_idx_of_minus_num_embeddings_is_row_zero(gen):
+    w = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    idx = torch.tensor([0, 1, 5, 0])
+    out = tt.nn.functional.tt_embedding(idx, w, padding_idx=-6)
+    table = tt.full(w)
+    expected = table[idx].clone()
+    expected[idx == 0] = 0
+    assert_close(out, expected)
+    assert torch.nn.Embedding(6, 4, padding_idx=-6).padding_idx == 0
+
+
+# num_embeddings may not exceed the table's rows, by one row either
+def test_num_embeddings_one_above_the_table_is_refused(gen):
+    w = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    with pytest.raises(tt.ShapeError, match="num_embeddings=7 exceeds the table's 6 rows"):
+        tt.nn.functional.tt_embedding(torch.tensor([0, 1]), w, num_embeddings=7)
+    assert_close(tt.nn.functional.tt_embedding(torch.tensor([5]), w, num_embeddings=6), tt.full(w)[5:6])

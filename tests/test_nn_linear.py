@@ -954,3 +954,19 @@ def test_mode_switch_clears_the_inference_cache(switch):
     with torch.no_grad():
         y = layer(x)
     torch.testing.assert_close(y, x @ layer.dense_weight().T + layer.bias)
+
+
+# the inference cache keys merged super-cores by direction too: the same groups swept
+# the other
+# way (another strategy, or another batch size's plan) must not reuse the first direction's layout
+def test_inference_cache_keeps_each_sweep_direction_apart(gen):
+    layer = tt.nn.TTLinear(
+        16, 16, tt_rank=2, in_dims=(2, 2, 2, 2), out_dims=(2, 2, 2, 2), dtype=torch.float64
+    )
+    layer.eval()
+    x = torch.randn(3, 16, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        expected = x @ layer.dense_weight().T + layer.bias
+        for s in ("cores_rtl", "cores_ltr", "cores_rtl", "cores_ltr"):  # the groups (k, k + 1) both ways
+            layer.strategy = s
+            assert_close(layer(x), expected)

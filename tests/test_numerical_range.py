@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tensortrain as tt
+from conftest import assert_close
 
 D = 100
 
@@ -191,3 +192,23 @@ def test_orthogonalizing_an_exactly_zero_train_of_large_cores():
     for ltr in (True, False):
         assert float(tt.frobenius_norm(tt.orthogonalize(x, left_to_right=ltr))) == 0
     assert float(tt.frobenius_norm(tt.round(x, max_tt_rank=1))) == 0
+
+
+def _scaled_tt(scales, gen):
+    d = len(scales)
+    cores = [
+        torch.randn(1 if k == 0 else 2, 3, 1 if k == d - 1 else 2, generator=gen, dtype=torch.float64) * s
+        for k, s in enumerate(scales)
+    ]
+    return tt.TensorTrain(cores)
+
+
+# two operands whose partial products peak together past float64's range: the
+# sweep of
+# <a, b> must scale where their scales summed per core leave the range, though each alone stays within it
+def test_inner_product_of_two_operands_whose_partial_products_overflow_together(gen):
+    a = _scaled_tt([2.0**300, 2.0**300, 2.0**-300, 2.0**-300], gen)
+    b = _scaled_tt([2.0**300, 2.0**300, 2.0**-300, 2.0**-300], gen)
+    expected = (tt.full(a) * tt.full(b)).sum()
+    assert torch.isfinite(expected)
+    assert_close(tt.flat_inner(a, b), expected)

@@ -453,3 +453,12 @@ def test_forms_complex_bilinear_forms_do_not_conjugate(gen, batch):
     assert_close(
         tt.bilinear_form_two_mat(b, a, m, y), torch.einsum("i,...ij,jk,k->...", fb, fa, tt.full(m), fy)
     )
+
+
+# a TT-matrix vector must have all-1 modes on its other side: (2, 3) x (2, 1) is not a vector
+def test_bilinear_form_refuses_a_matrix_that_is_not_a_vector(gen):
+    A = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    b = random_tt(((2, 3), (2, 1)), (1, 2, 1), gen=gen)
+    c = random_tt((2, 2), (1, 2, 1), gen=gen)
+    with pytest.raises(tt.ShapeError, match="b must be a vector with modes"):
+        tt.bilinear_form(A, b, c)

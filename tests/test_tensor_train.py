@@ -324,3 +324,73 @@ def test_the_constructors_fast_check_accepts_only_what_the_full_checks_accept(cl
         else:
             with pytest.raises((TypeError, ValueError)):
                 cls(cores)
+
+
+# is_variable is t3f's "every core is a Parameter": one Parameter among plain cores
+# is not
+def test_is_variable_needs_every_core_to_be_a_parameter(gen):
+    a = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen)
+    mixed = tt.TensorTrain([torch.nn.Parameter(a.tt_cores[0].clone()), *a.tt_cores[1:]])
+    assert not mixed.is_variable()
+    assert str(mixed) == "A Tensor Train of shape (2, 3, 4), TT-ranks: (1, 2, 2, 1)"
+    every = tt.TensorTrain([torch.nn.Parameter(c.clone()) for c in a.tt_cores])
+    assert every.is_variable()
+
+
+# a batch of TT-matrix parameters prints as "TT-matrix variables", as t3f's
+def test_str_of_a_batch_of_tt_matrix_variables(gen):
+    b = random_tt(((2, 3), (4, 5)), (1, 2, 1), gen=gen, batch_size=3)
+    params = tt.TensorTrainBatch([torch.nn.Parameter(c.clone()) for c in b.tt_cores])
+    assert str(params) == (
+        "A 3 element batch of TT-matrix variables of size 6 x 20, underlying tensor shape: (2, 3) x (4, 5), "
+        "TT-ranks: (1, 2, 1)"
+    )
+    assert str(b).startswith("A 3 element batch of TT-matrices of size 6 x 20")
+
+
+# reflected operators name the operand the user wrote first: `1.0 - a` has the float
+# first
+def test_reflected_operators_name_the_left_operand(gen):
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    with pytest.raises(TypeError, match="first operand is a float"):
+        1.0 - a  # noqa: B018
+    m = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    with pytest.raises(TypeError, match="first operand must be"):
+        [[1.0] * 6] @ m  # noqa: B018
+
+
+# prime_factors with multiplicity, squares of primes and a last prime factor of 2
+# included
+@pytest.mark.parametrize(
+    ("n", "factors"),
+    [
+        (1, []),
+        (2, [2]),
+        (4, [2, 2]),
+        (9, [3, 3]),
+        (12, [2, 2, 3]),
+        (25, [5, 5]),
+        (49, [7, 7]),
+        (97, [97]),
+        (360, [2, 2, 2, 3, 3, 5]),
+    ],
+)
+def test_prime_factors_of_squares_and_primes(n, factors):
+    assert tt.prime_factors(n) == factors
+
+
+# max_padding is the largest padding accepted: a product of exactly (1 + max_padding)
+# n is kept
+def test_padded_shape_accepts_padding_of_exactly_max_padding():
+    assert tt.padded_shape(5, 3) == (2, 2, 2)  # 8 = 1.6 * 5
+    assert tt.padded_shape(5, 3, max_padding=0.6) == (2, 2, 2)
+    assert tt.padded_shape(5, 3, max_padding=0.59) == (1, 1, 5)
+
+
+# full ranks must start and end with 1: a last rank other than 1 is refused too
+def test_normalize_tt_rank_refuses_full_ranks_not_ending_in_one():
+    with pytest.raises(tt.ShapeError, match="boundary ranks must be 1"):
+        tt.normalize_tt_rank([1, 2, 2, 3], 3)
+    with pytest.raises(tt.ShapeError, match="boundary ranks must be 1"):
+        tt.normalize_tt_rank([2, 2, 2, 1], 3)
+    assert tt.normalize_tt_rank([1, 2, 3, 1], 3) == (1, 2, 3, 1)

@@ -14,6 +14,7 @@ from torch.func import functional_call, grad, jacrev, jvp, stack_module_state, v
 
 import tensortrain as tt
 from conftest import assert_close
+from strategies import random_tt
 from tensortrain import contraction as C
 from tensortrain import contraction_cost, workspace
 from tensortrain._transforms import transforms_active
@@ -197,3 +198,15 @@ def test_activation_checkpointing_and_saved_tensor_hooks_for_every_plan(gen, how
 
         for g, w in zip(grads(run), want, strict=True):
             assert_close(g, w)
+
+
+# under torch.func.vmap over the bias (no grad), the sweeps add the bias out of place: an
+# in-place add of a batched bias into the unbatched product fails
+@pytest.mark.parametrize("strategy", ["grouped_rtl", "cores_ltr", "full"])
+def test_vmap_over_the_bias_without_grad(gen, strategy):
+    w = random_tt(((4, 4), (4, 4)), (1, 2, 1), gen=gen)
+    x = torch.randn(3, 16, generator=gen, dtype=torch.float64)
+    biases = torch.randn(5, 16, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = torch.func.vmap(lambda b: tt.contraction.linear(x, w, b, strategy=strategy))(biases)
+    assert_close(y, (x @ tt.full(w).T)[None] + biases[:, None])

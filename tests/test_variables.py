@@ -113,3 +113,37 @@ def test_assign_a_value_that_shares_memory_with_the_targets():
     q = tt.tt_parameters(w)
     want = tt.full(tt.transpose(w))
     assert torch.allclose(tt.full(tt.assign(q, tt.transpose(tt.tt_from_parameters(q)))), want)
+
+
+# yes/no flags take NumPy's bool as they take Python's
+def test_flags_take_numpy_bools(gen):
+    np = pytest.importorskip("numpy")
+    params = tt.tt_parameters(random_tt((2, 3), (1, 2, 1), gen=gen), requires_grad=np.bool_(False))
+    assert not any(p.requires_grad for p in params)
+
+
+# assigning a batch gives a batch view over the parameters (not a TT-matrix of the 4-D
+# cores)
+def test_assign_a_batch_returns_a_batch(gen):
+    params = tt.tt_parameters(random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=3))
+    value = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=3)
+    out = tt.assign(params, value)
+    assert isinstance(out, tt.TensorTrainBatch) and out.batch_size == 3 and not out.is_tt_matrix()
+    assert_close(tt.full(out), tt.full(value))
+
+
+# a value core that views a target at an offset is read before that target is overwritten
+def test_assign_a_value_viewing_a_target_at_an_offset(gen):
+    params = torch.nn.ParameterList(
+        [
+            torch.nn.Parameter(torch.randn(1, 6, 1, generator=gen, dtype=torch.float64)),
+            torch.nn.Parameter(torch.randn(1, 4, 1, generator=gen, dtype=torch.float64)),
+        ]
+    )
+    old = params[0].detach().clone()
+    new0 = torch.randn(1, 6, 1, generator=gen, dtype=torch.float64)
+    value = tt.TensorTrain([new0, params[0].detach()[:, 2:6]])  # core 1 views params[0] from element 2 on
+    expected = tt.full(tt.TensorTrain([new0, old[:, 2:6]]))
+    out = tt.assign(params, value)
+    assert_close(params[1].detach(), old[:, 2:6])
+    assert_close(tt.full(out), expected)
