@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ._transforms import transforms_active, without_autocast
-from .operands import pow2_exponents, scale_pow2, unscale_pow2
+from .operands import rescale_pow2, scale_pow2
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores"]
@@ -186,9 +186,7 @@ def _left_sweep(cores: list[torch.Tensor], scaled: bool) -> tuple[list[torch.Ten
         r_prev, n_k = cores[k].shape[-3], cores[k].shape[-2]
         q, r = torch.linalg.qr(cores[k].reshape(*lead, r_prev * n_k, -1))
         if scaled:
-            e = pow2_exponents(r)
-            exps = e if exps is None else exps + e
-            r = unscale_pow2(r, e)
+            r, exps = rescale_pow2(r, exps)
         else:
             rs.append(r)
         cores[k] = q.reshape(*out, r_prev, n_k, q.shape[-1])
@@ -229,9 +227,7 @@ def _right_sweep(cores: list[torch.Tensor], scaled: bool) -> tuple[list[torch.Te
         # Unfolding (r_{k-1}, n_k r_k) = R^H Q^H from the QR of its conjugate transpose.
         q, r = torch.linalg.qr(cores[k].reshape(*lead, r_prev, -1).mH)
         if scaled:
-            e = pow2_exponents(r)
-            exps = e if exps is None else exps + e
-            r = unscale_pow2(r, e)
+            r, exps = rescale_pow2(r, exps)
         else:
             rs.append(r)
         cores[k] = q.mH.reshape(*out, q.shape[-1], n_k, r_next)
