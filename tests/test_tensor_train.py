@@ -129,6 +129,24 @@ def test_auto_shape_is_the_most_balanced_factorization():
             assert list(got) == sorted(got)
 
 
+def test_auto_shape_results_are_pinned():
+    """The default dims of TTLinear/TTEmbedding come from auto_shape: a changed tie-break between equally
+    balanced factorizations ((5, 8, 9, 10) and (6, 6, 10, 10) for 3600) would give every saved layer of that
+    size other core shapes, so its checkpoints would no longer load into a layer built the same way."""
+    pinned = {
+        (784, 4): (4, 4, 7, 7),
+        (625, 4): (5, 5, 5, 5),
+        (3072, 4): (6, 8, 8, 8),
+        (3600, 4): (5, 8, 9, 10),
+        (768, 3): (8, 8, 12),
+        (30522, 4): (1, 2, 3, 5087),
+        (50257, 3): (1, 29, 1733),
+        (128, 2): (8, 16),
+    }
+    for (n, d), dims in pinned.items():
+        assert tt.auto_shape(n, d) == dims, (n, d)
+
+
 def test_shapes_helpers():
     assert tt.auto_shape(784, 4) == (4, 4, 7, 7)
     assert tt.auto_shape(625, 4) == (5, 5, 5, 5)
