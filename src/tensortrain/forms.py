@@ -28,6 +28,7 @@ from .operands import (
     matrix_dims,
     needs_scaling,
     pow2_exponents,
+    rescale_pow2,
     scale_pow2,
     scaled_sweep,
     unscale_pow2,
@@ -123,7 +124,7 @@ def _norm_by_qr(tt_cores: Sequence[torch.Tensor], batch: bool) -> torch.Tensor:
 
     The sweep runs plainly first (:func:`_plain_norm`); only where that gives inf, NaN or 0, or a step's R fell
     below the normal range (where precision is lost), is it run again with every step scaled by a power of two
-    (:func:`_qr_last_core`), which costs about half a plain sweep more on small cores. The check syncs, so under
+    (:func:`_scaled_last_core`), which costs about half a plain sweep more on small cores. The check syncs, so under
     compile, ``torch.func`` transforms and on meta or fake tensors the scaled sweep runs directly."""
     # LAPACK has no half-precision QR: factor float16/bfloat16 cores in float32.
     half = tt_cores[0].dtype in (torch.float16, torch.bfloat16)
@@ -139,7 +140,7 @@ def _norm_by_qr(tt_cores: Sequence[torch.Tensor], batch: bool) -> torch.Tensor:
     if norm is None:
         # in the wide type: one power of two per step cannot hold parts of very different scales in float32
         # (the two terms of x - y, one with cores of 10 and 0.1, the other balanced: the second underflows)
-        last, exps = _qr_last_core([c.to(wide_dtype(c)) for c in cores], scaled=True)
+        last, exps = _scaled_last_core([c.to(wide_dtype(c)) for c in cores])
         last = last.flatten(1)
         top = pow2_exponents(last)  # (a norm computed on the raw core overflows past 1e154 in float64)
         norm = torch.linalg.vector_norm(unscale_pow2(last, top).to(wide_dtype(last)), dim=1)
@@ -190,32 +191,19 @@ def _plain_norm(cores: list[torch.Tensor], batch: bool) -> tuple[torch.Tensor | 
     return (norm if ok else None), all(map(math.isfinite, vals[n_top + n_norm :]))
 
 
-def _qr_last_core(cores: list[torch.Tensor], scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Push the norm into the last core by a left-to-right QR sweep.
-
-    Scaled: returns the last ``(B, r, n, 1)`` core divided by ``2^e`` and the exponents ``e`` ``(B,)``; each
-    step's R is brought to a largest magnitude below 1 (exactly, by a power of two): carried unscaled, the
-    product of unbalanced core scales (1e5 on half of 16 cores, 1e-5 on the rest) overflows float32 on the way
-    to a norm of 256. Plain: returns the last core and the smallest largest magnitude ``(B,)`` of any step's R
-    and of the last core (below the dtype's normal range, precision was lost on the way)."""
+def _scaled_last_core(cores: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Push the norm into the last core by a left-to-right QR sweep, each step's R brought to a largest magnitude
+    below 1 (exactly, by a power of two): carried unscaled, the product of unbalanced core scales (1e5 on half of
+    16 cores, 1e-5 on the rest) overflows float32 on the way to a norm of 256. Returns the last ``(B, r, n, 1)``
+    core divided by ``2^e`` and the exponents ``e`` ``(B,)``."""
     carry = cores[0]
     exps = torch.zeros(carry.shape[0], dtype=torch.int64, device=carry.device)
-    low = None
     for nxt in cores[1:]:
         bs, r, n, s = carry.shape
         _, rmat = torch.linalg.qr(carry.reshape(bs, r * n, s))
-        if scaled:
-            e = pow2_exponents(rmat)
-            exps = exps + e
-            rmat = unscale_pow2(rmat, e)
-        else:
-            top = torch.linalg.vector_norm(rmat.flatten(1), ord=float("inf"), dim=1)
-            low = top if low is None else torch.minimum(low, top)
+        rmat, exps = rescale_pow2(rmat, exps)
         carry = torch.bmm(rmat, nxt.reshape(bs, nxt.shape[1], -1)).reshape(bs, rmat.shape[1], *nxt.shape[2:])
-    if scaled:
-        return carry, exps
-    top = torch.linalg.vector_norm(carry.flatten(1), ord=float("inf"), dim=1)
-    return carry, top if low is None else torch.minimum(low, top)
+    return carry, exps
 
 
 def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bool = False) -> torch.Tensor:
