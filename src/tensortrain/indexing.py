@@ -322,7 +322,7 @@ def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:
                 f"gather_nd: indices must have {len(dims) + extra} columns for a TT-tensor of raw shape "
                 f"{describe(tt)}, got {idx.shape[1] + extra}"
             )
-        _check_ranges(idx, dims, [f"mode {k} index" for k in range(len(dims))])
+        _check_ranges(idx, dims)
         return idx
     rows, cols = matrix_dims(tt)
     d = len(rows)
@@ -335,7 +335,7 @@ def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:
             f"gather_nd: indices for a TT-matrix of raw shape {describe(tt)} need {2 * d + extra} "
             f"columns (row modes, column modes) or {2 + extra} (row, column), got {idx.shape[1] + extra}"
         )
-    _check_ranges(idx, (*rows, *cols), [f"mode {k} index" for k in range(2 * d)])
+    _check_ranges(idx, (*rows, *cols))
     return idx
 
 
@@ -355,11 +355,12 @@ def _check_range(values: torch.Tensor, n: int, what: str) -> None:
         raise IndexError(f"gather_nd: {what} {bad} out of range [0, {n})")
 
 
-def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...], what: list[str]) -> None:
-    """:func:`_check_range` for every column of ``idx`` ``(K, len(dims))`` at once: one sync, not two per mode."""
+def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...]) -> None:
+    """:func:`_check_range` for every column ``k`` (mode ``k``) of ``idx`` ``(K, len(dims))`` at once: one sync,
+    not two per mode."""
     if not idx.numel():
         return
     high = torch.tensor(dims, dtype=idx.dtype, device=idx.device)
     if bool(((idx < 0) | (idx >= high)).any()):
         for k, n in enumerate(dims):  # (the first column at fault, with _check_range's message)
-            _check_range(idx[:, k], n, what[k])
+            _check_range(idx[:, k], n, f"mode {k} index")

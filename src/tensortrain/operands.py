@@ -8,6 +8,7 @@ batches; :func:`wrap` turns the result back into the right class.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -129,16 +130,10 @@ def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -
     return False
 
 
-_LIMITS: dict[torch.dtype, float] = {}
-
-
+@functools.cache
 def _scale_limit(dtype: torch.dtype) -> float:
     """Three quarters of ``dtype``'s exponent range (its real part's): :func:`needs_scaling`'s bound."""
-    limit = _LIMITS.get(dtype)
-    if limit is None:
-        real = dtype.to_real() if dtype.is_complex else dtype
-        limit = _LIMITS[dtype] = 0.75 * math.frexp(torch.finfo(real).max)[1]
-    return limit
+    return 0.75 * math.frexp(torch.finfo(dtype.to_real() if dtype.is_complex else dtype).max)[1]
 
 
 def scaled_sweep(
