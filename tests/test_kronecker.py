@@ -97,8 +97,9 @@ def test_determinant_at_a_singular_factor_under_torch_func():
 
     want = torch.func.grad(lambda a: torch.linalg.det(torch.kron(a, f2)))(s)
     assert_close(torch.func.grad(kron_det)(s), want)
-    with warnings.catch_warnings():  # (torch's forward AD of a linalg op scripts a decomposition: deprecated)
-        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+    with warnings.catch_warnings():  # (torch's forward AD of a linalg op scripts a decomposition: deprecated,
+        # a DeprecationWarning in torch 2.13, a FutureWarning in 2.14)
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", Warning)
         assert_close(torch.func.jacfwd(kron_det)(s), want)
     assert_close(torch.func.vmap(torch.func.grad(kron_det))(torch.stack([s, s + torch.eye(2)]))[0], want)
 

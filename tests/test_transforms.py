@@ -19,8 +19,9 @@ from tensortrain import contraction as C
 from tensortrain import contraction_cost, workspace
 from tensortrain._transforms import transforms_active
 
-# torch's own forward-AD decompositions are loaded with torch.jit.script the first time, which warns in torch 2.13
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+# torch's own forward-AD decompositions are loaded with torch.jit.script the first time, which warns (a
+# DeprecationWarning in torch 2.13, a FutureWarning in 2.14)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:Warning")
 
 RAW = [[3, 4, 2], [2, 5, 3]]  # 24 x 30
 BATCH = 64  # past SWEEP_FUNCTION_MIN_BATCH: eager training would run the custom Functions

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,13 @@ def _probe(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | No
 
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch >= 2.14 warns, for every sparse tensor it reads with weights_only=True, that it checks the
+            # tensor's invariants: the check is what a reader of untrusted files wants, the warning only noise
+            warnings.filterwarnings(
+                "ignore", message="Validating sparse tensor invariants", category=UserWarning
+            )
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
         found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s+Please use|\n\n|$)", text, re.S)
