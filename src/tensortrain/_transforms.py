@@ -39,12 +39,23 @@ def transforms_active() -> bool:
     )
 
 
+def _autocast_knows(device_type: str) -> bool:
+    try:
+        torch.is_autocast_enabled(device_type)
+        return True
+    except RuntimeError:  # "unknown device type for autocast" (meta; mtia in torch 2.6)
+        return False
+
+
+# the types autocast knows, asked once here: traced, torch's RuntimeError for an unknown type cannot be caught
+_AUTOCAST_TYPES = tuple(k for k in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia") if _autocast_knows(k))
+
+
 def autocasting(device_type: str) -> bool:
     """Whether autocast is on for this device type (False for types autocast does not know, such as meta)."""
-    try:
+    if device_type in _AUTOCAST_TYPES:
         return torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # "unknown device type for autocast"
-        return False
+    return device_type != "meta" and _autocast_knows(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def full_precision(device_type: str) -> contextlib.AbstractContextManager:
@@ -52,9 +63,6 @@ def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     if not autocasting(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
-
-
-_AUTOCAST_TYPES = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia")
 
 
 def _autocast_on() -> bool:

@@ -492,7 +492,7 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     found = [
         (n, m)
         for n, m in target.named_modules(remove_duplicate=False)
-        if isinstance(m, TTLinear | TTEmbedding)
+        if isinstance(m, (TTLinear, TTEmbedding))
     ]
     if not found:
         raise ValueError("decompress: the model contains no TTLinear or TTEmbedding layer")

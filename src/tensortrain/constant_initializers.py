@@ -41,7 +41,7 @@ def _dims(shape: Any, name: str) -> tuple[int, ...]:
             kind = f"{shape.ndim}-D {type(shape).__name__}"
             raise TypeError(f"{name}: expected a 1-D sequence of ints, got a {kind} {shape!r}")
         shape = list(shape)
-    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)):
         raise TypeError(f"{name}: expected a sequence of ints, got {type(shape).__name__} {shape!r}")
     if len(shape) == 0:
         raise ShapeError(f"{name}: expected at least one mode size, got an empty shape")
@@ -64,7 +64,7 @@ def _matrix_dims(shape: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...
     """
     if _is_array(shape) and shape.ndim in (1, 2):
         shape = list(shape)  # its rows: two 1-D arrays, or the objects of an object array
-    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence) or len(shape) != 2:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 2:
         raise TypeError(f"{name}: a TT-matrix shape is [[row dims], [col dims]], got {shape!r}")
     if shape[0] is None and shape[1] is None:
         raise ShapeError(f"{name}: at most one side of a TT-matrix shape may be None, got {shape!r}")

@@ -87,22 +87,25 @@ class _Acc(NamedTuple):
     slices: int = 0
     slow_flops: int = 0  # FLOPs priced a second time (slow GEMMs), never reported as FLOPs
 
-    def __add__(self, o: object) -> _Acc:  # type: ignore[override]
-        assert isinstance(o, _Acc)
-        return _Acc(*(a + b for a, b in zip(self, o, strict=True)))
 
-    def __sub__(self, o: object) -> _Acc:  # type: ignore[override]
-        assert isinstance(o, _Acc)
-        return _Acc(*(a - b for a, b in zip(self, o, strict=True)))
+# (functions, not operators and methods of _Acc: this runs inside compiled graphs, and the dynamo of torch 2.6 to
+# 2.9 cannot trace a NamedTuple's own methods)
+def _sum(*accs: _Acc) -> _Acc:
+    return _Acc(*(sum(fields) for fields in zip(*accs, strict=True)))
 
-    def time(self, m: Machine) -> float:
-        return (
-            (self.flops + self.slow_flops) / m.flops
-            + self.stream / m.stream
-            + self.permute / m.permute
-            + self.launches * m.launch
-            + self.slices * m.slice
-        )
+
+def _minus(a: _Acc, b: _Acc) -> _Acc:
+    return _Acc(*(x - y for x, y in zip(a, b, strict=True)))
+
+
+def _seconds(acc: _Acc, m: Machine) -> float:
+    return (
+        (acc.flops + acc.slow_flops) / m.flops
+        + acc.stream / m.stream
+        + acc.permute / m.permute
+        + acc.launches * m.launch
+        + acc.slices * m.slice
+    )
 
 
 def prod(xs: Sequence[int]) -> int:
@@ -114,7 +117,11 @@ def prod(xs: Sequence[int]) -> int:
 
 def machine(device_type: str, itemsize: int) -> Machine:
     m = MACHINES.get(device_type, DEFAULT_MACHINE)
-    return m._replace(flops=m.flops * 4.0 / max(itemsize, 4))  # float64 GEMMs run at about half speed
+    # float64 GEMMs run at about half speed. (Every field spelled out, not m._replace or *m[1:]: torch 2.6's
+    # dynamo cannot trace those, and this runs inside compiled graphs)
+    return Machine(
+        m.flops * 4.0 / max(itemsize, 4), m.stream, m.permute, m.launch, m.slice, m.touch, m.full_call
+    )
 
 
 def merge_cost(dims: Dims, i: int, j: int, item: int) -> _Acc:
@@ -237,14 +244,17 @@ def step_cost(
     # FLOPs it does)
     flops = 2 * outer * q * k * p
     slow = flops if big else 0
-    acc += _Acc(flops, 0 if big else traffic, traffic if big else 0, 3 * chunks, outer if p > 1 else 0, slow)
+    acc = _sum(
+        acc,
+        _Acc(flops, 0 if big else traffic, traffic if big else 0, 3 * chunks, outer if p > 1 else 0, slow),
+    )
     saved = 0
     if grad:
         # tiny batches: torch.matmul folds the batch (a transposed copy of the state in, one of the product out);
         # others run contraction_exec.SweepFunction, batched GEMMs on the slices in place
         folded = p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute
         if folded:
-            acc += _Acc(0, 0, 2 * item * (state_in + state_out), 2, -acc.slices)
+            acc = _sum(acc, _Acc(0, 0, 2 * item * (state_in + state_out), 2, -acc.slices))
         # each step keeps its input: for the first step that is x itself (the caller's), unless folded into a copy
         saved = 0 if (first and not folded) or recompute else state_in
     return acc, saved
@@ -294,10 +304,10 @@ def sweep_cost(
     fresh = 0
     for i, j in groups:
         a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute)
-        acc, saved = acc + a, saved + s
+        acc, saved = _sum(acc, a), saved + s
         final = i == 0 if direction == "rtl" else j == d  # the step executed last: its output is y
         if recompute and not final:
-            again += a - merge_cost(dims, i, j, item)
+            again = _sum(again, _minus(a, merge_cost(dims, i, j, item)))
         supers += super_kept(dims, i, j, direction)
         if grad and not final:
             out = item * batch * _state_per_row(dims, i, j, direction)[1]
@@ -306,10 +316,10 @@ def sweep_cost(
             # only the gradient is fresh)
             fresh += (1 if recompute else 2) * out if out >= BLOCKED_ABOVE else 0
     if not grad:
-        return Cost(acc.flops, 0, acc.stream + acc.permute, 0, acc.time(m))
-    bwd = acc + acc + again  # dA and dS per step (twice the forward), and any recomputed steps
+        return Cost(acc.flops, 0, acc.stream + acc.permute, 0, _seconds(acc, m))
+    bwd = _sum(acc, acc, again)  # dA and dS per step (twice the forward), and any recomputed steps
     # (the merged groups are reported as kept but not priced as traffic: they are the size of the cores)
-    seconds = acc.time(m) + bwd.time(m) + item * saved / m.stream + fresh / m.touch
+    seconds = _seconds(acc, m) + _seconds(bwd, m) + item * saved / m.stream + fresh / m.touch
     return Cost(acc.flops, bwd.flops, acc.stream + acc.permute, item * (saved + supers), seconds)
 
 
@@ -324,7 +334,7 @@ def full_cost(
     d = len(rows)
     mm, nn, r = prod(rows), prod(cols), ranks[split]
     nl, nr = prod(cols[:split]), prod(cols[split:])
-    merges = merge_cost(dims, 0, split, item) + (merge_cost(dims, split, d, item) if split < d else _Acc())
+    merges = _sum(merge_cost(dims, 0, split, item), merge_cost(dims, split, d, item) if split < d else _Acc())
     if cached and not grad and halves_cacheable(dims, split):
         merges = _Acc()
     ml = prod(rows[:split])
@@ -345,13 +355,13 @@ def full_cost(
     if sliced_build(dims4, r):  # written in place, a slice at a time: W streamed once, a launch per slice
         build = _Acc(2 * mm * nn * r, item * mm * nn, 0, ml, 0)
     gemm = _Acc(2 * batch * mm * nn, item * (batch * nn + mm * nn + batch * mm), 0, 1, 0)
-    fwd = merges + build + gemm
+    fwd = _sum(merges, build, gemm)
     if not grad:
-        return Cost(fwd.flops, 0, fwd.stream + fwd.permute, 0, fwd.time(m) + m.full_call)
+        return Cost(fwd.flops, 0, fwd.stream + fwd.permute, 0, _seconds(fwd, m) + m.full_call)
     # backward (custom Function): [rebuild W], dx and dW GEMMs, grads of both halves, merge backward
     saved = r * (prod(rows[:split]) * nl + prod(rows[split:]) * nr) + (mm * nn if keep else 0)
-    bwd = gemm + gemm + grad_halves + merges + merges + (_Acc() if keep else build)
-    seconds = fwd.time(m) + bwd.time(m) + item * saved / m.stream
+    bwd = _sum(gemm, gemm, grad_halves, merges, merges, _Acc() if keep else build)
+    seconds = _seconds(fwd, m) + _seconds(bwd, m) + item * saved / m.stream
     # reported: a half that is one core is that parameter (a view); merged halves keep their partial products;
     # d = 1 has a ones matrix for its right half
     kept = (mm * nn if keep else 0) + merged_kept(dims, 0, split)

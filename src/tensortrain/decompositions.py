@@ -151,7 +151,7 @@ def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
     ndim = getattr(max_tt_rank, "ndim", None)  # NumPy arrays and tensors
     if isinstance(max_tt_rank, numbers.Number) or ndim == 0:
         values, scalar = [plain_scalar(max_tt_rank)], True
-    elif ndim == 1 or (isinstance(max_tt_rank, Sequence) and not isinstance(max_tt_rank, str | bytes)):
+    elif ndim == 1 or (isinstance(max_tt_rank, Sequence) and not isinstance(max_tt_rank, (str, bytes))):
         values, scalar = [plain_scalar(v) for v in max_tt_rank], False
     else:
         return max_tt_rank

@@ -98,7 +98,7 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
         return [c[i : i + 1] for c in cores], False
     # Scalars that are not integers: bools (torch would read a 0-dim bool as a mask adding an axis), floats,
     # 0-dim float or bool tensors and arrays.
-    if isinstance(idx, bool | float) or idx is None or getattr(idx, "ndim", None) == 0:
+    if isinstance(idx, (bool, float)) or idx is None or getattr(idx, "ndim", None) == 0:
         raise TypeError(f"a batch index must be an int, slice, list or tensor of ints, got {idx!r}")
     if isinstance(idx, slice):
         step = None if idx.step is None else as_int(idx.step)
@@ -193,7 +193,7 @@ def _mode_int(it: Any, k: int, n: int) -> int:
         # An index array (even of one element) would keep the mode in dense indexing; getitem has no such
         # selection, so only integer scalars (0-dim integer tensors included) and slices are accepted.
         shape = getattr(it, "shape", None)
-        if isinstance(it, bool | float) or it is None:
+        if isinstance(it, (bool, float)) or it is None:
             got = repr(it)
         elif shape is not None:
             got = f"{type(it).__name__} of shape {tuple(shape)} and dtype {getattr(it, 'dtype', '?')}"

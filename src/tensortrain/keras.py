@@ -78,7 +78,7 @@ def _check_dims(dims: Sequence[int], name: str) -> tuple[int, ...]:
         raise TypeError(
             f"KerasDense: {name} must be a 1-D sequence of ints, got a {ndim}-D {type(dims).__name__}"
         )
-    if ndim is None and (isinstance(dims, str | bytes) or not isinstance(dims, Sequence)):
+    if ndim is None and (isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence)):
         raise TypeError(f"KerasDense: {name} must be a sequence of ints, got {dims!r}")
     ints = []
     for n in dims:

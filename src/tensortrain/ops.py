@@ -180,7 +180,7 @@ def cast(tt: TensorTrainBase, dtype: torch.dtype) -> Any:
 
 def _check_pair(op: str, a: Any, b: Any) -> None:
     for name, x in (("first operand", a), ("second operand", b)):
-        if isinstance(x, numbers.Number | torch.Tensor):
+        if isinstance(x, (numbers.Number, torch.Tensor)):
             raise TypeError(
                 f"{op}: {name} is a {type(x).__name__}; {op} takes two TT objects. A constant is an "
                 f"explicit rank-1 term: a {'+' if op == 'add' else '-'} c * tt.ones_like(a); with a dense "

@@ -83,7 +83,7 @@ def matmul(a: Any, b: Any) -> Any:
             raise TypeError(
                 f"matmul: {name} is a number ({x!r}); use multiply(tt, c) or tt * c to scale a TT object"
             )
-        if not isinstance(x, TensorTrainBase | torch.Tensor):
+        if not isinstance(x, (TensorTrainBase, torch.Tensor)):
             raise TypeError(f"matmul: {name} must be a TT-matrix or a torch.Tensor, got {type(x).__name__}")
     a_tt, b_tt = isinstance(a, TensorTrainBase), isinstance(b, TensorTrainBase)
     if a_tt and b_tt:

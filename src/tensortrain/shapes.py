@@ -327,7 +327,7 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
     d = int_at_least(d, 1, "normalize_tt_rank: d (the number of cores)", ShapeError)
     if isinstance(tt_rank, bool):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
-    if isinstance(tt_rank, str | bytes):  # a sequence, but of characters
+    if isinstance(tt_rank, (str, bytes)):  # a sequence, but of characters
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
     one = as_whole_int(tt_rank) if not isinstance(tt_rank, Sequence) else None
     if one is not None:
@@ -336,7 +336,7 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
         ranks = [1] + [one] * (d - 1) + [1]
     else:
         seq: Any = tt_rank  # a sequence, an array or a tensor of ranks
-        if isinstance(seq, Set | Mapping):
+        if isinstance(seq, (Set, Mapping)):
             # a set or a dict iterates in an order of its own (its keys, for a dict): not a list of ranks
             raise TypeError(
                 f"{name} must be an int or an ordered sequence of ints (list, tuple, 1-D array or tensor), got "

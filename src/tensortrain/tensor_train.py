@@ -79,7 +79,7 @@ class TensorTrainBase:
         # any iterable of cores (an nn.ParameterList is not a Sequence); not a tensor, TT object, string, dict or
         # set (a set's order is arbitrary: the cores would be chained in any order)
         if isinstance(
-            tt_cores, torch.Tensor | TensorTrainBase | str | bytes | Mapping | set | frozenset
+            tt_cores, (torch.Tensor, TensorTrainBase, str, bytes, Mapping, set, frozenset)
         ) or not isinstance(tt_cores, Iterable):
             raise TypeError(
                 f"{type(self).__name__} expects a sequence of core tensors, got {type(tt_cores).__name__}"
@@ -305,7 +305,7 @@ class TensorTrainBase:
         # the target dtype, whichever form names it: dtype=, a dtype among the arguments, or a tensor's
         dtype = kwargs.get("dtype")
         for a in args if dtype is None else ():
-            if isinstance(a, torch.dtype | torch.Tensor):
+            if isinstance(a, (torch.dtype, torch.Tensor)):
                 dtype = a if isinstance(a, torch.dtype) else a.dtype
                 break
         if dtype is not None:

@@ -85,7 +85,7 @@ def tt_from_parameters(params: Iterable[torch.Tensor], batch: bool = False) -> A
         >>> print(tt.tt_from_parameters(params))
         A Tensor Train variable of shape (2, 3), TT-ranks: (1, 2, 1)
     """
-    if isinstance(params, torch.Tensor | TensorTrainBase) or not isinstance(params, Iterable):
+    if isinstance(params, (torch.Tensor, TensorTrainBase)) or not isinstance(params, Iterable):
         raise TypeError(
             f"tt_from_parameters: expects an nn.ParameterList or a sequence of tensors, got "
             f"{type(params).__name__}"

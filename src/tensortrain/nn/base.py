@@ -140,7 +140,8 @@ class TTModule(nn.Module):
                     hook(cores, (), {})
                 else:
                     hook(cores, ())
-        return tuple(cores)
+        # (indexed, not tuple(cores): the dynamo of torch 2.6 to 2.8 cannot trace tuple() of a ParameterList)
+        return tuple([cores[k] for k in range(len(cores))])
 
     def __prepare_scriptable__(self) -> nn.Module:
         # torch.jit.script calls this first: say what works instead of failing on an annotation deep inside
