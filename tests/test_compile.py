@@ -150,6 +150,58 @@ def test_norms_and_inner_products(gen, batch):
         assert_close(g, e)
 
 
+@pytest.mark.parametrize("batch", [None, 2])
+def test_qr_and_svd_sweeps(gen, batch):
+    """orthogonalize, round and TT-SVD with max_tt_rank (an epsilon's ranks depend on values: graph breaks) and
+    the Riemannian projection compile in one graph, with the eager values and gradients: their NaN/inf checks
+    (one sync each) were graph breaks."""
+    x = random_tt((3, 4, 5), (1, 3, 3, 1), gen=gen, batch_size=batch)
+    where = random_tt((3, 4, 5), (1, 2, 2, 1), gen=gen)
+    cores = [c.clone().requires_grad_() for c in x.tt_cores]
+    cls = tt.TensorTrainBatch if batch else tt.TensorTrain
+
+    def sweeps(*cores):
+        t = cls(list(cores))
+        outs = [
+            *tt.orthogonalize(t).tt_cores,
+            *tt.orthogonalize(t, left_to_right=False).tt_cores,
+            *tt.round(t, max_tt_rank=2).tt_cores,
+            *tt.riemannian.project(t, where).tt_cores,
+        ]
+        if batch is None:
+            outs += tt.to_tt_tensor(tt.full(t), max_tt_rank=2).tt_cores
+        return outs
+
+    expected = sweeps(*cores)
+    sum(
+        (e * torch.linspace(-1, 1, e.numel(), dtype=e.dtype).reshape(e.shape)).sum() for e in expected
+    ).backward()
+    expected_grads = _grads(cores)
+    got = _compiled(sweeps)(*cores)
+    sum((g * torch.linspace(-1, 1, g.numel(), dtype=g.dtype).reshape(g.shape)).sum() for g in got).backward()
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert_close(g, e)
+    for g, e in zip(_grads(cores), expected_grads, strict=True):
+        assert_close(g, e)
+
+
+def test_traced_sweeps_take_nan_through():
+    """Traced, the sweeps do not check values (a check would break the graph): NaN comes out as NaN, where eager
+    raises; and a TT-matrix's TT-SVD compiles too."""
+    w = torch.randn(6, 8, dtype=torch.float64)
+    got = _compiled(lambda w: tt.to_tt_matrix(w, ((2, 3), (2, 4)), max_tt_rank=2).tt_cores)(w)
+    for g, e in zip(got, tt.to_tt_matrix(w, ((2, 3), (2, 4)), max_tt_rank=2).tt_cores, strict=True):
+        assert_close(g, e)
+    x = tt.random_tensor((3, 4), tt_rank=2, dtype=torch.float64)
+    bad = [x.tt_cores[0], torch.full_like(x.tt_cores[1], float("nan"))]
+    with pytest.raises(ValueError, match="core 1 contains NaN"):
+        tt.orthogonalize(tt.TensorTrain(bad))
+    torch._dynamo.reset()
+    out = _compiled(lambda *c: tt.orthogonalize(tt.TensorTrain(list(c))).tt_cores)(*bad)
+    assert torch.isnan(out[-1]).all()
+
+
 @pytest.mark.parametrize("strategy", [s for s in tt.contraction.STRATEGIES if s != "auto"])
 def test_every_contraction_plan(gen, strategy):
     # TTLinear's forward runs whichever plan the cost model picks: each must trace in one graph

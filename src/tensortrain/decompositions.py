@@ -85,8 +85,14 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
             f"{name}: expected a non-empty tensor with at least one dim, got shape {tuple(x.shape)}"
         )
     # A finite sum proves every entry finite (NaN and inf propagate) at a fraction of an elementwise check's
-    # cost; only an overflowing sum needs the full check. Meta tensors have no values to check.
-    if x.device.type != "meta" and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    # cost; only an overflowing sum needs the full check. Meta tensors have no values to check; traced code
+    # takes values through unchecked (see orthogonalization.all_finite)
+    if (
+        x.device.type != "meta"
+        and not torch.compiler.is_compiling()
+        and not bool(torch.isfinite(x.sum()))
+        and not bool(torch.isfinite(x).all())
+    ):
         raise ValueError(f"{name}: the input contains NaN or inf values; TT-SVD needs finite entries")
     return x
 
