@@ -8,7 +8,6 @@ summation order) to one process training on the whole batch.
 from __future__ import annotations
 
 import datetime
-import socket
 import time
 from pathlib import Path
 
@@ -68,11 +67,13 @@ def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         opt.step()
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, out_dir: str) -> None:
     torch.set_num_threads(1)
+    # rendezvous through a file, not a TCP port picked free beforehand: another process (a parallel test, a pip
+    # download) could take that port before rank 0 listens on it. Gloo still connects over 127.0.0.1
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=(Path(out_dir) / "rendezvous").as_uri(),
         rank=rank,
         world_size=WORLD,
         timeout=datetime.timedelta(seconds=TIMEOUT_S),
@@ -94,16 +95,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _spawn(out_dir: Path) -> None:
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn"
-    )
+    ctx = mp.start_processes(_worker, args=(str(out_dir),), nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while not ctx.join(timeout=1.0):
