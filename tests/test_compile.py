@@ -238,8 +238,10 @@ def test_tt_embedding_layer(padding_idx):
         assert_close(g, e)
 
 
-# inductor's own imports use torch.jit.script_method, deprecated in torch 2.13
+# inductor's own imports use torch.jit.script_method, deprecated in torch 2.13; torch 2.6's inductor warns about
+# its own config while caching
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Skipping serialization of skipfiles_inline_module_allowlist:UserWarning")
 def test_inductor_compiles_the_tutorial_layer():
     """The default backend (inductor, generated C++) too: forward, backward and a no-grad recompile, one layer.
 
@@ -261,6 +263,7 @@ def test_inductor_compiles_the_tutorial_layer():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Skipping serialization of skipfiles_inline_module_allowlist:UserWarning")
 def test_inductor_embedding_refuses_indices_outside_the_table():
     """Traced lookups sent out-of-range indices to -1, which inductor's gather wraps: -1, a padded row's index and
     one past the table all returned the last (padded) row, silently; eager and nn.Embedding raise."""

@@ -151,6 +151,10 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
 
 
+# (torch 2.6's gradcheck batches with its own deprecated vmap)
+@pytest.mark.filterwarnings(
+    "ignore:Please use `torch.vmap` instead of `torch._vmap_internals.vmap`:FutureWarning"
+)
 @pytest.mark.parametrize("blocked", [False, True])
 def test_batched_gradients_through_the_full_plan(gen, monkeypatch, blocked):
     """jacobian/hessian(vectorize=True) and gradcheck(check_batched_grad=True) batch the output's gradient with

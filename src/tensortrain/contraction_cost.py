@@ -520,10 +520,11 @@ def _choose_within(
     ):
         costs = [(p, c) for p, c in costs if p[0] != "resweep"]
 
-    best: tuple[tuple[bool, int, float], Program] | None = None
+    best: tuple[tuple[int, int, float], Program] | None = None
     for prog, c in costs:  # (explicit loops, as in grouping_front: traced under torch.compile)
-        over = c.saved_bytes > max_saved
-        rank = (over, c.saved_bytes if over else 0, c.seconds)  # within the limit: fastest; else least kept
+        # within the limit: fastest; else least kept. (A branch, not the comparison itself in the tuple: with a
+        # symbolic batch, the dynamo of torch 2.7 cannot order tuples of symbolic booleans)
+        rank = (1, c.saved_bytes, c.seconds) if c.saved_bytes > max_saved else (0, 0, c.seconds)
         if best is None or rank < best[0]:
             best = (rank, prog)
     assert best is not None

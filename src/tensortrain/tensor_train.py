@@ -93,6 +93,10 @@ class TensorTrainBase:
     def _from_valid(cls, cores: Sequence[torch.Tensor]) -> Any:
         """Internal: an object over cores valid by construction (the result of an operation on valid TT
         objects: block-diagonal or Kronecker-product cores, a QR or SVD sweep), without checking them again."""
+        if (
+            torch.compiler.is_compiling()
+        ):  # (torch 2.6's dynamo cannot trace object.__new__; traced, checks are free)
+            return cls(cores)
         new = cls.__new__(cls)
         new._tt_cores = tuple(cores)
         return new
