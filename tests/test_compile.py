@@ -395,3 +395,28 @@ def test_a_replaced_core_that_does_not_chain_is_named_when_compiling():
     layer.cores[1] = torch.nn.Parameter(torch.randn(3, 5, 3, 3))
     with pytest.raises(Exception, match="do not chain"):
         torch.compile(layer, backend="eager")(torch.randn(4, 24))
+
+
+def test_no_source_constructs_older_dynamo_cannot_trace():
+    """CI runs one torch release; the dynamo of torch 2.6-2.12 cannot trace what this test looks for, and each
+    one of them broke torch.compile of the layers there (``.ci/torch-versions`` runs the suite on other releases):
+    ``isinstance(x, A | B)``, ``NamedTuple._replace``, and methods or operators defined on a NamedTuple."""
+    import ast
+    from pathlib import Path
+
+    found = []
+    for path in sorted(Path(tt.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass"):
+                if len(node.args) == 2 and isinstance(node.args[1], ast.BinOp):
+                    found.append(f"{where} isinstance with a union")
+            if isinstance(node, ast.Attribute) and node.attr == "_replace":
+                found.append(f"{where} _replace")
+            if isinstance(node, ast.ClassDef) and any(
+                getattr(b, "id", None) == "NamedTuple" for b in node.bases
+            ):
+                methods = [f.name for f in node.body if isinstance(f, ast.FunctionDef)]
+                if methods:
+                    found.append(f"{where} NamedTuple {node.name} defines {methods}")
+    assert not found, found

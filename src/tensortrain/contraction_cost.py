@@ -89,7 +89,7 @@ class _Acc(NamedTuple):
 
 
 # (functions, not operators and methods of _Acc: this runs inside compiled graphs, and the dynamo of torch 2.6 to
-# 2.9 cannot trace a NamedTuple's own methods)
+# 2.12 cannot trace a NamedTuple's own methods)
 def _sum(*accs: _Acc) -> _Acc:
     return _Acc(*(sum(fields) for fields in zip(*accs, strict=True)))
 
