@@ -766,6 +766,15 @@ def test_a_target_ending_with_a_separator_is_refused(models, tmp_path, capsys, o
     assert not (tmp_path / "ckpts").exists()
 
 
+def test_inspect_checks_sparse_tensors(tmp_path, capsys):
+    """A sparse tensor whose indices fall outside its size was read unchecked (torch leaves the checks off unless
+    asked; using such a tensor can crash the process): inspect asks for them and says what is wrong."""
+    bad = torch.sparse_coo_tensor(torch.tensor([[5]]), torch.tensor([1.0]), (3,), check_invariants=False)
+    torch.save({"sp": bad, "w": torch.ones(2)}, tmp_path / "bad.pt")
+    assert main(["inspect", str(tmp_path / "bad.pt")]) == 1
+    assert "size is 3 but found index 5" in capsys.readouterr().err
+
+
 def test_inspect_sparse_nested_and_meta_tensors(tmp_path, capsys):
     """A sparse tensor (as a compressed model's sparse buffer saves) and a nested one gave tracebacks; distinct
     meta tensors (all at data_ptr 0) were counted as one."""
