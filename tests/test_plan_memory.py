@@ -116,6 +116,54 @@ def test_saved_bytes_are_what_autograd_keeps(gen):
             assert sum(seen.values()) == p.saved_bytes, p
 
 
+@pytest.mark.parametrize(("input_grad", "cores_grad"), [(False, True), (True, False)])
+def test_saved_bytes_for_a_first_or_a_frozen_layer(gen, monkeypatch, input_grad, cores_grad):
+    """The priced backward of a first layer (an input needing no gradient) and of a frozen one was the full
+    backward's: W kept for an input gradient nobody asked for, step inputs kept for frozen cores. Each plan's
+    ``saved_bytes`` for those is what autograd keeps, and ``plan`` names what ``linear`` runs."""
+    ran: list = []
+    real = C.choose_program
+    monkeypatch.setattr(C, "choose_program", lambda *a, **k: ran.append(real(*a, **k)) or ran[-1])
+    for rows, cols, r in (((2, 3, 2), (3, 2, 4), 3), ((5, 5, 5, 5), (7, 4, 7, 4), 2)):
+        cores = [c.requires_grad_(cores_grad) for c in _cores(rows, cols, r, gen)]
+        x = torch.randn(16, dense_cols(cols), generator=gen, dtype=torch.float64, requires_grad=input_grad)
+        own = _own(x, *cores)
+        need = {"input_requires_grad": input_grad, "cores_require_grad": cores_grad}
+        for p in C.enumerate_plans(cores, 16, requires_grad=True, **need):
+            assert (p.input_grad, p.cores_grad) == (input_grad, cores_grad)
+            kept = _kept_bytes(lambda p=p, x=x, cores=cores: C.linear(x, cores, strategy=p), own)
+            assert kept == p.saved_bytes, p
+        for strategy in C.STRATEGIES:
+            ran.clear()
+            C.linear(x, cores, strategy=strategy)
+            assert ran == [C.plan(cores, 16, requires_grad=True, strategy=strategy, **need).program], strategy
+
+
+def test_a_first_or_frozen_layer_prices_only_the_gradients_it_computes():
+    """The full plan's backward: the dx GEMM only for the input's gradient (with W rebuilt unless kept), the dW
+    GEMM and the halves' gradients only for the cores'. A first layer's backward is the dense weight gradient
+    cheaper than the full backward; a frozen layer's keeps no state of a sweep."""
+    w = tt.random_matrix(((4, 7, 4, 7), (5, 5, 5, 5)), tt_rank=16)
+    batch, dense = 64, 2 * 64 * 784 * 625
+    full = {"strategy": "full", "requires_grad": True}
+    both = C.plan(w, batch, **full)
+    first = C.plan(w, batch, input_requires_grad=False, **full)
+    frozen = C.plan(w, batch, cores_require_grad=False, **full)
+    build = 2 * 784 * 625 * 16
+    assert first.program[1] == "recompute"  # (a kept W serves the input's gradient only)
+    assert first.flops_backward == both.flops_backward - dense - (
+        build if both.direction == "recompute" else 0
+    )
+    assert frozen.flops_backward == dense + (build if frozen.direction == "recompute" else 0)
+    sweep = {"strategy": "grouped_ltr", "requires_grad": True}
+    assert (
+        C.plan(w, batch, cores_require_grad=False, **sweep).saved_bytes
+        < C.plan(w, batch, **sweep).saved_bytes
+    )
+    with pytest.raises(ValueError, match="the input or the cores must need a gradient"):
+        C.plan(w, batch, input_requires_grad=False, cores_require_grad=False, requires_grad=True)
+
+
 def dense_cols(cols) -> int:
     n = 1
     for c in cols:
@@ -409,7 +457,7 @@ def test_plan_reports_what_linear_runs_for_cores_in_another_layout(gen, monkeypa
     for bound in range(0, 300_000, 3_000):
         ran.clear()
         C.linear(x, w, max_saved_bytes=bound)
-        C.plan(w, 256, max_saved_bytes=bound, requires_grad=True)
+        C.plan(w, 256, max_saved_bytes=bound, requires_grad=True, input_requires_grad=False)
         assert ran[0] == ran[-1], bound
 
 

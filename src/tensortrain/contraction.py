@@ -254,7 +254,9 @@ def apply_unchecked(
     """
     lead = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
-    grad = grad_recorded() and (x.requires_grad or any(c.requires_grad for c in cores))
+    # which gradients backward computes (a first layer's input needs none, a frozen layer's cores none)
+    need = (x.requires_grad, any(c.requires_grad for c in cores)) if grad_recorded() else (False, False)
+    grad = need[0] or need[1]
     if (
         grad
         and not torch.compiler.is_compiling()  # (dynamo refuses the inference-tensor query)
@@ -278,10 +280,10 @@ def apply_unchecked(
     if torch.jit.is_tracing():  # (dynamo traces this wrapper, not torch._C._is_tracing)
         # one graph whatever the grad mode (a differentiable one): torch.jit.trace checks its trace by tracing
         # again under no_grad, and the grad mode picks the plan
-        grad = True
+        grad, need = True, (True, True)
     plain = not grad and not transforms_active()  # inference outside tracing and torch.func: caches, in place
     cached = cache is not None and plain
-    prog = choose_program(cores, x2d.shape[0], grad, strategy, cached, max_saved)
+    prog = choose_program(cores, x2d.shape[0], grad, strategy, cached, max_saved, need)
     y = _run(prog, x2d, cores, bias, grad, cache if cached else None, plain and not torch.is_grad_enabled())
     return y if len(lead) == 1 else y.reshape(*lead, y.shape[-1])
 

@@ -21,6 +21,10 @@ __all__: list[str] = []
 Groups = tuple[tuple[int, int], ...]
 Program = tuple[str, str | None, Groups]
 Dims = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # row dims, col dims, TT-ranks (d + 1)
+# which gradients a training backward computes: (the input's, the cores'). A first layer's input needs none, a
+# frozen layer's cores need none: their backward skips those products (and a frozen sweep keeps no states)
+Need = tuple[bool, bool]
+BOTH: Need = (True, True)
 
 
 class Machine(NamedTuple):
@@ -296,9 +300,11 @@ def sweep_cost(
     m: Machine,
     cached: bool = False,
     recompute: bool = False,
+    need: Need = BOTH,
 ) -> Cost:
-    """A sweep's cost; ``recompute``: backward first runs the forward again short of its last step, no merges."""
-    acc, saved, again = _Acc(), 0, _Acc()
+    """A sweep's cost; ``recompute``: backward first runs the forward again short of its last step, no merges;
+    ``need``: which gradients backward computes (contraction_exec.SweepFunction skips the others' products)."""
+    acc, saved, again, dx = _Acc(), 0, _Acc(), _Acc()
     d = len(dims[0])
     supers = 0  # super-cores that are not the parameters themselves are kept for backward too
     fresh = 0
@@ -306,30 +312,49 @@ def sweep_cost(
         a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute)
         acc, saved = _sum(acc, a), saved + s
         final = i == 0 if direction == "rtl" else j == d  # the step executed last: its output is y
+        if (j == d if direction == "rtl" else i == 0) and not cached:  # the step that reads x: its state
+            dx = _minus(a, merge_cost(dims, i, j, item))  # gradient is x's
         if recompute and not final:
             again = _sum(again, _minus(a, merge_cost(dims, i, j, item)))
         supers += super_kept(dims, i, j, direction)
+        if not need[1] and j - i > 1:  # frozen cores: autograd records no merge, keeps no partial product
+            supers -= merged_kept(dims, i, j)
         if grad and not final:
             out = item * batch * _state_per_row(dims, i, j, direction)[1]
             # a state kept for backward, and its gradient there, above glibc's largest mmap threshold are fresh
             # pages every step (a recomputing sweep's states, in forward and in backward, borrow reused scratch:
             # only the gradient is fresh)
-            fresh += (1 if recompute else 2) * out if out >= BLOCKED_ABOVE else 0
+            fresh += (1 if recompute or not need[1] else 2) * out if out >= BLOCKED_ABOVE else 0
     if not grad:
         return Cost(acc.flops, 0, acc.stream + acc.permute, 0, _seconds(acc, m))
-    bwd = _sum(acc, acc, again)  # dA and dS per step (twice the forward), and any recomputed steps
+    # dS per step but x's unless the input needs it; dA per step and any recomputed steps for the cores' (frozen
+    # cores: SweepFunction keeps and recomputes no states)
+    d_states = acc if need[0] else _minus(acc, dx)
+    bwd = _sum(d_states, acc, again) if need[1] else d_states
+    if not need[1]:
+        saved = 0
     # (the merged groups are reported as kept but not priced as traffic: they are the size of the cores)
     seconds = _seconds(acc, m) + _seconds(bwd, m) + item * saved / m.stream + fresh / m.touch
     return Cost(acc.flops, bwd.flops, acc.stream + acc.permute, item * (saved + supers), seconds)
 
 
 def full_cost(
-    dims: Dims, split: int, batch: int, item: int, grad: bool, keep: bool, m: Machine, cached: bool = False
+    dims: Dims,
+    split: int,
+    batch: int,
+    item: int,
+    grad: bool,
+    keep: bool,
+    m: Machine,
+    cached: bool = False,
+    need: Need = BOTH,
 ) -> Cost:
     """Build W from its halves split before core ``split``, then one dense GEMM; in training keep or rebuild W.
 
-    ``cached``: a layer keeps both halves between inference calls (if both are small enough to keep).
+    ``cached``: a layer keeps both halves between inference calls (if both are small enough to keep). ``need``:
+    which gradients backward computes (FullLinear skips the others' products, and keeps W only for the input's).
     """
+    keep = keep and need[0]
     rows, cols, ranks = dims
     d = len(rows)
     mm, nn, r = prod(rows), prod(cols), ranks[split]
@@ -358,16 +383,20 @@ def full_cost(
     fwd = _sum(merges, build, gemm)
     if not grad:
         return Cost(fwd.flops, 0, fwd.stream + fwd.permute, 0, _seconds(fwd, m) + m.full_call)
-    # backward (custom Function): [rebuild W], dx and dW GEMMs, grads of both halves, merge backward
+    # backward (custom Function): for the input, [rebuild W] and the dx GEMM; for the cores, the dW GEMM, the
+    # grads of both halves and the merges' backward
     saved = r * (prod(rows[:split]) * nl + prod(rows[split:]) * nr) + (mm * nn if keep else 0)
-    bwd = _sum(gemm, gemm, grad_halves, merges, merges, _Acc() if keep else build)
+    for_x = _sum(gemm, _Acc() if keep else build) if need[0] else _Acc()
+    bwd = _sum(for_x, gemm, grad_halves, merges, merges) if need[1] else for_x
     seconds = _seconds(fwd, m) + _seconds(bwd, m) + item * saved / m.stream
     # reported: a half that is one core is that parameter (a view); merged halves keep their partial products;
     # d = 1 has a ones matrix for its right half
-    kept = (mm * nn if keep else 0) + merged_kept(dims, 0, split)
+    # (frozen cores: autograd records no merge, keeps no partial product)
+    kept = (mm * nn if keep else 0) + (merged_kept(dims, 0, split) if need[1] else 0)
     kept += ml * nl * r if split > 1 else 0
     if split < d:
-        kept += (prod(rows[split:]) * nr * r if d - split > 1 else 0) + merged_kept(dims, split, d)
+        kept += prod(rows[split:]) * nr * r if d - split > 1 else 0
+        kept += merged_kept(dims, split, d) if need[1] else 0
     else:
         kept += 1
     # a kept W is fresh memory (page faults); a rebuilt one borrows reused scratch (tensortrain.workspace)
@@ -377,17 +406,31 @@ def full_cost(
 
 
 def estimate(
-    dims: Dims, prog: Program, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
+    dims: Dims,
+    prog: Program,
+    batch: int,
+    item: int,
+    grad: bool,
+    m: Machine,
+    cached: bool = False,
+    need: Need = BOTH,
 ) -> Cost:
     kind, direction, groups = prog
     if kind == "full":
-        return full_cost(dims, groups[0][1], batch, item, grad, direction == "keep", m, cached)
+        return full_cost(dims, groups[0][1], batch, item, grad, direction == "keep", m, cached, need)
     assert direction is not None
-    return sweep_cost(dims, groups, direction, batch, item, grad, m, cached, kind == "resweep")
+    return sweep_cost(dims, groups, direction, batch, item, grad, m, cached, kind == "resweep", need)
 
 
 def best_grouping(
-    dims: Dims, direction: str, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
+    dims: Dims,
+    direction: str,
+    batch: int,
+    item: int,
+    grad: bool,
+    m: Machine,
+    cached: bool = False,
+    need: Need = BOTH,
 ) -> Groups:
     """The cheapest partition of the cores into consecutive groups: the fastest entry of :func:`grouping_front`.
 
@@ -395,7 +438,7 @@ def best_grouping(
     the optimum over all ``2^(d-1)`` groupings takes ``O(d^2)`` step evaluations. The single group of all cores
     (W itself) is left to the full plans, unless a layer's inference cache may keep it (a tiny W).
     """
-    return grouping_front(dims, direction, batch, item, grad, m, cached)[0][2]
+    return grouping_front(dims, direction, batch, item, grad, m, cached, need=need)[0][2]
 
 
 def grouping_front(
@@ -407,6 +450,7 @@ def grouping_front(
     m: Machine,
     cached: bool = False,
     recompute: bool = False,
+    need: Need = BOTH,
 ) -> list[tuple[float, int, Groups]]:
     """The groupings no other grouping beats in both time and kept memory: ``(seconds, saved bytes, groups)``.
 
@@ -421,7 +465,7 @@ def grouping_front(
         for i in range(j):
             if i == 0 and j == d > 1 and (grad or not (cached and cacheable(dims, 0, d))):
                 continue  # one group is W, which the full plans build better (split in the middle, no autograd)
-            c = sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached, recompute)
+            c = sweep_cost(dims, ((i, j),), direction, batch, item, grad, m, cached, recompute, need)
             found += [(t + c.seconds, s + c.saved_bytes, g + ((i, j),)) for t, s, g in fronts[i]]
         # by time, then kept bytes: an insertion sort in explicit loops (dynamo cannot trace a sort keyed by
         # tuples, and planning is traced under torch.compile)
@@ -449,7 +493,14 @@ def full_programs(d: int, grad: bool = False) -> list[Program]:
 
 
 def candidates(
-    dims: Dims, strategy: str, batch: int, item: int, grad: bool, m: Machine, cached: bool = False
+    dims: Dims,
+    strategy: str,
+    batch: int,
+    item: int,
+    grad: bool,
+    m: Machine,
+    cached: bool = False,
+    need: Need = BOTH,
 ) -> list[Program]:
     """The programs a strategy chooses from (``auto``: every full split and the best grouping each way)."""
     d = len(dims[0])
@@ -462,7 +513,7 @@ def candidates(
     both = ("ltr", "rtl") if grad else ("rtl", "ltr")
     directions = (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both
     sweeps: list[Program] = [
-        ("sweep", dr, best_grouping(dims, dr, batch, item, grad, m, cached)) for dr in directions
+        ("sweep", dr, best_grouping(dims, dr, batch, item, grad, m, cached, need)) for dr in directions
     ]
     return sweeps if strategy != "auto" else full_programs(d, grad) + sweeps
 
@@ -476,8 +527,10 @@ def choose(
     grad: bool,
     cached: bool = False,
     max_saved: int | None = None,
+    need: Need = BOTH,
 ) -> Program:
-    """The cheapest program of ``strategy`` for this TT-matrix, batch size, dtype size, device and grad mode.
+    """The cheapest program of ``strategy`` for this TT-matrix, batch size, dtype size, device and grad mode
+    (``need``: which gradients a training backward computes).
 
     ``cached``: sweeps' merged groups are kept between calls (a layer's inference), so merging is free.
     ``max_saved``: in training, the fastest program keeping at most this many bytes for backward; when none
@@ -485,10 +538,10 @@ def choose(
     """
     m = machine(device_type, item)
     if max_saved is not None and grad:
-        return _choose_within(dims, strategy, batch, item, m, cached, max_saved)
+        return _choose_within(dims, strategy, batch, item, m, cached, max_saved, need)
     top: tuple[float, Program] | None = None
-    for prog in candidates(dims, strategy, batch, item, grad, m, cached):
-        t = estimate(dims, prog, batch, item, grad, m, cached).seconds
+    for prog in candidates(dims, strategy, batch, item, grad, m, cached, need):
+        t = estimate(dims, prog, batch, item, grad, m, cached, need).seconds
         if top is None or t < top[0]:
             top = (t, prog)
     assert top is not None
@@ -496,22 +549,22 @@ def choose(
 
 
 def _choose_within(
-    dims: Dims, strategy: str, batch: int, item: int, m: Machine, cached: bool, max_saved: int
+    dims: Dims, strategy: str, batch: int, item: int, m: Machine, cached: bool, max_saved: int, need: Need
 ) -> Program:
     progs: list[Program] = []
     if strategy in ("auto", "full"):
         progs += full_programs(len(dims[0]), True)
     if strategy in ("cores_rtl", "cores_ltr"):
-        ((_, dr, groups),) = candidates(dims, strategy, batch, item, True, m, cached)
+        ((_, dr, groups),) = candidates(dims, strategy, batch, item, True, m, cached, need)
         progs += [("sweep", dr, groups), ("resweep", dr, groups)]
     elif strategy != "full":
         both = ("ltr", "rtl")  # (training's tie order, as in candidates)
         for dr in (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both:
             for kind in ("sweep", "resweep"):
-                front = grouping_front(dims, dr, batch, item, True, m, cached, kind == "resweep")
+                front = grouping_front(dims, dr, batch, item, True, m, cached, kind == "resweep", need)
                 fits = [g for _, s, g in front if s <= max_saved]
                 progs.append((kind, dr, fits[0] if fits else front[-1][2]))
-    costs = [(prog, estimate(dims, prog, batch, item, True, m, cached)) for prog in progs]
+    costs = [(prog, estimate(dims, prog, batch, item, True, m, cached, need)) for prog in progs]
     # Below SWEEP_FUNCTION_MIN_BATCH the cost model prices autograd's folding copies for keeping sweeps but not
     # the Function's overhead of recomputing ones, which measured 1.1-1.4x slower at batch 1, not faster: there
     # they are candidates only where no keeping sweep fits.

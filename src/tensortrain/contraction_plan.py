@@ -59,6 +59,9 @@ class ContractionPlan:
         est_seconds: the cost model's time for forward (+ backward when training).
         recompute: whether backward recomputes what it needs instead of keeping it (W for a full plan, the
             step inputs for a sweep); always False without gradients.
+        input_grad, cores_grad: which gradients the priced backward computes: the input's (False for a first
+            layer, whose input needs none) and the cores' (False for a frozen layer). Both True without
+            gradients.
     """
 
     kind: Literal["full", "sweep"]
@@ -75,6 +78,8 @@ class ContractionPlan:
     saved_bytes: int
     est_seconds: float
     recompute: bool = False
+    input_grad: bool = True
+    cores_grad: bool = True
 
     @property
     def dense_flops(self) -> int:
@@ -112,8 +117,11 @@ class ContractionPlan:
             f"ranks {self.tt_ranks}, batch {self.batch_size}: forward {self.flops_forward / 1e9:.3g} GFLOP ({vs})"
         )
         if self.requires_grad:
+            only = (
+                "" if self.input_grad and self.cores_grad else " (input)" if self.input_grad else " (cores)"
+            )
             s += (
-                f", backward {self.flops_backward / 1e9:.3g} GFLOP, "
+                f", backward{only} {self.flops_backward / 1e9:.3g} GFLOP, "
                 f"activations kept {self.saved_bytes / 2**20:.3g} MiB"
             )
         return s + f", est. {self.est_seconds * 1e3:.3g} ms"
@@ -264,11 +272,13 @@ def choose_program(
     strategy: Strategy | ContractionPlan,
     cached: bool = False,
     max_saved: int | None = None,
+    need: _cost.Need = _cost.BOTH,
 ) -> Program:
+    """The program for these cores and batch (cached); ``need``: which gradients a training backward computes."""
     if isinstance(strategy, ContractionPlan):
         return strategy.program
     if not grad:
-        max_saved = None  # inference keeps nothing: one cache entry whatever the limit
+        max_saved, need = None, _cost.BOTH  # inference keeps nothing: one cache entry whatever the limit
     compiling = torch.compiler.is_compiling()
     if compiling:  # the batch may be a symbol (dynamic shapes): reading it would specialise the graph
         batch = _SYMBOLIC_BATCH
@@ -281,7 +291,14 @@ def choose_program(
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
         _check_chain(cores)  # (static shapes: free at run time)
         return _cost.choose(
-            dims_of(cores), strategy, bucket, c0.element_size(), c0.device.type, grad, max_saved=max_saved
+            dims_of(cores),
+            strategy,
+            bucket,
+            c0.element_size(),
+            c0.device.type,
+            grad,
+            max_saved=max_saved,
+            need=need,
         )
     # the key uses the torch.Size objects as they are: this lookup is on every layer call
     key = (
@@ -293,6 +310,7 @@ def choose_program(
         grad,
         cached,
         max_saved,
+        need,
     )
     prog = _PLAN_CACHE.get(key)
     if prog is None:
@@ -301,16 +319,24 @@ def choose_program(
         _check_chain(cores)
         dims = dims_of(cores)
         prog = _PLAN_CACHE[key] = _cost.choose(
-            dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved
+            dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need
         )
     return prog
 
 
 def make_plan(
-    dims: Dims, prog: Program, batch: int, item: int, device_type: str, grad: bool, cached: bool = False
+    dims: Dims,
+    prog: Program,
+    batch: int,
+    item: int,
+    device_type: str,
+    grad: bool,
+    cached: bool = False,
+    need: _cost.Need = _cost.BOTH,
 ) -> ContractionPlan:
     m = _cost.machine(device_type, item)
-    f, bf, t, saved, est = _cost.estimate(dims, prog, batch, item, grad, m, cached)
+    need = need if grad else _cost.BOTH
+    f, bf, t, saved, est = _cost.estimate(dims, prog, batch, item, grad, m, cached, need)
     kind, direction, groups = prog
     return ContractionPlan(
         kind="sweep" if kind == "resweep" else kind,  # type: ignore[arg-type]
@@ -327,6 +353,8 @@ def make_plan(
         saved_bytes=saved,
         est_seconds=est,
         recompute=grad and (kind == "resweep" or direction == "recompute"),
+        input_grad=need[0],
+        cores_grad=need[1],
     )
 
 
@@ -371,6 +399,8 @@ def plan(
     strategy: Strategy = "auto",
     cached_merges: bool = False,
     max_saved_bytes: int | None = None,
+    input_requires_grad: bool = True,
+    cores_require_grad: bool = True,
 ) -> ContractionPlan:
     """The plan :func:`linear` uses for ``x @ W^T`` with ``batch_size`` rows, and its estimated cost.
 
@@ -391,6 +421,9 @@ def plan(
             ones at best). Ignored without gradients (nothing is kept). Such plans are
             made (and cached) for the batch size itself, not its power-of-two bucket; sizes are the cores' dtype
             (autocast is not seen).
+        input_requires_grad, cores_require_grad: when training, which gradients backward computes, as
+            :func:`linear` reads them from ``x`` and the cores: a first layer's input needs none (False), a
+            frozen layer's cores need none. Not both False.
 
     Returns:
         A frozen :class:`ContractionPlan`; ``str(plan)`` reads like
@@ -398,7 +431,8 @@ def plan(
         than the dense product's 1 GFLOP), est. ...``.
 
     Raises:
-        ValueError: unknown strategy, a batch size that is not an int >= 0, a negative ``max_saved_bytes``.
+        ValueError: unknown strategy, a batch size that is not an int >= 0, a negative ``max_saved_bytes``,
+            training with neither ``input_requires_grad`` nor ``cores_require_grad``.
         ShapeError: malformed cores. TypeError: not a TT-matrix, a ``max_saved_bytes`` that is not an int.
 
     Complexity:
@@ -422,14 +456,20 @@ def plan(
     if requires_grad and max_saved is not None:  # (as linear counts them)
         max_saved = max(0, max_saved - core_copy_bytes(cores))
     _check_flag(cached_merges, "plan", "cached_merges")
+    need = _need(input_requires_grad, cores_require_grad, requires_grad, "plan")
     cached = cached_merges and not requires_grad
-    prog = choose_program(cores, batch_size, requires_grad, strategy, cached, max_saved)
+    prog = choose_program(cores, batch_size, requires_grad, strategy, cached, max_saved, need)
     c0 = cores[0]
-    return make_plan(dims, prog, batch_size, c0.element_size(), c0.device.type, requires_grad, cached)
+    return make_plan(dims, prog, batch_size, c0.element_size(), c0.device.type, requires_grad, cached, need)
 
 
 def enumerate_plans(
-    weight: TensorTrain | Sequence[torch.Tensor], batch_size: int, *, requires_grad: bool = False
+    weight: TensorTrain | Sequence[torch.Tensor],
+    batch_size: int,
+    *,
+    requires_grad: bool = False,
+    input_requires_grad: bool = True,
+    cores_require_grad: bool = True,
 ) -> list[ContractionPlan]:
     """Every plan the planner knows for this TT-matrix: full (each split) and both sweeps for every grouping.
 
@@ -437,6 +477,7 @@ def enumerate_plans(
         weight: TT-matrix ``W`` or its cores.
         batch_size: number of rows of ``x``.
         requires_grad: price backward too.
+        input_requires_grad, cores_require_grad: which gradients that backward computes (see :func:`plan`).
 
     Returns:
         ``d - 1`` full plans (one for ``d = 1``) and ``2 * 2^(d-1)`` sweeps, each with its estimated cost;
@@ -444,7 +485,8 @@ def enumerate_plans(
         recomputing it.
 
     Raises:
-        ShapeError: malformed cores. TypeError: not a TT-matrix.
+        ShapeError: malformed cores. TypeError: not a TT-matrix. ValueError: training with neither
+            ``input_requires_grad`` nor ``cores_require_grad``.
 
     Complexity:
         ``O(2^d d)``: meant for tests and inspection, not the hot path.
@@ -458,6 +500,7 @@ def enumerate_plans(
     cores = cores_of(weight, "enumerate_plans")
     batch_size = _batch_size(batch_size, "enumerate_plans")
     _check_flag(requires_grad, "enumerate_plans", "requires_grad")
+    need = _need(input_requires_grad, cores_require_grad, requires_grad, "enumerate_plans")
     dims = dims_of(cores)
     d = len(cores)
     progs = _cost.full_programs(d, requires_grad)
@@ -468,4 +511,16 @@ def enumerate_plans(
         if requires_grad:
             progs += [("resweep", "rtl", groups), ("resweep", "ltr", groups)]
     c0 = cores[0]
-    return [make_plan(dims, p, batch_size, c0.element_size(), c0.device.type, requires_grad) for p in progs]
+    item, kind = c0.element_size(), c0.device.type
+    return [make_plan(dims, p, batch_size, item, kind, requires_grad, need=need) for p in progs]
+
+
+def _need(input_grad: bool, cores_grad: bool, requires_grad: bool, fn: str) -> _cost.Need:
+    _check_flag(input_grad, fn, "input_requires_grad")
+    _check_flag(cores_grad, fn, "cores_require_grad")
+    if requires_grad and not (input_grad or cores_grad):
+        raise ValueError(
+            f"{fn}: with requires_grad=True, the input or the cores must need a gradient (input_requires_grad, "
+            "cores_require_grad): both are False"
+        )
+    return (input_grad, cores_grad)

@@ -421,12 +421,17 @@ class TTLinear(TTModule):
             return y + (bias if bias.dtype == y.dtype else bias.to(y.dtype))
         return y.contiguous()
 
-    def plan(self, batch_size: int, *, requires_grad: bool | None = None) -> ContractionPlan:
+    def plan(
+        self, batch_size: int, *, requires_grad: bool | None = None, input_requires_grad: bool = True
+    ) -> ContractionPlan:
         """The contraction plan :meth:`forward` uses for ``batch_size`` rows, with its estimated FLOPs.
 
         Args:
             batch_size: rows of the input (all leading dims flattened).
             requires_grad: price backward too; default: whether the cores require grad and grad mode is on.
+            input_requires_grad: when training, whether the input needs a gradient (False for a first layer:
+                its backward then skips that product, and the plan may differ). The cores' need is read from
+                them (frozen cores: the input's gradient only).
 
         Returns:
             A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. A
@@ -451,6 +456,7 @@ class TTLinear(TTModule):
         # without gradients the layer keeps its merged core groups between calls (see clear_cache), unless
         # prune or parametrize reroute its registries (forward then plans without them)
         cores = self._modules["cores"]
+        frozen = not any(c.requires_grad for c in weight.tt_cores)
         p = contraction_plan(
             weight,
             batch_size,
@@ -458,6 +464,8 @@ class TTLinear(TTModule):
             strategy=self._strategy,
             cached_merges=self._plain_registries(cores, cores._parameters),  # type: ignore[union-attr]
             max_saved_bytes=limit,
+            input_requires_grad=input_requires_grad or frozen,
+            cores_require_grad=not frozen,
         )
         return dataclasses.replace(p, saved_bytes=p.saved_bytes + padded) if padded and p.requires_grad else p
 
