@@ -6,6 +6,10 @@ implementations. This times one case, forward or forward+backward, with every re
 
     .venv/bin/python benchmarks/cell.py 4096x4096-r64 --batch 1024 --repeats 15
     .venv/bin/python benchmarks/cell.py 784x625-r16 --batch 64 --forward
+    .venv/bin/python benchmarks/cell.py 784x625-r16 --batch 64 --first-layer --strategy grouped_ltr
+
+``--first-layer``: the input needs no gradient (a network's first layer); ``--frozen``: the cores need none;
+``--strategy``: force the TT layer's plan instead of the planner's.
 """
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--forward", action="store_true", help="time the forward only (default: forward+backward)"
     )
+    ap.add_argument("--first-layer", action="store_true", help="an input without gradient (a first layer)")
+    ap.add_argument("--frozen", action="store_true", help="frozen cores (the input's gradient only)")
+    ap.add_argument("--strategy", choices=tt.contraction.STRATEGIES, default="auto")
     args = ap.parse_args(argv)
+    if args.first_layer and args.frozen:
+        ap.error("--first-layer and --frozen: then nothing needs a gradient (time --forward instead)")
     torch.set_num_threads(args.threads)
     _, fin, fout, in_dims, out_dims, rank = LAYER_CASES[names.index(args.case)]
     torch.manual_seed(0)
@@ -44,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     peers, notes = peer_layers(in_dims, out_dims, mods["tt"].weight.tt_ranks)  # type: ignore[union-attr]
     mods |= peers
-    x = torch.randn(args.batch, fin, requires_grad=not args.forward)
+    mods["tt"].strategy = args.strategy
+    if args.frozen:
+        for m in mods.values():
+            m.requires_grad_(False)
+    x = torch.randn(args.batch, fin, requires_grad=not (args.forward or args.first_layer))
     if args.forward:
         with torch.no_grad():
             times = interleaved({k: (lambda m=m: m(x)) for k, m in mods.items()}, args.repeats,
@@ -52,8 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         times = interleaved({k: (lambda m=m: m(x).sum().backward()) for k, m in mods.items()}, args.repeats,
                             budget_s=float("inf"), warm_each=True)  # fmt: skip
-    plan = mods["tt"].plan(args.batch, requires_grad=not args.forward).describe()  # type: ignore[operator]
+    plan = (
+        mods["tt"]
+        .plan(  # type: ignore[operator]
+            args.batch, requires_grad=not args.forward, input_requires_grad=not args.first_layer
+        )
+        .describe()
+    )
     what = "forward" if args.forward else "forward+backward"
+    what += ", first layer" if args.first_layer else ", frozen" if args.frozen else ""
     print(
         f"{args.case} batch {args.batch}, {what}, {times['_n']} repeats, threads {args.threads}; plan: {plan}"
     )
