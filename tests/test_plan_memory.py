@@ -162,6 +162,23 @@ def test_a_first_or_frozen_layer_prices_only_the_gradients_it_computes():
     )
     with pytest.raises(ValueError, match="the input or the cores must need a gradient"):
         C.plan(w, batch, input_requires_grad=False, cores_require_grad=False, requires_grad=True)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=16, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5))
+    layer.cores.requires_grad_(False)
+    assert not layer.plan(batch, requires_grad=True).cores_grad
+    with pytest.raises(ValueError, match="the input or the cores must need a gradient"):
+        layer.plan(batch, requires_grad=True, input_requires_grad=False)
+
+
+def test_the_machine_for_a_dtype_changes_only_the_gemm_rate():
+    """machine() spells out every field (dynamo of old torch releases cannot trace NamedTuple._replace): a field
+    added to Machine but not there would silently take its default."""
+    from tensortrain import contraction_cost as cost
+
+    for kind, base in cost.MACHINES.items():
+        for item in (2, 4, 8):
+            m = cost.machine(kind, item)
+            assert m._replace(flops=base.flops) == base
+            assert m.flops == base.flops * 4.0 / max(item, 4)
 
 
 def dense_cols(cols) -> int:

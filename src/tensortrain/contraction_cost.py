@@ -275,14 +275,14 @@ def merged_kept(dims: Dims, i: int, j: int) -> int:
     return kept
 
 
-def super_kept(dims: Dims, i: int, j: int, direction: str) -> int:
+def super_kept(dims: Dims, i: int, j: int, direction: str, trained: bool = True) -> int:
     """Elements of group ``[i, j)``'s super-core that a training sweep keeps beyond the parameters: the merged
-    group (and its partial products), or for a single core in a left-to-right sweep its permuted copy
-    (contraction_exec.super_of), unless that permute is a view."""
+    group (and its partial products, which autograd records only for ``trained`` cores), or for a single core in
+    a left-to-right sweep its permuted copy (contraction_exec.super_of), unless that permute is a view."""
     rows, cols, ranks = dims
     size = ranks[i] * prod(rows[i:j]) * prod(cols[i:j]) * ranks[j]
     if j - i > 1:
-        return size + merged_kept(dims, i, j)
+        return size + (merged_kept(dims, i, j) if trained else 0)
     ra, mg, ng, rb = ranks[i], rows[i], cols[i], ranks[j]
     # (mg, rb) and (ra, ng) of the permuted (mg, rb, ra, ng) merge into views only when a dim is 1 or ng == 1
     # (mg's stride is ng * rb) and mg == 1 (ra's stride is mg * ng * rb)
@@ -312,13 +312,12 @@ def sweep_cost(
         a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute)
         acc, saved = _sum(acc, a), saved + s
         final = i == 0 if direction == "rtl" else j == d  # the step executed last: its output is y
-        if (j == d if direction == "rtl" else i == 0) and not cached:  # the step that reads x: its state
-            dx = _minus(a, merge_cost(dims, i, j, item))  # gradient is x's
+        # the step that reads x: where the input needs no gradient, backward skips that step's state gradient
+        if grad and not need[0] and (j == d if direction == "rtl" else i == 0):
+            dx = _minus(a, merge_cost(dims, i, j, item))
         if recompute and not final:
             again = _sum(again, _minus(a, merge_cost(dims, i, j, item)))
-        supers += super_kept(dims, i, j, direction)
-        if not need[1] and j - i > 1:  # frozen cores: autograd records no merge, keeps no partial product
-            supers -= merged_kept(dims, i, j)
+        supers += super_kept(dims, i, j, direction, need[1])
         if grad and not final:
             out = item * batch * _state_per_row(dims, i, j, direction)[1]
             # a state kept for backward, and its gradient there, above glibc's largest mmap threshold are fresh

@@ -431,7 +431,7 @@ class TTLinear(TTModule):
             requires_grad: price backward too; default: whether the cores require grad and grad mode is on.
             input_requires_grad: when training, whether the input needs a gradient (False for a first layer:
                 its backward then skips that product, and the plan may differ). The cores' need is read from
-                them (frozen cores: the input's gradient only).
+                them (frozen cores: the input's gradient only; then this must be True).
 
         Returns:
             A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. A
@@ -456,7 +456,6 @@ class TTLinear(TTModule):
         # without gradients the layer keeps its merged core groups between calls (see clear_cache), unless
         # prune or parametrize reroute its registries (forward then plans without them)
         cores = self._modules["cores"]
-        frozen = not any(c.requires_grad for c in weight.tt_cores)
         p = contraction_plan(
             weight,
             batch_size,
@@ -464,8 +463,8 @@ class TTLinear(TTModule):
             strategy=self._strategy,
             cached_merges=self._plain_registries(cores, cores._parameters),  # type: ignore[union-attr]
             max_saved_bytes=limit,
-            input_requires_grad=input_requires_grad or frozen,
-            cores_require_grad=not frozen,
+            input_requires_grad=input_requires_grad,
+            cores_require_grad=any(c.requires_grad for c in weight.tt_cores),
         )
         return dataclasses.replace(p, saved_bytes=p.saved_bytes + padded) if padded and p.requires_grad else p
 
