@@ -3,14 +3,17 @@
 The cost model (``tensortrain.contraction_cost``) prices a plan as a linear function of five machine constants:
 ``seconds = flops / F + streamed bytes / BW + permuted bytes / BW_perm + launches * t_launch + slices * t_slice``.
 This script times several candidate plans of every benchmark layer (``benchmarks/run.py``'s cases) at batch
-1, 64 and 1024, forward (no grad) and forward+backward, fits the five constants by non-negative least squares
-on relative error, and prints
+1, 64 and 1024, in the chosen modes (``--modes``: ``infer``, forward without grad; ``train``, forward+backward
+with the input and the cores needing gradients; ``first``, a network's first layer, whose input needs none;
+``frozen``, cores that need none), fits the constants by non-negative least squares on relative error, and
+prints
 
 * the fitted constants next to the ones in ``MACHINES`` (paste them there to adopt them);
 * per case, the measured time of the plan the planner picks with the current and with the fitted constants,
   against the fastest plan measured ("regret" = chosen / fastest).
 
     .venv/bin/python benchmarks/calibrate.py --threads 2 --json benchmarks/calibration.json
+    .venv/bin/python benchmarks/calibrate.py --modes first,frozen --search 0
 
 Timings are medians of interleaved repeats in one process; the machine should be otherwise idle.
 """
@@ -37,9 +40,18 @@ from tensortrain import contraction_cost as cost  # noqa: E402
 from tensortrain import contraction_plan as P  # noqa: E402
 
 NAMES = ("flops", "stream", "permute", "launch", "slice", "touch")
+# mode -> (grad, (input needs a gradient, cores need gradients))
+MODES: dict[str, tuple[bool, cost.Need]] = {
+    "infer": (False, cost.BOTH),
+    "train": (True, cost.BOTH),
+    "first": (True, (False, True)),
+    "frozen": (True, (True, False)),
+}
 
 
-def features(dims: cost.Dims, prog: cost.Program, batch: int, item: int, grad: bool) -> list[float]:
+def features(
+    dims: cost.Dims, prog: cost.Program, batch: int, item: int, grad: bool, need: cost.Need = cost.BOTH
+) -> list[float]:
     """The six coefficients of the cost model's time for ``prog``: one basis machine per constant."""
     inf = math.inf
     basis = [
@@ -50,14 +62,16 @@ def features(dims: cost.Dims, prog: cost.Program, batch: int, item: int, grad: b
         cost.Machine(inf, inf, inf, 0.0, 1.0, inf),
         cost.Machine(inf, inf, inf, 0.0, 0.0, 1.0),
     ]
-    return [cost.estimate(dims, prog, batch, item, grad, m).seconds for m in basis]
+    return [cost.estimate(dims, prog, batch, item, grad, m, need=need).seconds for m in basis]
 
 
-def programs(dims: cost.Dims, batch: int, item: int, grad: bool) -> list[cost.Program]:
+def programs(
+    dims: cost.Dims, batch: int, item: int, grad: bool, need: cost.Need = cost.BOTH
+) -> list[cost.Program]:
     """The planner's own candidates plus core-by-core and paired sweeps both ways (deduplicated)."""
     d = len(dims[0])
     m = cost.machine("cpu", item)
-    progs = cost.candidates(dims, "auto", batch, item, grad, m)
+    progs = cost.candidates(dims, "auto", batch, item, grad, m, need=need)
     for direction in ("rtl", "ltr"):
         progs.append(("sweep", direction, tuple((k, k + 1) for k in range(d))))
         if d >= 4:
@@ -69,7 +83,7 @@ def programs(dims: cost.Dims, batch: int, item: int, grad: bool) -> list[cost.Pr
     return seen
 
 
-def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
+def measure(repeats: int, slow_s: float, modes: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
         torch.manual_seed(0)
@@ -78,40 +92,37 @@ def measure(repeats: int, slow_s: float) -> list[dict[str, Any]]:
         dims = P.dims_of(cores)
         item = cores[0].element_size()
         for batch in BATCHES:
-            x = torch.randn(batch, fin)
-            xg = x.clone().requires_grad_(True)
-            for grad in (False, True):
-                progs = programs(dims, batch, item, grad)
+            for mode in modes:
+                grad, need = MODES[mode]
+                x = torch.randn(batch, fin, requires_grad=grad and need[0])
+                cs = cores if need[1] else tuple(c.detach() for c in cores)
+                progs = programs(dims, batch, item, grad, need)
                 fns = {}
                 for i, p in enumerate(progs):
-                    plan = P.make_plan(dims, p, batch, item, "cpu", grad)
+                    plan = P.make_plan(dims, p, batch, item, "cpu", grad, need=need)
                     if grad:
-                        fns[str(i)] = lambda p=plan, x=xg, cs=cores: (
-                            C.linear(x, cs, strategy=p).sum().backward()
-                        )
+                        fns[str(i)] = lambda p=plan, x=x, cs=cs: C.linear(x, cs, strategy=p).sum().backward()
                     else:
-                        fns[str(i)] = lambda p=plan, x=x, cs=cores: C.linear(x, cs, strategy=p)
-                if grad:
+                        fns[str(i)] = lambda p=plan, x=x, cs=cs: C.linear(x, cs, strategy=p)
+                with torch.set_grad_enabled(grad):
                     times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s, warm_each=True)
-                else:
-                    with torch.no_grad():
-                        times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s, warm_each=True)
                 for i, p in enumerate(progs):
                     rows.append(
                         {
                             "case": name,
                             "batch": batch,
                             "grad": grad,
+                            "mode": mode,
                             "program": [p[0], p[1], [list(g) for g in p[2]]],
                             "dims": [list(v) for v in dims],
-                            "describe": P.make_plan(dims, p, batch, item, "cpu", grad).describe(),
+                            "describe": P.make_plan(dims, p, batch, item, "cpu", grad, need=need).describe(),
                             "seconds": times[str(i)],
-                            "features": features(dims, p, batch, item, grad),
+                            "features": features(dims, p, batch, item, grad, need),
                         }
                     )
                 best = min(times[str(i)] for i in range(len(progs)))
                 print(
-                    f"  {name} B={batch} grad={grad}: {len(progs)} plans, fastest {best * 1e3:.3g} ms",
+                    f"  {name} B={batch} {mode}: {len(progs)} plans, fastest {best * 1e3:.3g} ms",
                     flush=True,
                 )
     return rows
@@ -127,7 +138,9 @@ def refeature(rows: list[dict[str, Any]]) -> None:
         dims = tuple(tuple(v) for v in r["dims"]) if "dims" in r else dims_of[r["case"]]
         kind, direction, groups = r["program"]
         prog = (kind, direction, tuple(tuple(g) for g in groups))
-        r["features"] = features(dims, prog, r["batch"], 4, r["grad"])  # type: ignore[arg-type]
+        # (rows written before modes existed are inference or full training)
+        r.setdefault("mode", "train" if r["grad"] else "infer")
+        r["features"] = features(dims, prog, r["batch"], 4, r["grad"], MODES[r["mode"]][1])  # type: ignore[arg-type]
 
 
 def nnls_relative(rows: list[dict[str, Any]]) -> list[float]:
@@ -180,11 +193,11 @@ def to_machine(theta: list[float]) -> cost.Machine:
 
 
 def regret(rows: list[dict[str, Any]], m: cost.Machine) -> list[dict[str, Any]]:
-    """Per (case, batch, grad): measured time of the plan ``m`` prices lowest, over the fastest measured."""
+    """Per (case, batch, mode): measured time of the plan ``m`` prices lowest, over the fastest measured."""
     out = []
-    keys = sorted({(r["case"], r["batch"], r["grad"]) for r in rows}, key=str)
+    keys = sorted({(r["case"], r["batch"], r["mode"]) for r in rows}, key=str)
     for key in keys:
-        group = [r for r in rows if (r["case"], r["batch"], r["grad"]) == key]
+        group = [r for r in rows if (r["case"], r["batch"], r["mode"]) == key]
         theta = [1 / m.flops, 1 / m.stream, 1 / m.permute, m.launch, m.slice, 1 / m.touch]
 
         def priced(r: dict[str, Any], theta: list[float] = theta) -> float:
@@ -199,7 +212,7 @@ def regret(rows: list[dict[str, Any]], m: cost.Machine) -> list[dict[str, Any]]:
             {
                 "case": key[0],
                 "batch": key[1],
-                "grad": key[2],
+                "mode": key[2],
                 "chosen": chosen["describe"],
                 "fastest": fastest["describe"],
                 "regret": chosen["seconds"] / fastest["seconds"],
@@ -225,7 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         default=3000,
         help="random-search samples minimizing regret after the fit (0: none)",
     )
+    ap.add_argument(
+        "--modes",
+        default="infer,train",
+        help=f"comma-separated, of {', '.join(MODES)} (default infer,train: the cases' own)",
+    )
     args = ap.parse_args(argv)
+    modes = args.modes.split(",")
+    if not modes or any(m not in MODES for m in modes):
+        ap.error(f"--modes: expected names from {', '.join(MODES)}, got {args.modes!r}")
     torch.set_num_threads(args.threads)
     if args.load:
         with open(args.load) as f:
@@ -233,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         refeature(rows)
     else:
         print(f"timing plans at {args.threads} threads (torch {torch.__version__}) ...", flush=True)
-        rows = measure(args.repeats, args.slow)
+        rows = measure(args.repeats, args.slow, modes)
     fitted = to_machine(nnls_relative(rows))
     if args.search:
         fitted = search_regret(rows, fitted, args.search, seed=0)
@@ -242,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in (*NAMES, "full_call"):  # (full_call is not fitted: the same in both)
         print(f"{n:9s} {getattr(current, n):10.3g}  {getattr(fitted, n):10.3g}")
     reg_cur, reg_fit = regret(rows, current), regret(rows, fitted)
-    print("\n| case | batch | grad | chosen (current) | regret | chosen (fitted) | regret | fastest |")
+    print("\n| case | batch | mode | chosen (current) | regret | chosen (fitted) | regret | fastest |")
     print("|---|---|---|---|---|---|---|---|")
     for a, b in zip(reg_cur, reg_fit, strict=True):
         print(
-            f"| {a['case']} | {a['batch']} | {a['grad']} | {a['chosen']} | {a['regret']:.2f}x | {b['chosen']} | "
+            f"| {a['case']} | {a['batch']} | {a['mode']} | {a['chosen']} | {a['regret']:.2f}x | {b['chosen']} | "
             f"{b['regret']:.2f}x | {a['fastest']} |"
         )
     for label, reg in (("current", reg_cur), ("fitted", reg_fit)):

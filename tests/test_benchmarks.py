@@ -87,3 +87,37 @@ def test_calibrate_reports_from_saved_timings(tmp_path, capsys):
     out = json.loads((tmp_path / "cal.json").read_text())
     assert set(out["current"]) == {*calibrate.NAMES, "full_call"}
     assert "full_call" in capsys.readouterr().out
+
+
+def test_calibrate_prices_each_mode_with_its_gradients(tmp_path):
+    """Rows of a first layer or frozen cores are priced for the gradients they compute (the planner's ``need``),
+    rows written before modes existed read as inference or full training, and each mode is its own case."""
+    prog = ["full", "recompute", [[0, 2], [2, 4]]]
+    rows = [
+        {
+            "case": "784x625-r16",
+            "batch": 64,
+            "grad": grad,
+            "program": prog,
+            "describe": "full",
+            "seconds": 1e-3,
+        }
+        | ({} if mode is None else {"mode": mode})
+        for grad, mode in ((False, None), (True, None), (True, "first"), (True, "frozen"))
+    ]
+    calibrate.refeature(rows)
+    assert [r["mode"] for r in rows] == ["infer", "train", "first", "frozen"]
+    seconds = [sum(r["features"]) for r in rows]
+    assert len(set(seconds)) == 4  # four different prices of one program
+    assert seconds[2] < seconds[1] and seconds[3] < seconds[1]  # each skips a product of full training
+    reg = calibrate.regret(rows, calibrate.cost.MACHINES["cpu"])
+    assert sorted(r["mode"] for r in reg) == ["first", "frozen", "infer", "train"]
+
+
+def test_calibrate_refuses_unknown_modes(capsys):
+    with pytest.raises(SystemExit) as info:
+        calibrate.main(["--modes", "train,bogus", "--load", "unused.json"])
+    assert (
+        info.value.code == 2
+        and "--modes: expected names from infer, train, first, frozen" in capsys.readouterr().err
+    )
