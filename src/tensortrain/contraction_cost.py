@@ -63,6 +63,8 @@ CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the sl
 # state fits in this many bytes (measured best on the 2-core EPYC: 32 rows for 4096x4096 rank 16, 128 for
 # 768x3072); states that fit the cache run whole (784x625 rank 4 at batch 1024 ran slower in chunks).
 CHUNK_BYTES = 8 * 2**20
+# ... and such chunks' traffic is priced at this many times the stream bandwidth (see step_cost).
+CHUNKED_SPEEDUP = 2.0
 # Training sweeps of at least this many rows run contraction_exec.SweepFunction (below, autograd's matmul).
 SWEEP_FUNCTION_MIN_BATCH = 8
 # A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES whose GEMM outputs, and a temporary W itself,
@@ -90,6 +92,9 @@ class _Acc(NamedTuple):
     launches: int = 0
     slices: int = 0
     slow_flops: int = 0  # FLOPs priced a second time (slow GEMMs), never reported as FLOPs
+    chunked: int = (
+        0  # bytes of an inference sweep's chunked, cache-resident states (priced at CHUNKED_SPEEDUP)
+    )
 
 
 # (functions, not operators and methods of _Acc: this runs inside compiled graphs, and the dynamo of torch 2.6 to
@@ -106,6 +111,7 @@ def _seconds(acc: _Acc, m: Machine) -> float:
     return (
         (acc.flops + acc.slow_flops) / m.flops
         + acc.stream / m.stream
+        + acc.chunked / (m.stream * CHUNKED_SPEEDUP)
         + acc.permute / m.permute
         + acc.launches * m.launch
         + acc.slices * m.slice
@@ -248,9 +254,13 @@ def step_cost(
     # FLOPs it does)
     flops = 2 * outer * q * k * p
     slow = flops if big else 0
+    # a chunk's states stay in cache: priced as other in-cache traffic, the planner built W where these sweeps
+    # measured faster (768x3072 rank 16 at batch 1024: 0.92x nn.Linear's time against the full plan's 1.05x;
+    # 4096x4096 rank 64 at batch 64: 1.62x against 2.06x; benchmarks/calibrate.py on the 2-core EPYC)
+    stream, chunked = (0, traffic) if chunks > 1 and (p == 1 or p >= 16) else (0 if big else traffic, 0)
     acc = _sum(
         acc,
-        _Acc(flops, 0 if big else traffic, traffic if big else 0, 3 * chunks, outer if p > 1 else 0, slow),
+        _Acc(flops, stream, traffic if big else 0, 3 * chunks, outer if p > 1 else 0, slow, chunked),
     )
     saved = 0
     if grad:
@@ -325,7 +335,7 @@ def sweep_cost(
             # only the gradient is fresh)
             fresh += (1 if recompute or not need[1] else 2) * out if out >= BLOCKED_ABOVE else 0
     if not grad:
-        return Cost(acc.flops, 0, acc.stream + acc.permute, 0, _seconds(acc, m))
+        return Cost(acc.flops, 0, acc.stream + acc.permute + acc.chunked, 0, _seconds(acc, m))
     # dS per step but x's unless the input needs it; dA per step and any recomputed steps for the cores' (frozen
     # cores: SweepFunction keeps and recomputes no states)
     d_states = acc if need[0] else _minus(acc, dx)
