@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.metadata
 import json
 import os
 import statistics
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "versions": {
                 "tensorflow": tf.__version__,
-                "t3f": getattr(t3f, "__version__", "?"),
+                "t3f": importlib.metadata.version("t3f"),  # (t3f has no __version__)
                 "tf_keras": keras.__version__,
                 "numpy": np.__version__,
             },
