@@ -92,9 +92,8 @@ class _Acc(NamedTuple):
     launches: int = 0
     slices: int = 0
     slow_flops: int = 0  # FLOPs priced a second time (slow GEMMs), never reported as FLOPs
-    chunked: int = (
-        0  # bytes of an inference sweep's chunked, cache-resident states (priced at CHUNKED_SPEEDUP)
-    )
+    # bytes of an inference sweep's chunked, cache-resident states (priced at CHUNKED_SPEEDUP)
+    chunked: int = 0
 
 
 # (functions, not operators and methods of _Acc: this runs inside compiled graphs, and the dynamo of torch 2.6 to
@@ -256,7 +255,10 @@ def step_cost(
     slow = flops if big else 0
     # a chunk's states stay in cache: priced as other in-cache traffic, the planner built W where these sweeps
     # measured faster (768x3072 rank 16 at batch 1024: 0.92x nn.Linear's time against the full plan's 1.05x;
-    # 4096x4096 rank 64 at batch 64: 1.62x against 2.06x; benchmarks/calibrate.py on the 2-core EPYC)
+    # 4096x4096 rank 64 at batch 64: 1.62x against 2.06x; benchmarks/calibrate.py on the 2-core EPYC). Only
+    # where the step's GEMMs are wide (one GEMM, p == 1, or slices of p >= 16 columns): narrow slices run far
+    # below the FLOP rate, which the full price happened to stand in for (30522x768 rank 16 at batch 256 took a
+    # grouping with 4-column slices that measured 2.7x slower when every chunk was discounted)
     stream, chunked = (0, traffic) if chunks > 1 and (p == 1 or p >= 16) else (0 if big else traffic, 0)
     acc = _sum(
         acc,
