@@ -7,9 +7,11 @@ implementations. This times one case, forward or forward+backward, with every re
     .venv/bin/python benchmarks/cell.py 4096x4096-r64 --batch 1024 --repeats 15
     .venv/bin/python benchmarks/cell.py 784x625-r16 --batch 64 --forward
     .venv/bin/python benchmarks/cell.py 784x625-r16 --batch 64 --first-layer --strategy grouped_ltr
+    .venv/bin/python benchmarks/cell.py 768x3072-r16 --batch 1024 --forward --strategy auto,full,grouped_rtl
 
 ``--first-layer``: the input needs no gradient (a network's first layer); ``--frozen``: the cores need none;
-``--strategy``: force the TT layer's plan instead of the planner's.
+``--strategy``: force the TT layer's plan instead of the planner's; several, comma-separated, time one TT layer
+per strategy side by side in the same process (``tt[full]``, ...), as plans compare reliably only there.
 """
 
 from __future__ import annotations
@@ -40,8 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--first-layer", action="store_true", help="an input without gradient (a first layer)")
     ap.add_argument("--frozen", action="store_true", help="frozen cores (the input's gradient only)")
-    ap.add_argument("--strategy", choices=tt.contraction.STRATEGIES, default="auto")
+    ap.add_argument(
+        "--strategy",
+        default="auto",
+        help=f"one or several (comma-separated) of {', '.join(tt.contraction.STRATEGIES)}",
+    )
     args = ap.parse_args(argv)
+    strategies = args.strategy.split(",")
+    bad = [s for s in strategies if s not in tt.contraction.STRATEGIES]
+    if bad or len(set(strategies)) < len(strategies):
+        ap.error(
+            f"--strategy: expected distinct names from {', '.join(tt.contraction.STRATEGIES)}, got {args.strategy!r}"
+        )
     if args.first_layer and args.frozen:
         ap.error("--first-layer and --frozen: then nothing needs a gradient (time --forward instead)")
     torch.set_num_threads(args.threads)
@@ -53,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     peers, notes = peer_layers(in_dims, out_dims, mods["tt"].weight.tt_ranks)  # type: ignore[union-attr]
     mods |= peers
-    mods["tt"].strategy = args.strategy
+    if len(strategies) == 1:
+        mods["tt"].strategy = strategies[0]
+    else:  # one layer per strategy, the same cores
+        base = mods.pop("tt")
+        for s in strategies:
+            layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
+            layer.load_state_dict(base.state_dict())
+            layer.strategy = s
+            mods[f"tt[{s}]"] = layer
     if args.frozen:
         for m in mods.values():
             m.requires_grad_(False)
@@ -65,21 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     else:
         times = interleaved({k: (lambda m=m: m(x).sum().backward()) for k, m in mods.items()}, args.repeats,
                             budget_s=float("inf"), warm_each=True)  # fmt: skip
-    plan = (
-        mods["tt"]
-        .plan(  # type: ignore[operator]
+    plans = {
+        k: m.plan(  # type: ignore[operator]
             args.batch, requires_grad=not args.forward, input_requires_grad=not args.first_layer
-        )
-        .describe()
-    )
+        ).describe()
+        for k, m in mods.items()
+        if k.startswith("tt")
+    }
     what = "forward" if args.forward else "forward+backward"
     what += ", first layer" if args.first_layer else ", frozen" if args.frozen else ""
-    print(
-        f"{args.case} batch {args.batch}, {what}, {times['_n']} repeats, threads {args.threads}; plan: {plan}"
-    )
+    head = f"{args.case} batch {args.batch}, {what}, {times['_n']} repeats, threads {args.threads}"
+    print(head + (f"; plan: {plans['tt']}" if "tt" in plans else ""))
+    for k, plan in plans.items():
+        if k != "tt":
+            print(f"  {k}: {plan}")
     for k in mods:
         once = " (timed once)" if k in times["_once"] else ""
-        print(f"  {k:8s} {1000 * times[k]:9.2f} ms  {times[k] / times['dense']:.3f}x nn.Linear{once}")
+        print(f"  {k:14s} {1000 * times[k]:9.2f} ms  {times[k] / times['dense']:.3f}x nn.Linear{once}")
     for k, note in notes.items():
         print(f"  {k}: {note}")
     return 0

@@ -121,3 +121,12 @@ def test_calibrate_refuses_unknown_modes(capsys):
         info.value.code == 2
         and "--modes: expected names from infer, train, first, frozen" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("strategy", ["bogus", "full,full", "auto,"])
+def test_cell_refuses_bad_strategy_lists(strategy, capsys):
+    import cell
+
+    with pytest.raises(SystemExit) as info:
+        cell.main(["784x625-r4", "--strategy", strategy])
+    assert info.value.code == 2 and "--strategy: expected distinct names from" in capsys.readouterr().err
