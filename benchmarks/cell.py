@@ -17,6 +17,7 @@ per strategy side by side in the same process (``tt[full]``, ...), as plans comp
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -70,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     else:  # one layer per strategy, the same cores
         base = mods.pop("tt")
         for s in strategies:
-            layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
-            layer.load_state_dict(base.state_dict())
+            layer = copy.deepcopy(base)
             layer.strategy = s
             mods[f"tt[{s}]"] = layer
     if args.frozen:

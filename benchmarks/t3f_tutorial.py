@@ -41,21 +41,29 @@ TARGETS = {"a": 96.0, "b": 97.0, "d": 97.5}
 
 
 def read_idx(root: Path, stem: str):  # type: ignore[no-untyped-def]
-    """An IDX file (gzipped or not) as a NumPy array."""
+    """An IDX file (gzipped or not) as a NumPy array. (tensortrain.datasets has the checked reader; this script
+    runs where neither tensortrain nor torch is installed.)"""
     import numpy as np
 
     path = root / (stem + ".gz")
-    data = gzip.open(path).read() if path.exists() else (root / stem).read_bytes()
+    if path.exists():
+        with gzip.open(path) as f:
+            data = f.read()
+    else:
+        data = (root / stem).read_bytes()
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def parse_seeds(text: str) -> list[int]:
+    """``0-19`` or ``0,3,7`` as a list (the demo's ``--seeds`` syntax)."""
     seeds: list[int] = []
     for part in text.split(","):
         lo, _, hi = part.partition("-")
         seeds += list(range(int(lo), int(hi or lo) + 1))
+    if not seeds:
+        raise ValueError(f"--seeds {text!r} names no seed")
     return seeds
 
 

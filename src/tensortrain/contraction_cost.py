@@ -63,8 +63,10 @@ CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the sl
 # state fits in this many bytes (measured best on the 2-core EPYC: 32 rows for 4096x4096 rank 16, 128 for
 # 768x3072); states that fit the cache run whole (784x625 rank 4 at batch 1024 ran slower in chunks).
 CHUNK_BYTES = 8 * 2**20
-# ... and such chunks' traffic is priced at this many times the stream bandwidth (see step_cost).
+# ... and such chunks' traffic is priced at this many times the stream bandwidth where their GEMMs are wide: one
+# GEMM, or slices at least WIDE_SLICE columns wide (see step_cost).
 CHUNKED_SPEEDUP = 2.0
+WIDE_SLICE = 16
 # Training sweeps of at least this many rows run contraction_exec.SweepFunction (below, autograd's matmul).
 SWEEP_FUNCTION_MIN_BATCH = 8
 # A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES whose GEMM outputs, and a temporary W itself,
@@ -256,10 +258,11 @@ def step_cost(
     # a chunk's states stay in cache: priced as other in-cache traffic, the planner built W where these sweeps
     # measured faster (768x3072 rank 16 at batch 1024: 0.92x nn.Linear's time against the full plan's 1.05x;
     # 4096x4096 rank 64 at batch 64: 1.62x against 2.06x; benchmarks/calibrate.py on the 2-core EPYC). Only
-    # where the step's GEMMs are wide (one GEMM, p == 1, or slices of p >= 16 columns): narrow slices run far
-    # below the FLOP rate, which the full price happened to stand in for (30522x768 rank 16 at batch 256 took a
-    # grouping with 4-column slices that measured 2.7x slower when every chunk was discounted)
-    stream, chunked = (0, traffic) if chunks > 1 and (p == 1 or p >= 16) else (0 if big else traffic, 0)
+    # where the step's GEMMs are wide (one GEMM, p == 1, or slices of p >= WIDE_SLICE columns): narrow slices run
+    # far below the FLOP rate, which the full price happened to stand in for (30522x768 rank 16 at batch 256 took
+    # a grouping with 4-column slices that measured 2.7x slower when every chunk was discounted)
+    chunked = traffic if chunks > 1 and (p == 1 or p >= WIDE_SLICE) else 0
+    stream = 0 if big or chunked else traffic
     acc = _sum(
         acc,
         _Acc(flops, stream, traffic if big else 0, 3 * chunks, outer if p > 1 else 0, slow, chunked),
