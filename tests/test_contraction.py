@@ -461,7 +461,7 @@ def test_plan_cache(gen):
 def test_bad_strategy_lists_valid_ones(gen):
     cores = random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
     x = torch.randn(2, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="unknown strategy 'fastest'.*auto, full, grouped_rtl"):
+    with pytest.raises(ValueError, match="unknown strategy 'fastest'.*auto, tune, full, grouped_rtl"):
         C.linear(x, cores, strategy="fastest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="valid strategies are"):
         C.plan(cores, 2, strategy="rtl")  # type: ignore[arg-type]

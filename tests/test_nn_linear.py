@@ -830,7 +830,7 @@ def test_a_layer_can_be_told_its_contraction_strategy(monkeypatch):
     assert_close(y, x @ layer.dense_weight().T + layer.bias)
     assert "strategy='full'" in repr(layer)
     assert copy.deepcopy(layer).strategy == "full" and "strategy" not in str(list(layer.state_dict()))
-    with pytest.raises(ValueError, match="unknown strategy 'fast'; valid strategies are auto, full"):
+    with pytest.raises(ValueError, match="unknown strategy 'fast'; valid strategies are auto, tune, full"):
         layer.strategy = "fast"
     assert layer.strategy == "full"
 

@@ -16,10 +16,11 @@ activations kept for it), and runs the cheapest. Plans are cached per (core shap
 device type, grad mode, strategy); planning itself is plain Python on shapes, so it traces under
 ``torch.compile(fullgraph=True)``.
 
-This module is the public namespace and runs the plans. Behind it, in data-flow order: ``contraction_cost``
+This module is the public namespace and checks the operands. Behind it, in data-flow order: ``contraction_cost``
 (the cost model, plain Python on shapes), ``contraction_exec`` (the executors and their autograd functions),
-``contraction_plan`` (:class:`ContractionPlan`, :func:`plan`, :func:`enumerate_plans`, the plan cache) and
-``contraction_cache`` (what layers keep between inference calls).
+``contraction_plan`` (:class:`ContractionPlan`, :func:`plan`, :func:`enumerate_plans`, the plan cache),
+``contraction_cache`` (what layers keep between inference calls) and ``contraction_run`` (running a plan, and
+timing the candidates for ``strategy="tune"``).
 
 Symbols: ``d`` cores; core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the flattened batch size.
 """
@@ -32,19 +33,14 @@ from typing import Any
 import torch
 
 from . import contraction_cost as _cost
-from . import contraction_exec as _exec
 from ._transforms import autocasting, grad_recorded, transforms_active
-from .contraction_cache import cached_halves, cached_supers
 from .contraction_plan import (
     STRATEGIES,
     ContractionPlan,
-    Groups,
-    Program,
     Strategy,
     check_max_saved,
     check_strategy,
     choose_program,
-    chunk_rows,
     clear_plan_cache,
     core_copy_bytes,
     cores_of,
@@ -53,6 +49,7 @@ from .contraction_plan import (
     plan,
     plan_cache_size,
 )
+from .contraction_run import run
 from .errors import ShapeError
 from .operands import check_strided
 from .tensor_train import TensorTrain
@@ -73,61 +70,6 @@ __all__ = [
 _prod = _cost.prod
 
 
-# ------------------------------------------------------------------------------------------------ running
-def _run(
-    prog: Program,
-    x2d: torch.Tensor,
-    cores: Sequence[torch.Tensor],
-    bias: torch.Tensor | None,
-    grad: bool,
-    cache: dict | None = None,
-    inplace: bool = False,
-) -> torch.Tensor:
-    """``x2d @ W^T + bias`` by ``prog``: the full plan fuses the bias into its GEMM, sweeps add it after (in
-    place when ``inplace``: no autograd, no transform)."""
-    kind, direction, groups = prog
-    if kind == "full":
-        split = groups[0][1]
-        parts = None if cache is None else cached_halves(cache, cores, split)
-        return _exec.full_linear(x2d, cores, split, direction == "keep", bias, parts)
-    y = _sweep(x2d, cores, groups, str(direction), grad, cache, kind == "resweep")
-    # under autocast y is in the lower precision, as nn.Linear's output is: add the bias in that dtype
-    if bias is None:
-        return y
-    b = bias if bias.dtype == y.dtype else bias.to(y.dtype)
-    # y is the sweep's own fresh output: adding in place spares a second output-sized tensor (2x the inference
-    # peak, and up to 1.6x the time on wide outputs such as a 768 -> 30522 head)
-    return y.add_(b) if inplace else y + b
-
-
-def _sweep(
-    x2d: torch.Tensor,
-    cores: Sequence[torch.Tensor],
-    groups: Groups,
-    direction: str,
-    grad: bool,
-    cache: dict | None,
-    recompute: bool = False,
-) -> torch.Tensor:
-    chunk = None
-    b = x2d.shape[0]
-    eager = not torch.compiler.is_compiling()
-    if not grad and type(b) is int and b > 1 and eager:
-        # inference: large batches run in chunks of rows so that the sweep's states stay in cache (training
-        # keeps every state for backward anyway, and compiled graphs keep their batch symbolic)
-        rows = chunk_rows(cores, groups, direction)
-        chunk = rows[0] if b > rows[1] else None  # (rows per chunk, the largest batch that runs whole)
-    if grad and eager and type(b) is int and (recompute or b >= _cost.SWEEP_FUNCTION_MIN_BATCH):
-        # training: a hand-written backward without matmul's folding copies (not at tiny batches, where the
-        # Function's own overhead is the larger cost), which can also recompute the step inputs. Eager only: under
-        # dynamo a SymInt passes ``type(b) is int`` and the comparison would guard the batch (a second graph, a
-        # failed strict export)
-        return _exec.sweep_trained(x2d, _exec.supers_of(cores, groups, direction), direction, recompute)
-    if cache is None:
-        return _exec.sweep(x2d, _exec.supers_of(cores, groups, direction), direction, chunk)
-    return _exec.sweep(x2d, cached_supers(cache, cores, groups, direction), direction, chunk)
-
-
 # ---------------------------------------------------------------------------------------------- public API
 def linear(
     x: torch.Tensor,
@@ -143,8 +85,14 @@ def linear(
         x: dense input ``(..., N)``.
         weight: TT-matrix ``W`` or its cores ``(r_k, m_k, n_k, r_{k+1})``.
         bias: optional ``(M,)``.
-        strategy: ``"auto"`` (the cost model's cheapest), a forced strategy from :data:`STRATEGIES`, or a
-            :class:`ContractionPlan` (e.g. one from :func:`enumerate_plans`).
+        strategy: ``"auto"`` (the cost model's cheapest), ``"tune"``, a forced strategy from
+            :data:`STRATEGIES`, or a :class:`ContractionPlan` (e.g. one from :func:`enumerate_plans`).
+            ``"tune"`` times the candidates ``"auto"`` weighs (those estimated within 3x of the cheapest) on
+            random operands of this call's shapes, the first time each plan-cache key is seen, and keeps the
+            fastest (as ``torch.backends.cudnn.benchmark``): that first call takes a few times longer (about
+            three forward, or forward and backward, calls per candidate, at most about a second of timed
+            rounds), and the choice may differ between runs and machines (every plan gives the same result
+            up to rounding). Under ``torch.compile``, ``torch.func`` and tracing it is ``"auto"``.
         max_saved_bytes: when training, take the fastest plan that keeps at most this many bytes of
             activations for backward (see :func:`plan`); None: the fastest. A forced
             :class:`ContractionPlan` runs as it is.
@@ -284,7 +232,7 @@ def apply_unchecked(
     plain = not grad and not transforms_active()  # inference outside tracing and torch.func: caches, in place
     cached = cache is not None and plain
     prog = choose_program(cores, x2d.shape[0], grad, strategy, cached, max_saved, need)
-    y = _run(prog, x2d, cores, bias, grad, cache if cached else None, plain and not torch.is_grad_enabled())
+    y = run(prog, x2d, cores, bias, grad, cache if cached else None, plain and not torch.is_grad_enabled())
     return y if len(lead) == 1 else y.reshape(*lead, y.shape[-1])
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from . import contraction_cost as _cost
-from ._transforms import grad_recorded
+from ._transforms import grad_recorded, transforms_active
 from .errors import ShapeError
 from .shapes import as_int
 from .tensor_train import TensorTrain
@@ -32,7 +32,7 @@ __all__ = [
     "plan_cache_size",
 ]
 
-Strategy = Literal["auto", "full", "grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"]
+Strategy = Literal["auto", "tune", "full", "grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 Groups = _cost.Groups
@@ -288,11 +288,13 @@ def choose_program(
     # the bucket (8) would price them as the hand-written SweepFunction that runs from 8 rows on.
     exact = max_saved is not None or (grad and batch < _cost.SWEEP_FUNCTION_MIN_BATCH)
     bucket = int(batch) if exact and not compiling else _bucket(batch)
+    # "tune" times the cost model's candidates once per key (contraction_run.tune); the model itself ranks "auto"'s
+    model = "auto" if strategy == "tune" else strategy
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
         _check_chain(cores)  # (static shapes: free at run time)
         return _cost.choose(
             dims_of(cores),
-            strategy,
+            model,
             bucket,
             c0.element_size(),
             c0.device.type,
@@ -318,6 +320,18 @@ def choose_program(
         # (layer.cores[0] = nn.Parameter(...)) failed inside a reshape, with a message that varied by plan
         _check_chain(cores)
         dims = dims_of(cores)
+        if strategy == "tune":
+            # (imported here: the tuner runs the executors, which sit after this module in the data flow)
+            from .contraction_run import tunable, tune
+
+            if transforms_active() or not tunable(c0.device):
+                # nothing is timed under a transform (torch.func, jit tracing), on meta tensors or while a CUDA
+                # graph is captured: the cost model's choice, not cached, so that a later eager call tunes
+                return _cost.choose(
+                    dims, "auto", bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need
+                )
+            prog = _PLAN_CACHE[key] = tune(cores, max(1, int(batch)), grad, cached, max_saved, need)
+            return prog
         prog = _PLAN_CACHE[key] = _cost.choose(
             dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need
         )
@@ -408,7 +422,8 @@ def plan(
         weight: TT-matrix ``W`` (``M x N``) or its cores ``(r_k, m_k, n_k, r_{k+1})``.
         batch_size: number of rows of ``x`` (all leading dims flattened).
         requires_grad: price backward too; default: whether any core requires grad and grad mode is on.
-        strategy: ``"auto"`` (cheapest) or one of :data:`STRATEGIES` to see what a forced strategy would do.
+        strategy: ``"auto"`` (cheapest) or one of :data:`STRATEGIES` to see what a forced strategy would do
+            (``"tune"`` times its candidates now, if this key has not been tuned yet: see :func:`linear`).
             ``"auto"`` weighs the full plans and the sweeps over two or more groups: the one-group sweep (merging
             every core into W) is left to the full plans, which build W from two halves, unless a layer's
             inference cache may keep it; :func:`enumerate_plans` lists it for forcing and inspection.

@@ -208,8 +208,9 @@ class TTLinear(TTModule):
         cores: the TT cores (``nn.ParameterList``).
         bias: the bias of shape ``(out_features,)``, or None.
         strategy: the contraction strategy of every forward: ``"auto"`` (the cost model's cheapest plan for
-            each batch size, the default) or one of :data:`tensortrain.contraction.STRATEGIES`. Settable; not
-            part of the state dict.
+            each batch size, the default), ``"tune"`` (the fastest of the model's candidates, timed on this
+            machine the first time each batch-size bucket is seen) or one of
+            :data:`tensortrain.contraction.STRATEGIES`. Settable; not part of the state dict.
         max_saved_bytes: None (the default: the fastest plan) or a byte count: training forwards take the
             fastest plan that keeps at most this many bytes of activations for backward, or the one keeping
             least if none fits (:meth:`plan` shows ``activations kept``). The cost model prices time, and a fast
@@ -319,7 +320,8 @@ class TTLinear(TTModule):
 
     @property
     def strategy(self) -> Strategy:
-        """The contraction strategy every forward uses (``"auto"``: the cost model's choice per batch size)."""
+        """The contraction strategy every forward uses (``"auto"``: the cost model's choice per batch size;
+        ``"tune"``: timed once per batch-size bucket, see :func:`tensortrain.contraction.linear`)."""
         return self._strategy
 
     @strategy.setter
