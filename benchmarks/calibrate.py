@@ -10,10 +10,13 @@ prints
 
 * the fitted constants next to the ones in ``MACHINES`` (paste them there to adopt them);
 * per case, the measured time of the plan the planner picks with the current and with the fitted constants,
-  against the fastest plan measured ("regret" = chosen / fastest).
+  against the fastest plan measured ("regret" = chosen / fastest);
+* with ``--tune``, the same for ``strategy="tune"``: the tuner runs once per case (its own timings, after this
+  script's) and its choice is scored by this script's timings.
 
     .venv/bin/python benchmarks/calibrate.py --threads 2 --json benchmarks/calibration.json
     .venv/bin/python benchmarks/calibrate.py --modes first,frozen --search 0
+    .venv/bin/python benchmarks/calibrate.py --modes infer,train,first,frozen --tune --search 0
 
 Timings are medians of interleaved repeats in one process; the machine should be otherwise idle.
 """
@@ -83,8 +86,12 @@ def programs(
     return seen
 
 
-def measure(repeats: int, slow_s: float, modes: list[str]) -> list[dict[str, Any]]:
-    rows = []
+def measure(
+    repeats: int, slow_s: float, modes: list[str], tune: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Timed rows, one per (case, batch, mode, program); with ``tune``, the tuner's choice per (case, batch,
+    mode)."""
+    rows, tuned = [], []
     for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
         torch.manual_seed(0)
         layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
@@ -120,12 +127,43 @@ def measure(repeats: int, slow_s: float, modes: list[str]) -> list[dict[str, Any
                             "features": features(dims, p, batch, item, grad, need),
                         }
                     )
+                if tune:  # (the tuner times on its own operands; the plan cache keeps its choice per key)
+                    with torch.set_grad_enabled(grad):
+                        chosen = P.plan(
+                            cs,
+                            batch,
+                            requires_grad=grad,
+                            strategy="tune",
+                            input_requires_grad=need[0] or not grad,
+                            cores_require_grad=need[1] or not grad,
+                        )
+                    prog = chosen.program
+                    entry = {"case": name, "batch": batch, "mode": mode}
+                    tuned.append(entry | {"program": [prog[0], prog[1], [list(g) for g in prog[2]]]})
                 best = min(times[str(i)] for i in range(len(progs)))
                 print(
                     f"  {name} B={batch} {mode}: {len(progs)} plans, fastest {best * 1e3:.3g} ms",
                     flush=True,
                 )
-    return rows
+    return rows, tuned
+
+
+def tuned_regret(rows: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (case, batch, mode) the tuner chose for: the measured time of its choice over the fastest measured."""
+    out = []
+    for t in tuned:
+        group = [r for r in rows if (r["case"], r["batch"], r["mode"]) == (t["case"], t["batch"], t["mode"])]
+        chosen = next(r for r in group if r["program"] == t["program"])
+        fastest = min(group, key=lambda r: r["seconds"])
+        out.append(
+            {k: t[k] for k in ("case", "batch", "mode")}
+            | {
+                "chosen": chosen["describe"],
+                "fastest": fastest["describe"],
+                "regret": chosen["seconds"] / fastest["seconds"],
+            }
+        )
+    return out
 
 
 def refeature(rows: list[dict[str, Any]]) -> None:
@@ -239,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         help="random-search samples minimizing regret after the fit (0: none)",
     )
     ap.add_argument(
+        "--tune",
+        action="store_true",
+        help='also run strategy="tune" once per case and score its choice by these timings',
+    )
+    ap.add_argument(
         "--modes",
         default="infer,train",
         help=f"comma-separated, of {', '.join(MODES)} (default infer,train: the cases' own)",
@@ -250,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.load:
         with open(args.load) as f:
-            rows = json.load(f)["rows"]
+            saved = json.load(f)
+        rows, tuned = saved["rows"], saved.get("tuned", [])
         refeature(rows)
     else:
         print(f"timing plans at {args.threads} threads (torch {torch.__version__}) ...", flush=True)
-        rows = measure(args.repeats, args.slow, modes)
+        rows, tuned = measure(args.repeats, args.slow, modes, args.tune)
     fitted = to_machine(nnls_relative(rows))
     if args.search:
         fitted = search_regret(rows, fitted, args.search, seed=0)
@@ -270,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {a['case']} | {a['batch']} | {a['mode']} | {a['chosen']} | {a['regret']:.2f}x | {b['chosen']} | "
             f"{b['regret']:.2f}x | {a['fastest']} |"
         )
-    for label, reg in (("current", reg_cur), ("fitted", reg_fit)):
+    reg_tuned = tuned_regret(rows, tuned)
+    for label, reg in (("current", reg_cur), ("fitted", reg_fit), ('strategy="tune"', reg_tuned)):
+        if not reg:
+            continue
         worst = max(r["regret"] for r in reg)
         geo = math.exp(sum(math.log(r["regret"]) for r in reg) / len(reg))
         print(f"{label}: geometric-mean regret {geo:.3f}x, worst {worst:.2f}x")
@@ -282,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             "fitted": {n: getattr(fitted, n) for n in (*NAMES, "full_call")},
             "regret_current": reg_cur,
             "regret_fitted": reg_fit,
+            "tuned": tuned,
+            "regret_tuned": reg_tuned,
             "rows": rows,
         }
         tmp = args.json + ".tmp"

@@ -130,3 +130,31 @@ def test_cell_refuses_bad_strategy_lists(strategy, capsys):
     with pytest.raises(SystemExit) as info:
         cell.main(["784x625-r4", "--strategy", strategy])
     assert info.value.code == 2 and "--strategy: expected distinct names from" in capsys.readouterr().err
+
+
+def test_calibrate_scores_the_tuners_choices_by_its_own_timings(tmp_path, capsys):
+    """--tune's choices, saved next to the rows, are scored like the cost model's (time of the choice over the
+    fastest timed plan) and reported as a third line."""
+    sweep, full = ["sweep", "rtl", [[0, 2], [2, 4]]], ["full", "recompute", [[0, 2], [2, 4]]]
+    rows = [
+        {"case": "784x625-r4", "batch": b, "grad": False, "program": p, "describe": d, "seconds": s}
+        for b in (1, 64)
+        for p, d, s in ((sweep, "sweep", 1e-4 * b), (full, "full", 3e-4 * b if b == 1 else 5e-5 * b))
+    ]
+    tuned = [
+        {"case": "784x625-r4", "batch": 1, "mode": "infer", "program": sweep},
+        {"case": "784x625-r4", "batch": 64, "mode": "infer", "program": sweep},
+    ]
+    calibrate.refeature(rows)
+    reg = calibrate.tuned_regret(rows, tuned)
+    assert [r["regret"] for r in reg] == [pytest.approx(1.0), pytest.approx(2.0)]
+    assert reg[1]["chosen"] == "sweep" and reg[1]["fastest"] == "full"
+    (tmp_path / "rows.json").write_text(json.dumps({"rows": rows, "tuned": tuned}))
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert calibrate.main(["--threads", "1", "--load", str(tmp_path / "rows.json"), "--search", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert 'strategy="tune": geometric-mean regret 1.414x, worst 2.00x' in capsys.readouterr().out
