@@ -180,11 +180,14 @@ def _calls(
     cached: bool,
     need: _cost.Need,
 ) -> dict[Program, Callable[[], None]]:
-    """One call per program on shared synthetic operands: forward (+ backward when ``grad``)."""
+    """One call per program on shared synthetic operands (a bias included): forward (+ backward when ``grad``)."""
     c0 = cores[0]
     rows, cols = _cost.prod(dims_of(cores)[0]), _cost.prod(dims_of(cores)[1])
     gen = torch.Generator(device=c0.device).manual_seed(0)
     x = torch.randn((batch, cols), generator=gen, dtype=c0.dtype, device=c0.device)
+    # with a bias, as layers have one: the full plan fuses it into its GEMM, sweeps add it (a pass over the output,
+    # which for wide outputs such as a 30522-word head is not small)
+    bias = torch.zeros(rows, dtype=c0.dtype, device=c0.device)
     # detached aliases (an inference-mode core is cloned: views of it would drop out of autograd)
     aliases = [c.clone() if c.is_inference() else c.detach() for c in cores]
     if not grad:
@@ -192,7 +195,7 @@ def _calls(
 
         def infer(p: Program) -> None:
             with torch.no_grad():
-                run(p, x, aliases, None, False, caches[p], inplace=True)
+                run(p, x, aliases, bias, False, caches[p], inplace=True)
 
         return {p: functools.partial(infer, p) for p in progs}
     x.requires_grad_(need[0])
@@ -205,7 +208,7 @@ def _calls(
         # identity saved-tensor hooks shadow any the caller has on (activation checkpointing's would take these
         # synthetic tensors for its own and rerun the caller's function to unpack them)
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
-            torch.autograd.grad(run(p, x, aliases, None, True), inputs, gy)
+            torch.autograd.grad(run(p, x, aliases, bias, True), inputs, gy)
 
     return {p: functools.partial(train, p) for p in progs}
 
