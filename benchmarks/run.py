@@ -14,6 +14,11 @@ ours 2.16 ms after the dense one and 1.29 ms after torchTT's).
 
     .venv/bin/python benchmarks/run.py --threads 2 --json benchmarks/results.json
     .venv/bin/python benchmarks/run.py --quick          # a smaller, faster selection
+    .venv/bin/python benchmarks/run.py --sections floors  # FLOP counts only, no timing: plan vs best order
+
+The "floors" section and the layer table's "(floor X)" give the fewest forward FLOPs of any order of pairwise
+contractions (``tt.contraction.flop_floor``, an exhaustive search): where that exceeds the dense product's, no
+plan can match ``nn.Linear`` by FLOPs, whatever the executor.
 
 Memory of a training step is measured two ways. "Kept for bwd": the bytes autograd keeps for backward (every
 tensor packed by ``torch.autograd.graph.saved_tensors_hooks`` during the forward pass, deduplicated by storage,
@@ -242,6 +247,8 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
                     "plan_forward": p_inf.describe(),
                     "plan_training": p_tr.describe(),
                     "plan_flops_forward": p_inf.flops_forward,
+                    # the fewest FLOPs of any contraction order (from the cores, merges counted)
+                    "flop_floor_forward": contraction.flop_floor(ttl.weight, b),
                     "plan_flops_training": p_tr.flops_forward + p_tr.flops_backward,
                     "dense_flops_forward": dense_f,
                     "repeats": fwd["_n"],
@@ -533,7 +540,7 @@ def markdown(results: dict) -> str:
             f"| {r['case']} | {r['batch']} | {r['plan_forward']}; {r['plan_training']} | {f['tt'] * 1e3:.3g} / {f['dense'] * 1e3:.3g} "
             f"(**{f['tt'] / f['dense']:.2f}x**) | {fb['tt'] * 1e3:.3g} / {fb['dense'] * 1e3:.3g} "
             f"(**{fb['tt'] / fb['dense']:.2f}x**) | {gf['tt']:.3g} / {gf['dense']:.3g} | "
-            f"{r['plan_flops_forward'] / 1e9:.3g} / {r['dense_flops_forward'] / 1e9:.3g} | "
+            f"{r['plan_flops_forward'] / 1e9:.3g} / {r['dense_flops_forward'] / 1e9:.3g}{_floor(r)} | "
             f"{sb['tt'] / 2**20:.3g} / {sb['dense'] / 2**20:.3g} | {_peak(r)} | {'; '.join(peers) or '-'} |"
         )
     bounded = [r for r in results.get("layers", []) if "bounded" in r]
@@ -603,6 +610,18 @@ def markdown(results: dict) -> str:
             f"({f['tt'] / f['dense']:.1f}x{_rebuilt(f)}); lookup+backward {b['tt'] * 1e3:.3g} ms / {b['dense'] * 1e3:.3g} ms "
             f"({b['tt'] / b['dense']:.2f}x); parameters {e['params']['tt']:,} / {e['params']['dense']:,}",
         ]
+    if "floors" in results:
+        lines += [
+            "",
+            "| case | batch | forward plan (uncached) | plan GFLOP / dense | fewest of any order / dense |",
+            "|---|---|---|---|---|",
+        ]
+        for r in results["floors"]:
+            dense = r["dense_flops"]
+            lines.append(
+                f"| {r['case']} | {r['batch']} | {r['plan']} | {r['plan_flops'] / dense:.3f}x | "
+                f"{r['floor_flops'] / dense:.3f}x |"
+            )
     if "demo" in results:
         dm = results["demo"]
         lines += [
@@ -613,7 +632,33 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("layers", "stack", "decompositions", "algebra", "embedding", "demo")
+def _floor(r: dict) -> str:
+    """`` (floor X)``: the fewest forward FLOPs of any contraction order, in rows that record it."""
+    return f" (floor {r['flop_floor_forward'] / 1e9:.3g})" if "flop_floor_forward" in r else ""
+
+
+def bench_floors(cases: list, batches: tuple) -> list[dict]:
+    """Per case and batch (no timing): the forward FLOPs of the planner's choice (merges counted, as without a
+    layer's cache) and the fewest of any contraction order (``tt.contraction.flop_floor``), against dense."""
+    rows = []
+    for name, fin, fout, in_dims, out_dims, rank in cases:
+        w = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims).weight
+        for b in batches:
+            p = contraction.plan(w, b, requires_grad=False)
+            rows.append(
+                {
+                    "case": name,
+                    "batch": b,
+                    "plan": p.describe(),
+                    "plan_flops": p.flops_forward,
+                    "floor_flops": contraction.flop_floor(w, b),
+                    "dense_flops": p.dense_flops,
+                }
+            )
+    return rows
+
+
+SECTIONS = ("layers", "stack", "decompositions", "algebra", "embedding", "demo", "floors")
 
 
 def positive_int(text: str) -> int:
@@ -692,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         results["embedding"] = bench_embedding(repeats)
     if "demo" in sections:
         results["demo"] = bench_demo(50 if args.quick else 200)
+    if "floors" in sections:
+        results["floors"] = bench_floors(cases, BATCHES)
     results["meta"]["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(markdown(results))
     if args.json:  # written whole or not at all: a failed write leaves a previous file as it was

@@ -158,3 +158,21 @@ def test_calibrate_scores_the_tuners_choices_by_its_own_timings(tmp_path, capsys
     finally:
         torch.set_num_threads(threads)
     assert 'strategy="tune": geometric-mean regret 1.414x, worst 2.00x' in capsys.readouterr().out
+
+
+def test_the_floors_section_counts_flops_without_timing(tmp_path, capsys):
+    """--sections floors: per case and batch the planner's forward FLOPs and the fewest of any order, against
+    dense; the floor never exceeds the plan's."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert run.main(["--threads", "1", "--sections", "floors", "--json", str(tmp_path / "f.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "f.json").read_text())["floors"]
+    assert len(rows) == len(run.LAYER_CASES) * len(run.BATCHES)
+    assert all(r["floor_flops"] <= r["plan_flops"] for r in rows)
+    r16 = next(r for r in rows if r["case"] == "784x625-r16" and r["batch"] == 64)
+    assert r16["floor_flops"] == 76697600 and r16["dense_flops"] == 2 * 64 * 784 * 625
+    assert "| 784x625-r16 | 64 |" in capsys.readouterr().out

@@ -728,3 +728,35 @@ def test_chunked_inference_sweeps_are_priced_as_cache_resident(monkeypatch):
     assert cost.estimate(dims, prog, 64, 4, False, m, cached=True) == whole
     monkeypatch.undo()
     assert layer.plan(1024, requires_grad=False).kind == "sweep"
+
+
+# FLOPs of the best pairwise contraction order, by opt_einsum 3.4.0's exhaustive 'optimal' path search (an
+# independent implementation) on the benchmark layers: (row dims, col dims, ranks, batch) -> FLOPs
+OPT_EINSUM_OPTIMAL = {
+    ((5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1), 1024): 259031040,
+    ((5, 5, 5, 5), (4, 7, 4, 7), (1, 16, 16, 16, 1), 64): 76697600,
+    ((8, 8, 8, 8), (8, 8, 8, 8), (1, 64, 64, 64, 1), 64): 4362076160,
+    ((8, 8, 8, 8), (8, 8, 8, 8), (1, 16, 16, 16, 1), 1024): 17184063488,
+    ((4, 8, 8, 12), (4, 4, 6, 8), (1, 16, 64, 64, 1), 64): 642777088,
+    ((4, 8, 8, 12), (4, 4, 6, 8), (1, 16, 64, 64, 1), 1): 54525952,
+}
+
+
+def test_flop_floor_is_the_best_order_of_all():
+    for (rows, cols, ranks, batch), want in OPT_EINSUM_OPTIMAL.items():
+        cores = [torch.zeros(ranks[k], rows[k], cols[k], ranks[k + 1]) for k in range(len(rows))]
+        assert C.flop_floor(cores, batch) == want
+    # one core: the dense product itself; nothing to order
+    w = torch.zeros(1, 6, 5, 1)
+    assert C.flop_floor([w], 3) == 2 * 3 * 6 * 5
+    with pytest.raises(ValueError, match="batch"):
+        C.flop_floor([w], -1)
+
+
+@given(spec=matrix_specs(max_d=4, max_mode=4, max_rank=5), batch=st.sampled_from([1, 3, 64]), seed=seeds)
+def test_no_plan_does_fewer_flops_than_the_floor(spec, batch, seed):
+    raw, ranks = spec
+    cores = random_cores(raw, ranks, gen=torch.Generator().manual_seed(seed))
+    floor = C.flop_floor(cores, batch)
+    plans = C.enumerate_plans(cores, batch)
+    assert all(p.flops_forward >= floor for p in plans)

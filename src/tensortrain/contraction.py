@@ -46,6 +46,7 @@ from .contraction_plan import (
     cores_of,
     dims_of,
     enumerate_plans,
+    flop_floor,
     plan,
     plan_cache_size,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "STRATEGIES",
     "plan",
     "enumerate_plans",
+    "flop_floor",
     "linear",
     "tt_dense_matmul",
     "dense_tt_matmul",

@@ -596,3 +596,53 @@ def _choose_within(
             best = (rank, prog)
     assert best is not None
     return best[1]
+
+
+def order_floor(dims: Dims, batch: int) -> int:
+    """The fewest FLOPs of any order of pairwise contractions computing ``x @ W^T`` from ``x`` and the cores.
+
+    A dynamic programme over subsets of the ``d + 1`` operands (``3^(d+1)`` splits): the cost of a subset is the
+    cheapest split into two contracted subsets plus ``2 prod(sizes of the indices involved)`` for their product
+    (``1x`` when nothing is summed). Indices are the batch, the row and column modes and the inner ranks; an
+    index stays in a partial result while an operand outside it or the output carries it. Sweeps, groupings and
+    building W are all such orders, so no plan does fewer FLOPs forward (merges included).
+    """
+    rows, cols, ranks = dims
+    d = len(rows)
+    size: dict[str, int] = {"b": batch}
+    ops: list[frozenset[str]] = [frozenset(["b", *(f"n{k}" for k in range(d))])]
+    for k in range(d):
+        size[f"m{k}"], size[f"n{k}"] = rows[k], cols[k]
+        idx = {f"m{k}", f"n{k}"}
+        for r in (k, k + 1):
+            if 0 < r < d:
+                size[f"r{r}"] = ranks[r]
+                idx.add(f"r{r}")
+        ops.append(frozenset(idx))
+    out = frozenset(["b", *(f"m{k}" for k in range(d))])
+    full = (1 << (d + 1)) - 1
+
+    def kept(s: int) -> frozenset[str]:
+        inside = frozenset().union(*(ops[i] for i in range(d + 1) if s >> i & 1))
+        outside = frozenset().union(*(ops[i] for i in range(d + 1) if not s >> i & 1))
+        return inside & (outside | out)
+
+    best = {1 << i: 0 for i in range(d + 1)}
+    keep = {s: kept(s) for s in range(1, full + 1)}
+    for s in range(1, full + 1):  # (every proper subset of s is smaller than s)
+        if s in best:
+            continue
+        cheapest = None
+        a = (s - 1) & s
+        while a:
+            b = s ^ a
+            if a < b:  # each unordered split once
+                involved = keep[a] | keep[b]
+                flops = prod([size[i] for i in involved]) * (2 if involved - keep[s] else 1)
+                total = best[a] + best[b] + flops
+                if cheapest is None or total < cheapest:
+                    cheapest = total
+            a = (a - 1) & s
+        assert cheapest is not None
+        best[s] = cheapest
+    return best[full]

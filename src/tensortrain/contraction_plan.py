@@ -28,6 +28,7 @@ __all__ = [
     "STRATEGIES",
     "plan",
     "enumerate_plans",
+    "flop_floor",
     "clear_plan_cache",
     "plan_cache_size",
 ]
@@ -528,6 +529,37 @@ def enumerate_plans(
     c0 = cores[0]
     item, kind = c0.element_size(), c0.device.type
     return [make_plan(dims, p, batch_size, item, kind, requires_grad, need=need) for p in progs]
+
+
+def flop_floor(weight: TensorTrain | Sequence[torch.Tensor], batch_size: int) -> int:
+    """The fewest FLOPs with which any order of pairwise contractions computes ``x @ W^T`` from ``x`` and the cores.
+
+    A lower bound for every plan's ``flops_forward`` (the planner's sweeps, groupings and full plans are such
+    orders; merges counted, as without a layer's cache), found by exhaustive search, so it says how far a plan
+    is from the best order there is, and whether any order beats the dense product's ``2 B M N``.
+
+    Args:
+        weight: TT-matrix ``W`` (``M x N``) or its cores.
+        batch_size: number of rows of ``x``.
+
+    Returns:
+        FLOPs (a multiply-add counts 2).
+
+    Raises:
+        ShapeError: malformed cores. TypeError: not a TT-matrix. ValueError: a batch size that is not an int >= 0.
+
+    Complexity:
+        ``O(3^(d+1))`` set operations (a dynamic programme over subsets of the ``d + 1`` operands).
+
+    Example:
+        >>> import tensortrain as tt
+        >>> w = tt.random_matrix([[5, 5, 5, 5], [4, 7, 4, 7]], tt_rank=16)  # 625 x 784
+        >>> round(tt.contraction.flop_floor(w, 64) / (2 * 64 * 625 * 784), 3)  # no order beats dense by FLOPs
+        1.223
+    """
+    cores = cores_of(weight, "flop_floor")
+    batch_size = _batch_size(batch_size, "flop_floor")
+    return _cost.order_floor(dims_of(cores), batch_size)
 
 
 def _need(input_grad: bool, cores_grad: bool, requires_grad: bool, fn: str) -> _cost.Need:
