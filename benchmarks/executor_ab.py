@@ -95,7 +95,7 @@ def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int,
 
 
 def run_sweep(mod, x2d: torch.Tensor, cores: list, groups: tuple, direction: str, grad: bool) -> torch.Tensor:  # noqa: ANN001
-    """A sweep plan run by executor module ``mod`` as ``tensortrain.contraction._sweep`` runs it (uncached)."""
+    """A sweep plan run by executor module ``mod`` as ``tensortrain.contraction_run._sweep`` runs it (uncached)."""
     b = int(x2d.shape[0])
     supers = mod.supers_of(cores, groups, direction)
     if grad and b >= getattr(mod._cost, "SWEEP_FUNCTION_MIN_BATCH", b + 1):

@@ -12,7 +12,8 @@ are many ways to contract, and the best one depends on the batch size and the ra
   (core-by-core sweeps, the order t3f and most peers use, are one of its candidates),
 
 prices each with a cost model (FLOPs, memory traffic, a per-kernel overhead; for training also backward and the
-activations kept for it), and runs the cheapest. Plans are cached per (core shapes, batch-size bucket, dtype,
+activations kept for it), and runs the cheapest (with ``strategy="tune"``, the fastest of the cheapest few as timed
+on this machine, once per plan-cache key). Plans are cached per (core shapes, batch-size bucket, dtype,
 device type, grad mode, strategy); planning itself is plain Python on shapes, so it traces under
 ``torch.compile(fullgraph=True)``.
 

@@ -522,11 +522,12 @@ def candidates(
         return full_programs(d, grad)
     if strategy in ("cores_rtl", "cores_ltr"):
         return [("sweep", strategy[-3:], tuple((k, k + 1) for k in range(d)))]
-    # on equal estimates (the two directions often mirror each other) rtl: its first step is one GEMM over the
-    # batch, where ltr's is a batched GEMM of narrow slices. Training took ltr until session 16 (0-13% faster on
-    # the Intel host of sessions 5-11); on the 2-core EPYC rtl measured 1.15-2.3x faster in training
-    # (benchmarks/calibrate.py, cell.py: 784x625 rank 4 at batch 64 and 1024, 4096x4096 rank 16 at batch 64)
-    both = ("rtl", "ltr")
+    # on equal estimates (the two directions often mirror each other) training takes ltr, which ran 0-13% faster
+    # there on the benchmark cases (784x625 and 4096x4096 at batch 64) on the Intel host; inference takes rtl. On the
+    # 2-core EPYC the two directions trained within 4% of each other when timed alone, side by side (784x625 rank 4
+    # at batch 64 and 1024, 4096x4096 rank 16 at batch 64); timed among other plans (calibrate, cell.py) either
+    # one read up to 2.3x slower, in different runs
+    both = ("ltr", "rtl") if grad else ("rtl", "ltr")
     directions = (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both
     sweeps: list[Program] = [
         ("sweep", dr, best_grouping(dims, dr, batch, item, grad, m, cached, need)) for dr in directions
@@ -574,7 +575,7 @@ def _choose_within(
         ((_, dr, groups),) = candidates(dims, strategy, batch, item, True, m, cached, need)
         progs += [("sweep", dr, groups), ("resweep", dr, groups)]
     elif strategy != "full":
-        both = ("rtl", "ltr")  # (the tie order, as in candidates)
+        both = ("ltr", "rtl")  # (training's tie order, as in candidates)
         for dr in (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both:
             for kind in ("sweep", "resweep"):
                 front = grouping_front(dims, dr, batch, item, True, m, cached, kind == "resweep", need)
