@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help=f"one or several (comma-separated) of {', '.join(tt.contraction.STRATEGIES)}",
     )
+    ap.add_argument(
+        "--alone",
+        action="store_true",
+        help="time only the TT layers, ratios to the first strategy (no nn.Linear or peers between them: timed "
+        "among other layers, two plans of one small layer read up to 2x apart either way, in different runs)",
+    )
     args = ap.parse_args(argv)
     strategies = args.strategy.split(",")
     bad = [s for s in strategies if s not in tt.contraction.STRATEGIES]
@@ -65,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         "tt": tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims),
     }
     peers, notes = peer_layers(in_dims, out_dims, mods["tt"].weight.tt_ranks)  # type: ignore[union-attr]
-    mods |= peers
+    if args.alone:
+        del mods["dense"]
+        notes = {}
+    else:
+        mods |= peers
     if len(strategies) == 1:
         mods["tt"].strategy = strategies[0]
     else:  # one layer per strategy, the same cores
@@ -99,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     for k, plan in plans.items():
         if k != "tt":
             print(f"  {k}: {plan}")
+    ref, unit = (next(iter(mods)), "x " + next(iter(mods))) if args.alone else ("dense", "x nn.Linear")
     for k in mods:
         once = " (timed once)" if k in times["_once"] else ""
-        print(f"  {k:14s} {1000 * times[k]:9.2f} ms  {times[k] / times['dense']:.3f}x nn.Linear{once}")
+        print(f"  {k:14s} {1000 * times[k]:9.2f} ms  {times[k] / times[ref]:.3f}{unit}{once}")
     for k, note in notes.items():
         print(f"  {k}: {note}")
     return 0

@@ -176,3 +176,21 @@ def test_the_floors_section_counts_flops_without_timing(tmp_path, capsys):
     r16 = next(r for r in rows if r["case"] == "784x625-r16" and r["batch"] == 64)
     assert r16["floor_flops"] == 76697600 and r16["dense_flops"] == 2 * 64 * 784 * 625
     assert "| 784x625-r16 | 64 |" in capsys.readouterr().out
+
+
+def test_cell_alone_times_only_the_tt_layers(capsys):
+    """--alone: the forced plans of one layer side by side, nothing else in the turns, ratios to the first."""
+    import cell
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert (
+            cell.main(["784x625-r4", "--batch", "4", "--repeats", "1", "--alone", "--strategy", "full,auto"])
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "dense" not in out and "tltorch" not in out and "torchtt" not in out
+    assert "1.000x tt[full]" in out and "x tt[full]" in out.split("tt[auto]")[-1]
