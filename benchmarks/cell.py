@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         "dense": nn.Linear(fin, fout),
         "tt": tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims),
     }
-    peers, notes = peer_layers(in_dims, out_dims, mods["tt"].weight.tt_ranks)  # type: ignore[union-attr]
-    if args.alone:
+    if args.alone:  # (the peers are not even built)
         del mods["dense"]
-        notes = {}
+        notes: dict[str, str] = {}
     else:
+        peers, notes = peer_layers(in_dims, out_dims, mods["tt"].weight.tt_ranks)  # type: ignore[union-attr]
         mods |= peers
     if len(strategies) == 1:
         mods["tt"].strategy = strategies[0]

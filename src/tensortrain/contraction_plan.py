@@ -289,13 +289,11 @@ def choose_program(
     # the bucket (8) would price them as the hand-written SweepFunction that runs from 8 rows on.
     exact = max_saved is not None or (grad and batch < _cost.SWEEP_FUNCTION_MIN_BATCH)
     bucket = int(batch) if exact and not compiling else _bucket(batch)
-    # "tune" times the cost model's candidates once per key (contraction_run.tune); the model itself ranks "auto"'s
-    model = "auto" if strategy == "tune" else strategy
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
         _check_chain(cores)  # (static shapes: free at run time)
         return _cost.choose(
             dims_of(cores),
-            model,
+            "auto" if strategy == "tune" else strategy,  # (nothing is timed while tracing)
             bucket,
             c0.element_size(),
             c0.device.type,

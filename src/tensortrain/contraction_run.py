@@ -182,7 +182,8 @@ def _calls(
 ) -> dict[Program, Callable[[], None]]:
     """One call per program on shared synthetic operands (a bias included): forward (+ backward when ``grad``)."""
     c0 = cores[0]
-    rows, cols = _cost.prod(dims_of(cores)[0]), _cost.prod(dims_of(cores)[1])
+    dims = dims_of(cores)
+    rows, cols = _cost.prod(dims[0]), _cost.prod(dims[1])
     gen = torch.Generator(device=c0.device).manual_seed(0)
     x = torch.randn((batch, cols), generator=gen, dtype=c0.dtype, device=c0.device)
     # with a bias, as layers have one: the full plan fuses it into its GEMM, sweeps add it (a pass over the output,
