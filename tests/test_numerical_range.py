@@ -45,7 +45,32 @@ def test_inner_products_and_forms(x64):
     eye = tt.eye((2,) * D, dtype=torch.float32)
     vec = tt.TensorTrain([c.unsqueeze(2) for c in x.tt_cores])  # a 2^D x 1 TT-matrix
     close(tt.bilinear_form(eye, vec, vec), torch.tensor(1.0))
+    close(tt.bilinear_form_two_mat(x, eye, eye, x), torch.tensor(1.0))  # (its einsum sweep was never scaled)
     close(tt.pairwise_flat_inner(batch, batch, eye), torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("big", [1e6, 1e-6])
+def test_inner_product_with_a_dense_tensor(gen, big):
+    """flat_inner(TT, dense) carried its state unscaled: NaN where flat_inner(TT, TT) was right. 16 modes of 2
+    (a dense tensor that fits) with cores of 1e6 on half: the partial products reach 1e48, past float32."""
+    x64 = unbalanced(gen, big, d=16)
+    dense = torch.randn(*(2,) * 16, generator=gen, dtype=torch.float64)
+    want = (tt.full(x64) * dense).sum()
+    close(tt.flat_inner(x64.float(), dense.float()), want)
+    close(tt.flat_inner(dense.float(), x64.float()), want)
+    batch = tt.TensorTrainBatch([c[None].expand(3, *c.shape) for c in x64.float().tt_cores])
+    close(tt.flat_inner(batch, dense.float()), want.expand(3))
+    mat = tt.TensorTrain([c.reshape(c.shape[0], 2, 1, c.shape[-1]) for c in x64.tt_cores])  # 2^16 x 1
+    close(tt.flat_inner(mat.float(), dense.reshape(-1, 1).float()), want)
+
+
+def test_a_nan_core_beside_a_zero_core_gives_nan():
+    """The scaling check took min() of the cores' norms, which a NaN first norm makes NaN: the zero was missed
+    and log2(0) raised 'math domain error' from full, flat_inner and gather_nd."""
+    x = tt.TensorTrain([torch.full((1, 2, 1), float("nan")), torch.zeros(1, 2, 1)])
+    assert torch.isnan(tt.full(x)).all()
+    assert torch.isnan(tt.flat_inner(x, x))
+    assert torch.isnan(tt.gather_nd(x, [[0, 0]])).all()
 
 
 def test_inner_product_gradients_stay_finite(x64):

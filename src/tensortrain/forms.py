@@ -402,10 +402,13 @@ def bilinear_form_two_mat(
     size, batch = broadcast_batch_size(op, x, A, B, y)
     cx, ca, cbm, cy = (expand_cores(c, size) for c in (cx, batched_cores(A), batched_cores(B), cy))
     v = torch.ones(size, 1, 1, 1, 1, dtype=A.dtype, device=A.device)
-    for gx, ga, gb, gy in zip(cx, ca, cbm, cy, strict=True):
-        t = torch.einsum("bpqst,bpnu->bqstnu", v, gx)
-        t = torch.einsum("bqstnu,bqnkw->bstukw", t, ga)
-        t = torch.einsum("bstukw,bskmz->btuwzm", t, gb)
-        v = torch.einsum("btuwzm,btme->buwze", t, gy)
-    res = v.reshape(size)
+
+    def step(v: torch.Tensor, k: int) -> torch.Tensor:
+        t = torch.einsum("bpqst,bpnu->bqstnu", v, cx[k])
+        t = torch.einsum("bqstnu,bqnkw->bstukw", t, ca[k])
+        t = torch.einsum("bstukw,bskmz->btuwzm", t, cbm[k])
+        return torch.einsum("btuwzm,btme->buwze", t, cy[k])
+
+    # (scaled as bilinear_form's sweep: four unbalanced TTs overflow the partial products sooner than one)
+    res = scaled_sweep(v, step, len(ca), needs_scaling(cx, ca, cbm, cy, contracted=True), lead=1)
     return res if batch else res[0]

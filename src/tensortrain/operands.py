@@ -108,7 +108,7 @@ def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -
         norms = torch.stack(torch._foreach_norm(cores)).tolist()  # (one sync)
     except RuntimeError:  # a fake tensor has no value to test
         return False
-    if min(norms) == 0:
+    if any(n == 0 for n in norms):  # (not min(): a NaN first norm makes min() NaN and hides a zero)
         # a norm of 0 is an all-zero core (the result is exactly 0) or one whose squares underflowed (entries
         # below 1e-23 in float32, 1e-162 in float64): the latter is scaled like any other small core
         if not any(bool(c.any()) for n, c in zip(norms, cores, strict=True) if n == 0):

@@ -324,15 +324,21 @@ def _inner_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(*x.shape[:lead], *rows, *cols)
         x = x.permute(*range(lead), *(lead + i for k in range(d) for i in (k, d + k)))
     cores = [flat_modes(c) for c in batched_cores(w)]
+    # cores of unbalanced scales: the state brought below 1 by a power of two per batch element at every step
+    scaled = needs_scaling(cores, contracted=True)
     # Each core (B, r, m, s) acts from the left as (B, s, r m) on the state (B, r m, rest): no copies.
     left = [c.reshape(bs, -1, c.shape[-1]).transpose(1, 2) for c in cores]
-    m0 = cores[0].shape[2]
+    m0, exps = cores[0].shape[2], None
     if shared:
         s0 = cores[0].shape[-1]
         t = (left[0].reshape(bs * s0, m0) @ x.reshape(m0, -1)).reshape(bs, s0, -1)
     else:
         t = torch.bmm(left[0], x.reshape(bs, m0, -1))
     for c, core in zip(left[1:], cores[1:], strict=True):
+        if scaled:
+            t, exps = rescale_pow2(t, exps)
         t = torch.bmm(c, t.reshape(bs, core.shape[1] * core.shape[2], -1))
     res = t.reshape(bs)
+    if exps is not None:
+        res = scale_pow2(res, exps)
     return res if is_batch(w) else res[0]
