@@ -139,6 +139,13 @@ def test_float32_and_numpy_input(gen):
     y = tt.to_tt_tensor(a.double().numpy(), 3)
     assert y.dtype == torch.float64
     assert_close(dense(y), a.double(), rtol=1e-6, atol=1e-6)
+    # a flipped view (negative strides, which torch.as_tensor refuses) is copied
+    flipped = np.flip(a.double().numpy(), 0)
+    assert_close(dense(tt.to_tt_tensor(flipped, 3)), a.double().flip(0), rtol=1e-6, atol=1e-6)
+    mat = np.flip(a.double().reshape(12, 5).numpy(), 1)
+    assert_close(dense(tt.to_tt_matrix(mat, [[3, 4], [5, 1]], 5)), a.double().reshape(12, 5).flip(1))
+    idx = np.flip(np.array([[0, 1, 2], [2, 3, 4]]), 0)
+    assert_close(tt.gather_nd(y, idx), a.double()[[2, 0], [3, 1], [4, 2]], rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------- epsilon bound

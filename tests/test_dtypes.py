@@ -49,6 +49,14 @@ def test_float16_results_that_do_not_fit_raise():
     assert torch.equal(tt.full(tt.round(small)), tt.full(small))
 
 
+def test_an_orthogonal_form_that_overflows_says_so():
+    """The message read 'a core entry of 1.8e+308 exceeds 1.8e+308': the overflowed (inf) core was clamped to
+    the dtype's largest value before it was reported."""
+    x = tt.TensorTrain([torch.full((1, 2, 1), 1e200, dtype=torch.float64)] * 2)
+    with pytest.raises(ValueError, match=r"does not fit float64 \(the norm overflowed"):
+        tt.orthogonalize(x)
+
+
 def test_results_whose_norm_overflows_float32_are_computed_wide_or_refused():
     """Finite entries, norm above the dtype's range: TT-SVD and round returned inf cores silently, failed inside
     the SVD (an opaque LinAlgError), or called a result that fits float32 too large. They run in float64 then

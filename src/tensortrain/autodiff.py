@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from . import tangent as ts
+from .errors import ShapeError
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["gradients", "hessian_vector_product"]
@@ -160,6 +161,11 @@ def hessian_vector_product(
     u, v, deltas = _delta_point(x, fname)
     if isinstance(vector, TensorTrainBase) and not isinstance(vector, TensorTrain):
         raise TypeError(f"{fname}: `vector` must be a TensorTrain or a dense tensor, got a batch")
+    if isinstance(vector, torch.Tensor) and tuple(vector.shape) != tuple(x.shape):
+        # (projecting would accept a leading batch axis, and the pairing below would sum over it)
+        raise ShapeError(
+            f"{fname}: a dense `vector` must have x's shape {tuple(x.shape)}, got {tuple(vector.shape)}"
+        )
     vec_deltas, _, _, _ = ts.project_deltas(vector, x, fname, frame=(u, v), names=("vector", "x"))
     with torch.enable_grad():
         point = ts.tangent(deltas, u, v, x, batch=False)

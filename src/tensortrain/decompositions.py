@@ -44,7 +44,7 @@ import torch
 
 from ._transforms import transforms_active, without_autocast
 from .errors import ShapeError
-from .operands import check_strided, matrix_dims, tensor_dims, wide_dtype
+from .operands import as_tensor, check_strided, matrix_dims, tensor_dims, wide_dtype
 from .orthogonalization import (
     all_finite,
     cast_back,
@@ -74,7 +74,7 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
         )
     if not isinstance(x, torch.Tensor):
         if hasattr(x, "__array__"):  # numpy arrays, as t3f accepts them
-            x = torch.as_tensor(x)
+            x = as_tensor(x)
         else:
             raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
     check_strided(name, "the input", x)

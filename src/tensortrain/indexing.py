@@ -12,6 +12,7 @@ import torch
 
 from .errors import ShapeError
 from .operands import (
+    as_tensor,
     batch_size,
     batched_cores,
     check_tt,
@@ -109,7 +110,7 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
     else:
         # one axis of batch elements: ints or a bool mask (a nested list or a 2-D tensor would index core axes)
         try:
-            idx = torch.as_tensor(idx)
+            idx = as_tensor(idx)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(
                 f"a batch index must be an int, slice, list or tensor of ints, got {type(idx).__name__}"
@@ -240,7 +241,7 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     """
     check_tt(tt, "gather_nd", "tt")
     try:
-        idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
+        idx = indices if isinstance(indices, torch.Tensor) else as_tensor(indices)
     except (TypeError, ValueError, RuntimeError):  # (None, strings, ragged lists: torch's own messages)
         raise TypeError(
             f"gather_nd: indices must be an integer tensor, array or nested list, got {type(indices).__name__}"

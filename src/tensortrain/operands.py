@@ -36,6 +36,17 @@ def check_strided(fn: str, name: str, t: torch.Tensor) -> None:
         )
 
 
+def as_tensor(x: Any) -> torch.Tensor:
+    """``torch.as_tensor``, also for NumPy arrays with negative strides (``np.flip`` views), which torch cannot
+    view: those are copied, where ``as_tensor`` raises its own ValueError."""
+    try:
+        return torch.as_tensor(x)
+    except ValueError:
+        if not (hasattr(x, "__array__") and hasattr(x, "strides") and any(s < 0 for s in x.strides)):
+            raise
+        return torch.as_tensor(x.copy())
+
+
 def wide_dtype(t: torch.Tensor) -> torch.dtype:
     """float64 (complex128 for a complex ``t``), float32 on MPS, which has no float64: the type for norms and
     rank decisions that must not over- or underflow ``t``'s own dtype."""
@@ -180,13 +191,13 @@ def as_scales(
     drops the graph with only a warning. Bools are refused (a mask is not weights: it would read as 0 and 1)."""
     if not _holds_tensor(values):
         try:
-            raw = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+            raw = values if isinstance(values, torch.Tensor) else as_tensor(values)
         except (TypeError, ValueError, RuntimeError):  # (None, strings, ragged lists: torch's own messages)
             raise TypeError(f"{fn}: {name} must be numbers, got {type(values).__name__}") from None
         if raw.dtype == torch.bool:
             raise TypeError(f"{fn}: {name} must be numbers, got bools (a mask?)")
         # a list or array is read straight in ``dtype``: through float32 a float64 weight keeps 7 digits
-        return torch.as_tensor(values, dtype=dtype, device=device)
+        return torch.as_tensor(raw, dtype=dtype, device=device)
     parts = [as_scales(v, fn=fn, name=name) for v in values]
     kind = parts[0].dtype
     for p in parts[1:]:

@@ -102,7 +102,7 @@ def cast_back(
     if out[0].device.type == "meta" or all_finite(out):
         return out
     # (max() over floats with a NaN depends on their order: a NaN core read as "an entry of 0.98 exceeds")
-    top = max(float(torch.nan_to_num(c.abs(), nan=math.inf).max()) for c in cores)
+    top = max(float(torch.nan_to_num(c.abs(), nan=math.inf, posinf=math.inf).max()) for c in cores)
     big = f"a core entry of {top:.3g} exceeds" if math.isfinite(top) else "the norm overflowed, exceeding"
     raise ValueError(
         f"{name}: the result does not fit {_name(dtype)} ({big} {torch.finfo(dtype).max:.3g}, its largest value: "
