@@ -454,3 +454,16 @@ def test_num_embeddings_one_above_the_table_is_refused(gen):
     with pytest.raises(tt.ShapeError, match="num_embeddings=7 exceeds the table's 6 rows"):
         tt.nn.functional.tt_embedding(torch.tensor([0, 1]), w, num_embeddings=7)
     assert_close(tt.nn.functional.tt_embedding(torch.tensor([5]), w, num_embeddings=6), tt.full(w)[5:6])
+
+
+def test_load_tt_into_a_pruned_core_is_refused():
+    import torch.nn.utils.prune as prune
+
+    emb = tt.nn.TTEmbedding(20, 8, tt_rank=3, voc_dims=(4, 5), emb_dims=(2, 4), dtype=torch.float64)
+    prune.l1_unstructured(emb.cores, "0", amount=0.0)
+    w = tt.random_matrix([[4, 5], [2, 4]], tt_rank=2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="'0' is pruned or parametrized"):
+        emb.load_tt_(w)
+    prune.remove(emb.cores, "0")
+    emb.load_tt_(w)
+    assert_close(emb(torch.arange(20)), tt.full(w))

@@ -970,3 +970,24 @@ def test_inference_cache_keeps_each_sweep_direction_apart(gen):
         for s in ("cores_rtl", "cores_ltr", "cores_rtl", "cores_ltr"):  # the groups (k, k + 1) both ways
             layer.strategy = s
             assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("target", ["1", "bias"])
+def test_load_tt_into_a_pruned_core_is_refused(target):
+    """load_tt_ copied into the masked core, a plain tensor that prune recomputes before every forward: the
+    layer kept its old values without a word (and a rank change failed in ParameterList's setattr)."""
+    import torch.nn.utils.prune as prune
+
+    layer = tt.nn.TTLinear(12, 10, tt_rank=3, in_dims=(3, 4), out_dims=(5, 2), dtype=torch.float64)
+    module = layer if target == "bias" else layer.cores
+    prune.l1_unstructured(module, target, amount=0.0)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    w = tt.random_matrix([[5, 2], [3, 4]], tt_rank=2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"'{target}' is pruned or parametrized"):
+        layer.load_tt_(w, bias=torch.zeros(10, dtype=torch.float64))
+    after = layer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing loaded halfway
+    prune.remove(module, target)
+    layer.load_tt_(w)
+    x = torch.randn(4, 12, dtype=torch.float64)
+    assert_close(layer(x), x @ tt.full(w).T + layer.bias)

@@ -21,10 +21,23 @@ def check_factory_dtype(dtype: Any, fn: str) -> None:
         check_cast(torch.float32, dtype, fn)
 
 
+def check_loadable(module: nn.Module, names: Sequence[str], fn: str, what: str = "core") -> None:
+    """Raise ``ValueError`` when one of ``names`` is pruned or parametrized: its value is recomputed from other
+    tensors before every forward, so values written into it would be dropped without a word."""
+    for name in names:
+        if name not in module._parameters:
+            raise ValueError(
+                f"{fn}: {what} {name!r} is pruned or parametrized (torch.nn.utils.prune / parametrize), so its "
+                "value is recomputed from other tensors at every forward and loaded values would be dropped; "
+                "remove that first (prune.remove / parametrize.remove_parametrizations), then load"
+            )
+
+
 def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor], fn: str) -> None:
     """Copy ``cores`` into ``params`` (cast to their dtype/device); cores of new shapes replace the Parameter,
     keeping its ``requires_grad`` (a frozen layer stays frozen). Complex cores into real parameters are a
     ``TypeError`` naming ``fn``: their real parts do not multiply out to the tensor's real part."""
+    check_loadable(params, [str(k) for k in range(len(cores))], fn)
     like = params[0]
     if like.dtype.is_floating_point:
         check_cast(cores[0].dtype, like.dtype, fn)

@@ -240,6 +240,7 @@ class TTEmbedding(TTModule):
         Raises:
             TypeError: not a TT-matrix.
             ShapeError: dims other than ``voc_dims x emb_dims``.
+            ValueError: a core is pruned or parametrized (``prune.remove`` it first).
         """
         tt_matrix = F._check_tt_matrix("TTEmbedding.load_tt_", tt_matrix)
         rows, cols = tt_matrix.get_raw_shape()

@@ -24,7 +24,7 @@ from ..operands import check_strided
 from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape, prime_factors
 from ..tensor_train import TensorTrain
 from . import functional as F
-from .base import TTModule, assign_cores_, check_factory_dtype
+from .base import TTModule, assign_cores_, check_factory_dtype, check_loadable
 from .init import InitScheme, dense_variance, tt_normal_
 
 __all__ = ["TTLinear"]
@@ -658,6 +658,7 @@ class TTLinear(TTModule):
             TypeError: not a TT-matrix.
             ShapeError: its dims match neither ``(out_dims, in_dims)`` nor ``(in_dims, out_dims)``, or a bias
                 of the wrong shape or a bias given to a layer without one.
+            ValueError: a core or the bias is pruned or parametrized (``prune.remove`` it first).
 
         Example:
             >>> import torch, tensortrain as tt
@@ -687,6 +688,7 @@ class TTLinear(TTModule):
                 )
             if bias.is_complex() and not self.bias.is_complex():
                 raise TypeError(f"TTLinear.load_tt_: complex bias values ({bias.dtype}) for a real layer")
+            check_loadable(self, ["bias"], "TTLinear.load_tt_", "the bias")
         assign_cores_(self.cores, cores, "TTLinear.load_tt_")
         # cores of new ranks are new Parameters: merges cached from the old ones would keep them alive
         self._cache.clear()
