@@ -121,3 +121,23 @@ def test_float64_operands_fail_alike_in_every_plan_under_autocast():
                 C.linear(x, w, b64, strategy=strategy)
             with pytest.raises(tt.ShapeError, match="x has dtype torch.float64"):
                 C.linear(x.double(), w, strategy=strategy)
+
+
+@pytest.mark.parametrize("batch", [1, 9, 64])
+def test_float64_layers_stay_float64_under_autocast(gen, batch):
+    """Autocast leaves float64 alone (nn.Linear stays float64): the custom Functions of the full plan and the
+    training sweeps cast every floating operand down, so a float64 layer trained in bfloat16 on some plans."""
+    raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 3, 3, 1)
+    cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
+    bias = torch.randn(12, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(batch, 12, generator=gen, dtype=torch.float64)
+    want = x @ _dense(cores).T + bias.detach()
+    for p in C.enumerate_plans(cores, batch, requires_grad=True):
+        with torch.autocast("cpu", dtype=BF16):
+            y = C.linear(x, cores, bias, strategy=p)
+        assert y.dtype == torch.float64, p
+        assert_close(y, want)
+        y.sum().backward()
+        assert all(c.grad is not None and c.grad.dtype == torch.float64 for c in cores)
+        for c in cores:
+            c.grad = None

@@ -51,6 +51,10 @@ def _autocast_knows(device_type: str) -> bool:
 _AUTOCAST_TYPES = tuple(k for k in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia") if _autocast_knows(k))
 
 
+# The dtypes autocast casts to its lower precision: float64 (and complex) it leaves alone, as F.linear shows
+AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def autocasting(device_type: str) -> bool:
     """Whether autocast is on for this device type (False for types autocast does not know, such as meta)."""
     if device_type in _AUTOCAST_TYPES:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from . import contraction_cost as _cost
-from ._transforms import autocasting, grad_recorded, transforms_active
+from ._transforms import AUTOCAST_DTYPES, autocasting, grad_recorded, transforms_active
 from .contraction_plan import (
     STRATEGIES,
     ContractionPlan,
@@ -151,16 +151,13 @@ def _linear(
     return apply_unchecked(x, cores, bias, n, strategy, max_saved=max_saved)
 
 
-# The dtypes autocast casts to its lower precision (float64 it leaves alone, so F.linear fails on it as here)
-_AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None:
     """``t`` is dense (:func:`check_strided`) and has the cores' dtype and device (under autocast the dtypes
     autocast casts may differ, as for ``F.linear``: the products cast both operands)."""
     check_strided(fn, name, t)
     same = t.dtype == c0.dtype or (
-        t.dtype in _AUTOCAST_DTYPES and c0.dtype in _AUTOCAST_DTYPES and autocasting(t.device.type)
+        # (float64 autocast leaves alone, so F.linear fails on a float64 operand beside float32 as here)
+        t.dtype in AUTOCAST_DTYPES and c0.dtype in AUTOCAST_DTYPES and autocasting(t.device.type)
     )
     if not same or t.device != c0.device:
         to = ", ".join(

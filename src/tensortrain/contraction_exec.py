@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import contraction_cost as _cost
 from . import workspace
-from ._transforms import autocasting, grad_recorded, legacy_batched, transforms_active
+from ._transforms import AUTOCAST_DTYPES, autocasting, grad_recorded, legacy_batched, transforms_active
 
 __all__: list[str] = []
 
@@ -303,7 +303,8 @@ def _grad_halves(
 
 
 def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
-    """The operands of a custom Function cast as autocast casts a matmul's (to its lower precision), if enabled.
+    """The operands of a custom Function cast as autocast casts a matmul's (to its lower precision), if enabled;
+    float64 (and complex) operands stay as they are, as autocast leaves them.
 
     Autocast does not reach into a Function's backward: without this cast, a half-precision output gradient
     would meet full-precision saved operands there. The casts are recorded by autograd outside the Function, so
@@ -314,7 +315,7 @@ def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
     if not autocasting(kind):
         return ts
     low = torch.get_autocast_dtype(kind)
-    return tuple(t.to(low) if t is not None and t.is_floating_point() else t for t in ts)
+    return tuple(t.to(low) if t is not None and t.dtype in AUTOCAST_DTYPES else t for t in ts)
 
 
 @contextlib.contextmanager
