@@ -164,7 +164,8 @@ def hessian_vector_product(
     if isinstance(vector, torch.Tensor) and tuple(vector.shape) != tuple(x.shape):
         # (projecting would accept a leading batch axis, and the pairing below would sum over it)
         raise ShapeError(
-            f"{fname}: a dense `vector` must have x's shape {tuple(x.shape)}, got {tuple(vector.shape)}"
+            f"{fname}: the dense `vector` has shape {tuple(vector.shape)} but `x` has shape {tuple(x.shape)} "
+            "(one vector: no batch axis)"
         )
     vec_deltas, _, _, _ = ts.project_deltas(vector, x, fname, frame=(u, v), names=("vector", "x"))
     with torch.enable_grad():

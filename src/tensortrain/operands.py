@@ -36,15 +36,15 @@ def check_strided(fn: str, name: str, t: torch.Tensor) -> None:
         )
 
 
-def as_tensor(x: Any) -> torch.Tensor:
+def as_tensor(x: Any, dtype: torch.dtype | None = None, device: Any = None) -> torch.Tensor:
     """``torch.as_tensor``, also for NumPy arrays with negative strides (``np.flip`` views), which torch cannot
     view: those are copied, where ``as_tensor`` raises its own ValueError."""
     try:
-        return torch.as_tensor(x)
+        return torch.as_tensor(x, dtype=dtype, device=device)
     except ValueError:
         if not (hasattr(x, "__array__") and hasattr(x, "strides") and any(s < 0 for s in x.strides)):
             raise
-        return torch.as_tensor(x.copy())
+        return torch.as_tensor(x.copy(), dtype=dtype, device=device)
 
 
 def wide_dtype(t: torch.Tensor) -> torch.dtype:
@@ -197,7 +197,7 @@ def as_scales(
         if raw.dtype == torch.bool:
             raise TypeError(f"{fn}: {name} must be numbers, got bools (a mask?)")
         # a list or array is read straight in ``dtype``: through float32 a float64 weight keeps 7 digits
-        return torch.as_tensor(raw, dtype=dtype, device=device)
+        return as_tensor(values, dtype=dtype, device=device)
     parts = [as_scales(v, fn=fn, name=name) for v in values]
     kind = parts[0].dtype
     for p in parts[1:]:
