@@ -118,9 +118,12 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
     Returns:
         The tangent vector ``project(dL/dfull(x), x)`` (ranks ``2 r``, ``projection_on = x``), expressed in the
         frame ``project`` uses, so it combines with other tangent vectors at ``x``
-        (``pairwise_flat_inner_projected``, ``add_n_projected``). For an ``x`` whose cores are zero-padded
-        beyond its actual ranks it is the projection onto the tangent space at those actual ranks: the core
-        gradients carry nothing about the directions that would raise them.
+        (``pairwise_flat_inner_projected``, ``add_n_projected``). For an ``x`` whose cores are rank-deficient
+        (zero-padded beyond its actual ranks, or a sum such as ``x0 + x0``) it is the projection onto the
+        tangent space at its numerical ranks: the core gradients carry nothing about the directions that would
+        raise them. ``project(g, x)`` there takes the extra directions from its QR sweeps of the cores as given,
+        so the two differ (round ``x`` to its numerical ranks first, ``tt.round(x, epsilon=1e-10)``, and they
+        agree).
 
     Raises:
         TypeError: ``x`` is not a TensorTrain, or a gradient's dtype or device differs from the cores'.
