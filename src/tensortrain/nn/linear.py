@@ -103,8 +103,8 @@ def resolve_dims(
     is False, a size whose exact factors are lopsided (a large prime factor: 1021, 30522 = 2 * 3 * 5087) is
     padded to a balanced product at most 25% larger. ``d`` (when no dims are given) aims at modes of about 4
     to 8 and never exceeds what the richer size can fill (its count of prime factors, unless it is padded), so
-    no core has both modes equal to 1. Given dims must multiply to the size; with ``pad=True`` they may
-    multiply to more.
+    no core has both modes equal to 1, except that ``d`` is at least 2: a size of 1 beside a prime or 1 (1 -> 7)
+    gets one such core. Given dims must multiply to the size; with ``pad=True`` they may multiply to more.
 
     Raises:
         ShapeError: given dims that multiply to another size (with ``pad=True``: to less), or in/out dims of
