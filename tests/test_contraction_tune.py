@@ -226,3 +226,24 @@ def test_tuned_choice_is_among_the_candidates_on_a_real_layer(gen):
     p = layer.plan(64, requires_grad=True)
     dims = dims_of(list(layer.cores))
     assert p.program in R.candidates(dims, 64, 4, "cpu", True, False, None, cost.BOTH)
+
+
+def test_no_memory_for_the_synthetic_operands_keeps_the_models_choice(gen, monkeypatch):
+    """plan(w, huge_batch, strategy="tune") allocated its synthetic input outside the out-of-memory guard: the
+    allocator's error escaped from an inspection call."""
+
+    def no_room(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 400 GB")
+
+    monkeypatch.setattr(R, "_calls", no_room)
+    cores = _cores(gen, grad=True)
+    for grad in (False, True):
+        C.clear_plan_cache()
+        got = C.plan(cores, 10**9, strategy="tune", requires_grad=grad)
+        C.clear_plan_cache()
+        want = C.plan(cores, 10**9, strategy="auto", requires_grad=grad)
+        assert got.program == want.program
+    monkeypatch.setattr(R, "_calls", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    C.clear_plan_cache()
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
+        C.plan(cores, 64, strategy="tune", requires_grad=True)

@@ -159,14 +159,22 @@ def tune(
     The operands are random (a private generator: the global RNG is untouched) with the cores' shapes, dtype and
     device; training candidates run forward and backward on detached aliases of the cores (``torch.autograd.grad``:
     no ``.grad`` is written, no hook of the real parameters fires), inference ones under ``no_grad`` with a cache
-    of merged groups when the layer keeps one (``cached``). A candidate that runs out of memory is skipped.
+    of merged groups when the layer keeps one (``cached``). A candidate that runs out of memory is skipped; with
+    no memory for the synthetic operands the cost model's choice is kept untimed.
     """
     c0 = cores[0]
     dims = dims_of(cores)
     progs = candidates(dims, batch, c0.element_size(), c0.device.type, grad, cached, max_saved, need)
     if len(progs) == 1:
         return progs[0]
-    calls = _calls(progs, cores, batch, grad, cached, need)
+    try:
+        calls = _calls(progs, cores, batch, grad, cached, need)
+    except RuntimeError as e:
+        if not _out_of_memory(e):
+            raise
+        # no room for the synthetic operands (beside the call's own, or for plan()'s hypothetical batch): the
+        # cost model's choice, as without tuning
+        return progs[0]
     times = _measure(calls, _sync(c0.device))
     fastest = min(times.values())
     return next(p for p in progs if times.get(p) == fastest)  # (ties: the cost model's order)
