@@ -209,7 +209,8 @@ class TTLinear(TTModule):
         bias: the bias of shape ``(out_features,)``, or None.
         strategy: the contraction strategy of every forward: ``"auto"`` (the cost model's cheapest plan for
             each batch size, the default), ``"tune"`` (the fastest of the model's candidates, timed on this
-            machine the first time each batch-size bucket is seen) or one of
+            machine the first time each batch-size bucket is seen; with ``max_saved_bytes``, each training
+            batch size) or one of
             :data:`tensortrain.contraction.STRATEGIES`. Settable; not part of the state dict.
         max_saved_bytes: None (the default: the fastest plan) or a byte count: training forwards take the
             fastest plan that keeps at most this many bytes of activations for backward, or the one keeping
