@@ -455,9 +455,8 @@ def test_randomized_error_within_5_percent_of_exact(gen, kind):
         w = spectrum_matrix(torch.where(i <= 16, 1.0, 0.05 * i**-0.5), gen)
     else:
         w = torch.randn(n, n, generator=gen, dtype=torch.float64)
-    shape = [[16, 32], [32, 16]]  # one unfolding of 512 x 512, cut at rank 16: "auto" picks randomized
-    assert truncation.use_randomized("auto", 16, n, n, has_delta=False)
-    fast = tt.to_tt_matrix(w, shape, max_tt_rank=16)
+    shape = [[16, 32], [32, 16]]  # one unfolding of 512 x 512, cut at rank 16
+    fast = tt.to_tt_matrix(w, shape, max_tt_rank=16, method="randomized")
     exact = tt.to_tt_matrix(w, shape, max_tt_rank=16, method="exact")
     assert fast.tt_ranks == exact.tt_ranks == (1, 16, 1)
     e_fast, e_exact = rel_err(fast, w), rel_err(exact, w)
@@ -555,7 +554,11 @@ def test_auto_rule():
     assert truncation.use_randomized("auto", 64, 4096, 4096, has_delta=False)
     assert not truncation.use_randomized("auto", 64, 4096, 4096, has_delta=True)  # epsilon: exact SVD
     assert not truncation.use_randomized("auto", 64, 200, 4096, has_delta=False)  # small side: exact
-    assert not truncation.use_randomized("auto", 200, 512, 512, has_delta=False)  # sketch too big
+    assert not truncation.use_randomized("auto", 500, 2048, 2048, has_delta=False)  # sketch too big
+    assert truncation.use_randomized("auto", 16, 1024, 1024, has_delta=False)
+    # an exact SVD that takes milliseconds: exact (t3f's tutorial's 784 x 625 layer, its unfoldings up to 560 x 700)
+    assert not truncation.use_randomized("auto", 16, 560, 700, has_delta=False)
+    assert not truncation.use_randomized("auto", 16, 512, 2048, has_delta=False)
     assert not truncation.use_randomized("randomized", 64, 64, 4096, has_delta=False)  # no truncation
     assert truncation.use_randomized("randomized", 3, 10, 10, has_delta=True)
     assert not truncation.use_randomized("exact", 3, 4096, 4096, has_delta=False)

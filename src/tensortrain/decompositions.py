@@ -18,8 +18,8 @@ rank per SVD. A rank cap (``max_tt_rank``) is applied on top: where it binds, th
 the pure epsilon criterion.
 
 ``method`` selects the SVD of each unfolding (see :mod:`tensortrain.truncation`): ``"auto"`` uses a randomized
-range finder only for a pure rank cap on large unfoldings (``min(m, n) >= 256``, rank + oversampling at most a
-quarter of it), where it is several times faster with an error within 1.05x of the exact TT-SVD's; with
+range finder only for a pure rank cap on large unfoldings (``m n min(m, n) >= 2^30``, 1024 x 1024 and up;
+rank + oversampling at most a quarter of ``min(m, n)``), where it is several times faster with an error within 1.05x of the exact TT-SVD's; with
 ``epsilon`` given it uses the exact SVD (smallest ranks). ``"randomized"`` forces the sketch (with ``epsilon``
 its error is measured, so the bound still holds, but ranks may exceed the minimal ones by a little);
 ``"exact"`` forces ``torch.linalg.svd``.
