@@ -334,3 +334,13 @@ def test_concat_of_tangent_vectors_at_different_points_is_not_a_tangent_batch():
         tt.pairwise_flat_inner_projected(out, out)
     # at one point it stays one
     assert tt.concat_along_batch_dim([a, tt.project(dense[1], w1)]).projection_on is w1
+
+
+def test_a_point_with_nan_cores_is_named_as_such(gen):
+    """The frame's overflow check read a NaN core as 'the norm overflowed ... scale the input down'."""
+    x = random_tt((3, 4, 5), (1, 2, 2, 1), gen=gen)
+    bad = tt.TensorTrain([x.tt_cores[0], x.tt_cores[1] * float("nan"), x.tt_cores[2]])
+    with pytest.raises(ValueError, match="core 1 of the point has NaN or inf values"):
+        tt.project(x, bad)
+    with pytest.raises(ValueError, match="core 1 of the point has NaN or inf values"):
+        tt.gradients(tt.frobenius_norm_squared, bad)

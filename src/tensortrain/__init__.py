@@ -1,8 +1,9 @@
 """tensortrain: tensor-train (TT) decompositions and TT-compressed neural networks for PyTorch.
 
 ``import tensortrain as tt``. The top level re-exports the TT algebra (t3f's names); ``tt.nn``,
-``tt.approximate``, ``tt.kronecker``, ``tt.riemannian``, ``tt.datasets``, ``tt.workspace`` are namespaces. ``tt.keras`` is
-imported on demand (it needs the optional ``keras`` extra).
+``tt.approximate``, ``tt.kronecker``, ``tt.riemannian``, ``tt.datasets``, ``tt.workspace`` are namespaces.
+``tensortrain.keras`` is not imported by ``import tensortrain``: import it yourself (it needs the optional
+``keras`` extra and Keras' torch backend).
 """
 
 from . import (  # noqa: F401  (namespaces: tt.nn, tt.kronecker, ...)

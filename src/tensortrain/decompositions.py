@@ -340,7 +340,9 @@ def to_tt_tensor(
     Shape:
         tens: ``(n_1, ..., n_d)`` or ``(B, n_1, ..., n_d)`` with ``batch=True``.
 
-    Complexity: exact O(B d n^(d+1)) for the first SVD (it dominates); randomized O(B n^d k q) per SVD.
+    Complexity: exact: one SVD per unfolding (``r_{k-1} n_k`` rows, ``n_{k+1} ... n_d`` columns), for
+        ``N = n^d`` entries O(B N n) the first, O(B N r^2) the second, which dominates once ``r^2 > n``; with
+        no cap the middle one's O(B N^(3/2)). Randomized O(B N k q) per SVD.
 
     Example:
         >>> import torch, tensortrain as tt
@@ -429,8 +431,9 @@ def to_tt_matrix(
     Shape:
         mat: ``(M, N)`` or ``(m_1, ..., m_d, n_1, ..., n_d)``; with ``batch=True`` a leading ``B``.
 
-    Complexity: exact O(B (M N)^(1 + 1/d)...) dominated by the middle unfolding's SVD,
-        O(B M N min(M, N)) for d = 2 (square splits); randomized O(B M N k q).
+    Complexity: as :func:`to_tt_tensor` with modes ``m_k n_k`` and ``M N`` entries: exact O(B M N m_1 n_1)
+        the first SVD, O(B M N r^2) the second, with no cap the middle one's O(B (M N)^(3/2)); randomized
+        O(B M N k q) per SVD.
 
     Example:
         >>> import torch, tensortrain as tt

@@ -262,7 +262,8 @@ class KerasDense(keras.layers.Layer):
         return self.bias
 
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``activation(inputs @ W + b)`` on torch tensors, without building ``W``."""
+        """``activation(inputs @ W + b)`` on torch tensors, cost-planned through ``tt.matmul`` (``W`` is built
+        only where the planner finds that cheaper)."""
         if not (
             inputs.is_floating_point() or inputs.is_complex()
         ):  # integer images, as keras' Dense takes them

@@ -395,8 +395,9 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
     """The same tensor with every core rescaled to the same Frobenius norm (per element for batches).
 
     Core ``k`` is multiplied by ``g / max(||G_k||, epsilon)`` where ``g`` is the geometric mean of the
-    clamped core norms; the factors multiply to 1, so the tensor is unchanged unless a core's norm is
-    below ``epsilon``. Useful against overflow/underflow after many products.
+    clamped core norms; the factors multiply to 1, so the tensor is unchanged. A core whose norm is below
+    ``epsilon`` is scaled as if its norm were ``epsilon``, so the norms then do not all end equal. Useful
+    against overflow/underflow after many products.
 
     Args:
         tt: a TT object.

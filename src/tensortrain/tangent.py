@@ -90,7 +90,17 @@ def _sweep(cores: Cores, left: bool) -> Cores:
             except ValueError:
                 pass
     out, _ = _qr_sweep(work, left, scaled=True)
-    return cast_back(out, dtype, "the tangent space's frame")
+    try:
+        return cast_back(out, dtype, "the tangent space's frame")
+    except ValueError:
+        # non-finite factors from a point with NaN or inf entries: say so, not "the norm overflowed" (checked
+        # only here, on the failure path: a finite point costs no extra sync)
+        for k, c in enumerate(cores):
+            if not bool(torch.isfinite(c).all()):
+                raise ValueError(
+                    f"the tangent space's frame: core {k} of the point has NaN or inf values"
+                ) from None
+        raise
 
 
 def _qr_sweep(cores: Cores, left: bool, scaled: bool) -> tuple[Cores, torch.Tensor]:
