@@ -366,6 +366,12 @@ def test_seeds_lists_and_ranges_parse(text, seeds):
         (["--seeds", "0-1000"], "at most 1000 seeds"),
         (["--seeds", "0-4294967296"], "must lie in [0, 4294967295], got 4294967296"),
         (["--seeds", "0-2", "--seed", "1"], "not allowed with argument --seeds"),
+        (["--seeds", "-1"], "'-1' is neither a seed nor a range A-B"),  # (was "expected an integer, got ''")
+        (["--seeds", "1-"], "'1-' is neither a seed nor a range A-B"),
+        (
+            ["--threads", "99999999999"],
+            "must lie in [1, 4096]",
+        ),  # (was torch's "Overflow when unpacking long")
     ],
 )
 def test_seeds_errors_are_usage_errors(argv, message, capsys):

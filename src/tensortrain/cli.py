@@ -53,6 +53,10 @@ def _seed_list(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
         first, sep, last = part.strip().partition("-")
+        if sep and not (first.strip() and last.strip()):  # "-1" read as a range with no start
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is neither a seed nor a range A-B (seeds are integers >= 0)"
+            )
         lo = seed(first)
         hi = seed(last) if sep else lo
         if hi < lo:
@@ -131,7 +135,10 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
     p.add_argument("--train-subset", type=pos, metavar="N", help="use the first N training images only")
     p.add_argument("--test-subset", type=pos, metavar="N", help="use the first N test images only")
     p.add_argument(
-        "--threads", type=pos, metavar="N", help="torch.set_num_threads(N) (default: torch's choice)"
+        "--threads",
+        type=_int_in(1, 4096),  # (torch.set_num_threads overflowed on larger ones, after the data was loaded)
+        metavar="N",
+        help="torch.set_num_threads(N) (default: torch's choice)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_mnist)
