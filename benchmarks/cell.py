@@ -26,7 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import LAYER_CASES, interleaved, peer_layers, positive_int  # noqa: E402
+from run import LAYER_CASES, interleaved, peer_layers, positive_int, train_step  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             times = interleaved({k: (lambda m=m: m(x)) for k, m in mods.items()}, args.repeats,
                                 budget_s=float("inf"), warm_each=True)  # fmt: skip
     else:
-        times = interleaved({k: (lambda m=m: m(x).sum().backward()) for k, m in mods.items()}, args.repeats,
+        times = interleaved({k: (lambda m=m: train_step(m, x)) for k, m in mods.items()}, args.repeats,
                             budget_s=float("inf"), warm_each=True)  # fmt: skip
     plans = {
         k: m.plan(  # type: ignore[operator]

@@ -31,6 +31,31 @@ def test_interleaved_marks_peers_timed_once():
     assert alone["_once"] == ["peer"] and alone["_n"] == 0
 
 
+def test_interleaved_keeps_a_minimum_of_repeats_past_its_budget():
+    out = run.interleaved({"a": lambda: time.sleep(0.002)}, 11, budget_s=0.0, min_repeats=7)
+    assert out["_n"] == 7
+    assert run.interleaved({"a": lambda: None}, 11, budget_s=0.0, min_repeats=20)["_n"] == 11
+
+
+def test_train_step_adds_nothing_into_grad():
+    """Timed steps called .backward() again and again: every step added its gradients into .grad, an extra pass
+    of the dense weight's size for nn.Linear (up to 1.6x its step time) and of the small cores for TT layers."""
+    import torch
+
+    import tensortrain as tt
+
+    torch.manual_seed(0)
+    for layer in (torch.nn.Linear(12, 10), tt.nn.TTLinear(12, 10, tt_rank=2)):
+        x = torch.randn(5, 12, requires_grad=True)
+        grads = run.train_step(layer, x)
+        assert all(p.grad is None for p in layer.parameters()) and x.grad is None
+        layer(x).sum().backward()
+        for g, t in zip(grads, [x, *layer.parameters()], strict=True):
+            assert torch.allclose(g, t.grad)
+        frozen_input = run.train_step(layer, x.detach())  # (a first layer: parameters only)
+        assert len(frozen_input) == len(list(layer.parameters()))
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
