@@ -991,3 +991,41 @@ def test_load_tt_into_a_pruned_core_is_refused(target):
     layer.load_tt_(w)
     x = torch.randn(4, 12, dtype=torch.float64)
     assert_close(layer(x), x @ tt.full(w).T + layer.bias)
+
+
+def test_inference_cache_keeps_no_tensors_from_functional_call():
+    """The cache kept the tensors a torch.func.functional_call swapped in (an EMA copy, another checkpoint) alive
+    after the caller let them go, until the layer's next call."""
+    import gc
+    import weakref
+
+    layer = tt.nn.TTLinear(64, 64, tt_rank=8, in_dims=(4, 4, 4), out_dims=(4, 4, 4))
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        layer(x)  # the layer's own entry
+        params = {k: v.detach().clone() for k, v in layer.named_parameters()}
+        got = torch.func.functional_call(layer, params, (x,))
+        ref = weakref.ref(params["cores.1"])
+        ref_w = x @ tt.full(tt.TensorTrain([params[f"cores.{k}"] for k in range(3)])).T + params["bias"]
+        assert torch.allclose(got, ref_w, atol=1e-5)
+    del params
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_stale_cache_entry_goes_with_the_first_miss():
+    """Entries under other keys kept a replaced core alive until their own key came back."""
+    import gc
+    import weakref
+
+    from tensortrain.contraction_cache import cached
+
+    cores = [torch.nn.Parameter(torch.randn(1, 2, 2, 3)), torch.nn.Parameter(torch.randn(3, 2, 2, 1))]
+    cache: dict = {}
+    cached(cache, "a", cores, lambda cs: cs[0] * 2)
+    cached(cache, "b", cores, lambda cs: cs[1] * 2)
+    old = weakref.ref(cores[1])
+    cores[1] = torch.nn.Parameter(torch.randn(3, 2, 2, 1))
+    cached(cache, "a", cores, lambda cs: cs[0] * 2)
+    gc.collect()
+    assert set(cache) == {"a"} and old() is None

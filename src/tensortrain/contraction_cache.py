@@ -50,7 +50,8 @@ def cached(
     through ``.data`` bypass the version counter, as they bypass autograd's own checks, and so do
     ``torch.distributed`` collectives writing into a core: after those, call the layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to watch, and
     cores in shared memory (``share_memory()``, Hogwild workers) are written by other processes, whose writes
-    no version counter here sees: for both, ``make`` runs on every call.
+    no version counter here sees: for both, ``make`` runs on every call, and so it does for cores that are not
+    ``nn.Parameter``s (tensors ``torch.func.functional_call`` swaps in: kept, they would outlive the call).
 
     ``make`` receives detached aliases of the cores and runs outside inference mode: a value that is a view of a
     core (a one-core group, a half that is core 0) then does not hold the Parameter itself, which
@@ -75,6 +76,14 @@ def cached(
         # (a CPU check only: is_shared() is True for every CUDA tensor)
         if any(c.device.type == "cpu" and c.is_shared() for c in cores):
             return value
+        if not all(isinstance(c, torch.nn.Parameter) for c in cores):
+            # not the layer's own cores: tensors swapped in by torch.func.functional_call (an EMA copy, another
+            # checkpoint), which the entry would keep alive after the caller let them go
+            return value
+        if hit is not None:
+            # the cores changed or an optimizer stepped: every entry is stale (all hold the old cores), not only
+            # this key's; dropped now rather than when their own key comes back
+            cache.clear()
         hit = cache[key] = (stamp, tuple(cores), value, aliases)
     return hit[2]
 
