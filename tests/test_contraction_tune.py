@@ -247,3 +247,26 @@ def test_no_memory_for_the_synthetic_operands_keeps_the_models_choice(gen, monke
     C.clear_plan_cache()
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
         C.plan(cores, 64, strategy="tune", requires_grad=True)
+
+
+def test_inference_candidates_are_timed_with_their_kept_merges(gen, monkeypatch):
+    """A layer's inference plans keep merged groups between calls; the tuner's candidates must too (the layer
+    cache keeps merges only of Parameters, and the tuner's aliases were plain tensors)."""
+    import tensortrain.contraction_cache as cache_module
+
+    stored = []
+    real = cache_module.cached
+
+    def spy(cache, key, cores, make):
+        out = real(cache, key, cores, make)
+        stored.append(key in cache)
+        return out
+
+    monkeypatch.setattr(cache_module, "cached", spy)
+    cores = _cores(gen, grad=False)
+    progs = R.candidates(R.dims_of(cores), 64, 8, "cpu", False, True, None, (False, False))
+    calls = R._calls(progs, cores, 64, False, True, (False, False))
+    for f in calls.values():
+        f()
+        f()
+    assert stored and all(stored)

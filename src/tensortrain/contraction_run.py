@@ -201,6 +201,9 @@ def _calls(
     aliases = [c.clone() if c.is_inference() else c.detach() for c in cores]
     if not grad:
         caches: dict[Program, dict | None] = {p: {} if cached else None for p in progs}
+        # as Parameters (sharing the cores' storage): the layer cache keeps merges only of a layer's own
+        # Parameters, and a layer's inference candidates are to be timed with their kept merges
+        aliases = [torch.nn.Parameter(a, requires_grad=False) for a in aliases]
 
         def infer(p: Program) -> None:
             with torch.no_grad():
