@@ -81,11 +81,17 @@ def test_results_whose_norm_overflows_float32_are_computed_wide_or_refused():
         got = tt.to_tt_tensor(a32, **budget)
         assert got.dtype == torch.float32
         assert float((tt.full(got).double() - tt.full(x64)).norm() / tt.full(x64).norm()) < 1e-6
-    x32 = tt.cast(x64, torch.float32)
+    # round leaves the norm in the first core (t3f's order): with 1024 modes there, its entries fit float32
+    r64 = tt.random_tensor((1024, 2, 2, 2), tt_rank=2, dtype=torch.float64, generator=gen) * 1e37
+    r32 = tt.cast(r64, torch.float32)
     for budget in ({"max_tt_rank": 2}, {"epsilon": 1e-3}):
-        got = tt.round(x32 + 0.01 * x32, **budget)
-        assert got.tt_ranks == (1, 2, 2, 2, 1)
-        assert float((tt.full(got).double() - 1.01 * tt.full(x64)).norm() / tt.full(x64).norm()) < 1e-5
+        got = tt.round(r32 + 0.01 * r32, **budget)
+        assert got.tt_ranks == (1, 2, 2, 2, 1) and got.dtype == torch.float32
+        assert float((tt.full(got).double() - 1.01 * tt.full(r64)).norm() / tt.full(r64).norm()) < 1e-5
+    # with 2 modes there its entries would be ~5e38: refused, with the reason, not inf cores
+    x32 = tt.cast(x64, torch.float32)
+    with pytest.raises(ValueError, match=r"round: the result does not fit float32 .* use float64"):
+        tt.round(x32 + 0.01 * x32, max_tt_rank=2)
     big = torch.full((4, 4), 1e38)  # norm 4e38, rank 1: the result's entries fit
     for eps in (None, 0.1):
         x = tt.to_tt_tensor(big, max_tt_rank=4, epsilon=eps)
