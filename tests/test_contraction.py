@@ -760,3 +760,22 @@ def test_no_plan_does_fewer_flops_than_the_floor(spec, batch, seed):
     floor = C.flop_floor(cores, batch)
     plans = C.enumerate_plans(cores, batch)
     assert all(p.flops_forward >= floor for p in plans)
+
+
+def test_sweep_core_gradients_are_as_accurate_as_the_full_plans_in_float32():
+    """A right-to-left sweep's first super-core gradient, a small (64 x 4) product summed over batch * modes
+    (131,072 terms), ran in the orientation MKL sums almost sequentially: 15-55x the full plan's float32 error
+    (6e-6 against 4e-7 at batch 512), and 5x slower."""
+    gen = torch.Generator().manual_seed(0)
+    w = tt.random_matrix([[4, 8, 8, 4], [4, 8, 8, 4]], tt_rank=16, dtype=torch.float64, generator=gen)
+    x = torch.randn(512, 1024, generator=gen, dtype=torch.float64)
+    gy = torch.randn(512, 1024, generator=gen, dtype=torch.float64)
+    cores64 = [c.clone().requires_grad_() for c in w.tt_cores]
+    want = torch.autograd.grad(C.linear(x, cores64, strategy="full"), cores64, gy)
+    errors = {}
+    for strategy in ("full", "cores_rtl", "cores_ltr"):
+        cores = [c.detach().float().requires_grad_() for c in w.tt_cores]
+        got = torch.autograd.grad(C.linear(x.float(), cores, strategy=strategy), cores, gy.float())
+        errors[strategy] = [float((g.double() - r).norm() / r.norm()) for g, r in zip(got, want, strict=True)]
+    for strategy in ("cores_rtl", "cores_ltr"):
+        assert max(errors[strategy]) < 5 * max(errors["full"]) + 1e-7, errors

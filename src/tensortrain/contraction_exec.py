@@ -464,6 +464,16 @@ def _slice_product(
     )
 
 
+def _long_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for a small ``(q, k)`` result over a long inner dimension (a super-core's gradient summed over
+    the batch), as ``(b^T a^T)^T`` when ``q > k``: MKL sums a tall-output product of this shape almost
+    sequentially along the inner dimension, measured 5x slower and 12x less accurate in float32 (64 x 4 over
+    131,072: 10.4 ms and 6.5e-6 relative error against 2.1 ms and 5.4e-7), and the transposed one well."""
+    if a.shape[0] > b.shape[1]:
+        return (b.t() @ a.t()).t().contiguous()
+    return a @ b
+
+
 def _sweep_grads(
     steps: list[tuple[int, int, int, int]],
     states: Sequence[torch.Tensor],
@@ -484,7 +494,7 @@ def _sweep_grads(
         need_state = t > 0 or need_x  # the state gradient of step 0 is x's
         if p == 1:
             g2 = g.reshape(outer, q)
-            grads.append(g2.t() @ states[t].reshape(outer, k) if want else None)
+            grads.append(_long_product(g2.t(), states[t].reshape(outer, k)) if want else None)
             if need_state:
                 g = g2 @ a
         else:
@@ -496,7 +506,9 @@ def _sweep_grads(
             else:
                 s3 = states[t].reshape(outer, k, p)
                 grads.append(
-                    g3.transpose(0, 1).reshape(q, outer * p) @ s3.transpose(1, 2).reshape(outer * p, k)
+                    _long_product(
+                        g3.transpose(0, 1).reshape(q, outer * p), s3.transpose(1, 2).reshape(outer * p, k)
+                    )
                 )
             if need_state:
                 g = torch.bmm(a.t().expand(outer, k, q), g3)
