@@ -60,11 +60,17 @@ def check_finite_cores(tt: Any, name: str) -> None:
     cores = tt.tt_cores
     if cores[0].device.type == "meta":  # (meta cores have no values)
         return
-    if all_finite(cores):  # (one sync; the core at fault is looked for only on failure)
-        return
-    for k, c in enumerate(cores):
-        if not bool(torch.isfinite(c).all()):
-            raise ValueError(f"{name}: core {k} contains NaN or inf values")
+    k = nonfinite_core(cores)
+    if k is not None:
+        raise ValueError(f"{name}: core {k} contains NaN or inf values")
+
+
+def nonfinite_core(cores: Sequence[torch.Tensor]) -> int | None:
+    """The index of the first core with NaN or inf values, None when all are finite (one sync; the core at
+    fault is looked for only on failure)."""
+    if all_finite(cores):
+        return None
+    return next((k for k, c in enumerate(cores) if not bool(torch.isfinite(c).all())), None)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -17,7 +17,7 @@ import torch
 from ._transforms import transforms_active
 from .errors import ShapeError
 from .operands import rescale_pow2, scale_pow2
-from .orthogonalization import cast_back, compute_dtype
+from .orthogonalization import cast_back, compute_dtype, nonfinite_core
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__: list[str] = []  # nothing public: the public API is in riemannian, autodiff and optim
@@ -95,11 +95,11 @@ def _sweep(cores: Cores, left: bool) -> Cores:
     except ValueError:
         # non-finite factors from a point with NaN or inf entries: say so, not "the norm overflowed" (checked
         # only here, on the failure path: a finite point costs no extra sync)
-        for k, c in enumerate(cores):
-            if not bool(torch.isfinite(c).all()):
-                raise ValueError(
-                    f"the tangent space's frame: core {k} of the point has NaN or inf values"
-                ) from None
+        k = nonfinite_core(cores)
+        if k is not None:
+            raise ValueError(
+                f"the tangent space's frame: core {k} of the point has NaN or inf values"
+            ) from None
         raise
 
 
