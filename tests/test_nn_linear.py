@@ -755,6 +755,27 @@ def test_cores_in_shared_memory_are_never_served_from_the_cache():
     _check_current(layer, x)
 
 
+def test_nothing_is_kept_while_a_cuda_graph_is_captured(monkeypatch):
+    """A merge kept from a call inside a CUDA graph capture (or read from the cache there) is a constant of the
+    graph: its replays missed in-place updates of the cores. The capture itself needs a GPU (tests/test_cuda.py);
+    here the capture test is faked, and no call may store or read a kept merge."""
+    import tensortrain.contraction_cache as cache_module
+
+    layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), dtype=torch.float64)
+    x = torch.randn(300, 24, dtype=torch.float64)
+    monkeypatch.setattr(cache_module, "capturing", lambda t: True)
+    for strategy in ("auto", "full"):  # a sweep with a merged group, and the full plan's halves
+        layer.strategy = strategy
+        _check_current(layer, x)
+        assert not layer._cache
+    monkeypatch.setattr(cache_module, "capturing", lambda t: False)
+    _check_current(layer, x)  # (kept now: served from the cache below, where the capture must not read it)
+    assert layer._cache
+    monkeypatch.setattr(cache_module, "capturing", lambda t: True)
+    layer.cores[1].data.mul_(1.5)  # (unseen by the version counter: an eager call would serve the kept merge)
+    _check_current(layer, x)
+
+
 def test_load_state_dict_swaps_parameters_after_cached_inference():
     """Cached merges were views of the core Parameters, so swapping them (load_state_dict under
     set_swap_module_params_on_conversion) failed after the first inference call."""

@@ -39,6 +39,13 @@ def transforms_active() -> bool:
     )
 
 
+def capturing(t: torch.Tensor) -> bool:
+    """True while a CUDA graph is being captured and ``t`` is a CUDA tensor: as under a transform, no value may be
+    read on the host (a sync ends the capture with an error) and nothing computed may be kept between calls (it
+    would be a constant of the graph, which its replays reuse however the inputs change)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _autocast_knows(device_type: str) -> bool:
     try:
         torch.is_autocast_enabled(device_type)

@@ -14,7 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
-from ._transforms import full_precision
+from ._transforms import capturing, full_precision
 from .contraction_plan import Groups, dims_of
 
 __all__ = ["cached", "cached_halves", "cached_supers"]
@@ -51,7 +51,8 @@ def cached(
     ``torch.distributed`` collectives writing into a core: after those, call the layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to watch, and
     cores in shared memory (``share_memory()``, Hogwild workers) are written by other processes, whose writes
     no version counter here sees: for both, ``make`` runs on every call, and so it does for cores that are not
-    ``nn.Parameter``s (tensors ``torch.func.functional_call`` swaps in: kept, they would outlive the call).
+    ``nn.Parameter``s (tensors ``torch.func.functional_call`` swaps in: kept, they would outlive the call) and
+    while a CUDA graph is captured (the merges are then part of the graph, redone from the cores at each replay).
 
     ``make`` receives detached aliases of the cores and runs outside inference mode: a value that is a view of a
     core (a one-core group, a half that is core 0) then does not hold the Parameter itself, which
@@ -59,6 +60,11 @@ def cached(
     unreferenced, and a value first made under ``torch.inference_mode`` can still be saved for backward by a
     later call that trains only the bias.
     """
+    if capturing(cores[0]):
+        # a CUDA graph being captured would bake a kept value into the graph, whose replays would then miss later
+        # in-place updates of the cores (an optimizer step), which a captured nn.Linear sees: merged in the graph,
+        # every replay merges the cores as they are then
+        return make(cores)
     try:
         # id(): the entry holds the cores, so their ids cannot be reused while it lives (this check runs on every
         # inference call: one list of tuples, ~3 us for 4 cores)

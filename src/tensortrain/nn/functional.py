@@ -15,7 +15,7 @@ import torch
 
 from .. import contraction
 from .. import contraction_cost as _cost
-from .._transforms import full_precision, grad_recorded, transforms_active
+from .._transforms import capturing, full_precision, grad_recorded, transforms_active
 from ..contraction_cache import cached
 from ..contraction_exec import halves
 from ..contraction_plan import Strategy, dims_of
@@ -126,10 +126,10 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
     check_strided(fn, "indices", input)
     if input.device != device:
         raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
-    if input.numel() == 0 or transforms_active() or input.device.type == "meta":
+    if input.numel() == 0 or transforms_active() or input.device.type == "meta" or capturing(input):
         # Under torch.compile / torch.export a value check would be a data-dependent graph break (and meta
-        # tensors have no values); there the lookup itself refuses indices past the table (the first mode is
-        # not wrapped, see _tt_rows).
+        # tensors have no values; while a CUDA graph is captured, reading one would end the capture); there the
+        # lookup itself refuses indices past the table (the first mode is not wrapped, see _tt_rows).
         return
     lo, hi = int(input.min()), int(input.max())
     if lo < 0 or hi >= num_embeddings:
@@ -166,8 +166,9 @@ def tt_embedding(
     Raises:
         TypeError: a weight that is not a TT-matrix, or indices that are not integers.
         IndexError: indices outside ``[0, num_embeddings)`` (the message lists some of them). Under
-            ``torch.compile``, ``torch.export`` and ``torch.func`` no value check runs: the gather refuses such
-            indices itself, with its own error (a ``RuntimeError`` naming a core's mode size).
+            ``torch.compile``, ``torch.export`` and ``torch.func``, and while a CUDA graph is captured, no value
+            check runs: the gather refuses such indices itself, with its own error (a ``RuntimeError`` naming a
+            core's mode size; on CUDA a device-side assert, as ``nn.Embedding``'s).
         ShapeError: ``num_embeddings`` larger than the table, or indices on another device.
         ValueError: ``padding_idx`` outside ``[-num_embeddings, num_embeddings)``.
 
@@ -229,7 +230,7 @@ def _embedding(
     _check_indices("tt_embedding", input, v, weight.device)
     padding_idx = padding_index("tt_embedding", padding_idx, v)
     flat = input.reshape(-1).long()
-    if transforms_active():
+    if transforms_active() or capturing(flat):
         # No value check ran (_check_indices): send every index outside [0, V) to V', whose first-mode digit
         # (m_1) the lookup's index_select refuses. Without this the padded rows [V, V') of the table would be
         # returned. Not -1: inductor's and onnxruntime's gathers wrap negative indices (-1 read row V' - 1,
@@ -255,9 +256,9 @@ def _rows(
     weight: TensorTrain, flat: torch.Tensor, voc_dims: tuple[int, ...], cache: dict | None
 ) -> torch.Tensor:
     """Dense rows ``W[flat, :]``: each distinct index contracted once, core by core or through merged halves."""
-    if transforms_active() or flat.device.type == "meta":
-        # torch.unique has a data-dependent output shape: compiled and exported graphs (and meta tensors, which
-        # have no values) contract every index.
+    if transforms_active() or flat.device.type == "meta" or capturing(flat):
+        # torch.unique has a data-dependent output shape: compiled and exported graphs, CUDA graphs (its size is
+        # read on the host) and meta tensors (no values) contract every index.
         return _tt_rows(weight, flat, voc_dims)
     # Repeated tokens are common (text, categorical features): contract each distinct row once.
     uniq, inverse = torch.unique(flat, return_inverse=True)
