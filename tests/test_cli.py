@@ -200,6 +200,7 @@ def test_data_or_out_that_is_a_file_is_a_clear_error(tmp_path, capsys, option):
         ({"threads": 0}, "threads must be None or >= 1, got 0"),
         ({"seed": 2**32}, r"seed must lie in \[0, 2\*\*32\), got 4294967296"),
         ({"seed": -1}, r"seed must lie in \[0, 2\*\*32\), got -1"),
+        ({"device": "gpu"}, "device 'gpu' is not a device: expected 'auto' or a torch device such as 'cpu'"),
     ],
 )
 def test_demo_config_rejects_bad_options(options, message):
@@ -215,6 +216,7 @@ def test_demo_config_rejects_bad_options(options, message):
         ({"batch_size": 64.0}, "batch_size must be an int, got 64.0"),
         ({"train_subset": "100"}, "train_subset must be an int or None, got '100'"),
         ({"rank": True}, "rank must be an int, got True"),
+        ({"device": 0}, r"device must be a str \('auto', 'cpu', 'cuda', 'cuda:0', ...\), got 0"),
     ],
 )
 def test_demo_config_rejects_non_integers(options, message):
@@ -260,6 +262,7 @@ def test_help_lists_the_options(capsys):
     for option in ("--data DIR", "--epochs-tt N", "--compress-rank R", "--threads N", "--no-progress"):
         assert option in out
     assert "(default: 16)" in out and "torchrun" in out
+    assert "--device DEV" in out and "auto (cuda when available, else cpu)" in " ".join(out.split())
 
 
 def _short_demo(tmp_path, n_train: int, n_test: int) -> list[str]:
@@ -326,6 +329,7 @@ def test_seeds_runs_every_seed_and_summarizes_them(tmp_path, capsys):
     assert [r["config"]["seed"] for r in per_seed.values()] == [3, 5]
     summary = json.loads((out / "seeds.json").read_text())
     assert summary["seeds"] == [3, 5] and "seed" not in summary["config"]
+    assert summary["device"] == "cpu" and summary["gpu"] is None and summary["config"]["device"] == "cpu"
     assert [s["stage"] for s in summary["stages"]] == ["a", "b", "c", "d"]
     for k, stage in enumerate(summary["stages"]):
         accs = [per_seed[s]["stages"][k]["test_accuracy"] for s in (3, 5)]
@@ -482,3 +486,112 @@ def test_an_accuracy_equal_to_the_target_is_met(monkeypatch, tmp_path, capsys):
     for stage in demo.TARGETS:
         assert f"target {stage}: " in out
     assert "MISSED" not in out and out.count(": met") == len(demo.TARGETS)
+
+
+def _accuracies_and_losses(out: Path) -> list[tuple[float, list[float]]]:
+    report = json.loads((out / "results.json").read_text())
+    return [(s["test_accuracy"], [h["loss"] for h in s["history"]]) for s in report["stages"]]
+
+
+def test_demo_device_cpu_is_the_default_run_and_auto_resolves_here(tmp_path, capsys):
+    """--device cpu is the run without --device, digit for digit; --device auto names in results.json the
+    device it chose (the CPU on a machine without CUDA) and keeps "auto" in the configuration."""
+    argv = [*_short_demo(tmp_path, 96, 40), "--threads", "1"]
+    runs = {}
+    for device in (None, "cpu", "auto"):
+        out = tmp_path / f"out-{device}"
+        assert main([*argv, "--out", str(out), *(["--device", device] if device else [])]) == 0
+        runs[device] = json.loads((out / "results.json").read_text())
+        assert runs[device]["config"]["device"] == (device or "cpu")
+    assert runs[None]["device"] == runs["cpu"]["device"] == "cpu"
+    assert runs[None]["gpu"] is None and runs["cpu"]["gpu"] is None
+    assert _accuracies_and_losses(tmp_path / "out-None") == _accuracies_and_losses(tmp_path / "out-cpu")
+    if torch.cuda.is_available():
+        assert runs["auto"]["device"] == f"cuda:{torch.cuda.current_device()}"
+        assert runs["auto"]["gpu"] == torch.cuda.get_device_name()
+    else:
+        assert runs["auto"]["device"] == "cpu" and runs["auto"]["gpu"] is None
+        assert _accuracies_and_losses(tmp_path / "out-auto") == _accuracies_and_losses(tmp_path / "out-cpu")
+    assert "1 process(es) on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_demo_device_cuda_without_cuda_is_a_usage_error(tmp_path, capsys):
+    """A usage error (exit 2, as every bad option) naming what is available, before any data is read."""
+    argv = ["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(SystemExit) as info:
+            main([*argv, "--device", device])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"error: argument --device: device '{device}': CUDA is not available (" in err
+        assert err.rstrip().endswith("available: cpu") and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+    from tensortrain.demo import DemoConfig, run_mnist_demo
+
+    # the library says the same (the CLI checks first; a DemoConfig is built without looking for devices)
+    cfg = DemoConfig(data=str(tmp_path / "none"), out=str(tmp_path / "out"), device="cuda")
+    with pytest.raises(ValueError, match=r"device 'cuda': CUDA is not available \(.*\); available: cpu"):
+        run_mnist_demo(cfg)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("garbage", "device 'garbage' is not a device: expected 'auto' or a torch device such as 'cpu', "),
+        ("cuda:x", "device 'cuda:x' is not a device: expected 'auto' or a torch device such as 'cpu', "),
+        ("", "device '' is not a device: expected 'auto' or a torch device such as 'cpu', "),
+        ("meta", "device 'meta' holds no values (shapes only): the demo cannot train on it"),
+    ],
+)
+def test_demo_unusable_device_is_a_usage_error(tmp_path, capsys, device, message):
+    argv = ["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--device", device])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"tensortrain demo mnist: error: argument --device: {message}" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_demo_on_cuda_keeps_data_batches_and_evaluation_on_the_gpu(tmp_path, monkeypatch, capsys):
+    """Every batch of indices and every evaluation is on the GPU; the batches are the CPU run's, in its
+    order; results.json names the GPU; the losses are the CPU run's up to float32 round-off."""
+    from tensortrain import demo
+
+    seen: dict[str, list[torch.Tensor]] = {"cpu": [], "cuda": []}
+    batches, accuracy = demo._batches, demo.accuracy
+
+    def recording_batches(ctx, seed, epoch):
+        out = batches(ctx, seed, epoch)
+        assert all(idx.device == ctx.device for idx in out)
+        seen[ctx.device.type].extend(idx.cpu() for idx in out)
+        return out
+
+    def checked_accuracy(model, x, y, batch=1000):
+        assert x.is_cuda and y.is_cuda and all(p.is_cuda for p in model.parameters())
+        return accuracy(model, x, y, batch)
+
+    monkeypatch.setattr(demo, "_batches", recording_batches)
+    argv = [*_short_demo(tmp_path, 96, 40), "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "cpu")]) == 0
+    monkeypatch.setattr(demo, "accuracy", checked_accuracy)
+    assert main([*argv, "--out", str(tmp_path / "gpu"), "--device", "cuda"]) == 0
+    assert len(seen["cuda"]) == len(seen["cpu"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(seen["cpu"], seen["cuda"], strict=True))
+    report = json.loads((tmp_path / "gpu/results.json").read_text())
+    assert report["device"] == f"cuda:{torch.cuda.current_device()}" and report["config"]["device"] == "cuda"
+    assert report["gpu"] == torch.cuda.get_device_name()
+    # the same initial weights and batches: the losses agree up to float32 round-off (and TT-SVDs on c)
+    cpu, gpu = ([loss for _, h in _accuracies_and_losses(tmp_path / d) for loss in h] for d in ("cpu", "gpu"))
+    assert gpu == pytest.approx(cpu, rel=1e-3)
+    n = torch.cuda.device_count()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--device", f"cuda:{n}"])
+    assert info.value.code == 2
+    assert f"device 'cuda:{n}': there is no GPU {n} ({n} CUDA device(s)); available: cpu, cuda:0" in (
+        capsys.readouterr().err
+    )

@@ -70,6 +70,18 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _device(text: str) -> str:
+    """An argparse ``type``: ``auto`` or a torch device that exists here (``cpu``, ``cuda``, ``cuda:1``), kept
+    as written (``results.json`` records what ``auto`` became)."""
+    from .demo import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as err:  # "CUDA is not available (...); available: cpu", or a string torch cannot parse
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _add_mnist(demo: argparse._SubParsersAction) -> None:
     p = demo.add_parser(
         "mnist",
@@ -77,8 +89,8 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
         description=(
             "Reproduce t3f's tensor_nets tutorial on MNIST: (a) a TT net trained from scratch, (b) a dense "
             "784-625-10 net, (c) b's first layer compressed by TT-SVD, (d) c fine-tuned. Prints a summary "
-            "table and writes results.json and accuracy_vs_params.png to --out. Runs under torchrun "
-            "(DistributedDataParallel, gloo backend) when WORLD_SIZE > 1."
+            "table and writes results.json and accuracy_vs_params.png to --out. Runs on --device (the CPU by "
+            "default) and under torchrun (DistributedDataParallel, gloo backend) when WORLD_SIZE > 1."
         ),
     )
     pos, nonneg = _int_in(1), _int_in(0)
@@ -139,6 +151,18 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
         type=_int_in(1, 4096),  # (torch.set_num_threads overflowed on larger ones, after the data was loaded)
         metavar="N",
         help="torch.set_num_threads(N) (default: torch's choice)",
+    )
+    p.add_argument(
+        "--device",
+        type=_device,
+        metavar="DEV",
+        default="cpu",
+        help=(
+            "where all four stages train and evaluate: cpu, cuda, cuda:N, any other torch device, or auto "
+            "(cuda when available, else cpu); the data is moved there once, the shuffles stay seeded on the "
+            "CPU, and results.json records the device and GPU. Under torchrun, cuda means each process's "
+            "cuda:LOCAL_RANK" + d
+        ),
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_mnist)
@@ -289,6 +313,7 @@ def _run_mnist(args: argparse.Namespace) -> int:
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         threads=args.threads,
+        device=args.device,
     )
     t0 = time.perf_counter()
     bar = _progress_bar(rank == 0 and not args.no_progress)

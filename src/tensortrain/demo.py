@@ -13,12 +13,18 @@ layers, Adam epsilon 1e-7. Under ``torchrun`` (``WORLD_SIZE > 1``) training runs
 DistributedDataParallel on the gloo backend: each process gets ``batch_size / world_size`` samples of every
 global batch through a ``DistributedSampler``, so the global batch and the learning rates stay the
 tutorial's; only rank 0 reports and writes. This module computes and returns; ``tensortrain.cli`` prints.
+
+``DemoConfig.device`` chooses where everything runs (``"cpu"`` by default, ``"cuda"``, ``"cuda:1"``, ``"auto"``;
+:func:`resolve_device`): the preprocessed images are moved there once, batches are indexed there, and the models
+are built on the CPU (the same initial weights on every device) and moved. The shuffles stay on the CPU, drawn
+from the seeded ``DistributedSampler``, so every device sees the same batches in the same order.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +48,7 @@ __all__ = [
     "format_seeds_table",
     "format_table",
     "is_tutorial",
+    "resolve_device",
     "run_mnist_demo",
     "run_mnist_seeds",
     "summarize_seeds",
@@ -62,12 +69,17 @@ Progress = Callable[[Iterable[T], str, int], Iterable[T]]
 class DemoConfig:
     """Options of ``tensortrain demo mnist`` (the defaults are the tutorial's).
 
+    ``device`` is ``"auto"`` (CUDA when available, else the CPU) or a ``torch.device`` string (``"cpu"``,
+    ``"cuda"``, ``"cuda:1"``); whether that device exists here is checked when the demo starts
+    (:func:`resolve_device`). Under torchrun, ``"cuda"`` without an index means each process's
+    ``cuda:LOCAL_RANK`` (modulo the number of GPUs).
+
     Raises:
         TypeError: a count, rank or seed is not an int (``train_subset``, ``test_subset``, ``threads``: an
-            int or None).
+            int or None), or ``device`` is not a str.
         ValueError: ``batch_size``, ``rank`` or ``compress_rank`` below 1, an epoch count below 0,
-            ``train_subset``, ``test_subset`` or ``threads`` below 1, or ``seed`` outside ``[0, 2**32)``.
-            The message names the option.
+            ``train_subset``, ``test_subset`` or ``threads`` below 1, ``seed`` outside ``[0, 2**32)``, or a
+            ``device`` torch cannot parse. The message names the option.
     """
 
     data: str | None = None
@@ -82,6 +94,7 @@ class DemoConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     threads: int | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "rank", "compress_rank"):
@@ -98,6 +111,100 @@ class DemoConfig:
         # each stage's shuffle seed is seed * 1000 + a letter: keep it in 64 bits
         if not 0 <= _int_option("seed", self.seed) < 2**32:
             raise ValueError(f"seed must lie in [0, 2**32), got {self.seed}")
+        _parse_device(self.device)
+
+
+def _parse_device(spec: object) -> torch.device | None:
+    """``spec`` as a ``torch.device`` (None for ``"auto"``), or a TypeError/ValueError saying what is wrong."""
+    if not isinstance(spec, str):
+        raise TypeError(f"device must be a str ('auto', 'cpu', 'cuda', 'cuda:0', ...), got {spec!r}")
+    if spec == "auto":
+        return None
+    try:
+        return torch.device(spec)
+    except RuntimeError as err:  # torch's "Invalid device string: 'cuda:x'", "Expected one of cpu, cuda, ..."
+        raise ValueError(
+            f"device {spec!r} is not a device: expected 'auto' or a torch device such as 'cpu', 'cuda' or "
+            f"'cuda:0' (torch: {err})"
+        ) from None
+
+
+def _available_devices() -> list[str]:
+    """The devices this process can compute on: the CPU, each CUDA GPU, and MPS (Apple GPUs) when present."""
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return devices + (["mps"] if torch.backends.mps.is_available() else [])
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The device a demo's ``device`` option names, checked to exist here.
+
+    Args:
+        spec: ``"auto"`` (``"cuda"`` when CUDA is available, else ``"cpu"``) or any ``torch.device`` string
+            (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+
+    Returns:
+        The device (``cuda`` without an index stays without one: the current GPU, or under torchrun each
+        process's own).
+
+    Raises:
+        TypeError: ``spec`` is not a str.
+        ValueError: torch cannot parse ``spec``; it names CUDA and CUDA is not available, or a GPU index past
+            the last; it names another device this process cannot allocate on, or ``meta`` (which holds no
+            values). The message lists the devices that are available.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    device = _parse_device(spec)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = ", ".join(_available_devices())
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch build ({torch.__version__}) has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA GPU or driver was found"
+            )
+            raise ValueError(f"device {spec!r}: CUDA is not available ({why}); available: {available}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {spec!r}: there is no GPU {device.index} ({torch.cuda.device_count()} CUDA "
+                f"device(s)); available: {available}"
+            )
+        return device
+    if device.type == "meta":
+        raise ValueError(f"device {spec!r} holds no values (shapes only): the demo cannot train on it")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {spec!r}: MPS is not available; available: {available}")
+    try:  # any other device type: usable if a tensor can live there
+        torch.empty(0, device=device)
+    except Exception as err:  # AssertionError "Torch not compiled with XPU enabled", NotImplementedError, ...
+        # the first sentence: a missing backend's NotImplementedError goes on with pages of dispatch keys
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0].split(". ")[0]
+        raise ValueError(
+            f"device {spec!r} is not available here ({reason}); available: {available}"
+        ) from None
+    return device
+
+
+def _on_rank(device: torch.device, rank: int, world: int) -> torch.device:
+    """``cuda`` without an index pinned to one GPU, so that results.json names the GPU used: the current one,
+    or under torchrun the process's own (``LOCAL_RANK``, else its rank, modulo the number of GPUs)."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    if world == 1:
+        return torch.device("cuda", torch.cuda.current_device())
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    return torch.device("cuda", local % torch.cuda.device_count())
+
+
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the work queued on ``device`` is done (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def is_tutorial(cfg: DemoConfig) -> bool:
@@ -140,6 +247,7 @@ class _Context:
     cfg: DemoConfig
     rank: int
     world: int
+    device: torch.device
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
@@ -194,9 +302,11 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _preprocess(images: torch.Tensor, subset: int | None) -> torch.Tensor:
+def _preprocess(images: torch.Tensor, subset: int | None, device: torch.device | None = None) -> torch.Tensor:
+    """The first ``subset`` images scaled to [-1, 1] on the CPU (the same values for every device), then moved
+    to ``device`` in one copy."""
     images = images if subset is None else images[:subset]
-    return images.to(torch.float32) / 127.5 - 1.0  # the tutorial's scaling to [-1, 1]
+    return (images.to(torch.float32) / 127.5 - 1.0).to(device)  # the tutorial's scaling to [-1, 1]
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
@@ -212,21 +322,23 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
         The accuracy in [0, 1] (0 for no inputs).
     """
     model.eval()
-    correct = 0
+    # counted on y's device: one synchronization, at the end
+    correct = torch.zeros((), dtype=torch.long, device=y.device)
     with torch.no_grad():
         for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
-            correct += int((model(xb).argmax(dim=1) == yb).sum())
+            correct += (model(xb).argmax(dim=1) == yb).sum()
     model.train()
-    return correct / max(len(y), 1)
+    return int(correct) / max(len(y), 1)
 
 
 def _batches(ctx: _Context, seed: int, epoch: int) -> list[torch.Tensor]:
-    """This rank's index batches for one epoch: a seeded shuffle split over ranks by DistributedSampler."""
+    """This rank's index batches for one epoch, on ``ctx.device``: a seeded shuffle split over ranks by
+    DistributedSampler, drawn on the CPU (the same batches on every device) and moved in one copy."""
     sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
         TensorDataset(ctx.y_train), num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed
     )
     sampler.set_epoch(epoch)
-    order = torch.tensor(list(sampler), dtype=torch.long)
+    order = torch.tensor(list(sampler), dtype=torch.long).to(ctx.device)
     return list(order.split(ctx.cfg.batch_size // ctx.world))
 
 
@@ -241,7 +353,7 @@ def _train(ctx: _Context, stage: str, model: nn.Module, epochs: int, lr: float) 
     seed = ctx.cfg.seed * 1000 + ord(stage)  # an independent shuffle stream per stage
     for epoch in range(epochs):
         batches = _batches(ctx, seed, epoch)
-        total, t0 = torch.zeros(()), time.perf_counter()
+        total, t0 = torch.zeros((), device=ctx.device), _clock(ctx.device)
         desc = f"{stage}: epoch {epoch + 1}/{epochs}"
         for idx in ctx.progress(batches, desc, len(batches)):
             loss = F.cross_entropy(net(ctx.x_train[idx]), ctx.y_train[idx])
@@ -255,19 +367,19 @@ def _train(ctx: _Context, stage: str, model: nn.Module, epochs: int, lr: float) 
         acc = accuracy(model, ctx.x_test, ctx.y_test)
         mean_loss = float(total) / max(len(batches), 1)
         history.append({"epoch": epoch + 1, "loss": mean_loss, "test_accuracy": acc})
-        ctx.log(f"{desc}  loss {mean_loss:.4f}  test accuracy {acc:.4f}  ({time.perf_counter() - t0:.1f} s)")
+        ctx.log(f"{desc}  loss {mean_loss:.4f}  test accuracy {acc:.4f}  ({_clock(ctx.device) - t0:.1f} s)")
     return history
 
 
 def _stage(
     ctx: _Context, stage: str, name: str, model: nn.Module, epochs: int, lr: float | None
 ) -> StageResult:
-    t0 = time.perf_counter()
+    t0 = _clock(ctx.device)
     history = _train(ctx, stage, model, epochs, lr) if epochs and lr is not None else []
     acc = history[-1]["test_accuracy"] if history else accuracy(model, ctx.x_test, ctx.y_test)
     tt_params = sum(_count(m) for m in model.modules() if isinstance(m, TTLinear))
     return StageResult(
-        stage, name, _count(model), tt_params or None, acc, time.perf_counter() - t0, epochs, lr, history
+        stage, name, _count(model), tt_params or None, acc, _clock(ctx.device) - t0, epochs, lr, history
     )
 
 
@@ -278,9 +390,9 @@ def _rank_used(model: nn.Sequential) -> int:
     return max(layer.tt_ranks)
 
 
-def _compress(dense: nn.Sequential, rank: int) -> tuple[nn.Sequential, float]:
-    """Stage c: b's first layer as a rank-``rank`` TT-SVD; also the weight's relative error."""
-    model = dense_net()
+def _compress(dense: nn.Sequential, rank: int, device: torch.device) -> tuple[nn.Sequential, float]:
+    """Stage c: b's first layer (on ``device``) as a rank-``rank`` TT-SVD; also the weight's relative error."""
+    model = dense_net().to(device)
     model.load_state_dict(dense.state_dict())
     first = model[1]
     assert isinstance(first, nn.Linear)
@@ -313,8 +425,9 @@ def run_mnist_demo(
         One :class:`StageResult` per stage (a, b, c, d).
 
     Raises:
-        ValueError: ``batch_size`` not divisible by the number of processes (the options themselves are
-            checked when the :class:`DemoConfig` is built).
+        ValueError: ``batch_size`` not divisible by the number of processes, or ``cfg.device`` not available
+            here (:func:`resolve_device`; the options themselves are checked when the :class:`DemoConfig` is
+            built).
         FileNotFoundError, tensortrain.datasets.DownloadError, tensortrain.datasets.IDXError: no usable
             MNIST (see :func:`tensortrain.datasets.load_mnist`).
         NotADirectoryError: ``cfg.out`` (or ``cfg.data``) exists and is not a folder.
@@ -326,6 +439,7 @@ def run_mnist_demo(
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():  # checked before a possibly long download, created after it
         raise NotADirectoryError(f"{out} is not a folder; the output folder (out) must be a directory")
+    device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
@@ -341,34 +455,41 @@ def run_mnist_demo(
         cfg,
         rank,
         world,
-        _preprocess(data.train_images, n_train),
-        data.train_labels[:n_train],
-        _preprocess(data.test_images, n_test),
-        data.test_labels[:n_test],
+        device,
+        _preprocess(data.train_images, n_train, device),  # the data moves to the device once, here
+        data.train_labels[:n_train].to(device),
+        _preprocess(data.test_images, n_test, device),
+        data.test_labels[:n_test].to(device),
         log,
         progress or _no_progress,
     )
     if rank == 0:  # fail now, not after minutes of training, when --out cannot be created
         out.mkdir(parents=True, exist_ok=True)
-    log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es)")
+    on = f" on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es){on}")
     # The first optimizer imports torch's compiler stack (seconds): do it here, outside the stage timings.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    if device.type != "cpu":  # and a GPU's first matmul creates its BLAS handle (also seconds)
+        ones = torch.ones(2, 2, device=device)
+        torch.mm(ones, ones)
+        _clock(device)
     results = []
+    # the models are initialized on the CPU and moved: the same initial weights on every device
     torch.manual_seed(cfg.seed)
-    tt_model = tt_net(cfg.rank)
+    tt_model = tt_net(cfg.rank).to(device)
     # ranks above the useful ones are clipped (784x625 with these dims: at most 700): name the rank used
     used = _rank_used(tt_model)
     results.append(_stage(ctx, "a", f"TT net (rank {used})", tt_model, cfg.epochs_tt, 1e-2))
     torch.manual_seed(cfg.seed + 1)
-    dense = dense_net()
+    dense = dense_net().to(device)
     results.append(_stage(ctx, "b", "dense net", dense, cfg.epochs_dense, 1e-3))
-    compressed, err = _compress(dense, cfg.compress_rank)
+    compressed, err = _compress(dense, cfg.compress_rank, device)
     used = _rank_used(compressed)
     results.append(_stage(ctx, "c", f"b compressed (TT-SVD, rank {used})", compressed, 0, None))
     log(f"c: relative Frobenius error of the compressed first-layer weight: {err:.4f}")
     results.append(_stage(ctx, "d", "c fine-tuned", compressed, cfg.epochs_finetune, 1e-3))
     if rank == 0:
-        _write_outputs(cfg, results, world, time.perf_counter() - t_start, err, log)
+        _write_outputs(cfg, results, world, device, _clock(device) - t_start, err, log)
     return results
 
 
@@ -441,18 +562,21 @@ def run_mnist_seeds(
     configs = [replace(cfg, seed=s, out=str(out / f"seed-{s}")) for s in seeds]  # checks every seed first
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} is not a folder; the output folder (out) must be a directory")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     t_start = time.perf_counter()
     data = load_mnist(cfg.data)
     runs = {}
     for i, c in enumerate(configs):
         log(f"seed {c.seed} ({i + 1} of {len(configs)}): writing to {c.out}")
         runs[c.seed] = run_mnist_demo(c, log=log, progress=progress, data=data)
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if rank == 0:
         from . import __version__
 
         report = {
             "config": {k: v for k, v in asdict(cfg).items() if k != "seed"},
             "seeds": seeds,
+            **_device_fields(device),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "tensortrain": __version__,
@@ -530,10 +654,19 @@ def format_seeds_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _device_fields(device: torch.device) -> dict[str, str | None]:
+    """What the JSON reports say of the device: its name (``"cpu"``, ``"cuda:0"``) and the GPU's model."""
+    return {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
 def _write_outputs(
     cfg: DemoConfig,
     results: list[StageResult],
     world: int,
+    device: torch.device,
     seconds: float,
     err: float,
     log: Callable[[str], None],
@@ -544,6 +677,7 @@ def _write_outputs(
     report: dict[str, Any] = {
         "config": asdict(cfg),
         "world_size": world,
+        **_device_fields(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "tensortrain": __version__,
