@@ -17,6 +17,11 @@ prints
     .venv/bin/python benchmarks/calibrate.py --threads 2 --json benchmarks/calibration.json
     .venv/bin/python benchmarks/calibrate.py --modes first,frozen --search 0
     .venv/bin/python benchmarks/calibrate.py --modes infer,train,first,frozen --tune --search 0
+    python3 benchmarks/calibrate.py --device cuda --batches 1,64,1024,8192 --json calibration-cuda.json
+
+On a GPU (``--device cuda``) every timed call ends with ``torch.cuda.synchronize()``, so a time is the call's
+launches and kernels together, as a training loop that waits on its loss sees them; the current constants are
+``MACHINES["cuda"]``, and the fit starts from those.
 
 Timings are medians of interleaved repeats in one process; the machine should be otherwise idle.
 """
@@ -42,7 +47,8 @@ from tensortrain import contraction as C  # noqa: E402
 from tensortrain import contraction_cost as cost  # noqa: E402
 from tensortrain import contraction_plan as P  # noqa: E402
 
-NAMES = ("flops", "stream", "permute", "launch", "slice", "touch")
+# the fitted constants, in the order of features(); "half" is the FLOP rate of 2-byte dtypes over float32's
+NAMES = ("flops", "half", "stream", "permute", "launch", "slice", "touch")
 # mode -> (grad, (input needs a gradient, cores need gradients))
 MODES: dict[str, tuple[bool, cost.Need]] = {
     "infer": (False, cost.BOTH),
@@ -53,27 +59,38 @@ MODES: dict[str, tuple[bool, cost.Need]] = {
 
 
 def features(
-    dims: cost.Dims, prog: cost.Program, batch: int, item: int, grad: bool, need: cost.Need = cost.BOTH
+    dims: cost.Dims,
+    prog: cost.Program,
+    batch: int,
+    item: int,
+    grad: bool,
+    need: cost.Need = cost.BOTH,
+    device: str = "cpu",
 ) -> list[float]:
-    """The six coefficients of the cost model's time for ``prog``: one basis machine per constant."""
+    """The seven coefficients of the cost model's time for ``prog`` (in NAMES' order): one basis machine per
+    constant, with the device's cache sizes. FLOPs of 2-byte dtypes go to "half"'s coefficient, others to
+    "flops"'s."""
     inf = math.inf
+    dev = cost.MACHINES.get(device, cost.DEFAULT_MACHINE)
+    caches = {"cache_cliffs": dev.cache_cliffs}
     basis = [
-        cost.Machine(1.0, inf, inf, 0.0, 0.0, inf),
-        cost.Machine(inf, 1.0, inf, 0.0, 0.0, inf),
-        cost.Machine(inf, inf, 1.0, 0.0, 0.0, inf),
-        cost.Machine(inf, inf, inf, 1.0, 0.0, inf),
-        cost.Machine(inf, inf, inf, 0.0, 1.0, inf),
-        cost.Machine(inf, inf, inf, 0.0, 0.0, 1.0),
+        cost.Machine(1.0, inf, inf, 0.0, 0.0, inf, **caches),
+        cost.Machine(inf, 1.0, inf, 0.0, 0.0, inf, **caches),
+        cost.Machine(inf, inf, 1.0, 0.0, 0.0, inf, **caches),
+        cost.Machine(inf, inf, inf, 1.0, 0.0, inf, **caches),
+        cost.Machine(inf, inf, inf, 0.0, 1.0, inf, **caches),
+        cost.Machine(inf, inf, inf, 0.0, 0.0, 1.0, **caches),
     ]
-    return [cost.estimate(dims, prog, batch, item, grad, m, need=need).seconds for m in basis]
+    f = [cost.estimate(dims, prog, batch, item, grad, m, need=need).seconds for m in basis]
+    return [0.0 if item == 2 else f[0], f[0] if item == 2 else 0.0, *f[1:]]
 
 
 def programs(
-    dims: cost.Dims, batch: int, item: int, grad: bool, need: cost.Need = cost.BOTH
+    dims: cost.Dims, batch: int, item: int, grad: bool, need: cost.Need = cost.BOTH, device: str = "cpu"
 ) -> list[cost.Program]:
     """The planner's own candidates plus core-by-core and paired sweeps both ways (deduplicated)."""
     d = len(dims[0])
-    m = cost.machine("cpu", item)
+    m = cost.machine(device, item)
     progs = cost.candidates(dims, "auto", batch, item, grad, m, need=need)
     for direction in ("rtl", "ltr"):
         progs.append(("sweep", direction, tuple((k, k + 1) for k in range(d))))
@@ -86,31 +103,53 @@ def programs(
     return seen
 
 
+def synced(fn: Any, device: torch.device) -> Any:
+    """``fn`` followed by a wait for the device's queue (on a GPU, a host clock around a call that only
+    launches kernels would time the launches)."""
+    if device.type != "cuda":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize(device))
+
+
 def measure(
-    repeats: int, slow_s: float, modes: list[str], tune: bool = False
+    repeats: int,
+    slow_s: float,
+    modes: list[str],
+    tune: bool = False,
+    device: torch.device | None = None,
+    batches: tuple[int, ...] = BATCHES,
+    dtypes: tuple[torch.dtype, ...] = (torch.float32,),
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Timed rows, one per (case, batch, mode, program); with ``tune``, the tuner's choice per (case, batch,
-    mode)."""
+    mode). A case in another dtype than float32 is named with it ("784x625-r4-bfloat16")."""
+    device = device or torch.device("cpu")
     rows, tuned = [], []
-    for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
+    cases = [
+        (name if dtype == torch.float32 else f"{name}-{str(dtype).removeprefix('torch.')}", dtype, *rest)
+        for dtype in dtypes
+        for name, *rest in LAYER_CASES
+    ]
+    for name, dtype, fin, fout, in_dims, out_dims, rank in cases:
         torch.manual_seed(0)
-        layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims, **kw)
         cores = tuple(layer.cores)
         dims = P.dims_of(cores)
         item = cores[0].element_size()
-        for batch in BATCHES:
+        for batch in batches:
             for mode in modes:
                 grad, need = MODES[mode]
-                x = torch.randn(batch, fin, requires_grad=grad and need[0])
+                x = torch.randn(batch, fin, requires_grad=grad and need[0], **kw)
                 cs = cores if need[1] else tuple(c.detach() for c in cores)
-                progs = programs(dims, batch, item, grad, need)
+                progs = programs(dims, batch, item, grad, need, device.type)
                 fns = {}
                 for i, p in enumerate(progs):
-                    plan = P.make_plan(dims, p, batch, item, "cpu", grad, need=need)
+                    plan = P.make_plan(dims, p, batch, item, device.type, grad, need=need)
                     if grad:
-                        fns[str(i)] = lambda p=plan, x=x, cs=cs: C.linear(x, cs, strategy=p).sum().backward()
+                        fn = lambda p=plan, x=x, cs=cs: C.linear(x, cs, strategy=p).sum().backward()  # noqa: E731
                     else:
-                        fns[str(i)] = lambda p=plan, x=x, cs=cs: C.linear(x, cs, strategy=p)
+                        fn = lambda p=plan, x=x, cs=cs: C.linear(x, cs, strategy=p)  # noqa: E731
+                    fns[str(i)] = synced(fn, device)
                 with torch.set_grad_enabled(grad):
                     times = interleaved(fns, repeats, droppable=tuple(fns), slow_s=slow_s, warm_each=True)
                 for i, p in enumerate(progs):
@@ -122,9 +161,12 @@ def measure(
                             "mode": mode,
                             "program": [p[0], p[1], [list(g) for g in p[2]]],
                             "dims": [list(v) for v in dims],
-                            "describe": P.make_plan(dims, p, batch, item, "cpu", grad, need=need).describe(),
+                            "item": item,
+                            "describe": P.make_plan(
+                                dims, p, batch, item, device.type, grad, need=need
+                            ).describe(),
                             "seconds": times[str(i)],
-                            "features": features(dims, p, batch, item, grad, need),
+                            "features": features(dims, p, batch, item, grad, need, device.type),
                         }
                     )
                 if tune:  # (the tuner times on its own operands; the plan cache keeps its choice per key)
@@ -166,7 +208,7 @@ def tuned_regret(rows: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> lis
     return out
 
 
-def refeature(rows: list[dict[str, Any]]) -> None:
+def refeature(rows: list[dict[str, Any]], device: str = "cpu") -> None:
     """Recompute saved rows' features with the cost model as it is now (timings stay as measured)."""
     dims_of = {}
     for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
@@ -178,14 +220,17 @@ def refeature(rows: list[dict[str, Any]]) -> None:
         prog = (kind, direction, tuple(tuple(g) for g in groups))
         # (rows written before modes existed are inference or full training)
         r.setdefault("mode", "train" if r["grad"] else "infer")
-        r["features"] = features(dims, prog, r["batch"], 4, r["grad"], MODES[r["mode"]][1])  # type: ignore[arg-type]
+        item = r.get("item", 4)
+        r["features"] = features(dims, prog, r["batch"], item, r["grad"], MODES[r["mode"]][1], device)  # type: ignore[arg-type]
 
 
 def nnls_relative(rows: list[dict[str, Any]]) -> list[float]:
     """Non-negative least squares of ``features . theta = seconds`` on relative error (active set)."""
     a = torch.tensor([[f / r["seconds"] for f in r["features"]] for r in rows], dtype=torch.float64)
     b = torch.ones(len(rows), dtype=torch.float64)
-    active = list(range(a.shape[1]))
+    active = [
+        k for k in range(a.shape[1]) if bool(a[:, k].any())
+    ]  # (no such work timed: the constant stays 0)
     while True:
         sol = torch.linalg.lstsq(a[:, active], b[:, None]).solution[:, 0]
         if (sol >= 0).all():
@@ -223,10 +268,25 @@ def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int,
     return best
 
 
-def to_machine(theta: list[float]) -> cost.Machine:
-    inv = [1.0 / t if t > 0 else math.inf for t in theta[:3] + theta[5:]]
-    return cost.MACHINES["cpu"]._replace(
-        flops=inv[0], stream=inv[1], permute=inv[2], launch=theta[3], slice=theta[4], touch=inv[3]
+def theta_of(m: cost.Machine) -> list[float]:
+    """The machine's constants as the coefficients of features() (seconds per unit of each)."""
+    return [1 / m.flops, 1 / (m.flops * m.half), 1 / m.stream, 1 / m.permute, m.launch, m.slice, 1 / m.touch]
+
+
+def to_machine(theta: list[float], device: str = "cpu") -> cost.Machine:
+    """The machine whose theta_of() is ``theta``; constants the rows leave unset (0: no such work timed, e.g.
+    "half" without 2-byte rows) keep the device's current values."""
+    cur = cost.MACHINES.get(device, cost.DEFAULT_MACHINE)
+    inv = [1.0 / t if t > 0 else math.inf for t in theta]
+    flops = inv[0] if theta[0] > 0 else cur.flops
+    return cur._replace(
+        flops=flops,
+        half=inv[1] / flops if theta[1] > 0 else cur.half,
+        stream=inv[2],
+        permute=inv[3],
+        launch=theta[4],
+        slice=theta[5],
+        touch=inv[6],
     )
 
 
@@ -236,7 +296,7 @@ def regret(rows: list[dict[str, Any]], m: cost.Machine) -> list[dict[str, Any]]:
     keys = sorted({(r["case"], r["batch"], r["mode"]) for r in rows}, key=str)
     for key in keys:
         group = [r for r in rows if (r["case"], r["batch"], r["mode"]) == key]
-        theta = [1 / m.flops, 1 / m.stream, 1 / m.permute, m.launch, m.slice, 1 / m.touch]
+        theta = theta_of(m)
 
         def priced(r: dict[str, Any], theta: list[float] = theta) -> float:
             # the six fitted constants, plus the fixed per-call price of an inference full plan (full_call, not
@@ -286,7 +346,20 @@ def main(argv: list[str] | None = None) -> int:
         default="infer,train",
         help=f"comma-separated, of {', '.join(MODES)} (default infer,train: the cases' own)",
     )
+    ap.add_argument("--device", default="cpu", help="where to time the plans (cpu, cuda, ...)")
+    ap.add_argument(
+        "--dtypes", default="float32", help="comma-separated dtypes of the layers (float32,bfloat16)"
+    )
+    ap.add_argument(
+        "--batches",
+        default=",".join(map(str, BATCHES)),
+        help=f"comma-separated batch sizes (default {','.join(map(str, BATCHES))})",
+    )
     args = ap.parse_args(argv)
+    try:
+        batches = tuple(positive_int(b) for b in args.batches.split(","))
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"--batches: {e}")
     modes = args.modes.split(",")
     if not modes or any(m not in MODES for m in modes):
         ap.error(f"--modes: expected names from {', '.join(MODES)}, got {args.modes!r}")
@@ -295,14 +368,18 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.load) as f:
             saved = json.load(f)
         rows, tuned = saved["rows"], saved.get("tuned", [])
-        refeature(rows)
+        device = torch.device(saved.get("machine", {}).get("device", args.device))
+        refeature(rows, device.type)
     else:
-        print(f"timing plans at {args.threads} threads (torch {torch.__version__}) ...", flush=True)
-        rows, tuned = measure(args.repeats, args.slow, modes, args.tune)
-    fitted = to_machine(nnls_relative(rows))
+        device = torch.device(args.device)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
+        print(f"timing plans on {device.type} ({where}, torch {torch.__version__}) ...", flush=True)
+        dtypes = tuple(getattr(torch, d) for d in args.dtypes.split(","))
+        rows, tuned = measure(args.repeats, args.slow, modes, args.tune, device, batches, dtypes)
+    current = cost.MACHINES.get(device.type, cost.DEFAULT_MACHINE)
+    fitted = to_machine(nnls_relative(rows), device.type if device.type in cost.MACHINES else "cpu")
     if args.search:
         fitted = search_regret(rows, fitted, args.search, seed=0)
-    current = cost.MACHINES["cpu"]
     print("\nconstant   current      fitted")
     for n in (*NAMES, "full_call"):  # (full_call is not fitted: the same in both)
         print(f"{n:9s} {getattr(current, n):10.3g}  {getattr(fitted, n):10.3g}")
@@ -323,7 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: geometric-mean regret {geo:.3f}x, worst {worst:.2f}x")
     if args.json:
         out = {
-            "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
+            "machine": {
+                "platform": platform.platform(),
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "device": str(device),
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            },
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "current": {n: getattr(current, n) for n in (*NAMES, "full_call")},
             "fitted": {n: getattr(fitted, n) for n in (*NAMES, "full_call")},

@@ -144,7 +144,7 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
     want = contraction_exec.build_full(lmat, rmat, dims)
     monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)
     monkeypatch.setattr(contraction_cost, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
-    assert contraction_exec._blocks(dims, 8) == 2
+    assert contraction_exec._blocks(dims, lmat) == 2
     assert_close(contraction_exec.build_full(lmat, rmat, dims), want)
     for keep in (False, True):
         f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731

@@ -178,7 +178,35 @@ def test_the_machine_for_a_dtype_changes_only_the_gemm_rate():
         for item in (2, 4, 8):
             m = cost.machine(kind, item)
             assert m._replace(flops=base.flops) == base
-            assert m.flops == base.flops * 4.0 / max(item, 4)
+            assert m.flops == base.flops * 4.0 / max(item, 4) * (base.half if item == 2 else 1.0)
+
+
+def test_a_gpu_plans_without_the_cpus_cache_cliffs():
+    """On CUDA inference sweeps run whole and W is built whole: on an H200 the CPU's chunks of rows and blocked
+    builds only added launches (benchmarks/gpu.py), and pricing states as if they left a cache there chose a full
+    plan for 4096x4096 rank 16 at batch 1024 that ran 1.40x nn.Linear's time where the sweep ran 0.77x."""
+    from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_plan as P
+
+    gpu, cpu = cost.machine("cuda", 4), cost.machine("cpu", 4)
+    assert not gpu.cache_cliffs and cpu.cache_cliffs
+    dims = ((8, 8, 8, 8), (8, 8, 8, 8), (1, 16, 16, 16, 1))
+    groups = ((0, 2), (2, 4))
+    rows, whole = cost.chunking(dims, groups, "rtl", 4, cpu.cache_cliffs)
+    assert whole < 1024 and rows < whole  # the CPU chunks a batch of 1024
+    assert cost.chunking(dims, groups, "rtl", 4, gpu.cache_cliffs) == (cost.NO_CHUNKS, cost.NO_CHUNKS)
+    w4 = (64, 64, 64, 64)  # a 4096 x 4096 float32 W: 64 MiB
+    assert cost.block_rows(w4, 4, cpu.cache_cliffs) > 0 and cost.block_rows(w4, 4, gpu.cache_cliffs) == 0
+    # chunked, the CPU's sweep pays a launch per chunk and step: the GPU's estimate has only the steps'
+    sweep = ("sweep", "rtl", groups)
+    assert (
+        cost.estimate(dims, sweep, 1024, 4, False, gpu).seconds
+        < cost.estimate(dims, sweep, 1024, 4, False, gpu._replace(cache_cliffs=True)).seconds
+    )
+    for grad in (False, True):
+        assert P.make_plan(dims, sweep, 1024, 4, "cuda", grad).program == sweep
+        kind = cost.choose(dims, "auto", 1024, 4, "cuda", grad)[0]  # (was "full" before)
+        assert kind == "sweep", (grad, kind)
 
 
 def dense_cols(cols) -> int:

@@ -13,6 +13,7 @@ into a super-core ``(ra, mg, ng, rb)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -40,6 +41,14 @@ class Machine(NamedTuple):
     # the build, the GEMM's wrapper): unpriced, the planner built W for tiny layers where a sweep was 1.4-2x faster.
     # (Training plans are left as they were: adding it there picked sweeps that measured up to 1.33x slower.)
     full_call: float = 0.0
+    # the CPU's cliffs: a training sweep's states beyond the last-level cache (CACHE_BYTES) are priced at the
+    # permute bandwidth and an inference sweep's run in chunks of rows; a dense W above BLOCKED_ABOVE bytes is
+    # built in blocks into reused scratch (fresh large allocations cost page faults). False: none of these (a GPU
+    # streams its states from memory at full bandwidth, chunks and blocks only add launches, and CUDA's caching
+    # allocator reuses its memory)
+    cache_cliffs: bool = True
+    # GEMM FLOP/s of 2-byte dtypes (float16, bfloat16) over float32's: a GPU's tensor cores
+    half: float = 1.0
 
 
 # cpu: a 2-core AVX-512 EPYC running MKL. Set by eye, then the permute bandwidth raised from 2.5e9 to 1e10 after
@@ -51,13 +60,20 @@ class Machine(NamedTuple):
 # full plan ran 60-90 us above its estimate on tiny layers (512 -> 1, 64 -> 48, 784 -> 10 at batch 1-64) where
 # sweeps ran 20-30 us above theirs (tt.contraction.linear of each plan, medians of 201 calls); priced, the
 # choice changed only for such layers (none of the benchmark cases), e.g. 512 -> 1 at batch 1 176 -> 91 us.
+# cuda, on one H200 (benchmarks/gpu.py and calibrate.py --device cuda, 2026-11-30; benchmarks/results-gpu.json):
+# with the CPU's cache cliffs the planner chunked large inference batches and priced large states as DRAM
+# traffic: 4096x4096 rank 16 at batch 8192 ran forward 1.13x nn.Linear's time and a training step 1.12x, planned
+# without them 0.71x and 0.77x. The other constants are guesses that the same calibration bore out in float32
+# (regret 1.109x on 25 cases; fitted ones also 1.109x). half: dense bfloat16 GEMMs ran 13-16x faster than float32
+# there; 8 is a guess for the narrower GEMMs of TT plans, not fitted.
 MACHINES: dict[str, Machine] = {
     "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8, 2.9e9, 5.0e-5),
-    "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9, full_call=5.0e-5),
+    "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9, full_call=5.0e-5, cache_cliffs=False, half=8.0),
 }
 DEFAULT_MACHINE = Machine(1.0e12, 2.0e11, 5.0e10, 8.0e-6, 1.0e-9)
 
 
+NO_CHUNKS = 2**62  # chunking()'s answer on a device without a cache cliff: every batch runs whole
 CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the slower (DRAM, permute) bandwidth
 # Inference sweeps whose states would outgrow the cache (CACHE_BYTES) run the batch in chunks of rows whose largest
 # state fits in this many bytes (measured best on the 2-core EPYC: 32 rows for 4096x4096 rank 16, 128 for
@@ -128,10 +144,11 @@ def prod(xs: Sequence[int]) -> int:
 
 def machine(device_type: str, itemsize: int) -> Machine:
     m = MACHINES.get(device_type, DEFAULT_MACHINE)
-    # float64 GEMMs run at about half speed. (Every field spelled out, not m._replace or *m[1:]: torch 2.6's
-    # dynamo cannot trace those, and this runs inside compiled graphs)
+    # float64 GEMMs run at about half speed, 2-byte ones at ``half`` times float32's. (Every field spelled out,
+    # not m._replace or *m[1:]: torch 2.6's dynamo cannot trace those, and this runs inside compiled graphs)
+    flops = m.flops * 4.0 / max(itemsize, 4) * (m.half if itemsize == 2 else 1.0)
     return Machine(
-        m.flops * 4.0 / max(itemsize, 4), m.stream, m.permute, m.launch, m.slice, m.touch, m.full_call
+        flops, m.stream, m.permute, m.launch, m.slice, m.touch, m.full_call, m.cache_cliffs, m.half
     )
 
 
@@ -185,10 +202,11 @@ def sliced_build(dims4: tuple[int, ...], r: int) -> bool:
     return mr * nl * nr * r >= SLICE_MIN
 
 
-def block_rows(dims4: tuple[int, ...], item: int) -> int:
-    """Left row indices per block of the blocked build of W ``(M_L, N_L, M_R, N_R)``; 0: W is built whole."""
+def block_rows(dims4: tuple[int, ...], item: int, cliffs: bool = True) -> int:
+    """Left row indices per block of the blocked build of W ``(M_L, N_L, M_R, N_R)``; 0: W is built whole (at
+    most BLOCKED_ABOVE bytes, or on a device without the CPU's cliffs: :attr:`Machine.cache_cliffs`)."""
     ml, nl, mr, nr = dims4
-    if item * ml * nl * mr * nr <= BLOCKED_ABOVE:
+    if not cliffs or item * ml * nl * mr * nr <= BLOCKED_ABOVE:
         return 0
     return max(1, min(ml, BLOCK_BYTES // (item * nl * mr * nr)))
 
@@ -211,12 +229,15 @@ def _state_per_row(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int
     return outer * k * p, outer * q * p
 
 
-def chunking(dims: Dims, groups: Groups, direction: str, item: int) -> tuple[int, int]:
+def chunking(dims: Dims, groups: Groups, direction: str, item: int, cliffs: bool = True) -> tuple[int, int]:
     """How an inference sweep splits its batch: ``(rows per chunk, largest batch that runs whole)``.
 
     A batch whose largest state fits the last-level cache (CACHE_BYTES) runs whole; a larger one runs in
-    chunks whose largest state is CHUNK_BYTES.
+    chunks whose largest state is CHUNK_BYTES. On a device without the CPU's cliffs (``cliffs`` False:
+    :attr:`Machine.cache_cliffs`) every batch runs whole.
     """
+    if not cliffs:
+        return NO_CHUNKS, NO_CHUNKS
     per_row = item * max(max(_state_per_row(dims, i, j, direction)) for i, j in groups)
     return max(1, CHUNK_BYTES // per_row), max(1, CACHE_BYTES // per_row)
 
@@ -231,11 +252,14 @@ def step_cost(
     grad: bool,
     cached: bool = False,
     recompute: bool = False,
+    cliffs: bool = True,
 ) -> tuple[_Acc, int]:
     """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps.
 
     ``recompute``: the sweep keeps no step input (contraction_exec.SweepFunction recomputes them), at any batch.
+    ``cliffs``: the device's :attr:`Machine.cache_cliffs` (False: no state leaves a cache, none runs in chunks).
     """
+    cache = CACHE_BYTES if cliffs else math.inf
     outer, k, p, q = step_shape(dims, i, j, direction)
     outer *= batch
     first = j == len(dims[0]) if direction == "rtl" else i == 0
@@ -245,9 +269,9 @@ def step_cost(
     traffic = item * (state_in + state_out + q * k)
     # intermediates beyond the last-level cache stream from DRAM: price them like strided copies; inference
     # runs such sweeps in chunks of rows instead (more launches, cache-resident states)
-    big = grad and item * max(state_in, state_out) > CACHE_BYTES
+    big = grad and item * max(state_in, state_out) > cache
     chunks = 1
-    if not grad and item * max(state_in, state_out) > CACHE_BYTES:
+    if not grad and item * max(state_in, state_out) > cache:
         per_chunk = max(1, CHUNK_BYTES // (item * max(state_in, state_out) // batch))
         chunks = -(-batch // per_chunk)
     # training GEMMs on DRAM-sized states ran at a third of the dense GEMM's rate (benchmarks/calibrate.py,
@@ -324,7 +348,7 @@ def sweep_cost(
     supers = 0  # super-cores that are not the parameters themselves are kept for backward too
     fresh = 0
     for i, j in groups:
-        a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute)
+        a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute, m.cache_cliffs)
         acc, saved = _sum(acc, a), saved + s
         final = i == 0 if direction == "rtl" else j == d  # the step executed last: its output is y
         # the step that reads x: where the input needs no gradient, backward skips that step's state gradient
@@ -380,7 +404,7 @@ def full_cost(
     dims4 = (ml, nl, prod(rows[split:]), nr)
     # the halves' gradients: dW R^T and L^T dW; with one half only (split == d) the other is a constant
     gh = (4 if split < d else 2) * mm * nn * r
-    bs = block_rows(dims4, item)
+    bs = block_rows(dims4, item, m.cache_cliffs)
     if bs:  # built and permuted in cache-sized blocks: streamed, more launches
         blocks = -(-ml // bs)
         build = _Acc(2 * mm * nn * r, 3 * item * mm * nn, 0, 3 * blocks, 0)

@@ -181,9 +181,13 @@ def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, tor
 # indices whose GEMM output (BLOCK_BYTES, in reused scratch) is permuted into W while it is still in cache, instead
 # of one GEMM whose M*N output makes a round trip through memory first; a temporary W also lives in reused scratch
 # (tensortrain.workspace).
-def _blocks(dims: tuple[int, ...], item: int) -> int:
-    """Left row indices per block of the blocked build; 0 when W is built whole (small W, or compiling)."""
-    return 0 if transforms_active() else _cost.block_rows(dims, item)
+def _blocks(dims: tuple[int, ...], t: torch.Tensor) -> int:
+    """Left row indices per block of the blocked build of ``t``'s W; 0 when W is built whole (small W, a device
+    without page faults to avoid, or compiling)."""
+    if transforms_active():
+        return 0
+    cliffs = _cost.MACHINES.get(t.device.type, _cost.DEFAULT_MACHINE).cache_cliffs
+    return _cost.block_rows(dims, t.element_size(), cliffs)
 
 
 def _recording(*ts: torch.Tensor) -> bool:
@@ -208,7 +212,7 @@ def build_full(
     r = int(lmat.shape[1])
     if _cost.sliced_build(dims, r) and _writable(lmat, rmat):
         return _build_sliced(lmat, rmat, dims, out)
-    bs = _blocks(dims, lmat.element_size())
+    bs = _blocks(dims, lmat)
     if not bs:
         if _cost.batched_build(r, nl, nr):
             right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
@@ -267,7 +271,7 @@ def _grad_halves(
     ml, nl, mr, nr = dims
     r = int(lmat.shape[1])
     gl = gr = None
-    bs = _blocks(dims, gw.element_size())
+    bs = _blocks(dims, gw)
     if not bs and _cost.batched_build(r, nl, nr):
         gw4 = gw.reshape(ml, mr, nl, nr)
         if need[0]:

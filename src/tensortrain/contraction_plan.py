@@ -373,10 +373,12 @@ def make_plan(
 
 def chunk_rows(cores: Sequence[torch.Tensor], groups: Groups, direction: str) -> tuple[int, int]:
     """An inference sweep's chunking, cached: (rows per chunk, the largest batch that runs whole)."""
-    key = (tuple(c.shape for c in cores), groups, direction, cores[0].element_size())
+    item, device_type = cores[0].element_size(), cores[0].device.type
+    key = (tuple(c.shape for c in cores), groups, direction, item, device_type)
     rows = _CHUNK_CACHE.get(key)
     if rows is None:
-        rows = _CHUNK_CACHE[key] = _cost.chunking(dims_of(cores), groups, direction, key[-1])
+        cliffs = _cost.machine(device_type, item).cache_cliffs
+        rows = _CHUNK_CACHE[key] = _cost.chunking(dims_of(cores), groups, direction, item, cliffs)
     return rows
 
 
