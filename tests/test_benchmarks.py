@@ -219,3 +219,36 @@ def test_cell_alone_times_only_the_tt_layers(capsys):
     out = capsys.readouterr().out
     assert "dense" not in out and "tltorch" not in out and "torchtt" not in out
     assert "1.000x tt[full]" in out and "x tt[full]" in out.split("tt[auto]")[-1]
+
+
+def test_calibrate_fits_the_rate_of_two_byte_dtypes_apart():
+    """bfloat16 rows' FLOPs go to the "half" coefficient, float32 rows' to "flops": a fit over both recovers how
+    much faster 2-byte GEMMs run (benchmarks/calibrate.py --dtypes float32,bfloat16), and a fit over float32
+    alone keeps the device's current "half"."""
+    dims = ((4, 7, 4, 7), (5, 5, 5, 5), (1, 4, 4, 4, 1))
+    progs = [("full", "recompute", ((0, 2), (2, 4))), ("sweep", "rtl", ((0, 2), (2, 4)))]
+    truth = calibrate.cost.MACHINES["cuda"]._replace(flops=4e13, half=12.0)
+    rows = []
+    for item in (4, 2):
+        for batch in (64, 1024, 8192):
+            for p in progs:
+                f = calibrate.features(dims, p, batch, item, False, device="cuda")
+                assert (f[0] == 0) == (item == 2) and (f[1] == 0) == (item == 4)
+                seconds = sum(a * b for a, b in zip(f, calibrate.theta_of(truth), strict=True))
+                rows.append({"features": f, "seconds": seconds})
+    fitted = calibrate.to_machine(calibrate.nnls_relative(rows), "cuda")
+    assert fitted.half == pytest.approx(12.0, rel=1e-6) and fitted.flops == pytest.approx(4e13, rel=1e-6)
+    only32 = calibrate.to_machine(calibrate.nnls_relative(rows[:6]), "cuda")
+    assert only32.half == calibrate.cost.MACHINES["cuda"].half
+
+
+def test_gpu_script_runs_its_table_on_the_cpu(tmp_path, capsys):
+    """benchmarks/gpu.py (written for CUDA) as a smoke run on the CPU: one row per case, every layer timed."""
+    import gpu
+
+    argv = ["--device", "cpu", "--batches", "2", "--dtypes", "float32", "--repeats", "1", "--min-ms", "0.01"]
+    assert gpu.main([*argv, "--json", str(tmp_path / "gpu.json")]) == 0
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert [r["case"] for r in rows] == [c[0] for c in run.LAYER_CASES]
+    assert all(set(r["fwd_s"]) == set(r["train_s"]) == {"dense", "tt", "tt-tune"} for r in rows)
+    assert "| 784x625-r4 | float32 | 2 |" in capsys.readouterr().out
