@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import BATCHES, LAYER_CASES, interleaved, positive_int  # noqa: E402
+from run import BATCHES, LAYER_CASES, interleaved, positive_int, write_json  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
@@ -416,10 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             "regret_tuned": reg_tuned,
             "rows": rows,
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
     return 0
 
 

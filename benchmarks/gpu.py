@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import LAYER_CASES, positive_int, train_step  # noqa: E402
+from run import LAYER_CASES, positive_int, train_step, write_json  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction_cost as cost  # noqa: E402
@@ -241,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "rows": rows,
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, out)
     return 0
 
 

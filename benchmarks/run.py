@@ -124,6 +124,14 @@ def interleaved(
     return {k: statistics.median(v) for k, v in times.items()} | once | {"_n": n, "_once": sorted(once)}
 
 
+def write_json(path: str, obj: Any) -> None:
+    """``obj`` as JSON at ``path``, written whole or not at all: a failed write leaves a previous file as it was."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
 def train_step(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """One training step's gradients (of ``m(x).sum()``), as a loop with ``optimizer.zero_grad()`` (gradients set
     to None) computes them: fresh tensors for ``x`` (when it requires one) and every trained parameter, nothing
@@ -791,11 +799,8 @@ def main(argv: list[str] | None = None) -> int:
         results["floors"] = bench_floors(cases, BATCHES)
     results["meta"]["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(markdown(results))
-    if args.json:  # written whole or not at all: a failed write leaves a previous file as it was
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(results, fh, indent=1)
-        os.replace(tmp, args.json)
+    if args.json:
+        write_json(args.json, results)
     return 0
 
 
