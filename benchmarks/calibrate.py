@@ -256,11 +256,15 @@ def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int,
     """
     g = torch.Generator().manual_seed(seed)
     best, best_key = start, (regret_score(rows, start), 0.0)
+    # "half" moves only where 2-byte rows were timed: without them nothing constrains it (and the draws of the
+    # other constants stay those of the searches before it existed)
+    half = any(r["features"][NAMES.index("half")] for r in rows)
+    names = [n for n in NAMES if n != "half" or half]
     for _ in range(samples):
-        step = torch.randn(len(NAMES), generator=g, dtype=torch.float64) * 1.0
+        step = torch.randn(len(names), generator=g, dtype=torch.float64) * 1.0
         # (only the fitted constants move; full_call, priced apart from the kernels, keeps its value)
         cand = start._replace(
-            **{n: getattr(start, n) * math.exp(float(e)) for n, e in zip(NAMES, step, strict=True)}
+            **{n: getattr(start, n) * math.exp(float(e)) for n, e in zip(names, step, strict=True)}
         )
         key = (regret_score(rows, cand), float(step.abs().sum()))
         if key < best_key:

@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cpu-caches",
         action="store_true",
-        help="plan as on the CPU: inference sweeps in chunks of rows, large W built in blocks (before 2026-11-30)",
+        help="plan as before 2026-11-30: the CPU's cache cliffs (inference sweeps in chunks of rows, large W built "
+        "in blocks, large states priced as DRAM traffic) and 2-byte GEMMs priced as float32's",
     )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         cost.MACHINES[device.type] = cost.MACHINES[device.type]._replace(**fitted)
         print(f"constants from {args.machine}: {cost.MACHINES[device.type]}")
     if args.cpu_caches:
-        cost.MACHINES[device.type] = cost.MACHINES[device.type]._replace(cache_cliffs=True)
+        cost.MACHINES[device.type] = cost.MACHINES[device.type]._replace(cache_cliffs=True, half=1.0)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here")
     batches = [positive_int(b) for b in args.batches.split(",")]

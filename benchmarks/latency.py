@@ -2,8 +2,9 @@
 
 "Cold": the two take turns, each call right after the other's (as ``run.py --cold``). "Warm" (``run.py``'s
 default): each timed call comes right after an untimed call of the same layer. Also times the pieces of the
-layer's inference path, so the Python overhead around the sweep is visible. Ratios move between processes: run it
-a few times.
+layer's inference path, so the Python overhead around the sweep is visible, and a 16 -> 16 layer of rank 2, where
+compute is nil: its times are the per-call overhead (Python, dispatch, one launch per kernel on a GPU), forward and
+training step (``run.train_step``). Ratios move between processes: run it a few times.
 
     .venv/bin/python benchmarks/latency.py --threads 2
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import interleaved, positive_int  # noqa: E402
+from run import interleaved, positive_int, train_step  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
@@ -52,6 +53,19 @@ def main(argv: list[str] | None = None) -> int:
             args.repeats,
             warm_each=True,
         )
+    tiny = tt.nn.TTLinear(16, 16, tt_rank=2, in_dims=(2, 2, 2, 2), out_dims=(2, 2, 2, 2))
+    tiny_lin = torch.nn.Linear(16, 16)
+    x16 = torch.randn(1, 16)
+    x16g = x16.clone().requires_grad_(True)
+    with torch.no_grad():
+        tiny_fwd = interleaved(
+            {"dense": lambda: tiny_lin(x16), "tt": lambda: tiny(x16)}, args.repeats, warm_each=True
+        )
+    tiny_step = interleaved(
+        {"dense": lambda: train_step(tiny_lin, x16g), "tt": lambda: train_step(tiny, x16g)},
+        args.repeats,
+        warm_each=True,
+    )
     us = 1e6
     print(f"threads {args.threads}, torch {torch.__version__}, plan {prog}")
     for name, t in (("cold", cold), ("warm", warm)):
@@ -60,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     for k in ("layer(x)", "apply_unchecked", "sweep (kept super-cores)"):
         print(f"  warm {k}: {parts[k] * us:.1f} us")
+    for name, t in (("forward", tiny_fwd), ("training step", tiny_step)):
+        print(
+            f"overhead (16 -> 16, rank 2), {name}: layer {t['tt'] * us:.1f} us, nn.Linear {t['dense'] * us:.1f} us, "
+            f"{t['tt'] / t['dense']:.2f}x"
+        )
     return 0
 
 

@@ -240,6 +240,12 @@ def test_calibrate_fits_the_rate_of_two_byte_dtypes_apart():
     assert fitted.half == pytest.approx(12.0, rel=1e-6) and fitted.flops == pytest.approx(4e13, rel=1e-6)
     only32 = calibrate.to_machine(calibrate.nnls_relative(rows[:6]), "cuda")
     assert only32.half == calibrate.cost.MACHINES["cuda"].half
+    # the regret search moves "half" only where 2-byte rows constrain it
+    for r, p in zip(rows, progs * 6, strict=True):
+        r.update(case="784x625-r4", mode="infer", grad=False, describe=str(p), program=p)
+        r["batch"] = len(rows)  # (one case)
+    searched = calibrate.search_regret(rows[:6], only32._replace(flops=1e12), 30, seed=0)
+    assert searched.half == only32.half and searched.flops != 1e12
 
 
 def test_gpu_script_runs_its_table_on_the_cpu(tmp_path, capsys):
