@@ -71,8 +71,7 @@ def features(
     constant, with the device's cache sizes. FLOPs of 2-byte dtypes go to "half"'s coefficient, others to
     "flops"'s."""
     inf = math.inf
-    dev = cost.MACHINES.get(device, cost.DEFAULT_MACHINE)
-    caches = {"cache_cliffs": dev.cache_cliffs}
+    caches = {"cache_cliffs": cost.cache_cliffs(device)}
     basis = [
         cost.Machine(1.0, inf, inf, 0.0, 0.0, inf, **caches),
         cost.Machine(inf, 1.0, inf, 0.0, 0.0, inf, **caches),

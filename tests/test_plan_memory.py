@@ -190,6 +190,7 @@ def test_a_gpu_plans_without_the_cpus_cache_cliffs():
 
     gpu, cpu = cost.machine("cuda", 4), cost.machine("cpu", 4)
     assert not gpu.cache_cliffs and cpu.cache_cliffs
+    assert cost.cache_cliffs("cpu") and not cost.cache_cliffs("cuda") and cost.cache_cliffs("meta")
     dims = ((8, 8, 8, 8), (8, 8, 8, 8), (1, 16, 16, 16, 1))
     groups = ((0, 2), (2, 4))
     rows, whole = cost.chunking(dims, groups, "rtl", 4, cpu.cache_cliffs)

@@ -153,6 +153,11 @@ def machine(device_type: str, itemsize: int) -> Machine:
     )
 
 
+def cache_cliffs(device_type: str) -> bool:
+    """Whether plans on this device type run with the CPU's cache cliffs (:attr:`Machine.cache_cliffs`)."""
+    return MACHINES.get(device_type, DEFAULT_MACHINE).cache_cliffs
+
+
 def merge_cost(dims: Dims, i: int, j: int, item: int) -> _Acc:
     """Merging cores ``i..j-1``: sequential rank products, then one permute gathering rows before columns."""
     rows, cols, ranks = dims

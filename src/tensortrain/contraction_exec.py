@@ -186,8 +186,7 @@ def _blocks(dims: tuple[int, ...], t: torch.Tensor) -> int:
     without page faults to avoid, or compiling)."""
     if transforms_active():
         return 0
-    cliffs = _cost.MACHINES.get(t.device.type, _cost.DEFAULT_MACHINE).cache_cliffs
-    return _cost.block_rows(dims, t.element_size(), cliffs)
+    return _cost.block_rows(dims, t.element_size(), _cost.cache_cliffs(t.device.type))
 
 
 def _recording(*ts: torch.Tensor) -> bool:

@@ -377,7 +377,7 @@ def chunk_rows(cores: Sequence[torch.Tensor], groups: Groups, direction: str) ->
     key = (tuple(c.shape for c in cores), groups, direction, item, device_type)
     rows = _CHUNK_CACHE.get(key)
     if rows is None:
-        cliffs = _cost.machine(device_type, item).cache_cliffs
+        cliffs = _cost.cache_cliffs(device_type)
         rows = _CHUNK_CACHE[key] = _cost.chunking(dims_of(cores), groups, direction, item, cliffs)
     return rows
 

@@ -465,7 +465,8 @@ def run_mnist_demo(
     )
     if rank == 0:  # fail now, not after minutes of training, when --out cannot be created
         out.mkdir(parents=True, exist_ok=True)
-    on = f" on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    gpu = _device_fields(device)["gpu"]
+    on = f" on {device}" + (f" ({gpu})" if gpu else "")
     log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es){on}")
     # The first optimizer imports torch's compiler stack (seconds): do it here, outside the stage timings.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
