@@ -92,9 +92,9 @@ def linear(
             :data:`STRATEGIES`, or a :class:`ContractionPlan` (e.g. one from :func:`enumerate_plans`).
             ``"tune"`` times the candidates ``"auto"`` weighs (those estimated within 3x of the cheapest) on
             random operands of this call's shapes, the first time each plan-cache key is seen, and keeps the
-            fastest (as ``torch.backends.cudnn.benchmark``): that first call takes a few times longer (about
-            three forward, or forward and backward, calls per candidate, at most about a second of timed
-            rounds), and the choice may differ between runs and machines (every plan gives the same result
+            fastest (as ``torch.backends.cudnn.benchmark``): that first call takes a few times longer (3 to 11
+            forward, or forward and backward, calls per candidate: a warm-up, then up to five rounds of two;
+            at most about a second of timed rounds), and the choice may differ between runs and machines (every plan gives the same result
             up to rounding). Under ``torch.compile``, ``torch.func`` and tracing it is ``"auto"``. Training with
             ``max_saved_bytes`` keys plans by the exact batch size: batch sizes that vary from step to step
             (variable sequence lengths) are timed once each.
