@@ -237,3 +237,94 @@ def test_inner_product_of_two_operands_whose_partial_products_overflow_together(
     expected = (tt.full(a) * tt.full(b)).sum()
     assert torch.isfinite(expected)
     assert_close(tt.flat_inner(a, b), expected)
+
+
+def _forms_of(b: tt.TensorTrain) -> dict[str, torch.Tensor]:
+    """Every sweep over two to four operands, on ``b`` (and an identity TT-matrix): each equals <b, b>."""
+    eye = tt.TensorTrain([torch.eye(2, dtype=b.dtype)[None, :, :, None]] * b.ndims())
+    batch = tt.concat_along_batch_dim([b, b])
+    vec = tt.TensorTrain([c.unsqueeze(2) for c in b.tt_cores])  # a 2^d x 1 TT-matrix
+    return {
+        "gram_matrix": tt.gram_matrix(batch)[1, 0],
+        "pairwise_flat_inner": tt.pairwise_flat_inner(batch, batch)[0, 1],
+        "gram_matrix with a matrix": tt.gram_matrix(batch, eye)[0, 0],
+        "quadratic_form": tt.quadratic_form(eye, b),
+        "bilinear_form": tt.bilinear_form(eye, vec, vec),
+        "bilinear_form_two_mat": tt.bilinear_form_two_mat(b, eye, eye, b),
+    }
+
+
+@pytest.mark.parametrize(
+    "dtype, big", [(torch.float32, 1e20), (torch.float32, 1e-20), (torch.float64, 1e160)]
+)
+def test_forms_whose_steps_multiply_two_large_cores(gen, dtype, big):
+    """The sweeps of gram_matrix, pairwise_flat_inner and the forms rescaled their state after each step, but a
+    step multiplies it by two to four cores: two of 1e20 overflow float32 inside one step (NaN, or 0 for 1e-20)
+    where flat_inner, which scales its first operand's core, was right."""
+    cores = [torch.randn(1, 2, 2, generator=gen, dtype=torch.float64) * big]
+    cores += [torch.randn(2, 2, 2, generator=gen, dtype=torch.float64) / big]
+    cores += [torch.randn(2, 2, 1, generator=gen, dtype=torch.float64)]
+    b64 = tt.TensorTrain(cores)
+    want = (tt.full(b64) ** 2).sum()
+    b = b64.to(dtype)
+    close(tt.flat_inner(b, b), want)
+    for name, got in _forms_of(b).items():
+        assert torch.isfinite(got), name
+        close(got, want)
+
+
+def test_pairwise_products_of_differently_scaled_elements_in_blocks_of_rows(gen, monkeypatch):
+    """Each pair (i, j) carries its own exponents, also where the rows are taken in blocks."""
+    import tensortrain.batch_ops as B
+
+    monkeypatch.setattr(B, "_ROWS_CHUNK", 1)  # one row per block
+    elems = []
+    for s, t in ((1e20, 1e5), (1.0, 1.0), (1e-20, 1e-5)):  # (entries of 1e5, 1 and 1e-5)
+        cores = [torch.randn(1, 3, 2, generator=gen, dtype=torch.float64) * s]
+        cores += [torch.randn(2, 3, 2, generator=gen, dtype=torch.float64) / s]
+        cores += [torch.randn(2, 3, 1, generator=gen, dtype=torch.float64) * t]
+        elems.append(tt.TensorTrain(cores))
+    dense = torch.stack([tt.full(e).reshape(-1) for e in elems])
+    want = dense @ dense.T
+    batch = tt.concat_along_batch_dim(elems).to(torch.float32)
+    close(tt.gram_matrix(batch), want)
+    eye = tt.TensorTrain([torch.eye(3)[None, :, :, None]] * 3)
+    close(tt.gram_matrix(batch, eye), want)
+
+
+def _coherent(d: int = 40, r: int = 16) -> tt.TensorTrain:
+    """Cores whose entries all equal 2^2.6 on the first half and 2^-10.6 on the rest, rank 16, one mode of 1:
+    the value is 2^-4, but the partial products reach 2^120 * 16^20 where the terms of every step add up."""
+    big, small = 2**6.6 / r, 2**-6.6 / r
+    shape = [(1 if k == 0 else r, 1, 1 if k == d - 1 else r) for k in range(d)]
+    return tt.TensorTrain([torch.full(s, big if k < d // 2 else small) for k, s in enumerate(shape)])
+
+
+def test_sweeps_over_coherent_cores_whose_partial_products_overflow():
+    """The scaling check estimated a step's growth for incoherent cores; coherent ones grow up to sqrt(r)
+    times faster per step, so full, gather_nd and flat_inner(TT, dense) overflowed to inf (now: checked, and
+    swept again scaled)."""
+    from tensortrain.operands import batched_cores, scaling_mode
+
+    x = _coherent()
+    want = tt.full(x.double()).reshape(())
+    assert scaling_mode(batched_cores(x)) == "check"
+    close(tt.full(x).reshape(()), want)
+    close(tt.gather_nd(x, torch.zeros(1, 40, dtype=torch.long))[0], want)
+    close(tt.flat_inner(x, torch.ones([1] * 40)), want)
+    # a balanced train runs plain, unchecked
+    assert scaling_mode(batched_cores(tt.random_tensor((2,) * 8, tt_rank=4))) == "plain"
+
+
+def test_a_zero_core_after_overflowing_cores_gives_zero(gen):
+    """A core of zeros made the scaling check skip scaling (the value is exactly 0), but the plain sweep
+    reached it as inf * 0 = NaN."""
+    for dtype, big in ((torch.float32, 1e20), (torch.float64, 1e160)):
+        cores = [torch.randn(1, 2, 2, generator=gen, dtype=dtype) * big]
+        cores += [torch.randn(2, 2, 2, generator=gen, dtype=dtype) * big, torch.zeros(2, 2, 1, dtype=dtype)]
+        y = tt.TensorTrain(cores)
+        assert (tt.full(y) == 0).all()
+        assert tt.flat_inner(y, y) == 0
+        assert (tt.gather_nd(y, [[0, 0, 0], [1, 1, 1]]) == 0).all()
+        assert tt.frobenius_norm(y, differentiable=True) == 0
+        assert tt.gram_matrix(tt.concat_along_batch_dim([y, y])).eq(0).all()

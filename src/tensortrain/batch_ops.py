@@ -23,7 +23,8 @@ from .operands import (
     describe,
     flat_modes,
     matrix_dims,
-    needs_scaling,
+    prescale,
+    run_scaled,
     scaled_sweep,
     vector_cores,
 )
@@ -221,18 +222,26 @@ def _pairwise(
         check_dtype_device(op, tt_1, tt_2)
         ca = [flat_modes(c) for c in batched_cores(tt_1)]
         cb = [flat_modes(c) for c in batched_cores(tt_2)]
-        scaled = needs_scaling(ca, cb, contracted=True)
 
-        def gram_rows(part: list[torch.Tensor]) -> torch.Tensor:
-            def step(v: torch.Tensor, k: int) -> torch.Tensor:
-                t = torch.einsum("ijxy,ixmu->ijymu", v, part[k])
-                return torch.einsum("ijymu,jymv->ijuv", t, cb[k])
+        def gram(scaled: bool) -> torch.Tensor:
+            pa, pb, exps = _prescaled(ca, cb, scaled)
 
-            v = torch.ones(part[0].shape[0], cb[0].shape[0], 1, 1, dtype=ca[0].dtype, device=ca[0].device)
-            return scaled_sweep(v, step, len(ca), scaled)
+            def gram_rows(part: list[torch.Tensor]) -> torch.Tensor:
+                *part, ea = (
+                    part  # (the rows' exponents ride along as a last "core", taken in the same blocks)
+                )
 
-        per_row = max(y.shape[1] * x.shape[2] * x.shape[3] for x, y in zip(ca, cb, strict=True))
-        return _by_rows(ca, cb[0].shape[0] * per_row, gram_rows)
+                def step(v: torch.Tensor, k: int) -> torch.Tensor:
+                    t = torch.einsum("ijxy,ixmu->ijymu", v, part[k])
+                    return torch.einsum("ijymu,jymv->ijuv", t, pb[k])
+
+                v = torch.ones(part[0].shape[0], pb[0].shape[0], 1, 1, dtype=pa[0].dtype, device=pa[0].device)
+                return scaled_sweep(v, step, len(pa), scaled, exps=_pair_exps(ea, exps) if scaled else None)
+
+            per_row = max(y.shape[1] * x.shape[2] * x.shape[3] for x, y in zip(pa, pb, strict=True))
+            return _by_rows([*pa, exps[0]], pb[0].shape[0] * per_row, gram_rows)
+
+        return run_scaled(gram, ca, cb, contracted=True)
     check_matrix(matrix, op, "matrix")
     if isinstance(matrix, TensorTrainBatch):
         raise TypeError(f"{op}: matrix must be a single TT-matrix, got a batch {describe(matrix)}")
@@ -240,27 +249,54 @@ def _pairwise(
     ca = vector_cores(tt_1, rows, op, names[0])
     cb = vector_cores(tt_2, cols, op, names[1])
     check_dtype_device(op, tt_1, matrix, tt_2)
-    mats = matrix.tt_cores
-    scaled = needs_scaling(ca, [m.unsqueeze(0) for m in mats], cb, contracted=True)
 
-    def gram_rows_with_matrix(part: list[torch.Tensor]) -> torch.Tensor:
-        def step(v: torch.Tensor, k: int) -> torch.Tensor:
-            t = torch.einsum("ijxzy,ixnu->ijzynu", v, part[k])
-            t = torch.einsum("ijzynu,znmw->ijyuwm", t, mats[k])
-            return torch.einsum("ijyuwm,jymv->ijuwv", t, cb[k])
+    def gram_with_matrix(scaled: bool) -> torch.Tensor:
+        pa, pb, exps = _prescaled(ca, cb, scaled)
+        mats = matrix.tt_cores
+        if scaled:  # (the matrix's cores too: its exponent belongs to every pair)
+            scaled_mats, em = prescale([m.unsqueeze(0) for m in mats])
+            mats, exps = tuple(m[0] for m in scaled_mats), (exps[0], exps[1] + em)
 
-        v = torch.ones(part[0].shape[0], cb[0].shape[0], 1, 1, 1, dtype=ca[0].dtype, device=ca[0].device)
-        return scaled_sweep(v, step, len(ca), scaled)
+        def gram_rows_with_matrix(part: list[torch.Tensor]) -> torch.Tensor:
+            *part, ea = part  # (the rows' exponents ride along as a last "core", taken in the same blocks)
 
-    # (z, y, n, u) after the vector's core, (y, u, w, m) after the matrix's
-    per_row = max(
-        max(
-            a.shape[0] * y.shape[1] * x.shape[2] * x.shape[3],
-            y.shape[1] * x.shape[3] * a.shape[3] * a.shape[2],
+            def step(v: torch.Tensor, k: int) -> torch.Tensor:
+                t = torch.einsum("ijxzy,ixnu->ijzynu", v, part[k])
+                t = torch.einsum("ijzynu,znmw->ijyuwm", t, mats[k])
+                return torch.einsum("ijyuwm,jymv->ijuwv", t, pb[k])
+
+            v = torch.ones(part[0].shape[0], pb[0].shape[0], 1, 1, 1, dtype=pa[0].dtype, device=pa[0].device)
+            return scaled_sweep(v, step, len(pa), scaled, exps=_pair_exps(ea, exps) if scaled else None)
+
+        # (z, y, n, u) after the vector's core, (y, u, w, m) after the matrix's
+        per_row = max(
+            max(
+                a.shape[0] * y.shape[1] * x.shape[2] * x.shape[3],
+                y.shape[1] * x.shape[3] * a.shape[3] * a.shape[2],
+            )
+            for x, a, y in zip(pa, mats, pb, strict=True)
         )
-        for x, a, y in zip(ca, mats, cb, strict=True)
-    )
-    return _by_rows(ca, cb[0].shape[0] * per_row, gram_rows_with_matrix)
+        return _by_rows([*pa, exps[0]], pb[0].shape[0] * per_row, gram_rows_with_matrix)
+
+    return run_scaled(gram_with_matrix, ca, [m.unsqueeze(0) for m in matrix.tt_cores], cb, contracted=True)
+
+
+def _prescaled(
+    ca: list[torch.Tensor], cb: list[torch.Tensor], scaled: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Both operands' cores scaled by powers of two where the sweep is (``operands.prescale``: a step multiplies
+    the state by a core of each, which overflows before the state is rescaled), and their exponents ``(B1,)``,
+    ``(B2,)`` (zeros when not scaled)."""
+    if not scaled:
+        zeros = [torch.zeros(c[0].shape[0], dtype=torch.int64, device=c[0].device) for c in (ca, cb)]
+        return ca, cb, (zeros[0], zeros[1])
+    (ca, ea), (cb, eb) = prescale(ca), prescale(cb)
+    return ca, cb, (ea, eb)
+
+
+def _pair_exps(ea: torch.Tensor, exps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The exponents of the ``(rows, B2)`` pairs, flattened: a block of rows' ``ea`` plus the columns'."""
+    return (ea[:, None] + exps[1][None, :]).reshape(-1)
 
 
 _ROWS_CHUNK = 1 << 24  # elements of a step's intermediate (64 MiB in float32) before rows are taken in blocks

@@ -26,9 +26,10 @@ from .operands import (
     flat_modes,
     is_batch,
     matrix_dims,
-    needs_scaling,
     pow2_exponents,
+    prescale,
     rescale_pow2,
+    run_scaled,
     scale_pow2,
     scaled_sweep,
     unscale_pow2,
@@ -321,7 +322,15 @@ def _bilinear_form(op: str, A: TensorTrainBase, b: TensorTrainBase, c: TensorTra
         t = t.reshape(size, s, u, m, w).permute(0, 2, 4, 1, 3).reshape(size, u * w, s * m)
         return torch.bmm(t, cc[k].reshape(size, s * m, z)).reshape(size, u, w, z)
 
-    res = scaled_sweep(v, step, len(ca), needs_scaling(cb, ca, cc, contracted=True), lead=1)
+    def sweep(scaled: bool) -> torch.Tensor:
+        nonlocal ca, cb, cc
+        exps = None
+        if scaled:  # (each step multiplies by three cores: they are scaled too)
+            (cb, eb), (ca, ea), (cc, ec) = (prescale(x) for x in (cb, ca, cc))
+            exps = eb + ea + ec
+        return scaled_sweep(v, step, len(ca), scaled, lead=1, exps=exps)
+
+    res = run_scaled(sweep, cb, ca, cc, contracted=True)
     return res if batch else res[0]
 
 
@@ -409,6 +418,14 @@ def bilinear_form_two_mat(
         t = torch.einsum("bstukw,bskmz->btuwzm", t, cbm[k])
         return torch.einsum("btuwzm,btme->buwze", t, cy[k])
 
-    # (scaled as bilinear_form's sweep: four unbalanced TTs overflow the partial products sooner than one)
-    res = scaled_sweep(v, step, len(ca), needs_scaling(cx, ca, cbm, cy, contracted=True), lead=1)
+    def sweep(scaled: bool) -> torch.Tensor:
+        # (scaled as bilinear_form's sweep: four unbalanced TTs overflow the partial products sooner than one)
+        nonlocal cx, ca, cbm, cy
+        exps = None
+        if scaled:
+            (cx, ex), (ca, ea), (cbm, eb), (cy, ey) = (prescale(c) for c in (cx, ca, cbm, cy))
+            exps = ex + ea + eb + ey
+        return scaled_sweep(v, step, len(ca), scaled, lead=1, exps=exps)
+
+    res = run_scaled(sweep, cx, ca, cbm, cy, contracted=True)
     return res if batch else res[0]

@@ -19,8 +19,8 @@ from .operands import (
     describe,
     is_batch,
     matrix_dims,
-    needs_scaling,
     rescale_pow2,
+    run_scaled,
     scale_pow2,
     tensor_dims,
     wrap,
@@ -270,8 +270,9 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
             [mode_idx[:, k] * c.shape[3] + mode_idx[:, d + k] for k, c in enumerate(cores)], dim=1
         )
         cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
-    scaled = needs_scaling(cores)  # (cores of unbalanced scales: every step scaled by a power of two)
-    return _sweep_entries(cores, mode_idx, bidx if is_batch(tt) else None, scaled).reshape(out_shape)
+    # (cores of unbalanced scales: every step scaled by a power of two)
+    owner = bidx if is_batch(tt) else None
+    return run_scaled(lambda scaled: _sweep_entries(cores, mode_idx, owner, scaled), cores).reshape(out_shape)
 
 
 _CHUNK = 1 << 22  # elements of a step's intermediate (16 MiB in float32): entries are swept in chunks of rows

@@ -85,7 +85,11 @@ def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     half = torch.div(e.to(device=t.device), 2, rounding_mode="floor")
     # in two halves: 2^e alone overflows float64 past e = 1023 where t * 2^e may still fit
     first, second = (torch.exp2(h.to(wide)).reshape(shape) for h in (half, e.to(device=t.device) - half))
-    return (t.to(wide_dtype(t)) * first * second).to(t.dtype)
+    out = t.to(wide_dtype(t)) * first * second
+    # an exact 0 stays 0 (not 0 * inf = NaN) where 2^e itself is past the wide dtype: a sweep whose large cores
+    # are followed by a zero one (only there: elsewhere the gradient flows through the product)
+    past = (t == 0) & ~torch.isfinite(first * second)
+    return torch.where(past, torch.zeros_like(out), out).to(t.dtype)
 
 
 def rescale_pow2(t: torch.Tensor, exps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,9 +100,24 @@ def rescale_pow2(t: torch.Tensor, exps: torch.Tensor | None = None) -> tuple[tor
     return unscale_pow2(t, e), e if exps is None else exps + e
 
 
-def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -> bool:
-    """Whether a left-to-right product sweep over these cores (one list of ``d`` cores per operand, contracted
-    together: ``<a, b>`` passes two) may leave the dtype's range on the way, so that its steps must be scaled.
+def run_scaled(
+    run: Callable[[bool], torch.Tensor], *operands: Sequence[torch.Tensor], contracted: bool = False
+) -> torch.Tensor:
+    """``run(scaled)``, a left-to-right product sweep over these cores, plain or with every step scaled by a
+    power of two, as :func:`scaling_mode` decides; where it answers ``"check"`` the plain sweep runs first and
+    runs again scaled only if its result is not finite (one more sync).
+    """
+    mode = scaling_mode(*operands, contracted=contracted)
+    if mode != "check":
+        return run(mode == "scale")
+    res = run(False)
+    return res if bool(torch.isfinite(res).all()) else run(True)
+
+
+def scaling_mode(*operands: Sequence[torch.Tensor], contracted: bool = False) -> str:
+    """How a left-to-right product sweep over these cores (one list of ``d`` cores per operand, contracted
+    together: ``<a, b>`` passes two) must run: ``"scale"`` where it may leave the dtype's range on the way, so
+    that its steps must be scaled, ``"plain"`` where it cannot, ``"check"`` where only coherent cores would.
 
     Decided before the sweep from the cores' scales, each core's Frobenius norm over ``sqrt(numel / r_k)``
     (``r_k`` its last rank: the typical entry times ``sqrt(r_k)``, what a step multiplies a partial product by;
@@ -107,26 +126,41 @@ def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -
     scaling when their running product (the partial products' scale) passes three quarters of the dtype's
     exponent range either way (2^96 for float32, 2^768 for float64; the rest is margin for the estimate). A
     tensor of norm 1 over 2^100 stored with cores of 10 on half of its modes and 0.1 on the rest reaches 2^166;
-    a balanced one stays near its entries' scale. One sync; False with an all-zero core (the result is exactly
-    0), under compile and ``torch.func`` transforms and on meta or fake tensors (the plain sweep runs).
+    a balanced one stays near its entries' scale. That estimate is for incoherent cores: where the terms of a
+    step add up coherently (cores of equal signs) a partial product grows up to ``sqrt(r_k)`` times faster (40
+    cores of rank 16 whose entries all equal 2^2.6 overflowed float32's plain sweep). So ``"check"`` where the
+    running product of the cores' Frobenius norms (per batch element, their root mean square over the batch),
+    a bound that cannot underestimate a single TT's partial products, passes the dtype's largest number (2^127
+    in float32): that bound is loose by about ``r`` per step of an inner product of random cores, and would
+    scale most long float32 sweeps of rank 16 and up. ``"scale"`` with a core of norm 0 (an all-zero core makes
+    the result exactly 0, but the plain sweep may reach it as inf * 0 = NaN where the cores before it overflow;
+    the scaled one gives 0). One sync; ``"plain"`` under compile and ``torch.func`` transforms and on meta or
+    fake tensors.
     """
     first = operands[0][0]
     if first.device.type == "meta" or transforms_active():
-        return False
+        return "plain"
     # (detached where needed: cheaper than a no_grad context)
     cores = [c.detach() if c.requires_grad else c for cores in operands for c in cores]
     try:  # (one fused kernel for all the norms; the inf-norm reduction takes 10x as long on CPU)
         norms = torch.stack(torch._foreach_norm(cores)).tolist()  # (one sync)
     except RuntimeError:  # a fake tensor has no value to test
-        return False
+        return "plain"
     if any(n == 0 for n in norms):  # (not min(): a NaN first norm makes min() NaN and hides a zero)
-        # a norm of 0 is an all-zero core (the result is exactly 0) or one whose squares underflowed (entries
-        # below 1e-23 in float32, 1e-162 in float64): the latter is scaled like any other small core
-        if not any(bool(c.any()) for n, c in zip(norms, cores, strict=True) if n == 0):
-            return False
-        return True
+        # a norm of 0 is an all-zero core (the result is exactly 0, which only the scaled sweep reaches without
+        # inf * 0 where the cores before it overflow) or one whose squares underflowed (entries below 1e-23 in
+        # float32, 1e-162 in float64), scaled like any other small core
+        return "scale"
     d, limit = len(operands[0]), _scale_limit(first.dtype)
     log2 = math.log2
+    # the bound: per batch element (its root mean square over the batch), summed over the operands at each k
+    per_element = [log2(n) - 0.5 * log2(c.shape[0]) for n, c in zip(norms, cores, strict=True)]
+    bound, top, coherent = 0.0, _largest_exponent(first.dtype) - 1, False
+    for k in range(d):
+        bound += sum(per_element[k::d])
+        if not bound <= top:  # (an inf or NaN norm ends it too; then the estimate below says "scale")
+            coherent = True
+            break
     if contracted:
         scale = [log2(n) - 0.5 * log2(c.shape[0] * c.shape[-1]) for n, c in zip(norms, cores, strict=True)]
     else:
@@ -137,14 +171,32 @@ def needs_scaling(*operands: Sequence[torch.Tensor], contracted: bool = False) -
     for s in scale:
         run += s
         if not abs(run) <= limit:  # (an inf or NaN norm asks for scaling too)
-            return True
-    return False
+            return "scale"
+    return "check" if coherent else "plain"
+
+
+@functools.cache
+def _largest_exponent(dtype: torch.dtype) -> int:
+    """``e`` with ``2^(e-1) <= max < 2^e`` for ``dtype`` (its real part's): 128 for float32."""
+    return math.frexp(torch.finfo(dtype.to_real() if dtype.is_complex else dtype).max)[1]
 
 
 @functools.cache
 def _scale_limit(dtype: torch.dtype) -> float:
-    """Three quarters of ``dtype``'s exponent range (its real part's): :func:`needs_scaling`'s bound."""
-    return 0.75 * math.frexp(torch.finfo(dtype.to_real() if dtype.is_complex else dtype).max)[1]
+    """Three quarters of ``dtype``'s exponent range (its real part's): :func:`scaling_mode`'s estimate."""
+    return 0.75 * _largest_exponent(dtype)
+
+
+def prescale(cores: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Batched cores ``(B, ...)`` each brought to a largest magnitude below 1 per batch element by a power of
+    two, and the sum of the exponents ``(B,)``: for sweeps whose step multiplies the state by several cores, as
+    two cores of 1e20 overflow float32 inside one step, before a scaled sweep rescales the state."""
+    out, exps = [], None
+    for c in cores:
+        c, exps = rescale_pow2(c, exps)
+        out.append(c)
+    assert exps is not None
+    return out, exps
 
 
 def scaled_sweep(
@@ -153,11 +205,13 @@ def scaled_sweep(
     d: int,
     scaled: bool,
     lead: int = 2,
+    exps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``v = step(v, k)`` for ``k < d`` from ``start`` ``(*lead dims, 1, ..., 1)``; the value ``v[..., 0, .., 0]``
-    (the ``lead`` leading dims). ``scaled`` (from :func:`needs_scaling`): ``v`` brought to a largest magnitude
-    below 1 by a power of two per leading index at every step, the exponents put back at the end."""
-    v, exps = start, None
+    (the ``lead`` leading dims). ``scaled`` (from :func:`scaling_mode`): ``v`` brought to a largest magnitude
+    below 1 by a power of two per leading index at every step, the exponents put back at the end, with
+    ``exps`` (the leading dims flattened; from :func:`prescale`) when the cores were scaled too."""
+    v = start
     for k in range(d):
         v = step(v, k)
         if scaled:

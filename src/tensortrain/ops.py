@@ -36,10 +36,10 @@ from .operands import (
     describe,
     is_batch,
     matrix_dims,
-    needs_scaling,
     pair_cores,
     paired_cores,
     rescale_pow2,
+    run_scaled,
     scale_pow2,
     tensor_dims,
     wide_dtype,
@@ -110,7 +110,7 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
     check_tt(tt, "full", "tt")
     cores = batched_cores(tt)
     b = cores[0].shape[0]
-    res = _full_steps(cores, scaled=needs_scaling(cores))  # (scaled for cores of unbalanced scales)
+    res = run_scaled(lambda scaled: _full_steps(cores, scaled=scaled), cores)  # (cores of unbalanced scales)
     if tt.is_tt_matrix():
         rows, cols = matrix_dims(tt)
         d = len(rows)

@@ -26,10 +26,10 @@ from .operands import (
     flat_modes,
     is_batch,
     matrix_dims,
-    needs_scaling,
     pair_cores,
     paired_cores,
     rescale_pow2,
+    run_scaled,
     scale_pow2,
     wrap,
     wrap_valid,
@@ -273,10 +273,10 @@ def inner_sweep(ca: list[torch.Tensor], cb: list[torch.Tensor], batch: bool) -> 
     """``<a, b>`` from batched cores of equal batch size (shared with :mod:`tensortrain.forms`, not public).
 
     Carries the (B, r_a, r_b) matrix of partial inner products left to right: O(d B r^3 n). Where that could
-    overflow or underflow (``operands.needs_scaling``: cores of unbalanced scales), the carried matrix is scaled
+    overflow or underflow (``operands.scaling_mode``: cores of unbalanced scales), the carried matrix is scaled
     by a power of two at each step.
     """
-    res = _inner_steps(ca, cb, scaled=needs_scaling(ca, cb, contracted=True))
+    res = run_scaled(lambda scaled: _inner_steps(ca, cb, scaled=scaled), ca, cb, contracted=True)
     return res if batch else res[0]
 
 
@@ -324,21 +324,25 @@ def _inner_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(*x.shape[:lead], *rows, *cols)
         x = x.permute(*range(lead), *(lead + i for k in range(d) for i in (k, d + k)))
     cores = [flat_modes(c) for c in batched_cores(w)]
-    # cores of unbalanced scales: the state brought below 1 by a power of two per batch element at every step
-    scaled = needs_scaling(cores, contracted=True)
     # Each core (B, r, m, s) acts from the left as (B, s, r m) on the state (B, r m, rest): no copies.
     left = [c.reshape(bs, -1, c.shape[-1]).transpose(1, 2) for c in cores]
-    m0, exps = cores[0].shape[2], None
-    if shared:
-        s0 = cores[0].shape[-1]
-        t = (left[0].reshape(bs * s0, m0) @ x.reshape(m0, -1)).reshape(bs, s0, -1)
-    else:
-        t = torch.bmm(left[0], x.reshape(bs, m0, -1))
-    for c, core in zip(left[1:], cores[1:], strict=True):
-        if scaled:
-            t, exps = rescale_pow2(t, exps)
-        t = torch.bmm(c, t.reshape(bs, core.shape[1] * core.shape[2], -1))
-    res = t.reshape(bs)
-    if exps is not None:
-        res = scale_pow2(res, exps)
+    m0 = cores[0].shape[2]
+
+    def sweep(scaled: bool) -> torch.Tensor:
+        # scaled (cores of unbalanced scales): the state brought below 1 by a power of two per batch element at
+        # every step
+        exps = None
+        if shared:
+            s0 = cores[0].shape[-1]
+            t = (left[0].reshape(bs * s0, m0) @ x.reshape(m0, -1)).reshape(bs, s0, -1)
+        else:
+            t = torch.bmm(left[0], x.reshape(bs, m0, -1))
+        for c, core in zip(left[1:], cores[1:], strict=True):
+            if scaled:
+                t, exps = rescale_pow2(t, exps)
+            t = torch.bmm(c, t.reshape(bs, core.shape[1] * core.shape[2], -1))
+        res = t.reshape(bs)
+        return res if exps is None else scale_pow2(res, exps)
+
+    res = run_scaled(sweep, cores, contracted=True)
     return res if is_batch(w) else res[0]
