@@ -657,6 +657,54 @@ def test_decompress_carries_over_what_was_added_to_a_tt_layer():
         tt.decompress(emb)
 
 
+def test_decompress_refuses_a_pruned_or_parametrized_tt_layer():
+    """A pruned TT bias failed deep in copy.deepcopy; with inplace=True the dense layer took over bias_orig, the
+    mask and the pruning hook and raised at its first forward; a parametrized bias left a plain Linear still
+    parametrized, with a stale bias and a stray parameter. Both are refused, naming the layer and the remedy."""
+    import torch.nn.utils.parametrize as parametrize
+    import torch.nn.utils.prune as prune
+
+    pruned = tt.nn.TTLinear(12, 10, tt_rank=3)
+    prune.l1_unstructured(pruned, "bias", amount=0.5)
+    for inplace in (False, True):
+        with pytest.raises(ValueError, match=r"TT layer '0' cannot be converted: .*prune\.remove"):
+            tt.decompress(nn.Sequential(pruned), inplace=inplace)
+    assert hasattr(pruned, "bias_orig")  # untouched
+
+    class Twice(nn.Module):
+        def forward(self, b):
+            return 2 * b
+
+    twice = tt.nn.TTLinear(12, 10, tt_rank=3)
+    parametrize.register_parametrization(twice, "bias", Twice())
+    with pytest.raises(ValueError, match="'bias' is parametrized"):
+        tt.decompress(nn.Sequential(twice))
+
+
+def test_decompress_keeps_tt_layers_tied_by_their_cores():
+    """An embedding and its output head sharing one ParameterList became two independent dense tables (twice the
+    parameters, and a tie that training no longer kept): they now share one dense Parameter."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(100, 32, tt_rank=4, voc_dims=(4, 5, 5), emb_dims=(4, 4, 2))
+    head = tt.nn.TTLinear(32, 100, tt_rank=4, in_dims=(4, 4, 2), out_dims=(4, 5, 5), bias=False)
+    head.cores = emb.cores
+    model = nn.ModuleDict({"emb": emb, "head": head})
+    dense = tt.decompress(model)
+    assert dense["head"].weight is dense["emb"].weight
+    assert sum(p.numel() for p in dense.parameters()) == 100 * 32
+    idx = torch.tensor([1, 5, 99])
+    assert_close(dense["head"](dense["emb"](idx)), model["head"](model["emb"](idx)), atol=1e-4, rtol=1e-4)
+
+    other = tt.nn.TTLinear(32, 100, tt_rank=4, in_dims=(4, 4, 2), out_dims=(4, 5, 5), bias=False)
+    other.cores[1] = emb.cores[1]  # one core shared
+    with pytest.raises(ValueError, match="share some of their cores but not all"):
+        tt.decompress(nn.ModuleDict({"emb": emb, "other": other}))
+    narrow = tt.nn.TTLinear(30, 100, tt_rank=4, in_dims=(4, 4, 2), out_dims=(4, 5, 5), pad=True, bias=False)
+    narrow.cores = emb.cores  # the same cores, of which a padded 100 x 30 layer reads 30 columns
+    with pytest.raises(ValueError, match="converting would untie them"):
+        tt.decompress(nn.ModuleDict({"emb": emb, "narrow": narrow}))
+
+
 def test_conversions_leave_the_global_random_stream_alone():
     """Each conversion built a layer that drew its init from the global generator and then overwrote it: a
     seeded script got other dropout masks and heads depending on how many dry runs it made."""

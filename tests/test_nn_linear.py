@@ -689,6 +689,14 @@ def test_to_linear_keeps_a_frozen_layer_frozen():
 def test_from_lazy_linear_and_bias_init_checks():
     with pytest.raises(ValueError, match="LazyLinear has not been initialized"):
         tt.nn.TTLinear.from_linear(nn.LazyLinear(10))
+    # materialized by load_state_dict, in_features still 0 (torch sets it at the first forward): it converts,
+    # as compress converts it
+    lazy, lin = nn.LazyLinear(8), nn.Linear(6, 8)
+    lazy.load_state_dict(lin.state_dict())
+    layer = tt.nn.TTLinear.from_linear(lazy)
+    assert (layer.in_features, layer.out_features) == (6, 8)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), lin(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(TypeError, match="bias_init must be a number or None, got 'zeros'"):
         tt.nn.TTLinear(12, 10, tt_rank=2, bias_init="zeros")  # type: ignore[arg-type]
 

@@ -375,3 +375,25 @@ def test_optim_gradient_at_a_point_with_a_small_singular_value(gen):
     grads, euclid = core_grads(x, torch.rand(x.shape, generator=gen, dtype=torch.float64))
     res = tt.optim.riemannian_gradient_from_cores(x, grads)
     assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1), rtol=1e-8, atol=1e-8)
+
+
+def test_a_model_with_tied_tt_layers_steps_their_shared_cores_once():
+    """An embedding and its output head sharing one ParameterList gave torch's 'some parameters appear in more
+    than one parameter group'; the shared cores are now one set, stepped once."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(100, 32, tt_rank=4, voc_dims=(4, 5, 5), emb_dims=(4, 4, 2))
+    head = tt.nn.TTLinear(32, 100, tt_rank=4, in_dims=(4, 4, 2), out_dims=(4, 5, 5), bias=False)
+    head.cores = emb.cores
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    opt = tt.optim.RiemannianSGD(model, lr=0.1)
+    assert len(opt.param_groups) == 1
+    model["head"](model["emb"](torch.tensor([1, 2, 3]))).pow(2).sum().backward()
+    before = tt.full(head.weight).detach().clone()
+    opt.step()
+    assert not torch.equal(before, tt.full(head.weight))
+    assert head.cores is emb.cores
+
+    other = tt.nn.TTLinear(32, 100, tt_rank=4, in_dims=(4, 4, 2), out_dims=(4, 5, 5), bias=False)
+    other.cores[0] = emb.cores[0]  # one core shared, the others not
+    with pytest.raises(ValueError, match="shares some but not all of its cores"):
+        tt.optim.RiemannianSGD(torch.nn.ModuleDict({"emb": emb, "other": other}), lr=0.1)

@@ -28,6 +28,7 @@ from .compression_layers import (
     converter_of,
     layer_dims,
     planned_tt_params,
+    recomputed,
     refusal,
 )
 from .compression_report import CompressionReport, LayerReport
@@ -244,12 +245,18 @@ def _convert_one(
     return new, replace(rep, tt_ranks=new.tt_ranks, params_after=after, rel_error=err)
 
 
-def _copy(model: nn.Module) -> nn.Module:
+def _copy(model: nn.Module, fn: str = "compress") -> nn.Module:
     """``copy.deepcopy(model)``, or a ValueError that says why that typically fails and what works instead."""
     try:
         return copy.deepcopy(model)
     except (RuntimeError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if fn != "compress":
+            raise ValueError(
+                f"{fn}: the model cannot be copied (copy.deepcopy failed: {first}); a layer's tensor is "
+                "typically recomputed by a forward pre-hook (torch.nn.utils.prune, the old-style weight_norm / "
+                "spectral_norm): remove those hooks first, or pass inplace=True"
+            ) from e
         raise ValueError(
             f"compress: the model cannot be copied (copy.deepcopy failed: {first}). This typically happens "
             "when a layer's weight is recomputed by a forward pre-hook, as torch.nn.utils.prune and the "
@@ -478,17 +485,27 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     Returns:
         The dense model.
 
+    TT layers that share their cores (``head.cores = embedding.cores``) become dense layers that share one
+    weight ``Parameter``, as the tie was.
+
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: the model contains no TT layer, or a TT layer holds an added parameter or submodule under
-            a name the dense layer uses.
+        ValueError: the model contains no TT layer; a TT layer holds an added parameter or submodule under
+            a name the dense layer uses; a TT layer's bias or cores are parametrized or pruned (the dense layer
+            would keep a stale copy: remove that first); TT layers share some of their cores but not all, or
+            share all but would give dense weights of different shapes (the tie cannot be kept).
 
     Example:
         >>> dense = tt.decompress(small)  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"decompress expects an nn.Module, got {type(model).__name__}")
-    target = model if as_flag(inplace, "decompress", "inplace") else copy.deepcopy(model)
+    in_place = as_flag(inplace, "decompress", "inplace")
+    for name, m in model.named_modules():
+        why = recomputed(m) if isinstance(m, (TTLinear, TTEmbedding)) else None
+        if why is not None:
+            raise ValueError(f"decompress: the TT layer {name or '(the model)'!r} cannot be converted: {why}")
+    target = model if in_place else _copy(model, "decompress")
     found = [
         (n, m)
         for n, m in target.named_modules(remove_duplicate=False)
@@ -497,12 +514,41 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not found:
         raise ValueError("decompress: the model contains no TTLinear or TTEmbedding layer")
     dense: dict[int, nn.Module] = {}
+    tied: dict[tuple[int, ...], tuple[str, nn.Module]] = {}  # one dense weight per set of shared cores
     for name, m in found:
         if id(m) not in dense:  # hooks, extra buffers and train/eval mode come back, as compress took them
-            dense[id(m)] = _with_extras(
+            new = _with_extras(
                 m, carry_over(m, m.to_linear() if isinstance(m, TTLinear) else m.to_embedding())
             )
+            _keep_tie(tied, name, m, new)
+            dense[id(m)] = new
         if name == "":
             return dense[id(m)]
         target.set_submodule(name, dense[id(m)])
     return target
+
+
+def _keep_tie(
+    tied: dict[tuple[int, ...], tuple[str, nn.Module]], name: str, m: nn.Module, new: nn.Module
+) -> None:
+    """Give ``new`` the dense weight of the layer converted before it from the same cores (an embedding and its
+    tied output head), so that the tie survives; a ValueError where it cannot."""
+    key = tuple(id(c) for c in m.cores)  # type: ignore[union-attr]
+    if key not in tied:
+        shared = [other for k, (other, _) in tied.items() if set(k) & set(key)]
+        if shared:
+            raise ValueError(
+                f"decompress: the TT layers {shared[0]!r} and {name!r} share some of their cores but not all: "
+                "their dense weights cannot share them"
+            )
+        tied[key] = (name, new)
+        return
+    first_name, first = tied[key]
+    w0, w = first.weight, new.weight
+    assert isinstance(w0, nn.Parameter) and isinstance(w, nn.Parameter)  # (nn.Linear's or nn.Embedding's)
+    if w.shape != w0.shape:
+        raise ValueError(
+            f"decompress: the TT layers {first_name!r} and {name!r} share their cores, but their dense weights "
+            f"have shapes {tuple(w0.shape)} and {tuple(w.shape)}: converting would untie them"
+        )
+    new.weight = w0

@@ -224,9 +224,10 @@ def _tt_attributes(tt_type: type[nn.Module]) -> frozenset[str]:
     return _TT_ATTRIBUTES[tt_type]
 
 
-def refusal(module: nn.Module) -> str | None:
-    """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
-    ratio search counts such layers as fixed, as it does tied ones."""
+def recomputed(module: nn.Module) -> str | None:
+    """Why a layer's parameter is not the tensor it holds (a parametrization, or a pruning / weight_norm /
+    spectral_norm pre-hook recomputes it), with the way to remove that, or None: converting such a layer
+    either way would freeze a stale copy."""
     if parametrize.is_parametrized(module):
         name = next(iter(module._modules["parametrizations"]._modules))  # type: ignore[union-attr]
         return (
@@ -234,9 +235,6 @@ def refusal(module: nn.Module) -> str | None:
             f"and recomputed at every access; remove it first: "
             f"torch.nn.utils.parametrize.remove_parametrizations(module, {name!r})"
         )
-    conv = converter_for(module)
-    if conv.weight(module).numel() == 0:  # e.g. a head with 0 classes: nothing to factor
-        return "empty layer"
     for hook in module._forward_pre_hooks.values():
         for hook_type, what, remedy in _WEIGHT_HOOKS:
             if isinstance(hook, hook_type):
@@ -245,6 +243,20 @@ def refusal(module: nn.Module) -> str | None:
                     f"its {name!r} is recomputed before each forward by a {what} hook (the tensor there now "
                     f"is a stale copy); {remedy}(module, {name!r})"
                 )
+    return None
+
+
+def refusal(module: nn.Module) -> str | None:
+    """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
+    ratio search counts such layers as fixed, as it does tied ones."""
+    if parametrize.is_parametrized(module):
+        return recomputed(module)
+    conv = converter_for(module)
+    if conv.weight(module).numel() == 0:  # e.g. a head with 0 classes: nothing to factor
+        return "empty layer"
+    why = recomputed(module)
+    if why is not None:
+        return why
     extra = [n for n in module._parameters if n not in conv.own_params] + list(module._modules)
     if extra:
         return f"it holds parameters or submodules the TT layer would drop ({', '.join(extra)})"

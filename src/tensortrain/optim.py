@@ -183,7 +183,8 @@ class RiemannianSGD(torch.optim.Optimizer):
 
     ``params`` is an iterable of TT parameter sets: each an ``nn.ParameterList`` / sequence of the cores of
     one TT (in order), a TensorTrain whose cores are the parameters (such as a TT layer's ``weight``), or a dict ``{"params": cores, "lr": ..., "momentum": ...}``, or an ``nn.Module``
-    whose TT layers (submodules with a TT ``weight`` and a ``cores`` ParameterList) are all used; one TT's
+    whose TT layers (submodules with a TT ``weight`` and a ``cores`` ParameterList) are all used (layers tied
+    by one shared ``cores`` list, an embedding and its output head, as one set); one TT's
     ``ParameterList`` or TensorTrain alone is one set. Other parameters (biases) need an ordinary optimizer
     beside this one.
 
@@ -297,12 +298,26 @@ def _groups(params: Any) -> list[dict[str, Any]]:
     if isinstance(params, (torch.nn.ParameterList, TensorTrainBase)):
         params = [params]  # one TT's cores (layer.cores) or one TT (layer.weight), given without a list
     if isinstance(params, torch.nn.Module):
-        sets = [
-            m.cores
-            for m in params.modules()
-            if isinstance(getattr(m, "cores", None), torch.nn.ParameterList)
-            and isinstance(getattr(m, "weight", None), TensorTrainBase)
-        ]
+        sets, seen = [], set[tuple[int, ...]]()
+        for name, m in params.named_modules():
+            if not isinstance(getattr(m, "cores", None), torch.nn.ParameterList) or not isinstance(
+                getattr(m, "weight", None), TensorTrainBase
+            ):
+                continue
+            key = tuple(id(c) for c in m.cores)
+            if (
+                key in seen
+            ):  # tied layers (an embedding and its output head sharing one ParameterList): one set
+                continue
+            shared = [c for c in m.cores if any(id(c) in k for k in seen)]
+            if shared:
+                raise ValueError(
+                    f"RiemannianSGD: the layer {name!r} shares some but not all of its cores with another TT layer; "
+                    "a Riemannian step moves one TT's cores together: tie whole core lists (b.cores = a.cores) "
+                    "or give the parameter sets by hand"
+                )
+            seen.add(key)
+            sets.append(m.cores)
         if not sets:
             raise ValueError(f"RiemannianSGD: the module {type(params).__name__} has no TT layers")
         params = sets

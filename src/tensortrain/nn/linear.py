@@ -520,13 +520,17 @@ class TTLinear(TTModule):
             raise ValueError(
                 "TTLinear.from_linear: the LazyLinear has not been initialized yet; run a forward pass first"
             )
-        if tuple(linear.weight.shape) != (linear.out_features, linear.in_features):
+        in_features, out_features = linear.in_features, linear.out_features
+        if isinstance(linear, nn.LazyLinear) and in_features == 0 and linear.weight.dim() == 2:
+            # materialized by load_state_dict: torch sets in_features only at the first forward
+            out_features, in_features = (int(s) for s in linear.weight.shape)
+        if tuple(linear.weight.shape) != (out_features, in_features):
             raise ValueError(
                 f"TTLinear.from_linear: the weight has shape {tuple(linear.weight.shape)} but out_features="
                 f"{linear.out_features}, in_features={linear.in_features} (a weight replaced by hand?); set the "
                 "sizes to the weight's"
             )
-        in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
+        in_dims, out_dims = resolve_dims(in_features, out_features, in_dims, out_dims, pad)
         w = linear.weight.detach()
         modes = [m * n for m, n in zip(out_dims, in_dims, strict=True)]
         check_budget(max_tt_rank, epsilon, modes, "TTLinear.from_linear", w.device)
@@ -548,8 +552,8 @@ class TTLinear(TTModule):
             tt,
             bias=bias,
             has_bias=linear.bias is not None,
-            in_features=linear.in_features,
-            out_features=linear.out_features,
+            in_features=in_features,
+            out_features=out_features,
         )
         # a frozen layer stays frozen (e.g. a compressed backbone whose head alone is fine-tuned)
         layer.cores.requires_grad_(linear.weight.requires_grad)
