@@ -1058,3 +1058,20 @@ def test_a_stale_cache_entry_goes_with_the_first_miss():
     cached(cache, "a", cores, lambda cs: cs[0] * 2)
     gc.collect()
     assert set(cache) == {"a"} and old() is None
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_core_replaced_by_one_of_another_dtype_is_named(grad):
+    """The layer's fast path checked the first core's dtype only: a second core in float64 gave torch's
+    'expected m1 and m2 to have the same dtype' (worded by whichever plan ran)."""
+    layer = tt.nn.TTLinear(24, 30, tt_rank=3, in_dims=(2, 3, 4), out_dims=(3, 2, 5))
+    layer.cores[1] = nn.Parameter(layer.cores[1].detach().double())
+    for strategy in tt.contraction.STRATEGIES:
+        if strategy == "tune":
+            continue
+        layer.strategy = strategy
+        with (
+            torch.set_grad_enabled(grad),
+            pytest.raises(tt.ShapeError, match="core 1 has dtype torch.float64"),
+        ):
+            layer(torch.randn(5, 24))

@@ -169,9 +169,10 @@ class TTModule(nn.Module):
         Inference (no gradients) reuses merged groups of cores while the cores are unchanged: same tensors,
         storage and version counter, which every in-place update bumps (``load_state_dict``, ``nn.init``,
         ordinary optimizer steps), and no optimizer has stepped since (fused optimizers leave version counters as
-        they were). Writes that bypass autograd's version counter go unseen: through ``.data``, and by
-        ``torch.distributed`` collectives (``dist.broadcast(p, 0)``, ``dist.all_reduce(p)`` on a core): call this
-        after them. ``model.train()`` / ``model.eval()`` clear it too, so a mode switch after such a sync is
+        they were). Writes that bypass autograd's version counter go unseen: through ``.data``, by
+        ``torch.distributed`` collectives (``dist.broadcast(p, 0)``, ``dist.all_reduce(p)`` on a core), and
+        through another tensor sharing a core's storage (the flat vector ``vector_to_parameters`` made the
+        cores views of, updated in place; a NumPy view): call this after them. ``model.train()`` / ``model.eval()`` clear it too, so a mode switch after such a sync is
         enough. The cache is a few times the cores' size and never holds the dense weight.
 
         Example:

@@ -103,7 +103,18 @@ def linear_cores(
     if bias is not None:
         contraction.check_bias("tt_linear", bias, m, c0)
     # x @ W^T with all leading dims as rows, in the order tensortrain.contraction's cost model picks.
-    return contraction.apply_unchecked(input, cores, bias, n, strategy, cache=cache, max_saved=max_saved)
+    try:
+        return contraction.apply_unchecked(input, cores, bias, n, strategy, cache=cache, max_saved=max_saved)
+    except RuntimeError as e:
+        # a core replaced by one of another dtype or device (the first core's are checked above): said here,
+        # after the fact, as checking every core costs a layer call at batch 1 about a tenth of its time
+        for k, c in enumerate(cores):
+            if c.dtype != c0.dtype or c.device != c0.device:
+                raise ShapeError(
+                    f"tt_linear: core 0 has dtype {c0.dtype} on {c0.device} but core {k} has dtype {c.dtype} on "
+                    f"{c.device}; a TT layer's cores must share one dtype and device"
+                ) from e
+        raise
 
 
 _INT64_MAX = torch.iinfo(torch.long).max
