@@ -697,8 +697,10 @@ def test_decompress_keeps_tt_layers_tied_by_their_cores():
 
     other = tt.nn.TTLinear(32, 100, tt_rank=4, in_dims=(4, 4, 2), out_dims=(4, 5, 5), bias=False)
     other.cores[1] = emb.cores[1]  # one core shared
-    with pytest.raises(ValueError, match="share some of their cores but not all"):
-        tt.decompress(nn.ModuleDict({"emb": emb, "other": other}))
+    both = nn.ModuleDict({"emb": emb, "other": other})
+    with pytest.raises(ValueError, match="share cores, but not the same cores in the same order"):
+        tt.decompress(both, inplace=True)
+    assert both["emb"] is emb and both["other"] is other  # nothing swapped in before the error
     narrow = tt.nn.TTLinear(30, 100, tt_rank=4, in_dims=(4, 4, 2), out_dims=(4, 5, 5), pad=True, bias=False)
     narrow.cores = emb.cores  # the same cores, of which a padded 100 x 30 layer reads 30 columns
     with pytest.raises(ValueError, match="converting would untie them"):

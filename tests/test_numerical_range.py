@@ -255,11 +255,11 @@ def _forms_of(b: tt.TensorTrain) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "dtype, big", [(torch.float32, 1e20), (torch.float32, 1e-20), (torch.float64, 1e160)]
+    "dtype, big", [(torch.float32, 1e20), (torch.float32, 1e-25), (torch.float64, 1e160)]
 )
 def test_forms_whose_steps_multiply_two_large_cores(gen, dtype, big):
     """The sweeps of gram_matrix, pairwise_flat_inner and the forms rescaled their state after each step, but a
-    step multiplies it by two to four cores: two of 1e20 overflow float32 inside one step (NaN, or 0 for 1e-20)
+    step multiplies it by two to four cores: two of 1e20 overflow float32 inside one step (NaN; two of 1e-25 underflow to 0)
     where flat_inner, which scales its first operand's core, was right."""
     cores = [torch.randn(1, 2, 2, generator=gen, dtype=torch.float64) * big]
     cores += [torch.randn(2, 2, 2, generator=gen, dtype=torch.float64) / big]
@@ -314,6 +314,14 @@ def test_sweeps_over_coherent_cores_whose_partial_products_overflow():
     close(tt.flat_inner(x, torch.ones([1] * 40)), want)
     # a balanced train runs plain, unchecked
     assert scaling_mode(batched_cores(tt.random_tensor((2,) * 8, tt_rank=4))) == "plain"
+    # in a batch beside smaller trains: the bound was the cores' root mean square over the batch, under the
+    # large element's norm, so the batch ran plain and its first entry was inf
+    small = tt.TensorTrain([c * (0.5 if k < 20 else 1.0) for k, c in enumerate(x.tt_cores)])
+    for size in (2, 4):
+        batch = tt.concat_along_batch_dim([x, *[small] * (size - 1)])
+        dense = tt.full(tt.concat_along_batch_dim([x.double(), *[small.double()] * (size - 1)])).reshape(-1)
+        close(tt.full(batch).reshape(-1), dense)
+        close(tt.flat_inner(batch, torch.ones([1] * 40)), dense)
 
 
 def test_a_zero_core_after_overflowing_cores_gives_zero(gen):

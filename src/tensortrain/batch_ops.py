@@ -227,19 +227,17 @@ def _pairwise(
             pa, pb, exps = _prescaled(ca, cb, scaled)
 
             def gram_rows(part: list[torch.Tensor]) -> torch.Tensor:
-                *part, ea = (
-                    part  # (the rows' exponents ride along as a last "core", taken in the same blocks)
-                )
+                part, pair_exps = _with_row_exps(part, exps)
 
                 def step(v: torch.Tensor, k: int) -> torch.Tensor:
                     t = torch.einsum("ijxy,ixmu->ijymu", v, part[k])
                     return torch.einsum("ijymu,jymv->ijuv", t, pb[k])
 
                 v = torch.ones(part[0].shape[0], pb[0].shape[0], 1, 1, dtype=pa[0].dtype, device=pa[0].device)
-                return scaled_sweep(v, step, len(pa), scaled, exps=_pair_exps(ea, exps) if scaled else None)
+                return scaled_sweep(v, step, len(pa), scaled, exps=pair_exps)
 
             per_row = max(y.shape[1] * x.shape[2] * x.shape[3] for x, y in zip(pa, pb, strict=True))
-            return _by_rows([*pa, exps[0]], pb[0].shape[0] * per_row, gram_rows)
+            return _by_rows(pa if exps is None else [*pa, exps[0]], pb[0].shape[0] * per_row, gram_rows)
 
         return run_scaled(gram, ca, cb, contracted=True)
     check_matrix(matrix, op, "matrix")
@@ -253,12 +251,12 @@ def _pairwise(
     def gram_with_matrix(scaled: bool) -> torch.Tensor:
         pa, pb, exps = _prescaled(ca, cb, scaled)
         mats = matrix.tt_cores
-        if scaled:  # (the matrix's cores too: its exponent belongs to every pair)
+        if exps is not None:  # (the matrix's cores too: its exponent belongs to every pair)
             scaled_mats, em = prescale([m.unsqueeze(0) for m in mats])
             mats, exps = tuple(m[0] for m in scaled_mats), (exps[0], exps[1] + em)
 
         def gram_rows_with_matrix(part: list[torch.Tensor]) -> torch.Tensor:
-            *part, ea = part  # (the rows' exponents ride along as a last "core", taken in the same blocks)
+            part, pair_exps = _with_row_exps(part, exps)
 
             def step(v: torch.Tensor, k: int) -> torch.Tensor:
                 t = torch.einsum("ijxzy,ixnu->ijzynu", v, part[k])
@@ -266,7 +264,7 @@ def _pairwise(
                 return torch.einsum("ijyuwm,jymv->ijuwv", t, pb[k])
 
             v = torch.ones(part[0].shape[0], pb[0].shape[0], 1, 1, 1, dtype=pa[0].dtype, device=pa[0].device)
-            return scaled_sweep(v, step, len(pa), scaled, exps=_pair_exps(ea, exps) if scaled else None)
+            return scaled_sweep(v, step, len(pa), scaled, exps=pair_exps)
 
         # (z, y, n, u) after the vector's core, (y, u, w, m) after the matrix's
         per_row = max(
@@ -276,27 +274,33 @@ def _pairwise(
             )
             for x, a, y in zip(pa, mats, pb, strict=True)
         )
-        return _by_rows([*pa, exps[0]], pb[0].shape[0] * per_row, gram_rows_with_matrix)
+        rows = pa if exps is None else [*pa, exps[0]]
+        return _by_rows(rows, pb[0].shape[0] * per_row, gram_rows_with_matrix)
 
     return run_scaled(gram_with_matrix, ca, [m.unsqueeze(0) for m in matrix.tt_cores], cb, contracted=True)
 
 
 def _prescaled(
     ca: list[torch.Tensor], cb: list[torch.Tensor], scaled: bool
-) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
     """Both operands' cores scaled by powers of two where the sweep is (``operands.prescale``: a step multiplies
     the state by a core of each, which overflows before the state is rescaled), and their exponents ``(B1,)``,
-    ``(B2,)`` (zeros when not scaled)."""
+    ``(B2,)`` (None when not scaled)."""
     if not scaled:
-        zeros = [torch.zeros(c[0].shape[0], dtype=torch.int64, device=c[0].device) for c in (ca, cb)]
-        return ca, cb, (zeros[0], zeros[1])
+        return ca, cb, None
     (ca, ea), (cb, eb) = prescale(ca), prescale(cb)
     return ca, cb, (ea, eb)
 
 
-def _pair_exps(ea: torch.Tensor, exps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The exponents of the ``(rows, B2)`` pairs, flattened: a block of rows' ``ea`` plus the columns'."""
-    return (ea[:, None] + exps[1][None, :]).reshape(-1)
+def _with_row_exps(
+    part: list[torch.Tensor], exps: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """A block of rows' cores and the exponents of its ``(rows, B2)`` pairs, flattened (None when not scaled):
+    the rows' exponents ride along in :func:`_by_rows` as a last "core", taken in the same blocks."""
+    if exps is None:
+        return part, None
+    *cores, ea = part
+    return cores, (ea[:, None] + exps[1][None, :]).reshape(-1)
 
 
 _ROWS_CHUNK = 1 << 24  # elements of a step's intermediate (64 MiB in float32) before rows are taken in blocks

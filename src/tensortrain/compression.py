@@ -491,9 +491,10 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: the model contains no TT layer; a TT layer holds an added parameter or submodule under
-            a name the dense layer uses; a TT layer's bias or cores are parametrized or pruned (the dense layer
-            would keep a stale copy: remove that first); TT layers share some of their cores but not all, or
-            share all but would give dense weights of different shapes (the tie cannot be kept).
+            a name the dense layer uses; a TT layer's bias is parametrized or pruned (the dense layer would keep a
+            stale copy: remove that first); TT layers share cores but not the same ones in the same order, or
+            share them all but would give dense weights of different shapes (the tie cannot be kept). With
+            ``inplace=True`` the model is left unchanged then.
 
     Example:
         >>> dense = tt.decompress(small)  # doctest: +SKIP
@@ -515,6 +516,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         raise ValueError("decompress: the model contains no TTLinear or TTEmbedding layer")
     dense: dict[int, nn.Module] = {}
     tied: dict[tuple[int, ...], tuple[str, nn.Module]] = {}  # one dense weight per set of shared cores
+    # every layer is converted (and every refusal raised) before the first is swapped in: with inplace=True an
+    # error leaves the model as it was
     for name, m in found:
         if id(m) not in dense:  # hooks, extra buffers and train/eval mode come back, as compress took them
             new = _with_extras(
@@ -522,6 +525,7 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             )
             _keep_tie(tied, name, m, new)
             dense[id(m)] = new
+    for name, m in found:
         if name == "":
             return dense[id(m)]
         target.set_submodule(name, dense[id(m)])
@@ -538,8 +542,8 @@ def _keep_tie(
         shared = [other for k, (other, _) in tied.items() if set(k) & set(key)]
         if shared:
             raise ValueError(
-                f"decompress: the TT layers {shared[0]!r} and {name!r} share some of their cores but not all: "
-                "their dense weights cannot share them"
+                f"decompress: the TT layers {shared[0]!r} and {name!r} share cores, but not the same cores in the "
+                "same order: their dense weights cannot share them"
             )
         tied[key] = (name, new)
         return

@@ -87,7 +87,7 @@ def scale_pow2(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     first, second = (torch.exp2(h.to(wide)).reshape(shape) for h in (half, e.to(device=t.device) - half))
     out = t.to(wide_dtype(t)) * first * second
     # an exact 0 stays 0 (not 0 * inf = NaN) where 2^e itself is past the wide dtype: a sweep whose large cores
-    # are followed by a zero one (only there: elsewhere the gradient flows through the product)
+    # are followed by a zero one. Only the value: the gradient there is still 0 * inf (NaN)
     past = (t == 0) & ~torch.isfinite(first * second)
     return torch.where(past, torch.zeros_like(out), out).to(t.dtype)
 
@@ -129,8 +129,8 @@ def scaling_mode(*operands: Sequence[torch.Tensor], contracted: bool = False) ->
     a balanced one stays near its entries' scale. That estimate is for incoherent cores: where the terms of a
     step add up coherently (cores of equal signs) a partial product grows up to ``sqrt(r_k)`` times faster (40
     cores of rank 16 whose entries all equal 2^2.6 overflowed float32's plain sweep). So ``"check"`` where the
-    running product of the cores' Frobenius norms (per batch element, their root mean square over the batch),
-    a bound that cannot underestimate a single TT's partial products, passes the dtype's largest number (2^127
+    running product of the cores' Frobenius norms (of the whole batch: a bound on every element's partial
+    products), passes the dtype's largest number (2^127
     in float32): that bound is loose by about ``r`` per step of an inner product of random cores, and would
     scale most long float32 sweeps of rank 16 and up. ``"scale"`` with a core of norm 0 (an all-zero core makes
     the result exactly 0, but the plain sweep may reach it as inf * 0 = NaN where the cores before it overflow;
@@ -153,11 +153,12 @@ def scaling_mode(*operands: Sequence[torch.Tensor], contracted: bool = False) ->
         return "scale"
     d, limit = len(operands[0]), _scale_limit(first.dtype)
     log2 = math.log2
-    # the bound: per batch element (its root mean square over the batch), summed over the operands at each k
-    per_element = [log2(n) - 0.5 * log2(c.shape[0]) for n, c in zip(norms, cores, strict=True)]
+    # the bound, summed over the operands at each k: a batched core's norm bounds each of its elements' (their
+    # root mean square would not: a batch of one large train and small ones hides the large one)
+    logs = [log2(n) for n in norms]
     bound, top, coherent = 0.0, _largest_exponent(first.dtype) - 1, False
     for k in range(d):
-        bound += sum(per_element[k::d])
+        bound += sum(logs[k::d])
         if not bound <= top:  # (an inf or NaN norm ends it too; then the estimate below says "scale")
             coherent = True
             break

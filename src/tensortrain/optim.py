@@ -198,7 +198,8 @@ class RiemannianSGD(torch.optim.Optimizer):
         ValueError: a bad ``lr``/``momentum`` (a group's own too) or an empty parameter set; in :meth:`step`, a
             TT whose cores are partly frozen (``requires_grad=False``; a wholly frozen TT is skipped), a
             non-finite gradient, or an all-zero core (the zero tensor has no tangent space at a fixed rank; every
-            TT is checked first: then no TT has moved).
+            TT is checked first: then no TT has moved); for an ``nn.Module``, TT layers that share some of their
+            cores but not the whole list.
         TypeError: a parameter set that is not a sequence of cores, or a TensorTrainBatch.
 
     Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
