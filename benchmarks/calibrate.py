@@ -40,7 +40,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import BATCHES, LAYER_CASES, interleaved, positive_int, write_json  # noqa: E402
+from run import (  # noqa: E402
+    BATCHES,
+    LAYER_CASES,
+    interleaved,
+    positive_int,
+    settle_allocator,
+    write_json,
+)
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
@@ -145,7 +152,11 @@ def measure(
                 for i, p in enumerate(progs):
                     plan = P.make_plan(dims, p, batch, item, device.type, grad, need=need)
                     if grad:
-                        fn = lambda p=plan, x=x, cs=cs: C.linear(x, cs, strategy=p).sum().backward()  # noqa: E731
+                        # fresh gradients (as run.train_step): .backward() would add into .grad every call
+                        wrt = tuple(t for t in (x, *cs) if t.requires_grad)
+                        fn = lambda p=plan, x=x, cs=cs, wrt=wrt: torch.autograd.grad(  # noqa: E731
+                            C.linear(x, cs, strategy=p).sum(), wrt
+                        )
                     else:
                         fn = lambda p=plan, x=x, cs=cs: C.linear(x, cs, strategy=p)  # noqa: E731
                     fns[str(i)] = synced(fn, device)
@@ -367,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if not modes or any(m not in MODES for m in modes):
         ap.error(f"--modes: expected names from {', '.join(MODES)}, got {args.modes!r}")
     torch.set_num_threads(args.threads)
+    settle_allocator()
     if args.load:
         with open(args.load) as f:
             saved = json.load(f)

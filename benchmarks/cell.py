@@ -26,7 +26,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import LAYER_CASES, interleaved, peer_layers, positive_int, train_step  # noqa: E402
+from run import (  # noqa: E402
+    LAYER_CASES,
+    interleaved,
+    peer_layers,
+    positive_int,
+    settle_allocator,
+    train_step,
+)
 
 import tensortrain as tt  # noqa: E402
 
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.first_layer and args.frozen:
         ap.error("--first-layer and --frozen: then nothing needs a gradient (time --forward instead)")
     torch.set_num_threads(args.threads)
+    settle_allocator()
     _, fin, fout, in_dims, out_dims, rank = LAYER_CASES[names.index(args.case)]
     torch.manual_seed(0)
     mods: dict[str, nn.Module] = {

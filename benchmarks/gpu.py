@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = [positive_int(b) for b in args.batches.split(",")]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (a smoke run)"
+    torch.backends.cuda.matmul.allow_tf32 = (
+        False  # (the default, set: float32 columns compare float32 arithmetic)
+    )
     print(
         f"{gpu}, torch {torch.__version__}, tf32 matmul {torch.backends.cuda.matmul.allow_tf32}"
         + (", --cpu-caches" if args.cpu_caches else "")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import interleaved, positive_int, train_step  # noqa: E402
+from run import interleaved, positive_int, settle_allocator, train_step  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=positive_int, default=301)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    settle_allocator()
     torch.manual_seed(0)
     layer = tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5))
     lin = torch.nn.Linear(784, 625)

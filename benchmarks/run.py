@@ -78,7 +78,37 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_commit() -> str | None:
+    """The checkout's commit, with "+dirty" when tracked files differ from it (None outside a git checkout)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here, capture_output=True).returncode != 0
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 # --------------------------------------------------------------------------------------------- timing
+def settle_allocator() -> None:
+    """Allocate, touch and free a 16 MiB buffer once, before anything is timed.
+
+    glibc serves large blocks with fresh mmaps until a freed one raises its dynamic mmap threshold. Before that
+    the first rows paid page faults that later rows did not: ``nn.Linear(784, 625)``'s training step at batch 1
+    took 446 minor faults per call (its 1.9 MiB weight gradient mapped anew each time) in the first row and 0
+    in the next, 0.79 ms against 0.136 ms, which made the first row's TT ratios look 5x better than they are.
+    (16 MiB: glibc raises the threshold only for frees up to 32 MiB.)"""
+    buf = torch.empty(16 << 18, dtype=torch.float32)
+    buf.fill_(1.0)
+    del buf
+
+
 def interleaved(
     fns: dict[str, Callable[[], Any]],
     repeats: int,
@@ -92,18 +122,23 @@ def interleaved(
     """Median seconds per call of each fn, the fns taking turns in every repeat: ``repeats`` of them, or as many
     as ``budget_s`` allows but at least ``min_repeats`` (the ratios near a target need more than three).
 
-    A ``droppable`` fn (a peer) whose warm-up call takes over ``slow_s`` is timed once (a second call, after
-    the first's one-time setup) instead of holding up every repeat; ``"_once"`` lists those, ``"_n"`` is the
-    repeats the others got. ``warm_each``: call each fn once, untimed, right before its timed call,
+    A ``droppable`` fn (a peer) whose warm-up call takes over ``slow_s`` and over twice the slowest other fn's
+    is timed once (a second call, after the first's one-time setup) instead of holding up every repeat;
+    ``"_once"`` lists those, ``"_n"`` is the repeats the others got. (A peer within 2x of the layers it is
+    compared with gets medians like them: a single call against their medians decided cells within 10%.) ``warm_each``: call each fn once, untimed, right before its timed call,
     so that no timing starts with caches a bigger fn just filled (plans of one layer differ in footprint by
     100x: interleaved cold, a 1.4 ms batch-1 sweep timed at 8 ms after a full plan's 64 MiB W).
     """
     once: dict[str, float] = {}
-    for k, f in list(fns.items()):
+    slowest = 0.0  # the slowest warm-up call of the fns that are always timed (warmed up first)
+    for k, f in sorted(fns.items(), key=lambda kv: kv[0] in droppable):
         for _ in range(warmup):
             t0 = time.perf_counter()
             f()
-            if k in droppable and time.perf_counter() - t0 > slow_s:
+            took = time.perf_counter() - t0
+            if k not in droppable:
+                slowest = max(slowest, took)
+            elif took > max(slow_s, 2 * slowest):
                 t0 = time.perf_counter()  # (the first call paid the one-time setup)
                 f()
                 once[k] = time.perf_counter() - t0
@@ -396,6 +431,7 @@ def bench_decompositions(quick: bool, repeats: int) -> dict:
     low = tt.full(tt.random_matrix(shape, tt_rank=rank * 3 // 4, generator=g))
     structured = low + 0.5 * tt.full(tt.random_matrix(shape, tt_rank=rank * 2, generator=g))
     out: dict[str, Any] = {}
+    torch.linalg.svd(torch.randn(512, 512, generator=g))  # (LAPACK's first call, untimed)
     for key, w in (("to_tt_matrix", noise), ("to_tt_matrix_structured", structured)):
         out[key] = {"shape": shape, "max_tt_rank": rank, "size": f"{m}x{n}"}
         for method in ("exact", "auto", "randomized"):
@@ -412,15 +448,22 @@ def bench_decompositions(quick: bool, repeats: int) -> dict:
             out[key][method]["error_ratio_vs_exact"] = out[key][method]["rel_error"] / ex
     x = tt.random_matrix([[8, 8, 8, 8], [8, 8, 8, 8]], tt_rank=64, generator=g)
     xd = tt.full(x)
+    rounded: dict[str, Any] = {}
+
+    def call(method: str) -> Callable[[], None]:
+        def run() -> None:
+            rounded[method] = tt.round(x, max_tt_rank=16, method=method)
+
+        return run
+
+    # (both methods in one interleaved call: their 1.00x is a comparison)
+    t = interleaved({m: call(m) for m in ("exact", "auto")}, repeats)
     for method in ("exact", "auto"):
-        res = None
-
-        def call(method: str = method) -> None:
-            nonlocal res
-            res = tt.round(x, max_tt_rank=16, method=method)
-
-        t = interleaved({"r": call}, repeats)["r"]
-        out[f"round_{method}"] = {"case": "ttm 8^4x8^4 r64 -> r16", "s": t, "rel_error": _rel_err(xd, res)}
+        out[f"round_{method}"] = {
+            "case": "ttm 8^4x8^4 r64 -> r16",
+            "s": t[method],
+            "rel_error": _rel_err(xd, rounded[method]),
+        }
     return out
 
 
@@ -759,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         ap.error(f"--json {args.json}: its folder does not exist (checked before the run, not after)")
     torch.set_num_threads(args.threads)
+    settle_allocator()
     repeats = args.repeats if args.repeats is not None else 5 if args.quick else 11
     cases = [
         c for c in LAYER_CASES if not args.quick or c[0] in ("784x625-r4", "784x625-r16", "768x3072-r16")
@@ -778,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "repeats": repeats,
             "layer_timing": "cold" if args.cold else "warm",
+            "commit": git_commit(),
         }
     }
     contraction.clear_plan_cache()
