@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -80,8 +81,6 @@ def cpu_model() -> str:
 
 def git_commit() -> str | None:
     """The checkout's commit, with "+dirty" when tracked files differ from it (None outside a git checkout)."""
-    import subprocess
-
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         head = subprocess.run(

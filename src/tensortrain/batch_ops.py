@@ -252,7 +252,7 @@ def _pairwise(
         pa, pb, exps = _prescaled(ca, cb, scaled)
         mats = matrix.tt_cores
         if exps is not None:  # (the matrix's cores too: its exponent belongs to every pair)
-            scaled_mats, em = prescale([m.unsqueeze(0) for m in mats])
+            (scaled_mats,), em = prescale([m.unsqueeze(0) for m in mats])
             mats, exps = tuple(m[0] for m in scaled_mats), (exps[0], exps[1] + em)
 
         def gram_rows_with_matrix(part: list[torch.Tensor]) -> torch.Tensor:
@@ -288,7 +288,7 @@ def _prescaled(
     ``(B2,)`` (None when not scaled)."""
     if not scaled:
         return ca, cb, None
-    (ca, ea), (cb, eb) = prescale(ca), prescale(cb)
+    ((ca,), ea), ((cb,), eb) = prescale(ca), prescale(cb)
     return ca, cb, (ea, eb)
 
 

@@ -21,7 +21,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from .compression_report import Dims
 from .nn.embedding import TTEmbedding, resolve_embedding_dims
-from .nn.linear import TTLinear, resolve_dims
+from .nn.linear import TTLinear, as_linear, resolve_dims
 from .shapes import max_tt_ranks
 
 __all__ = [
@@ -160,21 +160,11 @@ def converter_of(module: nn.Module) -> Converter | None:
     return conv
 
 
-def _as_linear(m: nn.LazyLinear) -> nn.Linear:
-    """An ``nn.Linear`` over a materialized ``LazyLinear``'s own parameters (no copy): its ``in_features`` is
-    still 0 until a first forward sets it from the input."""
-    lin = nn.Linear(1, 1, bias=False, device="meta")
-    lin.in_features, lin.out_features = int(m.weight.shape[1]), int(m.weight.shape[0])
-    # (materialized: plain Parameters, whatever the annotations say)
-    lin.weight, lin.bias = m.weight, m.bias  # type: ignore[assignment]
-    return lin
-
-
 _LAZY_LINEAR = dataclasses.replace(
     CONVERTERS[nn.Linear],
-    dims=lambda m: CONVERTERS[nn.Linear].dims(_as_linear(m)),
-    refuse=lambda m: CONVERTERS[nn.Linear].refuse(_as_linear(m)),
-    convert=lambda m, r, eps, dims: CONVERTERS[nn.Linear].convert(_as_linear(m), r, eps, dims),
+    dims=lambda m: CONVERTERS[nn.Linear].dims(as_linear(m)),
+    refuse=lambda m: CONVERTERS[nn.Linear].refuse(as_linear(m)),
+    convert=lambda m, r, eps, dims: CONVERTERS[nn.Linear].convert(as_linear(m), r, eps, dims),
 )
 
 
@@ -249,14 +239,12 @@ def recomputed(module: nn.Module) -> str | None:
 def refusal(module: nn.Module) -> str | None:
     """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
     ratio search counts such layers as fixed, as it does tied ones."""
-    if parametrize.is_parametrized(module):
-        return recomputed(module)
+    why = recomputed(module)  # (first: reading a parametrized weight below would recompute it)
+    if why is not None:
+        return why
     conv = converter_for(module)
     if conv.weight(module).numel() == 0:  # e.g. a head with 0 classes: nothing to factor
         return "empty layer"
-    why = recomputed(module)
-    if why is not None:
-        return why
     extra = [n for n in module._parameters if n not in conv.own_params] + list(module._modules)
     if extra:
         return f"it holds parameters or submodules the TT layer would drop ({', '.join(extra)})"

@@ -311,7 +311,8 @@ def _bilinear_form(op: str, A: TensorTrainBase, b: TensorTrainBase, c: TensorTra
     ca, cb, cc = (expand_cores(x, size) for x in (batched_cores(A), cb, cc))
     v = torch.ones(size, 1, 1, 1, dtype=A.dtype, device=A.device)
 
-    def step(v: torch.Tensor, k: int) -> torch.Tensor:
+    def step(v: torch.Tensor, k: int, *ops: list[torch.Tensor]) -> torch.Tensor:
+        cb, ca, cc = ops
         # the three contractions as batched matmuls (einsum's per-call overhead was most of a small form's time)
         (_, p, q, s), (n, u), (m, w), z = v.shape, cb[k].shape[2:], ca[k].shape[3:], cc[k].shape[-1]
         t = torch.bmm(
@@ -323,12 +324,9 @@ def _bilinear_form(op: str, A: TensorTrainBase, b: TensorTrainBase, c: TensorTra
         return torch.bmm(t, cc[k].reshape(size, s * m, z)).reshape(size, u, w, z)
 
     def sweep(scaled: bool) -> torch.Tensor:
-        nonlocal ca, cb, cc
-        exps = None
-        if scaled:  # (each step multiplies by three cores: they are scaled too)
-            (cb, eb), (ca, ea), (cc, ec) = (prescale(x) for x in (cb, ca, cc))
-            exps = eb + ea + ec
-        return scaled_sweep(v, step, len(ca), scaled, lead=1, exps=exps)
+        # (each step multiplies by three cores: scaled, they are scaled too)
+        ops, exps = prescale(cb, ca, cc) if scaled else ([cb, ca, cc], None)
+        return scaled_sweep(v, lambda v, k: step(v, k, *ops), len(ca), scaled, lead=1, exps=exps)
 
     res = run_scaled(sweep, cb, ca, cc, contracted=True)
     return res if batch else res[0]
@@ -412,7 +410,8 @@ def bilinear_form_two_mat(
     cx, ca, cbm, cy = (expand_cores(c, size) for c in (cx, batched_cores(A), batched_cores(B), cy))
     v = torch.ones(size, 1, 1, 1, 1, dtype=A.dtype, device=A.device)
 
-    def step(v: torch.Tensor, k: int) -> torch.Tensor:
+    def step(v: torch.Tensor, k: int, *ops: list[torch.Tensor]) -> torch.Tensor:
+        cx, ca, cbm, cy = ops
         t = torch.einsum("bpqst,bpnu->bqstnu", v, cx[k])
         t = torch.einsum("bqstnu,bqnkw->bstukw", t, ca[k])
         t = torch.einsum("bstukw,bskmz->btuwzm", t, cbm[k])
@@ -420,12 +419,8 @@ def bilinear_form_two_mat(
 
     def sweep(scaled: bool) -> torch.Tensor:
         # (scaled as bilinear_form's sweep: four unbalanced TTs overflow the partial products sooner than one)
-        nonlocal cx, ca, cbm, cy
-        exps = None
-        if scaled:
-            (cx, ex), (ca, ea), (cbm, eb), (cy, ey) = (prescale(c) for c in (cx, ca, cbm, cy))
-            exps = ex + ea + eb + ey
-        return scaled_sweep(v, step, len(ca), scaled, lead=1, exps=exps)
+        ops, exps = prescale(cx, ca, cbm, cy) if scaled else ([cx, ca, cbm, cy], None)
+        return scaled_sweep(v, lambda v, k: step(v, k, *ops), len(ca), scaled, lead=1, exps=exps)
 
     res = run_scaled(sweep, cx, ca, cbm, cy, contracted=True)
     return res if batch else res[0]

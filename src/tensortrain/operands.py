@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -114,7 +114,9 @@ def run_scaled(
     return res if bool(torch.isfinite(res).all()) else run(True)
 
 
-def scaling_mode(*operands: Sequence[torch.Tensor], contracted: bool = False) -> str:
+def scaling_mode(
+    *operands: Sequence[torch.Tensor], contracted: bool = False
+) -> Literal["plain", "check", "scale"]:
     """How a left-to-right product sweep over these cores (one list of ``d`` cores per operand, contracted
     together: ``<a, b>`` passes two) must run: ``"scale"`` where it may leave the dtype's range on the way, so
     that its steps must be scaled, ``"plain"`` where it cannot, ``"check"`` where only coherent cores would.
@@ -188,14 +190,18 @@ def _scale_limit(dtype: torch.dtype) -> float:
     return 0.75 * _largest_exponent(dtype)
 
 
-def prescale(cores: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Batched cores ``(B, ...)`` each brought to a largest magnitude below 1 per batch element by a power of
-    two, and the sum of the exponents ``(B,)``: for sweeps whose step multiplies the state by several cores, as
-    two cores of 1e20 overflow float32 inside one step, before a scaled sweep rescales the state."""
+def prescale(*operands: Sequence[torch.Tensor]) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+    """Each operand's batched cores ``(B, ...)`` brought to a largest magnitude below 1 per batch element by a
+    power of two, and the sum of all the exponents ``(B,)``: for sweeps whose step multiplies the state by
+    several cores, as two cores of 1e20 overflow float32 inside one step, before a scaled sweep rescales the
+    state."""
     out, exps = [], None
-    for c in cores:
-        c, exps = rescale_pow2(c, exps)
-        out.append(c)
+    for cores in operands:
+        scaled = []
+        for c in cores:
+            c, exps = rescale_pow2(c, exps)
+            scaled.append(c)
+        out.append(scaled)
     assert exps is not None
     return out, exps
 

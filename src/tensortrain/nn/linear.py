@@ -164,6 +164,16 @@ def _cast_back(tt: TensorTrain, dtype: torch.dtype, fn: str) -> TensorTrain:
     return out
 
 
+def as_linear(m: nn.LazyLinear) -> nn.Linear:
+    """An ``nn.Linear`` over a materialized ``LazyLinear``'s own parameters (no copy): its ``in_features`` is
+    still 0 until a first forward sets it from the input (``load_state_dict`` materializes it without one)."""
+    lin = nn.Linear(1, 1, bias=False, device="meta")
+    lin.in_features, lin.out_features = int(m.weight.shape[1]), int(m.weight.shape[0])
+    # (materialized: plain Parameters, whatever the annotations say)
+    lin.weight, lin.bias = m.weight, m.bias  # type: ignore[assignment]
+    return lin
+
+
 def _check_features(name: str, value: Any) -> int:
     n = as_int(value)
     if n is None:
@@ -520,17 +530,17 @@ class TTLinear(TTModule):
             raise ValueError(
                 "TTLinear.from_linear: the LazyLinear has not been initialized yet; run a forward pass first"
             )
-        in_features, out_features = linear.in_features, linear.out_features
-        if isinstance(linear, nn.LazyLinear) and in_features == 0 and linear.weight.dim() == 2:
-            # materialized by load_state_dict: torch sets in_features only at the first forward
-            out_features, in_features = (int(s) for s in linear.weight.shape)
-        if tuple(linear.weight.shape) != (out_features, in_features):
+        if isinstance(
+            linear, nn.LazyLinear
+        ):  # (materialized, by load_state_dict: no forward has set in_features)
+            linear = as_linear(linear)
+        if tuple(linear.weight.shape) != (linear.out_features, linear.in_features):
             raise ValueError(
                 f"TTLinear.from_linear: the weight has shape {tuple(linear.weight.shape)} but out_features="
                 f"{linear.out_features}, in_features={linear.in_features} (a weight replaced by hand?); set the "
                 "sizes to the weight's"
             )
-        in_dims, out_dims = resolve_dims(in_features, out_features, in_dims, out_dims, pad)
+        in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
         w = linear.weight.detach()
         modes = [m * n for m, n in zip(out_dims, in_dims, strict=True)]
         check_budget(max_tt_rank, epsilon, modes, "TTLinear.from_linear", w.device)
@@ -552,8 +562,8 @@ class TTLinear(TTModule):
             tt,
             bias=bias,
             has_bias=linear.bias is not None,
-            in_features=in_features,
-            out_features=out_features,
+            in_features=linear.in_features,
+            out_features=linear.out_features,
         )
         # a frozen layer stays frozen (e.g. a compressed backbone whose head alone is fine-tuned)
         layer.cores.requires_grad_(linear.weight.requires_grad)
