@@ -124,7 +124,8 @@ def interleaved(
     A ``droppable`` fn (a peer) whose warm-up call takes over ``slow_s`` and over twice the slowest other fn's
     is timed once (a second call, after the first's one-time setup) instead of holding up every repeat;
     ``"_once"`` lists those, ``"_n"`` is the repeats the others got. (A peer within 2x of the layers it is
-    compared with gets medians like them: a single call against their medians decided cells within 10%.) ``warm_each``: call each fn once, untimed, right before its timed call,
+    compared with gets medians like them: a single call against their medians decided cells within 10%.)
+    ``warm_each``: call each fn once, untimed, right before its timed call,
     so that no timing starts with caches a bigger fn just filled (plans of one layer differ in footprint by
     100x: interleaved cold, a 1.4 ms batch-1 sweep timed at 8 ms after a full plan's 64 MiB W).
     """
@@ -430,7 +431,9 @@ def bench_decompositions(quick: bool, repeats: int) -> dict:
     low = tt.full(tt.random_matrix(shape, tt_rank=rank * 3 // 4, generator=g))
     structured = low + 0.5 * tt.full(tt.random_matrix(shape, tt_rank=rank * 2, generator=g))
     out: dict[str, Any] = {}
-    torch.linalg.svd(torch.randn(512, 512, generator=g))  # (LAPACK's first call, untimed)
+    torch.linalg.svd(
+        noise[:512, :512]
+    )  # (LAPACK's first call, untimed; no draw from g, which makes the cases)
     for key, w in (("to_tt_matrix", noise), ("to_tt_matrix_structured", structured)):
         out[key] = {"shape": shape, "max_tt_rank": rank, "size": f"{m}x{n}"}
         for method in ("exact", "auto", "randomized"):
