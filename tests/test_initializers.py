@@ -477,3 +477,12 @@ def test_matrix_with_random_cores_clips_ranks_by_row_times_column_modes(gen):
     assert tt.matrix_with_random_cores(((2, 2), (3, 3)), tt_rank=9, generator=gen).tt_ranks == (1, 6, 1)
     b = tt.matrix_batch_with_random_cores(((2, 2), (3, 3)), tt_rank=5, batch_size=2, generator=gen)
     assert b.tt_ranks == (1, 5, 1)
+
+
+@pytest.mark.parametrize(("fn", "args"), T3F_POSITIONAL_DTYPE_CALLS, ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.complex32])
+def test_dtypes_without_kernels_are_refused_up_front(fn, args, dtype):
+    """float8 reached torch.randn (NotImplementedError from its kernel); complex32 built the constants' cores,
+    with torch's experimental-support warning, before the TT constructor refused them."""
+    with pytest.raises(TypeError, match="16 bits or more|dtype must be|complex64 or complex128"):
+        fn(*args, dtype=dtype)

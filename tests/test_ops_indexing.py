@@ -291,6 +291,14 @@ def test_batch_indices_of_any_integer_width_are_positions(dtype):
     assert b[mask].batch_size == 2
 
 
+def test_bool_mask_of_the_wrong_length():
+    """A mask of another length gave torch's message about the shape of a core (never indexed by the user)."""
+    b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=4)
+    for mask in (torch.tensor([True, False]), [True, False, True], np.array([True] * 5)):
+        with pytest.raises(IndexError, match=f"a bool mask of {len(mask)} values for a 4 element batch"):
+            b[mask]
+
+
 def test_slice_steps_past_int64():
     """A step of 2**70 overflowed inside torch ("negative strides"); it selects the first position only."""
     a = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64)

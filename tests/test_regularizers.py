@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,14 @@ def test_regularizers_refuse_a_scale_that_is_not_finite(make, scale):
     # (test_regularizers.py, test_validation) "ValueError: scale is negative or not finite"
     with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
         make(scale)
+
+
+def test_scale_may_be_a_0_dim_tensor():
+    """t3f documents scale as a scalar Tensor; a 0-dim tensor raised TypeError."""
+    x = tt.TensorTrain([torch.ones(1, 2, 1), torch.ones(1, 3, 1)])
+    assert float(tt.l2_regularizer(torch.tensor(0.5))(x)) == 3.0
+    assert float(tt.cores_regularizer(lambda c: c.sum(), np.float32(2.0))(x)) == 10.0
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        tt.l2_regularizer(torch.tensor(True))
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        tt.l2_regularizer(torch.tensor(-1.0))

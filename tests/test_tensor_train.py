@@ -287,6 +287,10 @@ def test_detached_and_indexed_tangent_vectors_keep_their_point(gen):
     p = tt.project(torch.randn(5, 3, 4, generator=gen, dtype=torch.float64), x)
     for q in (p.detach(), p.clone(), p[0], p[1:3], p.to(torch.float64)):
         assert q.projection_on is x
+    # the same elements through a tuple or an ellipsis (they dropped the point)
+    for q in (p[(0,)], p[0, ...], p[1:3, ...], p[...], p[:, :, :], p[..., :], p[[0, 2], :]):
+        assert q.projection_on is x
+    assert getattr(p[:, 1:], "projection_on", None) is None  # a mode cut: not a tangent vector there
     assert getattr(p.to(torch.float32), "projection_on", None) is None  # another dtype: not the same point
     assert getattr(p * 2.0, "projection_on", None) is None  # scaling changes the delta layout
     assert_close(

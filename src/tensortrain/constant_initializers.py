@@ -90,12 +90,16 @@ def _dtype(dtype: torch.dtype | None) -> torch.dtype:
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
+    if dtype.itemsize < 2:  # the float8 types: no random kernels, no products
+        raise TypeError(f"TT cores are 16 bits or more (float16 and up), got dtype {dtype}")
     return dtype
 
 
 def _constant_dtype(dtype: torch.dtype | None) -> torch.dtype:
     """The constants' dtype: floating point or complex (ones, zeros and the identity are exact in either)."""
     if isinstance(dtype, torch.dtype) and dtype.is_complex:
+        if dtype.itemsize < 8:  # complex32 has almost no kernels; the TT constructor would refuse it anyway
+            raise TypeError(f"complex TT cores are complex64 or complex128, got dtype {dtype}")
         return dtype
     try:
         return _dtype(dtype)

@@ -122,6 +122,8 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
                 f"a batch index must be a 1-D list or tensor of ints (or a bool mask), got "
                 f"{tuple(idx.shape)} {idx.dtype} values"
             )
+        if idx.dtype == torch.bool and idx.numel() != size:
+            raise IndexError(f"a bool mask of {idx.numel()} values for a {size} element batch")
         if idx.dtype != torch.bool:
             # integers of any width are positions, as numpy reads them (torch would take uint8 for a mask and
             # refuse int16 and the wide unsigned types)

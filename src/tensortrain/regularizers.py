@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import ops
+from .shapes import plain_scalar
 from .tensor_train import TensorTrainBase
 from .variables import tt_from_parameters
 
@@ -25,6 +26,7 @@ Regularizer = Callable[[TTLike], torch.Tensor]
 
 
 def _check_scale(scale: float, fname: str) -> float:
+    scale = plain_scalar(scale)  # t3f documents scale as a scalar Tensor: a 0-dim tensor is read once, here
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"{fname}: scale must be a real number, got {scale!r}")
     if not math.isfinite(scale) or scale < 0:
@@ -78,7 +80,7 @@ def l2_regularizer(scale: float) -> Regularizer:
     (``layer.padded``) the whole padded TT-matrix likewise, not only its ``out x in`` block.
 
     Args:
-        scale: a non-negative number (0 gives a zero loss term).
+        scale: a non-negative number or 0-dim tensor (0 gives a zero loss term).
 
     Returns:
         A callable taking a TT object or a module with TT layers and returning a 0-dim tensor (summed over
@@ -120,7 +122,7 @@ def cores_regularizer(core_regularizer: Callable[[torch.Tensor], torch.Tensor], 
     Args:
         core_regularizer: maps one core (with its batch axis, for a batch) to a scalar tensor, e.g.
             ``lambda c: c.abs().sum()``.
-        scale: a non-negative number.
+        scale: a non-negative number or 0-dim tensor.
 
     Returns:
         A callable taking a TT object or a module with TT layers, returning a 0-dim tensor.

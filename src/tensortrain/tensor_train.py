@@ -597,7 +597,14 @@ class TensorTrainBatch(TensorTrainBase):
                     items.pop()
                 if len(items) <= 1 and not any(it is Ellipsis for it in items):
                     return self if not items else self[items[0]]
-            return indexing.getitem(self, index)
+                return indexing.getitem(self, index)
+            items = list(index) if isinstance(index, tuple) else [index]
+            picked = indexing.getitem(self, index)
+            # the first item indexes the batch (or is an ellipsis); when every other one keeps its modes whole, the
+            # elements picked are still tangent vectors at the same point
+            if all(it is Ellipsis or (isinstance(it, slice) and it == slice(None)) for it in items[1:]):
+                return self._same_values(picked)
+            return picked
         cores, batch = indexing.index_batch(list(self._tt_cores), index, self.batch_size)
         # elements of a batch of tangent vectors are tangent vectors at the same point
         return self._same_values(TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores]))
