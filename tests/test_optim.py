@@ -377,6 +377,71 @@ def test_optim_gradient_at_a_point_with_a_small_singular_value(gen):
     assert_close(dense(res).reshape(-1), dense_projector(x) @ euclid.reshape(-1), rtol=1e-8, atol=1e-8)
 
 
+def test_float32_gradient_keeps_a_direction_of_5e_6_of_the_norm(gen):
+    """The frame came from round(x, epsilon=100 eps): in float32 a bond singular value of 5e-6 of the norm (40 eps,
+    well resolved) was rounded away, and the gradient lost most of its tangent component (error 0.89)."""
+    q = [torch.linalg.qr(torch.randn(n, 2, generator=gen, dtype=torch.float64))[0] for n in (4, 5, 6)]
+    c1 = torch.zeros(2, 5, 2, dtype=torch.float64)
+    c1[0, :, 0], c1[1, :, 1] = q[1][:, 0], 5e-6 * q[1][:, 1]
+    x64 = tt.TensorTrain([q[0].reshape(1, 4, 2), c1, q[2].T.reshape(2, 6, 1)])
+    x = tt.cast(x64, torch.float32)
+    w = torch.randn(4, 5, 6, generator=gen, dtype=torch.float64)
+    cores = [c.clone().requires_grad_() for c in x.tt_cores]
+    (w.float() * tt.full(tt.TensorTrain(cores))).sum().backward()
+    res = tt.optim.riemannian_gradient_from_cores(x, [c.grad for c in cores])
+    expected = dense_projector(x64) @ w.reshape(-1)
+    assert_close(dense(res).double().reshape(-1), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+def _cancelling_cores(gen):
+    """A zero tensor whose cores are all nonzero: the first core uses rank slot 0 only, the second slot 1 only."""
+    c0 = torch.zeros(1, 3, 2, dtype=torch.float64)
+    c0[..., 0] = torch.randn(3, generator=gen, dtype=torch.float64)
+    c1 = torch.zeros(2, 4, 1, dtype=torch.float64)
+    c1[1] = torch.randn(4, 1, generator=gen, dtype=torch.float64)
+    return [c0, c1]
+
+
+def test_the_zero_tensor_from_nonzero_cores_is_refused(gen):
+    """Only an all-zero core was caught: cores that multiply out to zero gave a gradient on an arbitrary frame
+    (uphill after a step in 9 of 50 seeds)."""
+    cores = _cancelling_cores(gen)
+    assert not bool(tt.full(tt.TensorTrain(cores)).any())
+    with pytest.raises(ValueError, match="multiply out to the zero tensor"):
+        tt.optim.riemannian_gradient_from_cores(tt.TensorTrain(cores), [torch.ones_like(c) for c in cores])
+    # in a step: refused before any TT moves, the healthy one included
+    healthy = [torch.nn.Parameter(c) for c in random_tt((3, 4), (1, 2, 1), gen=gen).tt_cores]
+    zero = [torch.nn.Parameter(c) for c in cores]
+    for p in healthy + zero:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in healthy]
+    opt = tt.optim.RiemannianSGD([healthy, zero], lr=0.1)
+    with pytest.raises(
+        ValueError, match="multiply out to the zero tensor.*no TT was changed|no TT was changed"
+    ):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(healthy, before, strict=True))
+
+
+def test_one_parameter_twice_in_a_tt_and_a_bare_dict():
+    """The same Parameter at two positions got both positions' new values written into it (the last won); a
+    bare dict was iterated over its keys ("core 0 is a str")."""
+    p = torch.nn.Parameter(torch.randn(2, 3, 2))
+    first, last = torch.nn.Parameter(torch.randn(1, 3, 2)), torch.nn.Parameter(torch.randn(2, 3, 1))
+    with pytest.raises(ValueError, match=r"cores \[2\] of a TT are the same tensor"):
+        tt.optim.RiemannianSGD([[first, p, p, last]], lr=0.1)
+    opt = tt.optim.RiemannianSGD({"params": [first, last], "lr": 0.5}, lr=0.1)
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
+def test_riemannian_gradient_from_cores_refuses_non_finite_gradients(gen):
+    x = random_tt((3, 4), (1, 2, 1), gen=gen)
+    grads = [torch.ones_like(c) for c in x.tt_cores]
+    grads[1][0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="gradient contains NaN or inf"):
+        tt.optim.riemannian_gradient_from_cores(x, grads)
+
+
 def test_a_model_with_tied_tt_layers_steps_their_shared_cores_once():
     """An embedding and its output head sharing one ParameterList gave torch's 'some parameters appear in more
     than one parameter group'; the shared cores are now one set, stepped once."""

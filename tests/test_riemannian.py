@@ -217,6 +217,38 @@ def test_deltas_to_tangent_space_validates(gen):
         tt.tangent_space_to_deltas(random_tt((2, 3, 2), (1, 3, 2, 1), gen=gen))
 
 
+def test_deltas_to_tangent_space_checks_the_given_frames_and_delta_layouts(gen):
+    """A batch or a dense tensor as `left` failed inside the frame code; a `left` of another dtype was reported as
+    `tt`'s dtype; TT-matrix deltas with the modes swapped ((r, n, m, r') for (r, m, n, r')) were accepted."""
+    x = random_tt((3, 4, 2), (1, 2, 2, 1), gen=gen)
+    deltas = tt.tangent_space_to_deltas(
+        tt.project(torch.randn(3, 4, 2, generator=gen, dtype=torch.float64), x)
+    )
+    left = tt.orthogonalize_tt_cores(x)
+    assert_close(
+        dense(tt.riemannian.deltas_to_tangent_space(deltas, x, left=left)),
+        dense(tt.riemannian.deltas_to_tangent_space(deltas, x)),
+    )
+    with pytest.raises(TypeError, match="`left` must be a TensorTrain"):
+        tt.riemannian.deltas_to_tangent_space(deltas, x, left=tt.full(left))
+    with pytest.raises(TypeError, match="`right` must be a TensorTrain"):
+        tt.riemannian.deltas_to_tangent_space(deltas, x, right=tt.concat_along_batch_dim([left, left]))
+    with pytest.raises(tt.ShapeError, match=r"`left` .* torch.float32 on cpu\) is not a form of `tt`"):
+        tt.riemannian.deltas_to_tangent_space(deltas, x, left=tt.cast(left, torch.float32))
+    with pytest.raises(tt.ShapeError, match="is not a form of `tt`"):
+        tt.riemannian.deltas_to_tangent_space(deltas, x, left=random_tt((3, 2, 4), (1, 2, 2, 1), gen=gen))
+    with pytest.raises(TypeError, match="delta 1 must be a torch.Tensor"):
+        tt.riemannian.deltas_to_tangent_space([deltas[0], deltas[1].numpy(), deltas[2]], x)
+
+    m = random_tt(((2, 3), (3, 2)), (1, 2, 1), gen=gen)
+    md = tt.tangent_space_to_deltas(tt.project(torch.randn(6, 6, generator=gen, dtype=torch.float64), m))
+    swapped = [d.transpose(1, 2) for d in md]  # (r, n, m, r'): same sizes, wrong layout
+    with pytest.raises(tt.ShapeError, match=r"delta 0 has shape \(1, 3, 2, 2\), expected \(1, 2, 3, 2\)"):
+        tt.riemannian.deltas_to_tangent_space(swapped, m)
+    with pytest.raises(tt.ShapeError, match="delta 0 has shape"):
+        tt.riemannian.deltas_to_tangent_space([d.reshape(d.shape[0], 6, -1) for d in md], m)
+
+
 @given(spec=spec_strategy(), seed=seeds)
 def test_pairwise_flat_inner_projected(spec, seed):
     raw, ranks = spec

@@ -81,7 +81,9 @@ def _check_nonzero(cores: list[torch.Tensor], fname: str) -> None:
         )
 
 
-def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any, Any]:
+def _core_deltas(
+    x: list[torch.Tensor], g: list[torch.Tensor], fname: str
+) -> tuple[list[torch.Tensor], Any, Any]:
     """Gauged tangent deltas (batch axis of 1) of the Riemannian gradient, and their frame ``(U, V)``.
 
     ``UL``/``VR`` (QR sweeps of ``x`` itself) span exactly the interfaces of ``x``, so the core gradient
@@ -90,11 +92,20 @@ def _core_deltas(x: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[list[tor
     """
     dtype, work = x[0].dtype, compute_dtype(x[0].dtype)
     if work != dtype:  # half precision: pinv and QR need float32; the results go back to dtype
-        deltas, u, v = _core_deltas([c.to(work) for c in x], [a.to(work) for a in g])
+        deltas, u, v = _core_deltas([c.to(work) for c in x], [a.to(work) for a in g], fname)
         return [dk.to(dtype) for dk in deltas], [c.to(dtype) for c in u], [c.to(dtype) for c in v]
     ul, vr = ts.left_sweep(x), ts.right_sweep(x)
-    tol = 100 * torch.finfo(x[0].dtype).eps
+    # Only round-off is dropped: a direction of 1e-5 of the norm is well resolved in float32 and has its full
+    # share of the tangent space (100 eps dropped it there, and with it most of the gradient).
+    tol = 10 * torch.finfo(x[0].dtype).eps
     minimal = decompositions.round(TensorTrain(x), epsilon=tol) if len(x) > 1 else TensorTrain(x)
+    # round leaves the norm in the first core: zero there is the zero tensor, also from cores none of which is
+    # zero (their rank slots never meet)
+    if not bool(minimal.tt_cores[0].any()):
+        raise ValueError(
+            f"{fname}: the cores multiply out to the zero tensor (no core is all zeros, but they cancel), which "
+            "has no tangent space at a fixed TT-rank; start from cores whose product is not zero"
+        )
     u, v = ts.tangent_frame(minimal)
     (p, p_exp), (m, m_exp) = _sweep_left(ul, x), _sweep_left(ul, u)
     (q, q_exp), (n, n_exp) = _sweep_right(x, vr), _sweep_right(v, vr)
@@ -127,8 +138,9 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
 
     Raises:
         TypeError: ``x`` is not a TensorTrain, or a gradient's dtype or device differs from the cores'.
-        ValueError: the gradients' count or shapes differ from the cores', a gradient is None, or a core is all
-            zeros (the zero tensor has no tangent space at a fixed rank).
+        ValueError: the gradients' count or shapes differ from the cores', a gradient is None or not finite, or
+            ``x`` is the zero tensor (a core of zeros, or cores that cancel): it has no tangent space at a fixed
+            rank.
 
     Complexity: O(d n r^3).
 
@@ -161,9 +173,15 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
             f"riemannian_gradient_from_cores: the gradients of cores {odd} have dtype {grads[odd[0]].dtype} on "
             f"{grads[odd[0]].device}, the cores {x.dtype} on {x.device}"
         )
+    if not all(bool(torch.isfinite(a).all()) for a in grads):
+        raise ValueError("riemannian_gradient_from_cores: a core's gradient contains NaN or inf")
     _check_nonzero(list(x.tt_cores), "riemannian_gradient_from_cores")
     point = x.detach()
-    deltas, u, v = _core_deltas([_flat(c) for c in point.tt_cores], [_flat(a.detach()) for a in grads])
+    deltas, u, v = _core_deltas(
+        [_flat(c) for c in point.tt_cores],
+        [_flat(a.detach()) for a in grads],
+        "riemannian_gradient_from_cores",
+    )
     # Re-expressed in x's own tangent frame, the one project(., x) and gradients(., x) use: the deltas above are
     # gauged in the frame of a minimal representation, and tt.pairwise_flat_inner_projected / add_n_projected
     # combine deltas of tangent vectors on x as if they shared a frame. Exact: the vector lies in that space.
@@ -185,7 +203,7 @@ class RiemannianSGD(torch.optim.Optimizer):
     one TT (in order), a TensorTrain whose cores are the parameters (such as a TT layer's ``weight``), or a dict ``{"params": cores, "lr": ..., "momentum": ...}``, or an ``nn.Module``
     whose TT layers (submodules with a TT ``weight`` and a ``cores`` ParameterList) are all used (layers tied
     by one shared ``cores`` list, an embedding and its output head, as one set); one TT's
-    ``ParameterList`` or TensorTrain alone is one set. Other parameters (biases) need an ordinary optimizer
+    ``ParameterList``, TensorTrain or dict alone is one set. Other parameters (biases) need an ordinary optimizer
     beside this one.
 
     Args:
@@ -197,9 +215,10 @@ class RiemannianSGD(torch.optim.Optimizer):
     Raises:
         ValueError: a bad ``lr``/``momentum`` (a group's own too) or an empty parameter set; in :meth:`step`, a
             TT whose cores are partly frozen (``requires_grad=False``; a wholly frozen TT is skipped), a
-            non-finite gradient, or an all-zero core (the zero tensor has no tangent space at a fixed rank; every
-            TT is checked first: then no TT has moved); for an ``nn.Module``, TT layers that share some of their
-            cores but not the whole list.
+            non-finite gradient, or a TT that is the zero tensor (an all-zero core, or cores that cancel: it has
+            no tangent space at a fixed rank; every TT is checked first: then no TT has moved); one tensor at
+            two positions of a TT; for an ``nn.Module``, TT layers that share some of their cores but not the
+            whole list.
         TypeError: a parameter set that is not a sequence of cores, or a TensorTrainBatch.
 
     Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
@@ -226,10 +245,12 @@ class RiemannianSGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # every TT is checked before any moves: a step that raises leaves all of them as they were
+        # every TT is checked, and its direction computed, before any moves: a step that raises leaves all of
+        # them as they were
         stepping = [group for group in self.param_groups if self._ready(group)]
-        for group in stepping:
-            self._step_group(group)
+        directions = [self._direction(group) for group in stepping]
+        for group, direction in zip(stepping, directions, strict=True):
+            self._step_group(group, *direction)
         return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -257,11 +278,15 @@ class RiemannianSGD(torch.optim.Optimizer):
         _check_nonzero(cores, "RiemannianSGD (no TT was changed)")
         return True
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _direction(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], Any, Any]:
+        """The group's gradient deltas and their frame (nothing changes yet)."""
         cores: list[torch.Tensor] = group["params"]
         grads = [_flat(torch.zeros_like(c) if c.grad is None else c.grad) for c in cores]
+        return _core_deltas([_flat(c.detach()) for c in cores], grads, "RiemannianSGD (no TT was changed)")
+
+    def _step_group(self, group: dict[str, Any], deltas: list[torch.Tensor], u: Any, v: Any) -> None:
+        cores: list[torch.Tensor] = group["params"]
         point = TensorTrain([c.detach() for c in cores])
-        deltas, u, v = _core_deltas([_flat(c.detach()) for c in cores], grads)
         state = self.state[cores[0]]
         if group["momentum"] and "direction" in state:
             # Transport the previous direction to the new tangent space by projecting it.
@@ -296,8 +321,9 @@ def _check_hyper(group: dict[str, Any]) -> None:
 
 
 def _groups(params: Any) -> list[dict[str, Any]]:
-    if isinstance(params, (torch.nn.ParameterList, TensorTrainBase)):
-        params = [params]  # one TT's cores (layer.cores) or one TT (layer.weight), given without a list
+    if isinstance(params, (torch.nn.ParameterList, TensorTrainBase, dict)):
+        # one TT's cores (layer.cores), one TT (layer.weight) or one group's dict, given without a list
+        params = [params]
     if isinstance(params, torch.nn.Module):
         sets, seen = [], set[tuple[int, ...]]()
         for name, m in params.named_modules():
@@ -342,6 +368,13 @@ def _groups(params: Any) -> list[dict[str, Any]]:
         if not cores:
             raise ValueError("RiemannianSGD: got an empty parameter set")
         ts.check_where(TensorTrain(cores), "RiemannianSGD")  # the cores chain into one real TT
+        twice = [k for k, c in enumerate(cores) if any(c is o for o in cores[:k])]
+        if twice:
+            # the step writes each position's new core into the same tensor: the last write would win
+            raise ValueError(
+                f"RiemannianSGD: cores {twice} of a TT are the same tensor as an earlier core; a Riemannian step "
+                "gives each core its own new value: use separate parameters"
+            )
         group["params"] = cores
         groups.append(group)
     if not groups:

@@ -8,7 +8,9 @@ projection of ``Z`` is ``dU_k = (I - U_k U_k^T) (U_{<k}^T Z V_{>k}^T)`` (``dU_d 
 products of tangent vectors are sums of inner products of their deltas.
 
 A tangent vector is stored as a TT of ranks ``2 r`` with cores ``[dU_1, U_1]``, ``[[V_k, 0], [dU_k, U_k]]``,
-``[[V_d], [dU_d]]`` (t3f's layout) and carries ``projection_on``, the point it is tangent at.
+``[[V_d], [dU_d]]`` (t3f's layout) and carries ``projection_on``, the point it is tangent at. The point is
+matched by identity, as in t3f: when its cores change in place (an optimizer step), tangent vectors taken
+before are stale, and the functions that combine tangent vectors cannot tell; project them again.
 
 Ranks above the mode sizes (``r_k > r_{k-1} n_k``, t3f issue #154) are reduced to the largest ranks the
 point actually has (reduced QR), so the projector stays exact and the tangent vectors have ranks
@@ -27,7 +29,7 @@ import torch
 
 from . import tangent as ts
 from .errors import ShapeError
-from .operands import as_scales
+from .operands import as_scales, describe
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = [
@@ -271,7 +273,9 @@ def deltas_to_tangent_space(
         deltas: ``d`` delta cores shaped like ``tt``'s cores at its feasible ranks (a leading batch axis
             makes a batch of tangent vectors).
         tt: the point of the manifold.
-        left: optionally ``tt`` left-orthogonalized (cores 1..d-1 orthogonal), to save a sweep.
+        left: optionally ``tt`` left-orthogonalized (cores 1..d-1 orthogonal), to save a sweep. Not
+            checked for orthogonality (that costs as much as the sweep): cores that are not give a wrong
+            tangent vector.
         right: optionally ``left`` right-orthogonalized, to save a sweep (computed from ``left`` when only
             ``left`` is given, as in t3f).
 
@@ -279,8 +283,9 @@ def deltas_to_tangent_space(
         A TensorTrain (or TensorTrainBatch) with ``projection_on = tt``. Differentiable in ``deltas``.
 
     Raises:
-        TypeError: ``tt`` is not a TensorTrain.
-        ShapeError: the deltas' shapes do not match the frame's.
+        TypeError: ``tt``, ``left`` or ``right`` is not a TensorTrain, or a delta is not a tensor.
+        ShapeError: the deltas' shapes do not match the frame's, or ``left``/``right`` differ from ``tt`` in
+            shape, kind, dtype or device.
 
     Complexity: O(d n r^2) (concatenation), plus O(d n r^3) for the sweeps when ``left``/``right`` are None.
 
@@ -293,6 +298,26 @@ def deltas_to_tangent_space(
         (1, 4, 1)
     """
     ts.check_where(tt, "deltas_to_tangent_space")
+    for name, given in (("left", left), ("right", right)):
+        # a frame of another TT (or kind, dtype, device) gave stack traces from the frame code or messages
+        # that blamed `tt`
+        if given is None:
+            continue
+        if not isinstance(given, TensorTrain):
+            raise TypeError(
+                f"deltas_to_tangent_space: `{name}` must be a TensorTrain (tt orthogonalized), got "
+                f"{type(given).__name__}"
+            )
+        if (
+            given.raw_shape != tt.raw_shape
+            or given.is_tt_matrix() != tt.is_tt_matrix()
+            or given.dtype != tt.dtype
+            or given.device != tt.device
+        ):
+            raise ShapeError(
+                f"deltas_to_tangent_space: `{name}` ({describe(given)}, {given.dtype} on {given.device}) is not "
+                f"a form of `tt` ({describe(tt)}, {tt.dtype} on {tt.device})"
+            )
     if left is None and right is None:
         u, v = ts.tangent_frame(tt)
     else:  # as t3f: a missing one is computed (left from tt, right from left)
@@ -305,6 +330,10 @@ def deltas_to_tangent_space(
     batch = deltas[0].dim() == core_dim + 1
     flat = []
     for k, (dl, uk) in enumerate(zip(deltas, u, strict=True)):
+        if not isinstance(dl, torch.Tensor):
+            raise TypeError(
+                f"deltas_to_tangent_space: delta {k} must be a torch.Tensor, got {type(dl).__name__}"
+            )
         if dl.dim() != deltas[0].dim():
             raise ShapeError(
                 f"deltas_to_tangent_space: delta 0 has {deltas[0].dim()} dims and delta {k} has {dl.dim()}: "
@@ -316,14 +345,15 @@ def deltas_to_tangent_space(
                 f"{uk.device}; cast one of them first"
             )
         dl = dl if batch else dl.unsqueeze(0)
-        dl = dl.reshape(dl.shape[0], dl.shape[1], -1, dl.shape[-1])
-        want = (uk.shape[0], uk.shape[1], v[k + 1].shape[0] if k + 1 < len(u) else 1)
+        # the core's own modes, not only their product: (r, n, m, r') for an (r, m, n, r') TT-matrix core has
+        # the right size but the wrong layout
+        want = (uk.shape[0], *tt.tt_cores[k].shape[1:-1], v[k + 1].shape[0] if k + 1 < len(u) else 1)
         if tuple(dl.shape[1:]) != want:
             raise ShapeError(
-                f"deltas_to_tangent_space: delta {k} has shape {tuple(deltas[k].shape)}, expected the "
-                f"flat shape {want} of the frame (ranks {tuple(ts.ranks(u)) + (1,)})"
+                f"deltas_to_tangent_space: delta {k} has shape {tuple(deltas[k].shape)}, expected "
+                f"{'(batch, ) + ' if batch else ''}{want}, the frame's (ranks {tuple(ts.ranks(u)) + (1,)})"
             )
-        flat.append(dl)
+        flat.append(dl.reshape(dl.shape[0], dl.shape[1], -1, dl.shape[-1]))
     return ts.tangent(flat, u, v, tt, batch=batch)
 
 
