@@ -134,3 +134,14 @@ def test_reduce_sum_batch_refuses_a_coef_without_columns():
     b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=5, dtype=torch.float64)
     with pytest.raises(tt.ShapeError, match=r"reduce_sum_batch: coef must have shape .*N >= 1.*\(5, 0\)"):
         tt.approximate.reduce_sum_batch(b, 3, coef=torch.zeros(5, 0, dtype=torch.float64))
+
+
+def test_messages_name_add_n_and_coef(gen):
+    """add_n of several TTs with a bad cap failed inside round after the first sum ("round: max_tt_rank ..."); a
+    NaN in reduce_sum_batch's coef surfaced as NaN cores inside round."""
+    xs = [random_tt((3, 4), (1, 2, 1), gen=gen) for _ in range(3)]
+    with pytest.raises(ValueError, match="^add_n: "):
+        tt.approximate.add_n(xs, max_tt_rank=0)
+    batch = tt.concat_along_batch_dim(xs)
+    with pytest.raises(ValueError, match="coef contains NaN or inf"):
+        tt.approximate.reduce_sum_batch(batch, 2, coef=[1.0, float("nan"), 2.0])

@@ -711,6 +711,40 @@ def test_batch_cores_do_not_share_memory_across_the_batch():
     opt.step()  # in-place writes into an aliased core raised
 
 
+def test_results_never_share_memory_with_the_input():
+    """A (3, 4) tensor (every unfolding wide and uncapped), a 1-core TT-SVD and a 1-core round or orthogonalize
+    returned the caller's own memory as a core: zeroing the input changed the TT, and an expanded input gave a
+    core that in-place updates refused."""
+    for a in (torch.randn(3, 4), torch.randn(6), torch.randn(1, 1, 5), torch.randn(1, 5).expand(4, 5)):
+        x = tt.to_tt_tensor(a)
+        kept = tt.full(x).clone()
+        assert all(0 not in c.stride() for c in x.tt_cores)
+        if a.stride()[0] != 0:
+            a.zero_()
+            assert torch.equal(tt.full(x), kept)
+    m = torch.randn(3, 4)
+    y = tt.to_tt_matrix(m, ((3,), (4,)))
+    m.zero_()
+    assert bool(tt.full(y).any())
+    one = tt.TensorTrain([torch.randn(1, 5, 1)])
+    for out in (
+        tt.round(one, max_tt_rank=2),
+        tt.orthogonalize(one),
+        tt.orthogonalize(one, left_to_right=False),
+    ):
+        assert out.tt_cores[0] is not one.tt_cores[0]
+        out.tt_cores[0].zero_()
+        assert bool(one.tt_cores[0].any())
+
+
+def test_orthogonalize_direction_must_be_a_bool(gen):
+    """t3f's truthiness test read "right_to_left" as True (left to right)."""
+    a = random_tt((3, 4, 5), (1, 2, 2, 1), gen=gen)
+    with pytest.raises(TypeError, match="left_to_right must be a bool, got 'right_to_left'"):
+        tt.orthogonalize(a, left_to_right="right_to_left")
+    assert_close(tt.full(tt.orthogonalize(a, np.bool_(False))), tt.full(a))
+
+
 @pytest.mark.parametrize("scale", [1e20, 1e-24])
 def test_epsilon_budget_of_float32_tensors_at_extreme_magnitudes(gen, scale):
     """A float32 tensor whose norm is representable but whose squared norm is not (2e19 overflows, 1e-20

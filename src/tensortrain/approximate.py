@@ -19,6 +19,7 @@ import torch
 from . import decompositions, ops
 from .errors import ShapeError
 from .operands import as_scales
+from .orthogonalization import all_finite
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["add_n", "reduce_sum_batch"]
@@ -55,8 +56,8 @@ def add_n(tt_objects: Sequence[TensorTrainBase], max_tt_rank: MaxRank) -> Any:
     for x in objs:
         if not isinstance(x, TensorTrainBase):
             raise TypeError(f"add_n: expected TT objects, got {type(x).__name__}")
+    decompositions.check_caps(objs[0], max_tt_rank, "add_n")  # (errors named after add_n, before any sum)
     if len(objs) == 1:
-        decompositions.check_caps(objs[0], max_tt_rank, "add_n")  # (errors named after add_n)
         return decompositions.round(objs[0], max_tt_rank=max_tt_rank)
     while len(objs) > 1:
         pairs = [
@@ -80,6 +81,8 @@ def _weights(coef: Any, bsz: int, like: TensorTrainBase) -> torch.Tensor | None:
     # straight to the batch's dtype (a tensor is converted, a list or array read in it): through torch's default
     # float32 a float64 batch would get weights rounded to 7 digits (t3f converts coef to the batch dtype too)
     c = as_scales(coef, dtype=like.dtype, device=like.device, fn="reduce_sum_batch", name="coef")
+    if not all_finite([c]):  # (it would surface as NaN cores inside round)
+        raise ValueError("reduce_sum_batch: coef contains NaN or inf values")
     if c.dim() == 1:
         c = c[:, None]
     if c.dim() != 2 or c.shape[0] != bsz or c.shape[1] == 0:
@@ -106,6 +109,7 @@ def reduce_sum_batch(tt_batch: TensorTrainBatch, max_tt_rank: MaxRank, coef: Any
     Raises:
         TypeError: ``tt_batch`` is not a TensorTrainBatch.
         ShapeError: ``coef`` of the wrong shape, or bad ``max_tt_rank``.
+        ValueError: ``coef`` has NaN or inf values.
 
     Complexity: O(N B d n r^3), ``log2 B`` levels of batched roundings.
 

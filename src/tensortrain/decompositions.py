@@ -13,15 +13,18 @@ meets its own error bound.
 Error bounds (Oseledets 2011, "Tensor-Train Decomposition", Thm. 2.2 and Alg. 1-2): the errors of the d-1
 truncated SVDs of a sweep are orthogonal, so ``||A - TT(A)||_F^2 = sum_k err_k^2``. Giving every SVD the budget
 ``delta = eps ||A||_F / sqrt(d - 1)`` therefore guarantees ``||A - TT(A)||_F <= eps ||A||_F`` with the smallest
-rank per SVD. A rank cap (``max_tt_rank``) is applied on top: where it binds, the error is the one of the cap
+rank per SVD, up to round-off: an ``eps`` near the dtype's own precision (1e-6 in float32) cannot be met exactly
+(a float32 ``8^4`` tensor kept at full ranks is 1.2e-6 from its input). A rank cap (``max_tt_rank``) is applied on top: where it binds, the error is the one of the cap
 (at most ``sqrt(d - 1)`` times the best possible with those ranks), not ``eps``. Pass ``max_tt_rank=None`` for
 the pure epsilon criterion.
 
 ``method`` selects the SVD of each unfolding (see :mod:`tensortrain.truncation`): ``"auto"`` uses a randomized
 range finder only for a pure rank cap on large unfoldings (``m n min(m, n) >= 2^30``, 1024 x 1024 and up;
 rank + oversampling at most a quarter of ``min(m, n)``), where it is several times faster with an error within 1.05x of the exact TT-SVD's; with
-``epsilon`` given it uses the exact SVD (smallest ranks). ``"randomized"`` forces the sketch (with ``epsilon``
-its error is measured, so the bound still holds, but ranks may exceed the minimal ones by a little);
+``epsilon`` given it uses the exact SVD (smallest ranks). ``"randomized"`` forces the sketch wherever the rank cap is
+below the unfolding's smaller side (the sketch has the cap's size plus oversampling, so without ``max_tt_rank``,
+or where the cap keeps everything, the exact SVD runs); with ``epsilon`` its error is measured, so the bound
+still holds, but ranks may exceed the minimal ones by a little;
 ``"exact"`` forces ``torch.linalg.svd``.
 
 float16/bfloat16 inputs are factored in float32 (LAPACK has no half precision) and the cores are cast back.
@@ -235,12 +238,17 @@ def _tt_svd_in(
         raise _Overflow
     delta = _deltas(norms, epsilon, d)
     cores, rest, r_prev = [], a, 1
+    passed_through = True  # rest is still (a view of) the input: every unfolding so far wide and uncapped
     for k in range(d - 1):
-        left, rest = truncated_factor(rest.reshape(b, r_prev * modes[k], -1), caps[k + 1], delta, method)
+        src = rest.reshape(b, r_prev * modes[k], -1)
+        left, rest = truncated_factor(src, caps[k + 1], delta, method)
+        passed_through = passed_through and rest is src
         r = left.shape[-1]
         cores.append(left.reshape(b, r_prev, modes[k], r))
         r_prev = r
-    cores.append(rest.reshape(b, r_prev, modes[-1], 1))
+    # the last core gets its own memory: a view of the caller's tensor would change with it (and an expanded
+    # input would give a core that in-place updates refuse)
+    cores.append((rest.clone() if passed_through else rest).reshape(b, r_prev, modes[-1], 1))
     return cores
 
 
@@ -329,8 +337,9 @@ def to_tt_tensor(
             last are ignored (as t3f does; they must still be ints >= 1); None for no cap. A list, tuple,
             NumPy array or tensor; whole floats count as ints (t3f's ``3 * np.ones(d + 1)``), fractional ones
             are refused. Clipped to the maximal useful ranks (the ranks of the unfoldings).
-        epsilon: relative Frobenius error: the result satisfies ``||A - TT(A)||_F <= epsilon ||A||_F`` with the
-            smallest rank per SVD, unless ``max_tt_rank`` binds first (see the module docstring).
+        epsilon: relative Frobenius error: the result satisfies ``||A - TT(A)||_F <= epsilon ||A||_F`` (up to
+            round-off) with the smallest rank per SVD, unless ``max_tt_rank`` binds first (see the module
+            docstring).
         method: ``"auto"``, ``"exact"`` or ``"randomized"``: how each unfolding is factored.
         batch: treat the first axis as a batch and return a :class:`TensorTrainBatch` with common ranks.
 
@@ -477,7 +486,7 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     """TT-rounding: re-compress a TT to smaller ranks (t3f's ``round``, with ``epsilon`` implemented).
 
     Left-to-right QR orthogonalization, then right-to-left truncated SVDs of the cores (Oseledets 2011,
-    Alg. 2, in t3f's order: the same cores as t3f's ``round``, checked against t3f 1.2.0). With ``epsilon`` the result satisfies ``||X - round(X)||_F <= epsilon ||X||_F`` with the smallest
+    Alg. 2, in t3f's order: the same cores as t3f's ``round``, checked against t3f 1.2.0). With ``epsilon`` the result satisfies ``||X - round(X)||_F <= epsilon ||X||_F`` (up to round-off) with the smallest
     rank per SVD (unless ``max_tt_rank`` binds first); with neither, it truncates nothing: it only clips the
     ranks to the maximal useful ones (exact up to round-off; ``round(a + a)`` keeps ranks up to those bounds,
     pass ``epsilon`` to find the smaller ranks such a sum really has).

@@ -20,6 +20,7 @@ import torch
 
 from ._transforms import transforms_active, without_autocast
 from .operands import rescale_pow2, scale_pow2
+from .shapes import plain_scalar
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores"]
@@ -151,7 +152,9 @@ def _plain_first(sweep: Any, cores: list[torch.Tensor]) -> list[torch.Tensor]:
     products (they grow by up to ``sqrt(n_k)`` per step more than the entries' scale). Scaled directly under
     compile and ``torch.func`` transforms and on meta tensors, where nothing may sync."""
     if len(cores) < 2:
-        return list(cores)
+        return [
+            c.clone() for c in cores
+        ]  # new memory, as every longer train gets (the input's cores stay apart)
     if cores[0].device.type != "meta" and not transforms_active():
         out, tops = sweep(cores, False)
         # (one sync: every carried R's and the norm core's largest magnitude in the normal range, tested in Python
@@ -268,7 +271,7 @@ def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
         (resp. ``min(r_{k-1}, n_k r_k)``).
 
     Raises:
-        TypeError: ``tt`` is not a TT object.
+        TypeError: ``tt`` is not a TT object, or ``left_to_right`` is not a bool.
         ValueError: NaN or inf in the cores.
 
     Complexity: O(B d n r^3).
@@ -280,6 +283,9 @@ def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
         (1, 3, 3, 1)
     """
     check_finite_cores(tt, "orthogonalize")
+    if not isinstance(plain_scalar(left_to_right), bool):  # a string such as "right_to_left" is truthy
+        raise TypeError(f"orthogonalize: left_to_right must be a bool, got {left_to_right!r}")
+    left_to_right = bool(left_to_right)
     cores, batch, raw = merge_modes(tt)
     cores = left_orthogonalize(cores) if left_to_right else right_orthogonalize(cores)
     return split_modes(cores, batch, raw, tt.dtype, "orthogonalize")
