@@ -417,8 +417,11 @@ def test_cores_that_do_not_chain(tmp_path, gen):
         "core_1": torch.ones(2, 4, 1, dtype=torch.float64),
     }
     _rewrite(path, tensors=lambda s: bad, info_update={"d": 2, "raw_shape": [3, 4], "tt_ranks": [2, 2, 1]})
-    with _raises_naming(path, "do not form a TT object.*boundary TT-ranks must be 1"):
+    with _raises_naming(path, "boundary TT-ranks must be 1"):
         tt.load(path)
+    # read_metadata refuses what load refuses (it returned {} here)
+    with _raises_naming(path, "boundary TT-ranks must be 1"):
+        tt.read_metadata(path)
 
 
 def test_corrupted_tensor_table(tmp_path, gen):
@@ -595,3 +598,11 @@ def test_io_save_syncs_the_folder_after_the_rename(tmp_path, gen, monkeypatch):
     monkeypatch.setattr(os, "replace", replace)
     tt.save(random_tt((3, 4), (1, 2, 1), gen=gen), tmp_path / "a.safetensors")
     assert events == ["fsync-file", "replace", "fsync-dir"]
+
+
+def test_metadata_over_the_safetensors_header_limit(tmp_path, gen):
+    """safetensors' own SafetensorError (an Exception, not a ValueError) escaped tt.save."""
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(ValueError, match="tt.save: safetensors cannot write this file"):
+        tt.save(_tt(gen), path, metadata={"note": "x" * 100_000_001})
+    assert not path.exists()

@@ -87,7 +87,8 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
 
     Raises:
         TypeError: ``obj`` is not a TT object, or ``metadata`` has non-string keys or values.
-        ValueError: ``metadata`` uses the reserved key, or the cores' dtype cannot be stored.
+        ValueError: ``metadata`` uses the reserved key or is too large for a safetensors header (100 MB), or
+            the cores' dtype cannot be stored.
         OSError: the file cannot be written, e.g. ``path`` is a folder or its folder does not exist (the
             previous file, if any, is left as it was).
 
@@ -108,7 +109,12 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
         )
     header = _header_entries(obj, metadata)
     tensors = {f"core_{k}": _storable(c, k) for k, c in enumerate(obj.tt_cores)}
-    data = safetensors.torch.save(tensors, metadata=header)
+    try:
+        data = safetensors.torch.save(tensors, metadata=header)
+    except (
+        Exception
+    ) as err:  # safetensors' own error type (a header over its 100 MB limit) derives from Exception
+        raise ValueError(f"tt.save: safetensors cannot write this file: {err}") from None
     target = Path(path)
     if target.is_dir() or names_folder(path):
         raise IsADirectoryError(
@@ -432,6 +438,8 @@ def _check_info(path: Path, info: Any) -> None:
     ranks = info["tt_ranks"]
     if len(ranks) != d + 1 or not all(_count(r) for r in ranks):
         raise TTFileError(f"{path}: invalid TT-ranks {ranks!r} for d={d}")
+    if ranks[0] != 1 or ranks[-1] != 1:  # (load refuses such cores: read_metadata must too)
+        raise TTFileError(f"{path}: invalid TT-ranks {ranks!r}: boundary TT-ranks must be 1")
     raw = info["raw_shape"]
     groups = raw if info["kind"] == "matrix" else [raw]
     if len(groups) != (2 if info["kind"] == "matrix" else 1) or not all(
