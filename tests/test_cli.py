@@ -595,3 +595,96 @@ def test_demo_on_cuda_keeps_data_batches_and_evaluation_on_the_gpu(tmp_path, mon
     assert f"device 'cuda:{n}': there is no GPU {n} ({n} CUDA device(s)); available: cpu, cuda:0" in (
         capsys.readouterr().err
     )
+
+
+# --- session 20's audit: empty paths, an existing folder that cannot be written, interrupted runs -----------
+
+
+@pytest.mark.parametrize("option", ["--data", "--out"])
+def test_an_empty_path_is_a_usage_error(tmp_path, capsys, option):
+    """`--data ""` downloaded MNIST into the current folder and `--out ""` wrote the results there (Path("") is
+    "."), while an empty $TENSORTRAIN_DATA counts as unset."""
+    argv = _short_demo(tmp_path, 64, 32)
+    argv[argv.index(option) + 1] = ""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"argument {option}: expected a path, got an empty string" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="root is an empty path"):
+        tt.datasets.load_mnist("", download=False)
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """An existing folder this process cannot create files in (chmod does not stop root: a sysfs folder)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if not os.access(ro, os.W_OK):
+        return ro
+    for candidate in (Path("/sys/kernel"), Path("/sys")):
+        try:
+            (candidate / ".tt-write-test").touch()
+        except OSError:
+            return candidate
+    pytest.skip("no folder here refuses writes to this process")
+
+
+def test_an_existing_unwritable_out_fails_before_training(tmp_path, capsys):
+    """mkdir(exist_ok=True) succeeds on an existing read-only folder: every stage trained, then the first write
+    failed."""
+    argv = _short_demo(tmp_path, 64, 32)
+    out = _unwritable_folder(tmp_path)
+    argv[argv.index("--out") + 1] = str(out)
+    try:
+        assert main(argv) == 1
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    captured = capsys.readouterr()
+    assert "cannot write into the output folder" in captured.err and str(out) in captured.err
+    assert "MNIST:" not in captured.out and "epoch" not in captured.out
+
+
+def test_an_interrupted_run_never_pairs_its_results_with_another_runs_plot(tmp_path, monkeypatch):
+    """results.json was replaced before the plot was rendered: a Ctrl-C there left the new results beside the
+    previous run's plot."""
+    import tensortrain.demo
+
+    argv = _short_demo(tmp_path, 64, 32)
+    assert main(argv) == 0
+    out = tmp_path / "out"
+    first = (out / "results.json").read_bytes()
+    real_write = tensortrain.demo.atomic_write
+
+    def interrupted_at_the_plot(path, data):
+        if path.name == "accuracy_vs_params.png":
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(tensortrain.demo, "atomic_write", interrupted_at_the_plot)
+    assert main([*argv, "--seed", "1"]) == 130
+    assert (out / "results.json").read_bytes() != first  # this run's results, and no plot beside them
+    assert not (out / "accuracy_vs_params.png").exists()
+
+
+def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    """kill/timeout send SIGTERM, which ended Python at once: the download's .part file stayed in the cache."""
+    import signal
+
+    from tensortrain import datasets
+
+    def killed_midway(url, part, sha256, size, timeout):
+        part.write_bytes(b"half a file")
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # (the handler runs at the next bytecode; nothing to wait for)
+        raise AssertionError("SIGTERM did not stop the download")
+
+    monkeypatch.setattr(datasets, "_fetch_one", killed_midway)
+    monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://127.0.0.1:9/")
+    before = signal.getsignal(signal.SIGTERM)
+    target = tmp_path / "mnist"
+    assert (
+        main(["demo", "mnist", "--data", str(target), "--out", str(tmp_path / "o"), "--no-progress"]) == 143
+    )
+    assert "tensortrain: terminated (SIGTERM)" in capsys.readouterr().err
+    assert list(target.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back

@@ -399,12 +399,50 @@ def misbehaving() -> Iterator[str]:
     server.server_close()
 
 
-def test_download_timeout_bounds_the_whole_attempt(tmp_path, misbehaving):
-    """A mirror that trickles a byte every 50 ms never trips a per-read timeout; the deadline stops it."""
+def test_download_deadline_bounds_the_whole_attempt(tmp_path, misbehaving, monkeypatch):
+    """A mirror that trickles a byte every 50 ms never trips a per-read timeout; the deadline (timeout plus the
+    expected size at 16 KiB/s) stops it."""
     # (the message proves the deadline stopped it: the trickle alone would last 3 s, with no timed assertion)
-    with pytest.raises(DownloadError, match=r"trickle/train-images-idx3-ubyte.gz: not complete after 0.3 s"):
+    monkeypatch.setitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz", 1638)  # 0.1 s at 16 KiB/s
+    with pytest.raises(
+        DownloadError,
+        match=r"trickle/train-images-idx3-ubyte.gz: not complete after 0.4 s \(\d+ bytes received, slower than "
+        r"16 KiB/s\)",
+    ):
         datasets.download_mnist(tmp_path, mirrors=[misbehaving + "trickle/"], timeout=0.3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_slow_steady_download_is_not_cut_at_the_timeout(tmp_path, monkeypatch):
+    """The deadline was the timeout itself: 9.9 MB needed 320 KB/s within the default 30 s. A slow link gets
+    the timeout plus the size at 16 KiB/s (the clock is simulated: each read takes 1 s)."""
+    body = bytes(16384 * 20)  # 20 reads of 16 KiB, one simulated second each: 20 s, within 2 + 20 s
+    clock = iter(range(10_000))
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(body))}
+
+        def read1(self, n=-1):
+            return super().read1(min(n, 16384))
+
+    monkeypatch.setattr(datasets.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(body))
+    chunks = list(datasets._body("http://127.0.0.1:9/f.gz", len(body), timeout=2))
+    assert b"".join(chunks) == body and len(chunks) == 20  # far more (simulated) seconds than the timeout
+
+
+def test_a_connection_closed_early_is_not_a_hash_mismatch(tmp_path, monkeypatch):
+    """read1 returns b"" when the server closes early: the short body reached the hash check ("sha256
+    mismatch"), as if the mirror served a wrong file."""
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": "1000"}
+
+    monkeypatch.delitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(bytes(400)))
+    with pytest.raises(DownloadError, match=r"the connection closed after 400 of 1000 bytes"):
+        datasets.download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout=5)
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_download_stops_past_the_expected_size(tmp_path, misbehaving, monkeypatch):

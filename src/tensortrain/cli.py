@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +25,21 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 T = TypeVar("T")
+
+
+def _path(text: str) -> str:
+    """An argparse ``type``: a non-empty path (``""`` would mean the current folder, silently)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread so that cleanups (``finally``) run as for a Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
 
 
 def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -97,11 +114,16 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
     d = " (default: %(default)s)"
     p.add_argument(
         "--data",
+        type=_path,
         metavar="DIR",
         help="folder with the MNIST IDX files (default: $TENSORTRAIN_DATA, else the cache)",
     )
     p.add_argument(
-        "--out", metavar="DIR", default="out/demo", help="output folder for results.json and the plot" + d
+        "--out",
+        type=_path,
+        metavar="DIR",
+        default="out/demo",
+        help="output folder for results.json and the plot" + d,
     )
     p.add_argument(
         "--epochs-tt", type=nonneg, metavar="N", default=3, help="epochs of stage a (TT net, Adam 1e-2)" + d
@@ -393,6 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["demo", "mnist", "--data", "../shared/data/mnist", "--out", "out/demo"])  # doctest: +SKIP
     """
     args = build_parser().parse_args(argv)
+    # kill, timeout and schedulers send SIGTERM: without a handler Python dies at once and a download's partial
+    # file stays in the cache; as an exception, cleanups run (signal handlers can only be set in the main thread)
+    handled = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _terminate) for s in handled} if main_thread else {}
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -400,11 +427,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # files are safe (every write is atomic): no traceback for a Ctrl-C
         print("tensortrain: interrupted", file=sys.stderr)
         return 130
+    except _Terminated as sig:
+        signum = int(sig.args[0])
+        print(f"tensortrain: terminated ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         # the reader went away (``tensortrain inspect --json ... | head``): stop quietly, as the docs of Python's
         # signal module advise, and keep the interpreter's final flush from raising again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":  # ``python -m tensortrain.cli``, e.g. under torchrun

@@ -81,6 +81,11 @@ MNIST_MIRRORS: tuple[str, ...] = (
 )
 
 _DATA_ENV = "TENSORTRAIN_DATA"
+# The slowest steady transfer an attempt waits for (bytes/s): the whole attempt may take ``timeout`` plus the
+# expected size at this rate (10 minutes for the 9.9 MB training images), so a slow link still gets the files,
+# while a mirror that trickles bytes or streams without end is stopped.
+_MIN_RATE = 16 * 1024
+_UNKNOWN_SIZE = 16 << 20  # the budget's size where neither the file table nor Content-Length gives one
 _MIRRORS_ENV = "TENSORTRAIN_MNIST_MIRRORS"
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"); data is big-endian.
@@ -227,6 +232,8 @@ def _check_timeout(timeout: float) -> None:
 
 def _folder(root: str | os.PathLike[str] | None) -> Path:
     """``root`` (or the default folder) as a Path; it may be missing but must not be something else."""
+    if root is not None and os.fspath(root) == "":  # Path("") is the current folder: say so instead
+        raise ValueError("root is an empty path; pass a folder, or None for $TENSORTRAIN_DATA / the cache")
     folder = Path(root).expanduser() if root is not None else default_data_dir()
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder; the MNIST folder must be a directory")
@@ -256,16 +263,19 @@ def download_mnist(
         root: target folder (created if needed); ``None`` uses ``default_data_dir()``.
         mirrors: base URLs tried in order per file; ``None`` uses ``$TENSORTRAIN_MNIST_MIRRORS``
             (comma-separated) or ``MNIST_MIRRORS``.
-        timeout: seconds allowed for one attempt (one file from one mirror: connecting, the reply and the
-            whole body); each single network wait is also bounded by it, so a stalled attempt ends at
-            most about ``2 * timeout`` after it started. The next mirror is then tried.
+        timeout: seconds each network wait may take (connecting, the reply, each read): a stalled mirror is
+            left after about that long. The whole attempt (one file from one mirror) may take ``timeout`` plus
+            the file's size at 16 KiB/s (about 10 minutes for the largest file), so a slow but steady link
+            finishes, and a mirror that trickles or streams without end does not hold on forever. The next
+            mirror is then tried.
 
     Returns:
         The paths of the files downloaded (empty when all were present).
 
     Raises:
-        DownloadError: every mirror failed for some file (offline, HTTP error, timeout, more bytes than the
-            file has, or sha256 mismatch); the message lists each mirror with its error.
+        DownloadError: every mirror failed for some file (offline, HTTP error, timeout, a connection closed
+            early, more bytes than the file has, or sha256 mismatch); the message lists each mirror with its
+            error.
         NotADirectoryError: ``root`` exists and is not a folder.
         IsADirectoryError: a file's name in ``root`` is taken by something that is not a file (before any
             download).
@@ -347,24 +357,35 @@ def _fetch_one(url: str, part: Path, sha256: str, size: int | None, timeout: flo
 
 
 def _body(url: str, size: int | None, timeout: float) -> Generator[bytes, None, None]:
-    """The body of ``url`` in pieces; a network error, the deadline or an oversized body is a ``_MirrorError``.
+    """The body of ``url`` in pieces; a network error, the deadline, a body cut short or an oversized one is a
+    ``_MirrorError``.
 
     ``timeout`` alone bounds each socket operation, not the total: a server that trickles one byte at a
-    time or streams without end would never be stopped, hence the overall deadline and the size limit.
+    time or streams without end would never be stopped, hence the overall deadline (``timeout`` plus the
+    expected size at ``_MIN_RATE``) and the size limit.
     """
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
     received = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            limit = size if size is not None else _content_length(resp)
+            announced = _content_length(resp)
+            limit = size if size is not None else announced
+            allowed = timeout + (limit if limit is not None else _UNKNOWN_SIZE) / _MIN_RATE
             # read1: whatever has arrived (one socket read), so the deadline is checked between trickles
             while chunk := resp.read1(1 << 16):
                 received += len(chunk)
                 if limit is not None and received > limit:
                     raise _MirrorError(f"more than the expected {limit} bytes; not the MNIST file")
-                if time.monotonic() > deadline:
-                    raise _MirrorError(f"not complete after {timeout:g} s ({received} bytes received)")
+                if time.monotonic() - start > allowed:
+                    raise _MirrorError(
+                        f"not complete after {allowed:.3g} s ({received} bytes received, slower than "
+                        f"{_MIN_RATE // 1024} KiB/s)"
+                    )
                 yield chunk
+            # read1 returns b"" when the server closes before the length it announced: say so, rather than let
+            # the hash call the mirror's file wrong
+            if announced is not None and received < announced:
+                raise _MirrorError(f"the connection closed after {received} of {announced} bytes")
     except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, socket timeouts: OSError
         raise _MirrorError(str(err)) from err
 
@@ -393,8 +414,7 @@ def load_mnist(
             the cache folder (see ``default_data_dir``).
         download: fetch missing files from ``mirrors`` (sha256-checked, atomic writes).
         mirrors: base URLs for the download; see ``download_mnist``.
-        timeout: seconds allowed for one download attempt (one file from one mirror, connecting and the
-            whole body); see ``download_mnist``.
+        timeout: seconds each network wait of a download may take; see ``download_mnist``.
 
     Returns:
         ``MNIST(train_images, train_labels, test_images, test_labels)``: images uint8 (N, 28, 28), labels

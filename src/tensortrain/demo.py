@@ -463,8 +463,9 @@ def run_mnist_demo(
         log,
         progress or _no_progress,
     )
-    if rank == 0:  # fail now, not after minutes of training, when --out cannot be created
+    if rank == 0:  # fail now, not after minutes of training, when --out cannot be created or written
         out.mkdir(parents=True, exist_ok=True)
+        _check_writable(out)
     gpu = _device_fields(device)["gpu"]
     on = f" on {device}" + (f" ({gpu})" if gpu else "")
     log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es){on}")
@@ -688,13 +689,31 @@ def _write_outputs(
         "t3f_tutorial": T3F_TUTORIAL,
         "stages": [asdict(r) for r in results],
     }
-    atomic_write(out / "results.json", (json.dumps(report, indent=2) + "\n").encode())
+    # The plot is rendered first (about 0.5 s) and an earlier run's removed before this run's results.json
+    # replaces the old one: an interruption can leave a run without its plot, never beside another run's.
     png = _plot(results)
+    (out / "accuracy_vs_params.png").unlink(missing_ok=True)
+    atomic_write(out / "results.json", (json.dumps(report, indent=2) + "\n").encode())
     if png is not None:
         atomic_write(out / "accuracy_vs_params.png", png)
-    else:  # an earlier run's plot would otherwise sit next to this run's results
-        (out / "accuracy_vs_params.png").unlink(missing_ok=True)
+    else:
         log('no plot: matplotlib is not installed (pip install "tensortrain[demo]")')
+
+
+def _check_writable(out: Path) -> None:
+    """Create and remove a file in ``out``: an existing folder that cannot be written (read-only, a system
+    folder) fails here, before training, with the error a write would give."""
+    probe = out / f".tt-probe-{os.getpid()}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # (a stale probe of a killed run with this pid: the folder is writable)
+        return
+    except OSError as err:
+        raise type(err)(
+            err.errno, f"cannot write into the output folder ({err.strerror or err})", str(out)
+        ) from None
+    os.close(fd)
+    probe.unlink()
 
 
 def _plot(results: list[StageResult]) -> bytes | None:
