@@ -376,3 +376,12 @@ def test_a_point_with_nan_cores_is_named_as_such(gen):
         tt.project(x, bad)
     with pytest.raises(ValueError, match="core 1 of the point has NaN or inf values"):
         tt.gradients(tt.frobenius_norm_squared, bad)
+
+
+def test_project_sum_with_no_weight_columns(gen):
+    """(B, 0) weights gave "TensorTrainBatch: core 0 has an empty dimension"."""
+    x = random_tt((3, 4), (1, 2, 1), gen=gen)
+    with pytest.raises(
+        tt.ShapeError, match=r"weights must have shape \(2,\) or \(2, N\) with N >= 1, got \(2, 0\)"
+    ):
+        tt.project_sum(torch.randn(2, 3, 4, dtype=torch.float64), x, torch.ones(2, 0, dtype=torch.float64))

@@ -95,9 +95,9 @@ def project_sum(
     else:
         _check_real_scale(weights, deltas[0].dtype, "project_sum", "weights")
         w = as_scales(weights, dtype=deltas[0].dtype, device=deltas[0].device, fn="project_sum")
-        if w.dim() not in (1, 2) or w.shape[0] != bsz:
+        if w.dim() not in (1, 2) or w.shape[0] != bsz or w.numel() == 0:
             raise ShapeError(
-                f"project_sum: weights must have shape ({bsz},) or ({bsz}, N), got {tuple(w.shape)}"
+                f"project_sum: weights must have shape ({bsz},) or ({bsz}, N) with N >= 1, got {tuple(w.shape)}"
             )
     batch = w.dim() == 2 and weights is not None
     w = w.reshape(bsz, -1)
