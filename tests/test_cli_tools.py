@@ -872,3 +872,68 @@ def test_cli_compress_out_is_written_atomically(models, tmp_path, monkeypatch, c
     assert code != 0 and "No space left on device" in capsys.readouterr().err
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tt-")) == []
+
+
+LAZY_AND_PADDED = """
+import torch
+from torch import nn
+
+def lazy():
+    return nn.Sequential(nn.LazyLinear(256), nn.ReLU(), nn.Linear(256, 10))
+
+def padded():
+    m = nn.Sequential(nn.Embedding(1000, 64, padding_idx=0), nn.Linear(64, 64))
+    nn.init.normal_(m[0].weight, std=0.02)  # a common init: it fills the padding row too
+    return m
+"""
+
+
+@pytest.mark.parametrize("attr", ["lazy", "padded"])
+def test_the_recipe_loads_the_weights_first_where_a_fresh_model_differs(tmp_path, capsys, monkeypatch, attr):
+    """The recipe compressed a freshly built model, whose values decide what compress replaces: a lazy model has
+    no shapes ("uninitialized lazy parameters"), and a fresh padding row that is not zero keeps the embedding
+    dense (then "Missing key(s)"). Where --weights make the difference, the recipe loads them first."""
+    (tmp_path / "clitoollazy.py").write_text(LAZY_AND_PADDED)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "clitoollazy", raising=False)
+    import clitoollazy  # type: ignore[import-not-found]
+
+    torch.manual_seed(0)
+    if attr == "lazy":
+        trained = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
+        x = torch.randn(3, 512)
+    else:
+        trained = clitoollazy.padded()
+        with torch.no_grad():
+            trained[0].weight[0].zero_()  # a trained checkpoint's padding row
+        x = torch.tensor([[0, 5, 7]])
+    torch.save(trained.state_dict(), "w.pt")
+    argv = ["compress", "--model", f"clitoollazy:{attr}", "--weights", "w.pt", "--max-tt-rank", "4"]
+    assert main([*argv, "--out", "c.pt"]) == 0
+    recipe = _recipe(capsys.readouterr().out)
+    assert "model.load_state_dict(read_state_dict('w.pt'), strict=False)" in recipe
+    exec(compile(recipe, "recipe", "exec"), scope := {})
+    compressed, _ = tt.compress(trained, max_tt_rank=4)
+    assert torch.allclose(scope["model"](x), compressed(x))
+
+    # a model whose fresh build gives the same layers: no weights in the recipe (they need not be at hand)
+    monkeypatch.setattr(clitoollazy, "padded", lambda: nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8)))
+    torch.save(clitoollazy.padded().state_dict(), "w2.pt")
+    assert (
+        main(
+            [
+                "compress",
+                "--model",
+                "clitoollazy:padded",
+                "--weights",
+                "w2.pt",
+                "--max-tt-rank",
+                "4",
+                "--out",
+                "d.pt",
+            ]
+        )
+        == 0
+    )
+    assert "read_state_dict" not in _recipe(capsys.readouterr().out)

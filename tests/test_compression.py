@@ -758,3 +758,28 @@ def test_report_table_cells():
     assert "padded fc" not in text and "padded head" not in text
     padded = LayerReport("fc", "Linear", (30, 20), ((6, 6), (4, 5)), (1, 3, 1), 630, 150, 0.5, "")
     assert "padded fc: its dims multiply to 36x20" in str(CompressionReport((padded, dense), 700, 220))
+
+
+def test_a_transformer_encoder_with_a_later_layer_compressed_keeps_working():
+    """The encoder picks its nested-tensor fast path from the first layer alone: with layer 0 kept dense, eval
+    with a padding mask handed the TT layers of layer 1 a nested tensor (torch's "NestedTensorImpl doesn't
+    support sizes")."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, batch_first=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch warns about the nested-tensor path of its own accord)
+        enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    assert enc.use_nested_tensor
+    x = torch.randn(2, 6, 64)
+    mask = torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
+    small, report = tt.compress(enc, max_tt_rank=4, include="layers.1.*")
+    assert [r.name for r in report.layers if r.replaced] == ["layers.1.linear1", "layers.1.linear2"]
+    assert not small.use_nested_tensor and enc.use_nested_tensor  # the original keeps its fast path
+    dense = tt.decompress(small)
+    with torch.no_grad():
+        y, want = small(x, src_key_padding_mask=mask), dense(x, src_key_padding_mask=mask)
+    assert torch.allclose(y[~mask], want[~mask], atol=1e-5)
+    # and a TT layer given a nested tensor says so
+    nested = torch.nested.nested_tensor([torch.randn(3, 256), torch.randn(2, 256)], layout=torch.jagged)
+    with pytest.raises(TypeError, match="input is a nested tensor"):
+        small.layers[1].linear2(nested)

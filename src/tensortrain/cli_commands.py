@@ -557,11 +557,13 @@ def _recipe(
     assign: bool = False,
     ties: Sequence[tuple[str, str, bool]] = (),
     aliased: bool = False,
+    weights_first: str | None = None,
 ) -> list[str]:
     """Python lines that rebuild the compressed model and load ``out`` into it (tested in test_cli_tools);
     ``assign``: the model is built on the meta device, so loading must assign the tensors; ``ties``: (name,
     name of the same tensor, whether a parameter) for every tensor the model holds under a second name;
-    ``aliased``: the file stores some tensor once for several names."""
+    ``aliased``: the file stores some tensor once for several names; ``weights_first``: the ``--weights``
+    file, loaded before the rank-1 compress where a fresh model would not give the same TT layers."""
     module_name, _, attr = spec.partition(":")
     if out.endswith(".safetensors"):
         lines, load = ["import safetensors.torch"], f"safetensors.torch.load_file({out!r})"
@@ -574,6 +576,13 @@ def _recipe(
         lines += ["import importlib", "import tensortrain", f"mod = importlib.import_module({module_name!r})"]
         mod = "mod"
     lines.append(f"model = {mod}.{attr}{'()' if called else ''}")
+    if (
+        weights_first is not None
+    ):  # the values compress decided on (lazy shapes, padding rows, finite weights)
+        lines += [
+            "from tensortrain.cli_commands import read_state_dict",
+            f"model.load_state_dict(read_state_dict({weights_first!r}), strict=False)",
+        ]
     if replaced:  # rank 1 gives the same TT layers at the smallest ranks; loading resizes them to the saved
         lines.append(f"model, _ = tensortrain.compress(model, max_tt_rank=1, include={replaced!r})")
     if aliased and out.endswith(".safetensors"):  # names stored once: give every name its tensor
@@ -668,8 +677,24 @@ def _write_model(
     }
     aliased = _save(Path(args.out), model, header)
     escaped = [_glob_escape(name) for name in replaced]
-    recipe = _recipe(args.model, called, args.out, escaped, meta, _ties(model), aliased)
+    first = None
+    if args.weights is not None and not meta and replaced and not _rebuilds(args.model, escaped, replaced):
+        first = args.weights
+    recipe = _recipe(args.model, called, args.out, escaped, meta, _ties(model), aliased, first)
     return ["", f"wrote {args.out}; to load it back:", *("    " + line for line in recipe)]
+
+
+def _rebuilds(spec: str, include: list[str], replaced: list[str]) -> bool:
+    """Whether the recipe's rank-1 compress of a freshly built model replaces the layers this run replaced:
+    compress decides on the fresh model's values (a lazy layer has no shapes, a padding row that is not zero or
+    non-finite weights keep a layer dense), so a model whose --weights differ there needs them first."""
+    with _cwd_on_path():
+        fresh, _ = _build_model(spec)
+    try:
+        _, report = compress(fresh, max_tt_rank=1, include=include, dry_run=True)
+    except (ValueError, TypeError):
+        return False
+    return sorted(layer.name for layer in report.layers if layer.replaced) == sorted(replaced)
 
 
 def run_compress(args: argparse.Namespace) -> int:

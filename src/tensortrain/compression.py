@@ -35,7 +35,7 @@ from .compression_report import CompressionReport, LayerReport
 from .errors import ShapeError
 from .nn.embedding import TTEmbedding
 from .nn.linear import TTLinear
-from .operands import as_flag
+from .operands import as_flag, wide_dtype
 from .shapes import as_whole_int, max_tt_ranks
 
 __all__ = ["CompressionReport", "LayerReport", "compress", "decompress"]
@@ -189,7 +189,7 @@ def _rel_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     """``||approx - exact||_F / ||exact||_F``; for an all-zero ``exact``: 0.0 when ``approx`` is zero too,
     else inf (never NaN). Norms in float64 (or complex128): a half-precision norm overflows past 65504, a float32
     one past 1.8e19."""
-    acc = torch.promote_types(exact.dtype, torch.float64)
+    acc = wide_dtype(exact)  # (float32 on MPS, which has no float64)
     num = float(torch.linalg.vector_norm(approx - exact, dtype=acc))
     den = float(torch.linalg.vector_norm(exact, dtype=acc))
     if den == 0.0:
@@ -349,7 +349,13 @@ def compress(
     Not detectable: code that reads a layer's ``.weight`` outside the layer's own forward
     (``F.linear(x, self.lin.weight)``, an output head tied through ``self.embed.weight`` in ``forward``
     rather than by sharing the Parameter). After compression that ``.weight`` is a TT object, and the first
-    forward raises a ``TypeError`` naming the torch function; leave such layers out with ``exclude``.
+    forward raises a ``TypeError`` naming the torch function; leave such layers out with ``exclude``. Its
+    ``.shape`` raises nothing, and for a padded layer (sizes such as 50257 are padded to ones that factor well;
+    the report's ``padded`` entry) it is the padded size: code that reads a vocabulary size from
+    ``emb.weight.shape[0]`` gets the padded one (``num_embeddings`` / ``out_features`` are the real sizes).
+
+    An ``nn.TransformerEncoder`` holding a replaced layer gets ``use_nested_tensor = False``: its nested-tensor
+    fast path, chosen from the first layer alone, would hand the TT layers nested tensors.
 
     Exactly one budget:
 
@@ -451,7 +457,23 @@ def compress(
                 target = new
             else:
                 target.set_submodule(name, new)
+    _no_nested_fast_path(target, [name for names, _, _ in swaps for name in names])
     return target, replace(report, model_params_after=sum(p.numel() for p in target.parameters()))
+
+
+def _no_nested_fast_path(model: nn.Module, replaced: list[str]) -> None:
+    """Turn off the nested-tensor fast path of every ``nn.TransformerEncoder`` holding a replaced layer.
+
+    The encoder chooses that path from its first layer's weights alone (in eval mode, under no_grad, with a
+    ``src_key_padding_mask``) and then hands every layer a nested tensor, which TT layers do not take: with the
+    first layer kept dense, a later compressed one failed. The path is only a speed-up; ``use_nested_tensor``
+    is the attribute the encoder itself clears when its layers do not allow it.
+    """
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor", False):
+            inside = prefix + "." if prefix else ""
+            if any(name.startswith(inside) for name in replaced):
+                module.use_nested_tensor = False
 
 
 def _with_extras(tt_layer: nn.Module, new: nn.Module) -> nn.Module:
