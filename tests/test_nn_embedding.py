@@ -489,3 +489,16 @@ def test_load_tt_into_a_pruned_core_is_refused():
     prune.remove(emb.cores, "0")
     emb.load_tt_(w)
     assert_close(emb(torch.arange(20)), tt.full(w))
+
+
+def test_an_index_past_the_table_is_refused_when_the_trace_flag_flips_midway(monkeypatch):
+    """torch's compile flag is process-wide: another thread's compile could skip the value check and end before
+    the remap of unchecked indices, so an index into the padded rows came back as a row (411 of 265,331 calls
+    with a thread toggling the flag)."""
+    import tensortrain.nn.functional as F
+
+    emb = tt.nn.TTEmbedding(1000, 16, tt_rank=2, voc_dims=(8, 8, 16), emb_dims=(2, 2, 4))
+    calls = iter([True])  # "compiling" at the check, not afterwards
+    monkeypatch.setattr(F, "transforms_active", lambda: next(calls, False))
+    with pytest.raises((IndexError, RuntimeError)):
+        emb(torch.tensor([1010]))

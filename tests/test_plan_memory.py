@@ -571,3 +571,21 @@ def test_plan_bound_does_not_charge_frozen_cores_in_another_layout(gen):
         a = C.plan(frozen, 512, requires_grad=True, max_saved_bytes=limit)
         b = C.plan(same, 512, requires_grad=True, max_saved_bytes=limit)
         assert a.program == b.program, limit
+
+
+def test_the_plan_cache_is_bounded(monkeypatch):
+    """With max_saved_bytes a plan is keyed by the exact batch size: variable-length batches added one entry per
+    size without end (599 entries for 599 sizes)."""
+    from tensortrain import contraction_plan
+
+    monkeypatch.setattr(contraction_plan, "PLAN_CACHE_LIMIT", 5)
+    C.clear_plan_cache()
+    cores = [torch.randn(1, 4, 4, 3), torch.randn(3, 4, 4, 1)]
+    try:
+        for batch in range(1, 40):
+            C.plan(cores, batch, requires_grad=True, max_saved_bytes=10**9)
+            assert C.plan_cache_size() == min(batch, 5)
+        last = C.plan(cores, 39, requires_grad=True, max_saved_bytes=10**9)  # the newest plans stay
+        assert last.program == C.plan(cores, 39, requires_grad=True, max_saved_bytes=10**9).program
+    finally:
+        C.clear_plan_cache()

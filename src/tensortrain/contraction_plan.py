@@ -130,6 +130,9 @@ class ContractionPlan:
 
 # ---------------------------------------------------------------------------------------------- plan cache
 _PLAN_CACHE: dict[tuple, Program] = {}
+# Bounded: with max_saved_bytes a plan is keyed by the exact batch size, and variable-length batches (rows = batch x
+# sequence length) gave one more entry per size without end. The oldest is dropped first (about 1 KB each).
+PLAN_CACHE_LIMIT = 4096
 _CHUNK_CACHE: dict[tuple, tuple[int, int]] = {}  # inference sweeps' chunking, per (core shapes, groups, ...)
 # Under torch.compile the batch size may be a symbol (dynamic shapes) and dynamo cannot tell us which: reading
 # its value would specialise the graph, so compiled code is planned for this batch size (every plan is exact,
@@ -151,7 +154,8 @@ def clear_plan_cache() -> None:
 
 def plan_cache_size() -> int:
     """The number of cached plans: one per (core shapes, strategy, batch bucket, dtype, device type, grad mode,
-    ``max_saved_bytes`` when training).
+    ``max_saved_bytes`` when training), at most ``PLAN_CACHE_LIMIT`` (the oldest plan is dropped first). With
+    ``max_saved_bytes``, and for training batches below 8, the exact batch size replaces the bucket.
 
     Example:
         >>> import torch, tensortrain as tt
@@ -329,11 +333,24 @@ def choose_program(
                 return _cost.choose(
                     dims, "auto", bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need
                 )
-            prog = _PLAN_CACHE[key] = tune(cores, max(1, int(batch)), grad, cached, max_saved, need)
-            return prog
-        prog = _PLAN_CACHE[key] = _cost.choose(
-            dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need
+            return _remember(key, tune(cores, max(1, int(batch)), grad, cached, max_saved, need))
+        prog = _remember(
+            key,
+            _cost.choose(
+                dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need
+            ),
         )
+    return prog
+
+
+def _remember(key: tuple, prog: Program) -> Program:
+    """Cache ``prog`` under ``key``, dropping the oldest plan when the cache is full."""
+    if len(_PLAN_CACHE) >= PLAN_CACHE_LIMIT:
+        try:
+            del _PLAN_CACHE[next(iter(_PLAN_CACHE))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread evicted or inserted meanwhile
+            pass
+    _PLAN_CACHE[key] = prog
     return prog
 
 

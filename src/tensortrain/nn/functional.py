@@ -125,7 +125,9 @@ _INT64_MAX = torch.iinfo(torch.long).max
 _WIDE_UNSIGNED = tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
 
 
-def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: torch.device) -> None:
+def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: torch.device) -> bool:
+    """Refuse indices of a wrong type, device or value; returns whether their values were checked (not while
+    tracing, on meta tensors, during CUDA graph capture, or for no indices)."""
     if (
         not isinstance(input, torch.Tensor)
         or input.is_floating_point()
@@ -145,7 +147,7 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
         # Under torch.compile / torch.export a value check would be a data-dependent graph break (and meta
         # tensors have no values; while a CUDA graph is captured, reading one would end the capture); there the
         # lookup itself refuses indices past the table (the first mode is not wrapped, see _tt_rows).
-        return
+        return False
     lo, hi = int(input.min()), int(input.max())
     if lo < 0 or hi >= num_embeddings:
         out = input < 0 if num_embeddings > _INT64_MAX else (input < 0) | (input >= num_embeddings)
@@ -154,6 +156,7 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
             f"{fn}: indices must be in [0, {num_embeddings}), got out-of-range values {bad} "
             f"(min {lo}, max {hi})"
         )
+    return True
 
 
 def tt_embedding(
@@ -242,10 +245,12 @@ def _embedding(
         raise ShapeError(
             f"tt_embedding: num_embeddings={v} exceeds the table's {v_pad} rows (voc dims {tuple(voc_dims)})"
         )
-    _check_indices("tt_embedding", input, v, weight.device)
+    checked = _check_indices("tt_embedding", input, v, weight.device)
     padding_idx = padding_index("tt_embedding", padding_idx, v)
     flat = input.reshape(-1).long()
-    if transforms_active() or capturing(flat):
+    # (decided by the check itself, not by reading the flags again: torch's compile flag is process-wide, and
+    # another thread's compile ending in between let an index into the padded rows through both)
+    if not checked:
         # No value check ran (_check_indices): send every index outside [0, V) to V', whose first-mode digit
         # (m_1) the lookup's index_select refuses. Without this the padded rows [V, V') of the table would be
         # returned. Not -1: inductor's and onnxruntime's gathers wrap negative indices (-1 read row V' - 1,
