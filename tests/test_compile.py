@@ -420,3 +420,29 @@ def test_no_source_constructs_older_dynamo_cannot_trace():
                 if methods:
                     found.append(f"{where} NamedTuple {node.name} defines {methods}")
     assert not found, found
+
+
+def test_operators_on_tt_objects_break_the_graph_instead_of_swapping_operands(gen):
+    """dynamo hands `W @ x` to __torch_function__ as Tensor.matmul(x, W), the very call `x @ W` makes: compiled,
+    `W @ x` silently gave `x @ W` for a square W. Now the operators break the graph (Python runs them; fullgraph
+    raises); tt.matmul and number scaling still trace."""
+    torch._dynamo.reset()
+    w = random_tt(((2, 3), (3, 2)), (1, 2, 1), gen=gen)
+    x = torch.randn(6, 6, dtype=torch.float64, generator=gen)
+    wf = tt.full(w)
+    for fn, want in (
+        (lambda cs: tt.TensorTrain(list(cs)) @ x, wf @ x),
+        (lambda cs: x @ tt.TensorTrain(list(cs)), x @ wf),
+        (lambda cs: x @ tt.TensorTrain(list(cs)) @ x, x @ wf @ x),
+    ):
+        torch._dynamo.reset()
+        assert_close(torch.compile(fn, backend=BACKEND)(w.tt_cores), want)
+        torch._dynamo.reset()  # (else the frames compiled with breaks above are reused)
+        with pytest.raises(Exception, match="graph_break"):
+            torch.compile(fn, backend=BACKEND, fullgraph=True)(w.tt_cores)
+    # number scaling traces in one graph (cmath.isfinite did not)
+    for fn, want in (
+        (lambda cs: tt.full(tt.TensorTrain(list(cs)) * 2.0), 2 * wf),
+        (lambda cs: tt.full(-tt.TensorTrain(list(cs))), -wf),
+    ):
+        assert_close(_compiled(fn)(w.tt_cores), want)

@@ -462,3 +462,26 @@ def test_bilinear_form_refuses_a_matrix_that_is_not_a_vector(gen):
     c = random_tt((2, 2), (1, 2, 1), gen=gen)
     with pytest.raises(tt.ShapeError, match="b must be a vector with modes"):
         tt.bilinear_form(A, b, c)
+
+
+def test_sparse_dense_operands_are_named(gen):
+    """A sparse operand failed inside expand or reshape on the batch paths, and the single-TT message named an
+    internal function ("tt_dense_matmul: b is ...")."""
+    w = random_tt(((2, 3), (3, 2)), (1, 2, 1), gen=gen)
+    b = tt.concat_along_batch_dim([w, w])
+    s = torch.randn(6, 4, dtype=torch.float64).to_sparse()
+    for call in (
+        lambda: w @ s,
+        lambda: b @ s,
+        lambda: s.T @ b,
+        lambda: tt.flat_inner(w, tt.full(w).to_sparse()),
+    ):
+        with pytest.raises(TypeError, match="(matmul|flat_inner): x is a sparse_coo tensor"):
+            call()
+
+
+def test_gather_nd_on_a_batch_with_no_index_columns(gen):
+    b = tt.concat_along_batch_dim([random_tt((2, 3), (1, 2, 1), gen=gen)] * 3)
+    for idx in ([], torch.zeros(4, 0, dtype=torch.long)):
+        with pytest.raises(tt.ShapeError, match="need a batch column and one per mode, got 0 columns"):
+            tt.gather_nd(b, idx)

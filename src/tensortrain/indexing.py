@@ -261,6 +261,11 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     idx = idx.reshape(out_shape.numel(), idx.shape[-1])
     cores = batched_cores(tt)
     if is_batch(tt):
+        if idx.shape[1] == 0:  # (the batch column is split off below: torch's own IndexError otherwise)
+            raise ShapeError(
+                f"gather_nd: indices for a batch need a batch column and one per mode, got {idx.shape[1]} "
+                f"columns for {describe(tt)}"
+            )
         bidx, idx = idx[:, 0], idx[:, 1:]
         _check_range(bidx, batch_size(tt), "batch index")
     else:

@@ -12,7 +12,6 @@ full tensor except :func:`full`.
 
 from __future__ import annotations
 
-import cmath
 import math
 import numbers
 from typing import Any
@@ -332,7 +331,8 @@ def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]
     value: complex | float = c if c.imag != 0 else c.real
     if c == 0:
         return [core * 0.0 for core in cores]
-    if not cmath.isfinite(c):  # inf / inf**(d - 1) would be NaN: the whole factor goes on the first core
+    # inf / inf**(d - 1) would be NaN: the whole factor goes on the first core (math, not cmath: dynamo traces it)
+    if not (math.isfinite(c.real) and math.isfinite(c.imag)):
         return [cores[0] * value, *cores[1:]]
     each = abs(c) ** (1.0 / d)
     first = value / each ** (d - 1)  # carries the sign / phase

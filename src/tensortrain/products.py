@@ -21,6 +21,7 @@ from .operands import (
     check_dtype_device,
     check_matrix,
     check_same_raw_shape,
+    check_strided,
     describe,
     expand_cores,
     flat_modes,
@@ -124,6 +125,7 @@ def _core_product(x: torch.Tensor, y: torch.Tensor, lead: int) -> torch.Tensor:
 def _check_dense(x: Any, w: TensorTrainBase, side: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"matmul: the dense operand must be a torch.Tensor, got {type(x).__name__}")
+    check_strided("matmul", "x", x)  # (sparse operands failed inside expand or reshape on some paths)
     if x.dim() == 0:
         raise ShapeError("matmul: the dense operand is 0-dimensional; use multiply(tt, c) to scale")
     check_dtype_device("matmul", w, x)
@@ -302,6 +304,7 @@ def _inner_steps(ca: list[torch.Tensor], cb: list[torch.Tensor], scaled: bool) -
 
 
 def _inner_dense(w: TensorTrainBase, x: torch.Tensor) -> torch.Tensor:
+    check_strided("flat_inner", "x", x)
     check_dtype_device("flat_inner", w, x)
     elem = tuple(w.shape[1:]) if is_batch(w) else tuple(w.shape)
     bs = batch_size(w)

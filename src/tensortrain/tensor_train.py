@@ -483,9 +483,16 @@ class TensorTrainBase:
         say what to do. Operators are unaffected: torch turns a ``TypeError`` raised under ``dense + tt``,
         ``dense * tt``, ... into ``NotImplemented``, so Python still tries ``tt.__radd__`` and the like.
 
+        Under ``torch.compile`` the graph breaks here and Python runs the operator: dynamo hands ``tt @ x`` to
+        this method as ``Tensor.matmul(x, tt)``, the very call ``x @ tt`` makes, so the operand order is lost
+        (``tt @ x`` silently gave ``x @ tt`` for a square TT-matrix). ``tt.matmul`` and ``tt.multiply`` trace
+        without a break.
+
         Raises:
             TypeError: any torch function other than ``matmul`` given a TT object.
         """
+        if torch.compiler.is_compiling():
+            torch._dynamo.graph_break()  # (fullgraph=True: an error, not a wrong product)
         if func in _MATMULS and not kwargs and len(args) == 2:
             from . import ops
 
