@@ -670,10 +670,13 @@ def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path, capsys, monk
     """kill/timeout send SIGTERM, which ended Python at once: the download's .part file stayed in the cache."""
     import signal
 
+    import tensortrain.cli
     from tensortrain import datasets
 
     def killed_midway(url, part, sha256, size, timeout):
         part.write_bytes(b"half a file")
+        # (only once main's handler is in place: the default one would end the test process)
+        assert signal.getsignal(signal.SIGTERM) is tensortrain.cli._terminate
         os.kill(os.getpid(), signal.SIGTERM)
         signal.sigtimedwait([], 0)  # (the handler runs at the next bytecode; nothing to wait for)
         raise AssertionError("SIGTERM did not stop the download")
@@ -688,3 +691,33 @@ def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path, capsys, monk
     assert "tensortrain: terminated (SIGTERM)" in capsys.readouterr().err
     assert list(target.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+def test_an_ignored_sighup_stays_ignored(tmp_path, monkeypatch):
+    """nohup ignores SIGHUP; main() replaced that with its own handler, so closing the terminal stopped the run."""
+    import signal
+
+    import tensortrain.cli
+
+    seen = []
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        monkeypatch.setattr(
+            tensortrain.cli, "build_parser", lambda: _Recording(seen, lambda: signal.getsignal(signal.SIGHUP))
+        )
+        assert main([]) == 0
+        assert seen == [signal.SIG_IGN]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+class _Recording:
+    """A parser whose command records what ``probe`` returns while it runs."""
+
+    def __init__(self, seen, probe):
+        self.seen, self.probe = seen, probe
+
+    def parse_args(self, argv):
+        import argparse
+
+        return argparse.Namespace(run=lambda args: self.seen.append(self.probe()) or 0)

@@ -425,7 +425,7 @@ def test_a_slow_steady_download_is_not_cut_at_the_timeout(tmp_path, monkeypatch)
         def read1(self, n=-1):
             return super().read1(min(n, 16384))
 
-    monkeypatch.setattr(datasets.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(datasets, "_clock", lambda: float(next(clock)))
     monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(body))
     chunks = list(datasets._body("http://127.0.0.1:9/f.gz", len(body), timeout=2))
     assert b"".join(chunks) == body and len(chunks) == 20  # far more (simulated) seconds than the timeout

@@ -740,9 +740,13 @@ def test_results_never_share_memory_with_the_input():
 def test_orthogonalize_direction_must_be_a_bool(gen):
     """t3f's truthiness test read "right_to_left" as True (left to right)."""
     a = random_tt((3, 4, 5), (1, 2, 2, 1), gen=gen)
-    with pytest.raises(TypeError, match="left_to_right must be a bool, got 'right_to_left'"):
+    with pytest.raises(TypeError, match=r"left_to_right must be a bool \(or 0/1\), got 'right_to_left'"):
         tt.orthogonalize(a, left_to_right="right_to_left")
     assert_close(tt.full(tt.orthogonalize(a, np.bool_(False))), tt.full(a))
+    for flag in (0, 1):  # t3f's truthiness accepts them
+        assert_close(tt.full(tt.orthogonalize(a, flag)), tt.full(a))
+    with pytest.raises(TypeError, match="must be a bool"):
+        tt.orthogonalize(a, 2)
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e-24])

@@ -432,6 +432,8 @@ def test_one_parameter_twice_in_a_tt_and_a_bare_dict():
         tt.optim.RiemannianSGD([[first, p, p, last]], lr=0.1)
     opt = tt.optim.RiemannianSGD({"params": [first, last], "lr": 0.5}, lr=0.1)
     assert opt.param_groups[0]["lr"] == 0.5
+    with pytest.raises(TypeError, match="a parameter group dict needs a 'params' entry"):
+        tt.optim.RiemannianSGD({"0": first, "1": last}, lr=0.1)
 
 
 def test_riemannian_gradient_from_cores_refuses_non_finite_gradients(gen):

@@ -108,6 +108,14 @@ def test_scale_may_be_a_0_dim_tensor():
     x = tt.TensorTrain([torch.ones(1, 2, 1), torch.ones(1, 3, 1)])
     assert float(tt.l2_regularizer(torch.tensor(0.5))(x)) == 3.0
     assert float(tt.cores_regularizer(lambda c: c.sum(), np.float32(2.0))(x)) == 10.0
+    # as t3f reads its scalar Tensor on every call: a learned or scheduled scale works
+    scale = torch.tensor(0.5, requires_grad=True)
+    reg = tt.l2_regularizer(scale)
+    reg(x).backward()
+    assert float(scale.grad) == 6.0
+    with torch.no_grad():
+        scale.fill_(0.0)
+    assert float(reg(x).detach()) == 0.0
     with pytest.raises(TypeError, match="scale must be a real number"):
         tt.l2_regularizer(torch.tensor(True))
     with pytest.raises(ValueError, match="finite number >= 0"):

@@ -239,6 +239,8 @@ def test_deltas_to_tangent_space_checks_the_given_frames_and_delta_layouts(gen):
         tt.riemannian.deltas_to_tangent_space(deltas, x, left=random_tt((3, 2, 4), (1, 2, 2, 1), gen=gen))
     with pytest.raises(TypeError, match="delta 1 must be a torch.Tensor"):
         tt.riemannian.deltas_to_tangent_space([deltas[0], deltas[1].numpy(), deltas[2]], x)
+    with pytest.raises(TypeError, match="delta 0 must be a torch.Tensor, got list"):
+        tt.riemannian.deltas_to_tangent_space([deltas[0].tolist(), deltas[1], deltas[2]], x)
 
     m = random_tt(((2, 3), (3, 2)), (1, 2, 1), gen=gen)
     md = tt.tangent_space_to_deltas(tt.project(torch.randn(6, 6, generator=gen, dtype=torch.float64), m))

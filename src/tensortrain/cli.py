@@ -417,9 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # kill, timeout and schedulers send SIGTERM: without a handler Python dies at once and a download's partial
     # file stays in the cache; as an exception, cleanups run (signal handlers can only be set in the main thread)
+    # (a signal already ignored stays so: nohup ignores SIGHUP, and a closed terminal must not stop the run)
     handled = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, _terminate) for s in handled} if main_thread else {}
+    handled = [s for s in handled if main_thread and signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, _terminate) for s in handled}
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

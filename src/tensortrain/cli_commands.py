@@ -603,14 +603,18 @@ def _recipe(
     return lines
 
 
-def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool]:
-    """The model ``--model`` names, with ``--weights`` loaded (strict), whether ATTR was called, and whether the
-    model was built on the meta device."""
+def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool, set[str] | None]:
+    """The model ``--model`` names, with ``--weights`` loaded (strict), whether ATTR was called, whether the
+    model was built on the meta device, and (with ``--weights``, off meta) the layers the reload recipe's rank-1
+    compress replaces in the model as built, before the weights (see :func:`_replaceable`)."""
+    replaceable = None
     with _cwd_on_path():
         model, called = _build_model(args.model)
         # a model built on the meta device takes the loaded tensors themselves (copying into meta parameters
         # does nothing)
         meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        if args.weights is not None and not meta:
+            replaceable = _replaceable(model)
         if args.weights is not None:
             state = read_state_dict(args.weights)
             groups = _tied_groups(model)
@@ -620,7 +624,18 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool]:
                 raise CommandError(f"--weights {args.weights}: {_one_line(err)}") from err
             if meta:  # assigning gave every name its own new tensor: tie them again, as the model built them
                 _retie(model, _ties(model, groups))
-    return model, called, meta
+    return model, called, meta, replaceable
+
+
+def _replaceable(model: nn.Module) -> set[str]:
+    """The layers a rank-1 ``compress`` replaces in ``model`` as built: the reload recipe's compress decides on a
+    fresh model's values (a lazy layer has no shapes; a padding row that is not zero or non-finite weights keep
+    a layer dense), so where --weights change that, the recipe loads them first. Any failure: none."""
+    try:
+        _, report = compress(model, max_tt_rank=1, dry_run=True)
+    except Exception:  # (whatever stops it, the recipe is safe with the weights loaded first)
+        return set()
+    return {layer.name for layer in report.layers if layer.replaced}
 
 
 def _retie(model: nn.Module, ties: Sequence[tuple[str, str, bool]]) -> None:
@@ -663,7 +678,12 @@ def _with_tied(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_model(
-    args: argparse.Namespace, model: nn.Module, report: CompressionReport, called: bool, meta: bool
+    args: argparse.Namespace,
+    model: nn.Module,
+    report: CompressionReport,
+    called: bool,
+    meta: bool,
+    replaceable: set[str] | None,
 ) -> list[str]:
     """Save the compressed model to ``--out``; returns the lines that say how to load it back."""
     replaced = [layer.name for layer in report.layers if layer.replaced]
@@ -678,23 +698,10 @@ def _write_model(
     aliased = _save(Path(args.out), model, header)
     escaped = [_glob_escape(name) for name in replaced]
     first = None
-    if args.weights is not None and not meta and replaced and not _rebuilds(args.model, escaped, replaced):
+    if replaceable is not None and not set(replaced) <= replaceable:
         first = args.weights
     recipe = _recipe(args.model, called, args.out, escaped, meta, _ties(model), aliased, first)
     return ["", f"wrote {args.out}; to load it back:", *("    " + line for line in recipe)]
-
-
-def _rebuilds(spec: str, include: list[str], replaced: list[str]) -> bool:
-    """Whether the recipe's rank-1 compress of a freshly built model replaces the layers this run replaced:
-    compress decides on the fresh model's values (a lazy layer has no shapes, a padding row that is not zero or
-    non-finite weights keep a layer dense), so a model whose --weights differ there needs them first."""
-    with _cwd_on_path():
-        fresh, _ = _build_model(spec)
-    try:
-        _, report = compress(fresh, max_tt_rank=1, include=include, dry_run=True)
-    except (ValueError, TypeError):
-        return False
-    return sorted(layer.name for layer in report.layers if layer.replaced) == sorted(replaced)
 
 
 def run_compress(args: argparse.Namespace) -> int:
@@ -708,7 +715,7 @@ def run_compress(args: argparse.Namespace) -> int:
         _check_target(args.out, "--out")
         _check_target(args.report_json, "--report-json")
         _check_distinct(args)
-        model, called, meta = _load_model(args)
+        model, called, meta, replaceable = _load_model(args)
         try:
             model, report = compress(
                 model,
@@ -725,7 +732,7 @@ def run_compress(args: argparse.Namespace) -> int:
         # files first, then the printing: a reader that closes the pipe early must not cost the saved model
         lines = [str(report)]
         if args.out is not None:
-            lines += _write_model(args, model, report, called, meta)
+            lines += _write_model(args, model, report, called, meta, replaceable)
         if args.report_json is not None:
             text = json.dumps(report.to_dict(), indent=2) + "\n"
             atomic_write(Path(args.report_json), text.encode())

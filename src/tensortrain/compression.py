@@ -355,7 +355,8 @@ def compress(
     ``emb.weight.shape[0]`` gets the padded one (``num_embeddings`` / ``out_features`` are the real sizes).
 
     An ``nn.TransformerEncoder`` holding a replaced layer gets ``use_nested_tensor = False``: its nested-tensor
-    fast path, chosen from the first layer alone, would hand the TT layers nested tensors.
+    fast path, chosen from the first layer alone, would hand the TT layers nested tensors (:func:`decompress`
+    turns it back on).
 
     Exactly one budget:
 
@@ -474,6 +475,7 @@ def _no_nested_fast_path(model: nn.Module, replaced: list[str]) -> None:
             inside = prefix + "." if prefix else ""
             if any(name.startswith(inside) for name in replaced):
                 module.use_nested_tensor = False
+                setattr(module, "_tensortrain_nested_off", True)  # noqa: B010 (decompress gives the path back)
 
 
 def _with_extras(tt_layer: nn.Module, new: nn.Module) -> nn.Module:
@@ -551,6 +553,13 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         if name == "":
             return dense[id(m)]
         target.set_submodule(name, dense[id(m)])
+    # encoders whose nested-tensor fast path compress turned off get it back once no TT layer is left in them
+    for module in target.modules():
+        if getattr(module, "_tensortrain_nested_off", False) and not any(
+            isinstance(m, (TTLinear, TTEmbedding)) for m in module.modules()
+        ):
+            setattr(module, "use_nested_tensor", True)  # noqa: B010 (a bool; mypy reads Module attributes as Tensor | Module)
+            delattr(module, "_tensortrain_nested_off")
     return target
 
 

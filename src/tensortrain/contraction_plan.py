@@ -154,7 +154,8 @@ def clear_plan_cache() -> None:
 
 def plan_cache_size() -> int:
     """The number of cached plans: one per (core shapes, strategy, batch bucket, dtype, device type, grad mode,
-    ``max_saved_bytes`` when training), at most ``PLAN_CACHE_LIMIT`` (the oldest plan is dropped first). With
+    ``max_saved_bytes`` when training), at most ``tensortrain.contraction_plan.PLAN_CACHE_LIMIT`` (4096; the
+    oldest plan is dropped first). With
     ``max_saved_bytes``, and for training batches below 8, the exact batch size replaces the bucket.
 
     Example:

@@ -439,6 +439,8 @@ def run_mnist_demo(
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():  # checked before a possibly long download, created after it
         raise NotADirectoryError(f"{out} is not a folder; the output folder (out) must be a directory")
+    if rank == 0 and out.is_dir():  # an existing folder that cannot be written: before the download too
+        _check_writable(out)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

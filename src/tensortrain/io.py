@@ -111,10 +111,8 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
     tensors = {f"core_{k}": _storable(c, k) for k, c in enumerate(obj.tt_cores)}
     try:
         data = safetensors.torch.save(tensors, metadata=header)
-    except (
-        Exception
-    ) as err:  # safetensors' own error type (a header over its 100 MB limit) derives from Exception
-        raise ValueError(f"tt.save: safetensors cannot write this file: {err}") from None
+    except safetensors.SafetensorError as err:  # (a header over its 100 MB limit; it derives from Exception)
+        raise ValueError(f"tt.save: safetensors cannot write this file: {err}") from err
     target = Path(path)
     if target.is_dir() or names_folder(path):
         raise IsADirectoryError(

@@ -350,6 +350,11 @@ def _groups(params: Any) -> list[dict[str, Any]]:
         params = sets
     groups = []
     for item in params:
+        if isinstance(item, dict) and "params" not in item:
+            raise TypeError(
+                f"RiemannianSGD: a parameter group dict needs a 'params' entry (one TT's cores), got keys "
+                f"{sorted(map(str, item))[:5]}"
+            )
         group = dict(item) if isinstance(item, dict) else {"params": item}
         _check_hyper(group)
         if isinstance(group["params"], TensorTrainBatch):

@@ -271,7 +271,7 @@ def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
         (resp. ``min(r_{k-1}, n_k r_k)``).
 
     Raises:
-        TypeError: ``tt`` is not a TT object, or ``left_to_right`` is not a bool.
+        TypeError: ``tt`` is not a TT object, or ``left_to_right`` is not a bool (or 0/1).
         ValueError: NaN or inf in the cores.
 
     Complexity: O(B d n r^3).
@@ -283,8 +283,11 @@ def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
         (1, 3, 3, 1)
     """
     check_finite_cores(tt, "orthogonalize")
-    if not isinstance(plain_scalar(left_to_right), bool):  # a string such as "right_to_left" is truthy
-        raise TypeError(f"orthogonalize: left_to_right must be a bool, got {left_to_right!r}")
+    flag = plain_scalar(left_to_right)
+    if not (
+        isinstance(flag, bool) or (isinstance(flag, int) and flag in (0, 1))
+    ):  # "right_to_left" is truthy
+        raise TypeError(f"orthogonalize: left_to_right must be a bool (or 0/1), got {left_to_right!r}")
     left_to_right = bool(left_to_right)
     cores, batch, raw = merge_modes(tt)
     cores = left_orthogonalize(cores) if left_to_right else right_orthogonalize(cores)

@@ -25,13 +25,17 @@ TTLike = TensorTrainBase | torch.nn.Module | Sequence[torch.Tensor]
 Regularizer = Callable[[TTLike], torch.Tensor]
 
 
-def _check_scale(scale: float, fname: str) -> float:
-    scale = plain_scalar(scale)  # t3f documents scale as a scalar Tensor: a 0-dim tensor is read once, here
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"{fname}: scale must be a real number, got {scale!r}")
-    if not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"{fname}: scale must be a finite number >= 0, got {scale!r}")
-    return float(scale)
+def _check_scale(scale: float | torch.Tensor, fname: str) -> float | torch.Tensor:
+    """``scale`` checked: a float, or a 0-dim tensor kept as it is (t3f documents a scalar Tensor, which its
+    regularizer reads on every call: a learned or scheduled scale works; its value is checked here, once)."""
+    value = plain_scalar(scale.detach() if isinstance(scale, torch.Tensor) else scale)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fname}: scale must be a real number or 0-dim tensor, got {scale!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{fname}: scale must be a finite number >= 0, got {value!r}")
+    if isinstance(scale, torch.Tensor) and scale.is_floating_point():
+        return scale
+    return float(value)
 
 
 def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
@@ -80,7 +84,8 @@ def l2_regularizer(scale: float) -> Regularizer:
     (``layer.padded``) the whole padded TT-matrix likewise, not only its ``out x in`` block.
 
     Args:
-        scale: a non-negative number or 0-dim tensor (0 gives a zero loss term).
+        scale: a non-negative number, or a 0-dim floating tensor used as it is on every call (differentiable;
+            an in-place schedule applies; its value is checked once, here). 0 gives a zero loss term.
 
     Returns:
         A callable taking a TT object or a module with TT layers and returning a 0-dim tensor (summed over
@@ -122,7 +127,7 @@ def cores_regularizer(core_regularizer: Callable[[torch.Tensor], torch.Tensor], 
     Args:
         core_regularizer: maps one core (with its batch axis, for a batch) to a scalar tensor, e.g.
             ``lambda c: c.abs().sum()``.
-        scale: a non-negative number or 0-dim tensor.
+        scale: a non-negative number or 0-dim floating tensor, as in :func:`l2_regularizer`.
 
     Returns:
         A callable taking a TT object or a module with TT layers, returning a 0-dim tensor.

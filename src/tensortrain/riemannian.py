@@ -326,14 +326,15 @@ def deltas_to_tangent_space(
         u, v = ts.settle_frame(u, v)  # the feasible ranks tangent_space_to_deltas' deltas have
     if len(deltas) != len(u):
         raise ShapeError(f"deltas_to_tangent_space: got {len(deltas)} deltas for a TT with {len(u)} cores")
+    odd = next((k for k, dl in enumerate(deltas) if not isinstance(dl, torch.Tensor)), None)
+    if odd is not None:
+        raise TypeError(
+            f"deltas_to_tangent_space: delta {odd} must be a torch.Tensor, got {type(deltas[odd]).__name__}"
+        )
     core_dim = 4 if tt.is_tt_matrix() else 3
     batch = deltas[0].dim() == core_dim + 1
     flat = []
     for k, (dl, uk) in enumerate(zip(deltas, u, strict=True)):
-        if not isinstance(dl, torch.Tensor):
-            raise TypeError(
-                f"deltas_to_tangent_space: delta {k} must be a torch.Tensor, got {type(dl).__name__}"
-            )
         if dl.dim() != deltas[0].dim():
             raise ShapeError(
                 f"deltas_to_tangent_space: delta 0 has {deltas[0].dim()} dims and delta {k} has {dl.dim()}: "
