@@ -431,15 +431,20 @@ def test_a_slow_steady_download_is_not_cut_at_the_timeout(tmp_path, monkeypatch)
     assert b"".join(chunks) == body and len(chunks) == 20  # far more (simulated) seconds than the timeout
 
 
+def _announcing(monkeypatch, length: int, body: bytes) -> None:
+    """Every URL answers ``body`` under a Content-Length of ``length``; the first file's size is not known."""
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(length)}
+
+    monkeypatch.delitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(body))
+
+
 def test_a_connection_closed_early_is_not_a_hash_mismatch(tmp_path, monkeypatch):
     """read1 returns b"" when the server closes early: the short body reached the hash check ("sha256
     mismatch"), as if the mirror served a wrong file."""
-
-    class Response(io.BytesIO):
-        headers = {"Content-Length": "1000"}
-
-    monkeypatch.delitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz")
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(bytes(400)))
+    _announcing(monkeypatch, 1000, bytes(400))
     with pytest.raises(DownloadError, match=r"the connection closed after 400 of 1000 bytes"):
         datasets.download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout=5)
     assert [p.name for p in tmp_path.iterdir()] == []
@@ -456,12 +461,7 @@ def test_download_stops_past_the_expected_size(tmp_path, misbehaving, monkeypatc
 
 def test_download_limit_from_content_length_when_size_unknown(tmp_path, monkeypatch):
     """Without a known size, a body longer than the Content-Length it announced is cut off."""
-
-    class Response(io.BytesIO):
-        headers = {"Content-Length": "10"}
-
-    monkeypatch.delitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz")
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(bytes(1000)))
+    _announcing(monkeypatch, 10, bytes(1000))
     with pytest.raises(DownloadError, match=r"more than the expected 10 bytes"):
         datasets.download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout=5)
 
