@@ -937,3 +937,30 @@ def test_the_recipe_loads_the_weights_first_where_a_fresh_model_differs(tmp_path
         == 0
     )
     assert "read_state_dict" not in _recipe(capsys.readouterr().out)
+
+
+def test_the_recipe_check_runs_only_for_a_written_model(models, tmp_path, capsys, monkeypatch):
+    """The rank-1 check of the model as built ran on every layer whenever --weights was given, also with
+    --dry-run (no recipe) and outside --include."""
+    import tensortrain.cli_commands as commands
+
+    torch.save(models.mlp().state_dict(), "w.pt")
+    calls = []
+    real = commands._replaceable
+    monkeypatch.setattr(commands, "_replaceable", lambda *a: calls.append(a[1:]) or real(*a))
+    argv = [
+        "compress",
+        "--model",
+        "clitoolmodels:mlp",
+        "--weights",
+        "w.pt",
+        "--max-tt-rank",
+        "4",
+        "--include",
+        "0",
+    ]
+    assert main([*argv, "--dry-run"]) == 0
+    assert calls == []
+    assert main([*argv, "--out", "c.pt"]) == 0
+    assert calls == [(["0"], None)]
+    assert "read_state_dict" not in _recipe(capsys.readouterr().out)

@@ -440,6 +440,8 @@ def test_operators_on_tt_objects_break_the_graph_instead_of_swapping_operands(ge
         torch._dynamo.reset()  # (else the frames compiled with breaks above are reused)
         with pytest.raises(Exception, match="graph_break"):
             torch.compile(fn, backend=BACKEND, fullgraph=True)(w.tt_cores)
+    # torch.matmul reaches __torch_function__ as itself, operands in order: it still traces in one graph
+    assert_close(_compiled(lambda cs: torch.matmul(x, tt.TensorTrain(list(cs))))(w.tt_cores), x @ wf)
     # number scaling traces in one graph (cmath.isfinite did not)
     for fn, want in (
         (lambda cs: tt.full(tt.TensorTrain(list(cs)) * 2.0), 2 * wf),

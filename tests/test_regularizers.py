@@ -116,6 +116,12 @@ def test_scale_may_be_a_0_dim_tensor():
     with torch.no_grad():
         scale.fill_(0.0)
     assert float(reg(x).detach()) == 0.0
+    # the loss keeps the cores' dtype, as with a number scale (a float64 0-dim tensor promoted it)
+    assert tt.l2_regularizer(torch.tensor(0.5, dtype=torch.float64))(x).dtype == torch.float32
+    assert (
+        tt.cores_regularizer(lambda c: c.sum(), torch.tensor(2.0, dtype=torch.float64))(x).dtype
+        == torch.float32
+    )
     with pytest.raises(TypeError, match="scale must be a real number"):
         tt.l2_regularizer(torch.tensor(True))
     with pytest.raises(ValueError, match="finite number >= 0"):

@@ -613,8 +613,8 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool, set[st
         # a model built on the meta device takes the loaded tensors themselves (copying into meta parameters
         # does nothing)
         meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
-        if args.weights is not None and not meta:
-            replaceable = _replaceable(model)
+        if args.weights is not None and not meta and args.out is not None and not args.dry_run:
+            replaceable = _replaceable(model, args.include, args.exclude)
         if args.weights is not None:
             state = read_state_dict(args.weights)
             groups = _tied_groups(model)
@@ -627,12 +627,13 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool, set[st
     return model, called, meta, replaceable
 
 
-def _replaceable(model: nn.Module) -> set[str]:
+def _replaceable(model: nn.Module, include: Any, exclude: Any) -> set[str]:
     """The layers a rank-1 ``compress`` replaces in ``model`` as built: the reload recipe's compress decides on a
     fresh model's values (a lazy layer has no shapes; a padding row that is not zero or non-finite weights keep
-    a layer dense), so where --weights change that, the recipe loads them first. Any failure: none."""
+    a layer dense), so where --weights change that, the recipe loads them first. Only the layers the run selects
+    (``include``/``exclude``) are converted, at rank 1. Any failure: none."""
     try:
-        _, report = compress(model, max_tt_rank=1, dry_run=True)
+        _, report = compress(model, max_tt_rank=1, include=include, exclude=exclude, dry_run=True)
     except Exception:  # (whatever stops it, the recipe is safe with the weights loaded first)
         return set()
     return {layer.name for layer in report.layers if layer.replaced}

@@ -110,9 +110,14 @@ def l2_regularizer(scale: float) -> Regularizer:
         terms = [
             ops.frobenius_norm_squared(t, differentiable=True).sum() for t in _tt_objects(x, "l2_regularizer")
         ]
-        return s * _total(terms)
+        return _scaled(s, _total(terms))
 
     return regularizer
+
+
+def _scaled(s: float | torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``s * total`` in ``total``'s dtype and device (a tensor scale would promote it: float64 over float32)."""
+    return (s.to(dtype=total.dtype, device=total.device) if isinstance(s, torch.Tensor) else s) * total
 
 
 def _total(terms: list[torch.Tensor]) -> torch.Tensor:
@@ -161,6 +166,6 @@ def cores_regularizer(core_regularizer: Callable[[torch.Tensor], torch.Tensor], 
                         f"{type(value).__name__} for a core of shape {tuple(core.shape)}"
                     )
                 terms.append(value.reshape(()))
-        return s * _total(terms)
+        return _scaled(s, _total(terms))
 
     return regularizer

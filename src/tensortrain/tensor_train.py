@@ -485,13 +485,13 @@ class TensorTrainBase:
 
         Under ``torch.compile`` the graph breaks here and Python runs the operator: dynamo hands ``tt @ x`` to
         this method as ``Tensor.matmul(x, tt)``, the very call ``x @ tt`` makes, so the operand order is lost
-        (``tt @ x`` silently gave ``x @ tt`` for a square TT-matrix). ``tt.matmul`` and ``tt.multiply`` trace
-        without a break.
+        (``tt @ x`` silently gave ``x @ tt`` for a square TT-matrix). ``torch.matmul(x, tt)`` arrives as itself,
+        in order, and traces; so do ``tt.matmul`` and ``tt.multiply``.
 
         Raises:
             TypeError: any torch function other than ``matmul`` given a TT object.
         """
-        if torch.compiler.is_compiling():
+        if func is not torch.matmul and torch.compiler.is_compiling():
             torch._dynamo.graph_break()  # (fullgraph=True: an error, not a wrong product)
         if func in _MATMULS and not kwargs and len(args) == 2:
             from . import ops
