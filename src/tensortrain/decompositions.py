@@ -13,8 +13,8 @@ meets its own error bound.
 Error bounds (Oseledets 2011, "Tensor-Train Decomposition", Thm. 2.2 and Alg. 1-2): the errors of the d-1
 truncated SVDs of a sweep are orthogonal, so ``||A - TT(A)||_F^2 = sum_k err_k^2``. Giving every SVD the budget
 ``delta = eps ||A||_F / sqrt(d - 1)`` therefore guarantees ``||A - TT(A)||_F <= eps ||A||_F`` with the smallest
-rank per SVD, up to round-off: an ``eps`` near the dtype's own precision (1e-6 in float32) cannot be met exactly
-(a float32 ``8^4`` tensor kept at full ranks is 1.2e-6 from its input). A rank cap (``max_tt_rank``) is applied on top: where it binds, the error is the one of the cap
+rank per SVD, up to round-off: in float32 an ``eps`` below about 1e-5 (some tens of eps) may not be met (a
+float32 ``8^4`` tensor kept at full ranks is 1.2e-6 from its input; rounding adds its own round-off). A rank cap (``max_tt_rank``) is applied on top: where it binds, the error is the one of the cap
 (at most ``sqrt(d - 1)`` times the best possible with those ranks), not ``eps``. Pass ``max_tt_rank=None`` for
 the pure epsilon criterion.
 
