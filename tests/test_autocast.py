@@ -141,3 +141,33 @@ def test_float64_layers_stay_float64_under_autocast(gen, batch):
         assert all(c.grad is not None and c.grad.dtype == torch.float64 for c in cores)
         for c in cores:
             c.grad = None
+
+
+def test_norms_and_projections_keep_full_precision_under_autocast(gen):
+    """Their QR steps ran in float32 but autocast lowered the products between them: float32 results with
+    bfloat16's three digits (frobenius_norm 1.9e-3 off, project 7e-3)."""
+    x = tt.TensorTrain([c.float() for c in random_cores((4, 5, 6, 3), (1, 3, 3, 3, 1), gen=gen)])
+    z = torch.randn(4, 5, 6, 3, generator=gen)
+    plain = (tt.frobenius_norm(x), tt.frobenius_norm_squared(x), tt.project(z, x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = (tt.frobenius_norm(x), tt.frobenius_norm_squared(x), tt.project(z, x))
+    # (tt.full is a chain of products: under autocast it runs in bfloat16 as torch.mm does; it is taken outside)
+    under, plain = (*under[:2], tt.full(under[2])), (*plain[:2], tt.full(plain[2]))
+    for a, b in zip(under, plain, strict=True):
+        assert a.dtype == torch.float32
+        assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_cores_scaled_by_tensors_in_float32(gen):
+    """A 0-dim tensor scale, batch weights and tangent-sum coefficients were cast to float16 before multiplying:
+    1e5 became inf where the product fits (torch's own x_f16 * torch.tensor(1e5) does not round the scalar)."""
+    s = tt.TensorTrain([c.half() * 0.01 for c in random_cores((4, 5), (1, 2, 1), gen=gen)])
+    want = tt.full(s).double() * 1e5
+    for got in (s * torch.tensor(1e5), tt.multiply(s, torch.tensor(1e5)), s / torch.tensor(1e-5)):
+        assert got.dtype == torch.float16
+        assert_close(tt.full(got).double(), want, rtol=2e-3, atol=1e-3 * float(want.abs().max()))
+    b = tt.concat_along_batch_dim([s, s])
+    got = tt.full(tt.multiply_along_batch_dim(b, [1e5, 2.0])).double()
+    assert_close(got[0], want, rtol=2e-3, atol=1e-3 * float(want.abs().max()))
+    p = tt.project(tt.full(s), s)
+    assert bool(torch.isfinite(tt.full(tt.add_n_projected([p], coef=[1e5]))).all())

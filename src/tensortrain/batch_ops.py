@@ -28,6 +28,7 @@ from .operands import (
     scaled_sweep,
     vector_cores,
 )
+from .orthogonalization import compute_dtype
 from .tensor_train import TensorTrainBase, TensorTrainBatch
 
 __all__ = [
@@ -126,13 +127,14 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
             f"multiply_along_batch_dim: complex weights cannot scale {cores[0].dtype} cores (the imaginary "
             "parts would be dropped); cast first, e.g. tt.cast(batch, torch.complex128)"
         )
-    w = as_scales(weights, dtype=cores[0].dtype, device=cores[0].device, fn="multiply_along_batch_dim")
+    dtype, work = cores[0].dtype, compute_dtype(cores[0].dtype)  # (half cores: weights applied in float32)
+    w = as_scales(weights, dtype=work, device=cores[0].device, fn="multiply_along_batch_dim")
     if w.shape != (batch_tt.batch_size,):
         raise ShapeError(
             f"multiply_along_batch_dim: weights must have shape ({batch_tt.batch_size},) for a batch of "
             f"{batch_tt.batch_size}, got {tuple(w.shape)}"
         )
-    cores[0] = cores[0] * w.reshape(-1, *([1] * (cores[0].dim() - 1)))
+    cores[0] = (cores[0].to(work) * w.reshape(-1, *([1] * (cores[0].dim() - 1)))).to(dtype)
     return TensorTrainBatch(cores)
 
 

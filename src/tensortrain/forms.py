@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._transforms import transforms_active
+from ._transforms import transforms_active, without_autocast
 from .errors import ShapeError
 from .operands import (
     batched_cores,
@@ -49,6 +49,7 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------- norms
+@without_autocast  # (a norm, as torch.linalg's under autocast: float32 products, not bf16's 3 digits)
 def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) -> torch.Tensor:
     """The squared Frobenius norm ``sum |x|^2`` of a TT object (a vector for a batch).
 
@@ -207,6 +208,7 @@ def _scaled_last_core(cores: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return carry, exps
 
 
+@without_autocast
 def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bool = False) -> torch.Tensor:
     """The Frobenius norm of a TT object (a vector for a batch).
 

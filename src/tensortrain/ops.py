@@ -45,6 +45,7 @@ from .operands import (
     wrap,
     wrap_valid,
 )
+from .orthogonalization import compute_dtype
 from .products import flat_inner, matmul
 from .shapes import plain_scalar
 from .tensor_train import TensorTrainBase, check_cast
@@ -312,7 +313,9 @@ def multiply(tt_left: Any, right: Any) -> Any:
                 f"multiply: a complex tensor ({right.dtype}) cannot scale {cores[0].dtype} cores; cast first, "
                 "e.g. tt.cast(a, torch.complex64)"
             )
-        cores[0] = cores[0] * right.to(dtype=cores[0].dtype, device=cores[0].device)
+        # in float32 for half cores, as torch multiplies by a 0-dim operand: 1e5 in float16 is inf, 1e-7 subnormal
+        c0, work = cores[0], compute_dtype(cores[0].dtype)
+        cores[0] = (c0.to(work) * right.to(dtype=work, device=c0.device)).to(c0.dtype)
         return type(tt_left)._from_valid(cores)
     right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds
     if isinstance(right, bool) or not isinstance(right, numbers.Number):

@@ -28,8 +28,10 @@ from typing import Any
 import torch
 
 from . import tangent as ts
+from ._transforms import without_autocast
 from .errors import ShapeError
 from .operands import as_scales, describe
+from .orthogonalization import compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = [
@@ -55,6 +57,7 @@ def _check_real_scale(values: Any, dtype: torch.dtype, fname: str, name: str) ->
         )
 
 
+@without_autocast
 def project_sum(
     what: TensorTrainBase | torch.Tensor, where: TensorTrain, weights: torch.Tensor | None = None
 ) -> TensorTrainBase:
@@ -90,21 +93,23 @@ def project_sum(
     """
     deltas, u, v, _ = ts.project_deltas(what, where, "project_sum")
     bsz = deltas[0].shape[0]
+    dtype, work = deltas[0].dtype, compute_dtype(deltas[0].dtype)  # (half: weighted sums in float32)
     if weights is None:
-        w = torch.ones(bsz, 1, dtype=deltas[0].dtype, device=deltas[0].device)
+        w = torch.ones(bsz, 1, dtype=work, device=deltas[0].device)
     else:
-        _check_real_scale(weights, deltas[0].dtype, "project_sum", "weights")
-        w = as_scales(weights, dtype=deltas[0].dtype, device=deltas[0].device, fn="project_sum")
+        _check_real_scale(weights, dtype, "project_sum", "weights")
+        w = as_scales(weights, dtype=work, device=deltas[0].device, fn="project_sum")
         if w.dim() not in (1, 2) or w.shape[0] != bsz or w.numel() == 0:
             raise ShapeError(
                 f"project_sum: weights must have shape ({bsz},) or ({bsz}, N) with N >= 1, got {tuple(w.shape)}"
             )
     batch = w.dim() == 2 and weights is not None
     w = w.reshape(bsz, -1)
-    summed = [torch.einsum("on,o...->n...", w, dl) for dl in deltas]
+    summed = [torch.einsum("on,o...->n...", w, dl.to(work)).to(dtype) for dl in deltas]
     return ts.tangent(summed, u, v, where, batch=batch)  # type: ignore[return-value]
 
 
+@without_autocast
 def project(what: TensorTrainBase | torch.Tensor, where: TensorTrain) -> TensorTrainBase:
     """Project ``what`` onto the tangent space at ``where``, element by element for a batch.
 
@@ -161,6 +166,7 @@ def _matmul_flat(matrix: TensorTrain, what: TensorTrainBase, where: TensorTrain)
     return out
 
 
+@without_autocast
 def project_matmul(what: TensorTrainBase, where: TensorTrain, matrix: TensorTrain) -> TensorTrainBase:
     """Project ``matrix @ what`` onto the tangent space at ``where``, element by element for a batch.
 
@@ -455,11 +461,12 @@ def add_n_projected(
             raise ShapeError(f"{fname}: all inputs must have the same ranks and batch size")
     batch = isinstance(first, TensorTrainBatch)
     n = len(tt_objects)
+    work = compute_dtype(first.dtype)  # (half: weighted sums in float32)
     if coef is None:
-        c = torch.ones(n, dtype=first.dtype, device=first.device)
+        c = torch.ones(n, dtype=work, device=first.device)
     else:
         _check_real_scale(coef, first.dtype, fname, "coef")
-        c = as_scales(coef, dtype=first.dtype, device=first.device, fn=fname, name="coef")
+        c = as_scales(coef, dtype=work, device=first.device, fn=fname, name="coef")
     allowed: list[tuple[int, ...]] = [(n,)] + ([(n, first.shape[0])] if batch else [])
     if tuple(c.shape) not in allowed:
         raise ShapeError(
@@ -472,7 +479,7 @@ def add_n_projected(
     for k in range(first.ndims()):
         stack = torch.stack([dl[k] for dl in deltas])
         w = c.reshape(*c.shape, *([1] * (stack.dim() - c.dim())))
-        summed.append((w * stack).sum(0))
+        summed.append((w * stack.to(work)).sum(0).to(first.dtype))
     cores = list(ts.flat_cores(first))
     h = _half_ranks(first, fname)
     d = len(cores)
