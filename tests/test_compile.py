@@ -448,3 +448,44 @@ def test_operators_on_tt_objects_break_the_graph_instead_of_swapping_operands(ge
         (lambda cs: tt.full(-tt.TensorTrain(list(cs))), -wf),
     ):
         assert_close(_compiled(fn)(w.tt_cores), want)
+
+
+def test_second_order_and_symbolic_numbers_under_compile(gen):
+    """hessian_vector_product came back zero compiled (AOTAutograd has no double backward); a scale that changes
+    between calls, epsilon under dynamic=True, a batch whose size changes and complex cores failed fullgraph."""
+    torch._dynamo.reset()
+    y = random_tt((4, 5, 6), (1, 2, 2, 1), gen=gen)
+    v = torch.randn(4, 5, 6, dtype=torch.float64, generator=gen)
+    target = torch.randn(4, 5, 6, dtype=torch.float64, generator=gen)
+
+    def loss(t):
+        return 0.5 * ((tt.full(t) - target) ** 2).sum()
+
+    def hvp(*cores):
+        return tt.full(tt.hessian_vector_product(loss, tt.TensorTrain(list(cores)), v))
+
+    want = hvp(*y.tt_cores)
+    assert float(want.norm()) > 1
+    assert_close(torch.compile(hvp, backend=BACKEND)(*y.tt_cores), want)  # (runs eagerly inside)
+    with pytest.raises(TypeError, match="compiled by torch.compile"):
+        tt.hessian_vector_product(torch.compile(loss, backend=BACKEND), y, v)
+
+    scaled = _compiled(lambda s, *cores: tt.full(tt.TensorTrain(list(cores)) * s))
+    for s in (2.0, -3.0, 0.5):  # (dynamo makes s symbolic from its second value on)
+        assert_close(scaled(s, *y.tt_cores), s * tt.full(y))
+    norm = torch.compile(
+        lambda *cores: tt.frobenius_norm(tt.TensorTrain(list(cores))),
+        backend=BACKEND,
+        fullgraph=True,
+        dynamic=True,
+    )
+    assert_close(norm(*y.tt_cores), tt.full(y).norm())
+    orth = _compiled(lambda *cores: tt.full(tt.orthogonalize(tt.TensorTrainBatch(list(cores)))))
+    for b in (2, 3):
+        batch = tt.concat_along_batch_dim([y] * b)
+        assert_close(orth(*batch.tt_cores), tt.full(batch))
+    z = tt.cast(y, torch.complex128)
+    assert_close(
+        _compiled(lambda *cores: tt.frobenius_norm(tt.TensorTrain(list(cores))))(*z.tt_cores),
+        tt.full(y).norm(),
+    )

@@ -81,6 +81,7 @@ def _gauge_all(grads: list[torch.Tensor], u: list[torch.Tensor]) -> list[torch.T
     return [ts.gauge(u[k], g) for k, g in enumerate(grads[:-1])] + [grads[-1]]
 
 
+@torch.compiler.disable  # (its gauge check reads values: compiled, it failed on a data-dependent guard)
 def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorTrain:
     """The Riemannian gradient of a scalar function of a TT: the projection of its Euclidean gradient.
 
@@ -123,6 +124,7 @@ def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorT
     return ts.tangent(_gauge_all(grads, u), u, v, x, batch=False)  # type: ignore[return-value]
 
 
+@torch.compiler.disable  # (compiled, the double backward came back zero: AOTAutograd has none)
 def hessian_vector_product(
     func: Func, x: TensorTrain, vector: TensorTrainBase | torch.Tensor, runtime_check: bool = True
 ) -> TensorTrain:
@@ -140,9 +142,12 @@ def hessian_vector_product(
         result: no autograd graph to ``x``, ``vector`` or tensors ``func`` closes over.
 
     Raises:
-        TypeError: ``x`` is not a TensorTrain.
+        TypeError: ``x`` is not a TensorTrain, or ``func`` is compiled by ``torch.compile`` (AOTAutograd has no
+            double backward: the product came back zero).
         ShapeError: ``vector``'s shape, dtype or device disagrees with ``x``'s.
         ValueError: ``func`` does not return a scalar, or fails the gauge check.
+
+    Under ``torch.compile`` it runs eagerly (``torch.compiler.disable``), for the same reason.
 
     Shape:
         dense ``vector``: ``x.shape``.
@@ -160,6 +165,12 @@ def hessian_vector_product(
         True
     """
     fname = "hessian_vector_product"
+    compiled = getattr(func, "_torchdynamo_orig_callable", None) is not None
+    if compiled or isinstance(func, torch._dynamo.eval_frame.OptimizedModule):
+        raise TypeError(
+            f"{fname}: func is compiled by torch.compile, whose AOTAutograd has no double backward (the product "
+            "came back zero); pass the function itself, uncompiled"
+        )
     u, v, deltas = _delta_point(x, fname)
     if isinstance(vector, TensorTrainBase) and not isinstance(vector, TensorTrain):
         raise TypeError(f"{fname}: `vector` must be a TensorTrain or a dense tensor, got a batch")

@@ -50,8 +50,9 @@ def as_tensor(x: Any, dtype: torch.dtype | None = None, device: Any = None) -> t
 def wide_dtype(t: torch.Tensor) -> torch.dtype:
     """float64 (complex128 for a complex ``t``), float32 on MPS, which has no float64: the type for norms and
     rank decisions that must not over- or underflow ``t``'s own dtype."""
-    real = torch.float32 if t.device.type == "mps" else torch.float64
-    return real.to_complex() if t.is_complex() else real
+    if t.is_complex():  # (a lookup: dynamo does not trace dtype.to_complex())
+        return torch.complex64 if t.device.type == "mps" else torch.complex128
+    return torch.float32 if t.device.type == "mps" else torch.float64
 
 
 def pow2_exponents(t: torch.Tensor) -> torch.Tensor:

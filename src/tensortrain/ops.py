@@ -297,6 +297,14 @@ def multiply(tt_left: Any, right: Any) -> Any:
     check_tt(tt_left, "multiply", "one operand")
     if isinstance(right, TensorTrainBase):
         return _hadamard(tt_left, right)
+    if isinstance(right, (torch.SymFloat, torch.SymInt)) or (
+        torch.compiler.is_compiling() and type(right) in (int, float)
+    ):
+        # a number that may vary while compiling (a schedule, an argument: dynamo makes it symbolic from its
+        # second value on): no value to spread, read or check; the first core takes it, as a 0-dim tensor's scale
+        cores = list(tt_left.tt_cores)
+        cores[0] = cores[0] * right
+        return type(tt_left)._from_valid(cores)
     if isinstance(right, torch.Tensor):
         if right.dim() != 0:
             raise TypeError(
@@ -423,9 +431,13 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
         True
     """
     check_tt(tt, "renormalize_tt_cores", "tt")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+    # (compiling with dynamic=True, epsilon is symbolic: no value to check, and math.isfinite does not trace)
+    symbolic = isinstance(epsilon, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling()
+    if not symbolic and (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real)):
         raise TypeError(f"renormalize_tt_cores: epsilon must be a real number, got {epsilon!r}")
-    if not math.isfinite(epsilon) or epsilon < 0:  # (an infinite floor made every core NaN)
+    if not symbolic and (
+        not math.isfinite(epsilon) or epsilon < 0
+    ):  # (an infinite floor made every core NaN)
         raise ValueError(f"renormalize_tt_cores: epsilon must be a finite number >= 0, got {epsilon!r}")
     cores = batched_cores(tt)
     # (d, B) norms in float64 (float32 on MPS): the cores this is meant for may have norms whose squares leave

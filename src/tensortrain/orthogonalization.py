@@ -187,7 +187,7 @@ def _sweep_layout(cores: list[torch.Tensor], scaled: bool) -> tuple[tuple[int, .
     products run on, and the product. A plain sweep over a single TT element takes 2-D QRs and products (LAPACK's
     and BLAS's unbatched calls, about 1 us cheaper a step on small cores)."""
     out = tuple(cores[0].shape[:-3])
-    single = not out or out[0] == 1
+    single = len(out) == 0 or out[0] == 1  # (`not out` fails to trace on a symbolic batch size)
     return (out, (), torch.mm) if single and not scaled else (out, out, torch.bmm)
 
 

@@ -54,6 +54,8 @@ def int_at_least(value: Any, low: int, what: str, error: type[ValueError] = Valu
 def plain_scalar(value: Any) -> Any:
     """A 0-dim NumPy/torch value as the Python number it holds (anything else unchanged): for messages and for
     argument forms such as t3f's ``3 * np.ones(d + 1)``."""
+    if type(value) in (int, float, complex):  # (the common case; dynamo cannot hasattr a symbolic float)
+        return value
     item = getattr(value, "item", None)
     return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
 

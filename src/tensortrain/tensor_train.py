@@ -444,6 +444,8 @@ class TensorTrainBase:
             return ops.multiply(
                 self, torch.reciprocal(other.to(torch.promote_types(other.dtype, self.dtype)))
             )
+        if isinstance(other, (torch.SymFloat, torch.SymInt)):  # (a number that varies while compiling)
+            return ops.multiply(self, 1 / other)
         other = plain_scalar(other)  # NumPy scalars as Python numbers (float64), as multiply reads them
         if isinstance(other, bool) or not isinstance(other, numbers.Number):
             return NotImplemented  # Python's TypeError then names both operand types
