@@ -143,7 +143,8 @@ def hessian_vector_product(
 
     Raises:
         TypeError: ``x`` is not a TensorTrain, or ``func`` is compiled by ``torch.compile`` (AOTAutograd has no
-            double backward: the product came back zero).
+            double backward: the product came back zero; a plain function that calls a compiled one is not
+            detected, and gives zero).
         ShapeError: ``vector``'s shape, dtype or device disagrees with ``x``'s.
         ValueError: ``func`` does not return a scalar, or fails the gauge check.
 
@@ -165,7 +166,9 @@ def hessian_vector_product(
         True
     """
     fname = "hessian_vector_product"
+    # (torch.compile's wrappers carry the original; torch.compiler.disable's too, marked as disabled)
     compiled = getattr(func, "_torchdynamo_orig_callable", None) is not None
+    compiled = compiled and not getattr(func, "_torchdynamo_disable", False)
     if compiled or isinstance(func, torch._dynamo.eval_frame.OptimizedModule):
         raise TypeError(
             f"{fname}: func is compiled by torch.compile, whose AOTAutograd has no double backward (the product "

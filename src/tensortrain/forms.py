@@ -236,11 +236,11 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         >>> bool(abs(tt.frobenius_norm(a) - tt.full(a).norm()) < 1e-4)
         True
     """
-    # (compiling with dynamic=True, epsilon is symbolic: no value to check, and math.isfinite does not trace)
-    symbolic = isinstance(epsilon, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling()
+    symbolic = isinstance(epsilon, (torch.SymFloat, torch.SymInt))
     if not symbolic and (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real)):
         raise TypeError(f"frobenius_norm: epsilon must be a real number, got {epsilon!r}")
-    if not symbolic and (not math.isfinite(epsilon) or epsilon < 0):
+    # (comparisons, not math.isfinite, which does not trace a symbolic epsilon under dynamic=True)
+    if not (epsilon == epsilon and abs(epsilon) != math.inf and epsilon >= 0):
         raise ValueError(f"frobenius_norm: epsilon must be a finite number >= 0, got {epsilon!r}")
     epsilon = float(epsilon)
     if not differentiable:

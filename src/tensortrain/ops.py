@@ -297,14 +297,6 @@ def multiply(tt_left: Any, right: Any) -> Any:
     check_tt(tt_left, "multiply", "one operand")
     if isinstance(right, TensorTrainBase):
         return _hadamard(tt_left, right)
-    if isinstance(right, (torch.SymFloat, torch.SymInt)) or (
-        torch.compiler.is_compiling() and type(right) in (int, float)
-    ):
-        # a number that may vary while compiling (a schedule, an argument: dynamo makes it symbolic from its
-        # second value on): no value to spread, read or check; the first core takes it, as a 0-dim tensor's scale
-        cores = list(tt_left.tt_cores)
-        cores[0] = cores[0] * right
-        return type(tt_left)._from_valid(cores)
     if isinstance(right, torch.Tensor):
         if right.dim() != 0:
             raise TypeError(
@@ -326,6 +318,10 @@ def multiply(tt_left: Any, right: Any) -> Any:
         cores[0] = (c0.to(work) * right.to(dtype=work, device=c0.device)).to(c0.dtype)
         return type(tt_left)._from_valid(cores)
     right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds
+    if isinstance(right, (torch.SymFloat, torch.SymInt)) or type(right) in (int, float):
+        # a real number, perhaps symbolic while compiling (a schedule: dynamo makes it a symbol from its second
+        # value on): real arithmetic only, which dynamo traces (complex() of a symbol it does not)
+        return type(tt_left)._from_valid(_scale_real(list(tt_left.tt_cores), right))
     if isinstance(right, bool) or not isinstance(right, numbers.Number):
         raise TypeError(f"multiply: expects a number or a TT object, got {type(right).__name__}")
     c = complex(right)  # type: ignore[call-overload]
@@ -335,6 +331,18 @@ def multiply(tt_left: Any, right: Any) -> Any:
             "e.g. tt.cast(a, torch.complex64)"
         )
     return type(tt_left)._from_valid(_scale_balanced(list(tt_left.tt_cores), c))
+
+
+def _scale_real(cores: list[torch.Tensor], c: Any) -> list[torch.Tensor]:
+    """:func:`_scale_balanced` for a real (possibly symbolic) ``c``: ``|c|^(1/d)`` on each core, the sign on the
+    first; an infinite or NaN ``c`` on the first core alone."""
+    d = len(cores)
+    if c == 0:
+        return [core * 0.0 for core in cores]
+    if not (c == c and abs(c) != math.inf):  # (not math.isfinite: it does not trace a symbol)
+        return [cores[0] * c, *cores[1:]]
+    each = abs(c) ** (1.0 / d)
+    return [cores[0] * (c / each ** (d - 1))] + [core * each for core in cores[1:]]
 
 
 def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]:
@@ -431,13 +439,11 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
         True
     """
     check_tt(tt, "renormalize_tt_cores", "tt")
-    # (compiling with dynamic=True, epsilon is symbolic: no value to check, and math.isfinite does not trace)
-    symbolic = isinstance(epsilon, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling()
+    symbolic = isinstance(epsilon, (torch.SymFloat, torch.SymInt))
     if not symbolic and (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real)):
         raise TypeError(f"renormalize_tt_cores: epsilon must be a real number, got {epsilon!r}")
-    if not symbolic and (
-        not math.isfinite(epsilon) or epsilon < 0
-    ):  # (an infinite floor made every core NaN)
+    # (an infinite floor made every core NaN; comparisons, not math.isfinite, which does not trace a symbol)
+    if not (epsilon == epsilon and abs(epsilon) != math.inf and epsilon >= 0):
         raise ValueError(f"renormalize_tt_cores: epsilon must be a finite number >= 0, got {epsilon!r}")
     cores = batched_cores(tt)
     # (d, B) norms in float64 (float32 on MPS): the cores this is meant for may have norms whose squares leave
