@@ -476,6 +476,11 @@ def test_second_order_and_symbolic_numbers_under_compile(gen):
     scaled = _compiled(lambda s, *cores: tt.full(tt.TensorTrain(list(cores)) * s))
     for s in (2.0, -3.0, 0.5):  # (dynamo makes s symbolic from its second value on)
         assert_close(scaled(s, *y.tt_cores), s * tt.full(y))
+    # a float16 TT scaled by 1e5 stays finite compiled, as eagerly: the number is spread over the cores (e1db27d put
+    # it all on the first core while compiling, which overflowed)
+    h = tt.TensorTrain([c.half() for c in y.tt_cores])
+    compiled_h = _compiled(lambda *cores: tt.TensorTrain(list(cores)) * 1e5)(*h.tt_cores)
+    assert all(bool(torch.isfinite(c).all()) for c in compiled_h.tt_cores)
     norm = torch.compile(
         lambda *cores: tt.frobenius_norm(tt.TensorTrain(list(cores))),
         backend=BACKEND,
