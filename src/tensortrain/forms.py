@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +36,7 @@ from .operands import (
     wide_dtype,
 )
 from .products import inner_sweep
+from .shapes import check_nonnegative
 from .tensor_train import TensorTrainBase
 
 __all__ = [
@@ -236,12 +236,7 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         >>> bool(abs(tt.frobenius_norm(a) - tt.full(a).norm()) < 1e-4)
         True
     """
-    symbolic = isinstance(epsilon, (torch.SymFloat, torch.SymInt))
-    if not symbolic and (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real)):
-        raise TypeError(f"frobenius_norm: epsilon must be a real number, got {epsilon!r}")
-    # (comparisons, not math.isfinite, which does not trace a symbolic epsilon under dynamic=True)
-    if not (epsilon == epsilon and abs(epsilon) != math.inf and epsilon >= 0):
-        raise ValueError(f"frobenius_norm: epsilon must be a finite number >= 0, got {epsilon!r}")
+    check_nonnegative(epsilon, "frobenius_norm: epsilon")  # (as renormalize_tt_cores)
     epsilon = float(epsilon)
     if not differentiable:
         # the value from the QR sweep's norm, in a wide type: a norm whose square leaves the cores' dtype range

@@ -47,7 +47,7 @@ from .operands import (
 )
 from .orthogonalization import compute_dtype
 from .products import flat_inner, matmul
-from .shapes import plain_scalar
+from .shapes import check_nonnegative, plain_scalar
 from .tensor_train import TensorTrainBase, check_cast
 
 __all__ = [
@@ -320,8 +320,8 @@ def multiply(tt_left: Any, right: Any) -> Any:
     right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds
     if isinstance(right, (torch.SymFloat, torch.SymInt)) or type(right) in (int, float):
         # a real number, perhaps symbolic while compiling (a schedule: dynamo makes it a symbol from its second
-        # value on): real arithmetic only, which dynamo traces (complex() of a symbol it does not)
-        return type(tt_left)._from_valid(_scale_real(list(tt_left.tt_cores), right))
+        # value on): no complex(), which dynamo does not trace on a symbol
+        return type(tt_left)._from_valid(_scale_balanced(list(tt_left.tt_cores), right))
     if isinstance(right, bool) or not isinstance(right, numbers.Number):
         raise TypeError(f"multiply: expects a number or a TT object, got {type(right).__name__}")
     c = complex(right)  # type: ignore[call-overload]
@@ -330,32 +330,21 @@ def multiply(tt_left: Any, right: Any) -> Any:
             f"multiply: a complex number {right!r} cannot scale {tt_left.dtype} cores; cast first, "
             "e.g. tt.cast(a, torch.complex64)"
         )
-    return type(tt_left)._from_valid(_scale_balanced(list(tt_left.tt_cores), c))
+    return type(tt_left)._from_valid(_scale_balanced(list(tt_left.tt_cores), c if c.imag != 0 else c.real))
 
 
-def _scale_real(cores: list[torch.Tensor], c: Any) -> list[torch.Tensor]:
-    """:func:`_scale_balanced` for a real (possibly symbolic) ``c``: ``|c|^(1/d)`` on each core, the sign on the
-    first; an infinite or NaN ``c`` on the first core alone."""
+def _scale_balanced(cores: list[torch.Tensor], c: Any) -> list[torch.Tensor]:
+    """``|c|^(1/d)`` on each core, the sign or phase on the first; ``c`` a real (possibly symbolic) or complex
+    number."""
     d = len(cores)
     if c == 0:
         return [core * 0.0 for core in cores]
-    if not (c == c and abs(c) != math.inf):  # (not math.isfinite: it does not trace a symbol)
+    # inf / inf**(d - 1) would be NaN: the whole factor goes on the first core (comparisons, not math.isfinite,
+    # which does not trace a symbol; NaN != NaN, and abs is inf for a complex with an infinite part)
+    if not (c == c and abs(c) != math.inf):
         return [cores[0] * c, *cores[1:]]
     each = abs(c) ** (1.0 / d)
     return [cores[0] * (c / each ** (d - 1))] + [core * each for core in cores[1:]]
-
-
-def _scale_balanced(cores: list[torch.Tensor], c: complex) -> list[torch.Tensor]:
-    d = len(cores)
-    value: complex | float = c if c.imag != 0 else c.real
-    if c == 0:
-        return [core * 0.0 for core in cores]
-    # inf / inf**(d - 1) would be NaN: the whole factor goes on the first core (math, not cmath: dynamo traces it)
-    if not (math.isfinite(c.real) and math.isfinite(c.imag)):
-        return [cores[0] * value, *cores[1:]]
-    each = abs(c) ** (1.0 / d)
-    first = value / each ** (d - 1)  # carries the sign / phase
-    return [cores[0] * first] + [core * each for core in cores[1:]]
 
 
 def _hadamard(a: TensorTrainBase, b: TensorTrainBase) -> Any:
@@ -439,12 +428,7 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
         True
     """
     check_tt(tt, "renormalize_tt_cores", "tt")
-    symbolic = isinstance(epsilon, (torch.SymFloat, torch.SymInt))
-    if not symbolic and (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real)):
-        raise TypeError(f"renormalize_tt_cores: epsilon must be a real number, got {epsilon!r}")
-    # (an infinite floor made every core NaN; comparisons, not math.isfinite, which does not trace a symbol)
-    if not (epsilon == epsilon and abs(epsilon) != math.inf and epsilon >= 0):
-        raise ValueError(f"renormalize_tt_cores: epsilon must be a finite number >= 0, got {epsilon!r}")
+    check_nonnegative(epsilon, "renormalize_tt_cores: epsilon")  # (an infinite floor made every core NaN)
     cores = batched_cores(tt)
     # (d, B) norms in float64 (float32 on MPS): the cores this is meant for may have norms whose squares leave
     # their own dtype's range (a float32 core of norm 1e20 would read as inf, one of 1e-20 as 0)

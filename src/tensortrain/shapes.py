@@ -51,6 +51,18 @@ def int_at_least(value: Any, low: int, what: str, error: type[ValueError] = Valu
     return n
 
 
+def check_nonnegative(value: Any, what: str) -> None:
+    """``value`` is a finite real number >= 0 (else a TypeError or ValueError naming ``what``); a symbolic one
+    (``torch.compile`` with ``dynamic=True``) is compared, not passed to ``math.isfinite``, which does not trace."""
+    if not isinstance(value, (torch.SymFloat, torch.SymInt)) and (
+        isinstance(value, bool) or not isinstance(value, numbers.Real)
+    ):
+        raise TypeError(f"{what} must be a real number, got {value!r}")
+    v: Any = value  # (a Real, SymFloat or SymInt: the comparisons below take each)
+    if not (v == v and abs(v) != math.inf and v >= 0):
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+
+
 def plain_scalar(value: Any) -> Any:
     """A 0-dim NumPy/torch value as the Python number it holds (anything else unchanged): for messages and for
     argument forms such as t3f's ``3 * np.ones(d + 1)``."""
