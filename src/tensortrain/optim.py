@@ -29,7 +29,7 @@ import torch
 from . import decompositions
 from . import tangent as ts
 from .operands import rescale_pow2, scale_pow2
-from .orthogonalization import compute_dtype
+from .orthogonalization import all_finite, compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
 __all__ = ["RiemannianSGD", "riemannian_gradient_from_cores"]
@@ -173,7 +173,7 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
             f"riemannian_gradient_from_cores: the gradients of cores {odd} have dtype {grads[odd[0]].dtype} on "
             f"{grads[odd[0]].device}, the cores {x.dtype} on {x.device}"
         )
-    if not all(bool(torch.isfinite(a).all()) for a in grads):
+    if not all_finite(grads):
         raise ValueError("riemannian_gradient_from_cores: a core's gradient contains NaN or inf")
     _check_nonzero(list(x.tt_cores), "riemannian_gradient_from_cores")
     point = x.detach()
@@ -273,7 +273,7 @@ class RiemannianSGD(torch.optim.Optimizer):
                 f"RiemannianSGD: cores {frozen} of a TT are frozen (requires_grad=False) and the others are not; "
                 "a Riemannian step rewrites every core of its TT: freeze all of them or none (no TT was changed)"
             )
-        if not all(bool(torch.isfinite(c.grad).all()) for c in cores if c.grad is not None):
+        if not all_finite([c.grad for c in cores if c.grad is not None]):
             raise ValueError("RiemannianSGD: a core's gradient contains NaN or inf; no TT was changed")
         _check_nonzero(cores, "RiemannianSGD (no TT was changed)")
         return True

@@ -152,9 +152,8 @@ def _plain_first(sweep: Any, cores: list[torch.Tensor]) -> list[torch.Tensor]:
     products (they grow by up to ``sqrt(n_k)`` per step more than the entries' scale). Scaled directly under
     compile and ``torch.func`` transforms and on meta tensors, where nothing may sync."""
     if len(cores) < 2:
-        return [
-            c.clone() for c in cores
-        ]  # new memory, as every longer train gets (the input's cores stay apart)
+        # new memory, as every longer train gets (the input's cores stay apart)
+        return [c.clone() for c in cores]
     if cores[0].device.type != "meta" and not transforms_active():
         out, tops = sweep(cores, False)
         # (one sync: every carried R's and the norm core's largest magnitude in the normal range, tested in Python
@@ -283,10 +282,8 @@ def orthogonalize(tt: TensorTrainBase, left_to_right: bool = True) -> Any:
         (1, 3, 3, 1)
     """
     check_finite_cores(tt, "orthogonalize")
-    flag = plain_scalar(left_to_right)
-    if not (
-        isinstance(flag, bool) or (isinstance(flag, int) and flag in (0, 1))
-    ):  # "right_to_left" is truthy
+    flag = plain_scalar(left_to_right)  # (a string such as "right_to_left" is truthy: refused, not swept)
+    if not (isinstance(flag, bool) or (isinstance(flag, int) and flag in (0, 1))):
         raise TypeError(f"orthogonalize: left_to_right must be a bool (or 0/1), got {left_to_right!r}")
     left_to_right = bool(left_to_right)
     cores, batch, raw = merge_modes(tt)

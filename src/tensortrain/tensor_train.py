@@ -596,10 +596,10 @@ class TensorTrainBatch(TensorTrainBase):
         from . import indexing
 
         if isinstance(index, tuple) or index is Ellipsis:
+            items = list(index) if isinstance(index, tuple) else [index]
             if self.is_tt_matrix():
                 # batch indices only: (i,), (i, ...), ... and () index the batch (or nothing), as numpy reads
                 # them; anything reaching a mode is refused by getitem with its message
-                items = list(index) if isinstance(index, tuple) else [index]
                 if sum(it is Ellipsis for it in items) > 1:
                     raise IndexError("an index can only have a single ellipsis ('...')")
                 while items and items[-1] is Ellipsis:
@@ -607,7 +607,6 @@ class TensorTrainBatch(TensorTrainBase):
                 if len(items) <= 1 and not any(it is Ellipsis for it in items):
                     return self if not items else self[items[0]]
                 return indexing.getitem(self, index)
-            items = list(index) if isinstance(index, tuple) else [index]
             picked = indexing.getitem(self, index)
             # the first item indexes the batch (or is an ellipsis); when every other one keeps its modes whole, the
             # elements picked are still tangent vectors at the same point

@@ -90,9 +90,8 @@ def linear_cores(
     """
     if not isinstance(input, torch.Tensor):  # as nn.Linear: a TypeError, not an AttributeError from .dim()
         raise TypeError(f"tt_linear: input must be a Tensor, got {type(input).__name__}{fx_hint(input)}")
-    if (
-        input.is_nested
-    ):  # (before the shape read below, which a nested tensor fails with torch's internal error)
+    # (before the shape read below, which a nested tensor fails with torch's internal error)
+    if input.is_nested:
         contraction.check_operand("tt_linear", "input", input, cores[0])
     c0 = cores[0]
     m = n = 1
