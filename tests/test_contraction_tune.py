@@ -146,6 +146,30 @@ def test_no_tuning_under_transforms_or_on_meta(gen, monkeypatch):
     assert C.linear(x.to("meta"), meta, strategy="tune").shape == (8, 60)
 
 
+def test_no_tuning_on_fake_tensors(gen, monkeypatch):
+    """Fake tensors (FakeTensorMode: memory estimates, dry runs) were "timed" and the winner cached under the real
+    device's key, so a real layer of the same shapes later reused it untimed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(R, "_measure", lambda *_: pytest.fail("timed fake tensors"))
+    with FakeTensorMode():
+        layer = tt.nn.TTLinear(60, 60, tt_rank=4, in_dims=(3, 4, 5), out_dims=(4, 5, 3))
+        layer.strategy = "tune"
+        assert layer(torch.randn(256, 60)).shape == (256, 60)
+    assert C.plan_cache_size() == 0
+
+
+def test_tuning_syncs_devices_whose_synchronize_takes_no_device(monkeypatch):
+    """torch.mps.synchronize() takes no argument: the first tuned call on MPS raised a TypeError."""
+    calls = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("mps"))
+    R._sync(torch.device("mps"))()
+    monkeypatch.setattr(torch.mps, "synchronize", lambda device=None: calls.append(device))
+    R._sync(torch.device("mps"))()
+    assert calls == ["mps", torch.device("mps")]
+    R._sync(torch.device("cpu"))()  # (nothing to wait for)
+
+
 def test_compiled_tune_is_auto(gen, monkeypatch):
     monkeypatch.setattr(R, "_measure", lambda *_: pytest.fail("timed while compiling"))
     layer = tt.nn.TTLinear(60, 60, tt_rank=4, in_dims=(3, 4, 5), out_dims=(4, 5, 3))
@@ -217,7 +241,7 @@ def test_first_layers_and_frozen_cores_tune_their_own_backward(gen, monkeypatch)
 
 def test_a_device_sync_is_only_for_devices_that_queue_work():
     assert R._sync(torch.device("cpu"))() is None
-    assert R.tunable(torch.device("cpu")) and not R.tunable(torch.device("meta"))
+    assert R.tunable(torch.zeros(1)) and not R.tunable(torch.zeros(1, device="meta"))
 
 
 def test_tuned_choice_is_among_the_candidates_on_a_real_layer(gen):

@@ -670,7 +670,7 @@ def test_meta_tensors_decompose_by_rank_and_refuse_epsilon():
     m = tt.to_tt_matrix(w, [[8, 8], [6, 8]], max_tt_rank=4)
     assert m.tt_ranks == (1, 4, 1) and m.device.type == "meta"
     assert tt.round(tt.random_tensor((4, 4, 4), tt_rank=3).to("meta"), max_tt_rank=2).tt_ranks == (1, 2, 2, 1)
-    with pytest.raises(ValueError, match="meta tensor has no values; pass max_tt_rank alone"):
+    with pytest.raises(ValueError, match="a meta tensor has no values to read; pass max_tt_rank alone"):
         tt.to_tt_matrix(w, [[8, 8], [6, 8]], max_tt_rank=None, epsilon=0.1)
     with pytest.raises(ValueError, match="round: epsilon picks the ranks"):
         tt.round(tt.random_tensor((4, 4, 4), tt_rank=3).to("meta"), epsilon=0.1)

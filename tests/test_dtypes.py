@@ -246,6 +246,51 @@ def test_norm_under_vmap_and_on_meta_and_fake_tensors():
         assert tt.frobenius_norm(fake).shape == ()
 
 
+def test_value_checks_skip_fake_tensors():
+    """Checks that read values (finiteness, index ranges, zero cores, singular factors, gauge invariance) ran on
+    fake tensors (FakeTensorMode: shape and memory dry runs) and failed with torch's data-dependent error, where
+    meta tensors skipped them; the layer cache also read fake data pointers (a deprecation warning)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        a = tt.random_tensor((3, 4, 5), tt_rank=3)
+        assert tt.full(tt.round(a, max_tt_rank=2)).shape == (3, 4, 5)
+        assert tt.gather_nd(a, torch.tensor([[0, 1, 2]])).shape == (1,)
+        assert tt.gather_nd(tt.random_tensor_batch((3, 4), tt_rank=2, batch_size=2), [[1, 0, 3]]).shape == (
+            1,
+        )
+        assert tt.full(tt.orthogonalize(a)).shape == (3, 4, 5)
+        g = tt.gradients(lambda y: tt.frobenius_norm_squared(y), a)
+        assert tt.full(g).shape == (3, 4, 5)
+        assert tt.kronecker.determinant(tt.random_matrix([[2, 3], [2, 3]], tt_rank=1)).shape == ()
+        lin = tt.nn.TTLinear(60, 60, tt_rank=4, in_dims=(3, 4, 5), out_dims=(4, 5, 3))
+        with torch.no_grad():
+            assert lin(torch.randn(8, 60)).shape == (8, 60)  # (an inference call: the cache's path)
+        lin(torch.randn(8, 60)).sum().backward()
+        with pytest.raises(ValueError, match="a fake tensor .* has no values to read"):
+            tt.optim.RiemannianSGD([lin.cores], lr=0.1).step()  # (its rounding picks ranks from values)
+        emb = tt.nn.TTEmbedding(1000, 64, tt_rank=4)
+        assert emb(torch.randint(0, 1000, (4, 5))).shape == (4, 5, 64)
+        assert not lin._cache
+
+
+def test_lists_become_tensors_on_the_operands_device():
+    """Index lists and bias lists were made on the default device: with CPU operands under
+    ``torch.set_default_device("meta")`` (or a GPU), a copy from the default device, which meta cannot give."""
+    gen = torch.Generator().manual_seed(0)
+    b = tt.random_tensor_batch((3, 4), tt_rank=2, batch_size=3, generator=gen)
+    w = tt.random_matrix([[2, 3], [2, 2]], tt_rank=2, generator=gen)
+    want = (tt.full(b[[2, 0]]), tt.full(b[::-1]), tt.gather_nd(b, torch.tensor([[1, 0, 3]])))
+    with torch.device("meta"):
+        got = (tt.full(b[[2, 0]]), tt.full(b[::-1]), tt.gather_nd(b, [[1, 0, 3]]))
+        layer = tt.nn.TTLinear.from_tt(w, bias=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        layer.load_tt_(w, bias=[0.0] * 6)
+    for g, v in zip(got, want, strict=True):
+        assert g.device.type == "cpu"
+        assert_close(g, v)
+    assert layer.bias.device.type == "cpu" and not layer.bias.any()
+
+
 def test_float64_orthogonal_forms_whose_scale_factor_exceeds_float64():
     """Putting the carried exponent back built 2^e alone, which overflows float64 past e = 1023 although the
     core it multiplies fits: inf and NaN cores for a tensor of norm 1.25e101."""

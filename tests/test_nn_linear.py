@@ -767,7 +767,7 @@ def test_nothing_is_kept_while_a_cuda_graph_is_captured(monkeypatch):
     """A merge kept from a call inside a CUDA graph capture (or read from the cache there) is a constant of the
     graph: its replays missed in-place updates of the cores. The capture itself needs a GPU (tests/test_cuda.py);
     here the capture test is faked, and no call may store or read a kept merge."""
-    import tensortrain.contraction_cache as cache_module
+    import tensortrain._transforms as cache_module  # (valueless() asks capturing() there)
 
     layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), dtype=torch.float64)
     x = torch.randn(300, 24, dtype=torch.float64)

@@ -190,7 +190,15 @@ def test_a_gpu_plans_without_the_cpus_cache_cliffs():
 
     gpu, cpu = cost.machine("cuda", 4), cost.machine("cpu", 4)
     assert not gpu.cache_cliffs and cpu.cache_cliffs
-    assert cost.cache_cliffs("cpu") and not cost.cache_cliffs("cuda") and cost.cache_cliffs("meta")
+    assert cost.cache_cliffs("cpu") and not cost.cache_cliffs("cuda")
+    # other accelerators plan like CUDA: with the CPU's cliffs an mps or xpu batch of 8192 ran in 256 chunks
+    assert not any(map(cost.cache_cliffs, ("mps", "xpu", "hpu", "meta")))
+    assert cost.chunking(
+        ((8, 8, 8, 8), (8, 8, 8, 8), (1, 16, 16, 16, 1)), ((0, 2), (2, 4)), "rtl", 4, False
+    ) == (
+        cost.NO_CHUNKS,
+        cost.NO_CHUNKS,
+    )
     dims = ((8, 8, 8, 8), (8, 8, 8, 8), (1, 16, 16, 16, 1))
     groups = ((0, 2), (2, 4))
     rows, whole = cost.chunking(dims, groups, "rtl", 4, cpu.cache_cliffs)

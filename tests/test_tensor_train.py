@@ -416,3 +416,11 @@ def test_normalize_tt_rank_refuses_full_ranks_not_ending_in_one():
     with pytest.raises(tt.ShapeError, match="boundary ranks must be 1"):
         tt.normalize_tt_rank([2, 2, 2, 1], 3)
     assert tt.normalize_tt_rank([1, 2, 3, 1], 3) == (1, 2, 3, 1)
+
+
+def test_cuda_refuses_devices_of_other_types():
+    """``.cuda("meta")`` moved the TT to meta where ``torch.Tensor.cuda`` raises."""
+    x = tt.random_tensor((2, 3), tt_rank=2)
+    for dev in ("meta", torch.device("cpu"), "cpu"):
+        with pytest.raises(ValueError, match="expected a CUDA device, got"):
+            x.cuda(dev)

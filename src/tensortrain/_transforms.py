@@ -46,6 +46,20 @@ def capturing(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
+try:  # (private in torch; FakeTensorMode is what shape and memory dry runs, and torch.compile, trace with)
+    from torch._subclasses.fake_tensor import FakeTensor as _FakeTensor
+except ImportError:  # pragma: no cover  (every supported torch has it)
+    _FakeTensor = ()  # type: ignore[assignment,misc]
+
+
+def valueless(t: torch.Tensor) -> bool:
+    """True where ``t``'s values cannot be read on the host: a meta tensor, a fake one (``FakeTensorMode``, as
+    memory estimators and dry runs use; reading one raises a data-dependent error), or a CUDA tensor while a
+    graph is captured (:func:`capturing`). Value checks are skipped there, as under a transform, and nothing
+    computed is kept between calls."""
+    return t.device.type == "meta" or isinstance(t, _FakeTensor) or capturing(t)
+
+
 def _autocast_knows(device_type: str) -> bool:
     try:
         torch.is_autocast_enabled(device_type)

@@ -14,7 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
-from ._transforms import capturing, full_precision
+from ._transforms import full_precision, valueless
 from .contraction_plan import Groups, dims_of
 
 __all__ = ["cached", "cached_halves", "cached_supers"]
@@ -61,8 +61,8 @@ def cached(
     unreferenced, and a value first made under ``torch.inference_mode`` can still be saved for backward by a
     later call that trains only the bias.
     """
-    if capturing(cores[0]):
-        # a CUDA graph being captured would bake a kept value into the graph, whose replays would then miss later
+    if valueless(cores[0]):
+        # (meta and fake cores have no data pointer or values worth keeping) a CUDA graph being captured would bake a kept value into the graph, whose replays would then miss later
         # in-place updates of the cores (an optimizer step), which a captured nn.Linear sees: merged in the graph,
         # every replay merges the cores as they are then
         return make(cores)

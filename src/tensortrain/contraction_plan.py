@@ -328,8 +328,8 @@ def choose_program(
             # (imported here: the tuner runs the executors, which sit after this module in the data flow)
             from .contraction_run import tunable, tune
 
-            if transforms_active() or not tunable(c0.device):
-                # nothing is timed under a transform (torch.func, jit tracing), on meta tensors or while a CUDA
+            if transforms_active() or not tunable(c0):
+                # nothing is timed under a transform (torch.func, jit tracing), on meta or fake tensors or while a CUDA
                 # graph is captured: the cost model's choice, not cached, so that a later eager call tunes
                 return _cost.choose(
                     dims, "auto", bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need

@@ -19,6 +19,7 @@ Private: :mod:`tensortrain.contraction` is the public namespace.
 from __future__ import annotations
 
 import functools
+import inspect
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ import torch
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
+from ._transforms import valueless
 from .contraction_cache import cached_halves, cached_supers
 from .contraction_plan import Groups, Program, chunk_rows, dims_of
 
@@ -108,15 +110,18 @@ def _sync(device: torch.device) -> Callable[[], None]:
     synchronize = getattr(mod, "synchronize", None) if device.type != "cpu" else None
     if synchronize is None:
         return lambda: None
-    return lambda: synchronize(device)
+    try:  # (torch.cuda's and torch.xpu's take the device; torch.mps's takes nothing: there is one)
+        takes_device = bool(inspect.signature(synchronize).parameters)
+    except (TypeError, ValueError):  # no signature to read
+        takes_device = True
+    return (lambda: synchronize(device)) if takes_device else synchronize
 
 
-def tunable(device: torch.device) -> bool:
-    """Whether calls on this device may be timed now: not on meta tensors (no data), nor while a CUDA graph is
-    being captured (a synchronize would break the capture)."""
-    if device.type == "meta":
-        return False
-    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+def tunable(t: torch.Tensor) -> bool:
+    """Whether calls on ``t``'s device may be timed now: not on meta or fake tensors (no data: a fake "timing"
+    would be cached for the real device), nor while a CUDA graph is captured (a synchronize would break the
+    capture)."""
+    return not valueless(t)
 
 
 def candidates(

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from ._transforms import transforms_active, without_autocast
+from ._transforms import capturing, transforms_active, valueless, without_autocast
 from .errors import ShapeError
 from .operands import as_tensor, check_strided, matrix_dims, tensor_dims, wide_dtype
 from .orthogonalization import (
@@ -91,7 +91,7 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
     # cost; only an overflowing sum needs the full check. Meta tensors have no values to check; traced code
     # takes values through unchecked (see orthogonalization.all_finite)
     if (
-        x.device.type != "meta"
+        not valueless(x)
         and not torch.compiler.is_compiling()
         and not bool(torch.isfinite(x.sum()))
         and not bool(torch.isfinite(x).all())
@@ -100,17 +100,20 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def _epsilon(epsilon: float | None, name: str, device: torch.device) -> float | None:
+def _epsilon(epsilon: float | None, name: str, like: torch.Tensor) -> float | None:
     if epsilon is None:
         return None
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
         raise TypeError(f"{name}: epsilon must be a float or None, got {epsilon!r}")
     if not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"{name}: epsilon must be a finite number >= 0, got {epsilon}")
-    if device.type == "meta":  # (max_tt_rank alone needs shapes only: meta works there)
+    if valueless(like):  # (max_tt_rank alone needs shapes only: meta and fake tensors work there)
+        kind = "a meta tensor" if like.device.type == "meta" else "a CUDA graph's capture"
+        if not capturing(like) and like.device.type != "meta":
+            kind = "a fake tensor (torch.export's non-strict tracing, FakeTensorMode)"
         raise ValueError(
-            f"{name}: epsilon picks the ranks from singular values, and a meta tensor has no values; "
-            "pass max_tt_rank alone"
+            f"{name}: epsilon picks the ranks from singular values, and {kind} has no values to read; pass "
+            "max_tt_rank alone"
         )
     return float(epsilon)
 
@@ -140,12 +143,12 @@ def check_caps(tt: TensorTrainBase, max_tt_rank: MaxRank, name: str) -> tuple[in
 
 
 def check_budget(
-    max_tt_rank: MaxRank, epsilon: float | None, modes: Sequence[int], name: str, device: torch.device
+    max_tt_rank: MaxRank, epsilon: float | None, modes: Sequence[int], name: str, like: torch.Tensor
 ) -> None:
     """``max_tt_rank`` and ``epsilon`` checked as the TT-SVD of a tensor with ``modes`` reads them, with
-    errors named after ``name`` (a layer's ``from_linear`` that TT-SVDs its weight, say)."""
+    errors named after ``name`` (a layer's ``from_linear`` that TT-SVDs its weight ``like``, say)."""
     _caps(max_tt_rank, modes, name)
-    _epsilon(epsilon, name, device)
+    _epsilon(epsilon, name, like)
 
 
 def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
@@ -269,7 +272,7 @@ def _overflow_safe(
     overflow there is a ``ValueError`` here."""
     try:
         out = run(inputs)
-        if out[0].device.type == "meta" or all_finite(out):
+        if all_finite(out):
             return out
     except (_Overflow, torch.linalg.LinAlgError):
         pass
@@ -375,7 +378,7 @@ def to_tt_tensor(
         )
     modes = tuple(x.shape[1:])
     caps = _caps(max_tt_rank, modes, "to_tt_tensor")
-    cores = _tt_svd(x, modes, caps, _epsilon(epsilon, "to_tt_tensor", x.device), method)
+    cores = _tt_svd(x, modes, caps, _epsilon(epsilon, "to_tt_tensor", x), method)
     return _wrap(cores, batch)  # type: ignore[no-any-return]
 
 
@@ -468,7 +471,7 @@ def to_tt_matrix(
     modes = tuple(a * b for a, b in zip(rows, cols, strict=True))
     caps = _caps(max_tt_rank, modes, "to_tt_matrix")
     cores = _tt_svd(
-        inter.reshape(x.shape[0], *modes), modes, caps, _epsilon(epsilon, "to_tt_matrix", x.device), method
+        inter.reshape(x.shape[0], *modes), modes, caps, _epsilon(epsilon, "to_tt_matrix", x), method
     )
     cores = [c.reshape(c.shape[0], c.shape[1], rows[k], cols[k], c.shape[-1]) for k, c in enumerate(cores)]
     return _wrap(cores, batch)  # type: ignore[no-any-return]
@@ -517,7 +520,7 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     """
     check_finite_cores(tt, "round")  # (first: a non-TT has no .device for the epsilon check)
     method = check_method(method, "round")
-    eps = _epsilon(epsilon, "round", tt.device)
+    eps = _epsilon(epsilon, "round", tt.tt_cores[0])
     cores, batch, raw = merge_modes(tt)
     caps = _caps(max_tt_rank, [c.shape[-2] for c in cores], "round")
     try:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._transforms import transforms_active, without_autocast
+from ._transforms import transforms_active, valueless, without_autocast
 from .errors import ShapeError
 from .operands import (
     batched_cores,
@@ -132,7 +132,7 @@ def _norm_by_qr(tt_cores: Sequence[torch.Tensor], batch: bool) -> torch.Tensor:
     half = tt_cores[0].dtype in (torch.float16, torch.bfloat16)
     work = [c.float() for c in tt_cores] if half else list(tt_cores)
     norm, finite = None, False
-    if not transforms_active() and work[0].device.type != "meta":
+    if not transforms_active() and not valueless(work[0]):
         norm, finite = _plain_norm(work, batch)
     if finite and norm is not None:
         return norm

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ._transforms import valueless
 from .errors import ShapeError
 from .operands import (
     as_tensor,
@@ -106,11 +107,11 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
         if step is not None and not 0 <= step <= size:
             # torch slices take no negative steps (Python's range does, and t3f's did), and steps past int64
             # overflow inside torch: the positions from range
-            idx = torch.tensor(range(size)[idx], dtype=torch.long)
+            idx = torch.tensor(range(size)[idx], dtype=torch.long, device=cores[0].device)
     else:
         # one axis of batch elements: ints or a bool mask (a nested list or a 2-D tensor would index core axes)
-        try:
-            idx = as_tensor(idx)
+        try:  # (a list or array on the cores' device, not the default device)
+            idx = idx if isinstance(idx, torch.Tensor) else as_tensor(idx, device=cores[0].device)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(
                 f"a batch index must be an int, slice, list or tensor of ints, got {type(idx).__name__}"
@@ -243,7 +244,7 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     """
     check_tt(tt, "gather_nd", "tt")
     try:
-        idx = indices if isinstance(indices, torch.Tensor) else as_tensor(indices)
+        idx = indices if isinstance(indices, torch.Tensor) else as_tensor(indices, device=tt.device)
     except (TypeError, ValueError, RuntimeError):  # (None, strings, ragged lists: torch's own messages)
         raise TypeError(
             f"gather_nd: indices must be an integer tensor, array or nested list, got {type(indices).__name__}"
@@ -359,7 +360,7 @@ def _unravel(flat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 def _check_range(values: torch.Tensor, n: int, what: str) -> None:
     # a size past int64 cannot be compared with a tensor, and no int64 index reaches it
     big = n > torch.iinfo(torch.long).max
-    if values.numel() and (values.min() < 0 or (not big and values.max() >= n)):
+    if values.numel() and not valueless(values) and (values.min() < 0 or (not big and values.max() >= n)):
         bad = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
         raise IndexError(f"gather_nd: {what} {bad} out of range [0, {n})")
 
@@ -367,7 +368,7 @@ def _check_range(values: torch.Tensor, n: int, what: str) -> None:
 def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...]) -> None:
     """:func:`_check_range` for every column ``k`` (mode ``k``) of ``idx`` ``(K, len(dims))`` at once: one sync,
     not two per mode."""
-    if not idx.numel():
+    if not idx.numel() or valueless(idx):  # (meta and fake indices have no values to check)
         return
     high = torch.tensor(dims, dtype=idx.dtype, device=idx.device)
     if bool(((idx < 0) | (idx >= high)).any()):

@@ -18,7 +18,7 @@ from typing import cast
 
 import torch
 
-from ._transforms import transforms_active
+from ._transforms import transforms_active, valueless
 from .errors import ShapeError
 from .operands import wide_dtype
 from .orthogonalization import compute_dtype
@@ -85,7 +85,7 @@ def determinant(kron_a: TensorTrainBase) -> torch.Tensor:
     wide = [f.to(wide_dtype(f)) for f in factors]
     sign, logabsdet = _slogdet(wide)
     singular = sign == 0
-    if not transforms_active() and not bool(singular.any()):
+    if not transforms_active() and not valueless(singular) and not bool(singular.any()):
         # (under a transform no data-dependent branch: both paths below, picked per element by torch.where)
         return (sign * torch.exp(logabsdet)).to(factors[0].dtype)
     # At a singular factor the gradient of exp(log|det|) is 0 * inf = NaN. Singular elements take another
@@ -223,7 +223,7 @@ def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
         phase = (trace / trace.abs()).to(f.dtype)
         f = f / phase[..., None, None]
         phases = phase if phases is None else phases * phase
-        if not transforms_active():  # (the checks sync: under torch.func the plain factorization runs)
+        if not transforms_active() and not valueless(f):  # (the checks sync: under torch.func, plain)
             tol = torch.finfo(f.real.dtype).eps ** 0.5 * f.detach().abs().amax(dim=(-2, -1))
             if not bool(((f.detach() - f.detach().mH).abs().amax(dim=(-2, -1)) <= tol).all()):
                 raise torch.linalg.LinAlgError(
@@ -232,7 +232,7 @@ def cholesky(kron_a: TensorTrainBase) -> TensorTrainBase:
                 )
         factors.append(f)
     assert phases is not None
-    if not transforms_active() and not bool(((phases - 1).abs() <= 1e-3).all()):
+    if not transforms_active() and not valueless(phases) and not bool(((phases - 1).abs() <= 1e-3).all()):
         raise torch.linalg.LinAlgError(
             "cholesky: the Kronecker product is not positive definite: its factors are definite, but their "
             "scalars multiply to a negative (or complex) number"

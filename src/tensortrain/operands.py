@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._transforms import transforms_active
+from ._transforms import transforms_active, valueless
 from .errors import ShapeError
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
@@ -141,7 +141,7 @@ def scaling_mode(
     fake tensors.
     """
     first = operands[0][0]
-    if first.device.type == "meta" or transforms_active():
+    if valueless(first) or transforms_active():
         return "plain"
     # (detached where needed: cheaper than a no_grad context)
     cores = [c.detach() if c.requires_grad else c for cores in operands for c in cores]

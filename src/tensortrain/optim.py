@@ -28,6 +28,7 @@ import torch
 
 from . import decompositions
 from . import tangent as ts
+from ._transforms import valueless
 from .operands import rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
@@ -72,7 +73,10 @@ def _sweep_right(
 def _check_nonzero(cores: list[torch.Tensor], fname: str) -> None:
     """A zero core makes the tensor zero, which lies on no manifold of fixed TT-rank: its "frame" from rounding is
     arbitrary, and the gradient built on it pointed uphill as often as not (a zero-initialised adapter core)."""
-    zero = next((k for k, c in enumerate(cores) if not bool(c.detach().any())), None)
+    if valueless(cores[0]):  # (meta and fake cores have no values to test)
+        return
+    nonzero = torch.stack([c.detach().any() for c in cores]).tolist()  # (one sync, not one per core)
+    zero = next((k for k, ok in enumerate(nonzero) if not ok), None)
     if zero is not None:
         raise ValueError(
             f"{fname}: core {zero} is all zeros, so the TT is the zero tensor, which has no tangent space at a "

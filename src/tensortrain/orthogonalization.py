@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._transforms import transforms_active, without_autocast
+from ._transforms import transforms_active, valueless, without_autocast
 from .operands import rescale_pow2, scale_pow2
 from .shapes import plain_scalar
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
@@ -38,8 +38,8 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     True while compiling (``torch.compile``, ``torch.export``): a graph cannot branch on values without a break
     (every QR and SVD sweep's input and result checks were one each), so traced code takes NaN and inf through
     unchecked, as torch's own ops do (and as the traced norms and inner products did already)."""
-    if torch.compiler.is_compiling():
-        return True
+    if torch.compiler.is_compiling() or (tensors and valueless(tensors[0])):
+        return True  # (meta and fake tensors have no values to test; see valueless)
     plain = [t.detach() if t.requires_grad else t for t in tensors]
     if transforms_active():  # (no .tolist() on a transform's wrapped tensors: bool() says why it fails)
         if bool(torch.isfinite(torch.stack([t.sum() for t in plain])).all()):
@@ -59,7 +59,7 @@ def check_finite_cores(tt: Any, name: str) -> None:
     if not isinstance(tt, TensorTrainBase):
         raise TypeError(f"{name} expects a TensorTrain or TensorTrainBatch, got {type(tt).__name__}")
     cores = tt.tt_cores
-    if cores[0].device.type == "meta":  # (meta cores have no values)
+    if valueless(cores[0]):  # (meta and fake cores have no values)
         return
     k = nonfinite_core(cores)
     if k is not None:
@@ -106,7 +106,7 @@ def cast_back(
     if finite and cores[0].dtype == dtype:
         return cores
     out = [c.to(dtype) for c in cores]
-    if out[0].device.type == "meta" or all_finite(out):
+    if all_finite(out):
         return out
     # (max() over floats with a NaN depends on their order: a NaN core read as "an entry of 0.98 exceeds")
     top = max(float(torch.nan_to_num(c.abs(), nan=math.inf, posinf=math.inf).max()) for c in cores)
@@ -154,7 +154,7 @@ def _plain_first(sweep: Any, cores: list[torch.Tensor]) -> list[torch.Tensor]:
     if len(cores) < 2:
         # new memory, as every longer train gets (the input's cores stay apart)
         return [c.clone() for c in cores]
-    if cores[0].device.type != "meta" and not transforms_active():
+    if not valueless(cores[0]) and not transforms_active():
         out, tops = sweep(cores, False)
         # (one sync: every carried R's and the norm core's largest magnitude in the normal range, tested in Python
         # floats; NaN fails the comparisons, where min() and max() would depend on its place)

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import torch
 
-from ._transforms import transforms_active
+from ._transforms import transforms_active, valueless
 from .errors import ShapeError
 from .operands import rescale_pow2, scale_pow2
 from .orthogonalization import cast_back, compute_dtype, nonfinite_core
@@ -78,7 +78,7 @@ def _sweep(cores: Cores, left: bool) -> Cores:
     depend on the scale; the exponents go back on the core that keeps the norm. The check syncs, so under
     compile and ``torch.func`` transforms the scaled sweep runs directly."""
     work, dtype = _compute(cores)
-    if not transforms_active() and work[0].device.type != "meta":
+    if not transforms_active() and not valueless(work[0]):
         out, low = _qr_sweep(work, left, scaled=False)
         try:  # (one sync)
             kept = bool((low >= torch.finfo(low.dtype).tiny).all())
@@ -177,7 +177,7 @@ def deltas_of_tt(z: Cores, u: Cores, v: Cores) -> Cores:
     and ``torch.func`` transforms the plain contraction is returned as it is.
     """
     deltas = _deltas(z, u, v, scaled=False)
-    if transforms_active() or deltas[0].device.type == "meta":
+    if transforms_active() or valueless(deltas[0]):
         return deltas
     try:  # (one sync; a sum overflowing from finite entries only costs the scaled rerun)
         finite = bool(torch.isfinite(torch.stack([d.detach().sum() for d in deltas])).all())

@@ -335,10 +335,14 @@ class TensorTrainBase:
         return self.to("cpu")
 
     def cuda(self, device: torch.device | str | int | None = None) -> Any:
-        """The same object on a CUDA device (the current one by default), as ``torch.Tensor.cuda``."""
+        """The same object on a CUDA device (the current one by default), as ``torch.Tensor.cuda``, which also
+        refuses a device of another type."""
         if device is None:
             return self.to("cuda")
-        return self.to(torch.device("cuda", device) if isinstance(device, int) else device)
+        target = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        if target.type != "cuda":
+            raise ValueError(f"cuda: expected a CUDA device, got {target}")
+        return self.to(target)
 
     def double(self) -> Any:
         """``self.to(torch.float64)`` (``complex128`` for a complex TT)."""

@@ -211,7 +211,7 @@ class TTEmbedding(TTModule):
         voc, emb = resolve_embedding_dims(v, dim, voc_dims, emb_dims)
         table = embedding.weight.detach()
         modes = [m * n for m, n in zip(voc, emb, strict=True)]
-        check_budget(max_tt_rank, epsilon, modes, "TTEmbedding.from_embedding", table.device)
+        check_budget(max_tt_rank, epsilon, modes, "TTEmbedding.from_embedding", table)
         if embedding.padding_idx is not None:
             table = table.clone()
             table[embedding.padding_idx] = 0  # its output is masked anyway: spend no rank on it

@@ -15,7 +15,7 @@ import torch
 
 from .. import contraction
 from .. import contraction_cost as _cost
-from .._transforms import capturing, full_precision, grad_recorded, transforms_active
+from .._transforms import full_precision, grad_recorded, transforms_active, valueless
 from ..contraction_cache import cached
 from ..contraction_exec import halves
 from ..contraction_plan import Strategy, dims_of
@@ -142,12 +142,12 @@ def _check_indices(fn: str, input: torch.Tensor, num_embeddings: int, device: to
     check_strided(fn, "indices", input)
     if input.device != device:
         raise ShapeError(f"{fn}: indices are on {input.device} but the weight is on {device}")
-    if input.numel() == 0 or transforms_active() or input.device.type == "meta" or capturing(input):
+    if input.numel() == 0 or transforms_active() or valueless(input):
         # Under torch.compile / torch.export a value check would be a data-dependent graph break (and meta
-        # tensors have no values; while a CUDA graph is captured, reading one would end the capture); there the
+        # and fake tensors have no values; while a CUDA graph is captured, reading one would end it); there the
         # lookup itself refuses indices past the table (the first mode is not wrapped, see _tt_rows).
         return False
-    lo, hi = int(input.min()), int(input.max())
+    lo, hi = torch.stack(torch.aminmax(input)).tolist()  # (one sync)
     if lo < 0 or hi >= num_embeddings:
         out = input < 0 if num_embeddings > _INT64_MAX else (input < 0) | (input >= num_embeddings)
         bad = input[out].unique()[:5].tolist()
@@ -275,9 +275,9 @@ def _rows(
     weight: TensorTrain, flat: torch.Tensor, voc_dims: tuple[int, ...], cache: dict | None
 ) -> torch.Tensor:
     """Dense rows ``W[flat, :]``: each distinct index contracted once, core by core or through merged halves."""
-    if transforms_active() or flat.device.type == "meta" or capturing(flat):
+    if transforms_active() or valueless(flat):
         # torch.unique has a data-dependent output shape: compiled and exported graphs, CUDA graphs (its size is
-        # read on the host) and meta tensors (no values) contract every index.
+        # read on the host) and meta and fake tensors (no values) contract every index.
         return _tt_rows(weight, flat, voc_dims)
     # Repeated tokens are common (text, categorical features): contract each distinct row once.
     uniq, inverse = torch.unique(flat, return_inverse=True)

@@ -75,13 +75,13 @@ def _richness(n: int, pad: bool) -> int:
     return d if pad and math.prod(_modes(n, d, pad)) != n else len(prime_factors(n))
 
 
-def _bias_values(bias: Any, fn: str) -> torch.Tensor | None:
-    """A bias given as a tensor, or as an array or list of numbers (t3f's ``set_weights`` takes NumPy arrays):
-    the layer casts it to its own dtype."""
+def _bias_values(bias: Any, fn: str, device: torch.device) -> torch.Tensor | None:
+    """A bias given as a tensor, or as an array or list of numbers (t3f's ``set_weights`` takes NumPy arrays),
+    made on ``device`` (the TT-matrix's, not the default device): the layer casts it to its own dtype."""
     if bias is None or isinstance(bias, torch.Tensor):
         return bias
     try:
-        values = torch.as_tensor(bias)
+        values = torch.as_tensor(bias, device=device)
     except (TypeError, ValueError, RuntimeError):
         values = None
     if values is None or values.dtype == torch.bool:
@@ -543,7 +543,7 @@ class TTLinear(TTModule):
         in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
         w = linear.weight.detach()
         modes = [m * n for m, n in zip(out_dims, in_dims, strict=True)]
-        check_budget(max_tt_rank, epsilon, modes, "TTLinear.from_linear", w.device)
+        check_budget(max_tt_rank, epsilon, modes, "TTLinear.from_linear", w)
         pad_rows, pad_cols = math.prod(out_dims) - w.shape[0], math.prod(in_dims) - w.shape[1]
         if pad_rows or pad_cols:
             # rows and columns the layer never reads; zeros keep the matrix's norm (so epsilon's meaning)
@@ -611,7 +611,7 @@ class TTLinear(TTModule):
             torch.Size([625, 784])
         """
         tt_matrix = F._check_tt_matrix("TTLinear.from_tt", tt_matrix)
-        bias = _bias_values(bias, "TTLinear.from_tt")
+        bias = _bias_values(bias, "TTLinear.from_tt", tt_matrix.device)
         out_dims, in_dims = tt_matrix.get_raw_shape()
         rows, cols = math.prod(out_dims), math.prod(in_dims)
         if (
@@ -693,7 +693,7 @@ class TTLinear(TTModule):
                     f"{self.out_dims})"
                 )
             cores = [c.transpose(1, 2) for c in cores]  # t3f kernel (in x out) -> weight (out x in)
-        bias = _bias_values(bias, "TTLinear.load_tt_")
+        bias = _bias_values(bias, "TTLinear.load_tt_", tt_matrix.device)
         if bias is not None:
             if self.bias is None:
                 raise ShapeError("TTLinear.load_tt_: got bias values but the layer has bias=False")
