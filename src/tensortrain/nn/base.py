@@ -3,6 +3,7 @@ parameter count, and state_dict loading that survives rank changes."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,8 @@ def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor], fn: s
     ``TypeError`` naming ``fn``: their real parts do not multiply out to the tensor's real part."""
     check_loadable(params, [str(k) for k in range(len(cores))], fn)
     like = params[0]
+    if cores[0].is_meta and not like.is_meta:
+        raise ValueError(f"{fn}: the TT's cores are on the meta device and have no data to copy")
     if like.dtype.is_floating_point:
         check_cast(cores[0].dtype, like.dtype, fn)
     with torch.no_grad():
@@ -95,6 +98,17 @@ def resize_cores_to_state(
     saved = [isinstance(t, torch.Tensor) for t in found]
     shapes = [t.shape if isinstance(t, torch.Tensor) else p.shape for t, p in zip(found, params, strict=True)]
     if all(s == p.shape for s, p in zip(shapes, params, strict=True)):
+        return
+    rerouted = [k for k in range(len(params)) if str(k) not in params._parameters]
+    if rerouted:
+        # a pruned or parametrized core is computed from other tensors (cores.1_orig, cores.parametrizations.1
+        # .original): replacing it by a Parameter of the new shape failed half-way (a KeyError) or left both,
+        # either way a layer whose ranks no longer chain
+        error_msgs.append(
+            f"size mismatch for {prefix}cores: the checkpoint's TT-ranks differ from the layer's, and core(s) "
+            f"{rerouted} are pruned or parametrized (torch.nn.utils.prune / parametrize), so they cannot be "
+            "resized; remove that first (prune.remove / parametrize.remove_parametrizations), then load"
+        )
         return
     modes = [tuple(p.shape[1:-1]) for p in params]
     got = [tuple(s[1:-1]) if ok else None for s, ok in zip(shapes, saved, strict=True)]
@@ -218,6 +232,30 @@ class TTModule(nn.Module):
         # drop cached merges first: some are views of the cores, and swapping Parameters (load_state_dict under
         # torch.__future__.set_swap_module_params_on_conversion) needs them unreferenced
         self._cache.clear()
+        # The layer's own load_state_dict pre-hooks (register_load_state_dict_pre_hook: renaming old keys, say)
+        # run first, as nn.Module runs them, so that the checks and the resize below see the keys they leave;
+        # nn.Module's loader, called without them below, would run them after the resize.
+        hooks = self._load_state_dict_pre_hooks
+        for hook in hooks.values():
+            hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self.__dict__["_load_state_dict_pre_hooks"] = OrderedDict()
+        try:
+            self._load_own_state(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+        finally:
+            self.__dict__["_load_state_dict_pre_hooks"] = hooks
+
+    def _load_own_state(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         if not self.cores[0].is_complex():
             # torch would copy a complex value's real part in (with a warning at most once per process): for
             # TT cores that is not even the real part of the weight
