@@ -1022,6 +1022,52 @@ def test_load_tt_into_a_pruned_core_is_refused(target):
     assert_close(layer(x), x @ tt.full(w).T + layer.bias)
 
 
+@pytest.mark.parametrize("how", ["prune", "parametrize"])
+def test_a_rank_changing_load_into_a_pruned_or_parametrized_core_is_refused_whole(how):
+    """load_state_dict of other ranks replaced the cores one by one: a parametrized core 1 raised a raw KeyError
+    after core 0 was resized, a pruned one got a plain Parameter beside its `_orig`; either way every later
+    forward failed. Now one error, and the layer as it was."""
+    import torch.nn.utils.parametrize as parametrize
+    import torch.nn.utils.prune as prune
+
+    src = tt.nn.TTLinear(12, 10, tt_rank=2, in_dims=(3, 4), out_dims=(5, 2), dtype=torch.float64)
+    layer = tt.nn.TTLinear(12, 10, tt_rank=3, in_dims=(3, 4), out_dims=(5, 2), dtype=torch.float64)
+    if how == "prune":
+        prune.l1_unstructured(layer.cores, "1", amount=0.0)
+    else:
+        parametrize.register_parametrization(layer.cores, "1", torch.nn.Identity())
+    x = torch.randn(4, 12, dtype=torch.float64)
+    cores = [c.detach().clone() for c in layer.cores]  # (the bias loads: torch loads every key that fits)
+    with pytest.raises(RuntimeError, match=r"core\(s\) \[1\] are pruned or parametrized"):
+        layer.load_state_dict(src.state_dict())
+    assert layer.tt_ranks == (1, 3, 1)
+    assert all(torch.equal(a, b) for a, b in zip(cores, layer.cores, strict=True))
+    assert_close(layer(x), x @ tt.full(tt.TensorTrain(cores)).T + layer.bias)
+
+
+def test_the_layers_own_load_pre_hooks_run_before_the_resize():
+    """A pre-hook on the layer (register_load_state_dict_pre_hook, e.g. renaming old keys) ran after the resize
+    had looked for `cores.k`: a checkpoint of other ranks under old names failed with size mismatches."""
+    src = tt.nn.TTLinear(24, 20, tt_rank=2, in_dims=(2, 3, 4), out_dims=(5, 2, 2), dtype=torch.float64)
+    old = {k.replace("cores.", "core_"): v for k, v in src.state_dict().items()}
+    calls = []
+
+    def rename(module, state_dict, prefix, *_):
+        calls.append(prefix)
+        for k in [k for k in state_dict if k.startswith(prefix + "core_")]:
+            state_dict[prefix + "cores." + k[len(prefix) + 5 :]] = state_dict.pop(k)
+
+    layer = tt.nn.TTLinear(24, 20, tt_rank=4, in_dims=(2, 3, 4), out_dims=(5, 2, 2), dtype=torch.float64)
+    layer.register_load_state_dict_pre_hook(rename)
+    model = torch.nn.Sequential(layer)
+    model.load_state_dict({"0." + k: v for k, v in old.items()})
+    assert calls == ["0."] and layer.tt_ranks == src.tt_ranks
+    x = torch.randn(3, 24, dtype=torch.float64)
+    assert_close(layer(x), src(x))
+    model.load_state_dict({"0." + k: v for k, v in old.items()})  # (the hooks stay registered)
+    assert calls == ["0.", "0."]
+
+
 def test_inference_cache_keeps_no_tensors_from_functional_call():
     """The cache kept the tensors a torch.func.functional_call swapped in (an EMA copy, another checkpoint) alive
     after the caller let them go, until the layer's next call."""
@@ -1075,3 +1121,15 @@ def test_a_core_replaced_by_one_of_another_dtype_is_named(grad):
             pytest.raises(tt.ShapeError, match="core 1 has dtype torch.float64"),
         ):
             layer(torch.randn(5, 24))
+
+
+def test_load_tt_checks_the_bias_before_writing_the_cores():
+    """A meta bias failed in its copy after the cores were replaced: the layer was half-loaded."""
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), dtype=torch.float64)
+    before = [c.detach().clone() for c in layer.cores]
+    w = tt.random_matrix(((2, 3), (3, 4)), tt_rank=2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="the bias is on the meta device"):
+        layer.load_tt_(w, torch.ones(6, device="meta"))
+    with pytest.raises(ValueError, match="cores are on the meta device"):
+        layer.load_tt_(w.to("meta"))
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.cores, strict=True))

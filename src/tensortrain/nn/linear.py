@@ -704,6 +704,8 @@ class TTLinear(TTModule):
             if bias.is_complex() and not self.bias.is_complex():
                 raise TypeError(f"TTLinear.load_tt_: complex bias values ({bias.dtype}) for a real layer")
             check_loadable(self, ["bias"], "TTLinear.load_tt_", "the bias")
+            if bias.is_meta and not self.bias.is_meta:  # (checked before any core is written)
+                raise ValueError("TTLinear.load_tt_: the bias is on the meta device and has no data to copy")
         assign_cores_(self.cores, cores, "TTLinear.load_tt_")
         # cores of new ranks are new Parameters: merges cached from the old ones would keep them alive
         self._cache.clear()
