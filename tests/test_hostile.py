@@ -892,3 +892,34 @@ def test_factorizations_into_many_modes_fill_ones_without_deep_recursion():
     assert tt.auto_shape(24, 1000) == (1,) * 996 + (2, 2, 2, 3)
     assert tt.padded_shape(23, 1000) == (1,) * 995 + (2, 2, 2, 2, 2)
     assert tt.auto_shape(1, 3) == (1, 1, 1)
+
+
+def test_yes_no_arguments_refuse_strings():
+    """Flags were read by truthiness: batch="False" built a batch, download="no" started a download."""
+    x = torch.randn(2, 3, 4)
+    for call in (
+        lambda: tt.to_tt_tensor(x, batch="False"),
+        lambda: tt.to_tt_matrix(torch.randn(6, 4), [[2, 3], [2, 2]], batch="False"),
+        lambda: tt.tt_from_parameters(tt.random_tensor((2, 3), tt_rank=2).tt_cores, batch="False"),
+        lambda: tt.frobenius_norm(tt.random_tensor((2, 3), tt_rank=2), differentiable="no"),
+        lambda: tt.frobenius_norm_squared(tt.random_tensor((2, 3), tt_rank=2), differentiable="no"),
+        lambda: tt.datasets.load_mnist("/nonexistent/folder", download="no"),
+    ):
+        with pytest.raises(TypeError, match="must be True or False"):
+            call()
+
+
+def test_meta_scales_weights_and_indices_for_real_cores_are_named():
+    """A meta scale, weight vector or index tensor with CPU cores failed inside torch's copy."""
+    a = tt.random_tensor((2, 3), tt_rank=2)
+    b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=2)
+    meta = torch.ones((), device="meta")
+    for call, name in (
+        (lambda: a * meta, "the scale"),
+        (lambda: tt.gather_nd(a, torch.zeros(1, 2, dtype=torch.long, device="meta")), "indices"),
+        (lambda: tt.multiply_along_batch_dim(b, torch.ones(2, device="meta")), "weights"),
+        (lambda: tt.approximate.reduce_sum_batch(b, 2, coef=torch.ones(2, device="meta")), "coef"),
+        (lambda: tt.project_sum(b, a, torch.ones(2, device="meta")), "weights"),
+    ):
+        with pytest.raises(ValueError, match=f"{name}: a meta tensor, with no data to use with cores on cpu"):
+            call()

@@ -464,3 +464,24 @@ def test_a_model_with_tied_tt_layers_steps_their_shared_cores_once():
     other.cores[0] = emb.cores[0]  # one core shared, the others not
     with pytest.raises(ValueError, match="shares some but not all of its cores"):
         tt.optim.RiemannianSGD(torch.nn.ModuleDict({"emb": emb, "other": other}), lr=0.1)
+
+
+def test_cores_sharing_memory_or_expanded_are_refused_before_a_step():
+    """Two Parameters over one storage stepped to a wrong point (5.66 off: the last write won); an expanded core
+    failed in the step after the cores before it were written; a bias in the set failed with a TT error."""
+    c0 = torch.nn.Parameter(torch.randn(1, 4, 2))
+    c1 = torch.nn.Parameter(torch.randn(2, 4, 2))
+    alias = torch.nn.Parameter(c1.detach().view(2, 4, 2))
+    with pytest.raises(ValueError, match="cores 1 and core 2 share memory|core 1 and core 2 share memory"):
+        tt.optim.RiemannianSGD([[c0, c1, alias[:, :, :1]]], lr=0.1)
+    expanded = torch.nn.Parameter(torch.randn(2, 1, 1).expand(2, 4, 1))
+    with pytest.raises(ValueError, match="core 2 is an expanded view"):
+        tt.optim.RiemannianSGD([[c0, c1, expanded]], lr=0.1)
+    bias = torch.nn.Parameter(torch.zeros(12))
+    with pytest.raises(TypeError, match="entry 3 has shape \\(12,\\): biases and other ordinary parameters"):
+        tt.optim.RiemannianSGD([[c0, c1, torch.nn.Parameter(torch.randn(2, 4, 1)), bias]], lr=0.1)
+    last = torch.nn.Parameter(torch.randn(2, 4, 1))
+    opt = tt.optim.RiemannianSGD([[c0, c1, last]], lr=0.1)
+    other = [torch.nn.Parameter(torch.randn(1, 4, 2)), torch.nn.Parameter(c1.detach()[:, :, :1])]
+    with pytest.raises(ValueError, match="shares memory with a core of another parameter set"):
+        opt.add_param_group({"params": other})

@@ -147,3 +147,28 @@ def test_assign_a_value_viewing_a_target_at_an_offset(gen):
     out = tt.assign(params, value)
     assert_close(params[1].detach(), old[:, 2:6])
     assert_close(tt.full(out), expected)
+
+
+def test_assign_checks_every_target_before_writing_any():
+    """Targets sharing memory got the last write (full(result) off by 96 from the value); an integer or expanded
+    target failed after the targets before it were overwritten."""
+    value = tt.random_tensor((2, 3, 2), tt_rank=2, dtype=torch.float64)
+    cores = [torch.zeros_like(c) for c in value.tt_cores]
+    with pytest.raises(ValueError, match="params entry 0 and params entry 2 share memory"):
+        tt.assign([cores[0], cores[1], cores[0].view(cores[2].shape)], value)
+    buffer = torch.zeros(100, dtype=torch.float64)
+    views = [buffer[:4].view(1, 2, 2), buffer[3:15].view(2, 3, 2), buffer[20:24].view(2, 2, 1)]
+    with pytest.raises(ValueError, match="params entry 0 and params entry 1 share memory"):
+        tt.assign(views, value)
+    disjoint = [buffer[:4].view(1, 2, 2), buffer[4:16].view(2, 3, 2), buffer[16:20].view(2, 2, 1)]
+    assert_close(tt.full(tt.assign(disjoint, value)), tt.full(value))  # (views of one flat buffer, as FSDP's)
+    ints = [torch.zeros(c.shape, dtype=torch.long) for c in value.tt_cores]
+    with pytest.raises(TypeError, match=r"params\[0\] has dtype torch.int64"):
+        tt.assign(ints, value)
+    assert not any(c.any() for c in ints)
+    expanded = [torch.zeros_like(value.tt_cores[0]), torch.zeros(2, 1, 2).expand(2, 3, 2), cores[2]]
+    with pytest.raises(ValueError, match="params entry 1 is an expanded view"):
+        tt.assign(expanded, value.to(torch.float32))
+    assert not expanded[0].any()
+    with pytest.raises(ValueError, match="on the meta device and has no data"):
+        tt.assign(cores, value.to("meta"))

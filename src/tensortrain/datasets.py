@@ -435,6 +435,8 @@ def load_mnist(
         (torch.Size([60000, 28, 28]), torch.int64)
     """
     _check_timeout(timeout)
+    if not isinstance(download, bool):  # ("no" is truthy: a download it says not to start)
+        raise TypeError(f"load_mnist: download must be True or False, got {download!r}")
     folder = _folder(root)
     missing = [stem for stem in MNIST_FILES if _find(folder, stem) is None]
     if missing and not download:

@@ -47,7 +47,7 @@ import torch
 
 from ._transforms import capturing, transforms_active, valueless, without_autocast
 from .errors import ShapeError
-from .operands import as_tensor, check_strided, matrix_dims, tensor_dims, wide_dtype
+from .operands import as_flag, as_tensor, check_strided, matrix_dims, tensor_dims, wide_dtype
 from .orthogonalization import (
     all_finite,
     cast_back,
@@ -370,6 +370,7 @@ def to_tt_tensor(
         True
     """
     method = check_method(method, "to_tt_tensor")
+    batch = as_flag(batch, "to_tt_tensor", "batch")  # ("False" is truthy: a batch it says it is not)
     x = _as_dense(tens, "to_tt_tensor")
     x = x if batch else x.unsqueeze(0)
     if x.dim() < 2:
@@ -461,6 +462,7 @@ def to_tt_matrix(
         (1, 8, 8, 8, 1)
     """
     method = check_method(method, "to_tt_matrix")
+    batch = as_flag(batch, "to_tt_matrix", "batch")
     rows, cols = _matrix_modes(shape)
     x = _as_dense(mat, "to_tt_matrix")
     x = x if batch else x.unsqueeze(0)

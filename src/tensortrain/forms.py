@@ -15,6 +15,7 @@ import torch
 from ._transforms import transforms_active, valueless, without_autocast
 from .errors import ShapeError
 from .operands import (
+    as_flag,
     batched_cores,
     broadcast_batch_size,
     check_dtype_device,
@@ -78,6 +79,7 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
         True
     """
     check_tt(tt, "frobenius_norm_squared", "tt")
+    differentiable = as_flag(differentiable, "frobenius_norm_squared", "differentiable")
     needs_grad = torch.is_grad_enabled() and any(c.requires_grad for c in tt.tt_cores)
     if differentiable:
         cores = [flat_modes(c) for c in batched_cores(tt)]
@@ -237,6 +239,7 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         True
     """
     check_nonnegative(epsilon, "frobenius_norm: epsilon")  # (as renormalize_tt_cores)
+    differentiable = as_flag(differentiable, "frobenius_norm", "differentiable")
     epsilon = float(epsilon)
     if not differentiable:
         # the value from the QR sweep's norm, in a wide type: a norm whose square leaves the cores' dtype range

@@ -16,6 +16,7 @@ from .operands import (
     as_tensor,
     batch_size,
     batched_cores,
+    check_has_data,
     check_tt,
     describe,
     is_batch,
@@ -254,6 +255,7 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
         idx = idx.long()
     if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
         raise TypeError(f"gather_nd: indices must be an integer tensor, got dtype {idx.dtype}")
+    check_has_data(idx, tt.device, "gather_nd", "indices")
     idx = idx.to(device=tt.device, dtype=torch.long)
     if idx.dim() == 0:
         raise ShapeError("gather_nd: indices must have at least one dim (..., c), got a scalar")

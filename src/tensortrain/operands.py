@@ -36,6 +36,49 @@ def check_strided(fn: str, name: str, t: torch.Tensor) -> None:
         )
 
 
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    start = int(t.storage_offset()) * t.element_size()
+    extent = sum((int(n) - 1) * abs(int(s)) for n, s in zip(t.shape, t.stride(), strict=True)) + 1
+    return start, start + extent * t.element_size()
+
+
+def memory_overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors' byte ranges in one storage intersect: a write to one may change the other (ranges,
+    not elements: interleaved views of one buffer count; disjoint views of one flat buffer, as FSDP's, do not).
+    """
+    if a.device != b.device or valueless(a) or valueless(b) or not a.numel() or not b.numel():
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
+    return a0 < b1 and b0 < a1
+
+
+def check_writable(fn: str, targets: Sequence[torch.Tensor], what: str = "core") -> None:
+    """Tensors about to be written in place, checked before any is: a write that raised half-way left some
+    written. A ``ValueError`` for one whose elements share memory (an expanded, stride-0 view: torch refuses the
+    write) or that overlaps another (two positions written through one buffer: the last write would win)."""
+    for k, t in enumerate(targets):
+        if any(s == 0 and n > 1 for n, s in zip(t.shape, t.stride(), strict=True)):
+            raise ValueError(
+                f"{fn}: {what} {k} is an expanded view (stride 0, shape {tuple(t.shape)}, strides {t.stride()}) "
+                "whose elements share memory, so it cannot be written in place; use a contiguous copy"
+            )
+        for j in range(k):
+            if memory_overlaps(targets[j], t):
+                raise ValueError(
+                    f"{fn}: {what} {j} and {what} {k} share memory (the same tensor, or views of one buffer), so "
+                    "writing one would change the other; give each its own tensor"
+                )
+
+
+def check_has_data(t: Any, device: Any, fn: str, name: str) -> None:
+    """A ``ValueError`` for a meta tensor ``t`` that an operation on ``device`` would copy there (a scale,
+    weights, indices): it has no data (torch's error came from deep inside the copy)."""
+    if isinstance(t, torch.Tensor) and t.is_meta and torch.device(device).type != "meta":
+        raise ValueError(f"{fn}: {name}: a meta tensor, with no data to use with cores on {device}")
+
+
 def as_tensor(x: Any, dtype: torch.dtype | None = None, device: Any = None) -> torch.Tensor:
     """``torch.as_tensor``, also for NumPy arrays with negative strides (``np.flip`` views), which torch cannot
     view: those are copied, where ``as_tensor`` raises its own ValueError."""
@@ -251,6 +294,8 @@ def as_scales(
     """``torch.as_tensor`` for weights and coefficients that keeps autograd: a (nested) list or tuple holding
     tensors (learned scalars, t3f's list of variables) is stacked, where ``as_tensor`` reads each value out and
     drops the graph with only a warning. Bools are refused (a mask is not weights: it would read as 0 and 1)."""
+    if device is not None:
+        check_has_data(values, device, fn, name)
     if not _holds_tensor(values):
         try:
             raw = values if isinstance(values, torch.Tensor) else as_tensor(values)

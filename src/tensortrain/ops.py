@@ -30,6 +30,7 @@ from .forms import (
 from .indexing import gather_nd, getitem
 from .operands import (
     batched_cores,
+    check_has_data,
     check_same_raw_shape,
     check_tt,
     describe,
@@ -315,6 +316,7 @@ def multiply(tt_left: Any, right: Any) -> Any:
             )
         # in float32 for half cores, as torch multiplies by a 0-dim operand: 1e5 in float16 is inf, 1e-7 subnormal
         c0, work = cores[0], compute_dtype(cores[0].dtype)
+        check_has_data(right, c0.device, "multiply", "the scale")
         cores[0] = (c0.to(work) * right.to(dtype=work, device=c0.device)).to(c0.dtype)
         return type(tt_left)._from_valid(cores)
     right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds

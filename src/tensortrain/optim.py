@@ -29,7 +29,7 @@ import torch
 from . import decompositions
 from . import tangent as ts
 from ._transforms import valueless
-from .operands import rescale_pow2, scale_pow2
+from .operands import check_writable, memory_overlaps, rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 
@@ -260,7 +260,17 @@ class RiemannianSGD(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add one TT's cores (``{"params": cores, ...}``), checked as the constructor checks them."""
         # (the constructor's groups come through here too, already checked: checking twice is harmless)
-        super().add_param_group(_groups([param_group])[0])
+        group = _groups([param_group])[0]
+        for (
+            other
+        ) in self.param_groups:  # (torch refuses the same Parameter in two groups; so, views of one buffer)
+            for c in group["params"]:
+                if any(c is not o and memory_overlaps(c, o) for o in other["params"]):
+                    raise ValueError(
+                        "RiemannianSGD: a core of this TT shares memory with a core of another parameter set "
+                        "(views of one buffer); each step would overwrite the other TT's: give each its own tensor"
+                    )
+        super().add_param_group(group)
 
     def _ready(self, group: dict[str, Any]) -> bool:
         """Whether the group's TT takes a step (it has gradients and is not frozen); a ValueError for one that
@@ -376,6 +386,17 @@ def _groups(params: Any) -> list[dict[str, Any]]:
         cores = list(group["params"])
         if not cores:
             raise ValueError("RiemannianSGD: got an empty parameter set")
+        odd = next(
+            (k for k, c in enumerate(cores) if not isinstance(c, torch.Tensor) or c.dim() not in (3, 4)), None
+        )
+        if odd is not None:
+            c = cores[odd]
+            got = f"shape {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
+            raise TypeError(
+                f"RiemannianSGD: a parameter set holds one TT's cores (3-D, or 4-D for a TT-matrix), but entry "
+                f"{odd} has {got}: biases and other ordinary parameters need an ordinary optimizer (torch.optim.SGD, "
+                "Adam) beside this one"
+            )
         ts.check_where(TensorTrain(cores), "RiemannianSGD")  # the cores chain into one real TT
         twice = [k for k, c in enumerate(cores) if any(c is o for o in cores[:k])]
         if twice:
@@ -384,6 +405,9 @@ def _groups(params: Any) -> list[dict[str, Any]]:
                 f"RiemannianSGD: cores {twice} of a TT are the same tensor as an earlier core; a Riemannian step "
                 "gives each core its own new value: use separate parameters"
             )
+        # (and so for separate Parameters over one buffer; an expanded core cannot be written at all: the step
+        # would write the cores before it and then fail)
+        check_writable("RiemannianSGD", cores)
         group["params"] = cores
         groups.append(group)
     if not groups:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ShapeError
-from .operands import as_flag, check_tt
+from .operands import as_flag, check_tt, check_writable
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, check_cast
 
 __all__ = ["assign", "tt_from_parameters", "tt_parameters"]
@@ -91,7 +91,7 @@ def tt_from_parameters(params: Iterable[torch.Tensor], batch: bool = False) -> A
             f"{type(params).__name__}"
         )
     cores = list(params)
-    return TensorTrainBatch(cores) if batch else TensorTrain(cores)
+    return TensorTrainBatch(cores) if as_flag(batch, "tt_from_parameters", "batch") else TensorTrain(cores)
 
 
 def assign(params: Iterable[torch.Tensor] | TensorTrainBase, tt: TensorTrainBase) -> Any:
@@ -140,6 +140,16 @@ def assign(params: Iterable[torch.Tensor] | TensorTrainBase, tt: TensorTrainBase
                 f"assign: core {k} has shape {tuple(p.shape)} but the value's core has shape "
                 f"{tuple(c.shape)}; target TT-ranks differ? round the value to the parameters' ranks"
             )
+    # every target checked before any is written: a write that raised half-way (an integer target, an expanded
+    # one) left the cores before it overwritten
+    for k, (p, c) in enumerate(zip(targets, tt.tt_cores, strict=True)):
+        if not (p.is_floating_point() or p.is_complex()):
+            raise TypeError(
+                f"assign: params[{k}] has dtype {p.dtype}; TT cores are floating point or complex"
+            )
+        if c.device.type == "meta" and p.device.type != "meta":
+            raise ValueError(f"assign: the value's core {k} is on the meta device and has no data to copy")
+    check_writable("assign", targets, "params entry")
     with torch.no_grad():
         # Values that share memory with a target (the params' own cores swapped or transposed) are copied
         # first: writing core k would otherwise change a value still to be read.
