@@ -593,7 +593,16 @@ def test_auto_rule():
             tt.ShapeError,
             r"max_tt_rank must be an int, 2 inner",
         ),
-        (lambda: tt.to_tt_tensor([[1.0, 2.0]]), TypeError, r"expects a torch.Tensor, got list"),
+        (
+            lambda: tt.to_tt_tensor({1: 2.0}),
+            TypeError,
+            r"expects a torch.Tensor \(or a NumPy array or nested list\), got dict",
+        ),
+        (
+            lambda: tt.to_tt_tensor([[1.0, 2.0], [3.0]]),
+            TypeError,
+            r"cannot read the list as a tensor of numbers",
+        ),
         (lambda: tt.to_tt_tensor(torch.ones(2, 3, dtype=torch.int64)), TypeError, r"floating point.*int64"),
         (lambda: tt.to_tt_tensor(torch.tensor(1.0)), tt.ShapeError, r"non-empty tensor.*shape \(\)"),
         (lambda: tt.to_tt_tensor(torch.ones(2, 0)), tt.ShapeError, r"shape \(2, 0\)"),
@@ -865,3 +874,29 @@ def test_round_equals_t3f():
     rounded = tt.round(x, 2)
     assert abs(float(rounded.tt_cores[0].norm()) - float(data["t_round2_core0_norm"])) < 1e-9 * 250
     assert_orthonormal(rounded, left_to_right=False)
+
+
+def test_nested_lists_decompose_as_t3f_takes_them():
+    """t3f's to_tt_tensor converts anything tf.convert_to_tensor does; a list was refused."""
+    values = [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]
+    assert_close(tt.full(tt.to_tt_tensor(values)), torch.tensor(values))
+    m = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    assert_close(tt.full(tt.to_tt_matrix(m, [[2, 1], [2, 2]])), torch.tensor(m))
+
+
+def test_an_svd_that_fails_on_a_moderate_tensor_is_not_called_an_overflow(monkeypatch):
+    """A LinAlgError from an SVD (LAPACK not converging) was reported as "the tensor's norm overflows float64 ...
+    scale the input down", with the original error dropped."""
+
+    def fail(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (simulated)")
+
+    monkeypatch.setattr(torch.linalg, "svd", fail)
+    x = torch.randn(4, 5, 6, dtype=torch.float64)
+    for call in (
+        lambda: tt.to_tt_tensor(x, max_tt_rank=2),
+        lambda: tt.round(tt.random_tensor((4, 5, 6), tt_rank=3, dtype=torch.float64), max_tt_rank=2),
+    ):
+        with pytest.raises(ValueError, match="LAPACK did not converge on a finite matrix") as info:
+            call()
+        assert isinstance(info.value.__cause__, torch.linalg.LinAlgError)

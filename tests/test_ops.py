@@ -359,6 +359,19 @@ def test_renormalize_a_zero_core_without_epsilon(gen):
             assert_close(g, w)
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e-170])
+def test_renormalize_float64_cores_whose_squares_leave_float64(gen, scale):
+    """float64 has no wider type for the norms: a core of norm 1e160 squared to inf, and inf / inf made the
+    renormalized cores NaN (1e-170 squared to 0)."""
+    cores = random_cores((3, 4, 5), (1, 2, 2, 1), gen=gen)
+    x = tt.TensorTrain([cores[0] * scale, cores[1], cores[2] / scale])
+    y = ops.renormalize_tt_cores(x, epsilon=0)
+    norms = torch.stack([c.norm() for c in y.tt_cores])
+    assert torch.isfinite(norms).all()
+    assert_close(norms, norms.mean().expand(3))  # all the same
+    assert_close(ops.full(y), ops.full(tt.TensorTrain(cores)))
+
+
 def test_renormalize_rejects_bad_epsilon(gen):
     a = random_tt((2,), (1, 1), gen=gen)
     with pytest.raises(ValueError, match="epsilon must be a finite number >= 0, got -1"):

@@ -29,8 +29,9 @@ still holds, but ranks may exceed the minimal ones by a little;
 
 float16/bfloat16 inputs are factored in float32 (LAPACK has no half precision) and the cores are cast back.
 
-Everything is differentiable through ``torch.linalg.svd``/``qr``. Gradients are right where the kept singular
-values are distinct and separated from the dropped ones and the unfoldings have full rank; an exactly
+Everything is differentiable through ``torch.linalg.svd``/``qr``. Gradients are right where all the singular
+values of each truncated unfolding are distinct (torch's SVD backward divides by the gap of every pair, the dropped
+ones' too: two equal dropped values give NaN) and the unfoldings have full rank; an exactly
 rank-deficient representation kept whole by the cap, such as ``round(x + zeros)`` whose added cores are zero blocks
 or ``round(x + x + x)``, can give NaN or silently wrong finite gradients (the QR's and SVD's backward formulas
 divide by zero there, as t3f's do); a small ``epsilon`` drops those directions.
@@ -76,10 +77,16 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
             "re-compress it, or tt.full for its dense tensor"
         )
     if not isinstance(x, torch.Tensor):
-        if hasattr(x, "__array__"):  # numpy arrays, as t3f accepts them
+        if not (hasattr(x, "__array__") or isinstance(x, (list, tuple))):
+            raise TypeError(
+                f"{name} expects a torch.Tensor (or a NumPy array or nested list), got {type(x).__name__}"
+            )
+        try:  # NumPy arrays and nested lists, as t3f's tf.convert_to_tensor takes them
             x = as_tensor(x)
-        else:
-            raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+        except (TypeError, ValueError, RuntimeError) as e:  # (ragged lists, strings: torch's own messages)
+            raise TypeError(
+                f"{name}: cannot read the {type(x).__name__} as a tensor of numbers ({e})"
+            ) from None
     check_strided(name, "the input", x)
     if not (x.is_floating_point() or x.is_complex()):
         raise TypeError(f"{name}: expected a floating point tensor, got dtype {x.dtype}; cast it first")
@@ -228,7 +235,7 @@ def _tt_svd(
             lambda t: _tt_svd_in(t[0], modes, caps, epsilon, method), [a.to(compute_dtype(dtype))]
         )
     except _NoWiderType as err:
-        raise ValueError(f"TT-SVD: {err}") from None
+        raise ValueError(f"TT-SVD: {err}") from err.__cause__
     return cast_back(cores, dtype, "TT-SVD", finite=True)  # (finite: see _overflow_safe)
 
 
@@ -270,25 +277,37 @@ def _overflow_safe(
     range (a float32 tensor of norm 4e38) made the SVDs fail to converge (an opaque ``LinAlgError``) or return
     inf. A result that still does not fit is the caller's ``cast_back`` error; float64 has no wider type, so an
     overflow there is a ``ValueError`` here."""
+    cause: Exception | None = None
     try:
         out = run(inputs)
         if all_finite(out):
             return out
-    except (_Overflow, torch.linalg.LinAlgError):
-        pass
+    except (_Overflow, torch.linalg.LinAlgError) as e:
+        cause = e
     wide = wide_dtype(inputs[0])
     if wide == inputs[0].dtype:
-        raise _NoWiderType(
-            f"the tensor's norm overflows {str(inputs[0].dtype).removeprefix('torch.')} (largest value "
-            f"{torch.finfo(inputs[0].dtype).max:.3g}): its SVDs cannot be computed; scale the input down"
-        )
+        raise _failure(inputs[0].dtype, cause, "") from cause
     try:
         return run([t.to(wide) for t in inputs])
-    except (_Overflow, torch.linalg.LinAlgError):
-        raise _NoWiderType(
-            f"the tensor's norm overflows even {str(wide).removeprefix('torch.')}: its SVDs cannot be computed; "
-            "scale the input down"
-        ) from None
+    except (_Overflow, torch.linalg.LinAlgError) as e:
+        raise _failure(wide, e, "even ") from e
+
+
+def _failure(dtype: torch.dtype, cause: Exception | None, even: str) -> _NoWiderType:
+    """The error for a run that failed in the widest type: an overflow (inf or NaN results, or :class:`_Overflow`)
+    or an SVD or QR that LAPACK could not compute (``LinAlgError``: inf or NaN in its matrix, which an overflow puts
+    there, or, rarely, one on which its iteration does not converge). The original error is the cause."""
+    name = str(dtype).removeprefix("torch.")
+    if isinstance(cause, torch.linalg.LinAlgError):
+        return _NoWiderType(
+            f"a factorization failed in {name} ({str(cause).splitlines()[0]}): either the tensor's norm overflows "
+            f"{even}{name} (scale the input down), or LAPACK did not converge on a finite matrix (rare: perturb the "
+            "input slightly, or try another method=)"
+        )
+    return _NoWiderType(
+        f"the tensor's norm overflows {even}{name} (largest value {torch.finfo(dtype).max:.3g}): its SVDs cannot "
+        "be computed; scale the input down"
+    )
 
 
 def _round_in(
@@ -464,9 +483,9 @@ def to_tt_matrix(
     method = check_method(method, "to_tt_matrix")
     batch = as_flag(batch, "to_tt_matrix", "batch")
     rows, cols = _matrix_modes(shape)
-    x = _as_dense(mat, "to_tt_matrix")
-    x = x if batch else x.unsqueeze(0)
-    _check_matrix_shape(tuple(mat.shape), tuple(x.shape[1:]), rows, cols, batch)
+    dense = _as_dense(mat, "to_tt_matrix")
+    x = dense if batch else dense.unsqueeze(0)
+    _check_matrix_shape(tuple(dense.shape), tuple(x.shape[1:]), rows, cols, batch)
     d = len(rows)
     perm = [0] + [p for k in range(d) for p in (1 + k, 1 + d + k)]
     inter = x.reshape(x.shape[0], *rows, *cols).permute(perm)
@@ -528,6 +547,6 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     try:
         cores = _overflow_safe(lambda cs: _round_in(cs, caps, eps, method), cores)
     except _NoWiderType as err:
-        raise ValueError(f"round: {err}") from None
+        raise ValueError(f"round: {err}") from err.__cause__
     # (_overflow_safe returns finite cores: only a cast back to a narrower dtype is checked again)
     return split_modes(cores, batch, raw, tt.dtype, "round", finite=True)

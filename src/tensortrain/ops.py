@@ -401,6 +401,19 @@ def kron(a: TensorTrainBase, b: TensorTrainBase) -> Any:
     return wrap(ca + cb, batch)
 
 
+def _row_norms(core: torch.Tensor) -> torch.Tensor:
+    """The norms ``(B,)`` of a batched core's elements in the wide dtype. Where that is the core's own (float64:
+    no wider type), over the largest magnitude first: squares of 1e160 overflow float64 (inf / inf made NaN cores)
+    and those of 1e-170 underflow it."""
+    flat = core.reshape(core.shape[0], -1)
+    wide = flat.to(wide_dtype(core))
+    if wide.dtype != flat.dtype:  # (the squares of a narrower dtype's numbers fit the wide one)
+        return torch.linalg.vector_norm(wide, dim=1)
+    top = wide.abs().amax(dim=1, keepdim=True)
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    return torch.linalg.vector_norm(wide / top, dim=1) * top.squeeze(1)
+
+
 def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
     """The same tensor with every core rescaled to the same Frobenius norm (per element for batches).
 
@@ -434,9 +447,7 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
     cores = batched_cores(tt)
     # (d, B) norms in float64 (float32 on MPS): the cores this is meant for may have norms whose squares leave
     # their own dtype's range (a float32 core of norm 1e20 would read as inf, one of 1e-20 as 0)
-    norms = torch.stack(
-        [torch.linalg.vector_norm(c.reshape(c.shape[0], -1).to(wide_dtype(c)), dim=1) for c in cores]
-    )
+    norms = torch.stack([_row_norms(c) for c in cores])
     norms = norms.clamp_min(epsilon) if epsilon > 0 else norms
     # With epsilon=0 a zero core (a zero tensor) gives 0/0: leave such an element as it is, every core. The log
     # and the division run on safe norms, so that the branch torch.where drops has no NaN to send to backward.
