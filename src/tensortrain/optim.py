@@ -210,6 +210,10 @@ class RiemannianSGD(torch.optim.Optimizer):
     ``ParameterList``, TensorTrain or dict alone is one set. Other parameters (biases) need an ordinary optimizer
     beside this one.
 
+    Each step rounds the moved TT back to its ranks, which also puts its cores in the rounding's gauge: the
+    cores change at every step, even at a zero gradient, while the tensor they represent moves only by the step
+    (``torch.optim.SGD`` would leave the parameters bit-identical at a zero gradient).
+
     Args:
         params: the TT parameter sets (see above).
         lr: the step size (> 0).
@@ -221,9 +225,11 @@ class RiemannianSGD(torch.optim.Optimizer):
             TT whose cores are partly frozen (``requires_grad=False``; a wholly frozen TT is skipped), a
             non-finite gradient, or a TT that is the zero tensor (an all-zero core, or cores that cancel: it has
             no tangent space at a fixed rank; every TT is checked first: then no TT has moved); one tensor at
-            two positions of a TT; for an ``nn.Module``, TT layers that share some of their cores but not the
-            whole list.
-        TypeError: a parameter set that is not a sequence of cores, or a TensorTrainBatch.
+            two positions of a TT, cores that share memory (views of one buffer, also across parameter sets) or
+            an expanded (stride-0) core; for an ``nn.Module``, TT layers that share some of their cores but not
+            the whole list.
+        TypeError: a parameter set that is not a sequence of 3-D or 4-D cores (a bias in it), or a
+            TensorTrainBatch.
 
     Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
     rank-2r TT); no extra forward or backward pass.
