@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         dtypes = tuple(getattr(torch, d) for d in args.dtypes.split(","))
         rows, tuned = measure(args.repeats, args.slow, modes, args.tune, device, batches, dtypes)
     current = cost.MACHINES.get(device.type, cost.DEFAULT_MACHINE)
-    fitted = to_machine(nnls_relative(rows), device.type if device.type in cost.MACHINES else "cpu")
+    fitted = to_machine(nnls_relative(rows), device.type)  # (others: cost.DEFAULT_MACHINE, as planned)
     if args.search:
         fitted = search_regret(rows, fitted, args.search, seed=0)
     print("\nconstant   current      fitted")

@@ -882,6 +882,9 @@ def test_nested_lists_decompose_as_t3f_takes_them():
     assert_close(tt.full(tt.to_tt_tensor(values)), torch.tensor(values))
     m = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
     assert_close(tt.full(tt.to_tt_matrix(m, [[2, 1], [2, 2]])), torch.tensor(m))
+    a = torch.tensor(1.0, requires_grad=True)
+    with pytest.raises(TypeError, match="the list holds tensors: torch.stack them"):
+        tt.to_tt_tensor([[a, a], [a, a]])  # (read as numbers, their gradients would be dropped)
 
 
 def test_an_svd_that_fails_on_a_moderate_tensor_is_not_called_an_overflow(monkeypatch):

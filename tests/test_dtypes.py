@@ -274,6 +274,37 @@ def test_value_checks_skip_fake_tensors():
         assert not lin._cache
 
 
+def test_a_real_layer_called_under_fake_tensor_mode_keeps_nothing_fake():
+    """A real layer run once under FakeTensorMode(allow_non_fake_inputs=True) (a dry run of a real model) kept its
+    fake merges in the inference cache (its cores are real), and its next real call returned a fake tensor; tuned
+    there, it cached a "timing" of fake work under the real device's key. A large TT-SVD under the mode ran the
+    randomized path's value checks on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    gen = torch.Generator().manual_seed(0)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=8).eval()
+    x = torch.randn(256, 784, generator=gen)
+    with torch.no_grad():
+        want = layer(x).clone()
+    for strategy in ("auto", "tune"):
+        layer.strategy = strategy
+        layer.clear_cache()
+        tt.contraction.clear_plan_cache()
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
+            assert isinstance(layer(mode.from_tensor(x)), FakeTensor)
+        assert (
+            not layer._cache
+        )  # (and nothing tuned: the cost model's plan for "auto" is the real call's too)
+        assert tt.contraction.plan_cache_size() == (strategy == "auto")
+        with torch.no_grad():
+            got = layer(x)
+        assert not isinstance(got, FakeTensor)
+        assert_close(got, want)
+    with FakeTensorMode():
+        w = torch.randn(1024, 1024)
+        assert tt.to_tt_matrix(w, ((32, 32), (32, 32)), max_tt_rank=8).tt_ranks == (1, 8, 1)
+
+
 def test_lists_become_tensors_on_the_operands_device():
     """Index lists and bias lists were made on the default device: with CPU operands under
     ``torch.set_default_device("meta")`` (or a GPU), a copy from the default device, which meta cannot give."""

@@ -172,3 +172,21 @@ def test_assign_checks_every_target_before_writing_any():
     assert not expanded[0].any()
     with pytest.raises(ValueError, match="on the meta device and has no data"):
         tt.assign(cores, value.to("meta"))
+
+
+def test_assign_sees_memory_shared_through_other_storages_and_inference_targets():
+    """Two NumPy views over one buffer are two storages: their overlap was missed and the last write won (0.91 off).
+    An inference-mode target failed after the targets before it were written."""
+    import numpy as np
+
+    value = tt.random_tensor((2, 3, 2), tt_rank=2, dtype=torch.float64)
+    arr = np.zeros(64)
+    views = [torch.from_numpy(arr[0:4]).view(1, 2, 2), torch.from_numpy(arr[2:14]).view(2, 3, 2)]
+    with pytest.raises(ValueError, match="params entry 0 and params entry 1 share memory"):
+        tt.assign([*views, torch.zeros(2, 2, 1, dtype=torch.float64)], value)
+    with torch.inference_mode():
+        frozen = torch.zeros(2, 3, 2, dtype=torch.float64)
+    first = torch.zeros(1, 2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"params\[1\] was made under torch.inference_mode"):
+        tt.assign([first, frozen, torch.zeros(2, 2, 1, dtype=torch.float64)], value)
+    assert not first.any()

@@ -52,12 +52,27 @@ except ImportError:  # pragma: no cover  (every supported torch has it)
     _FakeTensor = ()  # type: ignore[assignment,misc]
 
 
+_FAKE_KEY = getattr(getattr(torch._C, "_TorchDispatchModeKey", None), "FAKE", None)
+
+
+def _fake_mode_active() -> bool:
+    """Whether a ``FakeTensorMode`` is on: real tensors (a layer's cores) then meet fake ones and give fake
+    results (``allow_non_fake_inputs=True``, as dry runs of real modules use)."""
+    return _FAKE_KEY is not None and torch._C._get_dispatch_mode(_FAKE_KEY) is not None
+
+
 def valueless(t: torch.Tensor) -> bool:
-    """True where ``t``'s values cannot be read on the host: a meta tensor, a fake one (``FakeTensorMode``, as
-    memory estimators and dry runs use; reading one raises a data-dependent error), or a CUDA tensor while a
-    graph is captured (:func:`capturing`). Value checks are skipped there, as under a transform, and nothing
-    computed is kept between calls."""
-    return t.device.type == "meta" or isinstance(t, _FakeTensor) or capturing(t)
+    """True where ``t``'s values, or what is computed from it, cannot be read on the host: a meta tensor, a fake
+    one or any tensor while a ``FakeTensorMode`` is on (as memory estimators and dry runs use; reading one raises
+    a data-dependent error), or a CUDA tensor while a graph is captured (:func:`capturing`). Value checks are
+    skipped there, as under a transform, and nothing computed is kept between calls (a fake merge kept in a real
+    layer's cache made its next real call return a fake tensor)."""
+    return (
+        t.device.type == "meta"
+        or isinstance(t, _FakeTensor)
+        or capturing(t)
+        or (not torch.compiler.is_compiling() and _fake_mode_active())
+    )
 
 
 def _autocast_knows(device_type: str) -> bool:

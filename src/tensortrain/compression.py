@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._transforms import valueless
 from .compression_layers import (
     carry_over,
     converter_for,
@@ -238,7 +239,7 @@ def _convert_one(
         return None, _dense_report(name, module, why)
     w = conv.weight(module)
     err = None  # a meta layer (structure only, e.g. before loading a compressed checkpoint) has no error
-    if not w.is_meta:
+    if not valueless(w):  # (nor has a fake one)
         with torch.no_grad():
             err = _rel_error(conv.tt_weight(new), w)
     rep = _dense_report(name, module, "")

@@ -19,6 +19,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+from ._transforms import valueless
 from .compression_report import Dims
 from .nn.embedding import TTEmbedding, resolve_embedding_dims
 from .nn.linear import TTLinear, as_linear, resolve_dims
@@ -64,7 +65,7 @@ def _non_finite(w: torch.Tensor, skip_row: int | None = None) -> bool:
     """Whether ``w`` holds NaN or inf (outside row ``skip_row``), which TT-SVD refuses. A finite sum proves
     every entry finite at a fraction of an elementwise check's cost; meta tensors have no values."""
     w = w.detach()
-    if w.is_meta or bool(torch.isfinite(w.sum())):
+    if valueless(w) or bool(torch.isfinite(w.sum())):
         return False
     ok = torch.isfinite(w)
     if skip_row is not None:
@@ -98,7 +99,7 @@ def _embedding_refusal(m: nn.Embedding) -> str | None:
     if _non_finite(m.weight, m.padding_idx):
         return "the table contains NaN or inf values; TT-SVD needs finite entries"
     pad = m.padding_idx
-    if pad is not None and not m.weight.is_meta and bool(m.weight[pad].detach().ne(0).any()):
+    if pad is not None and not valueless(m.weight) and bool(m.weight[pad].detach().ne(0).any()):
         # nn.Embedding returns that row as it is (it only gets no gradient); TTEmbedding returns zeros there
         return (
             f"its padding row (padding_idx={pad}) is not zero, and TTEmbedding outputs zeros for padding_idx"

@@ -48,7 +48,7 @@ import torch
 
 from ._transforms import capturing, transforms_active, valueless, without_autocast
 from .errors import ShapeError
-from .operands import as_flag, as_tensor, check_strided, matrix_dims, tensor_dims, wide_dtype
+from .operands import as_flag, as_tensor, check_strided, holds_tensor, matrix_dims, tensor_dims, wide_dtype
 from .orthogonalization import (
     all_finite,
     cast_back,
@@ -80,6 +80,12 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
         if not (hasattr(x, "__array__") or isinstance(x, (list, tuple))):
             raise TypeError(
                 f"{name} expects a torch.Tensor (or a NumPy array or nested list), got {type(x).__name__}"
+            )
+        if holds_tensor(
+            x
+        ):  # (as_tensor reads each value out: their gradients would be dropped with a warning)
+            raise TypeError(
+                f"{name}: the {type(x).__name__} holds tensors: torch.stack them into one tensor first"
             )
         try:  # NumPy arrays and nested lists, as t3f's tf.convert_to_tensor takes them
             x = as_tensor(x)

@@ -37,20 +37,21 @@ def check_strided(fn: str, name: str, t: torch.Tensor) -> None:
 
 
 def _byte_span(t: torch.Tensor) -> tuple[int, int]:
-    start = int(t.storage_offset()) * t.element_size()
+    start = t.data_ptr()  # (absolute: two storages can view the same memory, as torch.from_numpy's views do)
     extent = sum((int(n) - 1) * abs(int(s)) for n, s in zip(t.shape, t.stride(), strict=True)) + 1
     return start, start + extent * t.element_size()
 
 
 def memory_overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors' byte ranges in one storage intersect: a write to one may change the other (ranges,
-    not elements: interleaved views of one buffer count; disjoint views of one flat buffer, as FSDP's, do not).
-    """
+    """Whether two tensors' byte ranges in memory intersect: a write to one may change the other (ranges, not
+    elements: interleaved views of one buffer count; disjoint views of one flat buffer, as FSDP's, do not).
+    False where there is no data pointer to compare (meta and fake tensors, a DTensor's wrapper)."""
     if a.device != b.device or valueless(a) or valueless(b) or not a.numel() or not b.numel():
         return False
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+    try:
+        (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
+    except RuntimeError:
         return False
-    (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
     return a0 < b1 and b0 < a1
 
 
@@ -282,9 +283,9 @@ def as_flag(value: Any, fn: str, name: str) -> bool:
     raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
 
 
-def _holds_tensor(values: Any) -> bool:
+def holds_tensor(values: Any) -> bool:
     return isinstance(values, (list, tuple)) and any(
-        isinstance(v, torch.Tensor) or _holds_tensor(v) for v in values
+        isinstance(v, torch.Tensor) or holds_tensor(v) for v in values
     )
 
 
@@ -296,7 +297,7 @@ def as_scales(
     drops the graph with only a warning. Bools are refused (a mask is not weights: it would read as 0 and 1)."""
     if device is not None:
         check_has_data(values, device, fn, name)
-    if not _holds_tensor(values):
+    if not holds_tensor(values):
         try:
             raw = values if isinstance(values, torch.Tensor) else as_tensor(values)
         except (TypeError, ValueError, RuntimeError):  # (None, strings, ragged lists: torch's own messages)

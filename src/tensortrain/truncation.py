@@ -35,6 +35,7 @@ from typing import Literal, get_args
 
 import torch
 
+from ._transforms import valueless
 from .operands import wide_dtype
 
 __all__ = ["METHODS", "Method", "check_method", "truncated_factor"]
@@ -130,8 +131,9 @@ def truncated_factor(
     m, n = a.shape[-2], a.shape[-1]
     if delta is None and max_rank >= min(m, n):
         return _lossless(a)
-    # (a meta tensor has shapes only: no random sketch, no orthogonality checks; the exact path's ranks are the same)
-    if a.device.type != "meta" and use_randomized(method, max_rank, m, n, delta is not None):
+    # (a meta or fake tensor has shapes only: no random sketch, no orthogonality checks; the exact path's ranks are
+    # the same)
+    if not valueless(a) and use_randomized(method, max_rank, m, n, delta is not None):
         out = _randomized(a, max_rank, delta)
         if out is not None:
             return out
@@ -237,7 +239,7 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
     TTs) take Householder QR directly: there the fixed cost of CholeskyQR3's kernels and syncs dominates.
     """
     m, k = y.shape[-2], y.shape[-1]
-    if y.device.type in ("mps", "meta") or m < 4 * k or m * k * k <= _SMALL_ORTH:
+    if y.device.type == "mps" or valueless(y) or m < 4 * k or m * k * k <= _SMALL_ORTH:
         return torch.linalg.qr(y).Q
     q = y.to(torch.complex128 if y.is_complex() else torch.float64)
     eye = torch.eye(k, dtype=q.dtype, device=q.device)

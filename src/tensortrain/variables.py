@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ShapeError
-from .operands import as_flag, check_tt, check_writable
+from .operands import as_flag, check_tt, check_writable, memory_overlaps
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, check_cast
 
 __all__ = ["assign", "tt_from_parameters", "tt_parameters"]
@@ -149,18 +149,16 @@ def assign(params: Iterable[torch.Tensor] | TensorTrainBase, tt: TensorTrainBase
             )
         if c.device.type == "meta" and p.device.type != "meta":
             raise ValueError(f"assign: the value's core {k} is on the meta device and has no data to copy")
+        if p.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(
+                f"assign: params[{k}] was made under torch.inference_mode, and torch refuses in-place writes to "
+                "it outside that mode"
+            )
     check_writable("assign", targets, "params entry")
     with torch.no_grad():
         # Values that share memory with a target (the params' own cores swapped or transposed) are copied
         # first: writing core k would otherwise change a value still to be read.
-        values = [c.clone() if any(_overlaps(c, p) for p in targets) else c for c in tt.tt_cores]
+        values = [c.clone() if any(memory_overlaps(c, p) for p in targets) else c for c in tt.tt_cores]
         for p, c in zip(targets, values, strict=True):
             p.copy_(c)
     return tt_from_parameters(targets, batch=isinstance(tt, TensorTrainBatch))
-
-
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors may share memory (same storage; conservative: any overlap of the storages)."""
-    if a.device != b.device or a.device.type == "meta":
-        return False
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import contraction
-from .._transforms import transforms_active
+from .._transforms import transforms_active, valueless
 from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
@@ -150,7 +150,7 @@ def _cast_back(tt: TensorTrain, dtype: torch.dtype, fn: str) -> TensorTrain:
     tensor), and a TT that still does not fit is an error, not inf weights."""
     if tt.dtype == dtype:
         return tt
-    if any(c.is_meta for c in tt.tt_cores):
+    if any(valueless(c) for c in tt.tt_cores):
         return tt.to(dtype)
     from ..ops import renormalize_tt_cores
 
