@@ -110,3 +110,13 @@ def test_autodiff_complex_valued_func_is_a_clear_type_error(gen, runtime_check):
         tt.autodiff.hessian_vector_product(
             lambda t: tt.full(t).sum() * (1 + 1j), x, x, runtime_check=runtime_check
         )
+
+
+def test_runtime_check_catches_a_small_gauge_dependence():
+    """A func with a gauge-dependent term of 1e-4 (relative ~1e-6, above the documented float64 tolerance) must be
+    refused; a mutant with a 100x looser tolerance passed every test."""
+    gen = torch.Generator().manual_seed(0)
+    x = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64, generator=gen)
+    with pytest.raises(ValueError, match="not invariant to the TT gauge"):
+        tt.gradients(lambda t: (tt.full(t) ** 2).sum() + 1e-4 * t.tt_cores[0].sum(), x)
+    tt.gradients(lambda t: (tt.full(t) ** 2).sum() + 1e-4 * tt.full(t).sum(), x)  # (invariant: no error)

@@ -241,3 +241,15 @@ def test_multiply_along_batch_dim_casts_a_list_of_tensors_to_the_cores_dtype(gen
     assert_close(tt.full(r), tt.full(b) * torch.tensor([0.5, 2.0]).reshape(2, 1, 1))
     tt.full(r).sum().backward()
     assert w[0].grad is not None
+
+
+def test_multiply_along_batch_dim_scales_the_first_core_as_t3f():
+    """t3f applies the weights to the first core and leaves the others as they are (documented; a mutant that
+    scaled the last core gave the same tensor and passed every test)."""
+    gen = torch.Generator().manual_seed(0)
+    b = tt.random_tensor_batch((2, 3, 4), tt_rank=2, batch_size=3, dtype=torch.float64, generator=gen)
+    w = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    out = tt.multiply_along_batch_dim(b, w)
+    assert_close(out.tt_cores[0], b.tt_cores[0] * w.view(3, 1, 1, 1))
+    for got, was in zip(out.tt_cores[1:], b.tt_cores[1:], strict=True):
+        assert torch.equal(got, was)

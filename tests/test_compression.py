@@ -787,3 +787,15 @@ def test_a_transformer_encoder_with_a_later_layer_compressed_keeps_working():
     nested = torch.nested.nested_tensor([torch.randn(3, 256), torch.randn(2, 256)], layout=torch.jagged)
     with pytest.raises(TypeError, match="input is a nested tensor"):
         small.layers[1].linear2(nested)
+
+
+def test_compress_refuses_epsilon_one_and_meets_a_ratio_exactly_at_its_rank():
+    """epsilon=1 allows a 100% error (refused: the range is (0, 1)); a ratio exactly what rank 6 gives picks rank
+    6, the largest meeting it (a mutant's strict comparison picked 5)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256, bias=False), torch.nn.Linear(256, 256, bias=False))
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\), got 1"):
+        tt.compress(model, epsilon=1.0)
+    _, rep = tt.compress(model, max_tt_rank=6, dry_run=True)
+    _, chosen = tt.compress(model, ratio=rep.ratio, dry_run=True)
+    assert [r.tt_ranks for r in chosen.layers] == [r.tt_ranks for r in rep.layers]

@@ -501,3 +501,19 @@ def test_an_index_past_the_table_is_refused_when_the_trace_flag_flips_midway(mon
     monkeypatch.setattr(F, "transforms_active", lambda: next(calls, False))
     with pytest.raises((IndexError, RuntimeError)):
         emb(torch.tensor([1010]))
+
+
+def test_from_embedding_ignores_the_padding_rows_values():
+    """The padding row is zeroed before the TT-SVD: a rank-2 table with a random padding row comes back exact on
+    every other row at rank 4, and the TT's padding row is zero (kept, it cost a rank: 3e-2 error, row of 10)."""
+    g = torch.Generator().manual_seed(0)
+    voc, emb_d = (8, 8), (4, 4)
+    table = tt.full(tt.random_matrix([list(voc), list(emb_d)], tt_rank=2, dtype=torch.float64, generator=g))
+    table = table.clone()
+    table[3] = 5 * torch.randn(16, generator=g, dtype=torch.float64)
+    emb = torch.nn.Embedding(64, 16, padding_idx=3, _weight=table)
+    layer = tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=4, voc_dims=voc, emb_dims=emb_d)
+    keep = torch.arange(64) != 3
+    with torch.no_grad():
+        assert_close(layer(torch.arange(64))[keep], table[keep], rtol=1e-10, atol=1e-12)
+        assert tt.full(layer.weight)[3].abs().max() < 1e-12

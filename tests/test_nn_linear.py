@@ -1133,3 +1133,35 @@ def test_load_tt_checks_the_bias_before_writing_the_cores():
     with pytest.raises(ValueError, match="cores are on the meta device"):
         layer.load_tt_(w.to("meta"))
     assert all(torch.equal(a, b) for a, b in zip(before, layer.cores, strict=True))
+
+
+def test_from_tt_of_a_square_size_with_other_dims_and_a_bias():
+    """A 6 x 6 TT-matrix with out dims (2, 3) and in dims (3, 2) and a bias of 6 is a weight, not a t3f kernel
+    (a mutant reading it as one swapped the dims: 7.26 off)."""
+    g = torch.Generator().manual_seed(0)
+    w = tt.random_matrix([[2, 3], [3, 2]], tt_rank=2, dtype=torch.float64, generator=g)
+    b = torch.randn(6, dtype=torch.float64, generator=g)
+    layer = tt.nn.TTLinear.from_tt(w, bias=b)
+    x = torch.randn(5, 6, dtype=torch.float64, generator=g)
+    assert (layer.out_dims, layer.in_dims) == ((2, 3), (3, 2))
+    assert_close(layer(x), x @ tt.full(w).T + b)
+
+
+@pytest.mark.parametrize("kind", ["linear", "embedding"])
+def test_load_tt_of_other_ranks_copies_the_values(kind):
+    """load_tt_ says the values are copied: at other ranks the new Parameters must not share the caller's memory
+    (an optimizer step on the layer rewrote the caller's TT)."""
+    g = torch.Generator().manual_seed(0)
+    if kind == "linear":
+        layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+        w = tt.random_matrix([[2, 3], [3, 4]], tt_rank=3, generator=g)
+    else:
+        layer = tt.nn.TTEmbedding(12, 6, tt_rank=2, voc_dims=(3, 4), emb_dims=(2, 3))
+        w = tt.random_matrix([[3, 4], [2, 3]], tt_rank=3, generator=g)
+    before = tt.full(w).clone()
+    layer.load_tt_(w)
+    assert layer.tt_ranks == w.tt_ranks
+    with torch.no_grad():
+        for p in layer.cores:
+            p.mul_(2.0)
+    assert torch.equal(tt.full(w), before)

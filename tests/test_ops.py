@@ -482,3 +482,20 @@ def test_multiply_by_minus_infinity_keeps_the_sign():
     a = tt.TensorTrain([torch.ones(1, 2, 1), torch.ones(1, 3, 1)])
     out = tt.full(tt.multiply(a, float("-inf")))
     assert bool((out == float("-inf")).all()), out
+
+
+def test_renormalize_floors_core_norms_at_epsilon(gen):
+    """Core k ends with norm n_k * g / max(n_k, epsilon), g the geometric mean of the floored norms (a mutant that
+    ignored epsilon passed every test)."""
+    cores = random_cores((3, 3, 3), (1, 2, 2, 1), gen=gen)
+    cores[1] = cores[1] * 1e-12
+    x = tt.TensorTrain(cores)
+    n = torch.stack([c.norm() for c in cores])
+    for eps in (1e-8, 10.0):
+        floored = n.clamp_min(eps)
+        g = floored.log().mean().exp()
+        got = torch.stack([c.norm() for c in ops.renormalize_tt_cores(x, epsilon=eps).tt_cores])
+        assert_close(got, n * g / floored, rtol=1e-12, atol=0)
+    same = ops.renormalize_tt_cores(x, epsilon=10.0)  # every norm below the floor: the cores as they were
+    for a, b in zip(same.tt_cores, cores, strict=True):
+        assert_close(a, b, rtol=1e-12, atol=0)
