@@ -499,3 +499,27 @@ def test_renormalize_floors_core_norms_at_epsilon(gen):
     same = ops.renormalize_tt_cores(x, epsilon=10.0)  # every norm below the floor: the cores as they were
     for a, b in zip(same.tt_cores, cores, strict=True):
         assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_results_do_not_follow_later_writes_to_their_inputs(gen):
+    """full() of a one-core TT was a view of the core, and scaling by a 0-dim tensor (and multiply_along_batch_dim)
+    shared cores 1..d-1 with the input: after an in-place update of the input (an optimizer step) a result taken
+    before was a mix of old and new cores."""
+    one = tt.TensorTrain(random_cores((4,), (1, 1), gen=gen))
+    dense = ops.full(one)
+    before = dense.clone()
+    one.tt_cores[0].zero_()
+    assert torch.equal(dense, before)
+    x = tt.TensorTrain(random_cores((2, 3, 4), (1, 2, 2, 1), gen=gen))
+    y = x * torch.tensor(2.0, dtype=x.dtype)
+    want = ops.full(y).clone()
+    for c in x.tt_cores:
+        c.mul_(3.0)
+    assert_close(ops.full(y), want)
+    b = tt.TensorTrainBatch(
+        [c.unsqueeze(0).repeat(2, 1, 1, 1) for c in random_cores((2, 3), (1, 2, 1), gen=gen)]
+    )
+    scaled = tt.multiply_along_batch_dim(b, [1.0, 2.0])
+    want = ops.full(scaled).clone()
+    b.tt_cores[1].zero_()
+    assert_close(ops.full(scaled), want)

@@ -387,3 +387,19 @@ def test_project_sum_with_no_weight_columns(gen):
         tt.ShapeError, match=r"weights must have shape \(2,\) or \(2, N\) with N >= 1, got \(2, 0\)"
     ):
         tt.project_sum(torch.randn(2, 3, 4, dtype=torch.float64), x, torch.ones(2, 0, dtype=torch.float64))
+
+
+def test_one_core_projections_are_tensors_of_their_own():
+    """With d = 1 the projection's delta was a view of the projected dense tensor (and deltas_to_tangent_space's
+    of the caller's delta): zeroing the input zeroed the tangent vector."""
+    x = tt.random_tensor((4,), tt_rank=1, dtype=torch.float64)
+    z = torch.randn(4, dtype=torch.float64)
+    p = tt.project(z, x)
+    want = tt.full(p).clone()
+    z.zero_()
+    assert torch.equal(tt.full(p), want)
+    delta = torch.randn(1, 4, 1, dtype=torch.float64)
+    v = tt.riemannian.deltas_to_tangent_space([delta], x)
+    want = tt.full(v).clone()
+    delta.zero_()
+    assert torch.equal(tt.full(v), want)

@@ -135,7 +135,8 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
             f"{batch_tt.batch_size}, got {tuple(w.shape)}"
         )
     cores[0] = (cores[0].to(work) * w.reshape(-1, *([1] * (cores[0].dim() - 1)))).to(dtype)
-    return TensorTrainBatch(cores)
+    # (the other cores copied: shared, the result followed later in-place updates of the input)
+    return TensorTrainBatch([cores[0], *(c.clone() for c in cores[1:])])
 
 
 def gram_matrix(tt_vectors: TensorTrainBase, matrix: TensorTrainBase | None = None) -> torch.Tensor:

@@ -84,6 +84,8 @@ def _full_steps(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
         res = torch.bmm(res, core.reshape(b, r, -1)).reshape(b, -1, core.shape[-1])
         if scaled:
             res, exps = rescale_pow2(res, exps)
+    if len(cores) == 1 and exps is None:
+        res = res.clone()  # (one core: res is a view of it, and full() is a tensor of its own for any d)
     return res if exps is None else scale_pow2(res, exps)
 
 
@@ -138,7 +140,7 @@ def transpose(tt_matrix: TensorTrainBase) -> Any:
     Raises:
         TypeError: the input is not a TT-matrix.
 
-    Complexity: O(d r^2 n) (a copy of the cores' views).
+    Complexity: O(d) (the cores are transposed views, as torch's ``.T``: they share the input's memory).
 
     Example:
         >>> import tensortrain as tt
@@ -318,7 +320,9 @@ def multiply(tt_left: Any, right: Any) -> Any:
         c0, work = cores[0], compute_dtype(cores[0].dtype)
         check_has_data(right, c0.device, "multiply", "the scale")
         cores[0] = (c0.to(work) * right.to(dtype=work, device=c0.device)).to(c0.dtype)
-        return type(tt_left)._from_valid(cores)
+        # the other cores copied, as a number's scaling gives: shared, a later in-place update of the input (an
+        # optimizer step) made the result a mix of its old first core and new others
+        return type(tt_left)._from_valid([cores[0], *(c.clone() for c in cores[1:])])
     right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds
     if isinstance(right, (torch.SymFloat, torch.SymInt)) or type(right) in (int, float):
         # a real number, perhaps symbolic while compiling (a schedule: dynamo makes it a symbol from its second

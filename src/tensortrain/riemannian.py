@@ -283,11 +283,14 @@ def deltas_to_tangent_space(
         deltas: ``d`` delta cores shaped like ``tt``'s cores at its feasible ranks (a leading batch axis
             makes a batch of tangent vectors).
         tt: the point of the manifold.
-        left: optionally ``tt`` left-orthogonalized (cores 1..d-1 orthogonal), to save a sweep. Not
-            checked for orthogonality (that costs as much as the sweep): cores that are not give a wrong
-            tangent vector.
-        right: optionally ``left`` right-orthogonalized, to save a sweep (computed from ``left`` when only
-            ``left`` is given, as in t3f).
+        left: optionally ``tt.orthogonalize(tt)`` itself, to save a sweep: the frame :func:`project` uses.
+            Not checked (that costs as much as the sweep): cores that are not orthogonal give a wrong tangent
+            vector, and another left-orthogonal form of the same tensor (of ``tt.round(tt)``, say) a vector in
+            another frame, which :func:`add_n_projected` and :func:`pairwise_flat_inner_projected` then combine
+            wrongly with ``project``'s results (the result is tagged ``projection_on = tt`` all the same; t3f's
+            requires ``orthogonalize_tt_cores(tt)`` too).
+        right: optionally ``tt.orthogonalize(left, left_to_right=False)``, to save a sweep (computed from
+            ``left`` when only ``left`` is given, as in t3f).
 
     Returns:
         A TensorTrain (or TensorTrainBatch) with ``projection_on = tt``. Differentiable in ``deltas``.

@@ -241,8 +241,8 @@ def deltas_of_dense(z: torch.Tensor, u: Cores, v: Cores) -> Cores:
 def assemble(deltas: Cores, u: Cores, v: Cores) -> Cores:
     """Tangent cores (batched like ``deltas``) in t3f's block layout, ranks ``2 r``."""
     d, bsz = len(deltas), deltas[0].shape[0]
-    if d == 1:
-        return list(deltas)
+    if d == 1:  # (copies: a delta may be a view of the projected dense tensor or of the caller's deltas)
+        return [dk.clone() for dk in deltas]
 
     def rep(c: torch.Tensor) -> torch.Tensor:
         return c.unsqueeze(0).expand(bsz, *c.shape)
