@@ -292,6 +292,34 @@ def test_integer_inputs_are_cast_as_keras_dense_casts_them(gen):
     )  # fmt: skip
 
 
+def test_masks_pass_through_and_inputs_take_the_layers_precision():
+    """The layer dropped masks (pooling after it averaged padded steps: 0.045 off keras' Dense); with
+    autocast=False a float64 input failed in tt.matmul where keras' Dense casts it; a complex input was let
+    through to the same failure."""
+    layer = KerasDense([2, 3], [2, 2])
+    dense = keras.layers.Dense(4)
+    tokens = np.array([[3, 5, 0, 0], [1, 2, 4, 0]])
+    outs = []
+    for head in (layer, dense):
+        emb = keras.layers.Embedding(
+            10,
+            6,
+            mask_zero=True,
+            embeddings_initializer=keras.initializers.Constant(
+                np.arange(60, dtype="float32").reshape(10, 6) / 60
+            ),
+        )
+        model = keras.Sequential([keras.Input((4,)), emb, head, keras.layers.GlobalAveragePooling1D()])
+        if head is dense:
+            head.set_weights([tt.full(layer.matrix).detach().numpy(), layer.bias.value.detach().numpy()])
+        outs.append(model(tokens).detach().numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    plain = KerasDense([2, 3], [2, 2], autocast=False)
+    assert plain(torch.randn(4, 6, dtype=torch.float64)).dtype == torch.float32
+    with pytest.raises(TypeError, match="complex inputs are not supported"):
+        layer(torch.randn(4, 6, dtype=torch.complex64))
+
+
 def test_get_config_from_config_round_trip():
     layer = KerasDense(
         [3, 4], [2, 5], tt_rank=[1, 3, 1], activation="relu", bias_initializer="ones", name="tt"

@@ -185,6 +185,9 @@ class KerasDense(keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        # the layer acts on the last axis only, so a mask (Embedding(mask_zero=True) before it) passes through
+        # unchanged, as through keras' Dense (dropped, pooling after it averaged the padded steps too)
+        self.supports_masking = True
         self.input_dims = _check_dims(input_dims, "input_dims")
         self.output_dims = _check_dims(output_dims, "output_dims")
         d = len(self.input_dims)
@@ -264,9 +267,11 @@ class KerasDense(keras.layers.Layer):
     def call(self, inputs: torch.Tensor) -> torch.Tensor:
         """``activation(inputs @ W + b)`` on torch tensors, cost-planned through ``tt.matmul`` (``W`` is built
         only where the planner finds that cheaper)."""
-        if not (
-            inputs.is_floating_point() or inputs.is_complex()
-        ):  # integer images, as keras' Dense takes them
+        if inputs.is_complex():  # (the cores are real: the product would fail inside tt.matmul)
+            raise TypeError(f"KerasDense: complex inputs are not supported, got {inputs.dtype}")
+        if inputs.dtype != getattr(torch, self.compute_dtype):
+            # integer images, as keras' Dense takes them, and float inputs of another precision (keras casts
+            # those itself only while the layer's autocast is on)
             inputs = keras.ops.cast(inputs, self.compute_dtype)
         y = ops.matmul(inputs, self.matrix)
         if self.bias is not None:
