@@ -59,12 +59,14 @@ def load_old(rev: str):  # noqa: ANN201
     return mod
 
 
-def stepper(x: torch.Tensor, grad: bool):  # noqa: ANN201
-    """A function turning ``fn`` into one timed step on ``x``: forward+backward, or forward without grad."""
+def stepper(x: torch.Tensor, grad: bool, leaves: list[torch.Tensor]):  # noqa: ANN201
+    """A function turning ``fn`` into one timed step on ``x``: forward+backward, or forward without grad. The
+    backward computes fresh gradients for ``x`` and ``leaves`` (as run.train_step: a repeated ``.backward()`` added
+    each step's gradients into ``.grad``, an extra pass of the dense weight's size for ``nn.Linear``)."""
 
     def step(fn):  # noqa: ANN001, ANN202
         if grad:
-            return lambda: fn(x).sum().backward()
+            return lambda: torch.autograd.grad(fn(x).sum(), [x, *leaves], allow_unused=True)
 
         def no_grad() -> None:
             with torch.no_grad():
@@ -80,8 +82,8 @@ def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int,
     cores, bias = list(layer.cores), layer.bias
     split = len(cores) // 2
     x = torch.randn(batch, lin.in_features, requires_grad=grad)
-
-    step = stepper(x, grad)
+    leaves = [p for p in (*cores, bias, *lin.parameters()) if p is not None and p.requires_grad]
+    step = stepper(x, grad, leaves)
 
     return interleaved(
         {
@@ -121,8 +123,8 @@ def time_sweep(old, layer, lin, batch: int, grad: bool, repeats: int, warm: bool
         return None
     cores = list(layer.cores)
     x = torch.randn(batch, lin.in_features, requires_grad=grad)
-
-    step = stepper(x, grad)
+    leaves = [p for p in (*cores, layer.bias, *lin.parameters()) if p is not None and p.requires_grad]
+    step = stepper(x, grad, leaves)
 
     def via(mod):  # noqa: ANN001, ANN202
         return lambda x: run_sweep(mod, x, cores, plan.groups, plan.direction, grad) + layer.bias

@@ -269,6 +269,23 @@ def peer_layers(
 
 
 # --------------------------------------------------------------------------------------------- layers
+def working_peers(
+    others: dict[str, nn.Module], x: torch.Tensor, xg: torch.Tensor, notes: dict[str, str]
+) -> dict[str, nn.Module]:
+    """The peers whose forward and training step run at this batch; the others get a note (a peer that built but
+    failed when called aborted the whole run, and the results of every row before it were lost)."""
+    ok = {}
+    for key, m in others.items():
+        try:
+            with torch.no_grad():
+                m(x)
+            train_step(m, xg)
+            ok[key] = m
+        except Exception as e:  # a peer's own failure is a result, not a crash
+            notes[key] = f"error at batch {x.shape[0]}: {type(e).__name__}: {e}"[:120]
+    return ok
+
+
 def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: bool = False) -> list[dict]:
     rows = []
     for name, fin, fout, in_dims, out_dims, rank in cases:
@@ -276,12 +293,13 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
         dense = nn.Linear(fin, fout)
         ttl = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
         others, notes = peer_layers(in_dims, out_dims, ttl.weight.tt_ranks) if peers else ({}, {})
-        mods: dict[str, nn.Module] = {"dense": dense, "tt": ttl, **others}
         bounded = copy.deepcopy(ttl)
         bounded.max_saved_bytes = fin * fout * 4  # what the dense weight takes (float32)
         for b in batches:
             x = torch.randn(b, fin)
             xg = x.clone().requires_grad_(True)
+            live = working_peers(others, x, xg, notes)
+            mods: dict[str, nn.Module] = {"dense": dense, "tt": ttl, **live}
             row: dict[str, Any] = {"case": name, "batch": b, "in": fin, "out": fout, "rank": rank}
             with torch.no_grad():
                 fwd = interleaved(

@@ -72,10 +72,12 @@ def test_run_refuses_bad_arguments_before_running(argv, message, capsys):
 
 
 def test_the_committed_results_render():
-    """results-1thread.json predates the embedding's rebuilt-halves timing: markdown raised KeyError."""
-    for name in ("results.json", "results-1thread.json"):
-        text = run.markdown(json.loads((BENCH / name).read_text()))
-        assert "| case | batch |" in text
+    """Every committed layer results file renders (an older one, predating the embedding's rebuilt-halves timing,
+    raised KeyError)."""
+    for path in sorted(BENCH.glob("results*.json")):
+        data = json.loads(path.read_text())
+        if "layers" in data and "meta" in data and "gpu" not in path.name:
+            assert "| case | batch |" in run.markdown(data)
 
 
 def test_peers_get_the_tt_layers_ranks():
@@ -273,3 +275,20 @@ def test_t3f_tutorial_counts_right_test_images_not_floats():
     assert [s[k]["meeting_target"] for k in "abcd"] == [1, 1, None, 1]
     stored = json.loads((BENCH / "results-t3f-tutorial.json").read_text())
     assert stored["summary"] == t3f_tutorial.summarize(stored["runs"])
+
+
+def test_a_peer_that_fails_when_called_is_a_note_not_a_crash(monkeypatch):
+    """A peer that built but raised in its forward aborted the whole run (every row before it lost)."""
+
+    import torch
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):  # noqa: ANN001, ANN202
+            raise RuntimeError("peer broke")
+
+    monkeypatch.setattr(run, "peer_layers", lambda *a: ({"torchtt": Broken()}, {}))
+    rows = run.bench_layers([("tiny", 12, 6, (3, 4), (2, 3), 2)], (4,), repeats=1, peers=True)
+    assert rows[0]["peer_notes"]["torchtt"].startswith("error at batch 4: RuntimeError: peer broke")
+    assert (
+        "torchtt" not in rows[0]["params"] and rows[0]["params"]["tt"] > 0
+    )  # (the rest of the row is timed)
