@@ -314,9 +314,17 @@ def test_demo_names_the_ranks_it_used_and_refuses_oversized_subsets(tmp_path, ca
     assert main([*argv, "--train-subset", "65"]) == 1
     assert "train_subset=65 is more than the 64 images MNIST has" in capsys.readouterr().err
     monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://127.0.0.1:9/")  # nothing listens: fails at once
-    assert main(["demo", "mnist", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o2")]) == 1
+    assert (
+        main(["demo", "mnist", "--data", str(tmp_path / "none" / "deeper"), "--out", str(tmp_path / "o2")])
+        == 1
+    )
     err = capsys.readouterr().err
-    assert "pass --data / set $TENSORTRAIN_DATA" in err and "root=" not in err
+    # (a --data given overrides $TENSORTRAIN_DATA: setting it would not help; the folders the failed download
+    # made are gone again: a mistyped --data left them behind)
+    assert (
+        "or pass --data a folder holding them" in err and "root=" not in err and "TENSORTRAIN_DATA" not in err
+    )
+    assert not (tmp_path / "none").exists()
 
 
 def test_seeds_runs_every_seed_and_summarizes_them(tmp_path, capsys):
@@ -689,7 +697,7 @@ def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path, capsys, monk
         main(["demo", "mnist", "--data", str(target), "--out", str(tmp_path / "o"), "--no-progress"]) == 143
     )
     assert "tensortrain: terminated (SIGTERM)" in capsys.readouterr().err
-    assert list(target.iterdir()) == []
+    assert not target.exists()  # (no partial file, and no folder either: the download made it)
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
 
 
@@ -721,3 +729,12 @@ class _Recording:
         import argparse
 
         return argparse.Namespace(run=lambda args: self.seen.append(self.probe()) or 0)
+
+
+def test_python_dash_m_tensortrain_runs_the_command():
+    """``python -m tensortrain`` failed: the package had no ``__main__``."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tensortrain", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("tensortrain ")

@@ -474,7 +474,6 @@ def test_weights_are_loaded_before_compressing(models, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--model", "clitoolmodels", "--max-tt-rank", "4"], "--model must be MODULE:ATTR (e.g. "),
         (
             ["--model", "nosuchmodule_xyz:m", "--max-tt-rank", "4"],
             "cannot import 'nosuchmodule_xyz' (the current",
@@ -525,6 +524,8 @@ def test_compress_errors(models, tmp_path, capsys, argv, message):
         (["--model", "m:a", "--max-tt-rank", "two"], "argument --max-tt-rank: invalid int value: 'two'"),
         (["--model", "m:a", "--ratio", "2", "--dry-run", "--out", "x.pt"], "not allowed with argument"),
         (["--max-tt-rank", "2"], "the following arguments are required: --model"),
+        # (a malformed --model was exit 1, the only usage error not 2)
+        (["--model", "clitoolmodels", "--max-tt-rank", "4"], "argument --model: must be MODULE:ATTR (e.g. "),
     ],
 )
 def test_compress_usage_errors(argv, message, capsys):

@@ -308,7 +308,7 @@ def test_download_offline_lists_every_mirror(tmp_path, dead_url):
     assert "could not download train-images-idx3-ubyte.gz" in msg
     assert f"{dead_url}train-images-idx3-ubyte.gz: " in msg and f"{other}train-images-idx3-ubyte.gz: " in msg
     assert "offline?" in msg and "TENSORTRAIN_DATA" in msg
-    assert list((tmp_path / "mnist").iterdir()) == []  # no partial files
+    assert not (tmp_path / "mnist").exists()  # no partial files, and no folder the download made
 
 
 def test_download_corrupt_file_is_rejected(tmp_path, serve):
@@ -317,7 +317,11 @@ def test_download_corrupt_file_is_rejected(tmp_path, serve):
         DownloadError, match=r"train-images-idx3-ubyte.gz: sha256 mismatch \(got [0-9a-f]{64}"
     ):
         load_mnist(tmp_path / "mnist", mirrors=[serve(tmp_path / "site")], timeout=5)
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert not (tmp_path / "mnist").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there before stays, empty
+    with pytest.raises(DownloadError):
+        load_mnist(tmp_path / "mine", mirrors=[serve(tmp_path / "site")], timeout=5)
+    assert list((tmp_path / "mine").iterdir()) == []
 
 
 def test_download_http_error_and_bad_mirrors_argument(tmp_path, serve):
@@ -511,7 +515,7 @@ def test_disk_full_while_writing_is_not_a_mirror_failure(tmp_path, serve, monkey
     with pytest.raises(OSError, match="No space left on device") as info:
         datasets.download_mnist(tmp_path / "mnist", mirrors=[serve(tmp_path / "site")] * 2, timeout=5)
     assert not isinstance(info.value, DownloadError)
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert not (tmp_path / "mnist").exists()
 
 
 @pytest.mark.parametrize("download", [True, False])

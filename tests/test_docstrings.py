@@ -14,7 +14,7 @@ import tensortrain
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(tensortrain.__path__, "tensortrain.")
-    if m.name != "tensortrain.keras"
+    if m.name not in ("tensortrain.keras", "tensortrain.__main__")  # (__main__ runs the command on import)
 )
 
 

@@ -87,6 +87,14 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _module_attr(text: str) -> str:
+    """``--model``'s form, checked by the parser: a malformed one is a usage error (exit 2), as every other."""
+    module_name, sep, attr = text.partition(":")
+    if not sep or not module_name or not attr:
+        raise argparse.ArgumentTypeError(f"must be MODULE:ATTR (e.g. mymodels:build_mlp), got {text!r}")
+    return text
+
+
 def _device(text: str) -> str:
     """An argparse ``type``: ``auto`` or a torch device that exists here (``cpu``, ``cuda``, ``cuda:1``), kept
     as written (``results.json`` records what ``auto`` became)."""
@@ -221,7 +229,9 @@ def _add_compress(commands: argparse._SubParsersAction) -> None:
             "torch.save) and prints how to load it back."
         ),
     )
-    p.add_argument("--model", required=True, metavar="MODULE:ATTR", help="e.g. mymodels:build_mlp")
+    p.add_argument(
+        "--model", required=True, type=_module_attr, metavar="MODULE:ATTR", help="e.g. mymodels:build_mlp"
+    )
     p.add_argument(
         "--weights", metavar="CKPT", help="a state dict (safetensors or torch file) to load first (strict)"
     )
@@ -345,9 +355,10 @@ def _run_mnist(args: argparse.Namespace) -> int:
         else:
             results = run_mnist_demo(cfg, log=log, progress=bar)
     except (OSError, IDXError, ValueError) as err:  # OSError: missing/undownloadable data, unwritable --out
-        text = str(err).replace(
-            "pass root= / set", "pass --data / set"
-        )  # the CLI's name for load_mnist's root
+        # the CLI's name for load_mnist's root; a --data given overrides $TENSORTRAIN_DATA, so setting that
+        # would not help
+        given = "pass root= / set $TENSORTRAIN_DATA to" if args.data is not None else "pass root="
+        text = str(err).replace(given, "pass --data" if args.data is not None else "pass --data / set")
         print(f"tensortrain: error: {text}", file=sys.stderr)
         return 1
     finally:

@@ -290,11 +290,23 @@ def download_mnist(
     _check_timeout(timeout)
     folder = _folder(root)
     bases = _mirrors(mirrors)
-    fetched = []
-    for stem in MNIST_FILES:
-        if _find(folder, stem) is None:
-            folder.mkdir(parents=True, exist_ok=True)
-            fetched.append(_fetch(folder, stem + ".gz", bases, timeout))
+    fetched: list[Path] = []
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # (deepest first)
+    try:
+        for stem in MNIST_FILES:
+            if _find(folder, stem) is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                fetched.append(_fetch(folder, stem + ".gz", bases, timeout))
+    except BaseException:
+        if (
+            not fetched
+        ):  # a failed first download leaves no empty folders behind (a mistyped --data made some)
+            for p in created:
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+        raise
     return fetched
 
 
