@@ -292,3 +292,11 @@ def test_a_peer_that_fails_when_called_is_a_note_not_a_crash(monkeypatch):
     assert (
         "torchtt" not in rows[0]["params"] and rows[0]["params"]["tt"] > 0
     )  # (the rest of the row is timed)
+
+
+def test_pagefaults_script_refuses_bad_arguments(capsys):
+    import pagefaults
+
+    with pytest.raises(SystemExit) as info:
+        pagefaults.main(["--repeats", "0"])
+    assert info.value.code == 2
