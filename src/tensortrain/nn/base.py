@@ -241,21 +241,15 @@ class TTModule(nn.Module):
         self.__dict__["_load_state_dict_pre_hooks"] = OrderedDict()
         try:
             self._load_own_state(
-                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+                (state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
             )
         finally:
             self.__dict__["_load_state_dict_pre_hooks"] = hooks
 
-    def _load_own_state(
-        self,
-        state_dict: Any,
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
+    def _load_own_state(self, args: tuple) -> None:
+        """The load itself, with ``_load_from_state_dict``'s arguments: the complex check, the resize, then
+        ``nn.Module``'s loader."""
+        state_dict, prefix, error_msgs = args[0], args[1], args[-1]
         if not self.cores[0].is_complex():
             # torch would copy a complex value's real part in (with a warning at most once per process): for
             # TT cores that is not even the real part of the weight
@@ -278,6 +272,4 @@ class TTModule(nn.Module):
                         del state_dict[key]
                 return
         resize_cores_to_state(self.cores, state_dict, prefix, error_msgs)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._load_from_state_dict(*args)
