@@ -349,7 +349,7 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
                         "dense": peak_bytes(lambda m=dense, x=xg: train_step(m, x)),
                     },
                     "params": {k: sum(p.numel() for p in m.parameters()) for k, m in mods.items()},
-                    "peer_notes": notes,
+                    "peer_notes": dict(notes),  # (this batch's: a peer failing at a later one is noted there)
                 }
             )
             if "bounded" in trained:

@@ -286,9 +286,20 @@ def test_a_peer_that_fails_when_called_is_a_note_not_a_crash(monkeypatch):
         def forward(self, x):  # noqa: ANN001, ANN202
             raise RuntimeError("peer broke")
 
-    monkeypatch.setattr(run, "peer_layers", lambda *a: ({"torchtt": Broken()}, {}))
-    rows = run.bench_layers([("tiny", 12, 6, (3, 4), (2, 3), 2)], (4,), repeats=1, peers=True)
+    class FailsAtFive(torch.nn.Linear):
+        def forward(self, x):  # noqa: ANN001, ANN202
+            if x.shape[0] == 5:
+                raise RuntimeError("too big")
+            return super().forward(x)
+
+    monkeypatch.setattr(
+        run, "peer_layers", lambda *a: ({"torchtt": Broken(), "tltorch": FailsAtFive(12, 6)}, {})
+    )
+    rows = run.bench_layers([("tiny", 12, 6, (3, 4), (2, 3), 2)], (4, 5), repeats=1, peers=True)
     assert rows[0]["peer_notes"]["torchtt"].startswith("error at batch 4: RuntimeError: peer broke")
+    # (a peer failing at a later batch only: noted in that row, timed in the earlier one)
+    assert "tltorch" not in rows[0]["peer_notes"] and "tltorch" in rows[0]["params"]
+    assert rows[1]["peer_notes"]["tltorch"].startswith("error at batch 5: RuntimeError: too big")
     assert (
         "torchtt" not in rows[0]["params"] and rows[0]["params"]["tt"] > 0
     )  # (the rest of the row is timed)

@@ -325,6 +325,12 @@ def test_demo_names_the_ranks_it_used_and_refuses_oversized_subsets(tmp_path, ca
         "or pass --data a folder holding them" in err and "root=" not in err and "TENSORTRAIN_DATA" not in err
     )
     assert not (tmp_path / "none").exists()
+    monkeypatch.setenv("TENSORTRAIN_DATA", str(tmp_path / "env"))  # (no --data: the variable may help)
+    assert main(["demo", "mnist", "--out", str(tmp_path / "o3")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "or pass --data / set $TENSORTRAIN_DATA to a folder holding them" in err and "/ set / set" not in err
+    )
 
 
 def test_seeds_runs_every_seed_and_summarizes_them(tmp_path, capsys):

@@ -523,3 +523,11 @@ def test_results_do_not_follow_later_writes_to_their_inputs(gen):
     want = ops.full(scaled).clone()
     b.tt_cores[1].zero_()
     assert_close(ops.full(scaled), want)
+
+
+def test_scaling_by_a_non_finite_number_copies_the_other_cores(gen):
+    """x * inf puts the factor on the first core; the others were the input's own (a later write to x changed it)."""
+    x = tt.TensorTrain(random_cores((2, 3, 4), (1, 2, 2, 1), gen=gen))
+    for c in (math.inf, math.nan):
+        y = x * c
+        assert all(a.data_ptr() != b.data_ptr() for a, b in zip(y.tt_cores[1:], x.tt_cores[1:], strict=True))

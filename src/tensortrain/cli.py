@@ -357,8 +357,10 @@ def _run_mnist(args: argparse.Namespace) -> int:
     except (OSError, IDXError, ValueError) as err:  # OSError: missing/undownloadable data, unwritable --out
         # the CLI's name for load_mnist's root; a --data given overrides $TENSORTRAIN_DATA, so setting that
         # would not help
-        given = "pass root= / set $TENSORTRAIN_DATA to" if args.data is not None else "pass root="
-        text = str(err).replace(given, "pass --data" if args.data is not None else "pass --data / set")
+        if args.data is not None:
+            text = str(err).replace("pass root= / set $TENSORTRAIN_DATA to", "pass --data")
+        else:
+            text = str(err).replace("pass root= / set", "pass --data / set")
         print(f"tensortrain: error: {text}", file=sys.stderr)
         return 1
     finally:

@@ -269,11 +269,13 @@ class KerasDense(keras.layers.Layer):
         only where the planner finds that cheaper)."""
         if inputs.is_complex():  # (the cores are real: the product would fail inside tt.matmul)
             raise TypeError(f"KerasDense: complex inputs are not supported, got {inputs.dtype}")
-        if inputs.dtype != getattr(torch, self.compute_dtype):
-            # integer images, as keras' Dense takes them, and float inputs of another precision (keras casts
-            # those itself only while the layer's autocast is on)
-            inputs = keras.ops.cast(inputs, self.compute_dtype)
-        y = ops.matmul(inputs, self.matrix)
+        matrix = self.matrix  # (in compute_dtype while keras autocasts the variables, else in variable_dtype)
+        if inputs.dtype != matrix.dtype:
+            # integer images, as keras' Dense takes them, and float inputs of another precision: keras casts
+            # those itself only while the layer's autocast is on; with it off (autocast=False, to keep one layer
+            # in full precision under a mixed policy) the product runs in the variables' dtype, as Dense's does
+            inputs = keras.ops.cast(inputs, str(matrix.dtype).removeprefix("torch."))
+        y = ops.matmul(inputs, matrix)
         if self.bias is not None:
             y = y + self.bias.value
         return self.activation(y)  # keras.activations.get(None) is the identity

@@ -348,7 +348,7 @@ def _scale_balanced(cores: list[torch.Tensor], c: Any) -> list[torch.Tensor]:
     # inf / inf**(d - 1) would be NaN: the whole factor goes on the first core (comparisons, not math.isfinite,
     # which does not trace a symbol; NaN != NaN, and abs is inf for a complex with an infinite part)
     if not (c == c and abs(c) != math.inf):
-        return [cores[0] * c, *cores[1:]]
+        return [cores[0] * c, *(core.clone() for core in cores[1:])]  # (a result of its own, as below)
     each = abs(c) ** (1.0 / d)
     return [cores[0] * (c / each ** (d - 1))] + [core * each for core in cores[1:]]
 
