@@ -707,6 +707,31 @@ def test_decompress_keeps_tt_layers_tied_by_their_cores():
         tt.decompress(nn.ModuleDict({"emb": emb, "narrow": narrow}))
 
 
+@pytest.mark.parametrize("head_first", [False, True])
+def test_decompress_refuses_a_tie_with_a_padding_row_the_head_uses(head_first):
+    """A tied TTEmbedding with padding_idx returns zeros at that row while the head uses the TT's row: one dense
+    weight changed the outputs (the head's logit column zeroed, or the embedding returning the head's row)."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(30, 8, tt_rank=3, voc_dims=(2, 4, 4), emb_dims=(2, 2, 2), padding_idx=1)
+    head = tt.nn.TTLinear(8, 30, tt_rank=3, in_dims=(2, 2, 2), out_dims=(2, 4, 4), pad=True, bias=False)
+    head.cores = emb.cores
+    model = nn.ModuleDict({"head": head, "emb": emb} if head_first else {"emb": emb, "head": head})
+    with pytest.raises(ValueError, match="has padding_idx=1, whose row of the shared TT is not zero"):
+        tt.decompress(model)
+    emb.cores[0].data[:, 0] = (
+        0.0  # rows 0-15 of the TT are zero now, the padding row among them: one weight fits
+    )
+    dense = tt.decompress(model)
+    idx = torch.tensor([0, 1, 5, 29])
+    assert_close(dense["head"](dense["emb"](idx)), model["head"](model["emb"](idx)))
+
+
+def test_emb_dims_that_multiply_to_more_get_no_hint_of_padding():
+    """The error suggested pad=True, which TTEmbedding does not take (its width is never padded)."""
+    with pytest.raises(tt.ShapeError, match=r"multiply to 9, but embedding_dim=8$"):
+        tt.nn.TTEmbedding(30, 8, tt_rank=2, emb_dims=(3, 3))
+
+
 def test_conversions_leave_the_global_random_stream_alone():
     """Each conversion built a layer that drew its init from the global generator and then overwrote it: a
     seeded script got other dropout masks and heads depending on how many dry runs it made."""

@@ -540,7 +540,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not found:
         raise ValueError("decompress: the model contains no TTLinear or TTEmbedding layer")
     dense: dict[int, nn.Module] = {}
-    tied: dict[tuple[int, ...], tuple[str, nn.Module]] = {}  # one dense weight per set of shared cores
+    # one dense weight per set of shared cores: (name, dense layer, TT layer) of the first converted
+    tied: dict[tuple[int, ...], tuple[str, nn.Module, nn.Module]] = {}
     # every layer is converted (and every refusal raised) before the first is swapped in: with inplace=True an
     # error leaves the model as it was
     for name, m in found:
@@ -565,21 +566,21 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
 
 def _keep_tie(
-    tied: dict[tuple[int, ...], tuple[str, nn.Module]], name: str, m: nn.Module, new: nn.Module
+    tied: dict[tuple[int, ...], tuple[str, nn.Module, nn.Module]], name: str, m: nn.Module, new: nn.Module
 ) -> None:
     """Give ``new`` the dense weight of the layer converted before it from the same cores (an embedding and its
     tied output head), so that the tie survives; a ValueError where it cannot."""
     key = tuple(id(c) for c in m.cores)  # type: ignore[union-attr]
     if key not in tied:
-        shared = [other for k, (other, _) in tied.items() if set(k) & set(key)]
+        shared = [other for k, (other, _, _) in tied.items() if set(k) & set(key)]
         if shared:
             raise ValueError(
                 f"decompress: the TT layers {shared[0]!r} and {name!r} share cores, but not the same cores in the "
                 "same order: their dense weights cannot share them"
             )
-        tied[key] = (name, new)
+        tied[key] = (name, new, m)
         return
-    first_name, first = tied[key]
+    first_name, first, first_tt = tied[key]
     w0, w = first.weight, new.weight
     assert isinstance(w0, nn.Parameter) and isinstance(w, nn.Parameter)  # (nn.Linear's or nn.Embedding's)
     if w.shape != w0.shape:
@@ -587,4 +588,19 @@ def _keep_tie(
             f"decompress: the TT layers {first_name!r} and {name!r} share their cores, but their dense weights "
             f"have shapes {tuple(w0.shape)} and {tuple(w.shape)}: converting would untie them"
         )
+    # One dense weight cannot hold both the zero padding row nn.Embedding needs (TTEmbedding returns zeros there
+    # whatever its TT holds) and the head's row of the TT: the dense model would change its outputs (a logit
+    # column zeroed, or the embedding returning the head's row)
+    pairs = ((name, m, new), (first_name, first_tt, first))
+    heads = [
+        d.weight for _, t, d in pairs if not isinstance(t, TTEmbedding) and isinstance(d.weight, torch.Tensor)
+    ]
+    for lname, t, _ in pairs:
+        pad = getattr(t, "padding_idx", None) if isinstance(t, TTEmbedding) else None
+        if pad is not None and any(bool(h[pad].detach().ne(0).any()) for h in heads):
+            raise ValueError(
+                f"decompress: the TT layers {first_name!r} and {name!r} share their cores, and the embedding "
+                f"{lname!r} has padding_idx={pad}, whose row of the shared TT is not zero (the head uses it, the "
+                "embedding returns zeros there): one dense weight cannot do both; zero that row first (or untie)"
+            )
     new.weight = w0

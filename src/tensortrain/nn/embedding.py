@@ -39,7 +39,11 @@ def resolve_embedding_dims(
         ShapeError: ``voc_dims`` multiplying to less than ``num_embeddings``, ``emb_dims`` not multiplying to
             ``embedding_dim``, or dims of different lengths.
     """
-    emb = None if emb_dims is None else _check_dims("emb_dims", emb_dims, embedding_dim, "embedding_dim")
+    emb = (
+        None
+        if emb_dims is None
+        else _check_dims("emb_dims", emb_dims, embedding_dim, "embedding_dim", pad=None)
+    )
     voc = None
     if voc_dims is not None:
         voc = _check_dims("voc_dims", voc_dims, None, "")  # any product of at least V (checked next)

@@ -39,10 +39,11 @@ def _choose_d(n: int) -> int:
 
 
 def _check_dims(
-    name: str, dims: Sequence[int], size: int | None, size_name: str, *, pad: bool = False
+    name: str, dims: Sequence[int], size: int | None, size_name: str, *, pad: bool | None = False
 ) -> tuple[int, ...]:
     """``dims`` as a tuple of positive ints multiplying to ``size`` (at least ``size`` with ``pad``; any product
-    when ``size`` is None)."""
+    when ``size`` is None). ``pad=None``: a size that is never padded (an embedding's width): no hint of
+    ``pad=True``."""
     try:
         ints = [as_int(k) for k in dims]
     except TypeError:  # not iterable
@@ -54,7 +55,9 @@ def _check_dims(
         raise ShapeError(f"{name} must be a non-empty sequence of positive ints, got {out}")
     if size is not None and (math.prod(out) < size if pad else math.prod(out) != size):
         more = math.prod(out) > size
-        hint = " (dims multiplying to more, which pads the size, need pad=True)" if more and not pad else ""
+        hint = (
+            " (dims multiplying to more, which pads the size, need pad=True)" if more and pad is False else ""
+        )
         raise ShapeError(f"{name}={out} multiply to {math.prod(out)}, but {size_name}={size}{hint}")
     return out
 
