@@ -67,7 +67,7 @@ def valueless(t: torch.Tensor) -> bool:
     a data-dependent error), or a CUDA tensor while a graph is captured (:func:`capturing`). Value checks are
     skipped there, as under a transform, and nothing computed is kept between calls (a fake merge kept in a real
     layer's cache made its next real call return a fake tensor)."""
-    # (cheapest tests first: this runs on every layer call, ~0.15 us)
+    # (cheapest tests first: this runs on every layer call, ~0.3 us)
     return (
         t.is_meta
         or isinstance(t, _FakeTensor)
