@@ -824,3 +824,12 @@ def test_compress_refuses_epsilon_one_and_meets_a_ratio_exactly_at_its_rank():
     _, rep = tt.compress(model, max_tt_rank=6, dry_run=True)
     _, chosen = tt.compress(model, ratio=rep.ratio, dry_run=True)
     assert [r.tt_ranks for r in chosen.layers] == [r.tt_ranks for r in rep.layers]
+
+
+def test_no_match_names_the_subclassed_layers_it_leaves_alone():
+    """include="self_attn.out_proj" matched nothing without saying why: out_proj subclasses nn.Linear."""
+    model = nn.TransformerEncoderLayer(16, 2, 32)
+    with pytest.raises(
+        ValueError, match=r"left alone .*'self_attn.out_proj \(NonDynamicallyQuantizableLinear\)'"
+    ):
+        tt.compress(model, max_tt_rank=2, include="self_attn.out_proj")

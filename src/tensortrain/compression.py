@@ -427,9 +427,21 @@ def compress(
     layers = _select(target, inc, exc)
     if not layers:
         seen = [n for n, m in target.named_modules() if converter_of(m) is not None][:8]
+        # (nn.MultiheadAttention's out_proj is one: a user who named it would otherwise not learn why it is not a
+        # candidate)
+        sub = [
+            f"{n} ({type(m).__name__})"
+            for n, m in target.named_modules()
+            if isinstance(m, (nn.Linear, nn.Embedding)) and converter_of(m) is None
+        ][:4]
+        left = (
+            f"; subclasses of nn.Linear/nn.Embedding are left alone (they may change forward): {sub}"
+            if sub
+            else ""
+        )
         raise ValueError(
             f"compress: no nn.Linear or nn.Embedding layer matched include={include!r}, exclude={exclude!r}; "
-            f"candidate layers: {seen or 'none'}"
+            f"candidate layers: {seen or 'none'}{left}"
         )
     kept = _kept_dense(target, layers)
     free = [(n, m) for n, m in layers if id(m) not in kept]
