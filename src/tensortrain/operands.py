@@ -189,10 +189,8 @@ def scaling_mode(
         return "plain"
     # (detached where needed: cheaper than a no_grad context)
     cores = [c.detach() if c.requires_grad else c for cores in operands for c in cores]
-    try:  # (one fused kernel for all the norms; the inf-norm reduction takes 10x as long on CPU)
-        norms = torch.stack(torch._foreach_norm(cores)).tolist()  # (one sync)
-    except RuntimeError:  # a fake tensor has no value to test
-        return "plain"
+    # (one fused kernel for all the norms, one sync; the inf-norm reduction takes 10x as long on CPU)
+    norms = torch.stack(torch._foreach_norm(cores)).tolist()
     if any(n == 0 for n in norms):  # (not min(): a NaN first norm makes min() NaN and hides a zero)
         # a norm of 0 is an all-zero core (the result is exactly 0, which only the scaled sweep reaches without
         # inf * 0 where the cores before it overflow) or one whose squares underflowed (entries below 1e-23 in
