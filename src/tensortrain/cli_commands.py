@@ -576,9 +576,8 @@ def _recipe(
         lines += ["import importlib", "import tensortrain", f"mod = importlib.import_module({module_name!r})"]
         mod = "mod"
     lines.append(f"model = {mod}.{attr}{'()' if called else ''}")
-    if (
-        weights_first is not None
-    ):  # the values compress decided on (lazy shapes, padding rows, finite weights)
+    # the values compress decided on (lazy shapes, padding rows, finite weights)
+    if weights_first is not None:
         lines += [
             "from tensortrain.cli_commands import read_state_dict",
             f"model.load_state_dict(read_state_dict({weights_first!r}), strict=False)",

@@ -62,9 +62,9 @@ def cached(
     later call that trains only the bias.
     """
     if valueless(cores[0]):
-        # (meta and fake cores have no data pointer or values worth keeping) a CUDA graph being captured would bake a kept value into the graph, whose replays would then miss later
-        # in-place updates of the cores (an optimizer step), which a captured nn.Linear sees: merged in the graph,
-        # every replay merges the cores as they are then
+        # meta and fake cores have no values worth keeping; and a CUDA graph being captured would bake a kept
+        # value into the graph, whose replays would then miss later in-place updates of the cores (an optimizer
+        # step), which a captured nn.Linear sees: merged in the graph, every replay merges the cores as they are
         return make(cores)
     try:
         # id(): the entry holds the cores, so their ids cannot be reused while it lives (this check runs on every

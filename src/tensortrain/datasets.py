@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 
 from .io import fsync_dir
+from .operands import as_flag
 
 __all__ = [
     "MNIST",
@@ -298,9 +299,8 @@ def download_mnist(
                 folder.mkdir(parents=True, exist_ok=True)
                 fetched.append(_fetch(folder, stem + ".gz", bases, timeout))
     except BaseException:
-        if (
-            not fetched
-        ):  # a failed first download leaves no empty folders behind (a mistyped --data made some)
+        # a failed first download leaves no empty folders behind (a mistyped --data made some)
+        if not fetched:
             for p in created:
                 try:
                     p.rmdir()
@@ -447,8 +447,8 @@ def load_mnist(
         (torch.Size([60000, 28, 28]), torch.int64)
     """
     _check_timeout(timeout)
-    if not isinstance(download, bool):  # ("no" is truthy: a download it says not to start)
-        raise TypeError(f"load_mnist: download must be True or False, got {download!r}")
+    # ("no" is truthy: a download it says not to start)
+    download = as_flag(download, "load_mnist", "download")
     folder = _folder(root)
     missing = [stem for stem in MNIST_FILES if _find(folder, stem) is None]
     if missing and not download:

@@ -81,9 +81,8 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
             raise TypeError(
                 f"{name} expects a torch.Tensor (or a NumPy array or nested list), got {type(x).__name__}"
             )
-        if holds_tensor(
-            x
-        ):  # (as_tensor reads each value out: their gradients would be dropped with a warning)
+        # (as_tensor reads each value out: their gradients would be dropped with a warning)
+        if holds_tensor(x):
             raise TypeError(
                 f"{name}: the {type(x).__name__} holds tensors: torch.stack them into one tensor first"
             )
@@ -121,9 +120,13 @@ def _epsilon(epsilon: float | None, name: str, like: torch.Tensor) -> float | No
     if not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"{name}: epsilon must be a finite number >= 0, got {epsilon}")
     if valueless(like):  # (max_tt_rank alone needs shapes only: meta and fake tensors work there)
-        kind = "a meta tensor" if like.device.type == "meta" else "a CUDA graph's capture"
-        if not capturing(like) and like.device.type != "meta":
-            kind = "a fake tensor (torch.export's non-strict tracing, FakeTensorMode)"
+        kind = (
+            "a meta tensor"
+            if like.is_meta
+            else "a CUDA graph's capture"
+            if capturing(like)
+            else "a fake tensor (torch.export's non-strict tracing, FakeTensorMode)"
+        )
         raise ValueError(
             f"{name}: epsilon picks the ranks from singular values, and {kind} has no values to read; pass "
             "max_tt_rank alone"

@@ -466,9 +466,8 @@ def run_mnist_demo(
         progress or _no_progress,
     )
     if rank == 0:  # fail now, not after minutes of training, when --out cannot be created
-        out.mkdir(
-            parents=True, exist_ok=True
-        )  # (an existing folder was checked for writes before the download)
+        # (an existing folder was checked for writes before the download)
+        out.mkdir(parents=True, exist_ok=True)
     gpu = _device_fields(device)["gpu"]
     on = f" on {device}" + (f" ({gpu})" if gpu else "")
     log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es){on}")

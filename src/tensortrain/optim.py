@@ -267,9 +267,8 @@ class RiemannianSGD(torch.optim.Optimizer):
         """Add one TT's cores (``{"params": cores, ...}``), checked as the constructor checks them."""
         # (the constructor's groups come through here too, already checked: checking twice is harmless)
         group = _groups([param_group])[0]
-        for (
-            other
-        ) in self.param_groups:  # (torch refuses the same Parameter in two groups; so, views of one buffer)
+        # (torch refuses the same Parameter in two groups; so, views of one buffer)
+        for other in self.param_groups:
             for c in group["params"]:
                 if any(c is not o and memory_overlaps(c, o) for o in other["params"]):
                     raise ValueError(
