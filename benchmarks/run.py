@@ -298,7 +298,8 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
         for b in batches:
             x = torch.randn(b, fin)
             xg = x.clone().requires_grad_(True)
-            live = working_peers(others, x, xg, notes)
+            row_notes = dict(notes)  # (the peers' construction notes, and this batch's failures)
+            live = working_peers(others, x, xg, row_notes)
             mods: dict[str, nn.Module] = {"dense": dense, "tt": ttl, **live}
             row: dict[str, Any] = {"case": name, "batch": b, "in": fin, "out": fout, "rank": rank}
             with torch.no_grad():
@@ -349,7 +350,7 @@ def bench_layers(cases: list, batches: tuple, repeats: int, peers: bool, cold: b
                         "dense": peak_bytes(lambda m=dense, x=xg: train_step(m, x)),
                     },
                     "params": {k: sum(p.numel() for p in m.parameters()) for k, m in mods.items()},
-                    "peer_notes": dict(notes),  # (this batch's: a peer failing at a later one is noted there)
+                    "peer_notes": row_notes,
                 }
             )
             if "bounded" in trained:
