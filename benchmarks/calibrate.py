@@ -75,10 +75,10 @@ def features(
     device: str = "cpu",
 ) -> list[float]:
     """The seven coefficients of the cost model's time for ``prog`` (in NAMES' order): one basis machine per
-    constant, with the device's cache sizes. FLOPs of 2-byte dtypes go to "half"'s coefficient, others to
-    "flops"'s."""
+    constant, with the device's cache sizes and narrow folds. FLOPs of 2-byte dtypes go to "half"'s coefficient,
+    others to "flops"'s."""
     inf = math.inf
-    caches = {"cache_cliffs": cost.cache_cliffs(device)}
+    caches = {"cache_cliffs": cost.cache_cliffs(device), "narrow_fold": cost.narrow_fold(device)}
     basis = [
         cost.Machine(1.0, inf, inf, 0.0, 0.0, inf, **caches),
         cost.Machine(inf, 1.0, inf, 0.0, 0.0, inf, **caches),

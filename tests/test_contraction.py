@@ -779,3 +779,93 @@ def test_sweep_core_gradients_are_as_accurate_as_the_full_plans_in_float32():
         errors[strategy] = [float((g.double() - r).norm() / r.norm()) for g, r in zip(got, want, strict=True)]
     for strategy in ("cores_rtl", "cores_ltr"):
         assert max(errors[strategy]) < 5 * max(errors["full"]) + 1e-7, errors
+
+
+# rows (32, 4), cols (32, 6), rank 4: each two-group sweep has one narrow step, (K, P, Q) = (128, 4, 32) right to
+# left and (32, 6, 128) left to right, which folds in float64 (sides >= 32, P <= 8) and float32 alike
+NARROW = (((32, 4), (32, 6)), (1, 4, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("strategy", ["cores_rtl", "cores_ltr"])
+def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
+    """Sweep steps over narrow slices run as one tall GEMM between two transposes, on every path (inference whole
+    and in chunks, autograd's tiny training batches, SweepFunction's forward and backward, recomputed states, a
+    double backward), and agree with the dense product and its gradients."""
+    from tensortrain import contraction_cost, contraction_exec
+
+    calls = []
+    folded = contraction_exec._folded
+    monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)  # small operands take every path
+    cores = [c.to(dtype) for c in random_cores(*NARROW, gen=gen)]
+    x = torch.randn(37, 192, generator=gen, dtype=torch.float64).to(dtype)
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    want = x @ dense_of(cores).T
+    with torch.no_grad():
+        assert_close(C.linear(x, cores, strategy=strategy), want, **tol)
+        assert len(calls) == 1
+        assert_close(C.linear(x[:1], cores, strategy=strategy), want[:1], **tol)  # batch 1: a batched GEMM
+        assert len(calls) == 1
+        plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
+        per_row = max(
+            max(contraction_cost._state_per_row(C.dims_of(cores), i, j, plan.direction))
+            for i, j in plan.groups
+        )
+        item = x.element_size()
+        monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", item * per_row * 8)  # chunks of 8 rows
+        monkeypatch.setattr(contraction_cost, "CACHE_BYTES", item * per_row * 30)
+        C.clear_plan_cache()
+        assert_close(C.linear(x, cores, strategy=strategy), want, **tol)  # into the chunks' reused scratch
+        assert len(calls) == 1 + 5
+    monkeypatch.undo()
+    monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)
+    C.clear_plan_cache()
+    params = [c.clone().requires_grad_(True) for c in cores]
+    g = torch.randn(37, 128, generator=gen, dtype=torch.float64).to(dtype)
+    # autograd's matmul (its backward has no folds of ours); SweepFunction (forward, and the state gradient in
+    # backward); recomputed states (left to right the narrow step is recomputed in backward too)
+    ltr = strategy == "cores_ltr"
+    for rows, limit, folds in ((3, None, 1), (37, None, 2), (37, 0, 3 if ltr else 2)):
+        xg = x[:rows].clone().requires_grad_(True)
+        ref = torch.autograd.grad(xg @ dense_of(params).T, [xg, *params], g[:rows])
+        calls.clear()
+        y = C.linear(xg, params, strategy=strategy, max_saved_bytes=limit)
+        got = torch.autograd.grad(y, [xg, *params], g[:rows])
+        assert len(calls) == folds
+        for a, b in zip(got, ref, strict=True):
+            assert_close(a, b, **tol)
+    if dtype == torch.float64:
+        xg = x[:9].clone().requires_grad_(True)
+        f = lambda a, *cs: C.linear(a, list(cs), strategy=strategy)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (xg, *params), fast_mode=True)
+        assert torch.autograd.gradgradcheck(f, (xg, *params), fast_mode=True)
+    C.clear_plan_cache()  # (plans priced with the patched threshold)
+
+
+def test_narrow_steps_are_priced_as_folded():
+    """The cost model prices a folded step as one GEMM and two transposes (no batched-GEMM slices), and only on
+    a device whose executors fold (the CPU's), not at batch 1, and not for wide slices or small sides."""
+    from tensortrain import contraction_cost as cost
+
+    n = 2**15  # slices: enough work for any of these shapes
+    assert cost.folds_narrow(n, 128, 4, 32, 4, True) and cost.folds_narrow(n, 128, 4, 32, 8, True)
+    assert not cost.folds_narrow(n, 128, 4, 32, 4, False)  # a device that does not fold
+    assert not cost.folds_narrow(n, 128, 16, 32, 4, True)  # wide slices: the batched GEMM is faster
+    assert not cost.folds_narrow(n, 4, 4, 4, 4, True)  # small sides
+    assert cost.folds_narrow(n, 16, 10, 16, 4, True) and not cost.folds_narrow(n, 16, 10, 16, 8, True)
+    assert cost.folds_narrow(n, 8, 6, 8, 4, True) and not cost.folds_narrow(n, 8, 8, 8, 4, True)
+    few = cost.NARROW_FOLD_MIN // (128 * 4 * 32)  # too little work: the copies cost more than they save
+    assert cost.folds_narrow(few, 128, 4, 32, 4, True) and not cost.folds_narrow(few - 1, 128, 4, 32, 4, True)
+    assert cost.narrow_fold("cpu") and not any(map(cost.narrow_fold, ("cuda", "mps", "meta")))
+    dims = C.dims_of(random_cores(*NARROW, gen=torch.Generator().manual_seed(0)))
+    for batch, folds in ((37, True), (1, False), (31, False)):  # 31 x (128 x 4 x 32) < NARROW_FOLD_MIN
+        acc, _ = cost.step_cost(dims, 0, 1, "rtl", batch, 4, False, fold=True)  # (K, P, Q) = (128, 4, 32)
+        plain, _ = cost.step_cost(dims, 0, 1, "rtl", batch, 4, False, fold=False)
+        assert plain.slices == batch * 1 and plain.permute == 0
+        if folds:
+            assert acc.slices == 0 and acc.permute == 2 * 4 * batch * (128 * 4 + 32 * 4)
+            assert acc.flops == plain.flops and acc.launches == plain.launches + 2
+        else:
+            assert acc == plain

@@ -49,6 +49,9 @@ class Machine(NamedTuple):
     cache_cliffs: bool = True
     # GEMM FLOP/s of 2-byte dtypes (float16, bfloat16) over float32's: a GPU's tensor cores
     half: float = 1.0
+    # sweep steps over narrow slices run as one tall GEMM between two transposes, not a batched GEMM (see
+    # folds_narrow); False: batched GEMMs everywhere (not measured on GPUs)
+    narrow_fold: bool = False
 
 
 # cpu: a 2-core AVX-512 EPYC running MKL. Set by eye, then the permute bandwidth raised from 2.5e9 to 1e10 after
@@ -68,7 +71,7 @@ class Machine(NamedTuple):
 # bfloat16 layers ran 13-16x faster than float32 there on the large products, 1.2-5x on mid-sized ones, no faster at batch 1; 8 is a
 # guess for the GEMMs of TT plans, not fitted.
 MACHINES: dict[str, Machine] = {
-    "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8, 2.9e9, 5.0e-5),
+    "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8, 2.9e9, 5.0e-5, narrow_fold=True),
     "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9, full_call=5.0e-5, cache_cliffs=False, half=8.0),
 }
 # Other device types (mps, xpu, hpu, ...) are accelerators too: GPU-like guesses, and no CPU cache cliffs (with
@@ -152,13 +155,50 @@ def machine(device_type: str, itemsize: int) -> Machine:
     # not m._replace or *m[1:]: torch 2.6's dynamo cannot trace those, and this runs inside compiled graphs)
     flops = m.flops * 4.0 / max(itemsize, 4) * (m.half if itemsize == 2 else 1.0)
     return Machine(
-        flops, m.stream, m.permute, m.launch, m.slice, m.touch, m.full_call, m.cache_cliffs, m.half
+        flops,
+        m.stream,
+        m.permute,
+        m.launch,
+        m.slice,
+        m.touch,
+        m.full_call,
+        m.cache_cliffs,
+        m.half,
+        m.narrow_fold,
     )
 
 
 def cache_cliffs(device_type: str) -> bool:
     """Whether plans on this device type run with the CPU's cache cliffs (:attr:`Machine.cache_cliffs`)."""
     return MACHINES.get(device_type, DEFAULT_MACHINE).cache_cliffs
+
+
+def narrow_fold(device_type: str) -> bool:
+    """Whether sweeps on this device type fold their narrow steps (:attr:`Machine.narrow_fold`)."""
+    return MACHINES.get(device_type, DEFAULT_MACHINE).narrow_fold
+
+
+# A batched GEMM over narrow slices runs far below the GEMM rate on the CPU: MKL took 1.7 ms for 1024 slices
+# (60 x 60) @ (60 x 5) on the 2-core EPYC (21 GFLOP/s), and a 300x300 rank-2 layer's training sweep spent two
+# thirds of its step there. The same product as one tall GEMM, ``(outer P, K) @ (K, Q)``, between a transpose of
+# the slices in and one of the result out, took 0.35 ms. Measured over P = 2..32 and sides K, Q = 4..128
+# (ratios of the two in one process, float32): the fold ran 1.4-13x faster for P <= 10 with both sides >= 16 and
+# for P <= 6 with both >= 8, and up to 4x slower for wider slices or sides of 4. In float64 and the 2-byte
+# dtypes the gains held only for sides >= 32 and P <= 8 (float64 at 16 x 16 ran the fold 2-4x slower). Below
+# about NARROW_FOLD_MIN multiply-adds the two extra copies cost more than they save (64 slices (16 x 40) @
+# (40 x 8): 19 us batched, 23 us folded).
+NARROW_FOLD_MIN = 2**19
+
+
+def folds_narrow(outer: int, k: int, p: int, q: int, item: int, fold: bool) -> bool:
+    """Whether a sweep step of ``outer`` slices ``(K, P)`` and a ``(Q, K)`` super-core runs as one folded GEMM
+    (``fold``: the device's :attr:`Machine.narrow_fold`; ``item``: bytes per element)."""
+    if not fold or p <= 1 or outer * k * p * q < NARROW_FOLD_MIN:
+        return False
+    side = min(k, q)
+    if item == 4:
+        return (side >= 16 and p <= 10) or (side >= 8 and p <= 6)
+    return side >= 32 and p <= 8
 
 
 def merge_cost(dims: Dims, i: int, j: int, item: int) -> _Acc:
@@ -262,11 +302,13 @@ def step_cost(
     cached: bool = False,
     recompute: bool = False,
     cliffs: bool = True,
+    fold: bool = False,
 ) -> tuple[_Acc, int]:
     """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps.
 
     ``recompute``: the sweep keeps no step input (contraction_exec.SweepFunction recomputes them), at any batch.
     ``cliffs``: the device's :attr:`Machine.cache_cliffs` (False: no state leaves a cache, none runs in chunks).
+    ``fold``: the device's :attr:`Machine.narrow_fold` (narrow steps run as one GEMM between two transposes).
     """
     cache = CACHE_BYTES if cliffs else math.inf
     outer, k, p, q = step_shape(dims, i, j, direction)
@@ -294,19 +336,22 @@ def step_cost(
     # where the step's GEMMs are wide (one GEMM, p == 1, or slices of p >= WIDE_SLICE columns): narrow slices run
     # far below the FLOP rate, which the full price happened to stand in for (30522x768 rank 16 at batch 256 took
     # a grouping with 4-column slices that measured 2.7x slower when every chunk was discounted)
-    chunked = traffic if chunks > 1 and (p == 1 or p >= WIDE_SLICE) else 0
+    # tiny training batches: torch.matmul folds the batch (a transposed copy of the state in, one of the product
+    # out); others run batched GEMMs on the slices in place (contraction_exec.SweepFunction in training), except
+    # narrow ones, which the executors fold the same way (folds_narrow; not at batch 1, where a batched GEMM
+    # dispatches faster)
+    folded = grad and p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute
+    narrow = not folded and batch > 1 and folds_narrow(outer, k, p, q, item, fold)
+    chunked = traffic if chunks > 1 and (p == 1 or p >= WIDE_SLICE or narrow) else 0
     stream = 0 if big or chunked else traffic
     acc = _sum(
         acc,
         _Acc(flops, stream, traffic if big else 0, 3 * chunks, outer if p > 1 else 0, slow, chunked),
     )
+    if folded or narrow:
+        acc = _sum(acc, _Acc(0, 0, 2 * item * (state_in + state_out), 2, -acc.slices))
     saved = 0
     if grad:
-        # tiny batches: torch.matmul folds the batch (a transposed copy of the state in, one of the product out);
-        # others run contraction_exec.SweepFunction, batched GEMMs on the slices in place
-        folded = p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute
-        if folded:
-            acc = _sum(acc, _Acc(0, 0, 2 * item * (state_in + state_out), 2, -acc.slices))
         # each step keeps its input: for the first step that is x itself (the caller's), unless folded into a copy
         saved = 0 if (first and not folded) or recompute else state_in
     return acc, saved
@@ -357,7 +402,9 @@ def sweep_cost(
     supers = 0  # super-cores that are not the parameters themselves are kept for backward too
     fresh = 0
     for i, j in groups:
-        a, s = step_cost(dims, i, j, direction, batch, item, grad, cached, recompute, m.cache_cliffs)
+        a, s = step_cost(
+            dims, i, j, direction, batch, item, grad, cached, recompute, m.cache_cliffs, m.narrow_fold
+        )
         acc, saved = _sum(acc, a), saved + s
         final = i == 0 if direction == "rtl" else j == d  # the step executed last: its output is y
         # the step that reads x: where the input needs no gradient, backward skips that step's state gradient

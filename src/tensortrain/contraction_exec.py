@@ -62,8 +62,9 @@ def _step(s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int, eager_on
 
     With ``P == 1`` it is one GEMM. Otherwise ``torch.matmul`` runs a batched GEMM with ``a`` broadcast (no
     copies); when ``a`` requires grad it folds the batch into one GEMM instead, so that backward never
-    materialises a per-slice gradient of ``a``. ``eager_one``: batch 1 outside torch.compile, where a single
-    slice is a plain GEMM and, without gradients for ``a``, ``bmm`` over an expanded ``a`` dispatches faster.
+    materialises a per-slice gradient of ``a``. Narrow slices (:func:`_folds`) take one folded GEMM too (the
+    result is then a transposed view). ``eager_one``: batch 1 outside torch.compile, where a single slice is a
+    plain GEMM and, without gradients for ``a``, ``bmm`` over an expanded ``a`` dispatches faster.
     """
     if p == 1:
         return s.reshape(outer, k) @ a.t()
@@ -73,7 +74,28 @@ def _step(s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int, eager_on
         if not (a.requires_grad and torch.is_grad_enabled()):
             # a few us less dispatch than torch.matmul's broadcast for these small batch-1 states
             return torch.bmm(a.expand(outer, *a.shape), s.reshape(outer, k, p))
+    elif _folds(outer, k, p, int(a.shape[0]), s):
+        return _folded(a, s, outer, k, p)
     return torch.matmul(a, s.reshape(outer, k, p))
+
+
+def _folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
+    """Whether a step of ``outer`` slices ``(K, P)`` and a ``(Q, K)`` super-core runs folded on ``s``'s device and
+    dtype (``contraction_cost.folds_narrow``: many narrow slices, where a batched GEMM runs far below the GEMM
+    rate). Not under torch.compile, nor for a symbolic batch (non-strict export): comparing it would specialise
+    the graph (and a compiler generates its own kernels for the batched product)."""
+    return (
+        type(outer) is int
+        and not torch.compiler.is_compiling()
+        and _cost.folds_narrow(outer, k, p, q, s.element_size(), _cost.narrow_fold(s.device.type))
+    )
+
+
+def _folded(a: torch.Tensor, s: torch.Tensor, outer: int, k: int, p: int) -> torch.Tensor:
+    """``a (Q, K)`` times every ``(K, P)`` slice of ``s`` as one tall GEMM: the slices transposed into
+    ``(outer P, K)`` rows, times ``a^T``, the ``(outer, P, Q)`` product returned as an ``(outer, Q, P)`` view."""
+    y = s.reshape(outer, k, p).transpose(1, 2).reshape(-1, k) @ a.t()
+    return y.view(outer, p, a.shape[0]).transpose(1, 2)
 
 
 def _eager_one(b: int) -> bool:
@@ -458,10 +480,14 @@ def _slice_product(
     a: torch.Tensor, s: torch.Tensor, step: tuple[int, int, int, int], out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """One sweep step ``(outer, K, P, Q)``: ``a (Q, K)`` times every ``(K, P)`` slice of the state ``s``, in place
-    (``bmm`` over ``a`` broadcast; one GEMM when ``P == 1``), into ``out`` (contiguous, any shape) if given."""
+    (``bmm`` over ``a`` broadcast; one GEMM when ``P == 1``; narrow slices folded into one GEMM, :func:`_folds`),
+    into ``out`` (contiguous, any shape) if given."""
     outer, k, p, q = step
     if p == 1:
         return torch.mm(s.reshape(outer, k), a.t(), out=None if out is None else out.view(outer, q))
+    if _folds(outer, k, p, q, s):
+        y = _folded(a, s, outer, k, p)
+        return y.contiguous() if out is None else out.view(outer, q, p).copy_(y)
     return torch.bmm(
         a.expand(outer, q, k), s.reshape(outer, k, p), out=None if out is None else out.view(outer, q, p)
     )
@@ -514,7 +540,12 @@ def _sweep_grads(
                     )
                 )
             if need_state:
-                g = torch.bmm(a.t().expand(outer, k, q), g3)
+                # the transposed step, (K, Q) times (Q, P) slices
+                g = (
+                    _folded(a.t(), g3, outer, q, p)
+                    if _folds(outer, q, p, k, g3)
+                    else torch.bmm(a.t().expand(outer, k, q), g3)
+                )
     return (g if need_x else None), grads[::-1]
 
 
