@@ -311,3 +311,50 @@ def test_pagefaults_script_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit) as info:
         pagefaults.main(["--repeats", "0"])
     assert info.value.code == 2
+
+
+def test_regret_script_scores_auto_against_the_forced_strategies(tmp_path, capsys):
+    import regret
+
+    path = tmp_path / "regret.json"
+    assert regret.main(["--configs", "2", "--max-size", "128", "--max-batch", "16", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["summary"]["configs"] == 2 and len(out["rows"]) == 2
+    for row in out["rows"]:
+        t = row["seconds"]
+        assert row["fastest"] in regret.FORCED and t[row["fastest"]] == min(t[s] for s in t if s in regret.FORCED)
+        assert row["regret"] == t["auto"] / t[row["fastest"]] and row["vs_dense"] == t["auto"] / t["dense"]
+        assert max(row["config"][:2]) <= 128 and row["plan"]
+    assert out["summary"]["median_regret"] > 0
+
+
+def test_regret_script_against_a_baseline_tree(tmp_path):
+    """--baseline times each configuration in a child process per tree (here the same tree twice)."""
+    import regret
+
+    path = tmp_path / "ab.json"
+    argv = ["--baseline", str(regret.SRC), "--configs", "1", "--max-size", "100", "--max-batch", "8"]
+    assert regret.main([*argv, "--json", str(path)]) == 0
+    row = json.loads(path.read_text())["rows"][0]
+    assert row["baseline"]["plan"] == row["current"]["plan"]
+    assert row["speedup"] == row["ratio_baseline"] / row["ratio_current"]
+    # --select changed: the same tree never plans differently, so nothing is timed
+    assert regret.main([*argv, "--select", "changed", "--pool", "5", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["summary"]["configs"] == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--select", "changed"], "--select needs --baseline"),
+        (["--select", "all,folded", "--baseline", "x"], "--select takes all"),
+        (["--baseline", "/nonexistent"], "holds no tensortrain package"),
+        (["--configs", "0"], "must be positive"),
+    ],
+)
+def test_regret_script_refuses_bad_arguments(argv, message, capsys):
+    import regret
+
+    with pytest.raises(SystemExit) as info:
+        regret.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
