@@ -322,7 +322,9 @@ def test_regret_script_scores_auto_against_the_forced_strategies(tmp_path, capsy
     assert out["summary"]["configs"] == 2 and len(out["rows"]) == 2
     for row in out["rows"]:
         t = row["seconds"]
-        assert row["fastest"] in regret.FORCED and t[row["fastest"]] == min(t[s] for s in t if s in regret.FORCED)
+        assert row["fastest"] in regret.FORCED and t[row["fastest"]] == min(
+            t[s] for s in t if s in regret.FORCED
+        )
         assert row["regret"] == t["auto"] / t[row["fastest"]] and row["vs_dense"] == t["auto"] / t["dense"]
         assert max(row["config"][:2]) <= 128 and row["plan"]
     assert out["summary"]["median_regret"] > 0
