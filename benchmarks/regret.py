@@ -290,7 +290,17 @@ def main(argv: list[str] | None = None) -> int:
         from run import write_json  # (on sys.path since _settle)
 
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"threads": a.threads, "seed": a.seed, "baseline": a.baseline, "select": a.select}
+        from run import git_commit
+
+        meta = {
+            "threads": a.threads,
+            "seed": a.seed,
+            "baseline": a.baseline,
+            "select": a.select,
+            "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "torch": torch.__version__,
+        }
         write_json(a.json, {"meta": meta, "summary": summary, "rows": rows})
     return 0
 
