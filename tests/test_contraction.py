@@ -797,15 +797,14 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
     calls = []
     folded = contraction_exec._folded
     monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
-    monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)  # small operands take every path
     cores = [c.to(dtype) for c in random_cores(*NARROW, gen=gen)]
     x = torch.randn(37, 192, generator=gen, dtype=torch.float64).to(dtype)
     tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
     want = x @ dense_of(cores).T
-    with torch.no_grad():
+    with torch.no_grad():  # 37 rows: 606K (right to left) or 909K multiply-adds, above NARROW_FOLD_MIN
         assert_close(C.linear(x, cores, strategy=strategy), want, **tol)
         assert len(calls) == 1
-        assert_close(C.linear(x[:1], cores, strategy=strategy), want[:1], **tol)  # batch 1: a batched GEMM
+        assert_close(C.linear(x[:1], cores, strategy=strategy), want[:1], **tol)  # one slice: a plain GEMM
         assert len(calls) == 1
         plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
         per_row = max(
@@ -816,8 +815,17 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
         monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", item * per_row * 8)  # chunks of 8 rows
         monkeypatch.setattr(contraction_cost, "CACHE_BYTES", item * per_row * 30)
         C.clear_plan_cache()
-        assert_close(C.linear(x, cores, strategy=strategy), want, **tol)  # into the chunks' reused scratch
+        # into the chunks' reused scratch; folded as the planner priced it, on the whole batch (a chunk of 8 rows
+        # alone is below NARROW_FOLD_MIN)
+        assert_close(C.linear(x, cores, strategy=strategy), want, **tol)
         assert len(calls) == 1 + 5
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # chunks that may not write into scratch: the same
+            y = C.linear(x, cores, strategy=strategy)
+        assert_close(
+            y.to(want.dtype), want, rtol=0.02, atol=0.01 * float(want.abs().max())
+        )  # bfloat16's digits
+        assert len(calls) == 5
     monkeypatch.undo()
     monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
     monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)
@@ -869,3 +877,39 @@ def test_narrow_steps_are_priced_as_folded():
             assert acc.flops == plain.flops and acc.launches == plain.launches + 2
         else:
             assert acc == plain
+
+
+def test_compiled_plans_price_no_folds(monkeypatch):
+    """While compiling the executors fold nothing, so the planner prices no folds there: a geometry whose plan
+    differs with and without fold pricing gets the unfolded one."""
+    from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_plan
+
+    cores = random_cores(((32, 8), (8, 16)), (1, 8, 1), gen=torch.Generator().manual_seed(0))
+    dims = C.dims_of(cores)
+    folding = cost.choose(dims, "auto", 256, 8, "cpu", False)
+    plain = cost.choose(dims, "auto", 256, 8, "cpu", False, fold=False)
+    assert folding != plain
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert contraction_plan.choose_program(cores, 256, False, "auto") == plain
+
+
+def test_narrow_steps_take_core_gradients_as_one_gemm(gen, monkeypatch):
+    """A folded step's core gradient is one GEMM over permuted copies too, never a batched GEMM over its narrow
+    slices (small sides would otherwise pick the per-slice products)."""
+    from tensortrain import contraction_cost, contraction_exec
+
+    monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)
+    calls = []
+    long = contraction_exec._long_product
+    monkeypatch.setattr(contraction_exec, "_long_product", lambda *a: calls.append(1) or long(*a))
+    # right to left: (K, P, Q) = (16, 10, 16), where 16 * 16 <= 10 * (16 + 16) chose per-slice products
+    cores = [c.float().requires_grad_(True) for c in random_cores(((16, 10), (4, 3)), (1, 4, 1), gen=gen)]
+    x = torch.randn(37, 12, generator=gen)
+    g = torch.randn(37, 160, generator=gen)
+    got = torch.autograd.grad(C.linear(x, cores, strategy="cores_rtl"), cores, g)
+    assert len(calls) == 2  # both steps' core gradients
+    want = torch.autograd.grad(x @ dense_of(cores).T, cores, g)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, rtol=1e-4, atol=1e-4)
+    C.clear_plan_cache()

@@ -193,7 +193,7 @@ NARROW_FOLD_MIN = 2**19
 def folds_narrow(outer: int, k: int, p: int, q: int, item: int, fold: bool) -> bool:
     """Whether a sweep step of ``outer`` slices ``(K, P)`` and a ``(Q, K)`` super-core runs as one folded GEMM
     (``fold``: the device's :attr:`Machine.narrow_fold`; ``item``: bytes per element)."""
-    if not fold or p <= 1 or outer * k * p * q < NARROW_FOLD_MIN:
+    if not fold or p <= 1 or outer <= 1 or outer * k * p * q < NARROW_FOLD_MIN:
         return False
     side = min(k, q)
     if item == 4:
@@ -338,10 +338,10 @@ def step_cost(
     # a grouping with 4-column slices that measured 2.7x slower when every chunk was discounted)
     # tiny training batches: torch.matmul folds the batch (a transposed copy of the state in, one of the product
     # out); others run batched GEMMs on the slices in place (contraction_exec.SweepFunction in training), except
-    # narrow ones, which the executors fold the same way (folds_narrow; not at batch 1, where a batched GEMM
-    # dispatches faster)
+    # narrow ones, which the executors fold the same way (folds_narrow; decided on the whole batch, also where
+    # an inference sweep runs in chunks)
     folded = grad and p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute
-    narrow = not folded and batch > 1 and folds_narrow(outer, k, p, q, item, fold)
+    narrow = not folded and folds_narrow(outer, k, p, q, item, fold)
     chunked = traffic if chunks > 1 and (p == 1 or p >= WIDE_SLICE or narrow) else 0
     stream = 0 if big or chunked else traffic
     acc = _sum(
@@ -625,15 +625,21 @@ def choose(
     cached: bool = False,
     max_saved: int | None = None,
     need: Need = BOTH,
+    fold: bool = True,
 ) -> Program:
     """The cheapest program of ``strategy`` for this TT-matrix, batch size, dtype size, device and grad mode
-    (``need``: which gradients a training backward computes).
+    (``need``: which gradients a training backward computes; ``fold``: False prices no narrow folds, as the
+    executors run none under torch.compile).
 
     ``cached``: sweeps' merged groups are kept between calls (a layer's inference), so merging is free.
     ``max_saved``: in training, the fastest program keeping at most this many bytes for backward; when none
     does, the one keeping least (the sweeps are then chosen from :func:`grouping_front`, not by time alone).
     """
     m = machine(device_type, item)
+    if not fold:  # (every field spelled out: see machine())
+        m = Machine(
+            m.flops, m.stream, m.permute, m.launch, m.slice, m.touch, m.full_call, m.cache_cliffs, m.half
+        )
     if max_saved is not None and grad:
         return _choose_within(dims, strategy, batch, item, m, cached, max_saved, need)
     top: tuple[float, Program] | None = None

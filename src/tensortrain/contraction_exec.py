@@ -57,25 +57,27 @@ def _prod(xs: Sequence[int]) -> int:
     return p
 
 
-def _step(s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int, eager_one: bool) -> torch.Tensor:
+def _step(
+    s: torch.Tensor, a: torch.Tensor, outer: int, k: int, p: int, eager_one: bool, fold: bool | None = None
+) -> torch.Tensor:
     """``a (Q, K)`` applied to every ``(K, P)`` slice of the state ``s``: ``(outer, K, P) -> (outer, Q, P)``.
 
     With ``P == 1`` it is one GEMM. Otherwise ``torch.matmul`` runs a batched GEMM with ``a`` broadcast (no
     copies); when ``a`` requires grad it folds the batch into one GEMM instead, so that backward never
-    materialises a per-slice gradient of ``a``. Narrow slices (:func:`_folds`) take one folded GEMM too (the
-    result is then a transposed view). ``eager_one``: batch 1 outside torch.compile, where a single slice is a
-    plain GEMM and, without gradients for ``a``, ``bmm`` over an expanded ``a`` dispatches faster.
+    materialises a per-slice gradient of ``a``. Many narrow slices (:func:`_folds`; ``fold``, when given,
+    decides instead) take one folded GEMM too (the result is then a transposed view). ``eager_one``: batch 1
+    outside torch.compile, where a single slice is a plain GEMM and, without gradients for ``a``, ``bmm`` over an
+    expanded ``a`` dispatches faster.
     """
     if p == 1:
         return s.reshape(outer, k) @ a.t()
-    if eager_one:
-        if outer == 1:
-            return a @ s.reshape(k, p)
-        if not (a.requires_grad and torch.is_grad_enabled()):
-            # a few us less dispatch than torch.matmul's broadcast for these small batch-1 states
-            return torch.bmm(a.expand(outer, *a.shape), s.reshape(outer, k, p))
-    elif _folds(outer, k, p, int(a.shape[0]), s):
+    if eager_one and outer == 1:
+        return a @ s.reshape(k, p)
+    if _folds(outer, k, p, int(a.shape[0]), s) if fold is None else fold:
         return _folded(a, s, outer, k, p)
+    if eager_one and not (a.requires_grad and torch.is_grad_enabled()):
+        # a few us less dispatch than torch.matmul's broadcast for these small batch-1 states
+        return torch.bmm(a.expand(outer, *a.shape), s.reshape(outer, k, p))
     return torch.matmul(a, s.reshape(outer, k, p))
 
 
@@ -83,7 +85,9 @@ def _folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
     """Whether a step of ``outer`` slices ``(K, P)`` and a ``(Q, K)`` super-core runs folded on ``s``'s device and
     dtype (``contraction_cost.folds_narrow``: many narrow slices, where a batched GEMM runs far below the GEMM
     rate). Not under torch.compile, nor for a symbolic batch (non-strict export): comparing it would specialise
-    the graph (and a compiler generates its own kernels for the batched product)."""
+    the graph (and a compiler generates its own kernels for the batched product); the planner prices no folds
+    there either. Under autocast the state's lower precision decides, where the planner, which does not see
+    autocast, priced the cores' own dtype."""
     return (
         type(outer) is int
         and not torch.compiler.is_compiling()
@@ -130,8 +134,10 @@ def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | N
     """
     if chunk is None or x2d.shape[0] <= chunk:
         return _steps(x2d, supers, direction)
+    # which steps fold is decided on the whole batch, as the planner priced them, not on each chunk's rows
+    folds = [_folds(o, k, p, q, x2d) for o, k, p, q in _layout(x2d, supers, direction)]
     if not _writable(x2d, *(a for a, _, _ in supers)):
-        return torch.cat([_steps(xc, supers, direction) for xc in x2d.split(chunk)])
+        return torch.cat([_steps(xc, supers, direction, folds) for xc in x2d.split(chunk)])
     b = int(x2d.shape[0])
     order = list(reversed(supers)) if direction == "rtl" else supers
     y = torch.empty((b, _prod([mg for _, mg, _ in supers])), dtype=x2d.dtype, device=x2d.device)
@@ -143,7 +149,9 @@ def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | N
         workspace.scratch((inner,), x2d.dtype, x2d.device) as pong,
     ):
         for r0 in range(0, b, chunk):
-            _steps_into(x2d[r0 : r0 + chunk], supers, order, direction, y[r0 : r0 + chunk], (ping, pong))
+            _steps_into(
+                x2d[r0 : r0 + chunk], supers, order, direction, y[r0 : r0 + chunk], (ping, pong), folds
+            )
     return y
 
 
@@ -154,32 +162,37 @@ def _steps_into(
     direction: str,
     out: torch.Tensor,
     bufs: tuple[torch.Tensor, torch.Tensor],
+    folds: Sequence[bool] | None = None,
 ) -> None:
     """:func:`_steps` of one chunk without allocations: states alternate between ``bufs``, the last step writes
-    ``out`` (the chunk's rows of the output)."""
+    ``out`` (the chunk's rows of the output); ``folds``: which steps fold (decided on the whole batch)."""
     steps = _layout(xc, supers, direction)
     s = xc
     for t, ((a, _, _), step) in enumerate(zip(order, steps, strict=True)):
         outer, _, p, q = step
-        s = _slice_product(a, s, step, out if t == len(steps) - 1 else bufs[t % 2][: outer * q * p])
+        fold = None if folds is None else folds[t]
+        s = _slice_product(a, s, step, out if t == len(steps) - 1 else bufs[t % 2][: outer * q * p], fold)
 
 
-def _steps(x2d: torch.Tensor, supers: list[Super], direction: str) -> torch.Tensor:
+def _steps(
+    x2d: torch.Tensor, supers: list[Super], direction: str, folds: Sequence[bool] | None = None
+) -> torch.Tensor:
     """Apply the super-cores to the state in sweep order: ``done`` output modes so far, ``rest`` input modes.
 
     Right to left (last group first) the state ``(B, N_left, n_g, r_b, M_right)`` is row-major, so every step reads
     its ``(n_g r_b, M_right)`` slices in place and writes ``(r_a m_g, M_right)`` ones, which are the next step's
     slices: no permutes. Left to right the state ``(B, M_left, r_a, n_g, N_right)`` maps its ``(r_a n_g,
-    N_right)`` slices to ``(m_g r_b, N_right)`` ones the same way.
+    N_right)`` slices to ``(m_g r_b, N_right)`` ones the same way. ``folds``: which steps fold (by default each
+    step decides, :func:`_folds`).
     """
     b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
     one = _eager_one(b)
     s = x2d
     done, rest = 1, int(x2d.shape[1])
-    for a, mg, ng in reversed(supers) if direction == "rtl" else supers:
+    for t, (a, mg, ng) in enumerate(reversed(supers) if direction == "rtl" else supers):
         rest //= ng
         outer, p = (rest, done) if direction == "rtl" else (done, rest)
-        s = _step(s, a, b * outer, a.shape[1], p, one)
+        s = _step(s, a, b * outer, a.shape[1], p, one, None if folds is None else folds[t])
         done *= mg
     return s.reshape(b, done)
 
@@ -477,15 +490,19 @@ def _sweep_states(
 
 
 def _slice_product(
-    a: torch.Tensor, s: torch.Tensor, step: tuple[int, int, int, int], out: torch.Tensor | None = None
+    a: torch.Tensor,
+    s: torch.Tensor,
+    step: tuple[int, int, int, int],
+    out: torch.Tensor | None = None,
+    fold: bool | None = None,
 ) -> torch.Tensor:
     """One sweep step ``(outer, K, P, Q)``: ``a (Q, K)`` times every ``(K, P)`` slice of the state ``s``, in place
-    (``bmm`` over ``a`` broadcast; one GEMM when ``P == 1``; narrow slices folded into one GEMM, :func:`_folds`),
-    into ``out`` (contiguous, any shape) if given."""
+    (``bmm`` over ``a`` broadcast; one GEMM when ``P == 1``; many narrow slices folded into one GEMM,
+    :func:`_folds`, or as ``fold`` says when given), into ``out`` (contiguous, any shape) if given."""
     outer, k, p, q = step
     if p == 1:
         return torch.mm(s.reshape(outer, k), a.t(), out=None if out is None else out.view(outer, q))
-    if _folds(outer, k, p, q, s):
+    if _folds(outer, k, p, q, s) if fold is None else fold:
         y = _folded(a, s, outer, k, p)
         return y.contiguous() if out is None else out.view(outer, q, p).copy_(y)
     return torch.bmm(
@@ -528,9 +545,12 @@ def _sweep_grads(
                 g = g2 @ a
         else:
             g3 = g.reshape(outer, q, p)
+            narrow = _folds(outer, k, p, q, g3)
             if not want:
                 grads.append(None)
-            elif q * k <= p * (q + k):  # per-slice products are smaller than the permuted copies
+            elif (
+                q * k <= p * (q + k) and not narrow
+            ):  # per-slice products are smaller than the permuted copies
                 grads.append(torch.bmm(g3, states[t].reshape(outer, k, p).transpose(1, 2)).sum(0))
             else:
                 s3 = states[t].reshape(outer, k, p)
@@ -541,11 +561,8 @@ def _sweep_grads(
                 )
             if need_state:
                 # the transposed step, (K, Q) times (Q, P) slices
-                g = (
-                    _folded(a.t(), g3, outer, q, p)
-                    if _folds(outer, q, p, k, g3)
-                    else torch.bmm(a.t().expand(outer, k, q), g3)
-                )
+                # (folds_narrow is symmetric in K and Q: the same decision as the forward step's)
+                g = _folded(a.t(), g3, outer, q, p) if narrow else torch.bmm(a.t().expand(outer, k, q), g3)
     return (g if need_x else None), grads[::-1]
 
 

@@ -305,6 +305,7 @@ def choose_program(
             grad,
             max_saved=max_saved,
             need=need,
+            fold=False,  # (the executors fold nothing while compiling: contraction_exec._folds)
         )
     # the key uses the torch.Size objects as they are: this lookup is on every layer call
     key = (
