@@ -142,7 +142,7 @@ def plan_info(cfg: list) -> dict:
             dims = (p.row_dims, p.col_dims, p.tt_ranks)
             for i, j in p.groups:
                 outer, k, cols, q = cost.step_shape(dims, i, j, p.direction)
-                folded |= rows > 1 and cost.folds_narrow(outer * rows, k, cols, q, 4, cost.narrow_fold("cpu"))
+                folded |= cost.folds_narrow(outer * rows, k, cols, q, 4, cost.narrow_fold("cpu"))
     except ImportError:
         pass
     return {"plan": p.describe(), "folded": folded}
@@ -203,8 +203,8 @@ def _child(args: list[str], src: Path, threads: int) -> Any:
     return json.loads(out.stdout)
 
 
-def geomean(xs: list[float]) -> float:
-    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
+def geomean(xs: list[float]) -> float | None:
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = {
             "configs": len(rows),
             "geomean_speedup": geomean(sp),
-            "median_speedup": statistics.median(sp) if sp else float("nan"),
-            "min_speedup": min(sp, default=float("nan")),
-            "max_speedup": max(sp, default=float("nan")),
+            "median_speedup": statistics.median(sp) if sp else None,
+            "min_speedup": min(sp, default=None),
+            "max_speedup": max(sp, default=None),
             "faster_1.05": sum(s > 1.05 for s in sp),
             "slower_0.95": sum(s < 0.95 for s in sp),
             "crossed_1.1_down": sum(r["ratio_baseline"] > 1.1 >= r["ratio_current"] for r in rows),

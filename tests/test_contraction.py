@@ -913,3 +913,36 @@ def test_narrow_steps_take_core_gradients_as_one_gemm(gen, monkeypatch):
     for a, b in zip(got, want, strict=True):
         assert_close(a, b, rtol=1e-4, atol=1e-4)
     C.clear_plan_cache()
+
+
+@pytest.mark.parametrize("strategy", ["cores_rtl", "cores_ltr"])
+def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
+    """A chunked inference sweep folds the steps a whole one folds: under autocast both decide by the precision
+    the products run in, and a one-row chunk never folds its single slice."""
+    from tensortrain import contraction_cost, contraction_exec
+
+    monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)
+    calls = []
+    folded = contraction_exec._folded
+    monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    # (K, P, Q) = (16, 4, 16) right to left, (16, 6, 16) left to right: float32 folds, bfloat16 (sides < 32) not
+    cores = [c.float() for c in random_cores(((16, 4), (16, 6)), (1, 1, 1), gen=gen)]
+    x = torch.randn(33, 96, generator=gen)
+    want = x.double() @ dense_of([c.double() for c in cores]).T
+    plan = C.plan(cores, 33, strategy=strategy, requires_grad=False)
+    dims = C.dims_of(cores)
+    per_row = max(max(contraction_cost._state_per_row(dims, i, j, plan.direction)) for i, j in plan.groups)
+    counts = {}
+    for chunked in (False, True):
+        if chunked:  # chunks of 8 rows: four of 8 and one of 1
+            monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", 4 * per_row * 8)
+            monkeypatch.setattr(contraction_cost, "CACHE_BYTES", 4 * per_row * 30)
+            C.clear_plan_cache()
+        for cast in (False, True):
+            calls.clear()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast):
+                y = C.linear(x, cores, strategy=strategy)
+            assert_close(y.double(), want, rtol=0.02, atol=0.01 * float(want.abs().max()))
+            counts[chunked, cast] = len(calls)
+    assert counts == {(False, False): 1, (False, True): 0, (True, False): 4, (True, True): 0}
+    C.clear_plan_cache()

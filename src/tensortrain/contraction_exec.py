@@ -73,7 +73,7 @@ def _step(
         return s.reshape(outer, k) @ a.t()
     if eager_one and outer == 1:
         return a @ s.reshape(k, p)
-    if _folds(outer, k, p, int(a.shape[0]), s) if fold is None else fold:
+    if _folds(outer, k, p, int(a.shape[0]), s) if fold is None else fold and outer > 1:
         return _folded(a, s, outer, k, p)
     if eager_one and not (a.requires_grad and torch.is_grad_enabled()):
         # a few us less dispatch than torch.matmul's broadcast for these small batch-1 states
@@ -86,13 +86,15 @@ def _folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
     dtype (``contraction_cost.folds_narrow``: many narrow slices, where a batched GEMM runs far below the GEMM
     rate). Not under torch.compile, nor for a symbolic batch (non-strict export): comparing it would specialise
     the graph (and a compiler generates its own kernels for the batched product); the planner prices no folds
-    there either. Under autocast the state's lower precision decides, where the planner, which does not see
-    autocast, priced the cores' own dtype."""
-    return (
-        type(outer) is int
-        and not torch.compiler.is_compiling()
-        and _cost.folds_narrow(outer, k, p, q, s.element_size(), _cost.narrow_fold(s.device.type))
-    )
+    there either. Under autocast the precision the products run in decides (autocast's, for the dtypes it casts),
+    on every path, where the planner, which does not see autocast, priced the cores' own dtype."""
+    if type(outer) is not int or torch.compiler.is_compiling():
+        return False
+    kind = s.device.type
+    item = s.element_size()
+    if s.dtype in AUTOCAST_DTYPES and autocasting(kind):
+        item = torch.get_autocast_dtype(kind).itemsize
+    return _cost.folds_narrow(outer, k, p, q, item, _cost.narrow_fold(kind))
 
 
 def _folded(a: torch.Tensor, s: torch.Tensor, outer: int, k: int, p: int) -> torch.Tensor:
@@ -502,7 +504,8 @@ def _slice_product(
     outer, k, p, q = step
     if p == 1:
         return torch.mm(s.reshape(outer, k), a.t(), out=None if out is None else out.view(outer, q))
-    if _folds(outer, k, p, q, s) if fold is None else fold:
+    # (a whole batch's decision, ``fold``, for a chunk of one row: never fold a single slice)
+    if _folds(outer, k, p, q, s) if fold is None else fold and outer > 1:
         y = _folded(a, s, outer, k, p)
         return y.contiguous() if out is None else out.view(outer, q, p).copy_(y)
     return torch.bmm(
