@@ -188,6 +188,7 @@ def narrow_fold(device_type: str) -> bool:
 # about NARROW_FOLD_MIN multiply-adds the two extra copies cost more than they save (64 slices (16 x 40) @
 # (40 x 8): 19 us batched, 23 us folded).
 NARROW_FOLD_MIN = 2**19
+FOLD_WIDEST = 10  # the widest slices any dtype's rule folds
 
 
 def folds_narrow(outer: int, k: int, p: int, q: int, item: int, fold: bool) -> bool:
@@ -197,7 +198,7 @@ def folds_narrow(outer: int, k: int, p: int, q: int, item: int, fold: bool) -> b
         return False
     side = min(k, q)
     if item == 4:
-        return (side >= 16 and p <= 10) or (side >= 8 and p <= 6)
+        return (side >= 16 and p <= FOLD_WIDEST) or (side >= 8 and p <= 6)
     return side >= 32 and p <= 8
 
 

@@ -88,7 +88,10 @@ def _folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
     the graph (and a compiler generates its own kernels for the batched product); the planner prices no folds
     there either. Under autocast the precision the products run in decides (autocast's, for the dtypes it casts),
     on every path, where the planner, which does not see autocast, priced the cores' own dtype."""
-    if type(outer) is not int or torch.compiler.is_compiling():
+    # (the cheap refusals first: this runs for every step of every call, batch 1 included)
+    if not 1 < p <= _cost.FOLD_WIDEST or torch.compiler.is_compiling() or type(outer) is not int:
+        return False
+    if outer * k * p * q < _cost.NARROW_FOLD_MIN:
         return False
     kind = s.device.type
     item = s.element_size()
