@@ -331,18 +331,19 @@ def step_cost(
     # FLOPs it does)
     flops = 2 * outer * q * k * p
     slow = flops if big else 0
-    # a chunk's states stay in cache: priced as other in-cache traffic, the planner built W where these sweeps
-    # measured faster (768x3072 rank 16 at batch 1024: 0.92x nn.Linear's time against the full plan's 1.05x;
-    # 4096x4096 rank 64 at batch 64: 1.62x against 2.06x; benchmarks/calibrate.py on the 2-core EPYC). Only
-    # where the step's GEMMs are wide (one GEMM, p == 1, or slices of p >= WIDE_SLICE columns): narrow slices run
-    # far below the FLOP rate, which the full price happened to stand in for (30522x768 rank 16 at batch 256 took
-    # a grouping with 4-column slices that measured 2.7x slower when every chunk was discounted)
     # tiny training batches: torch.matmul folds the batch (a transposed copy of the state in, one of the product
     # out); others run batched GEMMs on the slices in place (contraction_exec.SweepFunction in training), except
     # narrow ones, which the executors fold the same way (folds_narrow; decided on the whole batch, also where
     # an inference sweep runs in chunks)
     folded = grad and p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute
     narrow = not folded and folds_narrow(outer, k, p, q, item, fold)
+    # a chunk's states stay in cache: priced as other in-cache traffic, the planner built W where these sweeps
+    # measured faster (768x3072 rank 16 at batch 1024: 0.92x nn.Linear's time against the full plan's 1.05x;
+    # 4096x4096 rank 64 at batch 64: 1.62x against 2.06x; benchmarks/calibrate.py on the 2-core EPYC). Only
+    # where the step's GEMMs are wide (one GEMM, p == 1, or slices of p >= WIDE_SLICE columns): narrow slices run
+    # far below the FLOP rate, which the full price happened to stand in for (30522x768 rank 16 at batch 256 took
+    # a grouping with 4-column slices that measured 2.7x slower when every chunk was discounted; folded ones
+    # are one GEMM)
     chunked = traffic if chunks > 1 and (p == 1 or p >= WIDE_SLICE or narrow) else 0
     stream = 0 if big or chunked else traffic
     acc = _sum(
