@@ -822,9 +822,8 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
         calls.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):  # chunks that may not write into scratch: the same
             y = C.linear(x, cores, strategy=strategy)
-        assert_close(
-            y.to(want.dtype), want, rtol=0.02, atol=0.01 * float(want.abs().max())
-        )  # bfloat16's digits
+        # (to bfloat16's digits)
+        assert_close(y.to(want.dtype), want, rtol=0.02, atol=0.01 * float(want.abs().max()))
         assert len(calls) == 5
     monkeypatch.undo()
     monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
