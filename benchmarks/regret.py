@@ -40,6 +40,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import git_commit, settle_allocator, write_json  # noqa: E402
+
+# (a child process of --baseline imports these from the tree its PYTHONPATH names)
+import tensortrain as tt  # noqa: E402
+from tensortrain import contraction_cost as cost  # noqa: E402
+
 SIZES = (64, 100, 128, 200, 256, 300, 384, 500, 512, 600, 625, 700, 768, 784, 800, 1000, 1024, 1200, 1536, 2048,
          3000, 3072, 4096)  # fmt: skip
 RANKS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
@@ -62,21 +71,10 @@ def draw(rng: random.Random, max_size: int = 4096, max_rows: int = 2048) -> list
     ]
 
 
-def _settle() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from run import settle_allocator
-
-    settle_allocator()
-
-
 def _calls(cfg: list, strategies: tuple[str, ...]) -> tuple[dict, dict]:
     """A no-argument call per strategy (and ``dense``) for ``cfg``, and each strategy's plan. Forced strategies
     the cost model prices at over ESTIMATE_CAP times auto's plan are left out unrun (a core-by-core sweep of a
     large layer can need tens of GiB)."""
-    import torch
-
-    import tensortrain as tt
-
     fin, fout, rank, lead, train = cfg
     torch.manual_seed(0)
     base = tt.nn.TTLinear(fin, fout, tt_rank=rank)
@@ -127,24 +125,18 @@ def _repeats(first: float) -> int:
 
 
 def plan_info(cfg: list) -> dict:
-    """The auto plan of ``cfg`` in this process's tensortrain, and whether it folds a step."""
-    import tensortrain as tt
-
+    """The auto plan of ``cfg`` in this process's tensortrain, and whether it folds a step (never, in a tree
+    from before folds)."""
     fin, fout, rank, lead, train = cfg
     layer = tt.nn.TTLinear(fin, fout, tt_rank=rank)
     rows = math.prod(lead)
     p = layer.plan(rows, requires_grad=train)
     folded = False
-    try:
-        from tensortrain import contraction_cost as cost
-
-        if p.kind == "sweep" and hasattr(cost, "folds_narrow"):
-            dims = (p.row_dims, p.col_dims, p.tt_ranks)
-            for i, j in p.groups:
-                outer, k, cols, q = cost.step_shape(dims, i, j, p.direction)
-                folded |= cost.folds_narrow(outer * rows, k, cols, q, 4, cost.narrow_fold("cpu"))
-    except ImportError:
-        pass
+    if p.kind == "sweep" and hasattr(cost, "folds_narrow"):
+        dims = (p.row_dims, p.col_dims, p.tt_ranks)
+        for i, j in p.groups:
+            outer, k, cols, q = cost.step_shape(dims, i, j, p.direction)
+            folded |= cost.folds_narrow(outer * rows, k, cols, q, 4, cost.narrow_fold("cpu"))
     return {"plan": p.describe(), "folded": folded}
 
 
@@ -232,20 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             f"--baseline {a.baseline!r} holds no tensortrain package (give the src/ folder of a checkout)"
         )
-    import torch
-
     torch.set_num_threads(a.threads)
     if a.child or a.plans:  # (a child process: its own tensortrain, from PYTHONPATH)
-        _settle()
+        settle_allocator()
         out = child_row(json.loads(a.child)) if a.child else [plan_info(c) for c in json.load(open(a.plans))]
         print(json.dumps(out))
         return 0
     rng = random.Random(a.seed)  # the configurations (the timing order draws from its own)
     order = random.Random(a.seed + 1)
     rows = []
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     if not a.baseline:
-        _settle()
+        settle_allocator()
         for n in range(a.configs):
             row = regret_row(draw(rng, a.max_size, a.max_batch), order)
             rows.append(row)
@@ -302,11 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     print(json.dumps(summary))
     if a.json:
-        from run import write_json  # (on sys.path since _settle)
-
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        from run import git_commit
-
         meta = {
             "threads": a.threads,
             "seed": a.seed,

@@ -149,7 +149,9 @@ def prod(xs: Sequence[int]) -> int:
     return p
 
 
-def machine(device_type: str, itemsize: int) -> Machine:
+def machine(device_type: str, itemsize: int, fold: bool = True) -> Machine:
+    """The device type's constants for elements of ``itemsize`` bytes (``fold`` False: no narrow folds, as while
+    compiling)."""
     m = MACHINES.get(device_type, DEFAULT_MACHINE)
     # float64 GEMMs run at about half speed, 2-byte ones at ``half`` times float32's. (Every field spelled out,
     # not m._replace or *m[1:]: torch 2.6's dynamo cannot trace those, and this runs inside compiled graphs)
@@ -164,7 +166,7 @@ def machine(device_type: str, itemsize: int) -> Machine:
         m.full_call,
         m.cache_cliffs,
         m.half,
-        m.narrow_fold,
+        m.narrow_fold and fold,
     )
 
 
@@ -637,11 +639,7 @@ def choose(
     ``max_saved``: in training, the fastest program keeping at most this many bytes for backward; when none
     does, the one keeping least (the sweeps are then chosen from :func:`grouping_front`, not by time alone).
     """
-    m = machine(device_type, item)
-    if not fold:  # (every field spelled out: see machine())
-        m = Machine(
-            m.flops, m.stream, m.permute, m.launch, m.slice, m.touch, m.full_call, m.cache_cliffs, m.half
-        )
+    m = machine(device_type, item, fold)
     if max_saved is not None and grad:
         return _choose_within(dims, strategy, batch, item, m, cached, max_saved, need)
     top: tuple[float, Program] | None = None
