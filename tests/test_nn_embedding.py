@@ -177,9 +177,33 @@ def test_both_lookup_paths_match_the_dense_table(spec, seed):
     cores = random_cores((rows, cols), ranks, gen=gen)
     w, table = tt.TensorTrain(cores), dense_from_cores(cores)
     idx = torch.randint(0, math.prod(rows), (7,), generator=gen)
+    inverse = torch.randint(0, 7, (9,), generator=gen)
     assert_close(_tt_rows(w, idx, tuple(rows)), table[idx])
     for split in range(1, len(cores)):
-        assert_close(_halves_rows(_halves(w, split), idx), table[idx])
+        halves = _halves(w, split)
+        assert_close(_halves_rows(halves, idx, inverse), table[idx[inverse]])  # into scratch (no autograd)
+        halves = tuple(h.detach().requires_grad_() for h in halves)
+        assert_close(_halves_rows(halves, idx, inverse), table[idx[inverse]])  # recorded by autograd
+
+
+def test_inference_lookup_works_in_reused_scratch_and_returns_fresh_rows():
+    """A large lookup without autograd gathers and multiplies in :mod:`tensortrain.workspace` scratch (its
+    temporaries had been mapped anew, page faults and all, on every call); what it returns aliases none of it."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(1_000_000, 128, tt_rank=16)
+    tt.workspace.empty_cache()
+    first, second = torch.randint(0, 1_000_000, (2, 4096))
+    with torch.no_grad():
+        want = emb(first)
+        u = first.unique().numel()  # (distinct rows: each is contracted once)
+        assert tt.workspace.held_bytes() >= u * (16 * 16 + 16 * 8 + 128) * 4  # L and R slices, products
+        held = tt.workspace.held_bytes()
+        emb(second)
+        assert tt.workspace.held_bytes() == held  # the same buffer again
+        with torch.inference_mode():
+            emb(second)
+    assert_close(want, emb(first))  # unchanged by the later calls; the training path agrees
+    tt.workspace.empty_cache()
 
 
 @pytest.mark.parametrize("path", ["chain", "halves"])
