@@ -221,6 +221,83 @@ def test_gradients_of_each_lookup_path(gen, monkeypatch, path):
     assert torch.autograd.gradcheck(lambda *c: tt_embedding(idx, tt.TensorTrain(c), padding_idx=3), cores)
 
 
+def _graph_names(y: torch.Tensor) -> set[str]:
+    names, todo = set(), [y.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn.name() not in names:
+            names.add(fn.name())
+            todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("frozen", [None, 0, 3])
+def test_halves_lookup_double_backward_and_frozen_halves(gen, monkeypatch, frozen):
+    """The halves' training lookup (a custom autograd function) against dense, to second order, with the cores of
+    one half frozen; complex cores take plain autograd (the function's backward has no conjugates)."""
+    from tensortrain.nn import functional
+
+    monkeypatch.setattr(functional, "_halves_split", lambda w, u: 2)
+    cores = random_cores(((2, 3, 2, 2), (2, 1, 3, 2)), (1, 2, 3, 2, 1), gen=gen)
+    cores = [c if k == frozen else c.requires_grad_() for k, c in enumerate(cores)]
+    idx = torch.tensor([[0, 5, 5, 23], [3, 3, 7, 0]])
+
+    def lookup(*trained):
+        it = iter(trained)
+        return tt_embedding(
+            idx, tt.TensorTrain([c if k == frozen else next(it) for k, c in enumerate(cores)])
+        )
+
+    trained = [c for c in cores if c.requires_grad]
+    assert "_HalvesLookupBackward" in _graph_names(lookup(*trained))
+    assert torch.autograd.gradcheck(lookup, trained)
+    assert torch.autograd.gradgradcheck(lookup, trained)
+    complex_cores = [torch.complex(c.detach(), torch.randn_like(c.detach())).requires_grad_() for c in cores]
+    y = tt_embedding(idx, tt.TensorTrain(complex_cores))
+    assert "_HalvesLookupBackward" not in _graph_names(y)
+    dense = dense_from_cores(complex_cores)[idx]
+    w = torch.randn(y.shape, generator=gen, dtype=torch.complex128)
+    for a, b in zip(
+        torch.autograd.grad((y * w).real.sum(), complex_cores),
+        torch.autograd.grad((dense * w).real.sum(), complex_cores),
+        strict=True,
+    ):
+        assert_close(a, b)
+
+
+def test_halves_lookup_keeps_indices_not_gathered_slices(monkeypatch):
+    """A training lookup of many distinct rows keeps the indices and the two halves for backward, not the gathered
+    slices of the halves (``U (D_L + D_R) r`` numbers, which autograd's gathers and product kept); the same
+    gradients as those recorded ops."""
+    from tensortrain.nn import functional
+
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(1_000_000, 128, tt_rank=16)
+    idx = torch.randint(0, 1_000_000, (4096,))
+    gathered = 4096 * (16 * 16 + 16 * 8) * 4
+    halves = sum(h.numel() * 4 for h in functional._halves(emb.weight, 2))
+    g = torch.randn(4096, 128)
+
+    def step():
+        kept: dict[int, int] = {}
+
+        def pack(t):
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = emb(idx)
+        return sum(kept.values()), torch.autograd.grad(y, list(emb.cores), g)
+
+    kept, grads = step()
+    assert kept < halves + gathered // 4
+    monkeypatch.setattr(functional._HalvesLookup, "apply", functional._lookup_recorded)
+    kept_recorded, want = step()
+    assert kept_recorded > gathered  # (what the function saves)
+    for a, b in zip(grads, want, strict=True):
+        assert_close(a, b)
+
+
 def test_lookup_path_choice():
     """Many distinct rows of a large table go through halves; a handful go core by core."""
     from tensortrain.nn.functional import _halves_split

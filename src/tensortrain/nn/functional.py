@@ -367,27 +367,96 @@ def _halves_rows(
     """Dense rows ``W[idx[inverse], :]`` from the two merged halves (:func:`_halves`), shape ``(len(inverse), D)``.
 
     Row ``i`` is ``L[i // V_R] @ R[i % V_R]`` flattened, as the TT-matrix orders its columns; the table itself is
-    never built. Without autograd the gathered slices and their products (several MiB for thousands of rows) go
-    into one reused scratch buffer (:mod:`tensortrain.workspace`): as fresh temporaries they were mapped anew on
-    every call whenever their frees made glibc return the heap's top to the kernel, which took a 1M x 128
-    rank-16 lookup of 4096 tokens from 0.8 to 3.7 ms (2,000 page faults per call) in a fresh process.
+    never built. The gathered slices and their products (several MiB for thousands of rows) live in reused
+    scratch (:mod:`tensortrain.workspace`): as fresh temporaries they were mapped anew on every call whenever
+    their frees made glibc return the heap's top to the kernel, which took a 1M x 128 rank-16 lookup of 4096
+    tokens from 0.8 to 3.7 ms (2,000 page faults per call) in a fresh process. For training,
+    :class:`_HalvesLookup` keeps only the indices and the halves for backward.
     """
     left, right = halves
     v_right = int(right.shape[0])
     # The left index is not wrapped, so an index past the table fails the gather instead of aliasing.
-    # (index_select: a few times faster than advanced indexing for these row gathers)
     il = torch.div(idx, v_right, rounding_mode="floor")
     ir = idx % v_right
-    u, (dl, r), dr = int(idx.shape[0]), left.shape[1:], int(right.shape[2])
-    if grad_recorded() and (left.requires_grad or right.requires_grad):
-        lg = left.index_select(0, il)  # (U, D_L, r)
-        rg = right.index_select(0, ir)  # (U, r, D_R)
-        return torch.bmm(lg, rg).reshape(u, -1).index_select(0, inverse)
+    if not (grad_recorded() and (left.requires_grad or right.requires_grad)):
+        return _lookup(left, right, il, ir, inverse)
+    if left.is_complex() or right.is_complex():  # (_HalvesLookup's backward has no conjugates)
+        return _lookup_recorded(left, right, il, ir, inverse)
+    return _HalvesLookup.apply(left, right, il, ir, inverse)
+
+
+def _lookup(
+    left: torch.Tensor, right: torch.Tensor, il: torch.Tensor, ir: torch.Tensor, inverse: torch.Tensor
+) -> torch.Tensor:
+    """``(L[il] @ R[ir])[inverse]`` flattened per row, its temporaries in scratch; nothing recorded."""
+    u, (dl, r), dr = int(il.shape[0]), left.shape[1:], int(right.shape[2])
     sizes = (u * dl * r, u * r * dr, u * dl * dr)
     with workspace.scratch((sum(sizes),), left.dtype, left.device) as buf:
-        lg, rg, prod = buf.split(sizes)
-        torch.index_select(left, 0, il, out=lg.view(u, dl, r))
-        torch.index_select(right, 0, ir, out=rg.view(u, r, dr))
-        torch.bmm(lg.view(u, dl, r), rg.view(u, r, dr), out=prod.view(u, dl, dr))
+        lg_f, rg_f, prod_f = buf.split(sizes)
+        lg, rg, prod = lg_f.view(u, dl, r), rg_f.view(u, r, dr), prod_f.view(u, dl, dr)
+        # (index_select: a few times faster than advanced indexing for these row gathers)
+        torch.index_select(left, 0, il, out=lg)
+        torch.index_select(right, 0, ir, out=rg)
+        torch.bmm(lg, rg, out=prod)
         # (a fresh output: nothing returned may alias the scratch)
         return prod.view(u, dl * dr).index_select(0, inverse)
+
+
+def _lookup_recorded(
+    left: torch.Tensor, right: torch.Tensor, il: torch.Tensor, ir: torch.Tensor, inverse: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_lookup` by autograd-recorded ops (complex halves; it keeps the gathered slices for backward)."""
+    prod = torch.bmm(left.index_select(0, il), right.index_select(0, ir))
+    return prod.reshape(int(il.shape[0]), -1).index_select(0, inverse)
+
+
+class _HalvesLookup(torch.autograd.Function):
+    """:func:`_lookup` for training: saves the indices and the halves, not the gathered slices (``U (D_L + D_R)
+    r`` numbers, 3x the output for a 1M x 128 table at rank 16), and gathers them again in backward, into
+    scratch like every temporary of the step. Its backward is made of differentiable ops, so double backward
+    works; under grad mode (``create_graph=True``) it runs them out of place, recorded."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        il: torch.Tensor,
+        ir: torch.Tensor,
+        inverse: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(left, right, il, ir, inverse)
+        return _lookup(left, right, il, ir, inverse)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:  # type: ignore[override]
+        left, right, il, ir, inverse = ctx.saved_tensors
+        need_l, need_r = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        u, (dl, r), dr = int(il.shape[0]), left.shape[1:], int(right.shape[2])
+        if torch.is_grad_enabled():  # a double backward: record every op
+            gu = g.new_zeros(u, dl * dr).index_add(0, inverse, g).view(u, dl, dr)
+            gl = gr = None
+            if need_l:
+                gl = torch.zeros_like(left).index_add(0, il, gu @ right.index_select(0, ir).transpose(1, 2))
+            if need_r:
+                gr = torch.zeros_like(right).index_add(0, ir, left.index_select(0, il).transpose(1, 2) @ gu)
+            return gl, gr, None, None, None
+        # a gradient of y.sum() is a stride-0 expansion, which index_add_ reads 4x slower than a copy
+        copy = 0 if g.is_contiguous() else g.numel()
+        sizes = (copy, u * dl * dr, u * dl * r, u * r * dr)
+        with workspace.scratch((sum(sizes),), g.dtype, g.device) as buf:
+            g_c, gu_f, a, b = buf.split(sizes)
+            if copy:
+                g = g_c.view(g.shape).copy_(g)
+            # each distinct row's gradient: the sum over its occurrences
+            gu = gu_f.view(u, dl * dr).zero_().index_add_(0, inverse, g).view(u, dl, dr)
+            gl = gr = None
+            if need_l:
+                rg = torch.index_select(right, 0, ir, out=b.view(u, r, dr))
+                glg = torch.bmm(gu, rg.transpose(1, 2), out=a.view(u, dl, r))
+                gl = torch.zeros_like(left).index_add_(0, il, glg)
+            if need_r:
+                lg = torch.index_select(left, 0, il, out=a.view(u, dl, r))
+                grg = torch.bmm(lg.transpose(1, 2), gu, out=b.view(u, r, dr))
+                gr = torch.zeros_like(right).index_add_(0, ir, grg)
+            return gl, gr, None, None, None
