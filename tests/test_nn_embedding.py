@@ -250,8 +250,9 @@ def test_halves_lookup_double_backward_and_frozen_halves(gen, monkeypatch, froze
 
     trained = [c for c in cores if c.requires_grad]
     assert "_HalvesLookupBackward" in _graph_names(lookup(*trained))
-    assert torch.autograd.gradcheck(lookup, trained)
-    assert torch.autograd.gradgradcheck(lookup, trained)
+    # (batched gradients: autograd's vmap, which refuses the out= writes into scratch)
+    assert torch.autograd.gradcheck(lookup, trained, check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(lookup, trained, check_batched_grad=True)
     complex_cores = [torch.complex(c.detach(), torch.randn_like(c.detach())).requires_grad_() for c in cores]
     y = tt_embedding(idx, tt.TensorTrain(complex_cores))
     assert "_HalvesLookupBackward" not in _graph_names(y)
@@ -263,6 +264,33 @@ def test_halves_lookup_double_backward_and_frozen_halves(gen, monkeypatch, froze
         strict=True,
     ):
         assert_close(a, b)
+
+
+def test_halves_lookup_choices_of_what_to_keep(gen, monkeypatch):
+    """Few distinct rows keep their gathered slices (smaller than the halves); a half whose gradient is not needed
+    by the other is not kept; a half that is a core itself is kept as a copy, so a core written in place between
+    forward and backward does not fail backward's version check (the gathered slices were copies too)."""
+    from tensortrain.nn import functional
+
+    monkeypatch.setattr(functional, "_halves_split", lambda w, u: 1)
+    cores = [c.requires_grad_() for c in random_cores(((5, 6, 7), (2, 2, 2)), (1, 3, 3, 1), gen=gen)]
+    few = torch.tensor([4, 4, 200])  # 2 distinct rows: 2 * (2 + 4) * 3 numbers against halves of 30 + 504
+    assert "_HalvesLookupBackward" not in _graph_names(tt_embedding(few, tt.TensorTrain(cores)))
+    many = torch.arange(0, 210, 3)
+    y = tt_embedding(many, tt.TensorTrain(cores))
+    assert "_HalvesLookupBackward" in _graph_names(y)
+    want = torch.autograd.grad(y.sum(), cores, retain_graph=True)
+    with torch.no_grad():
+        cores[0].mul_(2.0)
+    got = torch.autograd.grad(y.sum(), cores)  # the gradients of the lookup as it ran
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b)
+
+    frozen = [cores[0].detach(), *cores[1:]]  # the left half (core 0) frozen: only the right half's gradient,
+    kept: list[tuple[int, ...]] = []  # which needs the left half, not the right one
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(tuple(t.shape)) or t, lambda t: t):
+        tt_embedding(many, tt.TensorTrain(frozen))
+    assert (5, 2, 3) in kept and (42, 3, 4) not in kept
 
 
 def test_halves_lookup_keeps_indices_not_gathered_slices(monkeypatch):

@@ -15,7 +15,7 @@ import torch
 
 from .. import contraction, workspace
 from .. import contraction_cost as _cost
-from .._transforms import full_precision, grad_recorded, transforms_active, valueless
+from .._transforms import full_precision, grad_recorded, legacy_batched, transforms_active, valueless
 from ..contraction_cache import cached
 from ..contraction_exec import halves
 from ..contraction_plan import Strategy, dims_of
@@ -380,7 +380,12 @@ def _halves_rows(
     ir = idx % v_right
     if not (grad_recorded() and (left.requires_grad or right.requires_grad)):
         return _lookup(left, right, il, ir, inverse)
-    if left.is_complex() or right.is_complex():  # (_HalvesLookup's backward has no conjugates)
+    u, (dl, r), dr = int(il.shape[0]), left.shape[1:], int(right.shape[2])
+    if (
+        left.is_complex()
+        or right.is_complex()  # (_HalvesLookup's backward has no conjugates)
+        or left.numel() + right.numel() >= u * (dl + dr) * r  # (the halves would be the larger thing to keep)
+    ):
         return _lookup_recorded(left, right, il, ir, inverse)
     return _HalvesLookup.apply(left, right, il, ir, inverse)
 
@@ -411,10 +416,11 @@ def _lookup_recorded(
 
 
 class _HalvesLookup(torch.autograd.Function):
-    """:func:`_lookup` for training: saves the indices and the halves, not the gathered slices (``U (D_L + D_R)
-    r`` numbers, 3x the output for a 1M x 128 table at rank 16), and gathers them again in backward, into
-    scratch like every temporary of the step. Its backward is made of differentiable ops, so double backward
-    works; under grad mode (``create_graph=True``) it runs them out of place, recorded."""
+    """:func:`_lookup` for training: saves the indices and the halves (each only when the other one's gradient is
+    needed), not the gathered slices (``U (D_L + D_R) r`` numbers, 3x the output for a 1M x 128 table at rank
+    16), and gathers them again in backward, into scratch like every temporary of the step. Its backward is made
+    of differentiable ops, so double backward works; under grad mode (``create_graph=True``) or with batched
+    gradients (``is_grads_batched``) it runs them out of place, recorded."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -425,21 +431,34 @@ class _HalvesLookup(torch.autograd.Function):
         ir: torch.Tensor,
         inverse: torch.Tensor,
     ) -> torch.Tensor:
-        ctx.save_for_backward(left, right, il, ir, inverse)
+        need_l, need_r = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # A half that is a core itself (one core on its side of the split) is saved as a copy: the gathered
+        # slices that autograd kept before were copies, so a core written in place between forward and backward
+        # did not fail backward's version check
+        ctx.save_for_backward(
+            _own(left) if need_r else None, _own(right) if need_l else None, il, ir, inverse
+        )
+        ctx.shapes = (left.shape, right.shape)
         return _lookup(left, right, il, ir, inverse)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:  # type: ignore[override]
         left, right, il, ir, inverse = ctx.saved_tensors
         need_l, need_r = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        u, (dl, r), dr = int(il.shape[0]), left.shape[1:], int(right.shape[2])
-        if torch.is_grad_enabled():  # a double backward: record every op
+        (_, dl, r), (_, _, dr) = ctx.shapes
+        u = int(il.shape[0])
+        gl = gr = None
+        if torch.is_grad_enabled() or legacy_batched(g):
+            # a double backward (record every op), or autograd's vmap of gradients (which refuses out= writes)
             gu = g.new_zeros(u, dl * dr).index_add(0, inverse, g).view(u, dl, dr)
-            gl = gr = None
             if need_l:
-                gl = torch.zeros_like(left).index_add(0, il, gu @ right.index_select(0, ir).transpose(1, 2))
+                gl = g.new_zeros(ctx.shapes[0]).index_add(
+                    0, il, gu @ right.index_select(0, ir).transpose(1, 2)
+                )
             if need_r:
-                gr = torch.zeros_like(right).index_add(0, ir, left.index_select(0, il).transpose(1, 2) @ gu)
+                gr = g.new_zeros(ctx.shapes[1]).index_add(
+                    0, ir, left.index_select(0, il).transpose(1, 2) @ gu
+                )
             return gl, gr, None, None, None
         # a gradient of y.sum() is a stride-0 expansion, which index_add_ reads 4x slower than a copy
         copy = 0 if g.is_contiguous() else g.numel()
@@ -450,13 +469,17 @@ class _HalvesLookup(torch.autograd.Function):
                 g = g_c.view(g.shape).copy_(g)
             # each distinct row's gradient: the sum over its occurrences
             gu = gu_f.view(u, dl * dr).zero_().index_add_(0, inverse, g).view(u, dl, dr)
-            gl = gr = None
             if need_l:
                 rg = torch.index_select(right, 0, ir, out=b.view(u, r, dr))
                 glg = torch.bmm(gu, rg.transpose(1, 2), out=a.view(u, dl, r))
-                gl = torch.zeros_like(left).index_add_(0, il, glg)
+                gl = g.new_zeros(ctx.shapes[0]).index_add_(0, il, glg)
             if need_r:
                 lg = torch.index_select(left, 0, il, out=a.view(u, dl, r))
                 grg = torch.bmm(lg.transpose(1, 2), gu, out=b.view(u, r, dr))
-                gr = torch.zeros_like(right).index_add_(0, ir, grg)
+                gr = g.new_zeros(ctx.shapes[1]).index_add_(0, ir, grg)
             return gl, gr, None, None, None
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy where it is a view of a leaf tensor (a core): see :class:`_HalvesLookup`."""
+    return t.clone() if t._base is not None and t._base.is_leaf else t
