@@ -286,6 +286,16 @@ def test_halves_lookup_choices_of_what_to_keep(gen, monkeypatch):
     for a, b in zip(got, want, strict=True):
         assert_close(a, b)
 
+    # (split 1: the left half is core 0 itself; its copy is recorded, so second derivatives through it remain)
+    assert torch.autograd.gradgradcheck(lambda *c: tt_embedding(many, tt.TensorTrain(c)), cores)
+    computed = [c * 1.0 for c in cores]  # non-leaf cores written in place: the same
+    y = tt_embedding(many, tt.TensorTrain(computed))
+    want = torch.autograd.grad(y.sum(), cores, retain_graph=True)
+    with torch.no_grad():
+        computed[0].mul_(2.0)
+    for a, b in zip(torch.autograd.grad(y.sum(), cores), want, strict=True):
+        assert_close(a, b)
+
     frozen = [cores[0].detach(), *cores[1:]]  # the left half (core 0) frozen: only the right half's gradient,
     kept: list[tuple[int, ...]] = []  # which needs the left half, not the right one
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(tuple(t.shape)) or t, lambda t: t):

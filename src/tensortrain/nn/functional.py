@@ -387,6 +387,14 @@ def _halves_rows(
         or left.numel() + right.numel() >= u * (dl + dr) * r  # (the halves would be the larger thing to keep)
     ):
         return _lookup_recorded(left, right, il, ir, inverse)
+    # A half that is a view of a core (one core on its side of the split) is kept as a copy, made here where
+    # autograd records it (a copy inside forward would cut second derivatives): the gathered slices that
+    # autograd kept before were copies, so a core written in place between forward and backward did not fail
+    # backward's version check
+    if left._base is not None and right.requires_grad:
+        left = left.clone()
+    if right._base is not None and left.requires_grad:
+        right = right.clone()
     return _HalvesLookup.apply(left, right, il, ir, inverse)
 
 
@@ -432,12 +440,7 @@ class _HalvesLookup(torch.autograd.Function):
         inverse: torch.Tensor,
     ) -> torch.Tensor:
         need_l, need_r = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        # A half that is a core itself (one core on its side of the split) is saved as a copy: the gathered
-        # slices that autograd kept before were copies, so a core written in place between forward and backward
-        # did not fail backward's version check
-        ctx.save_for_backward(
-            _own(left) if need_r else None, _own(right) if need_l else None, il, ir, inverse
-        )
+        ctx.save_for_backward(left if need_r else None, right if need_l else None, il, ir, inverse)
         ctx.shapes = (left.shape, right.shape)
         return _lookup(left, right, il, ir, inverse)
 
@@ -478,8 +481,3 @@ class _HalvesLookup(torch.autograd.Function):
                 grg = torch.bmm(lg.transpose(1, 2), gu, out=b.view(u, r, dr))
                 gr = g.new_zeros(ctx.shapes[1]).index_add_(0, ir, grg)
             return gl, gr, None, None, None
-
-
-def _own(t: torch.Tensor) -> torch.Tensor:
-    """``t``, or a copy where it is a view of a leaf tensor (a core): see :class:`_HalvesLookup`."""
-    return t.clone() if t._base is not None and t._base.is_leaf else t
