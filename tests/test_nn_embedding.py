@@ -331,7 +331,7 @@ def test_halves_lookup_keeps_indices_not_gathered_slices(monkeypatch):
     assert kept < halves + gathered // 4
     monkeypatch.setattr(functional._HalvesLookup, "apply", functional._lookup_recorded)
     kept_recorded, want = step()
-    assert kept_recorded > gathered  # (what the function saves)
+    assert kept_recorded > gathered  # (what the recorded ops keep)
     for a, b in zip(grads, want, strict=True):
         assert_close(a, b)
 

@@ -447,37 +447,55 @@ class _HalvesLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:  # type: ignore[override]
         left, right, il, ir, inverse = ctx.saved_tensors
-        need_l, need_r = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        (_, dl, r), (_, _, dr) = ctx.shapes
-        u = int(il.shape[0])
-        gl = gr = None
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         if torch.is_grad_enabled() or legacy_batched(g):
             # a double backward (record every op), or autograd's vmap of gradients (which refuses out= writes)
-            gu = g.new_zeros(u, dl * dr).index_add(0, inverse, g).view(u, dl, dr)
-            if need_l:
-                gl = g.new_zeros(ctx.shapes[0]).index_add(
-                    0, il, gu @ right.index_select(0, ir).transpose(1, 2)
-                )
-            if need_r:
-                gr = g.new_zeros(ctx.shapes[1]).index_add(
-                    0, ir, left.index_select(0, il).transpose(1, 2) @ gu
-                )
-            return gl, gr, None, None, None
+            return *_halves_grads(g, left, right, il, ir, inverse, ctx.shapes, need), None, None, None
+        (_, dl, r), (_, _, dr) = ctx.shapes
+        u = int(il.shape[0])
         # a gradient of y.sum() is a stride-0 expansion, which index_add_ reads 4x slower than a copy
         copy = 0 if g.is_contiguous() else g.numel()
         sizes = (copy, u * dl * dr, u * dl * r, u * r * dr)
         with workspace.scratch((sum(sizes),), g.dtype, g.device) as buf:
-            g_c, gu_f, a, b = buf.split(sizes)
+            g_c, *bufs = buf.split(sizes)
             if copy:
                 g = g_c.view(g.shape).copy_(g)
-            # each distinct row's gradient: the sum over its occurrences
-            gu = gu_f.view(u, dl * dr).zero_().index_add_(0, inverse, g).view(u, dl, dr)
-            if need_l:
-                rg = torch.index_select(right, 0, ir, out=b.view(u, r, dr))
-                glg = torch.bmm(gu, rg.transpose(1, 2), out=a.view(u, dl, r))
-                gl = g.new_zeros(ctx.shapes[0]).index_add_(0, il, glg)
-            if need_r:
-                lg = torch.index_select(left, 0, il, out=a.view(u, dl, r))
-                grg = torch.bmm(lg.transpose(1, 2), gu, out=b.view(u, r, dr))
-                gr = g.new_zeros(ctx.shapes[1]).index_add_(0, ir, grg)
-            return gl, gr, None, None, None
+            return *_halves_grads(g, left, right, il, ir, inverse, ctx.shapes, need, bufs), None, None, None
+
+
+def _halves_grads(
+    g: torch.Tensor,
+    left: torch.Tensor | None,
+    right: torch.Tensor | None,
+    il: torch.Tensor,
+    ir: torch.Tensor,
+    inverse: torch.Tensor,
+    shapes: tuple[torch.Size, torch.Size],
+    need: tuple[bool, bool],
+    bufs: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The halves' gradients of :func:`_lookup` for the output gradient ``g``: the gathered slices again, and the
+    products with each distinct row's gradient (the sum over its occurrences), accumulated into the halves.
+    ``bufs``: flat scratch for those three temporaries, written in place; None: out of place, recorded."""
+    (_, dl, r), (_, _, dr) = shapes
+    u = int(il.shape[0])
+    if bufs is None:
+        gu, a, b = g.new_zeros(u, dl * dr).index_add(0, inverse, g), None, None
+    else:
+        gu = bufs[0].view(u, dl * dr).zero_().index_add_(0, inverse, g)
+        a, b = bufs[1].view(u, dl, r), bufs[2].view(u, r, dr)
+    gu = gu.view(u, dl, dr)
+    # (in place into fresh zeros, except where recorded: autograd's vmap refuses in-place writes of batched values)
+    add = torch.Tensor.index_add if bufs is None else torch.Tensor.index_add_
+    gl = gr = None
+    if need[0]:
+        assert right is not None  # (kept whenever the left half's gradient is needed)
+        rg = torch.index_select(right, 0, ir, out=b)
+        glg = torch.bmm(gu, rg.transpose(1, 2), out=a)
+        gl = add(g.new_zeros(shapes[0]), 0, il, glg)
+    if need[1]:
+        assert left is not None
+        lg = torch.index_select(left, 0, il, out=a)
+        grg = torch.bmm(lg.transpose(1, 2), gu, out=b)
+        gr = add(g.new_zeros(shapes[1]), 0, ir, grg)
+    return gl, gr
