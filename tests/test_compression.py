@@ -833,3 +833,29 @@ def test_no_match_names_the_subclassed_layers_it_leaves_alone():
         ValueError, match=r"left alone .*'self_attn.out_proj \(NonDynamicallyQuantizableLinear\)'"
     ):
         tt.compress(model, max_tt_rank=2, include="self_attn.out_proj")
+
+
+def test_a_forward_overridden_on_the_instance_keeps_its_layer_dense():
+    """A forward set on the instance (accelerate's hooks, a monkey-patched adapter) was dropped: compress
+    replaced the layer, reported it converted at a tiny error, and the model computed something else. It stays
+    dense with the reason, as a subclass's layer does; decompress refuses such a TT layer."""
+    model = nn.Sequential(
+        nn.Linear(64, 64, dtype=torch.float64), nn.ReLU(), nn.Linear(64, 64, dtype=torch.float64)
+    )
+    plain = model[0].forward
+    model[0].forward = lambda x: 2.0 * plain(x)
+    small, report = tt.compress(model, max_tt_rank=4)
+    rows = {row.name: row for row in report.layers}
+    assert not rows["0"].replaced and "forward is overridden on the instance" in rows["0"].reason
+    assert rows["2"].replaced
+    x = torch.randn(3, 64, dtype=torch.float64)
+    assert_close(
+        small[0](x), 2.0 * nn.functional.linear(x, model[0].weight, model[0].bias), rtol=1e-12, atol=0
+    )
+    _, report = tt.compress(nn.Sequential(model[0]), max_tt_rank=4)
+    assert [row.replaced for row in report.layers] == [False]
+    tt_model, _ = tt.compress(nn.Sequential(nn.Linear(64, 64, dtype=torch.float64)), max_tt_rank=4)
+    tt_plain = tt_model[0].forward
+    tt_model[0].forward = lambda x: tt_plain(x) + 1.0
+    with pytest.raises(ValueError, match=r"TT layer '0' cannot be converted: its forward is overridden"):
+        tt.decompress(tt_model)

@@ -28,6 +28,7 @@ from .compression_layers import (
     converter_for,
     converter_of,
     layer_dims,
+    overridden,
     planned_tt_params,
     recomputed,
     refusal,
@@ -337,7 +338,8 @@ def compress(
     it cannot be converted: an empty layer; a weight recomputed before each forward by a
     ``torch.nn.utils.prune`` or old-style ``weight_norm`` / ``spectral_norm`` hook (the tensor there
     between forwards is a stale copy), or by a ``torch.nn.utils.parametrize`` parametrization; parameters or
-    submodules beside ``weight`` and ``bias``; a weight whose shape disagrees with the layer's sizes; an
+    submodules beside ``weight`` and ``bias``; a ``forward`` overridden on the instance (``module.forward =
+    ...``: the TT layer would run its own); a weight whose shape disagrees with the layer's sizes; an
     ``nn.Embedding`` with ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True``, or with a non-zero
     padding row (``TTEmbedding`` outputs zeros for ``padding_idx``); NaN or inf weights.
     Each parameter is counted once in the report and in the ``ratio`` search.
@@ -529,7 +531,7 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: the model contains no TT layer; a TT layer holds an added parameter or submodule under
             a name the dense layer uses; a TT layer's bias is parametrized or pruned (the dense layer would keep a
-            stale copy: remove that first); TT layers share cores but not the same ones in the same order, or
+            stale copy: remove that first), or its forward is overridden on the instance; TT layers share cores but not the same ones in the same order, or
             share them all but would give dense weights of different shapes (the tie cannot be kept). With
             ``inplace=True`` the model is left unchanged then.
 
@@ -540,7 +542,7 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         raise TypeError(f"decompress expects an nn.Module, got {type(model).__name__}")
     in_place = as_flag(inplace, "decompress", "inplace")
     for name, m in model.named_modules():
-        why = recomputed(m) if isinstance(m, (TTLinear, TTEmbedding)) else None
+        why = recomputed(m) or overridden(m) if isinstance(m, (TTLinear, TTEmbedding)) else None
         if why is not None:
             raise ValueError(f"decompress: the TT layer {name or '(the model)'!r} cannot be converted: {why}")
     target = model if in_place else _copy(model, "decompress")

@@ -237,10 +237,24 @@ def recomputed(module: nn.Module) -> str | None:
     return None
 
 
+def overridden(module: nn.Module) -> str | None:
+    """Why a layer's forward is not its class's (a ``forward`` set on the instance, as accelerate's hooks and
+    monkey-patched adapters set one), or None: the converted layer would run its own class's forward and
+    silently drop the override, as it would a subclass's (which is why subclasses are not matched)."""
+    if "forward" in module.__dict__:
+        return (
+            "its forward is overridden on the instance (module.forward = ...), which the converted layer would "
+            "drop; restore the class's forward first: del module.forward"
+        )
+    return None
+
+
 def refusal(module: nn.Module) -> str | None:
     """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
     ratio search counts such layers as fixed, as it does tied ones."""
-    why = recomputed(module)  # (first: reading a parametrized weight below would recompute it)
+    why = recomputed(module) or overridden(
+        module
+    )  # (first: reading a parametrized weight would recompute it)
     if why is not None:
         return why
     conv = converter_for(module)
