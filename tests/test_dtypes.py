@@ -161,6 +161,25 @@ def test_huge_shapes_index_and_print():
     assert m.shape == (4**40, 4**40) and str(4**40) in str(m)  # a torch.Size past int64 could not print
 
 
+def test_shape_and_full_of_more_entries_than_int64():
+    """70 modes of size 2: each size fits int64 but their product does not. ``shape`` was a torch.Size whose
+    numel() wrapped to 0, and ``full`` grew its partial products until memory ran out (or the OOM killer came)."""
+    o = tt.tensor_ones((2,) * 70)
+    assert type(o.shape) is tuple and math.prod(o.shape) == 2**70
+    assert type(tt.tensor_ones((2,) * 62).shape) is torch.Size
+    with pytest.raises(
+        ValueError,
+        match=r"full: the dense tensor of shape \(2, 2, .* would have 1180591620717411303424 entries",
+    ):
+        tt.full(o)
+    m = tt.random_matrix(((2,) * 35, (2,) * 35), tt_rank=2)
+    assert m.shape == (2**35, 2**35)
+    with pytest.raises(ValueError, match="more than int64 counts; use tt.gather_nd"):
+        tt.full(m)
+    with pytest.raises(ValueError, match=r"shape \(3, 34359738368, 34359738368\)"):
+        tt.full(tt.random_matrix_batch(((2,) * 35, (2,) * 35), tt_rank=2, batch_size=3))
+
+
 def test_kronecker_slogdet_of_more_factor_copies_than_int64():
     import math
 

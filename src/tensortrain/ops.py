@@ -101,6 +101,8 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
 
     Raises:
         TypeError: ``tt`` is not a TT object.
+        ValueError: the dense tensor would have more entries than int64 counts (no tensor can hold it; use
+            :func:`gather_nd` for entries of it).
 
     Complexity: O(d r^2 N) time and O(N r) memory for N entries.
 
@@ -111,6 +113,14 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
         torch.Size([2, 3, 4])
     """
     check_tt(tt, "full", "tt")
+    entries = math.prod(tt.shape)
+    if (
+        entries > torch.iinfo(torch.long).max
+    ):  # (the sweep would grow its partial products until memory ran out)
+        raise ValueError(
+            f"full: the dense tensor of shape {tuple(tt.shape)} would have {entries} entries, more than int64 "
+            "counts; use tt.gather_nd for entries of it"
+        )
     cores = batched_cores(tt)
     b = cores[0].shape[0]
     res = run_scaled(lambda scaled: _full_steps(cores, scaled=scaled), cores)  # (cores of unbalanced scales)

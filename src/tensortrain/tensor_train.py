@@ -245,14 +245,15 @@ class TensorTrainBase:
     @property
     def shape(self) -> torch.Size:
         """The dense shape (with the batch size first for a batch), as a ``torch.Size``; a plain tuple of Python
-        ints where a size exceeds int64 (a TT-matrix of ``4**40`` rows), which ``torch.Size`` cannot print."""
+        ints where the number of entries exceeds int64 (a TT-matrix of ``4**40`` rows, a TT-tensor of 70 modes
+        of size 2), which ``torch.Size`` cannot hold (``numel()`` wraps around: 0 for ``2**70``)."""
         if self.is_tt_matrix():
             rows, cols = self.get_raw_shape()
             dense: tuple[int, ...] = (math.prod(rows), math.prod(cols))
         else:
             dense = self.raw_shape  # type: ignore[assignment]
         full = self._batch_shape() + dense
-        if max(full) > torch.iinfo(torch.long).max:
+        if math.prod(full) > torch.iinfo(torch.long).max:
             return full  # type: ignore[return-value]
         return torch.Size(full)
 
