@@ -443,12 +443,34 @@ def test_layers_whose_weight_a_hook_recomputes_stay_dense(gen):
         assert_close(small[0](x), first)
 
 
+def test_layers_whose_weight_a_hook_recomputes_are_copied_and_stay_dense(gen):
+    """deepcopy refuses the non-leaf weight that a pruning / old-style weight_norm hook computed with gradients:
+    compress without inplace=True raised where its docs say such a layer stays dense. The copy takes a detached
+    copy of that weight, which the copied hook recomputes from the copied parameters."""
+    x = torch.randn(4, 64, generator=gen, dtype=DT)
+    for model, remedy in hooked_models():
+        model.eval()
+        first = model(x)
+        small, report = tt.compress(model, max_tt_rank=2)
+        assert small is not model and type(small[0]) is nn.Linear and type(model[2]) is nn.Linear
+        assert not report.layers[0].replaced and re.search(remedy, report.layers[0].reason)
+        assert_close(small[0](x), model[0](x), rtol=0, atol=0)
+        with torch.no_grad():
+            for p in small[0].parameters():
+                p.mul_(2.0)
+        assert not torch.allclose(small[0](x), model[0](x))  # the copy's hook reads the copy's parameters
+        assert_close(model(x), first, rtol=0, atol=0)
+
+
 def test_model_that_cannot_be_copied_gets_a_clear_error():
-    pruned, _ = hooked_models()[0]
-    with pytest.raises(ValueError, match=r"cannot be copied.*prune.*weight_norm.*inplace=True"):
-        tt.compress(pruned, max_tt_rank=2)
-    _, report = tt.compress(pruned, max_tt_rank=2, dry_run=True)  # nothing is copied in a dry run
-    assert not report.layers[0].replaced
+    model = mlp()
+    model[0].cached = model[0].weight * 2.0  # a non-leaf tensor that deepcopy refuses
+    with pytest.raises(
+        ValueError, match=r"cannot be copied.*non-leaf tensor.*inplace=True to compress the model itself"
+    ):
+        tt.compress(model, max_tt_rank=2)
+    _, report = tt.compress(model, max_tt_rank=2, dry_run=True)  # nothing is copied in a dry run
+    assert report.layers[0].replaced
 
 
 # ------------------------------------------------------------------ what the replaced layer keeps

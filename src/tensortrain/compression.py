@@ -27,6 +27,7 @@ from .compression_layers import (
     carry_over,
     converter_for,
     converter_of,
+    hooked_tensors,
     layer_dims,
     overridden,
     planned_tt_params,
@@ -248,24 +249,25 @@ def _convert_one(
 
 
 def _copy(model: nn.Module, fn: str = "compress") -> nn.Module:
-    """``copy.deepcopy(model)``, or a ValueError that says why that typically fails and what works instead."""
+    """``copy.deepcopy(model)``, or a ValueError that says why that typically fails and what works instead.
+
+    A tensor that a pruning or old-style weight_norm / spectral_norm hook recomputes before each forward is a
+    non-leaf tensor when it was computed with gradients, which deepcopy refuses: the copy gets a detached copy
+    of it instead (the copied hook recomputes it from the copied parameters at the copy's first forward)."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for name in hooked_tensors(module):
+            t = module.__dict__.get(name)
+            if isinstance(t, torch.Tensor) and not t.is_leaf:
+                memo[id(t)] = t.detach().clone()
     try:
-        return copy.deepcopy(model)
+        return copy.deepcopy(model, memo)
     except (RuntimeError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if fn != "compress":
-            raise ValueError(
-                f"{fn}: the model cannot be copied (copy.deepcopy failed: {first}); a layer's tensor is "
-                "typically recomputed by a forward pre-hook (torch.nn.utils.prune, the old-style weight_norm / "
-                "spectral_norm): remove those hooks first, or pass inplace=True"
-            ) from e
         raise ValueError(
-            f"compress: the model cannot be copied (copy.deepcopy failed: {first}). This typically happens "
-            "when a layer's weight is recomputed by a forward pre-hook, as torch.nn.utils.prune and the "
-            "old-style weight_norm / spectral_norm do (the weight is then a non-leaf tensor). Pass "
-            "inplace=True to compress the model itself (such layers are kept dense), or remove the hooks "
-            "first (torch.nn.utils.prune.remove, remove_weight_norm, remove_spectral_norm) so that those "
-            "layers can be compressed too"
+            f"{fn}: the model cannot be copied (copy.deepcopy failed: {first}): a module holds something "
+            "deepcopy refuses, such as a non-leaf tensor computed with gradients (a cached product of a "
+            f"parameter), a lock or an open file; remove it first, or pass inplace=True to {fn} the model itself"
         ) from e
 
 

@@ -215,6 +215,16 @@ def _tt_attributes(tt_type: type[nn.Module]) -> frozenset[str]:
     return _TT_ATTRIBUTES[tt_type]
 
 
+def hooked_tensors(module: nn.Module) -> list[str]:
+    """Names of ``module``'s tensors that a pruning / old-style weight_norm / spectral_norm pre-hook recomputes
+    before each forward (plain attributes, not parameters)."""
+    return [
+        getattr(hook, "_tensor_name", getattr(hook, "name", "weight"))
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, tuple(hook_type for hook_type, _, _ in _WEIGHT_HOOKS))
+    ]
+
+
 def recomputed(module: nn.Module) -> str | None:
     """Why a layer's parameter is not the tensor it holds (a parametrization, or a pruning / weight_norm /
     spectral_norm pre-hook recomputes it), with the way to remove that, or None: converting such a layer
