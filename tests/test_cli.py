@@ -84,6 +84,27 @@ def test_demo_under_torchrun_matches_one_process(tmp_path):
             assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-3)
 
 
+@pytest.mark.slow
+def test_an_unusable_out_under_torchrun_stops_every_rank_cleanly(tmp_path):
+    """Only rank 0 creates --out: when it could not, rank 1 went on into DDP's first collective and died with a
+    traceback about a closed connection. Every rank now stops with the message and no traceback."""
+    argv = _short_demo(tmp_path, 64, 16)
+    (tmp_path / "afile").write_text("")
+    argv[argv.index("--out") + 1] = str(tmp_path / "afile" / "sub")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.run(
+        [*cmd, "-m", "tensortrain.cli", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode != 0
+    # (torchrun's own launcher prints a traceback of its ChildFailedError whenever a worker exits non-zero)
+    assert "Connection closed" not in proc.stderr and "tensortrain/" not in proc.stderr, proc.stderr[-3000:]
+    assert "tensortrain: error: [Errno 20] Not a directory" in proc.stderr, proc.stderr[-3000:]
+    assert "rank 0 could not prepare the output folder: [Errno 20] Not a directory" in proc.stderr, (
+        proc.stderr[-3000:]
+    )
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
@@ -365,6 +386,16 @@ def test_seeds_runs_every_seed_and_summarizes_them(tmp_path, capsys):
     solo = json.loads((alone / "results.json").read_text())["stages"]
     assert [s["test_accuracy"] for s in solo] == [s["test_accuracy"] for s in per_seed[5]["stages"]]
     assert [s["history"] for s in solo] == [s["history"] for s in per_seed[5]["stages"]]
+
+
+def test_seeds_checks_every_seed_folder_before_training(tmp_path, capsys):
+    """A blocked OUT/seed-S was found only after the seeds before it had trained."""
+    argv = _short_demo(tmp_path, 96, 40)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "seed-3").write_text("")
+    assert main([*argv, "--seeds", "0,3", "--threads", "1"]) == 1
+    assert "seed-3 is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "seed-0").exists()
 
 
 @pytest.mark.parametrize(

@@ -439,8 +439,8 @@ def run_mnist_demo(
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():  # checked before a possibly long download, created after it
         raise NotADirectoryError(f"{out} is not a folder; the output folder (out) must be a directory")
-    if rank == 0 and out.is_dir():  # an existing folder that cannot be written: before the download too
-        _check_writable(out)
+    # an existing folder that cannot be written: before the download too
+    _on_rank_zero(lambda: _check_writable(out) if out.is_dir() else None, rank, world)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -465,9 +465,9 @@ def run_mnist_demo(
         log,
         progress or _no_progress,
     )
-    if rank == 0:  # fail now, not after minutes of training, when --out cannot be created
-        # (an existing folder was checked for writes before the download)
-        out.mkdir(parents=True, exist_ok=True)
+    # fail now, not after minutes of training, when --out cannot be created (an existing folder was checked for
+    # writes before the download)
+    _on_rank_zero(lambda: out.mkdir(parents=True, exist_ok=True), rank, world)
     gpu = _device_fields(device)["gpu"]
     on = f" on {device}" + (f" ({gpu})" if gpu else "")
     log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es){on}")
@@ -564,8 +564,9 @@ def run_mnist_seeds(
         raise ValueError(f"seeds must be distinct, got {twice} more than once")
     out = Path(cfg.out)
     configs = [replace(cfg, seed=s, out=str(out / f"seed-{s}")) for s in seeds]  # checks every seed first
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} is not a folder; the output folder (out) must be a directory")
+    for folder in (out, *(Path(c.out) for c in configs)):  # every seed's, before the first seed trains
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder; the output folder (out) must be a directory")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     t_start = time.perf_counter()
@@ -700,6 +701,25 @@ def _write_outputs(
         atomic_write(out / "accuracy_vs_params.png", png)
     else:
         log('no plot: matplotlib is not installed (pip install "tensortrain[demo]")')
+
+
+def _on_rank_zero(step: Callable[[], object], rank: int, world: int) -> None:
+    """Run ``step`` (a check or creation of the output folder, which only rank 0 writes) on rank 0 and raise its
+    ``OSError`` on every rank: the other ranks, gone on alone, failed in DDP's first collective with a
+    traceback about a closed connection."""
+    err: OSError | None = None
+    if rank == 0:
+        try:
+            step()
+        except OSError as e:
+            err = e
+    if world > 1:
+        shared = [None if err is None else str(err)]
+        dist.broadcast_object_list(shared, src=0)
+        if rank != 0 and shared[0] is not None:
+            raise OSError(f"rank 0 could not prepare the output folder: {shared[0]}")
+    if err is not None:
+        raise err
 
 
 def _check_writable(out: Path) -> None:
