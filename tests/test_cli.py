@@ -396,6 +396,11 @@ def test_seeds_checks_every_seed_folder_before_training(tmp_path, capsys):
     assert main([*argv, "--seeds", "0,3", "--threads", "1"]) == 1
     assert "seed-3 is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "out" / "seed-0").exists()
+    (tmp_path / "out" / "seed-3").unlink()
+    (tmp_path / "out" / "seed-3").symlink_to(tmp_path / "nowhere")  # mkdir(exist_ok=True) fails on it
+    assert main([*argv, "--seeds", "0,3", "--threads", "1"]) == 1
+    assert "seed-3 is a link to nothing" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "seed-0").exists()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import warnings
 
 import pytest
@@ -881,3 +882,8 @@ def test_a_forward_overridden_on_the_instance_keeps_its_layer_dense():
     tt_model[0].forward = lambda x: tt_plain(x) + 1.0
     with pytest.raises(ValueError, match=r"TT layer '0' cannot be converted: its forward is overridden"):
         tt.decompress(tt_model)
+    # the class's own forward bound to the layer (what accelerate's remove_hook_from_module leaves) is no override
+    for layer in (model[0], tt_model[0]):
+        layer.forward = types.MethodType(type(layer).forward, layer)
+    assert all(row.replaced for row in tt.compress(model, max_tt_rank=4)[1].layers)
+    assert type(tt.decompress(tt_model)[0]) is nn.Linear

@@ -437,8 +437,7 @@ def run_mnist_demo(
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():  # checked before a possibly long download, created after it
-        raise NotADirectoryError(f"{out} is not a folder; the output folder (out) must be a directory")
+    _check_folder(out)  # before a possibly long download; created after it
     # an existing folder that cannot be written: before the download too
     _on_rank_zero(lambda: _check_writable(out) if out.is_dir() else None, rank, world)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
@@ -564,10 +563,11 @@ def run_mnist_seeds(
         raise ValueError(f"seeds must be distinct, got {twice} more than once")
     out = Path(cfg.out)
     configs = [replace(cfg, seed=s, out=str(out / f"seed-{s}")) for s in seeds]  # checks every seed first
-    for folder in (out, *(Path(c.out) for c in configs)):  # every seed's, before the first seed trains
-        if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(f"{folder} is not a folder; the output folder (out) must be a directory")
+    folders = [out, *(Path(c.out) for c in configs)]  # every seed's, before the first seed trains
+    for folder in folders:
+        _check_folder(folder)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    _on_rank_zero(lambda: _check_writable_all(folders), rank, world)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     t_start = time.perf_counter()
     data = load_mnist(cfg.data)
@@ -703,6 +703,14 @@ def _write_outputs(
         log('no plot: matplotlib is not installed (pip install "tensortrain[demo]")')
 
 
+def _check_folder(out: Path) -> None:
+    """An output folder path that exists must be a folder (a file, or a dangling link, which ``mkdir`` would
+    fail on only after training)."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        what = "a link to nothing" if out.is_symlink() and not out.exists() else "not a folder"
+        raise NotADirectoryError(f"{out} is {what}; the output folder (out) must be a directory")
+
+
 def _on_rank_zero(step: Callable[[], object], rank: int, world: int) -> None:
     """Run ``step`` (a check or creation of the output folder, which only rank 0 writes) on rank 0 and raise its
     ``OSError`` on every rank: the other ranks, gone on alone, failed in DDP's first collective with a
@@ -720,6 +728,12 @@ def _on_rank_zero(step: Callable[[], object], rank: int, world: int) -> None:
             raise OSError(f"rank 0 could not prepare the output folder: {shared[0]}")
     if err is not None:
         raise err
+
+
+def _check_writable_all(folders: Iterable[Path]) -> None:
+    for folder in folders:
+        if folder.is_dir():
+            _check_writable(folder)
 
 
 def _check_writable(out: Path) -> None:
