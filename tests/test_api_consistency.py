@@ -34,6 +34,17 @@ def test_tt_linear_bias_init_must_be_finite_and_biases_may_be_arrays():
         tt.nn.TTLinear(12, 20, tt_rank=2, bias_init=float("nan"))
     with pytest.raises(ValueError, match="bias_init must be finite, got inf"):
         tt.nn.TTLinear(12, 20, tt_rank=2, bias_init=float("inf"))
+    # an int past float's range: math.isfinite raised OverflowError (also in the other finite checks below)
+    with pytest.raises(ValueError, match="bias_init must be finite, got 1000"):
+        tt.nn.TTLinear(12, 20, tt_rank=2, bias_init=10**400)
+    with pytest.raises(ValueError, match="variance must be finite and > 0"):
+        tt.nn.init.tt_normal_([torch.empty(1, 2, 3, 1)], 10**400)
+    with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
+        tt.to_tt_tensor(torch.ones(2, 3), epsilon=10**400)
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        tt.datasets.load_mnist("/nonexistent-tt-folder", timeout=10**400)
+    with pytest.raises(ValueError, match="max_padding must be finite"):
+        tt.shapes.padded_shape(30522, 4, max_padding=10**400)
     # t3f's set_weights takes NumPy arrays: from_tt and load_tt_ failed with AttributeError on them
     w = tt.random_matrix([[4, 5], [3, 4]], tt_rank=2)
     layer = tt.nn.TTLinear.from_tt(w, np.full(20, 0.5, np.float64))

@@ -93,14 +93,27 @@ def test_tied_tt_weights_count_once():
     model = torch.nn.ModuleDict({"emb": emb, "head": head})
     for reg in (tt.l2_regularizer(1.0), tt.cores_regularizer(lambda c: (c**2).sum(), 1.0)):
         assert_close(reg(model), reg(emb))
+    # a pruned core is a new masked tensor at every access: the tie is found by the parameters behind it
+    torch.nn.utils.prune.random_unstructured(emb.cores, name="0", amount=0.3)
+    for reg in (tt.l2_regularizer(1.0), tt.cores_regularizer(lambda c: (c**2).sum(), 1.0)):
+        assert_close(reg(model), reg(emb))
 
 
-@pytest.mark.parametrize("scale", [float("inf"), float("nan")])
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), pytest.param(10**400, id="int-past-float")])
 @pytest.mark.parametrize("make", [tt.l2_regularizer, lambda s: tt.cores_regularizer(lambda c: c.sum(), s)])
 def test_regularizers_refuse_a_scale_that_is_not_finite(make, scale):
     # (test_regularizers.py, test_validation) "ValueError: scale is negative or not finite"
     with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
         make(scale)
+
+
+def test_a_tensor_scale_multiplies_as_a_number_does_in_float16():
+    """A 0-dim tensor scale was cast to a float16 layer's dtype before the product: 1e-8 became 0."""
+    layer = tt.nn.TTLinear(64, 64, tt_rank=4, dtype=torch.float16)
+    for scale in (1e-5, 1e-8):
+        by_number = tt.l2_regularizer(scale)(layer)
+        by_tensor = tt.l2_regularizer(torch.tensor(scale))(layer)
+        assert by_tensor.dtype == torch.float16 and by_tensor.item() == by_number.item() > 0
 
 
 def test_scale_may_be_a_0_dim_tensor():

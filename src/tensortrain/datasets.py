@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import math
 import numbers
 import os
 import secrets
@@ -35,6 +34,7 @@ import torch
 
 from .io import fsync_dir
 from .operands import as_flag
+from .shapes import is_finite
 
 __all__ = [
     "MNIST",
@@ -228,7 +228,7 @@ def _check_timeout(timeout: float) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
     # urllib takes 0 as non-blocking and rejects negative or NaN values only once it connects
-    if not (math.isfinite(timeout) and timeout > 0):
+    if not (is_finite(timeout) and timeout > 0):
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
 
 

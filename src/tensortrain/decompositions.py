@@ -62,7 +62,7 @@ from .orthogonalization import (
     orthogonalize_tt_cores,
     split_modes,
 )
-from .shapes import as_int, max_tt_ranks, normalize_tt_rank, plain_scalar
+from .shapes import as_int, is_finite, max_tt_ranks, normalize_tt_rank, plain_scalar
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
 from .truncation import Method, check_method, truncated_factor
 
@@ -119,7 +119,7 @@ def _epsilon(epsilon: float | None, name: str, like: torch.Tensor) -> float | No
         return None
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
         raise TypeError(f"{name}: epsilon must be a float or None, got {epsilon!r}")
-    if not math.isfinite(epsilon) or epsilon < 0:
+    if not is_finite(epsilon) or epsilon < 0:
         raise ValueError(f"{name}: epsilon must be a finite number >= 0, got {epsilon}")
     if valueless(like):  # (max_tt_rank alone needs shapes only: meta and fake tensors work there)
         kind = (

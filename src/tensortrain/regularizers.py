@@ -8,14 +8,13 @@ summed), or an ``nn.Module``: then every submodule whose ``weight`` is a TT obje
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 
 from . import ops
-from .shapes import plain_scalar
+from .shapes import is_finite, plain_scalar
 from .tensor_train import TensorTrainBase
 from .variables import tt_from_parameters
 
@@ -31,7 +30,7 @@ def _check_scale(scale: float | torch.Tensor, fname: str) -> float | torch.Tenso
     value = plain_scalar(scale.detach() if isinstance(scale, torch.Tensor) else scale)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fname}: scale must be a real number or 0-dim tensor, got {scale!r}")
-    if not math.isfinite(value) or value < 0:
+    if not is_finite(value) or value < 0:
         raise ValueError(f"{fname}: scale must be a finite number >= 0, got {value!r}")
     if isinstance(scale, torch.Tensor) and scale.is_floating_point():
         return scale
@@ -56,7 +55,7 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
         flatten = getattr(x, "_flatten_layers", None)
         modules = list(flatten()) if callable(flatten) else list(x.modules())
         found = [
-            w
+            (m, w)
             for m in modules
             for w in (getattr(m, "weight", None), getattr(m, "matrix", None))
             if isinstance(w, TensorTrainBase)
@@ -66,13 +65,23 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
                 f"{fname}: the module {type(x).__name__} has no TT weights (no TT layers inside); for cores kept "
                 "in a ParameterList (tt.tt_parameters), pass that list"
             )
-        # tied weights (a head sharing an embedding's cores) count once, as model.parameters() lists them
-        unique = {tuple(id(c) for c in w.tt_cores): w for w in found}
+        # tied weights (a head sharing an embedding's cores) count once, as model.parameters() lists them: by
+        # the parameters the weight comes from (a pruned core is a new masked tensor at every access)
+        unique = {_source(m, w): w for m, w in found}
         return list(unique.values())
     raise TypeError(
         f"{fname}: expected a TT object, one TT's cores (a ParameterList) or an nn.Module with TT layers, got "
         f"{type(x).__name__}"
     )
+
+
+def _source(module: torch.nn.Module, w: TensorTrainBase) -> tuple[int, ...]:
+    """What identifies a TT layer's weight: its ``cores`` ParameterList's parameters (a pruned core's original
+    included) where it has one, else the cores themselves."""
+    cores = getattr(module, "cores", None)
+    if isinstance(cores, torch.nn.ParameterList):
+        return tuple(sorted(id(p) for p in cores.parameters()))
+    return tuple(id(c) for c in w.tt_cores)
 
 
 def l2_regularizer(scale: float) -> Regularizer:
@@ -116,8 +125,13 @@ def l2_regularizer(scale: float) -> Regularizer:
 
 
 def _scaled(s: float | torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """``s * total`` in ``total``'s dtype and device (a tensor scale would promote it: float64 over float32)."""
-    return (s.to(dtype=total.dtype, device=total.device) if isinstance(s, torch.Tensor) else s) * total
+    """``s * total`` in ``total``'s dtype and device (a tensor scale would promote it: float64 over float32),
+    multiplied in the wider of the two dtypes, as a Python float scale is: cast to float16 first, a scale of
+    1e-8 was 0."""
+    if not isinstance(s, torch.Tensor):
+        return s * total
+    wide = torch.promote_types(s.dtype, total.dtype)
+    return (s.to(dtype=wide, device=total.device) * total.to(wide)).to(total.dtype)
 
 
 def _total(terms: list[torch.Tensor]) -> torch.Tensor:

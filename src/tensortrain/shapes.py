@@ -51,6 +51,15 @@ def int_at_least(value: Any, low: int, what: str, error: type[ValueError] = Valu
     return n
 
 
+def is_finite(value: Any) -> bool:
+    """``math.isfinite`` for any real number, an int too large for a float included (no float holds it: False,
+    where ``math.isfinite(10**400)`` raises OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def check_nonnegative(value: Any, what: str) -> None:
     """``value`` is a finite real number >= 0 (else a TypeError or ValueError naming ``what``); a symbolic one
     (``torch.compile`` with ``dynamic=True``) is compared, not passed to ``math.isfinite``, which does not trace."""
@@ -222,7 +231,7 @@ def padded_shape(n: int, d: int = 3, *, max_padding: float | None = None) -> tup
     if max_padding is not None:
         if isinstance(max_padding, bool) or not isinstance(max_padding, numbers.Real):
             raise TypeError(f"padded_shape: max_padding must be None or a real number, got {max_padding!r}")
-        if not (math.isfinite(float(max_padding)) and float(max_padding) >= 0):
+        if not (is_finite(max_padding) and float(max_padding) >= 0):
             raise ValueError(f"padded_shape: max_padding must be finite and >= 0, got {max_padding!r}")
     exact = auto_shape(n, d)
     target = _ceil_root(n, d)

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ShapeError
 from ..initializers import per_core_std
-from ..shapes import as_int
+from ..shapes import as_int, is_finite
 from ..tensor_train import TensorTrain
 
 __all__ = ["dense_variance", "tt_normal_"]
@@ -100,7 +100,7 @@ def tt_normal_(
     """
     if isinstance(variance, bool) or not isinstance(variance, numbers.Real):
         raise TypeError(f"tt_normal_: variance must be a real number, got {variance!r}")
-    if not (variance > 0 and math.isfinite(variance)):
+    if not (variance > 0 and is_finite(variance)):
         raise ValueError(f"tt_normal_: variance must be finite and > 0, got {variance!r}")
     d = len(cores)
     if d == 0:

@@ -21,7 +21,15 @@ from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
 from ..errors import ShapeError
 from ..operands import check_strided
-from ..shapes import as_int, auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape, prime_factors
+from ..shapes import (
+    as_int,
+    auto_shape,
+    is_finite,
+    max_tt_ranks,
+    normalize_tt_rank,
+    padded_shape,
+    prime_factors,
+)
 from ..tensor_train import TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_, check_factory_dtype, check_loadable
@@ -298,7 +306,7 @@ class TTLinear(TTModule):
         self.init = init
         if bias_init is not None and (isinstance(bias_init, bool) or not isinstance(bias_init, numbers.Real)):
             raise TypeError(f"TTLinear: bias_init must be a number or None, got {bias_init!r}")
-        if bias_init is not None and not math.isfinite(bias_init):  # (every output would be NaN or inf)
+        if bias_init is not None and not is_finite(bias_init):  # (every output would be NaN or inf)
             raise ValueError(f"TTLinear: bias_init must be finite, got {bias_init!r}")
         self.bias_init = bias_init
         d = len(self.in_dims)
