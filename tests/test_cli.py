@@ -401,6 +401,17 @@ def test_seeds_checks_every_seed_folder_before_training(tmp_path, capsys):
     assert main([*argv, "--seeds", "0,3", "--threads", "1"]) == 1
     assert "seed-3 is a link to nothing" in capsys.readouterr().err
     assert not (tmp_path / "out" / "seed-0").exists()
+    (tmp_path / "out" / "seed-3").unlink()
+    (
+        tmp_path / "out" / "seeds.json"
+    ).mkdir()  # an output file's path taken by a folder: found before training too
+    assert main([*argv, "--seeds", "0,3", "--threads", "1"]) == 1
+    assert "seeds.json is a folder; the demo writes its seeds.json there" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "seed-0").exists()
+    (tmp_path / "out" / "seeds.json").rmdir()
+    (tmp_path / "out" / "results.json").mkdir()
+    assert main(argv) == 1
+    assert "results.json is a folder; the demo writes its results.json there" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -887,3 +887,5 @@ def test_a_forward_overridden_on_the_instance_keeps_its_layer_dense():
         layer.forward = types.MethodType(type(layer).forward, layer)
     assert all(row.replaced for row in tt.compress(model, max_tt_rank=4)[1].layers)
     assert type(tt.decompress(tt_model)[0]) is nn.Linear
+    model[0].forward = None  # (not callable at all: still an override)
+    assert not tt.compress(model, max_tt_rank=4)[1].layers[0].replaced

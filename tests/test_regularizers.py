@@ -99,6 +99,35 @@ def test_tied_tt_weights_count_once():
         assert_close(reg(model), reg(emb))
 
 
+def test_layers_built_from_the_same_parameters_differently_all_count():
+    """Ties are found core by core, in order: the same parameters in another order, a core used twice, or the
+    same cores pruned in one layer only are other weights (a set of ids merged them and dropped a layer)."""
+    reg = tt.l2_regularizer(1.0)
+    dims = {"in_dims": (4, 4, 4, 4), "out_dims": (4, 4, 4, 4), "tt_rank": 2, "dtype": torch.float64}
+    a, b = tt.nn.TTLinear(256, 256, **dims), tt.nn.TTLinear(256, 256, **dims)
+    b.cores = torch.nn.ParameterList([a.cores[0], a.cores[2], a.cores[1], a.cores[3]])
+    c = tt.nn.TTLinear(256, 256, **dims)
+    c.cores[2] = c.cores[1]
+    d = tt.nn.TTLinear(64, 64, in_dims=(4, 4, 4), out_dims=(4, 4, 4), tt_rank=2, dtype=torch.float64)
+    d.cores = torch.nn.ParameterList([c.cores[0], c.cores[1], c.cores[3]])
+    e = tt.nn.TTLinear(256, 256, **dims)
+    e.cores = torch.nn.ParameterList(list(a.cores))
+    torch.nn.utils.prune.l1_unstructured(e.cores, "0", 0.9)
+    for pair in ((a, b), (c, d), (a, e)):
+        model = torch.nn.ModuleDict({"x": pair[0], "y": pair[1]})
+        dense = sum((tt.full(m.weight) ** 2).sum() for m in pair)
+        assert_close(reg(model), dense)
+    # a DataParallel replica keeps its cores as plain attributes (an empty ParameterList): still two layers
+    replica = torch.nn.ModuleDict({"x": a, "y": c})._replicate_for_data_parallel()
+    for name, layer in (("x", a), ("y", c)):
+        r = layer._replicate_for_data_parallel()
+        r.cores = layer.cores._replicate_for_data_parallel()
+        for k, p in enumerate(layer.cores):
+            setattr(r.cores, str(k), p * 1.0)
+        replica._modules[name] = r
+    assert_close(reg(replica), reg(torch.nn.ModuleDict({"x": a, "y": c})))
+
+
 @pytest.mark.parametrize("scale", [float("inf"), float("nan"), pytest.param(10**400, id="int-past-float")])
 @pytest.mark.parametrize("make", [tt.l2_regularizer, lambda s: tt.cores_regularizer(lambda c: c.sum(), s)])
 def test_regularizers_refuse_a_scale_that_is_not_finite(make, scale):

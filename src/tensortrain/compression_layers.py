@@ -251,11 +251,11 @@ def overridden(module: nn.Module) -> str | None:
     """Why a layer's forward is not its class's (a ``forward`` set on the instance, as accelerate's hooks and
     monkey-patched adapters set one), or None: the converted layer would run its own class's forward and
     silently drop the override, as it would a subclass's (which is why subclasses are not matched)."""
-    f = module.__dict__.get("forward")
-    if f is None or (
-        getattr(f, "__func__", None) is type(module).forward and getattr(f, "__self__", None) is module
-    ):
-        return None  # (none, or the class's own forward bound to the module: accelerate's remove_hook leaves that)
+    if "forward" not in module.__dict__:
+        return None
+    f = module.__dict__["forward"]
+    if getattr(f, "__func__", None) is type(module).forward and getattr(f, "__self__", None) is module:
+        return None  # the class's own forward bound to the module: accelerate's remove_hook leaves that
     return (
         "its forward is overridden on the instance (module.forward = ...), which the converted layer would "
         "drop; restore the class's forward first: del module.forward"

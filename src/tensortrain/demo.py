@@ -437,7 +437,7 @@ def run_mnist_demo(
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
     out = Path(cfg.out)
-    _check_folder(out)  # before a possibly long download; created after it
+    _check_folder(out, "results.json", "accuracy_vs_params.png")  # before a possibly long download
     # an existing folder that cannot be written: before the download too
     _on_rank_zero(lambda: _check_writable(out) if out.is_dir() else None, rank, world)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
@@ -565,7 +565,9 @@ def run_mnist_seeds(
     configs = [replace(cfg, seed=s, out=str(out / f"seed-{s}")) for s in seeds]  # checks every seed first
     folders = [out, *(Path(c.out) for c in configs)]  # every seed's, before the first seed trains
     for folder in folders:
-        _check_folder(folder)
+        _check_folder(
+            folder, *(("seeds.json",) if folder == out else ("results.json", "accuracy_vs_params.png"))
+        )
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     _on_rank_zero(lambda: _check_writable_all(folders), rank, world)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
@@ -703,12 +705,15 @@ def _write_outputs(
         log('no plot: matplotlib is not installed (pip install "tensortrain[demo]")')
 
 
-def _check_folder(out: Path) -> None:
+def _check_folder(out: Path, *files: str) -> None:
     """An output folder path that exists must be a folder (a file, or a dangling link, which ``mkdir`` would
-    fail on only after training)."""
+    fail on only after training), and the ``files`` to be written into it must not be folders."""
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         what = "a link to nothing" if out.is_symlink() and not out.exists() else "not a folder"
         raise NotADirectoryError(f"{out} is {what}; the output folder (out) must be a directory")
+    for name in files:
+        if (out / name).is_dir():
+            raise IsADirectoryError(f"{out / name} is a folder; the demo writes its {name} there")
 
 
 def _on_rank_zero(step: Callable[[], object], rank: int, world: int) -> None:

@@ -75,13 +75,24 @@ def _tt_objects(x: TTLike, fname: str) -> list[TensorTrainBase]:
     )
 
 
-def _source(module: torch.nn.Module, w: TensorTrainBase) -> tuple[int, ...]:
-    """What identifies a TT layer's weight: its ``cores`` ParameterList's parameters (a pruned core's original
-    included) where it has one, else the cores themselves."""
+def _source(module: torch.nn.Module, w: TensorTrainBase) -> tuple[tuple[int, ...], ...]:
+    """What identifies a TT layer's weight, core by core in order: the parameter in its ``cores``
+    ParameterList, for a pruned core its original and its mask (a pruned core is a new masked tensor at every
+    access); else (no such list, a DataParallel replica's plain attributes, another hook) the cores themselves."""
     cores = getattr(module, "cores", None)
-    if isinstance(cores, torch.nn.ParameterList):
-        return tuple(sorted(id(p) for p in cores.parameters()))
-    return tuple(id(c) for c in w.tt_cores)
+    if isinstance(cores, torch.nn.ParameterList) and len(cores) == len(w.tt_cores):
+        params, buffers = cores._parameters, cores._buffers
+        key: list[tuple[int, ...]] = []
+        for k in range(len(cores)):
+            if f"{k}_orig" in params:
+                key.append((id(params[f"{k}_orig"]), id(buffers.get(f"{k}_mask"))))
+            elif params.get(str(k)) is not None:
+                key.append((id(params[str(k)]),))
+            else:
+                break
+        else:
+            return tuple(key)
+    return tuple((id(c),) for c in w.tt_cores)
 
 
 def l2_regularizer(scale: float) -> Regularizer:
