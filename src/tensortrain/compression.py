@@ -533,7 +533,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: the model contains no TT layer; a TT layer holds an added parameter or submodule under
             a name the dense layer uses; a TT layer's bias is parametrized or pruned (the dense layer would keep a
-            stale copy: remove that first), or its forward is overridden on the instance; TT layers share cores but not the same ones in the same order, or
+            stale copy: remove that first), or its forward is overridden on the instance; TT layers share
+            cores but not the same ones in the same order, or
             share them all but would give dense weights of different shapes (the tie cannot be kept). With
             ``inplace=True`` the model is left unchanged then.
 

@@ -8,7 +8,7 @@ The types converted are exact: ``nn.Linear`` -> :class:`~tensortrain.nn.TTLinear
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,14 +215,19 @@ def _tt_attributes(tt_type: type[nn.Module]) -> frozenset[str]:
     return _TT_ATTRIBUTES[tt_type]
 
 
+def _weight_hooks(module: nn.Module) -> Iterator[tuple[str, str, str]]:
+    """``(tensor name, what, remedy)`` per pruning / old-style weight_norm / spectral_norm pre-hook of
+    ``module`` (see :data:`_WEIGHT_HOOKS`)."""
+    for hook in module._forward_pre_hooks.values():
+        for hook_type, what, remedy in _WEIGHT_HOOKS:
+            if isinstance(hook, hook_type):
+                yield getattr(hook, "_tensor_name", getattr(hook, "name", "weight")), what, remedy
+
+
 def hooked_tensors(module: nn.Module) -> list[str]:
     """Names of ``module``'s tensors that a pruning / old-style weight_norm / spectral_norm pre-hook recomputes
     before each forward (plain attributes, not parameters)."""
-    return [
-        getattr(hook, "_tensor_name", getattr(hook, "name", "weight"))
-        for hook in module._forward_pre_hooks.values()
-        if isinstance(hook, tuple(hook_type for hook_type, _, _ in _WEIGHT_HOOKS))
-    ]
+    return [name for name, _, _ in _weight_hooks(module)]
 
 
 def recomputed(module: nn.Module) -> str | None:
@@ -236,14 +241,11 @@ def recomputed(module: nn.Module) -> str | None:
             f"and recomputed at every access; remove it first: "
             f"torch.nn.utils.parametrize.remove_parametrizations(module, {name!r})"
         )
-    for hook in module._forward_pre_hooks.values():
-        for hook_type, what, remedy in _WEIGHT_HOOKS:
-            if isinstance(hook, hook_type):
-                name = getattr(hook, "_tensor_name", getattr(hook, "name", "weight"))
-                return (
-                    f"its {name!r} is recomputed before each forward by a {what} hook (the tensor there now "
-                    f"is a stale copy); {remedy}(module, {name!r})"
-                )
+    for name, what, remedy in _weight_hooks(module):
+        return (
+            f"its {name!r} is recomputed before each forward by a {what} hook (the tensor there now is a stale "
+            f"copy); {remedy}(module, {name!r})"
+        )
     return None
 
 
@@ -265,9 +267,8 @@ def overridden(module: nn.Module) -> str | None:
 def refusal(module: nn.Module) -> str | None:
     """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
     ratio search counts such layers as fixed, as it does tied ones."""
-    why = recomputed(module) or overridden(
-        module
-    )  # (first: reading a parametrized weight would recompute it)
+    # (first: reading a parametrized weight below would recompute it)
+    why = recomputed(module) or overridden(module)
     if why is not None:
         return why
     conv = converter_for(module)

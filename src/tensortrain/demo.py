@@ -439,7 +439,7 @@ def run_mnist_demo(
     out = Path(cfg.out)
     _check_folder(out, "results.json", "accuracy_vs_params.png")  # before a possibly long download
     # an existing folder that cannot be written: before the download too
-    _on_rank_zero(lambda: _check_writable(out) if out.is_dir() else None, rank, world)
+    _on_rank_zero(lambda: _check_writable(out), rank, world)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -569,7 +569,7 @@ def run_mnist_seeds(
             folder, *(("seeds.json",) if folder == out else ("results.json", "accuracy_vs_params.png"))
         )
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    _on_rank_zero(lambda: _check_writable_all(folders), rank, world)
+    _on_rank_zero(lambda: _check_writable(*folders), rank, world)
     device = _on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     t_start = time.perf_counter()
     data = load_mnist(cfg.data)
@@ -735,26 +735,23 @@ def _on_rank_zero(step: Callable[[], object], rank: int, world: int) -> None:
         raise err
 
 
-def _check_writable_all(folders: Iterable[Path]) -> None:
-    for folder in folders:
-        if folder.is_dir():
-            _check_writable(folder)
-
-
-def _check_writable(out: Path) -> None:
-    """Create and remove a file in ``out``: an existing folder that cannot be written (read-only, a system
-    folder) fails here, before training, with the error a write would give."""
-    probe = out / f".tt-probe-{os.getpid()}.tmp"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # (a stale probe of a killed run with this pid: the folder is writable)
-        return
-    except OSError as err:
-        raise type(err)(
-            err.errno, f"cannot write into the output folder ({err.strerror or err})", str(out)
-        ) from None
-    os.close(fd)
-    probe.unlink()
+def _check_writable(*folders: Path) -> None:
+    """Create and remove a file in each of ``folders`` that exists: an existing folder that cannot be written
+    (read-only, a system folder) fails here, before training, with the error a write would give."""
+    for out in folders:
+        if not out.is_dir():
+            continue
+        probe = out / f".tt-probe-{os.getpid()}.tmp"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # (a stale probe of a killed run with this pid: the folder is writable)
+            continue
+        except OSError as err:
+            raise type(err)(
+                err.errno, f"cannot write into the output folder ({err.strerror or err})", str(out)
+            ) from None
+        os.close(fd)
+        probe.unlink()
 
 
 def _plot(results: list[StageResult]) -> bytes | None:

@@ -113,12 +113,12 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
         torch.Size([2, 3, 4])
     """
     check_tt(tt, "full", "tt")
-    entries = math.prod(tt.shape)
-    if (
-        entries > torch.iinfo(torch.long).max
-    ):  # (the sweep would grow its partial products until memory ran out)
+    shape = tuple(tt.shape)
+    entries = math.prod(shape)
+    # (no tensor can hold it: the sweep would grow its partial products until memory ran out)
+    if entries > torch.iinfo(torch.long).max:
         raise ValueError(
-            f"full: the dense tensor of shape {tuple(tt.shape)} would have {entries} entries, more than int64 "
+            f"full: the dense tensor of shape {shape} would have {entries} entries, more than int64 "
             "counts; use tt.gather_nd for entries of it"
         )
     cores = batched_cores(tt)
