@@ -120,3 +120,42 @@ def test_runtime_check_catches_a_small_gauge_dependence():
     with pytest.raises(ValueError, match="not invariant to the TT gauge"):
         tt.gradients(lambda t: (tt.full(t) ** 2).sum() + 1e-4 * t.tt_cores[0].sum(), x)
     tt.gradients(lambda t: (tt.full(t) ** 2).sum() + 1e-4 * tt.full(t).sum(), x)  # (invariant: no error)
+
+
+def test_inference_mode_gives_the_same_gradient_and_product():
+    """Under inference_mode enable_grad records nothing: both came back zero, as if func did not depend on x."""
+    gen = torch.Generator().manual_seed(0)
+    x = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64, generator=gen)
+    t = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen)
+    f = lambda y: ((tt.full(y) - t) ** 2).sum()  # noqa: E731
+    g, h = tt.gradients(f, x), tt.hessian_vector_product(f, x, t)
+    assert dense(g).norm() > 1
+    with torch.inference_mode():
+        assert_close(dense(tt.gradients(f, x)), dense(g))
+        assert_close(dense(tt.hessian_vector_product(f, x, t)), dense(h))
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16, torch.float32])
+def test_gauge_check_tolerance_follows_the_point_and_the_gradient(low):
+    """The tolerance took eps from the value's dtype only (a half or float32 point with a float64 loss was refused
+    as gauge dependent) and the scale from the value only (a loss that cancels to ~0 at x was refused)."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x = tt.cast(tt.random_tensor((4,) * 6, tt_rank=4, dtype=torch.float64, generator=gen), low)
+        w = torch.randn((4,) * 6, dtype=torch.float64, generator=gen)
+        tt.gradients(lambda y, w=w: ((tt.full(y).double() - w) ** 2).sum(), x)
+        tt.hessian_vector_product(lambda y, w=w: (tt.full(y).double() * w).sum(), x, x)
+    x = tt.random_tensor((4,) * 8, tt_rank=8, generator=gen) * 1000.0
+    c = float(tt.full(x).sum())
+    tt.gradients(lambda y: tt.full(y).sum() - c, x)  # invariant; its value is round-off around 0
+    with pytest.raises(ValueError, match="not invariant to the TT gauge"):  # (still caught there)
+        tt.gradients(lambda y: tt.full(y).sum() - c + 1e4 * y.tt_cores[0].sum(), x)
+
+
+def test_runtime_check_must_be_a_bool(gen):
+    x = random_tt((2, 3), (1, 2, 1), gen=gen)
+    for bad in ("False", None, 0):
+        with pytest.raises(TypeError, match="runtime_check must be True or False"):
+            tt.gradients(lambda y: dense(y).sum(), x, runtime_check=bad)
+        with pytest.raises(TypeError, match="runtime_check must be True or False"):
+            tt.hessian_vector_product(lambda y: dense(y).sum(), x, x, runtime_check=bad)

@@ -485,3 +485,17 @@ def test_cores_sharing_memory_or_expanded_are_refused_before_a_step():
     other = [torch.nn.Parameter(torch.randn(1, 4, 2)), torch.nn.Parameter(c1.detach()[:, :, :1])]
     with pytest.raises(ValueError, match="shares memory with a core of another parameter set"):
         opt.add_param_group({"params": other})
+
+
+def test_a_set_of_cores_is_refused():
+    """A set was listed in hash order and stepped as a different TT (training diverged); torch.optim refuses sets
+    too."""
+    layer = tt.nn.TTLinear(16, 16, tt_rank=2, in_dims=(2, 2, 2, 2), out_dims=(2, 2, 2, 2))
+    for params in (
+        [set(layer.cores)],
+        [frozenset(layer.cores)],
+        set(layer.cores),
+        [{"params": set(layer.cores)}],
+    ):
+        with pytest.raises(TypeError, match="got a set"):
+            tt.optim.RiemannianSGD(params, lr=0.1)

@@ -16,6 +16,7 @@ Symbols: ``d`` cores, ``n`` mode size, ``r`` rank of ``x``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,7 @@ import torch
 from . import tangent as ts
 from ._transforms import valueless
 from .errors import ShapeError
+from .operands import as_flag
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["gradients", "hessian_vector_product"]
@@ -55,16 +57,38 @@ def _value(func: Func, point: TensorTrainBase, fname: str) -> torch.Tensor:
     return value.reshape(())
 
 
-def _check_invariance(func: Func, x: TensorTrain, value: torch.Tensor, fname: str) -> None:
+def _check_invariance(
+    func: Func,
+    x: TensorTrain,
+    value: torch.Tensor,
+    grads: list[torch.Tensor],
+    u: list[torch.Tensor],
+    v0: torch.Tensor,
+    fname: str,
+) -> None:
     """Raise when ``func`` gives different values on two TT representations of the same tensor (not checked on
-    meta or fake tensors, which have no values to compare)."""
+    meta or fake tensors, which have no values to compare). ``grads``: func's gradients with respect to the
+    deltas (detached), ``u`` the left frame, ``v0`` the first delta (``x``'s right-orthogonal first core).
+
+    The tolerance, ``eps`` of the less precise of ``x``'s dtype and the value's, is
+    ``100 sqrt(eps) max(1, |a|, |b|, |<grad, x>|) + 100 d eps |P_x grad| |x|``: the first term for round-off in
+    evaluating ``func``, on the scale of its value and of its terms (``<grad, x>``, how much ``func`` moves when
+    ``x`` is scaled: ``c`` for ``sum(x) - c``); the second bounds what the representations' own round-off
+    (about ``eps |x|`` per core) can change (a first-order change of the cores moves the tensor within the
+    tangent space, where ``|P_x grad|`` is the slope)."""
     if valueless(value):
         return
     with torch.no_grad():
         other = _value(func, x.detach(), fname)
         a, b = float(value.detach()), float(other)
-    eps = torch.finfo(value.dtype).eps if value.is_floating_point() else 1e-7
-    tol = 100 * eps**0.5 * max(1.0, abs(a), abs(b))
+        # <grad, x>: x is the tangent vector whose only delta is v0
+        scale = abs(float((grads[0].double() * v0.double()).sum()))
+        # the frames are orthonormal and the gauged deltas orthogonal to them: a tangent vector's norm is its
+        # deltas'
+        slope = math.sqrt(sum(float(g.double().square().sum()) for g in _gauge_all(grads, u)))
+        slope *= float(torch.linalg.vector_norm(v0.double()))
+    eps = max(_eps(value.dtype), _eps(x.dtype))
+    tol = 100 * eps**0.5 * max(1.0, abs(a), abs(b), scale) + 100 * len(u) * eps * slope
     if abs(a - b) > tol:
         raise ValueError(
             f"{fname}: func is not invariant to the TT gauge: func(x) = {b:.6g} but func evaluated on "
@@ -72,6 +96,10 @@ def _check_invariance(func: Func, x: TensorTrain, value: torch.Tensor, fname: st
             "the tensor it represents (use full, flat_inner, gather_nd, ...; not x.tt_cores). "
             "Pass runtime_check=False to skip this check."
         )
+
+
+def _eps(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps if dtype.is_floating_point or dtype.is_complex else 1e-7
 
 
 def _grads(outputs: torch.Tensor, deltas: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor]:
@@ -94,17 +122,22 @@ def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorT
             represents.
         x: the point, a TensorTrain (TT-tensor or TT-matrix); ranks above the mode sizes are fine.
         runtime_check: evaluate ``func`` on ``x`` too and raise if the two values disagree (a ``func`` that
-            reads the cores directly). The values are compared to ``100 sqrt(eps) max(1, |value|)``, so that
-            round-off never raises: 1.5e-6 relative in float64, 3.5e-2 in float32 (a weak dependence on the
-            cores passes there; check in float64), none in half precision.
+            reads the cores directly). The values are compared to ``100 sqrt(eps)`` times the larger of 1, the
+            value and ``|<grad, x>|`` (the scale of ``func``'s terms, however much they cancel), plus a bound on
+            what round-off in the two representations can move the value (``100 d eps |grad| |x|``, ``grad`` the
+            Riemannian gradient), ``eps`` of the less precise of ``x``'s and the value's dtypes: so round-off
+            never raises, and 1.5e-6 relative in float64, 3.5e-2 in float32 (a weak dependence on the cores
+            passes there; check in float64), none in half precision. A bool.
 
     Returns:
         A tangent vector at ``x`` (ranks ``2 r``, ``projection_on = x``), equal to
         ``project(dfunc/dfull(x), x)``. Detached: it carries no autograd graph to ``x``'s cores or to tensors
         ``func`` closes over (differentiate ``tt.project`` of a dense gradient for that).
 
+    Works under ``torch.no_grad`` and ``torch.inference_mode`` too (it records its own graph).
+
     Raises:
-        TypeError: ``x`` is not a TensorTrain.
+        TypeError: ``x`` is not a TensorTrain, or ``runtime_check`` is not a bool.
         ValueError: ``func`` does not return a scalar, or fails the gauge check.
 
     Complexity:
@@ -118,14 +151,17 @@ def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorT
         True
     """
     fname = "gradients"
-    u, v, deltas = _delta_point(x, fname)
-    with torch.enable_grad():
+    runtime_check = as_flag(runtime_check, fname, "runtime_check")
+    # (inference_mode(False): under inference mode enable_grad alone records nothing, and the gradient came
+    # back zero as if func did not depend on x)
+    with torch.inference_mode(False), torch.enable_grad():
+        u, v, deltas = _delta_point(x, fname)
         point = ts.tangent(deltas, u, v, x, batch=False)
         value = _value(func, point, fname)
-        if runtime_check:
-            _check_invariance(func, x, value, fname)
         grads = _grads(value, deltas, create_graph=False)
-    return ts.tangent(_gauge_all(grads, u), u, v, x, batch=False)  # type: ignore[return-value]
+        if runtime_check:
+            _check_invariance(func, x, value, grads, u, deltas[0].detach(), fname)
+        return ts.tangent(_gauge_all(grads, u), u, v, x, batch=False)  # type: ignore[return-value]
 
 
 @torch.compiler.disable  # (compiled, the double backward came back zero: AOTAutograd has none)
@@ -145,10 +181,12 @@ def hessian_vector_product(
         A tangent vector at ``x`` (ranks ``2 r``, ``projection_on = x``). Detached, as :func:`gradients`'
         result: no autograd graph to ``x``, ``vector`` or tensors ``func`` closes over.
 
+    Works under ``torch.no_grad`` and ``torch.inference_mode`` too, as :func:`gradients`.
+
     Raises:
-        TypeError: ``x`` is not a TensorTrain, or ``func`` is compiled by ``torch.compile`` (AOTAutograd has no
-            double backward: the product came back zero; a plain function that calls a compiled one is not
-            detected, and gives zero).
+        TypeError: ``x`` is not a TensorTrain, ``runtime_check`` is not a bool, or ``func`` is compiled by
+            ``torch.compile`` (AOTAutograd has no double backward: the product came back zero; a plain function
+            that calls a compiled one is not detected, and gives zero).
         ShapeError: ``vector``'s shape, dtype or device disagrees with ``x``'s.
         ValueError: ``func`` does not return a scalar, or fails the gauge check.
 
@@ -178,6 +216,14 @@ def hessian_vector_product(
             f"{fname}: func is compiled by torch.compile, whose AOTAutograd has no double backward (the product "
             "came back zero); pass the function itself, uncompiled"
         )
+    runtime_check = as_flag(runtime_check, fname, "runtime_check")
+    with torch.inference_mode(False), torch.enable_grad():  # (as in gradients)
+        return _hvp(func, x, vector, runtime_check, fname)
+
+
+def _hvp(
+    func: Func, x: TensorTrain, vector: TensorTrainBase | torch.Tensor, check: bool, fname: str
+) -> TensorTrain:
     u, v, deltas = _delta_point(x, fname)
     if isinstance(vector, TensorTrainBase) and not isinstance(vector, TensorTrain):
         raise TypeError(f"{fname}: `vector` must be a TensorTrain or a dense tensor, got a batch")
@@ -188,13 +234,12 @@ def hessian_vector_product(
             "(one vector: no batch axis)"
         )
     vec_deltas, _, _, _ = ts.project_deltas(vector, x, fname, frame=(u, v), names=("vector", "x"))
-    with torch.enable_grad():
-        point = ts.tangent(deltas, u, v, x, batch=False)
-        value = _value(func, point, fname)
-        if runtime_check:
-            _check_invariance(func, x, value, fname)
-        first = _grads(value, deltas, create_graph=True)
-        # vec_deltas obey the gauge, so pairing with the raw gradient equals pairing with its projection.
-        inner = sum((g * w).sum() for g, w in zip(first, vec_deltas, strict=True))
-        second = _grads(inner, deltas, create_graph=False)  # type: ignore[arg-type]
+    point = ts.tangent(deltas, u, v, x, batch=False)
+    value = _value(func, point, fname)
+    first = _grads(value, deltas, create_graph=True)
+    if check:
+        _check_invariance(func, x, value, [g.detach() for g in first], u, deltas[0].detach(), fname)
+    # vec_deltas obey the gauge, so pairing with the raw gradient equals pairing with its projection.
+    inner = sum((g * w).sum() for g, w in zip(first, vec_deltas, strict=True))
+    second = _grads(inner, deltas, create_graph=False)  # type: ignore[arg-type]
     return ts.tangent(_gauge_all(second, u), u, v, x, batch=False)  # type: ignore[return-value]

@@ -383,6 +383,12 @@ def _groups(params: Any) -> list[dict[str, Any]]:
             )
         if isinstance(group["params"], TensorTrainBase):  # a layer's weight: its cores are the parameters
             group["params"] = list(group["params"].tt_cores)
+        if isinstance(group["params"], (set, frozenset)) or isinstance(params, (set, frozenset)):
+            # (torch.optim refuses sets too: their order changes between runs, and here the order is the TT's)
+            raise TypeError(
+                "RiemannianSGD: a parameter set must be an ordered sequence of one TT's cores (a list, tuple or "
+                "layer.cores), got a set, whose order is not the cores'"
+            )
         if isinstance(group["params"], torch.Tensor):
             raise TypeError(
                 "RiemannianSGD: each parameter set must be the sequence of one TT's cores (e.g. layer.cores), "
