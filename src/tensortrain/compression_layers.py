@@ -73,9 +73,20 @@ def _non_finite(w: torch.Tensor, skip_row: int | None = None) -> bool:
     return not bool(ok.all())
 
 
+def _dtype_refusal(w: torch.Tensor) -> str | None:
+    if not (w.is_floating_point() or w.is_complex()) or w.element_size() == 1 or w.dtype == torch.complex32:
+        # (float8 and complex32 have no sums, products or SVDs to run TT-SVD or a TT layer in)
+        return (
+            f"its weight has dtype {w.dtype}; TT cores are 16 bits or more (float16 and up, complex64 and up)"
+        )
+    return None
+
+
 def _linear_refusal(m: nn.Linear) -> str | None:
     if tuple(m.weight.shape) != (m.out_features, m.in_features):
         return _size_mismatch(m.weight, ("out_features", m.out_features), ("in_features", m.in_features))
+    if (why := _dtype_refusal(m.weight)) is not None:
+        return why
     if _non_finite(m.weight):
         return "the weight contains NaN or inf values; TT-SVD needs finite entries"
     return None
@@ -96,6 +107,8 @@ def _embedding_refusal(m: nn.Embedding) -> str | None:
         return _size_mismatch(
             m.weight, ("num_embeddings", m.num_embeddings), ("embedding_dim", m.embedding_dim)
         )
+    if (why := _dtype_refusal(m.weight)) is not None:
+        return why
     if _non_finite(m.weight, m.padding_idx):
         return "the table contains NaN or inf values; TT-SVD needs finite entries"
     pad = m.padding_idx

@@ -97,6 +97,11 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
     check_strided(name, "the input", x)
     if not (x.is_floating_point() or x.is_complex()):
         raise TypeError(f"{name}: expected a floating point tensor, got dtype {x.dtype}; cast it first")
+    if x.element_size() == 1 or x.dtype == torch.complex32:  # (no sums, products or SVDs run in them)
+        raise TypeError(
+            f"{name}: TT cores are 16 bits or more (float16 and up, complex64 and up), got dtype {x.dtype}; cast "
+            f"it first, e.g. x.to(torch.{'complex64' if x.is_complex() else 'float32'})"
+        )
     if x.dim() == 0 or x.numel() == 0:
         raise ShapeError(
             f"{name}: expected a non-empty tensor with at least one dim, got shape {tuple(x.shape)}"

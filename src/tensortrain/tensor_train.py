@@ -46,7 +46,7 @@ _TENSOR_ONLY = frozenset(
 
 _CHALF = torch.complex32  # (ComplexHalf)
 # core dtypes TensorTrainBase._plainly_valid accepts at once (others go through the full checks)
-_CORE_DTYPES = frozenset(
+CORE_DTYPES = frozenset(
     (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 )
 
@@ -110,7 +110,7 @@ class TensorTrainBase:
         if not cores:
             return False
         first, b = cores[0], self._batch_axes
-        if not isinstance(first, torch.Tensor) or first.is_nested or first.dtype not in _CORE_DTYPES:
+        if not isinstance(first, torch.Tensor) or first.is_nested or first.dtype not in CORE_DTYPES:
             return False
         dtype, device, ndim, shape0 = first.dtype, first.device, first.dim(), first.shape
         if ndim != 3 + b and ndim != 4 + b:

@@ -258,7 +258,8 @@ class TTModule(nn.Module):
             for key in bad:
                 error_msgs.append(
                     f"{key}: the checkpoint holds complex values ({state_dict[key].dtype}) but the layer is real "
-                    f"({self.cores[0].dtype}): build the layer with dtype={state_dict[key].dtype}"
+                    f"({self.cores[0].dtype}): build the layer with dtype="
+                    f"{torch.complex64 if state_dict[key].dtype == torch.complex32 else state_dict[key].dtype}"
                 )
             if bad:
                 # load nothing of this layer: the cores' ParameterList loads its entries after this returns

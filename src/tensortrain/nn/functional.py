@@ -22,7 +22,7 @@ from ..contraction_plan import Strategy, dims_of
 from ..errors import ShapeError, fx_hint
 from ..operands import check_strided
 from ..shapes import as_int
-from ..tensor_train import TensorTrain
+from ..tensor_train import CORE_DTYPES, TensorTrain
 
 __all__ = ["tt_embedding", "tt_linear"]
 
@@ -103,6 +103,13 @@ def linear_cores(
         got = "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
         raise ShapeError(f"tt_linear: input has {got} but the TT weight has {n} columns (in dims {in_dims})")
     contraction.check_operand("tt_linear", "input", input, c0)
+    if (
+        c0.dtype not in CORE_DTYPES
+    ):  # (a layer cast to float8 or complex32 by Module.to: refused as .weight is)
+        try:
+            TensorTrain(list(cores))
+        except TypeError as e:
+            raise TypeError(f"tt_linear: {e}") from None
     if bias is not None:
         contraction.check_bias("tt_linear", bias, m, c0)
     # x @ W^T with all leading dims as rows, in the order tensortrain.contraction's cost model picks.
