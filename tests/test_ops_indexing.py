@@ -331,3 +331,14 @@ def test_gather_nd_across_several_row_chunks(gen, batch):
         idx = torch.cat([b, idx], dim=1)
         expected = full[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]]
     assert_close(tt.gather_nd(x, idx), expected)
+
+
+def test_list_indices_past_int64_are_out_of_range_not_the_wrong_kind():
+    """torch's overflow reading such a list was turned into 'must be a list of ints' (a list of ints was given)."""
+    x = tt.random_tensor_batch((2, 3, 4), tt_rank=2, batch_size=3, dtype=torch.float64)
+    with pytest.raises(IndexError, match=r"gather_nd: index 1180591620717411303424 out of range"):
+        tt.gather_nd(x, [[0, 2**70, 0, 0]])
+    with pytest.raises(IndexError, match=r"batch index -1180591620717411303424 out of range for a 3 element"):
+        x[[0, -(2**70)]]
+    with pytest.raises(TypeError, match="a batch index must be"):  # (other unreadable lists: still the kind)
+        x[[0, "a"]]

@@ -114,6 +114,8 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
         try:  # (a list or array on the cores' device, not the default device)
             idx = idx if isinstance(idx, torch.Tensor) else as_tensor(idx, device=cores[0].device)
         except (TypeError, ValueError, RuntimeError):
+            if (big := _past_int64(idx)) is not None:
+                raise IndexError(f"batch index {big} out of range for a {size} element batch") from None
             raise TypeError(
                 f"a batch index must be an int, slice, list or tensor of ints, got {type(idx).__name__}"
             ) from None
@@ -139,6 +141,18 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
     if picked[0].shape[0] == 0:
         raise IndexError(f"batch index {idx!r} selects no elements of a {size} element batch")
     return picked, True
+
+
+def _past_int64(values: Any) -> int | None:
+    """The first Python int in a (nested) list or tuple that int64 cannot hold (torch's overflow on reading it
+    is a RuntimeError, which read as the wrong kind of index), else None."""
+    if isinstance(values, int) and not isinstance(values, bool):
+        return values if not -(2**63) <= values < 2**63 else None
+    if isinstance(values, (list, tuple)):
+        for v in values:
+            if (big := _past_int64(v)) is not None:
+                return big
+    return None
 
 
 def _expand_ellipsis(items: list[Any], d: int, batch: bool) -> list[Any]:
@@ -247,6 +261,8 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     try:
         idx = indices if isinstance(indices, torch.Tensor) else as_tensor(indices, device=tt.device)
     except (TypeError, ValueError, RuntimeError):  # (None, strings, ragged lists: torch's own messages)
+        if (big := _past_int64(indices)) is not None:
+            raise IndexError(f"gather_nd: index {big} out of range for shape {tuple(tt.shape)}") from None
         raise TypeError(
             f"gather_nd: indices must be an integer tensor, array or nested list, got {type(indices).__name__}"
         ) from None
