@@ -639,7 +639,7 @@ def markdown(results: dict) -> str:
     if results.get("layers"):
         lines += [
             "",
-            "| case | batch | plan (fwd; training) | fwd ms TT / dense (ratio) | fwd+bwd ms TT / dense (ratio) | GFLOP/s fwd TT / dense "
+            "| case | batch | plan (fwd; training) | fwd ms TT / dense (ratio) | fwd+bwd ms TT / dense (ratio) | GFLOP/s TT / dense, fwd; fwd+bwd "
             "| plan GFLOP fwd / dense | kept for bwd MiB TT / dense | peak MiB of a training step TT / dense "
             "| peers fwd, fwd+bwd (ratio to dense) |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -647,6 +647,8 @@ def markdown(results: dict) -> str:
     want = results["meta"].get("repeats", 0)
     for r in results.get("layers", []):
         f, fb, gf = r["fwd_s"], r["fwdbwd_s"], r["gflops_fwd"]
+        gb = r.get("gflops_fwdbwd")  # (the plan's training FLOPs; dense: 3 products)
+        train_rate = f"; {gb['tt']:.3g} / {gb['dense']:.3g}" if gb else ""
         peers = []
         once = r.get("timed_once", {})
         for k in f:
@@ -658,7 +660,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {r['case']} | {r['batch']} | {r['plan_forward']}; {r['plan_training']} | {f['tt'] * 1e3:.3g} / {f['dense'] * 1e3:.3g} "
             f"(**{f['tt'] / f['dense']:.2f}x**{_n(r, 'repeats', want)}) | {fb['tt'] * 1e3:.3g} / {fb['dense'] * 1e3:.3g} "
-            f"(**{fb['tt'] / fb['dense']:.2f}x**{_n(r, 'repeats_fwdbwd', want)}) | {gf['tt']:.3g} / {gf['dense']:.3g} | "
+            f"(**{fb['tt'] / fb['dense']:.2f}x**{_n(r, 'repeats_fwdbwd', want)}) | {gf['tt']:.3g} / {gf['dense']:.3g}{train_rate} | "
             f"{r['plan_flops_forward'] / 1e9:.3g} / {r['dense_flops_forward'] / 1e9:.3g}{_floor(r)} | "
             f"{sb['tt'] / 2**20:.3g} / {sb['dense'] / 2**20:.3g} | {_peak(r)} | {'; '.join(peers) or '-'} |"
         )
