@@ -481,7 +481,10 @@ def test_weights_are_loaded_before_compressing(models, tmp_path, capsys):
         (["--model", "clitoolbroken:m", "--max-tt-rank", "4"], "RuntimeError: broken at import"),
         (["--model", "clitoolmodels:nope", "--max-tt-rank", "4"], "clitoolmodels.py has no attribute 'nope'"),
         (["--model", "clitoolmodels:number", "--max-tt-rank", "4"], "is a int, expected an nn.Module or a "),
-        (["--model", "clitoolmodels:returns_dict", "--max-tt-rank", "4"], "returns_dict() returned a dict"),
+        (
+            ["--model", "clitoolmodels:returns_dict", "--max-tt-rank", "4"],
+            "returns_dict() returned an object of type dict",
+        ),
         (
             ["--model", "clitoolmodels:needs_an_argument", "--max-tt-rank", "4"],
             "calling needs_an_argument() fa",
@@ -494,12 +497,6 @@ def test_weights_are_loaded_before_compressing(models, tmp_path, capsys):
             ["--model", "clitoolmodels:mlp", "--max-tt-rank", "4", "--include", "x*"],
             "no nn.Linear or nn.Embed",
         ),
-        (["--model", "clitoolmodels:mlp", "--max-tt-rank", "0"], "max_tt_rank must be >= 1, got 0"),
-        (
-            ["--model", "clitoolmodels:mlp", "--epsilon", "1.5"],
-            "epsilon (relative error per layer) must be in",
-        ),
-        (["--model", "clitoolmodels:mlp", "--ratio", "0.5"], "ratio (target compression factor) must be > 1"),
         (["--model", "clitoolmodels:mlp", "--ratio", "1e9"], "ratio=1000000000.0 is out of reach"),
         (
             ["--model", "clitoolmodels:mlp", "--max-tt-rank", "4", "--out", "no/dir/m.pt"],
@@ -521,7 +518,16 @@ def test_compress_errors(models, tmp_path, capsys, argv, message):
     [
         (["--model", "m:a"], "one of the arguments --max-tt-rank --epsilon --ratio is required"),
         (["--model", "m:a", "--max-tt-rank", "2", "--epsilon", "0.1"], "not allowed with argument"),
-        (["--model", "m:a", "--max-tt-rank", "two"], "argument --max-tt-rank: invalid int value: 'two'"),
+        (
+            ["--model", "m:a", "--max-tt-rank", "two"],
+            "argument --max-tt-rank: expected an integer, got 'two'",
+        ),
+        # (budgets out of range were exit 1, found after the model was built and its weights loaded)
+        (["--model", "m:a", "--max-tt-rank", "0"], "argument --max-tt-rank: must be >= 1, got 0"),
+        (["--model", "m:a", "--epsilon", "1.5"], "argument --epsilon: must lie in (0, 1), got 1.5"),
+        (["--model", "m:a", "--epsilon", "nan"], "argument --epsilon: must lie in (0, 1), got nan"),
+        (["--model", "m:a", "--ratio", "0.5"], "argument --ratio: must be > 1, got 0.5"),
+        (["--model", "m:a", "--ratio=-inf"], "argument --ratio: must be > 1, got -inf"),
         (["--model", "m:a", "--ratio", "2", "--dry-run", "--out", "x.pt"], "not allowed with argument"),
         (["--max-tt-rank", "2"], "the following arguments are required: --model"),
         # (a malformed --model was exit 1, the only usage error not 2)
@@ -965,3 +971,64 @@ def test_the_recipe_check_runs_only_for_a_written_model(models, tmp_path, capsys
     assert main([*argv, "--out", "c.pt"]) == 0
     assert calls == [(["0"], None)]
     assert "read_state_dict" not in _recipe(capsys.readouterr().out)
+
+
+def test_inspect_describes_pruned_and_parametrized_tt_layers(tmp_path, capsys):
+    """A pruned core is stored as cores.<k>_orig (+ a mask buffer), a parametrized one as
+    cores.parametrizations.<k>.original: inspect called such layers invalid ("cores.0 is missing", wrong boundary
+    ranks) and counted their cores as other tensors."""
+    from torch.nn.utils import parametrize, prune
+
+    model = _tt_model()
+    prune.l1_unstructured(model["emb"].cores, name="0", amount=0.3)
+
+    class Twice(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    parametrize.register_parametrization(model["fc"].cores, "1", Twice())
+    path = tmp_path / "m.pt"
+    torch.save(model.state_dict(), path)
+    info = inspect_path(path)
+    first, second = info["tt_layers"]
+    assert first["problem"] is None and second["problem"] is None
+    assert (first["pruned"], first["parametrized"], second["pruned"], second["parametrized"]) == (
+        [0],
+        [],
+        [],
+        [1],
+    )
+    cores = sum(c.numel() for m in (model["emb"], model["fc"]) for c in m.weight.tt_cores)
+    assert first["parameters"] + second["parameters"] == info["tt_parameters"] == cores
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "emb: cores [0] pruned: the table counts their stored originals, which the layer masks" in out
+    assert "fc: cores [1] parametrized" in out and "not a valid TT layer" not in out
+
+
+def test_inspect_names_torchscript_archives_and_unreadable_files(tmp_path, capsys, monkeypatch):
+    """A TorchScript archive read as 'neither a safetensors file nor a torch file' after a stray torch warning,
+    and an unreadable file the same way."""
+    scripted = tmp_path / "ts.pt"
+    with warnings.catch_warnings():  # (torch.jit is deprecated; its archives are still around)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(nn.Linear(4, 2)).save(str(scripted))
+    assert main(["inspect", str(scripted)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"tensortrain: error: {scripted}: a TorchScript archive (torch.jit.save), not a state dict; save "
+        "model.state_dict() instead\n"
+    )
+    locked = tmp_path / "locked.pt"
+    torch.save(nn.Linear(4, 2).state_dict(), locked)
+    real_open = open
+
+    def refuse(path, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cli_commands, "open", refuse, raising=False)
+    assert main(["inspect", str(locked)]) == 1
+    assert capsys.readouterr().err == f"tensortrain: error: {locked}: cannot read it (Permission denied)\n"

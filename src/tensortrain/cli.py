@@ -61,6 +61,23 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _float_above(low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type``: a number in ``(low, high)`` (no upper bound when ``high`` is None; NaN refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value > low and (high is None or value < high)):
+            where = f"> {low:g}" if high is None else f"lie in ({low:g}, {high:g})"
+            raise argparse.ArgumentTypeError(f"must {'be ' if high is None else ''}{where}, got {text}")
+        return value
+
+    parse.__name__ = f"number > {low:g}" if high is None else f"number in ({low:g}, {high:g})"
+    return parse
+
+
 _MAX_SEEDS = 1000
 
 
@@ -236,10 +253,15 @@ def _add_compress(commands: argparse._SubParsersAction) -> None:
         "--weights", metavar="CKPT", help="a state dict (safetensors or torch file) to load first (strict)"
     )
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--max-tt-rank", type=int, metavar="R", help="one TT-rank cap for all layers")
-    budget.add_argument("--epsilon", type=float, metavar="E", help="relative error per layer, in (0, 1)")
+    # (checked here, as tt.compress checks them: a usage error before the model is built and its weights loaded)
     budget.add_argument(
-        "--ratio", type=float, metavar="F", help="compression factor of the selected layers, > 1"
+        "--max-tt-rank", type=_int_in(1), metavar="R", help="one TT-rank cap for all layers, >= 1"
+    )
+    budget.add_argument(
+        "--epsilon", type=_float_above(0, 1), metavar="E", help="relative error per layer, in (0, 1)"
+    )
+    budget.add_argument(
+        "--ratio", type=_float_above(1), metavar="F", help="compression factor of the selected layers, > 1"
     )
     p.add_argument(
         "--include", action="append", metavar="GLOB", help="layer names to select (repeatable; default all)"

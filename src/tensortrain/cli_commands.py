@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ from .tensor_train import TensorTrainBatch
 
 __all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
 
-_CORE_KEY = re.compile(r"^((?:.*\.)?)cores\.(\d+)$")  # "<prefix>cores.<k>", prefix "" or ending in "."
+# "<prefix>cores.<k>", prefix "" or ending in "."; a core torch.nn.utils.prune reroutes is stored as
+# "cores.<k>_orig" (its mask a buffer "cores.<k>_mask"), one torch.nn.utils.parametrize moves as
+# "cores.parametrizations.<k>.original"
+_CORE_KEY = re.compile(r"^((?:.*\.)?)cores\.(?:(\d+)(_orig)?|parametrizations\.(\d+)\.original)$")
 # {"state_dict": {...}} / {"model": {...}} / PyTorch's checkpoint recipe's {"model_state_dict": {...}, "epoch": ...}
 _WRAPPERS = ("state_dict", "model", "model_state_dict")
 _META_KEY = "tensortrain_compress"  # the header entry compress writes into a safetensors checkpoint
@@ -69,6 +73,11 @@ def _probe(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | No
         CommandError: the file is missing, or is named ``*.safetensors`` and safetensors cannot read it."""
     if not path.is_file():
         raise CommandError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:  # (unreadable, safetensors and torch.load each blame the format)
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise CommandError(f"{path}: cannot read it ({err.strerror or _one_line(err)})") from err
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -79,7 +88,21 @@ def _probe(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | No
         return None
 
 
+def _torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``: a zip with ``<name>/constants.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
 def _torch_load(path: Path) -> Any:
+    if _torchscript(path):
+        # (torch.load would warn that it dispatches to torch.jit.load, then refuse it under weights_only)
+        raise CommandError(
+            f"{path}: a TorchScript archive (torch.jit.save), not a state dict; save model.state_dict() instead"
+        )
     try:
         # sparse tensors checked on load, explicitly: what a reader of untrusted files wants. (Left implicit, torch
         # 2.11 and 2.12 warn that the checks are off, and 2.14 that it runs them for weights_only=True; the
@@ -200,6 +223,10 @@ def _describe_tt_file(path: Path) -> dict[str, Any]:
     }
 
 
+def _core_index(found: re.Match[str]) -> int:
+    return int(found.group(2) if found.group(2) is not None else found.group(4))
+
+
 def _core_problem(name: str, found: dict[int, tuple[int, ...]]) -> str | None:
     """Why the cores found (by index) do not form a TT-matrix, or None."""
     prefix = f"{name}." if name else ""
@@ -258,14 +285,19 @@ def _describe_state_dict(
     the totals count once."""
     aliases = aliases or {}
     groups: dict[str, dict[int, tuple[int, ...]]] = {}
+    keys: dict[str, dict[int, str]] = {}
     for key, shape in shapes.items():
         found = _CORE_KEY.match(key)
         if found:
-            groups.setdefault(found.group(1), {})[int(found.group(2))] = shape
+            groups.setdefault(found.group(1), {})[_core_index(found)] = shape
+            keys.setdefault(found.group(1), {})[_core_index(found)] = key
     layers = []
     for prefix, cores in groups.items():
         layer = _tt_layer(prefix.removesuffix("."), cores, f"{prefix}bias" in shapes)
-        targets = [aliases.get(f"{prefix}cores.{k}") for k in cores]
+        rerouted = {k: key for k, key in keys[prefix].items() if key != f"{prefix}cores.{k}"}
+        layer["pruned"] = sorted(k for k, key in rerouted.items() if key.endswith("_orig"))
+        layer["parametrized"] = sorted(k for k, key in rerouted.items() if not key.endswith("_orig"))
+        targets = [aliases.get(keys[prefix][k]) for k in cores]
         matches = [_CORE_KEY.match(t) if t else None for t in targets]
         owners = {m.group(1) if m else None for m in matches}
         # every core is another layer's: one layer under two names
@@ -370,6 +402,12 @@ def _state_dict_text(info: dict[str, Any]) -> list[str]:
             "padded where the layer's sizes do not factor into balanced modes)"
         )
     for layer in layers:
+        for how in ("pruned", "parametrized"):
+            if layer.get(how) and layer["problem"] is None:
+                lines.append(
+                    f"  {layer['name'] or '(model)'}: cores {layer[how]} {how}: the table counts their stored "
+                    f"originals, which the layer {'masks' if how == 'pruned' else 'parametrizes'}"
+                )
         if layer["problem"] is not None:
             lines.append(f"  {layer['name'] or '(model)'}: not a valid TT layer: {layer['problem']}")
         elif layer.get("shared_with") is not None:
@@ -466,7 +504,7 @@ def _build_model(spec: str) -> tuple[nn.Module, bool]:
         raise CommandError(f"--model {spec}: calling {attr}() failed: {_one_line(err)}") from err
     if not isinstance(built, nn.Module):
         raise CommandError(
-            f"--model {spec}: {attr}() returned a {type(built).__name__}, expected an nn.Module"
+            f"--model {spec}: {attr}() returned an object of type {type(built).__name__}, expected an nn.Module"
         )
     return built, True
 
