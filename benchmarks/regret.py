@@ -1,5 +1,5 @@
 """The planner away from the benchmark cases: random layer configurations, the plan ``"auto"`` picks against the
-fastest forced strategy, and optionally against another source tree.
+fastest strategy, and optionally against another source tree.
 
 The layer table (``run.py``) and ``calibrate.py`` time six cases at three batches; users run other shapes. Each
 configuration draws sizes (64-4096, with ``TTLinear``'s automatic dims), a rank (2-64), a batch (one or two
@@ -8,7 +8,7 @@ input and the cores), then times ``TTLinear`` with ``strategy="auto"`` and each 
 copy of the layer, and ``nn.Linear``. Forced strategies whose warm call takes over 3x the fastest are dropped
 (their large frees made the next call pay page faults); every repeat runs the rest in a fresh random order.
 Regret is the median time of auto's plan (the faster of auto and a forced strategy running the same plan) over
-the fastest forced strategy's::
+the fastest strategy's, auto's included (so at least 1)::
 
     .venv/bin/python benchmarks/regret.py --configs 70 --json out/regret.json
 
@@ -146,8 +146,8 @@ def regret_row(cfg: list, rng: random.Random) -> dict:
     Regret is the time of auto's plan over the fastest strategy's, auto among them (so it is at least 1): auto's
     plan timed as the faster of auto and any forced strategy that runs the same plan (two timings of one plan
     read up to 1.5x apart where large frees make the next call pay page faults), so a plan that is the fastest
-    scores 1. (Sessions before 25 left auto out of the fastest, which read 0.68x where the 3x filter dropped
-    auto's twin: a plan compared only with slower ones.)"""
+    scores 1. (Sessions before 25 left auto out of the fastest: auto's plan, the faster of two timings, read below
+    1 against single timings of the same plan, and 0.68x where the 3x filter dropped auto's twin.)"""
     fns, plans = _calls(cfg, ("auto", *FORCED))
     for f in fns.values():
         f()

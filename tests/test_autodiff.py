@@ -133,6 +133,15 @@ def test_inference_mode_gives_the_same_gradient_and_product():
     with torch.inference_mode():
         assert_close(dense(tt.gradients(f, x)), dense(g))
         assert_close(dense(tt.hessian_vector_product(f, x, t)), dense(h))
+        # a target made here is an inference tensor, which autograd cannot keep for a product's backward
+        target = tt.random_tensor((3, 4, 5), tt_rank=3, dtype=torch.float64, generator=gen)
+        fit = lambda y: tt.flat_inner(y, y) - 2 * tt.flat_inner(y, target)  # noqa: E731
+        with pytest.raises(
+            RuntimeError, match="gradients: func uses a tensor made under torch.inference_mode"
+        ):
+            tt.gradients(fit, x)
+        with pytest.raises(RuntimeError, match="hessian_vector_product: func uses a tensor made under"):
+            tt.hessian_vector_product(fit, x, x)
 
 
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16, torch.float32])

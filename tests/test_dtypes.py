@@ -423,7 +423,9 @@ def test_orthogonalize_refuses_a_norm_that_overflows_float32(left_to_right):
 @pytest.mark.filterwarnings(
     "ignore:ComplexHalf support is experimental", "ignore:Complex modules are a new feature"
 )
-@pytest.mark.parametrize("low", [torch.float8_e4m3fn, torch.float8_e5m2, torch.complex32])
+@pytest.mark.parametrize(
+    "low", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e8m0fnu, torch.complex32]
+)
 def test_dtypes_below_16_bits_are_named_by_decompositions_layers_and_compress(low):
     """float8 and complex32 got through TT-SVD's dtype check and the layer's fast path (a float8 forward ran,
     its backward and complex32's forward failed deep in torch) and made compress fail: now the TypeError the rest
@@ -434,8 +436,15 @@ def test_dtypes_below_16_bits_are_named_by_decompositions_layers_and_compress(lo
     with pytest.raises(TypeError, match=r"to_tt_matrix: TT cores are 16 bits or more"):
         tt.nn.TTLinear.from_linear(torch.nn.Linear(16, 16, dtype=base).to(low), max_tt_rank=2)
     layer = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=base).to(low)
-    with pytest.raises(TypeError, match=r"tt_linear: TensorTrain: cores must be floating point \(16 bits"):
-        layer(torch.randn(2, 16, dtype=base).to(low))
+    for x in (torch.randn(2, 16, dtype=base).to(low), torch.randn(2, 16, dtype=base)):
+        # (an input of the usual dtype got a hint to cast it to the cores' dtype, which then failed so)
+        with pytest.raises(
+            TypeError, match=r"tt_linear: TensorTrain: cores must be floating point \(16 bits"
+        ):
+            layer(x)
+    padded = tt.nn.TTLinear(17, 13, tt_rank=2, dtype=base).to(low)
+    with pytest.raises(TypeError, match=r"TTLinear: TensorTrain: cores must be floating point \(16 bits"):
+        padded(torch.rand(2, 17, dtype=base).to(low))
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Embedding(100, 64)).to(low)
     out, report = tt.compress(model, max_tt_rank=2)
     assert [r.tt_ranks for r in report.layers] == [None, None]

@@ -16,8 +16,9 @@ Symbols: ``d`` cores, ``n`` mode size, ``r`` rank of ``x``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -102,6 +103,23 @@ def _eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps if dtype.is_floating_point or dtype.is_complex else 1e-7
 
 
+@contextlib.contextmanager
+def _recording(fname: str) -> Iterator[None]:
+    """Autograd on, also under ``torch.inference_mode`` (where ``enable_grad`` alone records nothing: the
+    gradient came back zero, as if ``func`` did not depend on ``x``); torch's refusal to keep an inference tensor
+    ``func`` closes over for backward is said in terms of ``fname``."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    except RuntimeError as e:
+        if "Inference tensors cannot be saved for backward" not in str(e):
+            raise
+        raise RuntimeError(
+            f"{fname}: func uses a tensor made under torch.inference_mode, which autograd cannot keep for the "
+            "backward pass; make it outside inference mode (or under torch.inference_mode(False))"
+        ) from e
+
+
 def _grads(outputs: torch.Tensor, deltas: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor]:
     if not outputs.requires_grad:  # func does not depend on x at all
         return [torch.zeros_like(dl) for dl in deltas]
@@ -134,11 +152,13 @@ def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorT
         ``project(dfunc/dfull(x), x)``. Detached: it carries no autograd graph to ``x``'s cores or to tensors
         ``func`` closes over (differentiate ``tt.project`` of a dense gradient for that).
 
-    Works under ``torch.no_grad`` and ``torch.inference_mode`` too (it records its own graph).
+    Works under ``torch.no_grad`` and ``torch.inference_mode`` too (it records its own graph); tensors ``func``
+    uses that autograd keeps for backward (a target in a product) must be made outside inference mode.
 
     Raises:
         TypeError: ``x`` is not a TensorTrain, or ``runtime_check`` is not a bool.
         ValueError: ``func`` does not return a scalar, or fails the gauge check.
+        RuntimeError: ``func`` uses a tensor made under ``torch.inference_mode`` that autograd would keep.
 
     Complexity:
         O(d n r^3) for the orthogonalization plus one forward and backward pass of ``func`` at ranks 2 r.
@@ -152,9 +172,7 @@ def gradients(func: Func, x: TensorTrain, runtime_check: bool = True) -> TensorT
     """
     fname = "gradients"
     runtime_check = as_flag(runtime_check, fname, "runtime_check")
-    # (inference_mode(False): under inference mode enable_grad alone records nothing, and the gradient came
-    # back zero as if func did not depend on x)
-    with torch.inference_mode(False), torch.enable_grad():
+    with _recording(fname):
         u, v, deltas = _delta_point(x, fname)
         point = ts.tangent(deltas, u, v, x, batch=False)
         value = _value(func, point, fname)
@@ -181,7 +199,7 @@ def hessian_vector_product(
         A tangent vector at ``x`` (ranks ``2 r``, ``projection_on = x``). Detached, as :func:`gradients`'
         result: no autograd graph to ``x``, ``vector`` or tensors ``func`` closes over.
 
-    Works under ``torch.no_grad`` and ``torch.inference_mode`` too, as :func:`gradients`.
+    Works under ``torch.no_grad`` and ``torch.inference_mode`` too, as :func:`gradients` (with its caveat).
 
     Raises:
         TypeError: ``x`` is not a TensorTrain, ``runtime_check`` is not a bool, or ``func`` is compiled by
@@ -189,6 +207,7 @@ def hessian_vector_product(
             that calls a compiled one is not detected, and gives zero).
         ShapeError: ``vector``'s shape, dtype or device disagrees with ``x``'s.
         ValueError: ``func`` does not return a scalar, or fails the gauge check.
+        RuntimeError: as in :func:`gradients`.
 
     Under ``torch.compile`` it runs eagerly (``torch.compiler.disable``), for the same reason.
 
@@ -217,7 +236,7 @@ def hessian_vector_product(
             "came back zero); pass the function itself, uncompiled"
         )
     runtime_check = as_flag(runtime_check, fname, "runtime_check")
-    with torch.inference_mode(False), torch.enable_grad():  # (as in gradients)
+    with _recording(fname):
         return _hvp(func, x, vector, runtime_check, fname)
 
 

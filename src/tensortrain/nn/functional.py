@@ -73,6 +73,16 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
     return linear_cores(input, weight.tt_cores, bias)
 
 
+def check_core_dtype(fn: str, cores: Sequence[torch.Tensor]) -> None:
+    """Refuse cores of a dtype TT objects refuse (a layer cast to float8 or complex32 by ``Module.to``, as
+    ``.weight`` refuses it); a set lookup for the dtypes they take."""
+    if cores[0].dtype not in CORE_DTYPES:
+        try:
+            TensorTrain(list(cores))
+        except TypeError as e:
+            raise TypeError(f"{fn}: {e}") from None
+
+
 def linear_cores(
     input: torch.Tensor,
     cores: tuple[torch.Tensor, ...],
@@ -102,14 +112,8 @@ def linear_cores(
         in_dims = tuple(int(c.shape[2]) for c in cores)
         got = "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
         raise ShapeError(f"tt_linear: input has {got} but the TT weight has {n} columns (in dims {in_dims})")
+    check_core_dtype("tt_linear", cores)  # (before the operand check, whose hint would name the cores' dtype)
     contraction.check_operand("tt_linear", "input", input, c0)
-    if (
-        c0.dtype not in CORE_DTYPES
-    ):  # (a layer cast to float8 or complex32 by Module.to: refused as .weight is)
-        try:
-            TensorTrain(list(cores))
-        except TypeError as e:
-            raise TypeError(f"tt_linear: {e}") from None
     if bias is not None:
         contraction.check_bias("tt_linear", bias, m, c0)
     # x @ W^T with all leading dims as rows, in the order tensortrain.contraction's cost model picks.

@@ -430,6 +430,7 @@ class TTLinear(TTModule):
                 "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
             )
             raise ShapeError(f"TTLinear: input has {got} but in_features={self.in_features}")
+        F.check_core_dtype("TTLinear", cores)  # (before the pad: float8_e8m0fnu cannot hold its zeros)
         x = torch.nn.functional.pad(input, (0, self._in_pad)) if self._in_pad else input
         limit = self._max_saved
         if limit is not None and self._in_pad and not transforms_active():
