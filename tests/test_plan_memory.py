@@ -597,3 +597,22 @@ def test_the_plan_cache_is_bounded(monkeypatch):
         assert last.program == C.plan(cores, 39, requires_grad=True, max_saved_bytes=10**9).program
     finally:
         C.clear_plan_cache()
+
+
+def test_inference_chunking_cache_is_bounded_too(monkeypatch):
+    """Inference sweeps' chunkings were cached per core shapes without a bound: TTs of data-dependent ranks (from
+    round(epsilon=...) in a loop) added one entry per rank tuple for the life of the process."""
+    from tensortrain import contraction_plan
+
+    monkeypatch.setattr(contraction_plan, "PLAN_CACHE_LIMIT", 5)
+    C.clear_plan_cache()
+    x = torch.randn(3, 16)
+    try:
+        with torch.no_grad():
+            for r in range(1, 12):
+                cores = [torch.randn(1, 4, 4, r), torch.randn(r, 4, 4, 1)]
+                y = C.linear(x, cores, strategy="grouped_rtl")
+                torch.testing.assert_close(y, x @ tt.full(tt.TensorTrain(cores)).T)
+                assert 0 < len(contraction_plan._CHUNK_CACHE) <= 5
+    finally:
+        C.clear_plan_cache()

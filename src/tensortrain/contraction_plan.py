@@ -133,7 +133,9 @@ _PLAN_CACHE: dict[tuple, Program] = {}
 # Bounded: with max_saved_bytes a plan is keyed by the exact batch size, and variable-length batches (rows = batch x
 # sequence length) gave one more entry per size without end. The oldest is dropped first (about 1 KB each).
 PLAN_CACHE_LIMIT = 4096
-_CHUNK_CACHE: dict[tuple, tuple[int, int]] = {}  # inference sweeps' chunking, per (core shapes, groups, ...)
+# inference sweeps' chunking, per (core shapes, groups, ...): bounded as the plans are (TTs of data-dependent
+# ranks, from round(epsilon=...) in a loop, gave one more entry per rank tuple without end)
+_CHUNK_CACHE: dict[tuple, tuple[int, int]] = {}
 # Under torch.compile the batch size may be a symbol (dynamic shapes) and dynamo cannot tell us which: reading
 # its value would specialise the graph, so compiled code is planned for this batch size (every plan is exact,
 # only speed differs).
@@ -347,13 +349,18 @@ def choose_program(
 
 def _remember(key: tuple, prog: Program) -> Program:
     """Cache ``prog`` under ``key``, dropping the oldest plan when the cache is full."""
-    if len(_PLAN_CACHE) >= PLAN_CACHE_LIMIT:
+    return _bounded_put(_PLAN_CACHE, key, prog)
+
+
+def _bounded_put(cache: dict, key: tuple, value: Any) -> Any:
+    """``cache[key] = value``, dropping the oldest entry first when ``cache`` holds ``PLAN_CACHE_LIMIT``."""
+    if len(cache) >= PLAN_CACHE_LIMIT:
         try:
-            del _PLAN_CACHE[next(iter(_PLAN_CACHE))]
+            del cache[next(iter(cache))]
         except (KeyError, RuntimeError, StopIteration):  # another thread evicted or inserted meanwhile
             pass
-    _PLAN_CACHE[key] = prog
-    return prog
+    cache[key] = value
+    return value
 
 
 def make_plan(
@@ -397,7 +404,9 @@ def chunk_rows(cores: Sequence[torch.Tensor], groups: Groups, direction: str) ->
     rows = _CHUNK_CACHE.get(key)
     if rows is None:
         cliffs = _cost.cache_cliffs(device_type)
-        rows = _CHUNK_CACHE[key] = _cost.chunking(dims_of(cores), groups, direction, item, cliffs)
+        rows = _bounded_put(
+            _CHUNK_CACHE, key, _cost.chunking(dims_of(cores), groups, direction, item, cliffs)
+        )
     return rows
 
 
