@@ -1068,6 +1068,50 @@ def test_the_layers_own_load_pre_hooks_run_before_the_resize():
     assert calls == ["0.", "0."]
 
 
+_HOOK_RUNS: list[str] = []
+
+
+def _record_hook(tag: str, *_: object) -> None:
+    _HOOK_RUNS.append(tag)
+
+
+def test_load_keeps_the_pre_hook_registry_in_place(monkeypatch):
+    """The layer's loader emptied its pre-hook registry while it loaded (so that nn.Module's loader would not run
+    the hooks twice): a copy made, a hook registered or a second load run meanwhile (another thread) saw no
+    hooks, and a hook registered then was dropped when the registry was put back."""
+    import functools
+
+    import tensortrain.nn.base as base
+
+    runs = _HOOK_RUNS
+    runs.clear()
+    layer = tt.nn.TTLinear(16, 12, tt_rank=2, dtype=torch.float64)
+    layer.register_load_state_dict_pre_hook(functools.partial(_record_hook, "first"))  # (picklable)
+    seen = {}
+    resize = base.resize_cores_to_state
+
+    def during(
+        *args, **kwargs
+    ):  # runs inside the layer's load, after its hooks and before nn.Module's loader
+        seen.setdefault("copy", copy.deepcopy(layer))
+        seen.setdefault("pickled", pickle.loads(pickle.dumps(layer)))
+        seen.setdefault(
+            "handle", layer.register_load_state_dict_pre_hook(functools.partial(_record_hook, "second"))
+        )
+        return resize(*args, **kwargs)
+
+    monkeypatch.setattr(base, "resize_cores_to_state", during)
+    layer.load_state_dict(layer.state_dict())
+    assert runs == ["first"]  # once: nn.Module's loader does not run them again
+    assert len(layer._load_state_dict_pre_hooks) == 2
+    for twin in (seen["copy"], seen["pickled"]):
+        assert len(twin._load_state_dict_pre_hooks) == 1
+    monkeypatch.setattr(base, "resize_cores_to_state", resize)
+    runs.clear()
+    layer.load_state_dict(layer.state_dict())
+    assert runs == ["first", "second"]
+
+
 def test_inference_cache_keeps_no_tensors_from_functional_call():
     """The cache kept the tensors a torch.func.functional_call swapped in (an EMA copy, another checkpoint) alive
     after the caller let them go, until the layer's next call."""

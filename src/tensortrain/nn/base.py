@@ -3,6 +3,7 @@ parameter count, and state_dict loading that survives rank changes."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -132,6 +133,23 @@ def resize_cores_to_state(
             params[k] = nn.Parameter(empty, requires_grad=like.requires_grad)
 
 
+_LOADING = (
+    threading.local()
+)  # .hooks: the pre-hook registry whose layer's own loader has run them, this thread
+
+
+class _PreHooks(OrderedDict):
+    """A TT layer's ``load_state_dict`` pre-hooks. The layer's ``_load_from_state_dict`` runs them itself, before
+    its checks and resize, then calls ``nn.Module``'s loader, which would run them again: to that loader, in that
+    thread, the registry looks empty. (Emptying the shared registry for the load instead left a copy made, a
+    hook registered, or a second load run meanwhile in another thread without the hooks, some for good.)"""
+
+    def values(self) -> Any:
+        if getattr(_LOADING, "hooks", None) is self:
+            return OrderedDict().values()
+        return super().values()
+
+
 class TTModule(nn.Module):
     """Base of :class:`TTLinear` and :class:`TTEmbedding`: a module whose TT-matrix lives in ``self.cores``.
 
@@ -144,6 +162,7 @@ class TTModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._cache: dict = {}
+        self.__dict__["_load_state_dict_pre_hooks"] = _PreHooks(self._load_state_dict_pre_hooks)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
@@ -153,6 +172,8 @@ class TTModule(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_cache", {})  # modules pickled before the cache existed
+        if not isinstance(self._load_state_dict_pre_hooks, _PreHooks):  # (pickled before session 25)
+            self.__dict__["_load_state_dict_pre_hooks"] = _PreHooks(self._load_state_dict_pre_hooks)
 
     def _current_cores(self) -> tuple[torch.Tensor, ...]:
         """The cores as the forward must use them: the ParameterList's forward pre-hooks run first, as calling
@@ -236,15 +257,18 @@ class TTModule(nn.Module):
         # run first, as nn.Module runs them, so that the checks and the resize below see the keys they leave;
         # nn.Module's loader, called without them below, would run them after the resize.
         hooks = self._load_state_dict_pre_hooks
-        for hook in hooks.values():
+        if not isinstance(hooks, _PreHooks):  # (a registry replaced whole after construction)
+            hooks = self.__dict__["_load_state_dict_pre_hooks"] = _PreHooks(hooks)
+        for hook in list(hooks.values()):
             hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        self.__dict__["_load_state_dict_pre_hooks"] = OrderedDict()
+        outer = getattr(_LOADING, "hooks", None)
+        _LOADING.hooks = hooks
         try:
             self._load_own_state(
                 (state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
             )
         finally:
-            self.__dict__["_load_state_dict_pre_hooks"] = hooks
+            _LOADING.hooks = outer
 
     def _load_own_state(self, args: tuple) -> None:
         """The load itself, with ``_load_from_state_dict``'s arguments: the complex check, the resize, then
