@@ -529,7 +529,10 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     Alg. 2, in t3f's order: the same cores as t3f's ``round``, checked against t3f 1.2.0). With ``epsilon`` the result satisfies ``||X - round(X)||_F <= epsilon ||X||_F`` (up to round-off) with the smallest
     rank per SVD (unless ``max_tt_rank`` binds first); with neither, it truncates nothing: it only clips the
     ranks to the maximal useful ones (exact up to round-off; ``round(a + a)`` keeps ranks up to those bounds,
-    pass ``epsilon`` to find the smaller ranks such a sum really has).
+    pass ``epsilon`` to find the smaller ranks such a sum really has). ``epsilon`` is relative to ``X``'s own
+    norm: a difference that cancels exactly (``x - x``) comes out of the QR sweep as round-off (about
+    ``1e-15 ||x||`` in float64), which a relative ``epsilon`` keeps at full rank; compare its norm with ``x``'s,
+    or cap the ranks.
 
     Args:
         tt: a :class:`TensorTrain` or :class:`TensorTrainBatch` (tensors or matrices).
