@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.autograd.forward_ad as fwad
-from torch.func import functional_call, grad, jacrev, jvp, stack_module_state, vmap
+from torch.func import functional_call, grad, jacfwd, jacrev, jvp, stack_module_state, vmap
 
 import tensortrain as tt
 from conftest import assert_close
@@ -211,3 +211,56 @@ def test_vmap_over_the_bias_without_grad(gen, strategy):
     with torch.no_grad():
         y = torch.func.vmap(lambda b: tt.contraction.linear(x, w, b, strategy=strategy))(biases)
     assert_close(y, (x @ tt.full(w).T)[None] + biases[:, None])
+
+
+def _norm_cases(c0, c2):
+    dense = lambda m: torch.einsum("aib,bjc,ckd->ijk", c0, m, c2)  # noqa: E731
+    tt_of = lambda m: tt.TensorTrain([c0, m, c2])  # noqa: E731
+    return [
+        (lambda m: tt.frobenius_norm_squared(tt_of(m)), lambda m: dense(m).square().sum()),
+        (lambda m: tt.frobenius_norm(tt_of(m)), lambda m: dense(m).square().sum().sqrt()),
+        (
+            lambda m: tt.frobenius_norm(tt_of(m), epsilon=1e-5),
+            lambda m: (dense(m).square().sum() + 1e-5).sqrt(),
+        ),
+    ]
+
+
+def test_norm_derivatives_in_forward_mode_and_at_a_zero_tensor():
+    """The norms' value ran QR under no_grad, which stops no forward-mode tangent: with cores requiring grad the
+    tangent was QR's plus the Gram sweep's (2x); under jvp requires_grad reads False, so reverse-over-forward
+    lost the graph (Hessian 0). And the Gram path's norm had its root masked at 0, so the squared norm's and
+    the epsilon norm's second derivatives at a zero tensor were 0."""
+    gen = torch.Generator().manual_seed(0)
+    c0 = torch.randn(1, 3, 2, dtype=torch.float64, generator=gen)
+    c2 = torch.randn(3, 2, 1, dtype=torch.float64, generator=gen)
+    mid = torch.randn(2, 4, 3, dtype=torch.float64, generator=gen)
+    tangent = torch.randn(2, 4, 3, dtype=torch.float64, generator=gen)
+    for f, dense in _norm_cases(c0, c2):
+        _, want = jvp(dense, (mid,), (tangent,))
+        with fwad.dual_level():
+            got = fwad.unpack_dual(f(fwad.make_dual(mid.clone().requires_grad_(), tangent))).tangent
+        assert_close(got, want)
+        assert_close(jacrev(jacfwd(f))(mid), jacfwd(jacrev(dense))(mid))
+    zero = torch.zeros(2, 4, 3, dtype=torch.float64)
+    for f, dense in _norm_cases(c0, c2)[::2]:  # (the plain norm has no second derivative at 0)
+        want = torch.func.hessian(dense)(zero)
+        assert want.norm() > 1
+        assert_close(torch.func.hessian(f)(zero), want)
+        assert_close(torch.autograd.functional.hessian(f, zero), want)
+
+
+def test_gather_nd_under_vmap_over_the_indices():
+    """The eager index-range check is a data-dependent branch, which vmap refused."""
+    x = tt.random_tensor((3, 4, 2), tt_rank=2, dtype=torch.float64)
+    m = tt.random_matrix(((2, 3), (4, 2)), tt_rank=2, dtype=torch.float64)
+    for t, idx in (
+        (x, torch.tensor([[[0, 1, 1], [2, 3, 0]], [[1, 0, 1], [2, 2, 1]]])),
+        (m, torch.tensor([[[0, 1], [5, 7]], [[1, 0], [2, 3]]])),
+        (m, torch.tensor([[[0, 1, 2, 1]], [[1, 2, 3, 0]]])),
+    ):
+        assert_close(
+            vmap(lambda i, t=t: tt.gather_nd(t, i))(idx), torch.stack([tt.gather_nd(t, i) for i in idx])
+        )
+    with pytest.raises(IndexError):  # (out of range: the gather's own message there)
+        vmap(lambda i: tt.gather_nd(x, i))(torch.tensor([[[0, 9, 1]]]))

@@ -39,6 +39,13 @@ def transforms_active() -> bool:
     )
 
 
+def tangents_possible() -> bool:
+    """True inside a ``torch.func`` transform or with a forward-AD dual level open: derivatives may be taken
+    that ``requires_grad`` does not show (a jvp's tangents, a transform's wrapped tensors), and ``no_grad``
+    stops none of the forward-mode ones."""
+    return bool(_functorch_active()) or getattr(_fwad, "_current_level", -1) >= 0
+
+
 def capturing(t: torch.Tensor) -> bool:
     """True while a CUDA graph is being captured and ``t`` is a CUDA tensor: as under a transform, no value may be
     read on the host (a sync ends the capture with an error) and nothing computed may be kept between calls (it

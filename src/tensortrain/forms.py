@@ -6,13 +6,12 @@ batch size. Nothing here builds a full tensor.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
 import torch
 
-from ._transforms import transforms_active, valueless, without_autocast
+from ._transforms import tangents_possible, transforms_active, valueless, without_autocast
 from .errors import ShapeError
 from .operands import (
     as_flag,
@@ -80,26 +79,38 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
     """
     check_tt(tt, "frobenius_norm_squared", "tt")
     differentiable = as_flag(differentiable, "frobenius_norm_squared", "differentiable")
-    needs_grad = torch.is_grad_enabled() and any(c.requires_grad for c in tt.tt_cores)
     if differentiable:
         cores = [flat_modes(c) for c in batched_cores(tt)]
         res = inner_sweep(cores, [c.conj() for c in cores], True).real
         return res if is_batch(tt) else res[0]
-    with torch.no_grad():
-        # (0-dim for a single TT; the real dtype read from a core: Dynamo cannot trace dtype.to_real)
-        res = (_norm_by_qr(tt.tt_cores, is_batch(tt)) ** 2).to(tt.tt_cores[0].real.dtype)
-    if needs_grad:
+    derivatives = _derivatives(tt.tt_cores)
+    # The value from QR on detached cores where derivatives may be taken (no_grad alone stops no forward-mode
+    # tangent: they were counted twice, QR's and the Gram sweep's); 0-dim for a single TT; the real dtype read
+    # from a core (Dynamo cannot trace dtype.to_real)
+    qr_cores = [c.detach() for c in tt.tt_cores] if derivatives else tt.tt_cores
+    res = (_norm_by_qr(qr_cores, is_batch(tt)) ** 2).to(tt.tt_cores[0].real.dtype)
+    if derivatives:
         cores = [flat_modes(c) for c in batched_cores(tt)]
-        # QR's value with the (scaled) Gram sweep's gradient and higher derivatives, attached as an exact
-        # zero in the wide dtype: graded - graded.detach() of an overflowed square would be inf - inf
-        sq = _scaled_norms(cores) ** 2
+        # QR's value with the (scaled) Gram sweep's derivatives, attached as an exact zero in the wide dtype:
+        # graded - graded.detach() of an overflowed square would be inf - inf. The square from the Gram itself,
+        # not a norm squared: the norm's masked root at 0 had zero second derivatives there.
+        gram, exps = _scaled_gram(cores)
+        sq = scale_pow2(gram, 2 * exps)
         zero = torch.where(torch.isfinite(sq), sq - sq.detach(), torch.zeros_like(sq))  # (inf - inf: NaN)
         res = res + (zero if is_batch(tt) else zero[0]).to(res.dtype)
     return res
 
 
-def _scaled_norms(cores: list[torch.Tensor]) -> torch.Tensor:
-    """Differentiable norms ``(B,)`` in the wide dtype (float64; float32 on MPS), for gradients.
+def _derivatives(cores: Sequence[torch.Tensor]) -> bool:
+    """Whether derivatives of a norm may be taken: cores autograd records, or a ``torch.func`` transform or
+    forward-AD level open (whose tangents ``requires_grad`` does not show: under ``jvp`` it reads False)."""
+    return (torch.is_grad_enabled() and any(c.requires_grad for c in cores)) or tangents_possible()
+
+
+def _scaled_gram(cores: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable squared norms ``(B,)`` of the cores scaled by ``2^-e`` each, in the wide dtype (float64;
+    float32 on MPS), and the exponents ``e`` ``(B,)``: the squared norm is ``gram 2^(2e)``, the norm
+    ``sqrt(gram) 2^e``. For derivatives.
 
     The Gram sweep runs on the cores scaled by powers of two to a largest magnitude below 1 (detached exponents,
     as the QR sweeps carry them; in float32 for half precision) and the exponents come back once at the end: the
@@ -114,10 +125,14 @@ def _scaled_norms(cores: list[torch.Tensor]) -> torch.Tensor:
         scaled.append(unscale_pow2(c, e))
         exps = exps + e
     wide = wide_dtype(cores[0].real)
-    gram = inner_sweep(scaled, [c.conj() for c in scaled], True).real.to(wide).clamp_min(0.0)
-    zero = gram == 0  # sqrt's infinite derivative at 0: feed it 1 there and mask (gradient 0, not NaN)
+    return inner_sweep(scaled, [c.conj() for c in scaled], True).real.to(wide).clamp_min(0.0), exps
+
+
+def _masked_root(gram: torch.Tensor, exps: torch.Tensor) -> torch.Tensor:
+    """The norms ``sqrt(gram) 2^exps``, with derivative 0 where ``gram`` is 0 (sqrt's is infinite there: fed 1
+    and masked, so the gradient is 0, not NaN)."""
+    zero = gram == 0
     root = torch.where(zero, 0.0, torch.sqrt(torch.where(zero, torch.ones_like(gram), gram)))
-    # the norm of the scaled cores times 2^(sum of exponents)
     return scale_pow2(root, exps)
 
 
@@ -242,19 +257,26 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         # the value from the QR sweep's norm, in a wide type: a norm whose square leaves the cores' dtype range
         # (float32 past 1.8e19, float16 past 256) is still returned exactly; the gradient is the Gram sweep's
         check_tt(tt, "frobenius_norm", "tt")
-        graded_too = torch.is_grad_enabled() and any(c.requires_grad for c in tt.tt_cores)
-        # (no_grad only where something would be recorded: entering it costs as much as a small kernel)
-        with torch.no_grad() if graded_too else contextlib.nullcontext():
-            value = _norm_by_qr(tt.tt_cores, is_batch(tt))
-            if epsilon:  # (hypot(norm, 0) is the norm itself)
-                # hypot, not sqrt(norm^2 + eps): the square of a float64 norm of 1e160 (or 1e-170) leaves the range
-                value = torch.hypot(value, torch.full_like(value, epsilon).sqrt())
-            value = value.to(tt.tt_cores[0].real.dtype)  # (not tt.dtype.to_real(): a graph break)
+        graded_too = _derivatives(tt.tt_cores)
+        # (detached cores where derivatives may be taken, as in frobenius_norm_squared: no tangent from QR)
+        value = _norm_by_qr([c.detach() for c in tt.tt_cores] if graded_too else tt.tt_cores, is_batch(tt))
+        if epsilon:  # (hypot(norm, 0) is the norm itself)
+            # hypot, not sqrt(norm^2 + eps): the square of a float64 norm of 1e160 (or 1e-170) leaves the range
+            value = torch.hypot(value, torch.full_like(value, epsilon).sqrt())
+        value = value.to(tt.tt_cores[0].real.dtype)  # (not tt.dtype.to_real(): a graph break)
         if graded_too:
             cores = [flat_modes(c) for c in batched_cores(tt)]
-            graded = _scaled_norms(cores)  # the gradient, from scaled cores (an exact zero is added)
+            gram, exps = _scaled_gram(cores)
+            graded = _masked_root(gram, exps)  # the derivatives, from scaled cores (an exact zero is added)
             if epsilon:
-                graded = torch.hypot(graded, torch.full_like(graded, epsilon).sqrt())
+                # sqrt(norm^2 + eps) from the square itself where it fits: smooth at a zero tensor (the masked
+                # root has no curvature there); hypot of the root where the square overflows
+                sq = scale_pow2(gram, 2 * exps) + epsilon
+                fits = torch.isfinite(sq)
+                smooth = torch.sqrt(torch.where(fits, sq, torch.ones_like(sq)))
+                graded = torch.where(
+                    fits, smooth, torch.hypot(graded, torch.full_like(graded, epsilon).sqrt())
+                )
             zero = torch.where(torch.isfinite(graded), graded - graded.detach(), torch.zeros_like(graded))
             # (value is 0-dim for a single TT)
             value = value + (zero if is_batch(tt) else zero[0]).to(value.dtype)

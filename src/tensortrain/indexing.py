@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ._transforms import valueless
+from ._transforms import transforms_active, valueless
 from .errors import ShapeError
 from .operands import (
     as_tensor,
@@ -247,7 +247,8 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     Raises:
         TypeError: ``indices`` is not integer.
         ShapeError: the last dim of ``indices`` does not match the object.
-        IndexError: an index out of range.
+        IndexError: an index out of range (under ``vmap`` and other ``torch.func`` transforms, where no value
+            is read on the host, the gather's own message).
 
     Complexity: O(K d r^2) after gathering ``K`` core slices per mode.
 
@@ -378,7 +379,9 @@ def _unravel(flat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 def _check_range(values: torch.Tensor, n: int, what: str) -> None:
     # a size past int64 cannot be compared with a tensor, and no int64 index reaches it
     big = n > torch.iinfo(torch.long).max
-    if values.numel() and not valueless(values) and (values.min() < 0 or (not big and values.max() >= n)):
+    if not values.numel() or valueless(values) or transforms_active():  # (vmap refuses the value test)
+        return
+    if values.min() < 0 or (not big and values.max() >= n):
         bad = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
         raise IndexError(f"gather_nd: {what} {bad} out of range [0, {n})")
 
@@ -386,7 +389,9 @@ def _check_range(values: torch.Tensor, n: int, what: str) -> None:
 def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...]) -> None:
     """:func:`_check_range` for every column ``k`` (mode ``k``) of ``idx`` ``(K, len(dims))`` at once: one sync,
     not two per mode."""
-    if not idx.numel() or valueless(idx):  # (meta and fake indices have no values to check)
+    # (meta and fake indices have no values to check; under vmap and other transforms the bool() below is a
+    # data-dependent branch, which they refuse: the gather's own error speaks there)
+    if not idx.numel() or valueless(idx) or transforms_active():
         return
     high = torch.tensor(dims, dtype=idx.dtype, device=idx.device)
     if bool(((idx < 0) | (idx >= high)).any()):
