@@ -1209,3 +1209,19 @@ def test_load_tt_of_other_ranks_copies_the_values(kind):
         for p in layer.cores:
             p.mul_(2.0)
     assert torch.equal(tt.full(w), before)
+
+
+def test_cores_that_are_not_4d_are_named_not_the_sizes():
+    """Cores swapped in by functional_call with a batch axis (outside vmap) or without the column mode were read
+    as 4-D: a wrong feature count (or, for a square layer, a bias of the wrong shape) was reported."""
+    from torch.func import functional_call
+
+    for out_dims in ((5, 3, 2), (3, 4, 2)):
+        layer = tt.nn.TTLinear(24, math.prod(out_dims), tt_rank=2, in_dims=(3, 4, 2), out_dims=out_dims)
+        params = dict(layer.named_parameters())
+        for swap in (lambda v: v.unsqueeze(0).expand(2, *v.shape), lambda v: v[:, :, 0]):
+            swapped = {k: swap(v) if k.startswith("cores") else v for k, v in params.items()}
+            with pytest.raises(
+                tt.ShapeError, match=r"tt_linear: a TT-matrix's cores are 4-D .* core 0 has shape"
+            ):
+                functional_call(layer, swapped, (torch.randn(3, 24),))

@@ -104,6 +104,10 @@ def linear_cores(
     if input.is_nested:
         contraction.check_operand("tt_linear", "input", input, cores[0])
     c0 = cores[0]
+    if c0.dim() != 4:  # (cores swapped by functional_call, a batch of cores outside vmap: named, not the sizes)
+        raise ShapeError(
+            f"tt_linear: a TT-matrix's cores are 4-D (r_k-1, m_k, n_k, r_k), core 0 has shape {tuple(c0.shape)}"
+        )
     m = n = 1
     for c in cores:  # a plain loop: this runs on every layer call
         m *= c.shape[1]
