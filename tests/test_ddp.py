@@ -197,3 +197,35 @@ def test_a_mode_switch_clears_the_inference_cache():
         layer.cores[0].data.mul_(2.0)  # unseen by the version counter, as a collective's write
         layer.eval()
         assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+
+
+def test_fully_shard_trains_and_its_shards_are_named_outside_forward():
+    """FSDP2 shards the cores into DTensors, whose data_ptr() is 0: the overlap check took every two of them for
+    views of one buffer (RiemannianSGD and tt.assign said the cores "share memory"), and the algebra failed with
+    DTensor's own errors. A forward (which gathers the shards) works; outside it the shards are named."""
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no fully_shard")
+    from tensortrain.operands import memory_overlaps
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        layer = tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+        dense = layer.to_linear()
+        fsdp.fully_shard(layer)
+        a, b = list(layer.cores)  # (shards until a forward gathers them; the root keeps them gathered after)
+        assert not memory_overlaps(a, b)
+        shard = (
+            r"core 0 is a DTensor \(sharded, e.g. by FSDP2's fully_shard\): tensortrain works on whole cores"
+        )
+        with pytest.raises(TypeError, match=shard):
+            tt.optim.RiemannianSGD([list(layer.cores)], lr=0.1)
+        with pytest.raises(TypeError, match=shard):
+            tt.full(layer.weight)
+        with pytest.raises(TypeError, match=r"assign: params entry 0 is a DTensor"):
+            tt.assign(layer.cores, tt.random_matrix(((2, 4), (3, 4)), tt_rank=3, dtype=torch.float64))
+        x = torch.randn(5, 12, dtype=torch.float64)
+        assert_close(layer(x), dense(x))
+    finally:
+        dist.destroy_process_group()

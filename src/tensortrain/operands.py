@@ -17,7 +17,7 @@ import torch
 
 from ._transforms import transforms_active, valueless
 from .errors import ShapeError
-from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, dtensor_hint, is_dtensor
 
 __all__: list[str] = []
 
@@ -52,14 +52,21 @@ def memory_overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
         (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
     except RuntimeError:
         return False
+    if (
+        not a0 or not b0
+    ):  # (a wrapper subclass, as DTensor, reports 0 rather than raising: no memory of its own)
+        return False
     return a0 < b1 and b0 < a1
 
 
 def check_writable(fn: str, targets: Sequence[torch.Tensor], what: str = "core") -> None:
     """Tensors about to be written in place, checked before any is: a write that raised half-way left some
     written. A ``ValueError`` for one whose elements share memory (an expanded, stride-0 view: torch refuses the
-    write) or that overlaps another (two positions written through one buffer: the last write would win)."""
+    write) or that overlaps another (two positions written through one buffer: the last write would win); a
+    ``TypeError`` for a DTensor (a shard: the write would mix it with whole tensors)."""
     for k, t in enumerate(targets):
+        if is_dtensor(t):
+            raise TypeError(dtensor_hint(fn, f"{what} {k}"))
         if any(s == 0 and n > 1 for n, s in zip(t.shape, t.stride(), strict=True)):
             raise ValueError(
                 f"{fn}: {what} {k} is an expanded view (stride 0, shape {tuple(t.shape)}, strides {t.stride()}) "

@@ -31,7 +31,7 @@ from . import tangent as ts
 from ._transforms import valueless
 from .operands import check_writable, memory_overlaps, rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
-from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, dtensor_hint, is_dtensor
 
 __all__ = ["RiemannianSGD", "riemannian_gradient_from_cores"]
 
@@ -408,6 +408,9 @@ def _groups(params: Any) -> list[dict[str, Any]]:
                 f"{odd} has {got}: biases and other ordinary parameters need an ordinary optimizer (torch.optim.SGD, "
                 "Adam) beside this one"
             )
+        sharded = next((k for k, c in enumerate(cores) if is_dtensor(c)), None)
+        if sharded is not None:
+            raise TypeError(dtensor_hint("RiemannianSGD", f"core {sharded}"))
         ts.check_where(TensorTrain(cores), "RiemannianSGD")  # the cores chain into one real TT
         twice = [k for k, c in enumerate(cores) if any(c is o for o in cores[:k])]
         if twice:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +66,21 @@ def check_cast(have: torch.dtype, dtype: Any, fn: str) -> None:
             f"{fn}: cannot cast a complex TT ({have}) to the real {dtype}: dropping the cores' imaginary parts "
             "does not give the tensor's real part (that is 0.5 * (a + conj(a)), a TT of twice the ranks)"
         )
+
+
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a ``torch.distributed`` DTensor (a shard of a parameter: FSDP2's ``fully_shard``, tensor
+    parallelism), without importing ``torch.distributed`` where nothing has."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    cls = getattr(mod, "DTensor", None) if mod is not None else None
+    return cls is not None and isinstance(t, cls)
+
+
+def dtensor_hint(fn: str, name: str) -> str:
+    return (
+        f"{fn}: {name} is a DTensor (sharded, e.g. by FSDP2's fully_shard): tensortrain works on whole cores; "
+        "gather them first (DTensor.full_tensor(), or the FSDP module's unshard())"
+    )
 
 
 class TensorTrainBase:
@@ -120,6 +136,8 @@ class TensorTrainBase:
             # (layout and nesting first: a nested tensor has no shape to read)
             if not isinstance(c, torch.Tensor) or c.is_nested or c.layout != torch.strided:
                 return False
+            if type(c) is not torch.Tensor and type(c) is not torch.nn.Parameter:  # (subclasses: _validate)
+                return False
             shape = c.shape
             if (
                 len(shape) != ndim
@@ -162,6 +180,8 @@ class TensorTrainBase:
                     f"{name}: cores must be floating point (16 bits or more) or complex64/128, core {k} has dtype "
                     f"{c.dtype}; cast it first, e.g. core.to(torch.{'complex64' if c.is_complex() else 'float32'})"
                 )
+            if is_dtensor(c):
+                raise TypeError(dtensor_hint(name, f"core {k}"))
             if c.layout != torch.strided or c.is_nested:
                 raise TypeError(
                     f"{name}: cores must be dense (strided) tensors, core {k} has layout {c.layout}"

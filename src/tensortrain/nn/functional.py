@@ -104,7 +104,8 @@ def linear_cores(
     if input.is_nested:
         contraction.check_operand("tt_linear", "input", input, cores[0])
     c0 = cores[0]
-    if c0.dim() != 4:  # (cores swapped by functional_call, a batch of cores outside vmap: named, not the sizes)
+    # (cores swapped in by functional_call, a batch of cores outside vmap: named, not read as sizes)
+    if c0.dim() != 4:
         raise ShapeError(
             f"tt_linear: a TT-matrix's cores are 4-D (r_k-1, m_k, n_k, r_k), core 0 has shape {tuple(c0.shape)}"
         )
