@@ -262,5 +262,23 @@ def test_gather_nd_under_vmap_over_the_indices():
         assert_close(
             vmap(lambda i, t=t: tt.gather_nd(t, i))(idx), torch.stack([tt.gather_nd(t, i) for i in idx])
         )
-    with pytest.raises(IndexError):  # (out of range: the gather's own message there)
-        vmap(lambda i: tt.gather_nd(x, i))(torch.tensor([[[0, 9, 1]]]))
+    # out of range, negative ones included (a gather wraps those) and a TT-matrix's row (unravelled into modes):
+    # the gather's own error there, where the values cannot be read
+    for t, bad in (
+        (x, [[[0, 9, 1]]]),
+        (x, [[[0, -1, 1]]]),
+        (m, [[[7, 0]]]),
+        (m, [[[-1, 0]]]),
+        (m, [[[0, 8]]]),
+    ):
+        with pytest.raises(IndexError):
+            vmap(lambda i, t=t: tt.gather_nd(t, i))(torch.tensor(bad))
+    # where they can (grad, vmap over the cores, a forward-AD level), the range check names them as eagerly
+    cores = list(x.tt_cores)
+    neg = torch.tensor([[0, -1, 1]])
+    with pytest.raises(IndexError, match=r"gather_nd: mode 1 index -1 out of range \[0, 4\)"):
+        grad(lambda c1: tt.gather_nd(tt.TensorTrain([cores[0], c1, cores[2]]), neg).sum())(cores[1])
+    with pytest.raises(IndexError, match=r"gather_nd: mode 1 index -1 out of range"):
+        vmap(lambda c1: tt.gather_nd(tt.TensorTrain([cores[0], c1, cores[2]]), neg))(cores[1].unsqueeze(0))
+    with fwad.dual_level(), pytest.raises(IndexError, match=r"gather_nd: row index 7 out of range \[0, 6\)"):
+        tt.gather_nd(m, torch.tensor([[7, 0]]))

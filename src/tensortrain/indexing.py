@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ._transforms import transforms_active, valueless
+from ._transforms import valueless
 from .errors import ShapeError
 from .operands import (
     as_tensor,
@@ -27,7 +27,7 @@ from .operands import (
     tensor_dims,
     wrap,
 )
-from .shapes import as_int
+from .shapes import as_int, past_int64
 from .tensor_train import TensorTrainBase
 
 __all__ = ["gather_nd", "getitem"]
@@ -114,7 +114,7 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
         try:  # (a list or array on the cores' device, not the default device)
             idx = idx if isinstance(idx, torch.Tensor) else as_tensor(idx, device=cores[0].device)
         except (TypeError, ValueError, RuntimeError):
-            if (big := _past_int64(idx)) is not None:
+            if (big := past_int64(idx)) is not None:
                 raise IndexError(f"batch index {big} out of range for a {size} element batch") from None
             raise TypeError(
                 f"a batch index must be an int, slice, list or tensor of ints, got {type(idx).__name__}"
@@ -141,18 +141,6 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
     if picked[0].shape[0] == 0:
         raise IndexError(f"batch index {idx!r} selects no elements of a {size} element batch")
     return picked, True
-
-
-def _past_int64(values: Any) -> int | None:
-    """The first Python int in a (nested) list or tuple that int64 cannot hold (torch's overflow on reading it
-    is a RuntimeError, which read as the wrong kind of index), else None."""
-    if isinstance(values, int) and not isinstance(values, bool):
-        return values if not -(2**63) <= values < 2**63 else None
-    if isinstance(values, (list, tuple)):
-        for v in values:
-            if (big := _past_int64(v)) is not None:
-                return big
-    return None
 
 
 def _expand_ellipsis(items: list[Any], d: int, batch: bool) -> list[Any]:
@@ -247,8 +235,8 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     Raises:
         TypeError: ``indices`` is not integer.
         ShapeError: the last dim of ``indices`` does not match the object.
-        IndexError: an index out of range (under ``vmap`` and other ``torch.func`` transforms, where no value
-            is read on the host, the gather's own message).
+        IndexError: an index out of range (under ``vmap`` over the indices, whose values cannot be read on the
+            host, the gather's own message).
 
     Complexity: O(K d r^2) after gathering ``K`` core slices per mode.
 
@@ -262,7 +250,7 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
     try:
         idx = indices if isinstance(indices, torch.Tensor) else as_tensor(indices, device=tt.device)
     except (TypeError, ValueError, RuntimeError):  # (None, strings, ragged lists: torch's own messages)
-        if (big := _past_int64(indices)) is not None:
+        if (big := past_int64(indices)) is not None:
             raise IndexError(f"gather_nd: index {big} out of range for shape {tuple(tt.shape)}") from None
         raise TypeError(
             f"gather_nd: indices must be an integer tensor, array or nested list, got {type(indices).__name__}"
@@ -287,7 +275,7 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
                 f"columns for {describe(tt)}"
             )
         bidx, idx = idx[:, 0], idx[:, 1:]
-        _check_range(bidx, batch_size(tt), "batch index")
+        bidx = _check_range(bidx, batch_size(tt), "batch index")
     else:
         bidx = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device)
     mode_idx = _mode_indices(tt, idx)
@@ -351,49 +339,79 @@ def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:
                 f"gather_nd: indices must have {len(dims) + extra} columns for a TT-tensor of raw shape "
                 f"{describe(tt)}, got {idx.shape[1] + extra}"
             )
-        _check_ranges(idx, dims)
-        return idx
+        return _check_ranges(idx, dims)
     rows, cols = matrix_dims(tt)
     d = len(rows)
     if idx.shape[1] == 2 and d > 1:
-        _check_range(idx[:, 0], int(tt.shape[-2]), "row index")
-        _check_range(idx[:, 1], int(tt.shape[-1]), "column index")
-        return torch.cat([_unravel(idx[:, 0], rows), _unravel(idx[:, 1], cols)], dim=1)
+        row = _check_range(idx[:, 0], int(tt.shape[-2]), "row index")
+        col = _check_range(idx[:, 1], int(tt.shape[-1]), "column index")
+        return torch.cat([_unravel(row, rows), _unravel(col, cols)], dim=1)
     if idx.shape[1] != 2 * d:
         raise ShapeError(
             f"gather_nd: indices for a TT-matrix of raw shape {describe(tt)} need {2 * d + extra} "
             f"columns (row modes, column modes) or {2 + extra} (row, column), got {idx.shape[1] + extra}"
         )
-    _check_ranges(idx, (*rows, *cols))
-    return idx
+    return _check_ranges(idx, (*rows, *cols))
 
 
 def _unravel(flat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mode indices ``(K, len(dims))`` of flat indices in ``[0, prod(dims))``; a flat index past the range (the
+    ``_PAST`` :func:`_check_range` leaves under ``vmap``) gives a first mode index past ``dims[0]``, not a
+    wrapped one."""
     out = []
-    for n in reversed(dims):
+    for n in reversed(dims[1:]):
         out.append(flat % n)
         flat = flat // n
+    out.append(flat)
     return torch.stack(out[::-1], dim=1)
 
 
-def _check_range(values: torch.Tensor, n: int, what: str) -> None:
+_functorch = getattr(torch._C, "_functorch", None)
+# What an index out of range becomes under vmap: past every core's modes, also once unravelled into modes or
+# merged with a column index (i * n + j), and far from int64's end
+_PAST = 2**40
+
+
+def _vmapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is batched by ``vmap`` (under any other transforms' wrappers): its values cannot be read on
+    the host there, a data-dependent branch is refused."""
+    if _functorch is None or not hasattr(_functorch, "is_batchedtensor"):
+        return False
+    while True:
+        if _functorch.is_batchedtensor(t):
+            return True
+        if not _functorch.is_gradtrackingtensor(t):
+            return False
+        t = _functorch.get_unwrapped(t)
+
+
+def _check_range(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    """``values`` if every one is in ``[0, n)``, else an IndexError naming the first one that is not. Under
+    ``vmap`` (values not readable) the ones out of range become ``_PAST``, so that the gather raises its own
+    error rather than wrap a negative index or (for a row or column of a TT-matrix) read another entry; meta
+    and fake values (nothing to read) pass as they are."""
     # a size past int64 cannot be compared with a tensor, and no int64 index reaches it
     big = n > torch.iinfo(torch.long).max
-    if not values.numel() or valueless(values) or transforms_active():  # (vmap refuses the value test)
-        return
+    if not values.numel() or valueless(values):
+        return values
+    if _vmapped(values):
+        bad = (values < 0) if big else ((values < 0) | (values >= n))
+        return torch.where(bad, _PAST, values)
     if values.min() < 0 or (not big and values.max() >= n):
-        bad = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
-        raise IndexError(f"gather_nd: {what} {bad} out of range [0, {n})")
+        first = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
+        raise IndexError(f"gather_nd: {what} {first} out of range [0, {n})")
+    return values
 
 
-def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...]) -> None:
+def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """:func:`_check_range` for every column ``k`` (mode ``k``) of ``idx`` ``(K, len(dims))`` at once: one sync,
     not two per mode."""
-    # (meta and fake indices have no values to check; under vmap and other transforms the bool() below is a
-    # data-dependent branch, which they refuse: the gather's own error speaks there)
-    if not idx.numel() or valueless(idx) or transforms_active():
-        return
+    if not idx.numel() or valueless(idx):  # (meta and fake indices have no values to check)
+        return idx
     high = torch.tensor(dims, dtype=idx.dtype, device=idx.device)
+    if _vmapped(idx):  # (as in _check_range)
+        return torch.where((idx < 0) | (idx >= high), _PAST, idx)
     if bool(((idx < 0) | (idx >= high)).any()):
         for k, n in enumerate(dims):  # (the first column at fault, with _check_range's message)
             _check_range(idx[:, k], n, f"mode {k} index")
+    return idx
