@@ -1220,8 +1220,8 @@ def test_cores_that_are_not_4d_are_named_not_the_sizes():
         layer = tt.nn.TTLinear(24, math.prod(out_dims), tt_rank=2, in_dims=(3, 4, 2), out_dims=out_dims)
         params = dict(layer.named_parameters())
         for swap in (lambda v: v.unsqueeze(0).expand(2, *v.shape), lambda v: v[:, :, 0]):
-            swapped = {k: swap(v) if k.startswith("cores") else v for k, v in params.items()}
-            with pytest.raises(
-                tt.ShapeError, match=r"tt_linear: a TT-matrix's cores are 4-D .* core 0 has shape"
-            ):
-                functional_call(layer, swapped, (torch.randn(3, 24),))
+            for which, k in (("cores", 0), ("cores.1", 1)):  # (every core, or one after the first)
+                swapped = {n: swap(v) if n.startswith(which) else v for n, v in params.items()}
+                match = rf"tt_linear: a TT-matrix's cores are 4-D .* core {k} has"
+                with pytest.raises(tt.ShapeError, match=match):
+                    functional_call(layer, swapped, (torch.randn(3, 24),))

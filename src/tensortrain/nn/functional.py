@@ -104,13 +104,14 @@ def linear_cores(
     if input.is_nested:
         contraction.check_operand("tt_linear", "input", input, cores[0])
     c0 = cores[0]
-    # (cores swapped in by functional_call, a batch of cores outside vmap: named, not read as sizes)
-    if c0.dim() != 4:
-        raise ShapeError(
-            f"tt_linear: a TT-matrix's cores are 4-D (r_k-1, m_k, n_k, r_k), core 0 has shape {tuple(c0.shape)}"
-        )
     m = n = 1
-    for c in cores:  # a plain loop: this runs on every layer call
+    for k, c in enumerate(cores):  # a plain loop: this runs on every layer call
+        if (
+            c.dim() != 4
+        ):  # (cores swapped in by functional_call, a batch of them outside vmap: not read as sizes)
+            raise ShapeError(
+                f"tt_linear: a TT-matrix's cores are 4-D (r_k-1, m_k, n_k, r_k), core {k} has shape {tuple(c.shape)}"
+            )
         m *= c.shape[1]
         n *= c.shape[2]
     if input.dim() == 0 or input.shape[-1] != n:
