@@ -225,6 +225,13 @@ def test_fully_shard_trains_and_its_shards_are_named_outside_forward():
             tt.full(layer.weight)
         with pytest.raises(TypeError, match=r"assign: params entry 0 is a DTensor"):
             tt.assign(layer.cores, tt.random_matrix(((2, 4), (3, 4)), tt_rank=3, dtype=torch.float64))
+        # a rank-changing load replaced the shards by plain Parameters: FSDP's next gather failed, and every forward
+        other = tt.nn.TTLinear(12, 8, tt_rank=2, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+        with pytest.raises(
+            RuntimeError, match=r"its cores are sharded \(DTensors, e.g. by FSDP2's fully_shard\)"
+        ):
+            layer.load_state_dict(other.state_dict())
+        assert layer.tt_ranks == (1, 3, 1)
         x = torch.randn(5, 12, dtype=torch.float64)
         assert_close(layer(x), dense(x))
     finally:

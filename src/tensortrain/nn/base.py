@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tensor_train import check_cast
+from ..tensor_train import check_cast, is_dtensor
 
 __all__: list[str] = []
 
@@ -109,6 +109,16 @@ def resize_cores_to_state(
             f"size mismatch for {prefix}cores: the checkpoint's TT-ranks differ from the layer's, and core(s) "
             f"{rerouted} are pruned or parametrized (torch.nn.utils.prune / parametrize), so they cannot be "
             "resized; remove that first (prune.remove / parametrize.remove_parametrizations), then load"
+        )
+        return
+    sharded = [k for k, p in enumerate(params) if is_dtensor(p)]
+    if sharded:
+        # FSDP2's shards: a plain Parameter of the new shape in their place broke FSDP's next gather (and every
+        # forward after it); FSDP cannot resize a parameter it shards
+        error_msgs.append(
+            f"size mismatch for {prefix}cores: the checkpoint's TT-ranks differ from the layer's, and its cores "
+            f"are sharded (DTensors, e.g. by FSDP2's fully_shard), which cannot be resized; load the checkpoint "
+            "into the layer before sharding it, or build it at the checkpoint's ranks"
         )
         return
     modes = [tuple(p.shape[1:-1]) for p in params]
