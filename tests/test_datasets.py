@@ -593,3 +593,15 @@ def test_datasets_mirror_without_trailing_slash(tmp_path, serve, monkeypatch):
     base = serve(tmp_path / "site") + "mnist"  # no trailing slash
     data = load_mnist(tmp_path / "cache", mirrors=[base], timeout=5)
     assert data.train_images.shape == (6, 28, 28)
+
+
+def test_load_mnist_checks_mirrors_when_nothing_is_downloaded(tmp_path):
+    """mirrors was checked only inside a download: bad values passed when the files were there (timeout was
+    checked every time, as the docstring says of both)."""
+    fake_mnist(tmp_path)
+    for bad in (object(), 1.5, "abc", [[]]):
+        with pytest.raises(
+            TypeError, match="mirrors must be a sequence of base URLs|each mirror must be a str"
+        ):
+            load_mnist(tmp_path, mirrors=bad)
+    load_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"])  # (a good one is not used: nothing is missing)

@@ -923,3 +923,47 @@ def test_meta_scales_weights_and_indices_for_real_cores_are_named():
     ):
         with pytest.raises(ValueError, match=f"{name}: a meta tensor, with no data to use with cores on cpu"):
             call()
+
+
+def test_fuzzed_arguments_are_named(tmp_path):
+    """From a fuzz of the public API: each of these raised a foreign error (OverflowError, ZeroDivisionError,
+    "iteration over a 0-d tensor"), took a set's hash order as mode order, or cast on a device argument."""
+    x = tt.random_tensor((2, 3, 4), tt_rank=1, dtype=torch.float64)
+    path = tmp_path / "x.safetensors"
+    tt.save(x, path)
+    for device in (float, 1.5, complex, torch.tensor(0.0, dtype=torch.float64)):
+        with pytest.raises(TypeError, match="tt.load: device must be a torch.device"):
+            tt.load(path, device=device)
+    assert tt.load(path, device="cpu").dtype == torch.float64
+    with pytest.raises(TypeError, match="in_dims must be a sequence of ints in a fixed order"):
+        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims={4, 3})
+    with pytest.raises(TypeError, match="voc_dims must be a sequence of ints in a fixed order"):
+        tt.nn.TTEmbedding(12, 6, tt_rank=2, voc_dims={4, 3})
+    for shape in ({4, 2, 3}, b"\x02\x03", torch.tensor(3)):
+        with pytest.raises(TypeError, match="max_tt_ranks: raw_shape must be an ordered sequence"):
+            tt.max_tt_ranks(shape)
+    with pytest.raises(ValueError, match=r"auto_shape: d must be at most"):
+        tt.auto_shape(24, 2**70)
+    with pytest.raises(ValueError, match=r"padded_shape: d must be at most"):
+        tt.padded_shape(24, 2**70)
+    with pytest.raises(tt.ShapeError, match=r"normalize_tt_rank: d \(the number of cores\) must be at most"):
+        tt.normalize_tt_rank(2, 2**70)
+    assert tt.renormalize_tt_cores(x, epsilon=2**70).tt_ranks == x.tt_ranks
+    layer = tt.nn.TTLinear(6, 6, tt_rank=2, bias_init=2**70)
+    assert float(layer.bias[0].detach()) == float(2**70)
+    cores = list(tt.tt_parameters(x))
+    opt = tt.optim.RiemannianSGD([cores], lr=2**70)
+    tt.frobenius_norm_squared(tt.TensorTrain(cores), differentiable=True).backward()
+    opt.step()  # (an int lr past int64 overflowed here)
+    for zero in (0, 0.0, -0.0):
+        assert torch.equal(tt.full(x / zero), tt.full(x) / zero)  # rank 1: no inf - inf
+    with pytest.raises(ValueError, match=r"weights hold the int 10000000\.\.\. \(401 digits\), which int64"):
+        tt.multiply_along_batch_dim(tt.random_tensor_batch((2, 3), batch_size=2), [10**400, 1])
+    y = tt.random_tensor((2, 3, 4), dtype=torch.float64)
+    scalar = torch.tensor(1.0)
+    with pytest.raises(TypeError, match="add_n_projected: expects a sequence of tangent vectors"):
+        tt.add_n_projected(scalar)
+    with pytest.raises(TypeError, match="riemannian_gradient_from_cores: core_grads must be a sequence"):
+        tt.optim.riemannian_gradient_from_cores(y, scalar)
+    with pytest.raises(TypeError, match="RiemannianSGD: params must be a module with TT layers"):
+        tt.optim.RiemannianSGD(scalar, lr=0.1)

@@ -215,7 +215,10 @@ def _mirrors(mirrors: Sequence[str] | None) -> tuple[str, ...]:
         mirrors = [m for m in env.replace(" ", ",").split(",") if m] or MNIST_MIRRORS
     if isinstance(mirrors, str):
         raise TypeError("mirrors must be a sequence of base URLs, not one string")
-    mirrors = tuple(mirrors)  # (a generator would be used up by the checks below)
+    try:
+        mirrors = tuple(mirrors)  # (a generator would be used up by the checks below)
+    except TypeError:
+        raise TypeError(f"mirrors must be a sequence of base URLs, got {type(mirrors).__name__}") from None
     if not mirrors:
         raise ValueError("mirrors is empty: give at least one base URL")
     for m in mirrors:
@@ -447,6 +450,10 @@ def load_mnist(
         (torch.Size([60000, 28, 28]), torch.int64)
     """
     _check_timeout(timeout)
+    if (
+        mirrors is not None
+    ):  # (checked whether or not a download is needed, as timeout is; a generator read once)
+        mirrors = _mirrors(mirrors)
     # ("no" is truthy: a download it says not to start)
     download = as_flag(download, "load_mnist", "download")
     folder = _folder(root)

@@ -260,7 +260,7 @@ def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrai
         TTFileError: the file is truncated or corrupt, is not a safetensors file, is a safetensors file
             that :func:`save` did not write, was written by a newer format version, or its cores disagree
             with its recorded structure. The message names the file.
-        TypeError: ``device`` is a dtype (``tt.load`` does not cast).
+        TypeError: ``device`` is not a device (a dtype, a Python type, a number: ``tt.load`` does not cast).
         OSError: the file cannot be read (e.g. ``FileNotFoundError``).
 
     Complexity: O(d n^2 r^2) time and memory (``B`` times that for a batch).
@@ -276,6 +276,13 @@ def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrai
         raise TypeError(
             f"tt.load: device must be a torch.device or a string such as 'cpu', got the dtype {device} (tt.load "
             "does not cast: use tt.cast on the result)"
+        )
+    if device is not None and (
+        isinstance(device, bool) or not isinstance(device, (str, torch.device, int))
+    ):  # (Tensor.to reads a Python type, a number or a tensor as a dtype to cast to)
+        raise TypeError(
+            f"tt.load: device must be a torch.device, a string such as 'cpu' or a device index, got "
+            f"{type(device).__name__} {device!r} (tt.load does not cast: use tt.cast on the result)"
         )
     path = Path(path)
     data = path.read_bytes()

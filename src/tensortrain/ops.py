@@ -462,7 +462,7 @@ def renormalize_tt_cores(tt: TensorTrainBase, epsilon: float = 1e-8) -> Any:
     # (d, B) norms in float64 (float32 on MPS): the cores this is meant for may have norms whose squares leave
     # their own dtype's range (a float32 core of norm 1e20 would read as inf, one of 1e-20 as 0)
     norms = torch.stack([_row_norms(c) for c in cores])
-    norms = norms.clamp_min(epsilon) if epsilon > 0 else norms
+    norms = norms.clamp_min(float(epsilon)) if epsilon > 0 else norms  # (float: an int past int64 overflowed)
     # With epsilon=0 a zero core (a zero tensor) gives 0/0: leave such an element as it is, every core. The log
     # and the division run on safe norms, so that the branch torch.where drops has no NaN to send to backward.
     zero = (norms == 0).any(dim=0)  # (B,)

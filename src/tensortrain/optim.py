@@ -159,7 +159,13 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
     if not isinstance(x, TensorTrain):
         raise TypeError(f"riemannian_gradient_from_cores: x must be a TensorTrain, got {type(x).__name__}")
     ts.check_where(x, "riemannian_gradient_from_cores")  # complex: refused, as project refuses it
-    grads = list(core_grads)
+    try:
+        grads = list(core_grads)
+    except TypeError:  # (a 0-dim tensor: torch's "iteration over a 0-d tensor" named nothing)
+        raise TypeError(
+            f"riemannian_gradient_from_cores: core_grads must be a sequence of tensors (one per core), got "
+            f"{type(core_grads).__name__}"
+        ) from None
     missing = [k for k, a in enumerate(grads) if not isinstance(a, torch.Tensor)]
     if missing:
         raise ValueError(
@@ -245,8 +251,9 @@ class RiemannianSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Any, lr: float, momentum: float = 0.0) -> None:
-        _check_hyper({"lr": lr, "momentum": momentum})
-        super().__init__(_groups(params), {"lr": lr, "momentum": momentum})
+        defaults = {"lr": lr, "momentum": momentum}
+        _check_hyper(defaults)  # (which makes Python numbers floats)
+        super().__init__(_groups(params), defaults)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -331,6 +338,9 @@ def _check_hyper(group: dict[str, Any]) -> None:
         scalar = isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype.is_floating_point
         if not scalar and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise TypeError(f"RiemannianSGD: {name} must be a real number, got {type(value).__name__}")
+    for name in ("lr", "momentum"):  # (Python floats: an int past int64, as lr, overflowed in the step)
+        if name in group and not isinstance(group[name], torch.Tensor):
+            group[name] = float(group[name])
     if "lr" in group and not group["lr"] > 0:
         raise ValueError(f"RiemannianSGD: lr must be > 0, got {group['lr']!r}")
     if "lr" in group and not group["lr"] < math.inf:  # (the first step would fail inside round)
@@ -340,6 +350,13 @@ def _check_hyper(group: dict[str, Any]) -> None:
 
 
 def _groups(params: Any) -> list[dict[str, Any]]:
+    if isinstance(params, torch.Tensor) or not isinstance(
+        params, (Iterable, torch.nn.Module, TensorTrainBase)
+    ):
+        raise TypeError(
+            "RiemannianSGD: params must be a module with TT layers, a TT, or parameter sets (lists of one TT's "
+            f"cores, e.g. [layer.cores]), got a {type(params).__name__}"
+        )
     if isinstance(params, (torch.nn.ParameterList, TensorTrainBase, dict)):
         # one TT's cores (layer.cores), one TT (layer.weight) or one group's dict, given without a list
         params = [params]

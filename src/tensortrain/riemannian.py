@@ -458,7 +458,12 @@ def add_n_projected(
         (1, 4, 1)
     """
     fname = "add_n_projected"
-    tt_objects = list(tt_objects)  # any iterable, as approximate.add_n takes (a generator had no len())
+    try:
+        tt_objects = list(tt_objects)  # any iterable, as approximate.add_n takes (a generator had no len())
+    except TypeError:  # (a number, a 0-dim tensor: torch's "iteration over a 0-d tensor" named nothing)
+        raise TypeError(
+            f"{fname}: expects a sequence of tangent vectors, got {type(tt_objects).__name__}"
+        ) from None
     if len(tt_objects) == 0:
         raise ValueError(f"{fname}: needs at least one tangent vector")
     on = _check_projected(tt_objects, fname)

@@ -9,6 +9,7 @@ import itertools
 import math
 import numbers
 import operator
+import sys
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
@@ -49,6 +50,25 @@ def int_at_least(value: Any, low: int, what: str, error: type[ValueError] = Valu
     if n < low:
         raise error(f"{what} must be >= {low}, got {n}")
     return n
+
+
+def past_int64(values: Any) -> int | None:
+    """The first Python int in a (nested) list or tuple that int64 cannot hold (torch's overflow on reading it
+    is a RuntimeError, which read as the wrong kind of index), else None."""
+    if isinstance(values, int) and not isinstance(values, bool):
+        return values if not -(2**63) <= values < 2**63 else None
+    if isinstance(values, (list, tuple)):
+        for v in values:
+            if (big := past_int64(v)) is not None:
+                return big
+    return None
+
+
+def check_count(d: int, what: str, error: type[ValueError] = ValueError) -> int:
+    """``d``, a number of modes or cores, if a tuple can hold that many (Python's OverflowError otherwise)."""
+    if d > sys.maxsize:
+        raise error(f"{what} must be at most {sys.maxsize} (a tuple of that many), got {d}")
+    return d
 
 
 def is_finite(value: Any) -> bool:
@@ -160,7 +180,7 @@ def auto_shape(n: int, d: int = 3) -> tuple[int, ...]:
     k = as_int(d)
     if k is None or k < 1:
         raise ValueError(f"auto_shape: d must be a positive int, got {d!r}")
-    d = k
+    d = check_count(k, "auto_shape: d")
     m = as_int(n)
     if m is None or m < 1:
         raise ValueError(f"auto_shape: expected a positive int, got {n!r}")
@@ -227,7 +247,10 @@ def padded_shape(n: int, d: int = 3, *, max_padding: float | None = None) -> tup
         >>> tt.padded_shape(784, 4)
         (4, 4, 7, 7)
     """
-    n, d = int_at_least(n, 1, "padded_shape: n"), int_at_least(d, 1, "padded_shape: d")
+    n, d = (
+        int_at_least(n, 1, "padded_shape: n"),
+        check_count(int_at_least(d, 1, "padded_shape: d"), "padded_shape: d"),
+    )
     if max_padding is not None:
         if isinstance(max_padding, bool) or not isinstance(max_padding, numbers.Real):
             raise TypeError(f"padded_shape: max_padding must be None or a real number, got {max_padding!r}")
@@ -298,6 +321,11 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
         >>> tt.max_tt_ranks((2, 3, 4))
         (1, 2, 4, 1)
     """
+    if unordered(raw_shape) or (isinstance(raw_shape, torch.Tensor) and raw_shape.dim() == 0):
+        raise TypeError(
+            f"max_tt_ranks: raw_shape must be an ordered sequence of ints (list, tuple, torch.Size), got a "
+            f"{type(raw_shape).__name__}" + (" of 0 dims" if isinstance(raw_shape, torch.Tensor) else "")
+        )
     dims = []
     for n in raw_shape:
         k = as_int(n)
@@ -325,6 +353,12 @@ def as_whole_int(value: Any) -> int | None:
     return None
 
 
+def unordered(values: Any) -> bool:
+    """Whether ``values`` iterates as something other than an ordered sequence of numbers: a set or a dict (an
+    order of its own: its keys, for a dict), or a string or bytes (characters, byte values)."""
+    return isinstance(values, (Set, Mapping, str, bytes))
+
+
 def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_rank") -> tuple[int, ...]:
     """Turn an int or a sequence of ranks into the full tuple ``(1, r_1, ..., r_{d-1}, 1)``.
 
@@ -347,7 +381,8 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
         >>> tt.normalize_tt_rank(4, 3)
         (1, 4, 4, 1)
     """
-    d = int_at_least(d, 1, "normalize_tt_rank: d (the number of cores)", ShapeError)
+    what = "normalize_tt_rank: d (the number of cores)"
+    d = check_count(int_at_least(d, 1, what, ShapeError), what, ShapeError)
     if isinstance(tt_rank, bool):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {tt_rank!r}")
     if isinstance(tt_rank, (str, bytes)):  # a sequence, but of characters

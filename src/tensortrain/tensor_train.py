@@ -474,6 +474,10 @@ class TensorTrainBase:
         other = plain_scalar(other)  # NumPy scalars as Python numbers (float64), as multiply reads them
         if isinstance(other, bool) or not isinstance(other, numbers.Number):
             return NotImplemented  # Python's TypeError then names both operand types
+        if other == 0:  # as torch divides (x / 0 is x * inf), not Python's ZeroDivisionError
+            if isinstance(other, complex):
+                return ops.multiply(self, complex(math.nan, math.nan))
+            return ops.multiply(self, math.copysign(math.inf, float(other)))  # type: ignore[arg-type]
         return ops.multiply(self, 1 / other)  # type: ignore[operator]
 
     def __matmul__(self, other: Any) -> Any:

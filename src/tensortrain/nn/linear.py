@@ -29,6 +29,7 @@ from ..shapes import (
     normalize_tt_rank,
     padded_shape,
     prime_factors,
+    unordered,
 )
 from ..tensor_train import TensorTrain
 from . import functional as F
@@ -52,11 +53,13 @@ def _check_dims(
     """``dims`` as a tuple of positive ints multiplying to ``size`` (at least ``size`` with ``pad``; any product
     when ``size`` is None). ``pad=None``: a size that is never padded (an embedding's width): no hint of
     ``pad=True``."""
+    if unordered(dims):  # (a set iterates in an order of its own, and drops repeated modes)
+        raise TypeError(f"{name} must be a sequence of ints in a fixed order (list, tuple), got {dims!r}")
     try:
         ints = [as_int(k) for k in dims]
     except TypeError:  # not iterable
         raise TypeError(f"{name} must be a sequence of ints, got {dims!r}") from None
-    if isinstance(dims, (str, bytes)) or any(k is None for k in ints):  # 8.7 would silently read as 8
+    if any(k is None for k in ints):  # 8.7 would silently read as 8
         raise TypeError(f"{name} must be a sequence of ints, got {dims!r}")
     out = tuple(k for k in ints if k is not None)
     if not out or any(k < 1 for k in out):
@@ -338,7 +341,7 @@ class TTLinear(TTModule):
                     bound = 1.0 / math.sqrt(self.in_features)
                     nn.init.uniform_(self.bias, -bound, bound)
                 else:
-                    self.bias.fill_(self.bias_init)
+                    self.bias.fill_(float(self.bias_init))  # (an int past int64 overflowed fill_)
 
     @property
     def strategy(self) -> Strategy:
