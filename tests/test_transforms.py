@@ -264,15 +264,28 @@ def test_gather_nd_under_vmap_over_the_indices():
         )
     # out of range, negative ones included (a gather wraps those) and a TT-matrix's row (unravelled into modes):
     # the gather's own error there, where the values cannot be read
+    # (wide: 2048 x 2^30 of rank 1, where a sentinel index, unravelled and merged, landed on an entry)
+    wide = tt.TensorTrain([torch.randn(1, 2048, 2, 1)] + [torch.randn(1, 1, 2, 1) for _ in range(29)])
     for t, bad in (
         (x, [[[0, 9, 1]]]),
         (x, [[[0, -1, 1]]]),
         (m, [[[7, 0]]]),
         (m, [[[-1, 0]]]),
         (m, [[[0, 8]]]),
+        (wide, [[[0, 2**30]]]),
+        (wide, [[[0, -1]]]),
     ):
         with pytest.raises(IndexError):
             vmap(lambda i, t=t: tt.gather_nd(t, i))(torch.tensor(bad))
+    ok = torch.tensor([[[1, 2**30 - 1]]])
+    assert_close(vmap(lambda i: tt.gather_nd(wide, i))(ok), tt.gather_nd(wide, ok[0]).unsqueeze(0))
+    # functionalize's wrapper around vmap's; torch.compile, which traces no value check (a regression of a2da169)
+    one = torch.tensor([[[0, 1, 1]]])
+    assert_close(
+        vmap(torch.func.functionalize(lambda i: tt.gather_nd(x, i)))(one), tt.gather_nd(x, one[0])[None]
+    )
+    compiled = torch.compile(lambda i: tt.gather_nd(x, i), fullgraph=True, backend="eager")
+    assert_close(compiled(torch.tensor([[2, 3, 1]])), tt.gather_nd(x, torch.tensor([[2, 3, 1]])))
     # where they can (grad, vmap over the cores, a forward-AD level), the range check names them as eagerly
     cores = list(x.tt_cores)
     neg = torch.tensor([[0, -1, 1]])

@@ -275,16 +275,24 @@ def gather_nd(tt: TensorTrainBase, indices: torch.Tensor | Any) -> torch.Tensor:
                 f"columns for {describe(tt)}"
             )
         bidx, idx = idx[:, 0], idx[:, 1:]
-        bidx = _check_range(bidx, batch_size(tt), "batch index")
+        bad_b = _check_range(bidx, batch_size(tt), "batch index")
+        if bad_b is not None:  # (vmap: past the batch, which the gather refuses)
+            bidx = torch.where(bad_b, batch_size(tt), bidx)
     else:
         bidx = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device)
-    mode_idx = _mode_indices(tt, idx)
+    mode_idx, bad = _mode_indices(tt, idx)
     d = len(cores)
     if tt.is_tt_matrix():  # one merged index per core: (row mode, column mode) -> i * n_k + j
         mode_idx = torch.stack(
             [mode_idx[:, k] * c.shape[3] + mode_idx[:, d + k] for k, c in enumerate(cores)], dim=1
         )
         cores = [c.reshape(c.shape[0], c.shape[1], -1, c.shape[-1]) for c in cores]
+    if bad is not None:
+        # vmap over the indices, whose values cannot be read: a row with an index out of range (set to 0 above)
+        # takes the first core's mode count as its first index, which the gather refuses (a sentinel value
+        # could land in range once unravelled or merged, or overflow)
+        first = torch.where(bad, cores[0].shape[2], mode_idx[:, 0])
+        mode_idx = torch.cat([first.unsqueeze(1), mode_idx[:, 1:]], dim=1)
     # (cores of unbalanced scales: every step scaled by a power of two)
     owner = bidx if is_batch(tt) else None
     return run_scaled(lambda scaled: _sweep_entries(cores, mode_idx, owner, scaled), cores).reshape(out_shape)
@@ -330,7 +338,9 @@ def _sweep_entries(
     return torch.cat(parts) if parts else cores[0].new_zeros(0)
 
 
-def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:
+def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One index per mode ``(K, d)`` (rows then columns for a TT-matrix), range-checked; and, under ``vmap`` over
+    the indices, the rows with one out of range (their indices replaced by 0: :func:`gather_nd` marks them)."""
     extra = 1 if is_batch(tt) else 0
     if not tt.is_tt_matrix():
         dims = tensor_dims(tt)
@@ -339,25 +349,29 @@ def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> torch.Tensor:
                 f"gather_nd: indices must have {len(dims) + extra} columns for a TT-tensor of raw shape "
                 f"{describe(tt)}, got {idx.shape[1] + extra}"
             )
-        return _check_ranges(idx, dims)
+        bad = _check_ranges(idx, dims)
+        return (idx, None) if bad is None else (torch.where(bad.unsqueeze(1), 0, idx), bad)
     rows, cols = matrix_dims(tt)
     d = len(rows)
     if idx.shape[1] == 2 and d > 1:
-        row = _check_range(idx[:, 0], int(tt.shape[-2]), "row index")
-        col = _check_range(idx[:, 1], int(tt.shape[-1]), "column index")
-        return torch.cat([_unravel(row, rows), _unravel(col, cols)], dim=1)
+        bad_r = _check_range(idx[:, 0], int(tt.shape[-2]), "row index")
+        bad_c = _check_range(idx[:, 1], int(tt.shape[-1]), "column index")
+        if bad_r is None or bad_c is None:
+            return torch.cat([_unravel(idx[:, 0], rows), _unravel(idx[:, 1], cols)], dim=1), None
+        bad = bad_r | bad_c
+        safe = torch.where(bad.unsqueeze(1), 0, idx)
+        return torch.cat([_unravel(safe[:, 0], rows), _unravel(safe[:, 1], cols)], dim=1), bad
     if idx.shape[1] != 2 * d:
         raise ShapeError(
             f"gather_nd: indices for a TT-matrix of raw shape {describe(tt)} need {2 * d + extra} "
             f"columns (row modes, column modes) or {2 + extra} (row, column), got {idx.shape[1] + extra}"
         )
-    return _check_ranges(idx, (*rows, *cols))
+    bad = _check_ranges(idx, (*rows, *cols))
+    return (idx, None) if bad is None else (torch.where(bad.unsqueeze(1), 0, idx), bad)
 
 
 def _unravel(flat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Mode indices ``(K, len(dims))`` of flat indices in ``[0, prod(dims))``; a flat index past the range (the
-    ``_PAST`` :func:`_check_range` leaves under ``vmap``) gives a first mode index past ``dims[0]``, not a
-    wrapped one."""
+    """Mode indices ``(K, len(dims))`` of flat indices in ``[0, prod(dims))``."""
     out = []
     for n in reversed(dims[1:]):
         out.append(flat % n)
@@ -367,51 +381,52 @@ def _unravel(flat: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 _functorch = getattr(torch._C, "_functorch", None)
-# What an index out of range becomes under vmap: past every core's modes, also once unravelled into modes or
-# merged with a column index (i * n + j), and far from int64's end
-_PAST = 2**40
 
 
 def _vmapped(t: torch.Tensor) -> bool:
-    """Whether ``t`` is batched by ``vmap`` (under any other transforms' wrappers): its values cannot be read on
-    the host there, a data-dependent branch is refused."""
+    """Whether ``t`` is batched by ``vmap`` (under any other transforms' wrappers: ``grad``'s, ``functionalize``'s):
+    its values cannot be read on the host there, a data-dependent branch is refused."""
     if _functorch is None or not hasattr(_functorch, "is_batchedtensor"):
         return False
     while True:
         if _functorch.is_batchedtensor(t):
             return True
-        if not _functorch.is_gradtrackingtensor(t):
+        if not (_functorch.is_gradtrackingtensor(t) or _functorch.is_functionaltensor(t)):
             return False
         t = _functorch.get_unwrapped(t)
 
 
-def _check_range(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
-    """``values`` if every one is in ``[0, n)``, else an IndexError naming the first one that is not. Under
-    ``vmap`` (values not readable) the ones out of range become ``_PAST``, so that the gather raises its own
-    error rather than wrap a negative index or (for a row or column of a TT-matrix) read another entry; meta
-    and fake values (nothing to read) pass as they are."""
+def _unreadable(values: torch.Tensor) -> bool:
+    """No values to check: meta or fake ones, or traced by torch.compile (as elsewhere, traced code does not
+    check values: the branch would break the graph)."""
+    return valueless(values) or torch.compiler.is_compiling()
+
+
+def _check_range(values: torch.Tensor, n: int, what: str) -> torch.Tensor | None:
+    """An IndexError naming the first of ``values`` out of ``[0, n)``. Under ``vmap`` (values not readable)
+    the mask of those out of range instead, for :func:`gather_nd` to make the gather refuse them (rather than
+    wrap a negative index or, for a row or column of a TT-matrix, read another entry); else None."""
     # a size past int64 cannot be compared with a tensor, and no int64 index reaches it
     big = n > torch.iinfo(torch.long).max
-    if not values.numel() or valueless(values):
-        return values
+    if not values.numel() or _unreadable(values):
+        return None
     if _vmapped(values):
-        bad = (values < 0) if big else ((values < 0) | (values >= n))
-        return torch.where(bad, _PAST, values)
+        return (values < 0) if big else ((values < 0) | (values >= n))
     if values.min() < 0 or (not big and values.max() >= n):
         first = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
         raise IndexError(f"gather_nd: {what} {first} out of range [0, {n})")
-    return values
+    return None
 
 
-def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
     """:func:`_check_range` for every column ``k`` (mode ``k``) of ``idx`` ``(K, len(dims))`` at once: one sync,
-    not two per mode."""
-    if not idx.numel() or valueless(idx):  # (meta and fake indices have no values to check)
-        return idx
+    not two per mode; under ``vmap`` the mask ``(K,)`` of rows with an index out of range."""
+    if not idx.numel() or _unreadable(idx):
+        return None
     high = torch.tensor(dims, dtype=idx.dtype, device=idx.device)
-    if _vmapped(idx):  # (as in _check_range)
-        return torch.where((idx < 0) | (idx >= high), _PAST, idx)
+    if _vmapped(idx):
+        return ((idx < 0) | (idx >= high)).any(dim=1)
     if bool(((idx < 0) | (idx >= high)).any()):
         for k, n in enumerate(dims):  # (the first column at fault, with _check_range's message)
             _check_range(idx[:, k], n, f"mode {k} index")
-    return idx
+    return None
