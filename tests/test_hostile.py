@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -957,6 +958,26 @@ def test_fuzzed_arguments_are_named(tmp_path):
     opt.step()  # (an int lr past int64 overflowed here)
     for zero in (0, 0.0, -0.0):
         assert torch.equal(tt.full(x / zero), tt.full(x) / zero)  # rank 1: no inf - inf
+    # ints past float64's range too (a review of the above: still a bare OverflowError there)
+    huge = r"10000000\.\.\. \(401 digits\)"
+    with pytest.raises(
+        ValueError, match=rf"renormalize_tt_cores: epsilon must be a finite number >= 0, got {huge}"
+    ):
+        tt.renormalize_tt_cores(x, epsilon=10**400)
+    with pytest.raises(ValueError, match=rf"multiply: the scale {huge} is past float64's range"):
+        tt.multiply(x, 10**400)
+    for hyper in ({"lr": 10**400}, {"lr": 0.1, "momentum": 10**400}):
+        with pytest.raises(ValueError, match=rf"RiemannianSGD: (lr|momentum) must be finite, got {huge}"):
+            tt.optim.RiemannianSGD([cores], **hyper)
+    for shape in (5, np.array(5)):
+        with pytest.raises(TypeError, match="max_tt_ranks: raw_shape must be an ordered sequence"):
+            tt.max_tt_ranks(shape)
+    assert tt.max_tt_ranks(np.array([2, 3])) == (1, 2, 1)
+    if (
+        not torch.cuda.is_available()
+    ):  # (a NumPy device index reaches torch, as an int does: no accelerator here)
+        with pytest.raises(RuntimeError, match="accelerator"):
+            tt.load(path, device=np.int64(0))
     with pytest.raises(ValueError, match=r"weights hold the int 10000000\.\.\. \(401 digits\), which int64"):
         tt.multiply_along_batch_dim(tt.random_tensor_batch((2, 3), batch_size=2), [10**400, 1])
     y = tt.random_tensor((2, 3, 4), dtype=torch.float64)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import secrets
 import stat
@@ -278,7 +279,7 @@ def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrai
             "does not cast: use tt.cast on the result)"
         )
     if device is not None and (
-        isinstance(device, bool) or not isinstance(device, (str, torch.device, int))
+        isinstance(device, bool) or not isinstance(device, (str, torch.device, numbers.Integral))
     ):  # (Tensor.to reads a Python type, a number or a tensor as a dtype to cast to)
         raise TypeError(
             f"tt.load: device must be a torch.device, a string such as 'cpu' or a device index, got "
@@ -293,7 +294,9 @@ def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrai
         raise TTFileError(f"{path}: not a valid safetensors file ({e})") from e
     cores = _cores_from(path, info, tensors)
     if device is not None:
-        cores = [c.to(device) for c in cores]
+        # (a NumPy integer as an index: Tensor.to reads it as a plain number, not a device)
+        place = device if isinstance(device, (str, torch.device, int)) else int(device)
+        cores = [c.to(place) for c in cores]
     try:
         return TensorTrainBatch(cores) if info["batch"] else TensorTrain(cores)
     except (ShapeError, TypeError) as e:

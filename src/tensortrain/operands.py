@@ -17,7 +17,7 @@ import torch
 
 from ._transforms import transforms_active, valueless
 from .errors import ShapeError
-from .shapes import is_finite, past_int64
+from .shapes import is_finite, past_int64, show_int
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, dtensor_hint, is_dtensor
 
 __all__: list[str] = []
@@ -310,9 +310,8 @@ def as_scales(
             big = past_int64(values)
             if big is not None:  # (torch reads a list of ints as int64 and overflows)
                 hint = "pass it as a float" if is_finite(big) else "it is past float64's range too"
-                shown = str(big) if len(str(big)) <= 30 else f"{str(big)[:8]}... ({len(str(big))} digits)"
                 raise ValueError(
-                    f"{fn}: {name} hold the int {shown}, which int64 cannot hold; {hint}"
+                    f"{fn}: {name} hold the int {show_int(big)}, which int64 cannot hold; {hint}"
                 ) from None
             raise TypeError(f"{fn}: {name} must be numbers, got {type(values).__name__}") from None
         if raw.dtype == torch.bool:

@@ -48,7 +48,7 @@ from .operands import (
 )
 from .orthogonalization import compute_dtype
 from .products import flat_inner, matmul
-from .shapes import check_nonnegative, plain_scalar
+from .shapes import check_nonnegative, is_finite, plain_scalar, show_int
 from .tensor_train import TensorTrainBase, check_cast
 
 __all__ = [
@@ -334,6 +334,8 @@ def multiply(tt_left: Any, right: Any) -> Any:
         # optimizer step) made the result a mix of its old first core and new others
         return type(tt_left)._from_valid([cores[0], *(c.clone() for c in cores[1:])])
     right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds
+    if type(right) is int and not is_finite(right):  # (torch's own OverflowError named nothing)
+        raise ValueError(f"multiply: the scale {show_int(right)} is past float64's range")
     if isinstance(right, (torch.SymFloat, torch.SymInt)) or type(right) in (int, float):
         # a real number, perhaps symbolic while compiling (a schedule: dynamo makes it a symbol from its second
         # value on): no complex(), which dynamo does not trace on a symbol

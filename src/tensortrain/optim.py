@@ -31,6 +31,7 @@ from . import tangent as ts
 from ._transforms import valueless
 from .operands import check_writable, memory_overlaps, rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
+from .shapes import is_finite, show_int
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, dtensor_hint, is_dtensor
 
 __all__ = ["RiemannianSGD", "riemannian_gradient_from_cores"]
@@ -340,6 +341,10 @@ def _check_hyper(group: dict[str, Any]) -> None:
             raise TypeError(f"RiemannianSGD: {name} must be a real number, got {type(value).__name__}")
     for name in ("lr", "momentum"):  # (Python floats: an int past int64, as lr, overflowed in the step)
         if name in group and not isinstance(group[name], torch.Tensor):
+            if not is_finite(group[name]):  # (NaN and inf too: named below as before)
+                if type(group[name]) is int:
+                    raise ValueError(f"RiemannianSGD: {name} must be finite, got {show_int(group[name])}")
+                continue
             group[name] = float(group[name])
     if "lr" in group and not group["lr"] > 0:
         raise ValueError(f"RiemannianSGD: lr must be > 0, got {group['lr']!r}")

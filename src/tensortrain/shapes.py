@@ -10,7 +10,7 @@ import math
 import numbers
 import operator
 import sys
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
 import torch
@@ -67,8 +67,14 @@ def past_int64(values: Any) -> int | None:
 def check_count(d: int, what: str, error: type[ValueError] = ValueError) -> int:
     """``d``, a number of modes or cores, if a tuple can hold that many (Python's OverflowError otherwise)."""
     if d > sys.maxsize:
-        raise error(f"{what} must be at most {sys.maxsize} (a tuple of that many), got {d}")
+        raise error(f"{what} must be at most {sys.maxsize} (a tuple of that many), got {show_int(d)}")
     return d
+
+
+def show_int(value: Any) -> str:
+    """``repr(value)``, a long int shortened to its first digits and its length (10**400 has 401 digits)."""
+    text = repr(value)
+    return text if type(value) is not int or len(text) <= 30 else f"{text[:8]}... ({len(text)} digits)"
 
 
 def is_finite(value: Any) -> bool:
@@ -88,8 +94,9 @@ def check_nonnegative(value: Any, what: str) -> None:
     ):
         raise TypeError(f"{what} must be a real number, got {value!r}")
     v: Any = value  # (a Real, SymFloat or SymInt: the comparisons below take each)
-    if not (v == v and abs(v) != math.inf and v >= 0):
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    if not (v == v and abs(v) != math.inf and v >= 0) or (type(v) is int and not is_finite(v)):
+        # (an int past float64's range is no number a computation here can use: OverflowError later)
+        raise ValueError(f"{what} must be a finite number >= 0, got {show_int(value)}")
 
 
 def plain_scalar(value: Any) -> Any:
@@ -321,10 +328,10 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
         >>> tt.max_tt_ranks((2, 3, 4))
         (1, 2, 4, 1)
     """
-    if unordered(raw_shape) or (isinstance(raw_shape, torch.Tensor) and raw_shape.dim() == 0):
+    if unordered(raw_shape) or getattr(raw_shape, "ndim", 1) == 0 or not isinstance(raw_shape, Iterable):
         raise TypeError(
             f"max_tt_ranks: raw_shape must be an ordered sequence of ints (list, tuple, torch.Size), got a "
-            f"{type(raw_shape).__name__}" + (" of 0 dims" if isinstance(raw_shape, torch.Tensor) else "")
+            f"{type(raw_shape).__name__}" + (" of 0 dims" if getattr(raw_shape, "ndim", 1) == 0 else "")
         )
     dims = []
     for n in raw_shape:
