@@ -105,15 +105,15 @@ def linear_cores(
         contraction.check_operand("tt_linear", "input", input, cores[0])
     c0 = cores[0]
     m = n = 1
-    for k, c in enumerate(cores):  # a plain loop: this runs on every layer call
-        if (
-            c.dim() != 4
-        ):  # (cores swapped in by functional_call, a batch of them outside vmap: not read as sizes)
+    for c in cores:  # a plain loop, one shape read per core: this runs on every layer call
+        shape = c.shape
+        if len(shape) != 4:  # (cores swapped in by functional_call, a batch of them outside vmap: not sizes)
+            k = next(k for k, c in enumerate(cores) if c.dim() != 4)
             raise ShapeError(
-                f"tt_linear: a TT-matrix's cores are 4-D (r_k-1, m_k, n_k, r_k), core {k} has shape {tuple(c.shape)}"
+                f"tt_linear: a TT-matrix's cores are 4-D (r_k-1, m_k, n_k, r_k), core {k} has shape {tuple(shape)}"
             )
-        m *= c.shape[1]
-        n *= c.shape[2]
+        m *= shape[1]
+        n *= shape[2]
     if input.dim() == 0 or input.shape[-1] != n:
         in_dims = tuple(int(c.shape[2]) for c in cores)
         got = "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
