@@ -497,3 +497,16 @@ def test_second_order_and_symbolic_numbers_under_compile(gen):
         _compiled(lambda *cores: tt.frobenius_norm(tt.TensorTrain(list(cores))))(*z.tt_cores),
         tt.full(y).norm(),
     )
+
+
+def test_int_scales_and_epsilons_that_change_compile_whole():
+    """The check for ints past float64's range called math.isfinite on a traced int (an int64 symbol): a changing
+    int scale or epsilon broke a fullgraph compile."""
+    a = tt.random_tensor((2, 3, 4), tt_rank=2, dtype=torch.float64)
+    for fn, dense in (
+        (lambda k: tt.full(a * k), lambda k: tt.full(a) * k),
+        (lambda k: tt.frobenius_norm(a, epsilon=k), lambda k: (tt.full(a).square().sum() + k).sqrt()),
+    ):
+        compiled = torch.compile(fn, fullgraph=True, backend="eager")
+        for k in (2, 3, 5):
+            torch.testing.assert_close(compiled(k), dense(k))

@@ -286,6 +286,12 @@ def test_gather_nd_under_vmap_over_the_indices():
     )
     compiled = torch.compile(lambda i: tt.gather_nd(x, i), fullgraph=True, backend="eager")
     assert_close(compiled(torch.tensor([[2, 3, 1]])), tt.gather_nd(x, torch.tensor([[2, 3, 1]])))
+    with pytest.raises(IndexError):  # (skipped while tracing, a negative index wrapped silently)
+        compiled(torch.tensor([[0, -1, 1]]))
+    on_m = torch.compile(lambda i: tt.gather_nd(m, i), fullgraph=True, backend="eager")
+    for bad in ([[0, 8]], [[1, -1]]):  # (a column past the end unravelled into another entry)
+        with pytest.raises(IndexError):
+            on_m(torch.tensor(bad))
     # where they can (grad, vmap over the cores, a forward-AD level), the range check names them as eagerly
     cores = list(x.tt_cores)
     neg = torch.tensor([[0, -1, 1]])

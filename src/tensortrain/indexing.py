@@ -396,22 +396,26 @@ def _vmapped(t: torch.Tensor) -> bool:
         t = _functorch.get_unwrapped(t)
 
 
-def _unreadable(values: torch.Tensor) -> bool:
-    """No values to check: meta or fake ones, or traced by torch.compile (as elsewhere, traced code does not
-    check values: the branch would break the graph)."""
-    return valueless(values) or torch.compiler.is_compiling()
+def _masked(values: torch.Tensor) -> bool:
+    """Whether the range checks give a mask instead of reading values on the host: while torch.compile traces
+    (a branch on values would break the graph, and its gathers wrap negative indices) and under ``vmap`` (which
+    refuses the branch). (Compiling first: dynamo does not trace the functorch queries.)"""
+    return torch.compiler.is_compiling() or (not valueless(values) and _vmapped(values))
 
 
 def _check_range(values: torch.Tensor, n: int, what: str) -> torch.Tensor | None:
-    """An IndexError naming the first of ``values`` out of ``[0, n)``. Under ``vmap`` (values not readable)
-    the mask of those out of range instead, for :func:`gather_nd` to make the gather refuse them (rather than
-    wrap a negative index or, for a row or column of a TT-matrix, read another entry); else None."""
+    """An IndexError naming the first of ``values`` out of ``[0, n)``. Under ``vmap`` or torch.compile
+    (:func:`_masked`) the mask of those out of range instead, for :func:`gather_nd` to make the gather refuse
+    them (rather than wrap a negative index or, for a row or column of a TT-matrix, read another entry); else
+    None."""
     # a size past int64 cannot be compared with a tensor, and no int64 index reaches it
     big = n > torch.iinfo(torch.long).max
-    if not values.numel() or _unreadable(values):
+    if not values.numel():
         return None
-    if _vmapped(values):
+    if _masked(values):
         return (values < 0) if big else ((values < 0) | (values >= n))
+    if valueless(values):  # (meta and fake values outside compile: nothing to read)
+        return None
     if values.min() < 0 or (not big and values.max() >= n):
         first = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
         raise IndexError(f"gather_nd: {what} {first} out of range [0, {n})")
@@ -420,12 +424,14 @@ def _check_range(values: torch.Tensor, n: int, what: str) -> torch.Tensor | None
 
 def _check_ranges(idx: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
     """:func:`_check_range` for every column ``k`` (mode ``k``) of ``idx`` ``(K, len(dims))`` at once: one sync,
-    not two per mode; under ``vmap`` the mask ``(K,)`` of rows with an index out of range."""
-    if not idx.numel() or _unreadable(idx):
+    not two per mode; where :func:`_masked`, the mask ``(K,)`` of rows with an index out of range."""
+    if not idx.numel():
         return None
     high = torch.tensor(dims, dtype=idx.dtype, device=idx.device)
-    if _vmapped(idx):
+    if _masked(idx):
         return ((idx < 0) | (idx >= high)).any(dim=1)
+    if valueless(idx):  # (meta and fake indices outside compile have no values to check)
+        return None
     if bool(((idx < 0) | (idx >= high)).any()):
         for k, n in enumerate(dims):  # (the first column at fault, with _check_range's message)
             _check_range(idx[:, k], n, f"mode {k} index")

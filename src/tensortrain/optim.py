@@ -341,11 +341,9 @@ def _check_hyper(group: dict[str, Any]) -> None:
             raise TypeError(f"RiemannianSGD: {name} must be a real number, got {type(value).__name__}")
     for name in ("lr", "momentum"):  # (Python floats: an int past int64, as lr, overflowed in the step)
         if name in group and not isinstance(group[name], torch.Tensor):
-            if not is_finite(group[name]):  # (NaN and inf too: named below as before)
-                if type(group[name]) is int:
-                    raise ValueError(f"RiemannianSGD: {name} must be finite, got {show_int(group[name])}")
-                continue
-            group[name] = float(group[name])
+            if type(group[name]) is int and not is_finite(group[name]):
+                raise ValueError(f"RiemannianSGD: {name} must be finite, got {show_int(group[name])}")
+            group[name] = float(group[name])  # (NaN and inf stay so: named below as before)
     if "lr" in group and not group["lr"] > 0:
         raise ValueError(f"RiemannianSGD: lr must be > 0, got {group['lr']!r}")
     if "lr" in group and not group["lr"] < math.inf:  # (the first step would fail inside round)

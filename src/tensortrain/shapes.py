@@ -94,7 +94,9 @@ def check_nonnegative(value: Any, what: str) -> None:
     ):
         raise TypeError(f"{what} must be a real number, got {value!r}")
     v: Any = value  # (a Real, SymFloat or SymInt: the comparisons below take each)
-    if not (v == v and abs(v) != math.inf and v >= 0) or (type(v) is int and not is_finite(v)):
+    if not (v == v and abs(v) != math.inf and v >= 0) or (
+        type(v) is int and not torch.compiler.is_compiling() and not is_finite(v)  # (a traced int is int64)
+    ):
         # (an int past float64's range is no number a computation here can use: OverflowError later)
         raise ValueError(f"{what} must be a finite number >= 0, got {show_int(value)}")
 
