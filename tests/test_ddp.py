@@ -221,6 +221,8 @@ def test_fully_shard_trains_and_its_shards_are_named_outside_forward():
         )
         with pytest.raises(TypeError, match=shard):
             tt.optim.RiemannianSGD([list(layer.cores)], lr=0.1)
+        with pytest.raises(TypeError, match=r"RiemannianSGD: a core of the layer '' is a DTensor"):
+            tt.optim.RiemannianSGD(layer, lr=0.1)
         with pytest.raises(TypeError, match=shard):
             tt.full(layer.weight)
         with pytest.raises(TypeError, match=r"assign: params entry 0 is a DTensor"):

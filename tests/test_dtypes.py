@@ -438,12 +438,13 @@ def test_dtypes_below_16_bits_are_named_by_decompositions_layers_and_compress(lo
     layer = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=base).to(low)
     for x in (torch.randn(2, 16, dtype=base).to(low), torch.randn(2, 16, dtype=base)):
         # (an input of the usual dtype got a hint to cast it to the cores' dtype, which then failed so)
-        with pytest.raises(
-            TypeError, match=r"tt_linear: TensorTrain: cores must be floating point \(16 bits"
-        ):
+        with pytest.raises(TypeError, match=r"tt_linear: cores must be floating point \(16 bits"):
             layer(x)
+    emb = tt.nn.TTEmbedding(20, 8, tt_rank=2, dtype=base).to(low)
+    with pytest.raises(TypeError, match=r"TTEmbedding: cores must be floating point \(16 bits"):
+        emb(torch.tensor([1, 2]))
     padded = tt.nn.TTLinear(17, 13, tt_rank=2, dtype=base).to(low)
-    with pytest.raises(TypeError, match=r"TTLinear: TensorTrain: cores must be floating point \(16 bits"):
+    with pytest.raises(TypeError, match=r"TTLinear: cores must be floating point \(16 bits"):
         padded(torch.rand(2, 17, dtype=base).to(low))
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Embedding(100, 64)).to(low)
     out, report = tt.compress(model, max_tt_rank=2)

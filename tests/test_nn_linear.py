@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import pickle
@@ -1106,6 +1107,8 @@ def test_load_keeps_the_pre_hook_registry_in_place(monkeypatch):
     assert len(layer._load_state_dict_pre_hooks) == 2
     for twin in (seen["copy"], seen["pickled"]):
         assert len(twin._load_state_dict_pre_hooks) == 1
+    # pickled as nn.Module pickles it, a plain OrderedDict (an older tensortrain reads the file)
+    assert type(layer.__getstate__()["_load_state_dict_pre_hooks"]) is collections.OrderedDict
     monkeypatch.setattr(base, "resize_cores_to_state", resize)
     runs.clear()
     layer.load_state_dict(layer.state_dict())

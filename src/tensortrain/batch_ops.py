@@ -100,6 +100,7 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
     Raises:
         TypeError: ``batch_tt`` is not a batch, or complex weights for real cores.
         ShapeError: ``weights`` does not hold exactly B values.
+        ValueError: an int weight that int64 cannot hold.
 
     Complexity: O(B r n).
 

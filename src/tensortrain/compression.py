@@ -343,7 +343,8 @@ def compress(
     submodules beside ``weight`` and ``bias``; a ``forward`` overridden on the instance (``module.forward =
     ...``: the TT layer would run its own); a weight whose shape disagrees with the layer's sizes; an
     ``nn.Embedding`` with ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True``, or with a non-zero
-    padding row (``TTEmbedding`` outputs zeros for ``padding_idx``); NaN or inf weights.
+    padding row (``TTEmbedding`` outputs zeros for ``padding_idx``); NaN or inf weights; a weight of a dtype
+    below 16 bits (float8, complex32), which TT cores cannot take.
     Each parameter is counted once in the report and in the ``ratio`` search.
 
     A TT layer takes over what the dense one held beside its weights: its forward hooks and pre-hooks (with

@@ -385,8 +385,8 @@ def to_tt_tensor(
         A :class:`TensorTrain` (or batch) whose cores 1..d-1 are left-orthogonal.
 
     Raises:
-        TypeError: not a tensor, an integer dtype, a non-number ``epsilon``, a fractional or non-number
-            ``max_tt_rank``.
+        TypeError: not a tensor, an integer dtype or one below 16 bits (float8, complex32), a non-number
+            ``epsilon``, a fractional or non-number ``max_tt_rank``.
         ShapeError: an empty tensor, bad ``max_tt_rank`` (length, values < 1).
         ValueError: NaN or inf entries, a negative ``epsilon``, an unknown ``method``.
 
@@ -477,7 +477,8 @@ def to_tt_matrix(
         A TT-matrix :class:`TensorTrain` (or :class:`TensorTrainBatch`).
 
     Raises:
-        TypeError: not a tensor, an integer dtype, a malformed ``shape``, a fractional ``max_tt_rank``.
+        TypeError: not a tensor, an integer dtype or one below 16 bits (float8, complex32), a malformed
+            ``shape``, a fractional ``max_tt_rank``.
         ShapeError: the matrix is neither ``(M, N)`` nor ``(m_1, ..., m_d, n_1, ..., n_d)`` (nor a flat vector
             when ``M`` or ``N`` is 1; a transpose or any other reshape is refused, not reshaped), bad ranks.
         ValueError: NaN or inf entries, a negative ``epsilon``, an unknown ``method``.

@@ -247,7 +247,7 @@ def fsync_dir(folder: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------- loading
-def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrain | TensorTrainBatch:
+def load(path: PathLike, device: torch.device | str | int | None = None) -> TensorTrain | TensorTrainBatch:
     """Load a TT object written by :func:`save`.
 
     Args:
@@ -261,7 +261,8 @@ def load(path: PathLike, device: torch.device | str | None = None) -> TensorTrai
         TTFileError: the file is truncated or corrupt, is not a safetensors file, is a safetensors file
             that :func:`save` did not write, was written by a newer format version, or its cores disagree
             with its recorded structure. The message names the file.
-        TypeError: ``device`` is not a device (a dtype, a Python type, a number: ``tt.load`` does not cast).
+        TypeError: ``device`` is not a device, a device string or an int index (a dtype, a Python type, a
+            float: ``tt.load`` does not cast).
         OSError: the file cannot be read (e.g. ``FileNotFoundError``).
 
     Complexity: O(d n^2 r^2) time and memory (``B`` times that for a batch).

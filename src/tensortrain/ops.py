@@ -296,6 +296,7 @@ def multiply(tt_left: Any, right: Any) -> Any:
         TypeError: neither side is a TT object, the other side is a dense tensor with dims, or a complex
             scale for real cores.
         ShapeError: kinds, raw shapes, batch sizes, dtypes or devices disagree.
+        ValueError: an int scale past float64's range.
 
     Complexity: scaling O(d r^2 n); Hadamard O(d r_a^2 r_b^2 n).
 

@@ -142,7 +142,8 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
         agree).
 
     Raises:
-        TypeError: ``x`` is not a TensorTrain, or a gradient's dtype or device differs from the cores'.
+        TypeError: ``x`` is not a TensorTrain, ``core_grads`` is not a sequence, or a gradient's dtype or device
+            differs from the cores'.
         ValueError: the gradients' count or shapes differ from the cores', a gradient is None or not finite, or
             ``x`` is the zero tensor (a core of zeros, or cores that cancel): it has no tangent space at a fixed
             rank.
@@ -235,8 +236,9 @@ class RiemannianSGD(torch.optim.Optimizer):
             two positions of a TT, cores that share memory (views of one buffer, also across parameter sets) or
             an expanded (stride-0) core; for an ``nn.Module``, TT layers that share some of their cores but not
             the whole list.
-        TypeError: a parameter set that is not a sequence of 3-D or 4-D cores (a bias in it), or a
-            TensorTrainBatch.
+        TypeError: a parameter set that is not a sequence of 3-D or 4-D cores (a bias in it), a set (no
+            order), a TensorTrainBatch, ``params`` that is neither a module, a TT nor an iterable of parameter
+            sets, or a DTensor core (an FSDP2 shard: gather it first).
 
     Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
     rank-2r TT); no extra forward or backward pass.
@@ -366,6 +368,10 @@ def _groups(params: Any) -> list[dict[str, Any]]:
     if isinstance(params, torch.nn.Module):
         sets, seen = [], set[tuple[int, ...]]()
         for name, m in params.named_modules():
+            cores = getattr(m, "cores", None)
+            if isinstance(cores, torch.nn.ParameterList) and any(is_dtensor(c) for c in cores):
+                # (named before .weight, whose TensorTrain would refuse the shard under its own name)
+                raise TypeError(dtensor_hint("RiemannianSGD", f"a core of the layer {name!r}"))
             if not isinstance(getattr(m, "cores", None), torch.nn.ParameterList) or not isinstance(
                 getattr(m, "weight", None), TensorTrainBase
             ):

@@ -445,6 +445,7 @@ def add_n_projected(
         A tangent vector of the same ranks (``2 r``) and kind, with ``projection_on`` kept.
 
     Raises:
+        TypeError: ``tt_objects`` is not a sequence (a 0-dim tensor, a number).
         ValueError: empty input, non-projections or projections on different objects.
         ShapeError: ``coef`` of the wrong shape, or inputs of different ranks or batch sizes.
 

@@ -322,7 +322,8 @@ def max_tt_ranks(raw_shape: Sequence[int]) -> tuple[int, ...]:
         A tuple of ``d + 1`` ints starting and ending with 1.
 
     Raises:
-        TypeError: a mode size that is not an int (a TT-matrix's ``(rows, cols)`` raw shape included).
+        TypeError: a mode size that is not an int (a TT-matrix's ``(rows, cols)`` raw shape included), or
+            ``raw_shape`` not an ordered sequence (a set, a string, a number or a 0-dim array).
         ValueError: a mode size below 1, or no mode sizes (a ``ShapeError``).
 
     Example:

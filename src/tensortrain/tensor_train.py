@@ -46,6 +46,7 @@ _TENSOR_ONLY = frozenset(
 
 
 _CHALF = torch.complex32  # (ComplexHalf)
+_PLAIN_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))  # cores the fast validity test takes
 # core dtypes TensorTrainBase._plainly_valid accepts at once (others go through the full checks)
 CORE_DTYPES = frozenset(
     (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
@@ -136,7 +137,7 @@ class TensorTrainBase:
             # (layout and nesting first: a nested tensor has no shape to read)
             if not isinstance(c, torch.Tensor) or c.is_nested or c.layout != torch.strided:
                 return False
-            if type(c) is not torch.Tensor and type(c) is not torch.nn.Parameter:  # (subclasses: _validate)
+            if type(c) not in _PLAIN_TYPES:  # (subclasses: _validate)
                 return False
             shape = c.shape
             if (

@@ -177,6 +177,8 @@ class TTModule(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state["_cache"] = {}  # derived tensors: not pickled, not deep-copied
+        # a plain OrderedDict, as nn.Module pickles it (an older tensortrain can read the file; __setstate__ wraps it)
+        state["_load_state_dict_pre_hooks"] = OrderedDict(state["_load_state_dict_pre_hooks"])
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

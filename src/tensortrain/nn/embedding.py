@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ShapeError
 from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape
-from ..tensor_train import TensorTrain
+from ..tensor_train import CORE_DTYPES, TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_, check_factory_dtype
 from .init import tt_normal_
@@ -154,7 +154,10 @@ class TTEmbedding(TTModule):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Look up rows through :func:`tensortrain.nn.functional.tt_embedding`."""
-        return F._embedding(input, self.weight, self.padding_idx, self.num_embeddings, self._cache)
+        cores = self._current_cores()
+        if cores[0].dtype not in CORE_DTYPES:  # (a layer cast to float8 by Module.to: said under its name)
+            F.check_core_dtype("TTEmbedding", cores)
+        return F._embedding(input, TensorTrain(cores), self.padding_idx, self.num_embeddings, self._cache)
 
     # ------------------------------------------------------------------------------------- conversions
     @classmethod

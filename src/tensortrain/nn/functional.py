@@ -55,7 +55,8 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
     Raises:
         TypeError: a weight that is not a TT-matrix TensorTrain.
         ShapeError: the input's last dim is not ``in_features``, a bias of the wrong shape, or dtypes/devices
-            that differ from the weight's.
+            that differ from the weight's. (A layer's cores that are not 4-D, or of a dtype below 16 bits, get
+            the same errors as a TensorTrain's.)
 
     Shape:
         - input: ``(*, N)``; output: ``(*, M)``; bias: ``(M,)``.
@@ -75,12 +76,12 @@ def tt_linear(input: torch.Tensor, weight: TensorTrain, bias: torch.Tensor | Non
 
 def check_core_dtype(fn: str, cores: Sequence[torch.Tensor]) -> None:
     """Refuse cores of a dtype TT objects refuse (a layer cast to float8 or complex32 by ``Module.to``, as
-    ``.weight`` refuses it); a set lookup for the dtypes they take."""
-    if cores[0].dtype not in CORE_DTYPES:
-        try:
-            TensorTrain(list(cores))
-        except TypeError as e:
-            raise TypeError(f"{fn}: {e}") from None
+    ``.weight`` refuses it), in TensorTrain's words under ``fn``'s name. Callers on a layer's per-call path test
+    ``cores[0].dtype not in CORE_DTYPES`` first (a set lookup, no call)."""
+    try:
+        TensorTrain(list(cores))
+    except TypeError as e:
+        raise TypeError(f"{fn}: {str(e).removeprefix('TensorTrain: ')}") from None
 
 
 def linear_cores(
@@ -118,7 +119,8 @@ def linear_cores(
         in_dims = tuple(int(c.shape[2]) for c in cores)
         got = "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
         raise ShapeError(f"tt_linear: input has {got} but the TT weight has {n} columns (in dims {in_dims})")
-    check_core_dtype("tt_linear", cores)  # (before the operand check, whose hint would name the cores' dtype)
+    if c0.dtype not in CORE_DTYPES:  # (before the operand check, whose hint would name the cores' dtype)
+        check_core_dtype("tt_linear", cores)
     contraction.check_operand("tt_linear", "input", input, c0)
     if bias is not None:
         contraction.check_bias("tt_linear", bias, m, c0)

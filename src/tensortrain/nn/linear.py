@@ -31,7 +31,7 @@ from ..shapes import (
     prime_factors,
     unordered,
 )
-from ..tensor_train import TensorTrain
+from ..tensor_train import CORE_DTYPES, TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_, check_factory_dtype, check_loadable
 from .init import InitScheme, dense_variance, tt_normal_
@@ -433,7 +433,8 @@ class TTLinear(TTModule):
                 "a scalar" if input.dim() == 0 else f"{input.shape[-1]} features (shape {tuple(input.shape)})"
             )
             raise ShapeError(f"TTLinear: input has {got} but in_features={self.in_features}")
-        F.check_core_dtype("TTLinear", cores)  # (before the pad: float8_e8m0fnu cannot hold its zeros)
+        if cores[0].dtype not in CORE_DTYPES:  # (before the pad: float8_e8m0fnu cannot hold its zeros)
+            F.check_core_dtype("TTLinear", cores)
         x = torch.nn.functional.pad(input, (0, self._in_pad)) if self._in_pad else input
         limit = self._max_saved
         if limit is not None and self._in_pad and not transforms_active():
