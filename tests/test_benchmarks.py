@@ -322,11 +322,10 @@ def test_regret_script_scores_auto_against_the_forced_strategies(tmp_path, capsy
     assert out["summary"]["configs"] == 2 and len(out["rows"]) == 2
     for row in out["rows"]:
         t = row["seconds"]
-        assert row["fastest"] in regret.FORCED and t[row["fastest"]] == min(
-            t[s] for s in t if s in regret.FORCED
-        )
+        # the fastest of every strategy, auto among them (session 25: auto was left out, regrets read below 1)
+        assert row["fastest"] != "dense" and t[row["fastest"]] == min(t[s] for s in t if s != "dense")
         own = min(t[s] for s in row["plans"] if row["plans"][s] == row["plans"]["auto"])
-        assert row["regret"] == own / t[row["fastest"]] and row["vs_dense"] == t["auto"] / t["dense"]
+        assert row["regret"] == own / t[row["fastest"]] >= 1 and row["vs_dense"] == t["auto"] / t["dense"]
         assert max(row["config"][:2]) <= 128 and row["plan"]
     assert out["summary"]["median_regret"] > 0
 
