@@ -1109,6 +1109,9 @@ def test_load_keeps_the_pre_hook_registry_in_place(monkeypatch):
         assert len(twin._load_state_dict_pre_hooks) == 1
     # pickled as nn.Module pickles it, a plain OrderedDict (an older tensortrain reads the file)
     assert type(layer.__getstate__()["_load_state_dict_pre_hooks"]) is collections.OrderedDict
+    shallow = copy.copy(layer)  # (shares the registries, as nn.Module's shallow copies do)
+    assert shallow._load_state_dict_pre_hooks is layer._load_state_dict_pre_hooks
+    assert shallow._forward_pre_hooks is layer._forward_pre_hooks and shallow._cache is not layer._cache
     monkeypatch.setattr(base, "resize_cores_to_state", resize)
     runs.clear()
     layer.load_state_dict(layer.state_dict())

@@ -181,6 +181,13 @@ class TTModule(nn.Module):
         state["_load_state_dict_pre_hooks"] = OrderedDict(state["_load_state_dict_pre_hooks"])
         return state
 
+    def __copy__(self) -> Any:
+        """A shallow copy shares every registry with the original, as ``nn.Module``'s does, the pre-hooks' too
+        (``__getstate__`` gives pickles a plain copy of them); only the inference cache is its own."""
+        new = type(self).__new__(type(self))
+        new.__setstate__({**self.__dict__, "_cache": {}})
+        return new
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_cache", {})  # modules pickled before the cache existed
