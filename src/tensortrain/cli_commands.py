@@ -289,8 +289,9 @@ def _describe_state_dict(
     for key, shape in shapes.items():
         found = _CORE_KEY.match(key)
         if found:
-            groups.setdefault(found.group(1), {})[_core_index(found)] = shape
-            keys.setdefault(found.group(1), {})[_core_index(found)] = key
+            k = _core_index(found)
+            groups.setdefault(found.group(1), {})[k] = shape
+            keys.setdefault(found.group(1), {})[k] = key
     layers = []
     for prefix, cores in groups.items():
         layer = _tt_layer(prefix.removesuffix("."), cores, f"{prefix}bias" in shapes)

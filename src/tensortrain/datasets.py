@@ -450,9 +450,8 @@ def load_mnist(
         (torch.Size([60000, 28, 28]), torch.int64)
     """
     _check_timeout(timeout)
-    if (
-        mirrors is not None
-    ):  # (checked whether or not a download is needed, as timeout is; a generator read once)
+    # (checked whether or not a download is needed, as timeout is; a generator read once)
+    if mirrors is not None:
         mirrors = _mirrors(mirrors)
     # ("no" is truthy: a download it says not to start)
     download = as_flag(download, "load_mnist", "download")

@@ -349,8 +349,7 @@ def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> tuple[torch.Tensor,
                 f"gather_nd: indices must have {len(dims) + extra} columns for a TT-tensor of raw shape "
                 f"{describe(tt)}, got {idx.shape[1] + extra}"
             )
-        bad = _check_ranges(idx, dims)
-        return (idx, None) if bad is None else (torch.where(bad.unsqueeze(1), 0, idx), bad)
+        return _zeroed(idx, _check_ranges(idx, dims))
     rows, cols = matrix_dims(tt)
     d = len(rows)
     if idx.shape[1] == 2 and d > 1:
@@ -358,15 +357,19 @@ def _mode_indices(tt: TensorTrainBase, idx: torch.Tensor) -> tuple[torch.Tensor,
         bad_c = _check_range(idx[:, 1], int(tt.shape[-1]), "column index")
         if bad_r is None or bad_c is None:
             return torch.cat([_unravel(idx[:, 0], rows), _unravel(idx[:, 1], cols)], dim=1), None
-        bad = bad_r | bad_c
-        safe = torch.where(bad.unsqueeze(1), 0, idx)
+        safe, bad = _zeroed(idx, bad_r | bad_c)
         return torch.cat([_unravel(safe[:, 0], rows), _unravel(safe[:, 1], cols)], dim=1), bad
     if idx.shape[1] != 2 * d:
         raise ShapeError(
             f"gather_nd: indices for a TT-matrix of raw shape {describe(tt)} need {2 * d + extra} "
             f"columns (row modes, column modes) or {2 + extra} (row, column), got {idx.shape[1] + extra}"
         )
-    bad = _check_ranges(idx, (*rows, *cols))
+    return _zeroed(idx, _check_ranges(idx, (*rows, *cols)))
+
+
+def _zeroed(idx: torch.Tensor, bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``idx`` with the rows ``bad`` marks set to 0 (in range: :func:`gather_nd` marks them past it later), and
+    ``bad``."""
     return (idx, None) if bad is None else (torch.where(bad.unsqueeze(1), 0, idx), bad)
 
 
@@ -408,17 +411,17 @@ def _check_range(values: torch.Tensor, n: int, what: str) -> torch.Tensor | None
     (:func:`_masked`) the mask of those out of range instead, for :func:`gather_nd` to make the gather refuse
     them (rather than wrap a negative index or, for a row or column of a TT-matrix, read another entry); else
     None."""
-    # a size past int64 cannot be compared with a tensor, and no int64 index reaches it
-    big = n > torch.iinfo(torch.long).max
     if not values.numel():
         return None
-    if _masked(values):
-        return (values < 0) if big else ((values < 0) | (values >= n))
-    if valueless(values):  # (meta and fake values outside compile: nothing to read)
+    masked = _masked(values)
+    if not masked and valueless(values):  # (meta and fake values outside compile: nothing to read)
         return None
-    if values.min() < 0 or (not big and values.max() >= n):
-        first = values[(values < 0) if big else ((values < 0) | (values >= n))][0].item()
-        raise IndexError(f"gather_nd: {what} {first} out of range [0, {n})")
+    # (a size past int64 cannot be compared with a tensor, and no int64 index reaches it)
+    bad = (values < 0) if n > torch.iinfo(torch.long).max else ((values < 0) | (values >= n))
+    if masked:
+        return bad
+    if bool(bad.any()):
+        raise IndexError(f"gather_nd: {what} {values[bad][0].item()} out of range [0, {n})")
     return None
 
 

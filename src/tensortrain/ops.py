@@ -48,7 +48,7 @@ from .operands import (
 )
 from .orthogonalization import compute_dtype
 from .products import flat_inner, matmul
-from .shapes import check_nonnegative, is_finite, plain_scalar, show_int
+from .shapes import check_nonnegative, past_float, plain_scalar, show_int
 from .tensor_train import TensorTrainBase, check_cast
 
 __all__ = [
@@ -335,8 +335,7 @@ def multiply(tt_left: Any, right: Any) -> Any:
         # optimizer step) made the result a mix of its old first core and new others
         return type(tt_left)._from_valid([cores[0], *(c.clone() for c in cores[1:])])
     right = plain_scalar(right)  # a 0-dim NumPy array scales like the NumPy scalar it holds
-    # (torch's own OverflowError named nothing; a traced int is an int64 symbol, which math.isfinite cannot take)
-    if type(right) is int and not torch.compiler.is_compiling() and not is_finite(right):
+    if past_float(right):
         raise ValueError(f"multiply: the scale {show_int(right)} is past float64's range")
     if isinstance(right, (torch.SymFloat, torch.SymInt)) or type(right) in (int, float):
         # a real number, perhaps symbolic while compiling (a schedule: dynamo makes it a symbol from its second

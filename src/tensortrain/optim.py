@@ -31,7 +31,7 @@ from . import tangent as ts
 from ._transforms import valueless
 from .operands import check_writable, memory_overlaps, rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
-from .shapes import is_finite, show_int
+from .shapes import past_float, show_int
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, dtensor_hint, is_dtensor
 
 __all__ = ["RiemannianSGD", "riemannian_gradient_from_cores"]
@@ -341,11 +341,10 @@ def _check_hyper(group: dict[str, Any]) -> None:
         scalar = isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype.is_floating_point
         if not scalar and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise TypeError(f"RiemannianSGD: {name} must be a real number, got {type(value).__name__}")
-    for name in ("lr", "momentum"):  # (Python floats: an int past int64, as lr, overflowed in the step)
-        if name in group and not isinstance(group[name], torch.Tensor):
-            if type(group[name]) is int and not is_finite(group[name]):
-                raise ValueError(f"RiemannianSGD: {name} must be finite, got {show_int(group[name])}")
-            group[name] = float(group[name])  # (NaN and inf stay so: named below as before)
+        if name in group and not scalar:  # (Python floats: an int past int64, as lr, overflowed in the step)
+            if past_float(value):
+                raise ValueError(f"RiemannianSGD: {name} must be finite, got {show_int(value)}")
+            group[name] = float(value)  # (NaN and inf stay so: named below as before)
     if "lr" in group and not group["lr"] > 0:
         raise ValueError(f"RiemannianSGD: lr must be > 0, got {group['lr']!r}")
     if "lr" in group and not group["lr"] < math.inf:  # (the first step would fail inside round)
@@ -372,7 +371,7 @@ def _groups(params: Any) -> list[dict[str, Any]]:
             if isinstance(cores, torch.nn.ParameterList) and any(is_dtensor(c) for c in cores):
                 # (named before .weight, whose TensorTrain would refuse the shard under its own name)
                 raise TypeError(dtensor_hint("RiemannianSGD", f"a core of the layer {name!r}"))
-            if not isinstance(getattr(m, "cores", None), torch.nn.ParameterList) or not isinstance(
+            if not isinstance(cores, torch.nn.ParameterList) or not isinstance(
                 getattr(m, "weight", None), TensorTrainBase
             ):
                 continue

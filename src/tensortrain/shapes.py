@@ -71,6 +71,13 @@ def check_count(d: int, what: str, error: type[ValueError] = ValueError) -> int:
     return d
 
 
+def past_float(value: Any) -> bool:
+    """Whether ``value`` is a Python int past float64's range (10**400: no computation here can use it, and
+    torch's OverflowError names nothing). Never asked of an int traced by torch.compile, an int64 symbol that
+    ``math.isfinite`` cannot take."""
+    return type(value) is int and not torch.compiler.is_compiling() and not is_finite(value)
+
+
 def show_int(value: Any) -> str:
     """``repr(value)``, a long int shortened to its first digits and its length (10**400 has 401 digits)."""
     text = repr(value)
@@ -94,10 +101,7 @@ def check_nonnegative(value: Any, what: str) -> None:
     ):
         raise TypeError(f"{what} must be a real number, got {value!r}")
     v: Any = value  # (a Real, SymFloat or SymInt: the comparisons below take each)
-    if not (v == v and abs(v) != math.inf and v >= 0) or (
-        type(v) is int and not torch.compiler.is_compiling() and not is_finite(v)  # (a traced int is int64)
-    ):
-        # (an int past float64's range is no number a computation here can use: OverflowError later)
+    if not (v == v and abs(v) != math.inf and v >= 0) or past_float(v):
         raise ValueError(f"{what} must be a finite number >= 0, got {show_int(value)}")
 
 
@@ -256,10 +260,8 @@ def padded_shape(n: int, d: int = 3, *, max_padding: float | None = None) -> tup
         >>> tt.padded_shape(784, 4)
         (4, 4, 7, 7)
     """
-    n, d = (
-        int_at_least(n, 1, "padded_shape: n"),
-        check_count(int_at_least(d, 1, "padded_shape: d"), "padded_shape: d"),
-    )
+    n = int_at_least(n, 1, "padded_shape: n")
+    d = check_count(int_at_least(d, 1, "padded_shape: d"), "padded_shape: d")
     if max_padding is not None:
         if isinstance(max_padding, bool) or not isinstance(max_padding, numbers.Real):
             raise TypeError(f"padded_shape: max_padding must be None or a real number, got {max_padding!r}")

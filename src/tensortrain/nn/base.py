@@ -143,9 +143,8 @@ def resize_cores_to_state(
             params[k] = nn.Parameter(empty, requires_grad=like.requires_grad)
 
 
-_LOADING = (
-    threading.local()
-)  # .hooks: the pre-hook registry whose layer's own loader has run them, this thread
+# .hooks: the pre-hook registry whose layer's own loader has run them, in this thread
+_LOADING = threading.local()
 
 
 class _PreHooks(OrderedDict):
