@@ -730,6 +730,29 @@ def test_decompress_keeps_tt_layers_tied_by_their_cores():
         tt.decompress(nn.ModuleDict({"emb": emb, "narrow": narrow}))
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_decompress_keeps_a_shared_or_tied_bias(inplace):
+    """to_linear copies the bias: two TT layers sharing one bias (or a TT bias tied to a dense layer's) became
+    independent biases (528 parameters, not 512 + 16), silently, where compress keeps such a tie."""
+    torch.manual_seed(0)
+    a = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=torch.float64)
+    b = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=torch.float64)
+    c = nn.Linear(16, 16, dtype=torch.float64)
+    b.bias = a.bias
+    c.bias = a.bias
+    model = nn.Sequential(a, nn.Tanh(), b, nn.Tanh(), c)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    want = model(x)
+    dense = tt.decompress(model, inplace=inplace)
+    assert dense[0].bias is dense[2].bias is dense[4].bias
+    assert sum(p.numel() for p in dense.parameters()) == 2 * 256 + 256 + 16
+    assert_close(dense(x), want)
+    # a bias of another dtype than the cores cannot be the dense layer's: converted (untied), as before
+    odd = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=torch.float64)
+    odd.bias = nn.Parameter(torch.zeros(16, dtype=torch.float32))
+    assert tt.decompress(odd).bias.dtype == torch.float64
+
+
 @pytest.mark.parametrize("head_first", [False, True])
 def test_decompress_refuses_a_tie_with_a_padding_row_the_head_uses(head_first):
     """A tied TTEmbedding with padding_idx returns zeros at that row while the head uses the TT's row: one dense

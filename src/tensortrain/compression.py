@@ -348,8 +348,9 @@ def compress(
     Each parameter is counted once in the report and in the ``ratio`` search.
 
     A TT layer takes over what the dense one held beside its weights: its forward hooks and pre-hooks (with
-    their ``with_kwargs`` / ``always_call`` flags; the handles ``register_forward_hook`` returned still
-    remove them), its other buffers (persistent or not, under the same state_dict keys) and its train/eval
+    their ``with_kwargs`` / ``always_call`` flags; with ``inplace=True`` the handles ``register_forward_hook``
+    returned still remove them, while a copy's hooks are copies that those handles do not reach), its other
+    buffers (persistent or not, under the same state_dict keys) and its train/eval
     mode. Backward and state_dict hooks are not carried over.
 
     Not detectable: code that reads a layer's ``.weight`` outside the layer's own forward
@@ -528,7 +529,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         The dense model.
 
     TT layers that share their cores (``head.cores = embedding.cores``) become dense layers that share one
-    weight ``Parameter``, as the tie was.
+    weight ``Parameter``, as the tie was. A dense layer keeps its TT layer's bias ``Parameter`` itself, so a
+    shared or tied bias stays so.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -567,6 +569,10 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             new = _with_extras(
                 m, carry_over(m, m.to_linear() if isinstance(m, TTLinear) else m.to_embedding())
             )
+            if isinstance(m, TTLinear) and isinstance(new, nn.Linear) and _same_kind(m.bias, new.bias):
+                # the TT layer's own bias Parameter, not to_linear's copy: a bias tied to another layer's (or
+                # shared by two TT layers) stays tied, as compress kept it
+                new.bias = m.bias
             _keep_tie(tied, name, m, new)
             dense[id(m)] = new
     for name, m in found:
@@ -581,6 +587,10 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             setattr(module, "use_nested_tensor", True)  # noqa: B010 (a bool; mypy reads Module attributes as Tensor | Module)
             delattr(module, "_tensortrain_nested_off")
     return target
+
+
+def _same_kind(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is not None and b is not None and (a.dtype, a.device, a.shape) == (b.dtype, b.device, b.shape)
 
 
 def _keep_tie(

@@ -301,7 +301,7 @@ def refusal(module: nn.Module) -> str | None:
 
 def carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
     """Give ``new`` what ``old`` held beside its weights: its buffers, forward hooks and pre-hooks (the
-    same dicts, so the handles returned by ``register_forward_hook`` still remove them) and its train/eval
+    same dicts, so the handles returned by ``register_forward_hook`` on ``old`` still remove them) and its train/eval
     mode."""
     for name, buf in old._buffers.items():
         new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
