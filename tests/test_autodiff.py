@@ -161,6 +161,23 @@ def test_gauge_check_tolerance_follows_the_point_and_the_gradient(low):
         tt.gradients(lambda y: tt.full(y).sum() - c + 1e4 * y.tt_cores[0].sum(), x)
 
 
+def test_gauge_check_tolerance_needs_both_of_its_terms():
+    """Each term of the tolerance alone passed the test above. The round-off bound 100 d eps |P grad| |x| is what
+    accepts a float32 point whose float64 loss is ~0 at x (grad orthogonal to x); the |<grad, x>| scale is what
+    accepts a loss computed in float32 from a float64 point (round-off on the scale of <grad, x>)."""
+    gen = torch.Generator().manual_seed(0)
+    x = tt.random_tensor((4,) * 6, tt_rank=4, dtype=torch.float32, generator=gen) * 1000.0
+    xd = tt.full(x).double()
+    w = torch.randn((4,) * 6, dtype=torch.float64, generator=gen) * 1000.0
+    w = w - (w * xd).sum() / (xd * xd).sum() * xd  # orthogonal to x: the loss is ~0 at x
+    g = tt.gradients(lambda y: (tt.full(y).double() * w).sum(), x)
+    assert float(tt.frobenius_norm(g)) > 0
+    x = tt.random_tensor((4,) * 6, tt_rank=4, dtype=torch.float64, generator=gen) * 1000.0
+    c = float(tt.frobenius_norm_squared(x))
+    g = tt.gradients(lambda y: tt.frobenius_norm_squared(tt.cast(y, torch.float32)).double() - c, x)
+    assert_close(tt.full(g), 2 * tt.full(x), rtol=1e-3, atol=1e-3 * float(tt.frobenius_norm(x)))
+
+
 def test_runtime_check_must_be_a_bool(gen):
     x = random_tt((2, 3), (1, 2, 1), gen=gen)
     for bad in ("False", None, 0):

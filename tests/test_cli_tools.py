@@ -526,6 +526,10 @@ def test_compress_errors(models, tmp_path, capsys, argv, message):
         (["--model", "m:a", "--max-tt-rank", "0"], "argument --max-tt-rank: must be >= 1, got 0"),
         (["--model", "m:a", "--epsilon", "1.5"], "argument --epsilon: must lie in (0, 1), got 1.5"),
         (["--model", "m:a", "--epsilon", "nan"], "argument --epsilon: must lie in (0, 1), got nan"),
+        # the bounds themselves (open intervals)
+        (["--model", "m:a", "--epsilon", "0"], "argument --epsilon: must lie in (0, 1), got 0"),
+        (["--model", "m:a", "--epsilon", "1"], "argument --epsilon: must lie in (0, 1), got 1"),
+        (["--model", "m:a", "--ratio", "1"], "argument --ratio: must be > 1, got 1"),
         (["--model", "m:a", "--ratio", "0.5"], "argument --ratio: must be > 1, got 0.5"),
         (["--model", "m:a", "--ratio=-inf"], "argument --ratio: must be > 1, got -inf"),
         (["--model", "m:a", "--ratio", "2", "--dry-run", "--out", "x.pt"], "not allowed with argument"),

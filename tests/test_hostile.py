@@ -940,7 +940,9 @@ def test_fuzzed_arguments_are_named(tmp_path):
         tt.nn.TTLinear(12, 6, tt_rank=2, in_dims={4, 3})
     with pytest.raises(TypeError, match="voc_dims must be a sequence of ints in a fixed order"):
         tt.nn.TTEmbedding(12, 6, tt_rank=2, voc_dims={4, 3})
-    for shape in ({4, 2, 3}, b"\x02\x03", torch.tensor(3)):
+    with pytest.raises(TypeError, match="in_dims must be a sequence of ints in a fixed order"):
+        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims={4: 0, 3: 0})  # (a dict's keys: insertion order, not ours)
+    for shape in ({4, 2, 3}, b"\x02\x03", torch.tensor(3), {2: "a", 3: "b"}):
         with pytest.raises(TypeError, match="max_tt_ranks: raw_shape must be an ordered sequence"):
             tt.max_tt_ranks(shape)
     with pytest.raises(ValueError, match=r"auto_shape: d must be at most"):

@@ -1116,6 +1116,20 @@ def test_load_keeps_the_pre_hook_registry_in_place(monkeypatch):
     runs.clear()
     layer.load_state_dict(layer.state_dict())
     assert runs == ["first", "second"]
+    # copies and unpickled layers get the registry type back, so that their loads too keep it in place: a shallow
+    # copy of a deep copy still shares the registry after a load and sees a hook registered then
+    for twin in (seen["copy"], seen["pickled"]):
+        assert isinstance(twin._load_state_dict_pre_hooks, base._PreHooks)
+        shallow = copy.copy(twin)
+        twin.load_state_dict(twin.state_dict())
+        twin.register_load_state_dict_pre_hook(functools.partial(_record_hook, "third"))
+        assert shallow._load_state_dict_pre_hooks is twin._load_state_dict_pre_hooks
+    # a registry replaced whole (a plain OrderedDict) still runs each hook once per load
+    layer.__dict__["_load_state_dict_pre_hooks"] = collections.OrderedDict()
+    layer.register_load_state_dict_pre_hook(functools.partial(_record_hook, "fresh"))
+    runs.clear()
+    layer.load_state_dict(layer.state_dict())
+    assert runs == ["fresh"]
 
 
 def test_inference_cache_keeps_no_tensors_from_functional_call():

@@ -308,6 +308,18 @@ def test_slice_steps_past_int64():
     assert_close(tt.full(b[1 :: 2**70]), tt.full(b)[1:2])
 
 
+def test_python_indices_at_and_past_the_int64_boundary_are_out_of_range():
+    """2**63 is the first int past int64 (it was called 'not an integer tensor' when the bound was <=); tuples
+    of such ints are read as lists are."""
+    x = tt.random_tensor((2, 3, 4), tt_rank=2)
+    for idx in ([[2**63, 0, 0]], ((2**70, 0, 0),), [(0, 2**63, 0)]):
+        with pytest.raises(IndexError, match="out of range"):
+            tt.gather_nd(x, idx)
+    batch = tt.random_tensor_batch((2, 3), batch_size=2)
+    with pytest.raises(ValueError, match="401 digits"):
+        tt.multiply_along_batch_dim(batch, (10**400, 1))
+
+
 def test_a_uint64_index_past_int64_is_out_of_range():
     """Read as int64, 2**64 - 1 wrapped to -1: the last element, silently."""
     b = tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=4)

@@ -272,11 +272,21 @@ def test_gather_nd_under_vmap_over_the_indices():
         (m, [[[7, 0]]]),
         (m, [[[-1, 0]]]),
         (m, [[[0, 8]]]),
+        # a mode index equal to its mode's size (merged, it spilled into the next row's entry)
+        (m, [[[0, 0, 4, 0]]]),
+        (m, [[[2, 0, 0, 0]]]),
         (wide, [[[0, 2**30]]]),
         (wide, [[[0, -1]]]),
     ):
         with pytest.raises(IndexError):
             vmap(lambda i, t=t: tt.gather_nd(t, i))(torch.tensor(bad))
+    # a batch's element index out of range (-1 wrapped to the last element's entry)
+    b = tt.random_tensor_batch((3, 4), tt_rank=2, batch_size=2, dtype=torch.float64)
+    for bad in ([[[-1, 0, 1]]], [[[2, 0, 1]]]):
+        with pytest.raises(IndexError):
+            vmap(lambda i: tt.gather_nd(b, i))(torch.tensor(bad))
+    good = torch.tensor([[[1, 2, 3]], [[0, 0, 0]]])
+    assert_close(vmap(lambda i: tt.gather_nd(b, i))(good), torch.stack([tt.gather_nd(b, i) for i in good]))
     ok = torch.tensor([[[1, 2**30 - 1]]])
     assert_close(vmap(lambda i: tt.gather_nd(wide, i))(ok), tt.gather_nd(wide, ok[0]).unsqueeze(0))
     # functionalize's wrapper around vmap's; torch.compile, which traces no value check (a regression of a2da169)
