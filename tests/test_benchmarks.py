@@ -363,3 +363,88 @@ def test_regret_script_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         regret.main(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_finetune_gauge_variants_keep_the_weight_and_set_their_scales():
+    """The fine-tuning study compares starting gauges of one TT-matrix: every variant must be the same weight, with
+    the core scales its name says (svd: TT-SVD's cores as they are; norm: equal norms; rms: equal RMS entries)."""
+    import finetune_gauge
+    import torch
+
+    import tensortrain as tt
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(625, 784, generator=gen, dtype=torch.float64) * 3
+    x = tt.to_tt_matrix(w, [[5, 5, 5, 5], [7, 4, 7, 4]], max_tt_rank=8)
+    cores = list(x.tt_cores)
+    for variant in finetune_gauge.VARIANTS:
+        got = finetune_gauge.regauged(cores, variant)
+        assert torch.allclose(tt.full(tt.TensorTrain(got)), tt.full(x), rtol=1e-10, atol=1e-12), variant
+        norms = torch.stack([c.norm() for c in got])
+        rms = torch.stack([c.norm() / c.numel() ** 0.5 for c in got])
+        if variant == "svd":
+            assert all(torch.equal(a, b) for a, b in zip(got, cores, strict=True))
+        elif variant == "norm":
+            assert torch.allclose(norms, norms[:1].expand_as(norms), rtol=1e-10)
+        else:
+            assert torch.allclose(rms, rms[:1].expand_as(rms), rtol=1e-10)
+            assert not torch.allclose(norms, norms[:1].expand_as(norms), rtol=1e-3)
+    with pytest.raises(ValueError, match="unknown variant 'orth'"):
+        finetune_gauge.regauged(cores, "orth")
+
+
+def test_finetune_gauge_runs_a_seed_and_summarizes_paired_differences():
+    """One seed on random data (no MNIST needed): each variant fine-tunes from the same start; the summary's
+    differences are paired per seed."""
+    import argparse
+
+    import finetune_gauge
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (300,), generator=gen)
+    args = argparse.Namespace(
+        rank=4, variants=["svd", "rms"], epochs_dense=1, epochs_finetune=1, lr=1e-3, optimizer="adam"
+    )
+    row = finetune_gauge.run_seed((x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:]), 0, args)
+    assert {"seed", "b_val", "c_val", "svd_val", "svd_test", "rms_val", "rms_test", "seconds"} == set(row)
+    runs = [
+        {"svd_val": 97.0, "svd_test": 96.0, "rms_val": 97.5, "rms_test": 96.1},
+        {"svd_val": 97.2, "svd_test": 96.4, "rms_val": 97.3, "rms_test": 96.3},
+    ]
+    s = finetune_gauge.summarize(runs, ["svd", "rms"])
+    assert s["rms"]["val_minus_svd"]["mean"] == pytest.approx(0.3)
+    assert s["rms"]["val_minus_svd"]["se"] == pytest.approx(0.4 / 2**0.5 / 2**0.5)
+    assert s["rms"]["better_on_val"] == 2 and s["svd"]["better_on_val"] == 0
+    assert s["rms"]["test_minus_svd"]["mean"] == pytest.approx(0.0)
+
+
+def test_finetune_gauge_committed_results_summarize_their_runs():
+    """The README's table of gauges is read from these files: each summary must be its runs'."""
+    import finetune_gauge
+
+    files = sorted((BENCH / "results-finetune-gauge").glob("*.json"))
+    assert len(files) == 5
+    for path in files:
+        doc = json.loads(path.read_text())
+        assert doc["summary"] == finetune_gauge.summarize(doc["runs"], doc["config"]["variants"]), path.name
+        assert [r["seed"] for r in doc["runs"]] == doc["config"]["seeds"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--variants", "svd,svd"], "variants must be distinct names"),
+        (["--variants", "svd,orth"], "variants must be distinct names"),
+        (["--seeds", "3-x"], "seeds must look like"),
+        (["--seeds", "5-2"], "seeds must be a non-empty list"),
+        (["--rank", "0"], "--rank must be >= 1"),
+    ],
+)
+def test_finetune_gauge_refuses_bad_arguments(argv, message, capsys):
+    import finetune_gauge
+
+    with pytest.raises(SystemExit) as exc:
+        finetune_gauge.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
