@@ -751,6 +751,15 @@ def test_decompress_keeps_a_shared_or_tied_bias(inplace):
     odd = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=torch.float64)
     odd.bias = nn.Parameter(torch.zeros(16, dtype=torch.float32))
     assert tt.decompress(odd).bias.dtype == torch.float64
+    # nor can a bias that is a plain tensor (nn.Linear takes Parameters only: torch's TypeError, from a review)
+    plain = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=torch.float64)
+    values = plain.bias.detach().clone()
+    del plain.bias
+    plain.bias = values
+    want = plain(x)
+    got = tt.decompress(nn.Sequential(plain), inplace=inplace)[0]
+    assert isinstance(got.bias, nn.Parameter) and got.bias is not values
+    assert_close(got(x), want)
 
 
 @pytest.mark.parametrize("head_first", [False, True])

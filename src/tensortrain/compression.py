@@ -529,8 +529,9 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         The dense model.
 
     TT layers that share their cores (``head.cores = embedding.cores``) become dense layers that share one
-    weight ``Parameter``, as the tie was. A dense layer keeps its TT layer's bias ``Parameter`` itself, so a
-    shared or tied bias stays so.
+    weight ``Parameter``, as the tie was. A dense layer keeps its TT layer's bias ``Parameter`` itself (its
+    ``.grad`` too, with ``inplace=True``), so a shared or tied bias stays so; a bias that is not a ``Parameter``
+    (a plain or computed tensor) is copied into a new one.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -590,7 +591,12 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
 
 def _same_kind(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    return a is not None and b is not None and (a.dtype, a.device, a.shape) == (b.dtype, b.device, b.shape)
+    """Whether the Parameter ``a`` can stand in for ``b`` (a plain or computed tensor cannot be a Parameter)."""
+    return (
+        isinstance(a, nn.Parameter)
+        and b is not None
+        and (a.dtype, a.device, a.shape) == (b.dtype, b.device, b.shape)
+    )
 
 
 def _keep_tie(
