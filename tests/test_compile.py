@@ -331,7 +331,9 @@ def test_fx_symbolic_trace_says_to_make_the_layers_leaves():
     way out; as leaf modules the layers trace and run."""
     model = torch.nn.Sequential(tt.nn.TTLinear(30, 24, tt_rank=3), torch.nn.ReLU())
     emb = tt.nn.TTEmbedding(100, 8, tt_rank=2)
-    for module in (model, emb):
+    padded = tt.nn.TTLinear(30, 97, tt_rank=2)  # (its own forward: the hint was missing there)
+    assert padded.padded
+    for module in (model, emb, padded):
         with pytest.raises(
             TypeError, match=r"Proxy.*is_leaf_module returns True for tensortrain.nn.TTLinear"
         ):

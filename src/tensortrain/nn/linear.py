@@ -19,7 +19,7 @@ from .._transforms import transforms_active, valueless
 from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
-from ..errors import ShapeError
+from ..errors import ShapeError, fx_hint
 from ..operands import check_strided
 from ..shapes import (
     as_int,
@@ -426,7 +426,7 @@ class TTLinear(TTModule):
         ``out_features`` outputs kept, then the bias (one copy of the input and one of the output more than an
         unpadded layer)."""
         if not isinstance(input, torch.Tensor):
-            raise TypeError(f"TTLinear: input must be a Tensor, got {type(input).__name__}")
+            raise TypeError(f"TTLinear: input must be a Tensor, got {type(input).__name__}{fx_hint(input)}")
         check_strided("TTLinear", "input", input)  # (before the pad, which fails on sparse ones)
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             got = (
