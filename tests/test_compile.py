@@ -315,6 +315,31 @@ def test_jit_trace_follows_the_weights_and_script_is_refused():
         torch.jit.script(torch.nn.Sequential(tt.nn.TTLinear(24, 10, tt_rank=3)))
 
 
+@pytest.mark.parametrize("strategy", ["auto", "full", "grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"])
+def test_jit_trace_works_at_any_number_of_dimensions(strategy):
+    """A trace recorded the input's leading dims as constants: traced from an (in,) example, a (1, in) input gave
+    (out,) silently and a (3, in) one failed in a reshape; TTEmbedding likewise. A traced nn.Linear takes any."""
+    import warnings
+
+    torch.manual_seed(0)
+    for i, o in ((64, 48), (30, 97)):  # (97: a padded layer, whose output slice was recorded at a fixed dim)
+        layer = tt.nn.TTLinear(i, o, tt_rank=3, dtype=torch.float64)
+        layer.strategy = strategy
+        for example, grad in (((i,), False), ((2, 3, i), True)):
+            with warnings.catch_warnings(), torch.set_grad_enabled(grad):
+                warnings.simplefilter("ignore")  # (torch 2.13 deprecates TorchScript)
+                traced = torch.jit.trace(layer, (torch.randn(example, dtype=torch.float64),))
+            for shape in ((i,), (1, i), (5, i), (1, 1, i), (0, i), (2, 1, 4, i)):
+                x = torch.randn(shape, dtype=torch.float64)
+                assert_close(traced(x), layer(x))
+    emb = tt.nn.TTEmbedding(97, 12, tt_rank=3, padding_idx=3, dtype=torch.float64)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(emb, (torch.tensor(5),))
+        for idx in (torch.tensor(7), torch.tensor([3]), torch.tensor([[3]]), torch.randint(0, 97, (2, 3, 4))):
+            assert_close(traced(idx), emb(idx))
+
+
 def test_a_memory_bounded_layer_compiles_in_one_graph():
     """``max_saved_bytes`` picks a recomputing sweep; traced, it runs as autograd's sweep (the compiler's
     partitioner decides what is kept) with the same values and gradients."""

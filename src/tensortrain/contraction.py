@@ -203,7 +203,9 @@ def apply_unchecked(
     ``max_saved``: a validated ``max_saved_bytes``.
     """
     lead = x.shape[:-1]
-    x2d = x if x.dim() == 2 else x.reshape(-1, n)  # (a reshape dispatch is ~2 us of a batch-1 call)
+    tracing = torch.jit.is_tracing()
+    # (a reshape dispatch is ~2 us of a batch-1 call; a jit trace records one always, see the return)
+    x2d = x if x.dim() == 2 and not tracing else x.reshape(-1, n)
     # which gradients backward computes (a first layer's input needs none, a frozen layer's cores none)
     need = (x.requires_grad, any(c.requires_grad for c in cores)) if grad_recorded() else (False, False)
     grad = need[0] or need[1]
@@ -227,7 +229,7 @@ def apply_unchecked(
             # training keeps in place of x
             copies += x2d.numel() * x2d.element_size()
         max_saved = max(0, max_saved - copies)
-    if torch.jit.is_tracing():  # (dynamo traces this wrapper, not torch._C._is_tracing)
+    if tracing:  # (dynamo traces this wrapper, not torch._C._is_tracing)
         # one graph whatever the grad mode (a differentiable one): torch.jit.trace checks its trace by tracing
         # again under no_grad, and the grad mode picks the plan
         grad, need = True, (True, True)
@@ -235,6 +237,11 @@ def apply_unchecked(
     cached = cache is not None and plain
     prog = choose_program(cores, x2d.shape[0], grad, strategy, cached, max_saved, need)
     y = run(prog, x2d, cores, bias, grad, cache if cached else None, plain and not torch.is_grad_enabled())
+    if tracing:
+        # A jit trace records shapes read here as constants: reshaped to *lead it would be fixed to this input's
+        # number of dimensions (a (1, in) input gave (out,) from a trace of an (in,) example). The shape of a
+        # broadcast view of x is read when the trace runs, at any number of dimensions, as nn.Linear's trace does.
+        return y.reshape_as(torch.broadcast_tensors(x.narrow(-1, 0, 1), y.new_empty(y.shape[-1]))[0])
     return y if len(lead) == 1 else y.reshape(*lead, y.shape[-1])
 
 

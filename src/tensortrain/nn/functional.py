@@ -287,6 +287,10 @@ def _embedding(
     if pad is not None:
         # zero output for padding positions; a mask, not a product (an inf row times 0 would be NaN)
         rows = rows.masked_fill(pad.unsqueeze(-1), 0)
+    if torch.jit.is_tracing():
+        # (a jit trace records input.shape as constants: read from a broadcast view when the trace runs instead,
+        # so that it works at any number of index dimensions, as contraction.linear's does)
+        return rows.reshape_as(torch.broadcast_tensors(input.unsqueeze(-1), rows.new_empty(dim))[0])
     return rows.reshape(*input.shape, dim)
 
 

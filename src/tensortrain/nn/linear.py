@@ -443,7 +443,9 @@ class TTLinear(TTModule):
             limit = max(0, limit - x.numel() * x.element_size())
         y = F.linear_cores(x, cores, None, cache, self._strategy, limit)
         if self._out_pad:
-            y = y[..., : self.out_features]
+            # (narrow on dim -1, not y[..., :k]: a jit trace records the slice's dim as a number, fixing the trace
+            # to this input's number of dimensions)
+            y = y.narrow(-1, 0, self.out_features)
         if bias is not None:
             contraction.check_bias("TTLinear", bias, self.out_features, cores[0])
             # under autocast y is in the lower precision, as nn.Linear's output is: add the bias in that dtype
