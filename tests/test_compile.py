@@ -332,6 +332,15 @@ def test_jit_trace_works_at_any_number_of_dimensions(strategy):
             for shape in ((i,), (1, i), (5, i), (1, 1, i), (0, i), (2, 1, 4, i)):
                 x = torch.randn(shape, dtype=torch.float64)
                 assert_close(traced(x), layer(x))
+    # a layer built under inference_mode: its cores were cloned only in grad mode, so torch's check of the trace
+    # (tracing again under no_grad) found the graphs differed (from a review)
+    with torch.inference_mode():
+        frozen = tt.nn.TTLinear(24, 10, tt_rank=3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(frozen, (torch.randn(4, 24, dtype=torch.float64),))
+    x = torch.randn(2, 3, 24, dtype=torch.float64)
+    assert_close(traced(x), frozen(x))
     emb = tt.nn.TTEmbedding(97, 12, tt_rank=3, padding_idx=3, dtype=torch.float64)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

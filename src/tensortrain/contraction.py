@@ -209,6 +209,10 @@ def apply_unchecked(
     # which gradients backward computes (a first layer's input needs none, a frozen layer's cores none)
     need = (x.requires_grad, any(c.requires_grad for c in cores)) if grad_recorded() else (False, False)
     grad = need[0] or need[1]
+    if tracing:  # (dynamo traces this wrapper, not torch._C._is_tracing)
+        # one graph whatever the grad mode (a differentiable one): torch.jit.trace checks its trace by tracing
+        # again under no_grad, and the grad mode picks the plan (and the clones of inference cores below)
+        grad, need = True, (True, True)
     if (
         grad
         and not torch.compiler.is_compiling()  # (dynamo refuses the inference-tensor query)
@@ -229,10 +233,6 @@ def apply_unchecked(
             # training keeps in place of x
             copies += x2d.numel() * x2d.element_size()
         max_saved = max(0, max_saved - copies)
-    if tracing:  # (dynamo traces this wrapper, not torch._C._is_tracing)
-        # one graph whatever the grad mode (a differentiable one): torch.jit.trace checks its trace by tracing
-        # again under no_grad, and the grad mode picks the plan
-        grad, need = True, (True, True)
     plain = not grad and not transforms_active()  # inference outside tracing and torch.func: caches, in place
     cached = cache is not None and plain
     prog = choose_program(cores, x2d.shape[0], grad, strategy, cached, max_saved, need)
