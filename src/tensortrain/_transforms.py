@@ -46,6 +46,14 @@ def tangents_possible() -> bool:
     return bool(_functorch_active()) or getattr(_fwad, "_current_level", -1) >= 0
 
 
+def traced_unflatten(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``rows`` ``(K, m)`` reshaped to ``(*like.shape[:-1], m)``, for ``like`` whose last dim is 1, through the shape
+    of a broadcast view read when a ``torch.jit.trace`` runs. A trace records shapes read in Python as constants:
+    ``rows.reshape(*lead, m)`` would fix it to the example's number of dimensions (a trace of an ``(in,)``
+    example gave ``(out,)`` for a ``(1, in)`` input), where a traced ``nn.Linear`` takes any."""
+    return rows.reshape_as(torch.broadcast_tensors(like, rows.new_empty(rows.shape[-1]))[0])
+
+
 def capturing(t: torch.Tensor) -> bool:
     """True while a CUDA graph is being captured and ``t`` is a CUDA tensor: as under a transform, no value may be
     read on the host (a sync ends the capture with an error) and nothing computed may be kept between calls (it

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from . import contraction_cost as _cost
-from ._transforms import AUTOCAST_DTYPES, autocasting, grad_recorded, transforms_active
+from ._transforms import AUTOCAST_DTYPES, autocasting, grad_recorded, traced_unflatten, transforms_active
 from .contraction_plan import (
     STRATEGIES,
     ContractionPlan,
@@ -204,7 +204,7 @@ def apply_unchecked(
     """
     lead = x.shape[:-1]
     tracing = torch.jit.is_tracing()
-    # (a reshape dispatch is ~2 us of a batch-1 call; a jit trace records one always, see the return)
+    # (a reshape dispatch is ~2 us of a batch-1 call; a jit trace records one always: see traced_unflatten)
     x2d = x if x.dim() == 2 and not tracing else x.reshape(-1, n)
     # which gradients backward computes (a first layer's input needs none, a frozen layer's cores none)
     need = (x.requires_grad, any(c.requires_grad for c in cores)) if grad_recorded() else (False, False)
@@ -238,10 +238,7 @@ def apply_unchecked(
     prog = choose_program(cores, x2d.shape[0], grad, strategy, cached, max_saved, need)
     y = run(prog, x2d, cores, bias, grad, cache if cached else None, plain and not torch.is_grad_enabled())
     if tracing:
-        # A jit trace records shapes read here as constants: reshaped to *lead it would be fixed to this input's
-        # number of dimensions (a (1, in) input gave (out,) from a trace of an (in,) example). The shape of a
-        # broadcast view of x is read when the trace runs, at any number of dimensions, as nn.Linear's trace does.
-        return y.reshape_as(torch.broadcast_tensors(x.narrow(-1, 0, 1), y.new_empty(y.shape[-1]))[0])
+        return traced_unflatten(y, x.narrow(-1, 0, 1))
     return y if len(lead) == 1 else y.reshape(*lead, y.shape[-1])
 
 

@@ -15,7 +15,14 @@ import torch
 
 from .. import contraction, workspace
 from .. import contraction_cost as _cost
-from .._transforms import full_precision, grad_recorded, legacy_batched, transforms_active, valueless
+from .._transforms import (
+    full_precision,
+    grad_recorded,
+    legacy_batched,
+    traced_unflatten,
+    transforms_active,
+    valueless,
+)
 from ..contraction_cache import cached
 from ..contraction_exec import halves
 from ..contraction_plan import Strategy, dims_of
@@ -287,10 +294,8 @@ def _embedding(
     if pad is not None:
         # zero output for padding positions; a mask, not a product (an inf row times 0 would be NaN)
         rows = rows.masked_fill(pad.unsqueeze(-1), 0)
-    if torch.jit.is_tracing():
-        # (a jit trace records input.shape as constants: read from a broadcast view when the trace runs instead,
-        # so that it works at any number of index dimensions, as contraction.linear's does)
-        return rows.reshape_as(torch.broadcast_tensors(input.unsqueeze(-1), rows.new_empty(dim))[0])
+    if torch.jit.is_tracing():  # (at any number of index dimensions)
+        return traced_unflatten(rows, input.unsqueeze(-1))
     return rows.reshape(*input.shape, dim)
 
 
