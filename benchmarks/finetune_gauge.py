@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import tensortrain as tt
-from tensortrain.demo import IN_DIMS, OUT_DIMS, dense_net
+from tensortrain.cli import _seed_list
+from tensortrain.demo import IN_DIMS, OUT_DIMS, accuracy, dense_net
 from tensortrain.nn import TTLinear
 
 VARIANTS = ("svd", "norm", "rms")
@@ -58,18 +59,8 @@ def regauged(cores: list[torch.Tensor], variant: str) -> list[torch.Tensor]:
     return [c * math.exp(s + h - lg) for c, h, lg in zip(cores, halves, logs, strict=True)]
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        right = sum(
-            int((model(a).argmax(1) == b).sum()) for a, b in zip(x.split(1000), y.split(1000), strict=True)
-        )
-    model.train()
-    return right / len(y)
-
-
 def _percent(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return round(100 * _accuracy(model, x, y), 2)
+    return round(100 * accuracy(model, x, y), 2)
 
 
 def _train(model: nn.Module, x, y, epochs: int, lr: float, seed: int, optimizer: str) -> None:
@@ -137,20 +128,6 @@ def summarize(runs: list[dict], variants: list[str]) -> dict:
     return out
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        if "-" in text:
-            lo, hi = (int(p) for p in text.split("-"))
-            seeds = list(range(lo, hi + 1))
-        else:
-            seeds = [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must look like 0-15 or 0,3,7, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be a non-empty list of ints >= 0, got {text!r}")
-    return seeds
-
-
 def _variants(text: str) -> list[str]:
     names = text.split(",")
     bad = [n for n in names if n not in VARIANTS]
@@ -165,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="MNIST folder (default: load_mnist's search)")
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--seeds", type=_seeds, default=[0])
+    p.add_argument("--seeds", type=_seed_list, default=[0], help="e.g. 0-15 or 0,3,7")
     p.add_argument("--variants", type=_variants, default=list(VARIANTS))
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning rate (default: 1e-3 Adam, 1e-2 SGD)")

@@ -437,8 +437,8 @@ def test_finetune_gauge_committed_results_summarize_their_runs():
     [
         (["--variants", "svd,svd"], "variants must be distinct names"),
         (["--variants", "svd,orth"], "variants must be distinct names"),
-        (["--seeds", "3-x"], "seeds must look like"),
-        (["--seeds", "5-2"], "seeds must be a non-empty list"),
+        (["--seeds", "3-x"], "expected an integer, got 'x'"),
+        (["--seeds", "5-2"], "range '5-2' ends below its start"),
         (["--rank", "0"], "--rank must be >= 1"),
     ],
 )
