@@ -82,11 +82,7 @@ def run_seed(data, seed: int, args) -> dict:
     x_tr, y_tr, x_val, y_val, x_te, y_te = data
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    dense = dense_net()
-    for m in dense:
-        if isinstance(m, nn.Linear):  # Keras' Dense init, as the demo's
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
+    dense = dense_net()  # (Keras' Dense init, as the demo's)
     _train(dense, x_tr, y_tr, args.epochs_dense, 1e-3, seed * 1000 + 98, "adam")
     row: dict = {"seed": seed, "b_val": _percent(dense, x_val, y_val)}
     first = dense[1]
