@@ -93,8 +93,13 @@ def _weights(coef: Any, bsz: int, like: TensorTrainBase) -> torch.Tensor | None:
     return c
 
 
+def _elements(grouped: list[torch.Tensor], which: slice) -> TensorTrainBatch:
+    """The elements ``which`` of every sum, from cores grouped as ``(N, group, ...)``, as one batch (sum-major)."""
+    return TensorTrainBatch([g[:, which].reshape(-1, *g.shape[2:]) for g in grouped])
+
+
 def reduce_sum_batch(tt_batch: TensorTrainBatch, max_tt_rank: MaxRank, coef: Any = None) -> Any:
-    """Approximate (weighted) sum of the elements of a batch, by pairwise rounded additions.
+    """Approximate (weighted) sum of the elements of a batch, by pairwise rounded additions in t3f's order.
 
     Args:
         tt_batch: a TensorTrainBatch of ``B`` elements.
@@ -121,7 +126,7 @@ def reduce_sum_batch(tt_batch: TensorTrainBatch, max_tt_rank: MaxRank, coef: Any
     """
     if not isinstance(tt_batch, TensorTrainBatch):
         raise TypeError(f"reduce_sum_batch: expected a TensorTrainBatch, got {type(tt_batch).__name__}")
-    decompositions.check_caps(tt_batch, max_tt_rank, "reduce_sum_batch")  # (errors named after it)
+    caps = decompositions.check_caps(tt_batch, max_tt_rank, "reduce_sum_batch")  # (errors named after it)
     bsz = tt_batch.batch_size
     c = _weights(coef, bsz, tt_batch)
     n_sums = 1 if c is None else c.shape[1]
@@ -130,26 +135,36 @@ def reduce_sum_batch(tt_batch: TensorTrainBatch, max_tt_rank: MaxRank, coef: Any
     if c is not None:
         scale = c.T.reshape(-1, *([1] * (cores[0].dim() - 1)))
         cores[0] = cores[0] * scale
-    group = bsz
-    # An odd group's last element waits unrounded and joins the total at the end: padding the group with a zero
-    # element instead would round exact sums whose unfoldings are rank deficient (NaN gradients through QR/SVD).
-    leftovers: list[TensorTrainBatch] = []
-    while group > 1:
+    # t3f's tree: each level adds neighbours (0 + 1, 2 + 3, ...) and rounds every sum, in one batched rounding.
+    # The last element of an odd level (t3f adds a zero element to it and rounds) is kept apart as ``tail``,
+    # still the level's last element: its ranks may differ from the pairs' sums, and rounding an exact sum
+    # with a zero term would divide by zero in the QR/SVD backward (NaN gradients). Rounding it alone gives
+    # t3f's value; it is only needed when a rank exceeds the cap.
+    group = bsz  # elements per sum in the batched cores; plus ``tail`` when it is not None
+    tail: TensorTrainBatch | None = None
+    while group + (tail is not None) > 1:
         grouped = [core.reshape(n_sums, group, *core.shape[1:]) for core in cores]
-        if group % 2:
-            leftovers.append(TensorTrainBatch([g[:, -1] for g in grouped]))
-            grouped = [g[:, :-1] for g in grouped]
-            group -= 1
-        half = group // 2
-        first = TensorTrainBatch([g[:, :half].reshape(-1, *g.shape[2:]) for g in grouped])
-        second = TensorTrainBatch([g[:, half:].reshape(-1, *g.shape[2:]) for g in grouped])
-        cores = list(decompositions.round(ops.add(first, second), max_tt_rank=max_tt_rank).tt_cores)
-        group = half
-    total = TensorTrainBatch(cores)
-    if bsz == 1:  # nothing was added: still honour the cap
-        total = decompositions.round(total, max_tt_rank=max_tt_rank)
-    for extra in leftovers:
-        total = decompositions.round(ops.add(total, extra), max_tt_rank=max_tt_rank)
+        pairs = group // 2
+        if group % 2:  # the batch's last element is paired with the tail, or with t3f's zero element
+            last = _elements(grouped, slice(group - 1, group))
+            if tail is not None:
+                tail = decompositions.round(ops.add(last, tail), max_tt_rank=max_tt_rank)
+            elif any(r > cap for r, cap in zip(last.tt_ranks, caps, strict=True)):
+                tail = decompositions.round(last, max_tt_rank=max_tt_rank)
+            else:
+                tail = last
+        if pairs:
+            first = _elements(grouped, slice(0, 2 * pairs, 2))
+            second = _elements(grouped, slice(1, 2 * pairs, 2))
+            cores = list(decompositions.round(ops.add(first, second), max_tt_rank=max_tt_rank).tt_cores)
+        group = pairs
+    if group:
+        total = TensorTrainBatch(cores)
+        if bsz == 1:  # nothing was added: still honour the cap
+            total = decompositions.round(total, max_tt_rank=max_tt_rank)
+    else:
+        assert tail is not None
+        total = tail
     cores = list(total.tt_cores)
     if c is None or (coef is not None and as_scales(coef, fn="reduce_sum_batch", name="coef").dim() == 1):
         return TensorTrain([core[0] for core in cores])
