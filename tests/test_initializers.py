@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import tensortrain as tt
@@ -151,6 +151,33 @@ def test_ranks_are_clipped_to_max_useful_ranks(shape, rank, batch):
 def test_ranks_clipped_for_matrices_use_mode_products():
     x = tt.random_matrix([[2, 2, 2], [1, 3, 1]], tt_rank=100)
     assert x.tt_ranks == tt.max_tt_ranks((2, 6, 2)) == (1, 2, 2, 1)
+
+
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    ranks=st.lists(st.integers(1, 9), min_size=3, max_size=3),
+    seed=st.integers(0, 2**31 - 1),
+)
+@example(shape=[4, 2, 4, 4], ranks=[1, 8, 8], seed=0)  # bond 2: 1 * 2 rows, its unfolding's rank 8
+@example(shape=[2, 2, 4], ranks=[1, 8, 1], seed=0)
+def test_uneven_ranks_are_the_ranks_tt_svd_gives(shape, ranks, seed):
+    """Ranks were clipped bond by bond only: (1, 1, 8, 1) on modes (4, 4, 16) kept 8 where core 1 has 1 * 4 rows,
+    so TT-SVD's cores with the same caps (1, 1, 4, 1) did not fit, and 4 rank slices were redundant. Every
+    builder of cores now gives TT-SVD's ranks of a generic tensor."""
+    caps = [1, *ranks[: len(shape) - 1], 1]
+    dense_x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    want = tt.to_tt_tensor(dense_x, max_tt_rank=caps).tt_ranks
+    assert tt.svd_tt_ranks(caps, shape) == want
+    assert tt.random_tensor(shape, caps).tt_ranks == want
+    assert tt.random_tensor_batch(shape, caps, 2).tt_ranks == want
+    assert tt.tensor_with_random_cores(shape, tt_rank=caps).tt_ranks == want
+    rows = [max(1, n // 2) for n in shape]  # a matrix with the same mode products (n = 1..4 all split)
+    cols = [n // r for n, r in zip(shape, rows, strict=True)]
+    assert tt.glorot_initializer([rows, cols], caps).tt_ranks == want
+    layer = tt.nn.TTLinear(math.prod(cols), math.prod(rows), tt_rank=caps, in_dims=cols, out_dims=rows)
+    assert layer.tt_ranks == want
+    emb = tt.nn.TTEmbedding(math.prod(rows), math.prod(cols), tt_rank=caps, voc_dims=rows, emb_dims=cols)
+    assert emb.tt_ranks == want
 
 
 def test_seeded_draws_repeat_and_differ():

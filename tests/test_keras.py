@@ -246,6 +246,23 @@ def test_ranks_clip_like_to_tt_matrix(gen):
 
 
 @pytest.mark.parametrize(
+    ("dims", "ranks"),
+    [(([2, 2, 4], [2, 2, 4]), (1, 1, 8, 1)), (([7, 4, 7, 4], [5, 5, 5, 5]), (1, 2, 50, 16, 1))],
+)
+def test_uneven_ranks_fit_to_tt_matrix_cores(dims, ranks, gen):
+    """The layer clipped each rank on its own: (1, 1, 8, 1) where TT-SVD gives (1, 1, 4, 1) (core 1 has 4 rows),
+    and the tutorial's set_weights of to_tt_matrix's cores failed on the shapes."""
+    rows, cols = dims
+    layer = KerasDense(rows, cols, tt_rank=ranks)
+    layer.build((None, math.prod(rows)))
+    W = torch.randn(math.prod(rows), math.prod(cols), generator=gen)
+    Wtt = tt.to_tt_matrix(W, shape=[rows, cols], max_tt_rank=ranks)
+    assert layer.tt_ranks == Wtt.tt_ranks
+    layer.set_weights([*Wtt.tt_cores, np.zeros(math.prod(cols), "float32")])
+    assert_close(tt.full(layer.matrix), tt.full(Wtt))
+
+
+@pytest.mark.parametrize(
     ("scheme", "variance"),
     [("glorot", lambda m, n: 2 / (m + n)), ("he", lambda m, n: 2 / m), ("lecun", lambda m, n: 1 / m)],
 )

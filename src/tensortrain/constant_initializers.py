@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import ShapeError
-from .shapes import as_int, max_tt_ranks, normalize_tt_rank, plain_scalar
+from .shapes import as_int, plain_scalar, svd_tt_ranks
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["eye", "matrix_ones", "matrix_zeros", "ones_like", "tensor_ones", "tensor_zeros", "zeros_like"]
@@ -81,9 +81,8 @@ def _matrix_dims(shape: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...
 
 
 def _ranks(tt_rank: Rank, modes: Sequence[int]) -> tuple[int, ...]:
-    """Full ``d + 1`` ranks, clipped to the maximal useful ranks of ``modes``."""
-    ranks = normalize_tt_rank(tt_rank, len(modes))
-    return tuple(min(r, m) for r, m in zip(ranks, max_tt_ranks(modes), strict=True))
+    """Full ``d + 1`` ranks, clipped to those TT-SVD gives with these caps (:func:`~tensortrain.svd_tt_ranks`)."""
+    return svd_tt_ranks(tt_rank, modes)
 
 
 def _dtype(dtype: torch.dtype | None) -> torch.dtype:

@@ -15,8 +15,9 @@ dtype)``, ``glorot_initializer(shape, tt_rank, dtype)``), so t3f calls port unch
 The constant objects (ones, zeros, eye) live in :mod:`tensortrain.constant_initializers`, t3f's i.i.d.-core
 family (``tensor_with_random_cores``, ...) in :mod:`tensortrain.random_cores`; both are re-exported here.
 
-Ranks are clipped to the maximal useful ranks (:func:`tensortrain.shapes.max_tt_ranks`): a rank above the rank
-of an unfolding only wastes parameters (t3f does not clip; that is its issue #218). The clipped ranks are the
+Ranks are clipped to the maximal useful ranks, as TT-SVD clips them (:func:`tensortrain.svd_tt_ranks`: the
+rank of an unfolding, and the rank before times the mode size): a rank above them only wastes parameters (t3f does
+not clip; that is its issue #218). The clipped ranks are the
 ones used in the variance formula, so the variance promise holds either way. A nonzero ``mean`` then adds the
 all-ones TT (t3f's ``tt + mean * ones``): every inner rank grows by 1, past the clipped ones.
 """
@@ -161,7 +162,7 @@ def random_tensor(
     Args:
         shape: mode sizes ``(n_1, ..., n_d)``, positive ints.
         tt_rank: an int, ``d - 1`` inner ranks or the full ``d + 1`` ranks; clipped to the maximal useful
-            ranks (:func:`tensortrain.shapes.max_tt_ranks`).
+            ranks, as TT-SVD clips them (:func:`tensortrain.svd_tt_ranks`).
         mean: mean of the full tensor's entries.
         stddev: standard deviation of the full tensor's entries (>= 0).
         dtype: floating point dtype, default ``torch.get_default_dtype()``. The last positional parameter,

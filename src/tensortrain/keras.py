@@ -51,7 +51,7 @@ import torch
 
 from . import initializers, ops
 from .errors import ShapeError
-from .shapes import as_int, max_tt_ranks, normalize_tt_rank, plain_scalar
+from .shapes import as_int, normalize_tt_rank, plain_scalar, svd_tt_ranks
 from .tensor_train import TensorTrain
 
 __all__ = ["KerasDense"]
@@ -127,7 +127,8 @@ class KerasDense(keras.layers.Layer):
     ``core_{d-1}``, created before the bias, so ``get_weights()`` returns ``[core_0, ..., core_{d-1}, bias]``
     and ``set_weights(list(tt.to_tt_matrix(W, shape=[input_dims, output_dims], max_tt_rank=r).tt_cores)
     + [bias])`` loads a compressed dense kernel (t3f's tutorial). Ranks above the largest useful rank of a
-    bond are clipped to it (as ``to_tt_matrix`` clips), so both sides agree on the core shapes.
+    bond are clipped to it as ``to_tt_matrix`` clips (:func:`tensortrain.svd_tt_ranks`), so both sides
+    agree on the core shapes.
 
     Args:
         input_dims: the row modes ``(m_1, ..., m_d)``; the input's last axis has ``prod(input_dims)``
@@ -204,8 +205,9 @@ class KerasDense(keras.layers.Layer):
                 f"expected one of {sorted(_KERNEL_INITIALIZERS)}"
             )
         self.tt_rank = normalize_tt_rank(tt_rank, d)
-        useful = max_tt_ranks([m * n for m, n in zip(self.input_dims, self.output_dims, strict=True)])
-        self.tt_ranks = tuple(min(r, u) for r, u in zip(self.tt_rank, useful, strict=True))
+        self.tt_ranks = svd_tt_ranks(
+            self.tt_rank, [m * n for m, n in zip(self.input_dims, self.output_dims, strict=True)]
+        )
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = kernel_initializer

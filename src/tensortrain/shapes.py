@@ -17,7 +17,7 @@ import torch
 
 from .errors import ShapeError
 
-__all__ = ["auto_shape", "max_tt_ranks", "normalize_tt_rank", "padded_shape", "prime_factors"]
+__all__ = ["auto_shape", "max_tt_ranks", "normalize_tt_rank", "padded_shape", "prime_factors", "svd_tt_ranks"]
 
 
 def as_int(value: Any) -> int | None:
@@ -434,3 +434,32 @@ def normalize_tt_rank(tt_rank: int | Sequence[int], d: int, *, name: str = "tt_r
     if any(r < 1 for r in ranks):
         raise ShapeError(f"{name} values must be >= 1, got {tuple(ranks)}")
     return tuple(ranks)
+
+
+def svd_tt_ranks(
+    tt_rank: int | Sequence[int], raw_shape: Sequence[int], *, name: str = "tt_rank"
+) -> tuple[int, ...]:
+    """The ranks TT-SVD (``to_tt_tensor``/``to_tt_matrix``) gives a generic tensor of mode sizes ``raw_shape``
+    under the caps ``tt_rank``: ``r_k = min(cap_k, r_{k-1} n_k, n_{k+1} ... n_d)``.
+
+    Each rank is bounded by its unfolding's (:func:`max_tt_ranks`) and by the rank before it times its mode
+    size: with uneven caps, ``(1, 1, 8, 1)`` on modes ``(4, 4, 16)`` gives ``(1, 1, 4, 1)``, since core 1 has
+    only ``1 * 4`` rows. Layers and initializers build their cores with these ranks, so cores TT-SVD computes
+    with the same caps fit them, and no rank slice is redundant from the start (t3f issue #218).
+
+    Complexity: O(d).
+
+    Raises:
+        ValueError, TypeError: as :func:`normalize_tt_rank` and :func:`max_tt_ranks` for bad ranks or modes.
+
+    Example:
+        >>> import tensortrain as tt
+        >>> tt.svd_tt_ranks((1, 1, 8, 1), (4, 4, 16))
+        (1, 1, 4, 1)
+    """
+    caps = normalize_tt_rank(tt_rank, len(raw_shape), name=name)
+    bound = max_tt_ranks(raw_shape)
+    ranks = [1]
+    for k in range(1, len(raw_shape)):
+        ranks.append(min(caps[k], bound[k], ranks[-1] * int(raw_shape[k - 1])))
+    return (*ranks, 1)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
-from ..shapes import auto_shape, max_tt_ranks, normalize_tt_rank, padded_shape
+from ..shapes import auto_shape, max_tt_ranks, padded_shape, svd_tt_ranks
 from ..tensor_train import CORE_DTYPES, TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_, check_factory_dtype
@@ -74,7 +74,8 @@ class TTEmbedding(TTModule):
     Args:
         num_embeddings: the vocabulary size ``V``.
         embedding_dim: the size ``D`` of each embedding vector.
-        tt_rank: an int for every inner bond or the full ``d + 1`` tuple; clipped to the largest useful ranks.
+        tt_rank: an int for every inner bond or the full ``d + 1`` tuple; clipped to the largest useful ranks,
+            as TT-SVD clips them (:func:`tensortrain.svd_tt_ranks`).
         voc_dims: row modes, multiplying to at least ``V`` (default: balanced, padded when needed).
         emb_dims: column modes, multiplying to ``D`` (default: factored automatically).
         padding_idx: an index whose output is always zero (negative values count from the end).
@@ -130,9 +131,7 @@ class TTEmbedding(TTModule):
         self.init = init
         self.padding_idx = F.padding_index("TTEmbedding", padding_idx, self.num_embeddings)
         d = len(self.voc_dims)
-        ranks = normalize_tt_rank(tt_rank, d)
-        cap = max_tt_ranks([m * n for m, n in zip(self.voc_dims, self.emb_dims, strict=True)])
-        ranks = tuple(min(r, c) for r, c in zip(ranks, cap, strict=True))
+        ranks = svd_tt_ranks(tt_rank, [m * n for m, n in zip(self.voc_dims, self.emb_dims, strict=True)])
         self.cores = nn.ParameterList(
             nn.Parameter(
                 torch.empty(ranks[k], self.voc_dims[k], self.emb_dims[k], ranks[k + 1], **factory_kwargs)

@@ -26,9 +26,9 @@ from ..shapes import (
     auto_shape,
     is_finite,
     max_tt_ranks,
-    normalize_tt_rank,
     padded_shape,
     prime_factors,
+    svd_tt_ranks,
     unordered,
 )
 from ..tensor_train import CORE_DTYPES, TensorTrain
@@ -211,8 +211,8 @@ class TTLinear(TTModule):
         in_features: size of each input sample.
         out_features: size of each output sample.
         tt_rank: an int for every inner bond, or the full ``d + 1`` tuple ``(1, r_1, ..., r_{d-1}, 1)``.
-            Ranks above the largest useful ones (:func:`tensortrain.shapes.max_tt_ranks` of ``m_k n_k``)
-            are clipped to them: they would only add redundant parameters.
+            Ranks above the largest useful ones are clipped to them, as TT-SVD clips them
+            (:func:`tensortrain.svd_tt_ranks` of ``m_k n_k``): they would only add redundant parameters.
         in_dims: the input modes ``n_k`` (multiply to ``in_features``); factored automatically if None.
         out_dims: the output modes ``m_k`` (multiply to ``out_features``); factored automatically if None.
         bias: whether to learn an additive bias.
@@ -313,9 +313,7 @@ class TTLinear(TTModule):
             raise ValueError(f"TTLinear: bias_init must be finite, got {bias_init!r}")
         self.bias_init = bias_init
         d = len(self.in_dims)
-        ranks = normalize_tt_rank(tt_rank, d)
-        cap = max_tt_ranks([m * n for m, n in zip(self.out_dims, self.in_dims, strict=True)])
-        ranks = tuple(min(r, c) for r, c in zip(ranks, cap, strict=True))
+        ranks = svd_tt_ranks(tt_rank, [m * n for m, n in zip(self.out_dims, self.in_dims, strict=True)])
         self.cores = nn.ParameterList(
             nn.Parameter(
                 torch.empty(ranks[k], self.out_dims[k], self.in_dims[k], ranks[k + 1], **factory_kwargs)
