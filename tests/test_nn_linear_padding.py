@@ -195,6 +195,48 @@ def test_from_tt_with_sizes_and_state_round_trips(gen):
     assert "in_features=11, out_features=13, in_dims=(3, 4), out_dims=(4, 4)" in repr(layer)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_state_of_other_sizes_with_the_same_dims_is_refused(bias, tmp_path):
+    """A padded layer has the cores of an unpadded one with the same dims: TTLinear(12, 6) loaded the state of
+    TTLinear(10, 6) padded to 12 inputs silently (and used weight columns 10-11 it was never trained for), as
+    TTEmbedding(18, 4) and TTEmbedding(20, 4) loaded each other's. The sizes travel in the state dict's metadata."""
+    torch.manual_seed(0)
+    pairs = [
+        (
+            tt.nn.TTLinear(10, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), bias=bias, pad=True),
+            "in_features=10",
+        ),
+        (
+            tt.nn.TTLinear(12, 5, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), bias=False, pad=True),
+            "out_features=5",
+        ),
+        (tt.nn.TTEmbedding(18, 4, tt_rank=2, voc_dims=(4, 5), emb_dims=(2, 2)), "num_embeddings=18"),
+    ]
+    for small, named in pairs:
+        big = (
+            tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), bias=small.bias is not None)
+            if isinstance(small, tt.nn.TTLinear)
+            else tt.nn.TTEmbedding(20, 4, tt_rank=2, voc_dims=(4, 5), emb_dims=(2, 2))
+        )
+        torch.save(nn.Sequential(small).state_dict(), tmp_path / "small.pt")
+        for src, dst in ((small, big), (big, small)):
+            before = [p.detach().clone() for p in dst.parameters()]
+            with pytest.raises(RuntimeError, match=r"checkpoint is of a TT\w+\(.*\), this layer is a TT"):
+                dst.load_state_dict(src.state_dict())
+            assert all(
+                torch.equal(a, b) for a, b in zip(before, dst.parameters(), strict=True)
+            )  # nothing loaded
+        with pytest.raises(RuntimeError, match=rf"\t0: the checkpoint is of a TT\w+\(.*{named}"):
+            nn.Sequential(big).load_state_dict(
+                torch.load(tmp_path / "small.pt")
+            )  # metadata kept by torch.save
+        again = copy.deepcopy(small)
+        again.load_state_dict(small.state_dict())  # same sizes: loads
+        plain = dict(small.state_dict())  # no metadata (a safetensors file, say): unchecked, as before
+        big.load_state_dict(plain)
+        assert all(torch.equal(a, b) for a, b in zip(small.cores, big.cores, strict=True))
+
+
 def test_compress_pads_a_vocabulary_sized_head_and_reports_it():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(40, 1021), nn.ReLU(), nn.Linear(1021, 40))

@@ -159,6 +159,10 @@ class _PreHooks(OrderedDict):
         return super().values()
 
 
+# the key of a TT layer's sizes in its state dict's metadata (TTModule._sizes)
+SIZES_KEY = "tensortrain_sizes"
+
+
 class TTModule(nn.Module):
     """Base of :class:`TTLinear` and :class:`TTEmbedding`: a module whose TT-matrix lives in ``self.cores``.
 
@@ -288,14 +292,42 @@ class TTModule(nn.Module):
         finally:
             _LOADING.hooks = outer
 
+    def _sizes(self) -> dict[str, int]:
+        """The layer's sizes by constructor argument name (``in_features``/``out_features``, or
+        ``num_embeddings``/``embedding_dim``): what its cores do not tell when its dims are padded."""
+        raise NotImplementedError
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # The sizes go in the state dict's metadata, where nn.Module keeps its version: a padded layer has the
+        # cores of an unpadded one with the same dims (TTLinear(10, 6) padded to 12 inputs, TTLinear(12, 6)), so
+        # only they tell such checkpoints apart. Not a tensor: formats that keep tensors only (safetensors,
+        # torch.distributed.checkpoint) and older checkpoints load as before, unchecked.
+        meta = getattr(destination, "_metadata", None)
+        if isinstance(meta, dict) and isinstance(meta.get(prefix[:-1]), dict):
+            meta[prefix[:-1]][SIZES_KEY] = self._sizes()
+
     def _load_own_state(self, args: tuple) -> None:
-        """The load itself, with ``_load_from_state_dict``'s arguments: the complex check, the resize, then
-        ``nn.Module``'s loader."""
-        state_dict, prefix, error_msgs = args[0], args[1], args[-1]
+        """The load itself, with ``_load_from_state_dict``'s arguments: the sizes and complex checks, the resize,
+        then ``nn.Module``'s loader."""
+        state_dict, prefix, local_metadata, error_msgs = args[0], args[1], args[2], args[-1]
+        ours = [k for k in state_dict if k == prefix + "bias" or k.startswith(prefix + "cores.")]
+        saved = local_metadata.get(SIZES_KEY) if isinstance(local_metadata, dict) else None
+        mine = self._sizes()
+        if isinstance(saved, dict) and any(saved.get(k, v) != v for k, v in mine.items()):
+            shown = ", ".join(f"{k}={saved.get(k, '?')}" for k in mine)
+            error_msgs.append(
+                f"{prefix[:-1] + ': ' if prefix else ''}the checkpoint is of a {type(self).__name__}({shown}), this layer is a "
+                f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in mine.items())}); build the layer with "
+                "the checkpoint's sizes"
+            )
+            self._keep_current(
+                state_dict, prefix, ours, drop=False
+            )  # (other shapes: torch's size mismatch too)
+            return
         if not self.cores[0].is_complex():
             # torch would copy a complex value's real part in (with a warning at most once per process): for
             # TT cores that is not even the real part of the weight
-            ours = [k for k in state_dict if k == prefix + "bias" or k.startswith(prefix + "cores.")]
             bad = [k for k in ours if isinstance(state_dict[k], torch.Tensor) and state_dict[k].is_complex()]
             for key in bad:
                 error_msgs.append(
@@ -304,15 +336,19 @@ class TTModule(nn.Module):
                     f"{torch.complex64 if state_dict[key].dtype == torch.complex32 else state_dict[key].dtype}"
                 )
             if bad:
-                # load nothing of this layer: the cores' ParameterList loads its entries after this returns
-                # (from this dict, which torch copies for its loaders to edit), so give it the current values
-                current = dict(self.named_parameters())
-                for key in ours:
-                    now = current.get(key[len(prefix) :])
-                    if now is not None and now.shape == state_dict[key].shape:
-                        state_dict[key] = now.detach()
-                    else:
-                        del state_dict[key]
+                self._keep_current(state_dict, prefix, ours)
                 return
         resize_cores_to_state(self.cores, state_dict, prefix, error_msgs)
         super()._load_from_state_dict(*args)
+
+    def _keep_current(self, state_dict: Any, prefix: str, keys: list[str], drop: bool = True) -> None:
+        """Load nothing of this layer: the cores' ParameterList loads its entries after this layer's loader
+        returns (from ``state_dict``, which torch copies for its loaders to edit), so give it the current
+        values; entries of other shapes are dropped (``drop``) or left for torch to report."""
+        current = dict(self.named_parameters())
+        for key in keys:
+            now = current.get(key[len(prefix) :])
+            if now is not None and now.shape == state_dict[key].shape:
+                state_dict[key] = now.detach()
+            elif drop:
+                del state_dict[key]

@@ -145,6 +145,10 @@ class TTEmbedding(TTModule):
         v, dim = self.num_embeddings, self.embedding_dim
         tt_normal_(list(self.cores), 1.0 if self.init == "normal" else 2.0 / (v + dim))
 
+    def _sizes(self) -> dict[str, int]:
+        """``{"num_embeddings": ..., "embedding_dim": ...}`` (see :meth:`TTModule._sizes`)."""
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+
     @property
     def weight(self) -> TensorTrain:
         """The table as a TT-matrix of shape ``V' x D`` (``V' >= V`` rows; a view of :attr:`cores`, as the

@@ -371,6 +371,10 @@ class TTLinear(TTModule):
         layer's is ``prod(out_dims) x prod(in_dims)``, whose top-left ``out x in`` block is the weight."""
         return TensorTrain(self._current_cores())
 
+    def _sizes(self) -> dict[str, int]:
+        """``{"in_features": ..., "out_features": ...}`` (see :meth:`TTModule._sizes`)."""
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
     @property
     def padded(self) -> bool:
         """Whether the dims multiply to more than the sizes (the input is zero-padded, the output cut)."""
