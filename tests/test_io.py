@@ -6,8 +6,11 @@ import json
 import os
 import pickle
 import re
+import shutil
 import stat
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -303,6 +306,40 @@ def test_unwritable_folder_names_the_target(tmp_path, gen, monkeypatch):
     assert str(path) in str(info.value) and ".tmp" not in str(info.value)
     _same(old, tt.load(path))
     assert os.listdir(tmp_path) == [path.name]
+
+
+@pytest.mark.skipif(
+    shutil.which("setpriv") is None or os.name != "posix", reason="needs setpriv (util-linux)"
+)
+def test_a_write_protected_file_is_refused_as_open_refuses_it(tmp_path):
+    """The rename over the file needs only the folder's permission: tt.save replaced a 0o444 checkpoint that
+    open() refuses to write. Run without the capability that lets root write anyway (as root, both write)."""
+    script = (
+        "import os, sys, tensortrain as tt\n"
+        "p = sys.argv[1]\n"
+        "tt.save(tt.random_tensor((2, 3), 2), p); os.chmod(p, 0o444); before = open(p, 'rb').read()\n"
+        "for name, write in (('open', lambda: open(p, 'ab').close()),\n"
+        "                    ('save', lambda: tt.save(tt.random_tensor((2, 3), 2), p))):\n"
+        "    try:\n"
+        "        write(); print(name, 'wrote')\n"
+        "    except PermissionError as e:\n"
+        "        print(name, 'refused', e.filename == p)\n"
+        "print('kept', open(p, 'rb').read() == before, sorted(os.listdir(os.path.dirname(p))))\n"
+    )
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+    cmd = [*drop, sys.executable, "-c", script]
+    out = subprocess.run([*cmd, str(tmp_path / "w.safetensors")], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:3] == [
+        "open refused True",
+        "save refused True",
+        "kept True ['w.safetensors']",
+    ]
+
+
+def test_a_file_in_place_of_the_folder_is_not_a_directory(tmp_path, gen):
+    (tmp_path / "f").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"tt.save: .*f is not a folder"):
+        tt.save(_tt(gen), tmp_path / "f" / "x.safetensors")
 
 
 # ------------------------------------------------------------------------------------------ bad files

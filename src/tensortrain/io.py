@@ -22,6 +22,7 @@ Symbols: ``d`` number of cores, ``n`` largest mode size, ``r`` largest TT-rank, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import numbers
 import os
@@ -119,6 +120,8 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
         raise IsADirectoryError(
             f"tt.save: {os.fspath(path)} is a folder; give a file name such as {target / 'tt.safetensors'}"
         )
+    if target.parent.exists() and not target.parent.is_dir():  # (as open() reports it)
+        raise NotADirectoryError(f"tt.save: {target.parent} is not a folder, so it cannot hold {target.name}")
     if not target.parent.is_dir():  # (else the error would name the temporary file, not the missing folder)
         raise FileNotFoundError(f"tt.save: the folder {target.parent} does not exist; create it first")
     atomic_write(target, data)
@@ -191,7 +194,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     (``.tt-<12 hex>.tmp``), not the target's name plus a suffix, which would exceed the file system's
     name limit (often 255 bytes) for long but legal target names. As a write into the file would, it
     follows a symbolic link (the link stays, its target gets the data) and keeps an existing file's mode
-    (a file restricted to its owner stays so). An existing target that is not a regular file (a device such
+    (a file restricted to its owner stays so), and refuses a write-protected file. An existing target that is not a regular file (a device such
     as ``/dev/null``, a FIFO) is written into directly: renaming a file over it would replace the device.
 
     Raises:
@@ -203,6 +206,10 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
         return
     path = Path(os.path.realpath(path))  # replacing a link would leave the file it points to stale
+    if path.exists() and not os.access(path, os.W_OK):
+        # a rename needs only the folder's write permission: it would replace a write-protected file, which
+        # open() refuses (a checkpoint made read-only to guard it)
+        raise PermissionError(errno.EACCES, "Permission denied: the file is write-protected", str(path))
     tmp = path.with_name(f".tt-{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
