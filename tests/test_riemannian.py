@@ -190,6 +190,18 @@ def test_deltas_to_tangent_space_refuses_mixed_deltas(gen):
         tt.riemannian.deltas_to_tangent_space([d.float() for d in deltas], where)
     with pytest.raises(tt.ShapeError, match="batched and unbatched deltas are mixed"):
         tt.riemannian.deltas_to_tangent_space([deltas[0], deltas[1].unsqueeze(0), deltas[2]], where)
+    # batches of other sizes reached torch.cat's size error; a generator, len()'s TypeError without the name
+    batched = tt.tangent_space_to_deltas(
+        tt.project(torch.randn(2, 2, 3, 2, dtype=torch.float64, generator=gen), where)
+    )
+    with pytest.raises(
+        tt.ShapeError, match=r"delta 1 has shape \(1, 2, 3, 2\), a batch of 1, but delta 0 a batch of 2"
+    ):
+        tt.riemannian.deltas_to_tangent_space([batched[0], batched[1][:1], batched[2]], where)
+    again = tt.riemannian.deltas_to_tangent_space((d for d in deltas), where)
+    assert_close(tt.full(again), tt.full(tt.project(where, where)))
+    with pytest.raises(TypeError, match="deltas_to_tangent_space: deltas must be a sequence of tensors"):
+        tt.riemannian.deltas_to_tangent_space(deltas[0], where)
 
 
 def test_messages_name_the_callers_arguments(gen):
@@ -198,6 +210,16 @@ def test_messages_name_the_callers_arguments(gen):
         tt.project_matmul(x, x, tt.random_matrix([[3, 4], [3, 4]], tt_rank=2))
     with pytest.raises(tt.ShapeError, match=r"dense `vector` has shape \(4, 3\) but `x` has shape \(3, 4\)"):
         tt.hessian_vector_product(tt.frobenius_norm_squared, x, torch.randn(4, 3, dtype=torch.float64))
+    # a dense matrix was printed entry by entry; the ranks of mismatched inputs were not shown
+    with pytest.raises(
+        TypeError, match=r"got a dense tensor of shape \(12, 12\) \(tt.to_tt_matrix makes one\)$"
+    ):
+        tt.project_matmul(x, x, torch.zeros(12, 12, dtype=torch.float64))
+    single, batch = tt.project(x, x), tt.project(random_tt((3, 4), (1, 1, 1), gen=gen, batch_size=2), x)
+    with pytest.raises(
+        tt.ShapeError, match=r"got ranks \(1, 4, 1\) \(\(3, 4\)\) and \(1, 4, 1\) \(\(3, 4\) \(batch of 2\)\)"
+    ):
+        tt.add_n_projected([single, batch])
 
 
 def test_deltas_to_tangent_space_validates(gen):

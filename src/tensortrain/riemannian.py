@@ -22,7 +22,7 @@ Symbols: ``d`` cores, ``n`` mode size (``m_k n_k`` for a TT-matrix), ``r`` rank 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -143,7 +143,15 @@ def project(what: TensorTrainBase | torch.Tensor, where: TensorTrain) -> TensorT
 def _matmul_flat(matrix: TensorTrain, what: TensorTrainBase, where: TensorTrain) -> Cores:
     """Batched flat cores of ``matrix @ what`` (kept as cores: the dense product is never formed)."""
     if not (isinstance(matrix, TensorTrain) and matrix.is_tt_matrix()):
-        raise TypeError(f"project_matmul: `matrix` must be a TT-matrix, got {matrix!r}")
+        if isinstance(matrix, torch.Tensor):  # (its repr would print every entry)
+            got = f"a dense tensor of shape {tuple(matrix.shape)} (tt.to_tt_matrix makes one)"
+        elif isinstance(matrix, TensorTrainBatch):
+            got = f"a TensorTrainBatch {describe(matrix)}"
+        elif isinstance(matrix, TensorTrain):
+            got = f"a TT-tensor of shape {describe(matrix)}"
+        else:
+            got = type(matrix).__name__
+        raise TypeError(f"project_matmul: `matrix` must be a TT-matrix (a TensorTrain), got {got}")
     rows, cols = matrix.raw_shape  # type: ignore[misc]
     what_rows = what.raw_shape[0] if what.is_tt_matrix() else what.raw_shape
     target = (rows, what.raw_shape[1]) if what.is_tt_matrix() else rows  # type: ignore[index]
@@ -311,6 +319,12 @@ def deltas_to_tangent_space(
         (1, 4, 1)
     """
     ts.check_where(tt, "deltas_to_tangent_space")
+    if isinstance(deltas, torch.Tensor) or not isinstance(deltas, Iterable):
+        raise TypeError(
+            f"deltas_to_tangent_space: deltas must be a sequence of tensors, one per core, got "
+            f"{type(deltas).__name__}"
+        )
+    deltas = list(deltas)  # (a generator, as add_n_projected takes one)
     for name, given in (("left", left), ("right", right)):
         # a frame of another TT (or kind, dtype, device) gave stack traces from the frame code or messages
         # that blamed `tt`
@@ -357,6 +371,11 @@ def deltas_to_tangent_space(
             raise ShapeError(
                 f"deltas_to_tangent_space: delta {k} is {dl.dtype} on {dl.device} but `tt` is {uk.dtype} on "
                 f"{uk.device}; cast one of them first"
+            )
+        if batch and dl.shape[0] != deltas[0].shape[0]:  # (torch.cat's size error otherwise)
+            raise ShapeError(
+                f"deltas_to_tangent_space: delta {k} has shape {tuple(dl.shape)}, a batch of {dl.shape[0]}, but "
+                f"delta 0 a batch of {deltas[0].shape[0]}"
             )
         dl = dl if batch else dl.unsqueeze(0)
         # the core's own modes, not only their product: (r, n, m, r') for an (r, m, n, r') TT-matrix core has
@@ -471,7 +490,10 @@ def add_n_projected(
     first = tt_objects[0]
     for x in tt_objects[1:]:
         if x.tt_cores[0].shape != first.tt_cores[0].shape or x.tt_ranks != first.tt_ranks:
-            raise ShapeError(f"{fname}: all inputs must have the same ranks and batch size")
+            raise ShapeError(
+                f"{fname}: all inputs must have the same ranks and batch size, got ranks {first.tt_ranks} "
+                f"({describe(first)}) and {x.tt_ranks} ({describe(x)})"
+            )
     batch = isinstance(first, TensorTrainBatch)
     n = len(tt_objects)
     work = compute_dtype(first.dtype)  # (half: weighted sums in float32)
