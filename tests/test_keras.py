@@ -401,6 +401,13 @@ def test_wrong_input_size_raises_shape_error():
         tt.ShapeError, match=r"input has 100 features.*input_dims \(7, 4, 7, 4\) multiply to 784"
     ):
         keras.Sequential([keras.Input((100,)), KerasDense(IN_DIMS, OUT_DIMS)])
+    # a built layer reused on a symbolic input of another width built a model with a (None, 625) output; the
+    # error came at the first real call. Keras checks the layer's input_spec, as for keras.layers.Dense
+    layer = KerasDense(IN_DIMS, OUT_DIMS)
+    keras.Sequential([keras.Input((784,)), layer])
+    with pytest.raises(ValueError, match=r"expected axis -1 of input shape to have value 784.*\(None, 100\)"):
+        layer(keras.Input((100,)))
+    assert tuple(layer(keras.Input((3, 784))).shape) == (None, 3, 625)
 
 
 def _run_module_source() -> None:

@@ -230,6 +230,9 @@ class KerasDense(keras.layers.Layer):
                 f"KerasDense: the input has {input_shape[-1]} features (shape {tuple(input_shape)}) but "
                 f"input_dims {self.input_dims} multiply to {self.in_features}"
             )
+        # Keras checks inputs against it when the layer is called, symbolic ones too, as for keras.layers.Dense:
+        # a built layer reused on inputs of another width is refused when a model is put together
+        self.input_spec = keras.InputSpec(min_ndim=1, axes={-1: self.in_features})
         # The cores are drawn jointly (the scheme fixes the variance of the full matrix, i.e. of the
         # product of the cores); each Keras weight then starts from its core of that draw.
         init = _KERNEL_INITIALIZERS[self.kernel_initializer](
