@@ -705,6 +705,26 @@ def test_an_existing_unwritable_out_fails_before_training(tmp_path, capsys):
     assert "MNIST:" not in captured.out and "epoch" not in captured.out
 
 
+def test_a_write_protected_output_file_fails_before_training(tmp_path, capsys, monkeypatch):
+    """tt's writes refuse a write-protected file as open() does: a re-run over a 0o444 results.json trained
+    every stage, failed at the end and had removed the earlier run's plot. (os.access as a process without
+    root's override would answer: chmod does not stop root.)"""
+    argv = _short_demo(tmp_path, 64, 32)
+    out = Path(argv[argv.index("--out") + 1])
+    out.mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    (out / "accuracy_vs_params.png").write_bytes(b"png")
+    real = os.access
+    monkeypatch.setattr(
+        "tensortrain.demo.os.access", lambda p, mode: real(p, mode) and Path(p).name != "results.json"
+    )
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "results.json there, but the file is write-protected" in captured.err
+    assert "epoch" not in captured.out
+    assert sorted(os.listdir(out)) == ["accuracy_vs_params.png", "results.json"]
+
+
 def test_an_interrupted_run_never_pairs_its_results_with_another_runs_plot(tmp_path, monkeypatch):
     """results.json was replaced before the plot was rendered: a Ctrl-C there left the new results beside the
     previous run's plot."""

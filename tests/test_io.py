@@ -340,6 +340,8 @@ def test_a_file_in_place_of_the_folder_is_not_a_directory(tmp_path, gen):
     (tmp_path / "f").write_text("not a folder")
     with pytest.raises(NotADirectoryError, match=r"tt.save: .*f is not a folder"):
         tt.save(_tt(gen), tmp_path / "f" / "x.safetensors")
+    with pytest.raises(NotADirectoryError, match=r"tt.save: .*f is not a folder"):  # deeper too
+        tt.save(_tt(gen), tmp_path / "f" / "sub" / "x.safetensors")
 
 
 # ------------------------------------------------------------------------------------------ bad files

@@ -237,6 +237,35 @@ def test_state_of_other_sizes_with_the_same_dims_is_refused(bias, tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(small.cores, big.cores, strict=True))
 
 
+def test_a_refused_load_leaves_the_layer_as_it_was():
+    """The review of the sizes check: a pruning mask under cores. still loaded, a load with assign=True replaced
+    the core Parameters (an optimizer built before then stepped stale ones), a wrapper's generated subclass
+    (FSDP2's FSDPTTLinear) was named, and metadata of another type gave a self-contradicting refusal or a crash."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    src = tt.nn.TTLinear(10, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), pad=True)
+    prune.random_unstructured(src.cores, "0", amount=0.5)
+
+    class Wrapped(tt.nn.TTLinear):  # a subclass made outside tensortrain, as FSDP2 makes one
+        pass
+
+    dst = Wrapped(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+    prune.random_unstructured(dst.cores, "0", amount=0.5)
+    params = list(dst.parameters())
+    before = {k: v.detach().clone() for k, v in dst.state_dict().items()}
+    for assign in (False, True):
+        with pytest.raises(RuntimeError, match=r"checkpoint is of a TTLinear\(in_features=10.*a TTLinear\("):
+            dst.load_state_dict(src.state_dict(), assign=assign)
+        assert all(torch.equal(v, dst.state_dict()[k]) for k, v in before.items())
+        assert all(a is b for a, b in zip(params, dst.parameters(), strict=True))
+    sd = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3)).state_dict()
+    plain = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+    for junk in ({"in_features": "12", "out_features": "6"}, {"in_features": torch.arange(3)}, [12, 6]):
+        sd._metadata[""]["tensortrain_sizes"] = junk  # not this library's: ignored, as no metadata
+        plain.load_state_dict(sd)
+
+
 def test_compress_pads_a_vocabulary_sized_head_and_reports_it():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(40, 1021), nn.ReLU(), nn.Linear(1021, 40))

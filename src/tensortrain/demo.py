@@ -22,6 +22,7 @@ from the seeded ``DistributedSampler``, so every device sees the same batches in
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -707,13 +708,20 @@ def _write_outputs(
 
 def _check_folder(out: Path, *files: str) -> None:
     """An output folder path that exists must be a folder (a file, or a dangling link, which ``mkdir`` would
-    fail on only after training), and the ``files`` to be written into it must not be folders."""
+    fail on only after training), and the ``files`` to be written into it must not be folders, nor existing
+    write-protected files (which the writes refuse, as ``open()`` does)."""
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         what = "a link to nothing" if out.is_symlink() and not out.exists() else "not a folder"
         raise NotADirectoryError(f"{out} is {what}; the output folder (out) must be a directory")
     for name in files:
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder; the demo writes its {name} there")
+        if (out / name).is_file() and not os.access(out / name, os.W_OK):
+            raise PermissionError(
+                errno.EACCES,
+                f"the demo writes its {name} there, but the file is write-protected",
+                str(out / name),
+            )
 
 
 def _on_rank_zero(step: Callable[[], object], rank: int, world: int) -> None:

@@ -120,8 +120,9 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
         raise IsADirectoryError(
             f"tt.save: {os.fspath(path)} is a folder; give a file name such as {target / 'tt.safetensors'}"
         )
-    if target.parent.exists() and not target.parent.is_dir():  # (as open() reports it)
-        raise NotADirectoryError(f"tt.save: {target.parent} is not a folder, so it cannot hold {target.name}")
+    blocking = next((p for p in target.parents if p.exists()), None)  # the nearest existing folder, or a file
+    if blocking is not None and not blocking.is_dir():  # (as open() reports it)
+        raise NotADirectoryError(f"tt.save: {blocking} is not a folder, so it cannot hold {target}")
     if not target.parent.is_dir():  # (else the error would name the temporary file, not the missing folder)
         raise FileNotFoundError(f"tt.save: the folder {target.parent} does not exist; create it first")
     atomic_write(target, data)

@@ -150,10 +150,11 @@ class KerasDense(keras.layers.Layer):
             ``build``; before it, a ``ValueError`` says the layer is not built).
 
     Raises:
-        ShapeError: input_dims and output_dims of different lengths, non-positive dims, bad ranks, or an
-            input whose last axis is not ``prod(input_dims)``.
+        ShapeError: input_dims and output_dims of different lengths, non-positive dims, bad ranks, or a
+            first input (the one that builds the layer) whose last axis is not ``prod(input_dims)``.
         TypeError: dims that are not sequences (or 1-D arrays) of ints.
-        ValueError: an unknown ``kernel_initializer``.
+        ValueError: an unknown ``kernel_initializer``; a later input whose last axis is not
+            ``prod(input_dims)`` (Keras' check of the layer's ``input_spec``, as for ``keras.layers.Dense``).
 
     Shape:
         - Input: ``(..., prod(input_dims))`` (any number of leading axes).

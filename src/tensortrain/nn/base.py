@@ -314,12 +314,15 @@ class TTModule(nn.Module):
         ours = [k for k in state_dict if k == prefix + "bias" or k.startswith(prefix + "cores.")]
         saved = local_metadata.get(SIZES_KEY) if isinstance(local_metadata, dict) else None
         mine = self._sizes()
-        if isinstance(saved, dict) and any(saved.get(k, v) != v for k, v in mine.items()):
-            shown = ", ".join(f"{k}={saved.get(k, '?')}" for k in mine)
+        if not (isinstance(saved, dict) and all(type(saved.get(k)) is int for k in mine)):
+            saved = None  # (not written by this class: ignored, as a checkpoint without it)
+        if saved is not None and any(saved[k] != v for k, v in mine.items()):
+            # the class the user built (FSDP2 and such wrap it in a generated subclass)
+            name = next(c for c in type(self).__mro__ if c.__module__.startswith("tensortrain.")).__name__
             error_msgs.append(
-                f"{prefix[:-1] + ': ' if prefix else ''}the checkpoint is of a {type(self).__name__}({shown}), this layer is a "
-                f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in mine.items())}); build the layer with "
-                "the checkpoint's sizes"
+                f"{prefix[:-1] + ': ' if prefix else ''}the checkpoint is of a {name}("
+                f"{', '.join(f'{k}={saved[k]}' for k in mine)}), this layer is a {name}("
+                f"{', '.join(f'{k}={v}' for k, v in mine.items())}); build the layer with the checkpoint's sizes"
             )
             self._keep_current(
                 state_dict, prefix, ours, drop=False
@@ -345,10 +348,12 @@ class TTModule(nn.Module):
         """Load nothing of this layer: the cores' ParameterList loads its entries after this layer's loader
         returns (from ``state_dict``, which torch copies for its loaders to edit), so give it the current
         values; entries of other shapes are dropped (``drop``) or left for torch to report."""
-        current = dict(self.named_parameters())
+        # buffers too (a pruning mask under cores.); the Parameter itself, so that a load with assign=True
+        # keeps it (an optimizer holds it)
+        current = {**dict(self.named_parameters()), **dict(self.named_buffers())}
         for key in keys:
             now = current.get(key[len(prefix) :])
             if now is not None and now.shape == state_dict[key].shape:
-                state_dict[key] = now.detach()
+                state_dict[key] = now
             elif drop:
                 del state_dict[key]
