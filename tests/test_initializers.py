@@ -180,6 +180,19 @@ def test_uneven_ranks_are_the_ranks_tt_svd_gives(shape, ranks, seed):
     assert emb.tt_ranks == want
 
 
+def test_svd_tt_ranks_errors_name_it():
+    with pytest.raises(TypeError, match=r"^svd_tt_ranks: raw_shape must be an ordered sequence"):
+        tt.svd_tt_ranks(2, 5)
+    with pytest.raises(tt.ShapeError, match=r"^svd_tt_ranks: expected at least one mode size"):
+        tt.svd_tt_ranks(2, [])
+    assert tt.svd_tt_ranks((1, 8, 1, 1), (16, 4, 4)) == (
+        1,
+        8,
+        1,
+        1,
+    )  # a bound from the left only, as TT-SVD's
+
+
 def test_seeded_draws_repeat_and_differ():
     a = tt.random_matrix([[2, 3], [3, 2]], 2, generator=torch.Generator().manual_seed(1))
     b = tt.random_matrix([[2, 3], [3, 2]], 2, generator=torch.Generator().manual_seed(1))

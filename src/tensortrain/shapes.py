@@ -445,7 +445,9 @@ def svd_tt_ranks(
     Each rank is bounded by its unfolding's (:func:`max_tt_ranks`) and by the rank before it times its mode
     size: with uneven caps, ``(1, 1, 8, 1)`` on modes ``(4, 4, 16)`` gives ``(1, 1, 4, 1)``, since core 1 has
     only ``1 * 4`` rows. Layers and initializers build their cores with these ranks, so cores TT-SVD computes
-    with the same caps fit them, and no rank slice is redundant from the start (t3f issue #218).
+    with the same caps fit them (t3f issue #218). The bound is TT-SVD's, from the left: as in TT-SVD's result,
+    a rank may still exceed ``n_{k+1} r_{k+1}`` (``(1, 8, 1, 1)`` on ``(16, 4, 4)`` stays so, where 4 would
+    do); ``tt.round``, which truncates from the right, trims those instead.
 
     Complexity: O(d).
 
@@ -457,8 +459,11 @@ def svd_tt_ranks(
         >>> tt.svd_tt_ranks((1, 1, 8, 1), (4, 4, 16))
         (1, 1, 4, 1)
     """
+    try:
+        bound = max_tt_ranks(raw_shape)
+    except (TypeError, ValueError) as e:  # (its checks, named after this function)
+        raise type(e)(str(e).replace("max_tt_ranks:", "svd_tt_ranks:", 1)) from None
     caps = normalize_tt_rank(tt_rank, len(raw_shape), name=name)
-    bound = max_tt_ranks(raw_shape)
     ranks = [1]
     for k in range(1, len(raw_shape)):
         ranks.append(min(caps[k], bound[k], ranks[-1] * int(raw_shape[k - 1])))
