@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensortrain as tt
@@ -137,6 +137,27 @@ def test_saved_bytes_for_a_first_or_a_frozen_layer(gen, monkeypatch, input_grad,
             ran.clear()
             C.linear(x, cores, strategy=strategy)
             assert ran == [C.plan(cores, 16, requires_grad=True, strategy=strategy, **need).program], strategy
+
+
+@given(
+    spec=matrix_specs(min_d=1, max_d=4, max_mode=5, max_rank=5),
+    batch=st.sampled_from([1, 2, 5, 7]),
+    need=st.sampled_from([(True, True), (False, True), (True, False)]),
+    seed=seeds,
+)
+@settings(max_examples=40)
+def test_saved_bytes_at_tiny_batches_are_what_autograd_keeps(spec, batch, need, seed):
+    """Below SWEEP_FUNCTION_MIN_BATCH training sweeps run autograd's own matmuls. Their saved_bytes counted the
+    super-core of the step reading x where x needs no gradient (autograd keeps none), and a folded copy of x
+    where torch.matmul's fold is a view (K or the row count 1): 186 of 3248 random plans over-reported."""
+    raw, ranks = spec
+    gen = torch.Generator().manual_seed(seed)
+    cores = [c.requires_grad_(need[1]) for c in random_cores(raw, ranks, gen=gen, dtype=torch.float64)]
+    x = torch.randn(batch, dense_cols(raw[1]), generator=gen, dtype=torch.float64, requires_grad=need[0])
+    own = _own(x, *cores)
+    grads = {"input_requires_grad": need[0], "cores_require_grad": need[1]}
+    for p in C.enumerate_plans(cores, batch, requires_grad=True, **grads):
+        assert _kept_bytes(lambda p=p: C.linear(x, cores, strategy=p), own) == p.saved_bytes, p
 
 
 def test_a_first_or_frozen_layer_prices_only_the_gradients_it_computes():

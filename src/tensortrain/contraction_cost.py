@@ -357,7 +357,9 @@ def step_cost(
     saved = 0
     if grad:
         # each step keeps its input: for the first step that is x itself (the caller's), unless folded into a copy
-        saved = 0 if (first and not folded) or recompute else state_in
+        # (torch.matmul's fold of (outer, K, P) slices into (outer P, K) rows is a view when K or outer is 1)
+        copied = folded and k > 1 and outer > 1
+        saved = 0 if (first and not copied) or recompute else state_in
     return acc, saved
 
 
@@ -416,7 +418,13 @@ def sweep_cost(
             dx = _minus(a, merge_cost(dims, i, j, item))
         if recompute and not final:
             again = _sum(again, _minus(a, merge_cost(dims, i, j, item)))
-        supers += super_kept(dims, i, j, direction, need[1])
+        reads_x = j == d if direction == "rtl" else i == 0
+        if grad and not need[0] and reads_x and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute:
+            # tiny batches run autograd's own matmuls (contraction_run), which keep a step's super-core only for
+            # its input's gradient: x needs none, so only the merge's own partial products are kept
+            supers += merged_kept(dims, i, j) if need[1] and j - i > 1 else 0
+        else:
+            supers += super_kept(dims, i, j, direction, need[1])
         if grad and not final:
             out = item * batch * _state_per_row(dims, i, j, direction)[1]
             # a state kept for backward, and its gradient there, above glibc's largest mmap threshold are fresh
