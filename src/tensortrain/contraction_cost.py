@@ -650,13 +650,14 @@ def choose(
     m = machine(device_type, item, fold)
     if max_saved is not None and grad:
         return _choose_within(dims, strategy, batch, item, m, cached, max_saved, need)
-    top: tuple[float, Program] | None = None
+    top: tuple[float, int, Program] | None = None
     for prog in candidates(dims, strategy, batch, item, grad, m, cached, need):
-        t = estimate(dims, prog, batch, item, grad, m, cached, need).seconds
-        if top is None or t < top[0]:
-            top = (t, prog)
+        c = estimate(dims, prog, batch, item, grad, m, cached, need)
+        # on equal estimates the one keeping less for backward, then the candidates' order
+        if top is None or c.seconds < top[0] or (c.seconds == top[0] and c.saved_bytes < top[1]):
+            top = (c.seconds, c.saved_bytes, prog)
     assert top is not None
-    return top[1]
+    return top[2]
 
 
 def _choose_within(
