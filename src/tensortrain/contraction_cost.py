@@ -618,8 +618,10 @@ def candidates(
     # there on the benchmark cases (784x625 and 4096x4096 at batch 64) on the Intel host; inference takes rtl. On the
     # 2-core EPYC the two directions trained within 4% of each other when timed alone, side by side (784x625 rank 4
     # at batch 64 and 1024, 4096x4096 rank 16 at batch 64); timed among other plans (calibrate, cell.py) either
-    # one read up to 2.3x slower, in different runs
-    both = ("ltr", "rtl") if grad else ("rtl", "ltr")
+    # one read up to 2.3x slower, in different runs. Below SWEEP_FUNCTION_MIN_BATCH (autograd's own products) training
+    # takes rtl: 11-15% faster at batch 1 on the Intel host (4096x4096 ranks 16 and 64, 784x625 rank 16, 768x3072
+    # rank 64; cell.py --alone, both orders)
+    both = ("ltr", "rtl") if grad and batch >= SWEEP_FUNCTION_MIN_BATCH else ("rtl", "ltr")
     directions = (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both
     sweeps: list[Program] = [
         ("sweep", dr, best_grouping(dims, dr, batch, item, grad, m, cached, need)) for dr in directions
@@ -670,7 +672,7 @@ def _choose_within(
         ((_, dr, groups),) = candidates(dims, strategy, batch, item, True, m, cached, need)
         progs += [("sweep", dr, groups), ("resweep", dr, groups)]
     elif strategy != "full":
-        both = ("ltr", "rtl")  # (training's tie order, as in candidates)
+        both = ("ltr", "rtl") if batch >= SWEEP_FUNCTION_MIN_BATCH else ("rtl", "ltr")  # (as in candidates)
         for dr in (strategy[-3:],) if strategy in ("grouped_rtl", "grouped_ltr") else both:
             for kind in ("sweep", "resweep"):
                 front = grouping_front(dims, dr, batch, item, True, m, cached, kind == "resweep", need)
