@@ -313,6 +313,29 @@ def test_bad_arguments():
         tt.nn.TTLinear(0, 625, tt_rank=4)
     with pytest.raises(TypeError, match="expects nn.Linear, got Conv2d"):
         tt.nn.TTLinear.from_linear(nn.Conv2d(1, 1, 3))  # type: ignore[arg-type]
+    # swapped dims got only "multiply to 625, but in_features=784"
+    with pytest.raises(tt.ShapeError, match=r"they look swapped \(in_dims are the input modes\)"):
+        tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(5, 5, 5, 5), out_dims=(7, 4, 7, 4))
+
+
+def test_a_rank_sequence_with_automatic_dims_must_be_the_full_form():
+    """With automatic dims the user did not choose d: (1, 8, 1), meant as the full ranks of 2 cores, was read as
+    the inner ranks of the 4 cores the layer chose, (1, 1, 8, 1, 1), silently."""
+    dense = nn.Linear(784, 625)
+    for build in (
+        lambda r: tt.nn.TTLinear(784, 625, tt_rank=r),
+        lambda r: tt.nn.TTLinear.from_linear(dense, max_tt_rank=r),
+        lambda r: tt.nn.TTEmbedding(1000, 64, tt_rank=r),
+        lambda r: tt.nn.TTEmbedding.from_embedding(nn.Embedding(1000, 64), max_tt_rank=r),
+    ):
+        with pytest.raises(
+            tt.ShapeError, match=r"=\(1, 8, 1\) is a sequence, but the dims were chosen automatic"
+        ):
+            build((1, 8, 1))
+        assert build((1, 8, 8, 8, 1)).tt_ranks == (1, 8, 8, 8, 1)  # the full form says d itself
+        assert max(build(8).tt_ranks) == 8
+    # with dims given, t3f's d - 1 inner ranks stay accepted
+    assert tt.nn.TTLinear(784, 625, tt_rank=(8,), in_dims=(28, 28), out_dims=(25, 25)).tt_ranks == (1, 8, 1)
 
 
 def test_bad_inputs(gen):

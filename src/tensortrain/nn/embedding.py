@@ -19,7 +19,7 @@ from ..tensor_train import CORE_DTYPES, TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_, check_factory_dtype
 from .init import tt_normal_
-from .linear import _cast_back, _check_dims, _check_features, _choose_d, _svd_ready
+from .linear import _cast_back, _check_dims, _check_features, _choose_d, _svd_ready, check_rank_form
 
 __all__ = ["TTEmbedding"]
 
@@ -74,7 +74,8 @@ class TTEmbedding(TTModule):
     Args:
         num_embeddings: the vocabulary size ``V``.
         embedding_dim: the size ``D`` of each embedding vector.
-        tt_rank: an int for every inner bond or the full ``d + 1`` tuple; clipped to the largest useful ranks,
+        tt_rank: an int for every inner bond or the full ``d + 1`` tuple (``d - 1`` inner ranks only with dims
+            given, as for :class:`TTLinear`); clipped to the largest useful ranks,
             as TT-SVD clips them (:func:`tensortrain.svd_tt_ranks`).
         voc_dims: row modes, multiplying to at least ``V`` (default: balanced, padded when needed).
         emb_dims: column modes, multiplying to ``D`` (default: factored automatically).
@@ -126,6 +127,9 @@ class TTEmbedding(TTModule):
         self.voc_dims, self.emb_dims = resolve_embedding_dims(
             num_embeddings, embedding_dim, voc_dims, emb_dims
         )
+        auto = voc_dims is None and emb_dims is None
+        dims = {"voc_dims": self.voc_dims, "emb_dims": self.emb_dims}
+        check_rank_form(tt_rank, dims, auto, "TTEmbedding", "tt_rank")
         if init not in _EMBEDDING_INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, _EMBEDDING_INITS))}; got {init!r}")
         self.init = init
@@ -176,7 +180,8 @@ class TTEmbedding(TTModule):
 
         Args:
             embedding: an ``nn.Embedding`` (its device, dtype and ``padding_idx`` are kept).
-            max_tt_rank: cap on the TT-ranks. With neither this nor ``epsilon`` the decomposition is exact.
+            max_tt_rank: cap on the TT-ranks (an int, or one per bond as ``tt_rank`` in the constructor). With
+                neither this nor ``epsilon`` the decomposition is exact.
             epsilon: relative Frobenius error target of the (padded) table.
             voc_dims: row modes (product ``>= V``); default: chosen automatically.
             emb_dims: column modes (product ``== D``); default: chosen automatically.
@@ -221,6 +226,9 @@ class TTEmbedding(TTModule):
         voc, emb = resolve_embedding_dims(v, dim, voc_dims, emb_dims)
         table = embedding.weight.detach()
         modes = [m * n for m, n in zip(voc, emb, strict=True)]
+        auto = voc_dims is None and emb_dims is None
+        dims = {"voc_dims": voc, "emb_dims": emb}
+        check_rank_form(max_tt_rank, dims, auto, "TTEmbedding.from_embedding", "max_tt_rank")
         check_budget(max_tt_rank, epsilon, modes, "TTEmbedding.from_embedding", table)
         if embedding.padding_idx is not None:
             table = table.clone()

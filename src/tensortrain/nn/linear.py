@@ -47,6 +47,31 @@ def _choose_d(n: int) -> int:
     return max(2, min(8, round(math.log2(max(n, 2)) / 2.5)))
 
 
+def check_rank_form(rank: Any, dims: dict[str, tuple[int, ...]], automatic: bool, fn: str, arg: str) -> None:
+    """With automatic dims, a sequence of ranks must be the full ``d + 1`` form: the user did not choose ``d``,
+    and ``d - 1`` inner ranks of these dims could be meant as the full ranks of another ``d`` (``(1, 8, 1)``
+    read as the inner ranks of 4 cores, ``(1, 1, 8, 1, 1)``)."""
+    if (
+        not automatic
+        or rank is None
+        or isinstance(rank, (numbers.Number, str))
+        or getattr(rank, "ndim", 1) == 0
+    ):
+        return
+    try:
+        n = len(rank)
+    except TypeError:
+        return  # (normalize_tt_rank refuses it)
+    d = len(next(iter(dims.values())))
+    if n != d + 1:
+        shown = tuple(rank.tolist()) if hasattr(rank, "tolist") else tuple(rank)
+        chosen = ", ".join(f"{k}={v}" for k, v in dims.items())
+        raise ShapeError(
+            f"{fn}: {arg}={shown} is a sequence, but the dims were chosen automatically ({chosen}: {d} cores); "
+            f"give the full {d + 1} ranks (1, r_1, ..., r_{d - 1}, 1), one int, or the dims with it"
+        )
+
+
 def _check_dims(
     name: str, dims: Sequence[int], size: int | None, size_name: str, *, pad: bool | None = False
 ) -> tuple[int, ...]:
@@ -129,6 +154,13 @@ def resolve_dims(
         raise TypeError(f"pad must be None, True or False, got {pad!r}")
     # given dims may multiply to more only when asked; automatic dims pad unless refused
     given, auto = bool(pad), pad is not False
+    if in_dims is not None and out_dims is not None and in_features != out_features:
+        swapped = [_prod_or_none(in_dims), _prod_or_none(out_dims)] == [out_features, in_features]
+        if swapped:  # (to_tt_matrix says the same of a transposed shape)
+            raise ShapeError(
+                f"in_dims={tuple(in_dims)} multiply to out_features={out_features} and out_dims={tuple(out_dims)} "
+                f"to in_features={in_features}: they look swapped (in_dims are the input modes)"
+            )
     ins = None if in_dims is None else _check_dims("in_dims", in_dims, in_features, "in_features", pad=given)
     outs = (
         None
@@ -150,6 +182,15 @@ def resolve_dims(
     if outs is None:
         outs = tuple(reversed(_modes(out_features, d, auto)))
     return ins, outs
+
+
+def _prod_or_none(dims: Any) -> int | None:
+    """The product of dims that are a sequence of ints, else None (for hints only: _check_dims validates)."""
+    try:
+        vals = [as_int(v) for v in dims]
+    except TypeError:
+        return None
+    return math.prod(v for v in vals if v is not None) if all(v is not None for v in vals) else None
 
 
 def _svd_ready(w: torch.Tensor) -> torch.Tensor:
@@ -210,7 +251,8 @@ class TTLinear(TTModule):
     Args:
         in_features: size of each input sample.
         out_features: size of each output sample.
-        tt_rank: an int for every inner bond, or the full ``d + 1`` tuple ``(1, r_1, ..., r_{d-1}, 1)``.
+        tt_rank: an int for every inner bond, or the full ``d + 1`` tuple ``(1, r_1, ..., r_{d-1}, 1)`` (``d - 1``
+            inner ranks, as t3f takes them, only with dims given: with automatic ones the length alone says ``d``).
             Ranks above the largest useful ones are clipped to them, as TT-SVD clips them
             (:func:`tensortrain.svd_tt_ranks` of ``m_k n_k``): they would only add redundant parameters.
         in_dims: the input modes ``n_k`` (multiply to ``in_features``); factored automatically if None.
@@ -313,6 +355,10 @@ class TTLinear(TTModule):
             raise ValueError(f"TTLinear: bias_init must be finite, got {bias_init!r}")
         self.bias_init = bias_init
         d = len(self.in_dims)
+        auto = in_dims is None and out_dims is None
+        check_rank_form(
+            tt_rank, {"in_dims": self.in_dims, "out_dims": self.out_dims}, auto, "TTLinear", "tt_rank"
+        )
         ranks = svd_tt_ranks(tt_rank, [m * n for m, n in zip(self.out_dims, self.in_dims, strict=True)])
         self.cores = nn.ParameterList(
             nn.Parameter(
@@ -517,8 +563,8 @@ class TTLinear(TTModule):
         Args:
             linear: an ``nn.Linear`` (its device and dtype are kept; half precision weights are decomposed
                 in float32).
-            max_tt_rank: cap on the TT-ranks (int or one per bond). With neither this nor ``epsilon`` the
-                decomposition is exact (maximal useful ranks).
+            max_tt_rank: cap on the TT-ranks (an int, or one per bond as ``tt_rank`` in the constructor). With
+                neither this nor ``epsilon`` the decomposition is exact (maximal useful ranks).
             epsilon: relative Frobenius error target of the weight (Oseledets 2011 splits it over d-1 SVDs).
             in_dims: input modes (default: factored automatically).
             out_dims: output modes (default: factored automatically).
@@ -560,9 +606,13 @@ class TTLinear(TTModule):
                 f"{linear.out_features}, in_features={linear.in_features} (a weight replaced by hand?); set the "
                 "sizes to the weight's"
             )
+        given_in, given_out = in_dims, out_dims
         in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
         w = linear.weight.detach()
         modes = [m * n for m, n in zip(out_dims, in_dims, strict=True)]
+        auto = given_in is None and given_out is None
+        dims = {"in_dims": in_dims, "out_dims": out_dims}
+        check_rank_form(max_tt_rank, dims, auto, "TTLinear.from_linear", "max_tt_rank")
         check_budget(max_tt_rank, epsilon, modes, "TTLinear.from_linear", w)
         pad_rows, pad_cols = math.prod(out_dims) - w.shape[0], math.prod(in_dims) - w.shape[1]
         if pad_rows or pad_cols:
