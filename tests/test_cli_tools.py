@@ -343,8 +343,10 @@ def test_include_exclude_and_dry_run_write_no_model(models, tmp_path, capsys):
     argv += ["--include", "he*", "--exclude", "head", "--dry-run", "--report-json", "r.json"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    _, report = tt.compress(models.Tiny(), max_tt_rank=3, include=["fc", "he*"], exclude=["head"])
-    assert out == f"{report}\nwrote r.json\n"
+    _, report = tt.compress(
+        models.Tiny(), max_tt_rank=3, include=["fc", "he*"], exclude=["head"], dry_run=True
+    )
+    assert out == f"{report}\nwrote r.json\n" and "dry run, nothing replaced" in out
     assert [layer.name for layer in report.layers] == ["fc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "r.json"])
     assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(report.to_dict()))

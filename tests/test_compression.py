@@ -181,7 +181,12 @@ def test_dry_run_plans_without_touching(gen):
     assert same is model and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not any(isinstance(m, tt.nn.TTLinear | tt.nn.TTEmbedding) for m in model.modules())
     small, report = tt.compress(model, ratio=4)
-    assert plan.to_dict() == report.to_dict() and plan.model_params_after == count(small)
+    assert {**plan.to_dict(), "dry_run": False} == report.to_dict() and plan.model_params_after == count(
+        small
+    )
+    # a dry run's report says so: it read "replaced 2 of 2 selected layers" with nothing replaced
+    assert plan.dry_run and not report.dry_run
+    assert "dry run, nothing replaced: would replace" in str(plan) and "dry run" not in str(report)
 
 
 def test_selection_globs_shared_modules_and_subclasses():
@@ -243,8 +248,17 @@ def test_bad_arguments():
         ValueError, match=r"no nn.Linear or nn.Embedding layer matched include='enc\*'.*\['0', '2', '4'\]"
     ):
         tt.compress(mlp(), max_tt_rank=4, include="enc*")
-    with pytest.raises(ValueError, match="candidate layers: none"):
-        tt.compress(nn.Sequential(nn.Conv2d(1, 1, 3)), max_tt_rank=4)
+    # a model without candidates: what it holds and what compress converts ("candidate layers: none" before)
+    with pytest.raises(
+        ValueError, match=r"the model has none \(its layers: Conv2d, ReLU\); only those are conv"
+    ):
+        tt.compress(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()), max_tt_rank=4)
+    # a module's name matches itself, not its layers: the hint says how to select them
+    block = nn.Sequential(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=r"match their names: \['0\.\*'\]"):
+        tt.compress(block, max_tt_rank=2, include="0")
+    with pytest.warns(UserWarning, match=r"include pattern\(s\) \['0'\] match no .*\['0\.\*'\]"):
+        tt.compress(block, max_tt_rank=2, include=["0", "1"])
     with pytest.raises(TypeError, match="include must be a glob string or a sequence of them, got 3"):
         tt.compress(mlp(), max_tt_rank=4, include=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="expects an nn.Module, got dict"):

@@ -115,11 +115,21 @@ def _select(
         if unmatched and chosen:
             warnings.warn(
                 f"compress: {kind} pattern(s) {unmatched} match no nn.Linear or nn.Embedding layer; candidate "
-                f"layers: {every[:8]}{' ...' if len(every) > 8 else ''}",
+                f"layers: {every[:8]}{' ...' if len(every) > 8 else ''}{_child_hint(unmatched, every)}",
                 UserWarning,
                 stacklevel=3,
             )
     return chosen
+
+
+def _child_hint(patterns: Sequence[str], names: Sequence[str]) -> str:
+    """A hint for patterns naming a module whose layers are its children: globs match whole names."""
+    parents = [p for p in patterns if any(n.startswith(p + ".") for n in names)]
+    return (
+        f" (to select the layers inside a module, match their names: {[p + '.*' for p in parents]})"
+        if parents
+        else ""
+    )
 
 
 def _tied(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
@@ -445,9 +455,17 @@ def compress(
             if sub
             else ""
         )
+        if seen:
+            every = [n for n, m in target.named_modules() if converter_of(m) is not None]
+            found = f"candidate layers: {seen}{_child_hint(inc or (), every)}"
+        else:  # (a convolutional model, say: say what it holds and what compress converts)
+            kinds = sorted({type(m).__name__ for m in target.modules() if not list(m.children())})
+            found = (
+                f"the model has none (its layers: {', '.join(kinds[:8]) or 'none'}); only those are converted"
+            )
         raise ValueError(
             f"compress: no nn.Linear or nn.Embedding layer matched include={include!r}, exclude={exclude!r}; "
-            f"candidate layers: {seen or 'none'}{left}"
+            f"{found}{left}"
         )
     kept = _kept_dense(target, layers)
     free = [(n, m) for n, m in layers if id(m) not in kept]
@@ -469,7 +487,7 @@ def compress(
             f"({report.params_before:,} -> {report.params_after:,} parameters); the model is left unchanged"
         )
     if dry_run:
-        return target, report
+        return target, replace(report, dry_run=True)
     for names, module, new in swaps:
         carry_over(module, new)
         for name in names:  # a module shared under several names is replaced everywhere

@@ -48,7 +48,7 @@ class LayerReport:
 
     @property
     def replaced(self) -> bool:
-        """True when the layer was replaced by its TT version."""
+        """True when the layer was replaced by its TT version (in a dry run's report: would be)."""
         return self.tt_ranks is not None
 
 
@@ -69,6 +69,7 @@ class CompressionReport:
     layers: tuple[LayerReport, ...]
     model_params_before: int
     model_params_after: int
+    dry_run: bool = False  # compress(dry_run=True): nothing was replaced; the report is the plan
 
     @property
     def params_before(self) -> int:
@@ -101,7 +102,7 @@ class CompressionReport:
             "model_params_after": self.model_params_after,
             "model_ratio": self.model_ratio,
         }
-        return {"layers": layers, "totals": totals}
+        return {"layers": layers, "totals": totals, "dry_run": self.dry_run}
 
     def __str__(self) -> str:
         head = ("layer", "type", "shape", "dims", "tt_ranks", "before", "after", "ratio", "rel_error")
@@ -124,8 +125,9 @@ class CompressionReport:
         lines = text_table(rows)
         n_rep = sum(lay.replaced for lay in self.layers)
         tied = " (tied parameters counted once)" if any(lay.tied_params for lay in self.layers) else ""
+        did = "dry run, nothing replaced: would replace" if self.dry_run else "replaced"
         lines.append(
-            f"replaced {n_rep} of {len(self.layers)} selected layers: {self.params_before:,} -> "
+            f"{did} {n_rep} of {len(self.layers)} selected layers: {self.params_before:,} -> "
             f"{self.params_after:,} parameters{tied} ({self.ratio:.1f}x); whole model "
             f"{self.model_params_before:,} -> {self.model_params_after:,} ({self.model_ratio:.1f}x)"
         )
