@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -509,6 +511,8 @@ def test_ttlinear_plan_matches_its_forward():
     x = torch.randn(64, 12, dtype=torch.float64)
     assert_close(layer(x), C.linear(x, layer.weight, layer.bias, strategy=p))
     assert "fewer than the dense product" in str(C.plan(_cores((5, 5, 5, 5), (4, 7, 4, 7), 4), 64))
+    even = dataclasses.replace(p, flops_forward=p.dense_flops + 1)  # it read "1.00x fewer than"
+    assert "(about as many as the dense product's" in str(even)
 
 
 @pytest.mark.parametrize("batch", [3, 9])  # 9: training sweeps would run SweepFunction

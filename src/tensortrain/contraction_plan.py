@@ -112,7 +112,12 @@ class ContractionPlan:
             vs = f"against {dense}"
         else:
             ratio = self.dense_flops / max(self.flops_forward, 1)
-            vs = (f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / ratio:.2f}x more") + f" than {dense}"
+            if (
+                f"{ratio:.2f}" == "1.00" or f"{1 / ratio:.2f}" == "1.00"
+            ):  # ("1.00x fewer" read as a contradiction)
+                vs = f"about as many as {dense}"
+            else:
+                vs = (f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / ratio:.2f}x more") + f" than {dense}"
         s = (
             f"ContractionPlan: {self.describe()} for a {m}x{n} TT-matrix {self.row_dims}x{self.col_dims}, "
             f"ranks {self.tt_ranks}, batch {self.batch_size}: forward {self.flops_forward / 1e9:.3g} GFLOP ({vs})"
