@@ -253,6 +253,9 @@ def test_bad_arguments():
         ValueError, match=r"the model has none \(its layers: Conv2d, ReLU\); only those are conv"
     ):
         tt.compress(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()), max_tt_rank=4)
+    done = nn.Sequential(tt.nn.TTLinear(8, 8, tt_rank=2), nn.ReLU())  # (its ParameterList was named, not it)
+    with pytest.raises(ValueError, match=r"its layers: ReLU, TTLinear\)"):
+        tt.compress(done, max_tt_rank=4)
     # a module's name matches itself, not its layers: the hint says how to select them
     block = nn.Sequential(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), nn.Linear(8, 2))
     with pytest.raises(ValueError, match=r"match their names: \['0\.\*'\]"):

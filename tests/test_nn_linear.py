@@ -334,6 +334,17 @@ def test_a_rank_sequence_with_automatic_dims_must_be_the_full_form():
             build((1, 8, 1))
         assert build((1, 8, 8, 8, 1)).tt_ranks == (1, 8, 8, 8, 1)  # the full form says d itself
         assert max(build(8).tt_ranks) == 8
+    # an iterator is read once, as a tuple: map() dims were consumed by the swapped-dims hint, and iter() ranks
+    # slipped past the check
+    layer = tt.nn.TTLinear(784, 625, tt_rank=3, in_dims=map(int, "4 7 4 7".split()), out_dims=iter((5,) * 4))
+    assert (layer.in_dims, layer.out_dims) == ((4, 7, 4, 7), (5, 5, 5, 5))
+    with pytest.raises(tt.ShapeError, match=r"tt_rank=\(1, 8, 1\) is a sequence, but the dims were chosen"):
+        tt.nn.TTLinear(784, 625, tt_rank=iter((1, 8, 1)))
+    assert tt.nn.TTLinear(784, 625, tt_rank=map(int, "8"), in_dims=(28, 28), out_dims=(25, 25)).tt_ranks == (
+        1,
+        8,
+        1,
+    )
     # with dims given, t3f's d - 1 inner ranks stay accepted
     assert tt.nn.TTLinear(784, 625, tt_rank=(8,), in_dims=(28, 28), out_dims=(25, 25)).tt_ranks == (1, 8, 1)
 

@@ -459,7 +459,15 @@ def compress(
             every = [n for n, m in target.named_modules() if converter_of(m) is not None]
             found = f"candidate layers: {seen}{_child_hint(inc or (), every)}"
         else:  # (a convolutional model, say: say what it holds and what compress converts)
-            kinds = sorted({type(m).__name__ for m in target.modules() if not list(m.children())})
+            # (containers are not layers; a TT layer's ParameterList is its own)
+            boxes = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+            kinds = sorted(
+                {
+                    type(m).__name__
+                    for m in target.modules()
+                    if not isinstance(m, boxes) and not (m is target and list(m.children()))
+                }
+            )
             found = (
                 f"the model has none (its layers: {', '.join(kinds[:8]) or 'none'}); only those are converted"
             )

@@ -687,11 +687,15 @@ def _choose_within(
     ):
         costs = [(p, c) for p, c in costs if p[0] != "resweep"]
 
-    best: tuple[tuple[int, int, float], Program] | None = None
+    best: tuple[tuple[int, float, float], Program] | None = None
     for prog, c in costs:  # (explicit loops, as in grouping_front: traced under torch.compile)
-        # within the limit: fastest; else least kept. (A branch, not the comparison itself in the tuple: with a
-        # symbolic batch, the dynamo of torch 2.7 cannot order tuples of symbolic booleans)
-        rank = (1, c.saved_bytes, c.seconds) if c.saved_bytes > max_saved else (0, 0, c.seconds)
+        # within the limit: fastest, on an exact tie the one keeping less (as choose() without a limit); else
+        # least kept. (A branch, not the comparison itself in the tuple: with a symbolic batch, the dynamo of
+        # torch 2.7 cannot order tuples of symbolic booleans)
+        over = c.saved_bytes > max_saved
+        rank: tuple[int, float, float] = (
+            (1, c.saved_bytes, c.seconds) if over else (0, c.seconds, c.saved_bytes)
+        )
         if best is None or rank < best[0]:
             best = (rank, prog)
     assert best is not None

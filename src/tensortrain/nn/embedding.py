@@ -129,7 +129,7 @@ class TTEmbedding(TTModule):
         )
         auto = voc_dims is None and emb_dims is None
         dims = {"voc_dims": self.voc_dims, "emb_dims": self.emb_dims}
-        check_rank_form(tt_rank, dims, auto, "TTEmbedding", "tt_rank")
+        tt_rank = check_rank_form(tt_rank, dims, auto, "TTEmbedding", "tt_rank")
         if init not in _EMBEDDING_INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, _EMBEDDING_INITS))}; got {init!r}")
         self.init = init
@@ -228,7 +228,7 @@ class TTEmbedding(TTModule):
         modes = [m * n for m, n in zip(voc, emb, strict=True)]
         auto = voc_dims is None and emb_dims is None
         dims = {"voc_dims": voc, "emb_dims": emb}
-        check_rank_form(max_tt_rank, dims, auto, "TTEmbedding.from_embedding", "max_tt_rank")
+        max_tt_rank = check_rank_form(max_tt_rank, dims, auto, "TTEmbedding.from_embedding", "max_tt_rank")
         check_budget(max_tt_rank, epsilon, modes, "TTEmbedding.from_embedding", table)
         if embedding.padding_idx is not None:
             table = table.clone()

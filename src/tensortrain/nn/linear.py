@@ -47,29 +47,29 @@ def _choose_d(n: int) -> int:
     return max(2, min(8, round(math.log2(max(n, 2)) / 2.5)))
 
 
-def check_rank_form(rank: Any, dims: dict[str, tuple[int, ...]], automatic: bool, fn: str, arg: str) -> None:
-    """With automatic dims, a sequence of ranks must be the full ``d + 1`` form: the user did not choose ``d``,
-    and ``d - 1`` inner ranks of these dims could be meant as the full ranks of another ``d`` (``(1, 8, 1)``
-    read as the inner ranks of 4 cores, ``(1, 1, 8, 1, 1)``)."""
-    if (
-        not automatic
-        or rank is None
-        or isinstance(rank, (numbers.Number, str))
-        or getattr(rank, "ndim", 1) == 0
-    ):
-        return
-    try:
-        n = len(rank)
-    except TypeError:
-        return  # (normalize_tt_rank refuses it)
+def check_rank_form(rank: Any, dims: dict[str, tuple[int, ...]], automatic: bool, fn: str, arg: str) -> Any:
+    """``rank`` as given (an iterator read into a tuple), checked: with automatic dims, a sequence of ranks must
+    be the full ``d + 1`` form: the user did not choose ``d``, and ``d - 1`` inner ranks of these dims could be
+    meant as the full ranks of another ``d`` (``(1, 8, 1)`` read as the inner ranks of 4 cores,
+    ``(1, 1, 8, 1, 1)``)."""
+    if rank is None or isinstance(rank, (numbers.Number, str)) or getattr(rank, "ndim", 1) == 0:
+        return rank
+    if not hasattr(rank, "__len__"):
+        try:
+            rank = tuple(rank)
+        except TypeError:
+            return rank  # (not iterable: normalize_tt_rank refuses it)
+    if not automatic:
+        return rank
     d = len(next(iter(dims.values())))
-    if n != d + 1:
+    if len(rank) != d + 1:
         shown = tuple(rank.tolist()) if hasattr(rank, "tolist") else tuple(rank)
         chosen = ", ".join(f"{k}={v}" for k, v in dims.items())
         raise ShapeError(
             f"{fn}: {arg}={shown} is a sequence, but the dims were chosen automatically ({chosen}: {d} cores); "
             f"give the full {d + 1} ranks (1, r_1, ..., r_{d - 1}, 1), one int, or the dims with it"
         )
+    return rank
 
 
 def _check_dims(
@@ -185,7 +185,10 @@ def resolve_dims(
 
 
 def _prod_or_none(dims: Any) -> int | None:
-    """The product of dims that are a sequence of ints, else None (for hints only: _check_dims validates)."""
+    """The product of dims that are a sequence of ints, else None (for hints only: _check_dims validates; an
+    iterator is left for it to read)."""
+    if not hasattr(dims, "__len__"):
+        return None
     try:
         vals = [as_int(v) for v in dims]
     except TypeError:
@@ -356,9 +359,8 @@ class TTLinear(TTModule):
         self.bias_init = bias_init
         d = len(self.in_dims)
         auto = in_dims is None and out_dims is None
-        check_rank_form(
-            tt_rank, {"in_dims": self.in_dims, "out_dims": self.out_dims}, auto, "TTLinear", "tt_rank"
-        )
+        dims = {"in_dims": self.in_dims, "out_dims": self.out_dims}
+        tt_rank = check_rank_form(tt_rank, dims, auto, "TTLinear", "tt_rank")
         ranks = svd_tt_ranks(tt_rank, [m * n for m, n in zip(self.out_dims, self.in_dims, strict=True)])
         self.cores = nn.ParameterList(
             nn.Parameter(
@@ -612,7 +614,7 @@ class TTLinear(TTModule):
         modes = [m * n for m, n in zip(out_dims, in_dims, strict=True)]
         auto = given_in is None and given_out is None
         dims = {"in_dims": in_dims, "out_dims": out_dims}
-        check_rank_form(max_tt_rank, dims, auto, "TTLinear.from_linear", "max_tt_rank")
+        max_tt_rank = check_rank_form(max_tt_rank, dims, auto, "TTLinear.from_linear", "max_tt_rank")
         check_budget(max_tt_rank, epsilon, modes, "TTLinear.from_linear", w)
         pad_rows, pad_cols = math.prod(out_dims) - w.shape[0], math.prod(in_dims) - w.shape[1]
         if pad_rows or pad_cols:
