@@ -458,8 +458,8 @@ def compress(
         if seen:
             every = [n for n, m in target.named_modules() if converter_of(m) is not None]
             found = f"candidate layers: {seen}{_child_hint(inc or (), every)}"
-        else:  # (a convolutional model, say: say what it holds and what compress converts)
-            # (containers are not layers; a TT layer's ParameterList is its own)
+        else:  # a convolutional model, say: what it holds (containers are not layers, a TT layer's own
+            # ParameterList included) and what compress converts
             boxes = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
             kinds = sorted(
                 {

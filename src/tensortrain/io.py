@@ -194,9 +194,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     would), so concurrent writers never collide; it is removed if anything fails. It has a fixed length
     (``.tt-<12 hex>.tmp``), not the target's name plus a suffix, which would exceed the file system's
     name limit (often 255 bytes) for long but legal target names. As a write into the file would, it
-    follows a symbolic link (the link stays, its target gets the data) and keeps an existing file's mode
-    (a file restricted to its owner stays so), and refuses a write-protected file. An existing target that is not a regular file (a device such
-    as ``/dev/null``, a FIFO) is written into directly: renaming a file over it would replace the device.
+    follows a symbolic link (the link stays, its target gets the data), keeps an existing file's mode (a file
+    restricted to its owner stays so) and refuses a write-protected file. An existing target that is not a
+    regular file (a device such as ``/dev/null``, a FIFO) is written into directly: renaming a file over it
+    would replace the device.
 
     Raises:
         OSError: the temporary file cannot be created (e.g. ``PermissionError`` in a read-only folder),

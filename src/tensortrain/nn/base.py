@@ -301,8 +301,8 @@ class TTModule(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         # The sizes go in the state dict's metadata, where nn.Module keeps its version: a padded layer has the
         # cores of an unpadded one with the same dims (TTLinear(10, 6) padded to 12 inputs, TTLinear(12, 6)), so
-        # only they tell such checkpoints apart. Not a tensor: formats that keep tensors only (safetensors,
-        # torch.distributed.checkpoint) and older checkpoints load as before, unchecked.
+        # only they tell such checkpoints apart. Not a tensor: files that keep tensors only (safetensors) and
+        # older checkpoints load as before, unchecked.
         meta = getattr(destination, "_metadata", None)
         if isinstance(meta, dict) and isinstance(meta.get(prefix[:-1]), dict):
             meta[prefix[:-1]][SIZES_KEY] = self._sizes()
@@ -324,9 +324,8 @@ class TTModule(nn.Module):
                 f"{', '.join(f'{k}={saved[k]}' for k in mine)}), this layer is a {name}("
                 f"{', '.join(f'{k}={v}' for k, v in mine.items())}); build the layer with the checkpoint's sizes"
             )
-            self._keep_current(
-                state_dict, prefix, ours, drop=False
-            )  # (other shapes: torch's size mismatch too)
+            # (entries of other shapes are left for torch, whose size mismatch lines follow)
+            self._keep_current(state_dict, prefix, ours, drop=False)
             return
         if not self.cores[0].is_complex():
             # torch would copy a complex value's real part in (with a warning at most once per process): for
