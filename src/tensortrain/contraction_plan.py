@@ -112,9 +112,8 @@ class ContractionPlan:
             vs = f"against {dense}"
         else:
             ratio = self.dense_flops / max(self.flops_forward, 1)
-            if (
-                f"{ratio:.2f}" == "1.00" or f"{1 / ratio:.2f}" == "1.00"
-            ):  # ("1.00x fewer" read as a contradiction)
+            even = "1.00" in (f"{ratio:.2f}", f"{1 / ratio:.2f}")  # ("1.00x fewer" read as a contradiction)
+            if even:
                 vs = f"about as many as {dense}"
             else:
                 vs = (f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / ratio:.2f}x more") + f" than {dense}"
