@@ -262,6 +262,9 @@ def test_bad_arguments():
         tt.compress(block, max_tt_rank=2, include="0")
     with pytest.warns(UserWarning, match=r"include pattern\(s\) \['0'\] match no .*\['0\.\*'\]"):
         tt.compress(block, max_tt_rank=2, include=["0", "1"])
+    fcs = nn.ModuleDict({"fc1": nn.Linear(8, 8), "fc2": nn.Linear(8, 8)})
+    with pytest.raises(ValueError, match=r"candidate layers: \['fc1', 'fc2'\]$"):  # fc is no parent: no hint
+        tt.compress(fcs, max_tt_rank=2, include="fc")
     with pytest.raises(TypeError, match="include must be a glob string or a sequence of them, got 3"):
         tt.compress(mlp(), max_tt_rank=4, include=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="expects an nn.Module, got dict"):

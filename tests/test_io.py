@@ -342,6 +342,9 @@ def test_a_file_in_place_of_the_folder_is_not_a_directory(tmp_path, gen):
         tt.save(_tt(gen), tmp_path / "f" / "x.safetensors")
     with pytest.raises(NotADirectoryError, match=r"tt.save: .*f is not a folder"):  # deeper too
         tt.save(_tt(gen), tmp_path / "f" / "sub" / "x.safetensors")
+    if os.path.exists("/dev/null"):  # not a regular file either
+        with pytest.raises(NotADirectoryError, match=r"tt.save: /dev/null is not a folder"):
+            tt.save(_tt(gen), "/dev/null/sub/x.safetensors")
 
 
 # ------------------------------------------------------------------------------------------ bad files

@@ -345,6 +345,26 @@ def test_a_rank_sequence_with_automatic_dims_must_be_the_full_form():
         8,
         1,
     )
+    # one side's dims fix d: t3f's inner ranks stay accepted (the check took either side's absence for automatic)
+    assert tt.nn.TTLinear(12, 6, tt_rank=(2,), in_dims=(3, 4)).tt_ranks == (1, 2, 1)
+    assert tt.nn.TTLinear.from_linear(nn.Linear(12, 6), max_tt_rank=(2,), in_dims=(3, 4)).tt_ranks == (
+        1,
+        2,
+        1,
+    )
+    assert tt.nn.TTEmbedding(12, 6, tt_rank=(2,), voc_dims=(3, 4)).tt_ranks == (1, 2, 1)
+    with pytest.raises(
+        TypeError, match="must be an int or a sequence of ints"
+    ):  # a string is not a sequence here
+        tt.nn.TTLinear(784, 625, tt_rank="8")  # type: ignore[arg-type]
+    with pytest.raises(
+        tt.ShapeError, match=r"\(1, 8, 8, 8, 8, 8, 1\) is a sequence, but the dims were chosen"
+    ):
+        tt.nn.TTLinear(784, 625, tt_rank=(1, 8, 8, 8, 8, 8, 1))  # longer than d + 1 too
+    with pytest.raises(tt.ShapeError, match=r"in_dims=\(2, 3\) multiply to 6, but in_features=12$"):
+        tt.nn.TTLinear(
+            12, 6, tt_rank=2, in_dims=(2, 3), out_dims=(2, 3)
+        )  # (not "swapped": only one side is off)
     # with dims given, t3f's d - 1 inner ranks stay accepted
     assert tt.nn.TTLinear(784, 625, tt_rank=(8,), in_dims=(28, 28), out_dims=(25, 25)).tt_ranks == (1, 8, 1)
 

@@ -261,7 +261,19 @@ def test_a_refused_load_leaves_the_layer_as_it_was():
         assert all(a is b for a, b in zip(params, dst.parameters(), strict=True))
     sd = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3)).state_dict()
     plain = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
-    for junk in ({"in_features": "12", "out_features": "6"}, {"in_features": torch.arange(3)}, [12, 6]):
+    other_ranks = tt.nn.TTLinear(10, 6, tt_rank=3, in_dims=(3, 4), out_dims=(2, 3), pad=True)
+    plain_params = list(plain.parameters())
+    with pytest.raises(RuntimeError, match="checkpoint is of a TTLinear"):  # other ranks too: no resize
+        plain.load_state_dict(other_ranks.state_dict())
+    assert plain.tt_ranks == (1, 2, 1) and all(
+        a is b for a, b in zip(plain_params, plain.parameters(), strict=True)
+    )
+    junks = (
+        {"in_features": "12", "out_features": "6"},
+        {"in_features": 12, "out_features": "6"},
+        {"in_features": 12},
+    )
+    for junk in (*junks, {"in_features": torch.arange(3)}, [12, 6]):
         sd._metadata[""]["tensortrain_sizes"] = junk  # not this library's: ignored, as no metadata
         plain.load_state_dict(sd)
 

@@ -141,7 +141,7 @@ def test_saved_bytes_for_a_first_or_a_frozen_layer(gen, monkeypatch, input_grad,
 
 @given(
     spec=matrix_specs(min_d=1, max_d=4, max_mode=5, max_rank=5),
-    batch=st.sampled_from([1, 2, 5, 7]),
+    batch=st.sampled_from([1, 2, 5, 7, 8]),
     need=st.sampled_from([(True, True), (False, True), (True, False)]),
     seed=seeds,
 )
@@ -160,6 +160,23 @@ def test_saved_bytes_at_tiny_batches_are_what_autograd_keeps(spec, batch, need, 
         assert _kept_bytes(lambda p=p: C.linear(x, cores, strategy=p), own) == p.saved_bytes, p
 
 
+@pytest.mark.parametrize(("rows", "cols"), [((2, 2), (1, 3)), ((2, 2, 2), (1, 1, 4)), ((3, 2, 2), (3, 2, 4))])
+def test_saved_bytes_where_the_first_fold_is_a_view(rows, cols, gen):
+    """An input mode of 1 in the first group: torch.matmul's fold of x is a view there, not a copy."""
+    for need in ((True, True), (False, True), (True, False)):
+        cores = [c.requires_grad_(need[1]) for c in _cores(rows, cols, 2, gen)]
+        for batch in range(1, 9):
+            x = torch.randn(
+                batch, dense_cols(cols), generator=gen, dtype=torch.float64, requires_grad=need[0]
+            )
+            grads = {"input_requires_grad": need[0], "cores_require_grad": need[1]}
+            for p in C.enumerate_plans(cores, batch, requires_grad=True, **grads):
+                kept = _kept_bytes(
+                    lambda p=p, x=x, cores=cores: C.linear(x, cores, strategy=p), _own(x, *cores)
+                )
+                assert kept == p.saved_bytes, (batch, need, p)
+
+
 def test_an_exact_tie_goes_to_the_plan_keeping_less():
     """The two sweep directions often mirror each other's estimate; training took ltr on a tie even where it
     keeps more (the stack benchmark's 1024x1024 rank-8 layer at batch 1: 92,160 bytes against rtl's 73,728)."""
@@ -170,6 +187,11 @@ def test_an_exact_tie_goes_to_the_plan_keeping_less():
     assert len(tied) > 1 and chosen.saved_bytes == min(p.saved_bytes for p in tied) < max(
         p.saved_bytes for p in tied
     )
+    eights = (8, 8, 4, 4)  # a tie at batch 8 that the candidates' order would break the other way
+    cores = list(tt.nn.TTLinear(1024, 1024, tt_rank=4, in_dims=eights, out_dims=eights).cores)
+    chosen = C.plan(cores, 8, requires_grad=True)
+    tied = [p for p in C.enumerate_plans(cores, 8, requires_grad=True) if p.est_seconds == chosen.est_seconds]
+    assert chosen.saved_bytes == min(p.saved_bytes for p in tied) < max(p.saved_bytes for p in tied)
     # a bound every plan meets changes nothing: within a bound a tie went by the candidates' order again
     fives = list(tt.nn.TTLinear(125, 125, tt_rank=2, in_dims=(5, 5, 5), out_dims=(5, 5, 5)).cores)
     for batch in (8, 64):
@@ -178,15 +200,14 @@ def test_an_exact_tie_goes_to_the_plan_keeping_less():
     # mirrored sweeps keeping the same: rtl below batch 8 (measured 11-15% faster at batch 1), ltr from 8 on
     eights = (8, 8, 8, 8)
     cores = list(tt.nn.TTLinear(4096, 4096, tt_rank=16, in_dims=eights, out_dims=eights).cores)
-    for batch, direction in ((1, "rtl"), (64, "ltr")):
+    for batch, direction in ((1, "rtl"), (7, "rtl"), (8, "ltr"), (64, "ltr")):
         mirrors = [
             p for p in C.enumerate_plans(cores, batch, requires_grad=True) if p.groups == ((0, 2), (2, 4))
         ]
-        assert (
-            len({(p.est_seconds, p.saved_bytes) for p in mirrors if p.kind == "sweep" and not p.recompute})
-            == 1
-        )
+        mirrored = {(p.est_seconds, p.saved_bytes) for p in mirrors if p.kind == "sweep" and not p.recompute}
+        assert len(mirrored) == 1 or batch in (7, 8)  # (a tie at 1 and 64; the boundary's choice is checked)
         assert C.plan(cores, batch, requires_grad=True).direction == direction
+        assert C.plan(cores, batch, requires_grad=True, max_saved_bytes=10**12).direction == direction
 
 
 def test_a_first_or_frozen_layer_prices_only_the_gradients_it_computes():

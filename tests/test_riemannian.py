@@ -200,8 +200,9 @@ def test_deltas_to_tangent_space_refuses_mixed_deltas(gen):
         tt.riemannian.deltas_to_tangent_space([batched[0], batched[1][:1], batched[2]], where)
     again = tt.riemannian.deltas_to_tangent_space((d for d in deltas), where)
     assert_close(tt.full(again), tt.full(tt.project(where, where)))
-    with pytest.raises(TypeError, match="deltas_to_tangent_space: deltas must be a sequence of tensors"):
-        tt.riemannian.deltas_to_tangent_space(deltas[0], where)
+    for bad in (deltas[0], 5):
+        with pytest.raises(TypeError, match="deltas_to_tangent_space: deltas must be a sequence of tensors"):
+            tt.riemannian.deltas_to_tangent_space(bad, where)
 
 
 def test_messages_name_the_callers_arguments(gen):
