@@ -23,7 +23,7 @@ from ._transforms import valueless
 from .compression_report import Dims
 from .nn.embedding import TTEmbedding, resolve_embedding_dims
 from .nn.linear import TTLinear, as_linear, resolve_dims
-from .shapes import max_tt_ranks
+from .shapes import svd_tt_ranks
 
 __all__ = [
     "CONVERTERS",
@@ -318,10 +318,9 @@ def carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
 
 
 def planned_tt_params(dims: Dims, max_tt_rank: int) -> tuple[int, tuple[int, ...]]:
-    """Core parameters and ranks TT-SVD gives with a rank cap (ranks clipped to the maximal useful ones)."""
+    """Core parameters and ranks TT-SVD gives with a rank cap."""
     rows, cols = dims
-    bound = max_tt_ranks([m * n for m, n in zip(rows, cols, strict=True)])
-    ranks = tuple(min(max_tt_rank, b) for b in bound)
+    ranks = svd_tt_ranks(max_tt_rank, [m * n for m, n in zip(rows, cols, strict=True)])
     return sum(ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(len(rows))), ranks
 
 

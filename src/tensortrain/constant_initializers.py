@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import ShapeError
-from .shapes import as_int, plain_scalar, svd_tt_ranks
+from .shapes import as_int, plain_scalar
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["eye", "matrix_ones", "matrix_zeros", "ones_like", "tensor_ones", "tensor_zeros", "zeros_like"]
@@ -78,11 +78,6 @@ def _matrix_dims(shape: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...
             f"and cols {cols} ({len(cols)} modes)"
         )
     return rows, cols
-
-
-def _ranks(tt_rank: Rank, modes: Sequence[int]) -> tuple[int, ...]:
-    """Full ``d + 1`` ranks, clipped to those TT-SVD gives with these caps (:func:`~tensortrain.svd_tt_ranks`)."""
-    return svd_tt_ranks(tt_rank, modes)
 
 
 def _dtype(dtype: torch.dtype | None) -> torch.dtype:

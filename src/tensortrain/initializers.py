@@ -39,7 +39,6 @@ from .constant_initializers import (
     _dims,
     _dtype,
     _matrix_dims,
-    _ranks,
     _real,
     _stddev,
     eye,
@@ -58,6 +57,7 @@ from .random_cores import (
     tensor_batch_with_random_cores,
     tensor_with_random_cores,
 )
+from .shapes import svd_tt_ranks
 from .tensor_train import TensorTrain, TensorTrainBatch
 
 __all__ = [
@@ -129,7 +129,7 @@ def _random(
     stddev, mean = _stddev(stddev), _real(mean, "mean")
     kw: dict[str, Any] = {"dtype": _dtype(dtype), "device": device}
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
-    ranks = _ranks(tt_rank, modes)
+    ranks = svd_tt_ranks(tt_rank, modes)
     d = len(rows)
     core_std = 0.0 if stddev == 0 else per_core_std(stddev, ranks, d)
     shapes = _core_shapes(rows, cols, ranks, batch_size)

@@ -21,10 +21,10 @@ from .constant_initializers import (
     _dims,
     _dtype,
     _matrix_dims,
-    _ranks,
     _real,
     _stddev,
 )
+from .shapes import svd_tt_ranks
 from .tensor_train import TensorTrain, TensorTrainBatch
 
 __all__ = [
@@ -195,5 +195,5 @@ def _iid(
 ) -> Any:
     kw: dict[str, Any] = {"dtype": _dtype(dtype), "device": device}
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
-    shapes = _core_shapes(rows, cols, _ranks(tt_rank, modes), batch_size)
+    shapes = _core_shapes(rows, cols, svd_tt_ranks(tt_rank, modes), batch_size)
     return _wrap(_normal_cores(shapes, _real(mean, "mean"), _stddev(stddev), generator, **kw), batch_size)

@@ -154,19 +154,21 @@ def resolve_dims(
         raise TypeError(f"pad must be None, True or False, got {pad!r}")
     # given dims may multiply to more only when asked; automatic dims pad unless refused
     given, auto = bool(pad), pad is not False
-    if in_dims is not None and out_dims is not None and in_features != out_features:
-        swapped = [_prod_or_none(in_dims), _prod_or_none(out_dims)] == [out_features, in_features]
-        if swapped:  # (to_tt_matrix says the same of a transposed shape)
-            raise ShapeError(
-                f"in_dims={tuple(in_dims)} multiply to out_features={out_features} and out_dims={tuple(out_dims)} "
-                f"to in_features={in_features}: they look swapped (in_dims are the input modes)"
-            )
-    ins = None if in_dims is None else _check_dims("in_dims", in_dims, in_features, "in_features", pad=given)
-    outs = (
-        None
-        if out_dims is None
-        else _check_dims("out_dims", out_dims, out_features, "out_features", pad=given)
-    )
+    # read once (an iterator too) and checked as ints, then against the sizes
+    ins = None if in_dims is None else _check_dims("in_dims", in_dims, None, "in_features")
+    outs = None if out_dims is None else _check_dims("out_dims", out_dims, None, "out_features")
+    if (
+        ins
+        and outs
+        and in_features != out_features
+        and (math.prod(ins), math.prod(outs)) == (out_features, in_features)
+    ):
+        raise ShapeError(  # (to_tt_matrix says the same of a transposed shape)
+            f"in_dims={ins} multiply to out_features={out_features} and out_dims={outs} to "
+            f"in_features={in_features}: they look swapped (in_dims are the input modes)"
+        )
+    ins = None if ins is None else _check_dims("in_dims", ins, in_features, "in_features", pad=given)
+    outs = None if outs is None else _check_dims("out_dims", outs, out_features, "out_features", pad=given)
     if ins is not None and outs is not None and len(ins) != len(outs):
         raise ShapeError(
             f"in_dims={ins} and out_dims={outs} must have the same length (one pair of modes per core)"
@@ -182,18 +184,6 @@ def resolve_dims(
     if outs is None:
         outs = tuple(reversed(_modes(out_features, d, auto)))
     return ins, outs
-
-
-def _prod_or_none(dims: Any) -> int | None:
-    """The product of dims that are a sequence of ints, else None (for hints only: _check_dims validates; an
-    iterator is left for it to read)."""
-    if not hasattr(dims, "__len__"):
-        return None
-    try:
-        vals = [as_int(v) for v in dims]
-    except TypeError:
-        return None
-    return math.prod(v for v in vals if v is not None) if all(v is not None for v in vals) else None
 
 
 def _svd_ready(w: torch.Tensor) -> torch.Tensor:
