@@ -336,3 +336,38 @@ def test_a_zero_core_after_overflowing_cores_gives_zero(gen):
         assert (tt.gather_nd(y, [[0, 0, 0], [1, 1, 1]]) == 0).all()
         assert tt.frobenius_norm(y, differentiable=True) == 0
         assert tt.gram_matrix(tt.concat_along_batch_dim([y, y])).eq(0).all()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [
+        (torch.float32, 1e-30),
+        (torch.float32, 1e30),
+        (torch.float64, 1e-200),
+        (torch.float64, 1e200),
+        (torch.float16, 300.0),
+    ],
+)
+def test_differentiable_norm_where_only_its_square_leaves_the_range(gen, dtype, scale):
+    """frobenius_norm(differentiable=True) took the root of the squared norm: 0 or inf (and zero gradients)
+    for a norm that fits the dtype, e.g. any float16 norm above 256."""
+    x = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64, generator=gen)
+    x = tt.multiply(x, 1 / float(tt.frobenius_norm(x)))
+    cores = [(c * scale ** (1 / 3)).to(dtype).requires_grad_(True) for c in x.tt_cores]
+    y = tt.TensorTrain(cores)
+    # the dense norm of the cores as stored, unscaled in float64 (full() of the scaled ones leaves the range)
+    unit = tt.full(tt.TensorTrain([c.detach().double() / scale ** (1 / 3) for c in cores])).norm()
+    want = unit * scale
+    # epsilon 1 shifts none of these norms' digits in their dtype (below 1: the square underflows to 0)
+    for epsilon in (0.0, 1.0) if scale > 1 else (0.0,):
+        got = tt.frobenius_norm(y, epsilon=epsilon, differentiable=True)
+        assert got.dtype == dtype
+        close(got, want, rtol=2e-3 if dtype == torch.float16 else 1e-5)
+    tt.frobenius_norm(y, differentiable=True).backward()
+    # d|x|/dcore_k = core's share: <grad_k, core_k> = |x| for every core (the norm is 1-homogeneous per core)
+    for c in cores:
+        close(
+            (c.grad.double() * c.detach().double()).sum(), want, rtol=2e-3 if dtype == torch.float16 else 1e-5
+        )
+    batch = tt.concat_along_batch_dim([y, y])
+    close(tt.frobenius_norm(batch, differentiable=True), want.expand(2))

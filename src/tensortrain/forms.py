@@ -233,7 +233,8 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
     Args:
         tt: a TT object.
         epsilon: added to the squared norm under the square root (t3f compatibility).
-        differentiable: as in :func:`frobenius_norm_squared`.
+        differentiable: compute the value with the Gram sweep instead of QR (on cores scaled by powers of two:
+            a norm that fits the dtype is returned where its square would not).
 
     Returns:
         A real 0-dim tensor, or a vector of length B.
@@ -265,28 +266,31 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
             value = torch.hypot(value, torch.full_like(value, epsilon).sqrt())
         value = value.to(tt.tt_cores[0].real.dtype)  # (not tt.dtype.to_real(): a graph break)
         if graded_too:
-            cores = [flat_modes(c) for c in batched_cores(tt)]
-            gram, exps = _scaled_gram(cores)
-            graded = _masked_root(gram, exps)  # the derivatives, from scaled cores (an exact zero is added)
-            if epsilon:
-                # sqrt(norm^2 + eps) from the square itself where it fits: smooth at a zero tensor (the masked
-                # root has no curvature there); hypot of the root where the square overflows
-                sq = scale_pow2(gram, 2 * exps) + epsilon
-                fits = torch.isfinite(sq)
-                smooth = torch.sqrt(torch.where(fits, sq, torch.ones_like(sq)))
-                graded = torch.where(
-                    fits, smooth, torch.hypot(graded, torch.full_like(graded, epsilon).sqrt())
-                )
+            graded = _gram_norm(tt, epsilon)  # the derivatives, from scaled cores (an exact zero is added)
             zero = torch.where(torch.isfinite(graded), graded - graded.detach(), torch.zeros_like(graded))
             # (value is 0-dim for a single TT)
             value = value + (zero if is_batch(tt) else zero[0]).to(value.dtype)
         return value
-    sq = frobenius_norm_squared(tt, differentiable=differentiable) + epsilon
-    sq = sq.clamp_min(0.0)  # a Gram sweep can round a zero norm to -1e-30; clamp keeps NaN as NaN
-    zero = sq == 0
-    # sqrt has an infinite derivative at 0; feed it 1 there and mask, so the gradient is 0, not NaN. Only an
-    # exact zero is masked: a NaN squared norm must stay NaN.
-    return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, torch.ones_like(sq), sq)))
+    check_tt(tt, "frobenius_norm", "tt")
+    # The Gram sweep on scaled cores, not the root of frobenius_norm_squared's: that square leaves the dtype's
+    # range where the norm itself fits (float32 past a norm of 1.8e19 or below 1e-19, float16 past 256).
+    value = _gram_norm(tt, epsilon).to(tt.tt_cores[0].real.dtype)
+    return value if is_batch(tt) else value[0]
+
+
+def _gram_norm(tt: TensorTrainBase, epsilon: float) -> torch.Tensor:
+    """The norms ``sqrt(norm^2 + epsilon)`` ``(B,)`` by the Gram sweep on scaled cores, in the wide dtype:
+    differentiable, with gradient 0 (not NaN) at a zero tensor when ``epsilon`` is 0."""
+    gram, exps = _scaled_gram([flat_modes(c) for c in batched_cores(tt)])
+    root = _masked_root(gram, exps)
+    if not epsilon:
+        return root
+    # sqrt(norm^2 + eps) from the square itself where it fits: smooth at a zero tensor (the masked root has no
+    # curvature there); hypot of the root where the square overflows
+    sq = scale_pow2(gram, 2 * exps) + epsilon
+    fits = torch.isfinite(sq)
+    smooth = torch.sqrt(torch.where(fits, sq, torch.ones_like(sq)))
+    return torch.where(fits, smooth, torch.hypot(root, torch.full_like(root, epsilon).sqrt()))
 
 
 # ------------------------------------------------------------------------------------------ bilinear forms
