@@ -941,3 +941,58 @@ def test_a_forward_overridden_on_the_instance_keeps_its_layer_dense():
     assert type(tt.decompress(tt_model)[0]) is nn.Linear
     model[0].forward = None  # (not callable at all: still an override)
     assert not tt.compress(model, max_tt_rank=4)[1].layers[0].replaced
+
+
+def test_a_linear_whose_parent_reads_its_weight_stays_dense(gen):
+    """nn.LinearCrossEntropyLoss reads self.linear.weight in its own forward: compress replaced that plain
+    nn.Linear, reported it converted, and the model failed at its first call."""
+    if not hasattr(nn, "LinearCrossEntropyLoss"):
+        pytest.skip("this torch has no nn.LinearCrossEntropyLoss")
+    model = nn.ModuleDict({"body": nn.Linear(64, 64), "loss": nn.LinearCrossEntropyLoss(64, 512)})
+    small, report = tt.compress(model, max_tt_rank=8)
+    rows = {row.name: row for row in report.layers}
+    assert rows["body"].replaced and not rows["loss.linear"].replaced
+    assert "parent LinearCrossEntropyLoss reads its weight" in rows["loss.linear"].reason
+    x, t = torch.randn(4, 64, generator=gen), torch.randint(0, 512, (4,), generator=gen)
+    want = model["loss"](small["body"](x), t)
+    assert_close(small["loss"](small["body"](x), t), want)
+
+
+def test_full_backward_hooks_move_with_the_layer_and_old_style_ones_keep_it_dense(gen):
+    """Full backward hooks (gradients of the layer's inputs and outputs) were dropped without a word; a hook of
+    the deprecated register_backward_hook (gradients of the last operation) cannot follow: that layer stays
+    dense, and decompress refuses such a TT layer."""
+    model = mlp()
+    calls: list[object] = []
+    handle = model[0].register_full_backward_hook(lambda m, gi, go: calls.append((gi[0].shape, go[0].shape)))
+    model[0].register_full_backward_pre_hook(lambda m, go: calls.append(type(m).__name__))
+    small, _ = tt.compress(model, max_tt_rank=2, inplace=True)
+    assert isinstance(small[0], tt.nn.TTLinear)
+    x = torch.randn(2, 64, generator=gen, dtype=DT, requires_grad=True)
+    small(x).sum().backward()
+    assert calls == ["TTLinear", (torch.Size([2, 64]), torch.Size([2, 48]))]
+    handle.remove()  # the user's handle still removes it
+    calls.clear()
+    dense = tt.decompress(small)
+    dense(x).sum().backward()
+    assert calls == ["Linear"] and type(dense[0]) is nn.Linear
+    old = mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch warns that register_backward_hook is deprecated)
+        old[0].register_backward_hook(lambda m, gi, go: None)
+        small, report = tt.compress(old, max_tt_rank=2)
+        assert not report.layers[0].replaced and "register_full_backward_hook" in report.layers[0].reason
+        assert report.layers[1].replaced
+        small = nn.Sequential(tt.nn.TTLinear(64, 48, tt_rank=2))
+        small[0].register_backward_hook(lambda m, gi, go: None)
+    with pytest.raises(ValueError, match=r"TT layer '0' cannot be converted: .*register_backward_hook"):
+        tt.decompress(small)
+
+
+def test_no_match_qualifies_layer_names_that_read_as_torch_nn_ones():
+    """A dynamically quantized model was said to have no nn.Linear while listing 'Linear' among its layers."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    quantized = types.new_class("Linear", (nn.Module,))  # (another Linear: torch.ao's quantized one, say)
+    model[0] = quantized()
+    with pytest.raises(ValueError, match=r"its layers: ReLU, \S+\.Linear\)"):
+        tt.compress(model, max_tt_rank=2)

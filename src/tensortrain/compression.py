@@ -29,6 +29,7 @@ from .compression_layers import (
     converter_of,
     hooked_tensors,
     layer_dims,
+    old_backward_hooks,
     overridden,
     planned_tt_params,
     recomputed,
@@ -145,6 +146,33 @@ def _tied(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[i
         if others:
             reasons[id(m)] = (
                 f"its parameters are tied to {', '.join(others[:3])}: converting would untie them"
+            )
+    return reasons
+
+
+_WEIGHT_READERS: dict[type, tuple[str, str]] = {
+    cls: (child, fn)
+    for cls, child, fn in (
+        (getattr(nn, "LinearCrossEntropyLoss", None), "linear", "F.linear_cross_entropy"),  # torch >= 2.10
+    )
+    if cls is not None
+}
+"""Built-in modules whose forward reads a child ``nn.Linear``'s ``.weight`` as a tensor (not calling the child):
+their child must stay dense. (MultiheadAttention's ``out_proj`` is a subclass, never a candidate.)"""
+
+
+def _read_by_parent(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
+    """Why some selected layers must stay dense: a parent of a :data:`_WEIGHT_READERS` type reads their weight
+    in its own forward, which a TT layer's weight (a TensorTrain) would break at the first call."""
+    selected = {id(m) for _, m in layers}
+    reasons = {}
+    for m in model.modules():
+        reader = _WEIGHT_READERS.get(type(m))
+        child = getattr(m, reader[0], None) if reader else None
+        if reader and isinstance(child, nn.Module) and id(child) in selected:
+            reasons[id(child)] = (
+                f"its parent {type(m).__name__} reads its weight as a tensor ({reader[1]}), which a TT layer's "
+                "weight is not"
             )
     return reasons
 
@@ -281,10 +309,19 @@ def _copy(model: nn.Module, fn: str = "compress") -> nn.Module:
         ) from e
 
 
+def _kind(module: nn.Module) -> str:
+    """A module's class name, qualified where it would read as a ``torch.nn`` class it is not (a quantized
+    ``Linear``, say, which compress does not convert)."""
+    cls = type(module)
+    if getattr(nn, cls.__name__, cls) is cls:
+        return cls.__name__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _kept_dense(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
     """Selected layers (by module id) that stay dense whatever the budget, with the reason: tied ones and
     those a converter would refuse, all known before any TT-SVD so that the ratio search counts them."""
-    kept = _tied(model, layers)
+    kept = _tied(model, layers) | _read_by_parent(model, layers)
     for _, m in layers:
         reason = refusal(m)
         if reason is not None:
@@ -351,7 +388,9 @@ def compress(
     ``torch.nn.utils.prune`` or old-style ``weight_norm`` / ``spectral_norm`` hook (the tensor there
     between forwards is a stale copy), or by a ``torch.nn.utils.parametrize`` parametrization; parameters or
     submodules beside ``weight`` and ``bias``; a ``forward`` overridden on the instance (``module.forward =
-    ...``: the TT layer would run its own); a weight whose shape disagrees with the layer's sizes; an
+    ...``: the TT layer would run its own), or a hook of the deprecated ``register_backward_hook``; a built-in
+    parent that reads its weight in its own forward (``nn.LinearCrossEntropyLoss``'s ``linear``); a weight whose
+    shape disagrees with the layer's sizes; an
     ``nn.Embedding`` with ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True``, or with a non-zero
     padding row (``TTEmbedding`` outputs zeros for ``padding_idx``); NaN or inf weights; a weight of a dtype
     below 16 bits (float8, complex32), which TT cores cannot take.
@@ -359,9 +398,10 @@ def compress(
 
     A TT layer takes over what the dense one held beside its weights: its forward hooks and pre-hooks (with
     their ``with_kwargs`` / ``always_call`` flags; with ``inplace=True`` the handles ``register_forward_hook``
-    returned still remove them, while a copy's hooks are copies that those handles do not reach), its other
-    buffers (persistent or not, under the same state_dict keys) and its train/eval
-    mode. Backward and state_dict hooks are not carried over.
+    returned still remove them, while a copy's hooks are copies that those handles do not reach), its full
+    backward hooks and pre-hooks, its other buffers (persistent or not, under the same state_dict keys) and its
+    train/eval mode. State_dict hooks (the TT layer's state has other keys) and plain attributes set on the
+    dense layer's instance are not carried over.
 
     Not detectable: code that reads a layer's ``.weight`` outside the layer's own forward
     (``F.linear(x, self.lin.weight)``, an output head tied through ``self.embed.weight`` in ``forward``
@@ -463,7 +503,7 @@ def compress(
             boxes = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
             kinds = sorted(
                 {
-                    type(m).__name__
+                    _kind(m)
                     for m in target.modules()
                     if not isinstance(m, boxes) and not (m is target and list(m.children()))
                 }
@@ -543,7 +583,7 @@ def _with_extras(tt_layer: nn.Module, new: nn.Module) -> nn.Module:
 def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Replace every ``TTLinear`` / ``TTEmbedding`` by its exact dense equivalent (``to_linear`` /
     ``to_embedding``): the inverse of :func:`compress` up to the TT approximation already made. Each dense
-    layer takes over the TT layer's forward hooks and pre-hooks, buffers and train/eval mode, as
+    layer takes over the TT layer's forward and full backward hooks and pre-hooks, buffers and train/eval mode, as
     :func:`compress` carried them the other way, and any parameters and submodules added to the TT layer (an
     adapter, a learned scale) under their names.
 
@@ -563,7 +603,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: the model contains no TT layer; a TT layer holds an added parameter or submodule under
             a name the dense layer uses; a TT layer's bias is parametrized or pruned (the dense layer would keep a
-            stale copy: remove that first), or its forward is overridden on the instance; TT layers share
+            stale copy: remove that first), its forward is overridden on the instance, or it has a hook of the
+            deprecated ``register_backward_hook``; TT layers share
             cores but not the same ones in the same order, or
             share them all but would give dense weights of different shapes (the tie cannot be kept). With
             ``inplace=True`` the model is left unchanged then.
@@ -575,7 +616,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         raise TypeError(f"decompress expects an nn.Module, got {type(model).__name__}")
     in_place = as_flag(inplace, "decompress", "inplace")
     for name, m in model.named_modules():
-        why = recomputed(m) or overridden(m) if isinstance(m, (TTLinear, TTEmbedding)) else None
+        tt_layer = isinstance(m, (TTLinear, TTEmbedding))
+        why = recomputed(m) or overridden(m) or old_backward_hooks(m) if tt_layer else None
         if why is not None:
             raise ValueError(f"decompress: the TT layer {name or '(the model)'!r} cannot be converted: {why}")
     target = model if in_place else _copy(model, "decompress")

@@ -204,9 +204,13 @@ _HOOK_DICTS = (
     "_forward_hooks",
     "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_is_full_backward_hook",
 )
 """The dicts in which ``nn.Module`` keeps forward (pre-)hooks and their ``with_kwargs`` / ``always_call``
-flags, by hook id."""
+flags, by hook id, and its backward (pre-)hooks with the flag that says they are full ones (their arguments are
+the gradients of the layer's inputs and outputs, the same for any layer computing the same function)."""
 
 
 def layer_dims(module: nn.Module) -> Dims:
@@ -277,11 +281,23 @@ def overridden(module: nn.Module) -> str | None:
     )
 
 
+def old_backward_hooks(module: nn.Module) -> str | None:
+    """Why a layer's backward hooks cannot follow it to another layer (hooks of the deprecated
+    ``register_backward_hook``, whose arguments are the gradients of the layer's last autograd operation, not
+    of its inputs), or None."""
+    if module._is_full_backward_hook is False and module._backward_hooks:
+        return (
+            "it has a hook of the deprecated register_backward_hook, whose arguments depend on the layer's last "
+            "operation; register it with register_full_backward_hook instead"
+        )
+    return None
+
+
 def refusal(module: nn.Module) -> str | None:
     """Why a selected layer cannot be converted whatever the budget (it then stays dense), or None: the
     ratio search counts such layers as fixed, as it does tied ones."""
     # (first: reading a parametrized weight below would recompute it)
-    why = recomputed(module) or overridden(module)
+    why = recomputed(module) or overridden(module) or old_backward_hooks(module)
     if why is not None:
         return why
     conv = converter_for(module)
@@ -300,9 +316,9 @@ def refusal(module: nn.Module) -> str | None:
 
 
 def carry_over(old: nn.Module, new: nn.Module) -> nn.Module:
-    """Give ``new`` what ``old`` held beside its weights: its buffers, forward hooks and pre-hooks (the
-    same dicts, so the handles returned by ``register_forward_hook`` on ``old`` still remove them) and its train/eval
-    mode."""
+    """Give ``new`` what ``old`` held beside its weights: its buffers, forward and full backward hooks and
+    pre-hooks (the same dicts, so the handles returned by ``register_forward_hook`` on ``old`` still remove them)
+    and its train/eval mode."""
     for name, buf in old._buffers.items():
         new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
     if isinstance(old, nn.modules.lazy.LazyModuleMixin):
