@@ -243,6 +243,12 @@ def test_torch_functions_given_a_tt_object_say_what_to_do(gen):
     full = tt.full(w)
     for product in (y @ w, torch.matmul(y, w), y.matmul(w)):
         torch.testing.assert_close(product, y @ full)
+    # by keyword too (they got the message above: 'called as modules'), in torch's operand order
+    for product in (torch.matmul(input=y, other=w), torch.matmul(other=w, input=y), y.matmul(other=w)):
+        torch.testing.assert_close(product, y @ full)
+    torch.testing.assert_close(torch.matmul(input=w, other=x.T), full @ x.T)
+    with pytest.raises(TypeError, match=r"out=\) with a TT object.*out.copy_\(torch.matmul\(a, b\)\)"):
+        torch.matmul(y, w, out=torch.empty(5, 4, dtype=torch.float64))
     with pytest.raises(TypeError, match="add: first operand is a Tensor"):  # tt.add's own message
         y + w  # noqa: B018
     assert isinstance(torch.tensor(2.0, dtype=torch.float64) * w, tt.TensorTrain)
@@ -424,3 +430,16 @@ def test_cuda_refuses_devices_of_other_types():
     for dev in ("meta", torch.device("cpu"), "cpu"):
         with pytest.raises(ValueError, match="expected a CUDA device, got"):
             x.cuda(dev)
+
+
+def test_requires_grad_false_with_a_computed_core_changes_no_core(gen):
+    """torch refuses requires_grad_(False) on a non-leaf core by core: the cores before it were already
+    changed, a TT half with gradients and half without."""
+    leaf = torch.randn(1, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    computed = torch.randn(2, 4, 1, generator=gen, dtype=torch.float64, requires_grad=True) * 2.0
+    a = tt.TensorTrain([leaf, computed])
+    with pytest.raises(RuntimeError, match=r"core 1 was computed by autograd.*\.detach\(\)"):
+        a.requires_grad_(False)
+    assert leaf.requires_grad and computed.requires_grad
+    b = tt.TensorTrain([leaf, computed.detach()])
+    assert b.requires_grad_(False) is b and not any(c.requires_grad for c in b.tt_cores)

@@ -102,7 +102,7 @@ def multiply_along_batch_dim(batch_tt: TensorTrainBatch, weights: torch.Tensor |
         ShapeError: ``weights`` does not hold exactly B values.
         ValueError: an int weight that int64 cannot hold.
 
-    Complexity: O(B r n).
+    Complexity: O(B d r^2 n): the other cores are copied (the result has memory of its own).
 
     Example:
         >>> import torch, tensortrain as tt
@@ -158,7 +158,7 @@ def gram_matrix(tt_vectors: TensorTrainBase, matrix: TensorTrainBase | None = No
         TypeError, ShapeError: as :func:`pairwise_flat_inner`; ShapeError also for a ``matrix`` whose row
             and column modes differ.
 
-    Complexity: O(B^2 d r^3 n) without a matrix; O(B^2 d r^3 r_A n^2) with one.
+    Complexity: O(B^2 d r^3 n) without a matrix; O(B^2 d (r^3 r_A n + r^2 r_A^2 n^2)) with one.
 
     Example:
         >>> import tensortrain as tt

@@ -490,7 +490,9 @@ def plan(
     Example:
         >>> import torch, tensortrain as tt
         >>> w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4)
-        >>> print(tt.contraction.plan(w, 8).describe())  # doctest: +SKIP
+        >>> print(tt.contraction.plan(w, 8, requires_grad=False).describe())  # doctest: +SKIP
+        sweep ltr [0:1][1:2]
+        >>> print(tt.contraction.plan(w, 1024, requires_grad=False).describe())  # doctest: +SKIP
         full (W from halves split at core 1, one GEMM)
     """
     cores = cores_of(weight, "plan")

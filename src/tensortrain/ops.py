@@ -281,7 +281,8 @@ def multiply(tt_left: Any, right: Any) -> Any:
 
     * Number (Python int/float/complex): like t3f, ``|c|^(1/d)`` scales every core and the sign (phase)
       goes on the first core, so the cores stay balanced. A 0-dim tensor scales only the first core
-      (differentiable w.r.t. the scalar everywhere, zero included). Either side may be the number.
+      (differentiable w.r.t. the scalar everywhere, zero included), so in float16 a large one can overflow
+      that core where a number would not. Either side may be the number.
     * Two TT objects of the same kind and raw shape: cores are Kronecker-multiplied slice by slice,
       TT-ranks multiply; batches broadcast (size 1 against B).
 

@@ -347,7 +347,20 @@ class TensorTrainBase:
         return self._same_values(self._new([c.clone() for c in self._tt_cores]))
 
     def requires_grad_(self, requires_grad: bool = True) -> Any:
-        """Set ``requires_grad`` on every core in place; returns ``self``."""
+        """Set ``requires_grad`` on every core in place; returns ``self``.
+
+        Raises:
+            RuntimeError: ``requires_grad=False`` with a core that autograd computed (not a leaf), as
+                ``Tensor.requires_grad_``; no core is changed then.
+        """
+        if not requires_grad:
+            # checked first: torch refuses it core by core, which left the cores before that one changed
+            computed = [k for k, c in enumerate(self._tt_cores) if not c.is_leaf]
+            if computed:
+                raise RuntimeError(
+                    f"requires_grad_(False): core {computed[0]} was computed by autograd (not a leaf), whose "
+                    "requires_grad cannot be turned off; use .detach() for a TT object without gradients"
+                )
         for c in self._tt_cores:
             c.requires_grad_(requires_grad)
         return self
@@ -475,7 +488,9 @@ class TensorTrainBase:
         other = plain_scalar(other)  # NumPy scalars as Python numbers (float64), as multiply reads them
         if isinstance(other, bool) or not isinstance(other, numbers.Number):
             return NotImplemented  # Python's TypeError then names both operand types
-        if other == 0:  # as torch divides (x / 0 is x * inf), not Python's ZeroDivisionError
+        # x / 0 is x * inf, as torch divides, not Python's ZeroDivisionError; but the inf sits in the cores, so the
+        # entries come out NaN wherever a core product sums terms of both signs (a TT cannot hold x / 0 itself)
+        if other == 0:
             if isinstance(other, complex):
                 return ops.multiply(self, complex(math.nan, math.nan))
             return ops.multiply(self, math.copysign(math.inf, float(other)))  # type: ignore[arg-type]
@@ -525,10 +540,19 @@ class TensorTrainBase:
         """
         if func is not torch.matmul and torch.compiler.is_compiling():
             torch._dynamo.graph_break()  # (fullgraph=True: an error, not a wrong product)
-        if func in _MATMULS and not kwargs and len(args) == 2:
-            from . import ops
+        if func in _MATMULS:
+            kw = dict(kwargs or {})
+            if "out" in kw:
+                raise TypeError(
+                    "torch.matmul(..., out=) with a TT object: the product is a new tensor (or TT object); "
+                    "copy it into out yourself: out.copy_(torch.matmul(a, b))"
+                )
+            # torch.matmul(input=a, other=b), a.matmul(other=b): the operands by name, in torch's order
+            operands = [*args, *(kw.pop(key) for key in ("input", "other") if key in kw)]
+            if not kw and len(operands) == 2:
+                from . import ops
 
-            return ops.matmul(*args)
+                return ops.matmul(*operands)
         name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
         raise TypeError(
             f"torch function {name!r} got a {cls.__name__}, a TT object (e.g. the .weight of a TTLinear or "
