@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -687,3 +690,29 @@ def test_inference_chunking_cache_is_bounded_too(monkeypatch):
                 assert 0 < len(contraction_plan._CHUNK_CACHE) <= 5
     finally:
         C.clear_plan_cache()
+
+
+@pytest.mark.parametrize("strategy", ["full", "grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"])
+def test_a_padded_layers_saved_bytes_are_what_autograd_keeps(strategy):
+    """plan().saved_bytes of a padded layer added its input copy to every training plan: counted twice where a
+    folded first step (batch < 8, left to right) keeps a copy of that copy instead, and counted for frozen
+    cores, whose backward reads no input."""
+    for in_dims, out_dims in (((3, 4), (2, 4)), ((2, 4, 4), (3, 2, 4))):
+        layer = tt.nn.TTLinear(
+            math.prod(in_dims) - 2,
+            math.prod(out_dims) - 1,
+            tt_rank=2,
+            in_dims=in_dims,
+            out_dims=out_dims,
+            pad=True,
+            dtype=torch.float64,
+        )
+        layer.strategy = strategy
+        for batch, x_grad, cores_grad in itertools.product((1, 3, 5, 8, 20), (True, False), (True, False)):
+            if not (x_grad or cores_grad):
+                continue
+            layer.cores.requires_grad_(cores_grad)
+            x = torch.randn(batch, layer.in_features, dtype=torch.float64, requires_grad=x_grad)
+            kept = _kept_bytes(lambda x=x, layer=layer: layer(x), _own(x, *layer.parameters()))
+            plan = layer.plan(batch, requires_grad=True, input_requires_grad=x_grad)
+            assert plan.saved_bytes == kept, (in_dims, batch, x_grad, cores_grad, plan.describe())

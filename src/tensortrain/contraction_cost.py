@@ -275,6 +275,17 @@ def step_shape(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int, in
     return prod(rows[:i]), ranks[i] * ng, prod(cols[j:]), mg * ranks[j]
 
 
+def input_copied(dims: Dims, groups: Groups, direction: str, batch: int, recompute: bool) -> bool:
+    """Whether a training sweep keeps a copy of its input for backward in place of the input itself: below
+    :data:`SWEEP_FUNCTION_MIN_BATCH` rows autograd's matmul folds the first step's slices into one (a copy unless
+    that fold is a view), as :func:`step_cost` counts it."""
+    if recompute or batch >= SWEEP_FUNCTION_MIN_BATCH:
+        return False
+    i, j = groups[-1] if direction == "rtl" else groups[0]
+    outer, k, p, _ = step_shape(dims, i, j, direction)
+    return p > 1 and k > 1 and outer * batch > 1
+
+
 def _state_per_row(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int]:
     """Elements per batch row of the sweep state before and after contracting group ``[i, j)``."""
     outer, k, p, q = step_shape(dims, i, j, direction)

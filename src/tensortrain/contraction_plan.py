@@ -87,6 +87,17 @@ class ContractionPlan:
         """FLOPs of the dense product ``x @ W^T`` (``2 B M N``), for comparison."""
         return 2 * self.batch_size * _prod(self.row_dims) * _prod(self.col_dims)
 
+    def _keeps_input(self) -> bool:
+        """Whether backward reads the input itself (for the cores' gradients), so that whoever made it keeps it
+        alive: not a copy of it (a folded first sweep step, counted in :attr:`saved_bytes`), and not without
+        gradients for the cores."""
+        if not (self.requires_grad and self.cores_grad):
+            return False
+        if self.kind != "sweep" or self.direction is None:
+            return True
+        dims = (self.row_dims, self.col_dims, self.tt_ranks)
+        return not _cost.input_copied(dims, self.groups, self.direction, self.batch_size, self.recompute)
+
     @property
     def program(self) -> Program:
         """The part of the plan the executors need (batch-size independent)."""

@@ -506,8 +506,8 @@ class TTLinear(TTModule):
 
         Returns:
             A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. A
-            padded layer's ``saved_bytes`` include the zero-padded copy of the input that training keeps in
-            place of the input (``max_saved_bytes`` counts it too). To
+            padded layer's ``saved_bytes`` include the zero-padded copy of the input where training keeps it in
+            place of the input (``max_saved_bytes`` counts it whether kept or not). To
             force another kind of plan set :attr:`strategy` (or call ``tt.contraction.linear(x, layer.weight,
             layer.bias, strategy=...)``, for a layer that is not :attr:`padded`).
 
@@ -537,7 +537,10 @@ class TTLinear(TTModule):
             input_requires_grad=input_requires_grad,
             cores_require_grad=any(c.requires_grad for c in weight.tt_cores),
         )
-        return dataclasses.replace(p, saved_bytes=p.saved_bytes + padded) if padded and p.requires_grad else p
+        # (only where backward reads the padded copy itself: not for frozen cores, nor where a folded first step
+        # keeps a copy of it instead, which the plan counts)
+        kept = padded and p._keeps_input()
+        return dataclasses.replace(p, saved_bytes=p.saved_bytes + padded) if kept else p
 
     # ------------------------------------------------------------------------------------- conversions
     @classmethod
