@@ -956,6 +956,9 @@ def test_a_linear_whose_parent_reads_its_weight_stays_dense(gen):
     x, t = torch.randn(4, 64, generator=gen), torch.randint(0, 512, (4,), generator=gen)
     want = model["loss"](small["body"](x), t)
     assert_close(small["loss"](small["body"](x), t), want)
+    sub = types.new_class("MyLoss", (nn.LinearCrossEntropyLoss,))  # (inherits the forward that reads it)
+    _, report = tt.compress(nn.ModuleDict({"loss": sub(64, 512)}), max_tt_rank=8)
+    assert "parent MyLoss reads its weight" in report.layers[0].reason
 
 
 def test_full_backward_hooks_move_with_the_layer_and_old_style_ones_keep_it_dense(gen):

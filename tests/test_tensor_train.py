@@ -249,6 +249,7 @@ def test_torch_functions_given_a_tt_object_say_what_to_do(gen):
     torch.testing.assert_close(torch.matmul(input=w, other=x.T), full @ x.T)
     with pytest.raises(TypeError, match=r"out=\) with a TT object.*out.copy_\(torch.matmul\(a, b\)\)"):
         torch.matmul(y, w, out=torch.empty(5, 4, dtype=torch.float64))
+    torch.testing.assert_close(torch.matmul(y, w, out=None), y @ full)  # (torch's default)
     with pytest.raises(TypeError, match="add: first operand is a Tensor"):  # tt.add's own message
         y + w  # noqa: B018
     assert isinstance(torch.tensor(2.0, dtype=torch.float64) * w, tt.TensorTrain)

@@ -167,7 +167,8 @@ def _read_by_parent(model: nn.Module, layers: list[tuple[list[str], nn.Module]])
     selected = {id(m) for _, m in layers}
     reasons = {}
     for m in model.modules():
-        reader = _WEIGHT_READERS.get(type(m))
+        # (a subclass too: it inherits the forward that reads the weight, or one of its own that may)
+        reader = next((r for cls, r in _WEIGHT_READERS.items() if isinstance(m, cls)), None)
         child = getattr(m, reader[0], None) if reader else None
         if reader and isinstance(child, nn.Module) and id(child) in selected:
             reasons[id(child)] = (

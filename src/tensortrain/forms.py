@@ -234,7 +234,9 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         tt: a TT object.
         epsilon: added to the squared norm under the square root (t3f compatibility).
         differentiable: compute the value with the Gram sweep instead of QR (on cores scaled by powers of two:
-            a norm that fits the dtype is returned where its square would not).
+            a norm that fits the dtype is returned where its square would not; but a core whose parts differ
+            in scale by more than the dtype's range, as in a sum of unbalanced trains, loses the smaller part
+            there, which QR keeps).
 
     Returns:
         A real 0-dim tensor, or a vector of length B.

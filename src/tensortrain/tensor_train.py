@@ -542,7 +542,7 @@ class TensorTrainBase:
             torch._dynamo.graph_break()  # (fullgraph=True: an error, not a wrong product)
         if func in _MATMULS:
             kw = dict(kwargs or {})
-            if "out" in kw:
+            if kw.pop("out", None) is not None:
                 raise TypeError(
                     "torch.matmul(..., out=) with a TT object: the product is a new tensor (or TT object); "
                     "copy it into out yourself: out.copy_(torch.matmul(a, b))"
