@@ -949,3 +949,52 @@ def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
             counts[chunked, cast] = len(calls)
     assert counts == {(False, False): 1, (False, True): 0, (True, False): 4, (True, True): 0}
     C.clear_plan_cache()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 8, 64])
+@pytest.mark.parametrize("need", [(True, True), (False, True), (True, False)])
+def test_reported_flops_are_what_every_plan_runs(gen, batch, need):
+    """A frozen layer's sweeps reported the merges of their groups in flops_backward, which nothing
+    differentiates (114688 FLOPs run, 121856 reported for 'sweep rtl [0:2]' at batch 64), and the planner chose
+    on those numbers; every plan's forward and backward counts must be what runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    w = tt.random_matrix([[4, 2, 8], [7, 1, 4]], tt_rank=[1, 4, 3, 1], dtype=torch.float64, generator=gen)
+    x_grad, cores_grad = need
+    plans = C.enumerate_plans(
+        w, batch, requires_grad=True, input_requires_grad=x_grad, cores_require_grad=cores_grad
+    )
+    for plan in plans:
+        cores = [c.clone().requires_grad_(cores_grad) for c in w.tt_cores]
+        x = torch.randn(batch, 28, generator=gen, dtype=torch.float64, requires_grad=x_grad)
+        with FlopCounterMode(display=False) as forward:
+            y = C.linear(x, cores, strategy=plan)
+        with FlopCounterMode(display=False) as backward:
+            y.backward(torch.ones_like(y))
+        got = (forward.get_total_flops(), backward.get_total_flops())
+        assert (plan.flops_forward, plan.flops_backward) == got, plan.describe()
+
+
+def test_describe_names_only_what_backward_keeps_or_recomputes():
+    """A first layer's full plans read 'W kept for backward' / 'W rebuilt in backward', and a frozen layer's
+    sweeps 'step inputs recomputed', where backward reads neither; a layer's inference plan did not say that
+    its merges come from the layer's cache (so it may report fewer FLOPs than flop_floor)."""
+    w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4)
+    first = C.enumerate_plans(w, 64, requires_grad=True, input_requires_grad=False)
+    assert {p.describe() for p in first if p.kind == "full"} == {
+        "full (W from halves split at core 1, one GEMM)"
+    }
+    trained = C.enumerate_plans(w, 64, requires_grad=True)
+    assert {p.describe().split(", ")[-1] for p in trained if p.kind == "full"} == {
+        "W kept for backward)",
+        "W rebuilt in backward)",
+    }
+    frozen = C.enumerate_plans(w, 64, requires_grad=True, cores_require_grad=False)
+    assert not any("recomputed" in p.describe() for p in frozen)
+    assert any("recomputed" in p.describe() for p in trained)
+    layer = tt.nn.TTLinear(784, 625, tt_rank=16)
+    cached = layer.plan(1, requires_grad=False)
+    assert cached.merges_cached and cached.flops_forward < C.flop_floor(layer.weight, 1)
+    assert "cached merged cores: merges not counted" in str(cached)
+    assert not C.plan(layer.weight, 1, requires_grad=False).merges_cached
+    assert not layer.plan(1, requires_grad=True).merges_cached

@@ -447,7 +447,12 @@ def sweep_cost(
     # dS per step but x's unless the input needs it; dA per step and any recomputed steps for the cores' (frozen
     # cores: SweepFunction keeps and recomputes no states)
     d_states = acc if need[0] else _minus(acc, dx)
-    bwd = _sum(d_states, acc, again) if need[1] else d_states
+    if need[1]:
+        bwd = _sum(d_states, acc, again)
+    else:  # frozen cores: nothing differentiates the merges (priced in acc, the forward)
+        bwd = (
+            d_states if cached else _minus(d_states, _sum(*(merge_cost(dims, i, j, item) for i, j in groups)))
+        )
     if not need[1]:
         saved = 0
     # (the merged groups are reported as kept but not priced as traffic: they are the size of the cores)

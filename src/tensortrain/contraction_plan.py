@@ -63,6 +63,8 @@ class ContractionPlan:
         input_grad, cores_grad: which gradients the priced backward computes: the input's (False for a first
             layer, whose input needs none) and the cores' (False for a frozen layer). Both True without
             gradients.
+        merges_cached: priced without merging the core groups, which a layer keeps between inference calls
+            (``TTLinear.plan`` without gradients); a plan run elsewhere merges them, at FLOPs not counted here.
     """
 
     kind: Literal["full", "sweep"]
@@ -81,6 +83,7 @@ class ContractionPlan:
     recompute: bool = False
     input_grad: bool = True
     cores_grad: bool = True
+    merges_cached: bool = False
 
     @property
     def dense_flops(self) -> int:
@@ -106,14 +109,16 @@ class ContractionPlan:
 
     def describe(self) -> str:
         """Short name, e.g. ``"sweep rtl [0:2][2:4]"`` or ``"full (W from halves split at core 2, one GEMM)"``."""
+        # (what backward keeps or recomputes only where it reads it: W for the input's gradient, a sweep's step
+        # inputs for the cores')
         if self.kind == "full":
-            how = ", W kept for backward" if self.direction == "keep" else ""
-            if self.requires_grad and self.direction == "recompute":
-                how = ", W rebuilt in backward"
+            how = ""
+            if self.requires_grad and self.input_grad:
+                how = ", W rebuilt in backward" if self.direction == "recompute" else ", W kept for backward"
             return f"full (W from halves split at core {self.groups[0][1]}, one GEMM{how})"
         grp = "".join(f"[{i}:{j}]" for i, j in self.groups)
         return f"sweep {self.direction} {grp}" + (
-            ", step inputs recomputed in backward" if self.recompute else ""
+            ", step inputs recomputed in backward" if self.recompute and self.cores_grad else ""
         )
 
     def __str__(self) -> str:
@@ -140,6 +145,8 @@ class ContractionPlan:
                 f", backward{only} {self.flops_backward / 1e9:.3g} GFLOP, "
                 f"activations kept {self.saved_bytes / 2**20:.3g} MiB"
             )
+        if self.merges_cached:
+            s += " (the layer's cached merged cores: merges not counted)"
         return s + f", est. {self.est_seconds * 1e3:.3g} ms"
 
 
@@ -409,6 +416,7 @@ def make_plan(
         recompute=grad and (kind == "resweep" or direction == "recompute"),
         input_grad=need[0],
         cores_grad=need[1],
+        merges_cached=cached and not grad and kind != "full",
     )
 
 
