@@ -1299,3 +1299,83 @@ def test_cores_that_are_not_4d_are_named_not_the_sizes():
                 match = rf"tt_linear: a TT-matrix's cores are 4-D .* core {k} has"
                 with pytest.raises(tt.ShapeError, match=match):
                     functional_call(layer, swapped, (torch.randn(3, 24),))
+
+
+# ------------------------------------------------------- checks a mutation audit found untested (session 28)
+def test_conversions_refuse_weights_and_biases_of_other_shapes_or_kinds():
+    """A hand-replaced weight of another shape, a bias of shape (1,) (it broadcast), bool bias values and
+    bias_init=True (read as 1.0) are refused with messages naming them."""
+    lin = nn.Linear(12, 6)
+    lin.weight = nn.Parameter(torch.randn(6, 10))
+    with pytest.raises(ValueError, match=r"weight has shape \(6, 10\) but out_features=6, in_features=12"):
+        tt.nn.TTLinear.from_linear(lin, in_dims=(3, 4), out_dims=(2, 3))
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+    w = tt.random_matrix([[2, 3], [3, 4]], tt_rank=2)
+    with pytest.raises(tt.ShapeError, match=r"load_tt_: bias must have shape \(6,\), got \(1,\)"):
+        layer.load_tt_(w, bias=torch.ones(1))
+    with pytest.raises(TypeError, match="bias must be a tensor or an array of numbers, got list"):
+        tt.nn.TTLinear.from_tt(tt.random_matrix([[4, 5], [3, 4]], tt_rank=2), [True] * 20)
+    with pytest.raises(TypeError, match="bias_init must be a number or None, got True"):
+        tt.nn.TTLinear(12, 6, tt_rank=2, bias_init=True)
+
+
+def test_a_bias_of_another_shape_through_functional_call_is_refused_padded_or_not():
+    from torch.func import functional_call
+
+    for layer, x in (
+        (tt.nn.TTLinear(10, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), pad=True), torch.randn(2, 10)),
+        (tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3)), torch.randn(2, 12)),
+    ):
+        params = {**dict(layer.named_parameters()), "bias": torch.ones(1)}
+        with pytest.raises(tt.ShapeError, match=r"bias must have shape \(6,\), got \(1,\)"):
+            functional_call(layer, params, (x,))
+
+
+def test_from_tt_with_has_bias_draws_a_bias_as_nn_linear_does():
+    w = tt.random_matrix([[2, 3], [3, 4]], tt_rank=2)
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear.from_tt(w, has_bias=True)
+    assert layer.bias is not None and layer.bias.shape == (6,)
+    bound = 1 / math.sqrt(12)
+    assert layer.bias.abs().max() <= bound and layer.bias.std() > bound / 10
+    assert tt.nn.TTLinear.from_tt(w).bias is None
+
+
+def test_automatic_dims_of_lopsided_sizes_take_d_from_the_richer_size():
+    """d comes from the size with more prime factors: the other is padded with modes of 1."""
+    for (n_in, n_out), (in_dims, out_dims) in {
+        (1024, 7): ((4, 4, 8, 8), (2, 2, 2, 1)),
+        (4096, 3): ((4, 4, 4, 8, 8), (3, 1, 1, 1, 1)),
+        (600, 2): ((4, 5, 5, 6), (2, 1, 1, 1)),
+    }.items():
+        layer = tt.nn.TTLinear(n_in, n_out, tt_rank=2)
+        assert (layer.in_dims, layer.out_dims) == (in_dims, out_dims)
+
+
+def test_load_tt_of_permuted_cores_of_new_ranks_gives_contiguous_cores():
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+    c0 = torch.randn(3, 2, 1, 3).permute(2, 1, 0, 3)  # (1, 2, 3, 3), not contiguous; rank 3, not 2
+    c1 = torch.randn(3, 3, 4, 1).transpose(1, 2).contiguous().transpose(1, 2)
+    layer.load_tt_(tt.TensorTrain([c0, c1]))
+    assert [tuple(c.shape) for c in layer.cores] == [(1, 2, 3, 3), (3, 3, 4, 1)]
+    assert all(c.is_contiguous() for c in layer.cores)
+
+
+def test_to_linear_requires_grad_if_any_core_does_and_extra_repr_fields():
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+    layer.cores[0].requires_grad_(False)
+    assert layer.to_linear().weight.requires_grad
+    layer.cores.requires_grad_(False)
+    assert not layer.to_linear().weight.requires_grad
+    assert "bias=False" in repr(tt.nn.TTLinear(12, 6, tt_rank=2, bias=False))
+    assert "bias=True" in repr(layer) and "max_saved_bytes" not in repr(layer)
+    layer.max_saved_bytes = 1000
+    assert "max_saved_bytes=1000" in repr(layer)
+
+
+def test_a_scalar_input_or_a_tt_tensor_weight_gets_a_clear_error():
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+    with pytest.raises(tt.ShapeError, match="input has a scalar but the TT weight has 12 columns"):
+        layer(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="weight must be a TT-matrix TensorTrain, got a TT-tensor"):
+        tt.nn.functional.tt_linear(torch.randn(2, 12), tt.random_tensor([3, 4], tt_rank=2))
