@@ -921,3 +921,18 @@ def test_an_svd_that_fails_on_a_moderate_tensor_is_not_called_an_overflow(monkey
         with pytest.raises(ValueError, match="LAPACK did not converge on a finite matrix") as info:
             call()
         assert isinstance(info.value.__cause__, torch.linalg.LinAlgError)
+
+
+def test_defaults_and_refusals_no_test_pinned(gen):
+    """From a mutation audit of the core algebra (session 28): round keeps every rank by default (t3f's
+    max_tt_rank=None), to_tt_tensor caps at t3f's 10, multiply by 0 gives zero cores of its own, and a NumPy
+    array as method is refused (its elementwise == passed `in`)."""
+    a = tt.random_tensor((16, 16, 16), tt_rank=12, dtype=torch.float64, generator=gen)
+    assert a.tt_ranks == (1, 12, 12, 1) and tt.round(a).tt_ranks == (1, 12, 12, 1)
+    x = torch.randn(12, 12, 12, generator=gen, dtype=torch.float64)
+    assert tt.to_tt_tensor(x).tt_ranks == (1, 10, 10, 1)
+    z = tt.multiply(a, 0)
+    assert all(float(c.norm()) == 0 for c in z.tt_cores)
+    assert not any(c.data_ptr() == d.data_ptr() for c, d in zip(z.tt_cores, a.tt_cores, strict=True))
+    with pytest.raises(ValueError, match="method must be one of"):
+        tt.round(a, max_tt_rank=2, method=np.array(["exact"]))
