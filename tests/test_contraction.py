@@ -995,6 +995,14 @@ def test_describe_names_only_what_backward_keeps_or_recomputes():
     layer = tt.nn.TTLinear(784, 625, tt_rank=16)
     cached = layer.plan(1, requires_grad=False)
     assert cached.merges_cached and cached.flops_forward < C.flop_floor(layer.weight, 1)
-    assert "cached merged cores: merges not counted" in str(cached)
+    assert "the layer's cached merges not counted" in str(cached)
+    # a group too large to keep is merged at every call: counted, and not marked
+    big = tt.nn.TTLinear(320, 1200, tt_rank=[1, 2, 16, 4, 1], in_dims=(5, 1, 8, 8), out_dims=(16, 3, 5, 5))
+    assert big.plan(64, requires_grad=False).describe() == "sweep rtl [0:1][1:4]"
+    assert not big.plan(64, requires_grad=False).merges_cached
+    # a full plan's cached halves are
+    half = tt.nn.TTLinear(960, 25, tt_rank=[1, 2, 2, 8, 1], in_dims=(16, 4, 3, 5), out_dims=(5, 1, 5, 1))
+    half.strategy = "full"
+    assert half.plan(1024, requires_grad=False).merges_cached
     assert not C.plan(layer.weight, 1, requires_grad=False).merges_cached
     assert not layer.plan(1, requires_grad=True).merges_cached

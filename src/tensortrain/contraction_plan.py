@@ -61,10 +61,11 @@ class ContractionPlan:
         recompute: whether backward recomputes what it needs instead of keeping it (W for a full plan, the
             step inputs for a sweep); always False without gradients.
         input_grad, cores_grad: which gradients the priced backward computes: the input's (False for a first
-            layer, whose input needs none) and the cores' (False for a frozen layer). Both True without
-            gradients.
-        merges_cached: priced without merging the core groups, which a layer keeps between inference calls
-            (``TTLinear.plan`` without gradients); a plan run elsewhere merges them, at FLOPs not counted here.
+            layer, whose input needs none) and the cores' (False for a frozen layer; a layer with only some
+            cores frozen is priced as if every core trained). Both True without gradients.
+        merges_cached: priced without merging some core groups (a sweep's) or halves (a full plan's), which a
+            layer keeps between inference calls (``TTLinear.plan`` without gradients); a plan run elsewhere
+            merges them, at FLOPs not counted here.
     """
 
     kind: Literal["full", "sweep"]
@@ -133,6 +134,8 @@ class ContractionPlan:
                 vs = f"about as many as {dense}"
             else:
                 vs = (f"{ratio:.2f}x fewer" if ratio >= 1 else f"{1 / ratio:.2f}x more") + f" than {dense}"
+        if self.merges_cached:
+            vs += "; the layer's cached merges not counted"
         s = (
             f"ContractionPlan: {self.describe()} for a {m}x{n} TT-matrix {self.row_dims}x{self.col_dims}, "
             f"ranks {self.tt_ranks}, batch {self.batch_size}: forward {self.flops_forward / 1e9:.3g} GFLOP ({vs})"
@@ -145,8 +148,6 @@ class ContractionPlan:
                 f", backward{only} {self.flops_backward / 1e9:.3g} GFLOP, "
                 f"activations kept {self.saved_bytes / 2**20:.3g} MiB"
             )
-        if self.merges_cached:
-            s += " (the layer's cached merged cores: merges not counted)"
         return s + f", est. {self.est_seconds * 1e3:.3g} ms"
 
 
@@ -416,7 +417,10 @@ def make_plan(
         recompute=grad and (kind == "resweep" or direction == "recompute"),
         input_grad=need[0],
         cores_grad=need[1],
-        merges_cached=cached and not grad and kind != "full",
+        # (a group or half too large to keep is merged on every call: only where some merge was left out)
+        merges_cached=cached
+        and not grad
+        and f < _cost.estimate(dims, prog, batch, item, grad, m, False, need)[0],
     )
 
 

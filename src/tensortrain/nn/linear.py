@@ -502,7 +502,9 @@ class TTLinear(TTModule):
             requires_grad: price backward too; default: whether the cores require grad and grad mode is on.
             input_requires_grad: when training, whether the input needs a gradient (False for a first layer:
                 its backward then skips that product, and the plan may differ). The cores' need is read from
-                them (frozen cores: the input's gradient only; then this must be True).
+                them (frozen cores: the input's gradient only; then this must be True). With only some cores
+                frozen the plan is priced as if every core trained (its backward FLOPs and kept bytes can be
+                fewer than reported).
 
         Returns:
             A :class:`~tensortrain.contraction.ContractionPlan`; ``print(layer.plan(1024))`` reads it out. A
