@@ -548,6 +548,63 @@ def test_a_padding_row_that_overflows_passes_no_gradient():
         assert bool(grad.isfinite().all())
 
 
+@pytest.mark.parametrize("padding_idx", [5, 0])
+def test_the_row_padding_positions_look_up_instead_may_not_overflow_either(padding_idx, monkeypatch):
+    """Padding positions looked up row 0 (row 1 for padding_idx=0) in the padding row's place: where that row
+    overflowed in float16, its inf times the zero gradient gave NaN core gradients, although no real index in
+    the batch overflowed and the output was finite (nn.Embedding's gradient is finite there). They now look up
+    a row a real position looks up anyway."""
+    import tensortrain.nn.functional as functional
+
+    g = torch.Generator().manual_seed(0)
+    cores = [
+        torch.randn(1, 4, 2, 2, generator=g),
+        torch.randn(2, 4, 2, 2, generator=g),
+        torch.randn(2, 4, 2, 1, generator=g),
+    ]
+    cores = [c.half() for c in cores]
+    cores[0][:, 0] = 300.0
+    cores[1][:, 0] = 300.0  # rows 0..3 overflow float16; no other row does
+    for halves in (False, True):  # core by core, and through merged halves (split after core 0)
+        if halves:
+            monkeypatch.setattr(functional, "_halves_split", lambda weight, unique: 1)
+        leaves = [c.clone().requires_grad_() for c in cores]
+        out = tt_embedding(
+            torch.tensor([padding_idx, 20, 33, padding_idx]), tt.TensorTrain(leaves), padding_idx
+        )
+        assert bool(out.isfinite().all()) and not bool(out[0].any()) and not bool(out[3].any())
+        for grad in torch.autograd.grad(out.float().sum(), leaves):
+            assert bool(grad.isfinite().all())
+    # a batch of padding only: zeros (row 0 or 1 stands in)
+    only = tt_embedding(
+        torch.tensor([padding_idx] * 3), tt.TensorTrain([c.float() for c in cores]), padding_idx
+    )
+    assert only.shape == (3, 8) and not bool(only.any())
+
+
+def test_embedding_details_no_test_pinned():
+    """From a mutation audit (session 28): the automatic embedding modes descend, inner ranks go with given
+    voc_dims, scale_grad_by_freq is refused, to_embedding needs a gradient if any core does, a padded table's
+    compression counts its real rows, and extra_repr shows padding_idx=0 and the compression."""
+    e = tt.nn.TTEmbedding(1000, 64, tt_rank=8)
+    assert e.emb_dims == (4, 4, 2, 2) and e.voc_dims == (5, 5, 5, 8)
+    assert tt.nn.TTEmbedding(100, 16, tt_rank=(4,), voc_dims=(10, 10)).tt_ranks == (1, 4, 1)
+    with pytest.raises(ValueError, match="scale_grad_by_freq"):
+        tt.nn.TTEmbedding.from_embedding(nn.Embedding(20, 4, scale_grad_by_freq=True))
+    e = tt.nn.TTEmbedding(30, 6, tt_rank=2)
+    e.cores[0].requires_grad_(False)
+    assert e.to_embedding().weight.requires_grad
+    e = tt.nn.TTEmbedding(97, 12, tt_rank=3, voc_dims=(10, 10), emb_dims=(3, 4))
+    assert e.compression_factor() == pytest.approx(97 * 12 / e.num_tt_parameters())
+    assert "padding_idx=0" in repr(tt.nn.TTEmbedding(10, 4, tt_rank=2, padding_idx=0))
+    assert "compression=" in repr(tt.nn.TTEmbedding(10, 4, tt_rank=2))
+    with pytest.raises(TypeError, match="weight must be a TT-matrix TensorTrain, got a TT-tensor"):
+        tt_embedding(torch.tensor([0]), tt.TensorTrain([torch.randn(1, 4, 2), torch.randn(2, 5, 1)]))
+    w = tt.TensorTrain([torch.randn(1, 4, 2, 3), torch.randn(3, 5, 4, 1)])
+    with pytest.raises(TypeError, match="sparse_coo tensor"):
+        tt_embedding(torch.tensor([[0, 1]]).to_sparse(), w)
+
+
 def test_a_padding_idx_past_int64_on_a_huge_table():
     """On a table past 2**64 rows, padding_idx=-1 (or >= 2**64) failed comparing int64 indices with it."""
     from tensortrain.nn.functional import tt_embedding
