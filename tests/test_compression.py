@@ -999,3 +999,148 @@ def test_no_match_qualifies_layer_names_that_read_as_torch_nn_ones():
     model[0] = quantized()
     with pytest.raises(ValueError, match=r"its layers: ReLU, \S+\.Linear\)"):
         tt.compress(model, max_tt_rank=2)
+
+
+# ------------------------------------------------------- from a mutation audit of compress (session 28)
+def test_decompress_refuses_tied_embeddings_that_differ_in_padding_idx():
+    """Two TTEmbeddings sharing cores, one with padding_idx: one dense weight either zeroed the other's row or
+    gave the padding row its TT values, silently (row 1: 2.97 under TT, 0 after decompress)."""
+    torch.manual_seed(0)
+    a = tt.nn.TTEmbedding(30, 8, tt_rank=3, voc_dims=(2, 4, 4), emb_dims=(2, 2, 2), padding_idx=1)
+    b = tt.nn.TTEmbedding(30, 8, tt_rank=3, voc_dims=(2, 4, 4), emb_dims=(2, 2, 2))
+    b.cores = a.cores
+    for order in (("a", "b"), ("b", "a")):
+        model = nn.ModuleDict({k: {"a": a, "b": b}[k] for k in order})
+        with pytest.raises(ValueError, match=r"embedding 'a' has padding_idx=1.*the other layer uses it"):
+            tt.decompress(model)
+    c = tt.nn.TTEmbedding(30, 8, tt_rank=3, voc_dims=(2, 4, 4), emb_dims=(2, 2, 2), padding_idx=1)
+    c.cores = a.cores  # the same padding_idx: one weight serves both
+    dense = tt.decompress(nn.ModuleDict({"a": a, "c": c}))
+    assert dense["a"].weight is dense["c"].weight
+    idx = torch.arange(30)
+    assert_close(dense["c"](idx), c(idx))
+
+
+def test_decompress_of_a_tt_layer_converts_the_tt_layers_added_to_it():
+    """With the model a TT layer itself, the TT layers under its added submodules stayed TT layers."""
+    root = tt.nn.TTLinear(16, 16, tt_rank=2)
+    root.adapter = tt.nn.TTLinear(16, 16, tt_rank=2)
+    x = torch.randn(3, 16)
+    want = root.adapter(root(x))
+    for inplace in (False, True):
+        dense = tt.decompress(root, inplace=inplace)
+        assert type(dense) is nn.Linear and type(dense.adapter) is nn.Linear
+        assert_close(dense.adapter(dense(x)), want)
+
+
+def test_decompress_inplace_shared_layers_and_encoder_flags():
+    m = nn.Sequential(tt.nn.TTLinear(16, 16, tt_rank=2))
+    assert tt.decompress(m, inplace=True) is m and type(m[0]) is nn.Linear
+    t = tt.nn.TTLinear(16, 16, tt_rank=2)
+    d = tt.decompress(nn.ModuleDict({"a": t, "b": t}))
+    assert type(d["a"]) is nn.Linear and d["a"] is d["b"]
+    for nested in (False, True):  # the user's choice comes back, and no private mark is left behind
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+        enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested)
+        small, _ = tt.compress(enc, max_tt_rank=2, include="layers.1.linear1")
+        back = tt.decompress(small)
+        assert back.use_nested_tensor is nested and not hasattr(back, "_tensortrain_nested_off")
+
+
+def test_ratio_edges_and_kept_dense_reasons():
+    with pytest.raises(ValueError, match=r"ratio \(target compression factor\) must be > 1, got 1"):
+        tt.compress(nn.Linear(64, 64), ratio=1)
+    torch.manual_seed(0)
+    two = nn.Sequential(nn.Linear(256, 256), nn.Linear(16, 16))  # the second's TT is larger than it
+    for ratio, rank in ((1.5, 25), (2.0, 22), (3.0, 17)):
+        assert tt.compress(two, ratio=ratio)[1].layers[0].tt_ranks == (1, rank, rank, 1)
+    one = nn.Linear(64, 64, bias=False)
+    exact = tt.compress(one, max_tt_rank=1, dry_run=True)[1].ratio  # reachable exactly at rank 1
+    assert tt.compress(one, ratio=exact)[1].layers[0].replaced
+    # a TT exactly as large as the layer stays dense, by max_tt_rank or by epsilon
+    (row,) = tt.compress(nn.Linear(2, 2), max_tt_rank=1)[1].layers
+    assert not row.replaced and "TT would not save parameters (6 >= 6" in row.reason
+    lin = nn.Linear(2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 6.0]], dtype=torch.float64))  # rank 1
+    (row,) = tt.compress(lin, epsilon=1e-6)[1].layers
+    assert not row.replaced and "6 >= 6 at epsilon" in row.reason
+    emb = nn.Embedding(256, 64, scale_grad_by_freq=True)
+    swapped = nn.Embedding(256, 64)
+    swapped.weight = nn.Parameter(torch.randn(128, 64))
+    a, b = nn.Linear(64, 64), nn.Linear(64, 64)
+    a.forward = b.forward  # another instance's forward: an override
+    parent = nn.Linear(64, 64)
+    parent.adapter = nn.Linear(64, 64)
+    model = nn.ModuleDict({"emb": emb, "swapped": swapped, "a": a, "parent": parent})
+    rows = {r.name: r for r in tt.compress(model, max_tt_rank=2)[1].layers}
+    assert "scale_grad_by_freq" in rows["emb"].reason
+    assert "weight has shape (128, 64) but num_embeddings=256" in rows["swapped"].reason
+    assert "forward is overridden on the instance" in rows["a"].reason
+    assert "submodules the TT layer would drop (adapter)" in rows["parent"].reason
+    assert rows["parent.adapter"].replaced
+    removed = nn.Linear(64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        removed.register_backward_hook(lambda *a: None).remove()  # registered, then removed: nothing left
+    assert tt.compress(nn.Sequential(removed), max_tt_rank=2)[1].layers[0].replaced
+
+
+def test_copy_failures_meta_layers_and_hook_flags():
+    import threading
+
+    class Locked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(64, 64)
+            self.lock = threading.Lock()
+
+    with pytest.raises(ValueError, match="the model cannot be copied"):
+        tt.compress(Locked(), max_tt_rank=4)
+    # epsilon reads values only of the layers it converts: a meta layer kept dense anyway is fine
+    model = nn.ModuleDict(
+        {"lin": nn.Linear(64, 64), "emb": nn.Embedding(100, 16, sparse=True, device="meta")}
+    )
+    rows = tt.compress(model, epsilon=0.5)[1].layers
+    assert [r.replaced for r in rows] == [True, False]
+    calls: list[str] = []
+    lin = nn.Linear(64, 64)
+    lin.register_forward_hook(lambda *a: calls.append("always"), always_call=True)
+    lin.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(type(kwargs).__name__), with_kwargs=True
+    )
+    small, _ = tt.compress(nn.Sequential(lin), max_tt_rank=2)
+    small(torch.randn(2, 64))
+    assert calls == ["always", "dict"]
+    calls.clear()
+    with pytest.raises(tt.ShapeError):
+        small(torch.randn(2, 7))
+    assert calls == ["always"]  # (always_call: even when forward raises)
+
+
+def test_report_table_notes_and_meta_rows():
+    m = nn.ModuleDict(
+        {"emb": nn.Embedding(64, 32), "head": nn.Linear(32, 64, bias=False), "fc": nn.Linear(64, 64)}
+    )
+    m["head"].weight = m["emb"].weight
+    text = str(tt.compress(m, max_tt_rank=2)[1])
+    assert "(tied parameters counted once)" in text
+    assert all(line == line.rstrip() for line in text.splitlines())
+    assert (
+        str(tt.compress(nn.Sequential(nn.Linear(64, 64)), max_tt_rank=2)[1]).splitlines()[2].split()[-2]
+        == "13.0x"
+    )
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(64, 64))
+    report = tt.compress(meta, max_tt_rank=2)[1]
+    assert report.layers[0].replaced and report.layers[0].rel_error is None
+    assert "replaced 1 of 1 selected layers" in str(report)
+
+
+def test_decompress_refuses_a_head_tied_to_an_embedding_with_padding_idx_0():
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(30, 8, tt_rank=3, voc_dims=(2, 4, 4), emb_dims=(2, 2, 2), padding_idx=0)
+    head = tt.nn.TTLinear(8, 30, tt_rank=3, in_dims=(2, 2, 2), out_dims=(2, 4, 4), pad=True, bias=False)
+    head.cores = emb.cores
+    with pytest.raises(ValueError, match=r"embedding 'emb' has padding_idx=0"):
+        tt.decompress(nn.ModuleDict({"emb": emb, "head": head}))

@@ -645,10 +645,13 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                 new.bias = m.bias
             _keep_tie(tied, name, m, new)
             dense[id(m)] = new
+    if id(target) in dense:
+        # the model is a TT layer itself: its dense layer holds the submodules added to it (_with_extras), so the
+        # TT layers under them are swapped in there
+        target = dense[id(target)]
     for name, m in found:
-        if name == "":
-            return dense[id(m)]
-        target.set_submodule(name, dense[id(m)])
+        if name:
+            target.set_submodule(name, dense[id(m)])
     # encoders whose nested-tensor fast path compress turned off get it back once no TT layer is left in them
     for module in target.modules():
         if getattr(module, "_tensortrain_nested_off", False) and not any(
@@ -692,18 +695,17 @@ def _keep_tie(
             f"have shapes {tuple(w0.shape)} and {tuple(w.shape)}: converting would untie them"
         )
     # One dense weight cannot hold both the zero padding row nn.Embedding needs (TTEmbedding returns zeros there
-    # whatever its TT holds) and the head's row of the TT: the dense model would change its outputs (a logit
-    # column zeroed, or the embedding returning the head's row)
+    # whatever its TT holds) and the other layer's row of the TT: the dense model would change its outputs (a logit
+    # column zeroed, or the embedding returning the head's row). The other layer is a head, or an embedding
+    # without that padding_idx (whose dense weight keeps the row; a layer's own dense weight has it zeroed).
     pairs = ((name, m, new), (first_name, first_tt, first))
-    heads = [
-        d.weight for _, t, d in pairs if not isinstance(t, TTEmbedding) and isinstance(d.weight, torch.Tensor)
-    ]
+    heads = [d.weight for _, _, d in pairs if isinstance(d.weight, torch.Tensor)]
     for lname, t, _ in pairs:
         pad = getattr(t, "padding_idx", None) if isinstance(t, TTEmbedding) else None
         if pad is not None and any(bool(h[pad].detach().ne(0).any()) for h in heads):
             raise ValueError(
                 f"decompress: the TT layers {first_name!r} and {name!r} share their cores, and the embedding "
-                f"{lname!r} has padding_idx={pad}, whose row of the shared TT is not zero (the head uses it, the "
-                "embedding returns zeros there): one dense weight cannot do both; zero that row first (or untie)"
+                f"{lname!r} has padding_idx={pad}, whose row of the shared TT is not zero (the other layer uses it, "
+                "the embedding returns zeros there): one dense weight cannot do both; zero that row first (or untie)"
             )
     new.weight = w0
