@@ -391,10 +391,9 @@ def compress(
     submodules beside ``weight`` and ``bias``; a ``forward`` overridden on the instance (``module.forward =
     ...``: the TT layer would run its own), or a hook of the deprecated ``register_backward_hook``; a built-in
     parent that reads its weight in its own forward (``nn.LinearCrossEntropyLoss``'s ``linear``); a weight whose
-    shape disagrees with the layer's sizes; an
-    ``nn.Embedding`` with ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True``, or with a non-zero
-    padding row (``TTEmbedding`` outputs zeros for ``padding_idx``); NaN or inf weights; a weight of a dtype
-    below 16 bits (float8, complex32), which TT cores cannot take.
+    shape disagrees with the layer's sizes; an ``nn.Embedding`` with ``max_norm``, ``scale_grad_by_freq`` or
+    ``sparse=True``, or with a non-zero padding row (``TTEmbedding`` outputs zeros for ``padding_idx``); NaN or
+    inf weights; a weight of a dtype below 16 bits (float8, complex32), which TT cores cannot take.
     Each parameter is counted once in the report and in the ``ratio`` search.
 
     A TT layer takes over what the dense one held beside its weights: its forward hooks and pre-hooks (with
@@ -584,9 +583,9 @@ def _with_extras(tt_layer: nn.Module, new: nn.Module) -> nn.Module:
 def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Replace every ``TTLinear`` / ``TTEmbedding`` by its exact dense equivalent (``to_linear`` /
     ``to_embedding``): the inverse of :func:`compress` up to the TT approximation already made. Each dense
-    layer takes over the TT layer's forward and full backward hooks and pre-hooks, buffers and train/eval mode, as
-    :func:`compress` carried them the other way, and any parameters and submodules added to the TT layer (an
-    adapter, a learned scale) under their names.
+    layer takes over the TT layer's forward and full backward hooks and pre-hooks, buffers and train/eval
+    mode, as :func:`compress` carried them the other way, and any parameters and submodules added to the TT
+    layer (an adapter, a learned scale) under their names, with the TT layers among them converted too.
 
     Args:
         model: a module containing TT layers (or a TT layer itself).
@@ -605,10 +604,10 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         ValueError: the model contains no TT layer; a TT layer holds an added parameter or submodule under
             a name the dense layer uses; a TT layer's bias is parametrized or pruned (the dense layer would keep a
             stale copy: remove that first), its forward is overridden on the instance, or it has a hook of the
-            deprecated ``register_backward_hook``; TT layers share
-            cores but not the same ones in the same order, or
-            share them all but would give dense weights of different shapes (the tie cannot be kept). With
-            ``inplace=True`` the model is left unchanged then.
+            deprecated ``register_backward_hook``; TT layers share cores but not the same ones in the same order,
+            or share them all but would give dense weights of different shapes, or an embedding's non-zero
+            padding row that the other layer (a head, an embedding without that ``padding_idx``) reads (the tie
+            cannot be kept). With ``inplace=True`` the model is left unchanged then.
 
     Example:
         >>> dense = tt.decompress(small)  # doctest: +SKIP
@@ -699,10 +698,10 @@ def _keep_tie(
     # column zeroed, or the embedding returning the head's row). The other layer is a head, or an embedding
     # without that padding_idx (whose dense weight keeps the row; a layer's own dense weight has it zeroed).
     pairs = ((name, m, new), (first_name, first_tt, first))
-    heads = [d.weight for _, _, d in pairs if isinstance(d.weight, torch.Tensor)]
+    weights = [d.weight for _, _, d in pairs if isinstance(d.weight, torch.Tensor)]
     for lname, t, _ in pairs:
         pad = getattr(t, "padding_idx", None) if isinstance(t, TTEmbedding) else None
-        if pad is not None and any(bool(h[pad].detach().ne(0).any()) for h in heads):
+        if pad is not None and any(bool(w[pad].detach().ne(0).any()) for w in weights):
             raise ValueError(
                 f"decompress: the TT layers {first_name!r} and {name!r} share their cores, and the embedding "
                 f"{lname!r} has padding_idx={pad}, whose row of the shared TT is not zero (the other layer uses it, "

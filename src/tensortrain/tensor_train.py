@@ -520,7 +520,8 @@ class TensorTrainBase:
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        """``dense @ tt``, ``torch.matmul(dense, tt)`` and ``dense.matmul(tt)`` go to :func:`tensortrain.matmul`.
+        """``dense @ tt``, ``torch.matmul(dense, tt)`` and ``dense.matmul(tt)`` (operands by position or by name)
+        go to :func:`tensortrain.matmul`.
 
         Without this, ``Tensor.__matmul__`` first fails inside torch and only then falls back to
         :meth:`__rmatmul__` (~70 us per call). Any other torch function given a TT object raises a
@@ -536,7 +537,7 @@ class TensorTrainBase:
         in order, and traces; so do ``tt.matmul`` and ``tt.multiply``.
 
         Raises:
-            TypeError: any torch function other than ``matmul`` given a TT object.
+            TypeError: any torch function other than ``matmul`` given a TT object; ``matmul`` with ``out=``.
         """
         if func is not torch.matmul and torch.compiler.is_compiling():
             torch._dynamo.graph_break()  # (fullgraph=True: an error, not a wrong product)
