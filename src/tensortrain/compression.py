@@ -589,7 +589,9 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
     Args:
         model: a module containing TT layers (or a TT layer itself).
-        inplace: modify ``model`` itself; by default a deep copy is returned.
+        inplace: modify ``model`` itself; by default a deep copy is returned. (A TT layer that is the model
+            itself cannot become dense in place: the dense layer returned takes over its submodules, whose TT
+            layers are replaced in place.)
 
     Returns:
         The dense model.

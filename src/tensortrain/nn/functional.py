@@ -289,15 +289,13 @@ def _embedding(
         # padding positions look up another row (masked below), so that no gradient path runs through the padding
         # row's own product: an overflowed (inf) row times the zero gradient gave NaN core gradients. That row is
         # one a real position looks up anyway (the first), not a fixed one, which could overflow in its turn;
-        # picked with tensor ops (no host sync, traceable); row 0 (1) only where every position is padding.
+        # picked with tensor ops (no host sync, traceable); row 0 (1) only where every position is padding: a
+        # non-padding entry holding it is appended, so argmin also finds one in an empty or all-padding batch (a
+        # branch on the batch's size would be fixed into a trace by its example; argmin of nothing fails)
         fallback = 0 if padding_idx != 0 or v == 1 else 1
-        if flat.numel():
-            # the first position that is not padding (0: none is); index_select, not [first]: traceable by dynamo
-            first = torch.argmin(pad.to(torch.int32)).reshape(1)
-            stand = torch.where(pad.index_select(0, first), fallback, flat.index_select(0, first))
-            flat = torch.where(pad, stand, flat)
-        else:
-            flat = torch.where(pad, fallback, flat)
+        first = torch.argmin(torch.cat([pad, pad.new_zeros(1)]).to(torch.int32)).reshape(1)  # first non-padding
+        stand = torch.cat([flat, flat.new_full((1,), fallback)]).index_select(0, first)  # (index_select: dynamo)
+        flat = torch.where(pad, stand, flat)
     with full_precision(weight.device.type):
         rows = _rows(weight, flat, voc_dims, cache)
     if pad is not None:
