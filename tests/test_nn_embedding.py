@@ -527,11 +527,9 @@ def test_wide_unsigned_indices_are_a_type_error():
     assert emb(torch.tensor([1, 2], dtype=torch.uint8)).shape == (2, 8)
 
 
-def test_a_padding_row_that_overflows_passes_no_gradient():
-    """The padding row was still contracted and only masked after: in float16 its overflowed (inf) product times
-    the zero gradient gave NaN core gradients."""
-    from tensortrain.nn.functional import tt_embedding
-
+def _overflowing_half_cores(second_digit: int) -> list[torch.Tensor]:
+    """float16 cores of a 64 x 8 table whose rows 4 * second_digit + (0..3) overflow (products of 300s),
+    and no others."""
     g = torch.Generator().manual_seed(0)
     cores = [
         torch.randn(1, 4, 2, 2, generator=g),
@@ -540,8 +538,14 @@ def test_a_padding_row_that_overflows_passes_no_gradient():
     ]
     cores = [c.half() for c in cores]
     cores[0][:, 0] = 300.0
-    cores[1][:, 1] = 300.0  # rows 4..7 overflow float16
-    cores = [c.requires_grad_() for c in cores]
+    cores[1][:, second_digit] = 300.0
+    return cores
+
+
+def test_a_padding_row_that_overflows_passes_no_gradient():
+    """The padding row was still contracted and only masked after: in float16 its overflowed (inf) product times
+    the zero gradient gave NaN core gradients."""
+    cores = [c.requires_grad_() for c in _overflowing_half_cores(1)]  # rows 4..7 overflow
     out = tt_embedding(torch.tensor([5, 20, 33]), tt.TensorTrain(cores), padding_idx=5)
     assert bool(out.isfinite().all()) and not bool(out[0].any())
     for grad in torch.autograd.grad(out.float().sum(), cores):
@@ -556,15 +560,7 @@ def test_the_row_padding_positions_look_up_instead_may_not_overflow_either(paddi
     a row a real position looks up anyway."""
     import tensortrain.nn.functional as functional
 
-    g = torch.Generator().manual_seed(0)
-    cores = [
-        torch.randn(1, 4, 2, 2, generator=g),
-        torch.randn(2, 4, 2, 2, generator=g),
-        torch.randn(2, 4, 2, 1, generator=g),
-    ]
-    cores = [c.half() for c in cores]
-    cores[0][:, 0] = 300.0
-    cores[1][:, 0] = 300.0  # rows 0..3 overflow float16; no other row does
+    cores = _overflowing_half_cores(0)  # rows 0..3 overflow float16; no other row does
     for halves in (False, True):  # core by core, and through merged halves (split after core 0)
         if halves:
             monkeypatch.setattr(functional, "_halves_split", lambda weight, unique: 1)
