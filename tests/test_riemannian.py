@@ -426,3 +426,44 @@ def test_one_core_projections_are_tensors_of_their_own():
     want = tt.full(v).clone()
     delta.zero_()
     assert torch.equal(tt.full(v), want)
+
+
+def test_riemannian_paths_no_test_pinned(gen):
+    """From a mutation audit (session 28): deltas_to_tangent_space given only the right frame, project_matmul's
+    shape and dtype refusals, a single tangent vector against a batch in the pairwise Gram, add_n_projected's
+    coef shape, hessian_vector_product's batch refusal, a (1,)-shaped loss, and detached gradients at a point
+    that requires grad."""
+    d64 = torch.float64
+
+    def tt_of(shape, ranks, dtype=d64):
+        cores = [
+            torch.randn(ranks[k], *s, ranks[k + 1], generator=gen, dtype=d64) for k, s in enumerate(shape)
+        ]
+        return tt.TensorTrain([c.to(dtype) for c in cores])
+
+    x = tt_of([(3,), (4,), (5,)], [1, 2, 2, 1])
+    one = tt.project(torch.randn(3, 4, 5, generator=gen, dtype=d64), x)
+    many = tt.project(torch.randn(3, 3, 4, 5, generator=gen, dtype=d64), x)
+    right = tt.orthogonalize_tt_cores(tt.orthogonalize_tt_cores(x), left_to_right=False)
+    rebuilt = tt.riemannian.deltas_to_tangent_space(tt.tangent_space_to_deltas(one), x, right=right)
+    assert_close(tt.full(rebuilt), tt.full(one))
+    want = tt.full(one).reshape(1, -1) @ tt.full(many).reshape(3, -1).T
+    assert_close(tt.pairwise_flat_inner_projected(one, many), want)
+    with pytest.raises(tt.ShapeError, match=r"coef must have shape \(2,\), got \(2, 3\)"):
+        tt.add_n_projected([one, one], coef=torch.ones(2, 3, dtype=d64))
+    matrix = tt_of([(2, 3), (3, 4)], [1, 2, 1])
+    v = tt_of([(3,), (4,)], [1, 2, 1])
+    with pytest.raises(tt.ShapeError, match=r"does not give `where`'s raw shape \(\(2, 3\), \(1, 1\)\)"):
+        tt.project_matmul(v, tt_of([(2, 1), (3, 1)], [1, 2, 1]), matrix)
+    with pytest.raises(tt.ShapeError, match="`what` is torch.float32 on cpu but `where` is torch.float64"):
+        tt.project_matmul(tt.cast(v, torch.float32), tt_of([(2,), (3,)], [1, 2, 1]), matrix)
+
+    def f(y):
+        return 0.5 * (tt.full(y) ** 2).sum()
+
+    batch = tt.TensorTrainBatch([torch.randn(2, *c.shape, generator=gen, dtype=d64) for c in x.tt_cores])
+    with pytest.raises(TypeError, match="`vector` must be a TensorTrain or a dense tensor, got a batch"):
+        tt.hessian_vector_product(f, x, batch)
+    assert_close(tt.full(tt.gradients(lambda y: f(y).reshape(1), x)), tt.full(x))  # (grad of |x|^2 / 2 at x)
+    graded = tt.TensorTrain([c.clone().requires_grad_() for c in x.tt_cores])
+    assert not any(c.requires_grad for c in tt.gradients(f, graded).tt_cores)
