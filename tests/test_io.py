@@ -648,3 +648,66 @@ def test_metadata_over_the_safetensors_header_limit(tmp_path, gen):
     with pytest.raises(ValueError, match="tt.save: safetensors cannot write this file"):
         tt.save(_tt(gen), path, metadata={"note": "x" * 100_000_001})
     assert not path.exists()
+
+
+# ------------------------------------------------------------- from a mutation audit of persistence (session 28)
+def _rewritten(path: Path, cores: dict[str, torch.Tensor], **header: object) -> None:
+    """Rewrite a saved file with other cores and header fields (what a corrupt or hand-made file holds)."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    info = json.loads(meta["tensortrain"])
+    info.update(header)
+    meta["tensortrain"] = json.dumps(info)
+    safetensors.torch.save_file(cores, str(path), metadata=meta)
+
+
+def test_headers_with_a_bad_last_rank_or_mode_are_refused_by_load_and_read_metadata(tmp_path):
+    path = tmp_path / "m.safetensors"
+    d64 = torch.float64
+    tt.save(tt.random_tensor((3, 4), tt_rank=2, dtype=d64), path, metadata={"note": "x"})
+    _rewritten(
+        path,
+        {"core_0": torch.ones(1, 3, 2, dtype=d64), "core_1": torch.ones(2, 4, 3, dtype=d64)},
+        tt_ranks=[1, 2, 3],
+    )
+    for fn in (tt.load, tt.read_metadata):
+        with pytest.raises(tt.TTFileError, match="boundary TT-ranks must be 1"):
+            fn(path)
+    for mode in (0, True):  # (JSON true equals 1 in a shape comparison)
+        tt.save(tt.random_tensor((3, 4), tt_rank=2, dtype=d64), path)
+        cores = {"core_0": torch.ones(1, int(mode), 2, dtype=d64), "core_1": torch.ones(2, 4, 1, dtype=d64)}
+        _rewritten(path, cores, raw_shape=[mode, 4])
+        for fn in (tt.load, tt.read_metadata):
+            with pytest.raises(tt.TTFileError, match="invalid raw_shape"):
+                fn(path)
+    tt.save(tt.random_tensor((3, 4), tt_rank=2), path)
+    with pytest.raises(TypeError, match="got bool True"):
+        tt.load(path, device=True)
+
+
+def test_cores_sharing_memory_and_short_writes_round_trip(tmp_path, monkeypatch):
+    path = tmp_path / "a.safetensors"
+    c = torch.randn(2, 3, 2, dtype=torch.float64)
+    shared = tt.TensorTrain(
+        [torch.randn(1, 3, 2, dtype=torch.float64), c, c, torch.randn(2, 3, 1, dtype=torch.float64)]
+    )
+    tt.save(shared, path)  # (safetensors refuses tensors sharing memory: each core is copied)
+    assert torch.equal(tt.full(tt.load(path)), tt.full(shared))
+    real = os.write
+    monkeypatch.setattr(
+        tio.os, "write", lambda fd, data: real(fd, bytes(data[:64]))
+    )  # POSIX allows short writes
+    a = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64)
+    tt.save(a, path)
+    monkeypatch.undo()
+    assert torch.equal(tt.full(tt.load(path)), tt.full(a))
+
+
+def test_loading_other_ranks_keeps_the_parameters_of_cores_whose_shape_is_unchanged():
+    kw = {"in_dims": (2, 2, 2), "out_dims": (2, 2, 2)}
+    src = tt.nn.TTLinear(8, 8, tt_rank=(1, 2, 2, 1), **kw)
+    dst = tt.nn.TTLinear(8, 8, tt_rank=(1, 2, 3, 1), **kw)
+    before = list(dst.cores)
+    dst.load_state_dict(src.state_dict())
+    assert dst.tt_ranks == (1, 2, 2, 1) and dst.cores[0] is before[0]  # (an optimizer holding it stays valid)
+    assert all(torch.equal(a, b) for a, b in zip(dst.cores, src.cores, strict=True))
