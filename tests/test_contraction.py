@@ -946,6 +946,8 @@ def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast):
                 y = C.linear(x, cores, strategy=strategy)
             assert_close(y.double(), want, rtol=0.02, atol=0.01 * float(want.abs().max()))
+            # autocast's dtype, as nn.Linear's output (a chunked sweep wrote into float32 scratch: a mutant)
+            assert y.dtype == (torch.bfloat16 if cast else torch.float32)
             counts[chunked, cast] = len(calls)
     assert counts == {(False, False): 1, (False, True): 0, (True, False): 4, (True, True): 0}
     C.clear_plan_cache()
