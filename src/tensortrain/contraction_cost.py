@@ -275,15 +275,24 @@ def step_shape(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int, in
     return prod(rows[:i]), ranks[i] * ng, prod(cols[j:]), mg * ranks[j]
 
 
+def _autograd_folds(p: int, batch: int, recompute: bool) -> bool:
+    """Whether a training step runs autograd's torch.matmul, which folds the batch of its (K, P) slices (below
+    :data:`SWEEP_FUNCTION_MIN_BATCH` rows; others run contraction_exec.SweepFunction on the slices in place)."""
+    return p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute
+
+
+def _fold_copies(outer: int, k: int, p: int, batch: int, recompute: bool) -> bool:
+    """Whether that fold of ``outer`` (batch rows included) slices ``(K, P)`` into ``(outer P, K)`` rows is a copy,
+    which autograd keeps for backward: a view when K or outer is 1."""
+    return _autograd_folds(p, batch, recompute) and k > 1 and outer > 1
+
+
 def input_copied(dims: Dims, groups: Groups, direction: str, batch: int, recompute: bool) -> bool:
-    """Whether a training sweep keeps a copy of its input for backward in place of the input itself: below
-    :data:`SWEEP_FUNCTION_MIN_BATCH` rows autograd's matmul folds the first step's slices into one (a copy unless
-    that fold is a view), as :func:`step_cost` counts it."""
-    if recompute or batch >= SWEEP_FUNCTION_MIN_BATCH:
-        return False
+    """Whether a training sweep keeps a copy of its input for backward in place of the input itself (its first
+    step's fold, as :func:`step_cost` counts it)."""
     i, j = groups[-1] if direction == "rtl" else groups[0]
     outer, k, p, _ = step_shape(dims, i, j, direction)
-    return p > 1 and k > 1 and outer * batch > 1
+    return _fold_copies(outer * batch, k, p, batch, recompute)
 
 
 def _state_per_row(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int]:
@@ -348,7 +357,7 @@ def step_cost(
     # out); others run batched GEMMs on the slices in place (contraction_exec.SweepFunction in training), except
     # narrow ones, which the executors fold the same way (folds_narrow; decided on the whole batch, also where
     # an inference sweep runs in chunks)
-    folded = grad and p > 1 and batch < SWEEP_FUNCTION_MIN_BATCH and not recompute
+    folded = grad and _autograd_folds(p, batch, recompute)
     narrow = not folded and folds_narrow(outer, k, p, q, item, fold)
     # a chunk's states stay in cache: priced as other in-cache traffic, the planner built W where these sweeps
     # measured faster (768x3072 rank 16 at batch 1024: 0.92x nn.Linear's time against the full plan's 1.05x;
@@ -368,8 +377,7 @@ def step_cost(
     saved = 0
     if grad:
         # each step keeps its input: for the first step that is x itself (the caller's), unless folded into a copy
-        # (torch.matmul's fold of (outer, K, P) slices into (outer P, K) rows is a view when K or outer is 1)
-        copied = folded and k > 1 and outer > 1
+        copied = _fold_copies(outer, k, p, batch, recompute)
         saved = 0 if (first and not copied) or recompute else state_in
     return acc, saved
 
