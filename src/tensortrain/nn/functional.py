@@ -293,8 +293,9 @@ def _embedding(
         # non-padding entry holding it is appended, so argmin also finds one in an empty or all-padding batch (a
         # branch on the batch's size would be fixed into a trace by its example; argmin of nothing fails)
         fallback = 0 if padding_idx != 0 or v == 1 else 1
-        first = torch.argmin(torch.cat([pad, pad.new_zeros(1)]).to(torch.int32)).reshape(1)  # first non-padding
-        stand = torch.cat([flat, flat.new_full((1,), fallback)]).index_select(0, first)  # (index_select: dynamo)
+        # the first non-padding position; index_select, not [first], which dynamo cannot trace
+        first = torch.argmin(torch.cat([pad, pad.new_zeros(1)]).to(torch.int32)).reshape(1)
+        stand = torch.cat([flat, flat.new_full((1,), fallback)]).index_select(0, first)
         flat = torch.where(pad, stand, flat)
     with full_precision(weight.device.type):
         rows = _rows(weight, flat, voc_dims, cache)
