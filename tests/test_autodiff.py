@@ -176,6 +176,9 @@ def test_gauge_check_tolerance_needs_both_of_its_terms():
     c = float(tt.frobenius_norm_squared(x))
     g = tt.gradients(lambda y: tt.frobenius_norm_squared(tt.cast(y, torch.float32)).double() - c, x)
     assert_close(tt.full(g), 2 * tt.full(x), rtol=1e-3, atol=1e-3 * float(tt.frobenius_norm(x)))
+    # the same loss negated: the scale is |<grad, x>|, here of a negative inner product
+    g = tt.gradients(lambda y: c - tt.frobenius_norm_squared(tt.cast(y, torch.float32)).double(), x)
+    assert_close(tt.full(g), -2 * tt.full(x), rtol=1e-3, atol=1e-3 * float(tt.frobenius_norm(x)))
 
 
 def test_runtime_check_must_be_a_bool(gen):

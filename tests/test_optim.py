@@ -499,3 +499,119 @@ def test_a_set_of_cores_is_refused():
     ):
         with pytest.raises(TypeError, match="got a set"):
             tt.optim.RiemannianSGD(params, lr=0.1)
+
+
+def test_a_momentum_step_is_the_projected_sum_of_gradient_and_previous_direction(gen):
+    """Step 2 with momentum is round(X1 - lr (P_X1 g1 + mu P_X1 D0)), D0 the first step's Riemannian gradient:
+    the previous direction must be re-expressed in the frame of the new gradient's deltas before they add."""
+    x = random_tt((3, 4, 3, 2), (1, 2, 3, 2, 1), gen=gen)
+    w = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+    params = [torch.nn.Parameter(c.clone()) for c in x.tt_cores]
+    lr, mu = 0.05, 0.9
+    opt = tt.optim.RiemannianSGD([params], lr=lr, momentum=mu)
+
+    def set_grads():
+        opt.zero_grad()
+        (w * dense(tt.TensorTrain(params)) ** 3).sum().div(3).backward()
+
+    set_grads()
+    d0 = dense(tt.optim.riemannian_gradient_from_cores(tt.TensorTrain(params), [p.grad for p in params]))
+    opt.step()
+    x1 = tt.TensorTrain([p.detach().clone() for p in params])
+    set_grads()
+    projector = dense_projector(x1)
+    euclid = w * dense(x1) ** 2
+    direction = projector @ euclid.reshape(-1) + mu * (projector @ d0.reshape(-1))
+    moved = dense(x1) - lr * direction.reshape(x.shape)
+    expected = tt.round(tt.to_tt_tensor(moved, max_tt_rank=None), max_tt_rank=(1, 2, 3, 2, 1))
+    opt.step()
+    assert_close(dense(tt.TensorTrain(params)), dense(expected), rtol=1e-8, atol=1e-8)
+
+
+def test_step_with_a_closure_evaluates_it_with_gradients_and_returns_its_loss():
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False, dtype=torch.float64)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    opt = tt.optim.RiemannianSGD(layer, lr=0.01)
+    before = layer.to_linear().weight.detach()
+
+    def closure():
+        opt.zero_grad()
+        loss = layer(x).pow(2).sum()
+        loss.backward()
+        return loss
+
+    expected = float(layer(x).pow(2).sum().detach())
+    assert float(opt.step(closure).detach()) == pytest.approx(expected, rel=1e-12)
+    assert not torch.equal(layer.to_linear().weight.detach(), before)
+
+
+def test_cores_without_a_gradient_step_as_if_it_were_zero():
+    """A TT whose loss reached only some of its cores still moves (a missing gradient counts as zero, as
+    torch.optim's would skip only that parameter), exactly as with explicit zero gradients."""
+    x = tt.random_tensor(
+        (3, 4, 5), tt_rank=2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    moved = []
+    for explicit in (False, True):
+        params = [torch.nn.Parameter(c.clone()) for c in x.tt_cores]
+        params[0].grad, params[1].grad = torch.ones_like(params[0]), torch.ones_like(params[1])
+        if explicit:
+            params[2].grad = torch.zeros_like(params[2])
+        tt.optim.RiemannianSGD([params], lr=0.1).step()
+        moved.append(dense(tt.TensorTrain(params)).detach())
+    assert float((moved[0] - dense(x)).norm()) > 0.01
+    assert_close(moved[0], moved[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_riemannian_gradient_from_cores_of_a_half_precision_tt_keeps_its_dtype(dtype):
+    x = tt.cast(tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64), dtype)
+    cores = [c.clone().requires_grad_() for c in x.tt_cores]
+    (tt.full(tt.TensorTrain(cores)).float() ** 2).sum().backward()
+    g = tt.optim.riemannian_gradient_from_cores(x, [c.grad for c in cores])
+    assert [c.dtype for c in g.tt_cores] == [dtype] * 3
+    x64 = tt.cast(x, torch.float64)
+    assert_close(tt.full(g).double(), tt.full(tt.project(2 * tt.full(x64), x64)), rtol=0.05, atol=0.05)
+
+
+def test_riemannian_gradient_from_cores_carries_no_graph():
+    """Gradients from backward(create_graph=True) and a point whose cores require grad: the result is a plain
+    tangent vector, with no graph back to either."""
+    gen = torch.Generator().manual_seed(0)
+    cores = [
+        torch.randn(1, 3, 2, dtype=torch.float64, generator=gen),
+        torch.randn(2, 4, 1, dtype=torch.float64, generator=gen),
+    ]
+    x = tt.TensorTrain([c.requires_grad_() for c in cores])
+    graphed = torch.autograd.grad((tt.full(x) ** 2).sum(), x.tt_cores, create_graph=True)
+    assert all(a.requires_grad for a in graphed)
+    for grads in (graphed, [a.detach() for a in graphed]):
+        g = tt.optim.riemannian_gradient_from_cores(x, grads)
+        assert not any(c.requires_grad for c in g.tt_cores)
+
+
+def test_riemannian_gradient_from_cores_names_a_missing_gradient():
+    x = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="expected one gradient per core with the core's shape"):
+        tt.optim.riemannian_gradient_from_cores(x, [torch.ones_like(c) for c in x.tt_cores[:2]])
+
+
+def test_hyperparameters_refuse_bools_and_integer_tensors():
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3))
+    for kw in ({"lr": True}, {"lr": 0.1, "momentum": False}, {"lr": torch.tensor(1)}):
+        with pytest.raises(TypeError, match="must be a real number"):
+            tt.optim.RiemannianSGD(layer, **kw)
+    assert float(tt.optim.RiemannianSGD(layer, lr=torch.tensor(0.1)).param_groups[0]["lr"]) == pytest.approx(
+        0.1
+    )
+
+
+def test_a_matrix_in_a_parameter_set_and_an_empty_set_get_their_own_errors():
+    c0, c1 = torch.nn.Parameter(torch.randn(1, 4, 2)), torch.nn.Parameter(torch.randn(2, 4, 1))
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    with pytest.raises(TypeError, match=r"entry 2 has shape \(4, 4\): biases and other ordinary parameters"):
+        tt.optim.RiemannianSGD([[c0, c1, w]], lr=0.1)
+    for empty in ([[]], [{"params": []}]):
+        with pytest.raises(ValueError, match="got an empty parameter set"):
+            tt.optim.RiemannianSGD(empty, lr=0.1)
