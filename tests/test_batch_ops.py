@@ -48,6 +48,8 @@ def test_concat_errors(gen):
         batch_ops.concat_along_batch_dim([a, random_tt((3, 3), (1, 2, 1), gen=gen)])
     with pytest.raises(tt.ShapeError, match="got an empty list"):
         batch_ops.concat_along_batch_dim([])
+    with pytest.raises(tt.ShapeError, match="different dtypes torch.float64 and torch.float32"):
+        batch_ops.concat_along_batch_dim([a, a.to(torch.float32)])  # (not promoted silently)
     with pytest.raises(TypeError, match="expects a list of TT objects, got int"):
         batch_ops.concat_along_batch_dim(3)
     with pytest.raises(TypeError, match="element 1 must be a TensorTrain"):
@@ -70,6 +72,8 @@ def test_multiply_along_batch_dim_errors_and_grad(gen):
     a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
     with pytest.raises(tt.ShapeError, match=r"weights must have shape \(2,\) for a batch of 2, got \(3,\)"):
         batch_ops.multiply_along_batch_dim(a, [1.0, 2.0, 3.0])
+    with pytest.raises(tt.ShapeError, match=r"weights must have shape \(2,\) for a batch of 2, got \(2, 1\)"):
+        batch_ops.multiply_along_batch_dim(a, torch.ones(2, 1, dtype=torch.float64))
     with pytest.raises(TypeError, match="expects a TensorTrainBatch, got TensorTrain"):
         batch_ops.multiply_along_batch_dim(a[0], [1.0])
     w = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
@@ -179,6 +183,8 @@ def test_gram_matrix_errors_name_gram_matrix(gen):
         batch_ops.gram_matrix(a, random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen, batch_size=2))
     with pytest.raises(TypeError, match="gram_matrix: tt_vectors must be a TensorTrain"):
         batch_ops.gram_matrix(torch.ones(2))
+    with pytest.raises(tt.ShapeError, match="gram_matrix: operands have different dtypes"):
+        batch_ops.gram_matrix(a, random_tt(((2, 3), (2, 3)), (1, 2, 1), gen=gen).to(torch.float32))
 
 
 def test_lists_of_learned_scalars_keep_their_gradients():

@@ -273,23 +273,68 @@ def test_forms_whose_steps_multiply_two_large_cores(gen, dtype, big):
         close(got, want)
 
 
+def _differently_scaled(gen) -> list[tt.TensorTrain]:
+    """Three float64 TTs with entries of 1e5, 1 and 1e-5 whose first cores are 1e20, 1 and 1e-20."""
+    elems = []
+    for s, t in ((1e20, 1e5), (1.0, 1.0), (1e-20, 1e-5)):
+        cores = [torch.randn(1, 3, 2, generator=gen, dtype=torch.float64) * s]
+        cores += [torch.randn(2, 3, 2, generator=gen, dtype=torch.float64) / s]
+        cores += [torch.randn(2, 3, 1, generator=gen, dtype=torch.float64) * t]
+        elems.append(tt.TensorTrain(cores))
+    return elems
+
+
 def test_pairwise_products_of_differently_scaled_elements_in_blocks_of_rows(gen, monkeypatch):
     """Each pair (i, j) carries its own exponents, also where the rows are taken in blocks."""
     import tensortrain.batch_ops as B
 
     monkeypatch.setattr(B, "_ROWS_CHUNK", 1)  # one row per block
-    elems = []
-    for s, t in ((1e20, 1e5), (1.0, 1.0), (1e-20, 1e-5)):  # (entries of 1e5, 1 and 1e-5)
-        cores = [torch.randn(1, 3, 2, generator=gen, dtype=torch.float64) * s]
-        cores += [torch.randn(2, 3, 2, generator=gen, dtype=torch.float64) / s]
-        cores += [torch.randn(2, 3, 1, generator=gen, dtype=torch.float64) * t]
-        elems.append(tt.TensorTrain(cores))
+    elems = _differently_scaled(gen)
     dense = torch.stack([tt.full(e).reshape(-1) for e in elems])
     want = dense @ dense.T
     batch = tt.concat_along_batch_dim(elems).to(torch.float32)
     close(tt.gram_matrix(batch), want)
     eye = tt.TensorTrain([torch.eye(3)[None, :, :, None]] * 3)
     close(tt.gram_matrix(batch, eye), want)
+
+
+@pytest.mark.parametrize("rows_chunk", [None, 1])
+def test_pairwise_products_of_two_differently_scaled_batches(gen, monkeypatch, rows_chunk):
+    """With two different batches the (i, j) exponents are not symmetric: a transposed grid of exponents, or the
+    two batches' exponent vectors swapped, gave results off by 10^7 where the Gram matrices stayed right."""
+    import tensortrain.batch_ops as B
+
+    if rows_chunk is not None:
+        monkeypatch.setattr(B, "_ROWS_CHUNK", rows_chunk)
+    elems = _differently_scaled(gen)
+    dense = torch.stack([tt.full(e).reshape(-1) for e in elems])
+    norms = dense.norm(dim=1)
+    eye = tt.TensorTrain([torch.eye(3)[None, :, :, None]] * 3)
+    batch = tt.concat_along_batch_dim(elems).to(torch.float32)
+    other = tt.concat_along_batch_dim([elems[2], elems[0]]).to(torch.float32)
+    cases = (
+        (tt.pairwise_flat_inner(batch, other), [0, 1, 2], [2, 0]),
+        (tt.pairwise_flat_inner(batch, other, eye), [0, 1, 2], [2, 0]),
+        (tt.pairwise_flat_inner(other, batch), [2, 0], [0, 1, 2]),
+    )
+    for got, rows, cols in cases:
+        want = dense[rows] @ dense[cols].T
+        bound = (
+            1e-4 * norms[rows][:, None] * norms[cols][None, :]
+        )  # each entry to its own scale (10^-20..10^20)
+        assert ((got.double() - want).abs() <= bound).all(), (got, want)
+
+
+def test_a_gram_matrix_whose_matrix_alone_needs_scaling(gen):
+    """The matrix's cores take part in the choice to sweep scaled: balanced vectors with a matrix whose partial
+    products overflow float32 (cores of 1e15 then 1e-15) gave NaN."""
+    vectors = tt.random_tensor_batch((2,) * 6, tt_rank=2, batch_size=2, dtype=torch.float64, generator=gen)
+    m = tt.random_matrix(((2,) * 6, (2,) * 6), tt_rank=2, dtype=torch.float64, generator=gen)
+    m = tt.TensorTrain([c * (1e15 if k < 3 else 1e-15) for k, c in enumerate(m.tt_cores)])
+    want = tt.gram_matrix(vectors, m)
+    got = tt.gram_matrix(vectors.to(torch.float32), m.to(torch.float32))
+    assert torch.isfinite(got).all()
+    close(got, want)
 
 
 def _coherent(d: int = 40, r: int = 16) -> tt.TensorTrain:

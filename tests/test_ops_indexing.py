@@ -242,6 +242,8 @@ def test_gather_nd_errors(gen):
         TypeError, match="gather_nd: indices must be an integer tensor, got dtype torch.float32"
     ):
         ops.gather_nd(a, torch.zeros(1, 2))
+    with pytest.raises(TypeError, match="gather_nd: indices must be an integer tensor, got dtype torch.bool"):
+        ops.gather_nd(a, torch.tensor([[True, False]]))  # (a mask, not the indices 1 and 0)
     with pytest.raises(
         tt.ShapeError,
         match=r"gather_nd: indices must have 2 columns for a TT-tensor of raw shape \(2, 3\), got 3",
