@@ -193,12 +193,49 @@ def test_svd_tt_ranks_errors_name_it():
     )  # a bound from the left only, as TT-SVD's
 
 
-def test_seeded_draws_repeat_and_differ():
-    a = tt.random_matrix([[2, 3], [3, 2]], 2, generator=torch.Generator().manual_seed(1))
-    b = tt.random_matrix([[2, 3], [3, 2]], 2, generator=torch.Generator().manual_seed(1))
-    c = tt.random_matrix([[2, 3], [3, 2]], 2, generator=torch.Generator().manual_seed(2))
+_SEEDED = [
+    lambda g: tt.random_tensor((3, 4), 2, generator=g),
+    lambda g: tt.random_tensor_batch((3, 4), 2, 2, generator=g),
+    lambda g: tt.random_matrix([[2, 3], [3, 2]], 2, generator=g),
+    lambda g: tt.random_matrix_batch([[2, 3], [3, 2]], 2, 2, generator=g),
+    lambda g: tt.glorot_initializer([[2, 3], [3, 2]], 2, generator=g),
+    lambda g: tt.he_initializer([[2, 3], [3, 2]], 2, generator=g),
+    lambda g: tt.lecun_initializer([[2, 3], [3, 2]], 2, generator=g),
+    lambda g: tt.tensor_with_random_cores((3, 4), 2, generator=g),
+    lambda g: tt.tensor_batch_with_random_cores((3, 4), 2, 2, generator=g),
+    lambda g: tt.matrix_with_random_cores([[2, 3], [3, 2]], 2, generator=g),
+    lambda g: tt.matrix_batch_with_random_cores([[2, 3], [3, 2]], 2, 2, generator=g),
+]
+
+
+@pytest.mark.parametrize("draw", _SEEDED)
+def test_seeded_draws_repeat_and_differ(draw):
+    a, b, c = (draw(torch.Generator().manual_seed(s)) for s in (1, 1, 2))
     assert all(torch.equal(x, y) for x, y in zip(a.tt_cores, b.tt_cores, strict=True))
     assert not torch.equal(a.tt_cores[0], c.tt_cores[0])
+
+
+_ON_DEVICE = [
+    lambda d: tt.random_tensor((2, 3), device=d),
+    lambda d: tt.random_tensor_batch((2, 3), batch_size=2, device=d),
+    lambda d: tt.random_matrix([[2, 3], [3, 2]], device=d),
+    lambda d: tt.glorot_initializer([[2, 3], [3, 2]], device=d),
+    lambda d: tt.he_initializer([[2, 3], [3, 2]], device=d),
+    lambda d: tt.lecun_initializer([[2, 3], [3, 2]], device=d),
+    lambda d: tt.tensor_with_random_cores((2, 3), device=d),
+    lambda d: tt.matrix_batch_with_random_cores([[2], [3]], 2, 2, device=d),
+    lambda d: tt.tensor_ones((2, 3), device=d),
+    lambda d: tt.matrix_zeros([[2], [3]], device=d),
+    lambda d: tt.eye((2, 3), device=d),
+    lambda d: tt.ones_like(tt.tensor_zeros((2, 3), device=d)),
+    lambda d: tt.zeros_like(tt.matrix_ones([[2], [3]], device=d)),
+]
+
+
+@pytest.mark.parametrize("make", _ON_DEVICE)
+def test_device_is_followed(make):
+    """The meta device stands in for an accelerator: every constructor must place its cores there."""
+    assert all(c.device.type == "meta" for c in make("meta").tt_cores)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -290,6 +327,14 @@ def test_iid_core_initializers():
     core = x.tt_cores[1]
     assert abs(core.mean().item() - 1.0) < 5 * 0.5 / math.sqrt(core.numel())
     assert abs(core.std().item() - 0.5) < 5 * 0.5 / math.sqrt(2 * core.numel())
+    for x in (
+        tt.tensor_with_random_cores((50, 50), 2, mean=1.0, stddev=0.5, generator=g),
+        tt.matrix_with_random_cores([[10, 10], [10, 10]], 2, mean=1.0, stddev=0.5, generator=g),
+        tt.matrix_batch_with_random_cores([[10, 10], [10, 10]], 2, 4, mean=1.0, stddev=0.5, generator=g),
+    ):
+        values = torch.cat([c.flatten() for c in x.tt_cores])
+        assert abs(values.mean().item() - 1.0) < 5 * 0.5 / math.sqrt(values.numel())
+        assert abs(values.std().item() - 0.5) < 5 * 0.5 / math.sqrt(2 * values.numel())
     assert tt.tensor_with_random_cores((2, 3), 2).tt_ranks == (1, 2, 1)
     assert tt.matrix_with_random_cores([[2, 2], [3, 3]], 2).shape == (4, 9)
     assert tt.matrix_batch_with_random_cores([[2, 2], [3, 3]], 2, 4).shape == (4, 4, 9)
@@ -356,6 +401,26 @@ def test_public_names_exported():
         (lambda: tt.random_tensor((2, 3), dtype=torch.int64), TypeError, r"floating point"),
         (lambda: tt.random_tensor_batch((2, 3), batch_size=0), ValueError, r"batch_size must be >= 1, got 0"),
         (lambda: tt.random_tensor_batch((2, 3), batch_size=2.0), TypeError, r"batch_size must be an int"),
+        (lambda: tt.random_matrix_batch([[2], [3]], 2, 0), ValueError, r"batch_size must be >= 1, got 0"),
+        (lambda: tt.random_matrix_batch([[2], [3]], 2, 2.0), TypeError, r"batch_size must be an int"),
+        (lambda: tt.matrix_batch_with_random_cores([[2], [3]], 2, 0), ValueError, r"batch_size must be >= 1"),
+        (
+            lambda: tt.matrix_batch_with_random_cores([[2], [3]], 2, 2.0),
+            TypeError,
+            r"batch_size must be an int",
+        ),
+        (lambda: tt.tensor_batch_with_random_cores((2, 3), 2, 0), ValueError, r"batch_size must be >= 1"),
+        (lambda: tt.tensor_batch_with_random_cores((2, 3), 2, 2.0), TypeError, r"batch_size must be an int"),
+        (
+            lambda: tt.tensor_with_random_cores((2, 3), stddev=-1.0),
+            ValueError,
+            r"stddev must be a finite number >= 0, got -1.0",
+        ),
+        (
+            lambda: tt.matrix_batch_with_random_cores([[2], [3]], stddev=-1.0),
+            ValueError,
+            r"stddev must be a finite number >= 0, got -1.0",
+        ),
         (lambda: tt.random_matrix([[2, 3], [4]]), tt.ShapeError, r"same length, got rows \(2, 3\)"),
         (lambda: tt.random_matrix([2, 3, 4]), TypeError, r"\[\[row dims\], \[col dims\]\]"),
         (lambda: tt.random_matrix([None, None]), tt.ShapeError, r"at most one side"),
@@ -404,6 +469,25 @@ def test_public_names_exported():
 def test_bad_input_is_refused(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_nonzero_mean_keeps_a_half_precision_dtype(dtype):
+    for x in (tt.random_tensor((3, 4), 2, 1.0, 1.0, dtype), tt.random_matrix([[2], [3]], 2, 1.0, 1.0, dtype)):
+        assert [c.dtype for c in x.tt_cores] == [dtype] * x.ndims()
+
+
+def test_dense_variances_are_the_dense_schemes():
+    """Exact values with fan_in != fan_out (the statistical tests cannot tell 2/(fi+fo) from 2/(2 fi) there)."""
+    from tensortrain.nn.init import dense_variance
+
+    assert dense_variance("glorot", 784, 625) == pytest.approx(2 / (784 + 625), rel=1e-12)
+    assert dense_variance("glorot", 24, 20) == pytest.approx(2 / 44, rel=1e-12)
+    assert dense_variance("he", 24, 20) == pytest.approx(2 / 24, rel=1e-12)
+    assert dense_variance("lecun", 24, 20) == pytest.approx(1 / 24, rel=1e-12)
+    for fans in ((5, 0), (0, 5)):
+        with pytest.raises(ValueError, match="got 5, 0|got 0, 5"):
+            dense_variance("he", *fans)
 
 
 def test_many_cores_of_high_rank_are_not_zero_or_overflowing():
