@@ -298,6 +298,42 @@ def test_bias_initializer_numpy_and_torch_scalars_are_numbers():
         assert json.loads(json.dumps(layer.get_config()))["bias_initializer"] == float(value)
 
 
+def test_bias_initializer_zero_and_bools():
+    """0 is a number (t3f code passes bias_initializer=0), not "no initializer"; a bool is neither."""
+    for zero in (0, 0.0, np.float32(0)):
+        layer = KerasDense([2, 2], [2, 2], bias_initializer=zero)
+        layer.build((None, 4))
+        np.testing.assert_array_equal(layer.get_weights()[-1], np.zeros(4, "float32"))
+    with pytest.raises(ValueError, match="Could not interpret initializer identifier: True"):
+        KerasDense([2, 2], [2, 2], bias_initializer=True).build((None, 4))
+
+
+def test_a_keras_initializer_object_as_bias_initializer_serializes():
+    layer = KerasDense([2, 2], [2, 2], bias_initializer=keras.initializers.Constant(0.3))
+    config = json.loads(json.dumps(layer.get_config()))
+    clone = KerasDense.from_config(config)
+    clone.build((None, 4))
+    np.testing.assert_allclose(clone.get_weights()[-1], np.full(4, 0.3, "float32"))
+
+
+def test_a_float64_layer_draws_its_cores_in_float64():
+    torch.manual_seed(0)
+    layer = KerasDense([2, 3], [2, 2], dtype="float64")
+    layer.build((None, 6))
+    cores = [w.value.detach() for w in layer.kernel_cores]
+    assert all(c.dtype == torch.float64 for c in cores)
+    assert not all(torch.equal(c, c.float().double()) for c in cores)  # (not float32 draws widened)
+    y = layer(np.arange(12).reshape(2, 6).astype("int32"))  # integer inputs take the layer's dtype
+    assert y.dtype == torch.float64
+
+
+def test_weights_have_distinct_paths_and_build_takes_an_unknown_feature_size():
+    layer = KerasDense([2, 3], [2, 2], name="tt")
+    layer.build((None, None))  # (as a Functional model with an unknown last dim builds it)
+    assert [tuple(w.shape) for w in layer.weights] == [(1, 2, 2, 2), (2, 3, 2, 1), (4,)]
+    assert [w.path for w in layer.weights] == ["tt/core_0", "tt/core_1", "tt/bias"]
+
+
 def test_integer_inputs_are_cast_as_keras_dense_casts_them(gen):
     x = np.random.default_rng(0).integers(0, 255, (4, 4)).astype("uint8")
     layer = KerasDense([2, 2], [2, 2])
@@ -347,6 +383,17 @@ def test_get_config_from_config_round_trip():
     assert clone.get_config() == config
     clone.build((None, 12))
     assert [tuple(w.shape) for w in clone.get_weights()] == [(1, 3, 2, 3), (3, 4, 5, 1), (10,)]
+    # the base layer's entries and every argument come back, also where they are not the defaults
+    layer = KerasDense(
+        [2, 3], [2, 2], kernel_initializer="he", use_bias=np.bool_(False), dtype="float64", name="head",
+        trainable=False,
+    )  # fmt: skip
+    config = json.loads(json.dumps(layer.get_config()))
+    assert config["use_bias"] is False and config["kernel_initializer"] == "he"
+    clone = KerasDense.from_config(config)
+    assert (clone.name, clone.dtype, clone.trainable) == ("head", "float64", False)
+    assert (clone.kernel_initializer, clone.use_bias) == ("he", False)
+    assert KerasDense([2, 2], [2, 2], use_bias=0).get_config()["use_bias"] is False
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -357,6 +404,14 @@ def test_bad_arguments_raise_clear_errors():
         KerasDense([2, 3], [4, 2], kernel_initializer="xavier")
     with pytest.raises(TypeError, match="input_dims must be a sequence of ints"):
         KerasDense(6, [4, 2])
+    with pytest.raises(TypeError, match="input_dims must be a sequence of ints, got '23'"):
+        KerasDense("23", [2, 2])
+    with pytest.raises(TypeError, match="input_dims must be a 1-D sequence of ints, got a 0-D ndarray"):
+        KerasDense(np.array(6), [6])
+    with pytest.raises(tt.ShapeError, match=r"input_dims \(2,\) and output_dims \(4, 5\)"):
+        KerasDense([2], [4, 5])
+    with pytest.raises(tt.ShapeError, match=r"input_dims .*non-empty"):
+        KerasDense([], [])
     with pytest.raises(tt.ShapeError, match=r"non-empty positive ints, got \(0, 3\)"):
         KerasDense([2, 3], [0, 3])
     with pytest.raises(tt.ShapeError, match="tt_rank"):
