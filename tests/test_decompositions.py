@@ -197,6 +197,47 @@ def test_epsilon_for_d2_is_eckart_young(gen):
         )
 
 
+def test_round_epsilon_for_d2_is_eckart_young_and_spends_the_budget_over_d_minus_1_svds(gen):
+    """round's epsilon: one SVD gets the whole budget at d=2 (the smallest rank meeting it), and at d=3 the
+    budget is split so that the bound holds where each SVD cuts close to its share (spiked random tensors)."""
+    a = torch.randn(12, 15, generator=gen, dtype=torch.float64)
+    s = torch.linalg.svdvals(a)
+    tails = torch.flip(torch.cumsum(torch.flip(s**2, [0]), 0), [0]).sqrt() / a.norm()
+    x = tt.to_tt_tensor(a, max_tt_rank=None)
+    for eps in (0.05, 0.3, 0.6):
+        assert tt.round(x, epsilon=eps).tt_ranks == (1, int((tails > eps).sum()), 1)
+    worst = 0.0
+    for _ in range(20):
+        b = torch.randn(8, 8, 8, generator=gen, dtype=torch.float64)
+        b = b + 3 * torch.einsum(
+            "i,j,k->ijk", *[torch.randn(8, generator=gen, dtype=torch.float64) for _ in range(3)]
+        )
+        y = tt.round(tt.to_tt_tensor(b, max_tt_rank=None), epsilon=0.5)
+        worst = max(worst, rel_err(y, b))
+    assert 0.3 < worst <= 0.5 * (1 + 1e-9)  # (close to the bound: a budget spread too thin passes it)
+
+
+def test_epsilon_over_more_than_1024_singular_values_at_once(gen):
+    """Batches whose SVDs hold more than 1024 singular values in all pick their ranks with tensor ops (the path
+    every GPU decomposition takes): each element still meets its relative bound."""
+    a = 100 * torch.randn(40, 32, 32, generator=gen, dtype=torch.float64)
+    x = tt.to_tt_tensor(a, max_tt_rank=None, epsilon=0.1, batch=True)
+    assert x.tt_ranks[1] > 10
+    for i in range(40):
+        assert rel_err(x[i], a[i]) <= 0.1 * (1 + 1e-9)
+
+
+def test_randomized_epsilon_counts_the_error_outside_the_sketch(gen):
+    """Singular values 1 (x5) then 0.1 (x195): the tail outside a rank-20 cap's sketch is most of the error, and
+    the rank must be chosen with it (rank 3 gave 0.75 for epsilon 0.6)."""
+    q = [torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64))[0] for _ in range(2)]
+    s = torch.cat([torch.ones(5), torch.full((195,), 0.1)]).double()
+    a = q[0] @ torch.diag(s) @ q[1].T
+    x = tt.to_tt_tensor(a, max_tt_rank=20, epsilon=0.6, method="randomized")
+    assert rel_err(x, a) <= 0.6 * (1 + 1e-9)
+    assert x.tt_ranks == tt.to_tt_tensor(a, max_tt_rank=20, epsilon=0.6, method="exact").tt_ranks
+
+
 def test_zero_tensor_gets_rank_one():
     z = torch.zeros(3, 4, 5, dtype=torch.float64)
     for method in ("exact", "randomized"):
@@ -575,6 +616,9 @@ def test_auto_rule():
     assert not truncation.use_randomized("auto", 64, 200, 4096, has_delta=False)  # small side: exact
     assert not truncation.use_randomized("auto", 500, 2048, 2048, has_delta=False)  # sketch too big
     assert truncation.use_randomized("auto", 16, 1024, 1024, has_delta=False)
+    k = truncation.sketch_size(205, 1024, 1024)
+    assert k * truncation._AUTO_MAX_FRACTION == 1024  # the boundary itself: still randomized
+    assert truncation.use_randomized("auto", 205, 1024, 1024, has_delta=False)
     # an exact SVD that takes milliseconds: exact (t3f's tutorial's 784 x 625 layer, its unfoldings up to 560 x 700)
     assert not truncation.use_randomized("auto", 16, 560, 700, has_delta=False)
     assert not truncation.use_randomized("auto", 16, 512, 2048, has_delta=False)
@@ -931,6 +975,17 @@ def test_defaults_and_refusals_no_test_pinned(gen):
     assert a.tt_ranks == (1, 12, 12, 1) and tt.round(a).tt_ranks == (1, 12, 12, 1)
     x = torch.randn(12, 12, 12, generator=gen, dtype=torch.float64)
     assert tt.to_tt_tensor(x).tt_ranks == (1, 10, 10, 1)
+    w = torch.randn(64, 64, generator=gen, dtype=torch.float64)
+    assert tt.to_tt_matrix(w, [[8, 8], [8, 8]]).tt_ranks == (1, 10, 1)  # t3f's default cap too
+    for call in (lambda: tt.to_tt_tensor(x, None, epsilon=True), lambda: tt.round(a, epsilon=True)):
+        with pytest.raises(TypeError, match="epsilon must be a float or None, got True"):
+            call()
+    with pytest.raises(
+        ValueError, match="TTLinear.from_linear: epsilon must be a finite number >= 0, got -0.1"
+    ):
+        tt.nn.TTLinear.from_linear(
+            torch.nn.Linear(16, 16), max_tt_rank=4, epsilon=-0.1, in_dims=(4, 4), out_dims=(4, 4)
+        )
     z = tt.multiply(a, 0)
     assert all(float(c.norm()) == 0 for c in z.tt_cores)
     assert not any(c.data_ptr() == d.data_ptr() for c, d in zip(z.tt_cores, a.tt_cores, strict=True))
