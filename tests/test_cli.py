@@ -812,3 +812,90 @@ def test_python_dash_m_tensortrain_runs_the_command():
 
     out = subprocess.run([sys.executable, "-m", "tensortrain", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("tensortrain ")
+
+
+# --- the demo's stages and options, checked without training (from a mutation audit, session 29) ----------
+def _tiny_mnist():
+    from tensortrain.datasets import MNIST
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    return MNIST(x, y, x[:32], y[:32])
+
+
+def test_stage_c_compresses_stage_bs_trained_network():
+    import tensortrain.demo as demo
+
+    torch.manual_seed(0)
+    dense = demo.dense_net()
+    with torch.no_grad():  # a rank-1 weight: TT-SVD at rank 16 keeps it to round-off
+        dense[1].weight.copy_(torch.outer(torch.linspace(-1, 1, 625), torch.linspace(0, 1, 784)))
+    compressed, err = demo._compress(dense, 16, torch.device("cpu"))
+    w = compressed[1].dense_weight().detach()
+    assert (
+        float((w - dense[1].weight.detach()).norm() / dense[1].weight.detach().norm()) < 1e-5 and err < 1e-5
+    )
+    assert torch.equal(compressed[3].weight, dense[3].weight) and torch.equal(
+        compressed[3].bias, dense[3].bias
+    )
+
+
+def test_each_epoch_and_each_stage_shuffles_differently(tmp_path, monkeypatch):
+    import tensortrain.demo as demo
+
+    seeds, real = [], demo._batches
+    monkeypatch.setattr(
+        demo, "_batches", lambda ctx, seed, epoch: (seeds.append((seed, epoch)), real(ctx, seed, epoch))[1]
+    )
+    cfg = demo.DemoConfig(out=str(tmp_path), epochs_tt=2, epochs_dense=1, epochs_finetune=1, batch_size=32)
+    demo.run_mnist_demo(cfg, data=_tiny_mnist())
+    assert [epoch for _, epoch in seeds] == [0, 1, 0, 0]
+    assert len({seed for seed, _ in seeds}) == 3  # one stream per stage a, b, d
+    ctx = type("Ctx", (), {"y_train": torch.zeros(12, dtype=torch.long), "world": 1, "rank": 0})()
+    ctx.device, ctx.cfg = torch.device("cpu"), cfg
+    first, second = (torch.cat(real(ctx, 97, e)).tolist() for e in (0, 1))
+    assert sorted(first) == sorted(second) == list(range(12)) and first != second
+
+
+def test_threads_and_a_whole_subset_and_a_batch_not_split_over_processes(tmp_path, monkeypatch):
+    import tensortrain.demo as demo
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # recorded, not applied
+    quick = dict(out=str(tmp_path), epochs_tt=0, epochs_dense=0, epochs_finetune=0)
+    results = demo.run_mnist_demo(
+        demo.DemoConfig(**quick, threads=3, train_subset=64, test_subset=32), data=_tiny_mnist()
+    )
+    assert calls == [3] and len(results) == 4  # (a subset of all the images there are is not "more than")
+    monkeypatch.setattr(demo.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(demo.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(demo.dist, "get_world_size", lambda: 3)
+    with pytest.raises(ValueError, match="batch size 64 is not divisible by the 3 processes"):
+        demo.run_mnist_demo(demo.DemoConfig(**quick), data=_tiny_mnist())
+
+
+def test_a_test_subset_is_not_the_tutorial():
+    from tensortrain.demo import DemoConfig, is_tutorial
+
+    assert is_tutorial(DemoConfig(seed=5, threads=1))
+    assert not is_tutorial(DemoConfig(test_subset=1000)) and not is_tutorial(DemoConfig(train_subset=1000))
+
+
+def test_seeds_of_the_tutorial_recipe_are_compared_with_the_targets(monkeypatch, tmp_path, capsys):
+    import tensortrain.demo as demo
+
+    def fake_seeds(cfg, seeds, log=None, progress=None):
+        return {
+            s: [
+                demo.StageResult(k, f"net {k}", 10, None, acc, 0.0, 1, None)
+                for k, acc in demo.TARGETS.items()
+            ]
+            for s in seeds
+        }
+
+    monkeypatch.setattr(demo, "run_mnist_seeds", fake_seeds)
+    assert main(["demo", "mnist", "--out", str(tmp_path), "--no-progress", "--seeds", "1,2"]) == 0
+    out = capsys.readouterr().out
+    for stage in demo.TARGETS:
+        assert f"target {stage}: met by 2 of 2 runs" in out

@@ -114,6 +114,32 @@ def shared():
     torch.manual_seed(4)
     layer = nn.Linear(256, 256)
     return nn.Sequential(layer, nn.ReLU(), layer)
+
+
+class SharedBuffer(nn.Module):
+    """Two layers registering one buffer, each under its own name."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 64)
+        scale = torch.ones(64)
+        self.a.register_buffer("scale", scale)
+        self.b.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return self.b(self.a(x) * self.a.scale)
+
+
+def meta_shared_buffer():
+    with torch.device("meta"):
+        return SharedBuffer()
+
+
+def bracketed():
+    """A layer whose name holds glob characters."""
+    torch.manual_seed(6)
+    return nn.Sequential(nn.ModuleDict({"a[0]": nn.Linear(64, 64)}))
 '''
 
 
@@ -1038,3 +1064,62 @@ def test_inspect_names_torchscript_archives_and_unreadable_files(tmp_path, capsy
     monkeypatch.setattr(cli_commands, "open", refuse, raising=False)
     assert main(["inspect", str(locked)]) == 1
     assert capsys.readouterr().err == f"tensortrain: error: {locked}: cannot read it (Permission denied)\n"
+
+
+# --- from a mutation audit (session 29) ----------------------------------------------------------------------
+def test_a_buffer_shared_by_two_layers_of_a_meta_model_takes_its_weights(models, tmp_path, capsys):
+    torch.save(models.SharedBuffer().state_dict(), tmp_path / "w.pt")
+    argv = [
+        "compress",
+        "--model",
+        "clitoolmodels:meta_shared_buffer",
+        "--weights",
+        "w.pt",
+        "--max-tt-rank",
+        "2",
+    ]
+    assert main([*argv, "--out", "o.pt"]) == 0
+    saved = torch.load(tmp_path / "o.pt", weights_only=True)
+    assert torch.equal(saved["a.scale"], torch.ones(64)) and torch.equal(saved["b.scale"], torch.ones(64))
+
+
+def test_the_recipe_escapes_glob_characters_in_layer_names(models, tmp_path, capsys):
+    assert (
+        main(["compress", "--model", "clitoolmodels:bracketed", "--max-tt-rank", "2", "--out", "m.pt"]) == 0
+    )
+    recipe = _recipe(capsys.readouterr().out)
+    exec(compile(recipe, "recipe", "exec"), scope := {})
+    expected, _ = tt.compress(models.bracketed(), max_tt_rank=2)
+    assert isinstance(scope["model"][0]["a[0]"], tt.nn.TTLinear)
+    for key, want in expected.state_dict().items():
+        torch.testing.assert_close(scope["model"].state_dict()[key], want)
+
+
+def test_inspect_tells_views_and_empty_tensors_from_shared_ones(tmp_path):
+    w = torch.arange(16.0).reshape(4, 4)
+    for state, total in (
+        ({"w": w, "row": w[0]}, 20),
+        ({"a": torch.empty(0), "b": torch.empty(0), "w": w}, 16),
+    ):
+        torch.save(state, tmp_path / "s.pt")
+        info = inspect_path(tmp_path / "s.pt")
+        assert (info["total_parameters"], info["shared_tensors"]) == (total, 0)
+
+
+def test_inspect_accepts_non_tensors_only_as_a_modules_extra_state(tmp_path, capsys):
+    torch.save({"w": torch.zeros(2), "my_extra_state": 3}, tmp_path / "x.pt")
+    assert main(["inspect", str(tmp_path / "x.pt")]) == 1
+    assert "'my_extra_state' is a int" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["clitoolmodels:", ":mlp"])
+def test_a_model_spec_missing_one_side_is_a_usage_error(spec, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compress", "--model", spec, "--max-tt-rank", "2", "--dry-run"])
+    assert info.value.code == 2
+    assert "argument --model: must be MODULE:ATTR" in capsys.readouterr().err
+
+
+def test_error_lines_drop_terminal_colours():
+    err = RuntimeError("\x1b[31mbad\x1b[0m file\nsecond line")
+    assert cli_commands._one_line(err) == "RuntimeError: bad file; second line"

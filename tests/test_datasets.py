@@ -605,3 +605,19 @@ def test_load_mnist_checks_mirrors_when_nothing_is_downloaded(tmp_path):
         ):
             load_mnist(tmp_path, mirrors=bad)
     load_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"])  # (a good one is not used: nothing is missing)
+
+
+def test_home_folders_and_empty_roots(tmp_path, monkeypatch):
+    """~ is expanded in root= and in $TENSORTRAIN_DATA; an empty root is an error, not the current folder."""
+    fake_mnist(tmp_path / "home/mnist", n_train=5)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert len(load_mnist("~/mnist", download=False).train_images) == 5
+    monkeypatch.setenv("TENSORTRAIN_DATA", "~/mnist")
+    assert datasets.default_data_dir() == tmp_path / "home/mnist"
+    with pytest.raises(ValueError, match="root is an empty path"):
+        load_mnist("", download=False)
+
+
+def test_mirrors_from_the_environment_split_on_commas_and_spaces(monkeypatch):
+    monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://a.example/ http://b.example/,http://c.example/")
+    assert datasets._mirrors(None) == ("http://a.example/", "http://b.example/", "http://c.example/")
