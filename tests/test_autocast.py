@@ -56,12 +56,14 @@ def test_compressed_model_runs_under_autocast():
     assert_close(got.float(), want, rtol=0.05, atol=0.05 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("strategy", ["auto", "grouped_rtl", "grouped_ltr"])
 @pytest.mark.parametrize("batch", [1, 4, 64, 1024])
-def test_inference_cache_does_not_keep_autocast_precision(batch):
+def test_inference_cache_does_not_keep_autocast_precision(batch, strategy):
     """Merged groups first built under autocast are kept in the cores' precision: float32 calls after autocast
     give float32 results equal to those of a layer that never saw autocast."""
     torch.manual_seed(0)
     layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2))
+    layer.strategy = strategy
     x = torch.randn(batch, 24)
     with torch.no_grad():
         want = torch.nn.functional.linear(x, layer.to_linear().weight, layer.bias)

@@ -669,6 +669,19 @@ def test_moving_a_layer_drops_its_cache():
         assert_close(layer(x), torch.nn.functional.linear(x, layer.to_linear().weight, layer.bias))
 
 
+@pytest.mark.parametrize("strategy", ["auto", "grouped_rtl", "grouped_ltr", "cores_rtl"])
+def test_the_cache_holds_no_reference_to_the_parameters(strategy):
+    """torch.utils.swap_tensors (load_state_dict / .to() with swap_module_params_on_conversion) needs each
+    Parameter referenced only by its module: a cached one-core group held the Parameter itself."""
+    layer = tt.nn.TTLinear(6, 6, tt_rank=3, in_dims=(2, 3), out_dims=(3, 2), dtype=torch.float64)
+    layer.strategy = strategy
+    with torch.no_grad():
+        layer(torch.randn(4, 6, dtype=torch.float64))
+    for k, core in enumerate(layer.cores):
+        torch.utils.swap_tensors(core, torch.nn.Parameter(torch.full_like(core, float(k + 1))))
+    assert all(float(c.detach().min()) == k + 1 for k, c in enumerate(layer.cores))
+
+
 @pytest.mark.parametrize("core", ["0", "1"])
 def test_pruned_cores_are_used_by_forward(core):
     """torch.nn.utils.prune renames the core to "<k>_orig" and keeps the masked core as a plain attribute: the

@@ -65,6 +65,17 @@ def test_assign_in_place(gen):
     assert_close(ops.full(res2), 2.0 * ops.full(new), rtol=1e-6, atol=1e-6)
 
 
+def test_assign_into_complex_parameters(gen):
+    def make():
+        cores = [torch.randn(1, 2, 2, dtype=torch.complex128, generator=gen)]
+        return tt.TensorTrain([*cores, torch.randn(2, 3, 1, dtype=torch.complex128, generator=gen)])
+
+    params, new = variables.tt_parameters(make()), make()
+    res = variables.assign(params, new)
+    assert res.dtype == torch.complex128
+    assert_close(ops.full(res), ops.full(new))
+
+
 def test_assign_errors(gen):
     params = variables.tt_parameters(random_tt((2, 3), (1, 2, 1), gen=gen))
     with pytest.raises(

@@ -40,6 +40,37 @@ def test_smallest_fitting_buffer_is_lent():
         assert a.numel() == 100
 
 
+def test_the_smallest_of_several_fitting_buffers_is_lent():
+    with workspace.scratch((128,), torch.uint8, "cpu"), workspace.scratch((256,), torch.uint8, "cpu"):
+        pass
+    with workspace.scratch((100,), torch.uint8, "cpu"):
+        assert workspace.held_bytes() == 256
+
+
+def test_the_limit_is_inclusive_and_drops_the_largest_first():
+    workspace.set_limit(128)
+    try:
+        with workspace.scratch((128,), torch.uint8, "cpu"):
+            pass
+        assert workspace.held_bytes() == 128  # exactly the limit: kept
+        workspace.empty_cache()
+        workspace.set_limit(200)
+        with workspace.scratch((64,), torch.uint8, "cpu"), workspace.scratch((192,), torch.uint8, "cpu"):
+            pass
+        assert sorted(b.numel() for b in workspace._free.buffers) == [64]
+    finally:
+        workspace.set_limit(256 * 2**20)
+
+
+def test_no_buffer_is_lent_under_a_transform():
+    """Forward AD (like compile, export and torch.func) gets a plain allocation: nothing is kept."""
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level(), workspace.scratch((128,), torch.uint8, "cpu") as a:
+        assert a.shape == (128,)
+    assert workspace.held_bytes() == 0
+
+
 def test_small_and_non_cpu_requests_are_plain_allocations():
     with workspace.scratch((4,), torch.float32, "cpu") as a:  # 16 bytes < MIN_BYTES
         assert a.shape == (4,)
