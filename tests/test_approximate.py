@@ -172,3 +172,30 @@ def test_messages_name_add_n_and_coef(gen):
     batch = tt.concat_along_batch_dim(xs)
     with pytest.raises(ValueError, match="coef contains NaN or inf"):
         tt.approximate.reduce_sum_batch(batch, 2, coef=[1.0, float("nan"), 2.0])
+
+
+def test_reduce_sum_batch_with_a_rank_deficient_odd_tail_has_finite_gradients():
+    """The odd last element is rounded only where its ranks pass the cap: rounding a rank-deficient one (a zero
+    rank column) gave NaN gradients."""
+    x = tt.random_tensor_batch(
+        (2, 2), tt_rank=2, batch_size=3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    c0, c1 = (c.detach().clone() for c in x.tt_cores)
+    c0[2] = torch.tensor([[[1.0, 0.0], [2.0, 0.0]]], dtype=torch.float64)
+    c0.requires_grad_()
+    s = tt.approximate.reduce_sum_batch(tt.TensorTrainBatch([c0, c1]), max_tt_rank=2)
+    (got,) = torch.autograd.grad(tt.full(s).sum(), [c0])
+    (want,) = torch.autograd.grad(tt.full(tt.TensorTrainBatch([c0, c1])).sum(), [c0])
+    assert torch.isfinite(got).all()
+    assert_close(got, want)
+
+
+def test_add_n_adds_in_t3fs_order(gen):
+    """Pairs first, the odd last object added at the end (t3f's tree), each partial sum rounded to the cap."""
+    xs = [random_tt((4, 4, 4, 4), (1, 3, 3, 3, 1), gen=gen) for _ in range(5)]
+
+    def r(x):
+        return tt.round(x, max_tt_rank=2)
+
+    want = r(tt.add(r(tt.add(r(tt.add(xs[0], xs[1])), r(tt.add(xs[2], xs[3])))), xs[4]))
+    assert_close(dense(tt.approximate.add_n(xs, max_tt_rank=2)), dense(want))

@@ -272,3 +272,10 @@ def test_to_keeps_torchs_other_arguments():
     for y in (x.to(copy=True), x.to(torch.float32, copy=True), x.to("cpu", torch.float64, non_blocking=True)):
         assert y.tt_cores[0].data_ptr() != x.tt_cores[0].data_ptr()
         assert_close(tt.full(y).to(x.dtype), tt.full(x))
+
+
+def test_differentiable_norm_and_l2_regularizer_of_a_complex_tt_sum_absolute_squares():
+    """Sum |x|^2, not Re(sum x^2): (i, 1) x (1, 1) has sum x^2 = 0 and sum |x|^2 = 4."""
+    x = tt.TensorTrain([torch.tensor([[[1j], [1.0]]], dtype=C), torch.ones(1, 2, 1, dtype=C)])
+    for value in (tt.frobenius_norm_squared(x, differentiable=True), tt.l2_regularizer(1.0)(x)):
+        assert float(value) == pytest.approx(4.0, rel=1e-12)

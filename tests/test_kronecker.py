@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -149,3 +150,39 @@ def test_kronecker_singular_factor_beside_a_huge_one_has_determinant_zero(gen):
     assert det.item() == 0.0
     for g in torch.autograd.grad(det, cores):
         assert torch.isfinite(g).all()
+
+
+def test_determinant_gradient_at_a_singular_scalar_factor():
+    a = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+    f = torch.diag(torch.tensor([2.0, 3.0, 5.0], dtype=torch.float64)).requires_grad_()
+    det = tt.kronecker.determinant(tt.TensorTrain([a[None, :, :, None], f[None, :, :, None]]))
+    got = torch.autograd.grad(det, [a, f])
+    want = torch.autograd.grad(torch.linalg.det(torch.kron(a, f)), [a, f])
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w)
+
+
+def test_slog_determinant_of_complex_factors_keeps_the_phase():
+    f = torch.diag(torch.tensor([1j, 1.0], dtype=torch.complex128))  # det i, to the power 3: -i
+    g = torch.eye(3, dtype=torch.complex128)
+    sign, logdet = tt.kronecker.slog_determinant(tt.TensorTrain([f[None, :, :, None], g[None, :, :, None]]))
+    want = torch.linalg.slogdet(torch.kron(f, g))
+    assert sign.dtype == torch.complex128 and complex(sign) == pytest.approx(complex(want[0]))
+    assert float(logdet) == pytest.approx(float(want[1]), abs=1e-12)
+    eye, singular = torch.eye(2, dtype=torch.complex128), torch.ones(2, 2, dtype=torch.complex128)
+    many = tt.TensorTrain([singular[None, :, :, None]] + [eye[None, :, :, None]] * 63)  # a power past 2^62
+    sign, logdet = tt.kronecker.slog_determinant(many)
+    assert complex(sign) == 0 and float(logdet) == -math.inf
+
+
+def test_cholesky_symmetry_check_is_relative_and_sees_phases():
+    eye = torch.eye(2, dtype=torch.float64)[None, :, :, None]
+    large = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64) * 1e9
+    large[0, 1] += 1e-3  # relative asymmetry 1e-12: round-off
+    tt.kronecker.cholesky(tt.TensorTrain([large[None, :, :, None], eye]))
+    tiny = torch.tensor([[2.0, 1.0], [0.5, 3.0]], dtype=torch.float64) * 1e-12  # not symmetric, however small
+    with pytest.raises(torch.linalg.LinAlgError):
+        tt.kronecker.cholesky(tt.TensorTrain([tiny[None, :, :, None], eye]))
+    turned = torch.eye(2, dtype=torch.complex128) * torch.exp(torch.tensor(0.01j, dtype=torch.complex128))
+    with pytest.raises(torch.linalg.LinAlgError):  # e^{0.01i} I is not Hermitian
+        tt.kronecker.cholesky(tt.TensorTrain([turned[None, :, :, None], eye.to(torch.complex128)]))

@@ -485,3 +485,13 @@ def test_gather_nd_on_a_batch_with_no_index_columns(gen):
     for idx in ([], torch.zeros(4, 0, dtype=torch.long)):
         with pytest.raises(tt.ShapeError, match="need a batch column and one per mode, got 0 columns"):
             tt.gather_nd(b, idx)
+
+
+def test_bilinear_form_two_mat_broadcasts_a_batch_of_b_alone(gen):
+    a = random_tt(((2, 3), (2, 2)), (1, 2, 1), gen=gen)
+    b = random_tt(((2, 2), (3, 2)), (1, 2, 1), gen=gen, batch_size=3)
+    x, y = random_tt((2, 3), (1, 2, 1), gen=gen), random_tt((3, 2), (1, 2, 1), gen=gen)
+    want = torch.stack(
+        [tt.full(x).reshape(-1) @ tt.full(a) @ tt.full(b[i]) @ tt.full(y).reshape(-1) for i in range(3)]
+    )
+    assert_close(tt.bilinear_form_two_mat(x, a, b, y), want)

@@ -168,3 +168,23 @@ def test_scale_may_be_a_0_dim_tensor():
         tt.l2_regularizer(torch.tensor(True))
     with pytest.raises(ValueError, match="finite number >= 0"):
         tt.l2_regularizer(torch.tensor(-1.0))
+
+
+def test_tied_weights_of_a_custom_layer_count_once():
+    """A module whose TT weight is built from a ParameterList not named ``cores``: two such layers over one list
+    are one TT (the key is the cores, not the weight object)."""
+
+    class Layer(torch.nn.Module):
+        def __init__(self, params):
+            super().__init__()
+            self.p = params
+
+        @property
+        def weight(self):
+            return tt.TensorTrain(list(self.p))
+
+    shared = torch.nn.ParameterList(
+        [torch.nn.Parameter(torch.ones(1, 2, 1)), torch.nn.Parameter(torch.ones(1, 3, 1))]
+    )
+    model = torch.nn.Sequential(Layer(shared), Layer(shared))
+    assert float(tt.l2_regularizer(1.0)(model).detach()) == pytest.approx(6.0)
