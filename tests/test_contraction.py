@@ -455,8 +455,32 @@ def test_plan_cache(gen):
     assert C.plan_cache_size() == 3
     C.linear(torch.randn(9, 4, dtype=torch.float64), cores, strategy="full")
     assert C.plan_cache_size() == 4
+    C.linear(torch.randn(9, 4), [c.float() for c in cores])  # dtype
+    assert C.plan_cache_size() == 5
     C.clear_plan_cache()
     assert C.plan_cache_size() == 0
+
+
+def test_a_full_plan_cache_drops_its_oldest_entry(gen, monkeypatch):
+    import tensortrain.contraction_plan as CP
+
+    w = tt.TensorTrain(random_cores(((4, 8), (7, 4)), (1, 4, 1), gen=gen))
+    monkeypatch.setattr(CP, "PLAN_CACHE_LIMIT", 3)
+    C.clear_plan_cache()
+    for batch in (1, 2, 4, 8, 16):  # one bucket each
+        C.plan(w, batch, requires_grad=True, max_saved_bytes=10**9)
+    assert C.plan_cache_size() == 3
+    assert sorted(key[2] for key in CP._PLAN_CACHE) == [4, 8, 16]
+    C.clear_plan_cache()
+
+
+def test_inference_plans_report_no_recompute_and_both_gradients(gen):
+    """Without gradients there is no backward to price: recompute is False and input_grad/cores_grad are True,
+    whatever the flags say."""
+    w = tt.TensorTrain(random_cores(((4, 8), (7, 4)), (1, 4, 1), gen=gen))
+    for strategy in ("auto", "full", "grouped_rtl"):
+        p = C.plan(w, 4, requires_grad=False, strategy=strategy, input_requires_grad=False)
+        assert (p.recompute, p.input_grad, p.cores_grad) == (False, True, True), strategy
 
 
 # ------------------------------------------------------------------------------------------ validation
