@@ -1054,3 +1054,20 @@ def test_partly_frozen_cores_get_the_dense_gradients_in_every_sweep(gen, frozen)
         got = torch.autograd.grad(C.linear(x, cores, strategy=strategy), trained, gy)
         for a, b in zip(got, want, strict=True):
             assert_close(a, b)
+
+
+def test_an_inference_cache_keeps_only_tt_sized_groups(gen):
+    """A forced plan merging a group far larger than its cores (8x8 modes at rank 2: 21x) runs it, but the
+    layer's cache does not keep it; the small group next to it is kept."""
+    from tensortrain.contraction_cost import cacheable
+
+    cores = [torch.nn.Parameter(c) for c in random_cores(((8, 8, 8), (8, 8, 8)), (1, 2, 2, 1), gen=gen)]
+    dims = C.dims_of(cores)
+    assert not cacheable(dims, 0, 2) and cacheable(dims, 2, 3)
+    p = next(p for p in C.enumerate_plans(cores, 4) if p.kind == "sweep" and p.groups == ((0, 2), (2, 3)))
+    x, cache = torch.randn(4, 512, dtype=torch.float64, generator=gen), {}
+    with torch.no_grad():
+        y = C.apply_unchecked(x, cores, None, 512, p, cache=cache)
+    assert_close(y, x @ dense_of(cores).T)
+    (groups,) = [value[2] for value in cache.values()]  # (merged group, m, n) per group, None: not kept
+    assert groups[0] is None and groups[1] is not None and groups[1][0].numel() == 2 * 8 * 8

@@ -515,16 +515,19 @@ def test_inference_reuses_merged_cores_until_they_change(monkeypatch):
     assert_close(pickle.loads(pickle.dumps(layer))(x), layer(x))
 
 
+@pytest.mark.parametrize("strategy", ["auto", "grouped_rtl", "grouped_ltr"])
 @pytest.mark.parametrize("rank", [4, 16])
-def test_inference_cache_stays_tt_sized(rank):
+def test_inference_cache_stays_tt_sized(rank, strategy):
     """Whatever the plan, the kept merged groups are at most CACHE_FACTOR times the cores, never W."""
     from tensortrain.contraction_cost import CACHE_FACTOR
 
     layer = tutorial_layer(rank)
+    layer.strategy = strategy
     with torch.no_grad():
         for batch in (1, 8, 64, 1024):
             layer(torch.randn(batch, 784))
-    assert any(key[0] == "halves" for key in layer._cache) == (rank == 16)  # the full plan keeps its halves
+    if strategy == "auto":
+        assert any(key[0] == "halves" for key in layer._cache) == (rank == 16)  # the full plan keeps its halves
     for key, (_, _, value, _) in layer._cache.items():
         kept = value[:2] if key[0] == "halves" else [a for a, _, _ in (t for t in value if t is not None)]
         assert sum(t.numel() for t in kept) <= CACHE_FACTOR * layer.num_tt_parameters()
