@@ -1071,3 +1071,13 @@ def test_an_inference_cache_keeps_only_tt_sized_groups(gen):
     assert_close(y, x @ dense_of(cores).T)
     (groups,) = [value[2] for value in cache.values()]  # (merged group, m, n) per group, None: not kept
     assert groups[0] is None and groups[1] is not None and groups[1][0].numel() == 2 * 8 * 8
+
+
+def test_a_plan_forced_on_another_tt_matrix_is_refused(gen):
+    """The plan carries the dims and ranks it was made for: another shape or other ranks get a ShapeError."""
+    w = tt.TensorTrain(random_cores(((4, 8), (7, 4)), (1, 4, 1), gen=gen))
+    x = torch.randn(4, 28, dtype=torch.float64, generator=gen)
+    for other in (((4, 8), (7, 4)), (1, 2, 1)), (((8, 4), (7, 4)), (1, 4, 1)), (((4, 8), (4, 7)), (1, 4, 1)):
+        p = C.plan(tt.TensorTrain(random_cores(*other, gen=gen)), 4)
+        with pytest.raises(tt.ShapeError, match="linear: the forced plan is for row dims"):
+            C.linear(x, w, strategy=p)
