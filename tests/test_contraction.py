@@ -1081,3 +1081,12 @@ def test_a_plan_forced_on_another_tt_matrix_is_refused(gen):
         p = C.plan(tt.TensorTrain(random_cores(*other, gen=gen)), 4)
         with pytest.raises(tt.ShapeError, match="linear: the forced plan is for row dims"):
             C.linear(x, w, strategy=p)
+
+
+def test_inference_plans_take_any_gradient_flags(gen):
+    """Without gradients the flags price nothing: both False is fine (training with both False is refused)."""
+    w = tt.TensorTrain(random_cores(((4, 8), (7, 4)), (1, 4, 1), gen=gen))
+    assert C.enumerate_plans(w, 4, input_requires_grad=False, cores_require_grad=False)
+    assert C.plan(w, 4, requires_grad=False, input_requires_grad=False, cores_require_grad=False).kind
+    with pytest.raises(ValueError):
+        C.plan(w, 4, requires_grad=True, input_requires_grad=False, cores_require_grad=False)
