@@ -1090,3 +1090,18 @@ def test_inference_plans_take_any_gradient_flags(gen):
     assert C.plan(w, 4, requires_grad=False, input_requires_grad=False, cores_require_grad=False).kind
     with pytest.raises(ValueError):
         C.plan(w, 4, requires_grad=True, input_requires_grad=False, cores_require_grad=False)
+
+
+def test_tt_dense_and_dense_tt_matmul_check_forced_plans_and_return_row_major_results(gen):
+    w = tt.TensorTrain(random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen))  # 6 x 4
+    other = C.plan(tt.TensorTrain(random_cores(((3, 2), (2, 2)), (1, 2, 1), gen=gen)), 5)
+    with pytest.raises(tt.ShapeError, match="tt_dense_matmul: the forced plan is for row dims"):
+        C.tt_dense_matmul(w, torch.randn(4, 5, dtype=torch.float64), strategy=other)
+    with pytest.raises(tt.ShapeError, match="dense_tt_matmul: the forced plan is for row dims"):
+        C.dense_tt_matmul(
+            torch.randn(5, 6, dtype=torch.float64), w, strategy=C.plan(w, 5)
+        )  # (a plan for W, not W^T)
+    b = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen)
+    y = C.tt_dense_matmul(w, b)
+    assert y.is_contiguous()
+    assert_close(y, dense_of(list(w.tt_cores)) @ b)
