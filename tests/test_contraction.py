@@ -1105,3 +1105,37 @@ def test_tt_dense_and_dense_tt_matmul_check_forced_plans_and_return_row_major_re
     y = C.tt_dense_matmul(w, b)
     assert y.is_contiguous()
     assert_close(y, dense_of(list(w.tt_cores)) @ b)
+
+
+def test_operand_checks_of_linear(gen):
+    """A 0-dim input, a (1, M) bias, a half input outside autocast and complex operands of another precision get
+    the library's errors (IndexError from a reshape, silent broadcasting, or a wrong hint without them)."""
+    w = tt.TensorTrain(random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen))  # 6 x 4
+    x = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    with pytest.raises(tt.ShapeError, match=r"linear: x has shape \(\) but the TT-matrix has 4 columns"):
+        C.linear(torch.tensor(1.0, dtype=torch.float64), w)
+    with pytest.raises(tt.ShapeError, match=r"linear: bias must have shape \(6,\), got \(1, 6\)"):
+        C.linear(x, w, torch.zeros(1, 6, dtype=torch.float64))
+    w32 = w.to(torch.float32)
+    with pytest.raises(
+        tt.ShapeError, match="x has dtype torch.float16 on cpu but the TT-matrix has dtype torch.float32"
+    ):
+        C.linear(x.half(), w32)  # (accepted under autocast only, as F.linear)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert C.linear(x.bfloat16(), w32).dtype == torch.bfloat16
+    wc = w.to(torch.complex128)
+    with pytest.raises(tt.ShapeError, match=r"convert one of them, e.g. x.to\(torch.complex128\)"):
+        C.linear(x.to(torch.complex64), wc)
+
+
+def test_inference_under_vmap_keeps_nothing_in_the_layers_cache(gen):
+    """torch.func transforms run uncached: merged groups of batched tensors must not be kept."""
+    layer = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2), dtype=torch.float64)
+    layer.strategy = "grouped_rtl"
+    x = torch.randn(3, 7, 24, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        y = torch.func.vmap(layer)(x)
+        assert layer._cache == {}
+        assert_close(y, layer.to_linear()(x))
+        layer(x[0])
+        assert layer._cache  # (a plain call caches)
