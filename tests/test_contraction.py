@@ -1139,3 +1139,31 @@ def test_inference_under_vmap_keeps_nothing_in_the_layers_cache(gen):
         assert_close(y, layer.to_linear()(x))
         layer(x[0])
         assert layer._cache  # (a plain call caches)
+
+
+def test_plan_cache_keeps_training_and_inference_apart_and_inference_ignores_training_options(gen):
+    """Training with every gradient needed and no memory bound has the same need and bound as inference: the
+    grad mode alone must tell them apart. Inference plans do not depend on max_saved_bytes: one entry."""
+    cores = [c.requires_grad_() for c in random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen)]
+    x = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    C.clear_plan_cache()
+    with torch.no_grad():
+        C.linear(x, cores)
+        C.linear(x, cores, max_saved_bytes=64)
+    assert C.plan_cache_size() == 1
+    C.linear(x.clone().requires_grad_(), cores)
+    assert C.plan_cache_size() == 2
+    C.clear_plan_cache()
+
+
+def test_raw_cores_and_forced_plans_are_validated(gen):
+    w = tt.TensorTrain(random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen))
+    open_end = [torch.randn(1, 2, 2, 2, dtype=torch.float64), torch.randn(2, 3, 2, 2, dtype=torch.float64)]
+    with pytest.raises(tt.ShapeError, match="boundary TT-ranks must be 1"):
+        C.linear(torch.randn(5, 4, dtype=torch.float64), open_end)
+    with pytest.raises(tt.ShapeError, match=r"dense_tt_matmul: a has shape \(\)"):
+        C.dense_tt_matmul(torch.tensor(1.0, dtype=torch.float64), w)
+    p = C.plan(w, 5, strategy="grouped_rtl")
+    bad = dataclasses.replace(p, kind="sweep", groups=((0, 0), (0, 2)))  # an empty group
+    with pytest.raises(ValueError, match="the forced plan is not one the planner makes"):
+        C.linear(torch.randn(5, 4, dtype=torch.float64), w, strategy=bad)
