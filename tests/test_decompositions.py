@@ -970,7 +970,8 @@ def test_an_svd_that_fails_on_a_moderate_tensor_is_not_called_an_overflow(monkey
 def test_defaults_and_refusals_no_test_pinned(gen):
     """From a mutation audit of the core algebra (session 28): round keeps every rank by default (t3f's
     max_tt_rank=None), to_tt_tensor caps at t3f's 10, multiply by 0 gives zero cores of its own, and a NumPy
-    array as method is refused (its elementwise == passed `in`)."""
+    array as method is refused (its elementwise == passed `in`); and from the decompositions' (session 29):
+    to_tt_matrix caps at 10 too, epsilon=True is refused, and a layer's budget error names the layer."""
     a = tt.random_tensor((16, 16, 16), tt_rank=12, dtype=torch.float64, generator=gen)
     assert a.tt_ranks == (1, 12, 12, 1) and tt.round(a).tt_ranks == (1, 12, 12, 1)
     x = torch.randn(12, 12, 12, generator=gen, dtype=torch.float64)
