@@ -526,8 +526,8 @@ def test_inference_cache_stays_tt_sized(rank, strategy):
     with torch.no_grad():
         for batch in (1, 8, 64, 1024):
             layer(torch.randn(batch, 784))
-    if strategy == "auto":
-        assert any(key[0] == "halves" for key in layer._cache) == (rank == 16)  # the full plan keeps its halves
+    if strategy == "auto":  # the full plan keeps its halves
+        assert any(key[0] == "halves" for key in layer._cache) == (rank == 16)
     for key, (_, _, value, _) in layer._cache.items():
         kept = value[:2] if key[0] == "halves" else [a for a, _, _ in (t for t in value if t is not None)]
         assert sum(t.numel() for t in kept) <= CACHE_FACTOR * layer.num_tt_parameters()
