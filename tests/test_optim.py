@@ -293,6 +293,18 @@ def test_validation():
     x = tt.TensorTrain(list(layer.cores))
     with pytest.raises(ValueError, match="one gradient per core"):
         tt.optim.riemannian_gradient_from_cores(x, [torch.zeros(1)])
+    for kw in ({"lr": True}, {"lr": 0.1, "momentum": False}, {"lr": torch.tensor(1)}):
+        with pytest.raises(TypeError, match="must be a real number"):
+            tt.optim.RiemannianSGD(layer, **kw)
+    assert float(tt.optim.RiemannianSGD(layer, lr=torch.tensor(0.1)).param_groups[0]["lr"]) == pytest.approx(
+        0.1
+    )
+    bias = torch.nn.Parameter(torch.randn(4, 4))  # (a 2-D one: the message, not TensorTrain's)
+    with pytest.raises(TypeError, match=r"entry 2 has shape \(4, 4\): biases and other ordinary parameters"):
+        tt.optim.RiemannianSGD([[*layer.cores, bias]], lr=0.1)
+    for empty in ([[]], [{"params": []}]):
+        with pytest.raises(ValueError, match="got an empty parameter set"):
+            tt.optim.RiemannianSGD(empty, lr=0.1)
 
 
 def test_a_zero_core_is_refused_before_any_step():
@@ -321,6 +333,10 @@ def test_bad_core_gradients_are_named():
         tt.optim.riemannian_gradient_from_cores(x, [None, None])
     with pytest.raises(TypeError, match="have dtype torch.float32 on cpu, the cores torch.float64"):
         tt.optim.riemannian_gradient_from_cores(x, [c.float() for c in x.tt_cores])
+    with pytest.raises(ValueError, match="expected one gradient per core with the core's shape"):
+        tt.optim.riemannian_gradient_from_cores(
+            x, [torch.ones_like(x.tt_cores[0])]
+        )  # (each right, one missing)
 
 
 def test_momentum_follows_a_layer_cast_to_another_dtype():
@@ -589,29 +605,3 @@ def test_riemannian_gradient_from_cores_carries_no_graph():
     for grads in (graphed, [a.detach() for a in graphed]):
         g = tt.optim.riemannian_gradient_from_cores(x, grads)
         assert not any(c.requires_grad for c in g.tt_cores)
-
-
-def test_riemannian_gradient_from_cores_names_a_missing_gradient():
-    x = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64)
-    with pytest.raises(ValueError, match="expected one gradient per core with the core's shape"):
-        tt.optim.riemannian_gradient_from_cores(x, [torch.ones_like(c) for c in x.tt_cores[:2]])
-
-
-def test_hyperparameters_refuse_bools_and_integer_tensors():
-    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3))
-    for kw in ({"lr": True}, {"lr": 0.1, "momentum": False}, {"lr": torch.tensor(1)}):
-        with pytest.raises(TypeError, match="must be a real number"):
-            tt.optim.RiemannianSGD(layer, **kw)
-    assert float(tt.optim.RiemannianSGD(layer, lr=torch.tensor(0.1)).param_groups[0]["lr"]) == pytest.approx(
-        0.1
-    )
-
-
-def test_a_matrix_in_a_parameter_set_and_an_empty_set_get_their_own_errors():
-    c0, c1 = torch.nn.Parameter(torch.randn(1, 4, 2)), torch.nn.Parameter(torch.randn(2, 4, 1))
-    w = torch.nn.Parameter(torch.randn(4, 4))
-    with pytest.raises(TypeError, match=r"entry 2 has shape \(4, 4\): biases and other ordinary parameters"):
-        tt.optim.RiemannianSGD([[c0, c1, w]], lr=0.1)
-    for empty in ([[]], [{"params": []}]):
-        with pytest.raises(ValueError, match="got an empty parameter set"):
-            tt.optim.RiemannianSGD(empty, lr=0.1)
