@@ -319,9 +319,8 @@ def test_pairwise_products_of_two_differently_scaled_batches(gen, monkeypatch, r
     )
     for got, rows, cols in cases:
         want = dense[rows] @ dense[cols].T
-        bound = (
-            1e-4 * norms[rows][:, None] * norms[cols][None, :]
-        )  # each entry to its own scale (10^-20..10^20)
+        # each entry to its own scale (they span 10^-20..10^20)
+        bound = 1e-4 * norms[rows][:, None] * norms[cols][None, :]
         assert ((got.double() - want).abs() <= bound).all(), (got, want)
 
 
