@@ -476,11 +476,22 @@ def test_a_full_plan_cache_drops_its_oldest_entry(gen, monkeypatch):
 
 def test_inference_plans_report_no_recompute_and_both_gradients(gen):
     """Without gradients there is no backward to price: recompute is False and input_grad/cores_grad are True,
-    whatever the flags say."""
+    whatever the flags say (both False too; training refuses that)."""
     w = tt.TensorTrain(random_cores(((4, 8), (7, 4)), (1, 4, 1), gen=gen))
     for strategy in ("auto", "full", "grouped_rtl"):
-        p = C.plan(w, 4, requires_grad=False, strategy=strategy, input_requires_grad=False)
-        assert (p.recompute, p.input_grad, p.cores_grad) == (False, True, True), strategy
+        for cores_grad in (True, False):
+            p = C.plan(
+                w,
+                4,
+                requires_grad=False,
+                strategy=strategy,
+                input_requires_grad=False,
+                cores_require_grad=cores_grad,
+            )
+            assert (p.recompute, p.input_grad, p.cores_grad) == (False, True, True), strategy
+    assert C.enumerate_plans(w, 4, input_requires_grad=False, cores_require_grad=False)
+    with pytest.raises(ValueError):
+        C.plan(w, 4, requires_grad=True, input_requires_grad=False, cores_require_grad=False)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -1083,24 +1094,14 @@ def test_a_plan_forced_on_another_tt_matrix_is_refused(gen):
             C.linear(x, w, strategy=p)
 
 
-def test_inference_plans_take_any_gradient_flags(gen):
-    """Without gradients the flags price nothing: both False is fine (training with both False is refused)."""
-    w = tt.TensorTrain(random_cores(((4, 8), (7, 4)), (1, 4, 1), gen=gen))
-    assert C.enumerate_plans(w, 4, input_requires_grad=False, cores_require_grad=False)
-    assert C.plan(w, 4, requires_grad=False, input_requires_grad=False, cores_require_grad=False).kind
-    with pytest.raises(ValueError):
-        C.plan(w, 4, requires_grad=True, input_requires_grad=False, cores_require_grad=False)
-
-
 def test_tt_dense_and_dense_tt_matmul_check_forced_plans_and_return_row_major_results(gen):
     w = tt.TensorTrain(random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen))  # 6 x 4
     other = C.plan(tt.TensorTrain(random_cores(((3, 2), (2, 2)), (1, 2, 1), gen=gen)), 5)
     with pytest.raises(tt.ShapeError, match="tt_dense_matmul: the forced plan is for row dims"):
         C.tt_dense_matmul(w, torch.randn(4, 5, dtype=torch.float64), strategy=other)
     with pytest.raises(tt.ShapeError, match="dense_tt_matmul: the forced plan is for row dims"):
-        C.dense_tt_matmul(
-            torch.randn(5, 6, dtype=torch.float64), w, strategy=C.plan(w, 5)
-        )  # (a plan for W, not W^T)
+        # (a plan for W, not W^T)
+        C.dense_tt_matmul(torch.randn(5, 6, dtype=torch.float64), w, strategy=C.plan(w, 5))
     b = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen)
     y = C.tt_dense_matmul(w, b)
     assert y.is_contiguous()
@@ -1142,8 +1143,8 @@ def test_inference_under_vmap_keeps_nothing_in_the_layers_cache(gen):
 
 
 def test_plan_cache_keeps_training_and_inference_apart_and_inference_ignores_training_options(gen):
-    """Training with every gradient needed and no memory bound has the same need and bound as inference: the
-    grad mode alone must tell them apart. Inference plans do not depend on max_saved_bytes: one entry."""
+    """Training (every gradient needed, no memory bound) and inference get their own entries; inference plans do
+    not depend on max_saved_bytes: one entry for both calls."""
     cores = [c.requires_grad_() for c in random_cores(((2, 3), (2, 2)), (1, 2, 1), gen=gen)]
     x = torch.randn(5, 4, dtype=torch.float64, generator=gen)
     C.clear_plan_cache()
