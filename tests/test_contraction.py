@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -767,6 +768,80 @@ def test_chunked_inference_sweeps_are_priced_as_cache_resident(monkeypatch):
     assert cost.estimate(dims, prog, 64, 4, False, m, cached=True) == whole
     monkeypatch.undo()
     assert layer.plan(1024, requires_grad=False).kind == "sweep"
+
+
+def _merge_cost(rows, cols, ranks, i, j, item):
+    """(FLOPs, bytes, launches) of merging cores i..j-1 by the cost model's rules: rank products left to right,
+    each partial product written once, then one permute (read and write) of the merged group; one launch per
+    product and per permute."""
+    if j - i == 1:
+        return 0, 0, 0
+    p, flops, written = ranks[i] * rows[i] * cols[i], 0, 0
+    for k in range(i + 1, j):
+        flops += 2 * p * ranks[k] * rows[k] * cols[k] * ranks[k + 1]
+        p *= rows[k] * cols[k]
+        written += item * p * ranks[k + 1]
+    return flops, written + 2 * item * p * ranks[j], 2 * (j - i)
+
+
+def _rtl_sweep_traffic(rows, cols, ranks, groups, batch, item):
+    """Bytes of a right-to-left inference sweep: each step reads its state and its super-core and writes its
+    output, on top of the merges (however the batch is chunked)."""
+    total = sum(_merge_cost(rows, cols, ranks, i, j, item)[1] for i, j in groups)
+    for i, j in reversed(groups):
+        outer, k = math.prod(cols[:i]) * batch, math.prod(cols[i:j]) * ranks[j]
+        p, q = math.prod(rows[j:]), math.prod(rows[i:j]) * ranks[i]
+        total += item * (outer * k * p + outer * q * p + q * k)
+    return total
+
+
+def test_reported_traffic_and_time_follow_the_documented_model():
+    """bytes_forward and est_seconds, worked by hand from the model's rules for three plan shapes: a merging
+    sweep, a chunked sweep (chunks change the time, not the bytes) and a full plan whose W is built in blocks.
+    Other tests compare these estimates only with each other."""
+    from tensortrain import contraction_cost as cost
+
+    def zeros(rows, cols, ranks):
+        return [torch.zeros(ranks[k], rows[k], cols[k], ranks[k + 1]) for k in range(len(rows))]
+
+    def plan_of(cores, batch, program, grad=False):
+        return next(p for p in C.enumerate_plans(cores, batch, requires_grad=grad) if p.program == program)
+
+    cpu = cost.machine("cpu", 4)
+    # 784 x 625 rank 4 at batch 64, two merged pairs: 14 launches (4 per merge, 3 per step), 64 slices (the step
+    # over 25-column slices; the last step is one GEMM), nothing folded or chunked
+    rows, cols, ranks, groups = (5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1), ((0, 2), (2, 4))
+    sweep = plan_of(zeros(rows, cols, ranks), 64, ("sweep", "rtl", groups))
+    merges = [_merge_cost(rows, cols, ranks, i, j, 4) for i, j in groups]
+    assert sweep.bytes_forward == _rtl_sweep_traffic(rows, cols, ranks, groups, 64, 4) == 1883904
+    seconds = sweep.flops_forward / cpu.flops + sweep.bytes_forward / cpu.stream  # (stream == permute here)
+    seconds += (sum(n for _, _, n in merges) + 3 * len(groups)) * cpu.launch + 64 * cpu.slice
+    assert cpu.stream == cpu.permute and sweep.est_seconds == pytest.approx(seconds, rel=1e-12)
+    # 4096 x 4096 rank 16 at batch 1024: states of 268 MB run in chunks, still reading and writing every byte
+    rows = cols = (8, 8, 8, 8)
+    ranks = (1, 16, 16, 16, 1)
+    w = zeros(rows, cols, ranks)
+    chunked = plan_of(w, 1024, ("sweep", "rtl", groups))
+    assert chunked.bytes_forward == _rtl_sweep_traffic(rows, cols, ranks, groups, 1024, 4)
+    # a W of 64 MiB split after core 3, built in blocks of 8 MiB: written, read and written again (3 passes),
+    # then the GEMM reads x and W and writes y; the halves' gradients read and write 4 W-sized passes
+    mm = nn = 4096
+    merge = _merge_cost(rows, cols, ranks, 0, 3, 4)
+    full = plan_of(w, 1, ("full", "recompute", ((0, 3), (3, 4))))
+    assert full.bytes_forward == merge[1] + 3 * 4 * mm * nn + 4 * (nn + mm * nn + mm)
+    blocks = 4 * mm * nn // cost.BLOCK_BYTES
+    build = (2 * 16 * mm * nn, 3 * 4 * mm * nn, 3 * blocks)  # (FLOPs, bytes, launches)
+    gemm = (2 * 1024 * mm * nn, 4 * (1024 * nn + mm * nn + 1024 * mm), 1)
+    halves = (4 * 16 * mm * nn, 4 * 4 * mm * nn, 3 * blocks)
+    # training, W rebuilt: forward = merges + build + GEMM; backward = rebuild + dX GEMM + dW GEMM + the halves'
+    # gradients + the merges' backward (twice a merge); the two halves kept, (512 x 512 x 16) and (16 x 8 x 8),
+    # are charged as traffic once more (the merge's partial products, also reported as kept, are not)
+    parts = [merge, build, gemm] + [build, gemm, gemm, halves, merge, merge]
+    trained = plan_of(w, 1024, ("full", "recompute", ((0, 3), (3, 4))), grad=True)
+    seconds = sum(f / cpu.flops + b / cpu.stream + n * cpu.launch for f, b, n in parts)
+    seconds += 4 * 16 * (512 * 512 + 8 * 8) / cpu.stream
+    assert trained.flops_forward == sum(f for f, _, _ in parts[:3])
+    assert trained.est_seconds == pytest.approx(seconds, rel=1e-12)
 
 
 # FLOPs of the best pairwise contraction order, by opt_einsum 3.4.0's exhaustive 'optimal' path search (an
