@@ -305,6 +305,25 @@ def test_a_peer_that_fails_when_called_is_a_note_not_a_crash(monkeypatch):
     )  # (the rest of the row is timed)
 
 
+def test_a_tltorch_forward_that_fails_to_build_is_noted_under_its_own_key(monkeypatch):
+    """tensorly-torch's two forwards are built one by one: a failing "reconstructed" leaves "factorized" timed and
+    says why under "tltorch-rec" (its note, filed under the timed "tltorch", was hidden and the column vanished)."""
+    import math
+    import types
+
+    import torch
+
+    def factorized_linear(in_dims, out_dims, *, factorization, rank, implementation):  # noqa: ANN001, ANN202
+        if implementation == "reconstructed":
+            raise RuntimeError("no reconstruction here")
+        return torch.nn.Linear(math.prod(in_dims), math.prod(out_dims))
+
+    monkeypatch.setitem(sys.modules, "tltorch", types.SimpleNamespace(FactorizedLinear=factorized_linear))
+    layers, notes = run.peer_layers((3, 4), (2, 3), (1, 2, 1))
+    assert "tltorch" in layers and "tltorch" not in notes and "tltorch-rec" not in layers
+    assert notes["tltorch-rec"] == "error: RuntimeError: no reconstruction here"
+
+
 def test_pagefaults_script_refuses_bad_arguments(capsys):
     import pagefaults
 
