@@ -771,17 +771,18 @@ def test_chunked_inference_sweeps_are_priced_as_cache_resident(monkeypatch):
 
 
 def _merge_cost(rows, cols, ranks, i, j, item):
-    """(FLOPs, bytes, launches) of merging cores i..j-1 by the cost model's rules: rank products left to right,
-    each partial product written once, then one permute (read and write) of the merged group; one launch per
-    product and per permute."""
+    """(FLOPs, bytes, launches, bytes permuted) of merging cores i..j-1 by the cost model's rules: rank products
+    left to right, each partial product written once, then one permute (read and write) of the merged group; one
+    launch per product and per permute."""
     if j - i == 1:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     p, flops, written = ranks[i] * rows[i] * cols[i], 0, 0
     for k in range(i + 1, j):
         flops += 2 * p * ranks[k] * rows[k] * cols[k] * ranks[k + 1]
         p *= rows[k] * cols[k]
         written += item * p * ranks[k + 1]
-    return flops, written + 2 * item * p * ranks[j], 2 * (j - i)
+    permuted = 2 * item * p * ranks[j]
+    return flops, written + permuted, 2 * (j - i), permuted
 
 
 def _rtl_sweep_traffic(rows, cols, ranks, groups, batch, item):
@@ -800,6 +801,7 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     sweep, a chunked sweep (chunks change the time, not the bytes) and a full plan whose W is built in blocks.
     Other tests compare these estimates only with each other."""
     from tensortrain import contraction_cost as cost
+    from tensortrain.contraction_plan import dims_of
 
     def zeros(rows, cols, ranks):
         return [torch.zeros(ranks[k], rows[k], cols[k], ranks[k + 1]) for k in range(len(rows))]
@@ -811,12 +813,20 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     # 784 x 625 rank 4 at batch 64, two merged pairs: 14 launches (4 per merge, 3 per step), 64 slices (the step
     # over 25-column slices; the last step is one GEMM), nothing folded or chunked
     rows, cols, ranks, groups = (5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1), ((0, 2), (2, 4))
-    sweep = plan_of(zeros(rows, cols, ranks), 64, ("sweep", "rtl", groups))
+    sweep_cores = zeros(rows, cols, ranks)
+    sweep = plan_of(sweep_cores, 64, ("sweep", "rtl", groups))
     merges = [_merge_cost(rows, cols, ranks, i, j, 4) for i, j in groups]
     assert sweep.bytes_forward == _rtl_sweep_traffic(rows, cols, ranks, groups, 64, 4) == 1883904
     seconds = sweep.flops_forward / cpu.flops + sweep.bytes_forward / cpu.stream  # (stream == permute here)
-    seconds += (sum(n for _, _, n in merges) + 3 * len(groups)) * cpu.launch + 64 * cpu.slice
+    seconds += (sum(m[2] for m in merges) + 3 * len(groups)) * cpu.launch + 64 * cpu.slice
     assert cpu.stream == cpu.permute and sweep.est_seconds == pytest.approx(seconds, rel=1e-12)
+    # on a GPU the permutes are priced at their own bandwidth
+    gpu = cost.machine("cuda", 4)
+    permuted = sum(m[3] for m in merges)
+    seconds = sweep.flops_forward / gpu.flops + (sweep.bytes_forward - permuted) / gpu.stream
+    seconds += permuted / gpu.permute + 14 * gpu.launch + 64 * gpu.slice
+    priced = cost.estimate(dims_of(sweep_cores), ("sweep", "rtl", groups), 64, 4, False, gpu)
+    assert gpu.stream != gpu.permute and priced.seconds == pytest.approx(seconds, rel=1e-12)
     # 4096 x 4096 rank 16 at batch 1024: states of 268 MB run in chunks, still reading and writing every byte
     rows = cols = (8, 8, 8, 8)
     ranks = (1, 16, 16, 16, 1)
@@ -836,12 +846,38 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     # training, W rebuilt: forward = merges + build + GEMM; backward = rebuild + dX GEMM + dW GEMM + the halves'
     # gradients + the merges' backward (twice a merge); the two halves kept, (512 x 512 x 16) and (16 x 8 x 8),
     # are charged as traffic once more (the merge's partial products, also reported as kept, are not)
-    parts = [merge, build, gemm] + [build, gemm, gemm, halves, merge, merge]
+    parts = [merge[:3], build, gemm] + [build, gemm, gemm, halves, merge[:3], merge[:3]]
     trained = plan_of(w, 1024, ("full", "recompute", ((0, 3), (3, 4))), grad=True)
     seconds = sum(f / cpu.flops + b / cpu.stream + n * cpu.launch for f, b, n in parts)
     seconds += 4 * 16 * (512 * 512 + 8 * 8) / cpu.stream
     assert trained.flops_forward == sum(f for f, _, _ in parts[:3])
     assert trained.est_seconds == pytest.approx(seconds, rel=1e-12)
+
+
+def test_a_training_sweep_past_the_cache_is_priced_by_hand():
+    """A training sweep whose states outgrow the last-level cache: each step's traffic at the permute bandwidth
+    and its FLOPs counted twice in the time (they ran at a third of the GEMM rate), backward twice the forward,
+    the kept state charged as traffic once more and the state's and its gradient's fresh pages priced."""
+    from tensortrain import contraction_cost as cost
+
+    cpu = cost.machine("cpu", 4)
+    # 512 x 512 as (8, 64) x (64, 8) at rank 4, batch 1024, cores one by one from the right: the first step maps
+    # (1024 * 64, 8) to (1024 * 64, 256) (64 MiB out: past the cache on its output alone), the second (1024, 256,
+    # 64) slices to (1024, 8, 64); neither folds (one GEMM; slices 64 wide)
+    cores = [torch.zeros(1, 8, 64, 4), torch.zeros(4, 64, 8, 1)]
+    plan = next(
+        p
+        for p in C.enumerate_plans(cores, 1024, requires_grad=True)
+        if p.program == ("sweep", "rtl", ((0, 1), (1, 2)))
+    )
+    state = 1024 * 64 * 256  # the first step's output: the second step's input, kept for backward
+    flops = 2 * 1024 * 64 * 256 * 8 + 2 * 1024 * 8 * 256 * 64
+    traffic = 4 * (1024 * 64 * 8 + state + 256 * 8) + 4 * (state + 1024 * 8 * 64 + 8 * 256)
+    forward = 2 * flops / cpu.flops + traffic / cpu.permute + 6 * cpu.launch + 1024 * cpu.slice
+    seconds = 3 * forward + 4 * state / cpu.stream + 2 * 4 * state / cpu.touch
+    assert (plan.flops_forward, plan.flops_backward, plan.bytes_forward) == (flops, 2 * flops, traffic)
+    assert plan.saved_bytes == 4 * state and state * 4 > cost.CACHE_BYTES
+    assert plan.est_seconds == pytest.approx(seconds, rel=1e-12)
 
 
 # FLOPs of the best pairwise contraction order, by opt_einsum 3.4.0's exhaustive 'optimal' path search (an
