@@ -62,6 +62,7 @@ def test_train_step_adds_nothing_into_grad():
         (["--repeats", "0"], "argument --repeats: expected an int >= 1, got 0"),
         (["--threads", "-1"], "argument --threads: expected an int >= 1, got -1"),
         (["--sections", "layers,bogus"], "--sections: unknown ['bogus']"),
+        (["--sections", ","], "--sections: unknown none given"),
         (["--json", "no/such/folder/x.json"], "its folder does not exist"),
     ],
 )
@@ -467,3 +468,186 @@ def test_finetune_gauge_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         finetune_gauge.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_markdown_cells_are_the_results_numbers():
+    """Each table cell is its own field of the results: a ratio is TT over dense (or bounded over free), a pair
+    reads TT / dense, the plans stand in their columns' order and every peer note is shown; a swapped or
+    inverted cell would read as the opposite finding."""
+    mib = 2**20
+    layer = {
+        "case": "tiny",
+        "batch": 8,
+        "plan_forward": "sweep rtl [0:2]",
+        "plan_training": "full (W from halves split at core 1, one GEMM, W kept for backward)",
+        "fwd_s": {"dense": 2e-3, "tt": 3e-3, "peer": 5e-3},
+        "fwdbwd_s": {"dense": 4e-3, "tt": 9e-3, "peer": 2e-3},
+        "repeats": 11,
+        "repeats_fwdbwd": 11,
+        "timed_once": {"fwd": ["peer"], "fwdbwd": []},
+        "gflops_fwd": {"tt": 1.5, "dense": 7.0},
+        "gflops_fwdbwd": {"tt": 2.5, "dense": 9.0},
+        "plan_flops_forward": 4e9,
+        "plan_flops_training": 12e9,
+        "dense_flops_forward": 2e9,
+        "flop_floor_forward": 3e9,
+        "saved_bytes": {"dense": 1 * mib, "tt": 3 * mib, "peer": 0},
+        "peak_bytes": {"tt": 6 * mib, "dense": 5 * mib},
+        "peer_notes": {"t3f": "skipped: not installed"},
+        "bounded": {
+            "plan_training": "sweep rtl [0:2], step inputs recomputed in backward",
+            "fwdbwd_s": 12e-3,
+            "saved_bytes": mib / 2,
+            "peak_bytes": 4 * mib,
+        },
+    }
+    stack = {
+        "case": "2 x TTLinear(12, 12) r2 + ReLU",
+        "batch": 16,
+        "plan_training": {"free": "sweep ltr [0:2]", "bounded": "sweep ltr [0:2], step inputs recomputed"},
+        "fwdbwd_s": {"free": 7e-3, "bounded": 8e-3, "dense": 6e-3},
+        "peak_bytes": {"free": 3 * mib, "bounded": 2 * mib, "dense": 1 * mib},
+    }
+    method = {"s": 0.5, "rel_error": 0.25, "error_ratio_vs_exact": 1.0}
+    decompositions = {
+        "to_tt_matrix": {
+            "size": "64x64",
+            "max_tt_rank": 4,
+            "exact": method,
+            "auto": method,
+            "randomized": {"s": 0.125, "rel_error": 0.3, "error_ratio_vs_exact": 1.2},
+        },
+        "round_exact": {"case": "64x64", "s": 0.1, "rel_error": 0.0},
+        "round_auto": {"case": "64x64", "s": 0.1, "rel_error": 0.0},
+    }
+    floor = {"case": "tiny", "batch": 1, "plan": "sweep rtl [0:1][1:2]"}
+    floor |= {"plan_flops": 300, "floor_flops": 200, "dense_flops": 100}
+    results = {
+        "meta": {"threads": 1, "torch": "x", "load_before": "0", "repeats": 11},
+        "layers": [layer],
+        "stack": [stack],
+        "decompositions": decompositions,
+        "floors": [floor],
+    }
+    lines = run.markdown(results).splitlines()
+    assert (
+        "| tiny | 8 | sweep rtl [0:2]; full (W from halves split at core 1, one GEMM, W kept for backward) "
+        "| 3 / 2 (**1.50x**) | 9 / 4 (**2.25x**) | 1.5 / 7; 2.5 / 9 | 4 / 2 (floor 3) | 3 / 1 | 6 / 5 "
+        "| peer 2.50x (timed once), 0.50x; t3f: skipped: not installed |"
+    ) in lines
+    assert (
+        "| tiny | 8 | sweep rtl [0:2], step inputs recomputed in backward | 12 / 9 / 4 (1.33x free) | 0.5 / 3 "
+        "| 4 / 6 / 5 |"
+    ) in lines
+    assert (
+        "| 2 x TTLinear(12, 12) r2 + ReLU | 16 | sweep ltr [0:2]; sweep ltr [0:2], step inputs recomputed "
+        "| 7 / 8 / 6 | 3 / 2 / 1 |"
+    ) in lines
+    assert "| to_tt_matrix 64x64 (Gaussian) r4 method=randomized | 0.125 | 0.300000 | 1.2000 |" in lines
+    assert "| tiny | 1 | sweep rtl [0:1][1:2] | 3.000x | 2.000x |" in lines
+
+
+def test_run_takes_its_arguments_as_given(tmp_path, monkeypatch):
+    """--quick runs three cases at 5 repeats, --sections takes spaces after commas, --json a relative path, the
+    metadata records the command and the timing mode and --no-peers reaches the layers; the floors section's
+    plans are inference plans (nothing kept for backward)."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--threads", "1", "--quick", "--sections", "floors, floors", "--json", "f.json"]
+    threads = torch.get_num_threads()
+    try:
+        assert run.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "f.json").read_text())
+    quick = {"784x625-r4", "784x625-r16", "768x3072-r16"}
+    assert sorted((r["case"], r["batch"]) for r in out["floors"]) == sorted(
+        (c, b) for c in quick for b in run.BATCHES
+    )
+    assert not any("backward" in r["plan"] for r in out["floors"])
+    meta = out["meta"]
+    assert meta["repeats"] == 5 and meta["layer_timing"] == "warm"
+    assert meta["command"].endswith(" ".join(argv))
+
+    got = []
+    monkeypatch.setattr(run, "bench_layers", lambda *a: got.append(a[3]) or [])
+    try:
+        for extra in (["--no-peers"], []):
+            assert run.main(["--threads", "1", "--sections", "layers", *extra]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert got == [False, True]
+
+
+def _cell_with_fixed_times(monkeypatch, capsys, argv, seconds):
+    """cell.main with ``seconds`` for its layers in turn (the last one timed once) and no peers but a note; returns
+    its output's lines, spaces collapsed, and per step whether the input and the layer's parameters need grads."""
+    import cell
+    import torch
+
+    steps = []
+
+    def step(m, x):  # noqa: ANN001, ANN202
+        steps.append((x.requires_grad, any(p.requires_grad for p in m.parameters())))
+        return run.train_step(m, x)
+
+    def fixed(fns, repeats, **kw):  # noqa: ANN001, ANN202
+        for f in fns.values():
+            f()
+        return dict(zip(fns, seconds, strict=True)) | {"_n": repeats, "_once": [list(fns)[-1]]}
+
+    monkeypatch.setattr(cell, "interleaved", fixed)
+    monkeypatch.setattr(cell, "train_step", step)
+    monkeypatch.setattr(cell, "peer_layers", lambda *a: ({}, {"t3f": "skipped: not installed"}))
+    threads = torch.get_num_threads()
+    try:
+        assert cell.main([*argv, "--threads", "1", "--repeats", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()], steps
+
+
+def test_cell_prints_each_strategys_plan_and_ratio(monkeypatch, capsys):
+    """Several strategies time one copy of the layer each, planned as its name says, with ratios to the first and
+    "(timed once)" where it was; a single --strategy forces the layer's plan, timed against nn.Linear, and the
+    peers' notes follow (a mix-up would credit one plan with another's time)."""
+    argv = ["784x625-r16", "--batch", "2", "--alone", "--strategy", "full,cores_ltr,auto"]
+    lines, _ = _cell_with_fixed_times(monkeypatch, capsys, argv, (2e-3, 3e-3, 5e-3))
+    assert lines[1].startswith("tt[full]: full (")
+    assert lines[2] == "tt[cores_ltr]: sweep ltr [0:1][1:2][2:3][3:4]"
+    assert lines[4:] == [
+        "tt[full] 2.00 ms 1.000x tt[full]",
+        "tt[cores_ltr] 3.00 ms 1.500x tt[full]",
+        "tt[auto] 5.00 ms 2.500x tt[full] (timed once)",
+    ]
+    argv = ["784x625-r16", "--batch", "2", "--strategy", "full"]
+    lines, _ = _cell_with_fixed_times(monkeypatch, capsys, argv, (4e-3, 6e-3))
+    assert "; plan: full (" in lines[0]
+    assert lines[1:] == [
+        "dense 4.00 ms 1.000x nn.Linear",
+        "tt 6.00 ms 1.500x nn.Linear (timed once)",
+        "t3f: skipped: not installed",
+    ]
+
+
+def test_cell_first_layer_and_frozen_drop_the_gradients_they_name(monkeypatch, capsys):
+    """--first-layer steps with an input that needs no gradient and prints that mode's plan; --frozen, cores that
+    need none; both at once leave nothing to differentiate and are refused."""
+    import cell
+
+    import tensortrain as tt
+
+    ref = tt.nn.TTLinear(784, 625, tt_rank=16, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5))
+    argv = ["784x625-r16", "--batch", "64", "--alone"]
+    lines, steps = _cell_with_fixed_times(monkeypatch, capsys, [*argv, "--first-layer"], (1e-3,))
+    assert steps == [(False, True)]
+    first = ref.plan(64, requires_grad=True, input_requires_grad=False).describe()
+    assert lines[0].endswith(f", first layer, 1 repeats, threads 1; plan: {first}")
+    lines, steps = _cell_with_fixed_times(monkeypatch, capsys, [*argv, "--frozen"], (1e-3,))
+    assert steps == [(True, False)]
+    frozen = ref.requires_grad_(False).plan(64, requires_grad=True).describe()
+    assert lines[0].endswith(f", frozen, 1 repeats, threads 1; plan: {frozen}")
+    with pytest.raises(SystemExit) as info:
+        cell.main(["784x625-r4", "--first-layer", "--frozen"])
+    assert info.value.code == 2 and "--first-layer and --frozen: then nothing" in capsys.readouterr().err
