@@ -54,6 +54,182 @@ def test_train_step_adds_nothing_into_grad():
             assert torch.allclose(g, t.grad)
         frozen_input = run.train_step(layer, x.detach())  # (a first layer: parameters only)
         assert len(frozen_input) == len(list(layer.parameters()))
+    layer = torch.nn.Linear(12, 10)
+    layer.weight.requires_grad_(False)  # (cell.py --frozen: autograd refused a gradient of a frozen weight)
+    gx, gbias = run.train_step(layer, x)
+    assert torch.allclose(gx, layer.weight.sum(0).expand(5, 12))
+    assert torch.equal(gbias, torch.full((10,), 5.0))
+
+
+def test_interleaved_takes_medians_and_times_close_peers_like_the_layers(monkeypatch):
+    """On a fake clock: each fn's median (one slow call moved a mean), an untimed call before each timed one with
+    warm_each, and a peer within twice the slowest layer's warm-up timed in every repeat like the layers (timed
+    once, a single call against their medians decided cells within 10%)."""
+    import types
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(run, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    def costs(*seconds: float):  # noqa: ANN202
+        """A fn whose calls take these fake seconds in turn (the last one repeats), counting its calls."""
+
+        def f() -> None:
+            clock["now"] += seconds[min(f.calls, len(seconds) - 1)]
+            f.calls += 1
+
+        f.calls = 0
+        return f
+
+    # (listed first, the peer is still warmed up after the layer, whose slowest warm-up call counts, not its last)
+    out = run.interleaved({"peer": costs(4.0), "layer": costs(3.0, 1.0)}, 3, droppable=("peer",))
+    assert out == {"peer": 4.0, "layer": 1.0, "_n": 3, "_once": []}
+    out = run.interleaved({"peer": costs(7.0), "layer": costs(3.0, 1.0)}, 3, droppable=("peer",))
+    assert out["_once"] == ["peer"] and out["peer"] == 7.0 and out["_n"] == 3
+    out = run.interleaved({"a": costs(0.0, 0.0, 0.001, 0.002, 0.003, 0.004, 0.1)}, 5)
+    assert out["a"] == pytest.approx(0.003) and out["_n"] == 5
+    for warm_each, calls in ((False, 2 + 3), (True, 2 + 2 * 3)):
+        f = costs(0.001)
+        run.interleaved({"a": f}, 3, warm_each=warm_each)
+        assert f.calls == calls
+
+
+def test_memory_columns_count_what_a_step_allocates_and_keeps():
+    """The bytes kept for backward leave out the input and the parameters, the peak is the most allocated at once
+    (not the last count, nor frees added as allocations), and a TT layer's peak adds the tt.workspace scratch that
+    it alone holds between steps."""
+    import torch
+
+    import tensortrain as tt
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 10)
+    xg = torch.randn(64, 12, requires_grad=True)
+    # (relu keeps its output for backward; addmm keeps only the input and the weight)
+    assert run.saved_bytes(lambda: torch.relu(lin(xg)), [xg, *lin.parameters()]) == 64 * 10 * 4
+
+    def step() -> None:
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = torch.ones(1 << 20)
+        del a
+        c = torch.ones(1 << 19)
+        del b, c
+
+    assert run.peak_bytes(step) == 8 << 20
+
+    class BorrowsScratch(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with tt.workspace.scratch((1 << 20,), torch.float32, x.device) as buf:  # 4 MiB, held afterwards
+                buf.zero_()
+            return super().forward(x)
+
+    try:
+        with tt.workspace.scratch((2 << 20,), torch.float32, xg.device):
+            pass  # another module's 8 MiB, held before: not this layer's
+        peak = run.tt_peak_bytes(BorrowsScratch(12, 10), xg)
+        assert tt.workspace.held_bytes() == 4 << 20 and 4 << 20 < peak < (4 << 20) + (1 << 16)
+    finally:
+        tt.workspace.empty_cache()
+
+
+def test_the_results_name_the_cpu_and_a_failed_write_keeps_the_last_file(tmp_path, monkeypatch):
+    """The CPU's model name, not /proc/cpuinfo's field name; a write that fails midway (an unserializable value)
+    leaves the previous results file whole, not truncated."""
+    import io
+
+    cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n"
+    with monkeypatch.context() as m:
+        m.setattr(run, "open", lambda *a, **k: io.StringIO(cpuinfo), raising=False)
+        assert run.cpu_model() == "Intel(R) Xeon(R) Processor"
+    path = str(tmp_path / "results.json")
+    run.write_json(path, {"layers": [1]})
+    with pytest.raises(TypeError):
+        run.write_json(path, {"layers": [object()]})
+    assert json.loads(Path(path).read_text()) == {"layers": [1]}
+
+
+def test_layer_rows_hold_each_turns_times_and_the_plans_figures(monkeypatch):
+    """A layer row's times, repeats and "timed once" marks come from their own turn (forward or training), its
+    plans and GFLOP/s from the TT layer's plans and the dense FLOPs (3 products in training), its kept-for-backward
+    bytes leave the input out, its peak includes the input's gradient, and no bounded row where nothing exceeds
+    the dense weight's bytes."""
+    import torch
+
+    import tensortrain as tt
+
+    fwd = {"dense": 1e-3, "peer": 2e-3, "tt": 3e-3}
+    train = {"dense": 4e-3, "peer": 5e-3, "tt": 8e-3}
+    turns = []
+
+    def fake_interleaved(fns, repeats, **kw):  # noqa: ANN001, ANN202
+        training = torch.is_grad_enabled()  # (forward turns run under no_grad)
+        turns.append((training, sorted(fns), kw))
+        times = train if training else fwd
+        once = [] if training else ["peer"]
+        return {k: times[k] for k in fns} | {"_n": 4 if training else 5, "_once": once}
+
+    monkeypatch.setattr(run, "interleaved", fake_interleaved)
+    notes = {"t3f": "skipped: not installed"}
+    monkeypatch.setattr(run, "peer_layers", lambda *a: ({"peer": torch.nn.Linear(12, 6)}, dict(notes)))
+    rows = run.bench_layers([("tiny", 12, 6, (3, 4), (2, 3), 2)], (1, 512), repeats=5, peers=True)
+    assert [(t[0], t[1]) for t in turns] == [
+        (False, ["dense", "peer", "tt"]),
+        (True, ["dense", "peer", "tt"]),
+    ] * 2
+    assert all(t[2]["droppable"] == ("peer",) and t[2]["warm_each"] for t in turns)
+    ref = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
+    for row, b in zip(rows, (1, 512), strict=True):
+        assert row["fwd_s"] == fwd and row["fwdbwd_s"] == train and row["peer_notes"] == notes
+        assert row["repeats"] == 5 and row["repeats_fwdbwd"] == 4
+        assert row["timed_once"] == {"fwd": ["peer"], "fwdbwd": []}
+        p_inf, p_tr = ref.plan(b, requires_grad=False), ref.plan(b, requires_grad=True)
+        training_flops = p_tr.flops_forward + p_tr.flops_backward
+        assert row["plan_forward"] == p_inf.describe() and row["plan_training"] == p_tr.describe()
+        assert row["plan_flops_forward"] == p_inf.flops_forward
+        assert row["plan_flops_training"] == training_flops
+        dense_flops = 2 * b * 12 * 6
+        assert row["gflops_fwd"] == pytest.approx(
+            {"tt": p_inf.flops_forward / 3e-3 / 1e9, "dense": dense_flops / 1e-3 / 1e9}
+        )
+        assert row["gflops_fwdbwd"] == pytest.approx(
+            {"tt": training_flops / 8e-3 / 1e9, "dense": 3 * dense_flops / 4e-3 / 1e9}
+        )
+        # (nn.Linear keeps only its input and weight for backward)
+        assert row["saved_bytes"]["dense"] == row["saved_bytes"]["peer"] == 0
+        assert row["saved_bytes"]["tt"] <= 12 * 6 * 4 and "bounded" not in row
+        assert row["peak_bytes"]["tt"] >= b * 12 * 4  # (the input's gradient alone)
+
+
+def test_the_stack_table_names_the_first_layers_plan_apart():
+    """The stack's input needs no gradient, so its first layer's backward computes none: the label is the inner
+    layers' training plan, then the first layer's own in parentheses."""
+    import torch
+
+    import tensortrain as tt
+
+    torch.manual_seed(0)
+    layers = [tt.nn.TTLinear(12, 12, tt_rank=2, in_dims=(3, 4), out_dims=(3, 4)) for _ in range(2)]
+    stack = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1], torch.nn.ReLU())
+    inner = stack[2].plan(64, requires_grad=True).describe()
+    first = stack[0].plan(64, requires_grad=True, input_requires_grad=False).describe()
+    assert first != inner and run._stack_plan(stack, 64) == f"{inner} (first layer: {first})"
+
+
+def test_small_algebra_rows_pair_our_time_with_torchtts(monkeypatch):
+    """Each op's row holds our time and torchTT's for the same op (not ours twice, every ratio 1.00x), and no
+    torchTT time with --no-peers."""
+    seen = []
+
+    def fake_interleaved(fns, repeats, **kw):  # noqa: ANN001, ANN202
+        seen.append(sorted(fns))
+        return {k: 3e-6 if k.startswith("torchtt|") else 1e-6 for k in fns}
+
+    monkeypatch.setattr(run, "interleaved", fake_interleaved)
+    ops = run._bench_small_algebra(1, False)["ops"]
+    assert len(ops) == 7 and all(v == {"tt": 1e-6, "torchtt": None} for v in ops.values())
+    assert all(k.startswith("tt|") for k in seen[-1])
+    pytest.importorskip("torchtt")
+    ops = run._bench_small_algebra(1, True)["ops"]
+    assert len(ops) == 7 and all(v == {"tt": 1e-6, "torchtt": 3e-6} for v in ops.values())
 
 
 @pytest.mark.parametrize(
@@ -81,17 +257,27 @@ def test_the_committed_results_render():
             assert "| case | batch |" in run.markdown(data)
 
 
+# torchTT warns when imported (no C++ extension) and when built (NumPy): under filterwarnings=error it was left out
+@pytest.mark.filterwarnings(
+    "ignore:(?s).*C\\+\\+ implementation not available:UserWarning",
+    "ignore:__array_wrap__ must accept context:DeprecationWarning",
+)
 def test_peers_get_the_tt_layers_ranks():
-    """tltorch and torchTT were built at rank 64 where TTLinear clips the first rank to 16 (768x3072)."""
+    """tltorch and torchTT were built at rank 64 where TTLinear clips the first rank to 16 (768x3072): each peer's
+    cores have our cores' shapes, and it maps 768 inputs to 3072 outputs (torchTT's, in and out swapped, did not)."""
     pytest.importorskip("tltorch")
+    pytest.importorskip("torchtt")
+    import torch
+
     import tensortrain as tt
 
     ttl = tt.nn.TTLinear(768, 3072, tt_rank=64, in_dims=(4, 4, 6, 8), out_dims=(4, 8, 8, 12))
     peers, _ = run.peer_layers((4, 4, 6, 8), (4, 8, 8, 12), ttl.weight.tt_ranks)
-    ours = sum(p.numel() for p in ttl.cores.parameters())
+    ours = [p.shape for p in ttl.cores.parameters()]
+    assert sorted(peers) == ["tltorch", "tltorch-rec", "torchtt"]
     for layer in peers.values():
-        cores = [p for p in layer.parameters() if p.dim() == 4]
-        assert sum(p.numel() for p in cores) == ours
+        assert [p.shape for n, p in layer.named_parameters() if not n.endswith("bias")] == ours
+        assert layer(torch.randn(2, 768)).shape == (2, 3072)
 
 
 def test_calibrate_reports_from_saved_timings(tmp_path, capsys):
@@ -279,7 +465,8 @@ def test_t3f_tutorial_counts_right_test_images_not_floats():
 
 
 def test_a_peer_that_fails_when_called_is_a_note_not_a_crash(monkeypatch):
-    """A peer that built but raised in its forward aborted the whole run (every row before it lost)."""
+    """A peer that built but raised in its forward or its backward aborted the whole run (every row before it
+    lost)."""
 
     import torch
 
@@ -287,17 +474,29 @@ def test_a_peer_that_fails_when_called_is_a_note_not_a_crash(monkeypatch):
         def forward(self, x):  # noqa: ANN001, ANN202
             raise RuntimeError("peer broke")
 
+    class BreaksInBackward(torch.nn.Linear):
+        def forward(self, x):  # noqa: ANN001, ANN202
+            y = super().forward(x)
+            if y.requires_grad:
+                y.register_hook(self.boom)
+            return y
+
+        @staticmethod
+        def boom(grad):  # noqa: ANN001, ANN205
+            raise RuntimeError("backward broke")
+
     class FailsAtFive(torch.nn.Linear):
         def forward(self, x):  # noqa: ANN001, ANN202
             if x.shape[0] == 5:
                 raise RuntimeError("too big")
             return super().forward(x)
 
-    monkeypatch.setattr(
-        run, "peer_layers", lambda *a: ({"torchtt": Broken(), "tltorch": FailsAtFive(12, 6)}, {})
-    )
+    peers = {"torchtt": Broken(), "tltorch": FailsAtFive(12, 6), "tltorch-rec": BreaksInBackward(12, 6)}
+    monkeypatch.setattr(run, "peer_layers", lambda *a: (peers, {}))
     rows = run.bench_layers([("tiny", 12, 6, (3, 4), (2, 3), 2)], (4, 5), repeats=1, peers=True)
     assert rows[0]["peer_notes"]["torchtt"].startswith("error at batch 4: RuntimeError: peer broke")
+    assert rows[0]["peer_notes"]["tltorch-rec"].startswith("error at batch 4: RuntimeError: backward broke")
+    assert "tltorch-rec" not in rows[0]["params"]
     # (a peer failing at a later batch only: noted in that row, timed in the earlier one)
     assert "tltorch" not in rows[0]["peer_notes"] and "tltorch" in rows[0]["params"]
     assert rows[1]["peer_notes"]["tltorch"].startswith("error at batch 5: RuntimeError: too big")
