@@ -820,6 +820,18 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     seconds = sweep.flops_forward / cpu.flops + sweep.bytes_forward / cpu.stream  # (stream == permute here)
     seconds += (sum(m[2] for m in merges) + 3 * len(groups)) * cpu.launch + 64 * cpu.slice
     assert cpu.stream == cpu.permute and sweep.est_seconds == pytest.approx(seconds, rel=1e-12)
+    # its full plan split after core 2 at batch 1: W built by GEMMs batched over its 625 rows (rank 4 is small
+    # beside the 28 columns of each half), reading broadcast copies of the halves; then the GEMM, and the per-call
+    # overhead of a full plan
+    mm, nn, r = 625, 784, 4
+    full = plan_of(sweep_cores, 1, ("full", "recompute", groups))
+    build = (2 * mm * nn * r, 4 * (mm * nn + 2 * mm * (28 + 28) * r))
+    gemm = (2 * mm * nn, 4 * (nn + mm * nn + mm))
+    assert full.bytes_forward == sum(m[1] for m in merges) + build[1] + gemm[1]
+    seconds = full.flops_forward / cpu.flops + full.bytes_forward / cpu.stream
+    seconds += (4 + 4 + 3 + 1) * cpu.launch + mm * cpu.slice + cpu.full_call
+    assert full.flops_forward == sum(m[0] for m in merges) + build[0] + gemm[0]
+    assert full.est_seconds == pytest.approx(seconds, rel=1e-12)
     # on a GPU the permutes are priced at their own bandwidth
     gpu = cost.machine("cuda", 4)
     permuted = sum(m[3] for m in merges)
@@ -833,9 +845,20 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     w = zeros(rows, cols, ranks)
     chunked = plan_of(w, 1024, ("sweep", "rtl", groups))
     assert chunked.bytes_forward == _rtl_sweep_traffic(rows, cols, ranks, groups, 1024, 4)
+    # ... priced as cache-resident at CHUNKED_SPEEDUP, each chunk 3 launches: chunks of 32 rows (8 MiB states), so
+    # a batch of 1000 runs in 32 chunks per step (the last one short); 1000 slices of 64 columns in the last step
+    chunked = plan_of(w, 1000, ("sweep", "rtl", groups))
+    merges = [_merge_cost(rows, cols, ranks, i, j, 4) for i, j in groups]
+    steps = chunked.bytes_forward - sum(m[1] for m in merges)
+    seconds = chunked.flops_forward / cpu.flops + sum(m[1] for m in merges) / cpu.stream
+    seconds += steps / (cpu.stream * cost.CHUNKED_SPEEDUP) + (8 + 2 * 3 * 32) * cpu.launch + 1000 * cpu.slice
+    assert chunked.est_seconds == pytest.approx(seconds, rel=1e-12)
+    # a full plan split after core 2 builds W one left row index at a time, in place: W written once
+    sliced = plan_of(w, 1, ("full", "recompute", ((0, 2), (2, 4))))
+    mm = nn = 4096
+    assert sliced.bytes_forward == sum(m[1] for m in merges) + 4 * mm * nn + 4 * (nn + mm * nn + mm)
     # a W of 64 MiB split after core 3, built in blocks of 8 MiB: written, read and written again (3 passes),
     # then the GEMM reads x and W and writes y; the halves' gradients read and write 4 W-sized passes
-    mm = nn = 4096
     merge = _merge_cost(rows, cols, ranks, 0, 3, 4)
     full = plan_of(w, 1, ("full", "recompute", ((0, 3), (3, 4))))
     assert full.bytes_forward == merge[1] + 3 * 4 * mm * nn + 4 * (nn + mm * nn + mm)
@@ -878,6 +901,15 @@ def test_a_training_sweep_past_the_cache_is_priced_by_hand():
     assert (plan.flops_forward, plan.flops_backward, plan.bytes_forward) == (flops, 2 * flops, traffic)
     assert plan.saved_bytes == 4 * state and state * 4 > cost.CACHE_BYTES
     assert plan.est_seconds == pytest.approx(seconds, rel=1e-12)
+    # frozen cores: backward computes the states' gradients only and keeps nothing; only the gradient's pages
+    # are fresh
+    frozen = next(
+        p
+        for p in C.enumerate_plans(cores, 1024, requires_grad=True, cores_require_grad=False)
+        if p.program == plan.program
+    )
+    assert (frozen.flops_backward, frozen.saved_bytes) == (flops, 0)
+    assert frozen.est_seconds == pytest.approx(2 * forward + 4 * state / cpu.touch, rel=1e-12)
 
 
 # FLOPs of the best pairwise contraction order, by opt_einsum 3.4.0's exhaustive 'optimal' path search (an
@@ -1011,6 +1043,10 @@ def test_narrow_steps_are_priced_as_folded():
     assert not cost.folds_narrow(n, 128, 4, 32, 4, False)  # a device that does not fold
     assert not cost.folds_narrow(n, 128, 16, 32, 4, True)  # wide slices: the batched GEMM is faster
     assert not cost.folds_narrow(n, 4, 4, 4, 4, True)  # small sides
+    assert not cost.folds_narrow(n, 4, 4, 128, 4, True) and not cost.folds_narrow(
+        n, 128, 4, 4, 4, True
+    )  # or one
+    assert not cost.folds_narrow(1, 512, 4, 512, 4, True)  # one slice: one GEMM already
     assert cost.folds_narrow(n, 16, 10, 16, 4, True) and not cost.folds_narrow(n, 16, 10, 16, 8, True)
     assert cost.folds_narrow(n, 8, 6, 8, 4, True) and not cost.folds_narrow(n, 8, 8, 8, 4, True)
     few = cost.NARROW_FOLD_MIN // (128 * 4 * 32)  # too little work: the copies cost more than they save
@@ -1152,6 +1188,12 @@ def test_describe_names_only_what_backward_keeps_or_recomputes():
     half = tt.nn.TTLinear(960, 25, tt_rank=[1, 2, 2, 8, 1], in_dims=(16, 4, 3, 5), out_dims=(5, 1, 5, 1))
     half.strategy = "full"
     assert half.plan(1024, requires_grad=False).merges_cached
+    # ... only when both halves are small enough to keep (784x625 rank 4: split after core 1 or 3, one half is
+    # 96x or 58x its cores; W whole, 445x)
+    from tensortrain.contraction_cost import halves_cacheable
+
+    dims = ((5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1))
+    assert [halves_cacheable(dims, split) for split in (1, 2, 3, 4)] == [False, True, False, False]
     assert not C.plan(layer.weight, 1, requires_grad=False).merges_cached
     assert not layer.plan(1, requires_grad=True).merges_cached
 
