@@ -863,6 +863,7 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     full = plan_of(w, 1, ("full", "recompute", ((0, 3), (3, 4))))
     assert full.bytes_forward == merge[1] + 3 * 4 * mm * nn + 4 * (nn + mm * nn + mm)
     blocks = 4 * mm * nn // cost.BLOCK_BYTES
+    assert cost.block_rows((64, 64, 32, 64), 4) == 0 < cost.block_rows((64, 64, 64, 64), 4)  # (32 MiB: whole)
     build = (2 * 16 * mm * nn, 3 * 4 * mm * nn, 3 * blocks)  # (FLOPs, bytes, launches)
     gemm = (2 * 1024 * mm * nn, 4 * (1024 * nn + mm * nn + 1024 * mm), 1)
     halves = (4 * 16 * mm * nn, 4 * 4 * mm * nn, 3 * blocks)
@@ -875,6 +876,12 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     seconds += 4 * 16 * (512 * 512 + 8 * 8) / cpu.stream
     assert trained.flops_forward == sum(f for f, _, _ in parts[:3])
     assert trained.est_seconds == pytest.approx(seconds, rel=1e-12)
+    # W kept instead: no rebuild in backward, W charged as traffic with the halves, and its fresh pages
+    kept = plan_of(w, 1024, ("full", "keep", ((0, 3), (3, 4))), grad=True)
+    parts = [merge[:3], build, gemm] + [gemm, gemm, halves, merge[:3], merge[:3]]
+    seconds = sum(f / cpu.flops + b / cpu.stream + n * cpu.launch for f, b, n in parts)
+    seconds += 4 * (16 * (512 * 512 + 8 * 8) + mm * nn) / cpu.stream + 4 * mm * nn / cpu.touch
+    assert kept.est_seconds == pytest.approx(seconds, rel=1e-12)
 
 
 def test_a_training_sweep_past_the_cache_is_priced_by_hand():
@@ -1190,10 +1197,25 @@ def test_describe_names_only_what_backward_keeps_or_recomputes():
     assert half.plan(1024, requires_grad=False).merges_cached
     # ... only when both halves are small enough to keep (784x625 rank 4: split after core 1 or 3, one half is
     # 96x or 58x its cores; W whole, 445x)
-    from tensortrain.contraction_cost import halves_cacheable
+    from tensortrain import contraction_cost as cost
 
     dims = ((5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1))
-    assert [halves_cacheable(dims, split) for split in (1, 2, 3, 4)] == [False, True, False, False]
+    assert [cost.halves_cacheable(dims, split) for split in (1, 2, 3, 4)] == [False, True, False, False]
+    cpu = cost.machine("cpu", 4)
+    for split, kept in ((1, False), (2, True), (3, False)):
+        prog = ("full", "recompute", ((0, split), (split, 4)))
+        cached, plain = (cost.estimate(dims, prog, 1, 4, False, cpu, cached=c) for c in (True, False))
+        assert (cached.flops_forward < plain.flops_forward) is kept, split
+    # (at most CACHE_FACTOR times the cores: 16 x 16 from two cores of 16 is kept, 16 x 20 from 16 + 20 is not)
+    assert cost.cacheable(((4, 4), (4, 4), (1, 1, 1)), 0, 2) and not cost.cacheable(
+        ((4, 4), (4, 5), (1, 1, 1)), 0, 2
+    )
+    # a W small enough to keep whole: one GEMM against it (a single group, which the planner otherwise leaves to
+    # the full plans)
+    whole = tt.nn.TTLinear(192, 128, tt_rank=4, in_dims=(32, 6), out_dims=(32, 4)).plan(
+        1, requires_grad=False
+    )
+    assert whole.groups == ((0, 2),) and whole.kind == "sweep" and whole.merges_cached
     assert not C.plan(layer.weight, 1, requires_grad=False).merges_cached
     assert not layer.plan(1, requires_grad=True).merges_cached
 
