@@ -94,9 +94,9 @@ def test_interleaved_takes_medians_and_times_close_peers_like_the_layers(monkeyp
 
 
 def test_memory_columns_count_what_a_step_allocates_and_keeps():
-    """The bytes kept for backward leave out the input and the parameters, the peak is the most allocated at once
-    (not the last count, nor frees added as allocations), and a TT layer's peak adds the tt.workspace scratch that
-    it alone holds between steps."""
+    """The bytes kept for backward count each storage once and leave out the input and the parameters, the peak
+    is the most allocated at once (not the last count, nor frees added as allocations), and a TT layer's peak adds
+    the tt.workspace scratch that it alone holds between steps."""
     import torch
 
     import tensortrain as tt
@@ -106,6 +106,12 @@ def test_memory_columns_count_what_a_step_allocates_and_keeps():
     xg = torch.randn(64, 12, requires_grad=True)
     # (relu keeps its output for backward; addmm keeps only the input and the weight)
     assert run.saved_bytes(lambda: torch.relu(lin(xg)), [xg, *lin.parameters()]) == 64 * 10 * 4
+
+    def squared() -> torch.Tensor:
+        h = torch.relu(lin(xg))
+        return h * h  # (the product keeps relu's output twice more: still one storage)
+
+    assert run.saved_bytes(squared, [xg, *lin.parameters()]) == 64 * 10 * 4
 
     def step() -> None:
         a = torch.ones(1 << 20)  # 4 MiB
@@ -147,17 +153,18 @@ def test_the_results_name_the_cpu_and_a_failed_write_keeps_the_last_file(tmp_pat
     assert json.loads(Path(path).read_text()) == {"layers": [1]}
 
 
-def test_layer_rows_hold_each_turns_times_and_the_plans_figures(monkeypatch):
+def test_layer_rows_hold_each_turns_times_and_the_plans_figures(monkeypatch, capsys):
     """A layer row's times, repeats and "timed once" marks come from their own turn (forward or training), its
-    plans and GFLOP/s from the TT layer's plans and the dense FLOPs (3 products in training), its kept-for-backward
-    bytes leave the input out, its peak includes the input's gradient, and no bounded row where nothing exceeds
-    the dense weight's bytes."""
+    plans, floor and GFLOP/s from the TT layer's plans at its batch and the dense FLOPs (3 products in training),
+    its kept-for-backward bytes leave the input out, its peak includes the input's gradient, the progress line
+    prints its ratios, and a bounded row, timed in the training turn, only where the free plan keeps more than the
+    dense weight's bytes."""
     import torch
 
     import tensortrain as tt
 
     fwd = {"dense": 1e-3, "peer": 2e-3, "tt": 3e-3}
-    train = {"dense": 4e-3, "peer": 5e-3, "tt": 8e-3}
+    train = {"dense": 4e-3, "peer": 5e-3, "tt": 8e-3, "bounded": 12e-3}
     turns = []
 
     def fake_interleaved(fns, repeats, **kw):  # noqa: ANN001, ANN202
@@ -177,14 +184,20 @@ def test_layer_rows_hold_each_turns_times_and_the_plans_figures(monkeypatch):
     ] * 2
     assert all(t[2]["droppable"] == ("peer",) and t[2]["warm_each"] for t in turns)
     ref = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3))
-    for row, b in zip(rows, (1, 512), strict=True):
-        assert row["fwd_s"] == fwd and row["fwdbwd_s"] == train and row["peer_notes"] == notes
+    printed = capsys.readouterr().out.splitlines()
+    for row, b, line in zip(rows, (1, 512), printed, strict=True):
+        assert row["fwd_s"] == fwd and row["fwdbwd_s"] == {k: train[k] for k in fwd}
+        assert row["peer_notes"] == notes
         assert row["repeats"] == 5 and row["repeats_fwdbwd"] == 4
         assert row["timed_once"] == {"fwd": ["peer"], "fwdbwd": []}
         p_inf, p_tr = ref.plan(b, requires_grad=False), ref.plan(b, requires_grad=True)
         training_flops = p_tr.flops_forward + p_tr.flops_backward
         assert row["plan_forward"] == p_inf.describe() and row["plan_training"] == p_tr.describe()
         assert row["plan_flops_forward"] == p_inf.flops_forward
+        assert row["flop_floor_forward"] == tt.contraction.flop_floor(ref.weight, b)
+        assert (
+            line == f"  tiny B={b}: fwd tt 3 ms / dense 1 ms = 3.00x; fwd+bwd 2.00x; plan {p_inf.describe()}"
+        )
         assert row["plan_flops_training"] == training_flops
         dense_flops = 2 * b * 12 * 6
         assert row["gflops_fwd"] == pytest.approx(
@@ -197,6 +210,16 @@ def test_layer_rows_hold_each_turns_times_and_the_plans_figures(monkeypatch):
         assert row["saved_bytes"]["dense"] == row["saved_bytes"]["peer"] == 0
         assert row["saved_bytes"]["tt"] <= 12 * 6 * 4 and "bounded" not in row
         assert row["peak_bytes"]["tt"] >= b * 12 * 4  # (the input's gradient alone)
+    # (784x625 at rank 16, batch 64: the free sweep keeps 2.8 MiB, the dense weight takes 1.9 MiB)
+    case = ("784x625-r16", 784, 625, (4, 7, 4, 7), (5, 5, 5, 5), 16)
+    (row,) = run.bench_layers([case], (64,), repeats=5, peers=False)
+    assert [(t[0], t[1]) for t in turns[4:]] == [(False, ["dense", "tt"]), (True, ["bounded", "dense", "tt"])]
+    ref = tt.nn.TTLinear(784, 625, tt_rank=16, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5))
+    ref.max_saved_bytes = 784 * 625 * 4
+    bounded = row["bounded"]
+    assert bounded["max_saved_bytes"] == 784 * 625 * 4 and bounded["fwdbwd_s"] == 12e-3
+    assert bounded["plan_training"] == ref.plan(64, requires_grad=True).describe() != row["plan_training"]
+    assert bounded["saved_bytes"] <= 784 * 625 * 4 < row["saved_bytes"]["tt"]
 
 
 def test_the_stack_table_names_the_first_layers_plan_apart():
@@ -216,7 +239,7 @@ def test_the_stack_table_names_the_first_layers_plan_apart():
 
 def test_small_algebra_rows_pair_our_time_with_torchtts(monkeypatch):
     """Each op's row holds our time and torchTT's for the same op (not ours twice, every ratio 1.00x), and no
-    torchTT time with --no-peers."""
+    torchTT time with --no-peers; the table's ratio is ours over torchTT's."""
     seen = []
 
     def fake_interleaved(fns, repeats, **kw):  # noqa: ANN001, ANN202
@@ -224,12 +247,20 @@ def test_small_algebra_rows_pair_our_time_with_torchtts(monkeypatch):
         return {k: 3e-6 if k.startswith("torchtt|") else 1e-6 for k in fns}
 
     monkeypatch.setattr(run, "interleaved", fake_interleaved)
-    ops = run._bench_small_algebra(1, False)["ops"]
-    assert len(ops) == 7 and all(v == {"tt": 1e-6, "torchtt": None} for v in ops.values())
+    meta = {"threads": 1, "torch": "x", "load_before": "0"}
+
+    def table(small: dict) -> list[str]:
+        algebra = {"case": "16^8 r32", "flat_inner_s": 1e-3, "frobenius_norm_s": 2e-3, "small": small}
+        return run.markdown({"meta": meta, "algebra": algebra}).splitlines()
+
+    small = run._bench_small_algebra(1, False)
+    assert len(small["ops"]) == 7 and all(v == {"tt": 1e-6, "torchtt": None} for v in small["ops"].values())
     assert all(k.startswith("tt|") for k in seen[-1])
+    assert "| add | 1 | - | - |" in table(small)
     pytest.importorskip("torchtt")
-    ops = run._bench_small_algebra(1, True)["ops"]
-    assert len(ops) == 7 and all(v == {"tt": 1e-6, "torchtt": 3e-6} for v in ops.values())
+    small = run._bench_small_algebra(1, True)
+    assert len(small["ops"]) == 7 and all(v == {"tt": 1e-6, "torchtt": 3e-6} for v in small["ops"].values())
+    assert "| add | 1 | 3 | 0.33x |" in table(small)  # (ours over torchTT's)
 
 
 @pytest.mark.parametrize(
@@ -278,6 +309,240 @@ def test_peers_get_the_tt_layers_ranks():
     for layer in peers.values():
         assert [p.shape for n, p in layer.named_parameters() if not n.endswith("bias")] == ours
         assert layer(torch.randn(2, 768)).shape == (2, 3072)
+
+
+def test_the_results_commit_says_when_the_checkout_was_modified(monkeypatch):
+    """Results measured with tracked files changed carry "+dirty" after the commit (else they read as that
+    commit's own numbers), and no commit outside a git checkout."""
+    import subprocess
+    import types
+
+    def git(diff_rc: int | None):  # noqa: ANN202
+        def fake_run(cmd, **kw):  # noqa: ANN001, ANN202
+            if diff_rc is None:
+                raise subprocess.CalledProcessError(128, cmd)
+            return types.SimpleNamespace(stdout="abc1234\n", returncode=diff_rc if "diff" in cmd else 0)
+
+        return types.SimpleNamespace(run=fake_run, CalledProcessError=subprocess.CalledProcessError)
+
+    for diff_rc, commit in ((0, "abc1234"), (1, "abc1234+dirty"), (None, None)):
+        monkeypatch.setattr(run, "subprocess", git(diff_rc))
+        assert run.git_commit() == commit
+
+
+def test_stack_rows_time_free_bounded_and_dense_stacks_of_one_depth(monkeypatch):
+    """A stack row trains the TT stack free and with each layer's max_saved_bytes at its dense weight's bytes,
+    against as deep a stack of nn.Linear, warm, on an input that needs no gradient; its plans, times and peaks
+    are each stack's own (a mix-up would credit the bound with the free stack's memory or time)."""
+    import tensortrain as tt
+
+    monkeypatch.setattr(run, "STACK_CASES", [(784, (4, 7, 4, 7), 4)])
+    monkeypatch.setattr(run, "STACK_DEPTH", 2)
+    monkeypatch.setattr(run, "STACK_BATCHES", (1024,))
+    steps = []
+    monkeypatch.setattr(run, "train_step", lambda m, x: steps.append((m, x)))
+    times = {"free": 3e-3, "bounded": 4e-3, "dense": 2e-3}
+    stacks, turns = {}, []
+
+    def fake_interleaved(fns, repeats, **kw):  # noqa: ANN001, ANN202
+        turns.append((sorted(fns), kw))
+        for k, f in fns.items():
+            f()
+            stacks[k] = steps[-1][0]
+        return {k: times[k] for k in fns} | {"_n": repeats, "_once": []}
+
+    monkeypatch.setattr(run, "interleaved", fake_interleaved)
+    peaks = {"free": 3 << 20, "bounded": 2 << 20, "dense": 5 << 20}
+    monkeypatch.setattr(
+        run, "tt_peak_bytes", lambda m, x: next(peaks[k] for k, s in stacks.items() if s is m)
+    )
+    (row,) = run.bench_stack(7)
+    assert turns == [(["bounded", "dense", "free"], {"warm_each": True})]
+    assert row["case"] == "2 x TTLinear(784, 784) r4 + ReLU" and row["batch"] == 1024
+    assert row["fwdbwd_s"] == times and row["peak_bytes"] == peaks
+    assert all(x.shape == (1024, 784) and not x.requires_grad for _, x in steps)
+    assert [type(m).__name__ for m in stacks["dense"]] == ["Linear", "ReLU"] * 2
+    bounds = {k: [m.max_saved_bytes for m in stacks[k][::2]] for k in ("free", "bounded")}
+    assert bounds == {"free": [None, None], "bounded": [784 * 784 * 4] * 2}
+    ref = tt.nn.TTLinear(784, 784, tt_rank=4, in_dims=(4, 7, 4, 7), out_dims=(4, 7, 4, 7))
+    free = ref.plan(1024, requires_grad=True).describe()
+    ref.max_saved_bytes = 784 * 784 * 4
+    bounded = ref.plan(1024, requires_grad=True).describe()
+    assert free != bounded  # (the bound changes this case's plan: each label must be its own stack's)
+    assert row["plan_training"]["free"].startswith(free)
+    assert row["plan_training"]["bounded"].startswith(bounded)
+
+
+def test_decomposition_rows_hold_each_methods_median_and_error(monkeypatch):
+    """Each method's row holds the median of its timed calls and the relative error of its own result against its
+    own matrix (Gaussian or structured), and its error over exact's on that matrix; each rounding row its own
+    method's time and error; the table prints them, exact's ratio as 1."""
+    import itertools
+    import types
+
+    import torch
+
+    import tensortrain as tt
+
+    gen = torch.Generator().manual_seed(5)
+    calls, rounds = [], {}
+
+    # (random rank-2 results, a different one per call: no TT-SVD of 1024 x 1024 or rounding of rank 64)
+    def to_tt_matrix(w, shape, max_tt_rank, method="auto"):  # noqa: ANN001, ANN202
+        calls.append((w, shape, max_tt_rank, method, tt.random_matrix(shape, tt_rank=2, generator=gen)))
+        return calls[-1][-1]
+
+    def round_(x, max_tt_rank, method="auto"):  # noqa: ANN001, ANN202
+        rounds[method] = (x, max_tt_rank, tt.random_matrix([[8] * 4] * 2, tt_rank=2, generator=gen))
+        return rounds[method][-1]
+
+    monkeypatch.setattr(tt, "to_tt_matrix", to_tt_matrix)
+    monkeypatch.setattr(tt, "round", round_)
+    # each method's three timed calls take 1, 5 and 2 fake seconds: their median is 2
+    ticks = itertools.accumulate(itertools.cycle([1.0, 1.0, 1.0, 5.0, 1.0, 2.0]))
+    monkeypatch.setattr(run, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    fake_times = {"exact": 0.25, "auto": 0.125}
+
+    def fake_interleaved(fns, repeats, **kw):  # noqa: ANN001, ANN202
+        for f in fns.values():
+            f()
+        return {k: fake_times[k] for k in fns}
+
+    monkeypatch.setattr(run, "interleaved", fake_interleaved)
+    out = run.bench_decompositions(True, 3)
+
+    def rel_error(dense: torch.Tensor, approx: torch.Tensor) -> float:
+        return float(torch.linalg.norm(dense - approx) / torch.linalg.norm(dense))
+
+    methods = ("exact", "auto", "randomized")
+    assert [c[3] for c in calls] == [m for m in methods for _ in range(3)] * 2
+    assert all(c[1] == [[4, 8, 8, 4], [4, 8, 8, 4]] and c[2] == 32 for c in calls)
+    for i, key in enumerate(("to_tt_matrix", "to_tt_matrix_structured")):
+        rows = out[key]
+        for j, method in enumerate(methods):
+            w, *_, res = calls[9 * i + 3 * j + 2]  # (its last call's result is the one scored)
+            assert rows[method]["s"] == 2.0 and rows[method]["n"] == 3
+            assert rows[method]["rel_error"] == pytest.approx(rel_error(w, tt.full(res)))
+        for method in ("auto", "randomized"):
+            ratio = rows[method]["rel_error"] / rows["exact"]["rel_error"]
+            assert rows[method]["error_ratio_vs_exact"] == pytest.approx(ratio)
+    dense = tt.full(rounds["exact"][0])
+    for method in ("exact", "auto"):
+        x, rank, res = rounds[method]
+        assert rank == 16 and out[f"round_{method}"]["s"] == fake_times[method]
+        assert out[f"round_{method}"]["rel_error"] == pytest.approx(rel_error(dense, tt.full(res)))
+    meta = {"threads": 1, "torch": "x", "load_before": "0"}
+    lines = run.markdown({"meta": meta, "decompositions": out}).splitlines()
+    st, ra = out["to_tt_matrix_structured"], out["round_auto"]
+    head = "| to_tt_matrix 1024x1024 (structured) r32 method="
+    assert f"{head}exact | 2 | {st['exact']['rel_error']:.6f} | 1.0000 |" in lines
+    assert (
+        f"{head}auto | 2 | {st['auto']['rel_error']:.6f} | {st['auto']['error_ratio_vs_exact']:.4f} |"
+        in lines
+    )
+    assert f"| round ttm 8^4x8^4 r64 -> r16 (round_auto) | 0.125 | {ra['rel_error']:.6f} | |" in lines
+
+
+def test_embedding_row_times_lookups_and_training_against_both_nn_embeddings(monkeypatch):
+    """The TT lookup, the same lookup rebuilding its kept halves and nn.Embedding's are timed without autograd,
+    training against nn.Embedding's dense and sparse=True gradients; the report line reads TT over each (a
+    baseline left out or a ratio inverted would read as the opposite finding)."""
+    import types
+
+    import torch
+
+    made = []
+
+    def embedding(v, d, sparse=False):  # noqa: ANN001, ANN202
+        made.append(sparse)  # (on the meta device: the 1M x 128 tables are never allocated)
+        return torch.nn.Embedding(v, d, sparse=sparse, device="meta")
+
+    monkeypatch.setattr(run, "nn", types.SimpleNamespace(Embedding=embedding))
+    fwd = {"dense": 1e-3, "tt": 3e-3, "tt_rebuilt": 5e-3}
+    train = {"dense": 8e-3, "tt": 4e-3, "dense_sparse": 2e-3}
+    turns = []
+
+    def fake_interleaved(fns, repeats, **kw):  # noqa: ANN001, ANN202
+        training = torch.is_grad_enabled()
+        turns.append((training, sorted(fns), kw))
+        return {k: (train if training else fwd)[k] for k in fns} | {"_n": repeats, "_once": []}
+
+    monkeypatch.setattr(run, "interleaved", fake_interleaved)
+    e = run.bench_embedding(3)
+    assert turns == [
+        (False, ["dense", "tt", "tt_rebuilt"], {"warm_each": True}),
+        (True, ["dense", "dense_sparse", "tt"], {"warm_each": True}),
+    ]
+    assert made == [False, True] and e["fwd_s"] == fwd and e["fwdbwd_s"] == train
+    assert e["case"] == "1000000x128 r16, 4096 tokens" and e["params"]["dense"] == 128_000_000
+    meta = {"threads": 1, "torch": "x", "load_before": "0"}
+    assert run.markdown({"meta": meta, "embedding": e}).splitlines()[-1] == (
+        "TTEmbedding 1000000x128 r16, 4096 tokens: lookup 3 ms / nn.Embedding 1 ms (3.0x; 5 ms rebuilding the "
+        "kept halves); lookup+backward 4 ms / 8 ms (0.50x), 2 ms with sparse=True (2.00x); parameters "
+        f"{e['params']['tt']:,} / 128,000,000"
+    )
+
+
+def test_demo_row_is_seconds_per_epoch_of_938_steps(tmp_path, monkeypatch):
+    """A step's seconds are the timed steps' time over their count (the warm-up steps untimed), an epoch is 938
+    batches of 64 (60,000 images), the demo's own results file is referenced where it exists, and the report
+    reads each net's own seconds per epoch."""
+    import types
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "demo").mkdir(parents=True)
+    (tmp_path / "out" / "demo" / "results.json").write_text("{}")
+    clock = iter([0.0, 0.002, 1.0, 1.001])  # the TT net's 2 timed steps take 2 ms, the dense net's 1 ms
+    monkeypatch.setattr(run, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    dm = run.bench_demo(2)
+    assert (dm["steps_timed"], dm["steps_per_epoch"], dm["batch_size"]) == (2, 938, 64)
+    assert dm["tt_net_r4"] == pytest.approx({"s_per_step": 1e-3, "s_per_epoch": 0.938})
+    assert dm["dense_net"] == pytest.approx({"s_per_step": 5e-4, "s_per_epoch": 0.469})
+    assert dm["demo_results_json"] == "out/demo/results.json"
+    meta = {"threads": 1, "torch": "x", "load_before": "0"}
+    assert run.markdown({"meta": meta, "demo": dm}).splitlines()[-1] == (
+        "MNIST demo training (batch 64, Adam, 2 timed steps, synthetic data of MNIST's size): TT net 0.938 "
+        "s/epoch, dense net 0.469 s/epoch"
+    )
+
+
+def test_latency_script_prints_cold_and_warm_ratios_of_tt_over_dense(monkeypatch, capsys):
+    """The cold pair takes turns call after call and the warm one after an untimed call of the same layer, each
+    printed under its own name with TT over nn.Linear; the overhead lines are the forward's and the training
+    step's, in that order."""
+    import latency
+    import torch
+
+    results = iter(
+        [
+            {"dense": 2e-6, "tt": 6e-6},
+            {"dense": 2e-6, "tt": 3e-6},
+            {"layer(x)": 3e-6, "apply_unchecked": 2e-6, "sweep (kept super-cores)": 1e-6},
+            {"dense": 1e-6, "tt": 4e-6},
+            {"dense": 5e-6, "tt": 10e-6},
+        ]
+    )
+    warm = []
+    monkeypatch.setattr(
+        latency,
+        "interleaved",
+        lambda fns, repeats, **kw: warm.append(kw.get("warm_each", False)) or next(results),
+    )
+    threads = torch.get_num_threads()
+    try:
+        assert latency.main(["--threads", "1", "--repeats", "3"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert warm == [False, True, True, True, True]
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "cold: layer 6.0 us, nn.Linear 2.0 us, 3.00x",
+        "warm: layer 3.0 us, nn.Linear 2.0 us, 1.50x",
+        "  warm layer(x): 3.0 us",
+        "  warm apply_unchecked: 2.0 us",
+        "  warm sweep (kept super-cores): 1.0 us",
+        "overhead (16 -> 16, rank 2), forward: layer 4.0 us, nn.Linear 1.0 us, 4.00x",
+        "overhead (16 -> 16, rank 2), training step: layer 10.0 us, nn.Linear 5.0 us, 2.00x",
+    ]
 
 
 def test_calibrate_reports_from_saved_timings(tmp_path, capsys):
@@ -671,8 +936,8 @@ def test_finetune_gauge_refuses_bad_arguments(argv, message, capsys):
 
 def test_markdown_cells_are_the_results_numbers():
     """Each table cell is its own field of the results: a ratio is TT over dense (or bounded over free), a pair
-    reads TT / dense, the plans stand in their columns' order and every peer note is shown; a swapped or
-    inverted cell would read as the opposite finding."""
+    reads TT / dense, the plans stand in their columns' order, every peer note is shown and a turn cut short by
+    the time budget says its repeats; a swapped or inverted cell would read as the opposite finding."""
     mib = 2**20
     layer = {
         "case": "tiny",
@@ -682,7 +947,7 @@ def test_markdown_cells_are_the_results_numbers():
         "fwd_s": {"dense": 2e-3, "tt": 3e-3, "peer": 5e-3},
         "fwdbwd_s": {"dense": 4e-3, "tt": 9e-3, "peer": 2e-3},
         "repeats": 11,
-        "repeats_fwdbwd": 11,
+        "repeats_fwdbwd": 5,
         "timed_once": {"fwd": ["peer"], "fwdbwd": []},
         "gflops_fwd": {"tt": 1.5, "dense": 7.0},
         "gflops_fwdbwd": {"tt": 2.5, "dense": 9.0},
@@ -731,7 +996,7 @@ def test_markdown_cells_are_the_results_numbers():
     lines = run.markdown(results).splitlines()
     assert (
         "| tiny | 8 | sweep rtl [0:2]; full (W from halves split at core 1, one GEMM, W kept for backward) "
-        "| 3 / 2 (**1.50x**) | 9 / 4 (**2.25x**) | 1.5 / 7; 2.5 / 9 | 4 / 2 (floor 3) | 3 / 1 | 6 / 5 "
+        "| 3 / 2 (**1.50x**) | 9 / 4 (**2.25x**, n=5) | 1.5 / 7; 2.5 / 9 | 4 / 2 (floor 3) | 3 / 1 | 6 / 5 "
         "| peer 2.50x (timed once), 0.50x; t3f: skipped: not installed |"
     ) in lines
     assert (
@@ -747,9 +1012,9 @@ def test_markdown_cells_are_the_results_numbers():
 
 
 def test_run_takes_its_arguments_as_given(tmp_path, monkeypatch):
-    """--quick runs three cases at 5 repeats, --sections takes spaces after commas, --json a relative path, the
-    metadata records the command and the timing mode and --no-peers reaches the layers; the floors section's
-    plans are inference plans (nothing kept for backward)."""
+    """--quick runs three cases at 5 repeats (stacks 5 instead of 7, unless --repeats says), --sections takes spaces after commas, --json
+    a relative path, the metadata records the command and the timing mode and --no-peers reaches the layers; the
+    floors section's plans are inference plans (nothing kept for backward)."""
     import torch
 
     monkeypatch.chdir(tmp_path)
@@ -771,17 +1036,25 @@ def test_run_takes_its_arguments_as_given(tmp_path, monkeypatch):
 
     got = []
     monkeypatch.setattr(run, "bench_layers", lambda *a: got.append(a[3]) or [])
+    monkeypatch.setattr(run, "bench_stack", lambda repeats: got.append(repeats) or [])
     try:
-        for extra in (["--no-peers"], []):
-            assert run.main(["--threads", "1", "--sections", "layers", *extra]) == 0
+        for extra in (
+            ["layers", "--no-peers"],
+            ["layers"],
+            ["stack"],
+            ["stack", "--quick"],
+            ["stack", "--repeats", "3"],
+        ):
+            assert run.main(["--threads", "1", "--sections", *extra]) == 0
     finally:
         torch.set_num_threads(threads)
-    assert got == [False, True]
+    assert got == [False, True, 7, 5, 3]
 
 
 def _cell_with_fixed_times(monkeypatch, capsys, argv, seconds):
-    """cell.main with ``seconds`` for its layers in turn (the last one timed once) and no peers but a note; returns
-    its output's lines, spaces collapsed, and per step whether the input and the layer's parameters need grads."""
+    """cell.main with ``seconds`` for its layers in turn (the last one timed once), an nn.Linear as the one peer
+    and a note; returns its output's lines, spaces collapsed, and per step whether the input and the layer's
+    parameters need grads."""
     import cell
     import torch
 
@@ -798,7 +1071,8 @@ def _cell_with_fixed_times(monkeypatch, capsys, argv, seconds):
 
     monkeypatch.setattr(cell, "interleaved", fixed)
     monkeypatch.setattr(cell, "train_step", step)
-    monkeypatch.setattr(cell, "peer_layers", lambda *a: ({}, {"t3f": "skipped: not installed"}))
+    peer = torch.nn.Linear(784, 625)
+    monkeypatch.setattr(cell, "peer_layers", lambda *a: ({"peer": peer}, {"t3f": "skipped: not installed"}))
     threads = torch.get_num_threads()
     try:
         assert cell.main([*argv, "--threads", "1", "--repeats", "1"]) == 0
@@ -810,7 +1084,8 @@ def _cell_with_fixed_times(monkeypatch, capsys, argv, seconds):
 def test_cell_prints_each_strategys_plan_and_ratio(monkeypatch, capsys):
     """Several strategies time one copy of the layer each, planned as its name says, with ratios to the first and
     "(timed once)" where it was; a single --strategy forces the layer's plan, timed against nn.Linear, and the
-    peers' notes follow (a mix-up would credit one plan with another's time)."""
+    peers, timed in the same turns, and their notes follow (a mix-up would credit one plan with another's
+    time)."""
     argv = ["784x625-r16", "--batch", "2", "--alone", "--strategy", "full,cores_ltr,auto"]
     lines, _ = _cell_with_fixed_times(monkeypatch, capsys, argv, (2e-3, 3e-3, 5e-3))
     assert lines[1].startswith("tt[full]: full (")
@@ -821,24 +1096,29 @@ def test_cell_prints_each_strategys_plan_and_ratio(monkeypatch, capsys):
         "tt[auto] 5.00 ms 2.500x tt[full] (timed once)",
     ]
     argv = ["784x625-r16", "--batch", "2", "--strategy", "full"]
-    lines, _ = _cell_with_fixed_times(monkeypatch, capsys, argv, (4e-3, 6e-3))
+    lines, _ = _cell_with_fixed_times(monkeypatch, capsys, argv, (4e-3, 6e-3, 8e-3))
     assert "; plan: full (" in lines[0]
     assert lines[1:] == [
         "dense 4.00 ms 1.000x nn.Linear",
-        "tt 6.00 ms 1.500x nn.Linear (timed once)",
+        "tt 6.00 ms 1.500x nn.Linear",
+        "peer 8.00 ms 2.000x nn.Linear (timed once)",
         "t3f: skipped: not installed",
     ]
 
 
 def test_cell_first_layer_and_frozen_drop_the_gradients_they_name(monkeypatch, capsys):
     """--first-layer steps with an input that needs no gradient and prints that mode's plan; --frozen, cores that
-    need none; both at once leave nothing to differentiate and are refused."""
+    need none; --forward takes no step and prints the inference plan; --first-layer and --frozen together leave
+    nothing to differentiate and are refused."""
     import cell
 
     import tensortrain as tt
 
     ref = tt.nn.TTLinear(784, 625, tt_rank=16, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5))
     argv = ["784x625-r16", "--batch", "64", "--alone"]
+    lines, steps = _cell_with_fixed_times(monkeypatch, capsys, [*argv, "--forward"], (1e-3,))
+    inference = ref.plan(64, requires_grad=False).describe()
+    assert steps == [] and lines[0].endswith(f"batch 64, forward, 1 repeats, threads 1; plan: {inference}")
     lines, steps = _cell_with_fixed_times(monkeypatch, capsys, [*argv, "--first-layer"], (1e-3,))
     assert steps == [(False, True)]
     first = ref.plan(64, requires_grad=True, input_requires_grad=False).describe()
