@@ -237,9 +237,12 @@ def test_the_stack_table_names_the_first_layers_plan_apart():
     assert first != inner and run._stack_plan(stack, 64) == f"{inner} (first layer: {first})"
 
 
-def test_small_algebra_rows_pair_our_time_with_torchtts(monkeypatch):
+@pytest.mark.parametrize("peers", [False, True])
+def test_small_algebra_rows_pair_our_time_with_torchtts(monkeypatch, peers):
     """Each op's row holds our time and torchTT's for the same op (not ours twice, every ratio 1.00x), and no
     torchTT time with --no-peers; the table's ratio is ours over torchTT's."""
+    if peers:
+        pytest.importorskip("torchtt")
     seen = []
 
     def fake_interleaved(fns, repeats, **kw):  # noqa: ANN001, ANN202
@@ -247,20 +250,15 @@ def test_small_algebra_rows_pair_our_time_with_torchtts(monkeypatch):
         return {k: 3e-6 if k.startswith("torchtt|") else 1e-6 for k in fns}
 
     monkeypatch.setattr(run, "interleaved", fake_interleaved)
-    meta = {"threads": 1, "torch": "x", "load_before": "0"}
-
-    def table(small: dict) -> list[str]:
-        algebra = {"case": "16^8 r32", "flat_inner_s": 1e-3, "frobenius_norm_s": 2e-3, "small": small}
-        return run.markdown({"meta": meta, "algebra": algebra}).splitlines()
-
-    small = run._bench_small_algebra(1, False)
-    assert len(small["ops"]) == 7 and all(v == {"tt": 1e-6, "torchtt": None} for v in small["ops"].values())
-    assert all(k.startswith("tt|") for k in seen[-1])
-    assert "| add | 1 | - | - |" in table(small)
-    pytest.importorskip("torchtt")
-    small = run._bench_small_algebra(1, True)
-    assert len(small["ops"]) == 7 and all(v == {"tt": 1e-6, "torchtt": 3e-6} for v in small["ops"].values())
-    assert "| add | 1 | 3 | 0.33x |" in table(small)  # (ours over torchTT's)
+    small = run._bench_small_algebra(1, peers)
+    theirs = 3e-6 if peers else None
+    assert len(small["ops"]) == 7 and all(v == {"tt": 1e-6, "torchtt": theirs} for v in small["ops"].values())
+    assert all(k.startswith("tt|") for k in seen[-1]) is not peers
+    algebra = {"case": "16^8 r32", "flat_inner_s": 1e-3, "frobenius_norm_s": 2e-3, "small": small}
+    lines = run.markdown({"meta": {"threads": 1, "torch": "x", "load_before": "0"}, "algebra": algebra})
+    assert (
+        "| add | 1 | 3 | 0.33x |" if peers else "| add | 1 | - | - |"
+    ) in lines.splitlines()  # (ours / theirs)
 
 
 @pytest.mark.parametrize(
