@@ -804,18 +804,12 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     from tensortrain import contraction_cost as cost
     from tensortrain.contraction_plan import dims_of
 
-    def zeros(rows, cols, ranks):
-        return [torch.zeros(ranks[k], rows[k], cols[k], ranks[k + 1]) for k in range(len(rows))]
-
-    def plan_of(cores, batch, program, grad=False):
-        return next(p for p in C.enumerate_plans(cores, batch, requires_grad=grad) if p.program == program)
-
     cpu = cost.machine("cpu", 4)
     # 784 x 625 rank 4 at batch 64, two merged pairs: 14 launches (4 per merge, 3 per step), 64 slices (the step
     # over 25-column slices; the last step is one GEMM), nothing folded or chunked
     rows, cols, ranks, groups = (5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1), ((0, 2), (2, 4))
-    sweep_cores = zeros(rows, cols, ranks)
-    sweep = plan_of(sweep_cores, 64, ("sweep", "rtl", groups))
+    sweep_cores = _cores(rows, cols, 4)
+    sweep = _by_name(C.enumerate_plans(sweep_cores, 64))["sweep", "rtl", groups]
     merges = [_merge_cost(rows, cols, ranks, i, j, 4) for i, j in groups]
     assert sweep.bytes_forward == _rtl_sweep_traffic(rows, cols, ranks, groups, 64, 4) == 1883904
     seconds = sweep.flops_forward / cpu.flops + sweep.bytes_forward / cpu.stream  # (stream == permute here)
@@ -825,7 +819,7 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     # beside the 28 columns of each half), reading broadcast copies of the halves; then the GEMM, and the per-call
     # overhead of a full plan
     mm, nn, r = 625, 784, 4
-    full = plan_of(sweep_cores, 1, ("full", "recompute", groups))
+    full = _by_name(C.enumerate_plans(sweep_cores, 1))["full", "recompute", groups]
     build = (2 * mm * nn * r, 4 * (mm * nn + 2 * mm * (28 + 28) * r))
     gemm = (2 * mm * nn, 4 * (nn + mm * nn + mm))
     assert full.bytes_forward == sum(m[1] for m in merges) + build[1] + gemm[1]
@@ -843,25 +837,26 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     # 4096 x 4096 rank 16 at batch 1024: states of 268 MB run in chunks, still reading and writing every byte
     rows = cols = (8, 8, 8, 8)
     ranks = (1, 16, 16, 16, 1)
-    w = zeros(rows, cols, ranks)
-    chunked = plan_of(w, 1024, ("sweep", "rtl", groups))
+    w = _cores(rows, cols, 16)
+    chunked = _by_name(C.enumerate_plans(w, 1024))["sweep", "rtl", groups]
     assert chunked.bytes_forward == _rtl_sweep_traffic(rows, cols, ranks, groups, 1024, 4)
     # ... priced as cache-resident at CHUNKED_SPEEDUP, each chunk 3 launches: chunks of 32 rows (8 MiB states), so
     # a batch of 1000 runs in 32 chunks per step (the last one short); 1000 slices of 64 columns in the last step
-    chunked = plan_of(w, 1000, ("sweep", "rtl", groups))
+    chunked = _by_name(C.enumerate_plans(w, 1000))["sweep", "rtl", groups]
     merges = [_merge_cost(rows, cols, ranks, i, j, 4) for i, j in groups]
     steps = chunked.bytes_forward - sum(m[1] for m in merges)
     seconds = chunked.flops_forward / cpu.flops + sum(m[1] for m in merges) / cpu.stream
     seconds += steps / (cpu.stream * cost.CHUNKED_SPEEDUP) + (8 + 2 * 3 * 32) * cpu.launch + 1000 * cpu.slice
     assert chunked.est_seconds == pytest.approx(seconds, rel=1e-12)
     # a full plan split after core 2 builds W one left row index at a time, in place: W written once
-    sliced = plan_of(w, 1, ("full", "recompute", ((0, 2), (2, 4))))
+    at_1 = _by_name(C.enumerate_plans(w, 1))
+    sliced = at_1["full", "recompute", ((0, 2), (2, 4))]
     mm = nn = 4096
     assert sliced.bytes_forward == sum(m[1] for m in merges) + 4 * mm * nn + 4 * (nn + mm * nn + mm)
     # a W of 64 MiB split after core 3, built in blocks of 8 MiB: written, read and written again (3 passes),
     # then the GEMM reads x and W and writes y; the halves' gradients read and write 4 W-sized passes
     merge = _merge_cost(rows, cols, ranks, 0, 3, 4)
-    full = plan_of(w, 1, ("full", "recompute", ((0, 3), (3, 4))))
+    full = at_1["full", "recompute", ((0, 3), (3, 4))]
     assert full.bytes_forward == merge[1] + 3 * 4 * mm * nn + 4 * (nn + mm * nn + mm)
     blocks = 4 * mm * nn // cost.BLOCK_BYTES
     assert cost.block_rows((64, 64, 32, 64), 4) == 0 < cost.block_rows((64, 64, 64, 64), 4)  # (32 MiB: whole)
@@ -872,13 +867,14 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     # gradients + the merges' backward (twice a merge); the two halves kept, (512 x 512 x 16) and (16 x 8 x 8),
     # are charged as traffic once more (the merge's partial products, also reported as kept, are not)
     parts = [merge[:3], build, gemm] + [build, gemm, gemm, halves, merge[:3], merge[:3]]
-    trained = plan_of(w, 1024, ("full", "recompute", ((0, 3), (3, 4))), grad=True)
+    training = _by_name(C.enumerate_plans(w, 1024, requires_grad=True))
+    trained = training["full", "recompute", ((0, 3), (3, 4))]
     seconds = sum(f / cpu.flops + b / cpu.stream + n * cpu.launch for f, b, n in parts)
     seconds += 4 * 16 * (512 * 512 + 8 * 8) / cpu.stream
     assert trained.flops_forward == sum(f for f, _, _ in parts[:3])
     assert trained.est_seconds == pytest.approx(seconds, rel=1e-12)
     # W kept instead: no rebuild in backward, W charged as traffic with the halves, and its fresh pages
-    kept = plan_of(w, 1024, ("full", "keep", ((0, 3), (3, 4))), grad=True)
+    kept = training["full", "keep", ((0, 3), (3, 4))]
     parts = [merge[:3], build, gemm] + [gemm, gemm, halves, merge[:3], merge[:3]]
     seconds = sum(f / cpu.flops + b / cpu.stream + n * cpu.launch for f, b, n in parts)
     seconds += 4 * (16 * (512 * 512 + 8 * 8) + mm * nn) / cpu.stream + 4 * mm * nn / cpu.touch
@@ -895,12 +891,9 @@ def test_a_training_sweep_past_the_cache_is_priced_by_hand():
     # 512 x 512 as (8, 64) x (64, 8) at rank 4, batch 1024, cores one by one from the right: the first step maps
     # (1024 * 64, 8) to (1024 * 64, 256) (64 MiB out: past the cache on its output alone), the second (1024, 256,
     # 64) slices to (1024, 8, 64); neither folds (one GEMM; slices 64 wide)
-    cores = [torch.zeros(1, 8, 64, 4), torch.zeros(4, 64, 8, 1)]
-    plan = next(
-        p
-        for p in C.enumerate_plans(cores, 1024, requires_grad=True)
-        if p.program == ("sweep", "rtl", ((0, 1), (1, 2)))
-    )
+    cores = _cores((8, 64), (64, 8), 4)
+    program = ("sweep", "rtl", ((0, 1), (1, 2)))
+    plan = _by_name(C.enumerate_plans(cores, 1024, requires_grad=True))[program]
     state = 1024 * 64 * 256  # the first step's output: the second step's input, kept for backward
     flops = 2 * 1024 * 64 * 256 * 8 + 2 * 1024 * 8 * 256 * 64
     traffic = 4 * (1024 * 64 * 8 + state + 256 * 8) + 4 * (state + 1024 * 8 * 64 + 8 * 256)
@@ -911,11 +904,7 @@ def test_a_training_sweep_past_the_cache_is_priced_by_hand():
     assert plan.est_seconds == pytest.approx(seconds, rel=1e-12)
     # frozen cores: backward computes the states' gradients only and keeps nothing; only the gradient's pages
     # are fresh
-    frozen = next(
-        p
-        for p in C.enumerate_plans(cores, 1024, requires_grad=True, cores_require_grad=False)
-        if p.program == plan.program
-    )
+    frozen = _by_name(C.enumerate_plans(cores, 1024, requires_grad=True, cores_require_grad=False))[program]
     assert (frozen.flops_backward, frozen.saved_bytes) == (flops, 0)
     assert frozen.est_seconds == pytest.approx(2 * forward + 4 * state / cpu.touch, rel=1e-12)
 
