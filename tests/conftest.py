@@ -28,6 +28,14 @@ settings.load_profile("ci")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """The benchmark scripts' main() set the process's thread count: each test leaves it as it found it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def gen() -> torch.Generator:
     """A seeded generator: every random value in a test comes from one of these."""

@@ -28,16 +28,10 @@ def test_cell_refuses_bad_strategy_lists(strategy, capsys):
 def test_cell_alone_times_only_the_tt_layers(capsys):
     """--alone: the forced plans of one layer side by side, nothing else in the turns, ratios to the first."""
     import cell
-    import torch
 
-    threads = torch.get_num_threads()
-    try:
-        assert (
-            cell.main(["784x625-r4", "--batch", "4", "--repeats", "1", "--alone", "--strategy", "full,auto"])
-            == 0
-        )
-    finally:
-        torch.set_num_threads(threads)
+    assert (
+        cell.main(["784x625-r4", "--batch", "4", "--repeats", "1", "--alone", "--strategy", "full,auto"]) == 0
+    )
     out = capsys.readouterr().out
     assert "dense" not in out and "tltorch" not in out and "torchtt" not in out
     assert "1.000x tt[full]" in out and "x tt[full]" in out.split("tt[auto]")[-1]
@@ -65,11 +59,7 @@ def _cell_with_fixed_times(monkeypatch, capsys, argv, seconds):
     monkeypatch.setattr(cell, "train_step", step)
     peer = torch.nn.Linear(784, 625)
     monkeypatch.setattr(cell, "peer_layers", lambda *a: ({"peer": peer}, {"t3f": "skipped: not installed"}))
-    threads = torch.get_num_threads()
-    try:
-        assert cell.main([*argv, "--threads", "1", "--repeats", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert cell.main([*argv, "--threads", "1", "--repeats", "1"]) == 0
     return [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()], steps
 
 
@@ -129,7 +119,6 @@ def test_latency_script_prints_cold_and_warm_ratios_of_tt_over_dense(monkeypatch
     printed under its own name with TT over nn.Linear; the overhead lines are the forward's and the training
     step's, in that order."""
     import latency
-    import torch
 
     results = iter(
         [
@@ -146,11 +135,7 @@ def test_latency_script_prints_cold_and_warm_ratios_of_tt_over_dense(monkeypatch
         "interleaved",
         lambda fns, repeats, **kw: warm.append(kw.get("warm_each", False)) or next(results),
     )
-    threads = torch.get_num_threads()
-    try:
-        assert latency.main(["--threads", "1", "--repeats", "3"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert latency.main(["--threads", "1", "--repeats", "3"]) == 0
     assert warm == [False, True, True, True, True]
     assert capsys.readouterr().out.splitlines()[1:] == [
         "cold: layer 6.0 us, nn.Linear 2.0 us, 3.00x",
@@ -173,14 +158,8 @@ def test_calibrate_reports_from_saved_timings(tmp_path, capsys):
          "describe": "full", "seconds": 2e-4},
     ]  # fmt: skip
     (tmp_path / "rows.json").write_text(json.dumps({"rows": rows}))
-    import torch
-
-    threads = torch.get_num_threads()
     argv = ["--threads", "1", "--load", str(tmp_path / "rows.json"), "--search", "0"]
-    try:
-        assert calibrate.main([*argv, "--json", str(tmp_path / "cal.json")]) == 0
-    finally:
-        torch.set_num_threads(threads)  # (main sets the process's threads)
+    assert calibrate.main([*argv, "--json", str(tmp_path / "cal.json")]) == 0
     out = json.loads((tmp_path / "cal.json").read_text())
     assert set(out["current"]) == {*calibrate.NAMES, "full_call"}
     assert "full_call" in capsys.readouterr().out
@@ -238,13 +217,7 @@ def test_calibrate_scores_the_tuners_choices_by_its_own_timings(tmp_path, capsys
     assert [r["regret"] for r in reg] == [pytest.approx(1.0), pytest.approx(2.0)]
     assert reg[1]["chosen"] == "sweep" and reg[1]["fastest"] == "full"
     (tmp_path / "rows.json").write_text(json.dumps({"rows": rows, "tuned": tuned}))
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        assert calibrate.main(["--threads", "1", "--load", str(tmp_path / "rows.json"), "--search", "0"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert calibrate.main(["--threads", "1", "--load", str(tmp_path / "rows.json"), "--search", "0"]) == 0
     assert 'strategy="tune": geometric-mean regret 1.414x, worst 2.00x' in capsys.readouterr().out
 
 

@@ -507,13 +507,7 @@ def test_demo_row_is_seconds_per_epoch_of_938_steps(tmp_path, monkeypatch):
 def test_the_floors_section_counts_flops_without_timing(tmp_path, capsys):
     """--sections floors: per case and batch the planner's forward FLOPs and the fewest of any order, against
     dense; the floor never exceeds the plan's."""
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        assert run.main(["--threads", "1", "--sections", "floors", "--json", str(tmp_path / "f.json")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert run.main(["--threads", "1", "--sections", "floors", "--json", str(tmp_path / "f.json")]) == 0
     rows = json.loads((tmp_path / "f.json").read_text())["floors"]
     assert len(rows) == len(run.LAYER_CASES) * len(run.BATCHES)
     assert all(r["floor_flops"] <= r["plan_flops"] for r in rows)
@@ -660,18 +654,12 @@ def test_markdown_cells_are_the_results_numbers():
 
 
 def test_run_takes_its_arguments_as_given(tmp_path, monkeypatch):
-    """--quick runs three cases at 5 repeats (stacks 5 instead of 7, unless --repeats says), --sections takes spaces after commas, --json
-    a relative path, the metadata records the command and the timing mode and --no-peers reaches the layers; the
-    floors section's plans are inference plans (nothing kept for backward)."""
-    import torch
-
+    """--quick runs three cases at 5 repeats (the stacks 5 instead of 7, unless --repeats says), --sections takes
+    spaces after commas, --json a relative path, the metadata records the command and the timing mode and
+    --no-peers reaches the layers; the floors section's plans are inference plans (nothing kept for backward)."""
     monkeypatch.chdir(tmp_path)
     argv = ["--threads", "1", "--quick", "--sections", "floors, floors", "--json", "f.json"]
-    threads = torch.get_num_threads()
-    try:
-        assert run.main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert run.main(argv) == 0
     out = json.loads((tmp_path / "f.json").read_text())
     quick = {"784x625-r4", "784x625-r16", "768x3072-r16"}
     assert sorted((r["case"], r["batch"]) for r in out["floors"]) == sorted(
@@ -685,15 +673,12 @@ def test_run_takes_its_arguments_as_given(tmp_path, monkeypatch):
     got = []
     monkeypatch.setattr(run, "bench_layers", lambda *a: got.append(a[3]) or [])
     monkeypatch.setattr(run, "bench_stack", lambda repeats: got.append(repeats) or [])
-    try:
-        for extra in (
-            ["layers", "--no-peers"],
-            ["layers"],
-            ["stack"],
-            ["stack", "--quick"],
-            ["stack", "--repeats", "3"],
-        ):
-            assert run.main(["--threads", "1", "--sections", *extra]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    for extra in (
+        ["layers", "--no-peers"],
+        ["layers"],
+        ["stack"],
+        ["stack", "--quick"],
+        ["stack", "--repeats", "3"],
+    ):
+        assert run.main(["--threads", "1", "--sections", *extra]) == 0
     assert got == [False, True, 7, 5, 3]
