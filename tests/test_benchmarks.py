@@ -15,6 +15,9 @@ sys.path.insert(0, str(BENCH))
 
 import run  # noqa: E402
 
+# the results' metadata the markdown needs (a real run records much more)
+META = {"threads": 1, "torch": "x", "load_before": "0"}
+
 
 def test_interleaved_marks_peers_timed_once():
     """A slow peer was timed on its first (setup) call, unmarked; with every fn dropped, StopIteration."""
@@ -255,7 +258,7 @@ def test_small_algebra_rows_pair_our_time_with_torchtts(monkeypatch, peers):
     assert len(small["ops"]) == 7 and all(v == {"tt": 1e-6, "torchtt": theirs} for v in small["ops"].values())
     assert all(k.startswith("tt|") for k in seen[-1]) is not peers
     algebra = {"case": "16^8 r32", "flat_inner_s": 1e-3, "frobenius_norm_s": 2e-3, "small": small}
-    lines = run.markdown({"meta": {"threads": 1, "torch": "x", "load_before": "0"}, "algebra": algebra})
+    lines = run.markdown({"meta": META, "algebra": algebra})
     assert (
         "| add | 1 | 3 | 0.33x |" if peers else "| add | 1 | - | - |"
     ) in lines.splitlines()  # (ours / theirs)
@@ -429,8 +432,7 @@ def test_decomposition_rows_hold_each_methods_median_and_error(monkeypatch):
         x, rank, res = rounds[method]
         assert rank == 16 and out[f"round_{method}"]["s"] == fake_times[method]
         assert out[f"round_{method}"]["rel_error"] == pytest.approx(rel_error(dense, tt.full(res)))
-    meta = {"threads": 1, "torch": "x", "load_before": "0"}
-    lines = run.markdown({"meta": meta, "decompositions": out}).splitlines()
+    lines = run.markdown({"meta": META, "decompositions": out}).splitlines()
     st, ra = out["to_tt_matrix_structured"], out["round_auto"]
     head = "| to_tt_matrix 1024x1024 (structured) r32 method="
     assert f"{head}exact | 2 | {st['exact']['rel_error']:.6f} | 1.0000 |" in lines
@@ -473,8 +475,7 @@ def test_embedding_row_times_lookups_and_training_against_both_nn_embeddings(mon
     ]
     assert made == [False, True] and e["fwd_s"] == fwd and e["fwdbwd_s"] == train
     assert e["case"] == "1000000x128 r16, 4096 tokens" and e["params"]["dense"] == 128_000_000
-    meta = {"threads": 1, "torch": "x", "load_before": "0"}
-    assert run.markdown({"meta": meta, "embedding": e}).splitlines()[-1] == (
+    assert run.markdown({"meta": META, "embedding": e}).splitlines()[-1] == (
         "TTEmbedding 1000000x128 r16, 4096 tokens: lookup 3 ms / nn.Embedding 1 ms (3.0x; 5 ms rebuilding the "
         "kept halves); lookup+backward 4 ms / 8 ms (0.50x), 2 ms with sparse=True (2.00x); parameters "
         f"{e['params']['tt']:,} / 128,000,000"
@@ -497,8 +498,7 @@ def test_demo_row_is_seconds_per_epoch_of_938_steps(tmp_path, monkeypatch):
     assert dm["tt_net_r4"] == pytest.approx({"s_per_step": 1e-3, "s_per_epoch": 0.938})
     assert dm["dense_net"] == pytest.approx({"s_per_step": 5e-4, "s_per_epoch": 0.469})
     assert dm["demo_results_json"] == "out/demo/results.json"
-    meta = {"threads": 1, "torch": "x", "load_before": "0"}
-    assert run.markdown({"meta": meta, "demo": dm}).splitlines()[-1] == (
+    assert run.markdown({"meta": META, "demo": dm}).splitlines()[-1] == (
         "MNIST demo training (batch 64, Adam, 2 timed steps, synthetic data of MNIST's size): TT net 0.938 "
         "s/epoch, dense net 0.469 s/epoch"
     )
@@ -629,7 +629,7 @@ def test_markdown_cells_are_the_results_numbers():
     floor = {"case": "tiny", "batch": 1, "plan": "sweep rtl [0:1][1:2]"}
     floor |= {"plan_flops": 300, "floor_flops": 200, "dense_flops": 100}
     results = {
-        "meta": {"threads": 1, "torch": "x", "load_before": "0", "repeats": 11},
+        "meta": META | {"repeats": 11},
         "layers": [layer],
         "stack": [stack],
         "decompositions": decompositions,
