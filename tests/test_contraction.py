@@ -1060,6 +1060,51 @@ def test_narrow_steps_are_priced_as_folded():
             assert acc == plain
 
 
+def test_chunked_steps_are_discounted_only_where_their_gemms_are_wide(monkeypatch):
+    """A chunked inference step's traffic gets the cache discount (``chunked``, priced at CHUNKED_SPEEDUP) only
+    where its GEMMs are wide: one GEMM (P == 1), slices of at least WIDE_SLICE columns, or narrow slices folded
+    into one GEMM. Narrow slices run as a batched GEMM keep the full price (``stream``): priced as cached, a
+    grouping with 4-column slices won and measured 2.7x slower."""
+    from tensortrain import contraction_cost as cost
+
+    # small states outgrow a small "cache": every step below runs in chunks
+    monkeypatch.setattr(cost, "CACHE_BYTES", 2**16)
+    monkeypatch.setattr(cost, "CHUNK_BYTES", 2**15)
+
+    def step(rows, cols, ranks, i, fold=False):
+        dims = (rows, cols, ranks)
+        acc, _ = cost.step_cost(dims, i, i + 1, "rtl", 64, 4, False, fold=fold)
+        outer, k, p, q = cost.step_shape(dims, i, i + 1, "rtl")
+        traffic = 4 * (64 * outer * (k * p + q * p) + q * k)
+        assert acc.launches > 3  # (3 per chunk)
+        return acc, traffic, p
+
+    (rows, cols), ranks = NARROW
+    wide = cost.WIDE_SLICE
+    for m1, i, discounted in ((4, 1, True), (wide, 0, True), (wide - 1, 0, False)):
+        acc, traffic, p = step((rows[0], m1), cols, ranks, i)
+        assert p == (m1 if i == 0 else 1)
+        assert (acc.chunked, acc.stream) == ((traffic, 0) if discounted else (0, traffic))
+    # NARROW's first step, (K, P, Q) = (128, 4, 32): folded where the device folds, else batched slices
+    folded, traffic, p = step(rows, cols, ranks, 0, fold=True)
+    batched, _, _ = step(rows, cols, ranks, 0, fold=False)
+    assert p == 4 and folded.slices == 0 and batched.slices > 0
+    assert (folded.chunked, folded.stream) == (traffic, 0)
+    assert (batched.chunked, batched.stream) == (0, traffic)
+
+
+def test_w_is_built_by_batched_gemms_up_to_a_quarter_of_each_halfs_columns():
+    """The batched build's rule (contraction_cost.batched_build), at its boundary: rank r with both halves'
+    column counts at least 4r, where the halves' broadcast copies are at most half of W's permute."""
+    from tensortrain import contraction_cost as cost
+
+    for r in (1, 2, 16):
+        assert cost.batched_build(r, 4 * r, 4 * r) and cost.batched_build(r, 4 * r, 64 * r)
+        assert not cost.batched_build(r, 4 * r - 1, 64 * r) and not cost.batched_build(r, 64 * r, 4 * r - 1)
+        nl = nr = 4 * r
+        assert 2 * r * (nl + nr) == nl * nr  # at the boundary the copies are exactly half the permute
+
+
 def test_compiled_plans_price_no_folds(monkeypatch):
     """While compiling the executors fold nothing, so the planner prices no folds there: a geometry whose plan
     differs with and without fold pricing gets the unfolded one."""

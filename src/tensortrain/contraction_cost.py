@@ -237,7 +237,9 @@ def halves_cacheable(dims: Dims, split: int) -> bool:
 
 
 def batched_build(r: int, nl: int, nr: int) -> bool:
-    """Whether a whole-built W (and its halves' gradients) uses GEMMs batched over row-mode pairs (small rank)."""
+    """Whether a whole-built W (and its halves' gradients) uses GEMMs batched over row-mode pairs: where the split
+    rank ``r`` is at most a quarter of both halves' column counts, so that the broadcast copies of the halves
+    (``M (N_L + N_R) r`` elements) are at most half the permute of W (``M N_L N_R``) that they replace."""
     return 4 * r <= min(nl, nr)
 
 
