@@ -31,6 +31,20 @@ def random_tt(raw_shape, ranks, *, gen, dtype=torch.float64, batch_size=None):
     return tt.TensorTrain(cores) if batch_size is None else tt.TensorTrainBatch(cores)
 
 
+def zero_cores(rows, cols, r, dtype=torch.float32) -> list[torch.Tensor]:
+    """Zero cores of a TT-matrix with row dims ``rows``, column dims ``cols`` and every inner rank ``r``: shapes
+    for the planner, which reads nothing else."""
+    d = len(rows)
+    ranks = (1, *(r,) * (d - 1), 1)
+    return [torch.zeros(ranks[k], rows[k], cols[k], ranks[k + 1], dtype=dtype) for k in range(d)]
+
+
+# (raw shape, ranks) of a TT-matrix with rows (32, 4), cols (32, 6), rank 4: each two-group sweep has one narrow
+# step, (K, P, Q) = (128, 4, 32) right to left and (32, 6, 128) left to right, which folds in float64 (sides >= 32,
+# P <= 8) and float32 alike
+NARROW = (((32, 4), (32, 6)), (1, 4, 1))
+
+
 @st.composite
 def tensor_specs(draw, min_d=1, max_d=4, max_mode=4, max_rank=3):
     """(raw_shape, ranks) for a TT-tensor."""
