@@ -1,4 +1,5 @@
-"""Hypothesis strategies and builders for random TT objects, independent of tensortrain's initializers."""
+"""Hypothesis strategies and builders for random TT objects (independent of tensortrain's initializers) and test
+layers."""
 
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def zero_cores(rows, cols, r, dtype=torch.float32) -> list[torch.Tensor]:
 # step, (K, P, Q) = (128, 4, 32) right to left and (32, 6, 128) left to right, which folds in float64 (sides >= 32,
 # P <= 8) and float32 alike
 NARROW = (((32, 4), (32, 6)), (1, 4, 1))
+
+
+def tutorial_layer(rank: int, **kw) -> tt.nn.TTLinear:
+    """The t3f tutorial's layer: 784 -> 625 with in dims (7, 4, 7, 4) and out dims (5, 5, 5, 5)."""
+    return tt.nn.TTLinear(784, 625, tt_rank=rank, in_dims=(7, 4, 7, 4), out_dims=(5, 5, 5, 5), **kw)
 
 
 @st.composite
