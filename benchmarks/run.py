@@ -453,9 +453,8 @@ def bench_decompositions(quick: bool, repeats: int) -> dict:
     low = tt.full(tt.random_matrix(shape, tt_rank=rank * 3 // 4, generator=g))
     structured = low + 0.5 * tt.full(tt.random_matrix(shape, tt_rank=rank * 2, generator=g))
     out: dict[str, Any] = {}
-    torch.linalg.svd(
-        noise[:512, :512]
-    )  # (LAPACK's first call, untimed; no draw from g, which makes the cases)
+    # LAPACK's first call, untimed (no draw from g, which makes the cases)
+    torch.linalg.svd(noise[:512, :512])
     for key, w in (("to_tt_matrix", noise), ("to_tt_matrix_structured", structured)):
         out[key] = {"shape": shape, "max_tt_rank": rank, "size": f"{m}x{n}"}
         for method in ("exact", "auto", "randomized"):

@@ -342,9 +342,8 @@ def _bilinear_form(op: str, A: TensorTrainBase, b: TensorTrainBase, c: TensorTra
         cb, ca, cc = ops
         # the three contractions as batched matmuls (einsum's per-call overhead was most of a small form's time)
         (_, p, q, s), (n, u), (m, w), z = v.shape, cb[k].shape[2:], ca[k].shape[3:], cc[k].shape[-1]
-        t = torch.bmm(
-            v.reshape(size, p, q * s).transpose(1, 2), cb[k].reshape(size, p, n * u)
-        )  # (b, q s, n u)
+        # (b, q s, n u)
+        t = torch.bmm(v.reshape(size, p, q * s).transpose(1, 2), cb[k].reshape(size, p, n * u))
         t = t.reshape(size, q, s, n, u).permute(0, 2, 4, 1, 3).reshape(size, s * u, q * n)
         t = torch.bmm(t, ca[k].reshape(size, q * n, m * w))  # (b, s u, m w)
         t = t.reshape(size, s, u, m, w).permute(0, 2, 4, 1, 3).reshape(size, u * w, s * m)
