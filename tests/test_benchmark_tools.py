@@ -3,6 +3,7 @@ the t3f tutorial port, pagefaults.py, regret.py and finetune_gauge.py: their arg
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -275,12 +276,27 @@ def test_t3f_tutorial_counts_right_test_images_not_floats():
     assert stored["summary"] == t3f_tutorial.summarize(stored["runs"])
 
 
-def test_pagefaults_script_refuses_bad_arguments(capsys):
-    import pagefaults
-
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        ("pagefaults", ["--repeats", "0"], "expected an int >= 1, got 0"),
+        ("regret", ["--select", "changed"], "--select needs --baseline"),
+        ("regret", ["--select", "all,folded", "--baseline", "x"], "--select takes all"),
+        ("regret", ["--baseline", "/nonexistent"], "holds no tensortrain package"),
+        ("regret", ["--configs", "0"], "must be positive"),
+        ("finetune_gauge", ["--variants", "svd,svd"], "variants must be distinct names"),
+        ("finetune_gauge", ["--variants", "svd,orth"], "variants must be distinct names"),
+        ("finetune_gauge", ["--seeds", "3-x"], "expected an integer, got 'x'"),
+        ("finetune_gauge", ["--seeds", "5-2"], "range '5-2' ends below its start"),
+        ("finetune_gauge", ["--rank", "0"], "--rank must be >= 1"),
+    ],
+)
+def test_study_scripts_refuse_bad_arguments(script, argv, message, capsys):
+    """(run.py's own arguments: tests/test_benchmarks.py)"""
+    main = importlib.import_module(script).main
     with pytest.raises(SystemExit) as info:
-        pagefaults.main(["--repeats", "0"])
-    assert info.value.code == 2
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_regret_script_scores_auto_against_the_forced_strategies(tmp_path, capsys):
@@ -316,23 +332,6 @@ def test_regret_script_against_a_baseline_tree(tmp_path):
         "summary"
     ]
     assert summary["configs"] == 0 and summary["geomean_speedup"] is None
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--select", "changed"], "--select needs --baseline"),
-        (["--select", "all,folded", "--baseline", "x"], "--select takes all"),
-        (["--baseline", "/nonexistent"], "holds no tensortrain package"),
-        (["--configs", "0"], "must be positive"),
-    ],
-)
-def test_regret_script_refuses_bad_arguments(argv, message, capsys):
-    import regret
-
-    with pytest.raises(SystemExit) as info:
-        regret.main(argv)
-    assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_finetune_gauge_variants_keep_the_weight_and_set_their_scales():
@@ -400,21 +399,3 @@ def test_finetune_gauge_committed_results_summarize_their_runs():
         doc = json.loads(path.read_text())
         assert doc["summary"] == finetune_gauge.summarize(doc["runs"], doc["config"]["variants"]), path.name
         assert [r["seed"] for r in doc["runs"]] == doc["config"]["seeds"]
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--variants", "svd,svd"], "variants must be distinct names"),
-        (["--variants", "svd,orth"], "variants must be distinct names"),
-        (["--seeds", "3-x"], "expected an integer, got 'x'"),
-        (["--seeds", "5-2"], "range '5-2' ends below its start"),
-        (["--rank", "0"], "--rank must be >= 1"),
-    ],
-)
-def test_finetune_gauge_refuses_bad_arguments(argv, message, capsys):
-    import finetune_gauge
-
-    with pytest.raises(SystemExit) as exc:
-        finetune_gauge.main(argv)
-    assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -296,9 +296,8 @@ def test_validation():
     for kw in ({"lr": True}, {"lr": 0.1, "momentum": False}, {"lr": torch.tensor(1)}):
         with pytest.raises(TypeError, match="must be a real number"):
             tt.optim.RiemannianSGD(layer, **kw)
-    assert float(tt.optim.RiemannianSGD(layer, lr=torch.tensor(0.1)).param_groups[0]["lr"]) == pytest.approx(
-        0.1
-    )
+    tensor_lr = tt.optim.RiemannianSGD(layer, lr=torch.tensor(0.1))
+    assert float(tensor_lr.param_groups[0]["lr"]) == pytest.approx(0.1)
     bias = torch.nn.Parameter(torch.randn(4, 4))  # (a 2-D one: the message, not TensorTrain's)
     with pytest.raises(TypeError, match=r"entry 2 has shape \(4, 4\): biases and other ordinary parameters"):
         tt.optim.RiemannianSGD([[*layer.cores, bias]], lr=0.1)
@@ -334,9 +333,8 @@ def test_bad_core_gradients_are_named():
     with pytest.raises(TypeError, match="have dtype torch.float32 on cpu, the cores torch.float64"):
         tt.optim.riemannian_gradient_from_cores(x, [c.float() for c in x.tt_cores])
     with pytest.raises(ValueError, match="expected one gradient per core with the core's shape"):
-        tt.optim.riemannian_gradient_from_cores(
-            x, [torch.ones_like(x.tt_cores[0])]
-        )  # (each right, one missing)
+        # (each given one right, one missing)
+        tt.optim.riemannian_gradient_from_cores(x, [torch.ones_like(x.tt_cores[0])])
 
 
 def test_momentum_follows_a_layer_cast_to_another_dtype():
