@@ -223,6 +223,11 @@ def tt_peak_bytes(layer: nn.Module, x: torch.Tensor) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- peers
+def failure(e: Exception, where: str = "") -> str:
+    """A peer's failure as its table note (the first 120 characters)."""
+    return f"error{where}: {type(e).__name__}: {e}"[:120]
+
+
 def peer_layers(
     in_dims: tuple, out_dims: tuple, ranks: tuple[int, ...]
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
@@ -234,18 +239,20 @@ def peer_layers(
     # them (what TTLinear's full plan does where that is cheaper); a row's best peer is the faster of all. Each is
     # built on its own, so that one failing leaves the other timed and a note under its own key (a note under a
     # timed key is not shown)
-    for impl, key in (("factorized", "tltorch"), ("reconstructed", "tltorch-rec")):
-        try:
-            import tltorch
-
-            layers[key] = tltorch.FactorizedLinear(
-                in_dims, out_dims, factorization="blocktt", rank=list(ranks), implementation=impl
-            )
-        except ImportError:
-            notes["tltorch"] = "skipped: not installed"
-            break
-        except Exception as e:  # a peer's own failure is a result, not a crash
-            notes[key] = f"error: {type(e).__name__}: {e}"[:120]
+    try:
+        import tltorch
+    except ImportError:
+        notes["tltorch"] = "skipped: not installed"
+    except Exception as e:  # a peer's own failure is a result, not a crash
+        notes["tltorch"] = failure(e)
+    else:
+        for impl, key in (("factorized", "tltorch"), ("reconstructed", "tltorch-rec")):
+            try:
+                layers[key] = tltorch.FactorizedLinear(
+                    in_dims, out_dims, factorization="blocktt", rank=list(ranks), implementation=impl
+                )
+            except Exception as e:
+                notes[key] = failure(e)
     try:
         import torchtt
 
@@ -261,7 +268,7 @@ def peer_layers(
     except ImportError:
         notes["torchtt"] = "skipped: not installed"
     except Exception as e:
-        notes["torchtt"] = f"error: {type(e).__name__}: {e}"[:120]
+        notes["torchtt"] = failure(e)
     try:
         import t3f  # noqa: F401  (TensorFlow; never in this venv by default)
 
@@ -285,7 +292,7 @@ def working_peers(
             train_step(m, xg)
             ok[key] = m
         except Exception as e:  # a peer's own failure is a result, not a crash
-            notes[key] = f"error at batch {x.shape[0]}: {type(e).__name__}: {e}"[:120]
+            notes[key] = failure(e, f" at batch {x.shape[0]}")
     return ok
 
 
