@@ -105,11 +105,11 @@ def test_training_states_past_the_mmap_threshold_are_priced_with_page_faults(mon
 
     cores = zero_cores((4, 4, 8, 8), (4, 4, 8, 8), 8)
     assert C.plan(cores, 1024, requires_grad=True).kind == "full"
-    plans = {p.program: p for p in C.enumerate_plans(cores, 1024, requires_grad=True)}
+    plans = _by_name(C.enumerate_plans(cores, 1024, requires_grad=True))
     sweep = plans["sweep", "rtl", ((0, 2), (2, 4))]
     assert sweep.saved_bytes >= 32 * 2**20
     monkeypatch.setattr(K, "BLOCKED_ABOVE", 2**40)  # as if no state reached the threshold
-    cheap = {p.program: p for p in C.enumerate_plans(cores, 1024, requires_grad=True)}
+    cheap = _by_name(C.enumerate_plans(cores, 1024, requires_grad=True))
     touch = K.MACHINES["cpu"].touch
     assert sweep.est_seconds - cheap[sweep.program].est_seconds == pytest.approx(2 * 32 * 2**20 / touch)
     # a recomputing sweep keeps its states in reused scratch (forward and backward): only the gradient is fresh
