@@ -181,7 +181,7 @@ def _plain_norm(cores: list[torch.Tensor], batch: bool) -> tuple[torch.Tensor | 
         b = cores[0].shape[0]
         carry, tops = cores[0].reshape(b, -1, cores[0].shape[-1]), []
         for nxt in cores[1:]:
-            rmat = torch.linalg.qr(carry).R
+            rmat = torch.linalg.qr(carry, mode="r").R
             tops.append(torch.linalg.vector_norm(rmat, ord=math.inf, dim=(1, 2)))
             carry = torch.bmm(rmat, nxt.reshape(b, nxt.shape[1], -1)).reshape(b, -1, nxt.shape[-1])
         last = carry.reshape(b, -1)
@@ -193,7 +193,7 @@ def _plain_norm(cores: list[torch.Tensor], batch: bool) -> tuple[torch.Tensor | 
     else:
         carry, mats = cores[0].reshape(-1, cores[0].shape[-1]), []
         for nxt in cores[1:]:
-            rmat = torch.linalg.qr(carry).R
+            rmat = torch.linalg.qr(carry, mode="r").R
             mats.append(rmat)
             carry = (rmat @ nxt.reshape(nxt.shape[0], -1)).reshape(-1, nxt.shape[-1])
         mats.append(carry)
@@ -216,7 +216,7 @@ def _scaled_last_core(cores: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     exps = torch.zeros(carry.shape[0], dtype=torch.int64, device=carry.device)
     for nxt in cores[1:]:
         bs, r, n, s = carry.shape
-        _, rmat = torch.linalg.qr(carry.reshape(bs, r * n, s))
+        _, rmat = torch.linalg.qr(carry.reshape(bs, r * n, s), mode="r")
         rmat, exps = rescale_pow2(rmat, exps)
         carry = torch.bmm(rmat, nxt.reshape(bs, nxt.shape[1], -1)).reshape(bs, rmat.shape[1], *nxt.shape[2:])
     return carry, exps
