@@ -47,6 +47,7 @@ cases = {
     "quadratic_form d4 n4 r4": lambda: tt.quadratic_form(mat, vec, vec),
     "TensorTrain(cores) d6": lambda: tt.TensorTrain(a.tt_cores),
     "flat_inner d8 n8 r64": lambda: tt.flat_inner(big, big2),
+    "frobenius_norm d8 n8 r64": lambda: tt.frobenius_norm(big),
     "round d8 n8 r64 -> 16": lambda: tt.round(big, max_tt_rank=16),
 }
 out = {}
