@@ -238,9 +238,8 @@ def nnls_relative(rows: list[dict[str, Any]]) -> list[float]:
     """Non-negative least squares of ``features . theta = seconds`` on relative error (active set)."""
     a = torch.tensor([[f / r["seconds"] for f in r["features"]] for r in rows], dtype=torch.float64)
     b = torch.ones(len(rows), dtype=torch.float64)
-    active = [
-        k for k in range(a.shape[1]) if bool(a[:, k].any())
-    ]  # (no such work timed: the constant stays 0)
+    # (no such work timed: the constant stays 0)
+    active = [k for k in range(a.shape[1]) if bool(a[:, k].any())]
     while True:
         sol = torch.linalg.lstsq(a[:, active], b[:, None]).solution[:, 0]
         if (sol >= 0).all():

@@ -16,9 +16,8 @@ def test_tangent_vectors_stay_tangent_through_cast_and_concatenation():
     x = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64)
     g = [tt.project(torch.randn(3, 4, 5, dtype=torch.float64), x) for _ in range(2)]
     assert tt.cast(g[0], torch.float64).projection_on is x
-    assert (
-        getattr(tt.cast(g[0], torch.float32), "projection_on", None) is None
-    )  # another dtype: another point
+    # another dtype: another point
+    assert getattr(tt.cast(g[0], torch.float32), "projection_on", None) is None
     batch = tt.concat_along_batch_dim(g)
     assert batch.projection_on is x
     assert_close(tt.pairwise_flat_inner_projected(batch, batch), tt.pairwise_flat_inner(batch, batch))

@@ -551,9 +551,8 @@ def test_a_peer_that_fails_when_called_is_a_note_not_a_crash(monkeypatch):
     # (a peer failing at a later batch only: noted in that row, timed in the earlier one)
     assert "tltorch" not in rows[0]["peer_notes"] and "tltorch" in rows[0]["params"]
     assert rows[1]["peer_notes"]["tltorch"].startswith("error at batch 5: RuntimeError: too big")
-    assert (
-        "torchtt" not in rows[0]["params"] and rows[0]["params"]["tt"] > 0
-    )  # (the rest of the row is timed)
+    # (the rest of the row is timed)
+    assert "torchtt" not in rows[0]["params"] and rows[0]["params"]["tt"] > 0
 
 
 def test_a_tltorch_forward_that_fails_to_build_is_noted_under_its_own_key(monkeypatch):

@@ -515,9 +515,8 @@ def test_second_order_and_symbolic_numbers_under_compile(gen):
     assert_close(torch.compile(hvp, backend=BACKEND)(*y.tt_cores), want)  # (runs eagerly inside)
     with pytest.raises(TypeError, match="compiled by torch.compile"):
         tt.hessian_vector_product(torch.compile(loss, backend=BACKEND), y, v)
-    assert_close(
-        tt.full(tt.hessian_vector_product(torch.compiler.disable(loss), y, v)), want
-    )  # (not compiled)
+    # (not compiled)
+    assert_close(tt.full(tt.hessian_vector_product(torch.compiler.disable(loss), y, v)), want)
 
     scaled = _compiled(lambda s, *cores: tt.full(tt.TensorTrain(list(cores)) * s))
     for s in (2.0, -3.0, 0.5):  # (dynamo makes s symbolic from its second value on)

@@ -877,9 +877,8 @@ def test_a_transformer_encoder_with_a_later_layer_compressed_keeps_working():
     assert not small.use_nested_tensor and enc.use_nested_tensor  # the original keeps its fast path
     dense = tt.decompress(small)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # (the dense encoder's own nested-tensor path warns of its prototype API)
+        # (the dense encoder's own nested-tensor path warns of its prototype API)
+        warnings.simplefilter("ignore")
         y, want = small(x, src_key_padding_mask=mask), dense(x, src_key_padding_mask=mask)
     assert torch.allclose(y[~mask], want[~mask], atol=1e-5)
     assert dense.use_nested_tensor  # decompress gives the fast path back

@@ -580,9 +580,8 @@ def test_inference_sweeps_add_the_bias_in_place():
             y = C.linear(x, layer.weight, layer.bias, strategy=strategy)
         assert_close(y, x @ tt.full(layer.weight).T + layer.bias)
         assert "aten.add_.Tensor" in ops.seen and "aten.add.Tensor" not in ops.seen, ops.seen
-    y = C.linear(
-        x, layer.weight, layer.bias, strategy="grouped_rtl"
-    )  # with grad: out of place, differentiable
+    # with grad: out of place, differentiable
+    y = C.linear(x, layer.weight, layer.bias, strategy="grouped_rtl")
     y.sum().backward()
     assert_close(layer.bias.grad, torch.full((48,), 300.0, dtype=torch.float64))
 

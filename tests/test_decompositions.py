@@ -184,9 +184,8 @@ def test_epsilon_bound_for_matrices(spec, eps, seed):
 def test_epsilon_for_d2_is_eckart_young(gen):
     a = torch.randn(12, 15, generator=gen, dtype=torch.float64)
     s = torch.linalg.svdvals(a)
-    tails = (
-        torch.flip(torch.cumsum(torch.flip(s**2, [0]), 0), [0]).sqrt() / a.norm()
-    )  # tails[r] = err of rank r
+    # tails[r] = err of rank r
+    tails = torch.flip(torch.cumsum(torch.flip(s**2, [0]), 0), [0]).sqrt() / a.norm()
     for eps in (0.05, 0.3, 0.6):
         x = tt.to_tt_tensor(a, None, eps)
         expected = int((tails > eps).sum())  # smallest r with tail(r) <= eps

@@ -311,9 +311,8 @@ def test_a_real_layer_called_under_fake_tensor_mode_keeps_nothing_fake():
         tt.contraction.clear_plan_cache()
         with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
             assert isinstance(layer(mode.from_tensor(x)), FakeTensor)
-        assert (
-            not layer._cache
-        )  # (and nothing tuned: the cost model's plan for "auto" is the real call's too)
+        # (and nothing tuned: the cost model's plan for "auto" is the real call's too)
+        assert not layer._cache
         assert tt.contraction.plan_cache_size() == (strategy == "auto")
         with torch.no_grad():
             got = layer(x)

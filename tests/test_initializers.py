@@ -185,12 +185,8 @@ def test_svd_tt_ranks_errors_name_it():
         tt.svd_tt_ranks(2, 5)
     with pytest.raises(tt.ShapeError, match=r"^svd_tt_ranks: expected at least one mode size"):
         tt.svd_tt_ranks(2, [])
-    assert tt.svd_tt_ranks((1, 8, 1, 1), (16, 4, 4)) == (
-        1,
-        8,
-        1,
-        1,
-    )  # a bound from the left only, as TT-SVD's
+    # a bound from the left only, as TT-SVD's
+    assert tt.svd_tt_ranks((1, 8, 1, 1), (16, 4, 4)) == (1, 8, 1, 1)
 
 
 _SEEDED = [

@@ -694,9 +694,8 @@ def test_cores_sharing_memory_and_short_writes_round_trip(tmp_path, monkeypatch)
     tt.save(shared, path)  # (safetensors refuses tensors sharing memory: each core is copied)
     assert torch.equal(tt.full(tt.load(path)), tt.full(shared))
     real = os.write
-    monkeypatch.setattr(
-        tio.os, "write", lambda fd, data: real(fd, bytes(data[:64]))
-    )  # POSIX allows short writes
+    # POSIX allows short writes
+    monkeypatch.setattr(tio.os, "write", lambda fd, data: real(fd, bytes(data[:64])))
     a = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64)
     tt.save(a, path)
     monkeypatch.undo()

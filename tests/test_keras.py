@@ -463,9 +463,8 @@ def test_wrong_input_size_raises_shape_error():
     with pytest.raises(ValueError, match=r"expected axis -1 of input shape to have value 784.*\(None, 100\)"):
         layer(keras.Input((100,)))
     assert tuple(layer(keras.Input((3, 784))).shape) == (None, 3, 625)
-    assert tuple(layer(np.zeros(784, "float32")).shape) == (
-        625,
-    )  # one sample without a batch axis, as before
+    # one sample without a batch axis, as before
+    assert tuple(layer(np.zeros(784, "float32")).shape) == (625,)
 
 
 def _run_module_source() -> None:

@@ -343,9 +343,8 @@ def test_lookup_path_choice():
     big = tt.nn.TTEmbedding(1_000_000, 128, tt_rank=16).weight
     assert _halves_split(big, 4096) == 2
     assert _halves_split(big, 4) is None
-    assert (
-        _halves_split(tt.TensorTrain([torch.ones(1, 10, 4, 1)]), 1000) is None
-    )  # one core: nothing to split
+    # one core: nothing to split
+    assert _halves_split(tt.TensorTrain([torch.ones(1, 10, 4, 1)]), 1000) is None
 
 
 def test_layer_keeps_its_halves_for_inference_and_sees_core_updates(gen):

@@ -358,9 +358,8 @@ def test_a_rank_sequence_with_automatic_dims_must_be_the_full_form():
     ):
         tt.nn.TTLinear(784, 625, tt_rank=(1, 8, 8, 8, 8, 8, 1))  # longer than d + 1 too
     with pytest.raises(tt.ShapeError, match=r"in_dims=\(2, 3\) multiply to 6, but in_features=12$"):
-        tt.nn.TTLinear(
-            12, 6, tt_rank=2, in_dims=(2, 3), out_dims=(2, 3)
-        )  # (not "swapped": only one side is off)
+        # (not "swapped": only one side is off)
+        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(2, 3), out_dims=(2, 3))
     # with dims given, t3f's d - 1 inner ranks stay accepted
     assert tt.nn.TTLinear(784, 625, tt_rank=(8,), in_dims=(28, 28), out_dims=(25, 25)).tt_ranks == (1, 8, 1)
 

@@ -111,9 +111,8 @@ def test_inference_mode_layers_and_inputs():
 def test_enable_grad_inside_inference_mode_records_nothing(strategy, batch):
     """Under inference_mode + enable_grad the full plan with a one-core half took the training path and tried to
     save an inference-tensor half for backward (RuntimeError); nn.Linear returns a plain output there."""
-    layer = tt.nn.TTLinear(
-        100, 30, tt_rank=4, dtype=torch.float64
-    )  # 3 cores: the full plan has a one-core half
+    # 3 cores: the full plan has a one-core half
+    layer = tt.nn.TTLinear(100, 30, tt_rank=4, dtype=torch.float64)
     layer.strategy = strategy
     x = torch.randn(batch, 100, dtype=torch.float64)
     w = layer.weight

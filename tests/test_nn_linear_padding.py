@@ -223,13 +223,11 @@ def test_state_of_other_sizes_with_the_same_dims_is_refused(bias, tmp_path):
             before = [p.detach().clone() for p in dst.parameters()]
             with pytest.raises(RuntimeError, match=r"checkpoint is of a TT\w+\(.*\), this layer is a TT"):
                 dst.load_state_dict(src.state_dict())
-            assert all(
-                torch.equal(a, b) for a, b in zip(before, dst.parameters(), strict=True)
-            )  # nothing loaded
+            # nothing loaded
+            assert all(torch.equal(a, b) for a, b in zip(before, dst.parameters(), strict=True))
         with pytest.raises(RuntimeError, match=rf"\t0: the checkpoint is of a TT\w+\(.*{named}"):
-            nn.Sequential(big).load_state_dict(
-                torch.load(tmp_path / "small.pt")
-            )  # metadata kept by torch.save
+            # metadata kept by torch.save
+            nn.Sequential(big).load_state_dict(torch.load(tmp_path / "small.pt"))
         again = copy.deepcopy(small)
         again.load_state_dict(small.state_dict())  # same sizes: loads
         plain = dict(small.state_dict())  # no metadata (a safetensors file, say): unchecked, as before

@@ -411,9 +411,8 @@ def test_recomputed_states_borrow_reused_scratch(gen, monkeypatch):
             held = workspace.held_bytes()
             assert held > 0
     assert workspace.held_bytes() == held  # the second step reused the buffer
-    assert (
-        held == plain.saved_bytes - again.saved_bytes
-    )  # one state's bytes: backward reused forward's buffer
+    # one state's bytes: backward reused forward's buffer
+    assert held == plain.saved_bytes - again.saved_bytes
     workspace.empty_cache()
 
 

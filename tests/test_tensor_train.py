@@ -179,9 +179,8 @@ def test_numpy_and_torch_integers_are_ints_bools_strings_and_fractions_are_not()
         assert tt.normalize_tt_rank(r, 3) == (1, 3, 3, 1)
     for rs in (np.array([2, 3]), torch.tensor([2, 3]), [np.int64(2), 3]):
         assert tt.normalize_tt_rank(rs, 3) == (1, 2, 3, 1)
-    assert (
-        tt.normalize_tt_rank(2.0, 3) == tt.normalize_tt_rank([2.0, 2], 3) == (1, 2, 2, 1)
-    )  # whole, as t3f casts
+    # whole, as t3f casts
+    assert tt.normalize_tt_rank(2.0, 3) == tt.normalize_tt_rank([2.0, 2], 3) == (1, 2, 2, 1)
     for bad in (True, 2.5, "3", "23", b"3", None, [2.5, 3], ["2", 3], [True, 3]):
         with pytest.raises(TypeError):
             tt.normalize_tt_rank(bad, 3)
