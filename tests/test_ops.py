@@ -4,6 +4,7 @@ renormalize_tt_cores, and the operators that delegate to them."""
 from __future__ import annotations
 
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -74,6 +75,46 @@ def test_full_float32(gen):
 def test_full_gradcheck(gen):
     cores = [c.requires_grad_() for c in random_cores(((2, 2), (3, 2)), (1, 2, 1), gen=gen)]
     assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))), cores)
+
+
+@given(spec=matrix_specs(min_d=2, max_mode=5, max_rank=4), seed=seeds, b=st.sampled_from([None, 2]))
+def test_full_of_a_matrix_by_halves_matches_explicit_sum(spec, seed, b):
+    """Every matrix built by halves (the size threshold off): both products (in W's layout, and GEMM then
+    permute), any bond, batches."""
+    raw, ranks = spec
+    x = random_tt(raw, ranks, gen=_gen(seed), batch_size=b)
+    with patch.object(ops, "_SWEPT_FULL", 0):
+        dense = ops.full(x)
+    elements = [x] if b is None else [x[i] for i in range(b)]
+    want = [_dense_from_cores(list(e.tt_cores), raw) for e in elements]
+    assert_close(dense, want[0] if b is None else torch.stack(want))
+    assert dense.is_contiguous()
+
+
+@pytest.mark.parametrize("rank", [4, 16])  # a product in W's layout, and one GEMM then a permute
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_full_of_a_tutorial_sized_matrix(gen, rank, dtype):
+    raw = ((4, 7, 4, 7), (5, 5, 5, 5))
+    cores = random_cores(raw, (1, rank, rank, rank, 1), gen=gen, dtype=dtype)
+    want = _dense_from_cores([c.double() for c in cores], raw)
+    assert math.prod(want.shape) > ops._SWEPT_FULL
+    assert_close(ops.full(tt.TensorTrain(cores)), want.to(dtype))
+
+
+def test_full_by_halves_gradcheck(gen):
+    for ranks in ((1, 1, 1, 1, 1), (1, 2, 2, 2, 1)):  # (in W's layout at rank 1; GEMM then permute at rank 2)
+        cores = [c.requires_grad_() for c in random_cores(((2, 2, 2, 2), (2, 2, 2, 2)), ranks, gen=gen)]
+        with patch.object(ops, "_SWEPT_FULL", 0):
+            assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))), cores)
+
+
+def test_full_cuts_a_matrix_at_its_cheapest_bond():
+    """The bond of rank 1 between two rank-8 ones, not the middle one; a tie goes to the earlier bond."""
+    raw = ((4, 4, 4, 4), (4, 4, 4, 4))
+    cores = random_cores(raw, (1, 8, 1, 8, 1), gen=torch.Generator().manual_seed(0))
+    assert ops._matrix_split([c.unsqueeze(0) for c in cores], *raw) == 2
+    cores = random_cores(raw, (1, 2, 8, 2, 1), gen=torch.Generator().manual_seed(0))
+    assert ops._matrix_split([c.unsqueeze(0) for c in cores], *raw) == 1
 
 
 def test_full_rejects_non_tt():

@@ -123,18 +123,81 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
         )
     cores = batched_cores(tt)
     b = cores[0].shape[0]
-    res = run_scaled(lambda scaled: _full_steps(cores, scaled=scaled), cores)  # (cores of unbalanced scales)
     if tt.is_tt_matrix():
         rows, cols = matrix_dims(tt)
-        d = len(rows)
-        # Interleaved (m_1, n_1, ..., m_d, n_d) -> (m_1..m_d, n_1..n_d).
-        res = res.reshape(b, *(s for pair in zip(rows, cols, strict=True) for s in pair))
-        perm = [0, *range(1, 2 * d + 1, 2), *range(2, 2 * d + 1, 2)]
+        # (the scaled sweep for cores of unbalanced scales)
+        res = run_scaled(lambda scaled: _full_matrix(cores, rows, cols, scaled), cores)
         # contiguous: a permuted view with size-1 modes has strides some torch ops reject (torch.kron).
-        res = res.permute(perm).reshape(b, math.prod(rows), math.prod(cols)).contiguous()
+        res = res.contiguous()
     else:
-        res = res.reshape(b, *tensor_dims(tt))
+        res = run_scaled(lambda scaled: _full_steps(cores, scaled=scaled), cores).reshape(b, *tensor_dims(tt))
     return res if is_batch(tt) else res[0]
+
+
+# Up to this many entries, full() sweeps all the cores of a TT-matrix and permutes W's interleaved modes once: for
+# so small a W the fewer kernels win (16 x 16: 42 us against 69 us by halves; 81 x 81: 66 against 76; 256 x 256:
+# 220 against 107; float64, float64 and float32 on the 2-core Intel Xeon).
+_SWEPT_FULL = 1 << 13
+
+
+def _full_matrix(
+    cores: list[torch.Tensor], rows: tuple[int, ...], cols: tuple[int, ...], scaled: bool
+) -> torch.Tensor:
+    """``(B, M, N)`` from batched TT-matrix cores: two halves, each swept as :func:`_full_steps` sweeps and its
+    modes put rows first (a copy of the half), then their product in W's layout.
+
+    Sweeping all the cores leaves W's modes interleaved, ``(m_1, n_1, ..., m_d, n_d)``, and the permute of
+    ``2d + 1`` dims that sorts them costs more than the products: by halves, ``full`` of a 784 x 625 TT-matrix ran
+    5.5-7.3x faster at rank 4 and 1.4-1.5x at rank 16, of 4096 x 4096 ones 1.7-2.8x at ranks 8 to 64 (two runs on
+    the 2-core Intel Xeon). The product is one GEMM per pair of left and right row indices, written straight into
+    W's layout, where the rank is at most a quarter of both halves' column counts (their broadcast copies are
+    then at most half of W); otherwise one GEMM and one permute of W with five dims. Small matrices
+    (:data:`_SWEPT_FULL`) and the scaled sweep (cores of unbalanced scales: a half alone may leave the dtype's
+    range where W does not) keep the one sweep.
+    """
+    d, b = len(cores), cores[0].shape[0]
+    modes = [v for k in range(d) for v in (rows[k], cols[k])]  # (m_1, n_1, ..., m_d, n_d)
+    if scaled or d == 1 or math.prod(rows) * math.prod(cols) <= _SWEPT_FULL:
+        res = _full_steps(cores, scaled=scaled).reshape(b, *modes)
+        return _rows_first(res, 1, d).reshape(b, math.prod(rows), math.prod(cols))
+    s = _matrix_split(cores, rows, cols)
+    left = _full_steps(cores[:s], scaled=False)  # (B, m_1 n_1 ... m_s n_s, r_s)
+    right = _full_steps(cores[s:], scaled=False)  # (B, r_s m_{s+1} n_{s+1} ... m_d n_d, 1)
+    r = left.shape[-1]
+    ml, nl, mr, nr = math.prod(rows[:s]), math.prod(cols[:s]), math.prod(rows[s:]), math.prod(cols[s:])
+    left = _rows_first(left.reshape(b, *modes[: 2 * s], r), 1, s).reshape(b, ml, nl, r)
+    right = _rows_first(right.reshape(b, r, *modes[2 * s :]), 2, d - s).reshape(b, r, mr, nr)
+    if 4 * r <= min(nl, nr):
+        # (B, M_L, 1, N_L, r) @ (B, 1, M_R, r, N_R): W as (B, M_L, M_R, N_L, N_R), no permute
+        w = torch.matmul(left.unsqueeze(2), right.transpose(1, 2).unsqueeze(1))
+        return w.reshape(b, ml * mr, nl * nr)
+    w = torch.bmm(left.reshape(b, ml * nl, r), right.reshape(b, r, mr * nr)).reshape(b, ml, nl, mr, nr)
+    return w.permute(0, 1, 3, 2, 4).reshape(b, ml * mr, nl * nr)
+
+
+def _rows_first(t: torch.Tensor, lead: int, g: int) -> torch.Tensor:
+    """``t`` with its ``g`` interleaved (row, column) mode pairs after the first ``lead`` dims permuted rows
+    first, ``(m_1, ..., m_g, n_1, ..., n_g)`` (a view)."""
+    modes = range(lead, lead + 2 * g)
+    return t.permute(*range(lead), *modes[0::2], *modes[1::2], *range(lead + 2 * g, t.dim()))
+
+
+def _matrix_split(cores: list[torch.Tensor], rows: tuple[int, ...], cols: tuple[int, ...]) -> int:
+    """The bond ``s`` (``1 <= s < d``) at which :func:`_full_matrix` cuts the batched cores: the fewest
+    multiplications over both halves' sweeps and the GEMM (``M N r_s``); the earliest bond on a tie."""
+    d = len(cores)
+    ranks = [int(c.shape[1]) for c in cores] + [1]
+    sizes = [m * n for m, n in zip(rows, cols, strict=True)]
+
+    def sweep(lo: int, hi: int) -> int:  # multiplications of _full_steps over cores lo..hi-1
+        cost, done = 0, ranks[lo] * sizes[lo]
+        for k in range(lo + 1, hi):
+            cost += done * ranks[k] * sizes[k] * ranks[k + 1]
+            done *= sizes[k]
+        return cost
+
+    total = math.prod(sizes)
+    return min(range(1, d), key=lambda s: sweep(0, s) + sweep(s, d) + total * ranks[s])
 
 
 def transpose(tt_matrix: TensorTrainBase) -> Any:
