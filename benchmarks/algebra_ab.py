@@ -3,8 +3,8 @@
 Exports ``src`` as it was at ``--against`` (``git archive``) into a temporary folder and times the same
 operations with each tree in its own subprocess, alternating old and new ``--rounds`` times; prints, per
 operation, the faster median of each side (microseconds) and old / new. Small TTs (modes 4, ranks 4, d = 6; a
-rank-8 TT rounded to rank 4) are where fixed costs dominate; two rank-64 cases over 8^8 show the compute-bound
-end. float64, one thread.
+rank-8 TT rounded to rank 4) are where fixed costs dominate; rank-64 cases over 8^8 and ``full`` of the tutorial's
+784 x 625 TT-matrix (ranks 4 and 16) show the compute-bound end. float64, one thread.
 
     .venv/bin/python benchmarks/algebra_ab.py --against 58284e7
 """
@@ -34,6 +34,7 @@ a8 = tt.random_tensor((4,) * 6, tt_rank=8, **kw)
 m = tt.random_matrix(((4,) * 6, (4,) * 6), tt_rank=4, **kw)
 vec, mat = tt.random_tensor((4,) * 4, tt_rank=4, **kw), tt.random_matrix(((4,) * 4, (4,) * 4), tt_rank=4, **kw)
 big, big2 = tt.random_tensor((8,) * 8, tt_rank=64, **kw), tt.random_tensor((8,) * 8, tt_rank=64, **kw)
+w4, w16 = (tt.random_matrix(((4, 7, 4, 7), (5, 5, 5, 5)), tt_rank=r, **kw) for r in (4, 16))
 cases = {
     "round d6 n4 r8 -> 4": lambda: tt.round(a8, max_tt_rank=4),
     "round d6 n4 r8, epsilon 1e-2": lambda: tt.round(a8, epsilon=1e-2),
@@ -49,12 +50,14 @@ cases = {
     "flat_inner d8 n8 r64": lambda: tt.flat_inner(big, big2),
     "frobenius_norm d8 n8 r64": lambda: tt.frobenius_norm(big),
     "round d8 n8 r64 -> 16": lambda: tt.round(big, max_tt_rank=16),
+    "full 784x625 r4": lambda: tt.full(w4),
+    "full 784x625 r16": lambda: tt.full(w16),
 }
 out = {}
 for name, f in cases.items():
     for _ in range(20):
         f()
-    n = 20 if "r64" in name else 200
+    n = 20 if "r64" in name or "full" in name else 200
     reps = []
     for _ in range(7):
         t = time.perf_counter()
