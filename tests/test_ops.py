@@ -77,10 +77,14 @@ def test_full_gradcheck(gen):
     assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))), cores)
 
 
-@given(spec=matrix_specs(min_d=2, max_mode=5, max_rank=4), seed=seeds, b=st.sampled_from([None, 2]))
-def test_full_of_a_matrix_by_halves_matches_explicit_sum(spec, seed, b):
-    """Every matrix built by halves (the size threshold off): both products (in W's layout, and GEMM then
-    permute), any bond, batches."""
+@given(
+    spec=st.one_of(tensor_specs(min_d=2, max_rank=4), matrix_specs(min_d=2, max_mode=5, max_rank=4)),
+    seed=seeds,
+    b=st.sampled_from([None, 2]),
+)
+def test_full_by_halves_matches_explicit_sum(spec, seed, b):
+    """Every TT-tensor and TT-matrix built by halves (the size threshold off): any bond, both products of a
+    matrix's halves (in W's layout, and GEMM then permute), batches."""
     raw, ranks = spec
     x = random_tt(raw, ranks, gen=_gen(seed), batch_size=b)
     with patch.object(ops, "_SWEPT_FULL", 0):
@@ -101,20 +105,31 @@ def test_full_of_a_tutorial_sized_matrix(gen, rank, dtype):
     assert_close(ops.full(tt.TensorTrain(cores)), want.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_full_of_a_large_tensor_of_high_rank(gen, dtype):
+    """4^8 at rank 16, above the modes: by halves; a batch of two."""
+    raw = (4,) * 8
+    x = random_tt(raw, (1, *[16] * 7, 1), gen=gen, batch_size=2, dtype=dtype)
+    want = torch.stack([_dense_from_cores([c.double() for c in x[i].tt_cores], raw) for i in range(2)])
+    assert math.prod(raw) > ops._SWEPT_FULL
+    assert_close(ops.full(x), want.to(dtype))
+
+
 def test_full_by_halves_gradcheck(gen):
     for ranks in ((1, 1, 1, 1, 1), (1, 2, 2, 2, 1)):  # (in W's layout at rank 1; GEMM then permute at rank 2)
-        cores = [c.requires_grad_() for c in random_cores(((2, 2, 2, 2), (2, 2, 2, 2)), ranks, gen=gen)]
-        with patch.object(ops, "_SWEPT_FULL", 0):
-            assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))), cores)
+        for raw in (((2, 2, 2, 2), (2, 2, 2, 2)), (3, 2, 2, 3)):
+            cores = [c.requires_grad_() for c in random_cores(raw, ranks, gen=gen)]
+            with patch.object(ops, "_SWEPT_FULL", 0):
+                assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))), cores)
 
 
-def test_full_cuts_a_matrix_at_its_cheapest_bond():
+def test_full_cuts_at_the_cheapest_bond():
     """The bond of rank 1 between two rank-8 ones, not the middle one; a tie goes to the earlier bond."""
     raw = ((4, 4, 4, 4), (4, 4, 4, 4))
     cores = random_cores(raw, (1, 8, 1, 8, 1), gen=torch.Generator().manual_seed(0))
-    assert ops._matrix_split([c.unsqueeze(0) for c in cores], *raw) == 2
+    assert ops._split([c.unsqueeze(0) for c in cores], [16] * 4) == 2
     cores = random_cores(raw, (1, 2, 8, 2, 1), gen=torch.Generator().manual_seed(0))
-    assert ops._matrix_split([c.unsqueeze(0) for c in cores], *raw) == 1
+    assert ops._split([c.unsqueeze(0) for c in cores], [16] * 4) == 1
 
 
 def test_full_rejects_non_tt():

@@ -130,14 +130,35 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
         # contiguous: a permuted view with size-1 modes has strides some torch ops reject (torch.kron).
         res = res.contiguous()
     else:
-        res = run_scaled(lambda scaled: _full_steps(cores, scaled=scaled), cores).reshape(b, *tensor_dims(tt))
+        res = run_scaled(lambda scaled: _full_tensor(cores, scaled), cores).reshape(b, *tensor_dims(tt))
     return res if is_batch(tt) else res[0]
 
 
-# Up to this many entries, full() sweeps all the cores of a TT-matrix and permutes W's interleaved modes once: for
-# so small a W the fewer kernels win (16 x 16: 42 us against 69 us by halves; 81 x 81: 66 against 76; 256 x 256:
-# 220 against 107; float64, float64 and float32 on the 2-core Intel Xeon).
+# Up to this many entries, full() sweeps all the cores (and permutes a TT-matrix's interleaved modes once) instead of
+# building by halves: for so small a result the fewer kernels win (TT-matrices of 16 x 16: 42 us against 69 us by
+# halves; 81 x 81: 66 against 76; 256 x 256: 220 against 107; float64, float64 and float32 on the 2-core Intel Xeon).
 _SWEPT_FULL = 1 << 13
+
+
+def _full_tensor(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
+    """``(B, N, 1)`` from batched TT-tensor cores: the product of two halves, each swept as :func:`_full_steps`
+    sweeps (one GEMM of the cut's rank).
+
+    Sweeping all the cores, the steps before the last carry ``r`` times the result where the rank exceeds the last
+    modes (a state of ``N r / n_d`` numbers, times ``n_{d-1}`` and ``r`` again in its GEMM); by halves each state
+    is about the square root of the result's size. ``full`` ran 7.3-8.3x faster on a 4^10 rank-16 float32
+    TT-tensor, 1.9-2.3x at rank 4, 2.4-3.1x on 6^8 at rank 24, 1.3-1.5x on 8^6 at rank 16 (two runs on the 2-core
+    Intel Xeon). Small results (:data:`_SWEPT_FULL`) and the scaled sweep keep the one sweep, as in
+    :func:`_full_matrix`.
+    """
+    d, b = len(cores), cores[0].shape[0]
+    sizes = [int(c.shape[2]) for c in cores]
+    if scaled or d == 1 or math.prod(sizes) <= _SWEPT_FULL:
+        return _full_steps(cores, scaled=scaled)
+    s = _split(cores, sizes)
+    left = _full_steps(cores[:s], scaled=False)  # (B, n_1 ... n_s, r_s)
+    right = _full_steps(cores[s:], scaled=False)  # (B, r_s n_{s+1} ... n_d, 1)
+    return torch.bmm(left, right.reshape(b, left.shape[-1], -1)).reshape(b, -1, 1)
 
 
 def _full_matrix(
@@ -160,7 +181,7 @@ def _full_matrix(
     if scaled or d == 1 or math.prod(rows) * math.prod(cols) <= _SWEPT_FULL:
         res = _full_steps(cores, scaled=scaled).reshape(b, *modes)
         return _rows_first(res, 1, d).reshape(b, math.prod(rows), math.prod(cols))
-    s = _matrix_split(cores, rows, cols)
+    s = _split(cores, [rows[k] * cols[k] for k in range(d)])
     left = _full_steps(cores[:s], scaled=False)  # (B, m_1 n_1 ... m_s n_s, r_s)
     right = _full_steps(cores[s:], scaled=False)  # (B, r_s m_{s+1} n_{s+1} ... m_d n_d, 1)
     r = left.shape[-1]
@@ -182,12 +203,12 @@ def _rows_first(t: torch.Tensor, lead: int, g: int) -> torch.Tensor:
     return t.permute(*range(lead), *modes[0::2], *modes[1::2], *range(lead + 2 * g, t.dim()))
 
 
-def _matrix_split(cores: list[torch.Tensor], rows: tuple[int, ...], cols: tuple[int, ...]) -> int:
-    """The bond ``s`` (``1 <= s < d``) at which :func:`_full_matrix` cuts the batched cores: the fewest
-    multiplications over both halves' sweeps and the GEMM (``M N r_s``); the earliest bond on a tie."""
+def _split(cores: list[torch.Tensor], sizes: list[int]) -> int:
+    """The bond ``s`` (``1 <= s < d``) at which :func:`_full_tensor` and :func:`_full_matrix` cut the batched
+    cores, whose modes hold ``sizes`` entries each (``m_k n_k`` for a TT-matrix): the fewest multiplications over
+    both halves' sweeps and their GEMM (``N r_s``); the earliest bond on a tie."""
     d = len(cores)
     ranks = [int(c.shape[1]) for c in cores] + [1]
-    sizes = [m * n for m, n in zip(rows, cols, strict=True)]
 
     def sweep(lo: int, hi: int) -> int:  # multiplications of _full_steps over cores lo..hi-1
         cost, done = 0, ranks[lo] * sizes[lo]
