@@ -4,7 +4,8 @@ Exports ``src`` as it was at ``--against`` (``git archive``) into a temporary fo
 operations with each tree in its own subprocess, alternating old and new ``--rounds`` times; prints, per
 operation, the faster median of each side (microseconds) and old / new. Small TTs (modes 4, ranks 4, d = 6; a
 rank-8 TT rounded to rank 4) are where fixed costs dominate; rank-64 cases over 8^8 and ``full`` of the tutorial's
-784 x 625 TT-matrix (ranks 4 and 16) show the compute-bound end. float64, one thread.
+784 x 625 TT-matrix (ranks 4 and 16) and of a 4^10 rank-16 TT-tensor show the compute-bound end. float64, one
+thread.
 
     .venv/bin/python benchmarks/algebra_ab.py --against 58284e7
 """
@@ -35,6 +36,7 @@ m = tt.random_matrix(((4,) * 6, (4,) * 6), tt_rank=4, **kw)
 vec, mat = tt.random_tensor((4,) * 4, tt_rank=4, **kw), tt.random_matrix(((4,) * 4, (4,) * 4), tt_rank=4, **kw)
 big, big2 = tt.random_tensor((8,) * 8, tt_rank=64, **kw), tt.random_tensor((8,) * 8, tt_rank=64, **kw)
 w4, w16 = (tt.random_matrix(((4, 7, 4, 7), (5, 5, 5, 5)), tt_rank=r, **kw) for r in (4, 16))
+t16 = tt.random_tensor((4,) * 10, tt_rank=16, **kw)
 cases = {
     "round d6 n4 r8 -> 4": lambda: tt.round(a8, max_tt_rank=4),
     "round d6 n4 r8, epsilon 1e-2": lambda: tt.round(a8, epsilon=1e-2),
@@ -52,6 +54,7 @@ cases = {
     "round d8 n8 r64 -> 16": lambda: tt.round(big, max_tt_rank=16),
     "full 784x625 r4": lambda: tt.full(w4),
     "full 784x625 r16": lambda: tt.full(w16),
+    "full d10 n4 r16": lambda: tt.full(t16),
 }
 out = {}
 for name, f in cases.items():
