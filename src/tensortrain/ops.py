@@ -144,9 +144,9 @@ def _full_tensor(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
     """``(B, N, 1)`` from batched TT-tensor cores: the product of two halves, each swept as :func:`_full_steps`
     sweeps (one GEMM of the cut's rank).
 
-    Sweeping all the cores, the steps before the last carry ``r`` times the result where the rank exceeds the last
-    modes (a state of ``N r / n_d`` numbers, times ``n_{d-1}`` and ``r`` again in its GEMM); by halves each state
-    is about the square root of the result's size. ``full`` ran 7.3-8.3x faster on a 4^10 rank-16 float32
+    Sweeping all the cores, the state before the last step holds ``N r / n_d`` numbers, computed with ``N r^2 / n_d``
+    multiplications: more than the result where the rank exceeds the last mode. By halves each half holds about
+    ``sqrt(N) r`` numbers and their GEMM takes ``N r`` multiplications. ``full`` ran 7.3-8.3x faster on a 4^10 rank-16 float32
     TT-tensor, 1.9-2.3x at rank 4, 2.4-3.1x on 6^8 at rank 24, 1.3-1.5x on 8^6 at rank 16 (two runs on the 2-core
     Intel Xeon). Small results (:data:`_SWEPT_FULL`) and the scaled sweep keep the one sweep, as in
     :func:`_full_matrix`.
