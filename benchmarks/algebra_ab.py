@@ -4,8 +4,8 @@ Exports ``src`` as it was at ``--against`` (``git archive``) into a temporary fo
 operations with each tree in its own subprocess, alternating old and new ``--rounds`` times; prints, per
 operation, the faster median of each side (microseconds) and old / new. Small TTs (modes 4, ranks 4, d = 6; a
 rank-8 TT rounded to rank 4) are where fixed costs dominate; rank-64 cases over 8^8 and ``full`` of the tutorial's
-784 x 625 TT-matrix (ranks 4 and 16) and of a 4^10 rank-16 TT-tensor show the compute-bound end. float64, one
-thread.
+784 x 625 TT-matrix (ranks 4 and 16) and of a 4^10 rank-16 TT-tensor, and the Gram matrix of 100 rank-8 TTs,
+show the compute-bound end. float64, one thread.
 
     .venv/bin/python benchmarks/algebra_ab.py --against 58284e7
 """
@@ -37,6 +37,7 @@ vec, mat = tt.random_tensor((4,) * 4, tt_rank=4, **kw), tt.random_matrix(((4,) *
 big, big2 = tt.random_tensor((8,) * 8, tt_rank=64, **kw), tt.random_tensor((8,) * 8, tt_rank=64, **kw)
 w4, w16 = (tt.random_matrix(((4, 7, 4, 7), (5, 5, 5, 5)), tt_rank=r, **kw) for r in (4, 16))
 t16 = tt.random_tensor((4,) * 10, tt_rank=16, **kw)
+vs = tt.random_tensor_batch((4,) * 8, tt_rank=8, batch_size=100, **kw)
 cases = {
     "round d6 n4 r8 -> 4": lambda: tt.round(a8, max_tt_rank=4),
     "round d6 n4 r8, epsilon 1e-2": lambda: tt.round(a8, epsilon=1e-2),
@@ -55,12 +56,13 @@ cases = {
     "full 784x625 r4": lambda: tt.full(w4),
     "full 784x625 r16": lambda: tt.full(w16),
     "full d10 n4 r16": lambda: tt.full(t16),
+    "gram_matrix of 100, d8 n4 r8": lambda: tt.gram_matrix(vs),
 }
 out = {}
 for name, f in cases.items():
     for _ in range(20):
         f()
-    n = 20 if "r64" in name or "full" in name else 200
+    n = 20 if "r64" in name or "full" in name else 5 if "gram" in name else 200
     reps = []
     for _ in range(7):
         t = time.perf_counter()
