@@ -77,17 +77,22 @@ def test_full_gradcheck(gen):
     assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))), cores)
 
 
+def _always_by_halves():
+    """full() by halves wherever there are three cores or more: no size threshold."""
+    return patch.multiple(ops, _SWEPT_MATRIX=0, _SWEPT_TENSOR=0)
+
+
 @given(
-    spec=st.one_of(tensor_specs(min_d=2, max_rank=4), matrix_specs(min_d=2, max_mode=5, max_rank=4)),
+    spec=st.one_of(tensor_specs(min_d=3, max_rank=4), matrix_specs(min_d=3, max_mode=5, max_rank=4)),
     seed=seeds,
     b=st.sampled_from([None, 2]),
 )
 def test_full_by_halves_matches_explicit_sum(spec, seed, b):
-    """Every TT-tensor and TT-matrix built by halves (the size threshold off): any bond, both products of a
-    matrix's halves (in W's layout, and GEMM then permute), batches."""
+    """Every TT-tensor and TT-matrix built by halves: any bond, both products of a matrix's halves (in W's
+    layout, and GEMM then permute), batches."""
     raw, ranks = spec
     x = random_tt(raw, ranks, gen=_gen(seed), batch_size=b)
-    with patch.object(ops, "_SWEPT_FULL", 0):
+    with _always_by_halves():
         dense = ops.full(x)
     elements = [x] if b is None else [x[i] for i in range(b)]
     want = [_dense_from_cores(list(e.tt_cores), raw) for e in elements]
@@ -101,7 +106,7 @@ def test_full_of_a_tutorial_sized_matrix(gen, rank, dtype):
     raw = ((4, 7, 4, 7), (5, 5, 5, 5))
     cores = random_cores(raw, (1, rank, rank, rank, 1), gen=gen, dtype=dtype)
     want = _dense_from_cores([c.double() for c in cores], raw)
-    assert math.prod(want.shape) > ops._SWEPT_FULL
+    assert math.prod(want.shape) > ops._SWEPT_MATRIX
     assert_close(ops.full(tt.TensorTrain(cores)), want.to(dtype))
 
 
@@ -111,7 +116,7 @@ def test_full_of_a_large_tensor_of_high_rank(gen, dtype):
     raw = (4,) * 8
     x = random_tt(raw, (1, *[16] * 7, 1), gen=gen, batch_size=2, dtype=dtype)
     want = torch.stack([_dense_from_cores([c.double() for c in x[i].tt_cores], raw) for i in range(2)])
-    assert math.prod(raw) > ops._SWEPT_FULL
+    assert math.prod(raw) > ops._SWEPT_TENSOR
     assert_close(ops.full(x), want.to(dtype))
 
 
@@ -119,17 +124,34 @@ def test_full_by_halves_gradcheck(gen):
     for ranks in ((1, 1, 1, 1, 1), (1, 2, 2, 2, 1)):  # (in W's layout at rank 1; GEMM then permute at rank 2)
         for raw in (((2, 2, 2, 2), (2, 2, 2, 2)), (3, 2, 2, 3)):
             cores = [c.requires_grad_() for c in random_cores(raw, ranks, gen=gen)]
-            with patch.object(ops, "_SWEPT_FULL", 0):
+            with _always_by_halves():
                 assert torch.autograd.gradcheck(lambda *cs: ops.full(tt.TensorTrain(list(cs))), cores)
+
+
+def test_full_sweeps_two_cores_and_small_results():
+    gen = torch.Generator().manual_seed(0)
+
+    def bond(raw, ranks):
+        swept = ops._SWEPT_MATRIX if isinstance(raw[0], tuple) else ops._SWEPT_TENSOR
+        sizes = [math.prod(m) for m in zip(*raw, strict=True)] if isinstance(raw[0], tuple) else list(raw)
+        return ops._halves_bond([c.unsqueeze(0) for c in random_cores(raw, ranks, gen=gen)], sizes, swept)
+
+    assert bond((4,) * 8, (1, *[16] * 7, 1)) is not None
+    assert bond((100, 100), (1, 4, 1)) is None  # two cores: the halves are the cores
+    assert bond((4,) * 7, (1, *[16] * 6, 1)) is None  # 16384 entries
+    assert bond((2,) * 15, (1, *[2] * 14, 1)) is None and bond((2,) * 16, (1, *[2] * 15, 1)) is not None
+    # a TT-matrix of 8192 entries sweeps, one of 16384 does not
+    assert bond(((2,) * 7, (2,) * 6 + (1,)), (1, *[2] * 6, 1)) is None
+    assert bond(((2,) * 7, (2,) * 7), (1, *[2] * 6, 1)) is not None
 
 
 def test_full_cuts_at_the_cheapest_bond():
     """The bond of rank 1 between two rank-8 ones, not the middle one; a tie goes to the earlier bond."""
     raw = ((4, 4, 4, 4), (4, 4, 4, 4))
     cores = random_cores(raw, (1, 8, 1, 8, 1), gen=torch.Generator().manual_seed(0))
-    assert ops._split([c.unsqueeze(0) for c in cores], [16] * 4) == 2
+    assert ops._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 2
     cores = random_cores(raw, (1, 2, 8, 2, 1), gen=torch.Generator().manual_seed(0))
-    assert ops._split([c.unsqueeze(0) for c in cores], [16] * 4) == 1
+    assert ops._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 1
 
 
 def test_full_rejects_non_tt():

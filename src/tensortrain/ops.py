@@ -134,10 +134,13 @@ def full(tt: TensorTrainBase) -> torch.Tensor:
     return res if is_batch(tt) else res[0]
 
 
-# Up to this many entries, full() sweeps all the cores (and permutes a TT-matrix's interleaved modes once) instead of
-# building by halves: for so small a result the fewer kernels win (TT-matrices of 16 x 16: 42 us against 69 us by
-# halves; 81 x 81: 66 against 76; 256 x 256: 220 against 107; float64, float64 and float32 on the 2-core Intel Xeon).
-_SWEPT_FULL = 1 << 13
+# full() sweeps all the cores of a TT-matrix of at most _SWEPT_MATRIX entries (and permutes its interleaved modes
+# once), or of a TT-tensor of at most _SWEPT_TENSOR, instead of building it by halves: for so small a result the fewer
+# kernels win. TT-matrices of 16 x 16: 42 us against 69 us by halves; 81 x 81: 66 against 76; 256 x 256: 220 against
+# 107. TT-tensors, with no permute to save: 10^4 at rank 2 0.85x, 3^9 at rank 3 0.95x, 2^14 at rank 1 0.98x by
+# halves; 2^16 at rank 8 1.2x (2-core Intel Xeon). Two cores always sweep: the halves are the cores.
+_SWEPT_MATRIX = 1 << 13
+_SWEPT_TENSOR = 1 << 15
 
 
 def _full_tensor(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
@@ -146,16 +149,17 @@ def _full_tensor(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
 
     Sweeping all the cores, the state before the last step holds ``N r / n_d`` numbers, computed with ``N r^2 / n_d``
     multiplications: more than the result where the rank exceeds the last mode. By halves each half holds about
-    ``sqrt(N) r`` numbers and their GEMM takes ``N r`` multiplications. ``full`` ran 7.3-8.3x faster on a 4^10 rank-16 float32
-    TT-tensor, 1.9-2.3x at rank 4, 2.4-3.1x on 6^8 at rank 24, 1.3-1.5x on 8^6 at rank 16 (two runs on the 2-core
-    Intel Xeon). Small results (:data:`_SWEPT_FULL`) and the scaled sweep keep the one sweep, as in
-    :func:`_full_matrix`.
+    ``sqrt(N) r`` numbers and their GEMM takes ``N r`` multiplications. ``full`` ran 7.3-8.3x faster on a 4^10
+    rank-16 float32 TT-tensor, 1.9-2.3x at rank 4, 2.4-3.1x on 6^8 at rank 24, 1.3-1.5x on 8^6 at rank 16, 10x on
+    2^20 at rank 2, where the one sweep's last steps are GEMMs two columns wide (2-core Intel Xeon). Where the
+    halves do not pay, as for low ranks over large modes (10^4 to 10^6 at ranks 2-3, 32^4 at rank 4, 6^6 at rank
+    6), they read 0.94-1.00x. Small results (:data:`_SWEPT_TENSOR`), two cores and the scaled sweep keep the
+    one sweep.
     """
-    d, b = len(cores), cores[0].shape[0]
-    sizes = [int(c.shape[2]) for c in cores]
-    if scaled or d == 1 or math.prod(sizes) <= _SWEPT_FULL:
+    b = cores[0].shape[0]
+    s = None if scaled else _halves_bond(cores, [int(c.shape[2]) for c in cores], _SWEPT_TENSOR)
+    if s is None:
         return _full_steps(cores, scaled=scaled)
-    s = _split(cores, sizes)
     left = _full_steps(cores[:s], scaled=False)  # (B, n_1 ... n_s, r_s)
     right = _full_steps(cores[s:], scaled=False)  # (B, r_s n_{s+1} ... n_d, 1)
     return torch.bmm(left, right.reshape(b, left.shape[-1], -1)).reshape(b, -1, 1)
@@ -173,15 +177,15 @@ def _full_matrix(
     the 2-core Intel Xeon). The product is one GEMM per pair of left and right row indices, written straight into
     W's layout, where the rank is at most a quarter of both halves' column counts (their broadcast copies are
     then at most half of W); otherwise one GEMM and one permute of W with five dims. Small matrices
-    (:data:`_SWEPT_FULL`) and the scaled sweep (cores of unbalanced scales: a half alone may leave the dtype's
-    range where W does not) keep the one sweep.
+    (:data:`_SWEPT_MATRIX`), two cores and the scaled sweep (cores of unbalanced scales: a half alone may leave the
+    dtype's range where W does not) keep the one sweep.
     """
     d, b = len(cores), cores[0].shape[0]
     modes = [v for k in range(d) for v in (rows[k], cols[k])]  # (m_1, n_1, ..., m_d, n_d)
-    if scaled or d == 1 or math.prod(rows) * math.prod(cols) <= _SWEPT_FULL:
+    s = None if scaled else _halves_bond(cores, [rows[k] * cols[k] for k in range(d)], _SWEPT_MATRIX)
+    if s is None:
         res = _full_steps(cores, scaled=scaled).reshape(b, *modes)
         return _rows_first(res, 1, d).reshape(b, math.prod(rows), math.prod(cols))
-    s = _split(cores, [rows[k] * cols[k] for k in range(d)])
     left = _full_steps(cores[:s], scaled=False)  # (B, m_1 n_1 ... m_s n_s, r_s)
     right = _full_steps(cores[s:], scaled=False)  # (B, r_s m_{s+1} n_{s+1} ... m_d n_d, 1)
     r = left.shape[-1]
@@ -203,11 +207,15 @@ def _rows_first(t: torch.Tensor, lead: int, g: int) -> torch.Tensor:
     return t.permute(*range(lead), *modes[0::2], *modes[1::2], *range(lead + 2 * g, t.dim()))
 
 
-def _split(cores: list[torch.Tensor], sizes: list[int]) -> int:
-    """The bond ``s`` (``1 <= s < d``) at which :func:`_full_tensor` and :func:`_full_matrix` cut the batched
-    cores, whose modes hold ``sizes`` entries each (``m_k n_k`` for a TT-matrix): the fewest multiplications over
-    both halves' sweeps and their GEMM (``N r_s``); the earliest bond on a tie."""
+def _halves_bond(cores: list[torch.Tensor], sizes: list[int], swept: int) -> int | None:
+    """The bond ``s`` (``1 <= s < d``) at which :func:`_full_tensor` and :func:`_full_matrix` cut the batched cores,
+    whose modes hold ``sizes`` entries each (``m_k n_k`` for a TT-matrix): the fewest multiplications over both
+    halves' sweeps and their GEMM (``N r_s``), the earliest bond on a tie. None (sweep them all) for two cores or
+    fewer, or a result of at most ``swept`` entries."""
     d = len(cores)
+    total = math.prod(sizes)
+    if d <= 2 or total <= swept:
+        return None
     ranks = [int(c.shape[1]) for c in cores] + [1]
 
     def sweep(lo: int, hi: int) -> int:  # multiplications of _full_steps over cores lo..hi-1
@@ -217,7 +225,6 @@ def _split(cores: list[torch.Tensor], sizes: list[int]) -> int:
             done *= sizes[k]
         return cost
 
-    total = math.prod(sizes)
     return min(range(1, d), key=lambda s: sweep(0, s) + sweep(s, d) + total * ranks[s])
 
 
