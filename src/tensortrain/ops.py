@@ -173,7 +173,7 @@ def _full_matrix(
 
     Sweeping all the cores leaves W's modes interleaved, ``(m_1, n_1, ..., m_d, n_d)``, and the permute of
     ``2d + 1`` dims that sorts them costs more than the products: by halves, ``full`` of a 784 x 625 TT-matrix ran
-    5.5-7.3x faster at rank 4 and 1.4-1.5x at rank 16, of 4096 x 4096 ones 1.7-2.8x at ranks 8 to 64 (two runs on
+    5.5-7.3x faster at rank 4 and 1.4-1.6x at rank 16, of 4096 x 4096 ones 1.7-3.4x at ranks 8 to 64 (three runs on
     the 2-core Intel Xeon). The product is one GEMM per pair of left and right row indices, written straight into
     W's layout, where the rank is at most a quarter of both halves' column counts (their broadcast copies are
     then at most half of W); otherwise one GEMM and one permute of W with five dims. Small matrices
