@@ -137,12 +137,37 @@ def test_full_sweeps_two_cores_and_small_results():
         return ops._halves_bond([c.unsqueeze(0) for c in random_cores(raw, ranks, gen=gen)], sizes, swept)
 
     assert bond((4,) * 8, (1, *[16] * 7, 1)) is not None
-    assert bond((100, 100), (1, 4, 1)) is None  # two cores: the halves are the cores
+    assert bond((200, 200), (1, 4, 1)) is None  # two cores: the halves are the cores
+    assert bond(((100, 100), (100, 100)), (1, 4, 1)) is None
     assert bond((4,) * 7, (1, *[16] * 6, 1)) is None  # 16384 entries
     assert bond((2,) * 15, (1, *[2] * 14, 1)) is None and bond((2,) * 16, (1, *[2] * 15, 1)) is not None
     # a TT-matrix of 8192 entries sweeps, one of 16384 does not
     assert bond(((2,) * 7, (2,) * 6 + (1,)), (1, *[2] * 6, 1)) is None
     assert bond(((2,) * 7, (2,) * 7), (1, *[2] * 6, 1)) is not None
+
+
+@pytest.mark.parametrize(
+    ("raw", "ranks", "sweeps"),
+    [
+        ((2,) * 15, (1, *[2] * 14, 1), 1),  # a TT-tensor of 32768 entries: one sweep
+        ((2,) * 16, (1, *[2] * 15, 1), 2),  # 65536: two halves
+        (((2,) * 7, (2,) * 6 + (1,)), (1, *[2] * 6, 1), 1),  # a TT-matrix of 8192 entries: one sweep
+        (((2,) * 7, (2,) * 7), (1, *[2] * 6, 1), 2),  # 16384: two halves
+    ],
+)
+def test_full_takes_the_halves_path_from_its_size_thresholds(gen, raw, ranks, sweeps, monkeypatch):
+    calls = []
+    real = ops._full_steps
+    monkeypatch.setattr(
+        ops, "_full_steps", lambda cores, scaled: calls.append(len(cores)) or real(cores, scaled)
+    )
+    x = tt.TensorTrain(random_cores(raw, ranks, gen=gen))
+    got = ops.full(x)
+    assert len(calls) == sweeps
+    with patch.multiple(
+        ops, _SWEPT_MATRIX=2**62, _SWEPT_TENSOR=2**62
+    ):  # (too many modes for the einsum oracle)
+        assert_close(got, ops.full(x))
 
 
 def test_full_cuts_at_the_cheapest_bond():
@@ -151,6 +176,10 @@ def test_full_cuts_at_the_cheapest_bond():
     cores = random_cores(raw, (1, 8, 1, 8, 1), gen=torch.Generator().manual_seed(0))
     assert ops._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 2
     cores = random_cores(raw, (1, 2, 8, 2, 1), gen=torch.Generator().manual_seed(0))
+    assert ops._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 1
+    # the right half's sweep starts from its bond's rank: 2 x 256 x 256 (s=2) against 1 x 16 x 4096 + 16 x 256
+    # (s=1: the right half's sweep starts at rank 1, its last step costs 16 x 16 x 2 x 16 x 16)
+    cores = random_cores(raw, (1, 1, 2, 16, 1), gen=torch.Generator().manual_seed(0))
     assert ops._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 1
 
 
