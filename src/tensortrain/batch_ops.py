@@ -308,10 +308,10 @@ def _with_row_exps(
 
 
 # Elements of a step's (B1, B2, ...) intermediate before rows are taken in blocks (8 MiB in float32, 16 in float64):
-# blocks whose intermediates stay near the cache ran 1.8-3.0x faster than blocks of 2^24 elements (Gram matrices of
-# 100 rank-10 TTs over 10^10 in float64, 200 rank-16 and 400 rank-8 ones over 4^8 in float32, 100 rank-8 ones with
-# a rank-4 TT-matrix; three runs on the 2-core Intel Xeon, one and two threads), 1.1-1.2x on 100 rank-8 TTs over
-# 4^8 (two blocks); 2^19 was slower again for the 400 (blocks of 5 rows). Small batches run whole as before.
+# blocks whose intermediates stay near the cache ran 1.7-2.3x faster than blocks of 2^24 elements in
+# benchmarks/paths_ab.py (Gram matrices of 100 rank-10 TTs over 10^10 in float64 and of 200 rank-16 ones over 4^8;
+# three runs, one and two threads, 2-core Intel Xeon), 1.1-1.2x on 100 rank-8 TTs over 4^8 (two blocks); 2^19 was
+# slower again for 400 rank-8 TTs over 4^8 (blocks of 5 rows). Small batches run whole as before.
 _ROWS_CHUNK = 1 << 21
 
 

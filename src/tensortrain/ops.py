@@ -149,12 +149,12 @@ def _full_tensor(cores: list[torch.Tensor], scaled: bool) -> torch.Tensor:
 
     Sweeping all the cores, the state before the last step holds ``N r / n_d`` numbers, computed with ``N r^2 / n_d``
     multiplications: more than the result where the rank exceeds the last mode. By halves each half holds about
-    ``sqrt(N) r`` numbers and their GEMM takes ``N r`` multiplications. ``full`` ran 7.3-8.3x faster on a 4^10
-    rank-16 float32 TT-tensor, 1.9-2.3x at rank 4, 2.4-3.1x on 6^8 at rank 24, 1.3-1.5x on 8^6 at rank 16, 10x on
-    2^20 at rank 2, where the one sweep's last steps are GEMMs two columns wide (2-core Intel Xeon). Where the
-    halves do not pay, as for low ranks over large modes (10^4 to 10^6 at ranks 2-3, 32^4 at rank 4, 6^6 at rank
-    6), they read 0.94-1.00x. Small results (:data:`_SWEPT_TENSOR`), two cores and the scaled sweep keep the
-    one sweep.
+    ``sqrt(N) r`` numbers and their GEMM takes ``N r`` multiplications. In ``benchmarks/paths_ab.py`` (three runs,
+    one and two threads, 2-core Intel Xeon) ``full`` ran 2.2-2.8x faster on a 4^10 rank-16 float32 TT-tensor,
+    2.2-3.6x on 6^8 at rank 24 and 2.2-2.8x on 2^20 at rank 2, where the one sweep's last steps are GEMMs two
+    columns wide; ad hoc loops of calls read up to 8x. Where the halves do not pay, as for low ranks over large
+    modes (10^4 to 10^6 at ranks 2-3, 32^4 at rank 4, 6^6 at rank 6), they read 0.94-1.00x (ad hoc). Small results
+    (:data:`_SWEPT_TENSOR`), two cores and the scaled sweep keep the one sweep.
     """
     b = cores[0].shape[0]
     s = None if scaled else _halves_bond(cores, [int(c.shape[2]) for c in cores], _SWEPT_TENSOR)
@@ -173,8 +173,8 @@ def _full_matrix(
 
     Sweeping all the cores leaves W's modes interleaved, ``(m_1, n_1, ..., m_d, n_d)``, and the permute of
     ``2d + 1`` dims that sorts them costs more than the products: by halves, ``full`` of a 784 x 625 TT-matrix ran
-    5.5-7.3x faster at rank 4 and 1.4-1.6x at rank 16, of 4096 x 4096 ones 1.7-3.4x at ranks 8 to 64 (three runs on
-    the 2-core Intel Xeon). The product is one GEMM per pair of left and right row indices, written straight into
+    2.0-3.1x faster at rank 4 and 1.9-2.7x at rank 16, of a 4096 x 4096 one at rank 16 2.0-2.3x
+    (``benchmarks/paths_ab.py``, three runs, one and two threads, 2-core Intel Xeon). The product is one GEMM per pair of left and right row indices, written straight into
     W's layout, where the rank is at most a quarter of both halves' column counts (their broadcast copies are
     then at most half of W); otherwise one GEMM and one permute of W with five dims. Small matrices
     (:data:`_SWEPT_MATRIX`), two cores and the scaled sweep (cores of unbalanced scales: a half alone may leave the
