@@ -1,9 +1,11 @@
-"""Session 32's algebra paths against the ones they replaced, in one process: each operation timed with its old
-path switched back on (by the module constant or call that chose it) and with the current one, taking turns.
+"""Sessions 32-33's algebra paths against the ones they replaced, in one process: each operation timed with its
+old path switched back on (by the module constant or call that chose it) and with the current one, taking turns.
 
 - ``full`` of TT-matrices and TT-tensors by halves, against one sweep of all the cores (the size thresholds raised);
 - ``frobenius_norm`` with R-only QRs, against QRs that form Q too (``torch.linalg.qr`` without ``mode="r"``);
-- ``gram_matrix`` in row blocks of 2^21 elements of a step's intermediate, against blocks of 2^24.
+- ``gram_matrix`` in row blocks of 2^21 elements of a step's intermediate, against blocks of 2^24;
+- ``round`` and TT-SVD where autograd records, with the check of each SVD's range (session 33: gradients at
+  extreme magnitudes), against no check.
 
 Prints old and new medians and old / new. Ratios move between runs on a busy host: run it a few times.
 
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import interleaved, positive_int, settle_allocator  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
-from tensortrain import batch_ops, ops  # noqa: E402
+from tensortrain import batch_ops, ops, truncation  # noqa: E402
 
 _QR = torch.linalg.qr
 
@@ -33,12 +35,17 @@ def _qr_forming_q(a: torch.Tensor, mode: str = "reduced") -> Any:
     return _QR(a)  # (the old calls: mode="reduced", Q formed and thrown away)
 
 
+def _unchecked(s: torch.Tensor) -> bool:
+    return True  # (before session 33 no SVD's range was checked: every one counted as in range)
+
+
 # The settings that chose each old path: (module, attribute, old value). Set by plain assignment around each old
 # call (a mock.patch context costs tens of microseconds, as much as a small full() itself).
 _OLD: dict[str, tuple[Any, str, Any]] = {
     "full": (ops, "_SWEPT_MATRIX", 2**62),
     "norm": (torch.linalg, "qr", _qr_forming_q),
     "gram": (batch_ops, "_ROWS_CHUNK", 1 << 24),
+    "svd": (truncation, "_in_square_range", _unchecked),
 }
 
 
@@ -61,10 +68,17 @@ def cases(gen: torch.Generator) -> Iterator[tuple[str, str, Callable[[], Any]]]:
     yield "gram_matrix of 100, 10^10 r10 float64", "gram", lambda: tt.gram_matrix(v)
     u = tt.random_tensor_batch((4,) * 8, tt_rank=16, batch_size=200, **f32)
     yield "gram_matrix of 200, 4^8 r16", "gram", lambda: tt.gram_matrix(u)
+    for modes, rank in (((4,) * 6, 8), ((8,) * 8, 16)):
+        t = tt.random_tensor(modes, tt_rank=rank, **f32)
+        t = tt.TensorTrain([c.clone().requires_grad_() for c in t.tt_cores])
+        name = f"round {modes[0]}^{len(modes)} r{rank} to r{rank // 2}, with grad"
+        yield name, "svd", lambda t=t, r=rank // 2: tt.round(t, max_tt_rank=r)
+    a = torch.randn((8,) * 6, **f32).requires_grad_()
+    yield "to_tt_tensor 8^6 to r8, with grad", "svd", lambda: tt.to_tt_tensor(a, max_tt_rank=8)
 
 
 def _under(kind: str, call: Callable[[], Any]) -> Callable[[], Any]:
-    """``call`` on the path ``kind`` ("full", "norm" or "gram") took before session 32."""
+    """``call`` on the path ``kind`` ("full", "norm", "gram" or "svd") took before session 32 (33 for "svd")."""
     module, name, value = _OLD[kind]
     tensors = kind == "full"  # (full's TT-tensors have a threshold of their own)
 

@@ -404,21 +404,46 @@ def test_finetune_gauge_committed_results_summarize_their_runs():
 
 def test_paths_ab_runs_each_operation_on_its_old_path_and_restores_it(monkeypatch, capsys):
     """The "old" call of each kind sees the setting that chose the old path (size thresholds raised, QR forming
-    Q, 2^24-element Gram blocks), the "new" call and everything after see the current ones; one table row each."""
+    Q, 2^24-element Gram blocks, no SVD range check), the "new" call and everything after see the current ones;
+    one table row each."""
     import paths_ab
     import torch
 
-    from tensortrain import batch_ops, ops
+    import tensortrain as tt
+    from tensortrain import batch_ops, ops, truncation
 
-    now = (ops._SWEPT_MATRIX, ops._SWEPT_TENSOR, batch_ops._ROWS_CHUNK, torch.linalg.qr)
+    now = (
+        ops._SWEPT_MATRIX,
+        ops._SWEPT_TENSOR,
+        batch_ops._ROWS_CHUNK,
+        torch.linalg.qr,
+        truncation._in_square_range,
+    )
     seen = []
 
     def settings():
-        seen.append((ops._SWEPT_MATRIX, ops._SWEPT_TENSOR, batch_ops._ROWS_CHUNK, torch.linalg.qr is now[3]))
+        seen.append(
+            (
+                ops._SWEPT_MATRIX,
+                ops._SWEPT_TENSOR,
+                batch_ops._ROWS_CHUNK,
+                torch.linalg.qr is now[3],
+                truncation._in_square_range is now[4],
+            )
+        )
 
     real_cases = paths_ab.cases
-    monkeypatch.setattr(paths_ab, "cases", lambda gen: [(k, k, settings) for k in ("full", "norm", "gram")])
-    times = iter([{"old": 3e-6, "new": 1e-6}, {"old": 2e-6, "new": 2e-6}, {"old": 1e-6, "new": 4e-6}])
+    monkeypatch.setattr(
+        paths_ab, "cases", lambda gen: [(k, k, settings) for k in ("full", "norm", "gram", "svd")]
+    )
+    times = iter(
+        [
+            {"old": 3e-6, "new": 1e-6},
+            {"old": 2e-6, "new": 2e-6},
+            {"old": 1e-6, "new": 4e-6},
+            {"old": 5e-6, "new": 5e-6},
+        ]
+    )
 
     def interleaved(fns, repeats, **kw):
         fns["old"](), fns["new"]()
@@ -426,24 +451,30 @@ def test_paths_ab_runs_each_operation_on_its_old_path_and_restores_it(monkeypatc
 
     monkeypatch.setattr(paths_ab, "interleaved", interleaved)
     assert paths_ab.main(["--threads", "1", "--repeats", "1"]) == 0
-    current = (now[0], now[1], now[2], True)
+    current = (now[0], now[1], now[2], True, True)
     assert seen == [
-        (2**62, 2**62, now[2], True),
+        (2**62, 2**62, now[2], True, True),
         current,
-        (now[0], now[1], now[2], False),
+        (now[0], now[1], now[2], False, True),
         current,
-        (now[0], now[1], 1 << 24, True),
+        (now[0], now[1], 1 << 24, True, True),
+        current,
+        (now[0], now[1], now[2], True, False),
         current,
     ]
-    assert (ops._SWEPT_MATRIX, ops._SWEPT_TENSOR, batch_ops._ROWS_CHUNK, torch.linalg.qr) == now
+    assert (ops._SWEPT_MATRIX, ops._SWEPT_TENSOR, batch_ops._ROWS_CHUNK, torch.linalg.qr) == now[:4]
+    assert truncation._in_square_range is now[4]
     assert capsys.readouterr().out.splitlines()[3:] == [
         "| full | 3 | 1 | 3.00x |",
         "| norm | 2 | 2 | 1.00x |",
         "| gram | 1 | 4 | 0.25x |",
+        "| svd | 5 | 5 | 1.00x |",
     ]
     # the real cases: each operation's old and new calls agree
     for name, kind, call in real_cases(torch.Generator().manual_seed(0)):
         if "4096" in name or "gram" in name or "8^10" in name:
             continue  # (the large ones: seconds each)
         new, old = call(), paths_ab._under(kind, call)()
+        if isinstance(new, tt.TensorTrainBase):
+            new, old = tt.full(new).detach(), tt.full(old).detach()
         assert torch.allclose(old, new, rtol=1e-4, atol=1e-5 * float(new.abs().max())), name

@@ -771,6 +771,21 @@ def test_epsilon_budget_of_float64_tensors_at_extreme_magnitudes(gen, scale, met
     assert r.tt_ranks == want
 
 
+def test_randomized_truncation_of_a_float64_tensor_near_its_largest_value():
+    """A tensor of norm 8e307 fits float64, but its sketch A @ Omega did not: the randomized path's QR got inf and
+    the TT-SVD failed, blaming the tensor's norm, where the exact path worked (this seed's data did)."""
+    a = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e307
+    exact = tt.to_tt_tensor(a, max_tt_rank=2, method="exact")
+    fast = tt.to_tt_tensor(a, max_tt_rank=2, method="randomized")
+    top = a.abs().max()
+
+    def err(x: tt.TensorTrain) -> float:
+        return ((tt.full(x) - a) / top).norm().item()
+
+    assert fast.tt_ranks == exact.tt_ranks == (1, 2, 2, 1)
+    assert err(fast) <= 1.05 * err(exact)
+
+
 def test_batch_cores_do_not_share_memory_across_the_batch():
     # an uncapped wide first unfolding is kept as the identity: one copy per element, not an expanded view
     xb = tt.to_tt_tensor(torch.randn(3, 4, 5, 6), max_tt_rank=100, batch=True)

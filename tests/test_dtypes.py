@@ -456,3 +456,40 @@ def test_loading_a_complex32_checkpoint_into_a_real_layer_suggests_a_dtype_that_
     state = {k: v.to(torch.complex64).to(torch.complex32) for k, v in layer.state_dict().items()}
     with pytest.raises(RuntimeError, match=r"build the layer with dtype=torch.complex64"):
         layer.load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype", "tol"),
+    [
+        (1e20, torch.float32, 1e-3),
+        (1e-25, torch.float32, 1e-3),
+        (1e160, torch.float64, 1e-9),
+        (1e-170, torch.float64, 1e-9),
+    ],
+)
+def test_truncation_gradients_at_extreme_magnitudes(scale, dtype, tol):
+    """SVD's backward squares singular values: through a truncating TT-SVD or round, a float32 tensor of norm
+    1e20 or 1e-25 (float64: 1e160, 1e-170) got NaN gradients although its forward was right. Its gradients are
+    those of the unscaled data (both functions are homogeneous: f(s a) / s = f(a), so s times the gradient at
+    s a is the gradient at a)."""
+    g = torch.Generator().manual_seed(12)
+    a = torch.randn(4, 5, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 5, 6, generator=g, dtype=torch.float64)
+
+    def svd_grad(x: torch.Tensor, s: float) -> torch.Tensor:
+        x = x.clone().requires_grad_()
+        (tt.full(tt.to_tt_tensor(x, max_tt_rank=2)).double() / s * w).sum().backward()
+        return x.grad.double() * s
+
+    assert_close(svd_grad((a * scale).to(dtype), scale), svd_grad(a, 1.0), rtol=tol, atol=tol)
+
+    x = tt.random_tensor((4, 5, 6), tt_rank=3, generator=g, dtype=torch.float64)
+
+    def round_grads(cores: list[torch.Tensor], s: float) -> list[torch.Tensor]:
+        cores = [c.clone().requires_grad_() for c in cores]
+        (tt.full(tt.round(tt.TensorTrain(cores), max_tt_rank=2)).double() / s * w).sum().backward()
+        return [cores[0].grad.double() * s, *(c.grad.double() for c in cores[1:])]
+
+    big = [(x.tt_cores[0] * scale).to(dtype), *(c.to(dtype) for c in x.tt_cores[1:])]
+    for got, want in zip(round_grads(big, scale), round_grads(list(x.tt_cores), 1.0), strict=True):
+        assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))

@@ -35,12 +35,13 @@ The random sketch is drawn from a generator with a fixed seed, so results are re
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, get_args
 
 import torch
 
-from ._transforms import valueless
-from .operands import wide_dtype
+from ._transforms import grad_recorded, tangents_possible, transforms_active, valueless
+from .operands import pow2_exponents, unscale_pow2, wide_dtype
 
 __all__ = ["METHODS", "Method", "check_method", "truncated_factor"]
 
@@ -137,11 +138,50 @@ def truncated_factor(
         return _lossless(a)
     # (a meta or fake tensor has shapes only: no random sketch, no orthogonality checks; the exact path's ranks are
     # the same)
-    if not valueless(a) and use_randomized(method, max_rank, m, n, delta is not None):
-        out = _randomized(a, max_rank, delta)
-        if out is not None:
-            return out
-    return _exact(a, max_rank, delta)
+    randomized = not valueless(a) and use_randomized(method, max_rank, m, n, delta is not None)
+    tangents = not valueless(a) and ((grad_recorded() and a.requires_grad) or tangents_possible())
+    # A float64 A of norm 8e307 overflowed in the randomized path's sketch A @ Omega; SVD's backward squares
+    # singular values, so a float32 A of norm 1e20 or 1e-25 (float64: 1e160, 1e-170) got NaN gradients, though
+    # the forward needs no help. There each batch element is divided by a power of two (exact) to a largest
+    # magnitude in [0.5, 1), and right scaled back: the same factors. Always for the randomized path (its amax
+    # costs little beside the sketch's GEMMs) and under a transform (no sync there); where autograd records,
+    # after an exact SVD whose top singular values leave the fourth roots of the dtype's range (a sync on a few
+    # numbers: the rare redo is the only added cost).
+    e = pow2_exponents(a) if randomized or (tangents and transforms_active()) else None
+    if e is not None:
+        a, delta = _scaled(a, delta, e)
+    out = _randomized(a, max_rank, delta) if randomized else None
+    if out is None:
+        usv = _svd(a)
+        if tangents and e is None and not _in_square_range(usv[1]):
+            e = pow2_exponents(a)
+            a, delta = _scaled(a, delta, e)
+            usv = _svd(a)
+        out = _exact(usv, max_rank, delta)
+    left, right = out
+    return left, right if e is None else unscale_pow2(
+        right, -e
+    )  # (2^e is a number of the dtype: e is clamped)
+
+
+def _scaled(
+    a: torch.Tensor, delta: torch.Tensor | None, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``a`` and ``delta`` divided by ``2^e`` per batch element."""
+    return unscale_pow2(a, e), None if delta is None else unscale_pow2(delta, e)
+
+
+def _in_square_range(s: torch.Tensor) -> bool:
+    """Whether every batch element's largest singular value ``s[:, 0]`` lies within the fourth roots of its
+    dtype's range (1e-9.5 to 1e9.5 in float32), where no square in SVD's backward leaves the range."""
+    lo, hi = _square_range(s.dtype)
+    return all(lo <= row[0] <= hi for row in s.detach().tolist())  # (one copy: cheaper than slicing first)
+
+
+@functools.cache
+def _square_range(dtype: torch.dtype) -> tuple[float, float]:
+    info = torch.finfo(dtype)
+    return info.tiny**0.25, info.max**0.25
 
 
 def _lossless(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,8 +308,11 @@ def _orth(y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(y).Q
 
 
-def _exact(a: torch.Tensor, max_rank: int, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    u, s, vh = _svd(a)
+def _exact(
+    usv: tuple[torch.Tensor, torch.Tensor, torch.Tensor], max_rank: int, delta: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The truncation of a matrix given by its reduced SVD ``usv`` (from :func:`_svd`)."""
+    u, s, vh = usv
     if delta is None:  # (a pure rank cap: no tails to compare)
         r = min(max_rank, s.shape[-1])
     elif s.device.type == "cpu" and s.numel() <= _HOST_RANKS:
