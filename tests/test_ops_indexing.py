@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -308,6 +310,19 @@ def test_slice_steps_past_int64():
     assert_close(tt.full(a[:, 1 :: 2**70, ::7]), tt.full(a)[:, 1:2, ::7])
     b = tt.random_tensor_batch((2, 3), batch_size=4, dtype=torch.float64)
     assert_close(tt.full(b[1 :: 2**70]), tt.full(b)[1:2])
+
+
+def test_slice_bounds_past_int64_are_clamped_without_a_warning(gen):
+    """Torch truncates slice bounds past int64 with a UserWarning (an error under ``-W error``); they are clamped
+    to the mode or batch first, as Python's ``slice.indices`` clamps them."""
+    a = random_tt((4, 3), (1, 2, 1), gen=gen)
+    b = tt.random_tensor_batch((4, 3), tt_rank=2, batch_size=5, generator=gen, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_close(tt.full(a[: 2**70]), tt.full(a))
+        assert_close(tt.full(a[1 : 2**70, -(2**70) : 2]), tt.full(a)[1:, :2])
+        assert_close(tt.full(b[-(2**70) : 3]), tt.full(b)[:3])
+        assert_close(tt.full(b[np.int64(1) : 2**70]), tt.full(b)[1:])
 
 
 def test_python_indices_at_and_past_the_int64_boundary_are_out_of_range():

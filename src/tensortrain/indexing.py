@@ -109,6 +109,8 @@ def index_batch(cores: list[torch.Tensor], idx: Any, size: int) -> tuple[list[to
             # torch slices take no negative steps (Python's range does, and t3f's did), and steps past int64
             # overflow inside torch: the positions from range
             idx = torch.tensor(range(size)[idx], dtype=torch.long, device=cores[0].device)
+        elif step != 0:
+            idx = slice(*idx.indices(size))  # bounds clamped here: torch warns about ones past int64
     else:
         # one axis of batch elements: ints or a bool mask (a nested list or a 2-D tensor would index core axes)
         try:  # (a list or array on the cores' device, not the default device)
@@ -174,7 +176,7 @@ def _index_modes(cores: list[torch.Tensor], items: list[Any], batch: bool) -> An
                 picked = torch.tensor(range(n)[it], dtype=torch.long, device=core.device)
                 part = core.index_select(2, picked)
             else:
-                part = core[:, :, it]
+                part = core[:, :, slice(*it.indices(n))]  # (bounds clamped here: torch warns past int64)
             if part.shape[2] == 0:
                 raise IndexError(f"mode {k}: slice {it} selects nothing from a mode of size {n}")
             if pending is not None:
