@@ -466,20 +466,33 @@ def test_cores_that_do_not_chain(tmp_path, gen):
         tt.read_metadata(path)
 
 
-def test_corrupted_tensor_table(tmp_path, gen):
-    # offsets that overlap or run past the data: safetensors' own check, wrapped with the file name
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["core_1"]["data_offsets"].__setitem__(0, h["core_1"]["data_offsets"][0] + 8),
+         r"data_offsets leave a gap at entry 'core_1' \(it starts at byte \d+, the entries before it end at \d+\)"),
+        (lambda h: h["core_1"]["data_offsets"].__setitem__(0, h["core_1"]["data_offsets"][0] - 8),
+         r"data_offsets overlap at entry 'core_1'"),
+        (lambda h: h["core_1"].__setitem__("data_offsets", "0-8"),
+         r"entry 'core_1' has no valid data_offsets \(two byte offsets, start <= end\): '0-8'"),
+        (lambda h: h.__setitem__("core_1", 7), r"entry 'core_1' has no valid data_offsets"),
+    ],
+)  # fmt: skip
+def test_corrupted_tensor_table(tmp_path, gen, edit, message):
+    """Offsets that leave gaps, overlap or are not offsets: named as such (they were called bytes appended to the
+    file, or left to safetensors' own message), with the file's name."""
     path = tmp_path / "m.safetensors"
     tt.save(_tt(gen), path)
     data = bytearray(path.read_bytes())
     (size,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + size])
-    header["core_1"]["data_offsets"][0] += 8
+    edit(header)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (size - len(text))
     assert len(text) == size
     path.write_bytes(bytes(data[:8]) + text + bytes(data[8 + size :]))
     for read in (tt.load, tt.read_metadata):
-        with _raises_naming(path, "not a valid safetensors file"):
+        with _raises_naming(path, message):
             read(path)
 
 

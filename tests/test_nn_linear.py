@@ -271,6 +271,15 @@ def test_load_state_dict_refuses_ranks_that_do_not_chain(gen):
     edge = {**src.state_dict(), "cores.0": torch.randn(2, 5, 2, 3, generator=gen)}
     with pytest.raises(RuntimeError, match=r"cores\.0 starts with rank 2.*boundary ranks must be 1"):
         dst.load_state_dict(edge)
+    # ranks of 0 chain with each other but left empty cores (the next forward failed inside a reshape); the
+    # embedding, whose cores are (r, vocabulary mode, embedding mode, r), shares the check
+    empty = [torch.randn(1, 5, 2, 0), torch.randn(0, 2, 3, 0), torch.randn(0, 2, 4, 1)]
+    emb = tt.nn.TTEmbedding(24, 20, tt_rank=2, voc_dims=(2, 3, 4), emb_dims=(5, 2, 2))
+    for layer, cores in ((dst, empty), (emb, [c.transpose(1, 2) for c in empty])):
+        kept = _core_shapes(layer)
+        with pytest.raises(RuntimeError, match=r"cores\.0 ends with rank 0 \(TT-ranks must be at least 1\)"):
+            layer.load_state_dict({**layer.state_dict(), **{f"cores.{k}": c for k, c in enumerate(cores)}})
+        assert _core_shapes(layer) == kept
     # a partial load whose ranks chain with the layer's other cores is fine
     mixed = tt.nn.TTLinear(24, 20, tt_rank=(1, 2, 3, 1), in_dims=(2, 3, 4), out_dims=(5, 2, 2), bias=False)
     dst.load_state_dict({"cores.1": mixed.cores[1], "cores.2": mixed.cores[2]}, strict=False)

@@ -406,13 +406,7 @@ def _read_header(path: Path, data: bytes, header_only: bool) -> dict[str, Any]:
 
 def _check_data_size(path: Path, header: dict[str, Any], available: int) -> None:
     # A file cut after its header is the commonest truncation: say so instead of safetensors' message.
-    ends = [
-        v["data_offsets"][1]
-        for k, v in header.items()
-        if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)
-        if len(v["data_offsets"]) == 2 and isinstance(v["data_offsets"][1], int)
-    ]
-    needed = max(ends, default=0)
+    needed = _data_bytes(path, header)
     if available < needed:
         raise TTFileError(
             f"{path}: truncated: the header describes {needed} data bytes, the file has {available}"
@@ -422,6 +416,37 @@ def _check_data_size(path: Path, header: dict[str, Any], available: int) -> None
             f"{path}: {available - needed} bytes follow the {needed} data bytes the header describes (appended to "
             "or not written by tt.save)"
         )
+
+
+def _data_bytes(path: Path, header: dict[str, Any]) -> int:
+    """The data bytes the header's tensor table describes, once its entries' ``data_offsets`` are checked to tile
+    them with no gap or overlap, as safetensors requires: an entry without valid offsets, or with offsets that
+    overlap another's, was called a file with bytes appended."""
+    spans = []
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        offsets = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            raise TTFileError(
+                f"{path}: the header's entry {k!r} has no valid data_offsets (two byte offsets, start <= end): "
+                f"{offsets!r}"
+            )
+        spans.append((offsets[0], offsets[1], k))
+    end = 0
+    for start, stop, k in sorted(spans):
+        if start != end:
+            raise TTFileError(
+                f"{path}: the header's data_offsets {'overlap' if start < end else 'leave a gap'} at entry {k!r} "
+                f"(it starts at byte {start}, the entries before it end at {end})"
+            )
+        end = stop
+    return end
 
 
 def _count(x: Any) -> TypeGuard[int]:

@@ -63,7 +63,8 @@ def _fmt_modes(modes: Sequence[tuple[int, ...] | None]) -> str:
 
 def _rank_breaks(shapes: Sequence[torch.Size], saved: Sequence[bool], prefix: str) -> list[str]:
     """Where the ranks of the cores after loading (``shapes``; ``saved[k]``: core k comes from the checkpoint)
-    fail to chain: core k's last rank must be core k+1's first, and the boundary ranks 1."""
+    fail to chain: core k's last rank must be core k+1's first, the boundary ranks 1 and the others at least 1
+    (a rank of 0, chained, left empty cores that failed deep inside the next forward)."""
 
     def core(k: int) -> str:
         return f"{prefix}cores.{k}" + ("" if saved[k] else " (the layer's own, not in the checkpoint)")
@@ -78,6 +79,11 @@ def _rank_breaks(shapes: Sequence[torch.Size], saved: Sequence[bool], prefix: st
         f"{core(k)} ends with rank {shapes[k][-1]} but {core(k + 1)} starts with rank {shapes[k + 1][0]}"
         for k in range(d - 1)
         if shapes[k][-1] != shapes[k + 1][0]
+    ]
+    breaks += [
+        f"{core(k)} ends with rank 0 (TT-ranks must be at least 1)"
+        for k in range(d - 1)
+        if shapes[k][-1] == 0 and shapes[k + 1][0] == 0
     ]
     return breaks
 
