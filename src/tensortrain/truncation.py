@@ -159,9 +159,8 @@ def truncated_factor(
             usv = _svd(a)
         out = _exact(usv, max_rank, delta)
     left, right = out
-    return left, right if e is None else unscale_pow2(
-        right, -e
-    )  # (2^e is a number of the dtype: e is clamped)
+    # (2^e itself is a number of the dtype: pow2_exponents clamps e)
+    return left, right if e is None else unscale_pow2(right, -e)
 
 
 def _scaled(
@@ -173,7 +172,8 @@ def _scaled(
 
 def _in_square_range(s: torch.Tensor) -> bool:
     """Whether every batch element's largest singular value ``s[:, 0]`` lies within the fourth roots of its
-    dtype's range (1e-9.5 to 1e9.5 in float32), where no square in SVD's backward leaves the range."""
+    dtype's range (3e-10 to 4e9 in float32, 1e-77 to 1e77 in float64), where no square in SVD's backward leaves
+    the range."""
     lo, hi = _square_range(s.dtype)
     return all(lo <= row[0] <= hi for row in s.detach().tolist())  # (one copy: cheaper than slicing first)
 
