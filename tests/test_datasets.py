@@ -527,6 +527,31 @@ def test_root_that_is_a_file_is_a_clear_error(tmp_path, download):
         datasets.download_mnist(tmp_path / "file", mirrors=["http://127.0.0.1:9/"])
 
 
+def test_a_folder_that_cannot_be_created_is_named(tmp_path, monkeypatch):
+    """mkdir's own error named the parent it failed on (``PermissionError: '/nonexistent'`` for a HOME that
+    cannot be written), not the MNIST folder."""
+    (tmp_path / "file").write_text("not a folder")
+    root = tmp_path / "file" / "mnist"
+    with pytest.raises(NotADirectoryError) as info:
+        load_mnist(root, mirrors=["http://127.0.0.1:9/"], timeout=5)
+    assert str(info.value) == f"[Errno 20] cannot create the MNIST folder (Not a directory): '{root}'"
+    real_mkdir = Path.mkdir
+
+    def refused(self, *args, **kwargs):  # (root passes permission checks: refuse as they would)
+        if self == tmp_path / "home":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    root = tmp_path / "home" / ".cache" / "mnist"
+    with pytest.raises(PermissionError) as info:
+        datasets.download_mnist(root, mirrors=["http://127.0.0.1:9/"], timeout=5)
+    assert str(info.value) == (
+        f"[Errno 13] cannot create the MNIST folder (Permission denied at {tmp_path / 'home'}): '{root}'"
+    )
+    assert info.value.filename == str(root)
+
+
 @pytest.mark.parametrize("timeout", [0, -1, 0.0, float("nan"), float("inf"), -float("inf")])
 def test_bad_timeout_is_a_value_error(tmp_path, timeout):
     with pytest.raises(ValueError, match=rf"timeout must be a finite number of seconds > 0, got {timeout}"):

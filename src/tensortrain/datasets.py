@@ -299,7 +299,7 @@ def download_mnist(
     try:
         for stem in MNIST_FILES:
             if _find(folder, stem) is None:
-                folder.mkdir(parents=True, exist_ok=True)
+                _make(folder)
                 fetched.append(_fetch(folder, stem + ".gz", bases, timeout))
     except BaseException:
         # a failed first download leaves no empty folders behind (a mistyped --data made some)
@@ -311,6 +311,17 @@ def download_mnist(
                     break
         raise
     return fetched
+
+
+def _make(folder: Path) -> None:
+    """``folder`` and its missing parents, or an OSError of mkdir's type that names ``folder`` (mkdir's own names
+    the parent it failed on: ``PermissionError: '/nonexistent'`` for a HOME that cannot be written)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = "" if err.filename in (None, str(folder)) else f" at {err.filename}"
+        msg = f"cannot create the MNIST folder ({err.strerror or err}{where})"
+        raise type(err)(err.errno, msg, str(folder)) from err
 
 
 class _MirrorError(Exception):
