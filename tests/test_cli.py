@@ -87,7 +87,9 @@ def test_demo_under_torchrun_matches_one_process(tmp_path):
 @pytest.mark.slow
 def test_an_unusable_out_under_torchrun_stops_every_rank_cleanly(tmp_path):
     """Only rank 0 creates --out: when it could not, rank 1 went on into DDP's first collective and died with a
-    traceback about a closed connection. Every rank now stops with the message and no traceback."""
+    traceback about a closed connection. Every rank now stops with the message and no traceback: a folder under
+    a file is refused by each rank's own check, before the data is loaded (the error rank 0 alone meets is
+    shared by ``_on_rank_zero``, tested below)."""
     argv = _short_demo(tmp_path, 64, 16)
     (tmp_path / "afile").write_text("")
     argv[argv.index("--out") + 1] = str(tmp_path / "afile" / "sub")
@@ -99,10 +101,40 @@ def test_an_unusable_out_under_torchrun_stops_every_rank_cleanly(tmp_path):
     assert proc.returncode != 0
     # (torchrun's own launcher prints a traceback of its ChildFailedError whenever a worker exits non-zero)
     assert "Connection closed" not in proc.stderr and "tensortrain/" not in proc.stderr, proc.stderr[-3000:]
-    assert "tensortrain: error: [Errno 20] Not a directory" in proc.stderr, proc.stderr[-3000:]
-    assert "rank 0 could not prepare the output folder: [Errno 20] Not a directory" in proc.stderr, (
-        proc.stderr[-3000:]
-    )
+    message = f"tensortrain: error: {tmp_path / 'afile'} is not a folder; the output folder (out)"
+    assert proc.stderr.count(message) == 2, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_error_only_rank_zero_meets_stops_every_rank(monkeypatch, rank):
+    """``_on_rank_zero``: rank 0 runs the step and raises its own error; the others get it through a broadcast
+    and raise it too, instead of going on into DDP's first collective."""
+    from tensortrain import demo
+
+    sent = []
+
+    def broadcast(objects, src):  # rank 0's list as it would arrive on every rank
+        assert src == 0
+        if rank == 0:
+            sent.append(list(objects))
+        else:
+            objects[0] = "[Errno 20] Not a directory: 'out'"
+
+    monkeypatch.setattr(demo.dist, "broadcast_object_list", broadcast)
+
+    def step():
+        assert rank == 0, "only rank 0 runs the step"
+        raise NotADirectoryError(20, "Not a directory", "out")
+
+    with pytest.raises(OSError) as info:
+        demo._on_rank_zero(step, rank, 2)
+    if rank == 0:
+        assert isinstance(info.value, NotADirectoryError) and sent == [["[Errno 20] Not a directory: 'out'"]]
+    else:
+        assert (
+            str(info.value) == "rank 0 could not prepare the output folder: [Errno 20] Not a directory: 'out'"
+        )
+    demo._on_rank_zero(lambda: None, rank, 1)  # (one process: no broadcast)
 
 
 def test_version(capsys):
@@ -205,6 +237,20 @@ def test_data_or_out_that_is_a_file_is_a_clear_error(tmp_path, capsys, option):
         else "; the output folder (out) must be a directory\n"
     )
     assert "epoch" not in captured.out and not (tmp_path / "out").exists()
+
+
+def test_out_under_a_file_is_refused_before_the_data_is_loaded(tmp_path, capsys, monkeypatch):
+    """--out file/sub/run (file a regular file) failed only in mkdir, after MNIST was loaded or downloaded."""
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "sub" / "run"
+    monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://127.0.0.1:9/")  # (an empty --data would download)
+    argv = ["demo", "mnist", "--no-progress", "--data", str(tmp_path / "empty"), "--out", str(out)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"tensortrain: error: {tmp_path / 'file'} is not a folder; the output folder (out) {out} cannot be made in it\n"
+    )
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize(

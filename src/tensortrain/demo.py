@@ -708,11 +708,20 @@ def _write_outputs(
 
 def _check_folder(out: Path, *files: str) -> None:
     """An output folder path that exists must be a folder (a file, or a dangling link, which ``mkdir`` would
-    fail on only after training), and the ``files`` to be written into it must not be folders, nor existing
-    write-protected files (which the writes refuse, as ``open()`` does)."""
+    fail on only after training), one that does not must have a folder as its nearest existing parent, and the
+    ``files`` to be written into it must not be folders, nor existing write-protected files (which the writes
+    refuse, as ``open()`` does)."""
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         what = "a link to nothing" if out.is_symlink() and not out.exists() else "not a folder"
         raise NotADirectoryError(f"{out} is {what}; the output folder (out) must be a directory")
+    # a missing folder under a file (out/sub with out a file) failed only in mkdir, after loading the data
+    above = out.parent
+    while not (above.exists() or above.is_symlink()) and above.parent != above:
+        above = above.parent
+    if not (out.exists() or above.is_dir()):
+        raise NotADirectoryError(
+            f"{above} is not a folder; the output folder (out) {out} cannot be made in it"
+        )
     for name in files:
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder; the demo writes its {name} there")
