@@ -5,7 +5,8 @@ old path switched back on (by the module constant or call that chose it) and wit
 - ``frobenius_norm`` with R-only QRs, against QRs that form Q too (``torch.linalg.qr`` without ``mode="r"``);
 - ``gram_matrix`` in row blocks of 2^21 elements of a step's intermediate, against blocks of 2^24;
 - ``round`` and TT-SVD where autograd records, with the check of each SVD's range (session 33: gradients at
-  extreme magnitudes), against no check.
+  extreme magnitudes), against no check;
+- the randomized TT-SVD with the check of its factors for overflow (session 33), against no check.
 
 Prints old and new medians and old / new. Ratios move between runs on a busy host: run it a few times.
 
@@ -46,6 +47,7 @@ _OLD: dict[str, tuple[Any, str, Any]] = {
     "norm": (torch.linalg, "qr", _qr_forming_q),
     "gram": (batch_ops, "_ROWS_CHUNK", 1 << 24),
     "svd": (truncation, "_in_square_range", _unchecked),
+    "sketch": (truncation, "_sketched", truncation._randomized),  # (the factors as they come, unchecked)
 }
 
 
@@ -75,10 +77,15 @@ def cases(gen: torch.Generator) -> Iterator[tuple[str, str, Callable[[], Any]]]:
         yield name, "svd", lambda t=t, r=rank // 2: tt.round(t, max_tt_rank=r)
     a = torch.randn((8,) * 6, **f32).requires_grad_()
     yield "to_tt_tensor 8^6 to r8, with grad", "svd", lambda: tt.to_tt_tensor(a, max_tt_rank=8)
+    m = torch.randn(4096, 4096, generator=gen)
+    yield "to_tt_matrix 4096x4096 to r64 (randomized)", "sketch", lambda: tt.to_tt_matrix(
+        m, ((8,) * 4, (8,) * 4), max_tt_rank=64
+    )
 
 
 def _under(kind: str, call: Callable[[], Any]) -> Callable[[], Any]:
-    """``call`` on the path ``kind`` ("full", "norm", "gram" or "svd") took before session 32 (33 for "svd")."""
+    """``call`` on the path ``kind`` ("full", "norm", "gram", "svd" or "sketch") took before session 32 (33 for
+    "svd" and "sketch")."""
     module, name, value = _OLD[kind]
     tensors = kind == "full"  # (full's TT-tensors have a threshold of their own)
 

@@ -404,46 +404,34 @@ def test_finetune_gauge_committed_results_summarize_their_runs():
 
 def test_paths_ab_runs_each_operation_on_its_old_path_and_restores_it(monkeypatch, capsys):
     """The "old" call of each kind sees the setting that chose the old path (size thresholds raised, QR forming
-    Q, 2^24-element Gram blocks, no SVD range check), the "new" call and everything after see the current ones;
-    one table row each."""
+    Q, 2^24-element Gram blocks, no SVD range check, no check of the sketch's factors) and the current ones for
+    the other kinds; the "new" call and everything after see the current ones; one table row each."""
     import paths_ab
     import torch
 
     import tensortrain as tt
     from tensortrain import batch_ops, ops, truncation
 
-    now = (
-        ops._SWEPT_MATRIX,
-        ops._SWEPT_TENSOR,
-        batch_ops._ROWS_CHUNK,
-        torch.linalg.qr,
-        truncation._in_square_range,
-    )
-    seen = []
+    assert {k: (m, a) for k, (m, a, _) in paths_ab._OLD.items()} == {
+        "full": (ops, "_SWEPT_MATRIX"),
+        "norm": (torch.linalg, "qr"),
+        "gram": (batch_ops, "_ROWS_CHUNK"),
+        "svd": (truncation, "_in_square_range"),
+        "sketch": (truncation, "_sketched"),
+    }
+    assert paths_ab._OLD["full"][2] == 2**62 and paths_ab._OLD["gram"][2] == 1 << 24
+    assert paths_ab._OLD["sketch"][2] is truncation._randomized and paths_ab._OLD["svd"][2](None) is True
 
-    def settings():
-        seen.append(
-            (
-                ops._SWEPT_MATRIX,
-                ops._SWEPT_TENSOR,
-                batch_ops._ROWS_CHUNK,
-                torch.linalg.qr is now[3],
-                truncation._in_square_range is now[4],
-            )
-        )
+    def current() -> dict:
+        return {k: getattr(m, a) for k, (m, a, _) in paths_ab._OLD.items()} | {"tensor": ops._SWEPT_TENSOR}
 
+    now, seen = current(), []
+    kinds = list(paths_ab._OLD)
     real_cases = paths_ab.cases
     monkeypatch.setattr(
-        paths_ab, "cases", lambda gen: [(k, k, settings) for k in ("full", "norm", "gram", "svd")]
+        paths_ab, "cases", lambda gen: [(k, k, lambda: seen.append(current())) for k in kinds]
     )
-    times = iter(
-        [
-            {"old": 3e-6, "new": 1e-6},
-            {"old": 2e-6, "new": 2e-6},
-            {"old": 1e-6, "new": 4e-6},
-            {"old": 5e-6, "new": 5e-6},
-        ]
-    )
+    times = iter([{"old": (i + 2) * 1e-6, "new": 2e-6} for i in range(len(kinds))])
 
     def interleaved(fns, repeats, **kw):
         fns["old"](), fns["new"]()
@@ -451,24 +439,14 @@ def test_paths_ab_runs_each_operation_on_its_old_path_and_restores_it(monkeypatc
 
     monkeypatch.setattr(paths_ab, "interleaved", interleaved)
     assert paths_ab.main(["--threads", "1", "--repeats", "1"]) == 0
-    current = (now[0], now[1], now[2], True, True)
-    assert seen == [
-        (2**62, 2**62, now[2], True, True),
-        current,
-        (now[0], now[1], now[2], False, True),
-        current,
-        (now[0], now[1], 1 << 24, True, True),
-        current,
-        (now[0], now[1], now[2], True, False),
-        current,
-    ]
-    assert (ops._SWEPT_MATRIX, ops._SWEPT_TENSOR, batch_ops._ROWS_CHUNK, torch.linalg.qr) == now[:4]
-    assert truncation._in_square_range is now[4]
+    want = []
+    for k in kinds:
+        old = now | {k: paths_ab._OLD[k][2]} | ({"tensor": 2**62} if k == "full" else {})
+        want += [old, now]
+    assert seen == want
+    assert current() == now
     assert capsys.readouterr().out.splitlines()[3:] == [
-        "| full | 3 | 1 | 3.00x |",
-        "| norm | 2 | 2 | 1.00x |",
-        "| gram | 1 | 4 | 0.25x |",
-        "| svd | 5 | 5 | 1.00x |",
+        f"| {k} | {i + 2} | 2 | {(i + 2) / 2:.2f}x |" for i, k in enumerate(kinds)
     ]
     # the real cases: each operation's old and new calls agree
     for name, kind, call in real_cases(torch.Generator().manual_seed(0)):

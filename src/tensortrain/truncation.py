@@ -140,18 +140,22 @@ def truncated_factor(
     # the same)
     randomized = not valueless(a) and use_randomized(method, max_rank, m, n, delta is not None)
     tangents = not valueless(a) and ((grad_recorded() and a.requires_grad) or tangents_possible())
-    # A float64 A of norm 8e307 overflowed in the randomized path's sketch A @ Omega; SVD's backward squares
-    # singular values, so a float32 A of norm 1e20 or 1e-25 (float64: 1e160, 1e-170) got NaN gradients, though
-    # the forward needs no help. There each batch element is divided by a power of two (exact) to a largest
-    # magnitude in [0.5, 1), and right scaled back: the same factors. Always for the randomized path (its amax
-    # costs little beside the sketch's GEMMs) and under a transform (no sync there); where autograd records,
-    # after an exact SVD whose top singular values leave the fourth roots of the dtype's range (a sync on a few
-    # numbers: the rare redo is the only added cost).
-    e = pow2_exponents(a) if randomized or (tangents and transforms_active()) else None
+    # Scaled here: each batch element divided by a power of two (exact) to a largest magnitude in [0.5, 1), and
+    # right scaled back (the same factors). Where the randomized path overflowed (its sketch A @ Omega of a
+    # float64 A of norm 8e307), and where SVD's backward would square singular values out of the dtype's range
+    # (NaN gradients from a float32 A of norm 1e20 or 1e-25, float64 1e160 or 1e-170, whose forward is fine):
+    # under a transform always (no syncs there), else once an SVD's top singular values leave the fourth roots
+    # of the range. Both checks read a few numbers; scaling every randomized call (a pass that writes A) made
+    # a 4096 x 4096 TT-SVD to rank 64 1.2x slower.
+    e = pow2_exponents(a) if tangents and transforms_active() else None
     if e is not None:
         a, delta = _scaled(a, delta, e)
-    out = _randomized(a, max_rank, delta) if randomized else None
-    if out is None:
+    out = _sketched(a, max_rank, delta) if randomized else None
+    if out is False and e is None:
+        e = pow2_exponents(a)
+        a, delta = _scaled(a, delta, e)
+        out = _sketched(a, max_rank, delta)
+    if not out:  # (None: the sketch cannot meet delta; False: it overflowed even scaled, as exact will say)
         usv = _svd(a)
         if tangents and e is None and not _in_square_range(usv[1]):
             e = pow2_exponents(a)
@@ -161,6 +165,20 @@ def truncated_factor(
     left, right = out
     # (2^e itself is a number of the dtype: pow2_exponents clamps e)
     return left, right if e is None else unscale_pow2(right, -e)
+
+
+def _sketched(
+    a: torch.Tensor, max_rank: int, delta: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor] | None | Literal[False]:
+    """:func:`_randomized`'s factors, None as it gives, or False where they overflowed (non-finite, or an SVD
+    that LAPACK refused for non-finite input)."""
+    try:
+        out = _randomized(a, max_rank, delta)
+    except torch.linalg.LinAlgError:
+        return False
+    if out is not None and not bool(torch.isfinite(out[0].sum() + out[1].sum())):
+        return False
+    return out
 
 
 def _scaled(
