@@ -164,6 +164,13 @@ def grad_recorded() -> bool:
     return torch.compiler.is_compiling() or not torch.is_inference_mode_enabled()
 
 
+def derivatives_possible(*ts: torch.Tensor) -> bool:
+    """Whether derivatives of results computed from ``ts`` may be taken: autograd records one of them, or a
+    ``torch.func`` transform or forward-AD level is open (whose tangents ``requires_grad`` does not show: under
+    ``jvp`` it reads False)."""
+    return (grad_recorded() and any(t.requires_grad for t in ts)) or tangents_possible()
+
+
 _is_legacy_batched = getattr(
     getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", lambda t: False
 )

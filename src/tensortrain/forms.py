@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._transforms import tangents_possible, transforms_active, valueless, without_autocast
+from ._transforms import derivatives_possible, transforms_active, valueless, without_autocast
 from .errors import ShapeError
 from .operands import (
     as_flag,
@@ -83,7 +83,7 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
         cores = [flat_modes(c) for c in batched_cores(tt)]
         res = inner_sweep(cores, [c.conj() for c in cores], True).real
         return res if is_batch(tt) else res[0]
-    derivatives = _derivatives(tt.tt_cores)
+    derivatives = derivatives_possible(*tt.tt_cores)
     # The value from QR on detached cores where derivatives may be taken (no_grad alone stops no forward-mode
     # tangent: they were counted twice, QR's and the Gram sweep's); 0-dim for a single TT; the real dtype read
     # from a core (Dynamo cannot trace dtype.to_real)
@@ -99,12 +99,6 @@ def frobenius_norm_squared(tt: TensorTrainBase, differentiable: bool = False) ->
         zero = torch.where(torch.isfinite(sq), sq - sq.detach(), torch.zeros_like(sq))  # (inf - inf: NaN)
         res = res + (zero if is_batch(tt) else zero[0]).to(res.dtype)
     return res
-
-
-def _derivatives(cores: Sequence[torch.Tensor]) -> bool:
-    """Whether derivatives of a norm may be taken: cores autograd records, or a ``torch.func`` transform or
-    forward-AD level open (whose tangents ``requires_grad`` does not show: under ``jvp`` it reads False)."""
-    return (torch.is_grad_enabled() and any(c.requires_grad for c in cores)) or tangents_possible()
 
 
 def _scaled_gram(cores: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,7 +254,7 @@ def frobenius_norm(tt: TensorTrainBase, epsilon: float = 0.0, differentiable: bo
         # the value from the QR sweep's norm, in a wide type: a norm whose square leaves the cores' dtype range
         # (float32 past 1.8e19, float16 past 256) is still returned exactly; the gradient is the Gram sweep's
         check_tt(tt, "frobenius_norm", "tt")
-        graded_too = _derivatives(tt.tt_cores)
+        graded_too = derivatives_possible(*tt.tt_cores)
         # (detached cores where derivatives may be taken, as in frobenius_norm_squared: no tangent from QR)
         value = _norm_by_qr([c.detach() for c in tt.tt_cores] if graded_too else tt.tt_cores, is_batch(tt))
         if epsilon:  # (hypot(norm, 0) is the norm itself)

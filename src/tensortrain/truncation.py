@@ -40,7 +40,7 @@ from typing import Literal, get_args
 
 import torch
 
-from ._transforms import grad_recorded, tangents_possible, transforms_active, valueless
+from ._transforms import derivatives_possible, transforms_active, valueless
 from .operands import pow2_exponents, unscale_pow2, wide_dtype
 
 __all__ = ["METHODS", "Method", "check_method", "truncated_factor"]
@@ -139,7 +139,7 @@ def truncated_factor(
     # (a meta or fake tensor has shapes only: no random sketch, no orthogonality checks; the exact path's ranks are
     # the same)
     randomized = not valueless(a) and use_randomized(method, max_rank, m, n, delta is not None)
-    tangents = not valueless(a) and ((grad_recorded() and a.requires_grad) or tangents_possible())
+    tangents = not valueless(a) and derivatives_possible(a)
     # Scaled here: each batch element divided by a power of two (exact) to a largest magnitude in [0.5, 1), and
     # right scaled back (the same factors). Where the randomized path overflowed (its sketch A @ Omega of a
     # float64 A of norm 8e307), and where SVD's backward would square singular values out of the dtype's range
