@@ -78,8 +78,10 @@ def cases(gen: torch.Generator) -> Iterator[tuple[str, str, Callable[[], Any]]]:
     a = torch.randn((8,) * 6, **f32).requires_grad_()
     yield "to_tt_tensor 8^6 to r8, with grad", "svd", lambda: tt.to_tt_tensor(a, max_tt_rank=8)
     m = torch.randn(4096, 4096, generator=gen)
-    yield "to_tt_matrix 4096x4096 to r64 (randomized)", "sketch", lambda: tt.to_tt_matrix(
-        m, ((8,) * 4, (8,) * 4), max_tt_rank=64
+    yield (
+        "to_tt_matrix 4096x4096 to r64 (randomized)",
+        "sketch",
+        lambda: tt.to_tt_matrix(m, ((8,) * 4, (8,) * 4), max_tt_rank=64),
     )
 
 

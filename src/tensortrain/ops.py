@@ -174,9 +174,10 @@ def _full_matrix(
     Sweeping all the cores leaves W's modes interleaved, ``(m_1, n_1, ..., m_d, n_d)``, and the permute of
     ``2d + 1`` dims that sorts them costs more than the products: by halves, ``full`` of a 784 x 625 TT-matrix ran
     2.0-3.1x faster at rank 4 and 1.9-2.7x at rank 16, of a 4096 x 4096 one at rank 16 2.0-2.3x
-    (``benchmarks/paths_ab.py``, three runs, one and two threads, 2-core Intel Xeon). The product is one GEMM per pair of left and right row indices, written straight into
-    W's layout, where the rank is at most a quarter of both halves' column counts (their broadcast copies are
-    then at most half of W); otherwise one GEMM and one permute of W with five dims. Small matrices
+    (``benchmarks/paths_ab.py``, three runs, one and two threads, 2-core Intel Xeon). The product is one GEMM per
+    pair of left and right row indices, written straight into W's layout, where the rank is at most a quarter of
+    both halves' column counts (their broadcast copies are then at most half of W); otherwise one GEMM and one
+    permute of W with five dims. Small matrices
     (:data:`_SWEPT_MATRIX`), two cores and the scaled sweep (cores of unbalanced scales: a half alone may leave the
     dtype's range where W does not) keep the one sweep.
     """
