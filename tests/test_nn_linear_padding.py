@@ -52,7 +52,7 @@ def test_automatic_dims_pad_sizes_with_lopsided_factors():
 
 @given(n_in=st.integers(1, 3000), n_out=st.integers(1, 3000))
 def test_automatic_dims_cover_the_sizes_and_pad_little(n_in, n_out):
-    ins, outs = tt.nn.linear.resolve_dims(n_in, n_out, None, None)
+    ins, outs = tt.nn.dims.resolve_dims(n_in, n_out, None, None)
     assert len(ins) == len(outs)
     assert n_in <= math.prod(ins) <= 1.25 * n_in and n_out <= math.prod(outs) <= 1.25 * n_out
     assert all(m * n > 1 for m, n in zip(outs, ins, strict=True)) or n_in * n_out <= 3

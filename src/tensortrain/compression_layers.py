@@ -21,8 +21,9 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from ._transforms import valueless
 from .compression_report import Dims
-from .nn.embedding import TTEmbedding, resolve_embedding_dims
-from .nn.linear import TTLinear, as_linear, resolve_dims
+from .nn.dims import resolve_dims, resolve_embedding_dims
+from .nn.embedding import TTEmbedding
+from .nn.linear import TTLinear, as_linear
 from .shapes import svd_tt_ranks
 
 __all__ = [

@@ -1,5 +1,6 @@
 """What the TT layers share: cores held in an ``nn.ParameterList`` named ``cores``, their ranks and
-parameter count, and state_dict loading that survives rank changes."""
+parameter count, state_dict loading that survives rank changes, and the dtype round trip of a dense weight's
+TT-SVD (``from_linear``, ``from_embedding``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tensor_train import check_cast, is_dtensor
+from .._transforms import valueless
+from ..tensor_train import TensorTrain, check_cast, is_dtensor
 
 __all__: list[str] = []
 
@@ -362,3 +364,29 @@ class TTModule(nn.Module):
                 state_dict[key] = now
             elif drop:
                 del state_dict[key]
+
+
+def svd_ready(w: torch.Tensor) -> torch.Tensor:
+    """The weight in a dtype torch's SVD supports: half precision is decomposed in float32 (the cores are
+    cast back by :func:`cast_back`)."""
+    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+
+
+def cast_back(tt: TensorTrain, dtype: torch.dtype, fn: str) -> TensorTrain:
+    """The TT-SVD's TT in the layer's ``dtype``. TT-SVD leaves the whole norm in one core, which can leave float16's
+    range (a 256 x 256 weight of entries 6e4 has norm 1.5e7): the cores' norms are balanced first (the same
+    tensor), and a TT that still does not fit is an error, not inf weights."""
+    if tt.dtype == dtype:
+        return tt
+    if any(valueless(c) for c in tt.tt_cores):
+        return tt.to(dtype)
+    from ..ops import renormalize_tt_cores
+
+    out = renormalize_tt_cores(tt).to(dtype)
+    if not all(bool(torch.isfinite(c).all()) for c in out.tt_cores):
+        raise ValueError(
+            f"{fn}: the TT cores of the weight do not fit {dtype} even with balanced norms (largest core norm "
+            f"{max(float(torch.linalg.vector_norm(c.float())) for c in tt.tt_cores):.3g}); convert the layer in "
+            "float32"
+        )
+    return out

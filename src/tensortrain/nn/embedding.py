@@ -14,49 +14,17 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
-from ..shapes import auto_shape, max_tt_ranks, padded_shape, svd_tt_ranks
+from ..shapes import max_tt_ranks, svd_tt_ranks
 from ..tensor_train import CORE_DTYPES, TensorTrain
 from . import functional as F
-from .base import TTModule, assign_cores_, check_factory_dtype
+from .base import TTModule, assign_cores_, cast_back, check_factory_dtype, svd_ready
+from .dims import check_features, check_rank_form, resolve_embedding_dims
 from .init import tt_normal_
-from .linear import _cast_back, _check_dims, _check_features, _choose_d, _svd_ready, check_rank_form
 
 __all__ = ["TTEmbedding"]
 
 EmbeddingInit = Literal["normal", "glorot"]
 _EMBEDDING_INITS: tuple[str, ...] = get_args(EmbeddingInit)
-
-
-def resolve_embedding_dims(
-    num_embeddings: int,
-    embedding_dim: int,
-    voc_dims: Sequence[int] | None,
-    emb_dims: Sequence[int] | None,
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validate or choose the row modes (product ``>= num_embeddings``) and column modes (product ``== D``).
-
-    Raises:
-        ShapeError: ``voc_dims`` multiplying to less than ``num_embeddings``, ``emb_dims`` not multiplying to
-            ``embedding_dim``, or dims of different lengths.
-    """
-    emb = (
-        None
-        if emb_dims is None
-        else _check_dims("emb_dims", emb_dims, embedding_dim, "embedding_dim", pad=None)
-    )
-    voc = None
-    if voc_dims is not None:
-        voc = _check_dims("voc_dims", voc_dims, None, "")  # any product of at least V (checked next)
-        if math.prod(voc) < num_embeddings:
-            raise ShapeError(
-                f"voc_dims={voc} multiply to {math.prod(voc)}, fewer than num_embeddings={num_embeddings}"
-            )
-    if voc is not None and emb is not None and len(voc) != len(emb):
-        raise ShapeError(f"voc_dims={voc} and emb_dims={emb} must have the same length (one pair per core)")
-    d = len(voc) if voc is not None else len(emb) if emb is not None else min(4, _choose_d(num_embeddings))
-    voc = voc if voc is not None else padded_shape(num_embeddings, d)
-    emb = emb if emb is not None else tuple(reversed(auto_shape(embedding_dim, d)))
-    return voc, emb
 
 
 class TTEmbedding(TTModule):
@@ -122,8 +90,8 @@ class TTEmbedding(TTModule):
         check_factory_dtype(dtype, "TTEmbedding")
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        self.num_embeddings = _check_features("num_embeddings", num_embeddings)
-        self.embedding_dim = _check_features("embedding_dim", embedding_dim)
+        self.num_embeddings = check_features("num_embeddings", num_embeddings)
+        self.embedding_dim = check_features("embedding_dim", embedding_dim)
         self.voc_dims, self.emb_dims = resolve_embedding_dims(
             num_embeddings, embedding_dim, voc_dims, emb_dims
         )
@@ -238,9 +206,9 @@ class TTEmbedding(TTModule):
             max_tt_rank = max(max_tt_ranks(modes))
         tt = F._check_tt_matrix(
             "TTEmbedding.from_embedding",
-            to_tt_matrix(_svd_ready(table), [list(voc), list(emb)], max_tt_rank=max_tt_rank, epsilon=epsilon),
+            to_tt_matrix(svd_ready(table), [list(voc), list(emb)], max_tt_rank=max_tt_rank, epsilon=epsilon),
         )
-        tt = _cast_back(tt, table.dtype, "TTEmbedding.from_embedding")
+        tt = cast_back(tt, table.dtype, "TTEmbedding.from_embedding")
         layer = torch.nn.utils.skip_init(  # (every value is loaded: nothing drawn from the global generator)
             cls, v, dim, tt_rank=tt.tt_ranks, voc_dims=voc, emb_dims=emb, padding_idx=embedding.padding_idx,
             device=table.device, dtype=table.dtype,

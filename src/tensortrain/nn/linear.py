@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import contraction
-from .._transforms import transforms_active, valueless
+from .._transforms import transforms_active
 from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
@@ -23,95 +23,20 @@ from ..errors import ShapeError, fx_hint
 from ..operands import check_strided
 from ..shapes import (
     as_int,
-    auto_shape,
     is_finite,
     max_tt_ranks,
-    padded_shape,
-    prime_factors,
     svd_tt_ranks,
-    unordered,
 )
 from ..tensor_train import CORE_DTYPES, TensorTrain
 from . import functional as F
-from .base import TTModule, assign_cores_, check_factory_dtype, check_loadable
+from .base import TTModule, assign_cores_, cast_back, check_factory_dtype, check_loadable, svd_ready
+from .dims import check_features, check_rank_form, resolve_dims
 from .init import InitScheme, dense_variance, tt_normal_
 
 __all__ = ["TTLinear"]
 
 # ParameterList keys of the cores, in order (forward compares the registry with them)
 _CORE_KEYS = tuple(str(k) for k in range(128))
-
-
-def _choose_d(n: int) -> int:
-    """A number of modes giving factors of about 4 to 8 (784 -> 4, 128 -> 3, 10 -> 2)."""
-    return max(2, min(8, round(math.log2(max(n, 2)) / 2.5)))
-
-
-def check_rank_form(rank: Any, dims: dict[str, tuple[int, ...]], automatic: bool, fn: str, arg: str) -> Any:
-    """``rank`` as given (an iterator read into a tuple), checked: with automatic dims, a sequence of ranks must
-    be the full ``d + 1`` form: the user did not choose ``d``, and ``d - 1`` inner ranks of these dims could be
-    meant as the full ranks of another ``d`` (``(1, 8, 1)`` read as the inner ranks of 4 cores,
-    ``(1, 1, 8, 1, 1)``)."""
-    if rank is None or isinstance(rank, (numbers.Number, str)) or getattr(rank, "ndim", 1) == 0:
-        return rank
-    if not hasattr(rank, "__len__"):
-        try:
-            rank = tuple(rank)
-        except TypeError:
-            return rank  # (not iterable: normalize_tt_rank refuses it)
-    if not automatic:
-        return rank
-    d = len(next(iter(dims.values())))
-    if len(rank) != d + 1:
-        shown = tuple(rank.tolist()) if hasattr(rank, "tolist") else tuple(rank)
-        chosen = ", ".join(f"{k}={v}" for k, v in dims.items())
-        raise ShapeError(
-            f"{fn}: {arg}={shown} is a sequence, but the dims were chosen automatically ({chosen}: {d} cores); "
-            f"give the full {d + 1} ranks (1, r_1, ..., r_{d - 1}, 1), one int, or the dims with it"
-        )
-    return rank
-
-
-def _check_dims(
-    name: str, dims: Sequence[int], size: int | None, size_name: str, *, pad: bool | None = False
-) -> tuple[int, ...]:
-    """``dims`` as a tuple of positive ints multiplying to ``size`` (at least ``size`` with ``pad``; any product
-    when ``size`` is None). ``pad=None``: a size that is never padded (an embedding's width): no hint of
-    ``pad=True``."""
-    if unordered(dims):  # (a set iterates in an order of its own, and drops repeated modes)
-        raise TypeError(f"{name} must be a sequence of ints in a fixed order (list, tuple), got {dims!r}")
-    try:
-        ints = [as_int(k) for k in dims]
-    except TypeError:  # not iterable
-        raise TypeError(f"{name} must be a sequence of ints, got {dims!r}") from None
-    if any(k is None for k in ints):  # 8.7 would silently read as 8
-        raise TypeError(f"{name} must be a sequence of ints, got {dims!r}")
-    out = tuple(k for k in ints if k is not None)
-    if not out or any(k < 1 for k in out):
-        raise ShapeError(f"{name} must be a non-empty sequence of positive ints, got {out}")
-    if size is not None and (math.prod(out) < size if pad else math.prod(out) != size):
-        more = math.prod(out) > size
-        hint = (
-            " (dims multiplying to more, which pads the size, need pad=True)" if more and pad is False else ""
-        )
-        raise ShapeError(f"{name}={out} multiply to {math.prod(out)}, but {size_name}={size}{hint}")
-    return out
-
-
-_MAX_PADDING = 0.25
-"""Automatic dims pad a size by at most this fraction (a classifier's 10 outputs stay (1, 1, 2, 5), not 16)."""
-
-
-def _modes(n: int, d: int, pad: bool) -> tuple[int, ...]:
-    """``d`` balanced modes of ``n``, ascending; with ``pad``, padded (by at most 25%) when the exact ones are
-    lopsided."""
-    return padded_shape(n, d, max_padding=_MAX_PADDING) if pad else auto_shape(n, d)
-
-
-def _richness(n: int, pad: bool) -> int:
-    """How many modes ``n`` fills without modes of 1: its prime factors, or :func:`_choose_d` when padded."""
-    d = _choose_d(n)
-    return d if pad and math.prod(_modes(n, d, pad)) != n else len(prime_factors(n))
 
 
 def _bias_values(bias: Any, fn: str, device: torch.device) -> torch.Tensor | None:
@@ -128,90 +53,6 @@ def _bias_values(bias: Any, fn: str, device: torch.device) -> torch.Tensor | Non
     return values
 
 
-def resolve_dims(
-    in_features: int,
-    out_features: int,
-    in_dims: Sequence[int] | None,
-    out_dims: Sequence[int] | None,
-    pad: bool | None = None,
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validate given mode sizes or factor the sizes into ``d`` balanced modes (shared ``d``).
-
-    Missing dims are factored with :func:`tensortrain.shapes.padded_shape`: input modes ascending, output
-    modes descending, so that the products ``m_k n_k`` (which set the core sizes) stay balanced. Unless ``pad``
-    is False, a size whose exact factors are lopsided (a large prime factor: 1021, 30522 = 2 * 3 * 5087) is
-    padded to a balanced product at most 25% larger. ``d`` (when no dims are given) aims at modes of about 4
-    to 8 and never exceeds what the richer size can fill (its count of prime factors, unless it is padded), so
-    no core has both modes equal to 1, except that ``d`` is at least 2: a size of 1 beside a prime or 1 (1 -> 7)
-    gets one such core. Given dims must multiply to the size; with ``pad=True`` they may multiply to more.
-
-    Raises:
-        ShapeError: given dims that multiply to another size (with ``pad=True``: to less), or in/out dims of
-            different lengths.
-        TypeError: ``pad`` not None or a bool.
-    """
-    if pad is not None and not isinstance(pad, bool):
-        raise TypeError(f"pad must be None, True or False, got {pad!r}")
-    # given dims may multiply to more only when asked; automatic dims pad unless refused
-    given, auto = bool(pad), pad is not False
-    # read once (an iterator too) and checked as ints, then against the sizes
-    ins = None if in_dims is None else _check_dims("in_dims", in_dims, None, "in_features")
-    outs = None if out_dims is None else _check_dims("out_dims", out_dims, None, "out_features")
-    if (
-        ins
-        and outs
-        and in_features != out_features
-        and (math.prod(ins), math.prod(outs)) == (out_features, in_features)
-    ):
-        raise ShapeError(  # (to_tt_matrix says the same of a transposed shape)
-            f"in_dims={ins} multiply to out_features={out_features} and out_dims={outs} to "
-            f"in_features={in_features}: they look swapped (in_dims are the input modes)"
-        )
-    ins = None if ins is None else _check_dims("in_dims", ins, in_features, "in_features", pad=given)
-    outs = None if outs is None else _check_dims("out_dims", outs, out_features, "out_features", pad=given)
-    if ins is not None and outs is not None and len(ins) != len(outs):
-        raise ShapeError(
-            f"in_dims={ins} and out_dims={outs} must have the same length (one pair of modes per core)"
-        )
-    d = len(ins) if ins is not None else len(outs) if outs is not None else None
-    if d is None:
-        # No more modes than the richer size fills: otherwise some core would have m_k = n_k = 1 and only add
-        # an r x r factor (two primes give d = 2: a plain low-rank factorization).
-        richest = max(_richness(in_features, auto), _richness(out_features, auto))
-        d = max(2, min(_choose_d(max(in_features, out_features)), richest))
-    if ins is None:
-        ins = _modes(in_features, d, auto)
-    if outs is None:
-        outs = tuple(reversed(_modes(out_features, d, auto)))
-    return ins, outs
-
-
-def _svd_ready(w: torch.Tensor) -> torch.Tensor:
-    """The weight in a dtype torch's SVD supports: half precision is decomposed in float32 (the cores are
-    cast back by :func:`_cast_back`)."""
-    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
-
-
-def _cast_back(tt: TensorTrain, dtype: torch.dtype, fn: str) -> TensorTrain:
-    """The TT-SVD's TT in the layer's ``dtype``. TT-SVD leaves the whole norm in one core, which can leave float16's
-    range (a 256 x 256 weight of entries 6e4 has norm 1.5e7): the cores' norms are balanced first (the same
-    tensor), and a TT that still does not fit is an error, not inf weights."""
-    if tt.dtype == dtype:
-        return tt
-    if any(valueless(c) for c in tt.tt_cores):
-        return tt.to(dtype)
-    from ..ops import renormalize_tt_cores
-
-    out = renormalize_tt_cores(tt).to(dtype)
-    if not all(bool(torch.isfinite(c).all()) for c in out.tt_cores):
-        raise ValueError(
-            f"{fn}: the TT cores of the weight do not fit {dtype} even with balanced norms (largest core norm "
-            f"{max(float(torch.linalg.vector_norm(c.float())) for c in tt.tt_cores):.3g}); convert the layer in "
-            "float32"
-        )
-    return out
-
-
 def as_linear(m: nn.LazyLinear) -> nn.Linear:
     """An ``nn.Linear`` over a materialized ``LazyLinear``'s own parameters (no copy): its ``in_features`` is
     still 0 until a first forward sets it from the input (``load_state_dict`` materializes it without one)."""
@@ -220,15 +61,6 @@ def as_linear(m: nn.LazyLinear) -> nn.Linear:
     # (materialized: plain Parameters, whatever the annotations say)
     lin.weight, lin.bias = m.weight, m.bias  # type: ignore[assignment]
     return lin
-
-
-def _check_features(name: str, value: Any) -> int:
-    n = as_int(value)
-    if n is None:
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if n < 1:
-        raise ShapeError(f"{name} must be >= 1, got {n}")
-    return n
 
 
 class TTLinear(TTModule):
@@ -335,8 +167,8 @@ class TTLinear(TTModule):
         check_factory_dtype(dtype, "TTLinear")
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        self.in_features = _check_features("in_features", in_features)
-        self.out_features = _check_features("out_features", out_features)
+        self.in_features = check_features("in_features", in_features)
+        self.out_features = check_features("out_features", out_features)
         self.in_dims, self.out_dims = resolve_dims(in_features, out_features, in_dims, out_dims, pad)
         self._in_pad = math.prod(self.in_dims) - self.in_features
         self._out_pad = math.prod(self.out_dims) - self.out_features
@@ -620,10 +452,10 @@ class TTLinear(TTModule):
         tt = F._check_tt_matrix(
             "TTLinear.from_linear",
             to_tt_matrix(
-                _svd_ready(w), [list(out_dims), list(in_dims)], max_tt_rank=max_tt_rank, epsilon=epsilon
+                svd_ready(w), [list(out_dims), list(in_dims)], max_tt_rank=max_tt_rank, epsilon=epsilon
             ),
         )
-        tt = _cast_back(tt, w.dtype, "TTLinear.from_linear")
+        tt = cast_back(tt, w.dtype, "TTLinear.from_linear")
         bias = None if linear.bias is None else linear.bias.detach()
         layer = cls.from_tt(
             tt,
