@@ -50,6 +50,7 @@ import torch
 
 from ._transforms import capturing, transforms_active, valueless, without_autocast
 from .errors import ShapeError
+from .init_args import matrix_shape_dims
 from .operands import as_flag, as_tensor, check_strided, holds_tensor, matrix_dims, tensor_dims, wide_dtype
 from .orthogonalization import (
     all_finite,
@@ -419,9 +420,7 @@ def to_tt_tensor(
 
 
 def _matrix_modes(shape: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    from .constant_initializers import _matrix_dims  # shape checks shared with the initializers
-
-    return _matrix_dims(shape, "to_tt_matrix: shape")
+    return matrix_shape_dims(shape, "to_tt_matrix: shape")  # (the initializers' shape forms)
 
 
 def _check_matrix_shape(

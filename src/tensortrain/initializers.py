@@ -31,16 +31,6 @@ from typing import Any
 import torch
 
 from .constant_initializers import (
-    MatrixShape,
-    Rank,
-    TensorShape,
-    _batch_size,
-    _core_shapes,
-    _dims,
-    _dtype,
-    _matrix_dims,
-    _real,
-    _stddev,
     eye,
     matrix_ones,
     matrix_zeros,
@@ -49,13 +39,25 @@ from .constant_initializers import (
     tensor_zeros,
     zeros_like,
 )
+from .init_args import (
+    MatrixShape,
+    Rank,
+    TensorShape,
+    check_batch_size,
+    check_stddev,
+    core_shapes,
+    float_dtype,
+    matrix_shape_dims,
+    real_number,
+    shape_dims,
+)
 from .random_cores import (
-    _normal_cores,
-    _wrap,
     matrix_batch_with_random_cores,
     matrix_with_random_cores,
+    normal_cores,
     tensor_batch_with_random_cores,
     tensor_with_random_cores,
+    wrap_cores,
 )
 from .shapes import svd_tt_ranks
 from .tensor_train import TensorTrain, TensorTrainBatch
@@ -126,20 +128,20 @@ def _random(
     device: torch.device | str | None,
 ) -> Any:
     """Random TT with full-tensor entry std ``stddev``, plus ``mean`` times the all-ones TT."""
-    stddev, mean = _stddev(stddev), _real(mean, "mean")
-    kw: dict[str, Any] = {"dtype": _dtype(dtype), "device": device}
+    stddev, mean = check_stddev(stddev), real_number(mean, "mean")
+    kw: dict[str, Any] = {"dtype": float_dtype(dtype), "device": device}
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
     ranks = svd_tt_ranks(tt_rank, modes)
     d = len(rows)
     core_std = 0.0 if stddev == 0 else per_core_std(stddev, ranks, d)
-    shapes = _core_shapes(rows, cols, ranks, batch_size)
-    cores = _normal_cores(shapes, 0.0, core_std, generator, **kw)
+    shapes = core_shapes(rows, cols, ranks, batch_size)
+    cores = normal_cores(shapes, 0.0, core_std, generator, **kw)
     if mean != 0.0:
         # t3f's semantics: tt + mean * ones, every inner rank grows by 1.
-        ones = [torch.ones(s, **kw) for s in _core_shapes(rows, cols, [1] * (d + 1), batch_size)]
+        ones = [torch.ones(s, **kw) for s in core_shapes(rows, cols, [1] * (d + 1), batch_size)]
         ones[0] = ones[0] * mean
         cores = _add_cores(cores, ones, batch_size is not None)
-    return _wrap(cores, batch_size)
+    return wrap_cores(cores, batch_size)
 
 
 # ------------------------------------------------------------------------------------- random TT objects
@@ -186,7 +188,7 @@ def random_tensor(
         >>> print(a)
         A Tensor Train of shape (3, 4, 5), TT-ranks: (1, 2, 2, 1)
     """
-    dims = _dims(shape, "random_tensor: shape")
+    dims = shape_dims(shape, "random_tensor: shape")
     return _random(dims, None, tt_rank, None, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
 
 
@@ -220,8 +222,8 @@ def random_tensor_batch(
         >>> print(tt.random_tensor_batch((2, 3), tt_rank=2, batch_size=4))
         A 4 element batch of Tensor Trains of shape (2, 3), TT-ranks: (1, 2, 1)
     """
-    dims = _dims(shape, "random_tensor_batch: shape")
-    b = _batch_size(batch_size)
+    dims = shape_dims(shape, "random_tensor_batch: shape")
+    b = check_batch_size(batch_size)
     return _random(dims, None, tt_rank, b, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
 
 
@@ -258,7 +260,7 @@ def random_matrix(
         >>> print(tt.random_matrix([[4, 7, 4, 7], [5, 5, 5, 5]], tt_rank=2))
         A TT-Matrix of size 784 x 625, underlying tensor shape: (4, 7, 4, 7) x (5, 5, 5, 5), TT-ranks: (1, 2, 2, 2, 1)
     """
-    rows, cols = _matrix_dims(shape, "random_matrix: shape")
+    rows, cols = matrix_shape_dims(shape, "random_matrix: shape")
     return _random(rows, cols, tt_rank, None, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
 
 
@@ -292,14 +294,14 @@ def random_matrix_batch(
         >>> tt.random_matrix_batch([[2, 2], [3, 3]], batch_size=5).batch_size
         5
     """
-    rows, cols = _matrix_dims(shape, "random_matrix_batch: shape")
-    b = _batch_size(batch_size)
+    rows, cols = matrix_shape_dims(shape, "random_matrix_batch: shape")
+    b = check_batch_size(batch_size)
     return _random(rows, cols, tt_rank, b, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------ variance-scaled schemes
 def _fans(shape: MatrixShape, name: str) -> tuple[int, int]:
-    rows, cols = _matrix_dims(shape, name)
+    rows, cols = matrix_shape_dims(shape, name)
     return math.prod(rows), math.prod(cols)
 
 

@@ -12,17 +12,17 @@ from typing import Any
 
 import torch
 
-from .constant_initializers import (
+from .init_args import (
     MatrixShape,
     Rank,
     TensorShape,
-    _batch_size,
-    _core_shapes,
-    _dims,
-    _dtype,
-    _matrix_dims,
-    _real,
-    _stddev,
+    check_batch_size,
+    check_stddev,
+    core_shapes,
+    float_dtype,
+    matrix_shape_dims,
+    real_number,
+    shape_dims,
 )
 from .shapes import svd_tt_ranks
 from .tensor_train import TensorTrain, TensorTrainBatch
@@ -35,13 +35,15 @@ __all__ = [
 ]
 
 
-def _wrap(cores: list[torch.Tensor], batch_size: int | None) -> Any:
+def wrap_cores(cores: list[torch.Tensor], batch_size: int | None) -> Any:
+    """A TensorTrain of ``cores``, or a TensorTrainBatch when a ``batch_size`` was asked for."""
     return TensorTrain(cores) if batch_size is None else TensorTrainBatch(cores)
 
 
-def _normal_cores(
+def normal_cores(
     shapes: list[tuple[int, ...]], mean: float, std: float, generator: torch.Generator | None, **kw: Any
 ) -> list[torch.Tensor]:
+    """One core of i.i.d. N(mean, std^2) entries per shape (``kw``: dtype and device)."""
     return [torch.randn(s, generator=generator, **kw) * std + mean for s in shapes]
 
 
@@ -75,7 +77,7 @@ def tensor_with_random_cores(
         >>> tt.tensor_with_random_cores((2, 3), tt_rank=2).tt_ranks
         (1, 2, 1)
     """
-    dims = _dims(shape, "tensor_with_random_cores: shape")
+    dims = shape_dims(shape, "tensor_with_random_cores: shape")
     return _iid(dims, None, tt_rank, None, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
 
 
@@ -109,8 +111,8 @@ def tensor_batch_with_random_cores(
         >>> tt.tensor_batch_with_random_cores((2, 3), batch_size=3).batch_size
         3
     """
-    dims = _dims(shape, "tensor_batch_with_random_cores: shape")
-    b = _batch_size(batch_size)
+    dims = shape_dims(shape, "tensor_batch_with_random_cores: shape")
+    b = check_batch_size(batch_size)
     return _iid(dims, None, tt_rank, b, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
 
 
@@ -143,7 +145,7 @@ def matrix_with_random_cores(
         >>> tt.matrix_with_random_cores([[2, 2], [3, 3]]).shape
         torch.Size([4, 9])
     """
-    rows, cols = _matrix_dims(shape, "matrix_with_random_cores: shape")
+    rows, cols = matrix_shape_dims(shape, "matrix_with_random_cores: shape")
     return _iid(rows, cols, tt_rank, None, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
 
 
@@ -177,8 +179,8 @@ def matrix_batch_with_random_cores(
         >>> tt.matrix_batch_with_random_cores([[2, 2], [3, 3]], batch_size=2).shape
         torch.Size([2, 4, 9])
     """
-    rows, cols = _matrix_dims(shape, "matrix_batch_with_random_cores: shape")
-    b = _batch_size(batch_size)
+    rows, cols = matrix_shape_dims(shape, "matrix_batch_with_random_cores: shape")
+    b = check_batch_size(batch_size)
     return _iid(rows, cols, tt_rank, b, mean, stddev, generator, dtype, device)  # type: ignore[no-any-return]
 
 
@@ -193,7 +195,9 @@ def _iid(
     dtype: torch.dtype | None,
     device: torch.device | str | None,
 ) -> Any:
-    kw: dict[str, Any] = {"dtype": _dtype(dtype), "device": device}
+    kw: dict[str, Any] = {"dtype": float_dtype(dtype), "device": device}
     modes = rows if cols is None else [m * n for m, n in zip(rows, cols, strict=True)]
-    shapes = _core_shapes(rows, cols, svd_tt_ranks(tt_rank, modes), batch_size)
-    return _wrap(_normal_cores(shapes, _real(mean, "mean"), _stddev(stddev), generator, **kw), batch_size)
+    shapes = core_shapes(rows, cols, svd_tt_ranks(tt_rank, modes), batch_size)
+    return wrap_cores(
+        normal_cores(shapes, real_number(mean, "mean"), check_stddev(stddev), generator, **kw), batch_size
+    )
