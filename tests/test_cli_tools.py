@@ -18,9 +18,9 @@ from torch import nn
 
 import tensortrain as tt
 from conftest import run_closing_stdout
-from tensortrain import cli_commands
+from tensortrain import cli_compress, cli_inspect
 from tensortrain.cli import main
-from tensortrain.cli_commands import inspect_path
+from tensortrain.cli_inspect import inspect_path
 
 MODELS = '''
 import torch
@@ -793,7 +793,7 @@ def test_two_outputs_into_one_device_are_fine(tmp_path):
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    cli_commands._check_distinct(argparse.Namespace(weights=None, out=str(fifo), report_json=str(fifo)))
+    cli_compress._check_distinct(argparse.Namespace(weights=None, out=str(fifo), report_json=str(fifo)))
 
 
 @pytest.mark.parametrize("option", ["--out", "--report-json"])
@@ -872,12 +872,12 @@ def test_warnings_and_ctrl_c_are_one_line(models, tmp_path, capsys, monkeypatch)
         assert main([*argv, "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert err.startswith("tensortrain: warning: compress: include pattern(s) ['zzz'] match no"), err
-    assert "cli_commands.py" not in err and len(err.strip().splitlines()) == 1
+    assert "cli_compress.py" not in err and len(err.strip().splitlines()) == 1
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_commands, "_load_model", interrupted)
+    monkeypatch.setattr(cli_compress, "_load_model", interrupted)
     assert main(argv) == 130
     assert capsys.readouterr().err == "tensortrain: interrupted\n"
 
@@ -981,12 +981,10 @@ def test_the_recipe_loads_the_weights_first_where_a_fresh_model_differs(tmp_path
 def test_the_recipe_check_runs_only_for_a_written_model(models, tmp_path, capsys, monkeypatch):
     """The rank-1 check of the model as built ran on every layer whenever --weights was given, also with
     --dry-run (no recipe) and outside --include."""
-    import tensortrain.cli_commands as commands
-
     torch.save(models.mlp().state_dict(), "w.pt")
     calls = []
-    real = commands._replaceable
-    monkeypatch.setattr(commands, "_replaceable", lambda *a: calls.append(a[1:]) or real(*a))
+    real = cli_compress._replaceable
+    monkeypatch.setattr(cli_compress, "_replaceable", lambda *a: calls.append(a[1:]) or real(*a))
     argv = [
         "compress",
         "--model",
@@ -1061,7 +1059,7 @@ def test_inspect_names_torchscript_archives_and_unreadable_files(tmp_path, capsy
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(cli_commands, "open", refuse, raising=False)
+    monkeypatch.setattr(cli_inspect, "open", refuse, raising=False)
     assert main(["inspect", str(locked)]) == 1
     assert capsys.readouterr().err == f"tensortrain: error: {locked}: cannot read it (Permission denied)\n"
 
@@ -1122,4 +1120,4 @@ def test_a_model_spec_missing_one_side_is_a_usage_error(spec, capsys):
 
 def test_error_lines_drop_terminal_colours():
     err = RuntimeError("\x1b[31mbad\x1b[0m file\nsecond line")
-    assert cli_commands._one_line(err) == "RuntimeError: bad file; second line"
+    assert cli_inspect.one_line(err) == "RuntimeError: bad file; second line"

@@ -2,7 +2,7 @@
 
 Thin over the library: it parses options, sets up ``torch.distributed`` when started by ``torchrun``,
 shows progress bars (tqdm, from the ``demo`` extra, when installed) and prints what the library returns.
-What ``inspect`` and ``compress`` do is in :mod:`tensortrain.cli_commands`.
+What ``inspect`` and ``compress`` do is in :mod:`tensortrain.cli_inspect` and :mod:`tensortrain.cli_compress`.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def _add_mnist(demo: argparse._SubParsersAction) -> None:
 
 
 def _add_inspect(commands: argparse._SubParsersAction) -> None:
-    from .cli_commands import run_inspect
+    from .cli_inspect import run_inspect
 
     p = commands.add_parser(
         "inspect",
@@ -234,7 +234,7 @@ def _add_inspect(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_compress(commands: argparse._SubParsersAction) -> None:
-    from .cli_commands import run_compress
+    from .cli_compress import run_compress
 
     p = commands.add_parser(
         "compress",

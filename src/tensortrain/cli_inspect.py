@@ -1,9 +1,9 @@
-"""What ``tensortrain inspect`` and ``tensortrain compress`` do (their options are in :mod:`tensortrain.cli`).
+"""What ``tensortrain inspect`` does (its options are in :mod:`tensortrain.cli`), and the reading of model
+checkpoints that ``tensortrain compress`` shares.
 
 Thin over the library: ``inspect`` reads a ``tt.save`` file (``tt.load``, ``tt.read_metadata``) or a model
 checkpoint (a safetensors or ``torch.save`` state dict, read with ``weights_only=True``) and describes its TT
-layers from the shapes of their cores (``<prefix>cores.<k>``, core ``k`` of shape ``(r_{k-1}, m_k, n_k, r_k)``);
-``compress`` builds a model from ``MODULE:ATTR``, runs ``tt.compress`` and saves the result atomically.
+layers from the shapes of their cores (``<prefix>cores.<k>``, core ``k`` of shape ``(r_{k-1}, m_k, n_k, r_k)``).
 
 Every failure the user can fix raises :class:`CommandError`, whose one-line message the command prints.
 """
@@ -11,9 +11,6 @@ Every failure the user can fix raises :class:`CommandError`, whose one-line mess
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import io
 import json
 import math
 import os
@@ -21,22 +18,19 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import safetensors
 import safetensors.torch
 import torch
-from torch import nn
 
-from . import __version__
-from .compression import CompressionReport, compress
 from .compression_report import fmt_dims, text_table
-from .io import TTFileError, atomic_write, load, names_folder, read_metadata, special_file
+from .io import TTFileError, load, read_metadata
 from .tensor_train import TensorTrainBatch
 
-__all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
+__all__ = ["CommandError", "inspect_path", "read_state_dict", "run_inspect"]
 
 # "<prefix>cores.<k>", prefix "" or ending in "."; a core torch.nn.utils.prune reroutes is stored as
 # "cores.<k>_orig" (its mask a buffer "cores.<k>_mask"), one torch.nn.utils.parametrize moves as
@@ -44,7 +38,7 @@ __all__ = ["CommandError", "read_state_dict", "run_compress", "run_inspect"]
 _CORE_KEY = re.compile(r"^((?:.*\.)?)cores\.(?:(\d+)(_orig)?|parametrizations\.(\d+)\.original)$")
 # {"state_dict": {...}} / {"model": {...}} / PyTorch's checkpoint recipe's {"model_state_dict": {...}, "epoch": ...}
 _WRAPPERS = ("state_dict", "model", "model_state_dict")
-_META_KEY = "tensortrain_compress"  # the header entry compress writes into a safetensors checkpoint
+META_KEY = "tensortrain_compress"  # the header entry compress writes into a safetensors checkpoint
 _EXTRA_STATE = "_extra_state"  # torch's key for what a module's get_extra_state returns (any picklable value)
 
 
@@ -57,7 +51,7 @@ class CommandError(Exception):
     """
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     """An exception as ``"Type: message"`` on one line (torch and safetensors messages span several)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch.load's messages carry terminal colours
     text = "; ".join(part.strip() for part in text.splitlines() if part.strip())
@@ -77,14 +71,14 @@ def _probe(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | No
         with open(path, "rb"):
             pass
     except OSError as err:
-        raise CommandError(f"{path}: cannot read it ({err.strerror or _one_line(err)})") from err
+        raise CommandError(f"{path}: cannot read it ({err.strerror or one_line(err)})") from err
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             return shapes, dict(f.metadata() or {})
     except Exception as err:  # safetensors raises its own SafetensorError
         if path.suffix == ".safetensors":  # say what safetensors finds wrong, not torch.load's view of it
-            raise CommandError(f"{path}: unreadable safetensors file ({_one_line(err)})") from err
+            raise CommandError(f"{path}: unreadable safetensors file ({one_line(err)})") from err
         return None
 
 
@@ -127,7 +121,7 @@ def _torch_load(path: Path) -> Any:
             ) from err
         raise CommandError(
             f"{path}: neither a safetensors file nor a torch file torch.load can read "
-            f"({reason or _one_line(err)})"
+            f"({reason or one_line(err)})"
         ) from err
 
 
@@ -194,7 +188,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             return safetensors.torch.load_file(str(p), device="cpu")
         except Exception as err:
-            raise CommandError(f"{p}: unreadable safetensors file ({_one_line(err)})") from err
+            raise CommandError(f"{p}: unreadable safetensors file ({one_line(err)})") from err
     return _unwrap(p, _torch_load(p))
 
 
@@ -323,7 +317,7 @@ def _describe_state_dict(
     }
 
 
-def _aliases(state: dict[str, Any]) -> dict[str, str]:
+def storage_aliases(state: dict[str, Any]) -> dict[str, str]:
     """key -> the first key of the same tensor (same storage, offset, shape, strides and dtype), for tensors a
     ``torch.save`` file stores once under several names (tied weights, shared modules)."""
     first: dict[tuple[Any, ...], str] = {}
@@ -360,7 +354,7 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
         return _describe_state_dict(p, "safetensors", shapes, rest if metadata is not None else None, aliases)
     state = _unwrap(p, _torch_load(p))
     shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    return _describe_state_dict(p, "torch", shapes, None, _aliases(state))
+    return _describe_state_dict(p, "torch", shapes, None, storage_aliases(state))
 
 
 def _tt_file_text(info: dict[str, Any]) -> list[str]:
@@ -440,7 +434,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         try:
             info = inspect_path(path)
         except (CommandError, OSError) as err:  # OSError: e.g. a file we may not read
-            text = str(err) if isinstance(err, CommandError) else _one_line(err)
+            text = str(err) if isinstance(err, CommandError) else one_line(err)
             print(f"tensortrain: error: {text}", file=sys.stderr)
             results.append({"path": str(path), "error": text})
             status = 1
@@ -452,335 +446,3 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return status
-
-
-# --------------------------------------------------------------------------------------------- compress
-@contextlib.contextmanager
-def _cwd_on_path() -> Iterator[None]:
-    """The current folder first on ``sys.path`` (as ``python -m`` puts it), for as long as the model is built."""
-    cwd = os.getcwd()
-    sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(cwd)  # the first occurrence: ours
-
-
-def _build_model(spec: str) -> tuple[nn.Module, bool]:
-    """The module ``MODULE:ATTR`` names (an instance, or what calling it with no arguments returns), and
-    whether ATTR was called."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CommandError(f"--model must be MODULE:ATTR (e.g. mymodels:build_mlp), got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except SystemExit as err:  # a script that parses its command line (or exits) when imported
-        raise CommandError(
-            f"--model {spec}: importing {module_name!r} called sys.exit({err.code!r}); a script that runs when "
-            "imported needs an if __name__ == '__main__': guard"
-        ) from err
-    except Exception as err:
-        raise CommandError(
-            f"--model {spec}: cannot import {module_name!r} (the current folder {os.getcwd()} is searched "
-            f"first): {_one_line(err)}"
-        ) from err
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            where = getattr(module, "__file__", None) or module_name
-            raise CommandError(f"--model {spec}: {where} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if isinstance(obj, nn.Module):
-        return obj, False
-    if not callable(obj):
-        raise CommandError(
-            f"--model {spec} is a {type(obj).__name__}, expected an nn.Module or a function that returns one"
-        )
-    try:
-        built = obj()
-    except SystemExit as err:
-        raise CommandError(f"--model {spec}: calling {attr}() called sys.exit({err.code!r})") from err
-    except Exception as err:
-        raise CommandError(f"--model {spec}: calling {attr}() failed: {_one_line(err)}") from err
-    if not isinstance(built, nn.Module):
-        raise CommandError(
-            f"--model {spec}: {attr}() returned an object of type {type(built).__name__}, expected an nn.Module"
-        )
-    return built, True
-
-
-def _check_target(path: str | None, option: str) -> None:
-    """Fail before any work when ``path`` cannot be written (a folder, or in a missing folder)."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir() or names_folder(path):
-        raise CommandError(f"{option} {path} names a folder; give a file name")
-    if not p.parent.is_dir():
-        raise CommandError(f"{option} {p}: the folder {p.parent} does not exist")
-
-
-def _check_distinct(args: argparse.Namespace) -> None:
-    """Fail before any work when two of --weights, --out and --report-json name the same file (the report
-    would replace the saved model, or the saved model the weights)."""
-    named = [
-        (o, p)
-        for o, p in (("--weights", args.weights), ("--out", args.out), ("--report-json", args.report_json))
-        if p
-    ]
-    for i, (opt_a, a) in enumerate(named):
-        for opt_b, b in named[i + 1 :]:
-            # (devices and FIFOs are written into, not replaced: --out /dev/null --report-json /dev/null is fine)
-            if os.path.realpath(a) == os.path.realpath(b) and not special_file(a):
-                raise CommandError(
-                    f"{opt_a} {a} and {opt_b} {b} are the same file; give {opt_b} another name"
-                )
-
-
-def _glob_escape(name: str) -> str:
-    """A module name as an fnmatch pattern matching only itself."""
-    return re.sub(r"([*?[])", r"[\1]", name)
-
-
-def _budget(args: argparse.Namespace) -> dict[str, float | int]:
-    names = ("max_tt_rank", "epsilon", "ratio")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-
-
-def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> bool:
-    """Write the model's state dict to ``path`` (safetensors or torch, by suffix); returns whether a safetensors
-    file stores some tensor once for several names (the recipe must then fill them in)."""
-    state = model.state_dict()
-    meta = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_meta]
-    if meta:
-        raise CommandError(
-            f"--out {path}: the model's tensors {', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''} are on "
-            "the meta device and hold no values; pass --weights to load them"
-        )
-    if path.suffix == ".safetensors":
-        others = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-        if others:
-            raise CommandError(
-                f"--out {path}: safetensors stores tensors only, and {others[0]!r} is a "
-                f"{type(state[others[0]]).__name__} (a module's extra state); save to a .pt file instead"
-            )
-        sparse = [k for k, v in state.items() if v.layout != torch.strided]
-        if sparse:
-            raise CommandError(
-                f"--out {path}: safetensors stores dense tensors only, and {sparse[0]!r} is a {state[sparse[0]].layout} "
-                "tensor; save to a .pt file instead"
-            )
-        # a tensor under several names (tied weights, a shared module) stored once, the other names as
-        # metadata {name: stored name}, the layout of safetensors.torch.save_model (which inspect reads);
-        # one contiguous CPU copy per stored key (safetensors refuses tensors that share storage)
-        aliases = _aliases(state)
-        tensors = {
-            k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items() if k not in aliases
-        }
-        data = safetensors.torch.save(tensors, metadata={**aliases, _META_KEY: json.dumps(header)})
-    else:
-        aliases = {}  # (torch.save stores a shared tensor once and gives it back under every name)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        data = buffer.getvalue()
-    atomic_write(path, data)
-    return bool(aliases)
-
-
-def _recipe(
-    spec: str,
-    called: bool,
-    out: str,
-    replaced: list[str],
-    assign: bool = False,
-    ties: Sequence[tuple[str, str, bool]] = (),
-    aliased: bool = False,
-    weights_first: str | None = None,
-) -> list[str]:
-    """Python lines that rebuild the compressed model and load ``out`` into it (tested in test_cli_tools);
-    ``assign``: the model is built on the meta device, so loading must assign the tensors; ``ties``: (name,
-    name of the same tensor, whether a parameter) for every tensor the model holds under a second name;
-    ``aliased``: the file stores some tensor once for several names; ``weights_first``: the ``--weights``
-    file, loaded before the rank-1 compress where a fresh model would not give the same TT layers."""
-    module_name, _, attr = spec.partition(":")
-    if out.endswith(".safetensors"):
-        lines, load = ["import safetensors.torch"], f"safetensors.torch.load_file({out!r})"
-    else:
-        lines, load = ["import torch"], f"torch.load({out!r}, weights_only=True)"
-    if all(part.isidentifier() for part in module_name.split(".")):
-        lines += ["import tensortrain", f"import {module_name}"]
-        mod = module_name
-    else:  # importlib takes any module name, the import statement only identifiers (e.g. "my-models")
-        lines += ["import importlib", "import tensortrain", f"mod = importlib.import_module({module_name!r})"]
-        mod = "mod"
-    lines.append(f"model = {mod}.{attr}{'()' if called else ''}")
-    # the values compress decided on (lazy shapes, padding rows, finite weights)
-    if weights_first is not None:
-        lines += [
-            "from tensortrain.cli_commands import read_state_dict",
-            f"model.load_state_dict(read_state_dict({weights_first!r}), strict=False)",
-        ]
-    if replaced:  # rank 1 gives the same TT layers at the smallest ranks; loading resizes them to the saved
-        lines.append(f"model, _ = tensortrain.compress(model, max_tt_rank=1, include={replaced!r})")
-    if aliased and out.endswith(".safetensors"):  # names stored once: give every name its tensor
-        lines += [
-            f"state = {load}",
-            f"with safetensors.safe_open({out!r}, framework='pt') as f:  # tied tensors are stored once",
-            "    state.update({k: state[v] for k, v in f.metadata().items() if v in state})",
-        ]
-        load = "state"
-    lines.append(f"model.load_state_dict({load}{', assign=True' if assign else ''})")
-    if assign:  # assigning gives every name its own new tensor: tie them again (as _retie does)
-        for name, first, param in ties:
-            owner, _, attr = name.rpartition(".")
-            register, get = (
-                ("register_parameter", "get_parameter") if param else ("register_buffer", "get_buffer")
-            )
-            lines.append(f"model.get_submodule({owner!r}).{register}({attr!r}, model.{get}({first!r}))")
-    return lines
-
-
-def _load_model(args: argparse.Namespace) -> tuple[nn.Module, bool, bool, set[str] | None]:
-    """The model ``--model`` names, with ``--weights`` loaded (strict), whether ATTR was called, whether the
-    model was built on the meta device, and (with ``--weights``, off meta) the layers the reload recipe's rank-1
-    compress replaces in the model as built, before the weights (see :func:`_replaceable`)."""
-    replaceable = None
-    with _cwd_on_path():
-        model, called = _build_model(args.model)
-        # a model built on the meta device takes the loaded tensors themselves (copying into meta parameters
-        # does nothing)
-        meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
-        if args.weights is not None and not meta and args.out is not None and not args.dry_run:
-            replaceable = _replaceable(model, args.include, args.exclude)
-        if args.weights is not None:
-            state = read_state_dict(args.weights)
-            groups = _tied_groups(model)
-            try:
-                model.load_state_dict(_with_tied(model, state), strict=True, assign=meta)
-            except RuntimeError as err:
-                raise CommandError(f"--weights {args.weights}: {_one_line(err)}") from err
-            if meta:  # assigning gave every name its own new tensor: tie them again, as the model built them
-                _retie(model, _ties(model, groups))
-    return model, called, meta, replaceable
-
-
-def _replaceable(model: nn.Module, include: Any, exclude: Any) -> set[str]:
-    """The layers a rank-1 ``compress`` replaces in ``model`` as built: the reload recipe's compress decides on a
-    fresh model's values (a lazy layer has no shapes; a padding row that is not zero or non-finite weights keep
-    a layer dense), so where --weights change that, the recipe loads them first. Only the layers the run selects
-    (``include``/``exclude``) are converted, at rank 1. Any failure: none."""
-    try:
-        _, report = compress(model, max_tt_rank=1, include=include, exclude=exclude, dry_run=True)
-    except Exception:  # (whatever stops it, the recipe is safe with the weights loaded first)
-        return set()
-    return {layer.name for layer in report.layers if layer.replaced}
-
-
-def _retie(model: nn.Module, ties: Sequence[tuple[str, str, bool]]) -> None:
-    """Make every name of :func:`_ties` hold its first name's tensor again (what the recipe's lines do)."""
-    for name, first, param in ties:
-        owner, _, attr = name.rpartition(".")
-        if param:
-            model.get_submodule(owner).register_parameter(attr, model.get_parameter(first))
-        else:
-            model.get_submodule(owner).register_buffer(attr, model.get_buffer(first))
-
-
-def _tied_groups(model: nn.Module) -> list[list[str]]:
-    """The state dict keys of ``model`` that name one tensor (tied weights, a module under two names), by
-    tensor, first key first; tensors under one name only are left out."""
-    groups: dict[int, list[str]] = {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if isinstance(t, torch.Tensor):
-            groups.setdefault(id(t), []).append(key)
-    return [keys for keys in groups.values() if len(keys) > 1]
-
-
-def _ties(model: nn.Module, groups: list[list[str]] | None = None) -> list[tuple[str, str, bool]]:
-    """(key, the first key of its tensor, whether a parameter) for every key but the first of each group of
-    :func:`_tied_groups` (``groups``: ones found before the tensors were replaced)."""
-    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    found = _tied_groups(model) if groups is None else groups
-    return [(k, keys[0], k in params) for keys in found for k in keys[1:]]
-
-
-def _with_tied(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` plus the keys it leaves out because their tensor is another key's in ``model`` (tied weights:
-    ``safetensors.torch.save_model`` stores a shared tensor once), so that a strict load accepts it."""
-    filled = dict(state)
-    for keys in _tied_groups(model):
-        given = next((k for k in keys if k in state), None)
-        if given is not None:
-            filled.update({k: state[given] for k in keys if k not in state})
-    return filled
-
-
-def _write_model(
-    args: argparse.Namespace,
-    model: nn.Module,
-    report: CompressionReport,
-    called: bool,
-    meta: bool,
-    replaceable: set[str] | None,
-) -> list[str]:
-    """Save the compressed model to ``--out``; returns the lines that say how to load it back."""
-    replaced = [layer.name for layer in report.layers if layer.replaced]
-    header = {
-        "model": args.model,
-        "budget": _budget(args),
-        "include": args.include,
-        "exclude": args.exclude,
-        "replaced": replaced,
-        "tensortrain_version": __version__,
-    }
-    aliased = _save(Path(args.out), model, header)
-    escaped = [_glob_escape(name) for name in replaced]
-    first = None
-    if replaceable is not None and not set(replaced) <= replaceable:
-        first = args.weights
-    recipe = _recipe(args.model, called, args.out, escaped, meta, _ties(model), aliased, first)
-    return ["", f"wrote {args.out}; to load it back:", *("    " + line for line in recipe)]
-
-
-def run_compress(args: argparse.Namespace) -> int:
-    """``tensortrain compress --model MODULE:ATTR ...``: ``tt.compress`` a model, print the report, save it.
-
-    Example:
-        >>> from tensortrain.cli import main
-        >>> main(["compress", "--model", "mymodels:mlp", "--max-tt-rank", "8", "--out", "m.pt"])  # doctest: +SKIP
-    """
-    try:
-        _check_target(args.out, "--out")
-        _check_target(args.report_json, "--report-json")
-        _check_distinct(args)
-        model, called, meta, replaceable = _load_model(args)
-        try:
-            model, report = compress(
-                model,
-                max_tt_rank=args.max_tt_rank,
-                epsilon=args.epsilon,
-                ratio=args.ratio,
-                include=args.include,
-                exclude=args.exclude,
-                inplace=True,
-                dry_run=args.dry_run,
-            )
-        except (TypeError, ValueError) as err:
-            raise CommandError(str(err)) from err
-        # files first, then the printing: a reader that closes the pipe early must not cost the saved model
-        lines = [str(report)]
-        if args.out is not None:
-            lines += _write_model(args, model, report, called, meta, replaceable)
-        if args.report_json is not None:
-            text = json.dumps(report.to_dict(), indent=2) + "\n"
-            atomic_write(Path(args.report_json), text.encode())
-            lines.append(f"wrote {args.report_json}")
-        print("\n".join(lines), flush=True)
-    except BrokenPipeError:
-        raise  # (an OSError: main() ends quietly)
-    except (CommandError, OSError) as err:  # OSError: an unwritable --out or --report-json
-        text = str(err) if isinstance(err, CommandError) else _one_line(err)
-        print(f"tensortrain: error: {text}", file=sys.stderr)
-        return 1
-    return 0
