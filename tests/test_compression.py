@@ -7,6 +7,7 @@ import re
 import types
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -241,9 +242,18 @@ def test_bad_arguments():
         tt.compress(mlp(), ratio=0.5)
     with pytest.raises(ValueError, match=r"epsilon .* must be in \(0, 1\)"):
         tt.compress(mlp(), epsilon=2.0)
-    for name, bad in (("ratio", "2"), ("ratio", True), ("epsilon", "0.1")):
-        with pytest.raises(TypeError, match=f"compress: {name} must be a real number, got {bad!r}"):
+    for name, bad, shown in (
+        ("ratio", "2", "'2'"),
+        ("ratio", True, "True"),
+        ("epsilon", "0.1", "'0.1'"),
+        ("epsilon", torch.tensor(True), "True"),
+    ):
+        with pytest.raises(TypeError, match=f"compress: {name} must be a real number, got {shown}"):
             tt.compress(mlp(), **{name: bad})
+    # 0-d NumPy and torch values, as max_tt_rank takes them (a tensor was refused as not a real number)
+    for name, value, same in (("epsilon", torch.tensor(0.3), 0.3), ("ratio", np.float32(4.0), 4.0)):
+        got, want = tt.compress(mlp(), **{name: value})[1], tt.compress(mlp(), **{name: same})[1]
+        assert [r.tt_ranks for r in got.layers] == [r.tt_ranks for r in want.layers]
     with pytest.raises(
         ValueError, match=r"no nn.Linear or nn.Embedding layer matched include='enc\*'.*\['0', '2', '4'\]"
     ):

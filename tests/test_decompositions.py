@@ -995,6 +995,12 @@ def test_defaults_and_refusals_no_test_pinned(gen):
     for call in (lambda: tt.to_tt_tensor(x, None, epsilon=True), lambda: tt.round(a, epsilon=True)):
         with pytest.raises(TypeError, match="epsilon must be a float or None, got True"):
             call()
+    # 0-d NumPy and torch values, as max_tt_rank takes them (a tensor was refused as not a float)
+    want = tt.to_tt_tensor(x, epsilon=0.3).tt_ranks
+    for eps in (np.float32(0.3), torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.3)):
+        assert tt.to_tt_tensor(x, epsilon=eps).tt_ranks == want
+    with pytest.raises(TypeError, match="epsilon must be a float or None, got True"):
+        tt.to_tt_tensor(x, epsilon=torch.tensor(True))
     with pytest.raises(
         ValueError, match="TTLinear.from_linear: epsilon must be a finite number >= 0, got -0.1"
     ):

@@ -555,6 +555,18 @@ def test_from_lazy_linear_and_bias_init_checks():
         tt.nn.TTLinear(12, 10, tt_rank=2, bias_init="zeros")  # type: ignore[arg-type]
 
 
+def test_bias_is_a_flag():
+    """A bias tensor failed in torch's "Boolean value of Tensor ... is ambiguous"; a string or an int was read as
+    its truth value (``bias="False"`` gave a bias)."""
+    with pytest.raises(TypeError, match=r"TTLinear: bias is a flag .*TTLinear.from_tt\(tt_matrix, bias\)"):
+        tt.nn.TTLinear(12, 10, tt_rank=2, bias=torch.zeros(10))  # type: ignore[arg-type]
+    for bad in ("False", 1, None):
+        with pytest.raises(TypeError, match=f"TTLinear: bias must be True or False, got {bad!r}"):
+            tt.nn.TTLinear(12, 10, tt_rank=2, bias=bad)  # type: ignore[arg-type]
+    assert tt.nn.TTLinear(12, 10, tt_rank=2, bias=np.bool_(False)).bias is None
+    assert tt.nn.TTLinear(12, 10, tt_rank=2, bias=True).bias.shape == (10,)
+
+
 @pytest.mark.parametrize("strategy", ["auto", "full", "cores_rtl", "grouped_ltr"])
 def test_bias_only_training_saves_nothing_of_the_input(strategy):
     """With frozen cores the full plan still kept x for backward: an input made under inference_mode, or one

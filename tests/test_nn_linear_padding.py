@@ -311,6 +311,11 @@ def test_from_tt_of_a_padded_weight_asks_for_the_sizes():
         tt.nn.TTLinear.from_tt(layer.weight, layer.bias)
     with pytest.raises(tt.ShapeError, match=r"in_dims=\(2, 2\) multiply to 4, but in_features=12$"):
         tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(2, 2))  # fewer: no hint about padding
+    with pytest.raises(
+        tt.ShapeError,
+        match=r"multiply to 4, but in_features=12 \(with pad=True they may multiply to more, never",
+    ):
+        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(2, 2), pad=True)
 
 
 @pytest.mark.parametrize("limit", [0, 10**4, 10**5, 4 * 97 * 61])

@@ -40,7 +40,7 @@ from .errors import ShapeError
 from .nn.embedding import TTEmbedding
 from .nn.linear import TTLinear
 from .operands import as_flag, wide_dtype
-from .shapes import as_whole_int, max_tt_ranks
+from .shapes import as_whole_int, max_tt_ranks, plain_scalar
 
 __all__ = ["CompressionReport", "LayerReport", "compress", "decompress"]
 
@@ -55,8 +55,11 @@ def _patterns(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] |
     return tuple(value)
 
 
-def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> int | None:
-    """Checks the budget; returns ``max_tt_rank`` as an int (whole floats accepted, as the TT-SVDs do)."""
+def _check_budget(
+    max_tt_rank: Any, epsilon: Any, ratio: Any
+) -> tuple[int | None, float | None, float | None]:
+    """Checks the budget; returns ``max_tt_rank`` as an int (whole floats accepted, as the TT-SVDs do),
+    ``epsilon`` and ``ratio`` as floats (0-d NumPy and torch values too, as for ``max_tt_rank``)."""
     given = [
         n for n, v in (("max_tt_rank", max_tt_rank), ("epsilon", epsilon), ("ratio", ratio)) if v is not None
     ]
@@ -67,6 +70,7 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> int | None:
         raise TypeError(f"compress: max_tt_rank must be an int (shared by all layers), got {max_tt_rank!r}")
     if cap is not None and cap < 1:
         raise ShapeError(f"compress: max_tt_rank must be >= 1, got {max_tt_rank}")
+    epsilon, ratio = plain_scalar(epsilon), plain_scalar(ratio)
     for name, value in (("epsilon", epsilon), ("ratio", ratio)):
         # bool is an int, but True as a budget is a mistake; a string would fail deep in a comparison
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
@@ -75,7 +79,7 @@ def _check_budget(max_tt_rank: Any, epsilon: Any, ratio: Any) -> int | None:
         raise ValueError(f"compress: epsilon (relative error per layer) must be in (0, 1), got {epsilon}")
     if ratio is not None and not ratio > 1:
         raise ValueError(f"compress: ratio (target compression factor) must be > 1, got {ratio}")
-    return cap
+    return cap, None if epsilon is None else float(epsilon), None if ratio is None else float(ratio)
 
 
 def _distributed_wrapper(module: nn.Module) -> bool:
@@ -469,7 +473,7 @@ def compress(
             f"compress: {name or 'the model'} is a {type(wrapper).__name__}; compress the module it wraps "
             "(ddp.module), then wrap the result again"
         )
-    max_tt_rank = _check_budget(max_tt_rank, epsilon, ratio)
+    max_tt_rank, epsilon, ratio = _check_budget(max_tt_rank, epsilon, ratio)
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
     lazy = [n for n, p in model.named_parameters() if nn.parameter.is_lazy(p)]
     if lazy:
@@ -520,7 +524,7 @@ def compress(
     if epsilon is not None:
         _check_values(free)
     if ratio is not None:
-        ratio, counted = float(ratio), _counted_before(layers)
+        counted = _counted_before(layers)
         fixed = sum(
             sum(p.numel() for p in m.parameters()) - counted[id(m)] for _, m in layers if id(m) in kept
         )

@@ -123,6 +123,7 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
 def _epsilon(epsilon: float | None, name: str, like: torch.Tensor) -> float | None:
     if epsilon is None:
         return None
+    epsilon = plain_scalar(epsilon)  # (a 0-d NumPy or torch value, as max_tt_rank takes)
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
         raise TypeError(f"{name}: epsilon must be a float or None, got {epsilon!r}")
     if not is_finite(epsilon) or epsilon < 0:

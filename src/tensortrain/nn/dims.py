@@ -78,7 +78,11 @@ def check_dims(
     if size is not None and (math.prod(out) < size if pad else math.prod(out) != size):
         more = math.prod(out) > size
         hint = (
-            " (dims multiplying to more, which pads the size, need pad=True)" if more and pad is False else ""
+            " (dims multiplying to more, which pads the size, need pad=True)"
+            if more and pad is False
+            else " (with pad=True they may multiply to more, never to less)"
+            if pad
+            else ""
         )
         raise ShapeError(f"{name}={out} multiply to {math.prod(out)}, but {size_name}={size}{hint}")
     return out

@@ -20,7 +20,7 @@ from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
 from ..errors import ShapeError, fx_hint
-from ..operands import check_strided
+from ..operands import as_flag, check_strided
 from ..shapes import (
     as_int,
     is_finite,
@@ -165,6 +165,12 @@ class TTLinear(TTModule):
         dtype: torch.dtype | None = None,
     ) -> None:
         check_factory_dtype(dtype, "TTLinear")
+        if isinstance(bias, torch.Tensor):  # (torch's "Boolean value of Tensor ... is ambiguous" otherwise)
+            raise TypeError(
+                "TTLinear: bias is a flag (True or False); for a layer with given bias values use "
+                "TTLinear.from_tt(tt_matrix, bias) or layer.load_tt_(tt_matrix, bias)"
+            )
+        bias = as_flag(bias, "TTLinear", "bias")
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         self.in_features = check_features("in_features", in_features)
@@ -394,7 +400,8 @@ class TTLinear(TTModule):
                 in float32).
             max_tt_rank: cap on the TT-ranks (an int, or one per bond as ``tt_rank`` in the constructor). With
                 neither this nor ``epsilon`` the decomposition is exact (maximal useful ranks).
-            epsilon: relative Frobenius error target of the weight (Oseledets 2011 splits it over d-1 SVDs).
+            epsilon: relative Frobenius error target of the weight (Oseledets 2011 splits it over d-1 SVDs), a
+                number >= 0 (0 asks for no error: the exact ranks; 1 or more allows rank 1 everywhere).
             in_dims: input modes (default: factored automatically).
             out_dims: output modes (default: factored automatically).
             pad: as in :class:`TTLinear`. A padded layer's TT-SVD decomposes the weight with zero rows and
