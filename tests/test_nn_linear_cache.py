@@ -489,3 +489,47 @@ def test_a_stale_cache_entry_goes_with_the_first_miss():
     cached(cache, "a", cores, lambda cs: cs[0] * 2)
     gc.collect()
     assert set(cache) == {"a"} and old() is None
+
+
+@pytest.mark.parametrize("make", ["linear", "embedding", "complex"])
+def test_the_cache_sees_a_core_given_another_view_of_its_storage(make):
+    """``p.data = p.data.transpose(1, 2)`` (square modes: the same shape) and ``p.data = p.data.conj()`` keep the
+    core's storage address, shape and version counter, which was all the cache compared: the next inference
+    call used the old merges (errors 1.0 to 11 in float64)."""
+    if make == "embedding":
+        layer = tt.nn.TTEmbedding(
+            64, 64, tt_rank=3, voc_dims=(4, 4, 4), emb_dims=(4, 4, 4), dtype=torch.float64
+        )
+        x, dense = torch.arange(64), lambda: layer.to_embedding()
+    else:
+        dtype = torch.complex128 if make == "complex" else torch.float64
+        layer = tt.nn.TTLinear(16, 16, tt_rank=3, in_dims=(4, 4), out_dims=(4, 4), dtype=dtype)
+        x, dense = torch.randn(5, 16, dtype=dtype), lambda: layer.to_linear()
+    with torch.no_grad():
+        layer(x)  # (merges kept)
+        for c in layer.cores:
+            c.data = c.data.conj() if make == "complex" else c.data.transpose(1, 2)
+        assert_close(layer(x), dense()(x))
+
+
+def test_forward_pre_hooks_on_the_cores_run_in_every_forward():
+    """A hook on the ParameterList (here a clamp of the cores) ran in TTEmbedding's forward, in the weight's
+    views and in the compiled forward, but not in TTLinear's eager forward, which read the registry directly."""
+    layer = tt.nn.TTLinear(24, 12, tt_rank=3, in_dims=(2, 3, 4), out_dims=(3, 2, 2), dtype=torch.float64)
+    calls = []
+
+    def clamp(cores: nn.ParameterList, args: tuple) -> None:
+        calls.append(1)
+        with torch.no_grad():
+            for p in cores:
+                p.clamp_(-0.05, 0.05)
+
+    handle = layer.cores.register_forward_pre_hook(clamp)
+    x = torch.randn(5, 24, dtype=torch.float64)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y = layer(x)
+        assert len(calls) == 1 and max(float(c.detach().abs().max()) for c in layer.cores) <= 0.05
+        handle.remove()  # (the oracle's weight view would run it again)
+        assert_close(y, layer.to_linear()(x))
+        handle, calls = layer.cores.register_forward_pre_hook(clamp), []

@@ -43,8 +43,8 @@ def cached(
 ) -> Any:
     """``make(cores)`` (run without grad), kept in a layer's ``cache`` under ``key`` until a core changes.
 
-    A core counts as unchanged while it is the same tensor object with the same storage address, shape and
-    version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``)
+    A core counts as unchanged while it is the same tensor object with the same storage address, shape, strides,
+    conj bit and version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``, ``nn.init``)
     and no optimizer has stepped since (fused optimizers write in place without bumping version counters).
     The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
     through ``.data`` bypass the version counter, as they bypass autograd's own checks, and so do
@@ -68,8 +68,12 @@ def cached(
         return make(cores)
     try:
         # id(): the entry holds the cores, so their ids cannot be reused while it lives (this check runs on every
-        # inference call: one list of tuples, ~3 us for 4 cores)
-        stamp = [_steps_seen(), *((id(c), c.data_ptr(), c._version, c.shape) for c in cores)]
+        # inference call: one list of tuples, ~3 us for 4 cores). Strides and the conj bit: `p.data = view` of the
+        # same storage and shape (a transpose of square modes, a lazy conj) leaves the rest as it was
+        stamp = [
+            _steps_seen(),
+            *((id(c), c.data_ptr(), c._version, c.shape, c.stride(), c.is_conj()) for c in cores),
+        ]
     except RuntimeError:  # inference tensors track no version counter
         return make(cores)
     hit = cache.get(key)

@@ -232,7 +232,7 @@ class TTModule(nn.Module):
         """Forget the merged cores kept for inference (they are rebuilt on the next call).
 
         Inference (no gradients) reuses merged groups of cores while the cores are unchanged: same tensors,
-        storage and version counter, which every in-place update bumps (``load_state_dict``, ``nn.init``,
+        storage, strides and version counter, which every in-place update bumps (``load_state_dict``, ``nn.init``,
         ordinary optimizer steps), and no optimizer has stepped since (fused optimizers leave version counters as
         they were). Writes that bypass autograd's version counter go unseen: through ``.data``, by
         ``torch.distributed`` collectives (``dist.broadcast(p, 0)``, ``dist.all_reduce(p)`` on a core), and

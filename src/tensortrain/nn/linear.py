@@ -262,11 +262,15 @@ class TTLinear(TTModule):
         # of a batch-1 forward: read the registries directly
         # The registries are the cores only while nothing reroutes them: torch.nn.utils.prune renames core "1"
         # to "1_orig" (the masked core is a plain attribute) and parametrize moves a tensor out of the registry.
+        # Forward pre-hooks on the ParameterList (prune's, or a user's that clamps the cores) take the path that
+        # runs them (self.weight), as TTEmbedding's forward and the compiled forward do.
         cores = self._modules["cores"]
         registry = cores._parameters  # type: ignore[union-attr]
+        hooked = bool(cores._forward_pre_hooks)  # type: ignore[union-attr]
         if (
             tuple(registry) == _CORE_KEYS[: len(cores)]  # type: ignore[arg-type]
             and "bias" in self._parameters
+            and not hooked
             and not torch.compiler.is_compiling()
         ):  # (_plain_registries inline: a method call is ~1% of a batch-1 forward)
             bias = self._parameters["bias"]
@@ -274,7 +278,7 @@ class TTLinear(TTModule):
             if self._in_pad or self._out_pad:
                 return self._padded_forward(input, cores_now, bias, self._cache)  # type: ignore[arg-type]
             return F.linear_cores(input, cores_now, bias, self._cache, self._strategy, self._max_saved)  # type: ignore[arg-type]
-        if not torch.compiler.is_compiling() and self._plain_registries(cores, registry):
+        if not hooked and not torch.compiler.is_compiling() and self._plain_registries(cores, registry):
             return self.forward(input)  # (the registry's order was restored: the fast path now)
         if self._in_pad or self._out_pad:
             return self._padded_forward(input, self.weight.tt_cores, self.bias, None)
