@@ -173,3 +173,25 @@ def test_half_precision_cores_scaled_by_tensors_in_float32(gen):
     assert_close(got[0], want, rtol=2e-3, atol=1e-3 * float(want.abs().max()))
     p = tt.project(tt.full(s), s)
     assert bool(torch.isfinite(tt.full(tt.add_n_projected([p], coef=[1e5]))).all())
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_matmul_takes_an_autocast_activation_beside_float32_cores(gen, batch):
+    """``tt.matmul`` and ``@`` refused a bfloat16 operand (an earlier autocast layer's output) beside float32 cores,
+    which ``torch.matmul``, ``TTLinear`` and ``tt.contraction.dense_tt_matmul`` take under autocast."""
+    shape = [[4, 3], [2, 5]]
+    w = (
+        tt.random_matrix_batch(shape, tt_rank=3, batch_size=2)
+        if batch
+        else tt.random_matrix(shape, tt_rank=3)
+    )
+    dense = tt.full(w)
+    x, v = torch.randn(2, 7, 12, generator=gen).to(BF16), torch.randn(2, 10, 3, generator=gen).to(BF16)
+    with torch.autocast("cpu", dtype=BF16):
+        for got, want in ((tt.matmul(x, w), x @ dense), (x @ w, x @ dense), (tt.matmul(w, v), dense @ v)):
+            assert got.dtype == want.dtype == BF16
+            assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2)
+        with pytest.raises(tt.ShapeError, match="different dtypes torch.float32 and torch.float64"):
+            tt.matmul(x.double(), w)  # (autocast leaves float64 alone, as torch.matmul fails on it)
+    with pytest.raises(tt.ShapeError, match="different dtypes torch.float32 and torch.bfloat16"):
+        tt.matmul(x, w)  # (outside autocast: the usual dtype error)
