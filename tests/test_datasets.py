@@ -13,6 +13,7 @@ import shutil
 import socket
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -646,3 +647,23 @@ def test_home_folders_and_empty_roots(tmp_path, monkeypatch):
 def test_mirrors_from_the_environment_split_on_commas_and_spaces(monkeypatch):
     monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://a.example/ http://b.example/,http://c.example/")
     assert datasets._mirrors(None) == ("http://a.example/", "http://b.example/", "http://c.example/")
+
+
+def test_a_download_removes_what_killed_downloads_of_its_file_left(tmp_path, serve, monkeypatch):
+    """A SIGKILLed download leaves its ``.<name>.<hex>.part`` behind (no cleanup runs); they piled up in the
+    cache folder. A later download of that file removes those untouched for an hour, never a live one's (fresh),
+    another file's, or a name that is not one of its temporary files."""
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    name = "train-labels-idx1-ubyte.gz"
+    old = time.time() - 2 * 3600
+    kept = [f".{name}.0123456789ab.part", f".{name}.notahexstem!.part", f".{name}.0123.part", "x.part"]
+    for entry in [f".{name}.a1b2c3d4e5f6.part", *kept]:
+        (folder / entry).write_bytes(b"half")
+        os.utime(folder / entry, (old, old))
+    os.utime(folder / kept[0])  # (fresh: a download running now)
+    load_mnist(folder, mirrors=[serve(tmp_path / "site")], timeout=5)
+    left = sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+    assert left == sorted(kept)

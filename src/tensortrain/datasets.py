@@ -355,6 +355,7 @@ def _fetch(folder: Path, name: str, bases: tuple[str, ...], timeout: float) -> P
                 continue
             os.replace(part, folder / name)
             fsync_dir(folder)  # the rename too survives a crash
+            _remove_stale_parts(folder, name, timeout)
             return folder / name
     finally:
         part.unlink(missing_ok=True)  # nothing left after a success (renamed) or a failure
@@ -363,6 +364,31 @@ def _fetch(folder: Path, name: str, bases: tuple[str, ...], timeout: float) -> P
         + "\n".join(failures)
         + f"\n(offline? copy the MNIST files into {folder}, or pass root= / set ${_DATA_ENV} to a folder holding them)"
     )
+
+
+# A temporary file unmodified for this long (and ten timeouts) belongs to no live download, which writes it at
+# least every few timeouts (each mirror's attempt truncates it; each read waits at most the timeout)
+_STALE_PART_SECONDS = 3600.0
+
+
+def _remove_stale_parts(folder: Path, name: str, timeout: float) -> None:
+    """Delete the temporary files of ``name`` that killed downloads left in ``folder`` (SIGKILL runs no cleanup;
+    each download writes a file of its own, ``.<name>.<12 hex>.part``), once ``name`` is in place. Best effort:
+    a file another process removes first, or one that cannot be removed, is left to it."""
+    cutoff = time.time() - max(_STALE_PART_SECONDS, 10 * timeout)
+    prefix = f".{name}."
+    for entry in os.scandir(folder):
+        stem = entry.name[len(prefix) : -len(".part")]
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".part") and len(stem) == 12):
+            continue
+        if all(ch in "0123456789abcdef" for ch in stem):
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff and entry.is_file(
+                    follow_symlinks=False
+                ):
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _fetch_one(url: str, part: Path, sha256: str, size: int | None, timeout: float) -> None:
