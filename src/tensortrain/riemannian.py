@@ -246,9 +246,9 @@ def _unflat_core(c: torch.Tensor, x: TensorTrainBase, k: int) -> torch.Tensor:
 def tangent_space_to_deltas(tt: TensorTrainBase) -> list[torch.Tensor]:
     """The ``d`` delta cores of a tangent vector (as returned by :func:`project` and friends).
 
-    As t3f's, it reads the layout only: any TT with even inner ranks is sliced, also one that is not a tangent
-    vector (no ``projection_on``, e.g. ``2 * g`` or a random TT), whose slices then mean nothing; the tools that
-    combine tangent vectors (:func:`add_n_projected`, :func:`pairwise_flat_inner_projected`) check it.
+    It reads the layout only: any TT with even inner ranks is sliced, also one that is not a tangent vector (no
+    ``projection_on``, e.g. ``2 * g`` or a random TT; t3f refuses those), whose slices then mean nothing; the
+    tools that combine tangent vectors (:func:`add_n_projected`, :func:`pairwise_flat_inner_projected`) check it.
 
     Args:
         tt: a TensorTrain or TensorTrainBatch in the tangent-space layout (ranks ``2 r``).
