@@ -10,14 +10,7 @@ from typing import Any
 
 import torch
 
-from .init_args import (
-    MatrixShape,
-    TensorShape,
-    constant_dtype,
-    core_shapes,
-    matrix_shape_dims,
-    shape_dims,
-)
+from .init_args import MatrixShape, TensorShape, constant_dtype, core_shapes, matrix_shape_dims, shape_dims
 from .tensor_train import TensorTrain, TensorTrainBase
 
 __all__ = ["eye", "matrix_ones", "matrix_zeros", "ones_like", "tensor_ones", "tensor_zeros", "zeros_like"]

@@ -21,12 +21,7 @@ from ..contraction import plan as contraction_plan
 from ..contraction_plan import check_max_saved
 from ..errors import ShapeError, fx_hint
 from ..operands import as_flag, check_strided
-from ..shapes import (
-    as_int,
-    is_finite,
-    max_tt_ranks,
-    svd_tt_ranks,
-)
+from ..shapes import as_int, is_finite, max_tt_ranks, svd_tt_ranks
 from ..tensor_train import CORE_DTYPES, TensorTrain
 from . import functional as F
 from .base import TTModule, assign_cores_, cast_back, check_factory_dtype, check_loadable, svd_ready
