@@ -158,7 +158,10 @@ def test_from_linear_at_full_rank_is_exact_and_epsilon_bounds_the_block(seed, ca
 def test_given_dims_pad_only_when_asked():
     with pytest.raises(tt.ShapeError, match=r"in_dims=\(3, 5\) multiply to 15, but in_features=12.*pad=True"):
         tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 5))
-    with pytest.raises(tt.ShapeError, match=r"out_dims=\(2, 2\) multiply to 4, but out_features=6$"):
+    with pytest.raises(
+        tt.ShapeError,
+        match=r"out_dims=\(2, 2\) multiply to 4, but out_features=6 \(with pad=True they may multiply ",
+    ):
         tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 2), pad=True)
     with pytest.raises(TypeError, match="pad must be None, True or False"):
         tt.nn.TTLinear(12, 6, tt_rank=2, pad=1)
@@ -311,11 +314,6 @@ def test_from_tt_of_a_padded_weight_asks_for_the_sizes():
         tt.nn.TTLinear.from_tt(layer.weight, layer.bias)
     with pytest.raises(tt.ShapeError, match=r"in_dims=\(2, 2\) multiply to 4, but in_features=12$"):
         tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(2, 2))  # fewer: no hint about padding
-    with pytest.raises(
-        tt.ShapeError,
-        match=r"multiply to 4, but in_features=12 \(with pad=True they may multiply to more, never",
-    ):
-        tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(2, 2), pad=True)
 
 
 @pytest.mark.parametrize("limit", [0, 10**4, 10**5, 4 * 97 * 61])
