@@ -288,18 +288,23 @@ def theta_of(m: cost.Machine) -> list[float]:
 
 def to_machine(theta: list[float], device: str = "cpu") -> cost.Machine:
     """The machine whose theta_of() is ``theta``; constants the rows leave unset (0: no such work timed, e.g.
-    "half" without 2-byte rows) keep the device's current values."""
+    "half" without 2-byte rows, or a fit that found the work free) keep the device's current values: an infinite
+    rate or a zero cost per call is no machine's, and search_regret could not move it (an infinite stream rate
+    came out where no row streamed)."""
     cur = cost.MACHINES.get(device, cost.DEFAULT_MACHINE)
-    inv = [1.0 / t if t > 0 else math.inf for t in theta]
-    flops = inv[0] if theta[0] > 0 else cur.flops
+    flops = 1.0 / theta[0] if theta[0] > 0 else cur.flops
+
+    def rate(k: int, now: float) -> float:
+        return 1.0 / theta[k] if theta[k] > 0 else now
+
     return cur._replace(
         flops=flops,
-        half=inv[1] / flops if theta[1] > 0 else cur.half,
-        stream=inv[2],
-        permute=inv[3],
-        launch=theta[4],
-        slice=theta[5],
-        touch=inv[6],
+        half=rate(1, cur.half * flops) / flops,
+        stream=rate(2, cur.stream),
+        permute=rate(3, cur.permute),
+        launch=theta[4] if theta[4] > 0 else cur.launch,
+        slice=theta[5] if theta[5] > 0 else cur.slice,
+        touch=rate(6, cur.touch),
     )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import LAYER_CASES, interleaved, positive_int  # noqa: E402
+from run import LAYER_CASES, interleaved, positive_int, settle_allocator  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction_exec  # noqa: E402
@@ -93,6 +93,7 @@ def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int,
         },
         repeats,
         warm_each=warm,
+        shuffled=True,
     )
 
 
@@ -130,7 +131,7 @@ def time_sweep(old, layer, lin, batch: int, grad: bool, repeats: int, warm: bool
         return lambda x: run_sweep(mod, x, cores, plan.groups, plan.direction, grad) + layer.bias
 
     fns = {"dense": step(lin), "old": step(via(old)), "new": step(via(contraction_exec))}
-    return {"plan": plan, **interleaved(fns, repeats, warm_each=warm)}
+    return {"plan": plan, **interleaved(fns, repeats, warm_each=warm, shuffled=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = args.batch or [1024]
     torch.set_num_threads(args.threads)
     old = load_old(args.against)
+    settle_allocator()  # (as run.py: the first case's nn.Linear paid the page faults of a fresh heap)
     mode = "cold" if args.cold else "warm"
     print(
         f"old executor: {args.against}; threads {args.threads}; batch {batches}; {mode}; ratios to nn.Linear"

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def interleaved(
     slow_s: float = 0.5,
     warm_each: bool = False,
     min_repeats: int = 7,
+    shuffled: bool = False,
 ) -> dict:
     """Median seconds per call of each fn, the fns taking turns in every repeat: ``repeats`` of them, or as many
     as ``budget_s`` allows but at least ``min_repeats`` (the ratios near a target need more than three).
@@ -128,6 +130,9 @@ def interleaved(
     ``warm_each``: call each fn once, untimed, right before its timed call,
     so that no timing starts with caches a bigger fn just filled (plans of one layer differ in footprint by
     100x: interleaved cold, a 1.4 ms batch-1 sweep timed at 8 ms after a full plan's 64 MiB W).
+    ``shuffled``: every repeat takes the fns in a fresh random order (seeded), for A/B tools: in a fixed order
+    one fn is always timed right after the same other, and the slot after ``nn.Linear`` read 1.03-1.27x an
+    identical copy's time elsewhere (2-core Xeon), which favoured whichever side came later.
     """
     once: dict[str, float] = {}
     slowest = 0.0  # the slowest warm-up call of the fns that are always timed (warmed up first)
@@ -146,8 +151,13 @@ def interleaved(
     fns = {k: f for k, f in fns.items() if k not in once}
     times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
+    rng = random.Random(0)
+    keys = list(fns)
     for rep in range(repeats):
-        for k, f in fns.items():
+        if shuffled:
+            rng.shuffle(keys)
+        for k in keys:
+            f = fns[k]
             if warm_each:
                 f()
             t0 = time.perf_counter()

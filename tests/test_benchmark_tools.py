@@ -250,6 +250,18 @@ def test_calibrate_fits_the_rate_of_two_byte_dtypes_apart():
     assert searched.half == only32.half and searched.flops != 1e12
 
 
+def test_calibrate_keeps_the_current_value_of_every_constant_the_fit_leaves_unset():
+    """A zero coefficient (no such work timed) became an infinite stream, permute or touch rate, or a zero launch
+    or slice cost; only flops and half kept the device's values, as the docstring promised for all."""
+    current = calibrate.cost.MACHINES["cpu"]
+    theta = calibrate.theta_of(current._replace(flops=3e11))
+    for k in range(1, len(theta)):
+        got = calibrate.to_machine([*theta[:k], 0.0, *theta[k + 1 :]], "cpu")
+        name = calibrate.NAMES[k]
+        assert getattr(got, name) == pytest.approx(getattr(current, name), rel=1e-12), name
+        assert got.flops == pytest.approx(3e11, rel=1e-12)
+
+
 def test_gpu_script_runs_its_table_on_the_cpu(tmp_path, capsys):
     """benchmarks/gpu.py (written for CUDA) as a smoke run on the CPU: one row per case, every layer timed."""
     import gpu

@@ -40,6 +40,18 @@ def test_interleaved_keeps_a_minimum_of_repeats_past_its_budget():
     assert run.interleaved({"a": lambda: None}, 11, budget_s=0.0, min_repeats=20)["_n"] == 11
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_interleaved_shuffles_the_turn_order_only_when_asked(shuffled):
+    """A/B tools take the fns in a fresh order every repeat: in a fixed one, "old" was always timed right after
+    nn.Linear and "new" right after "old", a slot that favoured "new" by a few per cent."""
+    calls: list[str] = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in ("dense", "old", "new")}
+    out = run.interleaved(fns, 30, warmup=0, budget_s=1e9, shuffled=shuffled)
+    assert out["_n"] == 30 and sorted(calls) == sorted(["dense", "old", "new"] * 30)
+    after_dense = {calls[i + 1] for i in range(len(calls) - 1) if calls[i] == "dense"}
+    assert ({"old", "new"} <= after_dense) if shuffled else after_dense == {"old"}
+
+
 def test_train_step_adds_nothing_into_grad():
     """Timed steps called .backward() again and again: every step added its gradients into .grad, an extra pass
     of the dense weight's size for nn.Linear (up to 1.6x its step time) and of the small cores for TT layers."""
