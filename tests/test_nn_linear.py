@@ -564,6 +564,10 @@ def test_bias_is_a_flag():
         with pytest.raises(TypeError, match=f"TTLinear: bias must be True or False, got {bad!r}"):
             tt.nn.TTLinear(12, 10, tt_rank=2, bias=bad)  # type: ignore[arg-type]
     assert tt.nn.TTLinear(12, 10, tt_rank=2, bias=np.bool_(False)).bias is None
+    w = tt.random_matrix([[2, 5], [3, 4]], tt_rank=2)
+    with pytest.raises(TypeError, match="TTLinear.from_tt: has_bias must be True or False, got 1"):
+        tt.nn.TTLinear.from_tt(w, has_bias=1)  # type: ignore[arg-type]
+    assert tt.nn.TTLinear.from_tt(w, has_bias=np.bool_(True)).bias.shape == (10,)
     assert tt.nn.TTLinear(12, 10, tt_rank=2, bias=True).bias.shape == (10,)
 
 

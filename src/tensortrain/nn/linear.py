@@ -505,7 +505,7 @@ class TTLinear(TTModule):
             A new TTLinear with copies of the cores.
 
         Raises:
-            TypeError: ``tt_matrix`` is not a TT-matrix TensorTrain.
+            TypeError: ``tt_matrix`` is not a TT-matrix TensorTrain, or ``has_bias`` not None or a bool.
             ShapeError: sizes larger than the TT-matrix's, or a bias of another length than the rows (or
                 ``out_features``) without sizes that say how the matrix is padded.
 
@@ -517,6 +517,8 @@ class TTLinear(TTModule):
         """
         tt_matrix = F._check_tt_matrix("TTLinear.from_tt", tt_matrix)
         bias = _bias_values(bias, "TTLinear.from_tt", tt_matrix.device)
+        if has_bias is not None:
+            has_bias = as_flag(has_bias, "TTLinear.from_tt", "has_bias")
         out_dims, in_dims = tt_matrix.get_raw_shape()
         rows, cols = math.prod(out_dims), math.prod(in_dims)
         if (
