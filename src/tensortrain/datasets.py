@@ -376,19 +376,17 @@ def _remove_stale_parts(folder: Path, name: str, timeout: float) -> None:
     each download writes a file of its own, ``.<name>.<12 hex>.part``), once ``name`` is in place. Best effort:
     a file another process removes first, or one that cannot be removed, is left to it."""
     cutoff = time.time() - max(_STALE_PART_SECONDS, 10 * timeout)
-    prefix = f".{name}."
+    prefix, suffix = f".{name}.", ".part"
     for entry in os.scandir(folder):
-        stem = entry.name[len(prefix) : -len(".part")]
-        if not (entry.name.startswith(prefix) and entry.name.endswith(".part") and len(stem) == 12):
+        stem = entry.name[len(prefix) : -len(suffix)]
+        ours = entry.name.startswith(prefix) and entry.name.endswith(suffix) and len(stem) == 12
+        if not ours or any(ch not in "0123456789abcdef" for ch in stem):
             continue
-        if all(ch in "0123456789abcdef" for ch in stem):
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime < cutoff and entry.is_file(
-                    follow_symlinks=False
-                ):
-                    os.unlink(entry.path)
-            except OSError:
-                pass
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+        except OSError:
+            pass
 
 
 def _fetch_one(url: str, part: Path, sha256: str, size: int | None, timeout: float) -> None:
