@@ -94,8 +94,9 @@ def linear(
             random operands of this call's shapes, the first time each plan-cache key is seen, and keeps the
             fastest (as ``torch.backends.cudnn.benchmark``): that first call takes a few times longer (3 to 11
             forward, or forward and backward, calls per candidate: a warm-up, then up to five rounds of two;
-            at most about a second of timed rounds), and the choice may differ between runs and machines (every plan gives the same result
-            up to rounding). Under ``torch.compile``, ``torch.func`` and tracing it is ``"auto"``. Training with
+            at most about a second of timed rounds), and the choice may differ between runs and machines
+            (every plan gives the same result up to rounding). Under ``torch.compile``, ``torch.func`` and
+            tracing it is ``"auto"``. Training with
             ``max_saved_bytes`` keys plans by the exact batch size: batch sizes that vary from step to step
             (variable sequence lengths) are timed once each.
         max_saved_bytes: when training, take the fastest plan that keeps at most this many bytes of

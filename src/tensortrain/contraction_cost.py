@@ -68,8 +68,8 @@ class Machine(NamedTuple):
 # traffic: 4096x4096 rank 16 at batch 8192 ran forward 1.13x nn.Linear's time and a training step 1.12x, planned
 # without them 0.71x and 0.77x. The other constants are guesses that the same calibration bore out in float32
 # (regret 1.10-1.11x on 25 cases, a least-squares fit 1.11-1.13x: benchmarks/gpu_regret_subset.py). half: dense
-# bfloat16 layers ran 13-16x faster than float32 there on the large products, 1.2-5x on mid-sized ones, no faster at batch 1; 8 is a
-# guess for the GEMMs of TT plans, not fitted.
+# bfloat16 layers ran 13-16x faster than float32 there on the large products, 1.2-5x on mid-sized ones, no
+# faster at batch 1; 8 is a guess for the GEMMs of TT plans, not fitted.
 MACHINES: dict[str, Machine] = {
     "cpu": Machine(1.0e11, 1.0e10, 1.0e10, 5.0e-6, 5.0e-8, 2.9e9, 5.0e-5, narrow_fold=True),
     "cuda": Machine(2.0e13, 1.5e12, 5.0e11, 8.0e-6, 1.0e-9, full_call=5.0e-5, cache_cliffs=False, half=8.0),

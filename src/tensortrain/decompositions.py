@@ -14,14 +14,16 @@ Error bounds (Oseledets 2011, "Tensor-Train Decomposition", Thm. 2.2 and Alg. 1-
 truncated SVDs of a sweep are orthogonal, so ``||A - TT(A)||_F^2 = sum_k err_k^2``. Giving every SVD the budget
 ``delta = eps ||A||_F / sqrt(d - 1)`` therefore guarantees ``||A - TT(A)||_F <= eps ||A||_F`` with the smallest
 rank per SVD, up to round-off: in float32 an ``eps`` below about 1e-5 (some tens of eps) may not be met (a
-float32 ``8^4`` tensor kept at full ranks is 1.2e-6 from its input; rounding adds its own round-off). A rank cap (``max_tt_rank``) is applied on top: where it binds, the error is the one of the cap
-(at most ``sqrt(d - 1)`` times the best possible with those ranks), not ``eps``. Pass ``max_tt_rank=None`` for
-the pure epsilon criterion.
+float32 ``8^4`` tensor kept at full ranks is 1.2e-6 from its input; rounding adds its own round-off). A rank
+cap (``max_tt_rank``) is applied on top: where it binds, the error is the one of the cap (at most
+``sqrt(d - 1)`` times the best possible with those ranks), not ``eps``. Pass ``max_tt_rank=None`` for the pure
+epsilon criterion.
 
 ``method`` selects the SVD of each unfolding (see :mod:`tensortrain.truncation`): ``"auto"`` uses a randomized
 range finder only for a pure rank cap on large unfoldings (``m n min(m, n) >= 2^30``, 1024 x 1024 and up;
-rank + oversampling at most a quarter of ``min(m, n)``), where it is several times faster with an error within 1.05x of the exact TT-SVD's
-(measured up to 1.042x; a probabilistic bound: the sketch is drawn from a fixed seed, so a matrix built against
+rank + oversampling at most a quarter of ``min(m, n)``), where it is several times faster with an error within
+1.05x of the exact TT-SVD's (measured up to 1.042x; a probabilistic bound: the sketch is drawn from a fixed
+seed, so a matrix built against
 that very sketch can miss it, while inputs unrelated to it meet it with overwhelming probability); with
 ``epsilon`` given it uses the exact SVD (smallest ranks). ``"randomized"`` forces the sketch wherever the rank cap is
 below the unfolding's smaller side (the sketch has the cap's size plus oversampling, so without ``max_tt_rank``,
@@ -527,8 +529,9 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     """TT-rounding: re-compress a TT to smaller ranks (t3f's ``round``, with ``epsilon`` implemented).
 
     Left-to-right QR orthogonalization, then right-to-left truncated SVDs of the cores (Oseledets 2011,
-    Alg. 2, in t3f's order: the same cores as t3f's ``round``, checked against t3f 1.2.0). With ``epsilon`` the result satisfies ``||X - round(X)||_F <= epsilon ||X||_F`` (up to round-off) with the smallest
-    rank per SVD (unless ``max_tt_rank`` binds first); with neither, it truncates nothing: it only clips the
+    Alg. 2, in t3f's order: the same cores as t3f's ``round``, checked against t3f 1.2.0). With ``epsilon``
+    the result satisfies ``||X - round(X)||_F <= epsilon ||X||_F`` (up to round-off) with the smallest rank
+    per SVD (unless ``max_tt_rank`` binds first); with neither, it truncates nothing: it only clips the
     ranks to the maximal useful ones (exact up to round-off; ``round(a + a)`` keeps ranks up to those bounds,
     pass ``epsilon`` to find the smaller ranks such a sum really has). ``epsilon`` is relative to ``X``'s own
     norm: a difference that cancels exactly (``x - x``) comes out of the QR sweep as round-off (about

@@ -4,8 +4,9 @@ shares with it.
 Symbols: ``d`` number of cores, ``n_k`` mode size (``m_k n_k`` for a TT-matrix), ``r_k`` TT-ranks, ``B`` batch.
 
 A core is *left-orthogonal* when its unfolding ``(r_{k-1} n_k, r_k)`` has orthonormal columns
-(``Q^H Q = I``; ``Q^T Q`` for real cores), *right-orthogonal* when ``(r_{k-1}, n_k r_k)`` has orthonormal rows. A left-to-right sweep
-makes cores ``1..d-1`` left-orthogonal and moves the whole norm into core ``d``; right-to-left does the mirror.
+(``Q^H Q = I``; ``Q^T Q`` for real cores), *right-orthogonal* when ``(r_{k-1}, n_k r_k)`` has orthonormal
+rows. A left-to-right sweep makes cores ``1..d-1`` left-orthogonal and moves the whole norm into core ``d``;
+right-to-left does the mirror.
 Ranks may shrink to ``min(r_{k-1} n_k, r_k)`` (the reduced QR), never grow; the full tensor is unchanged.
 """
 

@@ -52,9 +52,10 @@ def matmul(a: Any, b: Any) -> Any:
 
     One TT-matrix goes through the cost-planned contraction (:mod:`tensortrain.contraction`: sweeps over
     merged core groups, or W built from its halves where that is cheaper); a batch of TT-matrices is never
-    built: the dense operand is reshaped into modes and contracted with one core at a time. A batch of B TT-matrices broadcasts against the last leading dim of the
-    dense operand (``(..., B, N, P)``, ``(..., 1, N, P)``, or no leading dims); a batch of one broadcasts
-    against any leading dims, as in ``torch.matmul``.
+    built: the dense operand is reshaped into modes and contracted with one core at a time. A batch of B
+    TT-matrices broadcasts against the last leading dim of the dense operand (``(..., B, N, P)``,
+    ``(..., 1, N, P)``, or no leading dims); a batch of one broadcasts against any leading dims, as in
+    ``torch.matmul``.
 
     Args:
         a: a TT-matrix, a batch of them, or a dense tensor.

@@ -237,8 +237,9 @@ class TTModule(nn.Module):
         they were). Writes that bypass autograd's version counter go unseen: through ``.data``, by
         ``torch.distributed`` collectives (``dist.broadcast(p, 0)``, ``dist.all_reduce(p)`` on a core), and
         through another tensor sharing a core's storage (the flat vector ``vector_to_parameters`` made the
-        cores views of, updated in place; a NumPy view): call this after them. ``model.train()`` / ``model.eval()`` clear it too, so a mode switch after such a sync is
-        enough. The cache is a few times the cores' size and never holds the dense weight.
+        cores views of, updated in place; a NumPy view): call this after them. ``model.train()`` /
+        ``model.eval()`` clear it too, so a mode switch after such a sync is enough. The cache is a few times
+        the cores' size and never holds the dense weight.
 
         Example:
             >>> import torch, tensortrain as tt
