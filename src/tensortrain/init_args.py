@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import ShapeError
-from .shapes import as_int, plain_scalar
+from .shapes import as_int, int_at_least, plain_scalar
 
 __all__: list[str] = []
 
@@ -102,12 +102,7 @@ def constant_dtype(dtype: torch.dtype | None) -> torch.dtype:
 
 def check_batch_size(batch_size: Any) -> int:
     """``batch_size`` as a positive int (NumPy and 0-d tensor ints too; never a bool or a float)."""
-    n = as_int(batch_size)
-    if n is None:
-        raise TypeError(f"batch_size must be an int, got {batch_size!r}")
-    if n < 1:
-        raise ValueError(f"batch_size must be >= 1, got {n}")
-    return n
+    return int_at_least(batch_size, 1, "batch_size")
 
 
 def real_number(value: Any, name: str) -> float:

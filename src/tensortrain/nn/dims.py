@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ShapeError
-from ..shapes import as_int, auto_shape, padded_shape, prime_factors, unordered
+from ..shapes import as_int, auto_shape, int_at_least, padded_shape, prime_factors, unordered
 
 __all__: list[str] = []
 
@@ -20,12 +20,7 @@ __all__: list[str] = []
 def check_features(name: str, value: Any) -> int:
     """A layer's size argument (``in_features``, ``num_embeddings``, ...) as a positive int: an int-like value
     (NumPy and 0-d tensor ints too), never a bool or a float."""
-    n = as_int(value)
-    if n is None:
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if n < 1:
-        raise ShapeError(f"{name} must be >= 1, got {n}")
-    return n
+    return int_at_least(value, 1, name, ShapeError)
 
 
 def choose_d(n: int) -> int:
