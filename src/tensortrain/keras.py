@@ -276,6 +276,12 @@ class KerasDense(keras.layers.Layer):
         if inputs.is_complex():  # (the cores are real: the product would fail inside tt.matmul)
             raise TypeError(f"KerasDense: complex inputs are not supported, got {inputs.dtype}")
         matrix = self.matrix  # (in compute_dtype while keras autocasts the variables, else in variable_dtype)
+        variables = getattr(torch, self.variable_dtype)
+        if not self.autocast and matrix.dtype != variables:
+            # Keras (3.15) autocasts the variables' values inside __call__ under a mixed policy even for a layer
+            # with autocast=False: Dense's half-precision kernel then meets a float32 input and the product
+            # runs in float32; cast back likewise (the input was cast down to float16 or bfloat16 here)
+            matrix = matrix.to(variables)
         if inputs.dtype != matrix.dtype:
             # integer images, as keras' Dense takes them, and float inputs of another precision: keras casts
             # those itself only while the layer's autocast is on; with it off (autocast=False, to keep one layer
