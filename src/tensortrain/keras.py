@@ -242,12 +242,23 @@ class KerasDense(keras.layers.Layer):
             dtype=getattr(torch, self.variable_dtype),
         )
         self.kernel_cores = [
-            self.add_weight(shape=tuple(core.shape), initializer=_CoreInitializer(core), name=f"core_{k}")
+            # autocast=False: Keras (3.15) still autocasts variables inside __call__ under a mixed policy unless
+            # each variable opts out, which Dense's kernel does not (its float16-rounded kernel meets a float32
+            # input); the cores do, so such a layer computes in the variables' dtype throughout
+            self.add_weight(
+                shape=tuple(core.shape),
+                initializer=_CoreInitializer(core),
+                name=f"core_{k}",
+                autocast=self.autocast,
+            )
             for k, core in enumerate(init.tt_cores)
         ]
         if self.use_bias:
             self.bias = self.add_weight(
-                shape=(self.out_features,), initializer=self.bias_initializer, name="bias"
+                shape=(self.out_features,),
+                initializer=self.bias_initializer,
+                name="bias",
+                autocast=self.autocast,
             )
 
     @property
@@ -276,12 +287,6 @@ class KerasDense(keras.layers.Layer):
         if inputs.is_complex():  # (the cores are real: the product would fail inside tt.matmul)
             raise TypeError(f"KerasDense: complex inputs are not supported, got {inputs.dtype}")
         matrix = self.matrix  # (in compute_dtype while keras autocasts the variables, else in variable_dtype)
-        variables = getattr(torch, self.variable_dtype)
-        if not self.autocast and matrix.dtype != variables:
-            # Keras (3.15) autocasts the variables' values inside __call__ under a mixed policy even for a layer
-            # with autocast=False: Dense's half-precision kernel then meets a float32 input and the product
-            # runs in float32; cast back likewise (the input was cast down to float16 or bfloat16 here)
-            matrix = matrix.to(variables)
         if inputs.dtype != matrix.dtype:
             # integer images, as keras' Dense takes them, and float inputs of another precision: keras casts
             # those itself only while the layer's autocast is on; with it off (autocast=False, to keep one layer
@@ -313,4 +318,6 @@ class KerasDense(keras.layers.Layer):
                 "bias_initializer": bias_init,
             }
         )
+        if not self.autocast:  # (Keras' own config leaves it out: Dense(autocast=False) loads back as True)
+            config["autocast"] = False
         return config
