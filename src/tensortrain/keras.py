@@ -140,7 +140,11 @@ class KerasDense(keras.layers.Layer):
         kernel_initializer: ``"glorot"``, ``"he"`` or ``"lecun"`` (t3f's names): random TT cores whose full
             matrix has the dense scheme's entry variance (2/(M+N), 2/M, 1/M).
         bias_initializer: a number (every bias entry starts at it, t3f's meaning) or any Keras initializer.
-        **kwargs: Keras layer arguments (``name``, ``dtype``, ``trainable``).
+        **kwargs: Keras layer arguments (``name``, ``dtype``, ``trainable``, ``autocast``). Under a mixed dtype
+            policy the cores are variables of the policy's variable dtype and the product runs in its compute
+            dtype, as for ``keras.layers.Dense``; with ``autocast=False`` it runs in the variable dtype
+            throughout (where ``Dense`` still rounds its kernel to the compute dtype), and the flag is saved
+            with the layer's config.
 
     Attributes:
         tt_ranks: the ranks of the cores, ``(1, r_1, ..., r_{d-1}, 1)``, after clipping.
