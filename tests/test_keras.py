@@ -393,6 +393,21 @@ def test_masks_pass_through_and_inputs_take_the_layers_precision(tmp_path):
         layer(torch.randn(4, 6, dtype=torch.complex64))
 
 
+def test_a_default_layer_builds_with_the_add_weight_of_keras_3_0(monkeypatch):
+    """Keras takes add_weight(autocast=...) from 3.2 on and pyproject admits 3.0: only a layer with
+    autocast=False may pass it (passing it always broke every build there)."""
+    real = keras.layers.Layer.add_weight
+
+    def add_weight_3_0(self, *args, **kwargs):
+        if "autocast" in kwargs:
+            raise TypeError("add_weight() got an unexpected keyword argument 'autocast'")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "add_weight", add_weight_3_0)
+    layer = KerasDense([2, 3], [2, 2])
+    assert layer(torch.randn(4, 6)).shape == (4, 4)
+
+
 def test_get_config_from_config_round_trip():
     layer = KerasDense(
         [3, 4], [2, 5], tt_rank=[1, 3, 1], activation="relu", bias_initializer="ones", name="tt"

@@ -245,24 +245,20 @@ class KerasDense(keras.layers.Layer):
             tt_rank=self.tt_ranks,
             dtype=getattr(torch, self.variable_dtype),
         )
+        # autocast=False: Keras (3.15) still autocasts variables inside __call__ under a mixed policy unless each
+        # variable opts out, which Dense's kernel does not (its float16-rounded kernel meets a float32 input); the
+        # cores do, so such a layer computes in the variables' dtype throughout. (Only then is add_weight given
+        # the argument, which Keras takes from 3.2 on: pyproject admits 3.0.)
+        opt_out: dict[str, Any] = {} if self.autocast else {"autocast": False}
         self.kernel_cores = [
-            # autocast=False: Keras (3.15) still autocasts variables inside __call__ under a mixed policy unless
-            # each variable opts out, which Dense's kernel does not (its float16-rounded kernel meets a float32
-            # input); the cores do, so such a layer computes in the variables' dtype throughout
             self.add_weight(
-                shape=tuple(core.shape),
-                initializer=_CoreInitializer(core),
-                name=f"core_{k}",
-                autocast=self.autocast,
+                shape=tuple(core.shape), initializer=_CoreInitializer(core), name=f"core_{k}", **opt_out
             )
             for k, core in enumerate(init.tt_cores)
         ]
         if self.use_bias:
             self.bias = self.add_weight(
-                shape=(self.out_features,),
-                initializer=self.bias_initializer,
-                name="bias",
-                autocast=self.autocast,
+                shape=(self.out_features,), initializer=self.bias_initializer, name="bias", **opt_out
             )
 
     @property
