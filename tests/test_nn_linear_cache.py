@@ -512,6 +512,19 @@ def test_the_cache_sees_a_core_given_another_view_of_its_storage(make):
         assert_close(layer(x), dense()(x))
 
 
+def test_the_cache_sees_cores_viewed_as_another_dtype():
+    """``p.data = p.data.view(torch.bfloat16)`` on float16 cores keeps address, shape and strides: the merges kept
+    in float16 went on being used (a dtype error eagerly, silently stale values under autocast)."""
+    layer = tt.nn.TTLinear(16, 16, tt_rank=3, in_dims=(4, 4), out_dims=(4, 4), dtype=torch.float16)
+    with torch.no_grad():
+        layer(torch.randn(5, 16, dtype=torch.float16))  # (merges kept)
+        for c in layer.cores:
+            c.data = c.data.view(torch.bfloat16)
+        layer.bias.data = layer.bias.data.view(torch.bfloat16)
+        x = torch.randn(5, 16, dtype=torch.bfloat16)
+        assert_close(layer(x).float(), layer.to_linear()(x).float(), rtol=2e-2, atol=2e-2)
+
+
 def test_forward_pre_hooks_on_the_cores_run_in_every_forward():
     """A hook on the ParameterList (here a clamp of the cores) ran in TTEmbedding's forward, in the weight's
     views and in the compiled forward, but not in TTLinear's eager forward, which read the registry directly."""

@@ -44,7 +44,7 @@ def cached(
     """``make(cores)`` (run without grad), kept in a layer's ``cache`` under ``key`` until a core changes.
 
     A core counts as unchanged while it is the same tensor object with the same storage address, shape, strides,
-    conj bit and version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``,
+    dtype, conj bit and version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``,
     ``nn.init``) and no optimizer has stepped since (fused optimizers write in place without bumping version
     counters).
     The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
@@ -70,13 +70,17 @@ def cached(
         return make(cores)
     try:
         # id(): the entry holds the cores, so their ids cannot be reused while it lives (this check runs on every
-        # inference call: one list of tuples, ~3 us for 4 cores). Strides and the conj bit: `p.data = view` of the
-        # same storage and shape (a transpose of square modes, a lazy conj) leaves the rest as it was; only
-        # complex tensors carry a conj bit (asked once: 4 calls are ~1% of a batch-1 forward)
+        # inference call: one list of tuples, ~3 us for 4 cores). Strides, dtype and the conj bit: `p.data = view`
+        # of the same storage and shape (a transpose of square modes, a lazy conj, a float16 core viewed as
+        # bfloat16) leaves the rest as it was; only complex tensors carry a conj bit (asked once: 4 calls are ~1%
+        # of a batch-1 forward)
         conj = cores[0].is_complex()
         stamp = [
             _steps_seen(),
-            *((id(c), c.data_ptr(), c._version, c.shape, c.stride(), conj and c.is_conj()) for c in cores),
+            *(
+                (id(c), c.data_ptr(), c._version, c.shape, c.stride(), c.dtype, conj and c.is_conj())
+                for c in cores
+            ),
         ]
     except RuntimeError:  # inference tensors track no version counter
         return make(cores)

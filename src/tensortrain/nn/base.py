@@ -239,7 +239,8 @@ class TTModule(nn.Module):
         through another tensor sharing a core's storage (the flat vector ``vector_to_parameters`` made the
         cores views of, updated in place; a NumPy view): call this after them. ``model.train()`` /
         ``model.eval()`` clear it too, so a mode switch after such a sync is enough. The cache is a few times
-        the cores' size and never holds the dense weight.
+        the cores' size and never holds the dense weight. A ``TTLinear`` with forward pre-hooks on its
+        ``cores`` keeps none: the hooks may change the cores on every call.
 
         Example:
             >>> import torch, tensortrain as tt
