@@ -667,3 +667,30 @@ def test_a_download_removes_what_killed_downloads_of_its_file_left(tmp_path, ser
     load_mnist(folder, mirrors=[serve(tmp_path / "site")], timeout=5)
     left = sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
     assert left == sorted(kept)
+
+
+def test_the_cleanup_never_fails_a_download(tmp_path, serve, monkeypatch):
+    """After the file is in place, neither a folder that cannot be listed nor another download that placed the
+    file first and removed ours as stale (this one stopped for over an hour) may make the download fail."""
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    base = serve(tmp_path / "site")
+
+    def unlistable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(datasets.os, "scandir", unlistable)
+    assert len(datasets.download_mnist(tmp_path / "a", mirrors=[base], timeout=5)) == 4
+    monkeypatch.undo()
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    real = datasets._fetch_one
+
+    def overtaken(url, part, sha256, size, timeout):  # another process finishes first and removes our file
+        real(url, part, sha256, size, timeout)
+        name = url.rsplit("/", 1)[1]
+        (part.parent / name).write_bytes((tmp_path / "site" / name).read_bytes())
+        part.unlink()
+
+    monkeypatch.setattr(datasets, "_fetch_one", overtaken)
+    fetched = datasets.download_mnist(tmp_path / "b", mirrors=[base], timeout=5)
+    assert [p.read_bytes() for p in fetched] == [(tmp_path / "site" / p.name).read_bytes() for p in fetched]

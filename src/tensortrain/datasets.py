@@ -353,7 +353,13 @@ def _fetch(folder: Path, name: str, bases: tuple[str, ...], timeout: float) -> P
             except _MirrorError as err:
                 failures.append(f"  {url}: {err}")
                 continue
-            os.replace(part, folder / name)
+            try:
+                os.replace(part, folder / name)
+            except FileNotFoundError:
+                # another download put the file in place and removed ours as stale (this process was stopped
+                # for over an hour): its file passed the same hash check
+                if not (folder / name).is_file():
+                    raise
             fsync_dir(folder)  # the rename too survives a crash
             _remove_stale_parts(folder, name, timeout)
             return folder / name
@@ -377,7 +383,11 @@ def _remove_stale_parts(folder: Path, name: str, timeout: float) -> None:
     a file another process removes first, or one that cannot be removed, is left to it."""
     cutoff = time.time() - max(_STALE_PART_SECONDS, 10 * timeout)
     prefix, suffix = f".{name}.", ".part"
-    for entry in os.scandir(folder):
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # (a folder that can be written but not listed)
+        return
+    for entry in entries:
         stem = entry.name[len(prefix) : -len(suffix)]
         ours = entry.name.startswith(prefix) and entry.name.endswith(suffix) and len(stem) == 12
         if not ours or any(ch not in "0123456789abcdef" for ch in stem):
