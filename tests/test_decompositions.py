@@ -1001,6 +1001,8 @@ def test_defaults_and_refusals_no_test_pinned(gen):
         assert tt.to_tt_tensor(x, epsilon=eps).tt_ranks == want
     with pytest.raises(TypeError, match="epsilon must be a float or None, got True"):
         tt.to_tt_tensor(x, epsilon=torch.tensor(True))
+    with pytest.raises(TypeError, match="epsilon must be a float or None"):  # (torch's .item() error before)
+        tt.to_tt_tensor(x, epsilon=torch.tensor(0.3, device="meta"))
     with pytest.raises(
         ValueError, match="TTLinear.from_linear: epsilon must be a finite number >= 0, got -0.1"
     ):

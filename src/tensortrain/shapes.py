@@ -111,6 +111,8 @@ def plain_scalar(value: Any) -> Any:
     if type(value) in (int, float, complex):  # (the common case; dynamo cannot hasattr a symbolic float)
         return value
     item = getattr(value, "item", None)
+    if getattr(value, "is_meta", False):  # (no value to read: the caller's type check names it)
+        return value
     return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
 
 
