@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -130,9 +131,10 @@ def interleaved(
     ``warm_each``: call each fn once, untimed, right before its timed call,
     so that no timing starts with caches a bigger fn just filled (plans of one layer differ in footprint by
     100x: interleaved cold, a 1.4 ms batch-1 sweep timed at 8 ms after a full plan's 64 MiB W).
-    ``shuffled``: every repeat takes the fns in a fresh random order (seeded), for A/B tools: in a fixed order
-    one fn is always timed right after the same other, and the slot after ``nn.Linear`` read 1.03-1.27x an
-    identical copy's time elsewhere (2-core Xeon), which favoured whichever side came later.
+    ``shuffled``: the repeats go through every order of the fns in turn (all permutations, themselves in a
+    seeded random order; a fresh random order each repeat past 6 fns), for A/B tools: in a fixed order one fn is
+    always timed right after the same other, and the slot after ``nn.Linear`` read 1.03-1.27x an identical
+    copy's time elsewhere (2-core Xeon), which favoured whichever side came later.
     """
     once: dict[str, float] = {}
     slowest = 0.0  # the slowest warm-up call of the fns that are always timed (warmed up first)
@@ -153,8 +155,12 @@ def interleaved(
     start = time.perf_counter()
     rng = random.Random(0)
     keys = list(fns)
+    orders = list(itertools.permutations(keys)) if shuffled and len(keys) <= 6 else []
+    rng.shuffle(orders)
     for rep in range(repeats):
-        if shuffled:
+        if orders:
+            keys = list(orders[rep % len(orders)])
+        elif shuffled:
             rng.shuffle(keys)
         for k in keys:
             f = fns[k]
