@@ -114,6 +114,12 @@ def autocasting(device_type: str) -> bool:
     return device_type != "meta" and _autocast_knows(device_type) and torch.is_autocast_enabled(device_type)
 
 
+def autocast_casts(a: Any, b: Any) -> bool:
+    """Whether autocast is on for ``a``'s device and casts both ``a``'s and ``b``'s dtypes (tensors or TT
+    objects), so that they may differ in a product's operands, as ``F.linear`` and ``torch.matmul`` take them."""
+    return a.dtype in AUTOCAST_DTYPES and b.dtype in AUTOCAST_DTYPES and autocasting(a.device.type)
+
+
 def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     """A context in which autocast is off for ``device_type`` (a no-op where it is off already)."""
     if not autocasting(device_type):

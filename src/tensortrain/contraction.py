@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from . import contraction_cost as _cost
-from ._transforms import AUTOCAST_DTYPES, autocasting, grad_recorded, traced_unflatten, transforms_active
+from ._transforms import autocast_casts, grad_recorded, traced_unflatten, transforms_active
 from .contraction_plan import (
     STRATEGIES,
     ContractionPlan,
@@ -158,10 +158,8 @@ def check_operand(fn: str, name: str, t: torch.Tensor, c0: torch.Tensor) -> None
     """``t`` is dense (:func:`check_strided`) and has the cores' dtype and device (under autocast the dtypes
     autocast casts may differ, as for ``F.linear``: the products cast both operands)."""
     check_strided(fn, name, t)
-    same = t.dtype == c0.dtype or (
-        # (float64 autocast leaves alone, so F.linear fails on a float64 operand beside float32 as here)
-        t.dtype in AUTOCAST_DTYPES and c0.dtype in AUTOCAST_DTYPES and autocasting(t.device.type)
-    )
+    # (float64 autocast leaves alone, so F.linear fails on a float64 operand beside float32 as here)
+    same = t.dtype == c0.dtype or autocast_casts(t, c0)
     if not same or t.device != c0.device:
         to = ", ".join(
             ([f"'{c0.device}'"] if t.device != c0.device else []) + ([str(c0.dtype)] if not same else [])

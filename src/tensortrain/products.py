@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import contraction as _contraction
-from ._transforms import AUTOCAST_DTYPES, autocasting
+from ._transforms import autocast_casts
 from .errors import ShapeError
 from .operands import (
     batch_size,
@@ -130,7 +130,8 @@ def _check_dense(x: Any, w: TensorTrainBase, side: str) -> torch.Tensor:
     check_strided("matmul", "x", x)  # (sparse operands failed inside expand or reshape on some paths)
     if x.dim() == 0:
         raise ShapeError("matmul: the dense operand is 0-dimensional; use multiply(tt, c) to scale")
-    if not _autocast_pair(x, w):  # (autocast casts both operands of the products, as for torch.matmul)
+    # (dtypes that differ where autocast casts both: the products take them, as torch.matmul does)
+    if x.dtype == w.dtype or x.device != w.device or not autocast_casts(x, w):
         check_dtype_device("matmul", w, x)
     rows, cols = matrix_dims(w)
     if side == "right":  # W @ x: x's rows meet W's columns
@@ -148,17 +149,6 @@ def _check_dense(x: Any, w: TensorTrainBase, side: str) -> torch.Tensor:
                 f"(row dims {tuple(rows)}); x has shape {tuple(x.shape)}"
             )
     return x
-
-
-def _autocast_pair(x: torch.Tensor, w: TensorTrainBase) -> bool:
-    """Whether autocast is on and will cast both operands (dtypes it casts, one device): then they may differ
-    in dtype, as an autocast activation in bfloat16 beside float32 cores does."""
-    return (
-        x.device == w.device
-        and x.dtype in AUTOCAST_DTYPES
-        and w.dtype in AUTOCAST_DTYPES
-        and autocasting(x.device.type)
-    )
 
 
 def _dense_lead(x: torch.Tensor, lead: tuple[int, ...], w: TensorTrainBase) -> tuple[int, ...]:
