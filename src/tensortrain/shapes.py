@@ -110,9 +110,9 @@ def plain_scalar(value: Any) -> Any:
     argument forms such as t3f's ``3 * np.ones(d + 1)``."""
     if type(value) in (int, float, complex):  # (the common case; dynamo cannot hasattr a symbolic float)
         return value
-    item = getattr(value, "item", None)
     if getattr(value, "is_meta", False):  # (no value to read: the caller's type check names it)
         return value
+    item = getattr(value, "item", None)
     return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
 
 
