@@ -96,9 +96,8 @@ def linear(
             forward, or forward and backward, calls per candidate: a warm-up, then up to five rounds of two;
             at most about a second of timed rounds), and the choice may differ between runs and machines
             (every plan gives the same result up to rounding). Under ``torch.compile``, ``torch.func`` and
-            tracing it is ``"auto"``. Training with
-            ``max_saved_bytes`` keys plans by the exact batch size: batch sizes that vary from step to step
-            (variable sequence lengths) are timed once each.
+            tracing it is ``"auto"``. Training with ``max_saved_bytes`` keys plans by the exact batch size:
+            batch sizes that vary from step to step (variable sequence lengths) are timed once each.
         max_saved_bytes: when training, take the fastest plan that keeps at most this many bytes of
             activations for backward (see :func:`plan`); None: the fastest. A forced
             :class:`ContractionPlan` runs as it is.

@@ -46,16 +46,16 @@ def cached(
     A core counts as unchanged while it is the same tensor object with the same storage address, shape, strides,
     dtype, conj bit and version counter (every in-place op bumps the counter: optimizer steps, ``load_state_dict``,
     ``nn.init``) and no optimizer has stepped since (fused optimizers write in place without bumping version
-    counters).
-    The entry holds the cores' old storages, so a freed address cannot come back as a false match. Writes
-    through ``.data`` bypass the version counter, as they bypass autograd's own checks, and so do
-    ``torch.distributed`` collectives writing into a core and writes through another tensor sharing its storage
-    (``vector_to_parameters``' vector, a NumPy view), which has a counter of its own: after those, call the
-    layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to watch, and
-    cores in shared memory (``share_memory()``, Hogwild workers) are written by other processes, whose writes
-    no version counter here sees: for both, ``make`` runs on every call, and so it does for cores that are not
-    ``nn.Parameter``s (tensors ``torch.func.functional_call`` swaps in: kept, they would outlive the call) and
-    while a CUDA graph is captured (the merges are then part of the graph, redone from the cores at each replay).
+    counters). The entry holds the cores' old storages, so a freed address cannot come back as a false match.
+    Writes through ``.data`` bypass the version counter, as they bypass autograd's own checks, and so do
+    ``torch.distributed`` collectives writing into a core and writes through another tensor sharing its
+    storage (``vector_to_parameters``' vector, a NumPy view), which has a counter of its own: after those,
+    call the layer's ``clear_cache()``. Cores made under ``torch.inference_mode`` have no version counter to
+    watch, and cores in shared memory (``share_memory()``, Hogwild workers) are written by other processes,
+    whose writes no version counter here sees: for both, ``make`` runs on every call, and so it does for cores
+    that are not ``nn.Parameter``s (tensors ``torch.func.functional_call`` swaps in: kept, they would outlive
+    the call) and while a CUDA graph is captured (the merges are then part of the graph, redone from the cores
+    at each replay).
 
     ``make`` receives detached aliases of the cores and runs outside inference mode: a value that is a view of a
     core (a one-core group, a half that is core 0) then does not hold the Parameter itself, which

@@ -23,13 +23,12 @@ epsilon criterion.
 range finder only for a pure rank cap on large unfoldings (``m n min(m, n) >= 2^30``, 1024 x 1024 and up;
 rank + oversampling at most a quarter of ``min(m, n)``), where it is several times faster with an error within
 1.05x of the exact TT-SVD's (measured up to 1.042x; a probabilistic bound: the sketch is drawn from a fixed
-seed, so a matrix built against
-that very sketch can miss it, while inputs unrelated to it meet it with overwhelming probability); with
-``epsilon`` given it uses the exact SVD (smallest ranks). ``"randomized"`` forces the sketch wherever the rank cap is
-below the unfolding's smaller side (the sketch has the cap's size plus oversampling, so without ``max_tt_rank``,
-or where the cap keeps everything, the exact SVD runs); with ``epsilon`` its error is measured, so the bound
-still holds, but ranks may exceed the minimal ones by a little;
-``"exact"`` forces ``torch.linalg.svd``.
+seed, so a matrix built against that very sketch can miss it, while inputs unrelated to it meet it with
+overwhelming probability); with ``epsilon`` given it uses the exact SVD (smallest ranks). ``"randomized"``
+forces the sketch wherever the rank cap is below the unfolding's smaller side (the sketch has the cap's size
+plus oversampling, so without ``max_tt_rank``, or where the cap keeps everything, the exact SVD runs); with
+``epsilon`` its error is measured, so the bound still holds, but ranks may exceed the minimal ones by a
+little; ``"exact"`` forces ``torch.linalg.svd``.
 
 float16/bfloat16 inputs are factored in float32 (LAPACK has no half precision) and the cores are cast back.
 

@@ -40,12 +40,11 @@ def getitem(tt: TensorTrainBase, index: Any) -> Any:
     absorbed into the next kept core (or the previous one at the end), so ranks never grow. A slice keeps the
     mode (a negative step reverses it, as in numpy and t3f; torch tensors refuse negative steps). Missing
     trailing indices and one ``...`` mean ``:``. Indexing every mode with ints returns the entry as a 0-dim
-    tensor. For a batch, the first index selects batch
-    elements (int: a :class:`TensorTrain` results; slice, list or index tensor: a batch) and the rest
-    index the modes; as in numpy, ``...`` spans the batch axis too (``b[..., 1]`` indexes the last mode).
-    An int may be a numpy integer or a 0-dim integer tensor; a tensor or array with dims (even one
-    element) is an index tensor, allowed for the batch axis only. TT-matrices cannot be indexed (use
-    :func:`gather_nd` for entries).
+    tensor. For a batch, the first index selects batch elements (int: a :class:`TensorTrain` results; slice,
+    list or index tensor: a batch) and the rest index the modes; as in numpy, ``...`` spans the batch axis too
+    (``b[..., 1]`` indexes the last mode). An int may be a numpy integer or a 0-dim integer tensor; a tensor
+    or array with dims (even one element) is an index tensor, allowed for the batch axis only. TT-matrices
+    cannot be indexed (use :func:`gather_nd` for entries).
 
     Args:
         tt: a TT-tensor or a batch of TT-tensors.

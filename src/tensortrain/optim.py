@@ -214,10 +214,9 @@ class RiemannianSGD(torch.optim.Optimizer):
     ``params`` is an iterable of TT parameter sets: each an ``nn.ParameterList`` / sequence of the cores of
     one TT (in order), a TensorTrain whose cores are the parameters (such as a TT layer's ``weight``), or a
     dict ``{"params": cores, "lr": ..., "momentum": ...}``, or an ``nn.Module`` whose TT layers (submodules
-    with a TT ``weight`` and a ``cores`` ParameterList) are all used (layers tied
-    by one shared ``cores`` list, an embedding and its output head, as one set); one TT's
-    ``ParameterList``, TensorTrain or dict alone is one set. Other parameters (biases) need an ordinary optimizer
-    beside this one.
+    with a TT ``weight`` and a ``cores`` ParameterList) are all used (layers tied by one shared ``cores``
+    list, an embedding and its output head, as one set); one TT's ``ParameterList``, TensorTrain or dict alone
+    is one set. Other parameters (biases) need an ordinary optimizer beside this one.
 
     Each step rounds the moved TT back to its ranks, which also puts its cores in the rounding's gauge: the
     cores change at every step, even at a zero gradient, while the tensor they represent moves only by the step
