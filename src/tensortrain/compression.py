@@ -1,8 +1,8 @@
 """Model surgery: replace a model's ``nn.Linear`` / ``nn.Embedding`` layers by TT layers, and back.
 
-``compress`` selects layers (by exact type, then by name globs), plans the TT ranks (a shared rank cap, an
-error target, or a rank cap found by bisection to reach a compression ratio), converts each layer with
-TT-SVD (``TTLinear.from_linear``, ``TTEmbedding.from_embedding``), swaps it in with
+``compress`` selects layers (by exact type, then by name globs: ``compression_select``), plans the TT ranks (a
+shared rank cap, an error target, or a rank cap found by bisection to reach a compression ratio), converts each
+layer with TT-SVD (``TTLinear.from_linear``, ``TTEmbedding.from_embedding``), swaps it in with
 ``model.set_submodule`` and returns a :class:`CompressionReport`. ``decompress`` turns TT layers back into
 exactly equivalent dense ones. What each layer type needs is in ``compression_layers``; the report classes
 are in ``compression_report``.
@@ -13,10 +13,8 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -26,16 +24,15 @@ from ._transforms import valueless
 from .compression_layers import (
     carry_over,
     converter_for,
-    converter_of,
     hooked_tensors,
     layer_dims,
     old_backward_hooks,
     overridden,
     planned_tt_params,
     recomputed,
-    refusal,
 )
 from .compression_report import CompressionReport, LayerReport
+from .compression_select import as_patterns, counted_before, distributed_wrapper, kept_dense, no_match, select
 from .errors import ShapeError
 from .nn.embedding import TTEmbedding
 from .nn.linear import TTLinear
@@ -43,16 +40,6 @@ from .operands import as_flag, wide_dtype
 from .shapes import as_whole_int, max_tt_ranks, plain_scalar
 
 __all__ = ["CompressionReport", "LayerReport", "compress", "decompress"]
-
-
-def _patterns(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, Sequence) or not all(isinstance(p, str) for p in value):
-        raise TypeError(f"compress: {name} must be a glob string or a sequence of them, got {value!r}")
-    return tuple(value)
 
 
 def _check_budget(
@@ -80,118 +67,6 @@ def _check_budget(
     if ratio is not None and not ratio > 1:
         raise ValueError(f"compress: ratio (target compression factor) must be > 1, got {ratio}")
     return cap, None if epsilon is None else float(epsilon), None if ratio is None else float(ratio)
-
-
-def _distributed_wrapper(module: nn.Module) -> bool:
-    """DDP or FSDP: wrappers that register hooks on the parameters they were built with."""
-    # (fully_shard, FSDP2, changes a module's class to a generated FSDP<Class> subclass of FSDPModule)
-    names = {cls.__name__ for cls in type(module).__mro__}
-    return isinstance(module, nn.parallel.DistributedDataParallel) or bool(
-        names & {"FullyShardedDataParallel", "FSDPModule"}
-    )
-
-
-def _select(
-    model: nn.Module, include: tuple[str, ...] | None, exclude: tuple[str, ...] | None
-) -> list[tuple[list[str], nn.Module]]:
-    """Matching layers in model order, each with all the names it is reachable under (shared modules).
-
-    A module shared under several names is replaced under all of them (replacing it under one name only would
-    untie it), so the globs judge it as a whole: selected when any of its names is included and none is
-    excluded."""
-    found: dict[int, tuple[list[str], nn.Module]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        if converter_of(module) is not None:
-            found.setdefault(id(module), ([], module))[0].append(name)
-
-    def matches(names: list[str], patterns: tuple[str, ...]) -> bool:
-        return any(fnmatchcase(n, p) for n in names for p in patterns)
-
-    chosen = [
-        (names, module)
-        for names, module in found.values()
-        if (include is None or matches(names, include)) and not (exclude and matches(names, exclude))
-    ]
-    # a mistyped exclude would silently compress the layer it was meant to keep: say which patterns hit nothing
-    # (when nothing is chosen at all, compress raises with the candidates instead)
-    every = [n for names, _ in found.values() for n in names]
-    for kind, patterns in (("include", include), ("exclude", exclude)):
-        unmatched = [p for p in patterns or () if not any(fnmatchcase(n, p) for n in every)]
-        if unmatched and chosen:
-            warnings.warn(
-                f"compress: {kind} pattern(s) {unmatched} match no nn.Linear or nn.Embedding layer; candidate "
-                f"layers: {every[:8]}{' ...' if len(every) > 8 else ''}{_child_hint(unmatched, every)}",
-                UserWarning,
-                stacklevel=3,
-            )
-    return chosen
-
-
-def _child_hint(patterns: Sequence[str], names: Sequence[str]) -> str:
-    """A hint for patterns naming a module whose layers are its children: globs match whole names."""
-    parents = [p for p in patterns if any(n.startswith(p + ".") for n in names)]
-    return (
-        f" (to select the layers inside a module, match their names: {[p + '.*' for p in parents]})"
-        if parents
-        else ""
-    )
-
-
-def _tied(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
-    """Why some selected layers must stay dense: a parameter also owned by another module (tied weights,
-    e.g. an embedding and an output head), which converting one of them would silently untie."""
-    owners: dict[int, list[tuple[int, str]]] = {}
-    for mname, m in model.named_modules(remove_duplicate=False):
-        for pname, p in m.named_parameters(recurse=False):
-            owners.setdefault(id(p), []).append((id(m), f"{mname}.{pname}" if mname else pname))
-    reasons = {}
-    for _, m in layers:
-        others = sorted({n for p in m.parameters(recurse=False) for mid, n in owners[id(p)] if mid != id(m)})
-        if others:
-            reasons[id(m)] = (
-                f"its parameters are tied to {', '.join(others[:3])}: converting would untie them"
-            )
-    return reasons
-
-
-_WEIGHT_READERS: dict[type, tuple[str, str]] = {
-    cls: (child, fn)
-    for cls, child, fn in (
-        (getattr(nn, "LinearCrossEntropyLoss", None), "linear", "F.linear_cross_entropy"),  # torch >= 2.10
-    )
-    if cls is not None
-}
-"""Built-in modules whose forward reads a child ``nn.Linear``'s ``.weight`` as a tensor (not calling the child):
-their child must stay dense. (MultiheadAttention's ``out_proj`` is a subclass, never a candidate.)"""
-
-
-def _read_by_parent(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
-    """Why some selected layers must stay dense: a parent of a :data:`_WEIGHT_READERS` type reads their weight
-    in its own forward, which a TT layer's weight (a TensorTrain) would break at the first call."""
-    selected = {id(m) for _, m in layers}
-    reasons = {}
-    for m in model.modules():
-        # (a subclass too: it inherits the forward that reads the weight, or one of its own that may)
-        reader = next((r for cls, r in _WEIGHT_READERS.items() if isinstance(m, cls)), None)
-        child = getattr(m, reader[0], None) if reader else None
-        if reader and isinstance(child, nn.Module) and id(child) in selected:
-            reasons[id(child)] = (
-                f"its parent {type(m).__name__} reads its weight as a tensor ({reader[1]}), which a TT layer's "
-                "weight is not"
-            )
-    return reasons
-
-
-def _counted_before(layers: list[tuple[list[str], nn.Module]]) -> dict[int, int]:
-    """Per selected layer (by module id), how many of its parameters an earlier one already holds (tied
-    weights): the report and the ratio search count each parameter once, as ``model.parameters()`` does."""
-    seen: set[int] = set()
-    counted = {}
-    for _, m in layers:
-        params = list(m.parameters())
-        counted[id(m)] = sum(p.numel() for p in params if id(p) in seen)
-        seen.update(id(p) for p in params)
-    return counted
 
 
 def _rank_for_ratio(
@@ -314,26 +189,6 @@ def _copy(model: nn.Module, fn: str = "compress") -> nn.Module:
         ) from e
 
 
-def _kind(module: nn.Module) -> str:
-    """A module's class name, qualified where it would read as a ``torch.nn`` class it is not (a quantized
-    ``Linear``, say, which compress does not convert)."""
-    cls = type(module)
-    if getattr(nn, cls.__name__, cls) is cls:
-        return cls.__name__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _kept_dense(model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
-    """Selected layers (by module id) that stay dense whatever the budget, with the reason: tied ones and
-    those a converter would refuse, all known before any TT-SVD so that the ratio search counts them."""
-    kept = _tied(model, layers) | _read_by_parent(model, layers)
-    for _, m in layers:
-        reason = refusal(m)
-        if reason is not None:
-            kept[id(m)] = reason
-    return kept
-
-
 def _check_values(layers: list[tuple[list[str], nn.Module]]) -> None:
     """``epsilon`` picks ranks from singular values: the layers to convert must not be on the meta device."""
     meta = [names[0] or "(model)" for names, m in layers if converter_for(m).weight(m).is_meta]
@@ -352,7 +207,7 @@ def _plan(
     epsilon: float | None,
 ) -> tuple[list[LayerReport], list[tuple[list[str], nn.Module, nn.Module]]]:
     """Every selected layer's report, and the (names, dense layer, TT layer) replacements to make."""
-    counted = _counted_before(layers)
+    counted = counted_before(layers)
     reports, swaps = [], []
     for names, module in layers:
         new: nn.Module | None = None
@@ -464,7 +319,7 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
-    wrappers = [(n, m) for n, m in model.named_modules() if _distributed_wrapper(m)]
+    wrappers = [(n, m) for n, m in model.named_modules() if distributed_wrapper(m)]
     if wrappers:
         # replacing layers under DDP leaves its reducer watching the old parameters: gradients are no longer
         # averaged and each process trains on its own data, silently
@@ -474,7 +329,7 @@ def compress(
             "(ddp.module), then wrap the result again"
         )
     max_tt_rank, epsilon, ratio = _check_budget(max_tt_rank, epsilon, ratio)
-    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
+    inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     lazy = [n for n, p in model.named_parameters() if nn.parameter.is_lazy(p)]
     if lazy:
         raise ValueError(
@@ -484,47 +339,15 @@ def compress(
     inplace, dry_run = as_flag(inplace, "compress", "inplace"), as_flag(dry_run, "compress", "dry_run")
     target = model if inplace or dry_run else _copy(model)
     before_model = sum(p.numel() for p in target.parameters())
-    layers = _select(target, inc, exc)
+    layers = select(target, inc, exc)
     if not layers:
-        seen = [n for n, m in target.named_modules() if converter_of(m) is not None][:8]
-        # (nn.MultiheadAttention's out_proj is one: a user who named it would otherwise not learn why it is not a
-        # candidate)
-        sub = [
-            f"{n} ({type(m).__name__})"
-            for n, m in target.named_modules()
-            if isinstance(m, (nn.Linear, nn.Embedding)) and converter_of(m) is None
-        ][:4]
-        left = (
-            f"; subclasses of nn.Linear/nn.Embedding are left alone (they may change forward): {sub}"
-            if sub
-            else ""
-        )
-        if seen:
-            every = [n for n, m in target.named_modules() if converter_of(m) is not None]
-            found = f"candidate layers: {seen}{_child_hint(inc or (), every)}"
-        else:  # a convolutional model, say: what it holds (containers are not layers, a TT layer's own
-            # ParameterList included) and what compress converts
-            boxes = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
-            kinds = sorted(
-                {
-                    _kind(m)
-                    for m in target.modules()
-                    if not isinstance(m, boxes) and not (m is target and list(m.children()))
-                }
-            )
-            found = (
-                f"the model has none (its layers: {', '.join(kinds[:8]) or 'none'}); only those are converted"
-            )
-        raise ValueError(
-            f"compress: no nn.Linear or nn.Embedding layer matched include={include!r}, exclude={exclude!r}; "
-            f"{found}{left}"
-        )
-    kept = _kept_dense(target, layers)
+        raise no_match(target, include, exclude, inc)
+    kept = kept_dense(target, layers)
     free = [(n, m) for n, m in layers if id(m) not in kept]
     if epsilon is not None:
         _check_values(free)
     if ratio is not None:
-        counted = _counted_before(layers)
+        counted = counted_before(layers)
         fixed = sum(
             sum(p.numel() for p in m.parameters()) - counted[id(m)] for _, m in layers if id(m) in kept
         )
