@@ -36,6 +36,7 @@ TOP = [
     ("Riemannian autodiff", "tensortrain.autodiff", None),
     ("Regularizers", "tensortrain.regularizers", None),
     ("Model compression", "tensortrain.compression", None),
+    ("Model decompression", "tensortrain.decompression", None),
     ("Saving and loading", "tensortrain.io", None),
 ]
 NAMESPACES = [
@@ -55,7 +56,8 @@ ORDER = [
     "Errors", "TT objects", "Shapes and ranks", "Initializers", "TT-SVD, rounding, orthogonalization",
     "The algebra", "Batches", "TT variables", "tt.contraction", "tt.workspace", "Riemannian geometry",
     "Riemannian autodiff", "tt.approximate", "tt.kronecker", "Regularizers", "tt.nn", "tt.nn.functional",
-    "tt.nn.init", "tt.optim", "Model compression", "Saving and loading", "tt.datasets", "tensortrain.keras",
+    "tt.nn.init", "tt.optim", "Model compression", "Model decompression", "Saving and loading", "tt.datasets",
+    "tensortrain.keras",
 ]  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from .autodiff import *  # noqa: F403
 from .batch_ops import *  # noqa: F403
 from .compression import *  # noqa: F403
 from .decompositions import *  # noqa: F403
+from .decompression import *  # noqa: F403
 from .errors import *  # noqa: F403
 from .initializers import *  # noqa: F403
 from .io import *  # noqa: F403
@@ -56,6 +57,7 @@ __all__ = sorted(
         *regularizers.__all__,
         *__import__("tensortrain.autodiff", fromlist=["__all__"]).__all__,
         *__import__("tensortrain.compression", fromlist=["__all__"]).__all__,
+        *__import__("tensortrain.decompression", fromlist=["__all__"]).__all__,
         *__import__("tensortrain.io", fromlist=["__all__"]).__all__,
     }
 )
