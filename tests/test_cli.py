@@ -89,7 +89,7 @@ def test_an_unusable_out_under_torchrun_stops_every_rank_cleanly(tmp_path):
     """Only rank 0 creates --out: when it could not, rank 1 went on into DDP's first collective and died with a
     traceback about a closed connection. Every rank now stops with the message and no traceback: a folder under
     a file is refused by each rank's own check, before the data is loaded (the error rank 0 alone meets is
-    shared by ``_on_rank_zero``, tested below)."""
+    shared by ``demo_output.on_rank_zero``, tested below)."""
     argv = _short_demo(tmp_path, 64, 16)
     (tmp_path / "afile").write_text("")
     argv[argv.index("--out") + 1] = str(tmp_path / "afile" / "sub")
@@ -107,9 +107,9 @@ def test_an_unusable_out_under_torchrun_stops_every_rank_cleanly(tmp_path):
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_an_error_only_rank_zero_meets_stops_every_rank(monkeypatch, rank):
-    """``_on_rank_zero``: rank 0 runs the step and raises its own error; the others get it through a broadcast
+    """``on_rank_zero``: rank 0 runs the step and raises its own error; the others get it through a broadcast
     and raise it too, instead of going on into DDP's first collective."""
-    from tensortrain import demo
+    from tensortrain import demo_output
 
     sent = []
 
@@ -120,21 +120,21 @@ def test_an_error_only_rank_zero_meets_stops_every_rank(monkeypatch, rank):
         else:
             objects[0] = "[Errno 20] Not a directory: 'out'"
 
-    monkeypatch.setattr(demo.dist, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(demo_output.dist, "broadcast_object_list", broadcast)
 
     def step():
         assert rank == 0, "only rank 0 runs the step"
         raise NotADirectoryError(20, "Not a directory", "out")
 
     with pytest.raises(OSError) as info:
-        demo._on_rank_zero(step, rank, 2)
+        demo_output.on_rank_zero(step, rank, 2)
     if rank == 0:
         assert isinstance(info.value, NotADirectoryError) and sent == [["[Errno 20] Not a directory: 'out'"]]
     else:
         assert (
             str(info.value) == "rank 0 could not prepare the output folder: [Errno 20] Not a directory: 'out'"
         )
-    demo._on_rank_zero(lambda: None, rank, 1)  # (one process: no broadcast)
+    demo_output.on_rank_zero(lambda: None, rank, 1)  # (one process: no broadcast)
 
 
 def test_version(capsys):
@@ -358,13 +358,13 @@ def test_demo_pipeline_on_synthetic_files(tmp_path, capsys):
 def test_demo_without_matplotlib_says_so_and_leaves_no_stale_plot(tmp_path, capsys, monkeypatch):
     """Without the demo extra the plot was skipped silently, and an earlier run's plot stayed next to the new
     results.json."""
-    import tensortrain.demo
+    import tensortrain.demo_output
 
     argv = _short_demo(tmp_path, 64, 32)
     stale = tmp_path / "out/accuracy_vs_params.png"
     stale.parent.mkdir()
     stale.write_bytes(b"an earlier run's plot")
-    monkeypatch.setattr(tensortrain.demo, "_plot", lambda results: None)  # as without matplotlib
+    monkeypatch.setattr(tensortrain.demo_output, "_plot", lambda results: None)  # as without matplotlib
     assert main(argv) == 0
     assert not stale.exists() and (tmp_path / "out/results.json").exists()
     assert 'no plot: matplotlib is not installed (pip install "tensortrain[demo]")' in capsys.readouterr().out
@@ -493,7 +493,8 @@ def test_seeds_errors_are_usage_errors(argv, message, capsys):
 
 
 def test_seed_summary_counts_runs_meeting_the_targets():
-    from tensortrain.demo import TARGETS, StageResult, format_seeds_table, summarize_seeds
+    from tensortrain.demo_config import TARGETS, StageResult
+    from tensortrain.demo_seeds import format_seeds_table, summarize_seeds
 
     def run(b: float, c: float) -> list[StageResult]:
         return [
@@ -514,7 +515,8 @@ def test_seed_summary_counts_runs_meeting_the_targets():
     with pytest.raises(ValueError, match="runs is empty"):
         summarize_seeds({})
     with pytest.raises(ValueError, match="seeds must be distinct"):
-        from tensortrain.demo import DemoConfig, run_mnist_seeds
+        from tensortrain.demo_config import DemoConfig
+        from tensortrain.demo_seeds import run_mnist_seeds
 
         run_mnist_seeds(DemoConfig(), [1, 2, 1])
     with pytest.raises(ValueError, match="seeds is empty"):
@@ -581,18 +583,17 @@ def test_seeds_takes_exactly_the_maximum(capsys):
 def test_an_accuracy_equal_to_the_target_is_met(monkeypatch, tmp_path, capsys):
     import tensortrain.demo as demo
     from tensortrain.cli import main
+    from tensortrain.demo_config import TARGETS
 
     def fake_run(cfg, log=None, progress=None):
-        return [
-            demo.StageResult(s, f"net {s}", 10, None, acc, 0.0, 1, None) for s, acc in demo.TARGETS.items()
-        ]
+        return [demo.StageResult(s, f"net {s}", 10, None, acc, 0.0, 1, None) for s, acc in TARGETS.items()]
 
     monkeypatch.setattr(demo, "run_mnist_demo", fake_run)
     assert main(["demo", "mnist", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    for stage in demo.TARGETS:
+    for stage in TARGETS:
         assert f"target {stage}: " in out
-    assert "MISSED" not in out and out.count(": met") == len(demo.TARGETS)
+    assert "MISSED" not in out and out.count(": met") == len(TARGETS)
 
 
 def _accuracies_and_losses(out: Path) -> list[tuple[float, list[float]]]:
@@ -762,7 +763,7 @@ def test_a_write_protected_output_file_fails_before_training(tmp_path, capsys, m
     (out / "accuracy_vs_params.png").write_bytes(b"png")
     real = os.access
     monkeypatch.setattr(  # write access refused, as to a process without root's override
-        "tensortrain.demo.os.access",
+        "tensortrain.demo_output.os.access",
         lambda p, mode: real(p, mode) and not (Path(p).name == "results.json" and mode & os.W_OK),
     )
     assert main(argv) == 1
@@ -775,20 +776,20 @@ def test_a_write_protected_output_file_fails_before_training(tmp_path, capsys, m
 def test_an_interrupted_run_never_pairs_its_results_with_another_runs_plot(tmp_path, monkeypatch):
     """results.json was replaced before the plot was rendered: a Ctrl-C there left the new results beside the
     previous run's plot."""
-    import tensortrain.demo
+    import tensortrain.demo_output
 
     argv = _short_demo(tmp_path, 64, 32)
     assert main(argv) == 0
     out = tmp_path / "out"
     first = (out / "results.json").read_bytes()
-    real_write = tensortrain.demo.atomic_write
+    real_write = tensortrain.demo_output.atomic_write
 
     def interrupted_at_the_plot(path, data):
         if path.name == "accuracy_vs_params.png":
             raise KeyboardInterrupt
         real_write(path, data)
 
-    monkeypatch.setattr(tensortrain.demo, "atomic_write", interrupted_at_the_plot)
+    monkeypatch.setattr(tensortrain.demo_output, "atomic_write", interrupted_at_the_plot)
     assert main([*argv, "--seed", "1"]) == 130
     assert (out / "results.json").read_bytes() != first  # this run's results, and no plot beside them
     assert not (out / "accuracy_vs_params.png").exists()
@@ -929,19 +930,17 @@ def test_a_test_subset_is_not_the_tutorial():
 
 
 def test_seeds_of_the_tutorial_recipe_are_compared_with_the_targets(monkeypatch, tmp_path, capsys):
-    import tensortrain.demo as demo
+    import tensortrain.demo_seeds as demo_seeds
+    from tensortrain.demo_config import TARGETS, StageResult
 
     def fake_seeds(cfg, seeds, log=None, progress=None):
         return {
-            s: [
-                demo.StageResult(k, f"net {k}", 10, None, acc, 0.0, 1, None)
-                for k, acc in demo.TARGETS.items()
-            ]
+            s: [StageResult(k, f"net {k}", 10, None, acc, 0.0, 1, None) for k, acc in TARGETS.items()]
             for s in seeds
         }
 
-    monkeypatch.setattr(demo, "run_mnist_seeds", fake_seeds)
+    monkeypatch.setattr(demo_seeds, "run_mnist_seeds", fake_seeds)
     assert main(["demo", "mnist", "--out", str(tmp_path), "--no-progress", "--seeds", "1,2"]) == 0
     out = capsys.readouterr().out
-    for stage in demo.TARGETS:
+    for stage in TARGETS:
         assert f"target {stage}: met by 2 of 2 runs" in out

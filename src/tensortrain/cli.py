@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 if TYPE_CHECKING:
-    from .demo import DemoConfig, StageResult
+    from .demo_config import DemoConfig, StageResult
 
 __all__ = ["build_parser", "main"]
 
@@ -115,7 +115,7 @@ def _module_attr(text: str) -> str:
 def _device(text: str) -> str:
     """An argparse ``type``: ``auto`` or a torch device that exists here (``cpu``, ``cuda``, ``cuda:1``), kept
     as written (``results.json`` records what ``auto`` became)."""
-    from .demo import resolve_device
+    from .demo_device import resolve_device
 
     try:
         resolve_device(text)
@@ -320,7 +320,9 @@ def _run_mnist(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from .datasets import IDXError
-    from .demo import TARGETS, DemoConfig, format_table, is_tutorial, run_mnist_demo, run_mnist_seeds
+    from .demo import format_table, run_mnist_demo
+    from .demo_config import TARGETS, DemoConfig, is_tutorial
+    from .demo_seeds import run_mnist_seeds
 
     started_here = False
     try:
@@ -409,14 +411,15 @@ def _run_mnist(args: argparse.Namespace) -> int:
 
 def _not_compared() -> str:
     """What a shortened run says of the tutorial's targets (they apply to the full recipe only)."""
-    from .demo import TARGETS
+    from .demo_config import TARGETS
 
     wanted = ", ".join(f"{k} >= {100 * v:.1f}%" for k, v in TARGETS.items())
     return f"targets ({wanted}) apply to the tutorial's full run (the default options): not compared"
 
 
 def _report_seeds(runs: dict[int, list[StageResult]], cfg: DemoConfig, log: Callable[[str], None]) -> None:
-    from .demo import TARGETS, format_seeds_table, is_tutorial, summarize_seeds
+    from .demo_config import TARGETS, is_tutorial
+    from .demo_seeds import format_seeds_table, summarize_seeds
 
     tutorial = is_tutorial(cfg)
     summary = summarize_seeds(runs, TARGETS if tutorial else None)
