@@ -8,7 +8,7 @@ with the input and the cores needing gradients; ``first``, a network's first lay
 ``frozen``, cores that need none), fits the constants by non-negative least squares on relative error, and
 prints
 
-* the fitted constants next to the ones in ``MACHINES`` (paste them there to adopt them);
+* the fitted constants next to the ones in ``contraction_machine.MACHINES`` (paste them there to adopt them);
 * per case, the measured time of the plan the planner picks with the current and with the fitted constants,
   against the fastest plan measured ("regret" = chosen / fastest);
 * with ``--tune``, the same for ``strategy="tune"``: the tuner runs once per case (its own timings, after this
@@ -52,7 +52,9 @@ from run import (  # noqa: E402
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
 from tensortrain import contraction_cost as cost  # noqa: E402
+from tensortrain import contraction_machine as hw  # noqa: E402
 from tensortrain import contraction_plan as P  # noqa: E402
+from tensortrain import contraction_search as search  # noqa: E402
 
 # the fitted constants, in the order of features(); "half" is the FLOP rate of 2-byte dtypes over float32's
 NAMES = ("flops", "half", "stream", "permute", "launch", "slice", "touch")
@@ -78,14 +80,14 @@ def features(
     constant, with the device's cache sizes and narrow folds. FLOPs of 2-byte dtypes go to "half"'s coefficient,
     others to "flops"'s."""
     inf = math.inf
-    caches = {"cache_cliffs": cost.cache_cliffs(device), "narrow_fold": cost.narrow_fold(device)}
+    caches = {"cache_cliffs": hw.cache_cliffs(device), "narrow_fold": hw.narrow_fold(device)}
     basis = [
-        cost.Machine(1.0, inf, inf, 0.0, 0.0, inf, **caches),
-        cost.Machine(inf, 1.0, inf, 0.0, 0.0, inf, **caches),
-        cost.Machine(inf, inf, 1.0, 0.0, 0.0, inf, **caches),
-        cost.Machine(inf, inf, inf, 1.0, 0.0, inf, **caches),
-        cost.Machine(inf, inf, inf, 0.0, 1.0, inf, **caches),
-        cost.Machine(inf, inf, inf, 0.0, 0.0, 1.0, **caches),
+        hw.Machine(1.0, inf, inf, 0.0, 0.0, inf, **caches),
+        hw.Machine(inf, 1.0, inf, 0.0, 0.0, inf, **caches),
+        hw.Machine(inf, inf, 1.0, 0.0, 0.0, inf, **caches),
+        hw.Machine(inf, inf, inf, 1.0, 0.0, inf, **caches),
+        hw.Machine(inf, inf, inf, 0.0, 1.0, inf, **caches),
+        hw.Machine(inf, inf, inf, 0.0, 0.0, 1.0, **caches),
     ]
     f = [cost.estimate(dims, prog, batch, item, grad, m, need=need).seconds for m in basis]
     return [0.0 if item == 2 else f[0], f[0] if item == 2 else 0.0, *f[1:]]
@@ -96,8 +98,8 @@ def programs(
 ) -> list[cost.Program]:
     """The planner's own candidates plus core-by-core and paired sweeps both ways (deduplicated)."""
     d = len(dims[0])
-    m = cost.machine(device, item)
-    progs = cost.candidates(dims, "auto", batch, item, grad, m, need=need)
+    m = hw.machine(device, item)
+    progs = search.candidates(dims, "auto", batch, item, grad, m, need=need)
     for direction in ("rtl", "ltr"):
         progs.append(("sweep", direction, tuple((k, k + 1) for k in range(d))))
         if d >= 4:
@@ -250,13 +252,13 @@ def nnls_relative(rows: list[dict[str, Any]]) -> list[float]:
         active.pop(int(torch.argmin(sol)))
 
 
-def regret_score(rows: list[dict[str, Any]], m: cost.Machine) -> float:
+def regret_score(rows: list[dict[str, Any]], m: hw.Machine) -> float:
     """Mean log regret plus half the worst one: a bad choice in one case is not averaged away."""
     logs = [math.log(r["regret"]) for r in regret(rows, m)]
     return sum(logs) / len(logs) + 0.5 * max(logs)
 
 
-def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int, seed: int) -> cost.Machine:
+def search_regret(rows: list[dict[str, Any]], start: hw.Machine, samples: int, seed: int) -> hw.Machine:
     """Random search in log space around ``start`` for the constants whose choices lose least time.
 
     The least-squares fit predicts times well on average but the planner only needs the right *order* between
@@ -281,17 +283,17 @@ def search_regret(rows: list[dict[str, Any]], start: cost.Machine, samples: int,
     return best
 
 
-def theta_of(m: cost.Machine) -> list[float]:
+def theta_of(m: hw.Machine) -> list[float]:
     """The machine's constants as the coefficients of features() (seconds per unit of each)."""
     return [1 / m.flops, 1 / (m.flops * m.half), 1 / m.stream, 1 / m.permute, m.launch, m.slice, 1 / m.touch]
 
 
-def to_machine(theta: list[float], device: str = "cpu") -> cost.Machine:
+def to_machine(theta: list[float], device: str = "cpu") -> hw.Machine:
     """The machine whose theta_of() is ``theta``; constants the rows leave unset (0: no such work timed, e.g.
     "half" without 2-byte rows, or a fit that found the work free) keep the device's current values: an infinite
     rate or a zero cost per call is no machine's, and search_regret could not move it (an infinite stream rate
     came out where no row streamed)."""
-    cur = cost.MACHINES.get(device, cost.DEFAULT_MACHINE)
+    cur = hw.MACHINES.get(device, hw.DEFAULT_MACHINE)
     flops = 1.0 / theta[0] if theta[0] > 0 else cur.flops
 
     def rate(k: int, now: float) -> float:
@@ -308,7 +310,7 @@ def to_machine(theta: list[float], device: str = "cpu") -> cost.Machine:
     )
 
 
-def regret(rows: list[dict[str, Any]], m: cost.Machine) -> list[dict[str, Any]]:
+def regret(rows: list[dict[str, Any]], m: hw.Machine) -> list[dict[str, Any]]:
     """Per (case, batch, mode): measured time of the plan ``m`` prices lowest, over the fastest measured."""
     out = []
     keys = sorted({(r["case"], r["batch"], r["mode"]) for r in rows}, key=str)
@@ -395,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"timing plans on {device.type} ({where}, torch {torch.__version__}) ...", flush=True)
         dtypes = tuple(getattr(torch, d) for d in args.dtypes.split(","))
         rows, tuned = measure(args.repeats, args.slow, modes, args.tune, device, batches, dtypes)
-    current = cost.MACHINES.get(device.type, cost.DEFAULT_MACHINE)
-    fitted = to_machine(nnls_relative(rows), device.type)  # (others: cost.DEFAULT_MACHINE, as planned)
+    current = hw.MACHINES.get(device.type, hw.DEFAULT_MACHINE)
+    fitted = to_machine(nnls_relative(rows), device.type)  # (others: hw.DEFAULT_MACHINE, as planned)
     if args.search:
         fitted = search_regret(rows, fitted, args.search, seed=0)
     print("\nconstant   current      fitted")

@@ -1,11 +1,11 @@
 """The contraction executors of an earlier git revision against the working tree's, in one process.
 
-Loads ``src/tensortrain/contraction_exec.py`` and its cost module as they were at ``--against`` (``git show``) and
-times both executors and ``nn.Linear`` interleaved, printing ratios to ``nn.Linear``. By default the full plan
-(``full_linear``) on the large benchmark cases at batch 1024, forward (no grad) and forward+backward, W kept or
-rebuilt. With ``--sweeps``: every benchmark case and batch whose planned forward or training plan is a sweep, run
-as the layer runs it (inference in chunks of rows, training through ``sweep_trained`` from batch 8), each
-executor with its own revision's chunk sizes.
+Loads ``src/tensortrain/contraction_exec.py`` and its cost-model modules as they were at ``--against``
+(``git show``) and times both executors and ``nn.Linear`` interleaved, printing ratios to ``nn.Linear``. By
+default the full plan (``full_linear``) on the large benchmark cases at batch 1024, forward (no grad) and
+forward+backward, W kept or rebuilt. With ``--sweeps``: every benchmark case and batch whose planned forward
+or training plan is a sweep, run as the layer runs it (inference in chunks of rows, training through
+``sweep_trained`` from batch 8), each executor with its own revision's chunk sizes.
 
     .venv/bin/python benchmarks/executor_ab.py --against 214e95b --threads 2
     .venv/bin/python benchmarks/executor_ab.py --against 214e95b --sweeps --batch 64 --batch 1024
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,34 +30,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import LAYER_CASES, interleaved, positive_int, settle_allocator  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
-from tensortrain import contraction_exec  # noqa: E402
+from tensortrain import contraction_cost, contraction_exec, contraction_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# the cost-model modules whose thresholds and chunk sizes the executors run by (contraction_machine since the cost
+# model's split; a revision from before it has contraction_cost alone), and today's
+MODEL = ("contraction_machine", "contraction_cost")
+NEW_MODEL = (contraction_machine, contraction_cost)
 
 
-def _show(rev: str, path: str) -> str:
+def _show(rev: str, path: str, missing_ok: bool = False) -> str | None:
     out = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True)
     if out.returncode != 0:
+        if missing_ok:
+            return None
         raise SystemExit(f"executor_ab: git show {rev}:{path} failed: {out.stderr.decode().strip()}")
     return out.stdout.decode()
 
 
-def load_old(rev: str):  # noqa: ANN201
-    """``contraction_exec`` at ``rev``, with the cost module of ``rev`` (its block sizes and thresholds)."""
+def _old_imports(src: str) -> str:
+    """A module of the old revision, importing that revision's cost-model modules and anything else from today's
+    package."""
+    for name in MODEL:
+        src = src.replace(f"from . import {name} as", f"import old_{name} as")
+        src = src.replace(f"from .{name} import", f"from old_{name} import")
+    return re.sub(r"from \.(\w*) import", lambda m: f"from tensortrain{'.' * bool(m[1])}{m[1]} import", src)
+
+
+def load_old(rev: str) -> tuple[Any, tuple[Any, ...]]:
+    """``contraction_exec`` at ``rev``, and the cost-model modules of ``rev`` that it runs by (its block sizes and
+    thresholds), in MODEL's order."""
     tmp = Path(tempfile.mkdtemp())
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # (the modules are loaded from it until the end)
-    (tmp / "old_contraction_cost.py").write_text(_show(rev, "src/tensortrain/contraction_cost.py"))
+    names = []
+    for name in MODEL:
+        src = _show(rev, f"src/tensortrain/{name}.py", missing_ok=name != "contraction_cost")
+        if src is not None:
+            (tmp / f"old_{name}.py").write_text(_old_imports(src))
+            names.append(name)
     src = _show(rev, "src/tensortrain/contraction_exec.py")
-    src = src.replace("from . import contraction_cost as _cost", "import old_contraction_cost as _cost")
-    # anything else: today's package
-    src = re.sub(r"from \.(\w*) import", lambda m: f"from tensortrain{'.' * bool(m[1])}{m[1]} import", src)
-    (tmp / "old_contraction_exec.py").write_text(src)
+    assert src is not None
+    (tmp / "old_contraction_exec.py").write_text(_old_imports(src))
     sys.path.insert(0, str(tmp))
     spec = importlib.util.spec_from_file_location("old_contraction_exec", tmp / "old_contraction_exec.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod
+    return mod, tuple(importlib.import_module(f"old_{name}") for name in names)
+
+
+def _find(model: tuple[Any, ...], name: str) -> Any:
+    """``name`` from the first of a revision's cost-model modules that has it; None where none has."""
+    return next((getattr(m, name) for m in model if hasattr(m, name)), None)
 
 
 def stepper(x: torch.Tensor, grad: bool, leaves: list[torch.Tensor]):  # noqa: ANN201
@@ -97,13 +122,24 @@ def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int,
     )
 
 
-def run_sweep(mod, x2d: torch.Tensor, cores: list, groups: tuple, direction: str, grad: bool) -> torch.Tensor:  # noqa: ANN001
-    """A sweep plan run by executor module ``mod`` as ``tensortrain.contraction_run._sweep`` runs it (uncached)."""
+def run_sweep(
+    mod: Any,
+    model: tuple[Any, ...],
+    x2d: torch.Tensor,
+    cores: list,
+    groups: tuple,
+    direction: str,
+    grad: bool,
+) -> torch.Tensor:
+    """A sweep plan run by executor module ``mod`` (with its revision's cost-model modules ``model``) as
+    ``tensortrain.contraction_run._sweep`` runs it (uncached)."""
     b = int(x2d.shape[0])
     supers = mod.supers_of(cores, groups, direction)
-    if grad and b >= getattr(mod._cost, "SWEEP_FUNCTION_MIN_BATCH", b + 1):
+    min_batch = _find(model, "SWEEP_FUNCTION_MIN_BATCH")
+    if grad and min_batch is not None and b >= min_batch:
         return mod.sweep_trained(x2d, supers, direction)
-    if not hasattr(mod._cost, "chunking"):  # a revision from before chunked inference sweeps
+    chunking = _find(model, "chunking")
+    if chunking is None:  # a revision from before chunked inference sweeps
         return mod.sweep(x2d, supers, direction)
     chunk = None
     if not grad and b > 1:
@@ -112,12 +148,12 @@ def run_sweep(mod, x2d: torch.Tensor, cores: list, groups: tuple, direction: str
             tuple(int(c.shape[2]) for c in cores),
             (*(int(c.shape[0]) for c in cores), 1),
         )
-        rows, whole = mod._cost.chunking(dims, groups, direction, x2d.element_size())
+        rows, whole = chunking(dims, groups, direction, x2d.element_size())
         chunk = rows if b > whole else None
     return mod.sweep(x2d, supers, direction, chunk)
 
 
-def time_sweep(old, layer, lin, batch: int, grad: bool, repeats: int, warm: bool) -> dict | None:  # noqa: ANN001
+def time_sweep(old, old_model, layer, lin, batch: int, grad: bool, repeats: int, warm: bool) -> dict | None:  # noqa: ANN001
     """Median seconds of ``nn.Linear`` and both executors running the layer's planned sweep; None if not a sweep."""
     plan = layer.plan(batch, requires_grad=grad)
     if plan.kind != "sweep":
@@ -127,10 +163,14 @@ def time_sweep(old, layer, lin, batch: int, grad: bool, repeats: int, warm: bool
     leaves = [p for p in (*cores, layer.bias, *lin.parameters()) if p is not None and p.requires_grad]
     step = stepper(x, grad, leaves)
 
-    def via(mod):  # noqa: ANN001, ANN202
-        return lambda x: run_sweep(mod, x, cores, plan.groups, plan.direction, grad) + layer.bias
+    def via(mod, model):  # noqa: ANN001, ANN202
+        return lambda x: run_sweep(mod, model, x, cores, plan.groups, plan.direction, grad) + layer.bias
 
-    fns = {"dense": step(lin), "old": step(via(old)), "new": step(via(contraction_exec))}
+    fns = {
+        "dense": step(lin),
+        "old": step(via(old, old_model)),
+        "new": step(via(contraction_exec, NEW_MODEL)),
+    }
     return {"plan": plan, **interleaved(fns, repeats, warm_each=warm, shuffled=True)}
 
 
@@ -147,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     batches = args.batch or [1024]
     torch.set_num_threads(args.threads)
-    old = load_old(args.against)
+    old, old_model = load_old(args.against)
     settle_allocator()  # (as run.py: the first case's nn.Linear paid the page faults of a fresh heap)
     mode = "cold" if args.cold else "warm"
     print(
@@ -160,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             lin = torch.nn.Linear(fin, fout)
             for batch in batches:
                 for grad in (False, True):
-                    t = time_sweep(old, layer, lin, batch, grad, args.repeats, not args.cold)
+                    t = time_sweep(old, old_model, layer, lin, batch, grad, args.repeats, not args.cold)
                     if t is None:
                         continue
                     what = f"B={batch} {'fwd+bwd' if grad else 'forward'} {t['plan'].direction} {t['plan'].groups}"

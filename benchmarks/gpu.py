@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import LAYER_CASES, positive_int, train_step, write_json  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
-from tensortrain import contraction_cost as cost  # noqa: E402
+from tensortrain import contraction_machine as hw  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -216,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.machine:
         with open(args.machine) as f:
             fitted = json.load(f)["fitted"]
-        cost.MACHINES[device.type] = cost.MACHINES[device.type]._replace(**fitted)
-        print(f"constants from {args.machine}: {cost.MACHINES[device.type]}")
+        hw.MACHINES[device.type] = hw.MACHINES[device.type]._replace(**fitted)
+        print(f"constants from {args.machine}: {hw.MACHINES[device.type]}")
     if args.cpu_caches:
-        cost.MACHINES[device.type] = cost.MACHINES[device.type]._replace(cache_cliffs=True, half=1.0)
+        hw.MACHINES[device.type] = hw.MACHINES[device.type]._replace(cache_cliffs=True, half=1.0)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here")
     batches = [positive_int(b) for b in args.batches.split(",")]

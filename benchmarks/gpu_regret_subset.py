@@ -1,9 +1,9 @@
 """The planner's regret on a GPU over the calibration cases whose every timed candidate ran as it would now.
 
 ``benchmarks/results-gpu.json`` keeps the timings of ``calibrate.py --device cuda`` from before the planner
-dropped the CPU's cache cliffs on CUDA (``contraction_cost.Machine.cache_cliffs``). Some candidates then ran
-differently (inference sweeps in chunks of rows, W over 32 MiB built in blocks); the cases with none of those are
-comparable. For them this prints the regret of the current CUDA constants (the measured time of the plan they
+dropped the CPU's cache cliffs on CUDA (``contraction_machine.Machine.cache_cliffs``). Some candidates then
+ran differently (inference sweeps in chunks of rows, W over 32 MiB built in blocks); the cases with none of those
+are comparable. For them this prints the regret of the current CUDA constants (the measured time of the plan they
 price lowest over the fastest timed plan) and of a least-squares fit, pricing with and without the cliffs.
 
     .venv/bin/python benchmarks/gpu_regret_subset.py
@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import calibrate as cal  # noqa: E402
 
 from tensortrain import contraction_cost as cost  # noqa: E402
+from tensortrain import contraction_machine as hw  # noqa: E402
 
 
 def ran_as_now(r: dict[str, Any]) -> bool:
@@ -31,7 +32,7 @@ def ran_as_now(r: dict[str, Any]) -> bool:
     if kind == "sweep" and not r["grad"]:
         return r["batch"] <= cost.chunking(dims, tuple(tuple(g) for g in groups), direction, item, True)[1]
     if kind == "full":
-        return item * cost.prod(dims[0]) * cost.prod(dims[1]) <= cost.BLOCKED_ABOVE
+        return item * cost.prod(dims[0]) * cost.prod(dims[1]) <= hw.BLOCKED_ABOVE
     return True
 
 
@@ -48,18 +49,18 @@ def main() -> int:
     print(
         f"{len({key(r) for r in rows})} cases; {len({key(r) for r in sub})} with every candidate run as now"
     )
-    now = cost.MACHINES["cuda"]
+    now = hw.MACHINES["cuda"]
     for cliffs in (True, False):
-        cost.MACHINES["cuda"] = now._replace(cache_cliffs=cliffs)
+        hw.MACHINES["cuda"] = now._replace(cache_cliffs=cliffs)
         cal.refeature(sub, "cuda")
         fitted = cal.to_machine(cal.nnls_relative(sub), "cuda")
-        for label, m in (("current constants", cost.MACHINES["cuda"]), ("least-squares fit", fitted)):
+        for label, m in (("current constants", hw.MACHINES["cuda"]), ("least-squares fit", fitted)):
             reg = [r["regret"] for r in cal.regret(sub, m)]
             geo = math.exp(sum(map(math.log, reg)) / len(reg))
             print(
                 f"priced {'with' if cliffs else 'without'} the cliffs, {label}: {geo:.3f}x, worst {max(reg):.2f}x"
             )
-    cost.MACHINES["cuda"] = now
+    hw.MACHINES["cuda"] = now
     return 0
 
 

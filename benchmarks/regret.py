@@ -17,7 +17,7 @@ from ``SRC`` (e.g. a worktree of an older commit: ``git worktree add /tmp/old <c
 checkout, each timing the layer (auto) and ``nn.Linear``; the change is the ratio of the two ``TT / nn.Linear``
 ratios (above 1: this checkout is faster). ``--select`` keeps only configurations whose plan differs between
 the trees (``changed``) or whose plan here folds a narrow step (``folded``, see
-``contraction_cost.folds_narrow``), drawn from ``--pool`` candidates::
+``contraction_machine.folds_narrow``), drawn from ``--pool`` candidates::
 
     .venv/bin/python benchmarks/regret.py --baseline /tmp/old/src --select changed,folded --configs 45
 
@@ -48,6 +48,11 @@ from run import git_commit, settle_allocator, write_json  # noqa: E402
 # (a child process of --baseline imports these from the tree its PYTHONPATH names)
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction_cost as cost  # noqa: E402
+
+try:
+    from tensortrain import contraction_machine as hw  # noqa: E402
+except ImportError:  # a tree from before contraction_machine: its constants and rules were contraction_cost's
+    hw = cost
 
 SIZES = (64, 100, 128, 200, 256, 300, 384, 500, 512, 600, 625, 700, 768, 784, 800, 1000, 1024, 1200, 1536, 2048,
          3000, 3072, 4096)  # fmt: skip
@@ -132,11 +137,11 @@ def plan_info(cfg: list) -> dict:
     rows = math.prod(lead)
     p = layer.plan(rows, requires_grad=train)
     folded = False
-    if p.kind == "sweep" and hasattr(cost, "folds_narrow"):
+    if p.kind == "sweep" and hasattr(hw, "folds_narrow"):
         dims = (p.row_dims, p.col_dims, p.tt_ranks)
         for i, j in p.groups:
             outer, k, cols, q = cost.step_shape(dims, i, j, p.direction)
-            folded |= cost.folds_narrow(outer * rows, k, cols, q, 4, cost.narrow_fold("cpu"))
+            folded |= hw.folds_narrow(outer * rows, k, cols, q, 4, hw.narrow_fold("cpu"))
     return {"plan": p.describe(), "folded": folded}
 
 

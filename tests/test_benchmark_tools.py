@@ -188,7 +188,7 @@ def test_calibrate_prices_each_mode_with_its_gradients(tmp_path):
     seconds = [sum(r["features"]) for r in rows]
     assert len(set(seconds)) == 4  # four different prices of one program
     assert seconds[2] < seconds[1] and seconds[3] < seconds[1]  # each skips a product of full training
-    reg = calibrate.regret(rows, calibrate.cost.MACHINES["cpu"])
+    reg = calibrate.regret(rows, calibrate.hw.MACHINES["cpu"])
     assert sorted(r["mode"] for r in reg) == ["first", "frozen", "infer", "train"]
 
 
@@ -229,7 +229,7 @@ def test_calibrate_fits_the_rate_of_two_byte_dtypes_apart():
     alone keeps the device's current "half"."""
     dims = ((4, 7, 4, 7), (5, 5, 5, 5), (1, 4, 4, 4, 1))
     progs = [("full", "recompute", ((0, 2), (2, 4))), ("sweep", "rtl", ((0, 2), (2, 4)))]
-    truth = calibrate.cost.MACHINES["cuda"]._replace(flops=4e13, half=12.0)
+    truth = calibrate.hw.MACHINES["cuda"]._replace(flops=4e13, half=12.0)
     rows = []
     for item in (4, 2):
         for batch in (64, 1024, 8192):
@@ -241,7 +241,7 @@ def test_calibrate_fits_the_rate_of_two_byte_dtypes_apart():
     fitted = calibrate.to_machine(calibrate.nnls_relative(rows), "cuda")
     assert fitted.half == pytest.approx(12.0, rel=1e-6) and fitted.flops == pytest.approx(4e13, rel=1e-6)
     only32 = calibrate.to_machine(calibrate.nnls_relative(rows[:6]), "cuda")
-    assert only32.half == calibrate.cost.MACHINES["cuda"].half
+    assert only32.half == calibrate.hw.MACHINES["cuda"].half
     # the regret search moves "half" only where 2-byte rows constrain it
     for r, p in zip(rows, progs * 6, strict=True):
         r.update(case="784x625-r4", mode="infer", grad=False, describe=str(p), program=p)
@@ -253,7 +253,7 @@ def test_calibrate_fits_the_rate_of_two_byte_dtypes_apart():
 def test_calibrate_keeps_the_current_value_of_every_constant_the_fit_leaves_unset():
     """A zero coefficient (no such work timed) became an infinite stream, permute or touch rate, or a zero launch
     or slice cost; only flops and half kept the device's values, as the docstring promised for all."""
-    current = calibrate.cost.MACHINES["cpu"]
+    current = calibrate.hw.MACHINES["cpu"]
     theta = calibrate.theta_of(current._replace(flops=3e11))
     for k in range(1, len(theta)):
         got = calibrate.to_machine([*theta[:k], 0.0, *theta[k + 1 :]], "cpu")

@@ -138,7 +138,7 @@ def test_training_sweeps_use_the_sweep_function(gen, monkeypatch):
 
 def test_blocked_build_of_a_large_w(gen, monkeypatch):
     """Past BLOCKED_ABOVE, W and the halves' gradients are built in blocks of left rows: same values."""
-    from tensortrain import contraction_cost, contraction_exec
+    from tensortrain import contraction_exec, contraction_machine
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)  # split 1: left (3 x 2), right (4 x 4), rank 3
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
@@ -146,8 +146,8 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
     want = contraction_exec.build_full(lmat, rmat, dims)
-    monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)
-    monkeypatch.setattr(contraction_cost, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
+    monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
     assert contraction_exec._blocks(dims, lmat) == 2
     assert_close(contraction_exec.build_full(lmat, rmat, dims), want)
     for keep in (False, True):
@@ -163,11 +163,11 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
 def test_batched_gradients_through_the_full_plan(gen, monkeypatch, blocked):
     """jacobian/hessian(vectorize=True) and gradcheck(check_batched_grad=True) batch the output's gradient with
     autograd's own vmap, which refuses out= writes: FullLinear's backward wrote dW (and its blocks) into scratch."""
-    from tensortrain import contraction_cost
+    from tensortrain import contraction_machine
 
     if blocked:
-        monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)
-        monkeypatch.setattr(contraction_cost, "BLOCK_BYTES", 8 * 2 * 32)
+        monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
+        monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 2 * 32)
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -201,14 +201,14 @@ def test_batched_gradients_through_the_full_plan(gen, monkeypatch, blocked):
 )
 def test_sliced_build_of_w(gen, monkeypatch, raw, ranks, split):
     """Where slices are large (SLICE_MIN), W is written one left row index at a time: same W, same gradients."""
-    from tensortrain import contraction_cost, contraction_exec
+    from tensortrain import contraction_exec, contraction_machine
 
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     want_w = dense_of([c.detach() for c in cores])
     x = torch.randn(5, want_w.shape[1], generator=gen, dtype=torch.float64, requires_grad=True)
     lmat, rmat, dims = halves([c.detach() for c in cores], split)
     calls = []
-    monkeypatch.setattr(contraction_cost, "SLICE_MIN", 0)
+    monkeypatch.setattr(contraction_machine, "SLICE_MIN", 0)
     monkeypatch.setattr(
         contraction_exec,
         "_build_sliced",
@@ -222,7 +222,7 @@ def test_sliced_build_of_w(gen, monkeypatch, raw, ranks, split):
     with torch.no_grad():
         assert_close(contraction_exec.full_linear(x, cores, split, keep=False), x @ want_w.t())
     assert len(calls) == 3
-    monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)  # sliced takes precedence over blocks
+    monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)  # sliced takes precedence over blocks
     assert_close(contraction_exec.build_full(lmat, rmat, dims), want_w)
     assert len(calls) == 4
     lmat, rmat = lmat.requires_grad_(True), rmat.requires_grad_(True)
@@ -261,7 +261,7 @@ def test_autocast_training_of_every_plan(gen, batch):
 
 def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
     """A blocked W (and dW in backward) live in tensortrain.workspace's buffers: same values, buffers reused."""
-    from tensortrain import contraction_cost, contraction_exec, workspace
+    from tensortrain import contraction_exec, contraction_machine, workspace
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
@@ -269,8 +269,8 @@ def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
     want = x.detach() @ contraction_exec.build_full(lmat, rmat, dims).detach().t()
-    monkeypatch.setattr(contraction_cost, "BLOCKED_ABOVE", 0)
-    monkeypatch.setattr(contraction_cost, "BLOCK_BYTES", 8 * 2 * 32)
+    monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 2 * 32)
     monkeypatch.setattr(workspace, "MIN_BYTES", 0)
     workspace.empty_cache()
     with torch.no_grad():
@@ -338,7 +338,7 @@ def test_tt_dense_and_dense_tt_matmul(spec, p, seed):
 @pytest.mark.parametrize("strategy", ["grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"])
 def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy):
     """A sweep whose states outgrow CACHE_BYTES runs in chunks of CHUNK_BYTES: same values, chunked calls."""
-    from tensortrain import contraction_cost, contraction_exec
+    from tensortrain import contraction_cost, contraction_exec, contraction_machine
 
     cores = random_cores(((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1), gen=gen)
     x = torch.randn(37, 30, generator=gen, dtype=torch.float64)
@@ -347,8 +347,8 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
     per_row = max(
         max(contraction_cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups
     )
-    monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
-    monkeypatch.setattr(contraction_cost, "CACHE_BYTES", 8 * per_row * 30)  # up to 30 rows run whole
+    monkeypatch.setattr(contraction_machine, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
+    monkeypatch.setattr(contraction_machine, "CACHE_BYTES", 8 * per_row * 30)  # up to 30 rows run whole
     C.clear_plan_cache()
     assert C.plan(cores, 37, strategy=strategy, requires_grad=False).groups == plan.groups
     calls = []
@@ -646,7 +646,7 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
     """Sweep steps over narrow slices run as one tall GEMM between two transposes, on every path (inference whole
     and in chunks, autograd's tiny training batches, SweepFunction's forward and backward, recomputed states, a
     double backward), and agree with the dense product and its gradients."""
-    from tensortrain import contraction_cost, contraction_exec
+    from tensortrain import contraction_cost, contraction_exec, contraction_machine
 
     calls = []
     folded = contraction_exec._folded
@@ -666,8 +666,8 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
             for i, j in plan.groups
         )
         item = x.element_size()
-        monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", item * per_row * 8)  # chunks of 8 rows
-        monkeypatch.setattr(contraction_cost, "CACHE_BYTES", item * per_row * 30)
+        monkeypatch.setattr(contraction_machine, "CHUNK_BYTES", item * per_row * 8)  # chunks of 8 rows
+        monkeypatch.setattr(contraction_machine, "CACHE_BYTES", item * per_row * 30)
         C.clear_plan_cache()
         # into the chunks' reused scratch; folded as the planner priced it, on the whole batch (a chunk of 8 rows
         # alone is below NARROW_FOLD_MIN)
@@ -681,7 +681,7 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
         assert len(calls) == 5
     monkeypatch.undo()
     monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
-    monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)
+    monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
     C.clear_plan_cache()
     params = [c.clone().requires_grad_(True) for c in cores]
     g = torch.randn(37, 128, generator=gen, dtype=torch.float64).to(dtype)
@@ -708,9 +708,9 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
 def test_narrow_steps_take_core_gradients_as_one_gemm(gen, monkeypatch):
     """A folded step's core gradient is one GEMM over permuted copies too, never a batched GEMM over its narrow
     slices (small sides would otherwise pick the per-slice products)."""
-    from tensortrain import contraction_cost, contraction_exec
+    from tensortrain import contraction_exec, contraction_machine
 
-    monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)
+    monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
     calls = []
     long = contraction_exec._long_product
     monkeypatch.setattr(contraction_exec, "_long_product", lambda *a: calls.append(1) or long(*a))
@@ -730,9 +730,9 @@ def test_narrow_steps_take_core_gradients_as_one_gemm(gen, monkeypatch):
 def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
     """A chunked inference sweep folds the steps a whole one folds: under autocast both decide by the precision
     the products run in, and a one-row chunk never folds its single slice."""
-    from tensortrain import contraction_cost, contraction_exec
+    from tensortrain import contraction_cost, contraction_exec, contraction_machine
 
-    monkeypatch.setattr(contraction_cost, "NARROW_FOLD_MIN", 1)
+    monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
     calls = []
     folded = contraction_exec._folded
     monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
@@ -746,8 +746,8 @@ def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
     counts = {}
     for chunked in (False, True):
         if chunked:  # chunks of 8 rows: four of 8 and one of 1
-            monkeypatch.setattr(contraction_cost, "CHUNK_BYTES", 4 * per_row * 8)
-            monkeypatch.setattr(contraction_cost, "CACHE_BYTES", 4 * per_row * 30)
+            monkeypatch.setattr(contraction_machine, "CHUNK_BYTES", 4 * per_row * 8)
+            monkeypatch.setattr(contraction_machine, "CACHE_BYTES", 4 * per_row * 30)
             C.clear_plan_cache()
         for cast in (False, True):
             calls.clear()

@@ -101,16 +101,16 @@ def test_training_states_past_the_mmap_threshold_are_priced_with_page_faults(mon
     """A kept state of 32 MiB or more, and its gradient, are fresh pages on every step: out dims (4, 4, 8, 8)
     make 1024x1024 rank 8 keep 32 MiB at batch 1024, and its sweep measured 58 ms against 34 ms for the full
     plan (priced without the page faults, the sweep was chosen)."""
-    from tensortrain import contraction_cost as K
+    from tensortrain import contraction_machine as hw
 
     cores = zero_cores((4, 4, 8, 8), (4, 4, 8, 8), 8)
     assert C.plan(cores, 1024, requires_grad=True).kind == "full"
     plans = _by_name(C.enumerate_plans(cores, 1024, requires_grad=True))
     sweep = plans["sweep", "rtl", ((0, 2), (2, 4))]
     assert sweep.saved_bytes >= 32 * 2**20
-    monkeypatch.setattr(K, "BLOCKED_ABOVE", 2**40)  # as if no state reached the threshold
+    monkeypatch.setattr(hw, "BLOCKED_ABOVE", 2**40)  # as if no state reached the threshold
     cheap = _by_name(C.enumerate_plans(cores, 1024, requires_grad=True))
-    touch = K.MACHINES["cpu"].touch
+    touch = hw.MACHINES["cpu"].touch
     assert sweep.est_seconds - cheap[sweep.program].est_seconds == pytest.approx(2 * 32 * 2**20 / touch)
     # a recomputing sweep keeps its states in reused scratch (forward and backward): only the gradient is fresh
     again = plans["resweep", "rtl", ((0, 2), (2, 4))]
@@ -141,15 +141,16 @@ def test_chunked_inference_sweeps_are_priced_as_cache_resident(monkeypatch):
     CHUNKED_SPEEDUP times the stream bandwidth (reported bytes unchanged). Priced in full, the planner built W
     for 768x3072 rank 16 at batch 1024, where the sweep measured 0.92x nn.Linear's time against 1.05x."""
     from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
     from tensortrain.contraction_plan import dims_of
 
     layer = tt.nn.TTLinear(768, 3072, tt_rank=16, in_dims=(4, 4, 6, 8), out_dims=(4, 8, 8, 12))
     dims = dims_of(tuple(layer.cores))
     prog = ("sweep", "rtl", ((0, 2), (2, 4)))
-    m = cost.machine("cpu", 4)
+    m = hw.machine("cpu", 4)
     chunked = cost.estimate(dims, prog, 1024, 4, False, m, cached=True)
     whole = cost.estimate(dims, prog, 64, 4, False, m, cached=True)  # states fit the cache: not chunked
-    monkeypatch.setattr(cost, "CHUNKED_SPEEDUP", 1.0)
+    monkeypatch.setattr(hw, "CHUNKED_SPEEDUP", 1.0)
     full_price = cost.estimate(dims, prog, 1024, 4, False, m, cached=True)
     assert full_price.bytes_forward == chunked.bytes_forward
     assert full_price.seconds > chunked.seconds
@@ -190,9 +191,10 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     GEMMs, a slice at a time or in blocks (inference; training, W rebuilt or kept). Other tests compare these
     estimates only with each other."""
     from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
     from tensortrain.contraction_plan import dims_of
 
-    cpu = cost.machine("cpu", 4)
+    cpu = hw.machine("cpu", 4)
     # 784 x 625 rank 4 at batch 64, two merged pairs: 14 launches (4 per merge, 3 per step), 64 slices (the step
     # over 25-column slices; the last step is one GEMM), nothing folded or chunked
     rows, cols, ranks, groups = (5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1), ((0, 2), (2, 4))
@@ -216,7 +218,7 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     assert full.flops_forward == sum(m[0] for m in merges) + build[0] + gemm[0]
     assert full.est_seconds == pytest.approx(seconds, rel=1e-12)
     # on a GPU the permutes are priced at their own bandwidth
-    gpu = cost.machine("cuda", 4)
+    gpu = hw.machine("cuda", 4)
     permuted = sum(m[3] for m in merges)
     seconds = sweep.flops_forward / gpu.flops + (sweep.bytes_forward - permuted) / gpu.stream
     seconds += permuted / gpu.permute + 14 * gpu.launch + 64 * gpu.slice
@@ -234,7 +236,7 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     merges = [_merge_cost(rows, cols, ranks, i, j, 4) for i, j in groups]
     steps = chunked.bytes_forward - sum(m[1] for m in merges)
     seconds = chunked.flops_forward / cpu.flops + sum(m[1] for m in merges) / cpu.stream
-    seconds += steps / (cpu.stream * cost.CHUNKED_SPEEDUP) + (8 + 2 * 3 * 32) * cpu.launch + 1000 * cpu.slice
+    seconds += steps / (cpu.stream * hw.CHUNKED_SPEEDUP) + (8 + 2 * 3 * 32) * cpu.launch + 1000 * cpu.slice
     assert chunked.est_seconds == pytest.approx(seconds, rel=1e-12)
     # a full plan split after core 2 builds W one left row index at a time, in place: W written once
     at_1 = _by_name(C.enumerate_plans(w, 1))
@@ -246,8 +248,8 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     merge = _merge_cost(rows, cols, ranks, 0, 3, 4)
     full = at_1["full", "recompute", ((0, 3), (3, 4))]
     assert full.bytes_forward == merge[1] + 3 * 4 * mm * nn + 4 * (nn + mm * nn + mm)
-    blocks = 4 * mm * nn // cost.BLOCK_BYTES
-    assert cost.block_rows((64, 64, 32, 64), 4) == 0 < cost.block_rows((64, 64, 64, 64), 4)  # (32 MiB: whole)
+    blocks = 4 * mm * nn // hw.BLOCK_BYTES
+    assert hw.block_rows((64, 64, 32, 64), 4) == 0 < hw.block_rows((64, 64, 64, 64), 4)  # (32 MiB: whole)
     build = (2 * 16 * mm * nn, 3 * 4 * mm * nn, 3 * blocks)  # (FLOPs, bytes, launches)
     gemm = (2 * 1024 * mm * nn, 4 * (1024 * nn + mm * nn + 1024 * mm), 1)
     halves = (4 * 16 * mm * nn, 4 * 4 * mm * nn, 3 * blocks)
@@ -273,9 +275,9 @@ def test_a_training_sweep_past_the_cache_is_priced_by_hand():
     """A training sweep whose states outgrow the last-level cache: each step's traffic at the permute bandwidth
     and its FLOPs counted twice in the time (they ran at a third of the GEMM rate), backward twice the forward,
     the kept state charged as traffic once more and the state's and its gradient's fresh pages priced."""
-    from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
 
-    cpu = cost.machine("cpu", 4)
+    cpu = hw.machine("cpu", 4)
     # 512 x 512 as (8, 64) x (64, 8) at rank 4, batch 1024, cores one by one from the right: the first step maps
     # (1024 * 64, 8) to (1024 * 64, 256) (64 MiB out: past the cache on its output alone), the second (1024, 256,
     # 64) slices to (1024, 8, 64); neither folds (one GEMM; slices 64 wide)
@@ -288,7 +290,7 @@ def test_a_training_sweep_past_the_cache_is_priced_by_hand():
     forward = 2 * flops / cpu.flops + traffic / cpu.permute + 6 * cpu.launch + 1024 * cpu.slice
     seconds = 3 * forward + 4 * state / cpu.stream + 2 * 4 * state / cpu.touch
     assert (plan.flops_forward, plan.flops_backward, plan.bytes_forward) == (flops, 2 * flops, traffic)
-    assert plan.saved_bytes == 4 * state and state * 4 > cost.CACHE_BYTES
+    assert plan.saved_bytes == 4 * state and state * 4 > hw.CACHE_BYTES
     assert plan.est_seconds == pytest.approx(seconds, rel=1e-12)
     # frozen cores: backward computes the states' gradients only and keeps nothing; only the gradient's pages
     # are fresh
@@ -333,20 +335,21 @@ def test_narrow_steps_are_priced_as_folded():
     """The cost model prices a folded step as one GEMM and two transposes (no batched-GEMM slices), and only on
     a device whose executors fold (the CPU's), not at batch 1, and not for wide slices or small sides."""
     from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
 
     n = 2**15  # slices: enough work for any of these shapes
-    assert cost.folds_narrow(n, 128, 4, 32, 4, True) and cost.folds_narrow(n, 128, 4, 32, 8, True)
-    assert not cost.folds_narrow(n, 128, 4, 32, 4, False)  # a device that does not fold
-    assert not cost.folds_narrow(n, 128, 16, 32, 4, True)  # wide slices: the batched GEMM is faster
-    assert not cost.folds_narrow(n, 4, 4, 4, 4, True)  # small sides
-    assert not cost.folds_narrow(n, 4, 4, 128, 4, True)  # or one small side
-    assert not cost.folds_narrow(n, 128, 4, 4, 4, True)
-    assert not cost.folds_narrow(1, 512, 4, 512, 4, True)  # one slice: one GEMM already
-    assert cost.folds_narrow(n, 16, 10, 16, 4, True) and not cost.folds_narrow(n, 16, 10, 16, 8, True)
-    assert cost.folds_narrow(n, 8, 6, 8, 4, True) and not cost.folds_narrow(n, 8, 8, 8, 4, True)
-    few = cost.NARROW_FOLD_MIN // (128 * 4 * 32)  # too little work: the copies cost more than they save
-    assert cost.folds_narrow(few, 128, 4, 32, 4, True) and not cost.folds_narrow(few - 1, 128, 4, 32, 4, True)
-    assert cost.narrow_fold("cpu") and not any(map(cost.narrow_fold, ("cuda", "mps", "meta")))
+    assert hw.folds_narrow(n, 128, 4, 32, 4, True) and hw.folds_narrow(n, 128, 4, 32, 8, True)
+    assert not hw.folds_narrow(n, 128, 4, 32, 4, False)  # a device that does not fold
+    assert not hw.folds_narrow(n, 128, 16, 32, 4, True)  # wide slices: the batched GEMM is faster
+    assert not hw.folds_narrow(n, 4, 4, 4, 4, True)  # small sides
+    assert not hw.folds_narrow(n, 4, 4, 128, 4, True)  # or one small side
+    assert not hw.folds_narrow(n, 128, 4, 4, 4, True)
+    assert not hw.folds_narrow(1, 512, 4, 512, 4, True)  # one slice: one GEMM already
+    assert hw.folds_narrow(n, 16, 10, 16, 4, True) and not hw.folds_narrow(n, 16, 10, 16, 8, True)
+    assert hw.folds_narrow(n, 8, 6, 8, 4, True) and not hw.folds_narrow(n, 8, 8, 8, 4, True)
+    few = hw.NARROW_FOLD_MIN // (128 * 4 * 32)  # too little work: the copies cost more than they save
+    assert hw.folds_narrow(few, 128, 4, 32, 4, True) and not hw.folds_narrow(few - 1, 128, 4, 32, 4, True)
+    assert hw.narrow_fold("cpu") and not any(map(hw.narrow_fold, ("cuda", "mps", "meta")))
     dims = C.dims_of(random_cores(*NARROW, gen=torch.Generator().manual_seed(0)))
     for batch, folds in ((37, True), (1, False), (31, False)):  # 31 x (128 x 4 x 32) < NARROW_FOLD_MIN
         acc, _ = cost.step_cost(dims, 0, 1, "rtl", batch, 4, False, fold=True)  # (K, P, Q) = (128, 4, 32)
@@ -365,10 +368,11 @@ def test_chunked_steps_are_discounted_only_where_their_gemms_are_wide(monkeypatc
     into one GEMM. Narrow slices run as a batched GEMM keep the full price (``stream``): priced as cached, a
     grouping with 4-column slices won and measured 2.7x slower."""
     from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
 
     # small states outgrow a small "cache": every step below runs in chunks
-    monkeypatch.setattr(cost, "CACHE_BYTES", 2**16)
-    monkeypatch.setattr(cost, "CHUNK_BYTES", 2**15)
+    monkeypatch.setattr(hw, "CACHE_BYTES", 2**16)
+    monkeypatch.setattr(hw, "CHUNK_BYTES", 2**15)
 
     def step(rows, cols, ranks, i, fold=False):
         dims = (rows, cols, ranks)
@@ -379,7 +383,7 @@ def test_chunked_steps_are_discounted_only_where_their_gemms_are_wide(monkeypatc
         return acc, traffic, p
 
     (rows, cols), ranks = NARROW
-    wide = cost.WIDE_SLICE
+    wide = hw.WIDE_SLICE
     for m1, i, discounted in ((4, 1, True), (wide, 0, True), (wide - 1, 0, False)):
         acc, traffic, p = step((rows[0], m1), cols, ranks, i)
         assert p == (m1 if i == 0 else 1)
@@ -393,13 +397,13 @@ def test_chunked_steps_are_discounted_only_where_their_gemms_are_wide(monkeypatc
 
 
 def test_w_is_built_by_batched_gemms_up_to_a_quarter_of_each_halfs_columns():
-    """The batched build's rule (contraction_cost.batched_build), at its boundary: rank r with both halves'
+    """The batched build's rule (contraction_machine.batched_build), at its boundary: rank r with both halves'
     column counts at least 4r, where the halves' broadcast copies are at most half of W's permute."""
-    from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
 
     for r in (1, 2, 16):
-        assert cost.batched_build(r, 4 * r, 4 * r) and cost.batched_build(r, 4 * r, 64 * r)
-        assert not cost.batched_build(r, 4 * r - 1, 64 * r) and not cost.batched_build(r, 64 * r, 4 * r - 1)
+        assert hw.batched_build(r, 4 * r, 4 * r) and hw.batched_build(r, 4 * r, 64 * r)
+        assert not hw.batched_build(r, 4 * r - 1, 64 * r) and not hw.batched_build(r, 64 * r, 4 * r - 1)
         nl = nr = 4 * r
         assert 2 * r * (nl + nr) == nl * nr  # at the boundary the copies are exactly half the permute
 
@@ -407,13 +411,13 @@ def test_w_is_built_by_batched_gemms_up_to_a_quarter_of_each_halfs_columns():
 def test_compiled_plans_price_no_folds(monkeypatch):
     """While compiling the executors fold nothing, so the planner prices no folds there: a geometry whose plan
     differs with and without fold pricing gets the unfolded one."""
-    from tensortrain import contraction_cost as cost
     from tensortrain import contraction_plan
+    from tensortrain import contraction_search as search
 
     cores = random_cores(((32, 8), (8, 16)), (1, 8, 1), gen=torch.Generator().manual_seed(0))
     dims = C.dims_of(cores)
-    folding = cost.choose(dims, "auto", 256, 8, "cpu", False)
-    plain = cost.choose(dims, "auto", 256, 8, "cpu", False, fold=False)
+    folding = search.choose(dims, "auto", 256, 8, "cpu", False)
+    plain = search.choose(dims, "auto", 256, 8, "cpu", False, fold=False)
     assert folding != plain
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert contraction_plan.choose_program(cores, 256, False, "auto") == plain
@@ -475,10 +479,11 @@ def test_describe_names_only_what_backward_keeps_or_recomputes():
     # ... only when both halves are small enough to keep (784x625 rank 4: split after core 1 or 3, one half is
     # 96x or 58x its cores; W whole, 445x)
     from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
 
     dims = ((5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1))
     assert [cost.halves_cacheable(dims, split) for split in (1, 2, 3, 4)] == [False, True, False, False]
-    cpu = cost.machine("cpu", 4)
+    cpu = hw.machine("cpu", 4)
     for split, kept in ((1, False), (2, True), (3, False)):
         prog = ("full", "recompute", ((0, split), (split, 4)))
         cached, plain = (cost.estimate(dims, prog, 1, 4, False, cpu, cached=c) for c in (True, False))

@@ -12,7 +12,9 @@ from conftest import assert_close
 from strategies import matrix_specs, random_cores, seeds
 from tensortrain import contraction as C
 from tensortrain import contraction_cost as cost
+from tensortrain import contraction_machine as hw
 from tensortrain import contraction_run as R
+from tensortrain import contraction_search as search
 from tensortrain.contraction_plan import dims_of
 
 
@@ -77,11 +79,11 @@ def test_the_fastest_candidate_is_kept_and_cached(gen, monkeypatch):
 
 def test_candidates_are_the_auto_ones_within_the_estimate_band():
     dims = ((5, 5, 5, 5), (4, 7, 4, 7), (1, 16, 16, 16, 1))
-    m = cost.machine("cpu", 4)
+    m = hw.machine("cpu", 4)
     for grad in (False, True):
         progs = R.candidates(dims, 64, 4, "cpu", grad, False, None, cost.BOTH)
-        auto = cost.candidates(dims, "auto", 64, 4, grad, m)
-        assert progs[0] == cost.choose(dims, "auto", 64, 4, "cpu", grad)
+        auto = search.candidates(dims, "auto", 64, 4, grad, m)
+        assert progs[0] == search.choose(dims, "auto", 64, 4, "cpu", grad)
         assert set(progs) <= set(auto) and len(set(progs)) == len(progs)
         est = {p: cost.estimate(dims, p, 64, 4, grad, m).seconds for p in auto}
         best = min(est.values())
@@ -92,7 +94,7 @@ def test_candidates_are_the_auto_ones_within_the_estimate_band():
     progs = R.candidates(dims, 64, 4, "cpu", True, False, limit, cost.BOTH)
     for p in progs[1:]:
         assert cost.estimate(dims, p, 64, 4, True, m).saved_bytes <= limit
-    assert progs[0] == cost.choose(dims, "auto", 64, 4, "cpu", True, max_saved=limit)
+    assert progs[0] == search.choose(dims, "auto", 64, 4, "cpu", True, max_saved=limit)
 
 
 def test_tuning_leaves_the_callers_state_alone(gen):

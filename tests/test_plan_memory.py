@@ -246,11 +246,11 @@ def test_a_first_or_frozen_layer_prices_only_the_gradients_it_computes():
 def test_the_machine_for_a_dtype_changes_only_the_gemm_rate():
     """machine() spells out every field (dynamo of old torch releases cannot trace NamedTuple._replace): a field
     added to Machine but not there would silently take its default."""
-    from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
 
-    for kind, base in cost.MACHINES.items():
+    for kind, base in hw.MACHINES.items():
         for item in (2, 4, 8):
-            m = cost.machine(kind, item)
+            m = hw.machine(kind, item)
             assert m._replace(flops=base.flops) == base
             assert m.flops == base.flops * 4.0 / max(item, 4) * (base.half if item == 2 else 1.0)
 
@@ -260,13 +260,15 @@ def test_a_gpu_plans_without_the_cpus_cache_cliffs():
     builds only added launches (benchmarks/gpu.py), and pricing states as if they left a cache there chose a full
     plan for 4096x4096 rank 16 at batch 1024 that ran 1.40x nn.Linear's time where the sweep ran 0.77x."""
     from tensortrain import contraction_cost as cost
+    from tensortrain import contraction_machine as hw
     from tensortrain import contraction_plan as P
+    from tensortrain import contraction_search as search
 
-    gpu, cpu = cost.machine("cuda", 4), cost.machine("cpu", 4)
+    gpu, cpu = hw.machine("cuda", 4), hw.machine("cpu", 4)
     assert not gpu.cache_cliffs and cpu.cache_cliffs
-    assert cost.cache_cliffs("cpu") and not cost.cache_cliffs("cuda")
+    assert hw.cache_cliffs("cpu") and not hw.cache_cliffs("cuda")
     # other accelerators plan like CUDA: with the CPU's cliffs an mps or xpu batch of 8192 ran in 256 chunks
-    assert not any(map(cost.cache_cliffs, ("mps", "xpu", "hpu", "meta")))
+    assert not any(map(hw.cache_cliffs, ("mps", "xpu", "hpu", "meta")))
     assert cost.chunking(
         ((8, 8, 8, 8), (8, 8, 8, 8), (1, 16, 16, 16, 1)), ((0, 2), (2, 4)), "rtl", 4, False
     ) == (
@@ -279,7 +281,7 @@ def test_a_gpu_plans_without_the_cpus_cache_cliffs():
     assert whole < 1024 and rows < whole  # the CPU chunks a batch of 1024
     assert cost.chunking(dims, groups, "rtl", 4, gpu.cache_cliffs) == (cost.NO_CHUNKS, cost.NO_CHUNKS)
     w4 = (64, 64, 64, 64)  # a 4096 x 4096 float32 W: 64 MiB
-    assert cost.block_rows(w4, 4, cpu.cache_cliffs) > 0 and cost.block_rows(w4, 4, gpu.cache_cliffs) == 0
+    assert hw.block_rows(w4, 4, cpu.cache_cliffs) > 0 and hw.block_rows(w4, 4, gpu.cache_cliffs) == 0
     # chunked, the CPU's sweep pays a launch per chunk and step: the GPU's estimate has only the steps'
     sweep = ("sweep", "rtl", groups)
     assert (
@@ -288,7 +290,7 @@ def test_a_gpu_plans_without_the_cpus_cache_cliffs():
     )
     for grad in (False, True):
         assert P.make_plan(dims, sweep, 1024, 4, "cuda", grad).program == sweep
-        kind = cost.choose(dims, "auto", 1024, 4, "cuda", grad)[0]  # (was "full" before)
+        kind = search.choose(dims, "auto", 1024, 4, "cuda", grad)[0]  # (was "full" before)
         assert kind == "sweep", (grad, kind)
 
 

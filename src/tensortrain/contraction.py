@@ -17,11 +17,12 @@ on this machine, once per plan-cache key). Plans are cached per (core shapes, ba
 device type, grad mode, strategy); planning itself is plain Python on shapes, so it traces under
 ``torch.compile(fullgraph=True)``.
 
-This module is the public namespace and checks the operands. Behind it, in data-flow order: ``contraction_cost``
-(the cost model, plain Python on shapes), ``contraction_exec`` (the executors and their autograd functions),
-``contraction_plan`` (:class:`ContractionPlan`, :func:`plan`, :func:`enumerate_plans`, the plan cache),
-``contraction_cache`` (what layers keep between inference calls) and ``contraction_run`` (running a plan, and
-timing the candidates for ``strategy="tune"``).
+This module is the public namespace and checks the operands. Behind it, in data-flow order:
+``contraction_machine`` (each device's constants and the CPU's measured thresholds), ``contraction_cost`` (the cost
+model, plain Python on shapes), ``contraction_search`` (choosing the cheapest plan), ``contraction_exec`` (the
+executors and their autograd functions), ``contraction_plan`` (:class:`ContractionPlan`, :func:`plan`,
+:func:`enumerate_plans`, the plan cache), ``contraction_cache`` (what layers keep between inference calls) and
+``contraction_run`` (running a plan, and timing the candidates for ``strategy="tune"``).
 
 Symbols: ``d`` cores; core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the flattened batch size.
 """
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from . import contraction_cost as _cost
+from . import contraction_machine as _machine
 from ._transforms import autocast_casts, grad_recorded, traced_unflatten, transforms_active
 from .contraction_plan import (
     STRATEGIES,
@@ -224,7 +226,7 @@ def apply_unchecked(
         # (not while tracing: a traced batch is a symbol, and the compiler's partitioner decides what is kept)
         copies = core_copy_bytes(cores)
         if (x2d is not x and x2d.data_ptr() != x.data_ptr()) or (
-            not x2d.is_contiguous() and x2d.shape[0] < _cost.SWEEP_FUNCTION_MIN_BATCH
+            not x2d.is_contiguous() and x2d.shape[0] < _machine.SWEEP_FUNCTION_MIN_BATCH
         ):
             # leading dims that do not flatten into a view (tt_dense_matmul's transposed (..., N, P) operand), or
             # a strided x at a batch whose sweep reshapes it in autograd's own products: the copy is what

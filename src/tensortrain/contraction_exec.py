@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import contraction_cost as _cost
+from . import contraction_machine as _machine
 from . import workspace
 from ._transforms import AUTOCAST_DTYPES, autocasting, grad_recorded, legacy_batched, transforms_active
 
@@ -83,21 +83,21 @@ def _step(
 
 def _folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
     """Whether a step of ``outer`` slices ``(K, P)`` and a ``(Q, K)`` super-core runs folded on ``s``'s device and
-    dtype (``contraction_cost.folds_narrow``: many narrow slices, where a batched GEMM runs far below the GEMM
+    dtype (``contraction_machine.folds_narrow``: many narrow slices, where a batched GEMM runs far below the GEMM
     rate). Not under torch.compile, nor for a symbolic batch (non-strict export): comparing it would specialise
     the graph (and a compiler generates its own kernels for the batched product); the planner prices no folds
     there either. Under autocast the precision the products run in decides (autocast's, for the dtypes it casts),
     on every path, where the planner, which does not see autocast, priced the cores' own dtype."""
     # (the cheap refusals first: this runs for every step of every call, batch 1 included)
-    if not 1 < p <= _cost.FOLD_WIDEST or torch.compiler.is_compiling() or type(outer) is not int:
+    if not 1 < p <= _machine.FOLD_WIDEST or torch.compiler.is_compiling() or type(outer) is not int:
         return False
-    if outer * k * p * q < _cost.NARROW_FOLD_MIN:
+    if outer * k * p * q < _machine.NARROW_FOLD_MIN:
         return False
     kind = s.device.type
     item = s.element_size()
     if s.dtype in AUTOCAST_DTYPES and autocasting(kind):
         item = torch.get_autocast_dtype(kind).itemsize
-    return _cost.folds_narrow(outer, k, p, q, item, _cost.narrow_fold(kind))
+    return _machine.folds_narrow(outer, k, p, q, item, _machine.narrow_fold(kind))
 
 
 def _folded(a: torch.Tensor, s: torch.Tensor, outer: int, k: int, p: int) -> torch.Tensor:
@@ -217,7 +217,7 @@ def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, tor
     return left.reshape(ml * nl, r), rmat, (ml, nl, mr, nr)
 
 
-# A W over contraction_cost.BLOCKED_ABOVE bytes (or its gradient) is built (or permuted) in blocks of left row
+# A W over contraction_machine.BLOCKED_ABOVE bytes (or its gradient) is built (or permuted) in blocks of left row
 # indices whose GEMM output (BLOCK_BYTES, in reused scratch) is permuted into W while it is still in cache, instead
 # of one GEMM whose M*N output makes a round trip through memory first; a temporary W also lives in reused scratch
 # (tensortrain.workspace).
@@ -226,7 +226,7 @@ def _blocks(dims: tuple[int, ...], t: torch.Tensor) -> int:
     without page faults to avoid, or compiling)."""
     if transforms_active():
         return 0
-    return _cost.block_rows(dims, t.element_size(), _cost.cache_cliffs(t.device.type))
+    return _machine.block_rows(dims, t.element_size(), _machine.cache_cliffs(t.device.type))
 
 
 def _recording(*ts: torch.Tensor) -> bool:
@@ -240,7 +240,7 @@ def build_full(
 ) -> torch.Tensor:
     """W (M, N) from its halves (into ``out``, a contiguous M x N tensor, when given).
 
-    Where one left row index's slice of W is a large product (``contraction_cost.sliced_build``) and nothing
+    Where one left row index's slice of W is a large product (``contraction_machine.sliced_build``) and nothing
     records the build: one batched GEMM per left row index straight into W (:func:`_build_sliced`). Otherwise, a W
     over ``BLOCKED_ABOVE`` bytes: one GEMM per block of left row indices into reused scratch, each block's output
     permuted into W while it is still in cache. A smaller one: for small ranks one GEMM per pair of (left,
@@ -249,11 +249,11 @@ def build_full(
     """
     ml, nl, mr, nr = dims
     r = int(lmat.shape[1])
-    if _cost.sliced_build(dims, r) and _writable(lmat, rmat):
+    if _machine.sliced_build(dims, r) and _writable(lmat, rmat):
         return _build_sliced(lmat, rmat, dims, out)
     bs = _blocks(dims, lmat)
     if not bs:
-        if _cost.batched_build(r, nl, nr):
+        if _machine.batched_build(r, nl, nr):
             right = rmat.reshape(r, mr, nr).transpose(0, 1)  # (M_R, r, N_R)
             w = torch.matmul(
                 lmat.reshape(ml, 1, nl, r), right, out=None if out is None else out.view(ml, mr, nl, nr)
@@ -311,7 +311,7 @@ def _grad_halves(
     r = int(lmat.shape[1])
     gl = gr = None
     bs = _blocks(dims, gw)
-    if not bs and _cost.batched_build(r, nl, nr):
+    if not bs and _machine.batched_build(r, nl, nr):
         gw4 = gw.reshape(ml, mr, nl, nr)
         if need[0]:
             gl = torch.matmul(gw4, rmat.reshape(r, mr, nr).permute(1, 2, 0)).sum(1).reshape(ml * nl, r)

@@ -1,9 +1,10 @@
 """Planning TT-matrix x dense contractions: the plans, their costs, and the plan cache.
 
 :func:`plan` picks the cheapest way to compute ``x @ W^T`` for a batch size (the cost model is in
-``contraction_cost``), :func:`enumerate_plans` lists every candidate, and :class:`ContractionPlan` describes
-one. Plans are cached per (core shapes, strategy, batch-size bucket, dtype, device type, grad mode, memory
-bound). The public names are exported by :mod:`tensortrain.contraction`, which also runs the plans.
+``contraction_cost``, the search over plans in ``contraction_search``), :func:`enumerate_plans` lists every
+candidate, and :class:`ContractionPlan` describes one. Plans are cached per (core shapes, strategy, batch-size
+bucket, dtype, device type, grad mode, memory bound). The public names are exported by
+:mod:`tensortrain.contraction`, which also runs the plans.
 
 Symbols: ``d`` cores; core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the flattened batch size.
 """
@@ -17,6 +18,8 @@ from typing import Any, Literal, get_args
 import torch
 
 from . import contraction_cost as _cost
+from . import contraction_machine as _machine
+from . import contraction_search as _search
 from ._transforms import grad_recorded, transforms_active
 from .errors import ShapeError
 from .shapes import as_int
@@ -317,11 +320,11 @@ def choose_program(
     # a memory bound is checked at the batch itself: a bucket's larger states could rule out a plan that fits.
     # So are training batches below SWEEP_FUNCTION_MIN_BATCH: their sweeps run autograd's folded products, and
     # the bucket (8) would price them as the hand-written SweepFunction that runs from 8 rows on.
-    exact = max_saved is not None or (grad and batch < _cost.SWEEP_FUNCTION_MIN_BATCH)
+    exact = max_saved is not None or (grad and batch < _machine.SWEEP_FUNCTION_MIN_BATCH)
     bucket = int(batch) if exact and not compiling else _bucket(batch)
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
         _check_chain(cores)  # (static shapes: free at run time)
-        return _cost.choose(
+        return _search.choose(
             dims_of(cores),
             "auto" if strategy == "tune" else strategy,  # (nothing is timed while tracing)
             bucket,
@@ -357,13 +360,13 @@ def choose_program(
             if transforms_active() or not tunable(c0):
                 # nothing is timed under a transform (torch.func, jit tracing), on meta or fake tensors or while a CUDA
                 # graph is captured: the cost model's choice, not cached, so that a later eager call tunes
-                return _cost.choose(
+                return _search.choose(
                     dims, "auto", bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need
                 )
             return _remember(key, tune(cores, max(1, int(batch)), grad, cached, max_saved, need))
         prog = _remember(
             key,
-            _cost.choose(
+            _search.choose(
                 dims, strategy, bucket, c0.element_size(), c0.device.type, grad, cached, max_saved, need
             ),
         )
@@ -396,7 +399,7 @@ def make_plan(
     cached: bool = False,
     need: _cost.Need = _cost.BOTH,
 ) -> ContractionPlan:
-    m = _cost.machine(device_type, item)
+    m = _machine.machine(device_type, item)
     need = need if grad else _cost.BOTH
     f, bf, t, saved, est = _cost.estimate(dims, prog, batch, item, grad, m, cached, need)
     kind, direction, groups = prog
@@ -430,7 +433,7 @@ def chunk_rows(cores: Sequence[torch.Tensor], groups: Groups, direction: str) ->
     key = (tuple(c.shape for c in cores), groups, direction, item, device_type)
     rows = _CHUNK_CACHE.get(key)
     if rows is None:
-        cliffs = _cost.cache_cliffs(device_type)
+        cliffs = _machine.cache_cliffs(device_type)
         rows = _bounded_put(
             _CHUNK_CACHE, key, _cost.chunking(dims_of(cores), groups, direction, item, cliffs)
         )
@@ -576,7 +579,7 @@ def enumerate_plans(
     need = _need(input_requires_grad, cores_require_grad, requires_grad, "enumerate_plans")
     dims = dims_of(cores)
     d = len(cores)
-    progs = _cost.full_programs(d, requires_grad)
+    progs = _search.full_programs(d, requires_grad)
     for mask in range(2 ** (d - 1)):
         cuts = [0] + [k + 1 for k in range(d - 1) if mask >> k & 1] + [d]
         groups = tuple(zip(cuts[:-1], cuts[1:], strict=True))
@@ -616,7 +619,7 @@ def flop_floor(weight: TensorTrain | Sequence[torch.Tensor], batch_size: int) ->
     """
     cores = cores_of(weight, "flop_floor")
     batch_size = _batch_size(batch_size, "flop_floor")
-    return _cost.order_floor(dims_of(cores), batch_size)
+    return _search.order_floor(dims_of(cores), batch_size)
 
 
 def _need(input_grad: bool, cores_grad: bool, requires_grad: bool, fn: str) -> _cost.Need:

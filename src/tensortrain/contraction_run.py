@@ -28,6 +28,8 @@ import torch
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
+from . import contraction_machine as _machine
+from . import contraction_search as _search
 from ._transforms import valueless
 from .contraction_cache import cached_halves, cached_supers
 from .contraction_plan import Groups, Program, chunk_rows, dims_of
@@ -79,7 +81,7 @@ def _sweep(
         # keeps every state for backward anyway, and compiled graphs keep their batch symbolic)
         rows = chunk_rows(cores, groups, direction)
         chunk = rows[0] if b > rows[1] else None  # (rows per chunk, the largest batch that runs whole)
-    if grad and eager and type(b) is int and (recompute or b >= _cost.SWEEP_FUNCTION_MIN_BATCH):
+    if grad and eager and type(b) is int and (recompute or b >= _machine.SWEEP_FUNCTION_MIN_BATCH):
         # training: a hand-written backward without matmul's folding copies (not at tiny batches, where the
         # Function's own overhead is the larger cost), which can also recompute the step inputs. Eager only: under
         # dynamo a SymInt passes ``type(b) is int`` and the comparison would guard the batch (a second graph, a
@@ -137,11 +139,11 @@ def candidates(
     """The programs :func:`tune` times: the cost model's choice first, then the other ``"auto"`` candidates (every
     full split, the best grouping each way) that keep at most ``max_saved`` bytes and whose estimate is within
     TUNE_WITHIN of the best one."""
-    m = _cost.machine(device_type, item)
-    model = _cost.choose(dims, "auto", batch, item, device_type, grad, cached, max_saved, need)
+    m = _machine.machine(device_type, item)
+    model = _search.choose(dims, "auto", batch, item, device_type, grad, cached, max_saved, need)
     costs = [
         (p, _cost.estimate(dims, p, batch, item, grad, m, cached, need))
-        for p in _cost.candidates(dims, "auto", batch, item, grad, m, cached, need)
+        for p in _search.candidates(dims, "auto", batch, item, grad, m, cached, need)
     ]
     if grad and max_saved is not None:
         costs = [(p, c) for p, c in costs if c.saved_bytes <= max_saved]
