@@ -1,6 +1,7 @@
 """The contraction executors of an earlier git revision against the working tree's, in one process.
 
-Loads ``src/tensortrain/contraction_exec.py`` and its cost-model modules as they were at ``--against``
+Loads the executor modules (``src/tensortrain/contraction_exec.py``, and ``contraction_full.py`` and
+``contraction_train.py`` where the revision has them) and their cost-model modules as they were at ``--against``
 (``git show``) and times both executors and ``nn.Linear`` interleaved, printing ratios to ``nn.Linear``. By
 default the full plan (``full_linear``) on the large benchmark cases at batch 1024, forward (no grad) and
 forward+backward, W kept or rebuilt. With ``--sweeps``: every benchmark case and batch whose planned forward
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import importlib.util
+import importlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import LAYER_CASES, interleaved, positive_int, settle_allocator  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
-from tensortrain import contraction_cost, contraction_exec, contraction_machine  # noqa: E402
+from tensortrain import (  # noqa: E402
+    contraction_cost,
+    contraction_exec,
+    contraction_full,
+    contraction_machine,
+    contraction_train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # the cost-model modules whose thresholds and chunk sizes the executors run by (contraction_machine since the cost
 # model's split; a revision from before it has contraction_cost alone), and today's
 MODEL = ("contraction_machine", "contraction_cost")
 NEW_MODEL = (contraction_machine, contraction_cost)
+# the executor modules: contraction_exec alone until the executors' split, then the full plan's and the training
+# sweep's beside it
+EXECUTORS = ("contraction_exec", "contraction_full", "contraction_train")
+
+
+def executors(*modules: Any) -> types.SimpleNamespace:
+    """A revision's executor modules as one namespace: each name from the first module that has it (looked up
+    once, not on every timed call)."""
+    names: dict[str, Any] = {}
+    for m in reversed(modules):
+        names.update(vars(m))
+    return types.SimpleNamespace(**names)
+
+
+NEW = executors(contraction_exec, contraction_full, contraction_train)
 
 
 def _show(rev: str, path: str, missing_ok: bool = False) -> str | None:
@@ -49,34 +72,31 @@ def _show(rev: str, path: str, missing_ok: bool = False) -> str | None:
 
 
 def _old_imports(src: str) -> str:
-    """A module of the old revision, importing that revision's cost-model modules and anything else from today's
-    package."""
-    for name in MODEL:
+    """A module of the old revision, importing that revision's cost-model and executor modules and anything else
+    from today's package."""
+    for name in MODEL + EXECUTORS:
         src = src.replace(f"from . import {name} as", f"import old_{name} as")
         src = src.replace(f"from .{name} import", f"from old_{name} import")
     return re.sub(r"from \.(\w*) import", lambda m: f"from tensortrain{'.' * bool(m[1])}{m[1]} import", src)
 
 
-def load_old(rev: str) -> tuple[Any, tuple[Any, ...]]:
-    """``contraction_exec`` at ``rev``, and the cost-model modules of ``rev`` that it runs by (its block sizes and
-    thresholds), in MODEL's order."""
+def load_old(rev: str) -> tuple[types.SimpleNamespace, tuple[Any, ...]]:
+    """The executor modules at ``rev`` (as one namespace), and the cost-model modules of ``rev`` that they run by
+    (their block sizes and thresholds), in MODEL's order."""
     tmp = Path(tempfile.mkdtemp())
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # (the modules are loaded from it until the end)
     names = []
-    for name in MODEL:
-        src = _show(rev, f"src/tensortrain/{name}.py", missing_ok=name != "contraction_cost")
+    for name in MODEL + EXECUTORS:
+        src = _show(
+            rev, f"src/tensortrain/{name}.py", missing_ok=name not in ("contraction_cost", "contraction_exec")
+        )
         if src is not None:
             (tmp / f"old_{name}.py").write_text(_old_imports(src))
             names.append(name)
-    src = _show(rev, "src/tensortrain/contraction_exec.py")
-    assert src is not None
-    (tmp / "old_contraction_exec.py").write_text(_old_imports(src))
     sys.path.insert(0, str(tmp))
-    spec = importlib.util.spec_from_file_location("old_contraction_exec", tmp / "old_contraction_exec.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod, tuple(importlib.import_module(f"old_{name}") for name in names)
+    mods = {name: importlib.import_module(f"old_{name}") for name in names}
+    old = executors(*(mods[name] for name in EXECUTORS if name in mods))
+    return old, tuple(mods[name] for name in MODEL if name in mods)
 
 
 def _find(model: tuple[Any, ...], name: str) -> Any:
@@ -114,7 +134,7 @@ def time_case(old, layer, lin, batch: int, grad: bool, keep: bool, repeats: int,
         {
             "dense": step(lin),
             "old": step(lambda x: old.full_linear(x, cores, split, keep, bias)),
-            "new": step(lambda x: contraction_exec.full_linear(x, cores, split, keep, bias)),
+            "new": step(lambda x: NEW.full_linear(x, cores, split, keep, bias)),
         },
         repeats,
         warm_each=warm,
@@ -169,7 +189,7 @@ def time_sweep(old, old_model, layer, lin, batch: int, grad: bool, repeats: int,
     fns = {
         "dense": step(lin),
         "old": step(via(old, old_model)),
-        "new": step(via(contraction_exec, NEW_MODEL)),
+        "new": step(via(NEW, NEW_MODEL)),
     }
     return {"plan": plan, **interleaved(fns, repeats, warm_each=warm, shuffled=True)}
 

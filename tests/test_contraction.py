@@ -16,7 +16,7 @@ import tensortrain as tt
 from conftest import TOL, assert_close
 from strategies import NARROW, matrix_specs, random_cores, seeds, zero_cores
 from tensortrain import contraction as C
-from tensortrain.contraction_exec import FullLinear, halves
+from tensortrain.contraction_full import FullLinear, halves
 
 
 def dense_of(cores: list[torch.Tensor]) -> torch.Tensor:
@@ -90,13 +90,14 @@ def test_gradcheck_full_function_and_sweeps(gen, raw, ranks):
 def test_sweep_function_backward_is_autograds(gen, direction, groups):
     """SweepFunction's hand-written backward (both gradient layouts) against gradcheck and plain autograd."""
     from tensortrain import contraction_exec as E
+    from tensortrain import contraction_train as T
 
     raw, ranks = ((2, 3, 2, 2), (3, 2, 2, 3)), (1, 2, 3, 2, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     x = torch.randn(5, 36, generator=gen, dtype=torch.float64, requires_grad=True)
 
     def new(a, *cs):
-        return E.sweep_trained(a, E.supers_of(cs, groups, direction), direction)
+        return T.sweep_trained(a, E.supers_of(cs, groups, direction), direction)
 
     def old(a, *cs):
         return E.sweep(a, E.supers_of(cs, groups, direction), direction)
@@ -118,11 +119,11 @@ def test_sweep_function_backward_is_autograds(gen, direction, groups):
 
 
 def test_training_sweeps_use_the_sweep_function(gen, monkeypatch):
-    from tensortrain import contraction_exec as E
+    from tensortrain import contraction_train as T
 
     calls = []
     monkeypatch.setattr(
-        E.SweepFunction, "apply", lambda *a, real=E.SweepFunction.apply: calls.append(1) or real(*a)
+        T.SweepFunction, "apply", lambda *a, real=T.SweepFunction.apply: calls.append(1) or real(*a)
     )
     cores = [c.requires_grad_(True) for c in random_cores(((2, 3), (3, 2)), (1, 2, 1), gen=gen)]
     x = torch.randn(8, 6, generator=gen, dtype=torch.float64)
@@ -138,18 +139,18 @@ def test_training_sweeps_use_the_sweep_function(gen, monkeypatch):
 
 def test_blocked_build_of_a_large_w(gen, monkeypatch):
     """Past BLOCKED_ABOVE, W and the halves' gradients are built in blocks of left rows: same values."""
-    from tensortrain import contraction_exec, contraction_machine
+    from tensortrain import contraction_full, contraction_machine
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)  # split 1: left (3 x 2), right (4 x 4), rank 3
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
-    want = contraction_exec.build_full(lmat, rmat, dims)
+    want = contraction_full.build_full(lmat, rmat, dims)
     monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
     monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
-    assert contraction_exec._blocks(dims, lmat) == 2
-    assert_close(contraction_exec.build_full(lmat, rmat, dims), want)
+    assert contraction_full._blocks(dims, lmat) == 2
+    assert_close(contraction_full.build_full(lmat, rmat, dims), want)
     for keep in (False, True):
         f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
@@ -201,7 +202,7 @@ def test_batched_gradients_through_the_full_plan(gen, monkeypatch, blocked):
 )
 def test_sliced_build_of_w(gen, monkeypatch, raw, ranks, split):
     """Where slices are large (SLICE_MIN), W is written one left row index at a time: same W, same gradients."""
-    from tensortrain import contraction_exec, contraction_machine
+    from tensortrain import contraction_full, contraction_machine
 
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     want_w = dense_of([c.detach() for c in cores])
@@ -210,20 +211,20 @@ def test_sliced_build_of_w(gen, monkeypatch, raw, ranks, split):
     calls = []
     monkeypatch.setattr(contraction_machine, "SLICE_MIN", 0)
     monkeypatch.setattr(
-        contraction_exec,
+        contraction_full,
         "_build_sliced",
-        lambda *a, real=contraction_exec._build_sliced: calls.append(1) or real(*a),
+        lambda *a, real=contraction_full._build_sliced: calls.append(1) or real(*a),
     )
-    assert_close(contraction_exec.build_full(lmat, rmat, dims), want_w)
+    assert_close(contraction_full.build_full(lmat, rmat, dims), want_w)
     out = torch.full_like(want_w, float("nan"))
-    assert contraction_exec.build_full(lmat, rmat, dims, out=out).data_ptr() == out.data_ptr()
+    assert contraction_full.build_full(lmat, rmat, dims, out=out).data_ptr() == out.data_ptr()
     assert_close(out, want_w)
     assert len(calls) == 2
     with torch.no_grad():
-        assert_close(contraction_exec.full_linear(x, cores, split, keep=False), x @ want_w.t())
+        assert_close(contraction_full.full_linear(x, cores, split, keep=False), x @ want_w.t())
     assert len(calls) == 3
     monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)  # sliced takes precedence over blocks
-    assert_close(contraction_exec.build_full(lmat, rmat, dims), want_w)
+    assert_close(contraction_full.build_full(lmat, rmat, dims), want_w)
     assert len(calls) == 4
     lmat, rmat = lmat.requires_grad_(True), rmat.requires_grad_(True)
     for keep in (False, True):
@@ -261,24 +262,24 @@ def test_autocast_training_of_every_plan(gen, batch):
 
 def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
     """A blocked W (and dW in backward) live in tensortrain.workspace's buffers: same values, buffers reused."""
-    from tensortrain import contraction_exec, contraction_machine, workspace
+    from tensortrain import contraction_full, contraction_machine, workspace
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
-    want = x.detach() @ contraction_exec.build_full(lmat, rmat, dims).detach().t()
+    want = x.detach() @ contraction_full.build_full(lmat, rmat, dims).detach().t()
     monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
     monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 2 * 32)
     monkeypatch.setattr(workspace, "MIN_BYTES", 0)
     workspace.empty_cache()
     with torch.no_grad():
-        assert_close(contraction_exec.full_linear(x, cores, 1, keep=False), want)
+        assert_close(contraction_full.full_linear(x, cores, 1, keep=False), want)
     held = workspace.held_bytes()
     assert held == 8 * (12 * 8 + 4 * 16)  # W (12 x 8 float64) and a block (2 left rows: 4 x 16), returned
     with torch.inference_mode():  # a buffer made outside inference mode is written inside it
-        assert_close(contraction_exec.full_linear(x, cores, 1, keep=False), want)
+        assert_close(contraction_full.full_linear(x, cores, 1, keep=False), want)
     assert workspace.held_bytes() == held  # reused, not reallocated
     for keep in (False, True):
         f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
@@ -708,12 +709,12 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
 def test_narrow_steps_take_core_gradients_as_one_gemm(gen, monkeypatch):
     """A folded step's core gradient is one GEMM over permuted copies too, never a batched GEMM over its narrow
     slices (small sides would otherwise pick the per-slice products)."""
-    from tensortrain import contraction_exec, contraction_machine
+    from tensortrain import contraction_machine, contraction_train
 
     monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
     calls = []
-    long = contraction_exec._long_product
-    monkeypatch.setattr(contraction_exec, "_long_product", lambda *a: calls.append(1) or long(*a))
+    long = contraction_train._long_product
+    monkeypatch.setattr(contraction_train, "_long_product", lambda *a: calls.append(1) or long(*a))
     # right to left: (K, P, Q) = (16, 10, 16), where 16 * 16 <= 10 * (16 + 16) chose per-slice products
     cores = [c.float().requires_grad_(True) for c in random_cores(((16, 10), (4, 3)), (1, 4, 1), gen=gen)]
     x = torch.randn(37, 12, generator=gen)

@@ -19,10 +19,12 @@ device type, grad mode, strategy); planning itself is plain Python on shapes, so
 
 This module is the public namespace and checks the operands. Behind it, in data-flow order:
 ``contraction_machine`` (each device's constants and the CPU's measured thresholds), ``contraction_cost`` (the cost
-model, plain Python on shapes), ``contraction_search`` (choosing the cheapest plan), ``contraction_exec`` (the
-executors and their autograd functions), ``contraction_plan`` (:class:`ContractionPlan`, :func:`plan`,
-:func:`enumerate_plans`, the plan cache), ``contraction_cache`` (what layers keep between inference calls) and
-``contraction_run`` (running a plan, and timing the candidates for ``strategy="tune"``).
+model, plain Python on shapes), ``contraction_search`` (choosing the cheapest plan), the executors
+(``contraction_exec``: merged cores, the sweeps' steps and the inference sweep; ``contraction_full``: the full plan
+and its autograd function; ``contraction_train``: the training sweep's autograd function), ``contraction_plan``
+(:class:`ContractionPlan`, :func:`plan`, :func:`enumerate_plans`, the plan cache), ``contraction_cache`` (what
+layers keep between inference calls) and ``contraction_run`` (running a plan, and timing the candidates for
+``strategy="tune"``).
 
 Symbols: ``d`` cores; core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the flattened batch size.
 """

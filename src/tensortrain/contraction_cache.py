@@ -14,6 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
+from . import contraction_full as _full
 from ._transforms import full_precision, valueless
 from .contraction_plan import Groups, dims_of
 
@@ -134,4 +135,4 @@ def cached_halves(cache: dict, cores: Sequence[torch.Tensor], split: int) -> tup
     """The full plan's two halves of W, kept in a layer's cache when both pass ``cacheable`` (else None)."""
     if not _cost.halves_cacheable(dims_of(cores), split):
         return None
-    return cached(cache, ("halves", split), cores, lambda parts: _exec.halves(parts, split))
+    return cached(cache, ("halves", split), cores, lambda parts: _full.halves(parts, split))

@@ -125,7 +125,7 @@ def step_shape(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int, in
 
 def _autograd_folds(p: int, batch: int, recompute: bool) -> bool:
     """Whether a training step runs autograd's torch.matmul, which folds the batch of its (K, P) slices (below
-    :data:`SWEEP_FUNCTION_MIN_BATCH` rows; others run contraction_exec.SweepFunction on the slices in place)."""
+    :data:`SWEEP_FUNCTION_MIN_BATCH` rows; others run contraction_train.SweepFunction on the slices in place)."""
     return p > 1 and batch < _machine.SWEEP_FUNCTION_MIN_BATCH and not recompute
 
 
@@ -180,7 +180,7 @@ def step_cost(
 ) -> tuple[_Acc, int]:
     """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps.
 
-    ``recompute``: the sweep keeps no step input (contraction_exec.SweepFunction recomputes them), at any batch.
+    ``recompute``: the sweep keeps no step input (contraction_train.SweepFunction recomputes them), at any batch.
     ``cliffs``: the device's :attr:`Machine.cache_cliffs` (False: no state leaves a cache, none runs in chunks).
     ``fold``: the device's :attr:`Machine.narrow_fold` (narrow steps run as one GEMM between two transposes).
     """
@@ -205,7 +205,7 @@ def step_cost(
     flops = 2 * outer * q * k * p
     slow = flops if big else 0
     # tiny training batches: torch.matmul folds the batch (a transposed copy of the state in, one of the product
-    # out); others run batched GEMMs on the slices in place (contraction_exec.SweepFunction in training), except
+    # out); others run batched GEMMs on the slices in place (contraction_train.SweepFunction in training), except
     # narrow ones, which the executors fold the same way (folds_narrow; decided on the whole batch, also where
     # an inference sweep runs in chunks)
     folded = grad and _autograd_folds(p, batch, recompute)
@@ -272,7 +272,7 @@ def sweep_cost(
     need: Need = BOTH,
 ) -> Cost:
     """A sweep's cost; ``recompute``: backward first runs the forward again short of its last step, no merges;
-    ``need``: which gradients backward computes (contraction_exec.SweepFunction skips the others' products)."""
+    ``need``: which gradients backward computes (contraction_train.SweepFunction skips the others' products)."""
     acc, saved, again, dx = _Acc(), 0, _Acc(), _Acc()
     d = len(dims[0])
     supers = 0  # super-cores that are not the parameters themselves are kept for backward too

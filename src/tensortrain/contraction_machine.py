@@ -3,8 +3,9 @@
 Internal module (no public names). The rough per-device constants (:class:`Machine`, :data:`MACHINES`: GEMM
 rate, bandwidths, launch and slice overheads), the thresholds measured on the CPU (its cache and mmap cliffs,
 the chunk and block sizes, where narrow batched GEMMs are folded), and the rules derived from them that the
-executors (``contraction_exec``) follow and the cost model (``contraction_cost``) prices alike: each measured
-number in one place, so that the two never disagree. Pure Python, so planning traces under ``torch.compile``.
+executors (``contraction_exec``, ``contraction_full``, ``contraction_train``) follow and the cost model
+(``contraction_cost``) prices alike: each measured number in one place, so that the two never disagree. Pure
+Python, so planning traces under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ CHUNK_BYTES = 8 * 2**20
 # GEMM, or slices at least WIDE_SLICE columns wide (see contraction_cost.step_cost).
 CHUNKED_SPEEDUP = 2.0
 WIDE_SLICE = 16
-# Training sweeps of at least this many rows run contraction_exec.SweepFunction (below, autograd's matmul).
+# Training sweeps of at least this many rows run contraction_train.SweepFunction (below, autograd's matmul).
 SWEEP_FUNCTION_MIN_BATCH = 8
 # A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES whose GEMM outputs, and a temporary W itself,
-# live in reused scratch (see contraction_exec.build_full and tensortrain.workspace): above glibc's largest mmap
+# live in reused scratch (see contraction_full.build_full and tensortrain.workspace): above glibc's largest mmap
 # threshold (32 MiB) every fresh W costs page faults (~23 ms for 4096x4096). Smaller ones may or may not (a 9.4 MiB
 # W built in 8 ms into fresh memory in one process, 3 ms in another; 784x625 and 768x3072 ran 5-10% slower blocked
 # in scratch than whole, measured in one process), so they are built whole. 4096x4096 at rank 64 built in 16 ms

@@ -1,8 +1,8 @@
 """Running a contraction program, and timing candidate programs to pick the fastest (the ``"tune"`` strategy).
 
 :func:`run` executes a program (``contraction_cost.Program``) on a batch: the full plan through
-``contraction_exec.full_linear``, sweeps through ``contraction_exec.sweep`` (in cache-sized chunks of rows for large
-inference batches) or, in training, ``contraction_exec.sweep_trained``; with a layer's cache of merged groups when
+``contraction_full.full_linear``, sweeps through ``contraction_exec.sweep`` (in cache-sized chunks of rows for large
+inference batches) or, in training, ``contraction_train.sweep_trained``; with a layer's cache of merged groups when
 it has one.
 
 :func:`tune` serves ``strategy="tune"``: the cost model's constants were set by measurement on two CPUs, and on
@@ -28,8 +28,10 @@ import torch
 
 from . import contraction_cost as _cost
 from . import contraction_exec as _exec
+from . import contraction_full as _full
 from . import contraction_machine as _machine
 from . import contraction_search as _search
+from . import contraction_train as _train
 from ._transforms import valueless
 from .contraction_cache import cached_halves, cached_supers
 from .contraction_plan import Groups, Program, chunk_rows, dims_of
@@ -53,7 +55,7 @@ def run(
     if kind == "full":
         split = groups[0][1]
         parts = None if cache is None else cached_halves(cache, cores, split)
-        return _exec.full_linear(x2d, cores, split, direction == "keep", bias, parts)
+        return _full.full_linear(x2d, cores, split, direction == "keep", bias, parts)
     y = _sweep(x2d, cores, groups, str(direction), grad, cache, kind == "resweep")
     # under autocast y is in the lower precision, as nn.Linear's output is: add the bias in that dtype
     if bias is None:
@@ -86,7 +88,7 @@ def _sweep(
         # Function's own overhead is the larger cost), which can also recompute the step inputs. Eager only: under
         # dynamo a SymInt passes ``type(b) is int`` and the comparison would guard the batch (a second graph, a
         # failed strict export)
-        return _exec.sweep_trained(x2d, _exec.supers_of(cores, groups, direction), direction, recompute)
+        return _train.sweep_trained(x2d, _exec.supers_of(cores, groups, direction), direction, recompute)
     if cache is None:
         return _exec.sweep(x2d, _exec.supers_of(cores, groups, direction), direction, chunk)
     return _exec.sweep(x2d, cached_supers(cache, cores, groups, direction), direction, chunk)

@@ -24,7 +24,7 @@ from .._transforms import (
     valueless,
 )
 from ..contraction_cache import cached
-from ..contraction_exec import halves
+from ..contraction_full import halves
 from ..contraction_plan import Strategy, dims_of
 from ..errors import ShapeError, fx_hint
 from ..operands import check_strided
