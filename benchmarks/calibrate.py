@@ -142,7 +142,7 @@ def measure(
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims, **kw)
         cores = tuple(layer.cores)
-        dims = P.dims_of(cores)
+        dims = C.dims_of(cores)
         item = cores[0].element_size()
         for batch in batches:
             for mode in modes:
@@ -183,7 +183,7 @@ def measure(
                     )
                 if tune:  # (the tuner times on its own operands; the plan cache keeps its choice per key)
                     with torch.set_grad_enabled(grad):
-                        chosen = P.plan(
+                        chosen = C.plan(
                             cs,
                             batch,
                             requires_grad=grad,
@@ -225,7 +225,7 @@ def refeature(rows: list[dict[str, Any]], device: str = "cpu") -> None:
     dims_of = {}
     for name, fin, fout, in_dims, out_dims, rank in LAYER_CASES:
         layer = tt.nn.TTLinear(fin, fout, tt_rank=rank, in_dims=in_dims, out_dims=out_dims)
-        dims_of[name] = P.dims_of(tuple(layer.cores))
+        dims_of[name] = C.dims_of(tuple(layer.cores))
     for r in rows:
         dims = tuple(tuple(v) for v in r["dims"]) if "dims" in r else dims_of[r["case"]]
         kind, direction, groups = r["program"]

@@ -401,7 +401,7 @@ def test_plan_cache(gen):
 
 
 def test_a_full_plan_cache_drops_its_oldest_entry(gen, monkeypatch):
-    import tensortrain.contraction_plan as CP
+    import tensortrain.contraction_plan_cache as CP
 
     w = tt.TensorTrain(random_cores(((4, 8), (7, 4)), (1, 4, 1), gen=gen))
     monkeypatch.setattr(CP, "PLAN_CACHE_LIMIT", 3)

@@ -142,7 +142,7 @@ def test_chunked_inference_sweeps_are_priced_as_cache_resident(monkeypatch):
     for 768x3072 rank 16 at batch 1024, where the sweep measured 0.92x nn.Linear's time against 1.05x."""
     from tensortrain import contraction_cost as cost
     from tensortrain import contraction_machine as hw
-    from tensortrain.contraction_plan import dims_of
+    from tensortrain.contraction_checks import dims_of
 
     layer = tt.nn.TTLinear(768, 3072, tt_rank=16, in_dims=(4, 4, 6, 8), out_dims=(4, 8, 8, 12))
     dims = dims_of(tuple(layer.cores))
@@ -192,7 +192,7 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     estimates only with each other."""
     from tensortrain import contraction_cost as cost
     from tensortrain import contraction_machine as hw
-    from tensortrain.contraction_plan import dims_of
+    from tensortrain.contraction_checks import dims_of
 
     cpu = hw.machine("cpu", 4)
     # 784 x 625 rank 4 at batch 64, two merged pairs: 14 launches (4 per merge, 3 per step), 64 slices (the step
@@ -411,7 +411,7 @@ def test_w_is_built_by_batched_gemms_up_to_a_quarter_of_each_halfs_columns():
 def test_compiled_plans_price_no_folds(monkeypatch):
     """While compiling the executors fold nothing, so the planner prices no folds there: a geometry whose plan
     differs with and without fold pricing gets the unfolded one."""
-    from tensortrain import contraction_plan
+    from tensortrain import contraction_plan_cache
     from tensortrain import contraction_search as search
 
     cores = random_cores(((32, 8), (8, 16)), (1, 8, 1), gen=torch.Generator().manual_seed(0))
@@ -420,7 +420,7 @@ def test_compiled_plans_price_no_folds(monkeypatch):
     plain = search.choose(dims, "auto", 256, 8, "cpu", False, fold=False)
     assert folding != plain
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert contraction_plan.choose_program(cores, 256, False, "auto") == plain
+    assert contraction_plan_cache.choose_program(cores, 256, False, "auto") == plain
 
 
 @pytest.mark.parametrize("batch", [1, 7, 8, 64])

@@ -15,7 +15,7 @@ from tensortrain import contraction_cost as cost
 from tensortrain import contraction_machine as hw
 from tensortrain import contraction_run as R
 from tensortrain import contraction_search as search
-from tensortrain.contraction_plan import dims_of
+from tensortrain.contraction_checks import dims_of
 
 
 @pytest.fixture(autouse=True)

@@ -568,10 +568,10 @@ def test_plan_reports_what_linear_runs_for_cores_in_another_layout(gen, monkeypa
     """linear counts the copies of non-contiguous cores against the bound; plan() did not, and named another
     plan than the one linear ran (a transposed 3-core weight, bound 37,000 bytes)."""
     import tensortrain.contraction as contraction_module
-    import tensortrain.contraction_plan as plan_module
+    import tensortrain.contraction_plan_cache as cache_module
 
     ran: list = []
-    real = plan_module.choose_program
+    real = cache_module.choose_program
 
     def spy(*args, **kwargs):
         prog = real(*args, **kwargs)
@@ -579,7 +579,7 @@ def test_plan_reports_what_linear_runs_for_cores_in_another_layout(gen, monkeypa
         return prog
 
     monkeypatch.setattr(contraction_module, "choose_program", spy)
-    monkeypatch.setattr(plan_module, "choose_program", spy)
+    monkeypatch.setattr(cache_module, "choose_program", spy)
     v = tt.random_matrix([[4, 6, 8], [8, 6, 4]], tt_rank=8, generator=gen)
     w = tt.transpose(tt.TensorTrain([c.clone().requires_grad_() for c in v.tt_cores]))
     x = torch.randn(256, 192, generator=gen)
@@ -659,9 +659,9 @@ def test_plan_bound_does_not_charge_frozen_cores_in_another_layout(gen):
 def test_the_plan_cache_is_bounded(monkeypatch):
     """With max_saved_bytes a plan is keyed by the exact batch size: variable-length batches added one entry per
     size without end (599 entries for 599 sizes)."""
-    from tensortrain import contraction_plan
+    from tensortrain import contraction_plan_cache
 
-    monkeypatch.setattr(contraction_plan, "PLAN_CACHE_LIMIT", 5)
+    monkeypatch.setattr(contraction_plan_cache, "PLAN_CACHE_LIMIT", 5)
     C.clear_plan_cache()
     cores = [torch.randn(1, 4, 4, 3), torch.randn(3, 4, 4, 1)]
     try:
@@ -677,9 +677,9 @@ def test_the_plan_cache_is_bounded(monkeypatch):
 def test_inference_chunking_cache_is_bounded_too(monkeypatch):
     """Inference sweeps' chunkings were cached per core shapes without a bound: TTs of data-dependent ranks (from
     round(epsilon=...) in a loop) added one entry per rank tuple for the life of the process."""
-    from tensortrain import contraction_plan
+    from tensortrain import contraction_plan_cache
 
-    monkeypatch.setattr(contraction_plan, "PLAN_CACHE_LIMIT", 5)
+    monkeypatch.setattr(contraction_plan_cache, "PLAN_CACHE_LIMIT", 5)
     C.clear_plan_cache()
     x = torch.randn(3, 16)
     try:
@@ -688,7 +688,7 @@ def test_inference_chunking_cache_is_bounded_too(monkeypatch):
                 cores = [torch.randn(1, 4, 4, r), torch.randn(r, 4, 4, 1)]
                 y = C.linear(x, cores, strategy="grouped_rtl")
                 torch.testing.assert_close(y, x @ tt.full(tt.TensorTrain(cores)).T)
-                assert 0 < len(contraction_plan._CHUNK_CACHE) <= 5
+                assert 0 < len(contraction_plan_cache._CHUNK_CACHE) <= 5
     finally:
         C.clear_plan_cache()
 

@@ -22,9 +22,10 @@ This module is the public namespace and checks the operands. Behind it, in data-
 model, plain Python on shapes), ``contraction_search`` (choosing the cheapest plan), the executors
 (``contraction_exec``: merged cores, the sweeps' steps and the inference sweep; ``contraction_full``: the full plan
 and its autograd function; ``contraction_train``: the training sweep's autograd function), ``contraction_plan``
-(:class:`ContractionPlan`, :func:`plan`, :func:`enumerate_plans`, the plan cache), ``contraction_cache`` (what
-layers keep between inference calls) and ``contraction_run`` (running a plan, and timing the candidates for
-``strategy="tune"``).
+(:class:`ContractionPlan`: a program and its estimated costs), ``contraction_checks`` (the planner's operand
+checks), ``contraction_plan_cache`` (the program each call runs, chosen once per cache key), ``contraction_inspect``
+(:func:`plan`, :func:`enumerate_plans`, :func:`flop_floor`), ``contraction_cache`` (what layers keep between
+inference calls) and ``contraction_run`` (running a plan, and timing the candidates for ``strategy="tune"``).
 
 Symbols: ``d`` cores; core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the flattened batch size.
 """
@@ -39,22 +40,10 @@ import torch
 from . import contraction_cost as _cost
 from . import contraction_machine as _machine
 from ._transforms import autocast_casts, grad_recorded, traced_unflatten, transforms_active
-from .contraction_plan import (
-    STRATEGIES,
-    ContractionPlan,
-    Strategy,
-    check_max_saved,
-    check_strategy,
-    choose_program,
-    clear_plan_cache,
-    core_copy_bytes,
-    cores_of,
-    dims_of,
-    enumerate_plans,
-    flop_floor,
-    plan,
-    plan_cache_size,
-)
+from .contraction_checks import check_max_saved, check_strategy, core_copy_bytes, cores_of, dims_of
+from .contraction_inspect import enumerate_plans, flop_floor, plan
+from .contraction_plan import STRATEGIES, ContractionPlan, Strategy
+from .contraction_plan_cache import choose_program, clear_plan_cache, plan_cache_size
 from .contraction_run import run
 from .errors import ShapeError
 from .operands import check_strided

@@ -16,7 +16,8 @@ from . import contraction_cost as _cost
 from . import contraction_exec as _exec
 from . import contraction_full as _full
 from ._transforms import full_precision, valueless
-from .contraction_plan import Groups, dims_of
+from .contraction_checks import dims_of
+from .contraction_plan import Groups
 
 __all__ = ["cached", "cached_halves", "cached_supers"]
 

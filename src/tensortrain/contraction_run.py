@@ -34,7 +34,9 @@ from . import contraction_search as _search
 from . import contraction_train as _train
 from ._transforms import valueless
 from .contraction_cache import cached_halves, cached_supers
-from .contraction_plan import Groups, Program, chunk_rows, dims_of
+from .contraction_checks import dims_of
+from .contraction_plan import Groups, Program
+from .contraction_plan_cache import chunk_rows
 
 __all__: list[str] = []
 

@@ -24,8 +24,9 @@ from .._transforms import (
     valueless,
 )
 from ..contraction_cache import cached
+from ..contraction_checks import dims_of
 from ..contraction_full import halves
-from ..contraction_plan import Strategy, dims_of
+from ..contraction_plan import Strategy
 from ..errors import ShapeError, fx_hint
 from ..operands import check_strided
 from ..shapes import as_int
