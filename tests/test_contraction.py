@@ -353,12 +353,12 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
     C.clear_plan_cache()
     assert C.plan(cores, 37, strategy=strategy, requires_grad=False).groups == plan.groups
     calls = []
-    steps, steps_into = contraction_exec._steps, contraction_exec._steps_into
+    steps, steps_into = contraction_exec._steps, contraction_exec.steps_into
     monkeypatch.setattr(
         contraction_exec, "_steps", lambda x2d, supers, d: calls.append(x2d.shape[0]) or steps(x2d, supers, d)
     )
     monkeypatch.setattr(  # chunks: into the output's rows, states in reused scratch
-        contraction_exec, "_steps_into", lambda xc, *a: calls.append(xc.shape[0]) or steps_into(xc, *a)
+        contraction_exec, "steps_into", lambda xc, *a: calls.append(xc.shape[0]) or steps_into(xc, *a)
     )
     with torch.no_grad():
         assert_close(C.linear(x, cores, strategy=strategy), want)
@@ -650,8 +650,8 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
     from tensortrain import contraction_cost, contraction_exec, contraction_machine
 
     calls = []
-    folded = contraction_exec._folded
-    monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    folded = contraction_exec.folded
+    monkeypatch.setattr(contraction_exec, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
     cores = [c.to(dtype) for c in random_cores(*NARROW, gen=gen)]
     x = torch.randn(37, 192, generator=gen, dtype=torch.float64).to(dtype)
     tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
@@ -681,7 +681,7 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
         assert_close(y.to(want.dtype), want, rtol=0.02, atol=0.01 * float(want.abs().max()))
         assert len(calls) == 5
     monkeypatch.undo()
-    monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    monkeypatch.setattr(contraction_exec, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
     monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
     C.clear_plan_cache()
     params = [c.clone().requires_grad_(True) for c in cores]
@@ -735,8 +735,8 @@ def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
 
     monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
     calls = []
-    folded = contraction_exec._folded
-    monkeypatch.setattr(contraction_exec, "_folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    folded = contraction_exec.folded
+    monkeypatch.setattr(contraction_exec, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
     # (K, P, Q) = (16, 4, 16) right to left, (16, 6, 16) left to right: float32 folds, bfloat16 (sides < 32) not
     cores = [c.float() for c in random_cores(((16, 4), (16, 6)), (1, 1, 1), gen=gen)]
     x = torch.randn(33, 96, generator=gen)

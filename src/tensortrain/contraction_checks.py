@@ -37,7 +37,7 @@ def cores_of(weight: TensorTrain | Sequence[torch.Tensor], fn: str) -> tuple[tor
         raise TypeError(
             f"{fn}: TT-matrix cores must be torch.Tensors, got {[type(c).__name__ for c in cores]}"
         )
-    _check_chain(cores, f"{fn}: ")
+    check_chain(cores, f"{fn}: ")
     try:  # TensorTrain's checks too: one dtype and device, floating or complex, no empty modes
         TensorTrain(cores)
     except (ShapeError, TypeError) as err:
@@ -53,7 +53,7 @@ def core_copy_bytes(cores: Sequence[torch.Tensor]) -> int:
     return sum(c.numel() * c.element_size() for c in cores if c.requires_grad and not c.is_contiguous())
 
 
-def _check_chain(cores: Sequence[torch.Tensor], prefix: str = "") -> None:
+def check_chain(cores: Sequence[torch.Tensor], prefix: str = "") -> None:
     """A ShapeError unless ``cores`` are 4-dim TT-matrix cores whose ranks chain, with boundary ranks 1."""
     shapes = [tuple(c.shape) for c in cores]
     if not cores or any(len(s) != 4 for s in shapes):
@@ -123,7 +123,7 @@ def _check_program(p: ContractionPlan, d: int, fn: str) -> None:
         )
 
 
-def _check_flag(value: Any, fn: str, name: str) -> None:
+def check_flag(value: Any, fn: str, name: str) -> None:
     if not isinstance(value, bool):  # ("no" is truthy: it priced a training plan)
         raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
 
@@ -140,16 +140,16 @@ def check_max_saved(value: Any, fn: str) -> int | None:
     return k
 
 
-def _batch_size(batch_size: Any, fn: str) -> int:
+def as_batch_size(batch_size: Any, fn: str) -> int:
     k = as_int(batch_size)
     if k is None or k < 0:  # (2.5 rows or -3 rows would be priced as if they were meant)
         raise ValueError(f"{fn}: batch_size must be an int >= 0, got {batch_size!r}")
     return k
 
 
-def _need(input_grad: bool, cores_grad: bool, requires_grad: bool, fn: str) -> _cost.Need:
-    _check_flag(input_grad, fn, "input_requires_grad")
-    _check_flag(cores_grad, fn, "cores_require_grad")
+def grad_need(input_grad: bool, cores_grad: bool, requires_grad: bool, fn: str) -> _cost.Need:
+    check_flag(input_grad, fn, "input_requires_grad")
+    check_flag(cores_grad, fn, "cores_require_grad")
     if requires_grad and not (input_grad or cores_grad):
         raise ValueError(
             f"{fn}: with requires_grad=True, the input or the cores must need a gradient (input_requires_grad, "

@@ -49,12 +49,12 @@ def merge_cores(cores: Sequence[torch.Tensor], i: int, j: int) -> torch.Tensor:
     rb = int(cores[j - 1].shape[-1])
     g = j - i
     perm = (0, *range(1, 2 * g + 1, 2), *range(2, 2 * g + 2, 2), 2 * g + 1)
-    mg = _prod(modes[0::2])
-    ng = _prod(modes[1::2])
+    mg = prod(modes[0::2])
+    ng = prod(modes[1::2])
     return t.reshape(ra, *modes, rb).permute(perm).reshape(ra, mg, ng, rb)
 
 
-def _prod(xs: Sequence[int]) -> int:
+def prod(xs: Sequence[int]) -> int:
     p = 1
     for x in xs:
         p *= int(x)
@@ -68,7 +68,7 @@ def _step(
 
     With ``P == 1`` it is one GEMM. Otherwise ``torch.matmul`` runs a batched GEMM with ``a`` broadcast (no
     copies); when ``a`` requires grad it folds the batch into one GEMM instead, so that backward never
-    materialises a per-slice gradient of ``a``. Many narrow slices (:func:`_folds`; ``fold``, when given,
+    materialises a per-slice gradient of ``a``. Many narrow slices (:func:`step_folds`; ``fold``, when given,
     decides instead) take one folded GEMM too (the result is then a transposed view). ``eager_one``: batch 1
     outside torch.compile, where a single slice is a plain GEMM and, without gradients for ``a``, ``bmm`` over an
     expanded ``a`` dispatches faster.
@@ -77,15 +77,15 @@ def _step(
         return s.reshape(outer, k) @ a.t()
     if eager_one and outer == 1:
         return a @ s.reshape(k, p)
-    if _folds(outer, k, p, int(a.shape[0]), s) if fold is None else fold and outer > 1:
-        return _folded(a, s, outer, k, p)
+    if step_folds(outer, k, p, int(a.shape[0]), s) if fold is None else fold and outer > 1:
+        return folded(a, s, outer, k, p)
     if eager_one and not (a.requires_grad and torch.is_grad_enabled()):
         # a few us less dispatch than torch.matmul's broadcast for these small batch-1 states
         return torch.bmm(a.expand(outer, *a.shape), s.reshape(outer, k, p))
     return torch.matmul(a, s.reshape(outer, k, p))
 
 
-def _folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
+def step_folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
     """Whether a step of ``outer`` slices ``(K, P)`` and a ``(Q, K)`` super-core runs folded on ``s``'s device and
     dtype (``contraction_machine.folds_narrow``: many narrow slices, where a batched GEMM runs far below the GEMM
     rate). Not under torch.compile, nor for a symbolic batch (non-strict export): comparing it would specialise
@@ -104,7 +104,7 @@ def _folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
     return _machine.folds_narrow(outer, k, p, q, item, _machine.narrow_fold(kind))
 
 
-def _folded(a: torch.Tensor, s: torch.Tensor, outer: int, k: int, p: int) -> torch.Tensor:
+def folded(a: torch.Tensor, s: torch.Tensor, outer: int, k: int, p: int) -> torch.Tensor:
     """``a (Q, K)`` times every ``(K, P)`` slice of ``s`` as one tall GEMM: the slices transposed into
     ``(outer P, K)`` rows, times ``a^T``, the ``(outer, P, Q)`` product returned as an ``(outer, Q, P)`` view."""
     y = s.reshape(outer, k, p).transpose(1, 2).reshape(-1, k) @ a.t()
@@ -144,27 +144,27 @@ def sweep(x2d: torch.Tensor, supers: list[Super], direction: str, chunk: int | N
     if chunk is None or x2d.shape[0] <= chunk:
         return _steps(x2d, supers, direction)
     # which steps fold is decided on the whole batch, as the planner priced them, not on each chunk's rows
-    folds = [_folds(o, k, p, q, x2d) for o, k, p, q in _layout(x2d, supers, direction)]
-    if not _writable(x2d, *(a for a, _, _ in supers)):
+    folds = [step_folds(o, k, p, q, x2d) for o, k, p, q in step_layouts(x2d, supers, direction)]
+    if not writable(x2d, *(a for a, _, _ in supers)):
         return torch.cat([_steps(xc, supers, direction, folds) for xc in x2d.split(chunk)])
     b = int(x2d.shape[0])
     order = list(reversed(supers)) if direction == "rtl" else supers
-    y = torch.empty((b, _prod([mg for _, mg, _ in supers])), dtype=x2d.dtype, device=x2d.device)
+    y = torch.empty((b, prod([mg for _, mg, _ in supers])), dtype=x2d.dtype, device=x2d.device)
     # the largest intermediate state (every step's output but the last, which goes to y); the first chunk is
     # the largest
-    inner = max((o * p * q for o, _, p, q in _layout(x2d[:chunk], supers, direction)[:-1]), default=0)
+    inner = max((o * p * q for o, _, p, q in step_layouts(x2d[:chunk], supers, direction)[:-1]), default=0)
     with (
         workspace.scratch((inner,), x2d.dtype, x2d.device) as ping,
         workspace.scratch((inner,), x2d.dtype, x2d.device) as pong,
     ):
         for r0 in range(0, b, chunk):
-            _steps_into(
+            steps_into(
                 x2d[r0 : r0 + chunk], supers, order, direction, y[r0 : r0 + chunk], (ping, pong), folds
             )
     return y
 
 
-def _steps_into(
+def steps_into(
     xc: torch.Tensor,
     supers: list[Super],
     order: list[Super],
@@ -175,12 +175,12 @@ def _steps_into(
 ) -> None:
     """:func:`_steps` of one chunk without allocations: states alternate between ``bufs``, the last step writes
     ``out`` (the chunk's rows of the output); ``folds``: which steps fold (decided on the whole batch)."""
-    steps = _layout(xc, supers, direction)
+    steps = step_layouts(xc, supers, direction)
     s = xc
     for t, ((a, _, _), step) in enumerate(zip(order, steps, strict=True)):
         outer, _, p, q = step
         fold = None if folds is None else folds[t]
-        s = _slice_product(a, s, step, out if t == len(steps) - 1 else bufs[t % 2][: outer * q * p], fold)
+        s = slice_product(a, s, step, out if t == len(steps) - 1 else bufs[t % 2][: outer * q * p], fold)
 
 
 def _steps(
@@ -192,7 +192,7 @@ def _steps(
     its ``(n_g r_b, M_right)`` slices in place and writes ``(r_a m_g, M_right)`` ones, which are the next step's
     slices: no permutes. Left to right the state ``(B, M_left, r_a, n_g, N_right)`` maps its ``(r_a n_g,
     N_right)`` slices to ``(m_g r_b, N_right)`` ones the same way. ``folds``: which steps fold (by default each
-    step decides, :func:`_folds`).
+    step decides, :func:`step_folds`).
     """
     b = x2d.shape[0]  # may be symbolic under torch.compile(dynamic=True): never int() it
     one = _eager_one(b)
@@ -206,19 +206,19 @@ def _steps(
     return s.reshape(b, done)
 
 
-def _recording(*ts: torch.Tensor) -> bool:
+def recording(*ts: torch.Tensor) -> bool:
     """Whether autograd records ops on these tensors now, or they are batched gradients (then no out= writes into
     scratch)."""
     return (torch.is_grad_enabled() and any(t.requires_grad for t in ts)) or legacy_batched(*ts)
 
 
-def _writable(*ts: torch.Tensor) -> bool:
+def writable(*ts: torch.Tensor) -> bool:
     """Whether results may be written into given memory (``out=``): not while autograd records these tensors, nor
     under a transform's wrapped tensors or autocast's casts."""
-    return not (_recording(*ts) or transforms_active() or autocasting(ts[0].device.type))
+    return not (recording(*ts) or transforms_active() or autocasting(ts[0].device.type))
 
 
-def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
+def autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
     """The operands of a custom Function cast as autocast casts a matmul's (to its lower precision), if enabled;
     float64 (and complex) operands stay as they are, as autocast leaves them.
 
@@ -234,7 +234,7 @@ def _autocast_inputs(*ts: torch.Tensor | None) -> tuple[Any, ...]:
     return tuple(t.to(low) if t is not None and t.dtype in AUTOCAST_DTYPES else t for t in ts)
 
 
-def _layout(x2d: torch.Tensor, supers: list[Super], direction: str) -> list[tuple[int, int, int, int]]:
+def step_layouts(x2d: torch.Tensor, supers: list[Super], direction: str) -> list[tuple[int, int, int, int]]:
     """``(outer, K, P, Q)`` of every step of a sweep, in execution order (as :func:`_steps` walks it)."""
     b = int(x2d.shape[0])
     steps = []
@@ -247,7 +247,7 @@ def _layout(x2d: torch.Tensor, supers: list[Super], direction: str) -> list[tupl
     return steps
 
 
-def _slice_product(
+def slice_product(
     a: torch.Tensor,
     s: torch.Tensor,
     step: tuple[int, int, int, int],
@@ -256,13 +256,13 @@ def _slice_product(
 ) -> torch.Tensor:
     """One sweep step ``(outer, K, P, Q)``: ``a (Q, K)`` times every ``(K, P)`` slice of the state ``s``, in place
     (``bmm`` over ``a`` broadcast; one GEMM when ``P == 1``; many narrow slices folded into one GEMM,
-    :func:`_folds`, or as ``fold`` says when given), into ``out`` (contiguous, any shape) if given."""
+    :func:`step_folds`, or as ``fold`` says when given), into ``out`` (contiguous, any shape) if given."""
     outer, k, p, q = step
     if p == 1:
         return torch.mm(s.reshape(outer, k), a.t(), out=None if out is None else out.view(outer, q))
     # (a whole batch's decision, ``fold``, for a chunk of one row: never fold a single slice)
-    if _folds(outer, k, p, q, s) if fold is None else fold and outer > 1:
-        y = _folded(a, s, outer, k, p)
+    if step_folds(outer, k, p, q, s) if fold is None else fold and outer > 1:
+        y = folded(a, s, outer, k, p)
         return y.contiguous() if out is None else out.view(outer, q, p).copy_(y)
     return torch.bmm(
         a.expand(outer, q, k), s.reshape(outer, k, p), out=None if out is None else out.view(outer, q, p)

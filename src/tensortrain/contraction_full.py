@@ -69,7 +69,7 @@ def build_full(
     """
     ml, nl, mr, nr = dims
     r = int(lmat.shape[1])
-    if _machine.sliced_build(dims, r) and _exec._writable(lmat, rmat):
+    if _machine.sliced_build(dims, r) and _exec.writable(lmat, rmat):
         return _build_sliced(lmat, rmat, dims, out)
     bs = _blocks(dims, lmat)
     if not bs:
@@ -88,7 +88,7 @@ def build_full(
     lm3 = lmat.reshape(ml, nl, r)
     # no out= writes while autograd records, nor under autocast (mm.out does not cast: the halves may differ in
     # dtype there) or a transform
-    record = not _exec._writable(lmat, rmat)
+    record = not _exec.writable(lmat, rmat)
     with workspace.scratch((bs * nl, mr * nr), lmat.dtype, lmat.device) as blk:
         for a in range(0, ml, bs):
             b = min(ml, a + bs)
@@ -142,7 +142,7 @@ def _grad_halves(
         return gl, gr
     # large dW: permute a block of left row indices at a time (into reused scratch) and use it while in cache
     gw4 = gw.reshape(ml, mr, nl, nr)
-    record = _exec._recording(gw, lmat, rmat)
+    record = _exec.recording(gw, lmat, rmat)
     gls = []
     with workspace.scratch((bs, nl, mr, nr), gw.dtype, gw.device) as blk:
         for a in range(0, ml, bs):
@@ -263,5 +263,5 @@ def full_linear(
         # which saves nothing for it (FullLinear kept x, so an inference-mode x or one changed in place failed)
         with _built(lmat, rmat, dims) as w:
             return _linear(x2d, w, bias)
-    x2d, lmat, rmat, bias = _exec._autocast_inputs(x2d, lmat, rmat, bias)
+    x2d, lmat, rmat, bias = _exec.autocast_inputs(x2d, lmat, rmat, bias)
     return FullLinear.apply(x2d, lmat, rmat, bias, dims, keep)

@@ -81,17 +81,17 @@ def plan(
         full (W from halves split at core 1, one GEMM)
     """
     cores = _checks.cores_of(weight, "plan")
-    batch_size = _checks._batch_size(batch_size, "plan")
+    batch_size = _checks.as_batch_size(batch_size, "plan")
     dims = _checks.dims_of(cores)
     _checks.check_strategy(strategy, dims, "plan")
     if requires_grad is None:
         requires_grad = grad_recorded() and any(c.requires_grad for c in cores)
-    _checks._check_flag(requires_grad, "plan", "requires_grad")
+    _checks.check_flag(requires_grad, "plan", "requires_grad")
     max_saved = _checks.check_max_saved(max_saved_bytes, "plan")
     if requires_grad and max_saved is not None:  # (as linear counts them)
         max_saved = max(0, max_saved - _checks.core_copy_bytes(cores))
-    _checks._check_flag(cached_merges, "plan", "cached_merges")
-    need = _checks._need(input_requires_grad, cores_require_grad, requires_grad, "plan")
+    _checks.check_flag(cached_merges, "plan", "cached_merges")
+    need = _checks.grad_need(input_requires_grad, cores_require_grad, requires_grad, "plan")
     cached = cached_merges and not requires_grad
     prog = _plan_cache.choose_program(cores, batch_size, requires_grad, strategy, cached, max_saved, need)
     c0 = cores[0]
@@ -135,9 +135,9 @@ def enumerate_plans(
         >>> y = tt.contraction.linear(torch.randn(64, 28), w, strategy=best)
     """
     cores = _checks.cores_of(weight, "enumerate_plans")
-    batch_size = _checks._batch_size(batch_size, "enumerate_plans")
-    _checks._check_flag(requires_grad, "enumerate_plans", "requires_grad")
-    need = _checks._need(input_requires_grad, cores_require_grad, requires_grad, "enumerate_plans")
+    batch_size = _checks.as_batch_size(batch_size, "enumerate_plans")
+    _checks.check_flag(requires_grad, "enumerate_plans", "requires_grad")
+    need = _checks.grad_need(input_requires_grad, cores_require_grad, requires_grad, "enumerate_plans")
     dims = _checks.dims_of(cores)
     d = len(cores)
     progs = _search.full_programs(d, requires_grad)
@@ -179,5 +179,5 @@ def flop_floor(weight: TensorTrain | Sequence[torch.Tensor], batch_size: int) ->
         1.223
     """
     cores = _checks.cores_of(weight, "flop_floor")
-    batch_size = _checks._batch_size(batch_size, "flop_floor")
+    batch_size = _checks.as_batch_size(batch_size, "flop_floor")
     return _search.order_floor(_checks.dims_of(cores), batch_size)

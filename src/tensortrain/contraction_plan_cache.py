@@ -93,7 +93,7 @@ def choose_program(
     exact = max_saved is not None or (grad and batch < _machine.SWEEP_FUNCTION_MIN_BATCH)
     bucket = int(batch) if exact and not compiling else _bucket(batch)
     if compiling:  # plain Python on shapes: traced and constant-folded, no cache writes
-        _checks._check_chain(cores)  # (static shapes: free at run time)
+        _checks.check_chain(cores)  # (static shapes: free at run time)
         return _search.choose(
             _checks.dims_of(cores),
             "auto" if strategy == "tune" else strategy,  # (nothing is timed while tracing)
@@ -103,7 +103,7 @@ def choose_program(
             grad,
             max_saved=max_saved,
             need=need,
-            fold=False,  # (the executors fold nothing while compiling: contraction_exec._folds)
+            fold=False,  # (the executors fold nothing while compiling: contraction_exec.step_folds)
         )
     # the key uses the torch.Size objects as they are: this lookup is on every layer call
     key = (
@@ -121,7 +121,7 @@ def choose_program(
     if prog is None:
         # the layers' fast path checks its cores nowhere else: a core replaced by one of another rank
         # (layer.cores[0] = nn.Parameter(...)) failed inside a reshape, with a message that varied by plan
-        _checks._check_chain(cores)
+        _checks.check_chain(cores)
         dims = _checks.dims_of(cores)
         if strategy == "tune":
             # (imported here: the tuner runs the executors, which sit after this module in the data flow)

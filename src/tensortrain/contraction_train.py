@@ -35,7 +35,7 @@ def _sweep_states(
     states = []
     for a, step in zip(order, steps, strict=True):
         states.append(s)
-        s = _exec._slice_product(a, s, step)
+        s = _exec.slice_product(a, s, step)
     return states, s
 
 
@@ -74,7 +74,7 @@ def _sweep_grads(
                 g = g2 @ a
         else:
             g3 = g.reshape(outer, q, p)
-            narrow = _exec._folds(outer, k, p, q, g3)
+            narrow = _exec.step_folds(outer, k, p, q, g3)
             if not want:
                 grads.append(None)
             elif (
@@ -92,7 +92,7 @@ def _sweep_grads(
                 # the transposed step, (K, Q) times (Q, P) slices
                 # (folds_narrow is symmetric in K and Q: the same decision as the forward step's)
                 g = (
-                    _exec._folded(a.t(), g3, outer, q, p)
+                    _exec.folded(a.t(), g3, outer, q, p)
                     if narrow
                     else torch.bmm(a.t().expand(outer, k, q), g3)
                 )
@@ -127,7 +127,7 @@ class SweepFunction(torch.autograd.Function):
         supers = [(a, mg, ng) for a, (mg, ng) in zip(mats, meta, strict=True)]
         run = list(reversed(supers)) if direction == "rtl" else supers  # in execution order
         order = [a for a, _, _ in run]
-        steps = _exec._layout(x2d, supers, direction)
+        steps = _exec.step_layouts(x2d, supers, direction)
         ctx.steps = steps
         ctx.direction = direction
         ctx.x_shape = tuple(x2d.shape)
@@ -137,12 +137,12 @@ class SweepFunction(torch.autograd.Function):
         need = ctx.needs_input_grad[4:]
         ctx.need = list(reversed(need)) if direction == "rtl" else list(need)  # in execution order
         ctx.states = any(need)
-        m = _exec._prod([mg for mg, _ in meta])
+        m = _exec.prod([mg for mg, _ in meta])
         if not ctx.states:
             ctx.save_for_backward(*order)
             y = x2d
             for a, step in zip(order, steps, strict=True):  # (no list of states: each is freed once used)
-                y = _exec._slice_product(a, y, step)
+                y = _exec.slice_product(a, y, step)
             return y.reshape(x2d.shape[0], m)
         if recompute:  # the states are not kept: they alternate between (up to) two reused scratch buffers
             ctx.save_for_backward(x2d, *order)
@@ -153,7 +153,7 @@ class SweepFunction(torch.autograd.Function):
                 pong = ping
                 if len(steps) > 2:
                     pong = borrowed.enter_context(workspace.scratch((inner,), x2d.dtype, x2d.device))
-                _exec._steps_into(x2d, supers, run, direction, y, (ping, pong))
+                _exec.steps_into(x2d, supers, run, direction, y, (ping, pong))
             return y
         states, s = _sweep_states(x2d, order, steps)
         ctx.save_for_backward(*states, *order)
@@ -175,7 +175,7 @@ class SweepFunction(torch.autograd.Function):
                 for a, step in zip(order[:-1], ctx.steps[:-1], strict=True):
                     outer, _, p, q = step
                     buf = borrowed.enter_context(workspace.scratch((outer * q * p,), x0.dtype, x0.device))
-                    states.append(_exec._slice_product(a, states[-1], step, out=buf))
+                    states.append(_exec.slice_product(a, states[-1], step, out=buf))
             # a broadcast gradient (that of y.sum(): stride 0) would make bmm copy it one slice at a time
             gx, grads = _sweep_grads(
                 ctx.steps, states, order, gy.contiguous(), ctx.needs_input_grad[0], ctx.need
@@ -200,7 +200,7 @@ def sweep_trained(
     meta = tuple((mg, ng) for _, mg, ng in supers)
     if complex_:
         return checkpoint(_sweep_mats, x2d, direction, meta, *(a for a, _, _ in supers), use_reentrant=False)
-    x2d, *mats = _exec._autocast_inputs(x2d, *(a for a, _, _ in supers))
+    x2d, *mats = _exec.autocast_inputs(x2d, *(a for a, _, _ in supers))
     return SweepFunction.apply(x2d, direction, meta, recompute, *mats)
 
 
