@@ -1156,6 +1156,23 @@ def test_decompress_refuses_a_head_tied_to_an_embedding_with_padding_idx_0():
 
 
 # ------------------------------------------------------- from a mutation audit of compress (session 35)
+def test_an_out_of_reach_ratio_says_the_counts_and_the_layers_that_stay_dense():
+    """The refusal of an unreachable ratio is what a user acts on: its parameter counts (before -> after at rank 1,
+    in that order), how many selected layers stay dense whatever the rank, the first three of them, and "; ..."
+    when there are more."""
+    model = nn.ModuleDict({f"e{i}": nn.Embedding(64, 8, max_norm=1.0) for i in range(4)})
+    model["fc"] = nn.Linear(256, 256)
+    best = tt.compress(model, max_tt_rank=1, dry_run=True)[1]
+    with pytest.raises(ValueError) as info:
+        tt.compress(model, ratio=100)
+    message = str(info.value)
+    assert f"({best.params_before:,} -> {best.params_after:,} parameters in the selected layers)" in message
+    assert re.search(
+        r"; 4 of them stay dense whatever the rank: e0: [^;]*max_norm=1.0; e1: [^;]*; e2: [^;]*; \.\.\.$",
+        message,
+    )
+
+
 def test_a_layer_nested_in_a_selected_layer_is_counted_once():
     """A layer added as a submodule of another (an adapter on an nn.Linear, which then stays dense) is a row of its
     own inside the outer row's count: the totals count its parameters once, as model.parameters() does."""
@@ -1202,3 +1219,180 @@ def test_the_row_of_a_layer_holding_a_replaced_one_counts_what_it_holds():
     for row in report.layers:
         assert row.params_before == count(model.get_submodule(row.name))
         assert row.params_after == count(small.get_submodule(row.name))
+
+
+def test_a_layer_that_would_not_shrink_at_the_rank_cap_names_the_planned_ranks():
+    """With a rank cap the layer is judged from its planned TT (cores plus bias) before any TT-SVD, and the reason
+    says at which ranks: 4 core parameters and a bias of 2 are no fewer than the layer's 6."""
+    (row,) = tt.compress(nn.Linear(2, 2), max_tt_rank=1)[1].layers
+    assert row.reason == "TT would not save parameters (6 >= 6 at tt_ranks (1, 1, 1))"
+    (row,) = tt.compress(nn.Linear(6, 6), max_tt_rank=3)[1].layers
+    assert row.reason == "TT would not save parameters (42 >= 42 at tt_ranks (1, 3, 1))"
+
+
+def test_a_copy_failure_quotes_what_deepcopy_said():
+    """The message names what deepcopy refused (its own first line), not just its exception type."""
+    import threading
+
+    model = nn.Sequential(nn.Linear(8, 8))
+    model.lock = threading.Lock()
+    with pytest.raises(ValueError, match=r"copy\.deepcopy failed: cannot pickle '_thread\.lock' object\)"):
+        tt.compress(model, max_tt_rank=2)
+
+
+def test_shared_layers_kept_dense_or_on_meta_are_named_by_their_first_name():
+    """A module shared under several names is one row under its first name, its other names as aliases, also when
+    it stays dense; epsilon's refusal of meta layers names it by that first name too."""
+    shared = nn.Embedding(100, 16, max_norm=1.0)
+    model = nn.ModuleDict({"a": shared, "b": shared, "fc": nn.Linear(64, 64)})
+    _, report = tt.compress(model, max_tt_rank=2)
+    assert [(row.name, row.aliases, row.replaced) for row in report.layers] == [
+        ("a", ("b",), False),
+        ("fc", (), True),
+    ]
+    meta = nn.Linear(64, 64, device="meta")
+    with pytest.raises(ValueError, match=r"layers on the meta device \(a\) have no values"):
+        tt.compress(nn.ModuleDict({"a": meta, "b": meta}), epsilon=0.5)
+
+
+def test_frozen_parameters_are_counted_in_the_report():
+    """A frozen backbone's parameters are parameters: the whole-model counts are sum(p.numel()) over all of them,
+    not only those that require gradients."""
+    model = mlp()
+    model[0].requires_grad_(False)
+    small, report = tt.compress(model, max_tt_rank=2, include="2")
+    assert (report.model_params_before, report.model_params_after) == (count(model), count(small))
+    assert report.model_ratio == count(model) / count(small)
+
+
+def test_a_ratio_plans_a_meta_model_by_shapes_alone():
+    """ratio, like max_tt_rank, needs shapes only (the meta-device error for epsilon says so): a meta skeleton is
+    compressed to the target, with no error values."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
+    small, report = tt.compress(model, ratio=4)
+    assert report.ratio >= 4 and all(row.replaced and row.rel_error is None for row in report.layers)
+    assert isinstance(small[0], tt.nn.TTLinear) and report.model_params_after == count(small)
+
+
+def test_a_layer_shared_into_an_encoder_under_a_later_name_turns_its_fast_path_off(gen):
+    """An encoder holding a replaced layer under any of its names loses the nested-tensor fast path: here the
+    layer's first name is outside the encoder, and eval with a padding mask must still run."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, batch_first=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch warns about the nested-tensor path of its own accord)
+        enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    model = nn.ModuleDict({"a": enc.layers[1].linear1, "enc": enc})
+    small, report = tt.compress(model, max_tt_rank=4, include="a")
+    assert [(row.name, row.aliases, row.replaced) for row in report.layers] == [
+        ("a", ("enc.layers.1.linear1",), True)
+    ]
+    assert not small["enc"].use_nested_tensor and enc.use_nested_tensor
+    x = torch.randn(2, 6, 64, generator=gen)
+    mask = torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
+    with torch.no_grad():
+        assert small["enc"](x, src_key_padding_mask=mask).shape == x.shape
+
+
+def test_a_pattern_warning_points_at_the_callers_line():
+    """The warning for a pattern that matches no layer is attributed to the line that called compress (where the
+    mistyped pattern is), not to a line inside tensortrain."""
+    with pytest.warns(UserWarning, match="match no") as record:
+        tt.compress(mlp(), max_tt_rank=2, exclude="lm_haed")
+    assert record[0].filename == __file__
+
+
+def test_selection_errors_say_what_was_given_and_found():
+    """An empty include list selects nothing (not everything); exclude's type error names exclude; an Embedding
+    subclass is listed as left alone; a model's own class is not one of "its layers"."""
+    with pytest.raises(ValueError, match=r"no nn.Linear or nn.Embedding layer matched include=\[\]"):
+        tt.compress(mlp(), max_tt_rank=2, include=[])
+    with pytest.raises(TypeError, match="exclude must be a glob string or a sequence of them, got 3"):
+        tt.compress(mlp(), max_tt_rank=2, exclude=3)  # type: ignore[arg-type]
+    sub = types.new_class("MyEmbedding", (nn.Embedding,))
+    with pytest.raises(ValueError, match=r"left alone .*\['0 \(MyEmbedding\)'\]"):
+        tt.compress(nn.Sequential(sub(10, 4), nn.ReLU()), max_tt_rank=2)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(1, 1, 3), nn.ReLU()
+
+    with pytest.raises(ValueError, match=r"\(its layers: Conv2d, ReLU\); only those"):
+        tt.compress(Net(), max_tt_rank=2)
+
+
+def test_a_tied_layers_reason_names_every_other_owner():
+    """A weight tied to two heads keeps all three layers dense, each reason naming the other owners."""
+    model = nn.ModuleDict(
+        {
+            "emb": nn.Embedding(64, 32),
+            "h1": nn.Linear(32, 64, bias=False),
+            "h2": nn.Linear(32, 64, bias=False),
+        }
+    )
+    model["h1"].weight = model["h2"].weight = model["emb"].weight
+    rows = {row.name: row for row in tt.compress(model, max_tt_rank=2)[1].layers}
+    assert "tied to h1.weight, h2.weight: converting" in rows["emb"].reason
+    assert "tied to emb.weight, h2.weight: converting" in rows["h1"].reason
+
+
+def test_padding_rows_one_entry_off_zero_and_on_meta():
+    """A padding row with a single non-zero entry is not zero (TTEmbedding would return zeros there): the layer
+    stays dense. A meta skeleton has no values to check and converts by rank, as without padding_idx."""
+    emb = nn.Embedding(100, 16, padding_idx=3, dtype=DT)
+    with torch.no_grad():
+        emb.weight[3] = 0.0
+        emb.weight[3, 5] = 1.0
+    small, report = tt.compress(nn.Sequential(emb), max_tt_rank=64)
+    assert (
+        not report.layers[0].replaced and "padding row (padding_idx=3) is not zero" in report.layers[0].reason
+    )
+    assert_close(small(torch.tensor([3])), emb(torch.tensor([3])))
+    meta = nn.Sequential(nn.Embedding(100, 16, padding_idx=0, device="meta"))
+    small, report = tt.compress(meta, max_tt_rank=2)
+    assert report.layers[0].replaced and isinstance(small[0], tt.nn.TTEmbedding) and small[0].padding_idx == 0
+
+
+def test_kept_dense_reasons_name_the_option_and_the_tensor():
+    """The SparseAdam hint is for sparse=True only; a pruned bias is named as the bias, with the remedy for it."""
+    rows = tt.compress(
+        nn.ModuleDict(
+            {"norm": nn.Embedding(64, 8, max_norm=1.0), "sparse": nn.Embedding(64, 8, sparse=True)}
+        ),
+        max_tt_rank=2,
+    )[1].layers
+    assert rows[0].reason == "TTEmbedding.from_embedding does not support max_norm=1.0"
+    assert "max_norm" not in rows[1].reason and "SparseAdam" in rows[1].reason
+    pruned = nn.Linear(64, 64)
+    torch.nn.utils.prune.l1_unstructured(pruned, "bias", amount=0.5)
+    (row,) = tt.compress(nn.Sequential(pruned), max_tt_rank=2, inplace=True)[1].layers
+    assert not row.replaced and "its 'bias' is recomputed" in row.reason
+    assert "torch.nn.utils.prune.remove(module, 'bias')" in row.reason
+
+
+def test_complex_layers_are_compressed_and_back(gen):
+    """Complex weights (complex64 and up) are TT cores like real ones: converted, not refused as a dtype."""
+    CT = torch.complex128
+    real = make_low_tt_rank(nn.Sequential(nn.Linear(64, 48, dtype=DT)), rank=2)[0]
+    model = nn.Sequential(nn.Linear(64, 48, dtype=CT))
+    with torch.no_grad():
+        model[0].weight.copy_(real.weight * (1 + 2j))  # (TT-rank 2 still)
+    small, report = tt.compress(model, max_tt_rank=2)
+    assert report.layers[0].replaced and report.layers[0].rel_error < 1e-10
+    x = torch.randn(3, 64, generator=gen, dtype=CT)
+    assert_close(small(x), model(x), rtol=1e-8, atol=1e-8)
+    back = tt.decompress(small)
+    assert back[0].weight.dtype == CT
+    assert_close(back(x), model(x), rtol=1e-8, atol=1e-8)
+
+
+def test_a_buffer_named_like_any_tt_layer_attribute_keeps_the_layer_dense():
+    """A buffer whose name the TT layer already uses (here "padded") cannot be carried over: the layer stays dense
+    with the reason, rather than compress failing while registering it."""
+    model = mlp()
+    model[0].register_buffer("padded", torch.zeros(48, dtype=torch.bool))
+    small, report = tt.compress(model, max_tt_rank=2)
+    assert "its buffer 'padded' cannot be carried over" in report.layers[0].reason
+    assert type(small[0]) is nn.Linear and report.layers[1].replaced
