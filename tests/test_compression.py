@@ -1396,3 +1396,55 @@ def test_a_buffer_named_like_any_tt_layer_attribute_keeps_the_layer_dense():
     small, report = tt.compress(model, max_tt_rank=2)
     assert "its buffer 'padded' cannot be carried over" in report.layers[0].reason
     assert type(small[0]) is nn.Linear and report.layers[1].replaced
+
+
+def test_report_cells_and_dict_of_replaced_and_kept_layers():
+    """The table shows "dense" for a kept layer's ranks and 0.00e+00 for an exact zero error (not "-", which means
+    no error), counts the layers actually replaced; to_dict's totals and "replaced" flags agree with the report."""
+    zero = nn.Linear(64, 64)
+    nn.init.zeros_(zero.weight)
+    model = nn.ModuleDict({"zero": zero, "tiny": nn.Linear(4, 3)})
+    _, report = tt.compress(model, max_tt_rank=4)
+    lines = str(report).splitlines()
+    assert lines[2].split()[-1] == "0.00e+00" and lines[3].split()[4] == "dense"
+    assert "replaced 1 of 2 selected layers" in str(report)
+    data = report.to_dict()
+    assert [row["replaced"] for row in data["layers"]] == [True, False]
+    assert (data["totals"]["params_before"], data["totals"]["params_after"]) == (
+        report.params_before,
+        report.params_after,
+    )
+    from tensortrain.compression_report import CompressionReport, LayerReport
+
+    cols = LayerReport("fc", "Linear", (30, 20), ((5, 6), (4, 6)), (1, 3, 1), 630, 150, 0.5, "")
+    assert "padded fc: its dims multiply to 30x24" in str(CompressionReport((cols,), 630, 150))
+
+
+def test_decompress_keeps_frozen_shared_biases_and_refuses_reordered_cores():
+    """A frozen shared bias stays one frozen Parameter; layers sharing the same cores in another order have other
+    dense weights, which one Parameter cannot hold."""
+    a = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=DT)
+    b = tt.nn.TTLinear(16, 16, tt_rank=2, dtype=DT)
+    b.bias = a.bias
+    a.bias.requires_grad_(False)
+    dense = tt.decompress(nn.Sequential(a, nn.Tanh(), b))
+    assert dense[0].bias is dense[2].bias and not dense[0].bias.requires_grad
+    c = tt.nn.TTLinear(16, 16, tt_rank=1, in_dims=(4, 4), out_dims=(4, 4), dtype=DT)
+    d = tt.nn.TTLinear(16, 16, tt_rank=1, in_dims=(4, 4), out_dims=(4, 4), dtype=DT)
+    d.cores = nn.ParameterList([c.cores[1], c.cores[0]])
+    with pytest.raises(ValueError, match="share cores, but not the same cores in the same order"):
+        tt.decompress(nn.ModuleDict({"c": c, "d": d}))
+
+
+def test_decompress_refuses_a_tie_whose_padding_row_is_only_partly_zero():
+    """One dense weight cannot serve a head and an embedding whose padding row holds any non-zero entry."""
+    torch.manual_seed(0)
+    emb = tt.nn.TTEmbedding(30, 8, tt_rank=3, voc_dims=(2, 4, 4), emb_dims=(2, 2, 2), padding_idx=1)
+    head = tt.nn.TTLinear(8, 30, tt_rank=3, in_dims=(2, 2, 2), out_dims=(2, 4, 4), pad=True, bias=False)
+    head.cores = emb.cores
+    with torch.no_grad():
+        emb.cores[0][:, 0, 0] = 0.0  # rows 0-15 (the padding row 1 among them): half their entries zero
+    row = head.dense_weight().T[1]
+    assert bool((row == 0).any()) and bool((row != 0).any())
+    with pytest.raises(ValueError, match="has padding_idx=1, whose row of the shared TT is not zero"):
+        tt.decompress(nn.ModuleDict({"emb": emb, "head": head}))
