@@ -1448,3 +1448,30 @@ def test_decompress_refuses_a_tie_whose_padding_row_is_only_partly_zero():
     assert bool((row == 0).any()) and bool((row != 0).any())
     with pytest.raises(ValueError, match="has padding_idx=1, whose row of the shared TT is not zero"):
         tt.decompress(nn.ModuleDict({"emb": emb, "head": head}))
+
+
+def test_report_errors_are_the_relative_errors_of_the_returned_layers():
+    """rel_error is ||W - W_tt||_F / ||W||_F of the layer returned, for an embedding (its table) as for a linear
+    layer (its weight), checked against the dense weights at a rank that truncates."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"emb": nn.Embedding(200, 32, dtype=DT), "fc": nn.Linear(64, 48, dtype=DT)})
+    small, report = tt.compress(model, max_tt_rank=3)
+    with torch.no_grad():  # (to_embedding's table is a new Parameter: detached)
+        approx = {"emb": small["emb"].to_embedding().weight.detach(), "fc": small["fc"].dense_weight()}
+    for row in report.layers:
+        w = model[row.name].weight.detach()
+        want = float(torch.linalg.norm(approx[row.name] - w) / torch.linalg.norm(w))
+        assert row.replaced and 0.1 < want < 1 and row.rel_error == pytest.approx(want, rel=1e-10)
+
+
+def test_a_lazy_linear_with_non_finite_weights_stays_dense():
+    """A LazyLinear given its shape by load_state_dict is checked as an nn.Linear is: an inf weight keeps it dense
+    with the reason, rather than failing in the TT-SVD."""
+    dense = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
+    with torch.no_grad():
+        dense[0].weight[0, 0] = float("inf")
+    lazy = nn.Sequential(nn.LazyLinear(256), nn.ReLU(), nn.Linear(256, 10))
+    lazy.load_state_dict(dense.state_dict())
+    small, report = tt.compress(lazy, max_tt_rank=4)
+    assert not report.layers[0].replaced and "NaN or inf" in report.layers[0].reason
+    assert type(small[0]) is nn.LazyLinear and report.layers[1].replaced
