@@ -23,7 +23,15 @@ from torch import nn
 from ._transforms import valueless
 from .compression_layers import carry_over, converter_for, hooked_tensors, layer_dims, planned_tt_params
 from .compression_report import CompressionReport, LayerReport
-from .compression_select import as_patterns, counted_before, distributed_wrapper, kept_dense, no_match, select
+from .compression_select import (
+    as_patterns,
+    counted_before,
+    distributed_wrapper,
+    held_by,
+    kept_dense,
+    no_match,
+    select,
+)
 from .errors import ShapeError
 from .operands import as_flag, wide_dtype
 from .shapes import as_whole_int, max_tt_ranks, plain_scalar
@@ -197,6 +205,7 @@ def _plan(
 ) -> tuple[list[LayerReport], list[tuple[list[str], nn.Module, nn.Module]]]:
     """Every selected layer's report, and the (names, dense layer, TT layer) replacements to make."""
     counted = counted_before(layers)
+    holders = held_by(layers)
     reports, swaps = [], []
     for names, module in layers:
         new: nn.Module | None = None
@@ -204,9 +213,19 @@ def _plan(
             rep = _dense_report(names[0], module, kept[id(module)])
         else:
             new, rep = _convert_one(names[0], module, max_tt_rank, epsilon)
-        reports.append(replace(rep, aliases=tuple(names[1:]), tied_params=counted[id(module)]))
+        holder = holders.get(id(module), "")
+        # (a held row's parameters are its holder's: counted there, not as tied ones)
+        tied = 0 if holder else counted[id(module)]
+        reports.append(replace(rep, aliases=tuple(names[1:]), tied_params=tied, held_by=holder))
         if new is not None:
             swaps.append((names, module, new))
+    # a layer that stays dense while a selected layer inside it is replaced holds that layer's TT form after
+    saved = {id(m): rep.params_before - rep.params_after for (_, m), rep in zip(layers, reports, strict=True)}
+    for i, ((_, module), rep) in enumerate(zip(layers, reports, strict=True)):
+        inside = {id(m) for m in module.modules() if m is not module}
+        less = sum(saved[id(m)] for _, m in layers if id(m) in inside)
+        if less:
+            reports[i] = replace(rep, params_after=rep.params_before - less)
     return reports, swaps
 
 
@@ -336,9 +355,17 @@ def compress(
     if epsilon is not None:
         _check_values(free)
     if ratio is not None:
-        counted = counted_before(layers)
+        # each parameter once: those of the layers kept dense that no converted layer holds (a converted one
+        # may sit inside a kept one, an adapter on an nn.Linear), tied ones once
+        converted = {id(p) for _, m in free for p in m.parameters()}
         fixed = sum(
-            sum(p.numel() for p in m.parameters()) - counted[id(m)] for _, m in layers if id(m) in kept
+            {
+                id(p): p.numel()
+                for _, m in layers
+                if id(m) in kept
+                for p in m.parameters()
+                if id(p) not in converted
+            }.values()
         )
         why = [f"{n[0] or '(model)'}: {kept[id(m)]}" for n, m in layers if id(m) in kept]
         max_tt_rank = _rank_for_ratio(free, ratio, fixed, why)

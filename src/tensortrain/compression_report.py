@@ -32,6 +32,9 @@ class LayerReport:
             under all of them).
         tied_params: parameters of this layer that an earlier row already counts (tied weights, e.g. an
             output head sharing the embedding's weight); the report's totals count them once.
+        held_by: the selected layer that holds this one as a submodule (an adapter registered on an
+            ``nn.Linear``, which then stays dense), else ``""``. That row's counts include this one's, before
+            and after, and the totals count them there.
     """
 
     name: str
@@ -45,6 +48,7 @@ class LayerReport:
     reason: str
     aliases: tuple[str, ...] = ()
     tied_params: int = 0
+    held_by: str = ""
 
     @property
     def replaced(self) -> bool:
@@ -73,13 +77,15 @@ class CompressionReport:
 
     @property
     def params_before(self) -> int:
-        """Parameters of the selected layers before compression (tied ones counted once)."""
-        return sum(layer.params_before - layer.tied_params for layer in self.layers)
+        """Parameters of the selected layers before compression (tied ones counted once, a layer held by
+        another selected one counted in it)."""
+        return sum(layer.params_before - layer.tied_params for layer in self.layers if not layer.held_by)
 
     @property
     def params_after(self) -> int:
-        """Parameters of the selected layers after compression (tied ones counted once)."""
-        return sum(layer.params_after - layer.tied_params for layer in self.layers)
+        """Parameters of the selected layers after compression (tied ones counted once, a layer held by
+        another selected one counted in it)."""
+        return sum(layer.params_after - layer.tied_params for layer in self.layers if not layer.held_by)
 
     @property
     def ratio(self) -> float:
@@ -124,7 +130,12 @@ class CompressionReport:
             )
         lines = text_table(rows)
         n_rep = sum(lay.replaced for lay in self.layers)
-        tied = " (tied parameters counted once)" if any(lay.tied_params for lay in self.layers) else ""
+        notes = []
+        if any(lay.tied_params for lay in self.layers):
+            notes.append("tied parameters counted once")
+        if any(lay.held_by for lay in self.layers):
+            notes.append("a layer inside another selected one counted in it")
+        tied = f" ({'; '.join(notes)})" if notes else ""
         did = "dry run, nothing replaced: would replace" if self.dry_run else "replaced"
         lines.append(
             f"{did} {n_rep} of {len(self.layers)} selected layers: {self.params_before:,} -> "

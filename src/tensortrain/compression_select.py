@@ -15,7 +15,15 @@ from torch import nn
 
 from .compression_layers import converter_of, refusal
 
-__all__ = ["as_patterns", "counted_before", "distributed_wrapper", "kept_dense", "no_match", "select"]
+__all__ = [
+    "as_patterns",
+    "counted_before",
+    "distributed_wrapper",
+    "held_by",
+    "kept_dense",
+    "no_match",
+    "select",
+]
 
 
 def as_patterns(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
@@ -201,3 +209,16 @@ def counted_before(layers: list[tuple[list[str], nn.Module]]) -> dict[int, int]:
         counted[id(m)] = sum(p.numel() for p in params if id(p) in seen)
         seen.update(id(p) for p in params)
     return counted
+
+
+def held_by(layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
+    """Per selected layer (by module id) held inside another selected layer, the innermost holder's name.
+
+    Only a layer kept dense can hold one (a converter refuses a layer with submodules of its own), and its
+    counts include what it holds: the report counts the held layer there."""
+    holders: dict[int, str] = {}
+    for names, m in layers:  # model order: a holder comes before what it holds, the innermost last
+        for inner in m.modules():
+            if inner is not m:
+                holders[id(inner)] = names[0] or "(model)"
+    return {id(m): holders[id(m)] for _, m in layers if id(m) in holders}
