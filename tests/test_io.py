@@ -20,7 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tensortrain as tt
-import tensortrain.io as tio
+import tensortrain.files as tfiles
+import tensortrain.io_format as tformat
 from strategies import matrix_specs, random_tt, seeds, tensor_specs
 
 
@@ -176,7 +177,7 @@ def test_failure_mid_write_keeps_old_file(tmp_path, gen, monkeypatch):
         os.write(fd, data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tio, "_write_all", half_then_fail)
+    monkeypatch.setattr(tfiles, "_write_all", half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         tt.save(_tt(gen, batch_size=4), path)
     _same(old, tt.load(path))
@@ -190,7 +191,7 @@ def test_failure_after_write_keeps_old_file(tmp_path, gen, monkeypatch, stage):
     def fail(*args, **kwargs):
         raise OSError(5, f"simulated {stage} failure")
 
-    monkeypatch.setattr(tio.os, stage, fail)
+    monkeypatch.setattr(tfiles.os, stage, fail)
     with pytest.raises(OSError, match=f"simulated {stage}"):
         tt.save(_tt(gen), path)
     monkeypatch.undo()
@@ -205,7 +206,7 @@ def test_interrupt_mid_write_keeps_old_file(tmp_path, gen, monkeypatch):
         os.write(fd, data[:10])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tio, "_write_all", interrupted)
+    monkeypatch.setattr(tfiles, "_write_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tt.save(_tt(gen), path)
     _same(old, tt.load(path))
@@ -249,7 +250,7 @@ def test_temporary_name_is_short_and_hidden(tmp_path, gen, monkeypatch):
         created.append(Path(src))
         real_replace(src, dst)
 
-    monkeypatch.setattr(tio.os, "replace", spy)
+    monkeypatch.setattr(tfiles.os, "replace", spy)
     tt.save(_tt(gen), tmp_path / ("b" * 250))
     assert len(created) == 1 and created[0].parent == tmp_path
     assert re.fullmatch(r"\.tt-[0-9a-f]{12}\.tmp", created[0].name)
@@ -298,7 +299,7 @@ def test_unwritable_folder_names_the_target(tmp_path, gen, monkeypatch):
             raise PermissionError(13, "Permission denied", os.fsdecode(name))
         return real_open(name, flags, *args, **kwargs)
 
-    monkeypatch.setattr(tio.os, "open", refuse)
+    monkeypatch.setattr(tfiles.os, "open", refuse)
     with pytest.raises(PermissionError) as info:
         tt.save(_tt(gen), path)
     monkeypatch.undo()
@@ -618,8 +619,8 @@ def test_io_next_format_version_is_refused(tmp_path, gen):
     # (test_io.py) the boundary: version FORMAT_VERSION + 1 is already newer than this reader
     path = tmp_path / "a.safetensors"
     tt.save(random_tt((3, 4), (1, 2, 1), gen=gen), path)
-    _rewrite_info(path, format_version=tio.FORMAT_VERSION + 1)
-    with pytest.raises(tt.TTFileError, match=f"format version {tio.FORMAT_VERSION + 1}.*upgrade"):
+    _rewrite_info(path, format_version=tformat.FORMAT_VERSION + 1)
+    with pytest.raises(tt.TTFileError, match=f"format version {tformat.FORMAT_VERSION + 1}.*upgrade"):
         tt.load(path)
     with pytest.raises(tt.TTFileError, match="upgrade"):
         tt.read_metadata(path)
@@ -708,7 +709,7 @@ def test_cores_sharing_memory_and_short_writes_round_trip(tmp_path, monkeypatch)
     assert torch.equal(tt.full(tt.load(path)), tt.full(shared))
     real = os.write
     # POSIX allows short writes
-    monkeypatch.setattr(tio.os, "write", lambda fd, data: real(fd, bytes(data[:64])))
+    monkeypatch.setattr(tfiles.os, "write", lambda fd, data: real(fd, bytes(data[:64])))
     a = tt.random_tensor((3, 4, 5), tt_rank=2, dtype=torch.float64)
     tt.save(a, path)
     monkeypatch.undo()

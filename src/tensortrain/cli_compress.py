@@ -28,7 +28,7 @@ from torch import nn
 from . import __version__
 from .cli_inspect import META_KEY, CommandError, one_line, read_state_dict, storage_aliases
 from .compression import CompressionReport, compress
-from .io import atomic_write, names_folder, special_file
+from .files import atomic_write, names_folder, special_file
 
 __all__ = ["run_compress"]
 

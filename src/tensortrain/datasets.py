@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from .io import fsync_dir
+from .files import fsync_dir
 from .operands import as_flag
 from .shapes import is_finite
 

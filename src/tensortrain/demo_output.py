@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from .demo_config import T3F_TUTORIAL, TARGETS, DemoConfig, StageResult
 from .demo_device import device_fields
-from .io import atomic_write
+from .files import atomic_write
 
 __all__: list[str] = []
 

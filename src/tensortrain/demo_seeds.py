@@ -21,7 +21,7 @@ from .demo import Progress, run_mnist_demo
 from .demo_config import TARGETS, DemoConfig, StageResult, is_tutorial
 from .demo_device import device_fields, on_rank, resolve_device
 from .demo_output import check_folder, check_writable, on_rank_zero
-from .io import atomic_write
+from .files import atomic_write
 
 __all__ = ["format_seeds_table", "run_mnist_seeds", "summarize_seeds"]
 
