@@ -800,7 +800,7 @@ def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path, capsys, monk
     import signal
 
     import tensortrain.cli
-    from tensortrain import datasets
+    from tensortrain import datasets_download
 
     def killed_midway(url, part, sha256, size, timeout):
         part.write_bytes(b"half a file")
@@ -810,7 +810,7 @@ def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path, capsys, monk
         signal.sigtimedwait([], 0)  # (the handler runs at the next bytecode; nothing to wait for)
         raise AssertionError("SIGTERM did not stop the download")
 
-    monkeypatch.setattr(datasets, "_fetch_one", killed_midway)
+    monkeypatch.setattr(datasets_download, "_fetch_one", killed_midway)
     monkeypatch.setenv("TENSORTRAIN_MNIST_MIRRORS", "http://127.0.0.1:9/")
     before = signal.getsignal(signal.SIGTERM)
     target = tmp_path / "mnist"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tensortrain import datasets
+from tensortrain import datasets, datasets_download
 from tensortrain.datasets import DownloadError, IDXError, load_mnist, read_idx
 
 # The real MNIST files: $TENSORTRAIN_DATA when it holds them, else ../shared/data/mnist beside the repository.
@@ -430,9 +430,9 @@ def test_a_slow_steady_download_is_not_cut_at_the_timeout(tmp_path, monkeypatch)
         def read1(self, n=-1):
             return super().read1(min(n, 16384))
 
-    monkeypatch.setattr(datasets, "_clock", lambda: float(next(clock)))
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(body))
-    chunks = list(datasets._body("http://127.0.0.1:9/f.gz", len(body), timeout=2))
+    monkeypatch.setattr(datasets_download, "_clock", lambda: float(next(clock)))
+    monkeypatch.setattr(datasets_download.urllib.request, "urlopen", lambda url, timeout: Response(body))
+    chunks = list(datasets_download._body("http://127.0.0.1:9/f.gz", len(body), timeout=2))
     assert b"".join(chunks) == body and len(chunks) == 20  # far more (simulated) seconds than the timeout
 
 
@@ -443,7 +443,7 @@ def _announcing(monkeypatch, length: int, body: bytes) -> None:
         headers = {"Content-Length": str(length)}
 
     monkeypatch.delitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz")
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Response(body))
+    monkeypatch.setattr(datasets_download.urllib.request, "urlopen", lambda url, timeout: Response(body))
 
 
 def test_a_connection_closed_early_is_not_a_hash_mismatch(tmp_path, monkeypatch):
@@ -512,7 +512,7 @@ def test_disk_full_while_writing_is_not_a_mirror_failure(tmp_path, serve, monkey
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(datasets, "open", lambda path, mode: Full(path, mode), raising=False)
+    monkeypatch.setattr(datasets_download, "open", lambda path, mode: Full(path, mode), raising=False)
     with pytest.raises(OSError, match="No space left on device") as info:
         datasets.download_mnist(tmp_path / "mnist", mirrors=[serve(tmp_path / "site")] * 2, timeout=5)
     assert not isinstance(info.value, DownloadError)
@@ -679,11 +679,11 @@ def test_the_cleanup_never_fails_a_download(tmp_path, serve, monkeypatch):
     def unlistable(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(datasets.os, "scandir", unlistable)
+    monkeypatch.setattr(datasets_download.os, "scandir", unlistable)
     assert len(datasets.download_mnist(tmp_path / "a", mirrors=[base], timeout=5)) == 4
     monkeypatch.undo()
     _use_hashes_of(tmp_path / "site", monkeypatch)
-    real = datasets._fetch_one
+    real = datasets_download._fetch_one
 
     def overtaken(url, part, sha256, size, timeout):  # another process finishes first and removes our file
         real(url, part, sha256, size, timeout)
@@ -691,6 +691,6 @@ def test_the_cleanup_never_fails_a_download(tmp_path, serve, monkeypatch):
         (part.parent / name).write_bytes((tmp_path / "site" / name).read_bytes())
         part.unlink()
 
-    monkeypatch.setattr(datasets, "_fetch_one", overtaken)
+    monkeypatch.setattr(datasets_download, "_fetch_one", overtaken)
     fetched = datasets.download_mnist(tmp_path / "b", mirrors=[base], timeout=5)
     assert [p.read_bytes() for p in fetched] == [(tmp_path / "site" / p.name).read_bytes() for p in fetched]
