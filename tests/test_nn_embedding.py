@@ -170,7 +170,7 @@ def test_bad_arguments():
 @given(spec=matrix_specs(max_d=4, max_mode=4), seed=seeds)
 def test_both_lookup_paths_match_the_dense_table(spec, seed):
     """Row lookups core by core and through every split into two merged halves give the table's rows."""
-    from tensortrain.nn.functional import _halves, _halves_rows, _tt_rows
+    from tensortrain.nn.embedding_lookup import _halves, _halves_rows, _tt_rows
 
     (rows, cols), ranks = spec
     gen = torch.Generator().manual_seed(seed)
@@ -208,9 +208,9 @@ def test_inference_lookup_works_in_reused_scratch_and_returns_fresh_rows():
 
 @pytest.mark.parametrize("path", ["chain", "halves"])
 def test_gradients_of_each_lookup_path(gen, monkeypatch, path):
-    from tensortrain.nn import functional
+    from tensortrain.nn import embedding_lookup
 
-    monkeypatch.setattr(functional, "_halves_split", lambda w, u: None if path == "chain" else 2)
+    monkeypatch.setattr(embedding_lookup, "_halves_split", lambda w, u: None if path == "chain" else 2)
     cores = [c.requires_grad_() for c in random_cores(((2, 3, 2), (2, 1, 3)), (1, 2, 3, 1), gen=gen)]
     idx = torch.tensor([[0, 5, 5, 11], [3, 3, 7, 0]])
     dense = nn.functional.embedding(idx, dense_from_cores(cores))
@@ -235,9 +235,9 @@ def _graph_names(y: torch.Tensor) -> set[str]:
 def test_halves_lookup_double_backward_and_frozen_halves(gen, monkeypatch, frozen):
     """The halves' training lookup (a custom autograd function) against dense, to second order, with the cores of
     one half frozen; complex cores take plain autograd (the function's backward has no conjugates)."""
-    from tensortrain.nn import functional
+    from tensortrain.nn import embedding_lookup
 
-    monkeypatch.setattr(functional, "_halves_split", lambda w, u: 2)
+    monkeypatch.setattr(embedding_lookup, "_halves_split", lambda w, u: 2)
     cores = random_cores(((2, 3, 2, 2), (2, 1, 3, 2)), (1, 2, 3, 2, 1), gen=gen)
     cores = [c if k == frozen else c.requires_grad_() for k, c in enumerate(cores)]
     idx = torch.tensor([[0, 5, 5, 23], [3, 3, 7, 0]])
@@ -270,9 +270,9 @@ def test_halves_lookup_choices_of_what_to_keep(gen, monkeypatch):
     """Few distinct rows keep their gathered slices (smaller than the halves); a half whose gradient is not needed
     by the other is not kept; a half that is a core itself is kept as a copy, so a core written in place between
     forward and backward does not fail backward's version check (the gathered slices were copies too)."""
-    from tensortrain.nn import functional
+    from tensortrain.nn import embedding_lookup
 
-    monkeypatch.setattr(functional, "_halves_split", lambda w, u: 1)
+    monkeypatch.setattr(embedding_lookup, "_halves_split", lambda w, u: 1)
     cores = [c.requires_grad_() for c in random_cores(((5, 6, 7), (2, 2, 2)), (1, 3, 3, 1), gen=gen)]
     few = torch.tensor([4, 4, 200])  # 2 distinct rows: 2 * (2 + 4) * 3 numbers against halves of 30 + 504
     assert "_HalvesLookupBackward" not in _graph_names(tt_embedding(few, tt.TensorTrain(cores)))
@@ -307,13 +307,13 @@ def test_halves_lookup_keeps_indices_not_gathered_slices(monkeypatch):
     """A training lookup of many distinct rows keeps the indices and the two halves for backward, not the gathered
     slices of the halves (``U (D_L + D_R) r`` numbers, which autograd's gathers and product kept); the same
     gradients as those recorded ops."""
-    from tensortrain.nn import functional
+    from tensortrain.nn import embedding_lookup
 
     torch.manual_seed(0)
     emb = tt.nn.TTEmbedding(1_000_000, 128, tt_rank=16)
     idx = torch.randint(0, 1_000_000, (4096,))
     gathered = 4096 * (16 * 16 + 16 * 8) * 4
-    halves = sum(h.numel() * 4 for h in functional._halves(emb.weight, 2))
+    halves = sum(h.numel() * 4 for h in embedding_lookup._halves(emb.weight, 2))
     g = torch.randn(4096, 128)
 
     def step():
@@ -329,7 +329,7 @@ def test_halves_lookup_keeps_indices_not_gathered_slices(monkeypatch):
 
     kept, grads = step()
     assert kept < halves + gathered // 4
-    monkeypatch.setattr(functional._HalvesLookup, "apply", functional._lookup_recorded)
+    monkeypatch.setattr(embedding_lookup._HalvesLookup, "apply", embedding_lookup._lookup_recorded)
     kept_recorded, want = step()
     assert kept_recorded > gathered  # (what the recorded ops keep)
     for a, b in zip(grads, want, strict=True):
@@ -338,7 +338,7 @@ def test_halves_lookup_keeps_indices_not_gathered_slices(monkeypatch):
 
 def test_lookup_path_choice():
     """Many distinct rows of a large table go through halves; a handful go core by core."""
-    from tensortrain.nn.functional import _halves_split
+    from tensortrain.nn.embedding_lookup import _halves_split
 
     big = tt.nn.TTEmbedding(1_000_000, 128, tt_rank=16).weight
     assert _halves_split(big, 4096) == 2
@@ -350,7 +350,7 @@ def test_lookup_path_choice():
 def test_layer_keeps_its_halves_for_inference_and_sees_core_updates(gen):
     emb = tt.nn.TTEmbedding(1000, 64, tt_rank=4, dtype=torch.float64)
     idx = torch.randint(0, 1000, (300,), generator=gen)
-    from tensortrain.nn.functional import _halves_split
+    from tensortrain.nn.embedding_lookup import _halves_split
 
     assert _halves_split(emb.weight, int(idx.unique().numel())) is not None  # the halves path runs here
     with torch.no_grad():
@@ -557,12 +557,12 @@ def test_the_row_padding_positions_look_up_instead_may_not_overflow_either(paddi
     overflowed in float16, its inf times the zero gradient gave NaN core gradients, although no real index in
     the batch overflowed and the output was finite (nn.Embedding's gradient is finite there). They now look up
     a row a real position looks up anyway."""
-    import tensortrain.nn.functional as functional
+    import tensortrain.nn.embedding_lookup as embedding_lookup
 
     cores = _overflowing_half_cores(0)  # rows 0..3 overflow float16; no other row does
     for halves in (False, True):  # core by core, and through merged halves (split after core 0)
         if halves:
-            monkeypatch.setattr(functional, "_halves_split", lambda weight, unique: 1)
+            monkeypatch.setattr(embedding_lookup, "_halves_split", lambda weight, unique: 1)
         leaves = [c.clone().requires_grad_() for c in cores]
         out = tt_embedding(
             torch.tensor([padding_idx, 20, 33, padding_idx]), tt.TensorTrain(leaves), padding_idx
