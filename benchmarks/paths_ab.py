@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import interleaved, positive_int, settle_allocator  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
-from tensortrain import batch_ops, ops, truncation  # noqa: E402
+from tensortrain import batch_ops, dense, truncation  # noqa: E402
 
 _QR = torch.linalg.qr
 
@@ -44,7 +44,7 @@ def _unchecked(s: torch.Tensor) -> bool:
 # The settings that chose each old path: (module, attribute, old value). Set by plain assignment around each old
 # call (a mock.patch context costs tens of microseconds, as much as a small full() itself).
 _OLD: dict[str, tuple[Any, str, Any]] = {
-    "full": (ops, "_SWEPT_MATRIX", 2**62),
+    "full": (dense, "_SWEPT_MATRIX", 2**62),
     "norm": (torch.linalg, "qr", _qr_forming_q),
     "gram": (batch_ops, "_ROWS_CHUNK", 1 << 24),
     "svd": (truncation, "_in_square_range", _unchecked),
@@ -62,8 +62,8 @@ def cases(gen: torch.Generator) -> Iterator[tuple[str, str, Callable[[], Any]]]:
     yield "full 4096x4096 TT-matrix r16", "full", lambda: tt.full(w)
     for modes, rank in (((4,) * 10, 16), ((6,) * 8, 24), ((2,) * 20, 2), ((10,) * 4, 2)):
         x = tt.random_tensor(modes, tt_rank=rank, **f32)
-        # (10^4 is below ops._SWEPT_TENSOR: both sides sweep once, a control of the tool's own noise)
-        control = " (control: same path)" if math.prod(modes) <= ops._SWEPT_TENSOR else ""
+        # (10^4 is below dense._SWEPT_TENSOR: both sides sweep once, a control of the tool's own noise)
+        control = " (control: same path)" if math.prod(modes) <= dense._SWEPT_TENSOR else ""
         yield f"full {modes[0]}^{len(modes)} TT-tensor r{rank}{control}", "full", lambda x=x: tt.full(x)
     y = tt.random_tensor((16,) * 8, tt_rank=32, **f32)
     yield "frobenius_norm 16^8 r32", "norm", lambda: tt.frobenius_norm(y)
@@ -96,15 +96,15 @@ def _under(kind: str, call: Callable[[], Any]) -> Callable[[], Any]:
 
     def run_old() -> Any:
         now = getattr(module, name)
-        now_tensor = ops._SWEPT_TENSOR
+        now_tensor = dense._SWEPT_TENSOR
         setattr(module, name, value)
         if tensors:
-            ops._SWEPT_TENSOR = value
+            dense._SWEPT_TENSOR = value
         try:
             return call()
         finally:
             setattr(module, name, now)
-            ops._SWEPT_TENSOR = now_tensor
+            dense._SWEPT_TENSOR = now_tensor
 
     return run_old
 

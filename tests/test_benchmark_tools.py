@@ -422,10 +422,10 @@ def test_paths_ab_runs_each_operation_on_its_old_path_and_restores_it(monkeypatc
     import torch
 
     import tensortrain as tt
-    from tensortrain import batch_ops, ops, truncation
+    from tensortrain import batch_ops, dense, truncation
 
     assert {k: (m, a) for k, (m, a, _) in paths_ab._OLD.items()} == {
-        "full": (ops, "_SWEPT_MATRIX"),
+        "full": (dense, "_SWEPT_MATRIX"),
         "norm": (torch.linalg, "qr"),
         "gram": (batch_ops, "_ROWS_CHUNK"),
         "svd": (truncation, "_in_square_range"),
@@ -435,7 +435,7 @@ def test_paths_ab_runs_each_operation_on_its_old_path_and_restores_it(monkeypatc
     assert paths_ab._OLD["sketch"][2] is truncation._randomized and paths_ab._OLD["svd"][2](None) is True
 
     def current() -> dict:
-        return {k: getattr(m, a) for k, (m, a, _) in paths_ab._OLD.items()} | {"tensor": ops._SWEPT_TENSOR}
+        return {k: getattr(m, a) for k, (m, a, _) in paths_ab._OLD.items()} | {"tensor": dense._SWEPT_TENSOR}
 
     now, seen = current(), []
     kinds = list(paths_ab._OLD)

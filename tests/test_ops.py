@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import tensortrain as tt
 from conftest import assert_close
 from strategies import matrix_specs, random_cores, random_tt, seeds, tensor_specs
+from tensortrain import dense as tt_dense
 from tensortrain import ops
 
 
@@ -79,7 +80,7 @@ def test_full_gradcheck(gen):
 
 def _always_by_halves():
     """full() by halves wherever there are three cores or more: no size threshold."""
-    return patch.multiple(ops, _SWEPT_MATRIX=0, _SWEPT_TENSOR=0)
+    return patch.multiple(tt_dense, _SWEPT_MATRIX=0, _SWEPT_TENSOR=0)
 
 
 @given(
@@ -106,7 +107,7 @@ def test_full_of_a_tutorial_sized_matrix(gen, rank, dtype):
     raw = ((4, 7, 4, 7), (5, 5, 5, 5))
     cores = random_cores(raw, (1, rank, rank, rank, 1), gen=gen, dtype=dtype)
     want = _dense_from_cores([c.double() for c in cores], raw)
-    assert math.prod(want.shape) > ops._SWEPT_MATRIX
+    assert math.prod(want.shape) > tt_dense._SWEPT_MATRIX
     assert_close(ops.full(tt.TensorTrain(cores)), want.to(dtype))
 
 
@@ -116,7 +117,7 @@ def test_full_of_a_large_tensor_of_high_rank(gen, dtype):
     raw = (4,) * 8
     x = random_tt(raw, (1, *[16] * 7, 1), gen=gen, batch_size=2, dtype=dtype)
     want = torch.stack([_dense_from_cores([c.double() for c in x[i].tt_cores], raw) for i in range(2)])
-    assert math.prod(raw) > ops._SWEPT_TENSOR
+    assert math.prod(raw) > tt_dense._SWEPT_TENSOR
     assert_close(ops.full(x), want.to(dtype))
 
 
@@ -132,9 +133,11 @@ def test_full_sweeps_two_cores_and_small_results():
     gen = torch.Generator().manual_seed(0)
 
     def bond(raw, ranks):
-        swept = ops._SWEPT_MATRIX if isinstance(raw[0], tuple) else ops._SWEPT_TENSOR
+        swept = tt_dense._SWEPT_MATRIX if isinstance(raw[0], tuple) else tt_dense._SWEPT_TENSOR
         sizes = [math.prod(m) for m in zip(*raw, strict=True)] if isinstance(raw[0], tuple) else list(raw)
-        return ops._halves_bond([c.unsqueeze(0) for c in random_cores(raw, ranks, gen=gen)], sizes, swept)
+        return tt_dense._halves_bond(
+            [c.unsqueeze(0) for c in random_cores(raw, ranks, gen=gen)], sizes, swept
+        )
 
     assert bond((4,) * 8, (1, *[16] * 7, 1)) is not None
     assert bond((200, 200), (1, 4, 1)) is None  # two cores: the halves are the cores
@@ -157,15 +160,15 @@ def test_full_sweeps_two_cores_and_small_results():
 )
 def test_full_takes_the_halves_path_from_its_size_thresholds(gen, raw, ranks, sweeps, monkeypatch):
     calls = []
-    real = ops._full_steps
+    real = tt_dense._full_steps
     monkeypatch.setattr(
-        ops, "_full_steps", lambda cores, scaled: calls.append(len(cores)) or real(cores, scaled)
+        tt_dense, "_full_steps", lambda cores, scaled: calls.append(len(cores)) or real(cores, scaled)
     )
     x = tt.TensorTrain(random_cores(raw, ranks, gen=gen))
     got = ops.full(x)
     assert len(calls) == sweeps
     with patch.multiple(
-        ops, _SWEPT_MATRIX=2**62, _SWEPT_TENSOR=2**62
+        tt_dense, _SWEPT_MATRIX=2**62, _SWEPT_TENSOR=2**62
     ):  # (too many modes for the einsum oracle)
         assert_close(got, ops.full(x))
 
@@ -174,13 +177,13 @@ def test_full_cuts_at_the_cheapest_bond():
     """The bond of rank 1 between two rank-8 ones, not the middle one; a tie goes to the earlier bond."""
     raw = ((4, 4, 4, 4), (4, 4, 4, 4))
     cores = random_cores(raw, (1, 8, 1, 8, 1), gen=torch.Generator().manual_seed(0))
-    assert ops._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 2
+    assert tt_dense._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 2
     cores = random_cores(raw, (1, 2, 8, 2, 1), gen=torch.Generator().manual_seed(0))
-    assert ops._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 1
+    assert tt_dense._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 1
     # the right half's sweep starts from its bond's rank: 2 x 256 x 256 (s=2) against 1 x 16 x 4096 + 16 x 256
     # (s=1: the right half's sweep starts at rank 1, its last step costs 16 x 16 x 2 x 16 x 16)
     cores = random_cores(raw, (1, 1, 2, 16, 1), gen=torch.Generator().manual_seed(0))
-    assert ops._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 1
+    assert tt_dense._halves_bond([c.unsqueeze(0) for c in cores], [16] * 4, 0) == 1
 
 
 def test_full_rejects_non_tt():
