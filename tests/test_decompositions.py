@@ -789,6 +789,27 @@ def test_randomized_truncation_of_a_float64_tensor_near_its_largest_value():
     assert err(fast) <= 1.05 * err(exact)
 
 
+def test_randomized_overflow_is_caught_where_the_svd_returns_nan_instead_of_raising(monkeypatch):
+    """The same tensor of norm 8e307 where the SVD of a non-finite matrix returns NaN factors without an error (as
+    an accelerator's solver may; LAPACK raises): the sketch's overflow is seen in its values and the sketch is
+    redone scaled, as above. Mutation audit (session 35): without that check, no test on the CPU failed; the
+    TT-SVD then refused the tensor as overflowing float64."""
+    real_svd = torch.linalg.svd
+
+    def nan_svd(a, *args, **kwargs):
+        if bool(torch.isfinite(a).all()):
+            return real_svd(a, *args, **kwargs)
+        return tuple(torch.full_like(f, math.nan) for f in real_svd(torch.zeros_like(a), *args, **kwargs))
+
+    a = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e307
+    exact = tt.to_tt_tensor(a, max_tt_rank=2, method="exact")
+    monkeypatch.setattr(torch.linalg, "svd", nan_svd)
+    fast = tt.to_tt_tensor(a, max_tt_rank=2, method="randomized")
+    top = a.abs().max()
+    assert fast.tt_ranks == (1, 2, 2, 1)
+    assert ((tt.full(fast) - a) / top).norm() <= 1.05 * ((tt.full(exact) - a) / top).norm()
+
+
 def test_batch_cores_do_not_share_memory_across_the_batch():
     # an uncapped wide first unfolding is kept as the identity: one copy per element, not an expanded view
     xb = tt.to_tt_tensor(torch.randn(3, 4, 5, 6), max_tt_rank=100, batch=True)
