@@ -459,6 +459,19 @@ def test_gradcheck_to_tt_matrix_and_randomized(gen):
     assert torch.autograd.gradcheck(lambda t: dense(tt.to_tt_matrix(t, [[2, 3], [2, 4]], 3)), (w,))
     m = torch.randn(12, 10, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: dense(tt.to_tt_tensor(t, 3, method="randomized")), (m,))
+    # a sketch large enough for CholeskyQR (600 x 14: m k^2 > 2^16), not Householder QR as above: a gradient cut
+    # there passed every test (mutation audit, session 35), and gradcheck's fast mode (non-negative directions, an
+    # atol that grows with their sums) missed it too: a random directional derivative against central differences.
+    big = torch.randn(600, 40, generator=gen, dtype=torch.float64, requires_grad=True)
+    probe, step = (torch.randn(600, 40, generator=gen, dtype=torch.float64) for _ in range(2))
+
+    def sketched(t: torch.Tensor) -> torch.Tensor:
+        return (dense(tt.to_tt_tensor(t, 4, method="randomized")) * probe).sum()
+
+    (grad,) = torch.autograd.grad(sketched(big), big)
+    with torch.no_grad():
+        numeric = (sketched(big + 1e-6 * step) - sketched(big - 1e-6 * step)) / 2e-6
+    assert abs(float((grad * step).sum() - numeric)) <= 1e-6 * abs(float(numeric))
 
 
 def test_gradcheck_round_and_orthogonalize(gen):
