@@ -382,6 +382,21 @@ def test_round_matrix_and_batch(gen):
     assert bool((errs <= 0.3 * (1 + 1e-9)).all())
 
 
+def test_round_batch_keeps_each_elements_own_bound(gen):
+    """round's epsilon in a batch is relative to each element's own norm, with the largest rank any element needs:
+    two noise elements beside a rank-1 one a thousand times larger keep their bound and the ranks they need.
+    Mutation audit (session 35): budgets from the whole batch's norm passed every test (their elements had similar
+    norms and needs); to_tt_tensor's batches are checked in test_dense_batches_share_ranks_and_keep_each_bound."""
+    a = torch.randn(3, 4, 5, 4, 5, generator=gen, dtype=torch.float64)
+    a[1] = 1e3 * dense(random_tt((4, 5, 4, 5), (1, 1, 1, 1, 1), gen=gen))
+    x = tt.to_tt_tensor(a, max_tt_rank=None, batch=True)
+    y = tt.round(x, epsilon=0.3)
+    singles = [tt.round(x[i], epsilon=0.3) for i in range(3)]
+    assert y.tt_ranks[3] == max(s.tt_ranks[3] for s in singles) > 1  # (the first SVD of the sweep)
+    for i in range(3):
+        assert rel_err(y[i], a[i]) <= 0.3 * (1 + 1e-9)
+
+
 # ------------------------------------------------------------------------------------- orthogonalization
 @pytest.mark.parametrize("left_to_right", [True, False])
 @pytest.mark.parametrize(
