@@ -577,6 +577,20 @@ def test_method_is_honoured_by_to_tt_tensor_and_round(gen):
         assert 1.002 * best < rel_err(sketched, t) <= 1.05 * best
 
 
+def test_randomized_epsilon_in_a_batch_falls_back_where_any_element_misses(gen):
+    """A batch whose first element meets its budget inside the sketch (singular values 0.5^i) and whose second (a
+    flat spectrum) cannot: the whole batch takes the exact SVD, so the second still gets the error of the binding
+    cap, as with method="exact". Falling back only where every element misses kept the first element's rank for
+    both, silently far above the cap's error for the second (mutation audit, session 35: no test saw it)."""
+    i = torch.arange(1, 201, dtype=torch.float64)
+    a = torch.stack([spectrum_matrix(0.5**i, gen), torch.randn(200, 200, generator=gen, dtype=torch.float64)])
+    fast = tt.to_tt_tensor(a, max_tt_rank=20, epsilon=0.1, method="randomized", batch=True)
+    exact = tt.to_tt_tensor(a, max_tt_rank=20, epsilon=0.1, method="exact", batch=True)
+    assert fast.tt_ranks == exact.tt_ranks == (1, 20, 1)
+    assert rel_err(fast[0], a[0]) <= 0.1
+    assert rel_err(fast[1], a[1]) <= rel_err(exact[1], a[1]) * (1 + 1e-9)
+
+
 @pytest.mark.parametrize("noise", [1e-4, 1.0])
 def test_randomized_tt_svd_of_a_3d_tensor(gen, noise):
     # several randomized SVDs in one sweep: a smooth function plus noise (decaying TT spectrum) and noise alone
