@@ -30,6 +30,9 @@ plus oversampling, so without ``max_tt_rank``, or where the cap keeps everything
 ``epsilon`` its error is measured, so the bound still holds, but ranks may exceed the minimal ones by a
 little; ``"exact"`` forces ``torch.linalg.svd``.
 
+The sweeps themselves (and their retry in a wider dtype on overflow) are :mod:`tensortrain.svd_sweeps`; this
+module checks the arguments and wraps the cores.
+
 float16/bfloat16 inputs are factored in float32 (LAPACK has no half precision) and the cores are cast back.
 
 Everything is differentiable through ``torch.linalg.svd``/``qr``. Gradients are right where all the singular
@@ -44,29 +47,26 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ._transforms import capturing, transforms_active, valueless, without_autocast
+from ._transforms import capturing, valueless, without_autocast
 from .errors import ShapeError
 from .init_args import matrix_shape_dims
-from .operands import as_flag, as_tensor, check_strided, holds_tensor, matrix_dims, tensor_dims, wide_dtype
+from .operands import as_flag, as_tensor, check_strided, holds_tensor, matrix_dims, tensor_dims
 from .orthogonalization import (
-    all_finite,
-    cast_back,
     check_finite_cores,
-    compute_dtype,
-    left_orthogonalize,
     merge_modes,
     orthogonalize,
     orthogonalize_tt_cores,
     split_modes,
 )
 from .shapes import as_int, is_finite, max_tt_ranks, normalize_tt_rank, plain_scalar
+from .svd_sweeps import round_sweep, tt_svd
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
-from .truncation import Method, check_method, truncated_factor
+from .truncation import Method, check_method
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores", "round", "to_tt_matrix", "to_tt_tensor"]
 
@@ -212,150 +212,7 @@ def _t3f_caps(max_tt_rank: Any, d: int) -> Any:
     return ranks[1:-1]
 
 
-def _deltas(norms: torch.Tensor | None, epsilon: float | None, d: int) -> torch.Tensor | None:
-    """Per-SVD absolute error budgets ``(B,)`` from the norms ``(B,)`` of a batch's elements."""
-    if norms is None or epsilon is None or d < 2:
-        return None
-    # Oseledets 2011: eps / sqrt(d - 1) per SVD makes the total relative error at most eps.
-    return norms * (epsilon / math.sqrt(d - 1))
-
-
-_HOST_NORMS = 1024  # batch elements up to which _norms tests its norms in Python
-
-
-def _norms(x2d: torch.Tensor) -> torch.Tensor:
-    """Row norms in float64 (float32 on MPS; the budgets are compared in that type). Taken in ``x``'s dtype
-    first (fast); rows whose sum of squares may have overflowed or underflowed it (a float32 row of norm 2e19 reads
-    as inf, one of 1e-20 as 0: an infinite or zero error budget) are taken again in the wide type."""
-    norms = x2d.norm(dim=1).to(wide_dtype(x2d.real))
-    small = math.sqrt(torch.finfo(x2d.dtype).tiny) * 1e9  # above it, underflowed squares are negligible
-    if norms.shape[0] <= _HOST_NORMS and not transforms_active():  # (one sync, no mask kernels)
-        if all(math.isfinite(v) and v >= small for v in norms.tolist()):
-            return norms
-    redo = ~torch.isfinite(norms) | (norms < small)
-    if bool(redo.any()):
-        # scaled by each row's largest magnitude: float64 squares overflow too (a row of norm 1e160)
-        rows = x2d[redo].to(wide_dtype(x2d))
-        top = rows.abs().amax(dim=1, keepdim=True)
-        top = torch.where(top > 0, top, torch.ones_like(top))
-        again = torch.linalg.vector_norm(rows / top, dim=1) * top.squeeze(1)
-        norms = norms.masked_scatter(redo, again)
-    return norms
-
-
 # -------------------------------------------------------------------------------------------- TT-SVD
-def _tt_svd(
-    a: torch.Tensor, modes: Sequence[int], caps: Sequence[int], epsilon: float | None, method: Method
-) -> list[torch.Tensor]:
-    """Cores ``(B, r_{k-1}, n_k, r_k)`` of the TT-SVD of ``a`` of shape ``(B, n_1 ... n_d)``."""
-    dtype = a.dtype
-    try:
-        cores = _overflow_safe(
-            lambda t: _tt_svd_in(t[0], modes, caps, epsilon, method), [a.to(compute_dtype(dtype))]
-        )
-    except _NoWiderType as err:
-        raise ValueError(f"TT-SVD: {err}") from err.__cause__
-    return cast_back(cores, dtype, "TT-SVD", finite=True)  # (finite: see _overflow_safe)
-
-
-def _tt_svd_in(
-    a: torch.Tensor, modes: Sequence[int], caps: Sequence[int], epsilon: float | None, method: Method
-) -> list[torch.Tensor]:
-    b, d = a.shape[0], len(modes)
-    norms = None if epsilon is None or d < 2 else _norms(a.reshape(b, -1))
-    if norms is not None and bool((norms > torch.finfo(a.dtype).max).any()):
-        raise _Overflow
-    delta = _deltas(norms, epsilon, d)
-    cores, rest, r_prev = [], a, 1
-    passed_through = True  # rest is still (a view of) the input: every unfolding so far wide and uncapped
-    for k in range(d - 1):
-        src = rest.reshape(b, r_prev * modes[k], -1)
-        left, rest = truncated_factor(src, caps[k + 1], delta, method)
-        passed_through = passed_through and rest is src
-        r = left.shape[-1]
-        cores.append(left.reshape(b, r_prev, modes[k], r))
-        r_prev = r
-    # the last core gets its own memory: a view of the caller's tensor would change with it (and an expanded
-    # input would give a core that in-place updates refuse)
-    cores.append((rest.clone() if passed_through else rest).reshape(b, r_prev, modes[-1], 1))
-    return cores
-
-
-class _Overflow(Exception):
-    """A tensor's norm exceeds its dtype's range (the SVDs would fail to converge or return inf)."""
-
-
-class _NoWiderType(ValueError):
-    """An overflow in the widest type: the caller names itself and raises it as a ValueError."""
-
-
-def _overflow_safe(
-    run: Callable[[list[torch.Tensor]], list[torch.Tensor]], inputs: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """``run(inputs)``, again in the wide dtype where it overflowed: finite data whose norm exceeds the dtype's
-    range (a float32 tensor of norm 4e38) made the SVDs fail to converge (an opaque ``LinAlgError``) or return
-    inf. A result that still does not fit is the caller's ``cast_back`` error; float64 has no wider type, so an
-    overflow there is a ``ValueError`` here."""
-    cause: Exception | None = None
-    try:
-        out = run(inputs)
-        if all_finite(out):
-            return out
-    except (_Overflow, torch.linalg.LinAlgError) as e:
-        cause = e
-    wide = wide_dtype(inputs[0])
-    if wide == inputs[0].dtype:
-        raise _failure(inputs[0].dtype, cause, "") from cause
-    try:
-        return run([t.to(wide) for t in inputs])
-    except (_Overflow, torch.linalg.LinAlgError) as e:
-        raise _failure(wide, e, "even ") from e
-
-
-def _failure(dtype: torch.dtype, cause: Exception | None, even: str) -> _NoWiderType:
-    """The error for a run that failed in the widest type: an overflow (inf or NaN results, or :class:`_Overflow`)
-    or an SVD or QR that LAPACK could not compute (``LinAlgError``: inf or NaN in its matrix, which an overflow puts
-    there, or, rarely, one on which its iteration does not converge). The original error is the cause."""
-    name = str(dtype).removeprefix("torch.")
-    if isinstance(cause, torch.linalg.LinAlgError):
-        return _NoWiderType(
-            f"a factorization failed in {name} ({str(cause).splitlines()[0]}): either the tensor's norm overflows "
-            f"{even}{name} (scale the input down), or LAPACK did not converge on a finite matrix (rare: perturb the "
-            "input slightly, or try another method=)"
-        )
-    return _NoWiderType(
-        f"the tensor's norm overflows {even}{name} (largest value {torch.finfo(dtype).max:.3g}): its SVDs cannot "
-        "be computed; scale the input down"
-    )
-
-
-def _round_in(
-    cores: list[torch.Tensor], caps: Sequence[int], eps: float | None, method: Method
-) -> list[torch.Tensor]:
-    """:func:`round` on merged ``(B, r, n, r')`` cores in the compute dtype.
-
-    t3f's order, so that ported code gets t3f's cores: a left-to-right QR sweep (the norm in the last core), then
-    truncated SVDs right to left of each core's ``r_{k-1} x (n_k r_k)`` unfolding, whose right factor (orthonormal
-    rows) becomes the core and whose left factor moves into core ``k - 1``: the norm ends in the first core.
-    (The mirror order gives another quasi-optimal approximant wherever more than one bond is cut.)"""
-    cores = left_orthogonalize(cores)
-    d, lead = len(cores), tuple(cores[0].shape[:-3])  # (a single TT's cores have no batch axis)
-    b = lead[0] if lead else 1
-    # After left-orthogonalization the norm of the whole tensor is the norm of the last core.
-    norms = None if eps is None or d < 2 else _norms(cores[-1].reshape(b, -1))
-    if norms is not None and not bool((norms <= torch.finfo(cores[0].dtype).max).all()):  # (NaN: inf cores)
-        raise _Overflow
-    delta = _deltas(norms, eps, d)
-    for k in range(d - 1, 0, -1):
-        r_prev, n_k, r_k = cores[k].shape[-3:]
-        # the unfolding's conjugate transpose, (n_k r_k) x r_{k-1}, ~ left @ right: the unfolding ~ right^H left^H
-        left, right = truncated_factor(cores[k].reshape(b, r_prev, -1).mH, caps[k], delta, method)
-        cores[k] = left.mH.reshape(*lead, left.shape[-1], n_k, r_k)
-        prev = cores[k - 1]
-        cores[k - 1] = torch.bmm(prev.reshape(b, -1, r_prev), right.mH).reshape(*lead, *prev.shape[-3:-1], -1)
-    return cores
-
-
 def _wrap(cores: list[torch.Tensor], batch: bool) -> Any:
     return TensorTrainBatch(cores) if batch else TensorTrain([c[0] for c in cores])
 
@@ -417,7 +274,7 @@ def to_tt_tensor(
         )
     modes = tuple(x.shape[1:])
     caps = _caps(max_tt_rank, modes, "to_tt_tensor")
-    cores = _tt_svd(x, modes, caps, _epsilon(epsilon, "to_tt_tensor", x), method)
+    cores = tt_svd(x, modes, caps, _epsilon(epsilon, "to_tt_tensor", x), method)
     return _wrap(cores, batch)  # type: ignore[no-any-return]
 
 
@@ -509,7 +366,7 @@ def to_tt_matrix(
     inter = x.reshape(x.shape[0], *rows, *cols).permute(perm)
     modes = tuple(a * b for a, b in zip(rows, cols, strict=True))
     caps = _caps(max_tt_rank, modes, "to_tt_matrix")
-    cores = _tt_svd(
+    cores = tt_svd(
         inter.reshape(x.shape[0], *modes), modes, caps, _epsilon(epsilon, "to_tt_matrix", x), method
     )
     cores = [c.reshape(c.shape[0], c.shape[1], rows[k], cols[k], c.shape[-1]) for k, c in enumerate(cores)]
@@ -566,9 +423,6 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     eps = _epsilon(epsilon, "round", tt.tt_cores[0])
     cores, batch, raw = merge_modes(tt)
     caps = _caps(max_tt_rank, [c.shape[-2] for c in cores], "round")
-    try:
-        cores = _overflow_safe(lambda cs: _round_in(cs, caps, eps, method), cores)
-    except _NoWiderType as err:
-        raise ValueError(f"round: {err}") from err.__cause__
-    # (_overflow_safe returns finite cores: only a cast back to a narrower dtype is checked again)
+    cores = round_sweep(cores, caps, eps, method)
+    # (round_sweep returns finite cores: only a cast back to a narrower dtype is checked again)
     return split_modes(cores, batch, raw, tt.dtype, "round", finite=True)
