@@ -256,6 +256,22 @@ def test_temporary_name_is_short_and_hidden(tmp_path, gen, monkeypatch):
     assert re.fullmatch(r"\.tt-[0-9a-f]{12}\.tmp", created[0].name)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(tmp_path, gen, monkeypatch):
+    """The temporary file is created exclusively: a link (or another writer's file) already at its name makes
+    the save fail, instead of the bytes going into whatever the link points to."""
+    old, path = _good_file(tmp_path, gen)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    monkeypatch.setattr(tfiles.secrets, "token_hex", lambda n: "0123456789ab")
+    (tmp_path / ".tt-0123456789ab.tmp").symlink_to(victim)
+    with pytest.raises(FileExistsError) as info:
+        tt.save(_tt(gen), path)
+    assert info.value.filename == str(path)
+    assert victim.read_bytes() == b"keep"
+    _same(old, tt.load(path))
+
+
 @pytest.mark.parametrize("sep", [os.sep, "/"])
 def test_a_path_ending_with_a_separator_is_a_folder(tmp_path, gen, sep):
     """Path() drops a trailing separator: "ckpt/" wrote a file named ckpt (and overwrote x.safetensors for
@@ -431,6 +447,7 @@ def _rewrite(path: Path, tensors=None, info_update=None, info_raw=None) -> None:
         (dict(info_update={"tt_ranks": [1, 3]}), "invalid TT-ranks"),
         (dict(info_update={"raw_shape": [[2, 3], [4]]}), "invalid raw_shape"),
         (dict(info_update={"raw_shape": [2, 3]}), "invalid raw_shape"),
+        (dict(info_update={"raw_shape": [[2, 3], [4, 2], [5, 5]]}), "invalid raw_shape"),  # a third group
         (dict(info_update={"batch": True, "batch_size": 0}), "batch without a valid batch_size"),
         (dict(info_update={"batch": True, "batch_size": True}), "batch without a valid batch_size"),
         (dict(info_update={"d": True}), "'d' is missing or not a positive int"),
@@ -477,6 +494,7 @@ def test_cores_that_do_not_chain(tmp_path, gen):
         (lambda h: h["core_1"].__setitem__("data_offsets", "0-8"),
          r"entry 'core_1' has no valid data_offsets \(two byte offsets, start <= end\): '0-8'"),
         (lambda h: h.__setitem__("core_1", 7), r"entry 'core_1' has no valid data_offsets"),
+        (lambda h: h["core_1"]["data_offsets"].reverse(), r"entry 'core_1' has no valid data_offsets"),
     ],
 )  # fmt: skip
 def test_corrupted_tensor_table(tmp_path, gen, edit, message):
@@ -592,6 +610,21 @@ def test_read_metadata_refuses_a_truncated_file(tmp_path, gen):
     with pytest.raises(tt.TTFileError, match="truncated"):
         tt.read_metadata(cut)
     assert tt.read_metadata(path) == {"note": "fc1"}
+
+
+def test_a_file_one_byte_short_is_truncated(tmp_path, gen):
+    """The data-size check is exact: a file missing only its last byte is named truncated by load and by
+    read_metadata (which does not read the data), not accepted or left to safetensors' own message."""
+    path = tmp_path / "w.safetensors"
+    tt.save(_tt(gen, matrix=True), path)
+    raw = path.read_bytes()
+    needed = len(raw) - 8 - struct.unpack("<Q", raw[:8])[0]
+    path.write_bytes(raw[:-1])
+    for read in (tt.load, tt.read_metadata):
+        with _raises_naming(
+            path, rf"truncated: the header describes {needed} data bytes, the file has {needed - 1}"
+        ):
+            read(path)
 
 
 def test_read_metadata_and_load_refuse_bytes_after_the_data(tmp_path, gen):
