@@ -6,6 +6,7 @@ import errno
 import functools
 import gzip
 import hashlib
+import http.client
 import http.server
 import io
 import os
@@ -98,6 +99,10 @@ def test_read_idx_one_dim_and_empty(tmp_path):
         (b"\x00\x00\x07\x01" + struct.pack(">I", 1) + b"\x00", "unknown IDX dtype code 0x07"),
         (b"\x00\x00\x08\x00", "declares 0 dimensions"),
         (b"\x00\x00\x08\x03" + struct.pack(">I", 2), "truncated IDX header"),
+        # one byte short of the header's two dimensions
+        (b"\x00\x00\x08\x02" + struct.pack(">I", 2) + b"\x00" * 3, "truncated IDX header"),
+        # gzip's first magic byte alone does not make a gzip file: a plain file starting 1f 00 is not IDX
+        (b"\x1f\x00\x08\x01" + struct.pack(">I", 1) + b"\x00", "bad magic 1f000801"),
         (
             idx_bytes(0x08, (2, 3), list(range(6)))[:-1],
             r"truncated: dims \(2, 3\) .* need 6 data bytes, found 5",
@@ -462,6 +467,51 @@ def test_download_stops_past_the_expected_size(tmp_path, misbehaving, monkeypatc
     ):
         datasets.download_mnist(tmp_path, mirrors=[misbehaving + "endless/"], timeout=5)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_one_byte_past_the_expected_size_is_cut_off(tmp_path, monkeypatch):
+    """The size limit is exact: a body a single byte longer than the file is stopped as oversized (not written
+    whole and left to the hash check), with nothing left in the folder."""
+
+    class Response(io.BytesIO):
+        headers: dict[str, str] = {}
+
+    monkeypatch.setitem(datasets.MNIST_SIZES, "train-images-idx3-ubyte.gz", 100)
+    monkeypatch.setattr(
+        datasets_download.urllib.request, "urlopen", lambda url, timeout: Response(bytes(101))
+    )
+    with pytest.raises(DownloadError, match=r"more than the expected 100 bytes"):
+        datasets.download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_malformed_http_reply_moves_on_to_the_next_mirror(tmp_path, monkeypatch):
+    """http.client's own errors (a garbled status line, a body cut inside a chunk) are not OSErrors: they are a
+    mirror's failure like any other, listed in the DownloadError, not an exception escaping the download."""
+
+    def garbled(url, timeout):
+        raise http.client.BadStatusLine("HTTP/9 banana") if "one" in url else http.client.IncompleteRead(b"x")
+
+    monkeypatch.setattr(datasets_download.urllib.request, "urlopen", garbled)
+    with pytest.raises(DownloadError, match=r"(?s)one/train-images.*HTTP/9 banana.*two/train-images"):
+        datasets.download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/one/", "http://127.0.0.1:9/two/"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_a_link_planted_at_the_part_name_is_not_written_through(tmp_path, monkeypatch):
+    """The ``.part`` file is created exclusively: a link already at its name stops the download, instead of
+    the mirror's bytes going into whatever the link points to."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    monkeypatch.setattr(datasets_download.secrets, "token_hex", lambda n: "0123456789ab")
+    (tmp_path / ".train-images-idx3-ubyte.gz.0123456789ab.part").symlink_to(victim)
+    monkeypatch.setattr(
+        datasets_download.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"not mnist")
+    )
+    with pytest.raises(FileExistsError, match="cannot write into the MNIST folder"):
+        datasets.download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"], timeout=5)
+    assert victim.read_bytes() == b"keep"
 
 
 def test_download_limit_from_content_length_when_size_unknown(tmp_path, monkeypatch):
