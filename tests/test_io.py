@@ -494,6 +494,8 @@ def test_cores_that_do_not_chain(tmp_path, gen):
         (lambda h: h["core_1"].__setitem__("data_offsets", "0-8"),
          r"entry 'core_1' has no valid data_offsets \(two byte offsets, start <= end\): '0-8'"),
         (lambda h: h.__setitem__("core_1", 7), r"entry 'core_1' has no valid data_offsets"),
+        (lambda h: h["core_1"].__setitem__("data_offsets", [float(o) for o in h["core_1"]["data_offsets"]]),
+         r"entry 'core_1' has no valid data_offsets"),
         (lambda h: h["core_1"]["data_offsets"].reverse(), r"entry 'core_1' has no valid data_offsets"),
     ],
 )  # fmt: skip
