@@ -306,6 +306,23 @@ def test_download_only_missing_and_mirror_fallback(tmp_path, serve, dead_url, mo
     assert len(load_mnist(target, download=False).train_labels) == 6
 
 
+def test_a_failed_mirror_leaves_no_bytes_in_the_next_ones_file(tmp_path, serve, monkeypatch):
+    """Each mirror's attempt starts from an empty temporary file: the bytes of a mirror that served a wrong file
+    must not stay in front of the next mirror's (the hash covers what was received, so they would be renamed
+    into place unnoticed)."""
+    site = tmp_path / "site"
+    fake_mnist(site)
+    _use_hashes_of(site, monkeypatch)
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    for name in datasets.MNIST_SHA256:
+        (wrong / name).write_bytes(b"not the file")
+    target = tmp_path / "target"
+    datasets.download_mnist(target, mirrors=[serve(wrong), serve(site)], timeout=5)
+    for name in datasets.MNIST_SHA256:
+        assert (target / name).read_bytes() == (site / name).read_bytes()
+
+
 def test_download_offline_lists_every_mirror(tmp_path, dead_url):
     other = dead_url.replace("http://127.0.0.1", "http://localhost")
     with pytest.raises(DownloadError) as info:
@@ -714,6 +731,10 @@ def test_a_download_removes_what_killed_downloads_of_its_file_left(tmp_path, ser
         (folder / entry).write_bytes(b"half")
         os.utime(folder / entry, (old, old))
     os.utime(folder / kept[0])  # (fresh: a download running now)
+    recent = f".{name}.0000deadbeef.part"  # untouched for half an hour only: not stale yet
+    (folder / recent).write_bytes(b"half")
+    os.utime(folder / recent, (time.time() - 1800,) * 2)
+    kept.append(recent)
     load_mnist(folder, mirrors=[serve(tmp_path / "site")], timeout=5)
     left = sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
     assert left == sorted(kept)
