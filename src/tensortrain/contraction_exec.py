@@ -25,6 +25,7 @@ import torch
 from . import contraction_machine as _machine
 from . import workspace
 from ._transforms import AUTOCAST_DTYPES, autocasting, legacy_batched, transforms_active
+from .contraction_cost import prod
 
 __all__: list[str] = []
 
@@ -52,13 +53,6 @@ def merge_cores(cores: Sequence[torch.Tensor], i: int, j: int) -> torch.Tensor:
     mg = prod(modes[0::2])
     ng = prod(modes[1::2])
     return t.reshape(ra, *modes, rb).permute(perm).reshape(ra, mg, ng, rb)
-
-
-def prod(xs: Sequence[int]) -> int:
-    p = 1
-    for x in xs:
-        p *= int(x)
-    return p
 
 
 def _step(

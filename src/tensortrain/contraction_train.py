@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from . import contraction_cost as _cost
 from . import contraction_exec as _exec
 from . import workspace
 from ._transforms import transforms_active
@@ -137,7 +138,7 @@ class SweepFunction(torch.autograd.Function):
         need = ctx.needs_input_grad[4:]
         ctx.need = list(reversed(need)) if direction == "rtl" else list(need)  # in execution order
         ctx.states = any(need)
-        m = _exec.prod([mg for mg, _ in meta])
+        m = _cost.prod([mg for mg, _ in meta])
         if not ctx.states:
             ctx.save_for_backward(*order)
             y = x2d
