@@ -27,7 +27,7 @@ from .compression_select import (
     as_patterns,
     counted_before,
     distributed_wrapper,
-    held_by,
+    holders,
     kept_dense,
     no_match,
     select,
@@ -205,7 +205,7 @@ def _plan(
 ) -> tuple[list[LayerReport], list[tuple[list[str], nn.Module, nn.Module]]]:
     """Every selected layer's report, and the (names, dense layer, TT layer) replacements to make."""
     counted = counted_before(layers)
-    holders = held_by(layers)
+    held = holders(layers)
     reports, swaps = [], []
     for names, module in layers:
         new: nn.Module | None = None
@@ -213,19 +213,20 @@ def _plan(
             rep = _dense_report(names[0], module, kept[id(module)])
         else:
             new, rep = _convert_one(names[0], module, max_tt_rank, epsilon)
-        holder = holders.get(id(module), "")
+        outer = held.get(id(module), [])
+        holder = (layers[outer[-1]][0][0] or "(model)") if outer else ""
         # (a held row's parameters are its holder's: counted there, not as tied ones)
         tied = 0 if holder else counted[id(module)]
         reports.append(replace(rep, aliases=tuple(names[1:]), tied_params=tied, held_by=holder))
         if new is not None:
             swaps.append((names, module, new))
-    # a layer that stays dense while a selected layer inside it is replaced holds that layer's TT form after
-    saved = {id(m): rep.params_before - rep.params_after for (_, m), rep in zip(layers, reports, strict=True)}
-    for i, ((_, module), rep) in enumerate(zip(layers, reports, strict=True)):
-        inside = {id(m) for m in module.modules() if m is not module}
-        less = sum(saved[id(m)] for _, m in layers if id(m) in inside)
-        if less:
-            reports[i] = replace(rep, params_after=rep.params_before - less)
+    # a layer that stays dense while a selected layer inside it is replaced holds that layer's TT form after;
+    # each saving counts once per holder (from the rows as planned: a holder's own row saves nothing)
+    for (_, module), rep in zip(layers, list(reports), strict=True):
+        for i in held.get(id(module), []):
+            reports[i] = replace(
+                reports[i], params_after=reports[i].params_after - (rep.params_before - rep.params_after)
+            )
     return reports, swaps
 
 

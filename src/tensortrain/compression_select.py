@@ -19,7 +19,7 @@ __all__ = [
     "as_patterns",
     "counted_before",
     "distributed_wrapper",
-    "held_by",
+    "holders",
     "kept_dense",
     "no_match",
     "select",
@@ -211,14 +211,16 @@ def counted_before(layers: list[tuple[list[str], nn.Module]]) -> dict[int, int]:
     return counted
 
 
-def held_by(layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
-    """Per selected layer (by module id) held inside another selected layer, the innermost holder's name.
+def holders(layers: list[tuple[list[str], nn.Module]]) -> dict[int, list[int]]:
+    """Per selected layer (by module id) held inside other selected layers, their positions in ``layers``,
+    outermost first.
 
     Only a layer kept dense can hold one (a converter refuses a layer with submodules of its own), and its
     counts include what it holds: the report counts the held layer there."""
-    holders: dict[int, str] = {}
-    for names, m in layers:  # model order: a holder comes before what it holds, the innermost last
+    selected = {id(m) for _, m in layers}
+    held: dict[int, list[int]] = {}
+    for i, (_, m) in enumerate(layers):  # model order: a holder comes before what it holds
         for inner in m.modules():
-            if inner is not m:
-                holders[id(inner)] = names[0] or "(model)"
-    return {id(m): holders[id(m)] for _, m in layers if id(m) in holders}
+            if inner is not m and id(inner) in selected:
+                held.setdefault(id(inner), []).append(i)
+    return held
