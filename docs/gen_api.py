@@ -258,7 +258,7 @@ def render() -> str:
         "Example) are one `help(tt.name)` away. Concepts: [concepts.md](concepts.md); t3f names: "
         "[migrating-from-t3f.md](migrating-from-t3f.md).",
         "",
-        "Sections follow the order data flows through the library (the layout table of the design): TT "
+        "Sections follow the order data flows through the library: TT "
         "objects, their construction and algebra, the contraction planner, the advanced algebra, the layers, "
         "model compression, I/O, datasets, Keras.",
         "",

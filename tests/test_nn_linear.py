@@ -123,6 +123,7 @@ def test_no_bias_dtype_and_repr():
         "out_dims=(5, 5, 5, 5)",
         "tt_ranks=(1, 4, 4, 4, 1)",
         "params=1,725",
+        "tt_params=1,100",
     ):
         assert piece in text
     assert f"compression={784 * 625 / 1100:,.1f}x" in text

@@ -110,6 +110,13 @@ class MNIST(NamedTuple):
     test_labels: torch.Tensor
 
 
+# (the fields' own docstrings, which the API reference shows; a NamedTuple's default is "Alias for field number N")
+MNIST.train_images.__doc__ = "uint8, shape (60000, 28, 28), values 0..255."
+MNIST.train_labels.__doc__ = "int64, shape (60000,), values 0..9."
+MNIST.test_images.__doc__ = "uint8, shape (10000, 28, 28), values 0..255."
+MNIST.test_labels.__doc__ = "int64, shape (10000,), values 0..9."
+
+
 def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
     """Read one IDX file (gzipped or plain, detected from its first bytes) into a tensor.
 

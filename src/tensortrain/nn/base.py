@@ -269,7 +269,7 @@ class TTModule(nn.Module):
         return (*(int(c.shape[0]) for c in self.cores), 1)
 
     def num_tt_parameters(self) -> int:
-        """The number of scalars in the cores (bias excluded)."""
+        """The number of scalars in the cores (a layer's bias, where it has one, is not counted)."""
         return sum(c.numel() for c in self.cores)
 
     def _load_from_state_dict(

@@ -662,7 +662,9 @@ class TTLinear(TTModule):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, in_dims={self.in_dims}, "
             f"out_dims={self.out_dims}, tt_ranks={self.tt_ranks}, bias={self.bias is not None}, "
-            f"params={params:,}, compression={self.compression_factor():,.1f}x"
+            # (params counts the bias too; compression is the weight's alone, in * out over the cores' count)
+            f"params={params:,}, tt_params={self.num_tt_parameters():,}, "
+            f"compression={self.compression_factor():,.1f}x"
             + ("" if self._strategy == "auto" else f", strategy={self._strategy!r}")
             + ("" if self._max_saved is None else f", max_saved_bytes={self._max_saved}")
         )
