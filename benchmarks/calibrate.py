@@ -1,6 +1,6 @@
 """Fit the contraction planner's machine constants to measured plan timings, and report the planner's regret.
 
-The cost model (``tensortrain.contraction_cost``) prices a plan as a linear function of five machine constants:
+The cost model (``tensortrain.contraction.cost``) prices a plan as a linear function of five machine constants:
 ``seconds = flops / F + streamed bytes / BW + permuted bytes / BW_perm + launches * t_launch + slices * t_slice``.
 This script times several candidate plans of every benchmark layer (``benchmarks/run.py``'s cases) at batch
 1, 64 and 1024, in the chosen modes (``--modes``: ``infer``, forward without grad; ``train``, forward+backward
@@ -8,7 +8,8 @@ with the input and the cores needing gradients; ``first``, a network's first lay
 ``frozen``, cores that need none), fits the constants by non-negative least squares on relative error, and
 prints
 
-* the fitted constants next to the ones in ``contraction_machine.MACHINES`` (paste them there to adopt them);
+* the fitted constants next to the ones in ``tensortrain.contraction.machine.MACHINES`` (paste them there to
+  adopt them);
 * per case, the measured time of the plan the planner picks with the current and with the fitted constants,
   against the fastest plan measured ("regret" = chosen / fastest);
 * with ``--tune``, the same for ``strategy="tune"``: the tuner runs once per case (its own timings, after this
@@ -51,10 +52,12 @@ from run import (  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
-from tensortrain import contraction_cost as cost  # noqa: E402
-from tensortrain import contraction_machine as hw  # noqa: E402
-from tensortrain import contraction_plan as P  # noqa: E402
-from tensortrain import contraction_search as search  # noqa: E402
+from tensortrain.contraction import (
+    cost,  # noqa: E402
+    search,  # noqa: E402
+)
+from tensortrain.contraction import machine as hw  # noqa: E402
+from tensortrain.contraction import plans as P  # noqa: E402
 
 # the fitted constants, in the order of features(); "half" is the FLOP rate of 2-byte dtypes over float32's
 NAMES = ("flops", "half", "stream", "permute", "launch", "slice", "touch")

@@ -1,8 +1,9 @@
 """The contraction executors of an earlier git revision against the working tree's, in one process.
 
-Loads the executor modules (``src/tensortrain/contraction_exec.py``, and ``contraction_full.py`` and
-``contraction_train.py`` where the revision has them) and their cost-model modules as they were at ``--against``
-(``git show``) and times both executors and ``nn.Linear`` interleaved, printing ratios to ``nn.Linear``. By
+Loads the executor modules (``src/tensortrain/contraction/sweeps.py``, ``full_plan.py`` and
+``training_sweep.py``; in a revision from before the ``tensortrain.contraction`` package
+``src/tensortrain/contraction_exec.py``, and ``contraction_full.py`` and ``contraction_train.py`` where the
+revision has them) and their cost-model modules as they were at ``--against`` (``git show``) and times both executors and ``nn.Linear`` interleaved, printing ratios to ``nn.Linear``. By
 default the full plan (``full_linear``) on the large benchmark cases at batch 1024, forward (no grad) and
 forward+backward, W kept or rebuilt. With ``--sweeps``: every benchmark case and batch whose planned forward
 or training plan is a sweep, run as the layer runs it (inference in chunks of rows, training through
@@ -32,22 +33,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import LAYER_CASES, interleaved, positive_int, settle_allocator  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
-from tensortrain import (  # noqa: E402
-    contraction_cost,
-    contraction_exec,
-    contraction_full,
-    contraction_machine,
-    contraction_train,
-)
+from tensortrain.contraction import cost, full_plan, machine, sweeps, training_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# the cost-model modules whose thresholds and chunk sizes the executors run by (contraction_machine since the cost
-# model's split; a revision from before it has contraction_cost alone), and today's
-MODEL = ("contraction_machine", "contraction_cost")
-NEW_MODEL = (contraction_machine, contraction_cost)
-# the executor modules: contraction_exec alone until the executors' split, then the full plan's and the training
-# sweep's beside it
-EXECUTORS = ("contraction_exec", "contraction_full", "contraction_train")
+# the cost-model modules whose thresholds and chunk sizes the executors run by (machine since the cost model's
+# split; a revision from before it has cost alone), and today's
+MODEL = ("machine", "cost")
+NEW_MODEL = (machine, cost)
+# the executor modules: sweeps alone until the executors' split, then the full plan's and the training sweep's
+# beside it
+EXECUTORS = ("sweeps", "full_plan", "training_sweep")
+REQUIRED = ("cost", "sweeps")  # (every revision has these two)
+# the three layouts of a revision's src/tensortrain: today's package (tensortrain/contraction/<name>.py), and
+# before it flat modules tensortrain/contraction_<name>.py whose names are FLAT's (the executors' split and the
+# cost model's split only added modules)
+PACKAGE_DIR = "src/tensortrain/contraction"
+FLAT = {
+    "machine": "contraction_machine",
+    "cost": "contraction_cost",
+    "sweeps": "contraction_exec",
+    "full_plan": "contraction_full",
+    "training_sweep": "contraction_train",
+}
+# today's package module of each other flat module (an old module importing one gets today's)
+FLAT_ELSEWHERE = {
+    "contraction_search": "search",
+    "contraction_plan_cache": "plan_cache",
+    "contraction_plan": "plans",
+    "contraction_checks": "checks",
+    "contraction_inspect": "inspection",
+    "contraction_cache": "layer_cache",
+    "contraction_run": "runner",
+}
 
 
 def executors(*modules: Any) -> types.SimpleNamespace:
@@ -59,7 +76,7 @@ def executors(*modules: Any) -> types.SimpleNamespace:
     return types.SimpleNamespace(**names)
 
 
-NEW = executors(contraction_exec, contraction_full, contraction_train)
+NEW = executors(sweeps, full_plan, training_sweep)
 
 
 def _show(rev: str, path: str, missing_ok: bool = False) -> str | None:
@@ -71,27 +88,52 @@ def _show(rev: str, path: str, missing_ok: bool = False) -> str | None:
     return out.stdout.decode()
 
 
-def _old_imports(src: str) -> str:
-    """A module of the old revision, importing that revision's cost-model and executor modules and anything else
-    from today's package."""
-    for name in MODEL + EXECUTORS:
-        src = src.replace(f"from . import {name} as", f"import old_{name} as")
-        src = src.replace(f"from .{name} import", f"from old_{name} import")
+def _is_package(rev: str) -> bool:
+    """Whether ``rev`` has the ``tensortrain.contraction`` package (else the flat ``contraction_*`` modules)."""
+    out = subprocess.run(
+        ["git", "cat-file", "-e", f"{rev}:{PACKAGE_DIR}/sweeps.py"], cwd=ROOT, capture_output=True
+    )
+    return out.returncode == 0
+
+
+def _old_imports(src: str, package: bool) -> str:
+    """A module of the old revision, importing that revision's cost-model and executor modules (as
+    ``old_<name>``) and anything else from today's package. ``package``: the module is from the
+    ``tensortrain.contraction`` package (its siblings are ``.name``, the rest of tensortrain ``..name``), else a
+    flat ``tensortrain.contraction_*`` module (its siblings ``.contraction_name``, the rest ``.name``)."""
+    own = (
+        {name: name for name in MODEL + EXECUTORS} if package else {flat: name for name, flat in FLAT.items()}
+    )
+    for name, role in own.items():
+        src = src.replace(f"from . import {name} as", f"import old_{role} as")
+        src = src.replace(f"from .{name} import", f"from old_{role} import")
+    if package:
+        src = re.sub(
+            r"from \.\.(\w*) import", lambda m: f"from tensortrain{'.' * bool(m[1])}{m[1]} import", src
+        )
+        return re.sub(
+            r"from \.(\w*) import",
+            lambda m: f"from tensortrain.contraction{'.' * bool(m[1])}{m[1]} import",
+            src,
+        )
+    for flat, new in FLAT_ELSEWHERE.items():
+        src = src.replace(f"from . import {flat} as", f"from tensortrain.contraction import {new} as")
+        src = src.replace(f"from .{flat} import", f"from tensortrain.contraction.{new} import")
     return re.sub(r"from \.(\w*) import", lambda m: f"from tensortrain{'.' * bool(m[1])}{m[1]} import", src)
 
 
 def load_old(rev: str) -> tuple[types.SimpleNamespace, tuple[Any, ...]]:
     """The executor modules at ``rev`` (as one namespace), and the cost-model modules of ``rev`` that they run by
-    (their block sizes and thresholds), in MODEL's order."""
+    (their block sizes and thresholds), in MODEL's order. ``rev`` may have any of the three layouts (FLAT)."""
     tmp = Path(tempfile.mkdtemp())
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # (the modules are loaded from it until the end)
+    package = _is_package(rev)
     names = []
     for name in MODEL + EXECUTORS:
-        src = _show(
-            rev, f"src/tensortrain/{name}.py", missing_ok=name not in ("contraction_cost", "contraction_exec")
-        )
+        path = f"{PACKAGE_DIR}/{name}.py" if package else f"src/tensortrain/{FLAT[name]}.py"
+        src = _show(rev, path, missing_ok=name not in REQUIRED)
         if src is not None:
-            (tmp / f"old_{name}.py").write_text(_old_imports(src))
+            (tmp / f"old_{name}.py").write_text(_old_imports(src, package))
             names.append(name)
     sys.path.insert(0, str(tmp))
     mods = {name: importlib.import_module(f"old_{name}") for name in names}
@@ -152,7 +194,7 @@ def run_sweep(
     grad: bool,
 ) -> torch.Tensor:
     """A sweep plan run by executor module ``mod`` (with its revision's cost-model modules ``model``) as
-    ``tensortrain.contraction_run._sweep`` runs it (uncached)."""
+    ``tensortrain.contraction.runner._sweep`` runs it (uncached)."""
     b = int(x2d.shape[0])
     supers = mod.supers_of(cores, groups, direction)
     min_batch = _find(model, "SWEEP_FUNCTION_MIN_BATCH")

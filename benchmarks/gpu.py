@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import LAYER_CASES, positive_int, train_step, write_json  # noqa: E402
 
 import tensortrain as tt  # noqa: E402
-from tensortrain import contraction_machine as hw  # noqa: E402
+from tensortrain.contraction import machine as hw  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

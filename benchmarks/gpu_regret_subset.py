@@ -1,9 +1,9 @@
 """The planner's regret on a GPU over the calibration cases whose every timed candidate ran as it would now.
 
 ``benchmarks/results-gpu.json`` keeps the timings of ``calibrate.py --device cuda`` from before the planner
-dropped the CPU's cache cliffs on CUDA (``contraction_machine.Machine.cache_cliffs``). Some candidates then
-ran differently (inference sweeps in chunks of rows, W over 32 MiB built in blocks); the cases with none of those
-are comparable. For them this prints the regret of the current CUDA constants (the measured time of the plan they
+dropped the CPU's cache cliffs on CUDA (``tensortrain.contraction.machine.Machine.cache_cliffs``). Some
+candidates then ran differently (inference sweeps in chunks of rows, W over 32 MiB built in blocks); the cases
+with none of those are comparable. For them this prints the regret of the current CUDA constants (the measured time of the plan they
 price lowest over the fastest timed plan) and of a least-squares fit, pricing with and without the cliffs.
 
     .venv/bin/python benchmarks/gpu_regret_subset.py
@@ -20,8 +20,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import calibrate as cal  # noqa: E402
 
-from tensortrain import contraction_cost as cost  # noqa: E402
-from tensortrain import contraction_machine as hw  # noqa: E402
+from tensortrain.contraction import cost  # noqa: E402
+from tensortrain.contraction import machine as hw  # noqa: E402
 
 
 def ran_as_now(r: dict[str, Any]) -> bool:

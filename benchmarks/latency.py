@@ -22,9 +22,9 @@ from run import interleaved, positive_int, settle_allocator, train_step  # noqa:
 
 import tensortrain as tt  # noqa: E402
 from tensortrain import contraction as C  # noqa: E402
-from tensortrain import contraction_exec as E  # noqa: E402
-from tensortrain import contraction_plan_cache as P  # noqa: E402
-from tensortrain.contraction_cache import cached_supers  # noqa: E402
+from tensortrain.contraction import plan_cache as P  # noqa: E402
+from tensortrain.contraction import sweeps as E  # noqa: E402
+from tensortrain.contraction.layer_cache import cached_supers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

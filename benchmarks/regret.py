@@ -17,7 +17,7 @@ from ``SRC`` (e.g. a worktree of an older commit: ``git worktree add /tmp/old <c
 checkout, each timing the layer (auto) and ``nn.Linear``; the change is the ratio of the two ``TT / nn.Linear``
 ratios (above 1: this checkout is faster). ``--select`` keeps only configurations whose plan differs between
 the trees (``changed``) or whose plan here folds a narrow step (``folded``, see
-``contraction_machine.folds_narrow``), drawn from ``--pool`` candidates::
+``tensortrain.contraction.machine.folds_narrow``), drawn from ``--pool`` candidates::
 
     .venv/bin/python benchmarks/regret.py --baseline /tmp/old/src --select changed,folded --configs 45
 
@@ -45,14 +45,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import git_commit, settle_allocator, write_json  # noqa: E402
 
-# (a child process of --baseline imports these from the tree its PYTHONPATH names)
+# (a child process of --baseline imports these from the tree its PYTHONPATH names: the tensortrain.contraction
+# package, or in a tree from before it the flat tensortrain.contraction_* modules)
 import tensortrain as tt  # noqa: E402
-from tensortrain import contraction_cost as cost  # noqa: E402
 
 try:
-    from tensortrain import contraction_machine as hw  # noqa: E402
-except ImportError:  # a tree from before contraction_machine: its constants and rules were contraction_cost's
-    hw = cost
+    import tensortrain.contraction.cost as cost  # noqa: E402
+    import tensortrain.contraction.machine as hw  # noqa: E402
+except ModuleNotFoundError:  # (tensortrain.contraction is a module there, not a package)
+    from tensortrain import contraction_cost as cost  # noqa: E402
+
+    try:
+        from tensortrain import contraction_machine as hw  # noqa: E402
+    except ImportError:  # a tree from before contraction_machine: its constants and rules were cost's
+        hw = cost
 
 SIZES = (64, 100, 128, 200, 256, 300, 384, 500, 512, 600, 625, 700, 768, 784, 800, 1000, 1024, 1200, 1536, 2048,
          3000, 3072, 4096)  # fmt: skip

@@ -16,7 +16,7 @@ import tensortrain as tt
 from conftest import TOL, assert_close
 from strategies import NARROW, matrix_specs, random_cores, seeds, zero_cores
 from tensortrain import contraction as C
-from tensortrain.contraction_full import FullLinear, halves
+from tensortrain.contraction.full_plan import FullLinear, halves
 
 
 def dense_of(cores: list[torch.Tensor]) -> torch.Tensor:
@@ -89,8 +89,8 @@ def test_gradcheck_full_function_and_sweeps(gen, raw, ranks):
 @pytest.mark.parametrize("groups", [((0, 2), (2, 4)), ((0, 1), (1, 2), (2, 4)), ((0, 4),), ((0, 1), (1, 4))])
 def test_sweep_function_backward_is_autograds(gen, direction, groups):
     """SweepFunction's hand-written backward (both gradient layouts) against gradcheck and plain autograd."""
-    from tensortrain import contraction_exec as E
-    from tensortrain import contraction_train as T
+    from tensortrain.contraction import sweeps as E
+    from tensortrain.contraction import training_sweep as T
 
     raw, ranks = ((2, 3, 2, 2), (3, 2, 2, 3)), (1, 2, 3, 2, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
@@ -119,7 +119,7 @@ def test_sweep_function_backward_is_autograds(gen, direction, groups):
 
 
 def test_training_sweeps_use_the_sweep_function(gen, monkeypatch):
-    from tensortrain import contraction_train as T
+    from tensortrain.contraction import training_sweep as T
 
     calls = []
     monkeypatch.setattr(
@@ -139,18 +139,18 @@ def test_training_sweeps_use_the_sweep_function(gen, monkeypatch):
 
 def test_blocked_build_of_a_large_w(gen, monkeypatch):
     """Past BLOCKED_ABOVE, W and the halves' gradients are built in blocks of left rows: same values."""
-    from tensortrain import contraction_full, contraction_machine
+    from tensortrain.contraction import full_plan, machine
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)  # split 1: left (3 x 2), right (4 x 4), rank 3
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
-    want = contraction_full.build_full(lmat, rmat, dims)
-    monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
-    monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
-    assert contraction_full._blocks(dims, lmat) == 2
-    assert_close(contraction_full.build_full(lmat, rmat, dims), want)
+    want = full_plan.build_full(lmat, rmat, dims)
+    monkeypatch.setattr(machine, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(machine, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
+    assert full_plan._blocks(dims, lmat) == 2
+    assert_close(full_plan.build_full(lmat, rmat, dims), want)
     for keep in (False, True):
         f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
@@ -164,11 +164,11 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
 def test_batched_gradients_through_the_full_plan(gen, monkeypatch, blocked):
     """jacobian/hessian(vectorize=True) and gradcheck(check_batched_grad=True) batch the output's gradient with
     autograd's own vmap, which refuses out= writes: FullLinear's backward wrote dW (and its blocks) into scratch."""
-    from tensortrain import contraction_machine
+    from tensortrain.contraction import machine
 
     if blocked:
-        monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
-        monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 2 * 32)
+        monkeypatch.setattr(machine, "BLOCKED_ABOVE", 0)
+        monkeypatch.setattr(machine, "BLOCK_BYTES", 8 * 2 * 32)
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -202,29 +202,29 @@ def test_batched_gradients_through_the_full_plan(gen, monkeypatch, blocked):
 )
 def test_sliced_build_of_w(gen, monkeypatch, raw, ranks, split):
     """Where slices are large (SLICE_MIN), W is written one left row index at a time: same W, same gradients."""
-    from tensortrain import contraction_full, contraction_machine
+    from tensortrain.contraction import full_plan, machine
 
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     want_w = dense_of([c.detach() for c in cores])
     x = torch.randn(5, want_w.shape[1], generator=gen, dtype=torch.float64, requires_grad=True)
     lmat, rmat, dims = halves([c.detach() for c in cores], split)
     calls = []
-    monkeypatch.setattr(contraction_machine, "SLICE_MIN", 0)
+    monkeypatch.setattr(machine, "SLICE_MIN", 0)
     monkeypatch.setattr(
-        contraction_full,
+        full_plan,
         "_build_sliced",
-        lambda *a, real=contraction_full._build_sliced: calls.append(1) or real(*a),
+        lambda *a, real=full_plan._build_sliced: calls.append(1) or real(*a),
     )
-    assert_close(contraction_full.build_full(lmat, rmat, dims), want_w)
+    assert_close(full_plan.build_full(lmat, rmat, dims), want_w)
     out = torch.full_like(want_w, float("nan"))
-    assert contraction_full.build_full(lmat, rmat, dims, out=out).data_ptr() == out.data_ptr()
+    assert full_plan.build_full(lmat, rmat, dims, out=out).data_ptr() == out.data_ptr()
     assert_close(out, want_w)
     assert len(calls) == 2
     with torch.no_grad():
-        assert_close(contraction_full.full_linear(x, cores, split, keep=False), x @ want_w.t())
+        assert_close(full_plan.full_linear(x, cores, split, keep=False), x @ want_w.t())
     assert len(calls) == 3
-    monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)  # sliced takes precedence over blocks
-    assert_close(contraction_full.build_full(lmat, rmat, dims), want_w)
+    monkeypatch.setattr(machine, "BLOCKED_ABOVE", 0)  # sliced takes precedence over blocks
+    assert_close(full_plan.build_full(lmat, rmat, dims), want_w)
     assert len(calls) == 4
     lmat, rmat = lmat.requires_grad_(True), rmat.requires_grad_(True)
     for keep in (False, True):
@@ -262,24 +262,25 @@ def test_autocast_training_of_every_plan(gen, batch):
 
 def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
     """A blocked W (and dW in backward) live in tensortrain.workspace's buffers: same values, buffers reused."""
-    from tensortrain import contraction_full, contraction_machine, workspace
+    from tensortrain import workspace
+    from tensortrain.contraction import full_plan, machine
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
     cores = [c.requires_grad_(True) for c in random_cores(raw, ranks, gen=gen)]
     x = torch.randn(4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
     lmat, rmat, dims = halves(cores, 1)
     lmat, rmat = lmat.detach().requires_grad_(True), rmat.detach().requires_grad_(True)
-    want = x.detach() @ contraction_full.build_full(lmat, rmat, dims).detach().t()
-    monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
-    monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 2 * 32)
+    want = x.detach() @ full_plan.build_full(lmat, rmat, dims).detach().t()
+    monkeypatch.setattr(machine, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(machine, "BLOCK_BYTES", 8 * 2 * 32)
     monkeypatch.setattr(workspace, "MIN_BYTES", 0)
     workspace.empty_cache()
     with torch.no_grad():
-        assert_close(contraction_full.full_linear(x, cores, 1, keep=False), want)
+        assert_close(full_plan.full_linear(x, cores, 1, keep=False), want)
     held = workspace.held_bytes()
     assert held == 8 * (12 * 8 + 4 * 16)  # W (12 x 8 float64) and a block (2 left rows: 4 x 16), returned
     with torch.inference_mode():  # a buffer made outside inference mode is written inside it
-        assert_close(contraction_full.full_linear(x, cores, 1, keep=False), want)
+        assert_close(full_plan.full_linear(x, cores, 1, keep=False), want)
     assert workspace.held_bytes() == held  # reused, not reallocated
     for keep in (False, True):
         f = lambda a, b, c, keep=keep: FullLinear.apply(a, b, c, None, dims, keep)  # noqa: E731
@@ -339,26 +340,24 @@ def test_tt_dense_and_dense_tt_matmul(spec, p, seed):
 @pytest.mark.parametrize("strategy", ["grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"])
 def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy):
     """A sweep whose states outgrow CACHE_BYTES runs in chunks of CHUNK_BYTES: same values, chunked calls."""
-    from tensortrain import contraction_cost, contraction_exec, contraction_machine
+    from tensortrain.contraction import cost, machine, sweeps
 
     cores = random_cores(((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1), gen=gen)
     x = torch.randn(37, 30, generator=gen, dtype=torch.float64)
     want = x @ dense_of(cores).T
     plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
-    per_row = max(
-        max(contraction_cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups
-    )
-    monkeypatch.setattr(contraction_machine, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
-    monkeypatch.setattr(contraction_machine, "CACHE_BYTES", 8 * per_row * 30)  # up to 30 rows run whole
+    per_row = max(max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups)
+    monkeypatch.setattr(machine, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
+    monkeypatch.setattr(machine, "CACHE_BYTES", 8 * per_row * 30)  # up to 30 rows run whole
     C.clear_plan_cache()
     assert C.plan(cores, 37, strategy=strategy, requires_grad=False).groups == plan.groups
     calls = []
-    steps, steps_into = contraction_exec._steps, contraction_exec.steps_into
+    steps, steps_into = sweeps._steps, sweeps.steps_into
     monkeypatch.setattr(
-        contraction_exec, "_steps", lambda x2d, supers, d: calls.append(x2d.shape[0]) or steps(x2d, supers, d)
+        sweeps, "_steps", lambda x2d, supers, d: calls.append(x2d.shape[0]) or steps(x2d, supers, d)
     )
     monkeypatch.setattr(  # chunks: into the output's rows, states in reused scratch
-        contraction_exec, "steps_into", lambda xc, *a: calls.append(xc.shape[0]) or steps_into(xc, *a)
+        sweeps, "steps_into", lambda xc, *a: calls.append(xc.shape[0]) or steps_into(xc, *a)
     )
     with torch.no_grad():
         assert_close(C.linear(x, cores, strategy=strategy), want)
@@ -401,7 +400,7 @@ def test_plan_cache(gen):
 
 
 def test_a_full_plan_cache_drops_its_oldest_entry(gen, monkeypatch):
-    import tensortrain.contraction_plan_cache as CP
+    import tensortrain.contraction.plan_cache as CP
 
     w = tt.TensorTrain(random_cores(((4, 8), (7, 4)), (1, 4, 1), gen=gen))
     monkeypatch.setattr(CP, "PLAN_CACHE_LIMIT", 3)
@@ -647,11 +646,11 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
     """Sweep steps over narrow slices run as one tall GEMM between two transposes, on every path (inference whole
     and in chunks, autograd's tiny training batches, SweepFunction's forward and backward, recomputed states, a
     double backward), and agree with the dense product and its gradients."""
-    from tensortrain import contraction_cost, contraction_exec, contraction_machine
+    from tensortrain.contraction import cost, machine, sweeps
 
     calls = []
-    folded = contraction_exec.folded
-    monkeypatch.setattr(contraction_exec, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    folded = sweeps.folded
+    monkeypatch.setattr(sweeps, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
     cores = [c.to(dtype) for c in random_cores(*NARROW, gen=gen)]
     x = torch.randn(37, 192, generator=gen, dtype=torch.float64).to(dtype)
     tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
@@ -663,12 +662,11 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
         assert len(calls) == 1
         plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
         per_row = max(
-            max(contraction_cost._state_per_row(C.dims_of(cores), i, j, plan.direction))
-            for i, j in plan.groups
+            max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups
         )
         item = x.element_size()
-        monkeypatch.setattr(contraction_machine, "CHUNK_BYTES", item * per_row * 8)  # chunks of 8 rows
-        monkeypatch.setattr(contraction_machine, "CACHE_BYTES", item * per_row * 30)
+        monkeypatch.setattr(machine, "CHUNK_BYTES", item * per_row * 8)  # chunks of 8 rows
+        monkeypatch.setattr(machine, "CACHE_BYTES", item * per_row * 30)
         C.clear_plan_cache()
         # into the chunks' reused scratch; folded as the planner priced it, on the whole batch (a chunk of 8 rows
         # alone is below NARROW_FOLD_MIN)
@@ -681,8 +679,8 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
         assert_close(y.to(want.dtype), want, rtol=0.02, atol=0.01 * float(want.abs().max()))
         assert len(calls) == 5
     monkeypatch.undo()
-    monkeypatch.setattr(contraction_exec, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
-    monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
+    monkeypatch.setattr(sweeps, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    monkeypatch.setattr(machine, "NARROW_FOLD_MIN", 1)
     C.clear_plan_cache()
     params = [c.clone().requires_grad_(True) for c in cores]
     g = torch.randn(37, 128, generator=gen, dtype=torch.float64).to(dtype)
@@ -709,12 +707,12 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
 def test_narrow_steps_take_core_gradients_as_one_gemm(gen, monkeypatch):
     """A folded step's core gradient is one GEMM over permuted copies too, never a batched GEMM over its narrow
     slices (small sides would otherwise pick the per-slice products)."""
-    from tensortrain import contraction_machine, contraction_train
+    from tensortrain.contraction import machine, training_sweep
 
-    monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
+    monkeypatch.setattr(machine, "NARROW_FOLD_MIN", 1)
     calls = []
-    long = contraction_train._long_product
-    monkeypatch.setattr(contraction_train, "_long_product", lambda *a: calls.append(1) or long(*a))
+    long = training_sweep._long_product
+    monkeypatch.setattr(training_sweep, "_long_product", lambda *a: calls.append(1) or long(*a))
     # right to left: (K, P, Q) = (16, 10, 16), where 16 * 16 <= 10 * (16 + 16) chose per-slice products
     cores = [c.float().requires_grad_(True) for c in random_cores(((16, 10), (4, 3)), (1, 4, 1), gen=gen)]
     x = torch.randn(37, 12, generator=gen)
@@ -731,24 +729,24 @@ def test_narrow_steps_take_core_gradients_as_one_gemm(gen, monkeypatch):
 def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
     """A chunked inference sweep folds the steps a whole one folds: under autocast both decide by the precision
     the products run in, and a one-row chunk never folds its single slice."""
-    from tensortrain import contraction_cost, contraction_exec, contraction_machine
+    from tensortrain.contraction import cost, machine, sweeps
 
-    monkeypatch.setattr(contraction_machine, "NARROW_FOLD_MIN", 1)
+    monkeypatch.setattr(machine, "NARROW_FOLD_MIN", 1)
     calls = []
-    folded = contraction_exec.folded
-    monkeypatch.setattr(contraction_exec, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
+    folded = sweeps.folded
+    monkeypatch.setattr(sweeps, "folded", lambda *a: calls.append(a[1].shape) or folded(*a))
     # (K, P, Q) = (16, 4, 16) right to left, (16, 6, 16) left to right: float32 folds, bfloat16 (sides < 32) not
     cores = [c.float() for c in random_cores(((16, 4), (16, 6)), (1, 1, 1), gen=gen)]
     x = torch.randn(33, 96, generator=gen)
     want = x.double() @ dense_of([c.double() for c in cores]).T
     plan = C.plan(cores, 33, strategy=strategy, requires_grad=False)
     dims = C.dims_of(cores)
-    per_row = max(max(contraction_cost._state_per_row(dims, i, j, plan.direction)) for i, j in plan.groups)
+    per_row = max(max(cost._state_per_row(dims, i, j, plan.direction)) for i, j in plan.groups)
     counts = {}
     for chunked in (False, True):
         if chunked:  # chunks of 8 rows: four of 8 and one of 1
-            monkeypatch.setattr(contraction_machine, "CHUNK_BYTES", 4 * per_row * 8)
-            monkeypatch.setattr(contraction_machine, "CACHE_BYTES", 4 * per_row * 30)
+            monkeypatch.setattr(machine, "CHUNK_BYTES", 4 * per_row * 8)
+            monkeypatch.setattr(machine, "CACHE_BYTES", 4 * per_row * 30)
             C.clear_plan_cache()
         for cast in (False, True):
             calls.clear()
@@ -787,7 +785,7 @@ def test_partly_frozen_cores_get_the_dense_gradients_in_every_sweep(gen, frozen)
 def test_an_inference_cache_keeps_only_tt_sized_groups(gen):
     """A forced plan merging a group far larger than its cores (8x8 modes at rank 2: 21x) runs it, but the
     layer's cache does not keep it; the small group next to it is kept."""
-    from tensortrain.contraction_cost import cacheable
+    from tensortrain.contraction.cost import cacheable
 
     cores = [torch.nn.Parameter(c) for c in random_cores(((8, 8, 8), (8, 8, 8)), (1, 2, 2, 1), gen=gen)]
     dims = C.dims_of(cores)

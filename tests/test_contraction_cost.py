@@ -101,7 +101,7 @@ def test_training_states_past_the_mmap_threshold_are_priced_with_page_faults(mon
     """A kept state of 32 MiB or more, and its gradient, are fresh pages on every step: out dims (4, 4, 8, 8)
     make 1024x1024 rank 8 keep 32 MiB at batch 1024, and its sweep measured 58 ms against 34 ms for the full
     plan (priced without the page faults, the sweep was chosen)."""
-    from tensortrain import contraction_machine as hw
+    from tensortrain.contraction import machine as hw
 
     cores = zero_cores((4, 4, 8, 8), (4, 4, 8, 8), 8)
     assert C.plan(cores, 1024, requires_grad=True).kind == "full"
@@ -140,9 +140,9 @@ def test_chunked_inference_sweeps_are_priced_as_cache_resident(monkeypatch):
     """An inference sweep whose states outgrow the cache runs in cache-sized chunks: their traffic is priced at
     CHUNKED_SPEEDUP times the stream bandwidth (reported bytes unchanged). Priced in full, the planner built W
     for 768x3072 rank 16 at batch 1024, where the sweep measured 0.92x nn.Linear's time against 1.05x."""
-    from tensortrain import contraction_cost as cost
-    from tensortrain import contraction_machine as hw
-    from tensortrain.contraction_checks import dims_of
+    from tensortrain.contraction import cost
+    from tensortrain.contraction import machine as hw
+    from tensortrain.contraction.checks import dims_of
 
     layer = tt.nn.TTLinear(768, 3072, tt_rank=16, in_dims=(4, 4, 6, 8), out_dims=(4, 8, 8, 12))
     dims = dims_of(tuple(layer.cores))
@@ -190,9 +190,9 @@ def test_reported_traffic_and_time_follow_the_documented_model():
     GPU), a chunked sweep (chunks change the time, not the bytes), and full plans whose W is built by batched
     GEMMs, a slice at a time or in blocks (inference; training, W rebuilt or kept). Other tests compare these
     estimates only with each other."""
-    from tensortrain import contraction_cost as cost
-    from tensortrain import contraction_machine as hw
-    from tensortrain.contraction_checks import dims_of
+    from tensortrain.contraction import cost
+    from tensortrain.contraction import machine as hw
+    from tensortrain.contraction.checks import dims_of
 
     cpu = hw.machine("cpu", 4)
     # 784 x 625 rank 4 at batch 64, two merged pairs: 14 launches (4 per merge, 3 per step), 64 slices (the step
@@ -275,7 +275,7 @@ def test_a_training_sweep_past_the_cache_is_priced_by_hand():
     """A training sweep whose states outgrow the last-level cache: each step's traffic at the permute bandwidth
     and its FLOPs counted twice in the time (they ran at a third of the GEMM rate), backward twice the forward,
     the kept state charged as traffic once more and the state's and its gradient's fresh pages priced."""
-    from tensortrain import contraction_machine as hw
+    from tensortrain.contraction import machine as hw
 
     cpu = hw.machine("cpu", 4)
     # 512 x 512 as (8, 64) x (64, 8) at rank 4, batch 1024, cores one by one from the right: the first step maps
@@ -334,8 +334,8 @@ def test_no_plan_does_fewer_flops_than_the_floor(spec, batch, seed):
 def test_narrow_steps_are_priced_as_folded():
     """The cost model prices a folded step as one GEMM and two transposes (no batched-GEMM slices), and only on
     a device whose executors fold (the CPU's), not at batch 1, and not for wide slices or small sides."""
-    from tensortrain import contraction_cost as cost
-    from tensortrain import contraction_machine as hw
+    from tensortrain.contraction import cost
+    from tensortrain.contraction import machine as hw
 
     n = 2**15  # slices: enough work for any of these shapes
     assert hw.folds_narrow(n, 128, 4, 32, 4, True) and hw.folds_narrow(n, 128, 4, 32, 8, True)
@@ -367,8 +367,8 @@ def test_chunked_steps_are_discounted_only_where_their_gemms_are_wide(monkeypatc
     where its GEMMs are wide: one GEMM (P == 1), slices of at least WIDE_SLICE columns, or narrow slices folded
     into one GEMM. Narrow slices run as a batched GEMM keep the full price (``stream``): priced as cached, a
     grouping with 4-column slices won and measured 2.7x slower."""
-    from tensortrain import contraction_cost as cost
-    from tensortrain import contraction_machine as hw
+    from tensortrain.contraction import cost
+    from tensortrain.contraction import machine as hw
 
     # small states outgrow a small "cache": every step below runs in chunks
     monkeypatch.setattr(hw, "CACHE_BYTES", 2**16)
@@ -397,9 +397,9 @@ def test_chunked_steps_are_discounted_only_where_their_gemms_are_wide(monkeypatc
 
 
 def test_w_is_built_by_batched_gemms_up_to_a_quarter_of_each_halfs_columns():
-    """The batched build's rule (contraction_machine.batched_build), at its boundary: rank r with both halves'
+    """The batched build's rule (contraction.machine.batched_build), at its boundary: rank r with both halves'
     column counts at least 4r, where the halves' broadcast copies are at most half of W's permute."""
-    from tensortrain import contraction_machine as hw
+    from tensortrain.contraction import machine as hw
 
     for r in (1, 2, 16):
         assert hw.batched_build(r, 4 * r, 4 * r) and hw.batched_build(r, 4 * r, 64 * r)
@@ -411,8 +411,7 @@ def test_w_is_built_by_batched_gemms_up_to_a_quarter_of_each_halfs_columns():
 def test_compiled_plans_price_no_folds(monkeypatch):
     """While compiling the executors fold nothing, so the planner prices no folds there: a geometry whose plan
     differs with and without fold pricing gets the unfolded one."""
-    from tensortrain import contraction_plan_cache
-    from tensortrain import contraction_search as search
+    from tensortrain.contraction import plan_cache, search
 
     cores = random_cores(((32, 8), (8, 16)), (1, 8, 1), gen=torch.Generator().manual_seed(0))
     dims = C.dims_of(cores)
@@ -420,7 +419,7 @@ def test_compiled_plans_price_no_folds(monkeypatch):
     plain = search.choose(dims, "auto", 256, 8, "cpu", False, fold=False)
     assert folding != plain
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert contraction_plan_cache.choose_program(cores, 256, False, "auto") == plain
+    assert plan_cache.choose_program(cores, 256, False, "auto") == plain
 
 
 @pytest.mark.parametrize("batch", [1, 7, 8, 64])
@@ -478,8 +477,8 @@ def test_describe_names_only_what_backward_keeps_or_recomputes():
     assert half.plan(1024, requires_grad=False).merges_cached
     # ... only when both halves are small enough to keep (784x625 rank 4: split after core 1 or 3, one half is
     # 96x or 58x its cores; W whole, 445x)
-    from tensortrain import contraction_cost as cost
-    from tensortrain import contraction_machine as hw
+    from tensortrain.contraction import cost
+    from tensortrain.contraction import machine as hw
 
     dims = ((5, 5, 5, 5), (4, 7, 4, 7), (1, 4, 4, 4, 1))
     assert [cost.halves_cacheable(dims, split) for split in (1, 2, 3, 4)] == [False, True, False, False]

@@ -1,4 +1,4 @@
-"""strategy="tune": the timed choice among the cost model's candidates (tensortrain.contraction_run)."""
+"""strategy="tune": the timed choice among the cost model's candidates (tensortrain.contraction.runner)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import tensortrain as tt
 from conftest import assert_close
 from strategies import matrix_specs, random_cores, seeds
 from tensortrain import contraction as C
-from tensortrain import contraction_cost as cost
-from tensortrain import contraction_machine as hw
-from tensortrain import contraction_run as R
-from tensortrain import contraction_search as search
-from tensortrain.contraction_checks import dims_of
+from tensortrain.contraction import cost, search
+from tensortrain.contraction import machine as hw
+from tensortrain.contraction import runner as R
+from tensortrain.contraction.checks import dims_of
 
 
 @pytest.fixture(autouse=True)
@@ -278,7 +277,7 @@ def test_no_memory_for_the_synthetic_operands_keeps_the_models_choice(gen, monke
 def test_inference_candidates_are_timed_with_their_kept_merges(gen, monkeypatch):
     """A layer's inference plans keep merged groups between calls; the tuner's candidates must too (the layer
     cache keeps merges only of Parameters, and the tuner's aliases were plain tensors)."""
-    import tensortrain.contraction_cache as cache_module
+    import tensortrain.contraction.layer_cache as cache_module
 
     stored = []
     real = cache_module.cached

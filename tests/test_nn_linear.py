@@ -593,14 +593,14 @@ def test_bias_only_training_saves_nothing_of_the_input(strategy):
 def test_a_layer_can_be_told_its_contraction_strategy(monkeypatch):
     """layer.strategy forces the kind of plan every forward runs (e.g. "full" to train with little activation
     memory); plan() reports it; invalid names are refused; it is configuration, not state."""
-    from tensortrain import contraction_full
+    from tensortrain.contraction import full_plan
 
     layer = tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(7, 4, 7, 4), out_dims=(5,) * 4, dtype=torch.float64)
     x = torch.randn(64, 784, dtype=torch.float64)
     assert layer.strategy == "auto" and layer.plan(64).kind == "sweep"
     calls = []
-    real = contraction_full.full_linear
-    monkeypatch.setattr(contraction_full, "full_linear", lambda *a: calls.append(1) or real(*a))
+    real = full_plan.full_linear
+    monkeypatch.setattr(full_plan, "full_linear", lambda *a: calls.append(1) or real(*a))
     layer(x).sum().backward()
     with torch.no_grad():
         layer(x)

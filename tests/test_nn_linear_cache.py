@@ -31,14 +31,14 @@ def _check_current(layer: tt.nn.TTLinear, x: torch.Tensor) -> None:
 
 def test_inference_reuses_merged_cores_until_they_change(monkeypatch):
     """No-grad forwards keep the sweep's merged super-cores while the cores are unchanged, never stale."""
-    from tensortrain import contraction_exec
+    from tensortrain.contraction import sweeps
 
     torch.manual_seed(0)
     layer = tutorial_layer(4, dtype=torch.float64)
     x = torch.randn(1, 784, dtype=torch.float64)
     builds = []
-    real = contraction_exec.super_of
-    monkeypatch.setattr(contraction_exec, "super_of", lambda *a: builds.append(1) or real(*a))
+    real = sweeps.super_of
+    monkeypatch.setattr(sweeps, "super_of", lambda *a: builds.append(1) or real(*a))
 
     def dense_out() -> torch.Tensor:
         return layer.to_linear()(x)
@@ -76,7 +76,7 @@ def test_inference_reuses_merged_cores_until_they_change(monkeypatch):
 @pytest.mark.parametrize("rank", [4, 16])
 def test_inference_cache_stays_tt_sized(rank, strategy):
     """Whatever the plan, the kept merged groups are at most CACHE_FACTOR times the cores, never W."""
-    from tensortrain.contraction_cost import CACHE_FACTOR
+    from tensortrain.contraction.cost import CACHE_FACTOR
 
     layer = tutorial_layer(rank)
     layer.strategy = strategy
@@ -356,9 +356,9 @@ def test_the_optimizer_step_hook_is_registered_at_import():
     that step raised "OrderedDict mutated during iteration"."""
     from torch.optim.optimizer import _global_optimizer_post_hooks
 
-    from tensortrain import contraction_cache
+    from tensortrain.contraction import layer_cache
 
-    assert any(h is contraction_cache._count_step for h in _global_optimizer_post_hooks.values())
+    assert any(h is layer_cache._count_step for h in _global_optimizer_post_hooks.values())
 
 
 def test_load_tt_at_new_ranks_frees_the_old_cores_and_their_cached_merges():
@@ -478,7 +478,7 @@ def test_a_stale_cache_entry_goes_with_the_first_miss():
     import gc
     import weakref
 
-    from tensortrain.contraction_cache import cached
+    from tensortrain.contraction.layer_cache import cached
 
     cores = [torch.nn.Parameter(torch.randn(1, 2, 2, 3)), torch.nn.Parameter(torch.randn(3, 2, 2, 1))]
     cache: dict = {}

@@ -246,7 +246,7 @@ def test_a_first_or_frozen_layer_prices_only_the_gradients_it_computes():
 def test_the_machine_for_a_dtype_changes_only_the_gemm_rate():
     """machine() spells out every field (dynamo of old torch releases cannot trace NamedTuple._replace): a field
     added to Machine but not there would silently take its default."""
-    from tensortrain import contraction_machine as hw
+    from tensortrain.contraction import machine as hw
 
     for kind, base in hw.MACHINES.items():
         for item in (2, 4, 8):
@@ -259,10 +259,9 @@ def test_a_gpu_plans_without_the_cpus_cache_cliffs():
     """On CUDA inference sweeps run whole and W is built whole: on an H200 the CPU's chunks of rows and blocked
     builds only added launches (benchmarks/gpu.py), and pricing states as if they left a cache there chose a full
     plan for 4096x4096 rank 16 at batch 1024 that ran 1.40x nn.Linear's time where the sweep ran 0.77x."""
-    from tensortrain import contraction_cost as cost
-    from tensortrain import contraction_machine as hw
-    from tensortrain import contraction_plan as P
-    from tensortrain import contraction_search as search
+    from tensortrain.contraction import cost, search
+    from tensortrain.contraction import machine as hw
+    from tensortrain.contraction import plans as P
 
     gpu, cpu = hw.machine("cuda", 4), hw.machine("cpu", 4)
     assert not gpu.cache_cliffs and cpu.cache_cliffs
@@ -568,7 +567,7 @@ def test_plan_reports_what_linear_runs_for_cores_in_another_layout(gen, monkeypa
     """linear counts the copies of non-contiguous cores against the bound; plan() did not, and named another
     plan than the one linear ran (a transposed 3-core weight, bound 37,000 bytes)."""
     import tensortrain.contraction as contraction_module
-    import tensortrain.contraction_plan_cache as cache_module
+    import tensortrain.contraction.plan_cache as cache_module
 
     ran: list = []
     real = cache_module.choose_program
@@ -659,9 +658,9 @@ def test_plan_bound_does_not_charge_frozen_cores_in_another_layout(gen):
 def test_the_plan_cache_is_bounded(monkeypatch):
     """With max_saved_bytes a plan is keyed by the exact batch size: variable-length batches added one entry per
     size without end (599 entries for 599 sizes)."""
-    from tensortrain import contraction_plan_cache
+    from tensortrain.contraction import plan_cache
 
-    monkeypatch.setattr(contraction_plan_cache, "PLAN_CACHE_LIMIT", 5)
+    monkeypatch.setattr(plan_cache, "PLAN_CACHE_LIMIT", 5)
     C.clear_plan_cache()
     cores = [torch.randn(1, 4, 4, 3), torch.randn(3, 4, 4, 1)]
     try:
@@ -677,9 +676,9 @@ def test_the_plan_cache_is_bounded(monkeypatch):
 def test_inference_chunking_cache_is_bounded_too(monkeypatch):
     """Inference sweeps' chunkings were cached per core shapes without a bound: TTs of data-dependent ranks (from
     round(epsilon=...) in a loop) added one entry per rank tuple for the life of the process."""
-    from tensortrain import contraction_plan_cache
+    from tensortrain.contraction import plan_cache
 
-    monkeypatch.setattr(contraction_plan_cache, "PLAN_CACHE_LIMIT", 5)
+    monkeypatch.setattr(plan_cache, "PLAN_CACHE_LIMIT", 5)
     C.clear_plan_cache()
     x = torch.randn(3, 16)
     try:
@@ -688,7 +687,7 @@ def test_inference_chunking_cache_is_bounded_too(monkeypatch):
                 cores = [torch.randn(1, 4, 4, r), torch.randn(r, 4, 4, 1)]
                 y = C.linear(x, cores, strategy="grouped_rtl")
                 torch.testing.assert_close(y, x @ tt.full(tt.TensorTrain(cores)).T)
-                assert 0 < len(contraction_plan_cache._CHUNK_CACHE) <= 5
+                assert 0 < len(plan_cache._CHUNK_CACHE) <= 5
     finally:
         C.clear_plan_cache()
 

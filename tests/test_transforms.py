@@ -16,8 +16,9 @@ import tensortrain as tt
 from conftest import assert_close
 from strategies import random_tt
 from tensortrain import contraction as C
-from tensortrain import contraction_machine, workspace
+from tensortrain import workspace
 from tensortrain._transforms import transforms_active
+from tensortrain.contraction import machine
 
 # torch's own forward-AD decompositions are loaded with torch.jit.script the first time, which warns (a
 # DeprecationWarning in torch 2.13, a FutureWarning in 2.14)
@@ -38,8 +39,8 @@ def _plans(cores: list[torch.Tensor], requires_grad: bool) -> list[C.Contraction
 @pytest.fixture
 def blocked(monkeypatch):
     """Every W counts as large: eager calls would build it in blocks into scratch (out= writes)."""
-    monkeypatch.setattr(contraction_machine, "BLOCKED_ABOVE", 0)
-    monkeypatch.setattr(contraction_machine, "BLOCK_BYTES", 8 * 5 * 30)
+    monkeypatch.setattr(machine, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(machine, "BLOCK_BYTES", 8 * 5 * 30)
     monkeypatch.setattr(workspace, "MIN_BYTES", 0)
 
 

@@ -149,7 +149,7 @@ def _full_matrix(
     ml, nl, mr, nr = math.prod(rows[:s]), math.prod(cols[:s]), math.prod(rows[s:]), math.prod(cols[s:])
     left = _rows_first(left.reshape(b, *modes[: 2 * s], r), 1, s).reshape(b, ml, nl, r)
     right = _rows_first(right.reshape(b, r, *modes[2 * s :]), 2, d - s).reshape(b, r, mr, nr)
-    # (the layers' full plan decides by the same rule, contraction_machine.batched_build, which sits below this
+    # (the layers' full plan decides by the same rule, contraction.machine.batched_build, which sits below this
     # module in the data flow and so is not imported here)
     if 4 * r <= min(nl, nr):
         # (B, M_L, 1, N_L, r) @ (B, 1, M_R, r, N_R): W as (B, M_L, M_R, N_L, N_R), no permute

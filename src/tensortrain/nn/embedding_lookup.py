@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from .. import contraction_cost as _cost
 from .. import workspace
 from .._transforms import grad_recorded, legacy_batched, transforms_active, valueless
-from ..contraction_cache import cached
-from ..contraction_checks import dims_of
-from ..contraction_full import halves
+from ..contraction import cost as _cost
+from ..contraction.checks import dims_of
+from ..contraction.full_plan import halves
+from ..contraction.layer_cache import cached
 from ..tensor_train import TensorTrain
 
 __all__: list[str] = []

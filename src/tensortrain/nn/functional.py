@@ -15,7 +15,7 @@ import torch
 
 from .. import contraction
 from .._transforms import full_precision, traced_unflatten, transforms_active, valueless
-from ..contraction_plan import Strategy
+from ..contraction.plans import Strategy
 from ..errors import ShapeError, fx_hint
 from ..operands import check_strided
 from ..shapes import as_int

@@ -18,7 +18,7 @@ from .. import contraction
 from .._transforms import transforms_active
 from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
-from ..contraction_checks import check_max_saved
+from ..contraction.checks import check_max_saved
 from ..errors import ShapeError, fx_hint
 from ..operands import as_flag, check_strided
 from ..shapes import as_int, is_finite, max_tt_ranks, svd_tt_ranks

@@ -3,9 +3,9 @@
 Internal module (no public names). The rough per-device constants (:class:`Machine`, :data:`MACHINES`: GEMM
 rate, bandwidths, launch and slice overheads), the thresholds measured on the CPU (its cache and mmap cliffs,
 the chunk and block sizes, where narrow batched GEMMs are folded), and the rules derived from them that the
-executors (``contraction_exec``, ``contraction_full``, ``contraction_train``) follow and the cost model
-(``contraction_cost``) prices alike: each measured number in one place, so that the two never disagree. Pure
-Python, so planning traces under ``torch.compile``.
+executors (``contraction.sweeps``, ``contraction.full_plan``, ``contraction.training_sweep``) follow and the
+cost model (``contraction.cost``) prices alike: each measured number in one place, so that the two never
+disagree. Pure Python, so planning traces under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Machine(NamedTuple):
 
 # cpu: a 2-core AVX-512 EPYC running MKL. Set by eye, then the permute bandwidth raised from 2.5e9 to 1e10 after
 # benchmarks/calibrate.py timed 7-12 candidate plans of every benchmark case: with the doubled price of training
-# GEMMs on DRAM-sized states (contraction_cost.step_cost) the planner's geometric-mean regret (measured time of
+# GEMMs on DRAM-sized states (contraction.cost.step_cost) the planner's geometric-mean regret (measured time of
 # its choice over the fastest plan's) went from 1.124x to 1.073x. Least squares over all five constants predicts
 # times about as well but chooses no better. touch: a fresh 64 MiB buffer took ~23 ms more to fill than a reused
 # one. cuda: a guess (its caching allocator reuses memory: no page faults). full_call: measured on the 2-core Xeon
@@ -74,17 +74,18 @@ CACHE_BYTES = 32 * 2**20  # a sweep's state larger than this is priced at the sl
 # 768x3072); states that fit the cache run whole (784x625 rank 4 at batch 1024 ran slower in chunks).
 CHUNK_BYTES = 8 * 2**20
 # ... and such chunks' traffic is priced at this many times the stream bandwidth where their GEMMs are wide: one
-# GEMM, or slices at least WIDE_SLICE columns wide (see contraction_cost.step_cost).
+# GEMM, or slices at least WIDE_SLICE columns wide (see contraction.cost.step_cost).
 CHUNKED_SPEEDUP = 2.0
 WIDE_SLICE = 16
-# Training sweeps of at least this many rows run contraction_train.SweepFunction (below, autograd's matmul).
+# Training sweeps of at least this many rows run contraction.training_sweep.SweepFunction (below, autograd's
+# matmul).
 SWEEP_FUNCTION_MIN_BATCH = 8
 # A dense W above BLOCKED_ABOVE bytes is built in blocks of BLOCK_BYTES whose GEMM outputs, and a temporary W itself,
-# live in reused scratch (see contraction_full.build_full and tensortrain.workspace): above glibc's largest mmap
-# threshold (32 MiB) every fresh W costs page faults (~23 ms for 4096x4096). Smaller ones may or may not (a 9.4 MiB
-# W built in 8 ms into fresh memory in one process, 3 ms in another; 784x625 and 768x3072 ran 5-10% slower blocked
-# in scratch than whole, measured in one process), so they are built whole. 4096x4096 at rank 64 built in 16 ms
-# with 16 MiB blocks, 16.5 ms with 8 MiB, 18 ms with 4 MiB.
+# live in reused scratch (see contraction.full_plan.build_full and tensortrain.workspace): above glibc's largest
+# mmap threshold (32 MiB) every fresh W costs page faults (~23 ms for 4096x4096). Smaller ones may or may not (a
+# 9.4 MiB W built in 8 ms into fresh memory in one process, 3 ms in another; 784x625 and 768x3072 ran 5-10%
+# slower blocked in scratch than whole, measured in one process), so they are built whole. 4096x4096 at rank 64
+# built in 16 ms with 16 MiB blocks, 16.5 ms with 8 MiB, 18 ms with 4 MiB.
 BLOCKED_ABOVE = 32 * 2**20
 BLOCK_BYTES = 8 * 2**20
 

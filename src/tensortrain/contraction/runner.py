@@ -1,9 +1,9 @@
 """Running a contraction program, and timing candidate programs to pick the fastest (the ``"tune"`` strategy).
 
-:func:`run` executes a program (``contraction_cost.Program``) on a batch: the full plan through
-``contraction_full.full_linear``, sweeps through ``contraction_exec.sweep`` (in cache-sized chunks of rows for large
-inference batches) or, in training, ``contraction_train.sweep_trained``; with a layer's cache of merged groups when
-it has one.
+:func:`run` executes a program (``contraction.cost.Program``) on a batch: the full plan through
+``contraction.full_plan.full_linear``, sweeps through ``contraction.sweeps.sweep`` (in cache-sized chunks of rows
+for large inference batches) or, in training, ``contraction.training_sweep.sweep_trained``; with a layer's cache
+of merged groups when it has one.
 
 :func:`tune` serves ``strategy="tune"``: the cost model's constants were set by measurement on two CPUs, and on
 another machine (or a GPU, where they are a guess) its cheapest plan can run well behind the fastest. For each plan
@@ -26,17 +26,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from . import contraction_cost as _cost
-from . import contraction_exec as _exec
-from . import contraction_full as _full
-from . import contraction_machine as _machine
-from . import contraction_search as _search
-from . import contraction_train as _train
-from ._transforms import valueless
-from .contraction_cache import cached_halves, cached_supers
-from .contraction_checks import dims_of
-from .contraction_plan import Groups, Program
-from .contraction_plan_cache import chunk_rows
+from .._transforms import valueless
+from . import cost as _cost
+from . import full_plan as _full
+from . import machine as _machine
+from . import search as _search
+from . import sweeps as _exec
+from . import training_sweep as _train
+from .checks import dims_of
+from .layer_cache import cached_halves, cached_supers
+from .plan_cache import chunk_rows
+from .plans import Groups, Program
 
 __all__: list[str] = []
 

@@ -5,8 +5,8 @@ Internal module (no public names). Pure Python on shapes, so planning traces und
 A plan's estimated time is ``flops / F + streamed bytes / BW + permuted bytes / BW_perm + launches * t_launch +
 batched-GEMM slices * t_slice``; for training, backward (about twice forward) is added and the activations kept
 for backward are charged once more as traffic, so a plan that keeps less memory wins ties. ``F``, ``BW``, ...
-are rough per-device constants (``contraction_machine.MACHINES``, beside the CPU's measured thresholds); only
-their ratios matter for choosing. ``contraction_search`` searches the plans that these prices rank.
+are rough per-device constants (``contraction.machine.MACHINES``, beside the CPU's measured thresholds); only
+their ratios matter for choosing. ``contraction.search`` searches the plans that these prices rank.
 
 Symbols: core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the batch; a group ``[i, j)`` of cores merged
 into a super-core ``(ra, mg, ng, rb)``.
@@ -18,8 +18,8 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from . import contraction_machine as _machine
-from .contraction_machine import Machine
+from . import machine as _machine
+from .machine import Machine
 
 __all__: list[str] = []
 
@@ -125,7 +125,8 @@ def step_shape(dims: Dims, i: int, j: int, direction: str) -> tuple[int, int, in
 
 def _autograd_folds(p: int, batch: int, recompute: bool) -> bool:
     """Whether a training step runs autograd's torch.matmul, which folds the batch of its (K, P) slices (below
-    :data:`SWEEP_FUNCTION_MIN_BATCH` rows; others run contraction_train.SweepFunction on the slices in place)."""
+    :data:`SWEEP_FUNCTION_MIN_BATCH` rows; others run contraction.training_sweep.SweepFunction on the slices in
+    place)."""
     return p > 1 and batch < _machine.SWEEP_FUNCTION_MIN_BATCH and not recompute
 
 
@@ -180,7 +181,8 @@ def step_cost(
 ) -> tuple[_Acc, int]:
     """Forward cost of contracting group ``[i, j)`` in a sweep (merge included) and the elements it keeps.
 
-    ``recompute``: the sweep keeps no step input (contraction_train.SweepFunction recomputes them), at any batch.
+    ``recompute``: the sweep keeps no step input (contraction.training_sweep.SweepFunction recomputes them), at
+    any batch.
     ``cliffs``: the device's :attr:`Machine.cache_cliffs` (False: no state leaves a cache, none runs in chunks).
     ``fold``: the device's :attr:`Machine.narrow_fold` (narrow steps run as one GEMM between two transposes).
     """
@@ -205,9 +207,9 @@ def step_cost(
     flops = 2 * outer * q * k * p
     slow = flops if big else 0
     # tiny training batches: torch.matmul folds the batch (a transposed copy of the state in, one of the product
-    # out); others run batched GEMMs on the slices in place (contraction_train.SweepFunction in training), except
-    # narrow ones, which the executors fold the same way (folds_narrow; decided on the whole batch, also where
-    # an inference sweep runs in chunks)
+    # out); others run batched GEMMs on the slices in place (contraction.training_sweep.SweepFunction in
+    # training), except narrow ones, which the executors fold the same way (folds_narrow; decided on the whole
+    # batch, also where an inference sweep runs in chunks)
     folded = grad and _autograd_folds(p, batch, recompute)
     narrow = not folded and _machine.folds_narrow(outer, k, p, q, item, fold)
     # a chunk's states stay in cache: priced as other in-cache traffic, the planner built W where these sweeps
@@ -234,7 +236,7 @@ def step_cost(
 
 
 def merged_kept(dims: Dims, i: int, j: int) -> int:
-    """Elements autograd keeps for backward when cores ``i..j-1`` are merged (contraction_exec.merge_cores): the
+    """Elements autograd keeps for backward when cores ``i..j-1`` are merged (contraction.sweeps.merge_cores): the
     partial products of a group of three or more cores (each product's left operand; the first is a core)."""
     rows, cols, ranks = dims
     kept, p = 0, ranks[i] * rows[i] * cols[i]
@@ -247,7 +249,7 @@ def merged_kept(dims: Dims, i: int, j: int) -> int:
 def super_kept(dims: Dims, i: int, j: int, direction: str, trained: bool = True) -> int:
     """Elements of group ``[i, j)``'s super-core that a training sweep keeps beyond the parameters: the merged
     group (and its partial products, which autograd records only for ``trained`` cores), or for a single core in
-    a left-to-right sweep its permuted copy (contraction_exec.super_of), unless that permute is a view."""
+    a left-to-right sweep its permuted copy (contraction.sweeps.super_of), unless that permute is a view."""
     rows, cols, ranks = dims
     size = ranks[i] * prod(rows[i:j]) * prod(cols[i:j]) * ranks[j]
     if j - i > 1:
@@ -272,7 +274,8 @@ def sweep_cost(
     need: Need = BOTH,
 ) -> Cost:
     """A sweep's cost; ``recompute``: backward first runs the forward again short of its last step, no merges;
-    ``need``: which gradients backward computes (contraction_train.SweepFunction skips the others' products)."""
+    ``need``: which gradients backward computes (contraction.training_sweep.SweepFunction skips the others'
+    products)."""
     acc, saved, again, dx = _Acc(), 0, _Acc(), _Acc()
     d = len(dims[0])
     supers = 0  # super-cores that are not the parameters themselves are kept for backward too
@@ -290,7 +293,7 @@ def sweep_cost(
             again = _sum(again, _minus(a, merge_cost(dims, i, j, item)))
         reads_x = j == d if direction == "rtl" else i == 0
         if grad and not need[0] and reads_x and batch < _machine.SWEEP_FUNCTION_MIN_BATCH and not recompute:
-            # tiny batches run autograd's own matmuls (contraction_run), which keep a step's super-core only for
+            # tiny batches run autograd's own matmuls (contraction.runner), which keep a step's super-core only for
             # its input's gradient: x needs none, so only the merge's own partial products are kept
             supers += merged_kept(dims, i, j) if need[1] and j - i > 1 else 0
         else:

@@ -5,10 +5,10 @@ run; this module and its two siblings run it. Here: merging consecutive cores in
 steps (batched GEMMs over the state's slices; many narrow slices folded into one GEMM) and the inference sweep
 (:func:`sweep`, large batches in chunks of rows through reused scratch), with the pieces the other executors
 share (whether results may be written into given memory, autocast's casts of a custom Function's operands).
-``contraction_full`` runs the full plan (``W`` built from two halves, then one GEMM) and ``contraction_train``
-the training sweep with its hand-written backward. Every executor is plain reshape/permute/``mm`` on tensors
-whose shapes are Python ints, so it traces under ``torch.compile(fullgraph=True)`` and runs on any device and
-dtype.
+``contraction.full_plan`` runs the full plan (``W`` built from two halves, then one GEMM) and
+``contraction.training_sweep`` the training sweep with its hand-written backward. Every executor is plain
+reshape/permute/``mm`` on tensors whose shapes are Python ints, so it traces under
+``torch.compile(fullgraph=True)`` and runs on any device and dtype.
 
 Symbols: ``d`` cores, core ``k`` of shape ``(r_k, m_k, n_k, r_{k+1})``; ``M = prod m_k`` rows (outputs),
 ``N = prod n_k`` columns (inputs), ``B`` the flattened batch. A *group* ``[i, j)`` of consecutive cores is
@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from . import contraction_machine as _machine
-from . import workspace
-from ._transforms import AUTOCAST_DTYPES, autocasting, legacy_batched, transforms_active
-from .contraction_cost import prod
+from .. import workspace
+from .._transforms import AUTOCAST_DTYPES, autocasting, legacy_batched, transforms_active
+from . import machine as _machine
+from .cost import prod
 
 __all__: list[str] = []
 
@@ -81,7 +81,7 @@ def _step(
 
 def step_folds(outer: int, k: int, p: int, q: int, s: torch.Tensor) -> bool:
     """Whether a step of ``outer`` slices ``(K, P)`` and a ``(Q, K)`` super-core runs folded on ``s``'s device and
-    dtype (``contraction_machine.folds_narrow``: many narrow slices, where a batched GEMM runs far below the GEMM
+    dtype (``contraction.machine.folds_narrow``: many narrow slices, where a batched GEMM runs far below the GEMM
     rate). Not under torch.compile, nor for a symbolic batch (non-strict export): comparing it would specialise
     the graph (and a compiler generates its own kernels for the batched product); the planner prices no folds
     there either. Under autocast the precision the products run in decides (autocast's, for the dtypes it casts),

@@ -1,6 +1,6 @@
 """The full plan's executor: ``y = x @ W^T (+ bias)`` with ``W`` built from two halves of the train.
 
-Internal module (no public names), beside ``contraction_exec`` (the sweeps), whose core merges and shared
+Internal module (no public names), beside ``contraction.sweeps`` (the sweeps), whose core merges and shared
 pieces it uses. :func:`halves` merges the cores before and after a split into two matrices; :func:`build_full`
 writes ``W`` from them (a large ``W`` in blocks of left row indices through reused scratch, or one batched GEMM
 per left row index where its slices are large); :class:`FullLinear`, the training path, keeps ``W`` for
@@ -8,7 +8,7 @@ backward or rebuilds it there, and takes the halves' gradients from that of ``W`
 bookkeeping of the build; :func:`full_linear` runs the plan (plain autograd under a transform or for complex
 operands, no autograd Function for inference).
 
-Symbols: as in ``contraction_exec``; ``dims = (M_L, N_L, M_R, N_R)``, the row and column sizes of the left and
+Symbols: as in ``contraction.sweeps``; ``dims = (M_L, N_L, M_R, N_R)``, the row and column sizes of the left and
 the right half, and ``r`` the rank between them.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from . import contraction_exec as _exec
-from . import contraction_machine as _machine
-from . import workspace
-from ._transforms import autocasting, grad_recorded, legacy_batched, transforms_active
+from .. import workspace
+from .._transforms import autocasting, grad_recorded, legacy_batched, transforms_active
+from . import machine as _machine
+from . import sweeps as _exec
 
 __all__: list[str] = []
 
@@ -43,7 +43,7 @@ def halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, tor
     return left.reshape(ml * nl, r), rmat, (ml, nl, mr, nr)
 
 
-# A W over contraction_machine.BLOCKED_ABOVE bytes (or its gradient) is built (or permuted) in blocks of left row
+# A W over contraction.machine.BLOCKED_ABOVE bytes (or its gradient) is built (or permuted) in blocks of left row
 # indices whose GEMM output (BLOCK_BYTES, in reused scratch) is permuted into W while it is still in cache, instead
 # of one GEMM whose M*N output makes a round trip through memory first; a temporary W also lives in reused scratch
 # (tensortrain.workspace).
@@ -60,7 +60,7 @@ def build_full(
 ) -> torch.Tensor:
     """W (M, N) from its halves (into ``out``, a contiguous M x N tensor, when given).
 
-    Where one left row index's slice of W is a large product (``contraction_machine.sliced_build``) and nothing
+    Where one left row index's slice of W is a large product (``contraction.machine.sliced_build``) and nothing
     records the build: one batched GEMM per left row index straight into W (:func:`_build_sliced`). Otherwise, a W
     over ``BLOCKED_ABOVE`` bytes: one GEMM per block of left row indices into reused scratch, each block's output
     permuted into W while it is still in cache. A smaller one: for small ranks one GEMM per pair of (left,

@@ -17,15 +17,15 @@ on this machine, once per plan-cache key). Plans are cached per (core shapes, ba
 device type, grad mode, strategy); planning itself is plain Python on shapes, so it traces under
 ``torch.compile(fullgraph=True)``.
 
-This module is the public namespace and checks the operands. Behind it, in data-flow order:
-``contraction_machine`` (each device's constants and the CPU's measured thresholds), ``contraction_cost`` (the cost
-model, plain Python on shapes), ``contraction_search`` (choosing the cheapest plan), the executors
-(``contraction_exec``: merged cores, the sweeps' steps and the inference sweep; ``contraction_full``: the full plan
-and its autograd function; ``contraction_train``: the training sweep's autograd function), ``contraction_plan``
-(:class:`ContractionPlan`: a program and its estimated costs), ``contraction_checks`` (the planner's operand
-checks), ``contraction_plan_cache`` (the program each call runs, chosen once per cache key), ``contraction_inspect``
-(:func:`plan`, :func:`enumerate_plans`, :func:`flop_floor`), ``contraction_cache`` (what layers keep between
-inference calls) and ``contraction_run`` (running a plan, and timing the candidates for ``strategy="tune"``).
+This package's ``__init__`` is the public namespace and checks the operands. Behind it, its private modules in
+data-flow order: ``machine`` (each device's constants and the CPU's measured thresholds), ``cost`` (the cost model,
+plain Python on shapes), ``search`` (choosing the cheapest plan), the executors (``sweeps``: merged cores, the
+sweeps' steps and the inference sweep; ``full_plan``: the full plan and its autograd function;
+``training_sweep``: the training sweep's autograd function), ``plans`` (:class:`ContractionPlan`: a program and
+its estimated costs), ``checks`` (the planner's operand checks), ``plan_cache`` (the program each call runs,
+chosen once per cache key), ``inspection`` (:func:`plan`, :func:`enumerate_plans`, :func:`flop_floor`),
+``layer_cache`` (what layers keep between inference calls) and ``runner`` (running a plan, and timing the
+candidates for ``strategy="tune"``); each is ``tensortrain.contraction.<name>``.
 
 Symbols: ``d`` cores; core ``k`` has shape ``(r_k, m_k, n_k, r_{k+1})``; ``B`` the flattened batch size.
 """
@@ -37,17 +37,17 @@ from typing import Any
 
 import torch
 
-from . import contraction_cost as _cost
-from . import contraction_machine as _machine
-from ._transforms import autocast_casts, grad_recorded, traced_unflatten, transforms_active
-from .contraction_checks import check_max_saved, check_strategy, core_copy_bytes, cores_of, dims_of
-from .contraction_inspect import enumerate_plans, flop_floor, plan
-from .contraction_plan import STRATEGIES, ContractionPlan, Strategy
-from .contraction_plan_cache import choose_program, clear_plan_cache, plan_cache_size
-from .contraction_run import run
-from .errors import ShapeError
-from .operands import check_strided
-from .tensor_train import TensorTrain
+from .._transforms import autocast_casts, grad_recorded, traced_unflatten, transforms_active
+from ..errors import ShapeError
+from ..operands import check_strided
+from ..tensor_train import TensorTrain
+from . import cost as _cost
+from . import machine as _machine
+from .checks import check_max_saved, check_strategy, core_copy_bytes, cores_of, dims_of
+from .inspection import enumerate_plans, flop_floor, plan
+from .plan_cache import choose_program, clear_plan_cache, plan_cache_size
+from .plans import STRATEGIES, ContractionPlan, Strategy
+from .runner import run
 
 __all__ = [
     "ContractionPlan",

@@ -1,12 +1,12 @@
 """The training sweep: :class:`SweepFunction` (a hand-written backward) and :func:`sweep_trained`.
 
-Internal module (no public names), beside ``contraction_exec`` (the sweeps), whose steps it runs forward (its
+Internal module (no public names), beside ``contraction.sweeps`` (the sweeps), whose steps it runs forward (its
 slice products, the narrow folds, the layout of every step) and transposed for backward. :func:`sweep_trained`
 runs a training sweep through :class:`SweepFunction`, or through autograd's own ops under a transform and for
 complex operands; with ``recompute`` the step inputs are not kept for backward but recomputed there, in reused
 scratch.
 
-Symbols: as in ``contraction_exec``; a step ``(outer, K, P, Q)`` applies a ``(Q, K)`` super-core to ``outer``
+Symbols: as in ``contraction.sweeps``; a step ``(outer, K, P, Q)`` applies a ``(Q, K)`` super-core to ``outer``
 slices ``(K, P)`` of the state.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import contraction_cost as _cost
-from . import contraction_exec as _exec
-from . import workspace
-from ._transforms import transforms_active
-from .contraction_exec import Super
+from .. import workspace
+from .._transforms import transforms_active
+from . import cost as _cost
+from . import sweeps as _exec
+from .sweeps import Super
 
 __all__: list[str] = []
 

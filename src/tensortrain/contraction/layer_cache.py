@@ -1,7 +1,7 @@
 """What TT layers keep between inference calls: merged core groups and the halves of W, per layer.
 
 A layer passes its own dict; an entry lives until one of the cores changes (see :func:`cached`). Only small
-merges are kept (``contraction_cost.cacheable``), never the dense W.
+merges are kept (``contraction.cost.cacheable``), never the dense W.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from . import contraction_cost as _cost
-from . import contraction_exec as _exec
-from . import contraction_full as _full
-from ._transforms import full_precision, valueless
-from .contraction_checks import dims_of
-from .contraction_plan import Groups
+from .._transforms import full_precision, valueless
+from . import cost as _cost
+from . import full_plan as _full
+from . import sweeps as _exec
+from .checks import dims_of
+from .plans import Groups
 
 __all__ = ["cached", "cached_halves", "cached_supers"]
 
@@ -112,7 +112,7 @@ def cached(
 def cached_supers(cache: dict, cores: Sequence[torch.Tensor], groups: Groups, direction: str) -> list:
     """The sweep's super-cores, the small ones kept in a layer's cache (:func:`cached`).
 
-    Only groups that pass :func:`~tensortrain.contraction_cost.cacheable` are kept (at most a few times the
+    Only groups that pass :func:`~tensortrain.contraction.cost.cacheable` are kept (at most a few times the
     size of their cores, never the dense weight); the others are merged on every call.
     """
 

@@ -3,7 +3,7 @@
 Internal module: :mod:`tensortrain.contraction` exports :func:`clear_plan_cache` and :func:`plan_cache_size`.
 :func:`choose_program` is on every layer call: it looks the program up per (core shapes, strategy, batch-size
 bucket, dtype, device type, grad mode, memory bound, ...) and on a miss checks the cores and asks the search
-(``contraction_search``) or, for ``strategy="tune"``, the tuner (``contraction_run``). While compiling it plans
+(``contraction.search``) or, for ``strategy="tune"``, the tuner (``contraction.runner``). While compiling it plans
 by plain Python on shapes, without touching the cache. Inference sweeps' chunkings are cached beside the plans
 (:func:`chunk_rows`); both caches are bounded (``PLAN_CACHE_LIMIT``).
 """
@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from . import contraction_checks as _checks
-from . import contraction_cost as _cost
-from . import contraction_machine as _machine
-from . import contraction_search as _search
-from ._transforms import transforms_active
-from .contraction_plan import ContractionPlan, Groups, Program, Strategy
+from .._transforms import transforms_active
+from . import checks as _checks
+from . import cost as _cost
+from . import machine as _machine
+from . import search as _search
+from .plans import ContractionPlan, Groups, Program, Strategy
 
 __all__ = ["clear_plan_cache", "plan_cache_size"]
 
@@ -52,7 +52,7 @@ def clear_plan_cache() -> None:
 
 def plan_cache_size() -> int:
     """The number of cached plans: one per (core shapes, strategy, batch bucket, dtype, device type, grad mode,
-    ``max_saved_bytes`` when training), at most ``tensortrain.contraction_plan_cache.PLAN_CACHE_LIMIT`` (4096;
+    ``max_saved_bytes`` when training), at most ``tensortrain.contraction.plan_cache.PLAN_CACHE_LIMIT`` (4096;
     the oldest plan is dropped first). With ``max_saved_bytes``, and for training batches below 8, the exact batch
     size replaces the bucket.
 
@@ -103,7 +103,7 @@ def choose_program(
             grad,
             max_saved=max_saved,
             need=need,
-            fold=False,  # (the executors fold nothing while compiling: contraction_exec.step_folds)
+            fold=False,  # (the executors fold nothing while compiling: contraction.sweeps.step_folds)
         )
     # the key uses the torch.Size objects as they are: this lookup is on every layer call
     key = (
@@ -125,7 +125,7 @@ def choose_program(
         dims = _checks.dims_of(cores)
         if strategy == "tune":
             # (imported here: the tuner runs the executors, which sit after this module in the data flow)
-            from .contraction_run import tunable, tune
+            from .runner import tunable, tune
 
             if transforms_active() or not tunable(c0):
                 # nothing is timed under a transform (torch.func, jit tracing), on meta or fake tensors or while a CUDA

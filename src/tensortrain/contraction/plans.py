@@ -1,11 +1,11 @@
 """The contraction plan: :class:`ContractionPlan`, what a program does and what it costs, and the strategies.
 
 Internal module: :mod:`tensortrain.contraction` exports :class:`ContractionPlan`, :data:`Strategy` and
-:data:`STRATEGIES`. A plan describes a program (``contraction_cost.Program``, the part the executors run) with
-the costs the cost model (``contraction_cost``) estimates for one batch size; :func:`make_plan` prices a program
-into one. The planning around it follows in data-flow order: ``contraction_checks`` (checking the planner's
-operands), ``contraction_plan_cache`` (the program each call runs, chosen by the search over plans,
-``contraction_search``, or timed, once per cache key) and ``contraction_inspect`` (:func:`plan`,
+:data:`STRATEGIES`. A plan describes a program (``contraction.cost.Program``, the part the executors run) with
+the costs the cost model (``contraction.cost``) estimates for one batch size; :func:`make_plan` prices a program
+into one. The planning around it follows in data-flow order: ``contraction.checks`` (checking the planner's
+operands), ``contraction.plan_cache`` (the program each call runs, chosen by the search over plans,
+``contraction.search``, or timed, once per cache key) and ``contraction.inspection`` (:func:`plan`,
 :func:`enumerate_plans`, :func:`flop_floor`: what the planner would run, every candidate, the fewest FLOPs of any
 order).
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, get_args
 
-from . import contraction_cost as _cost
-from . import contraction_machine as _machine
+from . import cost as _cost
+from . import machine as _machine
 
 __all__ = ["ContractionPlan", "Strategy", "STRATEGIES"]
 

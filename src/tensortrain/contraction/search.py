@@ -1,4 +1,4 @@
-"""Choosing a contraction program: the search over the plans that ``contraction_cost`` prices.
+"""Choosing a contraction program: the search over the plans that ``contraction.cost`` prices.
 
 Internal module (no public names). The candidates of each strategy (every split of the full plan; for sweeps
 the best grouping in each direction, a dynamic programme over split points that keeps a Pareto front of time
@@ -9,10 +9,10 @@ shapes, so planning traces under ``torch.compile``.
 
 from __future__ import annotations
 
-from . import contraction_cost as _cost
-from . import contraction_machine as _machine
-from .contraction_cost import BOTH, Dims, Groups, Need, Program
-from .contraction_machine import Machine
+from . import cost as _cost
+from . import machine as _machine
+from .cost import BOTH, Dims, Groups, Need, Program
+from .machine import Machine
 
 __all__: list[str] = []
 

@@ -3,7 +3,7 @@
 Internal module: :mod:`tensortrain.contraction` exports the three. :func:`plan` is the plan
 :func:`tensortrain.contraction.linear` runs for a batch size (``TTLinear.plan`` reports it), :func:`enumerate_plans`
 lists every candidate with its estimated cost, and :func:`flop_floor` is the fewest FLOPs of any contraction
-order. None of them is on a layer's hot path, which goes through ``contraction_plan_cache.choose_program``.
+order. None of them is on a layer's hot path, which goes through ``contraction.plan_cache.choose_program``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 import torch
 
-from . import contraction_checks as _checks
-from . import contraction_plan as _plan
-from . import contraction_plan_cache as _plan_cache
-from . import contraction_search as _search
-from ._transforms import grad_recorded
-from .contraction_plan import ContractionPlan, Strategy
-from .tensor_train import TensorTrain
+from .._transforms import grad_recorded
+from ..tensor_train import TensorTrain
+from . import checks as _checks
+from . import plan_cache as _plan_cache
+from . import plans as _plan
+from . import search as _search
+from .plans import ContractionPlan, Strategy
 
 __all__ = ["plan", "enumerate_plans", "flop_floor"]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from . import contraction_cost as _cost
-from .contraction_plan import STRATEGIES, ContractionPlan, Dims
-from .errors import ShapeError
-from .shapes import as_int
-from .tensor_train import TensorTrain
+from ..errors import ShapeError
+from ..shapes import as_int
+from ..tensor_train import TensorTrain
+from . import cost as _cost
+from .plans import STRATEGIES, ContractionPlan, Dims
 
 __all__: list[str] = []
 
