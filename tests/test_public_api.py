@@ -90,3 +90,36 @@ def test_installed_metadata_matches_the_package():
         if "extra ==" not in r
     }
     assert {"torch", "safetensors", "numpy"} <= required
+
+
+def test_contraction_submodules_do_not_shadow_its_names():
+    """``tensortrain.contraction`` is a package: importing a submodule binds its name on the package, so a
+    submodule named like a name the facade defines or imports (``plan``, ``run``, ...) would replace that name
+    with the module. After every submodule is imported, each name of ``__all__`` is still the facade's own and
+    no submodule shares a name with anything the facade binds."""
+    import ast
+    import pkgutil
+
+    import tensortrain.contraction as C
+
+    subs = {m.name for m in pkgutil.iter_modules(C.__path__)}
+    assert len(subs) == 12, sorted(subs)
+    before = {name: getattr(C, name) for name in C.__all__}
+    for sub in sorted(subs):
+        importlib.import_module(f"tensortrain.contraction.{sub}")
+    for name in C.__all__:
+        obj = getattr(C, name)
+        assert not inspect.ismodule(obj), f"tt.contraction.{name} is a module"
+        assert obj is before[name], name
+    for name in ("plan", "linear", "run", "enumerate_plans", "flop_floor", "choose_program"):
+        assert inspect.isfunction(getattr(C, name)), name
+    assert inspect.isclass(C.ContractionPlan)
+    bound = set()  # the names the facade's source binds (defs, classes, assignments, imports' local names)
+    for node in ast.parse(inspect.getsource(C)).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.Assign):
+            bound |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    assert not subs & bound, sorted(subs & bound)
