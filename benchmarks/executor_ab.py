@@ -3,11 +3,12 @@
 Loads the executor modules (``src/tensortrain/contraction/sweeps.py``, ``full_plan.py`` and
 ``training_sweep.py``; in a revision from before the ``tensortrain.contraction`` package
 ``src/tensortrain/contraction_exec.py``, and ``contraction_full.py`` and ``contraction_train.py`` where the
-revision has them) and their cost-model modules as they were at ``--against`` (``git show``) and times both executors and ``nn.Linear`` interleaved, printing ratios to ``nn.Linear``. By
-default the full plan (``full_linear``) on the large benchmark cases at batch 1024, forward (no grad) and
-forward+backward, W kept or rebuilt. With ``--sweeps``: every benchmark case and batch whose planned forward
-or training plan is a sweep, run as the layer runs it (inference in chunks of rows, training through
-``sweep_trained`` from batch 8), each executor with its own revision's chunk sizes.
+revision has them) and their cost-model modules as they were at ``--against`` (``git show``) and times both
+executors and ``nn.Linear`` interleaved, printing ratios to ``nn.Linear``. By default the full plan
+(``full_linear``) on the large benchmark cases at batch 1024, forward (no grad) and forward+backward, W kept
+or rebuilt. With ``--sweeps``: every benchmark case and batch whose planned forward or training plan is a
+sweep, run as the layer runs it (inference in chunks of rows, training through ``sweep_trained`` from batch
+8), each executor with its own revision's chunk sizes.
 
     .venv/bin/python benchmarks/executor_ab.py --against 214e95b --threads 2
     .venv/bin/python benchmarks/executor_ab.py --against 214e95b --sweeps --batch 64 --batch 1024
