@@ -18,8 +18,8 @@ an ``nn.TransformerEncoder`` (pre-norm layers, ``batch_first=True``) run with a 
    makes the selected layers R times smaller (``--max-tt-rank`` or ``--epsilon`` instead). The attention
    blocks stay dense: ``nn.MultiheadAttention`` keeps its input projection as a bare parameter, not a layer,
    and its ``out_proj`` is a subclass of ``nn.Linear`` whose weight the block reads directly, so ``compress``
-   leaves it alone. ``print(report)`` shows every selected layer; its last line gives both factors, of the
-   selected layers (R or more) and of the whole model (less);
+   leaves it alone. ``print(report)`` shows every selected layer, both factors, of the selected layers (R or
+   more) and of the whole model (less), and where the rest of the model's parameters are;
 3. fine-tune the compressed model (the TT cores and everything else) with AdamW;
 4. save its ``state_dict`` with ``torch.save`` and load it into a freshly built dense model turned TT the way
    README.md's "Deploy" section does it (``tt.compress(fresh, max_tt_rank=1, include=<the replaced names>)``,
@@ -391,7 +391,7 @@ def run(args: argparse.Namespace) -> Result:
     dense_params, small_params = count_params(model), count_params(small)
     print(
         f"whole model: {dense_params:,} -> {small_params:,} parameters ({dense_params / small_params:.2f}x): "
-        f"the selected layers shrank {report.ratio:.2f}x; attention blocks and layer norms are not selected"
+        f"the selected layers shrank {report.ratio:.2f}x (the rest: the report's 'outside' line)"
     )
     record("compressed", small)
 

@@ -1471,3 +1471,90 @@ def test_a_lazy_linear_with_non_finite_weights_stays_dense():
     small, report = tt.compress(lazy, max_tt_rank=4)
     assert not report.layers[0].replaced and "NaN or inf" in report.layers[0].reason
     assert type(small[0]) is nn.LazyLinear and report.layers[1].replaced
+
+
+# ------------------------------------------------------------------------ the rest of the model
+def _nested() -> nn.Module:
+    outer = nn.Linear(64, 64, dtype=DT)
+    outer.adapter = nn.Linear(64, 64, dtype=DT)
+    return nn.ModuleDict({"outer": outer, "norm": nn.LayerNorm(64, dtype=DT)})
+
+
+def _tied_head() -> nn.Module:
+    model = TinyTransformer(vocab=100, dim=32, hidden=64)
+    model.head.weight = model.embed.weight  # the output head shares the embedding's table
+    return model
+
+
+@pytest.mark.parametrize(
+    ("build", "include", "exclude"),
+    [
+        (mlp, None, None),
+        (mlp, None, "2"),
+        (TinyTransformer, None, None),
+        (TinyTransformer, "mlp.*", None),
+        (_tied_head, None, "head"),
+        (_tied_head, "head", None),
+        (_tied_head, "mlp.*", None),  # the tied table outside, under two modules: counted once
+        (_nested, None, None),
+    ],
+)
+def test_outside_and_the_selected_layers_add_up_to_the_model(build, include, exclude):
+    """The report's groups of parameters outside the selected layers count each parameter once, a tied one in
+    a selected layer there only: with the selected layers' count they make the whole model's."""
+    torch.manual_seed(0)
+    model = build()
+    small, report = tt.compress(model, max_tt_rank=3, include=include, exclude=exclude)
+    assert sum(params for _, _, params, _ in report.outside) + report.params_before == count(model)
+    selected = {id(p) for lay in report.layers for p in model.get_submodule(lay.name).parameters()}
+    rest = [p for p in model.parameters() if id(p) not in selected]
+    assert sum(n for _, n, _, _ in report.outside) == len(
+        {id(m) for m in model.modules() if any(id(p) in map(id, rest) for p in m.parameters(recurse=False))}
+    )
+    counts = [params for _, _, params, _ in report.outside]
+    assert counts == sorted(counts, reverse=True) and all(c > 0 for c in counts)
+
+
+def test_outside_names_an_encoders_attention_and_why_its_out_proj_stays():
+    """An nn.TransformerEncoder's attention (in_proj_weight on the MultiheadAttention, its out_proj an nn.Linear
+    subclass its parent reads through .weight) is never a candidate: the report says where those parameters are,
+    or its 4x on the selected layers and 2x on the model do not add up."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dtype=DT)
+    enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    _, report = tt.compress(enc, max_tt_rank=4)
+    assert [lay.name for lay in report.layers] == [f"layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)]
+    mha = 3 * 32 * 32 + 3 * 32  # in_proj_weight, in_proj_bias
+    out = 32 * 32 + 32
+    assert report.outside == (
+        ("MultiheadAttention", 2, 2 * mha, ""),
+        ("NonDynamicallyQuantizableLinear", 2, 2 * out, "an nn.Linear subclass: left alone"),
+        ("LayerNorm", 4, 4 * 64, ""),
+    )
+    assert (
+        f"outside the selected layers, unchanged: {2 * mha + 2 * out + 256:,} parameters (MultiheadAttention x2: "
+        f"{2 * mha:,}; NonDynamicallyQuantizableLinear x2: {2 * out:,}, an nn.Linear subclass: left alone; "
+        "LayerNorm x4: 256)"
+    ) in str(report).splitlines()
+    assert report.to_dict()["outside"][2] == {"type": "LayerNorm", "modules": 4, "params": 256, "note": ""}
+
+
+def test_outside_says_a_layer_was_not_selected_and_lists_at_most_five_types():
+    torch.manual_seed(0)
+    _, report = tt.compress(mlp(), max_tt_rank=3, exclude="4")
+    assert report.outside == (("Linear", 1, 36 * 10 + 10, "not selected by include/exclude"),)
+    assert "(Linear x1: 370, not selected by include/exclude)" in str(report)
+    model = nn.Sequential(
+        nn.Linear(64, 64, dtype=DT),
+        nn.LayerNorm(4, dtype=DT),
+        nn.BatchNorm1d(4, dtype=DT),
+        nn.GroupNorm(2, 4, dtype=DT),
+        nn.RMSNorm(4, dtype=DT),
+        nn.InstanceNorm1d(4, affine=True, dtype=DT),
+        nn.PReLU(num_parameters=3, dtype=DT),
+    )
+    _, report = tt.compress(model, max_tt_rank=3)
+    assert len(report.outside) == 6 and str(report).count(" x1: ") == 5
+    assert "; ...)" in str(report)
+    _, whole = tt.compress(nn.Linear(64, 64, dtype=DT), max_tt_rank=3)  # the model is the selected layer
+    assert whole.outside == () and "outside" not in str(whole)

@@ -30,6 +30,7 @@ from .compression_select import (
     holders,
     kept_dense,
     no_match,
+    outside,
     select,
 )
 from .errors import ShapeError
@@ -372,7 +373,9 @@ def compress(
         max_tt_rank = _rank_for_ratio(free, ratio, fixed, why)
     reports, swaps = _plan(layers, kept, max_tt_rank, epsilon)
     saved = sum(r.params_before - r.params_after for r in reports)
-    report = CompressionReport(tuple(reports), before_model, before_model - saved)
+    report = CompressionReport(
+        tuple(reports), before_model, before_model - saved, outside=outside(target, layers)
+    )
     if ratio is not None and report.ratio < ratio:  # a safety net: the plan above should have met it
         raise ValueError(
             f"compress: ratio={ratio} was not reached: the converted layers give {report.ratio:.1f}x "

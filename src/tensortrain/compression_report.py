@@ -63,6 +63,10 @@ class CompressionReport:
     ``ratio`` is the compression of the *selected* layers (dense parameters before over parameters after,
     biases included, layers left dense counted at their size, each parameter counted once even when tied
     to several layers, as ``model.parameters()`` does); ``model_ratio`` is that of the whole model.
+    ``outside`` accounts for the rest of the model, unchanged: the parameters no selected layer holds,
+    grouped by the type of the module holding each, ``(type, modules, parameters, note)`` per type, most
+    parameters first (``note``: why an ``nn.Linear``/``nn.Embedding`` among them was not converted, else
+    ``""``); with ``params_before`` they sum to ``model_params_before``.
     ``str(report)`` is a readable table; :meth:`to_dict` a JSON-friendly dict.
 
     Example:
@@ -74,6 +78,7 @@ class CompressionReport:
     model_params_before: int
     model_params_after: int
     dry_run: bool = False  # compress(dry_run=True): nothing was replaced; the report is the plan
+    outside: tuple[tuple[str, int, int, str], ...] = ()
 
     @property
     def params_before(self) -> int:
@@ -108,7 +113,10 @@ class CompressionReport:
             "model_params_after": self.model_params_after,
             "model_ratio": self.model_ratio,
         }
-        return {"layers": layers, "totals": totals, "dry_run": self.dry_run}
+        outside = [
+            dict(zip(("type", "modules", "params", "note"), group, strict=True)) for group in self.outside
+        ]
+        return {"layers": layers, "totals": totals, "outside": outside, "dry_run": self.dry_run}
 
     def __str__(self) -> str:
         head = ("layer", "type", "shape", "dims", "tt_ranks", "before", "after", "ratio", "rel_error")
@@ -142,6 +150,16 @@ class CompressionReport:
             f"{self.params_after:,} parameters{tied} ({self.ratio:.1f}x); whole model "
             f"{self.model_params_before:,} -> {self.model_params_after:,} ({self.model_ratio:.1f}x)"
         )
+        if self.outside:
+            groups = [
+                f"{kind} x{n}: {count:,}" + (f", {note}" if note else "")
+                for kind, n, count, note in self.outside[:_OUTSIDE_SHOWN]
+            ]
+            more = "; ..." if len(self.outside) > _OUTSIDE_SHOWN else ""
+            total = sum(group[2] for group in self.outside)
+            lines.append(
+                f"outside the selected layers, unchanged: {total:,} parameters ({'; '.join(groups)}{more})"
+            )
         lines += [
             f"kept dense {lay.name or '(model)'}: {lay.reason}" for lay in self.layers if not lay.replaced
         ]
@@ -153,6 +171,9 @@ class CompressionReport:
                     f"weight's top-left {lay.shape[0]}x{lay.shape[1]} block is the layer's"
                 )
         return "\n".join(lines)
+
+
+_OUTSIDE_SHOWN = 5  # module types named in the report's line on the rest of the model
 
 
 def text_table(rows: Sequence[Sequence[str]]) -> list[str]:

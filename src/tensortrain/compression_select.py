@@ -22,6 +22,7 @@ __all__ = [
     "holders",
     "kept_dense",
     "no_match",
+    "outside",
     "select",
 ]
 
@@ -209,6 +210,41 @@ def counted_before(layers: list[tuple[list[str], nn.Module]]) -> dict[int, int]:
         counted[id(m)] = sum(p.numel() for p in params if id(p) in seen)
         seen.update(id(p) for p in params)
     return counted
+
+
+def outside(
+    model: nn.Module, layers: list[tuple[list[str], nn.Module]]
+) -> tuple[tuple[str, int, int, str], ...]:
+    """The model's parameters that no selected layer holds, grouped by the type of the module that holds each
+    directly (a tied one counted once, under the first module holding it, as ``model.parameters()`` does):
+    ``(type, modules, parameters, note)`` per type, most parameters first. ``note`` says why an
+    ``nn.Linear``/``nn.Embedding`` among them was not converted; it is ``""`` for other types.
+
+    Without them the report's two ratios do not add up for the reader: an ``nn.TransformerEncoder``'s
+    attention (its ``in_proj_weight`` and its ``out_proj``, a subclass of ``nn.Linear`` its parent reads through
+    ``.weight``) is a third of its parameters and is never a candidate."""
+    seen = {id(p) for _, m in layers for p in m.parameters()}
+    groups: dict[str, list] = {}  # type -> [modules, parameters, note]
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if not own:
+            continue
+        group = groups.setdefault(_kind(module), [0, 0, _outside_note(module)])
+        group[0] += 1
+        group[1] += sum(p.numel() for p in own)
+    return tuple(
+        (kind, n, count, note) for kind, (n, count, note) in sorted(groups.items(), key=lambda g: -g[1][1])
+    )
+
+
+def _outside_note(module: nn.Module) -> str:
+    if type(module) in (nn.Linear, nn.Embedding):
+        return "not selected by include/exclude"
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        base = "nn.Linear" if isinstance(module, nn.Linear) else "nn.Embedding"
+        return f"an {base} subclass: left alone"
+    return ""
 
 
 def holders(layers: list[tuple[list[str], nn.Module]]) -> dict[int, list[int]]:
