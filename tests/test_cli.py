@@ -49,6 +49,7 @@ def test_short_demo_learns_and_writes_outputs(tmp_path, capsys):
     assert [h["epoch"] for h in stages["a"]["history"]] == [1, 2]
     assert stages["a"]["history"][1]["loss"] < stages["a"]["history"][0]["loss"]
     assert report["config"]["train_subset"] == 3000 and report["world_size"] == 1
+    assert report["data_folder"] == str(REAL_MNIST.absolute())
     png = (out / "accuracy_vs_params.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
@@ -348,6 +349,9 @@ def test_demo_pipeline_on_synthetic_files(tmp_path, capsys):
     report = json.loads((tmp_path / "out/results.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["a", "b", "c", "d"]
     assert [s["params"] for s in report["stages"]] == [7985, 496_885, 21_845, 21_845]
+    assert report["data_folder"] == str(tmp_path / "data") and report["config"]["data"] == str(
+        tmp_path / "data"
+    )
     assert [len(s["history"]) for s in report["stages"]] == [1, 1, 0, 1]
     assert all(0.0 <= s["test_accuracy"] <= 1.0 for s in report["stages"])
     assert report["config"]["batch_size"] == 32 and report["world_size"] == 1
@@ -400,6 +404,19 @@ def test_demo_names_the_ranks_it_used_and_refuses_oversized_subsets(tmp_path, ca
     )
 
 
+def test_results_record_the_data_folder_read_from_the_environment(tmp_path, monkeypatch):
+    """Without --data, config's data is None: results.json's data_folder says which folder was read
+    ($TENSORTRAIN_DATA here; relative, as the variable may be, it is recorded absolute)."""
+    argv = _short_demo(tmp_path, 96, 40)
+    at = argv.index("--data")
+    del argv[at : at + 2]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TENSORTRAIN_DATA", "data")
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out/results.json").read_text())
+    assert report["config"]["data"] is None and report["data_folder"] == str(tmp_path / "data")
+
+
 def test_seeds_runs_every_seed_and_summarizes_them(tmp_path, capsys):
     """--seeds runs the demo once per seed into OUT/seed-S, each run equal to a --seed run, then the table."""
     argv = _short_demo(tmp_path, 96, 40)
@@ -410,6 +427,8 @@ def test_seeds_runs_every_seed_and_summarizes_them(tmp_path, capsys):
     assert [r["config"]["seed"] for r in per_seed.values()] == [3, 5]
     summary = json.loads((out / "seeds.json").read_text())
     assert summary["seeds"] == [3, 5] and "seed" not in summary["config"]
+    data = str(tmp_path / "data")
+    assert summary["data_folder"] == data and [r["data_folder"] for r in per_seed.values()] == [data, data]
     assert summary["device"] == "cpu" and summary["gpu"] is None and summary["config"]["device"] == "cpu"
     assert [s["stage"] for s in summary["stages"]] == ["a", "b", "c", "d"]
     for k, stage in enumerate(summary["stages"]):

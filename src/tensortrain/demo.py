@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from .datasets import MNIST, load_mnist
-from .demo_config import T3F_TUTORIAL, DemoConfig, StageResult, is_tutorial
+from .demo_config import T3F_TUTORIAL, DemoConfig, StageResult, is_tutorial, mnist_folder
 from .demo_device import device_fields, on_rank, resolve_device
 from .demo_output import check_folder, check_writable, on_rank_zero, write_outputs
 from .nn import TTLinear
@@ -237,6 +237,7 @@ def run_mnist_demo(
     log: Callable[[str], None] = lambda _: None,
     progress: Progress | None = None,
     data: MNIST | None = None,
+    data_folder: str | None = None,
 ) -> list[StageResult]:
     """Run the four stages and (on rank 0) write ``results.json`` and ``accuracy_vs_params.png`` to ``cfg.out``.
 
@@ -246,6 +247,9 @@ def run_mnist_demo(
         progress: wraps each epoch's batches (the CLI passes a tqdm bar); None: no progress display.
         data: MNIST already loaded (:func:`tensortrain.datasets.load_mnist`'s result); None: loaded from
             ``cfg.data``.
+        data_folder: where ``data`` came from, recorded in ``results.json`` as ``data_folder`` (None: not
+            known). Without ``data``, the folder it is loaded from (``cfg.data``, else ``$TENSORTRAIN_DATA``,
+            else the cache folder), whatever is given here.
 
     Returns:
         One :class:`StageResult` per stage (a, b, c, d).
@@ -270,7 +274,8 @@ def run_mnist_demo(
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    data = load_mnist(cfg.data) if data is None else data
+    if data is None:
+        data, data_folder = load_mnist(cfg.data), mnist_folder(cfg)
     n_train, n_test = cfg.train_subset, cfg.test_subset
     for what, n, have in (
         ("train_subset", n_train, len(data.train_labels)),
@@ -318,7 +323,7 @@ def run_mnist_demo(
     log(f"c: relative Frobenius error of the compressed first-layer weight: {err:.4f}")
     results.append(_stage(ctx, "d", "c fine-tuned", compressed, cfg.epochs_finetune, 1e-3))
     if rank == 0:
-        write_outputs(cfg, results, world, device, _clock(device) - t_start, err, log)
+        write_outputs(cfg, results, world, device, _clock(device) - t_start, err, log, data_folder)
     return results
 
 

@@ -10,8 +10,10 @@ them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .datasets import default_data_dir
 from .demo_device import parse_device
 
 __all__ = ["DemoConfig", "StageResult", "is_tutorial"]
@@ -81,6 +83,13 @@ def is_tutorial(cfg: DemoConfig) -> bool:
     same = ("epochs_tt", "epochs_dense", "epochs_finetune", "rank", "compress_rank", "batch_size")
     full = cfg.train_subset is None and cfg.test_subset is None
     return full and all(getattr(cfg, k) == getattr(DemoConfig, k) for k in same)
+
+
+def mnist_folder(cfg: DemoConfig) -> str:
+    """The folder the demo reads MNIST from, as an absolute path: ``cfg.data`` (``~`` expanded), else
+    ``$TENSORTRAIN_DATA``, else the cache folder (:func:`tensortrain.datasets.default_data_dir`)."""
+    folder = Path(cfg.data).expanduser() if cfg.data is not None else default_data_dir()
+    return str(folder.absolute())
 
 
 def _int_option(name: str, value: object, optional: bool = False) -> Any:

@@ -33,12 +33,14 @@ def write_outputs(
     seconds: float,
     err: float,
     log: Callable[[str], None],
+    data_folder: str | None,
 ) -> None:
     from . import __version__
 
     out = Path(cfg.out)
     report: dict[str, Any] = {
         "config": asdict(cfg),
+        "data_folder": data_folder,  # (config's data is None where $TENSORTRAIN_DATA or the cache was read)
         "world_size": world,
         **device_fields(device),
         "threads": torch.get_num_threads(),

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from .datasets import load_mnist
 from .demo import Progress, run_mnist_demo
-from .demo_config import TARGETS, DemoConfig, StageResult, is_tutorial
+from .demo_config import TARGETS, DemoConfig, StageResult, is_tutorial, mnist_folder
 from .demo_device import device_fields, on_rank, resolve_device
 from .demo_output import check_folder, check_writable, on_rank_zero
 from .files import atomic_write
@@ -77,17 +77,18 @@ def run_mnist_seeds(
     on_rank_zero(lambda: check_writable(*folders), rank, world)
     device = on_rank(resolve_device(cfg.device), rank, world)  # before a possibly long download
     t_start = time.perf_counter()
-    data = load_mnist(cfg.data)
+    data, data_folder = load_mnist(cfg.data), mnist_folder(cfg)
     runs = {}
     for i, c in enumerate(configs):
         log(f"seed {c.seed} ({i + 1} of {len(configs)}): writing to {c.out}")
-        runs[c.seed] = run_mnist_demo(c, log=log, progress=progress, data=data)
+        runs[c.seed] = run_mnist_demo(c, log=log, progress=progress, data=data, data_folder=data_folder)
     if rank == 0:
         from . import __version__
 
         report = {
             "config": {k: v for k, v in asdict(cfg).items() if k != "seed"},
             "seeds": seeds,
+            "data_folder": data_folder,
             **device_fields(device),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
