@@ -9,6 +9,7 @@ them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,11 @@ def is_tutorial(cfg: DemoConfig) -> bool:
 
 
 def mnist_folder(cfg: DemoConfig) -> str:
-    """The folder the demo reads MNIST from, as an absolute path: ``cfg.data`` (``~`` expanded), else
-    ``$TENSORTRAIN_DATA``, else the cache folder (:func:`tensortrain.datasets.default_data_dir`)."""
+    """The folder the demo reads MNIST from, as an absolute path (``..`` resolved, symbolic links kept):
+    ``cfg.data`` (``~`` expanded), else ``$TENSORTRAIN_DATA``, else the cache folder
+    (:func:`tensortrain.datasets.default_data_dir`)."""
     folder = Path(cfg.data).expanduser() if cfg.data is not None else default_data_dir()
-    return str(folder.absolute())
+    return os.path.abspath(folder)
 
 
 def _int_option(name: str, value: object, optional: bool = False) -> Any:
