@@ -708,3 +708,14 @@ def test_from_embedding_ignores_the_padding_rows_values():
     with torch.no_grad():
         assert_close(layer(torch.arange(64))[keep], table[keep], rtol=1e-10, atol=1e-12)
         assert tt.full(layer.weight)[3].abs().max() < 1e-12
+
+
+def test_from_embedding_leaves_the_source_embeddings_padding_row_alone():
+    """The padding row is zeroed in a copy of the table: converting must not write into the user's nn.Embedding
+    (whose padding row may hold values, e.g. loaded from a checkpoint or set by hand)."""
+    emb = torch.nn.Embedding(12, 4, padding_idx=5)
+    with torch.no_grad():
+        emb.weight[5] = torch.arange(1.0, 5.0)
+    before = emb.weight.detach().clone()
+    tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=2)
+    assert torch.equal(emb.weight.detach(), before)

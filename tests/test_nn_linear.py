@@ -940,3 +940,27 @@ def test_a_scalar_input_or_a_tt_tensor_weight_gets_a_clear_error():
         layer(torch.tensor(1.0))
     with pytest.raises(TypeError, match="weight must be a TT-matrix TensorTrain, got a TT-tensor"):
         tt.nn.functional.tt_linear(torch.randn(2, 12), tt.random_tensor([3, 4], tt_rank=2))
+
+
+def test_load_tt_with_bias_values_into_a_layer_without_a_bias_is_refused():
+    """Bias values for a bias=False layer were otherwise dropped without a word (the layer's output then lacks
+    the bias the caller meant to load); nothing is written, the cores included."""
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), bias=False)
+    before = [c.detach().clone() for c in layer.cores]
+    w = tt.random_matrix([[2, 3], [3, 4]], tt_rank=2)
+    with pytest.raises(tt.ShapeError, match="got bias values but the layer has bias=False"):
+        layer.load_tt_(w, bias=torch.ones(6))
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.cores, strict=True))
+
+
+def test_automatic_dims_use_no_more_cores_than_an_exact_size_has_prime_factors():
+    """847 = 7 * 11 * 11 and 1331 = 11^3 factor exactly (unpadded) into three balanced modes although their size
+    alone asks for d = 4: d is capped at the prime factors, not a fourth core of mode 1."""
+    for (n_in, n_out), (in_dims, out_dims) in {
+        (847, 847): ((7, 11, 11), (11, 11, 7)),
+        (1331, 10): ((11, 11, 11), (5, 2, 1)),
+        (10, 847): ((1, 2, 5), (11, 11, 7)),
+    }.items():
+        layer = tt.nn.TTLinear(n_in, n_out, tt_rank=2)
+        assert (layer.in_dims, layer.out_dims) == (in_dims, out_dims)
+        assert not layer.padded

@@ -546,3 +546,26 @@ def test_forward_pre_hooks_on_the_cores_run_in_every_forward():
         handle.remove()  # (the oracle's weight view would run it again)
         assert_close(y, layer.to_linear()(x))
         handle, calls = layer.cores.register_forward_pre_hook(clamp), []
+
+
+@pytest.mark.parametrize("how", ["prune", "parametrize"])
+def test_a_same_rank_load_into_a_pruned_or_parametrized_layer_works(how):
+    """Resuming a pruned (or parametrized) model from its own checkpoint: the ranks are unchanged, so nothing is
+    resized and the rerouted core is no obstacle; only a rank change is refused for it."""
+    import torch.nn.utils.parametrize as parametrize
+    import torch.nn.utils.prune as prune
+
+    def build(seed: int) -> tt.nn.TTLinear:
+        torch.manual_seed(seed)
+        layer = tt.nn.TTLinear(12, 10, tt_rank=3, in_dims=(3, 4), out_dims=(5, 2), dtype=torch.float64)
+        if how == "prune":
+            prune.l1_unstructured(layer.cores, "1", amount=0.5)
+        else:
+            parametrize.register_parametrization(layer.cores, "1", torch.nn.Tanh())
+        return layer
+
+    src, layer = build(0), build(1)
+    layer.load_state_dict(src.state_dict())
+    x = torch.randn(4, 12, dtype=torch.float64)
+    assert layer.tt_ranks == src.tt_ranks == (1, 3, 1)
+    assert_close(layer(x), src(x))

@@ -356,3 +356,12 @@ def test_plan_is_the_forward_plan_of_a_pruned_layer(monkeypatch):
         for batch in (1, 3, 64, 1000):
             layer(torch.randn(batch, 784))
             assert layer.plan(batch).program == ran[-1]
+
+
+def test_compression_factor_counts_the_layer_sizes_not_the_padded_matrix():
+    """The factor is the dense layer's in * out over the cores' count (as the docstring says), not the padded
+    TT-matrix's prod(in_dims) * prod(out_dims): a padded layer compresses less than its TT-matrix's size says."""
+    layer = tt.nn.TTLinear(11, 13, tt_rank=2, in_dims=(3, 4), out_dims=(4, 4), pad=True)
+    assert layer.padded
+    assert layer.compression_factor() == pytest.approx(11 * 13 / layer.num_tt_parameters())
+    assert f"compression={11 * 13 / layer.num_tt_parameters():,.1f}x" in repr(layer)
