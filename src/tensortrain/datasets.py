@@ -227,11 +227,17 @@ def _check_timeout(timeout: float) -> None:
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
 
 
+def root_folder(root: str | os.PathLike[str] | None) -> Path:
+    """The folder ``load_mnist(root)`` reads: ``root`` with ``~`` expanded, else :func:`default_data_dir` (not
+    checked: see ``_folder``)."""
+    return Path(root).expanduser() if root is not None else default_data_dir()
+
+
 def _folder(root: str | os.PathLike[str] | None) -> Path:
     """``root`` (or the default folder) as a Path; it may be missing but must not be something else."""
     if root is not None and os.fspath(root) == "":  # Path("") is the current folder: say so instead
         raise ValueError("root is an empty path; pass a folder, or None for $TENSORTRAIN_DATA / the cache")
-    folder = Path(root).expanduser() if root is not None else default_data_dir()
+    folder = root_folder(root)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder; the MNIST folder must be a directory")
     return folder

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .datasets import default_data_dir
+from .datasets import root_folder
 from .demo_device import parse_device
 
 __all__ = ["DemoConfig", "StageResult", "is_tutorial"]
@@ -90,8 +89,7 @@ def mnist_folder(cfg: DemoConfig) -> str:
     """The folder the demo reads MNIST from, as an absolute path (``..`` resolved, symbolic links kept):
     ``cfg.data`` (``~`` expanded), else ``$TENSORTRAIN_DATA``, else the cache folder
     (:func:`tensortrain.datasets.default_data_dir`)."""
-    folder = Path(cfg.data).expanduser() if cfg.data is not None else default_data_dir()
-    return os.path.abspath(folder)
+    return os.path.abspath(root_folder(cfg.data))
 
 
 def _int_option(name: str, value: object, optional: bool = False) -> Any:

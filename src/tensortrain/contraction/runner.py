@@ -5,13 +5,14 @@
 for large inference batches) or, in training, ``contraction.training_sweep.sweep_trained``; with a layer's cache
 of merged groups when it has one.
 
-:func:`tune` serves ``strategy="tune"``: the cost model's constants were set by measurement on two CPUs, and on
-another machine (or a GPU, where they are a guess) its cheapest plan can run well behind the fastest. For each plan
-cache key (core shapes, batch-size bucket, dtype, device, grad mode, memory bound) it times the candidates the cost
-model weighs on synthetic operands of those shapes (forward, or forward and backward when training) and keeps the
-fastest, as ``torch.backends.cudnn.benchmark`` does for convolutions. On the 2-core EPYC of the benchmarks, the
-fastest of these candidates was within 1.01x (geometric mean over 72 cases) of the fastest of 7-12 timed plans,
-where the cost model's choice was within 1.06x and up to 2.3x off (``benchmarks/calibrate.py``).
+:func:`tune` serves ``strategy="tune"``: the cost model's CPU constants were set on a 2-core AMD EPYC (its
+per-call overhead measured on a 2-core Intel Xeon), and on another machine (or a GPU, where they are a guess) its
+cheapest plan can run well behind the fastest. For each plan cache key (core shapes, batch-size bucket, dtype,
+device, grad mode, memory bound) it times the candidates the cost model weighs on synthetic operands of those
+shapes (forward, or forward and backward when training) and keeps the fastest, as
+``torch.backends.cudnn.benchmark`` does for convolutions. On the 2-core EPYC of the benchmarks, the fastest of
+these candidates was within 1.01x (geometric mean over 72 cases) of the fastest of 7-12 timed plans, where the
+cost model's choice was within 1.06x and up to 2.3x off (``benchmarks/calibrate.py``).
 
 Private: :mod:`tensortrain.contraction` is the public namespace.
 """
