@@ -238,6 +238,30 @@ def test_float64_norms_whose_squares_leave_the_range(scale):
     torch.testing.assert_close(tt.frobenius_norm(x, epsilon=1e-5), want)  # t3f's sqrt(norm^2 + 1e-5)
 
 
+def test_differentiable_norm_with_epsilon_where_the_square_overflows_float64():
+    """A norm of 3.9e155 squares past float64: the Gram sweep's value is then hypot(norm, sqrt(epsilon)), as the QR
+    path's (epsilon 1e308 adds 0.03%: its root, not itself)."""
+    gen = torch.Generator().manual_seed(0)
+    x = tt.random_tensor((2, 3, 4), tt_rank=2, generator=gen, dtype=torch.float64) * 1e155
+    want = torch.hypot(tt.frobenius_norm(x), torch.tensor(1e154, dtype=torch.float64))
+    for differentiable in (False, True):
+        got = tt.frobenius_norm(x, epsilon=1e308, differentiable=differentiable)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
+
+
+def test_bfloat16_norm_gradient_is_the_float32_one_rounded_once():
+    """The Gram sweep behind the gradient runs in float32 for bfloat16 cores, as for float16 ones: each core's
+    gradient is the float32 cores' gradient rounded to bfloat16 (a sweep in bfloat16 was off in every core)."""
+    gen = torch.Generator().manual_seed(0)
+    x = tt.random_tensor((3, 4, 3, 4), tt_rank=3, generator=gen, dtype=torch.bfloat16)
+    cores = [c.clone().requires_grad_() for c in x.tt_cores]
+    tt.frobenius_norm(tt.TensorTrain(cores)).backward()
+    wide = [c.detach().float().requires_grad_() for c in x.tt_cores]
+    tt.frobenius_norm(tt.TensorTrain(wide)).backward()
+    for c, w in zip(cores, wide, strict=True):
+        assert torch.equal(c.grad, w.grad.to(torch.bfloat16))
+
+
 @pytest.mark.parametrize(("dtype", "s"), [(torch.float32, 1.7782794100389228e-23), (torch.float64, 1e-162)])
 def test_norm_when_a_plain_sweep_passes_below_the_normal_range(dtype, s):
     """The plain sweep first: its intermediate R fell into subnormals (precision lost) without giving 0, inf or

@@ -3,6 +3,7 @@ renormalize_tt_cores, and the operators that delegate to them."""
 
 from __future__ import annotations
 
+import fractions
 import math
 from unittest.mock import patch
 
@@ -380,6 +381,24 @@ def test_multiply_complex_number(gen):
         a * (1 - 2j)
 
 
+def test_multiply_refuses_a_python_bool_scale(gen):
+    """True is an int to isinstance but not a scale: refused on either side, as a bool tensor is."""
+    a = random_tt((2, 3), (1, 2, 1), gen=gen)
+    for scale in (lambda: ops.multiply(a, True), lambda: ops.multiply(False, a), lambda: a * True):
+        with pytest.raises(TypeError, match="multiply: expects a number or a TT object, got bool"):
+            scale()
+
+
+def test_multiply_by_a_complex_number_without_imaginary_part_keeps_real_cores(gen):
+    """2+0j and Fraction(1, 2) are numbers outside int/float: their real value scales real cores, which stay
+    float64 (the complex value itself would make the first core complex, unlike the others)."""
+    a = random_tt((2, 3, 4), (1, 2, 2, 1), gen=gen)
+    for c in (2 + 0j, fractions.Fraction(1, 2)):
+        for res in (ops.multiply(a, c), ops.multiply(c, a)):
+            assert all(core.dtype == torch.float64 for core in res.tt_cores)
+            assert_close(ops.full(res), ops.full(a) * float(complex(c).real))
+
+
 def test_multiply_by_complex_0dim_tensor(gen):
     a = random_tt((2, 3), (1, 2, 1), gen=gen)
     c = torch.tensor(2j, dtype=torch.complex128)
@@ -641,3 +660,16 @@ def test_scaling_by_a_non_finite_number_copies_the_other_cores(gen):
     for c in (math.inf, math.nan):
         y = x * c
         assert all(a.data_ptr() != b.data_ptr() for a, b in zip(y.tt_cores[1:], x.tt_cores[1:], strict=True))
+
+
+def test_scaling_by_zero_zeroes_every_core_of_its_own(gen):
+    """x * 0 is a zero TT whose cores are all zero and all its own: an in-place write to one of them (an optimizer
+    step on the result) leaves x as it was."""
+    x = tt.TensorTrain(random_cores((2, 3, 4), (1, 2, 2, 1), gen=gen))
+    before = [c.clone() for c in x.tt_cores]
+    for c in (0, 0.0, 0j):
+        y = ops.multiply(x, c)
+        assert all(not bool(core.any()) for core in y.tt_cores)
+        for core in y.tt_cores:
+            core.add_(1.0)
+        assert all(torch.equal(a, b) for a, b in zip(x.tt_cores, before, strict=True))

@@ -260,6 +260,17 @@ def test_flat_inner_errors(gen):
         ops.flat_inner(a, 1.0)
 
 
+def test_flat_inner_error_names_the_batch_of_one_as_given(gen):
+    """A batch of one broadcasts only against B dense tensors of its element shape; a mismatch names the batch of
+    one, not the batch of B it would have been expanded to."""
+    a = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=1)
+    with pytest.raises(
+        ShapeError,
+        match=r"dense tensor has shape \(5, 3, 2\) but the TT object has shape \(1, 2, 3\) .*batch of 1\)",
+    ):
+        ops.flat_inner(a, torch.ones(5, 3, 2, dtype=torch.float64))
+
+
 # ------------------------------------------------------------------------------------------------- norms
 @given(spec=any_specs, seed=seeds, batch=st.sampled_from([None, 3]), differentiable=st.booleans())
 def test_norms(spec, seed, batch, differentiable):
@@ -373,6 +384,20 @@ def test_bilinear_form_errors(gen):
         ShapeError, match=r"bilinear_form_two_mat: A has column dims \(4, 1\) but B has row dims \(2, 3\)"
     ):
         tt.bilinear_form_two_mat(b, a, a, b)
+
+
+def test_bilinear_forms_refuse_operands_of_different_dtypes(gen):
+    """A float32 vector beside float64 matrices is named as a dtype mismatch of the form, not left to a bmm."""
+    a = random_tt(((2, 3), (4, 5)), (1, 2, 1), gen=gen)
+    b = random_tt((2, 3), (1, 2, 1), gen=gen)
+    c = random_tt((4, 5), (1, 2, 1), gen=gen)
+    b32 = ops.cast(b, torch.float32)
+    with pytest.raises(ShapeError, match="bilinear_form: operands have different dtypes"):
+        ops.bilinear_form(a, b32, c)
+    with pytest.raises(ShapeError, match="quadratic_form: operands have different dtypes"):
+        ops.quadratic_form(a, b32, c)
+    with pytest.raises(ShapeError, match="bilinear_form_two_mat: operands have different dtypes"):
+        tt.bilinear_form_two_mat(b32, a, random_tt(((4, 5), (2, 3)), (1, 2, 1), gen=gen), b)
 
 
 def test_quadratic_form_errors_name_quadratic_form(gen):

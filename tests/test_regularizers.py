@@ -59,6 +59,14 @@ def test_validation(gen):
     assert float(tt.l2_regularizer(0)(random_tt((2, 2), (1, 2, 1), gen=gen))) == 0.0
 
 
+def test_an_empty_list_is_not_taken_for_a_tt_s_cores():
+    """An empty list or tuple holds no cores: refused as an unsupported argument, not read as a TT without cores."""
+    for reg in (tt.l2_regularizer(1.0), tt.cores_regularizer(lambda c: c.sum(), 1.0)):
+        for empty in ([], ()):
+            with pytest.raises(TypeError, match="expected a TT object, one TT's cores"):
+                reg(empty)
+
+
 def test_keras_dense_layers_are_regularized():
     """tensortrain.keras.KerasDense (t3f's layer) holds its TT as .matrix, not .weight."""
     import importlib.util
