@@ -415,3 +415,14 @@ def test_differentiable_norm_where_only_its_square_leaves_the_range(gen, dtype, 
         )
     batch = tt.concat_along_batch_dim([y, y])
     close(tt.frobenius_norm(batch, differentiable=True), want.expand(2))
+
+
+def test_gradients_at_an_unbalanced_point_are_taken_at_the_point(x64):
+    """The scaled QR sweep puts the carried exponents back on the core that keeps the norm; the frame's first
+    right-orthogonal core is the point autodiff evaluates func at, so a sweep that dropped them would evaluate
+    func at x times a power of two: only a linear func was tested here, whose gradient does not depend on the
+    point (a mutation audit)."""
+    x = x64.float()
+    g = tt.gradients(tt.frobenius_norm_squared, x)  # the gradient of |x|^2 is 2 x, tangent at x
+    want = 2 * x64
+    assert float(tt.frobenius_norm(g.double() - want)) <= 1e-4 * float(tt.frobenius_norm(want))

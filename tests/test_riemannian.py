@@ -467,3 +467,114 @@ def test_riemannian_paths_no_test_pinned(gen):
     assert_close(tt.full(tt.gradients(lambda y: f(y).reshape(1), x)), tt.full(x))  # (grad of |x|^2 / 2 at x)
     graded = tt.TensorTrain([c.clone().requires_grad_() for c in x.tt_cores])
     assert not any(c.requires_grad for c in tt.gradients(f, graded).tt_cores)
+
+
+def test_project_sum_with_vector_weights_is_a_single_tt_and_weights_have_one_or_two_dims(gen):
+    """From a mutation audit: (B,) weights give one weighted sum, a TensorTrain (a batch only for (B, N) weights),
+    and weights of three dims are refused (not reshaped to (B, N)); no test pinned either."""
+    where = random_tt((3, 4, 2), (1, 2, 2, 1), gen=gen)
+    what = random_tt((3, 4, 2), (1, 2, 2, 1), gen=gen, batch_size=3)
+    w = torch.randn(3, generator=gen, dtype=torch.float64)
+    got = tt.project_sum(what, where, weights=w)
+    assert type(got) is tt.TensorTrain and got.projection_on is where
+    want = dense_projector(where) @ (w @ dense(what).reshape(3, -1))
+    assert_close(dense(got).reshape(-1), want)
+    with pytest.raises(tt.ShapeError, match=r"weights must have shape \(3,\) or \(3, N\) .* got \(3, 1, 1\)"):
+        tt.project_sum(what, where, weights=w.reshape(3, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_project_sum_of_half_precision_keeps_its_dtype(gen, dtype):
+    """Its weighted sums run in float32; the tangent vector comes back in the point's dtype."""
+    where = random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen).to(dtype)
+    what = random_tt((3, 4, 3), (1, 2, 2, 1), gen=gen, batch_size=2).to(dtype)
+    got = tt.project_sum(what, where, weights=torch.tensor([1.0, -2.0]))
+    assert got.dtype == dtype and all(c.dtype == dtype for c in got.tt_cores)
+    want = dense_projector(where.to(torch.float64)) @ (
+        torch.tensor([1.0, -2.0], dtype=torch.float64) @ dense(what.to(torch.float64)).reshape(2, -1)
+    )
+    assert_close(dense(got).double().reshape(-1), want, rtol=0.05, atol=0.05 * float(want.abs().max()))
+
+
+def test_project_matmul_of_a_single_tt_is_a_single_tt_and_checks_what_and_where(gen):
+    """A TensorTrain `what` gives a TensorTrain; a dense `what`, a batch or complex `where` are refused by name."""
+    matrix = random_tt(((2, 3), (3, 4)), (1, 2, 1), gen=gen)
+    what = random_tt((3, 4), (1, 2, 1), gen=gen)
+    where = random_tt((2, 3), (1, 2, 1), gen=gen)
+    got = tt.project_matmul(what, where, matrix)
+    assert type(got) is tt.TensorTrain and got.projection_on is where
+    prod = (dense(matrix) @ dense(what).reshape(-1)).reshape(2, 3)
+    assert_close(dense(got), dense(tt.project(prod, where)))
+    with pytest.raises(TypeError, match="project_matmul: `what` must be a TT object, got Tensor"):
+        tt.project_matmul(dense(what), where, matrix)
+    batch = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(TypeError, match="project_matmul: `where` must be a TensorTrain"):
+        tt.project_matmul(what, batch, matrix)
+    c = torch.complex128
+    with pytest.raises(TypeError, match="project_matmul: complex TT objects are not supported"):
+        tt.project_matmul(tt.cast(what, c), tt.cast(where, c), tt.cast(matrix, c))
+
+
+def test_deltas_to_tangent_space_builds_on_the_given_frames(gen):
+    """The tangent vector is sum_k U_{<k} dU_k V_{>k} with the given `left` (U) and `right` (V) cores, not those
+    of another orthogonal form of the same tensor. From a mutation audit: every other test passes the frames
+    project computes itself, so a given frame dropped for a freshly computed one passed them."""
+    x = random_tt((3, 4, 2), (1, 2, 2, 1), gen=gen)
+    a, b = (torch.randn(2, 2, generator=gen, dtype=torch.float64) + 2 * torch.eye(2) for _ in range(2))
+    c0, c1, c2 = x.tt_cores
+    # the same tensor in another gauge: its orthogonal forms differ from x's own by rotations
+    y = tt.TensorTrain(
+        [
+            torch.einsum("anb,bc->anc", c0, a),
+            torch.einsum("ab,bnc,cd->and", a.inverse(), c1, b),
+            torch.einsum("ab,bnc->anc", b.inverse(), c2),
+        ]
+    )
+    assert_close(dense(y), dense(x))
+    left = tt.orthogonalize_tt_cores(y)
+    right = tt.orthogonalize_tt_cores(left, left_to_right=False)
+    first = torch.randn(1, 3, 2, generator=gen, dtype=torch.float64)
+    last = torch.randn(2, 2, 1, generator=gen, dtype=torch.float64)
+    zero = torch.zeros(2, 4, 2, dtype=torch.float64)
+    # the last delta only: U_1 U_2 dU_3, from `left`
+    got = tt.riemannian.deltas_to_tangent_space([torch.zeros_like(first), zero, last], x, left=left)
+    assert got.projection_on is x
+    assert_close(dense(got), dense(tt.TensorTrain([left.tt_cores[0], left.tt_cores[1], last])))
+    # the first delta only: dU_1 V_2 V_3, from `right`
+    got = tt.riemannian.deltas_to_tangent_space([first, zero, torch.zeros_like(last)], x, right=right)
+    assert_close(dense(got), dense(tt.TensorTrain([first, right.tt_cores[1], right.tt_cores[2]])))
+
+
+def test_a_dense_what_of_another_dtype_is_refused_by_name(gen):
+    """From a mutation audit: only TT `what`s of another dtype were tested (without the check a dense one reaches
+    torch's einsum dtype error)."""
+    x = random_tt((3, 4), (1, 2, 1), gen=gen)
+    z = torch.randn(2, 3, 4, generator=gen)  # float32
+    with pytest.raises(
+        tt.ShapeError, match="project: `what` is torch.float32 on cpu but `where` is torch.float64"
+    ):
+        tt.project(z, x)
+    with pytest.raises(
+        tt.ShapeError, match="project_sum: `what` is torch.float32 on cpu but `where` is torch"
+    ):
+        tt.project_sum(z, x)
+    with pytest.raises(tt.ShapeError, match="`vector` is torch.float32 on cpu but `x` is torch.float64"):
+        tt.hessian_vector_product(tt.frobenius_norm_squared, x, z[0])
+
+
+def test_tangent_space_to_deltas_refuses_a_dense_tensor_by_name():
+    """(from a mutation audit: no test passed it a non-TT)"""
+    with pytest.raises(TypeError, match="tangent_space_to_deltas: expected a TT object, got Tensor"):
+        tt.tangent_space_to_deltas(torch.zeros(1, 3, 2))
+
+
+def test_what_on_another_device_is_refused_by_name(gen):
+    """From a mutation audit: check_pair's device half had no test (meta stands in for another device here)."""
+    x = random_tt((3, 4), (1, 2, 1), gen=gen)
+    on_meta = tt.TensorTrain([c.to("meta") for c in x.tt_cores])
+    for what in (on_meta, torch.empty(3, 4, dtype=torch.float64, device="meta")):
+        with pytest.raises(
+            tt.ShapeError,
+            match="project: `what` is torch.float64 on meta but `where` is torch.float64 on cpu",
+        ):
+            tt.project(what, x)
