@@ -568,6 +568,25 @@ def test_tangent_space_to_deltas_refuses_a_dense_tensor_by_name():
         tt.tangent_space_to_deltas(torch.zeros(1, 3, 2))
 
 
+def test_tangent_vector_tools_check_their_arguments_kinds(gen):
+    """A dense tensor among tangent vectors is a TypeError (not 'must be tangent vectors'); the point of
+    deltas_to_tangent_space is one real TensorTrain, as for the projections, and its message names the argument
+    `tt` (it named `where`, which deltas_to_tangent_space does not have)."""
+    x = random_tt((3, 4), (1, 2, 1), gen=gen)
+    p = tt.project(x, x)
+    with pytest.raises(TypeError, match="add_n_projected: expected TT objects, got Tensor"):
+        tt.add_n_projected([p, tt.full(p)])
+    with pytest.raises(TypeError, match="pairwise_flat_inner_projected: expected TT objects, got Tensor"):
+        tt.pairwise_flat_inner_projected(p, tt.full(p))
+    deltas = tt.tangent_space_to_deltas(p)
+    with pytest.raises(TypeError, match="deltas_to_tangent_space: complex TT objects are not supported"):
+        tt.riemannian.deltas_to_tangent_space(
+            [d.to(torch.complex128) for d in deltas], tt.cast(x, torch.complex128)
+        )
+    with pytest.raises(TypeError, match="deltas_to_tangent_space: `tt` must be a TensorTrain"):
+        tt.riemannian.deltas_to_tangent_space(deltas, tt.concat_along_batch_dim([x, x]))
+
+
 def test_what_on_another_device_is_refused_by_name(gen):
     """From a mutation audit: check_pair's device half had no test (meta stands in for another device here)."""
     x = random_tt((3, 4), (1, 2, 1), gen=gen)

@@ -152,7 +152,7 @@ def deltas_to_tangent_space(
         >>> q.tt_ranks
         (1, 4, 1)
     """
-    ts.check_where(tt, "deltas_to_tangent_space")
+    ts.check_where(tt, "deltas_to_tangent_space", "tt")
     if isinstance(deltas, torch.Tensor) or not isinstance(deltas, Iterable):
         raise TypeError(
             f"deltas_to_tangent_space: deltas must be a sequence of tensors, one per core, got "

@@ -288,9 +288,9 @@ def dense_to_flat(
 
 
 # ---------------------------------------------------------------------------------------- validation
-def check_where(where: Any, fname: str) -> None:
+def check_where(where: Any, fname: str, name: str = "where") -> None:
     if not isinstance(where, TensorTrain):
-        raise TypeError(f"{fname}: `where` must be a TensorTrain (a single TT), got {type(where).__name__}")
+        raise TypeError(f"{fname}: `{name}` must be a TensorTrain (a single TT), got {type(where).__name__}")
     if where.dtype.is_complex:
         # The projector would need conjugate transposes throughout; refuse rather than answer wrongly.
         raise TypeError(f"{fname}: complex TT objects are not supported, got {where.dtype}")
