@@ -426,3 +426,23 @@ def test_gradients_at_an_unbalanced_point_are_taken_at_the_point(x64):
     g = tt.gradients(tt.frobenius_norm_squared, x)  # the gradient of |x|^2 is 2 x, tangent at x
     want = 2 * x64
     assert float(tt.frobenius_norm(g.double() - want)) <= 1e-4 * float(tt.frobenius_norm(want))
+
+
+def test_the_tangent_space_at_a_point_whose_first_core_alone_overflows(gen):
+    """Float32 points with entries of about 1e8 whose first core's own norm (its entries up to 2.5e38) is past
+    float32's largest value: the frame's scaled QR sweep scaled only the R it carried, so the QR of that core
+    overflowed there too, and project and gradients raised "the norm overflowed". The scaled sweep scales each
+    core before its QR (the Q factors do not change). (A rank-1 point's plain sweep overflows to inf, not NaN:
+    the fallback from a plain sweep whose result does not cast back is what reaches the scaled one there.)"""
+    big = 2.5e38 * (0.5 + 0.5 * torch.rand(1, 3, 2, generator=gen, dtype=torch.float64))
+    small = 1e-30 * torch.randn(2, 4, 1, generator=gen, dtype=torch.float64)
+    one = (
+        torch.full((1, 2, 1), 2.5e38, dtype=torch.float64),
+        torch.full((1, 3, 1), 1e-30, dtype=torch.float64),
+    )
+    for cores in ((big, small), one):
+        x = tt.TensorTrain([c.float() for c in cores])
+        x64 = tt.TensorTrain([c.float().double() for c in cores])  # (the same values)
+        z = torch.randn(*x.shape, generator=gen, dtype=torch.float64)
+        close(tt.full(tt.project(z.float(), x)), tt.full(tt.project(z, x64)))
+        close(tt.full(tt.gradients(tt.frobenius_norm_squared, x)), 2 * tt.full(x64))

@@ -72,11 +72,12 @@ def right_sweep(cores: Cores) -> Cores:
 
 
 def _sweep(cores: Cores, left: bool) -> Cores:
-    """A QR sweep, run plainly first; again with the carried R scaled by powers of two where the plain one
-    overflowed or its R fell below the dtype's normal range: unbalanced core scales (10 on half of 100 cores,
-    0.1 on the rest, a tensor of norm 1) overflow or underflow a carry taken as it is. The Q factors do not
-    depend on the scale; the exponents go back on the core that keeps the norm. The check syncs, so under
-    compile and ``torch.func`` transforms the scaled sweep runs directly."""
+    """A QR sweep, run plainly first; again with each core and the carried R scaled by powers of two where the
+    plain one overflowed or its R fell below the dtype's normal range: unbalanced core scales (10 on half of 100
+    cores, 0.1 on the rest, a tensor of norm 1) overflow or underflow a carry taken as it is, and a core whose own
+    norm is past the dtype's range (entries near its largest value) gave an inf R. The Q factors do not depend on
+    the scale; the exponents go back on the core that keeps the norm. The check syncs, so under compile and
+    ``torch.func`` transforms the scaled sweep runs directly."""
     work, dtype = _compute(cores)
     if not transforms_active() and not valueless(work[0]):
         out, low = _qr_sweep(work, left, scaled=False)
@@ -110,6 +111,9 @@ def _qr_sweep(cores: Cores, left: bool, scaled: bool) -> tuple[Cores, torch.Tens
         if carry is not None:
             c = torch.einsum("ab,bnc->anc", carry, c) if left else torch.einsum("anb,bc->anc", c, carry)
         r0, n, r1 = c.shape
+        if scaled:  # (a core whose own norm overflows: its QR's R would be inf; the Q factors are the same)
+            batched, exps = rescale_pow2(c.unsqueeze(0), exps)
+            c = batched[0]
         if left:
             q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
             out.append(q.reshape(r0, n, q.shape[1]))
