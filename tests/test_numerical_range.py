@@ -446,3 +446,24 @@ def test_the_tangent_space_at_a_point_whose_first_core_alone_overflows(gen):
         z = torch.randn(*x.shape, generator=gen, dtype=torch.float64)
         close(tt.full(tt.project(z.float(), x)), tt.full(tt.project(z, x64)))
         close(tt.full(tt.gradients(tt.frobenius_norm_squared, x)), 2 * tt.full(x64))
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_orthogonalize_and_inner_products_with_a_core_whose_own_norm_overflows(gen, where):
+    """Float32 TTs with entries of about 1e9 whose first, middle or last core alone is past float32's largest
+    value (entries up to 2.5e38, the others near 1e-15): orthogonalize's scaled sweep scaled only the R it
+    carried, so the QR of such a core (or its product with a carried R) overflowed and raised "the norm
+    overflowed", and flat_inner's scaled sweep scaled only the first operand's core, so a step gave inf (true
+    value 1e17). Both scale every core they use; single TTs and batches alike, float64 values as the oracle."""
+    shapes = [(1, 2, 2), (2, 3, 2), (2, 2, 1)]
+    cores = [1e-15 * (0.5 + torch.rand(*s, generator=gen, dtype=torch.float64)) for s in shapes]
+    cores[where] = 2.5e38 * (0.5 + 0.5 * torch.rand(*shapes[where], generator=gen, dtype=torch.float64))
+    x = tt.TensorTrain([c.float() for c in cores])
+    want = tt.full(tt.TensorTrain([c.float().double() for c in cores]))  # (the same values)
+    xb = tt.TensorTrainBatch([c.unsqueeze(0).expand(2, *c.shape) for c in x.tt_cores])
+    for ltr in (True, False):
+        close(tt.full(tt.orthogonalize(x, left_to_right=ltr)), want)
+        close(tt.full(tt.orthogonalize(xb, left_to_right=ltr))[1], want)
+    square = float((want * want).sum())
+    assert abs(float(tt.flat_inner(x, x)) / square - 1) <= 1e-5
+    assert abs(float(tt.flat_inner(xb, xb)[1]) / square - 1) <= 1e-5

@@ -171,8 +171,9 @@ def left_orthogonalize(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     """QR sweep left to right on ``(B, r, n, r')`` cores (or a single TT's ``(r, n, r')``); returns new cores (the
     input list is not changed).
 
-    Run plainly first; where a carried R left the dtype's normal range (unbalanced core scales), again with each
-    R carried scaled by a power of two (exact), the scales put back on the last core once (see
+    Run plainly first; where a carried R left the dtype's normal range (unbalanced core scales, or a core whose
+    own norm is past the dtype's range), again with each core and each R carried scaled by a power of two
+    (exact), the scales put back on the last core once (see
     ``operands.pow2_exponents`` and :func:`_plain_first`).
     """
     return _plain_first(_left_sweep, cores)
@@ -193,6 +194,8 @@ def _left_sweep(cores: list[torch.Tensor], scaled: bool) -> tuple[list[torch.Ten
     cores = list(cores)
     out, lead, mul = _sweep_layout(cores, scaled)
     exps, rs = None, []
+    if scaled:  # (each core scaled too: one whose own norm is past the dtype's range gave an inf R)
+        cores[0], exps = rescale_pow2(cores[0], exps)
     for k in range(len(cores) - 1):
         r_prev, n_k = cores[k].shape[-3], cores[k].shape[-2]
         q, r = torch.linalg.qr(cores[k].reshape(*lead, r_prev * n_k, -1))
@@ -202,6 +205,8 @@ def _left_sweep(cores: list[torch.Tensor], scaled: bool) -> tuple[list[torch.Ten
             rs.append(r)
         cores[k] = q.reshape(*out, r_prev, n_k, q.shape[-1])
         nxt = cores[k + 1]
+        if scaled:
+            nxt, exps = rescale_pow2(nxt, exps)
         carried = mul(r, nxt.reshape(*lead, nxt.shape[-3], -1))
         cores[k + 1] = carried.reshape(*out, r.shape[-2], *nxt.shape[-2:])
     if exps is not None:
@@ -233,6 +238,8 @@ def _right_sweep(cores: list[torch.Tensor], scaled: bool) -> tuple[list[torch.Te
     cores = list(cores)
     out, lead, mul = _sweep_layout(cores, scaled)
     exps, rs = None, []
+    if scaled:  # (as in _left_sweep)
+        cores[-1], exps = rescale_pow2(cores[-1], exps)
     for k in range(len(cores) - 1, 0, -1):
         r_prev, n_k, r_next = cores[k].shape[-3:]
         # Unfolding (r_{k-1}, n_k r_k) = R^H Q^H from the QR of its conjugate transpose.
@@ -243,6 +250,8 @@ def _right_sweep(cores: list[torch.Tensor], scaled: bool) -> tuple[list[torch.Te
             rs.append(r)
         cores[k] = q.mH.reshape(*out, q.shape[-1], n_k, r_next)
         prv = cores[k - 1]
+        if scaled:
+            prv, exps = rescale_pow2(prv, exps)
         cores[k - 1] = mul(prv.reshape(*lead, -1, prv.shape[-1]), r.mH).reshape(*prv.shape[:-1], r.shape[-2])
     if exps is not None:
         cores[0] = scale_pow2(cores[0], exps)

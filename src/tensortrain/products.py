@@ -292,9 +292,10 @@ def _inner_steps(ca: list[torch.Tensor], cb: list[torch.Tensor], scaled: bool) -
     for x, y in zip(ca, cb, strict=True):
         bs, rx, u, vv = x.shape[0], x.shape[1], x.shape[-1], y.shape[-1]
         if scaled:
-            # the core of ``a`` too: a step multiplies it with ``b``'s core, and two cores of 1e25 overflow
-            # float32 inside one step, before any carried matrix is rescaled
+            # both cores too: a step multiplies them, and two cores of 1e25 overflow float32 inside one step,
+            # before any carried matrix is rescaled, as does a core of 2.5e38 times one below 1
             x, exps = rescale_pow2(x, exps)
+            y, exps = rescale_pow2(y, exps)
         if v is None:  # (B, m, u)^T (B, m, v): r_0 = 1
             v = torch.bmm(x.reshape(bs, -1, u).transpose(1, 2), y.reshape(bs, -1, vv))
         else:
