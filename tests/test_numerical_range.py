@@ -467,3 +467,20 @@ def test_orthogonalize_and_inner_products_with_a_core_whose_own_norm_overflows(g
     square = float((want * want).sum())
     assert abs(float(tt.flat_inner(x, x)) / square - 1) <= 1e-5
     assert abs(float(tt.flat_inner(xb, xb)[1]) / square - 1) <= 1e-5
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_riemannian_gradient_from_cores_with_a_core_whose_own_norm_overflows(gen, where):
+    """As above, for riemannian_gradient_from_cores: its interface Gram sweeps scaled the carried matrix but not
+    the point's cores, so a step with a middle core of 2.5e38 overflowed and the pseudo-inverse's SVD failed on
+    inf. It matches the float64 gradient at the same values."""
+    shapes = [(1, 3, 2), (2, 4, 2), (2, 2, 1)]
+    cores = [1e-15 * (0.5 + torch.rand(*s, generator=gen, dtype=torch.float64)) for s in shapes]
+    cores[where] = 2.5e38 * (0.5 + 0.5 * torch.rand(*shapes[where], generator=gen, dtype=torch.float64))
+    z = torch.randn(3, 4, 2, generator=gen, dtype=torch.float64)
+    got = []
+    for dtype in (torch.float32, torch.float64):
+        x = tt.TensorTrain([c.float().to(dtype).requires_grad_() for c in cores])
+        grads = torch.autograd.grad((tt.full(x).double() * z).sum(), x.tt_cores)
+        got.append(tt.full(tt.optim.riemannian_gradient_from_cores(x, list(grads))))
+    close(got[0], got[1])

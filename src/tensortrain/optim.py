@@ -50,10 +50,21 @@ def _sweep_left(
     out = [a[0].new_ones(1, 1)]
     exps = [torch.zeros(1, dtype=torch.int64, device=a[0].device)]
     for k in range(len(a) - 1):
-        m, e = rescale_pow2(torch.einsum("ab,anc,bnd->cd", out[k], a[k], b[k]).unsqueeze(0), exps[k])
+        ak, bk, e = _scaled_pair(a[k], b[k], exps[k])
+        m, e = rescale_pow2(torch.einsum("ab,anc,bnd->cd", out[k], ak, bk).unsqueeze(0), e)
         out.append(m[0])
         exps.append(e)
     return out, exps
+
+
+def _scaled_pair(
+    a: torch.Tensor, b: torch.Tensor, exps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cores ``a`` and ``b`` brought below 1 by powers of two, their exponents added to ``exps``: a step's product
+    of a core of 2.5e38 (its own norm past float32's range) overflowed before the carried matrix was scaled."""
+    pair, e = rescale_pow2(a.unsqueeze(0), exps)
+    other, e = rescale_pow2(b.unsqueeze(0), e)
+    return pair[0], other[0], e
 
 
 def _sweep_right(
@@ -64,9 +75,8 @@ def _sweep_right(
     out = [a[0].new_ones(1, 1)] * (len(a) + 1)
     exps = [torch.zeros(1, dtype=torch.int64, device=a[0].device)] * (len(a) + 1)
     for k in range(len(a) - 1, 0, -1):
-        m, exps[k] = rescale_pow2(
-            torch.einsum("anb,cnd,bd->ac", a[k], b[k], out[k + 1]).unsqueeze(0), exps[k + 1]
-        )
+        ak, bk, e = _scaled_pair(a[k], b[k], exps[k + 1])
+        m, exps[k] = rescale_pow2(torch.einsum("anb,cnd,bd->ac", ak, bk, out[k + 1]).unsqueeze(0), e)
         out[k] = m[0]
     return out, exps
 
