@@ -1121,3 +1121,18 @@ def test_a_model_spec_missing_one_side_is_a_usage_error(spec, capsys):
 def test_error_lines_drop_terminal_colours():
     err = RuntimeError("\x1b[31mbad\x1b[0m file\nsecond line")
     assert cli_inspect.one_line(err) == "RuntimeError: bad file; second line"
+
+
+def test_inspect_lists_a_layer_sharing_the_root_layers_cores_once(tmp_path, capsys):
+    """A layer whose cores are the root's (keys ``cores.<k>``, the layer named ""): its ``shared_with`` is "",
+    which the table read as not shared, so the layer was listed twice (a row, and the 'same tensors' line)."""
+    layer = tt.nn.TTLinear(64, 64, tt_rank=4)
+    state = {**layer.state_dict(), **{f"sub.{k}": v for k, v in layer.state_dict().items()}}
+    torch.save(state, tmp_path / "root.pt")
+    info = inspect_path(tmp_path / "root.pt")
+    assert [(x["name"], x["shared_with"]) for x in info["tt_layers"]] == [("", None), ("sub", "")]
+    assert main(["inspect", str(tmp_path / "root.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "  sub: the same tensors as (model) (one layer under two names, counted once)" in out
+    rows = [line for line in out.splitlines() if line.startswith(("  (model) ", "  sub "))]
+    assert len(rows) == 1 and rows[0].startswith("  (model) ")  # the shared layer is listed once in the table

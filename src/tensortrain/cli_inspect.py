@@ -375,7 +375,7 @@ def _state_dict_text(info: dict[str, Any]) -> list[str]:
     lines = [
         f"{info['path']}: a state dict ({info['format']}), {info['tensors']} tensors, {len(layers)} TT layers"
     ]
-    ok = [layer for layer in layers if layer["problem"] is None and not layer.get("shared_with")]
+    ok = [layer for layer in layers if layer["problem"] is None and layer.get("shared_with") is None]
     if ok:
         head = ("layer", "rows x cols", "dims", "tt_ranks", "params", "dense", "ratio", "bias")
         rows = [head] + [
