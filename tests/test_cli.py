@@ -478,6 +478,11 @@ def test_seeds_checks_every_seed_folder_before_training(tmp_path, capsys):
     (tmp_path / "out" / "results.json").mkdir()
     assert main(argv) == 1
     assert "results.json is a folder; the demo writes its results.json there" in capsys.readouterr().err
+    (tmp_path / "out" / "results.json").rmdir()
+    (tmp_path / "out" / "seed-3" / "accuracy_vs_params.png").mkdir(parents=True)  # a later seed's file
+    assert main([*argv, "--seeds", "0,3", "--threads", "1"]) == 1
+    assert "accuracy_vs_params.png is a folder; the demo writes" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "seed-0").exists()
 
 
 @pytest.mark.parametrize(
@@ -526,7 +531,9 @@ def test_seed_summary_counts_runs_meeting_the_targets():
     b, c = summary
     assert b["runs_meeting_target"] == 2 and b["target"] == 0.97  # >= counts: 97.00 meets 97.0
     assert (b["min"], b["max"]) == (0.9698, 0.975)
+    assert b["mean"] == pytest.approx((0.9698 + 0.97 + 0.975) / 3, abs=1e-12)  # the mean, not the median
     assert c["target"] is None and c["runs_meeting_target"] is None
+    assert (c["min"], c["max"]) == (0.5, 0.7)  # of 0.6, 0.7, 0.5: neither the first nor the last
     table = format_seeds_table(summary).splitlines()
     assert table[0] == "| seed | 0 | 1 | 2 | mean ± sd | runs meeting the target |"
     assert table[2].endswith("| 2 of 3 (>= 97.0) |") and table[3].endswith("| (reported) |")
@@ -614,6 +621,34 @@ def test_an_accuracy_equal_to_the_target_is_met(monkeypatch, tmp_path, capsys):
     for stage in TARGETS:
         assert f"target {stage}: " in out
     assert "MISSED" not in out and out.count(": met") == len(TARGETS)
+
+
+def test_every_demo_option_reaches_the_config(monkeypatch, tmp_path, capsys):
+    import tensortrain.demo as demo
+    from tensortrain.demo_config import DemoConfig
+
+    seen = []
+
+    def fake_run(cfg, log=None, progress=None):
+        seen.append(cfg)
+        return [demo.StageResult(s, f"net {s}", 10, None, 0.5, 0.0, 1, None) for s in "abcd"]
+
+    monkeypatch.setattr(demo, "run_mnist_demo", fake_run)
+    argv = ["demo", "mnist", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--no-progress"]
+    options = {
+        "epochs-tt": 1,
+        "epochs-dense": 2,
+        "epochs-finetune": 3,
+        "rank": 5,
+        "compress-rank": 6,
+        "seed": 7,
+    }
+    options.update({"batch-size": 8, "train-subset": 90, "test-subset": 100, "threads": 11})
+    for name, value in options.items():
+        argv += [f"--{name}", str(value)]
+    assert main(argv) == 0
+    given = {k.replace("-", "_"): v for k, v in options.items()}
+    assert seen == [DemoConfig(data=str(tmp_path / "d"), out=str(tmp_path / "o"), **given)]
 
 
 def _accuracies_and_losses(out: Path) -> list[tuple[float, list[float]]]:
@@ -860,6 +895,29 @@ def test_an_ignored_sighup_stays_ignored(tmp_path, monkeypatch):
         signal.signal(signal.SIGHUP, previous)
 
 
+def test_main_puts_the_callers_signal_handlers_back(monkeypatch):
+    """SIGTERM and SIGHUP are main()'s while the command runs, the caller's again once it returns (a check
+    against the handler found before passes whenever an earlier main() left its own installed)."""
+    import signal
+
+    import tensortrain.cli
+
+    def callers(signum, frame):
+        raise AssertionError("not called")
+
+    seen = []
+    previous = {s: signal.signal(s, callers) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        probe = lambda: (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP))  # noqa: E731
+        monkeypatch.setattr(tensortrain.cli, "build_parser", lambda: _Recording(seen, probe))
+        assert main([]) == 0
+        assert seen == [(tensortrain.cli._terminate, tensortrain.cli._terminate)]
+        assert signal.getsignal(signal.SIGTERM) is callers and signal.getsignal(signal.SIGHUP) is callers
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 class _Recording:
     """A parser whose command records what ``probe`` returns while it runs."""
 
@@ -955,7 +1013,7 @@ def test_seeds_of_the_tutorial_recipe_are_compared_with_the_targets(monkeypatch,
 
     def fake_seeds(cfg, seeds, log=None, progress=None):
         return {
-            s: [StageResult(k, f"net {k}", 10, None, acc, 0.0, 1, None) for k, acc in TARGETS.items()]
+            s: [StageResult(k, f"net {k}", 10, None, TARGETS.get(k, 0.6), 0.0, 1, None) for k in "abcd"]
             for s in seeds
         }
 
@@ -964,3 +1022,118 @@ def test_seeds_of_the_tutorial_recipe_are_compared_with_the_targets(monkeypatch,
     out = capsys.readouterr().out
     for stage in TARGETS:
         assert f"target {stage}: met by 2 of 2 runs" in out
+    assert "target c:" not in out  # stage c (the compression before fine-tuning) has no target
+
+
+def test_an_epochs_loss_is_the_mean_of_its_batch_losses(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    import tensortrain.demo as demo
+
+    losses, real = [], F.cross_entropy
+
+    def recorded(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        losses.append(float(loss.detach()))
+        return loss
+
+    monkeypatch.setattr(F, "cross_entropy", recorded)
+    cfg = demo.DemoConfig(out=str(tmp_path), epochs_tt=1, epochs_dense=0, epochs_finetune=0, batch_size=8)
+    results = demo.run_mnist_demo(cfg, data=_tiny_mnist())
+    assert len(losses) == 64 // 8  # stage a's one epoch: 8 batches
+    assert results[0].history[0]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+
+
+def test_stage_c_reports_the_relative_error_of_the_compressed_weight():
+    import tensortrain.demo as demo
+
+    torch.manual_seed(0)
+    dense = demo.dense_net()
+    compressed, err = demo._compress(dense, 1, torch.device("cpu"))
+    w, w0 = compressed[1].dense_weight().detach(), dense[1].weight.detach()
+    assert err == pytest.approx(float((w - w0).norm() / w0.norm()), rel=1e-6) and 0.5 < err < 1
+
+
+def test_the_table_sets_the_t3f_tutorials_accuracies_beside_ours():
+    from tensortrain.demo import StageResult, format_table
+    from tensortrain.demo_config import T3F_TUTORIAL
+
+    table = format_table([StageResult(s, f"net {s}", 10, 5, 0.5, 1.0, 1, 1e-3) for s in "abcd"])
+    rows = table.splitlines()[2:]
+    for row, (stage, acc) in zip(rows, T3F_TUTORIAL.items(), strict=True):
+        assert row.startswith(f"| {stage} | net {stage} |") and f"| 50.00% | {100 * acc:.2f}% |" in row
+
+
+def test_the_dense_layers_start_as_keras_dense_glorot_uniform_and_zero_bias():
+    import math
+
+    import tensortrain.demo as demo
+
+    torch.manual_seed(0)
+    for model in (demo.dense_net(), demo.tt_net(4)):
+        for layer in (m for m in model if isinstance(m, torch.nn.Linear)):
+            fan_out, fan_in = layer.weight.shape
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert torch.count_nonzero(layer.bias) == 0
+            assert 0.95 * bound < float(layer.weight.detach().abs().max()) <= bound
+
+
+def test_the_tutorial_recipe_is_its_batch_size_too():
+    from tensortrain.demo import DemoConfig, is_tutorial
+
+    assert not is_tutorial(DemoConfig(batch_size=32)) and not is_tutorial(DemoConfig(compress_rank=8))
+
+
+def test_the_mnist_folder_is_absolute_with_dots_resolved(tmp_path, monkeypatch):
+    from tensortrain.demo_config import DemoConfig, mnist_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert mnist_folder(DemoConfig(data="sub/../data")) == str(tmp_path / "data")
+
+
+def test_results_record_the_threads_the_run_had_and_the_compression_error(tmp_path):
+    import tensortrain.demo as demo
+
+    lines = []
+    cfg = demo.DemoConfig(out=str(tmp_path), epochs_tt=0, epochs_dense=0, epochs_finetune=1)
+    results = demo.run_mnist_demo(cfg, data=_tiny_mnist(), log=lines.append)
+    assert [r.epochs for r in results] == [0, 0, 0, 1] and len(results[3].history) == 1  # d: epochs_finetune
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert cfg.threads is None and report["threads"] == torch.get_num_threads()
+    err = report["compressed_weight_relative_error"]
+    assert (
+        0 < err < 1
+        and f"c: relative Frobenius error of the compressed first-layer weight: {err:.4f}" in lines
+    )
+
+
+def test_the_write_check_of_an_existing_output_folder_leaves_nothing_there(tmp_path):
+    from tensortrain.demo_output import check_writable
+
+    check_writable(tmp_path, tmp_path / "missing")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seeds_load_mnist_once_check_every_folder_and_record_the_data_folder(tmp_path, monkeypatch):
+    import tensortrain.demo as demo
+    import tensortrain.demo_seeds as demo_seeds
+
+    loads, checked, check = [], [], demo_seeds.check_writable
+
+    def fake_load(root=None):
+        loads.append(root)
+        return _tiny_mnist()
+
+    monkeypatch.setattr(demo_seeds, "load_mnist", fake_load)
+    monkeypatch.setattr(demo, "load_mnist", fake_load)
+    monkeypatch.setattr(
+        demo_seeds, "check_writable", lambda *folders: (checked.append(folders), check(*folders))
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TENSORTRAIN_DATA", "sub/../data")
+    cfg = demo.DemoConfig(out="out", epochs_tt=0, epochs_dense=0, epochs_finetune=0)
+    demo_seeds.run_mnist_seeds(cfg, [3, 0])
+    assert loads == [None]  # once, for every seed
+    assert checked == [(Path("out"), Path("out/seed-3"), Path("out/seed-0"))]  # all, before the first seed
+    report = json.loads((tmp_path / "out/seeds.json").read_text())
+    assert report["data_folder"] == str(tmp_path / "data") and report["seeds"] == [3, 0]  # in the order run

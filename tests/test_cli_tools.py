@@ -1136,3 +1136,73 @@ def test_inspect_lists_a_layer_sharing_the_root_layers_cores_once(tmp_path, caps
     assert "  sub: the same tensors as (model) (one layer under two names, counted once)" in out
     rows = [line for line in out.splitlines() if line.startswith(("  (model) ", "  sub "))]
     assert len(rows) == 1 and rows[0].startswith("  (model) ")  # the shared layer is listed once in the table
+
+
+def test_the_recipe_takes_a_module_instance_as_it_is_and_the_header_keeps_the_selection(models, capsys):
+    argv = ["compress", "--model", "clitoolmodels:instance", "--max-tt-rank", "2"]
+    assert main([*argv, "--out", "inst.safetensors", "--include", "*", "--exclude", "2"]) == 0
+    recipe = _recipe(capsys.readouterr().out).splitlines()
+    assert "model = clitoolmodels.instance" in recipe  # (not instance(): calling it would run its forward)
+    with safetensors.safe_open("inst.safetensors", "pt") as f:
+        header = json.loads(f.metadata()["tensortrain_compress"])
+    assert (header["include"], header["exclude"], header["replaced"]) == (["*"], ["2"], ["0"])
+
+
+def test_the_model_module_in_the_current_folder_comes_before_one_elsewhere(tmp_path, capsys, monkeypatch):
+    """MODULE is looked up in the current folder first, as ``python -m`` does: a module of the same name in a
+    folder already on sys.path loses."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    model = "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(64, {}))\n"
+    (tmp_path / "here/clitoolshadowed.py").write_text(model.format(64))
+    (tmp_path / "elsewhere/clitoolshadowed.py").write_text(model.format(32))
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path / "here")
+    monkeypatch.delitem(sys.modules, "clitoolshadowed", raising=False)
+    try:
+        assert main(["compress", "--model", "clitoolshadowed:build", "--max-tt-rank", "2", "--dry-run"]) == 0
+        assert sys.modules["clitoolshadowed"].__file__ == str(tmp_path / "here/clitoolshadowed.py")
+    finally:
+        sys.modules.pop("clitoolshadowed", None)
+
+
+def test_inspect_tells_a_tt_tensor_file_from_a_tt_matrix_one(tmp_path):
+    tt.save(tt.random_tensor((2, 3, 4), 2), tmp_path / "t.safetensors")
+    tt.save(tt.random_matrix([[2, 3], [4, 5]], 2), tmp_path / "m.safetensors")
+    assert inspect_path(tmp_path / "t.safetensors")["tt_kind"] == "tensor"
+    assert inspect_path(tmp_path / "m.safetensors")["tt_kind"] == "matrix"
+
+
+def test_inspect_accepts_the_root_modules_extra_state(tmp_path, capsys):
+    # a model whose own get_extra_state is set stores it under the key "_extra_state", with no prefix
+    torch.save({"w": torch.zeros(2), "_extra_state": {"scale": 2.0}}, tmp_path / "x.pt")
+    assert main(["inspect", str(tmp_path / "x.pt")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_inspect_a_layer_sharing_cores_with_two_layers_is_not_shared_with_either(tmp_path):
+    a, c = tt.nn.TTLinear(64, 64, tt_rank=4), tt.nn.TTLinear(64, 64, tt_rank=4)
+    state = {
+        **{f"a.{k}": v for k, v in a.state_dict().items()},
+        **{f"c.{k}": v for k, v in c.state_dict().items()},
+    }
+    state.update({"b.cores.0": a.cores[0], "b.cores.1": c.cores[1]})
+    torch.save(state, tmp_path / "mixed.pt")
+    info = inspect_path(tmp_path / "mixed.pt")
+    shared = [(x["name"], x["shared_with"]) for x in info["tt_layers"]]
+    assert shared == [("a", None), ("c", None), ("b", None)]
+
+
+def test_inspect_reads_safetensors_metadata_naming_two_tensors_as_metadata(tmp_path):
+    # only a name that holds no tensor is an alias (safetensors' save_model); here "a" is a tensor of its own
+    safetensors.torch.save_file(
+        {"a": torch.zeros(2), "b": torch.zeros(3)}, tmp_path / "m.safetensors", {"a": "b"}
+    )
+    info = inspect_path(tmp_path / "m.safetensors")
+    assert (info["total_parameters"], info["shared_tensors"], info["metadata"]) == (5, 0, {"a": "b"})
+
+
+def test_inspect_tells_a_folder_from_a_missing_file(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path), str(tmp_path / "gone.pt")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: not a file" in err and f"{tmp_path / 'gone.pt'}: no such file" in err

@@ -572,6 +572,11 @@ def test_initializers_zero_stddev_is_exactly_the_mean(mean):
     assert torch.equal(tt.full(x), torch.full((3, 4, 2), mean, dtype=torch.float64))
     m = tt.random_matrix([[2, 3], [3, 2]], tt_rank=2, mean=mean, stddev=0.0, dtype=torch.float64, generator=g)
     assert torch.equal(tt.full(m), torch.full((6, 6), mean, dtype=torch.float64))
+    # the batch versions pass the mean on too
+    xb = tt.random_tensor_batch((3, 4), 2, 3, mean, 0.0, torch.float64, generator=g)
+    assert torch.equal(tt.full(xb), torch.full((3, 3, 4), mean, dtype=torch.float64))
+    mb = tt.random_matrix_batch([[2, 3], [3, 2]], 2, 3, mean, 0.0, torch.float64, generator=g)
+    assert torch.equal(tt.full(mb), torch.full((3, 6, 6), mean, dtype=torch.float64))
 
 
 # tt_normal_ draws from the generator it is given: equal seeds give equal cores

@@ -239,6 +239,7 @@ def test_ranks_clip_like_to_tt_matrix(gen):
     layer = KerasDense([2, 3], [2, 2], tt_rank=50)
     layer.build((None, 6))
     assert layer.tt_ranks == tt.max_tt_ranks([4, 6]) == (1, 4, 1)
+    assert layer.get_config()["tt_rank"] == [1, 50, 1]  # the config keeps the argument, not the clipped ranks
     W = torch.randn(6, 4, generator=gen)
     Wtt = tt.to_tt_matrix(W, shape=[[2, 3], [2, 2]], max_tt_rank=50)
     layer.set_weights([*Wtt.tt_cores, np.zeros(4, "float32")])
