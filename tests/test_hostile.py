@@ -908,6 +908,9 @@ def test_yes_no_arguments_refuse_strings():
     ):
         with pytest.raises(TypeError, match="must be True or False"):
             call()
+    # NumPy's bools are bools (a flag read from an array or a config loaded by NumPy)
+    assert isinstance(tt.to_tt_tensor(x, batch=np.True_), tt.TensorTrainBatch)
+    assert isinstance(tt.to_tt_tensor(x, batch=np.False_), tt.TensorTrain)
 
 
 def test_meta_scales_weights_and_indices_for_real_cores_are_named():

@@ -484,3 +484,17 @@ def test_riemannian_gradient_from_cores_with_a_core_whose_own_norm_overflows(gen
         grads = torch.autograd.grad((tt.full(x).double() * z).sum(), x.tt_cores)
         got.append(tt.full(tt.optim.riemannian_gradient_from_cores(x, list(grads))))
     close(got[0], got[1])
+
+
+def test_tt_svd_with_gradients_of_entries_at_the_top_of_float64(gen):
+    """With gradients possible, an SVD whose top singular value leaves the fourth roots of the range is taken again
+    scaled by 2^-e; e must stay where 2^e is a float64 (below 1024): an entry of 1.5e308 gave e = 1024, whose
+    factor back overflowed to inf ("the tensor's norm overflows float64") where the result fits."""
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    x[0, 0], x[1, 1] = 1.5e308, 1e307
+    x.requires_grad_()
+    a = tt.to_tt_tensor(x, max_tt_rank=1)
+    assert all(bool(torch.isfinite(c).all()) for c in a.tt_cores)
+    torch.testing.assert_close(
+        tt.full(a).detach(), torch.tensor([[1.5e308, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    )

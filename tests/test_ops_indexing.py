@@ -269,6 +269,13 @@ def test_gather_nd_errors(gen):
         ops.gather_nd(m, torch.tensor([[2, 0, 0]]))
     with pytest.raises(IndexError, match=r"gather_nd: column index 4 out of range \[0, 4\)"):
         ops.gather_nd(m, torch.tensor([[1, 0, 4]]))
+    # a batch of TT-tensors counts its batch column in both numbers
+    b = random_tt((2, 3), (1, 2, 1), gen=gen, batch_size=2)
+    with pytest.raises(
+        tt.ShapeError,
+        match=r"gather_nd: indices must have 3 columns for a TT-tensor of raw shape \(2, 3\) \(batch of 2\), got 2",
+    ):
+        ops.gather_nd(b, torch.zeros(1, 2, dtype=torch.long))
 
 
 def test_batch_index_must_be_one_axis_of_elements(gen):

@@ -487,6 +487,9 @@ def test_bilinear_form_refuses_a_matrix_that_is_not_a_vector(gen):
     c = random_tt((2, 2), (1, 2, 1), gen=gen)
     with pytest.raises(tt.ShapeError, match="b must be a vector with modes"):
         tt.bilinear_form(A, b, c)
+    # the row-vector form too: (2, 1) x (2, 3) has its modes as columns but two rows, not one
+    with pytest.raises(tt.ShapeError, match="b must be a vector with modes"):
+        tt.bilinear_form(A, random_tt(((2, 1), (2, 3)), (1, 2, 1), gen=gen), c)
 
 
 def test_sparse_dense_operands_are_named(gen):

@@ -92,6 +92,11 @@ def test_validation_errors(gen):
         tt.TensorTrain([torch.ones(1, 2, 3), torch.ones(2, 2, 1)])
     with pytest.raises(tt.ShapeError, match="boundary TT-ranks must be 1"):
         tt.TensorTrain([torch.ones(2, 2, 1)])
+    # the last rank too, where the ranks chain (the fast check only sends these to the full one)
+    with pytest.raises(tt.ShapeError, match=r"boundary TT-ranks must be 1, got r_0=1 and r_d=2"):
+        tt.TensorTrain([torch.ones(1, 2, 3), torch.ones(3, 4, 2)])
+    with pytest.raises(tt.ShapeError, match=r"r_0=1 and r_d=3"):
+        tt.TensorTrainBatch([torch.ones(2, 1, 2, 3), torch.ones(2, 3, 4, 3)])
     with pytest.raises(tt.ShapeError, match="3 dims \\(TT-tensor\\) or 4 dims"):
         tt.TensorTrain([torch.ones(2, 1)])
     with pytest.raises(tt.ShapeError, match="same number of dims"):
@@ -106,6 +111,33 @@ def test_validation_errors(gen):
         tt.TensorTrainBatch([torch.ones(2, 1, 2, 1), torch.ones(3, 1, 2, 1)])
     with pytest.raises(tt.ShapeError, match="4 dims \\(TT-tensor\\) or 5 dims"):
         tt.TensorTrainBatch([torch.ones(1, 2, 1)])
+
+
+def test_requires_grad_when_any_core_requires_grad(gen):
+    a = random_tt((3, 4, 5), (1, 2, 2, 1), gen=gen)
+    cores = list(a.tt_cores)
+    cores[1] = cores[1].clone().requires_grad_()
+    b = tt.TensorTrain(cores)
+    assert b.requires_grad and not a.requires_grad
+    assert repr(b).endswith("(dtype=torch.float64, requires_grad=True)")
+
+
+def test_to_another_tensor_checks_its_dtype(gen):
+    # x.to(tensor) casts to that tensor's dtype: the same checks as a dtype given by itself
+    a = random_tt((3, 4), (1, 2, 1), gen=gen)
+    with pytest.raises(TypeError, match="cannot cast a complex TT"):
+        a.to(torch.complex128).to(torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype must be a floating point or complex torch.dtype"):
+        a.to(torch.zeros(2, dtype=torch.int64))
+    assert a.to(torch.zeros(2, dtype=torch.float32)).dtype == torch.float32
+
+
+def test_to_complex32_is_refused_by_the_cast_check(gen):
+    a = random_tt((3, 4), (1, 2, 1), gen=gen)
+    with pytest.raises(TypeError, match=r"TensorTrain.to: complex32 has almost no kernels"):
+        a.to(torch.complex32)
+    with pytest.raises(TypeError, match=r"TensorTrainBatch.to: complex32"):
+        random_tt((3, 4), (1, 2, 1), gen=gen, batch_size=2).to(dtype=torch.complex32)
 
 
 def _factorizations(n: int, d: int, low: int = 1) -> list[tuple[int, ...]]:
@@ -142,6 +174,7 @@ def test_auto_shape_results_are_pinned():
         (30522, 4): (1, 2, 3, 5087),
         (50257, 3): (1, 29, 1733),
         (128, 2): (8, 16),
+        (4620, 3): (11, 20, 21),  # the smallest largest factor first: (14, 15, 22) has the smaller sum
     }
     for (n, d), dims in pinned.items():
         assert tt.auto_shape(n, d) == dims, (n, d)
@@ -167,6 +200,11 @@ def test_shapes_helpers():
         tt.normalize_tt_rank((2, 2, 2, 1), 3)
     with pytest.raises(tt.ShapeError, match="got 3 values"):
         tt.normalize_tt_rank((2, 2, 2), 3)
+    # a rank below 1 inside a sequence (inner or full form), not only a single int
+    with pytest.raises(tt.ShapeError, match=r"tt_rank values must be >= 1, got \(1, 2, 0, 1\)"):
+        tt.normalize_tt_rank([2, 0], 3)
+    with pytest.raises(tt.ShapeError, match=r"values must be >= 1, got \(1, -1, 1\)"):
+        tt.normalize_tt_rank((1, -1, 1), 2)
     with pytest.raises(TypeError):
         tt.normalize_tt_rank(True, 3)
     with pytest.raises(ValueError, match="positive int"):
