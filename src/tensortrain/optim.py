@@ -42,43 +42,42 @@ def _flat(c: torch.Tensor) -> torch.Tensor:
 
 
 def _sweep_left(
-    a: list[torch.Tensor], b: list[torch.Tensor]
+    a: list[torch.Tensor], b: list[torch.Tensor], core_exps: list[torch.Tensor] | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``[A_{<k}^T B_{<k}]_k`` for k = 0..d-1: Gram matrices of the left interfaces of two TTs, each as
     ``(M_k, e_k)`` with the matrix ``M_k 2^{e_k}``: scaled by powers of two at every step, so that a point stored
-    with cores of unbalanced scales (10 on half of 100 cores, 0.1 on the rest) does not overflow on the way."""
+    with cores of unbalanced scales (10 on half of 100 cores, 0.1 on the rest) does not overflow on the way.
+    ``core_exps``: the cores of one operand were scaled by :func:`_scaled_cores`, these are their exponents."""
     out = [a[0].new_ones(1, 1)]
     exps = [torch.zeros(1, dtype=torch.int64, device=a[0].device)]
     for k in range(len(a) - 1):
-        ak, bk, e = _scaled_pair(a[k], b[k], exps[k])
-        m, e = rescale_pow2(torch.einsum("ab,anc,bnd->cd", out[k], ak, bk).unsqueeze(0), e)
+        e = exps[k] if core_exps is None else exps[k] + core_exps[k]
+        m, e = rescale_pow2(torch.einsum("ab,anc,bnd->cd", out[k], a[k], b[k]).unsqueeze(0), e)
         out.append(m[0])
         exps.append(e)
     return out, exps
 
 
-def _scaled_pair(
-    a: torch.Tensor, b: torch.Tensor, exps: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cores ``a`` and ``b`` brought below 1 by powers of two, their exponents added to ``exps``: a step's product
-    of a core of 2.5e38 (its own norm past float32's range) overflowed before the carried matrix was scaled."""
-    pair, e = rescale_pow2(a.unsqueeze(0), exps)
-    other, e = rescale_pow2(b.unsqueeze(0), e)
-    return pair[0], other[0], e
-
-
 def _sweep_right(
-    a: list[torch.Tensor], b: list[torch.Tensor]
+    a: list[torch.Tensor], b: list[torch.Tensor], core_exps: list[torch.Tensor] | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``[A_{>=k} B_{>=k}^T]_k`` for k = 0..d (entry d is 1): Gram matrices of the right interfaces, scaled as
     in :func:`_sweep_left`."""
     out = [a[0].new_ones(1, 1)] * (len(a) + 1)
     exps = [torch.zeros(1, dtype=torch.int64, device=a[0].device)] * (len(a) + 1)
     for k in range(len(a) - 1, 0, -1):
-        ak, bk, e = _scaled_pair(a[k], b[k], exps[k + 1])
-        m, exps[k] = rescale_pow2(torch.einsum("anb,cnd,bd->ac", ak, bk, out[k + 1]).unsqueeze(0), e)
+        e = exps[k + 1] if core_exps is None else exps[k + 1] + core_exps[k]
+        m, exps[k] = rescale_pow2(torch.einsum("anb,cnd,bd->ac", a[k], b[k], out[k + 1]).unsqueeze(0), e)
         out[k] = m[0]
     return out, exps
+
+
+def _scaled_cores(cores: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The point's cores brought below 1 by powers of two, and their exponents, for the sweeps above: a core
+    whose own norm is past the dtype's range (entries near 2.5e38 in float32) overflowed a step's product with
+    the carried matrix. The frames the sweeps pair them with are orthonormal and need no scaling."""
+    pairs = [rescale_pow2(c.unsqueeze(0)) for c in cores]
+    return [c[0] for c, _ in pairs], [e for _, e in pairs]
 
 
 def _check_nonzero(cores: list[torch.Tensor], fname: str) -> None:
@@ -122,8 +121,9 @@ def _core_deltas(
             "has no tangent space at a fixed TT-rank; start from cores whose product is not zero"
         )
     u, v = ts.tangent_frame(minimal)
-    (p, p_exp), (m, m_exp) = _sweep_left(ul, x), _sweep_left(ul, u)
-    (q, q_exp), (n, n_exp) = _sweep_right(x, vr), _sweep_right(v, vr)
+    xs, x_exp = _scaled_cores(x)
+    (p, p_exp), (m, m_exp) = _sweep_left(ul, xs, x_exp), _sweep_left(ul, u)
+    (q, q_exp), (n, n_exp) = _sweep_right(xs, vr, x_exp), _sweep_right(v, vr)
     deltas = []
     for k in range(len(x)):
         left = m[k].T @ torch.linalg.pinv(p[k].T)
