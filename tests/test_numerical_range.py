@@ -498,3 +498,21 @@ def test_tt_svd_with_gradients_of_entries_at_the_top_of_float64(gen):
     torch.testing.assert_close(
         tt.full(a).detach(), torch.tensor([[1.5e308, 0.0], [0.0, 0.0]], dtype=torch.float64)
     )
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_scaled_sweeps_under_compile_with_a_core_whose_own_norm_overflows(gen, where):
+    """Under torch.compile the QR sweeps of orthogonalize and of the tangent frame run scaled directly (nothing may
+    sync): a carried R scaled near 1 times a raw core of 2.5e38 summed past float32's range, so a compiled
+    project of a point with such a middle or last core gave NaN. Each core is scaled before its product."""
+    shapes = [(1, 2, 3), (3, 3, 3), (3, 2, 1)]
+    cores = [1e-15 * (0.9 + 0.1 * torch.rand(*s, generator=gen, dtype=torch.float64)) for s in shapes]
+    cores[where] = 2.5e38 * (0.9 + 0.1 * torch.rand(*shapes[where], generator=gen, dtype=torch.float64))
+    x = tt.TensorTrain([c.float() for c in cores])
+    x64 = tt.TensorTrain([c.float().double() for c in cores])  # (the same values)
+    z = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64)
+    project = torch.compile(lambda t, w: tt.full(tt.project(w, t)), backend="eager")
+    orth = torch.compile(lambda t, ltr: tt.full(tt.orthogonalize(t, left_to_right=ltr)), backend="eager")
+    close(project(x, z.float()), tt.full(tt.project(z, x64)))
+    for ltr in (True, False):
+        close(orth(x, ltr), tt.full(x64))

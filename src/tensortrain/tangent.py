@@ -108,12 +108,14 @@ def _qr_sweep(cores: Cores, left: bool, scaled: bool) -> tuple[Cores, torch.Tens
     exps = None
     tops = []
     for c in order:
+        if scaled:
+            # each core before its product with the carried R and its QR: one whose own norm is past the dtype's
+            # range overflowed either (the Q factors are the same)
+            batched, exps = rescale_pow2(c.unsqueeze(0), exps)
+            c = batched[0]
         if carry is not None:
             c = torch.einsum("ab,bnc->anc", carry, c) if left else torch.einsum("anb,bc->anc", c, carry)
         r0, n, r1 = c.shape
-        if scaled:  # (a core whose own norm overflows: its QR's R would be inf; the Q factors are the same)
-            batched, exps = rescale_pow2(c.unsqueeze(0), exps)
-            c = batched[0]
         if left:
             q, carry = torch.linalg.qr(c.reshape(r0 * n, r1))
             out.append(q.reshape(r0, n, q.shape[1]))
@@ -127,6 +129,9 @@ def _qr_sweep(cores: Cores, left: bool, scaled: bool) -> tuple[Cores, torch.Tens
         else:
             tops.append(torch.linalg.vector_norm(carry, ord=float("inf")))
     end = cores[-1] if left else cores[0]
+    if scaled:
+        batched, exps = rescale_pow2(end.unsqueeze(0), exps)
+        end = batched[0]
     if carry is not None:
         end = torch.einsum("ab,bnc->anc", carry, end) if left else torch.einsum("anb,bc->anc", end, carry)
     if exps is not None:
