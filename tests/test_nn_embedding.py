@@ -719,3 +719,119 @@ def test_from_embedding_leaves_the_source_embeddings_padding_row_alone():
     before = emb.weight.detach().clone()
     tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=2)
     assert torch.equal(emb.weight.detach(), before)
+
+
+# indices below zero alone (none past the table) get the value check's IndexError, listing the five smallest
+# bad values; on a table past int64 rows, where no int64 index is past the end, negative ones are refused too
+def test_negative_indices_alone_are_refused_by_the_value_check(gen):
+    w = random_tt(((4, 5), (2, 4)), (1, 3, 1), gen=gen)
+    with pytest.raises(IndexError, match=r"\[0, 20\), got out-of-range values \[-1\] \(min -1, max -1\)"):
+        tt_embedding(torch.tensor([-1]), w)
+    with pytest.raises(IndexError, match=r"values \[-7, -2, -1, 20, 21\] \(min -7, max 30\)"):
+        tt_embedding(torch.tensor([0, -7, 25, -2, 20, -1, 30, 21, 22, -2]), w)
+    m = 2**22  # 2**66 rows
+    huge = tt.TensorTrain([torch.randn(1, m, 2, 2), torch.randn(2, m, 1, 2), torch.randn(2, m, 2, 1)])
+    with pytest.raises(IndexError, match=r"values \[-3, -1\] \(min -3, max 5\)"):
+        tt_embedding(torch.tensor([5, -3, -1]), huge)
+
+
+# indices that are not integers, or on another device than the table, get clear errors before any lookup
+def test_complex_and_other_device_indices_are_refused(gen):
+    w = random_tt(((4, 5), (2, 4)), (1, 3, 1), gen=gen)
+    with pytest.raises(TypeError, match="integer tensor.*complex64"):
+        tt_embedding(torch.tensor([1j]), w)
+    with pytest.raises(tt.ShapeError, match="indices are on meta but the weight is on cpu"):
+        tt_embedding(torch.tensor([1], device="meta"), w)
+
+
+# a batch of padding_idx=0 only looks up row 1 in its place, not the padding row 0 itself: where row 0 overflows
+# float16 (in the merged right half, which backward multiplies by), its inf times the zero gradient would give
+# NaN core gradients
+def test_an_all_padding_batch_of_padding_idx_zero_passes_finite_gradients(monkeypatch):
+    from tensortrain.nn import embedding_lookup
+
+    monkeypatch.setattr(embedding_lookup, "_halves_split", lambda w, u: 1)
+    g = torch.Generator().manual_seed(0)
+    cores = [torch.randn(1, 4, 2, 2, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
+    cores.append(torch.randn(2, 4, 2, 1, generator=g))
+    cores = [c.half() for c in cores]
+    cores[1][:, 0] = 300.0
+    cores[2][:, 0] = 300.0  # row 0 = (0, 0, 0) overflows, row 1 = (0, 0, 1) does not
+    assert not bool(tt_embedding(torch.tensor([0]), tt.TensorTrain(cores)).isfinite().all())
+    leaves = [c.requires_grad_() for c in cores]
+    out = tt_embedding(torch.tensor([0, 0]), tt.TensorTrain(leaves), padding_idx=0)
+    assert not bool(out.any())
+    for grad in torch.autograd.grad(out.float().sum(), leaves):
+        assert bool(grad.isfinite().all())
+
+
+# a negative padding_idx counts from the end of the valid vocabulary (num_embeddings), not of the padded table
+def test_a_negative_padding_idx_counts_from_num_embeddings(gen):
+    w = random_tt(((4, 5), (2, 4)), (1, 3, 1), gen=gen)  # 20 rows, 18 of them valid
+    idx = torch.tensor([17, 3, 17, 0])
+    out = tt_embedding(idx, w, padding_idx=-1, num_embeddings=18)
+    expected = tt.full(w)[idx].clone()
+    expected[idx == 17] = 0
+    assert_close(out, expected)
+    with pytest.raises(ValueError, match=r"padding_idx must be within \[-18, 18\), got -19"):
+        tt_embedding(idx, w, padding_idx=-19, num_embeddings=18)
+
+
+# without the value check (as under transforms) a negative index into a table past int64 rows, sent to -1, is
+# refused by the first core's gather: its first digit stays -1 there, not 0 (which read a real row)
+def test_a_negative_index_into_a_table_past_int64_rows_is_refused_without_the_value_check(monkeypatch):
+    import tensortrain.nn.functional as F
+
+    m = 2**22  # 2 * 2**66 rows: the first mode's stride is past int64
+    w = tt.TensorTrain([torch.randn(1, 2, 1, 1)] + [torch.randn(1, m, 1, 1) for _ in range(3)])
+    monkeypatch.setattr(F, "transforms_active", lambda: True)
+    assert tt_embedding(torch.tensor([5]), w).shape == (1, 1)
+    with pytest.raises((IndexError, RuntimeError)):
+        tt_embedding(torch.tensor([-1]), w)
+
+
+# the right half that is a view of the last core (one core right of the split, rank 1 there: its layout
+# for the gathers is the core itself) is kept as a copy too: writing that core in place between forward and
+# backward does not fail backward's version check, and the gradients are those of the lookup as it ran
+def test_a_right_half_that_is_the_last_core_is_kept_as_a_copy(gen, monkeypatch):
+    from tensortrain.nn import embedding_lookup
+
+    monkeypatch.setattr(embedding_lookup, "_halves_split", lambda w, u: 2)
+    cores = [c.requires_grad_() for c in random_cores(((5, 6, 7), (2, 2, 2)), (1, 3, 1, 1), gen=gen)]
+    many = torch.arange(0, 210, 3)
+    y = tt_embedding(many, tt.TensorTrain(cores))
+    assert "_HalvesLookupBackward" in _graph_names(y)
+    want = torch.autograd.grad(y.sum(), cores, retain_graph=True)
+    with torch.no_grad():
+        cores[2].mul_(2.0)
+    for a, b in zip(torch.autograd.grad(y.sum(), cores), want, strict=True):
+        assert_close(a, b)
+
+
+# a whole half frozen (here the left one, core 0): the halves' lookup computes and keeps only what the other
+# half's gradient needs, and that gradient is the dense table's
+@pytest.mark.parametrize("frozen", [0, 2])
+def test_halves_lookup_with_a_whole_half_frozen_matches_the_dense_gradients(gen, monkeypatch, frozen):
+    from tensortrain.nn import embedding_lookup
+
+    monkeypatch.setattr(embedding_lookup, "_halves_split", lambda w, u: 1 if frozen == 0 else 2)
+    cores = random_cores(((5, 6, 7), (2, 2, 2)), (1, 3, 3, 1), gen=gen)
+    cores = [c if k == frozen else c.requires_grad_() for k, c in enumerate(cores)]
+    trained = [c for c in cores if c.requires_grad]
+    many = torch.arange(0, 210, 3)
+    y = tt_embedding(many, tt.TensorTrain(cores))
+    assert "_HalvesLookupBackward" in _graph_names(y)
+    w = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    dense = dense_from_cores(cores)[many]
+    got = torch.autograd.grad((y * w).sum(), trained)
+    for a, b in zip(got, torch.autograd.grad((dense * w).sum(), trained), strict=True):
+        assert_close(a, b)
+
+
+# the split's cost counts the per-row products, not only the merges: on this small two-core table merging the
+# halves (1600 by the cost model) pays off only past 100 distinct rows (96 per row against the chain's 112)
+def test_the_halves_pay_off_only_past_the_rows_that_amortize_the_merge():
+    from tensortrain.nn.embedding_lookup import _halves_split
+
+    w = tt.nn.TTEmbedding(100, 16, tt_rank=4, voc_dims=(10, 10), emb_dims=(4, 4)).weight
+    assert [_halves_split(w, u) for u in (1, 50, 100, 101, 10_000)] == [None, None, None, 1, 1]

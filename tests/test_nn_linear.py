@@ -964,3 +964,28 @@ def test_automatic_dims_use_no_more_cores_than_an_exact_size_has_prime_factors()
         layer = tt.nn.TTLinear(n_in, n_out, tt_rank=2)
         assert (layer.in_dims, layer.out_dims) == (in_dims, out_dims)
         assert not layer.padded
+
+
+# the functional form refuses nested inputs by name too: a strided-layout one failed the shape read with torch's
+# internal error ("NestedTensorImpl doesn't support sizes"); a jagged one's last dim matches, no row-count error
+def test_tt_linear_refuses_a_nested_input():
+    import warnings
+
+    w = tt.random_matrix([[5, 3, 2], [2, 3, 4]], tt_rank=3, dtype=torch.float64)
+    x = torch.randn(4, 24, dtype=torch.float64)
+    for layout in (torch.strided, torch.jagged):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "The PyTorch API of nested tensors is in prototype stage"
+            nested = torch.nested.nested_tensor([x[:1], x[1:]], layout=layout)
+        with pytest.raises(TypeError, match=r"tt_linear: input is a nested tensor; .*input.values\(\)"):
+            tt_linear(nested, w)
+
+
+# a layer cast by Module.to to a dtype TT cores refuse gets TensorTrain's error under tt_linear's name
+def test_a_layer_cast_to_float8_names_the_cores_dtype():
+    layer = tt.nn.TTLinear(24, 30, tt_rank=2)
+    layer.to(torch.float8_e4m3fn)
+    with pytest.raises(
+        TypeError, match=r"tt_linear: cores must be floating point .* core 0 has dtype .*float8"
+    ):
+        layer(torch.randn(2, 24))
