@@ -266,6 +266,17 @@ def test_halves_lookup_double_backward_and_frozen_halves(gen, monkeypatch, froze
         assert_close(a, b)
 
 
+def _assert_gradients_as_it_ran(y: torch.Tensor, cores: list[torch.Tensor], k: int) -> None:
+    """``y`` ran the halves lookup; core ``k`` written in place before backward must neither fail backward's
+    version check nor change the gradients: they are those of the lookup as it ran."""
+    assert "_HalvesLookupBackward" in _graph_names(y)
+    want = torch.autograd.grad(y.sum(), cores, retain_graph=True)
+    with torch.no_grad():
+        cores[k].mul_(2.0)
+    for a, b in zip(torch.autograd.grad(y.sum(), cores), want, strict=True):
+        assert_close(a, b)
+
+
 def test_halves_lookup_choices_of_what_to_keep(gen, monkeypatch):
     """Few distinct rows keep their gathered slices (smaller than the halves); a half whose gradient is not needed
     by the other is not kept; a half that is a core itself is kept as a copy, so a core written in place between
@@ -277,14 +288,7 @@ def test_halves_lookup_choices_of_what_to_keep(gen, monkeypatch):
     few = torch.tensor([4, 4, 200])  # 2 distinct rows: 2 * (2 + 4) * 3 numbers against halves of 30 + 504
     assert "_HalvesLookupBackward" not in _graph_names(tt_embedding(few, tt.TensorTrain(cores)))
     many = torch.arange(0, 210, 3)
-    y = tt_embedding(many, tt.TensorTrain(cores))
-    assert "_HalvesLookupBackward" in _graph_names(y)
-    want = torch.autograd.grad(y.sum(), cores, retain_graph=True)
-    with torch.no_grad():
-        cores[0].mul_(2.0)
-    got = torch.autograd.grad(y.sum(), cores)  # the gradients of the lookup as it ran
-    for a, b in zip(got, want, strict=True):
-        assert_close(a, b)
+    _assert_gradients_as_it_ran(tt_embedding(many, tt.TensorTrain(cores)), cores, 0)
 
     # (split 1: the left half is core 0 itself; its copy is recorded, so second derivatives through it remain)
     assert torch.autograd.gradgradcheck(lambda *c: tt_embedding(many, tt.TensorTrain(c)), cores)
@@ -798,14 +802,7 @@ def test_a_right_half_that_is_the_last_core_is_kept_as_a_copy(gen, monkeypatch):
 
     monkeypatch.setattr(embedding_lookup, "_halves_split", lambda w, u: 2)
     cores = [c.requires_grad_() for c in random_cores(((5, 6, 7), (2, 2, 2)), (1, 3, 1, 1), gen=gen)]
-    many = torch.arange(0, 210, 3)
-    y = tt_embedding(many, tt.TensorTrain(cores))
-    assert "_HalvesLookupBackward" in _graph_names(y)
-    want = torch.autograd.grad(y.sum(), cores, retain_graph=True)
-    with torch.no_grad():
-        cores[2].mul_(2.0)
-    for a, b in zip(torch.autograd.grad(y.sum(), cores), want, strict=True):
-        assert_close(a, b)
+    _assert_gradients_as_it_ran(tt_embedding(torch.arange(0, 210, 3), tt.TensorTrain(cores)), cores, 2)
 
 
 # a whole half frozen (here the left one, core 0): the halves' lookup computes and keeps only what the other
