@@ -802,6 +802,33 @@ def test_a_core_replaced_by_one_of_another_dtype_is_named(grad):
             layer(torch.randn(5, 24))
 
 
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_core_replaced_by_a_meta_one_is_refused_before_the_contraction(grad, k):
+    """A later core put on the meta device by hand gave no error: torch multiplies a CPU tensor by a meta one
+    into an uninitialised CPU tensor, so the output was garbage (NaN or any value)."""
+    layer = tt.nn.TTLinear(24, 30, tt_rank=3, in_dims=(2, 3, 4), out_dims=(3, 2, 5))
+    layer.cores[k] = nn.Parameter(torch.empty_like(layer.cores[k], device="meta"))
+    for strategy in tt.contraction.STRATEGIES:
+        if strategy == "tune":
+            continue
+        layer.strategy = strategy
+        with (
+            torch.set_grad_enabled(grad),
+            pytest.raises(
+                tt.ShapeError, match=f"core 0 has dtype torch.float32 on cpu but core {k} .* on meta"
+            ),
+        ):
+            layer(torch.randn(5, 24))
+
+
+def test_a_layer_all_on_meta_still_runs_on_meta_input():
+    """The meta check compares each core with core 0: a layer built on meta (shape inference) is not refused."""
+    layer = tt.nn.TTLinear(24, 30, tt_rank=3, in_dims=(2, 3, 4), out_dims=(3, 2, 5), device="meta")
+    out = layer(torch.empty(5, 24, device="meta"))
+    assert out.shape == (5, 30) and out.is_meta
+
+
 def test_load_tt_checks_the_bias_before_writing_the_cores():
     """A meta bias failed in its copy after the cores were replaced: the layer was half-loaded."""
     layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), dtype=torch.float64)

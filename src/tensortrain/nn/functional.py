@@ -103,6 +103,7 @@ def linear_cores(
     if input.is_nested:
         contraction.check_operand("tt_linear", "input", input, cores[0])
     c0 = cores[0]
+    meta = c0.is_meta
     m = n = 1
     for c in cores:  # a plain loop, one shape read per core: this runs on every layer call
         shape = c.shape
@@ -111,6 +112,10 @@ def linear_cores(
             raise ShapeError(
                 f"tt_linear: a TT-matrix's cores are 4-D (r_k-1, m_k, n_k, r_k), core {k} has shape {tuple(shape)}"
             )
+        if c.is_meta is not meta:
+            # checked up front, unlike other mixed devices (below): torch multiplies a CPU tensor by a meta one
+            # into an uninitialised CPU tensor, no error to catch
+            _refuse_mixed_cores(cores, None)
         m *= shape[1]
         n *= shape[2]
     if input.dim() == 0 or input.shape[-1] != n:
@@ -128,13 +133,19 @@ def linear_cores(
     except RuntimeError as e:
         # a core replaced by one of another dtype or device (the first core's are checked above): said here,
         # after the fact, as checking every core costs a layer call at batch 1 about a tenth of its time
-        for k, c in enumerate(cores):
-            if c.dtype != c0.dtype or c.device != c0.device:
-                raise ShapeError(
-                    f"tt_linear: core 0 has dtype {c0.dtype} on {c0.device} but core {k} has dtype {c.dtype} on "
-                    f"{c.device}; a TT layer's cores must share one dtype and device"
-                ) from e
+        _refuse_mixed_cores(cores, e)
         raise
+
+
+def _refuse_mixed_cores(cores: tuple[torch.Tensor, ...], cause: RuntimeError | None) -> None:
+    """Raise for the first core whose dtype or device differs from core 0's, if any."""
+    c0 = cores[0]
+    for k, c in enumerate(cores):
+        if c.dtype != c0.dtype or c.device != c0.device:
+            raise ShapeError(
+                f"tt_linear: core 0 has dtype {c0.dtype} on {c0.device} but core {k} has dtype {c.dtype} on "
+                f"{c.device}; a TT layer's cores must share one dtype and device"
+            ) from cause
 
 
 _WIDE_UNSIGNED = tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
