@@ -364,6 +364,8 @@ def _check_hyper(group: dict[str, Any]) -> None:
 
 
 def _groups(params: Any) -> list[dict[str, Any]]:
+    """RiemannianSGD's checked parameter groups from its ``params``: a module (one group per TT layer), a TT, one
+    TT's cores, a group dict, or a sequence of these."""
     if isinstance(params, torch.Tensor) or not isinstance(
         params, (Iterable, torch.nn.Module, TensorTrainBase)
     ):
@@ -375,90 +377,101 @@ def _groups(params: Any) -> list[dict[str, Any]]:
         # one TT's cores (layer.cores), one TT (layer.weight) or one group's dict, given without a list
         params = [params]
     if isinstance(params, torch.nn.Module):
-        sets, seen = [], set[tuple[int, ...]]()
-        for name, m in params.named_modules():
-            cores = getattr(m, "cores", None)
-            if isinstance(cores, torch.nn.ParameterList) and any(is_dtensor(c) for c in cores):
-                # (named before .weight, whose TensorTrain would refuse the shard under its own name)
-                raise TypeError(dtensor_hint("RiemannianSGD", f"a core of the layer {name!r}"))
-            if not isinstance(cores, torch.nn.ParameterList) or not isinstance(
-                getattr(m, "weight", None), TensorTrainBase
-            ):
-                continue
-            key = tuple(id(c) for c in m.cores)
-            if (
-                key in seen
-            ):  # tied layers (an embedding and its output head sharing one ParameterList): one set
-                continue
-            shared = [c for c in m.cores if any(id(c) in k for k in seen)]
-            if shared:
-                raise ValueError(
-                    f"RiemannianSGD: the layer {name!r} shares some but not all of its cores with another TT layer; "
-                    "a Riemannian step moves one TT's cores together: tie whole core lists (b.cores = a.cores) "
-                    "or give the parameter sets by hand"
-                )
-            seen.add(key)
-            sets.append(m.cores)
-        if not sets:
-            raise ValueError(f"RiemannianSGD: the module {type(params).__name__} has no TT layers")
-        params = sets
-    groups = []
-    for item in params:
-        if isinstance(item, dict) and "params" not in item:
-            raise TypeError(
-                f"RiemannianSGD: a parameter group dict needs a 'params' entry (one TT's cores), got keys "
-                f"{sorted(map(str, item))[:5]}"
-            )
-        group = dict(item) if isinstance(item, dict) else {"params": item}
-        _check_hyper(group)
-        if isinstance(group["params"], TensorTrainBatch):
-            raise TypeError(
-                "RiemannianSGD: steps single TTs, got a TensorTrainBatch; give each TT's cores as a parameter "
-                "set of its own"
-            )
-        if isinstance(group["params"], TensorTrainBase):  # a layer's weight: its cores are the parameters
-            group["params"] = list(group["params"].tt_cores)
-        if isinstance(group["params"], (set, frozenset)) or isinstance(params, (set, frozenset)):
-            # (torch.optim refuses sets too: their order changes between runs, and here the order is the TT's)
-            raise TypeError(
-                "RiemannianSGD: a parameter set must be an ordered sequence of one TT's cores (a list, tuple or "
-                "layer.cores), got a set, whose order is not the cores'"
-            )
-        if isinstance(group["params"], torch.Tensor):
-            raise TypeError(
-                "RiemannianSGD: each parameter set must be the sequence of one TT's cores (e.g. layer.cores), "
-                "got a single tensor; wrap the cores of each TT in a list"
-            )
-        cores = list(group["params"])
-        if not cores:
-            raise ValueError("RiemannianSGD: got an empty parameter set")
-        odd = next(
-            (k for k, c in enumerate(cores) if not isinstance(c, torch.Tensor) or c.dim() not in (3, 4)), None
-        )
-        if odd is not None:
-            c = cores[odd]
-            got = f"shape {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
-            raise TypeError(
-                f"RiemannianSGD: a parameter set holds one TT's cores (3-D, or 4-D for a TT-matrix), but entry "
-                f"{odd} has {got}: biases and other ordinary parameters need an ordinary optimizer (torch.optim.SGD, "
-                "Adam) beside this one"
-            )
-        sharded = next((k for k, c in enumerate(cores) if is_dtensor(c)), None)
-        if sharded is not None:
-            raise TypeError(dtensor_hint("RiemannianSGD", f"core {sharded}"))
-        ts.check_where(TensorTrain(cores), "RiemannianSGD")  # the cores chain into one real TT
-        twice = [k for k, c in enumerate(cores) if any(c is o for o in cores[:k])]
-        if twice:
-            # the step writes each position's new core into the same tensor: the last write would win
-            raise ValueError(
-                f"RiemannianSGD: cores {twice} of a TT are the same tensor as an earlier core; a Riemannian step "
-                "gives each core its own new value: use separate parameters"
-            )
-        # (and so for separate Parameters over one buffer; an expanded core cannot be written at all: the step
-        # would write the cores before it and then fail)
-        check_writable("RiemannianSGD", cores)
-        group["params"] = cores
-        groups.append(group)
+        params = _module_core_sets(params)
+    groups = [_group(item, isinstance(params, (set, frozenset))) for item in params]
     if not groups:
         raise ValueError("RiemannianSGD: got no parameter sets")
     return groups
+
+
+def _module_core_sets(module: torch.nn.Module) -> list[torch.nn.ParameterList]:
+    """The core lists of ``module``'s TT layers, each once (tied layers share one), in module order."""
+    sets, seen = [], set[tuple[int, ...]]()
+    for name, m in module.named_modules():
+        cores = getattr(m, "cores", None)
+        if isinstance(cores, torch.nn.ParameterList) and any(is_dtensor(c) for c in cores):
+            # (named before .weight, whose TensorTrain would refuse the shard under its own name)
+            raise TypeError(dtensor_hint("RiemannianSGD", f"a core of the layer {name!r}"))
+        if not isinstance(cores, torch.nn.ParameterList) or not isinstance(
+            getattr(m, "weight", None), TensorTrainBase
+        ):
+            continue
+        key = tuple(id(c) for c in m.cores)
+        if key in seen:  # tied layers (an embedding and its output head sharing one ParameterList): one set
+            continue
+        shared = [c for c in m.cores if any(id(c) in k for k in seen)]
+        if shared:
+            raise ValueError(
+                f"RiemannianSGD: the layer {name!r} shares some but not all of its cores with another TT layer; "
+                "a Riemannian step moves one TT's cores together: tie whole core lists (b.cores = a.cores) "
+                "or give the parameter sets by hand"
+            )
+        seen.add(key)
+        sets.append(m.cores)
+    if not sets:
+        raise ValueError(f"RiemannianSGD: the module {type(module).__name__} has no TT layers")
+    return sets
+
+
+def _group(item: Any, in_set: bool) -> dict[str, Any]:
+    """One checked parameter group from one entry of ``params`` (``in_set``: ``params`` is a set)."""
+    if isinstance(item, dict) and "params" not in item:
+        raise TypeError(
+            f"RiemannianSGD: a parameter group dict needs a 'params' entry (one TT's cores), got keys "
+            f"{sorted(map(str, item))[:5]}"
+        )
+    group = dict(item) if isinstance(item, dict) else {"params": item}
+    _check_hyper(group)
+    if isinstance(group["params"], TensorTrainBatch):
+        raise TypeError(
+            "RiemannianSGD: steps single TTs, got a TensorTrainBatch; give each TT's cores as a parameter "
+            "set of its own"
+        )
+    if isinstance(group["params"], TensorTrainBase):  # a layer's weight: its cores are the parameters
+        group["params"] = list(group["params"].tt_cores)
+    if isinstance(group["params"], (set, frozenset)) or in_set:
+        # (torch.optim refuses sets too: their order changes between runs, and here the order is the TT's)
+        raise TypeError(
+            "RiemannianSGD: a parameter set must be an ordered sequence of one TT's cores (a list, tuple or "
+            "layer.cores), got a set, whose order is not the cores'"
+        )
+    if isinstance(group["params"], torch.Tensor):
+        raise TypeError(
+            "RiemannianSGD: each parameter set must be the sequence of one TT's cores (e.g. layer.cores), "
+            "got a single tensor; wrap the cores of each TT in a list"
+        )
+    group["params"] = _core_set(group["params"])
+    return group
+
+
+def _core_set(params: Iterable[Any]) -> list[torch.Tensor]:
+    """The cores of one parameter set as a list, checked to be one real TT's distinct, writable cores."""
+    cores = list(params)
+    if not cores:
+        raise ValueError("RiemannianSGD: got an empty parameter set")
+    odd = next(
+        (k for k, c in enumerate(cores) if not isinstance(c, torch.Tensor) or c.dim() not in (3, 4)), None
+    )
+    if odd is not None:
+        c = cores[odd]
+        got = f"shape {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
+        raise TypeError(
+            f"RiemannianSGD: a parameter set holds one TT's cores (3-D, or 4-D for a TT-matrix), but entry "
+            f"{odd} has {got}: biases and other ordinary parameters need an ordinary optimizer (torch.optim.SGD, "
+            "Adam) beside this one"
+        )
+    sharded = next((k for k, c in enumerate(cores) if is_dtensor(c)), None)
+    if sharded is not None:
+        raise TypeError(dtensor_hint("RiemannianSGD", f"core {sharded}"))
+    ts.check_where(TensorTrain(cores), "RiemannianSGD")  # the cores chain into one real TT
+    twice = [k for k, c in enumerate(cores) if any(c is o for o in cores[:k])]
+    if twice:
+        # the step writes each position's new core into the same tensor: the last write would win
+        raise ValueError(
+            f"RiemannianSGD: cores {twice} of a TT are the same tensor as an earlier core; a Riemannian step "
+            "gives each core its own new value: use separate parameters"
+        )
+    # (and so for separate Parameters over one buffer; an expanded core cannot be written at all: the step
+    # would write the cores before it and then fail)
+    check_writable("RiemannianSGD", cores)
+    return cores
