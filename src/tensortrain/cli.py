@@ -321,56 +321,14 @@ def _run_mnist(args: argparse.Namespace) -> int:
 
     from .datasets import IDXError
     from .demo import format_table, run_mnist_demo
-    from .demo_config import TARGETS, DemoConfig, is_tutorial
     from .demo_seeds import run_mnist_seeds
 
-    started_here = False
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        print(
-            f"tensortrain: error: WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}",
-            file=sys.stderr,
-        )
+    started_here = _start_process_group()
+    if started_here is None:
         return 1
-    if world > 1 and not dist.is_initialized():
-        try:
-            dist.init_process_group("gloo")  # torchrun sets MASTER_ADDR/PORT, RANK, WORLD_SIZE
-        except (ValueError, RuntimeError) as err:  # e.g. WORLD_SIZE set by hand without RANK / MASTER_ADDR
-            print(
-                f"tensortrain: error: WORLD_SIZE={world} but the process group cannot start (run under torchrun): "
-                f"{err}",
-                file=sys.stderr,
-            )
-            return 1
-        started_here = True
     rank = dist.get_rank() if dist.is_initialized() else 0
-
-    piped = [True]  # stdout still has a reader
-
-    def log(line: str) -> None:
-        if rank == 0 and piped[0]:
-            try:
-                print(line, flush=True)
-            except BrokenPipeError:  # (demo ... | head): the training goes on and its files are still written
-                piped[0] = False
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-    cfg = DemoConfig(
-        data=args.data,
-        out=args.out,
-        epochs_tt=args.epochs_tt,
-        epochs_dense=args.epochs_dense,
-        epochs_finetune=args.epochs_finetune,
-        rank=args.rank,
-        compress_rank=args.compress_rank,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        train_subset=args.train_subset,
-        test_subset=args.test_subset,
-        threads=args.threads,
-        device=args.device,
-    )
+    log = _rank0_log(rank)
+    cfg = _demo_config(args)
     t0 = time.perf_counter()
     bar = _progress_bar(rank == 0 and not args.no_progress)
     try:
@@ -396,17 +354,85 @@ def _run_mnist(args: argparse.Namespace) -> int:
         log(f"wall time {time.perf_counter() - t0:.1f} s; wrote {os.path.join(cfg.out, 'seeds.json')}")
         return 0
     log(format_table(results))
-    if is_tutorial(cfg):
-        for r in results:
-            if r.stage in TARGETS:
-                met = "met" if r.test_accuracy >= TARGETS[r.stage] else "MISSED"
-                log(
-                    f"target {r.stage}: {100 * r.test_accuracy:.2f}% vs >= {100 * TARGETS[r.stage]:.1f}%: {met}"
-                )
-    else:  # a shortened run says nothing about targets set for the full recipe
-        log(_not_compared())
+    _report_targets(results, cfg, log)
     log(f"wall time {time.perf_counter() - t0:.1f} s; wrote {os.path.join(cfg.out, 'results.json')}")
     return 0
+
+
+def _demo_config(args: argparse.Namespace) -> DemoConfig:
+    """The demo's configuration from ``tensortrain demo mnist``'s options."""
+    from .demo_config import DemoConfig
+
+    return DemoConfig(
+        data=args.data,
+        out=args.out,
+        epochs_tt=args.epochs_tt,
+        epochs_dense=args.epochs_dense,
+        epochs_finetune=args.epochs_finetune,
+        rank=args.rank,
+        compress_rank=args.compress_rank,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        threads=args.threads,
+        device=args.device,
+    )
+
+
+def _report_targets(results: list[StageResult], cfg: DemoConfig, log: Callable[[str], None]) -> None:
+    """Each stage's test accuracy against the tutorial's target, for a run of the full recipe only."""
+    from .demo_config import TARGETS, is_tutorial
+
+    if not is_tutorial(cfg):  # a shortened run says nothing about targets set for the full recipe
+        log(_not_compared())
+        return
+    for r in results:
+        if r.stage in TARGETS:
+            met = "met" if r.test_accuracy >= TARGETS[r.stage] else "MISSED"
+            log(f"target {r.stage}: {100 * r.test_accuracy:.2f}% vs >= {100 * TARGETS[r.stage]:.1f}%: {met}")
+
+
+def _start_process_group() -> bool | None:
+    """Start a gloo process group when torchrun's ``WORLD_SIZE`` asks for more than one process and none is
+    running: whether one was started here (to destroy it at the end), or None after printing why it cannot be."""
+    import torch.distributed as dist
+
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        print(
+            f"tensortrain: error: WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}",
+            file=sys.stderr,
+        )
+        return None
+    if world <= 1 or dist.is_initialized():
+        return False
+    try:
+        dist.init_process_group("gloo")  # torchrun sets MASTER_ADDR/PORT, RANK, WORLD_SIZE
+    except (ValueError, RuntimeError) as err:  # e.g. WORLD_SIZE set by hand without RANK / MASTER_ADDR
+        print(
+            f"tensortrain: error: WORLD_SIZE={world} but the process group cannot start (run under torchrun): "
+            f"{err}",
+            file=sys.stderr,
+        )
+        return None
+    return True
+
+
+def _rank0_log(rank: int) -> Callable[[str], None]:
+    """A line printer for the demo: rank 0 only, and silent from the first broken pipe on."""
+    piped = [True]  # stdout still has a reader
+
+    def log(line: str) -> None:
+        if rank == 0 and piped[0]:
+            try:
+                print(line, flush=True)
+            except BrokenPipeError:  # (demo ... | head): the training goes on and its files are still written
+                piped[0] = False
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+    return log
 
 
 def _not_compared() -> str:
