@@ -159,6 +159,27 @@ def deltas_to_tangent_space(
             f"{type(deltas).__name__}"
         )
     deltas = list(deltas)  # (a generator, as add_n_projected takes one)
+    _check_frames(tt, left, right)
+    if left is None and right is None:
+        u, v = ts.tangent_frame(tt)
+    else:  # as t3f: a missing one is computed (left from tt, right from left)
+        u = ts.flat_cores(left) if left is not None else ts.left_sweep(ts.flat_cores(tt))
+        v = ts.flat_cores(right) if right is not None else ts.right_sweep(u)
+        u, v = ts.settle_frame(u, v)  # the feasible ranks tangent_space_to_deltas' deltas have
+    if len(deltas) != len(u):
+        raise ShapeError(f"deltas_to_tangent_space: got {len(deltas)} deltas for a TT with {len(u)} cores")
+    odd = next((k for k, dl in enumerate(deltas) if not isinstance(dl, torch.Tensor)), None)
+    if odd is not None:
+        raise TypeError(
+            f"deltas_to_tangent_space: delta {odd} must be a torch.Tensor, got {type(deltas[odd]).__name__}"
+        )
+    flat, batch = _flat_deltas(deltas, u, v, tt)
+    return ts.tangent(flat, u, v, tt, batch=batch)
+
+
+def _check_frames(tt: TensorTrain, left: Any, right: Any) -> None:
+    """Refuse a ``left``/``right`` frame given to :func:`deltas_to_tangent_space` that is not a TensorTrain of
+    ``tt``'s shape, kind, dtype and device."""
     for name, given in (("left", left), ("right", right)):
         # a frame of another TT (or kind, dtype, device) gave stack traces from the frame code or messages
         # that blamed `tt`
@@ -179,19 +200,13 @@ def deltas_to_tangent_space(
                 f"deltas_to_tangent_space: `{name}` ({describe(given)}, {given.dtype} on {given.device}) is not "
                 f"a form of `tt` ({describe(tt)}, {tt.dtype} on {tt.device})"
             )
-    if left is None and right is None:
-        u, v = ts.tangent_frame(tt)
-    else:  # as t3f: a missing one is computed (left from tt, right from left)
-        u = ts.flat_cores(left) if left is not None else ts.left_sweep(ts.flat_cores(tt))
-        v = ts.flat_cores(right) if right is not None else ts.right_sweep(u)
-        u, v = ts.settle_frame(u, v)  # the feasible ranks tangent_space_to_deltas' deltas have
-    if len(deltas) != len(u):
-        raise ShapeError(f"deltas_to_tangent_space: got {len(deltas)} deltas for a TT with {len(u)} cores")
-    odd = next((k for k, dl in enumerate(deltas) if not isinstance(dl, torch.Tensor)), None)
-    if odd is not None:
-        raise TypeError(
-            f"deltas_to_tangent_space: delta {odd} must be a torch.Tensor, got {type(deltas[odd]).__name__}"
-        )
+
+
+def _flat_deltas(
+    deltas: list[torch.Tensor], u: list[torch.Tensor], v: list[torch.Tensor], tt: TensorTrain
+) -> tuple[list[torch.Tensor], bool]:
+    """:func:`deltas_to_tangent_space`'s deltas checked against the frame ``u``, ``v`` and given a batch axis and
+    flat modes ``(B, r, n, r')``, and whether they were a batch."""
     core_dim = 4 if tt.is_tt_matrix() else 3
     batch = deltas[0].dim() == core_dim + 1
     flat = []
@@ -221,7 +236,7 @@ def deltas_to_tangent_space(
                 f"{'(batch, ) + ' if batch else ''}{want}, the frame's (ranks {tuple(ts.ranks(u)) + (1,)})"
             )
         flat.append(dl.reshape(dl.shape[0], dl.shape[1], -1, dl.shape[-1]))
-    return ts.tangent(flat, u, v, tt, batch=batch)
+    return flat, batch
 
 
 def _check_projected(objs: Sequence[Any], fname: str) -> TensorTrain:
