@@ -67,6 +67,30 @@ def _check_budget(
     return cap, None if epsilon is None else float(epsilon), None if ratio is None else float(ratio)
 
 
+def _rank_for_ratio_of(
+    layers: list[tuple[list[str], nn.Module]],
+    kept: dict[int, str],
+    free: list[tuple[list[str], nn.Module]],
+    ratio: float,
+) -> int:
+    """The ``max_tt_rank`` that reaches ``ratio`` over the model, given the selected ``layers``, those ``kept``
+    dense (by id, with the reason) and the ``free`` ones to convert."""
+    # each parameter once: those of the layers kept dense that no converted layer holds (a converted one
+    # may sit inside a kept one, an adapter on an nn.Linear), tied ones once
+    converted = {id(p) for _, m in free for p in m.parameters()}
+    fixed = sum(
+        {
+            id(p): p.numel()
+            for _, m in layers
+            if id(m) in kept
+            for p in m.parameters()
+            if id(p) not in converted
+        }.values()
+    )
+    why = [f"{n[0] or '(model)'}: {kept[id(m)]}" for n, m in layers if id(m) in kept]
+    return _rank_for_ratio(free, ratio, fixed, why)
+
+
 def _rank_for_ratio(
     layers: list[tuple[list[str], nn.Module]], ratio: float, fixed: int, kept: Sequence[str] = ()
 ) -> int:
@@ -329,23 +353,10 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
-    wrappers = [(n, m) for n, m in model.named_modules() if distributed_wrapper(m)]
-    if wrappers:
-        # replacing layers under DDP leaves its reducer watching the old parameters: gradients are no longer
-        # averaged and each process trains on its own data, silently
-        name, wrapper = wrappers[0]
-        raise TypeError(
-            f"compress: {name or 'the model'} is a {type(wrapper).__name__}; compress the module it wraps "
-            "(ddp.module), then wrap the result again"
-        )
+    _refuse_wrapped(model)
     max_tt_rank, epsilon, ratio = _check_budget(max_tt_rank, epsilon, ratio)
     inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude")
-    lazy = [n for n, p in model.named_parameters() if nn.parameter.is_lazy(p)]
-    if lazy:
-        raise ValueError(
-            f"compress: the model has uninitialized lazy parameters ({', '.join(lazy[:3])}); run one forward "
-            "pass first so that their shapes are known"
-        )
+    _refuse_lazy(model)
     inplace, dry_run = as_flag(inplace, "compress", "inplace"), as_flag(dry_run, "compress", "dry_run")
     target = model if inplace or dry_run else copy_model(model)
     before_model = sum(p.numel() for p in target.parameters())
@@ -357,20 +368,7 @@ def compress(
     if epsilon is not None:
         _check_values(free)
     if ratio is not None:
-        # each parameter once: those of the layers kept dense that no converted layer holds (a converted one
-        # may sit inside a kept one, an adapter on an nn.Linear), tied ones once
-        converted = {id(p) for _, m in free for p in m.parameters()}
-        fixed = sum(
-            {
-                id(p): p.numel()
-                for _, m in layers
-                if id(m) in kept
-                for p in m.parameters()
-                if id(p) not in converted
-            }.values()
-        )
-        why = [f"{n[0] or '(model)'}: {kept[id(m)]}" for n, m in layers if id(m) in kept]
-        max_tt_rank = _rank_for_ratio(free, ratio, fixed, why)
+        max_tt_rank = _rank_for_ratio_of(layers, kept, free, ratio)
     reports, swaps = _plan(layers, kept, max_tt_rank, epsilon)
     saved = sum(r.params_before - r.params_after for r in reports)
     report = CompressionReport(
@@ -392,6 +390,29 @@ def compress(
                 target.set_submodule(name, new)
     _no_nested_fast_path(target, [name for names, _, _ in swaps for name in names])
     return target, replace(report, model_params_after=sum(p.numel() for p in target.parameters()))
+
+
+def _refuse_wrapped(model: nn.Module) -> None:
+    """Refuse a model that is or holds a DDP/FSDP wrapper."""
+    wrappers = [(n, m) for n, m in model.named_modules() if distributed_wrapper(m)]
+    if wrappers:
+        # replacing layers under DDP leaves its reducer watching the old parameters: gradients are no longer
+        # averaged and each process trains on its own data, silently
+        name, wrapper = wrappers[0]
+        raise TypeError(
+            f"compress: {name or 'the model'} is a {type(wrapper).__name__}; compress the module it wraps "
+            "(ddp.module), then wrap the result again"
+        )
+
+
+def _refuse_lazy(model: nn.Module) -> None:
+    """Refuse a model with uninitialized lazy parameters (their shapes are unknown)."""
+    lazy = [n for n, p in model.named_parameters() if nn.parameter.is_lazy(p)]
+    if lazy:
+        raise ValueError(
+            f"compress: the model has uninitialized lazy parameters ({', '.join(lazy[:3])}); run one forward "
+            "pass first so that their shapes are known"
+        )
 
 
 def _no_nested_fast_path(model: nn.Module, replaced: list[str]) -> None:
