@@ -224,26 +224,7 @@ def _pairwise(
     if matrix is None:
         check_same_raw_shape(op, tt_1, tt_2)
         check_dtype_device(op, tt_1, tt_2)
-        ca = [flat_modes(c) for c in batched_cores(tt_1)]
-        cb = [flat_modes(c) for c in batched_cores(tt_2)]
-
-        def gram(scaled: bool) -> torch.Tensor:
-            pa, pb, exps = _prescaled(ca, cb, scaled)
-
-            def gram_rows(part: list[torch.Tensor]) -> torch.Tensor:
-                part, pair_exps = _with_row_exps(part, exps)
-
-                def step(v: torch.Tensor, k: int) -> torch.Tensor:
-                    t = torch.einsum("ijxy,ixmu->ijymu", v, part[k])
-                    return torch.einsum("ijymu,jymv->ijuv", t, pb[k])
-
-                v = torch.ones(part[0].shape[0], pb[0].shape[0], 1, 1, dtype=pa[0].dtype, device=pa[0].device)
-                return scaled_sweep(v, step, len(pa), scaled, exps=pair_exps)
-
-            per_row = max(y.shape[1] * x.shape[2] * x.shape[3] for x, y in zip(pa, pb, strict=True))
-            return _by_rows(pa if exps is None else [*pa, exps[0]], pb[0].shape[0] * per_row, gram_rows)
-
-        return run_scaled(gram, ca, cb, contracted=True)
+        return _gram(tt_1, tt_2)
     check_matrix(matrix, op, "matrix")
     if isinstance(matrix, TensorTrainBatch):
         raise TypeError(f"{op}: matrix must be a single TT-matrix, got a batch {describe(matrix)}")
@@ -251,6 +232,37 @@ def _pairwise(
     ca = vector_cores(tt_1, rows, op, names[0])
     cb = vector_cores(tt_2, cols, op, names[1])
     check_dtype_device(op, tt_1, matrix, tt_2)
+    return _gram_with_matrix(ca, cb, matrix)
+
+
+def _gram(tt_1: TensorTrainBase, tt_2: TensorTrainBase) -> torch.Tensor:
+    """The ``(B1, B2)`` inner products of two checked batches of the same shape, row blocks at a time."""
+    ca = [flat_modes(c) for c in batched_cores(tt_1)]
+    cb = [flat_modes(c) for c in batched_cores(tt_2)]
+
+    def gram(scaled: bool) -> torch.Tensor:
+        pa, pb, exps = _prescaled(ca, cb, scaled)
+
+        def gram_rows(part: list[torch.Tensor]) -> torch.Tensor:
+            part, pair_exps = _with_row_exps(part, exps)
+
+            def step(v: torch.Tensor, k: int) -> torch.Tensor:
+                t = torch.einsum("ijxy,ixmu->ijymu", v, part[k])
+                return torch.einsum("ijymu,jymv->ijuv", t, pb[k])
+
+            v = torch.ones(part[0].shape[0], pb[0].shape[0], 1, 1, dtype=pa[0].dtype, device=pa[0].device)
+            return scaled_sweep(v, step, len(pa), scaled, exps=pair_exps)
+
+        per_row = max(y.shape[1] * x.shape[2] * x.shape[3] for x, y in zip(pa, pb, strict=True))
+        return _by_rows(pa if exps is None else [*pa, exps[0]], pb[0].shape[0] * per_row, gram_rows)
+
+    return run_scaled(gram, ca, cb, contracted=True)
+
+
+def _gram_with_matrix(
+    ca: list[torch.Tensor], cb: list[torch.Tensor], matrix: TensorTrainBase
+) -> torch.Tensor:
+    """The ``(B1, B2)`` products ``x_i^T A y_j`` of checked vector cores through a single TT-matrix ``A``."""
 
     def gram_with_matrix(scaled: bool) -> torch.Tensor:
         pa, pb, exps = _prescaled(ca, cb, scaled)
