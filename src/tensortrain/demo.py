@@ -301,30 +301,41 @@ def run_mnist_demo(
     gpu = device_fields(device)["gpu"]
     on = f" on {device}" + (f" ({gpu})" if gpu else "")
     log(f"MNIST: {len(ctx.y_train):,} training and {len(ctx.y_test):,} test images; {world} process(es){on}")
-    # The first optimizer imports torch's compiler stack (seconds): do it here, outside the stage timings.
+    _warm_up(device)
+    results, err = _stages(ctx)
+    if rank == 0:
+        write_outputs(cfg, results, world, device, _clock(device) - t_start, err, log, data_folder)
+    return results
+
+
+def _warm_up(device: torch.device) -> None:
+    """Pay the one-time costs outside the stage timings."""
+    # the first optimizer imports torch's compiler stack (seconds)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     if device.type != "cpu":  # and a GPU's first matmul creates its BLAS handle (also seconds)
         ones = torch.ones(2, 2, device=device)
         torch.mm(ones, ones)
         _clock(device)
+
+
+def _stages(ctx: _Context) -> tuple[list[StageResult], float]:
+    """The four stages' results, and the relative error of the compressed first-layer weight."""
     results = []
     # the models are initialized on the CPU and moved: the same initial weights on every device
-    torch.manual_seed(cfg.seed)
-    tt_model = tt_net(cfg.rank).to(device)
+    torch.manual_seed(ctx.cfg.seed)
+    tt_model = tt_net(ctx.cfg.rank).to(ctx.device)
     # ranks above the useful ones are clipped (784x625 with these dims: at most 700): name the rank used
     used = _rank_used(tt_model)
-    results.append(_stage(ctx, "a", f"TT net (rank {used})", tt_model, cfg.epochs_tt, 1e-2))
-    torch.manual_seed(cfg.seed + 1)
-    dense = dense_net().to(device)
-    results.append(_stage(ctx, "b", "dense net", dense, cfg.epochs_dense, 1e-3))
-    compressed, err = _compress(dense, cfg.compress_rank, device)
+    results.append(_stage(ctx, "a", f"TT net (rank {used})", tt_model, ctx.cfg.epochs_tt, 1e-2))
+    torch.manual_seed(ctx.cfg.seed + 1)
+    dense = dense_net().to(ctx.device)
+    results.append(_stage(ctx, "b", "dense net", dense, ctx.cfg.epochs_dense, 1e-3))
+    compressed, err = _compress(dense, ctx.cfg.compress_rank, ctx.device)
     used = _rank_used(compressed)
     results.append(_stage(ctx, "c", f"b compressed (TT-SVD, rank {used})", compressed, 0, None))
-    log(f"c: relative Frobenius error of the compressed first-layer weight: {err:.4f}")
-    results.append(_stage(ctx, "d", "c fine-tuned", compressed, cfg.epochs_finetune, 1e-3))
-    if rank == 0:
-        write_outputs(cfg, results, world, device, _clock(device) - t_start, err, log, data_folder)
-    return results
+    ctx.log(f"c: relative Frobenius error of the compressed first-layer weight: {err:.4f}")
+    results.append(_stage(ctx, "d", "c fine-tuned", compressed, ctx.cfg.epochs_finetune, 1e-3))
+    return results, err
 
 
 def format_table(results: list[StageResult]) -> str:
