@@ -84,6 +84,41 @@ def dtensor_hint(fn: str, name: str) -> str:
     )
 
 
+def _check_core(name: str, k: int, c: torch.Tensor, c0: torch.Tensor, b: int) -> None:
+    """Refuse core ``k`` of a ``name`` (a TensorTrain, or a batch with ``b`` = 1 batch axis) whose number of dims,
+    dtype, layout, device, sizes or batch size do not fit core 0 ``c0``'s."""
+    ndim = c0.dim()
+    if c.dim() != ndim:
+        raise ShapeError(
+            f"{name}: all cores must have the same number of dims, core 0 has {ndim} "
+            f"but core {k} has shape {tuple(c.shape)}"
+        )
+    if not (c.is_floating_point() or c.is_complex()) or c.element_size() == 1 or c.dtype == _CHALF:
+        # (1-byte floats are float8 storage formats, and complex32 has almost no kernels: no products
+        # run in them)
+        raise TypeError(
+            f"{name}: cores must be floating point (16 bits or more) or complex64/128, core {k} has dtype "
+            f"{c.dtype}; cast it first, e.g. core.to(torch.{'complex64' if c.is_complex() else 'float32'})"
+        )
+    if is_dtensor(c):
+        raise TypeError(dtensor_hint(name, f"core {k}"))
+    if c.layout != torch.strided or c.is_nested:
+        raise TypeError(
+            f"{name}: cores must be dense (strided) tensors, core {k} has layout {c.layout}"
+            f"{' (nested)' if c.is_nested else ''}; e.g. core.to_dense()"
+        )
+    if c.dtype != c0.dtype:
+        raise ShapeError(f"{name}: core 0 has dtype {c0.dtype} but core {k} has dtype {c.dtype}")
+    if c.device != c0.device:
+        raise ShapeError(f"{name}: core 0 is on {c0.device} but core {k} is on {c.device}")
+    if any(s == 0 for s in c.shape):
+        raise ShapeError(f"{name}: core {k} has an empty dimension, shape {tuple(c.shape)}")
+    if b and c.shape[0] != c0.shape[0]:
+        raise ShapeError(
+            f"{name}: batch sizes differ, core 0 has {c0.shape[0]} elements, core {k} has {c.shape[0]}"
+        )
+
+
 class TensorTrainBase:
     """What ``TensorTrain`` and ``TensorTrainBatch`` share: validation, derived properties, operators."""
 
@@ -169,38 +204,7 @@ class TensorTrainBase:
                 f"core 0 has shape {tuple(cores[0].shape)}"
             )
         for k, c in enumerate(cores):
-            if c.dim() != ndim:
-                raise ShapeError(
-                    f"{name}: all cores must have the same number of dims, core 0 has {ndim} "
-                    f"but core {k} has shape {tuple(c.shape)}"
-                )
-            if not (c.is_floating_point() or c.is_complex()) or c.element_size() == 1 or c.dtype == _CHALF:
-                # (1-byte floats are float8 storage formats, and complex32 has almost no kernels: no products
-                # run in them)
-                raise TypeError(
-                    f"{name}: cores must be floating point (16 bits or more) or complex64/128, core {k} has dtype "
-                    f"{c.dtype}; cast it first, e.g. core.to(torch.{'complex64' if c.is_complex() else 'float32'})"
-                )
-            if is_dtensor(c):
-                raise TypeError(dtensor_hint(name, f"core {k}"))
-            if c.layout != torch.strided or c.is_nested:
-                raise TypeError(
-                    f"{name}: cores must be dense (strided) tensors, core {k} has layout {c.layout}"
-                    f"{' (nested)' if c.is_nested else ''}; e.g. core.to_dense()"
-                )
-            if c.dtype != cores[0].dtype:
-                raise ShapeError(
-                    f"{name}: core 0 has dtype {cores[0].dtype} but core {k} has dtype {c.dtype}"
-                )
-            if c.device != cores[0].device:
-                raise ShapeError(f"{name}: core 0 is on {cores[0].device} but core {k} is on {c.device}")
-            if any(s == 0 for s in c.shape):
-                raise ShapeError(f"{name}: core {k} has an empty dimension, shape {tuple(c.shape)}")
-            if b and c.shape[0] != cores[0].shape[0]:
-                raise ShapeError(
-                    f"{name}: batch sizes differ, core 0 has {cores[0].shape[0]} elements, "
-                    f"core {k} has {c.shape[0]}"
-                )
+            _check_core(name, k, c, cores[0], b)
         if cores[0].shape[b] != 1 or cores[-1].shape[-1] != 1:
             raise ShapeError(
                 f"{name}: boundary TT-ranks must be 1, got r_0={cores[0].shape[b]} and "
