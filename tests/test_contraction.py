@@ -156,6 +156,51 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
 
 
+def test_vmap_over_stacked_cores_builds_a_large_w_whole(gen, monkeypatch):
+    """torch.func.vmap over an ensemble's stacked cores (batched halves): a W past BLOCKED_ABOVE is built whole
+    under the transform, as each member's dense W (blocks copied into a plain W fail: vmap cannot write a
+    batched block into an unbatched tensor; a mutant)."""
+    from tensortrain.contraction import full_plan, machine
+
+    raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
+    members = [random_cores(raw, ranks, gen=gen) for _ in range(2)]
+    stacks = [torch.stack(cs) for cs in zip(*members, strict=True)]
+    x = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    want = torch.stack([x @ dense_of(cs).T for cs in members])
+    monkeypatch.setattr(machine, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(machine, "BLOCK_BYTES", 8 * 2 * 32)  # two left rows (of 3) per block
+    assert full_plan._blocks((3, 2, 4, 4), x) == 2  # (eager: blocked)
+    with torch.no_grad():
+        y = torch.func.vmap(lambda *cs: C.linear(x, list(cs), strategy="full"))(*stacks)
+    assert_close(y, want)
+
+
+def test_complex_full_plan_builds_a_large_w_in_blocks(gen, monkeypatch):
+    """A complex W past BLOCKED_ABOVE is built in blocks of left rows like a real one (into reused scratch in
+    inference, recorded in training): the dense x @ W^T and its gradients, no conjugate anywhere."""
+    from tensortrain.contraction import full_plan, machine
+
+    raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
+    cores = [
+        torch.complex(a, b).requires_grad_(True)
+        for a, b in zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
+    ]
+    x = torch.complex(*(torch.randn(4, 8, generator=gen, dtype=torch.float64) for _ in range(2)))
+    x.requires_grad_(True)
+    w = dense_of(cores)
+    g = torch.complex(*(torch.randn(4, 12, generator=gen, dtype=torch.float64) for _ in range(2)))
+    want = torch.autograd.grad(x @ w.T, (x, *cores), g)
+    monkeypatch.setattr(machine, "BLOCKED_ABOVE", 0)
+    monkeypatch.setattr(machine, "BLOCK_BYTES", 16 * 2 * 32)  # two left rows (of 3) per block
+    assert full_plan._blocks((3, 2, 4, 4), x) == 2
+    for plan in [p for p in C.enumerate_plans(cores, 4, requires_grad=True) if p.kind == "full"]:
+        with torch.no_grad():
+            assert_close(C.linear(x, cores, strategy=plan), x @ w.T)
+        got = torch.autograd.grad(C.linear(x, cores, strategy=plan), (x, *cores), g)
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b)
+
+
 # (torch 2.6's gradcheck batches with its own deprecated vmap)
 @pytest.mark.filterwarnings(
     "ignore:Please use `torch.vmap` instead of `torch._vmap_internals.vmap`:FutureWarning"
@@ -258,6 +303,34 @@ def test_autocast_training_of_every_plan(gen, batch):
         assert_close(y.float(), want, rtol=0.05, atol=0.05)
         y.float().sum().backward()
         assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in (x, bias, *cores))
+
+
+# rank 1: W by GEMMs batched over row-mode pairs; rank 3: one GEMM and a permute
+@pytest.mark.parametrize("rank", [1, 3])
+def test_full_plan_inference_under_autocast_builds_w_in_autocast_precision(gen, rank):
+    """Under autocast the full plan's inference builds W with autocast's products (bfloat16), as its training
+    path and the sweeps do, not in float32 into the cores' own-precision scratch (out= products do not cast)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Products(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes: list[tuple[str, torch.dtype]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ("mm", "bmm", "matmul", "addmm", "baddbmm"):
+                self.dtypes += [(str(func), a.dtype) for a in args if isinstance(a, torch.Tensor)]
+            return func(*args, **(kwargs or {}))
+
+    cores = [c.float() for c in random_cores(((2, 3), (8, 8)), (1, rank, 1), gen=gen)]
+    x = torch.randn(5, 64, generator=gen)
+    want = x.double() @ dense_of([c.double() for c in cores]).T
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16), Products() as mode:
+            y = C.linear(x, [c.clone().requires_grad_(grad) for c in cores], strategy="full")
+        assert y.dtype == torch.bfloat16
+        assert_close(y.double(), want, rtol=0.05, atol=0.05)
+        assert mode.dtypes and all(d == torch.bfloat16 for _, d in mode.dtypes), mode.dtypes
 
 
 def test_large_w_and_its_gradient_borrow_reused_scratch(gen, monkeypatch):
@@ -377,6 +450,33 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
     xg = x.clone().requires_grad_(True)
     assert_close(C.linear(xg, cores, strategy=strategy), want)  # training: one pass, states kept for backward
     assert calls == []  # training sweeps run SweepFunction
+    C.clear_plan_cache()
+
+
+@pytest.mark.parametrize("strategy", ["grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"])
+def test_complex_inference_sweeps_run_in_chunks(gen, monkeypatch, strategy):
+    """A complex sweep in chunks (states in scratch, each chunk's last step written into the output's rows) is the
+    dense product x @ W^T: no conjugate on any step, the single-column ones (one GEMM) included."""
+    from tensortrain.contraction import cost, machine, sweeps
+
+    raw, ranks = ((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1)
+    cores = [
+        torch.complex(a, b)
+        for a, b in zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
+    ]
+    x = torch.complex(*(torch.randn(37, 30, generator=gen, dtype=torch.float64) for _ in range(2)))
+    want = x @ dense_of(cores).T
+    plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
+    per_row = max(max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups)
+    monkeypatch.setattr(machine, "CHUNK_BYTES", 16 * per_row * 8)  # chunks of 8 rows
+    monkeypatch.setattr(machine, "CACHE_BYTES", 16 * per_row * 30)
+    C.clear_plan_cache()
+    calls = []
+    steps_into = sweeps.steps_into
+    monkeypatch.setattr(sweeps, "steps_into", lambda xc, *a: calls.append(xc.shape[0]) or steps_into(xc, *a))
+    with torch.no_grad():
+        assert_close(C.linear(x, cores, strategy=strategy), want)
+    assert calls == [8, 8, 8, 8, 5]
     C.clear_plan_cache()
 
 
@@ -504,6 +604,34 @@ def test_complex_gradients_of_every_plan(gen, batch):
         got = torch.autograd.grad(C.linear(x, cores, strategy=p).abs().sum(), (x, *cores))
         w = tt.full(tt.TensorTrain(cores))
         want = torch.autograd.grad((x @ w.T).abs().sum(), (x, *cores))
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b)
+
+
+def test_complex_training_sweeps_recompute_only_when_the_plan_says(gen, monkeypatch):
+    """Complex sweeps train through autograd's own products: a plan that keeps its step inputs runs the sweep once,
+    one that recomputes them (under torch.utils.checkpoint) runs it again in backward; gradients are the dense
+    product's either way."""
+    from tensortrain.contraction import sweeps
+
+    raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 2, 3, 1)
+    cores = [
+        torch.complex(a, b).requires_grad_(True)
+        for a, b in zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
+    ]
+    x = torch.complex(*(torch.randn(9, 12, generator=gen, dtype=torch.float64) for _ in range(2)))
+    x.requires_grad_(True)
+    g = torch.complex(*(torch.randn(9, 12, generator=gen, dtype=torch.float64) for _ in range(2)))
+    want = torch.autograd.grad(x @ dense_of(cores).T, (x, *cores), g)
+    calls = []
+    sweep = sweeps.sweep
+    monkeypatch.setattr(sweeps, "sweep", lambda *a, **k: calls.append(1) or sweep(*a, **k))
+    plans = [p for p in C.enumerate_plans(cores, 9, requires_grad=True) if p.kind == "sweep"]
+    assert {p.recompute for p in plans} == {False, True}
+    for p in plans:
+        calls.clear()
+        got = torch.autograd.grad(C.linear(x, cores, strategy=p), (x, *cores), g)
+        assert len(calls) == (2 if p.recompute else 1), p
         for a, b in zip(got, want, strict=True):
             assert_close(a, b)
 
@@ -760,6 +888,33 @@ def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
     C.clear_plan_cache()
 
 
+@pytest.mark.parametrize("strategy", ["cores_rtl", "cores_ltr"])
+def test_narrow_steps_fold_only_on_devices_that_fold(gen, monkeypatch, strategy):
+    """Whether narrow steps fold is the device's Machine.narrow_fold (batched GEMMs everywhere on a GPU): with it
+    off for the CPU, the steps that fold there run batched, in inference and in SweepFunction's backward alike."""
+    from tensortrain.contraction import machine, sweeps
+
+    calls = []
+    folded = sweeps.folded
+    monkeypatch.setattr(sweeps, "folded", lambda *a: calls.append(1) or folded(*a))
+    cores = [c.float() for c in random_cores(*NARROW, gen=gen)]
+    x = torch.randn(37, 192, generator=gen)
+    want = x.double() @ dense_of([c.double() for c in cores]).T
+    with torch.no_grad():
+        C.linear(x, cores, strategy=strategy)
+    assert calls  # (folds on the CPU as it is)
+    monkeypatch.setitem(machine.MACHINES, "cpu", machine.MACHINES["cpu"]._replace(narrow_fold=False))
+    C.clear_plan_cache()
+    calls.clear()
+    with torch.no_grad():
+        assert_close(C.linear(x, cores, strategy=strategy).double(), want, rtol=1e-4, atol=1e-4)
+    params = [c.clone().requires_grad_(True) for c in cores]
+    xg = x.clone().requires_grad_(True)
+    C.linear(xg, params, strategy=strategy).sum().backward()
+    assert calls == []
+    C.clear_plan_cache()
+
+
 @pytest.mark.parametrize("frozen", [0, 1, 2])
 def test_partly_frozen_cores_get_the_dense_gradients_in_every_sweep(gen, frozen):
     """The hand-written sweep (training, batch >= 8) reads per super-core which gradients to compute, in the
@@ -855,6 +1010,29 @@ def test_inference_under_vmap_keeps_nothing_in_the_layers_cache(gen):
         assert_close(y, layer.to_linear()(x))
         layer(x[0])
         assert layer._cache  # (a plain call caches)
+
+
+@pytest.mark.parametrize("strategy", ["grouped_rtl", "cores_ltr"])
+def test_inference_under_vmap_runs_large_batches_in_chunks_without_out_writes(gen, monkeypatch, strategy):
+    """Under torch.func.vmap a chunked inference sweep concatenates its chunks: vmap has no batching rule for the
+    out= products that write chunks into the output's rows."""
+    from tensortrain.contraction import cost, machine, sweeps
+
+    cores = random_cores(((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1), gen=gen)
+    x = torch.randn(3, 37, 30, generator=gen, dtype=torch.float64)
+    plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
+    per_row = max(max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups)
+    monkeypatch.setattr(machine, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
+    monkeypatch.setattr(machine, "CACHE_BYTES", 8 * per_row * 30)
+    C.clear_plan_cache()
+    calls = []
+    steps = sweeps._steps
+    monkeypatch.setattr(sweeps, "_steps", lambda xc, *a: calls.append(xc.shape[0]) or steps(xc, *a))
+    with torch.no_grad():
+        y = torch.func.vmap(lambda a: C.linear(a, cores, strategy=strategy))(x)
+    assert_close(y, x @ dense_of(cores).T)
+    assert calls == [8, 8, 8, 8, 5]  # chunked, each chunk's states fresh
+    C.clear_plan_cache()
 
 
 def test_plan_cache_keeps_training_and_inference_apart_and_inference_ignores_training_options(gen):

@@ -545,6 +545,21 @@ def test_a_kept_w_is_not_kept_when_the_input_needs_no_gradient(gen):
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("strategy", ["full", "grouped_rtl", "cores_ltr"])
+def test_a_bias_only_layer_keeps_nothing_for_backward(gen, strategy):
+    """Frozen cores and an input that needs no gradient, only the bias trains (BitFit): backward reads nothing
+    but the output's gradient, so no plan keeps a tensor for it (through the full plan's autograd Function the
+    two halves would be kept: a mutant)."""
+    layer = tt.nn.TTLinear(12, 12, tt_rank=3, in_dims=(3, 4), out_dims=(4, 3), dtype=torch.float64)
+    layer.strategy = strategy
+    layer.cores.requires_grad_(False)
+    x = torch.randn(9, 12, generator=gen, dtype=torch.float64)
+    assert _saved(lambda: layer(x)) == []
+    g = torch.randn(9, 12, generator=gen, dtype=torch.float64)
+    (gb,) = torch.autograd.grad(layer(x), layer.bias, g)
+    assert_close(gb, g.sum(0))
+
+
 def test_the_bound_counts_copies_of_cores_in_another_layout(gen):
     """Cores that are views in another layout (tt.transpose's, a channels_last module's) are copied where a plan
     reshapes them, and training kept the copies beyond the bound (linear and TTLinear; dense_tt_matmul counted
