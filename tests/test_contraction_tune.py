@@ -295,3 +295,23 @@ def test_inference_candidates_are_timed_with_their_kept_merges(gen, monkeypatch)
         f()
         f()
     assert stored and all(stored)
+
+
+@pytest.mark.parametrize(
+    ("made_in", "planned_in"),
+    [
+        (torch.enable_grad, torch.no_grad),
+        (torch.enable_grad, torch.inference_mode),
+        (torch.inference_mode, torch.inference_mode),
+        (torch.inference_mode, torch.enable_grad),
+    ],
+)
+def test_a_training_plan_is_tuned_in_any_grad_mode_for_any_cores(gen, made_in, planned_in):
+    """plan(requires_grad=True, strategy="tune") called without grad mode (around evaluation code) times the
+    training candidates' backward all the same: inside inference_mode it raised 'element 0 of tensors does not
+    require grad'. Cores made in inference mode are timed through clones (their views leave autograd)."""
+    with made_in():
+        cores = _cores(gen, grad=True)
+    with planned_in():
+        p = C.plan(cores, 32, requires_grad=True, strategy="tune")
+    assert p.program in R.candidates(dims_of(cores), 32, 8, "cpu", True, False, None, cost.BOTH)

@@ -19,6 +19,7 @@ Private: :mod:`tensortrain.contraction` is the public namespace.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import statistics
@@ -179,15 +180,18 @@ def tune(
     progs = candidates(dims, batch, c0.element_size(), c0.device.type, grad, cached, max_saved, need)
     if len(progs) == 1:
         return progs[0]
-    try:
-        calls = _calls(progs, cores, batch, grad, cached, need)
-    except RuntimeError as e:
-        if not _out_of_memory(e):
-            raise
-        # no room for the synthetic operands (beside the call's own, or for plan()'s hypothetical batch): the
-        # cost model's choice, as without tuning
-        return progs[0]
-    times = _measure(calls, _sync(c0.device))
+    # training candidates run backward, which inference mode records nothing for (plan(requires_grad=True) called
+    # inside torch.inference_mode): their operands are made, and they run, outside it
+    with torch.inference_mode(False) if grad else contextlib.nullcontext():
+        try:
+            calls = _calls(progs, cores, batch, grad, cached, need)
+        except RuntimeError as e:
+            if not _out_of_memory(e):
+                raise
+            # no room for the synthetic operands (beside the call's own, or for plan()'s hypothetical batch): the
+            # cost model's choice, as without tuning
+            return progs[0]
+        times = _measure(calls, _sync(c0.device))
     fastest = min(times.values())
     return next(p for p in progs if times.get(p) == fastest)  # (ties: the cost model's order)
 
