@@ -555,3 +555,27 @@ def test_int_scales_and_epsilons_that_change_compile_whole():
         compiled = torch.compile(fn, fullgraph=True, backend="eager")
         for k in (2, 3, 5):
             torch.testing.assert_close(compiled(k), dense(k))
+
+
+def test_a_large_inference_batch_traces_whole_where_eager_runs_it_in_chunks(monkeypatch):
+    """Eager inference sweeps run batches past the cache in chunks of rows (into scratch, outside autograd);
+    traced at a static batch the sweep runs whole, in one graph."""
+    from tensortrain.contraction import machine, sweeps
+
+    monkeypatch.setattr(machine, "CHUNK_BYTES", 8 * 8 * 50)
+    monkeypatch.setattr(machine, "CACHE_BYTES", 8 * 8 * 100)
+    tt.contraction.clear_plan_cache()
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(24, 30, tt_rank=3, in_dims=(3, 4, 2), out_dims=(2, 5, 3), dtype=torch.float64)
+    layer.strategy = "grouped_rtl"
+    x = torch.randn(37, 24, dtype=torch.float64)
+    chunks = []
+    real = sweeps.sweep
+    monkeypatch.setattr(
+        sweeps, "sweep", lambda x2d, s, d, chunk=None: chunks.append(chunk) or real(x2d, s, d, chunk)
+    )
+    with torch.no_grad():
+        expected = layer(x)
+        assert chunks[0] is not None and chunks[0] < 37  # (eager: in chunks)
+        assert_close(_compiled(layer)(x), expected)
+    tt.contraction.clear_plan_cache()

@@ -678,6 +678,8 @@ def test_dense_matmul_messages_name_their_arguments():
         C.tt_dense_matmul(w, [[1.0]])
     with pytest.raises(tt.ShapeError, match="b has dtype torch.float64"):
         C.tt_dense_matmul(w, torch.randn(28, 3, dtype=torch.float64))
+    with pytest.raises(tt.ShapeError, match="dense_tt_matmul: a has dtype torch.float64"):
+        C.dense_tt_matmul(torch.randn(3, 32, dtype=torch.float64), w)
 
 
 def test_requires_grad_must_be_a_bool():

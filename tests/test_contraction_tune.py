@@ -297,6 +297,124 @@ def test_inference_candidates_are_timed_with_their_kept_merges(gen, monkeypatch)
     assert stored and all(stored)
 
 
+def test_tuning_times_the_calls_own_batch_size_not_its_bucket(gen, monkeypatch):
+    """The synthetic operands have the call's rows (20), not its bucket's (32): no more memory than the call."""
+    batches = []
+    real = R._calls
+
+    def spy(progs, cores, batch, grad, cached, need):
+        batches.append(batch)
+        return real(progs, cores, batch, grad, cached, need)
+
+    monkeypatch.setattr(R, "_calls", spy)
+    monkeypatch.setattr(R, "_measure", _fake_measure(lambda progs: progs[0]))
+    cores = _cores(gen)
+    with torch.no_grad():
+        C.linear(torch.randn(20, 60, generator=gen, dtype=torch.float64), cores, strategy="tune")
+    assert batches == [20]
+
+
+def test_a_tuned_training_plan_keeps_the_memory_bound(gen, monkeypatch):
+    """Every timed candidate keeps at most the bound (the fastest measured one is taken whatever it keeps), and a
+    candidate keeping exactly the bound is one of them."""
+    dims = ((4, 5, 3), (3, 4, 5), (1, 4, 4, 1))
+    m = hw.machine("cpu", 8)
+
+    def saved(p):
+        return cost.estimate(dims, p, 64, 8, True, m).saved_bytes
+
+    unbounded = R.candidates(dims, 64, 8, "cpu", True, False, None, cost.BOTH)
+    sizes = sorted({saved(p) for p in unbounded})
+    assert len(sizes) > 1
+    limit = sizes[-2]  # the candidates keeping the most are over it
+    for p in unbounded:
+        if saved(p) == limit:
+            assert p in R.candidates(dims, 64, 8, "cpu", True, False, limit, cost.BOTH)
+    # the tuner: the measured-fastest candidate is the one keeping the most that was timed
+    monkeypatch.setattr(R, "_measure", _fake_measure(lambda progs: max(progs, key=saved)))
+    cores = _cores(gen, grad=True)
+    got = R.tune(cores, 64, True, False, limit, cost.BOTH)
+    assert saved(got) <= limit
+
+
+def test_inference_tuning_models_and_times_the_layers_kept_merges(gen, monkeypatch):
+    """A layer without gradients keeps its merged groups: its tuning prices (the cost model's candidate first)
+    and times the candidates with them; a bare linear call without."""
+    seen = []
+    real = R._calls
+
+    def spy(progs, cores, batch, grad, cached, need):
+        seen.append((progs[0], cached))
+        return real(progs, cores, batch, grad, cached, need)
+
+    monkeypatch.setattr(R, "_calls", spy)
+    monkeypatch.setattr(R, "_measure", _fake_measure(lambda progs: progs[0]))
+    layer = tt.nn.TTLinear(60, 60, tt_rank=4, in_dims=(3, 4, 5), out_dims=(4, 5, 3), dtype=torch.float64)
+    layer.strategy = "tune"
+    x = torch.randn(4, 60, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x)
+        C.linear(x, list(layer.cores), strategy="tune")
+    dims = dims_of(list(layer.cores))
+    model = [
+        search.choose(dims, "auto", 4, 8, "cpu", False, cached, None, cost.BOTH) for cached in (True, False)
+    ]
+    assert model[0] != model[1]  # (at these shapes kept merges change the cost model's choice)
+    assert seen == [(model[0], True), (model[1], False)]
+
+
+@pytest.mark.parametrize("need", [(False, True), (True, False), (True, True)])
+def test_tuning_times_only_the_gradients_the_call_needs(gen, monkeypatch, need):
+    """A first layer's candidates are timed without the input's gradient, a frozen layer's without the cores'."""
+    runs, grads = [], []
+    real_run, real_grad = R.run, torch.autograd.grad
+
+    def spy_run(prog, x2d, cores, bias, grad, cache=None, inplace=False):
+        runs.append((x2d.requires_grad, tuple(c.requires_grad for c in cores)))
+        return real_run(prog, x2d, cores, bias, grad, cache, inplace)
+
+    def spy_grad(outputs, inputs, *args, **kwargs):
+        grads.append(len(inputs))
+        return real_grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(R, "run", spy_run)
+    monkeypatch.setattr(torch.autograd, "grad", spy_grad)
+
+    def run_each_once(calls, sync):
+        for f in calls.values():
+            f()
+        return dict.fromkeys(calls, 1.0)
+
+    monkeypatch.setattr(R, "_measure", run_each_once)
+    cores = _cores(gen, grad=True)
+    R.tune(cores, 16, True, False, None, need)
+    assert runs and set(runs) == {(need[0], (need[1],) * 3)}
+    assert set(grads) == {need[0] + 3 * need[1]}
+
+
+def test_measure_takes_the_median_of_the_rounds(monkeypatch):
+    """One fast outlier round does not make a candidate the fastest: the median, not the minimum."""
+    clock = [0.0]
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    monkeypatch.setattr(R, "time", FakeTime)
+    # a's warm-up, then per round an untimed call and a timed one: 3, 1, 5, 4, 2 ms timed (median 3, minimum 1)
+    durations = iter([0.0] + [t for ms in (3, 1, 5, 4, 2) for t in (0.0, ms / 1000)])
+
+    def a():
+        clock[0] += next(durations)
+
+    def b():
+        clock[0] += 0.0025
+
+    times = R._measure({"a": a, "b": b}, lambda: None)
+    assert times == {"a": pytest.approx(0.003), "b": pytest.approx(0.0025)}
+
+
 @pytest.mark.parametrize(
     ("made_in", "planned_in"),
     [

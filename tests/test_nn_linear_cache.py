@@ -569,3 +569,47 @@ def test_a_same_rank_load_into_a_pruned_or_parametrized_layer_works(how):
     x = torch.randn(4, 12, dtype=torch.float64)
     assert layer.tt_ranks == src.tt_ranks == (1, 3, 1)
     assert_close(layer(x), src(x))
+
+
+@pytest.mark.parametrize("strategy", ["full", "cores_rtl", "grouped_ltr"])
+def test_the_cache_sees_ranks_narrowed_through_data(strategy):
+    """``p.data = p.data[..., :r]`` and ``q.data = q.data[:r]`` (a rank truncated in place) keep both cores'
+    storage addresses, strides and version counters: only their shapes tell the kept merges are stale."""
+    layer = tt.nn.TTLinear(16, 16, tt_rank=3, in_dims=(4, 4), out_dims=(4, 4), dtype=torch.float64)
+    layer.strategy = strategy
+    x = torch.randn(5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x)  # (merges kept)
+        c0, c1 = layer.cores
+        c0.data = c0.data[..., :2]
+        c1.data = c1.data[:2]
+        assert_close(layer(x), layer.to_linear()(x))
+
+
+def test_kept_halves_and_groups_are_per_split_and_direction():
+    """One layer's cache keeps the full plan's halves for each split, and the sweeps' merged groups for each
+    direction, apart: another split's halves, another direction's super-cores, are other matrices."""
+    from tensortrain.contraction import full_plan, sweeps
+    from tensortrain.contraction.layer_cache import cached_halves, cached_supers
+
+    torch.manual_seed(0)
+    cores = [nn.Parameter(torch.randn(a, 4, 4, b, dtype=torch.float64)) for a, b in ((1, 2), (2, 2), (2, 1))]
+    cache: dict = {}
+    for split in (1, 2, 1):
+        got = cached_halves(cache, cores, split)
+        want = full_plan.halves(cores, split)
+        assert got is not None
+        for a, b in zip(got[:2], want[:2], strict=True):
+            assert torch.equal(a, b)
+    # (the middle group, 64 x 64 modes, is too large to keep: merged on every call, each way)
+    shapes = ((1, 4, 4, 2), (2, 8, 8, 2), (2, 8, 8, 2), (2, 4, 4, 1))
+    cores = [nn.Parameter(torch.randn(*s, dtype=torch.float64)) for s in shapes]
+    for groups in (((0, 1), (1, 3), (3, 4)), ((0, 2), (2, 4))):
+        for direction in ("rtl", "ltr", "rtl"):
+            got = cached_supers(cache, cores, groups, direction)
+            want = sweeps.supers_of(cores, groups, direction)
+            for a, b in zip(got, want, strict=True):
+                assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    # halves too large to keep (split 1: the other three cores merged, 256 x 256 modes) are neither kept nor made
+    cache.clear()
+    assert cached_halves(cache, cores, 1) is None and cache == {}

@@ -731,3 +731,23 @@ def test_a_padded_layers_saved_bytes_are_what_autograd_keeps(strategy):
             kept = _kept_bytes(lambda x=x, layer=layer: layer(x), _own(x, *layer.parameters()))
             plan = layer.plan(batch, requires_grad=True, input_requires_grad=x_grad)
             assert plan.saved_bytes == kept, (in_dims, batch, x_grad, cores_grad, plan.describe())
+
+
+def test_a_strided_input_at_a_sweep_function_batch_is_not_charged_a_copy(gen, monkeypatch):
+    """From batch 8 (SweepFunction) the sweeps keep a strided x as it is: such an x runs the plan a contiguous
+    one runs under the same bound, the one plan() reports, with no copy of x counted against the bound."""
+    from tensortrain.contraction import machine
+
+    batch = machine.SWEEP_FUNCTION_MIN_BATCH
+    w = _cores((5, 7, 1), (8, 16, 3), 2, gen)
+    base = torch.randn(8 * 16 * 3, batch, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = base.t()  # strided (batch, N)
+    assert not x.is_contiguous()
+    ran = []
+    real = C.run
+    monkeypatch.setattr(C, "run", lambda prog, *a, **k: ran.append(prog) or real(prog, *a, **k))
+    own = {t.untyped_storage().data_ptr() for t in (base, *w)}
+    for bound in sorted({p.saved_bytes for p in C.enumerate_plans(w, batch, requires_grad=True)}):
+        ran.clear()
+        assert _kept_bytes(lambda b=bound: C.linear(x, w, max_saved_bytes=b), own) <= bound
+        assert ran == [C.plan(w, batch, requires_grad=True, max_saved_bytes=bound).program], bound

@@ -158,3 +158,14 @@ def test_a_lower_limit_set_in_another_thread_is_applied_at_the_next_request():
     finally:
         pool.shutdown()
         workspace.set_limit(256 * mib)
+
+
+def test_a_buffer_first_lent_under_inference_mode_is_a_normal_tensor():
+    """A buffer allocated inside ``torch.inference_mode`` (an inference call) is lent again to training steps,
+    which write it in place: it is held as a normal tensor, not an inference one (the lent view is writable)."""
+    with torch.inference_mode(), workspace.scratch((128,), torch.uint8, "cpu"):
+        pass
+    assert workspace.held_bytes() == 128
+    assert not any(b.is_inference() for b in workspace._free.buffers)
+    with workspace.scratch((32,), torch.float32, "cpu") as a:
+        a.fill_(1.0)
