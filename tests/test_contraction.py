@@ -156,6 +156,17 @@ def test_blocked_build_of_a_large_w(gen, monkeypatch):
         assert torch.autograd.gradcheck(f, (x, lmat, rmat))
 
 
+def _complex_cores(raw, ranks, gen, grad=False):
+    """Complex128 cores whose real and imaginary parts are two draws of ``random_cores``."""
+    parts = zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
+    return [torch.complex(a, b).requires_grad_(grad) for a, b in parts]
+
+
+def _complex_randn(gen, *shape):
+    """A complex128 tensor of standard normal real and imaginary parts."""
+    return torch.complex(*(torch.randn(*shape, generator=gen, dtype=torch.float64) for _ in range(2)))
+
+
 def test_vmap_over_stacked_cores_builds_a_large_w_whole(gen, monkeypatch):
     """torch.func.vmap over an ensemble's stacked cores (batched halves): a W past BLOCKED_ABOVE is built whole
     under the transform, as each member's dense W (blocks copied into a plain W fail: vmap cannot write a
@@ -181,14 +192,11 @@ def test_complex_full_plan_builds_a_large_w_in_blocks(gen, monkeypatch):
     from tensortrain.contraction import full_plan, machine
 
     raw, ranks = ((3, 2, 2), (2, 2, 2)), (1, 3, 4, 1)
-    cores = [
-        torch.complex(a, b).requires_grad_(True)
-        for a, b in zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
-    ]
-    x = torch.complex(*(torch.randn(4, 8, generator=gen, dtype=torch.float64) for _ in range(2)))
+    cores = _complex_cores(raw, ranks, gen, grad=True)
+    x = _complex_randn(gen, 4, 8)
     x.requires_grad_(True)
     w = dense_of(cores)
-    g = torch.complex(*(torch.randn(4, 12, generator=gen, dtype=torch.float64) for _ in range(2)))
+    g = _complex_randn(gen, 4, 12)
     want = torch.autograd.grad(x @ w.T, (x, *cores), g)
     monkeypatch.setattr(machine, "BLOCKED_ABOVE", 0)
     monkeypatch.setattr(machine, "BLOCK_BYTES", 16 * 2 * 32)  # two left rows (of 3) per block
@@ -410,28 +418,38 @@ def test_tt_dense_and_dense_tt_matmul(spec, p, seed):
     assert_close(C.dense_tt_matmul(a, w_tt), a @ w)
 
 
+def _chunked_by_8_rows(monkeypatch, cores, strategy, item, batch=37):
+    """Set CHUNK_BYTES and CACHE_BYTES so that ``strategy``'s inference sweep over ``cores`` (entries of ``item``
+    bytes) runs up to 30 rows whole and more in chunks of 8 rows; returns its plan at ``batch``."""
+    from tensortrain.contraction import cost, machine
+
+    plan = C.plan(cores, batch, strategy=strategy, requires_grad=False)
+    per_row = max(max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups)
+    monkeypatch.setattr(machine, "CHUNK_BYTES", item * per_row * 8)
+    monkeypatch.setattr(machine, "CACHE_BYTES", item * per_row * 30)
+    C.clear_plan_cache()
+    return plan
+
+
+def _count_rows(monkeypatch, name, calls):
+    """Append the rows of each call of ``contraction.sweeps.<name>`` to ``calls``."""
+    from tensortrain.contraction import sweeps
+
+    real = getattr(sweeps, name)
+    monkeypatch.setattr(sweeps, name, lambda xc, *a: calls.append(xc.shape[0]) or real(xc, *a))
+
+
 @pytest.mark.parametrize("strategy", ["grouped_rtl", "grouped_ltr", "cores_rtl", "cores_ltr"])
 def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy):
     """A sweep whose states outgrow CACHE_BYTES runs in chunks of CHUNK_BYTES: same values, chunked calls."""
-    from tensortrain.contraction import cost, machine, sweeps
-
     cores = random_cores(((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1), gen=gen)
     x = torch.randn(37, 30, generator=gen, dtype=torch.float64)
     want = x @ dense_of(cores).T
-    plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
-    per_row = max(max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups)
-    monkeypatch.setattr(machine, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
-    monkeypatch.setattr(machine, "CACHE_BYTES", 8 * per_row * 30)  # up to 30 rows run whole
-    C.clear_plan_cache()
+    plan = _chunked_by_8_rows(monkeypatch, cores, strategy, 8)
     assert C.plan(cores, 37, strategy=strategy, requires_grad=False).groups == plan.groups
     calls = []
-    steps, steps_into = sweeps._steps, sweeps.steps_into
-    monkeypatch.setattr(
-        sweeps, "_steps", lambda x2d, supers, d: calls.append(x2d.shape[0]) or steps(x2d, supers, d)
-    )
-    monkeypatch.setattr(  # chunks: into the output's rows, states in reused scratch
-        sweeps, "steps_into", lambda xc, *a: calls.append(xc.shape[0]) or steps_into(xc, *a)
-    )
+    _count_rows(monkeypatch, "_steps", calls)
+    _count_rows(monkeypatch, "steps_into", calls)  # chunks: into the output's rows, states in reused scratch
     with torch.no_grad():
         assert_close(C.linear(x, cores, strategy=strategy), want)
         assert calls == [8, 8, 8, 8, 5]
@@ -457,23 +475,13 @@ def test_inference_sweeps_run_large_batches_in_chunks(gen, monkeypatch, strategy
 def test_complex_inference_sweeps_run_in_chunks(gen, monkeypatch, strategy):
     """A complex sweep in chunks (states in scratch, each chunk's last step written into the output's rows) is the
     dense product x @ W^T: no conjugate on any step, the single-column ones (one GEMM) included."""
-    from tensortrain.contraction import cost, machine, sweeps
-
     raw, ranks = ((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1)
-    cores = [
-        torch.complex(a, b)
-        for a, b in zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
-    ]
-    x = torch.complex(*(torch.randn(37, 30, generator=gen, dtype=torch.float64) for _ in range(2)))
+    cores = _complex_cores(raw, ranks, gen)
+    x = _complex_randn(gen, 37, 30)
     want = x @ dense_of(cores).T
-    plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
-    per_row = max(max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups)
-    monkeypatch.setattr(machine, "CHUNK_BYTES", 16 * per_row * 8)  # chunks of 8 rows
-    monkeypatch.setattr(machine, "CACHE_BYTES", 16 * per_row * 30)
-    C.clear_plan_cache()
+    _chunked_by_8_rows(monkeypatch, cores, strategy, 16)
     calls = []
-    steps_into = sweeps.steps_into
-    monkeypatch.setattr(sweeps, "steps_into", lambda xc, *a: calls.append(xc.shape[0]) or steps_into(xc, *a))
+    _count_rows(monkeypatch, "steps_into", calls)
     with torch.no_grad():
         assert_close(C.linear(x, cores, strategy=strategy), want)
     assert calls == [8, 8, 8, 8, 5]
@@ -593,11 +601,8 @@ def test_complex_gradients_of_every_plan(gen, batch):
     """Complex TT-matrices: every plan's gradients are autograd's (conjugate transposes), by gradcheck and against
     the dense product's."""
     raw, ranks = ((2, 3), (3, 2)), (1, 2, 1)
-    cores = [
-        torch.complex(c, c2).requires_grad_(True)
-        for c, c2 in zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
-    ]
-    x = torch.complex(*(torch.randn(batch, 6, generator=gen, dtype=torch.float64) for _ in range(2)))
+    cores = _complex_cores(raw, ranks, gen, grad=True)
+    x = _complex_randn(gen, batch, 6)
     x.requires_grad_(True)
     for p in C.enumerate_plans(cores, batch, requires_grad=True):
         assert torch.autograd.gradcheck(lambda a, *cs, p=p: C.linear(a, cs, strategy=p), (x, *cores)), p
@@ -615,13 +620,10 @@ def test_complex_training_sweeps_recompute_only_when_the_plan_says(gen, monkeypa
     from tensortrain.contraction import sweeps
 
     raw, ranks = ((2, 3, 2), (3, 2, 2)), (1, 2, 3, 1)
-    cores = [
-        torch.complex(a, b).requires_grad_(True)
-        for a, b in zip(random_cores(raw, ranks, gen=gen), random_cores(raw, ranks, gen=gen), strict=True)
-    ]
-    x = torch.complex(*(torch.randn(9, 12, generator=gen, dtype=torch.float64) for _ in range(2)))
+    cores = _complex_cores(raw, ranks, gen, grad=True)
+    x = _complex_randn(gen, 9, 12)
     x.requires_grad_(True)
-    g = torch.complex(*(torch.randn(9, 12, generator=gen, dtype=torch.float64) for _ in range(2)))
+    g = _complex_randn(gen, 9, 12)
     want = torch.autograd.grad(x @ dense_of(cores).T, (x, *cores), g)
     calls = []
     sweep = sweeps.sweep
@@ -776,7 +778,7 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
     """Sweep steps over narrow slices run as one tall GEMM between two transposes, on every path (inference whole
     and in chunks, autograd's tiny training batches, SweepFunction's forward and backward, recomputed states, a
     double backward), and agree with the dense product and its gradients."""
-    from tensortrain.contraction import cost, machine, sweeps
+    from tensortrain.contraction import machine, sweeps
 
     calls = []
     folded = sweeps.folded
@@ -790,14 +792,7 @@ def test_narrow_steps_fold_into_one_gemm(gen, monkeypatch, dtype, strategy):
         assert len(calls) == 1
         assert_close(C.linear(x[:1], cores, strategy=strategy), want[:1], **tol)  # one slice: a plain GEMM
         assert len(calls) == 1
-        plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
-        per_row = max(
-            max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups
-        )
-        item = x.element_size()
-        monkeypatch.setattr(machine, "CHUNK_BYTES", item * per_row * 8)  # chunks of 8 rows
-        monkeypatch.setattr(machine, "CACHE_BYTES", item * per_row * 30)
-        C.clear_plan_cache()
+        _chunked_by_8_rows(monkeypatch, cores, strategy, x.element_size())
         # into the chunks' reused scratch; folded as the planner priced it, on the whole batch (a chunk of 8 rows
         # alone is below NARROW_FOLD_MIN)
         assert_close(C.linear(x, cores, strategy=strategy), want, **tol)
@@ -859,7 +854,7 @@ def test_narrow_steps_take_core_gradients_as_one_gemm(gen, monkeypatch):
 def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
     """A chunked inference sweep folds the steps a whole one folds: under autocast both decide by the precision
     the products run in, and a one-row chunk never folds its single slice."""
-    from tensortrain.contraction import cost, machine, sweeps
+    from tensortrain.contraction import machine, sweeps
 
     monkeypatch.setattr(machine, "NARROW_FOLD_MIN", 1)
     calls = []
@@ -869,15 +864,10 @@ def test_chunked_and_whole_sweeps_fold_alike(gen, monkeypatch, strategy):
     cores = [c.float() for c in random_cores(((16, 4), (16, 6)), (1, 1, 1), gen=gen)]
     x = torch.randn(33, 96, generator=gen)
     want = x.double() @ dense_of([c.double() for c in cores]).T
-    plan = C.plan(cores, 33, strategy=strategy, requires_grad=False)
-    dims = C.dims_of(cores)
-    per_row = max(max(cost._state_per_row(dims, i, j, plan.direction)) for i, j in plan.groups)
     counts = {}
     for chunked in (False, True):
         if chunked:  # chunks of 8 rows: four of 8 and one of 1
-            monkeypatch.setattr(machine, "CHUNK_BYTES", 4 * per_row * 8)
-            monkeypatch.setattr(machine, "CACHE_BYTES", 4 * per_row * 30)
-            C.clear_plan_cache()
+            _chunked_by_8_rows(monkeypatch, cores, strategy, 4, batch=33)
         for cast in (False, True):
             calls.clear()
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast):
@@ -1018,18 +1008,11 @@ def test_inference_under_vmap_keeps_nothing_in_the_layers_cache(gen):
 def test_inference_under_vmap_runs_large_batches_in_chunks_without_out_writes(gen, monkeypatch, strategy):
     """Under torch.func.vmap a chunked inference sweep concatenates its chunks: vmap has no batching rule for the
     out= products that write chunks into the output's rows."""
-    from tensortrain.contraction import cost, machine, sweeps
-
     cores = random_cores(((3, 4, 2), (2, 5, 3)), (1, 3, 2, 1), gen=gen)
     x = torch.randn(3, 37, 30, generator=gen, dtype=torch.float64)
-    plan = C.plan(cores, 37, strategy=strategy, requires_grad=False)
-    per_row = max(max(cost._state_per_row(C.dims_of(cores), i, j, plan.direction)) for i, j in plan.groups)
-    monkeypatch.setattr(machine, "CHUNK_BYTES", 8 * per_row * 8)  # chunks of 8 rows
-    monkeypatch.setattr(machine, "CACHE_BYTES", 8 * per_row * 30)
-    C.clear_plan_cache()
+    _chunked_by_8_rows(monkeypatch, cores, strategy, 8)
     calls = []
-    steps = sweeps._steps
-    monkeypatch.setattr(sweeps, "_steps", lambda xc, *a: calls.append(xc.shape[0]) or steps(xc, *a))
+    _count_rows(monkeypatch, "_steps", calls)
     with torch.no_grad():
         y = torch.func.vmap(lambda a: C.linear(a, cores, strategy=strategy))(x)
     assert_close(y, x @ dense_of(cores).T)

@@ -40,6 +40,19 @@ def _fake_measure(fastest, calls_seen=None):
     return measure
 
 
+def _spy_calls(monkeypatch):
+    """The arguments of each R._calls (the synthetic operands tune builds), as dicts, in a list it fills."""
+    seen = []
+    real = R._calls
+
+    def spy(progs, cores, batch, grad, cached, need):
+        seen.append({"progs": progs, "batch": batch, "cached": cached, "need": need})
+        return real(progs, cores, batch, grad, cached, need)
+
+    monkeypatch.setattr(R, "_calls", spy)
+    return seen
+
+
 @given(spec=matrix_specs(max_d=4), batch=st.sampled_from([1, 5, 16]), seed=seeds)
 def test_tuned_results_and_gradients_equal_dense(spec, batch, seed):
     raw, ranks = spec
@@ -224,20 +237,13 @@ def test_measure_medians_drops_slow_candidates_and_skips_oom(monkeypatch):
 
 
 def test_first_layers_and_frozen_cores_tune_their_own_backward(gen, monkeypatch):
-    needs = []
-    real = R._calls
-
-    def spy(progs, cores, batch, grad, cached, need):
-        needs.append(need)
-        return real(progs, cores, batch, grad, cached, need)
-
-    monkeypatch.setattr(R, "_calls", spy)
+    seen = _spy_calls(monkeypatch)
     cores = _cores(gen, grad=True)
     x = torch.randn(16, 60, generator=gen, dtype=torch.float64)
     C.linear(x, cores, strategy="tune").sum().backward()  # a first layer: the input needs no gradient
     frozen = [c.detach() for c in cores]
     C.linear(x.requires_grad_(True), frozen, strategy="tune").sum().backward()
-    assert needs == [(False, True), (True, False)]
+    assert [c["need"] for c in seen] == [(False, True), (True, False)]
 
 
 def test_a_device_sync_is_only_for_devices_that_queue_work():
@@ -299,19 +305,12 @@ def test_inference_candidates_are_timed_with_their_kept_merges(gen, monkeypatch)
 
 def test_tuning_times_the_calls_own_batch_size_not_its_bucket(gen, monkeypatch):
     """The synthetic operands have the call's rows (20), not its bucket's (32): no more memory than the call."""
-    batches = []
-    real = R._calls
-
-    def spy(progs, cores, batch, grad, cached, need):
-        batches.append(batch)
-        return real(progs, cores, batch, grad, cached, need)
-
-    monkeypatch.setattr(R, "_calls", spy)
+    seen = _spy_calls(monkeypatch)
     monkeypatch.setattr(R, "_measure", _fake_measure(lambda progs: progs[0]))
     cores = _cores(gen)
     with torch.no_grad():
         C.linear(torch.randn(20, 60, generator=gen, dtype=torch.float64), cores, strategy="tune")
-    assert batches == [20]
+    assert [c["batch"] for c in seen] == [20]
 
 
 def test_a_tuned_training_plan_keeps_the_memory_bound(gen, monkeypatch):
@@ -340,14 +339,7 @@ def test_a_tuned_training_plan_keeps_the_memory_bound(gen, monkeypatch):
 def test_inference_tuning_models_and_times_the_layers_kept_merges(gen, monkeypatch):
     """A layer without gradients keeps its merged groups: its tuning prices (the cost model's candidate first)
     and times the candidates with them; a bare linear call without."""
-    seen = []
-    real = R._calls
-
-    def spy(progs, cores, batch, grad, cached, need):
-        seen.append((progs[0], cached))
-        return real(progs, cores, batch, grad, cached, need)
-
-    monkeypatch.setattr(R, "_calls", spy)
+    seen = _spy_calls(monkeypatch)
     monkeypatch.setattr(R, "_measure", _fake_measure(lambda progs: progs[0]))
     layer = tt.nn.TTLinear(60, 60, tt_rank=4, in_dims=(3, 4, 5), out_dims=(4, 5, 3), dtype=torch.float64)
     layer.strategy = "tune"
@@ -360,7 +352,7 @@ def test_inference_tuning_models_and_times_the_layers_kept_merges(gen, monkeypat
         search.choose(dims, "auto", 4, 8, "cpu", False, cached, None, cost.BOTH) for cached in (True, False)
     ]
     assert model[0] != model[1]  # (at these shapes kept merges change the cost model's choice)
-    assert seen == [(model[0], True), (model[1], False)]
+    assert [(c["progs"][0], c["cached"]) for c in seen] == [(model[0], True), (model[1], False)]
 
 
 @pytest.mark.parametrize("need", [(False, True), (True, False), (True, True)])
