@@ -53,6 +53,19 @@ def _spy_calls(monkeypatch):
     return seen
 
 
+def _fake_clock(monkeypatch):
+    """Make the runner's ``time.perf_counter`` read ``clock[0]``, which the test advances; returns ``clock``."""
+    clock = [0.0]
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    monkeypatch.setattr(R, "time", FakeTime)
+    return clock
+
+
 @given(spec=matrix_specs(max_d=4), batch=st.sampled_from([1, 5, 16]), seed=seeds)
 def test_tuned_results_and_gradients_equal_dense(spec, batch, seed):
     raw, ranks = spec
@@ -194,14 +207,7 @@ def test_compiled_tune_is_auto(gen, monkeypatch):
 
 
 def test_measure_medians_drops_slow_candidates_and_skips_oom(monkeypatch):
-    clock = [0.0]
-
-    class FakeTime:
-        @staticmethod
-        def perf_counter():
-            return clock[0]
-
-    monkeypatch.setattr(R, "time", FakeTime)
+    clock = _fake_clock(monkeypatch)
     counts = {"a": 0, "b": 0, "c": 0}
 
     def call(name, seconds):
@@ -386,14 +392,7 @@ def test_tuning_times_only_the_gradients_the_call_needs(gen, monkeypatch, need):
 
 def test_measure_takes_the_median_of_the_rounds(monkeypatch):
     """One fast outlier round does not make a candidate the fastest: the median, not the minimum."""
-    clock = [0.0]
-
-    class FakeTime:
-        @staticmethod
-        def perf_counter():
-            return clock[0]
-
-    monkeypatch.setattr(R, "time", FakeTime)
+    clock = _fake_clock(monkeypatch)
     # a's warm-up, then per round an untimed call and a timed one: 3, 1, 5, 4, 2 ms timed (median 3, minimum 1)
     durations = iter([0.0] + [t for ms in (3, 1, 5, 4, 2) for t in (0.0, ms / 1000)])
 

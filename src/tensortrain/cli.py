@@ -360,24 +360,12 @@ def _run_mnist(args: argparse.Namespace) -> int:
 
 
 def _demo_config(args: argparse.Namespace) -> DemoConfig:
-    """The demo's configuration from ``tensortrain demo mnist``'s options."""
+    """The demo's configuration from ``tensortrain demo mnist``'s options (each field is the option of its name)."""
+    import dataclasses
+
     from .demo_config import DemoConfig
 
-    return DemoConfig(
-        data=args.data,
-        out=args.out,
-        epochs_tt=args.epochs_tt,
-        epochs_dense=args.epochs_dense,
-        epochs_finetune=args.epochs_finetune,
-        rank=args.rank,
-        compress_rank=args.compress_rank,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        train_subset=args.train_subset,
-        test_subset=args.test_subset,
-        threads=args.threads,
-        device=args.device,
-    )
+    return DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
 
 
 def _report_targets(results: list[StageResult], cfg: DemoConfig, log: Callable[[str], None]) -> None:
