@@ -993,3 +993,18 @@ def test_a_layer_cast_to_float8_names_the_cores_dtype():
         TypeError, match=r"tt_linear: cores must be floating point .* core 0 has dtype .*float8"
     ):
         layer(torch.randn(2, 24))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_bias_values_given_as_python_numbers_keep_a_double_precision_layers_values(dtype):
+    """A list of Python floats (or complex numbers) was read in the default dtype, float32 (complex64), before
+    the layer's cast: a float64 layer's bias came out rounded (8e-8 off), without a word."""
+    g = torch.Generator().manual_seed(0)
+    w = tt.TensorTrain(
+        [torch.randn(1, 2, 3, 2, dtype=dtype, generator=g), torch.randn(2, 3, 4, 1, dtype=dtype, generator=g)]
+    )
+    b = torch.randn(6, dtype=dtype, generator=g)
+    assert torch.equal(tt.nn.TTLinear.from_tt(w, b.tolist()).bias, b)
+    layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), dtype=dtype)
+    assert torch.equal(layer.load_tt_(w, b.tolist()).bias, b)
+    assert torch.equal(layer.load_tt_(w, b.numpy()).bias, b)

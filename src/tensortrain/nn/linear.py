@@ -45,6 +45,11 @@ def _bias_values(bias: Any, fn: str, device: torch.device) -> torch.Tensor | Non
         values = None
     if values is None or values.dtype == torch.bool:
         raise TypeError(f"{fn}: bias must be a tensor or an array of numbers, got {type(bias).__name__}")
+    if values.is_floating_point() or values.is_complex():
+        # Python numbers are read in the default dtype (float32, complex64), which rounded a float64 layer's
+        # bias before its cast: read them in double precision, exact for any source (NumPy arrays too)
+        double = torch.complex128 if values.is_complex() else torch.float64
+        values = torch.as_tensor(bias, dtype=double, device=device)
     return values
 
 
