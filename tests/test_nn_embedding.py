@@ -832,3 +832,14 @@ def test_the_halves_pay_off_only_past_the_rows_that_amortize_the_merge():
 
     w = tt.nn.TTEmbedding(100, 16, tt_rank=4, voc_dims=(10, 10), emb_dims=(4, 4)).weight
     assert [_halves_split(w, u) for u in (1, 50, 100, 101, 10_000)] == [None, None, None, 1, 1]
+
+
+@pytest.mark.parametrize("sizes", [(0, 5), (5, 0)])
+def test_from_embedding_of_an_empty_table_names_its_sizes(sizes):
+    """nn.Embedding(0, 5) is a legal module; its conversion failed inside the automatic factoring ("padded_shape:
+    n must be >= 1, got 0"), naming neither the layer nor its sizes."""
+    match = (
+        rf"from_embedding: the nn.Embedding is empty \(num_embeddings={sizes[0]}, embedding_dim={sizes[1]}\)"
+    )
+    with pytest.raises(tt.ShapeError, match=match):
+        tt.nn.TTEmbedding.from_embedding(nn.Embedding(*sizes))

@@ -1008,3 +1008,14 @@ def test_bias_values_given_as_python_numbers_keep_a_double_precision_layers_valu
     layer = tt.nn.TTLinear(12, 6, tt_rank=2, in_dims=(3, 4), out_dims=(2, 3), dtype=dtype)
     assert torch.equal(layer.load_tt_(w, b.tolist()).bias, b)
     assert torch.equal(layer.load_tt_(w, b.numpy()).bias, b)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")  # (nn.Linear's own init)
+@pytest.mark.parametrize("sizes", [(0, 5), (5, 0), (0, 0)])
+def test_from_linear_of_an_empty_layer_names_its_sizes(sizes):
+    """nn.Linear(0, 5) is a legal module; its conversion failed inside the automatic factoring ("padded_shape: n
+    must be >= 1, got 0", or with given dims a hint to pass pad=True), naming neither the layer nor its sizes."""
+    match = rf"from_linear: the nn.Linear is empty \(in_features={sizes[0]}, out_features={sizes[1]}\)"
+    for dims in ({}, {"pad": False}, {"in_dims": (1, 1), "out_dims": (1, 1)}):
+        with pytest.raises(tt.ShapeError, match=match):
+            tt.nn.TTLinear.from_linear(nn.Linear(*sizes), **dims)

@@ -162,6 +162,7 @@ class TTEmbedding(TTModule):
             ValueError: the embedding uses ``max_norm``, ``scale_grad_by_freq`` or ``sparse=True`` (the
                 cores' gradients are dense, so an optimizer for sparse gradients such as ``SparseAdam``
                 would fail on them).
+            ShapeError: an empty table (a size of 0), or dims that do not fit the sizes.
 
         Complexity: the TT-SVD of the ``V' x D`` table.
 
@@ -190,6 +191,11 @@ class TTEmbedding(TTModule):
             raise ValueError(
                 f"TTEmbedding.from_embedding: the weight has shape {tuple(embedding.weight.shape)} but "
                 f"num_embeddings={v}, embedding_dim={dim} (a weight replaced by hand?); set the sizes to the weight's"
+            )
+        if v < 1 or dim < 1:  # (legal in torch; no modes to factor it into)
+            raise ShapeError(
+                f"TTEmbedding.from_embedding: the nn.Embedding is empty (num_embeddings={v}, embedding_dim={dim}); "
+                "a TT layer's sizes must be >= 1 (tt.compress keeps empty layers dense)"
             )
         voc, emb = resolve_embedding_dims(v, dim, voc_dims, emb_dims)
         table = embedding.weight.detach()

@@ -417,7 +417,8 @@ class TTLinear(TTModule):
 
         Raises:
             TypeError: ``linear`` is not an ``nn.Linear``.
-            ShapeError: dims that do not multiply to the layer's sizes (with ``pad=True``: to less).
+            ShapeError: dims that do not multiply to the layer's sizes (with ``pad=True``: to less), or an empty
+                layer (a size of 0).
 
         Complexity: the TT-SVD, O(d r^2 max_k(M N)) ~ one SVD-ish pass over the ``out x in`` weight.
 
@@ -445,6 +446,11 @@ class TTLinear(TTModule):
                 f"TTLinear.from_linear: the weight has shape {tuple(linear.weight.shape)} but out_features="
                 f"{linear.out_features}, in_features={linear.in_features} (a weight replaced by hand?); set the "
                 "sizes to the weight's"
+            )
+        if linear.in_features < 1 or linear.out_features < 1:  # (legal in torch; no modes to factor it into)
+            raise ShapeError(
+                f"TTLinear.from_linear: the nn.Linear is empty (in_features={linear.in_features}, out_features="
+                f"{linear.out_features}); a TT layer's sizes must be >= 1 (tt.compress keeps empty layers dense)"
             )
         given_in, given_out = in_dims, out_dims
         in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
