@@ -1019,3 +1019,37 @@ def test_from_linear_of_an_empty_layer_names_its_sizes(sizes):
     for dims in ({}, {"pad": False}, {"in_dims": (1, 1), "out_dims": (1, 1)}):
         with pytest.raises(tt.ShapeError, match=match):
             tt.nn.TTLinear.from_linear(nn.Linear(*sizes), **dims)
+
+
+@pytest.mark.parametrize("strategy", [s for s in tt.contraction.STRATEGIES if s != "tune"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("lead", [(9,), (2, 9), (300,)])
+def test_the_training_output_can_be_modified_in_place_as_nn_linears(strategy, bias, lead):
+    """``nn.ReLU(inplace=True)`` or ``y += residual`` after a layer: a bias-free sweep's output was a view made
+    inside its autograd Function, which autograd refuses to modify in place ("Output 0 of SweepFunction is a
+    view and is being modified inplace"). Values and gradients as the dense layer's with the same ops; a bound
+    on kept bytes (a recomputing sweep) too."""
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(
+        24, 30, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 3, 2), bias=bias, dtype=torch.float64
+    )
+    layer.strategy = strategy
+    dense = layer.to_linear()
+    x = torch.randn(*lead, 24, dtype=torch.float64)
+    for bound in (None, 0):
+        layer.max_saved_bytes = bound
+        outs = []
+        for module in (layer, dense):
+            xi = x.clone().requires_grad_()
+            y = module(xi)
+            y.add_(0.5).relu_()  # (a residual, then an in-place activation)
+            (y * torch.arange(30, dtype=torch.float64)).sum().backward()
+            outs.append((y.detach(), xi.grad, module.weight if module is dense else None))
+        assert_close(outs[0][0], outs[1][0])
+        assert_close(outs[0][1], outs[1][1])
+        grad_w = torch.autograd.grad(
+            dense_from_cores(list(layer.cores)), list(layer.cores), dense.weight.grad, allow_unused=True
+        )
+        for core, g in zip(layer.cores, grad_w, strict=True):
+            assert_close(core.grad, g)
+        layer.zero_grad(), dense.zero_grad()

@@ -29,14 +29,18 @@ __all__: list[str] = []
 
 
 def _sweep_states(
-    x2d: torch.Tensor, order: Sequence[torch.Tensor], steps: list[tuple[int, int, int, int]]
+    x2d: torch.Tensor,
+    order: Sequence[torch.Tensor],
+    steps: list[tuple[int, int, int, int]],
+    out: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The inputs of every step of a sweep and its output: ``bmm`` over the state's ``(K, P)`` slices in place."""
+    """The inputs of every step of a sweep and its output: ``bmm`` over the state's ``(K, P)`` slices in place;
+    the last step writes ``out`` when given."""
     s = x2d
     states = []
-    for a, step in zip(order, steps, strict=True):
+    for t, (a, step) in enumerate(zip(order, steps, strict=True)):
         states.append(s)
-        s = _exec.slice_product(a, s, step)
+        s = _exec.slice_product(a, s, step, out if t == len(steps) - 1 else None)
     return states, s
 
 
@@ -139,15 +143,18 @@ class SweepFunction(torch.autograd.Function):
         ctx.need = list(reversed(need)) if direction == "rtl" else list(need)  # in execution order
         ctx.states = any(need)
         m = _cost.prod([mg for mg, _ in meta])
+        # the output is written into a tensor of its own by the last step: a view (of that step's result) would
+        # be one made inside this Function, which autograd refuses to modify in place (nn.ReLU(inplace=True),
+        # y += residual), as it allows for nn.Linear's output
+        y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
         if not ctx.states:
             ctx.save_for_backward(*order)
-            y = x2d
-            for a, step in zip(order, steps, strict=True):  # (no list of states: each is freed once used)
-                y = _exec.slice_product(a, y, step)
-            return y.reshape(x2d.shape[0], m)
+            s = x2d  # (no list of states: each is freed once used)
+            for t, (a, step) in enumerate(zip(order, steps, strict=True)):
+                s = _exec.slice_product(a, s, step, y if t == len(steps) - 1 else None)
+            return y
         if recompute:  # the states are not kept: they alternate between (up to) two reused scratch buffers
             ctx.save_for_backward(x2d, *order)
-            y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
             inner = max((o * p * q for o, _, p, q in steps[:-1]), default=0)
             with contextlib.ExitStack() as borrowed:  # (one buffer held, not two, for a single intermediate)
                 ping = borrowed.enter_context(workspace.scratch((inner,), x2d.dtype, x2d.device))
@@ -156,9 +163,9 @@ class SweepFunction(torch.autograd.Function):
                     pong = borrowed.enter_context(workspace.scratch((inner,), x2d.dtype, x2d.device))
                 _exec.steps_into(x2d, supers, run, direction, y, (ping, pong))
             return y
-        states, s = _sweep_states(x2d, order, steps)
+        states, _ = _sweep_states(x2d, order, steps, y)
         ctx.save_for_backward(*states, *order)
-        return s.reshape(x2d.shape[0], m)  # (-1 is ambiguous for an empty batch)
+        return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> Any:  # type: ignore[override]
