@@ -254,6 +254,13 @@ def test_to_takes_what_cast_takes():
     assert_close(tt.full(a.to(torch.complex64)), tt.full(a).to(torch.complex64), rtol=1e-5, atol=1e-5)
     assert a.double().dtype == torch.complex128 and a.float().dtype == torch.complex64
     assert real.float().dtype == torch.float32 and real.half().dtype == torch.float16
+    # (as torch.Tensor's; bfloat16() was missing beside half())
+    assert real.bfloat16().dtype == torch.bfloat16
+    assert all(
+        torch.equal(c, r.bfloat16()) for c, r in zip(real.bfloat16().tt_cores, real.tt_cores, strict=True)
+    )
+    with pytest.raises(TypeError, match=r"\.to: cannot cast a complex TT"):
+        a.bfloat16()
     assert real.to(a).dtype == torch.complex128 and real.double().to("cpu").dtype == torch.float64
 
 

@@ -395,6 +395,10 @@ class TensorTrainBase:
         """``self.to(torch.float16)``."""
         return self.to(torch.float16)
 
+    def bfloat16(self) -> Any:
+        """``self.to(torch.bfloat16)``."""
+        return self.to(torch.bfloat16)
+
     # ------------------------------------------------------------------------------------------- printing
     def _describe(self, plural: bool) -> str:
         variable = " variable" if self.is_variable() else ""
