@@ -48,6 +48,14 @@ def test_parameters_batch_and_requires_grad(gen):
     view = variables.tt_from_parameters(params, batch=True)
     assert isinstance(view, tt.TensorTrainBatch)
     assert_close(ops.full(view), ops.full(b))
+    # (without batch=True the error named a boundary rank only)
+    for x in (b, tt.random_matrix_batch(((2, 3), (3, 2)), tt_rank=2, batch_size=3)):
+        with pytest.raises(
+            tt.ShapeError, match=r"every core has leading size 3, as a batch's: pass batch=True"
+        ):
+            variables.tt_from_parameters(tt.tt_parameters(x))
+    with pytest.raises(tt.ShapeError, match=r"boundary TT-ranks must be 1, got r_0=2 and r_d=2 \([^;]*$"):
+        variables.tt_from_parameters([torch.ones(2, 3, 2)] * 2)  # (a TT-tensor's cores, not a batch's)
 
 
 def test_assign_in_place(gen):

@@ -91,7 +91,20 @@ def tt_from_parameters(params: Iterable[torch.Tensor], batch: bool = False) -> A
             f"{type(params).__name__}"
         )
     cores = list(params)
-    return TensorTrainBatch(cores) if as_flag(batch, "tt_from_parameters", "batch") else TensorTrain(cores)
+    if as_flag(batch, "tt_from_parameters", "batch"):
+        return TensorTrainBatch(cores)
+    try:
+        return TensorTrain(cores)
+    except ShapeError as e:
+        # a batch's cores (tt_parameters of a TensorTrainBatch) failed with "boundary TT-ranks must be 1, got
+        # r_0=5": name the likely cause when every core has the same leading size above 1
+        batch_like = [c for c in cores if isinstance(c, torch.Tensor) and c.dim() in (4, 5)]
+        lead = {int(c.shape[0]) for c in batch_like}
+        if len(batch_like) == len(cores) > 1 and len(lead) == 1 and lead != {1}:
+            raise ShapeError(
+                f"{e}; every core has leading size {lead.pop()}, as a batch's: pass batch=True"
+            ) from None
+        raise
 
 
 def assign(params: Iterable[torch.Tensor] | TensorTrainBase, tt: TensorTrainBase) -> Any:
