@@ -143,16 +143,18 @@ class SweepFunction(torch.autograd.Function):
         ctx.need = list(reversed(need)) if direction == "rtl" else list(need)  # in execution order
         ctx.states = any(need)
         m = _cost.prod([mg for mg, _ in meta])
-        # the output is written into a tensor of its own by the last step: a view (of that step's result) would
-        # be one made inside this Function, which autograd refuses to modify in place (nn.ReLU(inplace=True),
-        # y += residual), as it allows for nn.Linear's output
-        y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
+        # the last step writes an output tensor of its own: a view (of that step's result) would be one made
+        # inside this Function, which autograd refuses to modify in place (nn.ReLU(inplace=True), y += residual),
+        # as it allows for nn.Linear's output
         if not ctx.states:
             ctx.save_for_backward(*order)
-            s = x2d  # (no list of states: each is freed once used)
-            for t, (a, step) in enumerate(zip(order, steps, strict=True)):
-                s = _exec.slice_product(a, s, step, y if t == len(steps) - 1 else None)
+            s = x2d  # (no list of states: each is freed once used, and the output made for the last step only)
+            for a, step in zip(order[:-1], steps[:-1], strict=True):
+                s = _exec.slice_product(a, s, step)
+            y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
+            _exec.slice_product(order[-1], s, steps[-1], y)
             return y
+        y = torch.empty((x2d.shape[0], m), dtype=x2d.dtype, device=x2d.device)
         if recompute:  # the states are not kept: they alternate between (up to) two reused scratch buffers
             ctx.save_for_backward(x2d, *order)
             inner = max((o * p * q for o, _, p, q in steps[:-1]), default=0)
