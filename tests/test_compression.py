@@ -1191,6 +1191,18 @@ def test_a_layer_nested_in_a_selected_layer_is_counted_once():
     assert (report.model_params_before, report.model_params_after) == (count(model), count(small))
 
 
+def test_a_dry_run_counts_a_nested_layer_saving_once_in_the_whole_model():
+    """A dry run's whole-model count is what compress would return: the nested layer's saving is already in its
+    holder's row, and was subtracted a second time (8,448 -> 768 for a result of 4,608 parameters)."""
+    outer = nn.Linear(64, 64)
+    outer.adapter = nn.Linear(64, 64)
+    model = nn.ModuleDict({"outer": outer, "rest": nn.LayerNorm(64)})
+    small, report = tt.compress(model, max_tt_rank=2)
+    _, plan = tt.compress(model, max_tt_rank=2, dry_run=True)
+    assert plan.model_params_after == report.model_params_after == count(small)
+    assert plan.model_ratio == report.model_ratio
+
+
 def test_the_ratio_search_counts_a_nested_layer_once():
     """compress(ratio=) plans on the same counts as the report: with an adapter nested in a layer that stays dense,
     a ratio that max_tt_rank=1 reaches (1.91x) was refused as out of reach ("1.46x (12,480 -> 8,512 parameters)"

@@ -370,10 +370,9 @@ def compress(
     if ratio is not None:
         max_tt_rank = _rank_for_ratio_of(layers, kept, free, ratio)
     reports, swaps = _plan(layers, kept, max_tt_rank, epsilon)
-    saved = sum(r.params_before - r.params_after for r in reports)
-    report = CompressionReport(
-        tuple(reports), before_model, before_model - saved, outside=outside(target, layers)
-    )
+    report = CompressionReport(tuple(reports), before_model, before_model, outside=outside(target, layers))
+    # (the totals, not the rows: a nested layer's saving is in its holder's row too, a tied one's counted once)
+    report = replace(report, model_params_after=before_model - (report.params_before - report.params_after))
     if ratio is not None and report.ratio < ratio:  # a safety net: the plan above should have met it
         raise ValueError(
             f"compress: ratio={ratio} was not reached: the converted layers give {report.ratio:.1f}x "
