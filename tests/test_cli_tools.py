@@ -882,6 +882,19 @@ def test_warnings_and_ctrl_c_are_one_line(models, tmp_path, capsys, monkeypatch)
     assert capsys.readouterr().err == "tensortrain: interrupted\n"
 
 
+def test_a_pattern_warning_is_printed_once_with_weights_and_out(models, tmp_path, capsys):
+    """With --weights and --out the command also plans the reload recipe by a dry-run compress of the model as
+    built, which printed the unmatched pattern's warning a second time."""
+    torch.save(models.mlp().state_dict(), "trained.pt")
+    argv = ["compress", "--model", "clitoolmodels:mlp", "--weights", "trained.pt", "--max-tt-rank", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # (the suite turns warnings into errors)
+        assert main([*argv, "--exclude", "zzz", "--out", str(tmp_path / "m.pt")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("tensortrain: warning: compress: exclude pattern(s) ['zzz'] match no"), err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_cli_inspect_reports_a_last_core_that_does_not_end_with_rank_one(tmp_path, capsys):
     # (test_cli_tools.py, beside test_inspect_reports_cores_that_do_not_form_a_tt_layer) the closing rank is
     # checked as the opening one is

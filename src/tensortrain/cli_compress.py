@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,9 @@ def _replaceable(model: nn.Module, include: Any, exclude: Any) -> set[str]:
     a layer dense), so where --weights change that, the recipe loads them first. Only the layers the run selects
     (``include``/``exclude``) are converted, at rank 1. Any failure: none."""
     try:
-        _, report = compress(model, max_tt_rank=1, include=include, exclude=exclude, dry_run=True)
+        with warnings.catch_warnings():  # (the run's own compress warns about its patterns: once is enough)
+            warnings.simplefilter("ignore")
+            _, report = compress(model, max_tt_rank=1, include=include, exclude=exclude, dry_run=True)
     except Exception:  # (whatever stops it, the recipe is safe with the weights loaded first)
         return set()
     return {layer.name for layer in report.layers if layer.replaced}
