@@ -308,6 +308,19 @@ def test_lazy_model_is_refused_with_a_clear_error():
         tt.compress(nn.Sequential(nn.LazyLinear(10)), max_tt_rank=4)
 
 
+def test_uninitialized_lazy_buffers_are_named_when_the_model_is_copied():
+    """A LazyBatchNorm1d(affine=False) has lazy buffers and no parameters: compress and decompress let torch's
+    deepcopy fail on them ("Attempted to use an uninitialized parameter in <function Tensor.__deepcopy__>"), naming
+    neither the buffers nor the way out. In place, nothing is copied and both work."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.LazyBatchNorm1d(affine=False))
+    with pytest.raises(ValueError, match=r"compress: the model has uninitialized lazy buffers \(1.running_mean, "):
+        tt.compress(model, max_tt_rank=4)
+    small, _ = tt.compress(model, max_tt_rank=4, inplace=True)
+    with pytest.raises(ValueError, match=r"decompress: .* lazy buffers .* or pass inplace=True"):
+        tt.decompress(small)
+    assert type(tt.decompress(small, inplace=True)[0]) is nn.Linear
+
+
 def test_meta_model_gets_the_structure_of_a_compressed_checkpoint(gen):
     """Compress a meta-device model by rank alone (no values needed), then load a real compressed state_dict."""
 

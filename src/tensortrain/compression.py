@@ -189,11 +189,26 @@ def _convert_one(
 
 
 def copy_model(model: nn.Module, fn: str = "compress") -> nn.Module:
-    """``copy.deepcopy(model)``, or a ValueError that says why that typically fails and what works instead.
+    """``copy.deepcopy(model)``, or a ValueError that says why that typically fails and what works instead (and
+    one naming the uninitialized lazy parameters and buffers, which deepcopy refuses).
 
     A tensor that a pruning or old-style weight_norm / spectral_norm hook recomputes before each forward is a
     non-leaf tensor when it was computed with gradients, which deepcopy refuses: the copy gets a detached copy
     of it instead (the copied hook recomputes it from the copied parameters at the copy's first forward)."""
+    # (deepcopy refuses uninitialized lazy tensors with torch's own error, which names neither them nor the way out;
+    # compress refuses lazy parameters before, whatever inplace says, but a LazyBatchNorm1d(affine=False) has lazy
+    # buffers only)
+    found = {
+        kind: [n for n, t in named if nn.parameter.is_lazy(t)]
+        for kind, named in (("parameters", model.named_parameters()), ("buffers", model.named_buffers()))
+    }
+    lazy = found["parameters"] + found["buffers"]
+    if lazy:
+        what = " and ".join(kind for kind, names in found.items() if names)
+        raise ValueError(
+            f"{fn}: the model has uninitialized lazy {what} ({', '.join(lazy[:3])}{', ...' if len(lazy) > 3 else ''}"
+            f"), which cannot be copied; run one forward pass first, or pass inplace=True to {fn} the model itself"
+        )
     memo: dict[int, Any] = {}
     for module in model.modules():
         for name in hooked_tensors(module):

@@ -69,7 +69,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             deprecated ``register_backward_hook``; TT layers share cores but not the same ones in the same order,
             or share them all but would give dense weights of different shapes, or an embedding's non-zero
             padding row that the other layer (a head, an embedding without that ``padding_idx``) reads (the tie
-            cannot be kept). With ``inplace=True`` the model is left unchanged then.
+            cannot be kept). With ``inplace=True`` the model is left unchanged then. Without it, a model
+            ``copy.deepcopy`` cannot copy (uninitialized lazy parameters or buffers, a lock: pass ``inplace=True``).
 
     Example:
         >>> dense = tt.decompress(small)  # doctest: +SKIP
