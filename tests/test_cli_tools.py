@@ -140,6 +140,12 @@ def bracketed():
     """A layer whose name holds glob characters."""
     torch.manual_seed(6)
     return nn.Sequential(nn.ModuleDict({"a[0]": nn.Linear(64, 64)}))
+
+
+def lazy_norm():
+    """A normalization whose buffers get their shapes at the first forward (it has no parameters)."""
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Linear(256, 64), nn.LazyBatchNorm1d(affine=False))
 '''
 
 
@@ -880,6 +886,24 @@ def test_warnings_and_ctrl_c_are_one_line(models, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(cli_compress, "_load_model", interrupted)
     assert main(argv) == 130
     assert capsys.readouterr().err == "tensortrain: interrupted\n"
+
+
+def test_uninitialized_lazy_buffers_are_not_saved(models, tmp_path, capsys):
+    """A model whose lazy buffers have no values yet crashed with torch's traceback when saved to safetensors, and
+    to a torch file wrote UninitializedBuffer objects that the printed recipe's torch.load(weights_only=True)
+    refuses; the command now says so, as it does for tensors on the meta device, and writes nothing."""
+    argv = ["compress", "--model", "clitoolmodels:lazy_norm", "--max-tt-rank", "4"]
+    for suffix in ("pt", "safetensors"):
+        assert main([*argv, "--out", str(tmp_path / f"m.{suffix}")]) == 1
+        err = capsys.readouterr().err
+        assert "1.running_mean, 1.running_var are uninitialized lazy buffers" in err, err
+        assert not (tmp_path / f"m.{suffix}").exists()
+    assert main([*argv, "--dry-run"]) == 0  # planning needs the Linear's shape only
+    # --weights give the buffers values; the recipe loads them before its compress, which copies the model
+    torch.save(nn.Sequential(nn.Linear(256, 64), nn.BatchNorm1d(64, affine=False)).state_dict(), "w.pt")
+    assert main([*argv, "--weights", "w.pt", "--out", "small.pt"]) == 0
+    exec(compile(_recipe(capsys.readouterr().out), "recipe", "exec"), scope := {})
+    torch.testing.assert_close(scope["model"].state_dict(), torch.load("small.pt", weights_only=True))
 
 
 def test_a_pattern_warning_is_printed_once_with_weights_and_out(models, tmp_path, capsys):

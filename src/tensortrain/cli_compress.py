@@ -131,6 +131,14 @@ def _save(path: Path, model: nn.Module, header: dict[str, Any]) -> bool:
     """Write the model's state dict to ``path`` (safetensors or torch, by suffix); returns whether a safetensors
     file stores some tensor once for several names (the recipe must then fill them in)."""
     state = model.state_dict()
+    # (compress refuses lazy parameters; lazy buffers, a LazyBatchNorm1d(affine=False)'s, pass it)
+    lazy = [k for k, v in state.items() if isinstance(v, torch.Tensor) and nn.parameter.is_lazy(v)]
+    if lazy:
+        raise CommandError(
+            f"--out {path}: the model's {', '.join(lazy[:3])}{', ...' if len(lazy) > 3 else ''} are uninitialized "
+            "lazy buffers and hold no values yet; run a forward pass where the model is built, or pass --weights "
+            "to load them"
+        )
     meta = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_meta]
     if meta:
         raise CommandError(
@@ -249,6 +257,8 @@ def _replaceable(model: nn.Module, include: Any, exclude: Any) -> set[str]:
     fresh model's values (a lazy layer has no shapes; a padding row that is not zero or non-finite weights keep
     a layer dense), so where --weights change that, the recipe loads them first. Only the layers the run selects
     (``include``/``exclude``) are converted, at rank 1. Any failure: none."""
+    if any(nn.parameter.is_lazy(t) for t in model.buffers()):
+        return set()  # the recipe's compress copies the model, which uninitialized buffers refuse: weights first
     try:
         with warnings.catch_warnings():  # (the run's own compress warns about its patterns: once is enough)
             warnings.simplefilter("ignore")
