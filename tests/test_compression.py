@@ -824,6 +824,18 @@ def test_decompress_refuses_a_tie_with_a_padding_row_the_head_uses(head_first):
     assert_close(dense["head"](dense["emb"](idx)), model["head"](model["emb"](idx)))
 
 
+def test_decompress_keeps_a_tie_with_a_padding_row_on_the_meta_device():
+    """A meta model (structure only) has no padding row to check: the check read one and raised torch's
+    "Tensor.item() cannot be called on meta tensors"; the tie is kept, as compress skips its value checks there."""
+    with torch.device("meta"):
+        emb = tt.nn.TTEmbedding(30, 8, tt_rank=3, voc_dims=(2, 4, 4), emb_dims=(2, 2, 2), padding_idx=1)
+        head = tt.nn.TTLinear(8, 30, tt_rank=3, in_dims=(2, 2, 2), out_dims=(2, 4, 4), pad=True, bias=False)
+    head.cores = emb.cores
+    dense = tt.decompress(nn.ModuleDict({"emb": emb, "head": head}))
+    assert dense["emb"].weight is dense["head"].weight and dense["emb"].weight.is_meta
+    assert dense["emb"].padding_idx == 1
+
+
 def test_emb_dims_that_multiply_to_more_get_no_hint_of_padding():
     """The error suggested pad=True, which TTEmbedding does not take (its width is never padded)."""
     with pytest.raises(tt.ShapeError, match=r"multiply to 9, but embedding_dim=8$"):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._transforms import valueless
 from .compression import copy_model
 from .compression_layers import carry_over, old_backward_hooks, overridden, recomputed
 from .nn.embedding import TTEmbedding
@@ -161,7 +162,8 @@ def _keep_tie(
     # column zeroed, or the embedding returning the head's row). The other layer is a head, or an embedding
     # without that padding_idx (whose dense weight keeps the row; a layer's own dense weight has it zeroed).
     pairs = ((name, m, new), (first_name, first_tt, first))
-    weights = [d.weight for _, _, d in pairs if isinstance(d.weight, torch.Tensor)]
+    # (a meta or fake weight has no row to read: the tie is kept, as compress skips its value checks there)
+    weights = [d.weight for _, _, d in pairs if isinstance(d.weight, torch.Tensor) and not valueless(d.weight)]
     for lname, t, _ in pairs:
         pad = getattr(t, "padding_idx", None) if isinstance(t, TTEmbedding) else None
         if pad is not None and any(bool(w[pad].detach().ne(0).any()) for w in weights):
