@@ -313,7 +313,9 @@ def test_uninitialized_lazy_buffers_are_named_when_the_model_is_copied():
     deepcopy fail on them ("Attempted to use an uninitialized parameter in <function Tensor.__deepcopy__>"), naming
     neither the buffers nor the way out. In place, nothing is copied and both work."""
     model = nn.Sequential(nn.Linear(64, 64), nn.LazyBatchNorm1d(affine=False))
-    with pytest.raises(ValueError, match=r"compress: the model has uninitialized lazy buffers \(1.running_mean, "):
+    with pytest.raises(
+        ValueError, match=r"compress: the model has uninitialized lazy buffers \(1.running_mean, "
+    ):
         tt.compress(model, max_tt_rank=4)
     small, _ = tt.compress(model, max_tt_rank=4, inplace=True)
     with pytest.raises(ValueError, match=r"decompress: .* lazy buffers .* or pass inplace=True"):

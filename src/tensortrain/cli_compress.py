@@ -258,7 +258,8 @@ def _replaceable(model: nn.Module, include: Any, exclude: Any) -> set[str]:
     a layer dense), so where --weights change that, the recipe loads them first. Only the layers the run selects
     (``include``/``exclude``) are converted, at rank 1. Any failure: none."""
     if any(nn.parameter.is_lazy(t) for t in model.buffers()):
-        return set()  # the recipe's compress copies the model, which uninitialized buffers refuse: weights first
+        # the recipe's compress copies the model, which uninitialized buffers refuse: the weights go first
+        return set()
     try:
         with warnings.catch_warnings():  # (the run's own compress warns about its patterns: once is enough)
             warnings.simplefilter("ignore")

@@ -163,7 +163,9 @@ def _keep_tie(
     # without that padding_idx (whose dense weight keeps the row; a layer's own dense weight has it zeroed).
     pairs = ((name, m, new), (first_name, first_tt, first))
     # (a meta or fake weight has no row to read: the tie is kept, as compress skips its value checks there)
-    weights = [d.weight for _, _, d in pairs if isinstance(d.weight, torch.Tensor) and not valueless(d.weight)]
+    weights = [
+        d.weight for _, _, d in pairs if isinstance(d.weight, torch.Tensor) and not valueless(d.weight)
+    ]
     for lname, t, _ in pairs:
         pad = getattr(t, "padding_idx", None) if isinstance(t, TTEmbedding) else None
         if pad is not None and any(bool(w[pad].detach().ne(0).any()) for w in weights):
