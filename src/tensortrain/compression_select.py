@@ -76,11 +76,30 @@ def select(
         if unmatched and chosen:
             warnings.warn(
                 f"compress: {kind} pattern(s) {unmatched} match no nn.Linear or nn.Embedding layer; candidate "
-                f"layers: {every[:8]}{' ...' if len(every) > 8 else ''}{_child_hint(unmatched, every)}",
+                f"layers: {every[:8]}{' ...' if len(every) > 8 else ''}{_child_hint(unmatched, every)}"
+                f"{_subclass_hint(model, unmatched)}",
                 UserWarning,
                 stacklevel=3,
             )
     return chosen
+
+
+def _subclass_hint(model: nn.Module, patterns: Sequence[str] | None = None) -> str:
+    """The subclasses of ``nn.Linear`` / ``nn.Embedding`` in ``model`` (those ``patterns`` name, when given), which
+    are never candidates: MultiheadAttention's ``out_proj`` is one, and a user who named it would otherwise not
+    learn why it is not selected."""
+    sub = [
+        f"{n} ({type(m).__name__})"
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Embedding))
+        and converter_of(m) is None
+        and (patterns is None or any(fnmatchcase(n, p) for p in patterns))
+    ][:4]
+    return (
+        f"; subclasses of nn.Linear/nn.Embedding are left alone (they may change forward): {sub}"
+        if sub
+        else ""
+    )
 
 
 def _child_hint(patterns: Sequence[str], names: Sequence[str]) -> str:
@@ -103,18 +122,7 @@ def no_match(
     them): the candidate layers, or what a model without any holds, and the subclasses of ``nn.Linear`` /
     ``nn.Embedding`` it holds, which are left alone."""
     seen = [n for n, m in model.named_modules() if converter_of(m) is not None][:8]
-    # (nn.MultiheadAttention's out_proj is one: a user who named it would otherwise not learn why it is not a
-    # candidate)
-    sub = [
-        f"{n} ({type(m).__name__})"
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Embedding)) and converter_of(m) is None
-    ][:4]
-    left = (
-        f"; subclasses of nn.Linear/nn.Embedding are left alone (they may change forward): {sub}"
-        if sub
-        else ""
-    )
+    left = _subclass_hint(model)
     if seen:
         every = [n for n, m in model.named_modules() if converter_of(m) is not None]
         found = f"candidate layers: {seen}{_child_hint(inc or (), every)}"
