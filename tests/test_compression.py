@@ -204,6 +204,9 @@ def test_selection_globs_shared_modules_and_subclasses():
     assert [lay.name for lay in report.layers] == ["0"] and type(out[1].out_proj) is not tt.nn.TTLinear
     root, _ = tt.compress(nn.Linear(64, 64), max_tt_rank=2)
     assert isinstance(root, tt.nn.TTLinear)
+    bare = nn.Linear(64, 64)
+    root, _ = tt.compress(bare, max_tt_rank=2, inplace=True)  # (as the docstring says: returned, not turned)
+    assert isinstance(root, tt.nn.TTLinear) and type(bare) is nn.Linear
 
 
 def test_tied_weights_stay_dense():
@@ -624,6 +627,14 @@ def test_patterns_that_match_no_layer_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tt.compress(model, max_tt_rank=4, include="a.*", exclude="b.*")  # every pattern matches: silent
+    # (a pattern naming a subclass, such as an attention block's out_proj, says why it is no candidate, as the
+    # error for a selection of nothing does)
+    attn = nn.ModuleDict({"attn": nn.MultiheadAttention(64, 4), "mlp": nn.Linear(64, 64)})
+    with pytest.warns(
+        UserWarning,
+        match=r"\['attn.out_proj'\] match no .*left alone .*\['attn.out_proj \(NonDynamicallyQuantizableLinear\)'\]",
+    ):
+        tt.compress(attn, max_tt_rank=4, exclude="attn.out_proj")
 
 
 def test_a_lazy_linear_given_its_shape_by_load_state_dict_is_compressed():

@@ -339,7 +339,8 @@ def compress(
         ratio: target compression factor of the selected layers, > 1.
         include: glob(s) a layer name must match (default: all matching types).
         exclude: glob(s) that remove layers from the selection.
-        inplace: modify ``model`` itself; by default a deep copy is compressed and ``model`` is untouched.
+        inplace: modify ``model`` itself; by default a deep copy is compressed and ``model`` is untouched. A
+            bare layer cannot turn into another class in place: it is left as it is and the TT layer returned.
         dry_run: only plan: run the TT-SVDs and return ``(model, report)`` with ``model`` neither changed nor
             copied, so budgets can be compared by their report (ranks, parameters, errors) first.
 
