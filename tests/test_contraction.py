@@ -641,11 +641,14 @@ def test_complex_training_sweeps_recompute_only_when_the_plan_says(gen, monkeypa
 def test_bad_batch_sizes_and_biases_are_refused(gen):
     w = tt.random_matrix([[4, 8], [7, 4]], tt_rank=4, generator=gen)
     assert C.plan(w, np.int64(8)).batch_size == 8 and C.plan(w, 0).batch_size == 0
-    for bad in (-3, 2.5, "8", True):
-        with pytest.raises(ValueError, match=r"plan: batch_size must be an int >= 0, got"):
+    for bad in (-3, 2.5, "8", True):  # (a TypeError for what is not an int, as for other int arguments)
+        kind = ValueError if bad == -3 else TypeError
+        with pytest.raises(kind, match=r"plan: batch_size must be an int >= 0, got"):
             C.plan(w, bad)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match=r"enumerate_plans: batch_size must be an int >= 0"):
+        with pytest.raises(kind, match=r"enumerate_plans: batch_size must be an int >= 0"):
             C.enumerate_plans(w, bad)  # type: ignore[arg-type]
+        with pytest.raises(kind, match=r"flop_floor: batch_size must be an int >= 0"):
+            C.flop_floor(w, bad)  # type: ignore[arg-type]
     x = torch.randn(3, 28, generator=gen)
     for strategy in ("auto", "full", "grouped_rtl"):  # the same answer whichever plan runs
         with pytest.raises(

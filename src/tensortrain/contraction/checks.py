@@ -142,7 +142,10 @@ def check_max_saved(value: Any, fn: str) -> int | None:
 
 def as_batch_size(batch_size: Any, fn: str) -> int:
     k = as_int(batch_size)
-    if k is None or k < 0:  # (2.5 rows or -3 rows would be priced as if they were meant)
+    # (2.5 rows or -3 rows would be priced as if they were meant)
+    if k is None:  # (a TypeError, as for every other int argument: tensortrain.shapes.int_at_least)
+        raise TypeError(f"{fn}: batch_size must be an int >= 0, got {batch_size!r}")
+    if k < 0:
         raise ValueError(f"{fn}: batch_size must be an int >= 0, got {batch_size!r}")
     return k
 

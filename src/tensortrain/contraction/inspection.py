@@ -64,9 +64,10 @@ def plan(
         than the dense product's 1 GFLOP), est. ...``.
 
     Raises:
-        ValueError: unknown strategy, a batch size that is not an int >= 0, a negative ``max_saved_bytes``,
-            training with neither ``input_requires_grad`` nor ``cores_require_grad``.
-        ShapeError: malformed cores. TypeError: not a TT-matrix, a ``max_saved_bytes`` that is not an int.
+        ValueError: unknown strategy, a negative batch size or ``max_saved_bytes``, training with neither
+            ``input_requires_grad`` nor ``cores_require_grad``.
+        ShapeError: malformed cores. TypeError: not a TT-matrix, a batch size or ``max_saved_bytes`` that is
+            not an int.
 
     Complexity:
         ``O(d^2)`` cost evaluations for the grouping programme, once per cache key (with ``max_saved_bytes``,
@@ -167,7 +168,8 @@ def flop_floor(weight: TensorTrain | Sequence[torch.Tensor], batch_size: int) ->
         FLOPs (a multiply-add counts 2).
 
     Raises:
-        ShapeError: malformed cores. TypeError: not a TT-matrix. ValueError: a batch size that is not an int >= 0.
+        ShapeError: malformed cores. TypeError: not a TT-matrix, a batch size that is not an int. ValueError: a
+            negative batch size.
 
     Complexity:
         ``O(3^(d+1))`` set operations (a dynamic programme over subsets of the ``d + 1`` operands).
