@@ -119,47 +119,9 @@ class CompressionReport:
         return {"layers": layers, "totals": totals, "outside": outside, "dry_run": self.dry_run}
 
     def __str__(self) -> str:
-        head = ("layer", "type", "shape", "dims", "tt_ranks", "before", "after", "ratio", "rel_error")
-        rows = [head]
-        for lay in self.layers:
-            dims = f"{fmt_dims(lay.dims[0])}x{fmt_dims(lay.dims[1])}"
-            rows.append(
-                (
-                    " = ".join((lay.name or "(model)", *lay.aliases)),
-                    lay.kind,
-                    f"{lay.shape[0]}x{lay.shape[1]}",
-                    dims,
-                    fmt_dims(lay.tt_ranks) if lay.tt_ranks else "dense",
-                    f"{lay.params_before:,}",
-                    f"{lay.params_after:,}",
-                    f"{_ratio(lay.params_before, lay.params_after):.1f}x",
-                    "-" if lay.rel_error is None else f"{lay.rel_error:.2e}",
-                )
-            )
-        lines = text_table(rows)
-        n_rep = sum(lay.replaced for lay in self.layers)
-        notes = []
-        if any(lay.tied_params for lay in self.layers):
-            notes.append("tied parameters counted once")
-        if any(lay.held_by for lay in self.layers):
-            notes.append("a layer inside another selected one counted in it")
-        tied = f" ({'; '.join(notes)})" if notes else ""
-        did = "dry run, nothing replaced: would replace" if self.dry_run else "replaced"
-        lines.append(
-            f"{did} {n_rep} of {len(self.layers)} selected layers: {self.params_before:,} -> "
-            f"{self.params_after:,} parameters{tied} ({self.ratio:.1f}x); whole model "
-            f"{self.model_params_before:,} -> {self.model_params_after:,} ({self.model_ratio:.1f}x)"
-        )
+        lines = text_table(self._rows()) + [self._totals()]
         if self.outside:
-            groups = [
-                f"{kind} x{n}: {count:,}" + (f", {note}" if note else "")
-                for kind, n, count, note in self.outside[:_OUTSIDE_SHOWN]
-            ]
-            more = "; ..." if len(self.outside) > _OUTSIDE_SHOWN else ""
-            total = sum(group[2] for group in self.outside)
-            lines.append(
-                f"outside the selected layers, unchanged: {total:,} parameters ({'; '.join(groups)}{more})"
-            )
+            lines.append(self._outside_line())
         lines += [
             f"kept dense {lay.name or '(model)'}: {lay.reason}" for lay in self.layers if not lay.replaced
         ]
@@ -171,6 +133,52 @@ class CompressionReport:
                     f"weight's top-left {lay.shape[0]}x{lay.shape[1]} block is the layer's"
                 )
         return "\n".join(lines)
+
+    def _rows(self) -> list[tuple[str, ...]]:
+        """The table's header and one row per selected layer."""
+        rows: list[tuple[str, ...]] = [
+            ("layer", "type", "shape", "dims", "tt_ranks", "before", "after", "ratio", "rel_error")
+        ]
+        for lay in self.layers:
+            rows.append(
+                (
+                    " = ".join((lay.name or "(model)", *lay.aliases)),
+                    lay.kind,
+                    f"{lay.shape[0]}x{lay.shape[1]}",
+                    f"{fmt_dims(lay.dims[0])}x{fmt_dims(lay.dims[1])}",
+                    fmt_dims(lay.tt_ranks) if lay.tt_ranks else "dense",
+                    f"{lay.params_before:,}",
+                    f"{lay.params_after:,}",
+                    f"{_ratio(lay.params_before, lay.params_after):.1f}x",
+                    "-" if lay.rel_error is None else f"{lay.rel_error:.2e}",
+                )
+            )
+        return rows
+
+    def _totals(self) -> str:
+        """The line under the table: layers replaced, the selected layers' and the whole model's counts."""
+        notes = []
+        if any(lay.tied_params for lay in self.layers):
+            notes.append("tied parameters counted once")
+        if any(lay.held_by for lay in self.layers):
+            notes.append("a layer inside another selected one counted in it")
+        tied = f" ({'; '.join(notes)})" if notes else ""
+        did = "dry run, nothing replaced: would replace" if self.dry_run else "replaced"
+        return (
+            f"{did} {sum(lay.replaced for lay in self.layers)} of {len(self.layers)} selected layers: "
+            f"{self.params_before:,} -> {self.params_after:,} parameters{tied} ({self.ratio:.1f}x); whole model "
+            f"{self.model_params_before:,} -> {self.model_params_after:,} ({self.model_ratio:.1f}x)"
+        )
+
+    def _outside_line(self) -> str:
+        """The line on the rest of the model: its parameters by the type of module holding them."""
+        groups = [
+            f"{kind} x{n}: {count:,}" + (f", {note}" if note else "")
+            for kind, n, count, note in self.outside[:_OUTSIDE_SHOWN]
+        ]
+        more = "; ..." if len(self.outside) > _OUTSIDE_SHOWN else ""
+        total = sum(group[2] for group in self.outside)
+        return f"outside the selected layers, unchanged: {total:,} parameters ({'; '.join(groups)}{more})"
 
 
 _OUTSIDE_SHOWN = 5  # module types named in the report's line on the rest of the model
