@@ -327,25 +327,50 @@ def add_n_projected(
         (1, 4, 1)
     """
     fname = "add_n_projected"
+    vectors, on = _same_space(tt_objects, fname)
+    first = vectors[0]
+    work = compute_dtype(first.dtype)  # (half: weighted sums in float32)
+    c = _coefs(coef, first, len(vectors), work, fname)
+    deltas = [_delta_slices(x, fname) for x in vectors]
+    summed = []
+    for k in range(first.ndims()):
+        stack = torch.stack([dl[k] for dl in deltas])
+        w = c.reshape(*c.shape, *([1] * (stack.dim() - c.dim())))
+        summed.append((w * stack.to(work)).sum(0).to(first.dtype))
+    res = _with_deltas(first, summed, fname)
+    res.projection_on = on  # type: ignore[attr-defined]
+    return res
+
+
+def _same_space(
+    tt_objects: Sequence[TensorTrainBase], fname: str
+) -> tuple[list[TensorTrainBase], TensorTrain]:
+    """:func:`add_n_projected`'s inputs as a list (at least one, projections on one object, of the same ranks and
+    batch size) and the object they are projected on."""
     try:
-        tt_objects = list(tt_objects)  # any iterable, as approximate.add_n takes (a generator had no len())
+        vectors = list(tt_objects)  # any iterable, as approximate.add_n takes (a generator had no len())
     except TypeError:  # (a number, a 0-dim tensor: torch's "iteration over a 0-d tensor" named nothing)
         raise TypeError(
             f"{fname}: expects a sequence of tangent vectors, got {type(tt_objects).__name__}"
         ) from None
-    if len(tt_objects) == 0:
+    if len(vectors) == 0:
         raise ValueError(f"{fname}: needs at least one tangent vector")
-    on = _check_projected(tt_objects, fname)
-    first = tt_objects[0]
-    for x in tt_objects[1:]:
+    on = _check_projected(vectors, fname)
+    first = vectors[0]
+    for x in vectors[1:]:
         if x.tt_cores[0].shape != first.tt_cores[0].shape or x.tt_ranks != first.tt_ranks:
             raise ShapeError(
                 f"{fname}: all inputs must have the same ranks and batch size, got ranks {first.tt_ranks} "
                 f"({describe(first)}) and {x.tt_ranks} ({describe(x)})"
             )
+    return vectors, on
+
+
+def _coefs(
+    coef: torch.Tensor | Sequence[float] | None, first: TensorTrainBase, n: int, work: torch.dtype, fname: str
+) -> torch.Tensor:
+    """:func:`add_n_projected`'s weights in ``work`` precision: ``(N,)``, or ``(N, B)`` for batches."""
     batch = isinstance(first, TensorTrainBatch)
-    n = len(tt_objects)
-    work = compute_dtype(first.dtype)  # (half: weighted sums in float32)
     if coef is None:
         c = torch.ones(n, dtype=work, device=first.device)
     else:
@@ -356,14 +381,11 @@ def add_n_projected(
         raise ShapeError(
             f"{fname}: coef must have shape {' or '.join(map(str, allowed))}, got {tuple(c.shape)}"
         )
-    if c.dim() == 1 and batch:
-        c = c[:, None].expand(n, first.shape[0])
-    deltas = [_delta_slices(x, fname) for x in tt_objects]
-    summed = []
-    for k in range(first.ndims()):
-        stack = torch.stack([dl[k] for dl in deltas])
-        w = c.reshape(*c.shape, *([1] * (stack.dim() - c.dim())))
-        summed.append((w * stack.to(work)).sum(0).to(first.dtype))
+    return c[:, None].expand(n, first.shape[0]) if c.dim() == 1 and batch else c
+
+
+def _with_deltas(first: TensorTrainBase, summed: list[torch.Tensor], fname: str) -> TensorTrainBase:
+    """The tangent vector ``first`` with its delta blocks replaced by ``summed`` (one per core)."""
     cores = list(ts.flat_cores(first))
     h = _half_ranks(first, fname)
     d = len(cores)
@@ -377,6 +399,4 @@ def add_n_projected(
         core = core.clone()
         core[..., lo:, :, :hi] = summed[k]
         out.append(core)
-    res = ts.unflat(out, first, batch)
-    res.projection_on = on  # type: ignore[attr-defined]
-    return res
+    return ts.unflat(out, first, isinstance(first, TensorTrainBatch))
