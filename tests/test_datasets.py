@@ -629,6 +629,22 @@ def test_bad_timeout_is_a_value_error(tmp_path, timeout):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_timeout_too_long_for_a_socket_is_a_value_error(tmp_path, serve, monkeypatch):
+    """A timeout past what a socket can wait (threading.TIMEOUT_MAX, about 292 years) failed only once the
+    download connected, with the socket's OverflowError ('timestamp out of range for platform time_t'); the
+    longest one still downloads."""
+    limit = rf"at most {threading.TIMEOUT_MAX:.0f} seconds \(threading\.TIMEOUT_MAX\), got 1e\+22"
+    with pytest.raises(ValueError, match=f"timeout must be {limit}"):
+        load_mnist(tmp_path / "mnist", mirrors=["http://127.0.0.1:9/"], timeout=1e22)
+    with pytest.raises(ValueError, match="timeout must be at most"):
+        datasets.download_mnist(tmp_path / "mnist", mirrors=["http://127.0.0.1:9/"], timeout=1e22)
+    assert list(tmp_path.iterdir()) == []
+    fake_mnist(tmp_path / "site")
+    _use_hashes_of(tmp_path / "site", monkeypatch)
+    data = load_mnist(tmp_path / "mnist", mirrors=[serve(tmp_path / "site")], timeout=threading.TIMEOUT_MAX)
+    assert data.train_images.shape == (6, 28, 28)
+
+
 def test_non_string_mirror_is_a_type_error(tmp_path):
     with pytest.raises(
         TypeError, match=r"each mirror must be a str \(a base URL\), got PosixPath\('/srv/mnist'\)"

@@ -20,6 +20,7 @@ import gzip
 import numbers
 import os
 import sys
+import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,6 +226,10 @@ def _check_timeout(timeout: float) -> None:
     # urllib takes 0 as non-blocking and rejects negative or NaN values only once it connects
     if not (is_finite(timeout) and timeout > 0):
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
+    # a socket cannot wait longer: its OverflowError came only once the download connected
+    if timeout > threading.TIMEOUT_MAX:
+        limit = f"{threading.TIMEOUT_MAX:.0f} seconds (threading.TIMEOUT_MAX)"
+        raise ValueError(f"timeout must be at most {limit}, got {timeout}")
 
 
 def root_folder(root: str | os.PathLike[str] | None) -> Path:
@@ -284,7 +289,8 @@ def download_mnist(
             download).
         OSError: ``root`` cannot be created or written (e.g. ``PermissionError``); the message names it.
         TypeError: ``mirrors`` is one string or holds a non-string; ``timeout`` is not a number.
-        ValueError: ``mirrors`` is empty; ``timeout`` is not a finite number > 0.
+        ValueError: ``mirrors`` is empty; ``timeout`` is not a finite number > 0, or is above
+            ``threading.TIMEOUT_MAX`` (about 292 years, the longest a socket waits).
 
     Example:
         >>> download_mnist("data/mnist")  # doctest: +SKIP
