@@ -294,6 +294,30 @@ def test_demo_config_rejects_non_integers(options, message):
         DemoConfig(**options)
 
 
+def test_demo_config_takes_path_folders_as_str(tmp_path):
+    """A Path for out or data trained every stage and then failed to write results.json ('Object of type
+    PosixPath is not JSON serializable'), leaving nothing; an empty out meant the current folder, which the CLI
+    refuses."""
+    import tensortrain.demo as demo
+
+    cfg = demo.DemoConfig(
+        out=tmp_path / "o", data=tmp_path / "d", epochs_tt=0, epochs_dense=0, epochs_finetune=0
+    )
+    assert (cfg.out, cfg.data) == (str(tmp_path / "o"), str(tmp_path / "d"))
+    demo.run_mnist_demo(cfg, data=_tiny_mnist())
+    report = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert report["config"]["out"] == str(tmp_path / "o") and report["config"]["data"] == str(tmp_path / "d")
+    with pytest.raises(TypeError, match=r"out must be a folder path \(a str or os.PathLike\), got 3"):
+        demo.DemoConfig(out=3)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"data must be a folder path \(a str or os.PathLike\) or None, got b'd'"
+    ):
+        demo.DemoConfig(data=b"d")  # type: ignore[arg-type]
+    for name in ("out", "data"):
+        with pytest.raises(ValueError, match=f"{name} is an empty path"):
+            demo.DemoConfig(**{name: ""})
+
+
 def test_demo_config_accepts_the_boundaries():
     from tensortrain.demo import DemoConfig
 

@@ -32,16 +32,18 @@ class DemoConfig:
     (:func:`resolve_device`). Under torchrun, ``"cuda"`` without an index means each process's
     ``cuda:LOCAL_RANK`` (modulo the number of GPUs).
 
+    ``data`` and ``out`` may be given as ``os.PathLike`` (a ``pathlib.Path``); they are kept as str.
+
     Raises:
         TypeError: a count, rank or seed is not an int (``train_subset``, ``test_subset``, ``threads``: an
-            int or None), or ``device`` is not a str.
-        ValueError: ``batch_size``, ``rank`` or ``compress_rank`` below 1, an epoch count below 0,
-            ``train_subset``, ``test_subset`` or ``threads`` below 1, ``seed`` outside ``[0, 2**32)``, or a
-            ``device`` torch cannot parse. The message names the option.
+            int or None), ``device`` is not a str, or ``data`` or ``out`` is not a str or os.PathLike.
+        ValueError: ``data`` or ``out`` is an empty path; ``batch_size``, ``rank`` or ``compress_rank`` below
+            1, an epoch count below 0, ``train_subset``, ``test_subset`` or ``threads`` below 1, ``seed``
+            outside ``[0, 2**32)``, or a ``device`` torch cannot parse. The message names the option.
     """
 
-    data: str | None = None
-    out: str = "out/demo"
+    data: str | os.PathLike[str] | None = None
+    out: str | os.PathLike[str] = "out/demo"
     epochs_tt: int = 3
     epochs_dense: int = 5
     epochs_finetune: int = 2
@@ -55,6 +57,20 @@ class DemoConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        for name in ("data", "out"):
+            value = getattr(self, name)
+            if value is None and name == "data":
+                continue
+            path = os.fspath(value) if isinstance(value, os.PathLike) else value
+            if not isinstance(path, str):
+                allowed = " or None" if name == "data" else ""
+                raise TypeError(
+                    f"{name} must be a folder path (a str or os.PathLike){allowed}, got {value!r}"
+                )
+            if not path:  # Path("") is the current folder
+                raise ValueError(f"{name} is an empty path; give a folder")
+            # kept as a str: results.json records the config as JSON, which refused a Path after the training
+            object.__setattr__(self, name, path)
         for name in ("batch_size", "rank", "compress_rank"):
             if _int_option(name, getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
