@@ -164,7 +164,7 @@ def test_load_mnist_from_folder(tmp_path, gz):
 
 def test_load_mnist_rejects_bad_labels_and_counts(tmp_path):
     fake_mnist(tmp_path / "a", labels_max=200)
-    with pytest.raises(IDXError, match=r"labels-idx1-ubyte.gz: labels must lie in 0..9"):
+    with pytest.raises(IDXError, match=r"labels-idx1-ubyte.gz: labels must lie in 0..9.*replace it"):
         load_mnist(tmp_path / "a", download=False)
     fake_mnist(tmp_path / "b")
     write(tmp_path / "b/t10k-labels-idx1-ubyte.gz", idx_bytes(0x08, (3,), [1, 2, 3]), True)
@@ -262,6 +262,17 @@ def test_download_then_load(tmp_path, serve, monkeypatch):
     for name in datasets.MNIST_SHA256:  # byte-identical copies, nothing half-written left behind
         assert (tmp_path / "cache/mnist" / name).read_bytes() == (tmp_path / "site" / name).read_bytes()
     assert datasets.download_mnist(tmp_path / "cache/mnist", mirrors=[base]) == []  # all present: no fetch
+    # a file present is never fetched again, even a corrupt one: the error says how to have it fetched
+    bad = tmp_path / "cache/mnist/t10k-labels-idx1-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:20])
+    with pytest.raises(
+        IDXError, match=r"t10k-labels-idx1-ubyte.gz: .*\(delete it to have it downloaded again\)"
+    ):
+        load_mnist(tmp_path / "cache/mnist", mirrors=[base], timeout=5)
+    bad.unlink()
+    assert torch.equal(
+        load_mnist(tmp_path / "cache/mnist", mirrors=[base], timeout=5).test_labels, data.test_labels
+    )
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc (Linux)")

@@ -352,7 +352,8 @@ def load_mnist(
     Raises:
         FileNotFoundError: files are missing and ``download=False``.
         DownloadError: files are missing and no mirror delivered them.
-        IDXError: a file is corrupt, truncated, or not what MNIST needs (shape, dtype, label range).
+        IDXError: a file is corrupt, truncated, or not what MNIST needs (shape, dtype, label range); the
+            message names it (a file present is never downloaded again: delete a bad one to fetch it anew).
         NotADirectoryError: ``root`` exists and is not a folder.
         OSError: ``root`` cannot be created or written while downloading; the message names it.
         TypeError, ValueError: bad ``mirrors`` or ``timeout`` (see ``download_mnist``).
@@ -377,14 +378,19 @@ def load_mnist(
         )
     if missing:
         download_mnist(folder, mirrors=mirrors, timeout=timeout)
-    tr_x, tr_y, te_x, te_y = (_located(folder, stem) for stem in MNIST_FILES)
-    train_images, test_images = _check_images(tr_x), _check_images(te_x)
-    return MNIST(
-        train_images,
-        _check_labels(tr_y, len(train_images)),
-        test_images,
-        _check_labels(te_y, len(test_images)),
-    )
+    try:
+        tr_x, tr_y, te_x, te_y = (_located(folder, stem) for stem in MNIST_FILES)
+        train_images, test_images = _check_images(tr_x), _check_images(te_x)
+        return MNIST(
+            train_images,
+            _check_labels(tr_y, len(train_images)),
+            test_images,
+            _check_labels(te_y, len(test_images)),
+        )
+    except IDXError as err:
+        # a file present is read as it is, never fetched again: say how to replace a bad one
+        how = "delete it to have it downloaded again" if download else "replace it with a good copy"
+        raise IDXError(f"{err} ({how})") from None
 
 
 def _located(folder: Path, stem: str) -> tuple[Path, torch.Tensor]:
