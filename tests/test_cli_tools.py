@@ -1101,6 +1101,28 @@ def test_inspect_names_torchscript_archives_and_unreadable_files(tmp_path, capsy
     assert capsys.readouterr().err == f"tensortrain: error: {locked}: cannot read it (Permission denied)\n"
 
 
+def test_inspect_and_compress_name_torch_export_archives(tmp_path, capsys):
+    """A torch.export.save archive (.pt2) is named, as a TorchScript one is; torch.load's own message called it a
+    checkpoint that is likely corrupted ('failed locating file data.pkl')."""
+    exported = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(nn.Linear(4, 2), (torch.randn(2, 4),)), exported)
+    expected = (
+        f"tensortrain: error: {exported}: a torch.export archive (torch.export.save), not a state dict; save "
+        "model.state_dict() instead\n"
+    )
+    assert main(["inspect", str(exported)]) == 1
+    assert capsys.readouterr().err == expected
+    (tmp_path / "pt2models.py").write_text(
+        "from torch import nn\n\n\ndef lin():\n    return nn.Linear(4, 2)\n"
+    )
+    argv = ["compress", "--model", "pt2models:lin", "--max-tt-rank", "2", "--weights", str(exported)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.syspath_prepend(str(tmp_path))
+        assert main(argv) == 1
+    assert capsys.readouterr().err == expected
+
+
 # --- from a mutation audit (session 29) ----------------------------------------------------------------------
 def test_a_buffer_shared_by_two_layers_of_a_meta_model_takes_its_weights(models, tmp_path, capsys):
     torch.save(models.SharedBuffer().state_dict(), tmp_path / "w.pt")

@@ -82,21 +82,27 @@ def _probe(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | No
         return None
 
 
-def _torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (``torch.jit.save``: a zip with ``<name>/constants.pkl``)."""
+def _archive(path: Path) -> str | None:
+    """Which whole-program archive ``path`` is, a zip that ``torch.load`` cannot read as a state dict: a
+    TorchScript one (``torch.jit.save``: ``<name>/constants.pkl``), a ``torch.export`` one (``torch.export.save``:
+    ``<name>/archive_format``, no ``data.pkl``); None for any other file."""
     try:
         with zipfile.ZipFile(path) as z:
-            return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+            names = {n.split("/", 1)[-1] for n in z.namelist()}
     except (zipfile.BadZipFile, OSError, ValueError):
-        return False
+        return None
+    if "constants.pkl" in names:  # (torch.load warns that it dispatches to torch.jit.load, then refuses it)
+        return "a TorchScript archive (torch.jit.save)"
+    if "archive_format" in names and "data.pkl" not in names:
+        # (torch.load's own message says the checkpoint is likely corrupted: it finds no data.pkl)
+        return "a torch.export archive (torch.export.save)"
+    return None
 
 
 def _torch_load(path: Path) -> Any:
-    if _torchscript(path):
-        # (torch.load would warn that it dispatches to torch.jit.load, then refuse it under weights_only)
-        raise CommandError(
-            f"{path}: a TorchScript archive (torch.jit.save), not a state dict; save model.state_dict() instead"
-        )
+    archive = _archive(path)
+    if archive is not None:
+        raise CommandError(f"{path}: {archive}, not a state dict; save model.state_dict() instead")
     try:
         # sparse tensors checked on load, explicitly: what a reader of untrusted files wants. (Left implicit, torch
         # 2.11 and 2.12 warn that the checks are off, and 2.14 that it runs them for weights_only=True; the
