@@ -145,6 +145,13 @@ def test_save_rejects_bad_metadata(tmp_path, gen):
         tt.save(a, tmp_path / "x.safetensors", metadata={"n": 3})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="mapping of str to str, got list"):
         tt.save(a, tmp_path / "x.safetensors", metadata=["a"])  # type: ignore[arg-type]
+    # a file name that is not UTF-8, as os.fsdecode gives it (lone surrogates): the header is UTF-8 JSON, and the
+    # codec's own message named neither the metadata nor the entry
+    odd = os.fsdecode(b"model-\xff.pt")
+    with pytest.raises(ValueError, match=r"metadata entry 'source': .* not encodable as UTF-8.*'\\udcff'"):
+        tt.save(a, tmp_path / "x.safetensors", metadata={"source": odd})
+    with pytest.raises(ValueError, match=r"metadata key 'model-\\udcff.pt' is not encodable as UTF-8"):
+        tt.save(a, tmp_path / "x.safetensors", metadata={odd: "source"})
     assert not list(tmp_path.iterdir())
 
 

@@ -67,8 +67,9 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
 
     Raises:
         TypeError: ``obj`` is not a TT object, or ``metadata`` has non-string keys or values.
-        ValueError: ``metadata`` uses the reserved key or is too large for a safetensors header (100 MB), or
-            the cores' dtype cannot be stored.
+        ValueError: ``metadata`` uses the reserved key, holds text that is not encodable as UTF-8 (lone
+            surrogates, as ``os.fsdecode`` makes of a file name that is not UTF-8) or is too large for a
+            safetensors header (100 MB), or the cores' dtype cannot be stored.
         OSError: the file cannot be written, e.g. ``path`` is a folder or its folder does not exist (the
             previous file, if any, is left as it was).
 
@@ -116,6 +117,16 @@ def _header_entries(obj: TensorTrainBase, metadata: Mapping[str, str] | None) ->
         for key, value in metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"tt.save: metadata must map str to str, got {key!r}: {type(value).__name__}")
+            for text, what in ((key, f"key {key!r} is"), (value, f"entry {key!r}: its value is")):
+                # (a lone surrogate, as os.fsdecode makes of a file name that is not UTF-8: the codec's own
+                # error named neither the metadata nor the entry)
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise ValueError(
+                        f"tt.save: the metadata {what} not encodable as UTF-8, which safetensors headers are: "
+                        f"it holds {text[err.start : err.end]!r} at position {err.start}"
+                    ) from None
         if STRUCTURE_KEY in metadata:
             raise ValueError(f"tt.save: the metadata key {STRUCTURE_KEY!r} is reserved for the TT structure")
         entries.update(metadata)
