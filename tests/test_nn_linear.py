@@ -301,6 +301,27 @@ def test_rank_changing_loads_keep_requires_grad(gen):
     assert [c.requires_grad for c in partly.cores] == [True, False, True]
 
 
+@pytest.mark.parametrize("load", ["load_state_dict", "load_tt_"])
+def test_rank_changing_loads_under_inference_mode_leave_trainable_cores(load):
+    """A checkpoint loaded under torch.inference_mode into a layer made outside it: nn.Linear's load copies in place
+    and its weight trains afterwards; a load of new ranks made the new cores inference tensors, which no optimizer
+    can update ('Inplace update to inference tensor outside InferenceMode')."""
+    src = tt.nn.TTLinear(24, 20, tt_rank=3, in_dims=(2, 3, 4), out_dims=(5, 2, 2))
+    layer = tt.nn.TTLinear(24, 20, tt_rank=2, in_dims=(2, 3, 4), out_dims=(5, 2, 2))
+    with torch.inference_mode():
+        if load == "load_state_dict":
+            layer.load_state_dict(src.state_dict())
+        else:
+            layer.load_tt_(src.weight, bias=src.bias)
+    assert layer.tt_ranks == (1, 3, 3, 1)
+    assert not any(p.is_inference() for p in layer.parameters())
+    x = torch.randn(4, 24)
+    assert_close(layer(x), src(x))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).square().sum().backward()
+    opt.step()
+
+
 # ------------------------------------------------------------------------------------------ errors
 def test_bad_arguments():
     with pytest.raises(tt.ShapeError, match=r"in_dims=\(7, 4, 7\) multiply to 196, but in_features=784"):

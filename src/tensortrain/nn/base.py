@@ -54,8 +54,10 @@ def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor], fn: s
                 params[k].copy_(c)
             else:
                 # contiguous: cores from tt.round are transposed views, and non-contiguous Parameters break
-                # safetensors, DDP's gradient buckets and .view()
-                fresh = c.clone(memory_format=torch.contiguous_format)
+                # safetensors, DDP's gradient buckets and .view(); a normal tensor under inference_mode too, as
+                # an in-place copy keeps one (an inference tensor is one no optimizer can update)
+                with torch.inference_mode(False):
+                    fresh = c.clone(memory_format=torch.contiguous_format)
                 params[k] = nn.Parameter(fresh, requires_grad=params[k].requires_grad)
 
 
@@ -147,7 +149,10 @@ def resize_cores_to_state(
     for k, shape in enumerate(shapes):
         like = params[k]
         if shape != like.shape:
-            empty = torch.empty(shape, dtype=like.dtype, device=like.device)
+            # (a normal tensor under inference_mode too: nn.Module's loader copies into it in place, as into an
+            # unresized core, and an inference tensor is one no optimizer can update afterwards)
+            with torch.inference_mode(False):
+                empty = torch.empty(shape, dtype=like.dtype, device=like.device)
             params[k] = nn.Parameter(empty, requires_grad=like.requires_grad)
 
 
