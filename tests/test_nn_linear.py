@@ -281,6 +281,12 @@ def test_load_state_dict_refuses_ranks_that_do_not_chain(gen):
         with pytest.raises(RuntimeError, match=r"cores\.0 ends with rank 0 \(TT-ranks must be at least 1\)"):
             layer.load_state_dict({**layer.state_dict(), **{f"cores.{k}": c for k, c in enumerate(cores)}})
         assert _core_shapes(layer) == kept
+    # a checkpoint on meta (no values) at other ranks: the layer was resized, then kept torch.empty's values
+    # once the copy out of meta failed
+    values = [c.detach().clone() for c in dst.cores]
+    with pytest.raises(RuntimeError, match=r"core\(s\) \[0, 1, 2\] are on the meta device, with no values"):
+        dst.load_state_dict({k: v.to("meta") for k, v in src.state_dict().items()})
+    assert all(torch.equal(a, b) for a, b in zip(values, dst.cores, strict=True))
     # a partial load whose ranks chain with the layer's other cores is fine
     mixed = tt.nn.TTLinear(24, 20, tt_rank=(1, 2, 3, 1), in_dims=(2, 3, 4), out_dims=(5, 2, 2), bias=False)
     dst.load_state_dict({"cores.1": mixed.cores[1], "cores.2": mixed.cores[2]}, strict=False)
