@@ -710,6 +710,12 @@ def test_load_state_dict_refuses_a_complex_checkpoint_for_a_real_layer(make):
     ):
         dst.load_state_dict(src.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(before, dst.parameters(), strict=True))
+    # at other ranks: the cores present were listed as missing keys
+    other = type(src)(12, 20, tt_rank=2, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match=r"cores.0: the checkpoint holds complex values") as err:
+        dst.load_state_dict(other.state_dict())
+    assert "size mismatch for cores.0" in str(err.value) and "Missing key" not in str(err.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, dst.parameters(), strict=True))
     back = type(src)(12, 20, tt_rank=3, dtype=torch.complex64)
     back.load_state_dict(dst.state_dict())  # real into complex is exact
     assert torch.allclose(tt.full(back.weight).real, tt.full(dst.weight), atol=1e-6)

@@ -364,7 +364,8 @@ class TTModule(nn.Module):
                     f"{torch.complex64 if state_dict[key].dtype == torch.complex32 else state_dict[key].dtype}"
                 )
             if bad:
-                self._keep_current(state_dict, prefix, ours)
+                # (entries of other ranks left for torch's size mismatch lines: dropped, they read as missing)
+                self._keep_current(state_dict, prefix, ours, drop=False)
                 return
         resize_cores_to_state(self.cores, state_dict, prefix, error_msgs)
         super()._load_from_state_dict(*args)
