@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -135,6 +136,20 @@ def test_save_rejects_non_tt(tmp_path):
     with pytest.raises(TypeError, match="got Tensor"):
         tt.save(torch.ones(3), tmp_path / "x.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_path_that_is_not_a_file_name_is_named(tmp_path):
+    """A file object or bytes got pathlib's own TypeError, naming neither the function nor the argument."""
+    a = tt.random_tensor((2, 3), tt_rank=2)
+    tt.save(a, tmp_path / "a.safetensors")
+    for bad in (io.BytesIO(), os.fsencode(tmp_path / "b.safetensors"), 5):
+        with pytest.raises(TypeError, match=rf"tt.save: path must be a file name .*got {type(bad).__name__}"):
+            tt.save(a, bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=rf"tt.load: path must be a file name .*got {type(bad).__name__}"):
+            tt.load(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"tt.read_metadata: path must be a file name"):
+            tt.read_metadata(bad)  # type: ignore[arg-type]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
 
 
 def test_save_rejects_bad_metadata(tmp_path, gen):

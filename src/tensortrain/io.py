@@ -66,7 +66,8 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
             ``"tensortrain"`` is reserved. Read them back with :func:`read_metadata`.
 
     Raises:
-        TypeError: ``obj`` is not a TT object, or ``metadata`` has non-string keys or values.
+        TypeError: ``obj`` is not a TT object, ``path`` is not a file name (a str or ``os.PathLike``), or
+            ``metadata`` has non-string keys or values.
         ValueError: ``metadata`` uses the reserved key, holds text that is not encodable as UTF-8 (lone
             surrogates, as ``os.fsdecode`` makes of a file name that is not UTF-8) or is too large for a
             safetensors header (100 MB), or the cores' dtype cannot be stored.
@@ -88,13 +89,13 @@ def save(obj: TensorTrainBase, path: PathLike, metadata: Mapping[str, str] | Non
             f"tt.save saves a TensorTrain or TensorTrainBatch, got {type(obj).__name__}; for a model "
             "save its state_dict (torch.save or safetensors.torch.save_file)"
         )
+    target = _file_path(path, "tt.save")
     header = _header_entries(obj, metadata)
     tensors = {f"core_{k}": _storable(c, k) for k, c in enumerate(obj.tt_cores)}
     try:
         data = safetensors.torch.save(tensors, metadata=header)
     except safetensors.SafetensorError as err:  # (a header over its 100 MB limit; it derives from Exception)
         raise ValueError(f"tt.save: safetensors cannot write this file: {err}") from err
-    target = Path(path)
     if target.is_dir() or names_folder(path):
         raise IsADirectoryError(
             f"tt.save: {os.fspath(path)} is a folder; give a file name such as {target / 'tt.safetensors'}"
@@ -162,6 +163,14 @@ def _storable(core: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------- loading
+def _file_path(path: object, fn: str) -> Path:
+    """``path`` as a Path; a TypeError naming ``fn`` for anything but a str or an ``os.PathLike`` of str (a file
+    object or bytes got pathlib's own message, which named neither: files are written atomically, by name)."""
+    if isinstance(path, str) or (isinstance(path, os.PathLike) and isinstance(os.fspath(path), str)):
+        return Path(path)
+    raise TypeError(f"{fn}: path must be a file name (a str or os.PathLike), got {type(path).__name__}")
+
+
 def load(path: PathLike, device: torch.device | str | int | None = None) -> TensorTrain | TensorTrainBatch:
     """Load a TT object written by :func:`save`.
 
@@ -177,7 +186,7 @@ def load(path: PathLike, device: torch.device | str | int | None = None) -> Tens
             that :func:`save` did not write, was written by a newer format version, or its cores disagree
             with its recorded structure. The message names the file.
         TypeError: ``device`` is not a device, a device string or an int index (a dtype, a Python type, a
-            float: ``tt.load`` does not cast).
+            float: ``tt.load`` does not cast), or ``path`` is not a file name (a str or ``os.PathLike``).
         OSError: the file cannot be read (e.g. ``FileNotFoundError``).
 
     Complexity: O(d n^2 r^2) time and memory (``B`` times that for a batch).
@@ -201,7 +210,7 @@ def load(path: PathLike, device: torch.device | str | int | None = None) -> Tens
             f"tt.load: device must be a torch.device, a string such as 'cpu' or a device index, got "
             f"{type(device).__name__} {device!r} (tt.load does not cast: use tt.cast on the result)"
         )
-    path = Path(path)
+    path = _file_path(path, "tt.load")
     data = path.read_bytes()
     info, _ = parse_header(path, data)
     try:
@@ -230,6 +239,7 @@ def read_metadata(path: PathLike) -> dict[str, str]:
 
     Raises:
         TTFileError: as :func:`load`.
+        TypeError: ``path`` is not a file name (a str or ``os.PathLike``).
         OSError: the file cannot be read.
 
     Complexity: O(size of the header).
@@ -241,7 +251,7 @@ def read_metadata(path: PathLike) -> dict[str, str]:
         >>> tt.read_metadata(path)
         {'note': 'hi'}
     """
-    path = Path(path)
+    path = _file_path(path, "tt.read_metadata")
     with open(path, "rb") as f:
         prefix = f.read(8)
         size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
