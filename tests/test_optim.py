@@ -603,3 +603,24 @@ def test_riemannian_gradient_from_cores_carries_no_graph():
     for grads in (graphed, [a.detach() for a in graphed]):
         g = tt.optim.riemannian_gradient_from_cores(x, grads)
         assert not any(c.requires_grad for c in g.tt_cores)
+
+
+def test_meta_and_fake_cores_are_a_clear_error_naming_the_optimizer():
+    """A step reads the point's numerical ranks from its values: on meta cores (and fake ones, FakeTensorMode's
+    dry runs) it failed inside round with 'epsilon picks the ranks ...; pass max_tt_rank alone', naming an
+    argument the optimizer's caller never gave."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), device="meta")
+    opt = tt.optim.RiemannianSGD(layer, lr=0.1)
+    layer(torch.randn(5, 8, device="meta")).sum().backward()
+    with pytest.raises(ValueError, match=r"RiemannianSGD .*a meta tensor has no values") as info:
+        opt.step()
+    assert "max_tt_rank" not in str(info.value)
+    grads = [c.grad for c in layer.cores]
+    with pytest.raises(ValueError, match=r"riemannian_gradient_from_cores: .*a meta tensor has no values"):
+        tt.optim.riemannian_gradient_from_cores(layer.weight, grads)
+    with FakeTensorMode():
+        x = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 4, 1)])
+        with pytest.raises(ValueError, match=r"riemannian_gradient_from_cores: .*a fake tensor"):
+            tt.optim.riemannian_gradient_from_cores(x, [torch.ones(1, 3, 2), torch.ones(2, 4, 1)])

@@ -28,7 +28,7 @@ import torch
 
 from . import decompositions
 from . import tangent as ts
-from ._transforms import valueless
+from ._transforms import capturing, valueless
 from .operands import check_writable, memory_overlaps, rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
 from .shapes import past_float, show_int
@@ -104,6 +104,19 @@ def _core_deltas(
     ``G_k`` gives ``UL_{<k}^T grad VR_{>k}^T`` by pseudo-inverses; the frame ``(U, V)`` is taken from a
     minimal (numerically full-rank) representation, whose interfaces lie in those spans.
     """
+    if valueless(x[0]):
+        # (round's own refusal named an epsilon and a max_tt_rank that the optimizer's caller never gave)
+        kind = (
+            "a meta tensor"
+            if x[0].is_meta
+            else "a CUDA graph's capture"
+            if capturing(x[0])
+            else "a fake tensor"
+        )
+        raise ValueError(
+            f"{fname}: the gradient is taken at the point's numerical ranks, read from its values, and {kind} has "
+            "no values to read; step on cores with values"
+        )
     dtype, work = x[0].dtype, compute_dtype(x[0].dtype)
     if work != dtype:  # half precision: pinv and QR need float32; the results go back to dtype
         deltas, u, v = _core_deltas([c.to(work) for c in x], [a.to(work) for a in g], fname)
@@ -156,7 +169,7 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
             differs from the cores'.
         ValueError: the gradients' count or shapes differ from the cores', a gradient is None or not finite, or
             ``x`` is the zero tensor (a core of zeros, or cores that cancel): it has no tangent space at a fixed
-            rank.
+            rank; meta or fake cores (their numerical ranks cannot be read).
 
     Complexity: O(d n r^3).
 
@@ -242,7 +255,8 @@ class RiemannianSGD(torch.optim.Optimizer):
         ValueError: a bad ``lr``/``momentum`` (a group's own too) or an empty parameter set; in :meth:`step`, a
             TT whose cores are partly frozen (``requires_grad=False``; a wholly frozen TT is skipped), a
             non-finite gradient, or a TT that is the zero tensor (an all-zero core, or cores that cancel: it has
-            no tangent space at a fixed rank; every TT is checked first: then no TT has moved); one tensor at
+            no tangent space at a fixed rank; every TT is checked first: then no TT has moved), meta or fake cores
+            (a step reads their numerical ranks); one tensor at
             two positions of a TT, cores that share memory (views of one buffer, also across parameter sets) or
             an expanded (stride-0) core; for an ``nn.Module``, TT layers that share some of their cores but not
             the whole list.
