@@ -247,6 +247,31 @@ def test_state_dict_round_trip_with_momentum():
     assert (tt.full(tt.TensorTrain(without)) - tt.full(tt.TensorTrain(expected))).norm() > 1e-6
 
 
+def test_a_momentum_state_of_another_models_tt_is_named_before_any_tt_moves():
+    """An optimizer state_dict loaded into a model whose second TT has other modes: the first TT moved, then the
+    transport of the stored direction raised "`what` has raw shape ... but `where` ...", half a step taken."""
+    torch.manual_seed(0)
+    a = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3), bias=False)
+    b = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(4, 2), out_dims=(3, 2), bias=False)
+    x = torch.randn(3, 8)
+    source = tt.optim.RiemannianSGD([a.cores, b.cores], lr=0.1, momentum=0.9)
+    (a(x).sum() + b(x).sum()).backward()
+    source.step()
+    state = source.state_dict()
+    state["state"][2] = state["state"][0]  # b's direction replaced by a's (other modes)
+    opt = tt.optim.RiemannianSGD([a.cores, b.cores], lr=0.1, momentum=0.9)
+    opt.load_state_dict(state)
+    opt.zero_grad()
+    (a(x).sum() + b(x).sum()).backward()
+    before = [c.detach().clone() for c in (*a.cores, *b.cores)]
+    with pytest.raises(
+        ValueError,
+        match=r"momentum direction .* modes \(\(2, 2\), \(3, 4\)\), but .* \(\(3, 4\), \(2, 2\)\).*no TT was changed",
+    ):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(before, (*a.cores, *b.cores), strict=True))
+
+
 def test_a_model_with_embedding_and_linear_tt_layers():
     torch.manual_seed(2)
     model = torch.nn.Sequential(

@@ -256,7 +256,8 @@ class RiemannianSGD(torch.optim.Optimizer):
             TT whose cores are partly frozen (``requires_grad=False``; a wholly frozen TT is skipped), a
             non-finite gradient, or a TT that is the zero tensor (an all-zero core, or cores that cancel: it has
             no tangent space at a fixed rank; every TT is checked first: then no TT has moved), meta or fake cores
-            (a step reads their numerical ranks); one tensor at
+            (a step reads their numerical ranks), a momentum direction (from ``load_state_dict``) for a TT of other
+            modes; one tensor at
             two positions of a TT, cores that share memory (views of one buffer, also across parameter sets) or
             an expanded (stride-0) core; for an ``nn.Module``, TT layers that share some of their cores but not
             the whole list.
@@ -332,24 +333,38 @@ class RiemannianSGD(torch.optim.Optimizer):
         return True
 
     def _direction(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], Any, Any]:
-        """The group's gradient deltas and their frame (nothing changes yet)."""
+        """The group's step direction (gradient deltas, plus the previous direction with momentum) and its frame
+        (nothing changes yet)."""
         cores: list[torch.Tensor] = group["params"]
         grads = [_flat(torch.zeros_like(c) if c.grad is None else c.grad) for c in cores]
-        return _core_deltas([_flat(c.detach()) for c in cores], grads, "RiemannianSGD (no TT was changed)")
+        deltas, u, v = _core_deltas(
+            [_flat(c.detach()) for c in cores], grads, "RiemannianSGD (no TT was changed)"
+        )
+        state = self.state[cores[0]]
+        if group["momentum"] and "direction" in state:
+            # Transport the previous direction to the new tangent space by projecting it: here, before any TT
+            # moves, so that a stored direction that does not fit raises with every TT as it was.
+            # (in the cores' dtype and device: the layer may have been moved or cast since, as SGD's buffers follow)
+            point = TensorTrain([c.detach() for c in cores])
+            stored = [tuple(t.shape[1:-1]) for t in state["direction"]]
+            if stored != [tuple(c.shape[1:-1]) for c in cores]:
+                raise ValueError(
+                    f"RiemannianSGD: the momentum direction in the optimizer's state is for a TT of core modes "
+                    f"{tuple(stored)}, but its parameter set's cores have modes "
+                    f"{tuple(tuple(c.shape[1:-1]) for c in cores)} (a state_dict of another model's optimizer?); "
+                    "no TT was changed"
+                )
+            previous = TensorTrain([t.to(point.device, point.dtype) for t in state["direction"]])
+            old, _, _, _ = ts.project_deltas(previous, point, "RiemannianSGD", frame=(u, v))
+            deltas = [dl + group["momentum"] * o for dl, o in zip(deltas, old, strict=True)]
+        return deltas, u, v
 
     def _step_group(self, group: dict[str, Any], deltas: list[torch.Tensor], u: Any, v: Any) -> None:
         cores: list[torch.Tensor] = group["params"]
         point = TensorTrain([c.detach() for c in cores])
-        state = self.state[cores[0]]
-        if group["momentum"] and "direction" in state:
-            # Transport the previous direction to the new tangent space by projecting it.
-            # (in the cores' dtype and device: the layer may have been moved or cast since, as SGD's buffers follow)
-            previous = TensorTrain([t.to(point.device, point.dtype) for t in state["direction"]])
-            old, _, _, _ = ts.project_deltas(previous, point, "RiemannianSGD", frame=(u, v))
-            deltas = [dl + group["momentum"] * o for dl, o in zip(deltas, old, strict=True)]
         if group["momentum"]:
             # Stored as plain tensors (the cores of the tangent TT) so that state_dict() round-trips.
-            state["direction"] = list(ts.tangent(deltas, u, v, point, batch=False).tt_cores)
+            self.state[cores[0]]["direction"] = list(ts.tangent(deltas, u, v, point, batch=False).tt_cores)
         flat = [-group["lr"] * dl for dl in deltas]
         flat[0] = flat[0] + v[0].unsqueeze(0)  # the point itself: first delta V_1, the others zero
         moved = ts.tangent(flat, u, v, point, batch=False)
