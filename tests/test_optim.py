@@ -649,3 +649,21 @@ def test_meta_and_fake_cores_are_a_clear_error_naming_the_optimizer():
         x = tt.TensorTrain([torch.randn(1, 3, 2), torch.randn(2, 4, 1)])
         with pytest.raises(ValueError, match=r"riemannian_gradient_from_cores: .*a fake tensor"):
             tt.optim.riemannian_gradient_from_cores(x, [torch.ones(1, 3, 2), torch.ones(2, 4, 1)])
+
+
+def test_a_sparse_core_gradient_is_a_type_error_naming_the_core():
+    """A sparse .grad (torch.optim.SGD takes them) failed inside a reshape: 'reshape is not implemented for
+    sparse tensors'."""
+    layer = tt.nn.TTLinear(8, 6, tt_rank=2, in_dims=(2, 4), out_dims=(2, 3))
+    opt = tt.optim.RiemannianSGD(layer, lr=0.1)
+    layer(torch.randn(3, 8)).sum().backward()
+    layer.cores[1].grad = layer.cores[1].grad.to_sparse()
+    before = [c.detach().clone() for c in layer.cores]
+    with pytest.raises(TypeError, match=r"RiemannianSGD: the gradient of core 1 is a sparse_coo tensor"):
+        opt.step()
+    assert all(torch.equal(c, b) for c, b in zip(layer.cores, before, strict=True))
+    grads = [c.grad for c in layer.cores]
+    with pytest.raises(
+        TypeError, match=r"riemannian_gradient_from_cores: the gradient of core 1 is a sparse"
+    ):
+        tt.optim.riemannian_gradient_from_cores(layer.weight, grads)

@@ -29,7 +29,7 @@ import torch
 from . import decompositions
 from . import tangent as ts
 from ._transforms import capturing, valueless
-from .operands import check_writable, memory_overlaps, rescale_pow2, scale_pow2
+from .operands import check_strided, check_writable, memory_overlaps, rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
 from .shapes import past_float, show_int
 from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, dtensor_hint, is_dtensor
@@ -165,8 +165,8 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
         agree).
 
     Raises:
-        TypeError: ``x`` is not a TensorTrain, ``core_grads`` is not a sequence, or a gradient's dtype or device
-            differs from the cores'.
+        TypeError: ``x`` is not a TensorTrain, ``core_grads`` is not a sequence, a gradient is sparse, or its dtype
+            or device differs from the cores'.
         ValueError: the gradients' count or shapes differ from the cores', a gradient is None or not finite, or
             ``x`` is the zero tensor (a core of zeros, or cores that cancel): it has no tangent space at a fixed
             rank; meta or fake cores (their numerical ranks cannot be read).
@@ -202,6 +202,8 @@ def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Te
             "riemannian_gradient_from_cores: expected one gradient per core with the core's shape, got "
             f"{[tuple(a.shape) for a in grads]} for cores {[tuple(c.shape) for c in x.tt_cores]}"
         )
+    for k, a in enumerate(grads):  # (a sparse one failed inside a reshape)
+        check_strided("riemannian_gradient_from_cores", f"the gradient of core {k}", a)
     odd = [k for k, a in enumerate(grads) if a.dtype != x.dtype or a.device != x.device]
     if odd:
         raise TypeError(
@@ -263,7 +265,7 @@ class RiemannianSGD(torch.optim.Optimizer):
             the whole list.
         TypeError: a parameter set that is not a sequence of 3-D or 4-D cores (a bias in it), a set (no
             order), a TensorTrainBatch, ``params`` that is neither a module, a TT nor an iterable of parameter
-            sets, or a DTensor core (an FSDP2 shard: gather it first).
+            sets, or a DTensor core (an FSDP2 shard: gather it first); in :meth:`step`, a sparse gradient.
 
     Complexity: per step and TT, O(d n r^3) (frames, pseudo-inverses of r x r matrices, one rounding of a
     rank-2r TT); no extra forward or backward pass.
@@ -327,6 +329,10 @@ class RiemannianSGD(torch.optim.Optimizer):
                 f"RiemannianSGD: cores {frozen} of a TT are frozen (requires_grad=False) and the others are not; "
                 "a Riemannian step rewrites every core of its TT: freeze all of them or none (no TT was changed)"
             )
+        # (a sparse .grad, which torch.optim.SGD takes, failed inside a reshape)
+        for k, c in enumerate(cores):
+            if c.grad is not None:
+                check_strided("RiemannianSGD", f"the gradient of core {k}", c.grad)
         if not all_finite([c.grad for c in cores if c.grad is not None]):
             raise ValueError("RiemannianSGD: a core's gradient contains NaN or inf; no TT was changed")
         _check_nonzero(cores, "RiemannianSGD (no TT was changed)")
