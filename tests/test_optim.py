@@ -147,6 +147,19 @@ def test_a_step_that_raises_changes_no_tt():
         with pytest.raises(ValueError, match="no TT was changed"):
             opt.step()
         assert all(torch.equal(x, y) for x, y in zip(before, (*a.cores, *b.cores), strict=True))
+        b.cores[0].requires_grad_(True)
+    # a step past float32's range in the second TT (an lr raised after construction) raised in its rounding,
+    # after the first TT had moved, naming neither the optimizer nor lr
+    opt = tt.optim.RiemannianSGD([{"params": a.cores}, {"params": b.cores}], lr=0.1, momentum=0.5)
+    model(torch.randn(4, 8)).pow(2).sum().backward()
+    opt.param_groups[1]["lr"] = 1e39
+    before = [c.detach().clone() for c in (*a.cores, *b.cores)]
+    with pytest.raises(
+        ValueError, match=r"RiemannianSGD: a step of lr=1e\+39 leaves torch.float32's range.*no TT"
+    ):
+        opt.step()
+    assert all(torch.equal(x, y) for x, y in zip(before, (*a.cores, *b.cores), strict=True))
+    assert not any("direction" in st for st in opt.state.values())  # (no momentum kept for a step not taken)
 
 
 def test_group_hyperparameters_and_parameter_forms_are_checked():

@@ -259,7 +259,7 @@ class RiemannianSGD(torch.optim.Optimizer):
             non-finite gradient, or a TT that is the zero tensor (an all-zero core, or cores that cancel: it has
             no tangent space at a fixed rank; every TT is checked first: then no TT has moved), meta or fake cores
             (a step reads their numerical ranks), a momentum direction (from ``load_state_dict``) for a TT of other
-            modes; one tensor at
+            modes, a step (``lr`` times the direction) past the dtype's range; one tensor at
             two positions of a TT, cores that share memory (views of one buffer, also across parameter sets) or
             an expanded (stride-0) core; for an ``nn.Module``, TT layers that share some of their cores but not
             the whole list.
@@ -296,8 +296,18 @@ class RiemannianSGD(torch.optim.Optimizer):
         # them as they were
         stepping = [group for group in self.param_groups if self._ready(group)]
         directions = [self._direction(group) for group in stepping]
-        for group, direction in zip(stepping, directions, strict=True):
-            self._step_group(group, *direction)
+        # and every new point computed before any is written: a step that leaves the dtype's range (an lr set too
+        # large after construction) raised in a later group's rounding after the earlier TTs had moved
+        moves = [
+            self._new_point(group, *direction) for group, direction in zip(stepping, directions, strict=True)
+        ]
+        for group, (new, kept) in zip(stepping, moves, strict=True):
+            cores: list[torch.Tensor] = group["params"]
+            if kept is not None:
+                # Stored as plain tensors (the cores of the tangent TT) so that state_dict() round-trips.
+                self.state[cores[0]]["direction"] = kept
+            for c, nc in zip(cores, new.tt_cores, strict=True):
+                c.copy_(_pad_to(nc, c.shape))
         return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -365,19 +375,24 @@ class RiemannianSGD(torch.optim.Optimizer):
             deltas = [dl + group["momentum"] * o for dl, o in zip(deltas, old, strict=True)]
         return deltas, u, v
 
-    def _step_group(self, group: dict[str, Any], deltas: list[torch.Tensor], u: Any, v: Any) -> None:
+    def _new_point(
+        self, group: dict[str, Any], deltas: list[torch.Tensor], u: Any, v: Any
+    ) -> tuple[TensorTrainBase, list[torch.Tensor] | None]:
+        """The group's TT after the step (retracted by rounding to its ranks) and, with momentum, the direction
+        to keep; nothing is written yet."""
         cores: list[torch.Tensor] = group["params"]
         point = TensorTrain([c.detach() for c in cores])
-        if group["momentum"]:
-            # Stored as plain tensors (the cores of the tangent TT) so that state_dict() round-trips.
-            self.state[cores[0]]["direction"] = list(ts.tangent(deltas, u, v, point, batch=False).tt_cores)
+        kept = list(ts.tangent(deltas, u, v, point, batch=False).tt_cores) if group["momentum"] else None
         flat = [-group["lr"] * dl for dl in deltas]
         flat[0] = flat[0] + v[0].unsqueeze(0)  # the point itself: first delta V_1, the others zero
+        if not all_finite(flat):  # (round's own error named neither the optimizer nor lr)
+            raise ValueError(
+                f"RiemannianSGD: a step of lr={group['lr']!r} leaves {point.dtype}'s range (inf or NaN in the "
+                "moved TT); lower lr (no TT was changed)"
+            )
         moved = ts.tangent(flat, u, v, point, batch=False)
         ranks = [int(c.shape[0]) for c in cores[1:]]
-        new = decompositions.round(moved, max_tt_rank=ranks) if ranks else moved
-        for c, nc in zip(cores, new.tt_cores, strict=True):
-            c.copy_(_pad_to(nc, c.shape))
+        return (decompositions.round(moved, max_tt_rank=ranks) if ranks else moved), kept
 
 
 def _check_hyper(group: dict[str, Any]) -> None:
