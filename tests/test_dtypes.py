@@ -491,18 +491,20 @@ def test_loading_a_complex32_checkpoint_into_a_real_layer_suggests_a_dtype_that_
         (1e-170, torch.float64, 1e-9),
     ],
 )
-def test_truncation_gradients_at_extreme_magnitudes(scale, dtype, tol):
+@pytest.mark.parametrize("method", ["auto", "randomized"])
+def test_truncation_gradients_at_extreme_magnitudes(scale, dtype, tol, method):
     """SVD's backward squares singular values: through a truncating TT-SVD or round, a float32 tensor of norm
     1e20 or 1e-25 (float64: 1e160, 1e-170) got NaN gradients although its forward was right. Its gradients are
     those of the unscaled data (both functions are homogeneous: f(s a) / s = f(a), so s times the gradient at
-    s a is the gradient at a)."""
+    s a is the gradient at a). The randomized path (the backward of its small SVD squares them too) was not
+    rescaled and still gave NaN there."""
     g = torch.Generator().manual_seed(12)
     a = torch.randn(4, 5, 6, generator=g, dtype=torch.float64)
     w = torch.randn(4, 5, 6, generator=g, dtype=torch.float64)
 
     def svd_grad(x: torch.Tensor, s: float) -> torch.Tensor:
         x = x.clone().requires_grad_()
-        (tt.full(tt.to_tt_tensor(x, max_tt_rank=2)).double() / s * w).sum().backward()
+        (tt.full(tt.to_tt_tensor(x, max_tt_rank=2, method=method)).double() / s * w).sum().backward()
         return x.grad.double() * s
 
     assert_close(svd_grad((a * scale).to(dtype), scale), svd_grad(a, 1.0), rtol=tol, atol=tol)
@@ -511,7 +513,9 @@ def test_truncation_gradients_at_extreme_magnitudes(scale, dtype, tol):
 
     def round_grads(cores: list[torch.Tensor], s: float) -> list[torch.Tensor]:
         cores = [c.clone().requires_grad_() for c in cores]
-        (tt.full(tt.round(tt.TensorTrain(cores), max_tt_rank=2)).double() / s * w).sum().backward()
+        (
+            tt.full(tt.round(tt.TensorTrain(cores), max_tt_rank=2, method=method)).double() / s * w
+        ).sum().backward()
         return [cores[0].grad.double() * s, *(c.grad.double() for c in cores[1:])]
 
     big = [(x.tt_cores[0] * scale).to(dtype), *(c.to(dtype) for c in x.tt_cores[1:])]

@@ -151,7 +151,11 @@ def truncated_factor(
     if e is not None:
         a, delta = _scaled(a, delta, e)
     out = _sketched(a, max_rank, delta) if randomized else None
-    if out is False and e is None:
+    # (the sketch's small SVD squares singular values in backward as the exact one does: NaN gradients at
+    # float32 1e20 had the same cause; right's first row is s_0 times a unit vector)
+    if e is None and (
+        out is False or (out and tangents and not _in_square_range(out[1][..., :1, :].norm(dim=-1)))
+    ):
         e = pow2_exponents(a)
         a, delta = _scaled(a, delta, e)
         out = _sketched(a, max_rank, delta)
