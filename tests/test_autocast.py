@@ -195,3 +195,24 @@ def test_matmul_takes_an_autocast_activation_beside_float32_cores(gen, batch):
             tt.matmul(x.double(), w)  # (autocast leaves float64 alone, as torch.matmul fails on it)
     with pytest.raises(tt.ShapeError, match="different dtypes torch.float32 and torch.bfloat16"):
         tt.matmul(x, w)  # (outside autocast: the usual dtype error)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_integer_indexing_keeps_one_dtype_under_autocast(gen, batch):
+    """An int index absorbs its core's slice into a neighbour by a product, which autocast lowered: ``x[1]`` and
+    ``x[:, :, 1]`` of float32 TTs failed with 'core 0 has dtype torch.bfloat16 but core 1 has dtype
+    torch.float32', and ``x[1, 2]`` silently gave a bfloat16 TT. A TT result keeps the cores' dtype, as a
+    slice of a dense tensor does."""
+    x = (
+        tt.random_tensor_batch((3, 4, 5), tt_rank=3, batch_size=2)
+        if batch
+        else tt.random_tensor((3, 4, 5), tt_rank=3)
+    )
+    lead = (1,) if batch else ()
+    dense = tt.full(x)
+    for index in ((1,), (slice(None), 1), (slice(None), slice(None), 1), (1, 2), (1, slice(None), 2)):
+        index = lead + index
+        with torch.autocast("cpu", dtype=BF16):
+            got = x[index]
+        assert got.dtype == torch.float32, index
+        assert_close(tt.full(got), dense[index], rtol=1e-5, atol=1e-5)

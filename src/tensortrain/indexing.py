@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ._transforms import valueless
+from ._transforms import full_precision, valueless
 from .errors import ShapeError
 from .operands import (
     as_tensor,
@@ -163,6 +163,15 @@ def _expand_ellipsis(items: list[Any], d: int, batch: bool) -> list[Any]:
 
 
 def _index_modes(cores: list[torch.Tensor], items: list[Any], batch: bool) -> Any:
+    if any(isinstance(it, slice) for it in items):
+        # A TT results: the products that absorb int-indexed slices into a kept core must keep the cores' dtype
+        # (autocast lowered them, giving cores of two dtypes); an all-int entry is a product, as gather_nd's.
+        with full_precision(cores[0].device.type):
+            return _index_kept(cores, items, batch)
+    return _index_kept(cores, items, batch)
+
+
+def _index_kept(cores: list[torch.Tensor], items: list[Any], batch: bool) -> Any:
     kept: list[torch.Tensor] = []
     pending: torch.Tensor | None = None  # (B, r_left, r) product of collapsed slices
     for k, (core, it) in enumerate(zip(cores, items, strict=True)):
