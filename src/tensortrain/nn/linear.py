@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import contraction
-from .._transforms import transforms_active
+from .._transforms import full_precision, transforms_active
 from ..contraction import STRATEGIES, ContractionPlan, Strategy
 from ..contraction import plan as contraction_plan
 from ..contraction.checks import check_max_saved
@@ -643,7 +643,8 @@ class TTLinear(TTModule):
             nn.Linear, self.in_features, self.out_features, bias=self.bias is not None, device=like.device,
             dtype=like.dtype,
         )  # fmt: skip
-        with torch.no_grad():
+        # (autocast off: dense_weight is a product autocast lowers, and the copy must be exact)
+        with torch.no_grad(), full_precision(like.device.type):
             linear.weight.copy_(self.dense_weight())
             if self.bias is not None and linear.bias is not None:
                 linear.bias.copy_(self.bias)
