@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._transforms import valueless
+from ._transforms import full_precision, valueless
 from .compression_layers import carry_over, converter_for, hooked_tensors, layer_dims, planned_tt_params
 from .compression_report import CompressionReport, LayerReport
 from .compression_select import (
@@ -182,7 +182,8 @@ def _convert_one(
     w = conv.weight(module)
     err = None  # a meta layer (structure only, e.g. before loading a compressed checkpoint) has no error
     if not valueless(w):  # (nor has a fake one)
-        with torch.no_grad():
+        # (autocast off: the TT layer's dense weight is a product autocast would lower, adding its rounding)
+        with torch.no_grad(), full_precision(w.device.type):
             err = _rel_error(conv.tt_weight(new), w)
     rep = _dense_report(name, module, "")
     return new, replace(rep, tt_ranks=new.tt_ranks, params_after=after, rel_error=err)
