@@ -680,3 +680,29 @@ def test_a_sparse_core_gradient_is_a_type_error_naming_the_core():
         TypeError, match=r"riemannian_gradient_from_cores: the gradient of core 1 is a sparse"
     ):
         tt.optim.riemannian_gradient_from_cores(layer.weight, grads)
+
+
+def test_gradient_and_step_keep_full_precision_under_autocast():
+    """Both ran their QR and rounding steps in float32 but autocast lowered the products between them: a step
+    taken inside a bf16 autocast region (a training loop wrapped whole) moved a float32 layer 5e-3 (relative)
+    away from the same step outside, and the gradient was 7e-3 off. A closure still runs under autocast."""
+    outcomes = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        layer = tt.nn.TTLinear(64, 48, tt_rank=4)
+        opt = tt.optim.RiemannianSGD(layer, lr=0.01, momentum=0.9)
+        layer(torch.randn(8, 64)).pow(2).sum().backward()
+        seen: list[bool] = []
+
+        def closure(seen=seen):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return 0.0
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+            grad = tt.optim.riemannian_gradient_from_cores(layer.weight, [c.grad for c in layer.cores])
+            opt.step(closure)
+            opt.step()  # (the momentum direction is projected too)
+        assert seen == [on] and grad.dtype == torch.float32
+        outcomes.append((tt.full(grad), layer.dense_weight().detach()))
+    for got, want in zip(outcomes[1], outcomes[0], strict=True):
+        assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))

@@ -28,7 +28,7 @@ import torch
 
 from . import decompositions
 from . import tangent as ts
-from ._transforms import capturing, valueless
+from ._transforms import capturing, valueless, without_autocast
 from .operands import check_strided, check_writable, memory_overlaps, rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
 from .shapes import past_float, show_int
@@ -147,6 +147,7 @@ def _core_deltas(
     return [ts.gauge(u[k], dk) for k, dk in enumerate(deltas[:-1])] + [deltas[-1]], u, v
 
 
+@without_autocast  # (as project: QR sweeps and the products between them in the cores' dtype)
 def riemannian_gradient_from_cores(x: TensorTrain, core_grads: Iterable[torch.Tensor]) -> TensorTrain:
     """The Riemannian gradient at ``x`` from the Euclidean gradients with respect to its cores.
 
@@ -348,6 +349,9 @@ class RiemannianSGD(torch.optim.Optimizer):
         _check_nonzero(cores, "RiemannianSGD (no TT was changed)")
         return True
 
+    # (autocast off for the direction and the move, not for step's closure: the QR sweeps, projections and
+    # rounding run in the cores' dtype, and autocast would lower the products between them)
+    @without_autocast
     def _direction(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], Any, Any]:
         """The group's step direction (gradient deltas, plus the previous direction with momentum) and its frame
         (nothing changes yet)."""
@@ -375,6 +379,7 @@ class RiemannianSGD(torch.optim.Optimizer):
             deltas = [dl + group["momentum"] * o for dl, o in zip(deltas, old, strict=True)]
         return deltas, u, v
 
+    @without_autocast
     def _new_point(
         self, group: dict[str, Any], deltas: list[torch.Tensor], u: Any, v: Any
     ) -> tuple[TensorTrainBase, list[torch.Tensor] | None]:
