@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from . import tangent as ts
-from ._transforms import valueless
+from ._transforms import valueless, without_autocast
 from .errors import ShapeError
 from .operands import as_flag
 from .tensor_train import TensorTrain, TensorTrainBase
@@ -33,6 +33,9 @@ __all__ = ["gradients", "hessian_vector_product"]
 Func = Callable[[TensorTrain], torch.Tensor]
 
 
+# The frame, its gauge and projections run with autocast off, as project's (the products between QR steps lost
+# bfloat16's three digits); only func runs under the caller's autocast.
+@without_autocast
 def _delta_point(
     x: TensorTrain, fname: str
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
@@ -120,6 +123,7 @@ def _recording(fname: str) -> Iterator[None]:
         ) from e
 
 
+@without_autocast  # (backward passes run under autocast lowered the hand-written backwards of norms and sweeps)
 def _grads(outputs: torch.Tensor, deltas: list[torch.Tensor], create_graph: bool) -> list[torch.Tensor]:
     if not outputs.requires_grad:  # func does not depend on x at all
         return [torch.zeros_like(dl) for dl in deltas]
@@ -127,6 +131,7 @@ def _grads(outputs: torch.Tensor, deltas: list[torch.Tensor], create_graph: bool
     return [torch.zeros_like(dl) if g is None else g for g, dl in zip(grads, deltas, strict=True)]
 
 
+@without_autocast
 def _gauge_all(grads: list[torch.Tensor], u: list[torch.Tensor]) -> list[torch.Tensor]:
     return [ts.gauge(u[k], g) for k, g in enumerate(grads[:-1])] + [grads[-1]]
 
@@ -252,7 +257,8 @@ def _hvp(
             f"{fname}: the dense `vector` has shape {tuple(vector.shape)} but `x` has shape {tuple(x.shape)} "
             "(one vector: no batch axis)"
         )
-    vec_deltas, _, _, _ = ts.project_deltas(vector, x, fname, frame=(u, v), names=("vector", "x"))
+    project = without_autocast(ts.project_deltas)
+    vec_deltas, _, _, _ = project(vector, x, fname, frame=(u, v), names=("vector", "x"))
     point = ts.tangent(deltas, u, v, x, batch=False)
     value = _value(func, point, fname)
     first = _grads(value, deltas, create_graph=True)
