@@ -164,7 +164,7 @@ def _expand_ellipsis(items: list[Any], d: int, batch: bool) -> list[Any]:
 
 def _index_modes(cores: list[torch.Tensor], items: list[Any], batch: bool) -> Any:
     if any(isinstance(it, slice) for it in items):
-        # A TT results: the products that absorb int-indexed slices into a kept core must keep the cores' dtype
+        # A TT result: the products that absorb int-indexed slices into a kept core must keep the cores' dtype
         # (autocast lowered them, giving cores of two dtypes); an all-int entry is a product, as gather_nd's.
         with full_precision(cores[0].device.type):
             return _index_kept(cores, items, batch)
