@@ -392,7 +392,9 @@ def round(  # noqa: A001  (t3f's name; shadows the builtin only inside this modu
     pass ``epsilon`` to find the smaller ranks such a sum really has). ``epsilon`` is relative to ``X``'s own
     norm: a difference that cancels exactly (``x - x``) comes out of the QR sweep as round-off (about
     ``1e-15 ||x||`` in float64), which a relative ``epsilon`` keeps at full rank; compare its norm with ``x``'s,
-    or cap the ranks.
+    or cap the ranks. Rounding a result again with the same ``epsilon`` can lower its ranks further (each pass
+    meets the bound for its own input, so their errors add up); with ``max_tt_rank`` alone a second pass keeps
+    the result.
 
     Args:
         tt: a :class:`TensorTrain` or :class:`TensorTrainBatch` (tensors or matrices).
