@@ -169,6 +169,30 @@ def test_compress_refuses_a_model_under_ddp():
         dist.destroy_process_group()
 
 
+def test_decompress_refuses_a_model_under_ddp():
+    """decompress of a DDP-wrapped model swapped its TT layers for dense ones under the wrapper (in place, or in a
+    deep copy that rebuilt DDP from the old layers): the reducer kept watching the cores, so no gradient was
+    averaged any more and each process trained on its own data, with no error, as compress under DDP did."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(
+            tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+        )
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        for wrapped in (ddp, torch.nn.Sequential(ddp)):
+            for inplace in (False, True):
+                with pytest.raises(
+                    TypeError,
+                    match=r"decompress: .* is a DistributedDataParallel; decompress the module it wraps",
+                ):
+                    tt.decompress(wrapped, inplace=inplace)
+        assert isinstance(ddp.module[0], tt.nn.TTLinear)  # left as it was
+        dense = tt.decompress(ddp.module)  # the documented order works
+        assert isinstance(dense[0], torch.nn.Linear)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_compress_refuses_a_model_under_fully_shard():
     """FSDP2's fully_shard changes a module's class to a generated FSDP<Class>: the check by class name missed it
     (a DTensor error with inplace=True, "FSDP does not support deepcopy" without)."""

@@ -370,7 +370,7 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress expects an nn.Module, got {type(model).__name__}")
-    _refuse_wrapped(model)
+    refuse_wrapped(model)
     max_tt_rank, epsilon, ratio = _check_budget(max_tt_rank, epsilon, ratio)
     inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     _refuse_lazy(model)
@@ -408,15 +408,15 @@ def compress(
     return target, replace(report, model_params_after=sum(p.numel() for p in target.parameters()))
 
 
-def _refuse_wrapped(model: nn.Module) -> None:
-    """Refuse a model that is or holds a DDP/FSDP wrapper."""
+def refuse_wrapped(model: nn.Module, fn: str = "compress") -> None:
+    """Refuse a model that is or holds a DDP/FSDP wrapper (``fn``: compress or decompress)."""
     wrappers = [(n, m) for n, m in model.named_modules() if distributed_wrapper(m)]
     if wrappers:
         # replacing layers under DDP leaves its reducer watching the old parameters: gradients are no longer
         # averaged and each process trains on its own data, silently
         name, wrapper = wrappers[0]
         raise TypeError(
-            f"compress: {name or 'the model'} is a {type(wrapper).__name__}; compress the module it wraps "
+            f"{fn}: {name or 'the model'} is a {type(wrapper).__name__}; {fn} the module it wraps "
             "(ddp.module), then wrap the result again"
         )
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._transforms import valueless
-from .compression import copy_model
+from .compression import copy_model, refuse_wrapped
 from .compression_layers import carry_over, old_backward_hooks, overridden, recomputed
 from .nn.embedding import TTEmbedding
 from .nn.linear import TTLinear
@@ -63,7 +63,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     (a plain or computed tensor) is copied into a new one.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
+        TypeError: ``model`` is not an ``nn.Module``, or is or holds a ``DistributedDataParallel`` or FSDP wrapper
+            (decompress the module it wraps, then wrap the result again).
         ValueError: the model contains no TT layer; a TT layer holds an added parameter or submodule under
             a name the dense layer uses; a TT layer's bias is parametrized or pruned (the dense layer would keep a
             stale copy: remove that first), its forward is overridden on the instance, or it has a hook of the
@@ -78,6 +79,8 @@ def decompress(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"decompress expects an nn.Module, got {type(model).__name__}")
+    # (as compress: dense layers swapped in under DDP/FSDP would leave their gradients unaveraged)
+    refuse_wrapped(model, "decompress")
     in_place = as_flag(inplace, "decompress", "inplace")
     for name, m in model.named_modules():
         tt_layer = isinstance(m, (TTLinear, TTEmbedding))
