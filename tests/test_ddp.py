@@ -262,3 +262,36 @@ def test_fully_shard_trains_and_its_shards_are_named_outside_forward():
         assert_close(layer(x), dense(x))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore:FSDP2-wrapped module .* returned a view tensor:UserWarning")
+@pytest.mark.parametrize("kind", ["linear", "embedding"])
+def test_load_tt_refuses_sharded_cores(kind):
+    """load_tt_ on a fully_shard layer: a TT of other ranks replaced the shards by plain Parameters (every forward
+    after failed inside FSDP's gather, "'Parameter' object has no attribute '_local_tensor'"), and one of the same
+    ranks failed in DTensor's copy_ ("got mixed torch.Tensor and DTensor"); both are refused before any write."""
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no fully_shard")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        if kind == "linear":
+            layer = tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+            shape, x = ((2, 4), (3, 4)), torch.randn(5, 12, dtype=torch.float64)
+        else:
+            layer = tt.nn.TTEmbedding(
+                20, 12, tt_rank=3, voc_dims=(4, 5), emb_dims=(3, 4), dtype=torch.float64
+            )
+            shape, x = ((4, 5), (3, 4)), torch.arange(20)
+        expected, name = layer(x), type(layer).__name__
+        fsdp.fully_shard(layer)
+        for rank in (3, 2):
+            with pytest.raises(
+                TypeError, match=rf"{name}.load_tt_: the layer's cores are sharded \(DTensors"
+            ):
+                layer.load_tt_(tt.random_matrix(shape, tt_rank=rank, dtype=torch.float64))
+        assert layer.tt_ranks == (1, 3, 1)
+        assert_close(layer(x), expected)
+    finally:
+        dist.destroy_process_group()

@@ -40,8 +40,16 @@ def check_loadable(module: nn.Module, names: Sequence[str], fn: str, what: str =
 def assign_cores_(params: nn.ParameterList, cores: Sequence[torch.Tensor], fn: str) -> None:
     """Copy ``cores`` into ``params`` (cast to their dtype/device); cores of new shapes replace the Parameter,
     keeping its ``requires_grad`` (a frozen layer stays frozen). Complex cores into real parameters are a
-    ``TypeError`` naming ``fn``: their real parts do not multiply out to the tensor's real part."""
+    ``TypeError`` naming ``fn``: their real parts do not multiply out to the tensor's real part; so are sharded
+    (DTensor) parameters."""
     check_loadable(params, [str(k) for k in range(len(cores))], fn)
+    if any(is_dtensor(p) for p in params):
+        # FSDP2's shards: copying a whole core into one failed inside DTensor's copy_, and a core of new ranks
+        # replaced the shard by a plain Parameter, which broke FSDP's next gather (and every forward after it)
+        raise TypeError(
+            f"{fn}: the layer's cores are sharded (DTensors, e.g. by FSDP2's fully_shard), which cannot be "
+            "written whole or resized; load the TT-matrix into the layer before sharding it"
+        )
     like = params[0]
     if cores[0].is_meta and not like.is_meta:
         raise ValueError(f"{fn}: the TT's cores are on the meta device and have no data to copy")
