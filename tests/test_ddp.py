@@ -295,3 +295,41 @@ def test_load_tt_refuses_sharded_cores(kind):
         assert_close(layer(x), expected)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore:FSDP2-wrapped module .* returned a view tensor:UserWarning")
+@pytest.mark.filterwarnings("ignore:DTensor random operators may not have complete support:UserWarning")
+def test_deferred_init_under_fully_shard():
+    """FSDP2's deferred init (build on meta, fully_shard, to_empty, reset_parameters): tt_normal_ checked the cores
+    by building a TensorTrain of them, which refuses DTensors, so reset_parameters raised and the layers kept
+    to_empty's garbage. The shards' global shapes are checked now and filled from torch's distributed RNG, with
+    each core's scale an eager layer's."""
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no fully_shard")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+
+        def build() -> torch.nn.Sequential:
+            return torch.nn.Sequential(
+                tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5)),
+                tt.nn.TTEmbedding(400, 64, tt_rank=4, voc_dims=(20, 20), emb_dims=(8, 8)),
+            )
+
+        with torch.device("meta"):
+            model = build()
+        for layer in model:
+            fsdp.fully_shard(layer)
+        model.to_empty(device="cpu")
+        torch.manual_seed(0)
+        for layer in model:
+            layer.reset_parameters()
+        expected = build()  # (drawn by its constructor)
+        for got, want in zip(model, expected, strict=True):
+            for a, b in zip(got.cores, want.cores, strict=True):
+                assert 0.8 < float(a.detach().full_tensor().std() / b.detach().std()) < 1.25
+        with torch.no_grad():
+            out = model[1](torch.arange(400))
+        assert torch.isfinite(out).all() and 0.5 < float(out.var()) < 2.0  # (init="normal": variance 1)
+    finally:
+        dist.destroy_process_group()

@@ -21,7 +21,7 @@ import torch
 from ..errors import ShapeError
 from ..initializers import per_core_std
 from ..shapes import as_int, is_finite
-from ..tensor_train import TensorTrain
+from ..tensor_train import TensorTrain, is_dtensor
 
 __all__ = ["dense_variance", "tt_normal_"]
 
@@ -70,6 +70,10 @@ def dense_variance(init: str, fan_in: int, fan_out: int) -> float:
 def _check_cores(cores: Sequence[torch.Tensor]) -> None:
     """One TT's cores, as :class:`~tensortrain.TensorTrain` validates them (the variance is split over the ranks
     read from the shapes: a batch's cores or a broken chain gave another variance, silently)."""
+    if any(is_dtensor(c) for c in cores):
+        # FSDP2's shards (deferred init: fully_shard, to_empty, reset_parameters): their global shapes are checked
+        # (a TT of DTensors is refused), and normal_ fills each shard from torch's distributed RNG
+        cores = [torch.empty(c.shape, dtype=c.dtype, device="meta") for c in cores]
     try:
         TensorTrain(list(cores))
     except ShapeError as err:
@@ -81,7 +85,9 @@ def tt_normal_(
 ) -> None:
     """Fill TT cores in place with normal values so that the full tensor's entries have ``variance``.
 
-    Works for TT-tensor (3-dim) and TT-matrix (4-dim) cores; the ranks are read from the core shapes.
+    Works for TT-tensor (3-dim) and TT-matrix (4-dim) cores; the ranks are read from the core shapes. Cores
+    sharded by FSDP2's ``fully_shard`` (DTensors) are filled shard by shard from torch's distributed RNG, so a
+    layer's ``reset_parameters`` serves deferred init (build on meta, ``fully_shard``, ``to_empty``).
 
     Args:
         cores: the ``d`` cores (e.g. a layer's ``nn.ParameterList``), modified in place under ``no_grad``.
