@@ -333,3 +333,34 @@ def test_deferred_init_under_fully_shard():
         assert torch.isfinite(out).all() and 0.5 < float(out.var()) < 2.0  # (init="normal": variance 1)
     finally:
         dist.destroy_process_group()
+
+
+def test_decomposing_a_sharded_tensor_is_refused():
+    """to_tt_matrix / to_tt_tensor of a DTensor (a sharded layer's weight) and from_linear / from_embedding of a
+    sharded layer failed with "TensorTrain: core 0 is a DTensor", a core the caller never gave, or deep inside
+    (".tolist() is not supported for tensor subclasses" for a float32 weight); each names its input now."""
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no fully_shard")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        linear = torch.nn.Linear(12, 8, dtype=torch.float64)
+        fsdp.fully_shard(linear)
+        emb = torch.nn.Embedding(20, 12, dtype=torch.float64)
+        fsdp.fully_shard(emb)
+        w = linear.weight.detach()
+        for fn, call in [
+            ("to_tt_matrix", lambda: tt.to_tt_matrix(w, shape=((2, 4), (3, 4)), max_tt_rank=2)),
+            ("to_tt_tensor", lambda: tt.to_tt_tensor(w, max_tt_rank=2)),
+            ("TTLinear.from_linear: the weight", lambda: tt.nn.TTLinear.from_linear(linear, max_tt_rank=2)),
+            (
+                "TTEmbedding.from_embedding: the weight",
+                lambda: tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=2),
+            ),
+        ]:
+            if ":" not in fn:
+                fn += ": the input"
+            with pytest.raises(TypeError, match=rf"{fn} is a DTensor \(sharded"):
+                call()
+    finally:
+        dist.destroy_process_group()

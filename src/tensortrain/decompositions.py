@@ -65,7 +65,7 @@ from .orthogonalization import (
 )
 from .shapes import as_int, is_finite, max_tt_ranks, normalize_tt_rank, plain_scalar
 from .svd_sweeps import round_sweep, tt_svd
-from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch
+from .tensor_train import TensorTrain, TensorTrainBase, TensorTrainBatch, dtensor_hint, is_dtensor
 from .truncation import Method, check_method
 
 __all__ = ["orthogonalize", "orthogonalize_tt_cores", "round", "to_tt_matrix", "to_tt_tensor"]
@@ -96,6 +96,8 @@ def _as_dense(x: Any, name: str) -> torch.Tensor:
             raise TypeError(
                 f"{name}: cannot read the {type(x).__name__} as a tensor of numbers ({e})"
             ) from None
+    if is_dtensor(x):  # (torch's SVD and .tolist() of a shard failed deep inside, or left DTensor cores)
+        raise TypeError(dtensor_hint(name, "the input"))
     check_strided(name, "the input", x)
     if not (x.is_floating_point() or x.is_complex()):
         raise TypeError(f"{name}: expected a floating point tensor, got dtype {x.dtype}; cast it first")

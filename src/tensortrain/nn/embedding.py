@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ShapeError
 from ..shapes import max_tt_ranks, svd_tt_ranks
-from ..tensor_train import CORE_DTYPES, TensorTrain
+from ..tensor_train import CORE_DTYPES, TensorTrain, dtensor_hint, is_dtensor
 from . import functional as F
 from .base import TTModule, assign_cores_, cast_back, check_factory_dtype, svd_ready
 from .dims import check_features, check_rank_form, resolve_embedding_dims
@@ -199,6 +199,8 @@ class TTEmbedding(TTModule):
             )
         voc, emb = resolve_embedding_dims(v, dim, voc_dims, emb_dims)
         table = embedding.weight.detach()
+        if is_dtensor(table):  # (a sharded nn.Embedding: to_tt_matrix would name its own input)
+            raise TypeError(dtensor_hint("TTEmbedding.from_embedding", "the weight"))
         modes = [m * n for m, n in zip(voc, emb, strict=True)]
         auto = voc_dims is None and emb_dims is None
         dims = {"voc_dims": voc, "emb_dims": emb}

@@ -22,7 +22,7 @@ from ..contraction.checks import check_max_saved
 from ..errors import ShapeError, fx_hint
 from ..operands import as_flag, check_strided
 from ..shapes import as_int, is_finite, max_tt_ranks, svd_tt_ranks
-from ..tensor_train import CORE_DTYPES, TensorTrain
+from ..tensor_train import CORE_DTYPES, TensorTrain, dtensor_hint, is_dtensor
 from . import functional as F
 from .base import TTModule, assign_cores_, cast_back, check_factory_dtype, check_loadable, svd_ready
 from .dims import check_features, check_rank_form, resolve_dims
@@ -455,6 +455,8 @@ class TTLinear(TTModule):
         given_in, given_out = in_dims, out_dims
         in_dims, out_dims = resolve_dims(linear.in_features, linear.out_features, in_dims, out_dims, pad)
         w = linear.weight.detach()
+        if is_dtensor(w):  # (a sharded nn.Linear: to_tt_matrix would name its own input)
+            raise TypeError(dtensor_hint("TTLinear.from_linear", "the weight"))
         modes = [m * n for m, n in zip(out_dims, in_dims, strict=True)]
         auto = given_in is None and given_out is None
         dims = {"in_dims": in_dims, "out_dims": out_dims}
