@@ -7,10 +7,13 @@ summation order) to one process training on the whole batch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -151,63 +154,73 @@ def test_ddp_with_tuned_plans(tmp_path):
         torch.testing.assert_close(states[0][key], want, rtol=1e-10, atol=1e-12)
 
 
-def test_compress_refuses_a_model_under_ddp():
-    """Compressing under DDP replaced the parameters its reducer watches: gradients were no longer averaged and
-    each process trained on its own data, with no error (a one-process group shows the refusal)."""
+@contextlib.contextmanager
+def _one_process_group() -> Iterator[None]:
+    """A gloo process group of this process alone (a HashStore: no port), destroyed on the way out."""
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        for wrapped in (ddp, torch.nn.Sequential(ddp)):
-            with pytest.raises(
-                TypeError, match=r"is a DistributedDataParallel; compress the module it wraps"
-            ):
-                tt.compress(wrapped, max_tt_rank=2)
-        small, _ = tt.compress(ddp.module, max_tt_rank=2)  # the documented order works
-        assert isinstance(small[0], tt.nn.TTLinear)
+        yield
     finally:
         dist.destroy_process_group()
 
 
-def test_decompress_refuses_a_model_under_ddp():
-    """decompress of a DDP-wrapped model swapped its TT layers for dense ones under the wrapper (in place, or in a
-    deep copy that rebuilt DDP from the old layers): the reducer kept watching the cores, so no gradient was
-    averaged any more and each process trained on its own data, with no error, as compress under DDP did."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        model = torch.nn.Sequential(
-            tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
-        )
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        for wrapped in (ddp, torch.nn.Sequential(ddp)):
-            for inplace in (False, True):
-                with pytest.raises(
-                    TypeError,
-                    match=r"decompress: .* is a DistributedDataParallel; decompress the module it wraps",
-                ):
-                    tt.decompress(wrapped, inplace=inplace)
-        assert isinstance(ddp.module[0], tt.nn.TTLinear)  # left as it was
-        dense = tt.decompress(ddp.module)  # the documented order works
-        assert isinstance(dense[0], torch.nn.Linear)
-    finally:
-        dist.destroy_process_group()
+@pytest.fixture
+def one_process_group() -> Iterator[None]:
+    """DDP's wrappers in a one-process group: enough to show what is refused under them."""
+    with _one_process_group():
+        yield
 
 
-def test_compress_refuses_a_model_under_fully_shard():
-    """FSDP2's fully_shard changes a module's class to a generated FSDP<Class>: the check by class name missed it
-    (a DTensor error with inplace=True, "FSDP does not support deepcopy" without)."""
+@pytest.fixture
+def fully_shard() -> Iterator[Any]:
+    """FSDP2's ``fully_shard`` in a one-process group; the test is skipped on a torch without it."""
     fsdp = pytest.importorskip("torch.distributed.fsdp")
     if not hasattr(fsdp, "fully_shard"):
         pytest.skip("this torch has no fully_shard")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
-        fsdp.fully_shard(model)
+    with _one_process_group():
+        yield fsdp.fully_shard
+
+
+def test_compress_refuses_a_model_under_ddp(one_process_group):
+    """Compressing under DDP replaced the parameters its reducer watches: gradients were no longer averaged and
+    each process trained on its own data, with no error (a one-process group shows the refusal)."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    for wrapped in (ddp, torch.nn.Sequential(ddp)):
+        with pytest.raises(TypeError, match=r"is a DistributedDataParallel; compress the module it wraps"):
+            tt.compress(wrapped, max_tt_rank=2)
+    small, _ = tt.compress(ddp.module, max_tt_rank=2)  # the documented order works
+    assert isinstance(small[0], tt.nn.TTLinear)
+
+
+def test_decompress_refuses_a_model_under_ddp(one_process_group):
+    """decompress of a DDP-wrapped model swapped its TT layers for dense ones under the wrapper (in place, or in a
+    deep copy that rebuilt DDP from the old layers): the reducer kept watching the cores, so no gradient was
+    averaged any more and each process trained on its own data, with no error, as compress under DDP did."""
+    model = torch.nn.Sequential(
+        tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+    )
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    for wrapped in (ddp, torch.nn.Sequential(ddp)):
         for inplace in (False, True):
-            with pytest.raises(TypeError, match=r"compress the module it wraps"):
-                tt.compress(model, max_tt_rank=2, inplace=inplace)
-    finally:
-        dist.destroy_process_group()
+            with pytest.raises(
+                TypeError,
+                match=r"decompress: .* is a DistributedDataParallel; decompress the module it wraps",
+            ):
+                tt.decompress(wrapped, inplace=inplace)
+    assert isinstance(ddp.module[0], tt.nn.TTLinear)  # left as it was
+    dense = tt.decompress(ddp.module)  # the documented order works
+    assert isinstance(dense[0], torch.nn.Linear)
+
+
+def test_compress_refuses_a_model_under_fully_shard(fully_shard):
+    """FSDP2's fully_shard changes a module's class to a generated FSDP<Class>: the check by class name missed it
+    (a DTensor error with inplace=True, "FSDP does not support deepcopy" without)."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    fully_shard(model)
+    for inplace in (False, True):
+        with pytest.raises(TypeError, match=r"compress the module it wraps"):
+            tt.compress(model, max_tt_rank=2, inplace=inplace)
 
 
 def test_a_mode_switch_clears_the_inference_cache():
@@ -223,144 +236,110 @@ def test_a_mode_switch_clears_the_inference_cache():
         assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
 
 
-def test_fully_shard_trains_and_its_shards_are_named_outside_forward():
+def test_fully_shard_trains_and_its_shards_are_named_outside_forward(fully_shard):
     """FSDP2 shards the cores into DTensors, whose data_ptr() is 0: the overlap check took every two of them for
     views of one buffer (RiemannianSGD and tt.assign said the cores "share memory"), and the algebra failed with
     DTensor's own errors. A forward (which gathers the shards) works; outside it the shards are named."""
-    fsdp = pytest.importorskip("torch.distributed.fsdp")
-    if not hasattr(fsdp, "fully_shard"):
-        pytest.skip("this torch has no fully_shard")
     from tensortrain.operands import memory_overlaps
 
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        layer = tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
-        dense = layer.to_linear()
-        fsdp.fully_shard(layer)
-        a, b = list(layer.cores)  # (shards until a forward gathers them; the root keeps them gathered after)
-        assert not memory_overlaps(a, b)
-        shard = (
-            r"core 0 is a DTensor \(sharded, e.g. by FSDP2's fully_shard\): tensortrain works on whole cores"
-        )
-        with pytest.raises(TypeError, match=shard):
-            tt.optim.RiemannianSGD([list(layer.cores)], lr=0.1)
-        with pytest.raises(TypeError, match=r"RiemannianSGD: a core of the layer '' is a DTensor"):
-            tt.optim.RiemannianSGD(layer, lr=0.1)
-        with pytest.raises(TypeError, match=shard):
-            tt.full(layer.weight)
-        with pytest.raises(TypeError, match=r"assign: params entry 0 is a DTensor"):
-            tt.assign(layer.cores, tt.random_matrix(((2, 4), (3, 4)), tt_rank=3, dtype=torch.float64))
-        # a rank-changing load replaced the shards by plain Parameters: FSDP's next gather failed, and every forward
-        other = tt.nn.TTLinear(12, 8, tt_rank=2, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
-        with pytest.raises(
-            RuntimeError, match=r"its cores are sharded \(DTensors, e.g. by FSDP2's fully_shard\)"
-        ):
-            layer.load_state_dict(other.state_dict())
-        assert layer.tt_ranks == (1, 3, 1)
-        x = torch.randn(5, 12, dtype=torch.float64)
-        assert_close(layer(x), dense(x))
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    layer = tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+    dense = layer.to_linear()
+    fully_shard(layer)
+    a, b = list(layer.cores)  # (shards until a forward gathers them; the root keeps them gathered after)
+    assert not memory_overlaps(a, b)
+    shard = r"core 0 is a DTensor \(sharded, e.g. by FSDP2's fully_shard\): tensortrain works on whole cores"
+    with pytest.raises(TypeError, match=shard):
+        tt.optim.RiemannianSGD([list(layer.cores)], lr=0.1)
+    with pytest.raises(TypeError, match=r"RiemannianSGD: a core of the layer '' is a DTensor"):
+        tt.optim.RiemannianSGD(layer, lr=0.1)
+    with pytest.raises(TypeError, match=shard):
+        tt.full(layer.weight)
+    with pytest.raises(TypeError, match=r"assign: params entry 0 is a DTensor"):
+        tt.assign(layer.cores, tt.random_matrix(((2, 4), (3, 4)), tt_rank=3, dtype=torch.float64))
+    # a rank-changing load replaced the shards by plain Parameters: FSDP's next gather failed, and every forward
+    other = tt.nn.TTLinear(12, 8, tt_rank=2, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+    with pytest.raises(
+        RuntimeError, match=r"its cores are sharded \(DTensors, e.g. by FSDP2's fully_shard\)"
+    ):
+        layer.load_state_dict(other.state_dict())
+    assert layer.tt_ranks == (1, 3, 1)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    assert_close(layer(x), dense(x))
 
 
 @pytest.mark.filterwarnings("ignore:FSDP2-wrapped module .* returned a view tensor:UserWarning")
 @pytest.mark.parametrize("kind", ["linear", "embedding"])
-def test_load_tt_refuses_sharded_cores(kind):
+def test_load_tt_refuses_sharded_cores(kind, fully_shard):
     """load_tt_ on a fully_shard layer: a TT of other ranks replaced the shards by plain Parameters (every forward
     after failed inside FSDP's gather, "'Parameter' object has no attribute '_local_tensor'"), and one of the same
     ranks failed in DTensor's copy_ ("got mixed torch.Tensor and DTensor"); both are refused before any write."""
-    fsdp = pytest.importorskip("torch.distributed.fsdp")
-    if not hasattr(fsdp, "fully_shard"):
-        pytest.skip("this torch has no fully_shard")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        if kind == "linear":
-            layer = tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
-            shape, x = ((2, 4), (3, 4)), torch.randn(5, 12, dtype=torch.float64)
-        else:
-            layer = tt.nn.TTEmbedding(
-                20, 12, tt_rank=3, voc_dims=(4, 5), emb_dims=(3, 4), dtype=torch.float64
-            )
-            shape, x = ((4, 5), (3, 4)), torch.arange(20)
-        expected, name = layer(x), type(layer).__name__
-        fsdp.fully_shard(layer)
-        for rank in (3, 2):
-            with pytest.raises(
-                TypeError, match=rf"{name}.load_tt_: the layer's cores are sharded \(DTensors"
-            ):
-                layer.load_tt_(tt.random_matrix(shape, tt_rank=rank, dtype=torch.float64))
-        assert layer.tt_ranks == (1, 3, 1)
-        assert_close(layer(x), expected)
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer = tt.nn.TTLinear(12, 8, tt_rank=3, in_dims=(3, 4), out_dims=(2, 4), dtype=torch.float64)
+        shape, x = ((2, 4), (3, 4)), torch.randn(5, 12, dtype=torch.float64)
+    else:
+        layer = tt.nn.TTEmbedding(20, 12, tt_rank=3, voc_dims=(4, 5), emb_dims=(3, 4), dtype=torch.float64)
+        shape, x = ((4, 5), (3, 4)), torch.arange(20)
+    expected, name = layer(x), type(layer).__name__
+    fully_shard(layer)
+    for rank in (3, 2):
+        with pytest.raises(TypeError, match=rf"{name}.load_tt_: the layer's cores are sharded \(DTensors"):
+            layer.load_tt_(tt.random_matrix(shape, tt_rank=rank, dtype=torch.float64))
+    assert layer.tt_ranks == (1, 3, 1)
+    assert_close(layer(x), expected)
 
 
 @pytest.mark.filterwarnings("ignore:FSDP2-wrapped module .* returned a view tensor:UserWarning")
 @pytest.mark.filterwarnings("ignore:DTensor random operators may not have complete support:UserWarning")
-def test_deferred_init_under_fully_shard():
+def test_deferred_init_under_fully_shard(fully_shard):
     """FSDP2's deferred init (build on meta, fully_shard, to_empty, reset_parameters): tt_normal_ checked the cores
     by building a TensorTrain of them, which refuses DTensors, so reset_parameters raised and the layers kept
     to_empty's garbage. The shards' global shapes are checked now and filled from torch's distributed RNG, with
     each core's scale an eager layer's."""
-    fsdp = pytest.importorskip("torch.distributed.fsdp")
-    if not hasattr(fsdp, "fully_shard"):
-        pytest.skip("this torch has no fully_shard")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
 
-        def build() -> torch.nn.Sequential:
-            return torch.nn.Sequential(
-                tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5)),
-                tt.nn.TTEmbedding(400, 64, tt_rank=4, voc_dims=(20, 20), emb_dims=(8, 8)),
-            )
+    def build() -> torch.nn.Sequential:
+        return torch.nn.Sequential(
+            tt.nn.TTLinear(784, 625, tt_rank=4, in_dims=(4, 7, 4, 7), out_dims=(5, 5, 5, 5)),
+            tt.nn.TTEmbedding(400, 64, tt_rank=4, voc_dims=(20, 20), emb_dims=(8, 8)),
+        )
 
-        with torch.device("meta"):
-            model = build()
-        for layer in model:
-            fsdp.fully_shard(layer)
-        model.to_empty(device="cpu")
-        torch.manual_seed(0)
-        for layer in model:
-            layer.reset_parameters()
-        expected = build()  # (drawn by its constructor)
-        for got, want in zip(model, expected, strict=True):
-            for a, b in zip(got.cores, want.cores, strict=True):
-                assert 0.8 < float(a.detach().full_tensor().std() / b.detach().std()) < 1.25
-        with torch.no_grad():
-            out = model[1](torch.arange(400))
-        assert torch.isfinite(out).all() and 0.5 < float(out.var()) < 2.0  # (init="normal": variance 1)
-    finally:
-        dist.destroy_process_group()
+    with torch.device("meta"):
+        model = build()
+    for layer in model:
+        fully_shard(layer)
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    for layer in model:
+        layer.reset_parameters()
+    expected = build()  # (drawn by its constructor)
+    for got, want in zip(model, expected, strict=True):
+        for a, b in zip(got.cores, want.cores, strict=True):
+            assert 0.8 < float(a.detach().full_tensor().std() / b.detach().std()) < 1.25
+    with torch.no_grad():
+        out = model[1](torch.arange(400))
+    assert torch.isfinite(out).all() and 0.5 < float(out.var()) < 2.0  # (init="normal": variance 1)
 
 
-def test_decomposing_a_sharded_tensor_is_refused():
+def test_decomposing_a_sharded_tensor_is_refused(fully_shard):
     """to_tt_matrix / to_tt_tensor of a DTensor (a sharded layer's weight) and from_linear / from_embedding of a
     sharded layer failed with "TensorTrain: core 0 is a DTensor", a core the caller never gave, or deep inside
     (".tolist() is not supported for tensor subclasses" for a float32 weight); each names its input now."""
-    fsdp = pytest.importorskip("torch.distributed.fsdp")
-    if not hasattr(fsdp, "fully_shard"):
-        pytest.skip("this torch has no fully_shard")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        linear = torch.nn.Linear(12, 8, dtype=torch.float64)
-        fsdp.fully_shard(linear)
-        emb = torch.nn.Embedding(20, 12, dtype=torch.float64)
-        fsdp.fully_shard(emb)
-        w = linear.weight.detach()
-        for fn, call in [
-            ("to_tt_matrix", lambda: tt.to_tt_matrix(w, shape=((2, 4), (3, 4)), max_tt_rank=2)),
-            ("to_tt_tensor", lambda: tt.to_tt_tensor(w, max_tt_rank=2)),
-            ("TTLinear.from_linear: the weight", lambda: tt.nn.TTLinear.from_linear(linear, max_tt_rank=2)),
-            (
-                "TTEmbedding.from_embedding: the weight",
-                lambda: tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=2),
-            ),
-        ]:
-            if ":" not in fn:
-                fn += ": the input"
-            with pytest.raises(TypeError, match=rf"{fn} is a DTensor \(sharded"):
-                call()
-    finally:
-        dist.destroy_process_group()
+    linear = torch.nn.Linear(12, 8, dtype=torch.float64)
+    fully_shard(linear)
+    emb = torch.nn.Embedding(20, 12, dtype=torch.float64)
+    fully_shard(emb)
+    w = linear.weight.detach()
+    for fn, call in [
+        ("to_tt_matrix", lambda: tt.to_tt_matrix(w, shape=((2, 4), (3, 4)), max_tt_rank=2)),
+        ("to_tt_tensor", lambda: tt.to_tt_tensor(w, max_tt_rank=2)),
+        ("TTLinear.from_linear: the weight", lambda: tt.nn.TTLinear.from_linear(linear, max_tt_rank=2)),
+        (
+            "TTEmbedding.from_embedding: the weight",
+            lambda: tt.nn.TTEmbedding.from_embedding(emb, max_tt_rank=2),
+        ),
+    ]:
+        if ":" not in fn:
+            fn += ": the input"
+        with pytest.raises(TypeError, match=rf"{fn} is a DTensor \(sharded"):
+            call()
