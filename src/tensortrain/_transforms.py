@@ -120,6 +120,13 @@ def autocast_casts(a: Any, b: Any) -> bool:
     return a.dtype in AUTOCAST_DTYPES and b.dtype in AUTOCAST_DTYPES and autocasting(a.device.type)
 
 
+def valueless_kind(t: torch.Tensor) -> str:
+    """What :func:`valueless` found ``t`` to be, as an error message names it."""
+    if t.is_meta:
+        return "a meta tensor"
+    return "a CUDA graph's capture" if capturing(t) else "a fake tensor"
+
+
 def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     """A context in which autocast is off for ``device_type`` (a no-op where it is off already)."""
     if not autocasting(device_type):

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from ._transforms import capturing, valueless, without_autocast
+from ._transforms import valueless, valueless_kind, without_autocast
 from .errors import ShapeError
 from .init_args import matrix_shape_dims
 from .operands import as_flag, as_tensor, check_strided, holds_tensor, matrix_dims, tensor_dims
@@ -132,16 +132,9 @@ def _epsilon(epsilon: float | None, name: str, like: torch.Tensor) -> float | No
     if not is_finite(epsilon) or epsilon < 0:
         raise ValueError(f"{name}: epsilon must be a finite number >= 0, got {epsilon}")
     if valueless(like):  # (max_tt_rank alone needs shapes only: meta and fake tensors work there)
-        kind = (
-            "a meta tensor"
-            if like.is_meta
-            else "a CUDA graph's capture"
-            if capturing(like)
-            else "a fake tensor (torch.export's non-strict tracing, FakeTensorMode)"
-        )
         raise ValueError(
-            f"{name}: epsilon picks the ranks from singular values, and {kind} has no values to read; pass "
-            "max_tt_rank alone"
+            f"{name}: epsilon picks the ranks from singular values, and {valueless_kind(like)} has no values to "
+            "read; pass max_tt_rank alone"
         )
     return float(epsilon)
 

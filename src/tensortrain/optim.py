@@ -28,7 +28,7 @@ import torch
 
 from . import decompositions
 from . import tangent as ts
-from ._transforms import capturing, valueless, without_autocast
+from ._transforms import valueless, valueless_kind, without_autocast
 from .operands import check_strided, check_writable, memory_overlaps, rescale_pow2, scale_pow2
 from .orthogonalization import all_finite, compute_dtype
 from .shapes import past_float, show_int
@@ -106,16 +106,9 @@ def _core_deltas(
     """
     if valueless(x[0]):
         # (round's own refusal named an epsilon and a max_tt_rank that the optimizer's caller never gave)
-        kind = (
-            "a meta tensor"
-            if x[0].is_meta
-            else "a CUDA graph's capture"
-            if capturing(x[0])
-            else "a fake tensor"
-        )
         raise ValueError(
-            f"{fname}: the gradient is taken at the point's numerical ranks, read from its values, and {kind} has "
-            "no values to read; step on cores with values"
+            f"{fname}: the gradient is taken at the point's numerical ranks, read from its values, and "
+            f"{valueless_kind(x[0])} has no values to read; step on cores with values"
         )
     dtype, work = x[0].dtype, compute_dtype(x[0].dtype)
     if work != dtype:  # half precision: pinv and QR need float32; the results go back to dtype
