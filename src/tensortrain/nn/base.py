@@ -118,15 +118,15 @@ def resize_cores_to_state(
     shapes = [t.shape if isinstance(t, torch.Tensor) else p.shape for t, p in zip(found, params, strict=True)]
     if all(s == p.shape for s, p in zip(shapes, params, strict=True)):
         return
-    valueless = [
+    on_meta = [
         k for k, t in enumerate(found) if isinstance(t, torch.Tensor) and t.is_meta and not params[k].is_meta
     ]
-    if valueless:
+    if on_meta:
         # resized, the layer would keep torch.empty's garbage once the copy out of meta failed (nn.Linear keeps its
         # values then)
         error_msgs.append(
             f"size mismatch for {prefix}cores: the checkpoint's TT-ranks differ from the layer's, and its core(s) "
-            f"{valueless} are on the meta device, with no values to load; the layer keeps its cores"
+            f"{on_meta} are on the meta device, with no values to load; the layer keeps its cores"
         )
         return
     rerouted = [k for k in range(len(params)) if str(k) not in params._parameters]
