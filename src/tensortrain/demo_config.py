@@ -15,6 +15,7 @@ from typing import Any
 
 from .datasets import root_folder
 from .demo_device import parse_device
+from .files import path_text
 
 __all__ = ["DemoConfig", "StageResult", "is_tutorial"]
 
@@ -61,8 +62,8 @@ class DemoConfig:
             value = getattr(self, name)
             if value is None and name == "data":
                 continue
-            path = os.fspath(value) if isinstance(value, os.PathLike) else value
-            if not isinstance(path, str):
+            path = path_text(value)
+            if path is None:
                 allowed = " or None" if name == "data" else ""
                 raise TypeError(
                     f"{name} must be a folder path (a str or os.PathLike){allowed}, got {value!r}"

@@ -20,6 +20,13 @@ from pathlib import Path
 PathLike = str | os.PathLike[str]
 
 
+def path_text(value: object) -> str | None:
+    """``value`` as a path string (a str, or an ``os.PathLike`` of str), else None (bytes, a file object, a
+    number): what the callers refuse with a message of their own."""
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    return text if isinstance(text, str) else None
+
+
 def names_folder(path: PathLike) -> bool:
     """Whether ``path`` ends with a separator (``"ckpt/"``): it names a folder, which ``Path`` would silently
     turn into a file name (``open`` refuses such a path with ``IsADirectoryError``)."""

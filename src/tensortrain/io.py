@@ -33,7 +33,7 @@ import safetensors.torch
 import torch
 
 from .errors import ShapeError
-from .files import PathLike, atomic_write, names_folder
+from .files import PathLike, atomic_write, names_folder, path_text
 from .io_format import (
     FORMAT_VERSION,
     HEADER_LIMIT,
@@ -166,8 +166,9 @@ def _storable(core: torch.Tensor, k: int) -> torch.Tensor:
 def _file_path(path: object, fn: str) -> Path:
     """``path`` as a Path; a TypeError naming ``fn`` for anything but a str or an ``os.PathLike`` of str (a file
     object or bytes got pathlib's own message, which named neither: files are written atomically, by name)."""
-    if isinstance(path, str) or (isinstance(path, os.PathLike) and isinstance(os.fspath(path), str)):
-        return Path(path)
+    text = path_text(path)
+    if text is not None:
+        return Path(text)
     raise TypeError(f"{fn}: path must be a file name (a str or os.PathLike), got {type(path).__name__}")
 
 
