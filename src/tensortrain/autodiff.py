@@ -31,6 +31,8 @@ from .tensor_train import TensorTrain, TensorTrainBase
 __all__ = ["gradients", "hessian_vector_product"]
 
 Func = Callable[[TensorTrain], torch.Tensor]
+# (the vector's projection too runs with autocast off: see _delta_point)
+_project_deltas = without_autocast(ts.project_deltas)
 
 
 # The frame, its gauge and projections run with autocast off, as project's (the products between QR steps lost
@@ -257,8 +259,7 @@ def _hvp(
             f"{fname}: the dense `vector` has shape {tuple(vector.shape)} but `x` has shape {tuple(x.shape)} "
             "(one vector: no batch axis)"
         )
-    project = without_autocast(ts.project_deltas)
-    vec_deltas, _, _, _ = project(vector, x, fname, frame=(u, v), names=("vector", "x"))
+    vec_deltas, _, _, _ = _project_deltas(vector, x, fname, frame=(u, v), names=("vector", "x"))
     point = ts.tangent(deltas, u, v, x, batch=False)
     value = _value(func, point, fname)
     first = _grads(value, deltas, create_graph=True)
